@@ -1,0 +1,92 @@
+"""`aiserver-db`: apply migrations or show their status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from aiserver.core_db.database import DatabaseUnavailable, database, redact_dsn
+from aiserver.core_db.logging import configure_logging
+from aiserver.core_db.migrations import apply_migrations, migration_status
+from aiserver.core_db.settings import Settings, SettingsError, get_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiserver-db",
+        description="Manage aiserver's PostgreSQL schema (Piccolo migrations of every "
+        "installed aiserver package). The database comes from DATABASE_URL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply pending migrations (safe to run from many processes at once)",
+        description="Apply every pending migration under a PostgreSQL advisory lock. "
+        "Processes started together wait for each other; each migration is applied once.",
+    )
+    migrate.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for another process's migration run (default: %(default)s)",
+    )
+    sub.add_parser(
+        "status",
+        help="list applied and pending migrations per app; exit 1 when any is pending",
+    )
+    return parser
+
+
+async def _migrate(settings: Settings, lock_timeout: float) -> int:
+    applied = await apply_migrations(settings, lock_timeout=lock_timeout)
+    if applied:
+        print(f"applied {len(applied)} migration(s):")
+        for name in applied:
+            print(f"  {name}")
+    else:
+        print("nothing to do: every migration is already applied")
+    return 0
+
+
+async def _status(settings: Settings) -> int:
+    async with database(settings):
+        status = await migration_status()
+    print(f"database: {redact_dsn(settings.database_url)}")
+    pending_total = 0
+    for app in status:
+        print(f"{app.app}: {len(app.applied)} applied, {len(app.pending)} pending")
+        for migration in app.applied:
+            print(f"  [x] {migration}")
+        for migration in app.pending:
+            print(f"  [ ] {migration}")
+        pending_total += len(app.pending)
+    if not status:
+        print("no aiserver Piccolo apps are installed")
+    return 1 if pending_total else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"aiserver-db: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings, args.lock_timeout))
+        return asyncio.run(_status(settings))
+    except DatabaseUnavailable as exc:
+        print(f"aiserver-db: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError as exc:
+        print(f"aiserver-db: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""structlog, configured once per process; stdlib loggers (arq, asyncpg, uvicorn) go through it.
+
+Lines go to stderr so that a command's own output on stdout (a table, JSON lines) stays clean.
+Console rendering on a TTY, JSON lines otherwise, unless `LOG_FORMAT` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import sys
+from typing import Any, Final
+
+import structlog
+from structlog.types import Processor
+
+from aiserver.core_db.settings import LogFormat, LogLevel
+
+#: Loggers that are chatty at INFO; they log at WARNING unless LOG_LEVEL is DEBUG.
+_QUIET_LOGGERS: Final = ("asyncio", "httpx", "httpcore")
+
+_configured: tuple[str, str] | None = None
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def resolve_format(log_format: LogFormat) -> str:
+    if log_format == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return log_format
+
+
+def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") -> None:
+    """Set up structlog and the stdlib root logger; a later call with new values reconfigures."""
+    global _configured
+    fmt = resolve_format(log_format)
+    if _configured == (level, fmt):
+        return
+    renderer: Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "structlog": {
+                    "()": structlog.stdlib.ProcessorFormatter,
+                    "foreign_pre_chain": _shared_processors(),
+                    "processors": [
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
+                        renderer,
+                    ],
+                }
+            },
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stderr",
+                    "formatter": "structlog",
+                }
+            },
+            "root": {"handlers": ["stderr"], "level": level},
+        }
+    )
+    quiet_level = level if level == "DEBUG" else "WARNING"
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(quiet_level)
+    # Loggers that libraries configured with handlers of their own (arq, uvicorn) would print
+    # twice or in another format: make them propagate to our root handler instead.
+    for name in ("arq", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        lib_logger = logging.getLogger(name)
+        lib_logger.handlers.clear()
+        lib_logger.propagate = True
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = (level, fmt)
+
+
+def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name, **initial)
+    return logger
+
+
+bind_context = structlog.contextvars.bind_contextvars
+bound_context = structlog.contextvars.bound_contextvars
+clear_context = structlog.contextvars.clear_contextvars

@@ -1,0 +1,149 @@
+"""Apply Piccolo migrations of every registered app, once across the fleet.
+
+Piccolo takes no lock of its own: two containers starting together would both see a migration as
+pending and one would crash with DuplicateTable. Here the whole run happens while holding a
+PostgreSQL advisory lock on a dedicated connection. Whoever gets the lock first applies what is
+pending; the others wait, then find nothing to do.
+
+Each migration runs in one transaction together with the row that records it, so a crash leaves a
+migration either applied and recorded, or neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Final
+
+from piccolo.apps.migrations.auto.migration_manager import MigrationManager
+from piccolo.apps.migrations.commands.base import BaseMigrationManager
+from piccolo.apps.migrations.tables import Migration
+from piccolo.conf.apps import AppConfig, MigrationModule
+from piccolo.engine.postgres import PostgresEngine
+
+from aiserver.core_db.database import connect, database
+from aiserver.core_db.locks import advisory_lock
+from aiserver.core_db.logging import get_logger
+from aiserver.core_db.settings import Settings
+
+log = get_logger(__name__)
+
+MIGRATION_LOCK: Final = "aiserver:migrations"
+INITIALIZER_ENTRY_POINT_GROUP: Final = "aiserver.initializers"
+
+#: A step that runs at start-up after the migrations, under the same lock (e.g. the catalog seed).
+Initializer = Callable[[Settings, PostgresEngine], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AppMigrations:
+    app: str
+    applied: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+def _finder() -> BaseMigrationManager:
+    return BaseMigrationManager()
+
+
+def registered_apps() -> list[AppConfig]:
+    finder = _finder()
+    return [finder.get_app_config(name) for name in finder.get_sorted_app_names()]
+
+
+def _migration_modules(app: AppConfig) -> dict[str, MigrationModule]:
+    return _finder().get_migration_modules(app.resolved_migrations_folder_path)
+
+
+async def _applied_ids(app_name: str) -> set[str]:
+    if not await Migration.table_exists().run():
+        return set()
+    return set(await Migration.get_migrations_which_ran(app_name=app_name))
+
+
+async def migration_status() -> list[AppMigrations]:
+    """Applied and pending migrations per app. Needs an open `database()`."""
+    result = []
+    for app in registered_apps():
+        known = sorted(_migration_modules(app))
+        applied = await _applied_ids(app.app_name)
+        result.append(
+            AppMigrations(
+                app=app.app_name,
+                applied=tuple(m for m in known if m in applied),
+                pending=tuple(m for m in known if m not in applied),
+            )
+        )
+    return result
+
+
+async def _apply_pending(engine: PostgresEngine) -> list[str]:
+    await Migration.create_table(if_not_exists=True).run()  # type: ignore[no-untyped-call]
+    applied: list[str] = []
+    for app in registered_apps():
+        modules = _migration_modules(app)
+        done = await _applied_ids(app.app_name)
+        for migration_id in sorted(set(modules) - done):
+            started = time.perf_counter()
+            manager = await modules[migration_id].forwards()
+            async with engine.transaction():
+                if isinstance(manager, MigrationManager):
+                    # MigrationManager.run() prints progress; our log line below says it instead.
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        await manager.run()
+                await Migration.insert(Migration(name=migration_id, app_name=app.app_name)).run()
+            log.info(
+                "migration applied",
+                app=app.app_name,
+                migration=migration_id,
+                description=getattr(manager, "description", ""),
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            applied.append(f"{app.app_name}:{migration_id}")
+    return applied
+
+
+def registered_initializers() -> list[tuple[str, Initializer]]:
+    found = sorted(entry_points(group=INITIALIZER_ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    return [(ep.name, ep.load()) for ep in found]
+
+
+async def apply_migrations(settings: Settings, *, lock_timeout: float = 300.0) -> list[str]:
+    """Apply every pending migration under the fleet-wide lock; return the ones applied here."""
+    return await _locked(settings, lock_timeout=lock_timeout, run_initializers=False)
+
+
+async def initialize_database(settings: Settings, *, lock_timeout: float = 300.0) -> list[str]:
+    """The one call a service makes at start: migrations, then the registered initializers.
+
+    Both run under the migration lock, so N replicas starting at once apply each migration once
+    and run each initializer one after another (initializers are idempotent).
+    """
+    return await _locked(settings, lock_timeout=lock_timeout, run_initializers=True)
+
+
+async def _locked(settings: Settings, *, lock_timeout: float, run_initializers: bool) -> list[str]:
+    started = time.perf_counter()
+    lock_conn = await connect(settings)
+    try:
+        async with (
+            advisory_lock(lock_conn, MIGRATION_LOCK, timeout=lock_timeout),
+            database(settings) as engine,
+        ):
+            applied = await _apply_pending(engine)
+            if run_initializers:
+                for name, initializer in registered_initializers():
+                    await initializer(settings, engine)
+                    log.debug("initializer done", initializer=name)
+    finally:
+        await lock_conn.close()
+    log.info(
+        "database ready" if run_initializers else "migrations done",
+        applied=len(applied),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return applied

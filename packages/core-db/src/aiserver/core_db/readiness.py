@@ -1,0 +1,41 @@
+"""Readiness: can we reach PostgreSQL, and are the migrations at head?"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from aiserver.core_db.database import get_engine
+from aiserver.core_db.migrations import migration_status
+
+
+class Check(msgspec.Struct, frozen=True):
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+async def database_checks(*, timeout: float = 3.0) -> list[Check]:
+    """The database's readiness checks; needs an open `database()`. Never raises."""
+    engine = get_engine()
+    if engine.pool is None:
+        return [Check("database", False, "the database pool is not open")]
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+    except Exception as exc:  # any failure to reach the database means "not ready"
+        return [Check("database", False, f"{type(exc).__name__}: {exc}")]
+    checks = [Check("database", True)]
+    try:
+        async with asyncio.timeout(timeout):
+            status = await migration_status()
+    except Exception as exc:
+        return [*checks, Check("migrations", False, f"{type(exc).__name__}: {exc}")]
+    pending = [f"{app.app}:{m}" for app in status for m in app.pending]
+    if pending:
+        checks.append(Check("migrations", False, "pending: " + ", ".join(pending)))
+    else:
+        checks.append(Check("migrations", True))
+    return checks

@@ -1,0 +1,1 @@
+"""aiserver price catalog: tables, upstream source, guarded refresh, exact cost calculator."""

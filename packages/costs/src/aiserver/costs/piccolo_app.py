@@ -1,0 +1,21 @@
+"""The Piccolo app `costs`: it owns the price catalog tables and ships their migrations."""
+
+from pathlib import Path
+
+from piccolo.conf.apps import AppConfig
+
+from aiserver.costs.tables import (
+    AiCostMetadata,
+    AiCostOverride,
+    AiCostRefreshRun,
+    AiModelAlias,
+    AiModelCost,
+)
+
+APP_CONFIG = AppConfig(
+    app_name="costs",
+    migrations_folder_path=str(Path(__file__).parent / "piccolo_migrations"),
+    table_classes=[AiCostMetadata, AiModelCost, AiModelAlias, AiCostOverride, AiCostRefreshRun],
+    migration_dependencies=[],
+    commands=[],
+)

@@ -1,0 +1,113 @@
+"""Piccolo table classes of the price catalog (the schema itself is owned by the migrations).
+
+Prices are NUMERIC in the database and `Decimal` here. The JSONB documents (`entry`, `prices`)
+are decoded by `aiserver.costs.source.decode_json`, never by `json.loads`, which would turn
+prices into floats.
+"""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    BigInt,
+    BigSerial,
+    Integer,
+    Numeric,
+    Text,
+    Timestamptz,
+)
+from piccolo.table import Table
+
+from aiserver.core_db.piccolo_conf import DB
+
+
+class AiCostMetadata(Table, tablename="ai_cost_metadata", db=DB):
+    source = Text(primary_key=True)
+    url = Text()
+    last_checked_at = Timestamptz(null=True, default=None)
+    last_success_at = Timestamptz(null=True, default=None)
+    last_changed_at = Timestamptz(null=True, default=None)
+    etag = Text(null=True, default=None)
+    last_modified = Text(null=True, default=None)
+    content_hash = Text(null=True, default=None)
+    model_count = Integer(default=0)
+    alias_count = Integer(default=0)
+    last_error = Text(null=True, default=None)
+    last_error_at = Timestamptz(null=True, default=None)
+    catalog_version = BigInt(default=0)
+    documents = JSONB(default="{}")
+    updated_at = Timestamptz()
+
+
+class AiModelCost(Table, tablename="ai_model_costs", db=DB):
+    id = BigSerial(primary_key=True)
+    source = Text()
+    provider = Text()
+    model = Text()
+    mode = Text(null=True, default=None)
+    max_input_tokens = BigInt(null=True, default=None)
+    max_output_tokens = BigInt(null=True, default=None)
+    input_cost_per_token = Numeric(null=True, default=None)
+    output_cost_per_token = Numeric(null=True, default=None)
+    cache_read_input_token_cost = Numeric(null=True, default=None)
+    cache_creation_input_token_cost = Numeric(null=True, default=None)
+    output_cost_per_reasoning_token = Numeric(null=True, default=None)
+    input_cost_per_audio_token = Numeric(null=True, default=None)
+    output_cost_per_audio_token = Numeric(null=True, default=None)
+    input_cost_per_image = Numeric(null=True, default=None)
+    output_cost_per_image = Numeric(null=True, default=None)
+    input_cost_per_request = Numeric(null=True, default=None)
+    entry = JSONB()
+    entry_hash = Text()
+    valid_from = Timestamptz()
+    valid_to = Timestamptz(null=True, default=None)
+    opened_in_version = BigInt()
+    closed_in_version = BigInt(null=True, default=None)
+
+
+class AiModelAlias(Table, tablename="ai_model_aliases", db=DB):
+    source = Text()
+    alias = Text()
+    target = Text()
+
+
+class AiCostOverride(Table, tablename="ai_cost_overrides", db=DB):
+    id = BigSerial(primary_key=True)
+    provider = Text()
+    model = Text()
+    prices = JSONB()
+    reason = Text(default="")
+    created_at = Timestamptz()
+
+
+class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs", db=DB):
+    id = BigSerial(primary_key=True)
+    source = Text()
+    trigger = Text()
+    started_at = Timestamptz()
+    finished_at = Timestamptz(null=True, default=None)
+    outcome = Text()
+    http_status = Integer(null=True, default=None)
+    fetched_bytes = BigInt(default=0)
+    added = Integer(default=0)
+    changed = Integer(default=0)
+    removed = Integer(default=0)
+    skipped = Integer(default=0)
+    skipped_entries = JSONB(default="{}")
+    catalog_version = BigInt(null=True, default=None)
+    error = Text(null=True, default=None)
+
+
+#: Typed price columns of ai_model_costs, filled from the entry field of the same name.
+TYPED_PRICE_COLUMNS: tuple[str, ...] = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
+    "input_cost_per_audio_token",
+    "output_cost_per_audio_token",
+    "input_cost_per_image",
+    "output_cost_per_image",
+    "input_cost_per_request",
+)

@@ -1,0 +1,1 @@
+"""aiserver task runner (arq): database initialization, price catalog refresh, documents."""

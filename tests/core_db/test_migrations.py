@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import asyncpg
+
+from aiserver.core_db.database import database
+from aiserver.core_db.migrations import apply_migrations, migration_status
+from aiserver.core_db.readiness import database_checks
+
+from ..conftest import make_settings
+
+CATALOG_TABLES = {
+    "ai_cost_metadata",
+    "ai_model_costs",
+    "ai_model_aliases",
+    "ai_cost_overrides",
+    "ai_cost_refresh_runs",
+}
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    return {row["tablename"] for row in rows}
+
+
+async def _migration_rows(url: str) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT app_name, name FROM migration ORDER BY app_name, name")
+    finally:
+        await conn.close()
+    return [(row["app_name"], row["name"]) for row in rows]
+
+
+async def test_migrate_creates_the_catalog_tables_and_is_idempotent(
+    empty_database_url: str,
+) -> None:
+    settings = make_settings(empty_database_url)
+    first = await apply_migrations(settings)
+    second = await apply_migrations(settings)
+    assert first  # the costs app has at least one migration, applied by the first run
+    assert all(name.startswith("costs:") for name in first)
+    assert second == []
+    assert await _tables(empty_database_url) >= CATALOG_TABLES
+    rows = await _migration_rows(empty_database_url)
+    assert [f"{app}:{name}" for app, name in rows] == first
+
+
+async def test_status_and_readiness_report_pending_then_applied(empty_database_url: str) -> None:
+    settings = make_settings(empty_database_url)
+    async with database(settings):
+        before = await migration_status()
+        checks_before = await database_checks()
+    assert [app.app for app in before] == ["costs"]
+    assert before[0].applied == ()
+    assert before[0].pending
+    assert [(c.name, c.ok) for c in checks_before] == [("database", True), ("migrations", False)]
+    assert "pending: costs:" in checks_before[1].detail
+
+    await apply_migrations(settings)
+    async with database(settings):
+        after = await migration_status()
+        checks_after = await database_checks()
+    assert after[0].pending == ()
+    assert after[0].applied == before[0].pending
+    assert [(c.name, c.ok) for c in checks_after] == [("database", True), ("migrations", True)]
+
+
+async def test_readiness_fails_when_the_database_is_unreachable() -> None:
+    unreachable = make_settings("postgresql://postgres@127.0.0.1:1/nowhere")
+    checks = await database_checks()  # no pool open at all
+    assert [(c.name, c.ok) for c in checks] == [("database", False)]
+    assert unreachable.database_url.endswith("/nowhere")
+
+
+async def _run_cli(*args: str, database_url: str) -> tuple[int, str, str]:
+    env = dict(os.environ, DATABASE_URL=database_url, LOG_FORMAT="json")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aiserver.core_db.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_four_processes_migrating_at_once_apply_each_migration_once(
+    empty_database_url: str,
+) -> None:
+    results = await asyncio.gather(
+        *(_run_cli("migrate", database_url=empty_database_url) for _ in range(4))
+    )
+    codes = [code for code, _, _ in results]
+    assert codes == [0, 0, 0, 0], [err for _, _, err in results]
+    outputs = [out for _, out, _ in results]
+    assert sum(out.startswith("applied ") for out in outputs) == 1
+    assert sum(out.startswith("nothing to do") for out in outputs) == 3
+    rows = await _migration_rows(empty_database_url)
+    assert len(rows) == len(set(rows))
+    async with database(make_settings(empty_database_url)):
+        status = await migration_status()
+    assert [name for app in status for name in app.applied] == [name for _, name in rows]
+    assert all(app.pending == () for app in status)
+
+
+async def test_cli_status_exits_1_while_pending_and_0_at_head(empty_database_url: str) -> None:
+    code, out, _ = await _run_cli("status", database_url=empty_database_url)
+    assert code == 1
+    assert "costs: 0 applied" in out
+    assert "[ ] " in out
+    code, _, _ = await _run_cli("migrate", database_url=empty_database_url)
+    assert code == 0
+    code, out, _ = await _run_cli("status", database_url=empty_database_url)
+    assert code == 0
+    assert "0 pending" in out
+    assert "[x] " in out
+
+
+async def test_cli_names_the_variable_of_a_bad_setting() -> None:
+    code, _, err = await _run_cli("status", database_url="mysql://nope")
+    assert code == 2
+    assert "DATABASE_URL must be a URL starting with postgres://, postgresql://" in err
+
+
+async def test_cli_says_where_the_database_is_not(empty_database_url: str) -> None:
+    code, _, err = await _run_cli(
+        "status", database_url="postgresql://postgres:pw@127.0.0.1:1/none"
+    )
+    assert code == 1
+    assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/none" in err
+    assert "pw" not in err
