@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import msgspec
@@ -19,6 +19,8 @@ import pytest
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.core_db.settings import Settings, load_settings
+
+from .support.upstream import Upstream
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,6 +67,16 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "LOG_FORMAT": "console"}
     settings = load_settings(env)
     return msgspec.structs.replace(settings, **overrides) if overrides else settings
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from aiserver.core_db.logging import configure_logging
-from aiserver.core_db.settings import SettingsError, get_settings
+from aiserver.core_db.settings import settings_for_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,11 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        print(f"aiserver-api: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_for_command("aiserver-api")
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         "aiserver.api.app:create_app",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from aiserver.core_db.database import DatabaseUnavailable, database, redact_dsn
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import apply_migrations, migration_status
-from aiserver.core_db.settings import Settings, SettingsError, get_settings
+from aiserver.core_db.settings import Settings, settings_for_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,11 +70,7 @@ async def _status(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        print(f"aiserver-db: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_for_command("aiserver-db")
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Final, Literal
 
@@ -58,6 +59,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _require_scheme(
             "MODEL_COST_SOURCE_URL", self.model_cost_source_url, ("http", "https", "file")
         )
+        interval = self.model_cost_refresh_interval_seconds
+        if not (interval < 60 and 60 % interval == 0) and not (
+            interval % 60 == 0 and 3600 % interval == 0
+        ):
+            raise SettingsError(
+                "MODEL_COST_REFRESH_INTERVAL_SECONDS must divide a minute or an hour evenly "
+                f"(e.g. 10, 30, 60, 300, 600, 900, 1800, 3600); got {interval}"
+            )
         if self.database_pool_min_size > self.database_pool_max_size:
             raise SettingsError(
                 "DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE "
@@ -112,6 +121,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         variable = match.group(1).upper()
         reason = _ERROR_PATH.sub("", message).rstrip(" -`").replace(" - at", "")
         raise SettingsError(f"{variable}={env.get(variable)!r} is invalid: {reason}") from None
+
+
+def settings_for_command(prog: str) -> Settings:
+    """The settings for a console script: a bad value exits with status 2 and says which."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @functools.cache

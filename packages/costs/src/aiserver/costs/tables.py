@@ -30,6 +30,7 @@ class AiCostMetadata(Table, tablename="ai_cost_metadata", db=DB):
     etag = Text(null=True, default=None)
     last_modified = Text(null=True, default=None)
     content_hash = Text(null=True, default=None)
+    body_hash = Text(null=True, default=None)
     model_count = Integer(default=0)
     alias_count = Integer(default=0)
     last_error = Text(null=True, default=None)

@@ -40,6 +40,7 @@ STATEMENTS = (
         etag             TEXT,
         last_modified    TEXT,
         content_hash     TEXT,
+        body_hash        TEXT,
         model_count      INTEGER NOT NULL DEFAULT 0 CHECK (model_count >= 0),
         alias_count      INTEGER NOT NULL DEFAULT 0 CHECK (alias_count >= 0),
         last_error       TEXT,

@@ -1,0 +1,175 @@
+"""Download the upstream price document: conditional, bounded in time and size, retried.
+
+- Conditional GET: `If-None-Match` / `If-Modified-Since` from the last success; 304 means the
+  catalog is current without a download.
+- One deadline bounds the whole attempt, connect to last byte, so a server that drips a byte a
+  second cannot hold a refresh forever.
+- The size limit is enforced while streaming (a lying or missing Content-Length changes nothing).
+- Transient faults (connection errors, timeouts, 5xx, 429) are retried with exponential backoff;
+  other answers (404, 403, ...) fail at once.
+- `file://` URLs are read from disk with the same size limit (offline operation, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from aiserver.core_db.logging import get_logger
+
+log = get_logger(__name__)
+
+USER_AGENT = "aiserver-costs (+price catalog refresh)"
+
+
+class UpstreamError(Exception):
+    """The upstream could not deliver the document. `transient` faults are worth a retry."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    status: int  # 200, or 304 when the upstream says our copy is current
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+    attempts: int
+
+
+async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise UpstreamError(
+            f"body too large: Content-Length {int(declared)} exceeds the limit of {max_bytes} "
+            "bytes (MODEL_COST_MAX_BYTES)",
+            transient=False,
+            status=response.status_code,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise UpstreamError(
+                f"body too large: more than {max_bytes} bytes (MODEL_COST_MAX_BYTES)",
+                transient=False,
+                status=response.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _attempt(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    max_bytes: int,
+    attempt: int,
+) -> Fetched:
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream("GET", url, headers=headers) as response:
+                if response.status_code == 304:
+                    return Fetched(
+                        304,
+                        b"",
+                        response.headers.get("etag"),
+                        response.headers.get("last-modified"),
+                        attempt,
+                    )
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise UpstreamError(
+                        f"upstream answered HTTP {response.status_code}",
+                        transient=True,
+                        status=response.status_code,
+                    )
+                if response.status_code != 200:
+                    raise UpstreamError(
+                        f"upstream answered HTTP {response.status_code}",
+                        transient=False,
+                        status=response.status_code,
+                    )
+                body = await _read_limited(response, max_bytes)
+                return Fetched(
+                    200,
+                    body,
+                    response.headers.get("etag"),
+                    response.headers.get("last-modified"),
+                    attempt,
+                )
+    except TimeoutError:
+        raise UpstreamError(
+            f"timed out after {timeout:g} s (MODEL_COST_FETCH_TIMEOUT_SECONDS)", transient=True
+        ) from None
+    except httpx.TransportError as exc:
+        detail = str(exc) or type(exc).__name__
+        raise UpstreamError(f"connection failed: {detail}", transient=True) from None
+
+
+def _read_file(url: str, max_bytes: int) -> Fetched:
+    path = Path(unquote(urlsplit(url).path))
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UpstreamError(
+                f"file too large: {size} bytes exceeds the limit of {max_bytes} bytes",
+                transient=False,
+            )
+        return Fetched(200, path.read_bytes(), None, None, 1)
+    except OSError as exc:
+        raise UpstreamError(f"cannot read {path}: {exc.strerror}", transient=False) from None
+
+
+async def fetch_source(
+    url: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    timeout: float = 30.0,
+    max_bytes: int = 64 * 1024 * 1024,
+    retries: int = 3,
+    backoff: float = 0.5,
+    client: httpx.AsyncClient | None = None,
+) -> Fetched:
+    """Fetch `url`, retrying transient faults `retries` times. Raises `UpstreamError`."""
+    if url.startswith("file://"):
+        return _read_file(url, max_bytes)
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(follow_redirects=True, timeout=timeout)
+            )
+        for attempt in range(1, retries + 2):
+            try:
+                return await _attempt(
+                    client, url, headers, timeout=timeout, max_bytes=max_bytes, attempt=attempt
+                )
+            except UpstreamError as exc:
+                if not exc.transient or attempt > retries:
+                    raise
+                delay = backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "upstream fetch failed; retrying",
+                    url=url,
+                    attempt=attempt,
+                    retry_in_s=delay,
+                    error=str(exc),
+                )
+                await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the loop returns or raises")

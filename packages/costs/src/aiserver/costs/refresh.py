@@ -1,0 +1,442 @@
+"""Refresh the price catalog from its upstream source, once across the fleet, never losing data.
+
+    report = await refresh_catalog(settings, force=False, trigger="cron")
+
+1. Staleness is read from the database (`ai_cost_metadata.last_success_at` against
+   `MODEL_COST_MAX_AGE_SECONDS`); `force` skips only this check.
+2. A PostgreSQL advisory lock makes the refresh fleet-wide single: a second caller gets
+   `already_running` at once, neither waiting nor refreshing twice.
+3. The fetch is conditional (ETag / Last-Modified), bounded in time and size, and retried.
+4. Guardrails: an empty, non-JSON or wrongly shaped body, or one that would shrink the catalog by
+   more than `MODEL_COST_MAX_SHRINK_FRACTION`, is rejected whole; a single bad entry is skipped
+   and its previous version stays current.
+5. The write is one transaction (see `store.write_catalog`), then NOTIFY tells the API replicas.
+
+Every attempt that reached the upstream leaves a row in `ai_cost_refresh_runs`, and failures are
+recorded in `ai_cost_metadata.last_error` while the catalog stays as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import gzip
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+
+import asyncpg
+import httpx
+from piccolo.engine.postgres import PostgresEngine
+
+from aiserver.core_db.database import connect
+from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
+from aiserver.core_db.logging import get_logger
+from aiserver.core_db.settings import Settings
+from aiserver.costs.fetch import Fetched, UpstreamError, fetch_source
+from aiserver.costs.source import ParsedSource, SourceRejected, encode_json, parse_source
+from aiserver.costs.store import (
+    DEFAULT_SOURCE,
+    SourceState,
+    current_model_count,
+    ensure_source,
+    read_state,
+    write_catalog,
+)
+
+log = get_logger(__name__)
+
+REFRESH_LOCK: Final = "aiserver:catalog-refresh"
+SNAPSHOT_RESOURCE: Final = "model_prices_and_context_window.json.gz"
+SNAPSHOT_URL: Final = "snapshot:aiserver-costs/" + SNAPSHOT_RESOURCE
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"  # the catalog changed
+    UNCHANGED = "unchanged"  # downloaded; same prices as stored
+    NOT_MODIFIED = "not_modified"  # the upstream answered 304
+    FRESH = "fresh"  # not stale yet; nothing fetched
+    ALREADY_RUNNING = "already_running"  # another process holds the refresh lock
+    REJECTED = "rejected"  # a guardrail refused the body; the catalog is untouched
+    FAILED = "failed"  # the upstream could not deliver; the catalog is untouched
+    SEEDED = "seeded"  # an empty catalog was loaded from the bundled snapshot
+
+    @property
+    def ok(self) -> bool:
+        return self not in {Outcome.REJECTED, Outcome.FAILED}
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    outcome: Outcome
+    source: str
+    url: str
+    trigger: str
+    fetched_bytes: int = 0
+    http_status: int | None = None
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    model_count: int = 0
+    catalog_version: int | None = None
+    error: str | None = None
+    transient: bool = False
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output, logs and job results."""
+        return {
+            "outcome": str(self.outcome),
+            "trigger": self.trigger,
+            "url": self.url,
+            "fetched_bytes": self.fetched_bytes,
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "skipped": len(self.skipped),
+            "models": self.model_count,
+            "catalog_version": self.catalog_version,
+            "error": self.error,
+            "duration_s": self.duration_s,
+        }
+
+    def summary(self) -> str:
+        if self.outcome in {Outcome.APPLIED, Outcome.SEEDED, Outcome.UNCHANGED}:
+            text = (
+                f"{self.outcome}: fetched {self.fetched_bytes} bytes; added {self.added}, "
+                f"changed {self.changed}, removed {self.removed}, skipped {len(self.skipped)}; "
+                f"{self.model_count} models, catalog version {self.catalog_version}"
+            )
+        elif self.outcome is Outcome.NOT_MODIFIED:
+            text = "not modified: the upstream says the stored catalog is current (HTTP 304)"
+        elif self.outcome is Outcome.FRESH:
+            text = "skipped: the catalog is not stale yet (use --force to refresh anyway)"
+        elif self.outcome is Outcome.ALREADY_RUNNING:
+            text = "skipped: another process is refreshing the catalog right now"
+        else:
+            text = f"{self.outcome}: {self.error}; the catalog was left unchanged"
+        return text
+
+
+def is_stale(state: SourceState | None, *, now: datetime, max_age_seconds: int) -> bool:
+    if state is None or state.last_success_at is None:
+        return True
+    return (now - state.last_success_at).total_seconds() >= max_age_seconds
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _record_run(
+    conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO ai_cost_refresh_runs
+            (source, trigger, started_at, finished_at, outcome, http_status, fetched_bytes,
+             added, changed, removed, skipped, skipped_entries, catalog_version, error)
+        VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)
+        """,
+        report.source,
+        report.trigger,
+        started_at,
+        str(report.outcome),
+        report.http_status,
+        report.fetched_bytes,
+        report.added,
+        report.changed,
+        report.removed,
+        len(report.skipped),
+        encode_json(report.skipped).decode(),
+        report.catalog_version,
+        report.error,
+    )
+
+
+async def _record_failure(
+    conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
+) -> None:
+    async with conn.transaction():
+        await ensure_source(conn, report.source, report.url)
+        await conn.execute(
+            """
+            UPDATE ai_cost_metadata
+            SET last_checked_at = $2, last_error = $3, last_error_at = $2, updated_at = $2
+            WHERE source = $1
+            """,
+            report.source,
+            started_at,
+            f"{report.outcome}: {report.error}",
+        )
+        await _record_run(conn, report, started_at=started_at)
+
+
+async def _record_current(
+    conn: asyncpg.Connection,
+    report: RefreshReport,
+    fetched: Fetched,
+    *,
+    started_at: datetime,
+    body_hash: str | None = None,
+) -> None:
+    """The upstream confirmed what we have (304, or the same content): it is a success."""
+    async with conn.transaction():
+        await conn.execute(
+            """
+            UPDATE ai_cost_metadata
+            SET url = $2, last_checked_at = $3, last_success_at = $3,
+                etag = COALESCE($4, etag), last_modified = COALESCE($5, last_modified),
+                body_hash = COALESCE($6, body_hash),
+                last_error = NULL, last_error_at = NULL, updated_at = $3
+            WHERE source = $1
+            """,
+            report.source,
+            report.url,
+            started_at,
+            fetched.etag,
+            fetched.last_modified,
+            body_hash,
+        )
+        await _record_run(conn, report, started_at=started_at)
+
+
+async def apply_source(
+    conn: asyncpg.Connection,
+    parsed: ParsedSource,
+    *,
+    source: str,
+    url: str,
+    trigger: str,
+    fetched: Fetched,
+    started_at: datetime,
+    succeeded: bool = True,
+) -> RefreshReport:
+    """Write `parsed` as the new catalog of `source` and record it, in one transaction."""
+    async with conn.transaction():
+        result = await write_catalog(conn, parsed, source=source, url=url, now=started_at)
+        await conn.execute(
+            """
+            UPDATE ai_cost_metadata
+            SET url = $2, last_checked_at = $3,
+                last_success_at = CASE WHEN $4 THEN $3 ELSE last_success_at END,
+                etag = $5, last_modified = $6, content_hash = $7, model_count = $8,
+                alias_count = $9, body_hash = $10, last_error = NULL, last_error_at = NULL,
+                updated_at = $3
+            WHERE source = $1
+            """,
+            source,
+            url,
+            started_at,
+            succeeded,
+            fetched.etag,
+            fetched.last_modified,
+            parsed.content_hash,
+            result.model_count,
+            len(parsed.aliases),
+            hashlib.sha256(fetched.body).hexdigest(),
+        )
+        outcome = Outcome.SEEDED if trigger == "seed" else Outcome.APPLIED
+        if trigger != "seed" and not result.changed_anything:
+            outcome = Outcome.UNCHANGED
+        report = RefreshReport(
+            outcome=outcome,
+            source=source,
+            url=url,
+            trigger=trigger,
+            fetched_bytes=len(fetched.body),
+            http_status=fetched.status,
+            added=len(result.added),
+            changed=len(result.changed),
+            removed=len(result.removed),
+            skipped=parsed.skipped,
+            model_count=result.model_count,
+            catalog_version=result.catalog_version,
+        )
+        await _record_run(conn, report, started_at=started_at)
+    return report
+
+
+def _check_shrink(parsed: ParsedSource, current: int, max_shrink: float) -> None:
+    incoming = len(parsed.models) + len(parsed.skipped)
+    if current and incoming < current * (1 - max_shrink):
+        raise SourceRejected(
+            f"shrink: the source has {incoming} models, the catalog has {current}; more than "
+            f"{max_shrink:.0%} fewer (MODEL_COST_MAX_SHRINK_FRACTION)"
+        )
+
+
+async def _refresh_locked(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    *,
+    url: str,
+    force: bool,
+    trigger: str,
+    client: httpx.AsyncClient | None,
+    retries: int,
+) -> RefreshReport:
+    source = DEFAULT_SOURCE
+    started_at = _now()
+    state = await read_state(conn, source)
+    if not force and not is_stale(
+        state, now=started_at, max_age_seconds=settings.model_cost_max_age_seconds
+    ):
+        assert state is not None
+        return RefreshReport(
+            Outcome.FRESH, source, url, trigger, model_count=state.model_count,
+            catalog_version=state.catalog_version,
+        )  # fmt: skip
+    current = await current_model_count(conn, source)
+    same_url = state is not None and state.url == url
+    try:
+        fetched = await fetch_source(
+            url,
+            etag=state.etag if state and current and same_url else None,
+            last_modified=state.last_modified if state and current and same_url else None,
+            timeout=settings.model_cost_fetch_timeout_seconds,
+            max_bytes=settings.model_cost_max_bytes,
+            retries=retries,
+            client=client,
+        )
+    except UpstreamError as exc:
+        report = RefreshReport(
+            Outcome.FAILED, source, url, trigger, http_status=exc.status, error=str(exc),
+            transient=exc.transient, model_count=current,
+        )  # fmt: skip
+        await _record_failure(conn, report, started_at=started_at)
+        return report
+    if fetched.status == 304:
+        report = RefreshReport(
+            Outcome.NOT_MODIFIED, source, url, trigger, http_status=304, model_count=current,
+            catalog_version=state.catalog_version if state else None,
+        )  # fmt: skip
+        await _record_current(conn, report, fetched, started_at=started_at)
+        return report
+    body_hash = hashlib.sha256(fetched.body).hexdigest()
+    if state is not None and current and state.body_hash == body_hash:
+        # byte-for-byte what was applied last time: no need to parse it again
+        report = RefreshReport(
+            Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
+            http_status=fetched.status, model_count=current,
+            catalog_version=state.catalog_version,
+        )  # fmt: skip
+        await _record_current(conn, report, fetched, started_at=started_at)
+        return report
+    try:
+        parsed = parse_source(fetched.body)
+        _check_shrink(parsed, current, settings.model_cost_max_shrink_fraction)
+    except SourceRejected as exc:
+        report = RefreshReport(
+            Outcome.REJECTED, source, url, trigger, fetched_bytes=len(fetched.body),
+            http_status=fetched.status, error=str(exc), model_count=current,
+        )  # fmt: skip
+        await _record_failure(conn, report, started_at=started_at)
+        return report
+    if state is not None and current and state.content_hash == parsed.content_hash:
+        report = RefreshReport(
+            Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
+            http_status=fetched.status, skipped=parsed.skipped, model_count=current,
+            catalog_version=state.catalog_version,
+        )  # fmt: skip
+        await _record_current(conn, report, fetched, started_at=started_at, body_hash=body_hash)
+        return report
+    return await apply_source(
+        conn, parsed, source=source, url=url, trigger=trigger, fetched=fetched,
+        started_at=started_at,
+    )  # fmt: skip
+
+
+async def refresh_catalog(
+    settings: Settings,
+    *,
+    force: bool = False,
+    trigger: str = "manual",
+    source_url: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    retries: int | None = None,
+) -> RefreshReport:
+    """Refresh the catalog when it is stale (or `force`); see the module docstring."""
+    url = source_url or settings.model_cost_source_url
+    started = time.perf_counter()
+    conn = await connect(settings)
+    try:
+        if not await try_advisory_lock(conn, REFRESH_LOCK):
+            report = RefreshReport(Outcome.ALREADY_RUNNING, DEFAULT_SOURCE, url, trigger)
+        else:
+            try:
+                report = await _refresh_locked(
+                    conn,
+                    settings,
+                    url=url,
+                    force=force,
+                    trigger=trigger,
+                    client=client,
+                    retries=settings.model_cost_fetch_retries if retries is None else retries,
+                )
+            finally:
+                await advisory_unlock(conn, REFRESH_LOCK)
+    finally:
+        await conn.close()
+    report = _timed(report, time.perf_counter() - started)
+    _log_report(report)
+    return report
+
+
+def _timed(report: RefreshReport, duration: float) -> RefreshReport:
+    return dataclasses.replace(report, duration_s=round(duration, 3))
+
+
+def _log_report(report: RefreshReport) -> None:
+    fields = report.as_dict()
+    del fields["error"]
+    if report.skipped:
+        fields["skipped_entries"] = dict(list(report.skipped.items())[:20])
+    if report.outcome.ok:
+        log.info("catalog refresh: " + report.summary(), **fields)
+    else:
+        log.warning("catalog refresh: " + report.summary(), error=report.error, **fields)
+
+
+def snapshot_bytes() -> bytes:
+    """The upstream document bundled in this wheel (see data/NOTICE)."""
+    data = resources.files("aiserver.costs") / "data" / SNAPSHOT_RESOURCE
+    return gzip.decompress(data.read_bytes())
+
+
+async def seed_from_snapshot(
+    settings: Settings, engine: PostgresEngine | None = None
+) -> RefreshReport | None:
+    """Load the bundled snapshot into an empty catalog; do nothing when it has models.
+
+    The seed leaves `last_success_at` empty: the snapshot's age is unknown, so the catalog counts
+    as stale and the first refresh with a network replaces it.
+    """
+    timer = time.perf_counter()
+    conn = await connect(settings)
+    try:
+        if not await try_advisory_lock(conn, REFRESH_LOCK):
+            log.info("catalog seed skipped: a refresh is running")
+            return None
+        try:
+            if await current_model_count(conn, DEFAULT_SOURCE):
+                return None
+            started = _now()
+            body = snapshot_bytes()
+            parsed = parse_source(body)
+            report = await apply_source(
+                conn, parsed, source=DEFAULT_SOURCE, url=settings.model_cost_source_url,
+                trigger="seed", fetched=Fetched(200, body, None, None, 0), started_at=started,
+                succeeded=False,
+            )  # fmt: skip
+        finally:
+            await advisory_unlock(conn, REFRESH_LOCK)
+    finally:
+        await conn.close()
+    report = _timed(report, time.perf_counter() - timer)
+    _log_report(report)
+    return report

@@ -1,0 +1,98 @@
+"""What an operator asks of the catalog: is it fresh, how big, what went wrong last."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from aiserver.core_db.settings import Settings
+from aiserver.costs.source import decode_json, is_price_field
+from aiserver.costs.store import DEFAULT_SOURCE, read_state
+
+
+class LastRun(msgspec.Struct, frozen=True, kw_only=True):
+    trigger: str
+    outcome: str
+    started_at: datetime
+    finished_at: datetime | None
+    fetched_bytes: int
+    added: int
+    changed: int
+    removed: int
+    skipped: int
+    error: str | None
+
+
+class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    url: str | None
+    model_count: int
+    alias_count: int
+    override_count: int
+    catalog_version: int
+    last_checked_at: datetime | None
+    last_success_at: datetime | None
+    last_changed_at: datetime | None
+    age_seconds: float | None
+    max_age_seconds: int
+    stale: bool
+    last_error: str | None
+    last_error_at: datetime | None
+    last_run: LastRun | None
+
+
+async def read_status(
+    conn: asyncpg.Connection, settings: Settings, *, source: str = DEFAULT_SOURCE
+) -> CatalogStatus:
+    state = await read_state(conn, source)
+    now = datetime.now(UTC)
+    models: int = await conn.fetchval(
+        "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL", source
+    )
+    overrides: int = await conn.fetchval("SELECT count(*) FROM ai_cost_overrides")
+    run = await conn.fetchrow(
+        """
+        SELECT trigger, outcome, started_at, finished_at, fetched_bytes, added, changed,
+               removed, skipped, error
+        FROM ai_cost_refresh_runs WHERE source = $1 ORDER BY id DESC LIMIT 1
+        """,
+        source,
+    )
+    success = state.last_success_at if state else None
+    age = (now - success).total_seconds() if success else None
+    return CatalogStatus(
+        source=source,
+        url=state.url if state else None,
+        model_count=models,
+        alias_count=state.alias_count if state else 0,
+        override_count=overrides,
+        catalog_version=state.catalog_version if state else 0,
+        last_checked_at=state.last_checked_at if state else None,
+        last_success_at=success,
+        last_changed_at=state.last_changed_at if state else None,
+        age_seconds=round(age, 3) if age is not None else None,
+        max_age_seconds=settings.model_cost_max_age_seconds,
+        stale=age is None or age >= settings.model_cost_max_age_seconds,
+        last_error=state.last_error if state else None,
+        last_error_at=state.last_error_at if state else None,
+        last_run=LastRun(**dict(run)) if run else None,
+    )
+
+
+async def price_field_usage(
+    conn: asyncpg.Connection, *, source: str = DEFAULT_SOURCE
+) -> Counter[str]:
+    """How many current models use each price field."""
+    rows = await conn.fetch(
+        "SELECT entry::text AS entry FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL",
+        source,
+    )
+    usage: Counter[str] = Counter()
+    for row in rows:
+        entry: dict[str, Any] = decode_json(row["entry"])
+        usage.update(name for name in entry if is_price_field(name))
+    return usage

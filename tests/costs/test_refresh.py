@@ -1,0 +1,369 @@
+"""The guarded refresh against a local upstream: what is written, and what is never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+
+from aiserver.core_db.settings import Settings
+from aiserver.costs.refresh import Outcome, refresh_catalog, seed_from_snapshot
+from aiserver.costs.source import decode_json
+
+from ..support.catalog import catalog_rows, document, fetch_one, models
+from ..support.upstream import Upstream
+
+
+@pytest.fixture
+def cfg(settings: Settings, upstream: Upstream) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        model_cost_source_url=upstream.url,
+        model_cost_fetch_timeout_seconds=2.0,
+        model_cost_fetch_retries=1,
+        model_cost_max_bytes=1_000_000,
+    )
+
+
+@pytest.fixture
+async def loaded(cfg: Settings, upstream: Upstream) -> Settings:
+    """A catalog holding the 20 models of `models(20)` (version 1)."""
+    upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(cfg, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    return cfg
+
+
+async def _metadata(url: str) -> asyncpg.Record:
+    return await fetch_one(url, "SELECT * FROM ai_cost_metadata WHERE source = 'litellm'")
+
+
+async def test_first_refresh_loads_every_model_alias_and_document(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(cfg, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed, report.removed, report.skipped) == (20, 0, 0, {})
+    assert report.catalog_version == 1
+    assert report.fetched_bytes == len(upstream.body)
+    row = await fetch_one(
+        cfg.database_url,
+        "SELECT provider, mode, max_input_tokens, input_cost_per_token, output_cost_per_token,"
+        " entry::text AS entry FROM ai_model_costs WHERE model = 'gpt-test-002'",
+    )
+    assert row["provider"] == "openai"
+    assert row["mode"] == "chat"
+    assert row["max_input_tokens"] == 128000
+    assert row["input_cost_per_token"] == Decimal("0.000003")
+    assert row["output_cost_per_token"] == Decimal("0.000006")
+    entry = decode_json(row["entry"])
+    assert entry["supports_function_calling"] is True
+    assert entry["input_cost_per_token"] == Decimal("0.000003")
+    meta = await _metadata(cfg.database_url)
+    assert meta["model_count"] == 20
+    assert meta["alias_count"] == 1
+    assert meta["catalog_version"] == 1
+    assert meta["etag"] == upstream.etag
+    assert meta["last_success_at"] is not None
+    assert meta["last_error"] is None
+    documents = json.loads(meta["documents"])
+    assert sorted(documents) == ["fallback_generalizations", "sample_spec"]
+    alias = await fetch_one(cfg.database_url, "SELECT alias, target FROM ai_model_aliases")
+    assert tuple(alias) == ("gpt-alias", "gpt-test-001")
+    count = await fetch_one(cfg.database_url, "SELECT count(*) FROM ai_model_costs")
+    assert count[0] == 20  # sample_spec and the rules are not stored as models
+
+
+async def test_a_fresh_catalog_is_not_fetched_unless_forced(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    asked = len(upstream.requests)
+    report = await refresh_catalog(loaded, trigger="test")
+    assert report.outcome is Outcome.FRESH
+    assert len(upstream.requests) == asked
+    forced = await refresh_catalog(loaded, force=True, trigger="test")
+    assert forced.outcome is Outcome.NOT_MODIFIED
+    assert len(upstream.requests) == asked + 1
+
+
+async def test_etag_gives_304_and_touches_no_row(loaded: Settings, upstream: Upstream) -> None:
+    before = await catalog_rows(loaded.database_url)
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.NOT_MODIFIED
+    assert upstream.requests[-1]["If-None-Match"] == upstream.etag
+    assert upstream.requests[-1]["If-Modified-Since"] == "Sat, 28 Nov 2026 09:00:00 GMT"
+    assert await catalog_rows(loaded.database_url) == before
+
+
+async def test_the_same_bytes_without_a_304_write_nothing(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    before = await catalog_rows(loaded.database_url)
+    upstream.conditional = False
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.UNCHANGED
+    assert report.fetched_bytes == len(upstream.body)
+    assert await catalog_rows(loaded.database_url) == before
+    meta = await _metadata(loaded.database_url)
+    assert meta["catalog_version"] == 1
+    assert meta["last_error"] is None
+
+
+async def test_same_prices_spelled_differently_write_nothing(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    before = await catalog_rows(loaded.database_url)
+    version = (await _metadata(loaded.database_url))["catalog_version"]
+    respelled = document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}})
+    respelled = re.sub(rb"(?<![0-9.])3e-06", b"3.0e-06", respelled)
+    respelled = re.sub(rb"(?<![0-9.])2e-06", b"0.000002", respelled)
+    assert b"3.0e-06" in respelled
+    assert b"0.000002" in respelled
+    upstream.serve(respelled)  # another ETag, so the body is downloaded and compared
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.UNCHANGED
+    assert (report.added, report.changed, report.removed) == (0, 0, 0)
+    assert await catalog_rows(loaded.database_url) == before
+    meta = await _metadata(loaded.database_url)
+    assert meta["catalog_version"] == version
+    assert meta["etag"] == upstream.etag
+
+
+async def test_a_changed_price_opens_a_new_version_and_keeps_the_old(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    changed = models(20)
+    changed["gpt-test-005"]["input_cost_per_token"] = "9.5e-06"
+    upstream.serve(document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed, report.removed) == (0, 1, 0)
+    assert report.catalog_version == 2
+    conn = await asyncpg.connect(loaded.database_url)
+    try:
+        versions = await conn.fetch(
+            "SELECT input_cost_per_token, valid_from, valid_to, opened_in_version,"
+            " closed_in_version FROM ai_model_costs WHERE model = 'gpt-test-005' ORDER BY id"
+        )
+        untouched = await conn.fetchval(
+            "SELECT count(*) FROM ai_model_costs WHERE model <> 'gpt-test-005'"
+        )
+    finally:
+        await conn.close()
+    old, new = versions
+    assert old["input_cost_per_token"] == Decimal("0.000006")
+    assert new["input_cost_per_token"] == Decimal("0.0000095")
+    assert old["valid_to"] == new["valid_from"]
+    assert new["valid_to"] is None
+    assert (old["opened_in_version"], old["closed_in_version"]) == (1, 2)
+    assert (new["opened_in_version"], new["closed_in_version"]) == (2, None)
+    assert untouched == 19
+
+
+async def test_a_removed_model_is_closed_not_deleted(loaded: Settings, upstream: Upstream) -> None:
+    fewer = models(20)
+    del fewer["gpt-test-019"]
+    upstream.serve(document(fewer, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert (report.outcome, report.added, report.changed, report.removed) == (
+        Outcome.APPLIED,
+        0,
+        0,
+        1,
+    )
+    row = await fetch_one(
+        loaded.database_url,
+        "SELECT valid_to, closed_in_version FROM ai_model_costs WHERE model = 'gpt-test-019'",
+    )
+    assert row["valid_to"] is not None
+    assert row["closed_in_version"] == 2
+    assert (await _metadata(loaded.database_url))["model_count"] == 19
+
+
+async def test_an_added_model_and_a_changed_alias_are_applied(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    more = models(21)
+    upstream.serve(document(more, **{"gpt-alias": {"alias_of": "gpt-test-020"}}))
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert (report.outcome, report.added, report.changed, report.removed) == (
+        Outcome.APPLIED,
+        1,
+        0,
+        0,
+    )
+    alias = await fetch_one(loaded.database_url, "SELECT target FROM ai_model_aliases")
+    assert alias["target"] == "gpt-test-020"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected_error"),
+    [
+        (b"", "application/json", "rejected: empty body"),
+        (
+            b"<html><body>502 Bad Gateway</body></html>",
+            "text/html",
+            "rejected: not JSON",
+        ),
+        (b'{"gpt-test-000": {"litellm_provider": "openai", "input_c', "", "rejected: not JSON"),
+        (b'[{"model": "gpt-4o"}]', "application/json", "rejected: wrong shape: expected"),
+        (b'{"a": 1, "b": [2]}', "application/json", "rejected: wrong shape: no model entries"),
+        (document(models(4)), "application/json", "rejected: shrink: the source has 4 models"),
+    ],
+    ids=["empty", "html", "truncated-json", "list", "no-models", "shrink"],
+)
+async def test_a_rejected_body_leaves_the_catalog_row_for_row(
+    loaded: Settings,
+    upstream: Upstream,
+    body: bytes,
+    content_type: str,
+    expected_error: str,
+) -> None:
+    before = await catalog_rows(loaded.database_url)
+    upstream.serve(body)
+    upstream.content_type = content_type or "application/json"
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.REJECTED
+    assert await catalog_rows(loaded.database_url) == before
+    meta = await _metadata(loaded.database_url)
+    assert meta["last_error"].startswith(expected_error)
+    assert meta["catalog_version"] == 1
+    run = await fetch_one(
+        loaded.database_url,
+        "SELECT outcome, error FROM ai_cost_refresh_runs ORDER BY id DESC LIMIT 1",
+    )
+    assert run["outcome"] == "rejected"
+    # the next good refresh succeeds and clears the error
+    upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-002"}}))
+    upstream.content_type = "application/json"
+    good = await refresh_catalog(loaded, force=True, trigger="test")
+    assert good.outcome is Outcome.APPLIED
+    assert (await _metadata(loaded.database_url))["last_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("bad_value", "reason"),
+    [("-1e-06", "negative price at input_cost_per_token: -0.000001"), ('"free"', "non-numeric")],
+    ids=["negative", "non-numeric"],
+)
+async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
+    loaded: Settings, upstream: Upstream, bad_value: str, reason: str
+) -> None:
+    changed = models(20)
+    changed["gpt-test-003"]["input_cost_per_token"] = "BAD"
+    changed["gpt-test-004"]["output_cost_per_token"] = "8.5e-06"  # a real change beside it
+    body = document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}})
+    upstream.serve(body.replace(b'"BAD"', bad_value.encode()))
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed, report.removed) == (0, 1, 0)
+    assert list(report.skipped) == ["gpt-test-003"]
+    assert report.skipped["gpt-test-003"].startswith(reason)
+    kept = await fetch_one(
+        loaded.database_url,
+        "SELECT input_cost_per_token, valid_to FROM ai_model_costs WHERE model = 'gpt-test-003'",
+    )
+    assert kept["input_cost_per_token"] == Decimal("0.000004")
+    assert kept["valid_to"] is None
+    run = await fetch_one(
+        loaded.database_url,
+        "SELECT skipped, skipped_entries::text AS entries FROM ai_cost_refresh_runs"
+        " ORDER BY id DESC LIMIT 1",
+    )
+    assert run["skipped"] == 1
+    assert json.loads(run["entries"])["gpt-test-003"].startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_error"),
+    [
+        ("status", "failed: upstream answered HTTP 500"),
+        ("reset", "failed: connection failed"),
+        ("drip", "failed: timed out after 2 s"),
+        ("endless", "failed: body too large: more than 1000000 bytes"),
+    ],
+)
+async def test_an_upstream_fault_leaves_the_catalog_row_for_row(
+    loaded: Settings, upstream: Upstream, mode: str, expected_error: str
+) -> None:
+    before = await catalog_rows(loaded.database_url)
+    upstream.drip_interval = 0.5
+    upstream.serve(document(models(30)), mode=mode)  # type: ignore[arg-type]
+    asked = len(upstream.requests)
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.FAILED
+    assert await catalog_rows(loaded.database_url) == before
+    meta = await _metadata(loaded.database_url)
+    assert meta["last_error"].startswith(expected_error)
+    assert meta["last_error_at"] is not None
+    transient = mode != "endless"
+    assert report.transient is transient
+    assert len(upstream.requests) - asked == (2 if transient else 1)  # one retry when transient
+
+
+async def test_a_transient_fault_is_retried_then_succeeds(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    upstream.serve(document(models(5)), mode="status")
+    upstream.status = 503
+    upstream.failures_before_ok = 1
+    report = await refresh_catalog(cfg, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert len(upstream.requests) == 2
+
+
+async def test_an_oversize_declared_length_is_refused_before_reading(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    big = document(models(20)) + b" " * 1_000_001
+    upstream.serve(big)
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.FAILED
+    assert report.error is not None
+    assert report.error.startswith("body too large: Content-Length")
+
+
+async def test_two_concurrent_refreshes_apply_once(cfg: Settings, upstream: Upstream) -> None:
+    upstream.serve(document(models(20)))
+    upstream.delay = 0.5
+    first, second = await asyncio.gather(
+        refresh_catalog(cfg, force=True, trigger="a"),
+        refresh_catalog(cfg, force=True, trigger="b"),
+    )
+    outcomes = sorted([first.outcome, second.outcome])
+    assert outcomes == sorted([Outcome.APPLIED, Outcome.ALREADY_RUNNING])
+    assert len(upstream.requests) == 1
+    count = await fetch_one(cfg.database_url, "SELECT count(*) FROM ai_model_costs")
+    assert count[0] == 20
+
+
+async def test_seed_loads_the_bundled_snapshot_once(settings: Settings) -> None:
+    first = await seed_from_snapshot(settings)
+    assert first is not None
+    assert first.outcome is Outcome.SEEDED
+    assert first.model_count > 4000
+    again = await seed_from_snapshot(settings)
+    assert again is None
+    meta = await _metadata(settings.database_url)
+    assert meta["last_success_at"] is None  # a snapshot of unknown age: stale until refreshed
+    assert meta["model_count"] == first.model_count
+    gpt = await fetch_one(
+        settings.database_url,
+        "SELECT provider FROM ai_model_costs WHERE model = 'gpt-4o' AND valid_to IS NULL",
+    )
+    assert gpt["provider"] == "openai"
+
+
+async def test_the_refresh_lock_is_free_after_each_run(loaded: Settings) -> None:
+    conn = await asyncpg.connect(loaded.database_url)
+    try:
+        held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    finally:
+        await conn.close()
+    assert held == 0
