@@ -1,0 +1,96 @@
+"""The task runner's jobs. Each is idempotent and safe to run again.
+
+- `cost_data_update_task` (cron): refresh the price catalog when the database says it is stale;
+- `refresh_costs(force)`: the same on demand (the API enqueues it by name).
+
+Fleet-wide single execution comes from the refresh's PostgreSQL advisory lock, not from arq's
+`unique`, which does not stop two workers from both running a job.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar, cast
+
+from arq import Retry
+
+from aiserver.core_db.logging import get_logger
+from aiserver.core_db.settings import Settings
+from aiserver.costs.refresh import Outcome, RefreshReport, refresh_catalog
+
+log = get_logger(__name__)
+
+Ctx = dict[str, Any]
+Job = TypeVar("Job", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+#: arq tries of a refresh job: the first run and up to three retries of a transient fault.
+REFRESH_MAX_TRIES: Final = 4
+RETRY_BASE_DELAY_S: Final = 30.0
+
+
+def logged_job(job: Job) -> Job:
+    """One structured line when a job starts and one when it ends, with duration and outcome."""
+
+    @functools.wraps(job)
+    async def wrapper(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        log.info("job started", function=job.__name__, args=args or None, kwargs=kwargs or None)
+        try:
+            result = await job(ctx, *args, **kwargs)
+        except Retry as retry:
+            log.warning(
+                "job will be retried",
+                function=job.__name__,
+                duration_s=round(time.perf_counter() - started, 3),
+                retry_in_s=(retry.defer_score or 0) / 1000,
+            )
+            raise
+        except BaseException as exc:
+            log.error(
+                "job failed",
+                function=job.__name__,
+                duration_s=round(time.perf_counter() - started, 3),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise
+        outcome = result.get("outcome") if isinstance(result, dict) else None
+        log.info(
+            "job finished",
+            function=job.__name__,
+            duration_s=round(time.perf_counter() - started, 3),
+            outcome=outcome,
+        )
+        return result
+
+    return cast(Job, wrapper)
+
+
+def report_dict(report: RefreshReport) -> dict[str, Any]:
+    """The job result: plain data, so any client can read it from Redis."""
+    return {**report.as_dict(), "summary": report.summary()}
+
+
+async def _refresh(ctx: Ctx, *, force: bool, trigger: str) -> dict[str, Any]:
+    settings: Settings = ctx["settings"]
+    report = await refresh_catalog(settings, force=force, trigger=trigger, client=ctx["http"])
+    job_try: int = ctx.get("job_try", 1)
+    if report.outcome is Outcome.FAILED and report.transient and job_try < REFRESH_MAX_TRIES:
+        # A transient upstream fault: try again later, backing off. A guardrail rejection is
+        # not retried: the same body would be rejected again (it is in ai_cost_metadata).
+        base: float = ctx.get("retry_base_delay_s", RETRY_BASE_DELAY_S)
+        raise Retry(defer=base * 2 ** (job_try - 1))
+    return report_dict(report)
+
+
+@logged_job
+async def refresh_costs(ctx: Ctx, force: bool = False) -> dict[str, Any]:
+    """Refresh the price catalog now (when stale, or always with `force`)."""
+    return await _refresh(ctx, force=force, trigger="forced" if force else "job")
+
+
+@logged_job
+async def cost_data_update_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: refresh the price catalog when it is older than MODEL_COST_MAX_AGE_SECONDS."""
+    return await _refresh(ctx, force=False, trigger="cron")
