@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sys
+from pathlib import Path
 
 from aiserver.costs.refresh import snapshot_bytes
 
@@ -93,3 +94,74 @@ async def test_missing_tables_are_explained(empty_database_url: str) -> None:
     code, _, err = await costs_cli(env, "status")
     assert code == 1
     assert "apply the migrations first: aiserver-db migrate" in err
+
+
+async def _seeded_env(subprocess_env: dict[str, str]) -> dict[str, str]:
+    code, _, err = await costs_cli(subprocess_env, "seed")
+    assert code == 0, err
+    return subprocess_env
+
+
+async def test_calc_prints_each_component_and_the_exact_total(
+    subprocess_env: dict[str, str],
+) -> None:
+    env = await _seeded_env(subprocess_env)
+    code, out, _ = await costs_cli(
+        env, "calc", "openai/gpt-4o", "--input-tokens", "1000", "--output-tokens", "500",
+        "--cache-read-tokens", "200",
+    )  # fmt: skip
+    assert code == 0
+    # gpt-4o in the bundled snapshot: input 2.5e-06, cache read 1.25e-06, output 1e-05
+    assert "matched by provider_prefix" in out
+    assert "input                800 x 0.0000025      = 0.002" in out
+    assert "cache_read           200 x 0.00000125     = 0.00025" in out
+    assert "output               500 x 0.00001        = 0.005" in out
+    assert "total:    0.00725 USD" in out
+
+    code, out, _ = await costs_cli(env, "calc", "gpt-4o", "--input-tokens", "10", "--json")
+    result = json.loads(out)
+    assert (result["total"], result["matched_by"], result["currency"]) == (
+        "0.000025",
+        "exact",
+        "USD",
+    )
+
+    code, _, err = await costs_cli(env, "calc", "gpt-4oo", "--input-tokens", "1")
+    assert code == 1
+    assert "unknown model 'gpt-4oo'; did you mean 'gpt-4o'" in err
+
+
+async def test_calc_batch_answers_every_line_in_order(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = await _seeded_env(subprocess_env)
+    lines = [
+        '{"model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500}}',
+        '{"model": "no-such-model"}',
+        "{not json",
+        '{"model": "gpt-4o", "usage": {"input_tokens": 1, "cache_read_tokens": 2}}',
+        "",
+        '{"model": "gpt-4o", "usage": {"input_tokens": -1}}',
+        '{"model": "gpt-4o", "usage": {"output_tokens": 2}, "service_tier": "batch"}',
+    ]
+    batch = tmp_path / "usage.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    code, out, err = await costs_cli(env, "calc", "--batch", str(batch))
+    assert code == 0
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == 6  # the blank line is not a request
+    assert results[0]["total"] == "0.0075"
+    assert results[1]["error"]["type"] == "unknown_model"
+    assert results[1]["error"]["line"] == 2
+    assert results[2]["error"]["type"] == "invalid_request"
+    assert results[3]["error"] == {
+        "type": "invalid_usage",
+        "detail": "cache_read_tokens (2) is larger than input_tokens (1)",
+        "fields": ["cache_read_tokens", "input_tokens"],
+        "line": 4,
+    }
+    assert results[4]["error"]["type"] == "invalid_usage"
+    assert results[4]["error"]["fields"] == ["input_tokens"]
+    assert results[4]["error"]["line"] == 6
+    assert results[5]["total"] == "0.00001"  # gpt-4o output_cost_per_token_batches 5e-06
+    assert "4 line(s) failed" in err

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -15,10 +17,25 @@ import msgspec
 from aiserver.core_db.database import DatabaseUnavailable, connect
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.settings import Settings, settings_for_command
+from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate, money
+from aiserver.costs.catalog import Catalog, UnknownModel, load_catalog
+from aiserver.costs.pricing import Usage, UsageError
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import decode_json, is_price_field
 from aiserver.costs.status import price_field_usage, read_status
 from aiserver.costs.store import DEFAULT_SOURCE
+
+_USAGE_OPTIONS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "images",
+    "requests",
+)
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -129,6 +146,94 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_results = msgspec.json.Encoder(decimal_format="string")
+_requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
+
+
+async def _catalog(settings: Settings) -> Catalog:
+    conn = await connect(settings)
+    try:
+        return await load_catalog(conn)
+    finally:
+        await conn.close()
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, UnknownModel):
+        return {"type": "unknown_model", "detail": str(exc), "suggestions": exc.suggestions}
+    if isinstance(exc, UsageError):
+        return {"type": "invalid_usage", "detail": str(exc), "fields": exc.fields}
+    return {"type": "invalid_request", "detail": str(exc)}
+
+
+def _print_result(result: CostResult) -> None:
+    print(
+        f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
+        f"price version {result.price_version}, catalog version {result.catalog_version}"
+    )
+    width = max((len(c.name) for c in result.components), default=5)
+    for c in result.components:
+        unit, cost = money(c.unit_price), money(c.cost)
+        print(f"  {c.name:<{width}}  {c.quantity:>12} x {unit:<14} = {cost}")
+    print(f"total:    {money(result.total)} {result.currency}")
+    if result.unpriced:
+        unpriced = ", ".join(result.unpriced)
+        print(f"unpriced: {unpriced} (no price in the catalog, so not in the total)")
+    for note in result.notes:
+        print(f"note:     {note}")
+
+
+async def _calc(settings: Settings, args: argparse.Namespace) -> int:
+    if args.batch is None and args.model is None:
+        print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
+        return 2
+    catalog = await _catalog(settings)
+    if args.batch is not None:
+        return _calc_batch(catalog, args.batch)
+    try:
+        usage = msgspec.convert(
+            {name: getattr(args, name) for name in _USAGE_OPTIONS if getattr(args, name)},
+            Usage,
+        )
+        request = CostRequest(
+            model=args.model,
+            provider=args.provider,
+            usage=usage,
+            service_tier=args.service_tier,
+            at=args.at,
+        )
+        result = calculate(catalog, request)
+    except (UnknownModel, UsageError, msgspec.ValidationError, ValueError) as exc:
+        if args.json:
+            print(_results.encode({"error": _error(exc)}).decode())
+        else:
+            print(f"aiserver-costs calc: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(_results.encode(CostResponse.of(result)).decode())
+    else:
+        _print_result(result)
+    return 0
+
+
+def _calc_batch(catalog: Catalog, path: str) -> int:
+    stream = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")  # noqa: SIM115
+    failed = 0
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                result: Any = CostResponse.of(calculate(catalog, _requests.decode(line)))
+            except (UnknownModel, UsageError, msgspec.DecodeError, ValueError) as exc:
+                failed += 1
+                result = {"error": {**_error(exc), "line": number}}
+            sys.stdout.write(_results.encode(result).decode() + "\n")
+    if failed:
+        print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
+    return 0
+
+
 async def _fields(settings: Settings, args: argparse.Namespace) -> int:
     from aiserver.costs.pricing import is_understood_field
 
@@ -183,6 +288,38 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("model", metavar="MODEL", help="the model's catalog key")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
 
+    calc = sub.add_parser(
+        "calc",
+        help="the exact cost of a model call (or of a file of them with --batch)",
+        description="Price a model call with the catalog in the database. Token parts: cache "
+        "read/write tokens are part of --input-tokens, reasoning tokens part of "
+        "--output-tokens. With --batch, read cost requests as JSON lines (the body of POST "
+        "/v1/costs/calculate) and write one JSON result per line, in order; a line that fails "
+        'gives {"error": {...}} and the rest go on.',
+    )
+    calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
+    calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
+    for name in _USAGE_OPTIONS:
+        calc.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=0, metavar="N", dest=name
+        )
+    calc.add_argument(
+        "--service-tier",
+        choices=("standard", "batch", "priority", "flex"),
+        default="standard",
+        help="service tier (default: %(default)s)",
+    )
+    calc.add_argument(
+        "--at",
+        type=_timestamp,
+        metavar="TIME",
+        help="time of the call, RFC 3339 (default: now); picks the price version valid then",
+    )
+    calc.add_argument("--json", action="store_true", help="print the result as JSON")
+    calc.add_argument(
+        "--batch", metavar="FILE", help="JSON lines of cost requests; '-' reads stdin"
+    )
+
     sub.add_parser(
         "fields",
         help="every price field in the catalog, with how many models use it",
@@ -192,12 +329,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 COMMANDS: dict[str, Command] = {
     "refresh": _refresh,
     "seed": _seed,
     "status": _status,
     "show": _show,
     "fields": _fields,
+    "calc": _calc,
 }
 
 

@@ -1,0 +1,132 @@
+"""The cost of a model call: resolve the model, pick the price version of its time, price it.
+
+The request and result shapes are the interface of DESIGN.md ("Cost request", "Cost result"):
+the HTTP body of `POST /v1/costs/calculate` and one JSON line of `aiserver-costs calc --batch`.
+Decimals are exact, and strings in JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Final
+
+import msgspec
+
+from aiserver.costs.catalog import Catalog
+from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, price_call
+
+CURRENCY: Final = "USD"
+
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: ModelName
+    provider: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    service_tier: ServiceTier = "standard"
+    at: datetime | None = None
+
+
+class CostResult(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    provider: str
+    matched_by: str
+    price_version: int
+    catalog_version: int
+    currency: str
+    total: Decimal
+    components: tuple[CostComponent, ...]
+    unpriced: tuple[str, ...]
+    notes: tuple[str, ...]
+    at: datetime
+    override_id: int | None = None
+
+
+def money(value: Decimal) -> str:
+    """A decimal as an exact string in plain notation: 0.0000008, never 8E-7."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+class ComponentOut(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    quantity: int
+    unit_price: str
+    cost: str
+
+
+class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A cost result on the wire: money as exact decimal strings."""
+
+    model: str
+    provider: str
+    matched_by: str
+    price_version: int
+    catalog_version: int
+    currency: str
+    total: str
+    components: tuple[ComponentOut, ...]
+    unpriced: tuple[str, ...]
+    notes: tuple[str, ...]
+    at: datetime
+    override_id: int | None = None
+
+    @classmethod
+    def of(cls, result: CostResult) -> CostResponse:
+        return cls(
+            model=result.model,
+            provider=result.provider,
+            matched_by=result.matched_by,
+            price_version=result.price_version,
+            catalog_version=result.catalog_version,
+            currency=result.currency,
+            total=money(result.total),
+            components=tuple(
+                ComponentOut(
+                    name=c.name,
+                    quantity=c.quantity,
+                    unit_price=money(c.unit_price),
+                    cost=money(c.cost),
+                )
+                for c in result.components
+            ),
+            unpriced=result.unpriced,
+            notes=result.notes,
+            at=result.at,
+            override_id=result.override_id,
+        )
+
+
+def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = None) -> CostResult:
+    """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (pricing)."""
+    at = request.at or now or datetime.now(UTC)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
+    resolution = catalog.resolve(request.model, request.provider)
+    current = catalog.current.get(resolution.key)
+    notes: tuple[str, ...] = ()
+    if request.at is None and current is not None:
+        version = current
+    else:
+        version, note = catalog.version_at(resolution.key, at)
+        if note:
+            notes = (note,)
+    quote = price_call(version.prices, request.usage, service_tier=request.service_tier, at=at)
+    return CostResult(
+        model=version.model,
+        provider=version.provider,
+        matched_by=resolution.matched_by,
+        price_version=version.id,
+        catalog_version=catalog.version,
+        currency=CURRENCY,
+        total=quote.total,
+        components=quote.components,
+        unpriced=quote.unpriced,
+        notes=notes + quote.notes,
+        at=at,
+        override_id=version.override_id,
+    )

@@ -1,0 +1,401 @@
+"""The price catalog in memory: immutable, built for O(1) lookups, swapped in whole.
+
+`load_catalog()` reads every price version (current and past), the aliases and the operator
+overrides of the database into a new `Catalog`. Readers hold a reference to one catalog for the
+whole of a calculation, so a reload that happens meanwhile never mixes two versions of it.
+
+Name resolution, in order (the result says which rule matched, `matched_by`):
+
+1. `exact`: the catalog key as given (`gpt-4o`, `azure/gpt-4o`);
+2. `provider_prefix`: `provider/model` for a key without the prefix whose provider is that
+   provider (`openai/gpt-4o` -> `gpt-4o`), or `model` plus a separate `provider` field;
+3. `case_insensitive`: the same keys, ignoring case;
+4. `alias`: an `alias_of` entry of the source (`claude-opus-latest` -> `claude-opus-...`);
+5. `region_prefix`: without a geo prefix (`us.`, `eu.`, `apac.`, `global.`, ...) or a region
+   path segment (`bedrock/us-east-1/...`);
+6. `dated_name`: without a date suffix (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`) or,
+   for an undated name, its newest dated version, where the catalog has those names.
+
+An unknown name raises `UnknownModel` with the closest known names.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+
+from aiserver.costs.pricing import CompiledPrices, compile_entry
+from aiserver.costs.source import decode_json
+from aiserver.costs.store import DEFAULT_SOURCE
+
+GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp.", "ca.", "apj.")
+_DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")
+_REGION_SEGMENT: Final = re.compile(r"^(?P<provider>[^/]+)/[a-z]{2}(?:-[a-z]+)+-\d/(?P<rest>.+)$")
+_RESOLVE_CACHE_LIMIT: Final = 4096
+
+
+class UnknownModel(LookupError):
+    """No catalog entry answers to the name; `suggestions` are the closest known names."""
+
+    def __init__(self, name: str, suggestions: tuple[str, ...], reason: str = "") -> None:
+        self.name = name
+        self.suggestions = suggestions
+        text = reason or f"unknown model {name!r}"
+        if suggestions:
+            text += "; did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
+        super().__init__(text)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PriceVersion:
+    """One version of one model's prices (a row of ai_model_costs), overrides applied."""
+
+    id: int
+    source: str
+    provider: str
+    model: str
+    mode: str | None
+    valid_from: datetime
+    valid_to: datetime | None
+    entry: Mapping[str, Any]
+    override_id: int | None = None
+    _compiled: list[CompiledPrices] = field(default_factory=list, repr=False)
+
+    @property
+    def prices(self) -> CompiledPrices:
+        """The entry compiled for pricing, once, on first use."""
+        if not self._compiled:
+            self._compiled.append(compile_entry(self.entry))
+        return self._compiled[0]
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    key: str
+    matched_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    id: int
+    provider: str
+    model: str
+    prices: Mapping[str, Any]
+    reason: str
+    created_at: datetime
+
+
+class Catalog:
+    """An immutable snapshot of the catalog. Build it with `load_catalog` or `Catalog.build`."""
+
+    def __init__(
+        self,
+        *,
+        version: int,
+        versions: Mapping[str, tuple[PriceVersion, ...]],
+        aliases: Mapping[str, str],
+        loaded_at: datetime,
+        source: str = DEFAULT_SOURCE,
+    ) -> None:
+        self.version = version
+        self.loaded_at = loaded_at
+        self.source = source
+        self._versions = dict(versions)
+        self._current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
+        self._starts = {k: [pv.valid_from for pv in v] for k, v in versions.items()}
+        self._aliases = dict(aliases)
+        lower: dict[str, str] = {}
+        by_provider: dict[tuple[str, str], str] = {}
+        for key in sorted(versions, key=lambda k: (k not in self._current, k)):
+            lower.setdefault(key.lower(), key)
+            provider = versions[key][-1].provider
+            bare = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
+            by_provider.setdefault((provider.lower(), bare.lower()), key)
+        self._lower = lower
+        self._by_provider = by_provider
+        self._undated: dict[str, str] = {}
+        for key in sorted(versions):
+            match = _DATE_SUFFIX.match(key)
+            if match:  # the newest dated key wins for its undated name
+                self._undated[match["base"].lower()] = key
+        self._resolved: dict[tuple[str, str | None], Resolution] = {}
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls(version=0, versions={}, aliases={}, loaded_at=datetime.now(UTC))
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    @property
+    def current(self) -> Mapping[str, PriceVersion]:
+        return self._current
+
+    def history(self, key: str) -> tuple[PriceVersion, ...]:
+        return self._versions.get(key, ())
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def resolve(self, name: str, provider: str | None = None) -> Resolution:
+        """The catalog key for `name` (and `provider`), and how it matched."""
+        cache_key = (name, provider)
+        found = self._resolved.get(cache_key)
+        if found is not None:
+            return found
+        found = self._resolve(name.strip(), provider.strip() if provider else None)
+        if found is None:
+            raise UnknownModel(name, self.suggest(name, provider))
+        if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
+            self._resolved.clear()
+        self._resolved[cache_key] = found
+        return found
+
+    def _lookup(self, name: str, provider: str | None) -> Resolution | None:
+        if provider is None and name in self._versions:
+            return Resolution(name, "exact")
+        if provider is not None:
+            prefixed = f"{provider}/{name}"
+            if prefixed in self._versions:
+                return Resolution(prefixed, "provider_prefix")
+            if name in self._versions and self._versions[name][-1].provider == provider:
+                return Resolution(name, "exact")
+            key = self._by_provider.get((provider.lower(), name.lower()))
+            if key is not None:
+                return Resolution(key, "provider_prefix")
+            return None
+        head, sep, rest = name.partition("/")
+        if sep:
+            key = self._by_provider.get((head.lower(), rest.lower()))
+            if key is not None:
+                return Resolution(key, "provider_prefix")
+        key = self._lower.get(name.lower())
+        if key is not None:
+            return Resolution(key, "case_insensitive")
+        return None
+
+    def _resolve(self, name: str, provider: str | None) -> Resolution | None:
+        if provider is None and "/" in name:
+            head, _, rest = name.partition("/")
+            direct = self._lookup(name, None)
+            if direct is not None:
+                return direct
+            candidates = [(name, None), (rest, head)]
+        else:
+            candidates = [(name, provider)]
+        for candidate, prov in candidates:
+            found = self._lookup(candidate, prov)
+            if found is not None:
+                return found
+        for candidate, prov in candidates:
+            for rule, variant in self._variants(candidate):
+                found = self._lookup(variant, prov) or (
+                    self._lookup(variant, None) if prov is not None else None
+                )
+                if found is not None:
+                    return Resolution(found.key, rule)
+        return None
+
+    def _variants(self, name: str) -> Iterator[tuple[str, str]]:
+        target = self._aliases.get(name) or self._aliases.get(name.lower())
+        if target is None:
+            lowered = {k.lower(): v for k, v in self._aliases.items()}
+            target = lowered.get(name.lower())
+        if target is not None:
+            yield "alias", target
+        lowered_name = name.lower()
+        for prefix in GEO_PREFIXES:
+            if lowered_name.startswith(prefix):
+                yield "region_prefix", name[len(prefix) :]
+                break
+        region = _REGION_SEGMENT.match(name)
+        if region:
+            yield "region_prefix", f"{region['provider']}/{region['rest']}"
+        dated = _DATE_SUFFIX.match(name)
+        if dated:
+            yield "dated_name", dated["base"]
+        newest = self._undated.get(lowered_name)
+        if newest is not None:
+            yield "dated_name", newest
+
+    def suggest(self, name: str, provider: str | None = None, limit: int = 5) -> tuple[str, ...]:
+        wanted = f"{provider}/{name}" if provider else name
+        lowered = {key.lower(): key for key in self._current}
+        close = difflib.get_close_matches(wanted.lower(), list(lowered), n=limit, cutoff=0.6)
+        if len(close) < limit and "/" in wanted:
+            close += difflib.get_close_matches(
+                wanted.rpartition("/")[2].lower(), list(lowered), n=limit - len(close), cutoff=0.6
+            )
+        return tuple(dict.fromkeys(lowered[c] for c in close))
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def version_at(self, key: str, at: datetime) -> tuple[PriceVersion, str | None]:
+        """The version of `key` valid at `at`, and a note when none was valid then."""
+        versions = self._versions[key]
+        index = bisect.bisect_right(self._starts[key], at) - 1
+        if index < 0:
+            first = versions[0]
+            return first, (
+                f"{at.isoformat()} is before the catalog's first price for {key!r} "
+                f"({first.valid_from.isoformat()}); that first price was used"
+            )
+        version = versions[index]
+        if version.valid_at(at):
+            return version, None
+        raise UnknownModel(
+            key,
+            (),
+            reason=f"model {key!r} was not in the catalog at {at.isoformat()} (removed "
+            f"{version.valid_to.isoformat() if version.valid_to else '?'})",
+        )
+
+    def models(
+        self,
+        *,
+        provider: str | None = None,
+        mode: str | None = None,
+        text: str | None = None,
+    ) -> list[PriceVersion]:
+        """Current versions, sorted by key, filtered by provider, mode and a text match."""
+        needle = text.lower() if text else None
+        return [
+            pv
+            for key, pv in sorted(self._current.items())
+            if (provider is None or pv.provider == provider)
+            and (mode is None or pv.mode == mode)
+            and (needle is None or needle in key.lower())
+        ]
+
+    # -- building ----------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        rows: Iterable[Mapping[str, Any] | asyncpg.Record],
+        *,
+        aliases: Mapping[str, str],
+        overrides: Iterable[Override] = (),
+        version: int,
+        loaded_at: datetime | None = None,
+    ) -> Catalog:
+        """A catalog from ai_model_costs rows (dicts with the table's columns and `entry`)."""
+        grouped: dict[str, list[PriceVersion]] = {}
+        for row in rows:
+            entry = row["entry"]
+            if isinstance(entry, str):
+                entry = decode_json(entry)
+            grouped.setdefault(row["model"], []).append(
+                PriceVersion(
+                    id=row["id"],
+                    source=row["source"],
+                    provider=row["provider"],
+                    model=row["model"],
+                    mode=row["mode"],
+                    valid_from=row["valid_from"],
+                    valid_to=row["valid_to"],
+                    entry=entry,
+                )
+            )
+        for override in overrides:
+            _apply_override(grouped, override)
+        versions = {k: tuple(sorted(v, key=lambda pv: pv.valid_from)) for k, v in grouped.items()}
+        return cls(
+            version=version,
+            versions=versions,
+            aliases=aliases,
+            loaded_at=loaded_at or datetime.now(UTC),
+        )
+
+
+def _apply_override(grouped: dict[str, list[PriceVersion]], override: Override) -> None:
+    """An operator override wins over the source for every version of its model."""
+    existing = grouped.get(override.model)
+    if existing:
+        grouped[override.model] = [
+            PriceVersion(
+                id=pv.id,
+                source=pv.source,
+                provider=pv.provider,
+                model=pv.model,
+                mode=pv.mode,
+                valid_from=pv.valid_from,
+                valid_to=pv.valid_to,
+                entry={**pv.entry, **override.prices},
+                override_id=override.id,
+            )
+            for pv in existing
+        ]
+        return
+    entry = {"litellm_provider": override.provider, **override.prices}
+    mode = entry.get("mode")
+    grouped[override.model] = [
+        PriceVersion(
+            id=0,
+            source="override",
+            provider=override.provider,
+            model=override.model,
+            mode=mode if isinstance(mode, str) else None,
+            valid_from=datetime(1970, 1, 1, tzinfo=UTC),
+            valid_to=None,
+            entry=entry,
+            override_id=override.id,
+        )
+    ]
+
+
+async def read_overrides(conn: asyncpg.Connection) -> list[Override]:
+    rows = await conn.fetch(
+        "SELECT id, provider, model, prices::text AS prices, reason, created_at"
+        " FROM ai_cost_overrides ORDER BY id"
+    )
+    return [
+        Override(
+            id=r["id"],
+            provider=r["provider"],
+            model=r["model"],
+            prices=decode_json(r["prices"]),
+            reason=r["reason"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+async def read_catalog_version(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> int:
+    version = await conn.fetchval(
+        "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1", source
+    )
+    return int(version or 0)
+
+
+async def load_catalog(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> Catalog:
+    """Read the whole catalog in one repeatable-read snapshot of the database."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await read_catalog_version(conn, source)
+        rows = await conn.fetch(
+            """
+            SELECT id, source, provider, model, mode, valid_from, valid_to, entry::text AS entry
+            FROM ai_model_costs WHERE source = $1
+            """,
+            source,
+        )
+        alias_rows = await conn.fetch(
+            "SELECT alias, target FROM ai_model_aliases WHERE source = $1", source
+        )
+        overrides = await read_overrides(conn)
+    return Catalog.build(
+        rows,
+        aliases={r["alias"]: r["target"] for r in alias_rows},
+        overrides=overrides,
+        version=version,
+    )

@@ -1,0 +1,128 @@
+"""A catalog that stays current in a long-running service (the API).
+
+One watcher task holds a PostgreSQL connection that LISTENs on the catalog channel. It wakes on
+every NOTIFY a refresh sends, and at the latest every `CATALOG_POLL_INTERVAL_SECONDS`, then
+compares the catalog version in the database with the one in memory and reloads when they differ.
+So a lost notification (a dropped connection, a replica that was restarting) delays a reload by
+one poll interval at most. A new catalog is built beside the old one and swapped in whole.
+
+While the database is unreachable the last loaded catalog keeps serving; the watcher reconnects
+on its own and reloads whatever it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+
+from aiserver.core_db.database import connect
+from aiserver.core_db.logging import get_logger
+from aiserver.core_db.settings import Settings
+from aiserver.costs.catalog import Catalog, load_catalog, read_catalog_version
+from aiserver.costs.store import NOTIFY_CHANNEL
+
+log = get_logger(__name__)
+
+
+class LiveCatalog:
+    """`catalog` is always a complete catalog; `start()` loads it, `stop()` ends the watcher."""
+
+    def __init__(self, settings: Settings, *, poll_interval: float | None = None) -> None:
+        self._settings = settings
+        self._poll_interval = poll_interval or settings.catalog_poll_interval_seconds
+        self._catalog = Catalog.empty()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.loaded = False
+        self.last_error: str | None = None
+        self.last_reload_at: datetime | None = None
+        self.reloads = 0
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    async def start(self) -> None:
+        """Load the catalog (if the database answers) and start watching for changes."""
+        try:
+            conn = await connect(self._settings, timeout=5)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            try:
+                await self._reload(conn)
+            except Exception as exc:
+                self._failed(exc)
+            finally:
+                await conn.close()
+        self._task = asyncio.create_task(self._watch(), name="catalog-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def notify(self) -> None:
+        """Ask the watcher to check the version now (e.g. after a local override change)."""
+        self._wake.set()
+
+    async def _reload(self, conn: asyncpg.Connection) -> None:
+        started = time.perf_counter()
+        catalog = await load_catalog(conn)
+        self._catalog = catalog  # the swap: one reference assignment
+        self.loaded = True
+        self.last_error = None
+        self.last_reload_at = datetime.now(UTC)
+        self.reloads += 1
+        log.info(
+            "catalog loaded",
+            catalog_version=catalog.version,
+            models=len(catalog),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _failed(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if message != self.last_error:
+            log.warning("catalog watcher: database unavailable; serving the loaded catalog",
+                        error=message, catalog_version=self._catalog.version)  # fmt: skip
+        self.last_error = message
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                conn = await connect(self._settings, timeout=5)
+            except Exception as exc:
+                self._failed(exc)
+                await asyncio.sleep(min(self._poll_interval, 2.0))
+                continue
+            try:
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                while not conn.is_closed():
+                    async with asyncio.timeout(10):  # a cut connection must not hang here
+                        version = await read_catalog_version(conn)
+                    if version != self._catalog.version or not self.loaded:
+                        async with asyncio.timeout(60):
+                            await self._reload(conn)
+                    self.last_error = None
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll_interval):
+                            await self._wake.wait()
+                    self._wake.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                await asyncio.sleep(min(self._poll_interval, 2.0))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=2)

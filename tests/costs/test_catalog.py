@@ -1,0 +1,200 @@
+"""Name resolution, price versions by time, overrides, and the result shape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from aiserver.costs.calculator import CostRequest, CostResponse, calculate, money
+from aiserver.costs.catalog import Catalog, Override, UnknownModel
+from aiserver.costs.pricing import Usage, UsageError
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def row(
+    model: str, provider: str, input_price: str, *, row_id: int, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "source": "litellm",
+        "provider": provider,
+        "model": model,
+        "mode": "chat",
+        "valid_from": extra.pop("valid_from", T0),
+        "valid_to": extra.pop("valid_to", None),
+        "entry": {
+            "litellm_provider": provider,
+            "mode": "chat",
+            "input_cost_per_token": Decimal(input_price),
+            "output_cost_per_token": Decimal(input_price) * 4,
+            **extra,
+        },
+    }
+
+
+ROWS = [
+    row("gpt-4o", "openai", "0.0000025", row_id=1, valid_to=T1),
+    row("gpt-4o", "openai", "0.000002", row_id=2, valid_from=T1),
+    row("azure/gpt-4o", "azure", "0.0000027", row_id=3),
+    row("claude-sonnet-4-5-20250929", "anthropic", "0.000003", row_id=4),
+    row("claude-haiku-4-5", "anthropic", "0.000001", row_id=5),
+    row("anthropic.claude-3-5-haiku-20241022-v1:0", "bedrock", "0.0000008", row_id=6),
+    row("bedrock/us-east-1/anthropic.claude-3-haiku", "bedrock", "0.00000025", row_id=7),
+    row("anthropic.claude-3-haiku", "bedrock", "0.00000026", row_id=8),
+    row("Mistral-Large", "mistral", "0.000002", row_id=9),
+    row("retired-model", "openai", "0.00001", row_id=10, valid_to=T1),
+]
+ALIASES = {"claude-sonnet-latest": "claude-sonnet-4-5-20250929"}
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog.build(ROWS, aliases=ALIASES, version=7)
+
+
+@pytest.mark.parametrize(
+    ("name", "provider", "key", "matched_by"),
+    [
+        ("gpt-4o", None, "gpt-4o", "exact"),
+        ("azure/gpt-4o", None, "azure/gpt-4o", "exact"),
+        ("openai/gpt-4o", None, "gpt-4o", "provider_prefix"),
+        ("gpt-4o", "openai", "gpt-4o", "exact"),
+        ("gpt-4o", "azure", "azure/gpt-4o", "provider_prefix"),
+        ("GPT-4o", None, "gpt-4o", "case_insensitive"),
+        ("mistral-large", None, "Mistral-Large", "case_insensitive"),
+        ("claude-sonnet-latest", None, "claude-sonnet-4-5-20250929", "alias"),
+        ("claude-sonnet-4-5", None, "claude-sonnet-4-5-20250929", "dated_name"),
+        ("claude-haiku-4-5-20251001", None, "claude-haiku-4-5", "dated_name"),
+        (
+            "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+            None,
+            "anthropic.claude-3-5-haiku-20241022-v1:0",
+            "region_prefix",
+        ),
+        (
+            "global.anthropic.claude-3-5-haiku-20241022-v1:0",
+            None,
+            "anthropic.claude-3-5-haiku-20241022-v1:0",
+            "region_prefix",
+        ),
+        (
+            "bedrock/us-east-1/anthropic.claude-3-haiku",
+            None,
+            "bedrock/us-east-1/anthropic.claude-3-haiku",
+            "exact",
+        ),
+        (
+            "bedrock/eu-west-3/anthropic.claude-3-haiku",
+            None,
+            "anthropic.claude-3-haiku",
+            "region_prefix",
+        ),
+    ],
+)
+def test_resolution_rules(
+    catalog: Catalog, name: str, provider: str | None, key: str, matched_by: str
+) -> None:
+    resolved = catalog.resolve(name, provider)
+    assert (resolved.key, resolved.matched_by) == (key, matched_by)
+
+
+def test_an_unknown_model_carries_the_closest_names(catalog: Catalog) -> None:
+    with pytest.raises(UnknownModel) as caught:
+        catalog.resolve("gpt-4oo")
+    assert caught.value.suggestions[0] == "gpt-4o"
+    assert "did you mean 'gpt-4o'" in str(caught.value)
+    with pytest.raises(UnknownModel):
+        catalog.resolve("gpt-4o", provider="anthropic")
+
+
+def test_the_cost_of_a_plain_call_is_exact(catalog: Catalog) -> None:
+    request = CostRequest(model="openai/gpt-4o", usage=Usage(input_tokens=1000, output_tokens=500))
+    result = calculate(catalog, request, now=T1 + timedelta(days=1))
+    # 1000 x 0.000002 = 0.002; 500 x 0.000008 = 0.004
+    assert result.total == Decimal("0.006")
+    assert [(c.name, c.quantity, c.unit_price, c.cost) for c in result.components] == [
+        ("input", 1000, Decimal("0.000002"), Decimal("0.002")),
+        ("output", 500, Decimal("0.000008"), Decimal("0.004")),
+    ]
+    assert (result.model, result.provider, result.matched_by) == (
+        "gpt-4o",
+        "openai",
+        "provider_prefix",
+    )
+    assert (result.price_version, result.catalog_version, result.currency) == (2, 7, "USD")
+    assert result.unpriced == ()
+
+
+def test_at_prices_with_the_version_valid_then(catalog: Catalog) -> None:
+    usage = Usage(input_tokens=1000)
+    before = calculate(
+        catalog, CostRequest(model="gpt-4o", usage=usage, at=T1 - timedelta(seconds=1))
+    )
+    at_change = calculate(catalog, CostRequest(model="gpt-4o", usage=usage, at=T1))
+    assert (before.price_version, before.total) == (1, Decimal("0.0025000"))
+    assert (at_change.price_version, at_change.total) == (2, Decimal("0.002000"))
+
+
+def test_a_call_before_the_first_version_uses_it_and_says_so(catalog: Catalog) -> None:
+    early = calculate(
+        catalog, CostRequest(model="gpt-4o", usage=Usage(input_tokens=1), at=T0 - timedelta(days=1))
+    )
+    assert early.price_version == 1
+    assert "is before the catalog's first price for 'gpt-4o'" in early.notes[0]
+
+
+def test_a_removed_model_prices_past_calls_only(catalog: Catalog) -> None:
+    past = calculate(
+        catalog, CostRequest(model="retired-model", usage=Usage(input_tokens=10), at=T0)
+    )
+    assert past.total == Decimal("0.00010")
+    with pytest.raises(UnknownModel, match="was not in the catalog at"):
+        calculate(catalog, CostRequest(model="retired-model", usage=Usage(input_tokens=10)))
+    assert "retired-model" not in catalog.current
+
+
+def test_a_part_larger_than_its_total_is_a_usage_error(catalog: Catalog) -> None:
+    request = CostRequest(model="gpt-4o", usage=Usage(input_tokens=10, cache_read_tokens=11))
+    with pytest.raises(UsageError) as caught:
+        calculate(catalog, request)
+    assert caught.value.fields == ("cache_read_tokens", "input_tokens")
+
+
+def test_an_override_wins_over_the_source_and_can_add_a_model() -> None:
+    overrides = [
+        Override(1, "openai", "gpt-4o", {"input_cost_per_token": Decimal("0.000001")}, "deal", T0),
+        Override(2, "inhouse", "my-model", {"input_cost_per_token": Decimal("0.5")}, "", T0),
+    ]
+    catalog = Catalog.build(ROWS, aliases={}, overrides=overrides, version=3)
+    result = calculate(catalog, CostRequest(model="gpt-4o", usage=Usage(input_tokens=10)))
+    assert (result.total, result.override_id) == (Decimal("0.000010"), 1)
+    own = calculate(catalog, CostRequest(model="inhouse/my-model", usage=Usage(input_tokens=2)))
+    assert (own.model, own.total, own.override_id) == ("my-model", Decimal("1.0"), 2)
+
+
+def test_the_wire_shape_has_exact_decimal_strings(catalog: Catalog) -> None:
+    result = calculate(
+        catalog,
+        CostRequest(model="anthropic.claude-3-5-haiku-20241022-v1:0", usage=Usage(input_tokens=10)),
+    )
+    wire = msgspec.json.decode(msgspec.json.encode(CostResponse.of(result)))
+    assert wire["total"] == "0.000008"
+    assert wire["components"] == [
+        {"name": "input", "quantity": 10, "unit_price": "0.0000008", "cost": "0.000008"}
+    ]
+    assert money(Decimal("0E-12")) == "0"
+    assert money(Decimal("1E+2")) == "100"
+
+
+def test_the_request_rejects_unknown_fields() -> None:
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.json.decode(b'{"model": "gpt-4o", "usage": {"inputs": 3}}', type=CostRequest)
+    request = msgspec.json.decode(b'{"model": "gpt-4o"}', type=CostRequest)
+    assert request.usage == Usage()
+    assert request.service_tier == "standard"

@@ -1,0 +1,166 @@
+"""The in-memory catalog of a service: loaded from the database, reloaded on NOTIFY and by polling,
+swapped whole so that concurrent readers never see a mix of two versions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+
+from aiserver.core_db.settings import Settings
+from aiserver.costs.calculator import CostRequest, calculate
+from aiserver.costs.catalog import load_catalog
+from aiserver.costs.live import LiveCatalog
+from aiserver.costs.pricing import Usage
+from aiserver.costs.refresh import Outcome, refresh_catalog
+
+from ..support.catalog import document, models
+from ..support.upstream import Upstream
+
+N_MODELS = 12
+
+
+def priced(version: int) -> bytes:
+    """Every model's input price is version x 1e-6, so a result tells which version priced it."""
+    return document(models(N_MODELS, input_cost_per_token=f"{version}e-06"))
+
+
+@pytest.fixture
+def cfg(settings: Settings, upstream: Upstream) -> Settings:
+    return msgspec.structs.replace(
+        settings, model_cost_source_url=upstream.url, model_cost_fetch_retries=0
+    )
+
+
+async def _refresh(cfg: Settings, upstream: Upstream, version: int) -> None:
+    upstream.serve(priced(version))
+    report = await refresh_catalog(cfg, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED, report
+
+
+async def _eventually(predicate: object, *, timeout: float) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+async def test_history_in_the_database_prices_past_calls(cfg: Settings, upstream: Upstream) -> None:
+    await _refresh(cfg, upstream, 1)
+    between = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await _refresh(cfg, upstream, 2)
+    conn = await asyncpg.connect(cfg.database_url)
+    try:
+        catalog = await load_catalog(conn)
+    finally:
+        await conn.close()
+    assert catalog.version == 2
+    usage = Usage(input_tokens=1_000_000)
+    old = calculate(catalog, CostRequest(model="gpt-test-000", usage=usage, at=between))
+    new = calculate(catalog, CostRequest(model="gpt-test-000", usage=usage))
+    assert (old.total, new.total) == (Decimal("1.000000"), Decimal("2.000000"))
+    assert old.price_version != new.price_version
+    assert len(catalog.history("gpt-test-000")) == 2
+
+
+async def test_a_refresh_elsewhere_reaches_the_live_catalog_by_notify(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg, poll_interval=60)  # polling too slow to matter: only NOTIFY counts
+    await live.start()
+    try:
+        assert (live.loaded, live.catalog.version, len(live.catalog)) == (True, 1, N_MODELS)
+        await asyncio.sleep(0.2)  # the watcher is listening
+        await _refresh(cfg, upstream, 2)
+        waited = await _eventually(lambda: live.catalog.version == 2, timeout=5)
+        assert waited < 5
+    finally:
+        await live.stop()
+
+
+async def test_a_lost_notification_is_caught_by_polling(cfg: Settings, upstream: Upstream) -> None:
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg, poll_interval=0.3)
+    await live.start()
+    try:
+        conn = await asyncpg.connect(cfg.database_url)
+        try:  # a change whose NOTIFY never arrives
+            await conn.execute("UPDATE ai_cost_metadata SET catalog_version = catalog_version + 1")
+        finally:
+            await conn.close()
+        await _eventually(lambda: live.catalog.version == 2, timeout=3)
+    finally:
+        await live.stop()
+
+
+async def test_readers_never_see_a_mix_of_two_versions(cfg: Settings, upstream: Upstream) -> None:
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg, poll_interval=0.05)
+    await live.start()
+    seen: set[int] = set()
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        usage = Usage(input_tokens=1_000_000)
+        while not stop.is_set():
+            catalog = live.catalog  # one reference for the whole request
+            totals = {
+                calculate(catalog, CostRequest(model=f"gpt-test-{i:03d}", usage=usage)).total
+                for i in range(N_MODELS)
+            }
+            assert totals == {Decimal(catalog.version)}, (catalog.version, totals)
+            seen.add(catalog.version)
+            await asyncio.sleep(0)
+
+    readers = [asyncio.create_task(reader()) for _ in range(4)]
+    try:
+        for version in range(2, 6):
+            await _refresh(cfg, upstream, version)
+            await _eventually(lambda v=version: live.catalog.version == v, timeout=5)  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
+        await live.stop()
+    assert seen >= {1, 5}
+
+
+async def test_an_unreachable_database_leaves_an_empty_catalog_and_an_error(
+    settings: Settings,
+) -> None:
+    down = msgspec.structs.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
+    live = LiveCatalog(down, poll_interval=0.2)
+    await live.start()
+    try:
+        assert live.loaded is False
+        assert len(live.catalog) == 0
+        assert live.last_error is not None
+        assert (
+            "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/x" in live.last_error
+        )
+    finally:
+        await live.stop()
+
+
+async def test_price_versions_are_chosen_by_database_time(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    await _refresh(cfg, upstream, 3)
+    conn = await asyncpg.connect(cfg.database_url)
+    try:
+        catalog = await load_catalog(conn)
+    finally:
+        await conn.close()
+    version = catalog.current["gpt-test-001"]
+    just_before = version.valid_from - timedelta(microseconds=1)
+    assert catalog.version_at("gpt-test-001", version.valid_from)[0] is version
+    first, note = catalog.version_at("gpt-test-001", just_before)
+    assert first is version
+    assert note is not None
