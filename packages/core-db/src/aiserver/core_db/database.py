@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from typing import TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db import piccolo_conf
@@ -19,6 +22,10 @@ from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
 
 log = get_logger(__name__)
+
+
+#: A connection of our own or one borrowed from the pool: queries take either.
+DbConnection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -50,10 +57,12 @@ async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Conne
 
 
 @asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[PostgresEngine]:
+async def database(settings: Settings, *, lazy: bool = False) -> AsyncIterator[PostgresEngine]:
     """Open the engine's pool for `settings.database_url`; close it on exit.
 
     Re-entrant: an inner `database()` for the same DSN uses the open pool and leaves it open.
+    `lazy` opens no connection up front, so a service can start while the database is down
+    (its connections are made, and remade, as requests need them).
     """
     engine = get_engine()
     dsn = settings.database_url
@@ -69,7 +78,7 @@ async def database(settings: Settings) -> AsyncIterator[PostgresEngine]:
     try:
         engine.pool = await asyncpg.create_pool(
             dsn=dsn,
-            min_size=settings.database_pool_min_size,
+            min_size=0 if lazy else settings.database_pool_min_size,
             max_size=settings.database_pool_max_size,
             timeout=10.0,
         )

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from aiserver.core_db.database import DbConnection
 from aiserver.costs.pricing import CompiledPrices, compile_entry
 from aiserver.costs.source import decode_json
 from aiserver.costs.store import DEFAULT_SOURCE
@@ -184,6 +185,11 @@ class Catalog:
         return None
 
     def _resolve(self, name: str, provider: str | None) -> Resolution | None:
+        if provider is not None and name.lower().startswith(provider.lower() + "/"):
+            found = self._lookup(name, None)
+            if found is not None and self._versions[found.key][-1].provider == provider:
+                return found
+            name = name[len(provider) + 1 :]
         if provider is None and "/" in name:
             head, _, rest = name.partition("/")
             direct = self._lookup(name, None)
@@ -353,7 +359,7 @@ def _apply_override(grouped: dict[str, list[PriceVersion]], override: Override) 
     ]
 
 
-async def read_overrides(conn: asyncpg.Connection) -> list[Override]:
+async def read_overrides(conn: DbConnection) -> list[Override]:
     rows = await conn.fetch(
         "SELECT id, provider, model, prices::text AS prices, reason, created_at"
         " FROM ai_cost_overrides ORDER BY id"
@@ -371,14 +377,24 @@ async def read_overrides(conn: asyncpg.Connection) -> list[Override]:
     ]
 
 
-async def read_catalog_version(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> int:
+async def read_catalog_version(conn: DbConnection, source: str = DEFAULT_SOURCE) -> int:
     version = await conn.fetchval(
         "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1", source
     )
     return int(version or 0)
 
 
-async def load_catalog(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> Catalog:
+async def read_freshness(
+    conn: DbConnection, source: str = DEFAULT_SOURCE
+) -> tuple[int, datetime | None]:
+    """The catalog version and the time of the last successful refresh."""
+    row = await conn.fetchrow(
+        "SELECT catalog_version, last_success_at FROM ai_cost_metadata WHERE source = $1", source
+    )
+    return (int(row["catalog_version"]), row["last_success_at"]) if row else (0, None)
+
+
+async def load_catalog(conn: DbConnection, source: str = DEFAULT_SOURCE) -> Catalog:
     """Read the whole catalog in one repeatable-read snapshot of the database."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await read_catalog_version(conn, source)

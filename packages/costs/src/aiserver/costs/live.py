@@ -22,7 +22,7 @@ import asyncpg
 from aiserver.core_db.database import connect
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
-from aiserver.costs.catalog import Catalog, load_catalog, read_catalog_version
+from aiserver.costs.catalog import Catalog, load_catalog, read_freshness
 from aiserver.costs.store import NOTIFY_CHANNEL
 
 log = get_logger(__name__)
@@ -40,6 +40,7 @@ class LiveCatalog:
         self.loaded = False
         self.last_error: str | None = None
         self.last_reload_at: datetime | None = None
+        self.last_success_at: datetime | None = None  # of the upstream refresh, from the database
         self.reloads = 0
 
     @property
@@ -109,7 +110,7 @@ class LiveCatalog:
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 while not conn.is_closed():
                     async with asyncio.timeout(10):  # a cut connection must not hang here
-                        version = await read_catalog_version(conn)
+                        version, self.last_success_at = await read_freshness(conn)
                     if version != self._catalog.version or not self.loaded:
                         async with asyncio.timeout(60):
                             await self._reload(conn)

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from aiserver.core_db.database import DbConnection
 from aiserver.core_db.settings import Settings
 from aiserver.costs.source import decode_json, is_price_field
 from aiserver.costs.store import DEFAULT_SOURCE, read_state
@@ -46,7 +47,7 @@ class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def read_status(
-    conn: asyncpg.Connection, settings: Settings, *, source: str = DEFAULT_SOURCE
+    conn: DbConnection, settings: Settings, *, source: str = DEFAULT_SOURCE
 ) -> CatalogStatus:
     state = await read_state(conn, source)
     now = datetime.now(UTC)
@@ -84,7 +85,7 @@ async def read_status(
 
 
 async def price_field_usage(
-    conn: asyncpg.Connection, *, source: str = DEFAULT_SOURCE
+    conn: DbConnection, *, source: str = DEFAULT_SOURCE
 ) -> Counter[str]:
     """How many current models use each price field."""
     rows = await conn.fetch(

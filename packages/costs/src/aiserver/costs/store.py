@@ -17,6 +17,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
+from aiserver.core_db.database import DbConnection
 from aiserver.costs.source import ParsedSource, decode_json, encode_json, token_limit
 from aiserver.costs.tables import TYPED_PRICE_COLUMNS
 
@@ -46,7 +47,7 @@ class SourceState(msgspec.Struct, frozen=True, kw_only=True):
 _STATE_COLUMNS: Final = ", ".join(SourceState.__struct_fields__)
 
 
-async def read_state(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> SourceState | None:
+async def read_state(conn: DbConnection, source: str = DEFAULT_SOURCE) -> SourceState | None:
     row = await conn.fetchrow(
         f"SELECT {_STATE_COLUMNS} FROM ai_cost_metadata WHERE source = $1",  # noqa: S608
         source,
@@ -54,14 +55,14 @@ async def read_state(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> 
     return None if row is None else SourceState(**dict(row))
 
 
-async def current_model_count(conn: asyncpg.Connection, source: str = DEFAULT_SOURCE) -> int:
+async def current_model_count(conn: DbConnection, source: str = DEFAULT_SOURCE) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL", source
     )
     return count
 
 
-async def ensure_source(conn: asyncpg.Connection, source: str, url: str) -> None:
+async def ensure_source(conn: DbConnection, source: str, url: str) -> None:
     await conn.execute(
         "INSERT INTO ai_cost_metadata (source, url) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         source,
@@ -129,7 +130,7 @@ def _copy_records(parsed: ParsedSource) -> list[tuple[Any, ...]]:
 
 
 async def write_catalog(
-    conn: asyncpg.Connection,
+    conn: DbConnection,
     parsed: ParsedSource,
     *,
     source: str,
@@ -240,7 +241,7 @@ def _with_version(result: WriteResult, version: int) -> WriteResult:
 
 
 async def _replace_aliases(
-    conn: asyncpg.Connection, source: str, aliases: Mapping[str, str]
+    conn: DbConnection, source: str, aliases: Mapping[str, str]
 ) -> bool:
     rows = await conn.fetch("SELECT alias, target FROM ai_model_aliases WHERE source = $1", source)
     if {r["alias"]: r["target"] for r in rows} == dict(aliases):
@@ -259,7 +260,7 @@ async def _replace_aliases(
 
 
 async def _replace_documents(
-    conn: asyncpg.Connection, source: str, documents: Mapping[str, Any]
+    conn: DbConnection, source: str, documents: Mapping[str, Any]
 ) -> bool:
     stored = await conn.fetchval(
         "SELECT documents::text FROM ai_cost_metadata WHERE source = $1", source

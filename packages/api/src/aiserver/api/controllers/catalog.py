@@ -1,0 +1,110 @@
+"""Catalog status, the admin refresh (a task-runner job enqueued by name), and job status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name
+from arq.jobs import Job, JobResult
+from arq.jobs import JobStatus as ArqJobStatus
+from litestar import Controller, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from aiserver.api.auth import requires_admin
+from aiserver.api.problems import Problem
+from aiserver.api.schemas import CatalogOut, JobAccepted, JobStatus, RefreshRequest
+from aiserver.core_db.database import get_engine
+from aiserver.costs.live import LiveCatalog
+from aiserver.costs.status import read_status
+
+#: The task runner's job, enqueued by name: the api never imports the taskrunner.
+REFRESH_JOB: Final = "refresh_costs"
+QUEUE: Final = default_queue_name
+DB_TIMEOUT_S: Final = 5.0
+
+
+class CatalogController(Controller):
+    path = "/v1"
+    tags = ("catalog",)
+
+    @get("/catalog", summary="Catalog status and staleness")
+    async def catalog_status(self, state: State) -> CatalogOut:
+        """Source, ages, stale flag, counts, versions (in the database and in this process), and
+        the last error. Reads the database: 503 while it is unreachable."""
+        live: LiveCatalog = state.live
+        engine = get_engine()
+        if engine.pool is None:
+            raise Problem(503, "the database pool is not open", type_="service-unavailable")
+        async with asyncio.timeout(DB_TIMEOUT_S), engine.pool.acquire() as conn:
+            status = await read_status(conn, state.settings)
+        return CatalogOut(
+            source=status.source,
+            url=status.url,
+            model_count=status.model_count,
+            alias_count=status.alias_count,
+            override_count=status.override_count,
+            catalog_version=status.catalog_version,
+            loaded_version=live.catalog.version,
+            loaded_at=live.last_reload_at,
+            last_checked_at=status.last_checked_at,
+            last_success_at=status.last_success_at,
+            last_changed_at=status.last_changed_at,
+            age_seconds=status.age_seconds,
+            max_age_seconds=status.max_age_seconds,
+            stale=status.stale,
+            last_error=status.last_error,
+            last_error_at=status.last_error_at,
+        )
+
+    @post(
+        "/catalog/refresh",
+        guards=[requires_admin],
+        status_code=HTTP_202_ACCEPTED,
+        summary="Refresh the catalog now (admin)",
+        security=[{"bearer": []}],
+    )
+    async def refresh(
+        self, state: State, data: JSONBody[RefreshRequest | None] = None
+    ) -> JobAccepted:
+        """Enqueue the task runner's refresh job; `force` skips the staleness check (never the
+        guardrails). Answers 202 with the job id; follow it at /v1/jobs/{id}."""
+        redis: ArqRedis = state.redis
+        force = data.force if data else False
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            job = await redis.enqueue_job(REFRESH_JOB, force, _queue_name=QUEUE)
+        if job is None:  # pragma: no cover - only with a fixed job id
+            raise Problem(409, "a refresh job with this id exists already", type_="conflict")
+        return JobAccepted(job_id=job.job_id, status="queued", status_url=f"/v1/jobs/{job.job_id}")
+
+    @get("/jobs/{job_id:str}", summary="Status and result of a job")
+    async def job_status(self, state: State, job_id: FromPath[str]) -> JobStatus:
+        """A task-runner job: deferred, queued, in_progress, complete (with its result)."""
+        redis: ArqRedis = state.redis
+        job = Job(job_id, redis, _queue_name=QUEUE)
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            status = await job.status()
+            if status is ArqJobStatus.not_found:
+                raise Problem(404, f"no job {job_id!r} (unknown, or its result expired)",
+                              type_="unknown-job")  # fmt: skip
+            info = await job.result_info() or await job.info()
+        result: Any = None
+        success: bool | None = None
+        finished = started = None
+        if isinstance(info, JobResult):
+            success = info.success
+            result = info.result if info.success else f"{type(info.result).__name__}: {info.result}"
+            started, finished = info.start_time, info.finish_time
+        return JobStatus(
+            job_id=job_id,
+            function=info.function if info else None,
+            status=str(status.value),
+            success=success,
+            result=result,
+            enqueued_at=info.enqueue_time if info else None,
+            started_at=started,
+            finished_at=finished,
+        )

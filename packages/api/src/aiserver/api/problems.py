@@ -1,0 +1,155 @@
+"""Every error is an RFC 9457 problem (application/problem+json) with a clear `detail`.
+
+One exception handler maps domain errors to problems, so controllers raise and never catch:
+
+- request validation (which field, why) -> 400 for malformed JSON, 422 otherwise;
+- `UnknownModel` -> 404 with the closest known names (`suggestions`);
+- `UsageError` -> 422 naming the fields;
+- a body over the limit -> 413;
+- PostgreSQL or Redis unreachable -> 503;
+- anything unexpected -> 500, logged with its traceback (a bad input never lands here).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any, Final
+
+import asyncpg
+import redis.exceptions
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from aiserver.core_db.database import DatabaseUnavailable
+from aiserver.core_db.logging import get_logger
+from aiserver.costs.catalog import UnknownModel
+from aiserver.costs.pricing import UsageError
+
+log = get_logger(__name__)
+
+PROBLEM_JSON: Final = "application/problem+json"
+TYPE_BASE: Final = "urn:aiserver:problem:"
+
+
+class Problem(HTTPException):
+    """An error that is already a problem: raise it from a controller."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail=detail, status_code=status_code, headers=headers, extra=extra)
+        self.type_ = type_
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    detail: str,
+    *,
+    type_: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + (type_ or phrase.lower().replace(" ", "-")),
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or {})
+
+
+_UNAVAILABLE = (
+    DatabaseUnavailable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def _looks_malformed(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in ("malformed", "truncated", "json", "decode"))
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors: list[dict[str, Any]] = []
+    malformed = False
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        message = str(item.get("message", "")) if isinstance(item, dict) else str(item)
+        malformed = malformed or _looks_malformed(message)
+        field = item.get("key") if isinstance(item, dict) else None
+        source = item.get("source") if isinstance(item, dict) else None
+        errors.append({"field": field, "source": source, "message": message})
+    if malformed:
+        return problem_response(
+            request, 400, f"the request body is not valid JSON: {errors[0]['message']}",
+            type_="malformed-json", errors=errors,
+        )  # fmt: skip
+    summary = "; ".join(
+        f"{e['field']}: {e['message']}" if e["field"] else str(e["message"]) for e in errors
+    )
+    return problem_response(
+        request,
+        422,
+        f"invalid request: {summary or exc.detail}",
+        type_="invalid-request",
+        errors=errors,
+    )
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, Problem):
+        return problem_response(
+            request, exc.status_code, exc.detail, type_=exc.type_, headers=exc.headers,
+            **(exc.extra if isinstance(exc.extra, dict) else {}),
+        )  # fmt: skip
+    if isinstance(exc, ValidationException):
+        return _validation(request, exc)
+    if isinstance(exc, UnknownModel):
+        return problem_response(
+            request, 404, str(exc), type_="unknown-model", model=exc.name,
+            suggestions=list(exc.suggestions),
+        )  # fmt: skip
+    if isinstance(exc, UsageError):
+        return problem_response(
+            request, 422, str(exc), type_="invalid-usage", fields=list(exc.fields)
+        )
+    if isinstance(exc, HTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and _looks_malformed(detail):
+            return problem_response(
+                request, 400, f"the request body is not valid JSON: {detail}",
+                type_="malformed-json",
+            )  # fmt: skip
+        if exc.status_code == 413:
+            detail = f"the request body is too large: {detail}"
+        return problem_response(request, exc.status_code, detail, headers=exc.headers)
+    if isinstance(exc, _UNAVAILABLE):
+        log.warning(
+            "dependency unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+        )
+        return problem_response(
+            request, 503, f"a backing service is unavailable: {type(exc).__name__}: {exc}",
+            type_="service-unavailable", headers={"Retry-After": "5"},
+        )  # fmt: skip
+    log.exception("unhandled error", path=request.url.path)
+    return problem_response(request, 500, "internal error; it has been logged", type_="internal")
+
+
+EXCEPTION_HANDLERS: Final = {Exception: handle_exception}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "problem_response"]

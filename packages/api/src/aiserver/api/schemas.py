@@ -1,0 +1,148 @@
+"""Response and request bodies that are not the cost request/result (those live in costs).
+
+Money is an exact decimal string; timestamps are RFC 3339 in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from aiserver.costs.calculator import CostRequest, CostResponse, money
+
+MAX_BATCH: Final = 1000
+
+
+def plain(value: Any) -> Any:
+    """An entry value with every Decimal as an exact string (JSON-safe, never a float)."""
+    if isinstance(value, Decimal):
+        return money(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    provider: str
+    mode: str | None
+    max_input_tokens: int | None
+    max_output_tokens: int | None
+    input_cost_per_token: str | None
+    output_cost_per_token: str | None
+    price_version: int
+    valid_from: datetime
+    override_id: int | None
+
+
+class ModelPage(msgspec.Struct, frozen=True, kw_only=True):
+    data: list[ModelSummary]
+    next_cursor: str | None
+    catalog_version: int
+
+
+class PriceVersionOut(msgspec.Struct, frozen=True, kw_only=True):
+    price_version: int
+    valid_from: datetime
+    valid_to: datetime | None
+
+
+class ModelDetail(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    provider: str
+    mode: str | None
+    matched_by: str
+    price_version: int
+    catalog_version: int
+    valid_from: datetime
+    override_id: int | None
+    prices: dict[str, Any]  # every field of the source entry; prices as decimal strings
+    versions: list[PriceVersionOut]
+
+
+class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    requests: Annotated[list[CostRequest], msgspec.Meta(max_length=MAX_BATCH)]
+
+
+class ItemError(msgspec.Struct, frozen=True, kw_only=True):
+    type: str
+    status: int
+    detail: str
+    fields: list[str] | None = None
+    suggestions: list[str] | None = None
+
+
+class BatchItem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    result: CostResponse | None = None
+    error: ItemError | None = None
+
+
+class BatchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    results: list[BatchItem]
+    succeeded: int
+    failed: int
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    force: bool = False
+
+
+class JobAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: str
+    status_url: str
+
+
+class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    function: str | None
+    status: str  # deferred, queued, in_progress, complete, not_found
+    success: bool | None = None
+    result: Any = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+PriceValue = Annotated[str, msgspec.Meta(pattern=r"^\d{1,12}(\.\d{1,30})?$", max_length=44)]
+FieldName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,80}$")]
+
+
+class OverrideIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    provider: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    prices: Annotated[dict[FieldName, PriceValue], msgspec.Meta(min_length=1, max_length=64)]
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class OverrideOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    provider: str
+    model: str
+    prices: dict[str, str]
+    reason: str
+    created_at: datetime
+
+
+class CatalogOut(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    url: str | None
+    model_count: int
+    alias_count: int
+    override_count: int
+    catalog_version: int
+    loaded_version: int
+    loaded_at: datetime | None
+    last_checked_at: datetime | None
+    last_success_at: datetime | None
+    last_changed_at: datetime | None
+    age_seconds: float | None
+    max_age_seconds: int
+    stale: bool
+    last_error: str | None
+    last_error_at: datetime | None

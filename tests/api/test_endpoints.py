@@ -1,0 +1,422 @@
+"""Every endpoint's success and failure paths, against a real database and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.app import create_app
+from aiserver.core_db.settings import Settings
+from aiserver.costs.refresh import Outcome, refresh_catalog
+
+from ..support.catalog import document, models
+from ..support.upstream import Upstream
+from .conftest import ADMIN_TOKEN, admin, known_catalog
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: Any, status: int, detail_part: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert body["type"].startswith("urn:aiserver:problem:")
+    assert detail_part in body["detail"], body["detail"]
+    return body
+
+
+async def test_health_and_ready(client: Client) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    ready = await client.get("/ready")
+    assert ready.status_code == 200
+    assert [(c["name"], c["ok"]) for c in ready.json()["checks"]] == [
+        ("database", True),
+        ("migrations", True),
+        ("catalog", True),
+    ]
+    assert "x-request-id" in ready.headers
+
+
+async def test_ready_fails_while_migrations_are_pending(empty_database_url: str) -> None:
+    from ..conftest import make_settings
+
+    async with AsyncTestClient(app=create_app(make_settings(empty_database_url))) as client:
+        body = assert_problem(await client.get("/ready"), 503, "not ready: migrations: pending")
+        checks = {c["name"]: c["ok"] for c in body["checks"]}
+        assert checks == {"database": True, "migrations": False, "catalog": False}
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_models_are_paginated_with_a_cursor(client: Client) -> None:
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 5}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/v1/models", params=params)).json()
+        seen += [m["model"] for m in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 5  # 22 models, 5 a page
+    assert seen == sorted(seen)
+    assert len(seen) == len(set(seen)) == 22
+    first = (await client.get("/v1/models", params={"limit": 1})).json()["data"][0]
+    assert first == {
+        "model": "claude-sonnet-4-5-20250929",
+        "provider": "anthropic",
+        "mode": "chat",
+        "max_input_tokens": 128000,
+        "max_output_tokens": 4096,
+        "input_cost_per_token": "0.000003",
+        "output_cost_per_token": "0.000015",
+        "price_version": first["price_version"],
+        "valid_from": first["valid_from"],
+        "override_id": None,
+    }
+    assert first["valid_from"].endswith("Z")
+
+
+async def test_models_filter_by_provider_mode_and_text(client: Client) -> None:
+    async def names(**params: Any) -> list[str]:
+        return [m["model"] for m in (await client.get("/v1/models", params=params)).json()["data"]]
+
+    assert await names(provider="anthropic") == ["claude-sonnet-4-5-20250929"]
+    assert await names(mode="embedding") == ["text-embedding-test"]
+    assert await names(q="TEST-01", limit=3) == ["gpt-test-010", "gpt-test-011", "gpt-test-012"]
+    assert await names(provider="nobody") == []
+    assert_problem(await client.get("/v1/models", params={"cursor": "%%%"}), 400, "cursor")
+    assert_problem(await client.get("/v1/models", params={"limit": 0}), 422, "limit")
+
+
+async def test_one_model_by_any_name(client: Client) -> None:
+    exact = (await client.get("/v1/models/gpt-test-003")).json()
+    assert (exact["matched_by"], exact["prices"]["input_cost_per_token"]) == ("exact", "0.000004")
+    assert exact["prices"]["supports_function_calling"] is True
+    assert len(exact["versions"]) == 1
+    prefixed = (await client.get("/v1/models/openai/gpt-test-003")).json()
+    assert (prefixed["model"], prefixed["matched_by"]) == ("gpt-test-003", "provider_prefix")
+    alias = (await client.get("/v1/models/claude-sonnet-latest")).json()
+    assert (alias["model"], alias["matched_by"]) == ("claude-sonnet-4-5-20250929", "alias")
+    body = assert_problem(await client.get("/v1/models/gpt-test-3"), 404, "unknown model")
+    assert body["suggestions"][0].startswith("gpt-test-")
+
+
+async def test_calculate_is_exact(client: Client) -> None:
+    response = await client.post(
+        "/v1/costs/calculate",
+        json={
+            "model": "anthropic/claude-sonnet-4-5-20250929",
+            "usage": {
+                "input_tokens": 10000,
+                "output_tokens": 2000,
+                "cache_read_tokens": 4000,
+                "cache_write_tokens": 1000,
+                "reasoning_tokens": 500,
+            },
+        },
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    # input 5000 x 3e-06 = 0.015; cache read 4000 x 3e-07 = 0.0012;
+    # cache write 1000 x 3.75e-06 = 0.00375; output 1500 + reasoning 500 at 1.5e-05 = 0.03
+    assert result["total"] == "0.04995"
+    assert {c["name"]: c["cost"] for c in result["components"]} == {
+        "input": "0.015",
+        "cache_read": "0.0012",
+        "cache_write": "0.00375",
+        "output": "0.0225",
+        "reasoning": "0.0075",
+    }
+    assert (result["matched_by"], result["currency"], result["provider"]) == (
+        "provider_prefix",
+        "USD",
+        "anthropic",
+    )
+    assert result["unpriced"] == []
+
+
+async def test_calculate_reports_unpriced_dimensions(client: Client) -> None:
+    result = (
+        await client.post(
+            "/v1/costs/calculate",
+            json={"model": "gpt-test-000", "usage": {"input_tokens": 10, "images": 2}},
+        )
+    ).json()
+    assert result["unpriced"] == ["images"]
+    assert result["total"] == "0.00001"
+
+
+async def test_calculate_errors_are_clear_problems(client: Client) -> None:
+    url = "/v1/costs/calculate"
+    unknown = assert_problem(await client.post(url, json={"model": "gpt-tset-001"}), 404, "")
+    assert "gpt-test-001" in unknown["suggestions"]
+    part = assert_problem(
+        await client.post(
+            url,
+            json={"model": "gpt-test-000", "usage": {"input_tokens": 5, "cache_read_tokens": 6}},
+        ),
+        422,
+        "cache_read_tokens (6) is larger than input_tokens (5)",
+    )
+    assert part["fields"] == ["cache_read_tokens", "input_tokens"]
+    assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "usage": {"input_tokens": -1}}),
+        422,
+        "input_tokens",
+    )
+    typed = assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "usage": {"input_tokens": "ten"}}),
+        422,
+        "usage.input_tokens: Expected `int`, got `str`",
+    )
+    assert typed["errors"] == [
+        {"field": "usage.input_tokens", "source": "body", "message": "Expected `int`, got `str`"}
+    ]
+    assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "usage": {"input_tokens": 1.5}}),
+        422,
+        "Expected `int`",
+    )
+    assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "usage": {"input_tokens": 2**64}}),
+        422,
+        "input_tokens",
+    )
+    assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "temperature": 1}),
+        422,
+        "unknown field `temperature`",
+    )
+    assert_problem(
+        await client.post(url, json={"model": "gpt-test-000", "service_tier": "turbo"}),
+        422,
+        "service_tier",
+    )
+    assert_problem(
+        await client.post(url, content=b'{"model": ', headers={"content-type": "application/json"}),
+        400,
+        "not valid JSON",
+    )
+    assert_problem(
+        await client.post(
+            url, content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
+        ),
+        413,
+        "too large",
+    )
+
+
+async def test_batch_answers_each_item_and_isolates_errors(client: Client) -> None:
+    response = await client.post(
+        "/v1/costs/calculate/batch",
+        json={
+            "requests": [
+                {"model": "gpt-test-000", "usage": {"input_tokens": 1000}},
+                {"model": "no-such-model"},
+                {"model": "gpt-test-001", "usage": {"output_tokens": 1, "reasoning_tokens": 2}},
+            ]
+        },
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["succeeded"], body["failed"]) == (1, 2)
+    first, second, third = body["results"]
+    assert first["result"]["total"] == "0.001"
+    assert second["error"]["type"] == "unknown-model"
+    assert second["error"]["status"] == 404
+    assert third["error"]["fields"] == ["reasoning_tokens", "output_tokens"]
+    too_many = {"requests": [{"model": "gpt-test-000"}] * 1001}
+    assert_problem(await client.post("/v1/costs/calculate/batch", json=too_many), 422, "1000")
+
+
+async def test_catalog_status(client: Client) -> None:
+    status = (await client.get("/v1/catalog")).json()
+    assert status["model_count"] == 22
+    assert status["alias_count"] == 1
+    assert status["catalog_version"] == status["loaded_version"] == 1
+    assert status["stale"] is False
+    assert status["last_error"] is None
+    assert status["last_success_at"].endswith("Z")
+
+
+async def test_admin_endpoints_refuse_without_the_right_token(client: Client) -> None:
+    nearly = ADMIN_TOKEN[:-1] + ("x" if ADMIN_TOKEN[-1] != "x" else "y")
+    for method, url in [
+        ("POST", "/v1/catalog/refresh"),
+        ("GET", "/v1/overrides"),
+        ("POST", "/v1/overrides"),
+        ("DELETE", "/v1/overrides/1"),
+    ]:
+        for headers in ({}, admin("wrong"), admin(nearly), {"Authorization": ADMIN_TOKEN}):
+            response = await client.request(method, url, headers=headers, json={})
+            body = assert_problem(response, 401, "admin token")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert ADMIN_TOKEN not in response.text
+            assert nearly not in str(body)
+
+
+async def test_admin_endpoints_are_closed_without_configured_tokens(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    closed = msgspec.structs.replace(api_settings, api_admin_tokens=())
+    async with AsyncTestClient(app=create_app(closed)) as client:
+        assert_problem(
+            await client.post("/v1/catalog/refresh", headers=admin(), json={}),
+            403,
+            "no API_ADMIN_TOKENS are configured",
+        )
+
+
+async def test_refresh_enqueues_the_task_runner_job(client: Client) -> None:
+    response = await client.post("/v1/catalog/refresh", headers=admin(), json={"force": True})
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["status_url"] == f"/v1/jobs/{accepted['job_id']}"
+    job = (await client.get(accepted["status_url"])).json()
+    assert (job["status"], job["function"]) == ("queued", "refresh_costs")
+    assert_problem(await client.get("/v1/jobs/nope"), 404, "no job 'nope'")
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await predicate():
+        assert loop.time() - start < timeout, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_overrides_win_and_survive_a_refresh(
+    client: Client, api_settings: Settings, upstream: Upstream
+) -> None:
+    created = await client.post(
+        "/v1/overrides",
+        headers=admin(),
+        json={
+            "provider": "openai",
+            "model": "openai/gpt-test-000",
+            "prices": {"input_cost_per_token": "0.0000005"},
+            "reason": "negotiated rate",
+        },
+    )
+    assert created.status_code == 201, created.text
+    override = created.json()
+    assert (override["model"], override["prices"]) == (
+        "gpt-test-000",
+        {"input_cost_per_token": "0.0000005"},
+    )
+
+    async def priced_by_override() -> bool:
+        body = (
+            await client.post(
+                "/v1/costs/calculate",
+                json={"model": "gpt-test-000", "usage": {"input_tokens": 1000}},
+            )
+        ).json()
+        return bool(body["total"] == "0.0005" and body["override_id"] == override["id"])
+
+    await _wait_for(priced_by_override)
+    listed = (await client.get("/v1/overrides", headers=admin())).json()
+    assert [o["id"] for o in listed] == [override["id"]]
+
+    # a refresh that changes the source price does not undo the override
+    changed = models(20)
+    changed["gpt-test-000"]["input_cost_per_token"] = "9e-06"
+    upstream.serve(document(changed))
+    upstream.serve(
+        known_catalog().replace(b'"input_cost_per_token": 1e-06', b'"input_cost_per_token": 9e-06')
+    )
+    report = await refresh_catalog(api_settings, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert report.changed == 1
+    await asyncio.sleep(0.5)
+    assert await priced_by_override()
+
+    assert_problem(
+        await client.post(
+            "/v1/overrides",
+            headers=admin(),
+            json={"provider": "openai", "model": "x", "prices": {"made_up_cost": "1"}},
+        ),
+        422,
+        "unknown price fields: made_up_cost",
+    )
+    assert_problem(
+        await client.post(
+            "/v1/overrides",
+            headers=admin(),
+            json={"provider": "openai", "model": "x", "prices": {"input_cost_per_token": "-1"}},
+        ),
+        422,
+        "prices",
+    )
+    deleted = await client.delete(f"/v1/overrides/{override['id']}", headers=admin())
+    assert deleted.status_code == 204
+
+    async def back_to_source() -> bool:
+        body = (
+            await client.post(
+                "/v1/costs/calculate",
+                json={"model": "gpt-test-000", "usage": {"input_tokens": 1000}},
+            )
+        ).json()
+        return bool(body["total"] == "0.009" and body["override_id"] is None)
+
+    await _wait_for(back_to_source)
+    assert_problem(
+        await client.delete(f"/v1/overrides/{override['id']}", headers=admin()), 404, "no override"
+    )
+
+
+async def test_a_refresh_elsewhere_reaches_the_api(
+    client: Client, api_settings: Settings, upstream: Upstream
+) -> None:
+    upstream.serve(
+        known_catalog().replace(b'"input_cost_per_token": 2e-06', b'"input_cost_per_token": 7e-06')
+    )
+    assert (
+        await refresh_catalog(api_settings, force=True, trigger="test")
+    ).outcome is Outcome.APPLIED
+
+    async def updated() -> bool:
+        body = (await client.get("/v1/models/gpt-test-001")).json()
+        return bool(body["prices"]["input_cost_per_token"] == "0.000007")
+
+    await _wait_for(updated)
+    assert len((await client.get("/v1/models/gpt-test-001")).json()["versions"]) == 2
+
+
+async def test_metrics_and_openapi(client: Client) -> None:
+    await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
+    metrics = (await client.get("/metrics")).text
+    assert "aiserver_catalog_version 1.0" in metrics
+    assert "aiserver_catalog_models 22.0" in metrics
+    assert 'path="/v1/costs/calculate"' in metrics
+    assert "aiserver_requests_total" in metrics or "aiserver_api_requests_total" in metrics
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/costs/calculate" in schema["paths"]
+    assert "/v1/models/{model}" in schema["paths"]
+    assert (await client.get("/schema")).status_code == 200
+
+
+async def test_redis_down_refresh_is_503_and_costs_still_answer(
+    api_settings: Settings,
+) -> None:
+    no_redis = msgspec.structs.replace(api_settings, redis_url="redis://127.0.0.1:1/0")
+    async with AsyncTestClient(app=create_app(no_redis)) as client:
+        assert_problem(
+            await client.post("/v1/catalog/refresh", headers=admin(), json={}),
+            503,
+            "a backing service is unavailable",
+        )
+        ok = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
+        assert ok.status_code == 200
