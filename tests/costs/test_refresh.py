@@ -331,7 +331,7 @@ async def test_an_oversize_declared_length_is_refused_before_reading(
 
 async def test_two_concurrent_refreshes_apply_once(cfg: Settings, upstream: Upstream) -> None:
     upstream.serve(document(models(20)))
-    upstream.delay = 0.5
+    upstream.delay = 1.5  # long enough that the two overlap even on a loaded machine
     first, second = await asyncio.gather(
         refresh_catalog(cfg, force=True, trigger="a"),
         refresh_catalog(cfg, force=True, trigger="b"),

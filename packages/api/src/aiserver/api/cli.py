@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         workers=args.workers,
         log_config=None,
+        access_log=False,  # our middleware logs each request, with its request id
         timeout_graceful_shutdown=20,
     )
     return 0

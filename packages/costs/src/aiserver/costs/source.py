@@ -67,16 +67,22 @@ class ParsedSource:
 
 
 def _canonical(value: Any) -> Any:
-    """The value with numbers normalized, so that 3.0e-06, 3e-06 and 0.000003 are equal."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | Decimal):
-        number = Decimal(value).normalize()
-        return f"#{number:f}"  # tagged so a price never equals a string of the same digits
-    if isinstance(value, Mapping):
+    """The value with numbers normalized, so that 3.0e-06, 3e-06 and 0.000003 are equal.
+
+    Numbers become tagged strings ("#0.000003"), so a price never equals a string of the same
+    digits. Dispatch is on the exact type: this runs for every field of every entry.
+    """
+    kind = type(value)
+    if kind is Decimal:
+        return f"#{value.normalize():f}"
+    if kind is int:
+        return f"#{value}"
+    if kind is dict:
         return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [_canonical(v) for v in value]
+    if kind is str or kind is bool or value is None:
+        return value
     raise TypeError(f"unexpected JSON value {value!r}")
 
 
@@ -85,8 +91,11 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     return hashlib.sha256(encode_json(_canonical(entry))).hexdigest()
 
 
+_STRUCTURED_PRICES: Final = frozenset({"tiered_pricing", "off_peak_pricing"})
+
+
 def is_price_field(name: str) -> bool:
-    return "cost" in name or name in {"tiered_pricing", "off_peak_pricing"}
+    return "cost" in name or name in _STRUCTURED_PRICES
 
 
 def _price_leaves(name: str, value: Any) -> Iterator[tuple[str, Any]]:
@@ -117,7 +126,14 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
     if not isinstance(provider, str) or not provider:
         return "unknown shape: litellm_provider is missing or not a string"
     for name, value in entry.items():
-        if not is_price_field(name):
+        if "cost" not in name and name not in _STRUCTURED_PRICES:
+            continue
+        kind = type(value)
+        if kind is Decimal or kind is int:  # the common case: one plain price
+            if value < 0:
+                return f"negative price at {name}: {value}"
+            if kind is Decimal and not value.is_finite():
+                return f"non-finite price at {name}: {value}"
             continue
         for path, leaf in _price_leaves(name, value):
             if isinstance(leaf, bool) or not isinstance(leaf, int | Decimal):
