@@ -6,7 +6,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from aiserver.core_db.database import DbConnection
@@ -84,9 +83,7 @@ async def read_status(
     )
 
 
-async def price_field_usage(
-    conn: DbConnection, *, source: str = DEFAULT_SOURCE
-) -> Counter[str]:
+async def price_field_usage(conn: DbConnection, *, source: str = DEFAULT_SOURCE) -> Counter[str]:
     """How many current models use each price field."""
     rows = await conn.fetch(
         "SELECT entry::text AS entry FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL",

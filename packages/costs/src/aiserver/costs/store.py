@@ -14,7 +14,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-import asyncpg
 import msgspec
 
 from aiserver.core_db.database import DbConnection
@@ -240,9 +239,7 @@ def _with_version(result: WriteResult, version: int) -> WriteResult:
     )
 
 
-async def _replace_aliases(
-    conn: DbConnection, source: str, aliases: Mapping[str, str]
-) -> bool:
+async def _replace_aliases(conn: DbConnection, source: str, aliases: Mapping[str, str]) -> bool:
     rows = await conn.fetch("SELECT alias, target FROM ai_model_aliases WHERE source = $1", source)
     if {r["alias"]: r["target"] for r in rows} == dict(aliases):
         return False
@@ -259,9 +256,7 @@ async def _replace_aliases(
     return True
 
 
-async def _replace_documents(
-    conn: DbConnection, source: str, documents: Mapping[str, Any]
-) -> bool:
+async def _replace_documents(conn: DbConnection, source: str, documents: Mapping[str, Any]) -> bool:
     stored = await conn.fetchval(
         "SELECT documents::text FROM ai_cost_metadata WHERE source = $1", source
     )
