@@ -138,6 +138,13 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         if exc.status_code == 413:
             detail = f"the request body is too large: {detail}"
         return problem_response(request, exc.status_code, detail, headers=exc.headers)
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+        log.warning("database schema behind", path=request.url.path, error=str(exc))
+        return problem_response(
+            request, 503, f"the database schema is not migrated ({exc}); the task runner applies "
+            "the migrations at start, or run: aiserver-db migrate",
+            type_="schema-not-migrated", headers={"Retry-After": "5"},
+        )  # fmt: skip
     if isinstance(exc, _UNAVAILABLE):
         log.warning(
             "dependency unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"

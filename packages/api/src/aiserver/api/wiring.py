@@ -17,6 +17,7 @@ from litestar.types import ControllerRouterHandler
 from aiserver.api.access import access_log
 from aiserver.api.controllers.catalog import CatalogController
 from aiserver.api.controllers.costs import CostController
+from aiserver.api.controllers.documents import DocumentController
 from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
@@ -39,6 +40,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     CostController,
     CatalogController,
     OverrideController,
+    DocumentController,
     MetricsController,
 ]
 

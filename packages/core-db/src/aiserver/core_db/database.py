@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
 from typing import TypeAlias
 
 import asyncpg
@@ -34,6 +33,14 @@ class DatabaseUnavailable(ConnectionError):
 
 def get_engine() -> PostgresEngine:
     return piccolo_conf.DB
+
+
+def require_pool() -> asyncpg.Pool:
+    """The open pool; `DatabaseUnavailable` when there is none (a service answers 503)."""
+    pool = get_engine().pool
+    if pool is None:
+        raise DatabaseUnavailable("the database pool is not open")
+    return pool
 
 
 def redact_dsn(dsn: str) -> str:

@@ -50,6 +50,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     api_admin_tokens: tuple[str, ...] = ()
 
+    document_max_bytes: PositiveInt = 20 * 1024 * 1024
+    document_max_pages: PositiveInt = 50
+    document_max_text_bytes: PositiveInt = 2 * 1024 * 1024
+    document_render_dpi: Annotated[int, msgspec.Meta(ge=36, le=600)] = 100
+    document_conversion_timeout_seconds: PositiveFloat = 120.0
+    document_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "auto"
 

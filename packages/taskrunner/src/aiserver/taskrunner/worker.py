@@ -6,6 +6,7 @@ the worker takes a job; `ctx` carries the settings and the HTTP client that `sta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, Final
 
@@ -19,13 +20,21 @@ from aiserver.core_db.database import database
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import Settings, get_settings
-from aiserver.taskrunner.jobs import REFRESH_MAX_TRIES, cost_data_update_task, refresh_costs
+from aiserver.taskrunner.documents import process_document
+from aiserver.taskrunner.jobs import (
+    REFRESH_MAX_TRIES,
+    cost_data_update_task,
+    logged_job,
+    refresh_costs,
+)
 
 log = get_logger(__name__)
 
 QUEUE_NAME: Final = "arq:queue"
 JOB_TIMEOUT_S: Final = 300
 KEEP_RESULT_S: Final = 3600
+#: A conversion has its own deadline (DOCUMENT_CONVERSION_TIMEOUT_SECONDS); this bounds the job.
+DOCUMENT_JOB_TIMEOUT_S: Final = 900
 #: On SIGTERM, running jobs get this long to finish; then they are cancelled and re-queued.
 JOB_COMPLETION_WAIT_S: Final = 25
 
@@ -41,6 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["settings"] = settings
     ctx["resources"] = stack
+    ctx["document_slots"] = asyncio.Semaphore(settings.document_max_concurrent)
     log.info("task runner ready", queue=QUEUE_NAME)
 
 
@@ -76,7 +86,15 @@ def refresh_cron(settings: Settings) -> CronJob:
 
 
 def functions() -> list[Function]:
-    return [func(refresh_costs, name="refresh_costs", max_tries=REFRESH_MAX_TRIES)]
+    return [
+        func(refresh_costs, name="refresh_costs", max_tries=REFRESH_MAX_TRIES),
+        func(
+            logged_job(process_document),
+            name="process_document",
+            max_tries=3,
+            timeout=DOCUMENT_JOB_TIMEOUT_S,
+        ),
+    ]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

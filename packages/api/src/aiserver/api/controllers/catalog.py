@@ -17,7 +17,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from aiserver.api.auth import requires_admin
 from aiserver.api.problems import Problem
 from aiserver.api.schemas import CatalogOut, JobAccepted, JobStatus, RefreshRequest
-from aiserver.core_db.database import get_engine
+from aiserver.core_db.database import require_pool
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.status import read_status
 
@@ -36,10 +36,7 @@ class CatalogController(Controller):
         """Source, ages, stale flag, counts, versions (in the database and in this process), and
         the last error. Reads the database: 503 while it is unreachable."""
         live: LiveCatalog = state.live
-        engine = get_engine()
-        if engine.pool is None:
-            raise Problem(503, "the database pool is not open", type_="service-unavailable")
-        async with asyncio.timeout(DB_TIMEOUT_S), engine.pool.acquire() as conn:
+        async with asyncio.timeout(DB_TIMEOUT_S), require_pool().acquire() as conn:
             status = await read_status(conn, state.settings)
         return CatalogOut(
             source=status.source,

@@ -10,7 +10,6 @@ import asyncio
 from decimal import Decimal
 from typing import Final
 
-import asyncpg
 from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
@@ -19,7 +18,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from aiserver.api.auth import requires_admin
 from aiserver.api.problems import Problem
 from aiserver.api.schemas import OverrideIn, OverrideOut
-from aiserver.core_db.database import DbConnection, get_engine
+from aiserver.core_db.database import DbConnection, require_pool
 from aiserver.costs.calculator import money
 from aiserver.costs.catalog import UnknownModel, read_overrides
 from aiserver.costs.live import LiveCatalog
@@ -40,13 +39,6 @@ async def _bump_version(conn: DbConnection, state: State) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{DEFAULT_SOURCE}:{version}")
 
 
-def _pool() -> asyncpg.Pool:
-    pool = get_engine().pool
-    if pool is None:
-        raise Problem(503, "the database pool is not open", type_="service-unavailable")
-    return pool
-
-
 class OverrideController(Controller):
     path = "/v1/overrides"
     tags = ("overrides",)
@@ -55,7 +47,7 @@ class OverrideController(Controller):
 
     @get("/", summary="List price overrides (admin)")
     async def list_overrides(self) -> list[OverrideOut]:
-        async with asyncio.timeout(DB_TIMEOUT_S), _pool().acquire() as conn:
+        async with asyncio.timeout(DB_TIMEOUT_S), require_pool().acquire() as conn:
             overrides = await read_overrides(conn)
         return [
             OverrideOut(
@@ -87,7 +79,11 @@ class OverrideController(Controller):
         if resolved is not None:
             model = resolved.key
         prices = {name: Decimal(value) for name, value in data.prices.items()}
-        async with asyncio.timeout(DB_TIMEOUT_S), _pool().acquire() as conn, conn.transaction():
+        async with (
+            asyncio.timeout(DB_TIMEOUT_S),
+            require_pool().acquire() as conn,
+            conn.transaction(),
+        ):
             row = await conn.fetchrow(
                 """
                 INSERT INTO ai_cost_overrides (provider, model, prices, reason)
@@ -116,7 +112,11 @@ class OverrideController(Controller):
 
     @delete("/{override_id:int}", status_code=HTTP_204_NO_CONTENT, summary="Delete (admin)")
     async def delete_override(self, state: State, override_id: FromPath[int]) -> None:
-        async with asyncio.timeout(DB_TIMEOUT_S), _pool().acquire() as conn, conn.transaction():
+        async with (
+            asyncio.timeout(DB_TIMEOUT_S),
+            require_pool().acquire() as conn,
+            conn.transaction(),
+        ):
             deleted = await conn.fetchval(
                 "DELETE FROM ai_cost_overrides WHERE id = $1 RETURNING id", override_id
             )

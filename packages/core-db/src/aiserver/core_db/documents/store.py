@@ -1,0 +1,149 @@
+"""Reading and writing documents. Every write of outputs is one transaction: a document is
+either done with all its outputs, failed with a reason, or still queued/processing."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from aiserver.core_db.database import DbConnection
+
+Kind = Literal["pdf", "docx", "doc", "odt", "rtf", "txt"]
+Status = Literal["queued", "processing", "done", "failed"]
+KINDS: Final[tuple[str, ...]] = ("pdf", "docx", "doc", "odt", "rtf", "txt")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: uuid.UUID
+    filename: str
+    content_type: str
+    kind: Kind
+    size_bytes: int
+    sha256: str
+    status: Status
+    error: str | None
+    page_count: int | None
+    pages_rendered: int
+    text: str | None
+    text_truncated: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_COLUMNS: Final = (
+    "id, filename, content_type, kind, size_bytes, sha256, status, error, page_count, "
+    "pages_rendered, text, text_truncated, attempts, created_at, started_at, finished_at"
+)
+
+
+async def create_document(
+    conn: DbConnection, *, filename: str, content_type: str, kind: Kind, data: bytes
+) -> uuid.UUID:
+    document_id = uuid.uuid4()
+    await conn.execute(
+        """
+        INSERT INTO documents (id, filename, content_type, kind, size_bytes, sha256, source, status)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+        """,
+        document_id,
+        filename,
+        content_type,
+        kind,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        data,
+    )
+    return document_id
+
+
+async def set_job(conn: DbConnection, document_id: uuid.UUID, job_id: str) -> None:
+    await conn.execute("UPDATE documents SET job_id = $2 WHERE id = $1", document_id, job_id)
+
+
+async def get_document(conn: DbConnection, document_id: uuid.UUID) -> Document | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM documents WHERE id = $1",  # noqa: S608
+        document_id,
+    )
+    return None if row is None else Document(**dict(row))
+
+
+async def start_processing(
+    conn: DbConnection, document_id: uuid.UUID
+) -> tuple[Document, bytes] | None:
+    """Mark the document processing and return it with its source; None when it is done
+    already (a re-run of a finished job does nothing) or unknown."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE documents SET status = 'processing', attempts = attempts + 1, started_at = now(),
+                             error = NULL
+        WHERE id = $1 AND status <> 'done'
+        RETURNING {_COLUMNS}, source
+        """,  # noqa: S608
+        document_id,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    source: bytes = values.pop("source")
+    return Document(**values), source
+
+
+async def save_outputs(
+    conn: DbConnection,
+    document_id: uuid.UUID,
+    *,
+    pdf: bytes,
+    page_count: int,
+    text: str,
+    text_truncated: bool,
+    pages: list[bytes],
+) -> None:
+    async with conn.transaction():
+        await conn.execute("DELETE FROM document_pages WHERE document_id = $1", document_id)
+        await conn.executemany(
+            "INSERT INTO document_pages (document_id, page, png) VALUES ($1, $2, $3)",
+            [(document_id, number, png) for number, png in enumerate(pages, start=1)],
+        )
+        await conn.execute(
+            """
+            UPDATE documents
+            SET status = 'done', error = NULL, pdf = $2, page_count = $3, text = $4,
+                text_truncated = $5, pages_rendered = $6, finished_at = now()
+            WHERE id = $1
+            """,
+            document_id,
+            pdf,
+            page_count,
+            text,
+            text_truncated,
+            len(pages),
+        )
+
+
+async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -> None:
+    await conn.execute(
+        "UPDATE documents SET status = 'failed', error = $2, finished_at = now() WHERE id = $1",
+        document_id,
+        reason,
+    )
+
+
+async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> bytes | None:
+    pdf: bytes | None = await conn.fetchval(
+        "SELECT pdf FROM documents WHERE id = $1 AND status = 'done'", document_id
+    )
+    return pdf
+
+
+async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> bytes | None:
+    png: bytes | None = await conn.fetchval(
+        "SELECT png FROM document_pages WHERE document_id = $1 AND page = $2", document_id, page
+    )
+    return png

@@ -1,0 +1,217 @@
+"""Document conversion: office formats to PDF with LibreOffice, then text, page count and page
+images with poppler.
+
+Every tool runs in its own process group with a timeout; on timeout the whole group is killed
+(soffice starts helpers of its own). Each LibreOffice run gets a private profile directory, so
+concurrent conversions never share one. The limits protect the worker: pages rendered, text
+kept, conversions at once (a semaphore per worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aiserver.core_db.database import require_pool
+from aiserver.core_db.documents.store import mark_failed, save_outputs, start_processing
+from aiserver.core_db.logging import get_logger
+from aiserver.core_db.settings import Settings
+
+log = get_logger(__name__)
+
+OFFICE_KINDS: Final = frozenset({"docx", "doc", "odt", "rtf", "txt"})
+_PAGES: Final = re.compile(rb"^Pages:\s+(\d+)\s*$", re.MULTILINE)
+
+
+class ConversionError(Exception):
+    """The document cannot be converted; the message is the reason shown to the user."""
+
+
+class ToolTimeout(ConversionError):
+    """A tool ran past its time and was killed with its process group."""
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"{tool} timed out and was killed")
+        self.tool = tool
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    timeout_s: float
+    max_pages: int
+    max_text_bytes: int
+    dpi: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            timeout_s=settings.document_conversion_timeout_seconds,
+            max_pages=settings.document_max_pages,
+            max_text_bytes=settings.document_max_text_bytes,
+            dpi=settings.document_render_dpi,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    pdf: bytes
+    page_count: int
+    text: str
+    text_truncated: bool
+    pages: list[bytes]
+
+
+async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
+    """Run a tool; return its stdout. Kill its whole process group when `timeout` passes."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "HOME": str(cwd)},
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise ToolTimeout(Path(args[0]).name) from None
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if proc.returncode != 0:
+        reason = err.decode("utf-8", "replace").strip().splitlines()
+        raise ConversionError(
+            f"{Path(args[0]).name} failed (exit {proc.returncode}): "
+            + (reason[-1] if reason else "no message")
+        )
+    return out
+
+
+def _truncate_utf8(text: bytes, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text.decode("utf-8", "replace"), False
+    return text[:limit].decode("utf-8", "ignore"), True
+
+
+def _read_pages(work: Path) -> list[bytes]:
+    """pdftoppm's page-1.png (or page-01.png, ...) files, in page order."""
+    files = sorted(work.glob("page-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return [p.read_bytes() for p in files]
+
+
+async def convert(source: bytes, kind: str, limits: Limits) -> Converted:
+    """Convert one document in a private temporary directory. Raises `ConversionError`."""
+    try:
+        return await _convert(source, kind, limits)
+    except ToolTimeout as exc:
+        raise ConversionError(
+            f"the conversion took longer than {limits.timeout_s:g} s "
+            f"(DOCUMENT_CONVERSION_TIMEOUT_SECONDS); {exc.tool} was killed"
+        ) from None
+
+
+async def _convert(source: bytes, kind: str, limits: Limits) -> Converted:
+    deadline = time.monotonic() + limits.timeout_s
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ToolTimeout("the conversion")
+        return left
+
+    with tempfile.TemporaryDirectory(prefix="aiserver-doc-") as tmp:
+        work = Path(tmp)
+        original = work / f"input.{kind}"
+        await asyncio.to_thread(original.write_bytes, source)
+        if kind in OFFICE_KINDS:
+            out_dir = work / "out"
+            profile = work / "lo-profile"  # private: concurrent conversions never share one
+            await run_tool(
+                ["soffice", "--headless", "--norestore", "--nolockcheck", "--nodefault",
+                 f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf",
+                 "--outdir", str(out_dir), str(original)],
+                timeout=remaining(), cwd=work,
+            )  # fmt: skip
+            pdf_path = out_dir / "input.pdf"
+            if not await asyncio.to_thread(pdf_path.exists):
+                raise ConversionError(
+                    f"LibreOffice could not convert the {kind} file (corrupt or unsupported)"
+                )
+        else:
+            pdf_path = original
+        try:
+            info = await run_tool(["pdfinfo", str(pdf_path)], timeout=remaining(), cwd=work)
+        except ConversionError as exc:
+            if "password" in str(exc).lower():
+                raise ConversionError("the PDF is password-protected") from None
+            raise ConversionError(f"not a readable PDF: {exc}") from None
+        match = _PAGES.search(info)
+        if match is None:
+            raise ConversionError("not a readable PDF: pdfinfo reports no page count")
+        page_count = int(match.group(1))
+        text_bytes = await run_tool(
+            ["pdftotext", "-layout", "-enc", "UTF-8", str(pdf_path), "-"],
+            timeout=remaining(), cwd=work,
+        )  # fmt: skip
+        text, truncated = _truncate_utf8(text_bytes, limits.max_text_bytes)
+        rendered = min(page_count, limits.max_pages)
+        pages: list[bytes] = []
+        if rendered:
+            await run_tool(
+                ["pdftoppm", "-png", "-r", str(limits.dpi), "-f", "1", "-l", str(rendered),
+                 str(pdf_path), str(work / "page")],
+                timeout=remaining(), cwd=work,
+            )  # fmt: skip
+            pages = await asyncio.to_thread(_read_pages, work)
+        return Converted(
+            pdf=await asyncio.to_thread(pdf_path.read_bytes),
+            page_count=page_count,
+            text=text,
+            text_truncated=truncated,
+            pages=pages,
+        )
+
+
+async def process_document(ctx: dict[str, Any], document_id: str) -> dict[str, Any]:
+    """Job: convert one uploaded document and store its outputs. Re-running it is safe: a done
+    document is left alone; any other is converted again and its outputs replaced."""
+    settings: Settings = ctx["settings"]
+    semaphore: asyncio.Semaphore = ctx["document_slots"]
+    doc_id = uuid.UUID(document_id)
+    pool = require_pool()
+    async with pool.acquire() as conn:
+        started = await start_processing(conn, doc_id)
+    if started is None:
+        return {"document_id": document_id, "status": "done", "note": "nothing to do"}
+    document, source = started
+    async with semaphore:
+        try:
+            converted = await convert(source, document.kind, Limits.of(settings))
+        except ConversionError as exc:
+            async with pool.acquire() as conn:
+                await mark_failed(conn, doc_id, str(exc))
+            log.warning("document failed", document_id=document_id, reason=str(exc))
+            return {"document_id": document_id, "status": "failed", "error": str(exc)}
+    async with pool.acquire() as conn:
+        await save_outputs(
+            conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
+            text=converted.text, text_truncated=converted.text_truncated, pages=converted.pages,
+        )  # fmt: skip
+    log.info("document converted", document_id=document_id, pages=converted.page_count,
+             rendered=len(converted.pages), text_bytes=len(converted.text))  # fmt: skip
+    return {"document_id": document_id, "status": "done", "page_count": converted.page_count}

@@ -1,0 +1,86 @@
+"""Document conversion with the real LibreOffice and poppler (installed by .ci/run)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import pytest
+
+from aiserver.taskrunner.documents import ConversionError, Limits, convert
+
+from ..support.docs import docx
+
+LIMITS = Limits(timeout_s=120, max_pages=10, max_text_bytes=1_000_000, dpi=50)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tools_present() -> None:
+    missing = [t for t in ("soffice", "pdfinfo", "pdftotext", "pdftoppm") if not shutil.which(t)]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: install libreoffice-writer and poppler-utils "
+            "(.ci/run does this)",
+            pytrace=False,
+        )
+
+
+async def test_a_docx_converts_to_a_pdf_with_its_text_and_pages() -> None:
+    converted = await convert(docx("Invoice 4711 for Ada", "Second page here"), "docx", LIMITS)
+    assert converted.pdf.startswith(b"%PDF-")
+    assert converted.page_count == 2
+    assert "Invoice 4711 for Ada" in converted.text
+    assert "Second page here" in converted.text
+    assert converted.text_truncated is False
+    assert len(converted.pages) == 2
+    assert all(page.startswith(b"\x89PNG\r\n\x1a\n") for page in converted.pages)
+
+
+async def test_a_pdf_gives_pages_and_text_and_the_limits_hold() -> None:
+    pdf = (await convert(docx("alpha", "beta", "gamma"), "docx", LIMITS)).pdf
+    limits = Limits(timeout_s=60, max_pages=2, max_text_bytes=12, dpi=40)
+    converted = await convert(pdf, "pdf", limits)
+    assert converted.page_count == 3
+    assert len(converted.pages) == 2  # max_pages rendered
+    assert converted.text_truncated is True
+    assert len(converted.text.encode()) <= 12
+    assert converted.text.strip().startswith("alpha")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "reason"),
+    [
+        (b"PK\x03\x04 this is no zip at all", "docx", "LibreOffice could not convert the docx"),
+        (b"%PDF-1.7\n garbage", "pdf", "not a readable PDF"),
+        (b"", "pdf", "not a readable PDF"),
+    ],
+    ids=["corrupt-docx", "corrupt-pdf", "empty-pdf"],
+)
+async def test_a_corrupt_file_fails_with_a_reason(data: bytes, kind: str, reason: str) -> None:
+    with pytest.raises(ConversionError) as caught:
+        await convert(data, kind, LIMITS)
+    assert str(caught.value).startswith(reason)
+
+
+async def test_a_conversion_past_its_timeout_is_killed_and_reported() -> None:
+    limits = Limits(timeout_s=0.3, max_pages=10, max_text_bytes=1000, dpi=50)
+    expected = (
+        r"took longer than 0\.3 s \(DOCUMENT_CONVERSION_TIMEOUT_SECONDS\); soffice was killed"
+    )
+    with pytest.raises(ConversionError, match=expected):
+        await convert(docx("slow"), "docx", limits)
+    await asyncio.sleep(0.5)
+    left = subprocess.run(
+        ["pgrep", "-f", "aiserver-doc-"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert left == [], "the timed-out LibreOffice left processes behind"
+
+
+async def test_two_conversions_at_once_both_succeed() -> None:
+    first, second = await asyncio.gather(
+        convert(docx("first document"), "docx", LIMITS),
+        convert(docx("second document"), "docx", LIMITS),
+    )
+    assert "first document" in first.text
+    assert "second document" in second.text
