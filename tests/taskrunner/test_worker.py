@@ -12,12 +12,14 @@ import msgspec
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Worker
+from arq.worker import Worker, func
 
 from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import snapshot_bytes
 from aiserver.taskrunner.cli import check
-from aiserver.taskrunner.worker import QUEUE_NAME, worker_options
+from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
+from aiserver.taskrunner.jobs import cost_data_update_task
+from aiserver.taskrunner.worker import worker_options
 
 from ..conftest import make_settings
 from ..support.catalog import fetch_one
@@ -56,6 +58,13 @@ def cfg(settings: Settings, upstream: Upstream) -> Settings:
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
     options = worker_options(settings)
     options["ctx"] = {"settings": settings, "retry_base_delay_s": 0.05}
+    # The cron job as a plain function under its cron name: a test enqueues it when it wants
+    # it, and no wall-clock schedule fires in the middle of a test.
+    options["functions"] = [
+        *options["functions"],
+        func(cost_data_update_task, name="cron:cost_data_update_task", max_tries=4),
+    ]
+    options["cron_jobs"] = []
     options.update({"burst": True, "poll_delay": 0, "handle_signals": False, **overrides})
     return Worker(**options)
 
@@ -171,7 +180,7 @@ async def test_check_is_0_with_a_live_worker_and_1_without(cfg: Settings, redis:
     task = asyncio.create_task(worker.main())
     try:
         for _ in range(100):
-            if await redis.exists(QUEUE_NAME + ":health-check"):
+            if await redis.exists(health_check_key()):
                 break
             await asyncio.sleep(0.1)
         assert await check(cfg) == 0

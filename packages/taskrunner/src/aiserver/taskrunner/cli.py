@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from arq.connections import RedisSettings
-from arq.worker import Worker, async_check_health
+from arq.worker import async_check_health
 
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import Settings, settings_for_command
-from aiserver.taskrunner.worker import QUEUE_NAME, worker_options
+from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
 
 log = get_logger(__name__)
 
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(settings: Settings, *, burst: bool = False) -> int:
+    # Imported here: `check` (the container health check) should not pay for the worker.
+    from arq.worker import Worker
+
+    from aiserver.taskrunner.worker import worker_options
+
     worker = Worker(**worker_options(settings), burst=burst)
     worker.run()
     return 0 if worker.jobs_failed == 0 or not burst else 1
@@ -51,7 +56,9 @@ async def check(settings: Settings) -> int:
         async with asyncio.timeout(10):
             settings_redis = RedisSettings.from_dsn(settings.redis_url)
             settings_redis.conn_retries = 0
-            return await async_check_health(settings_redis, queue_name=QUEUE_NAME)
+            return await async_check_health(
+                settings_redis, health_check_key=health_check_key(), queue_name=QUEUE_NAME
+            )
     except Exception as exc:  # a health check answers, whatever went wrong
         print(f"aiserver-taskrunner: health check failed: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ Fleet-wide single execution comes from the refresh's PostgreSQL advisory lock, n
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
@@ -45,6 +46,13 @@ def logged_job(job: Job) -> Job:
                 function=job.__name__,
                 duration_s=round(time.perf_counter() - started, 3),
                 retry_in_s=(retry.defer_score or 0) / 1000,
+            )
+            raise
+        except asyncio.CancelledError:
+            log.warning(
+                "job interrupted (shutdown or timeout); arq runs it again",
+                function=job.__name__,
+                duration_s=round(time.perf_counter() - started, 3),
             )
             raise
         except BaseException as exc:

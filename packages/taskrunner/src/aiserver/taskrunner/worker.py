@@ -21,6 +21,7 @@ from aiserver.core_db.logging import bind_context, clear_context, configure_logg
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import Settings, get_settings
 from aiserver.taskrunner.documents import process_document
+from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
     REFRESH_MAX_TRIES,
     cost_data_update_task,
@@ -30,7 +31,6 @@ from aiserver.taskrunner.jobs import (
 
 log = get_logger(__name__)
 
-QUEUE_NAME: Final = "arq:queue"
 JOB_TIMEOUT_S: Final = 300
 KEEP_RESULT_S: Final = 3600
 #: A conversion has its own deadline (DOCUMENT_CONVERSION_TIMEOUT_SECONDS); this bounds the job.
@@ -111,7 +111,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_timeout": JOB_TIMEOUT_S,
         "max_tries": 3,
         "keep_result": KEEP_RESULT_S,
-        "health_check_interval": 10,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "health_check_key": health_check_key(),
         "job_completion_wait": JOB_COMPLETION_WAIT_S,
         "ctx": {"settings": settings},
     }
@@ -129,5 +130,6 @@ class WorkerSettings:
     job_timeout = JOB_TIMEOUT_S
     max_tries = 3
     keep_result = KEEP_RESULT_S
-    health_check_interval = 10
+    health_check_interval = HEALTH_CHECK_INTERVAL_S
+    health_check_key = health_check_key()
     job_completion_wait = JOB_COMPLETION_WAIT_S
