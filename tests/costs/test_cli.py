@@ -165,3 +165,28 @@ async def test_calc_batch_answers_every_line_in_order(
     assert results[4]["error"]["line"] == 6
     assert results[5]["total"] == "0.00001"  # gpt-4o output_cost_per_token_batches 5e-06
     assert "4 line(s) failed" in err
+
+
+async def test_fields_counts_each_price_field_and_marks_the_unknown(
+    subprocess_env: dict[str, str],
+) -> None:
+    env = await _seeded_env(subprocess_env)
+    code, out, _ = await costs_cli(env, "fields")
+    assert code == 0
+    lines = out.splitlines()
+    counts = {line.split()[1]: int(line.split()[0]) for line in lines[:-1]}
+    document = json.loads(snapshot_bytes())
+    stored = [
+        v
+        for k, v in document.items()
+        if k != "sample_spec" and isinstance(v, dict) and "litellm_provider" in v
+    ]
+    expected = sum(1 for entry in stored if "input_cost_per_token" in entry)
+    assert counts["input_cost_per_token"] == expected
+    understood = next(line for line in lines if line.split()[1] == "input_cost_per_token")
+    assert "not understood" not in understood
+    unknown = [line for line in lines if "(not understood by the calculator)" in line]
+    assert unknown, "the snapshot has fields the calculator does not price yet"
+    assert (
+        lines[-1] == f"{len(counts)} price fields, {len(unknown)} not understood by the calculator"
+    )
