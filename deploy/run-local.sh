@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The whole aiserver stack on this machine, in containers on one network: PostgreSQL, Redis, the
+# task runner and the API (on 127.0.0.1:${AISERVER_API_PORT:-8000}).
+#
+#   deploy/run-local.sh start     build the wheelhouses and both images, then start the stack
+#   deploy/run-local.sh logs      follow the logs of the API and the task runner (Ctrl-C stops)
+#   deploy/run-local.sh status    what runs, and whether the services answer their health checks
+#   deploy/run-local.sh stop      remove the containers and the network that start created
+#   deploy/run-local.sh stop --purge   ... and the database volume and the images too
+#
+# Environment of the services: the file AISERVER_ENV_FILE (default .local/aiserver.env). start
+# writes it from services/*/.env.example the first time, pointed at the stack's PostgreSQL and
+# Redis; edit it there (it is git-ignored). Settings of this script, from the environment:
+#   CONTAINER_ENGINE   docker or podman (default: docker where its daemon answers, else podman)
+#   BASE_IMAGE         base of both images (default python:3.12-slim-bookworm)
+#   LOCAL_BACKING      official (postgres:16-bookworm and redis:7-bookworm, pulled) or debian
+#                      (both from deploy/TestBacking.Dockerfile on BASE_IMAGE: no registry needed
+#                      beyond the base)
+#   AISERVER_API_PORT  the API's port on 127.0.0.1 (default 8000)
+#   AISERVER_LOCAL     name prefix and label of everything start creates (default aiserver-local)
+#   NO_BUILD=1         start with the images as they are
+#
+# Everything start creates carries the label io.aiserver.run-local=$AISERVER_LOCAL; stop removes
+# what has that label and nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NAME=${AISERVER_LOCAL:-aiserver-local}
+LABEL="io.aiserver.run-local=${NAME}"
+ENV_FILE=${AISERVER_ENV_FILE:-.local/aiserver.env}
+API_PORT=${AISERVER_API_PORT:-8000}
+BASE_IMAGE=${BASE_IMAGE:-python:3.12-slim-bookworm}
+BACKING=${LOCAL_BACKING:-official}
+API_IMAGE="localhost/aiserver-api:local"
+TASKRUNNER_IMAGE="localhost/aiserver-taskrunner:local"
+BACKING_IMAGE="localhost/aiserver-test-backing:local"
+NETWORK="${NAME}-net"
+VOLUME="${NAME}-pgdata"
+DB_PASSWORD="aiserver-local"  # a throwaway stack on 127.0.0.1; never a real secret
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'run-local.sh: %s\n' "$*" >&2; exit 1; }
+
+pick_engine() {
+  if [ -n "${CONTAINER_ENGINE:-}" ]; then
+    ENGINE=$CONTAINER_ENGINE
+  elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    ENGINE=docker
+  elif command -v podman >/dev/null 2>&1; then
+    ENGINE=podman
+  else
+    die "neither a docker daemon nor podman is available"
+  fi
+  BUILD_FORMAT=()
+  if [ "$ENGINE" = podman ]; then
+    BUILD_FORMAT=(--format docker)  # keeps HEALTHCHECK, which the OCI format drops
+    # rootful podman on the CI-like machines needs runc and explicit ulimits
+    if [ "$(id -u)" = 0 ] && [ -z "${CONTAINERS_CONF:-}" ] && command -v runc >/dev/null; then
+      export CONTAINERS_CONF="$PWD/deploy/containers.conf"
+    fi
+  fi
+}
+
+c() { "$ENGINE" "$@"; }
+
+write_env_file() {
+  [ -f "$ENV_FILE" ] && return 0
+  mkdir -p "$(dirname "$ENV_FILE")"
+  {
+    echo "# aiserver services on run-local.sh's network (written by deploy/run-local.sh start)."
+    echo "# From services/api/.env.example and services/taskrunner/.env.example; edit freely."
+    grep -hE '^[A-Z_]+=' services/api/.env.example services/taskrunner/.env.example \
+      | awk -F= '!seen[$1]++' \
+      | sed -e "s#^DATABASE_URL=.*#DATABASE_URL=postgresql://aiserver:${DB_PASSWORD}@postgres:5432/aiserver#" \
+            -e "s#^REDIS_URL=.*#REDIS_URL=redis://redis:6379/0#" \
+            -e "s#^LOG_FORMAT=.*#LOG_FORMAT=console#"
+  } >"$ENV_FILE"
+  say "wrote $ENV_FILE (from services/*/.env.example)"
+}
+
+build_images() {
+  say "wheelhouses (hatch run build:api, build:taskrunner)"
+  hatch run build:api
+  hatch run build:taskrunner
+  say "images ($ENGINE build, base $BASE_IMAGE)"
+  c build "${BUILD_FORMAT[@]}" -f deploy/API.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --label "$LABEL" -t "$API_IMAGE" .
+  c build "${BUILD_FORMAT[@]}" -f deploy/TaskRunner.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --label "$LABEL" -t "$TASKRUNNER_IMAGE" .
+  if [ "$BACKING" = debian ]; then
+    c build "${BUILD_FORMAT[@]}" -f deploy/TestBacking.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+      --label "$LABEL" -t "$BACKING_IMAGE" .
+  fi
+}
+
+wait_for() {  # wait_for WHAT SECONDS COMMAND...
+  local what=$1 seconds=$2; shift 2
+  for _ in $(seq 1 "$seconds"); do
+    if "$@" >/dev/null 2>&1; then say "$what: ready"; return 0; fi
+    sleep 1
+  done
+  die "$what: not ready after ${seconds} s (deploy/run-local.sh logs)"
+}
+
+run() {  # run ROLE [options...] IMAGE [command...]
+  local role=$1; shift
+  c run --detach --name "${NAME}-${role}" --label "$LABEL" --network "$NETWORK" \
+    --network-alias "$role" "$@" >/dev/null
+}
+
+start() {
+  [ -z "$(c ps -aq --filter "label=$LABEL")" ] || die "$NAME is already running: stop it first"
+  write_env_file
+  [ "${NO_BUILD:-}" = 1 ] || build_images
+  say "network $NETWORK"
+  c network create --label "$LABEL" "$NETWORK" >/dev/null
+  case "$BACKING" in
+    official)
+      c volume inspect "$VOLUME" >/dev/null 2>&1 || c volume create --label "$LABEL" "$VOLUME" >/dev/null
+      run postgres -e POSTGRES_USER=aiserver -e "POSTGRES_PASSWORD=$DB_PASSWORD" -e POSTGRES_DB=aiserver \
+        -v "$VOLUME:/var/lib/postgresql/data" postgres:16-bookworm
+      run redis redis:7-bookworm redis-server --save "" --appendonly no
+      wait_for PostgreSQL 60 c exec "${NAME}-postgres" pg_isready -h 127.0.0.1 -U aiserver -d aiserver
+      ;;
+    debian)
+      run postgres --user postgres "$BACKING_IMAGE" postgres
+      run redis --user redis "$BACKING_IMAGE" redis
+      wait_for PostgreSQL 60 c exec "${NAME}-postgres" pg_isready -h 127.0.0.1
+      c exec "${NAME}-postgres" psql -h 127.0.0.1 -U postgres -qc \
+        "CREATE ROLE aiserver LOGIN PASSWORD '${DB_PASSWORD}'" >/dev/null
+      c exec "${NAME}-postgres" createdb -h 127.0.0.1 -U postgres -O aiserver aiserver
+      ;;
+    *) die "LOCAL_BACKING must be official or debian, not $BACKING" ;;
+  esac
+  say "task runner (migrates and seeds the database at start)"
+  run taskrunner --env-file "$ENV_FILE" "$TASKRUNNER_IMAGE"
+  wait_for "task runner" 180 c exec "${NAME}-taskrunner" aiserver-taskrunner check
+  say "API on http://127.0.0.1:${API_PORT}"
+  run api --env-file "$ENV_FILE" -p "127.0.0.1:${API_PORT}:8000" "$API_IMAGE"
+  wait_for API 60 c exec "${NAME}-api" python -c \
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=3)"
+  say "up: curl http://127.0.0.1:${API_PORT}/health ; deploy/run-local.sh logs | status | stop"
+}
+
+stop() {
+  local ids
+  ids=$(c ps -aq --filter "label=$LABEL")
+  [ -z "$ids" ] || { say "removing containers"; c rm -f $ids >/dev/null; }
+  for network in $(c network ls -q --filter "label=$LABEL"); do
+    say "removing network"; c network rm "$network" >/dev/null
+  done
+  if [ "${1:-}" = --purge ]; then
+    for volume in $(c volume ls -q --filter "label=$LABEL"); do
+      say "removing volume $volume"; c volume rm "$volume" >/dev/null
+    done
+    ids=$(c images -q --filter "label=$LABEL" | sort -u)
+    [ -z "$ids" ] || { say "removing images"; c rmi -f $ids >/dev/null || true; }
+  fi
+  say "stopped $NAME"
+}
+
+logs() {
+  local pids=()
+  for role in taskrunner api; do
+    c logs -f --tail 100 "${NAME}-${role}" 2>&1 | sed -u "s/^/${role} | /" &
+    pids+=($!)
+  done
+  trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM EXIT
+  wait
+}
+
+status() {
+  c ps -a --filter "label=$LABEL" --format '{{.Names}}\t{{.Status}}'
+  # podman runs HEALTHCHECKs from systemd timers, which a container host may lack: ask directly
+  if c exec "${NAME}-taskrunner" aiserver-taskrunner check >/dev/null 2>&1; then
+    echo "task runner: healthy"
+  else
+    echo "task runner: not healthy"
+  fi
+  if c exec "${NAME}-api" python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=3).read().decode())" 2>/dev/null; then
+    echo "api: ready on http://127.0.0.1:${API_PORT}"
+  else
+    echo "api: not ready"
+  fi
+}
+
+case "${1:-}" in
+  start) pick_engine; start ;;
+  stop) pick_engine; stop "${2:-}" ;;
+  logs) pick_engine; logs ;;
+  status) pick_engine; status ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
