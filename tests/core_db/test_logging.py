@@ -43,3 +43,19 @@ def test_exceptions_are_structured_in_json(capsys: pytest.CaptureFixture[str]) -
     assert line["event"] == "it failed"
     assert line["exception"][0]["exc_type"] == "ValueError"
     assert line["exception"][0]["exc_value"] == "boom"
+
+
+def test_tracebacks_never_carry_local_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    try:
+        secret = "Bearer s3cret-token-in-a-local"
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            get_logger("aiserver.test").exception("it failed", secret_length=len(secret))
+        err = capsys.readouterr().err
+    finally:
+        configure_logging("INFO", "console")
+    assert "boom" in err
+    assert "s3cret-token-in-a-local" not in err
+    assert '"locals"' not in err

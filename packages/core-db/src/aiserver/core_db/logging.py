@@ -12,6 +12,7 @@ import sys
 from typing import Any, Final
 
 import structlog
+import structlog.tracebacks
 from structlog.types import Processor
 
 from aiserver.core_db.settings import LogFormat, LogLevel
@@ -20,6 +21,13 @@ from aiserver.core_db.settings import LogFormat, LogLevel
 _QUIET_LOGGERS: Final = ("asyncio", "httpx", "httpcore")
 
 _configured: tuple[str, str] | None = None
+
+
+# Tracebacks without local variables: a frame's locals can hold secrets (a request's headers
+# with an admin token, a DSN with a password), and logs must never carry them.
+_dict_tracebacks: Final = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 def _shared_processors() -> list[Processor]:
@@ -61,7 +69,7 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") 
                     "foreign_pre_chain": _shared_processors(),
                     "processors": [
                         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
+                        *([_dict_tracebacks] if fmt == "json" else []),
                         renderer,
                     ],
                 }
