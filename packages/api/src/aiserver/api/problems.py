@@ -16,9 +16,11 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import asyncpg
+import msgspec
 import redis.exceptions
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from aiserver.core_db.database import DatabaseUnavailable
 from aiserver.core_db.logging import get_logger
@@ -47,6 +49,29 @@ class Problem(HTTPException):
         self.type_ = type_
 
 
+class ProblemDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """What every error answer holds (RFC 9457); a problem may add members (`errors`, ...)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI `responses` for the problems an operation may answer."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            media_type=PROBLEM_JSON,
+            description=f"{HTTPStatus(status).phrase} (problem details)",
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
 def problem_response(
     request: Request[Any, Any, Any],
     status: int,
@@ -66,6 +91,25 @@ def problem_response(
         **extra,
     }
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or {})
+
+
+class CheckedRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is a 400 however it is malformed.
+
+    msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError and nesting deeper than
+    the interpreter's recursion limit as RecursionError; Litestar turns neither into a client
+    error, so without this they were 500s.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except UnicodeDecodeError as exc:
+            raise SerializationException(
+                f"JSON is malformed: invalid UTF-8 ({exc.reason})"
+            ) from None
+        except RecursionError:
+            raise SerializationException("JSON is malformed: nested too deeply") from None
 
 
 _UNAVAILABLE = (
@@ -93,6 +137,8 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
         malformed = malformed or _looks_malformed(message)
         field = item.get("key") if isinstance(item, dict) else None
         source = item.get("source") if isinstance(item, dict) else None
+        if field == "data" and message == "'data'":  # Litestar's KeyError for an empty body
+            message = "the request body is empty; a JSON object is required"
         errors.append({"field": field, "source": source, "message": message})
     if malformed:
         return problem_response(
@@ -159,4 +205,12 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 EXCEPTION_HANDLERS: Final = {Exception: handle_exception}
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "problem_response"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "MediaType",
+    "Problem",
+    "ProblemDetails",
+    "problem_response",
+    "problem_responses",
+]

@@ -9,6 +9,7 @@ from typing import Final
 from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -22,7 +23,7 @@ from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
-from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
+from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest, problem_responses
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
@@ -43,6 +44,41 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     DocumentController,
     MetricsController,
 ]
+
+#: The problems each operation may answer (application/problem+json), for its OpenAPI responses;
+#: without them the document listed only Litestar's own 400 body, which the API never sends.
+PROBLEMS: Final[dict[str, tuple[int, ...]]] = {
+    "health": (),
+    "ready": (503,),
+    "list_models": (400, 422),
+    "get_model": (400, 404, 422),
+    "calculate_cost": (400, 404, 413, 422),
+    "calculate_batch": (400, 413, 422),
+    "catalog_status": (503,),
+    "refresh": (400, 401, 403, 413, 422, 503),
+    "job_status": (400, 404, 503),
+    "list_overrides": (401, 403, 503),
+    "put_override": (400, 401, 403, 413, 422, 503),
+    "delete_override": (400, 401, 403, 404, 503),
+    "upload": (400, 413, 415, 422, 503),
+    "status": (400, 404, 503),
+    "pdf": (400, 404, 503),
+    "page": (400, 404, 503),
+}
+_OTHER_PROBLEMS: Final = (400, 404, 413, 422, 503)
+
+
+def _document_problems(routes: list[ControllerRouterHandler]) -> None:
+    for route in routes:
+        handlers = [route] if isinstance(route, HTTPRouteHandler) else [
+            h for h in vars(route).values() if isinstance(h, HTTPRouteHandler)
+        ]  # fmt: skip
+        for handler in handlers:
+            statuses = PROBLEMS.get(handler.handler_name, _OTHER_PROBLEMS)
+            handler.responses = {**problem_responses(*statuses), **(handler.responses or {})}
+
+
+_document_problems(ROUTES)
 
 OPENAPI: Final = OpenAPIConfig(
     title="aiserver API",

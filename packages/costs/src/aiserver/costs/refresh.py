@@ -261,8 +261,20 @@ async def apply_source(
     return report
 
 
-def _check_shrink(parsed: ParsedSource, current: int, max_shrink: float) -> None:
-    incoming = len(parsed.models) + len(parsed.skipped)
+async def _check_shrink(
+    conn: asyncpg.Connection, parsed: ParsedSource, current: int, max_shrink: float
+) -> None:
+    # A skipped entry keeps a model current only when it names one that is current now; one of
+    # the wrong shape under another name keeps nothing, so it must not count as a model.
+    kept = 0
+    if current and parsed.skipped:
+        kept = await conn.fetchval(
+            "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL"
+            " AND model = ANY($2::text[])",
+            DEFAULT_SOURCE,
+            list(parsed.skipped),
+        )
+    incoming = len(parsed.models) + kept
     if current and incoming < current * (1 - max_shrink):
         raise SourceRejected(
             f"shrink: the source has {incoming} models, the catalog has {current}; more than "
@@ -329,7 +341,7 @@ async def _refresh_locked(
         return report
     try:
         parsed = parse_source(fetched.body)
-        _check_shrink(parsed, current, settings.model_cost_max_shrink_fraction)
+        await _check_shrink(conn, parsed, current, settings.model_cost_max_shrink_fraction)
     except SourceRejected as exc:
         report = RefreshReport(
             Outcome.REJECTED, source, url, trigger, fetched_bytes=len(fetched.body),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Annotated, Final
@@ -45,6 +46,14 @@ ALLOWED: Final[dict[str, Kind]] = {
 _PAGE_FILE: Final = re.compile(r"^(\d{1,5})\.png$")
 #: Upload bodies may be this much larger than DOCUMENT_MAX_BYTES (multipart framing).
 _MULTIPART_SLACK: Final = 64 * 1024
+
+
+@dataclass
+class DocumentForm:
+    """The multipart form of an upload. Named, so that a form without a file in `file` is a 4xx
+    problem: a bare UploadFile made Litestar fail with a 500 on a form holding no file."""
+
+    file: UploadFile
 
 
 class DocumentAccepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,24 +112,25 @@ class DocumentController(Controller):
     async def upload(
         self,
         state: State,
-        data: Annotated[UploadFile, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[DocumentForm, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> DocumentAccepted:
         """Multipart upload in the form field `file`: PDF, DOCX, DOC, ODT, RTF or TXT, at most
         DOCUMENT_MAX_BYTES (default 20 MiB). Answers 202 with the document id; the task runner
         converts it (GET /v1/documents/{id} tells the status)."""
         settings: Settings = state.settings
-        kind = _kind(data)
-        content = await data.read()
+        upload = data.file
+        kind = _kind(upload)
+        content = await upload.read()
         if len(content) > settings.document_max_bytes:
             raise Problem(413, f"the document is larger than {settings.document_max_bytes} bytes "
                           "(DOCUMENT_MAX_BYTES)", type_="too-large")  # fmt: skip
         if not content:
             raise Problem(422, "the uploaded file is empty", type_="invalid-request")
-        filename = PurePosixPath(data.filename or f"document.{kind}").name[:255]
+        filename = PurePosixPath(upload.filename or f"document.{kind}").name[:255]
         redis: ArqRedis = state.redis
         async with asyncio.timeout(TIMEOUT_S), require_pool().acquire() as conn, conn.transaction():
             document_id = await create_document(
-                conn, filename=filename, content_type=data.content_type or "", kind=kind,
+                conn, filename=filename, content_type=upload.content_type or "", kind=kind,
                 data=content,
             )  # fmt: skip
             # Enqueued inside the transaction: if Redis is down, the row is rolled back (503).

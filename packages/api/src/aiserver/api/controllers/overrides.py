@@ -27,6 +27,8 @@ from aiserver.costs.source import encode_json
 from aiserver.costs.store import DEFAULT_SOURCE, NOTIFY_CHANNEL, ensure_source
 
 DB_TIMEOUT_S: Final = 5.0
+#: Override ids are BIGSERIAL: a larger id names no override (and asyncpg refuses to send it).
+MAX_ID: Final = 2**63 - 1
 
 
 async def _bump_version(conn: DbConnection, state: State) -> None:
@@ -112,6 +114,8 @@ class OverrideController(Controller):
 
     @delete("/{override_id:int}", status_code=HTTP_204_NO_CONTENT, summary="Delete (admin)")
     async def delete_override(self, state: State, override_id: FromPath[int]) -> None:
+        if not 0 < override_id <= MAX_ID:
+            raise Problem(404, f"no override {override_id}", type_="unknown-override")
         async with (
             asyncio.timeout(DB_TIMEOUT_S),
             require_pool().acquire() as conn,

@@ -1,0 +1,63 @@
+"""One real `aiserver-api` process, shared by the tests of hostile input, auth and fuzzing.
+
+It serves a throwaway database holding a known catalog (40 models at version 1 prices, and an
+alias), with JSON logs captured to a file that the tests read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from aiserver.core_db.migrations import apply_migrations
+from aiserver.core_db.settings import Settings
+from aiserver.costs.refresh import Outcome, refresh_catalog
+
+from ..conftest import TEST_REDIS_URL, create_database, drop_database, make_settings
+from ..support.catalog import document, model_entry
+from ..support.upstream import Upstream
+from .harness import ApiProcess, api_env, api_process, model_names
+
+
+@dataclass
+class Served:
+    settings: Settings
+    api: ApiProcess
+    upstream: Upstream
+
+
+def served_catalog() -> bytes:
+    entries = {
+        name: model_entry(i, input_cost_per_token="1e-06", output_cost_per_token="2e-06")
+        for i, name in enumerate(model_names(40))
+    }
+    return document(entries, **{"gpt-test-latest": {"alias_of": "gpt-test-039"}})
+
+
+@pytest.fixture(scope="package")
+async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    url = await create_database()
+    upstream = Upstream()
+    upstream.start()
+    try:
+        settings = msgspec.structs.replace(make_settings(url), model_cost_source_url=upstream.url)
+        await apply_migrations(settings)
+        upstream.serve(served_catalog())
+        assert (await refresh_catalog(settings, trigger="test")).outcome is Outcome.APPLIED
+        log = tmp_path_factory.mktemp("served-api") / "api.log"
+        async with api_process(api_env(url, upstream_url=upstream.url), log) as api:
+            yield Served(settings, api, upstream)
+    finally:
+        upstream.stop()
+        await drop_database(url)
+        # the jobs that requests queued (no task runner takes them): the tests' Redis database
+        # is theirs to flush (README, "Tests")
+        redis = Redis.from_url(TEST_REDIS_URL)
+        try:
+            await redis.flushdb()
+        finally:
+            await redis.aclose()

@@ -1,0 +1,578 @@
+"""What the reliability tests run and break: real `aiserver-api` processes, a TCP proxy that can be
+cut, an upstream that streams a body of any size lazily, and readers for the JSON logs.
+
+Everything here binds to 127.0.0.1 only, and every process or server it starts is stopped by the
+context manager that started it, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import asyncpg
+import httpx
+
+from ..conftest import TEST_REDIS_URL
+from ..support.catalog import document, model_entry
+
+ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
+OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
+#: An API process imports Litestar, uvicorn and the catalog; allow for a busy 2-core machine.
+START_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 30.0
+PROBLEM_JSON: Final = "application/problem+json"
+MICRO: Final = Decimal("0.000001")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def api_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[str, str]:
+    """The environment of an `aiserver-api` child: this test's database and Redis, JSON logs."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        REDIS_URL=TEST_REDIS_URL,
+        MODEL_COST_SOURCE_URL=upstream_url,
+        API_ADMIN_TOKENS=f"{ADMIN_TOKEN},{OTHER_TOKEN}",
+        CATALOG_POLL_INTERVAL_SECONDS="0.5",
+        LOG_FORMAT="json",
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(variables)
+    return env
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a child (anything else it printed is skipped)."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+def errors_logged(path: Path) -> list[Any]:
+    """Log lines at error level or above, and any line that is not a JSON log line (a raw
+    traceback, another library's format): with LOG_FORMAT=json every line must be JSON."""
+    found: list[Any] = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line) if line.strip() else {}
+        except ValueError:
+            found.append(line)
+            continue
+        if not isinstance(event, dict):
+            found.append(line)
+        elif event.get("level") in ("error", "critical", "exception"):
+            found.append(event)
+    return found
+
+
+@dataclass
+class ApiProcess:
+    """One `aiserver-api` child on 127.0.0.1:`port`; stdout and stderr go to `log`."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=options.pop("timeout", 30.0),
+                                 **options)  # fmt: skip
+
+    def events(self) -> list[dict[str, Any]]:
+        return log_events(self.log)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_until_serving(self, *, ready: bool = True) -> None:
+        """Until /health answers (and /ready says ready, unless `ready` is False)."""
+        path = "/ready" if ready else "/health"
+        async with self.client(timeout=5.0) as client, asyncio.timeout(START_TIMEOUT_S):
+            while True:
+                assert self.proc.returncode is None, (
+                    f"aiserver-api exited with {self.proc.returncode}:\n{self.output()}"
+                )
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(path)).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, as a container stop sends it; the exit status within `timeout`."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+def _api_command(port: int) -> list[str]:
+    script = Path(sys.executable).with_name("aiserver-api")  # the console script, as deployed
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.api.cli"]
+    return [*program, "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextlib.asynccontextmanager
+async def api_process(
+    env: Mapping[str, str], log: Path, *, ready: bool = True
+) -> AsyncIterator[ApiProcess]:
+    """Start `aiserver-api`, wait until it serves; stop it (SIGTERM, then SIGKILL) at the end."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *_api_command(port), env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    api = ApiProcess(proc, port, log)
+    try:
+        await api.wait_until_serving(ready=ready)
+        yield api
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await api.terminate(timeout=STOP_TIMEOUT_S)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# -- catalogs whose prices tell their version -------------------------------------------------
+
+
+def model_names(count: int) -> list[str]:
+    return [f"gpt-test-{i:03d}" for i in range(count)]
+
+
+def versioned_document(version: int, count: int = 40) -> bytes:
+    """A catalog of `count` models where every input price is version x 1e-6 and every output
+    price twice that: any price in an answer says which version priced it."""
+    entries = {
+        name: model_entry(
+            i, input_cost_per_token=f"{version}e-06", output_cost_per_token=f"{2 * version}e-06"
+        )
+        for i, name in enumerate(model_names(count))
+    }
+    return document(entries)
+
+
+def priced_version(result: Mapping[str, Any]) -> tuple[int, int]:
+    """(catalog_version, the version its input and output unit prices say) of a cost result."""
+    prices = {c["name"]: Decimal(c["unit_price"]) for c in result["components"]}
+    by_input = prices["input"] / MICRO
+    assert prices["output"] / MICRO == 2 * by_input, result
+    return int(result["catalog_version"]), int(by_input)
+
+
+# -- database snapshots ------------------------------------------------------------------------
+
+
+async def table_counts(url: str) -> dict[str, int]:
+    """Rows in every table of the public schema (what hostile input must not add to)."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        return {
+            # names from pg_tables, quoted: nothing from outside reaches this query
+            t["tablename"]: await conn.fetchval(f'SELECT count(*) FROM "{t["tablename"]}"')  # noqa: S608
+            for t in tables
+        }
+    finally:
+        await conn.close()
+
+
+async def advisory_locks(url: str) -> int:
+    """Advisory locks held in this database (other databases on the server may have theirs)."""
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval(
+            """
+            SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def metadata(url: str) -> asyncpg.Record:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM ai_cost_metadata WHERE source = 'litellm'")
+    finally:
+        await conn.close()
+    assert row is not None
+    return row
+
+
+async def eventually(probe: Any, *, timeout: float, interval: float = 0.1) -> Any:
+    """Await `probe()` until it returns something truthy; that value, or fail after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not (value := await probe()):
+            await asyncio.sleep(interval)
+    return value
+
+
+# -- a child imported ahead, run on cue --------------------------------------------------------
+
+
+@dataclass
+class Cued:
+    proc: asyncio.subprocess.Process
+
+    async def go(self, timeout: float = 60.0) -> tuple[int, str, str]:
+        out, err = await asyncio.wait_for(self.proc.communicate(b"\n"), timeout)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.asynccontextmanager
+async def cued(
+    module: str, args: Sequence[str], envs: Sequence[Mapping[str, str]]
+) -> AsyncIterator[list[Cued]]:
+    """One `python -m module args` child per environment, each imported and waiting on stdin.
+
+    Importing aiserver takes seconds on a busy machine; this keeps that out of a moment that must
+    be shared by several processes. What runs is the console script's own `main`; the child
+    reports its peak memory (VmHWM, kB) on its last stderr line.
+    """
+    program = (
+        "import resource, sys\n"
+        f"from {module} import main\n"
+        "print('imported', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        f"    code = main({list(args)!r})\n"
+        "finally:\n"
+        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    print(f'peak_rss_kb={peak}', file=sys.stderr, flush=True)\n"
+        "sys.exit(code)\n"
+    )
+    pipe = asyncio.subprocess.PIPE
+    children: list[Cued] = []
+    try:
+        for env in envs:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", program, env=dict(env), stdin=pipe, stdout=pipe, stderr=pipe
+            )
+            children.append(Cued(proc))
+        for child in children:
+            assert child.proc.stdout is not None
+            line = await asyncio.wait_for(child.proc.stdout.readline(), START_TIMEOUT_S)
+            assert line == b"imported\n", line
+        yield children
+    finally:
+        for child in children:
+            if child.proc.returncode is None:
+                child.proc.kill()
+                await child.proc.wait()
+
+
+def peak_rss_kb(stderr: str) -> int:
+    line = [x for x in stderr.splitlines() if x.startswith("peak_rss_kb=")][-1]
+    return int(line.partition("=")[2])
+
+
+# -- a TCP proxy the test can cut ---------------------------------------------------------------
+
+
+@dataclass
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target`. `cut()` resets every open connection and closes
+    the port (new connections are refused); `restore()` opens it again on the same port."""
+
+    target_host: str
+    target_port: int
+    port: int = 0
+    accepted: int = 0
+    _server: asyncio.Server | None = None
+    _links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def is_open(self) -> bool:
+        return self._server is not None
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            target_r, target_w = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        link = (client_w, target_w)
+        self._links.add(link)
+        pumps = [
+            asyncio.create_task(self._pump(client_r, target_w)),
+            asyncio.create_task(self._pump(target_r, client_w)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+                self._tasks.discard(task)
+            for writer in link:
+                writer.transport.abort()
+            self._links.discard(link)
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def cut(self) -> None:
+        """The network to the target fails: open connections are reset, new ones refused."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for link in list(self._links):
+            for writer in link:
+                writer.transport.abort()
+        if server is not None:
+            await server.wait_closed()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def stop(self) -> None:
+        await self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def tcp_proxy(target_host: str, target_port: int) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(target_host, target_port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+# -- an upstream that streams a huge body lazily -----------------------------------------------
+
+HugeMode = Literal["chunked", "declared"]
+GIB: Final = 1024**3
+
+
+@dataclass
+class HugeUpstream:
+    """An HTTP server on 127.0.0.1 that answers every GET with a `size`-byte JSON-looking body,
+    generated as it is sent (never held in memory). "chunked" sends no length; "declared" sends
+    `Content-Length: size`. `sent` counts the body bytes that left the server."""
+
+    mode: HugeMode = "chunked"
+    size: int = GIB
+    sent: int = 0
+    requests: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/model_prices_and_context_window.json"
+
+    def _chunks(self) -> Iterator[bytes]:
+        piece = b'{"gpt-huge": {"litellm_provider": "openai", "input_cost_per_token": 1e-06}, '
+        block = piece * (65536 // len(piece))
+        left = self.size
+        while left > 0:
+            chunk = block[:left]
+            left -= len(chunk)
+            yield chunk
+
+    def start(self) -> None:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                with upstream._lock:
+                    upstream.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if upstream.mode == "declared":
+                    self.send_header("Content-Length", str(upstream.size))
+                else:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for chunk in upstream._chunks():
+                        if upstream.mode == "declared":
+                            self.wfile.write(chunk)
+                        else:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        with upstream._lock:
+                            upstream.sent += len(chunk)
+                    if upstream.mode == "chunked":
+                        self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client hung up: what a refusal looks like from here
+                    self.close_connection = True
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@contextlib.contextmanager
+def huge_upstream(mode: HugeMode, size: int = GIB) -> Iterator[HugeUpstream]:
+    server = HugeUpstream(mode=mode, size=size)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Outcomes of requests sent in a loop: (start time, status or exception name, body)."""
+
+    outcomes: list[tuple[float, int | str, Any]] = field(default_factory=list)
+
+    def statuses(self) -> list[int | str]:
+        return [status for _, status, _ in self.outcomes]
+
+
+async def calculate_loop(
+    client: httpx.AsyncClient,
+    load: Load,
+    stop: asyncio.Event,
+    *,
+    model: str = "gpt-test-001",
+    pause: float = 0.02,
+    limit: int = 5000,
+) -> None:
+    """POST /v1/costs/calculate until `stop` is set (at most `limit` requests)."""
+    loop = asyncio.get_running_loop()
+    body = {"model": model, "usage": {"input_tokens": 1000, "output_tokens": 10}}
+    for _ in range(limit):
+        if stop.is_set():
+            return
+        started = loop.time()
+        try:
+            response = await client.post("/v1/costs/calculate", json=body)
+        except httpx.TransportError as exc:
+            load.outcomes.append((started, type(exc).__name__, None))
+        else:
+            load.outcomes.append((started, response.status_code, response.json()))
+        await asyncio.sleep(pause)
+
+
+# -- task runners --------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskRunnerProcess:
+    """One `aiserver-taskrunner` child; its stdout and stderr go to `log`."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        return log_events(self.log)
+
+    def said(self, event: str) -> bool:
+        return any(e.get("event") == event for e in self.events())
+
+    async def wait_for(self, event: str, timeout: float = START_TIMEOUT_S) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.said(event):
+                assert self.proc.returncode is None, (
+                    f"the task runner exited with {self.proc.returncode} before {event!r}:\n"
+                    + self.log.read_text(errors="replace")
+                )
+                await asyncio.sleep(0.1)
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+def taskrunner_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[str, str]:
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        REDIS_URL=TEST_REDIS_URL,
+        MODEL_COST_SOURCE_URL=upstream_url,
+        LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(variables)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def taskrunners(
+    count: int, env: Mapping[str, str], logs: Path
+) -> AsyncIterator[list[TaskRunnerProcess]]:
+    """Start `count` task runners at once; kill any of them still running at the end."""
+    script = Path(sys.executable).with_name("aiserver-taskrunner")
+    program = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.taskrunner.cli"]
+    )
+    started: list[TaskRunnerProcess] = []
+    try:
+        for i in range(count):
+            log = logs / f"taskrunner-{i}.log"
+            with log.open("wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *program, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
+                )
+            started.append(TaskRunnerProcess(proc, log))
+        yield started
+    finally:
+        for runner in started:
+            if runner.proc.returncode is None:
+                runner.proc.kill()
+                await runner.proc.wait()
