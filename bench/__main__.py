@@ -1,0 +1,96 @@
+"""`python -m bench [--no-docs] [--quick] [NAME ...]`: run the benchmarks, print, write the docs.
+
+With no NAME every benchmark runs and, unless `--no-docs`, docs/benchmarks.md and its plots are
+rewritten from what this run printed. With names, only those run and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+# before anything imports litellm: its price map comes from its own wheel, never the network
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+from bench import calc, http_load, refresh, report, scale, startup
+from bench.common import ROOT, Section, load_average, machine, say
+
+BENCHMARKS: dict[str, Callable[[bool], Section]] = {
+    "calc": lambda quick: calc.run(rounds=3 if quick else 9),
+    "http": lambda quick: http_load.run(rounds=1 if quick else 5, seconds=2 if quick else 4),
+    "refresh": lambda quick: refresh.run(
+        rounds=2 if quick else 5, orm_rounds=1, cold_rounds=1 if quick else 2
+    ),
+    "startup": lambda quick: startup.run(rounds=1 if quick else 3, api_rounds=1 if quick else 3),
+    "scale": lambda quick: scale.run(rounds=1 if quick else 2, load_rounds=1 if quick else 3),
+}
+
+
+def ensure_wrk() -> None:
+    """wrk comes from Debian's packages; install it when this machine lacks it (root only)."""
+    if shutil.which("wrk") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    say("[setup] installing wrk (apt-get install -y wrk) ...")
+
+    def apt_get(*args: str) -> int:
+        quiet = subprocess.DEVNULL
+        return subprocess.run(
+            ["apt-get", *args], check=False, stdout=quiet, stderr=quiet
+        ).returncode
+
+    if apt_get("install", "-y", "wrk"):
+        apt_get("update")
+        apt_get("install", "-y", "wrk")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="print only; write no files")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    write_docs = not args.no_docs and not args.names and not args.quick
+
+    started = time.perf_counter()
+    ensure_wrk()
+    description = machine()
+    say("# Machine\n")
+    say("\n".join(f"- {k}: {v}" for k, v in description.items()) + "\n")
+    sections = []
+    for name in names:
+        began = time.perf_counter()
+        section = BENCHMARKS[name](args.quick)
+        sections.append(section)
+        say(section.markdown())
+        say(f"[{name}] done in {time.perf_counter() - began:.0f} s\n")
+    say("# Summary\n")
+    say("\n".join(f"- {line}" for s in sections for line in s.headline))
+    if write_docs:
+        written = report.write(
+            sections,
+            description,
+            command="hatch run bench:all",
+            duration_s=time.perf_counter() - started,
+            load_after=load_average(),
+        )
+        say("\nwrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+    say(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
