@@ -261,15 +261,18 @@ async def cued(
     be shared by several processes. What runs is the console script's own `main`; the child
     reports its peak memory (VmHWM, kB) on its last stderr line.
     """
+    # VmHWM is this image's own high-water mark. getrusage's ru_maxrss is not: Linux carries it
+    # over exec, so it reports the size of the forked test process (hundreds of MB late in a run).
     program = (
-        "import resource, sys\n"
+        "import sys\n"
         f"from {module} import main\n"
         "print('imported', flush=True)\n"
         "sys.stdin.readline()\n"
         "try:\n"
         f"    code = main({list(args)!r})\n"
         "finally:\n"
-        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    peak = int(status.split()[0])\n"
         "    print(f'peak_rss_kb={peak}', file=sys.stderr, flush=True)\n"
         "sys.exit(code)\n"
     )
