@@ -1371,6 +1371,62 @@ def test_an_unknown_search_context_size_is_refused() -> None:
     assert error.value.fields == ("search_context_size",)
 
 
+@pytest.mark.parametrize("field", Usage.__struct_fields__[:-2])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "10", None, 10**15 + 1])
+def test_pricing_refuses_a_bad_count_as_validation_does(field: str, value: object) -> None:
+    # Parts are checked too when they are met as parts first (cache reads within the input).
+    usage = Usage(**{"input_tokens": 100, "output_tokens": 10, field: value})
+    with pytest.raises(UsageError) as expected:
+        validate_usage(usage)
+    with pytest.raises(UsageError) as error:
+        price_call(EVERYTHING, usage, at=WEDNESDAY_NOON)
+    assert str(error.value) == str(expected.value)
+    assert error.value.fields == expected.value.fields
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"max_results": -1},
+        {"max_results": True},
+        {"search_context_size": "huge"},
+        {"images": 1, "search_context_size": "huge"},
+    ],
+)
+def test_pricing_refuses_a_bad_choice_as_validation_does(counts: dict[str, Any]) -> None:
+    usage = Usage(input_tokens=10, **counts)
+    with pytest.raises(UsageError) as expected:
+        validate_usage(usage)
+    with pytest.raises(UsageError) as error:
+        price_call(EVERYTHING, usage, at=WEDNESDAY_NOON)
+    assert str(error.value) == str(expected.value)
+
+
+def test_a_total_filled_by_its_parts_leaves_no_remainder_to_price_or_list() -> None:
+    # No output price: output text beside the reasoning is unpriced, but only when there is some.
+    entry = {"input_cost_per_token": D("1e-06"), "output_cost_per_reasoning_token": D("4e-06")}
+    quote = price(entry, input_tokens=10, output_tokens=7, reasoning_tokens=7)
+    assert lines(quote) == {
+        "input": (10, D("1e-06"), D("0.00001")),
+        "reasoning": (7, D("4e-06"), D("0.000028")),  # 7 × 0.000004
+    }
+    assert quote.unpriced == ()
+    assert price(entry, input_tokens=10, output_tokens=8, reasoning_tokens=7).unpriced == (
+        "output",
+    )
+
+
+def test_notes_speak_only_of_the_parts_a_call_used() -> None:
+    # Every cache write is a 1-hour write: nothing is priced as a 5-minute cache write, so only
+    # the 1-hour writes' fallback is noted.
+    quote = price(GPT_4O, input_tokens=100, cache_write_tokens=40, cache_write_1h_tokens=40)
+    assert lines(quote) == {
+        "input": (60, D("2.5e-06"), D("0.00015")),
+        "cache_write_1h": (40, D("2.5e-06"), D("0.0001")),
+    }
+    assert quote.notes == ("no cache_write_1h price; cache_write price used",)
+
+
 def test_usage_decodes_from_json_with_omitted_fields_zero_and_refuses_unknown_ones() -> None:
     usage = msgspec.json.decode(b'{"input_tokens": 1000, "output_tokens": 500}', type=Usage)
     assert usage == Usage(input_tokens=1000, output_tokens=500)
@@ -1490,6 +1546,45 @@ def test_costs_are_exact_where_default_decimal_precision_would_round() -> None:
     assert quote.total == expected
     assert len(expected.as_tuple().digits) == 31  # more than the default context's 28
     assert quote.components[0].cost == expected
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        decimal.Context(prec=3),
+        decimal.Context(prec=60, Emin=-5),  # one cached token costs less than 1e-5
+        decimal.Context(prec=60, Emax=5),  # 10**15 output tokens cost more than 1e5
+        decimal.Context(prec=60, Emax=30, clamp=1),  # exponents above -29 would be folded
+        decimal.Context(prec=60, traps=[decimal.Inexact, decimal.Rounded, decimal.Subnormal]),
+    ],
+    ids=["prec", "Emin", "Emax", "clamp", "traps"],
+)
+def test_prices_do_not_depend_on_the_callers_decimal_context(context: decimal.Context) -> None:
+    usage = Usage(input_tokens=250_000, cache_read_tokens=1, output_tokens=10**15)
+    expected = price_call(GEMINI_2_5_PRO, usage, at=WEDNESDAY_NOON)
+    compiled = compile_entry(GEMINI_2_5_PRO)
+    with decimal.localcontext(context) as caller:
+        quote = price_call(compiled, usage, at=WEDNESDAY_NOON)
+        assert not any(caller.flags.values())  # no signal raised in the caller's context
+    assert msgspec.json.encode(quote) == msgspec.json.encode(expected)  # the digits too
+
+
+def test_the_total_is_written_as_a_sum_from_zero() -> None:
+    # A price with a positive exponent keeps it in its cost; the total, like 0 + 5E+1, does not.
+    quote = price({"input_cost_per_request": D("1E+1")}, requests=5)
+    assert str(quote.components[0].cost) == "5E+1"
+    assert str(quote.total) == "50"
+
+
+def test_a_compiled_entry_keeps_a_bounded_memo_and_prices_alike_past_it() -> None:
+    compiled = compile_entry(EVERYTHING)
+    # 2**8 usages, each with other counts that are not 0: more than the memo holds (64 plans)
+    counted = [name for name in COUNTED if name != "requests"][:8]
+    for bits in [*range(2 ** len(counted)), 0, 1, 2**8 - 1]:
+        counts = {name: 1 for index, name in enumerate(counted) if bits >> index & 1}
+        quote = price(compiled, input_tokens=10, **counts)
+        assert quote == price(EVERYTHING, input_tokens=10, **counts)
+        assert len(compiled.tables) <= 64
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ import decimal
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any, Final, Literal, NamedTuple
+from itertools import compress
+from typing import Any, Final, Literal, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -448,16 +449,16 @@ class _OffPeak(msgspec.Struct, frozen=True):
     every_day: tuple[tuple[int, int], ...]  # (start, end) minutes of the UTC day
     by_weekday: tuple[tuple[frozenset[int], tuple[tuple[int, int], ...]], ...]
     weekday_zone: tzinfo | None  # None: the zone is unknown, so the windows cannot be decided
-
-
-# (service suffix, thresholds crossed, tiered_pricing range index or -1, off-peak window open)
-_RegimeKey = tuple[str, int, int, bool]
+    # The windows as one flag per minute: of the UTC day for every_day, and of the week (by ISO
+    # weekday on the entry's calendar, then UTC minute) for every_day and by_weekday together.
+    day: bytes
+    week: bytes
 
 
 class CompiledPrices(msgspec.Struct, frozen=True, eq=False):
     """One entry, parsed once for fast repeated pricing. Treat it as immutable.
 
-    Compared by identity: its memo of rate tables grows as it prices calls.
+    Compared by identity: its memo of pricing plans grows as it prices calls.
     """
 
     fields: dict[str, _FieldPrices]
@@ -472,9 +473,9 @@ class CompiledPrices(msgspec.Struct, frozen=True, eq=False):
     default_cache_read_ratio: Decimal | None  # of the input price, when no cache_read price
     thresholds: tuple[int, ...]  # every long-context threshold of the entry, ascending
     services: frozenset[str]  # the service tier suffixes the entry has any price for
-    # Rates per pricing regime, filled on first use. The only mutable part; it holds values
-    # derived from the fields above, so a CompiledPrices still behaves as immutable.
-    tables: dict[_RegimeKey, tuple[_Priced, ...]]
+    # Pricing plans per regime and usage mask, filled on first use. The only mutable part; it
+    # holds values derived from the fields above, so a CompiledPrices still behaves as immutable.
+    tables: dict[tuple[Any, ...], _Plan]
 
 
 # LiteLLM bills xAI's long-context prices once the prompt reaches the threshold (>=), following
@@ -680,11 +681,18 @@ def _compile_off_peak(value: object, ignored: list[str], invalid: list[str]) -> 
             windows = _windows(rule.get("hours_utc"), invalid)
             if days and windows:
                 by_weekday.append((days, windows))
+    day = _minutes(every_day)
+    week = b"".join(
+        _union(day, *(_minutes(windows) for days, windows in by_weekday if weekday in days))
+        for weekday in range(1, 8)
+    )
     return _OffPeak(
         prices=prices,
         every_day=every_day,
         by_weekday=tuple(by_weekday),
         weekday_zone=_zone(value.get("weekday_timezone")),
+        day=day,
+        week=week,
     )
 
 
@@ -754,30 +762,36 @@ def _minute_of_day(text: str) -> int | None:
     return (hour * 60 + minute) % (24 * 60)  # "24:00" is midnight, like "00:00"
 
 
-def _in_window(minute: int, window: tuple[int, int]) -> bool:
-    # Start inclusive, end exclusive; a window that ends before it starts runs past midnight,
-    # and one that ends where it starts covers the whole day ("00:00-00:00").
-    start, end = window
-    if start == end:
-        return True
-    if start < end:
-        return start <= minute < end
-    return minute >= start or minute < end
+_DAY: Final = 24 * 60
+
+
+def _minutes(windows: tuple[tuple[int, int], ...]) -> bytes:
+    """One flag per minute of the day: 1 within one of the windows."""
+    flags = bytearray(_DAY)
+    for start, end in windows:
+        # Start inclusive, end exclusive; a window that ends before it starts runs past midnight,
+        # and one that ends where it starts covers the whole day ("00:00-00:00").
+        if start < end:
+            flags[start:end] = b"\x01" * (end - start)
+        else:
+            flags[start:] = b"\x01" * (_DAY - start)
+            flags[:end] = b"\x01" * end
+    return bytes(flags)
+
+
+def _union(*flags: bytes) -> bytes:
+    return bytes(any(minute) for minute in zip(*flags, strict=True))
 
 
 def _is_off_peak(off_peak: _OffPeak, at: datetime) -> bool:
     utc = at.astimezone(UTC)
     minute = utc.hour * 60 + utc.minute
-    if any(_in_window(minute, window) for window in off_peak.every_day):
-        return True
-    if not off_peak.by_weekday or off_peak.weekday_zone is None:
-        return False
+    zone = off_peak.weekday_zone
+    if not off_peak.by_weekday or zone is None:
+        return off_peak.day[minute] == 1
     # The hours are UTC; the weekday is read on the entry's calendar (UTC unless it names one).
-    weekday = utc.astimezone(off_peak.weekday_zone).isoweekday()
-    return any(
-        weekday in days and any(_in_window(minute, window) for window in windows)
-        for days, windows in off_peak.by_weekday
-    )
+    weekday = utc.astimezone(zone).isoweekday()
+    return off_peak.week[(weekday - 1) * _DAY + minute] == 1
 
 
 # --- Pricing --------------------------------------------------------------------------------
@@ -790,6 +804,8 @@ _EXACT: Final = decimal.Context(
     traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow],
 )
 _ZERO: Final = Decimal(0)
+_MULTIPLY: Final = _EXACT.multiply
+_ADD: Final = _EXACT.add
 
 
 class _Rate(NamedTuple):
@@ -805,7 +821,6 @@ class _Priced(NamedTuple):
     rate: _Rate | None
     fallback: str | None  # the dimension whose price it uses, for want of its own
     derived: str | None  # why its price is derived rather than read
-    noteworthy: bool  # anything but the entry's own standard base price: the quote explains it
 
 
 class _Resolver:
@@ -899,6 +914,10 @@ class _Resolver:
         self.rates[dim.name] = rate
         return rate
 
+    def priced(self, dim: _Dimension) -> _Priced:
+        rate = self.rate(dim)
+        return _Priced(rate, self.fallbacks.get(dim.name), self.derived.get(dim.name))
+
     def _default_cache_read(self) -> _Rate | None:
         ratio = self.compiled.default_cache_read_ratio
         if ratio is None:
@@ -914,12 +933,202 @@ class _Resolver:
         return _Rate(price, input_rate.standard_for_tier, input_rate.threshold, "derived")
 
 
-def _table(compiled: CompiledPrices, key: _RegimeKey) -> tuple[_Priced, ...]:
-    """The prices of every dimension in one regime, computed once per compiled entry."""
-    table = compiled.tables.get(key)
-    if table is not None:
-        return table
-    service, band, tier_index, off_peak_open = key
+# --- How quantities are counted -------------------------------------------------------------
+
+# The position of every usage field in msgspec.structs.astuple(usage).
+_POSITION: Final[Mapping[str, int]] = {
+    name: position for position, name in enumerate(Usage.__struct_fields__)
+}
+
+
+def _count_of(dim: _Dimension) -> str:
+    """The usage count a dimension's quantity starts from."""
+    return f"{dim.name}_tokens" if dim.tokens else dim.name
+
+
+# The parts of a count that other dimensions price, taken away so that every token is priced
+# exactly once. Cached audio and image tokens are parts of both cache_read_tokens and their
+# modality count, so the input text is what remains after adding them back once.
+_LESS: Final[Mapping[str, tuple[str, ...]]] = {
+    "input": (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "input_audio_tokens",
+        "input_image_tokens",
+        "input_video_tokens",
+    ),
+    "cache_read": ("cache_read_audio_tokens", "cache_read_image_tokens"),
+    "cache_write": ("cache_write_1h_tokens",),  # the rest is written for 5 minutes
+    "input_audio": ("cache_read_audio_tokens",),
+    "input_image": ("cache_read_image_tokens",),
+    "output": (
+        "reasoning_tokens",
+        "output_audio_tokens",
+        "output_image_tokens",
+        "output_video_tokens",
+    ),
+}
+_MORE: Final[Mapping[str, tuple[str, ...]]] = {
+    "input": ("cache_read_audio_tokens", "cache_read_image_tokens"),
+}
+# Every count starts exactly one dimension. So when no dimension's quantity is negative, no count
+# is negative and no part is larger than its total: the rules validate_usage checks.
+assert sorted(_count_of(dim) for dim in _DIMENSIONS) == sorted(_COUNT_FIELDS)
+
+# One bit per count, in astuple order: a usage's mask has the bits of its non-zero counts.
+_BITS: Final = tuple(1 << position for position in range(len(_COUNT_FIELDS)))
+# Counts whose price also depends on max_results or search_context_size.
+_CHOOSING: Final = _BITS[_POSITION["queries"]] | _BITS[_POSITION["web_searches"]]
+_ASTUPLE: Final = msgspec.structs.astuple
+_MAX_RESULTS: Final = _POSITION["max_results"]
+_SEARCH_CONTEXT_SIZE: Final = _POSITION["search_context_size"]
+
+
+def _mask(*names: str) -> int:
+    return sum(_BITS[_POSITION[name]] for name in names)
+
+
+# Ordinary chat calls use only these counts. Their mask is found without a pass over all counts:
+# input, output and requests are always in it (input and output are checked by their steps even
+# when 0, requests apart from the steps), and the other four when they are not 0.
+_CHAT_COUNTS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "requests",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+)
+_CHAT_MASK: Final = _mask(*_CHAT_COUNTS[:3])
+_CACHE_READ: Final = _POSITION["cache_read_tokens"]
+_CACHE_WRITE: Final = _POSITION["cache_write_tokens"]
+_CACHE_WRITE_1H: Final = _POSITION["cache_write_1h_tokens"]
+_REASONING: Final = _POSITION["reasoning_tokens"]
+_CACHE_READ_BIT: Final = _BITS[_CACHE_READ]
+_CACHE_WRITE_BIT: Final = _BITS[_CACHE_WRITE]
+_CACHE_WRITE_1H_BIT: Final = _BITS[_CACHE_WRITE_1H]
+_REASONING_BIT: Final = _BITS[_REASONING]
+_REQUESTS: Final = _POSITION["requests"]
+# The other counts are 0 in a chat call: three runs of them, each compared with zeros at once.
+_OTHERS_A: Final = slice(_POSITION["cache_read_audio_tokens"], _REASONING)
+_OTHERS_B: Final = slice(_POSITION["input_audio_tokens"], _REQUESTS)
+_OTHERS_C: Final = slice(_POSITION["seconds"], len(_COUNT_FIELDS))
+assert {
+    position for run in (_OTHERS_A, _OTHERS_B, _OTHERS_C) for position in range(run.start, run.stop)
+} == {_POSITION[name] for name in _COUNT_FIELDS if name not in _CHAT_COUNTS}
+_ZEROS: Final = (0,) * len(_COUNT_FIELDS)
+_ZEROS_A: Final = _ZEROS[_OTHERS_A]
+_ZEROS_B: Final = _ZEROS[_OTHERS_B]
+_ZEROS_C: Final = _ZEROS[_OTHERS_C]
+# The counts after input_tokens and output_tokens in a plain chat call: one request, all else 0.
+_AFTER_OUTPUT: Final = slice(_POSITION["output_tokens"] + 1, len(_COUNT_FIELDS))
+_PLAIN_CHAT: Final = tuple(
+    1 if position == _REQUESTS else 0 for position in range(len(_COUNT_FIELDS))
+)[_AFTER_OUTPUT]
+assert _AFTER_OUTPUT.start == 2, "input_tokens and output_tokens come first"
+# A compiled entry memoizes at most this many plans (about 3 kB each). A real workload needs a
+# few dozen per model; a stream of unusual usages only costs the memo's reset, never unbounded
+# memory.
+_MAX_PLANS: Final = 64
+
+
+# One dimension of a plan, as a plain tuple because the pricing loop unpacks it: its name, the
+# position in astuple(usage) of the count its quantity starts from, the positions of the
+# non-zero parts of that count that other dimensions price, the positions of the parts taken
+# away twice, its price (None: no price in this regime) and its bit in the mask of steps whose
+# quantity is 0.
+_Step = tuple[str, int, tuple[int, ...], tuple[int, ...], Decimal | None, int]
+# A note, or the two halves of a note that names the prompt size between them.
+_Note = tuple[str, str | None]
+# What a quote says besides its components: the unpriced dimensions, the notes (None when they
+# name the prompt size, and are built from the note parts that follow) and the note parts.
+_Annotation = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[_Note, ...]]
+
+
+class _Plan:
+    """How to price the usages with one mask in one pricing regime: the steps to run and what
+    the quote says besides. Built once per compiled entry, regime and mask."""
+
+    __slots__ = (
+        "annotation",
+        "annotations",
+        "compiled",
+        "entries",
+        "from_zero",
+        "query_note",
+        "service",
+        "steps",
+        "tier",
+    )
+
+    def __init__(
+        self,
+        compiled: CompiledPrices,
+        service: str,
+        tier: int,
+        steps: tuple[_Step, ...],
+        entries: tuple[tuple[_Dimension, _Priced, _Rate | None], ...],
+        query_note: bool,
+    ) -> None:
+        self.compiled = compiled
+        self.service = service
+        self.tier = tier
+        self.steps = steps
+        self.entries = entries  # per step: the dimension, its regime price and the rate used
+        self.query_note = query_note  # max_results was not given for a price by max_results
+        # What the quote says, by the mask of the steps whose quantity is 0.
+        self.annotations: dict[int, _Annotation] = {}
+        self.annotation = self.annotate(0)  # when every step priced a quantity
+        # A running total from 0 has the exponent min(0, the exponents of the costs) and is never
+        # -0. Only a price with an exponent above 0, or -0, makes the plain sum of the costs
+        # differ from it, and then the sum is added to 0 once.
+        self.from_zero = any(
+            price is not None and (price.is_signed() or _exponent(price) > 0)
+            for _, _, _, _, price, _ in steps
+        )
+
+    def annotate(self, zeros: int) -> _Annotation:
+        """The unpriced dimensions and notes of a quote whose `zeros` steps priced nothing."""
+        annotation = self.annotations.get(zeros)
+        if annotation is not None:
+            return annotation
+        used: list[tuple[str, _Priced, _Rate]] = []
+        unpriced: list[str] = []
+        parts: list[_Note] = []
+        for (*_, bit), (dim, priced, rate) in zip(self.steps, self.entries, strict=True):
+            if zeros & bit:
+                continue
+            if rate is not None:
+                used.append((dim.name, priced, rate))
+            elif dim.unpriced_if_missing:
+                unpriced.append(dim.name)
+            if dim.name == "queries" and self.query_note:
+                parts.append(("max_results not given; 10 assumed for the query price tier", None))
+        service_tier = _SUFFIX_SERVICE.get(self.service, "standard")
+        parts.extend(_explain(used, self.compiled, self.tier, service_tier))
+        names_prompt = any(tail is not None for _, tail in parts)
+        annotation = (
+            tuple(unpriced),
+            None if names_prompt else tuple(head for head, _ in parts),
+            tuple(parts),
+        )
+        self.annotations[zeros] = annotation
+        return annotation
+
+
+def _exponent(number: Decimal) -> int:
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int), "prices are finite"
+    return exponent
+
+
+def _plan(compiled: CompiledPrices, key: tuple[Any, ...]) -> _Plan:
+    """Build the plan for one regime and mask (see price_call for the key); memoize it."""
+    service, band, tier_index, off_peak_open, mask = key[:5]
+    query_tier, default_max_results, search_context_size = (
+        key[5] if len(key) > 5 else (-1, False, "medium")
+    )
     if band == 0:
         prompt = -1
     else:
@@ -932,26 +1141,81 @@ def _table(compiled: CompiledPrices, key: _RegimeKey) -> tuple[_Priced, ...]:
         compiled.context_tiers[tier_index] if tier_index >= 0 else None,
         compiled.off_peak if off_peak_open else None,
     )
-    rates = [resolver.rate(dim) for dim in _DIMENSIONS]
-    table = tuple(
-        _Priced(
-            rate,
-            resolver.fallbacks.get(dim.name),
-            resolver.derived.get(dim.name),
-            rate is not None
-            and (
-                dim.name in resolver.fallbacks
-                or dim.name in resolver.derived
-                or rate.source != "entry"
-                or rate.threshold is not None
-                or rate.standard_for_tier
-            ),
+    steps: list[_Step] = []
+    entries: list[tuple[_Dimension, _Priced, _Rate | None]] = []
+    for dim in _DIMENSIONS:
+        count = _POSITION[_count_of(dim)]
+        less = tuple(_POSITION[name] for name in _LESS.get(dim.name, ()))
+        more = tuple(_POSITION[name] for name in _MORE.get(dim.name, ()))
+        if not mask & (_BITS[count] | sum(_BITS[position] for position in (*less, *more))):
+            continue  # every count it is made of is 0
+        priced = resolver.priced(dim)
+        rate = priced.rate
+        if dim.name == "queries" and compiled.query_tiers:
+            rate = _Rate(compiled.query_tiers[query_tier].price, service != "", None, "tier")
+        elif dim.name == "web_searches":
+            price = compiled.search_context.get(search_context_size)
+            rate = None if price is None else _Rate(price, service != "", None, "entry")
+        if rate is None and not dim.unpriced_if_missing:
+            assert dim.name == "requests", "price_call checks requests before it runs the steps"
+            continue  # free: no per-request fee
+        steps.append(
+            (
+                dim.name,
+                count,
+                tuple(position for position in less if mask & _BITS[position]),
+                tuple(position for position in more if mask & _BITS[position]),
+                None if rate is None else rate.price,
+                1 << len(steps),
+            )
         )
-        for dim, rate in zip(_DIMENSIONS, rates, strict=True)
+        entries.append((dim, priced, rate))
+    plan = _Plan(
+        compiled,
+        service,
+        tier_index,
+        tuple(steps),
+        tuple(entries),
+        query_note=bool(compiled.query_tiers) and bool(default_max_results),
     )
-    # A benign race: two threads may both compute the same table; either result is the same.
-    compiled.tables[key] = table
-    return table
+    # Benign races: two threads may both build the same plan (either result is the same), and a
+    # reader of a memo being reset only misses it.
+    if len(compiled.tables) >= _MAX_PLANS:
+        compiled.tables.clear()
+    compiled.tables[key] = plan
+    return plan
+
+
+def _query_tier(compiled: CompiledPrices, max_results: int | None) -> int:
+    """The index of the max_results tier a search call is priced by, or -1 without tiers."""
+    if not compiled.query_tiers:
+        return -1
+    value = 10 if max_results is None else max_results  # LiteLLM's default for search calls
+    # Ranges are inclusive at both ends ([1, 10], [11, 20]); past the last, the last tier.
+    for index, tier in enumerate(compiled.query_tiers):
+        if tier.low <= value <= tier.high:
+            return index
+    return len(compiled.query_tiers) - 1
+
+
+def _regime(compiled: CompiledPrices, prompt: int, at: datetime) -> tuple[int, int, bool]:
+    """The long-context thresholds crossed, the tiered_pricing range index (-1: none) and whether
+    an off-peak window is open."""
+    thresholds = compiled.thresholds
+    if not thresholds:
+        band = 0
+    elif compiled.inclusive_thresholds:
+        band = bisect.bisect_right(thresholds, prompt)
+    else:
+        # "above 200k tokens" means input_tokens > 200_000, as LiteLLM reads it and as the
+        # providers bill: a prompt of exactly 200_000 tokens is billed at the base price.
+        band = bisect.bisect_left(thresholds, prompt)
+    off_peak = compiled.off_peak
+    return (
+        band,
+        _context_tier_index(compiled, prompt),
+        off_peak is not None and _is_off_peak(off_peak, at),
+    )
 
 
 def _context_tier_index(compiled: CompiledPrices, prompt: int) -> int:
@@ -965,62 +1229,6 @@ def _context_tier_index(compiled: CompiledPrices, prompt: int) -> int:
         if prompt <= tier.end:
             return index
     return len(tiers) - 1
-
-
-def _quantities(usage: Usage) -> tuple[int, ...]:
-    """The quantity of every dimension, in the order of _DIMENSIONS: the token totals split into
-    disjoint parts, so that every token is priced exactly once."""
-    u = usage
-    uncached_audio = u.input_audio_tokens - u.cache_read_audio_tokens
-    uncached_image = u.input_image_tokens - u.cache_read_image_tokens
-    return (
-        u.input_tokens
-        - u.cache_read_tokens
-        - u.cache_write_tokens
-        - uncached_audio
-        - uncached_image
-        - u.input_video_tokens,  # input (text)
-        u.cache_read_tokens - u.cache_read_audio_tokens - u.cache_read_image_tokens,
-        u.cache_read_audio_tokens,
-        u.cache_read_image_tokens,
-        u.cache_write_tokens - u.cache_write_1h_tokens,  # 5-minute cache writes
-        u.cache_write_1h_tokens,
-        uncached_audio,
-        uncached_image,
-        u.input_video_tokens,
-        u.output_tokens
-        - u.reasoning_tokens
-        - u.output_audio_tokens
-        - u.output_image_tokens
-        - u.output_video_tokens,  # output (text)
-        u.reasoning_tokens,
-        u.output_audio_tokens,
-        u.output_image_tokens,
-        u.output_video_tokens,
-        u.images,
-        u.input_images,
-        u.input_pixels,
-        u.output_pixels,
-        u.requests,
-        u.seconds,
-        u.input_seconds,
-        u.output_seconds,
-        u.input_audio_seconds,
-        u.input_video_seconds,
-        u.output_video_seconds,
-        u.input_characters,
-        u.output_characters,
-        u.queries,
-        u.web_searches,
-        u.maps_grounding_queries,
-        u.pages,
-        u.annotated_pages,
-    )
-
-
-_QUERIES: Final = [dim.name for dim in _DIMENSIONS].index("queries")
-_WEB_SEARCHES: Final = [dim.name for dim in _DIMENSIONS].index("web_searches")
-assert len(_quantities(Usage())) == len(_DIMENSIONS)
 
 
 def price_call(
@@ -1040,115 +1248,154 @@ def price_call(
     one has no per-request fee, so ``requests`` is never unpriced.
 
     Raises :class:`UsageError` for an invalid usage, and ``ValueError`` for an unknown service
-    tier or a naive ``at``.
+    tier or a naive ``at``. A count that equals 0 prices nothing and may go unchecked: ``0.0`` or
+    ``False`` in its place prices as 0 here, though :func:`validate_usage` refuses it.
     """
     compiled = prices if isinstance(prices, CompiledPrices) else compile_entry(prices)
-    validate_usage(usage)
+    values = _ASTUPLE(usage)
+    # The mask of the counts that are not 0 chooses the plan, whose steps check those counts as
+    # validate_usage does. A count that is 0 prices nothing and is not checked further.
+    if values[_AFTER_OUTPUT] == _PLAIN_CHAT:
+        mask = _CHAT_MASK  # input and output tokens only, and one request
+    elif (
+        values[_OTHERS_A] == _ZEROS_A
+        and values[_OTHERS_B] == _ZEROS_B
+        and values[_OTHERS_C] == _ZEROS_C
+    ):
+        mask = _CHAT_MASK
+        if values[_CACHE_READ] != 0:
+            mask |= _CACHE_READ_BIT
+        if values[_CACHE_WRITE] != 0:
+            mask |= _CACHE_WRITE_BIT
+        if values[_CACHE_WRITE_1H] != 0:
+            mask |= _CACHE_WRITE_1H_BIT
+        if values[_REASONING] != 0:
+            mask |= _REASONING_BIT
+    else:
+        mask = _mask_of(values, usage, service_tier, at)
+    requests = values[_REQUESTS]  # checked here: most plans have no step for it
+    max_results = values[_MAX_RESULTS]
     service = _SERVICE_SUFFIX.get(service_tier)
-    if service is None:
+    zone = at.tzinfo
+    if (
+        type(requests) is not int
+        or not 0 <= requests <= MAX_QUANTITY
+        or (
+            max_results is not None
+            and (type(max_results) is not int or not 0 <= max_results <= MAX_QUANTITY)
+        )
+        or values[_SEARCH_CONTEXT_SIZE] not in _SEARCH_CONTEXT_SIZES
+        or service is None
+        or zone is None
+        or (zone is not UTC and at.utcoffset() is None)
+    ):
+        _refuse(usage, service_tier, at)
+
+    prompt = values[0]  # input_tokens, which chooses the long-context prices
+    total: Decimal | None = None
+    components: list[CostComponent] = []
+    zeros = 0
+    try:
+        # The plan's key: service suffix, long-context thresholds crossed, tiered_pricing range
+        # index (-1: none), off-peak window open, mask [, choice of a search price].
+        key: tuple[Any, ...]
+        if compiled.thresholds or compiled.context_tiers or compiled.off_peak:
+            key = (service, *_regime(compiled, prompt, at), mask)
+        else:
+            key = (service, 0, -1, False, mask)
+        if mask & _CHOOSING:
+            choice = (
+                _query_tier(compiled, max_results),
+                max_results is None,
+                values[_SEARCH_CONTEXT_SIZE],
+            )
+            key = (*key, choice)
+        plan = compiled.tables.get(key) or _plan(compiled, key)
+
+        for name, count, less, more, price, bit in plan.steps:
+            quantity = values[count]
+            if type(quantity) is not int or quantity > MAX_QUANTITY:
+                _refuse(usage, service_tier, at)
+            if less:
+                for position in less:
+                    quantity -= values[position]
+            if more:
+                for position in more:
+                    quantity += values[position]
+            if quantity <= 0:
+                if quantity:  # a negative count, or parts larger than their total
+                    _refuse(usage, service_tier, at)
+                zeros |= bit
+                continue
+            if price is None:
+                continue
+            cost = _MULTIPLY(quantity, price)
+            total = cost if total is None else _ADD(total, cost)
+            components.append(CostComponent(name, quantity, price, cost))
+    except (TypeError, ArithmeticError):
+        # A count that is no whole number, met before the step of its own count checked it:
+        # input_tokens choosing the regime, or a part taken from its total.
+        _check(usage, service_tier, at)
+        raise
+
+    unpriced, notes, parts = plan.annotate(zeros) if zeros else plan.annotation
+    if notes is None:
+        notes = tuple([head if tail is None else f"{head}{prompt}{tail}" for head, tail in parts])
+    if total is None:
+        total = _ZERO
+    elif plan.from_zero:
+        total = _ADD(_ZERO, total)
+    return PriceQuote(total, tuple(components), unpriced, notes)
+
+
+def _mask_of(values: tuple[Any, ...], usage: Usage, service_tier: str, at: datetime) -> int:
+    """The mask of the counts that are not 0, in one pass over them all."""
+    mask: int = sum(compress(_BITS, values))
+    # Every count left out of the mask must be 0, not None or another false value.
+    if values[: len(_COUNT_FIELDS)].count(0) != len(_COUNT_FIELDS) - mask.bit_count():
+        _refuse(usage, service_tier, at)
+    return mask
+
+
+def _check(usage: Usage, service_tier: str, at: datetime) -> None:
+    """The checks of price_call, one by one, each raising the error that names what is wrong."""
+    validate_usage(usage)
+    if service_tier not in _SERVICE_SUFFIX:
         raise ValueError(
             f"unknown service tier {service_tier!r}; use one of standard, batch, priority, flex"
         )
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("at must be timezone-aware")
 
-    prompt = usage.input_tokens
-    thresholds = compiled.thresholds
-    if not thresholds:
-        band = 0
-    elif compiled.inclusive_thresholds:
-        band = bisect.bisect_right(thresholds, prompt)
-    else:
-        # "above 200k tokens" means input_tokens > 200_000, as LiteLLM reads it and as the
-        # providers bill: a prompt of exactly 200_000 tokens is billed at the base price.
-        band = bisect.bisect_left(thresholds, prompt)
-    tier_index = _context_tier_index(compiled, prompt)
-    off_peak = compiled.off_peak
-    off_peak_open = off_peak is not None and _is_off_peak(off_peak, at)
-    table = _table(compiled, (service, band, tier_index, off_peak_open))
 
-    components: list[CostComponent] = []
-    used: list[tuple[str, _Priced, _Rate]] = []
-    unpriced: list[str] = []
-    notes: list[str] = []
-    total = _ZERO
-    noteworthy = False
-    for index, quantity in enumerate(_quantities(usage)):
-        if not quantity:
-            continue
-        priced = table[index]
-        rate = priced.rate
-        if index == _QUERIES and compiled.query_tiers:
-            rate = _query_tier_rate(compiled, usage, service, notes)
-        elif index == _WEB_SEARCHES:
-            rate = _search_rate(compiled, usage, service)
-        dim = _DIMENSIONS[index]
-        if rate is None:
-            if dim.unpriced_if_missing:
-                unpriced.append(dim.name)
-            continue
-        cost = _EXACT.multiply(quantity, rate.price)
-        total = _EXACT.add(total, cost)
-        components.append(CostComponent(dim.name, quantity, rate.price, cost))
-        used.append((dim.name, priced, rate))
-        noteworthy = noteworthy or priced.noteworthy or rate is not priced.rate
-
-    if noteworthy or (off_peak is not None and off_peak.weekday_zone is None):
-        _explain(used, compiled, off_peak, tier_index, prompt, service_tier, notes)
-    return PriceQuote(
-        total=total,
-        components=tuple(components),
-        unpriced=tuple(unpriced),
-        notes=tuple(notes),
-    )
-
-
-def _query_tier_rate(
-    compiled: CompiledPrices, usage: Usage, service: str, notes: list[str]
-) -> _Rate:
-    if usage.max_results is None:
-        max_results = 10  # LiteLLM's default for search calls
-        notes.append("max_results not given; 10 assumed for the query price tier")
-    else:
-        max_results = usage.max_results
-    # Ranges are inclusive at both ends ([1, 10], [11, 20]); past the last, the last tier.
-    chosen = next(
-        (tier for tier in compiled.query_tiers if tier.low <= max_results <= tier.high),
-        compiled.query_tiers[-1],
-    )
-    return _Rate(chosen.price, service != "", None, "tier")
-
-
-def _search_rate(compiled: CompiledPrices, usage: Usage, service: str) -> _Rate | None:
-    price = compiled.search_context.get(usage.search_context_size)
-    if price is None:
-        return None
-    return _Rate(price, service != "", None, "entry")
+def _refuse(usage: Usage, service_tier: str, at: datetime) -> NoReturn:
+    """Raise the error of a call that the fast checks of price_call found amiss."""
+    _check(usage, service_tier, at)
+    raise AssertionError("price_call refused a call that validate_usage accepts")
 
 
 def _explain(
     used: list[tuple[str, _Priced, _Rate]],
     compiled: CompiledPrices,
-    off_peak: _OffPeak | None,
     tier_index: int,
-    prompt: int,
     service_tier: str,
-    notes: list[str],
-) -> None:
+) -> list[_Note]:
     """Notes that say which prices were used where the obvious one was not."""
+    notes: list[_Note] = []
     for name, priced, _ in used:
         if priced.derived is not None:
-            notes.append(priced.derived)
+            notes.append((priced.derived, None))
         elif priced.fallback is not None:
-            notes.append(f"no {name} price; {priced.fallback} price used")
+            notes.append((f"no {name} price; {priced.fallback} price used", None))
     if tier_index >= 0 and any(rate.source == "tier" for _, _, rate in used):
         label = compiled.context_tiers[tier_index].label
-        notes.append(f"tiered_pricing range {label} applied for {prompt} input tokens")
-    _long_context_notes(used, compiled, prompt, notes)
+        notes.append((f"tiered_pricing range {label} applied for ", " input tokens"))
+    _long_context_notes(used, compiled, notes)
     if any(rate.source == "off_peak" for _, _, rate in used):
-        notes.append("off-peak prices applied")
+        notes.append(("off-peak prices applied", None))
+    off_peak = compiled.off_peak
     if off_peak is not None and off_peak.weekday_zone is None and off_peak.by_weekday:
-        notes.append("off-peak windows by weekday ignored: unknown weekday_timezone")
+        notes.append(("off-peak windows by weekday ignored: unknown weekday_timezone", None))
     standard = [
         name for name, priced, rate in used if rate.standard_for_tier and priced.fallback is None
     ]
@@ -1156,15 +1403,18 @@ def _explain(
         service = _SERVICE_SUFFIX[service_tier]
         subject = "this model" if service not in compiled.services else ", ".join(standard)
         notes.append(
-            f"service tier {service_tier!r} has no prices for {subject}; standard prices used"
+            (
+                f"service tier {service_tier!r} has no prices for {subject}; standard prices used",
+                None,
+            )
         )
+    return notes
 
 
 def _long_context_notes(
     used: list[tuple[str, _Priced, _Rate]],
     compiled: CompiledPrices,
-    prompt: int,
-    notes: list[str],
+    notes: list[_Note],
 ) -> None:
     thresholds = [rate.threshold for _, _, rate in used if rate.threshold is not None]
     if not thresholds:
@@ -1172,8 +1422,10 @@ def _long_context_notes(
     highest = max(thresholds)
     comparison = ">=" if compiled.inclusive_thresholds else ">"
     notes.append(
-        f"long-context prices above {_tokens_label(highest)} tokens applied "
-        f"(input_tokens {prompt} {comparison} {highest})"
+        (
+            f"long-context prices above {_tokens_label(highest)} tokens applied (input_tokens ",
+            f" {comparison} {highest})",
+        )
     )
     behind = [
         name
@@ -1185,8 +1437,11 @@ def _long_context_notes(
     ]
     if behind:
         notes.append(
-            f"no long-context price above {_tokens_label(highest)} tokens for "
-            f"{', '.join(behind)}; lower-tier prices used"
+            (
+                f"no long-context price above {_tokens_label(highest)} tokens for "
+                f"{', '.join(behind)}; lower-tier prices used",
+                None,
+            )
         )
 
 
