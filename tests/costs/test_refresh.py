@@ -135,6 +135,62 @@ async def test_same_prices_spelled_differently_write_nothing(
     assert meta["etag"] == upstream.etag
 
 
+async def test_an_unchanged_document_in_another_order_and_spelling_is_not_parsed_again(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """The document applied last time, with its keys reordered, its whole numbers written with a
+    fraction and its prices respelled, is recognized by its content hash: no row is written, and
+    the run still reports the entry that stays skipped."""
+    changed = models(20)
+    changed["gpt-test-003"]["input_cost_per_token"] = "BAD"
+    changed["gpt-test-004"]["output_cost_per_token"] = "8.5e-06"  # so that this one applies
+    first = document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}})
+    upstream.serve(first.replace(b'"BAD"', b'"free"'))
+    applied = await refresh_catalog(loaded, force=True, trigger="test")
+    assert applied.outcome is Outcome.APPLIED
+    assert list(applied.skipped) == ["gpt-test-003"]
+    before = await catalog_rows(loaded.database_url)
+    version = (await _metadata(loaded.database_url))["catalog_version"]
+
+    def respell(value: object) -> object:
+        """Numbers as markers for their new spelling; dicts in reverse key order."""
+        if isinstance(value, dict):
+            return {key: respell(value[key]) for key in reversed(value)}
+        if isinstance(value, list):
+            return [respell(item) for item in value]
+        if isinstance(value, Decimal):  # 3e-06 -> 3.00E-6, 8.5e-06 -> 8.50E-6, 0.0 -> 0.00E+2
+            mantissa, _, exponent = f"{value.normalize():E}".partition("E")
+            mantissa += "0" if "." in mantissa else ".00"
+            return f"@{mantissa}E{exponent}" if value else "@0.00E+2"
+        if isinstance(value, int) and not isinstance(value, bool):  # 128000 -> 1.28000E+5
+            return f"@{Decimal(value):.5E}"
+        return value
+
+    entries = json.loads(first.replace(b'"BAD"', b'"free"'), parse_float=Decimal)
+    text = json.dumps(respell(entries), separators=(",", ":"))
+    text = re.sub(r'"@([^"]+)"', r"\1", text)
+    for spelling in ("1.28000E+5", "3.00E-6", "8.50E-6", "0.00E+2"):
+        assert spelling in text
+    upstream.serve(text.encode())
+    report = await refresh_catalog(loaded, force=True, trigger="test")
+    assert report.outcome is Outcome.UNCHANGED
+    assert report.skipped == applied.skipped
+    assert await catalog_rows(loaded.database_url) == before
+    meta = await _metadata(loaded.database_url)
+    assert meta["catalog_version"] == version
+    run = await fetch_one(
+        loaded.database_url,
+        "SELECT outcome, skipped, skipped_entries::text AS entries FROM ai_cost_refresh_runs"
+        " ORDER BY id DESC LIMIT 1",
+    )
+    assert (run["outcome"], run["skipped"]) == ("unchanged", 1)
+    assert json.loads(run["entries"]) == applied.skipped
+    # the same bytes once more (no 304): recognized by the body hash, and reported alike
+    upstream.conditional = False
+    again = await refresh_catalog(loaded, force=True, trigger="test")
+    assert (again.outcome, again.skipped) == (Outcome.UNCHANGED, applied.skipped)
+
+
 async def test_a_changed_price_opens_a_new_version_and_keeps_the_old(
     loaded: Settings, upstream: Upstream
 ) -> None:
@@ -215,8 +271,14 @@ async def test_an_added_model_and_a_changed_alias_are_applied(
         (b'[{"model": "gpt-4o"}]', "application/json", "rejected: wrong shape: expected"),
         (b'{"a": 1, "b": [2]}', "application/json", "rejected: wrong shape: no model entries"),
         (document(models(4)), "application/json", "rejected: shrink: the source has 4 models"),
+        (
+            b'{"gpt-test-000": {"litellm_provider": "open\xff\xfeai"}}',
+            "application/json",
+            "rejected: not JSON: invalid UTF-8",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "rejected: not JSON"),
     ],
-    ids=["empty", "html", "truncated-json", "list", "no-models", "shrink"],
+    ids=["empty", "html", "truncated-json", "list", "no-models", "shrink", "bad-utf8", "deep"],
 )
 async def test_a_rejected_body_leaves_the_catalog_row_for_row(
     loaded: Settings,
@@ -249,8 +311,19 @@ async def test_a_rejected_body_leaves_the_catalog_row_for_row(
 
 @pytest.mark.parametrize(
     ("bad_value", "reason"),
-    [("-1e-06", "negative price at input_cost_per_token: -0.000001"), ('"free"', "non-numeric")],
-    ids=["negative", "non-numeric"],
+    [
+        ("-1e-06", "negative price at input_cost_per_token: -0.000001"),
+        ('"free"', "non-numeric"),
+        # PostgreSQL's NUMERIC holds neither (it would have failed the whole write)
+        (
+            "1e-20000",
+            "unreadable number '1e-20000' at input_cost_per_token: outside the range of NUMERIC",
+        ),
+        ("2e131072", "unreadable number '2e131072'"),
+        # beyond even Decimal's exponent range
+        ("1e-9999999999999999999", "unreadable number '1e-9999999999999999999'"),
+    ],
+    ids=["negative", "non-numeric", "below-numeric", "above-numeric", "beyond-decimal"],
 )
 async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
     loaded: Settings, upstream: Upstream, bad_value: str, reason: str

@@ -37,7 +37,14 @@ from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
 from aiserver.costs.fetch import Fetched, UpstreamError, fetch_source
-from aiserver.costs.source import ParsedSource, SourceRejected, encode_json, parse_source
+from aiserver.costs.source import (
+    ParsedSource,
+    SourceRejected,
+    decode_json,
+    encode_json,
+    parse_source,
+    read_document,
+)
 from aiserver.costs.store import (
     DEFAULT_SOURCE,
     SourceState,
@@ -282,6 +289,20 @@ async def _check_shrink(
         )
 
 
+async def _still_skipped(conn: asyncpg.Connection, source: str) -> dict[str, str]:
+    """The entries skipped by the last run that read the current document: an unchanged
+    document skips them again, and its run record says so without parsing it."""
+    skipped = await conn.fetchval(
+        """
+        SELECT skipped_entries::text FROM ai_cost_refresh_runs
+        WHERE source = $1 AND outcome IN ('applied', 'seeded', 'unchanged')
+        ORDER BY id DESC LIMIT 1
+        """,
+        source,
+    )
+    return {} if skipped is None else dict(decode_json(skipped))
+
+
 async def _refresh_locked(
     conn: asyncpg.Connection,
     settings: Settings,
@@ -334,13 +355,23 @@ async def _refresh_locked(
         # byte-for-byte what was applied last time: no need to parse it again
         report = RefreshReport(
             Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
-            http_status=fetched.status, model_count=current,
-            catalog_version=state.catalog_version,
+            http_status=fetched.status, skipped=await _still_skipped(conn, source),
+            model_count=current, catalog_version=state.catalog_version,
         )  # fmt: skip
         await _record_current(conn, report, fetched, started_at=started_at)
         return report
     try:
-        parsed = parse_source(fetched.body)
+        document = read_document(fetched.body)
+        if state is not None and current and state.content_hash == document.content_hash:
+            # the document applied last time, spelled differently: nothing to sort or diff
+            report = RefreshReport(
+                Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
+                http_status=fetched.status, skipped=await _still_skipped(conn, source),
+                model_count=current, catalog_version=state.catalog_version,
+            )  # fmt: skip
+            await _record_current(conn, report, fetched, started_at=started_at, body_hash=body_hash)
+            return report
+        parsed = parse_source(document)
         await _check_shrink(conn, parsed, current, settings.model_cost_max_shrink_fraction)
     except SourceRejected as exc:
         report = RefreshReport(
@@ -348,14 +379,6 @@ async def _refresh_locked(
             http_status=fetched.status, error=str(exc), model_count=current,
         )  # fmt: skip
         await _record_failure(conn, report, started_at=started_at)
-        return report
-    if state is not None and current and state.content_hash == parsed.content_hash:
-        report = RefreshReport(
-            Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
-            http_status=fetched.status, skipped=parsed.skipped, model_count=current,
-            catalog_version=state.catalog_version,
-        )  # fmt: skip
-        await _record_current(conn, report, fetched, started_at=started_at, body_hash=body_hash)
         return report
     return await apply_source(
         conn, parsed, source=source, url=url, trigger=trigger, fetched=fetched,

@@ -1,7 +1,10 @@
 """The upstream document: LiteLLM's `model_prices_and_context_window.json` format.
 
-The body is decoded straight to `Decimal` (msgspec `float_hook`), never through float. The parse
-sorts every top-level entry into one of:
+The body is decoded straight to `Decimal` (msgspec `float_hook`), never through float, and in
+one spelling per value (`canonical_number`): `3.0e-06` and `0.000003` decode alike, so hashes of
+the sorted JSON compare prices by value. `read_document` decodes and hashes the whole document
+(a refresh stops there when the hash is the last applied one); `parse_source` then sorts every
+top-level entry into one of:
 
 - a **model**: an object with `litellm_provider`, priced by its `*cost*` fields;
 - an **alias**: an object holding only `alias_of` (e.g. `claude-opus-latest`);
@@ -15,6 +18,7 @@ A body that is not a JSON object, or has no model at all, is rejected whole (`So
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +30,26 @@ import msgspec
 #: Entries that describe the file rather than a model.
 DOCUMENT_KEYS: Final = frozenset({"sample_spec", "fallback_generalizations"})
 
+
+class UnreadableNumber(str):
+    """A JSON number the catalog cannot hold (its exponent is out of range), kept as its text.
+
+    The entry that holds one is skipped; it never reaches the database.
+    """
+
+    __slots__ = ()
+
+
+def _encode_other(value: Any) -> Any:
+    if isinstance(value, UnreadableNumber):  # written back as the number it was
+        return msgspec.Raw(value.encode())
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
 _decoder: Final = msgspec.json.Decoder(float_hook=Decimal)
-_encoder: Final = msgspec.json.Encoder(decimal_format="number", order="sorted")
+_encoder: Final = msgspec.json.Encoder(
+    decimal_format="number", order="sorted", enc_hook=_encode_other
+)
 
 
 class SourceRejected(ValueError):
@@ -50,6 +72,7 @@ class ModelEntry:
     provider: str
     entry: Mapping[str, Any]
     entry_hash: str
+    encoded: bytes = b""  # the entry as stored: sorted JSON, numbers in canonical spelling
 
     @property
     def mode(self) -> str | None:
@@ -66,29 +89,86 @@ class ParsedSource:
     content_hash: str = ""
 
 
-def _canonical(value: Any) -> Any:
-    """The value with numbers normalized, so that 3.0e-06, 3e-06 and 0.000003 are equal.
+# NUMERIC's range in PostgreSQL, which stores every entry (JSONB) and typed price: up to 131,072
+# digits before the decimal point and 16,383 after it. A number outside it cannot be stored.
+_MAX_ADJUSTED: Final = 131_071
+_MIN_EXPONENT: Final = -16_383
+# Normalizing with this context never rounds and never overflows: it only drops trailing zeros.
+_NORMALIZE: Final = decimal.Context(
+    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN
+)
+_ZERO: Final = Decimal(0)
+_ONE: Final = Decimal(1)
 
-    Numbers become tagged strings ("#0.000003"), so a price never equals a string of the same
-    digits. Dispatch is on the exact type: this runs for every field of every entry.
+
+def canonical_number(text: str) -> Decimal | UnreadableNumber:
+    """A JSON number as an exact `Decimal` spelled one way per value (a msgspec `float_hook`).
+
+    `3.0e-06`, `3e-06` and `0.0000030` all become `Decimal("0.000003")`, and a whole number
+    written with a fraction or exponent (`10.0`, `1e1`) becomes `Decimal("10")`, which encodes
+    like the integer `10`. So the sorted JSON encoding of a decoded entry is the same for the
+    same values however they were spelled, and its hash compares prices by value.
     """
-    kind = type(value)
-    if kind is Decimal:
-        return f"#{value.normalize():f}"
-    if kind is int:
-        return f"#{value}"
-    if kind is dict:
-        return {k: _canonical(v) for k, v in value.items()}
-    if kind is list:
-        return [_canonical(v) for v in value]
-    if kind is str or kind is bool or value is None:
-        return value
-    raise TypeError(f"unexpected JSON value {value!r}")
+    try:
+        value = Decimal(text).normalize(_NORMALIZE)
+    except ArithmeticError:  # an exponent beyond even Decimal's range
+        return _unreadable(text)
+    if not value:
+        return _ZERO  # 0.0, 0e5 and -0.0 are the integer 0
+    adjusted = value.adjusted()
+    if adjusted >= 0:
+        if adjusted <= 40 and value == value.to_integral_value():
+            return value.quantize(_ONE, context=_NORMALIZE)
+        if adjusted > _MAX_ADJUSTED:
+            return _unreadable(text)
+    elif adjusted < _MIN_EXPONENT + 400 or len(text) > 300:
+        # Rare: only here can the last digit lie past NUMERIC's 16,383 fractional digits (above
+        # this bound a number would need more than 300 significant digits to get there).
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int), "a JSON number is finite"
+        if exponent < _MIN_EXPONENT:
+            return _unreadable(text)
+    return value
+
+
+# How many unreadable numbers were decoded in this process: parse_source looks for them in the
+# entries only when it changed during its decode.
+_unreadable_seen: Final = [0]
+
+
+def _unreadable(text: str) -> UnreadableNumber:
+    _unreadable_seen[0] += 1
+    return UnreadableNumber(text)
+
+
+_canonical_decoder: Final = msgspec.json.Decoder(float_hook=canonical_number)
+
+
+def _digest(encoded: bytes) -> str:
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
-    """A hash of the entry that compares prices by value, not by spelling."""
-    return hashlib.sha256(encode_json(_canonical(entry))).hexdigest()
+    """A hash of the entry that compares prices by value, not by spelling.
+
+    It hashes the sorted JSON encoding of the entry read back through `canonical_number`, so
+    `Decimal("3.0E-6")`, `Decimal("0.000003")` and, for whole numbers, `10` and `Decimal("10.0")`
+    hash alike. `parse_source` decodes with `canonical_number` in the first place and hashes the
+    encoding it keeps for storage.
+    """
+    return _digest(encode_json(_canonical_decoder.decode(encode_json(entry))))
+
+
+def _unreadable_in(value: Any) -> UnreadableNumber | None:
+    """The first unreadable number inside a decoded value, if any (only run when one was seen)."""
+    if isinstance(value, UnreadableNumber):
+        return value
+    children = value.values() if isinstance(value, dict) else value if type(value) is list else ()
+    for child in children:
+        found = _unreadable_in(child)
+        if found is not None:
+            return found
+    return None
 
 
 _STRUCTURED_PRICES: Final = frozenset({"tiered_pricing", "off_peak_pricing"})
@@ -120,6 +200,23 @@ def _price_leaves(name: str, value: Any) -> Iterator[tuple[str, Any]]:
     yield from walk(value, name, name)
 
 
+def _prices_sound(node: Any, all_leaves: bool, key: str) -> bool:
+    """True when every price under a structured field (see `_price_leaves`) is a number >= 0.
+
+    The quick yes of `entry_problem`: it builds no paths, which only a problem needs.
+    """
+    kind = type(node)
+    if kind is dict:
+        return all(_prices_sound(value, all_leaves, name) for name, value in node.items())
+    if kind is list:
+        return all(_prices_sound(value, all_leaves, key) for value in node)
+    if not all_leaves and "cost" not in key:
+        return True  # not a price: `range`, `windows`, `weekday_timezone`, ...
+    if kind is Decimal or kind is int:
+        return bool(node >= 0) and (kind is int or node.is_finite())
+    return False
+
+
 def entry_problem(entry: Mapping[str, Any]) -> str | None:
     """Why a model entry can't be stored, or None when it is sound."""
     provider = entry.get("litellm_provider")
@@ -135,7 +232,11 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
             if kind is Decimal and not value.is_finite():
                 return f"non-finite price at {name}: {value}"
             continue
-        for path, leaf in _price_leaves(name, value):
+        if _prices_sound(value, "cost" in name, name):
+            continue
+        for path, leaf in _price_leaves(name, value):  # find what is wrong, and where
+            if isinstance(leaf, UnreadableNumber):
+                return f"unreadable number {leaf[:40]!r} at {path}: outside the range of NUMERIC"
             if isinstance(leaf, bool) or not isinstance(leaf, int | Decimal):
                 return f"non-numeric price at {path}: {leaf!r}"
             if leaf < 0:
@@ -157,31 +258,66 @@ def token_limit(entry: Mapping[str, Any], name: str) -> int | None:
     return int(value) if value == int(value) else None
 
 
-def parse_source(body: bytes) -> ParsedSource:
-    """Decode and sort an upstream body. Raises `SourceRejected` when it is unusable whole."""
+@dataclass(frozen=True, slots=True)
+class SourceDocument:
+    """An upstream body decoded, before its entries are sorted (see `parse_source`).
+
+    `content_hash` identifies the document by value: it hashes the sorted JSON encoding of the
+    decoded document, whose numbers `canonical_number` spelled one way. The same prices spelled
+    differently, in another key order or with other whitespace give the same hash, and parsing
+    the same document always gives the same catalog, so a refresh that finds the hash of the
+    document it applied last can stop there.
+    """
+
+    entries: dict[str, Any]
+    content_hash: str
+    has_unreadable: bool  # some number could not be read (see UnreadableNumber)
+
+
+def read_document(body: bytes) -> SourceDocument:
+    """Decode an upstream body. Raises `SourceRejected` when it is not a JSON object."""
     if not body.strip():
         raise SourceRejected("empty body")
+    unreadable_before = _unreadable_seen[0]
     try:
-        document = decode_json(body)
+        document = _canonical_decoder.decode(body)
     except msgspec.DecodeError as exc:
         snippet = body[:60].decode("utf-8", "replace").strip()
         raise SourceRejected(f"not JSON ({exc}); the body starts with {snippet!r}") from None
+    except UnicodeDecodeError as exc:  # msgspec's report of invalid UTF-8 inside a string
+        raise SourceRejected(f"not JSON: invalid UTF-8 ({exc.reason})") from None
+    except RecursionError:
+        raise SourceRejected("not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise SourceRejected(
             f"wrong shape: expected a JSON object of models, got {type(document).__name__}"
         )
+    return SourceDocument(
+        entries=document,
+        content_hash=_digest(encode_json(document)),
+        # Another thread's decode may count too; that costs parse_source a walk, never a miss.
+        has_unreadable=_unreadable_seen[0] != unreadable_before,
+    )
+
+
+def parse_source(body: bytes | SourceDocument) -> ParsedSource:
+    """Decode (unless given a `read_document` result) and sort an upstream body.
+
+    Raises `SourceRejected` when it is unusable whole.
+    """
+    document = body if isinstance(body, SourceDocument) else read_document(body)
     models: dict[str, ModelEntry] = {}
     aliases: dict[str, str] = {}
     documents: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for key, entry in document.items():
+    for key, entry in document.entries.items():
         if key in DOCUMENT_KEYS:
             documents[key] = entry
             continue
         if not isinstance(entry, dict):
             skipped[key] = f"unknown shape: expected an object, got {type(entry).__name__}"
             continue
-        if set(entry) == {"alias_of"}:
+        if len(entry) == 1 and "alias_of" in entry:
             target = entry["alias_of"]
             if isinstance(target, str) and target and target != key:
                 aliases[key] = target
@@ -189,11 +325,20 @@ def parse_source(body: bytes) -> ParsedSource:
                 skipped[key] = f"unknown shape: alias_of must name another entry, got {target!r}"
             continue
         problem = entry_problem(entry)
+        if problem is None and document.has_unreadable:
+            number = _unreadable_in(entry)
+            if number is not None:
+                problem = f"unreadable number {number[:40]!r}: outside the range of NUMERIC"
         if problem is not None:
             skipped[key] = problem
             continue
+        encoded = encode_json(entry)
         models[key] = ModelEntry(
-            key=key, provider=entry["litellm_provider"], entry=entry, entry_hash=entry_hash(entry)
+            key=key,
+            provider=entry["litellm_provider"],
+            entry=entry,
+            entry_hash=_digest(encoded),
+            encoded=encoded,
         )
     if not models:
         raise SourceRejected(
@@ -203,18 +348,10 @@ def parse_source(body: bytes) -> ParsedSource:
         if target not in models:
             skipped[alias] = f"alias_of names an entry that is not a model: {target!r}"
             del aliases[alias]
-    content = hashlib.sha256()
-    for key in sorted(models):
-        content.update(key.encode())
-        content.update(models[key].entry_hash.encode())
-    for alias in sorted(aliases):
-        content.update(f"{alias}->{aliases[alias]}".encode())
-    content.update(entry_hash(documents).encode())
-    content.update(entry_hash(skipped).encode())
     return ParsedSource(
         models=models,
         aliases=aliases,
         documents=documents,
         skipped=skipped,
-        content_hash=content.hexdigest(),
+        content_hash=document.content_hash,
     )

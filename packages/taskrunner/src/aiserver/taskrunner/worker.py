@@ -20,6 +20,7 @@ from aiserver.core_db.database import database
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import Settings, get_settings
+from aiserver.costs.fetch import tls_context
 from aiserver.taskrunner.documents import process_document
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
@@ -46,7 +47,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(database(settings))
     ctx["http"] = await stack.enter_async_context(
-        httpx.AsyncClient(follow_redirects=True, timeout=settings.model_cost_fetch_timeout_seconds)
+        httpx.AsyncClient(
+            follow_redirects=True,
+            timeout=settings.model_cost_fetch_timeout_seconds,
+            verify=tls_context(),
+        )
     )
     ctx["settings"] = settings
     ctx["resources"] = stack

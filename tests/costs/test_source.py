@@ -1,0 +1,148 @@
+"""Reading the upstream document: numbers in one spelling per value, hashes by value."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aiserver.core_db.migrations import apply_migrations
+from aiserver.core_db.settings import Settings
+from aiserver.costs.refresh import seed_from_snapshot
+from aiserver.costs.source import (
+    UnreadableNumber,
+    canonical_number,
+    encode_json,
+    entry_hash,
+    parse_source,
+    read_document,
+)
+
+from ..support.catalog import document, fetch_one, models
+
+
+@pytest.mark.parametrize(
+    ("spellings", "encoded"),
+    [
+        (("3e-06", "3.0e-06", "0.0000030", "3E-6", "30e-7", "0.000003"), b"0.000003"),
+        (("1.5E-7", "1.50e-07", "0.00000015", "15e-8"), b"1.5E-7"),
+        (("10.0", "1e1", "1.0E+1", "10.000"), b"10"),
+        (("128000.0", "1.28e5", "1.28000E+5"), b"128000"),
+        (("0.0", "0e5", "-0.0", "0.000E-3"), b"0"),
+        (("2.50", "2.5", "25e-1"), b"2.5"),
+    ],
+)
+def test_every_spelling_of_a_value_decodes_to_one_number(
+    spellings: tuple[str, ...], encoded: bytes
+) -> None:
+    values = [canonical_number(text) for text in spellings]
+    assert {encode_json(value) for value in values} == {encoded}
+    assert all(value == Decimal(spellings[0]) for value in values)
+
+
+def test_no_digit_is_rounded_away() -> None:
+    text = "0.12345678901234567890123456789012345678901234567890"  # 50 digits: past 28
+    assert canonical_number(text) == Decimal(text)
+    assert encode_json(canonical_number(text)) == text.rstrip("0").encode()  # same value
+    big = "123456789012345678901234567890123456789012345.0"
+    assert encode_json(canonical_number(big)) == big.removesuffix(".0").encode()
+
+
+@pytest.mark.parametrize(
+    "text", ["1e-20000", "1.5e-16384", "2e131072", "1e-9999999999999999999", "1e99999999999999"]
+)
+def test_a_number_numeric_cannot_hold_is_unreadable(text: str) -> None:
+    value = canonical_number(text)
+    assert isinstance(value, UnreadableNumber)
+    assert value == text
+    assert encode_json([value]) == f"[{text}]".encode()  # written back as the same number
+
+
+@pytest.mark.parametrize("text", ["1e-16383", "9.9e131071", "1.5e-16382"])
+def test_a_number_at_the_edge_of_numeric_is_read(text: str) -> None:
+    assert canonical_number(text) == Decimal(text)
+
+
+def test_whole_numbers_hash_alike_however_they_are_written() -> None:
+    base = {
+        "litellm_provider": "x",
+        "max_input_tokens": 10,
+        "input_cost_per_token": Decimal("3e-6"),
+    }
+    same = {
+        "input_cost_per_token": Decimal("0.0000030"),
+        "max_input_tokens": Decimal("10.0"),
+        "litellm_provider": "x",
+    }
+    assert entry_hash(base) == entry_hash(same)
+    assert entry_hash(base) != entry_hash({**base, "max_input_tokens": "10"})  # a string
+    assert entry_hash(base) != entry_hash({**base, "input_cost_per_token": Decimal("3.1e-6")})
+
+
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, min_value=0, max_value=10**9, places=12),
+    st.integers(min_value=0, max_value=6),
+)
+def test_a_price_spelled_any_way_hashes_alike(price: Decimal, zeros: int) -> None:
+    plain = f"{price:f}"
+    padded = plain + ("0" * zeros if "." in plain else "." + "0" * max(zeros, 1))
+    scientific = f"{price:E}"
+    bodies = [
+        f'{{"m": {{"litellm_provider": "x", "input_cost_per_token": {text}}}}}'.encode()
+        for text in (plain, padded, scientific)
+    ]
+    parsed = [parse_source(body) for body in bodies]
+    assert len({p.models["m"].entry_hash for p in parsed}) == 1
+    assert len({p.content_hash for p in parsed}) == 1
+    assert all(p.models["m"].entry["input_cost_per_token"] == price for p in parsed)
+
+
+def test_the_content_hash_ignores_key_order_and_whitespace_not_values() -> None:
+    body = document(models(5), **{"alias": {"alias_of": "gpt-test-001"}})
+    entries = json.loads(body, parse_float=Decimal)
+    reordered = json.dumps({k: entries[k] for k in reversed(entries)}, default=str, indent=4)
+    reordered = reordered.replace('"0.0"', "0.0")  # sample_spec's placeholder price
+    for entry in entries.values():
+        for value in entry.values() if isinstance(entry, dict) else ():
+            if isinstance(value, Decimal):
+                reordered = reordered.replace(f'"{value}"', str(value))
+    assert read_document(reordered.encode()).content_hash == read_document(body).content_hash
+    changed = body.replace(b"2e-06", b"2.5e-06", 1)
+    assert read_document(changed).content_hash != read_document(body).content_hash
+
+
+def test_parse_keeps_the_encoding_it_hashed_for_storage() -> None:
+    parsed = parse_source(document(models(3)))
+    model = parsed.models["gpt-test-001"]
+    assert model.encoded == encode_json(model.entry)
+    assert model.entry_hash == entry_hash(model.entry)
+
+
+async def test_the_rehash_migration_updates_hashes_of_an_older_scheme(
+    settings: Settings,
+) -> None:
+    """A catalog written with another entry hash is rehashed once, and the next refresh finds
+    nothing to change (the migration is run again by forgetting that it ran)."""
+    await seed_from_snapshot(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        good = dict(await conn.fetch("SELECT id, entry_hash FROM ai_model_costs"))
+        await conn.execute("UPDATE ai_model_costs SET entry_hash = 'old:' || entry_hash")
+        await conn.execute("UPDATE ai_cost_metadata SET content_hash = 'old'")
+        await conn.execute(
+            "DELETE FROM migration WHERE app_name = 'costs' AND name = '2026-11-28T14:00:00:000000'"
+        )
+    finally:
+        await conn.close()
+    assert await apply_migrations(settings) == ["costs:2026-11-28T14:00:00:000000"]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert dict(await conn.fetch("SELECT id, entry_hash FROM ai_model_costs")) == good
+    finally:
+        await conn.close()
+    meta = await fetch_one(settings.database_url, "SELECT content_hash FROM ai_cost_metadata")
+    assert meta["content_hash"] is None
