@@ -8,11 +8,19 @@ drives it from the other core, the three endpoints taking turns round by round:
 - `POST /v1/costs/calculate`: one cost request per HTTP request, cycling through the mix of
   benchmark 1 (provider-prefixed names, cache, reasoning, long-context and service tiers);
 - `POST /v1/costs/calculate/batch`: 100 cost requests from the same mix per HTTP request.
+
+wrk makes every request, `GET /health` included, in a Lua `request()` function, so the client
+does the same work per request for all three. (Given no such function, wrk replays one fixed
+request from a fast path of its own; `/health` then answered about 45% more requests per second
+here, with no change on the server, and the ratio measured wrk as much as the server.) Beside
+requests per second, each run reads the server process's CPU time (`/proc/PID/stat`), so the
+table also gives what one request costs the server, whoever is the bottleneck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +40,7 @@ from bench.common import (
     bench_settings,
     fmt_mib,
     fmt_ms,
+    fmt_us,
     fmt_x,
     median,
     say,
@@ -49,8 +58,9 @@ def _requests() -> list[dict[str, Any]]:
 
 
 def _lua(method: str, bodies: list[bytes]) -> str:
+    """A wrk script whose `request()` makes each request (see the module docstring)."""
     if not bodies:
-        return f'wrk.method = "{method}"\n'
+        return f'request = function()\n  return wrk.format("{method}", nil, nil, nil)\nend\n'
     items = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
     return (
         f"local bodies = {{\n{items}\n}}\n"
@@ -80,6 +90,10 @@ def _parse_wrk(output: str) -> dict[str, float]:
     if not match:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
     result["rps"] = float(match[1])
+    match = re.search(r"^\s+(\d+) requests in", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    result["requests"] = float(match[1])
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     result["non_2xx"] = float(errors[1]) if errors else 0.0
     socket_errors = re.search(r"Socket errors: (.*)", output)
@@ -87,14 +101,26 @@ def _parse_wrk(output: str) -> dict[str, float]:
     return result
 
 
-def _wrk(url: str, script: Path, *, seconds: float, connections: int) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(
+    url: str, script: Path, *, seconds: float, connections: int, server_pid: int | None = None
+) -> dict[str, float]:
+    before = _cpu_seconds(server_pid) if server_pid else 0.0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     )
-    return _parse_wrk(out.stdout)
+    result = _parse_wrk(out.stdout)
+    if server_pid:
+        result["cpu_per_request"] = (_cpu_seconds(server_pid) - before) / result["requests"]
+    return result
 
 
 def _check(base: str, bodies: list[bytes], path: str) -> None:
@@ -178,6 +204,7 @@ async def _run_with_database(
                         scripts[name],
                         seconds=seconds,
                         connections=connections,
+                        server_pid=api.process.pid,
                     )
                     samples[name].append(result)
             rss["after_load"] = api.rss()
@@ -204,9 +231,18 @@ def _section(
         return median([s["rps"] / h["rps"] for s, h in pairs])
 
     ratio = vs_health("calculate")
+    cpu = {name: med(name, "cpu_per_request") for name in samples}
     errors = sum(s["non_2xx"] + s["socket_errors"] for v in samples.values() for s in v)
     table = Table(
-        ["endpoint", "requests/s", "calculations/s", "p50", "p99", "requests/s vs /health"],
+        [
+            "endpoint",
+            "requests/s",
+            "calculations/s",
+            "p50",
+            "p99",
+            "server CPU per request",
+            "requests/s vs /health",
+        ],
         [],
         caption=f"Medians of {rounds} rounds of {seconds:g} s per endpoint, {connections} "
         "connections; the last column is the median of the per-round ratios:",
@@ -226,6 +262,7 @@ def _section(
                 f"{rps * per_request[name]:,.0f}" if per_request[name] else "",
                 fmt_ms(med(name, "p50")),
                 fmt_ms(med(name, "p99")),
+                fmt_us(cpu[name]),
                 "1.00" if name == "health" else f"{vs_health(name):.2f}",
             ]
         )
@@ -233,6 +270,10 @@ def _section(
     notes = [
         f"`POST /v1/costs/calculate` / `GET /health`: **{ratio:.2f}** (median of the per-round "
         f"ratios; target >= {TARGET_RATIO}: {verdict}).",
+        f"Server CPU time per request: `GET /health` {fmt_us(cpu['health'])}, "
+        f"`POST /v1/costs/calculate` {fmt_us(cpu['calculate'])}: a calculation, its body and "
+        f"its answer add {fmt_us(cpu['calculate'] - cpu['health'])} to the framework's "
+        f"{fmt_us(cpu['health'])} (ratio {cpu['health'] / cpu['calculate']:.2f}).",
         "Requests/s per round (the spread is this shared machine's noise): "
         + "; ".join(
             labels[name] + " " + ", ".join(f"{s['rps']:,.0f}" for s in samples[name])
@@ -250,8 +291,8 @@ def _section(
         f"during the run, {rss['access_lines']:,} of them access-log lines (level INFO; "
         "`GET /health` never writes one). A logged request costs far more than a calculation, "
         "so this count matters to the ratio.",
-        f"wrk: `wrk -t1 -c{connections} -d{seconds:g}s --latency -s SCRIPT URL`; the Lua "
-        "scripts cycle through the request bodies.",
+        f"wrk: `wrk -t1 -c{connections} -d{seconds:g}s --latency -s SCRIPT URL`; each script's "
+        "`request()` makes every request (the POST scripts cycle through the request bodies).",
     ]
     return Section(
         key="http",
@@ -264,5 +305,6 @@ def _section(
             f"{health_rps:,.0f} req/s, ratio {ratio:.2f} (target >= {TARGET_RATIO}: {verdict}); "
             f"batch {med('batch', 'rps') * BATCH_SIZE:,.0f} calculations/s."
         ],
-        data={name: {"rps": med(name, "rps")} for name in samples} | {"ratio": ratio},
+        data={name: {"rps": med(name, "rps"), "cpu": cpu[name]} for name in samples}
+        | {"ratio": ratio},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -14,6 +15,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from aiserver.core_db.logging import get_logger
 
 log = get_logger("aiserver.api.access")
+# The standard logger behind `log`: asking it whether INFO is on is a cached lookup, where a
+# dropped structlog call still builds its event and runs the processors up to the level filter.
+_level_check = logging.getLogger("aiserver.api.access")
 
 _VALID_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS: Final = frozenset({"/health", "/metrics"})
@@ -47,7 +51,9 @@ def access_log(app: ASGIApp) -> ASGIApp:
                 await app(scope, receive, send_with_id)
             finally:
                 path = scope["path"]
-                if path not in _QUIET_PATHS or status >= 400:
+                if (path not in _QUIET_PATHS or status >= 400) and _level_check.isEnabledFor(
+                    logging.INFO
+                ):
                     log.info(
                         "request",
                         method=method,

@@ -12,6 +12,7 @@ One exception handler maps domain errors to problems, so controllers raise and n
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -19,8 +20,16 @@ import asyncpg
 import msgspec
 import redis.exceptions
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    InternalServerException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import Empty
 
 from aiserver.core_db.database import DatabaseUnavailable
 from aiserver.core_db.logging import get_logger
@@ -100,6 +109,54 @@ class CheckedRequest(Request[Any, Any, Any]):
     the interpreter's recursion limit as RecursionError; Litestar turns neither into a client
     error, so without this they were 500s.
     """
+
+    async def body(self) -> bytes:
+        """The whole body, as Litestar's `Request.body()` reads it, with less on the way.
+
+        Litestar's version builds the parsed headers to read Content-Length and runs an async
+        generator per chunk: more than the rest of a cost calculation. This one reads the one
+        header from the ASGI scope and the chunks in a loop, with the same limit (413 when the
+        declared or the received size is above it), the same errors and the same caching.
+        """
+        body = self._body
+        if body is not Empty:
+            return body
+        body = self._connection_state.body
+        if body is not Empty:
+            self._body = body
+            return body
+        if not self.is_connected:
+            raise InternalServerException("stream consumed")
+        limit = self.route_handler.resolve_request_max_body_size() or math.inf
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    text = value.decode("latin-1")
+                    raise ClientException(f"Invalid content-length: {text!r}") from None
+                if declared > limit:
+                    raise RequestEntityTooLarge
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.receive()
+            if event["type"] == "http.request":
+                chunk = event.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestEntityTooLarge
+                    chunks.append(chunk)
+                if not event.get("more_body", False):
+                    break
+            elif event["type"] == "http.disconnect":
+                raise InternalServerException("client disconnected prematurely")
+        self.is_connected = False
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._body = self._connection_state.body = body
+        return body
 
     async def json(self) -> Any:
         try:

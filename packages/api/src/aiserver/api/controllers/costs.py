@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Controller, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from aiserver.api.body import StructBody
 from aiserver.api.schemas import MAX_BATCH, BatchItem, BatchRequest, BatchResponse, ItemError
 from aiserver.costs.calculator import CostRequest, CostResponse, calculate
 from aiserver.costs.catalog import UnknownModel
@@ -28,8 +28,14 @@ class CostController(Controller):
     path = "/v1/costs"
     tags = ("costs",)
 
-    @post("/calculate", status_code=HTTP_200_OK, summary="Cost of one model call")
-    async def calculate_cost(self, state: State, data: JSONBody[CostRequest]) -> CostResponse:
+    @post(
+        "/calculate",
+        status_code=HTTP_200_OK,
+        summary="Cost of one model call",
+        dto=StructBody[CostRequest],
+        return_dto=None,
+    )
+    async def calculate_cost(self, state: State, data: CostRequest) -> CostResponse:
         """The exact cost of one call: total, every component, unpriced dimensions, notes.
 
         Omitted usage fields are 0. An unknown model is a 404 problem with close matches.
@@ -41,8 +47,10 @@ class CostController(Controller):
         "/calculate/batch",
         status_code=HTTP_200_OK,
         summary=f"Costs of up to {MAX_BATCH} model calls",
+        dto=StructBody[BatchRequest],
+        return_dto=None,
     )
-    async def calculate_batch(self, state: State, data: JSONBody[BatchRequest]) -> BatchResponse:
+    async def calculate_batch(self, state: State, data: BatchRequest) -> BatchResponse:
         """Up to 1000 cost requests, answered in order with one catalog version. An item that
         fails carries its own error; it does not fail the batch."""
         live: LiveCatalog = state.live

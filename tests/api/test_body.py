@@ -1,0 +1,92 @@
+"""The request body as the ASGI server delivers it: in chunks, without a length, cut short."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.wiring import MAX_BODY_BYTES
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+
+
+async def _post(
+    client: Client, path: str, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[str, Any]]:
+    """POST straight to the ASGI app, its body in `messages`; the status and the JSON answer."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await client.app(scope, receive, send)  # type: ignore[arg-type]
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+def _chunks(body: bytes, size: int) -> list[dict[str, Any]]:
+    parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    return [
+        {"type": "http.request", "body": part, "more_body": index < len(parts) - 1}
+        for index, part in enumerate(parts)
+    ]
+
+
+async def test_a_body_in_chunks_without_a_length_is_read_whole(client: Client) -> None:
+    body = json.dumps({"model": "gpt-test-000", "usage": {"input_tokens": 1000}}).encode()
+    status, answer = await _post(client, "/v1/costs/calculate", _chunks(body, 7), [])
+    assert status == 200, answer
+    assert answer["total"] == "0.001"
+
+
+async def test_chunks_past_the_limit_are_refused_without_a_length(client: Client) -> None:
+    body = b'{"model": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    status, answer = await _post(client, "/v1/costs/calculate", _chunks(body, 64 * 1024), [])
+    assert status == 413
+    assert answer["detail"].startswith("the request body is too large")
+
+
+async def test_a_declared_length_past_the_limit_is_refused_before_reading(client: Client) -> None:
+    declared = [(b"content-length", str(MAX_BODY_BYTES + 1).encode())]
+    status, answer = await _post(client, "/v1/costs/calculate", [], declared)
+    assert status == 413
+    assert answer["detail"].startswith("the request body is too large")
+
+
+async def test_an_invalid_length_is_a_bad_request(client: Client) -> None:
+    body = b'{"model": "gpt-test-000"}'
+    status, answer = await _post(
+        client, "/v1/costs/calculate", _chunks(body, 100), [(b"content-length", b"twelve")]
+    )
+    assert status == 400
+    assert "Invalid content-length: 'twelve'" in answer["detail"]
+
+
+async def test_a_client_gone_mid_body_is_not_priced(client: Client) -> None:
+    body = json.dumps({"model": "gpt-test-000"}).encode()
+    first = _chunks(body, 5)[:2]  # then the client disconnects
+    status, answer = await _post(client, "/v1/costs/calculate/batch", first, [])
+    assert status == 500
+    assert answer["detail"] == "client disconnected prematurely"
