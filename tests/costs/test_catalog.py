@@ -198,3 +198,17 @@ def test_the_request_rejects_unknown_fields() -> None:
     request = msgspec.json.decode(b'{"model": "gpt-4o"}', type=CostRequest)
     assert request.usage == Usage()
     assert request.service_tier == "standard"
+
+
+@pytest.mark.parametrize("name", ["gpt-4o", "openai/gpt-4o", "GPT-4o", "claude-sonnet-latest"])
+def test_a_name_seen_before_prices_the_same_as_the_first_time(catalog: Catalog, name: str) -> None:
+    """The calculator memoizes the resolution and the current version of a name; the second
+    answer comes from the memo and must equal the first."""
+    request = CostRequest(model=name, usage=Usage(input_tokens=1000, output_tokens=10))
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    first = calculate(catalog, request, now=now)
+    resolution, version = catalog.current_for(name)
+    assert resolution == catalog.resolve(name)
+    assert version is catalog.current[resolution.key]
+    assert calculate(catalog, request, now=now) == first
+    assert first.price_version == version.id

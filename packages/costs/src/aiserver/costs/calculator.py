@@ -14,7 +14,7 @@ from typing import Annotated, Final
 import msgspec
 
 from aiserver.costs.catalog import Catalog
-from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, price_call
+from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, quote
 
 CURRENCY: Final = "USD"
 
@@ -103,19 +103,26 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = None) -> CostResult:
     """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (pricing)."""
-    at = request.at or now or datetime.now(UTC)
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
-    resolution = catalog.resolve(request.model, request.provider)
-    current = catalog.current.get(resolution.key)
+    at = request.at
     notes: tuple[str, ...] = ()
-    if request.at is None and current is not None:
-        version = current
+    if at is None:
+        resolution, version = catalog.current_for(request.model, request.provider)
+        at = now or datetime.now(UTC)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        if version is None:  # the model is gone now: price it with its last version
+            version, note = catalog.version_at(resolution.key, at)
+            notes = (note,) if note else ()
     else:
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
+        resolution = catalog.resolve(request.model, request.provider)
         version, note = catalog.version_at(resolution.key, at)
         if note:
             notes = (note,)
-    quote = price_call(version.prices, request.usage, service_tier=request.service_tier, at=at)
+    total, components, unpriced, quote_notes = quote(
+        version.prices, request.usage, request.service_tier, at
+    )
     return CostResult(
         model=version.model,
         provider=version.provider,
@@ -123,10 +130,10 @@ def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = 
         price_version=version.id,
         catalog_version=catalog.version,
         currency=CURRENCY,
-        total=quote.total,
-        components=quote.components,
-        unpriced=quote.unpriced,
-        notes=notes + quote.notes,
+        total=total,
+        components=components,
+        unpriced=unpriced,
+        notes=notes + quote_notes if notes else quote_notes,
         at=at,
         override_id=version.override_id,
     )

@@ -130,6 +130,8 @@ class Catalog:
             if match:  # the newest dated key wins for its undated name
                 self._undated[match["base"].lower()] = key
         self._resolved: dict[tuple[str, str | None], Resolution] = {}
+        # (name, provider) -> what the calculator needs for "now": see `current_for`
+        self._now: dict[tuple[str, str | None], tuple[Resolution, PriceVersion | None]] = {}
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -159,6 +161,21 @@ class Catalog:
         if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
             self._resolved.clear()
         self._resolved[cache_key] = found
+        return found
+
+    def current_for(
+        self, name: str, provider: str | None = None
+    ) -> tuple[Resolution, PriceVersion | None]:
+        """`resolve` and the current version of what it found (None when the model is gone),
+        in one lookup for a name seen before: the calculator's path for calls priced now."""
+        cache_key = (name, provider)
+        found = self._now.get(cache_key)
+        if found is None:
+            resolution = self.resolve(name, provider)
+            found = (resolution, self._current.get(resolution.key))
+            if len(self._now) >= _RESOLVE_CACHE_LIMIT:
+                self._now.clear()
+            self._now[cache_key] = found
         return found
 
     def _lookup(self, name: str, provider: str | None) -> Resolution | None:

@@ -1252,6 +1252,15 @@ def price_call(
     ``False`` in its place prices as 0 here, though :func:`validate_usage` refuses it.
     """
     compiled = prices if isinstance(prices, CompiledPrices) else compile_entry(prices)
+    return PriceQuote(*quote(compiled, usage, service_tier, at))
+
+
+#: What `quote` answers: the total, the components, the unpriced dimensions and the notes.
+Quote = tuple[Decimal, tuple[CostComponent, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def quote(compiled: CompiledPrices, usage: Usage, service_tier: str, at: datetime) -> Quote:
+    """`price_call` on a compiled entry, answered as a plain tuple (the calculator's path)."""
     values = _ASTUPLE(usage)
     # The mask of the counts that are not 0 chooses the plan, whose steps check those counts as
     # validate_usage does. A count that is 0 prices nothing and is not checked further.
@@ -1345,7 +1354,7 @@ def price_call(
         total = _ZERO
     elif plan.from_zero:
         total = _ADD(_ZERO, total)
-    return PriceQuote(total, tuple(components), unpriced, notes)
+    return total, tuple(components), unpriced, notes
 
 
 def _mask_of(values: tuple[Any, ...], usage: Usage, service_tier: str, at: datetime) -> int:
