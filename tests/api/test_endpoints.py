@@ -405,6 +405,13 @@ async def test_metrics_and_openapi(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/v1/costs/calculate" in schema["paths"]
     assert "/v1/models/{model}" in schema["paths"]
+    # the cost endpoints decode their bodies with StructBody; the document still shows them
+    for path, name in (("", "CostRequest"), ("/batch", "BatchRequest")):
+        body = schema["paths"][f"/v1/costs/calculate{path}"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{name}"
+        }
+    assert "usage" in schema["components"]["schemas"]["CostRequest"]["properties"]
     assert (await client.get("/schema")).status_code == 200
 
 
