@@ -53,7 +53,16 @@ def test_no_digit_is_rounded_away() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["1e-20000", "1.5e-16384", "2e131072", "1e-9999999999999999999", "1e99999999999999"]
+    "text",
+    [
+        "1e-20000",
+        "1.5e-16384",
+        "2e131072",
+        "1e-9999999999999999999",
+        "1e99999999999999",
+        "1." + "0" * 16_383 + "1",  # one digit past NUMERIC's fraction, on a number above 1
+    ],
+    ids=["e-20000", "e-16384", "e131072", "beyond-decimal", "e99999999999999", "long-fraction"],
 )
 def test_a_number_numeric_cannot_hold_is_unreadable(text: str) -> None:
     value = canonical_number(text)
@@ -62,7 +71,11 @@ def test_a_number_numeric_cannot_hold_is_unreadable(text: str) -> None:
     assert encode_json([value]) == f"[{text}]".encode()  # written back as the same number
 
 
-@pytest.mark.parametrize("text", ["1e-16383", "9.9e131071", "1.5e-16382"])
+@pytest.mark.parametrize(
+    "text",
+    ["1e-16383", "9.9e131071", "1.5e-16382", "1." + "0" * 16_382 + "1"],
+    ids=["e-16383", "e131071", "e-16382", "long-fraction"],
+)
 def test_a_number_at_the_edge_of_numeric_is_read(text: str) -> None:
     assert canonical_number(text) == Decimal(text)
 

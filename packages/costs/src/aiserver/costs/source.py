@@ -121,9 +121,9 @@ def canonical_number(text: str) -> Decimal | UnreadableNumber:
             return value.quantize(_ONE, context=_NORMALIZE)
         if adjusted > _MAX_ADJUSTED:
             return _unreadable(text)
-    elif adjusted < _MIN_EXPONENT + 400 or len(text) > 300:
-        # Rare: only here can the last digit lie past NUMERIC's 16,383 fractional digits (above
-        # this bound a number would need more than 300 significant digits to get there).
+    if adjusted < _MIN_EXPONENT + 400 or len(text) > 300:
+        # Rare: only here can the last digit lie past NUMERIC's 16,383 fractional digits
+        # (otherwise it would take more digits than the text has to get there).
         exponent = value.as_tuple().exponent
         assert isinstance(exponent, int), "a JSON number is finite"
         if exponent < _MIN_EXPONENT:
