@@ -355,8 +355,9 @@ def run(*, rounds: int = 5, orm_rounds: int = 1, cold_rounds: int = 2) -> Sectio
 
     notes = [
         "One warm-up refresh first; it also builds the process's one TLS context (reading the "
-        "CA bundle, tens of ms), which a long-running task runner pays once. The 5%-changed refreshes alternate between two documents "
-        "(the snapshot and the snapshot with 5% repriced), so each one changes 5%. Every "
+        "CA bundle, tens of ms), which a long-running task runner pays once. The 5%-changed "
+        "refreshes alternate between two documents (the snapshot and the snapshot with 5% "
+        "repriced), so each one changes 5%. Every "
         "scenario but the last runs on a catalog whose table has planner statistics "
         "(`ANALYZE`, which autovacuum runs within a minute or so of a bulk load); the last one "
         "refreshes a new database right after its first load, as a task runner does when its "
