@@ -28,8 +28,13 @@ from aiserver.core_db.piccolo_conf import DB
 from aiserver.core_db.settings import Settings
 from aiserver.costs.fetch import fetch_source
 from aiserver.costs.refresh import refresh_catalog
-from aiserver.costs.source import encode_json, parse_source, read_document, token_limit
-from aiserver.costs.store import DEFAULT_SOURCE
+from aiserver.costs.source import (
+    DEFAULT_SOURCE,
+    encode_json,
+    parse_source,
+    read_document,
+    token_limit,
+)
 from aiserver.costs.tables import TYPED_PRICE_COLUMNS, AiCostMetadata, AiModelCost
 from bench import documents
 from bench.common import (

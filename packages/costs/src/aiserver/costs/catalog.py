@@ -27,14 +27,15 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
-
-from aiserver.core_db.database import DbConnection
 from aiserver.costs.pricing import CompiledPrices, compile_entry
-from aiserver.costs.source import decode_json
-from aiserver.costs.store import DEFAULT_SOURCE
+from aiserver.costs.source import DEFAULT_SOURCE, decode_json
+
+if TYPE_CHECKING:  # the database layer is not imported to price a call (see docs/benchmarks.md)
+    import asyncpg
+
+    from aiserver.core_db.database import DbConnection
 
 GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp.", "ca.", "apj.")
 _DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")

@@ -21,9 +21,8 @@ from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, cal
 from aiserver.costs.catalog import Catalog, UnknownModel, load_catalog
 from aiserver.costs.pricing import Usage, UsageError
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
-from aiserver.costs.source import decode_json, is_price_field
+from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
 from aiserver.costs.status import price_field_usage, read_status
-from aiserver.costs.store import DEFAULT_SOURCE
 
 _USAGE_OPTIONS: Final = (
     "input_tokens",

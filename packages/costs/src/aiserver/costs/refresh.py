@@ -38,6 +38,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import Settings
 from aiserver.costs.fetch import Fetched, UpstreamError, fetch_source
 from aiserver.costs.source import (
+    DEFAULT_SOURCE,
     ParsedSource,
     SourceRejected,
     decode_json,
@@ -46,7 +47,6 @@ from aiserver.costs.source import (
     read_document,
 )
 from aiserver.costs.store import (
-    DEFAULT_SOURCE,
     SourceState,
     current_model_count,
     ensure_source,

@@ -27,6 +27,9 @@ from typing import Any, Final
 
 import msgspec
 
+#: The name of the one upstream source (`ai_cost_metadata.source`, `ai_model_costs.source`).
+DEFAULT_SOURCE: Final = "litellm"
+
 #: Entries that describe the file rather than a model.
 DOCUMENT_KEYS: Final = frozenset({"sample_spec", "fallback_generalizations"})
 

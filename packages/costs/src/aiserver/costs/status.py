@@ -10,8 +10,8 @@ import msgspec
 
 from aiserver.core_db.database import DbConnection
 from aiserver.core_db.settings import Settings
-from aiserver.costs.source import decode_json, is_price_field
-from aiserver.costs.store import DEFAULT_SOURCE, read_state
+from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
+from aiserver.costs.store import read_state
 
 
 class LastRun(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,10 +17,15 @@ from typing import Any, Final
 import msgspec
 
 from aiserver.core_db.database import DbConnection
-from aiserver.costs.source import ParsedSource, decode_json, encode_json, token_limit
+from aiserver.costs.source import (
+    DEFAULT_SOURCE,
+    ParsedSource,
+    decode_json,
+    encode_json,
+    token_limit,
+)
 from aiserver.costs.tables import TYPED_PRICE_COLUMNS
 
-DEFAULT_SOURCE: Final = "litellm"
 NOTIFY_CHANNEL: Final = "aiserver_catalog"
 
 

@@ -23,8 +23,8 @@ from aiserver.costs.calculator import money
 from aiserver.costs.catalog import UnknownModel, read_overrides
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.pricing import is_understood_field
-from aiserver.costs.source import encode_json
-from aiserver.costs.store import DEFAULT_SOURCE, NOTIFY_CHANNEL, ensure_source
+from aiserver.costs.source import DEFAULT_SOURCE, encode_json
+from aiserver.costs.store import NOTIFY_CHANNEL, ensure_source
 
 DB_TIMEOUT_S: Final = 5.0
 #: Override ids are BIGSERIAL: a larger id names no override (and asyncpg refuses to send it).
