@@ -27,12 +27,11 @@ import httpx
 
 from ..conftest import TEST_REDIS_URL
 from ..support.catalog import document, model_entry
+from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, log_events
 
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
 OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
 #: An API process imports Litestar, uvicorn and the catalog; allow for a busy 2-core machine.
-START_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 30.0
 PROBLEM_JSON: Final = "application/problem+json"
 MICRO: Final = Decimal("0.000001")
 
@@ -59,16 +58,6 @@ def api_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[s
     )
     env.update(variables)
     return env
-
-
-def log_events(path: Path) -> list[dict[str, Any]]:
-    """The JSON log lines of a child (anything else it printed is skipped)."""
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-    return events
 
 
 def errors_logged(path: Path) -> list[Any]:
@@ -515,33 +504,6 @@ async def calculate_loop(
 # -- task runners --------------------------------------------------------------------------------
 
 
-@dataclass
-class TaskRunnerProcess:
-    """One `aiserver-taskrunner` child; its stdout and stderr go to `log`."""
-
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def events(self) -> list[dict[str, Any]]:
-        return log_events(self.log)
-
-    def said(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.events())
-
-    async def wait_for(self, event: str, timeout: float = START_TIMEOUT_S) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.said(event):
-                assert self.proc.returncode is None, (
-                    f"the task runner exited with {self.proc.returncode} before {event!r}:\n"
-                    + self.log.read_text(errors="replace")
-                )
-                await asyncio.sleep(0.1)
-
-    async def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-
 def taskrunner_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[str, str]:
     env = dict(
         os.environ,
@@ -553,29 +515,3 @@ def taskrunner_env(database_url: str, *, upstream_url: str, **variables: str) ->
     )
     env.update(variables)
     return env
-
-
-@contextlib.asynccontextmanager
-async def taskrunners(
-    count: int, env: Mapping[str, str], logs: Path
-) -> AsyncIterator[list[TaskRunnerProcess]]:
-    """Start `count` task runners at once; kill any of them still running at the end."""
-    script = Path(sys.executable).with_name("aiserver-taskrunner")
-    program = (
-        [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.taskrunner.cli"]
-    )
-    started: list[TaskRunnerProcess] = []
-    try:
-        for i in range(count):
-            log = logs / f"taskrunner-{i}.log"
-            with log.open("wb") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    *program, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
-                )
-            started.append(TaskRunnerProcess(proc, log))
-        yield started
-    finally:
-        for runner in started:
-            if runner.proc.returncode is None:
-                runner.proc.kill()
-                await runner.proc.wait()

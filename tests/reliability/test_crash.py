@@ -19,8 +19,9 @@ from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
 from ..support.catalog import catalog_rows, document, models
+from ..support.processes import taskrunners
 from ..support.upstream import Upstream
-from .harness import advisory_locks, eventually, taskrunner_env, taskrunners
+from .harness import advisory_locks, eventually, taskrunner_env
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ import pytest
 from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog, snapshot_bytes
 
+from ..support.processes import taskrunners
 from ..support.upstream import Upstream
 from .harness import (
     ApiProcess,
@@ -28,7 +29,6 @@ from .harness import (
     model_names,
     priced_version,
     taskrunner_env,
-    taskrunners,
     versioned_document,
 )
 

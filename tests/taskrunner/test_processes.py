@@ -11,11 +11,9 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,15 +28,12 @@ from aiserver.taskrunner.health import health_check_key
 
 from ..conftest import TEST_REDIS_URL
 from ..support.catalog import catalog_rows
+from ..support.processes import START_TIMEOUT_S, taskrunners
 from ..support.upstream import Upstream
 
 pytestmark = pytest.mark.slow
 
 HEALTH_KEY: Final = health_check_key()
-#: Start-up migrates and seeds ~4800 models; allow for a busy machine.
-READY_TIMEOUT_S: Final = 60.0
-#: A SIGTERM lets a running job finish for up to 25 s (JOB_COMPLETION_WAIT_S), then stops.
-STOP_TIMEOUT_S: Final = 30.0
 #: Outcomes of refresh attempts that reached the upstream (and so wrote a refresh run row).
 REACHED_UPSTREAM: Final = ("applied", "unchanged", "not_modified", "failed")
 
@@ -79,58 +74,6 @@ async def redis() -> AsyncIterator[Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
-
-
-@dataclass
-class TaskRunner:
-    """One `aiserver-taskrunner` child; its stdout and stderr go to `log`."""
-
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def said(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.events())
-
-    async def wait_for(self, event: str, timeout: float = READY_TIMEOUT_S) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.said(event):
-                assert self.proc.returncode is None, (
-                    f"the task runner exited with {self.proc.returncode} before {event!r}:\n"
-                    + self.log.read_text(errors="replace")
-                )
-                await asyncio.sleep(0.1)
-
-    async def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM, as a container stop sends it; the exit status, within `timeout`."""
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-
-@asynccontextmanager
-async def taskrunners(
-    count: int, env: Mapping[str, str], logs: Path
-) -> AsyncIterator[list[TaskRunner]]:
-    """Start `count` task runners at once; kill any of them still running at the end."""
-    started: list[TaskRunner] = []
-    try:
-        for i in range(count):
-            log = logs / f"taskrunner-{i}.log"
-            with log.open("wb") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "aiserver.taskrunner.cli", env=dict(env),
-                    stdout=out, stderr=asyncio.subprocess.STDOUT,
-                )  # fmt: skip
-            started.append(TaskRunner(proc, log))
-        yield started
-    finally:
-        for runner in started:
-            if runner.proc.returncode is None:
-                runner.proc.kill()
-                await runner.proc.wait()
 
 
 async def cli(module: str, *args: str, env: Mapping[str, str]) -> tuple[int, str, str]:
@@ -174,7 +117,7 @@ async def on_cue(
 
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT_S)
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
         if line != b"imported\n":
             _, err = await asyncio.wait_for(proc.communicate(), 30)
             pytest.fail(f"python -m {module} did not start:\n{line.decode()}{err.decode()}")
@@ -344,7 +287,7 @@ async def test_check_exits_1_without_a_worker_0_while_one_runs_and_1_after_it_st
         on_cue("aiserver.taskrunner.cli", "check", env=env) as check_while_running,
         on_cue("aiserver.taskrunner.cli", "check", env=env) as check_after_stop,
     ):
-        await eventually(lambda: redis.exists(HEALTH_KEY), 1, timeout=READY_TIMEOUT_S)
+        await eventually(lambda: redis.exists(HEALTH_KEY), 1, timeout=START_TIMEOUT_S)
         code, _, err = await check_while_running()
         assert code == 0, err
         assert "Health check successful" in err

@@ -1,0 +1,83 @@
+"""Task runner children for the tests that need real processes: start, read their JSON logs,
+wait for an event, stop them as a container stop does, and never leave one behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+#: Start-up migrates and seeds ~4,800 models; allow for a busy machine.
+START_TIMEOUT_S: Final = 60.0
+#: A SIGTERM lets a running job finish for up to 25 s (JOB_COMPLETION_WAIT_S), then stops.
+STOP_TIMEOUT_S: Final = 30.0
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a child (anything else it printed is skipped)."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+@dataclass
+class TaskRunner:
+    """One `aiserver-taskrunner` child; its stdout and stderr go to `log`."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        return log_events(self.log)
+
+    def said(self, event: str) -> bool:
+        return any(e.get("event") == event for e in self.events())
+
+    async def wait_for(self, event: str, timeout: float = START_TIMEOUT_S) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.said(event):
+                assert self.proc.returncode is None, (
+                    f"the task runner exited with {self.proc.returncode} before {event!r}:\n"
+                    + self.log.read_text(errors="replace")
+                )
+                await asyncio.sleep(0.1)
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, as a container stop sends it; the exit status, within `timeout`."""
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def taskrunners(
+    count: int, env: Mapping[str, str], logs: Path
+) -> AsyncIterator[list[TaskRunner]]:
+    """Start `count` task runners at once; kill any of them still running at the end."""
+    script = Path(sys.executable).with_name("aiserver-taskrunner")
+    program = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.taskrunner.cli"]
+    )
+    started: list[TaskRunner] = []
+    try:
+        for i in range(count):
+            log = logs / f"taskrunner-{i}.log"
+            with log.open("wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *program, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
+                )
+            started.append(TaskRunner(proc, log))
+        yield started
+    finally:
+        for runner in started:
+            if runner.proc.returncode is None:
+                runner.proc.kill()
+                await runner.proc.wait()
