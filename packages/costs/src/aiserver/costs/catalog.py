@@ -130,9 +130,8 @@ class Catalog:
             match = _DATE_SUFFIX.match(key)
             if match:  # the newest dated key wins for its undated name
                 self._undated[match["base"].lower()] = key
-        self._resolved: dict[tuple[str, str | None], Resolution] = {}
-        # (name, provider) -> what the calculator needs for "now": see `current_for`
-        self._now: dict[tuple[str, str | None], tuple[Resolution, PriceVersion | None]] = {}
+        # (name, provider) -> how it resolved, and that model's current version (None: gone)
+        self._resolved: dict[tuple[str, str | None], tuple[Resolution, PriceVersion | None]] = {}
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -152,31 +151,23 @@ class Catalog:
 
     def resolve(self, name: str, provider: str | None = None) -> Resolution:
         """The catalog key for `name` (and `provider`), and how it matched."""
-        cache_key = (name, provider)
-        found = self._resolved.get(cache_key)
-        if found is not None:
-            return found
-        found = self._resolve(name.strip(), provider.strip() if provider else None)
-        if found is None:
-            raise UnknownModel(name, self.suggest(name, provider))
-        if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
-            self._resolved.clear()
-        self._resolved[cache_key] = found
-        return found
+        return self.current_for(name, provider)[0]
 
     def current_for(
         self, name: str, provider: str | None = None
     ) -> tuple[Resolution, PriceVersion | None]:
-        """`resolve` and the current version of what it found (None when the model is gone),
-        in one lookup for a name seen before: the calculator's path for calls priced now."""
+        """`resolve`, and the current version of what it found (None when the model is gone):
+        one memo lookup for a name seen before, the calculator's path for calls priced now."""
         cache_key = (name, provider)
-        found = self._now.get(cache_key)
+        found = self._resolved.get(cache_key)
         if found is None:
-            resolution = self.resolve(name, provider)
+            resolution = self._resolve(name.strip(), provider.strip() if provider else None)
+            if resolution is None:
+                raise UnknownModel(name, self.suggest(name, provider))
             found = (resolution, self._current.get(resolution.key))
-            if len(self._now) >= _RESOLVE_CACHE_LIMIT:
-                self._now.clear()
-            self._now[cache_key] = found
+            if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
+                self._resolved.clear()
+            self._resolved[cache_key] = found
         return found
 
     def _lookup(self, name: str, provider: str | None) -> Resolution | None:
