@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -43,8 +44,12 @@ class UnreadableNumber(str):
     __slots__ = ()
 
 
-def _encode_other(value: Any) -> Any:
-    if isinstance(value, UnreadableNumber):  # written back as the number it was
+def _encode_other(value: Any, seen: list[UnreadableNumber] | None = None) -> Any:
+    """msgspec's enc_hook: an unreadable number is written back as the number it was (and
+    noted in `seen`); nothing else that msgspec cannot encode is expected."""
+    if isinstance(value, UnreadableNumber):
+        if seen is not None:
+            seen.append(value)
         return msgspec.Raw(value.encode())
     raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
 
@@ -115,7 +120,7 @@ def canonical_number(text: str) -> Decimal | UnreadableNumber:
     try:
         value = Decimal(text).normalize(_NORMALIZE)
     except ArithmeticError:  # an exponent beyond even Decimal's range
-        return _unreadable(text)
+        return UnreadableNumber(text)
     if not value:
         return _ZERO  # 0.0, 0e5 and -0.0 are the integer 0
     adjusted = value.adjusted()
@@ -123,25 +128,15 @@ def canonical_number(text: str) -> Decimal | UnreadableNumber:
         if adjusted <= 40 and value == value.to_integral_value():
             return value.quantize(_ONE, context=_NORMALIZE)
         if adjusted > _MAX_ADJUSTED:
-            return _unreadable(text)
+            return UnreadableNumber(text)
     if adjusted < _MIN_EXPONENT + 400 or len(text) > 300:
         # Rare: only here can the last digit lie past NUMERIC's 16,383 fractional digits
         # (otherwise it would take more digits than the text has to get there).
         exponent = value.as_tuple().exponent
         assert isinstance(exponent, int), "a JSON number is finite"
         if exponent < _MIN_EXPONENT:
-            return _unreadable(text)
+            return UnreadableNumber(text)
     return value
-
-
-# How many unreadable numbers were decoded in this process: parse_source looks for them in the
-# entries only when it changed during its decode.
-_unreadable_seen: Final = [0]
-
-
-def _unreadable(text: str) -> UnreadableNumber:
-    _unreadable_seen[0] += 1
-    return UnreadableNumber(text)
 
 
 _canonical_decoder: Final = msgspec.json.Decoder(float_hook=canonical_number)
@@ -149,6 +144,12 @@ _canonical_decoder: Final = msgspec.json.Decoder(float_hook=canonical_number)
 
 def _digest(encoded: bytes) -> str:
     return hashlib.sha256(encoded).hexdigest()
+
+
+def canonical_digest(data: bytes | str) -> str:
+    """A hash of a JSON text by value: the sha256 of its sorted encoding, read back through
+    `canonical_number` (see `entry_hash`)."""
+    return _digest(encode_json(_canonical_decoder.decode(data)))
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -159,7 +160,7 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     hash alike. `parse_source` decodes with `canonical_number` in the first place and hashes the
     encoding it keeps for storage.
     """
-    return _digest(encode_json(_canonical_decoder.decode(encode_json(entry))))
+    return canonical_digest(encode_json(entry))
 
 
 def _unreadable_in(value: Any) -> UnreadableNumber | None:
@@ -281,7 +282,6 @@ def read_document(body: bytes) -> SourceDocument:
     """Decode an upstream body. Raises `SourceRejected` when it is not a JSON object."""
     if not body.strip():
         raise SourceRejected("empty body")
-    unreadable_before = _unreadable_seen[0]
     try:
         document = _canonical_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -295,11 +295,15 @@ def read_document(body: bytes) -> SourceDocument:
         raise SourceRejected(
             f"wrong shape: expected a JSON object of models, got {type(document).__name__}"
         )
+    # The encoding for the content hash meets every unreadable number, in msgspec's enc_hook.
+    unreadable: list[UnreadableNumber] = []
+    encoder = msgspec.json.Encoder(
+        decimal_format="number", order="sorted", enc_hook=partial(_encode_other, seen=unreadable)
+    )
     return SourceDocument(
         entries=document,
-        content_hash=_digest(encode_json(document)),
-        # Another thread's decode may count too; that costs parse_source a walk, never a miss.
-        has_unreadable=_unreadable_seen[0] != unreadable_before,
+        content_hash=_digest(encoder.encode(document)),
+        has_unreadable=bool(unreadable),
     )
 
 

@@ -14,7 +14,7 @@ from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
 from piccolo.querystring import QueryString
 
-from aiserver.costs.source import decode_json, entry_hash
+from aiserver.costs.source import canonical_digest
 
 ID = "2026-11-28T14:00:00:000000"
 VERSION = "1.38.0"
@@ -33,7 +33,7 @@ async def forwards() -> MigrationManager:
         changed = [
             (row["id"], digest)
             for row in rows
-            if (digest := entry_hash(decode_json(row["entry"]))) != row["entry_hash"]
+            if (digest := canonical_digest(row["entry"])) != row["entry_hash"]
         ]
         if changed:
             await engine.run_querystring(
