@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import msgspec
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
@@ -130,3 +132,21 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the test Redis database, flushed before and after the test."""
+    client = Redis.from_url(TEST_REDIS_URL)
+    try:
+        await client.flushdb()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        pytest.fail(
+            f"Redis is not reachable at TEST_REDIS_URL={TEST_REDIS_URL}: {exc}", pytrace=False
+        )
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()

@@ -34,7 +34,6 @@ from typing import Final
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ..conftest import TEST_DATABASE_URL, TEST_REDIS_URL, _admin, _with_database, drop_database
 
@@ -240,21 +239,6 @@ async def dev_database_url() -> AsyncIterator[str]:
         yield url
     finally:
         await drop_database(url)
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    try:
-        await client.flushdb()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        pytest.fail(f"Redis is not reachable at TEST_REDIS_URL={TEST_REDIS_URL}: {exc}")
-    try:
-        yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 @pytest.fixture

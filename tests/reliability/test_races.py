@@ -9,13 +9,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
-import asyncpg
 import msgspec
 import pytest
 
 from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog, snapshot_bytes
 
+from ..support.catalog import fetch_all
 from ..support.processes import taskrunners
 from ..support.upstream import Upstream
 from .harness import (
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.slow
 MODELS: Final = 40
 
 
-async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(sql)
-    finally:
-        await conn.close()
-    return rows
-
-
 async def test_four_task_runners_on_an_empty_database_migrate_once_and_seed_once(
     empty_database_url: str, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -56,19 +47,19 @@ async def test_four_task_runners_on_an_empty_database_migrate_once_and_seed_once
         exits = await asyncio.gather(*(runner.terminate() for runner in runners))
     assert exits == [0, 0, 0, 0], [r.log.read_text() for r in runners]
 
-    migrations = [tuple(r) for r in await _fetch(empty_database_url, "SELECT app_name, name"
+    migrations = [tuple(r) for r in await fetch_all(empty_database_url, "SELECT app_name, name"
                                                  " FROM migration")]  # fmt: skip
     assert migrations
     assert len(migrations) == len(set(migrations))  # the schema once
     applied = [e for r in runners for e in r.events() if e.get("event") == "migration applied"]
     assert len(applied) == len(migrations)  # each migration applied by exactly one runner
 
-    seeds = await _fetch(
+    seeds = await fetch_all(
         empty_database_url,
         "SELECT outcome FROM ai_cost_refresh_runs WHERE trigger = 'seed'",
     )
     assert [r["outcome"] for r in seeds] == ["seeded"]  # the seed once
-    (counts,) = await _fetch(
+    (counts,) = await fetch_all(
         empty_database_url,
         "SELECT count(*) FILTER (WHERE valid_to IS NULL) AS current, count(*) AS total,"
         " count(DISTINCT model) AS models FROM ai_model_costs",
@@ -96,10 +87,10 @@ async def test_four_concurrent_forced_refreshes_apply_exactly_once(
     outcomes = Counter(json.loads(out)["outcome"] for _, out, _ in results)
     assert outcomes == {"applied": 1, "already_running": 3}
     assert len(upstream.requests) - asked == 1  # one download
-    runs = await _fetch(cfg.database_url, "SELECT outcome FROM ai_cost_refresh_runs ORDER BY id")
+    runs = await fetch_all(cfg.database_url, "SELECT outcome FROM ai_cost_refresh_runs ORDER BY id")
     assert [r["outcome"] for r in runs] == ["applied", "applied"]  # the setup's, then one
     assert (await metadata(cfg.database_url))["catalog_version"] == 2
-    (versions,) = await _fetch(
+    (versions,) = await fetch_all(
         cfg.database_url,
         "SELECT count(*) AS rows, count(*) FILTER (WHERE valid_to IS NULL) AS current"
         " FROM ai_model_costs",

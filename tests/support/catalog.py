@@ -67,6 +67,15 @@ async def catalog_rows(url: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows] + [tuple(a) for a in aliases]
 
 
+async def fetch_all(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+    return rows
+
+
 async def fetch_one(url: str, query: str, *args: Any) -> asyncpg.Record:
     conn = await asyncpg.connect(url)
     try:

@@ -20,14 +20,13 @@ from typing import Any, Final
 import asyncpg
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from aiserver.costs.refresh import snapshot_bytes
 from aiserver.costs.source import parse_source
 from aiserver.taskrunner.health import health_check_key
 
 from ..conftest import TEST_REDIS_URL
-from ..support.catalog import catalog_rows
+from ..support.catalog import catalog_rows, fetch_all
 from ..support.processes import START_TIMEOUT_S, taskrunners
 from ..support.upstream import Upstream
 
@@ -57,23 +56,6 @@ def process_env(database_url: str, upstream: Upstream, **variables: str) -> dict
     )
     env.update(variables)
     return env
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    try:
-        await client.flushdb()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        pytest.fail(
-            f"Redis is not reachable at TEST_REDIS_URL={TEST_REDIS_URL}: {exc}", pytrace=False
-        )
-    try:
-        yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 async def cli(module: str, *args: str, env: Mapping[str, str]) -> tuple[int, str, str]:
@@ -128,17 +110,8 @@ async def on_cue(
             await proc.wait()
 
 
-async def query(url: str, sql: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(sql)
-    finally:
-        await conn.close()
-    return rows
-
-
 async def refresh_runs(url: str) -> list[asyncpg.Record]:
-    return await query(
+    return await fetch_all(
         url,
         "SELECT trigger, outcome, started_at, finished_at FROM ai_cost_refresh_runs ORDER BY id",
     )
@@ -146,7 +119,7 @@ async def refresh_runs(url: str) -> list[asyncpg.Record]:
 
 async def advisory_locks(url: str) -> int:
     """Advisory locks held in this database (other databases on the server may have theirs)."""
-    (row,) = await query(
+    (row,) = await fetch_all(
         url,
         """
         SELECT count(*) FROM pg_locks
@@ -224,7 +197,8 @@ async def test_two_runners_on_an_empty_database_migrate_once_seed_once_refresh_o
 
     # one schema: every migration recorded once, and applied by one of the two
     migrations = [
-        tuple(r) for r in await query(empty_database_url, "SELECT app_name, name FROM migration")
+        tuple(r)
+        for r in await fetch_all(empty_database_url, "SELECT app_name, name FROM migration")
     ]
     assert migrations
     assert len(migrations) == len(set(migrations))
@@ -257,7 +231,7 @@ async def test_two_runners_on_an_empty_database_migrate_once_seed_once_refresh_o
             assert gap <= MAX_AGE_S + INTERVAL_S + 2.0, (gap, refreshes)
 
     expected_models = len(parse_source(changed_snapshot()).models)
-    (meta,) = await query(
+    (meta,) = await fetch_all(
         empty_database_url, "SELECT model_count, catalog_version FROM ai_cost_metadata"
     )
     assert tuple(meta) == (expected_models, 2)
@@ -408,7 +382,7 @@ async def test_a_bad_setting_stops_the_start_with_status_2_naming_the_variable(
     code, out, err = await cli("aiserver.taskrunner.cli", *args, env=env)
     assert (code, out, err) == (2, "", f"aiserver-taskrunner: configuration error: {message}\n")
     # stopped before touching anything: the database is still empty
-    (row,) = await query(
+    (row,) = await fetch_all(
         empty_database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
     )
     assert row[0] == 0
