@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -28,6 +28,7 @@ import httpx
 from ..conftest import TEST_REDIS_URL
 from ..support.catalog import document, model_entry
 from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, log_events
+from ..support.upstream import LocalServer, QuietHandler
 
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
 OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
@@ -384,7 +385,7 @@ GIB: Final = 1024**3
 
 
 @dataclass
-class HugeUpstream:
+class HugeUpstream(LocalServer):
     """An HTTP server on 127.0.0.1 that answers every GET with a `size`-byte JSON-looking body,
     generated as it is sent (never held in memory). "chunked" sends no length; "declared" sends
     `Content-Length: size`. `sent` counts the body bytes that left the server."""
@@ -393,14 +394,7 @@ class HugeUpstream:
     size: int = GIB
     sent: int = 0
     requests: int = 0
-    _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/model_prices_and_context_window.json"
 
     def _chunks(self) -> Iterator[bytes]:
         piece = b'{"gpt-huge": {"litellm_provider": "openai", "input_cost_per_token": 1e-06}, '
@@ -411,15 +405,10 @@ class HugeUpstream:
             left -= len(chunk)
             yield chunk
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 with upstream._lock:
                     upstream.requests += 1
@@ -443,14 +432,7 @@ class HugeUpstream:
                 except OSError:  # the client hung up: what a refusal looks like from here
                     self.close_connection = True
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        return Handler
 
 
 @contextlib.contextmanager

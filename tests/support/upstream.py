@@ -24,8 +24,43 @@ Mode = Literal[
 ]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, and no access line on stderr per request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
 @dataclass
-class Upstream:
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 over real TCP; a subclass says how it answers."""
+
+    _server: ThreadingHTTPServer | None = field(default=None, kw_only=True)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/model_prices_and_context_window.json"
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@dataclass
+class Upstream(LocalServer):
     body: bytes = b"{}"
     mode: Mode = "ok"
     status: int = 500
@@ -35,13 +70,6 @@ class Upstream:
     drip_interval: float = 1.0
     conditional: bool = True  # answer 304 to a matching If-None-Match
     requests: list[dict[str, str]] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/model_prices_and_context_window.json"
 
     @property
     def etag(self) -> str:
@@ -51,15 +79,10 @@ class Upstream:
         self.body = body
         self.mode = mode
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 upstream.requests.append(dict(self.headers.items()))
                 if upstream.delay:
@@ -131,11 +154,4 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(upstream.body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        return Handler
