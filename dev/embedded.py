@@ -198,9 +198,7 @@ def _postgres_env() -> dict[str, str]:
 
 
 async def _run_to_end(argv: list[str], run_as: RunAs | None) -> tuple[int, str]:
-    user: dict[str, object] = {}
-    if run_as is not None:
-        user = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    user = RunAs.spawn_options(run_as)
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,

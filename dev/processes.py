@@ -36,6 +36,14 @@ class RunAs:
     uid: int
     gid: int
 
+    @staticmethod
+    def spawn_options(run_as: RunAs | None) -> dict[str, object]:
+        """What `asyncio.create_subprocess_exec` takes to run a child as `run_as` (nothing for
+        None: the child runs as this process's user)."""
+        if run_as is None:
+            return {}
+        return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
 
 def _stop_with_parent(stop_signal: int, parent: int) -> Callable[[], None]:
     """Runs in the child before exec (after the switch of user, which would reset it)."""
@@ -131,9 +139,7 @@ class Supervisor:
         grace_s: float = 10.0,
         run_as: RunAs | None = None,
     ) -> Child:
-        user: dict[str, object] = {}
-        if run_as is not None:
-            user = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        user = RunAs.spawn_options(run_as)
         process = await asyncio.create_subprocess_exec(
             *[str(arg) for arg in argv],
             stdin=asyncio.subprocess.DEVNULL,
