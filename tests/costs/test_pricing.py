@@ -592,14 +592,27 @@ def test_search_context_size_defaults_to_medium() -> None:
 
 
 def test_a_per_request_fee_is_added_and_a_zero_price_is_a_real_zero() -> None:
-    quote = price(SONAR_MEDIUM_ONLINE, input_tokens=1000, output_tokens=100)
+    quote = price(SONAR_MEDIUM_ONLINE, input_tokens=1000, output_tokens=100, requests=1)
     assert lines(quote) == {
         "input": (1000, D(0), D(0)),  # priced, at 0
         "output": (100, D("1.8e-06"), D("0.00018")),  # 100 × 0.0000018
-        "requests": (1, D("0.005"), D("0.005")),  # one request by default
+        "requests": (1, D("0.005"), D("0.005")),
     }
     assert quote.total == D("0.00518")
     assert quote.unpriced == ()
+
+
+def test_requests_left_out_are_0_like_every_count_so_no_per_request_fee() -> None:
+    # DESIGN.md: omitted usage fields are 0. LiteLLM's cost_per_token agrees: it adds no
+    # input_cost_per_request for a chat call (bench/agreement.py compares them).
+    quote = price(SONAR_MEDIUM_ONLINE, input_tokens=1000, output_tokens=100)
+    assert lines(quote) == {
+        "input": (1000, D(0), D(0)),
+        "output": (100, D("1.8e-06"), D("0.00018")),
+    }
+    assert quote.total == D("0.00018")
+    assert quote.unpriced == ()
+    assert Usage().requests == 0
 
 
 def test_a_model_without_a_per_request_fee_charges_nothing_per_request() -> None:
@@ -1431,7 +1444,7 @@ def test_usage_decodes_from_json_with_omitted_fields_zero_and_refuses_unknown_on
     usage = msgspec.json.decode(b'{"input_tokens": 1000, "output_tokens": 500}', type=Usage)
     assert usage == Usage(input_tokens=1000, output_tokens=500)
     assert usage.cache_read_tokens == 0
-    assert usage.requests == 1
+    assert usage.requests == 0  # requests too: no per-request fee unless given
     with pytest.raises(msgspec.ValidationError, match="input_tokenz"):
         msgspec.json.decode(b'{"input_tokenz": 1000}', type=Usage)
 

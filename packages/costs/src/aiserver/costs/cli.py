@@ -24,17 +24,18 @@ from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
 from aiserver.costs.status import price_field_usage, read_status
 
-_USAGE_OPTIONS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "images",
-    "requests",
-)
+#: The usage options of `calc` and what each counts (DESIGN.md, "Usage semantics"); 0 if omitted.
+_USAGE_OPTIONS: Final = {
+    "input_tokens": "every prompt token, cache reads and writes included",
+    "output_tokens": "every generated token, reasoning included",
+    "cache_read_tokens": "the part of --input-tokens read from cache",
+    "cache_write_tokens": "the part of --input-tokens written to cache",
+    "reasoning_tokens": "the part of --output-tokens spent reasoning",
+    "input_audio_tokens": "the part of --input-tokens that is audio",
+    "output_audio_tokens": "the part of --output-tokens that is audio",
+    "images": "images generated",
+    "requests": "requests, for models with a per-request fee",
+}
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -298,9 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
-    for name in _USAGE_OPTIONS:
+    for name, counts in _USAGE_OPTIONS.items():
         calc.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=0, metavar="N", dest=name
+            "--" + name.replace("_", "-"), type=int, default=0, metavar="N", dest=name, help=counts
         )
     calc.add_argument(
         "--service-tier",

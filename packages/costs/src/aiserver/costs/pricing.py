@@ -103,7 +103,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     input_images: int = 0  # images in the prompt (input_cost_per_image)
     input_pixels: int = 0  # input_cost_per_pixel
     output_pixels: int = 0  # output_cost_per_pixel
-    requests: int = 1  # input_cost_per_request
+    requests: int = 0  # input_cost_per_request; 0 when omitted, like every count
     seconds: int = 0  # time billed for the call itself (cost_per_second)
     input_seconds: int = 0  # length of the input, e.g. audio to transcribe (input_cost_per_second)
     output_seconds: int = 0  # length of generated audio or video (output_cost_per_second)
@@ -297,8 +297,9 @@ _DIMENSIONS: Final[tuple[_Dimension, ...]] = (
     _Dimension("input_images", "input_cost_per_image", None, False),
     _Dimension("input_pixels", "input_cost_per_pixel", None, False),
     _Dimension("output_pixels", "output_cost_per_pixel", None, False),
-    # A model without a per-request fee charges nothing per request: ``requests`` defaults to 1
-    # and is no unpriced dimension when the entry has no input_cost_per_request.
+    # A model without a per-request fee charges nothing per request: ``requests`` (1 in
+    # DESIGN.md's example request) is no unpriced dimension when the entry has no
+    # input_cost_per_request.
     _Dimension("requests", "input_cost_per_request", None, False, unpriced_if_missing=False),
     _Dimension("seconds", "cost_per_second", None, False),
     _Dimension("input_seconds", "input_cost_per_second", None, False),
@@ -989,8 +990,8 @@ def _mask(*names: str) -> int:
 
 
 # Ordinary chat calls use only these counts. Their mask is found without a pass over all counts:
-# input, output and requests are always in it (input and output are checked by their steps even
-# when 0, requests apart from the steps), and the other four when they are not 0.
+# input and output are always in it (their steps check them even when 0), and the other five
+# when they are not 0.
 _CHAT_COUNTS: Final = (
     "input_tokens",
     "output_tokens",
@@ -1000,7 +1001,7 @@ _CHAT_COUNTS: Final = (
     "cache_write_1h_tokens",
     "reasoning_tokens",
 )
-_CHAT_MASK: Final = _mask(*_CHAT_COUNTS[:3])
+_CHAT_MASK: Final = _mask(*_CHAT_COUNTS[:2])
 _CACHE_READ: Final = _POSITION["cache_read_tokens"]
 _CACHE_WRITE: Final = _POSITION["cache_write_tokens"]
 _CACHE_WRITE_1H: Final = _POSITION["cache_write_1h_tokens"]
@@ -1010,6 +1011,7 @@ _CACHE_WRITE_BIT: Final = _BITS[_CACHE_WRITE]
 _CACHE_WRITE_1H_BIT: Final = _BITS[_CACHE_WRITE_1H]
 _REASONING_BIT: Final = _BITS[_REASONING]
 _REQUESTS: Final = _POSITION["requests"]
+_REQUESTS_BIT: Final = _BITS[_REQUESTS]
 # The other counts are 0 in a chat call: three runs of them, each compared with zeros at once.
 _OTHERS_A: Final = slice(_POSITION["cache_read_audio_tokens"], _REASONING)
 _OTHERS_B: Final = slice(_POSITION["input_audio_tokens"], _REQUESTS)
@@ -1021,11 +1023,9 @@ _ZEROS: Final = (0,) * len(_COUNT_FIELDS)
 _ZEROS_A: Final = _ZEROS[_OTHERS_A]
 _ZEROS_B: Final = _ZEROS[_OTHERS_B]
 _ZEROS_C: Final = _ZEROS[_OTHERS_C]
-# The counts after input_tokens and output_tokens in a plain chat call: one request, all else 0.
+# The counts after input_tokens and output_tokens in a plain chat call: all 0.
 _AFTER_OUTPUT: Final = slice(_POSITION["output_tokens"] + 1, len(_COUNT_FIELDS))
-_PLAIN_CHAT: Final = tuple(
-    1 if position == _REQUESTS else 0 for position in range(len(_COUNT_FIELDS))
-)[_AFTER_OUTPUT]
+_PLAIN_CHAT: Final = _ZEROS[_AFTER_OUTPUT]
 assert _AFTER_OUTPUT.start == 2, "input_tokens and output_tokens come first"
 # A compiled entry memoizes at most this many plans (about 3 kB each). A real workload needs a
 # few dozen per model; a stream of unusual usages only costs the memo's reset, never unbounded
@@ -1244,8 +1244,9 @@ def price_call(
     :func:`compile_entry`. ``at`` is the time of the call and must be timezone-aware; it chooses
     the ``off_peak_pricing`` windows.
 
-    ``requests`` (1 by default) is priced only by ``input_cost_per_request``; an entry without
-    one has no per-request fee, so ``requests`` is never unpriced.
+    ``requests`` (0 when omitted, like every count) is priced only by
+    ``input_cost_per_request``; an entry without one has no per-request fee, so ``requests`` is
+    never unpriced.
 
     Raises :class:`UsageError` for an invalid usage, and ``ValueError`` for an unknown service
     tier or a naive ``at``. A count that equals 0 prices nothing and may go unchecked: ``0.0`` or
@@ -1265,7 +1266,7 @@ def quote(compiled: CompiledPrices, usage: Usage, service_tier: str, at: datetim
     # The mask of the counts that are not 0 chooses the plan, whose steps check those counts as
     # validate_usage does. A count that is 0 prices nothing and is not checked further.
     if values[_AFTER_OUTPUT] == _PLAIN_CHAT:
-        mask = _CHAT_MASK  # input and output tokens only, and one request
+        mask = _CHAT_MASK  # input and output tokens only
     elif (
         values[_OTHERS_A] == _ZEROS_A
         and values[_OTHERS_B] == _ZEROS_B
@@ -1280,6 +1281,8 @@ def quote(compiled: CompiledPrices, usage: Usage, service_tier: str, at: datetim
             mask |= _CACHE_WRITE_1H_BIT
         if values[_REASONING] != 0:
             mask |= _REASONING_BIT
+        if values[_REQUESTS] != 0:
+            mask |= _REQUESTS_BIT
     else:
         mask = _mask_of(values, usage, service_tier, at)
     requests = values[_REQUESTS]  # checked here: most plans have no step for it
