@@ -15,7 +15,7 @@ import asyncio
 import gc
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -150,12 +150,12 @@ def _genai_call(case: Case) -> Callable[[], Any]:
     )
 
 
-def _litellm_call(case: Case) -> Callable[[], Any]:
-    import litellm
+def litellm_usage(u: Mapping[str, int]) -> Any:
+    """litellm's `Usage` object for a usage in aiserver's field names, as litellm's own callers
+    build it: cache reads and writes in the prompt details, the 1-hour writes apart."""
     from litellm.types.utils import CacheCreationTokenDetails, PromptTokensDetailsWrapper
     from litellm.types.utils import Usage as LitellmUsage
 
-    u = case.usage
     read, write = u.get("cache_read_tokens", 0), u.get("cache_write_tokens", 0)
     write_1h = u.get("cache_write_1h_tokens", 0)
     details = None
@@ -169,7 +169,7 @@ def _litellm_call(case: Case) -> Callable[[], Any]:
             if write
             else None,
         )
-    usage = LitellmUsage(
+    return LitellmUsage(
         prompt_tokens=u["input_tokens"],
         completion_tokens=u["output_tokens"],
         total_tokens=u["input_tokens"] + u["output_tokens"],
@@ -178,6 +178,14 @@ def _litellm_call(case: Case) -> Callable[[], Any]:
         cache_read_input_tokens=read or None,
         cache_creation_input_tokens=write or None,
     )
+
+
+def _litellm_call(case: Case) -> Callable[[], Any]:
+    import litellm
+
+    u = case.usage
+    read, write = u.get("cache_read_tokens", 0), u.get("cache_write_tokens", 0)
+    usage = litellm_usage(u)
     if case.tier == "batch":  # litellm prices batches in a function of their own
         from litellm.cost_calculator import batch_cost_calculator
 
@@ -215,7 +223,8 @@ def _agrees(ours: Decimal, theirs: Decimal | float) -> bool:
     return abs(float(ours) - theirs) <= 1e-12 + 1e-9 * abs(theirs)  # litellm answers in floats
 
 
-async def _seeded_catalog() -> Catalog:
+async def seeded_catalog() -> Catalog:
+    """The catalog `load_catalog()` reads from a throwaway database seeded with the snapshot."""
     async with throwaway_database("calc") as url:
         settings = bench_settings(url)
         await apply_migrations(settings)
@@ -249,7 +258,7 @@ def run(*, rounds: int = 9) -> Section:
     warnings.simplefilter("ignore")  # genai-prices warns about usage keys it does not price
     started = time.perf_counter()
     say("[calc] seeding a throwaway database and loading the catalog ...")
-    catalog = asyncio.run(_seeded_catalog())
+    catalog = asyncio.run(seeded_catalog())
     say(f"[calc] catalog: {len(catalog)} models; importing the peers ...")
 
     calls: dict[str, dict[str, Callable[[], Any]]] = {}
