@@ -49,8 +49,15 @@ ROWS = [
     row("anthropic.claude-3-haiku", "bedrock", "0.00000026", row_id=8),
     row("Mistral-Large", "mistral", "0.000002", row_id=9),
     row("retired-model", "openai", "0.00001", row_id=10, valid_to=T1),
+    row("bedrock_mantle/claude-sonnet-4-5", "bedrock_mantle", "0.0000033", row_id=11),
+    row("databricks/databricks-claude-sonnet-4-5", "databricks", "0.00000300003", row_id=12),
 ]
-ALIASES = {"claude-sonnet-latest": "claude-sonnet-4-5-20250929"}
+ALIASES = {
+    "claude-sonnet-latest": "claude-sonnet-4-5-20250929",
+    # LiteLLM's map has provider-prefixed aliases too, naming the provider's own model
+    "bedrock_mantle/claude-sonnet-latest": "bedrock_mantle/claude-sonnet-4-5",
+    "databricks/claude-sonnet-latest": "databricks/databricks-claude-sonnet-4-5",
+}
 
 
 @pytest.fixture
@@ -69,6 +76,10 @@ def catalog() -> Catalog:
         ("GPT-4o", None, "gpt-4o", "case_insensitive"),
         ("mistral-large", None, "Mistral-Large", "case_insensitive"),
         ("claude-sonnet-latest", None, "claude-sonnet-4-5-20250929", "alias"),
+        # with the provider apart, the provider's alias wins over the bare name's (as in LiteLLM)
+        ("claude-sonnet-latest", "bedrock_mantle", "bedrock_mantle/claude-sonnet-4-5", "alias"),
+        ("claude-sonnet-latest", "databricks", "databricks/databricks-claude-sonnet-4-5", "alias"),
+        ("bedrock_mantle/claude-sonnet-latest", None, "bedrock_mantle/claude-sonnet-4-5", "alias"),
         ("claude-sonnet-4-5", None, "claude-sonnet-4-5-20250929", "dated_name"),
         ("claude-haiku-4-5-20251001", None, "claude-haiku-4-5", "dated_name"),
         (

@@ -212,6 +212,12 @@ class Catalog:
             if found is not None:
                 return found
         for candidate, prov in candidates:
+            # The provider's own alias first (`bedrock_mantle/claude-haiku-latest`), before the
+            # bare name's (`claude-haiku-latest`, Anthropic's), which names another model.
+            target = self._alias_target(f"{prov}/{candidate}") if prov is not None else None
+            found = self._lookup(target, None) if target is not None else None
+            if found is not None:
+                return Resolution(found.key, "alias")
             for rule, variant in self._variants(candidate):
                 found = self._lookup(variant, prov) or (
                     self._lookup(variant, None) if prov is not None else None
@@ -220,11 +226,15 @@ class Catalog:
                     return Resolution(found.key, rule)
         return None
 
-    def _variants(self, name: str) -> Iterator[tuple[str, str]]:
+    def _alias_target(self, name: str) -> str | None:
         target = self._aliases.get(name) or self._aliases.get(name.lower())
         if target is None:
             lowered = {k.lower(): v for k, v in self._aliases.items()}
             target = lowered.get(name.lower())
+        return target
+
+    def _variants(self, name: str) -> Iterator[tuple[str, str]]:
+        target = self._alias_target(name)
         if target is not None:
             yield "alias", target
         lowered_name = name.lower()
