@@ -4,8 +4,9 @@ Issue 4 is done when aiserver agrees with LiteLLM's own `cost_per_token`, on Lit
 ordinary chat usage. This check tries that on every chat model of litellm's bundled price map
 (the release the bundled snapshot was taken from, see hatch.toml), not on a handful of examples:
 
-- names: the map's key, `provider/key` where the key has no prefix, and the bare key with the
-  provider given apart (`provider` in aiserver, `custom_llm_provider` in litellm);
+- names: the map's key; `provider/key` where the key has no prefix; and the key without its
+  prefix, with the provider given apart (`provider` in aiserver, `custom_llm_provider` in
+  litellm);
 - usages: plain chat, cache reads, 5-minute and 1-hour cache writes, reads and writes together,
   reasoning, a 250k-token prompt with and without cache reads, and the edges of every long-context
   threshold the entry has (`*_above_<N>k_tokens`, `tiered_pricing` ranges): exactly at it and one
@@ -20,7 +21,7 @@ litellm answers in binary floats, so totals agree when they are within 1e-9 rela
 (and 1e-12 absolute) of aiserver's exact Decimal. Every disagreement is printed with both
 totals; the exit status is 1 when there is one.
 
-    hatch run bench:agree              # the whole catalog, some 15 s
+    hatch run bench:agree              # the whole catalog, some 20 s
     hatch run bench:agree --show 50    # print up to 50 disagreements per usage
 """
 
@@ -131,9 +132,13 @@ def usages_for(entry: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, int
 
 
 def names_for(key: str, entry: Mapping[str, Any]) -> list[Name]:
+    """The key; and `provider/key` and the key with the provider apart, or for a key that has
+    the prefix already, the name without it and the provider apart."""
     names = [Name(key, None)]
     provider = entry.get("litellm_provider")
-    if provider and not key.startswith(provider + "/"):
+    if provider and key.startswith(provider + "/"):
+        names.append(Name(key.removeprefix(provider + "/"), provider))
+    elif provider:
         names += [Name(f"{provider}/{key}", None), Name(key, provider)]
     return names
 
