@@ -4,9 +4,9 @@ Issue 4 is done when aiserver agrees with LiteLLM's own `cost_per_token`, on Lit
 ordinary chat usage. This check tries that on every chat model of litellm's bundled price map
 (the release the bundled snapshot was taken from, see hatch.toml), not on a handful of examples:
 
-- names: the map's key; `provider/key` where the key has no prefix; and the key without its
-  prefix, with the provider given apart (`provider` in aiserver, `custom_llm_provider` in
-  litellm);
+- names: the map's key; `provider/key` and the key with the provider given apart, where the
+  key has no prefix of its provider; and for a prefixed key, the rest with the prefix given
+  apart (`provider` in aiserver, `custom_llm_provider` in litellm);
 - usages: plain chat, cache reads, 5-minute and 1-hour cache writes, reads and writes together,
   reasoning, a 250k-token prompt with and without cache reads, and the edges of every long-context
   threshold the entry has (`*_above_<N>k_tokens`, `tiered_pricing` ranges): exactly at it and one
@@ -132,14 +132,16 @@ def usages_for(entry: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, int
 
 
 def names_for(key: str, entry: Mapping[str, Any]) -> list[Name]:
-    """The key; and `provider/key` and the key with the provider apart, or for a key that has
-    the prefix already, the name without it and the provider apart."""
+    """The key; `provider/key` and the key with the provider apart, for a key without the
+    provider's prefix; and for a key with a prefix (`vertex_ai/...`, whatever the entry's
+    provider), the rest of the key with the prefix given apart as the provider."""
     names = [Name(key, None)]
     provider = entry.get("litellm_provider")
-    if provider and key.startswith(provider + "/"):
-        names.append(Name(key.removeprefix(provider + "/"), provider))
-    elif provider:
+    if provider and not key.startswith(provider + "/"):
         names += [Name(f"{provider}/{key}", None), Name(key, provider)]
+    head, slash, rest = key.partition("/")
+    if slash:
+        names.append(Name(rest, head))
     return names
 
 
