@@ -9,7 +9,7 @@ a 422 naming the field (`usage.input_tokens`, `requests[3].model`, `data` for th
 The OpenAPI document shows the Struct itself, as it would without the DTO.
 
     @post("/calculate", dto=StructBody[CostRequest], return_dto=None)
-    async def calculate(self, data: CostRequest) -> CostResponse: ...
+    async def calculate(self, data: JSONBody[CostRequest]) -> CostResponse: ...
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, post
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from aiserver.api.body import StructBody
@@ -41,7 +42,7 @@ class CostController(Controller):
         return_dto=None,
     )
     async def calculate_cost(
-        self, request: Request[Any, Any, Any], data: CostRequest
+        self, request: Request[Any, Any, Any], data: JSONBody[CostRequest]
     ) -> CostResponse:
         """The exact cost of one call: total, every component, unpriced dimensions, notes.
 
@@ -58,7 +59,7 @@ class CostController(Controller):
         return_dto=None,
     )
     async def calculate_batch(
-        self, request: Request[Any, Any, Any], data: BatchRequest
+        self, request: Request[Any, Any, Any], data: JSONBody[BatchRequest]
     ) -> BatchResponse:
         """Up to 1000 cost requests, answered in order with one catalog version. An item that
         fails carries its own error; it does not fail the batch."""
