@@ -51,6 +51,7 @@ ROWS = [
     row("retired-model", "openai", "0.00001", row_id=10, valid_to=T1),
     row("bedrock_mantle/claude-sonnet-4-5", "bedrock_mantle", "0.0000033", row_id=11),
     row("databricks/databricks-claude-sonnet-4-5", "databricks", "0.00000300003", row_id=12),
+    row("perplexity/perplexity/sonar-x", "perplexity", "0.000001", row_id=13),
 ]
 ALIASES = {
     "claude-sonnet-latest": "claude-sonnet-4-5-20250929",
@@ -80,6 +81,8 @@ def catalog() -> Catalog:
         ("claude-sonnet-latest", "bedrock_mantle", "bedrock_mantle/claude-sonnet-4-5", "alias"),
         ("claude-sonnet-latest", "databricks", "databricks/databricks-claude-sonnet-4-5", "alias"),
         ("bedrock_mantle/claude-sonnet-latest", None, "bedrock_mantle/claude-sonnet-4-5", "alias"),
+        # a key that repeats its provider prefix, asked for as litellm joins provider and model
+        ("perplexity/sonar-x", "perplexity", "perplexity/perplexity/sonar-x", "provider_prefix"),
         ("claude-sonnet-4-5", None, "claude-sonnet-4-5-20250929", "dated_name"),
         ("claude-haiku-4-5-20251001", None, "claude-haiku-4-5", "dated_name"),
         (

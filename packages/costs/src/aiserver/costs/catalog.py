@@ -198,6 +198,9 @@ class Catalog:
             found = self._lookup(name, None)
             if found is not None and self._versions[found.key][-1].provider == provider:
                 return found
+            doubled = f"{provider}/{name}"  # a key that repeats it: perplexity/perplexity/...
+            if doubled in self._versions:
+                return Resolution(doubled, "provider_prefix")
             name = name[len(provider) + 1 :]
         if provider is None and "/" in name:
             head, _, rest = name.partition("/")
