@@ -51,6 +51,42 @@ async def test_ready_fails_while_migrations_are_pending(empty_database_url: str)
         checks = {c["name"]: c["ok"] for c in body["checks"]}
         assert checks == {"database": True, "migrations": False, "catalog": False}
         assert (await client.get("/health")).status_code == 200
+        # no catalog could be read: a name cannot be priced, which is no "unknown model" (404)
+        calc = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
+        body = assert_problem(calc, 503, "no catalog loaded yet: UndefinedTableError")
+        assert body["type"].endswith(":catalog-not-loaded")
+        assert calc.headers["retry-after"] == "5"
+
+
+async def test_costs_and_models_are_503_until_the_catalog_has_models(
+    settings: Settings, upstream: Upstream
+) -> None:
+    cfg = msgspec.structs.replace(
+        settings, model_cost_source_url=upstream.url, catalog_poll_interval_seconds=0.2
+    )
+    async with AsyncTestClient(app=create_app(cfg)) as client:  # migrated, no prices yet
+        request = {"model": "gpt-test-000", "usage": {"input_tokens": 10}}
+        for response in (
+            await client.post("/v1/costs/calculate", json=request),
+            await client.post("/v1/costs/calculate/batch", json={"requests": [request]}),
+            await client.get("/v1/models"),
+            await client.get("/v1/models/gpt-test-000"),
+        ):
+            body = assert_problem(response, 503, "the catalog in the database has no models yet")
+            assert body["type"].endswith(":catalog-not-loaded")
+        ready = assert_problem(await client.get("/ready"), 503, "catalog: the catalog in the")
+        assert {c["name"]: c["ok"] for c in ready["checks"]}["catalog"] is False
+
+        upstream.serve(known_catalog())
+        assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+        for _ in range(100):  # the watcher reloads on the refresh's NOTIFY
+            response = await client.post("/v1/costs/calculate", json=request)
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(0.05)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "gpt-test-000"
+        assert (await client.get("/ready")).status_code == 200
 
 
 async def test_models_are_paginated_with_a_cursor(client: Client) -> None:

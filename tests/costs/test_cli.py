@@ -31,6 +31,9 @@ async def test_seed_refresh_and_status_tell_what_happened(
     assert code == 0
     assert "models:          0 " in out
     assert "last success:    never" in out
+    code, out, err = await costs_cli(env, "calc", "gpt-4o", "--input-tokens", "10")
+    assert (code, out) == (1, "")
+    assert "the catalog in the database has no models yet; run: aiserver-costs seed" in err
 
     code, out, _ = await costs_cli(env, "seed")
     assert code == 0

@@ -7,6 +7,8 @@ One exception handler maps domain errors to problems, so controllers raise and n
 - `UsageError` -> 422 naming the fields;
 - a body over the limit -> 413;
 - PostgreSQL or Redis unreachable -> 503;
+- `CatalogNotReady` (no catalog with models loaded yet, e.g. the database was down at start)
+  -> 503, where an empty catalog would answer 404 "unknown model" for every name;
 - anything unexpected -> 500, logged with its traceback (a bad input never lands here).
 """
 
@@ -34,6 +36,7 @@ from litestar.types import Empty
 from aiserver.core_db.database import DatabaseUnavailable
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.catalog import UnknownModel
+from aiserver.costs.live import CatalogNotReady
 from aiserver.costs.pricing import UsageError
 
 log = get_logger(__name__)
@@ -222,6 +225,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         )  # fmt: skip
     if isinstance(exc, ValidationException):
         return _validation(request, exc)
+    if isinstance(exc, CatalogNotReady):
+        return problem_response(
+            request, 503, str(exc), type_="catalog-not-loaded", headers={"Retry-After": "5"}
+        )
     if isinstance(exc, UnknownModel):
         return problem_response(
             request, 404, str(exc), type_="unknown-model", model=exc.name,

@@ -188,6 +188,13 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
         print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
         return 2
     catalog = await _catalog(settings)
+    if not len(catalog):  # else every name would be "unknown"
+        print(
+            "aiserver-costs calc: the catalog in the database has no models yet; "
+            "run: aiserver-costs seed (offline) or aiserver-costs refresh",
+            file=sys.stderr,
+        )
+        return 1
     if args.batch is not None:
         return _calc_batch(catalog, args.batch)
     try:

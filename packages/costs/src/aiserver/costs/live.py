@@ -28,6 +28,11 @@ from aiserver.costs.store import NOTIFY_CHANNEL
 log = get_logger(__name__)
 
 
+class CatalogNotReady(RuntimeError):
+    """No catalog with models is loaded yet, so no name can be priced or looked up. The message
+    says why: the database was not reachable yet, or it holds no prices yet."""
+
+
 class LiveCatalog:
     """`catalog` is always a complete catalog; `start()` loads it, `stop()` ends the watcher."""
 
@@ -46,6 +51,27 @@ class LiveCatalog:
     @property
     def catalog(self) -> Catalog:
         return self._catalog
+
+    def not_ready(self) -> str | None:
+        """Why no catalog with models is loaded yet, or None when one is."""
+        if self.loaded and len(self._catalog):
+            return None
+        if self.loaded:
+            return (
+                "the catalog in the database has no models yet; the task runner seeds it at "
+                "start (or run: aiserver-costs seed)"
+            )
+        if self.last_error:
+            return f"no catalog loaded yet: {self.last_error}"
+        return "no catalog loaded yet"
+
+    def require(self) -> Catalog:
+        """The catalog, or `CatalogNotReady` while none with models is loaded: pricing against an
+        empty catalog would answer "unknown model" for every name."""
+        catalog = self._catalog
+        if self.loaded and len(catalog):
+            return catalog
+        raise CatalogNotReady(self.not_ready() or "no catalog loaded yet")
 
     async def start(self) -> None:
         """Load the catalog (if the database answers) and start watching for changes."""

@@ -49,7 +49,7 @@ class CostController(Controller):
         Omitted usage fields are 0. An unknown model is a 404 problem with close matches.
         """
         live: LiveCatalog = request.app.state.live
-        return CostResponse.of(calculate(live.catalog, data))
+        return CostResponse.of(calculate(live.require(), data))
 
     @post(
         "/calculate/batch",
@@ -64,7 +64,7 @@ class CostController(Controller):
         """Up to 1000 cost requests, answered in order with one catalog version. An item that
         fails carries its own error; it does not fail the batch."""
         live: LiveCatalog = request.app.state.live
-        catalog = live.catalog
+        catalog = live.require()
         results: list[BatchItem] = []
         failed = 0
         for item in data.requests:

@@ -26,10 +26,11 @@ async def ready(state: State) -> dict[str, Any]:
     """
     live: LiveCatalog = state.live
     checks = await database_checks()
-    if live.loaded and len(live.catalog):
+    not_ready = live.not_ready()
+    if not_ready is None:
         checks.append(Check("catalog", True, f"version {live.catalog.version}"))
     else:
-        checks.append(Check("catalog", False, live.last_error or "no catalog loaded yet"))
+        checks.append(Check("catalog", False, not_ready))
     body = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
     failing = [c for c in checks if not c.ok]
     if failing:

@@ -70,7 +70,7 @@ class ModelController(Controller):
     ) -> ModelPage:
         """Current models sorted by name, filtered by provider, mode and text; cursor-paginated."""
         live: LiveCatalog = state.live
-        catalog = live.catalog
+        catalog = live.require()
         found = catalog.models(provider=provider, mode=mode, text=q)
         start = 0
         if cursor:
@@ -89,7 +89,7 @@ class ModelController(Controller):
     ) -> ModelDetail:
         """A model by any name the calculator accepts (prefix, alias, dated name, ...)."""
         live: LiveCatalog = state.live
-        catalog = live.catalog
+        catalog = live.require()
         resolved = catalog.resolve(model.lstrip("/"), provider)
         current = catalog.current.get(resolved.key)
         history = catalog.history(resolved.key)
