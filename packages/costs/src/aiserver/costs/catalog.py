@@ -8,9 +8,13 @@ Name resolution, in order (the result says which rule matched, `matched_by`):
 
 1. `exact`: the catalog key as given (`gpt-4o`, `azure/gpt-4o`);
 2. `provider_prefix`: `provider/model` for a key without the prefix whose provider is that
-   provider (`openai/gpt-4o` -> `gpt-4o`), or `model` plus a separate `provider` field;
+   provider (`openai/gpt-4o` -> `gpt-4o`), or `model` plus a separate `provider` field
+   (`gpt-4o` + `azure` -> `azure/gpt-4o`, as litellm joins them, even for a key that repeats
+   the prefix: `perplexity/x` + `perplexity` -> `perplexity/perplexity/x`);
 3. `case_insensitive`: the same keys, ignoring case;
-4. `alias`: an `alias_of` entry of the source (`claude-opus-latest` -> `claude-opus-...`);
+4. `alias`: an `alias_of` entry of the source (`claude-opus-latest` -> `claude-opus-...`); with
+   a separate `provider`, that provider's alias first (`claude-haiku-latest` + `bedrock_mantle`
+   -> `bedrock_mantle/claude-haiku-latest`'s target, not Anthropic's model);
 5. `region_prefix`: without a geo prefix (`us.`, `eu.`, `apac.`, `global.`, ...) or a region
    path segment (`bedrock/us-east-1/...`);
 6. `dated_name`: without a date suffix (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`) or,
