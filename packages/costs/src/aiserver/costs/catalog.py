@@ -120,6 +120,7 @@ class Catalog:
         self._current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
         self._starts = {k: [pv.valid_from for pv in v] for k, v in versions.items()}
         self._aliases = dict(aliases)
+        self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
         lower: dict[str, str] = {}
         by_provider: dict[tuple[str, str], str] = {}
         for key in sorted(versions, key=lambda k: (k not in self._current, k)):
@@ -234,11 +235,7 @@ class Catalog:
         return None
 
     def _alias_target(self, name: str) -> str | None:
-        target = self._aliases.get(name) or self._aliases.get(name.lower())
-        if target is None:
-            lowered = {k.lower(): v for k, v in self._aliases.items()}
-            target = lowered.get(name.lower())
-        return target
+        return self._aliases.get(name) or self._aliases_lower.get(name.lower())
 
     def _variants(self, name: str) -> Iterator[tuple[str, str]]:
         target = self._alias_target(name)
