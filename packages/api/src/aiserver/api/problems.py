@@ -15,6 +15,7 @@ One exception handler maps domain errors to problems, so controllers raise and n
 from __future__ import annotations
 
 import math
+import re
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -84,6 +85,16 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+#: Problem types named after Python 3.11's reason phrases, which Python 3.13 renamed (413 is
+#: "Content Too Large" there): clients match on `type`, so it must not change with Python.
+_STABLE_TYPES: Final = {
+    413: "request-entity-too-large",
+    414: "request-uri-too-long",
+    416: "requested-range-not-satisfiable",
+    422: "unprocessable-entity",
+}
+
+
 def problem_response(
     request: Request[Any, Any, Any],
     status: int,
@@ -95,7 +106,8 @@ def problem_response(
 ) -> Response[dict[str, Any]]:
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {
-        "type": TYPE_BASE + (type_ or phrase.lower().replace(" ", "-")),
+        "type": TYPE_BASE
+        + (type_ or _STABLE_TYPES.get(status) or phrase.lower().replace(" ", "-")),
         "title": phrase,
         "status": status,
         "detail": detail,
@@ -184,9 +196,16 @@ _UNAVAILABLE = (
 )
 
 
+# What a decoder says of a body that is not JSON at all (msgspec: "JSON is malformed: ...",
+# "Input data was truncated"). Phrases, not words: a field named `json_mode` or `decode` in an
+# unknown-field error is a 422 about that field, not a 400 about the body.
+_MALFORMED: Final = re.compile(
+    r"json is malformed|input data was truncated|malformed json|not valid json", re.IGNORECASE
+)
+
+
 def _looks_malformed(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in ("malformed", "truncated", "json", "decode"))
+    return _MALFORMED.search(message) is not None
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
