@@ -62,15 +62,26 @@ async def test_costs_and_models_are_503_until_the_catalog_has_models(
     settings: Settings, upstream: Upstream
 ) -> None:
     cfg = msgspec.structs.replace(
-        settings, model_cost_source_url=upstream.url, catalog_poll_interval_seconds=0.2
+        settings,
+        model_cost_source_url=upstream.url,
+        catalog_poll_interval_seconds=0.2,
+        api_admin_tokens=(ADMIN_TOKEN,),
     )
     async with AsyncTestClient(app=create_app(cfg)) as client:  # migrated, no prices yet
         request = {"model": "gpt-test-000", "usage": {"input_tokens": 10}}
+        override = {
+            "provider": "openai",
+            "model": "gpt-test-000",
+            "prices": {"input_cost_per_token": "0.000001"},
+        }
         for response in (
             await client.post("/v1/costs/calculate", json=request),
             await client.post("/v1/costs/calculate/batch", json={"requests": [request]}),
             await client.get("/v1/models"),
             await client.get("/v1/models/gpt-test-000"),
+            # an override could not be matched to its model: it is refused, not kept under the
+            # name as given
+            await client.post("/v1/overrides", json=override, headers=admin()),
         ):
             body = assert_problem(response, 503, "the catalog in the database has no models yet")
             assert body["type"].endswith(":catalog-not-loaded")
@@ -233,6 +244,14 @@ async def test_calculate_errors_are_clear_problems(client: Client) -> None:
         422,
         "unknown field `temperature`",
     )
+    # an unknown field whose name looks like a decoder's word is still a 422 naming it
+    for body, field in (
+        ({"model": "gpt-test-000", "usage": {"json_mode": 1}}, "usage: "),
+        ({"model": "gpt-test-000", "decode": True}, "data: "),
+        ({"model": "gpt-test-000", "malformed": 1}, "data: "),
+    ):
+        problem = assert_problem(await client.post(url, json=body), 422, field)
+        assert problem["type"].endswith(":invalid-request")
     assert_problem(
         await client.post(url, json={"model": "gpt-test-000", "service_tier": "turbo"}),
         422,

@@ -75,7 +75,9 @@ class OverrideController(Controller):
         live: LiveCatalog = state.live
         model = data.model
         try:
-            resolved = live.catalog.resolve(data.model, data.provider)
+            # require(): with no catalog yet, every name would miss and the override would be
+            # kept under the name as given (`openai/gpt-4o`), never reaching `gpt-4o`
+            resolved = live.require().resolve(data.model, data.provider)
         except UnknownModel:
             resolved = None
         if resolved is not None:
