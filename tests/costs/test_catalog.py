@@ -83,6 +83,7 @@ def catalog() -> Catalog:
         ("bedrock_mantle/claude-sonnet-latest", None, "bedrock_mantle/claude-sonnet-4-5", "alias"),
         # a key that repeats its provider prefix, asked for as litellm joins provider and model
         ("perplexity/sonar-x", "perplexity", "perplexity/perplexity/sonar-x", "provider_prefix"),
+        ("Perplexity/Sonar-X", "perplexity", "perplexity/perplexity/sonar-x", "provider_prefix"),
         ("claude-sonnet-4-5", None, "claude-sonnet-4-5-20250929", "dated_name"),
         ("claude-haiku-4-5-20251001", None, "claude-haiku-4-5", "dated_name"),
         (

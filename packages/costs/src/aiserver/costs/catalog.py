@@ -203,8 +203,9 @@ class Catalog:
             found = self._lookup(name, None)
             if found is not None and self._versions[found.key][-1].provider == provider:
                 return found
-            doubled = f"{provider}/{name}"  # a key that repeats it: perplexity/perplexity/...
-            if doubled in self._versions:
+            # a key that repeats the prefix (perplexity/perplexity/...), in any case
+            doubled = self._lower.get(f"{provider}/{name}".lower())
+            if doubled is not None:
                 return Resolution(doubled, "provider_prefix")
             name = name[len(provider) + 1 :]
         if provider is None and "/" in name:
