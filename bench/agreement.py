@@ -20,7 +20,8 @@ compared. Nothing here reaches the network: the check refuses to resolve any hos
 loopback one, and leaves out the providers litellm can only price online (`NEEDS_NETWORK`).
 litellm answers in binary floats, so totals agree when they are within 1e-9 relative
 (and 1e-12 absolute) of aiserver's exact Decimal. Every disagreement is printed with both
-totals; the exit status is 1 when there is one whose cause is not written in `EXPLAINED`.
+totals; the exit status is 1 when there is one whose cause `explain()` does not know, or when
+fewer than `MIN_COVERAGE` of the models got a total compared at all.
 
     hatch run bench:agree              # the whole catalog, some 20 s
     hatch run bench:agree --show 50    # print up to 50 disagreements per usage
@@ -55,14 +56,32 @@ from bench.common import say
 
 #: The modes whose entries price a call by its tokens in and out, as a chat call is priced.
 MODES = frozenset({"chat", "completion", "responses"})
-#: Disagreements whose cause is known, by the entry's provider and mode. They are listed with
-#: the cause and do not fail the check.
-EXPLAINED: Mapping[tuple[str, str], str] = {
-    ("perplexity", "responses"): "litellm prices Perplexity's models with a calculator of its "
-    "own (litellm/llms/perplexity/cost_calculator.py) that ignores the *_above_<N>k_tokens "
-    "prices and bills cache writes at the input rate; aiserver applies the long-context prices "
-    "to the whole request and bills cache writes at their own rate (DESIGN.md, usage semantics)",
-}
+#: At least this share of the models must get a total compared under one of their names, or
+#: the check fails: a litellm that could price nothing must not pass as "all agree".
+MIN_COVERAGE = 0.9
+
+_PERPLEXITY = (
+    "litellm prices Perplexity's models with a calculator of its own "
+    "(litellm/llms/perplexity/cost_calculator.py) that ignores the *_above_<N>k_tokens prices "
+    "and bills cache writes at the input rate; aiserver applies the long-context prices to the "
+    "whole request and bills cache writes at their own rate (DESIGN.md, usage semantics)"
+)
+
+
+def explain(
+    entry: Mapping[str, Any], usage: Mapping[str, int], notes: tuple[str, ...]
+) -> str | None:
+    """The known cause of a disagreement on this entry and usage, or None. A cause explains
+    only the disagreements it can produce; any other fails the check."""
+    if entry.get("litellm_provider") == "perplexity" and entry.get("mode") == "responses":
+        long_context = any(note.startswith("long-context prices") for note in notes)
+        cache_write = bool(usage.get("cache_write_tokens")) and any(
+            name.startswith("cache_creation_input_token_cost") for name in entry
+        )
+        if long_context or cache_write:
+            return _PERPLEXITY
+    return None
+
 
 #: Usages every model is priced with, in aiserver's field names.
 USAGES: Mapping[str, Mapping[str, int]] = {
@@ -116,7 +135,7 @@ class Disagreement:
     ours: Decimal
     theirs: float
     notes: tuple[str, ...]
-    cause: str | None  # from EXPLAINED
+    cause: str | None  # from explain()
 
 
 def thresholds(entry: Mapping[str, Any]) -> list[int]:
@@ -180,7 +199,9 @@ def agrees(ours: Decimal, theirs: float) -> bool:
 @dataclass
 class Tally:
     models: Counter[str] = field(default_factory=Counter)  # by mode
+    not_by_tokens: int = 0  # entries of MODES without an input and an output token price
     left_out: int = 0  # models of the providers in NEEDS_NETWORK
+    uncovered: list[str] = field(default_factory=list)  # models with no total compared
     compared: int = 0
     unpriced_by_litellm: int = 0
     litellm_errors: Counter[str] = field(default_factory=Counter)
@@ -194,12 +215,13 @@ def check(catalog: Catalog, model_cost: Mapping[str, Mapping[str, Any]]) -> Tall
         if key == "sample_spec" or entry.get("mode") not in MODES:
             continue
         if "input_cost_per_token" not in entry or "output_cost_per_token" not in entry:
+            tally.not_by_tokens += 1
             continue
         if entry.get("litellm_provider") in NEEDS_NETWORK:
             tally.left_out += 1
             continue
         tally.models[entry["mode"]] += 1
-        cause = EXPLAINED.get((entry.get("litellm_provider"), entry["mode"]))
+        compared_before = tally.compared
         for name in names_for(key, entry):
             for usage_name, usage in usages_for(entry):
                 request = CostRequest(
@@ -222,11 +244,14 @@ def check(catalog: Catalog, model_cost: Mapping[str, Mapping[str, Any]]) -> Tall
                         continue
                     tally.compared += 1
                     if not agrees(result.total, theirs):
+                        cause = explain(entry, usage, result.notes)
                         tally.disagreements.append(
                             Disagreement(
                                 name, usage_name, style, result.total, theirs, result.notes, cause
                             )
                         )
+        if tally.compared == compared_before:
+            tally.uncovered.append(key)
     return tally
 
 
@@ -242,6 +267,18 @@ def report(tally: Tally, *, show: int, seconds: float) -> None:
     if tally.left_out:
         providers = ", ".join(sorted(NEEDS_NETWORK))
         say(f"left out {tally.left_out} models that litellm prices only online ({providers})")
+    if tally.not_by_tokens:
+        say(f"left out {tally.not_by_tokens} entries without an input and an output token price")
+    total = sum(tally.models.values())
+    say(
+        f"{total - len(tally.uncovered):,} of {total:,} models ({coverage(tally):.1%}) got a "
+        f"total compared (at least {MIN_COVERAGE:.0%} must)"
+        + (
+            f"; litellm priced none of the names of: {', '.join(tally.uncovered[:show])}"
+            if tally.uncovered
+            else ""
+        )
+    )
     say(f"litellm could not price {tally.unpriced_by_litellm:,} cases ({errors or 'none'})")
     if tally.unknown_to_aiserver:
         unknown = sorted(set(tally.unknown_to_aiserver))
@@ -261,6 +298,11 @@ def report(tally: Tally, *, show: int, seconds: float) -> None:
         for item in items[:show]:
             notes = f"  [{'; '.join(item.notes)}]" if item.notes else ""
             say(f"  {item.name}: aiserver {item.ours}, litellm {item.theirs!r}{notes}")
+
+
+def coverage(tally: Tally) -> float:
+    total = sum(tally.models.values())
+    return (total - len(tally.uncovered)) / total if total else 0.0
 
 
 def refuse_network() -> None:
@@ -300,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     tally = check(catalog, litellm.model_cost)
     report(tally, show=args.show, seconds=time.perf_counter() - began)
     unexplained = [item for item in tally.disagreements if not item.cause]
-    failed = bool(unexplained or tally.unknown_to_aiserver)
+    failed = bool(unexplained or tally.unknown_to_aiserver or coverage(tally) < MIN_COVERAGE)
     say(f"\n[agree] {'FAILED' if failed else 'all agree'} in {time.perf_counter() - started:.0f} s")
     return 1 if failed else 0
 
