@@ -7,7 +7,10 @@ drives it from the other core, the three endpoints taking turns round by round:
 - `GET /health`: the framework and its middleware (access log, Prometheus), nothing else;
 - `POST /v1/costs/calculate`: one cost request per HTTP request, cycling through the mix of
   benchmark 1 (provider-prefixed names, cache, reasoning, long-context and service tiers);
-- `POST /v1/costs/calculate/batch`: 100 cost requests from the same mix per HTTP request.
+- `POST /v1/costs/calculate/batch`: 100 cost requests from the same mix per HTTP request;
+- `POST /v1/costs/calculate/batch` with no requests (`{"requests": []}`): the framework's way
+  through a POST (body, DTO, response) and nothing else, a baseline beside `/health` that shows
+  what the calculation itself adds. The issue's target stays the ratio to `/health`.
 
 wrk makes every request, `GET /health` included, in a Lua `request()` function, so the client
 does the same work per request for all three. (Given no such function, wrk replays one fixed
@@ -144,21 +147,30 @@ def run(*, rounds: int = 3, seconds: float = 5.0, connections: int = 8) -> Secti
     single = [msgspec.json.encode(r) for r in requests]
     batch_items = [requests[i % len(requests)] for i in range(BATCH_SIZE)]
     batch = [msgspec.json.encode({"requests": batch_items})]
-    samples: dict[str, list[dict[str, float]]] = {"health": [], "calculate": [], "batch": []}
+    empty = [b'{"requests": []}']
+    samples: dict[str, list[dict[str, float]]] = {
+        "health": [],
+        "empty": [],
+        "calculate": [],
+        "batch": [],
+    }
     rss: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         scripts = {
             "health": Path(tmp, "health.lua"),
             "calculate": Path(tmp, "calculate.lua"),
             "batch": Path(tmp, "batch.lua"),
+            "empty": Path(tmp, "empty.lua"),
         }
         scripts["health"].write_text(_lua("GET", []))
         scripts["calculate"].write_text(_lua("POST", single))
         scripts["batch"].write_text(_lua("POST", batch))
+        scripts["empty"].write_text(_lua("POST", empty))
         paths = {
             "health": "/health",
             "calculate": "/v1/costs/calculate",
             "batch": "/v1/costs/calculate/batch",
+            "empty": "/v1/costs/calculate/batch",
         }
         asyncio.run(
             _run_with_database(
@@ -185,7 +197,10 @@ async def _run_with_database(
             rss["ready"] = api.rss()
             _check(api.base_url, single, paths["calculate"])
             _check(api.base_url, batch, paths["batch"])
-            say(f"[http] warm-up, then {rounds} rounds x 3 endpoints x {seconds:g} s of wrk ...")
+            say(
+                f"[http] warm-up, then {rounds} rounds x {len(samples)} endpoints x {seconds:g} s "
+                "of wrk ..."
+            )
             for name in samples:
                 await asyncio.to_thread(
                     _wrk,
@@ -196,7 +211,7 @@ async def _run_with_database(
                 )
             for index in range(rounds):
                 names = list(samples)
-                order = names[index % 3 :] + names[: index % 3]
+                order = names[index % len(names) :] + names[: index % len(names)]
                 for name in order:
                     result = await asyncio.to_thread(
                         _wrk,
@@ -231,6 +246,9 @@ def _section(
         return median([s["rps"] / h["rps"] for s, h in pairs])
 
     ratio = vs_health("calculate")
+    vs_empty = median(
+        [c["rps"] / e["rps"] for c, e in zip(samples["calculate"], samples["empty"], strict=True)]
+    )
     cpu = {name: med(name, "cpu_per_request") for name in samples}
     errors = sum(s["non_2xx"] + s["socket_errors"] for v in samples.values() for s in v)
     table = Table(
@@ -249,10 +267,11 @@ def _section(
     )
     labels = {
         "health": "`GET /health`",
+        "empty": "`POST /v1/costs/calculate/batch` (no requests: a POST baseline)",
         "calculate": "`POST /v1/costs/calculate`",
         "batch": f"`POST /v1/costs/calculate/batch` ({BATCH_SIZE} per request)",
     }
-    per_request = {"health": 0, "calculate": 1, "batch": BATCH_SIZE}
+    per_request = {"health": 0, "empty": 0, "calculate": 1, "batch": BATCH_SIZE}
     for name, label in labels.items():
         rps = med(name, "rps")
         table.rows.append(
@@ -274,6 +293,11 @@ def _section(
         f"`POST /v1/costs/calculate` {fmt_us(cpu['calculate'])}: a calculation, its body and "
         f"its answer add {fmt_us(cpu['calculate'] - cpu['health'])} to the framework's "
         f"{fmt_us(cpu['health'])} (ratio {cpu['health'] / cpu['calculate']:.2f}).",
+        f"Against a POST that goes the same way through the framework and prices nothing (the "
+        f"batch endpoint with no requests, {fmt_us(cpu['empty'])} per request), calculate "
+        f"answers {vs_empty:.2f} as many requests per second: the calculation, its request body "
+        f"and its answer add {fmt_us(cpu['calculate'] - cpu['empty'])} per request. This is "
+        "information for the issue's owner; the target is the ratio to `GET /health`.",
         "Requests/s per round (the spread is this shared machine's noise): "
         + "; ".join(
             labels[name] + " " + ", ".join(f"{s['rps']:,.0f}" for s in samples[name])
@@ -303,8 +327,9 @@ def _section(
         headline=[
             f"HTTP: calculate {med('calculate', 'rps'):,.0f} req/s vs /health "
             f"{health_rps:,.0f} req/s, ratio {ratio:.2f} (target >= {TARGET_RATIO}: {verdict}); "
+            f"{vs_empty:.2f} of an empty POST baseline; "
             f"batch {med('batch', 'rps') * BATCH_SIZE:,.0f} calculations/s."
         ],
         data={name: {"rps": med(name, "rps"), "cpu": cpu[name]} for name in samples}
-        | {"ratio": ratio},
+        | {"ratio": ratio, "vs_empty": vs_empty},
     )
