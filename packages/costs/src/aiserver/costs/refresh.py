@@ -350,27 +350,26 @@ async def _refresh_locked(
         )  # fmt: skip
         await _record_current(conn, report, fetched, started_at=started_at)
         return report
-    body_hash = hashlib.sha256(fetched.body).hexdigest()
-    if state is not None and current and state.body_hash == body_hash:
-        # byte-for-byte what was applied last time: no need to parse it again
+
+    async def unchanged(catalog_version: int, new_body_hash: str | None) -> RefreshReport:
+        """The document applied last time: record a success, write no price."""
         report = RefreshReport(
             Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
             http_status=fetched.status, skipped=await _still_skipped(conn, source),
-            model_count=current, catalog_version=state.catalog_version,
+            model_count=current, catalog_version=catalog_version,
         )  # fmt: skip
-        await _record_current(conn, report, fetched, started_at=started_at)
+        await _record_current(conn, report, fetched, started_at=started_at, body_hash=new_body_hash)
         return report
+
+    body_hash = hashlib.sha256(fetched.body).hexdigest()
+    if state is not None and current and state.body_hash == body_hash:
+        # byte-for-byte what was applied last time: no need to parse it again
+        return await unchanged(state.catalog_version, None)
     try:
         document = read_document(fetched.body)
         if state is not None and current and state.content_hash == document.content_hash:
             # the document applied last time, spelled differently: nothing to sort or diff
-            report = RefreshReport(
-                Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
-                http_status=fetched.status, skipped=await _still_skipped(conn, source),
-                model_count=current, catalog_version=state.catalog_version,
-            )  # fmt: skip
-            await _record_current(conn, report, fetched, started_at=started_at, body_hash=body_hash)
-            return report
+            return await unchanged(state.catalog_version, body_hash)
         parsed = parse_source(document)
         await _check_shrink(conn, parsed, current, settings.model_cost_max_shrink_fraction)
     except SourceRejected as exc:
