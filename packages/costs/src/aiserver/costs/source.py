@@ -80,7 +80,7 @@ class ModelEntry:
     provider: str
     entry: Mapping[str, Any]
     entry_hash: str
-    encoded: bytes = b""  # the entry as stored: sorted JSON, numbers in canonical spelling
+    encoded: bytes  # the entry as stored: sorted JSON, numbers in canonical spelling
 
     @property
     def mode(self) -> str | None:

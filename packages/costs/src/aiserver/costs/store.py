@@ -126,7 +126,7 @@ def _copy_records(parsed: ParsedSource) -> list[tuple[Any, ...]]:
                 token_limit(entry, "max_input_tokens"),
                 token_limit(entry, "max_output_tokens"),
                 *(_typed_price(entry, name) for name in TYPED_PRICE_COLUMNS),
-                (model.encoded or encode_json(entry)).decode(),
+                model.encoded.decode(),
                 model.entry_hash,
             )
         )
