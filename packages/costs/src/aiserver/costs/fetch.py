@@ -36,6 +36,12 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def upstream_client(timeout: float) -> httpx.AsyncClient:
+    """The HTTP client of upstream downloads: redirects followed, the process's TLS context.
+    A long-running process (the task runner) keeps one; `fetch_source` makes one otherwise."""
+    return httpx.AsyncClient(follow_redirects=True, timeout=timeout, verify=tls_context())
+
+
 class UpstreamError(Exception):
     """The upstream could not deliver the document. `transient` faults are worth a retry."""
 
@@ -161,9 +167,7 @@ async def fetch_source(
         headers["If-Modified-Since"] = last_modified
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(follow_redirects=True, timeout=timeout, verify=tls_context())
-            )
+            client = await stack.enter_async_context(upstream_client(timeout))
         for attempt in range(1, retries + 2):
             try:
                 return await _attempt(

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
-import httpx
 from arq import cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
@@ -20,7 +19,7 @@ from aiserver.core_db.database import database
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import Settings, get_settings
-from aiserver.costs.fetch import tls_context
+from aiserver.costs.fetch import upstream_client
 from aiserver.taskrunner.documents import process_document
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
@@ -47,11 +46,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(database(settings))
     ctx["http"] = await stack.enter_async_context(
-        httpx.AsyncClient(
-            follow_redirects=True,
-            timeout=settings.model_cost_fetch_timeout_seconds,
-            verify=tls_context(),
-        )
+        upstream_client(settings.model_cost_fetch_timeout_seconds)
     )
     ctx["settings"] = settings
     ctx["resources"] = stack
