@@ -103,20 +103,13 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = None) -> CostResult:
     """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (pricing)."""
-    at = request.at
+    at = request.at or now or datetime.now(UTC)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
     notes: tuple[str, ...] = ()
-    if at is None:
-        resolution, version = catalog.current_for(request.model, request.provider)
-        at = now or datetime.now(UTC)
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        if version is None:  # the model is gone now: price it with its last version
-            version, note = catalog.version_at(resolution.key, at)
-            notes = (note,) if note else ()
-    else:
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
-        resolution = catalog.resolve(request.model, request.provider)
+    resolution, version = catalog.current_for(request.model, request.provider)
+    if request.at is not None or version is None:
+        # a call in the past, or a model gone now: the version valid at `at` (or its last)
         version, note = catalog.version_at(resolution.key, at)
         if note:
             notes = (note,)
