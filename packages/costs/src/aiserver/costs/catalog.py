@@ -203,10 +203,10 @@ class Catalog:
             found = self._lookup(name, None)
             if found is not None and self._versions[found.key][-1].provider == provider:
                 return found
-            # a key that repeats the prefix (perplexity/perplexity/...), in any case
-            doubled = self._lower.get(f"{provider}/{name}".lower())
-            if doubled is not None:
-                return Resolution(doubled, "provider_prefix")
+            # joined as litellm joins them: a key that repeats the prefix (perplexity/perplexity/x)
+            found = self._lookup(name, provider)
+            if found is not None:
+                return found
             name = name[len(provider) + 1 :]
         if provider is None and "/" in name:
             head, _, rest = name.partition("/")
@@ -221,13 +221,7 @@ class Catalog:
             if found is not None:
                 return found
         for candidate, prov in candidates:
-            # The provider's own alias first (`bedrock_mantle/claude-haiku-latest`), before the
-            # bare name's (`claude-haiku-latest`, Anthropic's), which names another model.
-            target = self._alias_target(f"{prov}/{candidate}") if prov is not None else None
-            found = self._lookup(target, None) if target is not None else None
-            if found is not None:
-                return Resolution(found.key, "alias")
-            for rule, variant in self._variants(candidate):
+            for rule, variant in self._variants(candidate, prov):
                 found = self._lookup(variant, prov) or (
                     self._lookup(variant, None) if prov is not None else None
                 )
@@ -238,10 +232,13 @@ class Catalog:
     def _alias_target(self, name: str) -> str | None:
         return self._aliases.get(name) or self._aliases_lower.get(name.lower())
 
-    def _variants(self, name: str) -> Iterator[tuple[str, str]]:
-        target = self._alias_target(name)
-        if target is not None:
-            yield "alias", target
+    def _variants(self, name: str, provider: str | None = None) -> Iterator[tuple[str, str]]:
+        # The provider's own alias first (`bedrock_mantle/claude-haiku-latest`), before the bare
+        # name's (`claude-haiku-latest`, Anthropic's), which names another model.
+        for alias in (f"{provider}/{name}", name) if provider is not None else (name,):
+            target = self._alias_target(alias)
+            if target is not None:
+                yield "alias", target
         lowered_name = name.lower()
         for prefix in GEO_PREFIXES:
             if lowered_name.startswith(prefix):
