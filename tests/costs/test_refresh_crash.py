@@ -14,6 +14,7 @@ from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
 from ..support.catalog import catalog_rows, document, models
+from ..support.processes import kill
 from ..support.upstream import Upstream
 
 
@@ -85,9 +86,8 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
         finally:
             await observer.close()
     finally:
-        if child is not None and child.returncode is None:
-            child.kill()
-            await child.wait()
+        if child is not None:
+            await kill(child)
         await blocker.close()
 
     assert child.returncode == -signal.SIGKILL

@@ -27,7 +27,7 @@ import httpx
 
 from ..conftest import TEST_REDIS_URL
 from ..support.catalog import document, model_entry
-from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, log_events
+from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, kill, log_events
 from ..support.upstream import LocalServer, QuietHandler
 
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
@@ -144,9 +144,7 @@ async def api_process(
         if proc.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await api.terminate(timeout=STOP_TIMEOUT_S)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
 
 
 # -- catalogs whose prices tell their version -------------------------------------------------
@@ -280,10 +278,7 @@ async def cued(
             assert line == b"imported\n", line
         yield children
     finally:
-        for child in children:
-            if child.proc.returncode is None:
-                child.proc.kill()
-                await child.proc.wait()
+        await kill(*(child.proc for child in children))
 
 
 def peak_rss_kb(stderr: str) -> int:

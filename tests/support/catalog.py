@@ -77,10 +77,6 @@ async def fetch_all(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
 
 
 async def fetch_one(url: str, query: str, *args: Any) -> asyncpg.Record:
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(query, *args)
-    finally:
-        await conn.close()
-    assert row is not None, query
-    return row
+    rows = await fetch_all(url, query, *args)
+    assert rows, query
+    return rows[0]

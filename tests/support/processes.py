@@ -19,6 +19,14 @@ START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 
 
+async def kill(*procs: asyncio.subprocess.Process) -> None:
+    """SIGKILL each child still running and reap it: the end of every test that starts one."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def log_events(path: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a child (anything else it printed is skipped)."""
     events = []
@@ -77,7 +85,4 @@ async def taskrunners(
             started.append(TaskRunner(proc, log))
         yield started
     finally:
-        for runner in started:
-            if runner.proc.returncode is None:
-                runner.proc.kill()
-                await runner.proc.wait()
+        await kill(*(runner.proc for runner in started))

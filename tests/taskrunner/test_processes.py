@@ -27,7 +27,7 @@ from aiserver.taskrunner.health import health_check_key
 
 from ..conftest import TEST_REDIS_URL
 from ..support.catalog import catalog_rows, fetch_all
-from ..support.processes import START_TIMEOUT_S, taskrunners
+from ..support.processes import START_TIMEOUT_S, kill, taskrunners
 from ..support.upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -67,9 +67,7 @@ async def cli(module: str, *args: str, env: Mapping[str, str]) -> tuple[int, str
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -105,9 +103,7 @@ async def on_cue(
             pytest.fail(f"python -m {module} did not start:\n{line.decode()}{err.decode()}")
         yield go
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
 
 
 async def refresh_runs(url: str) -> list[asyncpg.Record]:
