@@ -241,14 +241,13 @@ def _section(
 
     health_rps = med("health", "rps")
 
-    def vs_health(name: str) -> float:
-        pairs = zip(samples[name], samples["health"], strict=True)
-        return median([s["rps"] / h["rps"] for s, h in pairs])
+    def vs(name: str, base: str = "health") -> float:
+        """Requests/s of `name` over `base`: the median of the per-round ratios."""
+        pairs = zip(samples[name], samples[base], strict=True)
+        return median([s["rps"] / b["rps"] for s, b in pairs])
 
-    ratio = vs_health("calculate")
-    vs_empty = median(
-        [c["rps"] / e["rps"] for c, e in zip(samples["calculate"], samples["empty"], strict=True)]
-    )
+    ratio = vs("calculate")
+    vs_empty = vs("calculate", "empty")
     cpu = {name: med(name, "cpu_per_request") for name in samples}
     errors = sum(s["non_2xx"] + s["socket_errors"] for v in samples.values() for s in v)
     table = Table(
@@ -282,7 +281,7 @@ def _section(
                 fmt_ms(med(name, "p50")),
                 fmt_ms(med(name, "p99")),
                 fmt_us(cpu[name]),
-                "1.00" if name == "health" else f"{vs_health(name):.2f}",
+                "1.00" if name == "health" else f"{vs(name):.2f}",
             ]
         )
     verdict = "met" if ratio >= TARGET_RATIO else "missed"
