@@ -32,7 +32,6 @@ from ..support.upstream import LocalServer, QuietHandler
 
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
 OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
-#: An API process imports Litestar, uvicorn and the catalog; allow for a busy 2-core machine.
 PROBLEM_JSON: Final = "application/problem+json"
 MICRO: Final = Decimal("0.000001")
 

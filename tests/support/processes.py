@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-#: Start-up migrates and seeds ~4,800 models; allow for a busy machine.
+#: Start-up of a child: a task runner migrates and seeds ~4,800 models, an API process imports
+#: Litestar, uvicorn and the catalog. Allow for a busy 2-core machine.
 START_TIMEOUT_S: Final = 60.0
 #: A SIGTERM lets a running job finish for up to 25 s (JOB_COMPLETION_WAIT_S), then stops.
 STOP_TIMEOUT_S: Final = 30.0
