@@ -227,9 +227,9 @@ async def seeded_catalog() -> Catalog:
     """The catalog `load_catalog()` reads from a throwaway database seeded with the snapshot."""
     async with throwaway_database("calc") as url:
         settings = bench_settings(url)
-        await apply_migrations(settings)
-        await seed_from_snapshot(settings)
-        conn = await connect(settings)
+        await apply_migrations(settings.core)
+        await seed_from_snapshot(settings.core)
+        conn = await connect(settings.core)
         try:
             return await load_catalog(conn)
         finally:

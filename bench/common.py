@@ -26,8 +26,9 @@ from typing import Any
 
 import asyncpg
 
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.logging import configure_logging
-from aiserver.core_db.settings import Settings, load_settings
+from aiserver.core_db.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -190,9 +191,10 @@ async def throwaway_database(tag: str) -> AsyncIterator[str]:
             await admin.close()
 
 
-def bench_settings(url: str, **env: str) -> Settings:
+def bench_settings(url: str, **env: str) -> ApiSettings:
     configure_logging("WARNING", "console")  # the refresh logs at INFO: keep stdout for numbers
     return load_settings(
+        ApiSettings,
         {
             "DATABASE_URL": url,
             "REDIS_URL": REDIS_URL,
@@ -200,7 +202,7 @@ def bench_settings(url: str, **env: str) -> Settings:
             "LOG_FORMAT": "console",
             "MODEL_COST_MAX_BYTES": str(512 * 1024 * 1024),
             **env,
-        }
+        },
     )
 
 

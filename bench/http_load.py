@@ -136,8 +136,8 @@ def _check(base: str, bodies: list[bytes], path: str) -> None:
 
 async def _seed(url: str) -> None:
     settings = bench_settings(url)
-    await apply_migrations(settings)
-    await seed_from_snapshot(settings)
+    await apply_migrations(settings.core)
+    await seed_from_snapshot(settings.core)
 
 
 def run(*, rounds: int = 3, seconds: float = 5.0, connections: int = 8) -> Section:

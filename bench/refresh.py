@@ -2,8 +2,8 @@
 
 The upstream is a local HTTP server on 127.0.0.1 that serves the bundled snapshot (LiteLLM's
 file) with no ETag or Last-Modified, so every refresh downloads the whole body. aiserver's time is
-one `refresh_catalog(settings, force=True, source_url=...)`, end to end: connect, advisory lock,
-download, parse, diff and the set-based write in one transaction, metadata and run record. The
+one `refresh_catalog(core, costs, force=True, source_url=...)`, end to end: connect, advisory
+lock, download, parse, diff and the set-based write in one transaction, metadata and run record. The
 baseline downloads and parses with the same code, then writes row by row with Piccolo's ORM in
 one transaction, with the same diff semantics (it writes only what changed: on an existing
 catalog it selects each model's current version, compares hashes, then closes and opens rows
@@ -22,10 +22,10 @@ from typing import Any
 
 import asyncpg
 
+from aiserver.api.settings import ApiSettings as Settings
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.core_db.piccolo_conf import DB
-from aiserver.core_db.settings import Settings
 from aiserver.costs.fetch import fetch_source
 from aiserver.costs.refresh import refresh_catalog
 from aiserver.costs.source import (
@@ -80,7 +80,9 @@ async def _empty_catalog(url: str) -> None:
 
 async def aiserver_refresh(settings: Settings, source: Upstream) -> dict[str, Any]:
     started = time.perf_counter()
-    report = await refresh_catalog(settings, force=True, source_url=source.url, trigger="bench")
+    report = await refresh_catalog(
+        settings.core, settings.costs, force=True, source_url=source.url, trigger="bench"
+    )
     elapsed = time.perf_counter() - started
     if not report.outcome.ok:
         raise RuntimeError(f"refresh failed: {report.summary()}")
@@ -115,11 +117,11 @@ def _orm_row(model: Any, now: datetime, version: int) -> AiModelCost:
 async def orm_refresh(settings: Settings, source: Upstream, *, known_empty: bool) -> dict[str, Any]:
     """Fetch and parse like aiserver, then write one row at a time through Piccolo."""
     started = time.perf_counter()
-    fetched = await fetch_source(source.url, max_bytes=settings.model_cost_max_bytes)
+    fetched = await fetch_source(source.url, max_bytes=settings.costs.model_cost_max_bytes)
     parsed = parse_source(fetched.body)
     now = datetime.now(UTC)
     changed = 0
-    async with database(settings), DB.transaction():
+    async with database(settings.core), DB.transaction():
         meta = await AiCostMetadata.select(AiCostMetadata.catalog_version).first().run()
         if meta is None:  # the price rows refer to their source
             await AiCostMetadata.insert(
@@ -237,7 +239,7 @@ async def _scenarios(
 
         async with throwaway_database("refresh") as url:
             settings = bench_settings(url)
-            await apply_migrations(settings)
+            await apply_migrations(settings.core)
             say("[refresh] warm-up ...")
             await aiserver_refresh(settings, source)
 
@@ -283,7 +285,7 @@ async def _scenarios(
         for _ in range(cold_rounds):
             async with throwaway_database("refresh_cold") as url:
                 settings = bench_settings(url)
-                await apply_migrations(settings)
+                await apply_migrations(settings.core)
                 source.body = base
                 await aiserver_refresh(settings, source)
                 source.body = changed

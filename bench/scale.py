@@ -117,7 +117,7 @@ async def _measure(rounds: int, load_rounds: int) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     async with throwaway_database("scale") as url:
         settings = bench_settings(url)
-        await apply_migrations(settings)
+        await apply_migrations(settings.core)
         for factor in FACTORS:
             body, models = documents.scaled(base, factor)
             changed, _ = documents.changed(body, 0.05, salt=factor)

@@ -114,8 +114,8 @@ def _import_breakdown(modules: str, top: int = 8) -> list[tuple[str, float]]:
 
 async def _seeded(url: str) -> None:
     settings = bench_settings(url)
-    await apply_migrations(settings)
-    await seed_from_snapshot(settings)
+    await apply_migrations(settings.core)
+    await seed_from_snapshot(settings.core)
 
 
 def run(*, rounds: int = 3, api_rounds: int = 3, warmup: bool = False) -> Section:

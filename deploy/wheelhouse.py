@@ -25,7 +25,9 @@ the lock holds.
 
 Commands:
     build SERVICE        make dist/SERVICE/ (hatch run build:api, hatch run build:taskrunner)
-    lock [SERVICE...]    re-pin services/SERVICE/requirements.lock with uv (hatch run build:lock)
+    lock [SERVICE...]    re-pin services/SERVICE/requirements.lock with uv (hatch run build:lock),
+                         then services/constraints.txt from the locks
+    constraints          rewrite services/constraints.txt from the locks
     check SERVICE DIR    check the exclusion in an existing wheelhouse
 """
 
@@ -60,6 +62,16 @@ TARGET_PYTHONS = ("3.11", "3.12")
 #: Debian bookworm, the base of every image and of the machines: wheels must not need a newer glibc.
 TARGET_GLIBC_MINOR = 36
 LOCK_NAME = "requirements.lock"
+#: The pins of every service lock as one pip/uv constraints file: the hatch environments (dev,
+#: tests, lint, bench) install with it (PIP_CONSTRAINT, UV_CONSTRAINT), so a fresh clone tests
+#: the versions that ship.
+CONSTRAINTS = ROOT / "services" / "constraints.txt"
+CONSTRAINTS_HEADER = """\
+# The pins of services/*/requirements.lock, without hashes: the constraints every hatch
+# environment installs with (hatch.toml), so that development and tests use the versions that
+# ship. Do not edit: `hatch run build:lock` rewrites it after re-pinning the locks; then run
+# `hatch env prune` so that the environments are made again with the new pins.
+"""
 TOOLS_LOCK = ROOT / "deploy" / "builder-tools.lock"
 SLIM_VENV = ROOT / "deploy" / "slim_venv.py"
 #: The earliest time a zip file can record; used when neither the env nor git gives one.
@@ -507,6 +519,30 @@ def lock(args: argparse.Namespace) -> int:
         TOOLS_HEADER,
         upgrade=args.upgrade,
     )
+    return write_constraints()
+
+
+def constraints_text() -> str:
+    """The constraints file that the service locks imply (one pin per package and marker)."""
+    lines: dict[str, str] = {}
+    for service in SERVICES:
+        for pin in read_lock(service_dir(service) / LOCK_NAME):
+            line = pin.requirement + (f" ; {pin.marker}" if pin.marker else "")
+            name = canonicalize_name(pin.requirement.partition("==")[0])
+            key = f"{name};{pin.marker}"
+            if lines.setdefault(key, line) != line:
+                raise SystemExit(
+                    f"the service locks pin {name} differently ({lines[key]} and {line}): "
+                    "re-pin them together with `hatch run build:lock`"
+                )
+    return CONSTRAINTS_HEADER + "".join(f"{lines[key]}\n" for key in sorted(lines))
+
+
+def write_constraints(args: argparse.Namespace | None = None) -> int:
+    text = constraints_text()
+    CONSTRAINTS.write_text(text)
+    pins = sum(1 for line in text.splitlines() if not line.startswith("#"))
+    print(f"{CONSTRAINTS.relative_to(ROOT)}: {pins} pins")
     return 0
 
 
@@ -565,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         "--upgrade", action="store_true", help="take the newest allowed versions, not the pins"
     )
     lock_parser.set_defaults(handler=lock)
+
+    constraints_parser = commands.add_parser(
+        "constraints", help="rewrite services/constraints.txt from the service locks"
+    )
+    constraints_parser.set_defaults(handler=write_constraints)
 
     check_parser = commands.add_parser("check", help="check the exclusion in a wheelhouse")
     check_parser.add_argument("service", choices=SERVICES)

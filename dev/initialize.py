@@ -13,11 +13,11 @@ import sys
 from aiserver.core_db.database import DatabaseUnavailable
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import initialize_database
-from aiserver.core_db.settings import settings_for_command
+from aiserver.core_db.settings import CoreSettings, settings_for_command
 
 
 def main() -> int:
-    settings = settings_for_command("dev")
+    settings = settings_for_command("dev", CoreSettings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(initialize_database(settings))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -18,15 +19,19 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.core_db.settings import Settings, load_settings
+from aiserver.core_db.settings import Section, load_settings
+from aiserver.taskrunner.settings import TaskRunnerSettings
 
 from .support.upstream import Upstream
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+S = TypeVar("S", bound=Section)
+
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
@@ -65,10 +70,38 @@ async def drop_database(url: str) -> None:
         await conn.close()
 
 
+#: The settings of every test: the API's, which hold every section (the task runner's are a part).
+Settings = ApiSettings
+
+
+def replace_settings(settings: S, **changes: object) -> S:
+    """`settings` with some variables changed, each in the section that holds it
+    (`replace_settings(s, model_cost_source_url=...)` changes `s.costs`)."""
+    own: dict[str, object] = {}
+    rest = dict(changes)
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if isinstance(value, Section):
+            mine = {key: rest.pop(key) for key in list(rest) if key in value.__struct_fields__}
+            if mine:
+                own[name] = replace_settings(value, **mine)
+        elif name in rest:
+            own[name] = rest.pop(name)
+    assert not rest, f"no such setting: {sorted(rest)}"
+    return msgspec.structs.replace(settings, **own)
+
+
 def make_settings(database_url: str, **overrides: object) -> Settings:
     env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "LOG_FORMAT": "console"}
-    settings = load_settings(env)
-    return msgspec.structs.replace(settings, **overrides) if overrides else settings
+    settings = load_settings(Settings, env)
+    return replace_settings(settings, **overrides) if overrides else settings
+
+
+def taskrunner_settings(settings: Settings) -> TaskRunnerSettings:
+    """The task runner's part of a test's settings."""
+    return TaskRunnerSettings(
+        core=settings.core, costs=settings.costs, documents=settings.documents
+    )
 
 
 @pytest.fixture
@@ -86,7 +119,7 @@ async def session_database_url() -> AsyncIterator[str]:
     """One migrated database for the whole session (tests that only read or clean up after)."""
     url = await create_database()
     try:
-        await apply_migrations(make_settings(url))
+        await apply_migrations(make_settings(url).core)
         yield url
     finally:
         await drop_database(url)
@@ -105,7 +138,7 @@ async def empty_database_url() -> AsyncIterator[str]:
 @pytest.fixture
 async def migrated_database_url(empty_database_url: str) -> str:
     """A new database with every migration applied and no data."""
-    await apply_migrations(make_settings(empty_database_url))
+    await apply_migrations(make_settings(empty_database_url).core)
     return empty_database_url
 
 
@@ -117,7 +150,7 @@ def settings(migrated_database_url: str) -> Settings:
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Settings]:
     """An open pool on a freshly migrated database; yields its settings."""
-    async with database(settings):
+    async with database(settings.core):
         yield settings
 
 
@@ -126,8 +159,8 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
     """Environment for child processes that should use this test's database and Redis."""
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.core.database_url,
+        REDIS_URL=settings.core.redis_url,
         LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
 import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import document, model_entry, models
 from ..support.upstream import Upstream
 
@@ -36,7 +35,7 @@ def known_catalog() -> bytes:
 
 @pytest.fixture
 async def api_settings(settings: Settings, upstream: Upstream) -> Settings:
-    cfg = msgspec.structs.replace(
+    cfg = replace_settings(
         settings,
         model_cost_source_url=upstream.url,
         api_admin_tokens=(ADMIN_TOKEN, "another-token"),
@@ -44,13 +43,13 @@ async def api_settings(settings: Settings, upstream: Upstream) -> Settings:
         model_cost_fetch_retries=0,
     )
     upstream.serve(known_catalog())
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
     return cfg
 
 
 @pytest.fixture
 async def redis_clean(api_settings: Settings) -> AsyncIterator[None]:
-    pool = await create_pool(RedisSettings.from_dsn(api_settings.redis_url))
+    pool = await create_pool(RedisSettings.from_dsn(api_settings.core.redis_url))
     await pool.flushdb()
     try:
         yield

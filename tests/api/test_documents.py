@@ -7,14 +7,13 @@ import os
 import sys
 from typing import Any
 
-import msgspec
 from arq import create_pool
 from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
-from aiserver.core_db.settings import Settings
 
+from ..conftest import Settings, replace_settings
 from ..support.docs import docx
 from .test_endpoints import assert_problem
 
@@ -26,8 +25,8 @@ async def run_worker(settings: Settings) -> str:
     runs the app on another event loop, which a worker in this process must not share)."""
     env = dict(
         os.environ,
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.core.database_url,
+        REDIS_URL=settings.core.redis_url,
         LOG_FORMAT="json",
     )
     proc = await asyncio.create_subprocess_exec(
@@ -79,7 +78,7 @@ async def test_a_docx_is_converted_and_its_results_are_served(
     assert_problem(await client.get(f"{base}/pages/one.png"), 404, "pages are named")
 
     # a re-run of the finished job changes nothing
-    redis = await create_pool(RedisSettings.from_dsn(api_settings.redis_url))
+    redis = await create_pool(RedisSettings.from_dsn(api_settings.core.redis_url))
     try:
         await redis.enqueue_job("process_document", accepted["id"], _job_id="rerun")
     finally:
@@ -106,7 +105,7 @@ async def test_a_corrupt_document_ends_failed_with_a_reason(
 async def test_unsupported_and_oversized_uploads_are_refused(
     api_settings: Settings, redis_clean: None
 ) -> None:
-    small = msgspec.structs.replace(api_settings, document_max_bytes=1000)
+    small = replace_settings(api_settings, document_max_bytes=1000)
     async with AsyncTestClient(app=create_app(small)) as client:
         body = assert_problem(
             await upload(client, "tool.exe", b"MZ\x90\x00", "application/octet-stream"),

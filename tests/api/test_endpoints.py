@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import document, models
 from ..support.upstream import Upstream
 from .conftest import ADMIN_TOKEN, admin, known_catalog
@@ -61,7 +60,7 @@ async def test_ready_fails_while_migrations_are_pending(empty_database_url: str)
 async def test_costs_and_models_are_503_until_the_catalog_has_models(
     settings: Settings, upstream: Upstream
 ) -> None:
-    cfg = msgspec.structs.replace(
+    cfg = replace_settings(
         settings,
         model_cost_source_url=upstream.url,
         catalog_poll_interval_seconds=0.2,
@@ -89,7 +88,9 @@ async def test_costs_and_models_are_503_until_the_catalog_has_models(
         assert {c["name"]: c["ok"] for c in ready["checks"]}["catalog"] is False
 
         upstream.serve(known_catalog())
-        assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+        assert (
+            await refresh_catalog(cfg.core, cfg.costs, trigger="test")
+        ).outcome is Outcome.APPLIED
         for _ in range(100):  # the watcher reloads on the refresh's NOTIFY
             response = await client.post("/v1/costs/calculate", json=request)
             if response.status_code != 503:
@@ -287,8 +288,12 @@ async def test_batch_answers_each_item_and_isolates_errors(client: Client) -> No
     assert (body["succeeded"], body["failed"]) == (1, 2)
     first, second, third = body["results"]
     assert first["result"]["total"] == "0.001"
-    assert second["error"]["type"] == "unknown-model"
+    # an item's problem is the one the single endpoint answers, spelled the same way
+    single = (await client.post("/v1/costs/calculate", json={"model": "no-such-model"})).json()
+    assert second["error"] == {k: v for k, v in single.items() if k != "instance"}
+    assert second["error"]["type"] == "urn:aiserver:problem:unknown-model"
     assert second["error"]["status"] == 404
+    assert third["error"]["type"] == "urn:aiserver:problem:invalid-usage"
     assert third["error"]["fields"] == ["reasoning_tokens", "output_tokens"]
     too_many = {"requests": [{"model": "gpt-test-000"}] * 1001}
     assert_problem(await client.post("/v1/costs/calculate/batch", json=too_many), 422, "1000")
@@ -323,7 +328,7 @@ async def test_admin_endpoints_refuse_without_the_right_token(client: Client) ->
 async def test_admin_endpoints_are_closed_without_configured_tokens(
     api_settings: Settings, redis_clean: None
 ) -> None:
-    closed = msgspec.structs.replace(api_settings, api_admin_tokens=())
+    closed = replace_settings(api_settings, api_admin_tokens=())
     async with AsyncTestClient(app=create_app(closed)) as client:
         assert_problem(
             await client.post("/v1/catalog/refresh", headers=admin(), json={}),
@@ -390,7 +395,9 @@ async def test_overrides_win_and_survive_a_refresh(
     upstream.serve(
         known_catalog().replace(b'"input_cost_per_token": 1e-06', b'"input_cost_per_token": 9e-06')
     )
-    report = await refresh_catalog(api_settings, force=True, trigger="test")
+    report = await refresh_catalog(
+        api_settings.core, api_settings.costs, force=True, trigger="test"
+    )
     assert report.outcome is Outcome.APPLIED
     assert report.changed == 1
     await asyncio.sleep(0.5)
@@ -439,7 +446,7 @@ async def test_a_refresh_elsewhere_reaches_the_api(
         known_catalog().replace(b'"input_cost_per_token": 2e-06', b'"input_cost_per_token": 7e-06')
     )
     assert (
-        await refresh_catalog(api_settings, force=True, trigger="test")
+        await refresh_catalog(api_settings.core, api_settings.costs, force=True, trigger="test")
     ).outcome is Outcome.APPLIED
 
     async def updated() -> bool:
@@ -473,7 +480,7 @@ async def test_metrics_and_openapi(client: Client) -> None:
 async def test_redis_down_refresh_is_503_and_costs_still_answer(
     api_settings: Settings,
 ) -> None:
-    no_redis = msgspec.structs.replace(api_settings, redis_url="redis://127.0.0.1:1/0")
+    no_redis = replace_settings(api_settings, redis_url="redis://127.0.0.1:1/0")
     async with AsyncTestClient(app=create_app(no_redis)) as client:
         assert_problem(
             await client.post("/v1/catalog/refresh", headers=admin(), json={}),

@@ -16,9 +16,9 @@ _START = (
     "import asyncio\n"
     "from aiserver.core_db.logging import configure_logging\n"
     "from aiserver.core_db.migrations import initialize_database\n"
-    "from aiserver.core_db.settings import get_settings\n"
+    "from aiserver.core_db.settings import CoreSettings, get_settings\n"
     "configure_logging('INFO', 'json')\n"
-    "asyncio.run(initialize_database(get_settings()))\n"
+    "asyncio.run(initialize_database(get_settings(CoreSettings)))\n"
 )
 
 
@@ -55,8 +55,8 @@ async def test_four_processes_starting_together_migrate_once_and_seed_once(
 
 async def test_initialize_is_idempotent(empty_database_url: str) -> None:
     settings = make_settings(empty_database_url)
-    first = await initialize_database(settings)
-    second = await initialize_database(settings)
+    first = await initialize_database(settings.core)
+    second = await initialize_database(settings.core)
     assert first
     assert second == []
     conn = await asyncpg.connect(empty_database_url)

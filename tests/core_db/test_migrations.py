@@ -44,8 +44,8 @@ async def test_migrate_creates_the_catalog_tables_and_is_idempotent(
     empty_database_url: str,
 ) -> None:
     settings = make_settings(empty_database_url)
-    first = await apply_migrations(settings)
-    second = await apply_migrations(settings)
+    first = await apply_migrations(settings.core)
+    second = await apply_migrations(settings.core)
     assert {name.split(":", 1)[0] for name in first} == {"costs", "documents"}
     assert second == []
     assert await _tables(empty_database_url) >= CATALOG_TABLES | DOCUMENT_TABLES
@@ -55,7 +55,7 @@ async def test_migrate_creates_the_catalog_tables_and_is_idempotent(
 
 async def test_status_and_readiness_report_pending_then_applied(empty_database_url: str) -> None:
     settings = make_settings(empty_database_url)
-    async with database(settings):
+    async with database(settings.core):
         before = await migration_status()
         checks_before = await database_checks()
     assert [app.app for app in before] == ["costs", "documents"]
@@ -64,8 +64,8 @@ async def test_status_and_readiness_report_pending_then_applied(empty_database_u
     assert [(c.name, c.ok) for c in checks_before] == [("database", True), ("migrations", False)]
     assert "pending: costs:" in checks_before[1].detail
 
-    await apply_migrations(settings)
-    async with database(settings):
+    await apply_migrations(settings.core)
+    async with database(settings.core):
         after = await migration_status()
         checks_after = await database_checks()
     assert all(app.pending == () for app in after)
@@ -77,7 +77,7 @@ async def test_readiness_fails_when_the_database_is_unreachable() -> None:
     unreachable = make_settings("postgresql://postgres@127.0.0.1:1/nowhere")
     checks = await database_checks()  # no pool open at all
     assert [(c.name, c.ok) for c in checks] == [("database", False)]
-    assert unreachable.database_url.endswith("/nowhere")
+    assert unreachable.core.database_url.endswith("/nowhere")
 
 
 async def _run_cli(*args: str, database_url: str) -> tuple[int, str, str]:
@@ -109,7 +109,7 @@ async def test_four_processes_migrating_at_once_apply_each_migration_once(
     assert sum(out.startswith("nothing to do") for out in outputs) == 3
     rows = await _migration_rows(empty_database_url)
     assert len(rows) == len(set(rows))
-    async with database(make_settings(empty_database_url)):
+    async with database(make_settings(empty_database_url).core):
         status = await migration_status()
     assert [name for app in status for name in app.applied] == [name for _, name in rows]
     assert all(app.pending == () for app in status)

@@ -1,22 +1,30 @@
+"""One loader reads every package's settings from the environment; a bad value names it."""
+
 from __future__ import annotations
 
 import pytest
 
-from aiserver.core_db.settings import Settings, SettingsError, load_settings
+from aiserver.api.settings import ApiSettings
+from aiserver.core_db.settings import CoreSettings, SettingsError, load_settings
+from aiserver.costs.settings import CostSettings
+from aiserver.documents.settings import DocumentSettings
+from aiserver.taskrunner.settings import TaskRunnerSettings
 
 
 def test_defaults_match_the_documented_configuration() -> None:
-    settings = load_settings({})
-    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/aiserver"
-    assert settings.redis_url == "redis://127.0.0.1:6379/0"
-    assert settings.model_cost_max_age_seconds == 86400
+    settings = load_settings(ApiSettings, {})
+    assert settings.core.database_url == "postgresql://postgres@127.0.0.1:5432/aiserver"
+    assert settings.core.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.costs.model_cost_max_age_seconds == 86400
+    assert settings.documents.document_max_bytes == 20 * 1024 * 1024
     assert settings.api_admin_tokens == ()
-    assert settings.log_level == "INFO"
-    assert settings.log_format == "auto"
+    assert settings.core.log_level == "INFO"
+    assert settings.core.log_format == "auto"
 
 
 def test_values_are_read_from_upper_case_variables_and_converted() -> None:
     settings = load_settings(
+        ApiSettings,
         {
             "DATABASE_URL": "postgresql://u:secret@db:5432/x",
             "MODEL_COST_MAX_AGE_SECONDS": "60",
@@ -24,20 +32,34 @@ def test_values_are_read_from_upper_case_variables_and_converted() -> None:
             "LOG_LEVEL": "debug",
             "LOG_FORMAT": "JSON",
             "MODEL_COST_MAX_SHRINK_FRACTION": "0.5",
-        }
+            "DOCUMENT_MAX_BYTES": "1000",
+        },
     )
-    assert settings.database_url == "postgresql://u:secret@db:5432/x"
-    assert settings.model_cost_max_age_seconds == 60
+    assert settings.core.database_url == "postgresql://u:secret@db:5432/x"
+    assert settings.costs.model_cost_max_age_seconds == 60
     assert settings.api_admin_tokens == ("a1", "b2")
-    assert settings.log_level == "DEBUG"
-    assert settings.log_format == "json"
-    assert settings.model_cost_max_shrink_fraction == 0.5
+    assert settings.core.log_level == "DEBUG"
+    assert settings.core.log_format == "json"
+    assert settings.costs.model_cost_max_shrink_fraction == 0.5
+    assert settings.documents.document_max_bytes == 1000
+
+
+def test_each_package_reads_only_its_own_variables_from_the_same_environment() -> None:
+    env = {"DATABASE_URL": "postgresql://db/x", "DOCUMENT_MAX_PAGES": "7"}
+    assert load_settings(CoreSettings, env).database_url == "postgresql://db/x"
+    assert load_settings(DocumentSettings, env).document_max_pages == 7
+    assert "database_url" not in CostSettings.__struct_fields__
+    assert "document_max_pages" not in CoreSettings.__struct_fields__
+    runner = load_settings(TaskRunnerSettings, env)
+    assert runner.core.database_url == "postgresql://db/x"
+    assert runner.documents.document_max_pages == 7
+    assert "api_admin_tokens" not in TaskRunnerSettings.__struct_fields__
 
 
 def test_settings_are_frozen() -> None:
-    settings = load_settings({})
+    settings = load_settings(ApiSettings, {})
     with pytest.raises(AttributeError):
-        settings.database_url = "postgresql://elsewhere/db"  # type: ignore[misc]
+        settings.core.database_url = "postgresql://elsewhere/db"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -50,16 +72,19 @@ def test_settings_are_frozen() -> None:
         ("DATABASE_URL", "mysql://root@db/x", "DATABASE_URL must be a URL starting with"),
         ("REDIS_URL", "127.0.0.1:6379", "REDIS_URL must be a URL starting with"),
         ("MODEL_COST_MAX_SHRINK_FRACTION", "1.5", "MODEL_COST_MAX_SHRINK_FRACTION='1.5'"),
+        ("MODEL_COST_REFRESH_INTERVAL_SECONDS", "7", "must divide a minute or an hour"),
+        ("DOCUMENT_RENDER_DPI", "5000", "DOCUMENT_RENDER_DPI='5000' is invalid"),
+        ("DATABASE_POOL_MIN_SIZE", "20", "DATABASE_POOL_MIN_SIZE must not exceed"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings({variable: value})
+        load_settings(ApiSettings, {variable: value})
     assert expected in str(caught.value)
 
 
 def test_admin_tokens_never_appear_in_the_repr() -> None:
-    settings = load_settings({"API_ADMIN_TOKENS": "s3cr3t-token,other"})
+    settings = load_settings(ApiSettings, {"API_ADMIN_TOKENS": "s3cr3t-token,other"})
     assert "s3cr3t" not in repr(settings)
-    assert "<2 token(s)>" in repr(settings)
-    assert isinstance(settings, Settings)
+    assert "api_admin_tokens=<2 secret(s)>" in repr(settings)
+    assert "model_cost_max_age_seconds=86400" in repr(settings)

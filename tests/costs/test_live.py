@@ -8,16 +8,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import msgspec
 import pytest
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.calculator import CostRequest, calculate
 from aiserver.costs.catalog import load_catalog
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.pricing import Usage
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import document, models
 from ..support.upstream import Upstream
 
@@ -31,14 +30,14 @@ def priced(version: int) -> bytes:
 
 @pytest.fixture
 def cfg(settings: Settings, upstream: Upstream) -> Settings:
-    return msgspec.structs.replace(
+    return replace_settings(
         settings, model_cost_source_url=upstream.url, model_cost_fetch_retries=0
     )
 
 
 async def _refresh(cfg: Settings, upstream: Upstream, version: int) -> None:
     upstream.serve(priced(version))
-    report = await refresh_catalog(cfg, force=True, trigger="test")
+    report = await refresh_catalog(cfg.core, cfg.costs, force=True, trigger="test")
     assert report.outcome is Outcome.APPLIED, report
 
 
@@ -56,7 +55,7 @@ async def test_history_in_the_database_prices_past_calls(cfg: Settings, upstream
     between = datetime.now(UTC)
     await asyncio.sleep(0.01)
     await _refresh(cfg, upstream, 2)
-    conn = await asyncpg.connect(cfg.database_url)
+    conn = await asyncpg.connect(cfg.core.database_url)
     try:
         catalog = await load_catalog(conn)
     finally:
@@ -74,7 +73,9 @@ async def test_a_refresh_elsewhere_reaches_the_live_catalog_by_notify(
     cfg: Settings, upstream: Upstream
 ) -> None:
     await _refresh(cfg, upstream, 1)
-    live = LiveCatalog(cfg, poll_interval=60)  # polling too slow to matter: only NOTIFY counts
+    live = LiveCatalog(
+        cfg.core, cfg.costs, poll_interval=60
+    )  # polling too slow to matter: only NOTIFY counts
     await live.start()
     try:
         assert (live.loaded, live.catalog.version, len(live.catalog)) == (True, 1, N_MODELS)
@@ -88,10 +89,10 @@ async def test_a_refresh_elsewhere_reaches_the_live_catalog_by_notify(
 
 async def test_a_lost_notification_is_caught_by_polling(cfg: Settings, upstream: Upstream) -> None:
     await _refresh(cfg, upstream, 1)
-    live = LiveCatalog(cfg, poll_interval=0.3)
+    live = LiveCatalog(cfg.core, cfg.costs, poll_interval=0.3)
     await live.start()
     try:
-        conn = await asyncpg.connect(cfg.database_url)
+        conn = await asyncpg.connect(cfg.core.database_url)
         try:  # a change whose NOTIFY never arrives
             await conn.execute("UPDATE ai_cost_metadata SET catalog_version = catalog_version + 1")
         finally:
@@ -103,7 +104,7 @@ async def test_a_lost_notification_is_caught_by_polling(cfg: Settings, upstream:
 
 async def test_readers_never_see_a_mix_of_two_versions(cfg: Settings, upstream: Upstream) -> None:
     await _refresh(cfg, upstream, 1)
-    live = LiveCatalog(cfg, poll_interval=0.05)
+    live = LiveCatalog(cfg.core, cfg.costs, poll_interval=0.05)
     await live.start()
     seen: set[int] = set()
     stop = asyncio.Event()
@@ -135,8 +136,8 @@ async def test_readers_never_see_a_mix_of_two_versions(cfg: Settings, upstream: 
 async def test_an_unreachable_database_leaves_an_empty_catalog_and_an_error(
     settings: Settings,
 ) -> None:
-    down = msgspec.structs.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
-    live = LiveCatalog(down, poll_interval=0.2)
+    down = replace_settings(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
+    live = LiveCatalog(down.core, down.costs, poll_interval=0.2)
     await live.start()
     try:
         assert live.loaded is False
@@ -153,7 +154,7 @@ async def test_price_versions_are_chosen_by_database_time(
     cfg: Settings, upstream: Upstream
 ) -> None:
     await _refresh(cfg, upstream, 3)
-    conn = await asyncpg.connect(cfg.database_url)
+    conn = await asyncpg.connect(cfg.core.database_url)
     try:
         catalog = await load_catalog(conn)
     finally:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aiserver.costs.errors import InvalidCall
 from aiserver.costs.pricing import (
     CompiledPrices,
     CostComponent,
@@ -812,7 +813,7 @@ def test_reasoning_in_a_service_tier_without_a_reasoning_price_uses_its_output_p
 
 
 def test_an_unknown_service_tier_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown service tier 'turbo'"):
+    with pytest.raises(InvalidCall, match="unknown service tier 'turbo'"):
         price_call(GPT_4O, Usage(input_tokens=1), service_tier="turbo", at=WEDNESDAY_NOON)  # type: ignore[arg-type]
 
 
@@ -1235,7 +1236,7 @@ def test_an_every_day_window_may_run_past_midnight(
 
 
 def test_the_time_of_the_call_must_be_timezone_aware() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(InvalidCall, match="timezone-aware"):
         price(DEEPSEEK_FLASH, at=datetime(2025, 1, 6, 12, 0), input_tokens=1)
 
 

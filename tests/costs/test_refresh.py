@@ -8,20 +8,19 @@ import re
 from decimal import Decimal
 
 import asyncpg
-import msgspec
 import pytest
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import decode_json
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import catalog_rows, document, fetch_one, models
 from ..support.upstream import Upstream
 
 
 @pytest.fixture
 def cfg(settings: Settings, upstream: Upstream) -> Settings:
-    return msgspec.structs.replace(
+    return replace_settings(
         settings,
         model_cost_source_url=upstream.url,
         model_cost_fetch_timeout_seconds=2.0,
@@ -34,7 +33,7 @@ def cfg(settings: Settings, upstream: Upstream) -> Settings:
 async def loaded(cfg: Settings, upstream: Upstream) -> Settings:
     """A catalog holding the 20 models of `models(20)` (version 1)."""
     upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
-    report = await refresh_catalog(cfg, trigger="test")
+    report = await refresh_catalog(cfg.core, cfg.costs, trigger="test")
     assert report.outcome is Outcome.APPLIED
     return cfg
 
@@ -47,13 +46,13 @@ async def test_first_refresh_loads_every_model_alias_and_document(
     cfg: Settings, upstream: Upstream
 ) -> None:
     upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
-    report = await refresh_catalog(cfg, trigger="test")
+    report = await refresh_catalog(cfg.core, cfg.costs, trigger="test")
     assert report.outcome is Outcome.APPLIED
     assert (report.added, report.changed, report.removed, report.skipped) == (20, 0, 0, {})
     assert report.catalog_version == 1
     assert report.fetched_bytes == len(upstream.body)
     row = await fetch_one(
-        cfg.database_url,
+        cfg.core.database_url,
         "SELECT provider, mode, max_input_tokens, input_cost_per_token, output_cost_per_token,"
         " entry::text AS entry FROM ai_model_costs WHERE model = 'gpt-test-002'",
     )
@@ -65,7 +64,7 @@ async def test_first_refresh_loads_every_model_alias_and_document(
     entry = decode_json(row["entry"])
     assert entry["supports_function_calling"] is True
     assert entry["input_cost_per_token"] == Decimal("0.000003")
-    meta = await _metadata(cfg.database_url)
+    meta = await _metadata(cfg.core.database_url)
     assert meta["model_count"] == 20
     assert meta["alias_count"] == 1
     assert meta["catalog_version"] == 1
@@ -74,9 +73,9 @@ async def test_first_refresh_loads_every_model_alias_and_document(
     assert meta["last_error"] is None
     documents = json.loads(meta["documents"])
     assert sorted(documents) == ["fallback_generalizations", "sample_spec"]
-    alias = await fetch_one(cfg.database_url, "SELECT alias, target FROM ai_model_aliases")
+    alias = await fetch_one(cfg.core.database_url, "SELECT alias, target FROM ai_model_aliases")
     assert tuple(alias) == ("gpt-alias", "gpt-test-001")
-    count = await fetch_one(cfg.database_url, "SELECT count(*) FROM ai_model_costs")
+    count = await fetch_one(cfg.core.database_url, "SELECT count(*) FROM ai_model_costs")
     assert count[0] == 20  # sample_spec and the rules are not stored as models
 
 
@@ -84,33 +83,33 @@ async def test_a_fresh_catalog_is_not_fetched_unless_forced(
     loaded: Settings, upstream: Upstream
 ) -> None:
     asked = len(upstream.requests)
-    report = await refresh_catalog(loaded, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, trigger="test")
     assert report.outcome is Outcome.FRESH
     assert len(upstream.requests) == asked
-    forced = await refresh_catalog(loaded, force=True, trigger="test")
+    forced = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert forced.outcome is Outcome.NOT_MODIFIED
     assert len(upstream.requests) == asked + 1
 
 
 async def test_etag_gives_304_and_touches_no_row(loaded: Settings, upstream: Upstream) -> None:
-    before = await catalog_rows(loaded.database_url)
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    before = await catalog_rows(loaded.core.database_url)
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.NOT_MODIFIED
     assert upstream.requests[-1]["If-None-Match"] == upstream.etag
     assert upstream.requests[-1]["If-Modified-Since"] == "Sat, 28 Nov 2026 09:00:00 GMT"
-    assert await catalog_rows(loaded.database_url) == before
+    assert await catalog_rows(loaded.core.database_url) == before
 
 
 async def test_the_same_bytes_without_a_304_write_nothing(
     loaded: Settings, upstream: Upstream
 ) -> None:
-    before = await catalog_rows(loaded.database_url)
+    before = await catalog_rows(loaded.core.database_url)
     upstream.conditional = False
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.UNCHANGED
     assert report.fetched_bytes == len(upstream.body)
-    assert await catalog_rows(loaded.database_url) == before
-    meta = await _metadata(loaded.database_url)
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
     assert meta["catalog_version"] == 1
     assert meta["last_error"] is None
 
@@ -118,19 +117,19 @@ async def test_the_same_bytes_without_a_304_write_nothing(
 async def test_same_prices_spelled_differently_write_nothing(
     loaded: Settings, upstream: Upstream
 ) -> None:
-    before = await catalog_rows(loaded.database_url)
-    version = (await _metadata(loaded.database_url))["catalog_version"]
+    before = await catalog_rows(loaded.core.database_url)
+    version = (await _metadata(loaded.core.database_url))["catalog_version"]
     respelled = document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-001"}})
     respelled = re.sub(rb"(?<![0-9.])3e-06", b"3.0e-06", respelled)
     respelled = re.sub(rb"(?<![0-9.])2e-06", b"0.000002", respelled)
     assert b"3.0e-06" in respelled
     assert b"0.000002" in respelled
     upstream.serve(respelled)  # another ETag, so the body is downloaded and compared
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.UNCHANGED
     assert (report.added, report.changed, report.removed) == (0, 0, 0)
-    assert await catalog_rows(loaded.database_url) == before
-    meta = await _metadata(loaded.database_url)
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
     assert meta["catalog_version"] == version
     assert meta["etag"] == upstream.etag
 
@@ -146,11 +145,11 @@ async def test_an_unchanged_document_in_another_order_and_spelling_is_not_parsed
     changed["gpt-test-004"]["output_cost_per_token"] = "8.5e-06"  # so that this one applies
     first = document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}})
     upstream.serve(first.replace(b'"BAD"', b'"free"'))
-    applied = await refresh_catalog(loaded, force=True, trigger="test")
+    applied = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert applied.outcome is Outcome.APPLIED
     assert list(applied.skipped) == ["gpt-test-003"]
-    before = await catalog_rows(loaded.database_url)
-    version = (await _metadata(loaded.database_url))["catalog_version"]
+    before = await catalog_rows(loaded.core.database_url)
+    version = (await _metadata(loaded.core.database_url))["catalog_version"]
 
     def respell(value: object) -> object:
         """Numbers as markers for their new spelling; dicts in reverse key order."""
@@ -172,14 +171,14 @@ async def test_an_unchanged_document_in_another_order_and_spelling_is_not_parsed
     for spelling in ("1.28000E+5", "3.00E-6", "8.50E-6", "0.00E+2"):
         assert spelling in text
     upstream.serve(text.encode())
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.UNCHANGED
     assert report.skipped == applied.skipped
-    assert await catalog_rows(loaded.database_url) == before
-    meta = await _metadata(loaded.database_url)
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
     assert meta["catalog_version"] == version
     run = await fetch_one(
-        loaded.database_url,
+        loaded.core.database_url,
         "SELECT outcome, skipped, skipped_entries::text AS entries FROM ai_cost_refresh_runs"
         " ORDER BY id DESC LIMIT 1",
     )
@@ -187,7 +186,7 @@ async def test_an_unchanged_document_in_another_order_and_spelling_is_not_parsed
     assert json.loads(run["entries"]) == applied.skipped
     # the same bytes once more (no 304): recognized by the body hash, and reported alike
     upstream.conditional = False
-    again = await refresh_catalog(loaded, force=True, trigger="test")
+    again = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert (again.outcome, again.skipped) == (Outcome.UNCHANGED, applied.skipped)
 
 
@@ -197,11 +196,11 @@ async def test_a_changed_price_opens_a_new_version_and_keeps_the_old(
     changed = models(20)
     changed["gpt-test-005"]["input_cost_per_token"] = "9.5e-06"
     upstream.serve(document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.APPLIED
     assert (report.added, report.changed, report.removed) == (0, 1, 0)
     assert report.catalog_version == 2
-    conn = await asyncpg.connect(loaded.database_url)
+    conn = await asyncpg.connect(loaded.core.database_url)
     try:
         versions = await conn.fetch(
             "SELECT input_cost_per_token, valid_from, valid_to, opened_in_version,"
@@ -226,7 +225,7 @@ async def test_a_removed_model_is_closed_not_deleted(loaded: Settings, upstream:
     fewer = models(20)
     del fewer["gpt-test-019"]
     upstream.serve(document(fewer, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert (report.outcome, report.added, report.changed, report.removed) == (
         Outcome.APPLIED,
         0,
@@ -234,12 +233,12 @@ async def test_a_removed_model_is_closed_not_deleted(loaded: Settings, upstream:
         1,
     )
     row = await fetch_one(
-        loaded.database_url,
+        loaded.core.database_url,
         "SELECT valid_to, closed_in_version FROM ai_model_costs WHERE model = 'gpt-test-019'",
     )
     assert row["valid_to"] is not None
     assert row["closed_in_version"] == 2
-    assert (await _metadata(loaded.database_url))["model_count"] == 19
+    assert (await _metadata(loaded.core.database_url))["model_count"] == 19
 
 
 async def test_an_added_model_and_a_changed_alias_are_applied(
@@ -247,14 +246,14 @@ async def test_an_added_model_and_a_changed_alias_are_applied(
 ) -> None:
     more = models(21)
     upstream.serve(document(more, **{"gpt-alias": {"alias_of": "gpt-test-020"}}))
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert (report.outcome, report.added, report.changed, report.removed) == (
         Outcome.APPLIED,
         1,
         0,
         0,
     )
-    alias = await fetch_one(loaded.database_url, "SELECT target FROM ai_model_aliases")
+    alias = await fetch_one(loaded.core.database_url, "SELECT target FROM ai_model_aliases")
     assert alias["target"] == "gpt-test-020"
 
 
@@ -287,26 +286,26 @@ async def test_a_rejected_body_leaves_the_catalog_row_for_row(
     content_type: str,
     expected_error: str,
 ) -> None:
-    before = await catalog_rows(loaded.database_url)
+    before = await catalog_rows(loaded.core.database_url)
     upstream.serve(body)
     upstream.content_type = content_type or "application/json"
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.REJECTED
-    assert await catalog_rows(loaded.database_url) == before
-    meta = await _metadata(loaded.database_url)
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
     assert meta["last_error"].startswith(expected_error)
     assert meta["catalog_version"] == 1
     run = await fetch_one(
-        loaded.database_url,
+        loaded.core.database_url,
         "SELECT outcome, error FROM ai_cost_refresh_runs ORDER BY id DESC LIMIT 1",
     )
     assert run["outcome"] == "rejected"
     # the next good refresh succeeds and clears the error
     upstream.serve(document(models(20), **{"gpt-alias": {"alias_of": "gpt-test-002"}}))
     upstream.content_type = "application/json"
-    good = await refresh_catalog(loaded, force=True, trigger="test")
+    good = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert good.outcome is Outcome.APPLIED
-    assert (await _metadata(loaded.database_url))["last_error"] is None
+    assert (await _metadata(loaded.core.database_url))["last_error"] is None
 
 
 @pytest.mark.parametrize(
@@ -333,19 +332,19 @@ async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
     changed["gpt-test-004"]["output_cost_per_token"] = "8.5e-06"  # a real change beside it
     body = document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}})
     upstream.serve(body.replace(b'"BAD"', bad_value.encode()))
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.APPLIED
     assert (report.added, report.changed, report.removed) == (0, 1, 0)
     assert list(report.skipped) == ["gpt-test-003"]
     assert report.skipped["gpt-test-003"].startswith(reason)
     kept = await fetch_one(
-        loaded.database_url,
+        loaded.core.database_url,
         "SELECT input_cost_per_token, valid_to FROM ai_model_costs WHERE model = 'gpt-test-003'",
     )
     assert kept["input_cost_per_token"] == Decimal("0.000004")
     assert kept["valid_to"] is None
     run = await fetch_one(
-        loaded.database_url,
+        loaded.core.database_url,
         "SELECT skipped, skipped_entries::text AS entries FROM ai_cost_refresh_runs"
         " ORDER BY id DESC LIMIT 1",
     )
@@ -365,18 +364,17 @@ async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
 async def test_an_upstream_fault_leaves_the_catalog_row_for_row(
     loaded: Settings, upstream: Upstream, mode: str, expected_error: str
 ) -> None:
-    before = await catalog_rows(loaded.database_url)
+    before = await catalog_rows(loaded.core.database_url)
     upstream.drip_interval = 0.5
     upstream.serve(document(models(30)), mode=mode)  # type: ignore[arg-type]
     asked = len(upstream.requests)
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.FAILED
-    assert await catalog_rows(loaded.database_url) == before
-    meta = await _metadata(loaded.database_url)
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
     assert meta["last_error"].startswith(expected_error)
     assert meta["last_error_at"] is not None
-    transient = mode != "endless"
-    assert report.transient is transient
+    transient = mode != "endless"  # a body over the limit is refused, the others unavailable
     assert len(upstream.requests) - asked == (2 if transient else 1)  # one retry when transient
 
 
@@ -386,7 +384,7 @@ async def test_a_transient_fault_is_retried_then_succeeds(
     upstream.serve(document(models(5)), mode="status")
     upstream.status = 503
     upstream.failures_before_ok = 1
-    report = await refresh_catalog(cfg, trigger="test")
+    report = await refresh_catalog(cfg.core, cfg.costs, trigger="test")
     assert report.outcome is Outcome.APPLIED
     assert len(upstream.requests) == 2
 
@@ -396,7 +394,7 @@ async def test_an_oversize_declared_length_is_refused_before_reading(
 ) -> None:
     big = document(models(20)) + b" " * 1_000_001
     upstream.serve(big)
-    report = await refresh_catalog(loaded, force=True, trigger="test")
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
     assert report.outcome is Outcome.FAILED
     assert report.error is not None
     assert report.error.startswith("body too large: Content-Length")
@@ -406,35 +404,35 @@ async def test_two_concurrent_refreshes_apply_once(cfg: Settings, upstream: Upst
     upstream.serve(document(models(20)))
     upstream.delay = 1.5  # long enough that the two overlap even on a loaded machine
     first, second = await asyncio.gather(
-        refresh_catalog(cfg, force=True, trigger="a"),
-        refresh_catalog(cfg, force=True, trigger="b"),
+        refresh_catalog(cfg.core, cfg.costs, force=True, trigger="a"),
+        refresh_catalog(cfg.core, cfg.costs, force=True, trigger="b"),
     )
     outcomes = sorted([first.outcome, second.outcome])
     assert outcomes == sorted([Outcome.APPLIED, Outcome.ALREADY_RUNNING])
     assert len(upstream.requests) == 1
-    count = await fetch_one(cfg.database_url, "SELECT count(*) FROM ai_model_costs")
+    count = await fetch_one(cfg.core.database_url, "SELECT count(*) FROM ai_model_costs")
     assert count[0] == 20
 
 
 async def test_seed_loads_the_bundled_snapshot_once(settings: Settings) -> None:
-    first = await seed_from_snapshot(settings)
+    first = await seed_from_snapshot(settings.core)
     assert first is not None
     assert first.outcome is Outcome.SEEDED
     assert first.model_count > 4000
-    again = await seed_from_snapshot(settings)
+    again = await seed_from_snapshot(settings.core)
     assert again is None
-    meta = await _metadata(settings.database_url)
+    meta = await _metadata(settings.core.database_url)
     assert meta["last_success_at"] is None  # a snapshot of unknown age: stale until refreshed
     assert meta["model_count"] == first.model_count
     gpt = await fetch_one(
-        settings.database_url,
+        settings.core.database_url,
         "SELECT provider FROM ai_model_costs WHERE model = 'gpt-4o' AND valid_to IS NULL",
     )
     assert gpt["provider"] == "openai"
 
 
 async def test_the_refresh_lock_is_free_after_each_run(loaded: Settings) -> None:
-    conn = await asyncpg.connect(loaded.database_url)
+    conn = await asyncpg.connect(loaded.core.database_url)
     try:
         held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     finally:

@@ -8,11 +8,10 @@ import signal
 import sys
 
 import asyncpg
-import msgspec
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import catalog_rows, document, models
 from ..support.processes import kill
 from ..support.upstream import Upstream
@@ -28,17 +27,17 @@ async def _wait_for(conn: asyncpg.Connection, query: str, *, timeout: float = 15
 async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the_lock(
     settings: Settings, upstream: Upstream
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(document(models(20)))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
-    before = await catalog_rows(cfg.database_url)
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
+    before = await catalog_rows(cfg.core.database_url)
 
     changed = models(25)
     for name in list(changed)[:10]:
         changed[name]["input_cost_per_token"] = "7.5e-06"
     upstream.serve(document(changed))
 
-    blocker = await asyncpg.connect(cfg.database_url)
+    blocker = await asyncpg.connect(cfg.core.database_url)
     child = None
     try:
         # Hold a lock the refresh needs after it has already rewritten the price rows in its
@@ -48,7 +47,7 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
         await blocker.execute("LOCK TABLE ai_model_aliases IN ACCESS EXCLUSIVE MODE")
         env = dict(
             os.environ,
-            DATABASE_URL=cfg.database_url,
+            DATABASE_URL=cfg.core.database_url,
             MODEL_COST_SOURCE_URL=upstream.url,
             LOG_FORMAT="json",
         )
@@ -56,7 +55,7 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
             sys.executable, "-m", "aiserver.costs.cli", "refresh", "--force", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        observer = await asyncpg.connect(cfg.database_url)
+        observer = await asyncpg.connect(cfg.core.database_url)
         try:
             await _wait_for(
                 observer,
@@ -91,7 +90,7 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
         await blocker.close()
 
     assert child.returncode == -signal.SIGKILL
-    assert await catalog_rows(cfg.database_url) == before
+    assert await catalog_rows(cfg.core.database_url) == before
     # and the next refresh applies the new document in full
-    report = await refresh_catalog(cfg, force=True, trigger="test")
+    report = await refresh_catalog(cfg.core, cfg.costs, force=True, trigger="test")
     assert (report.outcome, report.added, report.changed) == (Outcome.APPLIED, 5, 10)

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import seed_from_snapshot
 from aiserver.costs.source import (
     UnreadableNumber,
@@ -22,6 +21,7 @@ from aiserver.costs.source import (
     read_document,
 )
 
+from ..conftest import Settings
 from ..support.catalog import document, fetch_one, models
 
 
@@ -140,8 +140,8 @@ async def test_the_rehash_migration_updates_hashes_of_an_older_scheme(
 ) -> None:
     """A catalog written with another entry hash is rehashed once, and the next refresh finds
     nothing to change (the migration is run again by forgetting that it ran)."""
-    await seed_from_snapshot(settings)
-    conn = await asyncpg.connect(settings.database_url)
+    await seed_from_snapshot(settings.core)
+    conn = await asyncpg.connect(settings.core.database_url)
     try:
         good = dict(await conn.fetch("SELECT id, entry_hash FROM ai_model_costs"))
         await conn.execute("UPDATE ai_model_costs SET entry_hash = 'old:' || entry_hash")
@@ -151,11 +151,11 @@ async def test_the_rehash_migration_updates_hashes_of_an_older_scheme(
         )
     finally:
         await conn.close()
-    assert await apply_migrations(settings) == ["costs:2026-11-28T14:00:00:000000"]
-    conn = await asyncpg.connect(settings.database_url)
+    assert await apply_migrations(settings.core) == ["costs:2026-11-28T14:00:00:000000"]
+    conn = await asyncpg.connect(settings.core.database_url)
     try:
         assert dict(await conn.fetch("SELECT id, entry_hash FROM ai_model_costs")) == good
     finally:
         await conn.close()
-    meta = await fetch_one(settings.database_url, "SELECT content_hash FROM ai_cost_metadata")
+    meta = await fetch_one(settings.core.database_url, "SELECT content_hash FROM ai_cost_metadata")
     assert meta["content_hash"] is None

@@ -36,13 +36,17 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_every_package_is_named_with_the_aiserver_prefix() -> None:
     names = [tomllib.loads((p / "pyproject.toml").read_text())["project"]["name"] for p in PACKAGES]
-    assert names == ["aiserver-api", "aiserver-core-db", "aiserver-costs", "aiserver-taskrunner"]
+    assert names == [
+        "aiserver-api", "aiserver-core-db", "aiserver-costs", "aiserver-documents",
+        "aiserver-taskrunner",
+    ]  # fmt: skip
 
 
 def test_wheel_metadata_pins_siblings_exactly_and_has_no_paths(wheels: dict[str, Path]) -> None:
     version = _version()
     assert sorted(wheels) == [
-        "aiserver_api", "aiserver_core_db", "aiserver_costs", "aiserver_taskrunner",
+        "aiserver_api", "aiserver_core_db", "aiserver_costs", "aiserver_documents",
+        "aiserver_taskrunner",
     ]  # fmt: skip
     for wheel in wheels.values():
         with zipfile.ZipFile(wheel) as archive:
@@ -70,8 +74,10 @@ def test_dependencies_point_one_way(wheels: dict[str, Path]) -> None:
 
     assert siblings("aiserver_core_db") == set()
     assert siblings("aiserver_costs") == {"aiserver-core-db"}
-    assert siblings("aiserver_api") == {"aiserver-core-db", "aiserver-costs"}
-    assert siblings("aiserver_taskrunner") == {"aiserver-core-db", "aiserver-costs"}
+    assert siblings("aiserver_documents") == {"aiserver-core-db"}
+    domains = {"aiserver-core-db", "aiserver-costs", "aiserver-documents"}
+    assert siblings("aiserver_api") == domains
+    assert siblings("aiserver_taskrunner") == domains
 
 
 def test_the_costs_wheel_ships_its_migrations_and_snapshot(wheels: dict[str, Path]) -> None:
@@ -80,3 +86,11 @@ def test_the_costs_wheel_ships_its_migrations_and_snapshot(wheels: dict[str, Pat
     assert any(f.startswith("aiserver/costs/piccolo_migrations/costs_") for f in files)
     assert "aiserver/costs/data/model_prices_and_context_window.json.gz" in files
     assert "aiserver/costs/data/NOTICE" in files
+
+
+def test_the_documents_wheel_ships_its_migrations(wheels: dict[str, Path]) -> None:
+    with zipfile.ZipFile(wheels["aiserver_documents"]) as archive:
+        files = archive.namelist()
+    assert any(f.startswith("aiserver/documents/piccolo_migrations/documents_") for f in files)
+    with zipfile.ZipFile(wheels["aiserver_core_db"]) as archive:
+        assert not [f for f in archive.namelist() if f.startswith("aiserver/core_db/documents")]

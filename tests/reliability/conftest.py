@@ -9,15 +9,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
-from ..conftest import TEST_REDIS_URL, create_database, drop_database, make_settings
+from ..conftest import (
+    TEST_REDIS_URL,
+    Settings,
+    create_database,
+    drop_database,
+    make_settings,
+    replace_settings,
+)
 from ..support.catalog import document, model_entry
 from ..support.upstream import Upstream
 from .harness import ApiProcess, api_env, api_process, model_names
@@ -44,10 +49,12 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     upstream = Upstream()
     upstream.start()
     try:
-        settings = msgspec.structs.replace(make_settings(url), model_cost_source_url=upstream.url)
-        await apply_migrations(settings)
+        settings = replace_settings(make_settings(url), model_cost_source_url=upstream.url)
+        await apply_migrations(settings.core)
         upstream.serve(served_catalog())
-        assert (await refresh_catalog(settings, trigger="test")).outcome is Outcome.APPLIED
+        assert (
+            await refresh_catalog(settings.core, settings.costs, trigger="test")
+        ).outcome is Outcome.APPLIED
         log = tmp_path_factory.mktemp("served-api") / "api.log"
         async with api_process(api_env(url, upstream_url=upstream.url), log) as api:
             yield Served(settings, api, upstream)

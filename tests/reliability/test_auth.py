@@ -62,7 +62,7 @@ def _secrets() -> set[str]:
 async def test_every_admin_endpoint_refuses_every_near_miss_with_a_401_problem(
     served: Served,
 ) -> None:
-    before = await table_counts(served.settings.database_url)
+    before = await table_counts(served.settings.core.database_url)
     refused = 0
     async with served.api.client() as client:
         for method, path, body in ENDPOINTS:
@@ -85,7 +85,7 @@ async def test_every_admin_endpoint_refuses_every_near_miss_with_a_401_problem(
             ok = await client.get("/v1/overrides", headers={"Authorization": f"Bearer {token}"})
             assert ok.status_code == 200, ok.text
     assert refused == len(ENDPOINTS) * len(PRESENTED)
-    assert await table_counts(served.settings.database_url) == before  # nothing stored
+    assert await table_counts(served.settings.core.database_url) == before  # nothing stored
 
     # The process logged each refusal (with its status), and no token anywhere.
     log = served.api.output()

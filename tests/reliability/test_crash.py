@@ -12,12 +12,11 @@ import signal
 from pathlib import Path
 
 import asyncpg
-import msgspec
 import pytest
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import catalog_rows, document, models
 from ..support.processes import taskrunners
 from ..support.upstream import Upstream
@@ -39,10 +38,10 @@ WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
 async def test_sigkill_of_a_task_runner_mid_write_keeps_the_previous_catalog_and_frees_the_lock(
     settings: Settings, upstream: Upstream, tmp_path: Path
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(document(models(20)))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
-    before = await catalog_rows(cfg.database_url)
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
+    before = await catalog_rows(cfg.core.database_url)
     changed = models(25)
     for name in list(changed)[:10]:
         changed[name]["input_cost_per_token"] = "7.5e-06"
@@ -51,13 +50,13 @@ async def test_sigkill_of_a_task_runner_mid_write_keeps_the_previous_catalog_and
     # With a 1 s maximum age and a cron tick every second, the runner refreshes right after its
     # start; the lock held here stops that refresh after it has written the price rows.
     env = taskrunner_env(
-        cfg.database_url,
+        cfg.core.database_url,
         upstream_url=upstream.url,
         MODEL_COST_MAX_AGE_SECONDS="1",
         MODEL_COST_REFRESH_INTERVAL_SECONDS="1",
     )
-    blocker = await asyncpg.connect(cfg.database_url)
-    observer = await asyncpg.connect(cfg.database_url)
+    blocker = await asyncpg.connect(cfg.core.database_url)
+    observer = await asyncpg.connect(cfg.core.database_url)
     try:
         hold = blocker.transaction()
         await hold.start()
@@ -69,13 +68,15 @@ async def test_sigkill_of_a_task_runner_mid_write_keeps_the_previous_catalog_and
             assert await asyncio.wait_for(runner.proc.wait(), 10) == -signal.SIGKILL
         await hold.rollback()
         # PostgreSQL ends the orphaned backend once it notices the closed socket
-        await eventually(lambda: _no_locks(cfg.database_url), timeout=30)
+        await eventually(lambda: _no_locks(cfg.core.database_url), timeout=30)
     finally:
         await observer.close()
         await blocker.close()
 
-    assert await catalog_rows(cfg.database_url) == before  # the previous catalog, whole
-    report = await refresh_catalog(cfg, force=True, trigger="test")  # and the lock is free
+    assert await catalog_rows(cfg.core.database_url) == before  # the previous catalog, whole
+    report = await refresh_catalog(
+        cfg.core, cfg.costs, force=True, trigger="test"
+    )  # and the lock is free
     assert (report.outcome, report.added, report.changed) == (Outcome.APPLIED, 5, 10)
 
 

@@ -67,19 +67,15 @@ BODIES: Final = {
     "null": Case("POST", CALC, b"null"),
     "truncated": Case("POST", CALC, b'{"model": "gpt-test-000", "usage": {', 400,
                       "malformed-json"),
-    # The cost endpoints decode straight into their schema, which refuses the first level that
-    # has the wrong shape, naming it, before any recursion.
-    "nested-arrays-100k": Case("POST", CALC, _deep(100_000, b"[", b"]"), 422, "invalid-request",
-                               "data: Expected `object`, got `array`"),
-    "nested-objects-100k": Case("POST", CALC, _deep(100_000, b'{"a":', b"}"), 422,
-                                "invalid-request", "data: Object contains unknown field `a`"),
+    # JSON nested deeper than the decoder goes is malformed as a whole, wherever the nesting is.
+    "nested-arrays-100k": Case("POST", CALC, _deep(100_000, b"[", b"]"), **NESTED),
+    "nested-objects-100k": Case("POST", CALC, _deep(100_000, b'{"a":', b"}"), **NESTED),
     "nested-usage-100k": Case(
         "POST", CALC, b'{"model": "gpt-test-000", "usage": ' + _deep(100_000, b"[", b"]") + b"}",
-        422, "invalid-request", "usage: Expected `object`, got `array`",
+        **NESTED,
     ),
     "nested-batch-100k": Case(
-        "POST", BATCH, b'{"requests": ' + _deep(100_000, b"[", b"]") + b"}", 422,
-        "invalid-request", "requests[0]: Expected `object`, got `array`",
+        "POST", BATCH, b'{"requests": ' + _deep(100_000, b"[", b"]") + b"}", **NESTED,
     ),
     "nested-override-prices-100k": Case(
         "POST", "/v1/overrides",
@@ -104,7 +100,7 @@ TOKEN_VALUES: Final = {
     "2^63": (str(2**63), 422, "invalid-usage"),
     "2^64": (str(2**64), 422, "invalid-usage"),
     "10^30": (str(10**30), 422, "invalid-usage"),
-    "1e400": ("1e400", 422, "invalid-request"),
+    "1e400": ("1e400", 400, "malformed-json"),  # beyond a double: the decoder's "out of range"
     "bool": ("true", 422, "invalid-request"),
     "nan": ("NaN", 400, "malformed-json"),
 }
@@ -128,9 +124,8 @@ def cases() -> Iterator[tuple[str, Case]]:
     for field in TOKEN_FIELDS:
         for name, (value, status, type_) in TOKEN_VALUES.items():
             body = f'{{"model": "gpt-test-000", "usage": {{"{field}": {value}}}}}'.encode()
-            detail = {"1e400": f"usage.{field}: Number out of range", "nan": "not valid JSON"}.get(
-                name, field
-            )
+            # a number beyond a double is refused by the JSON decoder, before any field is known
+            detail = {"1e400": "Number out of range", "nan": "not valid JSON"}.get(name, field)
             yield f"{field}-{name}", Case("POST", CALC, body, status, type_, detail=detail)
     for name, model in HOSTILE_NAMES.items():
         yield f"calculate-{name}", Case("POST", CALC, _calc(model), 404, "unknown-model",
@@ -183,9 +178,9 @@ CASES: Final = dict(cases())
 @pytest.fixture
 async def unchanged(served: Served) -> AsyncIterator[None]:
     """The case stores nothing and logs nothing at error level."""
-    before = await table_counts(served.settings.database_url)
+    before = await table_counts(served.settings.core.database_url)
     yield
-    assert await table_counts(served.settings.database_url) == before
+    assert await table_counts(served.settings.core.database_url) == before
     assert errors_logged(served.api.log) == []
 
 

@@ -16,14 +16,12 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
-from ..conftest import TEST_REDIS_URL
+from ..conftest import TEST_REDIS_URL, Settings, replace_settings
 from ..support.upstream import Upstream
 from .harness import (
     ADMIN_TOKEN,
@@ -128,14 +126,14 @@ async def _under_load(api: ApiProcess, probes: list[Probe]) -> Any:
 async def test_a_database_outage_keeps_costs_answering_and_recovers_on_its_own(
     settings: Settings, upstream: Upstream, tmp_path: Path, record_property: Any
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(versioned_document(1))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
     loop = asyncio.get_running_loop()
 
-    database = urlsplit(cfg.database_url)
+    database = urlsplit(cfg.core.database_url)
     async with tcp_proxy(database.hostname or "127.0.0.1", database.port or 5432) as proxy:
-        via_proxy = _through(cfg.database_url, proxy.port)
+        via_proxy = _through(cfg.core.database_url, proxy.port)
         env = api_env(via_proxy, upstream_url=upstream.url)
         async with api_process(env, tmp_path / "api.log") as api:
             catalog, ready = Probe("GET", "/v1/catalog"), Probe("GET", "/ready")
@@ -146,7 +144,7 @@ async def test_a_database_outage_keeps_costs_answering_and_recovers_on_its_own(
                 # Meanwhile a refresh commits a new catalog (straight to PostgreSQL, not through
                 # the proxy): the API must pick it up once it reaches the database again.
                 upstream.serve(versioned_document(2))
-                report = await refresh_catalog(cfg, force=True, trigger="test")
+                report = await refresh_catalog(cfg.core, cfg.costs, force=True, trigger="test")
                 assert report.outcome is Outcome.APPLIED
                 await asyncio.sleep(max(0.0, cut_at + OUTAGE_S - loop.time()))
                 restored_at = loop.time()
@@ -202,15 +200,15 @@ async def _forget_jobs(job_ids: list[str]) -> None:
 async def test_a_redis_outage_makes_refresh_503_and_recovers_on_its_own(
     settings: Settings, upstream: Upstream, tmp_path: Path, record_property: Any
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(versioned_document(1))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
     loop = asyncio.get_running_loop()
     redis = urlsplit(TEST_REDIS_URL)
     queued: list[str] = []
 
     async with tcp_proxy(redis.hostname or "127.0.0.1", redis.port or 6379) as proxy:
-        env = api_env(cfg.database_url, upstream_url=upstream.url,
+        env = api_env(cfg.core.database_url, upstream_url=upstream.url,
                       REDIS_URL=_through(TEST_REDIS_URL, proxy.port))  # fmt: skip
         try:
             async with api_process(env, tmp_path / "api.log") as api:

@@ -9,12 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
-import msgspec
 import pytest
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog, snapshot_bytes
 
+from ..conftest import Settings, replace_settings
 from ..support.catalog import fetch_all
 from ..support.processes import taskrunners
 from ..support.upstream import Upstream
@@ -72,14 +71,14 @@ async def test_four_task_runners_on_an_empty_database_migrate_once_and_seed_once
 async def test_four_concurrent_forced_refreshes_apply_exactly_once(
     settings: Settings, upstream: Upstream
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(versioned_document(1, MODELS))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
     upstream.serve(versioned_document(2, MODELS))
     upstream.delay = 3.0  # the winner holds the lock this long: the others arrive meanwhile
     asked = len(upstream.requests)
 
-    env = api_env(cfg.database_url, upstream_url=upstream.url)
+    env = api_env(cfg.core.database_url, upstream_url=upstream.url)
     async with cued("aiserver.costs.cli", ["refresh", "--force", "--json"], [env] * 4) as kids:
         results = await asyncio.gather(*(kid.go(timeout=120) for kid in kids))
 
@@ -87,16 +86,18 @@ async def test_four_concurrent_forced_refreshes_apply_exactly_once(
     outcomes = Counter(json.loads(out)["outcome"] for _, out, _ in results)
     assert outcomes == {"applied": 1, "already_running": 3}
     assert len(upstream.requests) - asked == 1  # one download
-    runs = await fetch_all(cfg.database_url, "SELECT outcome FROM ai_cost_refresh_runs ORDER BY id")
+    runs = await fetch_all(
+        cfg.core.database_url, "SELECT outcome FROM ai_cost_refresh_runs ORDER BY id"
+    )
     assert [r["outcome"] for r in runs] == ["applied", "applied"]  # the setup's, then one
-    assert (await metadata(cfg.database_url))["catalog_version"] == 2
+    assert (await metadata(cfg.core.database_url))["catalog_version"] == 2
     (versions,) = await fetch_all(
-        cfg.database_url,
+        cfg.core.database_url,
         "SELECT count(*) AS rows, count(*) FILTER (WHERE valid_to IS NULL) AS current"
         " FROM ai_model_costs",
     )
     assert (versions["rows"], versions["current"]) == (2 * MODELS, MODELS)
-    assert await advisory_locks(cfg.database_url) == 0
+    assert await advisory_locks(cfg.core.database_url) == 0
 
 
 # -- API replicas reloading while refreshes commit ---------------------------------------------
@@ -153,10 +154,10 @@ async def _serves(api: ApiProcess, version: int) -> bool:
 async def test_api_replicas_price_every_answer_with_one_catalog_version_while_refreshes_commit(
     settings: Settings, upstream: Upstream, tmp_path: Path, record_property: Any
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(versioned_document(1, MODELS))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
-    env = api_env(cfg.database_url, upstream_url=upstream.url)
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
+    env = api_env(cfg.core.database_url, upstream_url=upstream.url)
 
     async with (
         api_process(env, tmp_path / "api-a.log") as a,
@@ -177,7 +178,7 @@ async def test_api_replicas_price_every_answer_with_one_catalog_version_while_re
             for version in range(2, LAST_VERSION + 1):
                 await asyncio.sleep(0.3)
                 upstream.serve(versioned_document(version, MODELS))
-                report = await refresh_catalog(cfg, force=True, trigger="test")
+                report = await refresh_catalog(cfg.core, cfg.costs, force=True, trigger="test")
                 assert (report.outcome, report.catalog_version) == (Outcome.APPLIED, version)
             for api in (a, b):
                 await eventually(lambda api=api: _serves(api, LAST_VERSION), timeout=15)

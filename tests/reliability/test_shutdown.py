@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import msgspec
 import pytest
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
+from ..conftest import Settings, replace_settings
 from ..support.upstream import Upstream
 from .harness import (
     ApiProcess,
@@ -103,12 +102,12 @@ async def _load(
 async def test_sigterm_under_load_finishes_in_flight_requests_without_a_5xx(
     settings: Settings, upstream: Upstream, tmp_path: Path, record_property: Any
 ) -> None:
-    cfg = msgspec.structs.replace(settings, model_cost_source_url=upstream.url)
+    cfg = replace_settings(settings, model_cost_source_url=upstream.url)
     upstream.serve(versioned_document(1))
-    assert (await refresh_catalog(cfg, trigger="test")).outcome is Outcome.APPLIED
+    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
     loop = asyncio.get_running_loop()
 
-    async with api_process(api_env(cfg.database_url, upstream_url=upstream.url),
+    async with api_process(api_env(cfg.core.database_url, upstream_url=upstream.url),
                            tmp_path / "api.log") as api:  # fmt: skip
         outcomes: list[tuple[float, int | str]] = []
         stop = asyncio.Event()

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import msgspec
 import pytest
 
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
-from ..conftest import create_database, drop_database, make_settings
+from ..conftest import Settings, create_database, drop_database, make_settings, replace_settings
 from ..support.catalog import catalog_rows, document, model_entry
 from ..support.upstream import Upstream
 from .harness import (
@@ -70,12 +68,14 @@ async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage
     upstream.start()
     logs = tmp_path_factory.mktemp("upstream-faults")
     try:
-        settings = msgspec.structs.replace(
+        settings = replace_settings(
             make_settings(url), model_cost_source_url=upstream.url, model_cost_fetch_retries=0
         )
-        await apply_migrations(settings)
+        await apply_migrations(settings.core)
         upstream.serve(versioned_document(1, MODELS))
-        assert (await refresh_catalog(settings, trigger="test")).outcome is Outcome.APPLIED
+        assert (
+            await refresh_catalog(settings.core, settings.costs, trigger="test")
+        ).outcome is Outcome.APPLIED
         async with api_process(api_env(url, upstream_url=upstream.url), logs / "api.log") as api:
             yield Stage(settings, upstream, api, logs)
     finally:
@@ -178,7 +178,7 @@ async def _during_load(stage: Stage, refresh: Awaitable[T]) -> tuple[T, Load]:
 async def _refresh_process(stage: Stage, source_url: str) -> tuple[dict[str, Any], int, Load]:
     """A forced refresh by a real `aiserver-costs refresh` process from `source_url`, while the
     API answers calculations: its JSON report, its peak memory (kB) and the API's answers."""
-    env = api_env(stage.settings.database_url, upstream_url=source_url,
+    env = api_env(stage.settings.core.database_url, upstream_url=source_url,
                   MODEL_COST_FETCH_RETRIES="0")  # fmt: skip
     async with cued("aiserver.costs.cli", ["refresh", "--force", "--json"], [env]) as (child,):
         (code, out, err), load = await _during_load(stage, child.go(timeout=120))
@@ -189,7 +189,7 @@ async def _refresh_process(stage: Stage, source_url: str) -> tuple[dict[str, Any
 async def _assert_fault_left_everything(
     stage: Stage, before: list[Any], version: int, report: dict[str, Any], load: Load, error: str
 ) -> None:
-    url = stage.settings.database_url
+    url = stage.settings.core.database_url
     assert await catalog_rows(url) == before
     meta = await metadata(url)
     assert meta["catalog_version"] == version
@@ -208,13 +208,15 @@ async def _assert_fault_left_everything(
 
 async def _next_good_refresh_succeeds(stage: Stage, version: int) -> None:
     stage.upstream.serve(versioned_document(version + 1, MODELS))
-    report = await refresh_catalog(stage.settings, force=True, trigger="test")
+    report = await refresh_catalog(
+        stage.settings.core, stage.settings.costs, force=True, trigger="test"
+    )
     assert (report.outcome, report.changed, report.catalog_version) == (
         Outcome.APPLIED,
         MODELS,
         version + 1,
     )
-    assert (await metadata(stage.settings.database_url))["last_error"] is None
+    assert (await metadata(stage.settings.core.database_url))["last_error"] is None
 
     async def api_has_it() -> bool:
         async with stage.api.client() as client:
@@ -231,11 +233,11 @@ async def _next_good_refresh_succeeds(stage: Stage, version: int) -> None:
 @pytest.mark.parametrize("name", list(BODY_FAULTS))
 async def test_a_bad_body_leaves_the_catalog_and_the_api_serving(stage: Stage, name: str) -> None:
     fault = BODY_FAULTS[name]
-    url = stage.settings.database_url
+    url = stage.settings.core.database_url
     version = (await metadata(url))["catalog_version"]
     before = await catalog_rows(url)
     stage.upstream.serve(fault.make(version + 1), mode=fault.mode)  # type: ignore[arg-type]
-    refresh = refresh_catalog(stage.settings, force=True, trigger="test")
+    refresh = refresh_catalog(stage.settings.core, stage.settings.costs, force=True, trigger="test")
     result, load = await _during_load(stage, refresh)
     report = result.as_dict()
     assert report["outcome"] == fault.outcome
@@ -265,7 +267,7 @@ async def test_a_bad_body_leaves_the_catalog_and_the_api_serving(stage: Stage, n
 async def test_a_1_gib_body_is_refused_while_streaming(
     stage: Stage, mode: str, error: str, most_sent: int, record_property: Any
 ) -> None:
-    url = stage.settings.database_url
+    url = stage.settings.core.database_url
     version = (await metadata(url))["catalog_version"]
     before = await catalog_rows(url)
     with huge_upstream(mode) as huge:  # type: ignore[arg-type]

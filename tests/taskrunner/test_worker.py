@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 
-from aiserver.core_db.settings import Settings
 from aiserver.costs.refresh import snapshot_bytes
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import cost_data_update_task
-from aiserver.taskrunner.worker import worker_options
+from aiserver.taskrunner.worker import refresh_cron, worker_options
 
-from ..conftest import make_settings
+from ..conftest import Settings, make_settings, replace_settings, taskrunner_settings
 from ..support.catalog import fetch_one
 from ..support.upstream import Upstream
 
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    pool = await create_pool(RedisSettings.from_dsn(settings.core.redis_url))
     await pool.flushdb()
     try:
         yield pool
@@ -47,7 +48,7 @@ def changed_snapshot(price: float = 9.99e-06) -> bytes:
 @pytest.fixture
 def cfg(settings: Settings, upstream: Upstream) -> Settings:
     upstream.serve(changed_snapshot())
-    return msgspec.structs.replace(
+    return replace_settings(
         settings,
         model_cost_source_url=upstream.url,
         model_cost_fetch_retries=0,
@@ -56,13 +57,12 @@ def cfg(settings: Settings, upstream: Upstream) -> Settings:
 
 
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
-    options = worker_options(settings)
-    options["ctx"] = {"settings": settings, "retry_base_delay_s": 0.05}
+    options = worker_options(taskrunner_settings(settings))
     # The cron job as a plain function under its cron name: a test enqueues it when it wants
     # it, and no wall-clock schedule fires in the middle of a test.
     options["functions"] = [
         *options["functions"],
-        func(cost_data_update_task, name="cron:cost_data_update_task", max_tries=4),
+        func(cost_data_update_task, name="cron:cost_data_update_task"),
     ]
     options["cron_jobs"] = []
     options.update({"burst": True, "poll_delay": 0, "handle_signals": False, **overrides})
@@ -114,7 +114,7 @@ async def test_cron_refreshes_when_stale_and_skips_when_fresh(
     outcomes = [r["outcome"] for r in await results(redis)]
     assert outcomes == ["applied", "fresh"]
     assert len(upstream.requests) == 1
-    assert await _runs(cfg.database_url) == [("seed", "seeded"), ("cron", "applied")]
+    assert await _runs(cfg.core.database_url) == [("seed", "seeded"), ("cron", "applied")]
 
 
 async def test_forced_refresh_goes_to_the_upstream_even_when_fresh(
@@ -129,18 +129,81 @@ async def test_forced_refresh_goes_to_the_upstream_even_when_fresh(
     assert len(upstream.requests) == 2
 
 
-async def test_a_transient_upstream_failure_is_retried_then_recovers(
+async def test_a_transient_upstream_failure_is_retried_within_the_job_then_recovers(
     cfg: Settings, redis: ArqRedis, upstream: Upstream
 ) -> None:
     upstream.serve(changed_snapshot(), mode="status")
     upstream.status = 502
     upstream.failures_before_ok = 1
     await redis.enqueue_job("refresh_costs", _queue_name=QUEUE_NAME)
-    worker = await run_burst(make_worker(cfg))
-    assert (worker.jobs_retried, worker.jobs_complete, worker.jobs_failed) == (1, 1, 0)
+    retrying = replace_settings(cfg, model_cost_fetch_retries=1)
+    worker = await run_burst(make_worker(retrying))
+    # one retry policy: the fetch's (MODEL_COST_FETCH_RETRIES); arq does not run it again
+    assert (worker.jobs_retried, worker.jobs_complete, worker.jobs_failed) == (0, 1, 0)
     (result,) = await results(redis)
     assert result["outcome"] == "applied"
-    assert [run[1] for run in await _runs(cfg.database_url)] == ["seeded", "failed", "applied"]
+    assert len(upstream.requests) == 2
+    assert [run[1] for run in await _runs(cfg.core.database_url)] == ["seeded", "applied"]
+
+
+async def test_a_refresh_that_still_fails_is_recorded_once_and_not_run_again(
+    cfg: Settings, redis: ArqRedis, upstream: Upstream
+) -> None:
+    upstream.serve(changed_snapshot(), mode="status")
+    upstream.status = 502
+    upstream.failures_before_ok = 10
+    await redis.enqueue_job("refresh_costs", _queue_name=QUEUE_NAME)
+    worker = await run_burst(make_worker(replace_settings(cfg, model_cost_fetch_retries=2)))
+    assert (worker.jobs_retried, worker.jobs_complete, worker.jobs_failed) == (0, 1, 0)
+    (result,) = await results(redis)
+    assert result["outcome"] == "failed"
+    assert len(upstream.requests) == 3  # the first try and MODEL_COST_FETCH_RETRIES=2, no more
+    assert [run[1] for run in await _runs(cfg.core.database_url)] == ["seeded", "failed"]
+
+
+async def test_a_stale_catalog_is_refreshed_when_the_worker_starts(
+    cfg: Settings, redis: ArqRedis, upstream: Upstream
+) -> None:
+    """The cron's schedule is every ten minutes; a fresh deployment (or a restart after a day
+    offline) must not serve stale prices until the first tick."""
+    runner = taskrunner_settings(cfg)
+    assert refresh_cron(runner).run_at_startup
+    worker = await run_burst(make_worker(cfg, cron_jobs=[refresh_cron(runner)]))
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+    assert await _runs(cfg.core.database_url) == [("seed", "seeded"), ("cron", "applied")]
+    assert len(upstream.requests) == 1
+
+
+def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> None:
+    """`arq aiserver.taskrunner.worker.WorkerSettings` reads the one source of the options:
+    the cron, the Redis of REDIS_URL and the jobs, as `aiserver-taskrunner` does."""
+    code = (
+        "import json\n"
+        "from arq.worker import get_kwargs\n"
+        "from aiserver.taskrunner.worker import WorkerSettings\n"
+        "options = get_kwargs(WorkerSettings)\n"
+        "print(json.dumps({\n"
+        "    'cron': [(c.name, c.run_at_startup, sorted(c.minute))\n"
+        "             for c in options['cron_jobs']],\n"
+        "    'functions': sorted(f.name for f in options['functions']),\n"
+        "    'redis': [options['redis_settings'].host, options['redis_settings'].database],\n"
+        "    'startup': options['on_startup'].__name__,\n"
+        "}))\n"
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://cache.example:6379/5",
+        "MODEL_COST_REFRESH_INTERVAL_SECONDS": "900",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {
+        "cron": [["cron:cost_data_update_task", True, [0, 15, 30, 45]]],
+        "functions": ["process_document", "refresh_costs"],
+        "redis": ["cache.example", 5],
+        "startup": "startup",
+    }
 
 
 async def test_a_guardrail_rejection_is_not_retried_and_is_recorded(
@@ -153,7 +216,7 @@ async def test_a_guardrail_rejection_is_not_retried_and_is_recorded(
     (result,) = await results(redis)
     assert result["outcome"] == "rejected"
     assert result["error"].startswith("not JSON")
-    meta = await fetch_one(cfg.database_url, "SELECT last_error FROM ai_cost_metadata")
+    meta = await fetch_one(cfg.core.database_url, "SELECT last_error FROM ai_cost_metadata")
     assert meta["last_error"].startswith("rejected: not JSON")
 
 
@@ -169,7 +232,7 @@ async def test_two_workers_at_once_refresh_once(
     assert outcomes == sorted(["applied", outcomes[1 - outcomes.index("applied")]])
     assert set(outcomes) - {"applied"} <= {"already_running", "not_modified"}
     versions = await fetch_one(
-        cfg.database_url, "SELECT count(*) FROM ai_model_costs WHERE model = 'gpt-4o'"
+        cfg.core.database_url, "SELECT count(*) FROM ai_model_costs WHERE model = 'gpt-4o'"
     )
     assert versions[0] == 2  # the seeded one, closed, and the refreshed one
 
@@ -193,5 +256,5 @@ async def test_check_is_0_with_a_live_worker_and_1_without(cfg: Settings, redis:
 
 
 async def test_check_fails_cleanly_when_redis_is_unreachable(cfg: Settings) -> None:
-    unreachable = msgspec.structs.replace(cfg, redis_url="redis://127.0.0.1:1/0")
+    unreachable = replace_settings(cfg, redis_url="redis://127.0.0.1:1/0")
     assert await check(unreachable) == 1

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from aiserver.api.settings import ApiSettings
 from aiserver.api.wiring import build_app
 from aiserver.core_db.logging import configure_logging
-from aiserver.core_db.settings import Settings, get_settings
+from aiserver.core_db.settings import get_settings
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: ApiSettings | None = None) -> Litestar:
     """The API for `settings` (default: from the environment)."""
-    settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    settings = settings or get_settings(ApiSettings)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     return build_app(settings)

@@ -13,10 +13,8 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from aiserver.api.problems import Problem
-from aiserver.core_db.settings import Settings
-
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="aiserver-admin"'}
+from aiserver.api.errors import AdminDisabled, Unauthorized
+from aiserver.api.settings import ApiSettings
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
@@ -30,20 +28,11 @@ def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
 def requires_admin(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    settings: Settings = connection.app.state.settings
+    settings: ApiSettings = connection.app.state.settings
     if not settings.api_admin_tokens:
-        raise Problem(
-            403,
-            "admin endpoints are disabled: no API_ADMIN_TOKENS are configured",
-            type_="admin-disabled",
-        )
+        raise AdminDisabled("admin endpoints are disabled: no API_ADMIN_TOKENS are configured")
     scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise Problem(
-            401,
-            "this endpoint needs an admin token: Authorization: Bearer <token>",
-            type_="unauthorized",
-            headers=_CHALLENGE,
-        )
+        raise Unauthorized("this endpoint needs an admin token: Authorization: Bearer <token>")
     if not token_matches(presented.strip(), settings.api_admin_tokens):
-        raise Problem(401, "the admin token is not valid", type_="unauthorized", headers=_CHALLENGE)
+        raise Unauthorized("the admin token is not valid")

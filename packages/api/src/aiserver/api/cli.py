@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.settings import settings_for_command
 
@@ -32,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_for_command("aiserver-api")
-    configure_logging(settings.log_level, settings.log_format)
+    settings = settings_for_command("aiserver-api", ApiSettings)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     uvicorn.run(
         "aiserver.api.app:create_app",
         factory=True,

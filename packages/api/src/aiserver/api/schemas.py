@@ -69,17 +69,21 @@ class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     requests: Annotated[list[CostRequest], msgspec.Meta(max_length=MAX_BATCH)]
 
 
-class ItemError(msgspec.Struct, frozen=True, kw_only=True):
+class ItemProblem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The problem of one failed batch item: what the single endpoint would answer for it."""
+
     type: str
+    title: str
     status: int
     detail: str
-    fields: list[str] | None = None
-    suggestions: list[str] | None = None
+    model: str | None = None  # unknown-model: the name asked for
+    suggestions: list[str] | None = None  # unknown-model: the closest known names
+    fields: list[str] | None = None  # invalid-usage: the usage fields at fault
 
 
 class BatchItem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result: CostResponse | None = None
-    error: ItemError | None = None
+    error: ItemProblem | None = None
 
 
 class BatchResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from aiserver.core_db.database import DatabaseUnavailable, database, redact_dsn
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import apply_migrations, migration_status
-from aiserver.core_db.settings import Settings, settings_for_command
+from aiserver.core_db.settings import CoreSettings, settings_for_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _migrate(settings: Settings, lock_timeout: float) -> int:
+async def _migrate(settings: CoreSettings, lock_timeout: float) -> int:
     applied = await apply_migrations(settings, lock_timeout=lock_timeout)
     if applied:
         print(f"applied {len(applied)} migration(s):")
@@ -51,7 +51,7 @@ async def _migrate(settings: Settings, lock_timeout: float) -> int:
     return 0
 
 
-async def _status(settings: Settings) -> int:
+async def _status(settings: CoreSettings) -> int:
     async with database(settings):
         status = await migration_status()
     print(f"database: {redact_dsn(settings.database_url)}")
@@ -70,7 +70,7 @@ async def _status(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_for_command("aiserver-db")
+    settings = settings_for_command("aiserver-db", CoreSettings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":

@@ -17,8 +17,9 @@ from asyncpg.pool import PoolConnectionProxy
 from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db import piccolo_conf
+from aiserver.core_db.errors import Unavailable
 from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
+from aiserver.core_db.settings import CoreSettings
 
 log = get_logger(__name__)
 
@@ -27,7 +28,7 @@ log = get_logger(__name__)
 DbConnection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
-class DatabaseUnavailable(ConnectionError):
+class DatabaseUnavailable(Unavailable, ConnectionError):
     """PostgreSQL could not be reached; the message says where and why."""
 
 
@@ -53,7 +54,7 @@ def redact_dsn(dsn: str) -> str:
     return f"{scheme}://{user}@{location}" if user else f"{scheme}://{location}"
 
 
-async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(settings: CoreSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
     """A dedicated connection outside the pool (advisory locks, LISTEN)."""
     try:
         return await asyncpg.connect(dsn=settings.database_url, timeout=timeout)
@@ -64,7 +65,7 @@ async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Conne
 
 
 @asynccontextmanager
-async def database(settings: Settings, *, lazy: bool = False) -> AsyncIterator[PostgresEngine]:
+async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterator[PostgresEngine]:
     """Open the engine's pool for `settings.database_url`; close it on exit.
 
     Re-entrant: an inner `database()` for the same DSN uses the open pool and leaves it open.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Final
@@ -23,12 +23,13 @@ from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.tables import Migration
 from piccolo.conf.apps import AppConfig, MigrationModule
+from piccolo.engine import engine_finder
 from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db.database import connect, database
 from aiserver.core_db.locks import advisory_lock
 from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
+from aiserver.core_db.settings import CoreSettings
 
 log = get_logger(__name__)
 
@@ -36,7 +37,34 @@ MIGRATION_LOCK: Final = "aiserver:migrations"
 INITIALIZER_ENTRY_POINT_GROUP: Final = "aiserver.initializers"
 
 #: A step that runs at start-up after the migrations, under the same lock (e.g. the catalog seed).
-Initializer = Callable[[Settings, PostgresEngine], Awaitable[None]]
+Initializer = Callable[[CoreSettings, PostgresEngine], Awaitable[None]]
+
+
+def sql_migration(
+    *, migration_id: str, app_name: str, description: str, statements: Sequence[str]
+) -> Callable[[], Awaitable[MigrationManager]]:
+    """A Piccolo migration's `forwards` that runs `statements` in order (frozen SQL).
+
+    The packages write their schema as SQL: the constraints that keep money safe (partial unique
+    indexes, CHECKs over JSON) are beyond Piccolo's column operations. Each statement runs in the
+    migration's one transaction. Old migrations call this, so its behaviour never changes.
+    """
+
+    async def forwards() -> MigrationManager:
+        manager = MigrationManager(
+            migration_id=migration_id, app_name=app_name, description=description
+        )
+
+        async def run() -> None:
+            engine = engine_finder()
+            assert engine is not None, "Piccolo's engine is configured by aiserver.core_db"
+            for statement in statements:
+                await engine.run_ddl(statement)
+
+        manager.add_raw(run)
+        return manager
+
+    return forwards
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +140,12 @@ def registered_initializers() -> list[tuple[str, Initializer]]:
     return [(ep.name, ep.load()) for ep in found]
 
 
-async def apply_migrations(settings: Settings, *, lock_timeout: float = 300.0) -> list[str]:
+async def apply_migrations(settings: CoreSettings, *, lock_timeout: float = 300.0) -> list[str]:
     """Apply every pending migration under the fleet-wide lock; return the ones applied here."""
     return await _locked(settings, lock_timeout=lock_timeout, run_initializers=False)
 
 
-async def initialize_database(settings: Settings, *, lock_timeout: float = 300.0) -> list[str]:
+async def initialize_database(settings: CoreSettings, *, lock_timeout: float = 300.0) -> list[str]:
     """The one call a service makes at start: migrations, then the registered initializers.
 
     Both run under the migration lock, so N replicas starting at once apply each migration once
@@ -126,7 +154,9 @@ async def initialize_database(settings: Settings, *, lock_timeout: float = 300.0
     return await _locked(settings, lock_timeout=lock_timeout, run_initializers=True)
 
 
-async def _locked(settings: Settings, *, lock_timeout: float, run_initializers: bool) -> list[str]:
+async def _locked(
+    settings: CoreSettings, *, lock_timeout: float, run_initializers: bool
+) -> list[str]:
     started = time.perf_counter()
     lock_conn = await connect(settings)
     try:

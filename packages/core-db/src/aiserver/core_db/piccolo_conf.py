@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.postgres import PostgresEngine
 
-from aiserver.core_db.settings import Settings
+from aiserver.core_db.settings import CoreSettings
 
 APP_ENTRY_POINT_GROUP = "aiserver.piccolo_apps"
 
@@ -40,5 +40,5 @@ class AiserverEngine(PostgresEngine):
         return None
 
 
-DB = AiserverEngine(config={"dsn": os.environ.get("DATABASE_URL") or Settings().database_url})
+DB = AiserverEngine(config={"dsn": os.environ.get("DATABASE_URL") or CoreSettings().database_url})
 APP_REGISTRY = AppRegistry(apps=registered_app_modules())

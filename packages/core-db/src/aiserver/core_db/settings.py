@@ -1,17 +1,28 @@
-"""Settings: one frozen struct built from the environment (12-factor).
+"""Settings: frozen structs read from the environment (12-factor), one loader for all of them.
 
-Every variable has a default that works on a developer machine. A bad value stops the start with
-a `SettingsError` whose message names the variable, its value's problem and what is expected.
+Each package declares the variables it reads as a `Section`, a frozen msgspec Struct whose field
+`x_y` is read from variable `X_Y`: `CoreSettings` here (database, Redis, logging),
+`aiserver.costs.settings.CostSettings`, `aiserver.documents.settings.DocumentSettings`. A service
+composes the sections it needs into one Section whose fields are those sections, plus variables of
+its own (`aiserver.api.settings.ApiSettings`). The foundation knows no domain's variables.
+
+    settings = load_settings(ApiSettings)          # from os.environ
+    settings.costs.model_cost_max_age_seconds
+
+`load_settings` reads a field typed as a Section from the same environment, recursively; a tuple
+field is a comma-separated list; a field whose type is a set of words (`Literal`) ignores case.
+A bad value raises `SettingsError` naming the variable, its value and what is expected; checks
+across fields (a Section's `__post_init__`) raise it too.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
+import typing
 from collections.abc import Mapping
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -22,124 +33,119 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
-DEFAULT_MODEL_COST_SOURCE_URL: Final = (
-    "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
-)
+S = TypeVar("S", bound="Section")
 
 
 class SettingsError(ValueError):
     """A setting from the environment is malformed; the message names the variable."""
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """The configuration of every aiserver process. Field `x_y` is read from variable `X_Y`."""
+class Section(msgspec.Struct, frozen=True, kw_only=True):
+    """A group of settings, each field read from the variable of its upper-cased name.
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/aiserver"
-    database_pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 1
-    database_pool_max_size: PositiveInt = 10
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    Fields named in `secret_fields` never appear in `repr` (only how many values they hold).
+    """
 
-    model_cost_source_url: str = DEFAULT_MODEL_COST_SOURCE_URL
-    model_cost_max_age_seconds: PositiveInt = 86400
-    model_cost_refresh_interval_seconds: PositiveInt = 600
-    model_cost_fetch_timeout_seconds: PositiveFloat = 30.0
-    model_cost_fetch_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
-    model_cost_max_bytes: PositiveInt = 64 * 1024 * 1024
-    model_cost_max_shrink_fraction: Fraction = 0.2
-    catalog_poll_interval_seconds: PositiveFloat = 5.0
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
 
-    api_admin_tokens: tuple[str, ...] = ()
-
-    document_max_bytes: PositiveInt = 20 * 1024 * 1024
-    document_max_pages: PositiveInt = 50
-    document_max_text_bytes: PositiveInt = 2 * 1024 * 1024
-    document_render_dpi: Annotated[int, msgspec.Meta(ge=36, le=600)] = 100
-    document_conversion_timeout_seconds: PositiveFloat = 120.0
-    document_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
-
-    log_level: LogLevel = "INFO"
-    log_format: LogFormat = "auto"
-
-    def __post_init__(self) -> None:
-        _require_scheme("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
-        _require_scheme("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        _require_scheme(
-            "MODEL_COST_SOURCE_URL", self.model_cost_source_url, ("http", "https", "file")
-        )
-        interval = self.model_cost_refresh_interval_seconds
-        if not (interval < 60 and 60 % interval == 0) and not (
-            interval % 60 == 0 and 3600 % interval == 0
-        ):
-            raise SettingsError(
-                "MODEL_COST_REFRESH_INTERVAL_SECONDS must divide a minute or an hour evenly "
-                f"(e.g. 10, 30, 60, 300, 600, 900, 1800, 3600); got {interval}"
-            )
-        if self.database_pool_min_size > self.database_pool_max_size:
-            raise SettingsError(
-                "DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE "
-                f"({self.database_pool_min_size} > {self.database_pool_max_size})"
-            )
-
-    def __repr__(self) -> str:  # admin tokens are secrets: never print them
-        fields = {f: getattr(self, f) for f in self.__struct_fields__}
-        fields["api_admin_tokens"] = f"<{len(self.api_admin_tokens)} token(s)>"
-        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in self.secret_fields:
+                count = len(value) if isinstance(value, tuple) else int(bool(value))
+                shown.append(f"{name}=<{count} secret(s)>")
+            else:
+                shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     __str__ = __repr__
 
 
-def _require_scheme(variable: str, value: str, schemes: tuple[str, ...]) -> None:
+def require_scheme(variable: str, value: str, schemes: tuple[str, ...]) -> None:
+    """`SettingsError` unless `value` is a URL with one of `schemes`."""
     scheme, sep, _ = value.partition("://")
     if not sep or scheme.lower() not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise SettingsError(f"{variable} must be a URL starting with {allowed}; got {value!r}")
 
 
-_TUPLE_FIELDS: Final = frozenset({"api_admin_tokens"})
-_UPPER_FIELDS: Final = frozenset({"log_level"})
-_LOWER_FIELDS: Final = frozenset({"log_format"})
-_ERROR_PATH = re.compile(r"\$\.(\w+)")
+class CoreSettings(Section, frozen=True, kw_only=True):
+    """What every aiserver process reads: PostgreSQL, Redis, logging."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/aiserver"
+    database_pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 1
+    database_pool_max_size: PositiveInt = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
+
+    def __post_init__(self) -> None:
+        require_scheme("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        require_scheme("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if self.database_pool_min_size > self.database_pool_max_size:
+            raise SettingsError(
+                "DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE "
+                f"({self.database_pool_min_size} > {self.database_pool_max_size})"
+            )
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build `Settings` from `environ` (default: the process environment)."""
-    env = os.environ if environ is None else environ
-    raw: dict[str, object] = {}
-    for name in Settings.__struct_fields__:
-        value = env.get(name.upper())
-        if value is None or value.strip() == "":
-            continue
-        value = value.strip()
-        if name in _TUPLE_FIELDS:
-            raw[name] = tuple(part.strip() for part in value.split(",") if part.strip())
-        elif name in _UPPER_FIELDS:
-            raw[name] = value.upper()
-        elif name in _LOWER_FIELDS:
-            raw[name] = value.lower()
-        else:
-            raw[name] = value
+def _bare(annotation: Any) -> Any:
+    """The type under `Annotated[...]` (constraints stay with the field for the conversion)."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _is_section(annotation: Any) -> bool:
+    kind = _bare(annotation)
+    return isinstance(kind, type) and issubclass(kind, Section)
+
+
+def _value(variable: str, text: str, annotation: Any) -> Any:
+    kind = _bare(annotation)
+    raw: Any = text
+    if typing.get_origin(kind) is tuple:
+        raw = tuple(part.strip() for part in text.split(",") if part.strip())
+    elif typing.get_origin(kind) is Literal:
+        words = {str(word).lower(): word for word in typing.get_args(kind)}
+        raw = words.get(text.lower(), text)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        return msgspec.convert(raw, annotation, strict=False)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _ERROR_PATH.search(message)
-        if match is None:
-            raise SettingsError(message) from None
-        variable = match.group(1).upper()
-        reason = _ERROR_PATH.sub("", message).rstrip(" -`").replace(" - at", "")
-        raise SettingsError(f"{variable}={env.get(variable)!r} is invalid: {reason}") from None
+        raise SettingsError(f"{variable}={text!r} is invalid: {exc}") from None
 
 
-def settings_for_command(prog: str) -> Settings:
+def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Build `cls` from `environ` (default: the process environment); see the module docstring."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for name in cls.__struct_fields__:
+        annotation = hints[name]
+        if _is_section(annotation):
+            values[name] = load_settings(_bare(annotation), env)
+            continue
+        text = env.get(name.upper())
+        if text is not None and text.strip():
+            values[name] = _value(name.upper(), text.strip(), annotation)
+    return cls(**values)
+
+
+def settings_for_command(prog: str, cls: type[S]) -> S:
     """The settings for a console script: a bad value exits with status 2 and says which."""
     try:
-        return get_settings()
+        return get_settings(cls)
     except SettingsError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+def get_settings(cls: type[S]) -> S:
+    """The process-wide settings of `cls`, read once from the environment."""
+    return typing.cast(S, _cached(cls))
+
+
 @functools.cache
-def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return load_settings()
+def _cached(cls: type[Section]) -> Section:
+    return load_settings(cls)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from aiserver.costs.errors import UnknownModel
 from aiserver.costs.pricing import CompiledPrices, compile_entry
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json
 
@@ -45,18 +46,6 @@ GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp."
 _DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")
 _REGION_SEGMENT: Final = re.compile(r"^(?P<provider>[^/]+)/[a-z]{2}(?:-[a-z]+)+-\d/(?P<rest>.+)$")
 _RESOLVE_CACHE_LIMIT: Final = 4096
-
-
-class UnknownModel(LookupError):
-    """No catalog entry answers to the name; `suggestions` are the closest known names."""
-
-    def __init__(self, name: str, suggestions: tuple[str, ...], reason: str = "") -> None:
-        self.name = name
-        self.suggestions = suggestions
-        text = reason or f"unknown model {name!r}"
-        if suggestions:
-            text += "; did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
-        super().__init__(text)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -16,11 +16,13 @@ import msgspec
 
 from aiserver.core_db.database import DatabaseUnavailable, connect
 from aiserver.core_db.logging import configure_logging
-from aiserver.core_db.settings import Settings, settings_for_command
+from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
 from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate, money
-from aiserver.costs.catalog import Catalog, UnknownModel, load_catalog
+from aiserver.costs.catalog import Catalog, load_catalog
+from aiserver.costs.errors import UnknownModel
 from aiserver.costs.pricing import Usage, UsageError
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
+from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
 from aiserver.costs.status import price_field_usage, read_status
 
@@ -36,6 +38,14 @@ _USAGE_OPTIONS: Final = {
     "images": "images generated",
     "requests": "requests, for models with a per-request fee",
 }
+
+
+class Settings(Section, frozen=True, kw_only=True):
+    """What `aiserver-costs` reads from the environment."""
+
+    core: CoreSettings = msgspec.field(default_factory=CoreSettings)
+    costs: CostSettings = msgspec.field(default_factory=CostSettings)
+
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -53,7 +63,7 @@ def _when(value: datetime | None) -> str:
 
 async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
     report = await refresh_catalog(
-        settings, force=args.force, trigger="cli", source_url=args.source_url
+        settings.core, settings.costs, force=args.force, trigger="cli", source_url=args.source_url
     )
     if args.json:
         _print_json({**report.as_dict(), "skipped": report.skipped})
@@ -65,7 +75,7 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
-    report = await seed_from_snapshot(settings)
+    report = await seed_from_snapshot(settings.core)
     if report is None:
         print("nothing to do: the catalog already has models (or a refresh is running)")
     else:
@@ -74,9 +84,9 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings)
+    conn = await connect(settings.core)
     try:
-        status = await read_status(conn, settings)
+        status = await read_status(conn, settings.costs)
     finally:
         await conn.close()
     if args.json:
@@ -108,7 +118,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings)
+    conn = await connect(settings.core)
     try:
         row = await conn.fetchrow(
             """
@@ -151,7 +161,7 @@ _requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
 
 
 async def _catalog(settings: Settings) -> Catalog:
-    conn = await connect(settings)
+    conn = await connect(settings.core)
     try:
         return await load_catalog(conn)
     finally:
@@ -244,7 +254,7 @@ def _calc_batch(catalog: Catalog, path: str) -> int:
 async def _fields(settings: Settings, args: argparse.Namespace) -> int:
     from aiserver.costs.pricing import is_understood_field
 
-    conn = await connect(settings)
+    conn = await connect(settings.core)
     try:
         usage = await price_field_usage(conn)
     finally:
@@ -356,8 +366,8 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_for_command("aiserver-costs")
-    configure_logging(settings.log_level, settings.log_format)
+    settings = settings_for_command("aiserver-costs", Settings)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except DatabaseUnavailable as exc:

@@ -5,8 +5,9 @@
 - One deadline bounds the whole attempt, connect to last byte, so a server that drips a byte a
   second cannot hold a refresh forever.
 - The size limit is enforced while streaming (a lying or missing Content-Length changes nothing).
-- Transient faults (connection errors, timeouts, 5xx, 429) are retried with exponential backoff;
-  other answers (404, 403, ...) fail at once.
+- Transient faults (connection errors, timeouts, 5xx, 429: `UpstreamUnavailable`) are retried
+  with exponential backoff, `MODEL_COST_FETCH_RETRIES` times: the one retry policy of a refresh.
+  Other answers (404, 403, ...: `UpstreamRefused`) fail at once.
 - `file://` URLs are read from disk with the same size limit (offline operation, tests).
 """
 
@@ -23,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from aiserver.core_db.logging import get_logger
+from aiserver.costs.errors import UpstreamRefused, UpstreamUnavailable
 
 log = get_logger(__name__)
 
@@ -42,15 +44,6 @@ def upstream_client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(follow_redirects=True, timeout=timeout, verify=tls_context())
 
 
-class UpstreamError(Exception):
-    """The upstream could not deliver the document. `transient` faults are worth a retry."""
-
-    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-
-
 @dataclass(frozen=True, slots=True)
 class Fetched:
     status: int  # 200, or 304 when the upstream says our copy is current
@@ -63,10 +56,9 @@ class Fetched:
 async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise UpstreamError(
+        raise UpstreamRefused(
             f"body too large: Content-Length {int(declared)} exceeds the limit of {max_bytes} "
             "bytes (MODEL_COST_MAX_BYTES)",
-            transient=False,
             status=response.status_code,
         )
     chunks: list[bytes] = []
@@ -74,9 +66,8 @@ async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise UpstreamError(
+            raise UpstreamRefused(
                 f"body too large: more than {max_bytes} bytes (MODEL_COST_MAX_BYTES)",
-                transient=False,
                 status=response.status_code,
             )
         chunks.append(chunk)
@@ -104,15 +95,13 @@ async def _attempt(
                         attempt,
                     )
                 if response.status_code >= 500 or response.status_code == 429:
-                    raise UpstreamError(
+                    raise UpstreamUnavailable(
                         f"upstream answered HTTP {response.status_code}",
-                        transient=True,
                         status=response.status_code,
                     )
                 if response.status_code != 200:
-                    raise UpstreamError(
+                    raise UpstreamRefused(
                         f"upstream answered HTTP {response.status_code}",
-                        transient=False,
                         status=response.status_code,
                     )
                 body = await _read_limited(response, max_bytes)
@@ -124,12 +113,12 @@ async def _attempt(
                     attempt,
                 )
     except TimeoutError:
-        raise UpstreamError(
-            f"timed out after {timeout:g} s (MODEL_COST_FETCH_TIMEOUT_SECONDS)", transient=True
+        raise UpstreamUnavailable(
+            f"timed out after {timeout:g} s (MODEL_COST_FETCH_TIMEOUT_SECONDS)"
         ) from None
     except httpx.TransportError as exc:
         detail = str(exc) or type(exc).__name__
-        raise UpstreamError(f"connection failed: {detail}", transient=True) from None
+        raise UpstreamUnavailable(f"connection failed: {detail}") from None
 
 
 def _read_file(url: str, max_bytes: int) -> Fetched:
@@ -137,13 +126,12 @@ def _read_file(url: str, max_bytes: int) -> Fetched:
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            raise UpstreamError(
-                f"file too large: {size} bytes exceeds the limit of {max_bytes} bytes",
-                transient=False,
+            raise UpstreamRefused(
+                f"file too large: {size} bytes exceeds the limit of {max_bytes} bytes"
             )
         return Fetched(200, path.read_bytes(), None, None, 1)
     except OSError as exc:
-        raise UpstreamError(f"cannot read {path}: {exc.strerror}", transient=False) from None
+        raise UpstreamRefused(f"cannot read {path}: {exc.strerror}") from None
 
 
 async def fetch_source(
@@ -173,8 +161,8 @@ async def fetch_source(
                 return await _attempt(
                     client, url, headers, timeout=timeout, max_bytes=max_bytes, attempt=attempt
                 )
-            except UpstreamError as exc:
-                if not exc.transient or attempt > retries:
+            except UpstreamUnavailable as exc:
+                if attempt > retries:
                     raise
                 delay = backoff * 2 ** (attempt - 1)
                 log.warning(

@@ -21,23 +21,22 @@ import asyncpg
 
 from aiserver.core_db.database import connect
 from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
+from aiserver.core_db.settings import CoreSettings
 from aiserver.costs.catalog import Catalog, load_catalog, read_freshness
+from aiserver.costs.errors import CatalogNotReady
+from aiserver.costs.settings import CostSettings
 from aiserver.costs.store import NOTIFY_CHANNEL
 
 log = get_logger(__name__)
 
 
-class CatalogNotReady(RuntimeError):
-    """No catalog with models is loaded yet, so no name can be priced or looked up. The message
-    says why: the database was not reachable yet, or it holds no prices yet."""
-
-
 class LiveCatalog:
     """`catalog` is always a complete catalog; `start()` loads it, `stop()` ends the watcher."""
 
-    def __init__(self, settings: Settings, *, poll_interval: float | None = None) -> None:
-        self._settings = settings
+    def __init__(
+        self, core: CoreSettings, settings: CostSettings, *, poll_interval: float | None = None
+    ) -> None:
+        self._core = core
         self._poll_interval = poll_interval or settings.catalog_poll_interval_seconds
         self._catalog = Catalog.empty()
         self._wake = asyncio.Event()
@@ -76,7 +75,7 @@ class LiveCatalog:
     async def start(self) -> None:
         """Load the catalog (if the database answers) and start watching for changes."""
         try:
-            conn = await connect(self._settings, timeout=5)
+            conn = await connect(self._core, timeout=5)
         except Exception as exc:
             self._failed(exc)
         else:
@@ -127,7 +126,7 @@ class LiveCatalog:
     async def _watch(self) -> None:
         while True:
             try:
-                conn = await connect(self._settings, timeout=5)
+                conn = await connect(self._core, timeout=5)
             except Exception as exc:
                 self._failed(exc)
                 await asyncio.sleep(min(self._poll_interval, 2.0))

@@ -40,6 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from aiserver.costs.errors import InvalidCall, UsageError
+
 __all__ = [
     "MAX_QUANTITY",
     "CompiledPrices",
@@ -138,14 +140,6 @@ class PriceQuote(msgspec.Struct, frozen=True):
     components: tuple[CostComponent, ...]
     unpriced: tuple[str, ...]
     notes: tuple[str, ...]
-
-
-class UsageError(ValueError):
-    """A usage that cannot be priced; ``fields`` names the offending usage fields."""
-
-    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.fields = fields
 
 
 # Every field but the last two is a count; validation reads them in one pass.
@@ -1248,9 +1242,9 @@ def price_call(
     ``input_cost_per_request``; an entry without one has no per-request fee, so ``requests`` is
     never unpriced.
 
-    Raises :class:`UsageError` for an invalid usage, and ``ValueError`` for an unknown service
-    tier or a naive ``at``. A count that equals 0 prices nothing and may go unchecked: ``0.0`` or
-    ``False`` in its place prices as 0 here, though :func:`validate_usage` refuses it.
+    Raises :class:`UsageError` for an invalid usage, and :class:`InvalidCall` for an unknown
+    service tier or a naive ``at``. A count that equals 0 prices nothing and may go unchecked:
+    ``0.0`` or ``False`` in its place prices as 0 here, though :func:`validate_usage` refuses it.
     """
     compiled = prices if isinstance(prices, CompiledPrices) else compile_entry(prices)
     return PriceQuote(*quote(compiled, usage, service_tier, at))
@@ -1373,11 +1367,11 @@ def _check(usage: Usage, service_tier: str, at: datetime) -> None:
     """The checks of price_call, one by one, each raising the error that names what is wrong."""
     validate_usage(usage)
     if service_tier not in _SERVICE_SUFFIX:
-        raise ValueError(
+        raise InvalidCall(
             f"unknown service tier {service_tier!r}; use one of standard, batch, priority, flex"
         )
     if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError("at must be timezone-aware")
+        raise InvalidCall("at must be timezone-aware")
 
 
 def _refuse(usage: Usage, service_tier: str, at: datetime) -> NoReturn:

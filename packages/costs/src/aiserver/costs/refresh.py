@@ -1,6 +1,6 @@
 """Refresh the price catalog from its upstream source, once across the fleet, never losing data.
 
-    report = await refresh_catalog(settings, force=False, trigger="cron")
+    report = await refresh_catalog(core, costs, force=False, trigger="cron")
 
 1. Staleness is read from the database (`ai_cost_metadata.last_success_at` against
    `MODEL_COST_MAX_AGE_SECONDS`); `force` skips only this check.
@@ -30,17 +30,17 @@ from typing import Any, Final
 
 import asyncpg
 import httpx
-from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db.database import connect
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
-from aiserver.costs.fetch import Fetched, UpstreamError, fetch_source
+from aiserver.core_db.settings import CoreSettings
+from aiserver.costs.errors import SourceRejected, UpstreamError
+from aiserver.costs.fetch import Fetched, fetch_source
+from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import (
     DEFAULT_SOURCE,
     ParsedSource,
-    SourceRejected,
     decode_json,
     encode_json,
     parse_source,
@@ -91,7 +91,6 @@ class RefreshReport:
     model_count: int = 0
     catalog_version: int | None = None
     error: str | None = None
-    transient: bool = False
     duration_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -305,7 +304,7 @@ async def _still_skipped(conn: asyncpg.Connection, source: str) -> dict[str, str
 
 async def _refresh_locked(
     conn: asyncpg.Connection,
-    settings: Settings,
+    settings: CostSettings,
     *,
     url: str,
     force: bool,
@@ -338,8 +337,8 @@ async def _refresh_locked(
         )
     except UpstreamError as exc:
         report = RefreshReport(
-            Outcome.FAILED, source, url, trigger, http_status=exc.status, error=str(exc),
-            transient=exc.transient, model_count=current,
+            Outcome.FAILED, source, url, trigger, http_status=exc.http_status, error=str(exc),
+            model_count=current,
         )  # fmt: skip
         await _record_failure(conn, report, started_at=started_at)
         return report
@@ -386,7 +385,8 @@ async def _refresh_locked(
 
 
 async def refresh_catalog(
-    settings: Settings,
+    core: CoreSettings,
+    settings: CostSettings,
     *,
     force: bool = False,
     trigger: str = "manual",
@@ -397,7 +397,7 @@ async def refresh_catalog(
     """Refresh the catalog when it is stale (or `force`); see the module docstring."""
     url = source_url or settings.model_cost_source_url
     started = time.perf_counter()
-    conn = await connect(settings)
+    conn = await connect(core)
     try:
         if not await try_advisory_lock(conn, REFRESH_LOCK):
             report = RefreshReport(Outcome.ALREADY_RUNNING, DEFAULT_SOURCE, url, trigger)
@@ -442,16 +442,15 @@ def snapshot_bytes() -> bytes:
     return gzip.decompress(data.read_bytes())
 
 
-async def seed_from_snapshot(
-    settings: Settings, engine: PostgresEngine | None = None
-) -> RefreshReport | None:
+async def seed_from_snapshot(core: CoreSettings) -> RefreshReport | None:
     """Load the bundled snapshot into an empty catalog; do nothing when it has models.
 
     The seed leaves `last_success_at` empty: the snapshot's age is unknown, so the catalog counts
-    as stale and the first refresh with a network replaces it.
+    as stale and the first refresh with a network replaces it. Its URL is the snapshot's own
+    (`SNAPSHOT_URL`) until a refresh records the upstream's.
     """
     timer = time.perf_counter()
-    conn = await connect(settings)
+    conn = await connect(core)
     try:
         if not await try_advisory_lock(conn, REFRESH_LOCK):
             log.info("catalog seed skipped: a refresh is running")
@@ -463,7 +462,7 @@ async def seed_from_snapshot(
             body = snapshot_bytes()
             parsed = parse_source(body)
             report = await apply_source(
-                conn, parsed, source=DEFAULT_SOURCE, url=settings.model_cost_source_url,
+                conn, parsed, source=DEFAULT_SOURCE, url=SNAPSHOT_URL,
                 trigger="seed", fetched=Fetched(200, body, None, None, 0), started_at=started,
                 succeeded=False,
             )  # fmt: skip

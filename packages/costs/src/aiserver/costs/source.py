@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import msgspec
 
+from aiserver.costs.errors import SourceRejected
+
 #: The name of the one upstream source (`ai_cost_metadata.source`, `ai_model_costs.source`).
 DEFAULT_SOURCE: Final = "litellm"
 
@@ -58,10 +60,6 @@ _decoder: Final = msgspec.json.Decoder(float_hook=Decimal)
 _encoder: Final = msgspec.json.Encoder(
     decimal_format="number", order="sorted", enc_hook=_encode_other
 )
-
-
-class SourceRejected(ValueError):
-    """The whole upstream body is unusable; the current catalog must stay as it is."""
 
 
 def decode_json(data: bytes | str) -> Any:

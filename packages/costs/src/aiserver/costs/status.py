@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from aiserver.core_db.database import DbConnection
-from aiserver.core_db.settings import Settings
+from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
 from aiserver.costs.store import read_state
 
@@ -46,7 +46,7 @@ class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def read_status(
-    conn: DbConnection, settings: Settings, *, source: str = DEFAULT_SOURCE
+    conn: DbConnection, settings: CostSettings, *, source: str = DEFAULT_SOURCE
 ) -> CatalogStatus:
     state = await read_state(conn, source)
     now = datetime.now(UTC)

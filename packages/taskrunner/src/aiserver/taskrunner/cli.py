@@ -11,8 +11,9 @@ from arq.connections import RedisSettings
 from arq.worker import async_check_health
 
 from aiserver.core_db.logging import configure_logging, get_logger
-from aiserver.core_db.settings import Settings, settings_for_command
+from aiserver.core_db.settings import settings_for_command
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
+from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
 
@@ -22,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="aiserver-taskrunner",
         description="The aiserver task runner (arq on REDIS_URL). At start it applies the "
         "database migrations and seeds an empty price catalog, then it refreshes the catalog "
-        "whenever it is stale and runs jobs the API enqueues. SIGTERM lets a running job finish "
-        "(up to 25 s) before stopping; an unfinished job is re-queued.",
+        "at once and whenever it is stale, and runs jobs the API enqueues. SIGTERM lets a "
+        "running job finish (up to 25 s) before stopping; an unfinished job is re-queued.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the worker (the default)")
@@ -40,21 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(settings: Settings, *, burst: bool = False) -> int:
+def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     # Imported here: `check` (the container health check) should not pay for the worker.
-    from arq.worker import Worker
+    from arq.worker import create_worker
 
     from aiserver.taskrunner.worker import worker_options
 
-    worker = Worker(**worker_options(settings), burst=burst)
+    worker = create_worker(worker_options(settings), burst=burst)
     worker.run()
     return 0 if worker.jobs_failed == 0 or not burst else 1
 
 
-async def check(settings: Settings) -> int:
+async def check(settings: TaskRunnerSettings) -> int:
     try:
         async with asyncio.timeout(10):
-            settings_redis = RedisSettings.from_dsn(settings.redis_url)
+            settings_redis = RedisSettings.from_dsn(settings.core.redis_url)
             settings_redis.conn_retries = 0
             return await async_check_health(
                 settings_redis, health_check_key=health_check_key(), queue_name=QUEUE_NAME
@@ -66,8 +67,8 @@ async def check(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_for_command("aiserver-taskrunner")
-    configure_logging(settings.log_level, settings.log_format)
+    settings = settings_for_command("aiserver-taskrunner", TaskRunnerSettings)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     if args.command == "check":
         return asyncio.run(check(settings))
     return run(settings, burst=args.burst)

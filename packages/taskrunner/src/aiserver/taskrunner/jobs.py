@@ -1,10 +1,15 @@
-"""The task runner's jobs. Each is idempotent and safe to run again.
+"""The task runner's jobs: thin calls into the domain packages. Each is idempotent.
 
-- `cost_data_update_task` (cron): refresh the price catalog when the database says it is stale;
-- `refresh_costs(force)`: the same on demand (the API enqueues it by name).
+- `cost_data_update_task` (cron, and once at start): refresh the price catalog when the database
+  says it is stale;
+- `refresh_costs(force)`: the same on demand (the API enqueues it by name, `REFRESH_JOB`);
+- `process_document(document_id)`: convert an uploaded document (`PROCESS_JOB`).
 
 Fleet-wide single execution comes from the refresh's PostgreSQL advisory lock, not from arq's
-`unique`, which does not stop two workers from both running a job.
+`unique`, which does not stop two workers from both running a job. A transient upstream fault is
+retried inside the refresh (MODEL_COST_FETCH_RETRIES, with backoff): the one retry policy. A
+refresh that still fails is recorded, and the catalog, still stale, is tried again at the next
+cron tick.
 """
 
 from __future__ import annotations
@@ -13,22 +18,20 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from arq import Retry
 
+from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
-from aiserver.costs.refresh import Outcome, RefreshReport, refresh_catalog
+from aiserver.costs.refresh import RefreshReport, refresh_catalog
+from aiserver.documents import service as documents
+from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
 
 Ctx = dict[str, Any]
 Job = TypeVar("Job", bound=Callable[..., Coroutine[Any, Any, Any]])
-
-#: arq tries of a refresh job: the first run and up to three retries of a transient fault.
-REFRESH_MAX_TRIES: Final = 4
-RETRY_BASE_DELAY_S: Final = 30.0
 
 
 def logged_job(job: Job) -> Job:
@@ -81,14 +84,10 @@ def report_dict(report: RefreshReport) -> dict[str, Any]:
 
 
 async def _refresh(ctx: Ctx, *, force: bool, trigger: str) -> dict[str, Any]:
-    settings: Settings = ctx["settings"]
-    report = await refresh_catalog(settings, force=force, trigger=trigger, client=ctx["http"])
-    job_try: int = ctx.get("job_try", 1)
-    if report.outcome is Outcome.FAILED and report.transient and job_try < REFRESH_MAX_TRIES:
-        # A transient upstream fault: try again later, backing off. A guardrail rejection is
-        # not retried: the same body would be rejected again (it is in ai_cost_metadata).
-        base: float = ctx.get("retry_base_delay_s", RETRY_BASE_DELAY_S)
-        raise Retry(defer=base * 2 ** (job_try - 1))
+    settings: TaskRunnerSettings = ctx["settings"]
+    report = await refresh_catalog(
+        settings.core, settings.costs, force=force, trigger=trigger, client=ctx["http"]
+    )
     return report_dict(report)
 
 
@@ -102,3 +101,12 @@ async def refresh_costs(ctx: Ctx, force: bool = False) -> dict[str, Any]:
 async def cost_data_update_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: refresh the price catalog when it is older than MODEL_COST_MAX_AGE_SECONDS."""
     return await _refresh(ctx, force=False, trigger="cron")
+
+
+@logged_job
+async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
+    """Convert one uploaded document and store its outputs (see `aiserver.documents.service`)."""
+    settings: TaskRunnerSettings = ctx["settings"]
+    return await documents.process(
+        require_pool(), document_id, settings.documents, ctx["document_slots"]
+    )

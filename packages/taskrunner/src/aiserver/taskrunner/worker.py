@@ -1,7 +1,13 @@
-"""arq WorkerSettings of the task runner: small and declarative.
+"""The task runner's arq worker settings: one source, `worker_options(settings)`.
 
-Start-up initializes the database (migrations under an advisory lock, then the catalog seed) before
-the worker takes a job; `ctx` carries the settings and the HTTP client that `startup` made.
+`aiserver-taskrunner` builds its `Worker` from it, and so does `arq
+aiserver.taskrunner.worker.WorkerSettings` (the class is made from the same options, with the
+settings from the environment, when arq first asks for it).
+
+Start-up initializes the database (migrations under an advisory lock, then the catalog seed)
+before the worker takes a job; `ctx` carries the settings and the pools that `startup` made. The
+catalog's staleness is checked at start as well as on every cron tick, so a fresh deployment or a
+restart after a day offline refreshes at once.
 """
 
 from __future__ import annotations
@@ -18,21 +24,20 @@ from arq.worker import Function, func
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
-from aiserver.core_db.settings import Settings, get_settings
+from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
-from aiserver.taskrunner.documents import process_document
+from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
+from aiserver.documents.jobs import PROCESS_JOB
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
-from aiserver.taskrunner.jobs import (
-    REFRESH_MAX_TRIES,
-    cost_data_update_task,
-    logged_job,
-    refresh_costs,
-)
+from aiserver.taskrunner.jobs import cost_data_update_task, process_document, refresh_costs
+from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
 
 JOB_TIMEOUT_S: Final = 300
 KEEP_RESULT_S: Final = 3600
+#: Tries of a job that a shutdown or a lost worker interrupted (not a retry policy of its own).
+MAX_TRIES: Final = 3
 #: A conversion has its own deadline (DOCUMENT_CONVERSION_TIMEOUT_SECONDS); this bounds the job.
 DOCUMENT_JOB_TIMEOUT_S: Final = 900
 #: On SIGTERM, running jobs get this long to finish; then they are cancelled and re-queued.
@@ -40,17 +45,16 @@ JOB_COMPLETION_WAIT_S: Final = 25
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.get("settings") or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    await initialize_database(settings)
+    settings: TaskRunnerSettings = ctx["settings"]
+    configure_logging(settings.core.log_level, settings.core.log_format)
+    await initialize_database(settings.core)
     stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(database(settings))
+    await stack.enter_async_context(database(settings.core))
     ctx["http"] = await stack.enter_async_context(
-        upstream_client(settings.model_cost_fetch_timeout_seconds)
+        upstream_client(settings.costs.model_cost_fetch_timeout_seconds)
     )
-    ctx["settings"] = settings
     ctx["resources"] = stack
-    ctx["document_slots"] = asyncio.Semaphore(settings.document_max_concurrent)
+    ctx["document_slots"] = asyncio.Semaphore(settings.documents.document_max_concurrent)
     log.info("task runner ready", queue=QUEUE_NAME)
 
 
@@ -69,17 +73,19 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
     clear_context()
 
 
-def refresh_cron(settings: Settings) -> CronJob:
-    """The staleness check, every MODEL_COST_REFRESH_INTERVAL_SECONDS (a divisor of an hour)."""
-    interval = settings.model_cost_refresh_interval_seconds
+def refresh_cron(settings: TaskRunnerSettings) -> CronJob:
+    """The staleness check: at start, then every MODEL_COST_REFRESH_INTERVAL_SECONDS (a divisor
+    of a minute or an hour)."""
+    interval = settings.costs.model_cost_refresh_interval_seconds
     if interval < 60:
         schedule: dict[str, Any] = {"second": set(range(0, 60, interval))}
     else:
         schedule = {"minute": set(range(0, 60, interval // 60)), "second": 0}
     return cron(
         cost_data_update_task,
+        name=f"cron:{UPDATE_TASK}",  # arq's own naming of a cron job
         **schedule,
-        max_tries=REFRESH_MAX_TRIES,
+        run_at_startup=True,
         keep_result=KEEP_RESULT_S,
         timeout=JOB_TIMEOUT_S,
     )
@@ -87,29 +93,24 @@ def refresh_cron(settings: Settings) -> CronJob:
 
 def functions() -> list[Function]:
     return [
-        func(refresh_costs, name="refresh_costs", max_tries=REFRESH_MAX_TRIES),
-        func(
-            logged_job(process_document),
-            name="process_document",
-            max_tries=3,
-            timeout=DOCUMENT_JOB_TIMEOUT_S,
-        ),
+        func(refresh_costs, name=REFRESH_JOB),
+        func(process_document, name=PROCESS_JOB, timeout=DOCUMENT_JOB_TIMEOUT_S),
     ]
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
-    """Everything arq's Worker needs, from our settings."""
+def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
+    """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
         "cron_jobs": [refresh_cron(settings)],
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "on_job_start": on_job_start,
         "on_job_end": on_job_end,
         "job_timeout": JOB_TIMEOUT_S,
-        "max_tries": 3,
+        "max_tries": MAX_TRIES,
         "keep_result": KEEP_RESULT_S,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "health_check_key": health_check_key(),
@@ -118,18 +119,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class WorkerSettings:
-    """For `arq aiserver.taskrunner.worker.WorkerSettings`; `aiserver-taskrunner` is preferred."""
-
-    functions = functions()
-    on_startup = startup
-    on_shutdown = shutdown
-    on_job_start = on_job_start
-    on_job_end = on_job_end
-    queue_name = QUEUE_NAME
-    job_timeout = JOB_TIMEOUT_S
-    max_tries = 3
-    keep_result = KEEP_RESULT_S
-    health_check_interval = HEALTH_CHECK_INTERVAL_S
-    health_check_key = health_check_key()
-    job_completion_wait = JOB_COMPLETION_WAIT_S
+def __getattr__(name: str) -> Any:
+    """`WorkerSettings`, for `arq aiserver.taskrunner.worker.WorkerSettings`: `worker_options`
+    with the settings from the environment, made when arq asks for it (not at import)."""
+    if name == "WorkerSettings":
+        return type("WorkerSettings", (), worker_options(get_settings(TaskRunnerSettings)))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,14 +15,15 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aiserver.api.auth import requires_admin
-from aiserver.api.problems import Problem
+from aiserver.api.errors import UnknownJob
+from aiserver.api.problems import problem_responses
 from aiserver.api.schemas import CatalogOut, JobAccepted, JobStatus, RefreshRequest
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
+from aiserver.costs.jobs import REFRESH_JOB
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.status import read_status
 
-#: The task runner's job, enqueued by name: the api never imports the taskrunner.
-REFRESH_JOB: Final = "refresh_costs"
 QUEUE: Final = default_queue_name
 DB_TIMEOUT_S: Final = 5.0
 
@@ -31,13 +32,14 @@ class CatalogController(Controller):
     path = "/v1"
     tags = ("catalog",)
 
-    @get("/catalog", summary="Catalog status and staleness")
+    @get("/catalog", summary="Catalog status and staleness", responses=problem_responses(503))
     async def catalog_status(self, state: State) -> CatalogOut:
         """Source, ages, stale flag, counts, versions (in the database and in this process), and
         the last error. Reads the database: 503 while it is unreachable."""
         live: LiveCatalog = state.live
+        settings: ApiSettings = state.settings
         async with asyncio.timeout(DB_TIMEOUT_S), require_pool().acquire() as conn:
-            status = await read_status(conn, state.settings)
+            status = await read_status(conn, settings.costs)
         return CatalogOut(
             source=status.source,
             url=status.url,
@@ -63,6 +65,7 @@ class CatalogController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Refresh the catalog now (admin)",
         security=[{"bearer": []}],
+        responses=problem_responses(400, 401, 403, 413, 422, 503),
     )
     async def refresh(
         self, state: State, data: JSONBody[RefreshRequest | None] = None
@@ -73,11 +76,11 @@ class CatalogController(Controller):
         force = data.force if data else False
         async with asyncio.timeout(DB_TIMEOUT_S):
             job = await redis.enqueue_job(REFRESH_JOB, force, _queue_name=QUEUE)
-        if job is None:  # pragma: no cover - only with a fixed job id
-            raise Problem(409, "a refresh job with this id exists already", type_="conflict")
+        assert job is not None  # arq answers None only for a job id given twice; none is given
         return JobAccepted(job_id=job.job_id, status="queued", status_url=f"/v1/jobs/{job.job_id}")
 
-    @get("/jobs/{job_id:str}", summary="Status and result of a job")
+    @get("/jobs/{job_id:str}", summary="Status and result of a job",
+         responses=problem_responses(400, 404, 503))  # fmt: skip
     async def job_status(self, state: State, job_id: FromPath[str]) -> JobStatus:
         """A task-runner job: deferred, queued, in_progress, complete (with its result)."""
         redis: ArqRedis = state.redis
@@ -85,8 +88,7 @@ class CatalogController(Controller):
         async with asyncio.timeout(DB_TIMEOUT_S):
             status = await job.status()
             if status is ArqJobStatus.not_found:
-                raise Problem(404, f"no job {job_id!r} (unknown, or its result expired)",
-                              type_="unknown-job")  # fmt: skip
+                raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
             info = await job.result_info() or await job.info()
         result: Any = None
         success: bool | None = None

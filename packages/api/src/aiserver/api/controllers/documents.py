@@ -1,51 +1,33 @@
-"""Documents: upload one, follow its conversion (task runner), fetch its PDF, text and pages."""
+"""Documents: upload one, follow its conversion (task runner), fetch its PDF, text and pages.
+
+The work is `aiserver.documents.service`'s; this controller decodes, calls and encodes. The
+upload's body limit comes from DOCUMENT_MAX_BYTES when the app is built (see `wiring`).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
-from litestar import Controller, Response, get, post
-from litestar.datastructures import State, UploadFile
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from aiserver.api.problems import Problem
+from aiserver.api.problems import problem_responses
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
-from aiserver.core_db.documents.store import (
-    Kind,
-    create_document,
-    get_document,
-    get_page,
-    get_pdf,
-    set_job,
-)
-from aiserver.core_db.settings import Settings
+from aiserver.documents import service
+from aiserver.documents.errors import UnknownPage
 
-#: The task runner's job, enqueued by name.
-PROCESS_JOB: Final = "process_document"
-TIMEOUT_S: Final = 5.0
-#: Allowed types: by file extension, with the content types browsers and clients send for them.
-ALLOWED: Final[dict[str, Kind]] = {
-    ".pdf": "pdf",
-    ".docx": "docx",
-    ".doc": "doc",
-    ".odt": "odt",
-    ".rtf": "rtf",
-    ".txt": "txt",
-}
 _PAGE_FILE: Final = re.compile(r"^(\d{1,5})\.png$")
-#: Upload bodies may be this much larger than DOCUMENT_MAX_BYTES (multipart framing).
-_MULTIPART_SLACK: Final = 64 * 1024
 
 
 @dataclass
@@ -85,20 +67,6 @@ class DocumentOut(msgspec.Struct, frozen=True, kw_only=True):
     links: DocumentLinks
 
 
-def _kind(upload: UploadFile) -> Kind:
-    suffix = PurePosixPath(upload.filename or "").suffix.lower()
-    kind = ALLOWED.get(suffix)
-    if kind is None:
-        allowed = ", ".join(sorted(k.lstrip(".").upper() for k in ALLOWED))
-        raise Problem(
-            415,
-            f"unsupported document type {suffix or '(no extension)'!r} "
-            f"({upload.content_type}); allowed: {allowed}",
-            type_="unsupported-media-type",
-        )
-    return kind
-
-
 class DocumentController(Controller):
     path = "/v1/documents"
     tags = ("documents",)
@@ -107,52 +75,48 @@ class DocumentController(Controller):
         "/",
         status_code=HTTP_202_ACCEPTED,
         summary="Upload a document for conversion",
-        request_max_body_size=Settings().document_max_bytes + _MULTIPART_SLACK,
+        responses=problem_responses(400, 413, 415, 422, 503),
     )
     async def upload(
         self,
-        state: State,
+        request: Request[Any, Any, Any],
         data: Annotated[DocumentForm, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> DocumentAccepted:
         """Multipart upload in the form field `file`: PDF, DOCX, DOC, ODT, RTF or TXT, at most
         DOCUMENT_MAX_BYTES (default 20 MiB). Answers 202 with the document id; the task runner
         converts it (GET /v1/documents/{id} tells the status)."""
-        settings: Settings = state.settings
-        upload = data.file
-        kind = _kind(upload)
-        content = await upload.read()
-        if len(content) > settings.document_max_bytes:
-            raise Problem(413, f"the document is larger than {settings.document_max_bytes} bytes "
-                          "(DOCUMENT_MAX_BYTES)", type_="too-large")  # fmt: skip
-        if not content:
-            raise Problem(422, "the uploaded file is empty", type_="invalid-request")
-        filename = PurePosixPath(upload.filename or f"document.{kind}").name[:255]
-        redis: ArqRedis = state.redis
-        async with asyncio.timeout(TIMEOUT_S), require_pool().acquire() as conn, conn.transaction():
-            document_id = await create_document(
-                conn, filename=filename, content_type=upload.content_type or "", kind=kind,
-                data=content,
-            )  # fmt: skip
-            # Enqueued inside the transaction: if Redis is down, the row is rolled back (503).
+        settings: ApiSettings = request.app.state.settings
+        redis: ArqRedis = request.app.state.redis
+
+        async def enqueue(function: str, job_id: str, document_id: str) -> str:
             job = await redis.enqueue_job(
-                PROCESS_JOB, str(document_id), _queue_name=default_queue_name,
-                _job_id=f"document:{document_id}",
-            )  # fmt: skip
-            assert job is not None  # a fresh uuid never collides
-            await set_job(conn, document_id, job.job_id)
+                function, document_id, _job_id=job_id, _queue_name=default_queue_name
+            )
+            assert job is not None  # a fresh document id never collides
+            return job.job_id
+
+        upload = service.Upload(
+            filename=data.file.filename,
+            content_type=data.file.content_type,
+            content=await data.file.read(),
+        )
+        submitted = await service.submit(
+            require_pool(), upload, settings.documents, enqueue=enqueue
+        )
         return DocumentAccepted(
-            id=document_id,
+            id=submitted.document_id,
             status="queued",
-            status_url=f"/v1/documents/{document_id}",
-            job_id=job.job_id,
+            status_url=f"/v1/documents/{submitted.document_id}",
+            job_id=submitted.job_id,
         )
 
-    @get("/{document_id:uuid}", summary="Status and results of a document")
+    @get(
+        "/{document_id:uuid}",
+        summary="Status and results of a document",
+        responses=problem_responses(400, 404, 503),
+    )
     async def status(self, document_id: FromPath[uuid.UUID]) -> DocumentOut:
-        async with asyncio.timeout(TIMEOUT_S), require_pool().acquire() as conn:
-            document = await get_document(conn, document_id)
-        if document is None:
-            raise Problem(404, f"no document {document_id}", type_="unknown-document")
+        document = await service.read(require_pool(), document_id)
         base = f"/v1/documents/{document_id}"
         done = document.status == "done"
         return DocumentOut(
@@ -175,26 +139,27 @@ class DocumentController(Controller):
             ),
         )
 
-    @get("/{document_id:uuid}/pdf", summary="The document as PDF", media_type="application/pdf")
+    @get(
+        "/{document_id:uuid}/pdf",
+        summary="The document as PDF",
+        media_type="application/pdf",
+        responses=problem_responses(400, 404, 503),
+    )
     async def pdf(self, document_id: FromPath[uuid.UUID]) -> Response[bytes]:
-        async with asyncio.timeout(TIMEOUT_S), require_pool().acquire() as conn:
-            pdf = await get_pdf(conn, document_id)
-        if pdf is None:
-            raise Problem(404, f"no PDF for document {document_id} (unknown, or not done yet)",
-                          type_="not-ready")  # fmt: skip
+        pdf = await service.read_pdf(require_pool(), document_id)
         return Response(pdf, media_type="application/pdf")
 
-    @get("/{document_id:uuid}/pages/{page_file:str}", summary="One page as PNG",
-         media_type="image/png")  # fmt: skip
+    @get(
+        "/{document_id:uuid}/pages/{page_file:str}",
+        summary="One page as PNG",
+        media_type="image/png",
+        responses=problem_responses(400, 404, 503),
+    )
     async def page(
         self, document_id: FromPath[uuid.UUID], page_file: FromPath[str]
     ) -> Response[bytes]:
         match = _PAGE_FILE.match(page_file)
         if match is None:
-            raise Problem(404, "pages are named <n>.png, from 1.png", type_="unknown-page")
-        async with asyncio.timeout(TIMEOUT_S), require_pool().acquire() as conn:
-            png = await get_page(conn, document_id, int(match.group(1)))
-        if png is None:
-            raise Problem(404, f"no page {page_file} for document {document_id}",
-                          type_="unknown-page")  # fmt: skip
+            raise UnknownPage("pages are named <n>.png, from 1.png")
+        png = await service.read_page(require_pool(), document_id, int(match.group(1)))
         return Response(png, media_type="image/png")

@@ -11,7 +11,8 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from aiserver.api.problems import Problem
+from aiserver.api.errors import BadCursor
+from aiserver.api.problems import problem_responses
 from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut, plain
 from aiserver.costs.calculator import money
 from aiserver.costs.catalog import PriceVersion
@@ -27,7 +28,7 @@ def _decode_cursor(cursor: str) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Problem(400, "the cursor is not one this API returned", type_="bad-cursor") from None
+        raise BadCursor("the cursor is not one this API returned") from None
 
 
 def _price(pv: PriceVersion, field: str) -> str | None:
@@ -58,7 +59,7 @@ class ModelController(Controller):
     path = "/v1/models"
     tags = ("models",)
 
-    @get("/", summary="List models")
+    @get("/", summary="List models", responses=problem_responses(400, 422, 503))
     async def list_models(
         self,
         state: State,
@@ -83,7 +84,11 @@ class ModelController(Controller):
             catalog_version=catalog.version,
         )
 
-    @get("/{model:path}", summary="One model's prices")
+    @get(
+        "/{model:path}",
+        summary="One model's prices",
+        responses=problem_responses(400, 404, 422, 503),
+    )
     async def get_model(
         self, state: State, model: FromPath[str], provider: FromQuery[str | None] = None
     ) -> ModelDetail:

@@ -16,11 +16,13 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from aiserver.api.auth import requires_admin
-from aiserver.api.problems import Problem
+from aiserver.api.problems import problem_responses
 from aiserver.api.schemas import OverrideIn, OverrideOut
+from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import DbConnection, require_pool
 from aiserver.costs.calculator import money
-from aiserver.costs.catalog import UnknownModel, read_overrides
+from aiserver.costs.catalog import read_overrides
+from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.pricing import is_understood_field
 from aiserver.costs.source import DEFAULT_SOURCE, encode_json
@@ -32,7 +34,8 @@ MAX_ID: Final = 2**63 - 1
 
 
 async def _bump_version(conn: DbConnection, state: State) -> None:
-    await ensure_source(conn, DEFAULT_SOURCE, state.settings.model_cost_source_url)
+    settings: ApiSettings = state.settings
+    await ensure_source(conn, DEFAULT_SOURCE, settings.costs.model_cost_source_url)
     version = await conn.fetchval(
         "UPDATE ai_cost_metadata SET catalog_version = catalog_version + 1, updated_at = now()"
         " WHERE source = $1 RETURNING catalog_version",
@@ -47,7 +50,7 @@ class OverrideController(Controller):
     guards = (requires_admin,)
     security = ({"bearer": []},)
 
-    @get("/", summary="List price overrides (admin)")
+    @get("/", summary="List price overrides (admin)", responses=problem_responses(401, 403, 503))
     async def list_overrides(self) -> list[OverrideOut]:
         async with asyncio.timeout(DB_TIMEOUT_S), require_pool().acquire() as conn:
             overrides = await read_overrides(conn)
@@ -63,15 +66,19 @@ class OverrideController(Controller):
             for o in overrides
         ]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create or replace an override (admin)")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create or replace an override (admin)",
+        responses=problem_responses(400, 401, 403, 413, 422, 503),
+    )
     async def put_override(self, state: State, data: JSONBody[OverrideIn]) -> OverrideOut:
         """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token).
         An existing model is named by any name the calculator accepts; a new one is created
         under `provider`."""
         unknown = sorted(name for name in data.prices if not is_understood_field(name))
         if unknown:
-            raise Problem(422, "unknown price fields: " + ", ".join(unknown),
-                          type_="invalid-request", fields=unknown)  # fmt: skip
+            raise UnknownPriceFields(unknown)
         live: LiveCatalog = state.live
         model = data.model
         try:
@@ -114,10 +121,15 @@ class OverrideController(Controller):
             created_at=row["created_at"],
         )
 
-    @delete("/{override_id:int}", status_code=HTTP_204_NO_CONTENT, summary="Delete (admin)")
+    @delete(
+        "/{override_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete (admin)",
+        responses=problem_responses(400, 401, 403, 404, 503),
+    )
     async def delete_override(self, state: State, override_id: FromPath[int]) -> None:
         if not 0 < override_id <= MAX_ID:
-            raise Problem(404, f"no override {override_id}", type_="unknown-override")
+            raise UnknownOverride(f"no override {override_id}")
         async with (
             asyncio.timeout(DB_TIMEOUT_S),
             require_pool().acquire() as conn,
@@ -127,6 +139,6 @@ class OverrideController(Controller):
                 "DELETE FROM ai_cost_overrides WHERE id = $1 RETURNING id", override_id
             )
             if deleted is None:
-                raise Problem(404, f"no override {override_id}", type_="unknown-override")
+                raise UnknownOverride(f"no override {override_id}")
             await _bump_version(conn, state)
         state.live.notify()

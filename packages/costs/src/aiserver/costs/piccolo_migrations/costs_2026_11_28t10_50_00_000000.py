@@ -6,8 +6,7 @@ CHECK constraints that Piccolo's auto-migrations cannot express. The SQL is froz
 changes come as new migrations.
 """
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine import engine_finder
+from aiserver.core_db.migrations import sql_migration
 
 ID = "2026-11-28T10:50:00:000000"
 VERSION = "1.38.0"
@@ -123,14 +122,6 @@ STATEMENTS = (
 )
 
 
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="costs", description=DESCRIPTION)
-
-    async def create_catalog() -> None:
-        engine = engine_finder()
-        assert engine is not None
-        for statement in STATEMENTS:
-            await engine.run_ddl(statement)
-
-    manager.add_raw(create_catalog)
-    return manager
+forwards = sql_migration(
+    migration_id=ID, app_name="costs", description=DESCRIPTION, statements=STATEMENTS
+)

@@ -3,8 +3,8 @@ images with poppler.
 
 Every tool runs in its own process group with a timeout; on timeout the whole group is killed
 (soffice starts helpers of its own). Each LibreOffice run gets a private profile directory, so
-concurrent conversions never share one. The limits protect the worker: pages rendered, text
-kept, conversions at once (a semaphore per worker).
+concurrent conversions never share one. The limits protect the worker: time, pages rendered and
+text kept (`Limits`); `aiserver.documents.service` bounds the conversions at once.
 """
 
 from __future__ import annotations
@@ -16,49 +16,15 @@ import re
 import signal
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from aiserver.core_db.database import require_pool
-from aiserver.core_db.documents.store import mark_failed, save_outputs, start_processing
-from aiserver.core_db.logging import get_logger
-from aiserver.core_db.settings import Settings
+from aiserver.documents.errors import ConversionError, ToolTimeout
+from aiserver.documents.kinds import OFFICE_KINDS, Kind
+from aiserver.documents.limits import Limits
 
-log = get_logger(__name__)
-
-OFFICE_KINDS: Final = frozenset({"docx", "doc", "odt", "rtf", "txt"})
 _PAGES: Final = re.compile(rb"^Pages:\s+(\d+)\s*$", re.MULTILINE)
-
-
-class ConversionError(Exception):
-    """The document cannot be converted; the message is the reason shown to the user."""
-
-
-class ToolTimeout(ConversionError):
-    """A tool ran past its time and was killed with its process group."""
-
-    def __init__(self, tool: str) -> None:
-        super().__init__(f"{tool} timed out and was killed")
-        self.tool = tool
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    timeout_s: float
-    max_pages: int
-    max_text_bytes: int
-    dpi: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> Limits:
-        return cls(
-            timeout_s=settings.document_conversion_timeout_seconds,
-            max_pages=settings.document_max_pages,
-            max_text_bytes=settings.document_max_text_bytes,
-            dpi=settings.document_render_dpi,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +80,7 @@ def _read_pages(work: Path) -> list[bytes]:
     return [p.read_bytes() for p in files]
 
 
-async def convert(source: bytes, kind: str, limits: Limits) -> Converted:
+async def convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
     """Convert one document in a private temporary directory. Raises `ConversionError`."""
     try:
         return await _convert(source, kind, limits)
@@ -125,7 +91,7 @@ async def convert(source: bytes, kind: str, limits: Limits) -> Converted:
         ) from None
 
 
-async def _convert(source: bytes, kind: str, limits: Limits) -> Converted:
+async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
     deadline = time.monotonic() + limits.timeout_s
 
     def remaining() -> float:
@@ -185,33 +151,3 @@ async def _convert(source: bytes, kind: str, limits: Limits) -> Converted:
             text_truncated=truncated,
             pages=pages,
         )
-
-
-async def process_document(ctx: dict[str, Any], document_id: str) -> dict[str, Any]:
-    """Job: convert one uploaded document and store its outputs. Re-running it is safe: a done
-    document is left alone; any other is converted again and its outputs replaced."""
-    settings: Settings = ctx["settings"]
-    semaphore: asyncio.Semaphore = ctx["document_slots"]
-    doc_id = uuid.UUID(document_id)
-    pool = require_pool()
-    async with pool.acquire() as conn:
-        started = await start_processing(conn, doc_id)
-    if started is None:
-        return {"document_id": document_id, "status": "done", "note": "nothing to do"}
-    document, source = started
-    async with semaphore:
-        try:
-            converted = await convert(source, document.kind, Limits.of(settings))
-        except ConversionError as exc:
-            async with pool.acquire() as conn:
-                await mark_failed(conn, doc_id, str(exc))
-            log.warning("document failed", document_id=document_id, reason=str(exc))
-            return {"document_id": document_id, "status": "failed", "error": str(exc)}
-    async with pool.acquire() as conn:
-        await save_outputs(
-            conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
-            text=converted.text, text_truncated=converted.text_truncated, pages=converted.pages,
-        )  # fmt: skip
-    log.info("document converted", document_id=document_id, pages=converted.page_count,
-             rendered=len(converted.pages), text_bytes=len(converted.text))  # fmt: skip
-    return {"document_id": document_id, "status": "done", "page_count": converted.page_count}

@@ -10,10 +10,9 @@ from datetime import datetime
 from typing import Final, Literal
 
 from aiserver.core_db.database import DbConnection
+from aiserver.documents.kinds import Kind
 
-Kind = Literal["pdf", "docx", "doc", "odt", "rtf", "txt"]
 Status = Literal["queued", "processing", "done", "failed"]
-KINDS: Final[tuple[str, ...]] = ("pdf", "docx", "doc", "odt", "rtf", "txt")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,6 @@
 """Documents and their rendered pages. Frozen SQL; later changes come as new migrations."""
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine import engine_finder
+from aiserver.core_db.migrations import sql_migration
 
 ID = "2026-11-28T11:20:00:000000"
 VERSION = "1.38.0"
@@ -46,14 +45,6 @@ STATEMENTS = (
 )
 
 
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="documents", description=DESCRIPTION)
-
-    async def create_documents() -> None:
-        engine = engine_finder()
-        assert engine is not None
-        for statement in STATEMENTS:
-            await engine.run_ddl(statement)
-
-    manager.add_raw(create_documents)
-    return manager
+forwards = sql_migration(
+    migration_id=ID, app_name="documents", description=DESCRIPTION, statements=STATEMENTS
+)

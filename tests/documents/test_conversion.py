@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from aiserver.taskrunner.documents import ConversionError, Limits, convert
+from aiserver.documents.conversion import convert
+from aiserver.documents.errors import ConversionError
+from aiserver.documents.limits import Limits
 
 from ..support.docs import docx
 

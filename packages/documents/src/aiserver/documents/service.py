@@ -1,0 +1,139 @@
+"""What the services do with documents: the API submits and reads them, the task runner converts.
+
+submitted = await submit(pool, upload, settings, enqueue=...)   # API: store + enqueue, atomic
+result = await process(pool, document_id, settings, slots)       # task runner job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Final
+
+import asyncpg
+
+from aiserver.core_db.logging import get_logger
+from aiserver.documents import store
+from aiserver.documents.conversion import convert
+from aiserver.documents.errors import (
+    ConversionError,
+    DocumentNotReady,
+    DocumentTooLarge,
+    EmptyDocument,
+    UnknownDocument,
+    UnknownPage,
+)
+from aiserver.documents.jobs import PROCESS_JOB, process_job_id
+from aiserver.documents.kinds import kind_of
+from aiserver.documents.limits import Limits
+from aiserver.documents.settings import DocumentSettings
+from aiserver.documents.store import Document
+
+log = get_logger(__name__)
+
+#: Enqueue a task-runner job: (function name, job id, arguments) -> the job id it was given.
+Enqueue = Callable[[str, str, str], Awaitable[str]]
+
+#: Bound on each database step of a request, so that a stalled database is a 503, not a hang.
+DB_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str | None
+    content_type: str | None
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    document_id: uuid.UUID
+    job_id: str
+
+
+async def submit(
+    pool: asyncpg.Pool, upload: Upload, settings: DocumentSettings, *, enqueue: Enqueue
+) -> Submitted:
+    """Check an upload, store it and enqueue its conversion, all or nothing.
+
+    The job is enqueued inside the transaction: when Redis is down the row is rolled back, so a
+    document is never stored without a conversion on its way.
+    """
+    kind = kind_of(upload.filename or "", upload.content_type)
+    if len(upload.content) > settings.document_max_bytes:
+        raise DocumentTooLarge(
+            f"the document is larger than {settings.document_max_bytes} bytes (DOCUMENT_MAX_BYTES)"
+        )
+    if not upload.content:
+        raise EmptyDocument("the uploaded file is empty")
+    filename = PurePosixPath(upload.filename or f"document.{kind}").name[:255]
+    async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn, conn.transaction():
+        document_id = await store.create_document(
+            conn, filename=filename, content_type=upload.content_type or "", kind=kind,
+            data=upload.content,
+        )  # fmt: skip
+        job_id = await enqueue(PROCESS_JOB, process_job_id(str(document_id)), str(document_id))
+        await store.set_job(conn, document_id, job_id)
+    return Submitted(document_id=document_id, job_id=job_id)
+
+
+async def read(pool: asyncpg.Pool, document_id: uuid.UUID) -> Document:
+    async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
+        document = await store.get_document(conn, document_id)
+    if document is None:
+        raise UnknownDocument(f"no document {document_id}")
+    return document
+
+
+async def read_pdf(pool: asyncpg.Pool, document_id: uuid.UUID) -> bytes:
+    async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
+        pdf = await store.get_pdf(conn, document_id)
+    if pdf is None:
+        raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
+    return pdf
+
+
+async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> bytes:
+    async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
+        png = await store.get_page(conn, document_id, page)
+    if png is None:
+        raise UnknownPage(f"no page {page}.png for document {document_id}")
+    return png
+
+
+async def process(
+    pool: asyncpg.Pool,
+    document_id: str,
+    settings: DocumentSettings,
+    slots: asyncio.Semaphore,
+) -> dict[str, Any]:
+    """Convert one uploaded document and store its outputs; the job's result as plain data.
+
+    Re-running it is safe: a done document is left alone; any other is converted again and its
+    outputs replaced. `slots` bounds the conversions at once in this worker.
+    """
+    doc_id = uuid.UUID(document_id)
+    async with pool.acquire() as conn:
+        started = await store.start_processing(conn, doc_id)
+    if started is None:
+        return {"document_id": document_id, "status": "done", "note": "nothing to do"}
+    document, source = started
+    async with slots:
+        try:
+            converted = await convert(source, document.kind, Limits.of(settings))
+        except ConversionError as exc:
+            async with pool.acquire() as conn:
+                await store.mark_failed(conn, doc_id, str(exc))
+            log.warning("document failed", document_id=document_id, reason=str(exc))
+            return {"document_id": document_id, "status": "failed", "error": str(exc)}
+    async with pool.acquire() as conn:
+        await store.save_outputs(
+            conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
+            text=converted.text, text_truncated=converted.text_truncated, pages=converted.pages,
+        )  # fmt: skip
+    log.info("document converted", document_id=document_id, pages=converted.page_count,
+             rendered=len(converted.pages), text_bytes=len(converted.text))  # fmt: skip
+    return {"document_id": document_id, "status": "done", "page_count": converted.page_count}

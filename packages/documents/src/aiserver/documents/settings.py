@@ -1,0 +1,20 @@
+"""The documents' settings (read by `aiserver.core_db.settings.load_settings`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section
+
+
+class DocumentSettings(Section, frozen=True, kw_only=True):
+    """How large an upload may be, and how much work one conversion may take."""
+
+    document_max_bytes: PositiveInt = 20 * 1024 * 1024
+    document_max_pages: PositiveInt = 50
+    document_max_text_bytes: PositiveInt = 2 * 1024 * 1024
+    document_render_dpi: Annotated[int, msgspec.Meta(ge=36, le=600)] = 100
+    document_conversion_timeout_seconds: PositiveFloat = 120.0
+    document_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
