@@ -280,13 +280,17 @@ def read_document(body: bytes) -> SourceDocument:
     """Decode an upstream body. Raises `SourceRejected` when it is not a JSON object."""
     if not body.strip():
         raise SourceRejected("empty body")
+    try:  # JSON is UTF-8 (RFC 8259): checked here, whatever a decoder would call it
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceRejected(f"not JSON: invalid UTF-8 at byte {exc.start}") from None
     try:
         document = _canonical_decoder.decode(body)
     except msgspec.DecodeError as exc:
         snippet = body[:60].decode("utf-8", "replace").strip()
         raise SourceRejected(f"not JSON ({exc}); the body starts with {snippet!r}") from None
-    except UnicodeDecodeError as exc:  # msgspec's report of invalid UTF-8 inside a string
-        raise SourceRejected(f"not JSON: invalid UTF-8 ({exc.reason})") from None
+    except UnicodeDecodeError as exc:  # an escape that names no character (a lone \ud800)
+        raise SourceRejected(f"not JSON: {exc.reason}") from None
     except RecursionError:
         raise SourceRejected("not JSON: nested too deeply") from None
     if not isinstance(document, dict):
