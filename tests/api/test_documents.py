@@ -122,3 +122,21 @@ async def test_unsupported_and_oversized_uploads_are_refused(
             404,
             "no document",
         )
+
+
+async def test_a_raised_document_limit_takes_effect_on_the_upload_route(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    """DOCUMENT_MAX_BYTES above its default: the route's body limit follows it (it was fixed
+    from the default when the module was imported, so a larger document was a 413)."""
+    default = api_settings.documents.document_max_bytes
+    larger = replace_settings(api_settings, document_max_bytes=default + 2 * 1024 * 1024)
+    text = b"an exact ledger of model calls\n" * ((default + 1024 * 1024) // 31)
+    assert default < len(text) < larger.documents.document_max_bytes
+    async with AsyncTestClient(app=create_app(larger)) as client:
+        response = await upload(client, "long.txt", text, "text/plain")
+        assert response.status_code == 202, response.text
+        stored = (await client.get(response.json()["status_url"])).json()
+        assert stored["size_bytes"] == len(text)
+    async with AsyncTestClient(app=create_app(api_settings)) as client:
+        assert_problem(await upload(client, "long.txt", text, "text/plain"), 413, "too large")
