@@ -171,8 +171,8 @@ class CheckedRequest(Request[Any, Any, Any]):
 
     The body must be UTF-8 JSON: a body that is not UTF-8, or JSON nested deeper than the
     interpreter can decode, is a `SerializationException` like any other malformed JSON, which
-    Litestar answers with a 400. (Without this, a decoder's UnicodeDecodeError or RecursionError
-    was a 500.) Only public API: `Request.json` and `Request.body`.
+    Litestar answers with a 400; Litestar itself lets a decoder's UnicodeDecodeError or
+    RecursionError through as a 500. Only public API: `Request.json` and `Request.body`.
     """
 
     async def json(self) -> Any:
