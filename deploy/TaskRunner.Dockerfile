@@ -1,5 +1,5 @@
 # The aiserver task runner image, made from the wheelhouse dist/taskrunner and nothing else, plus
-# the document tools (LibreOffice Writer, poppler) from the base's Debian packages.
+# the document tools (LibreOffice Writer without its GUI, poppler) from the base's Debian packages.
 #
 #   hatch run build:taskrunner
 #   podman build --format docker -f deploy/TaskRunner.Dockerfile -t aiserver-taskrunner .
@@ -33,12 +33,18 @@ RUN python3 -m venv /opt/uv \
 
 FROM ${BASE_IMAGE}
 # Versions float with the base's bookworm point releases (security fixes); an exact Debian
-# revision pinned here would stop building once the mirror drops it. tini reaps the processes
-# that LibreOffice leaves behind, which a Python PID 1 does not.
+# revision pinned here would stop building once the mirror drops it. LibreOffice is Debian's
+# -nogui build of Writer: the same converter without the desktop stack (X11, GStreamer, CUPS,
+# D-Bus); libreoffice-core-nogui is named because writer-nogui is content with either core. .ci/run
+# installs the same packages, so the tests convert with what ships. tini reaps the processes that
+# LibreOffice leaves behind, which a Python PID 1 does not. apt's package caches (*.bin, 75 MB on
+# a base without Debian's docker-clean setting) go with the lists.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libreoffice-writer poppler-utils tini \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log \
+ && apt-get install -y --no-install-recommends \
+      libreoffice-writer-nogui libreoffice-core-nogui poppler-utils tini \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
+      /var/log/apt /var/log/dpkg.log \
  && groupadd --gid 10001 aiserver \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/aiserver \
       --shell /usr/sbin/nologin aiserver

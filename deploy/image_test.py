@@ -14,6 +14,11 @@
    the API's HEALTHCHECK passes, GET /health and /ready answer 200, the API serves a cost, each
    migration was applied once although two task runners started at once, the processes run as
    uid 10001, and no uv is left in the final images;
+   documents: a docx, doc, odt, rtf, txt and pdf, each uploaded to the API container
+   (POST /v1/documents) and converted by one of the task runner containers, come back done with
+   their page count, the text of every page, the PDF and a PNG per page (the doc and the odt are
+   the docx saved by the task runner image's own LibreOffice: no binary Word file is written by
+   hand);
 6. the image sizes and the size of the layers this project adds above the base, printed and
    written to dist/image-test/report.json.
 
@@ -26,6 +31,7 @@ debootstrap) makes it print why and exit 0: that is how .ci/run calls it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +42,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,11 @@ DB_URL = "postgresql://postgres@127.0.0.1:5432/aiserver"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 COST_MODEL = "gpt-4o"
 COST_REQUEST = {"model": COST_MODEL, "usage": {"input_tokens": 1000, "output_tokens": 500}}
+#: The documents converted through the images: each kind, and the text of each page it holds.
+TWO_PAGES = ("Invoice 4711 for Ada", "Second page here")
+RTF_PAGES = ("RTF page one", "RTF page two")
+TXT_PAGES = ("A plain text document, with umlauts: Zwölf Boxkämpfer",)
+DOCUMENT_TIMEOUT_S = 180
 
 
 class Unavailable(Exception):
@@ -101,21 +113,39 @@ def free_port() -> int:
         return port
 
 
-def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
+def fetch(
+    method: str, url: str, data: bytes | None = None, content_type: str | None = None
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request to the API under test."""
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError(f"the image test talks to its own API only, not {url}")
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type} if content_type else {}
     request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, response.headers.get_content_type(), response.read()
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw.decode(errors="replace")
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    status, _, raw = fetch(method, url, data, "application/json" if data else None)
+    try:
+        return status, json.loads(raw or b"null")
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body holding one file: (body, its content type)."""
+    boundary = f"aiserver-imagetest-{uuid.uuid4().hex}"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 # -- preparation ----------------------------------------------------------------------------------
@@ -397,6 +427,119 @@ def check_stack(stack: Stack, report: dict[str, Any]) -> None:
     passed(report, f"the services run as uid {UID}")
 
 
+def docx(*pages: str) -> bytes:
+    """The tests' own DOCX writer (tests/support/docs.py, standard library only)."""
+    spec = importlib.util.spec_from_file_location("docs", ROOT / "tests" / "support" / "docs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    made: bytes = module.docx(*pages)
+    return made
+
+
+def soffice_export(stack: Stack, source: bytes, kind: str) -> bytes:
+    """`source` (a DOCX) saved as `kind` by the LibreOffice of a task runner container: the test
+    cannot write a binary Word 97 file itself."""
+    script = (
+        'd=$(mktemp -d) && cat > "$d/in.docx" && HOME="$d" soffice --headless --norestore '
+        '--convert-to "$1" --outdir "$d" "$d/in.docx" >/dev/null 2>&1 && cat "$d/in.$1"; '
+        'rc=$?; rm -rf "$d"; exit $rc'
+    )
+    done = subprocess.run(
+        ["podman", "exec", "-i", stack.name("taskrunner-1"), "sh", "-c", script, "sh", kind],
+        input=source,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode != 0 or not done.stdout:
+        raise AssertionError(f"soffice --convert-to {kind} failed: {done.stderr!r}")
+    return done.stdout
+
+
+def convert_through_the_api(
+    stack: Stack, documents: dict[str, tuple[bytes, tuple[str, ...]]]
+) -> dict[str, dict[str, Any]]:
+    """Upload each document (file name -> content, text of its pages) to the API container, wait
+    until a task runner container converted it, and check the PDF, the text and the pages."""
+    base = f"http://127.0.0.1:{stack.port}"
+    urls = {}
+    for filename, (content, _) in documents.items():
+        form, content_type = multipart("file", filename, content)
+        status, _, raw = fetch("POST", f"{base}/v1/documents", form, content_type)
+        assert status == 202, (filename, status, raw[:500])
+        urls[filename] = base + json.loads(raw)["status_url"]
+    results: dict[str, dict[str, Any]] = {}
+
+    def all_finished() -> bool:
+        for filename, url in urls.items():
+            if filename not in results:
+                status, body = http("GET", url)
+                assert status == 200, (filename, status, body)
+                if body["status"] in ("done", "failed"):
+                    results[filename] = body
+        return len(results) == len(urls)
+
+    wait_until(f"{len(urls)} document(s) converted", all_finished, DOCUMENT_TIMEOUT_S)
+    converted = {}
+    for filename, (_, pages) in documents.items():
+        body = results[filename]
+        assert (body["status"], body["error"]) == ("done", None), (filename, body)
+        assert body["page_count"] == len(pages), (filename, body["page_count"], body["text"])
+        assert body["pages_rendered"] == len(pages) == len(body["links"]["pages"]), body
+        for text in pages:
+            assert text in body["text"], (filename, text, body["text"])
+        status, kind, pdf = fetch("GET", base + body["links"]["pdf"])
+        assert (status, kind, pdf[:5]) == (200, "application/pdf", b"%PDF-"), (filename, status)
+        for link in body["links"]["pages"]:
+            status, kind, png = fetch("GET", base + link)
+            assert (status, kind, png[:4]) == (200, "image/png", b"\x89PNG"), (link, status)
+        by = [
+            role
+            for role in ("taskrunner-1", "taskrunner-2")
+            if any(
+                '"document converted"' in line and body["id"] in line
+                for line in stack.logs(role).splitlines()
+            )
+        ]
+        assert len(by) == 1, f"{filename}: converted by {by or 'no task runner'}"
+        converted[filename] = {"pages": body["page_count"], "pdf": pdf, "by": by[0]}
+        print(f"    {filename}: {body['page_count']} page(s), text and PNGs, by {by[0]}")
+    return converted
+
+
+def check_documents(stack: Stack, report: dict[str, Any]) -> None:
+    two_pages = docx(*TWO_PAGES)
+    rtf = (
+        r"{\rtf1\ansi\deff0{\fonttbl{\f0 Times New Roman;}}\f0\fs24 "
+        + r"\par\page ".join(RTF_PAGES)
+        + r"\par}"
+    )
+    office = {
+        "letter.docx": (two_pages, TWO_PAGES),
+        "letter.doc": (soffice_export(stack, two_pages, "doc"), TWO_PAGES),
+        "letter.odt": (soffice_export(stack, two_pages, "odt"), TWO_PAGES),
+        "letter.rtf": (rtf.encode(), RTF_PAGES),
+        "notes.txt": ((TXT_PAGES[0] + "\n").encode(), TXT_PAGES),
+    }
+    started = time.monotonic()
+    converted = convert_through_the_api(stack, office)
+    # and a PDF, which goes straight to poppler: the one the docx became
+    converted |= convert_through_the_api(
+        stack, {"letter.pdf": (converted["letter.docx"]["pdf"], TWO_PAGES)}
+    )
+    report.setdefault("seconds", {})["documents"] = round(time.monotonic() - started, 1)
+    report["documents"] = {
+        name: {"pages": entry["pages"], "converted_by": entry["by"]}
+        for name, entry in converted.items()
+    }
+    passed(
+        report,
+        "docx, doc, odt, rtf, txt and pdf uploaded to the API convert in the task runners",
+    )
+
+
 # -- the images -----------------------------------------------------------------------------------
 
 
@@ -537,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         bring_up(stack)
         step("stack checks")
         check_stack(stack, report)
+        step("documents: uploaded to the API, converted by the task runners")
+        check_documents(stack, report)
     except Exception:
         print(f"image-test: {len(report.get('checks', []))} passed, 1 failed")
         for role in ("taskrunner-1", "taskrunner-2", "api"):

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -186,20 +187,42 @@ def _variables(cls: type[Section]) -> set[str]:
     return found
 
 
+def _env_example(service: str) -> set[str]:
+    text = (ROOT / "services" / service / ".env.example").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return {line.split("=", 1)[0] for line in lines}
+
+
+def _deployment_md_variables(service: str) -> set[str]:
+    """The variables in the first column of deploy/deployment.md's table for `service`."""
+    text = (ROOT / "deploy" / "deployment.md").read_text()
+    section = text.split(f"(`services/{service}/.env.example`)\n", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
+
+
 def test_the_env_examples_name_every_setting_and_only_settings() -> None:
-    settings = _variables(ApiSettings) | _variables(TaskRunnerSettings)
-    named = {}
+    settings = {"api": _variables(ApiSettings), "taskrunner": _variables(TaskRunnerSettings)}
+    named = {service: _env_example(service) for service in SERVICES}
     for service in SERVICES:
-        text = (ROOT / "services" / service / ".env.example").read_text()
-        named[service] = {
-            line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")
-        }
-        assert named[service] <= settings, f"{service}: not settings: {named[service] - settings}"
+        assert named[service] <= settings[service], (
+            f"{service}: not its settings: {named[service] - settings[service]}"
+        )
         assert {"DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "LOG_FORMAT"} <= named[service]
-    missing = settings - named["api"] - named["taskrunner"]
+    missing = (settings["api"] | settings["taskrunner"]) - named["api"] - named["taskrunner"]
     assert not missing, f"add {sorted(missing)} to services/*/.env.example (the env contract)"
     assert "API_ADMIN_TOKENS" in named["api"]
-    assert "MODEL_COST_REFRESH_INTERVAL_SECONDS" in named["taskrunner"]
+    assert {"MODEL_COST_REFRESH_INTERVAL_SECONDS", "DOCUMENT_MAX_CONCURRENT"} <= named["taskrunner"]
+    assert "DOCUMENT_MAX_BYTES" in named["api"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_deployment_md_lists_the_variables_of_each_env_example(service: str) -> None:
+    documented, named = _deployment_md_variables(service), _env_example(service)
+    assert documented == named, (
+        f"deploy/deployment.md's {service} table: add {sorted(named - documented)}, "
+        f"drop {sorted(documented - named)}"
+    )
 
 
 # -- the wheelhouses ------------------------------------------------------------------------------
