@@ -22,7 +22,7 @@ def tools_present() -> None:
     missing = [t for t in ("soffice", "pdfinfo", "pdftotext", "pdftoppm") if not shutil.which(t)]
     if missing:
         pytest.fail(
-            f"missing {', '.join(missing)}: install libreoffice-writer and poppler-utils "
+            f"missing {', '.join(missing)}: install libreoffice-writer-nogui and poppler-utils "
             "(.ci/run does this)",
             pytrace=False,
         )
