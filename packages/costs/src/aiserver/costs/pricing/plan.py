@@ -37,6 +37,7 @@ from aiserver.costs.pricing.regime import Priced, Resolver, query_tier, regime
 from aiserver.costs.pricing.usage import (
     COUNT_FIELDS,
     MAX_QUANTITY,
+    REST,
     SEARCH_CONTEXT_SIZES,
     Usage,
     check_call,
@@ -50,31 +51,6 @@ _POSITION: Final[Mapping[str, int]] = {
 }
 
 
-# The parts of a count that other dimensions price, taken away so that every token is priced
-# exactly once. Cached audio and image tokens are parts of both cache_read_tokens and their
-# modality count, so the input text is what remains after adding them back once.
-_LESS: Final[Mapping[str, tuple[str, ...]]] = {
-    "input": (
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "input_audio_tokens",
-        "input_image_tokens",
-        "input_video_tokens",
-    ),
-    "cache_read": ("cache_read_audio_tokens", "cache_read_image_tokens"),
-    "cache_write": ("cache_write_1h_tokens",),  # the rest is written for 5 minutes
-    "input_audio": ("cache_read_audio_tokens",),
-    "input_image": ("cache_read_image_tokens",),
-    "output": (
-        "reasoning_tokens",
-        "output_audio_tokens",
-        "output_image_tokens",
-        "output_video_tokens",
-    ),
-}
-_MORE: Final[Mapping[str, tuple[str, ...]]] = {
-    "input": ("cache_read_audio_tokens", "cache_read_image_tokens"),
-}
 # Every count starts exactly one dimension. So when no dimension's quantity is negative, no count
 # is negative and no part is larger than its total: the rules validate_usage checks.
 assert sorted(dim.count_field for dim in DIMENSIONS) == sorted(COUNT_FIELDS)
@@ -238,9 +214,12 @@ def _plan(compiled: CompiledPrices, key: tuple[Any, ...]) -> Plan:
     steps: list[_Step] = []
     entries: list[tuple[Dimension, Priced]] = []
     for dim in DIMENSIONS:
+        # Its quantity is the rest of its count: the parts that other dimensions price are
+        # taken away, so that every token is priced exactly once.
         count = _POSITION[dim.count_field]
-        less = tuple(_POSITION[name] for name in _LESS.get(dim.name, ()))
-        more = tuple(_POSITION[name] for name in _MORE.get(dim.name, ()))
+        rest = REST[dim.count_field]
+        less = tuple(_POSITION[name] for name in rest.less)
+        more = tuple(_POSITION[name] for name in rest.more)
         if not mask & (_BITS[count] | sum(_BITS[position] for position in (*less, *more))):
             continue  # every count it is made of is 0
         priced = resolver.priced(dim, search_tier, search_context_size)

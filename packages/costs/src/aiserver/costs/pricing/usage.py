@@ -9,8 +9,9 @@ large, and parts larger than their totals, naming the offending fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -20,7 +21,7 @@ from aiserver.costs.pricing.dimensions import SERVICE_SUFFIX
 SearchContextSize = Literal["low", "medium", "high"]
 
 # The largest count we accept for one dimension of one call. It keeps every product far inside
-# the exact-arithmetic context (.exact); no real call comes near it.
+# the exact-arithmetic context of .exact; no real call comes near it.
 MAX_QUANTITY: Final = 10**15
 
 
@@ -77,21 +78,100 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     maps_grounding_queries: int = 0  # google_maps_grounding_cost_per_query
     pages: int = 0  # OCR pages (ocr_cost_per_page)
     annotated_pages: int = 0  # annotation_cost_per_page
-    # Not counts: these two choose a price and must stay last (validation relies on it).
+    # Not counts: these two choose a price (CHOICE_FIELDS).
     max_results: int | None = None  # results per query, for entries priced by it; None: 10
     search_context_size: SearchContextSize = "medium"
 
 
-# Every field but the last two is a count; validation reads them in one pass.
-COUNT_FIELDS: Final[tuple[str, ...]] = Usage.__struct_fields__[:-2]
-assert Usage.__struct_fields__[-2:] == ("max_results", "search_context_size")
+# Not counts: these choose a price. Every other field of Usage is a count.
+CHOICE_FIELDS: Final = ("max_results", "search_context_size")
+COUNT_FIELDS: Final[tuple[str, ...]] = tuple(
+    name for name in Usage.__struct_fields__ if name not in CHOICE_FIELDS
+)
 SEARCH_CONTEXT_SIZES: Final = frozenset(("low", "medium", "high"))
+
+# Which counts are parts of which totals: each total, with the counts inside it. This is the one
+# statement of it: validation and both pricers derive what they need from it (REST below).
+# cache_read_audio_tokens and cache_read_image_tokens are inside two totals at once, their
+# modality count and cache_read_tokens, the way OpenAI and Gemini report them. Validation checks
+# the totals in this order, each after the totals among its parts.
+PARTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "cache_write_tokens": ("cache_write_1h_tokens",),  # the rest is written for 5 minutes
+    "input_audio_tokens": ("cache_read_audio_tokens",),
+    "input_image_tokens": ("cache_read_image_tokens",),
+    "cache_read_tokens": ("cache_read_audio_tokens", "cache_read_image_tokens"),
+    "input_tokens": (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "input_audio_tokens",
+        "input_image_tokens",
+        "input_video_tokens",
+    ),
+    "output_tokens": (
+        "reasoning_tokens",
+        "output_audio_tokens",
+        "output_image_tokens",
+        "output_video_tokens",
+    ),
+}
+
+
+class Rest(NamedTuple):
+    """The tokens of a count that no count inside it counts: the count, less the counts in
+    `less`, plus those in `more` (counted inside two of its parts, so taken away twice)."""
+
+    less: tuple[str, ...]
+    more: tuple[str, ...]
+
+
+def _inside(total: str, outer: tuple[str, ...] = ()) -> list[str]:
+    """Every count inside `total`, at any depth, once each, parts before their own parts."""
+    if total in outer:
+        raise ValueError(f"PARTS puts {total} inside itself")
+    found: list[str] = []
+    for part in PARTS.get(total, ()):
+        for count in (part, *_inside(part, (*outer, total))):
+            if count not in found:
+                found.append(count)
+    return found
+
+
+def _rest_terms(count: str) -> dict[str, int]:
+    """The rest of `count` as a sum of counts: the count less the rest of every count inside it,
+    so that the rests of a total and of everything inside it add up to the total."""
+    terms = {count: 1}
+    for inner in _inside(count):
+        for name, times in _rest_terms(inner).items():
+            terms[name] = terms.get(name, 0) - times
+    return {name: times for name, times in terms.items() if times}
+
+
+def _rest(count: str) -> Rest:
+    terms = _rest_terms(count)
+    # A count inside three parts of one total would be added back twice; no usage has one.
+    odd = [name for name, times in terms.items() if times not in (-1, 1)]
+    if odd:
+        raise ValueError(f"PARTS puts {', '.join(odd)} inside more than two parts of {count}")
+    return Rest(
+        less=tuple(name for name, times in terms.items() if times == -1),
+        more=tuple(name for name, times in terms.items() if times == 1 and name != count),
+    )
+
+
+_UNKNOWN: Final = {name for total, parts in PARTS.items() for name in (total, *parts)} - set(
+    COUNT_FIELDS
+)
+if _UNKNOWN:
+    raise ValueError(f"PARTS names fields that are no counts of Usage: {sorted(_UNKNOWN)}")
+# The rest of every count: what the dimension of that count prices.
+REST: Final[Mapping[str, Rest]] = {count: _rest(count) for count in COUNT_FIELDS}
 
 
 def validate_usage(usage: Usage) -> None:
     """Raise :class:`UsageError` for counts that are not whole, negative or too large, and for
     parts larger than their totals. The message and ``fields`` name the offending fields."""
-    for value in msgspec.structs.astuple(usage)[: len(COUNT_FIELDS)]:
+    for name in COUNT_FIELDS:
+        value = getattr(usage, name)
         if type(value) is not int or value < 0 or value > MAX_QUANTITY:
             _reject_counts(usage)
     max_results = usage.max_results
@@ -103,27 +183,8 @@ def validate_usage(usage: Usage) -> None:
         raise UsageError(
             "search_context_size must be one of low, medium, high", ("search_context_size",)
         )
-    u = usage
-    if (
-        u.cache_write_1h_tokens > u.cache_write_tokens
-        or u.cache_read_audio_tokens > u.input_audio_tokens
-        or u.cache_read_image_tokens > u.input_image_tokens
-        or u.cache_read_audio_tokens + u.cache_read_image_tokens > u.cache_read_tokens
-        or u.cache_read_tokens
-        + u.cache_write_tokens
-        + u.input_audio_tokens
-        - u.cache_read_audio_tokens
-        + u.input_image_tokens
-        - u.cache_read_image_tokens
-        + u.input_video_tokens
-        > u.input_tokens
-        or u.reasoning_tokens
-        + u.output_audio_tokens
-        + u.output_image_tokens
-        + u.output_video_tokens
-        > u.output_tokens
-    ):
-        _reject_parts(usage)
+    for total in PARTS:
+        _check_parts(usage, total)
 
 
 def _reject_counts(usage: Usage) -> None:
@@ -138,51 +199,17 @@ def _reject_counts(usage: Usage) -> None:
     raise UsageError(f"larger than {MAX_QUANTITY}: {', '.join(too_large)}", too_large)
 
 
-def _reject_parts(usage: Usage) -> None:
-    _check_part(usage, "cache_write_1h_tokens", "cache_write_tokens")
-    _check_part(usage, "cache_read_audio_tokens", "input_audio_tokens")
-    _check_part(usage, "cache_read_image_tokens", "input_image_tokens")
-    _check_parts(usage, ("cache_read_audio_tokens", "cache_read_image_tokens"), "cache_read_tokens")
-    _check_parts(
-        usage,
-        (
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "input_audio_tokens",
-            "input_image_tokens",
-            "input_video_tokens",
-        ),
-        "input_tokens",
-        # Cached audio and image tokens are counted both in cache_read_tokens and in their
-        # modality count; they are taken away once so that the parts do not overlap.
-        overlap=("cache_read_audio_tokens", "cache_read_image_tokens"),
-    )
-    _check_parts(
-        usage,
-        ("reasoning_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens"),
-        "output_tokens",
-    )
-
-
-def _check_part(usage: Usage, part: str, total: str) -> None:
-    if getattr(usage, part) > getattr(usage, total):
-        raise UsageError(
-            f"{part} ({getattr(usage, part)}) is larger than {total} ({getattr(usage, total)})",
-            (part, total),
-        )
-
-
-def _check_parts(
-    usage: Usage, parts: tuple[str, ...], total: str, overlap: tuple[str, ...] = ()
-) -> None:
-    used = tuple(part for part in parts if getattr(usage, part))
-    taken = tuple(part for part in overlap if getattr(usage, part))
+def _check_parts(usage: Usage, total: str) -> None:
+    """Refuse parts that count more tokens than their total: a negative rest."""
+    rest = REST[total]
+    used = tuple(part for part in rest.less if getattr(usage, part))
+    taken = tuple(part for part in rest.more if getattr(usage, part))
     amount = sum(getattr(usage, part) for part in used) - sum(
         getattr(usage, part) for part in taken
     )
     if amount > getattr(usage, total):
-        if len(used) == 1 and not taken:
-            _check_part(usage, used[0], total)
+        # "a (N) is larger than total (M)", or "a + b - c (N) is larger than total (M)" where
+        # c is counted inside both a and b
         expression = " + ".join(used) + "".join(f" - {part}" for part in taken)
         raise UsageError(
             f"{expression} ({amount}) is larger than {total} ({getattr(usage, total)})",
