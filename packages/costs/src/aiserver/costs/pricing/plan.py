@@ -12,10 +12,11 @@ validation names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import compress
+from operator import itemgetter
 from typing import Any, Final, NoReturn
 
 import msgspec
@@ -43,69 +44,75 @@ from aiserver.costs.pricing.usage import (
     check_call,
 )
 
-# --- How quantities are counted -------------------------------------------------------------
+# --- Where the counts are --------------------------------------------------------------------
+# Every position is found by name among Usage's fields, so that nothing depends on their order.
 
-# The position of every usage field in msgspec.structs.astuple(usage).
+_ASTUPLE: Final = msgspec.structs.astuple
+# The position of every usage field in astuple(usage).
 _POSITION: Final[Mapping[str, int]] = {
     name: position for position, name in enumerate(Usage.__struct_fields__)
 }
-
-
-# Every count starts exactly one dimension. So when no dimension's quantity is negative, no count
-# is negative and no part is larger than its total: the rules validate_usage checks.
-assert sorted(dim.count_field for dim in DIMENSIONS) == sorted(COUNT_FIELDS)
-
-# One bit per count, in astuple order: a usage's mask has the bits of its non-zero counts.
-_BITS: Final = tuple(1 << position for position in range(len(COUNT_FIELDS)))
-# Counts whose price also depends on max_results or search_context_size.
-_CHOOSING: Final = _BITS[_POSITION["queries"]] | _BITS[_POSITION["web_searches"]]
-_ASTUPLE: Final = msgspec.structs.astuple
+# One bit per count, by position; the fields that choose a price have none. A usage's mask has
+# the bits of its counts that are not 0.
+_BITS: Final = tuple(
+    1 << position if name in COUNT_FIELDS else 0
+    for position, name in enumerate(Usage.__struct_fields__)
+)
+_COUNTS: Final = itemgetter(*(_POSITION[name] for name in COUNT_FIELDS))
+_INPUT: Final = _POSITION["input_tokens"]
+_REQUESTS: Final = _POSITION["requests"]
 _MAX_RESULTS: Final = _POSITION["max_results"]
 _SEARCH_CONTEXT_SIZE: Final = _POSITION["search_context_size"]
+
+# Every count starts exactly one dimension's quantity, so that each is checked by a step of its
+# own, and so that when no quantity is negative no count is negative and no part is larger than
+# its total: the rules validate_usage checks.
+if sorted(dim.count_field for dim in DIMENSIONS) != sorted(COUNT_FIELDS):
+    raise ValueError("the dimensions do not start from the counts of Usage, one each")
+# A dimension without a price is left out of its plan only where that is free, which only
+# requests is; quote checks the requests count itself, since its step may be missing.
+if [dim.count_field for dim in DIMENSIONS if not dim.unpriced_if_missing] != ["requests"]:
+    raise ValueError("only requests may be free without a price")
 
 
 def _mask(*names: str) -> int:
     return sum(_BITS[_POSITION[name]] for name in names)
 
 
-# Ordinary chat calls use only these counts. Their mask is found without a pass over all counts:
-# input and output are always in it (their steps check them even when 0), and the other five
-# when they are not 0.
-_CHAT_COUNTS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "requests",
+def _all_zero_test(names: frozenset[str]) -> tuple[Callable[[tuple[Any, ...]], object], object]:
+    """A getter of the counts `names` from astuple(usage), and what it returns when all of them
+    are 0. It reads them as runs of neighbours, a slice each, which compare at once."""
+    runs: list[slice] = []
+    for position in sorted(_POSITION[name] for name in names):
+        if runs and runs[-1].stop == position:
+            runs[-1] = slice(runs[-1].start, position + 1)
+        else:
+            runs.append(slice(position, position + 1))
+    getter = itemgetter(*runs)
+    return getter, getter((0,) * len(Usage.__struct_fields__))
+
+
+# Counts whose price also depends on max_results or search_context_size.
+_CHOOSING: Final = _mask("queries", "web_searches")
+
+# Ordinary chat calls use only input and output tokens, which are always in the mask (their
+# steps check them even when 0), and these parts, in the mask when they are not 0. Their mask is
+# found without a pass over every count: the others are compared with zeros at once.
+_CHAT_MASK: Final = _mask("input_tokens", "output_tokens")
+_CHAT_PART_NAMES: Final = (
     "cache_read_tokens",
     "cache_write_tokens",
     "cache_write_1h_tokens",
     "reasoning_tokens",
+    "requests",
 )
-_CHAT_MASK: Final = _mask(*_CHAT_COUNTS[:2])
-_CACHE_READ: Final = _POSITION["cache_read_tokens"]
-_CACHE_WRITE: Final = _POSITION["cache_write_tokens"]
-_CACHE_WRITE_1H: Final = _POSITION["cache_write_1h_tokens"]
-_REASONING: Final = _POSITION["reasoning_tokens"]
-_CACHE_READ_BIT: Final = _BITS[_CACHE_READ]
-_CACHE_WRITE_BIT: Final = _BITS[_CACHE_WRITE]
-_CACHE_WRITE_1H_BIT: Final = _BITS[_CACHE_WRITE_1H]
-_REASONING_BIT: Final = _BITS[_REASONING]
-_REQUESTS: Final = _POSITION["requests"]
-_REQUESTS_BIT: Final = _BITS[_REQUESTS]
-# The other counts are 0 in a chat call: three runs of them, each compared with zeros at once.
-_OTHERS_A: Final = slice(_POSITION["cache_read_audio_tokens"], _REASONING)
-_OTHERS_B: Final = slice(_POSITION["input_audio_tokens"], _REQUESTS)
-_OTHERS_C: Final = slice(_POSITION["seconds"], len(COUNT_FIELDS))
-assert {
-    position for run in (_OTHERS_A, _OTHERS_B, _OTHERS_C) for position in range(run.start, run.stop)
-} == {_POSITION[name] for name in COUNT_FIELDS if name not in _CHAT_COUNTS}
-_ZEROS: Final = (0,) * len(COUNT_FIELDS)
-_ZEROS_A: Final = _ZEROS[_OTHERS_A]
-_ZEROS_B: Final = _ZEROS[_OTHERS_B]
-_ZEROS_C: Final = _ZEROS[_OTHERS_C]
-# The counts after input_tokens and output_tokens in a plain chat call: all 0.
-_AFTER_OUTPUT: Final = slice(_POSITION["output_tokens"] + 1, len(COUNT_FIELDS))
-_PLAIN_CHAT: Final = _ZEROS[_AFTER_OUTPUT]
-assert _AFTER_OUTPUT.start == 2, "input_tokens and output_tokens come first"
+_CHAT_PARTS: Final = tuple((_POSITION[name], _BITS[_POSITION[name]]) for name in _CHAT_PART_NAMES)
+_BEYOND_CHAT: Final = frozenset(COUNT_FIELDS) - {"input_tokens", "output_tokens"}
+# A plain chat call has no count but input and output tokens; an ordinary one no count but those
+# and the chat parts.
+_PLAIN_CHAT, _PLAIN_CHAT_ZEROS = _all_zero_test(_BEYOND_CHAT)
+_UNUSUAL, _UNUSUAL_ZEROS = _all_zero_test(_BEYOND_CHAT - set(_CHAT_PART_NAMES))
+
 # A compiled entry memoizes at most this many plans (about 3 kB each). A real workload needs a
 # few dozen per model; a stream of unusual usages only costs the memo's reset, never unbounded
 # memory.
@@ -282,24 +289,13 @@ def quote(compiled: CompiledPrices, usage: Usage, service_tier: str, at: datetim
     values = _ASTUPLE(usage)
     # The mask of the counts that are not 0 chooses the plan, whose steps check those counts as
     # validate_usage does. A count that is 0 prices nothing and is not checked further.
-    if values[_AFTER_OUTPUT] == _PLAIN_CHAT:
+    if _PLAIN_CHAT(values) == _PLAIN_CHAT_ZEROS:
         mask = _CHAT_MASK  # input and output tokens only
-    elif (
-        values[_OTHERS_A] == _ZEROS_A
-        and values[_OTHERS_B] == _ZEROS_B
-        and values[_OTHERS_C] == _ZEROS_C
-    ):
-        mask = _CHAT_MASK
-        if values[_CACHE_READ] != 0:
-            mask |= _CACHE_READ_BIT
-        if values[_CACHE_WRITE] != 0:
-            mask |= _CACHE_WRITE_BIT
-        if values[_CACHE_WRITE_1H] != 0:
-            mask |= _CACHE_WRITE_1H_BIT
-        if values[_REASONING] != 0:
-            mask |= _REASONING_BIT
-        if values[_REQUESTS] != 0:
-            mask |= _REQUESTS_BIT
+    elif _UNUSUAL(values) == _UNUSUAL_ZEROS:
+        mask = _CHAT_MASK  # an ordinary chat call: its few parts one by one
+        for position, bit in _CHAT_PARTS:
+            if values[position] != 0:  # not just truthy: None must reach the step refusing it
+                mask |= bit
     else:
         mask = _mask_of(values, usage, service_tier, at)
     requests = values[_REQUESTS]  # checked here: most plans have no step for it
@@ -320,7 +316,7 @@ def quote(compiled: CompiledPrices, usage: Usage, service_tier: str, at: datetim
     ):
         _refuse(usage, service_tier, at)
 
-    prompt = values[0]  # input_tokens, which chooses the long-context prices
+    prompt = values[_INPUT]  # which chooses the long-context prices
     total: Decimal | None = None
     components: list[CostComponent] = []
     zeros = 0
@@ -381,7 +377,7 @@ def _mask_of(values: tuple[Any, ...], usage: Usage, service_tier: str, at: datet
     """The mask of the counts that are not 0, in one pass over them all."""
     mask: int = sum(compress(_BITS, values))
     # Every count left out of the mask must be 0, not None or another false value.
-    if values[: len(COUNT_FIELDS)].count(0) != len(COUNT_FIELDS) - mask.bit_count():
+    if _COUNTS(values).count(0) != len(COUNT_FIELDS) - mask.bit_count():
         _refuse(usage, service_tier, at)
     return mask
 
