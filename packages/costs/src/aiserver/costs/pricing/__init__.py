@@ -38,6 +38,7 @@ The modules, each one concept (none imports a later one in this list):
 - :mod:`.regime`: which price applies to each dimension in one pricing regime;
 - :mod:`.notes`: what a quote says about the prices it used;
 - :mod:`.plan`: the fast path (`price_call`, `quote`), memoized plans per regime and usage mask;
+- :mod:`.reference`: the plain reference pricer the tests hold the fast path to.
 """
 
 from __future__ import annotations
