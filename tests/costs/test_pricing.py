@@ -1393,6 +1393,15 @@ def test_each_count_is_priced_by_its_rest_derived_from_the_parts_statement() -> 
         ),
         more=(),
     )
+    # Validation checks the totals in the statement's order: each after the totals among its
+    # parts, so that a part larger than its total is named before the sums that contain it.
+    order = list(PARTS)
+    assert all(
+        order.index(part) < order.index(total)
+        for total, parts in PARTS.items()
+        for part in parts
+        if part in PARTS
+    )
     assert set(REST) == set(COUNT_FIELDS)
     assert all(REST[name] == Rest((), ()) for name in COUNT_FIELDS if name not in PARTS)
     assert set(COUNT_FIELDS) == set(Usage.__struct_fields__) - {

@@ -107,11 +107,10 @@ _CHAT_PART_NAMES: Final = (
     "requests",
 )
 _CHAT_PARTS: Final = tuple((_POSITION[name], _BITS[_POSITION[name]]) for name in _CHAT_PART_NAMES)
-_BEYOND_CHAT: Final = frozenset(COUNT_FIELDS) - {"input_tokens", "output_tokens"}
-# A plain chat call has no count but input and output tokens; an ordinary one no count but those
-# and the chat parts.
-_PLAIN_CHAT, _PLAIN_CHAT_ZEROS = _all_zero_test(_BEYOND_CHAT)
-_UNUSUAL, _UNUSUAL_ZEROS = _all_zero_test(_BEYOND_CHAT - set(_CHAT_PART_NAMES))
+# A plain chat call has every other count 0; an ordinary one every other count but its parts.
+_OTHER_COUNTS: Final = frozenset(COUNT_FIELDS) - {"input_tokens", "output_tokens"}
+_PLAIN_CHAT, _PLAIN_CHAT_ZEROS = _all_zero_test(_OTHER_COUNTS)
+_UNUSUAL, _UNUSUAL_ZEROS = _all_zero_test(_OTHER_COUNTS - set(_CHAT_PART_NAMES))
 
 # A compiled entry memoizes at most this many plans (about 3 kB each). A real workload needs a
 # few dozen per model; a stream of unusual usages only costs the memo's reset, never unbounded
