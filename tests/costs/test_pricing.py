@@ -32,6 +32,7 @@ from aiserver.costs.pricing import (
     price_call,
     validate_usage,
 )
+from aiserver.costs.pricing.usage import COUNT_FIELDS, PARTS, REST, Rest
 
 WEDNESDAY_NOON = datetime(2025, 1, 8, 12, 0, tzinfo=UTC)
 
@@ -604,7 +605,7 @@ def test_a_per_request_fee_is_added_and_a_zero_price_is_a_real_zero() -> None:
 
 
 def test_requests_left_out_are_0_like_every_count_so_no_per_request_fee() -> None:
-    # DESIGN.md: omitted usage fields are 0. LiteLLM's cost_per_token agrees: it adds no
+    # Omitted usage fields are 0. LiteLLM's cost_per_token agrees: it adds no
     # input_cost_per_request for a chat call (bench/agreement.py compares them).
     quote = price(SONAR_MEDIUM_ONLINE, input_tokens=1000, output_tokens=100)
     assert lines(quote) == {
@@ -1362,6 +1363,51 @@ def test_a_part_larger_than_its_total_is_refused_naming_the_fields(
         price(GPT_4O, **counts)
     assert str(error.value) == message
     assert error.value.fields == fields
+
+
+def test_each_count_is_priced_by_its_rest_derived_from_the_parts_statement() -> None:
+    # The rest of a total is what none of its parts counts. Cached audio and image tokens are
+    # inside both cache_read_tokens and their modality count, so the input text adds them back.
+    assert REST["input_tokens"] == Rest(
+        less=(
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "input_audio_tokens",
+            "input_image_tokens",
+            "input_video_tokens",
+        ),
+        more=("cache_read_audio_tokens", "cache_read_image_tokens"),
+    )
+    assert REST["cache_read_tokens"] == Rest(
+        less=("cache_read_audio_tokens", "cache_read_image_tokens"), more=()
+    )
+    assert REST["cache_write_tokens"] == Rest(less=("cache_write_1h_tokens",), more=())
+    assert REST["input_audio_tokens"] == Rest(less=("cache_read_audio_tokens",), more=())
+    assert REST["input_image_tokens"] == Rest(less=("cache_read_image_tokens",), more=())
+    assert REST["output_tokens"] == Rest(
+        less=(
+            "reasoning_tokens",
+            "output_audio_tokens",
+            "output_image_tokens",
+            "output_video_tokens",
+        ),
+        more=(),
+    )
+    # Validation checks the totals in the statement's order: each after the totals among its
+    # parts, so that a part larger than its total is named before the sums that contain it.
+    order = list(PARTS)
+    assert all(
+        order.index(part) < order.index(total)
+        for total, parts in PARTS.items()
+        for part in parts
+        if part in PARTS
+    )
+    assert set(REST) == set(COUNT_FIELDS)
+    assert all(REST[name] == Rest((), ()) for name in COUNT_FIELDS if name not in PARTS)
+    assert set(COUNT_FIELDS) == set(Usage.__struct_fields__) - {
+        "max_results",
+        "search_context_size",
+    }
 
 
 def test_parts_that_exactly_fill_their_totals_are_accepted() -> None:
