@@ -9,8 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from aiserver.costs.calculator import CostRequest, CostResponse, calculate, money
+from aiserver.costs.calculator import CostRequest, CostResponse, calculate
 from aiserver.costs.catalog import Catalog, Override, UnknownModel
+from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage, UsageError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -105,6 +105,27 @@ async def _seeded_env(subprocess_env: dict[str, str]) -> dict[str, str]:
     return subprocess_env
 
 
+async def test_show_writes_prices_in_plain_decimals_like_the_api(
+    subprocess_env: dict[str, str],
+) -> None:
+    """gpt-4o-mini's prices are below 1e-6, which `str(Decimal)` writes as 1.5E-7."""
+    env = await _seeded_env(subprocess_env)
+    code, out, _ = await costs_cli(env, "show", "gpt-4o-mini")
+    assert code == 0
+    assert "  input_cost_per_token = 0.00000015\n" in out
+    assert "  cache_read_input_token_cost = 0.000000075\n" in out
+    assert '"search_context_size_high":"0.025"' in out  # a structured price, as JSON
+    assert "E-" not in out
+
+    code, out, _ = await costs_cli(env, "show", "gpt-4o-mini", "--json")
+    assert code == 0
+    entry = json.loads(out)["entry"]
+    assert entry["input_cost_per_token"] == "0.00000015"
+    assert entry["output_cost_per_token_batches"] == "0.0000003"
+    assert entry["search_context_cost_per_query"]["search_context_size_low"] == "0.025"
+    assert entry["max_input_tokens"] == 128000
+
+
 async def test_calc_prints_each_component_and_the_exact_total(
     subprocess_env: dict[str, str],
 ) -> None:

@@ -17,9 +17,10 @@ import msgspec
 from aiserver.core_db.database import DatabaseUnavailable, connect
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
-from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate, money
+from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.errors import UnknownModel
+from aiserver.costs.money import money, plain
 from aiserver.costs.pricing import Usage, UsageError
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
@@ -139,7 +140,7 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     entry = decode_json(row["entry"])
     if args.json:
-        _print_json({"model": row["model"], "provider": row["provider"], "entry": entry})
+        _print_json({"model": row["model"], "provider": row["provider"], "entry": plain(entry)})
         return 0
     print(f"model:     {row['model']}")
     print(f"provider:  {row['provider']}")
@@ -150,8 +151,8 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     )
     print("prices:")
     for name in sorted(n for n in entry if is_price_field(n)):
-        value = entry[name]
-        text = value if not isinstance(value, dict | list) else msgspec.json.encode(value).decode()
+        value = plain(entry[name])
+        text = value if not isinstance(value, dict | list) else _json.encode(value).decode()
         print(f"  {name} = {text}")
     return 0
 

@@ -20,10 +20,10 @@ from aiserver.api.problems import problem_responses
 from aiserver.api.schemas import OverrideIn, OverrideOut
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import DbConnection, require_pool
-from aiserver.costs.calculator import money
 from aiserver.costs.catalog import read_overrides
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.live import LiveCatalog
+from aiserver.costs.money import money
 from aiserver.costs.pricing import is_understood_field
 from aiserver.costs.source import DEFAULT_SOURCE, encode_json
 from aiserver.costs.store import NOTIFY_CHANNEL, ensure_source
