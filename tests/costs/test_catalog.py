@@ -10,9 +10,10 @@ import msgspec
 import pytest
 
 from aiserver.costs.calculator import CostRequest, CostResponse, calculate
-from aiserver.costs.catalog import Catalog, Override, UnknownModel
+from aiserver.costs.catalog import Catalog, UnknownModel
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage, UsageError
+from aiserver.costs.store.overrides import Override
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 6, 1, tzinfo=UTC)

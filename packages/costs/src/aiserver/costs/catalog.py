@@ -36,6 +36,9 @@ from typing import TYPE_CHECKING, Any, Final
 from aiserver.costs.errors import UnknownModel
 from aiserver.costs.pricing import CompiledPrices, compile_entry
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json
+from aiserver.costs.store.metadata import read_catalog_version
+from aiserver.costs.store.overrides import Override, read_overrides
+from aiserver.costs.store.prices import read_aliases, read_versions
 
 if TYPE_CHECKING:  # the database layer is not imported to price a call (see docs/benchmarks.md)
     import asyncpg
@@ -78,16 +81,6 @@ class PriceVersion:
 class Resolution:
     key: str
     matched_by: str
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    id: int
-    provider: str
-    model: str
-    prices: Mapping[str, Any]
-    reason: str
-    created_at: datetime
 
 
 class Catalog:
@@ -369,59 +362,11 @@ def _apply_override(grouped: dict[str, list[PriceVersion]], override: Override) 
     ]
 
 
-async def read_overrides(conn: DbConnection) -> list[Override]:
-    rows = await conn.fetch(
-        "SELECT id, provider, model, prices::text AS prices, reason, created_at"
-        " FROM ai_cost_overrides ORDER BY id"
-    )
-    return [
-        Override(
-            id=r["id"],
-            provider=r["provider"],
-            model=r["model"],
-            prices=decode_json(r["prices"]),
-            reason=r["reason"],
-            created_at=r["created_at"],
-        )
-        for r in rows
-    ]
-
-
-async def read_catalog_version(conn: DbConnection, source: str = DEFAULT_SOURCE) -> int:
-    version = await conn.fetchval(
-        "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1", source
-    )
-    return int(version or 0)
-
-
-async def read_freshness(
-    conn: DbConnection, source: str = DEFAULT_SOURCE
-) -> tuple[int, datetime | None]:
-    """The catalog version and the time of the last successful refresh."""
-    row = await conn.fetchrow(
-        "SELECT catalog_version, last_success_at FROM ai_cost_metadata WHERE source = $1", source
-    )
-    return (int(row["catalog_version"]), row["last_success_at"]) if row else (0, None)
-
-
 async def load_catalog(conn: DbConnection, source: str = DEFAULT_SOURCE) -> Catalog:
     """Read the whole catalog in one repeatable-read snapshot of the database."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await read_catalog_version(conn, source)
-        rows = await conn.fetch(
-            """
-            SELECT id, source, provider, model, mode, valid_from, valid_to, entry::text AS entry
-            FROM ai_model_costs WHERE source = $1
-            """,
-            source,
-        )
-        alias_rows = await conn.fetch(
-            "SELECT alias, target FROM ai_model_aliases WHERE source = $1", source
-        )
+        rows = await read_versions(conn, source)
+        aliases = await read_aliases(conn, source)
         overrides = await read_overrides(conn)
-    return Catalog.build(
-        rows,
-        aliases={r["alias"]: r["target"] for r in alias_rows},
-        overrides=overrides,
-        version=version,
-    )
+    return Catalog.build(rows, aliases=aliases, overrides=overrides, version=version)

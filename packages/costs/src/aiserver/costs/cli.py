@@ -24,8 +24,9 @@ from aiserver.costs.money import money, plain
 from aiserver.costs.pricing import Usage, UsageError
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
+from aiserver.costs.source import is_price_field
 from aiserver.costs.status import price_field_usage, read_status
+from aiserver.costs.store.prices import read_current_model
 
 #: The usage options of `calc` and what each counts (DESIGN.md, "Usage semantics"); 0 if omitted.
 _USAGE_OPTIONS: Final = {
@@ -121,33 +122,22 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect(settings.core)
     try:
-        row = await conn.fetchrow(
-            """
-            SELECT model, provider, mode, entry::text AS entry, valid_from, opened_in_version,
-                   (SELECT count(*) FROM ai_model_costs h
-                    WHERE h.source = c.source AND h.model = c.model) AS versions
-            FROM ai_model_costs c
-            WHERE source = $1 AND valid_to IS NULL AND lower(model) = lower($2)
-            ORDER BY model = $2 DESC LIMIT 1
-            """,
-            DEFAULT_SOURCE,
-            args.model,
-        )
+        found = await read_current_model(conn, args.model)
     finally:
         await conn.close()
-    if row is None:
+    if found is None:
         print(f"aiserver-costs: unknown model {args.model!r}", file=sys.stderr)
         return 1
-    entry = decode_json(row["entry"])
+    entry = found.entry
     if args.json:
-        _print_json({"model": row["model"], "provider": row["provider"], "entry": plain(entry)})
+        _print_json({"model": found.model, "provider": found.provider, "entry": plain(entry)})
         return 0
-    print(f"model:     {row['model']}")
-    print(f"provider:  {row['provider']}")
-    print(f"mode:      {row['mode'] or '-'}")
+    print(f"model:     {found.model}")
+    print(f"provider:  {found.provider}")
+    print(f"mode:      {found.mode or '-'}")
     print(
-        f"version:   opened in catalog version {row['opened_in_version']}, valid from "
-        f"{_when(row['valid_from'])} ({row['versions']} version(s) kept)"
+        f"version:   opened in catalog version {found.opened_in_version}, valid from "
+        f"{_when(found.valid_from)} ({found.versions} version(s) kept)"
     )
     print("prices:")
     for name in sorted(n for n in entry if is_price_field(n)):

@@ -19,6 +19,16 @@ from piccolo.columns import (
 from piccolo.table import Table
 
 from aiserver.core_db.piccolo_conf import DB
+from aiserver.costs.store.prices import TYPED_PRICE_COLUMNS
+
+__all__ = [
+    "TYPED_PRICE_COLUMNS",
+    "AiCostMetadata",
+    "AiCostOverride",
+    "AiCostRefreshRun",
+    "AiModelAlias",
+    "AiModelCost",
+]
 
 
 class AiCostMetadata(Table, tablename="ai_cost_metadata", db=DB):
@@ -97,18 +107,3 @@ class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs", db=DB):
     skipped_entries = JSONB(default="{}")
     catalog_version = BigInt(null=True, default=None)
     error = Text(null=True, default=None)
-
-
-#: Typed price columns of ai_model_costs, filled from the entry field of the same name.
-TYPED_PRICE_COLUMNS: tuple[str, ...] = (
-    "input_cost_per_token",
-    "output_cost_per_token",
-    "cache_read_input_token_cost",
-    "cache_creation_input_token_cost",
-    "output_cost_per_reasoning_token",
-    "input_cost_per_audio_token",
-    "output_cost_per_audio_token",
-    "input_cost_per_image",
-    "output_cost_per_image",
-    "input_cost_per_request",
-)
