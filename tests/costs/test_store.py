@@ -11,6 +11,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from piccolo.constraints import Unique
+from piccolo.table import Table
 
 from aiserver.costs.errors import CatalogNotReady, UnknownOverride, UnknownPriceFields
 from aiserver.costs.live import LiveCatalog
@@ -175,3 +177,80 @@ async def test_an_override_waits_for_a_catalog(settings: Settings, pool: asyncpg
             prices={"input_cost_per_token": Decimal(1)}, reason="", source_url="http://unused",
         )  # fmt: skip
     assert await list_overrides(pool) == []
+
+
+# -- the Piccolo table classes -----------------------------------------------------------------
+
+#: Tables without a class: ai_model_aliases's primary key is (source, alias), and a Piccolo
+#: table's primary key is one column (without one, Piccolo adds an `id` the table lacks).
+NO_TABLE_CLASS = {"ai_model_aliases"}
+
+#: What PostgreSQL calls the type of each Piccolo column type the table classes use.
+PG_TYPES = {
+    "TEXT": "text",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "BIGSERIAL": "bigint",
+    "NUMERIC": "numeric",
+    "TIMESTAMPTZ": "timestamp with time zone",
+    "JSONB": "jsonb",
+}
+
+
+def _declared(table: type[Table]) -> tuple[dict[str, tuple[str, bool]], set[tuple[str, ...]]]:
+    """A table class's columns (type, nullable) and its primary and unique keys."""
+    columns = {
+        c._meta.db_column_name: (PG_TYPES[c.column_type], c._meta.null) for c in table._meta.columns
+    }
+    keys = {
+        (c._meta.db_column_name,)
+        for c in table._meta.columns
+        if c._meta.primary_key or c._meta.unique
+    }
+    keys |= {tuple(c.get_column_names()) for c in table._meta.constraints if isinstance(c, Unique)}
+    return columns, keys
+
+
+async def _migrated(
+    conn: asyncpg.Connection, table: str
+) -> tuple[dict[str, tuple[str, bool]], set[tuple[str, ...]]]:
+    rows = await conn.fetch(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name = $1",
+        table,
+    )
+    columns = {r["column_name"]: (r["data_type"], r["is_nullable"] == "YES") for r in rows}
+    keys = await conn.fetch(
+        """
+        SELECT array_agg(a.attname ORDER BY k.ord) AS columns
+        FROM pg_constraint AS c
+        CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k (attnum, ord)
+        JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+        WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u')
+        GROUP BY c.oid
+        """,
+        table,
+    )
+    return columns, {tuple(r["columns"]) for r in keys}
+
+
+async def test_the_table_classes_are_the_migrated_schema(migrated_database_url: str) -> None:
+    """Columns, types, nullability, primary and unique keys; what Piccolo cannot state (CHECKs,
+    partial unique indexes, foreign keys) is the migrations' alone."""
+    from aiserver.costs.piccolo_app import APP_CONFIG
+
+    conn = await asyncpg.connect(migrated_database_url)
+    try:
+        tables = {
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                " AND (table_name LIKE 'ai\\_cost\\_%' OR table_name LIKE 'ai\\_model\\_%')"
+            )
+        }
+        classes = {t._meta.tablename: t for t in APP_CONFIG.table_classes}
+        assert set(classes) == tables - NO_TABLE_CLASS
+        for name, table in classes.items():
+            assert _declared(table) == await _migrated(conn, name), name
+    finally:
+        await conn.close()
