@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from aiserver.costs.pricing import is_price_field
 from aiserver.costs.refresh import snapshot_bytes
 
 from ..support.upstream import Upstream
@@ -207,6 +208,13 @@ async def test_fields_counts_each_price_field_and_marks_the_unknown(
     ]
     expected = sum(1 for entry in stored if "input_cost_per_token" in entry)
     assert counts["input_cost_per_token"] == expected
+    # every field the calculator counts as a price field, understood or not
+    assert set(counts) == {name for entry in stored for name in entry if is_price_field(name)}
+    multiplier = next(line for line in lines if line.split()[1] == "fedramp_uplift_multiplier")
+    assert multiplier.endswith("   (not understood by the calculator)")
+    assert counts["fedramp_uplift_multiplier"] == sum(
+        1 for entry in stored if "fedramp_uplift_multiplier" in entry
+    )
     understood = next(line for line in lines if line.split()[1] == "input_cost_per_token")
     assert "not understood" not in understood
     unknown = [line for line in lines if "(not understood by the calculator)" in line]

@@ -21,10 +21,9 @@ from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, cal
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.errors import UnknownModel
 from aiserver.costs.money import money, plain
-from aiserver.costs.pricing import Usage, UsageError
+from aiserver.costs.pricing import Usage, UsageError, is_price_field
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import is_price_field
 from aiserver.costs.status import price_field_usage, read_status
 from aiserver.costs.store.prices import read_current_model
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from aiserver.costs.pricing import is_price_field
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import DEFAULT_SOURCE, is_price_field
+from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import read_state
 from aiserver.costs.store.overrides import count_overrides
 from aiserver.costs.store.prices import current_model_count, read_current_entries
@@ -67,7 +68,8 @@ async def read_status(
 
 
 async def price_field_usage(conn: DbConnection, *, source: str = DEFAULT_SOURCE) -> Counter[str]:
-    """How many current models use each price field."""
+    """How many current models use each price field (`pricing.is_price_field`: the calculator's
+    own question, so that `fields` shows what it ignores as well as what it prices)."""
     usage: Counter[str] = Counter()
     for entry in await read_current_entries(conn, source):
         usage.update(name for name in entry if is_price_field(name))
