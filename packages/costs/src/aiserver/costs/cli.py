@@ -14,14 +14,15 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from aiserver.core_db.database import DatabaseUnavailable, connect
+from aiserver.core_db.database import connect
+from aiserver.core_db.errors import AiserverError, problem
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
 from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate
 from aiserver.costs.catalog import Catalog, load_catalog
-from aiserver.costs.errors import UnknownModel
+from aiserver.costs.errors import CatalogNotReady, UnknownModel
 from aiserver.costs.money import money, plain
-from aiserver.costs.pricing import Usage, UsageError, is_price_field
+from aiserver.costs.pricing import Usage, is_price_field
 from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
 from aiserver.costs.status import price_field_usage, read_status
@@ -125,8 +126,7 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     if found is None:
-        print(f"aiserver-costs: unknown model {args.model!r}", file=sys.stderr)
-        return 1
+        raise UnknownModel(args.model, ())
     entry = found.entry
     if args.json:
         _print_json({"model": found.model, "provider": found.provider, "entry": plain(entry)})
@@ -158,14 +158,6 @@ async def _catalog(settings: Settings) -> Catalog:
         await conn.close()
 
 
-def _error(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, UnknownModel):
-        return {"type": "unknown_model", "detail": str(exc), "suggestions": exc.suggestions}
-    if isinstance(exc, UsageError):
-        return {"type": "invalid_usage", "detail": str(exc), "fields": exc.fields}
-    return {"type": "invalid_request", "detail": str(exc)}
-
-
 def _print_result(result: CostResult) -> None:
     print(
         f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
@@ -189,33 +181,20 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     catalog = await _catalog(settings)
     if not len(catalog):  # else every name would be "unknown"
-        print(
-            "aiserver-costs calc: the catalog in the database has no models yet; "
-            "run: aiserver-costs seed (offline) or aiserver-costs refresh",
-            file=sys.stderr,
+        raise CatalogNotReady(
+            "the catalog in the database has no models yet; "
+            "run: aiserver-costs seed (offline) or aiserver-costs refresh"
         )
-        return 1
     if args.batch is not None:
         return _calc_batch(catalog, args.batch)
-    try:
-        usage = msgspec.convert(
-            {name: getattr(args, name) for name in _USAGE_OPTIONS if getattr(args, name)},
-            Usage,
-        )
-        request = CostRequest(
-            model=args.model,
-            provider=args.provider,
-            usage=usage,
-            service_tier=args.service_tier,
-            at=args.at,
-        )
-        result = calculate(catalog, request)
-    except (UnknownModel, UsageError, msgspec.ValidationError, ValueError) as exc:
-        if args.json:
-            print(_results.encode({"error": _error(exc)}).decode())
-        else:
-            print(f"aiserver-costs calc: {exc}", file=sys.stderr)
-        return 1
+    request = CostRequest(
+        model=args.model,
+        provider=args.provider,
+        usage=Usage(**{name: getattr(args, name) for name in _USAGE_OPTIONS}),
+        service_tier=args.service_tier,
+        at=args.at,
+    )
+    result = calculate(catalog, request)
     if args.json:
         print(_results.encode(CostResponse.of(result)).decode())
     else:
@@ -224,7 +203,8 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _calc_batch(catalog: Catalog, path: str) -> int:
-    stream = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")  # noqa: SIM115
+    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
+    stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
     failed = 0
     with stream:
         for number, line in enumerate(stream, start=1):
@@ -232,9 +212,9 @@ def _calc_batch(catalog: Catalog, path: str) -> int:
                 continue
             try:
                 result: Any = CostResponse.of(calculate(catalog, _requests.decode(line)))
-            except (UnknownModel, UsageError, msgspec.DecodeError, ValueError) as exc:
+            except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
                 failed += 1
-                result = {"error": {**_error(exc), "line": number}}
+                result = {"error": _problem(exc), "line": number}
             sys.stdout.write(_results.encode(result).decode() + "\n")
     if failed:
         print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
@@ -302,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         "read/write tokens are part of --input-tokens, reasoning tokens part of "
         "--output-tokens. With --batch, read cost requests as JSON lines (the body of POST "
         "/v1/costs/calculate) and write one JSON result per line, in order; a line that fails "
-        'gives {"error": {...}} and the rest go on.',
+        'gives {"error": {...}, "line": N}, the problem the API answers, and the rest go on.',
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
@@ -354,22 +334,51 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _problem(exc: Exception) -> dict[str, Any] | None:
+    """The problem of a failure, as the API answers it (`aiserver.api.problems`): a domain
+    error's own; a request of the wrong shape, 422 `invalid-request` naming the field; one that
+    is not JSON, 400 `malformed-json`; tables not migrated, 503 `schema-not-migrated`. None for
+    an error that no input or state explains: a bug, left to raise."""
+    if isinstance(exc, AiserverError):
+        return exc.problem()
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        message, at, path = text.rpartition(" - at `$")  # msgspec: "... - at `$.usage.x`"
+        field, message = (path.strip("`."), message) if at else ("", text)
+        detail = f"invalid request: {field}: {message}" if field else f"invalid request: {message}"
+        errors = [{"field": field or None, "message": message}]
+        return problem(422, detail, slug="invalid-request", errors=errors)
+    if isinstance(exc, msgspec.DecodeError):
+        return problem(400, f"the request is not valid JSON: {exc}", slug="malformed-json")
+    if isinstance(exc, UnicodeDecodeError):
+        detail = f"the request is not valid JSON: invalid UTF-8 at byte {exc.start}"
+        return problem(400, detail, slug="malformed-json")
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+        detail = (
+            f"the catalog tables are missing or behind ({exc}); "
+            "apply the migrations first: aiserver-db migrate"
+        )
+        return problem(503, detail, slug="schema-not-migrated")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. A failure prints its problem (RFC 9457, the API's types): with --json
+    as `{"error": {...}}` on stdout, else its detail on stderr; the exit status is 1."""
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-costs", Settings)
     configure_logging(settings.core.log_level, settings.core.log_format)
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
-    except DatabaseUnavailable as exc:
-        print(f"aiserver-costs: {exc}", file=sys.stderr)
-        return 1
-    except asyncpg.UndefinedTableError as exc:
-        print(
-            f"aiserver-costs: the catalog tables are missing ({exc}); "
-            "apply the migrations first: aiserver-db migrate",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as exc:
+        failure = _problem(exc)
+        if failure is None:
+            raise
+    if getattr(args, "json", False):
+        _print_json({"error": failure})
+    else:
+        print(f"aiserver-costs {args.command}: {failure['detail']}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
