@@ -1,6 +1,6 @@
 """The cost of a model call: resolve the model, pick the price version of its time, price it.
 
-The request and result shapes are the interface of DESIGN.md ("Cost request", "Cost result"):
+The request and result shapes are the interface (docs/costs.md, "The request", "The answer"):
 the HTTP body of `POST /v1/costs/calculate` and one JSON line of `aiserver-costs calc --batch`.
 Decimals are exact, and strings in JSON.
 """

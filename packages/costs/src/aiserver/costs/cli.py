@@ -1,34 +1,33 @@
-"""`aiserver-costs`: refresh, inspect and use the price catalog from the command line."""
+"""`aiserver-costs`: refresh, inspect and use the price catalog from the command line.
+
+Each command imports what it needs when it runs, and no more: `--help` and the parser load
+nothing of the database layer, and `calc` (the catalog from PostgreSQL, then pricing) neither
+Piccolo, nor httpx, nor structlog. Importing everything up front cost ~0.3 s before any work,
+more than pricing a 20,000-line usage log takes (bench/cli.py measures both).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import msgspec
 
-from aiserver.core_db.database import connect
 from aiserver.core_db.errors import AiserverError, problem
-from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
-from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate
-from aiserver.costs.catalog import Catalog, load_catalog
-from aiserver.costs.errors import CatalogNotReady, UnknownModel
-from aiserver.costs.money import money, plain
-from aiserver.costs.pricing import Usage, is_price_field
-from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.status import price_field_usage, read_status
-from aiserver.costs.store.prices import read_current_model
 
-#: The usage options of `calc` and what each counts (DESIGN.md, "Usage semantics"); 0 if omitted.
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.costs.calculator import CostResult
+    from aiserver.costs.catalog import Catalog
+
+#: The usage options of `calc` and what each counts (docs/costs.md, "Usage: totals and their
+#: parts"); 0 if omitted.
 _USAGE_OPTIONS: Final = {
     "input_tokens": "every prompt token, cache reads and writes included",
     "output_tokens": "every generated token, reasoning included",
@@ -51,7 +50,7 @@ class Settings(Section, frozen=True, kw_only=True):
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
-
+#: JSON out: Decimal as an exact string (the outputs pass money through `money.money` first).
 _json = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -63,7 +62,28 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else "never"
 
 
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    """A connection like `aiserver.core_db.database.connect`'s, without importing that module
+    (it loads Piccolo and structlog: ~0.15 s) unless connecting fails."""
+    import asyncpg
+
+    dsn = settings.core.database_url
+    try:
+        return await asyncpg.connect(dsn=dsn, timeout=10.0)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        from aiserver.core_db.database import DatabaseUnavailable, redact_dsn
+
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
+        ) from exc
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
 async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.refresh import refresh_catalog
+
     report = await refresh_catalog(
         settings.core, settings.costs, force=args.force, trigger="cli", source_url=args.source_url
     )
@@ -77,6 +97,8 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.refresh import seed_from_snapshot
+
     report = await seed_from_snapshot(settings.core)
     if report is None:
         print("nothing to do: the catalog already has models (or a refresh is running)")
@@ -86,7 +108,9 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.core)
+    from aiserver.costs.status import read_status
+
+    conn = await _connect(settings)
     try:
         status = await read_status(conn, settings.costs)
     finally:
@@ -120,7 +144,12 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.core)
+    from aiserver.costs.errors import UnknownModel
+    from aiserver.costs.money import plain
+    from aiserver.costs.pricing import is_price_field
+    from aiserver.costs.store.prices import read_current_model
+
+    conn = await _connect(settings)
     try:
         found = await read_current_model(conn, args.model)
     finally:
@@ -146,40 +175,38 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_results = msgspec.json.Encoder(decimal_format="string")
-_requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
+async def _fields(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.pricing import is_understood_field
+    from aiserver.costs.status import price_field_usage
 
-
-async def _catalog(settings: Settings) -> Catalog:
-    conn = await connect(settings.core)
+    conn = await _connect(settings)
     try:
-        return await load_catalog(conn)
+        usage = await price_field_usage(conn)
     finally:
         await conn.close()
-
-
-def _print_result(result: CostResult) -> None:
-    print(
-        f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
-        f"price version {result.price_version}, catalog version {result.catalog_version}"
-    )
-    width = max((len(c.name) for c in result.components), default=5)
-    for c in result.components:
-        unit, cost = money(c.unit_price), money(c.cost)
-        print(f"  {c.name:<{width}}  {c.quantity:>12} x {unit:<14} = {cost}")
-    print(f"total:    {money(result.total)} {result.currency}")
-    if result.unpriced:
-        unpriced = ", ".join(result.unpriced)
-        print(f"unpriced: {unpriced} (no price in the catalog, so not in the total)")
-    for note in result.notes:
-        print(f"note:     {note}")
+    unknown = 0
+    for name, count in sorted(usage.items(), key=lambda item: (-item[1], item[0])):
+        understood = is_understood_field(name)
+        unknown += not understood
+        print(f"{count:6d}  {name}{'' if understood else '   (not understood by the calculator)'}")
+    print(f"{len(usage)} price fields, {unknown} not understood by the calculator")
+    return 0
 
 
 async def _calc(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.calculator import CostRequest, CostResponse, calculate
+    from aiserver.costs.catalog import load_catalog
+    from aiserver.costs.errors import CatalogNotReady
+    from aiserver.costs.pricing import Usage
+
     if args.batch is None and args.model is None:
         print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
         return 2
-    catalog = await _catalog(settings)
+    conn = await _connect(settings)
+    try:
+        catalog = await load_catalog(conn)
+    finally:
+        await conn.close()
     if not len(catalog):  # else every name would be "unknown"
         raise CatalogNotReady(
             "the catalog in the database has no models yet; "
@@ -196,45 +223,60 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     )
     result = calculate(catalog, request)
     if args.json:
-        print(_results.encode(CostResponse.of(result)).decode())
+        _print_json(CostResponse.of(result))
     else:
         _print_result(result)
     return 0
 
 
+def _print_result(result: CostResult) -> None:
+    from aiserver.costs.money import money
+
+    print(
+        f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
+        f"price version {result.price_version}, catalog version {result.catalog_version}"
+    )
+    width = max((len(c.name) for c in result.components), default=5)
+    for c in result.components:
+        unit, cost = money(c.unit_price), money(c.cost)
+        print(f"  {c.name:<{width}}  {c.quantity:>12} x {unit:<14} = {cost}")
+    print(f"total:    {money(result.total)} {result.currency}")
+    if result.unpriced:
+        unpriced = ", ".join(result.unpriced)
+        print(f"unpriced: {unpriced} (no price in the catalog, so not in the total)")
+    for note in result.notes:
+        print(f"note:     {note}")
+
+
 def _calc_batch(catalog: Catalog, path: str) -> int:
-    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
-    stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
+    from decimal import Decimal
+
+    from aiserver.costs.calculator import CostRequest, CostResponse, calculate
+
+    requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
+    encode = msgspec.json.Encoder(decimal_format="string").encode_into
+    out = bytearray()
     failed = 0
+    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: PTH123, SIM115
     with stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
-                result: Any = CostResponse.of(calculate(catalog, _requests.decode(line)))
+                result: Any = CostResponse.of(calculate(catalog, requests.decode(line)))
             except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
                 failed += 1
                 result = {"error": _problem(exc), "line": number}
-            sys.stdout.write(_results.encode(result).decode() + "\n")
+            encode(result, out, -1)
+            out += b"\n"
+            if len(out) > 1 << 16:
+                sys.stdout.buffer.write(out)
+                out.clear()
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
     if failed:
         print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
-    return 0
-
-
-async def _fields(settings: Settings, args: argparse.Namespace) -> int:
-    from aiserver.costs.pricing import is_understood_field
-
-    conn = await connect(settings.core)
-    try:
-        usage = await price_field_usage(conn)
-    finally:
-        await conn.close()
-    unknown = 0
-    for name, count in sorted(usage.items(), key=lambda item: (-item[1], item[0])):
-        understood = is_understood_field(name)
-        unknown += not understood
-        print(f"{count:6d}  {name}{'' if understood else '   (not understood by the calculator)'}")
-    print(f"{len(usage)} price fields, {unknown} not understood by the calculator")
     return 0
 
 
@@ -332,6 +374,8 @@ COMMANDS: dict[str, Command] = {
     "fields": _fields,
     "calc": _calc,
 }
+#: The commands that log (the refresh and the seed): they configure structlog first.
+LOGGING: Final = frozenset({"refresh", "seed"})
 
 
 def _problem(exc: Exception) -> dict[str, Any] | None:
@@ -353,7 +397,8 @@ def _problem(exc: Exception) -> dict[str, Any] | None:
     if isinstance(exc, UnicodeDecodeError):
         detail = f"the request is not valid JSON: invalid UTF-8 at byte {exc.start}"
         return problem(400, detail, slug="malformed-json")
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+    asyncpg = sys.modules.get("asyncpg")  # loaded by whatever command met the database
+    if asyncpg and isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
         detail = (
             f"the catalog tables are missing or behind ({exc}); "
             "apply the migrations first: aiserver-db migrate"
@@ -367,7 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     as `{"error": {...}}` on stdout, else its detail on stderr; the exit status is 1."""
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-costs", Settings)
-    configure_logging(settings.core.log_level, settings.core.log_format)
+    if args.command in LOGGING:
+        from aiserver.core_db.logging import configure_logging
+
+        configure_logging(settings.core.log_level, settings.core.log_format)
+    import asyncio
+
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except Exception as exc:

@@ -13,7 +13,9 @@ from typing import Any
 
 def money(value: Decimal | int) -> str:
     """A decimal as an exact string in plain notation: 0.0000008, never 8E-7."""
-    text = format(value, "f")
+    text = str(value)  # plain already for most prices and costs, and faster than format()
+    if "E" in text:
+        text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text if text not in ("", "-0") else "0"
