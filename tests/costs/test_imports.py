@@ -39,7 +39,7 @@ def test_the_calculator_imports_no_database_or_orm_module() -> None:
 
 def test_the_cli_help_imports_nothing_of_the_database_layer() -> None:
     """`aiserver-costs --help` (and a command's --help) loads argparse and the settings alone:
-    importing every command's modules cost ~0.3 s before it printed a line."""
+    importing every command's modules would cost ~0.3 s before it printed a line."""
     for args in (["--help"], ["calc", "--help"], ["refresh", "--help"]):
         loaded = _loaded(
             "import contextlib, io\nfrom aiserver.costs.cli import main\n"

@@ -2,8 +2,8 @@
 
 Each command imports what it needs when it runs, and no more: `--help` and the parser load
 nothing of the database layer, and `calc` (the catalog from PostgreSQL, then pricing) neither
-Piccolo, nor httpx, nor structlog. Importing everything up front cost ~0.3 s before any work,
-more than pricing a 20,000-line usage log takes (bench/cli.py measures both).
+Piccolo, nor httpx, nor structlog. Importing every command's modules up front would cost ~0.3 s
+before any work, more than pricing a 20,000-line usage log takes (bench/cli.py measures both).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Settings(Section, frozen=True, kw_only=True):
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
-#: JSON out: Decimal as an exact string (the outputs pass money through `money.money` first).
+#: JSON out; the commands write prices through `money` (a Decimal here would be str()'s spelling).
 _json = msgspec.json.Encoder(decimal_format="string")
 
 

@@ -1,10 +1,11 @@
-"""Rehash every stored entry with the entry hash of aiserver-costs 0.2 (`source.entry_hash`).
+"""Rehash every stored entry with the entry hash of aiserver-costs 0.2 (`entry_digest` below).
 
-The refresh compares each incoming entry with the current version by `entry_hash`. The hash now
-covers the entry's sorted JSON with its numbers in one spelling per value (`canonical_number`),
-where it used to cover a tagged copy of the entry; the values that hash alike are the same, only
-the digests differ. Without this migration the first refresh after the upgrade would find every
-model changed and open a new version of each with the same prices.
+The refresh compares each incoming entry with the current version by `entry_hash`, which covers
+the entry's sorted JSON with its numbers in one spelling per value (`canonical_number`). A
+catalog written with the earlier scheme holds digests of a tagged copy of the entry: the values
+that hash alike are the same, only the digests differ. Without this migration the first refresh
+after the upgrade would find every model changed and open a new version of each with the same
+prices.
 
 `content_hash` is cleared too: it identified the last document by the old scheme, so the next
 refresh reads its document in full once (and, the entries rehashed, finds nothing to write).
