@@ -17,7 +17,7 @@ from collections.abc import Callable
 # before anything imports litellm: its price map comes from its own wheel, never the network
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from bench import calc, http_load, refresh, report, scale, startup
+from bench import calc, cli, http_load, refresh, report, scale, startup
 from bench.common import ROOT, Section, load_average, machine, say
 
 BENCHMARKS: dict[str, Callable[[bool], Section]] = {
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     ),
     "startup": lambda quick: startup.run(rounds=1 if quick else 3, api_rounds=1 if quick else 3),
     "scale": lambda quick: scale.run(rounds=1 if quick else 2, load_rounds=1 if quick else 3),
+    "cli": lambda quick: cli.run(rounds=2 if quick else 7),
 }
 
 

@@ -8,10 +8,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aiserver.costs.calculator import CostRequest, CostResponse, calculate, money
-from aiserver.costs.catalog import Catalog, Override, UnknownModel
+from aiserver.costs.calculator import CostRequest, CostResponse, calculate
+from aiserver.costs.catalog import Catalog, UnknownModel
+from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage, UsageError
+from aiserver.costs.store.overrides import Override
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -205,6 +209,17 @@ def test_the_wire_shape_has_exact_decimal_strings(catalog: Catalog) -> None:
     ]
     assert money(Decimal("0E-12")) == "0"
     assert money(Decimal("1E+2")) == "100"
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False), st.integers(min_value=0, max_value=8))
+def test_money_is_the_exact_value_in_plain_notation(value: Decimal, zeros: int) -> None:
+    padded = Decimal(f"{value:f}" + ("0" * zeros if "." in f"{value:f}" else ""))
+    for spelling in (value, padded, Decimal(f"{value:E}")):
+        text = money(spelling)
+        assert Decimal(text) == value
+        assert "E" not in text.upper()
+        assert "." not in text or not text.endswith(("0", "."))  # no trailing zeros
+        assert text != "-0"
 
 
 def test_the_request_rejects_unknown_fields() -> None:

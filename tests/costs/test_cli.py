@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from aiserver.costs.pricing import is_price_field
 from aiserver.costs.refresh import snapshot_bytes
 
 from ..support.upstream import Upstream
@@ -97,12 +98,36 @@ async def test_missing_tables_are_explained(empty_database_url: str) -> None:
     code, _, err = await costs_cli(env, "status")
     assert code == 1
     assert "apply the migrations first: aiserver-db migrate" in err
+    code, out, _ = await costs_cli(env, "status", "--json")
+    assert code == 1
+    assert json.loads(out)["error"]["type"] == "urn:aiserver:problem:schema-not-migrated"
 
 
 async def _seeded_env(subprocess_env: dict[str, str]) -> dict[str, str]:
     code, _, err = await costs_cli(subprocess_env, "seed")
     assert code == 0, err
     return subprocess_env
+
+
+async def test_show_writes_prices_in_plain_decimals_like_the_api(
+    subprocess_env: dict[str, str],
+) -> None:
+    """gpt-4o-mini's prices are below 1e-6, which `str(Decimal)` writes as 1.5E-7."""
+    env = await _seeded_env(subprocess_env)
+    code, out, _ = await costs_cli(env, "show", "gpt-4o-mini")
+    assert code == 0
+    assert "  input_cost_per_token = 0.00000015\n" in out
+    assert "  cache_read_input_token_cost = 0.000000075\n" in out
+    assert '"search_context_size_high":"0.025"' in out  # a structured price, as JSON
+    assert "E-" not in out
+
+    code, out, _ = await costs_cli(env, "show", "gpt-4o-mini", "--json")
+    assert code == 0
+    entry = json.loads(out)["entry"]
+    assert entry["input_cost_per_token"] == "0.00000015"
+    assert entry["output_cost_per_token_batches"] == "0.0000003"
+    assert entry["search_context_cost_per_query"]["search_context_size_low"] == "0.025"
+    assert entry["max_input_tokens"] == 128000
 
 
 async def test_calc_prints_each_component_and_the_exact_total(
@@ -134,40 +159,104 @@ async def test_calc_prints_each_component_and_the_exact_total(
     assert "unknown model 'gpt-4oo'; did you mean 'gpt-4o'" in err
 
 
+PROBLEM = "urn:aiserver:problem:"
+
+
 async def test_calc_batch_answers_every_line_in_order(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = await _seeded_env(subprocess_env)
     lines = [
-        '{"model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500}}',
-        '{"model": "no-such-model"}',
-        "{not json",
-        '{"model": "gpt-4o", "usage": {"input_tokens": 1, "cache_read_tokens": 2}}',
-        "",
-        '{"model": "gpt-4o", "usage": {"input_tokens": -1}}',
-        '{"model": "gpt-4o", "usage": {"output_tokens": 2}, "service_tier": "batch"}',
+        b'{"model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500}}',
+        b'{"model": "no-such-model"}',
+        b"{not json",
+        b'{"model": "gpt-4o", "usage": {"input_tokens": 1, "cache_read_tokens": 2}}',
+        b"",
+        b'{"model": "gpt-4o", "usage": {"input_tokens": -1}}',
+        b'{"model": "gpt-4o", "usage": {"output_tokens": 2}, "service_tier": "batch"}',
+        b'{"model": "gpt-4o", "usage": {"input_tokens": "12"}}',
+        b'{"model": "gpt-4\xff"}',  # not UTF-8: this line fails, not the file
+        b'{"model": "gpt-4o", "at": "2026-01-01T00:00:00"}',
     ]
     batch = tmp_path / "usage.jsonl"
-    batch.write_text("\n".join(lines) + "\n")
+    batch.write_bytes(b"\n".join(lines) + b"\n")
     code, out, err = await costs_cli(env, "calc", "--batch", str(batch))
     assert code == 0
     results = [json.loads(line) for line in out.splitlines()]
-    assert len(results) == 6  # the blank line is not a request
+    assert len(results) == 9  # the blank line is not a request
     assert results[0]["total"] == "0.0075"
-    assert results[1]["error"]["type"] == "unknown_model"
-    assert results[1]["error"]["line"] == 2
-    assert results[2]["error"]["type"] == "invalid_request"
-    assert results[3]["error"] == {
-        "type": "invalid_usage",
-        "detail": "cache_read_tokens (2) is larger than input_tokens (1)",
-        "fields": ["cache_read_tokens", "input_tokens"],
+    # a failed line is {"error": <the problem the API answers>, "line": N}
+    assert results[1]["line"] == 2
+    assert results[1]["error"] == {
+        "type": PROBLEM + "unknown-model",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "unknown model 'no-such-model'",
+        "model": "no-such-model",
+        "suggestions": [],
+    }
+    assert results[2]["error"]["type"] == PROBLEM + "malformed-json"
+    assert results[2]["error"]["status"] == 400
+    assert results[3] == {
+        "error": {
+            "type": PROBLEM + "invalid-usage",
+            "title": "Unprocessable Entity",
+            "status": 422,
+            "detail": "cache_read_tokens (2) is larger than input_tokens (1)",
+            "fields": ["cache_read_tokens", "input_tokens"],
+        },
         "line": 4,
     }
-    assert results[4]["error"]["type"] == "invalid_usage"
+    assert results[4]["error"]["type"] == PROBLEM + "invalid-usage"
     assert results[4]["error"]["fields"] == ["input_tokens"]
-    assert results[4]["error"]["line"] == 6
+    assert results[4]["line"] == 6
     assert results[5]["total"] == "0.00001"  # gpt-4o output_cost_per_token_batches 5e-06
-    assert "4 line(s) failed" in err
+    assert results[6]["error"]["type"] == PROBLEM + "invalid-request"
+    assert results[6]["error"]["status"] == 422
+    assert results[6]["error"]["detail"] == (
+        "invalid request: usage.input_tokens: Expected `int`, got `str`"
+    )
+    assert results[6]["error"]["errors"] == [
+        {"field": "usage.input_tokens", "message": "Expected `int`, got `str`"}
+    ]
+    assert results[7]["error"]["type"] == PROBLEM + "malformed-json"
+    assert results[7]["line"] == 9
+    assert results[8]["at"] == "2026-01-01T00:00:00Z"  # a time without offset is UTC
+    assert "6 line(s) failed" in err
+
+
+async def test_a_failure_is_the_apis_problem_in_json_and_its_detail_in_text(
+    subprocess_env: dict[str, str],
+) -> None:
+    env = await _seeded_env(subprocess_env)
+    code, out, err = await costs_cli(env, "calc", "gpt-4oo", "--input-tokens", "1", "--json")
+    assert (code, err) == (1, "")
+    error = json.loads(out)["error"]
+    assert (error["type"], error["status"], error["model"]) == (
+        PROBLEM + "unknown-model",
+        404,
+        "gpt-4oo",
+    )
+    assert "gpt-4o" in error["suggestions"]
+    code, out, err = await costs_cli(env, "calc", "gpt-4o", "--cache-read-tokens", "5", "--json")
+    assert code == 1
+    assert json.loads(out)["error"]["type"] == PROBLEM + "invalid-usage"
+    code, out, err = await costs_cli(env, "calc", "gpt-4o", "--cache-read-tokens", "5")
+    assert (code, out) == (1, "")
+    assert err == "aiserver-costs calc: cache_read_tokens (5) is larger than input_tokens (0)\n"
+
+    code, out, err = await costs_cli(env, "show", "no-such-model", "--json")
+    assert (code, err) == (1, "")
+    assert json.loads(out)["error"]["type"] == PROBLEM + "unknown-model"
+    code, out, err = await costs_cli(env, "show", "no-such-model")
+    assert (code, out, err) == (1, "", "aiserver-costs show: unknown model 'no-such-model'\n")
+
+    unreachable = dict(env, DATABASE_URL="postgresql://postgres@127.0.0.1:9/none")
+    code, out, err = await costs_cli(unreachable, "status", "--json")
+    assert code == 1
+    error = json.loads(out)["error"]
+    assert (error["type"], error["status"]) == (PROBLEM + "service-unavailable", 503)
+    assert error["detail"].startswith("cannot connect to PostgreSQL at postgresql://postgres@")
 
 
 async def test_fields_counts_each_price_field_and_marks_the_unknown(
@@ -186,6 +275,13 @@ async def test_fields_counts_each_price_field_and_marks_the_unknown(
     ]
     expected = sum(1 for entry in stored if "input_cost_per_token" in entry)
     assert counts["input_cost_per_token"] == expected
+    # every field the calculator counts as a price field, understood or not
+    assert set(counts) == {name for entry in stored for name in entry if is_price_field(name)}
+    multiplier = next(line for line in lines if line.split()[1] == "fedramp_uplift_multiplier")
+    assert multiplier.endswith("   (not understood by the calculator)")
+    assert counts["fedramp_uplift_multiplier"] == sum(
+        1 for entry in stored if "fedramp_uplift_multiplier" in entry
+    )
     understood = next(line for line in lines if line.split()[1] == "input_cost_per_token")
     assert "not understood" not in understood
     unknown = [line for line in lines if "(not understood by the calculator)" in line]

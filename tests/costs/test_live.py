@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from aiserver.costs.calculator import CostRequest, calculate
-from aiserver.costs.catalog import load_catalog
+from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.pricing import Usage
 from aiserver.costs.refresh import Outcome, refresh_catalog
@@ -41,6 +41,14 @@ async def _refresh(cfg: Settings, upstream: Upstream, version: int) -> None:
     assert report.outcome is Outcome.APPLIED, report
 
 
+async def _load(cfg: Settings) -> Catalog:
+    conn = await asyncpg.connect(cfg.core.database_url)
+    try:
+        return await load_catalog(conn)
+    finally:
+        await conn.close()
+
+
 async def _eventually(predicate: object, *, timeout: float) -> float:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -55,11 +63,7 @@ async def test_history_in_the_database_prices_past_calls(cfg: Settings, upstream
     between = datetime.now(UTC)
     await asyncio.sleep(0.01)
     await _refresh(cfg, upstream, 2)
-    conn = await asyncpg.connect(cfg.core.database_url)
-    try:
-        catalog = await load_catalog(conn)
-    finally:
-        await conn.close()
+    catalog = await _load(cfg)
     assert catalog.version == 2
     usage = Usage(input_tokens=1_000_000)
     old = calculate(catalog, CostRequest(model="gpt-test-000", usage=usage, at=between))
@@ -67,6 +71,24 @@ async def test_history_in_the_database_prices_past_calls(cfg: Settings, upstream
     assert (old.total, new.total) == (Decimal("1.000000"), Decimal("2.000000"))
     assert old.price_version != new.price_version
     assert len(catalog.history("gpt-test-000")) == 2
+
+
+async def test_an_entry_is_decoded_exactly_when_first_read(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    """load_catalog keeps each entry's JSON text; a version that is read decodes it once."""
+    await _refresh(cfg, upstream, 3)
+    catalog = await _load(cfg)
+    version = catalog.current["gpt-test-001"]
+    assert isinstance(version.stored_entry, str)
+    assert version.entry["input_cost_per_token"] == Decimal("0.000003")
+    assert type(version.entry["input_cost_per_token"]) is Decimal
+    assert version.entry is version.entry  # decoded once
+    untouched = catalog.current["gpt-test-002"]
+    assert untouched._decoded == []
+    usage = Usage(input_tokens=1_000_000)
+    assert calculate(catalog, CostRequest(model="gpt-test-002", usage=usage)).total == 3
+    assert untouched._decoded != []
 
 
 async def test_a_refresh_elsewhere_reaches_the_live_catalog_by_notify(
@@ -154,11 +176,7 @@ async def test_price_versions_are_chosen_by_database_time(
     cfg: Settings, upstream: Upstream
 ) -> None:
     await _refresh(cfg, upstream, 3)
-    conn = await asyncpg.connect(cfg.core.database_url)
-    try:
-        catalog = await load_catalog(conn)
-    finally:
-        await conn.close()
+    catalog = await _load(cfg)
     version = catalog.current["gpt-test-001"]
     just_before = version.valid_from - timedelta(microseconds=1)
     assert catalog.version_at("gpt-test-001", version.valid_from)[0] is version

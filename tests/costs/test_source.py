@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from decimal import Decimal
 
 import asyncpg
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.costs.refresh import seed_from_snapshot
+from aiserver.costs.refresh import seed_from_snapshot, snapshot_bytes
 from aiserver.costs.source import (
     UnreadableNumber,
+    canonical_digest,
     canonical_number,
     encode_json,
     entry_hash,
@@ -159,3 +162,22 @@ async def test_the_rehash_migration_updates_hashes_of_an_older_scheme(
         await conn.close()
     meta = await fetch_one(settings.core.database_url, "SELECT content_hash FROM ai_cost_metadata")
     assert meta["content_hash"] is None
+
+
+def test_the_rehash_migrations_frozen_hash_is_todays_entry_hash() -> None:
+    """The migration keeps a copy of the entry hash (a migration must not change with the
+    code); the copy must give today's digest for every entry of the bundled snapshot, as
+    written upstream and as stored, and for the numbers at the edges of NUMERIC."""
+    migration = importlib.import_module(
+        "aiserver.costs.piccolo_migrations.costs_2026_11_28t14_00_00_000000"
+    )
+    body = snapshot_bytes()
+    written = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    assert len(written) > 4000
+    for key, raw in written.items():
+        assert migration.entry_digest(bytes(raw)) == canonical_digest(bytes(raw)), key
+    for key, model in parse_source(body).models.items():
+        assert migration.entry_digest(model.encoded.decode()) == model.entry_hash, key
+    for text in ("1e-20000", "2e131072", "1e-16383", "1." + "0" * 16_383 + "1", "10.0", "-0.0"):
+        entry = f'{{"litellm_provider": "x", "input_cost_per_token": {text}}}'
+        assert migration.entry_digest(entry) == canonical_digest(entry), text

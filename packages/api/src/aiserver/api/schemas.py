@@ -6,25 +6,13 @@ Money is an exact decimal string; timestamps are RFC 3339 in UTC.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any, Final
 
 import msgspec
 
-from aiserver.costs.calculator import CostRequest, CostResponse, money
+from aiserver.costs.calculator import CostRequest, CostResponse
 
 MAX_BATCH: Final = 1000
-
-
-def plain(value: Any) -> Any:
-    """An entry value with every Decimal as an exact string (JSON-safe, never a float)."""
-    if isinstance(value, Decimal):
-        return money(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,6 +1,6 @@
 """The cost of a model call: resolve the model, pick the price version of its time, price it.
 
-The request and result shapes are the interface of DESIGN.md ("Cost request", "Cost result"):
+The request and result shapes are the interface (docs/costs.md, "The request", "The answer"):
 the HTTP body of `POST /v1/costs/calculate` and one JSON line of `aiserver-costs calc --batch`.
 Decimals are exact, and strings in JSON.
 """
@@ -14,6 +14,7 @@ from typing import Annotated, Final
 import msgspec
 
 from aiserver.costs.catalog import Catalog
+from aiserver.costs.money import money
 from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, quote
 
 CURRENCY: Final = "USD"
@@ -42,14 +43,6 @@ class CostResult(msgspec.Struct, frozen=True, kw_only=True):
     notes: tuple[str, ...]
     at: datetime
     override_id: int | None = None
-
-
-def money(value: Decimal) -> str:
-    """A decimal as an exact string in plain notation: 0.0000008, never 8E-7."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
 
 
 class ComponentOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,32 +1,33 @@
-"""`aiserver-costs`: refresh, inspect and use the price catalog from the command line."""
+"""`aiserver-costs`: refresh, inspect and use the price catalog from the command line.
+
+Each command imports what it needs when it runs, and no more: `--help` and the parser load
+nothing of the database layer, and `calc` (the catalog from PostgreSQL, then pricing) neither
+Piccolo, nor httpx, nor structlog. Importing every command's modules up front would cost ~0.3 s
+before any work, more than pricing a 20,000-line usage log takes (bench/cli.py measures both).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import msgspec
 
-from aiserver.core_db.database import DatabaseUnavailable, connect
-from aiserver.core_db.logging import configure_logging
+from aiserver.core_db.errors import AiserverError, problem
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
-from aiserver.costs.calculator import CostRequest, CostResponse, CostResult, calculate, money
-from aiserver.costs.catalog import Catalog, load_catalog
-from aiserver.costs.errors import UnknownModel
-from aiserver.costs.pricing import Usage, UsageError
-from aiserver.costs.refresh import refresh_catalog, seed_from_snapshot
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
-from aiserver.costs.status import price_field_usage, read_status
 
-#: The usage options of `calc` and what each counts (DESIGN.md, "Usage semantics"); 0 if omitted.
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.costs.calculator import CostResult
+    from aiserver.costs.catalog import Catalog
+
+#: The usage options of `calc` and what each counts (docs/costs.md, "Usage: totals and their
+#: parts"); 0 if omitted.
 _USAGE_OPTIONS: Final = {
     "input_tokens": "every prompt token, cache reads and writes included",
     "output_tokens": "every generated token, reasoning included",
@@ -49,7 +50,7 @@ class Settings(Section, frozen=True, kw_only=True):
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
-
+#: JSON out; the commands write prices through `money` (a Decimal here would be str()'s spelling).
 _json = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -61,7 +62,28 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else "never"
 
 
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    """A connection like `aiserver.core_db.database.connect`'s, without importing that module
+    (it loads Piccolo and structlog: ~0.15 s) unless connecting fails."""
+    import asyncpg
+
+    dsn = settings.core.database_url
+    try:
+        return await asyncpg.connect(dsn=dsn, timeout=10.0)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        from aiserver.core_db.database import DatabaseUnavailable, redact_dsn
+
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
+        ) from exc
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
 async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.refresh import refresh_catalog
+
     report = await refresh_catalog(
         settings.core, settings.costs, force=args.force, trigger="cli", source_url=args.source_url
     )
@@ -75,6 +97,8 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.refresh import seed_from_snapshot
+
     report = await seed_from_snapshot(settings.core)
     if report is None:
         print("nothing to do: the catalog already has models (or a refresh is running)")
@@ -84,7 +108,9 @@ async def _seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.core)
+    from aiserver.costs.status import read_status
+
+    conn = await _connect(settings)
     try:
         status = await read_status(conn, settings.costs)
     finally:
@@ -118,65 +144,94 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(settings.core)
+    from aiserver.costs.errors import UnknownModel
+    from aiserver.costs.money import plain
+    from aiserver.costs.pricing import is_price_field
+    from aiserver.costs.store.prices import read_current_model
+
+    conn = await _connect(settings)
     try:
-        row = await conn.fetchrow(
-            """
-            SELECT model, provider, mode, entry::text AS entry, valid_from, opened_in_version,
-                   (SELECT count(*) FROM ai_model_costs h
-                    WHERE h.source = c.source AND h.model = c.model) AS versions
-            FROM ai_model_costs c
-            WHERE source = $1 AND valid_to IS NULL AND lower(model) = lower($2)
-            ORDER BY model = $2 DESC LIMIT 1
-            """,
-            DEFAULT_SOURCE,
-            args.model,
-        )
+        found = await read_current_model(conn, args.model)
     finally:
         await conn.close()
-    if row is None:
-        print(f"aiserver-costs: unknown model {args.model!r}", file=sys.stderr)
-        return 1
-    entry = decode_json(row["entry"])
+    if found is None:
+        raise UnknownModel(args.model, ())
+    entry = found.entry
     if args.json:
-        _print_json({"model": row["model"], "provider": row["provider"], "entry": entry})
+        _print_json({"model": found.model, "provider": found.provider, "entry": plain(entry)})
         return 0
-    print(f"model:     {row['model']}")
-    print(f"provider:  {row['provider']}")
-    print(f"mode:      {row['mode'] or '-'}")
+    print(f"model:     {found.model}")
+    print(f"provider:  {found.provider}")
+    print(f"mode:      {found.mode or '-'}")
     print(
-        f"version:   opened in catalog version {row['opened_in_version']}, valid from "
-        f"{_when(row['valid_from'])} ({row['versions']} version(s) kept)"
+        f"version:   opened in catalog version {found.opened_in_version}, valid from "
+        f"{_when(found.valid_from)} ({found.versions} version(s) kept)"
     )
     print("prices:")
     for name in sorted(n for n in entry if is_price_field(n)):
-        value = entry[name]
-        text = value if not isinstance(value, dict | list) else msgspec.json.encode(value).decode()
+        value = plain(entry[name])
+        text = value if not isinstance(value, dict | list) else _json.encode(value).decode()
         print(f"  {name} = {text}")
     return 0
 
 
-_results = msgspec.json.Encoder(decimal_format="string")
-_requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
+async def _fields(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.pricing import is_understood_field
+    from aiserver.costs.status import price_field_usage
 
-
-async def _catalog(settings: Settings) -> Catalog:
-    conn = await connect(settings.core)
+    conn = await _connect(settings)
     try:
-        return await load_catalog(conn)
+        usage = await price_field_usage(conn)
     finally:
         await conn.close()
+    unknown = 0
+    for name, count in sorted(usage.items(), key=lambda item: (-item[1], item[0])):
+        understood = is_understood_field(name)
+        unknown += not understood
+        print(f"{count:6d}  {name}{'' if understood else '   (not understood by the calculator)'}")
+    print(f"{len(usage)} price fields, {unknown} not understood by the calculator")
+    return 0
 
 
-def _error(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, UnknownModel):
-        return {"type": "unknown_model", "detail": str(exc), "suggestions": exc.suggestions}
-    if isinstance(exc, UsageError):
-        return {"type": "invalid_usage", "detail": str(exc), "fields": exc.fields}
-    return {"type": "invalid_request", "detail": str(exc)}
+async def _calc(settings: Settings, args: argparse.Namespace) -> int:
+    from aiserver.costs.calculator import CostRequest, CostResponse, calculate
+    from aiserver.costs.catalog import load_catalog
+    from aiserver.costs.errors import CatalogNotReady
+    from aiserver.costs.pricing import Usage
+
+    if args.batch is None and args.model is None:
+        print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
+        return 2
+    conn = await _connect(settings)
+    try:
+        catalog = await load_catalog(conn)
+    finally:
+        await conn.close()
+    if not len(catalog):  # else every name would be "unknown"
+        raise CatalogNotReady(
+            "the catalog in the database has no models yet; "
+            "run: aiserver-costs seed (offline) or aiserver-costs refresh"
+        )
+    if args.batch is not None:
+        return _calc_batch(catalog, args.batch)
+    request = CostRequest(
+        model=args.model,
+        provider=args.provider,
+        usage=Usage(**{name: getattr(args, name) for name in _USAGE_OPTIONS}),
+        service_tier=args.service_tier,
+        at=args.at,
+    )
+    result = calculate(catalog, request)
+    if args.json:
+        _print_json(CostResponse.of(result))
+    else:
+        _print_result(result)
+    return 0
 
 
 def _print_result(result: CostResult) -> None:
+    from aiserver.costs.money import money
+
     print(
         f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
         f"price version {result.price_version}, catalog version {result.catalog_version}"
@@ -193,78 +248,35 @@ def _print_result(result: CostResult) -> None:
         print(f"note:     {note}")
 
 
-async def _calc(settings: Settings, args: argparse.Namespace) -> int:
-    if args.batch is None and args.model is None:
-        print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
-        return 2
-    catalog = await _catalog(settings)
-    if not len(catalog):  # else every name would be "unknown"
-        print(
-            "aiserver-costs calc: the catalog in the database has no models yet; "
-            "run: aiserver-costs seed (offline) or aiserver-costs refresh",
-            file=sys.stderr,
-        )
-        return 1
-    if args.batch is not None:
-        return _calc_batch(catalog, args.batch)
-    try:
-        usage = msgspec.convert(
-            {name: getattr(args, name) for name in _USAGE_OPTIONS if getattr(args, name)},
-            Usage,
-        )
-        request = CostRequest(
-            model=args.model,
-            provider=args.provider,
-            usage=usage,
-            service_tier=args.service_tier,
-            at=args.at,
-        )
-        result = calculate(catalog, request)
-    except (UnknownModel, UsageError, msgspec.ValidationError, ValueError) as exc:
-        if args.json:
-            print(_results.encode({"error": _error(exc)}).decode())
-        else:
-            print(f"aiserver-costs calc: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(_results.encode(CostResponse.of(result)).decode())
-    else:
-        _print_result(result)
-    return 0
-
-
 def _calc_batch(catalog: Catalog, path: str) -> int:
-    stream = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")  # noqa: SIM115
+    from decimal import Decimal
+
+    from aiserver.costs.calculator import CostRequest, CostResponse, calculate
+
+    requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
+    encode = msgspec.json.Encoder(decimal_format="string").encode_into
+    out = bytearray()
     failed = 0
+    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: PTH123, SIM115
     with stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
-                result: Any = CostResponse.of(calculate(catalog, _requests.decode(line)))
-            except (UnknownModel, UsageError, msgspec.DecodeError, ValueError) as exc:
+                result: Any = CostResponse.of(calculate(catalog, requests.decode(line)))
+            except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
                 failed += 1
-                result = {"error": {**_error(exc), "line": number}}
-            sys.stdout.write(_results.encode(result).decode() + "\n")
+                result = {"error": _problem(exc), "line": number}
+            encode(result, out, -1)
+            out += b"\n"
+            if len(out) > 1 << 16:
+                sys.stdout.buffer.write(out)
+                out.clear()
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
     if failed:
         print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
-    return 0
-
-
-async def _fields(settings: Settings, args: argparse.Namespace) -> int:
-    from aiserver.costs.pricing import is_understood_field
-
-    conn = await connect(settings.core)
-    try:
-        usage = await price_field_usage(conn)
-    finally:
-        await conn.close()
-    unknown = 0
-    for name, count in sorted(usage.items(), key=lambda item: (-item[1], item[0])):
-        understood = is_understood_field(name)
-        unknown += not understood
-        print(f"{count:6d}  {name}{'' if understood else '   (not understood by the calculator)'}")
-    print(f"{len(usage)} price fields, {unknown} not understood by the calculator")
     return 0
 
 
@@ -312,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         "read/write tokens are part of --input-tokens, reasoning tokens part of "
         "--output-tokens. With --batch, read cost requests as JSON lines (the body of POST "
         "/v1/costs/calculate) and write one JSON result per line, in order; a line that fails "
-        'gives {"error": {...}} and the rest go on.',
+        'gives {"error": {...}, "line": N}, the problem the API answers, and the rest go on.',
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
@@ -362,24 +374,61 @@ COMMANDS: dict[str, Command] = {
     "fields": _fields,
     "calc": _calc,
 }
+#: The commands that log (the refresh and the seed): they configure structlog first.
+LOGGING: Final = frozenset({"refresh", "seed"})
+
+
+def _problem(exc: Exception) -> dict[str, Any] | None:
+    """The problem of a failure, as the API answers it (`aiserver.api.problems`): a domain
+    error's own; a request of the wrong shape, 422 `invalid-request` naming the field; one that
+    is not JSON, 400 `malformed-json`; tables not migrated, 503 `schema-not-migrated`. None for
+    an error that no input or state explains: a bug, left to raise."""
+    if isinstance(exc, AiserverError):
+        return exc.problem()
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        message, at, path = text.rpartition(" - at `$")  # msgspec: "... - at `$.usage.x`"
+        field, message = (path.strip("`."), message) if at else ("", text)
+        detail = f"invalid request: {field}: {message}" if field else f"invalid request: {message}"
+        errors = [{"field": field or None, "message": message}]
+        return problem(422, detail, slug="invalid-request", errors=errors)
+    if isinstance(exc, msgspec.DecodeError):
+        return problem(400, f"the request is not valid JSON: {exc}", slug="malformed-json")
+    if isinstance(exc, UnicodeDecodeError):
+        detail = f"the request is not valid JSON: invalid UTF-8 at byte {exc.start}"
+        return problem(400, detail, slug="malformed-json")
+    asyncpg = sys.modules.get("asyncpg")  # loaded by whatever command met the database
+    if asyncpg and isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+        detail = (
+            f"the catalog tables are missing or behind ({exc}); "
+            "apply the migrations first: aiserver-db migrate"
+        )
+        return problem(503, detail, slug="schema-not-migrated")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. A failure prints its problem (RFC 9457, the API's types): with --json
+    as `{"error": {...}}` on stdout, else its detail on stderr; the exit status is 1."""
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-costs", Settings)
-    configure_logging(settings.core.log_level, settings.core.log_format)
+    if args.command in LOGGING:
+        from aiserver.core_db.logging import configure_logging
+
+        configure_logging(settings.core.log_level, settings.core.log_format)
+    import asyncio
+
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
-    except DatabaseUnavailable as exc:
-        print(f"aiserver-costs: {exc}", file=sys.stderr)
-        return 1
-    except asyncpg.UndefinedTableError as exc:
-        print(
-            f"aiserver-costs: the catalog tables are missing ({exc}); "
-            "apply the migrations first: aiserver-db migrate",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as exc:
+        failure = _problem(exc)
+        if failure is None:
+            raise
+    if getattr(args, "json", False):
+        _print_json({"error": failure})
+    else:
+        print(f"aiserver-costs {args.command}: {failure['detail']}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

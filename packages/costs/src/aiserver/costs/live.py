@@ -22,10 +22,10 @@ import asyncpg
 from aiserver.core_db.database import connect
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
-from aiserver.costs.catalog import Catalog, load_catalog, read_freshness
+from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.errors import CatalogNotReady
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.store import NOTIFY_CHANNEL
+from aiserver.costs.store.metadata import NOTIFY_CHANNEL, read_freshness
 
 log = get_logger(__name__)
 

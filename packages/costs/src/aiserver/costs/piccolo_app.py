@@ -8,14 +8,13 @@ from aiserver.costs.tables import (
     AiCostMetadata,
     AiCostOverride,
     AiCostRefreshRun,
-    AiModelAlias,
     AiModelCost,
 )
 
 APP_CONFIG = AppConfig(
     app_name="costs",
     migrations_folder_path=str(Path(__file__).parent / "piccolo_migrations"),
-    table_classes=[AiCostMetadata, AiModelCost, AiModelAlias, AiCostOverride, AiCostRefreshRun],
+    table_classes=[AiCostMetadata, AiModelCost, AiCostOverride, AiCostRefreshRun],
     migration_dependencies=[],
     commands=[],
 )

@@ -10,7 +10,8 @@
 4. Guardrails: an empty, non-JSON or wrongly shaped body, or one that would shrink the catalog by
    more than `MODEL_COST_MAX_SHRINK_FRACTION`, is rejected whole; a single bad entry is skipped
    and its previous version stays current.
-5. The write is one transaction (see `store.write_catalog`), then NOTIFY tells the API replicas.
+5. The write is one transaction (see `store.prices.write_catalog`), whose commit NOTIFYs the
+   API replicas.
 
 Every attempt that reached the upstream leaves a row in `ai_cost_refresh_runs`, and failures are
 recorded in `ai_cost_metadata.last_error` while the catalog stays as it was.
@@ -38,21 +39,16 @@ from aiserver.core_db.settings import CoreSettings
 from aiserver.costs.errors import SourceRejected, UpstreamError
 from aiserver.costs.fetch import Fetched, fetch_source
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import (
-    DEFAULT_SOURCE,
-    ParsedSource,
-    decode_json,
-    encode_json,
-    parse_source,
-    read_document,
-)
-from aiserver.costs.store import (
+from aiserver.costs.source import DEFAULT_SOURCE, ParsedSource, parse_source, read_document
+from aiserver.costs.store.metadata import (
     SourceState,
-    current_model_count,
-    ensure_source,
     read_state,
-    write_catalog,
+    record_applied,
+    record_confirmed,
+    record_error,
 )
+from aiserver.costs.store.prices import count_current_among, current_model_count, write_catalog
+from aiserver.costs.store.runs import last_skipped, record_run
 
 log = get_logger(__name__)
 
@@ -138,48 +134,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _record_run(
-    conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO ai_cost_refresh_runs
-            (source, trigger, started_at, finished_at, outcome, http_status, fetched_bytes,
-             added, changed, removed, skipped, skipped_entries, catalog_version, error)
-        VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)
-        """,
-        report.source,
-        report.trigger,
-        started_at,
-        str(report.outcome),
-        report.http_status,
-        report.fetched_bytes,
-        report.added,
-        report.changed,
-        report.removed,
-        len(report.skipped),
-        encode_json(report.skipped).decode(),
-        report.catalog_version,
-        report.error,
-    )
-
-
 async def _record_failure(
     conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
 ) -> None:
     async with conn.transaction():
-        await ensure_source(conn, report.source, report.url)
-        await conn.execute(
-            """
-            UPDATE ai_cost_metadata
-            SET last_checked_at = $2, last_error = $3, last_error_at = $2, updated_at = $2
-            WHERE source = $1
-            """,
-            report.source,
-            started_at,
-            f"{report.outcome}: {report.error}",
-        )
-        await _record_run(conn, report, started_at=started_at)
+        error = f"{report.outcome}: {report.error}"
+        await record_error(conn, report.source, report.url, at=started_at, error=error)
+        await record_run(conn, report, started_at=started_at)
 
 
 async def _record_current(
@@ -192,23 +153,11 @@ async def _record_current(
 ) -> None:
     """The upstream confirmed what we have (304, or the same content): it is a success."""
     async with conn.transaction():
-        await conn.execute(
-            """
-            UPDATE ai_cost_metadata
-            SET url = $2, last_checked_at = $3, last_success_at = $3,
-                etag = COALESCE($4, etag), last_modified = COALESCE($5, last_modified),
-                body_hash = COALESCE($6, body_hash),
-                last_error = NULL, last_error_at = NULL, updated_at = $3
-            WHERE source = $1
-            """,
-            report.source,
-            report.url,
-            started_at,
-            fetched.etag,
-            fetched.last_modified,
-            body_hash,
-        )
-        await _record_run(conn, report, started_at=started_at)
+        await record_confirmed(
+            conn, report.source, report.url, at=started_at, etag=fetched.etag,
+            last_modified=fetched.last_modified, body_hash=body_hash,
+        )  # fmt: skip
+        await record_run(conn, report, started_at=started_at)
 
 
 async def apply_source(
@@ -225,27 +174,12 @@ async def apply_source(
     """Write `parsed` as the new catalog of `source` and record it, in one transaction."""
     async with conn.transaction():
         result = await write_catalog(conn, parsed, source=source, url=url, now=started_at)
-        await conn.execute(
-            """
-            UPDATE ai_cost_metadata
-            SET url = $2, last_checked_at = $3,
-                last_success_at = CASE WHEN $4 THEN $3 ELSE last_success_at END,
-                etag = $5, last_modified = $6, content_hash = $7, model_count = $8,
-                alias_count = $9, body_hash = $10, last_error = NULL, last_error_at = NULL,
-                updated_at = $3
-            WHERE source = $1
-            """,
-            source,
-            url,
-            started_at,
-            succeeded,
-            fetched.etag,
-            fetched.last_modified,
-            parsed.content_hash,
-            result.model_count,
-            len(parsed.aliases),
-            hashlib.sha256(fetched.body).hexdigest(),
-        )
+        await record_applied(
+            conn, source, url, at=started_at, succeeded=succeeded, etag=fetched.etag,
+            last_modified=fetched.last_modified, content_hash=parsed.content_hash,
+            body_hash=hashlib.sha256(fetched.body).hexdigest(), model_count=result.model_count,
+            alias_count=len(parsed.aliases),
+        )  # fmt: skip
         outcome = Outcome.SEEDED if trigger == "seed" else Outcome.APPLIED
         if trigger != "seed" and not result.changed_anything:
             outcome = Outcome.UNCHANGED
@@ -263,7 +197,7 @@ async def apply_source(
             model_count=result.model_count,
             catalog_version=result.catalog_version,
         )
-        await _record_run(conn, report, started_at=started_at)
+        await record_run(conn, report, started_at=started_at)
     return report
 
 
@@ -274,32 +208,13 @@ async def _check_shrink(
     # the wrong shape under another name keeps nothing, so it must not count as a model.
     kept = 0
     if current and parsed.skipped:
-        kept = await conn.fetchval(
-            "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL"
-            " AND model = ANY($2::text[])",
-            DEFAULT_SOURCE,
-            list(parsed.skipped),
-        )
+        kept = await count_current_among(conn, DEFAULT_SOURCE, list(parsed.skipped))
     incoming = len(parsed.models) + kept
     if current and incoming < current * (1 - max_shrink):
         raise SourceRejected(
             f"shrink: the source has {incoming} models, the catalog has {current}; more than "
             f"{max_shrink:.0%} fewer (MODEL_COST_MAX_SHRINK_FRACTION)"
         )
-
-
-async def _still_skipped(conn: asyncpg.Connection, source: str) -> dict[str, str]:
-    """The entries skipped by the last run that read the current document: an unchanged
-    document skips them again, and its run record says so without parsing it."""
-    skipped = await conn.fetchval(
-        """
-        SELECT skipped_entries::text FROM ai_cost_refresh_runs
-        WHERE source = $1 AND outcome IN ('applied', 'seeded', 'unchanged')
-        ORDER BY id DESC LIMIT 1
-        """,
-        source,
-    )
-    return {} if skipped is None else dict(decode_json(skipped))
 
 
 async def _refresh_locked(
@@ -354,7 +269,7 @@ async def _refresh_locked(
         """The document applied last time: record a success, write no price."""
         report = RefreshReport(
             Outcome.UNCHANGED, source, url, trigger, fetched_bytes=len(fetched.body),
-            http_status=fetched.status, skipped=await _still_skipped(conn, source),
+            http_status=fetched.status, skipped=await last_skipped(conn, source),
             model_count=current, catalog_version=catalog_version,
         )  # fmt: skip
         await _record_current(conn, report, fetched, started_at=started_at, body_hash=new_body_hash)

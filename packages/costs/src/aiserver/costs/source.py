@@ -176,7 +176,14 @@ def _unreadable_in(value: Any) -> UnreadableNumber | None:
 _STRUCTURED_PRICES: Final = frozenset({"tiered_pricing", "off_peak_pricing"})
 
 
-def is_price_field(name: str) -> bool:
+def has_nonnegative_leaves(name: str) -> bool:
+    """Whether an entry's top-level field holds prices that must be numbers >= 0 for the entry
+    to be stored: every leaf of a `*cost*` field, and under `tiered_pricing` and
+    `off_peak_pricing` the leaves whose own key names a cost (see `_price_leaves`).
+
+    The guardrail's question, narrower than `pricing.is_price_field`: a multiplier or a billing
+    unit bears on price too, but is no amount of money that a negative value would corrupt.
+    """
     return "cost" in name or name in _STRUCTURED_PRICES
 
 
@@ -225,7 +232,7 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
     if not isinstance(provider, str) or not provider:
         return "unknown shape: litellm_provider is missing or not a string"
     for name, value in entry.items():
-        if "cost" not in name and name not in _STRUCTURED_PRICES:
+        if not has_nonnegative_leaves(name):
             continue
         kind = type(value)
         if kind is Decimal or kind is int:  # the common case: one plain price

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from aiserver.core_db.database import DbConnection
+from aiserver.costs.pricing import is_price_field
 from aiserver.costs.settings import CostSettings
-from aiserver.costs.source import DEFAULT_SOURCE, decode_json, is_price_field
-from aiserver.costs.store import read_state
+from aiserver.costs.source import DEFAULT_SOURCE
+from aiserver.costs.store.metadata import read_state
+from aiserver.costs.store.overrides import count_overrides
+from aiserver.costs.store.prices import current_model_count, read_current_entries
+from aiserver.costs.store.runs import LastRun, last_run
 
-
-class LastRun(msgspec.Struct, frozen=True, kw_only=True):
-    trigger: str
-    outcome: str
-    started_at: datetime
-    finished_at: datetime | None
-    fetched_bytes: int
-    added: int
-    changed: int
-    removed: int
-    skipped: int
-    error: str | None
+if TYPE_CHECKING:
+    from aiserver.core_db.database import DbConnection
 
 
 class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,18 +43,9 @@ async def read_status(
 ) -> CatalogStatus:
     state = await read_state(conn, source)
     now = datetime.now(UTC)
-    models: int = await conn.fetchval(
-        "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL", source
-    )
-    overrides: int = await conn.fetchval("SELECT count(*) FROM ai_cost_overrides")
-    run = await conn.fetchrow(
-        """
-        SELECT trigger, outcome, started_at, finished_at, fetched_bytes, added, changed,
-               removed, skipped, error
-        FROM ai_cost_refresh_runs WHERE source = $1 ORDER BY id DESC LIMIT 1
-        """,
-        source,
-    )
+    models = await current_model_count(conn, source)
+    overrides = await count_overrides(conn)
+    run = await last_run(conn, source)
     success = state.last_success_at if state else None
     age = (now - success).total_seconds() if success else None
     return CatalogStatus(
@@ -79,18 +63,14 @@ async def read_status(
         stale=age is None or age >= settings.model_cost_max_age_seconds,
         last_error=state.last_error if state else None,
         last_error_at=state.last_error_at if state else None,
-        last_run=LastRun(**dict(run)) if run else None,
+        last_run=run,
     )
 
 
 async def price_field_usage(conn: DbConnection, *, source: str = DEFAULT_SOURCE) -> Counter[str]:
-    """How many current models use each price field."""
-    rows = await conn.fetch(
-        "SELECT entry::text AS entry FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL",
-        source,
-    )
+    """How many current models use each price field (`pricing.is_price_field`: the calculator's
+    own question, so that `fields` shows what it ignores as well as what it prices)."""
     usage: Counter[str] = Counter()
-    for row in rows:
-        entry: dict[str, Any] = decode_json(row["entry"])
+    for entry in await read_current_entries(conn, source):
         usage.update(name for name in entry if is_price_field(name))
     return usage

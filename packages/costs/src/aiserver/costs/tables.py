@@ -1,8 +1,16 @@
-"""Piccolo table classes of the price catalog (the schema itself is owned by the migrations).
+"""Piccolo table classes of the price catalog, for Piccolo's own tools and ORM queries.
 
-Prices are NUMERIC in the database and `Decimal` here. The JSONB documents (`entry`, `prices`)
-are decoded by `aiserver.costs.source.decode_json`, never by `json.loads`, which would turn
-prices into floats.
+The schema is the migrations' (`piccolo_migrations/`), and the SQL of the package is
+`aiserver.costs.store`'s; these classes state the same tables to Piccolo, and
+tests/costs/test_store.py holds them to the migrated schema: columns, types, nullability,
+primary and unique keys. What Piccolo cannot state (CHECKs, partial unique indexes, foreign
+keys) is the migrations' alone. `ai_model_aliases` has no class: its primary key is
+(source, alias), and a Piccolo table's is one column.
+
+The engine is Piccolo's `engine_finder()` (`aiserver.core_db.piccolo_conf.DB`), found at the
+first query, so importing this module opens no cycle with the app registry. Prices are NUMERIC
+in the database and `Decimal` here. The JSONB documents (`entry`, `prices`) are decoded by
+`aiserver.costs.source.decode_json`, never by `json.loads`, which would turn prices into floats.
 """
 
 from __future__ import annotations
@@ -16,12 +24,21 @@ from piccolo.columns import (
     Text,
     Timestamptz,
 )
+from piccolo.constraints import Unique
 from piccolo.table import Table
 
-from aiserver.core_db.piccolo_conf import DB
+from aiserver.costs.store.prices import TYPED_PRICE_COLUMNS
+
+__all__ = [
+    "TYPED_PRICE_COLUMNS",
+    "AiCostMetadata",
+    "AiCostOverride",
+    "AiCostRefreshRun",
+    "AiModelCost",
+]
 
 
-class AiCostMetadata(Table, tablename="ai_cost_metadata", db=DB):
+class AiCostMetadata(Table, tablename="ai_cost_metadata"):
     source = Text(primary_key=True)
     url = Text()
     last_checked_at = Timestamptz(null=True, default=None)
@@ -40,7 +57,7 @@ class AiCostMetadata(Table, tablename="ai_cost_metadata", db=DB):
     updated_at = Timestamptz()
 
 
-class AiModelCost(Table, tablename="ai_model_costs", db=DB):
+class AiModelCost(Table, tablename="ai_model_costs"):
     id = BigSerial(primary_key=True)
     source = Text()
     provider = Text()
@@ -66,22 +83,18 @@ class AiModelCost(Table, tablename="ai_model_costs", db=DB):
     closed_in_version = BigInt(null=True, default=None)
 
 
-class AiModelAlias(Table, tablename="ai_model_aliases", db=DB):
-    source = Text()
-    alias = Text()
-    target = Text()
-
-
-class AiCostOverride(Table, tablename="ai_cost_overrides", db=DB):
+class AiCostOverride(Table, tablename="ai_cost_overrides"):
     id = BigSerial(primary_key=True)
     provider = Text()
     model = Text()
     prices = JSONB()
     reason = Text(default="")
     created_at = Timestamptz()
+    # an upsert's conflict target (`store.overrides.upsert_override`): one override per model
+    provider_model = Unique([provider, model], name="ai_cost_overrides_provider_model_key")
 
 
-class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs", db=DB):
+class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs"):
     id = BigSerial(primary_key=True)
     source = Text()
     trigger = Text()
@@ -97,18 +110,3 @@ class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs", db=DB):
     skipped_entries = JSONB(default="{}")
     catalog_version = BigInt(null=True, default=None)
     error = Text(null=True, default=None)
-
-
-#: Typed price columns of ai_model_costs, filled from the entry field of the same name.
-TYPED_PRICE_COLUMNS: tuple[str, ...] = (
-    "input_cost_per_token",
-    "output_cost_per_token",
-    "cache_read_input_token_cost",
-    "cache_creation_input_token_cost",
-    "output_cost_per_reasoning_token",
-    "input_cost_per_audio_token",
-    "output_cost_per_audio_token",
-    "input_cost_per_image",
-    "output_cost_per_image",
-    "input_cost_per_request",
-)

@@ -13,10 +13,10 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from aiserver.api.errors import BadCursor
 from aiserver.api.problems import problem_responses
-from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut, plain
-from aiserver.costs.calculator import money
+from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut
 from aiserver.costs.catalog import PriceVersion
 from aiserver.costs.live import LiveCatalog
+from aiserver.costs.money import money, plain
 
 
 def _encode_cursor(key: str) -> str:

@@ -1,4 +1,4 @@
-"""SQL of the price catalog: read its state, write a new source version set-based, in one go.
+"""`ai_model_costs` and `ai_model_aliases`: the versioned prices, written set-based, in one go.
 
 `write_catalog` runs inside the caller's transaction: it copies the parsed source into a temporary
 table (COPY), then closes removed and changed versions and opens new ones with `UPDATE ... FROM`
@@ -9,54 +9,40 @@ old catalog or the new one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
-
-from aiserver.core_db.database import DbConnection
-from aiserver.costs.source import (
-    DEFAULT_SOURCE,
-    ParsedSource,
-    decode_json,
-    encode_json,
-    token_limit,
+from aiserver.costs.source import DEFAULT_SOURCE, ParsedSource, decode_json, token_limit
+from aiserver.costs.store.metadata import (
+    bump_catalog_version,
+    ensure_source,
+    lock_catalog_version,
+    replace_documents,
 )
-from aiserver.costs.tables import TYPED_PRICE_COLUMNS
 
-NOTIFY_CHANNEL: Final = "aiserver_catalog"
+if TYPE_CHECKING:
+    import asyncpg
 
+    from aiserver.core_db.database import DbConnection
 
-class SourceState(msgspec.Struct, frozen=True, kw_only=True):
-    """The `ai_cost_metadata` row of a source."""
-
-    source: str
-    url: str
-    last_checked_at: datetime | None
-    last_success_at: datetime | None
-    last_changed_at: datetime | None
-    etag: str | None
-    last_modified: str | None
-    content_hash: str | None
-    body_hash: str | None
-    model_count: int
-    alias_count: int
-    last_error: str | None
-    last_error_at: datetime | None
-    catalog_version: int
+#: Typed price columns of ai_model_costs, filled from the entry field of the same name.
+TYPED_PRICE_COLUMNS: Final[tuple[str, ...]] = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
+    "input_cost_per_audio_token",
+    "output_cost_per_audio_token",
+    "input_cost_per_image",
+    "output_cost_per_image",
+    "input_cost_per_request",
+)
 
 
-_STATE_COLUMNS: Final = ", ".join(SourceState.__struct_fields__)
-
-
-async def read_state(conn: DbConnection, source: str = DEFAULT_SOURCE) -> SourceState | None:
-    row = await conn.fetchrow(
-        f"SELECT {_STATE_COLUMNS} FROM ai_cost_metadata WHERE source = $1",  # noqa: S608
-        source,
-    )
-    return None if row is None else SourceState(**dict(row))
+# -- reading ---------------------------------------------------------------------------------
 
 
 async def current_model_count(conn: DbConnection, source: str = DEFAULT_SOURCE) -> int:
@@ -66,12 +52,81 @@ async def current_model_count(conn: DbConnection, source: str = DEFAULT_SOURCE) 
     return count
 
 
-async def ensure_source(conn: DbConnection, source: str, url: str) -> None:
-    await conn.execute(
-        "INSERT INTO ai_cost_metadata (source, url) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+async def count_current_among(conn: DbConnection, source: str, models: list[str]) -> int:
+    """How many of `models` have a current version."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL"
+        " AND model = ANY($2::text[])",
         source,
-        url,
+        models,
     )
+    return count
+
+
+async def read_versions(conn: DbConnection, source: str = DEFAULT_SOURCE) -> list[asyncpg.Record]:
+    """Every price version, current and past, with the entry as JSON text (for
+    `catalog.Catalog.build`, which decodes it exactly)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT id, source, provider, model, mode, valid_from, valid_to, entry::text AS entry
+        FROM ai_model_costs WHERE source = $1
+        """,
+        source,
+    )
+    return rows
+
+
+async def read_aliases(conn: DbConnection, source: str = DEFAULT_SOURCE) -> dict[str, str]:
+    rows = await conn.fetch("SELECT alias, target FROM ai_model_aliases WHERE source = $1", source)
+    return {r["alias"]: r["target"] for r in rows}
+
+
+async def read_current_entries(
+    conn: DbConnection, source: str = DEFAULT_SOURCE
+) -> list[dict[str, Any]]:
+    """The entry of every current model, decoded exactly."""
+    rows = await conn.fetch(
+        "SELECT entry::text AS entry FROM ai_model_costs WHERE source = $1 AND valid_to IS NULL",
+        source,
+    )
+    return [decode_json(row["entry"]) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentModel:
+    """A model's current version, as `aiserver-costs show` prints it."""
+
+    model: str
+    provider: str
+    mode: str | None
+    entry: dict[str, Any]
+    valid_from: datetime
+    opened_in_version: int
+    versions: int  # how many versions of the model are kept, this one included
+
+
+async def read_current_model(
+    conn: DbConnection, name: str, source: str = DEFAULT_SOURCE
+) -> CurrentModel | None:
+    """The current version of the model keyed `name`, or else of one keyed so but for case."""
+    row = await conn.fetchrow(
+        """
+        SELECT model, provider, mode, entry::text AS entry, valid_from, opened_in_version,
+               (SELECT count(*) FROM ai_model_costs h
+                WHERE h.source = c.source AND h.model = c.model) AS versions
+        FROM ai_model_costs c
+        WHERE source = $1 AND valid_to IS NULL AND lower(model) = lower($2)
+        ORDER BY model = $2 DESC LIMIT 1
+        """,
+        source,
+        name,
+    )
+    if row is None:
+        return None
+    return CurrentModel(**{**dict(row), "entry": decode_json(row["entry"])})
+
+
+# -- writing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +198,7 @@ async def write_catalog(
 ) -> WriteResult:
     """Make the current versions of `source` equal to `parsed`. Call inside a transaction."""
     await ensure_source(conn, source, url)
-    version: int = await conn.fetchval(
-        "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1 FOR UPDATE", source
-    )
+    version = await lock_catalog_version(conn, source)
     new_version = version + 1
     await conn.execute(
         """
@@ -210,7 +263,7 @@ async def write_catalog(
     added = tuple(sorted(r["model"] for r in opened if r["model"] not in changed_models))
 
     aliases_changed = await _replace_aliases(conn, source, parsed.aliases)
-    documents_changed = await _replace_documents(conn, source, parsed.documents)
+    documents_changed = await replace_documents(conn, source, dict(parsed.documents))
     result = WriteResult(
         added=added,
         changed=tuple(sorted(changed_models)),
@@ -221,36 +274,14 @@ async def write_catalog(
         model_count=await current_model_count(conn, source),
     )
     if result.changed_anything or version == 0:
-        await conn.execute(
-            """
-            UPDATE ai_cost_metadata
-            SET catalog_version = $2, last_changed_at = $3, updated_at = $3
-            WHERE source = $1
-            """,
-            source,
-            new_version,
-            now,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{source}:{new_version}")
-        result = _with_version(result, new_version)
+        bumped = await bump_catalog_version(conn, source, changed_at=now)
+        assert bumped == new_version, "the version row is locked by this transaction"
+        result = replace(result, catalog_version=new_version)
     return result
 
 
-def _with_version(result: WriteResult, version: int) -> WriteResult:
-    return WriteResult(
-        added=result.added,
-        changed=result.changed,
-        removed=result.removed,
-        aliases_changed=result.aliases_changed,
-        documents_changed=result.documents_changed,
-        catalog_version=version,
-        model_count=result.model_count,
-    )
-
-
 async def _replace_aliases(conn: DbConnection, source: str, aliases: Mapping[str, str]) -> bool:
-    rows = await conn.fetch("SELECT alias, target FROM ai_model_aliases WHERE source = $1", source)
-    if {r["alias"]: r["target"] for r in rows} == dict(aliases):
+    if await read_aliases(conn, source) == dict(aliases):
         return False
     await conn.execute("DELETE FROM ai_model_aliases WHERE source = $1", source)
     await conn.execute(
@@ -261,19 +292,5 @@ async def _replace_aliases(conn: DbConnection, source: str, aliases: Mapping[str
         source,
         list(aliases),
         list(aliases.values()),
-    )
-    return True
-
-
-async def _replace_documents(conn: DbConnection, source: str, documents: Mapping[str, Any]) -> bool:
-    stored = await conn.fetchval(
-        "SELECT documents::text FROM ai_cost_metadata WHERE source = $1", source
-    )
-    if stored is not None and decode_json(stored) == dict(documents):
-        return False
-    await conn.execute(
-        "UPDATE ai_cost_metadata SET documents = $2::jsonb WHERE source = $1",
-        source,
-        encode_json(dict(documents)).decode(),
     )
     return True
