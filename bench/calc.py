@@ -22,7 +22,7 @@ from functools import partial
 from importlib.metadata import version
 from typing import Any
 
-from aiserver.core_db.database import connect
+from aiserver.core_db.connections import connect
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.costs.calculator import CostRequest, calculate
 from aiserver.costs.catalog import Catalog, load_catalog

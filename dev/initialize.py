@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from aiserver.core_db.database import DatabaseUnavailable
+from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import CoreSettings, settings_for_command

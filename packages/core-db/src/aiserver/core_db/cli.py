@@ -7,7 +7,8 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from aiserver.core_db.database import DatabaseUnavailable, database, redact_dsn
+from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
+from aiserver.core_db.database import database
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import apply_migrations, migration_status
 from aiserver.core_db.settings import CoreSettings, settings_for_command

@@ -10,26 +10,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db import piccolo_conf
-from aiserver.core_db.errors import Unavailable
+from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
 
 log = get_logger(__name__)
-
-
-#: A connection of our own or one borrowed from the pool: queries take either.
-DbConnection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
-
-
-class DatabaseUnavailable(Unavailable, ConnectionError):
-    """PostgreSQL could not be reached; the message says where and why."""
 
 
 def get_engine() -> PostgresEngine:
@@ -42,26 +32,6 @@ def require_pool() -> asyncpg.Pool:
     if pool is None:
         raise DatabaseUnavailable("the database pool is not open")
     return pool
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and error messages."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
-        return dsn
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{location}" if user else f"{scheme}://{location}"
-
-
-async def connect(settings: CoreSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
-    """A dedicated connection outside the pool (advisory locks, LISTEN)."""
-    try:
-        return await asyncpg.connect(dsn=settings.database_url, timeout=timeout)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(settings.database_url)}: {exc}"
-        ) from exc
 
 
 @asynccontextmanager

@@ -26,7 +26,8 @@ from piccolo.conf.apps import AppConfig, MigrationModule
 from piccolo.engine import engine_finder
 from piccolo.engine.postgres import PostgresEngine
 
-from aiserver.core_db.database import connect, database
+from aiserver.core_db.connections import connect
+from aiserver.core_db.database import database
 from aiserver.core_db.locks import advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings

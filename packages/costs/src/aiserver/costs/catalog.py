@@ -43,7 +43,7 @@ from aiserver.costs.store.prices import read_aliases, read_versions
 if TYPE_CHECKING:  # the database layer is not imported to price a call (see docs/benchmarks.md)
     import asyncpg
 
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
 
 GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp.", "ca.", "apj.")
 _DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")

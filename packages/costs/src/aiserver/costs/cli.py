@@ -63,19 +63,9 @@ def _when(value: datetime | None) -> str:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    """A connection like `aiserver.core_db.database.connect`'s, without importing that module
-    (it loads Piccolo and structlog: ~0.15 s) unless connecting fails."""
-    import asyncpg
+    from aiserver.core_db.connections import connect
 
-    dsn = settings.core.database_url
-    try:
-        return await asyncpg.connect(dsn=dsn, timeout=10.0)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        from aiserver.core_db.database import DatabaseUnavailable, redact_dsn
-
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
-        ) from exc
+    return await connect(settings.core)
 
 
 # -- the commands ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from aiserver.core_db.database import connect
+from aiserver.core_db.connections import connect
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
 from aiserver.costs.catalog import Catalog, load_catalog

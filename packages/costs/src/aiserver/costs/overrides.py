@@ -27,7 +27,7 @@ from aiserver.costs.store.overrides import Override
 if TYPE_CHECKING:
     import asyncpg
 
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
     from aiserver.costs.live import LiveCatalog
 
 #: Override ids are BIGSERIAL: a larger id names no override (and asyncpg refuses to send it).

@@ -32,7 +32,7 @@ from typing import Any, Final
 import asyncpg
 import httpx
 
-from aiserver.core_db.database import connect
+from aiserver.core_db.connections import connect
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings

@@ -17,7 +17,7 @@ from aiserver.costs.store.prices import current_model_count, read_current_entrie
 from aiserver.costs.store.runs import LastRun, last_run
 
 if TYPE_CHECKING:
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
 
 
 class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from aiserver.core_db.database import DbConnection
+from aiserver.core_db.connections import DbConnection
 from aiserver.documents.kinds import Kind
 
 Status = Literal["queued", "processing", "done", "failed"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiserver.costs.source import decode_json, encode_json
 
 if TYPE_CHECKING:
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from aiserver.costs.store.metadata import (
 if TYPE_CHECKING:
     import asyncpg
 
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
 
 #: Typed price columns of ai_model_costs, filled from the entry field of the same name.
 TYPED_PRICE_COLUMNS: Final[tuple[str, ...]] = (

@@ -10,7 +10,7 @@ import msgspec
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, encode_json
 
 if TYPE_CHECKING:
-    from aiserver.core_db.database import DbConnection
+    from aiserver.core_db.connections import DbConnection
     from aiserver.costs.refresh import RefreshReport
 
 
