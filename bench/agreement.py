@@ -64,7 +64,7 @@ _PERPLEXITY = (
     "litellm prices Perplexity's models with a calculator of its own "
     "(litellm/llms/perplexity/cost_calculator.py) that ignores the *_above_<N>k_tokens prices "
     "and bills cache writes at the input rate; aiserver applies the long-context prices to the "
-    "whole request and bills cache writes at their own rate (DESIGN.md, usage semantics)"
+    "whole request and bills cache writes at their own rate (docs/costs.md, usage)"
 )
 
 

@@ -467,7 +467,7 @@ async def test_metrics_and_openapi(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/v1/costs/calculate" in schema["paths"]
     assert "/v1/models/{model}" in schema["paths"]
-    # the cost endpoints decode their bodies with StructBody; the document still shows them
+    # the request bodies of the cost endpoints are in the document
     for path, name in (("", "CostRequest"), ("/batch", "BatchRequest")):
         body = schema["paths"][f"/v1/costs/calculate{path}"]["post"]["requestBody"]
         assert body["content"]["application/json"]["schema"] == {

@@ -46,7 +46,7 @@ READY_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 30.0
 #: Nothing listens on the discard port: the price source is unreachable, as with no network.
 OFFLINE_SOURCE: Final = "http://127.0.0.1:9/model_prices_and_context_window.json"
-#: DESIGN.md's cost request; gpt-4o in the bundled snapshot: input 2.5e-06, output 1e-05 a token.
+#: The README's cost request; gpt-4o in the bundled snapshot: input 2.5e-06, output 1e-05 a token.
 COST_REQUEST: Final = {
     "model": "gpt-4o",
     "usage": {"input_tokens": 1000, "output_tokens": 500},
