@@ -238,21 +238,32 @@ class Cued:
         return self.proc.returncode, out.decode(), err.decode()
 
 
+#: What `aiserver-costs refresh` imports when it runs (the CLI imports each command's work lazily).
+REFRESH: Final = ("aiserver.costs.refresh",)
+
+
 @contextlib.asynccontextmanager
 async def cued(
-    module: str, args: Sequence[str], envs: Sequence[Mapping[str, str]]
+    module: str,
+    args: Sequence[str],
+    envs: Sequence[Mapping[str, str]],
+    *,
+    preload: Sequence[str] = (),
 ) -> AsyncIterator[list[Cued]]:
     """One `python -m module args` child per environment, each imported and waiting on stdin.
 
     Importing aiserver takes seconds on a busy machine; this keeps that out of a moment that must
-    be shared by several processes. What runs is the console script's own `main`; the child
-    reports its peak memory (VmHWM, kB) on its last stderr line.
+    be shared by several processes. A command that imports its work lazily names the modules it
+    will run in `preload`, so that they are imported before the cue too. What runs is the
+    console script's own `main`; the child reports its peak memory (VmHWM, kB) on its last
+    stderr line.
     """
     # VmHWM is this image's own high-water mark. getrusage's ru_maxrss is not: Linux carries it
     # over exec, so it reports the size of the forked test process (hundreds of MB late in a run).
     program = (
         "import sys\n"
-        f"from {module} import main\n"
+        + "".join(f"import {name}\n" for name in preload)
+        + f"from {module} import main\n"
         "print('imported', flush=True)\n"
         "sys.stdin.readline()\n"
         "try:\n"

@@ -18,6 +18,7 @@ from ..support.catalog import fetch_all
 from ..support.processes import taskrunners
 from ..support.upstream import Upstream
 from .harness import (
+    REFRESH,
     ApiProcess,
     advisory_locks,
     api_env,
@@ -79,7 +80,9 @@ async def test_four_concurrent_forced_refreshes_apply_exactly_once(
     asked = len(upstream.requests)
 
     env = api_env(cfg.core.database_url, upstream_url=upstream.url)
-    async with cued("aiserver.costs.cli", ["refresh", "--force", "--json"], [env] * 4) as kids:
+    async with cued(
+        "aiserver.costs.cli", ["refresh", "--force", "--json"], [env] * 4, preload=REFRESH
+    ) as kids:
         results = await asyncio.gather(*(kid.go(timeout=120) for kid in kids))
 
     assert [code for code, _, _ in results] == [0, 0, 0, 0], results

@@ -26,6 +26,7 @@ from ..support.catalog import catalog_rows, document, model_entry
 from ..support.upstream import Upstream
 from .harness import (
     GIB,
+    REFRESH,
     ApiProcess,
     Load,
     api_env,
@@ -180,7 +181,9 @@ async def _refresh_process(stage: Stage, source_url: str) -> tuple[dict[str, Any
     API answers calculations: its JSON report, its peak memory (kB) and the API's answers."""
     env = api_env(stage.settings.core.database_url, upstream_url=source_url,
                   MODEL_COST_FETCH_RETRIES="0")  # fmt: skip
-    async with cued("aiserver.costs.cli", ["refresh", "--force", "--json"], [env]) as (child,):
+    async with cued(
+        "aiserver.costs.cli", ["refresh", "--force", "--json"], [env], preload=REFRESH
+    ) as (child,):
         (code, out, err), load = await _during_load(stage, child.go(timeout=120))
     assert code == 1, (out, err)
     return json.loads(out), peak_rss_kb(err), load
