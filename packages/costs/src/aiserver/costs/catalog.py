@@ -40,7 +40,7 @@ from aiserver.costs.store.metadata import read_catalog_version
 from aiserver.costs.store.overrides import Override, read_overrides
 from aiserver.costs.store.prices import read_aliases, read_versions
 
-if TYPE_CHECKING:  # the database layer is not imported to price a call (see docs/benchmarks.md)
+if TYPE_CHECKING:  # pricing a call needs no database layer, so it is not imported for it
     import asyncpg
 
     from aiserver.core_db.connections import DbConnection

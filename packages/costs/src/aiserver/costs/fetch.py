@@ -33,8 +33,8 @@ USER_AGENT = "aiserver-costs (+price catalog refresh)"
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """The TLS context of every download in this process, made once: building one reads the CA
-    bundle, which took 30 to 190 ms a refresh when each download made its own."""
+    """The TLS context of every download in this process, made once: building one reads the
+    whole CA bundle, tens of milliseconds or more."""
     return httpx.create_ssl_context()
 
 

@@ -212,9 +212,10 @@ async def write_catalog(
     await conn.copy_records_to_table(
         "new_costs", records=_copy_records(parsed), columns=list(_COPY_COLUMNS)
     )
-    # The index makes the anti-join below an index lookup per current model: without it, the
-    # first refresh after a seed (before ai_model_costs has statistics) planned a nested loop
-    # over the temporary table, 11 s for 4,778 models. ANALYZE skips the large entry column.
+    # The index makes the anti-join below an index lookup per current model: without it, a
+    # refresh while ai_model_costs has no statistics yet (the first after a seed) may be planned
+    # as a nested loop over the temporary table, seconds for a few thousand models. ANALYZE
+    # skips the large entry column.
     await conn.execute("CREATE UNIQUE INDEX ON new_costs (model)")
     await conn.execute("ANALYZE new_costs (model, provider, entry_hash)")
     # A skipped entry (malformed this time) keeps its previous version current.
