@@ -1,16 +1,23 @@
 """Fixtures shared by every test: a real PostgreSQL and a real Redis, never stand-ins.
 
 The server comes from TEST_DATABASE_URL (default: postgresql://postgres@127.0.0.1:5432/postgres).
-Each test session creates throwaway databases there and drops them at the end. Redis comes from
-TEST_REDIS_URL (default: redis://127.0.0.1:6379/13): tests use that database index only and
-flush it around each use. A missing server fails the tests with a message; it never skips them.
+Each test session creates throwaway databases there and drops them at the end. A migrated
+database is not migrated per test: the session migrates one template database once and each test
+gets a clone of it (CREATE DATABASE ... TEMPLATE); tests that want the bundled catalog seeded
+clone a second template, migrated and seeded, made only when one asks. `empty_database_url` is
+truly empty (the migration tests start there).
+
+Redis comes from TEST_REDIS_URL (default: redis://127.0.0.1:6379/13): tests use that database
+index only and flush it around each use. A missing server fails the tests with a message; it
+never skips them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg
@@ -23,6 +30,7 @@ from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.core_db.settings import Section, load_settings
+from aiserver.costs.refresh import seed_from_snapshot
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 from .support.upstream import Upstream
@@ -51,23 +59,79 @@ async def _admin() -> asyncpg.Connection:
         )
 
 
-async def create_database(prefix: str = "aiserver_test") -> str:
+async def create_database(prefix: str = "aiserver_test", *, template: str | None = None) -> str:
+    """A new database, empty, or a copy of the database at the URL `template` (no session may be
+    connected to that one while it is copied: PostgreSQL refuses, so the templates here take no
+    connections at all)."""
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    source = f' TEMPLATE "{_name(template)}"' if template else ""
     conn = await _admin()
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"{source}')
+    except asyncpg.ObjectInUseError as exc:
+        assert template is not None
+        sessions = await conn.fetch(
+            "SELECT pid, application_name, state, query FROM pg_stat_activity WHERE datname = $1",
+            _name(template),
+        )
+        pytest.fail(
+            f"cannot clone the template database {_name(template)}: {exc}. PostgreSQL copies a "
+            "database only while no other session is connected to it; connected now: "
+            f"{[dict(s) for s in sessions]}. Close every connection a template fixture opens "
+            "before it is sealed (tests/conftest.py, _template).",
+            pytrace=False,
+        )
     finally:
         await conn.close()
     return _with_database(TEST_DATABASE_URL, name)
 
 
 async def drop_database(url: str) -> None:
-    name = url.rpartition("/")[2]
+    await _on_server(f'DROP DATABASE IF EXISTS "{_name(url)}" WITH (FORCE)')
+
+
+async def _on_server(*statements: str) -> None:
     conn = await _admin()
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
+
+
+def _name(url: str) -> str:
+    return url.rpartition("/")[2]
+
+
+@contextlib.asynccontextmanager
+async def _database(template: str | None = None) -> AsyncIterator[str]:
+    """A database for one test (empty, or a clone of `template`), dropped after it."""
+    url = await create_database(template=template)
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@contextlib.asynccontextmanager
+async def _template(
+    build: Callable[[str], Awaitable[object]], *, source: str | None = None
+) -> AsyncIterator[str]:
+    """A template database for the session: created (empty, or a copy of `source`), filled by
+    `build(url)`, then sealed: marked a template that takes no connections, so that nothing can
+    be connected to it when a test clones it. Dropped at the end of the session (a session that
+    was killed leaves it: `ALTER DATABASE ... IS_TEMPLATE false`, then `DROP DATABASE`)."""
+    url = await create_database("aiserver_template", template=source)
+    name = _name(url)
+    try:
+        await build(url)  # closes every connection it opens
+        await _on_server(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+        yield url
+    finally:
+        await _on_server(
+            f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false',  # a template cannot be dropped
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        )
 
 
 #: The settings of every test: the API's, which hold every section (the task runner's are a part).
@@ -114,37 +178,66 @@ def upstream() -> Iterator[Upstream]:
         server.stop()
 
 
+async def _migrate(url: str) -> None:
+    await apply_migrations(make_settings(url).core)
+
+
+async def _seed(url: str) -> None:
+    assert await seed_from_snapshot(make_settings(url).core) is not None, "the seed did nothing"
+
+
 @pytest.fixture(scope="session")
-async def session_database_url() -> AsyncIterator[str]:
-    """One migrated database for the whole session (tests that only read or clean up after)."""
-    url = await create_database()
-    try:
-        await apply_migrations(make_settings(url).core)
+async def migrated_template_url() -> AsyncIterator[str]:
+    """Every migration applied, no data: the template that migrated databases are cloned from."""
+    async with _template(_migrate) as url:
         yield url
-    finally:
-        await drop_database(url)
+
+
+@pytest.fixture(scope="session")
+async def seeded_template_url(migrated_template_url: str) -> AsyncIterator[str]:
+    """The migrated template with the bundled snapshot seeded (made only if a test asks)."""
+    async with _template(_seed, source=migrated_template_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def session_database_url(migrated_template_url: str) -> AsyncIterator[str]:
+    """One migrated database for the whole session (tests that only read or clean up after)."""
+    async with _database(migrated_template_url) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url() -> AsyncIterator[str]:
     """A brand-new database with nothing in it, dropped after the test."""
-    url = await create_database()
-    try:
+    async with _database() as url:
         yield url
-    finally:
-        await drop_database(url)
 
 
 @pytest.fixture
-async def migrated_database_url(empty_database_url: str) -> str:
-    """A new database with every migration applied and no data."""
-    await apply_migrations(make_settings(empty_database_url).core)
-    return empty_database_url
+async def migrated_database_url(migrated_template_url: str) -> AsyncIterator[str]:
+    """A new database with every migration applied and no data, dropped after the test."""
+    async with _database(migrated_template_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def seeded_database_url(seeded_template_url: str) -> AsyncIterator[str]:
+    """A new migrated database holding the bundled snapshot, as `seed_from_snapshot()` (or
+    `aiserver-costs seed`) leaves it, dropped after the test."""
+    async with _database(seeded_template_url) as url:
+        yield url
 
 
 @pytest.fixture
 def settings(migrated_database_url: str) -> Settings:
     return make_settings(migrated_database_url)
+
+
+@pytest.fixture
+def seeded_settings(seeded_database_url: str) -> Settings:
+    """Like `settings`, on a database where the bundled snapshot is seeded already."""
+    return make_settings(seeded_database_url)
 
 
 @pytest.fixture
@@ -154,9 +247,8 @@ async def db(settings: Settings) -> AsyncIterator[Settings]:
         yield settings
 
 
-@pytest.fixture
-def subprocess_env(settings: Settings) -> dict[str, str]:
-    """Environment for child processes that should use this test's database and Redis."""
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment for child processes that should use the database and Redis of `settings`."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=settings.core.database_url,
@@ -165,6 +257,18 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+def subprocess_env(settings: Settings) -> dict[str, str]:
+    """Environment for child processes that should use this test's database and Redis."""
+    return child_env(settings)
+
+
+@pytest.fixture
+def seeded_subprocess_env(seeded_settings: Settings) -> dict[str, str]:
+    """Like `subprocess_env`, on a database where the bundled snapshot is seeded already."""
+    return child_env(seeded_settings)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Final, Literal
 
 Mode = Literal[
     "ok",  # serve the body with ETag and Last-Modified; 304 when If-None-Match matches
@@ -22,6 +22,11 @@ Mode = Literal[
     "truncated",  # declare the full length, send half of the body, close
     "endless",  # chunked body that never ends (until the client gives up)
 ]
+
+
+#: How often the serving thread looks for `stop()`: `shutdown()` waits up to this long, and at
+#: serve_forever()'s default of 0.5 s that was half a second at the end of every test.
+SHUTDOWN_POLL_S: Final = 0.05
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -51,7 +56,9 @@ class LocalServer:
     def start(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:

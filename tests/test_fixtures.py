@@ -1,0 +1,75 @@
+"""The database fixtures of tests/conftest.py mean what their names say: a migrated database is
+a clone of one migrated template, yet each test's own; an empty one is empty; a seeded one holds
+what a seed writes; nothing can connect to a template, so cloning it never meets a session."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from aiserver.core_db.migrations import apply_migrations
+from aiserver.costs.refresh import seed_from_snapshot
+
+from .conftest import Settings, create_database, drop_database
+from .support.catalog import fetch_all, fetch_one
+
+TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+CATALOG = """
+    SELECT model, provider, entry_hash, opened_in_version, closed_in_version
+    FROM ai_model_costs ORDER BY model, provider
+"""
+
+
+async def test_an_empty_database_has_no_table(empty_database_url: str) -> None:
+    assert await fetch_all(empty_database_url, TABLES) == []
+
+
+async def test_a_migrated_database_is_at_head_and_holds_no_data(settings: Settings) -> None:
+    url = settings.core.database_url
+    assert await apply_migrations(settings.core) == []  # nothing pending
+    assert {"ai_model_costs", "documents", "migration"} <= {
+        r["tablename"] for r in await fetch_all(url, TABLES)
+    }
+    assert (await fetch_one(url, "SELECT count(*) FROM ai_model_costs"))[0] == 0
+    assert (await fetch_one(url, "SELECT count(*) FROM ai_cost_refresh_runs"))[0] == 0
+
+
+async def test_each_test_gets_a_clone_of_its_own(
+    migrated_database_url: str, migrated_template_url: str
+) -> None:
+    """What one test writes stays in its clone: the next clone starts from the template."""
+    assert migrated_database_url != migrated_template_url
+    conn = await asyncpg.connect(migrated_database_url)
+    try:
+        await conn.execute("CREATE TABLE written_by_a_test (x int)")
+    finally:
+        await conn.close()
+    other = await create_database(template=migrated_template_url)
+    try:
+        assert "written_by_a_test" not in {r["tablename"] for r in await fetch_all(other, TABLES)}
+    finally:
+        await drop_database(other)
+
+
+async def test_nothing_can_connect_to_a_template(migrated_template_url: str) -> None:
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="not currently accepting"):
+        await asyncpg.connect(migrated_template_url)
+
+
+async def test_a_seeded_clone_holds_what_a_seed_writes(
+    seeded_settings: Settings, settings: Settings
+) -> None:
+    report = await seed_from_snapshot(settings.core)
+    assert report is not None
+    assert await seed_from_snapshot(seeded_settings.core) is None  # seeded already
+    seeded, fresh = seeded_settings.core.database_url, settings.core.database_url
+    assert await fetch_all(seeded, CATALOG) == await fetch_all(fresh, CATALOG)
+    for query in (
+        "SELECT trigger, outcome, added, catalog_version FROM ai_cost_refresh_runs",
+        "SELECT model_count, catalog_version, content_hash, url FROM ai_cost_metadata",
+        "SELECT alias, target FROM ai_model_aliases ORDER BY alias",
+    ):
+        assert await fetch_all(seeded, query) == await fetch_all(fresh, query), query
+    assert (await fetch_one(seeded, "SELECT model_count FROM ai_cost_metadata"))[0] == (
+        report.model_count
+    )
