@@ -103,17 +103,11 @@ async def test_missing_tables_are_explained(empty_database_url: str) -> None:
     assert json.loads(out)["error"]["type"] == "urn:aiserver:problem:schema-not-migrated"
 
 
-async def _seeded_env(subprocess_env: dict[str, str]) -> dict[str, str]:
-    code, _, err = await costs_cli(subprocess_env, "seed")
-    assert code == 0, err
-    return subprocess_env
-
-
 async def test_show_writes_prices_in_plain_decimals_like_the_api(
-    subprocess_env: dict[str, str],
+    seeded_subprocess_env: dict[str, str],
 ) -> None:
     """gpt-4o-mini's prices are below 1e-6, which `str(Decimal)` writes as 1.5E-7."""
-    env = await _seeded_env(subprocess_env)
+    env = seeded_subprocess_env
     code, out, _ = await costs_cli(env, "show", "gpt-4o-mini")
     assert code == 0
     assert "  input_cost_per_token = 0.00000015\n" in out
@@ -131,9 +125,9 @@ async def test_show_writes_prices_in_plain_decimals_like_the_api(
 
 
 async def test_calc_prints_each_component_and_the_exact_total(
-    subprocess_env: dict[str, str],
+    seeded_subprocess_env: dict[str, str],
 ) -> None:
-    env = await _seeded_env(subprocess_env)
+    env = seeded_subprocess_env
     code, out, _ = await costs_cli(
         env, "calc", "openai/gpt-4o", "--input-tokens", "1000", "--output-tokens", "500",
         "--cache-read-tokens", "200",
@@ -163,9 +157,9 @@ PROBLEM = "urn:aiserver:problem:"
 
 
 async def test_calc_batch_answers_every_line_in_order(
-    subprocess_env: dict[str, str], tmp_path: Path
+    seeded_subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = await _seeded_env(subprocess_env)
+    env = seeded_subprocess_env
     lines = [
         b'{"model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500}}',
         b'{"model": "no-such-model"}',
@@ -226,9 +220,9 @@ async def test_calc_batch_answers_every_line_in_order(
 
 
 async def test_a_failure_is_the_apis_problem_in_json_and_its_detail_in_text(
-    subprocess_env: dict[str, str],
+    seeded_subprocess_env: dict[str, str],
 ) -> None:
-    env = await _seeded_env(subprocess_env)
+    env = seeded_subprocess_env
     code, out, err = await costs_cli(env, "calc", "gpt-4oo", "--input-tokens", "1", "--json")
     assert (code, err) == (1, "")
     error = json.loads(out)["error"]
@@ -260,9 +254,9 @@ async def test_a_failure_is_the_apis_problem_in_json_and_its_detail_in_text(
 
 
 async def test_fields_counts_each_price_field_and_marks_the_unknown(
-    subprocess_env: dict[str, str],
+    seeded_subprocess_env: dict[str, str],
 ) -> None:
-    env = await _seeded_env(subprocess_env)
+    env = seeded_subprocess_env
     code, out, _ = await costs_cli(env, "fields")
     assert code == 0
     lines = out.splitlines()

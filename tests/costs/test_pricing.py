@@ -1412,17 +1412,24 @@ def test_each_count_is_priced_by_its_rest_derived_from_the_parts_statement() -> 
 
 def test_parts_that_exactly_fill_their_totals_are_accepted() -> None:
     # 6 cached (3 of them audio) + 4 uncached audio = 10; 7 reasoning + 3 audio = 10
-    validate_usage(
-        Usage(
-            input_tokens=10,
-            cache_read_tokens=6,
-            input_audio_tokens=7,
-            cache_read_audio_tokens=3,
-            output_tokens=10,
-            reasoning_tokens=7,
-            output_audio_tokens=3,
-        )
+    usage = Usage(
+        input_tokens=10,
+        cache_read_tokens=6,
+        input_audio_tokens=7,
+        cache_read_audio_tokens=3,
+        output_tokens=10,
+        reasoning_tokens=7,
+        output_audio_tokens=3,
     )
+    validate_usage(usage)
+    entry = {"input_cost_per_token": D("1"), "output_cost_per_token": D("2")}
+    quote = price_call(entry, usage, at=WEDNESDAY_NOON)
+    # nothing is left for plain input or output text, and each token is priced once
+    assert {c.name: c.quantity for c in quote.components} == {
+        "cache_read": 3, "cache_read_audio": 3, "input_audio": 4, "reasoning": 7,
+        "output_audio": 3,
+    }  # fmt: skip
+    assert quote.total == 10 * D("1") + 10 * D("2")
 
 
 def test_an_unknown_search_context_size_is_refused() -> None:

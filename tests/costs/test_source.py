@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiserver.core_db.migrations import apply_migrations
-from aiserver.costs.refresh import seed_from_snapshot, snapshot_bytes
+from aiserver.costs.refresh import snapshot_bytes
 from aiserver.costs.source import (
     UnreadableNumber,
     canonical_digest,
@@ -139,11 +139,11 @@ def test_parse_keeps_the_encoding_it_hashed_for_storage() -> None:
 
 
 async def test_the_rehash_migration_updates_hashes_of_an_older_scheme(
-    settings: Settings,
+    seeded_settings: Settings,
 ) -> None:
     """A catalog written with another entry hash is rehashed once, and the next refresh finds
     nothing to change (the migration is run again by forgetting that it ran)."""
-    await seed_from_snapshot(settings.core)
+    settings = seeded_settings
     conn = await asyncpg.connect(settings.core.database_url)
     try:
         good = dict(await conn.fetch("SELECT id, entry_hash FROM ai_model_costs"))
