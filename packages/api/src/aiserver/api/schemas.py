@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from aiserver.costs.calculator import CostRequest, CostResponse
+from aiserver.costs.status import CatalogStatus
 
 MAX_BATCH: Final = 1000
 
@@ -121,20 +122,8 @@ class OverrideOut(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
-class CatalogOut(msgspec.Struct, frozen=True, kw_only=True):
-    source: str
-    url: str | None
-    model_count: int
-    alias_count: int
-    override_count: int
-    catalog_version: int
+class CatalogOut(CatalogStatus, frozen=True, kw_only=True):
+    """The catalog's status in the database, and the version this API process has loaded."""
+
     loaded_version: int
     loaded_at: datetime | None
-    last_checked_at: datetime | None
-    last_success_at: datetime | None
-    last_changed_at: datetime | None
-    age_seconds: float | None
-    max_age_seconds: int
-    stale: bool
-    last_error: str | None
-    last_error_at: datetime | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+import msgspec
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from arq.jobs import Job, JobResult
@@ -41,22 +42,9 @@ class CatalogController(Controller):
         async with asyncio.timeout(DB_TIMEOUT_S), require_pool().acquire() as conn:
             status = await read_status(conn, settings.costs)
         return CatalogOut(
-            source=status.source,
-            url=status.url,
-            model_count=status.model_count,
-            alias_count=status.alias_count,
-            override_count=status.override_count,
-            catalog_version=status.catalog_version,
+            **msgspec.structs.asdict(status),
             loaded_version=live.catalog.version,
             loaded_at=live.last_reload_at,
-            last_checked_at=status.last_checked_at,
-            last_success_at=status.last_success_at,
-            last_changed_at=status.last_changed_at,
-            age_seconds=status.age_seconds,
-            max_age_seconds=status.max_age_seconds,
-            stale=status.stale,
-            last_error=status.last_error,
-            last_error_at=status.last_error_at,
         )
 
     @post(
