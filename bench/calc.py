@@ -7,6 +7,9 @@ a catalog read by `load_catalog()` from a database seeded with the bundled snaps
 resolution included (a provider-prefixed name such as `openai/gpt-4o`). Both aiserver and
 genai-prices cache name lookups, so a repeated name costs a dictionary hit in both; the cost of a
 cache miss is measured apart.
+
+The budget is aiserver's own time per call over the mix: at most 4 µs. The ratios to the peers
+are reported, not targeted: where clearer code costs little, it is preferred.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from bench.common import (
 )
 
 AISERVER, GENAI, LITELLM = "aiserver", "genai-prices", "litellm"
+#: aiserver's budget per call over the mix, in seconds.
+BUDGET_S = 4e-6
 PEERS = (GENAI, LITELLM)
 
 
@@ -358,9 +363,8 @@ def _section(
     *,
     versions: tuple[str, str],
 ) -> Section:
-    target = 50.0
     genai_ratio = mix_ratio[GENAI]
-    verdict = "meets" if genai_ratio >= target else "misses"
+    verdict = "within" if mix_per_call[AISERVER] <= BUDGET_S else "over"
     timing = Table(
         [
             "case",
@@ -453,9 +457,9 @@ def _section(
         notes.append("No disagreements.")
     headline = [
         f"Calculation in process: aiserver {fmt_us(mix_per_call[AISERVER])} per call vs "
-        f"genai-prices {fmt_us(mix_per_call[GENAI])} ({fmt_x(genai_ratio)}; target >= "
-        f"{target:.0f}x: {verdict}) and litellm {fmt_us(mix_per_call[LITELLM])} "
-        f"({fmt_x(mix_ratio[LITELLM])}).",
+        f"genai-prices {fmt_us(mix_per_call[GENAI])} ({fmt_x(genai_ratio)}) and litellm "
+        f"{fmt_us(mix_per_call[LITELLM])} ({fmt_x(mix_ratio[LITELLM])}); budget <= "
+        f"{fmt_us(BUDGET_S)} per call: {verdict}.",
     ]
     return Section(
         key="calc",
