@@ -13,6 +13,8 @@ DOCS = ROOT / "docs"
 MARKDOWN = DOCS / "benchmarks.md"
 CALC_PNG = DOCS / "benchmarks-calculation.png"
 SCALE_PNG = DOCS / "benchmarks-scale.png"
+#: One-off before/after measurements of changes, written by hand, kept at the end of the docs.
+CHANGES = ROOT / "bench" / "changes.md"
 
 COLORS = {"aiserver": "#1f77b4", "genai-prices": "#ff7f0e", "litellm": "#2ca02c"}
 
@@ -79,7 +81,7 @@ def _markdown(
         "## Commands",
         "```sh\n"
         "hatch run bench:all              # every benchmark; rewrites this file and the plots\n"
-        "hatch run bench:run calc http    # some of them (calc http refresh startup scale),"
+        "hatch run bench:run calc http    # some of them (calc http refresh startup scale cli),"
         " print only\n"
         "```\n\n"
         "The `bench` environment (hatch.toml) installs the workspace packages plus the peers, "
@@ -91,6 +93,7 @@ def _markdown(
     ]
     if plots:
         parts += ["## Plots", "\n\n".join(plots)]
+    parts.append(CHANGES.read_text().strip())
     return "\n\n".join(parts) + "\n"
 
 
