@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 import asyncpg
 
@@ -11,8 +10,10 @@ from aiserver.core_db.migrations import apply_migrations, migration_status
 from aiserver.core_db.readiness import database_checks
 
 from ..conftest import make_settings
+from ..support.processes import run_module
 
 DOCUMENT_TABLES = {"documents", "document_pages"}
+LEDGER_TABLES = {"projects", "api_keys"}
 CATALOG_TABLES = {
     "ai_cost_metadata",
     "ai_model_costs",
@@ -46,9 +47,9 @@ async def test_migrate_creates_the_catalog_tables_and_is_idempotent(
     settings = make_settings(empty_database_url)
     first = await apply_migrations(settings.core)
     second = await apply_migrations(settings.core)
-    assert {name.split(":", 1)[0] for name in first} == {"costs", "documents"}
+    assert {name.split(":", 1)[0] for name in first} == {"costs", "documents", "ledger"}
     assert second == []
-    assert await _tables(empty_database_url) >= CATALOG_TABLES | DOCUMENT_TABLES
+    assert await _tables(empty_database_url) >= CATALOG_TABLES | DOCUMENT_TABLES | LEDGER_TABLES
     rows = await _migration_rows(empty_database_url)
     assert [f"{app}:{name}" for app, name in rows] == first
 
@@ -58,7 +59,7 @@ async def test_status_and_readiness_report_pending_then_applied(empty_database_u
     async with database(settings.core):
         before = await migration_status()
         checks_before = await database_checks()
-    assert [app.app for app in before] == ["costs", "documents"]
+    assert [app.app for app in before] == ["costs", "documents", "ledger"]
     assert all(app.applied == () for app in before)
     assert all(app.pending for app in before)
     assert [(c.name, c.ok) for c in checks_before] == [("database", True), ("migrations", False)]
@@ -82,18 +83,7 @@ async def test_readiness_fails_when_the_database_is_unreachable() -> None:
 
 async def _run_cli(*args: str, database_url: str) -> tuple[int, str, str]:
     env = dict(os.environ, DATABASE_URL=database_url, LOG_FORMAT="json")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aiserver.core_db.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_module("aiserver.core_db.cli", env, *args)
 
 
 async def test_four_processes_migrating_at_once_apply_each_migration_once(

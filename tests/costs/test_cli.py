@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import sys
 from pathlib import Path
 
 from aiserver.costs.pricing import is_price_field
 from aiserver.costs.refresh import snapshot_bytes
 
+from ..support.processes import run_module
 from ..support.upstream import Upstream
 
 
 async def costs_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aiserver.costs.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_module("aiserver.costs.cli", env, *args)
 
 
 async def test_seed_refresh_and_status_tell_what_happened(

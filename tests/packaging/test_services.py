@@ -40,12 +40,19 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 SERVICES: Final = ("api", "taskrunner")
 #: What each service ships, and what it must never ship.
 SHIPS: Final = {
-    "api": {"aiserver-api", "aiserver-core-db", "aiserver-costs", "aiserver-documents"},
+    "api": {
+        "aiserver-api",
+        "aiserver-core-db",
+        "aiserver-costs",
+        "aiserver-documents",
+        "aiserver-ledger",
+    },
     "taskrunner": {
         "aiserver-taskrunner",
         "aiserver-core-db",
         "aiserver-costs",
         "aiserver-documents",
+        "aiserver-ledger",
     },
 }
 FORBIDDEN: Final = {"api": "aiserver/taskrunner/", "taskrunner": "aiserver/api/"}
@@ -257,7 +264,7 @@ def test_the_service_wheels_build_to_the_same_bytes_twice(tmp_path: Path) -> Non
         build(service, tmp_path / "second" / service, "--own-only")
         names = own_wheel_names(tmp_path / "first" / service)
         assert names == own_wheel_names(tmp_path / "second" / service)
-        assert len(names) == 5  # the service wheel and the four packages it ships
+        assert len(names) == 6  # the service wheel and the five packages it ships
         first = sha256s(tmp_path / "first" / service, names)
         assert first == sha256s(tmp_path / "second" / service, names)
 

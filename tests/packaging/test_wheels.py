@@ -38,6 +38,7 @@ def test_every_package_is_named_with_the_aiserver_prefix() -> None:
     names = [tomllib.loads((p / "pyproject.toml").read_text())["project"]["name"] for p in PACKAGES]
     assert names == [
         "aiserver-api", "aiserver-core-db", "aiserver-costs", "aiserver-documents",
+        "aiserver-ledger",
         "aiserver-taskrunner",
     ]  # fmt: skip
 
@@ -46,6 +47,7 @@ def test_wheel_metadata_pins_siblings_exactly_and_has_no_paths(wheels: dict[str,
     version = _version()
     assert sorted(wheels) == [
         "aiserver_api", "aiserver_core_db", "aiserver_costs", "aiserver_documents",
+        "aiserver_ledger",
         "aiserver_taskrunner",
     ]  # fmt: skip
     for wheel in wheels.values():
@@ -75,7 +77,8 @@ def test_dependencies_point_one_way(wheels: dict[str, Path]) -> None:
     assert siblings("aiserver_core_db") == set()
     assert siblings("aiserver_costs") == {"aiserver-core-db"}
     assert siblings("aiserver_documents") == {"aiserver-core-db"}
-    domains = {"aiserver-core-db", "aiserver-costs", "aiserver-documents"}
+    assert siblings("aiserver_ledger") == {"aiserver-core-db", "aiserver-costs"}
+    domains = {"aiserver-core-db", "aiserver-costs", "aiserver-documents", "aiserver-ledger"}
     assert siblings("aiserver_api") == domains
     assert siblings("aiserver_taskrunner") == domains
 
@@ -88,7 +91,11 @@ def test_the_costs_wheel_ships_its_migrations_and_snapshot(wheels: dict[str, Pat
     assert "aiserver/costs/data/NOTICE" in files
 
 
-def test_the_documents_wheel_ships_its_migrations(wheels: dict[str, Path]) -> None:
+def test_the_documents_and_ledger_wheels_ship_their_migrations(wheels: dict[str, Path]) -> None:
+    with zipfile.ZipFile(wheels["aiserver_ledger"]) as archive:
+        assert any(
+            f.startswith("aiserver/ledger/piccolo_migrations/ledger_") for f in archive.namelist()
+        )
     with zipfile.ZipFile(wheels["aiserver_documents"]) as archive:
         files = archive.namelist()
     assert any(f.startswith("aiserver/documents/piccolo_migrations/documents_") for f in files)

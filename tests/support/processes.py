@@ -20,6 +20,17 @@ START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 
 
+async def run_module(module: str, env: Mapping[str, str], *args: str) -> tuple[int, str, str]:
+    """`python -m module args` to its end: its exit status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, env=dict(env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def kill(*procs: asyncio.subprocess.Process) -> None:
     """SIGKILL each child still running and reap it: the end of every test that starts one."""
     for proc in procs:

@@ -36,6 +36,18 @@ class BadCursor(InvalidInput, status=400, slug="bad-cursor"):
     pass
 
 
+class UnknownQuery(InvalidInput):
+    def __init__(self, names: list[str], known: frozenset[str]) -> None:
+        allowed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown query parameters: {', '.join(names)} (this route takes {allowed})"
+        )
+        self.fields = names
+
+    def members(self) -> dict[str, Any]:
+        return {"fields": self.fields}
+
+
 class NotReady(Unavailable, slug="not-ready"):
     def __init__(self, message: str, checks: list[dict[str, Any]]) -> None:
         super().__init__(message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -21,13 +23,15 @@ from aiserver.api.controllers.documents import DocumentController
 from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
+from aiserver.api.controllers.projects import KeyController, ProjectController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.api.settings import ApiSettings
-from aiserver.core_db.database import database
+from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
 from aiserver.documents.limits import upload_body_limit
+from aiserver.ledger.authentication import KeyCache, UseRecorder
 
 log = get_logger(__name__)
 
@@ -41,6 +45,8 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     CostController,
     CatalogController,
     OverrideController,
+    ProjectController,
+    KeyController,
     MetricsController,
 ]
 
@@ -53,14 +59,20 @@ OPENAPI: Final = OpenAPIConfig(
     render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
     components=Components(
         security_schemes={
-            "bearer": SecurityScheme(type="http", scheme="bearer", description="API_ADMIN_TOKENS")
+            "bearer": SecurityScheme(
+                type="http",
+                scheme="bearer",
+                description="A project's key (ais_<public id>_<secret>) or an operator's token "
+                "(API_ADMIN_TOKENS)",
+            )
         }
     ),
 )
 
 
 def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
-    """Open the database pool, the arq Redis pool and the live catalog; close them in reverse."""
+    """Open the database pool, the arq Redis pool, the live catalog and the key cache; close
+    them in reverse (the keys' last uses are written once more on the way out)."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -74,11 +86,20 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
             await live.start()
             app.state.live = live
             app.state.redis = redis
+            app.state.key_cache = KeyCache(settings.ledger.api_key_cache_seconds)
+            app.state.key_uses = uses = UseRecorder()
+            recording = asyncio.create_task(
+                uses.run(require_pool(), settings.ledger.api_key_last_used_interval_seconds),
+                name="key-use-recorder",
+            )
             catalog_collector.live = live
             log.info("api ready", catalog_version=live.catalog.version, models=len(live.catalog))
             try:
                 yield
             finally:
+                recording.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recording
                 await live.stop()
                 await redis.aclose()
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from aiserver.core_db.commands import command_problem, run_command, timestamp
 from aiserver.core_db.errors import AiserverError, problem
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
 from aiserver.costs.settings import CostSettings
@@ -330,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     calc.add_argument(
         "--at",
-        type=_timestamp,
+        type=timestamp,
         metavar="TIME",
         help="time of the call, RFC 3339 (default: now); picks the price version valid then",
     )
@@ -348,14 +349,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _timestamp(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 COMMANDS: dict[str, Command] = {
     "refresh": _refresh,
     "seed": _seed,
@@ -369,12 +362,11 @@ LOGGING: Final = frozenset({"refresh", "seed"})
 
 
 def _problem(exc: Exception) -> dict[str, Any] | None:
-    """The problem of a failure, as the API answers it (`aiserver.api.problems`): a domain
-    error's own; a request of the wrong shape, 422 `invalid-request` naming the field; one that
-    is not JSON, 400 `malformed-json`; tables not migrated, 503 `schema-not-migrated`. None for
-    an error that no input or state explains: a bug, left to raise."""
-    if isinstance(exc, AiserverError):
-        return exc.problem()
+    """The problem of a failure, as the API answers it (`aiserver.api.problems`): a request of
+    the wrong shape, 422 `invalid-request` naming the field; one that is not JSON, 400
+    `malformed-json`; else what any command answers (`command_problem`: a domain error's own,
+    tables not migrated). None for an error that no input or state explains: a bug, left to
+    raise."""
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
         message, at, path = text.rpartition(" - at `$")  # msgspec: "... - at `$.usage.x`"
@@ -387,14 +379,7 @@ def _problem(exc: Exception) -> dict[str, Any] | None:
     if isinstance(exc, UnicodeDecodeError):
         detail = f"the request is not valid JSON: invalid UTF-8 at byte {exc.start}"
         return problem(400, detail, slug="malformed-json")
-    asyncpg = sys.modules.get("asyncpg")  # loaded by whatever command met the database
-    if asyncpg and isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
-        detail = (
-            f"the catalog tables are missing or behind ({exc}); "
-            "apply the migrations first: aiserver-db migrate"
-        )
-        return problem(503, detail, slug="schema-not-migrated")
-    return None
+    return command_problem(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,19 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aiserver.core_db.logging import configure_logging
 
         configure_logging(settings.core.log_level, settings.core.log_format)
-    import asyncio
-
-    try:
-        return asyncio.run(COMMANDS[args.command](settings, args))
-    except Exception as exc:
-        failure = _problem(exc)
-        if failure is None:
-            raise
-    if getattr(args, "json", False):
-        _print_json({"error": failure})
-    else:
-        print(f"aiserver-costs {args.command}: {failure['detail']}", file=sys.stderr)
-    return 1
+    return run_command(
+        f"aiserver-costs {args.command}",
+        COMMANDS[args.command](settings, args),
+        as_json=getattr(args, "json", False),
+        problem_of=_problem,
+    )
 
 
 if __name__ == "__main__":

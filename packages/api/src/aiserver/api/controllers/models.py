@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from aiserver.api.errors import BadCursor
 from aiserver.api.problems import problem_responses
+from aiserver.api.query import only_query
 from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut
 from aiserver.costs.catalog import PriceVersion
 from aiserver.costs.live import LiveCatalog
@@ -59,7 +60,12 @@ class ModelController(Controller):
     path = "/v1/models"
     tags = ("models",)
 
-    @get("/", summary="List models", responses=problem_responses(400, 422, 503))
+    @get(
+        "/",
+        summary="List models",
+        responses=problem_responses(400, 422, 503),
+        guards=[only_query("provider", "mode", "q", "limit", "cursor")],
+    )
     async def list_models(
         self,
         state: State,
@@ -88,6 +94,7 @@ class ModelController(Controller):
         "/{model:path}",
         summary="One model's prices",
         responses=problem_responses(400, 404, 422, 503),
+        guards=[only_query("provider")],
     )
     async def get_model(
         self, state: State, model: FromPath[str], provider: FromQuery[str | None] = None

@@ -1,0 +1,23 @@
+"""A route's query parameters are the ones it declares: a misspelled one is a 422, never ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
+
+from aiserver.api.errors import UnknownQuery
+
+
+def only_query(*names: str) -> Guard:
+    """A guard that refuses any query parameter but `names` (e.g. `?archvied=true`)."""
+    known = frozenset(names)
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        unknown = sorted(set(connection.query_params) - known)
+        if unknown:
+            raise UnknownQuery(unknown, known)
+
+    return guard

@@ -1,0 +1,96 @@
+"""A project's API keys: create (the secret shown once), list, revoke.
+
+The operator (`API_ADMIN_TOKENS`) creates a project's first key; from then on a key with the
+`admin` scope manages its own project's keys. Rotation is creating the new key, moving the
+clients to it, then revoking the old one: both work in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from aiserver.ledger import store
+from aiserver.ledger.access import Access
+from aiserver.ledger.errors import InvalidProject, UnknownKey
+from aiserver.ledger.keys import SCOPES, Scope, new_key
+from aiserver.ledger.projects import MAX_NAME, find_project
+from aiserver.ledger.store import ApiKey
+
+if TYPE_CHECKING:
+    import asyncpg
+
+#: Key ids are identities (BIGINT): a larger id names no key (and asyncpg refuses to send it).
+MAX_ID: Final = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key and its text: the only time the secret exists outside the client."""
+
+    key: ApiKey
+    text: str
+
+
+def _check(name: str, scopes: Collection[str], expires_at: datetime | None) -> tuple[Scope, ...]:
+    if not name.strip() or len(name) > MAX_NAME:
+        raise InvalidProject(f"name must be 1 to {MAX_NAME} characters, not blank", ["name"])
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InvalidProject(
+            f"scopes must be one or more of {', '.join(SCOPES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            ["scopes"],
+        )
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise InvalidProject("expires_at needs a time zone offset (e.g. Z)", ["expires_at"])
+        if expires_at <= datetime.now(UTC):
+            raise InvalidProject("expires_at is in the past", ["expires_at"])
+    return tuple(scope for scope in SCOPES if scope in scopes)
+
+
+async def create_key(
+    pool: asyncpg.Pool,
+    access: Access,
+    project_slug: str,
+    *,
+    name: str,
+    scopes: Collection[str],
+    expires_at: datetime | None = None,
+) -> CreatedKey:
+    ordered = _check(name, scopes, expires_at)
+    made = new_key()
+    async with pool.acquire() as conn, conn.transaction():
+        project = await find_project(conn, access, project_slug)
+        access.require("admin")
+        key = await store.insert_key(
+            conn,
+            project_id=project.id,
+            public_id=made.public_id,
+            name=name,
+            scopes=ordered,
+            secret_hash=made.secret_hash,
+            expires_at=expires_at,
+        )
+    return CreatedKey(key=key, text=made.text)
+
+
+async def list_keys(pool: asyncpg.Pool, access: Access, project_slug: str) -> list[ApiKey]:
+    async with pool.acquire() as conn:
+        project = await find_project(conn, access, project_slug)
+        access.require("admin")
+        return await store.read_keys(conn, project.id)
+
+
+async def revoke_key(pool: asyncpg.Pool, access: Access, key_id: int) -> ApiKey:
+    """Revoke a key: at once in this process, within `API_KEY_CACHE_SECONDS` in the others.
+    Another project's key is `UnknownKey`, as one that does not exist."""
+    async with pool.acquire() as conn, conn.transaction():
+        key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_ID else None
+        if key is None or not access.sees(key.project_id):
+            raise UnknownKey(f"no key {key_id}")
+        access.require("admin")
+        return await store.revoke_key(conn, key.project_id, key.id)

@@ -1,0 +1,60 @@
+"""The ledger's errors (see `aiserver.core_db.errors` for the base and the problem shape).
+
+AiserverError
+└── InvalidInput
+    ├── InvalidProject        422 invalid-request: a slug, name, time zone or tag key that
+    │                             is not allowed; `fields` names them
+    ├── ProjectExists         409 project-exists: the slug is taken
+    ├── UnknownProject        404 unknown-project: none by that slug, or not yours (the
+    │                             answer is the same, so it confirms nothing)
+    ├── ProjectArchived       403 project-archived: an archived project's keys refuse all
+    ├── UnknownKey            404 unknown-key: none by that id, or not your project's
+    ├── KeyRejected           401 unauthorized: no key, a malformed, unknown, revoked or
+    │                             expired one (with WWW-Authenticate)
+    └── MissingScope          403 insufficient-scope: a valid key without the scope, or a
+                                  project key at a server-wide endpoint
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiserver.core_db.errors import InvalidInput
+
+#: The challenge of every 401: a bearer token (a project key or an operator's token).
+CHALLENGE = 'Bearer realm="aiserver"'
+
+
+class InvalidProject(InvalidInput):
+    def __init__(self, message: str, fields: list[str]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    def members(self) -> dict[str, Any]:
+        return {"fields": self.fields}
+
+
+class ProjectExists(InvalidInput, status=409, slug="project-exists"):
+    pass
+
+
+class UnknownProject(InvalidInput, status=404, slug="unknown-project"):
+    pass
+
+
+class ProjectArchived(InvalidInput, status=403, slug="project-archived"):
+    pass
+
+
+class UnknownKey(InvalidInput, status=404, slug="unknown-key"):
+    pass
+
+
+class KeyRejected(InvalidInput, status=401, slug="unauthorized"):
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": CHALLENGE}
+
+
+class MissingScope(InvalidInput, status=403, slug="insufficient-scope"):
+    pass

@@ -1,0 +1,147 @@
+"""Projects, the ledger's tenants: create, list, show, change, archive; each checked against
+who asks.
+
+A project has a slug (its name in URLs: lower-case letters, digits and inner hyphens, 1 to 64),
+a name, an IANA time zone (its budget periods and spend buckets are days and months there) and
+up to four tag keys whose spend it rolls up (`user`, `team`, `feature`, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiserver.ledger import store
+from aiserver.ledger.access import Access
+from aiserver.ledger.errors import InvalidProject, ProjectExists, UnknownProject
+from aiserver.ledger.store import Project
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+SLUG: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+TAG_KEY: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_ROLLUP_TAGS: Final = 4
+MAX_NAME: Final = 200
+
+
+def _check_slug(slug: str) -> None:
+    if not SLUG.match(slug):
+        raise InvalidProject(
+            f"slug {slug!r} is not allowed: use 1 to 64 lower-case letters, digits and inner "
+            "hyphens (acme-search)",
+            ["slug"],
+        )
+
+
+def _check_name(name: str) -> None:
+    if not name.strip() or len(name) > MAX_NAME:
+        raise InvalidProject(f"name must be 1 to {MAX_NAME} characters, not blank", ["name"])
+
+
+def check_time_zone(name: str) -> str:
+    """`name` when it is an IANA time zone this server knows; `InvalidProject` otherwise."""
+    try:
+        if name != name.strip():
+            raise ValueError(name)
+        ZoneInfo(name)  # refuses paths outside the zone database, too
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidProject(
+            f"time_zone {name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
+            ["time_zone"],
+        ) from None
+    return name
+
+
+def _check_rollup_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    bad = [tag for tag in tags if not TAG_KEY.match(tag)]
+    if bad:
+        raise InvalidProject(
+            f"rollup_tags: {', '.join(repr(t) for t in bad)} is not a tag key (a lower-case "
+            "letter, then up to 31 lower-case letters, digits or underscores)",
+            ["rollup_tags"],
+        )
+    if len(set(tags)) != len(tags):
+        raise InvalidProject("rollup_tags: each key once", ["rollup_tags"])
+    if len(tags) > MAX_ROLLUP_TAGS:
+        raise InvalidProject(
+            f"rollup_tags: at most {MAX_ROLLUP_TAGS} keys are rolled up; got {len(tags)}",
+            ["rollup_tags"],
+        )
+    return tuple(tags)
+
+
+async def find_project(conn: DbConnection, access: Access, slug: str) -> Project:
+    """The project by slug, if this access reaches it; `UnknownProject` alike when it does not
+    exist and when it is another project's (the answer must not tell the two apart)."""
+    project = await store.read_project(conn, slug) if SLUG.match(slug) else None
+    if project is None or not access.sees(project.id):
+        raise UnknownProject(f"no project {slug!r}")
+    return project
+
+
+async def create_project(
+    pool: asyncpg.Pool,
+    access: Access,
+    *,
+    slug: str,
+    name: str,
+    time_zone: str = "UTC",
+    rollup_tags: Sequence[str] = (),
+) -> Project:
+    access.require_operator()
+    _check_slug(slug)
+    _check_name(name)
+    tags = _check_rollup_tags(rollup_tags)
+    async with pool.acquire() as conn:
+        project = await store.insert_project(
+            conn, slug=slug, name=name, time_zone=check_time_zone(time_zone), rollup_tags=tags
+        )
+    if project is None:
+        raise ProjectExists(f"a project {slug!r} exists already")
+    return project
+
+
+async def list_projects(
+    pool: asyncpg.Pool, access: Access, *, archived: bool = False
+) -> list[Project]:
+    access.require_operator()
+    async with pool.acquire() as conn:
+        return await store.read_projects(conn, archived=archived)
+
+
+async def show_project(pool: asyncpg.Pool, access: Access, slug: str) -> Project:
+    async with pool.acquire() as conn:
+        return await find_project(conn, access, slug)
+
+
+async def change_project(
+    pool: asyncpg.Pool,
+    access: Access,
+    slug: str,
+    *,
+    name: str | None = None,
+    time_zone: str | None = None,
+    rollup_tags: Sequence[str] | None = None,
+    archived: bool | None = None,
+) -> Project:
+    """Change a project's name, time zone or rolled-up tag keys (its `admin` keys and the
+    operator), or archive or restore it (the operator only: an archived project's keys refuse
+    every request, their own included)."""
+    if name is not None:
+        _check_name(name)
+    if time_zone is not None:
+        check_time_zone(time_zone)
+    tags = None if rollup_tags is None else _check_rollup_tags(rollup_tags)
+    async with pool.acquire() as conn, conn.transaction():
+        project = await find_project(conn, access, slug)
+        access.require("admin")
+        if archived is not None:
+            access.require_operator()
+        return await store.update_project(
+            conn, project.id, name=name, time_zone=time_zone, rollup_tags=tags, archived=archived
+        )

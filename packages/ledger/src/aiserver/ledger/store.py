@@ -1,0 +1,238 @@
+"""All SQL on `projects` and `api_keys`.
+
+Every function takes a connection (of the pool or its own) and runs in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from aiserver.ledger.keys import Scope
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+
+class Project(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    slug: str
+    name: str
+    time_zone: str
+    rollup_tags: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as it is listed: never its secret, nor the secret's hash."""
+
+    id: int
+    project_id: int
+    project: str  # the project's slug
+    public_id: str
+    name: str
+    scopes: tuple[Scope, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What authenticating a key needs: the hash to compare, its state and its project."""
+
+    id: int
+    project_id: int
+    project_slug: str
+    project_archived: bool
+    scopes: tuple[Scope, ...]
+    secret_hash: bytes
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+_PROJECT: Final = "id, slug, name, time_zone, rollup_tags, created_at, updated_at, archived_at"
+_KEY_COLUMNS: Final = (
+    "id, project_id, public_id, name, scopes, created_at, expires_at, revoked_at, last_used_at"
+)
+#: A key with its project's slug, from rows `k` of api_keys (or of a statement's RETURNING).
+_KEY: Final = (
+    "k.id, k.project_id, p.slug AS project, k.public_id, k.name, k.scopes, k.created_at, "
+    "k.expires_at, k.revoked_at, k.last_used_at"
+)
+
+
+def _project(row: asyncpg.Record) -> Project:
+    return Project(**{**dict(row), "rollup_tags": tuple(row["rollup_tags"])})
+
+
+def _key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(**{**dict(row), "scopes": tuple(row["scopes"])})
+
+
+async def insert_project(
+    conn: DbConnection, *, slug: str, name: str, time_zone: str, rollup_tags: Sequence[str]
+) -> Project | None:
+    """The new project, or None when the slug is taken."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO projects (slug, name, time_zone, rollup_tags) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (slug) DO NOTHING
+        RETURNING {_PROJECT}
+        """,  # noqa: S608
+        slug,
+        name,
+        time_zone,
+        list(rollup_tags),
+    )
+    return None if row is None else _project(row)
+
+
+async def read_projects(conn: DbConnection, *, archived: bool) -> list[Project]:
+    rows = await conn.fetch(
+        f"SELECT {_PROJECT} FROM projects WHERE $1 OR archived_at IS NULL ORDER BY slug",  # noqa: S608
+        archived,
+    )
+    return [_project(r) for r in rows]
+
+
+async def read_project(conn: DbConnection, slug: str) -> Project | None:
+    row = await conn.fetchrow(f"SELECT {_PROJECT} FROM projects WHERE slug = $1", slug)  # noqa: S608
+    return None if row is None else _project(row)
+
+
+async def update_project(
+    conn: DbConnection,
+    project_id: int,
+    *,
+    name: str | None,
+    time_zone: str | None,
+    rollup_tags: Sequence[str] | None,
+    archived: bool | None,
+) -> Project:
+    """Change what is given (None: keep it); `archived` sets or clears the archive time."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE projects SET
+            name = COALESCE($2, name),
+            time_zone = COALESCE($3, time_zone),
+            rollup_tags = COALESCE($4, rollup_tags),
+            archived_at = CASE WHEN $5::boolean IS NULL THEN archived_at
+                               WHEN $5::boolean THEN COALESCE(archived_at, now())
+                               ELSE NULL END,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING {_PROJECT}
+        """,  # noqa: S608
+        project_id,
+        name,
+        time_zone,
+        None if rollup_tags is None else list(rollup_tags),
+        archived,
+    )
+    assert row is not None, "the caller read the project in this transaction"
+    return _project(row)
+
+
+async def insert_key(
+    conn: DbConnection,
+    *,
+    project_id: int,
+    public_id: str,
+    name: str,
+    scopes: Iterable[Scope],
+    secret_hash: bytes,
+    expires_at: datetime | None,
+) -> ApiKey:
+    row = await conn.fetchrow(
+        f"""
+        WITH k AS (
+            INSERT INTO api_keys (project_id, public_id, name, scopes, secret_hash, expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            RETURNING {_KEY_COLUMNS}
+        )
+        SELECT {_KEY} FROM k JOIN projects AS p ON p.id = k.project_id
+        """,  # noqa: S608
+        project_id,
+        public_id,
+        name,
+        list(scopes),
+        secret_hash,
+        expires_at,
+    )
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return _key(row)
+
+
+async def read_keys(conn: DbConnection, project_id: int) -> list[ApiKey]:
+    rows = await conn.fetch(
+        f"SELECT {_KEY} FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id"  # noqa: S608
+        " WHERE k.project_id = $1 ORDER BY k.id",
+        project_id,
+    )
+    return [_key(r) for r in rows]
+
+
+async def read_key(conn: DbConnection, key_id: int) -> ApiKey | None:
+    row = await conn.fetchrow(
+        f"SELECT {_KEY} FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id"  # noqa: S608
+        " WHERE k.id = $1",
+        key_id,
+    )
+    return None if row is None else _key(row)
+
+
+async def revoke_key(conn: DbConnection, project_id: int, key_id: int) -> ApiKey:
+    """Revoke a key (once: a second revocation keeps the first time)."""
+    row = await conn.fetchrow(
+        f"""
+        WITH k AS (
+            UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+            WHERE project_id = $1 AND id = $2
+            RETURNING {_KEY_COLUMNS}
+        )
+        SELECT {_KEY} FROM k JOIN projects AS p ON p.id = k.project_id
+        """,  # noqa: S608
+        project_id,
+        key_id,
+    )
+    assert row is not None, "the caller read the key"
+    return _key(row)
+
+
+async def read_key_records(conn: DbConnection, public_id: str) -> list[KeyRecord]:
+    """Every key with this public id (one, but the hash decides), with its project's state."""
+    rows = await conn.fetch(
+        """
+        SELECT k.id, k.project_id, p.slug AS project_slug,
+               p.archived_at IS NOT NULL AS project_archived, k.scopes, k.secret_hash,
+               k.expires_at, k.revoked_at
+        FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id
+        WHERE k.public_id = $1
+        """,
+        public_id,
+    )
+    return [KeyRecord(**{**dict(r), "scopes": tuple(r["scopes"])}) for r in rows]
+
+
+async def record_last_used(conn: DbConnection, uses: Mapping[int, datetime]) -> None:
+    """Move each key's `last_used_at` forward to the time given (never back), in one statement."""
+    if not uses:
+        return
+    ids = sorted(uses)  # one lock order for every writer
+    await conn.execute(
+        """
+        UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+        FROM unnest($1::bigint[], $2::timestamptz[]) AS u (id, at)
+        WHERE k.id = u.id
+        """,
+        ids,
+        [uses[i] for i in ids],
+    )

@@ -1,0 +1,374 @@
+"""Projects and API keys over HTTP: who may do what, and every refusal a clear problem."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.app import create_app
+
+from ..conftest import Settings, replace_settings
+from .conftest import admin
+from .test_endpoints import assert_problem
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+CHALLENGE = 'Bearer realm="aiserver"'
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def make_project(client: Client, slug: str, **fields: Any) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/projects", headers=admin(), json={"slug": slug, "name": slug.title(), **fields}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def make_key(
+    client: Client, project: str, scopes: list[str], headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:  # fmt: skip
+    response = await client.post(
+        f"/v1/projects/{project}/keys",
+        headers=headers or admin(),
+        json={"name": f"{project}-{'-'.join(scopes)}", "scopes": scopes, **fields},
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@dataclass
+class Tenants:
+    """Two projects; keys of each, and the broken keys a test presents."""
+
+    admin_a: dict[str, Any]  # project a, every scope
+    ingest_a: dict[str, Any]  # project a, ingest only
+    admin_b: dict[str, Any]  # project b, every scope
+    revoked_a: str
+    expired_a: str
+    last_char_a: str  # admin_a's key with another last character
+
+
+@pytest.fixture
+async def tenants(client: Client, api_settings: Settings) -> Tenants:
+    await make_project(client, "acme-a", time_zone="Europe/Berlin", rollup_tags=["team"])
+    await make_project(client, "acme-b")
+    admin_a = await make_key(client, "acme-a", ["ingest", "read", "admin"])
+    ingest_a = await make_key(client, "acme-a", ["ingest"])
+    admin_b = await make_key(client, "acme-b", ["ingest", "read", "admin"])
+    revoked = await make_key(client, "acme-a", ["read"])
+    assert (await client.delete(f"/v1/keys/{revoked['id']}", headers=admin())).status_code == 200
+    expiring = await make_key(
+        client, "acme-a", ["read"], expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    )
+    conn = await asyncpg.connect(api_settings.core.database_url)
+    try:  # expired an hour ago: the API refuses to create a key that has expired already
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 hour' WHERE id = $1",
+            expiring["id"],
+        )
+    finally:
+        await conn.close()
+    last = admin_a["key"][-1]
+    return Tenants(
+        admin_a=admin_a,
+        ingest_a=ingest_a,
+        admin_b=admin_b,
+        revoked_a=revoked["key"],
+        expired_a=expiring["key"],
+        last_char_a=admin_a["key"][:-1] + ("A" if last != "A" else "B"),
+    )
+
+
+async def test_an_operator_creates_a_project_and_its_first_key_which_then_works(
+    client: Client,
+) -> None:
+    project = await make_project(
+        client, "acme-search", time_zone="Europe/Berlin", rollup_tags=["team", "feature"]
+    )
+    assert project["slug"] == "acme-search"
+    assert (project["time_zone"], project["rollup_tags"]) == ("Europe/Berlin", ["team", "feature"])
+    assert project["archived_at"] is None
+    created = await make_key(client, "acme-search", ["ingest", "read", "admin"])
+    assert created["key"].startswith(f"ais_{created['public_id']}_")
+    assert (created["project"], created["scopes"]) == ("acme-search", ["ingest", "read", "admin"])
+    key = created["key"]
+    shown = await client.get("/v1/projects/acme-search", headers=bearer(key))
+    assert shown.status_code == 200
+    assert shown.json()["name"] == "Acme-Search"
+    # the project's admin key manages its keys from here on
+    second = await make_key(client, "acme-search", ["ingest"], headers=bearer(key))
+    listed = (await client.get("/v1/projects/acme-search/keys", headers=bearer(key))).json()
+    assert [k["id"] for k in listed] == [created["id"], second["id"]]
+    assert all("key" not in k and "secret" not in str(k) for k in listed)
+    assert key not in str(listed)
+    changed = await client.patch(
+        "/v1/projects/acme-search", headers=bearer(key),
+        json={"name": "Acme Search", "rollup_tags": ["team"]},
+    )  # fmt: skip
+    assert changed.status_code == 200
+    assert (changed.json()["name"], changed.json()["rollup_tags"]) == ("Acme Search", ["team"])
+    revoked = await client.delete(f"/v1/keys/{second['id']}", headers=bearer(key))
+    assert revoked.status_code == 200
+    assert revoked.json()["revoked_at"] is not None
+    assert_problem(
+        await client.get("/v1/projects/acme-search", headers=bearer(second["key"])), 401, "revoked"
+    )
+
+
+async def test_project_fields_are_checked_and_slugs_are_unique(client: Client) -> None:
+    await make_project(client, "taken")
+    problem = assert_problem(
+        await client.post("/v1/projects", headers=admin(), json={"slug": "taken", "name": "x"}),
+        409,
+        "exists already",
+    )
+    assert problem["type"].endswith(":project-exists")
+    for body, field in (
+        ({"slug": "Bad_Slug", "name": "x"}, "slug"),
+        ({"slug": "-edge", "name": "x"}, "slug"),
+        ({"slug": "ok", "name": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"slug": "ok", "name": "x", "time_zone": "/etc/passwd"}, "time_zone"),
+        ({"slug": "ok", "name": "x", "rollup_tags": ["Team"]}, "rollup_tags"),
+        ({"slug": "ok", "name": "x", "rollup_tags": ["a", "a"]}, "rollup_tags"),
+        ({"slug": "ok", "name": "   "}, "name"),
+    ):
+        problem = assert_problem(
+            await client.post("/v1/projects", headers=admin(), json=body), 422, field
+        )
+        assert problem["fields"] == [field], body
+    too_many = {"slug": "ok", "name": "x", "rollup_tags": ["a", "b", "c", "d", "e"]}
+    assert_problem(await client.post("/v1/projects", headers=admin(), json=too_many), 422, "")
+    assert_problem(
+        await client.post(
+            "/v1/projects/taken/keys", headers=admin(), json={"name": "k", "scopes": ["write"]}
+        ),
+        422,
+        "scopes",
+    )
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    assert_problem(
+        await client.post(
+            "/v1/projects/taken/keys", headers=admin(),
+            json={"name": "k", "scopes": ["read"], "expires_at": past},
+        ),
+        422,
+        "in the past",
+    )  # fmt: skip
+
+
+def _endpoints(t: Tenants) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Every ledger endpoint, aimed at project a's resources."""
+    return [
+        ("POST", "/v1/projects", {"slug": "new-one", "name": "New"}),
+        ("GET", "/v1/projects", None),
+        ("GET", "/v1/projects/acme-a", None),
+        ("PATCH", "/v1/projects/acme-a", {"name": "Renamed"}),
+        ("POST", "/v1/projects/acme-a/keys", {"name": "k", "scopes": ["read"]}),
+        ("GET", "/v1/projects/acme-a/keys", None),
+        ("DELETE", f"/v1/keys/{t.ingest_a['id']}", None),
+    ]
+
+
+async def _call(client: Client, method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
+    return await client.request(method, path, json=body, headers=headers)
+
+
+async def test_every_endpoint_refuses_a_missing_or_bad_key_with_a_401(
+    client: Client, tenants: Tenants
+) -> None:
+    t = tenants
+    bad: dict[str, dict[str, str]] = {
+        "none": {},
+        "malformed": bearer("ais_not-a-key"),
+        "not-bearer": {"Authorization": f"Basic {t.admin_a['key']}"},
+        "revoked": bearer(t.revoked_a),
+        "expired": bearer(t.expired_a),
+        "last-character": bearer(t.last_char_a),
+        "unknown-operator-token": bearer("not-an-operator-token"),
+    }
+    for method, path, body in _endpoints(t):
+        for case, headers in bad.items():
+            response = await _call(client, method, path, body, headers)
+            problem = assert_problem(response, 401, "")
+            assert problem["type"].endswith(":unauthorized"), (method, path, case)
+            assert response.headers["www-authenticate"] == CHALLENGE, (method, path, case)
+            for secret in (t.revoked_a, t.expired_a, t.last_char_a, t.admin_a["key"]):
+                assert secret not in response.text
+                assert secret.rsplit("_", 1)[-1] not in response.text
+    reasons = {
+        case: (await client.get("/v1/projects/acme-a", headers=headers)).json()["detail"]
+        for case, headers in bad.items()
+    }
+    assert "revoked" in reasons["revoked"]
+    assert "expired" in reasons["expired"]
+    assert reasons["last-character"] == "the key is not valid"
+    assert "malformed" in reasons["malformed"]
+
+
+async def test_another_project_s_key_finds_nothing_and_a_missing_scope_is_a_403(
+    client: Client, tenants: Tenants
+) -> None:
+    t = tenants
+    other = bearer(t.admin_b["key"])
+    for method, path, body in _endpoints(t):
+        response = await _call(client, method, path, body, other)
+        if path == "/v1/projects":  # server-wide: never a project key's
+            assert_problem(response, 403, "server-wide")
+        elif path.startswith("/v1/keys/"):
+            assert_problem(response, 404, f"no key {t.ingest_a['id']}")
+        else:
+            assert_problem(response, 404, "no project 'acme-a'")
+    # another project's resource looks exactly like one that does not exist
+    for existing, missing in (
+        ("/v1/projects/acme-a", "/v1/projects/acme-z"),
+        ("/v1/projects/acme-a/keys", "/v1/projects/acme-z/keys"),
+        (f"/v1/keys/{t.ingest_a['id']}", "/v1/keys/999999999"),
+    ):
+        method = "DELETE" if existing.startswith("/v1/keys/") else "GET"
+        seen = (await _call(client, method, existing, None, other)).json()
+        unseen = (await _call(client, method, missing, None, other)).json()
+        assert seen["type"] == unseen["type"]
+        assert seen["status"] == unseen["status"] == 404
+        normal = seen["detail"].replace("acme-a", "?").replace(str(t.ingest_a["id"]), "?")
+        assert normal == unseen["detail"].replace("acme-z", "?").replace("999999999", "?")
+    assert (await client.get("/v1/projects/acme-b", headers=other)).status_code == 200
+
+    ingest = bearer(t.ingest_a["key"])
+    assert (await client.get("/v1/projects/acme-a", headers=ingest)).status_code == 200
+    for method, path, body in _endpoints(t):
+        if method == "GET" and path == "/v1/projects/acme-a":
+            continue
+        response = await _call(client, method, path, body, ingest)
+        problem = assert_problem(response, 403, "")
+        assert problem["type"].endswith(":insufficient-scope"), (method, path)
+    # archiving is the operator's, even for the project's admin key
+    assert_problem(
+        await client.patch("/v1/projects/acme-a", headers=bearer(t.admin_a["key"]),
+                           json={"archived": True}),
+        403,
+        "server-wide",
+    )  # fmt: skip
+
+
+async def test_project_keys_never_reach_the_server_wide_endpoints(
+    client: Client, tenants: Tenants
+) -> None:
+    key = bearer(tenants.admin_a["key"])
+    for method, path, body in (
+        ("POST", "/v1/catalog/refresh", {}),
+        ("GET", "/v1/overrides", None),
+        ("POST", "/v1/overrides",
+         {"provider": "openai", "model": "gpt-test-000", "prices": {"input_cost_per_token": "1"}}),
+        ("DELETE", "/v1/overrides/1", None),
+    ):  # fmt: skip
+        response = await _call(client, method, path, body, key)
+        problem = assert_problem(response, 403, "server-wide")
+        assert problem["type"].endswith(":insufficient-scope")
+    response = await client.get("/v1/overrides", headers=bearer(tenants.revoked_a))
+    assert_problem(response, 401, "revoked")
+
+
+async def test_an_archived_project_s_keys_refuse_everything_until_it_is_restored(
+    client: Client, tenants: Tenants
+) -> None:
+    key = bearer(tenants.admin_a["key"])
+    archived = await client.patch("/v1/projects/acme-a", headers=admin(), json={"archived": True})
+    assert archived.json()["archived_at"] is not None
+    listed = (await client.get("/v1/projects", headers=admin())).json()
+    assert [p["slug"] for p in listed] == ["acme-b"]
+    every = (await client.get("/v1/projects?archived=true", headers=admin())).json()
+    assert [p["slug"] for p in every] == ["acme-a", "acme-b"]
+    problem = assert_problem(await client.get("/v1/projects/acme-a", headers=key), 403, "archived")
+    assert problem["type"].endswith(":project-archived")
+    await client.patch("/v1/projects/acme-a", headers=admin(), json={"archived": False})
+    assert (await client.get("/v1/projects/acme-a", headers=key)).status_code == 200
+
+
+async def test_keys_appear_in_no_log_line_problem_or_metric(
+    client: Client, tenants: Tenants, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    t = tenants
+    seen: list[str] = []
+    for headers in (bearer(t.admin_a["key"]), bearer(t.last_char_a), bearer(t.revoked_a)):
+        for method, path, body in _endpoints(t):
+            seen.append((await _call(client, method, path, body, headers)).text)
+    created = await make_key(client, "acme-b", ["read"])
+    seen.append((await client.get("/metrics")).text)
+    seen.append("\n".join(r.getMessage() for r in caplog.records))
+    seen.append("\n".join(str(r.__dict__) for r in caplog.records))
+    text = "\n".join(seen)
+    for key in (t.admin_a["key"], t.last_char_a, t.revoked_a, created["key"]):
+        assert key not in text
+        assert key.rsplit("_", 1)[-1] not in text  # nor the secret alone
+    assert 'path="/v1/projects/{project}"' in seen[-3]  # metrics label the route, not the path
+
+
+@pytest.fixture
+async def stored(api_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(api_settings.core.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_only_the_hash_of_a_secret_is_stored_and_use_is_recorded_without_a_write_each(
+    api_settings: Settings, redis_clean: None, stored: asyncpg.Connection
+) -> None:
+    version = "SELECT xmin::text, last_used_at FROM api_keys WHERE id = $1"
+    async with AsyncTestClient(app=create_app(api_settings)) as client:
+        await make_project(client, "acme-a")
+        created = await make_key(client, "acme-a", ["read"])
+        key, key_id = created["key"], created["id"]
+        dump = repr([dict(r) for r in await stored.fetch("SELECT * FROM api_keys")])
+        for text in (key, key.rsplit("_", 1)[-1]):
+            assert text not in dump
+        before = await stored.fetchrow(version, key_id)
+        for _ in range(20):
+            response = await client.get("/v1/projects/acme-a", headers=bearer(key))
+            assert response.status_code == 200
+        # the row is untouched: uses wait in memory for API_KEY_LAST_USED_INTERVAL_SECONDS
+        assert await stored.fetchrow(version, key_id) == before
+        assert before["last_used_at"] is None
+    # ... and are written when the process stops, or every interval
+    stopped = await stored.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+    assert stopped is not None
+    assert datetime.now(UTC) - stopped < timedelta(minutes=1)
+
+    often = replace_settings(api_settings, api_key_last_used_interval_seconds=0.2)
+    async with AsyncTestClient(app=create_app(often)) as client:
+        response = await client.get("/v1/projects/acme-a", headers=bearer(key))
+        assert response.status_code == 200
+        for _ in range(50):
+            used_at = await stored.fetchval(
+                "SELECT last_used_at FROM api_keys WHERE id = $1", key_id
+            )
+            if used_at > stopped:
+                break
+            await asyncio.sleep(0.1)
+        assert used_at > stopped  # while the process runs
+
+
+async def test_a_misspelled_query_parameter_is_a_422_not_ignored(client: Client) -> None:
+    problem = assert_problem(
+        await client.get("/v1/projects?archvied=true", headers=admin()), 422, "archvied"
+    )
+    assert problem["fields"] == ["archvied"]
+    assert "this route takes archived" in problem["detail"]
+    assert_problem(await client.get("/v1/models?limt=5"), 422, "limt")
+    assert (await client.get("/v1/models?limit=5&q=gpt")).status_code == 200

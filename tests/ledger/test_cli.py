@@ -1,0 +1,95 @@
+"""`aiserver-ledger`: an operator bootstraps projects and keys without HTTP, and they work."""
+
+from __future__ import annotations
+
+import json
+
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.app import create_app
+
+from ..conftest import Settings, make_settings
+from ..support.processes import run_module
+
+
+async def ledger(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    return await run_module("aiserver.ledger.cli", env, *args)
+
+
+async def test_a_project_and_a_key_made_on_the_command_line_work_over_http(
+    subprocess_env: dict[str, str], settings: Settings, redis: object
+) -> None:
+    code, out, err = await ledger(
+        subprocess_env, "projects", "create", "acme-search", "--name", "Acme Search",
+        "--time-zone", "Europe/Berlin", "--rollup-tag", "team", "--rollup-tag", "feature",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "project:      acme-search (Acme Search)" in out
+    assert "rollup tags:  team, feature" in out
+    code, out, err = await ledger(
+        subprocess_env, "keys", "create", "acme-search", "--name", "search-api",
+        "--scope", "ingest", "--scope", "read",
+    )  # fmt: skip
+    assert code == 0, err
+    key = out.strip()
+    assert key.startswith("ais_")
+    assert "shown this once" in err
+    assert "ingest, read" in err
+
+    app = create_app(make_settings(settings.core.database_url))
+    async with AsyncTestClient(app=app) as client:
+        shown = await client.get(
+            "/v1/projects/acme-search", headers={"Authorization": f"Bearer {key}"}
+        )
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["time_zone"] == "Europe/Berlin"
+
+    code, out, _ = await ledger(subprocess_env, "keys", "list", "acme-search", "--json")
+    assert code == 0
+    (listed,) = json.loads(out)
+    assert (listed["name"], listed["scopes"], listed["revoked_at"]) == (
+        "search-api", ["ingest", "read"], None,
+    )  # fmt: skip
+    assert key not in out
+    assert key.rsplit("_", 1)[-1] not in out
+    code, out, _ = await ledger(subprocess_env, "keys", "revoke", str(listed["id"]))
+    assert code == 0
+    assert f"key {listed['id']} of acme-search revoked at" in out
+    code, out, _ = await ledger(subprocess_env, "keys", "list", "acme-search")
+    assert " revoked " in out
+    code, out, _ = await ledger(subprocess_env, "projects", "list")
+    assert out.splitlines()[0].split()[:2] == ["acme-search", "Europe/Berlin"]
+    code, out, _ = await ledger(subprocess_env, "projects", "show", "acme-search")
+    assert "keys:         0 active, 1 in all" in out
+
+
+async def test_failures_are_problems_on_the_command_line_too(
+    subprocess_env: dict[str, str],
+) -> None:
+    code, out, err = await ledger(subprocess_env, "projects", "show", "nope")
+    assert (code, out) == (1, "")
+    assert err.strip() == "aiserver-ledger projects show: no project 'nope'"
+    code, out, _ = await ledger(subprocess_env, "projects", "create", "Bad Slug", "--json")
+    assert code == 1
+    problem = json.loads(out)["error"]
+    assert problem["type"] == "urn:aiserver:problem:invalid-request"
+    assert problem["fields"] == ["slug"]
+    await ledger(subprocess_env, "projects", "create", "twice")
+    code, out, _ = await ledger(subprocess_env, "projects", "create", "twice", "--json")
+    assert json.loads(out)["error"]["type"] == "urn:aiserver:problem:project-exists"
+    code, _, err = await ledger(subprocess_env, "keys", "revoke", "12345")
+    assert (code, err.strip()) == (1, "aiserver-ledger keys revoke: no key 12345")
+    code, _, err = await ledger(subprocess_env, "keys", "create", "twice", "--name", "k",
+                                "--expires-at", "soon")  # fmt: skip
+    assert code == 2
+    assert "not an RFC 3339 time: 'soon'" in err
+
+
+async def test_help_names_every_command() -> None:
+    code, out, _ = await run_module("aiserver.ledger.cli", {"PATH": "/usr/bin"}, "--help")
+    assert code == 0
+    assert "projects" in out
+    assert "keys" in out
+    code, out, _ = await run_module("aiserver.ledger.cli", {"PATH": "/usr/bin"}, "keys",
+                                    "create", "--help")  # fmt: skip
+    assert "ingest (record usage, reserve budget)" in " ".join(out.split())
