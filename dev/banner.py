@@ -45,6 +45,8 @@ def ready_lines(
     redis: Service,
     catalog: Mapping[str, Any] | None,
     taskrunner: bool,
+    demo_key: str,
+    demo_key_file: str,
 ) -> list[str]:
     rows = [
         ("API", api_url),
@@ -52,6 +54,8 @@ def ready_lines(
         ("PostgreSQL", database.describe()),
         ("Redis", redis.describe()),
         ("catalog", catalog_line(catalog, taskrunner=taskrunner)),
+        ("demo", f"project demo; its key, of every scope (also in {demo_key_file}):"),
+        ("", demo_key),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"  {name:<{width}}  {value}" for name, value in rows]
@@ -61,6 +65,8 @@ def ready_lines(
         f"  {cost_curl(api_url)}",
         f"  curl -s '{api_url}/v1/models?q=gpt-4o&limit=5'",
         f"  curl -s {api_url}/v1/catalog",
+        f"  curl -s {api_url}/v1/projects/demo -H 'Authorization: Bearer {demo_key}'",
+        f"  curl -s {api_url}/v1/projects/demo/keys -H 'Authorization: Bearer {demo_key}'",
         "",
         "Ctrl-C stops everything.",
     ]

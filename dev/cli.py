@@ -254,9 +254,14 @@ async def _start(args: argparse.Namespace, supervisor: Supervisor, console: Cons
     console.say(f"Redis: {redis.describe()}")
     env = _service_env(database, redis)
 
-    console.say("database start-up: migrations, then the catalog seed")
+    console.say("database start-up: migrations, the catalog seed, the demo project and its key")
+    demo_key = data.root / "demo-key"
     init = await supervisor.start(
-        "init", [sys.executable, "-m", "dev.initialize"], env=env, cwd=ROOT, tier=INIT_TIER
+        "init",
+        [sys.executable, "-m", "dev.initialize", "--demo-key-file", str(demo_key)],
+        env=env,
+        cwd=ROOT,
+        tier=INIT_TIER,
     )
     status = await init.wait()
     await asyncio.shield(init.output)
@@ -294,6 +299,8 @@ async def _start(args: argparse.Namespace, supervisor: Supervisor, console: Cons
             redis=redis,
             catalog=ready.result(),
             taskrunner=not args.no_taskrunner,
+            demo_key=demo_key.read_text().strip(),
+            demo_key_file=_shown(demo_key),
         )
         console.block(lines, title="aiserver is running")
         await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)

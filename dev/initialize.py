@@ -1,26 +1,88 @@
-"""`python -m dev.initialize`: the database start-up step, as the task runner makes it.
+"""`python -m dev.initialize [--demo-key-file PATH]`: the database start-up step, as the task
+runner makes it, and the demo tenant.
 
 The migrations under the advisory lock, then every registered initializer (the catalog seed from
 the snapshot bundled in aiserver-costs, which needs no network). The runner does this before the
 API starts, so that the API finds a catalog at once, also with `--no-taskrunner`.
+
+With `--demo-key-file`, a project `demo` exists afterwards with a key of every scope, whose text
+is in that file (mode 600), so the banner can print it for copy-paste. The key in the file is
+kept while it still works on this database; else (a new database, a revoked key) a new one is
+made and written there. Development only: a real deployment makes its projects and keys with
+`aiserver-ledger` or over HTTP.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import os
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
 
 from aiserver.core_db.connections import DatabaseUnavailable
+from aiserver.core_db.database import database, require_pool
+from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import CoreSettings, settings_for_command
+from aiserver.ledger import api_keys, projects, store
+from aiserver.ledger.access import Access, admit
+from aiserver.ledger.errors import ProjectExists
+from aiserver.ledger.keys import SCOPES, parse_key
+
+DEMO: Final = "demo"
 
 
-def main() -> int:
+async def _works(text: str) -> bool:
+    """Whether a key text still opens the demo project on this database."""
+    presented = parse_key(text)
+    if presented is None:
+        return False
+    async with require_pool().acquire() as conn:
+        records = await store.read_key_records(conn, presented.public_id)
+    try:
+        access = admit(presented, records, now=datetime.now(UTC))
+    except AiserverError:
+        return False
+    return access.project_slug == DEMO
+
+
+async def ensure_demo(core: CoreSettings, key_file: Path, kept: str | None) -> None:
+    """The demo project and a working key of it in `key_file` (`kept`: the key there now)."""
+    operator = Access.operator()
+    async with database(core):
+        pool = require_pool()
+        with contextlib.suppress(ProjectExists):
+            await projects.create_project(
+                pool, operator, slug=DEMO, name="Demo", rollup_tags=["user", "team", "feature"]
+            )
+        if kept is not None and await _works(kept):
+            return
+        created = await api_keys.create_key(
+            pool, operator, DEMO, name="hatch run dev demo", scopes=SCOPES
+        )
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(created.text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dev.initialize", description=__doc__)
+    parser.add_argument("--demo-key-file", type=Path, metavar="PATH")
+    args = parser.parse_args(argv)
     settings = settings_for_command("dev", CoreSettings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(initialize_database(settings))
+        key_file: Path | None = args.demo_key_file
+        if key_file is not None:
+            kept = key_file.read_text().strip() if key_file.exists() else None
+            asyncio.run(ensure_demo(settings, key_file, kept))
     except (DatabaseUnavailable, TimeoutError) as exc:
         print(f"dev: database start-up failed: {exc}", file=sys.stderr)
         return 1

@@ -260,7 +260,8 @@ async def test_dev_runs_the_system_on_given_servers_and_ctrl_c_leaves_no_process
     dev_database_url: str, redis: Redis, tmp_path: Path
 ) -> None:
     env = dev_env(DATABASE_URL=dev_database_url, REDIS_URL=TEST_REDIS_URL)
-    async with running_dev(env=env, log=tmp_path / "dev.log") as dev:
+    data = tmp_path / "local"
+    async with running_dev("--data-dir", str(data), env=env, log=tmp_path / "dev.log") as dev:
         await dev.until_ready()
         output = dev.output()
         name = dev_database_url.rpartition("/")[2]
@@ -285,6 +286,19 @@ async def test_dev_runs_the_system_on_given_servers_and_ctrl_c_leaves_no_process
             schema = await client.get(f"{dev.api}/schema")
         assert pasted.json()["total"] == "0.0075"
         assert schema.status_code == 200
+
+        # the demo project's key, printed for copy-paste, opens the ledger's endpoints
+        demo = re.search(r"curl -s (\S+/v1/projects/demo) -H 'Authorization: Bearer (\S+)'", output)
+        assert demo, dev.explain("no demo curl")
+        key = demo.group(2)
+        assert (data / "demo-key").read_text().strip() == key
+        assert (data / "demo-key").stat().st_mode & 0o777 == 0o600
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            project = await client.get(demo.group(1), headers={"Authorization": f"Bearer {key}"})
+            keys = await client.get(f"{demo.group(1)}/keys",
+                                    headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        assert project.json()["rollup_tags"] == ["user", "team", "feature"]
+        assert [k["scopes"] for k in keys.json()] == [["ingest", "read", "admin"]]
 
         await stop_and_check_nothing_is_left(dev, ("aiserver.api.cli", "aiserver.taskrunner.cli"))
 
