@@ -70,6 +70,7 @@ def test_admit_gives_the_key_s_project_and_scopes() -> None:
     access.require("read")
     with pytest.raises(MissingScope, match="'admin'"):
         access.require("admin")
+    access.require("admin", "read")  # one of them is enough
     with pytest.raises(MissingScope, match="server-wide"):
         access.require_operator()
     assert access.sees(3)

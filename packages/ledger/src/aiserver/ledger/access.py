@@ -42,10 +42,12 @@ class Access:
         """Whether this access reaches the project at all (else: 404, as if it did not exist)."""
         return self.project_id is None or self.project_id == project_id
 
-    def require(self, scope: Scope) -> None:
-        if scope not in self.scopes:
+    def require(self, *scopes: Scope) -> None:
+        """`MissingScope` unless the access has one of `scopes`."""
+        if self.scopes.isdisjoint(scopes):
+            wanted = " or ".join(repr(s) for s in scopes)
             granted = ", ".join(sorted(self.scopes))
-            raise MissingScope(f"this needs a key with the scope {scope!r}; this key has {granted}")
+            raise MissingScope(f"this needs a key with the scope {wanted}; this key has {granted}")
 
     def require_operator(self) -> None:
         if not self.is_operator:

@@ -115,8 +115,11 @@ async def list_projects(
 
 
 async def show_project(pool: asyncpg.Pool, access: Access, slug: str) -> Project:
+    """A project, to the operator and to its own keys with `read` or `admin`."""
     async with pool.acquire() as conn:
-        return await find_project(conn, access, slug)
+        project = await find_project(conn, access, slug)
+    access.require("read", "admin")
+    return project
 
 
 async def change_project(

@@ -135,7 +135,7 @@ class ProjectController(Controller):
     async def show_project(
         self, access: NamedDependency[Access], project: FromPath[str]
     ) -> ProjectOut:
-        """The operator, or any key of the project itself."""
+        """The operator, or a key of the project with `read` or `admin`."""
         return ProjectOut.of(await projects.show_project(require_pool(), access, project))
 
     @patch(
