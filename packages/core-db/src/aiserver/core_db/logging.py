@@ -30,6 +30,12 @@ _dict_tracebacks: Final = structlog.processors.ExceptionRenderer(
 )
 
 
+def _has_rich() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -55,7 +61,13 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") 
         return
     renderer: Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            # Rich's tracebacks show each frame's locals by default: never here (see above).
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+            if _has_rich()
+            else structlog.dev.plain_traceback,
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
 
