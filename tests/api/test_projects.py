@@ -369,3 +369,27 @@ async def test_a_misspelled_query_parameter_is_a_422_not_ignored(client: Client)
     assert "this route takes archived" in problem["detail"]
     assert_problem(await client.get("/v1/models?limt=5"), 422, "limt")
     assert (await client.get("/v1/models?limit=5&q=gpt")).status_code == 200
+
+
+async def test_text_the_database_cannot_store_is_a_422_not_a_500(client: Client) -> None:
+    for body, field in (
+        ({"slug": "nul", "name": "a\x00b"}, "name"),
+        ({"slug": "nul", "name": "ok", "time_zone": "UTC\x00"}, "time_zone"),
+        ({"slug": "nul\x00", "name": "ok"}, "slug"),
+    ):
+        problem = assert_problem(
+            await client.post("/v1/projects", headers=admin(), json=body), 422, field
+        )
+        assert problem["fields"] == [field]
+    await make_project(client, "nul")
+    bad_key = {"name": "tab\there", "scopes": ["read"]}
+    assert_problem(
+        await client.post("/v1/projects/nul/keys", headers=admin(), json=bad_key), 422, "name"
+    )
+    # a text field that no check of its own covers: the database's refusal is a 422 too
+    override = {"provider": "openai", "model": "gpt-test-000", "reason": "x\x00y",
+                "prices": {"input_cost_per_token": "0.000001"}}  # fmt: skip
+    problem = assert_problem(
+        await client.post("/v1/overrides", headers=admin(), json=override), 422, "cannot store"
+    )
+    assert problem["type"].endswith(":invalid-request")

@@ -127,6 +127,13 @@ def _http(request: AnyRequest, exc: HTTPException) -> Response[dict[str, Any]]:
     return problem_response(request, problem(exc.status_code, detail), exc.headers)
 
 
+def _unstorable_text(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
+    """Text PostgreSQL cannot store (a NUL character) that no check caught before: the
+    request's fault, not the server's."""
+    detail = f"the request holds text the database cannot store: {exc}"
+    return problem_response(request, problem(422, detail, slug="invalid-request"))
+
+
 def _schema_behind(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
     log.warning("database schema behind", path=request.url.path, error=str(exc))
     detail = (
@@ -153,6 +160,8 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     AiserverError: _domain,
     ValidationException: _validation,
     HTTPException: _http,
+    asyncpg.CharacterNotInRepertoireError: _unstorable_text,
+    asyncpg.UntranslatableCharacterError: _unstorable_text,
     asyncpg.UndefinedTableError: _schema_behind,
     asyncpg.UndefinedColumnError: _schema_behind,
     asyncpg.PostgresConnectionError: _unavailable,

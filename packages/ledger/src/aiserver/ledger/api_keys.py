@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Final
 
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidProject, UnknownKey
+from aiserver.ledger.errors import InvalidField, UnknownKey
 from aiserver.ledger.keys import SCOPES, Scope, new_key
-from aiserver.ledger.projects import MAX_NAME, find_project
+from aiserver.ledger.projects import check_name, find_project
 from aiserver.ledger.store import ApiKey
 
 if TYPE_CHECKING:
@@ -35,20 +35,19 @@ class CreatedKey:
 
 
 def _check(name: str, scopes: Collection[str], expires_at: datetime | None) -> tuple[Scope, ...]:
-    if not name.strip() or len(name) > MAX_NAME:
-        raise InvalidProject(f"name must be 1 to {MAX_NAME} characters, not blank", ["name"])
+    check_name(name)
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise InvalidProject(
+        raise InvalidField(
             f"scopes must be one or more of {', '.join(SCOPES)}"
             + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
             ["scopes"],
         )
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            raise InvalidProject("expires_at needs a time zone offset (e.g. Z)", ["expires_at"])
+            raise InvalidField("expires_at needs a time zone offset (e.g. Z)", ["expires_at"])
         if expires_at <= datetime.now(UTC):
-            raise InvalidProject("expires_at is in the past", ["expires_at"])
+            raise InvalidField("expires_at is in the past", ["expires_at"])
     return tuple(scope for scope in SCOPES if scope in scopes)
 
 

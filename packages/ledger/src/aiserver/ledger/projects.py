@@ -9,13 +9,14 @@ up to four tag keys whose spend it rolls up (`user`, `team`, `feature`, ...).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidProject, ProjectExists, UnknownProject
+from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
 from aiserver.ledger.store import Project
 
 if TYPE_CHECKING:
@@ -31,26 +32,32 @@ MAX_NAME: Final = 200
 
 def _check_slug(slug: str) -> None:
     if not SLUG.match(slug):
-        raise InvalidProject(
+        raise InvalidField(
             f"slug {slug!r} is not allowed: use 1 to 64 lower-case letters, digits and inner "
             "hyphens (acme-search)",
             ["slug"],
         )
 
 
-def _check_name(name: str) -> None:
-    if not name.strip() or len(name) > MAX_NAME:
-        raise InvalidProject(f"name must be 1 to {MAX_NAME} characters, not blank", ["name"])
+def check_name(name: str, field: str = "name") -> None:
+    """A name for people: 1 to MAX_NAME characters, not blank, no control characters (NUL
+    included, which PostgreSQL cannot store in text)."""
+    control = any(unicodedata.category(c) == "Cc" for c in name)
+    if not name.strip() or len(name) > MAX_NAME or control:
+        raise InvalidField(
+            f"{field} must be 1 to {MAX_NAME} characters, not blank, without control characters",
+            [field],
+        )
 
 
 def check_time_zone(name: str) -> str:
-    """`name` when it is an IANA time zone this server knows; `InvalidProject` otherwise."""
+    """`name` when it is an IANA time zone this server knows; `InvalidField` otherwise."""
     try:
         if name != name.strip():
             raise ValueError(name)
         ZoneInfo(name)  # refuses paths outside the zone database, too
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidProject(
+        raise InvalidField(
             f"time_zone {name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
             ["time_zone"],
         ) from None
@@ -60,15 +67,15 @@ def check_time_zone(name: str) -> str:
 def _check_rollup_tags(tags: Sequence[str]) -> tuple[str, ...]:
     bad = [tag for tag in tags if not TAG_KEY.match(tag)]
     if bad:
-        raise InvalidProject(
+        raise InvalidField(
             f"rollup_tags: {', '.join(repr(t) for t in bad)} is not a tag key (a lower-case "
             "letter, then up to 31 lower-case letters, digits or underscores)",
             ["rollup_tags"],
         )
     if len(set(tags)) != len(tags):
-        raise InvalidProject("rollup_tags: each key once", ["rollup_tags"])
+        raise InvalidField("rollup_tags: each key once", ["rollup_tags"])
     if len(tags) > MAX_ROLLUP_TAGS:
-        raise InvalidProject(
+        raise InvalidField(
             f"rollup_tags: at most {MAX_ROLLUP_TAGS} keys are rolled up; got {len(tags)}",
             ["rollup_tags"],
         )
@@ -95,7 +102,7 @@ async def create_project(
 ) -> Project:
     access.require_operator()
     _check_slug(slug)
-    _check_name(name)
+    check_name(name)
     tags = _check_rollup_tags(rollup_tags)
     async with pool.acquire() as conn:
         project = await store.insert_project(
@@ -136,7 +143,7 @@ async def change_project(
     operator), or archive or restore it (the operator only: an archived project's keys refuse
     every request, their own included)."""
     if name is not None:
-        _check_name(name)
+        check_name(name)
     if time_zone is not None:
         check_time_zone(time_zone)
     tags = None if rollup_tags is None else _check_rollup_tags(rollup_tags)
