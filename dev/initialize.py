@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -29,23 +28,19 @@ from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import configure_logging
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger import api_keys, projects, store
-from aiserver.ledger.access import Access, admit
+from aiserver.ledger import api_keys, projects
+from aiserver.ledger.access import Access
+from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import ProjectExists
-from aiserver.ledger.keys import SCOPES, parse_key
+from aiserver.ledger.keys import SCOPES
 
 DEMO: Final = "demo"
 
 
 async def _works(text: str) -> bool:
     """Whether a key text still opens the demo project on this database."""
-    presented = parse_key(text)
-    if presented is None:
-        return False
-    async with require_pool().acquire() as conn:
-        records = await store.read_key_records(conn, presented.public_id)
     try:
-        access = admit(presented, records, now=datetime.now(UTC))
+        access = await Keyring(cache_ttl_s=0).authenticate(require_pool(), text)
     except AiserverError:
         return False
     return access.project_slug == DEMO
@@ -67,6 +62,7 @@ async def ensure_demo(core: CoreSettings, key_file: Path, kept: str | None) -> N
         )
     key_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
     with os.fdopen(fd, "w") as out:
         out.write(created.text + "\n")
 

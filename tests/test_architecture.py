@@ -8,7 +8,10 @@ The arrows (a package may import only the packages to its left, and itself):
     core_db <- documents     <- api, taskrunner
 
 api and taskrunner never import each other; the client imports no server package at all. A
-package named here that does not exist yet (ledger, client) is simply not found.
+package named here that does not exist yet (client) is simply not found.
+
+SQL lives only where its tables are owned: a domain's store module(s) (`store.py`, `store/`) and
+migrations, and the foundation (core_db's migration runner, locks and readiness checks).
 """
 
 from __future__ import annotations
@@ -53,11 +56,8 @@ ADVICE: Final[dict[str, str]] = {
     "into the client package, never import a server package",
 }
 
-#: Where SQL must not be written: the owning package (costs, documents, ledger) holds it.
-NO_SQL_UNDER: Final = (
-    "packages/api/src/aiserver/api/controllers/",
-    "packages/taskrunner/src/",
-)
+#: Where SQL may be written: a domain's store and migrations, and the foundation's own modules.
+SQL_ALLOWED: Final = re.compile(r"^packages/core-db/|/store\.py$|/store/|/piccolo_migrations/")
 
 #: SQL as our code writes it: keywords in capitals (so "Select a model" is prose, not SQL).
 SQL: Final = re.compile(
@@ -210,15 +210,15 @@ def sql_violations(module: Module) -> list[str]:
         if match:
             snippet = " ".join(text[match.start() :].split())[:60]
             found.append(
-                f"{module.where(node)}: SQL in a string ({snippet!r}): controllers and the task "
-                "runner hold no SQL. Move the query into the package that owns the table "
-                "(costs, documents or ledger, next to its store) as a function, and call that."
+                f"{module.where(node)}: SQL in a string ({snippet!r}): only a domain's store "
+                "modules hold SQL. Move the query into the package that owns the table "
+                "(costs, documents or ledger, into its store) as a function, and call that."
             )
     return found
 
 
 def no_sql_modules(modules: list[Module]) -> list[Module]:
-    return [m for m in modules if m.path.startswith(NO_SQL_UNDER)]
+    return [m for m in modules if not SQL_ALLOWED.search(m.path)]
 
 
 # -- no private names of Litestar ---------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_every_package_is_found_and_has_a_rule(modules: list[Module]) -> None:
         f"aiserver packages without an arrow rule: {sorted(unknown)}; add each to MAY_IMPORT "
         "in tests/test_architecture.py with the packages it may import"
     )
-    assert no_sql_modules(modules), f"nothing found under {NO_SQL_UNDER}: the SQL rule reads none"
+    assert len(no_sql_modules(modules)) > len(modules) / 2, "the SQL rule reads too few modules"
 
 
 def test_each_package_imports_only_the_packages_below_it(modules: list[Module]) -> None:
@@ -296,7 +296,7 @@ def test_each_package_imports_only_the_packages_below_it(modules: list[Module]) 
     assert not found, "imports against the arrows:\n" + "\n".join(found)
 
 
-def test_controllers_and_the_task_runner_hold_no_sql(modules: list[Module]) -> None:
+def test_sql_lives_only_in_the_store_modules(modules: list[Module]) -> None:
     found = [v for m in no_sql_modules(modules) for v in sql_violations(m)]
     assert not found, "SQL outside the packages that own the tables:\n" + "\n".join(found)
 
@@ -409,13 +409,18 @@ def test_prose_docstrings_and_comments_are_not_sql(source: str) -> None:
     assert sql_violations(synthetic("api", source, module="controllers/things")) == []
 
 
-def test_the_sql_rule_covers_the_controllers_and_the_task_runner_only() -> None:
+def test_the_sql_rule_spares_only_stores_migrations_and_the_foundation() -> None:
     sql = 'Q = "SELECT 1"\n'
     paths = {
         "packages/api/src/aiserver/api/controllers/costs.py": True,
+        "packages/api/src/aiserver/api/auth.py": True,
         "packages/taskrunner/src/aiserver/taskrunner/jobs.py": True,
-        "packages/api/src/aiserver/api/app.py": False,
-        "packages/costs/src/aiserver/costs/store.py": False,
+        "packages/ledger/src/aiserver/ledger/projects.py": True,
+        "packages/costs/src/aiserver/costs/refresh.py": True,
+        "packages/costs/src/aiserver/costs/store/prices.py": False,
+        "packages/ledger/src/aiserver/ledger/store.py": False,
+        "packages/documents/src/aiserver/documents/piccolo_migrations/documents_1.py": False,
+        "packages/core-db/src/aiserver/core_db/locks.py": False,
     }
     modules = [Module(path, "aiserver.x.y", sql) for path in paths]
     assert {m.path for m in no_sql_modules(modules)} == {p for p, inside in paths.items() if inside}

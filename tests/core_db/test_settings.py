@@ -88,3 +88,8 @@ def test_admin_tokens_never_appear_in_the_repr() -> None:
     assert "s3cr3t" not in repr(settings)
     assert "api_admin_tokens=<2 secret(s)>" in repr(settings)
     assert "model_cost_max_age_seconds=86400" in repr(settings)
+
+
+def test_an_operator_token_that_reads_like_a_project_key_is_refused() -> None:
+    with pytest.raises(SettingsError, match="must not start with 'ais_'"):
+        load_settings(ApiSettings, {"API_ADMIN_TOKENS": "ops-token,ais_0123456789abcdef_x"})

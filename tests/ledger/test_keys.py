@@ -33,7 +33,6 @@ def test_a_new_key_reads_ais_public_id_secret_and_stores_only_the_secret_s_hash(
     assert match.group(1) == made.public_id
     secret = match.group(2)
     assert made.secret_hash == hashlib.sha256(secret.encode()).digest()
-    assert secret not in repr(made.secret_hash)
     assert len({new_key().text for _ in range(200)}) == 200  # 32 random bytes each
 
 

@@ -72,7 +72,7 @@ async def test_every_admin_endpoint_refuses_every_near_miss_with_a_401_problem(
                 where = f"{method} {path} with {name}"
                 assert response.status_code == 401, (where, response.text)
                 assert response.headers["content-type"].startswith(PROBLEM_JSON), where
-                assert response.headers["www-authenticate"] == 'Bearer realm="aiserver-admin"'
+                assert response.headers["www-authenticate"] == 'Bearer realm="aiserver"'
                 problem = response.json()
                 assert problem["status"] == 401
                 assert problem["type"] == "urn:aiserver:problem:unauthorized"

@@ -1,27 +1,22 @@
-"""The API's own errors (see `aiserver.core_db.errors` for the base and the problem shape).
+"""The API's own errors (see `aiserver.core_db.errors` for the base and the problem shape; a
+missing or wrong credential is the ledger's `KeyRejected`, 401).
 
-AiserverError
-├── InvalidInput
-│   ├── Unauthorized     401 unauthorized: no bearer token, or not a valid one (with
-│   │                        WWW-Authenticate)
-│   ├── AdminDisabled    403 admin-disabled: no API_ADMIN_TOKENS are configured
-│   ├── UnknownJob       404 unknown-job: unknown, or its result expired
-│   └── BadCursor        400 bad-cursor: a page cursor this API did not return
-└── Unavailable
-    └── NotReady         503 not-ready: a readiness check fails; `checks` lists them all
+    AiserverError
+    ├── InvalidInput
+    │   ├── AdminDisabled    403 admin-disabled: no API_ADMIN_TOKENS are configured
+    │   ├── UnknownJob       404 unknown-job: unknown, or its result expired
+    │   ├── BadCursor        400 bad-cursor: a page cursor this API did not return
+    │   └── UnknownQuery     422 invalid-request: a query parameter the route does not take;
+    │                            `fields` names them
+    └── Unavailable
+        └── NotReady         503 not-ready: a readiness check fails; `checks` lists them all
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from aiserver.core_db.errors import InvalidInput, Unavailable
-
-
-class Unauthorized(InvalidInput, status=401, slug="unauthorized"):
-    def headers(self) -> Mapping[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="aiserver-admin"'}
 
 
 class AdminDisabled(InvalidInput, status=403, slug="admin-disabled"):

@@ -6,9 +6,11 @@ from typing import ClassVar
 
 import msgspec
 
-from aiserver.core_db.settings import CoreSettings, Section
+from aiserver.core_db.settings import CoreSettings, Section, SettingsError
 from aiserver.costs.settings import CostSettings
 from aiserver.documents.settings import DocumentSettings
+from aiserver.ledger.keys import PREFIX as KEY_PREFIX
+from aiserver.ledger.keys import looks_like_key
 from aiserver.ledger.settings import LedgerSettings
 
 
@@ -23,3 +25,11 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     #: The operator's bearer tokens for the admin endpoints; none: admin endpoints refuse all.
     api_admin_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A bearer token that reads like a project key is checked as one, never as a token.
+        if any(looks_like_key(token) for token in self.api_admin_tokens):
+            raise SettingsError(
+                f"API_ADMIN_TOKENS: a token must not start with {KEY_PREFIX!r}, which marks a "
+                "project key"
+            )

@@ -31,7 +31,7 @@ from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
 from aiserver.documents.limits import upload_body_limit
-from aiserver.ledger.authentication import KeyCache, UseRecorder
+from aiserver.ledger.authentication import Keyring
 
 log = get_logger(__name__)
 
@@ -86,10 +86,11 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
             await live.start()
             app.state.live = live
             app.state.redis = redis
-            app.state.key_cache = KeyCache(settings.ledger.api_key_cache_seconds)
-            app.state.key_uses = uses = UseRecorder()
+            app.state.keyring = keyring = Keyring(settings.ledger.api_key_cache_seconds)
             recording = asyncio.create_task(
-                uses.run(require_pool(), settings.ledger.api_key_last_used_interval_seconds),
+                keyring.uses.run(
+                    require_pool(), settings.ledger.api_key_last_used_interval_seconds
+                ),
                 name="key-use-recorder",
             )
             catalog_collector.live = live

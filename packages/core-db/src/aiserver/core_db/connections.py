@@ -7,13 +7,16 @@ connection imports this and starts in tens of milliseconds. The pool and the ORM
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from aiserver.core_db.errors import Unavailable
 from aiserver.core_db.settings import CoreSettings
+
+#: The largest BIGINT: an id beyond it names no row (and asyncpg refuses to send it).
+MAX_BIGINT: Final = 2**63 - 1
 
 #: A connection of our own or one borrowed from the pool: queries take either.
 DbConnection: TypeAlias = asyncpg.Connection | PoolConnectionProxy

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.pricing import is_understood_field
 from aiserver.costs.source import DEFAULT_SOURCE
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
     from aiserver.core_db.connections import DbConnection
     from aiserver.costs.live import LiveCatalog
-
-#: Override ids are BIGSERIAL: a larger id names no override (and asyncpg refuses to send it).
-MAX_ID: Final = 2**63 - 1
 
 
 async def list_overrides(pool: asyncpg.Pool) -> list[Override]:
@@ -74,7 +72,7 @@ async def delete_override(
     pool: asyncpg.Pool, live: LiveCatalog, override_id: int, *, source_url: str
 ) -> None:
     """Delete an override; `UnknownOverride` when there is none with that id."""
-    if not 0 < override_id <= MAX_ID:
+    if not 0 < override_id <= MAX_BIGINT:
         raise UnknownOverride(f"no override {override_id}")
     async with pool.acquire() as conn, conn.transaction():
         if not await store.delete_override(conn, override_id):

@@ -3,10 +3,10 @@
 AiserverError
 ├── InvalidInput
 │   ├── UnsupportedDocumentType   415 unsupported-media-type: not PDF, DOCX, DOC, ODT, RTF, TXT
-│   ├── DocumentTooLarge          413 too-large: over DOCUMENT_MAX_BYTES
+│   ├── DocumentTooLarge          413 request-entity-too-large: over DOCUMENT_MAX_BYTES
 │   ├── EmptyDocument             422 invalid-request: the uploaded file has no bytes
 │   ├── UnknownDocument           404 unknown-document
-│   ├── DocumentNotReady          404 not-ready: no PDF yet (unknown, or not converted)
+│   ├── DocumentNotReady          404 document-not-ready: no PDF yet (unknown, or not converted)
 │   └── UnknownPage               404 unknown-page
 └── ConversionError               422 conversion-failed: the document cannot be converted;
     └── ToolTimeout                   the message is the reason the document shows
@@ -21,7 +21,7 @@ class UnsupportedDocumentType(InvalidInput, status=415, slug="unsupported-media-
     pass
 
 
-class DocumentTooLarge(InvalidInput, status=413, slug="too-large"):
+class DocumentTooLarge(InvalidInput, status=413, slug="request-entity-too-large"):
     pass
 
 
@@ -33,7 +33,7 @@ class UnknownDocument(InvalidInput, status=404, slug="unknown-document"):
     pass
 
 
-class DocumentNotReady(InvalidInput, status=404, slug="not-ready"):
+class DocumentNotReady(InvalidInput, status=404, slug="document-not-ready"):
     pass
 
 

@@ -7,6 +7,7 @@ result = await process(pool, document_id, settings, slots)       # task runner j
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,8 +60,10 @@ async def submit(
 ) -> Submitted:
     """Check an upload, store it and enqueue its conversion, all or nothing.
 
-    The job is enqueued inside the transaction: when Redis is down the row is rolled back, so a
-    document is never stored without a conversion on its way.
+    The job is enqueued before the transaction commits: when Redis is down the row is rolled
+    back, so a document is never stored without a conversion on its way. A worker may take the
+    job before the commit; `process` waits for the row (and a job whose upload then failed finds
+    no document and does nothing).
     """
     kind = kind_of(upload.filename or "", upload.content_type)
     if len(upload.content) > settings.document_max_bytes:
@@ -104,11 +107,35 @@ async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> by
     return png
 
 
+#: How long a job waits for its document's row: the upload enqueues the job inside its
+#: transaction, so a worker can take the job a moment before the row is committed.
+VISIBLE_WITHIN_S: Final = 10.0
+
+
+async def _start(
+    pool: asyncpg.Pool, doc_id: uuid.UUID, wait_s: float
+) -> tuple[Document, bytes] | None:
+    """Mark the document processing; None when it is done, or does not appear in `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        async with pool.acquire() as conn:
+            started = await store.start_processing(conn, doc_id)
+            if started is not None or await store.status_of(conn, doc_id) is not None:
+                return started
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 async def process(
     pool: asyncpg.Pool,
     document_id: str,
     settings: DocumentSettings,
     slots: asyncio.Semaphore,
+    *,
+    visible_within_s: float = VISIBLE_WITHIN_S,
 ) -> dict[str, Any]:
     """Convert one uploaded document and store its outputs; the job's result as plain data.
 
@@ -116,10 +143,12 @@ async def process(
     outputs replaced. `slots` bounds the conversions at once in this worker.
     """
     doc_id = uuid.UUID(document_id)
-    async with pool.acquire() as conn:
-        started = await store.start_processing(conn, doc_id)
+    started = await _start(pool, doc_id, visible_within_s)
     if started is None:
-        return {"document_id": document_id, "status": "done", "note": "nothing to do"}
+        async with pool.acquire() as conn:
+            status = await store.status_of(conn, doc_id)
+        note = "nothing to do" if status == "done" else "no such document: its upload failed"
+        return {"document_id": document_id, "status": status or "unknown", "note": note}
     document, source = started
     async with slots:
         try:

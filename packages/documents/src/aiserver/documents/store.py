@@ -134,6 +134,14 @@ async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -
     )
 
 
+async def status_of(conn: DbConnection, document_id: uuid.UUID) -> Status | None:
+    """The document's status, or None when there is no such document (yet)."""
+    status: Status | None = await conn.fetchval(
+        "SELECT status FROM documents WHERE id = $1", document_id
+    )
+    return status
+
+
 async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> bytes | None:
     pdf: bytes | None = await conn.fetchval(
         "SELECT pdf FROM documents WHERE id = $1 AND status = 'done'", document_id

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidField, UnknownKey
+from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownKey
 from aiserver.ledger.keys import SCOPES, Scope, new_key
 from aiserver.ledger.projects import check_name, find_project
 from aiserver.ledger.store import ApiKey
@@ -22,8 +23,7 @@ from aiserver.ledger.store import ApiKey
 if TYPE_CHECKING:
     import asyncpg
 
-#: Key ids are identities (BIGINT): a larger id names no key (and asyncpg refuses to send it).
-MAX_ID: Final = 2**63 - 1
+    from aiserver.ledger.authentication import Keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,8 @@ async def create_key(
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, project_slug)
         access.require("admin")
+        if project.archived_at is not None:
+            raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
         key = await store.insert_key(
             conn,
             project_id=project.id,
@@ -84,12 +86,17 @@ async def list_keys(pool: asyncpg.Pool, access: Access, project_slug: str) -> li
         return await store.read_keys(conn, project.id)
 
 
-async def revoke_key(pool: asyncpg.Pool, access: Access, key_id: int) -> ApiKey:
-    """Revoke a key: at once in this process, within `API_KEY_CACHE_SECONDS` in the others.
-    Another project's key is `UnknownKey`, as one that does not exist."""
+async def revoke_key(
+    pool: asyncpg.Pool, access: Access, key_id: int, *, keyring: Keyring | None = None
+) -> ApiKey:
+    """Revoke a key: at once in the process of `keyring`, within `API_KEY_CACHE_SECONDS` in the
+    others. Another project's key is `UnknownKey`, as one that does not exist."""
     async with pool.acquire() as conn, conn.transaction():
-        key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_ID else None
+        key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_BIGINT else None
         if key is None or not access.sees(key.project_id):
             raise UnknownKey(f"no key {key_id}")
         access.require("admin")
-        return await store.revoke_key(conn, key.project_id, key.id)
+        revoked = await store.revoke_key(conn, key.project_id, key.id)
+    if keyring is not None:
+        keyring.cache.forget(revoked.public_id)
+    return revoked

@@ -1,10 +1,14 @@
 """Authenticating a project key on every request, cheaply, in a long-running API process.
 
-- `KeyCache` keeps what was read of a public id for `API_KEY_CACHE_SECONDS` (unknown ids too, so
-  that a stream of made-up keys costs no query each). That is the bound on how late a revocation
-  made in another replica takes effect here; this process forgets a key it revoked at once.
+A `Keyring` is one API process's view of the keys:
+
+- its `KeyCache` keeps what was read of a public id for `API_KEY_CACHE_SECONDS`. That is the
+  bound on how late a revocation (or an archiving) made in another process takes effect here;
+  this process forgets a key it revokes, or a project it changes, at once. Public ids that name
+  no key are remembered apart, in a smaller cache of their own, so a stream of made-up keys can
+  neither evict the real ones nor query the database more than once per id and interval.
   Expiry is checked on every request, against the clock.
-- `UseRecorder` remembers the last use of each key in memory and writes them all every
+- its `UseRecorder` remembers the last use of each key in memory and writes them all every
   `API_KEY_LAST_USED_INTERVAL_SECONDS` in one statement: `last_used_at` costs no write per
   request. A process killed between two writes loses at most that interval of it.
 """
@@ -30,38 +34,80 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-#: Public ids remembered at once; the least recently read is forgotten first.
-MAX_CACHED: Final = 10_000
+#: Public ids of keys remembered at once; the least recently read is forgotten first.
+MAX_KEYS: Final = 10_000
+#: Public ids that named no key, remembered at once (apart from the keys).
+MAX_UNKNOWN: Final = 1_000
 
 
-class KeyCache:
-    def __init__(self, ttl_s: float, *, max_entries: int = MAX_CACHED) -> None:
-        self._ttl = ttl_s
+class _Lru:
+    """Entries that expire after a time, the least recently used dropped first."""
+
+    def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._entries: OrderedDict[str, tuple[float, list[KeyRecord]]] = OrderedDict()
 
-    async def records(self, pool: asyncpg.Pool, public_id: str) -> list[KeyRecord]:
-        now = time.monotonic()
-        cached = self._entries.get(public_id)
-        if cached is not None and now - cached[0] < self._ttl:
-            self._entries.move_to_end(public_id)
-            return cached[1]
-        async with pool.acquire() as conn:
-            records = await store.read_key_records(conn, public_id)
+    def get(self, public_id: str, *, now: float, ttl: float) -> list[KeyRecord] | None:
+        found = self._entries.get(public_id)
+        if found is None or now - found[0] >= ttl:
+            return None
+        self._entries.move_to_end(public_id)
+        return found[1]
+
+    def put(self, public_id: str, records: list[KeyRecord], *, now: float) -> None:
         self._entries[public_id] = (now, records)
         self._entries.move_to_end(public_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return records
 
-    def forget(self, public_id: str) -> None:
+    def drop(self, public_id: str) -> None:
         self._entries.pop(public_id, None)
 
-    def forget_project(self, project_id: int) -> None:
-        """Forget every key of a project (after a change to the project, e.g. its archiving)."""
+    def drop_where(self, project_id: int) -> None:
         for public_id, (_, records) in list(self._entries.items()):
             if any(r.project_id == project_id for r in records):
                 del self._entries[public_id]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class KeyCache:
+    def __init__(
+        self, ttl_s: float, *, max_keys: int = MAX_KEYS, max_unknown: int = MAX_UNKNOWN
+    ) -> None:
+        self.ttl_s = ttl_s
+        self._keys = _Lru(max_keys)
+        self._unknown = _Lru(max_unknown)
+        # Bumped by every forget: a read that began before one must not store what it read.
+        self._generation = 0
+
+    async def records(self, pool: asyncpg.Pool, public_id: str) -> list[KeyRecord]:
+        now = time.monotonic()
+        for cache in (self._keys, self._unknown):
+            found = cache.get(public_id, now=now, ttl=self.ttl_s)
+            if found is not None:
+                return found
+        generation = self._generation
+        async with pool.acquire() as conn:
+            records = await store.read_key_records(conn, public_id)
+        if generation == self._generation:
+            (self._keys if records else self._unknown).put(public_id, records, now=now)
+        return records
+
+    def forget(self, public_id: str) -> None:
+        self._generation += 1
+        self._keys.drop(public_id)
+        self._unknown.drop(public_id)
+
+    def forget_project(self, project_id: int) -> None:
+        """Forget every key of a project (after a change to it, e.g. its archiving)."""
+        self._generation += 1
+        self._keys.drop_where(project_id)
+
+    def sizes(self) -> tuple[int, int]:
+        """How many keys and how many unknown public ids are remembered."""
+        return len(self._keys), len(self._unknown)
 
 
 class UseRecorder:
@@ -71,18 +117,18 @@ class UseRecorder:
     def used(self, key_id: int, at: datetime) -> None:
         self._uses[key_id] = at
 
-    async def flush(self, pool: asyncpg.Pool) -> int:
-        """Write what was recorded since the last flush; how many keys it moved."""
+    async def flush(self, pool: asyncpg.Pool) -> None:
+        """Write what was recorded since the last flush; kept for the next one if that fails."""
         uses, self._uses = self._uses, {}
-        if uses:
-            try:
-                async with pool.acquire() as conn:
-                    await store.record_last_used(conn, uses)
-            except BaseException:
-                for key_id, at in uses.items():  # keep them for the next flush
-                    self._uses[key_id] = max(at, self._uses.get(key_id, at))
-                raise
-        return len(uses)
+        if not uses:
+            return
+        try:
+            async with pool.acquire() as conn:
+                await store.record_last_used(conn, uses)
+        except BaseException:
+            for key_id, at in uses.items():
+                self._uses[key_id] = max(at, self._uses.get(key_id, at))
+            raise
 
     async def run(self, pool: asyncpg.Pool, interval_s: float) -> None:
         """Flush every `interval_s` until cancelled, then once more."""
@@ -98,15 +144,20 @@ class UseRecorder:
                 await asyncio.wait_for(self.flush(pool), timeout=5)
 
 
-async def authenticate(
-    pool: asyncpg.Pool, token: str, cache: KeyCache, recorder: UseRecorder
-) -> Access:
-    """The access a project key gives (see `aiserver.ledger.access`); `KeyRejected` if none."""
-    presented = parse_key(token)
-    if presented is None:
-        raise KeyRejected("the key is malformed: a key reads ais_<public id>_<secret>")
-    now = datetime.now(UTC)
-    access = admit(presented, await cache.records(pool, presented.public_id), now=now)
-    assert access.key_id is not None
-    recorder.used(access.key_id, now)
-    return access
+class Keyring:
+    """One API process's keys: the cache that authenticates them and the recorder of their use."""
+
+    def __init__(self, cache_ttl_s: float) -> None:
+        self.cache = KeyCache(cache_ttl_s)
+        self.uses = UseRecorder()
+
+    async def authenticate(self, pool: asyncpg.Pool, token: str) -> Access:
+        """The access a project key gives (see `aiserver.ledger.access`); `KeyRejected` if none."""
+        presented = parse_key(token)
+        if presented is None:
+            raise KeyRejected("the key is malformed: a key reads ais_<public id>_<secret>")
+        now = datetime.now(UTC)
+        access = admit(presented, await self.cache.records(pool, presented.public_id), now=now)
+        assert access.key_id is not None
+        self.uses.used(access.key_id, now)
+        return access

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.commands import run_command, timestamp
 from aiserver.core_db.settings import CoreSettings, settings_for_command
+from aiserver.ledger.keys import SCOPES
 
 if TYPE_CHECKING:
     from aiserver.ledger.store import ApiKey, Project
 
 Command = Callable[[CoreSettings, argparse.Namespace], Coroutine[Any, Any, int]]
-SCOPES: Final = ("ingest", "read", "admin")
 
 
 def _print_json(value: Any) -> None:
@@ -162,7 +162,8 @@ async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.access import Access
 
     async def work(pool: Any) -> int:
-        key = await api_keys.revoke_key(pool, Access.operator(), args.key_id)
+        key = await api_keys.revoke_key(pool, Access.operator(), args.key_id)  # each API
+        # process stops accepting it within API_KEY_CACHE_SECONDS
         if args.json:
             _print_json(key)
         else:

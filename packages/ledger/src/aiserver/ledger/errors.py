@@ -1,18 +1,18 @@
 """The ledger's errors (see `aiserver.core_db.errors` for the base and the problem shape).
 
-    AiserverError
-    └── InvalidInput
-        ├── InvalidField          422 invalid-request: a slug, name, time zone, tag key, scope
-        │                             or expiry that is not allowed; `fields` names them
-        ├── ProjectExists         409 project-exists: the slug is taken
-        ├── UnknownProject        404 unknown-project: none by that slug, or not yours (the
-        │                             answer is the same, so it confirms nothing)
-        ├── ProjectArchived       403 project-archived: an archived project's keys refuse all
-        ├── UnknownKey            404 unknown-key: none by that id, or not your project's
-        ├── KeyRejected           401 unauthorized: no credential, a malformed, unknown, revoked
-        │                             or expired key, a wrong token (with WWW-Authenticate)
-        └── MissingScope          403 insufficient-scope: a valid key without the scope, or a
-                                      project key at a server-wide endpoint
+AiserverError
+└── InvalidInput
+    ├── InvalidField          422 invalid-request: a slug, name, time zone, tag key, scope
+    │                             or expiry that is not allowed; `fields` names them
+    ├── ProjectExists         409 project-exists: the slug is taken
+    ├── UnknownProject        404 unknown-project: none by that slug, or not yours (the
+    │                             answer is the same, so it confirms nothing)
+    ├── ProjectArchived       403 project-archived: an archived project's keys refuse all
+    ├── UnknownKey            404 unknown-key: none by that id, or not your project's
+    ├── KeyRejected           401 unauthorized: no credential, a malformed, unknown, revoked
+    │                             or expired key, a wrong token (with WWW-Authenticate)
+    └── MissingScope          403 insufficient-scope: a valid key without the scope, or a
+                                  project key at a server-wide endpoint
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from aiserver.core_db.connections import DbConnection
+    from aiserver.ledger.authentication import Keyring
 
 SLUG: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 TAG_KEY: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -138,10 +139,12 @@ async def change_project(
     time_zone: str | None = None,
     rollup_tags: Sequence[str] | None = None,
     archived: bool | None = None,
+    keyring: Keyring | None = None,
 ) -> Project:
     """Change a project's name, time zone or rolled-up tag keys (its `admin` keys and the
     operator), or archive or restore it (the operator only: an archived project's keys refuse
-    every request, their own included)."""
+    every request, their own included). `keyring`: this process's, which forgets the project's
+    keys at once (the others within API_KEY_CACHE_SECONDS)."""
     if name is not None:
         check_name(name)
     if time_zone is not None:
@@ -152,6 +155,9 @@ async def change_project(
         access.require("admin")
         if archived is not None:
             access.require_operator()
-        return await store.update_project(
+        changed = await store.update_project(
             conn, project.id, name=name, time_zone=time_zone, rollup_tags=tags, archived=archived
         )
+    if keyring is not None:
+        keyring.cache.forget_project(changed.id)
+    return changed

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
-from arq import Retry
-
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
@@ -43,14 +41,6 @@ def logged_job(job: Job) -> Job:
         log.info("job started", function=job.__name__, args=args or None, kwargs=kwargs or None)
         try:
             result = await job(ctx, *args, **kwargs)
-        except Retry as retry:
-            log.warning(
-                "job will be retried",
-                function=job.__name__,
-                duration_s=round(time.perf_counter() - started, 3),
-                retry_in_s=(retry.defer_score or 0) / 1000,
-            )
-            raise
         except asyncio.CancelledError:
             log.warning(
                 "job interrupted (shutdown or timeout); arq runs it again",

@@ -21,7 +21,6 @@ from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
-from aiserver.ledger.authentication import KeyCache
 from aiserver.ledger.keys import Scope
 from aiserver.ledger.store import ApiKey, Project
 
@@ -89,13 +88,16 @@ class KeyCreated(KeyOut, frozen=True, kw_only=True):
     key: str  # ais_<public id>_<secret>: shown this once, stored nowhere
 
 
-AUTHENTICATED = {"access": Provide(auth.access)}
+#: The guard checks the credential before the body or the query is read; handlers take the
+#: `access` it found.
+AUTHENTICATED = {"access": Provide(auth.access, sync_to_thread=False)}
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 class ProjectController(Controller):
     path = "/v1/projects"
     tags = ("projects",)
+    guards = (auth.authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -157,9 +159,8 @@ class ProjectController(Controller):
         changed = await projects.change_project(
             require_pool(), access, project, name=data.name, time_zone=data.time_zone,
             rollup_tags=data.rollup_tags, archived=data.archived,
+            keyring=request.app.state.keyring,
         )  # fmt: skip
-        cache: KeyCache = request.app.state.key_cache
-        cache.forget_project(changed.id)
         return ProjectOut.of(changed)
 
     @post(
@@ -195,6 +196,7 @@ class ProjectController(Controller):
 class KeyController(Controller):
     path = "/v1/keys"
     tags = ("projects",)
+    guards = (auth.authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -212,7 +214,7 @@ class KeyController(Controller):
     ) -> KeyOut:
         """The operator, or a key of the key's project with the `admin` scope. Every API process
         refuses the key within API_KEY_CACHE_SECONDS; this one at once."""
-        revoked = await api_keys.revoke_key(require_pool(), access, key_id)
-        cache: KeyCache = request.app.state.key_cache
-        cache.forget(revoked.public_id)
+        revoked = await api_keys.revoke_key(
+            require_pool(), access, key_id, keyring=request.app.state.keyring
+        )
         return KeyOut.of(revoked)

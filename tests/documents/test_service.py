@@ -1,0 +1,51 @@
+"""The conversion job against the real database: it waits for an upload that is still committing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from aiserver.core_db.database import require_pool
+from aiserver.documents import service, store
+from aiserver.documents.settings import DocumentSettings
+
+from ..conftest import Settings
+
+
+async def test_a_job_taken_before_its_upload_commits_still_converts_it(db: Settings) -> None:
+    """The API enqueues the job inside the upload's transaction: a worker can start it first."""
+    document_id = uuid.uuid4()
+    conn = await asyncpg.connect(db.core.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO documents (id, filename, content_type, kind, size_bytes, sha256,
+                                       source, status)
+                VALUES ($1, 'note.txt', 'text/plain', 'txt', 5, 'x', 'hello'::bytea, 'queued')
+                """,
+                document_id,
+            )
+            job = asyncio.create_task(
+                service.process(require_pool(), str(document_id), DocumentSettings(),
+                                asyncio.Semaphore(1))
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # the job looks while the row is not committed yet
+            assert not job.done()
+        result = await asyncio.wait_for(job, timeout=120)
+    finally:
+        await conn.close()
+    assert (result["status"], result["page_count"]) == ("done", 1)
+    async with require_pool().acquire() as pooled:
+        assert await store.status_of(pooled, document_id) == "done"
+
+
+async def test_a_job_whose_upload_never_committed_does_nothing(db: Settings) -> None:
+    result = await service.process(
+        require_pool(), str(uuid.uuid4()), DocumentSettings(), asyncio.Semaphore(1),
+        visible_within_s=0.3,
+    )  # fmt: skip
+    assert result["status"] == "unknown"
+    assert "its upload failed" in result["note"]

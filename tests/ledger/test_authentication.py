@@ -1,0 +1,91 @@
+"""A process's key cache and use recorder, against the real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from aiserver.core_db.database import require_pool
+from aiserver.ledger import api_keys, projects
+from aiserver.ledger.access import Access
+from aiserver.ledger.authentication import KeyCache, Keyring
+from aiserver.ledger.errors import KeyRejected
+from aiserver.ledger.keys import new_key
+
+from ..conftest import Settings
+
+OPERATOR = Access.operator()
+
+
+@pytest.fixture
+async def key(db: Settings) -> str:
+    await projects.create_project(require_pool(), OPERATOR, slug="acme", name="Acme")
+    created = await api_keys.create_key(require_pool(), OPERATOR, "acme", name="k",
+                                        scopes=["read"])  # fmt: skip
+    return created.text
+
+
+async def test_a_cached_key_costs_no_query_until_its_time_is_up(key: str, db: Settings) -> None:
+    keyring = Keyring(cache_ttl_s=60)
+    pool = require_pool()
+    first = await keyring.authenticate(pool, key)
+    # the row changes under the cache: the cache keeps answering what it read
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = now()")
+    assert await keyring.authenticate(pool, key) == first
+    keyring.cache.ttl_s = 0  # its time is up: the next request reads again
+    with pytest.raises(KeyRejected, match="revoked"):
+        await keyring.authenticate(pool, key)
+
+
+async def test_made_up_keys_never_push_the_real_ones_out(key: str, db: Settings) -> None:
+    cache = KeyCache(ttl_s=60, max_keys=10, max_unknown=5)
+    keyring = Keyring(cache_ttl_s=60)
+    keyring.cache = cache
+    pool = require_pool()
+    await keyring.authenticate(pool, key)
+    for _ in range(50):
+        with pytest.raises(KeyRejected, match="not valid"):
+            await keyring.authenticate(pool, new_key().text)
+    assert cache.sizes() == (1, 5)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = now()")
+    assert (await keyring.authenticate(pool, key)).project_slug == "acme"  # still the cached read
+
+
+async def test_forgetting_wins_over_a_read_that_began_before_it(key: str, db: Settings) -> None:
+    """A read that started before a revocation in this process must not store the old state."""
+    cache = KeyCache(ttl_s=60)
+    pool = require_pool()
+    public_id = key.split("_")[1]
+
+    class Slow:
+        """A pool whose connection is handed out after the revocation has been forgotten."""
+
+        def acquire(self) -> object:
+            cache.forget(public_id)  # the revocation lands while this read is under way
+            return pool.acquire()
+
+    records = await cache.records(Slow(), public_id)  # type: ignore[arg-type]
+    assert len(records) == 1
+    assert cache.sizes() == (0, 0)  # not stored: the next request reads again
+
+
+async def test_uses_are_written_in_one_go_and_kept_when_the_write_fails(
+    key: str, db: Settings
+) -> None:
+    keyring = Keyring(cache_ttl_s=60)
+    pool = require_pool()
+    access = await keyring.authenticate(pool, key)
+    closed = await asyncpg.create_pool(db.core.database_url, min_size=0, max_size=1)
+    await closed.close()
+    with pytest.raises(asyncpg.InterfaceError):
+        await keyring.uses.flush(closed)
+    await keyring.uses.flush(pool)  # the failed write's uses were kept for this one
+    async with pool.acquire() as conn:
+        used = await conn.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1",
+                                   access.key_id)  # fmt: skip
+    assert used is not None
+    assert datetime.now(UTC) - used < timedelta(minutes=1)
