@@ -40,8 +40,8 @@ from aiserver.costs.errors import SourceRejected, UpstreamError
 from aiserver.costs.fetch import Fetched, fetch_source
 from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import DEFAULT_SOURCE, ParsedSource, parse_source, read_document
+from aiserver.costs.status import is_stale
 from aiserver.costs.store.metadata import (
-    SourceState,
     read_state,
     record_applied,
     record_confirmed,
@@ -122,12 +122,6 @@ class RefreshReport:
         else:
             text = f"{self.outcome}: {self.error}; the catalog was left unchanged"
         return text
-
-
-def is_stale(state: SourceState | None, *, now: datetime, max_age_seconds: int) -> bool:
-    if state is None or state.last_success_at is None:
-        return True
-    return (now - state.last_success_at).total_seconds() >= max_age_seconds
 
 
 def _now() -> datetime:

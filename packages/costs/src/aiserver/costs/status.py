@@ -11,7 +11,7 @@ import msgspec
 from aiserver.costs.pricing import is_price_field
 from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import DEFAULT_SOURCE
-from aiserver.costs.store.metadata import read_state
+from aiserver.costs.store.metadata import SourceState, read_state
 from aiserver.costs.store.overrides import count_overrides
 from aiserver.costs.store.prices import current_model_count, read_current_entries
 from aiserver.costs.store.runs import LastRun, last_run
@@ -38,6 +38,13 @@ class CatalogStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_run: LastRun | None
 
 
+def is_stale(state: SourceState | None, *, now: datetime, max_age_seconds: int) -> bool:
+    """Whether the catalog needs a refresh: no success yet, or the last is `max_age_seconds` old."""
+    if state is None or state.last_success_at is None:
+        return True
+    return (now - state.last_success_at).total_seconds() >= max_age_seconds
+
+
 async def read_status(
     conn: DbConnection, settings: CostSettings, *, source: str = DEFAULT_SOURCE
 ) -> CatalogStatus:
@@ -60,7 +67,7 @@ async def read_status(
         last_changed_at=state.last_changed_at if state else None,
         age_seconds=round(age, 3) if age is not None else None,
         max_age_seconds=settings.model_cost_max_age_seconds,
-        stale=age is None or age >= settings.model_cost_max_age_seconds,
+        stale=is_stale(state, now=now, max_age_seconds=settings.model_cost_max_age_seconds),
         last_error=state.last_error if state else None,
         last_error_at=state.last_error_at if state else None,
         last_run=run,
