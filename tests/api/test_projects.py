@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,81 +14,11 @@ from litestar.testing import AsyncTestClient
 from aiserver.api.app import create_app
 
 from ..conftest import Settings, replace_settings
-from .conftest import admin
+from .conftest import Tenants, admin, bearer, make_key, make_project
 from .test_endpoints import assert_problem
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 CHALLENGE = 'Bearer realm="aiserver"'
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def make_project(client: Client, slug: str, **fields: Any) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/projects", headers=admin(), json={"slug": slug, "name": slug.title(), **fields}
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def make_key(
-    client: Client, project: str, scopes: list[str], headers: dict[str, str] | None = None,
-    **fields: Any,
-) -> dict[str, Any]:  # fmt: skip
-    response = await client.post(
-        f"/v1/projects/{project}/keys",
-        headers=headers or admin(),
-        json={"name": f"{project}-{'-'.join(scopes)}", "scopes": scopes, **fields},
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-@dataclass
-class Tenants:
-    """Two projects; keys of each, and the broken keys a test presents."""
-
-    admin_a: dict[str, Any]  # project a, every scope
-    ingest_a: dict[str, Any]  # project a, ingest only
-    admin_b: dict[str, Any]  # project b, every scope
-    revoked_a: str
-    expired_a: str
-    last_char_a: str  # admin_a's key with another last character
-
-
-@pytest.fixture
-async def tenants(client: Client, api_settings: Settings) -> Tenants:
-    await make_project(client, "acme-a", time_zone="Europe/Berlin", rollup_tags=["team"])
-    await make_project(client, "acme-b")
-    admin_a = await make_key(client, "acme-a", ["ingest", "read", "admin"])
-    ingest_a = await make_key(client, "acme-a", ["ingest"])
-    admin_b = await make_key(client, "acme-b", ["ingest", "read", "admin"])
-    revoked = await make_key(client, "acme-a", ["read"])
-    assert (await client.delete(f"/v1/keys/{revoked['id']}", headers=admin())).status_code == 200
-    expiring = await make_key(
-        client, "acme-a", ["read"], expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    )
-    conn = await asyncpg.connect(api_settings.core.database_url)
-    try:  # expired an hour ago: the API refuses to create a key that has expired already
-        await conn.execute(
-            "UPDATE api_keys SET expires_at = now() - interval '1 hour' WHERE id = $1",
-            expiring["id"],
-        )
-    finally:
-        await conn.close()
-    last = admin_a["key"][-1]
-    return Tenants(
-        admin_a=admin_a,
-        ingest_a=ingest_a,
-        admin_b=admin_b,
-        revoked_a=revoked["key"],
-        expired_a=expiring["key"],
-        last_char_a=admin_a["key"][:-1] + ("A" if last != "A" else "B"),
-    )
 
 
 async def test_an_operator_creates_a_project_and_its_first_key_which_then_works(
@@ -319,35 +247,26 @@ async def test_keys_appear_in_no_log_line_problem_or_metric(
     assert 'path="/v1/projects/{project}"' in seen[-3]  # metrics label the route, not the path
 
 
-@pytest.fixture
-async def stored(api_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(api_settings.core.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def test_only_the_hash_of_a_secret_is_stored_and_use_is_recorded_without_a_write_each(
-    api_settings: Settings, redis_clean: None, stored: asyncpg.Connection
+    api_settings: Settings, redis_clean: None, db: asyncpg.Connection
 ) -> None:
     version = "SELECT xmin::text, last_used_at FROM api_keys WHERE id = $1"
     async with AsyncTestClient(app=create_app(api_settings)) as client:
         await make_project(client, "acme-a")
         created = await make_key(client, "acme-a", ["read"])
         key, key_id = created["key"], created["id"]
-        dump = repr([dict(r) for r in await stored.fetch("SELECT * FROM api_keys")])
+        dump = repr([dict(r) for r in await db.fetch("SELECT * FROM api_keys")])
         for text in (key, key.split("_", 2)[2]):
             assert text not in dump
-        before = await stored.fetchrow(version, key_id)
+        before = await db.fetchrow(version, key_id)
         for _ in range(20):
             response = await client.get("/v1/projects/acme-a", headers=bearer(key))
             assert response.status_code == 200
         # the row is untouched: uses wait in memory for API_KEY_LAST_USED_INTERVAL_SECONDS
-        assert await stored.fetchrow(version, key_id) == before
+        assert await db.fetchrow(version, key_id) == before
         assert before["last_used_at"] is None
     # ... and are written when the process stops, or every interval
-    stopped = await stored.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+    stopped = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
     assert stopped is not None
     assert datetime.now(UTC) - stopped < timedelta(minutes=1)
 
@@ -356,9 +275,7 @@ async def test_only_the_hash_of_a_secret_is_stored_and_use_is_recorded_without_a
         response = await client.get("/v1/projects/acme-a", headers=bearer(key))
         assert response.status_code == 200
         for _ in range(50):
-            used_at = await stored.fetchval(
-                "SELECT last_used_at FROM api_keys WHERE id = $1", key_id
-            )
+            used_at = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
             if used_at > stopped:
                 break
             await asyncio.sleep(0.1)

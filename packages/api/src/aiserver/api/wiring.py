@@ -24,6 +24,7 @@ from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
+from aiserver.api.controllers.usage import UsageController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.api.settings import ApiSettings
@@ -32,6 +33,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
 from aiserver.documents.limits import upload_body_limit
 from aiserver.ledger.authentication import Keyring
+from aiserver.ledger.usage.ingest import MAX_NDJSON_BYTES, UsageRecorder
 
 log = get_logger(__name__)
 
@@ -87,6 +89,7 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
             app.state.live = live
             app.state.redis = redis
             app.state.keyring = keyring = Keyring(settings.ledger.api_key_cache_seconds)
+            app.state.usage = UsageRecorder(settings.ledger)
             recording = asyncio.create_task(
                 keyring.uses.run(
                     require_pool(), settings.ledger.api_key_last_used_interval_seconds
@@ -114,8 +117,12 @@ def build_app(settings: ApiSettings) -> Litestar:
         route_handlers=[DocumentController],
         request_max_body_size=upload_body_limit(settings.documents),
     )
+    # Usage may come as up to 100,000 JSON lines; the handler holds JSON bodies to less.
+    usage = Router(
+        path="/", route_handlers=[UsageController], request_max_body_size=MAX_NDJSON_BYTES
+    )
     return Litestar(
-        route_handlers=[*ROUTES, documents],
+        route_handlers=[*ROUTES, documents, usage],
         lifespan=[lifespan_for(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         # Logging is ours (aiserver.core_db.logging): Litestar's default config would replace

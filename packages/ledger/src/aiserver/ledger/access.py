@@ -49,6 +49,17 @@ class Access:
             granted = ", ".join(sorted(self.scopes))
             raise MissingScope(f"this needs a key with the scope {wanted}; this key has {granted}")
 
+    def project_key(self, scope: Scope) -> int:
+        """The project of a key with `scope`; `MissingScope` for the operator (usage belongs to
+        one project, named by its key) and for a key without the scope."""
+        if self.project_id is None:
+            raise MissingScope(
+                f"this needs a project's key with the scope {scope!r}: usage belongs to the "
+                "project of the key that reports or reads it"
+            )
+        self.require(scope)
+        return self.project_id
+
     def require_operator(self) -> None:
         if not self.is_operator:
             raise MissingScope(

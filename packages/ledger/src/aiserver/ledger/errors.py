@@ -11,8 +11,18 @@ AiserverError
     ├── UnknownKey            404 unknown-key: none by that id, or not your project's
     ├── KeyRejected           401 unauthorized: no credential, a malformed, unknown, revoked
     │                             or expired key, a wrong token (with WWW-Authenticate)
-    └── MissingScope          403 insufficient-scope: a valid key without the scope, or a
-                                  project key at a server-wide endpoint
+    ├── MissingScope          403 insufficient-scope: a valid key without the scope, or a
+    │                             project key at a server-wide endpoint
+    ├── InvalidEvent          422 invalid-event: a usage event that cannot be recorded (its
+    │                             time, tags or key); `fields` names them
+    ├── UsageConflict         409 usage-conflict: an event key recorded before with another
+    │                             payload; what was recorded stays as it was
+    ├── MalformedBody         400 malformed-json: a usage body (or an NDJSON line) that is not
+    │                             JSON
+    └── TooManyEvents         413 too-many-events: more events in one request than allowed
+
+A usage that is wrong is the costs package's `UsageError` (422 invalid-usage), wherever it is
+found.
 """
 
 from __future__ import annotations
@@ -57,4 +67,25 @@ class KeyRejected(InvalidInput, status=401, slug="unauthorized"):
 
 
 class MissingScope(InvalidInput, status=403, slug="insufficient-scope"):
+    pass
+
+
+class InvalidEvent(InvalidField, slug="invalid-event"):
+    pass
+
+
+class UsageConflict(InvalidInput, status=409, slug="usage-conflict"):
+    def __init__(self, message: str, event_id: int) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+    def members(self) -> dict[str, Any]:
+        return {"event_id": self.event_id}
+
+
+class MalformedBody(InvalidInput, status=400, slug="malformed-json"):
+    pass
+
+
+class TooManyEvents(InvalidInput, status=413, slug="too-many-events"):
     pass

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from aiserver.core_db.settings import PositiveFloat, Section
+from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section
 
 
 class LedgerSettings(Section, frozen=True, kw_only=True):
-    """How fast a change to a key reaches every API replica, and how often use is recorded."""
+    """Keys (how fast a change reaches every API replica, how often use is recorded) and usage
+    retention."""
 
     #: An API process keeps what it read of a key this long: the bound on how late a revocation
     #: (or any change) made elsewhere takes effect in it. Expiry is checked on every request.
     api_key_cache_seconds: PositiveFloat = 5.0
     #: How often an API process writes its keys' `last_used_at` (one statement for all of them).
     api_key_last_used_interval_seconds: PositiveFloat = 30.0
+    #: Raw usage events older than this many days are dropped, a month's partition at a time
+    #: (rollups stay); an event older than this is refused at ingest.
+    usage_retention_days: PositiveInt = 400

@@ -1,0 +1,100 @@
+"""Usage: applications report their model calls; the ledger prices and keeps them.
+
+`POST /v1/usage` takes one event (a JSON object), a batch (`{"events": [...]}`, up to 10,000), or
+JSON lines (`Content-Type: application/x-ndjson`, up to 100,000). The answer comes after the
+database's COMMIT (see `aiserver.ledger.usage.ingest`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from aiserver.api import auth
+from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.problems import problem_response, problem_responses
+from aiserver.api.query import only_query
+from aiserver.core_db.database import require_pool
+from aiserver.costs.live import LiveCatalog
+from aiserver.ledger.access import Access
+from aiserver.ledger.errors import TooManyEvents
+from aiserver.ledger.usage.ingest import (
+    MAX_JSON_BYTES,
+    MAX_NDJSON_BYTES,
+    EventResult,
+    IngestReport,
+    UsageRecorder,
+    decode_items,
+    split_json,
+    split_ndjson,
+)
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/jsonlines"})
+
+
+class UsageController(Controller):
+    path = "/v1/usage"
+    tags = ("usage",)
+    guards = (auth.authenticated,)
+    dependencies = AUTHENTICATED
+    security = SECURITY
+
+    @post(
+        "/",
+        status_code=HTTP_200_OK,
+        summary="Record model calls (scope ingest)",
+        guards=[only_query()],
+        responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+    )
+    async def record_usage(
+        self, request: Request[Any, Any, Any], access: NamedDependency[Access]
+    ) -> Response[Any]:
+        """Record one event (201, or 200 for a duplicate), `{"events": [...]}` or JSON lines
+        (200, one result per event in order, and counts). A 2xx means durable; a failed
+        request stored nothing, and its retry with the same keys records each event once."""
+        project_id = access.project_key("ingest")
+        body = await request.body()
+        if request.content_type[0] in NDJSON_TYPES:
+            _limit(body, MAX_NDJSON_BYTES, "JSON lines")
+            raws: list[Any] | None = split_ndjson(body)
+        else:
+            _limit(body, MAX_JSON_BYTES, "JSON")
+            raws = split_json(body)
+        single = raws is None
+        if raws is None:
+            raws = [body]
+        live: LiveCatalog = request.app.state.live
+        recorder: UsageRecorder = request.app.state.usage
+        catalog = live.catalog if live.loaded and len(live.catalog) else None
+        report = await recorder.record(
+            require_pool(),
+            project_id,
+            decode_items(raws),
+            catalog=catalog,
+            why_no_catalog=f"{live.not_ready()}; it is priced once the catalog can",
+            raws=raws,
+        )
+        if single:
+            return _single(request, report.results[0])
+        return Response(report, status_code=HTTP_200_OK)
+
+
+def _limit(body: bytes, limit: int, kind: str) -> None:
+    if len(body) > limit:
+        raise TooManyEvents(
+            f"the request body ({len(body)} bytes) is larger than {limit} bytes, the most a "
+            f"{kind} body may hold; split it"
+        )
+
+
+def _single(request: Request[Any, Any, Any], result: EventResult) -> Response[Any]:
+    if result.problem is not None:
+        return problem_response(request, result.problem)
+    status = HTTP_201_CREATED if result.status == "recorded" else HTTP_200_OK
+    return Response(result, status_code=status)
+
+
+__all__ = ["IngestReport", "UsageController"]

@@ -1,0 +1,9 @@
+"""Usage events: what applications report of their model calls, priced and kept exactly once.
+
+- :mod:`.events`: an event as reported, and its checks (key, time, tags, usage);
+- :mod:`.valuation`: its price as of its `occurred_at` (priced, partially priced or unpriced);
+- :mod:`.ingest`: recording a request's events in one transaction (recorded, duplicate,
+  conflict, invalid);
+- :mod:`.partitions`: the monthly partitions, made ahead and dropped after the retention;
+- :mod:`.store`: every statement on the usage tables.
+"""

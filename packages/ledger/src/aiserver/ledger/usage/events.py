@@ -1,0 +1,170 @@
+"""A usage event as a client reports it, and the checks it must pass before it is priced.
+
+    {"id": "req-123", "model": "gpt-4o", "provider": null, "usage": {...}, "usage_format": null,
+     "service_tier": "standard", "occurred_at": "2026-12-01T10:00:00Z",
+     "tags": {"user": "u-42", "feature": "summarize"}}
+
+- `id` is the client's idempotency key: the same key with the same payload is recorded once
+  however often it is sent; the same key with another payload is a conflict and never
+  overwrites what was recorded.
+- `usage` is our usage object, or the provider's own when `usage_format` names it.
+- `occurred_at` is when the call was made; absent, it is when the server received the event.
+  It may not lie more than `FUTURE_LEEWAY` ahead of the server's clock, nor be older than the
+  retention (`USAGE_RETENTION_DAYS`).
+- `tags`: at most `MAX_TAGS` keys; a key is 1 to 64 ASCII letters, digits and `_ . : / -`
+  (so no two keys look alike); a value is 1 to 256 characters without control characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from aiserver.costs.pricing import ServiceTier, Usage
+from aiserver.costs.usage_formats import UsageFormat, read_usage
+from aiserver.ledger.errors import InvalidEvent
+
+MAX_TAGS: Final = 20
+MAX_TAG_KEY: Final = 64
+MAX_TAG_VALUE: Final = 256
+MAX_EVENT_KEY: Final = 200
+FUTURE_LEEWAY: Final = timedelta(minutes=5)
+TAG_KEY: Final = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+
+EventKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_KEY)]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ProviderName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class UsageEventIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One model call as the client reports it (the body of `POST /v1/usage`)."""
+
+    id: EventKey
+    model: ModelName
+    provider: ProviderName | None = None
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    usage_format: UsageFormat | None = None
+    service_tier: ServiceTier = "standard"
+    occurred_at: datetime | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class CheckedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that passed every check: its usage read, its time settled, its payload hashed."""
+
+    key: str
+    model: str
+    provider: str | None
+    usage: Usage
+    usage_format: str | None
+    service_tier: ServiceTier
+    occurred_at: datetime
+    tags: dict[str, str]
+    payload_hash: bytes
+
+
+_HASHED: Final = msgspec.json.Encoder(order="sorted")
+
+
+def check_event(
+    event: UsageEventIn, *, received_at: datetime, retention: timedelta
+) -> CheckedEvent:
+    """The event, checked; `InvalidEvent` (or the costs package's `UsageError`) naming the field
+    that is wrong."""
+    _check_text(event.id, "id")
+    _check_text(event.model, "model")
+    if event.provider is not None:
+        _check_text(event.provider, "provider")
+    check_tags(event.tags)
+    usage = read_usage(event.usage, event.usage_format)
+    occurred_at = settle_time(event.occurred_at, received_at=received_at, retention=retention)
+    # What makes two reports of one key "the same payload": everything the client said, with
+    # the usage read (so `{"input_tokens": 0}` and `{}` agree) and the time as given.
+    payload = _HASHED.encode(
+        (
+            event.model,
+            event.provider,
+            usage,
+            event.usage_format,
+            event.service_tier,
+            _utc(event.occurred_at) if event.occurred_at is not None else None,
+            event.tags,
+        )
+    )
+    return CheckedEvent(
+        key=event.id,
+        model=event.model,
+        provider=event.provider,
+        usage=usage,
+        usage_format=event.usage_format,
+        service_tier=event.service_tier,
+        occurred_at=occurred_at,
+        tags=event.tags,
+        payload_hash=hashlib.sha256(payload).digest()[:16],
+    )
+
+
+def _utc(at: datetime) -> datetime:
+    """A timestamp without an offset is read as UTC (as the calculator reads `at`)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def settle_time(
+    occurred_at: datetime | None, *, received_at: datetime, retention: timedelta
+) -> datetime:
+    """When the call happened: as given (within the window the ledger keeps), else now."""
+    if occurred_at is None:
+        return received_at
+    at = _utc(occurred_at)
+    if at > received_at + FUTURE_LEEWAY:
+        raise InvalidEvent(
+            f"occurred_at {at.isoformat()} is more than {_minutes(FUTURE_LEEWAY)} minutes ahead "
+            f"of the server's clock ({received_at.isoformat()}); send the time of the call, "
+            "in UTC or with its offset",
+            ["occurred_at"],
+        )
+    oldest = received_at - retention
+    if at < oldest:
+        raise InvalidEvent(
+            f"occurred_at {at.isoformat()} is older than the retention of {retention.days} days "
+            f"(USAGE_RETENTION_DAYS): the ledger keeps no usage before {oldest.isoformat()}",
+            ["occurred_at"],
+        )
+    return at
+
+
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
+def check_tags(tags: Mapping[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise InvalidEvent(f"tags: at most {MAX_TAGS} keys; got {len(tags)}", ["tags"])
+    for key, value in tags.items():
+        if not TAG_KEY.match(key):
+            raise InvalidEvent(
+                f"tags: key {key[:80]!r} is not allowed: use 1 to {MAX_TAG_KEY} ASCII letters, "
+                "digits and _ . : / -",
+                [f"tags.{key[:80]}"],
+            )
+        if not value or len(value) > MAX_TAG_VALUE or _has_control(value):
+            raise InvalidEvent(
+                f"tags: the value of {key!r} must be 1 to {MAX_TAG_VALUE} characters without "
+                "control characters",
+                [f"tags.{key}"],
+            )
+
+
+def _check_text(value: str, field: str) -> None:
+    if _has_control(value) or not value.strip():
+        raise InvalidEvent(f"{field} must not be blank or hold control characters", [field])
+
+
+def _has_control(text: str) -> bool:
+    return not text.isprintable() and any(unicodedata.category(c) == "Cc" for c in text)

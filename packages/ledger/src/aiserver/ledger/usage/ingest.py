@@ -1,0 +1,388 @@
+"""Recording usage: check, price and write a request's events in one transaction.
+
+    recorder = UsageRecorder(settings)
+    report = await recorder.record(pool, project_id, items, catalog=catalog)
+
+Each event ends in one of four results, in the order the events came:
+
+- `recorded`: new; priced (or kept `unpriced`, or `partially_priced`) and written;
+- `duplicate`: its key was recorded before with the same payload; the answer is the original
+  event's (its id, cost and price version); nothing is written;
+- `conflict`: its key was recorded before with another payload; nothing is written and the
+  original is not touched;
+- `invalid`: it cannot be recorded as sent (its problem names the fields); nothing is written.
+
+All the request's writes are one transaction, and `record` returns only after its COMMIT: a
+result of `recorded` means durable, and a request that fails (the database goes away, the
+process dies) has written nothing, so its retry with the same keys records every event once.
+The first event with a key in a request wins; a later one in the same request is its duplicate
+(or conflict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import asyncpg
+import msgspec
+
+from aiserver.core_db.errors import AiserverError, InvalidInput
+from aiserver.costs.calculator import CURRENCY
+from aiserver.costs.money import money
+from aiserver.costs.pricing import Usage
+from aiserver.ledger.errors import InvalidEvent, MalformedBody, TooManyEvents, UsageConflict
+from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage import store
+from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
+from aiserver.ledger.usage.partitions import Partitions, month_of
+from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
+
+if TYPE_CHECKING:
+    from aiserver.costs.catalog import Catalog
+
+MAX_JSON_EVENTS: Final = 10_000
+MAX_NDJSON_EVENTS: Final = 100_000
+#: The largest bodies (413 above): 10,000 JSON events, 100,000 JSON lines, with room to spare.
+MAX_JSON_BYTES: Final = 16 * 1024 * 1024
+MAX_NDJSON_BYTES: Final = 64 * 1024 * 1024
+
+ResultStatus = Literal["recorded", "duplicate", "conflict", "invalid"]
+
+
+class EventResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of one event. Money is an exact decimal string."""
+
+    status: ResultStatus
+    id: str | None  # the client's key, where the event had a readable one
+    event_id: int | None = None
+    occurred_at: datetime | None = None
+    pricing_status: PricingStatus | None = None
+    total: str | None = None
+    currency: str | None = None
+    price_version: int | None = None
+    unpriced: list[str] | None = None
+    note: str | None = None  # why it is unpriced; which prices were used
+    problem: dict[str, Any] | None = None
+
+
+class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
+    results: list[EventResult]
+    recorded: int
+    duplicate: int
+    conflict: int
+    invalid: int
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+_EVENT: Final = msgspec.json.Decoder(UsageEventIn)
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    events: list[msgspec.Raw] | None = None
+
+
+class _Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+
+
+class _KeyOnly(msgspec.Struct, frozen=True):
+    id: Any = None
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
+_BATCH: Final = msgspec.json.Decoder(_Batch)
+_KEY_ONLY: Final = msgspec.json.Decoder(_KeyOnly)
+
+Item = UsageEventIn | AiserverError
+
+
+def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
+    """One event from its JSON; `InvalidEvent` naming the field, `MalformedBody` if not JSON."""
+    try:
+        return _EVENT.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path = message.rpartition(" - at `$")[2].rstrip("`").lstrip(".")
+        raise InvalidEvent(f"invalid event: {message}", [path] if path != message else []) from None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the event is not valid JSON: {exc}") from None
+
+
+def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
+    items: list[Item] = []
+    for raw in raws:
+        try:
+            items.append(decode_event(raw))
+        except AiserverError as exc:
+            items.append(exc)
+    return items
+
+
+def split_json(body: bytes) -> list[msgspec.Raw] | None:
+    """The events of a `{"events": [...]}` body, or None for a body that is one event."""
+    try:
+        envelope = _ENVELOPE.decode(body)
+        if envelope.events is None:
+            return None
+        events = _BATCH.decode(body).events
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid request: {exc}", ["events"]) from None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    if not events:
+        raise InvalidEvent("events: send 1 to 10000 events", ["events"])
+    if len(events) > MAX_JSON_EVENTS:
+        raise TooManyEvents(
+            f"{len(events)} events in one request; at most {MAX_JSON_EVENTS} (split the batch, "
+            f"or send application/x-ndjson: up to {MAX_NDJSON_EVENTS} lines)"
+        )
+    return events
+
+
+def split_ndjson(body: bytes) -> list[bytes]:
+    """The lines of a JSON-lines body (blank lines skipped)."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if not lines:
+        raise InvalidEvent("the body holds no events: send one JSON event per line", ["events"])
+    if len(lines) > MAX_NDJSON_EVENTS:
+        raise TooManyEvents(
+            f"{len(lines)} lines in one request; at most {MAX_NDJSON_EVENTS} (split the file)"
+        )
+    return lines
+
+
+def _key_of(raw: bytes | msgspec.Raw) -> str | None:
+    try:
+        key = _KEY_ONLY.decode(raw).id
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+# -- recording -------------------------------------------------------------------------------
+
+_NUMBERS: Final = msgspec.json.Encoder(decimal_format="number")
+_MAIN_COUNTS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+_USAGE_DEFAULTS: Final = msgspec.structs.asdict(Usage())
+_NO_PARTITION: Final = "no partition of relation"
+
+
+@dataclass(slots=True)
+class _Accepted:
+    index: int
+    event: CheckedEvent
+    valuation: Valuation
+
+
+class UsageRecorder:
+    """Records usage for one process (it keeps which partitions exist)."""
+
+    def __init__(self, settings: LedgerSettings) -> None:
+        self.retention = timedelta(days=settings.usage_retention_days)
+        self.partitions = Partitions()
+
+    async def record(
+        self,
+        pool: asyncpg.Pool,
+        project_id: int,
+        items: Sequence[Item],
+        *,
+        catalog: Catalog | None,
+        why_no_catalog: str = "",
+        raws: Sequence[bytes | msgspec.Raw] | None = None,
+        now: datetime | None = None,
+    ) -> IngestReport:
+        """Check, price and write `items` (decoded events, or the error that decoding each
+        raised); `raws` are their JSON texts, to name the key of an event that is invalid."""
+        received_at = now or datetime.now(UTC)
+        results: list[EventResult | None] = [None] * len(items)
+        accepted: list[_Accepted] = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, AiserverError):
+                    raise item
+                event = check_event(item, received_at=received_at, retention=self.retention)
+                valuation = value_event(catalog, event, why_none=why_no_catalog)
+            except InvalidInput as exc:
+                key = item.id if isinstance(item, UsageEventIn) else None
+                if key is None and raws is not None:
+                    key = _key_of(raws[index])
+                results[index] = EventResult(status="invalid", id=key, problem=exc.problem())
+                continue
+            accepted.append(_Accepted(index, event, valuation))
+        if accepted:
+            await self._write(pool, project_id, accepted, results, received_at)
+        done = [r for r in results if r is not None]
+        counts = dict.fromkeys(("recorded", "duplicate", "conflict", "invalid"), 0)
+        for result in done:
+            counts[result.status] += 1
+        return IngestReport(results=done, **counts)
+
+    async def _write(
+        self,
+        pool: asyncpg.Pool,
+        project_id: int,
+        accepted: list[_Accepted],
+        results: list[EventResult | None],
+        received_at: datetime,
+    ) -> None:
+        first: dict[str, _Accepted] = {}
+        repeats: list[_Accepted] = []
+        for entry in accepted:
+            if entry.event.key in first:
+                repeats.append(entry)
+            else:
+                first[entry.event.key] = entry
+        ordered = sorted(first.values(), key=lambda a: a.event.key)  # one lock order for all
+        async with pool.acquire() as conn:
+            for attempt in (1, 2):
+                await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
+                try:
+                    async with conn.transaction():
+                        claimed, earlier = await self._write_once(
+                            conn, project_id, ordered, received_at
+                        )
+                    break
+                except asyncpg.CheckViolationError as exc:
+                    if _NO_PARTITION not in str(exc) or attempt == 2:
+                        raise
+                    self.partitions.forget()  # dropped behind this process's back: look again
+        answered: dict[str, EventResult] = {}
+        for entry in ordered:
+            key = entry.event.key
+            if key in claimed:
+                result = _recorded(entry, claimed[key])
+            else:
+                result = _earlier(entry.event, earlier[key])
+            results[entry.index] = answered[key] = result
+        for entry in repeats:
+            original = first[entry.event.key]
+            answer = answered[entry.event.key]
+            if entry.event.payload_hash != original.event.payload_hash:
+                results[entry.index] = _conflict(entry.event.key, answer.event_id)
+            elif answer.status == "recorded":
+                results[entry.index] = msgspec.structs.replace(answer, status="duplicate")
+            else:
+                results[entry.index] = answer
+
+    async def _write_once(
+        self,
+        conn: Any,
+        project_id: int,
+        ordered: list[_Accepted],
+        received_at: datetime,
+    ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
+        claimed = await store.claim_keys(
+            conn,
+            project_id,
+            [a.event.key for a in ordered],
+            [a.event.payload_hash for a in ordered],
+            [a.event.occurred_at for a in ordered],
+        )
+        others = [a.event.key for a in ordered if a.event.key not in claimed]
+        earlier = await store.recorded_keys(conn, project_id, others) if others else {}
+        if claimed:
+            await store.copy_events(
+                conn,
+                (
+                    _row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
+                    for a in ordered
+                    if a.event.key in claimed
+                ),
+            )
+        return claimed, earlier
+
+
+def _row(
+    project_id: int, event_id: int, received_at: datetime, event: CheckedEvent, v: Valuation
+) -> tuple[Any, ...]:
+    usage = event.usage
+    other = {
+        name: value
+        for name, value in msgspec.structs.asdict(usage).items()
+        if name not in _MAIN_COUNTS and value != _USAGE_DEFAULTS[name]
+    }
+    components = (
+        _NUMBERS.encode([[c.name, c.quantity, c.unit_price, c.cost] for c in v.components]).decode()
+        if v.components
+        else None
+    )
+    return (
+        project_id,
+        event.occurred_at,
+        event_id,
+        received_at,
+        event.key,
+        event.model,
+        event.provider,
+        v.matched_model,
+        v.matched_provider,
+        event.usage_format,
+        event.service_tier,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+        _NUMBERS.encode(other).decode() if other else None,
+        _NUMBERS.encode(event.tags).decode(),
+        v.status,
+        v.total,
+        components,
+        list(v.unpriced) or None,
+        v.note,
+        list(v.suggestions) or None,
+        v.price_version,
+        v.catalog_version,
+        v.override_id,
+    )
+
+
+def _recorded(entry: _Accepted, event_id: int) -> EventResult:
+    v = entry.valuation
+    return EventResult(
+        status="recorded",
+        id=entry.event.key,
+        event_id=event_id,
+        occurred_at=entry.event.occurred_at,
+        pricing_status=v.status,
+        total=money(v.total) if v.total is not None else None,
+        currency=CURRENCY,
+        price_version=v.price_version,
+        unpriced=list(v.unpriced) or None,
+        note=v.note,
+    )
+
+
+def _earlier(event: CheckedEvent, earlier: store.RecordedKey) -> EventResult:
+    if earlier.payload_hash != event.payload_hash:
+        return _conflict(event.key, earlier.event_id)
+    return EventResult(
+        status="duplicate",
+        id=event.key,
+        event_id=earlier.event_id,
+        occurred_at=earlier.occurred_at,
+        pricing_status=earlier.status,  # type: ignore[arg-type]  # the table's CHECK holds it
+        total=money(earlier.total_cost) if earlier.total_cost is not None else None,
+        currency=CURRENCY,
+        price_version=earlier.price_version,
+    )
+
+
+def _conflict(key: str, event_id: int | None) -> EventResult:
+    error = UsageConflict(
+        f"event key {key!r} was recorded before with another payload (event {event_id}); "
+        "nothing was changed: send a new key for a new event",
+        event_id or 0,
+    )
+    return EventResult(status="conflict", id=key, event_id=event_id, problem=error.problem())

@@ -1,0 +1,83 @@
+"""What a recorded call cost: priced as of its `occurred_at`, or why it could not be.
+
+Three outcomes, never a silent $0:
+
+- `priced`: every dimension the call used has a price; `total` is their exact sum;
+- `partially_priced`: some dimensions have no price in the model's entry; `total` is what the
+  priced ones cost, and `unpriced` names the others;
+- `unpriced`: the model is unknown (or was not in the catalog at the time of the call), or no
+  catalog is loaded yet; `total` is None, `note` says why and `suggestions` names close models.
+  The event is kept all the same: a reprice prices it once the catalog can.
+
+A usage that is wrong (a part larger than its total, ...) is not an outcome: it raises the
+costs package's `UsageError`, and the event is invalid.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Final, Literal
+
+import msgspec
+
+from aiserver.costs.calculator import CostRequest, calculate
+from aiserver.costs.catalog import Catalog
+from aiserver.costs.errors import UnknownModel
+from aiserver.costs.pricing import CostComponent, validate_usage
+from aiserver.ledger.usage.events import CheckedEvent
+
+PricingStatus = Literal["priced", "partially_priced", "unpriced"]
+PRICING_STATUSES: Final = ("priced", "partially_priced", "unpriced")
+
+
+class Valuation(msgspec.Struct, frozen=True, kw_only=True):
+    status: PricingStatus
+    total: Decimal | None
+    components: tuple[CostComponent, ...] = ()
+    unpriced: tuple[str, ...] = ()
+    note: str | None = None
+    suggestions: tuple[str, ...] = ()
+    matched_model: str | None = None
+    matched_provider: str | None = None
+    price_version: int | None = None
+    catalog_version: int | None = None
+    override_id: int | None = None
+
+
+def value_event(catalog: Catalog | None, event: CheckedEvent, *, why_none: str = "") -> Valuation:
+    """Price `event` with the prices valid at its `occurred_at`. `catalog` None: none is loaded
+    yet (`why_none` says why), and the event is kept unpriced."""
+    if catalog is None:
+        validate_usage(event.usage)
+        return Valuation(status="unpriced", total=None, note=why_none or "no catalog is loaded")
+    request = CostRequest(
+        model=event.model,
+        provider=event.provider,
+        usage=event.usage,
+        service_tier=event.service_tier,
+        at=event.occurred_at,
+    )
+    try:
+        result = calculate(catalog, request)
+    except UnknownModel as exc:
+        validate_usage(event.usage)
+        return Valuation(
+            status="unpriced",
+            total=None,
+            note=str(exc),
+            suggestions=exc.suggestions,
+            catalog_version=catalog.version,
+        )
+    notes = "; ".join(result.notes)
+    return Valuation(
+        status="partially_priced" if result.unpriced else "priced",
+        total=result.total,
+        components=result.components,
+        unpriced=result.unpriced,
+        note=notes or None,
+        matched_model=result.model,
+        matched_provider=result.provider,
+        price_version=result.price_version,
+        catalog_version=result.catalog_version,
+        override_id=result.override_id,
+    )
