@@ -5,5 +5,5 @@
 - :mod:`.ingest`: recording a request's events in one transaction (recorded, duplicate,
   conflict, invalid);
 - :mod:`.partitions`: the monthly partitions, made ahead and dropped after the retention;
-- :mod:`.store`: every statement on the usage tables.
+- :mod:`.store`: every statement on the usage tables (`events`, `partitions`).
 """

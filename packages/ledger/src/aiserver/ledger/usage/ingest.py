@@ -35,9 +35,9 @@ from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
 from aiserver.ledger.errors import InvalidEvent, MalformedBody, TooManyEvents, UsageConflict
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage import store
 from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
+from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from aiserver.core_db.logging import get_logger
-from aiserver.ledger.usage import store
+from aiserver.ledger.usage.store import partitions as store
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection

@@ -1,0 +1,1 @@
+"""Every statement on the usage tables: `events` (writing them), `partitions`."""
