@@ -70,7 +70,7 @@ async def client(api_settings: Settings, redis_clean: None) -> AsyncIterator[Asy
 
 
 @pytest.fixture
-async def db(api_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def pg(api_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the API's database, to look at what it stored."""
     conn = await asyncpg.connect(api_settings.core.database_url)
     try:

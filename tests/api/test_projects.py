@@ -248,25 +248,25 @@ async def test_keys_appear_in_no_log_line_problem_or_metric(
 
 
 async def test_only_the_hash_of_a_secret_is_stored_and_use_is_recorded_without_a_write_each(
-    api_settings: Settings, redis_clean: None, db: asyncpg.Connection
+    api_settings: Settings, redis_clean: None, pg: asyncpg.Connection
 ) -> None:
     version = "SELECT xmin::text, last_used_at FROM api_keys WHERE id = $1"
     async with AsyncTestClient(app=create_app(api_settings)) as client:
         await make_project(client, "acme-a")
         created = await make_key(client, "acme-a", ["read"])
         key, key_id = created["key"], created["id"]
-        dump = repr([dict(r) for r in await db.fetch("SELECT * FROM api_keys")])
+        dump = repr([dict(r) for r in await pg.fetch("SELECT * FROM api_keys")])
         for text in (key, key.split("_", 2)[2]):
             assert text not in dump
-        before = await db.fetchrow(version, key_id)
+        before = await pg.fetchrow(version, key_id)
         for _ in range(20):
             response = await client.get("/v1/projects/acme-a", headers=bearer(key))
             assert response.status_code == 200
         # the row is untouched: uses wait in memory for API_KEY_LAST_USED_INTERVAL_SECONDS
-        assert await db.fetchrow(version, key_id) == before
+        assert await pg.fetchrow(version, key_id) == before
         assert before["last_used_at"] is None
     # ... and are written when the process stops, or every interval
-    stopped = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+    stopped = await pg.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
     assert stopped is not None
     assert datetime.now(UTC) - stopped < timedelta(minutes=1)
 
@@ -275,7 +275,7 @@ async def test_only_the_hash_of_a_secret_is_stored_and_use_is_recorded_without_a
         response = await client.get("/v1/projects/acme-a", headers=bearer(key))
         assert response.status_code == 200
         for _ in range(50):
-            used_at = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+            used_at = await pg.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
             if used_at > stopped:
                 break
             await asyncio.sleep(0.1)

@@ -29,8 +29,8 @@ async def post(client: Client, key: str, body: Any, **kwargs: Any) -> Any:
     return await client.post("/v1/usage", headers=bearer(key), json=body, **kwargs)
 
 
-async def stored(db: asyncpg.Connection) -> list[dict[str, Any]]:
-    rows = await db.fetch(
+async def stored(pg: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await pg.fetch(
         "SELECT p.slug, e.* FROM usage_events e JOIN projects p ON p.id = e.project_id"
         " ORDER BY e.id"
     )
@@ -38,7 +38,7 @@ async def stored(db: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def test_one_event_is_priced_exactly_and_kept_with_its_outbox_and_key_rows(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     response = await post(client, tenants.ingest_a["key"], event("req-1"))
     assert response.status_code == 201, response.text
@@ -49,7 +49,7 @@ async def test_one_event_is_priced_exactly_and_kept_with_its_outbox_and_key_rows
     assert body["currency"] == "USD"
     assert body["pricing_status"] == "priced"
     assert body["id"] == "req-1"
-    (row,) = await stored(db)
+    (row,) = await stored(pg)
     assert row["slug"] == "acme-a"
     assert row["id"] == body["event_id"]
     assert row["total_cost"] == Decimal("0.004")
@@ -59,12 +59,12 @@ async def test_one_event_is_priced_exactly_and_kept_with_its_outbox_and_key_rows
     assert row["output_tokens"] == 500
     assert msgspec.json.decode(row["tags"]) == {"team": "search"}
     assert row["price_version"] == body["price_version"]
-    assert await db.fetchval("SELECT count(*) FROM usage_outbox") == 1
-    assert await db.fetchval("SELECT count(*) FROM usage_idempotency") == 1
+    assert await pg.fetchval("SELECT count(*) FROM usage_outbox") == 1
+    assert await pg.fetchval("SELECT count(*) FROM usage_idempotency") == 1
 
 
 async def test_the_same_event_sent_three_times_is_recorded_once(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     answers = [await post(client, tenants.ingest_a["key"], event("req-1")) for _ in range(3)]
     assert [a.status_code for a in answers] == [201, 200, 200]
@@ -73,12 +73,12 @@ async def test_the_same_event_sent_three_times_is_recorded_once(
         assert other["status"] == "duplicate"
         assert other["event_id"] == first["event_id"]
         assert other["total"] == "0.004"
-    assert len(await stored(db)) == 1
-    assert await db.fetchval("SELECT count(*) FROM usage_outbox") == 1
+    assert len(await stored(pg)) == 1
+    assert await pg.fetchval("SELECT count(*) FROM usage_outbox") == 1
 
 
 async def test_the_same_key_with_another_payload_is_a_conflict_that_changes_nothing(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     first = (await post(client, tenants.ingest_a["key"], event("req-1"))).json()
     changed = event("req-1", usage={"input_tokens": 9999})
@@ -86,12 +86,12 @@ async def test_the_same_key_with_another_payload_is_a_conflict_that_changes_noth
     body = assert_problem(response, 409, "recorded before with another payload")
     assert body["type"] == "urn:aiserver:problem:usage-conflict"
     assert body["event_id"] == first["event_id"]
-    (row,) = await stored(db)
+    (row,) = await stored(pg)
     assert row["input_tokens"] == 1000
 
 
 async def test_a_batch_answers_each_event_in_order_with_counts(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     await post(client, tenants.ingest_a["key"], event("old"))
     batch = [
@@ -122,7 +122,7 @@ async def test_a_batch_answers_each_event_in_order_with_counts(
     assert unknown["pricing_status"] == "unpriced"
     assert unknown["total"] is None
     assert "no-such-model-anywhere" in unknown["note"]
-    rows = await stored(db)
+    rows = await stored(pg)
     assert sorted(r["event_key"] for r in rows) == ["new-1", "new-2", "old"]
     unpriced = next(r for r in rows if r["event_key"] == "new-2")
     assert unpriced["status"] == "unpriced"
@@ -130,7 +130,7 @@ async def test_a_batch_answers_each_event_in_order_with_counts(
 
 
 async def test_ndjson_records_every_line_and_a_bad_line_is_invalid_alone(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     lines = [msgspec.json.encode(event(f"line-{i}")) for i in range(5)]
     lines[2] = b'{"id": "line-2", "model": '
@@ -145,7 +145,7 @@ async def test_ndjson_records_every_line_and_a_bad_line_is_invalid_alone(
         "recorded", "recorded", "invalid", "recorded", "recorded",
     ]  # fmt: skip
     assert body["results"][2]["problem"]["status"] == 400
-    assert len(await stored(db)) == 4
+    assert len(await stored(pg)) == 4
 
 
 async def test_occurred_at_in_the_future_or_past_the_retention_is_invalid(
@@ -163,13 +163,13 @@ async def test_occurred_at_in_the_future_or_past_the_retention_is_invalid(
 
 
 async def test_a_backfill_creates_its_month_s_partition(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     at = datetime(NOW.year - 1, NOW.month, 15, 12, tzinfo=UTC).isoformat()
     response = await post(client, tenants.ingest_a["key"], event("back", occurred_at=at))
     assert response.status_code == 201, response.text
     name = f"usage_events_p{NOW.year - 1:04d}{NOW.month:02d}"
-    partitions = await db.fetch(
+    partitions = await pg.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'usage_events'::regclass"
     )

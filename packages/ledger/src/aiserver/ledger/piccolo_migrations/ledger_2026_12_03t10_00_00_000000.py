@@ -58,6 +58,12 @@ STATEMENTS = (
     # tag equality (`tags @> '{"team": "search"}'`) for listing events and for the spend of tag
     # keys that a project does not roll up
     "CREATE INDEX usage_events_by_tags ON usage_events USING gin (tags jsonb_path_ops)",
+    # the events that wait for a price: a reprice after a catalog change finds them here (the
+    # index holds only them, so it stays small however many events are priced)
+    """
+    CREATE INDEX usage_events_unpriced ON usage_events (model, provider, project_id)
+        WHERE status = 'unpriced'
+    """,
     """
     CREATE TABLE usage_idempotency (
         project_id    BIGINT NOT NULL,

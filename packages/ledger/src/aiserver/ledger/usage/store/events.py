@@ -116,3 +116,30 @@ async def recorded_keys(
 async def copy_events(conn: DbConnection, rows: Iterable[Sequence[Any]]) -> None:
     """Write events (tuples in `EVENT_COLUMNS` order) with COPY: the fastest way in."""
     await conn.copy_records_to_table("usage_events", records=rows, columns=EVENT_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class UnpricedModel:
+    """A model name (as reported) that some events of a project could not be priced with."""
+
+    project_id: int
+    model: str
+    provider: str | None
+    events: int
+    first_at: datetime
+    last_at: datetime
+
+
+async def unpriced_models(conn: DbConnection) -> list[UnpricedModel]:
+    """Every (project, model, provider) with events kept unpriced, from their partial index: what a
+    reprice looks at after the catalog changed."""
+    rows = await conn.fetch(
+        """
+        SELECT project_id, model, provider, count(*) AS events,
+               min(occurred_at) AS first_at, max(occurred_at) AS last_at
+        FROM usage_events WHERE status = 'unpriced'
+        GROUP BY project_id, model, provider
+        ORDER BY project_id, model, provider NULLS FIRST
+        """
+    )
+    return [UnpricedModel(**dict(r)) for r in rows]

@@ -1,0 +1,198 @@
+"""Recording usage in the ledger itself: pricing as of the call, the unpriced state, and the
+payload that decides duplicate against conflict."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from aiserver.core_db.database import database, require_pool
+from aiserver.costs.catalog import Catalog
+from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
+
+from ..conftest import Settings
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+T1 = datetime(2026, 11, 20, tzinfo=UTC)  # gpt-x's price changes here
+NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
+
+
+def catalog(*extra: dict[str, Any]) -> Catalog:
+    """gpt-x: 1e-06/2e-06 per token until T1, then 3e-06/6e-06; rare-x prices no audio."""
+    rows = [
+        _row(1, "gpt-x", T0, T1, input_cost_per_token=Decimal("1e-06"),
+             output_cost_per_token=Decimal("2e-06")),
+        _row(2, "gpt-x", T1, None, input_cost_per_token=Decimal("3e-06"),
+             output_cost_per_token=Decimal("6e-06")),
+        _row(3, "rare-x", T0, None, input_cost_per_token=Decimal("1e-06"),
+             output_cost_per_token=Decimal("1e-06")),
+        *extra,
+    ]  # fmt: skip
+    return Catalog.build(rows, aliases={}, version=7)
+
+
+def _row(
+    id: int, model: str, start: datetime, end: datetime | None, **prices: Any
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "source": "test",
+        "provider": "openai",
+        "model": model,
+        "mode": "chat",
+        "valid_from": start,
+        "valid_to": end,
+        "entry": {"litellm_provider": "openai", "mode": "chat", **prices},
+    }
+
+
+def raw(key: str, **fields: Any) -> bytes:
+    body = {"id": key, "model": "gpt-x", "usage": {"input_tokens": 100, "output_tokens": 10}}
+    return msgspec.json.encode({**body, **fields})
+
+
+@pytest.fixture
+async def ledger(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, int]]:
+    async with database(settings.core):
+        pool = require_pool()
+        project_id = await pool.fetchval(
+            "INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id"
+        )
+        yield pool, project_id
+
+
+async def record(ledger: tuple[asyncpg.Pool, int], cat: Catalog | None, *raws: bytes) -> Any:
+    pool, project_id = ledger
+    recorder = UsageRecorder(LedgerSettings())
+    items = decode_items(raws)
+    return await recorder.record(
+        pool, project_id, items, catalog=cat, why_no_catalog="no catalog yet", raws=raws, now=NOW
+    )
+
+
+async def test_each_event_is_priced_with_the_price_version_of_its_own_time(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    report = await record(
+        ledger,
+        catalog(),
+        raw("before", occurred_at="2026-11-10T00:00:00Z"),
+        raw("after", occurred_at="2026-11-25T00:00:00Z"),
+    )
+    before, after = report.results
+    # 100 * 1e-06 + 10 * 2e-06 = 0.00012; then 100 * 3e-06 + 10 * 6e-06 = 0.00036
+    assert (before.total, before.price_version) == ("0.00012", 1)
+    assert (after.total, after.price_version) == ("0.00036", 2)
+    pool, _ = ledger
+    rows = await pool.fetch(
+        "SELECT event_key, total_cost, price_version, catalog_version, components::text"
+        " FROM usage_events ORDER BY event_key"
+    )
+    assert [(r["event_key"], r["total_cost"], r["price_version"], r["catalog_version"])
+            for r in rows] == [("after", Decimal("0.00036"), 2, 7),
+                               ("before", Decimal("0.00012"), 1, 7)]  # fmt: skip
+    components = msgspec.json.Decoder(float_hook=Decimal).decode(rows[1]["components"])
+    assert components == [
+        ["input", 100, Decimal("0.000001"), Decimal("0.0001")],
+        ["output", 10, Decimal("0.000002"), Decimal("0.00002")],
+    ]
+
+
+async def test_an_unknown_model_is_kept_unpriced_with_close_matches_and_found_for_a_reprice(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    report = await record(
+        ledger,
+        catalog(),
+        raw("u1", model="gpt-y"),
+        raw("u2", model="gpt-y"),
+        raw("p", model="gpt-x"),
+    )
+    first = report.results[0]
+    assert (first.status, first.pricing_status, first.total) == ("recorded", "unpriced", None)
+    assert first.note == "unknown model 'gpt-y'; did you mean 'gpt-x'?"
+    pool, project_id = ledger
+    row = await pool.fetchrow("SELECT * FROM usage_events WHERE event_key = 'u1'")
+    assert (row["status"], row["total_cost"], row["suggestions"]) == ("unpriced", None, ["gpt-x"])
+    assert row["matched_model"] is None
+    # what the reprice after a catalog change looks at: only the unpriced, grouped by name
+    async with pool.acquire() as conn:
+        found = await unpriced_models(conn)
+    assert found == [
+        UnpricedModel(project_id=project_id, model="gpt-y", provider=None, events=2,
+                      first_at=NOW, last_at=NOW)
+    ]  # fmt: skip
+    later = catalog(_row(4, "gpt-y", T0, None, input_cost_per_token=Decimal("1e-06")))
+    assert later.resolve(found[0].model).key == "gpt-y"
+
+
+async def test_without_a_catalog_events_are_kept_unpriced_and_a_wrong_usage_is_still_invalid(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    report = await record(
+        ledger,
+        None,
+        raw("a"),
+        raw("b", usage={"input_tokens": 1, "reasoning_tokens": 5}),
+    )
+    kept, wrong = report.results
+    assert (kept.status, kept.pricing_status, kept.note) == (
+        "recorded",
+        "unpriced",
+        "no catalog yet",
+    )
+    assert wrong.status == "invalid"
+    assert wrong.problem["fields"] == ["reasoning_tokens", "output_tokens"]
+
+
+async def test_a_dimension_without_a_price_makes_the_event_partially_priced(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    usage = {"input_tokens": 100, "images": 2}
+    (result,) = (await record(ledger, catalog(), raw("a", model="rare-x", usage=usage))).results
+    assert result.pricing_status == "partially_priced"
+    assert result.unpriced == ["images"]
+    assert result.total == "0.0001"  # the 100 tokens at 1e-06; rare-x has no image price
+
+
+@pytest.mark.parametrize(
+    ("again", "status"),
+    [
+        (
+            {"usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_tokens": 0}},
+            "duplicate",
+        ),
+        ({"tags": {}}, "duplicate"),
+        ({"occurred_at": None}, "duplicate"),
+        ({"usage": {"input_tokens": 101, "output_tokens": 10}}, "conflict"),
+        ({"tags": {"team": "x"}}, "conflict"),
+        ({"occurred_at": "2026-12-03T11:00:00Z"}, "conflict"),
+        ({"model": "rare-x"}, "conflict"),
+        ({"service_tier": "batch"}, "conflict"),
+    ],
+)
+async def test_what_makes_a_resent_event_a_duplicate_or_a_conflict(
+    ledger: tuple[asyncpg.Pool, int], again: dict[str, Any], status: str
+) -> None:
+    first = (await record(ledger, catalog(), raw("k"))).results[0]
+    second = (await record(ledger, catalog(), raw("k", **again))).results[0]
+    assert (second.status, second.event_id) == (status, first.event_id)
+    pool, _ = ledger
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 1
+
+
+async def test_an_occurred_at_without_an_offset_is_utc_and_one_within_five_minutes_ahead_is_kept(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    ahead = (NOW + timedelta(minutes=4)).replace(tzinfo=None).isoformat()
+    (result,) = (await record(ledger, catalog(), raw("a", occurred_at=ahead))).results
+    assert result.status == "recorded"
+    assert result.occurred_at == NOW + timedelta(minutes=4)
