@@ -183,3 +183,16 @@ async def test_ingest_needs_a_project_key_with_the_ingest_scope(
     assert_problem(response, 403, "needs a project's key with the scope 'ingest'")
     response = await post(client, tenants.revoked_a, event("x"))
     assert_problem(response, 401, "revoked")
+
+
+async def test_the_openapi_document_describes_the_three_bodies(client: Client) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    body = document["paths"]["/v1/usage"]["post"]["requestBody"]
+    assert set(body["content"]) == {"application/json", "application/x-ndjson"}
+    one, batch = body["content"]["application/json"]["schema"]["oneOf"]
+    assert one["required"] == ["id", "model"]
+    assert set(one["properties"]) == {
+        "id", "model", "provider", "usage", "usage_format", "service_tier", "occurred_at", "tags",
+    }  # fmt: skip
+    assert batch["properties"]["events"]["maxItems"] == 10_000
+    assert batch["properties"]["events"]["items"] == one

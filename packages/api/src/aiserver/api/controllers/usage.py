@@ -7,10 +7,13 @@ database's COMMIT (see `aiserver.ledger.usage.ingest`).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
+import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
@@ -21,11 +24,13 @@ from aiserver.core_db.database import require_pool
 from aiserver.costs.live import LiveCatalog
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import TooManyEvents
+from aiserver.ledger.usage.events import UsageEventIn
 from aiserver.ledger.usage.ingest import (
     MAX_JSON_BYTES,
     MAX_NDJSON_BYTES,
     EventResult,
     IngestReport,
+    UsageBatchIn,
     UsageRecorder,
     decode_items,
     split_json,
@@ -33,6 +38,46 @@ from aiserver.ledger.usage.ingest import (
 )
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/jsonlines"})
+
+
+# The handler reads the body itself (an event, a batch or JSON lines, each event checked on its
+# own), so its OpenAPI request body is written here, from the events' own msgspec types, inline
+# (Litestar writes the document's components itself).
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return _inline(defs[ref.rpartition("/")[2]], defs)
+        return {key: _inline(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(item, defs) for item in schema]
+    return schema
+
+
+def _schema_of(cls: type) -> Any:
+    schema = msgspec.json.schema(cls)
+    return _inline(schema, schema.get("$defs", {}))
+
+
+_BODY = RequestBody(
+    required=True,
+    description="One event, a batch (`events`, 1 to 10,000), or JSON lines (one event per line, "
+    "up to 100,000).",
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=cast("Schema", {"oneOf": [_schema_of(UsageEventIn), _schema_of(UsageBatchIn)]})
+        ),
+        "application/x-ndjson": OpenAPIMediaType(
+            schema=Schema(type=OpenAPIType.STRING, description="one usage event (JSON) per line")
+        ),
+    },
+)
+
+
+@dataclass
+class _IngestOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = _BODY
 
 
 class UsageController(Controller):
@@ -47,6 +92,7 @@ class UsageController(Controller):
         status_code=HTTP_200_OK,
         summary="Record model calls (scope ingest)",
         guards=[only_query()],
+        operation_class=_IngestOperation,
         responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
     )
     async def record_usage(

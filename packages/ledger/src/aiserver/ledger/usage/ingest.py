@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import asyncpg
 import msgspec
@@ -66,6 +66,12 @@ class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     unpriced: list[str] | None = None
     note: str | None = None  # why it is unpriced; which prices were used
     problem: dict[str, Any] | None = None
+
+
+class UsageBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A batch of events as its JSON schema says (`split_json` reads it an event at a time)."""
+
+    events: Annotated[list[UsageEventIn], msgspec.Meta(min_length=1, max_length=10_000)]
 
 
 class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
