@@ -67,7 +67,20 @@ def ready_lines(
         f"  curl -s {api_url}/v1/catalog",
         f"  curl -s {api_url}/v1/projects/demo -H 'Authorization: Bearer {demo_key}'",
         f"  curl -s {api_url}/v1/projects/demo/keys -H 'Authorization: Bearer {demo_key}'",
+        f"  {usage_curl(api_url, demo_key)}",
         "",
         "Ctrl-C stops everything.",
     ]
     return lines
+
+
+def usage_curl(api_url: str, key: str) -> str:
+    """Record one model call in the demo project (docs/usage.md); sent again, it is a duplicate."""
+    event = (
+        '{"id": "req-1", "model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500},'
+        ' "tags": {"user": "u-42"}}'
+    )
+    return (
+        f"curl -s {api_url}/v1/usage -H 'Authorization: Bearer {key}' "
+        f"-H 'content-type: application/json' -d '{event}'"
+    )

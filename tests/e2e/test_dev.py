@@ -300,6 +300,25 @@ async def test_dev_runs_the_system_on_given_servers_and_ctrl_c_leaves_no_process
         assert project.json()["rollup_tags"] == ["user", "team", "feature"]
         assert [k["scopes"] for k in keys.json()] == [["ingest", "read", "admin"]]
 
+        # the pasted usage curl records one call; pasted again it is the same event, once
+        usage = re.search(
+            r"curl -s (\S+/v1/usage) -H 'Authorization: Bearer (\S+)' "
+            r"-H 'content-type: application/json' -d '(.+)'",
+            output,
+        )
+        assert usage, dev.explain("no usage curl")
+        assert usage.group(2) == key
+        headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            sent = [await client.post(usage.group(1), content=usage.group(3), headers=headers)
+                    for _ in range(2)]  # fmt: skip
+        assert [r.status_code for r in sent] == [201, 200]
+        first, again = (r.json() for r in sent)
+        assert (first["status"], first["total"], first["pricing_status"]) == (
+            "recorded", "0.0075", "priced",
+        )  # fmt: skip
+        assert (again["status"], again["event_id"]) == ("duplicate", first["event_id"])
+
         await stop_and_check_nothing_is_left(dev, ("aiserver.api.cli", "aiserver.taskrunner.cli"))
 
 
