@@ -196,3 +196,36 @@ async def test_the_openapi_document_describes_the_three_bodies(client: Client) -
     }  # fmt: skip
     assert batch["properties"]["events"]["maxItems"] == 10_000
     assert batch["properties"]["events"]["items"] == one
+
+
+async def test_keys_are_per_project_and_a_key_never_reaches_another_project_s_events(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    a = (await post(client, tenants.ingest_a["key"], event("shared"))).json()
+    b = await post(client, tenants.admin_b["key"], event("shared", usage={"input_tokens": 7}))
+    assert b.status_code == 201  # B's own event: not A's duplicate, not a conflict with A's
+    assert b.json()["event_id"] != a["event_id"]
+    rows = await stored(pg)
+    assert [(r["slug"], r["event_key"], r["input_tokens"]) for r in rows] == [
+        ("acme-a", "shared", 1000),
+        ("acme-b", "shared", 7),
+    ]
+
+
+async def test_over_the_limits_is_a_413_problem_and_nothing_is_stored(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    key = tenants.ingest_a["key"]
+    response = await post(client, key, {"events": [event(f"e{i}") for i in range(10_001)]})
+    body = assert_problem(response, 413, "10001 events in one request; at most 10000")
+    assert body["type"] == "urn:aiserver:problem:too-many-events"
+    padded = {"events": [event("big", tags={"pad": "x" * 256})] * 70_000}  # about 17 MiB
+    response = await post(client, key, padded)
+    assert_problem(response, 413, "the most a JSON body may hold")
+    ndjson = {**bearer(key), "Content-Type": "application/x-ndjson"}
+    line = msgspec.json.encode(event("n")) + b"\n"
+    response = await client.post("/v1/usage", headers=ndjson, content=line * 100_001)
+    assert_problem(response, 413, "100001 lines in one request; at most 100000")
+    response = await client.post("/v1/usage", headers=ndjson, content=b" " * (64 * 1024 * 1024 + 1))
+    assert_problem(response, 413, "too large")
+    assert await stored(pg) == []
