@@ -21,6 +21,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -299,17 +300,39 @@ def peak_rss_kb(stderr: str) -> int:
 # -- a TCP proxy the test can cut ---------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class _Link:
+    """One proxied connection: its two ends, and whether the target's answers are held."""
+
+    client: asyncio.StreamWriter
+    target: asyncio.StreamWriter
+    holding: bool
+    watched: int = 0  # how many of the proxy's `hold_after` markers the client has sent
+    tail: bytes = b""  # the end of what the client sent, for a marker split between reads
+
+    def abort(self) -> None:
+        for writer in (self.client, self.target):
+            writer.transport.abort()
+
+
 @dataclass
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`. `cut()` resets every open connection and closes
-    the port (new connections are refused); `restore()` opens it again on the same port."""
+    the port (new connections are refused); `restore()` opens it again on the same port.
+
+    With `hold_answers`, what the target sends back is read and kept from the client (`held`
+    counts its bytes): the request arrives whole, its answer never does. `hold_after_sending`
+    does the same on a connection only once its client has sent given bytes, in order."""
 
     target_host: str
     target_port: int
     port: int = 0
     accepted: int = 0
+    hold_answers: bool = False
+    hold_after: tuple[bytes, ...] = ()
+    held: int = 0
     _server: asyncio.Server | None = None
-    _links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = field(default_factory=set)
+    _links: set[_Link] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
@@ -322,6 +345,14 @@ class TcpProxy:
     def is_open(self) -> bool:
         return self._server is not None
 
+    def hold_after_sending(self, *markers: bytes) -> None:
+        """From now on, a connection whose client sends each of `markers` in order (say a
+        COPY, then a COMMIT) gets no more answers from the target: what the client sent
+        arrives, the answer to it is held. No markers: nothing more is held."""
+        self.hold_after = markers
+        for link in self._links:
+            link.watched, link.tail = 0, b""
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:
@@ -329,11 +360,11 @@ class TcpProxy:
         except OSError:
             client_w.transport.abort()
             return
-        link = (client_w, target_w)
+        link = _Link(client_w, target_w, holding=self.hold_answers)
         self._links.add(link)
         pumps = [
-            asyncio.create_task(self._pump(client_r, target_w)),
-            asyncio.create_task(self._pump(target_r, client_w)),
+            asyncio.create_task(self._forward(client_r, link)),
+            asyncio.create_task(self._back(target_r, link)),
         ]
         self._tasks.update(pumps)
         try:
@@ -342,16 +373,35 @@ class TcpProxy:
             for task in pumps:
                 task.cancel()
                 self._tasks.discard(task)
-            for writer in link:
-                writer.transport.abort()
+            link.abort()
             self._links.discard(link)
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _forward(self, reader: asyncio.StreamReader, link: _Link) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+                self._watch(link, data)  # before the target can answer it
+                link.target.write(data)
+                await link.target.drain()
+
+    def _watch(self, link: _Link, data: bytes) -> None:
+        markers = self.hold_after
+        if link.holding or not markers:
+            return
+        text = link.tail + data
+        while link.watched < len(markers) and (at := text.find(markers[link.watched])) >= 0:
+            text = text[at + len(markers[link.watched]) :]
+            link.watched += 1
+        link.holding = link.watched == len(markers)
+        link.tail = text[-64:]
+
+    async def _back(self, reader: asyncio.StreamReader, link: _Link) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if link.holding:
+                    self.held += len(data)
+                else:
+                    link.client.write(data)
+                    await link.client.drain()
 
     async def cut(self) -> None:
         """The network to the target fails: open connections are reset, new ones refused."""
@@ -359,8 +409,7 @@ class TcpProxy:
         if server is not None:
             server.close()
         for link in list(self._links):
-            for writer in link:
-                writer.transport.abort()
+            link.abort()
         if server is not None:
             await server.wait_closed()
 
@@ -374,13 +423,23 @@ class TcpProxy:
 
 
 @contextlib.asynccontextmanager
-async def tcp_proxy(target_host: str, target_port: int) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target_host, target_port)
+async def tcp_proxy(
+    target_host: str, target_port: int, *, hold_answers: bool = False
+) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(target_host, target_port, hold_answers=hold_answers)
     await proxy.start()
     try:
         yield proxy
     finally:
         await proxy.stop()
+
+
+def through(url: str, port: int) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- an upstream that streams a huge body lazily -----------------------------------------------

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -34,6 +34,7 @@ from .harness import (
     errors_logged,
     priced_version,
     tcp_proxy,
+    through,
     versioned_document,
 )
 
@@ -78,14 +79,6 @@ async def _poll(api: ApiProcess, probe: Probe, stop: asyncio.Event, pause: float
                 kind = response.headers.get("content-type", "")
                 probe.answers.append((started, loop.time(), response.status_code, kind, body))
             await asyncio.sleep(pause)
-
-
-def _through(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _recovered_at(probe: Probe, after: float, ok: int) -> float:
@@ -133,7 +126,7 @@ async def test_a_database_outage_keeps_costs_answering_and_recovers_on_its_own(
 
     database = urlsplit(cfg.core.database_url)
     async with tcp_proxy(database.hostname or "127.0.0.1", database.port or 5432) as proxy:
-        via_proxy = _through(cfg.core.database_url, proxy.port)
+        via_proxy = through(cfg.core.database_url, proxy.port)
         env = api_env(via_proxy, upstream_url=upstream.url)
         async with api_process(env, tmp_path / "api.log") as api:
             catalog, ready = Probe("GET", "/v1/catalog"), Probe("GET", "/ready")
@@ -209,7 +202,7 @@ async def test_a_redis_outage_makes_refresh_503_and_recovers_on_its_own(
 
     async with tcp_proxy(redis.hostname or "127.0.0.1", redis.port or 6379) as proxy:
         env = api_env(cfg.core.database_url, upstream_url=upstream.url,
-                      REDIS_URL=_through(TEST_REDIS_URL, proxy.port))  # fmt: skip
+                      REDIS_URL=through(TEST_REDIS_URL, proxy.port))  # fmt: skip
         try:
             async with api_process(env, tmp_path / "api.log") as api:
                 refresh = Probe("POST", "/v1/catalog/refresh", headers=ADMIN)
