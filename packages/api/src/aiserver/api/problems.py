@@ -17,7 +17,7 @@ command-line tools' JSON output (`AiserverError.problem()`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    InternalServerException,
     SerializationException,
     ValidationException,
 )
@@ -183,6 +184,19 @@ class CheckedRequest(Request[Any, Any, Any]):
     Litestar answers with a 400; Litestar itself lets a decoder's UnicodeDecodeError or
     RecursionError through as a 500. Only public API: `Request.json` and `Request.body`.
     """
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        """The body's chunks; a client that hangs up before the body is complete is a 400 (its
+        fault, logged as such), where Litestar raises a 500."""
+        try:
+            async for chunk in super().stream():
+                yield chunk
+        except InternalServerException as exc:
+            if not self.is_connected or "disconnected" not in str(exc.detail):
+                raise
+            raise ClientException(
+                "the request body ended early: the client disconnected before sending all of it"
+            ) from None
 
     async def json(self) -> Any:
         body = await self.body()

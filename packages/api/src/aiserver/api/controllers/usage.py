@@ -100,7 +100,8 @@ class UsageController(Controller):
     ) -> Response[Any]:
         """Record one event (201, or 200 for a duplicate), `{"events": [...]}` or JSON lines
         (200, one result per event in order, and counts). A 2xx means durable; a failed
-        request stored nothing, and its retry with the same keys records each event once."""
+        request stored all of its events or none (never a part), and its retry with the same
+        keys records each event once."""
         project_id = access.project_key("ingest")
         body = await request.body()
         if request.content_type[0] in NDJSON_TYPES:

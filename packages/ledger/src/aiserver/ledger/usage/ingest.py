@@ -13,15 +13,17 @@ Each event ends in one of four results, in the order the events came:
 - `invalid`: it cannot be recorded as sent (its problem names the fields); nothing is written.
 
 All the request's writes are one transaction, and `record` returns only after its COMMIT: a
-result of `recorded` means durable, and a request that fails (the database goes away, the
-process dies) has written nothing, so its retry with the same keys records every event once.
+result of `recorded` means durable. A request that fails has stored all of its events or none,
+never a part: none when it failed before the COMMIT (the database went away, the process died),
+all when only the COMMIT's reply was lost on the way back. Either way its retry with the same
+keys records every event once (the ones stored come back as `duplicate`).
 The first event with a key in a request wins; a later one in the same request is its duplicate
 (or conflict).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -298,15 +300,22 @@ class UsageRecorder:
         others = [a.event.key for a in ordered if a.event.key not in claimed]
         earlier = await store.recorded_keys(conn, project_id, others) if others else {}
         if claimed:
-            await store.copy_events(
-                conn,
-                (
-                    _row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
-                    for a in ordered
-                    if a.event.key in claimed
-                ),
+            rows = (
+                _row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
+                for a in ordered
+                if a.event.key in claimed
             )
+            await store.copy_events(conn, _while_open(conn, rows))
         return claimed, earlier
+
+
+def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """The rows, until the connection is lost: COPY would encode the rest into a dead socket
+    (a warning each) before it noticed."""
+    for row in rows:
+        if conn.is_closed():
+            return
+        yield row
 
 
 def _row(
