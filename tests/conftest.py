@@ -164,8 +164,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 def taskrunner_settings(settings: Settings) -> TaskRunnerSettings:
     """The task runner's part of a test's settings."""
     return TaskRunnerSettings(
-        core=settings.core, costs=settings.costs, documents=settings.documents
-    )
+        core=settings.core, costs=settings.costs, documents=settings.documents,
+        ledger=settings.ledger,
+    )  # fmt: skip
 
 
 @pytest.fixture

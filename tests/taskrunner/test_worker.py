@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -17,10 +18,11 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
+from aiserver.ledger.usage.partitions import AHEAD, month_of, next_month, partition_name
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import cost_data_update_task
-from aiserver.taskrunner.worker import refresh_cron, worker_options
+from aiserver.taskrunner.worker import partitions_cron, refresh_cron, worker_options
 
 from ..conftest import Settings, make_settings, replace_settings, taskrunner_settings
 from ..support.catalog import fetch_one
@@ -199,7 +201,10 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout) == {
-        "cron": [["cron:cost_data_update_task", True, [0, 15, 30, 45]]],
+        "cron": [
+            ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
+            ["cron:usage_partitions_task", True, [17]],
+        ],
         "functions": ["process_document", "refresh_costs"],
         "redis": ["cache.example", 5],
         "startup": "startup",
@@ -258,3 +263,57 @@ async def test_check_is_0_with_a_live_worker_and_1_without(cfg: Settings, redis:
 async def test_check_fails_cleanly_when_redis_is_unreachable(cfg: Settings) -> None:
     unreachable = replace_settings(cfg, redis_url="redis://127.0.0.1:1/0")
     assert await check(unreachable) == 1
+
+
+def coming_months() -> list[str]:
+    """The partitions the maintenance keeps ahead now: this month and the next AHEAD."""
+    month, names = month_of(datetime.now(UTC)), []
+    for _ in range(AHEAD + 1):
+        names.append(partition_name(month))
+        month = next_month(month)
+    return names
+
+
+async def _partitions(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [r["relname"] for r in rows]
+
+
+async def test_the_worker_makes_the_coming_months_partitions_when_it_starts(
+    cfg: Settings, redis: ArqRedis
+) -> None:
+    """The cron runs hourly and at start; the job calls the ledger and answers what it did."""
+    assert partitions_cron().run_at_startup
+    expected = coming_months()
+    worker = await run_burst(make_worker(cfg, cron_jobs=[partitions_cron()]))
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+    assert await results(redis) == [
+        {
+            "outcome": "done", "created": expected, "dropped": [], "postponed": [],
+            "keys_forgotten": 0,
+        }
+    ]  # fmt: skip
+    assert await _partitions(cfg.core.database_url) == expected
+
+
+async def test_two_workers_starting_together_make_each_partition_once(
+    cfg: Settings, redis: ArqRedis
+) -> None:
+    expected = coming_months()
+    workers = await asyncio.gather(
+        run_burst(make_worker(cfg, cron_jobs=[partitions_cron()])),
+        run_burst(make_worker(cfg, cron_jobs=[partitions_cron()])),
+    )
+    assert [(w.jobs_complete, w.jobs_failed) for w in workers] == [(1, 0), (1, 0)]
+    done = await results(redis)
+    # one made them all; the other found the lock taken, or ran after and found nothing to do
+    assert sorted(r["outcome"] for r in done) in (["already_running", "done"], ["done", "done"])
+    assert sorted(name for r in done for name in r["created"]) == expected
+    assert await _partitions(cfg.core.database_url) == expected

@@ -3,13 +3,15 @@
 - `cost_data_update_task` (cron, and once at start): refresh the price catalog when the database
   says it is stale;
 - `refresh_costs(force)`: the same on demand (the API enqueues it by name, `REFRESH_JOB`);
-- `process_document(document_id)`: convert an uploaded document (`PROCESS_JOB`).
+- `process_document(document_id)`: convert an uploaded document (`PROCESS_JOB`);
+- `usage_partitions_task` (cron, hourly, and once at start): the usage ledger's monthly
+  partitions made ahead, those past USAGE_RETENTION_DAYS dropped (`PARTITIONS_TASK`).
 
-Fleet-wide single execution comes from the refresh's PostgreSQL advisory lock, not from arq's
-`unique`, which does not stop two workers from both running a job. A transient upstream fault is
-retried inside the refresh (MODEL_COST_FETCH_RETRIES, with backoff): the one retry policy. A
-refresh that still fails is recorded, and the catalog, still stale, is tried again at the next
-cron tick.
+Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
+the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
+running a job. A transient upstream fault is retried inside the refresh (MODEL_COST_FETCH_RETRIES,
+with backoff): the one retry policy. A refresh that still fails is recorded, and the catalog,
+still stale, is tried again at the next cron tick.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.ledger.usage.partitions import maintain
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -100,3 +103,10 @@ async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
     return await documents.process(
         require_pool(), document_id, settings.documents, ctx["document_slots"]
     )
+
+
+@logged_job
+async def usage_partitions_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: create the coming months' usage partitions, drop those past USAGE_RETENTION_DAYS."""
+    settings: TaskRunnerSettings = ctx["settings"]
+    return (await maintain(settings.core, settings.ledger)).as_dict()

@@ -7,7 +7,8 @@ settings from the environment, when arq first asks for it).
 Start-up initializes the database (migrations under an advisory lock, then the catalog seed)
 before the worker takes a job; `ctx` carries the settings and the pools that `startup` made. The
 catalog's staleness is checked at start as well as on every cron tick, so a fresh deployment or a
-restart after a day offline refreshes at once.
+restart after a day offline refreshes at once; so are the usage partitions (hourly), so that a
+fleet that was down at the turn of a month makes the new month's partition at once.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
+from aiserver.ledger.jobs import PARTITIONS_TASK
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
-from aiserver.taskrunner.jobs import cost_data_update_task, process_document, refresh_costs
+from aiserver.taskrunner.jobs import (
+    cost_data_update_task,
+    process_document,
+    refresh_costs,
+    usage_partitions_task,
+)
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -42,6 +49,12 @@ MAX_TRIES: Final = 3
 DOCUMENT_JOB_TIMEOUT_S: Final = 900
 #: On SIGTERM, running jobs get this long to finish; then they are cancelled and re-queued.
 JOB_COMPLETION_WAIT_S: Final = 25
+#: The partitions' maintenance runs at this minute of every hour (and at start).
+PARTITIONS_MINUTE: Final = 17
+#: A detach waits for the queries that were reading the partition, and the keys of a dropped
+#: month go in batches: room for both, below the hour between two runs. An interrupted run
+#: leaves nothing half done that the next one does not finish.
+PARTITIONS_JOB_TIMEOUT_S: Final = 1800
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -91,6 +104,21 @@ def refresh_cron(settings: TaskRunnerSettings) -> CronJob:
     )
 
 
+def partitions_cron() -> CronJob:
+    """The usage partitions' maintenance: at start, then hourly. arq enqueues each hourly tick
+    once for the fleet (the job id names the tick), but every runner runs it when it starts; the
+    maintenance's advisory lock lets one at a time work, and the others skip."""
+    return cron(
+        usage_partitions_task,
+        name=f"cron:{PARTITIONS_TASK}",
+        minute={PARTITIONS_MINUTE},
+        second=0,
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=PARTITIONS_JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
@@ -102,7 +130,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings)],
+        "cron_jobs": [refresh_cron(settings), partitions_cron()],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

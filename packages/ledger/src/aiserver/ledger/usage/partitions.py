@@ -2,14 +2,19 @@
 
 - A partition holds one calendar month in UTC, `usage_events_pYYYYMM`, [first day, next first).
 - The task runner keeps the current month and `AHEAD` months after it in place
-  (`maintain_partitions`, a cron that also runs at start).
+  (`maintain_partitions`, an hourly cron that also runs at start, once at a time across the
+  fleet: a runner that finds another one at it skips).
 - Ingest makes sure that the month of every event it records has its partition
   (`Partitions.ensure`): a backfill of a month nobody created is created then, under a lock per
   partition, so two API replicas (or an API replica and the cron) racing on one month create it
   once. There is no catch-all partition: an event is never parked where retention cannot drop it.
-- Retention: a partition whose whole month ended more than `USAGE_RETENTION_DAYS` (plus a day of
-  grace, so the cron never drops a month that ingest still accepts) ago is dropped whole (never a
-  `DELETE`), and the idempotency keys of its events are deleted in batches.
+- Retention: a partition whose whole month ended more than `USAGE_RETENTION_DAYS` plus a day of
+  `GRACE` ago is dropped whole (detached concurrently, then dropped; never a `DELETE`), and the
+  idempotency keys of its events are deleted in batches. Ingest refuses an event older than
+  `USAGE_RETENTION_DAYS`, so the day of grace (more than any clock skew between an API replica and
+  a task runner, or a request in flight) keeps ingest from ever targeting a month that retention
+  drops, and a key is forgotten only once its event can no longer be sent again. The outbox is
+  left to the rollups that own it.
 """
 
 from __future__ import annotations
@@ -17,19 +22,32 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import asyncpg
+
+from aiserver.core_db.connections import connect
+from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.ledger.usage.store import partitions as store
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.settings import LedgerSettings
 
 log = get_logger(__name__)
 
+#: Months made ahead of the current one.
 AHEAD: Final = 3
+#: Retention drops a month this long after ingest stopped accepting its events.
 GRACE: Final = timedelta(days=1)
+#: Idempotency keys deleted per statement.
 KEY_BATCH: Final = 10_000
+#: Where DETACH ... CONCURRENTLY is missing (Citus): how long a drop may queue ingest behind it.
+DROP_LOCK_TIMEOUT_MS: Final = 2_000
+#: One maintenance at a time across the fleet.
+MAINTENANCE_LOCK: Final = "ledger:usage-partitions"
 PREFIX: Final = "usage_events_p"
 
 
@@ -81,46 +99,145 @@ class Partitions:
         self.known.clear()
 
 
-async def create_month(conn: DbConnection, month: datetime) -> None:
+async def create_month(conn: DbConnection, month: datetime) -> bool:
+    """Create `month`'s partition unless it exists: True when this call created it."""
     name = partition_name(month)
-    if await store.create_partition(conn, name, month, next_month(month)):
+    created = await store.create_partition(conn, name, month, next_month(month))
+    if created:
         log.info("usage partition created", partition=name)
+    return created
 
 
 @dataclass(frozen=True, slots=True)
 class Maintenance:
-    created: list[str]
-    dropped: list[str]
-    keys_forgotten: int
+    """What one run did: the partitions created and dropped (by name), the drops put off to the
+    next run (Citus only: `usage_events` was busy) and the idempotency keys deleted. `ran` is
+    False when another process held the maintenance lock and this one did nothing."""
+
+    ran: bool
+    created: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    postponed: tuple[str, ...] = ()
+    keys_forgotten: int = 0
+
+    @property
+    def outcome(self) -> str:
+        return "done" if self.ran else "already_running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "created": list(self.created),
+            "dropped": list(self.dropped),
+            "postponed": list(self.postponed),
+            "keys_forgotten": self.keys_forgotten,
+        }
+
+
+def retention_horizon(now: datetime, retention_days: int) -> datetime:
+    """The first month retention keeps: every month before it ended at least
+    `retention_days` + `GRACE` before `now`."""
+    return month_of(now - timedelta(days=retention_days) - GRACE)
 
 
 async def maintain_partitions(
-    conn: DbConnection, *, retention_days: int, now: datetime | None = None
+    conn: asyncpg.Connection,
+    *,
+    retention_days: int,
+    now: datetime | None = None,
+    concurrently: bool | None = None,
 ) -> Maintenance:
-    """Create this month's and the next `AHEAD` months' partitions; drop those past retention."""
-    now = now or datetime.now(UTC)
-    existing = await store.existing_partitions(conn)
-    have = {month_of_partition(n) for n in existing}
+    """Create this month's and the next `AHEAD` months' partitions; drop those past retention and
+    forget their events' keys. Once at a time across the fleet: under an advisory lock, which a
+    second caller finds taken and returns at once (`ran` False).
+
+    `conn` must not be in a transaction. `concurrently`: detach before dropping, without blocking
+    ingest (None: unless Citus is installed, which lacks it); False drops each partition in one
+    statement under `DROP_LOCK_TIMEOUT_MS`.
+    """
+    if not await try_advisory_lock(conn, MAINTENANCE_LOCK):
+        log.info("usage partitions: another process is maintaining them; skipped")
+        return Maintenance(ran=False)
+    try:
+        if concurrently is None:
+            concurrently = not await store.citus_installed(conn)
+        result = await _maintain(
+            conn,
+            now=now or datetime.now(UTC),
+            retention_days=retention_days,
+            concurrently=concurrently,
+        )
+    finally:
+        if not conn.is_closed():  # a lost connection has released it
+            await advisory_unlock(conn, MAINTENANCE_LOCK)
+    if result.created or result.dropped or result.postponed or result.keys_forgotten:
+        log.info(
+            "usage partitions maintained",
+            created=list(result.created),
+            dropped=list(result.dropped),
+            postponed=list(result.postponed),
+            keys_forgotten=result.keys_forgotten,
+            retention_days=retention_days,
+        )
+    return result
+
+
+async def _maintain(
+    conn: asyncpg.Connection, *, now: datetime, retention_days: int, concurrently: bool
+) -> Maintenance:
+    tables = await store.usage_tables(conn)
+    attached = {month_of_partition(t.name) for t in tables if t.state in ("attached", "detaching")}
     created = []
     month = month_of(now)
     for _ in range(AHEAD + 1):
-        if month not in have:
-            await create_month(conn, month)
-            created.append(partition_name(month))
+        if month not in attached and await create_month(conn, month):
+            created.append(partition_name(month))  # not if ingest made it in the meantime
         month = next_month(month)
-    cutoff = now - timedelta(days=retention_days) - GRACE
-    dropped = []
-    for name in existing:
-        start = month_of_partition(name)
-        if start is not None and next_month(start) <= cutoff:
-            await store.drop_partition(conn, name)
-            dropped.append(name)
-            log.info("usage partition dropped", partition=name, retention_days=retention_days)
-    # Keys of events older than the oldest partition kept belong to dropped events (this run's,
-    # or an earlier run's that stopped before it was done with them).
-    kept = [m for n in existing if n not in dropped and (m := month_of_partition(n))]
-    floor = min([*kept, month_of(now)])
+    horizon = retention_horizon(now, retention_days)
+    dropped, postponed = [], []
+    for table in tables:
+        start = month_of_partition(table.name)
+        if start is None or start >= horizon:
+            continue
+        if table.state == "detaching":
+            await store.finish_detach(conn, table.name)
+        elif table.state == "attached" and concurrently:
+            await store.detach_partition(conn, table.name)
+        elif table.state == "attached":
+            try:
+                await store.drop_attached(conn, table.name, lock_timeout_ms=DROP_LOCK_TIMEOUT_MS)
+            except asyncpg.LockNotAvailableError:
+                log.warning(
+                    "usage partition not dropped: usage_events stayed busy; tried again next run",
+                    partition=table.name,
+                    lock_timeout_ms=DROP_LOCK_TIMEOUT_MS,
+                )
+                postponed.append(table.name)
+                continue
+        await store.drop_detached(conn, table.name)
+        dropped.append(table.name)
+        log.info("usage partition dropped", partition=table.name, retention_days=retention_days)
+    # The keys of every event before the horizon: this run's drops, and an earlier run's that
+    # stopped before it was done with them. The keys from a postponed month on wait until it goes.
+    floor = min([horizon, *(m for n in postponed if (m := month_of_partition(n)))])
     forgotten = 0
     while count := await store.forget_keys(conn, floor, KEY_BATCH):
         forgotten += count
-    return Maintenance(created=created, dropped=dropped, keys_forgotten=forgotten)
+    return Maintenance(
+        ran=True,
+        created=tuple(created),
+        dropped=tuple(dropped),
+        postponed=tuple(postponed),
+        keys_forgotten=forgotten,
+    )
+
+
+async def maintain(
+    core: CoreSettings, ledger: LedgerSettings, *, now: datetime | None = None
+) -> Maintenance:
+    """`maintain_partitions` on a connection of its own (the task runner's cron, a command)."""
+    conn = await connect(core)
+    try:
+        return await maintain_partitions(conn, retention_days=ledger.usage_retention_days, now=now)
+    finally:
+        await conn.close()

@@ -1,20 +1,52 @@
-"""The partitions of `usage_events`: which exist, creating one, dropping one, and the
-idempotency keys of dropped events. Each function runs its own short transaction (see
-`aiserver.ledger.usage.partitions` for the rules).
+"""The partitions of `usage_events`: which exist, creating one, detaching and dropping one, and the
+idempotency keys of dropped events (see `aiserver.ledger.usage.partitions` for the rules).
+
+Each function makes its own transactions: call them on a connection that is not in one (DETACH
+... CONCURRENTLY cannot run inside a transaction).
+
+Locks (none of them waits on another in a circle, so ingest and the cron never deadlock):
+
+- creating takes an advisory lock per partition name (two creators of one month: one creates it,
+  the other then finds it attached), ACCESS SHARE on `usage_events` (`LIKE`), then SHARE UPDATE
+  EXCLUSIVE to attach: inserts (ROW EXCLUSIVE) go on meanwhile; two creators of different
+  months attach one after the other.
+- detaching CONCURRENTLY holds SHARE UPDATE EXCLUSIVE only in two short transactions and, in
+  between, waits with no lock on `usage_events` for the transactions that were using it: neither
+  inserts nor the creation of a month wait for it. Interrupted in its wait, it leaves the
+  partition "detach pending", which `finish_detach` completes.
+- where DETACH ... CONCURRENTLY is missing (Citus), `drop_attached` drops the partition in one
+  statement under a short `lock_timeout`: it needs ACCESS EXCLUSIVE on `usage_events`, and ingest
+  queues behind it for at most that long; not granted, it is tried again at the next run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from aiserver.core_db.locks import advisory_lock_key
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
 
+#: One month's partition: `usage_events_pYYYYMM`.
+NAME_PATTERN: Final = r"^usage_events_p[0-9]{6}$"
+
+TableState = Literal["attached", "detaching", "detached"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTable:
+    """A table named like a month's partition, in the schema of `usage_events`: attached, pending
+    detach (an interrupted DETACH ... CONCURRENTLY), or detached and not dropped yet."""
+
+    name: str
+    state: TableState
+
 
 async def existing_partitions(conn: DbConnection) -> list[str]:
+    """The partitions attached to `usage_events` (those pending detach included), by name."""
     rows = await conn.fetch(
         """
         SELECT c.relname FROM pg_inherits i
@@ -26,26 +58,52 @@ async def existing_partitions(conn: DbConnection) -> list[str]:
     return [r["relname"] for r in rows]
 
 
-async def create_partition(conn: DbConnection, name: str, start: datetime, end: datetime) -> bool:
-    """Create and attach the partition `name` for [start, end) unless it exists; True when this
-    call created it. Safe under concurrency: one transaction-scoped advisory lock per name.
+async def usage_tables(conn: DbConnection) -> list[UsageTable]:
+    """Every table named like a month's partition, attached or not, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT c.relname,
+               CASE WHEN i.inhrelid IS NULL THEN 'detached'
+                    WHEN i.inhdetachpending THEN 'detaching'
+                    ELSE 'attached' END AS state
+        FROM pg_class c
+        LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'usage_events'::regclass
+        WHERE c.relnamespace = (SELECT relnamespace FROM pg_class
+                                WHERE oid = 'usage_events'::regclass)
+          AND c.relkind = 'r'
+          AND c.relname ~ $1
+          AND (i.inhrelid IS NOT NULL OR NOT c.relispartition)
+        ORDER BY c.relname
+        """,
+        NAME_PATTERN,
+    )
+    return [UsageTable(r["relname"], r["state"]) for r in rows]
 
-    The table is created alone and then attached: attaching takes a lock that lets concurrent
-    inserts into the other partitions go on, where `CREATE TABLE ... PARTITION OF` would block
-    every writer of `usage_events` while it waits.
+
+async def create_partition(conn: DbConnection, name: str, start: datetime, end: datetime) -> bool:
+    """Create and attach the partition `name` for [start, end) unless it is attached; True when
+    this call attached it. Safe under concurrency (see the module docstring for the locks).
+
+    The table is created alone and then attached, in one transaction: attaching needs SHARE
+    UPDATE EXCLUSIVE on `usage_events`, which lets inserts into the other partitions go on, where
+    `CREATE TABLE ... PARTITION OF` would take ACCESS EXCLUSIVE and stop every writer. Attaching
+    checks the (empty) table against its bounds and makes its indexes from the parent's (its
+    primary key, the GIN index of tags). A table of that name that exists but is not attached
+    (detached by hand, or by a retention run that stopped before it dropped it; retention never
+    drops a month that ingest accepts) is attached as it is.
     """
+    quoted = _identifier(name)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_lock_key(f"ledger:{name}"))
-        exists = await conn.fetchval(
+        attached = await conn.fetchval(
             """
             SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                            WHERE i.inhparent = 'usage_events'::regclass AND c.relname = $1)
             """,
             name,
         )
-        if exists:
+        if attached:
             return False
-        quoted = _identifier(name)
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}"
             " (LIKE usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
@@ -57,18 +115,48 @@ async def create_partition(conn: DbConnection, name: str, start: datetime, end: 
         return True
 
 
-async def drop_partition(conn: DbConnection, name: str) -> None:
-    """Drop a partition whole: its events are gone at once, with no dead rows left behind."""
+async def detach_partition(conn: DbConnection, name: str) -> None:
+    """Detach a partition without blocking inserts (DETACH ... CONCURRENTLY: PostgreSQL 14+, in
+    no transaction)."""
+    quoted = _identifier(name)
+    await conn.execute(f"ALTER TABLE usage_events DETACH PARTITION {quoted} CONCURRENTLY")
+
+
+async def finish_detach(conn: DbConnection, name: str) -> None:
+    """Complete a DETACH ... CONCURRENTLY that was interrupted."""
+    await conn.execute(f"ALTER TABLE usage_events DETACH PARTITION {_identifier(name)} FINALIZE")
+
+
+async def drop_detached(conn: DbConnection, name: str) -> None:
+    """Drop a detached partition: its rows are gone at once, with no dead rows left behind."""
     await conn.execute(f"DROP TABLE IF EXISTS {_identifier(name)}")
+
+
+async def drop_attached(conn: DbConnection, name: str, *, lock_timeout_ms: int) -> None:
+    """Drop an attached partition in one statement (where DETACH ... CONCURRENTLY is missing).
+    `asyncpg.LockNotAvailableError` when `usage_events` could not be locked within the timeout."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        await conn.execute(f"DROP TABLE IF EXISTS {_identifier(name)}")
+
+
+async def citus_installed(conn: DbConnection) -> bool:
+    """Whether the database runs Citus, which lacks DETACH ... CONCURRENTLY on distributed
+    tables (citusdata/citus#5264)."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+    )
+    return found
 
 
 async def forget_keys(conn: DbConnection, before: datetime, limit: int) -> int:
     """Delete up to `limit` idempotency keys of events before `before`: how many were deleted.
-    In batches, so that no one statement holds a month of keys."""
+    In batches, so that no one statement holds a month of keys; by primary key, which also
+    holds on Citus (a `ctid` names a row of one shard only)."""
     status = await conn.execute(
         """
-        DELETE FROM usage_idempotency WHERE ctid = ANY (ARRAY(
-            SELECT ctid FROM usage_idempotency WHERE occurred_at < $1 LIMIT $2))
+        DELETE FROM usage_idempotency WHERE (project_id, key) IN (
+            SELECT project_id, key FROM usage_idempotency WHERE occurred_at < $1 LIMIT $2)
         """,
         before,
         limit,
