@@ -192,7 +192,7 @@ async def test_maintenance_makes_this_month_and_the_next_three_and_a_rerun_chang
     }
 
 
-async def test_a_partition_gets_the_primary_key_the_gin_index_and_the_checks_of_usage_events(
+async def test_a_partition_gets_the_primary_key_the_indexes_and_the_checks_of_usage_events(
     conn: asyncpg.Connection,
 ) -> None:
     await maintain_partitions(conn, retention_days=RETENTION, now=NOW)
@@ -209,6 +209,14 @@ async def test_a_partition_gets_the_primary_key_the_gin_index_and_the_checks_of_
         """
     )
     assert [dict(r) for r in indexes] == [
+        {
+            "index": "usage_events_p202612_model_provider_project_id_idx",
+            "parent": "usage_events_unpriced",
+            "primary": False,
+            "definition": "CREATE INDEX usage_events_p202612_model_provider_project_id_idx ON "
+            "public.usage_events_p202612 USING btree (model, provider, project_id) "
+            "WHERE (status = 'unpriced'::text)",
+        },
         {
             "index": "usage_events_p202612_pkey",
             "parent": "usage_events_pkey",
