@@ -1157,6 +1157,24 @@ def section(results: Results) -> Section:
         "unknown events): `Catalog.suggest` runs difflib over every model name of the catalog "
         "for each such event, and nothing caches its answer.",
     )
+    api_known = _cpu(results, "known", "api_cpu")
+    db_known = _cpu(results, "known", "db_cpu")
+    db_copy = _cpu(results, "copy", "db_cpu")
+    client_copy = _cpu(results, "copy", "client_cpu")
+    notes.insert(
+        3,
+        "Why ingest trails `COPY`: one API process is one Python thread, so its events/s is at "
+        f"most one core over its CPU per event ({fmt_us(api_known)} on known models: "
+        f"{1 / api_known:,.0f} events/s on an idle core), and it shares this machine's two "
+        "cores with PostgreSQL, which ingest also asks for more per event "
+        f"({fmt_us(db_known)}, against {fmt_us(db_copy)} for `COPY` alone: the idempotency and "
+        "outbox rows and their three indexes). `COPY` spends "
+        f"{fmt_us(db_copy + client_copy)} of CPU per event in all, spread over both cores. "
+        "On an idle machine `COPY` could reach two cores over that, and one API process one "
+        "core over its own CPU per event: 0.5x `COPY` takes an API CPU per event no larger "
+        f"than `COPY`'s whole CPU per event, about {fmt_us(db_copy + client_copy)}, "
+        f"{fmt_x(api_known / (db_copy + client_copy))} less than now on known models.",
+    )
     ingest_known = f"{rates['known']:,.0f} events/s on known models only"
     headline = [
         f"Ingest: {rates['ingest']:,.0f} events/s per API process over HTTP (batches of "
