@@ -17,7 +17,7 @@ from collections.abc import Callable
 # before anything imports litellm: its price map comes from its own wheel, never the network
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from bench import calc, cli, http_load, refresh, report, scale, startup
+from bench import calc, cli, http_load, ingest, refresh, report, scale, startup
 from bench.common import ROOT, Section, load_average, machine, say
 
 BENCHMARKS: dict[str, Callable[[bool], Section]] = {
@@ -29,6 +29,14 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "startup": lambda quick: startup.run(rounds=1 if quick else 3, api_rounds=1 if quick else 3),
     "scale": lambda quick: scale.run(rounds=1 if quick else 2, load_rounds=1 if quick else 3),
     "cli": lambda quick: cli.run(rounds=2 if quick else 7),
+    "ingest": lambda quick: ingest.run(
+        rounds=1 if quick else 5,
+        batches={"ingest": 1, "known": 3, "copy": 3, "orm": 1} if quick else None,
+        single_rounds=1 if quick else 5,
+        single_seconds=1 if quick else 4,
+        size_events=5_000 if quick else 100_000,
+        phase_batches=1 if quick else 5,
+    ),
 }
 
 
@@ -59,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-docs", action="store_true", help="print only; write no files")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
+    parser.add_argument(
+        "--splice",
+        action="store_true",
+        help="with NAMEs: put their sections into docs/benchmarks.md in place of the earlier "
+        "ones, leaving the others as they are",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if args.splice and (not args.names or args.no_docs or args.quick):
+        parser.error("--splice takes one or more NAMEs, and neither --no-docs nor --quick")
     names = args.names or list(BENCHMARKS)
     write_docs = not args.no_docs and not args.names and not args.quick
 
@@ -80,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[{name}] done in {time.perf_counter() - began:.0f} s\n")
     say("# Summary\n")
     say("\n".join(f"- {line}" for s in sections for line in s.headline))
+    if args.splice:
+        written = report.splice(
+            sections,
+            description,
+            command="hatch run bench:splice " + " ".join(names),
+            duration_s=time.perf_counter() - started,
+            load_after=load_average(),
+        )
+        say("\nwrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
     if write_docs:
         written = report.write(
             sections,

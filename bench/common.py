@@ -173,9 +173,9 @@ def database_url(name: str) -> str:
 
 
 @asynccontextmanager
-async def throwaway_database(tag: str) -> AsyncIterator[str]:
+async def throwaway_database(tag: str, *, prefix: str = DB_PREFIX) -> AsyncIterator[str]:
     """A new, empty database on the server of ADMIN_URL, dropped on the way out."""
-    name = f"{DB_PREFIX}_{tag}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{tag}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = await asyncpg.connect(ADMIN_URL, timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

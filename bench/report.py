@@ -52,6 +52,66 @@ def write(
     return written
 
 
+def splice(
+    sections: Sequence[Section],
+    machine: dict[str, str],
+    *,
+    command: str,
+    duration_s: float,
+    load_after: str,
+) -> list[Path]:
+    """Put `sections` into docs/benchmarks.md in place of their earlier text, leaving every
+    other section as the full run wrote it.
+
+    A section replaces the one with its title (or goes before the plots and the one-off
+    changes); its summary lines replace those with the same label (the text before the first
+    colon); a line under the header says which run the section comes from.
+    """
+    text = MARKDOWN.read_text()
+    head, *blocks = text.split("\n## ")
+    parts = {block.split("\n", 1)[0]: block for block in blocks}
+    titles = list(parts)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for section in sections:
+        body = section.markdown().rstrip().removeprefix("## ")
+        if section.title not in parts:
+            at = next((i for i, t in enumerate(titles) if t in ("Plots", _CHANGES_TITLE)), None)
+            titles.insert(len(titles) if at is None else at, section.title)
+        parts[section.title] = body + "\n"
+        labels = {_label(line) for line in section.headline}
+        summary = [
+            line
+            for line in parts["Summary"].strip().split("\n")[1:]
+            if line.strip() and _label(line.removeprefix("- ")) not in labels
+        ]
+        summary += [f"- {line}" for line in section.headline]
+        parts["Summary"] = "Summary\n\n" + "\n".join(summary) + "\n"
+        note = (
+            f'{_SPLICED} "{section.title}" comes from a later run of `{command}` on {now} '
+            f"in {duration_s / 60:.1f} min, spliced into this file (every other section is the "
+            f"full run's), on a machine of the same size: {machine.get('CPU', 'unknown')}, "
+            f"{machine.get('cores', '?')} cores, load average (1/5/15 min) "
+            f"{machine.get('load average at start (1/5/15 min)', '?')} at its start and "
+            f"{load_after} at its end."
+        )
+        head = "\n\n".join(
+            p
+            for p in head.rstrip().split("\n\n")
+            if not p.startswith(f'{_SPLICED} "{section.title}"')
+        )
+        head += "\n\n" + note + "\n"
+    MARKDOWN.write_text(head + "".join(f"\n## {parts[t]}" for t in titles))
+    return [MARKDOWN]
+
+
+_SPLICED = "Section"
+_CHANGES_TITLE = "Changes measured once, before and after"
+
+
+def _label(line: str) -> str:
+    return line.split(":", 1)[0].strip()
+
+
 def _markdown(
     sections: Sequence[Section],
     machine: dict[str, str],
@@ -81,8 +141,13 @@ def _markdown(
         "## Commands",
         "```sh\n"
         "hatch run bench:all              # every benchmark; rewrites this file and the plots\n"
-        "hatch run bench:run calc http    # some of them (calc http refresh startup scale cli),"
-        " print only\n"
+        "hatch run bench:run calc http    # some of them (calc http refresh startup scale cli"
+        " ingest),\n"
+        "                                 # print only\n"
+        "hatch run bench:splice ingest    # some of them, spliced into this file in place of"
+        " their\n"
+        "                                 # sections (the others stay as the full run wrote"
+        " them)\n"
         "```\n\n"
         "The `bench` environment (hatch.toml) installs the workspace packages plus the peers, "
         "which no package or service depends on. `LITELLM_LOCAL_MODEL_COST_MAP=True` keeps "

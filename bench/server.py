@@ -53,8 +53,17 @@ def _command() -> list[str]:
 
 
 @contextmanager
-def api_server(database_url: str, *, timeout: float = 60.0) -> Iterator[ApiProcess]:
-    """`aiserver-api --host 127.0.0.1 --port N` with LOG_LEVEL=WARNING, ready, then stopped."""
+def api_server(
+    database_url: str,
+    *,
+    timeout: float = 60.0,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[ApiProcess]:
+    """`aiserver-api --host 127.0.0.1 --port N` with LOG_LEVEL=WARNING, ready, then stopped.
+
+    `command` replaces `aiserver-api` (it must take `--host` and `--port`); `env` adds to the
+    environment."""
     port = free_port()
     env = {
         **os.environ,
@@ -63,11 +72,12 @@ def api_server(database_url: str, *, timeout: float = 60.0) -> Iterator[ApiProce
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "json",
         "CATALOG_POLL_INTERVAL_SECONDS": "60",
+        **(env or {}),
     }
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [*_command(), "--host", "127.0.0.1", "--port", str(port)],
+            [*(command or _command()), "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
