@@ -181,7 +181,15 @@ _MAIN_COUNTS: Final = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
-_USAGE_DEFAULTS: Final = msgspec.structs.asdict(Usage())
+_USAGE_FIELDS: Final = Usage.__struct_fields__
+#: (position, name, default) of every usage field kept in `usage_other` when it is not its default
+_OTHER_FIELDS: Final = tuple(
+    (i, name, default)
+    for i, (name, default) in enumerate(
+        zip(_USAGE_FIELDS, msgspec.structs.astuple(Usage()), strict=True)
+    )
+    if name not in _MAIN_COUNTS
+)
 _NO_PARTITION: Final = "no partition of relation"
 
 
@@ -322,11 +330,8 @@ def _row(
     project_id: int, event_id: int, received_at: datetime, event: CheckedEvent, v: Valuation
 ) -> tuple[Any, ...]:
     usage = event.usage
-    other = {
-        name: value
-        for name, value in msgspec.structs.asdict(usage).items()
-        if name not in _MAIN_COUNTS and value != _USAGE_DEFAULTS[name]
-    }
+    values = msgspec.structs.astuple(usage)
+    other = {name: values[i] for i, name, default in _OTHER_FIELDS if values[i] != default}
     components = (
         _NUMBERS.encode([[c.name, c.quantity, c.unit_price, c.cost] for c in v.components]).decode()
         if v.components
