@@ -435,7 +435,9 @@ async def test_overrides_win_and_survive_a_refresh(
 
     await _wait_for(back_to_source)
     assert_problem(
-        await client.delete(f"/v1/overrides/{override['id']}", headers=admin()), 404, "no override"
+        await client.delete(f"/v1/overrides/{override['id']}", headers=admin()),
+        404,
+        f"override {override['id']} is no longer current",
     )
 
 
