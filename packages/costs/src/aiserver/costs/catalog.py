@@ -158,24 +158,22 @@ class Catalog:
             k: tuple(sorted(v, key=lambda o: (o.valid_from, o.id))) for k, v in spans.items()
         }
         self._override_starts = {k: [o.valid_from for o in v] for k, v in self._overrides.items()}
-        # A model the source does not know: one version per override, each valid while it is.
-        self._added: dict[int, PriceVersion] = {}
-        for key, timeline in self._overrides.items():
-            if key not in self._versions:
-                added = tuple(_added_model(o) for o in timeline)
-                self._added.update((o.id, pv) for o, pv in zip(timeline, added, strict=True))
-                self._versions[key] = added
         # (price version id, override id) -> that version with that override laid over it
         self._overlaid: dict[tuple[int, int], PriceVersion] = {}
-        current: dict[str, PriceVersion] = {}
-        for key, history in self._versions.items():
-            now = self._current_override(key) if key in self._overrides else None
-            if key not in self._starts:
-                if now is not None:
-                    current[key] = self._added[now.id]
-            elif history[-1].valid_to is None:
-                last = history[-1]
-                current[key] = last if now is None else self._overlay(last, now)
+        # A model the source does not know: one version per override, each valid while it is.
+        self._added: dict[int, PriceVersion] = {}
+        current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
+        for key, timeline in self._overrides.items():
+            now = next((o for o in reversed(timeline) if o.valid_to is None), None)
+            if key in versions:
+                if now is not None and key in current:
+                    current[key] = self._overlay(current[key], now)
+                continue
+            added = tuple(_added_model(o) for o in timeline)
+            self._added.update((o.id, pv) for o, pv in zip(timeline, added, strict=True))
+            self._versions[key] = added
+            if now is not None:
+                current[key] = self._added[now.id]
         self._current = current
         self._aliases = dict(aliases)
         self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
@@ -222,10 +220,6 @@ class Catalog:
         if timeline is None:
             return None
         return _valid_at(timeline, self._override_starts[key], at)
-
-    def _current_override(self, key: str) -> Override | None:
-        timeline = self._overrides.get(key, ())
-        return next((o for o in reversed(timeline) if o.valid_to is None), None)
 
     def _overlay(self, version: PriceVersion, override: Override) -> PriceVersion:
         """`version` with `override` laid over it: one object per pair, so that it is compiled
@@ -456,6 +450,9 @@ def _valid_at(
     timeline: tuple[Override, ...], starts: list[datetime], at: datetime
 ) -> Override | None:
     """The newest override of `timeline` (sorted by start; `starts` theirs) valid at `at`."""
+    newest = timeline[-1]
+    if newest.valid_from <= at and (newest.valid_to is None or at < newest.valid_to):
+        return newest  # the usual case: a call of the current override's time
     for index in range(bisect.bisect_right(starts, at) - 1, -1, -1):
         override = timeline[index]
         if override.valid_to is None or at < override.valid_to:
