@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 from litestar.testing import AsyncTestClient
@@ -314,6 +315,7 @@ async def test_admin_endpoints_refuse_without_the_right_token(client: Client) ->
     for method, url in [
         ("POST", "/v1/catalog/refresh"),
         ("GET", "/v1/overrides"),
+        ("GET", "/v1/overrides?history=true"),
         ("POST", "/v1/overrides"),
         ("DELETE", "/v1/overrides/1"),
     ]:
@@ -435,8 +437,134 @@ async def test_overrides_win_and_survive_a_refresh(
 
     await _wait_for(back_to_source)
     assert_problem(
-        await client.delete(f"/v1/overrides/{override['id']}", headers=admin()), 404, "no override"
+        await client.delete(f"/v1/overrides/{override['id']}", headers=admin()),
+        404,
+        f"override {override['id']} is no longer current",
     )
+
+
+async def _cost(client: Client, at: str | None = None) -> tuple[str, int | None]:
+    """gpt-test-001's total for 1,000 input tokens (2e-06 each in the source), and its override."""
+    request: dict[str, Any] = {"model": "gpt-test-001", "usage": {"input_tokens": 1000}}
+    if at is not None:
+        request["at"] = at
+    body = (await client.post("/v1/costs/calculate", json=request)).json()
+    return body["total"], body["override_id"]
+
+
+def _earlier(timestamp: str) -> str:
+    """The RFC 3339 time one microsecond before `timestamp`."""
+    return (datetime.fromisoformat(timestamp) - timedelta(microseconds=1)).isoformat()
+
+
+async def test_overrides_keep_their_history_and_past_calls_their_prices(client: Client) -> None:
+    async def put(price: str, reason: str) -> dict[str, Any]:
+        response = await client.post(
+            "/v1/overrides",
+            headers=admin(),
+            json={"provider": "openai", "model": "gpt-test-001",
+                  "prices": {"input_cost_per_token": price}, "reason": reason},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = await put("0.0000005", "first deal")
+    second = await put("0.0000007", "second deal")
+    assert set(second) == {
+        "id", "provider", "model", "prices", "reason", "created_at", "valid_from", "valid_to",
+    }  # fmt: skip
+    assert second["id"] != first["id"]
+    assert (second["valid_to"], second["created_at"]) == (None, second["valid_from"])
+    assert second["valid_from"].endswith("Z")
+
+    current = (await client.get("/v1/overrides", headers=admin())).json()
+    assert current == [second]
+    closed_first = {**first, "valid_to": second["valid_from"]}
+    everything = await client.get("/v1/overrides", headers=admin(), params={"history": "true"})
+    assert everything.json() == [closed_first, second]
+    assert (await client.get("/v1/overrides?history=false", headers=admin())).json() == [second]
+
+    async def priced_now_by(expected: tuple[str, int | None]) -> bool:
+        return await _cost(client) == expected
+
+    await _wait_for(lambda: priced_now_by(("0.0007", second["id"])))
+    assert await _cost(client, _earlier(first["valid_from"])) == ("0.002", None)
+    assert await _cost(client, first["valid_from"]) == ("0.0005", first["id"])
+    assert await _cost(client, _earlier(second["valid_from"])) == ("0.0005", first["id"])
+    assert await _cost(client, second["valid_from"]) == ("0.0007", second["id"])
+
+    # a replaced override is closed: it cannot be deleted, and stays in the history
+    body = assert_problem(
+        await client.delete(f"/v1/overrides/{first['id']}", headers=admin()),
+        404,
+        f"override {first['id']} is no longer current: it was closed at ",
+    )
+    assert body["type"] == "urn:aiserver:problem:unknown-override"
+    deleted = await client.delete(f"/v1/overrides/{second['id']}", headers=admin())
+    assert deleted.status_code == 204
+    assert (await client.get("/v1/overrides", headers=admin())).json() == []
+    closed = (await client.get("/v1/overrides?history=true", headers=admin())).json()
+    assert [o["id"] for o in closed] == [first["id"], second["id"]]
+    assert closed[0] == closed_first
+    assert closed[1]["valid_to"] is not None
+    assert {**closed[1], "valid_to": None} == second
+    again = assert_problem(
+        await client.delete(f"/v1/overrides/{second['id']}", headers=admin()),
+        404,
+        f"override {second['id']} is no longer current",
+    )
+    assert again["type"] == "urn:aiserver:problem:unknown-override"
+
+    await _wait_for(lambda: priced_now_by(("0.002", None)))
+    assert await _cost(client, second["valid_from"]) == ("0.0007", second["id"])
+    assert await _cost(client, closed[1]["valid_to"]) == ("0.002", None)
+
+    # the parameter is checked like the others
+    assert_problem(
+        await client.get("/v1/overrides?histroy=true", headers=admin()),
+        422,
+        "unknown query parameters: histroy",
+    )
+    assert_problem(await client.get("/v1/overrides?history=true"), 401, "admin token")
+
+
+async def test_an_override_of_a_new_model_prices_only_while_it_is_valid(client: Client) -> None:
+    created = await client.post(
+        "/v1/overrides",
+        headers=admin(),
+        json={"provider": "inhouse", "model": "house-model",
+              "prices": {"input_cost_per_token": "0.000003"}},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    made = created.json()
+    request = {"model": "inhouse/house-model", "usage": {"input_tokens": 1000}}
+
+    async def priced() -> bool:
+        body = (await client.post("/v1/costs/calculate", json=request)).json()
+        return bool(body.get("total") == "0.003" and body.get("override_id") == made["id"])
+
+    await _wait_for(priced)
+    before = _earlier(made["valid_from"])
+    body = assert_problem(
+        await client.post("/v1/costs/calculate", json={**request, "at": before}),
+        404,
+        "model 'house-model' was not in the catalog at ",
+    )
+    assert body["type"] == "urn:aiserver:problem:unknown-model"
+    assert "(added by an override from " in body["detail"]
+
+    assert (await client.delete(f"/v1/overrides/{made['id']}", headers=admin())).status_code == 204
+
+    async def gone() -> bool:
+        response = await client.post("/v1/costs/calculate", json=request)
+        return response.status_code == 404
+
+    await _wait_for(gone)
+    at_its_time = await client.post(
+        "/v1/costs/calculate", json={**request, "at": made["valid_from"]}
+    )
+    assert (at_its_time.json()["total"], at_its_time.json()["override_id"]) == ("0.003", made["id"])
 
 
 async def test_a_refresh_elsewhere_reaches_the_api(

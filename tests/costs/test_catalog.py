@@ -185,16 +185,101 @@ def test_a_part_larger_than_its_total_is_a_usage_error(catalog: Catalog) -> None
     assert caught.value.fields == ("cache_read_tokens", "input_tokens")
 
 
-def test_an_override_wins_over_the_source_and_can_add_a_model() -> None:
+TA = datetime(2026, 3, 1, tzinfo=UTC)  # within gpt-4o's first version (T0 to T1)
+TB = datetime(2026, 9, 1, tzinfo=UTC)  # within its second (from T1)
+TC = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def override(
+    override_id: int, provider: str, model: str, input_price: str, start: datetime,
+    end: datetime | None = None,
+) -> Override:  # fmt: skip
+    prices = {"input_cost_per_token": Decimal(input_price)}
+    return Override(override_id, provider, model, prices, "", start, start, end)
+
+
+def priced(catalog: Catalog, model: str, at: datetime | None) -> tuple[Decimal, int | None, int]:
+    usage = Usage(input_tokens=10, output_tokens=1)
+    result = calculate(catalog, CostRequest(model=model, usage=usage, at=at))
+    return result.total, result.override_id, result.price_version
+
+
+def test_an_override_prices_the_calls_of_its_time_only() -> None:
+    """Set at TA, replaced at TB, deleted at TC: a call is priced with what was valid then, and
+    the source's other prices stay (the override names only the input price)."""
     overrides = [
-        Override(1, "openai", "gpt-4o", {"input_cost_per_token": Decimal("0.000001")}, "deal", T0),
-        Override(2, "inhouse", "my-model", {"input_cost_per_token": Decimal("0.5")}, "", T0),
+        override(2, "openai", "gpt-4o", "0.0000015", TB, TC),
+        override(1, "openai", "gpt-4o", "0.000001", TA, TB),
     ]
     catalog = Catalog.build(ROWS, aliases={}, overrides=overrides, version=3)
-    result = calculate(catalog, CostRequest(model="gpt-4o", usage=Usage(input_tokens=10)))
-    assert (result.total, result.override_id) == (Decimal("0.000010"), 1)
-    own = calculate(catalog, CostRequest(model="inhouse/my-model", usage=Usage(input_tokens=2)))
-    assert (own.model, own.total, own.override_id) == ("my-model", Decimal("1.0"), 2)
+    # version 1: input 0.0000025, output 0.00001; version 2: input 0.000002, output 0.000008
+    assert priced(catalog, "gpt-4o", T0) == (Decimal("0.000035"), None, 1)
+    assert priced(catalog, "gpt-4o", TA - timedelta(microseconds=1)) == (
+        Decimal("0.000035"), None, 1,
+    )  # fmt: skip
+    assert priced(catalog, "gpt-4o", TA) == (Decimal("0.000020"), 1, 1)
+    assert priced(catalog, "gpt-4o", T1) == (Decimal("0.000018"), 1, 2)
+    assert priced(catalog, "gpt-4o", TB) == (Decimal("0.0000230"), 2, 2)
+    assert priced(catalog, "gpt-4o", TC) == (Decimal("0.000028"), None, 2)
+    assert priced(catalog, "gpt-4o", None) == (Decimal("0.000028"), None, 2)  # now: deleted
+    assert catalog.current["gpt-4o"].override_id is None
+    assert [o.id for o in catalog.overrides("gpt-4o")] == [1, 2]
+    assert catalog.override_at("gpt-4o", T1) == overrides[1]
+    assert catalog.override_at("gpt-4o", TC) is None
+    # the source's versions are kept as they are
+    assert [(pv.id, pv.override_id) for pv in catalog.history("gpt-4o")] == [(1, None), (2, None)]
+
+
+def test_the_current_override_prices_calls_of_now_and_is_built_once() -> None:
+    overrides = [
+        override(3, "anthropic", "claude-haiku-4-5", "0.0000005", TA, TB),
+        override(4, "anthropic", "claude-haiku-4-5", "0.0000007", TB),
+    ]
+    catalog = Catalog.build(ROWS, aliases={}, overrides=overrides, version=3)
+    # the source: input 0.000001, output 0.000004
+    assert priced(catalog, "claude-haiku-4-5", None) == (Decimal("0.0000110"), 4, 5)
+    assert priced(catalog, "claude-haiku-4-5", TB) == (Decimal("0.0000110"), 4, 5)
+    assert priced(catalog, "claude-haiku-4-5", TA) == (Decimal("0.0000090"), 3, 5)
+    assert priced(catalog, "claude-haiku-4-5", T0) == (Decimal("0.000014"), None, 5)
+    current = catalog.current["claude-haiku-4-5"]
+    assert (current.override_id, current.entry["input_cost_per_token"]) == (4, Decimal("7E-7"))
+    assert current.entry["output_cost_per_token"] == Decimal("0.000004")
+    # a call at a time of the current override is priced by the very same version
+    assert catalog.version_at("claude-haiku-4-5", TB + timedelta(days=1))[0] is current
+    assert catalog.models(provider="anthropic")[0] is current
+
+
+def test_a_model_only_an_override_defines_exists_while_it_is_valid() -> None:
+    overrides = [
+        override(5, "inhouse", "my-model", "0.5", TA, TB),
+        override(6, "inhouse", "my-model", "0.25", TB, TC),  # replaced at TB, deleted at TC
+        override(7, "inhouse", "live-model", "0.1", TA),
+    ]
+    catalog = Catalog.build(ROWS, aliases={}, overrides=overrides, version=3)
+    own = calculate(
+        catalog, CostRequest(model="inhouse/my-model", usage=Usage(input_tokens=2), at=TA)
+    )
+    assert (own.model, own.provider, own.total, own.override_id, own.price_version) == (
+        "my-model", "inhouse", Decimal("1.0"), 5, 0,
+    )  # fmt: skip
+    assert priced(catalog, "my-model", TB) == (Decimal("2.50"), 6, 0)
+    with pytest.raises(UnknownModel) as before:
+        priced(catalog, "my-model", TA - timedelta(seconds=1))
+    assert str(before.value) == (
+        "model 'my-model' was not in the catalog at 2026-02-28T23:59:59+00:00 "
+        "(added by an override from 2026-03-01T00:00:00+00:00)"
+    )
+    assert before.value.problem()["status"] == 404
+    for at in (TC, None):
+        with pytest.raises(UnknownModel) as after:
+            priced(catalog, "my-model", at)
+        assert "(removed 2026-10-01T00:00:00+00:00)" in str(after.value)
+    assert "my-model" not in catalog.current
+    assert len(catalog) == len(Catalog.build(ROWS, aliases={}, version=3)) + 1  # live-model
+    assert priced(catalog, "inhouse/live-model", None) == (Decimal("1.0"), 7, 0)
+    with pytest.raises(UnknownModel, match="added by an override from"):
+        priced(catalog, "live-model", T0)
+    assert [pv.override_id for pv in catalog.history("my-model")] == [5, 6]
 
 
 def test_the_wire_shape_has_exact_decimal_strings(catalog: Catalog) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import asyncpg
 
 from aiserver.costs.pricing import is_price_field
 from aiserver.costs.refresh import snapshot_bytes
 
+from ..conftest import Settings
 from ..support.processes import run_module
 from ..support.upstream import Upstream
 
@@ -144,6 +148,59 @@ async def test_calc_prints_each_component_and_the_exact_total(
     code, _, err = await costs_cli(env, "calc", "gpt-4oo", "--input-tokens", "1")
     assert code == 1
     assert "unknown model 'gpt-4oo'; did you mean 'gpt-4o'" in err
+
+
+async def test_show_and_calc_name_the_override_and_its_validity(
+    seeded_settings: Settings, seeded_subprocess_env: dict[str, str]
+) -> None:
+    """gpt-4o (input 2.5e-06 in the snapshot) with an override replaced on 2026-12-01."""
+    env = seeded_subprocess_env
+    set_at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    conn = await asyncpg.connect(seeded_settings.core.database_url)
+    try:
+        old_id, new_id = [
+            row["id"]
+            for row in await conn.fetch(
+                "INSERT INTO ai_cost_overrides"
+                " (provider, model, prices, reason, created_at, valid_from, valid_to)"
+                " VALUES ('openai', 'gpt-4o', '{\"input_cost_per_token\": 3e-06}', 'old deal',"
+                " $1, $1, $2),"
+                " ('openai', 'gpt-4o', '{\"input_cost_per_token\": 2e-06}', 'deal', $2, $2, NULL)"
+                " RETURNING id",
+                set_at - timedelta(days=1),
+                set_at,
+            )
+        ]
+    finally:
+        await conn.close()
+
+    code, out, _ = await costs_cli(env, "show", "gpt-4o")
+    assert code == 0
+    assert (
+        f"override:  {new_id}, by openai, valid from 2026-12-01T09:30:00Z (deal)\n"
+        "  input_cost_per_token = 0.000002\n"
+    ) in out
+    assert "old deal" not in out
+    code, out, _ = await costs_cli(env, "show", "gpt-4o", "--json")
+    assert json.loads(out)["overrides"] == [
+        {"id": new_id, "provider": "openai", "prices": {"input_cost_per_token": "0.000002"},
+         "reason": "deal", "valid_from": "2026-12-01T09:30:00Z", "valid_to": None},
+    ]  # fmt: skip
+
+    code, out, _ = await costs_cli(env, "calc", "gpt-4o", "--input-tokens", "1000")
+    assert "total:    0.002 USD" in out
+    assert f"override: {new_id}, the operator's override valid at " in out
+    for at, total, override in (
+        ("2026-11-30T12:00:00Z", "0.003", f"override: {old_id}, "),
+        ("2026-11-29T12:00:00Z", "0.0025", None),
+    ):
+        code, out, _ = await costs_cli(env, "calc", "gpt-4o", "--input-tokens", "1000", "--at", at)
+        assert code == 0
+        assert f"total:    {total} USD" in out
+        if override:
+            assert f"{override}the operator's override valid at {at}" in out
+        else:
+            assert "override:" not in out
 
 
 PROBLEM = "urn:aiserver:problem:"

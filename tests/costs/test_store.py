@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,11 +16,22 @@ import pytest
 from piccolo.constraints import Unique
 from piccolo.table import Table
 
-from aiserver.costs.errors import CatalogNotReady, UnknownOverride, UnknownPriceFields
+from aiserver.core_db.migrations import apply_migrations
+from aiserver.costs.calculator import CostRequest, calculate
+from aiserver.costs.catalog import Catalog, load_catalog
+from aiserver.costs.errors import (
+    CatalogNotReady,
+    UnknownModel,
+    UnknownOverride,
+    UnknownPriceFields,
+)
 from aiserver.costs.live import LiveCatalog
+from aiserver.costs.money import money
 from aiserver.costs.overrides import delete_override, list_overrides, put_override
+from aiserver.costs.pricing import Usage
 from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.costs.store.metadata import NOTIFY_CHANNEL
+from aiserver.costs.store.overrides import Override
 
 from ..conftest import Settings, replace_settings
 from ..support.catalog import document, models
@@ -123,15 +136,15 @@ async def test_an_override_is_kept_under_the_resolved_name_and_notified_once(
             "negotiated",
         )
         assert await _version(pool) == before + 1
-        # the same (provider, model) replaces the override: the unique key the upsert relies on
+        # the same (provider, model) replaces the override: a new one, the old one closed
         again = await put_override(
             pool, live, provider="openai", model="gpt-test-001",
             prices={"input_cost_per_token": Decimal("0.0000006")}, reason="",
             source_url="http://unused",
         )  # fmt: skip
-        assert again.id == override.id
+        assert again.id == override.id + 1
         assert [(o.id, o.prices) for o in await list_overrides(pool)] == [
-            (override.id, {"input_cost_per_token": Decimal("6E-7")})
+            (again.id, {"input_cost_per_token": Decimal("6E-7")})
         ]
         for _ in range(100):
             if len(heard) == 2:
@@ -139,7 +152,7 @@ async def test_an_override_is_kept_under_the_resolved_name_and_notified_once(
             await asyncio.sleep(0.02)
         assert heard == [f"litellm:{before + 1}", f"litellm:{before + 2}"]
 
-        await delete_override(pool, live, override.id, source_url="http://unused")
+        await delete_override(pool, live, again.id, source_url="http://unused")
         assert await list_overrides(pool) == []
         assert await _version(pool) == before + 3
     finally:
@@ -177,6 +190,222 @@ async def test_an_override_waits_for_a_catalog(settings: Settings, pool: asyncpg
             prices={"input_cost_per_token": Decimal(1)}, reason="", source_url="http://unused",
         )  # fmt: skip
     assert await list_overrides(pool) == []
+
+
+# -- the override history ----------------------------------------------------------------------
+
+URL = "http://unused"
+
+
+async def _catalog(pool: asyncpg.Pool) -> Catalog:
+    async with pool.acquire() as conn:
+        return await load_catalog(conn)
+
+
+def _price(catalog: Catalog, model: str, at: datetime | None) -> tuple[str, int | None]:
+    """The total of 1,000 input tokens (gpt-test-001's source price: 2e-06 each), and the
+    override that priced them."""
+    result = calculate(catalog, CostRequest(model=model, usage=Usage(input_tokens=1000), at=at))
+    return money(result.total), result.override_id
+
+
+async def _put(
+    pool: asyncpg.Pool, live: LiveCatalog, model: str, price: str, reason: str = "",
+    provider: str = "openai",
+) -> Override:  # fmt: skip
+    prices = {"input_cost_per_token": Decimal(price)}
+    return await put_override(
+        pool, live, provider=provider, model=model, prices=prices, reason=reason, source_url=URL
+    )
+
+
+async def test_replacing_and_deleting_keep_the_history_and_past_calls_their_prices(
+    live: LiveCatalog, pool: asyncpg.Pool
+) -> None:
+    model = "gpt-test-001"
+    first = await _put(pool, live, model, "0.0000005", "first deal")
+    second = await _put(pool, live, model, "0.0000007", "second deal")
+    await delete_override(pool, live, second.id, source_url=URL)
+
+    history = await list_overrides(pool, history=True)
+    assert [(o.id, o.provider, o.model, o.prices, o.reason) for o in history] == [
+        (first.id, "openai", model, {"input_cost_per_token": Decimal("5E-7")}, "first deal"),
+        (second.id, "openai", model, {"input_cost_per_token": Decimal("7E-7")}, "second deal"),
+    ]
+    old, last = history
+    assert (old.valid_from, old.created_at, first.valid_to) == (first.valid_from,) * 2 + (None,)
+    assert old.valid_to == second.valid_from == second.created_at  # replaced: one instant
+    assert last.valid_to is not None
+    assert last.valid_to >= last.valid_from
+    assert await list_overrides(pool) == []
+    for closed in history:  # only a current override can be deleted
+        with pytest.raises(UnknownOverride) as refused:
+            await delete_override(pool, live, closed.id, source_url=URL)
+        assert str(refused.value) == (
+            f"override {closed.id} is no longer current: it was closed at "
+            f"{closed.valid_to.isoformat() if closed.valid_to else '?'}"
+        )
+
+    catalog = await _catalog(pool)
+    just_before = first.valid_from - timedelta(microseconds=1)
+    assert _price(catalog, model, just_before) == ("0.002", None)
+    assert _price(catalog, model, first.valid_from) == ("0.0005", first.id)
+    assert _price(catalog, model, second.valid_from - timedelta(microseconds=1)) == (
+        "0.0005", first.id,
+    )  # fmt: skip
+    assert _price(catalog, model, second.valid_from) == ("0.0007", second.id)
+    assert _price(catalog, model, last.valid_to) == ("0.002", None)
+    assert _price(catalog, model, None) == ("0.002", None)
+
+
+async def test_an_override_of_a_new_model_is_the_model_while_it_is_valid(
+    live: LiveCatalog, pool: asyncpg.Pool
+) -> None:
+    made = await _put(pool, live, "house-model", "0.000003", provider="inhouse")
+    assert (made.provider, made.model) == ("inhouse", "house-model")
+    catalog = await _catalog(pool)
+    assert _price(catalog, "inhouse/house-model", None) == ("0.003", made.id)
+    before = made.valid_from - timedelta(seconds=1)
+    with pytest.raises(UnknownModel) as unknown:
+        _price(catalog, "house-model", before)
+    assert str(unknown.value) == (
+        f"model 'house-model' was not in the catalog at {before.isoformat()} "
+        f"(added by an override from {made.valid_from.isoformat()})"
+    )
+
+    await delete_override(pool, live, made.id, source_url=URL)
+    (closed,) = await list_overrides(pool, history=True)
+    assert closed.valid_to is not None
+    catalog = await _catalog(pool)
+    assert "house-model" not in catalog.current
+    with pytest.raises(UnknownModel) as gone:
+        _price(catalog, "house-model", None)
+    assert f"(removed {closed.valid_to.isoformat()})" in str(gone.value)
+    assert _price(catalog, "house-model", made.valid_from) == ("0.003", made.id)
+    with pytest.raises(UnknownModel):
+        _price(catalog, "house-model", closed.valid_to)
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection, count: int) -> None:
+    for _ in range(500):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} sessions waited for the lock")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["create", "replace"])
+async def test_concurrent_puts_of_one_model_leave_one_current_override(
+    settings: Settings, live: LiveCatalog, existing: bool
+) -> None:
+    """Two PUTs of one model at once, held at the start until both are in flight: both succeed,
+    one after the other; the first is closed where the second starts, and one is current."""
+    model = "gpt-test-002"
+    async with asyncpg.create_pool(settings.core.database_url, min_size=3, max_size=3) as pool:
+        if existing:
+            await _put(pool, live, model, "0.000009", "old")
+        version = await _version(pool)
+        blocker = await asyncpg.connect(settings.core.database_url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM ai_cost_metadata FOR UPDATE")
+                puts = [
+                    asyncio.create_task(_put(pool, live, model, f"0.00000{i}", f"writer {i}"))
+                    for i in (1, 2)
+                ]
+                await _waiting_for_a_lock(blocker, 2)
+            made = await asyncio.gather(*puts)
+        finally:
+            await blocker.close()
+        history = [o for o in await list_overrides(pool, history=True) if o.model == model]
+        current = await list_overrides(pool)
+        assert await _version(pool) == version + 2
+
+    assert len(history) == 2 + existing
+    assert sorted(o.id for o in made) == [o.id for o in history[-2:]]
+    assert [o.id for o in current] == [history[-1].id]
+    for earlier, later in itertools.pairwise(history):
+        assert earlier.valid_to == later.valid_from
+    assert history[-1].valid_to is None
+    assert {o.reason for o in history[-2:]} == {"writer 1", "writer 2"}
+
+
+async def test_concurrent_puts_without_a_hold_never_fail(
+    live: LiveCatalog, settings: Settings
+) -> None:
+    async with asyncpg.create_pool(settings.core.database_url, min_size=4, max_size=4) as pool:
+        for round_ in range(5):
+            writers = (_put(pool, live, "gpt-test-000", f"0.0000{round_}{i}") for i in range(4))
+            await asyncio.gather(*writers)
+        history = await list_overrides(pool, history=True)
+    assert len(history) == 20
+    assert [o.valid_to is None for o in history] == [False] * 19 + [True]
+    assert all(a.valid_to == b.valid_from for a, b in itertools.pairwise(history))
+
+
+_UNDO_HISTORY = (
+    "DROP INDEX ai_cost_overrides_one_current",
+    "ALTER TABLE ai_cost_overrides DROP CONSTRAINT ai_cost_overrides_valid_span,"
+    " DROP COLUMN valid_from, DROP COLUMN valid_to,"
+    " ADD CONSTRAINT ai_cost_overrides_provider_model_key UNIQUE (provider, model)",
+    "DELETE FROM migration WHERE app_name = 'costs' AND name = '2026-12-03T09:00:00:000000'",
+)
+
+
+async def test_the_history_migration_starts_each_override_at_its_created_at(
+    settings: Settings,
+) -> None:
+    """The table as it was before the migration (undone here), with two overrides: each becomes
+    current from its `created_at`, the best evidence of when its prices were set."""
+    set_at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    conn = await asyncpg.connect(settings.core.database_url)
+    try:
+        for statement in _UNDO_HISTORY:
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO ai_cost_overrides (provider, model, prices, reason, created_at)"
+            " VALUES ('openai', 'gpt-test-000', '{\"input_cost_per_token\": 1e-07}', 'a', $1),"
+            " ('inhouse', 'house-model', '{\"input_cost_per_token\": 0.5}', '', $2)",
+            set_at,
+            set_at + timedelta(days=1),
+        )
+    finally:
+        await conn.close()
+    assert await apply_migrations(settings.core) == ["costs:2026-12-03T09:00:00:000000"]
+    conn = await asyncpg.connect(settings.core.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT model, created_at, valid_from, valid_to FROM ai_cost_overrides ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("gpt-test-000", set_at, set_at, None),
+            ("house-model", set_at + timedelta(days=1), set_at + timedelta(days=1), None),
+        ]
+        # one current override per (provider, model); closed ones are many
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO ai_cost_overrides (provider, model, prices)"
+                " VALUES ('openai', 'gpt-test-000', '{}')"
+            )
+        await conn.execute(
+            "INSERT INTO ai_cost_overrides (provider, model, prices, valid_from, valid_to)"
+            " VALUES ('openai', 'gpt-test-000', '{}', $1, $1), ('openai', 'gpt-test-000', '{}',"
+            " $1, $1)",
+            set_at,
+        )
+        with pytest.raises(asyncpg.CheckViolationError):  # a span that ends before it starts
+            await conn.execute(
+                "INSERT INTO ai_cost_overrides (provider, model, prices, valid_from, valid_to)"
+                " VALUES ('openai', 'x', '{}', $1, $2)",
+                set_at,
+                set_at - timedelta(seconds=1),
+            )
+    finally:
+        await conn.close()
 
 
 # -- the Piccolo table classes -----------------------------------------------------------------

@@ -114,12 +114,16 @@ class OverrideIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class OverrideOut(msgspec.Struct, frozen=True, kw_only=True):
+    """An override: it applies to the calls from `valid_from` until `valid_to` (null: current)."""
+
     id: int
     provider: str
     model: str
     prices: dict[str, str]
     reason: str
     created_at: datetime
+    valid_from: datetime
+    valid_to: datetime | None
 
 
 class CatalogOut(CatalogStatus, frozen=True, kw_only=True):

@@ -1,8 +1,16 @@
 """The price catalog in memory: immutable, built for O(1) lookups, swapped in whole.
 
 `load_catalog()` reads every price version (current and past), the aliases and the operator
-overrides of the database into a new `Catalog`. Readers hold a reference to one catalog for the
-whole of a calculation, so a reload that happens meanwhile never mixes two versions of it.
+overrides (current and past) of the database into a new `Catalog`. Readers hold a reference to one
+catalog for the whole of a calculation, so a reload that happens meanwhile never mixes two
+versions of it.
+
+Prices at a time `at` (`version_at`): the model's price version valid then, with the operator's
+override valid then laid over it (`override_id` names it), or none when no override was valid
+then. An override therefore applies from when it was set, and a call before it keeps the source's
+price. A model that only overrides define (one the source does not know) exists only while one of
+its overrides is valid. The current version of each model (`current`), the calculator's path
+for a call priced now, is built once with the current override already laid over it.
 
 Name resolution, in order (the result says which rule matched, `matched_by`):
 
@@ -29,7 +37,7 @@ import bisect
 import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -53,7 +61,13 @@ _RESOLVE_CACHE_LIMIT: Final = 4096
 
 @dataclass(frozen=True, slots=True, eq=False)
 class PriceVersion:
-    """One version of one model's prices (a row of ai_model_costs), overrides applied."""
+    """One version of one model's prices (a row of ai_model_costs), with the operator's override
+    laid over it when `override_id` is set.
+
+    `valid_from` and `valid_to` are the price version's (`price_version`, `id`); the override's
+    own span is the override's. A model that only an override defines has a version per override
+    (`source` "override", `id` 0), valid while that override is.
+    """
 
     id: int
     source: str
@@ -67,6 +81,8 @@ class PriceVersion:
     # and decoding and freeing them all took a tenth of a `calc --batch` run.
     stored_entry: Mapping[str, Any] | str
     override_id: int | None = None
+    # The override's prices, laid over the stored entry when `entry` is first read.
+    override_prices: Mapping[str, Any] | None = None
     _decoded: list[Mapping[str, Any]] = field(default_factory=list, repr=False)
     _compiled: list[CompiledPrices] = field(default_factory=list, repr=False)
 
@@ -74,11 +90,26 @@ class PriceVersion:
     def entry(self) -> Mapping[str, Any]:
         """The price entry, every number an exact Decimal (decoded once, on first use)."""
         stored = self.stored_entry
-        if not isinstance(stored, str):
+        if not isinstance(stored, str) and self.override_prices is None:
             return stored
         if not self._decoded:
-            self._decoded.append(decode_json(stored))
+            entry = decode_json(stored) if isinstance(stored, str) else stored
+            if self.override_prices is not None:
+                entry = {**entry, **self.override_prices}
+            self._decoded.append(entry)
         return self._decoded[0]
+
+    def with_override(self, override: Override) -> PriceVersion:
+        """This version (one without an override) with `override` laid over it; its entry is
+        merged on first use, from this one's if that is decoded already."""
+        return replace(
+            self,
+            stored_entry=self._decoded[0] if self._decoded else self.stored_entry,
+            override_id=override.id,
+            override_prices=override.prices,
+            _decoded=[],
+            _compiled=[],
+        )
 
     @property
     def prices(self) -> CompiledPrices:
@@ -108,26 +139,55 @@ class Catalog:
         aliases: Mapping[str, str],
         loaded_at: datetime,
         source: str = DEFAULT_SOURCE,
+        overrides: Iterable[Override] = (),
     ) -> None:
+        """`versions`: each model's price versions from the source, by `valid_from`;
+        `overrides`: every override, current and closed."""
         self.version = version
         self.loaded_at = loaded_at
         self.source = source
         self._versions = dict(versions)
-        self._current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
+        # Source models only: a model that only overrides define has no start here.
         self._starts = {k: [pv.valid_from for pv in v] for k, v in versions.items()}
+        # Each model's overrides, oldest first (a replacement starts where the one it closed
+        # ended), and their starts for bisect.
+        spans: dict[str, list[Override]] = {}
+        for override in overrides:
+            spans.setdefault(override.model, []).append(override)
+        self._overrides = {
+            k: tuple(sorted(v, key=lambda o: (o.valid_from, o.id))) for k, v in spans.items()
+        }
+        self._override_starts = {k: [o.valid_from for o in v] for k, v in self._overrides.items()}
+        # (price version id, override id) -> that version with that override laid over it
+        self._overlaid: dict[tuple[int, int], PriceVersion] = {}
+        # A model the source does not know: one version per override, each valid while it is.
+        self._added: dict[int, PriceVersion] = {}
+        current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
+        for key, timeline in self._overrides.items():
+            now = next((o for o in reversed(timeline) if o.valid_to is None), None)
+            if key in versions:
+                if now is not None and key in current:
+                    current[key] = self._overlay(current[key], now)
+                continue
+            added = tuple(_added_model(o) for o in timeline)
+            self._added.update((o.id, pv) for o, pv in zip(timeline, added, strict=True))
+            self._versions[key] = added
+            if now is not None:
+                current[key] = self._added[now.id]
+        self._current = current
         self._aliases = dict(aliases)
         self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
         lower: dict[str, str] = {}
         by_provider: dict[tuple[str, str], str] = {}
-        for key in sorted(versions, key=lambda k: (k not in self._current, k)):
+        for key in sorted(self._versions, key=lambda k: (k not in self._current, k)):
             lower.setdefault(key.lower(), key)
-            provider = versions[key][-1].provider
+            provider = self._versions[key][-1].provider
             bare = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
             by_provider.setdefault((provider.lower(), bare.lower()), key)
         self._lower = lower
         self._by_provider = by_provider
         self._undated: dict[str, str] = {}
-        for key in sorted(versions):
+        for key in sorted(self._versions):
             match = _DATE_SUFFIX.match(key)
             if match:  # the newest dated key wins for its undated name
                 self._undated[match["base"].lower()] = key
@@ -146,7 +206,29 @@ class Catalog:
         return self._current
 
     def history(self, key: str) -> tuple[PriceVersion, ...]:
+        """The model's price versions, oldest first, as the source gave them (no override laid
+        over them); for a model that only overrides define, one version per override."""
         return self._versions.get(key, ())
+
+    def overrides(self, key: str) -> tuple[Override, ...]:
+        """Every override of the model, current and closed, oldest first."""
+        return self._overrides.get(key, ())
+
+    def override_at(self, key: str, at: datetime) -> Override | None:
+        """The override of the model valid at `at` (the newest, should two be), or None."""
+        timeline = self._overrides.get(key)
+        if timeline is None:
+            return None
+        return _valid_at(timeline, self._override_starts[key], at)
+
+    def _overlay(self, version: PriceVersion, override: Override) -> PriceVersion:
+        """`version` with `override` laid over it: one object per pair, so that it is compiled
+        once however often it prices."""
+        pair = (version.id, override.id)
+        found = self._overlaid.get(pair)
+        if found is None:
+            found = self._overlaid[pair] = version.with_override(override)
+        return found
 
     # -- resolution --------------------------------------------------------------------------
 
@@ -263,23 +345,50 @@ class Catalog:
     # -- versions ----------------------------------------------------------------------------
 
     def version_at(self, key: str, at: datetime) -> tuple[PriceVersion, str | None]:
-        """The version of `key` valid at `at`, and a note when none was valid then."""
+        """The version of `key` valid at `at`, with the override valid at `at` laid over it, and
+        a note when no source version was valid then (the first one is used)."""
+        starts = self._starts.get(key)
+        if starts is None:  # a model that only overrides define
+            return self._added_at(key, at), None
         versions = self._versions[key]
-        index = bisect.bisect_right(self._starts[key], at) - 1
+        index = bisect.bisect_right(starts, at) - 1
+        note = None
         if index < 0:
-            first = versions[0]
-            return first, (
+            version = versions[0]
+            note = (
                 f"{at.isoformat()} is before the catalog's first price for {key!r} "
-                f"({first.valid_from.isoformat()}); that first price was used"
+                f"({version.valid_from.isoformat()}); that first price was used"
             )
-        version = versions[index]
-        if version.valid_at(at):
-            return version, None
+        else:
+            version = versions[index]
+            if not version.valid_at(at):
+                raise UnknownModel(
+                    key,
+                    (),
+                    reason=f"model {key!r} was not in the catalog at {at.isoformat()} (removed "
+                    f"{version.valid_to.isoformat() if version.valid_to else '?'})",
+                )
+        timeline = self._overrides.get(key)
+        if timeline is not None:
+            override = _valid_at(timeline, self._override_starts[key], at)
+            if override is not None:
+                version = self._overlay(version, override)
+        return version, note
+
+    def _added_at(self, key: str, at: datetime) -> PriceVersion:
+        """The version of a model that only overrides define: it exists while one is valid."""
+        override = self.override_at(key, at)
+        if override is not None:
+            return self._added[override.id]
+        timeline = self._overrides[key]
+        before = [o for o in timeline if o.valid_from <= at]
+        when = (
+            f"removed {before[-1].valid_to.isoformat()}"
+            if before and before[-1].valid_to is not None
+            else f"added by an override from {timeline[0].valid_from.isoformat()}"
+        )
         raise UnknownModel(
-            key,
-            (),
-            reason=f"model {key!r} was not in the catalog at {at.isoformat()} (removed "
-            f"{version.valid_to.isoformat() if version.valid_to else '?'})",
+            key, (), reason=f"model {key!r} was not in the catalog at {at.isoformat()} ({when})"
         )
 
     def models(
@@ -312,7 +421,7 @@ class Catalog:
         loaded_at: datetime | None = None,
     ) -> Catalog:
         """A catalog from ai_model_costs rows (dicts with the table's columns and `entry`, a
-        mapping or its JSON text)."""
+        mapping or its JSON text) and every override, current and closed."""
         grouped: dict[str, list[PriceVersion]] = {}
         for row in rows:
             grouped.setdefault(row["model"], []).append(
@@ -327,51 +436,45 @@ class Catalog:
                     stored_entry=row["entry"],
                 )
             )
-        for override in overrides:
-            _apply_override(grouped, override)
         versions = {k: tuple(sorted(v, key=lambda pv: pv.valid_from)) for k, v in grouped.items()}
         return cls(
             version=version,
             versions=versions,
             aliases=aliases,
             loaded_at=loaded_at or datetime.now(UTC),
+            overrides=overrides,
         )
 
 
-def _apply_override(grouped: dict[str, list[PriceVersion]], override: Override) -> None:
-    """An operator override wins over the source for every version of its model."""
-    existing = grouped.get(override.model)
-    if existing:
-        grouped[override.model] = [
-            PriceVersion(
-                id=pv.id,
-                source=pv.source,
-                provider=pv.provider,
-                model=pv.model,
-                mode=pv.mode,
-                valid_from=pv.valid_from,
-                valid_to=pv.valid_to,
-                stored_entry={**pv.entry, **override.prices},
-                override_id=override.id,
-            )
-            for pv in existing
-        ]
-        return
+def _valid_at(
+    timeline: tuple[Override, ...], starts: list[datetime], at: datetime
+) -> Override | None:
+    """The newest override of `timeline` (sorted by start; `starts` theirs) valid at `at`."""
+    newest = timeline[-1]
+    if newest.valid_from <= at and (newest.valid_to is None or at < newest.valid_to):
+        return newest  # the usual case: a call of the current override's time
+    for index in range(bisect.bisect_right(starts, at) - 1, -1, -1):
+        override = timeline[index]
+        if override.valid_to is None or at < override.valid_to:
+            return override
+    return None
+
+
+def _added_model(override: Override) -> PriceVersion:
+    """The version of a model the source does not know, while `override` is valid."""
     entry = {"litellm_provider": override.provider, **override.prices}
     mode = entry.get("mode")
-    grouped[override.model] = [
-        PriceVersion(
-            id=0,
-            source="override",
-            provider=override.provider,
-            model=override.model,
-            mode=mode if isinstance(mode, str) else None,
-            valid_from=datetime(1970, 1, 1, tzinfo=UTC),
-            valid_to=None,
-            stored_entry=entry,
-            override_id=override.id,
-        )
-    ]
+    return PriceVersion(
+        id=0,
+        source="override",
+        provider=override.provider,
+        model=override.model,
+        mode=mode if isinstance(mode, str) else None,
+        valid_from=override.valid_from,
+        valid_to=override.valid_to,
+        stored_entry=entry,
+        override_id=override.id,
+    )
 
 
 async def load_catalog(conn: DbConnection, source: str = DEFAULT_SOURCE) -> Catalog:
@@ -380,5 +483,5 @@ async def load_catalog(conn: DbConnection, source: str = DEFAULT_SOURCE) -> Cata
         version = await read_catalog_version(conn, source)
         rows = await read_versions(conn, source)
         aliases = await read_aliases(conn, source)
-        overrides = await read_overrides(conn)
+        overrides = await read_overrides(conn, history=True)
     return Catalog.build(rows, aliases=aliases, overrides=overrides, version=version)

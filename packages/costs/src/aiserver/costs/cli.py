@@ -138,18 +138,37 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     from aiserver.costs.errors import UnknownModel
     from aiserver.costs.money import plain
     from aiserver.costs.pricing import is_price_field
+    from aiserver.costs.store.overrides import read_overrides
     from aiserver.costs.store.prices import read_current_model
 
     conn = await _connect(settings)
     try:
         found = await read_current_model(conn, args.model)
+        overrides = [o for o in await read_overrides(conn) if found and o.model == found.model]
     finally:
         await conn.close()
     if found is None:
         raise UnknownModel(args.model, ())
     entry = found.entry
     if args.json:
-        _print_json({"model": found.model, "provider": found.provider, "entry": plain(entry)})
+        _print_json(
+            {
+                "model": found.model,
+                "provider": found.provider,
+                "entry": plain(entry),
+                "overrides": [
+                    {
+                        "id": o.id,
+                        "provider": o.provider,
+                        "prices": plain(dict(o.prices)),
+                        "reason": o.reason,
+                        "valid_from": o.valid_from,
+                        "valid_to": o.valid_to,
+                    }
+                    for o in overrides
+                ],
+            }
+        )
         return 0
     print(f"model:     {found.model}")
     print(f"provider:  {found.provider}")
@@ -163,6 +182,11 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
         value = plain(entry[name])
         text = value if not isinstance(value, dict | list) else _json.encode(value).decode()
         print(f"  {name} = {text}")
+    for o in overrides:  # the current one (one per provider that overrides this model)
+        reason = f" ({o.reason})" if o.reason else ""
+        print(f"override:  {o.id}, by {o.provider}, valid from {_when(o.valid_from)}{reason}")
+        for name, value in sorted(o.prices.items()):
+            print(f"  {name} = {plain(value)}")
     return 0
 
 
@@ -235,6 +259,9 @@ def _print_result(result: CostResult) -> None:
     if result.unpriced:
         unpriced = ", ".join(result.unpriced)
         print(f"unpriced: {unpriced} (no price in the catalog, so not in the total)")
+    if result.override_id is not None:
+        at = _when(result.at)
+        print(f"override: {result.override_id}, the operator's override valid at {at}")
     for note in result.notes:
         print(f"note:     {note}")
 
@@ -304,7 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="source, ages, staleness, counts, last error")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
-    show = sub.add_parser("show", help="the current prices of one model")
+    show = sub.add_parser(
+        "show",
+        help="the current prices of one model, and its current override with its validity",
+    )
     show.add_argument("model", metavar="MODEL", help="the model's catalog key")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
 

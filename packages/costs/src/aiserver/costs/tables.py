@@ -24,7 +24,6 @@ from piccolo.columns import (
     Text,
     Timestamptz,
 )
-from piccolo.constraints import Unique
 from piccolo.table import Table
 
 from aiserver.costs.store.prices import TYPED_PRICE_COLUMNS
@@ -84,14 +83,17 @@ class AiModelCost(Table, tablename="ai_model_costs"):
 
 
 class AiCostOverride(Table, tablename="ai_cost_overrides"):
+    # One row per override over its span of time: a replacement closes the current row and opens
+    # a new one, a deletion closes it. One current row per (provider, model) is a partial unique
+    # index (`ai_cost_overrides_one_current`, WHERE valid_to IS NULL): the migration's alone.
     id = BigSerial(primary_key=True)
     provider = Text()
     model = Text()
     prices = JSONB()
     reason = Text(default="")
     created_at = Timestamptz()
-    # an upsert's conflict target (`store.overrides.upsert_override`): one override per model
-    provider_model = Unique([provider, model], name="ai_cost_overrides_provider_model_key")
+    valid_from = Timestamptz()
+    valid_to = Timestamptz(null=True, default=None)
 
 
 class AiCostRefreshRun(Table, tablename="ai_cost_refresh_runs"):

@@ -1,22 +1,24 @@
 """Operator price overrides (admin): they win over the source and survive refreshes.
 
-The rules and the writes are `aiserver.costs.overrides`'; a change reaches every API replica
-within seconds.
+An override applies from when it was set until it is replaced or deleted; both keep it, closed,
+so calls of the past keep the prices of their time. The rules and the writes are
+`aiserver.costs.overrides`'; a change reaches every API replica within seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import Final
+from typing import Annotated, Final
 
 from litestar import Controller, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from aiserver.api.auth import requires_admin
 from aiserver.api.problems import problem_responses
+from aiserver.api.query import only_query
 from aiserver.api.schemas import OverrideIn, OverrideOut
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
@@ -35,6 +37,8 @@ def _out(override: Override) -> OverrideOut:
         prices={k: money(v) for k, v in override.prices.items()},
         reason=override.reason,
         created_at=override.created_at,
+        valid_from=override.valid_from,
+        valid_to=override.valid_to,
     )
 
 
@@ -49,10 +53,22 @@ class OverrideController(Controller):
     guards = (requires_admin,)
     security = ({"bearer": []},)
 
-    @get("/", summary="List price overrides (admin)", responses=problem_responses(401, 403, 503))
-    async def list_overrides(self) -> list[OverrideOut]:
+    @get(
+        "/",
+        summary="List price overrides (admin)",
+        responses=problem_responses(400, 401, 403, 422, 503),
+        guards=[only_query("history")],
+    )
+    async def list_overrides(
+        self,
+        history: Annotated[
+            bool, QueryParameter(description="list the closed overrides too (replaced, deleted)")
+        ] = False,
+    ) -> list[OverrideOut]:
+        """The current overrides by id; with `history=true`, the closed ones too."""
         async with asyncio.timeout(DB_TIMEOUT_S):
-            return [_out(o) for o in await overrides.list_overrides(require_pool())]
+            found = await overrides.list_overrides(require_pool(), history=history)
+        return [_out(o) for o in found]
 
     @post(
         "/",
@@ -63,7 +79,8 @@ class OverrideController(Controller):
     async def put_override(self, state: State, data: JSONBody[OverrideIn]) -> OverrideOut:
         """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token).
         An existing model is named by any name the calculator accepts; a new one is created
-        under `provider`."""
+        under `provider`. The override applies from now on; one it replaces is closed now (and
+        listed with `history=true`); the new one has a new id."""
         async with asyncio.timeout(DB_TIMEOUT_S):
             override = await overrides.put_override(
                 require_pool(),
@@ -83,6 +100,8 @@ class OverrideController(Controller):
         responses=problem_responses(400, 401, 403, 404, 503),
     )
     async def delete_override(self, state: State, override_id: FromPath[int]) -> None:
+        """End a current override now: calls from now on are priced without it, calls before
+        keep it. It stays listed with `history=true`. A closed override is a 404."""
         async with asyncio.timeout(DB_TIMEOUT_S):
             await overrides.delete_override(
                 require_pool(), state.live, override_id, source_url=_source_url(state)
