@@ -347,6 +347,9 @@ async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:
     code, out, _ = await ledger(env, "events", "--project", "nope", "--json")
     assert code == 1
     assert json.loads(out)["error"]["type"] == "urn:aiserver:problem:unknown-project"
+    code, _, err = await ledger(env, "events", "--project", "acme", "--limit", "-1")
+    assert code == 2
+    assert "argument --limit: a whole number, 0 or more: '-1'" in err
     code, _, err = await ledger(env, "import", "-", "--project", "acme", "--chunk-size", "0")
     assert code == 2
     assert "--chunk-size: 1 to 10000: '0'" in err
@@ -360,3 +363,24 @@ async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:
     assert "| aiserver-ledger import --project acme-search -" in text
     code, out, _ = await ledger(env, "events", "--help")
     assert "--tag team=search --model gpt-4o --limit 0 --json" in out
+
+
+async def test_without_a_catalog_the_events_are_kept_unpriced_and_the_command_says_so(
+    subprocess_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    assert (await ledger(subprocess_env, "projects", "create", "acme"))[0] == 0
+    path = tmp_path / "usage.jsonl"
+    path.write_text(line("u1", "gpt-test-001", 1000, 500, 1) + "\n")
+    code, out, err = await ledger(subprocess_env, "import", str(path), "--project", "acme")
+    assert (code, out) == (0, summary(str(path), 1, 1, 0, 0, 0)), err
+    assert (
+        "aiserver-ledger import: the catalog in the database has no models yet (aiserver-costs "
+        "seed or refresh): every event is recorded unpriced"
+    ) in err.splitlines()
+    row = await db.fetchrow("SELECT status, total_cost, pricing_note FROM usage_events")
+    assert dict(row) == {
+        "status": "unpriced",
+        "total_cost": None,
+        "pricing_note": "the catalog in the database has no models yet (aiserver-costs seed or "
+        "refresh)",
+    }

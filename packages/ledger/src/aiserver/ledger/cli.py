@@ -357,6 +357,13 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number, 0 or more: {text!r}")
+    return int(text)
+
+
 async def _events(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger import projects
     from aiserver.ledger.access import Access
@@ -591,7 +598,7 @@ def _events_parser(groups: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     command.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=100,
         metavar="N",
         help="at most N events (default: %(default)s; 0: all of them)",
