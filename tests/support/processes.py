@@ -20,13 +20,17 @@ START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 
 
-async def run_module(module: str, env: Mapping[str, str], *args: str) -> tuple[int, str, str]:
-    """`python -m module args` to its end: its exit status, stdout and stderr."""
+async def run_module(
+    module: str, env: Mapping[str, str], *args: str, stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    """`python -m module args` to its end (reading `stdin`, if given): its exit status, stdout
+    and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *args, env=dict(env),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else None,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await proc.communicate()
+    out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

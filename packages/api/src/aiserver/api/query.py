@@ -11,13 +11,19 @@ from litestar.types import Guard
 from aiserver.api.errors import UnknownQuery
 
 
-def only_query(*names: str) -> Guard:
-    """A guard that refuses any query parameter but `names` (e.g. `?archvied=true`)."""
+def only_query(*names: str, prefixes: tuple[str, ...] = ()) -> Guard:
+    """A guard that refuses any query parameter but `names` (e.g. `?archvied=true`) and those
+    whose name starts with one of `prefixes` (`tag:` takes `tag:team=search`)."""
     known = frozenset(names)
+    described = known | {f"{prefix}KEY" for prefix in prefixes}
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        unknown = sorted(set(connection.query_params) - known)
+        unknown = sorted(
+            name
+            for name in set(connection.query_params) - known
+            if not (prefixes and name.startswith(prefixes))
+        )
         if unknown:
-            raise UnknownQuery(unknown, known)
+            raise UnknownQuery(unknown, described)
 
     return guard

@@ -9,6 +9,8 @@ AiserverError
     │                             answer is the same, so it confirms nothing)
     ├── ProjectArchived       403 project-archived: an archived project's keys refuse all
     ├── UnknownKey            404 unknown-key: none by that id, or not your project's
+    ├── UnknownEvent          404 unknown-event: no usage event by that id, or another
+    │                             project's (the answer is the same)
     ├── KeyRejected           401 unauthorized: no credential, a malformed, unknown, revoked
     │                             or expired key, a wrong token (with WWW-Authenticate)
     ├── MissingScope          403 insufficient-scope: a valid key without the scope, or a
@@ -50,6 +52,10 @@ class ProjectExists(InvalidInput, status=409, slug="project-exists"):
 
 
 class UnknownProject(InvalidInput, status=404, slug="unknown-project"):
+    pass
+
+
+class UnknownEvent(InvalidInput, status=404, slug="unknown-event"):
     pass
 
 

@@ -4,6 +4,9 @@
 - :mod:`.valuation`: its price as of its `occurred_at` (priced, partially priced or unpriced);
 - :mod:`.ingest`: recording a request's events in one transaction (recorded, duplicate,
   conflict, invalid);
+- :mod:`.reading`: reading them back: a project's events filtered and newest first, a page at
+  a time (keyset), and one event by its id;
+- :mod:`.importing`: recording JSON lines a chunk per transaction (`aiserver-ledger import`);
 - :mod:`.partitions`: the monthly partitions, made ahead and dropped after the retention;
-- :mod:`.store`: every statement on the usage tables (`events`, `partitions`).
+- :mod:`.store`: every statement on the usage tables (`events`, `reading`, `partitions`).
 """

@@ -1,1 +1,2 @@
-"""Every statement on the usage tables: `events` (writing them), `partitions`."""
+"""Every statement on the usage tables: `events` (writing them), `reading` (reading them
+back), `partitions`."""

@@ -1,0 +1,117 @@
+"""Importing usage from JSON lines: the events of a file recorded a chunk at a time.
+
+    summary = await import_lines(pool, project_id, numbered_lines, recorder=recorder,
+                                 catalog=catalog, chunk_size=1000, progress=show)
+
+Each line is one event, as `POST /v1/usage` takes it; a blank line is skipped (and still
+counted for the line numbers). Every chunk of `chunk_size` events is recorded by
+`UsageRecorder.record` in its own transaction, so an import that stops half-way (a crash, the
+database going away) has kept whole chunks only, and running it again records exactly what is
+missing: the events recorded before are duplicates, which change nothing.
+
+Each line ends as the API answers its event: recorded, duplicate, conflict (its key was recorded
+with another payload; nothing changes) or invalid (not JSON, or an event that cannot be
+recorded; its problem names the fields). The summary counts them and keeps the first
+`MAX_SHOWN` invalid and conflicting lines with their line numbers and problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.costs.catalog import Catalog
+
+DEFAULT_CHUNK: Final = 1000
+MAX_CHUNK: Final = 10_000
+#: Refused lines kept for the summary, of each kind (invalid, conflict).
+MAX_SHOWN: Final = 10
+
+
+class RefusedLine(msgspec.Struct, frozen=True, kw_only=True):
+    line: int  # 1-based, in the file as given (blank lines counted)
+    id: str | None  # the event's key, where it had a readable one
+    problem: dict[str, Any]
+
+
+class ImportSummary(msgspec.Struct, kw_only=True):
+    events: int = 0  # events read (lines that are not blank)
+    recorded: int = 0
+    duplicate: int = 0
+    conflict: int = 0
+    invalid: int = 0
+    invalid_lines: list[RefusedLine] = msgspec.field(default_factory=list)
+    conflict_lines: list[RefusedLine] = msgspec.field(default_factory=list)
+    last_line: int = 0  # the last line of the last chunk recorded
+
+    @property
+    def refused(self) -> int:
+        return self.invalid + self.conflict
+
+
+async def import_lines(
+    pool: asyncpg.Pool,
+    project_id: int,
+    lines: Iterable[tuple[int, bytes]],
+    *,
+    recorder: UsageRecorder,
+    catalog: Catalog | None,
+    why_no_catalog: str = "",
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Record the events of `lines` ((line number, text) pairs) for the project, `chunk_size`
+    per transaction; `progress` is called after each chunk's COMMIT with the summary so far."""
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk_size: 1 to {MAX_CHUNK}; got {chunk_size}")
+    summary = ImportSummary()
+    chunk: list[tuple[int, bytes]] = []
+    for number, text in lines:
+        if not text.strip():
+            continue
+        chunk.append((number, text))
+        if len(chunk) == chunk_size:
+            await _record(pool, project_id, chunk, recorder, catalog, why_no_catalog, summary)
+            chunk = []
+            if progress is not None:
+                progress(summary)
+    if chunk:
+        await _record(pool, project_id, chunk, recorder, catalog, why_no_catalog, summary)
+        if progress is not None:
+            progress(summary)
+    return summary
+
+
+async def _record(
+    pool: asyncpg.Pool,
+    project_id: int,
+    chunk: list[tuple[int, bytes]],
+    recorder: UsageRecorder,
+    catalog: Catalog | None,
+    why_no_catalog: str,
+    summary: ImportSummary,
+) -> None:
+    raws = [text for _, text in chunk]
+    report = await recorder.record(
+        pool, project_id, decode_items(raws), catalog=catalog, why_no_catalog=why_no_catalog,
+        raws=raws,
+    )  # fmt: skip
+    summary.events += len(chunk)
+    summary.recorded += report.recorded
+    summary.duplicate += report.duplicate
+    summary.conflict += report.conflict
+    summary.invalid += report.invalid
+    summary.last_line = chunk[-1][0]
+    for (number, _), result in zip(chunk, report.results, strict=True):
+        shown = {"invalid": summary.invalid_lines, "conflict": summary.conflict_lines}.get(
+            result.status
+        )
+        if shown is not None and len(shown) < MAX_SHOWN and result.problem is not None:
+            shown.append(RefusedLine(line=number, id=result.id, problem=result.problem))
