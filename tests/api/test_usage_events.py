@@ -65,7 +65,7 @@ async def keys_of(client: Client, key: str, **params: Any) -> list[str]:
 
 
 async def test_an_event_reads_back_whole_with_its_exact_cost(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     reader = tenants.admin_a["key"]
     priced, cached, partial, unknown = await record(
@@ -92,7 +92,7 @@ async def test_an_event_reads_back_whole_with_its_exact_cost(
     gpt0 = (await client.get("/v1/models/gpt-test-000")).json()
     received = {
         r["event_key"]: r["received_at"]
-        for r in await db.fetch("SELECT event_key, received_at FROM usage_events")
+        for r in await pg.fetch("SELECT event_key, received_at FROM usage_events")
     }
 
     def before_catalog(when: datetime, model: dict[str, Any]) -> str:
@@ -466,11 +466,11 @@ async def test_reading_needs_a_project_key_with_the_read_scope(
 
 
 async def test_a_listing_reads_only_the_months_of_its_window_and_position(
-    client: Client, tenants: Tenants, db: asyncpg.Connection
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:
     """PostgreSQL prunes the partitions outside the time filters and the page's position."""
     await _scene(client, tenants)
-    project_id = await db.fetchval("SELECT id FROM projects WHERE slug = 'acme-a'")
+    project_id = await pg.fetchval("SELECT id FROM projects WHERE slug = 'acme-a'")
     newest, older = month_of(at(10)), month_of(at(24 * 40))
     assert newest != older
 
@@ -480,7 +480,7 @@ async def test_a_listing_reads_only_the_months_of_its_window_and_position(
         tags = json.dumps(query.tags) if query.tags else None
         filters = EventFilters(since=query.since, until=query.until, tags_json=tags)
         sql, args = events_statement(project_id, filters, after=after, limit=10)
-        plan = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
+        plan = json.loads(await pg.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
         return set(_relations(plan))
 
     everything = await scanned()

@@ -196,3 +196,22 @@ async def test_an_occurred_at_without_an_offset_is_utc_and_one_within_five_minut
     (result,) = (await record(ledger, catalog(), raw("a", occurred_at=ahead))).results
     assert result.status == "recorded"
     assert result.occurred_at == NOW + timedelta(minutes=4)
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (b'{"id": "a", "model": "m", "colour": "red"}', ["colour"]),
+        (b'{"id": "a", "model": "m", "provider": 7}', ["provider"]),
+        (b'{"id": "a", "model": "m", "tags": {"team": 7}}', ["tags"]),
+        (b'[{"id": "a"}]', []),
+        (b'{"model": "m"}', []),
+    ],
+)
+def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[str]) -> None:
+    from aiserver.ledger.errors import InvalidEvent
+    from aiserver.ledger.usage.ingest import decode_event
+
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(body)
+    assert caught.value.fields == fields

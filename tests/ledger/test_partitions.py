@@ -225,6 +225,13 @@ async def test_a_partition_gets_the_primary_key_the_indexes_and_the_checks_of_us
             "public.usage_events_p202612 USING btree (project_id, occurred_at, id)",
         },
         {
+            "index": "usage_events_p202612_project_id_id_idx",
+            "parent": "usage_events_by_id",
+            "primary": False,
+            "definition": "CREATE INDEX usage_events_p202612_project_id_id_idx ON "
+            "public.usage_events_p202612 USING btree (project_id, id)",
+        },
+        {
             "index": "usage_events_p202612_tags_idx",
             "parent": "usage_events_by_tags",
             "primary": False,

@@ -101,8 +101,11 @@ def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = 
         at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
     notes: tuple[str, ...] = ()
     resolution, version = catalog.current_for(request.model, request.provider)
-    if request.at is not None or version is None:
-        # a call in the past, or a model gone now: the version valid at `at` (or its last)
+    if version is None or (
+        request.at is not None and not catalog.holds_at(resolution.key, version, at)
+    ):
+        # a model gone now, or a call from before its prices last changed: the version valid
+        # at `at` (or its last)
         version, note = catalog.version_at(resolution.key, at)
         if note:
             notes = (note,)

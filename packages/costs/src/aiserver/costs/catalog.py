@@ -193,6 +193,12 @@ class Catalog:
                 self._undated[match["base"].lower()] = key
         # (name, provider) -> how it resolved, and that model's current version (None: gone)
         self._resolved: dict[tuple[str, str | None], tuple[Resolution, PriceVersion | None]] = {}
+        # (name, provider) -> the close matches of a name that resolves to nothing: looking for
+        # them takes tens of milliseconds, and a ledger meets the same unknown name again and again
+        self._missing: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        self._lowered_current: dict[str, str] | None = None
+        # key -> the instant since which its current version and override hold
+        self._settled: dict[str, datetime] = {}
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -244,9 +250,16 @@ class Catalog:
         cache_key = (name, provider)
         found = self._resolved.get(cache_key)
         if found is None:
+            missing = self._missing.get(cache_key)
+            if missing is not None:
+                raise UnknownModel(name, missing)
             resolution = self._resolve(name.strip(), provider.strip() if provider else None)
             if resolution is None:
-                raise UnknownModel(name, self.suggest(name, provider))
+                suggestions = self.suggest(name, provider)
+                if len(self._missing) >= _RESOLVE_CACHE_LIMIT:
+                    self._missing.clear()
+                self._missing[cache_key] = suggestions
+                raise UnknownModel(name, suggestions)
             found = (resolution, self._current.get(resolution.key))
             if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
                 self._resolved.clear()
@@ -334,7 +347,9 @@ class Catalog:
 
     def suggest(self, name: str, provider: str | None = None, limit: int = 5) -> tuple[str, ...]:
         wanted = f"{provider}/{name}" if provider else name
-        lowered = {key.lower(): key for key in self._current}
+        lowered = self._lowered_current
+        if lowered is None:
+            lowered = self._lowered_current = {key.lower(): key for key in self._current}
         close = difflib.get_close_matches(wanted.lower(), list(lowered), n=limit, cutoff=0.6)
         if len(close) < limit and "/" in wanted:
             close += difflib.get_close_matches(
@@ -343,6 +358,18 @@ class Catalog:
         return tuple(dict.fromkeys(lowered[c] for c in close))
 
     # -- versions ----------------------------------------------------------------------------
+
+    def holds_at(self, key: str, current: PriceVersion, at: datetime) -> bool:
+        """Whether `current` (the model's current version, with its current override) is also
+        the one valid at `at`: nothing about the model's prices changed since. A call of the last
+        days is then priced without `version_at`'s search."""
+        since = self._settled.get(key)
+        if since is None:
+            since = current.valid_from
+            for override in self._overrides.get(key, ()):
+                since = max(since, override.valid_to or override.valid_from)
+            self._settled[key] = since
+        return at >= since
 
     def version_at(self, key: str, at: datetime) -> tuple[PriceVersion, str | None]:
         """The version of `key` valid at `at`, with the override valid at `at` laid over it, and

@@ -58,6 +58,10 @@ STATEMENTS = (
     # tag equality (`tags @> '{"team": "search"}'`) for listing events and for the spend of tag
     # keys that a project does not roll up
     "CREATE INDEX usage_events_by_tags ON usage_events USING gin (tags jsonb_path_ops)",
+    # one event by its id (GET /v1/usage/events/{event_id}): the primary key finds a project's
+    # events in time order, and an id alone would scan them all. Not unique (a unique index of a
+    # partitioned table must hold the partition key); one sequence makes the ids unique anyway.
+    "CREATE INDEX usage_events_by_id ON usage_events (project_id, id)",
     # the events that wait for a price: a reprice after a catalog change finds them here (the
     # index holds only them, so it stays small however many events are priced)
     """

@@ -114,10 +114,19 @@ def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
         return _EVENT.decode(raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        path = message.rpartition(" - at `$")[2].rstrip("`").lstrip(".")
-        raise InvalidEvent(f"invalid event: {message}", [path] if path != message else []) from None
+        raise InvalidEvent(f"invalid event: {message}", _fields_of(message)) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the event is not valid JSON: {exc}") from None
+
+
+def _fields_of(message: str) -> list[str]:
+    """The field a msgspec validation message names: its `- at `$.a.b`` path, or the unknown
+    field of an object at the top ("Object contains unknown field `colour`")."""
+    _, at, path = message.rpartition(" - at `$")
+    if at:  # a mapping's value is `tags[...]` there: the field is `tags`
+        return [path.rstrip("`").lstrip(".").replace("[...]", "")]
+    _, unknown, name = message.partition("unknown field `")
+    return [name.rstrip("`")] if unknown else []
 
 
 def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
