@@ -273,10 +273,15 @@ class UsageRecorder:
             for attempt in (1, 2):
                 await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
                 try:
-                    async with conn.transaction():
-                        claimed, earlier = await self._write_once(
-                            conn, project_id, ordered, received_at
+                    if len(ordered) == 1:  # one statement, its own transaction: one round trip
+                        claimed, earlier = await _write_one(
+                            conn, project_id, ordered[0], received_at
                         )
+                    else:
+                        async with conn.transaction():
+                            claimed, earlier = await self._write_once(
+                                conn, project_id, ordered, received_at
+                            )
                     break
                 except asyncpg.CheckViolationError as exc:
                     if _NO_PARTITION not in str(exc) or attempt == 2:
@@ -324,6 +329,17 @@ class UsageRecorder:
             )
             await store.copy_events(conn, _while_open(conn, rows))
         return claimed, earlier
+
+
+async def _write_one(
+    conn: Any, project_id: int, entry: _Accepted, received_at: datetime
+) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
+    key = entry.event.key
+    row = _row(project_id, 0, received_at, entry.event, entry.valuation)
+    event_id = await store.record_one(conn, row, entry.event.payload_hash)
+    if event_id is not None:
+        return {key: event_id}, {}
+    return {}, await store.recorded_keys(conn, project_id, [key])
 
 
 def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:

@@ -46,6 +46,41 @@ EVENT_COLUMNS: Final = (
 )
 
 
+#: The SQL type of each of `EVENT_COLUMNS`.
+EVENT_TYPES: Final = (
+    "bigint", "timestamptz", "bigint", "timestamptz", "text", "text", "text", "text", "text",
+    "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "jsonb", "jsonb", "text",
+    "numeric", "jsonb", "text[]", "text", "text[]", "bigint", "bigint", "bigint",
+)  # fmt: skip
+# One event in one statement (its own transaction): the key, the outbox row and the event, or
+# nothing when the key is there already. $1, $2: project and occurred_at; the event's other
+# columns from $3 on (its id comes from the key's row); its payload hash last.
+_RECORD_ONE: Final = f"""  # noqa: S608  (built from the constants above, no input)
+    WITH claimed AS (
+        INSERT INTO usage_idempotency (project_id, key, payload_hash, event_id, occurred_at)
+        VALUES ($1, $4, ${len(EVENT_COLUMNS)}, nextval('usage_events_id_seq'), $2)
+        ON CONFLICT (project_id, key) DO NOTHING
+        RETURNING event_id
+    ), outbox AS (
+        INSERT INTO usage_outbox (project_id, event_id, occurred_at)
+        SELECT $1, event_id, $2 FROM claimed
+    ), event AS (
+        INSERT INTO usage_events ({", ".join(EVENT_COLUMNS)})
+        SELECT $1::bigint, $2::timestamptz, claimed.event_id, {
+    ", ".join(f"${n}::{t}" for n, t in enumerate(EVENT_TYPES[3:], start=3))
+} FROM claimed
+    )
+    SELECT event_id FROM claimed
+"""
+
+
+async def record_one(conn: DbConnection, row: Sequence[Any], payload_hash: bytes) -> int | None:
+    """Record one event (a row in `EVENT_COLUMNS` order, its id left out) in one round trip:
+    its new id, or None when its key was recorded before (see `recorded_keys`)."""
+    event_id: int | None = await conn.fetchval(_RECORD_ONE, row[0], row[1], *row[3:], payload_hash)
+    return event_id
+
+
 async def claim_keys(
     conn: DbConnection,
     project_id: int,
