@@ -15,14 +15,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
 from aiserver.costs.calculator import CostRequest
 from aiserver.costs.errors import UsageError
-from aiserver.costs.pricing import Usage
+from aiserver.costs.pricing import Usage, validate_usage
 from aiserver.costs.refresh import Outcome, refresh_catalog
-from aiserver.costs.usage_formats import USAGE_FORMATS, read_usage
+from aiserver.costs.usage_formats import FORMATS, USAGE_FORMATS, Less, Listed, read_usage
 
 from ..conftest import Settings, replace_settings
 from ..support.catalog import document, model_entry
@@ -701,6 +703,49 @@ def test_odd_input_is_a_usage_error_naming_its_path(
     assert (error.fields, str(error)) == (fields, message)
     assert error.problem()["type"] == PROBLEM + "invalid-usage"
     assert error.problem()["status"] == 422
+
+
+def _keys() -> list[str]:
+    """Every key the formats read, so that generated objects reach each branch of the mappings."""
+    keys = {"AUDIO", "IMAGE", "VIDEO", "1h", "5m"}
+    for fmt in FORMATS.values():
+        terms = [term for terms in fmt.counts.values() for term in terms]
+        terms += [term for bound in fmt.bounds for term in (bound.total, *bound.parts)]
+        for term in terms:
+            source = term.source if isinstance(term, Less) else term
+            keys.update(source.path.split("."))
+            if isinstance(source, Listed):
+                keys.update((source.key, source.amount))
+    return sorted(keys)
+
+
+KEYS = _keys()
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-5, max_value=10**16)
+    | st.floats(allow_nan=False)
+    | st.sampled_from(KEYS),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=6)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=JSON, usage_format=st.sampled_from(USAGE_FORMATS))
+def test_any_json_reads_as_a_valid_usage_or_a_usage_error(raw: Any, usage_format: str) -> None:
+    """Whatever JSON a client sends as a provider's usage, the answer is a Usage that prices as
+    it is or a UsageError naming fields under `usage`: never another exception (a 500)."""
+    fields: tuple[str, ...] = ("usage",)
+    try:
+        validate_usage(read_usage(raw, usage_format))
+    except UsageError as error:
+        fields = error.fields
+    assert fields
+    assert all(field == "usage" or field.startswith("usage.") for field in fields)
 
 
 # -- our own usage object, as the endpoint reads it ------------------------------------------
