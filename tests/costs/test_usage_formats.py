@@ -23,6 +23,7 @@ from aiserver.api.app import create_app
 from aiserver.costs.calculator import CostRequest
 from aiserver.costs.errors import UsageError
 from aiserver.costs.pricing import Usage, validate_usage
+from aiserver.costs.pricing.usage import COUNT_FIELDS, usage_is_valid
 from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.costs.usage_formats import FORMATS, USAGE_FORMATS, Less, Listed, read_usage
 
@@ -746,6 +747,34 @@ def test_any_json_reads_as_a_valid_usage_or_a_usage_error(raw: Any, usage_format
         fields = error.fields
     assert fields
     assert all(field == "usage" or field.startswith("usage.") for field in fields)
+
+
+COUNT = st.one_of(
+    st.integers(min_value=0, max_value=3000),
+    st.integers(min_value=-3, max_value=10**16),
+    st.sampled_from([True, 1.0, None]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    counts=st.dictionaries(st.sampled_from(COUNT_FIELDS), COUNT, max_size=8),
+    max_results=st.none() | st.integers(min_value=-1, max_value=10**16),
+    size=st.sampled_from(["low", "medium", "high", "huge"]),
+)
+def test_the_fast_check_of_a_usage_agrees_with_validate_usage(
+    counts: dict[str, Any], max_results: int | None, size: str
+) -> None:
+    """read_usage answers most usages with usage_is_valid and calls validate_usage only to say
+    what is wrong: the two must agree on every usage."""
+    candidate = Usage(**counts, max_results=max_results, search_context_size=size)  # type: ignore[arg-type]
+    try:
+        validate_usage(candidate)
+    except UsageError:
+        valid = False
+    else:
+        valid = True
+    assert usage_is_valid(candidate) is valid
 
 
 # -- our own usage object, as the endpoint reads it ------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, NamedTuple, get_args
 import msgspec
 
 from aiserver.costs.errors import UsageError
-from aiserver.costs.pricing.usage import MAX_QUANTITY, Usage, validate_usage
+from aiserver.costs.pricing.usage import MAX_QUANTITY, Usage, usage_is_valid, validate_usage
 
 UsageFormat = Literal["openai.chat", "openai.responses", "anthropic", "gemini", "bedrock.converse"]
 USAGE_FORMATS: Final[tuple[UsageFormat, ...]] = get_args(UsageFormat)
@@ -36,12 +36,16 @@ USAGE_FORMATS: Final[tuple[UsageFormat, ...]] = get_args(UsageFormat)
 ROOT: Final = "usage"
 
 
+#: The lists a read has summed already: (path, key, amount) -> the sums by value of the key.
+Sums = dict[tuple[str, str, str], dict[Any, int]]
+
+
 class Count(NamedTuple):
     """The count at ``path`` (keys joined by dots) of the provider's object."""
 
     path: str
 
-    def read(self, raw: Mapping[str, Any]) -> int:
+    def read(self, raw: Mapping[str, Any], sums: Sums) -> int:
         return _count(_at(raw, self.path), self.path)
 
     def given(self, raw: Mapping[str, Any]) -> bool:
@@ -66,20 +70,31 @@ class Listed(NamedTuple):
     value: str
     amount: str
 
-    def read(self, raw: Mapping[str, Any]) -> int:
+    def read(self, raw: Mapping[str, Any], sums: Sums) -> int:
+        summed = sums.get((self.path, self.key, self.amount))
+        if summed is None:
+            summed = sums[self.path, self.key, self.amount] = self._sums(raw)
+        return summed.get(self.value, 0)
+
+    def _sums(self, raw: Mapping[str, Any]) -> dict[Any, int]:
+        """The list's amounts summed by the value of the key, every entry checked."""
         entries = _at(raw, self.path)
         if entries is None:
-            return 0
+            return {}
         if type(entries) is not list:
             raise UsageError(f"{self.named()} must be a list", (self.named(),))
-        total = 0
+        summed: dict[Any, int] = {}
         for index, entry in enumerate(entries):
-            where = f"{self.path}[{index}]"
             if type(entry) is not dict:
-                raise UsageError(f"{ROOT}.{where} must be a JSON object", (f"{ROOT}.{where}",))
-            if entry.get(self.key) == self.value:
-                total += _count(entry.get(self.amount), f"{where}.{self.amount}")
-        return total
+                where = f"{ROOT}.{self.path}[{index}]"
+                raise UsageError(f"{where} must be a JSON object", (where,))
+            value = entry.get(self.key)
+            if type(value) is str:  # a value of another type is no value this reads
+                amount = entry.get(self.amount)
+                if type(amount) is not int or not 0 <= amount <= MAX_QUANTITY:
+                    amount = _count(amount, f"{self.path}[{index}].{self.amount}")
+                summed[value] = summed.get(value, 0) + amount
+        return summed
 
     def given(self, raw: Mapping[str, Any]) -> bool:
         return _at(raw, self.path) is not None
@@ -96,8 +111,8 @@ class Less(NamedTuple):
 
     source: Count | Listed
 
-    def read(self, raw: Mapping[str, Any]) -> int:
-        return -self.source.read(raw)
+    def read(self, raw: Mapping[str, Any], sums: Sums) -> int:
+        return -self.source.read(raw, sums)
 
     def given(self, raw: Mapping[str, Any]) -> bool:
         return self.source.given(raw)
@@ -371,7 +386,8 @@ def read_usage(usage: Any, usage_format: str | None) -> Usage:
     """
     if usage_format is None:
         own = convert_usage(usage)
-        validate_usage(own)
+        if not usage_is_valid(own):
+            validate_usage(own)
         return own
     fmt = FORMATS.get(usage_format)
     if fmt is None:
@@ -404,11 +420,15 @@ def _read(fmt: Format, raw: dict[str, Any]) -> Usage:
         if _at(raw, path) is None:
             field = f"{ROOT}.{path}"
             raise UsageError(f"the {fmt.name} usage object has no {field}", (field,))
+    sums: Sums = {}
     for bound in fmt.bounds:
-        _check(bound, raw)
-    counts: dict[str, Any] = {
-        name: sum(term.read(raw) for term in terms) for name, terms in fmt.counts.items()
-    }
+        _check(bound, raw, sums)
+    counts: dict[str, Any] = {}
+    for name, terms in fmt.counts.items():
+        count = 0
+        for term in terms:
+            count += term.read(raw, sums)
+        counts[name] = count
     negative = [name for name, count in counts.items() if count < 0]
     if negative:  # a count that takes some away: it takes away more than it has
         raise UsageError(
@@ -417,6 +437,8 @@ def _read(fmt: Format, raw: dict[str, Any]) -> Usage:
             _fields(fmt, negative, raw),
         )
     usage = Usage(**counts)
+    if usage_is_valid(usage):
+        return usage
     try:
         validate_usage(usage)
     except UsageError as exc:
@@ -427,11 +449,11 @@ def _read(fmt: Format, raw: dict[str, Any]) -> Usage:
     return usage
 
 
-def _check(bound: Bound, raw: Mapping[str, Any]) -> None:
+def _check(bound: Bound, raw: Mapping[str, Any], sums: Sums) -> None:
     if bound.exact and _at(raw, bound.total.path) is None:
         return  # an optional total that is not there says nothing
-    total = bound.total.read(raw)
-    parts = sum(part.read(raw) for part in bound.parts)
+    total = bound.total.read(raw, sums)
+    parts = sum(part.read(raw, sums) for part in bound.parts)
     if parts > total or (bound.exact and parts != total):
         spelled = " + ".join(part.spelled() for part in bound.parts)
         relation = "is not" if bound.exact else "is larger than"
