@@ -129,7 +129,7 @@ Source = Count | Listed | Less
 
 class Bound(NamedTuple):
     """A check of the provider's own counts: the ``parts`` add up to at most ``total`` (or, when
-    ``exact``, to exactly ``total``)."""
+    ``exact``, to exactly ``total``, if the object holds it)."""
 
     total: Count
     parts: tuple[Count | Listed, ...]
