@@ -1014,6 +1014,32 @@ async def test_the_api_answers_a_providers_odd_usage_with_a_problem(client: Clie
     assert unknown.json()["errors"][0]["field"] == "usage_format"
 
 
+async def test_a_malformed_usage_of_ours_in_a_batch_names_its_item(client: Client) -> None:
+    """Ours is read when the request is decoded: a batch item of the wrong shape fails the
+    batch, as before, and the field names the item."""
+    response = await client.post(
+        "/v1/costs/calculate/batch",
+        json={
+            "requests": [{"model": "gpt-4o"}, {"model": "gpt-4o", "usage": {"input_tokens": "x"}}]
+        },
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"] == PROBLEM + "invalid-request"
+    assert problem["errors"] == [
+        {
+            "field": "requests[1].usage.input_tokens",
+            "source": "body",
+            "message": "Expected `int`, got `str`",
+        }
+    ]
+    unknown = await client.post(
+        "/v1/costs/calculate/batch", json={"requests": [{"model": "gpt-4o", "temperature": 1}]}
+    )
+    assert unknown.json()["errors"][0]["field"] == "requests[0]"
+    assert "unknown field `temperature`" in unknown.json()["detail"]
+
+
 async def test_the_openapi_schema_describes_both_kinds_of_usage(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     request = schema["components"]["schemas"]["CostRequest"]["properties"]
@@ -1022,6 +1048,8 @@ async def test_the_openapi_schema_describes_both_kinds_of_usage(client: Client) 
     assert request["usage_format"]["enum"] == [*USAGE_FORMATS, None]
     assert "usage" in request["usage_format"]["description"]
     assert "cache_read_tokens" in schema["components"]["schemas"]["Usage"]["properties"]
+    batch = schema["components"]["schemas"]["BatchRequest"]["properties"]["requests"]
+    assert batch["items"]["oneOf"][0] == {"$ref": "#/components/schemas/CostRequest"}
 
 
 # -- the command line ------------------------------------------------------------------------

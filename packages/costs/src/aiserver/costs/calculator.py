@@ -9,8 +9,8 @@ A request's `usage` is ours, or, with `usage_format`, the provider's own usage o
 `usage` is decoded as it comes (`Usage | Any`: msgspec keeps the decoded object, and the OpenAPI
 schema shows both) and read once the request is built: ours at once in `__post_init__`, with the
 errors msgspec would give for a `Usage` field (so a malformed request fails to decode, as
-before), a provider's when the call is priced (so that its errors are the call's own, one batch
-item's and not the batch's).
+before; `BatchRequest` decodes its items one by one to name the item), a provider's when the call
+is priced (so that its errors are the call's own, one batch item's and not the batch's).
 """
 
 from __future__ import annotations

@@ -409,10 +409,15 @@ def convert_usage(usage: Any) -> Usage:
     try:
         return msgspec.convert(usage, Usage)
     except msgspec.ValidationError as exc:
-        # msgspec names the path from the usage object: "- at `$.input_tokens`", or nothing at
-        # the object itself
-        message, at, path = str(exc).partition(" - at `$")
-        raise msgspec.ValidationError(f"{message} - at `$.{ROOT}{path if at else '`'}") from None
+        raise located(exc, f".{ROOT}") from None
+
+
+def located(error: msgspec.ValidationError, at: str) -> msgspec.ValidationError:
+    """The error of a value decoded apart, with the path msgspec would give it had it decoded
+    the value where it is nested: ``at`` (``.usage``, ``.requests[3]``), then the error's own
+    path (msgspec writes "... - at `$.input_tokens`", and nothing for the value itself)."""
+    message, found, path = str(error).partition(" - at `$")
+    return msgspec.ValidationError(f"{message} - at `${at}{path if found else '`'}")
 
 
 def _read(fmt: Format, raw: dict[str, Any]) -> Usage:
