@@ -56,9 +56,10 @@ class ModelDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Up to MAX_BATCH cost requests. Each is decoded here, one by one, so that an error inside
-    one names its index (`requests[3].usage.input_tokens`): a request reads its own `usage` after
-    msgspec has decoded it, and the error it raises knows only its own path."""
+    """Up to MAX_BATCH cost requests, decoded here (as one list, and one by one only to find the
+    one that is wrong) so that an error inside one names its index
+    (`requests[3].usage.input_tokens`): a request reads its own `usage` after msgspec has
+    decoded it, and the error it raises knows only its own path."""
 
     requests: Annotated[
         list[Union[CostRequest, Any]],  # noqa: UP007 (`CostRequest | Any` is no expression on 3.11)
