@@ -6,12 +6,13 @@ Money is an exact decimal string; timestamps are RFC 3339 in UTC.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Union
 
 import msgspec
 
 from aiserver.costs.calculator import CostRequest, CostResponse
 from aiserver.costs.status import CatalogStatus
+from aiserver.costs.usage_formats import located
 
 MAX_BATCH: Final = 1000
 
@@ -55,7 +56,27 @@ class ModelDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    requests: Annotated[list[CostRequest], msgspec.Meta(max_length=MAX_BATCH)]
+    """Up to MAX_BATCH cost requests, decoded here (as one list, and one by one only to find the
+    one that is wrong) so that an error inside one names its index
+    (`requests[3].usage.input_tokens`): a request reads its own `usage` after msgspec has
+    decoded it, and the error it raises knows only its own path."""
+
+    requests: Annotated[
+        list[Union[CostRequest, Any]],  # noqa: UP007 (`CostRequest | Any` is no expression on 3.11)
+        msgspec.Meta(max_length=MAX_BATCH),
+    ]
+
+    def __post_init__(self) -> None:
+        try:
+            requests = msgspec.convert(self.requests, list[CostRequest], strict=False)
+        except msgspec.ValidationError:
+            for index, item in enumerate(self.requests):  # which one, and where in it
+                try:
+                    msgspec.convert(item, CostRequest, strict=False)
+                except msgspec.ValidationError as exc:
+                    raise located(exc, f".requests[{index}]") from None
+            raise
+        msgspec.structs.force_setattr(self, "requests", requests)
 
 
 class ItemProblem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

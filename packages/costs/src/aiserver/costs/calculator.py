@@ -3,31 +3,60 @@
 The request and result shapes are the interface (docs/costs.md, "The request", "The answer"):
 the HTTP body of `POST /v1/costs/calculate` and one JSON line of `aiserver-costs calc --batch`.
 Decimals are exact, and strings in JSON.
+
+A request's `usage` is ours, or, with `usage_format`, the provider's own usage object
+(docs/usage-formats.md). msgspec cannot decode a field as "a Usage or any other object", so
+`usage` is decoded as it comes (`Usage | Any`: msgspec keeps the decoded object, and the OpenAPI
+schema shows both) and read once the request is built: ours at once in `__post_init__`, with the
+errors msgspec would give for a `Usage` field (so a malformed request fails to decode, as
+before; `BatchRequest` decodes its items one by one to name the item), a provider's when the call
+is priced (so that its errors are the call's own, one batch item's and not the batch's).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, Union
 
 import msgspec
 
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.money import money
 from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, quote
+from aiserver.costs.usage_formats import UsageFormat, convert_usage, read_usage
 
 CURRENCY: Final = "USD"
 
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+#: A request's usage: ours, or the provider's object that `usage_format` names. `Union` rather
+#: than `|`: `Usage | Any` is not an expression on Python 3.11's `typing.Any`.
+UsageField = Annotated[
+    Union[Usage, Any],  # noqa: UP007
+    msgspec.Meta(
+        description="What the call used: a Usage, or with usage_format the provider's own usage "
+        "object (docs/usage-formats.md)"
+    ),
+]
 
 
 class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One call to price. After construction `usage` is a `Usage` when `usage_format` is None;
+    with a format it is the provider's object, which `calculate` reads (`read_usage`)."""
+
     model: ModelName
     provider: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    usage: Usage = msgspec.field(default_factory=Usage)
+    usage: UsageField = msgspec.field(default_factory=Usage)
+    usage_format: Annotated[
+        UsageFormat | None,
+        msgspec.Meta(description="The provider whose own usage object `usage` is; null: ours"),
+    ] = None
     service_tier: ServiceTier = "standard"
     at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.usage_format is None and type(self.usage) is not Usage:
+            msgspec.structs.force_setattr(self, "usage", convert_usage(self.usage))
 
 
 class CostResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +124,8 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = None) -> CostResult:
-    """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (pricing)."""
+    """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (a usage that cannot
+    be priced, or a provider's usage object that cannot be read)."""
     at = request.at or now or datetime.now(UTC)
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
@@ -109,8 +139,13 @@ def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = 
         version, note = catalog.version_at(resolution.key, at)
         if note:
             notes = (note,)
+    usage = (
+        request.usage
+        if request.usage_format is None
+        else read_usage(request.usage, request.usage_format)
+    )
     total, components, unpriced, quote_notes = quote(
-        version.prices, request.usage, request.service_tier, at
+        version.prices, usage, request.service_tier, at
     )
     return CostResult(
         model=version.model,

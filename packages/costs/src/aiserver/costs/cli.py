@@ -217,6 +217,13 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     if args.batch is None and args.model is None:
         print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
         return 2
+    counted = [name for name in _USAGE_OPTIONS if getattr(args, name)]
+    if args.usage is not None and counted:
+        print("aiserver-costs calc: give --usage or the counts, not both", file=sys.stderr)
+        return 2
+    if args.usage_format is not None and args.usage is None:
+        print("aiserver-costs calc: --usage-format needs --usage", file=sys.stderr)
+        return 2
     conn = await _connect(settings)
     try:
         catalog = await load_catalog(conn)
@@ -232,7 +239,10 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     request = CostRequest(
         model=args.model,
         provider=args.provider,
-        usage=Usage(**{name: getattr(args, name) for name in _USAGE_OPTIONS}),
+        usage=Usage(**{name: getattr(args, name) for name in _USAGE_OPTIONS})
+        if args.usage is None
+        else msgspec.json.decode(args.usage),
+        usage_format=args.usage_format,
         service_tier=args.service_tier,
         at=args.at,
     )
@@ -343,9 +353,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the exact cost of a model call (or of a file of them with --batch)",
         description="Price a model call with the catalog in the database. Token parts: cache "
         "read/write tokens are part of --input-tokens, reasoning tokens part of "
-        "--output-tokens. With --batch, read cost requests as JSON lines (the body of POST "
-        "/v1/costs/calculate) and write one JSON result per line, in order; a line that fails "
-        'gives {"error": {...}, "line": N}, the problem the API answers, and the rest go on.',
+        "--output-tokens. Instead of the counts, --usage takes a usage object as JSON, and "
+        "with --usage-format the provider's own (openai.chat: the usage of a chat completion, "
+        "...). With --batch, read cost requests as JSON lines (the body of POST "
+        "/v1/costs/calculate, usage_format included) and write one JSON result per line, in "
+        'order; a line that fails gives {"error": {...}, "line": N}, the problem the API '
+        "answers, and the rest go on.",
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
@@ -353,6 +366,19 @@ def _parser() -> argparse.ArgumentParser:
         calc.add_argument(
             "--" + name.replace("_", "-"), type=int, default=0, metavar="N", dest=name, help=counts
         )
+    calc.add_argument(
+        "--usage",
+        metavar="JSON",
+        help="the usage as a JSON object, instead of the counts: ours, or the provider's own "
+        "with --usage-format",
+    )
+    calc.add_argument(
+        "--usage-format",
+        metavar="FORMAT",
+        # the names of aiserver.costs.usage_formats.USAGE_FORMATS, which --help does not import
+        help="--usage is this provider's usage object: openai.chat, openai.responses, "
+        "anthropic, gemini or bedrock.converse (docs/usage-formats.md)",
+    )
     calc.add_argument(
         "--service-tier",
         choices=("standard", "batch", "priority", "flex"),

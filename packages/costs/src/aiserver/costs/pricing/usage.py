@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from operator import itemgetter
 from typing import Final, Literal, NamedTuple
 
 import msgspec
@@ -165,6 +166,42 @@ if _UNKNOWN:
     raise ValueError(f"PARTS names fields that are no counts of Usage: {sorted(_UNKNOWN)}")
 # The rest of every count: what the dimension of that count prices.
 REST: Final[Mapping[str, Rest]] = {count: _rest(count) for count in COUNT_FIELDS}
+
+
+_POSITION: Final = {name: index for index, name in enumerate(Usage.__struct_fields__)}
+_COUNT_VALUES: Final = itemgetter(*(_POSITION[name] for name in COUNT_FIELDS))
+# For each total: its position, and the positions its rest takes away and adds back.
+_PART_POSITIONS: Final = tuple(
+    (
+        _POSITION[total],
+        tuple(_POSITION[name] for name in REST[total].less),
+        tuple(_POSITION[name] for name in REST[total].more),
+    )
+    for total in PARTS
+)
+_INT: Final = {int}
+
+
+def usage_is_valid(usage: Usage) -> bool:
+    """Whether :func:`validate_usage` accepts ``usage``, answered fast: the check of a usage
+    that is most likely valid (one read from a provider, or decoded), which then calls
+    validate_usage only to say what is wrong."""
+    values = msgspec.structs.astuple(usage)
+    counts = _COUNT_VALUES(values)
+    if set(map(type, counts)) != _INT or min(counts) < 0 or max(counts) > MAX_QUANTITY:
+        return False
+    for total, less, more in _PART_POSITIONS:
+        taken = 0
+        for position in less:
+            taken += values[position]
+        for position in more:
+            taken -= values[position]
+        if taken > values[total]:
+            return False
+    max_results = usage.max_results
+    return (
+        max_results is None or (type(max_results) is int and 0 <= max_results <= MAX_QUANTITY)
+    ) and usage.search_context_size in SEARCH_CONTEXT_SIZES
 
 
 def validate_usage(usage: Usage) -> None:
