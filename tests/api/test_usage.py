@@ -229,3 +229,30 @@ async def test_over_the_limits_is_a_413_problem_and_nothing_is_stored(
     response = await client.post("/v1/usage", headers=ndjson, content=b" " * (64 * 1024 * 1024 + 1))
     assert_problem(response, 413, "too large")
     assert await stored(pg) == []
+
+
+async def test_an_event_may_carry_the_provider_s_own_usage_object(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    anthropic = {  # Anthropic's input_tokens leaves out the cache reads and writes
+        "input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 200,
+        "output_tokens": 50,
+    }
+    body = event("anthropic-1", model="claude-sonnet-4-5-20250929", usage=anthropic,
+                 usage_format="anthropic")  # fmt: skip
+    response = await post(client, tenants.ingest_a["key"], body)
+    assert response.status_code == 201, response.text
+    # 100 * 3e-06 + 1000 * 3e-07 + 200 * 3.75e-06 + 50 * 1.5e-05
+    assert response.json()["total"] == "0.0021"
+    (row,) = await stored(pg)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        1300, 1000, 200,
+    )  # fmt: skip
+    assert row["usage_format"] == "anthropic"
+    wrong = {**anthropic, "output_tokens": -1}
+    response = await post(client, tenants.ingest_a["key"],
+                          {**body, "id": "anthropic-2", "usage": wrong})  # fmt: skip
+    problem = assert_problem(response, 422, "output_tokens")
+    assert problem["fields"] == ["usage.output_tokens"]

@@ -55,7 +55,7 @@ EVENT_TYPES: Final = (
 # One event in one statement (its own transaction): the key, the outbox row and the event, or
 # nothing when the key is there already. $1, $2: project and occurred_at; the event's other
 # columns from $3 on (its id comes from the key's row); its payload hash last.
-_RECORD_ONE: Final = f"""  # noqa: S608  (built from the constants above, no input)
+_RECORD_ONE: Final = f"""
     WITH claimed AS (
         INSERT INTO usage_idempotency (project_id, key, payload_hash, event_id, occurred_at)
         VALUES ($1, $4, ${len(EVENT_COLUMNS)}, nextval('usage_events_id_seq'), $2)
@@ -71,7 +71,7 @@ _RECORD_ONE: Final = f"""  # noqa: S608  (built from the constants above, no inp
 } FROM claimed
     )
     SELECT event_id FROM claimed
-"""
+"""  # noqa: S608  (made of the constants above, never of input)
 
 
 async def record_one(conn: DbConnection, row: Sequence[Any], payload_hash: bytes) -> int | None:
