@@ -215,3 +215,24 @@ def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[s
     with pytest.raises(InvalidEvent) as caught:
         decode_event(body)
     assert caught.value.fields == fields
+
+
+@pytest.mark.parametrize(
+    ("usage", "fields"),
+    [
+        ({"input_tokens": "ten"}, ["usage.input_tokens"]),
+        ({"input_tokens": 1.5}, ["usage.input_tokens"]),
+        ({"colour": 1}, ["usage"]),
+        ({"input_tokens": -1}, ["input_tokens"]),
+        ({"input_tokens": 1, "cache_read_tokens": 2}, ["cache_read_tokens", "input_tokens"]),
+    ],
+)
+async def test_a_wrong_usage_is_an_invalid_event_that_names_the_field(
+    ledger: tuple[asyncpg.Pool, int], usage: dict[str, Any], fields: list[str]
+) -> None:
+    for cat in (catalog(), None):  # priced, or kept unpriced: checked all the same
+        (result,) = (await record(ledger, cat, raw("k", usage=usage))).results
+        assert result.status == "invalid"
+        assert result.problem["fields"] == fields
+    pool, _ = ledger
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 0

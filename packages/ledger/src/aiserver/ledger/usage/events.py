@@ -27,7 +27,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from aiserver.costs.pricing import ServiceTier, Usage
-from aiserver.costs.usage_formats import UsageFormat, read_usage
+from aiserver.costs.usage_formats import UsageFormat, convert_usage, read_usage
 from aiserver.ledger.errors import InvalidEvent
 
 MAX_TAGS: Final = 20
@@ -82,7 +82,7 @@ def check_event(
     if event.provider is not None:
         _check_text(event.provider, "provider")
     check_tags(event.tags)
-    usage = read_usage(event.usage, event.usage_format)
+    usage = _usage_of(event)
     occurred_at = settle_time(event.occurred_at, received_at=received_at, retention=retention)
     # What makes two reports of one key "the same payload": everything the client said, with
     # the usage read (so `{"input_tokens": 0}` and `{}` agree) and the time as given.
@@ -108,6 +108,20 @@ def check_event(
         tags=event.tags,
         payload_hash=hashlib.sha256(payload).digest()[:16],
     )
+
+
+def _usage_of(event: UsageEventIn) -> Usage:
+    """The event's usage as ours. Our own is only converted here: pricing checks its counts (and
+    an event that is not priced checks them itself), so they are not checked twice."""
+    try:
+        if event.usage_format is None:
+            return convert_usage(event.usage)
+        return read_usage(event.usage, event.usage_format)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        _, at, path = message.rpartition(" - at `$.")
+        fields = [path.rstrip("`")] if at else ["usage"]
+        raise InvalidEvent(f"invalid usage: {message}", fields) from None
 
 
 def _utc(at: datetime) -> datetime:
