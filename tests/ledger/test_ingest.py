@@ -236,3 +236,19 @@ async def test_a_wrong_usage_is_an_invalid_event_that_names_the_field(
         assert result.problem["fields"] == fields
     pool, _ = ledger
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"occurred_at": "0001-01-01T00:00:00+01:00"}, ["occurred_at"]),
+        ({"occurred_at": "9999-12-31T23:59:59-01:00"}, ["occurred_at"]),
+        ({"tags": {"user\n": "a"}}, ["tags.user\n"]),
+    ],
+)
+async def test_edges_of_time_and_tag_keys_are_invalid_events_not_errors(
+    ledger: tuple[asyncpg.Pool, int], fields: dict[str, Any], named: list[str]
+) -> None:
+    (result,) = (await record(ledger, catalog(), raw("k", **fields))).results
+    assert result.status == "invalid"
+    assert result.problem["fields"] == named

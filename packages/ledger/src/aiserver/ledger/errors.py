@@ -21,7 +21,9 @@ AiserverError
     │                             payload; what was recorded stays as it was
     ├── MalformedBody         400 malformed-json: a usage body (or an NDJSON line) that is not
     │                             JSON
-    └── TooManyEvents         413 too-many-events: more events in one request than allowed
+    ├── TooManyEvents         413 too-many-events: more events in one request than allowed
+    └── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
+                                  were being recorded (rare); send them again
 
 A usage that is wrong is the costs package's `UsageError` (422 invalid-usage), wherever it is
 found.
@@ -32,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aiserver.core_db.errors import InvalidInput
+from aiserver.core_db.errors import InvalidInput, Unavailable
 
 #: The challenge of every 401: a bearer token (a project key or an operator's token).
 CHALLENGE = 'Bearer realm="aiserver"'
@@ -94,4 +96,8 @@ class MalformedBody(InvalidInput, status=400, slug="malformed-json"):
 
 
 class TooManyEvents(InvalidInput, status=413, slug="too-many-events"):
+    pass
+
+
+class UsageUnsettled(Unavailable, slug="usage-unsettled"):
     pass

@@ -126,7 +126,12 @@ def _usage_of(event: UsageEventIn) -> Usage:
 
 def _utc(at: datetime) -> datetime:
     """A timestamp without an offset is read as UTC (as the calculator reads `at`)."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    try:
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable day
+        raise InvalidEvent(
+            f"occurred_at {at.isoformat()} is out of range", ["occurred_at"]
+        ) from None
 
 
 def settle_time(
@@ -168,7 +173,7 @@ def check_tags(tags: Mapping[str, str]) -> None:
     for key, value in tags.items():
         if key in _GOOD_KEYS:
             pass
-        elif TAG_KEY.match(key):
+        elif TAG_KEY.fullmatch(key):  # match() would let a final newline through
             if len(_GOOD_KEYS) < _GOOD_KEYS_LIMIT:
                 _GOOD_KEYS.add(key)
         else:

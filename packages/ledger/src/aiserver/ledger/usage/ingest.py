@@ -35,7 +35,13 @@ from aiserver.core_db.errors import AiserverError, InvalidInput
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
-from aiserver.ledger.errors import InvalidEvent, MalformedBody, TooManyEvents, UsageConflict
+from aiserver.ledger.errors import (
+    InvalidEvent,
+    MalformedBody,
+    TooManyEvents,
+    UsageConflict,
+    UsageUnsettled,
+)
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
@@ -269,24 +275,27 @@ class UsageRecorder:
             else:
                 first[entry.event.key] = entry
         ordered = sorted(first.values(), key=lambda a: a.event.key)  # one lock order for all
+        claimed: dict[str, int] = {}
+        earlier: dict[str, store.RecordedKey] = {}
+        pending = ordered
         async with pool.acquire() as conn:
-            for attempt in (1, 2):
-                await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
-                try:
-                    if len(ordered) == 1:  # one statement, its own transaction: one round trip
-                        claimed, earlier = await _write_one(
-                            conn, project_id, ordered[0], received_at
-                        )
-                    else:
-                        async with conn.transaction():
-                            claimed, earlier = await self._write_once(
-                                conn, project_id, ordered, received_at
-                            )
+            for _ in range(3):
+                new, found = await self._write_pending(conn, project_id, pending, received_at)
+                claimed |= new
+                earlier |= found
+                # A key neither claimed nor found was forgotten by retention between the two
+                # statements (re-sent with a newer time while its old event's month was
+                # dropped): write it again.
+                pending = [
+                    a for a in pending if a.event.key not in new and a.event.key not in found
+                ]
+                if not pending:
                     break
-                except asyncpg.CheckViolationError as exc:
-                    if _NO_PARTITION not in str(exc) or attempt == 2:
-                        raise
-                    self.partitions.forget()  # dropped behind this process's back: look again
+            else:
+                raise UsageUnsettled(
+                    "some event keys could not be settled while retention removed them; "
+                    "nothing of them was written: send them again"
+                )
         answered: dict[str, EventResult] = {}
         for entry in ordered:
             key = entry.event.key
@@ -304,6 +313,22 @@ class UsageRecorder:
                 results[entry.index] = msgspec.structs.replace(answer, status="duplicate")
             else:
                 results[entry.index] = answer
+
+    async def _write_pending(
+        self, conn: Any, project_id: int, ordered: list[_Accepted], received_at: datetime
+    ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
+        for attempt in (1, 2):
+            await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
+            try:
+                if len(ordered) == 1:  # one statement, its own transaction: one round trip
+                    return await _write_one(conn, project_id, ordered[0], received_at)
+                async with conn.transaction():
+                    return await self._write_once(conn, project_id, ordered, received_at)
+            except asyncpg.CheckViolationError as exc:
+                if _NO_PARTITION not in str(exc) or attempt == 2:
+                    raise
+                self.partitions.forget()  # dropped behind this process's back: look again
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _write_once(
         self,

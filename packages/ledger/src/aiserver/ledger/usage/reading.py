@@ -194,7 +194,7 @@ def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in pairs:
         field = f"tag:{key[:80]}"
-        if not TAG_KEY.match(key):
+        if not TAG_KEY.fullmatch(key):
             raise InvalidField(
                 f"{field}: not a tag key (1 to 64 ASCII letters, digits and _ . : / -)", [field]
             )
