@@ -1,0 +1,63 @@
+"""`aiserver-ledger`: projects, their API keys and their usage, straight against the database.
+
+An operator bootstraps with it: no HTTP, no token; whoever can reach the database (DATABASE_URL)
+acts as the operator. Each command imports what it runs.
+
+- `projects create|list|show`, `keys create|list|revoke`: the tenants and who may touch them;
+- `import FILE|-`: usage events from JSON lines, recorded a chunk per transaction (rerunning it
+  records only what is missing); exit status 0 when every line was recorded (or was recorded
+  before), 3 when some were invalid or in conflict, 1 when the import could not run;
+- `events`: a project's events, newest first (a table, or JSON lines with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Final
+
+from aiserver.core_db.commands import run_command
+from aiserver.core_db.settings import CoreSettings, settings_for_command
+from aiserver.ledger.cli import tenants, usage
+from aiserver.ledger.cli.common import Command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiserver-ledger",
+        description="Projects (the ledger's tenants), their API keys and their usage, straight "
+        "against the database (DATABASE_URL): whoever runs this acts as the operator.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    tenants.add_parsers(groups)
+    usage.add_parsers(groups)
+    return parser
+
+
+_EXAMPLES: Final = """examples:
+  aiserver-ledger projects create acme-search --name "Acme Search" --rollup-tag team
+  aiserver-ledger keys create acme-search --name search-api --scope ingest --scope read
+  aiserver-ledger import --project acme-search usage.jsonl
+  aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
+
+every command takes --json; COMMAND --help says more."""
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {**tenants.COMMANDS, **usage.COMMANDS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = getattr(args, "command", None)
+    core = settings_for_command("aiserver-ledger", CoreSettings)
+    from aiserver.core_db.logging import configure_logging
+
+    configure_logging(core.log_level, core.log_format)
+    return run_command(
+        " ".join(("aiserver-ledger", args.group, *([command] if command else []))),
+        COMMANDS[(args.group, command)](core, args),
+        as_json=args.json,
+    )

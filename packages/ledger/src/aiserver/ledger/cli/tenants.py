@@ -1,0 +1,224 @@
+"""`aiserver-ledger projects create|list|show` and `keys create|list|revoke`: the tenants and
+who may touch them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.core_db.commands import timestamp
+from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+from aiserver.ledger.keys import SCOPES
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.store import ApiKey, Project
+
+
+def _project_lines(project: Project) -> list[str]:
+    tags = ", ".join(project.rollup_tags) or "-"
+    state = f"archived {when(project.archived_at)}" if project.archived_at else "active"
+    return [
+        f"project:      {project.slug} ({project.name})",
+        f"time zone:    {project.time_zone}",
+        f"rollup tags:  {tags}",
+        f"created:      {when(project.created_at)}; {state}",
+    ]
+
+
+def _key_line(key: ApiKey) -> str:
+    state = "revoked" if key.revoked_at else "active"
+    if key.expires_at and not key.revoked_at and key.expires_at <= datetime.now(UTC):
+        state = "expired"
+    return (
+        f"{key.id:>6}  ais_{key.public_id}_…  {','.join(key.scopes):<18} {state:<8} "
+        f"expires {when(key.expires_at):<20} last used {when(key.last_used_at):<20} {key.name}"
+    )
+
+
+async def _projects_create(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        project = await projects.create_project(
+            pool, Access.operator(), slug=args.slug, name=args.name or args.slug,
+            time_zone=args.time_zone, rollup_tags=args.rollup_tag,
+        )  # fmt: skip
+        print_json(project) if args.json else print("\n".join(_project_lines(project)))
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _projects_list(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        found = await projects.list_projects(pool, Access.operator(), archived=args.archived)
+        if args.json:
+            print_json(found)
+        else:
+            for project in found:
+                archived = "  (archived)" if project.archived_at else ""
+                print(f"{project.slug:<32} {project.time_zone:<20} {project.name}{archived}")
+            print(f"{len(found)} project(s)")
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _projects_show(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import api_keys, projects
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        project = await projects.show_project(pool, Access.operator(), args.slug)
+        keys = await api_keys.list_keys(pool, Access.operator(), args.slug)
+        if args.json:
+            print_json({"project": project, "keys": keys})
+        else:
+            print("\n".join(_project_lines(project)))
+            active = sum(1 for k in keys if not k.revoked_at)
+            print(f"keys:         {active} active, {len(keys)} in all")
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _keys_create(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import api_keys
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        created = await api_keys.create_key(
+            pool, Access.operator(), args.project, name=args.name,
+            scopes=args.scope or list(SCOPES), expires_at=args.expires_at,
+        )  # fmt: skip
+        if args.json:
+            print_json({"key": created.text, **_key_dict(created.key)})
+        else:
+            print(created.text)
+            print(
+                f"key {created.key.id} of {created.key.project} ({', '.join(created.key.scopes)}): "
+                "shown this once; keep it in your secret store",
+                file=sys.stderr,
+            )
+        return 0
+
+    return await with_pool(core, work)
+
+
+def _key_dict(key: ApiKey) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.structs.asdict(key)
+
+
+async def _keys_list(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import api_keys
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        keys = await api_keys.list_keys(pool, Access.operator(), args.project)
+        if args.json:
+            print_json(keys)
+        else:
+            for key in keys:
+                print(_key_line(key))
+            print(f"{len(keys)} key(s)")
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import api_keys
+    from aiserver.ledger.access import Access
+
+    async def work(pool: Any) -> int:
+        key = await api_keys.revoke_key(pool, Access.operator(), args.key_id)  # each API
+        # process stops accepting it within API_KEY_CACHE_SECONDS
+        if args.json:
+            print_json(key)
+        else:
+            print(f"key {key.id} of {key.project} revoked at {when(key.revoked_at)}")
+        return 0
+
+    return await with_pool(core, work)
+
+
+def add_parsers(groups: Any) -> None:
+    """The `projects` and `keys` commands, each with --json."""
+    projects = groups.add_parser("projects", help="create, list and show projects")
+    p_sub = projects.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = p_sub.add_parser(
+        "create",
+        help="create a project",
+        description="Create a project. Its slug names it in URLs: 1 to 64 lower-case letters, "
+        "digits and inner hyphens.",
+    )
+    create.add_argument("slug", metavar="SLUG", help="e.g. acme-search")
+    create.add_argument("--name", help="a name for people (default: the slug)")
+    create.add_argument(
+        "--time-zone",
+        default="UTC",
+        metavar="TZ",
+        help="IANA time zone of its budget periods and spend buckets (default: %(default)s)",
+    )
+    create.add_argument(
+        "--rollup-tag",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a tag key whose spend is rolled up (up to 4; repeat the option)",
+    )
+    listing = p_sub.add_parser("list", help="list the projects")
+    listing.add_argument("--archived", action="store_true", help="include archived projects")
+    show = p_sub.add_parser("show", help="one project and how many keys it has")
+    show.add_argument("slug", metavar="SLUG")
+
+    keys = groups.add_parser("keys", help="create, list and revoke a project's API keys")
+    k_sub = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    k_create = k_sub.add_parser(
+        "create",
+        help="create a key (printed once on stdout)",
+        description="Create an API key of a project and print it on stdout, once: only a hash "
+        "of its secret is stored. Scopes: ingest (record usage, reserve budget), read (spend, "
+        "events, exports, budget status), admin (the project's keys, budgets, repricing).",
+    )
+    k_create.add_argument("project", metavar="PROJECT", help="the project's slug")
+    k_create.add_argument("--name", required=True, help="what the key is for, e.g. 'search-api'")
+    k_create.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        metavar="SCOPE",
+        help="ingest, read or admin; repeat the option (default: all three)",
+    )
+    k_create.add_argument(
+        "--expires-at", type=timestamp, metavar="TIME", help="RFC 3339; default: never"
+    )
+    k_list = k_sub.add_parser("list", help="a project's keys (never their secrets)")
+    k_list.add_argument("project", metavar="PROJECT")
+    k_revoke = k_sub.add_parser(
+        "revoke",
+        help="revoke a key",
+        description="Revoke a key: every API process refuses it within API_KEY_CACHE_SECONDS.",
+    )
+    k_revoke.add_argument("key_id", type=int, metavar="KEY_ID", help="the key's id (keys list)")
+    for command in (create, listing, show, k_create, k_list, k_revoke):
+        command.add_argument("--json", action="store_true", help="print JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    ("projects", "create"): _projects_create,
+    ("projects", "list"): _projects_list,
+    ("projects", "show"): _projects_show,
+    ("keys", "create"): _keys_create,
+    ("keys", "list"): _keys_list,
+    ("keys", "revoke"): _keys_revoke,
+}
