@@ -54,6 +54,14 @@ def problem(status: int, detail: str, *, slug: str | None = None, **members: Any
     }
 
 
+def validation_field(message: str) -> tuple[str, str]:
+    """A msgspec validation message split into what is wrong and the field it names:
+    "Expected `int`, got `str` - at `$.usage.x`" -> ("Expected `int`, got `str`", "usage.x").
+    The field is "" for the value itself; a mapping's value (`tags[...]`) names the mapping."""
+    text, at, path = message.rpartition(" - at `$")
+    return (text, path.strip("`.").replace("[...]", "")) if at else (message, "")
+
+
 class AiserverError(Exception):
     """An error with an HTTP status and a problem type; the message is the problem's `detail`.
 

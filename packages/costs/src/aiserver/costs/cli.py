@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from aiserver.core_db.commands import command_problem, run_command, timestamp
-from aiserver.core_db.errors import AiserverError, problem
+from aiserver.core_db.errors import AiserverError, problem, validation_field
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
 from aiserver.costs.settings import CostSettings
 
@@ -424,9 +424,7 @@ def _problem(exc: Exception) -> dict[str, Any] | None:
     tables not migrated). None for an error that no input or state explains: a bug, left to
     raise."""
     if isinstance(exc, msgspec.ValidationError):
-        text = str(exc)
-        message, at, path = text.rpartition(" - at `$")  # msgspec: "... - at `$.usage.x`"
-        field, message = (path.strip("`."), message) if at else ("", text)
+        message, field = validation_field(str(exc))
         detail = f"invalid request: {field}: {message}" if field else f"invalid request: {message}"
         errors = [{"field": field or None, "message": message}]
         return problem(422, detail, slug="invalid-request", errors=errors)

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from aiserver.core_db.errors import validation_field
 from aiserver.costs.pricing import ServiceTier, Usage
 from aiserver.costs.usage_formats import UsageFormat, convert_usage, read_usage
 from aiserver.ledger.errors import InvalidEvent
@@ -118,10 +119,8 @@ def _usage_of(event: UsageEventIn) -> Usage:
             return convert_usage(event.usage)
         return read_usage(event.usage, event.usage_format)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        _, at, path = message.rpartition(" - at `$.")
-        fields = [path.rstrip("`")] if at else ["usage"]
-        raise InvalidEvent(f"invalid usage: {message}", fields) from None
+        _, field = validation_field(str(exc))
+        raise InvalidEvent(f"invalid usage: {exc}", [field or "usage"]) from None
 
 
 def _utc(at: datetime) -> datetime:

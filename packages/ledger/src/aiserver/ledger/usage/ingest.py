@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import asyncpg
 import msgspec
 
-from aiserver.core_db.errors import AiserverError, InvalidInput
+from aiserver.core_db.errors import AiserverError, InvalidInput, validation_field
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
@@ -126,12 +126,12 @@ def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
 
 
 def _fields_of(message: str) -> list[str]:
-    """The field a msgspec validation message names: its `- at `$.a.b`` path, or the unknown
-    field of an object at the top ("Object contains unknown field `colour`")."""
-    _, at, path = message.rpartition(" - at `$")
-    if at:  # a mapping's value is `tags[...]` there: the field is `tags`
-        return [path.rstrip("`").lstrip(".").replace("[...]", "")]
-    _, unknown, name = message.partition("unknown field `")
+    """The field a msgspec validation message names: its path, or the unknown field of an
+    object at the top ("Object contains unknown field `colour`")."""
+    text, field = validation_field(message)
+    if field:
+        return [field]
+    _, unknown, name = text.partition("unknown field `")
     return [name.rstrip("`")] if unknown else []
 
 
