@@ -9,7 +9,6 @@ up to four tag keys whose spend it rolls up (`user`, `team`, `feature`, ...).
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +17,7 @@ from aiserver.ledger import store
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
 from aiserver.ledger.store import Project
+from aiserver.ledger.text import has_control
 
 if TYPE_CHECKING:
     import asyncpg
@@ -43,8 +43,7 @@ def _check_slug(slug: str) -> None:
 def check_name(name: str, field: str = "name") -> None:
     """A name for people: 1 to MAX_NAME characters, not blank, no control characters (NUL
     included, which PostgreSQL cannot store in text)."""
-    control = any(unicodedata.category(c) == "Cc" for c in name)
-    if not name.strip() or len(name) > MAX_NAME or control:
+    if not name.strip() or len(name) > MAX_NAME or has_control(name):
         raise InvalidField(
             f"{field} must be 1 to {MAX_NAME} characters, not blank, without control characters",
             [field],

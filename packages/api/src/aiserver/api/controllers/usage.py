@@ -115,13 +115,13 @@ class UsageController(Controller):
             raws = [body]
         live: LiveCatalog = request.app.state.live
         recorder: UsageRecorder = request.app.state.usage
-        catalog = live.catalog if live.loaded and len(live.catalog) else None
+        why_not = live.not_ready()  # None once a catalog with models is loaded
         report = await recorder.record(
             require_pool(),
             project_id,
             decode_items(raws),
-            catalog=catalog,
-            why_no_catalog=f"{live.not_ready()}; it is priced once the catalog can",
+            catalog=live.catalog if why_not is None else None,
+            why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
             raws=raws,
         )
         if single:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
@@ -30,6 +29,7 @@ from aiserver.core_db.errors import validation_field
 from aiserver.costs.pricing import ServiceTier, Usage
 from aiserver.costs.usage_formats import UsageFormat, convert_usage, read_usage
 from aiserver.ledger.errors import InvalidEvent
+from aiserver.ledger.text import has_control
 
 MAX_TAGS: Final = 20
 MAX_TAG_KEY: Final = 64
@@ -181,7 +181,7 @@ def check_tags(tags: Mapping[str, str]) -> None:
                 "digits and _ . : / -",
                 [f"tags.{key[:80]}"],
             )
-        if not value or len(value) > MAX_TAG_VALUE or _has_control(value):
+        if not value or len(value) > MAX_TAG_VALUE or has_control(value):
             raise InvalidEvent(
                 f"tags: the value of {key!r} must be 1 to {MAX_TAG_VALUE} characters without "
                 "control characters",
@@ -190,9 +190,5 @@ def check_tags(tags: Mapping[str, str]) -> None:
 
 
 def _check_text(value: str, field: str) -> None:
-    if _has_control(value) or not value.strip():
+    if has_control(value) or not value.strip():
         raise InvalidEvent(f"{field} must not be blank or hold control characters", [field])
-
-
-def _has_control(text: str) -> bool:
-    return not text.isprintable() and any(unicodedata.category(c) == "Cc" for c in text)

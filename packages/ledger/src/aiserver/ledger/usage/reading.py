@@ -37,6 +37,7 @@ from aiserver.costs.calculator import CURRENCY, ComponentOut
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
 from aiserver.ledger.errors import InvalidField, UnknownEvent
+from aiserver.ledger.text import has_control
 from aiserver.ledger.usage.events import MAX_TAG_VALUE, MAX_TAGS, TAG_KEY
 from aiserver.ledger.usage.store import reading as store
 from aiserver.ledger.usage.valuation import PRICING_STATUSES, PricingStatus
@@ -183,7 +184,7 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 def _check_name(value: str, field: str, longest: int) -> None:
-    if not value.strip() or len(value) > longest or _has_control(value):
+    if not value.strip() or len(value) > longest or has_control(value):
         raise InvalidField(
             f"{field} must be 1 to {longest} characters, not blank, without control characters",
             [field],
@@ -200,7 +201,7 @@ def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
             )
         if key in tags:
             raise InvalidField(f"{field}: given twice; an event has one value per tag", [field])
-        if not value or len(value) > MAX_TAG_VALUE or _has_control(value):
+        if not value or len(value) > MAX_TAG_VALUE or has_control(value):
             raise InvalidField(
                 f"{field}: the value must be 1 to {MAX_TAG_VALUE} characters without control "
                 "characters",
@@ -214,10 +215,6 @@ def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
             [f"tag:{key}" for key in tags],
         )
     return tags
-
-
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def _filters(query: EventQuery) -> store.EventFilters:
