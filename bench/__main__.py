@@ -31,7 +31,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "cli": lambda quick: cli.run(rounds=2 if quick else 7),
     "ingest": lambda quick: ingest.run(
         rounds=1 if quick else 5,
-        batches={"ingest": 1, "known": 3, "copy": 3, "orm": 1} if quick else None,
+        batches={"ingest": 3, "known": 3, "floor": 3, "copy": 3, "orm": 1} if quick else None,
         single_rounds=1 if quick else 5,
         single_seconds=1 if quick else 4,
         size_events=5_000 if quick else 100_000,

@@ -14,8 +14,10 @@ import pytest
 
 from aiserver.core_db.database import database, require_pool
 from aiserver.costs.catalog import Catalog
+from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
 from ..conftest import Settings
@@ -252,3 +254,91 @@ async def test_edges_of_time_and_tag_keys_are_invalid_events_not_errors(
     (result,) = (await record(ledger, catalog(), raw("k", **fields))).results
     assert result.status == "invalid"
     assert result.problem["fields"] == named
+
+
+def _forgetting(
+    monkeypatch: pytest.MonkeyPatch, pool: asyncpg.Pool, project_id: int, *, again: bool
+) -> list[list[str]]:
+    """Make retention remove a key at the worst moment: after ingest found the key recorded
+    (so it claimed nothing) and before it looked up what the key recorded. Another connection
+    deletes it, committed, as the partition cron does. With `again`, the key is back (another
+    report of it committed) before each write, so every attempt finds it and then loses it.
+    Returns the keys of each lookup."""
+    lookups: list[list[str]] = []
+    looked_up, claim_keys, record_one = store.recorded_keys, store.claim_keys, store.record_one
+
+    async def forget_then_look_up(conn: Any, project: int, keys: Any) -> Any:
+        lookups.append(list(keys))
+        await pool.execute(
+            "DELETE FROM usage_idempotency WHERE project_id = $1 AND key = ANY($2::text[])",
+            project_id,
+            list(keys),
+        )
+        return await looked_up(conn, project, keys)
+
+    async def put_back() -> None:
+        if lookups:  # the first write finds the key of the first report
+            await pool.execute(
+                "INSERT INTO usage_idempotency (project_id, key, payload_hash, event_id,"
+                " occurred_at) VALUES ($1, 'old', $2, 0, $3)",
+                project_id,
+                bytes(16),
+                NOW,
+            )
+
+    async def claim_after_put_back(*args: Any) -> Any:
+        await put_back()
+        return await claim_keys(*args)
+
+    async def record_one_after_put_back(*args: Any) -> Any:
+        await put_back()
+        return await record_one(*args)
+
+    monkeypatch.setattr(store, "recorded_keys", forget_then_look_up)
+    if again:
+        monkeypatch.setattr(store, "claim_keys", claim_after_put_back)
+        monkeypatch.setattr(store, "record_one", record_one_after_put_back)
+    return lookups
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one event", "a batch"])
+async def test_a_key_that_retention_removes_while_it_is_settled_is_recorded_once_again(
+    ledger: tuple[asyncpg.Pool, int], monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    pool, project_id = ledger
+    (first,) = (await record(ledger, catalog(), raw("old"))).results
+    lookups = _forgetting(monkeypatch, pool, project_id, again=False)
+    resent = [raw("old"), raw("new")] if batch else [raw("old")]
+    report = await record(ledger, catalog(), *resent)
+    assert lookups == [["old"]]  # the second claim of "old" found it gone and took it
+    assert [r.status for r in report.results] == ["recorded"] * len(resent)
+    again = report.results[0]
+    assert again.event_id != first.event_id
+    keys = await pool.fetch(
+        "SELECT key, event_id FROM usage_idempotency WHERE project_id = $1 ORDER BY key",
+        project_id,
+    )
+    assert [(k["key"], k["event_id"]) for k in keys] == [
+        *([("new", report.results[1].event_id)] if batch else []),
+        ("old", again.event_id),
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM usage_outbox") == 1 + len(resent)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one event", "a batch"])
+async def test_keys_that_retention_keeps_removing_fail_the_request_and_store_nothing(
+    ledger: tuple[asyncpg.Pool, int], monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    pool, project_id = ledger
+    await record(ledger, catalog(), raw("old"))
+    lookups = _forgetting(monkeypatch, pool, project_id, again=True)
+    resent = [raw("old"), raw("new")] if batch else [raw("old")]
+    with pytest.raises(UsageUnsettled) as caught:
+        await record(ledger, catalog(), *resent)
+    assert caught.value.problem()["status"] == 503
+    assert lookups == [["old"]] * 3
+    # the first report's event and outbox row only; "new" (claimed in the batch's first
+    # attempt) was rolled back with the rest, and "old" is gone as retention left it
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 1
+    assert await pool.fetchval("SELECT count(*) FROM usage_outbox") == 1
+    assert await pool.fetchval("SELECT count(*) FROM usage_idempotency") == 0

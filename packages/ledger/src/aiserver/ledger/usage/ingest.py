@@ -206,6 +206,15 @@ _OTHER_FIELDS: Final = tuple(
     if name not in _MAIN_COUNTS
 )
 _NO_PARTITION: Final = "no partition of relation"
+#: How often a key that retention removed while it was being settled is claimed again.
+_SETTLE_ATTEMPTS: Final = 3
+
+
+def _unsettled() -> UsageUnsettled:
+    return UsageUnsettled(
+        "some event keys could not be settled while retention removed them; nothing of this "
+        "request was written: send it again"
+    )
 
 
 @dataclass(slots=True)
@@ -279,23 +288,20 @@ class UsageRecorder:
         earlier: dict[str, store.RecordedKey] = {}
         pending = ordered
         async with pool.acquire() as conn:
-            for _ in range(3):
+            for _ in range(_SETTLE_ATTEMPTS):
                 new, found = await self._write_pending(conn, project_id, pending, received_at)
                 claimed |= new
                 earlier |= found
-                # A key neither claimed nor found was forgotten by retention between the two
-                # statements (re-sent with a newer time while its old event's month was
-                # dropped): write it again.
+                # Only one event alone can come back unsettled (a batch settles its keys in its
+                # own transaction or raises): its key was forgotten by retention between its
+                # statement and the lookup. Nothing of it was written: write it again.
                 pending = [
                     a for a in pending if a.event.key not in new and a.event.key not in found
                 ]
                 if not pending:
                     break
             else:
-                raise UsageUnsettled(
-                    "some event keys could not be settled while retention removed them; "
-                    "nothing of them was written: send them again"
-                )
+                raise _unsettled()
         answered: dict[str, EventResult] = {}
         for entry in ordered:
             key = entry.event.key
@@ -337,15 +343,29 @@ class UsageRecorder:
         ordered: list[_Accepted],
         received_at: datetime,
     ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
-        claimed = await store.claim_keys(
-            conn,
-            project_id,
-            [a.event.key for a in ordered],
-            [a.event.payload_hash for a in ordered],
-            [a.event.occurred_at for a in ordered],
-        )
-        others = [a.event.key for a in ordered if a.event.key not in claimed]
-        earlier = await store.recorded_keys(conn, project_id, others) if others else {}
+        claimed: dict[str, int] = {}
+        earlier: dict[str, store.RecordedKey] = {}
+        pending = ordered
+        for _ in range(_SETTLE_ATTEMPTS):
+            new = await store.claim_keys(
+                conn,
+                project_id,
+                [a.event.key for a in pending],
+                [a.event.payload_hash for a in pending],
+                [a.event.occurred_at for a in pending],
+            )
+            others = [a.event.key for a in pending if a.event.key not in new]
+            found = await store.recorded_keys(conn, project_id, others) if others else {}
+            claimed |= new
+            earlier |= found
+            # A key neither claimed nor found was forgotten by retention between the two
+            # statements (re-sent with a newer time while its old event's month was dropped):
+            # claim it again, in this same transaction, so the request stays all or nothing.
+            pending = [a for a in pending if a.event.key not in new and a.event.key not in found]
+            if not pending:
+                break
+        else:
+            raise _unsettled()  # the transaction rolls back: nothing of the request is stored
         if claimed:
             rows = (
                 _row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
