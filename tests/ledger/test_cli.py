@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from litestar.testing import AsyncTestClient
 
@@ -93,3 +94,45 @@ async def test_help_names_every_command() -> None:
     code, out, _ = await run_module("aiserver.ledger.cli", {"PATH": "/usr/bin"}, "keys",
                                     "create", "--help")  # fmt: skip
     assert "ingest (record usage, reserve budget)" in " ".join(out.split())
+
+
+async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_them(
+    subprocess_env: dict[str, str], settings: Settings
+) -> None:
+    import asyncpg
+
+    from aiserver.ledger.usage.partitions import month_of, next_month, partition_name
+
+    now = month_of(datetime.now(UTC))
+    coming = [now]
+    for _ in range(3):
+        coming.append(next_month(coming[-1]))
+    old = datetime(now.year - 3, 1, 1, tzinfo=UTC)  # far past the 400 days of retention
+    conn = await asyncpg.connect(settings.core.database_url)
+    try:
+        await conn.execute(
+            f"CREATE TABLE {partition_name(old)} PARTITION OF usage_events "
+            f"FOR VALUES FROM ('{old.isoformat()}') TO ('{next_month(old).isoformat()}')"
+        )
+    finally:
+        await conn.close()
+
+    code, out, err = await ledger(subprocess_env, "partitions", "list")
+    assert code == 0, err
+    assert f"{partition_name(old)}  {old:%Y-%m}      attached" in out
+    assert "past retention: dropped at the next maintenance" in out
+
+    code, out, err = await ledger(subprocess_env, "partitions", "maintain", "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["outcome"] == "done"
+    assert done["created"] == [partition_name(m) for m in coming]
+    assert done["dropped"] == [partition_name(old)]
+
+    code, out, _ = await ledger(subprocess_env, "partitions", "list", "--json")
+    listed = json.loads(out)["partitions"]
+    assert [(p["name"], p["state"], p["past_retention"]) for p in listed] == [
+        (partition_name(m), "attached", False) for m in coming
+    ]
+    code, out, _ = await ledger(subprocess_env, "partitions", "maintain")
+    assert out.splitlines()[:2] == ["created: -", "dropped: -"]

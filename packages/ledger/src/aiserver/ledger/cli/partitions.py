@@ -1,0 +1,127 @@
+"""`aiserver-ledger partitions list|maintain`: the monthly partitions of the usage events.
+
+The task runner keeps them on its own (hourly, and at start); these commands let an operator
+see where the ledger stands and run the same maintenance by hand, e.g. after raising
+USAGE_RETENTION_DAYS or before a long backfill.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command, print_json, with_pool
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+
+_SIZES: Final = """
+    SELECT c.relname AS name, pg_total_relation_size(c.oid)::bigint AS bytes,
+           greatest(c.reltuples, 0)::bigint AS rows_estimate
+    FROM pg_class c WHERE c.relname = ANY($1::text[])
+      AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'usage_events'::regclass)
+"""
+
+
+async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.core_db.settings import settings_for_command
+    from aiserver.ledger.settings import LedgerSettings
+    from aiserver.ledger.usage.partitions import (
+        month_of_partition,
+        next_month,
+        retention_horizon,
+    )
+    from aiserver.ledger.usage.store.partitions import usage_tables
+
+    retention = settings_for_command("aiserver-ledger", LedgerSettings).usage_retention_days
+
+    async def work(pool: Any) -> int:
+        from datetime import UTC, datetime
+
+        async with pool.acquire() as conn:
+            tables = await usage_tables(conn)
+            sizes = {r["name"]: r for r in await conn.fetch(_SIZES, [t.name for t in tables])}
+        kept_from = retention_horizon(datetime.now(UTC), retention)
+        listed: list[dict[str, Any]] = []
+        for table in tables:
+            month = month_of_partition(table.name)
+            size = sizes.get(table.name)
+            listed.append(
+                {
+                    "name": table.name,
+                    "state": table.state,
+                    "from": month.isoformat() if month else None,
+                    "to": next_month(month).isoformat() if month else None,
+                    "rows_estimate": size["rows_estimate"] if size else 0,
+                    "bytes": size["bytes"] if size else 0,
+                    "past_retention": bool(month and month < kept_from),
+                }
+            )
+        if args.json:
+            print_json({"retention_days": retention, "kept_from": kept_from, "partitions": listed})
+            return 0
+        print(f"{'PARTITION':<20}  {'MONTH (UTC)':<11}  {'STATE':<9}  {'ROWS (est.)':>12}  SIZE")
+        for p in listed:
+            shown = str(p["from"] or "?")[:7]
+            past = (
+                "  past retention: dropped at the next maintenance" if p["past_retention"] else ""
+            )
+            print(
+                f"{p['name']:<20}  {shown:<11}  {p['state']:<9}  {p['rows_estimate']:>12,}  "
+                f"{p['bytes'] / 2**20:,.1f} MiB{past}"
+            )
+        print(
+            f"{len(listed)} partition(s); retention {retention} days keeps the months from "
+            f"{kept_from:%Y-%m} on (USAGE_RETENTION_DAYS)"
+        )
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.core_db.settings import settings_for_command
+    from aiserver.ledger.settings import LedgerSettings
+    from aiserver.ledger.usage.partitions import maintain
+
+    result = await maintain(core, settings_for_command("aiserver-ledger", LedgerSettings))
+    if args.json:
+        print_json(result.as_dict())
+        return 0
+    if not result.ran:
+        print("another process is maintaining the partitions now; nothing done")
+        return 0
+    for label, names in (
+        ("created", result.created),
+        ("dropped", result.dropped),
+        ("put off (usage_events busy)", result.postponed),
+    ):
+        print(f"{label}: {', '.join(names) or '-'}")
+    print(f"idempotency keys forgotten with dropped events: {result.keys_forgotten:,}")
+    return 0
+
+
+def add_parsers(groups: Any) -> None:
+    group = groups.add_parser(
+        "partitions",
+        help="the usage events' monthly partitions: list, maintain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser(
+        "list", help="every month's partition: state, estimated rows, size, retention"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    run = commands.add_parser(
+        "maintain",
+        help="create this month's and the coming months' partitions and drop those past "
+        "USAGE_RETENTION_DAYS, as the task runner does hourly",
+    )
+    run.add_argument("--json", action="store_true", help="print JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    ("partitions", "list"): _list,
+    ("partitions", "maintain"): _maintain,
+}
