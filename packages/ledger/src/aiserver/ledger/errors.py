@@ -22,6 +22,7 @@ AiserverError
     ├── MalformedBody         400 malformed-json: a usage body (or an NDJSON line) that is not
     │                             JSON
     ├── TooManyEvents         413 too-many-events: more events in one request than allowed
+    ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
     └── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
                                   were being recorded (rare); send them again
 
@@ -100,4 +101,8 @@ class TooManyEvents(InvalidInput, status=413, slug="too-many-events"):
 
 
 class UsageUnsettled(Unavailable, slug="usage-unsettled"):
+    pass
+
+
+class UnknownBudget(InvalidInput, status=404, slug="unknown-budget"):
     pass

@@ -6,8 +6,8 @@ from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section
 
 
 class LedgerSettings(Section, frozen=True, kw_only=True):
-    """Keys (how fast a change reaches every API replica, how often use is recorded) and usage
-    retention."""
+    """Keys (how fast a change reaches every API replica, how often use is recorded), usage
+    retention, and where webhooks may go."""
 
     #: An API process keeps what it read of a key this long: the bound on how late a revocation
     #: (or any change) made elsewhere takes effect in it. Expiry is checked on every request.
@@ -17,3 +17,6 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     #: Raw usage events older than this many days are dropped, a month's partition at a time
     #: (rollups stay); an event older than this is refused at ingest.
     usage_retention_days: PositiveInt = 400
+    #: Hosts that budget webhooks may reach although they resolve to internal addresses
+    #: (loopback, private, link-local): a local receiver, an internal alert gateway.
+    webhook_allowed_hosts: tuple[str, ...] = ()

@@ -1,0 +1,227 @@
+"""Budgets of the key's project: decode, call `aiserver.ledger.budgets.service`, encode.
+
+A project's `admin` key creates, changes and deletes them; its `read` keys see them too. Money
+is a decimal string (USD), exact both ways.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from aiserver.api import auth
+from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.problems import problem_responses
+from aiserver.core_db.database import require_pool
+from aiserver.costs.money import money
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.periods import Period
+from aiserver.ledger.budgets.service import BudgetView, Window
+from aiserver.ledger.errors import InvalidField
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Tags = Annotated[dict[str, str], msgspec.Meta(max_length=8)]
+#: Money and percentages are decimal strings ("25.50"): a JSON number would pass through a
+#: binary float on its way in.
+Amount = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+Thresholds = Annotated[list[Amount], msgspec.Meta(max_length=10)]
+Url = Annotated[str, msgspec.Meta(max_length=2048)]
+Secret = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class BudgetIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Name
+    limit_usd: Amount
+    period: Period
+    tags: Tags = msgspec.field(default_factory=dict)
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    thresholds: Thresholds | None = None
+    hard: bool = False
+    webhook_url: Url | None = None
+    webhook_secret: Secret | None = None
+
+
+class BudgetChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What to change; a field left out stays as it is. `webhook_url: null` removes the
+    webhook. `tags`, `model` and `period` are refused: they stay as created."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    limit_usd: Amount | msgspec.UnsetType = msgspec.UNSET
+    thresholds: Thresholds | msgspec.UnsetType = msgspec.UNSET
+    hard: bool | msgspec.UnsetType = msgspec.UNSET
+    webhook_url: Url | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_secret: Secret | msgspec.UnsetType | None = msgspec.UNSET
+    tags: Tags | msgspec.UnsetType = msgspec.UNSET
+    model: str | msgspec.UnsetType | None = msgspec.UNSET
+    period: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class WindowOut(msgspec.Struct, frozen=True, kw_only=True):
+    start: datetime
+    end: datetime | None
+    committed: str
+    reserved: str
+    remaining: str  # negative when a soft budget went past its limit
+    used_percent: str  # (committed + reserved) / limit, in percent, to 2 places
+    events: int
+    unpriced_events: int  # events of the window that no price could value yet
+
+    @classmethod
+    def of(cls, w: Window) -> WindowOut:
+        return cls(
+            start=w.start, end=w.end, committed=money(w.committed), reserved=money(w.reserved),
+            remaining=money(w.remaining), used_percent=money(w.used_percent), events=w.events,
+            unpriced_events=w.unpriced_events,
+        )  # fmt: skip
+
+
+class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
+    tags: dict[str, str]
+    model: str | None
+    period: str
+    limit_usd: str
+    currency: str
+    thresholds: list[str]
+    hard: bool
+    webhook_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    window: WindowOut  # the current one, in the project's time zone
+    webhook_secret: str | None = None  # only in the answer that made it: shown this once
+
+    @classmethod
+    def of(cls, view: BudgetView, secret: str | None = None) -> BudgetOut:
+        b = view.budget
+        return cls(
+            id=b.id, name=b.name, tags=b.tags, model=b.model, period=b.period,
+            limit_usd=money(b.limit_usd), currency="USD",
+            thresholds=[money(t) for t in b.thresholds], hard=b.hard,
+            webhook_url=b.webhook_url, created_at=b.created_at, updated_at=b.updated_at,
+            window=WindowOut.of(view.window), webhook_secret=secret,
+        )  # fmt: skip
+
+
+class BudgetList(msgspec.Struct, frozen=True, kw_only=True):
+    budgets: list[BudgetOut]
+
+
+def _amount(text: str, field: str) -> Decimal:
+    """A decimal string as an exact Decimal; `InvalidField` for anything else."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InvalidField(
+            f"{field}: {text[:40]!r} is not a decimal number; write money and percentages as "
+            'decimal strings, e.g. "25.50"',
+            [field],
+        ) from None
+    return value
+
+
+def _amounts(texts: list[str], field: str) -> list[Decimal]:
+    return [_amount(t, field) for t in texts]
+
+
+def _allowed_hosts(request: Request[Any, Any, Any]) -> tuple[str, ...]:
+    hosts: tuple[str, ...] = request.app.state.settings.ledger.webhook_allowed_hosts
+    return hosts
+
+
+class BudgetController(Controller):
+    path = "/v1/budgets"
+    tags = ("budgets",)
+    guards = (auth.authenticated,)
+    dependencies = AUTHENTICATED
+    security = SECURITY
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a budget (admin key)",
+        responses=problem_responses(400, 401, 403, 413, 422, 503),
+    )
+    async def create_budget(
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        data: JSONBody[BudgetIn],
+    ) -> BudgetOut:
+        """A limit on what the key's project (or the part of it with `tags` and `model`) may
+        spend per `period` in the project's time zone. With a `webhook_url` and no
+        `webhook_secret`, the server makes the secret and shows it in this answer only."""
+        thresholds = None if data.thresholds is None else _amounts(data.thresholds, "thresholds")
+        view, made = await service.create_budget(
+            require_pool(), access, name=data.name,
+            limit_usd=_amount(data.limit_usd, "limit_usd"), period=data.period, tags=data.tags,
+            model=data.model, thresholds=thresholds,
+            hard=data.hard, webhook_url=data.webhook_url, webhook_secret=data.webhook_secret,
+            allowed_hosts=_allowed_hosts(request),
+        )  # fmt: skip
+        return BudgetOut.of(view, made)
+
+    @get(
+        "/",
+        summary="List the project's budgets with their current windows",
+        responses=problem_responses(400, 401, 403, 422, 503),
+    )
+    async def list_budgets(self, access: NamedDependency[Access]) -> BudgetList:
+        views = await service.list_budgets(require_pool(), access)
+        return BudgetList(budgets=[BudgetOut.of(v) for v in views])
+
+    @get(
+        "/{budget_id:int}",
+        summary="One budget with its current window",
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+    )
+    async def show_budget(
+        self, access: NamedDependency[Access], budget_id: FromPath[int]
+    ) -> BudgetOut:
+        return BudgetOut.of(await service.show_budget(require_pool(), access, budget_id))
+
+    @patch(
+        "/{budget_id:int}",
+        status_code=HTTP_200_OK,
+        summary="Change a budget: name, limit, thresholds, hard, webhook (admin key)",
+        responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+    )
+    async def change_budget(
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        budget_id: FromPath[int],
+        data: JSONBody[BudgetChange],
+    ) -> BudgetOut:
+        changes = {
+            name: value
+            for name in data.__struct_fields__
+            if (value := getattr(data, name)) is not msgspec.UNSET
+        }
+        if "limit_usd" in changes:
+            changes["limit_usd"] = _amount(changes["limit_usd"], "limit_usd")
+        if "thresholds" in changes:
+            changes["thresholds"] = _amounts(changes["thresholds"], "thresholds")
+        view, made = await service.change_budget(
+            require_pool(), access, budget_id, changes, allowed_hosts=_allowed_hosts(request)
+        )
+        return BudgetOut.of(view, made)
+
+    @delete(
+        "/{budget_id:int}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a budget and its windows (admin key)",
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+    )
+    async def delete_budget(
+        self, access: NamedDependency[Access], budget_id: FromPath[int]
+    ) -> None:
+        await service.delete_budget(require_pool(), access, budget_id)

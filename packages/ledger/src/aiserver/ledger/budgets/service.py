@@ -1,0 +1,212 @@
+"""Budgets as a project's `admin` key manages them (and its `read` keys see them): create,
+list, show, change, delete. Each answer shows the budget with its current window: what it
+holds now, in the project's time zone.
+
+A budget's scope (its tags, model and period) does not change: the windows it has filled were
+counted for that scope. To count something else, create another budget (and delete this one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import rules, store
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.store import Budget, WindowTotals
+from aiserver.ledger.errors import InvalidField, UnknownBudget
+from aiserver.ledger.projects import check_name
+from aiserver.ledger.webhooks.targets import resolve_target
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+
+class Window(msgspec.Struct, frozen=True, kw_only=True):
+    """The current window of a budget: what it holds and what remains (negative when a soft
+    budget went past its limit)."""
+
+    start: datetime
+    end: datetime | None
+    committed: Decimal
+    reserved: Decimal
+    remaining: Decimal
+    used_percent: Decimal
+    events: int
+    unpriced_events: int
+
+
+class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
+    budget: Budget
+    window: Window
+
+
+def _window(budget: Budget, start: datetime, end: datetime | None, held: WindowTotals) -> Window:
+    spent = held.committed + held.reserved
+    return Window(
+        start=start,
+        end=end,
+        committed=held.committed,
+        reserved=held.reserved,
+        remaining=budget.limit_usd - spent,
+        used_percent=(spent * 100 / budget.limit_usd).quantize(Decimal("0.01")),
+        events=held.events,
+        unpriced_events=held.unpriced_events,
+    )
+
+
+async def _views(
+    conn: DbConnection, project_id: int, budgets: Sequence[Budget], now: datetime
+) -> list[BudgetView]:
+    zone = await store.project_time_zone(conn, project_id)
+    spans = {b.id: window_of(b.period, zone, now) for b in budgets}  # type: ignore[arg-type]
+    held = await store.window_totals(conn, project_id, [(b.id, spans[b.id][0]) for b in budgets])
+    return [
+        BudgetView(
+            budget=b,
+            window=_window(b, *spans[b.id], held.get((b.id, spans[b.id][0]), WindowTotals())),
+        )
+        for b in budgets
+    ]
+
+
+def _reading(access: Access) -> int:
+    """The project of a key that may see its budgets (`read` or `admin`)."""
+    project_id = access.project_key("admin") if "read" not in access.scopes else None
+    return project_id if project_id is not None else access.project_key("read")
+
+
+async def create_budget(
+    pool: asyncpg.Pool,
+    access: Access,
+    *,
+    name: str,
+    limit_usd: Decimal,
+    period: str,
+    tags: Mapping[str, str] | None = None,
+    model: str | None = None,
+    thresholds: Sequence[Decimal] | None = None,
+    hard: bool = False,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    allowed_hosts: Collection[str] = (),
+    now: datetime | None = None,
+) -> tuple[BudgetView, str | None]:
+    """The new budget, and the webhook secret when the server made it (shown this once)."""
+    project_id = access.project_key("admin")
+    check_name(name)
+    checked_tags = rules.check_tags(tags or {})
+    checked_period = rules.check_period(period)
+    rules.check_model(model)
+    rules.check_limit(limit_usd)
+    levels = rules.check_thresholds(rules.DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    secret = made = None
+    if webhook_url is not None:
+        await resolve_target(webhook_url, allowed_hosts)
+        secret = rules.webhook_secret(webhook_secret)
+        made = secret if webhook_secret is None else None
+    elif webhook_secret is not None:
+        raise InvalidField("webhook_secret needs a webhook_url", ["webhook_secret"])
+    async with pool.acquire() as conn, conn.transaction():
+        # one writer per project at a time, so two creations cannot both pass the limit
+        await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        if await store.count_budgets(conn, project_id) >= rules.MAX_BUDGETS:
+            raise InvalidField(
+                f"a project has at most {rules.MAX_BUDGETS} budgets; delete one first", ["name"]
+            )
+        budget = await store.insert_budget(
+            conn, project_id, name=name, tags=checked_tags, model=model,
+            period=checked_period, limit_usd=limit_usd, thresholds=levels, hard=hard,
+            webhook_url=webhook_url, webhook_secret=secret,
+        )  # fmt: skip
+        (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
+    return view, made
+
+
+async def list_budgets(
+    pool: asyncpg.Pool, access: Access, *, now: datetime | None = None
+) -> list[BudgetView]:
+    project_id = _reading(access)
+    async with pool.acquire() as conn:
+        budgets = await store.read_budgets(conn, project_id)
+        return await _views(conn, project_id, budgets, now or datetime.now(UTC))
+
+
+async def show_budget(
+    pool: asyncpg.Pool, access: Access, budget_id: int, *, now: datetime | None = None
+) -> BudgetView:
+    project_id = _reading(access)
+    async with pool.acquire() as conn:
+        budget = await store.read_budget(conn, project_id, budget_id)
+        if budget is None:
+            raise UnknownBudget(f"no budget {budget_id}")
+        (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
+    return view
+
+
+async def change_budget(
+    pool: asyncpg.Pool,
+    access: Access,
+    budget_id: int,
+    changes: Mapping[str, Any],
+    *,
+    allowed_hosts: Collection[str] = (),
+    now: datetime | None = None,
+) -> tuple[BudgetView, str | None]:
+    """Change a budget's name, limit, thresholds, hardness or webhook (`changes` holds only
+    what changes; a `webhook_url` of None removes the webhook). Returns the webhook secret when
+    the server made a new one."""
+    project_id = access.project_key("admin")
+    fixed = sorted(set(changes) & {"tags", "model", "period"})
+    if fixed:
+        raise InvalidField(
+            f"{', '.join(fixed)}: a budget's scope and period stay as created (its windows were "
+            "counted for them); create another budget instead",
+            fixed,
+        )
+    unknown = sorted(set(changes) - store.UPDATABLE)
+    if unknown:
+        raise InvalidField(f"cannot change {', '.join(unknown)}", unknown)
+    columns: dict[str, Any] = {}
+    made = None
+    if "name" in changes:
+        check_name(changes["name"])
+        columns["name"] = changes["name"]
+    if "limit_usd" in changes:
+        columns["limit_usd"] = rules.check_limit(changes["limit_usd"])
+    if "thresholds" in changes:
+        columns["thresholds"] = list(rules.check_thresholds(changes["thresholds"]))
+    if "hard" in changes:
+        columns["hard"] = bool(changes["hard"])
+    if "webhook_url" in changes:
+        url = changes["webhook_url"]
+        if url is None:
+            columns["webhook_url"] = columns["webhook_secret"] = None
+        else:
+            await resolve_target(url, allowed_hosts)
+            given = changes.get("webhook_secret")
+            columns["webhook_url"] = url
+            columns["webhook_secret"] = rules.webhook_secret(given)
+            made = columns["webhook_secret"] if given is None else None
+    elif "webhook_secret" in changes:
+        raise InvalidField("webhook_secret changes with webhook_url: send both", ["webhook_secret"])
+    async with pool.acquire() as conn, conn.transaction():
+        budget = await store.update_budget(conn, project_id, budget_id, columns)
+        if budget is None:
+            raise UnknownBudget(f"no budget {budget_id}")
+        (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
+    return view, made
+
+
+async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> None:
+    project_id = access.project_key("admin")
+    async with pool.acquire() as conn:
+        if not await store.delete_budget(conn, project_id, budget_id):
+            raise UnknownBudget(f"no budget {budget_id}")

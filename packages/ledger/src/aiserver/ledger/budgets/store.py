@@ -1,0 +1,187 @@
+"""All SQL on `budgets` and `budget_windows`. Every function takes a connection and runs in the
+caller's transaction; every statement names the project, so no key reaches another's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True):
+    project_id: int
+    id: int
+    name: str
+    tags: dict[str, str]
+    model: str | None
+    period: str
+    limit_usd: Decimal
+    thresholds: tuple[Decimal, ...]
+    hard: bool
+    webhook_url: str | None
+    has_webhook_secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
+    """What one window of a budget holds (all its stripes together)."""
+
+    committed: Decimal = Decimal(0)
+    reserved: Decimal = Decimal(0)
+    events: int = 0
+    unpriced_events: int = 0
+
+
+_BUDGET: Final = """
+    project_id, id, name, tags::text AS tags, model, period, limit_usd, thresholds, hard,
+    webhook_url, webhook_secret IS NOT NULL AS has_webhook_secret, created_at, updated_at
+"""
+_TAGS: Final = msgspec.json.Decoder(dict[str, str])
+
+
+def _budget(row: asyncpg.Record) -> Budget:
+    return Budget(
+        **{
+            **dict(row),
+            "tags": _TAGS.decode(row["tags"]),
+            "thresholds": tuple(row["thresholds"]),
+        }
+    )
+
+
+async def count_budgets(conn: DbConnection, project_id: int) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM budgets WHERE project_id = $1", project_id
+    )
+    return count
+
+
+async def insert_budget(
+    conn: DbConnection,
+    project_id: int,
+    *,
+    name: str,
+    tags: Mapping[str, str],
+    model: str | None,
+    period: str,
+    limit_usd: Decimal,
+    thresholds: Sequence[Decimal],
+    hard: bool,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+) -> Budget:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO budgets (project_id, name, tags, model, period, limit_usd, thresholds, hard,
+                             webhook_url, webhook_secret)
+        VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10)
+        RETURNING {_BUDGET}
+        """,  # noqa: S608
+        project_id,
+        name,
+        msgspec.json.encode(dict(tags)).decode(),
+        model,
+        period,
+        limit_usd,
+        list(thresholds),
+        hard,
+        webhook_url,
+        webhook_secret,
+    )
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return _budget(row)
+
+
+async def read_budgets(conn: DbConnection, project_id: int) -> list[Budget]:
+    rows = await conn.fetch(
+        f"SELECT {_BUDGET} FROM budgets WHERE project_id = $1 ORDER BY id",  # noqa: S608
+        project_id,
+    )
+    return [_budget(r) for r in rows]
+
+
+async def read_budget(conn: DbConnection, project_id: int, budget_id: int) -> Budget | None:
+    row = await conn.fetchrow(
+        f"SELECT {_BUDGET} FROM budgets WHERE project_id = $1 AND id = $2",  # noqa: S608
+        project_id,
+        budget_id,
+    )
+    return None if row is None else _budget(row)
+
+
+async def update_budget(
+    conn: DbConnection, project_id: int, budget_id: int, changes: Mapping[str, Any]
+) -> Budget | None:
+    """Set the columns in `changes` (names of `budgets` columns, checked by the caller)."""
+    assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
+    row = await conn.fetchrow(
+        f"""
+        UPDATE budgets SET {assignments}{", " if changes else ""}updated_at = now()
+        WHERE project_id = $1 AND id = $2
+        RETURNING {_BUDGET}
+        """,  # noqa: S608  (column names from UPDATABLE only)
+        project_id,
+        budget_id,
+        *changes.values(),
+    )
+    return None if row is None else _budget(row)
+
+
+#: The columns a change may set.
+UPDATABLE: Final = frozenset(
+    {"name", "limit_usd", "thresholds", "hard", "webhook_url", "webhook_secret"}
+)
+
+
+async def delete_budget(conn: DbConnection, project_id: int, budget_id: int) -> bool:
+    """Delete a budget with its windows; False when there was none."""
+    deleted = await conn.fetchval(
+        "DELETE FROM budgets WHERE project_id = $1 AND id = $2 RETURNING id", project_id, budget_id
+    )
+    return deleted is not None
+
+
+async def window_totals(
+    conn: DbConnection, project_id: int, windows: Sequence[tuple[int, datetime]]
+) -> dict[tuple[int, datetime], WindowTotals]:
+    """What each (budget id, window start) holds; a window never written holds nothing."""
+    if not windows:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT w.budget_id, w.window_start, sum(w.committed) AS committed,
+               sum(w.reserved) AS reserved, sum(w.events)::bigint AS events,
+               sum(w.unpriced_events)::bigint AS unpriced_events
+        FROM budget_windows w
+        JOIN unnest($2::bigint[], $3::timestamptz[]) AS k(budget_id, window_start)
+          ON w.budget_id = k.budget_id AND w.window_start = k.window_start
+        WHERE w.project_id = $1
+        GROUP BY w.budget_id, w.window_start
+        """,
+        project_id,
+        [b for b, _ in windows],
+        [s for _, s in windows],
+    )
+    return {
+        (r["budget_id"], r["window_start"]): WindowTotals(
+            committed=r["committed"],
+            reserved=r["reserved"],
+            events=r["events"],
+            unpriced_events=r["unpriced_events"],
+        )
+        for r in rows
+    }
+
+
+async def project_time_zone(conn: DbConnection, project_id: int) -> str:
+    zone: str = await conn.fetchval("SELECT time_zone FROM projects WHERE id = $1", project_id)
+    return zone

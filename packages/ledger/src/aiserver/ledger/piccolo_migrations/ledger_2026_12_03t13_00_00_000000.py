@@ -1,0 +1,59 @@
+"""Budgets and their windows. Frozen SQL; later changes come as new migrations.
+
+- `budgets`: a limit on what a project, or the part of it that some tags and a model name, may
+  spend in a period (`day`, `week`, `month` in the project's time zone, or `total`).
+- `budget_windows`: what each window holds, keyed by the window's start: a new period is a new
+  row, never a reset. `stripe` lets a hot budget spread one window over several rows later
+  (each holding a share of the limit); today every window is stripe 0.
+
+Every key holds `project_id` and no foreign key crosses projects.
+"""
+
+from aiserver.core_db.migrations import sql_migration
+
+ID = "2026-12-03T13:00:00:000000"
+VERSION = "1.38.0"
+DESCRIPTION = "budgets and their windows"
+
+STATEMENTS = (
+    """
+    CREATE TABLE budgets (
+        project_id      BIGINT NOT NULL REFERENCES projects (id),
+        id              BIGINT GENERATED ALWAYS AS IDENTITY,
+        name            TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+        tags            JSONB NOT NULL DEFAULT '{}'::jsonb
+                        CHECK (jsonb_typeof(tags) = 'object'),
+        model           TEXT,
+        period          TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', 'total')),
+        limit_usd       NUMERIC NOT NULL CHECK (limit_usd > 0),
+        thresholds      NUMERIC[] NOT NULL DEFAULT '{50,80,100}',
+        hard            BOOLEAN NOT NULL DEFAULT false,
+        webhook_url     TEXT,
+        webhook_secret  TEXT,
+        created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (project_id, id),
+        CHECK ((webhook_url IS NULL) = (webhook_secret IS NULL))
+    )
+    """,
+    """
+    CREATE TABLE budget_windows (
+        project_id       BIGINT NOT NULL,
+        budget_id        BIGINT NOT NULL,
+        window_start     TIMESTAMPTZ NOT NULL,
+        stripe           SMALLINT NOT NULL DEFAULT 0,
+        window_end       TIMESTAMPTZ,
+        committed        NUMERIC NOT NULL DEFAULT 0,
+        reserved         NUMERIC NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+        events           BIGINT NOT NULL DEFAULT 0,
+        unpriced_events  BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (project_id, budget_id, window_start, stripe),
+        FOREIGN KEY (project_id, budget_id) REFERENCES budgets (project_id, id)
+            ON DELETE CASCADE
+    )
+    """,
+)
+
+forwards = sql_migration(
+    migration_id=ID, app_name="ledger", description=DESCRIPTION, statements=STATEMENTS
+)

@@ -1,0 +1,1 @@
+"""Outbound webhooks: where they may go (`targets`)."""

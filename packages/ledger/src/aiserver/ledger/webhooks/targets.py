@@ -1,0 +1,94 @@
+"""Where a webhook may be sent: never into the server's own network by accident or by design.
+
+A target is an `http` or `https` URL with a host name or address and no credentials in it. Its
+host must resolve only to public addresses: loopback, private (10/8, 172.16/12, 192.168/16,
+fc00::/7), link-local (169.254/16, fe80::/10, which holds the cloud metadata service),
+carrier-grade NAT, multicast, unspecified and reserved addresses are refused, unless the operator
+lists the host in WEBHOOK_ALLOWED_HOSTS (a local receiver in tests, an internal alert gateway).
+
+The check runs when a target is saved and again before each delivery (a name can be pointed
+elsewhere after it was saved); a delivery connects to the addresses that the check approved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Collection
+from typing import Final
+from urllib.parse import urlsplit
+
+from aiserver.ledger.errors import InvalidField
+
+MAX_URL: Final = 2048
+_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+
+
+def check_url(url: str, field: str = "webhook_url") -> str:
+    """The host of `url` when its form is allowed; `InvalidField` naming `field` otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or len(url) > MAX_URL
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or any(c.isspace() or ord(c) < 32 for c in url)
+    ):
+        raise InvalidField(
+            f"{field} must be an http or https URL with a host and without credentials, at most "
+            f"{MAX_URL} characters",
+            [field],
+        )
+    del port
+    return parts.hostname
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may reach `address` without the operator allowing its host."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+        or (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT)
+    )
+
+
+async def resolve_target(
+    url: str, allowed_hosts: Collection[str], field: str = "webhook_url"
+) -> list[str]:
+    """The addresses a delivery to `url` may connect to; `InvalidField` when its form is wrong,
+    its host does not resolve, or any address it resolves to is internal and the host is not
+    in `allowed_hosts`. Every address must be public, not just the first: a resolver that
+    answers a public and a private address would otherwise let the second one through."""
+    host = check_url(url, field)
+    port = urlsplit(url).port or (443 if url.lower().startswith("https") else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise InvalidField(
+            f"{field}: the host {host!r} does not resolve ({exc})", [field]
+        ) from None
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if host.lower() in {h.lower() for h in allowed_hosts}:
+        return addresses
+    internal = [a for a in addresses if not is_public(ipaddress.ip_address(a.split("%")[0]))]
+    if internal:
+        raise InvalidField(
+            f"{field}: the host {host!r} resolves to {', '.join(internal)}, an internal "
+            "address (loopback, private, link-local or reserved); webhooks go to public "
+            "addresses only, unless the operator lists the host in WEBHOOK_ALLOWED_HOSTS",
+            [field],
+        )
+    return addresses

@@ -1,0 +1,246 @@
+"""/v1/budgets: a project's admin key sets limits on what the project (or part of it) may spend
+per period, sees each budget's current window, and never reaches another project's budgets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.app import create_app
+from aiserver.ledger.budgets.periods import window_of
+
+from ..conftest import Settings, replace_settings
+from .conftest import Client, Tenants, admin, bearer, make_key, make_project
+from .test_endpoints import assert_problem
+
+BUDGETS = "/v1/budgets"
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+async def create(client: Client, key: str, **fields: Any) -> dict[str, Any]:
+    body = {"name": "search team", "limit_usd": "25.50", "period": "day", **fields}
+    response = await client.post(BUDGETS, headers=bearer(key), json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    key = tenants.admin_a["key"]
+    created = await create(client, key, tags={"team": "search"}, model="gpt-4o", hard=True)
+    start, end = window_of("day", "Europe/Berlin", datetime.now(UTC))  # acme-a's time zone
+    assert created == {
+        "id": created["id"],
+        "name": "search team",
+        "tags": {"team": "search"},
+        "model": "gpt-4o",
+        "period": "day",
+        "limit_usd": "25.5",
+        "currency": "USD",
+        "thresholds": ["50", "80", "100"],
+        "hard": True,
+        "webhook_url": None,
+        "created_at": created["created_at"],
+        "updated_at": created["updated_at"],
+        "window": {
+            "start": iso(start),
+            "end": iso(end),  # type: ignore[arg-type]
+            "committed": "0",
+            "reserved": "0",
+            "remaining": "25.5",
+            "used_percent": "0",
+            "events": 0,
+            "unpriced_events": 0,
+        },
+        "webhook_secret": None,
+    }
+    # what the window holds is read from its rows, summed over stripes
+    await pg.execute(
+        "INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,"
+        " committed, reserved, events, unpriced_events) SELECT project_id, id, $2, s, $3,"
+        " 3.000000000001, 1.5, 2, 1 FROM budgets, generate_series(0, 1) s WHERE id = $1",
+        created["id"], start, end,
+    )  # fmt: skip
+    shown = (await client.get(f"{BUDGETS}/{created['id']}", headers=bearer(key))).json()
+    assert shown["window"] | {"start": None, "end": None} == {
+        "start": None,
+        "end": None,
+        "committed": "6.000000000002",
+        "reserved": "3",
+        "remaining": "16.499999999998",
+        "used_percent": "35.29",
+        "events": 4,
+        "unpriced_events": 2,
+    }
+
+    changed = await client.patch(
+        f"{BUDGETS}/{created['id']}",
+        headers=bearer(key),
+        json={"name": "search", "limit_usd": "9.000000000002", "thresholds": ["90", "75"],
+              "hard": False},
+    )  # fmt: skip
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["name"], body["limit_usd"], body["thresholds"], body["hard"]) == (
+        "search",
+        "9.000000000002",
+        ["75", "90"],
+        False,
+    )
+    # 9.000000000002 - 6.000000000002 - 3: exactly nothing left, exactly 100%
+    assert (body["window"]["remaining"], body["window"]["used_percent"]) == ("0", "100")
+
+    listed = (await client.get(BUDGETS, headers=bearer(key))).json()["budgets"]
+    assert [b["id"] for b in listed] == [created["id"]]
+    assert (
+        await client.delete(f"{BUDGETS}/{created['id']}", headers=bearer(key))
+    ).status_code == 204
+    assert await pg.fetchval("SELECT count(*) FROM budget_windows") == 0
+    gone = await client.get(f"{BUDGETS}/{created['id']}", headers=bearer(key))
+    assert_problem(gone, 404, f"no budget {created['id']}")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "detail"),
+    [
+        ({"period": "year"}, "period", "Invalid enum value 'year'"),
+        ({"limit_usd": "0"}, "limit_usd", "limit_usd must be a decimal above 0"),
+        ({"limit_usd": "-1"}, "limit_usd", "limit_usd must be a decimal above 0"),
+        ({"limit_usd": "NaN"}, "limit_usd", "limit_usd must be a decimal above 0"),
+        ({"limit_usd": 1.5}, "limit_usd", "Expected `str`, got `float`"),
+        ({"limit_usd": "1,5"}, "limit_usd", "is not a decimal number"),
+        ({"thresholds": ["0"]}, "thresholds", "thresholds: up to 10 different percentages"),
+        ({"thresholds": ["50", "50"]}, "thresholds", "thresholds: up to 10 different"),
+        ({"tags": {"bad key": "x"}}, "tags.bad key", "is not allowed"),
+        ({"tags": {"team": "\u0000"}}, "tags.team", "without control characters"),
+        ({"name": " "}, "name", "name must be 1 to 200 characters"),
+        ({"webhook_secret": "s" * 20}, "webhook_secret", "webhook_secret needs a webhook_url"),
+        ({"webhook_url": "ftp://example.com/x"}, "webhook_url", "must be an http or https URL"),
+        ({"webhook_url": "https://user:pw@example.com/"}, "webhook_url", "without credentials"),
+    ],
+)
+async def test_a_budget_that_cannot_be_is_refused_naming_its_field(
+    client: Client, tenants: Tenants, fields: dict[str, Any], field: str, detail: str
+) -> None:
+    response = await client.post(
+        BUDGETS,
+        headers=bearer(tenants.admin_a["key"]),
+        json={"name": "b", "limit_usd": "1", "period": "day", **fields},
+    )
+    problem = assert_problem(response, 422, detail)
+    named = problem.get("fields") or [e["field"] for e in problem["errors"]]
+    assert named == [field]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",  # a name resolving to loopback
+        "http://[::1]/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://172.16.5.4/hook",
+        "http://169.254.169.254/latest/meta-data",  # the cloud metadata service
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
+    ],
+)
+async def test_a_webhook_into_the_servers_own_network_is_refused(
+    client: Client, tenants: Tenants, url: str
+) -> None:
+    response = await client.post(
+        BUDGETS,
+        headers=bearer(tenants.admin_a["key"]),
+        json={"name": "b", "limit_usd": "1", "period": "day", "webhook_url": url},
+    )
+    problem = assert_problem(response, 422, "an internal address")
+    assert problem["fields"] == ["webhook_url"]
+
+
+async def test_an_allowed_host_takes_webhooks_and_the_secret_is_shown_once(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    allowed = replace_settings(api_settings, webhook_allowed_hosts=("127.0.0.1",))
+    async with AsyncTestClient(app=create_app(allowed)) as client:
+        await make_project(client, "hooked")
+        key = (await make_key(client, "hooked", ["admin"]))["key"]
+        made = await create(client, key, webhook_url="http://127.0.0.1:8999/hook")
+        secret = made["webhook_secret"]
+        assert len(secret) == 43  # 32 random bytes, URL-safe base64
+        given = await create(
+            client, key, webhook_url="http://127.0.0.1:8999/b", webhook_secret="s" * 24
+        )
+        assert given["webhook_secret"] is None  # the client knows it: not echoed
+        shown = (await client.get(f"{BUDGETS}/{made['id']}", headers=bearer(key))).json()
+        assert shown["webhook_secret"] is None
+        listed = await client.get(BUDGETS, headers=bearer(key))
+        assert secret not in listed.text
+        assert "s" * 24 not in listed.text
+        # still refused: another loopback name is not the allowed host
+        refused = await client.post(
+            BUDGETS, headers=bearer(key),
+            json={"name": "b", "limit_usd": "1", "period": "day",
+                  "webhook_url": "http://localhost:8999/hook"},
+        )  # fmt: skip
+        assert_problem(refused, 422, "an internal address")
+        removed = await client.patch(
+            f"{BUDGETS}/{made['id']}", headers=bearer(key), json={"webhook_url": None}
+        )
+        assert removed.json()["webhook_url"] is None
+
+
+async def test_a_budgets_scope_and_period_stay_as_created(client: Client, tenants: Tenants) -> None:
+    key = tenants.admin_a["key"]
+    made = await create(client, key)
+    for change in ({"period": "month"}, {"tags": {"team": "ads"}}, {"model": "gpt-4o"}):
+        response = await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(key), json=change)
+        problem = assert_problem(response, 422, "stay as created")
+        assert problem["fields"] == list(change)
+
+
+async def test_a_key_never_reaches_another_projects_budgets(
+    client: Client, tenants: Tenants
+) -> None:
+    mine = await create(client, tenants.admin_a["key"])
+    other = tenants.admin_b["key"]
+    missing = 10**12
+    for method, path, body in (
+        ("GET", f"{BUDGETS}/{{}}", None),
+        ("PATCH", f"{BUDGETS}/{{}}", {"name": "taken"}),
+        ("DELETE", f"{BUDGETS}/{{}}", None),
+    ):
+        theirs = await client.request(method, path.format(mine["id"]), headers=bearer(other),
+                                      json=body)  # fmt: skip
+        nothing = await client.request(method, path.format(missing), headers=bearer(other),
+                                       json=body)  # fmt: skip
+        assert theirs.status_code == nothing.status_code == 404
+        assert theirs.json()["detail"].replace(str(mine["id"]), "N") == nothing.json()[
+            "detail"
+        ].replace(str(missing), "N")
+    assert (await client.get(BUDGETS, headers=bearer(other))).json() == {"budgets": []}
+    unchanged = await client.get(f"{BUDGETS}/{mine['id']}", headers=bearer(tenants.admin_a["key"]))
+    assert unchanged.json()["name"] == "search team"
+
+
+async def test_who_may_do_what_with_budgets(client: Client, tenants: Tenants) -> None:
+    made = await create(client, tenants.admin_a["key"])
+    reader = (await make_key(client, "acme-a", ["read"]))["key"]
+    assert (await client.get(f"{BUDGETS}/{made['id']}", headers=bearer(reader))).status_code == 200
+    assert_problem(
+        await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(reader), json={"name": "x"}),
+        403, "scope 'admin'",
+    )  # fmt: skip
+    assert_problem(await client.get(BUDGETS, headers=bearer(tenants.ingest_a["key"])), 403, "scope")
+    assert_problem(await client.get(BUDGETS, headers=admin()), 403, "project's key")
+    assert_problem(await client.get(BUDGETS), 401, "")
