@@ -126,6 +126,12 @@ async def create_budget(
             period=checked_period, limit_usd=limit_usd, thresholds=levels, hard=hard,
             webhook_url=webhook_url, webhook_secret=secret,
         )  # fmt: skip
+        # The current window starts with what the project spent in it so far: a daily budget
+        # set at 3 pm counts the morning. Exact, since the project's row is locked: no usage
+        # is being written meanwhile (ingest takes it FOR KEY SHARE).
+        zone = await store.project_time_zone(conn, project_id)
+        start, end = window_of(budget.period, zone, now or datetime.now(UTC))  # type: ignore[arg-type]
+        await store.fill_window(conn, budget, start, end)
         (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
     return view, made
 
@@ -207,6 +213,8 @@ async def change_budget(
 
 async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> None:
     project_id = access.project_key("admin")
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # not while usage is being written: an ingest that counted it would find it gone
+        await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
         if not await store.delete_budget(conn, project_id, budget_id):
             raise UnknownBudget(f"no budget {budget_id}")

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from aiserver.ledger.budgets.commits import BudgetScope, WindowSum
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -185,3 +187,78 @@ async def window_totals(
 async def project_time_zone(conn: DbConnection, project_id: int) -> str:
     zone: str = await conn.fetchval("SELECT time_zone FROM projects WHERE id = $1", project_id)
     return zone
+
+
+async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, list[BudgetScope]]:
+    """The project's time zone and its budgets' (id, tags, model, period), read after taking
+    the project's row FOR KEY SHARE (see `ledger_ingest_budgets`): in a transaction, no budget
+    of the project is created or deleted until it ends."""
+    rows = await conn.fetch("SELECT * FROM ledger_ingest_budgets($1)", project_id)
+    if not rows:
+        raise LookupError(f"no project {project_id}")
+    zone: str = rows[0]["time_zone"]
+    return zone, [
+        BudgetScope(r["budget_id"], _TAGS.decode(r["tags"]), r["model"], r["period"])
+        for r in rows
+        if r["budget_id"] is not None
+    ]
+
+
+async def add_to_windows(
+    conn: DbConnection, project_id: int, sums: Mapping[tuple[int, datetime], WindowSum]
+) -> None:
+    """Add each window's sums (`WindowSum`s by (budget id, window start)) to its stripe 0, in
+    key order, so that two transactions adding to the same windows never deadlock."""
+    if not sums:
+        return
+    keys = sorted(sums)
+    await conn.execute(
+        """
+        INSERT INTO budget_windows AS w (project_id, budget_id, window_start, stripe, window_end,
+                                         committed, events, unpriced_events)
+        SELECT $1, k.budget_id, k.window_start, 0, k.window_end, k.committed, k.events,
+               k.unpriced_events
+        FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
+                    $6::bigint[], $7::bigint[])
+             AS k(budget_id, window_start, window_end, committed, events, unpriced_events)
+        ORDER BY k.budget_id, k.window_start
+        ON CONFLICT (project_id, budget_id, window_start, stripe) DO UPDATE SET
+            committed = w.committed + EXCLUDED.committed,
+            events = w.events + EXCLUDED.events,
+            unpriced_events = w.unpriced_events + EXCLUDED.unpriced_events
+        """,
+        project_id,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [sums[k].window_end for k in keys],
+        [sums[k].committed for k in keys],
+        [sums[k].events for k in keys],
+        [sums[k].unpriced_events for k in keys],
+    )
+
+
+async def fill_window(
+    conn: DbConnection, budget: Budget, start: datetime, end: datetime | None
+) -> None:
+    """Write a new budget's window [start, end) with what the project's recorded events in it
+    that the budget matches cost (the rules of `commits.matches`, in SQL)."""
+    await conn.execute(
+        """
+        INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,
+                                    committed, events, unpriced_events)
+        SELECT $1, $2, $3, 0, $4, coalesce(sum(e.total_cost), 0), count(*),
+               count(*) FILTER (WHERE e.status = 'unpriced')
+        FROM usage_events AS e
+        WHERE e.project_id = $1 AND e.occurred_at >= $3
+          AND ($4::timestamptz IS NULL OR e.occurred_at < $4)
+          AND e.tags @> $5::text::jsonb
+          AND ($6::text IS NULL OR e.model = $6 OR e.matched_model = $6)
+        HAVING count(*) > 0
+        """,
+        budget.project_id,
+        budget.id,
+        start,
+        end,
+        msgspec.json.encode(budget.tags).decode(),
+        budget.model,
+    )

@@ -6,6 +6,13 @@
   row, never a reset. `stripe` lets a hot budget spread one window over several rows later
   (each holding a share of the limit); today every window is stripe 0.
 
+- `ledger_ingest_budgets(project)`: what an ingest transaction needs to commit to budgets, in
+  one round trip: it first takes the project's row FOR KEY SHARE (creating or deleting a budget
+  takes it FOR UPDATE, so neither overlaps a transaction that writes usage), then reads the
+  project's time zone and budgets with a snapshot taken after that lock (a VOLATILE function
+  takes a new one for each statement), so a budget created while the transaction waited is
+  seen.
+
 Every key holds `project_id` and no foreign key crosses projects.
 """
 
@@ -51,6 +58,20 @@ STATEMENTS = (
         FOREIGN KEY (project_id, budget_id) REFERENCES budgets (project_id, id)
             ON DELETE CASCADE
     )
+    """,
+    """
+    CREATE FUNCTION ledger_ingest_budgets(p BIGINT)
+    RETURNS TABLE (time_zone TEXT, budget_id BIGINT, tags TEXT, model TEXT, period TEXT)
+    LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM 1 FROM projects AS pr WHERE pr.id = p FOR KEY SHARE;
+        RETURN QUERY
+            SELECT pr.time_zone, b.id, b.tags::text, b.model, b.period
+            FROM projects AS pr LEFT JOIN budgets AS b ON b.project_id = pr.id
+            WHERE pr.id = p
+            ORDER BY b.id;
+    END
+    $$
     """,
 )
 

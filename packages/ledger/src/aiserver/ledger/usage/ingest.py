@@ -19,6 +19,11 @@ all when only the COMMIT's reply was lost on the way back. Either way its retry 
 keys records every event once (the ones stored come back as `duplicate`).
 The first event with a key in a request wins; a later one in the same request is its duplicate
 (or conflict).
+
+The same transaction adds each recorded event to the windows of the project's budgets that it
+matches (`aiserver.ledger.budgets.commits`): a budget's window always equals what its committed
+events cost. It starts by taking the project's row FOR KEY SHARE, so that no budget of the
+project is created or deleted while usage is being written.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from aiserver.core_db.errors import AiserverError, InvalidInput, validation_fiel
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
+from aiserver.ledger.budgets import store as budget_store
+from aiserver.ledger.budgets.commits import Spend, window_sums
 from aiserver.ledger.errors import (
     InvalidEvent,
     MalformedBody,
@@ -326,10 +333,18 @@ class UsageRecorder:
         for attempt in (1, 2):
             await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
             try:
-                if len(ordered) == 1:  # one statement, its own transaction: one round trip
-                    return await _write_one(conn, project_id, ordered[0], received_at)
                 async with conn.transaction():
-                    return await self._write_once(conn, project_id, ordered, received_at)
+                    zone, budgets = await budget_store.budgets_for_ingest(conn, project_id)
+                    if len(ordered) == 1:  # one statement for the key, outbox row and event
+                        written = await _write_one(conn, project_id, ordered[0], received_at)
+                    else:
+                        written = await self._write_once(conn, project_id, ordered, received_at)
+                    claimed = written[0]
+                    if budgets and claimed:
+                        spends = (_spend(a) for a in ordered if a.event.key in claimed)
+                        sums = window_sums(budgets, zone, spends)
+                        await budget_store.add_to_windows(conn, project_id, sums)
+                    return written
             except asyncpg.CheckViolationError as exc:
                 if _NO_PARTITION not in str(exc) or attempt == 2:
                     raise
@@ -385,6 +400,16 @@ async def _write_one(
     if event_id is not None:
         return {key: event_id}, {}
     return {}, await store.recorded_keys(conn, project_id, [key])
+
+
+def _spend(entry: _Accepted) -> Spend:
+    return Spend(
+        occurred_at=entry.event.occurred_at,
+        tags=entry.event.tags,
+        model=entry.event.model,
+        matched_model=entry.valuation.matched_model,
+        cost=entry.valuation.total,
+    )
 
 
 def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:

@@ -1,0 +1,196 @@
+"""Ingest commits each recorded event's exact cost to the windows of the budgets it matches, in
+its own transaction: a window always equals the sum over its events, whatever the batching,
+retries, time zones or budgets created while usage streams in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from aiserver.core_db.database import database, require_pool
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+
+from ..conftest import Settings
+from .test_ingest import T0, _row, catalog
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+ZONE = "Europe/Berlin"
+CATALOG = catalog(
+    _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
+         output_cost_per_token=Decimal("6e-06")),
+)  # fmt: skip
+
+
+@pytest.fixture
+async def project(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Access]]:
+    async with database(settings.core):
+        pool = require_pool()
+        project_id = await pool.fetchval(
+            "INSERT INTO projects (slug, name, time_zone) VALUES ('p', 'P', $1) RETURNING id", ZONE
+        )
+        yield pool, Access(project_id, "p", frozenset({"ingest", "read", "admin"}))
+
+
+async def budget(pool: asyncpg.Pool, access: Access, **fields: Any) -> int:
+    view, _ = await service.create_budget(
+        pool, access, **{"name": "b", "limit_usd": Decimal(100), "period": "day", **fields}
+    )
+    return view.budget.id
+
+
+def event(key: str, when: datetime, *, model: str = "gpt-x", tokens: int = 1000,
+          **tags: str) -> bytes:  # fmt: skip
+    body = {
+        "id": key, "model": model, "occurred_at": when.isoformat(), "tags": tags,
+        "usage": {"input_tokens": tokens, "output_tokens": tokens // 3},
+    }  # fmt: skip
+    return msgspec.json.encode(body)
+
+
+async def record(pool: asyncpg.Pool, access: Access, *raws: bytes) -> list[str]:
+    report = await UsageRecorder(LedgerSettings()).record(
+        pool, access.project_id or 0, decode_items(raws), catalog=CATALOG, raws=raws
+    )
+    return [r.status for r in report.results]
+
+
+async def windows(pool: asyncpg.Pool) -> dict[tuple[int, datetime], tuple[Decimal, int, int]]:
+    rows = await pool.fetch(
+        "SELECT budget_id, window_start, sum(committed) AS c, sum(events) AS e,"
+        " sum(unpriced_events) AS u FROM budget_windows GROUP BY 1, 2"
+    )
+    return {(r["budget_id"], r["window_start"]): (r["c"], r["e"], r["u"]) for r in rows}
+
+
+async def brute_force(pool: asyncpg.Pool) -> dict[tuple[int, datetime], tuple[Decimal, int, int]]:
+    """Every budget's windows summed from the raw events, by the rules in plain Python."""
+    budgets = await pool.fetch("SELECT id, tags::text AS tags, model, period FROM budgets")
+    events = await pool.fetch(
+        "SELECT occurred_at, tags::text AS tags, model, matched_model, total_cost FROM usage_events"
+    )
+    sums: dict[tuple[int, datetime], list[Any]] = defaultdict(lambda: [Decimal(0), 0, 0])
+    for b in budgets:
+        wanted = msgspec.json.decode(b["tags"])
+        for e in events:
+            tags = msgspec.json.decode(e["tags"])
+            if any(tags.get(k) != v for k, v in wanted.items()):
+                continue
+            if b["model"] is not None and b["model"] not in (e["model"], e["matched_model"]):
+                continue
+            start, _ = window_of(b["period"], ZONE, e["occurred_at"])
+            found = sums[b["id"], start]
+            found[0] += e["total_cost"] or 0
+            found[1] += 1
+            found[2] += e["total_cost"] is None
+    return {k: (v[0], v[1], v[2]) for k, v in sums.items()}
+
+
+async def test_each_event_adds_its_exact_cost_to_every_budget_it_matches_once(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    whole = await budget(pool, access, period="month")
+    search = await budget(pool, access, tags={"team": "search"})
+    search_x = await budget(pool, access, tags={"team": "search", "env": "prod"}, model="gpt-x")
+    unknown = await budget(pool, access, model="mystery-1", period="total")
+    earlier = NOW - timedelta(days=2)
+    assert await record(
+        pool, access,
+        event("a", NOW, team="search", env="prod"),
+        event("b", NOW, team="search"),
+        event("c", NOW, team="ads", env="prod"),
+        event("d", NOW, model="mystery-1", team="search", env="prod"),  # unpriced
+        event("e", earlier, team="search", env="prod"),  # counts in the window of its own day
+    ) == ["recorded"] * 5  # fmt: skip
+    # one event alone takes the one-statement path
+    assert await record(pool, access, event("f", NOW, tokens=7, team="search")) == ["recorded"]
+    # a retry counts nothing again
+    assert await record(pool, access, event("a", NOW, team="search", env="prod"),
+                        event("f", NOW, tokens=7, team="search")) == ["duplicate"] * 2  # fmt: skip
+
+    got = await windows(pool)
+    assert got == await brute_force(pool)
+    today = window_of("day", ZONE, NOW)[0]
+    # 1000 in * 3e-06 + 333 out * 6e-06 = 0.004998; 7 in + 2 out = 0.000033
+    assert got[search, today] == (Decimal("0.004998") * 2 + Decimal("0.000033"), 4, 1)
+    assert got[search_x, today] == (Decimal("0.004998"), 1, 0)  # "d" is another model
+    assert got[unknown, window_of("total", ZONE, NOW)[0]] == (Decimal(0), 1, 1)
+    assert got[search, window_of("day", ZONE, earlier)[0]] == (Decimal("0.004998"), 1, 0)
+    assert sum(v[1] for k, v in got.items() if k[0] == whole) == 6
+
+
+async def test_a_day_is_the_projects_day_across_a_daylight_saving_change(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    daily = await budget(pool, access)
+    # Berlin's clocks went back on 2026-10-25: that day ran from 22:00 UTC on the 24th to
+    # 23:00 UTC on the 25th (25 hours)
+    instants = ["2026-10-24T21:59:59+00:00", "2026-10-24T22:00:00+00:00",
+                "2026-10-25T22:59:59+00:00", "2026-10-25T23:00:00+00:00"]  # fmt: skip
+    await record(
+        pool, access, *(event(f"k{i}", datetime.fromisoformat(t)) for i, t in enumerate(instants))
+    )
+    got = await windows(pool)
+    assert got == await brute_force(pool)
+    starts = sorted(start for _, start in got)
+    assert [s.isoformat() for s in starts] == [
+        "2026-10-23T22:00:00+00:00", "2026-10-24T22:00:00+00:00", "2026-10-25T23:00:00+00:00",
+    ]  # fmt: skip
+    assert [got[daily, s][1] for s in starts] == [1, 2, 1]
+
+
+async def test_a_new_budget_counts_what_its_window_spent_before_it_was_set(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    await record(pool, access, event("a", NOW, team="search"), event("b", NOW, team="ads"),
+                 event("c", NOW - timedelta(days=40), team="search"))  # fmt: skip
+    search = await budget(pool, access, tags={"team": "search"})
+    view = await service.show_budget(pool, access, search)
+    assert (view.window.committed, view.window.events) == (Decimal("0.004998"), 1)
+    await record(pool, access, event("d", NOW, team="search"))
+    view = await service.show_budget(pool, access, search)
+    assert (view.window.committed, view.window.events) == (Decimal("0.009996"), 2)
+
+
+async def test_budgets_created_and_deleted_while_usage_streams_in_count_every_event_once(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    rng = random.Random(7)
+    teams = ("search", "ads", "core")
+
+    async def stream(worker: int) -> None:
+        for batch in range(6):
+            raws = [
+                event(f"w{worker}-{batch}-{i}", NOW - timedelta(minutes=rng.randrange(600)),
+                      tokens=rng.randrange(1, 5000), team=rng.choice(teams))
+                for i in range(rng.randrange(1, 40))
+            ]  # fmt: skip
+            assert set(await record(pool, access, *raws)) == {"recorded"}
+
+    async def manage() -> None:
+        doomed = await budget(pool, access, tags={"team": "ads"})
+        for team in teams:
+            await asyncio.sleep(0.01)
+            await budget(pool, access, tags={"team": team})
+        await service.delete_budget(pool, access, doomed)
+        await budget(pool, access, period="total")
+
+    await asyncio.gather(*(stream(w) for w in range(4)), manage())
+    assert await windows(pool) == await brute_force(pool)
+    assert await pool.fetchval("SELECT count(*) FROM budgets") == 4
