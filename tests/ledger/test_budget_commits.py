@@ -194,3 +194,57 @@ async def test_budgets_created_and_deleted_while_usage_streams_in_count_every_ev
     await asyncio.gather(*(stream(w) for w in range(4)), manage())
     assert await windows(pool) == await brute_force(pool)
     assert await pool.fetchval("SELECT count(*) FROM budgets") == 4
+
+
+async def alerts(pool: asyncpg.Pool) -> list[tuple[int, str, Decimal, Decimal, str]]:
+    rows = await pool.fetch(
+        "SELECT budget_id, window_start, threshold, committed, state FROM budget_alerts"
+        " ORDER BY budget_id, window_start, threshold"
+    )
+    return [
+        (r["budget_id"], r["window_start"].isoformat(), r["threshold"], r["committed"], r["state"])
+        for r in rows
+    ]
+
+
+async def test_each_threshold_a_window_crosses_raises_one_alert(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    # 0.004998 per event: 50% of 0.02 is 0.01 (crossed by the 3rd event), 80% is 0.016 (4th),
+    # 100% is 0.02 (5th), 150% is 0.03 (7th)
+    limited = await budget(
+        pool, access, limit_usd=Decimal("0.02"), thresholds=[Decimal(150), Decimal(50),
+                                                               Decimal(80), Decimal(100)]
+    )  # fmt: skip
+    today = window_of("day", ZONE, NOW)[0].isoformat()
+    await record(pool, access, event("a", NOW), event("b", NOW))
+    assert await alerts(pool) == []
+    await record(pool, access, event("c", NOW), event("d", NOW))  # past 50% and 80% at once
+    assert await alerts(pool) == [
+        (limited, today, Decimal(50), Decimal("0.019992"), "no_webhook"),
+        (limited, today, Decimal(80), Decimal("0.019992"), "no_webhook"),
+    ]
+    for key in "efgh":
+        await record(pool, access, event(key, NOW))
+    assert [a[2] for a in await alerts(pool)] == [50, 80, 100, 150]
+    # another day is another window: its own alerts
+    await record(pool, access, *(event(f"y{i}", NOW - timedelta(days=1)) for i in range(3)))
+    yesterday = window_of("day", ZONE, NOW - timedelta(days=1))[0].isoformat()
+    assert [a[2] for a in await alerts(pool) if a[1] == yesterday] == [Decimal(50)]
+
+
+async def test_racing_past_a_threshold_raises_it_once(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    limited = await budget(pool, access, limit_usd=Decimal("0.05"), thresholds=[Decimal(50)])
+    # 30 events of 0.004998 from 10 writers at once: the 6th event in commit order crosses 0.025
+    await asyncio.gather(
+        *(record(pool, access, *(event(f"w{w}-{i}", NOW) for i in range(3))) for w in range(5)),
+        *(record(pool, access, event(f"s{w}", NOW)) for w in range(15)),
+    )
+    got = await alerts(pool)
+    assert [(a[0], a[2], a[4]) for a in got] == [(limited, Decimal(50), "no_webhook")]
+    # the alert holds the committed cost of the transaction that crossed, just past the level
+    assert Decimal("0.025") <= got[0][3] < Decimal("0.025") + 3 * Decimal("0.004998")

@@ -1,5 +1,5 @@
-"""What recorded events add to budget windows: pure, so that ingest (and a reprice) only have
-to write the sums.
+"""What recorded events add to budget windows, and the alerts they raise: pure, so that ingest
+(and a reprice) only have to write the sums.
 
 An event counts for a budget when it carries every tag of the budget (equal values) and, if the
 budget names a model, was reported as that model or priced as it. It adds its exact cost to the
@@ -26,6 +26,9 @@ class BudgetScope:
     tags: Mapping[str, str]
     model: str | None
     period: Period
+    limit_usd: Decimal = Decimal(0)
+    thresholds: tuple[Decimal, ...] = ()
+    has_webhook: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +86,40 @@ def window_sums(
             else:
                 found.committed += spend.cost
     return sums
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A threshold that a transaction's additions carried a window's committed cost past."""
+
+    budget_id: int
+    window_start: datetime
+    window_end: datetime | None
+    threshold: Decimal
+    limit_usd: Decimal
+    committed: Decimal
+    has_webhook: bool
+
+
+def crossings(
+    budgets: Iterable[BudgetScope],
+    sums: Mapping[tuple[int, datetime], WindowSum],
+    committed: Mapping[tuple[int, datetime], Decimal],
+) -> list[Crossing]:
+    """The thresholds crossed: those at or below a window's committed cost after the additions
+    (`committed`, as the database returned it) and above it before. Each window row is locked
+    by the transaction that adds to it, so of two transactions racing past a threshold the
+    second one finds it passed already: one crossing, one alert."""
+    by_id = {b.id: b for b in budgets}
+    found = []
+    for key, after in committed.items():
+        budget = by_id[key[0]]
+        before = after - sums[key].committed
+        for threshold in budget.thresholds:
+            level = budget.limit_usd * threshold / 100
+            if before < level <= after:
+                found.append(
+                    Crossing(key[0], key[1], sums[key].window_end, threshold, budget.limit_usd,
+                             after, budget.has_webhook)
+                )  # fmt: skip
+    return found

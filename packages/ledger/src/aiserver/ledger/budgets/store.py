@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from aiserver.ledger.budgets.commits import BudgetScope, WindowSum
+from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
 
 if TYPE_CHECKING:
     import asyncpg
@@ -198,7 +198,15 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
         raise LookupError(f"no project {project_id}")
     zone: str = rows[0]["time_zone"]
     return zone, [
-        BudgetScope(r["budget_id"], _TAGS.decode(r["tags"]), r["model"], r["period"])
+        BudgetScope(
+            r["budget_id"],
+            _TAGS.decode(r["tags"]),
+            r["model"],
+            r["period"],
+            r["limit_usd"],
+            tuple(r["thresholds"]),
+            r["has_webhook"],
+        )
         for r in rows
         if r["budget_id"] is not None
     ]
@@ -206,13 +214,14 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
 
 async def add_to_windows(
     conn: DbConnection, project_id: int, sums: Mapping[tuple[int, datetime], WindowSum]
-) -> None:
+) -> dict[tuple[int, datetime], Decimal]:
     """Add each window's sums (`WindowSum`s by (budget id, window start)) to its stripe 0, in
-    key order, so that two transactions adding to the same windows never deadlock."""
+    key order, so that two transactions adding to the same windows never deadlock. Returns
+    each window's committed cost after the addition (all stripes)."""
     if not sums:
-        return
+        return {}
     keys = sorted(sums)
-    await conn.execute(
+    rows = await conn.fetch(
         """
         INSERT INTO budget_windows AS w (project_id, budget_id, window_start, stripe, window_end,
                                          committed, events, unpriced_events)
@@ -226,6 +235,7 @@ async def add_to_windows(
             committed = w.committed + EXCLUDED.committed,
             events = w.events + EXCLUDED.events,
             unpriced_events = w.unpriced_events + EXCLUDED.unpriced_events
+        RETURNING w.budget_id, w.window_start, w.committed
         """,
         project_id,
         [k[0] for k in keys],
@@ -235,6 +245,39 @@ async def add_to_windows(
         [sums[k].events for k in keys],
         [sums[k].unpriced_events for k in keys],
     )
+    return {(r["budget_id"], r["window_start"]): r["committed"] for r in rows}
+
+
+async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[Crossing]) -> int:
+    """Write one alert per crossing (none twice: unique per budget, window and threshold), due
+    at once when its budget has a webhook. Returns how many were new."""
+    if not crossed:
+        return 0
+    ordered = sorted(crossed, key=lambda c: (c.budget_id, c.window_start, c.threshold))
+    inserted = await conn.fetch(
+        """
+        INSERT INTO budget_alerts (project_id, budget_id, window_start, window_end, threshold,
+                                   limit_usd, committed, state, next_attempt_at)
+        SELECT $1, a.budget_id, a.window_start, a.window_end, a.threshold, a.limit_usd,
+               a.committed, CASE WHEN a.has_webhook THEN 'pending' ELSE 'no_webhook' END,
+               CASE WHEN a.has_webhook THEN now() END
+        FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
+                    $6::numeric[], $7::numeric[], $8::boolean[])
+             AS a(budget_id, window_start, window_end, threshold, limit_usd, committed,
+                  has_webhook)
+        ON CONFLICT (project_id, budget_id, window_start, threshold) DO NOTHING
+        RETURNING id
+        """,
+        project_id,
+        [c.budget_id for c in ordered],
+        [c.window_start for c in ordered],
+        [c.window_end for c in ordered],
+        [c.threshold for c in ordered],
+        [c.limit_usd for c in ordered],
+        [c.committed for c in ordered],
+        [c.has_webhook for c in ordered],
+    )
+    return len(inserted)
 
 
 async def fill_window(

@@ -6,6 +6,10 @@
   row, never a reset. `stripe` lets a hot budget spread one window over several rows later
   (each holding a share of the limit); today every window is stripe 0.
 
+- `budget_alerts`: one row per budget, window and threshold crossed (unique: a threshold alerts
+  once per window, however many transactions race past it), written in the transaction that
+  crossed it; the task runner delivers it.
+- `webhook_deliveries`: every attempt to deliver an alert, with its outcome.
 - `ledger_ingest_budgets(project)`: what an ingest transaction needs to commit to budgets, in
   one round trip: it first takes the project's row FOR KEY SHARE (creating or deleting a budget
   takes it FOR UPDATE, so neither overlaps a transaction that writes usage), then reads the
@@ -20,7 +24,7 @@ from aiserver.core_db.migrations import sql_migration
 
 ID = "2026-12-03T13:00:00:000000"
 VERSION = "1.38.0"
-DESCRIPTION = "budgets and their windows"
+DESCRIPTION = "budgets, their windows and alerts"
 
 STATEMENTS = (
     """
@@ -60,13 +64,58 @@ STATEMENTS = (
     )
     """,
     """
+    CREATE TABLE budget_alerts (
+        project_id       BIGINT NOT NULL,
+        id               BIGINT GENERATED ALWAYS AS IDENTITY,
+        budget_id        BIGINT NOT NULL,
+        window_start     TIMESTAMPTZ NOT NULL,
+        window_end       TIMESTAMPTZ,
+        threshold        NUMERIC NOT NULL,
+        limit_usd        NUMERIC NOT NULL,
+        committed        NUMERIC NOT NULL,
+        crossed_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        state            TEXT NOT NULL
+                         CHECK (state IN ('pending', 'delivered', 'failed', 'no_webhook')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  TIMESTAMPTZ,
+        delivered_at     TIMESTAMPTZ,
+        PRIMARY KEY (project_id, id),
+        UNIQUE (project_id, budget_id, window_start, threshold),
+        FOREIGN KEY (project_id, budget_id) REFERENCES budgets (project_id, id)
+            ON DELETE CASCADE
+    )
+    """,
+    """
+    CREATE INDEX budget_alerts_due ON budget_alerts (next_attempt_at)
+        WHERE state = 'pending'
+    """,
+    """
+    CREATE TABLE webhook_deliveries (
+        project_id    BIGINT NOT NULL,
+        id            BIGINT GENERATED ALWAYS AS IDENTITY,
+        alert_id      BIGINT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        attempted_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+        url           TEXT NOT NULL,
+        status_code   INTEGER,
+        error         TEXT,
+        duration_ms   NUMERIC,
+        PRIMARY KEY (project_id, id),
+        FOREIGN KEY (project_id, alert_id) REFERENCES budget_alerts (project_id, id)
+            ON DELETE CASCADE
+    )
+    """,
+    "CREATE INDEX webhook_deliveries_by_alert ON webhook_deliveries (project_id, alert_id)",
+    """
     CREATE FUNCTION ledger_ingest_budgets(p BIGINT)
-    RETURNS TABLE (time_zone TEXT, budget_id BIGINT, tags TEXT, model TEXT, period TEXT)
+    RETURNS TABLE (time_zone TEXT, budget_id BIGINT, tags TEXT, model TEXT, period TEXT,
+                   limit_usd NUMERIC, thresholds NUMERIC[], has_webhook BOOLEAN)
     LANGUAGE plpgsql VOLATILE AS $$
     BEGIN
         PERFORM 1 FROM projects AS pr WHERE pr.id = p FOR KEY SHARE;
         RETURN QUERY
-            SELECT pr.time_zone, b.id, b.tags::text, b.model, b.period
+            SELECT pr.time_zone, b.id, b.tags::text, b.model, b.period, b.limit_usd,
+                   b.thresholds, b.webhook_url IS NOT NULL
             FROM projects AS pr LEFT JOIN budgets AS b ON b.project_id = pr.id
             WHERE pr.id = p
             ORDER BY b.id;

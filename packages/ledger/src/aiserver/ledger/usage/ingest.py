@@ -41,7 +41,7 @@ from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
 from aiserver.ledger.budgets import store as budget_store
-from aiserver.ledger.budgets.commits import Spend, window_sums
+from aiserver.ledger.budgets.commits import Spend, crossings, window_sums
 from aiserver.ledger.errors import (
     InvalidEvent,
     MalformedBody,
@@ -343,7 +343,9 @@ class UsageRecorder:
                     if budgets and claimed:
                         spends = (_spend(a) for a in ordered if a.event.key in claimed)
                         sums = window_sums(budgets, zone, spends)
-                        await budget_store.add_to_windows(conn, project_id, sums)
+                        after = await budget_store.add_to_windows(conn, project_id, sums)
+                        crossed = crossings(budgets, sums, after)
+                        await budget_store.insert_alerts(conn, project_id, crossed)
                     return written
             except asyncpg.CheckViolationError as exc:
                 if _NO_PARTITION not in str(exc) or attempt == 2:
