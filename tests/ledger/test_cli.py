@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.cli.common import when
 
 from ..conftest import Settings, make_settings
 from ..support.processes import run_module
@@ -136,3 +138,45 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     ]
     code, out, _ = await ledger(subprocess_env, "partitions", "maintain")
     assert out.splitlines()[:2] == ["created: -", "dropped: -"]
+
+
+async def test_a_budget_set_on_the_command_line_shows_its_window(
+    subprocess_env: dict[str, str],
+) -> None:
+    code, _, err = await ledger(subprocess_env, "projects", "create", "shop",
+                                "--time-zone", "Asia/Kolkata")  # fmt: skip
+    assert code == 0, err
+    code, out, err = await ledger(
+        subprocess_env, "budgets", "create", "--project", "shop", "--name", "search, daily",
+        "--limit", "25.50", "--period", "day", "--tag", "team=search", "--hard",
+        "--threshold", "90",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "budget 1: search, daily (hard)"
+    assert lines[1:5] == [
+        "  scope:       team=search",
+        "  limit:       25.5 USD per day",
+        "  thresholds:  90%",
+        "  webhook:     -",
+    ]
+    # a day in Kolkata starts at 18:30 UTC
+    start, end = window_of("day", "Asia/Kolkata", datetime.now(UTC))
+    assert (start.hour, start.minute) == (18, 30)
+    assert lines[5] == f"  this window: {when(start)} to {when(end)}"
+    assert lines[6:] == [
+        "  committed:   0 USD in 0 event(s)",
+        "  reserved:    0 USD",
+        "  remaining:   25.5 USD (0% used)",
+    ]
+    code, out, _ = await ledger(subprocess_env, "budgets", "list", "--project", "shop", "--json")
+    (listed,) = json.loads(out)
+    assert (listed["budget"]["limit_usd"], listed["window"]["remaining"]) == ("25.50", "25.50")
+    code, out, err = await ledger(subprocess_env, "budgets", "create", "--project", "shop",
+                                  "--name", "x", "--limit", "ten", "--period", "day")  # fmt: skip
+    assert code == 2
+    assert "not a decimal number: 'ten'" in err
+    code, out, _ = await ledger(subprocess_env, "budgets", "delete", "--project", "shop", "1")
+    assert (code, out.strip()) == (0, "budget 1 deleted")
+    code, _, err = await ledger(subprocess_env, "budgets", "show", "--project", "shop", "1")
+    assert (code, err.strip()) == (1, "aiserver-ledger budgets show: no budget 1")

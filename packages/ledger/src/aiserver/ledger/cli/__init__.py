@@ -8,7 +8,8 @@ acts as the operator. Each command imports what it runs.
   records only what is missing); exit status 0 when every line was recorded (or was recorded
   before), 3 when some were invalid or in conflict, 1 when the import could not run;
 - `events`: a project's events, newest first (a table, or JSON lines with --json);
-- `partitions list|maintain`: the usage events' monthly partitions, and their upkeep by hand.
+- `partitions list|maintain`: the usage events' monthly partitions, and their upkeep by hand;
+- `budgets create|list|show|delete`: a project's budgets with their current windows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import partitions, tenants, usage
+from aiserver.ledger.cli import budgets, partitions, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants.add_parsers(groups)
     usage.add_parsers(groups)
     partitions.add_parsers(groups)
+    budgets.add_parsers(groups)
     return parser
 
 
@@ -45,6 +47,7 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger import --project acme-search usage.jsonl
   aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
   aiserver-ledger partitions list
+  aiserver-ledger budgets create --project acme-search --name daily --limit 25 --period day
 
 every command takes --json; COMMAND --help says more."""
 
@@ -53,6 +56,7 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
     **tenants.COMMANDS,
     **usage.COMMANDS,
     **partitions.COMMANDS,
+    **budgets.COMMANDS,
 }
 
 

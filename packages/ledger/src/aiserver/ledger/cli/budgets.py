@@ -1,0 +1,183 @@
+"""`aiserver-ledger budgets create|list|show|delete`: a project's budgets, as its admin key
+would manage them, straight against the database."""
+
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.budgets.service import BudgetView
+
+
+async def _as_project(pool: Any, slug: str) -> Access:
+    """What the project's admin key may do, for the operator at the command line."""
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+
+    async with pool.acquire() as conn:
+        project = await projects.find_project(conn, Access.operator(), slug)
+    return Access(project.id, project.slug, frozenset({"read", "admin"}))
+
+
+def _lines(view: BudgetView) -> list[str]:
+    from aiserver.costs.money import money
+
+    b, w = view.budget, view.window
+    scope = ", ".join(f"{k}={v}" for k, v in sorted(b.tags.items())) or "the whole project"
+    if b.model:
+        scope += f"; model {b.model}"
+    ends = when(w.end) if w.end else "never"
+    return [
+        f"budget {b.id}: {b.name} ({'hard' if b.hard else 'soft'})",
+        f"  scope:       {scope}",
+        f"  limit:       {money(b.limit_usd)} USD per {b.period}",
+        f"  thresholds:  {', '.join(money(t) + '%' for t in b.thresholds) or '-'}",
+        f"  webhook:     {b.webhook_url or '-'}",
+        f"  this window: {when(w.start) if b.period != 'total' else 'all time'} to {ends}",
+        f"  committed:   {money(w.committed)} USD in {w.events:,} event(s)"
+        + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else ""),
+        f"  reserved:    {money(w.reserved)} USD",
+        f"  remaining:   {money(w.remaining)} USD ({money(w.used_percent)}% used)",
+    ]
+
+
+def _print(views: list[BudgetView], as_json: bool) -> None:
+    if as_json:
+        print_json(views)
+        return
+    for view in views:
+        print("\n".join(_lines(view)))
+
+
+async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.core_db.settings import settings_for_command
+    from aiserver.ledger.budgets import service
+    from aiserver.ledger.settings import LedgerSettings
+
+    allowed = settings_for_command("aiserver-ledger", LedgerSettings).webhook_allowed_hosts
+
+    async def work(pool: Any) -> int:
+        view, made = await service.create_budget(
+            pool, await _as_project(pool, args.project), name=args.name,
+            limit_usd=args.limit, period=args.period, tags=dict(args.tag), model=args.model,
+            thresholds=args.threshold or None, hard=args.hard, webhook_url=args.webhook_url,
+            allowed_hosts=allowed,
+        )  # fmt: skip
+        _print([view], args.json)
+        if made:
+            import sys
+
+            print(f"webhook secret (shown this once, keep it): {made}", file=sys.stderr)
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger.budgets import service
+
+    async def work(pool: Any) -> int:
+        views = await service.list_budgets(pool, await _as_project(pool, args.project))
+        _print(views, args.json)
+        if not args.json:
+            print(f"{len(views)} budget(s) of {args.project}")
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _show(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger.budgets import service
+
+    async def work(pool: Any) -> int:
+        view = await service.show_budget(pool, await _as_project(pool, args.project), args.id)
+        _print([view], args.json)
+        return 0
+
+    return await with_pool(core, work)
+
+
+async def _delete(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger.budgets import service
+
+    async def work(pool: Any) -> int:
+        await service.delete_budget(pool, await _as_project(pool, args.project), args.id)
+        print_json({"deleted": args.id}) if args.json else print(f"budget {args.id} deleted")
+        return 0
+
+    return await with_pool(core, work)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+_EXAMPLES: Final = """examples:
+  aiserver-ledger budgets create --project demo --name "search, daily" --limit 25 \\
+      --period day --tag team=search --hard
+  aiserver-ledger budgets list --project demo
+  aiserver-ledger budgets show --project demo 3
+  aiserver-ledger budgets delete --project demo 3"""
+
+
+def add_parsers(groups: Any) -> None:
+    from aiserver.ledger.budgets.periods import PERIODS
+
+    group = groups.add_parser(
+        "budgets",
+        help="a project's budgets: create, list, show, delete",
+        description="A project's budgets, as its admin key manages them over HTTP "
+        "(/v1/budgets): limits per day, week or month in the project's time zone, or in total.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = commands.add_parser("create", help="set a new budget")
+    create.add_argument("--project", required=True, metavar="SLUG")
+    create.add_argument("--name", required=True)
+    create.add_argument("--limit", required=True, type=_decimal, metavar="USD",
+                        help="the limit per period, an exact decimal (25.50)")  # fmt: skip
+    create.add_argument("--period", required=True, choices=PERIODS)
+    create.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
+                        help="count only events with this tag (repeat: all must hold)")  # fmt: skip
+    create.add_argument("--model", help="count only events of this model")
+    create.add_argument("--threshold", type=_decimal, action="append", default=[],
+                        metavar="PERCENT", help="alert at this share of the limit (repeat; "
+                        "default 50, 80, 100)")  # fmt: skip
+    create.add_argument(
+        "--hard", action="store_true", help="refuse reservations past the limit (default: alerts)"
+    )
+    create.add_argument("--webhook-url", help="where alerts are sent (signed)")
+    for name, text in (("list", "every budget with its current window"),
+                       ("show", "one budget with its current window"),
+                       ("delete", "delete a budget and its windows")):  # fmt: skip
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--project", required=True, metavar="SLUG")
+        if name != "list":
+            command.add_argument("id", type=int, metavar="ID")
+    for command in commands.choices.values():
+        command.add_argument("--json", action="store_true", help="print JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    ("budgets", "create"): _create,
+    ("budgets", "list"): _list,
+    ("budgets", "show"): _show,
+    ("budgets", "delete"): _delete,
+}
