@@ -7,7 +7,7 @@ import argparse
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -121,13 +121,6 @@ def _decimal(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
 
 
-def _tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
-    return key, value
-
-
 _EXAMPLES: Final = """examples:
   aiserver-ledger budgets create --project demo --name "search, daily" --limit 25 \\
       --period day --tag team=search --hard
@@ -154,8 +147,10 @@ def add_parsers(groups: Any) -> None:
     create.add_argument("--limit", required=True, type=_decimal, metavar="USD",
                         help="the limit per period, an exact decimal (25.50)")  # fmt: skip
     create.add_argument("--period", required=True, choices=PERIODS)
-    create.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
-                        help="count only events with this tag (repeat: all must hold)")  # fmt: skip
+    create.add_argument(
+        "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
+        help="count only events with this tag (repeat: all must hold)",
+    )  # fmt: skip
     create.add_argument("--model", help="count only events of this model")
     create.add_argument("--threshold", type=_decimal, action="append", default=[],
                         metavar="PERCENT", help="alert at this share of the limit (repeat; "

@@ -29,3 +29,13 @@ async def with_pool(core: CoreSettings, work: Callable[[Any], Coroutine[Any, Any
 
     async with database(core):
         return await work(require_pool())
+
+
+def tag_argument(text: str) -> tuple[str, str]:
+    """An argparse type: KEY=VALUE."""
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value

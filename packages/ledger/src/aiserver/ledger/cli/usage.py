@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.settings import settings_for_command
-from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -188,14 +188,6 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
             print(f"  line {refused.line}{key}: {refused.problem['detail']}")
 
 
-def _tag(text: str) -> tuple[str, str]:
-    """An argparse type: KEY=VALUE."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
-    return key, value
-
-
 def _count(text: str) -> int:
     """An argparse type: a whole number, 0 or more."""
     if not text.isdigit():
@@ -349,7 +341,7 @@ def _events_parser(groups: Any) -> argparse.ArgumentParser:
     command.add_argument("--provider", help="as reported, or as the catalog priced it")
     command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")
     command.add_argument(
-        "--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
+        "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="a tag the event has (repeat it: every one must hold)",
     )  # fmt: skip
     command.add_argument(
