@@ -123,3 +123,27 @@ def crossings(
                              after, budget.has_webhook)
                 )  # fmt: skip
     return found
+
+
+def window_deltas(
+    budgets: Iterable[BudgetScope], time_zone: str, changes: Iterable[tuple[Spend, Spend]]
+) -> dict[tuple[int, datetime], WindowSum]:
+    """What repricing events changes in budget windows: each event's old contribution out and
+    its new one in ((before, after) pairs of the same event, so of the same window). Windows
+    that do not change are left out."""
+    budgets, changes = list(budgets), list(changes)
+    before = window_sums(budgets, time_zone, (old for old, _ in changes))
+    after = window_sums(budgets, time_zone, (new for _, new in changes))
+    deltas = {}
+    for key in before.keys() | after.keys():
+        old = before.get(key) or WindowSum(None, Decimal(0), 0, 0)
+        new = after.get(key) or WindowSum(None, Decimal(0), 0, 0)
+        delta = WindowSum(
+            new.window_end or old.window_end,
+            new.committed - old.committed,
+            new.events - old.events,
+            new.unpriced_events - old.unpriced_events,
+        )
+        if delta.committed or delta.events or delta.unpriced_events:
+            deltas[key] = delta
+    return deltas

@@ -1,0 +1,49 @@
+"""The pure arithmetic of budgets: which events a budget counts, what they add to its windows,
+and what a reprice changes there."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from aiserver.ledger.budgets.commits import (
+    BudgetScope,
+    Spend,
+    crossings,
+    window_deltas,
+    window_sums,
+)
+
+AT = datetime(2026, 12, 3, 10, tzinfo=UTC)
+TEAM = BudgetScope(1, {"team": "search"}, None, "day", Decimal(10), (Decimal(50), Decimal(100)))
+MODEL = BudgetScope(2, {}, "gpt-x", "month", Decimal(1), (Decimal(100),))
+
+
+def spend(cost: str | None, *, model: str = "mystery", matched: str | None = None,
+          **tags: str) -> Spend:  # fmt: skip
+    return Spend(AT, tags, model, matched, None if cost is None else Decimal(cost))
+
+
+def test_an_unpriced_event_counts_apart_and_a_reprice_moves_it_into_the_cost() -> None:
+    before = spend(None, team="search")
+    after = spend("0.75", matched="gpt-x", team="search")
+    deltas = window_deltas([TEAM, MODEL], "UTC", [(before, after)])
+    day, month = datetime(2026, 12, 3, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    assert {k: (v.committed, v.events, v.unpriced_events) for k, v in deltas.items()} == {
+        (1, day): (Decimal("0.75"), 0, -1),  # the same event, now priced
+        (2, month): (Decimal("0.75"), 1, 0),  # priced as gpt-x: the model budget counts it now
+    }
+
+
+def test_a_price_that_did_not_change_changes_no_window() -> None:
+    same = spend("0.5", team="search")
+    assert window_deltas([TEAM], "UTC", [(same, same)]) == {}
+
+
+def test_a_threshold_is_crossed_by_the_addition_that_reaches_it_not_by_later_ones() -> None:
+    sums = window_sums([TEAM], "UTC", [spend("5", team="search")])
+    key = (1, datetime(2026, 12, 3, tzinfo=UTC))
+    # 5 added: from 0 to 5 reaches 50% of 10; from 7 to 12, 100%; from 10 to 15, nothing new
+    assert [c.threshold for c in crossings([TEAM], sums, {key: Decimal(5)})] == [Decimal(50)]
+    assert [c.threshold for c in crossings([TEAM], sums, {key: Decimal(12)})] == [Decimal(100)]
+    assert crossings([TEAM], sums, {key: Decimal(15)}) == []
