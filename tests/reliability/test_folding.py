@@ -29,6 +29,7 @@ from aiserver.taskrunner.worker import worker_options
 from ..conftest import Settings, child_env, replace_settings, taskrunner_settings
 from ..support.rollups import brute_force, outbox_size, random_events, record, stored_events
 from ..support.rollups import stored_rollups as rollups_of
+from ..taskrunner.test_worker import run_burst
 
 pytestmark = pytest.mark.slow
 
@@ -163,14 +164,6 @@ def burst_worker(settings: Settings) -> Worker:
     options["functions"] = [*options["functions"], func(usage_fold_task, name=f"cron:{FOLD_TASK}")]
     options.update({"cron_jobs": [], "burst": True, "poll_delay": 0, "handle_signals": False})
     return Worker(**options)
-
-
-async def run_burst(worker: Worker) -> Worker:
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
-    return worker
 
 
 async def test_the_task_runner_folds_on_its_cron_and_rebuilds_after_a_change_through_the_api(
