@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from aiserver.api.app import create_app
 from aiserver.ledger.jobs import FOLD_TASK, REBUILD_JOB
 from aiserver.ledger.spend.folding import FoldResult, fold_all
+from aiserver.ledger.spend.rebuild import rebuild_rollups
 from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.jobs import usage_fold_task
 from aiserver.taskrunner.worker import worker_options
@@ -87,6 +88,45 @@ async def test_six_folders_and_ingest_at_once_fold_every_event_once_without_a_de
     assert sum(f.orphaned for f in folders) == 0
     assert all(f.events > 0 for f in folders)  # they did fold side by side
     assert await exact(pool, project_id, ROLLUP_TAGS)
+
+
+async def test_rebuilds_amid_folders_and_ingest_give_the_sums_of_the_new_keys(
+    settings: Settings, ledger: tuple[asyncpg.Pool, int]
+) -> None:
+    pool, project_id = ledger
+    events = random_events(24, 4_000)
+    await record(pool, project_id, events[:2_000])
+    async with pool.acquire() as conn:
+        await fold_all(conn)
+    await pool.execute(
+        "UPDATE projects SET rollup_tags = '{feature,env}' WHERE id = $1", project_id
+    )
+    busy = True
+
+    async def folder() -> None:
+        async with pool.acquire() as conn:
+            while busy:
+                await fold_all(conn, limit=50)
+
+    async def rebuilder() -> None:
+        async with pool.acquire() as conn:
+            for _ in range(4):
+                assert await rebuild_rollups(conn, project_id) is not None
+                await asyncio.sleep(0.05)
+
+    async def ingest() -> None:
+        for start in range(2_000, 4_000, 100):
+            await record(pool, project_id, events[start : start + 100])
+
+    folders = [asyncio.create_task(folder()) for _ in range(4)]
+    try:
+        await asyncio.gather(rebuilder(), ingest())
+    finally:
+        busy = False
+        await asyncio.gather(*folders)
+    async with pool.acquire() as conn:
+        await fold_all(conn)
+    assert await exact(pool, project_id, ("feature", "env"))
 
 
 #: A folder that dies holding its transaction: it runs the fold's statement, says what it
