@@ -185,7 +185,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "from aiserver.taskrunner.worker import WorkerSettings\n"
         "options = get_kwargs(WorkerSettings)\n"
         "print(json.dumps({\n"
-        "    'cron': [(c.name, c.run_at_startup, sorted(c.minute))\n"
+        "    'cron': [(c.name, c.run_at_startup, sorted(c.minute or c.second))\n"
         "             for c in options['cron_jobs']],\n"
         "    'functions': sorted(f.name for f in options['functions']),\n"
         "    'redis': [options['redis_settings'].host, options['redis_settings'].database],\n"
@@ -204,8 +204,9 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "cron": [
             ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
             ["cron:usage_partitions_task", True, [17]],
+            ["cron:usage_fold_task", True, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]],
         ],
-        "functions": ["process_document", "refresh_costs"],
+        "functions": ["process_document", "rebuild_rollups", "refresh_costs"],
         "redis": ["cache.example", 5],
         "startup": "startup",
     }

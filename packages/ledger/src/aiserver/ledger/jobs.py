@@ -1,8 +1,21 @@
-"""The task-runner jobs of the ledger, by name: the task runner runs them (the API enqueues none
-yet, and neither imports the other)."""
+"""The task-runner jobs of the ledger, by name: the task runner runs them, the API enqueues
+`REBUILD_JOB` (and neither imports the other)."""
 
+from datetime import datetime
 from typing import Final
 
 #: The cron job that keeps the usage partitions: the coming months created, those past
 #: USAGE_RETENTION_DAYS dropped (`aiserver.ledger.usage.partitions.maintain`).
 PARTITIONS_TASK: Final = "usage_partitions_task"
+#: The cron job that folds the outbox into the hourly rollups every few seconds
+#: (`aiserver.ledger.spend.folding.fold_all`).
+FOLD_TASK: Final = "usage_fold_task"
+#: `rebuild_rollups(project_id)`: a project's rollups made again after its rolled-up tag keys
+#: changed (`aiserver.ledger.spend.rebuild.rebuild_rollups`).
+REBUILD_JOB: Final = "rebuild_rollups"
+
+
+def rebuild_job_id(project_id: int, changed_at: datetime) -> str:
+    """One job per change: the same change enqueued twice is one job, and a later change is a
+    job of its own (a fixed id per project would be refused while arq keeps the last result)."""
+    return f"{REBUILD_JOB}:{project_id}:{changed_at.isoformat()}"

@@ -9,13 +9,14 @@ up to four tag keys whose spend it rolls up (`user`, `team`, `feature`, ...).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
+from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.store import Project
 from aiserver.ledger.text import has_control
 
@@ -29,6 +30,9 @@ SLUG: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 TAG_KEY: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_ROLLUP_TAGS: Final = 4
 MAX_NAME: Final = 200
+
+#: Enqueues `REBUILD_JOB` (`aiserver.ledger.jobs`) for a project: (project id, job id).
+EnqueueRebuild = Callable[[int, str], Awaitable[object]]
 
 
 def _check_slug(slug: str) -> None:
@@ -139,11 +143,18 @@ async def change_project(
     rollup_tags: Sequence[str] | None = None,
     archived: bool | None = None,
     keyring: Keyring | None = None,
+    enqueue_rebuild: EnqueueRebuild | None = None,
 ) -> Project:
     """Change a project's name, time zone or rolled-up tag keys (its `admin` keys and the
     operator), or archive or restore it (the operator only: an archived project's keys refuse
     every request, their own included). `keyring`: this process's, which forgets the project's
-    keys at once (the others within API_KEY_CACHE_SECONDS)."""
+    keys at once (the others within API_KEY_CACHE_SECONDS).
+
+    A change of the set of rolled-up keys enqueues a rebuild of the project's rollups
+    (`enqueue_rebuild`, `aiserver.ledger.spend.rebuild`) before the COMMIT: when the queue is
+    down the change fails whole, so a change never stands without its rebuild on the way (the
+    rebuild waits for the change's COMMIT, and one whose change rolled back rebuilds the same
+    rollups again)."""
     if name is not None:
         check_name(name)
     if time_zone is not None:
@@ -157,6 +168,8 @@ async def change_project(
         changed = await store.update_project(
             conn, project.id, name=name, time_zone=time_zone, rollup_tags=tags, archived=archived
         )
+        if enqueue_rebuild is not None and set(changed.rollup_tags) != set(project.rollup_tags):
+            await enqueue_rebuild(changed.id, rebuild_job_id(changed.id, changed.updated_at))
     if keyring is not None:
         keyring.cache.forget_project(changed.id)
     return changed

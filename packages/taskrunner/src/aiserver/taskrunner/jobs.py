@@ -5,7 +5,11 @@
 - `refresh_costs(force)`: the same on demand (the API enqueues it by name, `REFRESH_JOB`);
 - `process_document(document_id)`: convert an uploaded document (`PROCESS_JOB`);
 - `usage_partitions_task` (cron, hourly, and once at start): the usage ledger's monthly
-  partitions made ahead, those past USAGE_RETENTION_DAYS dropped (`PARTITIONS_TASK`).
+  partitions made ahead, those past USAGE_RETENTION_DAYS dropped (`PARTITIONS_TASK`);
+- `usage_fold_task` (cron, every few seconds, and once at start): fold the usage outbox into the
+  hourly rollups (`FOLD_TASK`); any number at once, each event folded once;
+- `rebuild_rollups(project_id)`: a project's rollups made again after its rolled-up tag keys
+  changed (`REBUILD_JOB`, enqueued by the API).
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -26,6 +30,8 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.ledger.spend import rebuild
+from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.usage.partitions import maintain
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
@@ -110,3 +116,28 @@ async def usage_partitions_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: create the coming months' usage partitions, drop those past USAGE_RETENTION_DAYS."""
     settings: TaskRunnerSettings = ctx["settings"]
     return (await maintain(settings.core, settings.ledger)).as_dict()
+
+
+async def usage_fold_task(ctx: Ctx) -> dict[str, int]:
+    """Cron: fold the usage outbox into the hourly rollups. Not `logged_job`: it runs every few
+    seconds, so it says something only when it folded something."""
+    started = time.perf_counter()
+    async with require_pool().acquire() as conn:
+        result = await fold_all(conn)
+    if result.claimed:
+        log.info(
+            "usage folded into rollups",
+            **result.as_dict(),
+            duration_s=round(time.perf_counter() - started, 3),
+        )
+    return result.as_dict()
+
+
+@logged_job
+async def rebuild_rollups(ctx: Ctx, project_id: int) -> dict[str, Any]:
+    """Make a project's rollups again for its rolled-up tag keys as they are now."""
+    async with require_pool().acquire() as conn:
+        result = await rebuild.rebuild_rollups(conn, project_id)
+    if result is None:
+        return {"outcome": "no such project", "project_id": project_id}
+    return {"outcome": "rebuilt", **result.as_dict()}

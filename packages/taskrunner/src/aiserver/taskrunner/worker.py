@@ -29,12 +29,14 @@ from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
-from aiserver.ledger.jobs import PARTITIONS_TASK
+from aiserver.ledger.jobs import FOLD_TASK, PARTITIONS_TASK, REBUILD_JOB
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
     cost_data_update_task,
     process_document,
+    rebuild_rollups,
     refresh_costs,
+    usage_fold_task,
     usage_partitions_task,
 )
 from aiserver.taskrunner.settings import TaskRunnerSettings
@@ -55,6 +57,13 @@ PARTITIONS_MINUTE: Final = 17
 #: month go in batches: room for both, below the hour between two runs. An interrupted run
 #: leaves nothing half done that the next one does not finish.
 PARTITIONS_JOB_TIMEOUT_S: Final = 1800
+#: The outbox is folded every this many seconds (and at start): the rollups lag the events by
+#: about this much (spend answers add the unfolded rest, so they are exact regardless).
+FOLD_INTERVAL_S: Final = 5
+#: A fold that runs longer (a backlog) is cancelled; its open batch rolls back, its committed
+#: ones stay, and the next tick goes on. A rebuild sums a project's retained events again.
+FOLD_JOB_TIMEOUT_S: Final = 300
+REBUILD_JOB_TIMEOUT_S: Final = 3600
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -119,10 +128,28 @@ def partitions_cron() -> CronJob:
     )
 
 
+def fold_cron() -> CronJob:
+    """The outbox folded into the rollups: at start, then every FOLD_INTERVAL_S. Each tick is
+    enqueued once for the fleet (`unique`, the job id names the tick) and a tick's result is
+    kept only briefly (12 ticks a minute). Folds that overlap (a long one, several runners) are
+    safe: they take disjoint outbox rows."""
+    return cron(
+        usage_fold_task,
+        name=f"cron:{FOLD_TASK}",
+        second=set(range(0, 60, FOLD_INTERVAL_S)),
+        run_at_startup=True,
+        unique=True,
+        keep_result=FOLD_INTERVAL_S,
+        timeout=FOLD_JOB_TIMEOUT_S,
+        max_tries=1,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
         func(process_document, name=PROCESS_JOB, timeout=DOCUMENT_JOB_TIMEOUT_S),
+        func(rebuild_rollups, name=REBUILD_JOB, timeout=REBUILD_JOB_TIMEOUT_S),
     ]
 
 
@@ -130,7 +157,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings), partitions_cron()],
+        "cron_jobs": [refresh_cron(settings), partitions_cron(), fold_cron()],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

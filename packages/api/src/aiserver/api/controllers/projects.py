@@ -10,6 +10,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -21,6 +23,7 @@ from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
+from aiserver.ledger.jobs import REBUILD_JOB
 from aiserver.ledger.keys import Scope
 from aiserver.ledger.store import ApiKey, Project
 
@@ -155,11 +158,19 @@ class ProjectController(Controller):
     ) -> ProjectOut:
         """A key with the `admin` scope, or the operator; archiving (`archived`) is the
         operator's. Every API process sees an archiving within API_KEY_CACHE_SECONDS; this one
-        at once."""
+        at once. A change of the rolled-up tag keys enqueues a rebuild of the project's
+        rollups (docs/rollups.md)."""
+        redis: ArqRedis = request.app.state.redis
+
+        async def enqueue_rebuild(project_id: int, job_id: str) -> None:
+            await redis.enqueue_job(
+                REBUILD_JOB, project_id, _job_id=job_id, _queue_name=default_queue_name
+            )
+
         changed = await projects.change_project(
             require_pool(), access, project, name=data.name, time_zone=data.time_zone,
             rollup_tags=data.rollup_tags, archived=data.archived,
-            keyring=request.app.state.keyring,
+            keyring=request.app.state.keyring, enqueue_rebuild=enqueue_rebuild,
         )  # fmt: skip
         return ProjectOut.of(changed)
 
