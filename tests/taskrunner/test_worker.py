@@ -204,8 +204,9 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "cron": [
             ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
             ["cron:usage_partitions_task", True, [17]],
+            ["cron:usage_reprice_task", True, list(range(60))],
         ],
-        "functions": ["process_document", "refresh_costs"],
+        "functions": ["process_document", "refresh_costs", "reprice_usage", "usage_reprice_task"],
         "redis": ["cache.example", 5],
         "startup": "startup",
     }

@@ -29,7 +29,7 @@ from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
-from aiserver.ledger.jobs import PARTITIONS_TASK
+from aiserver.ledger.jobs import PARTITIONS_TASK, REPRICE_JOB, REPRICE_TASK
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
     cost_data_update_task,
@@ -37,6 +37,7 @@ from aiserver.taskrunner.jobs import (
     refresh_costs,
     usage_partitions_task,
 )
+from aiserver.taskrunner.repricing import reprice_usage, usage_reprice_task
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -55,6 +56,9 @@ PARTITIONS_MINUTE: Final = 17
 #: month go in batches: room for both, below the hour between two runs. An interrupted run
 #: leaves nothing half done that the next one does not finish.
 PARTITIONS_JOB_TIMEOUT_S: Final = 1800
+#: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
+#: from its cursor by the next reprice cron tick.
+REPRICE_JOB_TIMEOUT_S: Final = 3600
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -119,10 +123,26 @@ def partitions_cron() -> CronJob:
     )
 
 
+def reprice_cron() -> CronJob:
+    """The automatic reprice after a catalog change (and the runs cut off, finished): every
+    minute and at start; its advisory lock lets one runner at a time work."""
+    return cron(
+        usage_reprice_task,
+        name=f"cron:{REPRICE_TASK}",
+        minute=set(range(60)),
+        second=0,
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=REPRICE_JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
         func(process_document, name=PROCESS_JOB, timeout=DOCUMENT_JOB_TIMEOUT_S),
+        func(reprice_usage, name=REPRICE_JOB, timeout=REPRICE_JOB_TIMEOUT_S),
+        func(usage_reprice_task, name=REPRICE_TASK, timeout=REPRICE_JOB_TIMEOUT_S),
     ]
 
 
@@ -130,7 +150,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings), partitions_cron()],
+        "cron_jobs": [refresh_cron(settings), partitions_cron(), reprice_cron()],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,
