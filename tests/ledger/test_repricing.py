@@ -13,6 +13,9 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker
 
 from aiserver.core_db.database import database, require_pool
 from aiserver.costs.catalog import Catalog, load_catalog
@@ -21,6 +24,7 @@ from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import bump_catalog_version, lock_catalog_version
 from aiserver.costs.store.overrides import replace_override
 from aiserver.ledger.access import Access
+from aiserver.ledger.jobs import REPRICE_JOB, REPRICE_TASK
 from aiserver.ledger.repricing.automatic import reprice_after_catalog_change
 from aiserver.ledger.repricing.execution import Outcome as RunOutcome
 from aiserver.ledger.repricing.execution import execute_run
@@ -32,8 +36,10 @@ from aiserver.ledger.repricing.runs import (
 )
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.taskrunner.health import QUEUE_NAME
+from aiserver.taskrunner.worker import worker_options
 
-from ..conftest import Settings, replace_settings
+from ..conftest import Settings, replace_settings, taskrunner_settings
 from ..support.catalog import document, models
 from ..support.folding_reprice_standin import expected_rollups, fold, rollups
 from ..support.upstream import Upstream
@@ -368,3 +374,46 @@ async def test_after_a_catalog_change_the_unpriced_events_it_can_price_are_repri
         )
     assert tuple(row) == ("priced", 1, Decimal("0.013"))
     assert (await reprice_after_catalog_change(pool)).outcome == "up_to_date"
+
+
+async def test_the_task_runner_does_a_run_it_is_given_and_the_automatic_reprice(
+    settings: Settings,
+) -> None:
+    """The jobs by name, in a real worker: its start seeds the bundled catalog, which knows
+    gpt-4o (2.5e-06 in, 1e-05 out), a model the events were recorded without."""
+    pool = await asyncpg.create_pool(settings.core.database_url, min_size=1, max_size=4)
+    redis = await create_pool(RedisSettings.from_dsn(settings.core.redis_url))
+    await redis.flushdb()
+    try:
+        p = await pool.fetchval("INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id")
+        call = {
+            "id": "c1",
+            "model": "gpt-4o",
+            "usage": {"input_tokens": 1000, "output_tokens": 500},
+        }
+        await record(pool, p, RECORDED_WITH, msgspec.json.encode(call), now=datetime.now(UTC))
+        dry = await request_reprice(pool, OPERATOR, RepriceRequest(project="p"))
+        await redis.enqueue_job(REPRICE_JOB, dry.id, _queue_name=QUEUE_NAME)
+        await redis.enqueue_job(REPRICE_TASK, _queue_name=QUEUE_NAME)
+        options = worker_options(taskrunner_settings(settings))
+        options.update(cron_jobs=[], burst=True, poll_delay=0, handle_signals=False, max_jobs=1)
+        worker = Worker(**options)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+        assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)
+        results = sorted((r.function, r.result) for r in await redis.all_job_results())
+        assert results[0][0] == REPRICE_JOB
+        assert results[0][1] == {"outcome": "done", "run_id": dry.id}
+        automatic = results[1][1]
+        assert (automatic["outcome"], automatic["models"]) == ("repriced", ["gpt-4o"])
+        shown = await show_run(pool, OPERATOR, dry.id)
+        assert (shown.state, shown.events_changed, shown.new_total) == ("done", 1, "0.0075")
+        event = await pool.fetchrow("SELECT status, total_cost FROM usage_events")
+        assert tuple(event) == ("priced", Decimal("0.0075"))  # 1000 * 2.5e-06 + 500 * 1e-05
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+        await pool.close()
