@@ -84,7 +84,7 @@ async def record(pool: asyncpg.Pool, project_id: int, numbers: range, now: datet
                 "occurred_at": (now - timedelta(minutes=EVENTS - i)).isoformat(),
                 "usage": {"input_tokens": usage(i)[0], "output_tokens": usage(i)[1]},
             }
-        )  # fmt: skip
+        )
         for i in numbers
     ]
     report = await UsageRecorder(LedgerSettings()).record(

@@ -79,7 +79,7 @@ class RepriceController(Controller):
     @get(
         "/",
         summary="The newest repricing runs (scope read or admin, or the operator)",
-        responses=problem_responses(401, 403, 404, 422, 503),
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
         guards=[only_query("project", "limit")],
     )
     async def runs(
@@ -96,7 +96,7 @@ class RepriceController(Controller):
     @get(
         "/{run_id:int}",
         summary="One repricing run: state, progress and result",
-        responses=problem_responses(401, 403, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 503),
         guards=[only_query()],
     )
     async def run(self, access: NamedDependency[Access], run_id: FromPath[int]) -> RepriceRun:

@@ -107,11 +107,11 @@ def decode_filter(text: str) -> RepriceFilter:
     return _FILTER.decode(text)
 
 
-def run_of(row: asyncpg.Record, slug: str | None) -> RepriceRun:
+def run_of(row: asyncpg.Record) -> RepriceRun:
     result = _RESULT.decode(row["result"]) if row["result"] else {"models": {}}
     return RepriceRun(
         id=row["id"],
-        project=slug,
+        project=row["project"],
         requested_by=row["requested_by"],
         requested_at=row["requested_at"],
         dry_run=row["dry_run"],
@@ -148,25 +148,21 @@ def filter_of(request: RepriceRequest) -> RepriceFilter:
     )
 
 
-async def _target(
-    conn: DbConnection, access: Access, request: RepriceRequest
-) -> tuple[int, str | None]:
-    """The run's project (id and slug; `ALL_PROJECTS` and None for every project)."""
+async def _target(conn: DbConnection, access: Access, request: RepriceRequest) -> int:
+    """The run's project (`ALL_PROJECTS`: every project)."""
     if request.all_projects:
         access.require_operator()
         if request.project is not None:
             raise InvalidField("name a project or all_projects, not both", ["project"])
-        return ALL_PROJECTS, None
+        return ALL_PROJECTS
     if request.project is None:
         if access.project_id is None:
             raise InvalidField(
                 "the operator names the project to reprice (project), or sets all_projects",
                 ["project"],
             )
-        assert access.project_slug is not None
-        return access.project_id, access.project_slug
-    project = await find_project(conn, access, request.project)
-    return project.id, project.slug
+        return access.project_id
+    return (await find_project(conn, access, request.project)).id
 
 
 def requester(access: Access) -> str:
@@ -179,7 +175,7 @@ async def request_reprice(
     """Record a run (queued) for the caller to start. A project's key needs `admin`."""
     run_filter = filter_of(request)
     async with pool.acquire() as conn:
-        project_id, slug = await _target(conn, access, request)
+        project_id = await _target(conn, access, request)
         access.require("admin")
         row = await store.insert_run(
             conn,
@@ -188,14 +184,7 @@ async def request_reprice(
             dry_run=request.dry_run,
             filter_json=encode_filter(run_filter),
         )
-    return run_of(row, slug)
-
-
-async def _slug(conn: DbConnection, project_id: int) -> str | None:
-    if project_id == ALL_PROJECTS:
-        return None
-    slug: str | None = await conn.fetchval("SELECT slug FROM projects WHERE id = $1", project_id)
-    return slug
+    return run_of(row)
 
 
 async def show_run(pool: asyncpg.Pool, access: Access, run_id: int) -> RepriceRun:
@@ -205,11 +194,10 @@ async def show_run(pool: asyncpg.Pool, access: Access, run_id: int) -> RepriceRu
     if 1 <= run_id <= MAX_BIGINT:
         async with pool.acquire() as conn:
             row = await store.select_run(conn, run_id)
-            slug = await _slug(conn, row["project_id"]) if row is not None else None
     if row is None or (not access.is_operator and row["project_id"] != access.project_id):
         raise UnknownRepriceRun(f"no reprice run {run_id}")
     access.require("read", "admin")
-    return run_of(row, slug)
+    return run_of(row)
 
 
 async def list_runs(
@@ -226,5 +214,4 @@ async def list_runs(
             project_id = access.project_id
         access.require("read", "admin")
         rows = await store.select_runs(conn, project_id, limit=limit)
-        slugs = {pid: await _slug(conn, pid) for pid in {r["project_id"] for r in rows}}
-    return [run_of(r, slugs[r["project_id"]]) for r in rows]
+    return [run_of(r) for r in rows]

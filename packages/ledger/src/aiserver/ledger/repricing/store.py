@@ -24,10 +24,17 @@ if TYPE_CHECKING:
 #: The `project_id` of a run over every project.
 ALL_PROJECTS: Final = 0
 
+_COLUMNS: Final = """
+    project_id, id, requested_by, requested_at, dry_run, filter, catalog_version, state,
+    started_at, finished_at, after_occurred, after_event, events_examined, events_changed,
+    old_total, new_total, result, error
+"""
+#: A run `r`, with its project's slug (None: every project).
 _RUN: Final = """
-    project_id, id, requested_by, requested_at, dry_run, filter::text AS filter, catalog_version,
-    state, started_at, finished_at, after_occurred, after_event, events_examined, events_changed,
-    old_total, new_total, result::text AS result, error
+    r.project_id, p.slug AS project, r.id, r.requested_by, r.requested_at, r.dry_run,
+    r.filter::text AS filter, r.catalog_version, r.state, r.started_at, r.finished_at,
+    r.after_occurred, r.after_event, r.events_examined, r.events_changed, r.old_total,
+    r.new_total, r.result::text AS result, r.error
 """
 
 
@@ -36,10 +43,13 @@ async def insert_run(
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO usage_reprice_runs (project_id, requested_by, dry_run, filter)
-        VALUES ($1, $2, $3, $4::jsonb)
-        RETURNING {_RUN}
-        """,  # noqa: S608  (made of the constant above)
+        WITH r AS (
+            INSERT INTO usage_reprice_runs (project_id, requested_by, dry_run, filter)
+            VALUES ($1, $2, $3, $4::jsonb)
+            RETURNING {_COLUMNS}
+        )
+        SELECT {_RUN} FROM r LEFT JOIN projects AS p ON p.id = r.project_id
+        """,  # noqa: S608  (made of the constants above)
         project_id,
         requested_by,
         dry_run,
@@ -50,9 +60,12 @@ async def insert_run(
 
 
 async def select_run(conn: DbConnection, run_id: int) -> asyncpg.Record | None:
-    """The run by its id alone (callers check whose it is)."""
+    """The run by its id alone (callers check whose it is), with its project's slug."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_RUN} FROM usage_reprice_runs WHERE id = $1",  # noqa: S608
+        f"""
+        SELECT {_RUN} FROM usage_reprice_runs AS r LEFT JOIN projects AS p ON p.id = r.project_id
+        WHERE r.id = $1
+        """,  # noqa: S608
         run_id,
     )
     return row
@@ -65,9 +78,9 @@ async def select_runs(
     (None)."""
     rows = await conn.fetch(
         f"""
-        SELECT {_RUN} FROM usage_reprice_runs
-        WHERE $1::bigint IS NULL OR project_id = $1
-        ORDER BY id DESC LIMIT $2
+        SELECT {_RUN} FROM usage_reprice_runs AS r LEFT JOIN projects AS p ON p.id = r.project_id
+        WHERE $1::bigint IS NULL OR r.project_id = $1
+        ORDER BY r.id DESC LIMIT $2
         """,  # noqa: S608
         project_id,
         limit,
