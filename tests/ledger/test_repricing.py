@@ -283,6 +283,26 @@ async def test_a_filter_keeps_the_run_to_its_window_model_and_status(ledger: Led
     assert [(m.model, m.events, m.new_total) for m in unpriced.models] == [("gpt-y", 2, "0.00115")]
 
 
+async def test_the_operator_reprices_every_project_in_one_run(ledger: Ledger) -> None:
+    await recorded(ledger)
+    run = await request_reprice(
+        ledger.pool, OPERATOR, RepriceRequest(all_projects=True, dry_run=False)
+    )
+    assert await execute_run(ledger.pool, run.id, TODAY, batch_size=2) is RunOutcome.DONE
+
+    done = await show_run(ledger.pool, OPERATOR, run.id)
+    # p's six calls, and q's copy of e2 (0.00012 then, 0.00036 now)
+    assert (done.project, done.events_examined, done.events_changed) == (None, 7, 6)
+    assert (done.old_total, done.new_total) == ("0.001563", "0.005599")
+    by_project = await ledger.pool.fetch(
+        "SELECT project_id, count(*) FROM usage_adjustments GROUP BY 1 ORDER BY 1"
+    )
+    assert [tuple(r) for r in by_project] == [(ledger.p, 5), (ledger.q, 1)]
+    async with ledger.pool.acquire() as conn:
+        await fold(conn)
+        assert await rollups(conn) == await expected_rollups(conn)
+
+
 async def test_a_run_that_is_done_is_not_run_again(ledger: Ledger) -> None:
     await recorded(ledger)
     run = await reprice(ledger, dry_run=False)

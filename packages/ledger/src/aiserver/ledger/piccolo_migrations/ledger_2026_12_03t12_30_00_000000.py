@@ -30,6 +30,7 @@ STATEMENTS = (
                          CHECK (state IN ('queued', 'running', 'done', 'failed')),
         started_at       TIMESTAMPTZ,
         finished_at      TIMESTAMPTZ,
+        after_project    BIGINT,
         after_occurred   TIMESTAMPTZ,
         after_event      BIGINT,
         events_examined  BIGINT NOT NULL DEFAULT 0,

@@ -2,7 +2,8 @@
 
     outcome = await execute_run(pool, run_id, catalog, batch_size=500)
 
-The events are visited in (occurred_at, id) order, after the run's cursor. Applying a batch, in
+The events are visited in (project_id, occurred_at, id) order (a project's in (occurred_at, id)
+order), after the run's cursor. Applying a batch, in
 one transaction:
 
 1. lock the batch's outbox rows (in one order). An event whose row is there is not folded yet:
@@ -29,7 +30,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -38,7 +38,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.ledger.repricing import revalue as rv
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.runs import decode_filter
-from aiserver.ledger.repricing.store import ALL_PROJECTS, BatchFilters, Progress
+from aiserver.ledger.repricing.store import ALL_PROJECTS, BatchFilters, Position, Progress
 from aiserver.ledger.usage.store.reading import EventFilters
 
 if TYPE_CHECKING:
@@ -121,8 +121,10 @@ async def _run(
         ),
         models=f.models,
     )
-    after: tuple[datetime, int] | None = (
-        (run["after_occurred"], run["after_event"]) if run["after_event"] is not None else None
+    after = (
+        Position(run["after_project"], run["after_occurred"], run["after_event"])
+        if run["after_event"] is not None
+        else None
     )
     result = rv.RunResult.from_json(run["result"])
     totals = [run["events_examined"], run["events_changed"], run["old_total"], run["new_total"]]
@@ -133,7 +135,7 @@ async def _run(
                 progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
             if progress is None:
                 break
-            after = (progress.after_occurred, progress.after_event)
+            after = progress.after
             for i, value in enumerate(
                 (progress.examined, progress.changed, progress.old_total, progress.new_total)
             ):
@@ -154,7 +156,7 @@ async def _batch(
     conn: Any,
     run: asyncpg.Record,
     filters: BatchFilters,
-    after: tuple[datetime, int] | None,
+    after: Position | None,
     catalog: Catalog,
     result: rv.RunResult,
     batch_size: int,
@@ -194,8 +196,7 @@ async def _batch(
         await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
         await store.insert_adjustments(conn, run["id"], [rv.adjustment(r, v) for r, v in moved])
     progress = Progress(
-        after_occurred=last["occurred_at"],
-        after_event=last["id"],
+        after=Position(last["project_id"], last["occurred_at"], last["id"]),
         examined=examined,
         changed=changed,
         old_total=old_total,

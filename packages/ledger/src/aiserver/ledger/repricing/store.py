@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aiserver.ledger.usage.store.reading import EventFilters, filter_clauses
 
@@ -26,15 +26,16 @@ ALL_PROJECTS: Final = 0
 
 _COLUMNS: Final = """
     project_id, id, requested_by, requested_at, dry_run, filter, catalog_version, state,
-    started_at, finished_at, after_occurred, after_event, events_examined, events_changed,
+    started_at, finished_at, after_project, after_occurred, after_event, events_examined,
+    events_changed,
     old_total, new_total, result, error
 """
 #: A run `r`, with its project's slug (None: every project).
 _RUN: Final = """
     r.project_id, p.slug AS project, r.id, r.requested_by, r.requested_at, r.dry_run,
     r.filter::text AS filter, r.catalog_version, r.state, r.started_at, r.finished_at,
-    r.after_occurred, r.after_event, r.events_examined, r.events_changed, r.old_total,
-    r.new_total, r.result::text AS result, r.error
+    r.after_project, r.after_occurred, r.after_event, r.events_examined, r.events_changed,
+    r.old_total, r.new_total, r.result::text AS result, r.error
 """
 
 
@@ -135,13 +136,21 @@ async def end_run(
     )
 
 
+class Position(NamedTuple):
+    """A run's cursor: the last event it is done with, in (project_id, occurred_at, id)
+    order."""
+
+    project_id: int
+    occurred_at: datetime
+    event_id: int
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """What one batch adds to its run: where it ended, its counts and sums, and the whole
     result so far (a JSON text)."""
 
-    after_occurred: datetime
-    after_event: int
+    after: Position
     examined: int
     changed: int
     old_total: Decimal
@@ -153,15 +162,14 @@ async def advance_run(conn: DbConnection, project_id: int, run_id: int, p: Progr
     await conn.execute(
         """
         UPDATE usage_reprice_runs
-        SET after_occurred = $3, after_event = $4,
-            events_examined = events_examined + $5, events_changed = events_changed + $6,
-            old_total = old_total + $7, new_total = new_total + $8, result = $9::jsonb
+        SET after_project = $3, after_occurred = $4, after_event = $5,
+            events_examined = events_examined + $6, events_changed = events_changed + $7,
+            old_total = old_total + $8, new_total = new_total + $9, result = $10::jsonb
         WHERE project_id = $1 AND id = $2
         """,
         project_id,
         run_id,
-        p.after_occurred,
-        p.after_event,
+        *p.after,
         p.examined,
         p.changed,
         p.old_total,
@@ -193,11 +201,13 @@ class BatchFilters:
 
 
 def batch_statement(
-    filters: BatchFilters, *, after: tuple[datetime, int] | None, limit: int
+    filters: BatchFilters, *, after: Position | None, limit: int
 ) -> tuple[str, list[Any]]:
-    """The next `limit` events of a run after its cursor, in (occurred_at, id) order. Only the
-    clauses of the filters given, so that PostgreSQL prunes the months and, for the automatic
-    reprice, reads the partial index of the unpriced events."""
+    """The next `limit` events of a run after its cursor, in (project_id, occurred_at, id)
+    order: the order of the primary key, so that each batch reads the key's index from where
+    the last one ended, one project or all. Only the clauses of the filters given, so that
+    PostgreSQL prunes the months and, for the automatic reprice, reads the partial index of
+    the unpriced events."""
     args: list[Any] = []
 
     def param(value: Any) -> str:
@@ -208,21 +218,22 @@ def batch_statement(
     if filters.project_id is not None:
         where.append(f"project_id = {param(filters.project_id)}")
     if after is not None:
-        at, event_id = param(after[0]), param(after[1])
-        where.append(f"occurred_at >= {at}")  # prunes the older months
-        where.append(f"(occurred_at, id) > ({at}, {event_id})")
+        project, at, event_id = (param(v) for v in after)
+        if filters.project_id is not None:
+            where.append(f"occurred_at >= {at}")  # prunes the older months
+        where.append(f"(project_id, occurred_at, id) > ({project}, {at}, {event_id})")
     if filters.models is not None:
         where.append(f"model = ANY({param(list(filters.models))}::text[])")
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM usage_events AS e"  # noqa: S608
         f" WHERE {' AND '.join(where) or 'true'}"
-        f" ORDER BY occurred_at, id LIMIT {param(limit)}"
+        f" ORDER BY project_id, occurred_at, id LIMIT {param(limit)}"
     )
     return sql, args
 
 
 async def select_batch(
-    conn: DbConnection, filters: BatchFilters, *, after: tuple[datetime, int] | None, limit: int
+    conn: DbConnection, filters: BatchFilters, *, after: Position | None, limit: int
 ) -> list[asyncpg.Record]:
     sql, args = batch_statement(filters, after=after, limit=limit)
     return list(await conn.fetch(sql, *args))
