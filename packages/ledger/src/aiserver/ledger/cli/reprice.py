@@ -39,6 +39,7 @@ def _report(run: RepriceRun) -> None:
 
 async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.costs.catalog import load_catalog
+    from aiserver.costs.money import money
     from aiserver.ledger.access import Access
     from aiserver.ledger.repricing.execution import execute_run
     from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice, show_run
@@ -48,7 +49,7 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
     def progress(p: RunProgress) -> None:
         if not args.no_progress:
             print(f"aiserver-ledger reprice: run {p.run_id}: {p.examined:,} examined, "
-                  f"{p.changed:,} changed, {p.old_total} -> {p.new_total} USD",
+                  f"{p.changed:,} changed, {money(p.old_total)} -> {money(p.new_total)} USD",
                   file=sys.stderr, flush=True)  # fmt: skip
 
     async def work(pool: Any) -> int:
