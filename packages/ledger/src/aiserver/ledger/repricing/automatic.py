@@ -9,8 +9,8 @@ that changed prices, an override set or deleted. Each automatic run records the 
 made for, so a version is looked at once, whoever noticed it first (a NOTIFY lost, a runner
 restarting: the next tick sees the version all the same). Under a fleet-wide advisory lock:
 
-1. nothing to do when no event is unpriced (read from their partial index), or when the newest
-   automatic run was made for this catalog version already;
+1. nothing to do when the newest automatic run was made for this catalog version already, or
+   when no event is unpriced (read from their partial index);
 2. else load the catalog, keep the reported names (with their provider) it now resolves, and
    record one run over every project (`requested_by` automatic, status `unpriced`, those
    names), made even when no name resolves, so that this version is not looked at again;
@@ -35,7 +35,7 @@ from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.execution import BATCH_SIZE, Outcome, execute_run, lock_name
 from aiserver.ledger.repricing.runs import RepriceFilter, encode_filter
 from aiserver.ledger.repricing.store import ALL_PROJECTS
-from aiserver.ledger.usage.store.events import unpriced_models
+from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
 if TYPE_CHECKING:
     import asyncpg
@@ -73,13 +73,14 @@ async def _automatic(pool: asyncpg.Pool, batch_size: int) -> AutomaticReport:
             return AutomaticReport(outcome="already_running")
         try:
             version = await read_catalog_version(conn)
-            if not await unpriced_models(conn):
-                return AutomaticReport(outcome="nothing_unpriced", catalog_version=version)
             last = await store.last_automatic_version(conn)
             if last is not None and last >= version:
                 return AutomaticReport(outcome="up_to_date", catalog_version=version)
+            unpriced = await unpriced_models(conn)
+            if not unpriced:  # the version is not recorded: the next tick asks again (cheaply)
+                return AutomaticReport(outcome="nothing_unpriced", catalog_version=version)
             catalog = await load_catalog(conn)
-            names = tuple(sorted(await _priceable(conn, catalog)))
+            names = tuple(sorted(_priceable(unpriced, catalog)))
             run = await store.insert_run(
                 conn,
                 project_id=ALL_PROJECTS,
@@ -98,10 +99,10 @@ async def _automatic(pool: asyncpg.Pool, batch_size: int) -> AutomaticReport:
     )
 
 
-async def _priceable(conn: Any, catalog: Catalog) -> set[str]:
+def _priceable(unpriced: list[UnpricedModel], catalog: Catalog) -> set[str]:
     """The reported names of unpriced events that the catalog resolves now."""
     names: set[str] = set()
-    for found in await unpriced_models(conn):
+    for found in unpriced:
         try:
             catalog.resolve(found.model, found.provider)
         except UnknownModel:
