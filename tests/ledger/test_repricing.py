@@ -4,6 +4,7 @@ automatic reprice after a catalog change."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,6 +275,40 @@ async def test_applying_reprices_each_event_adjusts_it_once_and_fixes_the_rollup
     assert await ledger.pool.fetchval("SELECT count(*) FROM usage_adjustments") == 5
 
 
+async def test_a_fold_in_flight_is_waited_for_and_its_rows_then_moved_by_the_reprice(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """A fold that has claimed the outbox rows and not committed yet: the reprice waits for it
+    at the outbox's locks, then finds the events folded and moves them in the rollups."""
+    await record(ledger.pool, ledger.p, RECORDED_WITH, *(raw(c) for c in CALLS))
+    folder = await asyncpg.connect(settings.core.database_url)
+    try:
+        folding = folder.transaction()
+        await folding.start()
+        await fold(folder)
+        run = await request_reprice(
+            ledger.pool, OPERATOR, RepriceRequest(project="p", dry_run=False)
+        )
+        repricing = asyncio.create_task(execute_run(ledger.pool, run.id, TODAY, batch_size=10))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        async with asyncio.timeout(30):
+            while not await folder.fetchval(waiting):
+                await asyncio.sleep(0.02)
+        assert not repricing.done()
+        await folding.commit()
+        assert await repricing is RunOutcome.DONE
+        assert await folder.fetchval("SELECT count(*) FROM usage_outbox") == 0
+        assert await rollups(folder) == await expected_rollups(folder)
+        assert await folder.fetchval("SELECT sum(cost) FROM usage_rollups") == sum(
+            c.new for c in CALLS
+        )
+    finally:
+        await folder.close()
+
+
 async def test_a_filter_keeps_the_run_to_its_window_model_and_status(ledger: Ledger) -> None:
     await recorded(ledger)
     run = await reprice(ledger, dry_run=False, model="gpt-x", since="2026-11-25T10:30:00Z")
@@ -396,6 +431,18 @@ async def test_after_a_catalog_change_the_unpriced_events_it_can_price_are_repri
     assert (await reprice_after_catalog_change(pool)).outcome == "up_to_date"
 
 
+async def run_burst(settings: Settings) -> tuple[int, int]:
+    """A task runner until its queue is empty (no cron): its jobs complete and failed."""
+    options = worker_options(taskrunner_settings(settings))
+    options.update(cron_jobs=[], burst=True, poll_delay=0, handle_signals=False)
+    worker = Worker(**options)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker.jobs_complete, worker.jobs_failed
+
+
 async def test_the_task_runner_does_a_run_it_is_given_and_the_automatic_reprice(
     settings: Settings,
 ) -> None:
@@ -413,20 +460,15 @@ async def test_the_task_runner_does_a_run_it_is_given_and_the_automatic_reprice(
         }
         await record(pool, p, RECORDED_WITH, msgspec.json.encode(call), now=datetime.now(UTC))
         dry = await request_reprice(pool, OPERATOR, RepriceRequest(project="p"))
+        # the dry run first (its job is done before the next is enqueued), then the cron task
         await redis.enqueue_job(REPRICE_JOB, dry.id, _queue_name=QUEUE_NAME)
+        assert await run_burst(settings) == (1, 0)
         await redis.enqueue_job(REPRICE_TASK, _queue_name=QUEUE_NAME)
-        options = worker_options(taskrunner_settings(settings))
-        options.update(cron_jobs=[], burst=True, poll_delay=0, handle_signals=False, max_jobs=1)
-        worker = Worker(**options)
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
+        assert await run_burst(settings) == (1, 0)
 
-        assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)
         results = sorted((r.function, r.result) for r in await redis.all_job_results())
-        assert results[0][0] == REPRICE_JOB
-        assert results[0][1] == {"outcome": "done", "run_id": dry.id}
+        assert results[0] == (REPRICE_JOB, {"outcome": "done", "run_id": dry.id})
+        assert results[1][0] == REPRICE_TASK
         automatic = results[1][1]
         assert (automatic["outcome"], automatic["models"]) == ("repriced", ["gpt-4o"])
         shown = await show_run(pool, OPERATOR, dry.id)
