@@ -40,9 +40,10 @@ from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.worker import worker_options
 
-from ..conftest import Settings, replace_settings, taskrunner_settings
+from ..conftest import Settings, child_env, replace_settings, taskrunner_settings
 from ..support.catalog import document, models
 from ..support.folding_reprice_standin import expected_rollups, fold, rollups
+from ..support.processes import run_module
 from ..support.upstream import Upstream
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -429,6 +430,50 @@ async def test_after_a_catalog_change_the_unpriced_events_it_can_price_are_repri
         )
     assert tuple(row) == ("priced", 1, Decimal("0.013"))
     assert (await reprice_after_catalog_change(pool)).outcome == "up_to_date"
+
+
+async def test_the_command_line_does_a_run_at_once_showing_its_progress(
+    catalogued: Ledger, settings: Settings
+) -> None:
+    # recorded unpriced (no catalog then); the database's catalog prices gpt-test-001 at
+    # 2e-06 in, 4e-06 out: 5 * (100 * 2e-06 + 10 * 4e-06) = 0.0012
+    calls = [
+        msgspec.json.encode(
+            {
+                "id": f"c{i}",
+                "model": "gpt-test-001",
+                "usage": {"input_tokens": 100, "output_tokens": 10},
+            }
+        )
+        for i in range(5)
+    ]
+    report = await UsageRecorder(LedgerSettings()).record(
+        catalogued.pool, catalogued.p, decode_items(calls), catalog=None
+    )
+    assert report.recorded == 5
+    args = ("reprice", "--project", "p", "--dry-run", "--batch-size", "2")
+
+    status, out, err = await run_module("aiserver.ledger.cli", child_env(settings), *args)
+
+    assert status == 0, err
+    assert out.splitlines()[1:5] == [
+        "  events examined            5",
+        "  events changed             5",
+        "  old total                  0 USD",
+        "  new total             0.0012 USD",
+    ]
+    assert "gpt-test-001" in out.splitlines()[-1]
+    assert [line.split(": ", 2)[2] for line in err.splitlines() if "reprice: run" in line] == [
+        "2 examined, 2 changed, 0 -> 0.00048 USD",
+        "4 examined, 4 changed, 0 -> 0.00096 USD",
+        "5 examined, 5 changed, 0 -> 0.0012 USD",
+    ]
+    assert (
+        await catalogued.pool.fetchval(
+            "SELECT count(*) FROM usage_events WHERE status = 'unpriced'"
+        )
+        == 5
+    )  # a dry run
 
 
 async def run_burst(settings: Settings) -> tuple[int, int]:
