@@ -205,8 +205,15 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
             ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
             ["cron:usage_partitions_task", True, [17]],
             ["cron:usage_fold_task", True, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]],
+            ["cron:usage_reprice_task", True, list(range(60))],
         ],
-        "functions": ["process_document", "rebuild_rollups", "refresh_costs"],
+        "functions": [
+            "process_document",
+            "rebuild_rollups",
+            "refresh_costs",
+            "reprice_usage",
+            "usage_reprice_task",
+        ],
         "redis": ["cache.example", 5],
         "startup": "startup",
     }

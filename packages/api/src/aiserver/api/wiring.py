@@ -25,6 +25,7 @@ from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
+from aiserver.api.controllers.reprice import RepriceController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
@@ -53,6 +54,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     KeyController,
     UsageEventController,
     BudgetController,
+    RepriceController,
     MetricsController,
 ]
 

@@ -19,6 +19,8 @@ AiserverError
     │                             time, tags or key); `fields` names them
     ├── UsageConflict         409 usage-conflict: an event key recorded before with another
     │                             payload; what was recorded stays as it was
+    ├── UnknownRepriceRun     404 unknown-reprice-run: no repricing run by that id, or
+    │                             another project's (the answer is the same)
     ├── MalformedBody         400 malformed-json: a usage body (or an NDJSON line) that is not
     │                             JSON
     ├── TooManyEvents         413 too-many-events: more events in one request than allowed
@@ -63,6 +65,10 @@ class UnknownEvent(InvalidInput, status=404, slug="unknown-event"):
 
 
 class ProjectArchived(InvalidInput, status=403, slug="project-archived"):
+    pass
+
+
+class UnknownRepriceRun(InvalidInput, status=404, slug="unknown-reprice-run"):
     pass
 
 

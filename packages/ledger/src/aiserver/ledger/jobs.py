@@ -1,5 +1,5 @@
 """The task-runner jobs of the ledger, by name: the task runner runs them, the API enqueues
-`REBUILD_JOB` (and neither imports the other)."""
+`REBUILD_JOB` and `REPRICE_JOB` (and neither imports the other)."""
 
 from datetime import datetime
 from typing import Final
@@ -19,3 +19,12 @@ def rebuild_job_id(project_id: int, changed_at: datetime) -> str:
     """One job per change: the same change enqueued twice is one job, and a later change is a
     job of its own (a fixed id per project would be refused while arq keeps the last result)."""
     return f"{REBUILD_JOB}:{project_id}:{changed_at.isoformat()}"
+
+
+#: Do one repricing run: `reprice_usage(run_id: int)` (the API enqueues it by name;
+#: `aiserver.ledger.repricing.execution.execute_run`).
+REPRICE_JOB: Final = "reprice_usage"
+
+#: The cron job of the automatic reprice: the unpriced events a changed catalog can now price,
+#: and the runs cut off, finished (`aiserver.ledger.repricing.automatic`).
+REPRICE_TASK: Final = "usage_reprice_task"

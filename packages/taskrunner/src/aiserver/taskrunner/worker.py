@@ -29,7 +29,13 @@ from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
-from aiserver.ledger.jobs import FOLD_TASK, PARTITIONS_TASK, REBUILD_JOB
+from aiserver.ledger.jobs import (
+    FOLD_TASK,
+    PARTITIONS_TASK,
+    REBUILD_JOB,
+    REPRICE_JOB,
+    REPRICE_TASK,
+)
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
     cost_data_update_task,
@@ -39,6 +45,7 @@ from aiserver.taskrunner.jobs import (
     usage_fold_task,
     usage_partitions_task,
 )
+from aiserver.taskrunner.repricing import reprice_usage, usage_reprice_task
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -64,6 +71,9 @@ FOLD_INTERVAL_S: Final = 5
 #: ones stay, and the next tick goes on. A rebuild sums a project's retained events again.
 FOLD_JOB_TIMEOUT_S: Final = 300
 REBUILD_JOB_TIMEOUT_S: Final = 3600
+#: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
+#: from its cursor by the next reprice cron tick.
+REPRICE_JOB_TIMEOUT_S: Final = 3600
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -145,11 +155,27 @@ def fold_cron() -> CronJob:
     )
 
 
+def reprice_cron() -> CronJob:
+    """The automatic reprice after a catalog change (and the runs cut off, finished): every
+    minute and at start; its advisory lock lets one runner at a time work."""
+    return cron(
+        usage_reprice_task,
+        name=f"cron:{REPRICE_TASK}",
+        minute=set(range(60)),
+        second=0,
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=REPRICE_JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
         func(process_document, name=PROCESS_JOB, timeout=DOCUMENT_JOB_TIMEOUT_S),
         func(rebuild_rollups, name=REBUILD_JOB, timeout=REBUILD_JOB_TIMEOUT_S),
+        func(reprice_usage, name=REPRICE_JOB, timeout=REPRICE_JOB_TIMEOUT_S),
+        func(usage_reprice_task, name=REPRICE_TASK, timeout=REPRICE_JOB_TIMEOUT_S),
     ]
 
 
@@ -157,7 +183,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings), partitions_cron(), fold_cron()],
+        "cron_jobs": [refresh_cron(settings), partitions_cron(), fold_cron(), reprice_cron()],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

@@ -9,7 +9,9 @@ acts as the operator. Each command imports what it runs.
   before), 3 when some were invalid or in conflict, 1 when the import could not run;
 - `events`: a project's events, newest first (a table, or JSON lines with --json);
 - `partitions list|maintain`: the usage events' monthly partitions, and their upkeep by hand;
-- `budgets create|list|show|delete`: a project's budgets with their current windows.
+- `budgets create|list|show|delete`: a project's budgets with their current windows;
+- `reprice`: price recorded events again with the catalog of today (or `--dry-run`), or finish
+  a run that stopped (`--resume RUN`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import budgets, partitions, tenants, usage
+from aiserver.ledger.cli import budgets, partitions, reprice, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_parsers(groups)
     partitions.add_parsers(groups)
     budgets.add_parsers(groups)
+    reprice.add_parsers(groups)
     return parser
 
 
@@ -57,6 +60,7 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
     **usage.COMMANDS,
     **partitions.COMMANDS,
     **budgets.COMMANDS,
+    **reprice.COMMANDS,
 }
 
 

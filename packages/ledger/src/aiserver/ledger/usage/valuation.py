@@ -15,6 +15,7 @@ costs package's `UsageError`, and the event is invalid.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Final, Literal
 
@@ -23,7 +24,7 @@ import msgspec
 from aiserver.costs.calculator import CostRequest, calculate
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.errors import UnknownModel
-from aiserver.costs.pricing import CostComponent, validate_usage
+from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, validate_usage
 from aiserver.ledger.usage.events import CheckedEvent
 
 PricingStatus = Literal["priced", "partially_priced", "unpriced"]
@@ -47,27 +48,60 @@ class Valuation(msgspec.Struct, frozen=True, kw_only=True):
 def value_event(catalog: Catalog | None, event: CheckedEvent, *, why_none: str = "") -> Valuation:
     """Price `event` with the prices valid at its `occurred_at`. `catalog` None: none is loaded
     yet (`why_none` says why), and the event is kept unpriced."""
-    if catalog is None:
-        validate_usage(event.usage)
-        return Valuation(status="unpriced", total=None, note=why_none or "no catalog is loaded")
-    request = CostRequest(
+    return value_usage(
+        catalog,
         model=event.model,
         provider=event.provider,
         usage=event.usage,
         service_tier=event.service_tier,
-        at=event.occurred_at,
+        occurred_at=event.occurred_at,
+        why_none=why_none,
+    )
+
+
+def value_usage(
+    catalog: Catalog | None,
+    *,
+    model: str,
+    provider: str | None,
+    usage: Usage,
+    service_tier: ServiceTier,
+    occurred_at: datetime,
+    why_none: str = "",
+) -> Valuation:
+    """`value_event` of what an event holds: at ingest, and again when a reprice prices a
+    recorded event with the catalog of today.
+
+    A model the catalog knows, but had no price at `occurred_at` (the source's first version, or
+    an operator's first override, came later; or the call fell between two of them) is priced
+    with the earliest price version after `occurred_at`, and the note says so: the call was
+    made, and that price is the closest one there is.
+    """
+    if catalog is None:
+        validate_usage(usage)
+        return Valuation(status="unpriced", total=None, note=why_none or "no catalog is loaded")
+    request = CostRequest(
+        model=model, provider=provider, usage=usage, service_tier=service_tier, at=occurred_at
     )
     try:
         result = calculate(catalog, request)
     except UnknownModel as exc:
-        validate_usage(event.usage)
-        return Valuation(
-            status="unpriced",
-            total=None,
-            note=str(exc),
-            suggestions=exc.suggestions,
-            catalog_version=catalog.version,
+        later = _first_price_after(catalog, model, provider, occurred_at)
+        if later is None:
+            validate_usage(usage)
+            return Valuation(
+                status="unpriced",
+                total=None,
+                note=str(exc),
+                suggestions=exc.suggestions,
+                catalog_version=catalog.version,
+            )
+        result = calculate(catalog, msgspec.structs.replace(request, at=later))
+        note = (
+            f"{result.model!r} had no price at {occurred_at.isoformat()}; priced with its "
+            f"earliest price after it, from {later.isoformat()}"
         )
+        result = msgspec.structs.replace(result, notes=(note, *result.notes), at=occurred_at)
     notes = "; ".join(result.notes)
     return Valuation(
         status="partially_priced" if result.unpriced else "priced",
@@ -81,3 +115,18 @@ def value_event(catalog: Catalog | None, event: CheckedEvent, *, why_none: str =
         catalog_version=result.catalog_version,
         override_id=result.override_id,
     )
+
+
+def _first_price_after(
+    catalog: Catalog, model: str, provider: str | None, at: datetime
+) -> datetime | None:
+    """When the model's earliest price version (or override) after `at` begins; None when the
+    name resolves to nothing, or the model has no price after `at` either (it was removed)."""
+    try:
+        key = catalog.resolve(model, provider).key
+    except UnknownModel:
+        return None
+    starts = [v.valid_from for v in catalog.history(key)]
+    starts += [o.valid_from for o in catalog.overrides(key)]
+    later = [start for start in starts if start > at]
+    return min(later) if later else None

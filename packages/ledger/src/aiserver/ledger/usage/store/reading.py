@@ -13,6 +13,7 @@ The statement holds only the clauses of the filters given (a generic plan of `$n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +44,27 @@ class EventFilters:
     tags_json: str | None = None  # a JSON object the event's tags must contain
 
 
+def filter_clauses(filters: EventFilters, param: Callable[[Any], str]) -> list[str]:
+    """The WHERE clauses of the filters given (`param` adds a value and names its parameter),
+    on the columns of `usage_events` unqualified: a listing's, and a reprice's."""
+    where = []
+    if filters.since is not None:
+        where.append(f"occurred_at >= {param(filters.since)}")
+    if filters.until is not None:
+        where.append(f"occurred_at < {param(filters.until)}")
+    if filters.model is not None:
+        name = param(filters.model)
+        where.append(f"(model = {name} OR matched_model = {name})")
+    if filters.provider is not None:
+        name = param(filters.provider)
+        where.append(f"(provider = {name} OR matched_provider = {name})")
+    if filters.status is not None:
+        where.append(f"status = {param(filters.status)}")
+    if filters.tags_json is not None:
+        where.append(f"tags @> {param(filters.tags_json)}::jsonb")
+    return where
+
+
 def events_statement(
     project_id: int,
     filters: EventFilters,
@@ -57,25 +79,11 @@ def events_statement(
         args.append(value)
         return f"${len(args)}"
 
-    where = ["project_id = $1"]
-    if filters.since is not None:
-        where.append(f"occurred_at >= {param(filters.since)}")
-    if filters.until is not None:
-        where.append(f"occurred_at < {param(filters.until)}")
+    where = ["project_id = $1", *filter_clauses(filters, param)]
     if after is not None:
         at, event_id = param(after[0]), param(after[1])
         where.append(f"occurred_at <= {at}")  # prunes the newer months
         where.append(f"(occurred_at, id) < ({at}, {event_id})")
-    if filters.model is not None:
-        name = param(filters.model)
-        where.append(f"(model = {name} OR matched_model = {name})")
-    if filters.provider is not None:
-        name = param(filters.provider)
-        where.append(f"(provider = {name} OR matched_provider = {name})")
-    if filters.status is not None:
-        where.append(f"status = {param(filters.status)}")
-    if filters.tags_json is not None:
-        where.append(f"tags @> {param(filters.tags_json)}::jsonb")
     sql = (
         f"SELECT {_COLUMNS} FROM usage_events WHERE {' AND '.join(where)}"  # noqa: S608
         f" ORDER BY occurred_at DESC, id DESC LIMIT {param(limit)}"

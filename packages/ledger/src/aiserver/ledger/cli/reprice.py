@@ -1,0 +1,138 @@
+"""`aiserver-ledger reprice`: price recorded usage again with the catalog in the database, here
+and now (no task runner), showing progress; or finish a run that was cut off (`--resume`).
+
+A dry run (`--dry-run`) says per model how many events would change and their old and new
+totals, and writes nothing but the run. Exit status 0 when the run ran to its end, 1 when it
+could not run or stopped (run `--resume RUN` to finish it), 2 wrong arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.repricing.execution import RunProgress
+    from aiserver.ledger.repricing.runs import RepriceRun
+
+
+def _report(run: RepriceRun) -> None:
+    kind = "dry run" if run.dry_run else "applied"
+    print(f"reprice run {run.id} ({kind}) of {run.project or 'every project'}: {run.state}, "
+          f"catalog version {run.catalog_version}, started {when(run.started_at)}")  # fmt: skip
+    print(f"  events examined {run.events_examined:>12,}")
+    print(f"  events changed  {run.events_changed:>12,}")
+    print(f"  old total       {run.old_total:>12} USD")
+    print(f"  new total       {run.new_total:>12} USD")
+    if run.models:
+        print(f"  {'MODEL':<40} {'EVENTS':>9} {'CHANGED':>9} {'OLD TOTAL':>14} {'NEW TOTAL':>14}")
+    for m in run.models:
+        print(f"  {m.model[:40]:<40} {m.events:>9,} {m.changed:>9,} {m.old_total:>14} "
+              f"{m.new_total:>14}")  # fmt: skip
+    if run.error:
+        print(f"  error: {run.error}")
+
+
+async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.costs.catalog import load_catalog
+    from aiserver.costs.money import money
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.repricing.execution import execute_run
+    from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice, show_run
+
+    operator = Access.operator()
+
+    def progress(p: RunProgress) -> None:
+        if not args.no_progress:
+            print(f"aiserver-ledger reprice: run {p.run_id}: {p.examined:,} examined, "
+                  f"{p.changed:,} changed, {money(p.old_total)} -> {money(p.new_total)} USD",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    async def work(pool: Any) -> int:
+        if args.resume is not None:
+            run_id = args.resume
+        else:
+            request = RepriceRequest(
+                project=args.project, all_projects=args.all_projects, since=args.since,
+                until=args.until, model=args.model, provider=args.provider, status=args.status,
+                dry_run=args.dry_run,
+            )  # fmt: skip
+            run_id = (await request_reprice(pool, operator, request, requested_by="cli")).id
+        async with pool.acquire() as conn:
+            catalog = await load_catalog(conn)
+        try:
+            outcome = await execute_run(
+                pool, run_id, catalog, batch_size=args.batch_size, on_batch=progress
+            )
+        except BaseException:
+            print(f"aiserver-ledger reprice: run {run_id} stopped; what its batches applied "
+                  f"stays. Finish it: aiserver-ledger reprice --resume {run_id}",
+                  file=sys.stderr)  # fmt: skip
+            raise
+        run = await show_run(pool, operator, run_id)
+        if args.json:
+            print_json(run)
+        else:
+            _report(run)
+        return 0 if str(outcome) == "done" else 1
+
+    return await with_pool(core, work)
+
+
+_HELP: Final = """\
+Price a project's (or every project's) recorded usage events again with the catalog in the
+database, as ingest would price them today (the prices valid at each event's occurred_at).
+The events are visited --batch-size at a time, each batch one transaction: the events, one
+adjustment per changed event, the rollups and the run's progress together. A run that stops
+keeps whole batches; --resume RUN finishes it. --dry-run writes nothing but the run."""
+
+_EXAMPLES: Final = """examples:
+  aiserver-ledger reprice --project acme-search --from 2026-11-01 --to 2026-12-01 --dry-run
+  aiserver-ledger reprice --project acme-search --model gpt-4o
+  aiserver-ledger reprice --all-projects --status unpriced
+  aiserver-ledger reprice --resume 42"""
+
+
+def _batch(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"1 to 10000: {text!r}")
+    return value
+
+
+def add_parsers(groups: Any) -> None:
+    from aiserver.ledger.repricing.execution import BATCH_SIZE
+    from aiserver.ledger.usage.valuation import PRICING_STATUSES
+
+    command: argparse.ArgumentParser = groups.add_parser(
+        "reprice",
+        help="price recorded usage again with the catalog of today",
+        description=_HELP,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = command.add_mutually_exclusive_group(required=True)
+    which.add_argument("--project", metavar="SLUG", help="this project's events")
+    which.add_argument("--all-projects", action="store_true", help="every project's events")
+    which.add_argument("--resume", type=int, metavar="RUN", help="finish a run that stopped")
+    command.add_argument(
+        "--from", dest="since", metavar="TIME", help="at or after (RFC 3339; no offset: UTC)"
+    )
+    command.add_argument("--to", dest="until", metavar="TIME", help="before (RFC 3339)")
+    command.add_argument("--model", help="as reported, or as the catalog priced it")
+    command.add_argument("--provider", help="as reported, or as the catalog priced it")
+    command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")
+    command.add_argument("--dry-run", action="store_true", help="say what would change only")
+    command.add_argument(
+        "--batch-size", type=_batch, default=BATCH_SIZE, metavar="N",
+        help="events per transaction (default: %(default)s)",
+    )  # fmt: skip
+    command.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    command.add_argument("--json", action="store_true", help="print the run as JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {("reprice", None): _reprice}

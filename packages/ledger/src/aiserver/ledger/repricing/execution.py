@@ -1,0 +1,207 @@
+"""Doing a run: its events in bounded batches, each batch one transaction.
+
+    outcome = await execute_run(pool, run_id, catalog, batch_size=500)
+
+The events are visited in (project_id, occurred_at, id) order (a project's in (occurred_at, id)
+order), after the run's cursor. Applying a batch, in
+one transaction:
+
+1. lock the batch's outbox rows (in one order). An event whose row is there is not folded yet:
+   the fold, which claims rows `FOR UPDATE SKIP LOCKED`, now skips it and later folds the new
+   pricing, so the rollups are not touched for it. An event whose row is gone is folded (a fold
+   that held its row has committed by now), so the rollups hold its old pricing;
+2. lock the events and read them again (another run may have repriced them meanwhile);
+3. price each as ingest would today (`revalue`);
+4. for each that changes: take it out of its old rollup row and into its new one (if folded),
+   update the event, and write one adjustment (old and new status, cost and price version);
+5. move the run's cursor past the batch and add its counts, sums and per-model result.
+
+A crash leaves each batch applied or not, never a part, and the cursor says which; running the
+run again resumes after it (an adjustment is unique per run and event besides). A dry run does
+3 and 5 only: nothing but the run is written.
+
+One process works on a run at a time: an advisory lock per run, held on its own connection
+for the whole run, so a second executor (the cron that resumes runs cut off, a retried job)
+leaves it alone; a process that dies releases it with its connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
+from aiserver.core_db.logging import get_logger
+from aiserver.ledger.repricing import revalue as rv
+from aiserver.ledger.repricing import store
+from aiserver.ledger.repricing.runs import decode_filter
+from aiserver.ledger.repricing.store import ALL_PROJECTS, BatchFilters, Position, Progress
+from aiserver.ledger.usage.store.reading import EventFilters
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.costs.catalog import Catalog
+    from aiserver.ledger.usage.valuation import Valuation
+
+log = get_logger(__name__)
+
+#: Events per batch (one transaction each): big enough to amortize the round trips, small
+#: enough that a batch's locks are held for a moment.
+BATCH_SIZE: Final = 500
+
+
+class Outcome(enum.StrEnum):
+    DONE = "done"  # ran to its end (now, or before)
+    BUSY = "busy"  # another process works on it
+    MISSING = "missing"  # no such run
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    """How far a run is, after each batch (for a progress display)."""
+
+    run_id: int
+    examined: int
+    changed: int
+    old_total: Decimal
+    new_total: Decimal
+
+
+OnBatch = Callable[[RunProgress], Awaitable[None] | None]
+
+
+def lock_name(run_id: int) -> str:
+    return f"aiserver.ledger.reprice.run.{run_id}"
+
+
+async def execute_run(
+    pool: asyncpg.Pool,
+    run_id: int,
+    catalog: Catalog,
+    *,
+    batch_size: int = BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> Outcome:
+    """Run (or resume) the run to its end with `catalog`; a failure marks it `failed` (its
+    error kept) and is raised again. Running a run that is done does nothing."""
+    async with pool.acquire() as pooled:
+        conn = cast("asyncpg.Connection", pooled)
+        if not await try_advisory_lock(conn, lock_name(run_id)):
+            return Outcome.BUSY
+        try:
+            run = await store.select_run(conn, run_id)
+            if run is None:
+                return Outcome.MISSING
+            if run["state"] != "done":
+                await _run(conn, run, catalog, batch_size, on_batch)
+            return Outcome.DONE
+        finally:
+            if not conn.is_closed():
+                await advisory_unlock(conn, lock_name(run_id))
+
+
+async def _run(
+    conn: Any,
+    run: asyncpg.Record,
+    catalog: Catalog,
+    batch_size: int,
+    on_batch: OnBatch | None,
+) -> None:
+    project_id, run_id = run["project_id"], run["id"]
+    await store.start_run(conn, run, catalog.version)
+    f = decode_filter(run["filter"])
+    filters = BatchFilters(
+        project_id=None if project_id == ALL_PROJECTS else project_id,
+        events=EventFilters(
+            since=f.since, until=f.until, model=f.model, provider=f.provider, status=f.status
+        ),
+        models=f.models,
+    )
+    after = (
+        Position(run["after_project"], run["after_occurred"], run["after_event"])
+        if run["after_event"] is not None
+        else None
+    )
+    result = rv.RunResult.from_json(run["result"])
+    totals = [run["events_examined"], run["events_changed"], run["old_total"], run["new_total"]]
+    log.info("reprice run started", run_id=run_id, dry_run=run["dry_run"], resumed_after=after)
+    try:
+        while True:
+            async with conn.transaction():
+                progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
+            if progress is None:
+                break
+            after = progress.after
+            for i, value in enumerate(
+                (progress.examined, progress.changed, progress.old_total, progress.new_total)
+            ):
+                totals[i] += value
+            if on_batch is not None:
+                shown = on_batch(RunProgress(run_id, *totals))
+                if shown is not None:
+                    await shown
+    except Exception as exc:
+        if not conn.is_closed():
+            await store.end_run(conn, project_id, run_id, error=f"{type(exc).__name__}: {exc}")
+        raise
+    await store.end_run(conn, project_id, run_id)
+    log.info("reprice run done", run_id=run_id, examined=totals[0], changed=totals[1])
+
+
+async def _batch(
+    conn: Any,
+    run: asyncpg.Record,
+    filters: BatchFilters,
+    after: Position | None,
+    catalog: Catalog,
+    result: rv.RunResult,
+    batch_size: int,
+) -> Progress | None:
+    """One batch, in the caller's transaction; None when no event is left."""
+    rows = await store.select_batch(conn, filters, after=after, limit=batch_size)
+    if not rows:
+        return None
+    last = rows[-1]
+    pending: set[tuple[int, int]] = set()
+    if not run["dry_run"]:
+        projects = [r["project_id"] for r in rows]
+        pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])
+        rows = await store.lock_events(
+            conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]
+        )
+    examined = changed = 0
+    old_total = new_total = Decimal(0)
+    moved: list[tuple[asyncpg.Record, Valuation]] = []
+    for row in rows:
+        valuation = rv.revalue(catalog, row)
+        change = rv.changes(row, valuation)
+        result.add(row, valuation, change)
+        examined += 1
+        changed += change
+        old_total += row["total_cost"] or 0
+        new_total += valuation.total or 0
+        if change:
+            moved.append((row, valuation))
+    if moved and not run["dry_run"]:
+        folded = [(r, v) for r, v in moved if (r["project_id"], r["id"]) not in pending]
+        if folded:
+            tags = await store.rollup_tags(conn, sorted({r["project_id"] for r, _ in folded}))
+            deltas = rv.rollup_deltas(folded, tags)
+            if deltas:
+                await store.apply_rollup_deltas(conn, deltas)
+        await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
+        await store.insert_adjustments(conn, run["id"], [rv.adjustment(r, v) for r, v in moved])
+    progress = Progress(
+        after=Position(last["project_id"], last["occurred_at"], last["id"]),
+        examined=examined,
+        changed=changed,
+        old_total=old_total,
+        new_total=new_total,
+        result_json=result.to_json(),
+    )
+    await store.advance_run(conn, run["project_id"], run["id"], progress)
+    return progress
