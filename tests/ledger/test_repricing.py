@@ -42,8 +42,8 @@ from aiserver.taskrunner.worker import worker_options
 
 from ..conftest import Settings, child_env, replace_settings, taskrunner_settings
 from ..support.catalog import document, models
-from ..support.folding_reprice_standin import expected_rollups, fold, rollups
 from ..support.processes import run_module
+from ..support.reprice_rollups import expected_rollups, fold, rollups
 from ..support.upstream import Upstream
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -28,8 +28,8 @@ from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 
 from ..conftest import Settings, child_env, replace_settings
 from ..support.catalog import document, model_entry
-from ..support.folding_reprice_standin import expected_rollups, fold, rollups
 from ..support.processes import kill, run_module
+from ..support.reprice_rollups import expected_rollups, fold, rollups
 from ..support.upstream import Upstream
 from .harness import eventually
 

@@ -1,6 +1,5 @@
-"""A stand-in for the rollups' fold, for the repricing tests only: one statement that folds the
-outbox rows (all, or one project's) into `usage_rollups` with the fold's key rules and deletes
-them. The real fold (`aiserver.ledger.spend.folding`) replaces it where it exists.
+"""The rollups as the repricing tests see them: `fold` (the real fold, the whole outbox),
+`rollups` (every row) and `expected_rollups` (a brute force over the raw events).
 
 Key rules: the UTC hour of `occurred_at`; `coalesce(matched_model, model)`;
 `coalesce(matched_provider, provider, '')`; the pricing status; the event's values of the
@@ -16,6 +15,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 import asyncpg
+
+from aiserver.ledger.spend.folding import fold_all
 
 _KEY: Final = """
     e.project_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour,
@@ -39,40 +40,10 @@ _SUMS: Final = """
     sum(coalesce(e.total_cost, 0)) AS cost
 """
 
-_FOLD: Final = f"""
-WITH claimed AS (
-    DELETE FROM usage_outbox WHERE $1::bigint IS NULL OR project_id = $1
-    RETURNING project_id, event_id, occurred_at
-), sums AS (
-    SELECT {_KEY}, {_SUMS}
-    FROM claimed AS c
-    JOIN usage_events AS e
-      ON e.project_id = c.project_id AND e.occurred_at = c.occurred_at AND e.id = c.event_id
-    JOIN projects AS p ON p.id = e.project_id
-    GROUP BY 1, 2, 3, 4, 5, 6
-)
-INSERT INTO usage_rollups AS r
-SELECT * FROM sums ORDER BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (project_id, hour, model, provider, status, tags) DO UPDATE SET
-    events = r.events + EXCLUDED.events,
-    unpriced_events = r.unpriced_events + EXCLUDED.unpriced_events,
-    input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = r.output_tokens + EXCLUDED.output_tokens,
-    cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens,
-    cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens,
-    reasoning_tokens = r.reasoning_tokens + EXCLUDED.reasoning_tokens,
-    usage_other = (SELECT coalesce(jsonb_object_agg(k, s), '{{}}'::jsonb) FROM (
-        SELECT k, sum(v) AS s FROM (
-            SELECT key AS k, value::numeric AS v FROM jsonb_each(r.usage_other)
-            UNION ALL SELECT key, value::numeric FROM jsonb_each(EXCLUDED.usage_other)) AS a
-        GROUP BY k) AS b WHERE s <> 0),
-    cost = r.cost + EXCLUDED.cost
-"""  # noqa: S608
 
-
-async def fold(conn: asyncpg.Connection | Any, project_id: int | None = None) -> None:
-    """Fold the outbox (all of it, or one project's) into the rollups, in one statement."""
-    await conn.execute(_FOLD, project_id)
+async def fold(conn: asyncpg.Connection | Any) -> None:
+    """Fold the whole outbox into the rollups with the real fold."""
+    await fold_all(conn)
 
 
 _COLUMNS: Final = """
