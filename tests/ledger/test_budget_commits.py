@@ -248,3 +248,34 @@ async def test_racing_past_a_threshold_raises_it_once(
     assert [(a[0], a[2], a[4]) for a in got] == [(limited, Decimal(50), "no_webhook")]
     # the alert holds the committed cost of the transaction that crossed, just past the level
     assert Decimal("0.025") <= got[0][3] < Decimal("0.025") + 3 * Decimal("0.004998")
+
+
+async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosses(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    from aiserver.ledger.repricing.execution import execute_run
+    from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
+
+    pool, access = project
+    capped = await budget(pool, access, limit_usd=Decimal("0.01"), thresholds=[Decimal(100)])
+    # two calls of a model the catalog does not know yet: kept unpriced, not $0
+    await record(pool, access, event("m1", NOW, model="mystery-1"),
+                 event("m2", NOW, model="mystery-1"), event("x", NOW))  # fmt: skip
+    today = window_of("day", ZONE, NOW)[0]
+    assert (await windows(pool))[capped, today] == (Decimal("0.004998"), 3, 2)
+
+    priced = catalog(
+        _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
+             output_cost_per_token=Decimal("6e-06")),
+        _row(5, "mystery-1", T0, None, input_cost_per_token=Decimal("2e-06"),
+             output_cost_per_token=Decimal("6e-06")),
+    )  # fmt: skip
+    run = await request_reprice(pool, access, RepriceRequest(project="p", dry_run=False))
+    await execute_run(pool, run.id, priced)
+    # each mystery-1 call: 1000 * 2e-06 + 333 * 6e-06 = 0.003998
+    got = await windows(pool)
+    assert got[capped, today] == (Decimal("0.004998") + 2 * Decimal("0.003998"), 3, 0)
+    assert got == await brute_force(pool)
+    assert [(a[0], a[2], a[4]) for a in await alerts(pool)] == [
+        (capped, Decimal(100), "no_webhook")
+    ]

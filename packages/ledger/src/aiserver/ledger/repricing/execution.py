@@ -33,8 +33,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import msgspec
+
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
+from aiserver.ledger.budgets import store as budget_store
+from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
 from aiserver.ledger.repricing import revalue as rv
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.runs import decode_filter
@@ -72,6 +76,9 @@ class RunProgress:
 
 
 OnBatch = Callable[[RunProgress], Awaitable[None] | None]
+
+
+_TAGS: Final = msgspec.json.Decoder(dict[str, str])
 
 
 def lock_name(run_id: int) -> str:
@@ -167,8 +174,12 @@ async def _batch(
         return None
     last = rows[-1]
     pending: set[tuple[int, int]] = set()
+    budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
+        # first the projects' rows, as ingest takes them (no budget appears or goes meanwhile)
+        for project in sorted(set(projects)):
+            budgets[project] = await budget_store.budgets_for_ingest(conn, project)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])
         rows = await store.lock_events(
             conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]
@@ -193,6 +204,7 @@ async def _batch(
             deltas = rv.rollup_deltas(folded, tags)
             if deltas:
                 await store.apply_rollup_deltas(conn, deltas)
+        await _move_budget_costs(conn, budgets, moved)
         await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
         await store.insert_adjustments(conn, run["id"], [rv.adjustment(r, v) for r, v in moved])
     progress = Progress(
@@ -205,3 +217,28 @@ async def _batch(
     )
     await store.advance_run(conn, run["project_id"], run["id"], progress)
     return progress
+
+
+async def _move_budget_costs(
+    conn: Any,
+    budgets: dict[int, tuple[str, list[BudgetScope]]],
+    moved: list[tuple[asyncpg.Record, Valuation]],
+) -> None:
+    """What the repriced events change in their budgets' windows: each event's old cost out and
+    its new one in (an event that was unpriced now commits its cost), with the alerts of the
+    thresholds this carries a window past, as ingest does."""
+    by_project: dict[int, list[tuple[Spend, Spend]]] = {}
+    for row, valuation in moved:
+        tags = _TAGS.decode(row["tags"])
+        before = Spend(row["occurred_at"], tags, row["model"], row["matched_model"],
+                       row["total_cost"])  # fmt: skip
+        after = Spend(row["occurred_at"], tags, row["model"], valuation.matched_model,
+                      valuation.total)  # fmt: skip
+        by_project.setdefault(row["project_id"], []).append((before, after))
+    for project, changes in sorted(by_project.items()):
+        zone, scopes = budgets[project]
+        if not scopes:
+            continue
+        deltas = window_deltas(scopes, zone, changes)
+        committed = await budget_store.add_to_windows(conn, project, deltas)
+        await budget_store.insert_alerts(conn, project, crossings(scopes, deltas, committed))
