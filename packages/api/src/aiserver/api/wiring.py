@@ -26,6 +26,7 @@ from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
+from aiserver.api.controllers.usage_export import UsageExportController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.api.settings import ApiSettings
@@ -51,6 +52,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     ProjectController,
     KeyController,
     UsageEventController,
+    UsageExportController,
     MetricsController,
 ]
 

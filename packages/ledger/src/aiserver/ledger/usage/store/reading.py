@@ -43,29 +43,19 @@ class EventFilters:
     tags_json: str | None = None  # a JSON object the event's tags must contain
 
 
-def events_statement(
-    project_id: int,
-    filters: EventFilters,
-    *,
-    after: tuple[datetime, int] | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """The statement of a page of events and its parameters."""
-    args: list[Any] = [project_id]
+def _where(project_id: int, filters: EventFilters, args: list[Any]) -> list[str]:
+    """The clauses of `filters` (every value a parameter appended to `args`)."""
 
     def param(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
-    where = ["project_id = $1"]
+    args.append(project_id)
+    where = [f"project_id = ${len(args)}"]
     if filters.since is not None:
         where.append(f"occurred_at >= {param(filters.since)}")
     if filters.until is not None:
         where.append(f"occurred_at < {param(filters.until)}")
-    if after is not None:
-        at, event_id = param(after[0]), param(after[1])
-        where.append(f"occurred_at <= {at}")  # prunes the newer months
-        where.append(f"(occurred_at, id) < ({at}, {event_id})")
     if filters.model is not None:
         name = param(filters.model)
         where.append(f"(model = {name} OR matched_model = {name})")
@@ -76,11 +66,51 @@ def events_statement(
         where.append(f"status = {param(filters.status)}")
     if filters.tags_json is not None:
         where.append(f"tags @> {param(filters.tags_json)}::jsonb")
+    return where
+
+
+def events_statement(
+    project_id: int,
+    filters: EventFilters,
+    *,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The statement of a page of events and its parameters."""
+    args: list[Any] = []
+    where = _where(project_id, filters, args)
+    if after is not None:
+        args.extend(after)
+        at, event_id = f"${len(args) - 1}", f"${len(args)}"
+        where.append(f"occurred_at <= {at}")  # prunes the newer months
+        where.append(f"(occurred_at, id) < ({at}, {event_id})")
+    args.append(limit)
     sql = (
         f"SELECT {_COLUMNS} FROM usage_events WHERE {' AND '.join(where)}"  # noqa: S608
-        f" ORDER BY occurred_at DESC, id DESC LIMIT {param(limit)}"
+        f" ORDER BY occurred_at DESC, id DESC LIMIT ${len(args)}"
     )
     return sql, args
+
+
+def export_statement(project_id: int, filters: EventFilters) -> tuple[str, list[Any]]:
+    """Every event of the project that `filters` keep, oldest first (occurred_at, then id: the
+    primary key's order, so that PostgreSQL reads the months in turn and sorts nothing), for a
+    server-side cursor."""
+    args: list[Any] = []
+    where = _where(project_id, filters, args)
+    sql = (
+        f"SELECT {_COLUMNS} FROM usage_events WHERE {' AND '.join(where)}"  # noqa: S608
+        " ORDER BY occurred_at, id"
+    )
+    return sql, args
+
+
+def unpriced_statement(project_id: int, filters: EventFilters) -> tuple[str, list[Any]]:
+    """How many of the events that `filters` keep are unpriced (the partial index
+    `usage_events_unpriced` holds only those, so this stays cheap)."""
+    args: list[Any] = []
+    where = [*_where(project_id, filters, args), "status = 'unpriced'"]
+    return f"SELECT count(*) FROM usage_events WHERE {' AND '.join(where)}", args  # noqa: S608
 
 
 async def select_events(
