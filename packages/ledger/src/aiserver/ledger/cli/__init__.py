@@ -7,7 +7,8 @@ acts as the operator. Each command imports what it runs.
 - `import FILE|-`: usage events from JSON lines, recorded a chunk per transaction (rerunning it
   records only what is missing); exit status 0 when every line was recorded (or was recorded
   before), 3 when some were invalid or in conflict, 1 when the import could not run;
-- `events`: a project's events, newest first (a table, or JSON lines with --json).
+- `events`: a project's events, newest first (a table, or JSON lines with --json);
+- `export`: a project's events of a window as CSV, JSON lines or FOCUS CSV.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import tenants, usage
+from aiserver.ledger.cli import export, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tenants.add_parsers(groups)
     usage.add_parsers(groups)
+    export.add_parsers(groups)
     return parser
 
 
@@ -42,11 +44,16 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger keys create acme-search --name search-api --scope ingest --scope read
   aiserver-ledger import --project acme-search usage.jsonl
   aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
+  aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01
 
 every command takes --json; COMMAND --help says more."""
 
 
-COMMANDS: Final[dict[tuple[str, str | None], Command]] = {**tenants.COMMANDS, **usage.COMMANDS}
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    **tenants.COMMANDS,
+    **usage.COMMANDS,
+    **export.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
