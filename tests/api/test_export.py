@@ -499,6 +499,24 @@ async def test_a_client_that_hangs_up_ends_its_export_and_its_connection(
         assert usage_export.slots.in_use == 0
 
 
+async def test_a_database_that_fails_half_way_cuts_the_response_short(
+    served: httpx.AsyncClient, pg: asyncpg.Connection
+) -> None:
+    key = await reader_with_events(served, pg, 200_000)
+    async with served.stream("GET", EXPORT, headers=bearer(key), params=window()) as response:
+        chunks = response.aiter_raw()
+        await anext(chunks)
+        await pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            APPLICATION_NAME,
+        )
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+            async for _ in chunks:
+                pass
+    await no_export_connections(pg)
+    assert usage_export.slots.in_use == 0
+
+
 async def test_a_process_streams_a_bounded_number_of_exports_at_once(
     served: httpx.AsyncClient, pg: asyncpg.Connection
 ) -> None:
