@@ -33,7 +33,7 @@ from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.usage.importing import import_lines
 from aiserver.ledger.usage.ingest import UsageRecorder
-from bench.common import bench_settings, fmt_mib, say, throwaway_database
+from bench.common import bench_settings, fmt_mib, load_average, say, throwaway_database
 from bench.server import ApiProcess, api_server
 
 FORMATS = ("csv", "jsonl", "focus")
@@ -143,7 +143,10 @@ async def run(counts: list[int]) -> None:
             key = await prepare(url, count)
             with api_server(url) as api:
                 await export_once(api, key, "csv")  # warm: imports, statement cache
-                say(f"[export] N = {count:,} events (API warm RSS {fmt_mib(api.rss())})")
+                say(
+                    f"[export] N = {count:,} events (API warm RSS {fmt_mib(api.rss())}; load "
+                    f"average {load_average()})"
+                )
                 for fmt in FORMATS:
                     seconds, size, before, peak = await export_once(api, key, fmt)
                     say(

@@ -108,7 +108,9 @@ def file_name(project: str, query: EventQuery, fmt: ExportFormat) -> str:
 
 def utc(at: datetime) -> str:
     """A time in UTC, ISO 8601 with `Z` (microseconds only where it has them)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if at.tzinfo is not UTC:  # the database's times are in UTC already
+        at = at.astimezone(UTC)
+    return at.isoformat().replace("+00:00", "Z")
 
 
 # -- encodings -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ requires `ListUnitPrice × PricingQuantity = ListCost`, which holds exactly for 
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -84,14 +85,28 @@ def second(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _month(at: datetime) -> tuple[datetime, datetime]:
-    start = at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+@functools.lru_cache(maxsize=64)
+def _periods(hour: datetime) -> tuple[str, str, str, str]:
+    """ChargePeriodStart and End (the hour), BillingPeriodStart and End (its month); the events
+    of an export come in time order, so one hour's are worked out once."""
+    start = hour.replace(day=1, hour=0)
     end = (
         start.replace(year=start.year + 1, month=1)
         if start.month == 12
         else start.replace(month=start.month + 1)
     )
-    return start, end
+    return second(hour), second(hour + timedelta(hours=1)), second(start), second(end)
+
+
+#: Where each value that differs between an event's components goes in a row.
+_PER_COMPONENT: Final = tuple(
+    COLUMNS.index(column)
+    for column in (
+        "BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "ContractedUnitPrice",
+        "ListUnitPrice", "ConsumedQuantity", "PricingQuantity", "ConsumedUnit", "PricingUnit",
+        "ChargeDescription", "SkuId", "SkuMeter", "SkuPriceId",
+    )
+)  # fmt: skip
 
 
 def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
@@ -100,8 +115,11 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
     if row["status"] == "unpriced" or not row["components"]:
         return []
     occurred: datetime = row["occurred_at"]
-    hour = occurred.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    month_start, month_end = _month(occurred)
+    if occurred.tzinfo is not UTC:
+        occurred = occurred.astimezone(UTC)
+    charge_start, charge_end, billing_start, billing_end = _periods(
+        occurred.replace(minute=0, second=0, microsecond=0)
+    )
     provider: str = row["matched_provider"]
     model: str = row["matched_model"]
     unpriced = list(row["unpriced"] or ())
@@ -119,13 +137,13 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         "BillingAccountId": project.slug,
         "BillingAccountName": project.name,
         "BillingCurrency": CURRENCY,
-        "BillingPeriodEnd": second(month_end),
-        "BillingPeriodStart": second(month_start),
+        "BillingPeriodEnd": billing_end,
+        "BillingPeriodStart": billing_start,
         "ChargeCategory": "Usage",
         "ChargeClass": None,
         "ChargeFrequency": "Usage-Based",
-        "ChargePeriodEnd": second(hour + timedelta(hours=1)),
-        "ChargePeriodStart": second(hour),
+        "ChargePeriodEnd": charge_end,
+        "ChargePeriodStart": charge_start,
         "InvoiceIssuerName": provider,
         "PricingCategory": "Standard",
         "ProviderName": provider,
@@ -142,7 +160,7 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         "Tags": row["tags"],
         "x_EventId": row["id"],
         "x_EventKey": row["event_key"],
-        "x_OccurredAt": occurred.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "x_OccurredAt": occurred.isoformat().replace("+00:00", "Z"),
         "x_Model": row["model"],
         "x_Provider": row["provider"],
         "x_ServiceTier": row["service_tier"],
@@ -152,28 +170,23 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         "x_CatalogVersion": row["catalog_version"],
         "x_OverrideId": row["override_id"],
     }
+    base = [shared.get(column) for column in COLUMNS]
     lines = []
     for name, quantity, unit_price, cost in _COMPONENTS.decode(row["components"]):
         units = unit(name)
         price, amount = money(unit_price), money(cost)
         sku = f"{provider}/{model}/{name}"
-        values = {
-            **shared,
-            "BilledCost": amount,
-            "ChargeDescription": f"{quantity} {name}{' tokens' if units == 'Tokens' else ''} "
-            f"of {model} at {price} {CURRENCY} each{missing}",
-            "ConsumedQuantity": quantity,
-            "ConsumedUnit": units,
-            "ContractedCost": amount,
-            "ContractedUnitPrice": price,
-            "EffectiveCost": amount,
-            "ListCost": amount,
-            "ListUnitPrice": price,
-            "PricingQuantity": quantity,
-            "PricingUnit": units,
-            "SkuId": sku,
-            "SkuMeter": name,
-            "SkuPriceId": f"{sku}@{priced_by}",
-        }
-        lines.append([values[column] for column in COLUMNS])
+        what = f"{name} tokens" if units == "Tokens" else name
+        line = base.copy()
+        for index, value in zip(
+            _PER_COMPONENT,
+            (
+                amount, amount, amount, amount, price, price, quantity, quantity, units, units,
+                f"{quantity} {what} of {model} at {price} {CURRENCY} each{missing}",
+                sku, name, f"{sku}@{priced_by}",
+            ),
+            strict=True,
+        ):  # fmt: skip
+            line[index] = value
+        lines.append(line)
     return lines
