@@ -106,8 +106,8 @@ def export_statement(project_id: int, filters: EventFilters) -> tuple[str, list[
 
 
 def unpriced_statement(project_id: int, filters: EventFilters) -> tuple[str, list[Any]]:
-    """How many of the events that `filters` keep are unpriced (the partial index
-    `usage_events_unpriced` holds only those, so this stays cheap)."""
+    """How many of the events that `filters` keep are unpriced (a partial index,
+    `usage_events_unpriced`, holds only those)."""
     args: list[Any] = []
     where = [*_where(project_id, filters, args), "status = 'unpriced'"]
     return f"SELECT count(*) FROM usage_events WHERE {' AND '.join(where)}", args  # noqa: S608
