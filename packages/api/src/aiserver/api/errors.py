@@ -9,7 +9,9 @@ missing or wrong credential is the ledger's `KeyRejected`, 401).
     │   └── UnknownQuery     422 invalid-request: a query parameter the route does not take;
     │                            `fields` names them
     └── Unavailable
-        └── NotReady         503 not-ready: a readiness check fails; `checks` lists them all
+        ├── NotReady         503 not-ready: a readiness check fails; `checks` lists them all
+        └── ExportsBusy      503 exports-busy: this process streams as many usage exports as
+                                 it may at once
 """
 
 from __future__ import annotations
@@ -50,3 +52,7 @@ class NotReady(Unavailable, slug="not-ready"):
 
     def members(self) -> dict[str, Any]:
         return {"checks": self.checks}
+
+
+class ExportsBusy(Unavailable, slug="exports-busy"):
+    pass

@@ -1,18 +1,47 @@
-"""Prometheus metrics: request counts and latency by route (Litestar's middleware), and the
-catalog's version, size and age in this process."""
+"""Prometheus metrics: request counts and latency by route (Litestar's middleware), the
+catalog's version, size and age in this process, the usage this process recorded, and the
+ledger's backlog, read from the database at each scrape.
+
+Usage (counters of this process, from each request's results):
+- `aiserver_usage_events_total{result}`: events by result (recorded, duplicate, conflict,
+  invalid);
+- `aiserver_usage_unpriced_events_total{pricing_status}`: recorded events that are not fully
+  priced (unpriced, partially_priced).
+
+The ledger's backlog (gauges of the whole database, read at scrape time with a timeout of
+`BACKLOG_TIMEOUT_S`; when the read fails they are absent from that scrape, and a warning is
+logged, never an error answer):
+- `aiserver_usage_folding_lag_seconds`: the age of the oldest outbox row not yet folded into
+  the rollups (its event's received_at), 0 when none waits;
+- `aiserver_usage_outbox_rows`: outbox rows waiting to be folded (counted up to 100,000);
+- `aiserver_usage_reprice_runs{state}`: repricing runs by state (queued, running, done,
+  failed).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Final
 
+from litestar import get
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from prometheus_client import REGISTRY
+from litestar.response import Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aiserver.core_db.database import require_pool
+from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
+from aiserver.ledger.monitoring import LedgerBacklog, read_backlog
+from aiserver.ledger.usage.ingest import IngestReport
+
+log = get_logger(__name__)
+
+#: How long a scrape waits for the ledger's backlog before it leaves those gauges out.
+BACKLOG_TIMEOUT_S: Final = 2.0
 
 
 class CatalogCollector(Collector):
@@ -54,9 +83,76 @@ class CatalogCollector(Collector):
 catalog_collector = CatalogCollector()
 REGISTRY.register(catalog_collector)
 
+usage_events = Counter(
+    "aiserver_usage_events", "Usage events this process was sent, by result", ["result"]
+)
+unpriced_events = Counter(
+    "aiserver_usage_unpriced_events",
+    "Usage events this process recorded that are not fully priced, by pricing status",
+    ["pricing_status"],
+)
+
+
+def count_usage(report: IngestReport) -> None:
+    """Count a request's results (called where the usage route has them)."""
+    for result, count in (
+        ("recorded", report.recorded), ("duplicate", report.duplicate),
+        ("conflict", report.conflict), ("invalid", report.invalid),
+    ):  # fmt: skip
+        if count:
+            usage_events.labels(result).inc(count)
+    for event in report.results:
+        if event.status == "recorded" and event.pricing_status in ("unpriced", "partially_priced"):
+            unpriced_events.labels(event.pricing_status).inc()
+
+
+class BacklogCollector(Collector):
+    """The ledger's backlog as the last scrape read it (`refresh`, before each scrape: the
+    database is read asynchronously, and a collector is called synchronously)."""
+
+    def __init__(self) -> None:
+        self.backlog: LedgerBacklog | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self.backlog = await read_backlog(require_pool(), timeout=BACKLOG_TIMEOUT_S)
+        except Exception as exc:  # a scrape never fails for the ledger's gauges
+            self.backlog = None
+            log.warning("ledger metrics not read", error=f"{type(exc).__name__}: {exc}")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backlog = self.backlog
+        if backlog is None:
+            return
+        yield GaugeMetricFamily(
+            "aiserver_usage_folding_lag_seconds",
+            "Age of the oldest usage outbox row not yet folded into the rollups (0: none waits)",
+            backlog.folding_lag_seconds,
+        )
+        yield GaugeMetricFamily(
+            "aiserver_usage_outbox_rows",
+            "Usage outbox rows waiting to be folded (counted up to 100000)",
+            backlog.outbox_rows,
+        )
+        runs = GaugeMetricFamily(
+            "aiserver_usage_reprice_runs", "Usage repricing runs by state", labels=["state"]
+        )
+        for state, count in backlog.reprice_runs.items():
+            runs.add_metric([state], count)
+        yield runs
+
+
+backlog_collector = BacklogCollector()
+REGISTRY.register(backlog_collector)
+
 prometheus = PrometheusConfig(app_name="aiserver_api", prefix="aiserver", group_path=True)
 
 
 class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = False
+
+    @get()
+    async def get(self) -> Response[bytes]:
+        await backlog_collector.refresh()
+        return Response(generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

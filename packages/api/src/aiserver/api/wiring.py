@@ -28,6 +28,7 @@ from aiserver.api.controllers.projects import KeyController, ProjectController
 from aiserver.api.controllers.reprice import RepriceController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
+from aiserver.api.controllers.usage_export import UsageExportController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.api.settings import ApiSettings
@@ -55,6 +56,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     UsageEventController,
     BudgetController,
     RepriceController,
+    UsageExportController,
     MetricsController,
 ]
 

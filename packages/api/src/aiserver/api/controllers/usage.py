@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.metrics import count_usage
 from aiserver.api.problems import problem_response, problem_responses
 from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
@@ -124,6 +125,7 @@ class UsageController(Controller):
             why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
             raws=raws,
         )
+        count_usage(report)
         if single:
             return _single(request, report.results[0])
         return Response(report, status_code=HTTP_200_OK)

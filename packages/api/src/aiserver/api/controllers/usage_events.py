@@ -101,6 +101,42 @@ def reads_usage(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
     access.project_key("read")
 
 
+# The filters of a listing and of an export (`GET /v1/usage/export`), declared once.
+Since = Annotated[
+    str | None,
+    QueryParameter(
+        name="from",
+        description="events at or after this time (RFC 3339; no offset: UTC)",
+        schema_extra={"format": "date-time"},
+    ),
+]
+Until = Annotated[
+    str | None,
+    QueryParameter(
+        name="to",
+        description="events before this time (RFC 3339): the window is [from, to)",
+        schema_extra={"format": "date-time"},
+    ),
+]
+ModelFilter = Annotated[
+    str | None, QueryParameter(description="the model as reported, or as the catalog priced it")
+]
+ProviderFilter = Annotated[
+    str | None,
+    QueryParameter(description="the provider as reported, or as the catalog priced it"),
+]
+StatusFilter = Annotated[PricingStatus | None, QueryParameter(description="the pricing status")]
+
+
+def tag_filters(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
+    """The `tag:KEY=VALUE` parameters of a request, as (KEY, VALUE) pairs."""
+    return [
+        (name.removeprefix(TAG_PREFIX), value)
+        for name, value in request.query_params.multi_items()
+        if name.startswith(TAG_PREFIX)
+    ]
+
+
 _LIST_QUERY: Final = only_query(
     "from", "to", "model", "provider", "status", "limit", "cursor", prefixes=(TAG_PREFIX,)
 )
@@ -123,33 +159,11 @@ class UsageEventController(Controller):
         self,
         request: Request[Any, Any, Any],
         access: NamedDependency[Access],
-        since: Annotated[
-            str | None,
-            QueryParameter(
-                name="from",
-                description="events at or after this time (RFC 3339; no offset: UTC)",
-                schema_extra={"format": "date-time"},
-            ),
-        ] = None,
-        until: Annotated[
-            str | None,
-            QueryParameter(
-                name="to",
-                description="events before this time (RFC 3339): the window is [from, to)",
-                schema_extra={"format": "date-time"},
-            ),
-        ] = None,
-        model: Annotated[
-            str | None,
-            QueryParameter(description="the model as reported, or as the catalog priced it"),
-        ] = None,
-        provider: Annotated[
-            str | None,
-            QueryParameter(description="the provider as reported, or as the catalog priced it"),
-        ] = None,
-        status: Annotated[
-            PricingStatus | None, QueryParameter(description="the pricing status")
-        ] = None,
+        since: Since = None,
+        until: Until = None,
+        model: ModelFilter = None,
+        provider: ProviderFilter = None,
+        status: StatusFilter = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[
             str | None, QueryParameter(description="the last page's next_cursor")
@@ -159,13 +173,13 @@ class UsageEventController(Controller):
         paginated: walking the pages meets each event once. Filter by tag with
         `tag:KEY=VALUE` (repeat it: every one must hold), e.g. `?tag:team=search`."""
         project_id = access.project_key("read")
-        tags = [
-            (name.removeprefix(TAG_PREFIX), value)
-            for name, value in request.query_params.multi_items()
-            if name.startswith(TAG_PREFIX)
-        ]
         query = event_query(
-            since=since, until=until, model=model, provider=provider, status=status, tags=tags
+            since=since,
+            until=until,
+            model=model,
+            provider=provider,
+            status=status,
+            tags=tag_filters(request),
         )
         after = decode_cursor(cursor, query, project_id) if cursor is not None else None
         page = await read_events(require_pool(), project_id, query, limit=limit, after=after)

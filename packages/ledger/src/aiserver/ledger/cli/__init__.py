@@ -12,6 +12,7 @@ acts as the operator. Each command imports what it runs.
 - `budgets create|list|show|delete`: a project's budgets with their current windows;
 - `reprice`: price recorded events again with the catalog of today (or `--dry-run`), or finish
   a run that stopped (`--resume RUN`).
+- `export`: a project's events of a window as CSV, JSON lines or FOCUS CSV.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import budgets, partitions, reprice, tenants, usage
+from aiserver.ledger.cli import budgets, export, partitions, reprice, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     partitions.add_parsers(groups)
     budgets.add_parsers(groups)
     reprice.add_parsers(groups)
+    export.add_parsers(groups)
     return parser
 
 
@@ -51,6 +53,7 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
   aiserver-ledger partitions list
   aiserver-ledger budgets create --project acme-search --name daily --limit 25 --period day
+  aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01
 
 every command takes --json; COMMAND --help says more."""
 
@@ -61,6 +64,7 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
     **partitions.COMMANDS,
     **budgets.COMMANDS,
     **reprice.COMMANDS,
+    **export.COMMANDS,
 }
 
 

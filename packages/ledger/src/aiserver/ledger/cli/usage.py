@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.settings import settings_for_command
-from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
+from aiserver.ledger.cli.common import Command, add_event_filters, print_json, when, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -323,8 +323,6 @@ def _import_parser(groups: Any) -> argparse.ArgumentParser:
 
 
 def _events_parser(groups: Any) -> argparse.ArgumentParser:
-    from aiserver.ledger.usage.valuation import PRICING_STATUSES
-
     command: argparse.ArgumentParser = groups.add_parser(
         "events",
         help="list a project's usage events, newest first",
@@ -333,17 +331,7 @@ def _events_parser(groups: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     command.add_argument("--project", required=True, metavar="SLUG")
-    command.add_argument(
-        "--from", dest="since", metavar="TIME", help="at or after (RFC 3339; no offset: UTC)"
-    )
-    command.add_argument("--to", dest="until", metavar="TIME", help="before (RFC 3339)")
-    command.add_argument("--model", help="as reported, or as the catalog priced it")
-    command.add_argument("--provider", help="as reported, or as the catalog priced it")
-    command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")
-    command.add_argument(
-        "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
-        help="a tag the event has (repeat it: every one must hold)",
-    )  # fmt: skip
+    add_event_filters(command, window_required=False)
     command.add_argument(
         "--limit",
         type=_count,

@@ -217,7 +217,7 @@ def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return tags
 
 
-def _filters(query: EventQuery) -> store.EventFilters:
+def event_filters(query: EventQuery) -> store.EventFilters:
     return store.EventFilters(
         since=query.since,
         until=query.until,
@@ -250,9 +250,9 @@ async def read_events(
     check_limit(limit)
     async with pool.acquire() as conn:
         rows = await store.select_events(
-            conn, project_id, _filters(query), after=after, limit=limit + 1
+            conn, project_id, event_filters(query), after=after, limit=limit + 1
         )
-    return EventPage(events=[_event(r) for r in rows[:limit]], more=len(rows) > limit)
+    return EventPage(events=[event_from_row(r) for r in rows[:limit]], more=len(rows) > limit)
 
 
 async def all_events(
@@ -278,7 +278,7 @@ async def read_event(pool: asyncpg.Pool, project_id: int, event_id: int) -> Usag
             row = await store.select_event(conn, project_id, event_id)
     if row is None:
         raise UnknownEvent(f"no usage event {event_id}")
-    return _event(row)
+    return event_from_row(row)
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def _usage(row: asyncpg.Record) -> dict[str, Any]:
     return usage
 
 
-def _event(row: asyncpg.Record) -> UsageEvent:
+def event_from_row(row: asyncpg.Record) -> UsageEvent:
     components = _COMPONENTS.decode(row["components"]) if row["components"] else []
     total: Decimal | None = row["total_cost"]
     return UsageEvent(

@@ -46,7 +46,7 @@ class EventFilters:
 
 def filter_clauses(filters: EventFilters, param: Callable[[Any], str]) -> list[str]:
     """The WHERE clauses of the filters given (`param` adds a value and names its parameter),
-    on the columns of `usage_events` unqualified: a listing's, and a reprice's."""
+    on the columns of `usage_events` unqualified: a listing's, an export's, and a reprice's."""
     where = []
     if filters.since is not None:
         where.append(f"occurred_at >= {param(filters.since)}")
@@ -65,6 +65,17 @@ def filter_clauses(filters: EventFilters, param: Callable[[Any], str]) -> list[s
     return where
 
 
+def _where(project_id: int, filters: EventFilters, args: list[Any]) -> list[str]:
+    """The clauses of one project's events and `filters` (every value a parameter appended to
+    `args`)."""
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    return [f"project_id = {param(project_id)}", *filter_clauses(filters, param)]
+
+
 def events_statement(
     project_id: int,
     filters: EventFilters,
@@ -73,22 +84,40 @@ def events_statement(
     limit: int,
 ) -> tuple[str, list[Any]]:
     """The statement of a page of events and its parameters."""
-    args: list[Any] = [project_id]
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    where = ["project_id = $1", *filter_clauses(filters, param)]
+    args: list[Any] = []
+    where = _where(project_id, filters, args)
     if after is not None:
-        at, event_id = param(after[0]), param(after[1])
+        args.extend(after)
+        at, event_id = f"${len(args) - 1}", f"${len(args)}"
         where.append(f"occurred_at <= {at}")  # prunes the newer months
         where.append(f"(occurred_at, id) < ({at}, {event_id})")
+    args.append(limit)
     sql = (
         f"SELECT {_COLUMNS} FROM usage_events WHERE {' AND '.join(where)}"  # noqa: S608
-        f" ORDER BY occurred_at DESC, id DESC LIMIT {param(limit)}"
+        f" ORDER BY occurred_at DESC, id DESC LIMIT ${len(args)}"
     )
     return sql, args
+
+
+def export_statement(project_id: int, filters: EventFilters) -> tuple[str, list[Any]]:
+    """Every event of the project that `filters` keep, oldest first (occurred_at, then id: the
+    primary key's order, so that PostgreSQL reads the months in turn and sorts nothing), for a
+    server-side cursor."""
+    args: list[Any] = []
+    where = _where(project_id, filters, args)
+    sql = (
+        f"SELECT {_COLUMNS} FROM usage_events WHERE {' AND '.join(where)}"  # noqa: S608
+        " ORDER BY occurred_at, id"
+    )
+    return sql, args
+
+
+def unpriced_statement(project_id: int, filters: EventFilters) -> tuple[str, list[Any]]:
+    """How many of the events that `filters` keep are unpriced (a partial index,
+    `usage_events_unpriced`, holds only those)."""
+    args: list[Any] = []
+    where = [*_where(project_id, filters, args), "status = 'unpriced'"]
+    return f"SELECT count(*) FROM usage_events WHERE {' AND '.join(where)}", args  # noqa: S608
 
 
 async def select_events(

@@ -1,0 +1,157 @@
+"""Exporting usage: `GET /v1/usage/export?format=csv|jsonl|focus&from&to&...` streams every event
+of the key's project in the window that the filters keep, oldest first (scope `read`).
+
+The rules of the export are `aiserver.ledger.usage.export`'s; the filters are those of
+`GET /v1/usage/events`. The body is streamed as the database's cursor yields rows, so an export
+of any size takes the same memory; each export has a database connection of its own, and a
+process streams at most `MAX_EXPORTS` at once (503 `exports-busy` beyond, with Retry-After).
+A client that hangs up ends its export and its connection.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+from litestar import Controller, Request, get
+from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from litestar.response import Stream
+
+from aiserver.api import auth
+from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.controllers.usage_events import (
+    TAG_PREFIX,
+    ModelFilter,
+    ProviderFilter,
+    Since,
+    StatusFilter,
+    Until,
+    reads_usage,
+    tag_filters,
+)
+from aiserver.api.errors import ExportsBusy
+from aiserver.api.problems import problem_responses
+from aiserver.api.query import only_query
+from aiserver.api.settings import ApiSettings
+from aiserver.core_db.database import require_pool
+from aiserver.ledger import projects
+from aiserver.ledger.access import Access
+from aiserver.ledger.usage.export import (
+    FORMATS,
+    MEDIA_TYPES,
+    ExportFormat,
+    UsageExport,
+    export_format,
+    export_query,
+    file_name,
+)
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.store import Project
+    from aiserver.ledger.usage.reading import EventQuery
+
+#: Exports one API process streams at once: each holds a database connection of its own.
+MAX_EXPORTS: Final = 4
+
+
+class ExportSlots:
+    """How many exports this process streams: those connecting and those whose connection is
+    open. An export that ends in any way (finished, hung up on, dropped without a word)
+    frees its slot by itself, so no path can leak one. No lock: the event loop is one thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.connecting = 0
+        self.streaming: weakref.WeakSet[UsageExport] = weakref.WeakSet()
+
+    @property
+    def in_use(self) -> int:
+        return self.connecting + sum(1 for export in self.streaming if not export.closed)
+
+    async def open(
+        self, core: CoreSettings, project: Project, query: EventQuery, fmt: ExportFormat
+    ) -> UsageExport:
+        if self.in_use >= self.limit:
+            raise ExportsBusy(
+                f"this server streams {self.limit} usage exports at once already; retry in a moment"
+            )
+        self.connecting += 1
+        try:
+            export = await UsageExport.open(core, project, query, fmt)
+        finally:
+            self.connecting -= 1
+        self.streaming.add(export)
+        return export
+
+
+slots = ExportSlots(MAX_EXPORTS)
+
+_QUERY: Final = only_query(
+    "format", "from", "to", "model", "provider", "status", prefixes=(TAG_PREFIX,)
+)
+
+
+class UsageExportController(Controller):
+    path = "/v1/usage/export"
+    tags = ("usage",)
+    guards = (auth.authenticated, reads_usage)
+    dependencies = AUTHENTICATED
+    security = SECURITY
+
+    @get(
+        "/",
+        summary="Export usage events as CSV, JSON lines or FOCUS CSV (scope read)",
+        responses=problem_responses(400, 401, 403, 422, 503),
+        guards=[_QUERY],
+    )
+    async def export_usage(
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        since: Since = None,
+        until: Until = None,
+        fmt: Annotated[
+            str,
+            QueryParameter(
+                name="format",
+                description="csv (a row per event), jsonl (an event a line), focus (FinOps "
+                "FOCUS 1.2 CSV, a row per priced component)",
+                schema_extra={"enum": list(FORMATS)},
+            ),
+        ] = "csv",
+        model: ModelFilter = None,
+        provider: ProviderFilter = None,
+        status: StatusFilter = None,
+    ) -> Stream:
+        """The key's project's events in [from, to), oldest first, streamed. Filter as
+        `GET /v1/usage/events` does (`model`, `provider`, `status`, `tag:KEY=VALUE`). For
+        `focus`, unpriced events have no row: the `X-Unpriced-Events` header counts them."""
+        project_id = access.project_key("read")
+        chosen = export_format(fmt)
+        query = export_query(
+            since=since,
+            until=until,
+            model=model,
+            provider=provider,
+            status=status,
+            tags=tag_filters(request),
+        )
+        async with require_pool().acquire() as conn:
+            assert access.project_slug is not None  # a project's key names its project
+            project = await projects.find_project(conn, access, access.project_slug)
+        assert project.id == project_id
+        settings: ApiSettings = request.app.state.settings
+        export = await slots.open(settings.core, project, query, chosen)
+        name = file_name(project.slug, query, chosen)
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if export.unpriced_events is not None:
+            headers["X-Unpriced-Events"] = str(export.unpriced_events)
+        return Stream(
+            export.chunks(),
+            media_type=MEDIA_TYPES[chosen],
+            headers=headers,
+            background=BackgroundTask(export.close),
+        )

@@ -1,0 +1,138 @@
+"""`aiserver-ledger export`: a project's usage of a window as CSV, JSON lines or FOCUS CSV, to
+stdout or to a file, streamed as `GET /v1/usage/export` streams it (the same formats and
+filters; see `aiserver.ledger.usage.export`).
+
+Written to a file, the export goes to `FILE.partial` first and becomes `FILE` only once it is
+whole, so a stopped export never leaves a file that looks complete; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command, add_event_filters, with_pool
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+
+#: Off a terminal, a progress line every this many seconds.
+PROGRESS_EVERY_S: Final = 10.0
+
+
+class _Progress:
+    """Events written so far: redrawn in place when stderr is a terminal, a plain line every
+    PROGRESS_EVERY_S seconds when it is not, nothing when disabled."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.bar = enabled and sys.stderr.isatty()
+        self.plain = enabled and not self.bar
+        self.drawn = time.monotonic()
+
+    def update(self, events: int) -> None:
+        now = time.monotonic()
+        if self.bar and now - self.drawn >= 0.2:
+            sys.stderr.write(f"\raiserver-ledger export: {events:,} events")
+            sys.stderr.flush()
+            self.drawn = now
+        elif self.plain and now - self.drawn >= PROGRESS_EVERY_S:
+            print(f"aiserver-ledger export: {events:,} events", file=sys.stderr, flush=True)
+            self.drawn = now
+
+    def finish(self) -> None:
+        if self.bar:
+            sys.stderr.write("\n")
+
+
+async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.usage.export import UsageExport, export_format, export_query
+
+    fmt = export_format(args.format)
+    query = export_query(
+        since=args.since, until=args.until, model=args.model, provider=args.provider,
+        status=args.status, tags=args.tag,
+    )  # fmt: skip
+    target = Path(args.output) if args.output else None
+
+    async def work(pool: Any) -> int:
+        async with pool.acquire() as conn:
+            project = await projects.find_project(conn, Access.operator(), args.project)
+        export = await UsageExport.open(core, project, query, fmt)
+        partial = target.with_name(target.name + ".partial") if target else None
+        out: IO[bytes] = partial.open("wb") if partial else sys.stdout.buffer
+        progress = _Progress(enabled=partial is not None and not args.no_progress)
+        try:
+            async for chunk in export.chunks():
+                out.write(chunk)
+                progress.update(export.events)
+            out.flush()
+        except BaseException:
+            if partial:
+                out.close()
+                partial.unlink(missing_ok=True)
+            raise
+        finally:
+            export.close()
+            progress.finish()
+        if partial and target:
+            out.close()
+            partial.replace(target)
+        where = f" to {target}" if target else ""
+        missing = (
+            f"; {export.unpriced_events:,} unpriced events have no FOCUS row (the csv and jsonl "
+            "formats hold them)"
+            if export.unpriced_events
+            else ""
+        )
+        print(f"aiserver-ledger export: {export.events:,} events of {project.slug}{where}"
+              f"{missing}", file=sys.stderr)  # fmt: skip
+        return 0
+
+    return await with_pool(core, work)
+
+
+_HELP: Final = """\
+Export a project's usage events of the window [--from, --to), oldest first, as GET
+/v1/usage/export does: csv (a row per event), jsonl (an event a line, as GET
+/v1/usage/events/{id} shows it) or focus (FinOps FOCUS 1.2 CSV, a row per priced component;
+unpriced events have no row, and the summary counts them). The filters are those of `events`.
+
+The events are read through a database cursor in one snapshot, a batch at a time: an export of
+any size takes the same memory. With --output the file is written as FILE.partial and renamed
+to FILE once whole, with progress on stderr; without it, the export goes to stdout.
+
+exit status: 0 the export is whole; 1 it could not run or stopped (no FILE is left); 2 wrong
+arguments."""
+
+_EXAMPLES: Final = """examples:
+  aiserver-ledger export --project acme-search --from 2026-11-01 --to 2026-12-01 > nov.csv
+  aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01 \\
+      --output acme-2026-11-focus.csv
+  aiserver-ledger export --project acme-search --format jsonl --from 2026-11-01 --to 2026-11-02 \\
+      --tag team=search --status unpriced"""
+
+
+def add_parsers(groups: Any) -> None:
+    from aiserver.ledger.usage.export import FORMATS
+
+    command: argparse.ArgumentParser = groups.add_parser(
+        "export",
+        help="export a project's usage as CSV, JSON lines or FOCUS CSV",
+        description=_HELP,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("--project", required=True, metavar="SLUG")
+    command.add_argument("--format", choices=FORMATS, default="csv", help="default: csv")
+    add_event_filters(command, window_required=True)
+    command.add_argument("--output", metavar="FILE", help="write here (default: stdout)")
+    command.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    command.set_defaults(json=False)
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {("export", None): _export}

@@ -1,0 +1,259 @@
+"""Exporting a project's usage: every event of a window that the filters keep, oldest first, as
+CSV, JSON lines or FOCUS-shaped CSV, streamed from a server-side cursor.
+
+    query = export_query(since="2026-11-01", until="2026-12-01", tags=[("team", "search")])
+    export = await UsageExport.open(core, project, query, "focus")
+    async for chunk in export.chunks():  # bytes; closes its connection at the end
+        ...
+
+- **Constant memory.** The export reads through a cursor (`PREFETCH` rows a round trip) on a
+  connection of its own, in one read-only REPEATABLE READ transaction: the export is one
+  consistent snapshot however long it runs, and the process holds one batch of rows and its
+  encoding at a time, whatever the number of events.
+- **Its own connection**, not one of the pool's: a long export must not take a connection that
+  ingest needs. It is named `APPLICATION_NAME` in `pg_stat_activity`. Whatever ends the export
+  early (a client that hangs up, a cancelled task, an error) ends the connection with it:
+  `close()` may be called any number of times, from anywhere.
+- **Oldest first**: by `occurred_at`, then by event id, the order of the table's primary key.
+- **The formats** (each column documented in docs/usage-export.md):
+  `csv`: one row per event, `CSV_COLUMNS`; `jsonl`: one event a line, the object of
+  `GET /v1/usage/events/{event_id}`; `focus`: FinOps FOCUS rows (`aiserver.ledger.usage.focus`),
+  one per priced component. An unpriced event has no FOCUS row: `unpriced_events` counts them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+import msgspec
+
+from aiserver.core_db.connections import connect
+from aiserver.costs.calculator import CURRENCY
+from aiserver.costs.money import money
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.usage import focus
+from aiserver.ledger.usage.reading import EventQuery, event_filters, event_from_row, event_query
+from aiserver.ledger.usage.store import reading as store
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.transaction import Transaction
+
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.store import Project
+
+ExportFormat = Literal["csv", "jsonl", "focus"]
+FORMATS: Final[tuple[ExportFormat, ...]] = ("csv", "jsonl", "focus")
+MEDIA_TYPES: Final[dict[ExportFormat, str]] = {
+    "csv": "text/csv",
+    "jsonl": "application/x-ndjson",
+    "focus": "text/csv",
+}
+EXTENSIONS: Final[dict[ExportFormat, str]] = {"csv": "csv", "jsonl": "jsonl", "focus": "csv"}
+
+#: Rows the cursor fetches a round trip, and encodes into one chunk: the export's memory.
+PREFETCH: Final = 1000
+#: How an export's connection is named in pg_stat_activity.
+APPLICATION_NAME: Final = "aiserver usage export"
+
+CSV_COLUMNS: Final = (
+    "event_id", "id", "occurred_at", "received_at", "model", "provider", "matched_model",
+    "matched_provider", "service_tier", "usage_format", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "other_usage", "tags",
+    "pricing_status", "total", "currency", "unpriced", "price_version", "catalog_version",
+    "override_id", "note",
+)  # fmt: skip
+
+
+def export_format(name: str) -> ExportFormat:
+    """The format named `name`; `InvalidField` naming `format` for any other."""
+    for fmt in FORMATS:
+        if name == fmt:
+            return fmt
+    raise InvalidField(f"format: {name[:40]!r} is not one of {', '.join(FORMATS)}", ["format"])
+
+
+def export_query(
+    *,
+    since: str | datetime | None,
+    until: str | datetime | None,
+    model: str | None = None,
+    provider: str | None = None,
+    status: str | None = None,
+    tags: Iterable[tuple[str, str]] = (),
+) -> EventQuery:
+    """The query of an export: the filters of the events' listing, with a window that must be
+    given whole (`from` and `to`), so that an export says which period it covers."""
+    missing = [name for name, value in (("from", since), ("to", until)) if value is None]
+    if missing:
+        raise InvalidField(
+            f"an export covers a window [from, to): give {' and '.join(missing)} (RFC 3339, "
+            "e.g. from=2026-11-01&to=2026-12-01)",
+            missing,
+        )
+    return event_query(
+        since=since, until=until, model=model, provider=provider, status=status, tags=tags
+    )
+
+
+def file_name(project: str, query: EventQuery, fmt: ExportFormat) -> str:
+    """What an export is saved as: `acme-usage-20261101T000000Z-20261201T000000Z.csv`."""
+    window = "-".join(f"{at:%Y%m%dT%H%M%SZ}" for at in (query.since, query.until) if at is not None)
+    return f"{project}-usage-{window}.{EXTENSIONS[fmt]}"
+
+
+def utc(at: datetime) -> str:
+    """A time in UTC, ISO 8601 with `Z` (microseconds only where it has them)."""
+    if at.tzinfo is not UTC:  # the database's times are in UTC already
+        at = at.astimezone(UTC)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+# -- encodings -------------------------------------------------------------------------------
+
+
+class Encoding(Protocol):
+    def header(self) -> bytes: ...
+
+    def encode(self, rows: list[asyncpg.Record]) -> bytes: ...
+
+
+class CsvTable:
+    """RFC 4180 CSV (CRLF, fields quoted where they must be): a header, then `lines(row)` for
+    each event (none, one or several lines). A null is an empty field."""
+
+    def __init__(
+        self, columns: tuple[str, ...], lines: Callable[[asyncpg.Record], Iterable[list[Any]]]
+    ) -> None:
+        self.columns = columns
+        self.lines = lines
+
+    def header(self) -> bytes:
+        return _csv([list(self.columns)])
+
+    def encode(self, rows: list[asyncpg.Record]) -> bytes:
+        return _csv(line for row in rows for line in self.lines(row))
+
+
+def _csv(lines: Iterable[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(lines)
+    return buffer.getvalue().encode()
+
+
+class JsonLines:
+    """One event a line: the object `GET /v1/usage/events/{event_id}` answers."""
+
+    _encoder: Final = msgspec.json.Encoder()
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, rows: list[asyncpg.Record]) -> bytes:
+        return self._encoder.encode_lines([event_from_row(row) for row in rows])
+
+
+_LIST: Final = msgspec.json.Encoder()
+
+
+def csv_line(row: asyncpg.Record) -> list[list[Any]]:
+    """An event's line of the `csv` format, in `CSV_COLUMNS`' order."""
+    total = row["total_cost"]
+    return [[
+        row["id"], row["event_key"], utc(row["occurred_at"]), utc(row["received_at"]),
+        row["model"], row["provider"], row["matched_model"], row["matched_provider"],
+        row["service_tier"], row["usage_format"], row["input_tokens"], row["output_tokens"],
+        row["cache_read_tokens"], row["cache_write_tokens"], row["reasoning_tokens"],
+        row["usage_other"] or "{}", row["tags"], row["status"],
+        money(total) if total is not None else None, CURRENCY,
+        _LIST.encode(list(row["unpriced"] or ())).decode(), row["price_version"],
+        row["catalog_version"], row["override_id"], row["pricing_note"],
+    ]]  # fmt: skip
+
+
+def encoding(fmt: ExportFormat, project: Project) -> Encoding:
+    if fmt == "csv":
+        return CsvTable(CSV_COLUMNS, csv_line)
+    if fmt == "jsonl":
+        return JsonLines()
+    return CsvTable(focus.COLUMNS, lambda row: focus.rows(project, row))
+
+
+# -- the export ------------------------------------------------------------------------------
+
+
+class UsageExport:
+    """One export under way: its connection, its snapshot, and what it has sent."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        transaction: Transaction,
+        statement: tuple[str, list[Any]],
+        encoder: Encoding,
+        unpriced_events: int | None,
+    ) -> None:
+        self.conn = conn
+        self.transaction = transaction
+        self.statement = statement
+        self.encoder = encoder
+        #: focus only: the unpriced events the filters keep, which have no FOCUS row
+        self.unpriced_events = unpriced_events
+        self.events = 0  # read so far
+
+    @classmethod
+    async def open(
+        cls, core: CoreSettings, project: Project, query: EventQuery, fmt: ExportFormat
+    ) -> UsageExport:
+        """Connect and take the snapshot (a database that is down fails here, before anything
+        is sent: `DatabaseUnavailable`)."""
+        conn = await connect(core)
+        try:
+            await conn.execute(f"SET application_name = '{APPLICATION_NAME}'")
+            transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+            await transaction.start()
+            filters = event_filters(query)
+            unpriced = None
+            if fmt == "focus":
+                sql, args = store.unpriced_statement(project.id, filters)
+                unpriced = int(await conn.fetchval(sql, *args))
+        except BaseException:
+            conn.terminate()
+            raise
+        statement = store.export_statement(project.id, filters)
+        return cls(conn, transaction, statement, encoding(fmt, project), unpriced)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The export's bytes, a batch of events at a time; the connection is closed at the
+        end, and ended at once when the export stops early."""
+        try:
+            yield self.encoder.header()
+            sql, args = self.statement
+            batch: list[asyncpg.Record] = []
+            async for row in self.conn.cursor(sql, *args, prefetch=PREFETCH):
+                batch.append(row)
+                if len(batch) == PREFETCH:
+                    chunk, batch = self.encoder.encode(batch), []
+                    self.events += PREFETCH
+                    yield chunk
+            if batch:
+                self.events += len(batch)
+                yield self.encoder.encode(batch)
+            await self.transaction.commit()
+            await self.conn.close(timeout=5)
+        finally:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.is_closed()
+
+    def close(self) -> None:
+        """End the connection now if it is still open (its transaction rolls back): safe to
+        call again, and from a task other than the one reading."""
+        if not self.conn.is_closed():
+            self.conn.terminate()

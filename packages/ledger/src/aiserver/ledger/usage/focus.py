@@ -1,0 +1,192 @@
+"""Usage events as FinOps FOCUS 1.2 rows (the FinOps Open Cost and Usage Specification), so that
+finance tools ingest them as they ingest a cloud bill.
+
+One row per **priced component** of an event (its input tokens, its output tokens, its cache
+reads, ...): a FOCUS row is one SKU's charge, with one quantity and one unit price, and FOCUS
+requires `ListUnitPrice × PricingQuantity = ListCost`, which holds exactly for a component
+(`cost = quantity × unit_price`). The rows of an event add up to its total.
+
+- The costs are aiserver's prices (the catalog's list prices, or the operator's override):
+  BilledCost = EffectiveCost = ListCost = ContractedCost = the component's cost, in USD. aiserver
+  knows no discount or commitment of the provider's; the provider's invoice is the authority.
+- ChargePeriodStart/End: the UTC hour of the call (`[hour, hour + 1h)`); BillingPeriodStart/End:
+  its UTC calendar month. Every time is `YYYY-MM-DDTHH:mm:ssZ`.
+- The billing account and the sub-account are the project (its slug and name).
+- ProviderName, PublisherName, InvoiceIssuerName: the provider the catalog priced the call as;
+  ResourceId/ResourceName: the catalog's model; SkuId: `provider/model/component`; SkuPriceId
+  adds the price version (or the override) that priced it.
+- **An unpriced event has no row**: FOCUS requires a unit price and a cost for every usage row,
+  and a 0 would read as "free". The export counts them instead (the API's
+  `X-Unpriced-Events` header, the command line's summary); the `csv` and `jsonl` formats hold
+  them. A partially priced event has the rows of its priced components, and its
+  `x_PricingStatus` and `x_UnpricedDimensions` say what is missing from its cost.
+- Columns FOCUS does not define are after FOCUS's and start with `x_`, as FOCUS requires.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from aiserver.costs.calculator import CURRENCY
+from aiserver.costs.money import money
+from aiserver.costs.pricing.dimensions import BY_NAME
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.ledger.store import Project
+
+COLUMNS: Final = (
+    # FOCUS 1.2 columns, alphabetical
+    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency",
+    "BillingPeriodEnd", "BillingPeriodStart", "ChargeCategory", "ChargeClass",
+    "ChargeDescription", "ChargeFrequency", "ChargePeriodEnd", "ChargePeriodStart",
+    "ConsumedQuantity", "ConsumedUnit", "ContractedCost", "ContractedUnitPrice",
+    "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice", "PricingCategory",
+    "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ResourceId",
+    "ResourceName", "ResourceType", "ServiceCategory", "ServiceName", "ServiceSubcategory",
+    "SkuId", "SkuMeter", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType",
+    "Tags",
+    # aiserver's own
+    "x_EventId", "x_EventKey", "x_OccurredAt", "x_Model", "x_Provider", "x_ServiceTier",
+    "x_PricingStatus", "x_UnpricedDimensions", "x_PriceVersion", "x_CatalogVersion",
+    "x_OverrideId",
+)  # fmt: skip
+
+#: The unit of a component that is not counted in tokens (FOCUS's Unit Format: plural units).
+_UNITS: Final = {
+    "images": "Images", "input_images": "Images", "input_pixels": "Pixels",
+    "output_pixels": "Pixels", "requests": "Requests", "seconds": "Seconds",
+    "input_seconds": "Seconds", "output_seconds": "Seconds", "input_audio_seconds": "Seconds",
+    "input_video_seconds": "Seconds", "output_video_seconds": "Seconds",
+    "input_characters": "Characters", "output_characters": "Characters", "queries": "Queries",
+    "web_searches": "Queries", "maps_grounding_queries": "Queries", "pages": "Pages",
+    "annotated_pages": "Pages",
+}  # fmt: skip
+_COMPONENTS: Final = msgspec.json.Decoder(list[tuple[str, int, Decimal, Decimal]])
+_LIST: Final = msgspec.json.Encoder()
+
+
+def unit(component: str) -> str:
+    """The FOCUS unit of a component's quantity: `Tokens` for the token counts."""
+    dimension = BY_NAME.get(component)
+    if dimension is not None and dimension.tokens:
+        return "Tokens"
+    return _UNITS.get(component, "Units")
+
+
+def second(at: datetime) -> str:
+    """FOCUS's date/time format: `YYYY-MM-DDTHH:mm:ssZ`, in UTC."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@functools.lru_cache(maxsize=64)
+def _periods(hour: datetime) -> tuple[str, str, str, str]:
+    """ChargePeriodStart and End (the hour), BillingPeriodStart and End (its month); the events
+    of an export come in time order, so one hour's are worked out once."""
+    start = hour.replace(day=1, hour=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return second(hour), second(hour + timedelta(hours=1)), second(start), second(end)
+
+
+#: Where each value that differs between an event's components goes in a row.
+_PER_COMPONENT: Final = tuple(
+    COLUMNS.index(column)
+    for column in (
+        "BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "ContractedUnitPrice",
+        "ListUnitPrice", "ConsumedQuantity", "PricingQuantity", "ConsumedUnit", "PricingUnit",
+        "ChargeDescription", "SkuId", "SkuMeter", "SkuPriceId",
+    )
+)  # fmt: skip
+
+
+def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
+    """The FOCUS rows of one event, in `COLUMNS`' order: one per priced component; none for an
+    unpriced event."""
+    if row["status"] == "unpriced" or not row["components"]:
+        return []
+    occurred: datetime = row["occurred_at"]
+    if occurred.tzinfo is not UTC:
+        occurred = occurred.astimezone(UTC)
+    charge_start, charge_end, billing_start, billing_end = _periods(
+        occurred.replace(minute=0, second=0, microsecond=0)
+    )
+    provider: str = row["matched_provider"]
+    model: str = row["matched_model"]
+    unpriced = list(row["unpriced"] or ())
+    missing = (
+        f"; the call also used {', '.join(unpriced)}, which the catalog has no price for: "
+        "not in this cost"
+        if unpriced
+        else ""
+    )
+    if row["price_version"] is not None:
+        priced_by = f"v{row['price_version']}"
+    else:
+        priced_by = f"override{row['override_id']}"
+    shared = {
+        "BillingAccountId": project.slug,
+        "BillingAccountName": project.name,
+        "BillingCurrency": CURRENCY,
+        "BillingPeriodEnd": billing_end,
+        "BillingPeriodStart": billing_start,
+        "ChargeCategory": "Usage",
+        "ChargeClass": None,
+        "ChargeFrequency": "Usage-Based",
+        "ChargePeriodEnd": charge_end,
+        "ChargePeriodStart": charge_start,
+        "InvoiceIssuerName": provider,
+        "PricingCategory": "Standard",
+        "ProviderName": provider,
+        "PublisherName": provider,
+        "ResourceId": model,
+        "ResourceName": model,
+        "ResourceType": "Model",
+        "ServiceCategory": "AI and Machine Learning",
+        "ServiceName": f"{provider} API",
+        "ServiceSubcategory": "Generative AI",
+        "SubAccountId": project.slug,
+        "SubAccountName": project.name,
+        "SubAccountType": "Project",
+        "Tags": row["tags"],
+        "x_EventId": row["id"],
+        "x_EventKey": row["event_key"],
+        "x_OccurredAt": occurred.isoformat().replace("+00:00", "Z"),
+        "x_Model": row["model"],
+        "x_Provider": row["provider"],
+        "x_ServiceTier": row["service_tier"],
+        "x_PricingStatus": row["status"],
+        "x_UnpricedDimensions": _LIST.encode(unpriced).decode(),
+        "x_PriceVersion": row["price_version"],
+        "x_CatalogVersion": row["catalog_version"],
+        "x_OverrideId": row["override_id"],
+    }
+    base = [shared.get(column) for column in COLUMNS]
+    lines = []
+    for name, quantity, unit_price, cost in _COMPONENTS.decode(row["components"]):
+        units = unit(name)
+        price, amount = money(unit_price), money(cost)
+        sku = f"{provider}/{model}/{name}"
+        what = f"{name} tokens" if units == "Tokens" else name
+        line = base.copy()
+        for index, value in zip(
+            _PER_COMPONENT,
+            (
+                amount, amount, amount, amount, price, price, quantity, quantity, units, units,
+                f"{quantity} {what} of {model} at {price} {CURRENCY} each{missing}",
+                sku, name, f"{sku}@{priced_by}",
+            ),
+            strict=True,
+        ):  # fmt: skip
+            line[index] = value
+        lines.append(line)
+    return lines

@@ -1,0 +1,169 @@
+"""`aiserver-ledger export` and the export itself: a project's events of a window, oldest first,
+as CSV, JSON lines or FOCUS CSV, to stdout or to a file that appears only once whole; read in
+batches of a bounded size however many events there are."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from aiserver.core_db.errors import InvalidInput
+from aiserver.ledger import projects
+from aiserver.ledger.access import Access
+from aiserver.ledger.usage import export as usage_export
+from aiserver.ledger.usage.export import (
+    APPLICATION_NAME,
+    CSV_COLUMNS,
+    PREFETCH,
+    UsageExport,
+    export_format,
+    export_query,
+    file_name,
+)
+from aiserver.ledger.usage.focus import COLUMNS as FOCUS_COLUMNS
+
+from ..conftest import Settings
+from .test_import import at, db, env, ledger, line
+
+__all__ = ["db", "env"]  # fixtures
+
+
+async def imported(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text(
+        "\n".join([
+            line("a", "gpt-test-001", 1000, 500, 1, tags={"team": "search", "user": "u1"}),
+            line("b", "gpt-test-002", 10, 0, 2, provider="openai"),
+            line("c", "no-such-model", 1, 1, 3, tags={"team": "search"}),
+            line("old", "gpt-test-001", 1, 1, 30),
+        ])
+    )  # fmt: skip
+    code, _, err = await ledger(env, "import", str(path), "--project", "acme")
+    assert code == 0, err
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+async def test_export_writes_each_format_to_stdout_with_the_events_filters(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    await imported(env, tmp_path)
+    window = ("--project", "acme", "--from", at(24), "--to", at(0))
+    code, out, err = await ledger(env, "export", *window)
+    assert code == 0, err
+    assert out.splitlines()[0] == ",".join(CSV_COLUMNS)
+    exported = rows(out)
+    assert [(r["id"], r["total"], r["pricing_status"]) for r in exported] == [
+        ("c", "", "unpriced"),  # oldest first; unpriced: no total, never 0
+        ("b", "0.00003", "priced"),
+        ("a", "0.004", "priced"),
+    ]
+    assert err == "aiserver-ledger export: 3 events of acme\n"
+
+    code, out, err = await ledger(env, "export", *window, "--format", "jsonl", "--tag",
+                                  "team=search")  # fmt: skip
+    assert code == 0, err
+    assert [json.loads(text)["id"] for text in out.splitlines()] == ["c", "a"]
+
+    code, out, err = await ledger(env, "export", *window, "--format", "focus")
+    assert code == 0, err
+    focus = rows(out)
+    assert list(focus[0]) == list(FOCUS_COLUMNS)
+    assert [(r["x_EventKey"], r["SkuMeter"], r["BilledCost"]) for r in focus] == [
+        ("b", "input", "0.00003"),  # b used no output token: no output row
+        ("a", "input", "0.002"),
+        ("a", "output", "0.002"),
+    ]
+    assert err == (
+        "aiserver-ledger export: 3 events of acme; 1 unpriced events have no FOCUS row (the csv "
+        "and jsonl formats hold them)\n"
+    )
+
+
+async def test_export_to_a_file_appears_only_once_whole(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    await imported(env, tmp_path)
+    target = tmp_path / "out" / "acme.csv"
+    target.parent.mkdir()
+    code, out, err = await ledger(
+        env, "export", "--project", "acme", "--from", at(24), "--to", at(0), "--output",
+        str(target),
+    )  # fmt: skip
+    assert (code, out) == (0, "")
+    assert err == f"aiserver-ledger export: 3 events of acme to {target}\n"
+    assert [r["id"] for r in rows(target.read_text())] == ["c", "b", "a"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["acme.csv"]
+
+
+async def test_export_failures_are_problems(env: dict[str, str], tmp_path: Path) -> None:
+    code, out, err = await ledger(env, "export", "--project", "nope", "--from", at(2), "--to",
+                                  at(1), "--output", str(tmp_path / "x.csv"))  # fmt: skip
+    assert (code, out, err) == (1, "", "aiserver-ledger export: no project 'nope'\n")
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = await ledger(env, "export", "--project", "acme", "--from", at(1), "--to",
+                                at(2))  # fmt: skip
+    assert code == 1
+    assert "must be after from" in err
+    code, _, err = await ledger(env, "export", "--project", "acme", "--from", at(1))
+    assert code == 2
+    assert "--to" in err
+    code, _, err = await ledger(env, "export", "--project", "acme", "--from", at(2), "--to",
+                                at(1), "--format", "xlsx")  # fmt: skip
+    assert code == 2
+    assert "invalid choice: 'xlsx'" in err
+
+
+def test_a_window_and_a_format_are_required() -> None:
+    with pytest.raises(InvalidInput, match=r"give from and to") as missing:
+        export_query(since=None, until=None)
+    assert missing.value.problem()["fields"] == ["from", "to"]
+    with pytest.raises(InvalidInput, match=r"format: 'xml' is not one of csv, jsonl, focus"):
+        export_format("xml")
+    query = export_query(since="2026-11-01", until="2026-12-01")
+    assert file_name("acme", query, "focus") == ("acme-usage-20261101T000000Z-20261201T000000Z.csv")
+    assert query.since == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+async def test_the_export_reads_a_bounded_batch_at_a_time_and_ends_its_connection(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, settings: Settings
+) -> None:
+    await imported(env, tmp_path)
+    # 2.5 batches of copies of event a, written straight into the table
+    count = PREFETCH * 5 // 2
+    await db.execute(
+        """
+        INSERT INTO usage_events
+        SELECT project_id, occurred_at - n * interval '1 microsecond', nextval(
+            'usage_events_id_seq'), received_at, 'copy-' || n, model, provider, matched_model,
+            matched_provider, usage_format, service_tier, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, reasoning_tokens, usage_other, tags, status,
+            total_cost, components, unpriced, pricing_note, suggestions, price_version,
+            catalog_version, override_id
+        FROM usage_events, generate_series(1, $1) AS n WHERE event_key = 'a'
+        """,
+        count,
+    )
+    project = await projects.find_project(db, Access.operator(), "acme")
+    query = export_query(since=at(24), until=at(0))
+    export = await UsageExport.open(settings.core, project, query, "jsonl")
+    sizes = []
+    async for chunk in export.chunks():
+        sizes.append(chunk.count(b"\n"))
+        connections = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME
+        )
+        assert connections == 1
+    # the header (none for JSON lines), then whole batches: never more than PREFETCH events
+    assert sizes == [0, PREFETCH, PREFETCH, count + 3 - 2 * PREFETCH]
+    assert export.events == count + 3
+    assert export.closed
+    assert usage_export.PREFETCH == PREFETCH
