@@ -102,8 +102,8 @@ async def test_the_backlog_is_read_from_the_database_at_each_scrape(
         "WHERE event_key = 'a-1'"
     )
     await pg.execute(
-        "INSERT INTO usage_reprice_runs (requested_by, dry_run, filter, state) "
-        "SELECT 'test', false, '{}', s FROM unnest($1::text[]) AS s",
+        "INSERT INTO usage_reprice_runs (project_id, requested_by, dry_run, filter, state) "
+        "SELECT 0, 'test', false, '{}', s FROM unnest($1::text[]) AS s",
         ["queued", "queued", "running", "done", "done", "done"],
     )
     samples = await scrape(client)

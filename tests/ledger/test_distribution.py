@@ -180,9 +180,18 @@ async def test_every_key_of_the_ledger_holds_project_id_and_no_foreign_key_cross
         ("projects", "primary key", ("id",)),
         ("projects", "unique", ("slug",)),
     } <= checked
+    pair = ("project_id", "id")
     assert [fk for fk in await foreign_keys(conn) if fk.table in ledger] == [
-        ForeignKey("api_keys_project_id_fkey", "api_keys", ("project_id",), "projects", ("id",))
-    ]
+        ForeignKey("api_keys_project_id_fkey", "api_keys", ("project_id",), "projects", ("id",)),
+        # (b): a budget's rows point at their budget (or alert) of the same project
+        ForeignKey("budget_alerts_project_id_budget_id_fkey", "budget_alerts",
+                   ("project_id", "budget_id"), "budgets", pair),
+        ForeignKey("budget_windows_project_id_budget_id_fkey", "budget_windows",
+                   ("project_id", "budget_id"), "budgets", pair),
+        ForeignKey("budgets_project_id_fkey", "budgets", ("project_id",), "projects", ("id",)),
+        ForeignKey("webhook_deliveries_project_id_alert_id_fkey", "webhook_deliveries",
+                   ("project_id", "alert_id"), "budget_alerts", pair),
+    ]  # fmt: skip
 
 
 async def test_the_check_finds_a_key_without_project_id_and_each_foreign_key_across_projects(

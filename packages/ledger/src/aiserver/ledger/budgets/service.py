@@ -116,7 +116,7 @@ async def create_budget(
         raise InvalidField("webhook_secret needs a webhook_url", ["webhook_secret"])
     async with pool.acquire() as conn, conn.transaction():
         # one writer per project at a time, so two creations cannot both pass the limit
-        await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        await store.lock_project(conn, project_id)
         if await store.count_budgets(conn, project_id) >= rules.MAX_BUDGETS:
             raise InvalidField(
                 f"a project has at most {rules.MAX_BUDGETS} budgets; delete one first", ["name"]
@@ -215,6 +215,6 @@ async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> N
     project_id = access.project_key("admin")
     async with pool.acquire() as conn, conn.transaction():
         # not while usage is being written: an ingest that counted it would find it gone
-        await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        await store.lock_project(conn, project_id)
         if not await store.delete_budget(conn, project_id, budget_id):
             raise UnknownBudget(f"no budget {budget_id}")

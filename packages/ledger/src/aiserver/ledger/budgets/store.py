@@ -305,3 +305,10 @@ async def fill_window(
         msgspec.json.encode(budget.tags).decode(),
         budget.model,
     )
+
+
+async def lock_project(conn: DbConnection, project_id: int) -> None:
+    """Take the project's row FOR UPDATE, until the transaction ends: no usage of the project is
+    written meanwhile (ingest and a reprice take it FOR KEY SHARE), and no other budget of it is
+    created or deleted."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)

@@ -15,13 +15,6 @@ from aiserver.ledger.cli.common import Command, print_json, with_pool
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
 
-_SIZES: Final = """
-    SELECT c.relname AS name, pg_total_relation_size(c.oid)::bigint AS bytes,
-           greatest(c.reltuples, 0)::bigint AS rows_estimate
-    FROM pg_class c WHERE c.relname = ANY($1::text[])
-      AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'usage_events'::regclass)
-"""
-
 
 async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.core_db.settings import settings_for_command
@@ -31,7 +24,7 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
         next_month,
         retention_horizon,
     )
-    from aiserver.ledger.usage.store.partitions import usage_tables
+    from aiserver.ledger.usage.store.partitions import table_sizes, usage_tables
 
     retention = settings_for_command("aiserver-ledger", LedgerSettings).usage_retention_days
 
@@ -40,7 +33,7 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
 
         async with pool.acquire() as conn:
             tables = await usage_tables(conn)
-            sizes = {r["name"]: r for r in await conn.fetch(_SIZES, [t.name for t in tables])}
+            sizes = await table_sizes(conn, [t.name for t in tables])
         kept_from = retention_horizon(datetime.now(UTC), retention)
         listed: list[dict[str, Any]] = []
         for table in tables:
@@ -52,8 +45,8 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
                     "state": table.state,
                     "from": month.isoformat() if month else None,
                     "to": next_month(month).isoformat() if month else None,
-                    "rows_estimate": size["rows_estimate"] if size else 0,
-                    "bytes": size["bytes"] if size else 0,
+                    "rows_estimate": size[0] if size else 0,
+                    "bytes": size[1] if size else 0,
                     "past_retention": bool(month and month < kept_from),
                 }
             )

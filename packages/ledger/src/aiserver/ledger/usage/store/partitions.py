@@ -21,6 +21,7 @@ Locks (none of them waits on another in a circle, so ingest and the cron never d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
@@ -168,3 +169,19 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum() or not name.isascii():
         raise ValueError(f"not a partition name: {name!r}")
     return f'"{name}"'
+
+
+async def table_sizes(conn: DbConnection, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """{name: (estimated rows, bytes with indexes and TOAST)} of tables beside `usage_events`."""
+    rows = await conn.fetch(
+        """
+        SELECT c.relname, greatest(c.reltuples, 0)::bigint AS rows_estimate,
+               pg_total_relation_size(c.oid)::bigint AS bytes
+        FROM pg_class c
+        WHERE c.relname = ANY($1::text[])
+          AND c.relnamespace = (SELECT relnamespace FROM pg_class
+                                WHERE oid = 'usage_events'::regclass)
+        """,
+        list(names),
+    )
+    return {r["relname"]: (r["rows_estimate"], r["bytes"]) for r in rows}
