@@ -6,3 +6,6 @@ from typing import Final
 #: The cron job that keeps the usage partitions: the coming months created, those past
 #: USAGE_RETENTION_DAYS dropped (`aiserver.ledger.usage.partitions.maintain`).
 PARTITIONS_TASK: Final = "usage_partitions_task"
+#: The cron job that releases the reservations whose expiry passed unsettled
+#: (`aiserver.ledger.budgets.reservations.release_expired`).
+RESERVATIONS_TASK: Final = "budget_reservations_sweep_task"
