@@ -148,14 +148,15 @@ class _Recut(Exception):
 
 
 async def _hold(
-    conn: DbConnection, project_id: int, budget: store.HardBudget, start: datetime,
-    end: datetime | None, amount: Decimal, *, recut: bool,
-) -> Hold:  # fmt: skip
-    stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311  (spreads load)
+    conn: DbConnection, project_id: int, budget: store.HardBudget, hold: Hold,
+    end: datetime | None, *, recut: bool,
+) -> None:  # fmt: skip
+    """Take `hold` on its stripe, or `BudgetExceeded`."""
+    start, stripe, amount = hold.window_start, hold.stripe, hold.amount
     if not recut:
         key = (budget.id, start, stripe)
         if await store.take_on_stripe(conn, project_id, key, amount, budget.limit_usd):
-            return Hold(budget.id, start, stripe, amount)
+            return
         # A conditional UPDATE that waited for the row and then found it too full keeps the
         # row locked (PostgreSQL locks the newest version before it re-checks): locking the
         # other stripes now could deadlock with a transaction that holds them. Start over.
@@ -173,7 +174,6 @@ async def _hold(
         )  # fmt: skip
     await store.cut_shares(conn, project_id, budget.id, start, shares, budget.limit_usd,
                            (stripe, amount))  # fmt: skip
-    return Hold(budget.id, start, stripe, amount)
 
 
 async def reserve(
@@ -211,14 +211,19 @@ async def _reserve(
     one stripe (the quick way), or all its stripes in order (`recut`), never some of both."""
     async with pool.acquire() as conn, conn.transaction():
         zone, budgets = await store.hard_budgets(conn, project_id)
-        holds = []
+        planned = []
         for budget in budgets:  # by id: the one lock order
             if _admits(budget, tags, models):
                 start, end = window_of(budget.period, zone, at)  # type: ignore[arg-type]
-                holds.append(await _hold(conn, project_id, budget, start, end, amount,
-                                         recut=budget.id in recut))  # fmt: skip
+                stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311
+                planned.append((budget, Hold(budget.id, start, stripe, amount), end))
+        holds = tuple(hold for _, hold, _ in planned)
+        # The reservation first: the window rows stay locked only from their update to the
+        # commit. A refusal rolls it back with the rest.
         reservation_id = await store.insert_reservation(conn, project_id, amount, holds, expires_at)
-    return Reservation(reservation_id, amount, expires_at, tuple(holds))
+        for budget, hold, end in planned:
+            await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
+    return Reservation(reservation_id, amount, expires_at, holds)
 
 
 def _parse(reservation_id: str) -> UUID | None:
