@@ -204,6 +204,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "cron": [
             ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
             ["cron:usage_partitions_task", True, [17]],
+            ["cron:budget_reservations_sweep_task", False, list(range(60))],
         ],
         "functions": ["process_document", "refresh_costs"],
         "redis": ["cache.example", 5],

@@ -126,6 +126,7 @@ def reservations_cron() -> CronJob:
     return cron(
         budget_reservations_sweep_task,
         name=f"cron:{RESERVATIONS_TASK}",
+        minute=set(range(60)),
         second=30,
         keep_result=KEEP_RESULT_S,
         timeout=JOB_TIMEOUT_S,

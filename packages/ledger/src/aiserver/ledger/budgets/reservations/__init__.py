@@ -36,10 +36,10 @@ from uuid import UUID
 from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
-from aiserver.ledger.budgets import store_reservations as store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
 from aiserver.ledger.budgets.periods import Period, window_of
-from aiserver.ledger.budgets.store_reservations import Held, Hold, StripeKey
+from aiserver.ledger.budgets.reservations import store
+from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
 from aiserver.ledger.errors import (
     BudgetExceeded,
     InvalidEvent,
