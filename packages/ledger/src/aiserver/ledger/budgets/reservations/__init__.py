@@ -37,7 +37,7 @@ from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
-from aiserver.ledger.budgets.periods import Period, window_of
+from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.reservations import store
 from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
 from aiserver.ledger.errors import (
@@ -214,7 +214,7 @@ async def _reserve(
         planned = []
         for budget in budgets:  # by id: the one lock order
             if _admits(budget, tags, models):
-                start, end = window_of(budget.period, zone, at)  # type: ignore[arg-type]
+                start, end = window_of(budget.period, zone, at)
                 stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311
                 planned.append((budget, Hold(budget.id, start, stripe, amount), end))
         holds = tuple(hold for _, hold, _ in planned)
@@ -328,7 +328,6 @@ def _moved(budget: BudgetScope | None, hold: Hold, spend: Spend, time_zone: str)
     counts in its own)."""
     if budget is None or spend.cost is None or not matches(budget, spend):
         return Decimal(0)
-    period: Period = budget.period
-    if window_of(period, time_zone, spend.occurred_at)[0] != hold.window_start:
+    if window_of(budget.period, time_zone, spend.occurred_at)[0] != hold.window_start:
         return Decimal(0)
     return spend.cost

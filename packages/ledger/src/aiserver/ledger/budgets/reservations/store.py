@@ -16,6 +16,8 @@ from uuid import UUID
 
 import msgspec
 
+from aiserver.ledger.budgets.commits import BudgetScope
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -28,13 +30,10 @@ StripeKey = tuple[int, datetime, int]
 
 
 @dataclass(frozen=True, slots=True)
-class HardBudget:
-    id: int
-    name: str
-    tags: dict[str, str]
-    model: str | None
-    period: str
-    limit_usd: Decimal
+class HardBudget(BudgetScope):
+    """A budget that admits or refuses reservations; its name goes into a refusal."""
+
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +69,8 @@ async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[H
     if not rows:
         raise LookupError(f"no project {project_id}")
     return rows[0]["time_zone"], [
-        HardBudget(r["id"], r["name"], _TAGS.decode(r["tags"]), r["model"], r["period"],
-                   r["limit_usd"])
+        HardBudget(r["id"], _TAGS.decode(r["tags"]), r["model"], r["period"], r["limit_usd"],
+                   name=r["name"])
         for r in rows
         if r["id"] is not None
     ]  # fmt: skip
