@@ -193,6 +193,7 @@ async def test_the_openapi_document_describes_the_three_bodies(client: Client) -
     assert one["required"] == ["id", "model"]
     assert set(one["properties"]) == {
         "id", "model", "provider", "usage", "usage_format", "service_tier", "occurred_at", "tags",
+        "reservation_id",
     }  # fmt: skip
     assert batch["properties"]["events"]["maxItems"] == 10_000
     assert batch["properties"]["events"]["items"] == one

@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from aiserver.api.access import access_log
+from aiserver.api.controllers.budget_reservations import ReservationController
 from aiserver.api.controllers.budgets import BudgetController
 from aiserver.api.controllers.catalog import CatalogController
 from aiserver.api.controllers.costs import CostController
@@ -57,6 +58,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     BudgetController,
     RepriceController,
     UsageExportController,
+    ReservationController,
     MetricsController,
 ]
 

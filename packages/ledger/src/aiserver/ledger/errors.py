@@ -25,6 +25,9 @@ AiserverError
     │                             JSON
     ├── TooManyEvents         413 too-many-events: more events in one request than allowed
     ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
+    ├── UnknownReservation    404 unknown-reservation: none by that id, or another project's
+    ├── BudgetExceeded        402 budget-exceeded: a reservation that a hard budget cannot
+    │                             hold; names the budget, its limit and what remains
     └── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
                                   were being recorded (rare); send them again
 
@@ -112,3 +115,26 @@ class UsageUnsettled(Unavailable, slug="usage-unsettled"):
 
 class UnknownBudget(InvalidInput, status=404, slug="unknown-budget"):
     pass
+
+
+class UnknownReservation(InvalidInput, status=404, slug="unknown-reservation"):
+    pass
+
+
+class BudgetExceeded(InvalidInput, status=402, slug="budget-exceeded"):
+    """A hard budget's window cannot hold the estimate: nothing was reserved."""
+
+    def __init__(
+        self, message: str, *, budget_id: int, name: str, limit_usd: str, remaining: str
+    ) -> None:
+        super().__init__(message)
+        self.budget = {"id": budget_id, "name": name, "limit_usd": limit_usd}
+        self.remaining = remaining
+
+    def members(self) -> dict[str, Any]:
+        return {
+            "budget_id": self.budget["id"],
+            "budget_name": self.budget["name"],
+            "limit_usd": self.budget["limit_usd"],
+            "remaining": self.remaining,
+        }

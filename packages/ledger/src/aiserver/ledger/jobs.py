@@ -28,3 +28,7 @@ REPRICE_JOB: Final = "reprice_usage"
 #: The cron job of the automatic reprice: the unpriced events a changed catalog can now price,
 #: and the runs cut off, finished (`aiserver.ledger.repricing.automatic`).
 REPRICE_TASK: Final = "usage_reprice_task"
+
+#: The cron job that releases the reservations whose expiry passed unsettled
+#: (`aiserver.ledger.budgets.reservations.release_expired`).
+RESERVATIONS_TASK: Final = "budget_reservations_sweep_task"

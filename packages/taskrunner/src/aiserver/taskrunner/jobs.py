@@ -10,6 +10,8 @@
   hourly rollups (`FOLD_TASK`); any number at once, each event folded once;
 - `rebuild_rollups(project_id)`: a project's rollups made again after its rolled-up tag keys
   changed (`REBUILD_JOB`, enqueued by the API).
+- `budget_reservations_sweep_task` (cron, every minute): reservations past their expiry
+  released (`RESERVATIONS_TASK`).
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -30,6 +32,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.ledger.budgets.reservations import release_expired
 from aiserver.ledger.spend import rebuild
 from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.usage.partitions import maintain
@@ -141,3 +144,10 @@ async def rebuild_rollups(ctx: Ctx, project_id: int) -> dict[str, Any]:
     if result is None:
         return {"outcome": "no such project", "project_id": project_id}
     return {"outcome": "rebuilt", **result.as_dict()}
+
+
+@logged_job
+async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: release the budget reservations whose expiry passed unsettled. Runners may sweep
+    at once: each skips the reservations another is ending."""
+    return {"released": await release_expired(require_pool())}

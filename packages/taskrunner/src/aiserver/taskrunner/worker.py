@@ -35,9 +35,11 @@ from aiserver.ledger.jobs import (
     REBUILD_JOB,
     REPRICE_JOB,
     REPRICE_TASK,
+    RESERVATIONS_TASK,
 )
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
+    budget_reservations_sweep_task,
     cost_data_update_task,
     process_document,
     rebuild_rollups,
@@ -169,6 +171,19 @@ def reprice_cron() -> CronJob:
     )
 
 
+def reservations_cron() -> CronJob:
+    """Expired budget reservations released, every minute: a hold outlives its expiry by at
+    most a minute (and a settling event still settles it until then)."""
+    return cron(
+        budget_reservations_sweep_task,
+        name=f"cron:{RESERVATIONS_TASK}",
+        minute=set(range(60)),
+        second=30,
+        keep_result=KEEP_RESULT_S,
+        timeout=JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
@@ -183,7 +198,13 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings), partitions_cron(), fold_cron(), reprice_cron()],
+        "cron_jobs": [
+            refresh_cron(settings),
+            partitions_cron(),
+            fold_cron(),
+            reprice_cron(),
+            reservations_cron(),
+        ],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

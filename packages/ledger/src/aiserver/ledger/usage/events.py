@@ -2,7 +2,7 @@
 
     {"id": "req-123", "model": "gpt-4o", "provider": null, "usage": {...}, "usage_format": null,
      "service_tier": "standard", "occurred_at": "2026-12-01T10:00:00Z",
-     "tags": {"user": "u-42", "feature": "summarize"}}
+     "tags": {"user": "u-42", "feature": "summarize"}, "reservation_id": null}
 
 - `id` is the client's idempotency key: the same key with the same payload is recorded once
   however often it is sent; the same key with another payload is a conflict and never
@@ -11,6 +11,9 @@
 - `occurred_at` is when the call was made; absent, it is when the server received the event.
   It may not lie more than `FUTURE_LEEWAY` ahead of the server's clock, nor be older than the
   retention (`USAGE_RETENTION_DAYS`).
+- `reservation_id`: the reservation (`POST /v1/budgets/reserve`) that this call was admitted
+  by; recording the event settles it, once. It is part of the payload: a retry names the same
+  one (a duplicate), another one under the same key is a conflict.
 - `tags`: at most `MAX_TAGS` keys; a key is 1 to 64 ASCII letters, digits and `_ . : / -`
   (so no two keys look alike); a value is 1 to 256 characters without control characters.
 """
@@ -41,6 +44,7 @@ TAG_KEY: Final = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 EventKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_KEY)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 ProviderName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ReservationId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class UsageEventIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,6 +58,7 @@ class UsageEventIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     service_tier: ServiceTier = "standard"
     occurred_at: datetime | None = None
     tags: dict[str, str] = msgspec.field(default_factory=dict)
+    reservation_id: ReservationId | None = None
 
 
 class CheckedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +73,7 @@ class CheckedEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
     tags: dict[str, str]
     payload_hash: bytes
+    reservation_id: str | None = None
 
 
 _HASHED: Final = msgspec.json.Encoder(order="sorted")
@@ -87,17 +93,18 @@ def check_event(
     occurred_at = settle_time(event.occurred_at, received_at=received_at, retention=retention)
     # What makes two reports of one key "the same payload": everything the client said, with
     # the usage read (so `{"input_tokens": 0}` and `{}` agree) and the time as given.
-    payload = _HASHED.encode(
-        (
-            event.model,
-            event.provider,
-            usage,
-            event.usage_format,
-            event.service_tier,
-            _utc(event.occurred_at) if event.occurred_at is not None else None,
-            event.tags,
-        )
+    hashed: tuple[Any, ...] = (
+        event.model,
+        event.provider,
+        usage,
+        event.usage_format,
+        event.service_tier,
+        _utc(event.occurred_at) if event.occurred_at is not None else None,
+        event.tags,
     )
+    if event.reservation_id is not None:  # absent, the hash stays what it was before the field
+        hashed += (event.reservation_id,)
+    payload = _HASHED.encode(hashed)
     return CheckedEvent(
         key=event.id,
         model=event.model,
@@ -108,6 +115,7 @@ def check_event(
         occurred_at=occurred_at,
         tags=event.tags,
         payload_hash=hashlib.sha256(payload).digest()[:16],
+        reservation_id=event.reservation_id,
     )
 
 

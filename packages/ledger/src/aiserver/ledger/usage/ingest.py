@@ -23,7 +23,10 @@ The first event with a key in a request wins; a later one in the same request is
 The same transaction adds each recorded event to the windows of the project's budgets that it
 matches (`aiserver.ledger.budgets.commits`): a budget's window always equals what its committed
 events cost. It starts by taking the project's row FOR KEY SHARE, so that no budget of the
-project is created or deleted while usage is being written.
+project is created or deleted while usage is being written. A recorded event that names a
+reservation settles it there, once (`aiserver.ledger.budgets.reservations.settle`); its result
+says `"reservation": "settled"`, or `"not_held"` when the reservation was unknown, another
+project's, or had ended: the event is recorded all the same (usage is never lost).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from aiserver.core_db.errors import AiserverError, InvalidInput, validation_fiel
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
+from aiserver.ledger.budgets import reservations
 from aiserver.ledger.budgets import store as budget_store
-from aiserver.ledger.budgets.commits import Spend, crossings, window_sums
+from aiserver.ledger.budgets.commits import Spend, WindowSum, crossings, window_sums
 from aiserver.ledger.errors import (
     InvalidEvent,
     MalformedBody,
@@ -80,6 +84,7 @@ class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     price_version: int | None = None
     unpriced: list[str] | None = None
     note: str | None = None  # why it is unpriced; which prices were used
+    reservation: Literal["settled", "not_held"] | None = None  # of a recorded event naming one
     problem: dict[str, Any] | None = None
 
 
@@ -294,9 +299,12 @@ class UsageRecorder:
         claimed: dict[str, int] = {}
         earlier: dict[str, store.RecordedKey] = {}
         pending = ordered
+        settled: set[str] = set()
         async with pool.acquire() as conn:
             for _ in range(_SETTLE_ATTEMPTS):
-                new, found = await self._write_pending(conn, project_id, pending, received_at)
+                new, found = await self._write_pending(
+                    conn, project_id, pending, received_at, settled
+                )
                 claimed |= new
                 earlier |= found
                 # Only one event alone can come back unsettled (a batch settles its keys in its
@@ -313,7 +321,7 @@ class UsageRecorder:
         for entry in ordered:
             key = entry.event.key
             if key in claimed:
-                result = _recorded(entry, claimed[key])
+                result = _recorded(entry, claimed[key], settled)
             else:
                 result = _earlier(entry.event, earlier[key])
             results[entry.index] = answered[key] = result
@@ -328,8 +336,15 @@ class UsageRecorder:
                 results[entry.index] = answer
 
     async def _write_pending(
-        self, conn: Any, project_id: int, ordered: list[_Accepted], received_at: datetime
+        self,
+        conn: Any,
+        project_id: int,
+        ordered: list[_Accepted],
+        received_at: datetime,
+        settled: set[str],
     ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
+        """Write `ordered` in one transaction; adds to `settled` the keys of the events that
+        settled a reservation."""
         for attempt in (1, 2):
             await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
             try:
@@ -340,12 +355,25 @@ class UsageRecorder:
                     else:
                         written = await self._write_once(conn, project_id, ordered, received_at)
                     claimed = written[0]
+                    sums: dict[tuple[int, datetime], WindowSum] = {}
                     if budgets and claimed:
                         spends = (_spend(a) for a in ordered if a.event.key in claimed)
                         sums = window_sums(budgets, zone, spends)
+                    settling = [
+                        reservations.Settling(a.event.key, claimed[a.event.key], named, _spend(a))
+                        for a in ordered
+                        if (named := a.event.reservation_id) is not None and a.event.key in claimed
+                    ]
+                    done: set[str] = set()
+                    if settling:  # before the commits: it locks their rows first, in order
+                        done = await reservations.settle(
+                            conn, project_id, zone, budgets, settling, sums
+                        )
+                    if sums:
                         after = await budget_store.add_to_windows(conn, project_id, sums)
                         crossed = crossings(budgets, sums, after)
                         await budget_store.insert_alerts(conn, project_id, crossed)
+                    settled |= done
                     return written
             except asyncpg.CheckViolationError as exc:
                 if _NO_PARTITION not in str(exc) or attempt == 2:
@@ -465,8 +493,9 @@ def _row(
     )
 
 
-def _recorded(entry: _Accepted, event_id: int) -> EventResult:
+def _recorded(entry: _Accepted, event_id: int, settled: set[str]) -> EventResult:
     v = entry.valuation
+    named = entry.event.reservation_id is not None
     return EventResult(
         status="recorded",
         id=entry.event.key,
@@ -478,6 +507,7 @@ def _recorded(entry: _Accepted, event_id: int) -> EventResult:
         price_version=v.price_version,
         unpriced=list(v.unpriced) or None,
         note=v.note,
+        reservation=("settled" if entry.event.key in settled else "not_held") if named else None,
     )
 
 

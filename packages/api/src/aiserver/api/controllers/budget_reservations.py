@@ -1,0 +1,150 @@
+"""Reservations against hard budgets: decode, call `aiserver.ledger.budgets.reservations`,
+encode. A project's `ingest` key reserves before a call and releases what it did not use; the
+event it reports with the `reservation_id` settles the reservation.
+
+The estimate is a decimal string (`"estimate": "0.25"`), or a `usage` that the server prices
+with the live catalog as `POST /v1/costs/calculate` does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from aiserver.api import auth
+from aiserver.api.controllers.budgets import Amount
+from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.problems import problem_responses
+from aiserver.core_db.database import require_pool
+from aiserver.core_db.errors import validation_field
+from aiserver.costs.calculator import CostRequest, calculate
+from aiserver.costs.live import LiveCatalog
+from aiserver.costs.money import money
+from aiserver.costs.pricing import ServiceTier
+from aiserver.costs.usage_formats import UsageFormat
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import reservations
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.usage.events import ModelName, ProviderName
+
+
+class ReserveIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The coming call (its tags and model, as its event will report them) and an estimate of
+    its cost: `estimate`, or a `usage` for the server to price; exactly one of them."""
+
+    model: ModelName
+    provider: ProviderName | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    estimate: Amount | None = None
+    usage: dict[str, Any] | None = None
+    usage_format: UsageFormat | None = None
+    service_tier: ServiceTier = "standard"
+    expires_in_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] | None = None
+
+
+class HoldOut(msgspec.Struct, frozen=True, kw_only=True):
+    budget_id: int
+    window_start: datetime
+    amount: str
+
+
+class ReservationOut(msgspec.Struct, frozen=True, kw_only=True):
+    reservation_id: str
+    estimate: str
+    currency: str
+    expires_at: datetime
+    budgets: list[HoldOut]  # the hard budgets that hold it (none: no hard budget matches)
+
+
+class ReleaseOut(msgspec.Struct, frozen=True, kw_only=True):
+    reservation_id: str
+    state: str  # released; or settled, expired: it had ended before
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise InvalidField(
+            f"estimate: {text[:40]!r} is not a decimal number; write it as a decimal string, "
+            'e.g. "0.25"',
+            ["estimate"],
+        ) from None
+
+
+def _cost_request(data: ReserveIn) -> CostRequest:
+    """The call to price, checked as `POST /v1/costs/calculate` checks its body."""
+    fields = {"model": data.model, "provider": data.provider, "usage": data.usage,
+              "usage_format": data.usage_format, "service_tier": data.service_tier}  # fmt: skip
+    try:
+        return msgspec.convert(fields, CostRequest)
+    except msgspec.ValidationError as exc:
+        text, field = validation_field(str(exc))
+        raise InvalidField(f"invalid usage: {text}", [field or "usage"]) from None
+
+
+class ReservationController(Controller):
+    path = "/v1/budgets"
+    tags = ("budgets",)
+    guards = (auth.authenticated,)
+    dependencies = AUTHENTICATED
+    security = SECURITY
+
+    @post(
+        "/reserve",
+        status_code=HTTP_201_CREATED,
+        summary="Reserve an estimate on the hard budgets a coming call matches (scope ingest)",
+        responses=problem_responses(400, 401, 402, 403, 404, 413, 422, 503),
+    )
+    async def reserve(
+        self, request: Request[Any, Any, Any], access: NamedDependency[Access],
+        data: JSONBody[ReserveIn],
+    ) -> ReservationOut:  # fmt: skip
+        """Hold the estimate on the current window of every hard budget the call counts for,
+        all or none: a 402 `budget-exceeded` problem names the budget that cannot hold it,
+        its limit and what remains. Report the call's event with the `reservation_id` to
+        settle it, or release it; unsettled, it is released at `expires_at`."""
+        access.project_key("ingest")
+        models = [data.model]
+        if (data.estimate is None) == (data.usage is None):
+            raise InvalidField("send either estimate or usage", ["estimate", "usage"])
+        if data.estimate is not None:
+            amount = _decimal(data.estimate)
+        else:
+            live: LiveCatalog = request.app.state.live
+            priced = calculate(live.require(), _cost_request(data))
+            amount = priced.total
+            models.append(priced.model)
+        ttl = (
+            None if data.expires_in_seconds is None else timedelta(seconds=data.expires_in_seconds)
+        )
+        made = await reservations.reserve(
+            require_pool(), access, amount=amount, tags=data.tags, models=models, ttl=ttl
+        )
+        return ReservationOut(
+            reservation_id=str(made.id), estimate=money(made.amount), currency="USD",
+            expires_at=made.expires_at,
+            budgets=[HoldOut(budget_id=h.budget_id, window_start=h.window_start,
+                             amount=money(h.amount)) for h in made.holds],
+        )  # fmt: skip
+
+    @post(
+        "/reservations/{reservation_id:str}/release",
+        status_code=HTTP_200_OK,
+        summary="Release a reservation's hold (scope ingest; idempotent)",
+        responses=problem_responses(400, 401, 403, 404, 503),
+    )
+    async def release(
+        self, access: NamedDependency[Access], reservation_id: FromPath[str]
+    ) -> ReleaseOut:
+        """Give back what the reservation holds. A reservation that had already ended (settled
+        by its event, released, expired) answers its state and changes nothing."""
+        released, state = await reservations.release(require_pool(), access, reservation_id)
+        return ReleaseOut(reservation_id=str(released), state=state)

@@ -1,0 +1,333 @@
+"""Hard limits by reservation: hold an estimate on every hard budget a coming call matches, or
+refuse it and hold nothing; the event that carries the reservation's id settles it once.
+
+Admission is a conditional UPDATE, never a check followed by a write: PostgreSQL re-checks
+the condition after waiting for the row's lock, so callers on any number of API replicas
+cannot jointly pass a limit. The database is the only source of truth.
+
+A window of a hard budget is spread over `STRIPES` rows so that one hot budget is not one hot
+row. Stripe 0 holds what ingest commits; stripes 1 to N-1 hold reservations. Each stripe has a
+share of the limit (`share`), and the shares of a window sum to its limit exactly, so a stripe
+that keeps within its share keeps the window within its limit. A reservation tries one stripe
+(chosen at random); when that stripe cannot hold it, the window's stripes are all locked in
+order, the estimate is checked against the whole window (committed plus reserved of every
+stripe), and, if it fits, the shares are cut anew: each stripe keeps what it holds, the
+estimate goes to the chosen stripe, and the room left is split among the reservation stripes.
+So a reservation is refused only when the whole window cannot hold it.
+
+Settling moves the event's cost, which ingest commits to stripe 0, out of the reserving
+stripe's share into stripe 0's: the shares still sum to the limit, and the reserving stripe
+keeps the room its estimate left unused.
+
+Only `hard` budgets admit or refuse; soft budgets only count what is spent (and alert).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, Context, Decimal, localcontext
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
+
+from aiserver.costs.money import money
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import rules
+from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.reservations import store
+from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
+from aiserver.ledger.errors import (
+    BudgetExceeded,
+    InvalidEvent,
+    InvalidField,
+    UnknownReservation,
+)
+from aiserver.ledger.usage.events import check_tags as check_event_tags
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+#: Rows per window of a hard budget: stripe 0 for commits, the others for reservations.
+STRIPES: Final = 8
+DEFAULT_TTL: Final = timedelta(minutes=10)
+MIN_TTL: Final = timedelta(seconds=1)
+MAX_TTL: Final = timedelta(hours=24)
+#: The finest unit a share is cut to (the last reservation stripe takes the remainder).
+_SHARE_UNIT: Final = Decimal("1e-12")
+#: Enough digits for a limit of 1e12 with the many decimals of exact costs.
+_EXACT: Final = Context(prec=80)
+SWEEP_BATCH: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: UUID
+    amount: Decimal
+    expires_at: datetime
+    holds: tuple[Hold, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settling:
+    """An event just recorded in the ingest transaction that names a reservation."""
+
+    event_key: str
+    event_id: int
+    reservation_id: str
+    spend: Spend
+
+
+def check_estimate(amount: Decimal) -> Decimal:
+    if not amount.is_finite() or amount <= 0 or amount > rules.MAX_LIMIT:
+        raise InvalidField(
+            f"estimate must be a decimal above 0 and at most {rules.MAX_LIMIT:,.0f}",
+            ["estimate"],
+        )
+    return amount
+
+
+def _check_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
+    """The call's tags, under the rules of an event's (it will report them)."""
+    try:
+        check_event_tags(tags)
+    except InvalidEvent as exc:
+        raise InvalidField(str(exc), exc.fields) from None
+    return tags
+
+
+def check_ttl(ttl: timedelta | None) -> timedelta:
+    if ttl is None:
+        return DEFAULT_TTL
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise InvalidField(
+            f"expires_in_seconds must be {MIN_TTL.seconds} to {int(MAX_TTL.total_seconds())}",
+            ["expires_in_seconds"],
+        )
+    return ttl
+
+
+def cut(
+    held: Mapping[int, Decimal], limit_usd: Decimal, take: tuple[int, Decimal]
+) -> dict[int, Decimal] | None:
+    """New shares of a window's stripes (`held`: what each holds now) that reserve `take` =
+    (stripe, amount) on it, or None when the whole window cannot hold the amount. The shares
+    sum to `limit_usd` exactly; stripe 0 gets no room beyond what it holds (nothing reserves
+    there), unless it is the only stripe."""
+    with localcontext(_EXACT):
+        stripe, amount = take
+        free = limit_usd - sum(held.values(), Decimal(0)) - amount
+        if free < 0:
+            return None
+        shares = {s: h + (amount if s == stripe else 0) for s, h in held.items()}
+        spread = [s for s in sorted(shares) if s != 0] or [0]
+        part = (free / len(spread)).quantize(_SHARE_UNIT, rounding=ROUND_DOWN)
+        for s in spread:
+            shares[s] += part
+        shares[spread[-1]] += free - part * len(spread)
+        return shares
+
+
+def _admits(budget: store.HardBudget, tags: Mapping[str, str], models: Iterable[str]) -> bool:
+    names = set(models)
+    if budget.model is not None and budget.model not in names:
+        return False
+    return all(tags.get(key) == value for key, value in budget.tags.items())
+
+
+class _Recut(Exception):
+    """A stripe could not hold the estimate: start over, and cut this budget's window anew."""
+
+    def __init__(self, budget_id: int) -> None:
+        self.budget_id = budget_id
+
+
+async def _hold(
+    conn: DbConnection, project_id: int, budget: store.HardBudget, hold: Hold,
+    end: datetime | None, *, recut: bool,
+) -> None:  # fmt: skip
+    """Take `hold` on its stripe, or `BudgetExceeded`."""
+    start, stripe, amount = hold.window_start, hold.stripe, hold.amount
+    if not recut:
+        key = (budget.id, start, stripe)
+        if await store.take_on_stripe(conn, project_id, key, amount, budget.limit_usd):
+            return
+        # A conditional UPDATE that waited for the row and then found it too full keeps the
+        # row locked (PostgreSQL locks the newest version before it re-checks): locking the
+        # other stripes now could deadlock with a transaction that holds them. Start over.
+        raise _Recut(budget.id)
+    held = await store.lock_window(conn, project_id, budget.id, start, end, STRIPES)
+    shares = cut(held, budget.limit_usd, (stripe, amount))
+    if shares is None:
+        remaining = budget.limit_usd - sum(held.values(), Decimal(0))
+        raise BudgetExceeded(
+            f"budget {budget.id} ({budget.name!r}) cannot hold {money(amount)} USD more: its "
+            f"limit is {money(budget.limit_usd)} and {money(remaining)} remains in this window; "
+            "nothing was reserved",
+            budget_id=budget.id, name=budget.name, limit_usd=money(budget.limit_usd),
+            remaining=money(remaining),
+        )  # fmt: skip
+    await store.cut_shares(conn, project_id, budget.id, start, shares, budget.limit_usd,
+                           (stripe, amount))  # fmt: skip
+
+
+async def reserve(
+    pool: asyncpg.Pool,
+    access: Access,
+    *,
+    amount: Decimal,
+    tags: Mapping[str, str] | None = None,
+    models: Sequence[str] = (),
+    ttl: timedelta | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """Hold `amount` on the current window of every hard budget that a call with `tags` and
+    one of `models` (as reported, and as the catalog priced it) would count for: all of them,
+    or `BudgetExceeded` naming the first that cannot, and nothing held."""
+    project_id = access.project_key("ingest")
+    check_estimate(amount)
+    checked_tags = _check_tags(tags or {})
+    lasts = check_ttl(ttl)
+    at = now or datetime.now(UTC)
+    recut: set[int] = set()
+    while True:
+        try:
+            return await _reserve(pool, project_id, amount, checked_tags, models, at + lasts,
+                                  at, recut)  # fmt: skip
+        except _Recut as again:
+            recut.add(again.budget_id)
+
+
+async def _reserve(
+    pool: asyncpg.Pool, project_id: int, amount: Decimal, tags: Mapping[str, str],
+    models: Sequence[str], expires_at: datetime, at: datetime, recut: set[int],
+) -> Reservation:  # fmt: skip
+    """One attempt, in one transaction. Rows are locked by (budget, window, stripe): a budget's
+    one stripe (the quick way), or all its stripes in order (`recut`), never some of both."""
+    async with pool.acquire() as conn, conn.transaction():
+        zone, budgets = await store.hard_budgets(conn, project_id)
+        planned = []
+        for budget in budgets:  # by id: the one lock order
+            if _admits(budget, tags, models):
+                start, end = window_of(budget.period, zone, at)
+                stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311
+                planned.append((budget, Hold(budget.id, start, stripe, amount), end))
+        holds = tuple(hold for _, hold, _ in planned)
+        # The reservation first: the window rows stay locked only from their update to the
+        # commit. A refusal rolls it back with the rest.
+        reservation_id = await store.insert_reservation(conn, project_id, amount, holds, expires_at)
+        for budget, hold, end in planned:
+            await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
+    return Reservation(reservation_id, amount, expires_at, holds)
+
+
+def _parse(reservation_id: str) -> UUID | None:
+    try:
+        return UUID(reservation_id)
+    except ValueError:
+        return None
+
+
+def _releases(held: Iterable[Held]) -> dict[StripeKey, tuple[Decimal, Decimal]]:
+    """(reserved, share) to subtract per stripe: each hold's amount, no share moved."""
+    changes: dict[StripeKey, tuple[Decimal, Decimal]] = {}
+    for reservation in held:
+        for h in reservation.holds:
+            key = (h.budget_id, h.window_start, h.stripe)
+            reserved, share = changes.get(key, (Decimal(0), Decimal(0)))
+            changes[key] = (reserved + h.amount, share)
+    return changes
+
+
+async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tuple[UUID, str]:
+    """Release a held reservation; idempotent: a reservation that already ended answers its
+    state. `UnknownReservation` for none of the key's project's."""
+    project_id = access.project_key("ingest")
+    parsed = _parse(reservation_id)
+    if parsed is None:
+        raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
+    async with pool.acquire() as conn, conn.transaction():
+        ended = await store.end_reservations(conn, project_id, [parsed], "released")
+        if ended:
+            await store.change_stripes(conn, project_id, _releases(ended))
+            return parsed, "released"
+        state = await store.reservation_state(conn, project_id, parsed)
+    if state is None:
+        raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
+    return parsed, state
+
+
+async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) -> int:
+    """Release every held reservation whose expiry has passed (the task runner's sweep), in
+    batches of `SWEEP_BATCH`, each its own transaction. Returns how many it released."""
+    at = now or datetime.now(UTC)
+    released = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            ended = await store.expire_due(conn, at, SWEEP_BATCH)
+            by_project: dict[int, list[Held]] = defaultdict(list)
+            for held in ended:
+                by_project[held.project_id].append(held)
+            for project_id in sorted(by_project):  # one lock order: project, budget, ...
+                await store.change_stripes(conn, project_id, _releases(by_project[project_id]))
+        released += len(ended)
+        if len(ended) < SWEEP_BATCH:
+            return released
+
+
+async def settle(
+    conn: DbConnection,
+    project_id: int,
+    time_zone: str,
+    budgets: Sequence[BudgetScope],
+    settling: Sequence[Settling],
+    commits: Iterable[tuple[int, datetime]],
+) -> set[str]:
+    """In the ingest transaction: settle the reservations that `settling` name, each once (the
+    first event naming it wins). Releases what each held, moves the event's cost out of its
+    stripe's share into stripe 0's (where ingest commits it), and locks first, in key order,
+    the stripe-0 rows that ingest commits to next (`commits`: (budget id, window start)).
+    Returns the keys of the events that settled a reservation; the others named one that was
+    not held (unknown, another project's, settled, released or expired)."""
+    firsts: dict[UUID, Settling] = {}
+    for entry in settling:
+        parsed = _parse(entry.reservation_id)
+        if parsed is not None and parsed not in firsts:
+            firsts[parsed] = entry
+    ids = sorted(firsts)
+    ended = await store.end_reservations(
+        conn, project_id, ids, "settled", [firsts[i].event_id for i in ids]
+    )
+    by_id = {b.id: b for b in budgets}
+    changes: dict[StripeKey, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for held in ended:
+        spend = firsts[held.id].spend
+        for h in held.holds:
+            moved = _moved(by_id.get(h.budget_id), h, spend, time_zone)
+            changes[h.budget_id, h.window_start, h.stripe][0] += h.amount
+            if moved and h.stripe != 0:
+                changes[h.budget_id, h.window_start, h.stripe][1] += moved
+                changes[h.budget_id, h.window_start, 0][1] -= moved
+    await store.change_stripes(
+        conn,
+        project_id,
+        {k: (v[0], v[1]) for k, v in changes.items()},
+        also_lock=[(b, start, 0) for b, start in commits],
+    )
+    return {firsts[held.id].event_key for held in ended}
+
+
+def _moved(budget: BudgetScope | None, hold: Hold, spend: Spend, time_zone: str) -> Decimal:
+    """The cost that ingest commits to the hold's window: the event's, when the budget counts
+    it there (an unpriced event's counts once a reprice prices it; an event of another window
+    counts in its own)."""
+    if budget is None or spend.cost is None or not matches(budget, spend):
+        return Decimal(0)
+    if window_of(budget.period, time_zone, spend.occurred_at)[0] != hold.window_start:
+        return Decimal(0)
+    return spend.cost

@@ -1,0 +1,288 @@
+"""All SQL of reservations: on `budget_reservations`, and on the `reserved` and `share` of
+`budget_windows`. Every function runs in the caller's transaction and names the project.
+
+Rows of `budget_windows` are locked in one order everywhere, (budget id, window start, stripe),
+so that reserving, settling, releasing and ingest's commits never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
+
+import msgspec
+
+from aiserver.ledger.budgets.commits import BudgetScope
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+_TAGS: Final = msgspec.json.Decoder(dict[str, str])
+
+#: A row of `budget_windows`: (budget id, window start, stripe).
+StripeKey = tuple[int, datetime, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HardBudget(BudgetScope):
+    """A budget that admits or refuses reservations; its name goes into a refusal."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a reservation holds on one budget: an amount on one stripe of one window."""
+
+    budget_id: int
+    window_start: datetime
+    stripe: int
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A reservation that just changed state, with what it held."""
+
+    project_id: int
+    id: UUID
+    holds: tuple[Hold, ...]
+
+
+async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[HardBudget]]:
+    """The project's time zone and its hard budgets, by id; LookupError without the project."""
+    rows = await conn.fetch(
+        """
+        SELECT p.time_zone, b.id, b.name, b.tags::text AS tags, b.model, b.period, b.limit_usd
+        FROM projects AS p LEFT JOIN budgets AS b ON b.project_id = p.id AND b.hard
+        WHERE p.id = $1
+        ORDER BY b.id
+        """,
+        project_id,
+    )
+    if not rows:
+        raise LookupError(f"no project {project_id}")
+    return rows[0]["time_zone"], [
+        HardBudget(r["id"], _TAGS.decode(r["tags"]), r["model"], r["period"], r["limit_usd"],
+                   name=r["name"])
+        for r in rows
+        if r["id"] is not None
+    ]  # fmt: skip
+
+
+async def take_on_stripe(
+    conn: DbConnection, project_id: int, key: StripeKey, amount: Decimal, limit_usd: Decimal
+) -> bool:
+    """Reserve `amount` on one stripe if its share (cut from this limit) still holds it. One
+    conditional UPDATE: PostgreSQL re-checks the condition after waiting for the row's lock, so
+    concurrent callers never jointly pass a share."""
+    taken = await conn.fetchval(
+        """
+        UPDATE budget_windows SET reserved = reserved + $5
+        WHERE project_id = $1 AND budget_id = $2 AND window_start = $3 AND stripe = $4
+          AND share_limit = $6 AND committed + reserved + $5 <= share
+        RETURNING true
+        """,
+        project_id, *key, amount, limit_usd,
+    )  # fmt: skip
+    return taken is not None
+
+
+async def lock_window(
+    conn: DbConnection,
+    project_id: int,
+    budget_id: int,
+    start: datetime,
+    end: datetime | None,
+    stripes: int,
+) -> dict[int, Decimal]:
+    """Create the window's stripes that do not exist yet, then lock all of them in stripe
+    order. Returns what each holds (committed plus reserved)."""
+    await conn.execute(
+        """
+        INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end)
+        SELECT $1, $2, $3, s, $4 FROM generate_series(0, $5 - 1) AS s ORDER BY s
+        ON CONFLICT (project_id, budget_id, window_start, stripe) DO NOTHING
+        """,
+        project_id, budget_id, start, end, stripes,
+    )  # fmt: skip
+    rows = await conn.fetch(
+        """
+        SELECT stripe, committed + reserved AS held FROM budget_windows
+        WHERE project_id = $1 AND budget_id = $2 AND window_start = $3
+        ORDER BY stripe FOR UPDATE
+        """,
+        project_id, budget_id, start,
+    )  # fmt: skip
+    return {r["stripe"]: r["held"] for r in rows}
+
+
+async def cut_shares(
+    conn: DbConnection,
+    project_id: int,
+    budget_id: int,
+    start: datetime,
+    shares: Mapping[int, Decimal],
+    limit_usd: Decimal,
+    take: tuple[int, Decimal],
+) -> None:
+    """Set the shares of a locked window's stripes (cut from `limit_usd`) and reserve
+    `take` = (stripe, amount)."""
+    stripes = sorted(shares)
+    await conn.execute(
+        """
+        UPDATE budget_windows AS w
+        SET share = k.share, share_limit = $6,
+            reserved = w.reserved + CASE WHEN k.stripe = $7::smallint THEN $8::numeric ELSE 0 END
+        FROM unnest($4::smallint[], $5::numeric[]) AS k(stripe, share)
+        WHERE w.project_id = $1 AND w.budget_id = $2 AND w.window_start = $3
+          AND w.stripe = k.stripe
+        """,
+        project_id, budget_id, start, stripes, [shares[s] for s in stripes], limit_usd,
+        take[0], take[1],
+    )  # fmt: skip
+
+
+async def insert_reservation(
+    conn: DbConnection,
+    project_id: int,
+    amount: Decimal,
+    holds: Sequence[Hold],
+    expires_at: datetime,
+) -> UUID:
+    reservation_id: UUID = await conn.fetchval(
+        """
+        INSERT INTO budget_reservations (project_id, amount, budget_ids, window_starts, stripes,
+                                         amounts, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING id
+        """,
+        project_id, amount, [h.budget_id for h in holds], [h.window_start for h in holds],
+        [h.stripe for h in holds], [h.amount for h in holds], expires_at,
+    )  # fmt: skip
+    return reservation_id
+
+
+_HELD: Final = "r.project_id, r.id, r.budget_ids, r.window_starts, r.stripes, r.amounts"
+
+
+def _held(row: asyncpg.Record) -> Held:
+    return Held(
+        row["project_id"],
+        row["id"],
+        tuple(
+            Hold(*hold)
+            for hold in zip(
+                row["budget_ids"], row["window_starts"], row["stripes"], row["amounts"],
+                strict=True,
+            )
+        ),
+    )  # fmt: skip
+
+
+async def end_reservations(
+    conn: DbConnection,
+    project_id: int,
+    ids: Sequence[UUID],
+    state: str,
+    event_ids: Sequence[int | None] | None = None,
+) -> list[Held]:
+    """Move those of `ids` that are still held to `state` (settled, with the event that settled
+    each, or released), locking them in id order. Returns them with what they held; one that was
+    not held (settled, released, expired, or none of the project's) is left as it is."""
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        f"""
+        WITH k AS (
+            SELECT k.id, k.event_id FROM unnest($2::uuid[], $3::bigint[]) AS k(id, event_id)
+        ), locked AS (
+            SELECT r.project_id, r.id, k.event_id FROM budget_reservations AS r
+            JOIN k ON k.id = r.id
+            WHERE r.project_id = $1 AND r.state = 'held'
+            ORDER BY r.id FOR UPDATE OF r
+        )
+        UPDATE budget_reservations AS r
+        SET state = $4, ended_at = now(), settled_event_id = locked.event_id
+        FROM locked
+        WHERE r.project_id = locked.project_id AND r.id = locked.id AND r.state = 'held'
+        RETURNING {_HELD}
+        """,  # noqa: S608  (a constant list of columns)
+        project_id, list(ids), list(event_ids or [None] * len(ids)), state,
+    )  # fmt: skip
+    return [_held(r) for r in rows]
+
+
+async def reservation_state(
+    conn: DbConnection, project_id: int, reservation_id: UUID
+) -> str | None:
+    state: str | None = await conn.fetchval(
+        "SELECT state FROM budget_reservations WHERE project_id = $1 AND id = $2",
+        project_id,
+        reservation_id,
+    )
+    return state
+
+
+async def expire_due(conn: DbConnection, now: datetime, limit: int) -> list[Held]:
+    """Mark up to `limit` held reservations whose expiry has passed `expired` (any project;
+    those another transaction is settling or releasing are skipped, not waited for)."""
+    rows = await conn.fetch(
+        f"""
+        WITH due AS (
+            SELECT project_id, id FROM budget_reservations
+            WHERE state = 'held' AND expires_at <= $1
+            ORDER BY project_id, id LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        UPDATE budget_reservations AS r SET state = 'expired', ended_at = now()
+        FROM due WHERE r.project_id = due.project_id AND r.id = due.id
+        RETURNING {_HELD}
+        """,  # noqa: S608  (a constant list of columns)
+        now,
+        limit,
+    )
+    return [_held(r) for r in rows]
+
+
+async def change_stripes(
+    conn: DbConnection,
+    project_id: int,
+    changes: Mapping[StripeKey, tuple[Decimal, Decimal]],
+    also_lock: Iterable[StripeKey] = (),
+) -> None:
+    """Subtract (reserved, share) from each stripe in `changes`, after locking those stripes
+    and `also_lock` (the rows the caller writes next in this transaction) in key order. A
+    stripe whose share was never cut keeps it NULL."""
+    keys = sorted(set(changes) | set(also_lock))
+    if not keys:
+        return
+    await conn.execute(
+        """
+        SELECT 1 FROM budget_windows AS w
+        JOIN unnest($2::bigint[], $3::timestamptz[], $4::smallint[]) AS k(b, s, st)
+          ON w.budget_id = k.b AND w.window_start = k.s AND w.stripe = k.st
+        WHERE w.project_id = $1
+        ORDER BY w.budget_id, w.window_start, w.stripe
+        FOR UPDATE OF w
+        """,
+        project_id, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+    )  # fmt: skip
+    changed = sorted(changes)
+    await conn.execute(
+        """
+        UPDATE budget_windows AS w
+        SET reserved = w.reserved - k.reserved, share = w.share - k.share
+        FROM unnest($2::bigint[], $3::timestamptz[], $4::smallint[], $5::numeric[],
+                    $6::numeric[]) AS k(b, s, st, reserved, share)
+        WHERE w.project_id = $1 AND w.budget_id = k.b AND w.window_start = k.s
+          AND w.stripe = k.st
+        """,
+        project_id, [k[0] for k in changed], [k[1] for k in changed], [k[2] for k in changed],
+        [changes[k][0] for k in changed], [changes[k][1] for k in changed],
+    )  # fmt: skip

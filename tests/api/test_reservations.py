@@ -1,0 +1,162 @@
+"""POST /v1/budgets/reserve and /v1/budgets/reservations/{id}/release: a project's ingest key
+reserves an estimate on its hard budgets before a call, or gets a 402 problem naming the budget
+that cannot hold it; the call's event settles the reservation; a key never reaches another
+project's reservations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from .conftest import Client, Tenants, bearer, make_key
+from .test_endpoints import assert_problem
+
+RESERVE = "/v1/budgets/reserve"
+MODEL = "claude-sonnet-4-5-20250929"  # 3e-06 per input token, 1.5e-05 per output token
+
+
+def release_path(reservation_id: str) -> str:
+    return f"/v1/budgets/reservations/{reservation_id}/release"
+
+
+async def hard_budget(client: Client, key: str, limit: str, **fields: Any) -> int:
+    body = {"name": "hard", "limit_usd": limit, "period": "day", "hard": True, **fields}
+    response = await client.post("/v1/budgets", headers=bearer(key), json=body)
+    assert response.status_code == 201, response.text
+    budget_id: int = response.json()["id"]
+    return budget_id
+
+
+async def window_of(client: Client, key: str, budget_id: int) -> dict[str, Any]:
+    window: dict[str, Any] = (
+        await client.get(f"/v1/budgets/{budget_id}", headers=bearer(key))
+    ).json()["window"]
+    return window
+
+
+async def test_a_reservation_holds_its_estimate_until_its_event_settles_it(
+    client: Client, tenants: Tenants
+) -> None:
+    admin_key, ingest_key = tenants.admin_a["key"], tenants.ingest_a["key"]
+    budget_id = await hard_budget(client, admin_key, "1", tags={"team": "search"})
+    before = datetime.now(UTC)
+    response = await client.post(
+        RESERVE, headers=bearer(ingest_key),
+        json={"model": MODEL, "tags": {"team": "search"}, "estimate": "0.25",
+              "expires_in_seconds": 120},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    made = response.json()
+    window = await window_of(client, admin_key, budget_id)
+    assert made == {
+        "reservation_id": made["reservation_id"],
+        "estimate": "0.25",
+        "currency": "USD",
+        "expires_at": made["expires_at"],
+        "budgets": [{"budget_id": budget_id, "window_start": window["start"], "amount": "0.25"}],
+    }
+    expires = datetime.fromisoformat(made["expires_at"])
+    assert before + timedelta(seconds=120) <= expires <= datetime.now(UTC) + timedelta(seconds=120)
+    assert (window["committed"], window["reserved"], window["remaining"]) == ("0", "0.25", "0.75")
+
+    event = {"id": "call-1", "model": MODEL, "tags": {"team": "search"},
+             "usage": {"input_tokens": 1000, "output_tokens": 200},
+             "reservation_id": made["reservation_id"]}  # fmt: skip
+    recorded = await client.post("/v1/usage", headers=bearer(ingest_key), json=event)
+    assert recorded.status_code == 201, recorded.text
+    assert (recorded.json()["total"], recorded.json()["reservation"]) == ("0.006", "settled")
+    retried = await client.post("/v1/usage", headers=bearer(ingest_key), json=event)
+    assert (retried.status_code, retried.json()["status"]) == (200, "duplicate")
+    window = await window_of(client, admin_key, budget_id)
+    assert (window["committed"], window["reserved"], window["remaining"]) == ("0.006", "0", "0.994")
+    released = await client.post(release_path(made["reservation_id"]), headers=bearer(ingest_key))
+    assert released.json() == {"reservation_id": made["reservation_id"], "state": "settled"}
+
+
+async def test_a_usage_estimate_is_priced_by_the_catalog_and_matches_the_priced_model(
+    client: Client, tenants: Tenants
+) -> None:
+    admin_key = tenants.admin_a["key"]
+    budget_id = await hard_budget(client, admin_key, "1", model=MODEL)
+    response = await client.post(
+        RESERVE, headers=bearer(admin_key),
+        json={"model": "claude-sonnet-latest", "usage": {"input_tokens": 1000,
+                                                         "output_tokens": 200}},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert response.json()["estimate"] == "0.006"
+    assert [h["budget_id"] for h in response.json()["budgets"]] == [budget_id]
+    unknown = await client.post(
+        RESERVE, headers=bearer(admin_key), json={"model": "no-such-model", "usage": {}}
+    )
+    assert_problem(unknown, 404, "no-such-model")
+
+
+async def test_a_budget_that_cannot_hold_the_estimate_answers_402_and_nothing_is_held(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    admin_key = tenants.admin_a["key"]
+    roomy = await hard_budget(client, admin_key, "100", name="roomy")
+    tight = await hard_budget(client, admin_key, "1", name="tight")
+    body = {"model": MODEL, "estimate": "0.75"}
+    assert (await client.post(RESERVE, headers=bearer(admin_key), json=body)).status_code == 201
+    refused = await client.post(RESERVE, headers=bearer(admin_key), json=body)
+    problem = assert_problem(refused, 402, "cannot hold 0.75 USD more")
+    assert problem["type"] == "urn:aiserver:problem:budget-exceeded"
+    assert {k: problem[k] for k in ("budget_id", "budget_name", "limit_usd", "remaining")} == {
+        "budget_id": tight, "budget_name": "tight", "limit_usd": "1", "remaining": "0.25",
+    }  # fmt: skip
+    assert (await window_of(client, admin_key, roomy))["reserved"] == "0.75"
+    assert await pg.fetchval("SELECT count(*) FROM budget_reservations") == 1
+
+
+async def test_release_is_idempotent_and_another_projects_reservation_is_unknown(
+    client: Client, tenants: Tenants
+) -> None:
+    admin_key, ingest_key = tenants.admin_a["key"], tenants.ingest_a["key"]
+    budget_id = await hard_budget(client, admin_key, "1")
+    made = (
+        await client.post(RESERVE, headers=bearer(ingest_key),
+                          json={"model": MODEL, "estimate": "0.4"})
+    ).json()  # fmt: skip
+    other = bearer(tenants.admin_b["key"])
+    assert_problem(
+        await client.post(release_path(made["reservation_id"]), headers=other),
+        404, "no reservation",
+    )  # fmt: skip
+    for _ in range(2):
+        released = await client.post(
+            release_path(made["reservation_id"]), headers=bearer(ingest_key)
+        )
+        assert released.status_code == 200, released.text
+        assert released.json() == {"reservation_id": made["reservation_id"], "state": "released"}
+    assert (await window_of(client, admin_key, budget_id))["reserved"] == "0"
+    for unknown in ("00000000-0000-0000-0000-000000000000", "not-an-id"):
+        assert_problem(
+            await client.post(release_path(unknown), headers=bearer(ingest_key)),
+            404, "no reservation",
+        )  # fmt: skip
+
+
+async def test_reserving_needs_a_projects_ingest_key_and_a_well_formed_estimate(
+    client: Client, tenants: Tenants
+) -> None:
+    read_only = (await make_key(client, "acme-a", ["read"]))["key"]
+    body = {"model": MODEL, "estimate": "0.1"}
+    assert_problem(await client.post(RESERVE, headers=bearer(read_only), json=body), 403, "ingest")
+    assert_problem(await client.post(RESERVE, json=body), 401, "")
+    key = bearer(tenants.ingest_a["key"])
+    for bad, field in (
+        ({"model": MODEL}, "estimate"),
+        ({"model": MODEL, "estimate": "0.1", "usage": {}}, "estimate"),
+        ({"model": MODEL, "estimate": "ten"}, "estimate"),
+        ({"model": MODEL, "estimate": "0"}, "estimate"),
+        ({"model": MODEL, "estimate": 0.1}, "estimate"),
+        ({"model": MODEL, "estimate": "1", "expires_in_seconds": 0}, "expires_in_seconds"),
+        ({"model": MODEL, "usage": {"input_tokens": -1}}, "input_tokens"),
+        ({"model": MODEL, "estimate": "1", "tags": {"bad key": "x"}}, "tags.bad key"),
+    ):
+        problem = assert_problem(await client.post(RESERVE, headers=key, json=bad), 422, "")
+        assert field in str(problem.get("fields", problem.get("errors", ""))), (bad, problem)

@@ -1,0 +1,375 @@
+"""Hard limits by reservation: an estimate is held on every hard budget a coming call matches,
+or refused with nothing held; the event that names the reservation settles it once, its cost
+replacing the estimate; what is not settled is released, by hand or when it expires."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from aiserver.core_db.database import database, require_pool
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import reservations, service
+from aiserver.ledger.budgets.reservations import STRIPES, cut, release_expired, reserve
+from aiserver.ledger.errors import BudgetExceeded, InvalidField, UnknownReservation
+from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage.ingest import EventResult, UsageRecorder, decode_items
+
+from ..conftest import Settings
+from .test_ingest import T0, _row, catalog
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+CATALOG = catalog(
+    _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
+         output_cost_per_token=Decimal("6e-06")),
+)  # fmt: skip
+
+
+async def _project(pool: asyncpg.Pool, slug: str, zone: str) -> Access:
+    project_id = await pool.fetchval(
+        "INSERT INTO projects (slug, name, time_zone) VALUES ($1, $1, $2) RETURNING id", slug, zone
+    )
+    return Access(project_id, slug, frozenset({"ingest", "read", "admin"}))
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    async with database(settings.core):
+        yield require_pool()
+
+
+@pytest.fixture
+async def access(pool: asyncpg.Pool) -> Access:
+    return await _project(pool, "p", "Europe/Berlin")
+
+
+async def budget(pool: asyncpg.Pool, access: Access, limit: str, **fields: Any) -> int:
+    view, _ = await service.create_budget(
+        pool, access,
+        **{"name": "b", "limit_usd": Decimal(limit), "period": "day", "hard": True, **fields},
+    )  # fmt: skip
+    return view.budget.id
+
+
+async def window(
+    pool: asyncpg.Pool, access: Access, budget_id: int, at: datetime = NOW
+) -> tuple[Decimal, Decimal]:
+    """(committed, reserved) of the budget's window at `at`."""
+    view = await service.show_budget(pool, access, budget_id, now=at)
+    return view.window.committed, view.window.reserved
+
+
+def event(key: str, when: datetime, reservation: str | None, *, tokens: int = 1000,
+          **tags: str) -> bytes:  # fmt: skip
+    body: dict[str, Any] = {
+        "id": key, "model": "gpt-x", "occurred_at": when.isoformat(), "tags": tags,
+        "usage": {"input_tokens": tokens, "output_tokens": tokens // 3},
+    }  # fmt: skip
+    if reservation is not None:
+        body["reservation_id"] = reservation
+    return msgspec.json.encode(body)
+
+
+async def record(pool: asyncpg.Pool, access: Access, *raws: bytes) -> list[EventResult]:
+    report = await UsageRecorder(LedgerSettings()).record(
+        pool, access.project_id or 0, decode_items(raws), catalog=CATALOG, raws=raws
+    )
+    return report.results
+
+
+def test_shares_sum_to_the_limit_exactly_and_give_the_estimate_to_its_stripe() -> None:
+    held = {0: Decimal("0.3"), 1: Decimal("0.1"), 2: Decimal(0)}
+    shares = cut(held, Decimal(1), (2, Decimal("0.25")))
+    assert shares is not None
+    assert sum(shares.values()) == Decimal(1)
+    assert shares[0] == Decimal("0.3")  # stripe 0 (commits) gets no room
+    assert shares[1] == Decimal("0.1") + Decimal("0.175")
+    assert shares[2] == Decimal("0.25") + Decimal("0.175")
+    assert cut(held, Decimal(1), (1, Decimal("0.6"))) == {
+        0: Decimal("0.3"), 1: Decimal("0.7"), 2: Decimal(0)
+    }  # fmt: skip
+    assert cut(held, Decimal(1), (1, Decimal("0.600000000001"))) is None
+    thirds = cut({0: Decimal(0), 1: Decimal(0), 2: Decimal(0), 3: Decimal(0)}, Decimal(1),
+                 (1, Decimal(0)))  # fmt: skip
+    assert thirds is not None
+    assert sum(thirds.values()) == Decimal(1)
+    assert thirds[1] == thirds[2] == Decimal("0.333333333333")
+
+
+async def test_a_reservation_holds_its_estimate_on_every_hard_budget_the_call_matches(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    whole = await budget(pool, access, "10")
+    search = await budget(pool, access, "5", tags={"team": "search"})
+    soft = await budget(pool, access, "5", hard=False)
+    ads = await budget(pool, access, "5", tags={"team": "ads"})
+    other_model = await budget(pool, access, "5", model="gpt-y")
+    priced_as = await budget(pool, access, "5", model="gpt-x-2026")
+    made = await reserve(
+        pool, access, amount=Decimal("0.25"), tags={"team": "search", "user": "u1"},
+        models=["gpt-x", "gpt-x-2026"], now=NOW,
+    )  # fmt: skip
+    assert [h.budget_id for h in made.holds] == [whole, search, priced_as]
+    assert made.expires_at == NOW + timedelta(minutes=10)
+    assert {h.amount for h in made.holds} == {Decimal("0.25")}
+    assert all(1 <= h.stripe < STRIPES for h in made.holds)
+    for held in (whole, search, priced_as):
+        assert await window(pool, access, held) == (Decimal(0), Decimal("0.25"))
+    for untouched in (soft, ads, other_model):
+        assert await window(pool, access, untouched) == (Decimal(0), Decimal(0))
+
+
+async def test_a_call_no_hard_budget_counts_gets_a_reservation_that_holds_nothing(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    await budget(pool, access, "1", hard=False)
+    made = await reserve(pool, access, amount=Decimal(5), models=["gpt-x"], now=NOW)
+    assert made.holds == ()
+    (result,) = await record(pool, access, event("a", NOW, str(made.id)))
+    assert (result.status, result.reservation) == ("recorded", "settled")
+
+
+async def test_one_budget_that_cannot_hold_it_refuses_the_whole_reservation(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    roomy = await budget(pool, access, "10")
+    tight = await budget(pool, access, "1", name="tight")
+    await reserve(pool, access, amount=Decimal("0.6"), models=["gpt-x"], now=NOW)
+    with pytest.raises(BudgetExceeded) as refused:
+        await reserve(pool, access, amount=Decimal("0.6"), models=["gpt-x"], now=NOW)
+    problem = refused.value.problem()
+    assert problem["type"] == "urn:aiserver:problem:budget-exceeded"
+    assert problem["status"] == 402
+    assert (problem["budget_id"], problem["budget_name"]) == (tight, "tight")
+    assert (problem["limit_usd"], problem["remaining"]) == ("1", "0.4")
+    # nothing of the refused reservation stayed, not even on the budget that had room
+    assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.6"))
+    assert await window(pool, access, tight) == (Decimal(0), Decimal("0.6"))
+    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 1
+
+
+async def test_a_reservation_is_refused_only_when_the_whole_window_cannot_hold_it(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    # a hundred cents fill the window exactly, whichever stripes they land on
+    for _ in range(100):
+        await reserve(pool, access, amount=Decimal("0.01"), now=NOW)
+    assert await window(pool, access, limited) == (Decimal(0), Decimal(1))
+    with pytest.raises(BudgetExceeded) as refused:
+        await reserve(pool, access, amount=Decimal("1e-12"), now=NOW)
+    assert refused.value.problem()["remaining"] == "0"
+    # an estimate larger than any stripe's share, within what the window has left, is held
+    await service.change_budget(pool, access, limited, {"hard": False})
+    other = await budget(pool, access, "1", tags={"team": "x"})
+    for _ in range(10):
+        await reserve(pool, access, amount=Decimal("0.05"), tags={"team": "x"}, now=NOW)
+    big = await reserve(pool, access, amount=Decimal("0.5"), tags={"team": "x"}, now=NOW)
+    assert [h.amount for h in big.holds] == [Decimal("0.5")]
+    assert await window(pool, access, other) == (Decimal(0), Decimal(1))
+
+
+async def test_concurrent_reservations_never_jointly_pass_the_limit(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "7.5")
+    admitted: list[Decimal] = []
+    refusals: list[tuple[Decimal, Decimal]] = []
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while True:
+            amount = Decimal(rng.randint(1, 40)) / 100
+            try:
+                await reserve(pool, access, amount=amount, now=NOW)
+            except BudgetExceeded as exc:
+                refusals.append((amount, Decimal(exc.problem()["remaining"])))
+                return
+            admitted.append(amount)
+
+    await asyncio.gather(*(client(seed) for seed in range(16)))
+    assert sum(admitted) <= Decimal("7.5")
+    assert await window(pool, access, limited) == (Decimal(0), sum(admitted))
+    # each refusal saw a window that could not hold its estimate
+    assert all(remaining < amount for amount, remaining in refusals)
+    assert Decimal("7.5") - sum(admitted) < max(amount for amount, _ in refusals)
+
+
+async def test_the_event_settles_its_reservation_once_its_cost_replacing_the_estimate(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    made = await reserve(pool, access, amount=Decimal("0.5"), now=NOW)
+    (first,) = await record(pool, access, event("a", NOW, str(made.id)))
+    assert (first.status, first.reservation, first.total) == ("recorded", "settled", "0.004998")
+    assert await window(pool, access, limited) == (Decimal("0.004998"), Decimal(0))
+    # the retried event is a duplicate: nothing is settled or counted again
+    (again,) = await record(pool, access, event("a", NOW, str(made.id)))
+    assert (again.status, again.reservation) == ("duplicate", None)
+    # the same key naming another reservation is another payload
+    (other,) = await record(pool, access, event("a", NOW, "00000000-0000-0000-0000-000000000000"))
+    assert other.status == "conflict"
+    # a second event naming the settled reservation counts, and settles nothing
+    (late,) = await record(pool, access, event("b", NOW, str(made.id), tokens=3000))
+    assert (late.status, late.reservation, late.total) == ("recorded", "not_held", "0.015")
+    assert await window(pool, access, limited) == (Decimal("0.019998"), Decimal(0))
+    # the settled cost keeps its place: the rest of the limit is what can be reserved
+    await reserve(pool, access, amount=Decimal("0.980002"), now=NOW)
+    with pytest.raises(BudgetExceeded):
+        await reserve(pool, access, amount=Decimal("1e-12"), now=NOW)
+    state = await pool.fetchrow(
+        "SELECT state, settled_event_id FROM budget_reservations WHERE id = $1", made.id
+    )
+    assert (state["state"], state["settled_event_id"]) == ("settled", first.event_id)
+
+
+async def test_a_batch_settles_each_reservation_once_the_first_event_naming_it_wins(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    one = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    two = await reserve(pool, access, amount=Decimal("0.2"), now=NOW)
+    results = await record(
+        pool, access,
+        event("a", NOW, str(one.id)), event("b", NOW, str(one.id)), event("c", NOW, str(two.id)),
+        event("d", NOW, None),
+    )  # fmt: skip
+    assert [(r.status, r.reservation) for r in results] == [
+        ("recorded", "settled"), ("recorded", "not_held"), ("recorded", "settled"),
+        ("recorded", None),
+    ]  # fmt: skip
+    assert await window(pool, access, limited) == (Decimal("0.004998") * 4, Decimal(0))
+
+
+async def test_an_event_naming_a_reservation_it_cannot_settle_is_recorded_and_says_so(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    other = await _project(pool, "q", "UTC")
+    await budget(pool, other, "1")
+    limited = await budget(pool, access, "1")
+    theirs = await reserve(pool, other, amount=Decimal("0.5"), now=NOW)
+    results = await record(
+        pool, access, event("a", NOW, str(theirs.id)), event("b", NOW, "not-a-reservation")
+    )
+    assert [(r.status, r.reservation) for r in results] == [("recorded", "not_held")] * 2
+    assert await window(pool, access, limited) == (Decimal("0.004998") * 2, Decimal(0))
+    # the other project's reservation is still held
+    state = await pool.fetchval("SELECT state FROM budget_reservations WHERE id = $1", theirs.id)
+    assert state == "held"
+
+
+async def test_release_gives_the_hold_back_once_and_then_answers_the_state(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    made = await reserve(pool, access, amount=Decimal("0.7"), now=NOW)
+    assert await reservations.release(pool, access, str(made.id)) == (made.id, "released")
+    assert await reservations.release(pool, access, str(made.id)) == (made.id, "released")
+    assert await window(pool, access, limited) == (Decimal(0), Decimal(0))
+    (result,) = await record(pool, access, event("a", NOW, str(made.id)))
+    assert result.reservation == "not_held"
+    settled = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    await record(pool, access, event("b", NOW, str(settled.id)))
+    assert await reservations.release(pool, access, str(settled.id)) == (settled.id, "settled")
+    assert await window(pool, access, limited) == (Decimal("0.004998") * 2, Decimal(0))
+    # another project's reservation looks exactly like none
+    other = await _project(pool, "q", "UTC")
+    theirs = await reserve(pool, other, amount=Decimal(1), now=NOW)
+    for unknown in (str(theirs.id), "00000000-0000-0000-0000-000000000000", "nope"):
+        with pytest.raises(UnknownReservation):
+            await reservations.release(pool, access, unknown)
+
+
+async def test_expired_reservations_are_released_by_the_sweep(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    short = await reserve(pool, access, amount=Decimal("0.3"), ttl=timedelta(seconds=60), now=NOW)
+    long = await reserve(pool, access, amount=Decimal("0.2"), ttl=timedelta(hours=1), now=NOW)
+    assert await release_expired(pool, now=NOW + timedelta(seconds=59)) == 0
+    assert await release_expired(pool, now=NOW + timedelta(seconds=60)) == 1
+    assert await release_expired(pool, now=NOW + timedelta(seconds=60)) == 0
+    assert await window(pool, access, limited) == (Decimal(0), Decimal("0.2"))
+    (result,) = await record(pool, access, event("a", NOW, str(short.id)))
+    assert result.reservation == "not_held"
+    assert await reservations.release(pool, access, str(short.id)) == (short.id, "expired")
+    # a held reservation past its expiry still settles until the sweep comes
+    (settles,) = await record(pool, access, event("b", NOW, str(long.id)))
+    assert settles.reservation == "settled"
+    assert await window(pool, access, limited) == (Decimal("0.004998") * 2, Decimal(0))
+
+
+async def test_an_expiry_outside_its_bounds_or_a_bad_estimate_is_refused(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    for ttl in (timedelta(0), timedelta(hours=25)):
+        with pytest.raises(InvalidField) as bad:
+            await reserve(pool, access, amount=Decimal(1), ttl=ttl, now=NOW)
+        assert bad.value.fields == ["expires_in_seconds"]
+    for amount in (Decimal(0), Decimal(-1), Decimal("NaN"), Decimal("1e13")):
+        with pytest.raises(InvalidField) as bad:
+            await reserve(pool, access, amount=amount, now=NOW)
+        assert bad.value.fields == ["estimate"]
+
+
+async def test_windows_follow_the_projects_days_across_daylight_saving_changes(
+    pool: asyncpg.Pool,
+) -> None:
+    ny = await _project(pool, "ny", "America/New_York")
+    daily = await budget(pool, ny, "1")
+    # 8 March 2026: New York's clocks go from 02:00 EST to 03:00 EDT; the day is 23 hours long,
+    # from 05:00 UTC to 04:00 UTC the next day
+    start, end = datetime(2026, 3, 8, 5, tzinfo=UTC), datetime(2026, 3, 9, 4, tzinfo=UTC)
+    before = await reserve(pool, ny, amount=Decimal("0.6"), now=start - timedelta(seconds=1))
+    first = await reserve(pool, ny, amount=Decimal("0.6"), now=start)
+    last = await reserve(pool, ny, amount=Decimal("0.4"), now=end - timedelta(microseconds=1))
+    with pytest.raises(BudgetExceeded):
+        await reserve(pool, ny, amount=Decimal("1e-12"), now=end - timedelta(hours=1))
+    after = await reserve(pool, ny, amount=Decimal(1), now=end)
+    assert [r.holds[0].window_start for r in (before, first, last, after)] == [
+        datetime(2026, 3, 7, 5, tzinfo=UTC), start, start, end,
+    ]  # fmt: skip
+    # an event settles its reservation on the reservation's window and counts in its own
+    (crossing,) = await record(pool, ny, event("a", end + timedelta(minutes=5), str(last.id)))
+    assert crossing.reservation == "settled"
+    cost = Decimal(crossing.total or "")
+    assert await window(pool, ny, daily, start) == (Decimal(0), Decimal("0.6"))
+    assert await window(pool, ny, daily, end) == (cost, Decimal(1))
+
+
+async def test_spend_reported_without_a_reservation_counts_against_what_can_be_reserved(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "0.01")
+    await reserve(pool, access, amount=Decimal("0.001"), now=NOW)  # cuts the shares
+    await record(pool, access, event("a", NOW, None))  # 0.004998, with no reservation
+    assert await window(pool, access, limited) == (Decimal("0.004998"), Decimal("0.001"))
+    with pytest.raises(BudgetExceeded) as refused:
+        await reserve(pool, access, amount=Decimal("0.004003"), now=NOW)
+    assert refused.value.problem()["remaining"] == "0.004002"
+    await reserve(pool, access, amount=Decimal("0.004002"), now=NOW)
+
+
+async def test_a_changed_limit_binds_the_next_reservation(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    limited = await budget(pool, access, "1")
+    await reserve(pool, access, amount=Decimal("0.5"), now=NOW)
+    await service.change_budget(pool, access, limited, {"limit_usd": Decimal("0.6")})
+    with pytest.raises(BudgetExceeded) as refused:
+        await reserve(pool, access, amount=Decimal("0.2"), now=NOW)
+    assert (refused.value.problem()["limit_usd"], refused.value.problem()["remaining"]) == (
+        "0.6", "0.1",
+    )  # fmt: skip
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    await service.change_budget(pool, access, limited, {"limit_usd": Decimal(2)})
+    await reserve(pool, access, amount=Decimal("1.4"), now=NOW)
+    assert await window(pool, access, limited) == (Decimal(0), Decimal(2))
