@@ -186,6 +186,8 @@ async def test_every_key_of_the_ledger_holds_project_id_and_no_foreign_key_cross
         # (b): a budget's rows point at their budget (or alert) of the same project
         ForeignKey("budget_alerts_project_id_budget_id_fkey", "budget_alerts",
                    ("project_id", "budget_id"), "budgets", pair),
+        ForeignKey("budget_reservations_project_id_fkey", "budget_reservations", ("project_id",),
+                   "projects", ("id",)),
         ForeignKey("budget_windows_project_id_budget_id_fkey", "budget_windows",
                    ("project_id", "budget_id"), "budgets", pair),
         ForeignKey("budgets_project_id_fkey", "budgets", ("project_id",), "projects", ("id",)),
