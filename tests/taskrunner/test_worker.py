@@ -185,7 +185,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "from aiserver.taskrunner.worker import WorkerSettings\n"
         "options = get_kwargs(WorkerSettings)\n"
         "print(json.dumps({\n"
-        "    'cron': [(c.name, c.run_at_startup, sorted(c.minute))\n"
+        "    'cron': [(c.name, c.run_at_startup, sorted(c.minute or range(60)))\n"
         "             for c in options['cron_jobs']],\n"
         "    'functions': sorted(f.name for f in options['functions']),\n"
         "    'redis': [options['redis_settings'].host, options['redis_settings'].database],\n"
@@ -204,6 +204,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "cron": [
             ["cron:cost_data_update_task", True, [0, 15, 30, 45]],
             ["cron:usage_partitions_task", True, [17]],
+            ["cron:budget_alerts_task", True, list(range(60))],
         ],
         "functions": ["process_document", "refresh_costs"],
         "redis": ["cache.example", 5],

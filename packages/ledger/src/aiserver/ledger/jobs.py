@@ -6,3 +6,7 @@ from typing import Final
 #: The cron job that keeps the usage partitions: the coming months created, those past
 #: USAGE_RETENTION_DAYS dropped (`aiserver.ledger.usage.partitions.maintain`).
 PARTITIONS_TASK: Final = "usage_partitions_task"
+
+#: The cron job that delivers the budget alerts that are due as signed webhooks
+#: (`aiserver.ledger.budgets.delivery.deliver_due`).
+ALERTS_TASK: Final = "budget_alerts_task"

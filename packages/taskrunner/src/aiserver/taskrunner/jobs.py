@@ -5,7 +5,9 @@
 - `refresh_costs(force)`: the same on demand (the API enqueues it by name, `REFRESH_JOB`);
 - `process_document(document_id)`: convert an uploaded document (`PROCESS_JOB`);
 - `usage_partitions_task` (cron, hourly, and once at start): the usage ledger's monthly
-  partitions made ahead, those past USAGE_RETENTION_DAYS dropped (`PARTITIONS_TASK`).
+  partitions made ahead, those past USAGE_RETENTION_DAYS dropped (`PARTITIONS_TASK`);
+- `budget_alerts_task` (cron, every 10 s): budget alerts that are due sent as signed webhooks
+  (`ALERTS_TASK`; claims are leases, so runners that overlap never send an attempt twice).
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -26,6 +28,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.ledger.budgets.delivery import deliver_due
 from aiserver.ledger.usage.partitions import maintain
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
@@ -110,3 +113,10 @@ async def usage_partitions_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: create the coming months' usage partitions, drop those past USAGE_RETENTION_DAYS."""
     settings: TaskRunnerSettings = ctx["settings"]
     return (await maintain(settings.core, settings.ledger)).as_dict()
+
+
+@logged_job
+async def budget_alerts_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: send the budget alerts that are due (first attempts and retries) as webhooks."""
+    settings: TaskRunnerSettings = ctx["settings"]
+    return (await deliver_due(require_pool(), settings.ledger.webhook_allowed_hosts)).as_dict()

@@ -29,9 +29,10 @@ from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
-from aiserver.ledger.jobs import PARTITIONS_TASK
+from aiserver.ledger.jobs import ALERTS_TASK, PARTITIONS_TASK
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
+    budget_alerts_task,
     cost_data_update_task,
     process_document,
     refresh_costs,
@@ -119,6 +120,25 @@ def partitions_cron() -> CronJob:
     )
 
 
+#: Budget alerts are looked for every this many seconds (a divisor of 60).
+ALERTS_EVERY_S: Final = 10
+#: A run sends for up to 30 s, then finishes its last batch (at most 40 s more).
+ALERTS_JOB_TIMEOUT_S: Final = 120
+
+
+def alerts_cron() -> CronJob:
+    """Budget alerts' webhooks: every ALERTS_EVERY_S seconds, and at start. Runs that overlap
+    (a slow one and the next tick's) each claim other alerts (`deliver_due`'s leases)."""
+    return cron(
+        budget_alerts_task,
+        name=f"cron:{ALERTS_TASK}",
+        second=set(range(0, 60, ALERTS_EVERY_S)),
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=ALERTS_JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
@@ -130,7 +150,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
         "functions": functions(),
-        "cron_jobs": [refresh_cron(settings), partitions_cron()],
+        "cron_jobs": [refresh_cron(settings), partitions_cron(), alerts_cron()],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

@@ -3,5 +3,7 @@
 - `periods`: the window of a period that holds an instant, in the project's time zone;
 - `rules`: what a budget may be (checked before anything is stored);
 - `store`: the SQL on `budgets` and `budget_windows`;
-- `service`: create, list, show, change and delete, each checked against who asks.
+- `service`: create, list, show, change and delete, each checked against who asks;
+- `delivery`: alerts sent as signed webhooks, retried (`alert_store`: their SQL);
+- `alerts`: a project's alerts and their delivery attempts, for its keys.
 """
