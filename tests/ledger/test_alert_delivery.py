@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,6 +33,7 @@ SECRET = "whsec-0123456789abcdef"
 ALLOWED = ("127.0.0.1",)
 #: Exact waits (no jitter), the real backoff; a short cut for the receiver that does not answer.
 SCHEDULE = Schedule(jitter=0, timeout=0.5)
+DOC = Path(__file__).parents[2] / "docs" / "webhooks.md"
 
 
 @dataclass
@@ -200,6 +203,38 @@ async def test_the_signature_verifies_with_the_secret_and_a_fresh_timestamp_only
     assert signing.verify(SECRET, both, body)
     for broken in ("", "t=,v1=", f"v1={header[-64:]}", f"t={timestamp}", "t=x,v1=é"):
         assert not signing.verify(SECRET, broken, body)
+
+
+def doc_block(language: str) -> str:
+    """The first code block in `language` of docs/webhooks.md."""
+    text = DOC.read_text()
+    start = text.index(f"```{language}\n") + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+async def test_the_documented_recipes_verify_a_delivery(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver, tmp_path: Path
+) -> None:
+    """Receivers copy the recipes of docs/webhooks.md: they must verify what is sent."""
+    pool, access = project
+    await watched_budget(pool, access, receiver.url)
+    await cross(pool, access)
+    await deliver_due(pool, ALLOWED, schedule=SCHEDULE)
+    (got,) = receiver.received
+    header = got.headers["Aiserver-Signature"]
+    recipe: dict[str, Any] = {}
+    exec(compile(doc_block("python"), str(DOC), "exec"), recipe)  # noqa: S102 (our own docs)
+    assert recipe["verify"](SECRET, header, got.body)
+    assert not recipe["verify"]("whsec-another-secret-0000", header, got.body)
+    assert not recipe["verify"](SECRET, header, got.body + b" ")
+    (tmp_path / "body.json").write_bytes(got.body)
+    for secret, said in ((SECRET, "verified\n"), ("whsec-another-secret-0000", "")):
+        shell = subprocess.run(
+            ["bash", "-c", doc_block("sh")], cwd=tmp_path, capture_output=True, text=True,
+            env={"PATH": "/usr/bin:/bin", "SIGNATURE": header, "WEBHOOK_SECRET": secret},
+            check=False,
+        )  # fmt: skip
+        assert (shell.stdout, shell.stderr) == (said, "")
 
 
 async def test_two_delivery_runs_at_once_send_each_alert_once(
