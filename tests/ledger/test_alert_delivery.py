@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import alert_store, service
 from aiserver.ledger.budgets.delivery import Schedule, deliver_due, next_attempt
 from aiserver.ledger.webhooks import signing
-from aiserver.ledger.webhooks.sending import send
+from aiserver.ledger.webhooks.sending import post_pinned, send
 
-from ..support.receiver import Receiver
+from ..support.receiver import Received, Receiver
 from .test_budget_commits import event, record
 from .test_budget_commits import project as project  # the fixture
 
@@ -179,14 +180,19 @@ async def test_an_alert_is_delivered_once_after_the_receiver_fails_its_first_att
     assert signing.verify(SECRET, last.headers["Aiserver-Signature"], last.body)
 
 
-async def test_the_signature_verifies_with_the_secret_and_a_fresh_timestamp_only(
-    project: tuple[asyncpg.Pool, Access], receiver: Receiver
-) -> None:
-    pool, access = project
+async def delivered_once(pool: asyncpg.Pool, access: Access, receiver: Receiver) -> Received:
+    """What the receiver got for a budget's first alert."""
     await watched_budget(pool, access, receiver.url)
     await cross(pool, access)
     await deliver_due(pool, ALLOWED, schedule=SCHEDULE)
     (got,) = receiver.received
+    return got
+
+
+async def test_the_signature_verifies_with_the_secret_and_a_fresh_timestamp_only(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    got = await delivered_once(*project, receiver)
     header, body = got.headers["Aiserver-Signature"], got.body
     timestamp = int(header.split(",")[0].removeprefix("t="))
     assert abs(timestamp - datetime.now(UTC).timestamp()) < 5
@@ -216,11 +222,7 @@ async def test_the_documented_recipes_verify_a_delivery(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver, tmp_path: Path
 ) -> None:
     """Receivers copy the recipes of docs/webhooks.md: they must verify what is sent."""
-    pool, access = project
-    await watched_budget(pool, access, receiver.url)
-    await cross(pool, access)
-    await deliver_due(pool, ALLOWED, schedule=SCHEDULE)
-    (got,) = receiver.received
+    got = await delivered_once(*project, receiver)
     header = got.headers["Aiserver-Signature"]
     recipe: dict[str, Any] = {}
     exec(compile(doc_block("python"), str(DOC), "exec"), recipe)  # noqa: S102 (our own docs)
@@ -311,6 +313,77 @@ async def test_sending_refuses_internal_targets_without_connecting(
     assert outcome.error is not None
     assert outcome.error.startswith("refused: webhook_url: the host"), outcome.error
     assert receiver.received == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (and its key) for the names `localhost` and
+    `hooks.example.invalid` (which no resolver knows), not for 127.0.0.1."""
+    where = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"),
+         "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,DNS:hooks.example.invalid"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return where / "cert.pem", where / "key.pem"
+
+
+@pytest.fixture
+def tls_receiver(certificate: tuple[Path, Path]) -> Iterator[Receiver]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server = Receiver(tls=context)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_https_reaches_the_approved_address_and_verifies_the_name(
+    tls_receiver: Receiver, certificate: tuple[Path, Path]
+) -> None:
+    """The connection goes to the address the check approved (the URL's host replaced by it),
+    while TLS sends the name (SNI) and verifies the certificate against it, and the Host
+    header keeps it: a certificate for another name fails the attempt."""
+    port = tls_receiver.port
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    async with httpx.AsyncClient(verify=trusted, follow_redirects=False, trust_env=False) as http:
+        by_name = await send(
+            http, f"https://localhost:{port}/hook", secret=SECRET, body=b"{}", headers={},
+            allowed_hosts=("localhost",),
+        )  # fmt: skip
+        by_address = await send(
+            http, f"https://127.0.0.1:{port}/hook", secret=SECRET, body=b"{}", headers={},
+            allowed_hosts=ALLOWED,
+        )  # fmt: skip
+    assert (by_name.status_code, by_name.error) == (200, None)
+    assert tls_receiver.server_names[0] == "localhost"
+    assert [(r.path, r.headers["Host"]) for r in tls_receiver.received] == [
+        ("/hook", f"localhost:{port}")
+    ]
+    # the certificate names localhost, not 127.0.0.1: refused by the sender, nothing sent
+    assert by_address.status_code is None
+    assert by_address.error is not None
+    assert "CERTIFICATE_VERIFY_FAILED" in by_address.error, by_address.error
+
+
+async def test_a_pinned_request_never_looks_the_name_up_again(
+    tls_receiver: Receiver, certificate: tuple[Path, Path]
+) -> None:
+    """A name that no resolver knows, pinned to 127.0.0.1: the request arrives there, with the
+    name in SNI and Host, and the certificate verified for it."""
+    url = httpx.URL(f"https://hooks.example.invalid:{tls_receiver.port}/hook")
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    async with httpx.AsyncClient(verify=trusted, trust_env=False) as http:
+        answer = await post_pinned(http, url, "127.0.0.1", {}, b"{}")
+    assert answer == (200, "")
+    assert tls_receiver.server_names == ["hooks.example.invalid"]
+    assert [r.headers["Host"] for r in tls_receiver.received] == [
+        f"hooks.example.invalid:{tls_receiver.port}"
+    ]
 
 
 async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(

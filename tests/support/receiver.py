@@ -3,6 +3,7 @@ longer than the sender waits, or a redirect; then 200 once the script is spent."
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,13 +29,22 @@ class Receiver(LocalServer):
     slow_s: float = 2.0  # how long "slow" keeps the sender waiting
     delay_s: float = 0.0  # a pause before every answer
     received: list[Received] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # serve https with this context (from `start`)
+    server_names: list[str | None] = field(default_factory=list)  # SNI of each TLS handshake
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/hooks/budget?source=aiserver"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host!s}:{port}/hooks/budget?source=aiserver"
+
+    def start(self) -> None:
+        if self.tls is not None:
+            names = self.server_names
+            self.tls.sni_callback = lambda _sock, name, _ctx: names.append(name)
+        super().start()
 
     @property
     def port(self) -> int:
@@ -70,4 +80,23 @@ class Receiver(LocalServer):
                 except OSError:  # the sender gave up waiting and closed the connection
                     self.close_connection = True
 
-        return Handler
+        tls = receiver.tls
+        if tls is None:
+            return Handler
+
+        class TlsHandler(Handler):
+            refused = False  # the client refused the handshake (our certificate, say)
+
+            def setup(self) -> None:
+                # the handshake in the connection's thread: the server keeps accepting
+                try:
+                    self.request = tls.wrap_socket(self.request, server_side=True)
+                except OSError:  # ssl.SSLError among them
+                    self.refused = True
+                super().setup()
+
+            def handle(self) -> None:
+                if not self.refused:
+                    super().handle()
+
+        return TlsHandler

@@ -24,7 +24,7 @@ def test_alerts_are_looked_for_every_10_seconds_and_at_start() -> None:
     assert (cron.name, cron.run_at_startup, cron.timeout_s) == (
         "cron:budget_alerts_task", True, 120
     )  # fmt: skip
-    assert (cron.minute, sorted(cron.second)) == (None, [0, 10, 20, 30, 40, 50])  # type: ignore[arg-type]
+    assert (cron.minute, sorted(cron.second)) == (None, [0, 10, 20, 30, 40, 50])
 
 
 async def test_the_worker_delivers_a_due_alert_signed(

@@ -59,7 +59,7 @@ def _excerpt(data: bytes) -> str:
     return "".join(c if not has_control(c) else " " for c in text).strip()
 
 
-async def _post(
+async def post_pinned(
     http: httpx.AsyncClient, url: httpx.URL, address: str, headers: dict[str, str], body: bytes
 ) -> tuple[int, str]:
     """POST to `address` in place of the URL's host: the status, and an excerpt of the
@@ -116,7 +116,7 @@ async def send(
             target = httpx.URL(url)
             for n, address in enumerate(addresses, start=1):
                 try:
-                    answer = await _post(http, target, address, signed, body)
+                    answer = await post_pinned(http, target, address, signed, body)
                 except httpx.ConnectError as exc:
                     if n == len(addresses):
                         return outcome(None, f"could not connect to {address}: {exc}")
