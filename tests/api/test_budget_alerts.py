@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aiserver.ledger.budgets.delivery import Schedule, deliver_due
+from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 
 from ..conftest import Settings, replace_settings
 from ..support.receiver import Receiver

@@ -21,8 +21,9 @@ import msgspec
 import pytest
 
 from aiserver.ledger.access import Access
-from aiserver.ledger.budgets import alert_store, service
-from aiserver.ledger.budgets.delivery import Schedule, deliver_due, next_attempt
+from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.alerts import store as alert_store
+from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due, next_attempt
 from aiserver.ledger.webhooks import signing
 from aiserver.ledger.webhooks.sending import post_pinned, send
 

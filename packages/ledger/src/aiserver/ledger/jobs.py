@@ -8,5 +8,5 @@ from typing import Final
 PARTITIONS_TASK: Final = "usage_partitions_task"
 
 #: The cron job that delivers the budget alerts that are due as signed webhooks
-#: (`aiserver.ledger.budgets.delivery.deliver_due`).
+#: (`aiserver.ledger.budgets.alerts.delivery.deliver_due`).
 ALERTS_TASK: Final = "budget_alerts_task"

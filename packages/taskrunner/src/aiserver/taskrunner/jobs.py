@@ -28,7 +28,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
-from aiserver.ledger.budgets.delivery import deliver_due
+from aiserver.ledger.budgets.alerts.delivery import deliver_due
 from aiserver.ledger.usage.partitions import maintain
 from aiserver.taskrunner.settings import TaskRunnerSettings
 

@@ -1,5 +1,5 @@
 """Budget alerts of the key's project, with their webhook deliveries: decode, call
-`aiserver.ledger.budgets.alerts`, encode. A `read` or `admin` key of the project sees them;
+`aiserver.ledger.budgets.alerts.listing`, encode. A `read` or `admin` key of the project sees them;
 money and percentages are exact decimal strings."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
 from aiserver.costs.money import money
 from aiserver.ledger.access import Access
-from aiserver.ledger.budgets import alerts
-from aiserver.ledger.budgets.alerts import Alert, Delivery
+from aiserver.ledger.budgets.alerts import listing as alerts
+from aiserver.ledger.budgets.alerts.listing import Alert, Delivery
 
 
 class DeliveryOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,6 +4,5 @@
 - `rules`: what a budget may be (checked before anything is stored);
 - `store`: the SQL on `budgets` and `budget_windows`;
 - `service`: create, list, show, change and delete, each checked against who asks;
-- `delivery`: alerts sent as signed webhooks, retried (`alert_store`: their SQL);
-- `alerts`: a project's alerts and their delivery attempts, for its keys.
+- `alerts`: the alerts that ingest wrote, delivered as signed webhooks and listed for keys.
 """

@@ -39,8 +39,8 @@ import msgspec
 
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.money import money
-from aiserver.ledger.budgets import alert_store
-from aiserver.ledger.budgets.alert_store import Claim
+from aiserver.ledger.budgets.alerts import store as alert_store
+from aiserver.ledger.budgets.alerts.store import Claim
 from aiserver.ledger.webhooks import sending
 from aiserver.ledger.webhooks.sending import Outcome
 

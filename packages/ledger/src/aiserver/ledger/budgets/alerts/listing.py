@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from aiserver.ledger.access import Access
-from aiserver.ledger.budgets import alert_store
+from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.errors import InvalidField, UnknownBudget
 
 if TYPE_CHECKING:
