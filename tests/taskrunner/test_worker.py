@@ -207,6 +207,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
             ["cron:usage_fold_task", True, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]],
             ["cron:usage_reprice_task", True, list(range(60))],
             ["cron:budget_reservations_sweep_task", False, list(range(60))],
+            ["cron:budget_alerts_task", True, [0, 10, 20, 30, 40, 50]],
         ],
         "functions": [
             "process_document",

@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from aiserver.api.access import access_log
+from aiserver.api.controllers.budget_alerts import BudgetAlertController
 from aiserver.api.controllers.budget_reservations import ReservationController
 from aiserver.api.controllers.budgets import BudgetController
 from aiserver.api.controllers.catalog import CatalogController
@@ -59,6 +60,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     RepriceController,
     UsageExportController,
     ReservationController,
+    BudgetAlertController,
     MetricsController,
 ]
 

@@ -32,3 +32,7 @@ REPRICE_TASK: Final = "usage_reprice_task"
 #: The cron job that releases the reservations whose expiry passed unsettled
 #: (`aiserver.ledger.budgets.reservations.release_expired`).
 RESERVATIONS_TASK: Final = "budget_reservations_sweep_task"
+
+#: The cron job that delivers the budget alerts that are due as signed webhooks
+#: (`aiserver.ledger.budgets.alerts.delivery.deliver_due`).
+ALERTS_TASK: Final = "budget_alerts_task"

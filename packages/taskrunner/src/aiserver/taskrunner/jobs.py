@@ -12,6 +12,8 @@
   changed (`REBUILD_JOB`, enqueued by the API).
 - `budget_reservations_sweep_task` (cron, every minute): reservations past their expiry
   released (`RESERVATIONS_TASK`).
+- `budget_alerts_task` (cron, every 10 s): budget alerts that are due sent as signed webhooks
+  (`ALERTS_TASK`; claims are leases, so runners that overlap never send an attempt twice).
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -32,6 +34,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.ledger.budgets.alerts.delivery import deliver_due
 from aiserver.ledger.budgets.reservations import release_expired
 from aiserver.ledger.spend import rebuild
 from aiserver.ledger.spend.folding import fold_all
@@ -151,3 +154,10 @@ async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: release the budget reservations whose expiry passed unsettled. Runners may sweep
     at once: each skips the reservations another is ending."""
     return {"released": await release_expired(require_pool())}
+
+
+@logged_job
+async def budget_alerts_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: send the budget alerts that are due (first attempts and retries) as webhooks."""
+    settings: TaskRunnerSettings = ctx["settings"]
+    return (await deliver_due(require_pool(), settings.ledger.webhook_allowed_hosts)).as_dict()

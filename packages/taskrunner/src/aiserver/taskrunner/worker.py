@@ -30,6 +30,7 @@ from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.jobs import PROCESS_JOB
 from aiserver.ledger.jobs import (
+    ALERTS_TASK,
     FOLD_TASK,
     PARTITIONS_TASK,
     REBUILD_JOB,
@@ -39,6 +40,7 @@ from aiserver.ledger.jobs import (
 )
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
+    budget_alerts_task,
     budget_reservations_sweep_task,
     cost_data_update_task,
     process_document,
@@ -184,6 +186,25 @@ def reservations_cron() -> CronJob:
     )
 
 
+#: Budget alerts are looked for every this many seconds (a divisor of 60).
+ALERTS_EVERY_S: Final = 10
+#: A run sends for up to 30 s, then finishes its last batch (at most 40 s more).
+ALERTS_JOB_TIMEOUT_S: Final = 120
+
+
+def alerts_cron() -> CronJob:
+    """Budget alerts' webhooks: every ALERTS_EVERY_S seconds, and at start. Runs that overlap
+    (a slow one and the next tick's) each claim other alerts (`deliver_due`'s leases)."""
+    return cron(
+        budget_alerts_task,
+        name=f"cron:{ALERTS_TASK}",
+        second=set(range(0, 60, ALERTS_EVERY_S)),
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=ALERTS_JOB_TIMEOUT_S,
+    )
+
+
 def functions() -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
@@ -204,6 +225,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
             fold_cron(),
             reprice_cron(),
             reservations_cron(),
+            alerts_cron(),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,

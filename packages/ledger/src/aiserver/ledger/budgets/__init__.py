@@ -5,4 +5,5 @@
 - `store`: the SQL on `budgets` and `budget_windows`;
 - `service`: create, list, show, change and delete, each checked against who asks;
 - `reservations`: hard limits: reserve, settle, release, expire (its SQL in `reservations.store`).
+- `alerts`: the alerts that ingest wrote, delivered as signed webhooks and listed for keys.
 """

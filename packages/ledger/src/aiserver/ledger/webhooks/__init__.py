@@ -1,1 +1,2 @@
-"""Outbound webhooks: where they may go (`targets`)."""
+"""Outbound webhooks: where they may go (`targets`), how they are signed (`signing`), and how
+one is sent to an address the check approved (`sending`)."""

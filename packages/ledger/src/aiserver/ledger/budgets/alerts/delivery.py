@@ -1,0 +1,200 @@
+"""Deliver budget alerts as signed webhooks, retried with backoff for up to a day; every
+attempt recorded in `webhook_deliveries`.
+
+Claims are leases, not locks held while sending. `deliver_due` claims a batch of due alerts in
+one short transaction (`FOR UPDATE SKIP LOCKED`): each claimed alert gets its next attempt
+number, a delivery row, and `next_attempt_at` moved `lease` ahead, then the transaction
+commits. The requests go out with no transaction open, and each outcome is written in a
+transaction of its own, only while the alert is still claimed by that attempt. So:
+
+- two task runners never send the same attempt: a claimed alert is not due again until its
+  lease runs out, and the lease (5 minutes) is far longer than a batch takes to send (a batch
+  of 32, 8 at a time, each attempt cut at 10 seconds: at most 40 seconds);
+- no database connection waits on a receiver, however slow;
+- a runner that stops mid-send (killed, or arq's job timeout) leaves the attempt's row without
+  an outcome; when the lease runs out, another runner claims the alert again as a new attempt.
+  A receiver may then see an alert twice (the crash could have come after its 2xx): it should
+  deduplicate on `alert.id`. Holding the row lock while sending would not prevent that either,
+  and would hold a connection per slow receiver.
+
+A failed attempt (no 2xx, no answer, or a target refused by the address check) is retried
+after 30 s, 1 min, 2 min, ... doubling up to 1 hour, each wait shortened at random by up to a
+fifth so that alerts that failed together do not retry together, and the last one 24 hours
+after the crossing; an attempt that fails then makes the alert `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import msgspec
+
+from aiserver.core_db.logging import get_logger
+from aiserver.costs.money import money
+from aiserver.ledger.budgets.alerts import store as alert_store
+from aiserver.ledger.budgets.alerts.store import Claim
+from aiserver.ledger.webhooks import sending
+from aiserver.ledger.webhooks.sending import Outcome
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = get_logger(__name__)
+
+#: The `type` of an alert's webhook, and its `Aiserver-Event` header.
+EVENT: Final = "budget.threshold_crossed"
+#: A run of `deliver_due` claims batches until one is short or this many seconds have passed.
+RUN_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When attempts happen, and how many at once."""
+
+    first_retry: timedelta = timedelta(seconds=30)
+    longest_wait: timedelta = timedelta(hours=1)
+    give_up_after: timedelta = timedelta(hours=24)  # from the crossing
+    jitter: float = 0.2  # a wait is shortened at random by up to this share of it
+    lease: timedelta = timedelta(minutes=5)  # see the module's docstring
+    batch: int = 32
+    concurrency: int = 8
+    timeout: float = sending.TIMEOUT_S
+
+
+def next_attempt(
+    schedule: Schedule,
+    attempt: int,
+    crossed_at: datetime,
+    now: datetime,
+    draw: Callable[[], float] = random.random,
+) -> datetime | None:
+    """When to try again after attempt number `attempt` failed at `now`; None: give up (the
+    day after the crossing is over)."""
+    deadline = crossed_at + schedule.give_up_after
+    if now >= deadline:
+        return None
+    wait = min(schedule.first_retry * (1 << min(attempt - 1, 32)), schedule.longest_wait)
+    return min(now + wait * (1 - schedule.jitter * draw()), deadline)
+
+
+def payload(claim: Claim) -> bytes:
+    """The body of an alert's webhook: money and percentages as exact decimal strings."""
+    return msgspec.json.encode(
+        {
+            "type": EVENT,
+            "delivery_id": claim.delivery_id,
+            "attempt": claim.attempt,
+            "alert": {
+                "id": claim.alert_id,
+                "project": claim.project_slug,
+                "budget_id": claim.budget_id,
+                "budget_name": claim.budget_name,
+                "period": claim.budget_period,
+                "window_start": claim.window_start,
+                "window_end": claim.window_end,
+                "threshold_percent": money(claim.threshold),
+                "limit_usd": money(claim.limit_usd),
+                "committed_usd": money(claim.committed),
+                "currency": "USD",
+                "crossed_at": claim.crossed_at,
+            },
+        }
+    )
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """What a run did: attempts made, and how they ended."""
+
+    attempts: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+    def count(self, state: str) -> None:
+        self.attempts += 1
+        if state == "delivered":
+            self.delivered += 1
+        elif state == "failed":
+            self.failed += 1
+        else:
+            self.retrying += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        outcome = "idle" if not self.attempts else "done"
+        return {"outcome": outcome, "attempts": self.attempts, "delivered": self.delivered,
+                "retrying": self.retrying, "failed": self.failed}  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _attempt(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    claim: Claim,
+    allowed_hosts: Collection[str],
+    schedule: Schedule,
+    clock: Callable[[], datetime],
+    report: DeliveryReport,
+) -> None:
+    body = payload(claim)
+    outcome: Outcome = await sending.send(
+        http, claim.url, secret=claim.secret, body=body, allowed_hosts=allowed_hosts,
+        headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
+        timeout=schedule.timeout,
+    )  # fmt: skip
+    now = clock()
+    retry = None if outcome.delivered else next_attempt(
+        schedule, claim.attempt, claim.crossed_at, now
+    )  # fmt: skip
+    state = "delivered" if outcome.delivered else "pending" if retry else "failed"
+    async with pool.acquire() as conn, conn.transaction():
+        moved = await alert_store.record_attempt(
+            conn, claim, status_code=outcome.status_code, error=outcome.error,
+            duration_ms=Decimal(round(outcome.duration_s * 1000, 1)).quantize(Decimal("0.1")),
+            state=state, next_attempt_at=retry, delivered_at=now if outcome.delivered else None,
+        )  # fmt: skip
+    report.count(state)
+    # never the URL (its path may be a credential) nor the secret
+    log.info(
+        "budget alert webhook attempt",
+        project_id=claim.project_id, alert_id=claim.alert_id, budget_id=claim.budget_id,
+        attempt=claim.attempt, status_code=outcome.status_code, error=outcome.error,
+        state=state if moved else "superseded", next_attempt_at=retry,
+    )  # fmt: skip
+
+
+async def deliver_due(
+    pool: asyncpg.Pool,
+    allowed_hosts: Collection[str],
+    *,
+    schedule: Schedule | None = None,
+    clock: Callable[[], datetime] = _now,
+) -> DeliveryReport:
+    """Send every alert that is due (in batches, for up to `RUN_S` seconds), each once."""
+    schedule = schedule or Schedule()
+    report = DeliveryReport()
+    slots = asyncio.Semaphore(schedule.concurrency)
+    started = time.monotonic()
+
+    async def attempt(claim: Claim, client: httpx.AsyncClient) -> None:
+        async with slots:
+            await _attempt(pool, client, claim, allowed_hosts, schedule, clock, report)
+
+    async with sending.client() as client:
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                claims = await alert_store.claim_due(conn, clock(), schedule.batch, schedule.lease)
+            await asyncio.gather(*(attempt(c, client) for c in claims))
+            if len(claims) < schedule.batch or time.monotonic() - started > RUN_S:
+                return report

@@ -1,0 +1,83 @@
+"""A project's budget alerts as its `read` and `admin` keys see them: each alert with its
+delivery attempts, newest alert first. Another project's budget is unknown (404), exactly as
+one that does not exist."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets.alerts import store as alert_store
+from aiserver.ledger.errors import InvalidField, UnknownBudget
+
+if TYPE_CHECKING:
+    import asyncpg
+
+MAX_LIMIT: Final = 500
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt: the receiver's status, or why there was none (both None: the task runner
+    stopped during the attempt, and a later attempt took over)."""
+
+    id: int
+    attempt: int
+    attempted_at: datetime
+    url: str
+    status_code: int | None
+    error: str | None
+    duration_ms: Decimal | None
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    budget_id: int
+    window_start: datetime
+    window_end: datetime | None
+    threshold: Decimal
+    limit_usd: Decimal
+    committed: Decimal
+    crossed_at: datetime
+    state: str  # pending, delivered, failed, no_webhook
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    deliveries: list[Delivery]
+
+
+def _reading(access: Access) -> int:
+    """The project of a key that may see its budgets (`read` or `admin`)."""
+    access.require("read", "admin")
+    return access.project_key("read" if "read" in access.scopes else "admin")
+
+
+async def list_alerts(
+    pool: asyncpg.Pool,
+    access: Access,
+    *,
+    budget_id: int | None = None,
+    limit: int = 100,
+    before: int | None = None,
+) -> list[Alert]:
+    """The project's alerts (of `budget_id`, or of every budget), newest first: up to `limit`
+    of them with ids below `before` (the last id of the previous page)."""
+    project_id = _reading(access)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidField(f"limit must be 1 to {MAX_LIMIT}", ["limit"])
+    async with pool.acquire() as conn:
+        if budget_id is not None and not await alert_store.budget_exists(
+            conn, project_id, budget_id
+        ):
+            raise UnknownBudget(f"no budget {budget_id}")
+        alerts, deliveries = await alert_store.read_alerts(
+            conn, project_id, budget_id, limit, before
+        )
+    by_alert: dict[int, list[Delivery]] = {}
+    for d in deliveries:
+        alert_id = d.pop("alert_id")
+        by_alert.setdefault(alert_id, []).append(Delivery(**d))
+    return [Alert(**a, deliveries=by_alert.get(a["id"], [])) for a in alerts]

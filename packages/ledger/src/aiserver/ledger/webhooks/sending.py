@@ -1,0 +1,129 @@
+"""Send one signed webhook: check the target again, connect to an address the check approved,
+POST, and say what happened. Nothing here raises for what the receiver does: every outcome is
+an `Outcome`, recorded by the caller.
+
+The target is resolved and checked right before the request (`resolve_target`: a name saved
+while it pointed to a public address may point to 169.254.169.254 today), and the connection
+goes to one of the addresses that check returned, never to a second resolution of the name:
+the URL's host is replaced by the address, the `Host` header keeps the name and, for https,
+TLS sends the name (SNI) and verifies the certificate against it. So what was checked is what
+is reached, and a DNS answer that changes between the check and the connect (DNS rebinding)
+changes nothing. Proxies from the environment are ignored for the same reason, redirects are
+not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an answer are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.text import has_control
+from aiserver.ledger.webhooks import signing
+from aiserver.ledger.webhooks.targets import resolve_target
+
+#: The whole attempt (resolution, connection, request, answer) ends after this many seconds.
+TIMEOUT_S: Final = 10.0
+#: Of an answer, this many bytes are read (and a short excerpt of them kept with a failure).
+MAX_READ: Final = 1024
+MAX_EXCERPT: Final = 200
+USER_AGENT: Final = "aiserver-webhooks/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to: the receiver's status, or why there was none."""
+
+    status_code: int | None
+    error: str | None
+    duration_s: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def client() -> httpx.AsyncClient:
+    """The client for webhooks: no redirects, no proxies from the environment (the request
+    must reach the approved address itself), certificates verified."""
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=TIMEOUT_S)
+
+
+def _excerpt(data: bytes) -> str:
+    text = data[:MAX_EXCERPT].decode("utf-8", "replace")
+    return "".join(c if not has_control(c) else " " for c in text).strip()
+
+
+async def post_pinned(
+    http: httpx.AsyncClient, url: httpx.URL, address: str, headers: dict[str, str], body: bytes
+) -> tuple[int, str]:
+    """POST to `address` in place of the URL's host: the status, and an excerpt of the
+    answer when it is not a success."""
+    pinned = url.copy_with(host=address)
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    request = http.build_request(
+        "POST", pinned, headers={**headers, "Host": url.netloc.decode()}, content=body,
+        extensions=extensions,
+    )  # fmt: skip
+    response = await http.send(request, stream=True)
+    try:
+        read = b""
+        if not 200 <= response.status_code < 300:
+            async for chunk in response.aiter_raw():
+                read += chunk
+                if len(read) >= MAX_READ:
+                    break
+    finally:
+        await response.aclose()
+    return response.status_code, _excerpt(read)
+
+
+async def send(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    secret: str,
+    body: bytes,
+    headers: dict[str, str],
+    allowed_hosts: Collection[str],
+    timeout: float = TIMEOUT_S,
+    timestamp: int | None = None,
+) -> Outcome:
+    """POST `body`, signed with `secret`, to `url` (checked again, and pinned to an approved
+    address; the next approved address is tried when one refuses the connection)."""
+    started = time.perf_counter()
+
+    def outcome(status: int | None, error: str | None) -> Outcome:
+        return Outcome(status, error, time.perf_counter() - started)
+
+    signed = {
+        **headers,
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        signing.HEADER: signing.sign(secret, body, timestamp),
+    }
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                addresses = await resolve_target(url, allowed_hosts)
+            except InvalidField as exc:
+                return outcome(None, f"refused: {exc}")
+            target = httpx.URL(url)
+            for n, address in enumerate(addresses, start=1):
+                try:
+                    answer = await post_pinned(http, target, address, signed, body)
+                except httpx.ConnectError as exc:
+                    if n == len(addresses):
+                        return outcome(None, f"could not connect to {address}: {exc}")
+                    continue
+                return outcome(answer[0], answer[1] or None)
+    except TimeoutError:
+        return outcome(None, f"no answer within {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return outcome(None, f"{type(exc).__name__}: {exc}"[:MAX_EXCERPT])
+    return outcome(None, "the host resolved to no address")

@@ -1,0 +1,69 @@
+"""The signature of a webhook: HMAC-SHA256 over the timestamp and the body, keyed by the
+budget's secret, in one header that carries both.
+
+    Aiserver-Signature: t=1733230800,v1=5f0c...e9 (64 hex digits)
+
+`v1` is `hex(HMAC-SHA256(secret, f"{t}." + body))`, over the exact bytes of the body as sent.
+Signing the timestamp with the body lets a receiver refuse a replayed request: a captured one
+stops verifying once its `t` is older than the receiver's tolerance. A receiver compares in
+constant time, so that the comparison tells an attacker nothing about the right digest. A
+header may carry several `v1` values (one per secret, while a secret is being replaced); one
+that verifies is enough. docs/webhooks.md shows the same recipe for receivers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Final
+
+HEADER: Final = "Aiserver-Signature"
+SCHEME: Final = "v1"
+#: How far a timestamp may be from the receiver's clock (seconds), either way.
+TOLERANCE_S: Final = 300
+
+
+def digest(secret: str, timestamp: int, body: bytes) -> str:
+    """hex(HMAC-SHA256(secret, "<timestamp>." + body))."""
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The value of the `Aiserver-Signature` header for `body`, signed now (or at
+    `timestamp`, in Unix seconds)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},{SCHEME}={digest(secret, t, body)}"
+
+
+def _parse(header: str) -> tuple[int | None, list[str]]:
+    """(t, [v1 digests]) of a header; t None when missing or not a number."""
+    timestamp, digests = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            timestamp = int(value)
+        elif key == SCHEME:
+            digests.append(value)
+    return timestamp, digests
+
+
+def verify(
+    secret: str,
+    header: str,
+    body: bytes,
+    tolerance: float = TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """Whether `header` signs `body` with `secret` at a time within `tolerance` seconds of
+    `now` (default: this clock). Every `v1` digest is compared in constant time."""
+    timestamp, digests = _parse(header)
+    if timestamp is None or not digests:
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        return False
+    expected = digest(secret, timestamp, body).encode()
+    # no early exit: each candidate is compared whole, whatever the others did (bytes, since
+    # compare_digest refuses a str that is not ASCII)
+    return sum(hmac.compare_digest(expected, d.encode("utf-8", "replace")) for d in digests) > 0
