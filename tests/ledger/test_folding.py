@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.access import Access
@@ -166,8 +167,10 @@ async def test_an_outbox_row_whose_month_retention_dropped_is_deleted_and_counte
     assert 0 < len(october) < 400
     await drop_october(ledger)
     async with ledger.pool.acquire() as conn:
-        result = await fold_all(conn)
+        with capture_logs() as logs:
+            result = await fold_all(conn)
     assert (result.events, result.orphaned) == (400 - len(october), len(october))
+    assert [(e["log_level"], e["orphaned"]) for e in logs] == [("warning", len(october))]
     assert await outbox_size(ledger.pool) == 0
     assert await stored_rollups(ledger.pool, ledger.project_id) == await expected(ledger)
 

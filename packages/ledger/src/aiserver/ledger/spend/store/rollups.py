@@ -35,8 +35,8 @@ ROLLUP_LOCK_SPACE: Final = advisory_lock_key("ledger:usage-rollups") >> 32
 #: which only makes one wait for the other).
 _PROJECT_LOCK: Final = "(({project} % 4294967296) - 2147483648)::int4"
 
-#: The key of a rollup, and its sums, of each row of `events` (one usage event each, joined to
-#: its project `p`); `{tags}` is the project's rolled-up keys.
+#: The key of a rollup, and its sums, of each row of `events` (one usage event each); `{tags}`
+#: is the expression of the project's rolled-up keys (a column of `events`, or a parameter).
 _KEYED: Final = """
     SELECT e.project_id,
            date_trunc('hour', e.occurred_at, 'UTC') AS hour,
