@@ -43,6 +43,7 @@ from aiserver.ledger.repricing import revalue as rv
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.runs import decode_filter
 from aiserver.ledger.repricing.store import ALL_PROJECTS, BatchFilters, Position, Progress
+from aiserver.ledger.spend.store import rollups as rollup_store
 from aiserver.ledger.usage.store.reading import EventFilters
 
 if TYPE_CHECKING:
@@ -177,9 +178,12 @@ async def _batch(
     budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
-        # first the projects' rows, as ingest takes them (no budget appears or goes meanwhile)
+        # first the projects' rows, as ingest takes them (no budget appears or goes meanwhile),
+        # then their rollup locks, shared, as a correction beside folds takes them (a rebuild
+        # of a project's rollups, which holds it exclusively, never overwrites the correction)
         for project in sorted(set(projects)):
             budgets[project] = await budget_store.budgets_for_ingest(conn, project)
+            await rollup_store.lock_project(conn, project, shared=True)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])
         rows = await store.lock_events(
             conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]
