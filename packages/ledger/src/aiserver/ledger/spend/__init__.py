@@ -1,0 +1,1 @@
+"""Spend: hourly rollups of usage, and the spend questions answered from them."""

@@ -1,0 +1,1 @@
+"""Every statement on the rollup tables and the spend read over them."""

@@ -1,0 +1,201 @@
+"""The spend read: a project's usage summed per bucket and group, in one snapshot.
+
+Three sources make one answer, each over time ranges that `aiserver.ledger.spend.query` plans
+so that no event is counted twice or missed:
+
+- `usage_rollups` over the *rolled* ranges (whole UTC hours): every event folded so far;
+- the outbox tail over the same ranges: the events recorded but not folded yet, read from
+  `usage_events` through their `usage_outbox` row (what the fold will add);
+- `usage_events` over the *raw* ranges: the parts of hours that a bucket boundary (or `from`,
+  `to`) cuts, which an hourly rollup cannot split, or the whole window when a tag key that the
+  project does not roll up is asked for.
+
+The statements run in one REPEATABLE READ, read-only transaction: a fold that commits meanwhile
+(moving events from the outbox into the rollups) is either wholly seen or not at all.
+
+A range joins each source through its primary key's order (`(project_id, hour, ...)`,
+`(project_id, occurred_at, id)`), so a month of rollups is read as a range of an index, and
+partitions of `usage_events` outside the ranges are pruned. The bucket of a row is
+`width_bucket` over the buckets' starts (a binary search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+Dimension = tuple[Literal["model", "provider", "status", "tag"], str | None]
+
+#: A dimension's value in a rollup row and in an event row (a tag's key is a parameter).
+_ROLLUP_DIMENSION: Final = {
+    "model": "r.model",
+    "provider": "r.provider",
+    "status": "r.status",
+}
+_EVENT_DIMENSION: Final = {
+    "model": "coalesce(e.matched_model, e.model)",
+    "provider": "coalesce(e.matched_provider, e.provider, '')",
+    "status": "e.status",
+}
+SUMS: Final = (
+    "events",
+    "unpriced_events",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+_TOKENS: Final = SUMS[2:]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendPlan:
+    """What to read. Ranges are half-open [start, stop) in UTC, sorted, not overlapping; the
+    rolled ones are whole UTC hours. `bucket_starts` is sorted and its first is the window's
+    start; a row falls in the last bucket whose start is not after it."""
+
+    project_id: int
+    rolled: list[tuple[datetime, datetime]]
+    raw: list[tuple[datetime, datetime]]
+    bucket_starts: list[datetime]
+    dimensions: list[Dimension]
+    model: str | None = None
+    provider: str | None = None
+    status: str | None = None
+    tags_json: str | None = None  # a JSON object the event's (or rollup's) tags must contain
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    bucket: int  # 0-based index into the plan's bucket_starts
+    key: tuple[str | None, ...]  # the dimensions' values; a tag the event lacks is None
+    sums: tuple[int, ...]  # as SUMS
+    cost: Decimal
+    unfolded: int  # events of the outbox tail among them
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRead:
+    rows: list[SpendRow]
+    as_of: datetime  # the snapshot: every event committed before it is counted
+    through_event_id: int | None  # the project's largest event id in the snapshot
+
+
+class _Statement:
+    def __init__(self, plan: SpendPlan) -> None:
+        self.args: list[Any] = [plan.project_id]
+
+    def param(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def ranges(self, ranges: list[tuple[datetime, datetime]]) -> str:
+        """The ranges as a relation `s(start, stop)`."""
+        starts = self.param([start for start, _ in ranges])
+        stops = self.param([stop for _, stop in ranges])
+        return f"unnest({starts}::timestamptz[], {stops}::timestamptz[]) AS s(start, stop)"
+
+
+def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
+    """The statement of the sums per bucket and group, and its parameters."""
+    st = _Statement(plan)
+    starts = st.param(plan.bucket_starts)
+    tag_keys = [st.param(key) if name == "tag" else "" for name, key in plan.dimensions]
+
+    def dimensions(alias: str, known: dict[str, str]) -> str:
+        columns = [
+            f"{alias}.tags ->> {tag_key}" if name == "tag" else known[name]
+            for (name, _), tag_key in zip(plan.dimensions, tag_keys, strict=True)
+        ]
+        return "".join(f", {column} AS d{i}" for i, column in enumerate(columns))
+
+    def filters(alias: str, known: dict[str, str]) -> str:
+        where = []
+        for name, value in (
+            ("model", plan.model),
+            ("provider", plan.provider),
+            ("status", plan.status),
+        ):
+            if value is not None:
+                where.append(f"{known[name]} = {st.param(value)}")
+        if plan.tags_json is not None:
+            where.append(f"{alias}.tags @> {st.param(plan.tags_json)}::jsonb")
+        return "".join(f" AND {clause}" for clause in where)
+
+    event_sums = (
+        "1::bigint, (e.status = 'unpriced')::int::bigint, "
+        + ", ".join(f"e.{name}::numeric" for name in _TOKENS)
+        + ", coalesce(e.total_cost, 0)"
+    )
+    parts = []
+    if plan.rolled:
+        rolled = st.ranges(plan.rolled)
+        parts.append(
+            f"SELECT width_bucket(r.hour, {starts}::timestamptz[]) AS bucket"  # noqa: S608
+            f"{dimensions('r', _ROLLUP_DIMENSION)}, r.events, r.unpriced_events, "
+            + ", ".join(f"r.{name}" for name in _TOKENS)
+            + ", r.cost, 0 AS unfolded"
+            f" FROM {rolled} JOIN usage_rollups r ON r.project_id = $1"
+            " AND r.hour >= s.start AND r.hour < s.stop"
+            f" WHERE true{filters('r', _ROLLUP_DIMENSION)}"
+        )
+        parts.append(
+            f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
+            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 1"
+            f" FROM {rolled} JOIN usage_outbox o ON o.project_id = $1"
+            " AND o.occurred_at >= s.start AND o.occurred_at < s.stop"
+            " JOIN usage_events e ON e.project_id = o.project_id"
+            " AND e.occurred_at = o.occurred_at AND e.id = o.event_id"
+            f" WHERE true{filters('e', _EVENT_DIMENSION)}"
+        )
+    if plan.raw:
+        raw = st.ranges(plan.raw)
+        parts.append(
+            f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
+            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
+            f" FROM {raw} JOIN usage_events e ON e.project_id = $1"
+            " AND e.occurred_at >= s.start AND e.occurred_at < s.stop"
+            f" WHERE true{filters('e', _EVENT_DIMENSION)}"
+        )
+    groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
+    sums = ", ".join(f"sum({name})::bigint AS {name}" for name in SUMS)
+    sql = (  # every value is a parameter; only names and aliases are spliced in
+        f"SELECT bucket{groups}, {sums}, sum(cost) AS cost, sum(unfolded)::bigint AS unfolded"  # noqa: S608
+        f" FROM ({' UNION ALL '.join(parts)}) AS parts (bucket{groups}, {', '.join(SUMS)},"
+        f" cost, unfolded) GROUP BY bucket{groups}"
+    )
+    return sql, st.args
+
+
+async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
+    """The plan's sums per bucket and group, and the snapshot they are as of."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        (head,) = await conn.fetch(
+            "SELECT now() AS as_of,"
+            " (SELECT max(id) FROM usage_events WHERE project_id = $1) AS through",
+            plan.project_id,
+        )
+        records: list[asyncpg.Record] = []
+        if plan.rolled or plan.raw:
+            sql, args = spend_statement(plan)
+            records = list(await conn.fetch(sql, *args))
+    width = len(plan.dimensions)
+    rows = [
+        SpendRow(
+            bucket=r["bucket"] - 1,
+            key=tuple(r[f"d{i}"] for i in range(width)),
+            sums=tuple(r[name] for name in SUMS),
+            cost=r["cost"],
+            unfolded=r["unfolded"],
+        )
+        for r in records
+    ]
+    return SpendRead(rows=rows, as_of=head["as_of"], through_event_id=head["through"])
