@@ -24,6 +24,7 @@ from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
+from aiserver.api.controllers.spend import SpendController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
@@ -51,6 +52,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     ProjectController,
     KeyController,
     UsageEventController,
+    SpendController,
     MetricsController,
 ]
 

@@ -38,6 +38,7 @@ import msgspec
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.projects import find_project
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension, SpendRead
 from aiserver.ledger.usage.events import TAG_KEY
@@ -46,6 +47,7 @@ from aiserver.ledger.usage.reading import event_query, parse_time
 if TYPE_CHECKING:
     import asyncpg
 
+    from aiserver.ledger.access import Access
     from aiserver.ledger.store import Project
 
 Bucket = Literal["hour", "day", "week", "month"]
@@ -345,6 +347,14 @@ def _unrolled(project: Project, query: SpendQuery) -> list[str]:
     keys = [n.removeprefix(TAG_PREFIX) for n in query.group_by if n.startswith(TAG_PREFIX)]
     keys += [key for key in query.tags if key not in keys]
     return [key for key in keys if key not in project.rollup_tags]
+
+
+async def project_of_key(pool: asyncpg.Pool, access: Access) -> Project:
+    """The project whose spend a key with the `read` scope may ask for: its own (`MissingScope`
+    for the operator, whose token names no project, and for a key without `read`)."""
+    access.project_key("read")
+    async with pool.acquire() as conn:
+        return await find_project(conn, access, access.project_slug or "")
 
 
 async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) -> SpendAnswer:
