@@ -33,6 +33,7 @@ from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 
 from ..conftest import Settings
 from ..support.folding_standin import fold_all
+from ..support.processes import run_module
 from .test_ingest import _row
 
 SINCE = datetime(2025, 1, 1, tzinfo=UTC)  # the prices' valid_from
@@ -506,3 +507,46 @@ async def test_a_question_that_cannot_be_answered_names_the_field(
     with pytest.raises(InvalidField) as raised:
         await ledger.spend(**question)
     assert raised.value.fields == fields
+
+
+async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
+    ledger: Ledger, subprocess_env: dict[str, str]
+) -> None:
+    await ledger.record(ledger.project, [
+        {"model": "gpt-x", "usage": {"input_tokens": 1000, "output_tokens": 100},
+         "tags": {"team": "search"}, "occurred_at": "2026-11-29T10:00:00Z"},  # 0.00143
+        {"model": "mystery-1", "usage": {"input_tokens": 5}, "occurred_at": "2026-11-30T10:00:00Z"},
+    ])  # fmt: skip
+    await fold_all(ledger.pool)
+    question = ["--project", "acme", "--from", "2026-11-29", "--to", "2026-12-01",
+                "--bucket", "day", "--group-by", "model,tag:team"]  # fmt: skip
+    code, out, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question,
+                                      "--json")  # fmt: skip
+    assert code == 0, err
+    printed = msgspec.json.decode(out)
+    answer = msgspec.to_builtins(
+        await ledger.spend(
+            since="2026-11-29", until="2026-12-01", bucket="day", group_by=["model", "tag:team"]
+        )
+    )
+    for body in (printed, answer):
+        del body["freshness"]["as_of"]
+    assert printed == answer
+    code, out, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question)
+    assert code == 0, err
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert lines[0] == (
+        "spend of acme from 2026-11-29T00:00:00+01:00 to 2026-12-01T00:00:00+01:00 "
+        "(Europe/Berlin) by day and model, tag:team, in USD"
+    )
+    assert lines[2:7] == [
+        "2026-11-29 gpt-x, search 0.00143 1 0 1,000 100 0 0",
+        "total 0.00143 1 0 1,000 100 0 0",
+        "2026-11-30 mystery-1, - 0 1 1 5 0 0 0",
+        "total 0 1 1 5 0 0 0",
+        "whole window total 0.00143 2 1 1,005 100 0 0",
+    ]
+    code, _, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question,
+                                    "--tz", "Nowhere/Land")  # fmt: skip
+    assert code != 0
+    assert "tz: 'Nowhere/Land' is not an IANA time zone" in err

@@ -7,7 +7,8 @@ acts as the operator. Each command imports what it runs.
 - `import FILE|-`: usage events from JSON lines, recorded a chunk per transaction (rerunning it
   records only what is missing); exit status 0 when every line was recorded (or was recorded
   before), 3 when some were invalid or in conflict, 1 when the import could not run;
-- `events`: a project's events, newest first (a table, or JSON lines with --json).
+- `events`: a project's events, newest first (a table, or JSON lines with --json);
+- `spend`: what a project's usage cost, per bucket and group (a table, or JSON with --json).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import tenants, usage
+from aiserver.ledger.cli import spend, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tenants.add_parsers(groups)
     usage.add_parsers(groups)
+    spend.add_parsers(groups)
     return parser
 
 
@@ -46,7 +48,11 @@ _EXAMPLES: Final = """examples:
 every command takes --json; COMMAND --help says more."""
 
 
-COMMANDS: Final[dict[tuple[str, str | None], Command]] = {**tenants.COMMANDS, **usage.COMMANDS}
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    **tenants.COMMANDS,
+    **usage.COMMANDS,
+    **spend.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
