@@ -16,7 +16,9 @@ import asyncpg
 
 _FOLD: Final = """
 WITH claimed AS (
-    DELETE FROM usage_outbox WHERE project_id = ANY($1::bigint[]) OR $1 IS NULL
+    DELETE FROM usage_outbox WHERE (project_id, id) IN (
+        SELECT project_id, id FROM usage_outbox ORDER BY project_id, id LIMIT $1
+        FOR UPDATE SKIP LOCKED)
     RETURNING project_id, event_id, occurred_at
 ), keyed AS (
     SELECT e.*, date_trunc('hour', e.occurred_at, 'UTC') AS hour,
@@ -51,8 +53,6 @@ ON CONFLICT (project_id, hour, model, provider, status, tags) DO UPDATE SET
 """
 
 
-async def fold_all(
-    db: asyncpg.Pool | asyncpg.Connection, project_ids: list[int] | None = None
-) -> None:
-    """Fold the outbox (of `project_ids`, or of every project) into the rollups."""
-    await db.execute(_FOLD, project_ids)
+async def fold_all(db: asyncpg.Pool | asyncpg.Connection, limit: int | None = None) -> None:
+    """Fold the outbox into the rollups: all of it, or its first `limit` rows."""
+    await db.execute(_FOLD, limit)
