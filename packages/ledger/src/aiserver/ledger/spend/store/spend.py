@@ -130,31 +130,32 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
             where.append(f"{alias}.tags @> {st.param(plan.tags_json)}::jsonb")
         return "".join(f" AND {clause}" for clause in where)
 
+    # each part sums its own rows first: the last GROUP BY adds up a few rows per group
+    by = "GROUP BY " + ", ".join(str(i) for i in range(1, len(plan.dimensions) + 2))
+    rollup_sums = ", ".join(f"sum(r.{name})" for name in SUMS) + ", sum(r.cost)"
     event_sums = (
-        "1::bigint, (e.status = 'unpriced')::int::bigint, "
-        + ", ".join(f"e.{name}::numeric" for name in _TOKENS)
-        + ", coalesce(e.total_cost, 0)"
+        "count(*), count(*) FILTER (WHERE e.status = 'unpriced'), "
+        + ", ".join(f"sum(e.{name})" for name in _TOKENS)
+        + ", sum(coalesce(e.total_cost, 0))"
     )
     parts = []
     if plan.rolled:
         rolled = st.ranges(plan.rolled)
         parts.append(
-            f"SELECT width_bucket(r.hour, {starts}::timestamptz[]) AS bucket"  # noqa: S608
-            f"{dimensions('r', _ROLLUP_DIMENSION)}, r.events, r.unpriced_events, "
-            + ", ".join(f"r.{name}" for name in _TOKENS)
-            + ", r.cost, 0 AS unfolded"
+            f"SELECT width_bucket(r.hour, {starts}::timestamptz[])"  # noqa: S608
+            f"{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"
             f" FROM {rolled} JOIN usage_rollups r ON r.project_id = $1"
             " AND r.hour >= s.start AND r.hour < s.stop"
-            f" WHERE true{filters('r', _ROLLUP_DIMENSION)}"
+            f" WHERE true{filters('r', _ROLLUP_DIMENSION)} {by}"
         )
-        parts.append(
+        parts.append(  # the tail: what the fold will add to those hours
             f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
-            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 1"
+            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, count(*)"
             f" FROM {rolled} JOIN usage_outbox o ON o.project_id = $1"
             " AND o.occurred_at >= s.start AND o.occurred_at < s.stop"
             " JOIN usage_events e ON e.project_id = o.project_id"
             " AND e.occurred_at = o.occurred_at AND e.id = o.event_id"
-            f" WHERE true{filters('e', _EVENT_DIMENSION)}"
+            f" WHERE true{filters('e', _EVENT_DIMENSION)} {by}"
         )
     if plan.raw:
         raw = st.ranges(plan.raw)
@@ -163,7 +164,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
             f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
             f" FROM {raw} JOIN usage_events e ON e.project_id = $1"
             " AND e.occurred_at >= s.start AND e.occurred_at < s.stop"
-            f" WHERE true{filters('e', _EVENT_DIMENSION)}"
+            f" WHERE true{filters('e', _EVENT_DIMENSION)} {by}"
         )
     groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
     sums = ", ".join(f"sum({name})::bigint AS {name}" for name in SUMS)
