@@ -7,14 +7,16 @@ question as a raw GROUP BY over usage_events.
 One project (Europe/Berlin, rolling up `team` and `feature`) gets N events spread over the last
 90 days, written set-based in PostgreSQL (`INSERT ... SELECT FROM generate_series`, every index
 in place), priced as ingest would price them (`total_cost` is tokens times the model's prices),
-with 8 models, 4 teams, 6 features and 1,000 users as tags; 2% are unpriced. The hourly rollups
+with 8 models, 4 teams, 6 features and 1,000 users as tags, each drawn independently (up to
+384 rollup rows an hour); 2% are unpriced. The hourly rollups
 are built from all but the newest `--tail` events in one `INSERT ... SELECT ... GROUP BY`; those
 stay in `usage_outbox`, the tail a spend answer reads from raw events.
 
 Each question is asked `--rounds` times after one warm-up, interleaved with its raw GROUP BY,
 in process: `read_spend` (what `GET /v1/spend` runs, without HTTP) and the answer's JSON
-encoding. It prints median and p99 (nearest rank) of each, and checks that both agree on the
-total cost. No file is written (docs/benchmarks.md is written by `python -m bench`).
+encoding. Both run without JIT compiling (read_spend turns it off; so does the raw GROUP BY
+here, for a fair comparison). It prints median and p99 (nearest rank) of each, and checks that
+both agree on the total cost. No file is written (`python -m bench` writes docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,11 +60,14 @@ MODELS = (
 _LOAD = """
 WITH spec AS (
     SELECT g,
-           (g % 8) AS m,
+           floor(random() * 8)::int AS m,
            $2::timestamptz - random() * interval '{days} days' AS at,
            (50 + floor(random() * random() * 8000))::bigint AS input_tokens,
            (10 + floor(random() * random() * 1500))::bigint AS output_tokens,
-           random() < 0.02 AS unpriced
+           random() < 0.02 AS unpriced,
+           floor(random() * 4)::int AS team,
+           floor(random() * 6)::int AS feature,
+           floor(random() * 1000)::int AS user_no
     FROM generate_series($3::bigint, $4::bigint) AS g
 )
 INSERT INTO usage_events (
@@ -74,8 +79,8 @@ SELECT $1, at, at, 'bench-' || g, (ARRAY[{names}])[m + 1], (ARRAY[{providers}])[
        CASE WHEN unpriced THEN NULL ELSE (ARRAY[{names}])[m + 1] END,
        CASE WHEN unpriced THEN NULL ELSE (ARRAY[{providers}])[m + 1] END,
        'standard', input_tokens, output_tokens, 0, 0, 0,
-       jsonb_build_object('team', 'team-' || (g % 4), 'feature', 'feature-' || (g % 6),
-                          'user', 'user-' || (g % 1000)),
+       jsonb_build_object('team', 'team-' || team, 'feature', 'feature-' || feature,
+                          'user', 'user-' || user_no),
        CASE WHEN unpriced THEN 'unpriced' ELSE 'priced' END,
        CASE WHEN unpriced THEN NULL
             ELSE input_tokens * (ARRAY[{inputs}]::numeric[])[m + 1]
@@ -214,9 +219,11 @@ async def run(events: int, rounds: int, tail: int) -> None:
                 async def raw(dimension: str | None = dimension) -> Decimal:
                     if dimension is None:  # Kolkata: the same sums as Berlin's, by other days
                         dimension = "coalesce(matched_model, model)"
-                    found = await pool.fetch(
-                        _RAW.format(dimension=dimension), project.id, since, until
-                    )
+                    async with pool.acquire() as conn, conn.transaction():
+                        await conn.execute("SET LOCAL jit = off")  # as read_spend does
+                        found = await conn.fetch(
+                            _RAW.format(dimension=dimension), project.id, since, until
+                        )
                     return sum((r["cost"] for r in found), Decimal(0))
 
                 spend_times, raw_times = await measure(rounds, ours, raw)
