@@ -22,13 +22,9 @@ from aiserver.core_db.database import database, require_pool
 from aiserver.costs.catalog import Catalog
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.spend.query import (
-    SpendAnswer,
-    bucket_bounds,
-    plan_ranges,
-    read_spend,
-    spend_query,
-)
+from aiserver.ledger.spend.answer import SpendAnswer
+from aiserver.ledger.spend.buckets import bucket_bounds, plan_ranges
+from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project, read_project
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 

@@ -20,14 +20,9 @@ from aiserver.api.problems import problem_responses
 from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
-from aiserver.ledger.spend.query import (
-    MAX_TOP,
-    Bucket,
-    SpendAnswer,
-    project_of_key,
-    read_spend,
-    spend_query,
-)
+from aiserver.ledger.spend.answer import SpendAnswer
+from aiserver.ledger.spend.buckets import Bucket
+from aiserver.ledger.spend.query import MAX_TOP, project_of_key, read_spend, spend_query
 from aiserver.ledger.usage.valuation import PricingStatus
 
 _SPEND_QUERY: Final = only_query(

@@ -11,7 +11,7 @@ from aiserver.ledger.cli.usage import _tag
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
-    from aiserver.ledger.spend.query import SpendAnswer, SpendBucket, SpendTotals
+    from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendTotals
 
 
 async def _spend(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -113,7 +113,7 @@ _EXAMPLES: Final = """examples:
 
 
 def add_parsers(groups: Any) -> None:
-    from aiserver.ledger.spend.query import BUCKETS
+    from aiserver.ledger.spend.buckets import BUCKETS
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
     command: argparse.ArgumentParser = groups.add_parser(
