@@ -97,6 +97,19 @@ class _Statement:
         self.args.append(value)
         return f"${len(self.args)}"
 
+    def within(self, column: str, ranges: list[tuple[datetime, datetime]]) -> str:
+        """A condition that `column` is in one of `ranges` (sorted, apart): the bounds of them
+        all, which an index reads as one range, and then, for more than one, that `column`
+        falls between a start and its stop (an odd bucket of their edges: a binary search per
+        row, where a join with the ranges would compare each row with every range)."""
+        bounds = (
+            f"{column} >= {self.param(ranges[0][0])} AND {column} < {self.param(ranges[-1][1])}"
+        )
+        if len(ranges) == 1:
+            return bounds
+        edges = self.param([edge for piece in ranges for edge in piece])
+        return f"{bounds} AND width_bucket({column}, {edges}::timestamptz[]) % 2 = 1"
+
     def ranges(self, ranges: list[tuple[datetime, datetime]]) -> str:
         """The ranges as a relation `s(start, stop)`."""
         starts = self.param([start for start, _ in ranges])
@@ -140,22 +153,20 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
     )
     parts = []
     if plan.rolled:
-        rolled = st.ranges(plan.rolled)
+        rollups = st.within("r.hour", plan.rolled)
+        outbox = st.within("o.occurred_at", plan.rolled)
         parts.append(
             f"SELECT width_bucket(r.hour, {starts}::timestamptz[])"  # noqa: S608
             f"{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"
-            f" FROM {rolled} JOIN usage_rollups r ON r.project_id = $1"
-            " AND r.hour >= s.start AND r.hour < s.stop"
-            f" WHERE true{filters('r', _ROLLUP_DIMENSION)} {by}"
+            f" FROM usage_rollups r WHERE r.project_id = $1 AND {rollups}"
+            f"{filters('r', _ROLLUP_DIMENSION)} {by}"
         )
         parts.append(  # the tail: what the fold will add to those hours
             f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
             f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, count(*)"
-            f" FROM {rolled} JOIN usage_outbox o ON o.project_id = $1"
-            " AND o.occurred_at >= s.start AND o.occurred_at < s.stop"
-            " JOIN usage_events e ON e.project_id = o.project_id"
+            f" FROM usage_outbox o JOIN usage_events e ON e.project_id = o.project_id"
             " AND e.occurred_at = o.occurred_at AND e.id = o.event_id"
-            f" WHERE true{filters('e', _EVENT_DIMENSION)} {by}"
+            f" WHERE o.project_id = $1 AND {outbox}{filters('e', _EVENT_DIMENSION)} {by}"
         )
     if plan.raw:
         raw = st.ranges(plan.raw)
