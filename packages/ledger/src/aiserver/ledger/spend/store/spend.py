@@ -169,20 +169,31 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
             f" WHERE o.project_id = $1 AND {outbox}{filters('e', _EVENT_DIMENSION)} {by}"
         )
     if plan.raw:
-        raw = st.ranges(plan.raw)
+        # one range (the whole window) is read as one range of the index; the cut hours (many
+        # short ranges) each as their own, by a join with them
+        source, where = (
+            ("usage_events e", st.within("e.occurred_at", plan.raw))
+            if len(plan.raw) == 1
+            else (
+                f"{st.ranges(plan.raw)} JOIN usage_events e ON e.project_id = $1"
+                " AND e.occurred_at >= s.start AND e.occurred_at < s.stop",
+                "true",
+            )
+        )
         parts.append(
             f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
             f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
-            f" FROM {raw} JOIN usage_events e ON e.project_id = $1"
-            " AND e.occurred_at >= s.start AND e.occurred_at < s.stop"
-            f" WHERE true{filters('e', _EVENT_DIMENSION)} {by}"
+            f" FROM {source} WHERE e.project_id = $1 AND {where}"
+            f"{filters('e', _EVENT_DIMENSION)} {by}"
         )
     groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
-    sums = ", ".join(f"sum({name})::bigint AS {name}" for name in SUMS)
+    # one part has summed its groups already; several are added up per group
+    total, regroup = ("{}", "") if len(parts) == 1 else ("sum({})", f" GROUP BY bucket{groups}")
+    sums = ", ".join(f"{total.format(name)}::bigint AS {name}" for name in (*SUMS, "unfolded"))
     sql = (  # every value is a parameter; only names and aliases are spliced in
-        f"SELECT bucket{groups}, {sums}, sum(cost) AS cost, sum(unfolded)::bigint AS unfolded"  # noqa: S608
+        f"SELECT bucket{groups}, {sums}, {total.format('cost')} AS cost"  # noqa: S608
         f" FROM ({' UNION ALL '.join(parts)}) AS parts (bucket{groups}, {', '.join(SUMS)},"
-        f" cost, unfolded) GROUP BY bucket{groups}"
+        f" cost, unfolded){regroup}"
     )
     return sql, st.args
 
