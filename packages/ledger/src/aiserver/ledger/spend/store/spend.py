@@ -13,10 +13,12 @@ so that no event is counted twice or missed:
 The statements run in one REPEATABLE READ, read-only transaction: a fold that commits meanwhile
 (moving events from the outbox into the rollups) is either wholly seen or not at all.
 
-A range joins each source through its primary key's order (`(project_id, hour, ...)`,
-`(project_id, occurred_at, id)`), so a month of rollups is read as a range of an index, and
-partitions of `usage_events` outside the ranges are pruned. The bucket of a row is
-`width_bucket` over the buckets' starts (a binary search).
+Each source is read in its primary key's order (`(project_id, hour, ...)`,
+`(project_id, occurred_at, id)`): the rolled ranges by their outer bounds, a row kept when a
+binary search over the ranges' edges puts it inside one, so a month of rollups is one range of
+an index; the cut hours each by a range of their own; the partitions of `usage_events` outside
+them are pruned. Each source sums its rows per bucket and group before they are added up. The
+bucket of a row is `width_bucket` over the buckets' starts (a binary search too).
 """
 
 from __future__ import annotations
