@@ -172,22 +172,25 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
         )
     if plan.raw:
         # one range (the whole window) is read as one range of the index; the cut hours (many
-        # short ranges) each as their own, by a join with them
-        source, where = (
-            ("usage_events e", st.within("e.occurred_at", plan.raw))
-            if len(plan.raw) == 1
-            else (
-                f"{st.ranges(plan.raw)} JOIN usage_events e ON e.project_id = $1"
-                " AND e.occurred_at >= s.start AND e.occurred_at < s.stop",
-                "true",
-            )
-        )
-        parts.append(
-            f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
+        # short ranges) each as a range of its own: LATERAL makes it a loop over them, where a
+        # join could be planned as a scan of the whole window compared with every range
+        columns = (
+            f"width_bucket(e.occurred_at, {starts}::timestamptz[])"
             f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
-            f" FROM {source} WHERE e.project_id = $1 AND {where}"
-            f"{filters('e', _EVENT_DIMENSION)} {by}"
         )
+        if len(plan.raw) == 1:
+            parts.append(
+                f"SELECT {columns} FROM usage_events e"  # noqa: S608
+                f" WHERE e.project_id = $1 AND {st.within('e.occurred_at', plan.raw)}"
+                f"{filters('e', _EVENT_DIMENSION)} {by}"
+            )
+        else:
+            kept = filters("e", _EVENT_DIMENSION)
+            parts.append(
+                f"SELECT {columns} FROM {st.ranges(plan.raw)} CROSS JOIN LATERAL"  # noqa: S608
+                " (SELECT * FROM usage_events e WHERE e.project_id = $1"
+                f" AND e.occurred_at >= s.start AND e.occurred_at < s.stop{kept}) AS e {by}"
+            )
     groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
     # one part has summed its groups already; several are added up per group
     total, regroup = ("{}", "") if len(parts) == 1 else ("sum({})", f" GROUP BY bucket{groups}")
