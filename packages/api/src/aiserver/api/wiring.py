@@ -28,6 +28,7 @@ from aiserver.api.controllers.models import ModelController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
 from aiserver.api.controllers.reprice import RepriceController
+from aiserver.api.controllers.spend import SpendController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
 from aiserver.api.controllers.usage_export import UsageExportController
@@ -61,6 +62,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     UsageExportController,
     ReservationController,
     BudgetAlertController,
+    SpendController,
     MetricsController,
 ]
 

@@ -13,6 +13,7 @@ acts as the operator. Each command imports what it runs.
 - `reprice`: price recorded events again with the catalog of today (or `--dry-run`), or finish
   a run that stopped (`--resume RUN`).
 - `export`: a project's events of a window as CSV, JSON lines or FOCUS CSV.
+- `spend`: what a project's usage cost, per bucket and group (a table, or JSON with --json).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import budgets, export, partitions, reprice, tenants, usage
+from aiserver.ledger.cli import budgets, export, partitions, reprice, spend, tenants, usage
 from aiserver.ledger.cli.common import Command
 
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     budgets.add_parsers(groups)
     reprice.add_parsers(groups)
     export.add_parsers(groups)
+    spend.add_parsers(groups)
     return parser
 
 
@@ -65,6 +67,7 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
     **budgets.COMMANDS,
     **reprice.COMMANDS,
     **export.COMMANDS,
+    **spend.COMMANDS,
 }
 
 

@@ -1,1 +1,1 @@
-"""All SQL on `usage_rollups` (and the outbox rows that the folding consumes)."""
+"""All SQL on `usage_rollups`, the outbox rows that folding consumes, and the spend reads."""

@@ -1,0 +1,147 @@
+"""`aiserver-ledger spend`: what a project's usage cost, per bucket and group, as `GET /v1/spend`
+answers it (a table, or the same JSON with --json)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+    from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendTotals
+
+
+async def _spend(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.spend.query import read_spend, spend_query
+
+    async def work(pool: Any) -> int:
+        async with pool.acquire() as conn:
+            project = await projects.find_project(conn, Access.operator(), args.project)
+        query = spend_query(
+            project, since=args.since, until=args.until, bucket=args.bucket, tz=args.tz,
+            group_by=args.group_by, model=args.model, provider=args.provider,
+            status=args.status, tags=args.tag, top=args.top,
+        )  # fmt: skip
+        answer = await read_spend(pool, project, query)
+        if args.json:
+            print_json(answer)
+        else:
+            _print_answer(project.slug, answer)
+        return 0
+
+    return await with_pool(core, work)
+
+
+_COLUMNS: Final = (
+    f"{'COST USD':>16}  {'EVENTS':>9}  {'UNPRICED':>8}  {'INPUT':>13}  {'OUTPUT':>12}  "
+    f"{'CACHE READ':>12}  {'REASONING':>11}"
+)
+
+
+def _sums(sums: SpendTotals) -> str:
+    return (
+        f"{sums.cost:>16}  {sums.events:>9,}  {sums.unpriced_events:>8,}  "
+        f"{sums.input_tokens:>13,}  {sums.output_tokens:>12,}  {sums.cache_read_tokens:>12,}  "
+        f"{sums.reasoning_tokens:>11,}"
+    )
+
+
+def _label(bucket: SpendBucket, answer: SpendAnswer) -> str:
+    if answer.bucket is None:
+        return "all"
+    if answer.bucket == "hour":
+        return bucket.start.isoformat(timespec="minutes").replace("T", " ")
+    return bucket.start.date().isoformat()
+
+
+def _print_answer(project: str, answer: SpendAnswer) -> None:
+    by = f" by {answer.bucket or 'the whole window'}"
+    if answer.group_by:
+        by += f" and {', '.join(answer.group_by)}"
+    if answer.top is not None:
+        by += f" (top {answer.top})"
+    print(f"spend of {project} from {answer.since.isoformat()} to {answer.until.isoformat()} "
+          f"({answer.tz}){by}, in {answer.currency}")  # fmt: skip
+    width = max([5, *(len(_group_name(g.key)) for g in answer.groups)])
+    print(f"{'BUCKET':<17}  {'GROUP':<{width}}  {_COLUMNS}")
+    for bucket in answer.buckets:
+        label = _label(bucket, answer)
+        if answer.group_by:
+            for group in bucket.groups:
+                print(f"{label:<17}  {_group_name(group.key):<{width}}  {_sums(group)}")
+                label = ""
+        print(f"{label:<17}  {'total':<{width}}  {_sums(bucket.total)}")
+    print(f"{'whole window':<17}  {'total':<{width}}  {_sums(answer.total)}")
+    fresh = answer.freshness
+    through = fresh.through_event_id if fresh.through_event_id is not None else "- (none yet)"
+    tail = f", {fresh.unfolded_events:,} of them not folded yet" if fresh.unfolded_events else ""
+    print(f"as of {when(fresh.as_of)}: every event up to id {through}{tail}; source "
+          f"{answer.source}, {answer.raw_hours:,} hour(s) cut by a boundary read from raw "
+          "events")  # fmt: skip
+    if answer.source_note:
+        print(f"note: {answer.source_note}")
+
+
+def _group_name(key: dict[str, str | None] | None) -> str:
+    if key is None:
+        return "(other)"
+    return ", ".join("-" if value is None else value for value in key.values()) or "all"
+
+
+_HELP: Final = """\
+What a project's usage cost from --from to --to: per --bucket (hour, day, week from Monday,
+month) of the time zone's clock (--tz, by default the project's; days are 23 or 25 hours on a
+daylight-saving change), per group (--group-by model, provider, status, tag:KEY; commas or
+repeated), with the filters of `events`. --top N keeps the N costliest groups over the window
+and sums the rest as (other). A time without an offset, or a date, is wall time in --tz.
+
+The answer is exact and current: the hourly rollups plus the events not folded yet, in one
+snapshot; a tag key the project does not roll up is summed from raw events (slower, and the
+answer says so). --json prints the answer of GET /v1/spend."""
+
+_EXAMPLES: Final = """examples:
+  aiserver-ledger spend --project acme-search --from 2026-11-01 --to 2026-12-01
+  aiserver-ledger spend --project acme-search --from 2026-11-01 --to 2026-12-01 --bucket day \\
+      --group-by model --top 5
+  aiserver-ledger spend --project acme-search --from 2026-12-01T00:00:00Z --to 2026-12-02 \\
+      --bucket hour --tz Asia/Kolkata --group-by tag:team --tag feature=search --json"""
+
+
+def add_parsers(groups: Any) -> None:
+    from aiserver.ledger.spend.buckets import BUCKETS
+    from aiserver.ledger.usage.valuation import PRICING_STATUSES
+
+    command: argparse.ArgumentParser = groups.add_parser(
+        "spend",
+        help="what a project's usage cost, per bucket and group",
+        description=_HELP,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("--project", required=True, metavar="SLUG")
+    command.add_argument("--from", dest="since", required=True, metavar="TIME",
+                         help="the window's start (RFC 3339, or a date)")  # fmt: skip
+    command.add_argument("--to", dest="until", required=True, metavar="TIME",
+                         help="the window's end, not included")  # fmt: skip
+    command.add_argument("--bucket", choices=BUCKETS, help="default: one total")
+    command.add_argument("--tz", metavar="ZONE", help="IANA time zone (default: the project's)")
+    command.add_argument(
+        "--group-by", action="append", default=[], metavar="DIMENSION",
+        help="model, provider, status or tag:KEY (commas or repeated)",
+    )  # fmt: skip
+    command.add_argument("--model", help="as priced (as reported when unpriced)")
+    command.add_argument("--provider", help="as priced (as reported when unpriced)")
+    command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")
+    command.add_argument(
+        "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
+        help="a tag the events have (repeat it: every one must hold)",
+    )  # fmt: skip
+    command.add_argument("--top", type=int, metavar="N", help="keep the N costliest groups")
+    command.add_argument("--json", action="store_true", help="the answer as JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {("spend", None): _spend}

@@ -1,0 +1,116 @@
+"""The buckets of a spend answer, and which parts of its window are read from where.
+
+- `bucket_bounds`: the boundaries of the hours, days, weeks (ISO: from Monday) or months of a
+  zone's clock inside a window, in UTC. A day is 23 or 25 hours on a daylight-saving change;
+  the hour that repeats in autumn is two hour buckets.
+- `plan_ranges`: the window split into whole UTC hours that no boundary cuts (read from the
+  hourly rollups and the outbox tail) and the parts of the hours that one cuts (a zone at
+  +05:30, a window's edge at 10:20: read from raw events), so that every bucket is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Final, Literal, get_args
+from zoneinfo import ZoneInfo
+
+from aiserver.ledger.errors import InvalidField
+
+Bucket = Literal["hour", "day", "week", "month"]
+BUCKETS: Final = get_args(Bucket)
+#: The most buckets one answer holds (hours: about 416 days).
+MAX_BUCKETS: Final = 10_000
+HOUR: Final = timedelta(hours=1)
+
+
+def bucket_bounds(
+    since: datetime, until: datetime, bucket: Bucket | None, zone: ZoneInfo
+) -> list[datetime]:
+    """The buckets' boundaries in UTC: `since`, every start of a bucket of the zone's clock
+    inside the window, `until`. `InvalidField` for more than MAX_BUCKETS buckets."""
+    bounds = [since]
+    if bucket is not None:
+        start = _bucket_start(since, bucket, zone)
+        while (start := _next_start(start, bucket, zone)) < until:
+            if len(bounds) == MAX_BUCKETS:
+                raise InvalidField(
+                    f"bucket: more than {MAX_BUCKETS} {bucket}s from from to to; use a longer "
+                    "bucket or a shorter window",
+                    ["bucket"],
+                )
+            if start > bounds[-1]:
+                bounds.append(start)
+    bounds.append(until)
+    return bounds
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    # a midnight that a clock change skips is the change's instant (when the day begins)
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+
+
+def _bucket_start(at: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
+    local = at.astimezone(zone)
+    if bucket == "hour":
+        into = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+        return at - into
+    day = local.date()
+    if bucket == "week":
+        day -= timedelta(days=day.weekday())
+    elif bucket == "month":
+        day = day.replace(day=1)
+    start = _midnight(day, zone)
+    return start if start <= at else _midnight(day - timedelta(days=1), zone)
+
+
+def _next_start(start: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
+    if bucket == "hour":
+        return _bucket_start(start + HOUR, "hour", zone)
+    day = start.astimezone(zone).date()
+    if bucket == "day":
+        return _midnight(day + timedelta(days=1), zone)
+    if bucket == "week":
+        return _midnight(day + timedelta(days=7), zone)
+    return _midnight((day.replace(day=28) + timedelta(days=4)).replace(day=1), zone)
+
+
+def _hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Where each part of the window is read from: whole UTC hours from the rollups (and the
+    tail), the rest from raw events. `cut_hours`: the hours a boundary cuts."""
+
+    rolled: list[tuple[datetime, datetime]] = field(default_factory=list)
+    raw: list[tuple[datetime, datetime]] = field(default_factory=list)
+    cut_hours: int = 0
+
+
+def plan_ranges(bounds: Sequence[datetime], *, raw_only: bool) -> Ranges:
+    """Split the window [bounds[0], bounds[-1]) so that no UTC hour read from the rollups holds
+    a boundary: those hours, clipped to the window, are read from raw events."""
+    since, until = bounds[0], bounds[-1]
+    if raw_only:
+        return Ranges(raw=[(since, until)])
+    cut = sorted({_hour(b) for b in bounds if b != _hour(b)})
+    raw: list[tuple[datetime, datetime]] = []
+    for hour in cut:
+        piece = (max(hour, since), min(hour + HOUR, until))
+        if raw and raw[-1][1] == piece[0]:
+            piece = (raw.pop()[0], piece[1])
+        raw.append(piece)
+    rolled: list[tuple[datetime, datetime]] = []
+    cursor = since if since == _hour(since) else _hour(since) + HOUR
+    stop = _hour(until)
+    for hour in cut:
+        if cursor <= hour < stop:
+            if cursor < hour:
+                rolled.append((cursor, hour))
+            cursor = hour + HOUR
+    if cursor < stop:
+        rolled.append((cursor, stop))
+    return Ranges(rolled=rolled, raw=raw, cut_hours=len(cut))

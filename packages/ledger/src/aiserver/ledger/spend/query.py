@@ -1,0 +1,227 @@
+"""Spend questions: how much a project's usage cost, per time bucket and group, exact and current.
+
+    query = spend_query(project, since="2026-11-01", until="2026-12-01", bucket="day",
+                        group_by=["model", "tag:team"], tags=[("feature", "search")], top=5)
+    answer = await read_spend(pool, project, query)
+
+- The window is [from, to). A time without an offset (or a date alone) is wall time in the
+  query's time zone (`tz`, by default the project's).
+- Buckets are the zone's hours, days, weeks (ISO: from Monday) or months, as its clocks show
+  them: a day is 23 or 25 hours on a daylight-saving change. The first and last buckets are
+  cut to the window. Without a bucket the answer is one total over the window.
+- Groups are the values of up to `MAX_GROUP_BY` dimensions: `model` (the model as the catalog
+  priced it, or as reported when unpriced), `provider` (likewise; null when none),
+  `status` (the pricing status) and `tag:KEY` (null for events without that tag).
+- `top` N keeps the N groups with the largest cost over the whole window (a tie goes to the
+  smaller name) and sums the rest into one `other` group, the same groups in every bucket.
+- Exact and current: whole UTC hours come from the hourly rollups plus the events not folded
+  yet (the outbox tail); the parts of hours that a bucket boundary or the window's edge cuts
+  (a zone at +05:30, a `from` at 10:20) come from the raw events of those hours alone. Asking
+  for a tag key the project does not roll up reads raw events for the whole window, and the
+  answer says so (`source`). All of it is read in one snapshot (`freshness`).
+- Repriced events count at their current cost: a reprice updates the events and their rollups
+  together, so the answer always includes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.projects import find_project
+from aiserver.ledger.spend.answer import SpendAnswer, assemble
+from aiserver.ledger.spend.buckets import BUCKETS, Bucket, bucket_bounds, plan_ranges
+from aiserver.ledger.spend.store import spend as store
+from aiserver.ledger.spend.store.spend import Dimension
+from aiserver.ledger.usage.events import TAG_KEY
+from aiserver.ledger.usage.reading import event_query, parse_time
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.store import Project
+
+#: The longest window, whatever the bucket.
+MAX_DAYS: Final = 3660
+MAX_GROUP_BY: Final = 4
+MAX_TOP: Final = 1000
+TAG_PREFIX: Final = "tag:"
+
+
+class SpendQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked spend question (see the module's docstring)."""
+
+    since: datetime  # UTC
+    until: datetime  # UTC
+    bucket: Bucket | None
+    tz: str
+    group_by: tuple[str, ...]  # "model", "provider", "status", "tag:KEY"
+    model: str | None = None
+    provider: str | None = None
+    status: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    top: int | None = None
+
+
+# -- the question ----------------------------------------------------------------------------
+
+
+def spend_query(
+    project: Project,
+    *,
+    since: str | datetime | None,
+    until: str | datetime | None,
+    bucket: str | None = None,
+    tz: str | None = None,
+    group_by: Iterable[str] = (),
+    model: str | None = None,
+    provider: str | None = None,
+    status: str | None = None,
+    tags: Iterable[tuple[str, str]] = (),
+    top: int | None = None,
+) -> SpendQuery:
+    """The checked question; `InvalidField` naming what is wrong. `group_by` items may hold
+    several dimensions separated by commas (`model,tag:team`)."""
+    zone_name = project.time_zone if tz is None else tz
+    zone = time_zone(zone_name)
+    start = _time(since, "from", zone)
+    end = _time(until, "to", zone)
+    if end <= start:
+        raise InvalidField(
+            f"to ({end.isoformat()}) must be after from ({start.isoformat()}): the window is "
+            "[from, to)",
+            ["from", "to"],
+        )
+    if end - start > timedelta(days=MAX_DAYS):
+        raise InvalidField(f"from and to: at most {MAX_DAYS} days apart", ["from", "to"])
+    if bucket is not None and bucket not in BUCKETS:
+        raise InvalidField(
+            f"bucket: {bucket[:40]!r} is not one of {', '.join(BUCKETS)} (or none: one total)",
+            ["bucket"],
+        )
+    dimensions = _group_by(group_by)
+    if top is not None and not 1 <= top <= MAX_TOP:
+        raise InvalidField(f"top: 1 to {MAX_TOP}; got {top}", ["top"])
+    if top is not None and not dimensions:
+        raise InvalidField("top needs group_by: it keeps the largest groups", ["top"])
+    filters = event_query(model=model, provider=provider, status=status, tags=tags)
+    return SpendQuery(
+        since=start,
+        until=end,
+        bucket=bucket,  # type: ignore[arg-type]  # checked against BUCKETS above
+        tz=zone_name,
+        group_by=dimensions,
+        model=filters.model,
+        provider=filters.provider,
+        status=filters.status,
+        tags=filters.tags,
+        top=top,
+    )
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA zone `name`; `InvalidField` naming `tz` when this server does not know it."""
+    try:
+        if name != name.strip() or not name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidField(
+            f"tz: {name[:80]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)", ["tz"]
+        ) from None
+
+
+def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
+    """A time in UTC: RFC 3339 with an offset, or a wall time (or date) in `zone`."""
+    if value is None:
+        raise InvalidField(f"{field} is required (RFC 3339, or a date)", [field])
+    if isinstance(value, str):
+        try:
+            wall = datetime.fromisoformat(value.strip().upper())
+        except ValueError:
+            return parse_time(value, field)  # the message names the field
+        if wall.tzinfo is not None:
+            return parse_time(value, field)
+        value = wall
+    return (value.replace(tzinfo=zone) if value.tzinfo is None else value).astimezone(UTC)
+
+
+def _group_by(items: Iterable[str]) -> tuple[str, ...]:
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    for name in names:
+        if name in ("model", "provider", "status"):
+            continue
+        key = name.removeprefix(TAG_PREFIX)
+        if not name.startswith(TAG_PREFIX) or not TAG_KEY.fullmatch(key):
+            raise InvalidField(
+                f"group_by: {name[:80]!r} is not model, provider, status or tag:KEY",
+                ["group_by"],
+            )
+    if len(set(names)) != len(names):
+        raise InvalidField("group_by: each dimension once", ["group_by"])
+    if len(names) > MAX_GROUP_BY:
+        raise InvalidField(f"group_by: at most {MAX_GROUP_BY} dimensions", ["group_by"])
+    return tuple(names)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _dimension(name: str) -> Dimension:
+    if name.startswith(TAG_PREFIX):
+        return ("tag", name.removeprefix(TAG_PREFIX))
+    return (name, None)  # type: ignore[return-value]  # model, provider or status
+
+
+def _unrolled(project: Project, query: SpendQuery) -> list[str]:
+    keys = [n.removeprefix(TAG_PREFIX) for n in query.group_by if n.startswith(TAG_PREFIX)]
+    keys += [key for key in query.tags if key not in keys]
+    return [key for key in keys if key not in project.rollup_tags]
+
+
+async def project_of_key(pool: asyncpg.Pool, access: Access) -> Project:
+    """The project whose spend a key with the `read` scope may ask for: its own (`MissingScope`
+    for the operator, whose token names no project, and for a key without `read`)."""
+    access.project_key("read")
+    async with pool.acquire() as conn:
+        return await find_project(conn, access, access.project_slug or "")
+
+
+async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) -> SpendAnswer:
+    """The answer to `query` about `project` (whose access the caller checked)."""
+    zone = time_zone(query.tz)
+    bounds = bucket_bounds(query.since, query.until, query.bucket, zone)
+    unrolled = _unrolled(project, query)
+    ranges = plan_ranges(bounds, raw_only=bool(unrolled))
+    plan = store.SpendPlan(
+        project_id=project.id,
+        rolled=ranges.rolled,
+        raw=ranges.raw,
+        bucket_starts=bounds[:-1],
+        dimensions=[_dimension(name) for name in query.group_by],
+        model=query.model,
+        provider=query.provider,
+        status=query.status,
+        tags_json=msgspec.json.encode(query.tags, order="sorted").decode() if query.tags else None,
+    )
+    async with pool.acquire() as conn:
+        read = await store.select_spend(conn, plan)
+    note = None
+    if unrolled:
+        rolled = ", ".join(project.rollup_tags) or "none"
+        note = (
+            f"tag key(s) {', '.join(unrolled)} not rolled up (the project's rollup_tags: "
+            f"{rolled}): summed from raw events, which is slower and covers only the events "
+            "still kept (USAGE_RETENTION_DAYS)"
+        )
+    return assemble(
+        query, bounds, read, zone,
+        source="raw_events" if unrolled else "rollups", note=note,
+        raw_hours=ranges.cut_hours,
+    )  # fmt: skip

@@ -1,0 +1,234 @@
+"""The spend read: a project's usage summed per bucket and group, in one snapshot.
+
+Three sources make one answer, each over time ranges that `aiserver.ledger.spend.query` plans
+so that no event is counted twice or missed:
+
+- `usage_rollups` over the *rolled* ranges (whole UTC hours): every event folded so far;
+- the outbox tail over the same ranges: the events recorded but not folded yet, read from
+  `usage_events` through their `usage_outbox` row (what the fold will add);
+- `usage_events` over the *raw* ranges: the parts of hours that a bucket boundary (or `from`,
+  `to`) cuts, which an hourly rollup cannot split, or the whole window when a tag key that the
+  project does not roll up is asked for.
+
+The statements run in one REPEATABLE READ, read-only transaction: a fold that commits meanwhile
+(moving events from the outbox into the rollups) is either wholly seen or not at all.
+
+Each source is read in its primary key's order (`(project_id, hour, ...)`,
+`(project_id, occurred_at, id)`): the rolled ranges by their outer bounds, a row kept when a
+binary search over the ranges' edges puts it inside one, so a month of rollups is one range of
+an index; the cut hours each by a range of their own; the partitions of `usage_events` outside
+them are pruned. Each source sums its rows per bucket and group before they are added up. The
+bucket of a row is `width_bucket` over the buckets' starts (a binary search too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from aiserver.core_db.connections import DbConnection
+
+Dimension = tuple[Literal["model", "provider", "status", "tag"], str | None]
+
+#: A dimension's value in a rollup row and in an event row (a tag's key is a parameter).
+_ROLLUP_DIMENSION: Final = {
+    "model": "r.model",
+    "provider": "r.provider",
+    "status": "r.status",
+}
+_EVENT_DIMENSION: Final = {
+    "model": "coalesce(e.matched_model, e.model)",
+    "provider": "coalesce(e.matched_provider, e.provider, '')",
+    "status": "e.status",
+}
+SUMS: Final = (
+    "events",
+    "unpriced_events",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+_TOKENS: Final = SUMS[2:]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendPlan:
+    """What to read. Ranges are half-open [start, stop) in UTC, sorted, not overlapping; the
+    rolled ones are whole UTC hours. `bucket_starts` is sorted and its first is the window's
+    start; a row falls in the last bucket whose start is not after it."""
+
+    project_id: int
+    rolled: list[tuple[datetime, datetime]]
+    raw: list[tuple[datetime, datetime]]
+    bucket_starts: list[datetime]
+    dimensions: list[Dimension]
+    model: str | None = None
+    provider: str | None = None
+    status: str | None = None
+    tags_json: str | None = None  # a JSON object the event's (or rollup's) tags must contain
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    bucket: int  # 0-based index into the plan's bucket_starts
+    key: tuple[str | None, ...]  # the dimensions' values; a tag the event lacks is None
+    sums: tuple[int, ...]  # as SUMS
+    cost: Decimal
+    unfolded: int  # events of the outbox tail among them
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRead:
+    rows: list[SpendRow]
+    as_of: datetime  # the snapshot: every event committed before it is counted
+    through_event_id: int | None  # the project's largest event id in the snapshot
+
+
+class _Statement:
+    def __init__(self, plan: SpendPlan) -> None:
+        self.args: list[Any] = [plan.project_id]
+
+    def param(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def within(self, column: str, ranges: list[tuple[datetime, datetime]]) -> str:
+        """A condition that `column` is in one of `ranges` (sorted, apart): the bounds of them
+        all, which an index reads as one range, and then, for more than one, that `column`
+        falls between a start and its stop (an odd bucket of their edges: a binary search per
+        row, where a join with the ranges would compare each row with every range)."""
+        bounds = (
+            f"{column} >= {self.param(ranges[0][0])} AND {column} < {self.param(ranges[-1][1])}"
+        )
+        if len(ranges) == 1:
+            return bounds
+        edges = self.param([edge for piece in ranges for edge in piece])
+        return f"{bounds} AND width_bucket({column}, {edges}::timestamptz[]) % 2 = 1"
+
+    def ranges(self, ranges: list[tuple[datetime, datetime]]) -> str:
+        """The ranges as a relation `s(start, stop)`."""
+        starts = self.param([start for start, _ in ranges])
+        stops = self.param([stop for _, stop in ranges])
+        return f"unnest({starts}::timestamptz[], {stops}::timestamptz[]) AS s(start, stop)"
+
+
+def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
+    """The statement of the sums per bucket and group, and its parameters."""
+    st = _Statement(plan)
+    starts = st.param(plan.bucket_starts)
+    tag_keys = [st.param(key) if name == "tag" else "" for name, key in plan.dimensions]
+
+    def dimensions(alias: str, known: dict[str, str]) -> str:
+        columns = [
+            f"{alias}.tags ->> {tag_key}" if name == "tag" else known[name]
+            for (name, _), tag_key in zip(plan.dimensions, tag_keys, strict=True)
+        ]
+        return "".join(f", {column} AS d{i}" for i, column in enumerate(columns))
+
+    def filters(alias: str, known: dict[str, str]) -> str:
+        where = []
+        for name, value in (
+            ("model", plan.model),
+            ("provider", plan.provider),
+            ("status", plan.status),
+        ):
+            if value is not None:
+                where.append(f"{known[name]} = {st.param(value)}")
+        if plan.tags_json is not None:
+            where.append(f"{alias}.tags @> {st.param(plan.tags_json)}::jsonb")
+        return "".join(f" AND {clause}" for clause in where)
+
+    # each part sums its own rows first: the last GROUP BY adds up a few rows per group
+    by = "GROUP BY " + ", ".join(str(i) for i in range(1, len(plan.dimensions) + 2))
+    rollup_sums = ", ".join(f"sum(r.{name})" for name in SUMS) + ", sum(r.cost)"
+    event_sums = (
+        "count(*), count(*) FILTER (WHERE e.status = 'unpriced'), "
+        + ", ".join(f"sum(e.{name})" for name in _TOKENS)
+        + ", sum(coalesce(e.total_cost, 0))"
+    )
+    parts = []
+    if plan.rolled:
+        rollups = st.within("r.hour", plan.rolled)
+        outbox = st.within("o.occurred_at", plan.rolled)
+        parts.append(
+            f"SELECT width_bucket(r.hour, {starts}::timestamptz[])"  # noqa: S608
+            f"{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"
+            f" FROM usage_rollups r WHERE r.project_id = $1 AND {rollups}"
+            f"{filters('r', _ROLLUP_DIMENSION)} {by}"
+        )
+        parts.append(  # the tail: what the fold will add to those hours
+            f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
+            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, count(*)"
+            f" FROM usage_outbox o JOIN usage_events e ON e.project_id = o.project_id"
+            " AND e.occurred_at = o.occurred_at AND e.id = o.event_id"
+            f" WHERE o.project_id = $1 AND {outbox}{filters('e', _EVENT_DIMENSION)} {by}"
+        )
+    if plan.raw:
+        # one range (the whole window) is read as one range of the index; the cut hours (many
+        # short ranges) each as a range of its own: LATERAL makes it a loop over them, where a
+        # join could be planned as a scan of the whole window compared with every range
+        columns = (
+            f"width_bucket(e.occurred_at, {starts}::timestamptz[])"
+            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
+        )
+        if len(plan.raw) == 1:
+            parts.append(
+                f"SELECT {columns} FROM usage_events e"  # noqa: S608
+                f" WHERE e.project_id = $1 AND {st.within('e.occurred_at', plan.raw)}"
+                f"{filters('e', _EVENT_DIMENSION)} {by}"
+            )
+        else:
+            kept = filters("e", _EVENT_DIMENSION)
+            parts.append(
+                f"SELECT {columns} FROM {st.ranges(plan.raw)} CROSS JOIN LATERAL"  # noqa: S608
+                " (SELECT * FROM usage_events e WHERE e.project_id = $1"
+                f" AND e.occurred_at >= s.start AND e.occurred_at < s.stop{kept}) AS e {by}"
+            )
+    groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
+    # one part has summed its groups already; several are added up per group
+    total, regroup = ("{}", "") if len(parts) == 1 else ("sum({})", f" GROUP BY bucket{groups}")
+    sums = ", ".join(f"{total.format(name)}::bigint AS {name}" for name in (*SUMS, "unfolded"))
+    sql = (  # every value is a parameter; only names and aliases are spliced in
+        f"SELECT bucket{groups}, {sums}, {total.format('cost')} AS cost"  # noqa: S608
+        f" FROM ({' UNION ALL '.join(parts)}) AS parts (bucket{groups}, {', '.join(SUMS)},"
+        f" cost, unfolded){regroup}"
+    )
+    return sql, st.args
+
+
+async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
+    """The plan's sums per bucket and group, and the snapshot they are as of."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # A plan for these values: a generic plan (which a prepared statement gets after five
+        # runs) knows neither the window, so it cannot prune partitions or pick the index, nor
+        # how many ranges there are. And no JIT compiling: the estimates of the ranges run far
+        # above the rows read, which would buy seconds of compiling for milliseconds of work.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off")
+        (head,) = await conn.fetch(
+            "SELECT now() AS as_of,"
+            " (SELECT max(id) FROM usage_events WHERE project_id = $1) AS through",
+            plan.project_id,
+        )
+        records: list[asyncpg.Record] = []
+        if plan.rolled or plan.raw:
+            sql, args = spend_statement(plan)
+            records = list(await conn.fetch(sql, *args))
+    width = len(plan.dimensions)
+    rows = [
+        SpendRow(
+            bucket=r["bucket"] - 1,
+            key=tuple(r[f"d{i}"] for i in range(width)),
+            sums=tuple(r[name] for name in SUMS),
+            cost=r["cost"],
+            unfolded=r["unfolded"],
+        )
+        for r in records
+    ]
+    return SpendRead(rows=rows, as_of=head["as_of"], through_event_id=head["through"])
