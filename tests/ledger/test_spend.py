@@ -82,8 +82,9 @@ async def ledger(settings: Settings) -> AsyncIterator[Ledger]:
     async with database(settings.core):
         pool = require_pool()
         await pool.execute(
-            "INSERT INTO projects (slug, name, time_zone, rollup_tags) VALUES"
-            " ('acme', 'Acme', 'Europe/Berlin', '{team,feature}'), ('rival', 'Rival', 'UTC', '{}')"
+            "INSERT INTO projects (slug, name, time_zone, rollup_tags, rolled_up_tags) VALUES"
+            " ('acme', 'Acme', 'Europe/Berlin', '{team,feature}', '{team,feature}'),"
+            " ('rival', 'Rival', 'UTC', '{}', '{}')"
         )
         async with pool.acquire() as conn:
             acme, rival = await read_project(conn, "acme"), await read_project(conn, "rival")
@@ -460,9 +461,8 @@ async def test_a_key_the_project_does_not_roll_up_is_read_from_raw_events_and_sa
                                 tags=[("team", "ads")])  # fmt: skip
     assert answer.source == "raw_events"
     assert answer.source_note == (
-        "tag key(s) user not rolled up (the project's rollup_tags: team, feature): summed from "
-        "raw events, which is slower and covers only the events still kept "
-        "(USAGE_RETENTION_DAYS)"
+        "tag key(s) user not rolled up (rolled up: team, feature): summed from raw events, which "
+        "is slower and covers only the events still kept (USAGE_RETENTION_DAYS)"
     )
     assert [(g.key, g.cost, g.events, g.input_tokens) for g in answer.groups] == [
         ({"tag:user": "u1"}, "0.0011", 1, 1000)
@@ -473,6 +473,58 @@ async def test_a_key_the_project_does_not_roll_up_is_read_from_raw_events_and_sa
         ({"tag:team": None}, "0.0022"),
         ({"tag:team": "ads"}, "0.0011"),
     ]
+
+
+async def test_a_key_just_added_to_the_rolled_up_keys_is_read_from_raw_events_until_rebuilt(
+    ledger: Ledger,
+) -> None:
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.spend.rebuild import rebuild_rollups
+
+    events = [
+        {"model": "gpt-x", "usage": {"input_tokens": 1000}, "tags": {"user": "u1"},
+         "occurred_at": "2026-11-30T10:15:00Z"},
+        {"model": "gpt-x", "usage": {"input_tokens": 2000}, "tags": {"user": "u2"},
+         "occurred_at": "2026-11-30T11:45:00Z"},
+    ]  # fmt: skip
+    await ledger.record(ledger.project, events[:1])
+    await fold_all(ledger.pool)  # folded without `user`: those rollup rows cannot tell u1
+
+    async def by_user(project: Project) -> tuple[str, list[tuple[Any, str]]]:
+        answer = await ledger.spend(project=project, since="2026-11-30", until="2026-12-01",
+                                    group_by=["tag:user"])  # fmt: skip
+        return answer.source, [(g.key["tag:user"], g.cost) for g in answer.groups]
+
+    async def rebuild_later() -> None:  # the job the change enqueues, run later by hand
+        return None
+
+    added = await projects.change_project(
+        ledger.pool, Access.operator(), "acme", rollup_tags=["team", "feature", "user"],
+        enqueue_rebuild=lambda *_: rebuild_later(),
+    )  # fmt: skip
+    assert added.rolled_up_tags == ("team", "feature")
+    await ledger.record(ledger.project, events[1:])
+    await fold_all(ledger.pool)  # folded with `user`
+    assert await by_user(added) == ("raw_events", [("u2", "0.0022"), ("u1", "0.0011")])
+
+    async with ledger.pool.acquire() as conn:
+        await rebuild_rollups(conn, added.id)
+        rebuilt = await projects.find_project(conn, Access.operator(), "acme")
+    assert rebuilt.rolled_up_tags == ("team", "feature", "user")
+    assert await by_user(rebuilt) == ("rollups", [("u2", "0.0022"), ("u1", "0.0011")])
+
+    # a key taken out leaves at once; put back, it waits for a rebuild again
+    removed = await projects.change_project(
+        ledger.pool, Access.operator(), "acme", rollup_tags=["team"],
+        enqueue_rebuild=lambda *_: rebuild_later(),
+    )  # fmt: skip
+    assert removed.rolled_up_tags == ("team",)
+    again = await projects.change_project(
+        ledger.pool, Access.operator(), "acme", rollup_tags=["team", "user"],
+        enqueue_rebuild=lambda *_: rebuild_later(),
+    )  # fmt: skip
+    assert (await by_user(again))[0] == "raw_events"
 
 
 async def test_top_keeps_the_largest_groups_in_every_bucket_and_sums_the_rest_as_other(

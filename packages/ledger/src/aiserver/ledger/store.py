@@ -28,6 +28,9 @@ class Project(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None
+    #: The keys of `rollup_tags` that every rollup row of the project was folded with (a key
+    #: added joins once a rebuild made the rollups again): spend reads rollups only for these.
+    rolled_up_tags: tuple[str, ...] = ()
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +61,9 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     revoked_at: datetime | None
 
 
-_PROJECT: Final = "id, slug, name, time_zone, rollup_tags, created_at, updated_at, archived_at"
+_PROJECT: Final = (
+    "id, slug, name, time_zone, rollup_tags, rolled_up_tags, created_at, updated_at, archived_at"
+)
 _KEY_COLUMNS: Final = (
     "id, project_id, public_id, name, scopes, created_at, expires_at, revoked_at, last_used_at"
 )
@@ -70,7 +75,13 @@ _KEY: Final = (
 
 
 def _project(row: asyncpg.Record) -> Project:
-    return Project(**{**dict(row), "rollup_tags": tuple(row["rollup_tags"])})
+    return Project(
+        **{
+            **dict(row),
+            "rollup_tags": tuple(row["rollup_tags"]),
+            "rolled_up_tags": tuple(row["rolled_up_tags"]),
+        }
+    )
 
 
 def _key(row: asyncpg.Record) -> ApiKey:
@@ -83,7 +94,8 @@ async def insert_project(
     """The new project, or None when the slug is taken."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO projects (slug, name, time_zone, rollup_tags) VALUES ($1, $2, $3, $4)
+        INSERT INTO projects (slug, name, time_zone, rollup_tags, rolled_up_tags)
+        VALUES ($1, $2, $3, $4, $4)
         ON CONFLICT (slug) DO NOTHING
         RETURNING {_PROJECT}
         """,  # noqa: S608
@@ -124,6 +136,10 @@ async def update_project(
             name = COALESCE($2, name),
             time_zone = COALESCE($3, time_zone),
             rollup_tags = COALESCE($4, rollup_tags),
+            -- a key added is rolled up once a rebuild made the rollups again; one removed, now
+            rolled_up_tags = CASE WHEN $4::text[] IS NULL THEN rolled_up_tags
+                                  ELSE ARRAY(SELECT t FROM unnest(rolled_up_tags) AS t
+                                             WHERE t = ANY($4::text[])) END,
             archived_at = CASE WHEN $5::boolean IS NULL THEN archived_at
                                WHEN $5::boolean THEN COALESCE(archived_at, now())
                                ELSE NULL END,

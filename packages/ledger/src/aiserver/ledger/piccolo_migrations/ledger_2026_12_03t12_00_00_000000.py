@@ -6,6 +6,11 @@ project's rolled-up tag keys. Every part of the key is NOT NULL (a NULL never co
 upsert): an event without a provider rolls up under `''`, one without any rolled-up key under
 `{}`. The sums are NUMERIC, so no sum of counts that each fit a BIGINT can overflow and stop the
 folding.
+
+`projects.rolled_up_tags` says which of the project's rolled-up keys every rollup row was folded
+with: the keys of the last rebuild (or the first ones). A key added to `rollup_tags` joins it only
+once a rebuild has made the project's rollups again; a removed one leaves it at once. Spend
+answers read rollups only for keys in both.
 """
 
 from aiserver.core_db.migrations import sql_migration
@@ -15,6 +20,8 @@ VERSION = "1.38.0"
 DESCRIPTION = "hourly usage rollups"
 
 STATEMENTS = (
+    "ALTER TABLE projects ADD COLUMN rolled_up_tags TEXT[] NOT NULL DEFAULT '{}'",
+    "UPDATE projects SET rolled_up_tags = rollup_tags",
     """
     CREATE TABLE usage_rollups (
         project_id         BIGINT NOT NULL,

@@ -182,7 +182,9 @@ def _dimension(name: str) -> Dimension:
 def _unrolled(project: Project, query: SpendQuery) -> list[str]:
     keys = [n.removeprefix(TAG_PREFIX) for n in query.group_by if n.startswith(TAG_PREFIX)]
     keys += [key for key in query.tags if key not in keys]
-    return [key for key in keys if key not in project.rollup_tags]
+    # a key added to rollup_tags is answered from rollups once a rebuild made them for it
+    rolled = set(project.rollup_tags) & set(project.rolled_up_tags)
+    return [key for key in keys if key not in rolled]
 
 
 async def project_of_key(pool: asyncpg.Pool, access: Access) -> Project:
@@ -214,11 +216,13 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
         read = await store.select_spend(conn, plan)
     note = None
     if unrolled:
-        rolled = ", ".join(project.rollup_tags) or "none"
+        rolled = ", ".join(k for k in project.rollup_tags if k in project.rolled_up_tags)
+        pending = [k for k in unrolled if k in project.rollup_tags]
         note = (
-            f"tag key(s) {', '.join(unrolled)} not rolled up (the project's rollup_tags: "
-            f"{rolled}): summed from raw events, which is slower and covers only the events "
-            "still kept (USAGE_RETENTION_DAYS)"
+            f"tag key(s) {', '.join(unrolled)} not rolled up (rolled up: {rolled or 'none'}"
+            + (f"; {', '.join(pending)} once its rollups are rebuilt" if pending else "")
+            + "): summed from raw events, which is slower and covers only the events still "
+            "kept (USAGE_RETENTION_DAYS)"
         )
     return assemble(
         query, bounds, read, zone,

@@ -61,6 +61,7 @@ async def rebuild_rollups(conn: DbConnection, project_id: int) -> RebuildResult 
         if tags is None:
             return None
         done = await store.rebuild(conn, project_id, tags, CHOICE_FIELDS)
+        await store.mark_rolled_up(conn, project_id, tags)
     result = RebuildResult(
         project_id=project_id,
         rollup_tags=tuple(tags),

@@ -257,3 +257,10 @@ async def rebuild(
     await conn.execute("DROP TABLE rebuilt")
     assert row is not None
     return Rebuilt(events=int(row["events"]), rollups=row["rollups"], kept=row["kept"])
+
+
+async def mark_rolled_up(conn: DbConnection, project_id: int, tags: Sequence[str]) -> None:
+    """Record that the project's rollups hold `tags` in every row (a rebuild made them so)."""
+    await conn.execute(
+        "UPDATE projects SET rolled_up_tags = $2 WHERE id = $1", project_id, list(tags)
+    )
