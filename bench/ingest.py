@@ -1141,7 +1141,7 @@ def section(results: Results) -> Section:
         caption=f"{stored:,} realistic events ingested over HTTP into two monthly partitions, "
         "then `VACUUM (ANALYZE)`; each partition's heap and indexes counted under its parent. "
         "Heaps include their TOAST, free space and visibility maps; the last column is after "
-        "deleting every outbox row and `VACUUM` (what the rollups will do, the next issue):",
+        "deleting every outbox row and `VACUUM` (what folding into the rollups does):",
     )  # fmt: skip
     for relation in sorted(before, key=lambda r: (-before[r], r)):
         size_table.rows.append(
@@ -1232,7 +1232,9 @@ def section(results: Results) -> Section:
         "realistic one it shows what the unknown models cost.",
         f"`POST /v1/usage` with one event / `POST /v1/costs/calculate`: **{single_ratio:.2f}** "
         "(median of the per-round ratios). Both price the same call; the event adds its checks, "
-        "its key, a transaction of three writes and the wait for its `COMMIT` (here "
+        "its key, a transaction (the project's row locked and its budgets read, as budgets "
+        "need; then the key, outbox row and event in one statement) and the wait for its "
+        "`COMMIT` (here "
         f"`synchronous_commit` is `{meta.get('synchronous_commit', '?')}`: with `on`, the "
         "WAL flush).",
         f"Storage: **{per_event:,.0f} bytes per event** with the outbox unfolded, "
