@@ -26,10 +26,16 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from ..conftest import TEST_REDIS_URL
+from ..conftest import (
+    TEST_REDIS_URL,
+    create_database,
+    drop_database,
+    make_settings,
+    replace_settings,
+)
 from ..support.catalog import document, model_entry
 from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, kill, log_events
-from ..support.upstream import LocalServer, QuietHandler
+from ..support.upstream import LocalServer, QuietHandler, Upstream
 
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
 OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
@@ -561,3 +567,26 @@ def taskrunner_env(database_url: str, *, upstream_url: str, **variables: str) ->
     )
     env.update(variables)
     return env
+
+
+async def catalogued_database(template_url: str) -> str:
+    """A new database cloned from the migrated template, with the catalog of
+    `versioned_document(1)` refreshed into it from a local upstream (stopped again): what an
+    API process needs to price. The caller drops it."""
+    from aiserver.costs.refresh import Outcome, refresh_catalog
+
+    url = await create_database(template=template_url)
+    try:
+        upstream = Upstream()
+        upstream.start()
+        try:
+            settings = replace_settings(make_settings(url), model_cost_source_url=upstream.url)
+            upstream.serve(versioned_document(1))
+            report = await refresh_catalog(settings.core, settings.costs, trigger="test")
+            assert report.outcome is Outcome.APPLIED
+        finally:
+            upstream.stop()
+    except BaseException:
+        await drop_database(url)
+        raise
+    return url

@@ -19,18 +19,16 @@ import asyncpg
 import pytest
 
 from aiserver.core_db.database import database, require_pool
-from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.ledger.budgets.reservations import release_expired
 
-from ..conftest import create_database, drop_database, make_settings, replace_settings
-from ..support.upstream import Upstream
+from ..conftest import drop_database, make_settings
 from .harness import (
     ADMIN_TOKEN,
     ApiProcess,
     api_env,
     api_process,
+    catalogued_database,
     errors_logged,
-    versioned_document,
 )
 
 pytestmark = pytest.mark.slow
@@ -52,17 +50,8 @@ class Replicas:
 async def replicas(
     migrated_template_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Replicas]:
-    url = await create_database(template=migrated_template_url)
+    url = await catalogued_database(migrated_template_url)
     try:
-        upstream = Upstream()
-        upstream.start()
-        try:
-            settings = replace_settings(make_settings(url), model_cost_source_url=upstream.url)
-            upstream.serve(versioned_document(1))
-            report = await refresh_catalog(settings.core, settings.costs, trigger="test")
-            assert report.outcome is Outcome.APPLIED
-        finally:
-            upstream.stop()
         env = api_env(url, upstream_url="http://127.0.0.1:9/none")
         logs = tmp_path_factory.mktemp("reservations")
         async with (

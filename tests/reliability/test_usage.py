@@ -33,11 +33,9 @@ import asyncpg
 import httpx
 import pytest
 
-from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.ledger.usage.partitions import month_of, partition_name
 
-from ..conftest import create_database, drop_database, make_settings, replace_settings
-from ..support.upstream import Upstream
+from ..conftest import drop_database
 from .harness import (
     ADMIN_TOKEN,
     MICRO,
@@ -46,11 +44,11 @@ from .harness import (
     TcpProxy,
     api_env,
     api_process,
+    catalogued_database,
     errors_logged,
     eventually,
     tcp_proxy,
     through,
-    versioned_document,
 )
 
 pytestmark = pytest.mark.slow
@@ -83,17 +81,8 @@ class Ledger:
 async def ledger(
     migrated_template_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Ledger]:
-    url = await create_database(template=migrated_template_url)
+    url = await catalogued_database(migrated_template_url)
     try:
-        upstream = Upstream()
-        upstream.start()
-        try:
-            settings = replace_settings(make_settings(url), model_cost_source_url=upstream.url)
-            upstream.serve(versioned_document(1))
-            report = await refresh_catalog(settings.core, settings.costs, trigger="test")
-            assert report.outcome is Outcome.APPLIED
-        finally:
-            upstream.stop()
         # Keys stay cached for the whole module: a request during an outage gets as far as the
         # ingest itself, which is what is under test.
         env = api_env(url, upstream_url="http://127.0.0.1:9/none", API_KEY_CACHE_SECONDS="600")

@@ -79,8 +79,7 @@ async def _views(
 
 def _reading(access: Access) -> int:
     """The project of a key that may see its budgets (`read` or `admin`)."""
-    project_id = access.project_key("admin") if "read" not in access.scopes else None
-    return project_id if project_id is not None else access.project_key("read")
+    return access.project_key("read" if "read" in access.scopes else "admin")
 
 
 async def create_budget(

@@ -23,17 +23,11 @@ from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
 from aiserver.costs.pricing.usage import COUNT_FIELDS
 from aiserver.ledger.repricing.store import Adjustment, Repriced, RollupDelta
+from aiserver.ledger.usage.store.events import COUNT_COLUMNS
 from aiserver.ledger.usage.valuation import Valuation, value_usage
 
-_MAIN_COUNTS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 #: The counts a rollup sums in `usage_other`: every count but the five it has columns for.
-_OTHER_COUNTS: Final = frozenset(COUNT_FIELDS) - frozenset(_MAIN_COUNTS)
+_OTHER_COUNTS: Final = frozenset(COUNT_FIELDS) - frozenset(COUNT_COLUMNS)
 _USAGE_FIELDS: Final = frozenset(Usage.__struct_fields__)
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
 _TAGS: Final = msgspec.json.Decoder(dict[str, str])
@@ -51,7 +45,7 @@ def usage_of(row: EventRow) -> Usage:
     of `Usage` no longer has is left out)."""
     other = _OBJECT.decode(row["usage_other"]) if row["usage_other"] else {}
     fields = {k: v for k, v in other.items() if k in _USAGE_FIELDS}
-    return Usage(**{name: row[name] for name in _MAIN_COUNTS}, **fields)
+    return Usage(**{name: row[name] for name in COUNT_COLUMNS}, **fields)
 
 
 def revalue(catalog: Catalog, row: EventRow) -> Valuation:
@@ -122,14 +116,14 @@ _Key = tuple[int, Any, str, str, str, str]
 class _Sums:
     events: int = 0
     unpriced_events: int = 0
-    counts: list[int] = field(default_factory=lambda: [0] * len(_MAIN_COUNTS))
+    counts: list[int] = field(default_factory=lambda: [0] * len(COUNT_COLUMNS))
     other: dict[str, int] = field(default_factory=dict)
     cost: Decimal = Decimal(0)
 
     def add(self, sign: int, row: EventRow, status: str, cost: Decimal | None) -> None:
         self.events += sign
         self.unpriced_events += sign if status == "unpriced" else 0
-        for i, name in enumerate(_MAIN_COUNTS):
+        for i, name in enumerate(COUNT_COLUMNS):
             self.counts[i] += sign * row[name]
         other = _OBJECT.decode(row["usage_other"]) if row["usage_other"] else {}
         for name, n in other.items():

@@ -201,13 +201,6 @@ def _key_of(raw: bytes | msgspec.Raw) -> str | None:
 # -- recording -------------------------------------------------------------------------------
 
 _NUMBERS: Final = msgspec.json.Encoder(decimal_format="number")
-_MAIN_COUNTS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 _USAGE_FIELDS: Final = Usage.__struct_fields__
 #: (position, name, default) of every usage field kept in `usage_other` when it is not its default
 _OTHER_FIELDS: Final = tuple(
@@ -215,7 +208,7 @@ _OTHER_FIELDS: Final = tuple(
     for i, (name, default) in enumerate(
         zip(_USAGE_FIELDS, msgspec.structs.astuple(Usage()), strict=True)
     )
-    if name not in _MAIN_COUNTS
+    if name not in store.COUNT_COLUMNS
 )
 _NO_PARTITION: Final = "no partition of relation"
 #: How often a key that retention removed while it was being settled is claimed again.

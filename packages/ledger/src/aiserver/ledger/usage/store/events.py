@@ -46,6 +46,16 @@ EVENT_COLUMNS: Final = (
 )
 
 
+#: The usage counts that have columns of their own (any other count is kept in `usage_other`).
+COUNT_COLUMNS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
 #: The SQL type of each of `EVENT_COLUMNS`.
 EVENT_TYPES: Final = (
     "bigint", "timestamptz", "bigint", "timestamptz", "text", "text", "text", "text", "text",
