@@ -321,7 +321,9 @@ async def test_two_workers_starting_together_make_each_partition_once(
         run_burst(make_worker(cfg, cron_jobs=[partitions_cron()])),
         run_burst(make_worker(cfg, cron_jobs=[partitions_cron()])),
     )
-    assert [(w.jobs_complete, w.jobs_failed) for w in workers] == [(1, 0), (1, 0)]
+    # each worker enqueues its start-up run; either may take both from the shared queue
+    assert sum(w.jobs_complete for w in workers) == 2
+    assert [w.jobs_failed for w in workers] == [0, 0]
     done = await results(redis)
     # one made them all; the other found the lock taken, or ran after and found nothing to do
     assert sorted(r["outcome"] for r in done) in (["already_running", "done"], ["done", "done"])
