@@ -37,8 +37,8 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_every_package_is_named_with_the_aiserver_prefix() -> None:
     names = [tomllib.loads((p / "pyproject.toml").read_text())["project"]["name"] for p in PACKAGES]
     assert names == [
-        "aiserver-api", "aiserver-core-db", "aiserver-costs", "aiserver-documents",
-        "aiserver-ledger",
+        "aiserver-api", "aiserver-client", "aiserver-core-db", "aiserver-costs",
+        "aiserver-documents", "aiserver-ledger",
         "aiserver-taskrunner",
     ]  # fmt: skip
 
@@ -46,8 +46,8 @@ def test_every_package_is_named_with_the_aiserver_prefix() -> None:
 def test_wheel_metadata_pins_siblings_exactly_and_has_no_paths(wheels: dict[str, Path]) -> None:
     version = _version()
     assert sorted(wheels) == [
-        "aiserver_api", "aiserver_core_db", "aiserver_costs", "aiserver_documents",
-        "aiserver_ledger",
+        "aiserver_api", "aiserver_client", "aiserver_core_db", "aiserver_costs",
+        "aiserver_documents", "aiserver_ledger",
         "aiserver_taskrunner",
     ]  # fmt: skip
     for wheel in wheels.values():
@@ -75,6 +75,7 @@ def test_dependencies_point_one_way(wheels: dict[str, Path]) -> None:
                 if r.startswith("aiserver-")}  # fmt: skip
 
     assert siblings("aiserver_core_db") == set()
+    assert siblings("aiserver_client") == set()  # HTTP only, never a server package
     assert siblings("aiserver_costs") == {"aiserver-core-db"}
     assert siblings("aiserver_documents") == {"aiserver-core-db"}
     assert siblings("aiserver_ledger") == {"aiserver-core-db", "aiserver-costs"}

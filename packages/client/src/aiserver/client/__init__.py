@@ -1,0 +1,1 @@
+"""aiserver-client: report AI model calls to an aiserver ledger."""
