@@ -9,8 +9,10 @@ One project (Europe/Berlin, rolling up `team` and `feature`) gets N events sprea
 in place), priced as ingest would price them (`total_cost` is tokens times the model's prices),
 with 8 models, 4 teams, 6 features and 1,000 users as tags, each drawn independently (up to
 384 rollup rows an hour); 2% are unpriced. The hourly rollups
-are built from all but the newest `--tail` events in one `INSERT ... SELECT ... GROUP BY`; those
-stay in `usage_outbox`, the tail a spend answer reads from raw events.
+are built from all but the newest `--tail` events in one `INSERT ... SELECT ... GROUP BY` in key
+order, hour after hour, as folding writes them over time (the triggers on `usage_rollups` sum the
+daily rollups meanwhile); those stay in `usage_outbox`, the tail a spend answer reads from raw
+events.
 
 Each question is asked `--rounds` times after one warm-up, interleaved with its raw GROUP BY,
 in process: `read_spend` (what `GET /v1/spend` runs, without HTTP) and the answer's JSON
@@ -101,6 +103,7 @@ SELECT project_id, date_trunc('hour', occurred_at, 'UTC'), coalesce(matched_mode
        sum(coalesce(total_cost, 0))
 FROM usage_events WHERE project_id = $1 AND id <= $2
 GROUP BY 1, 2, 3, 4, 5, 6
+ORDER BY 1, 2, 3, 4, 5, 6
 """
 
 _TAIL = """
@@ -157,8 +160,11 @@ async def load(pool: asyncpg.Pool, project: Project, events: int, tail: int, now
         await conn.execute(_ROLLUPS, project.id, folded)
         await conn.execute(_TAIL, project.id, folded)
         rollups = await conn.fetchval("SELECT count(*) FROM usage_rollups")
-        say(f"[spend] {rollups:,} rollup rows in {time.perf_counter() - started:.1f} s; "
-            f"{tail:,} events in the outbox tail")  # fmt: skip
+        daily = await conn.fetchval("SELECT count(*) FROM usage_rollups_daily")
+        say(
+            f"[spend] {rollups:,} rollup rows ({daily:,} daily) in "
+            f"{time.perf_counter() - started:.1f} s; {tail:,} events in the outbox tail"
+        )
         await conn.execute("VACUUM ANALYZE")
 
 

@@ -23,12 +23,13 @@ from aiserver.costs.catalog import Catalog
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.spend.answer import SpendAnswer
-from aiserver.ledger.spend.buckets import bucket_bounds, plan_ranges
+from aiserver.ledger.spend.buckets import bucket_bounds, day_hours, plan_ranges, split_days
 from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project, read_project
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 
 from ..conftest import Settings
+from ..support.daily import assert_daily_agrees
 from ..support.folding import fold_all
 from ..support.processes import run_module
 from .test_ingest import _row
@@ -343,9 +344,97 @@ async def test_random_questions_equal_the_sum_of_the_raw_events_folded_or_not(
         ("raw_events", False, None),
     }
     await fold_all(ledger.pool)  # all folded now: the same answers from the rollups alone
+    assert await assert_daily_agrees(ledger.pool) > 0
+    whole_days = 0
     for _ in range(30):
-        answer = await assert_exact(ledger, events, random_question(rng))
+        params = random_question(rng)
+        answer = await assert_exact(ledger, events, params)
         assert answer.freshness.unfolded_events in (0, None)  # None: raw events throughout
+        whole_days += len(days_read(ledger.project, answer))
+    assert whole_days > 0  # the daily rollups answered some of it
+
+
+def days_read(project: Project, answer: SpendAnswer) -> list[Any]:
+    """The days of the project's clock the answer read from the daily rollups (as planned)."""
+    if answer.source != "rollups":
+        return []
+    bounds = [b.start.astimezone(UTC) for b in answer.buckets] + [answer.buckets[-1].end]
+    ranges = plan_ranges([b.astimezone(UTC) for b in bounds], raw_only=False)
+    return split_days(ranges.rolled, bounds[:-1], ZoneInfo(project.time_zone)).days
+
+
+async def test_daily_rollups_follow_the_project_s_time_zone_and_answer_exactly_in_each(
+    ledger: Ledger,
+) -> None:
+    """Days of a zone at +05:30 (whole hours 00:30 to 00:30), at -05:00 with daylight saving,
+    and at +10:30/+11:00 (Lord Howe moves by half an hour): after each change of the project's
+    zone the daily rollups are summed again, and questions in that zone, by day, week, month or
+    in one total, are exact. A spend read planned with the zone as it was (a Project read before
+    the change) does not use the daily rows of the new one."""
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+
+    rng = random.Random(20)
+    await ledger.record(ledger.project, random_events(rng, 600))
+    await fold_all(ledger.pool)
+    events = await raw_events(ledger.pool, ledger.project)
+    stale = ledger.project  # Europe/Berlin
+    for zone in ("Asia/Kolkata", "America/New_York", "Australia/Lord_Howe"):
+        project = await projects.change_project(
+            ledger.pool, Access.operator(), "acme", time_zone=zone
+        )
+        assert await assert_daily_agrees(ledger.pool) > 0
+        whole_days = 0
+        for _ in range(12):
+            params = {**random_question(rng), "tz": zone}
+            params["bucket"] = rng.choice((None, "day", "week", "month"))
+            ledger.project = project
+            answer = await assert_exact(ledger, events, params)
+            whole_days += len(days_read(project, answer))
+            ledger.project = stale  # planned for Berlin's days, read in the new zone's
+            await assert_exact(ledger, events, {**params, "tz": zone})
+        assert whole_days > 0
+    ledger.project = project
+
+
+def test_a_day_of_the_project_s_clock_is_read_as_a_day_when_it_lies_whole_in_one_bucket() -> None:
+    kolkata = ZoneInfo("Asia/Kolkata")
+    t = lambda day, hour: datetime(2026, 11, day, hour, tzinfo=UTC)  # noqa: E731
+    # a day of Kolkata's daily rollups: the whole UTC hours that lie in it (00:30 to 23:30)
+    assert day_hours(datetime(2026, 11, 2).date(), kolkata) == (t(1, 19), t(2, 18))
+    # Berlin's spring day has 23 hours, its autumn day 25
+    assert day_hours(datetime(2026, 3, 29).date(), BERLIN) == (
+        datetime(2026, 3, 28, 23, tzinfo=UTC),
+        datetime(2026, 3, 29, 22, tzinfo=UTC),
+    )
+    assert day_hours(datetime(2026, 10, 25).date(), BERLIN) == (
+        datetime(2026, 10, 24, 22, tzinfo=UTC),
+        datetime(2026, 10, 25, 23, tzinfo=UTC),
+    )
+    # Kolkata days by Kolkata day buckets: the bucket begins at 18:30 UTC, half an hour before
+    # the first whole hour of its day, and ends half an hour after its last
+    since, until = t(1, 18).replace(minute=30), t(5, 18).replace(minute=30)
+    bounds = bucket_bounds(since, until, "day", kolkata)
+    ranges = plan_ranges(bounds, raw_only=False)
+    split = split_days(ranges.rolled, bounds[:-1], kolkata)
+    assert split.days == [datetime(2026, 11, d).date() for d in (2, 3, 4, 5)]
+    assert split.buckets == [1, 2, 3, 4]  # width_bucket's count of bucket starts
+    assert split.hourly == []  # the hours 18:00 to 19:00 UTC are cut: raw events
+    # by UTC days, no Kolkata day lies in one bucket: every hour is read hourly
+    utc = bucket_bounds(t(1, 0), t(5, 0), "day", ZoneInfo("UTC"))
+    ranges = plan_ranges(utc, raw_only=False)
+    assert split_days(ranges.rolled, utc[:-1], kolkata).days == []
+    # by months, the days inside a month are days; around its start, hours
+    months = bucket_bounds(datetime(2026, 10, 20, tzinfo=UTC), t(10, 0), "month", BERLIN)
+    ranges = plan_ranges(months, raw_only=False)
+    split = split_days(ranges.rolled, months[:-1], BERLIN)
+    assert split.days[0] == datetime(2026, 10, 21).date()  # Oct 20 began before the window
+    assert split.days[-1] == datetime(2026, 11, 9).date()  # Nov 10 ends after it
+    assert split.buckets == [1] * 11 + [2] * 9  # Oct 21 to 31, Nov 1 to 9
+    assert split.hourly == [
+        (datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 10, 20, 22, tzinfo=UTC)),
+        (datetime(2026, 11, 9, 23, tzinfo=UTC), t(10, 0)),
+    ]
 
 
 async def test_a_whole_window_answer_counts_every_event_and_says_how_fresh(ledger: Ledger) -> None:

@@ -18,6 +18,8 @@ import asyncpg
 
 from aiserver.ledger.spend.folding import fold_all
 
+from .daily import assert_daily_agrees
+
 _KEY: Final = """
     e.project_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour,
     coalesce(e.matched_model, e.model) AS model,
@@ -54,7 +56,9 @@ _COLUMNS: Final = """
 
 
 async def rollups(conn: asyncpg.Connection | Any) -> list[tuple[Any, ...]]:
-    """Every rollup row, in key order."""
+    """Every rollup row, in key order (and the daily rollups checked to be their sums per
+    day: `assert_daily_agrees`)."""
+    await assert_daily_agrees(conn)
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM usage_rollups ORDER BY 1, 2, 3, 4, 5, 6"  # noqa: S608
     )

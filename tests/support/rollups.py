@@ -26,6 +26,8 @@ from aiserver.costs.pricing.usage import CHOICE_FIELDS
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 
+from .daily import assert_daily_agrees
+
 T0: Final = datetime(2026, 10, 1, tzinfo=UTC)
 #: The clock of the recorder: every event of the mix lies before it.
 NOW: Final = datetime(2026, 12, 3, 12, tzinfo=UTC)
@@ -182,6 +184,9 @@ def brute_force(events: Iterable[Any], rollup_tags: Iterable[str]) -> dict[Key, 
 async def stored_rollups(
     conn: asyncpg.Connection | asyncpg.Pool, project_id: int
 ) -> dict[Key, Sums]:
+    """The project's hourly rollups; and, wherever a test reads them, the daily rollups are
+    checked to be their sums per day (`assert_daily_agrees`)."""
+    await assert_daily_agrees(conn)
     rows = await conn.fetch(
         "SELECT *, tags::text AS tags_text, usage_other::text AS other_text"
         " FROM usage_rollups WHERE project_id = $1",

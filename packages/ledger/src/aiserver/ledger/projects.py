@@ -17,6 +17,7 @@ from aiserver.ledger import store
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
 from aiserver.ledger.jobs import rebuild_job_id
+from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.store import Project
 from aiserver.ledger.text import has_control
 
@@ -154,7 +155,8 @@ async def change_project(
     (`enqueue_rebuild`, `aiserver.ledger.spend.rebuild`) before the COMMIT: when the queue is
     down the change fails whole, so a change never stands without its rebuild on the way (the
     rebuild waits for the change's COMMIT, and one whose change rolled back rebuilds the same
-    rollups again)."""
+    rollups again). A change of the time zone sums the daily rollups again for its days, in
+    the same transaction."""
     if name is not None:
         check_name(name)
     if time_zone is not None:
@@ -165,9 +167,14 @@ async def change_project(
         access.require("admin")
         if archived is not None:
             access.require_operator()
+        zone_changed = time_zone is not None and time_zone != project.time_zone
+        if zone_changed:  # held off: the project's folds and reprices (its rollup lock)
+            await rollups.lock_project(conn, project.id)
         changed = await store.update_project(
             conn, project.id, name=name, time_zone=time_zone, rollup_tags=tags, archived=archived
         )
+        if zone_changed:  # the daily rollups are days of its clock: summed again for the new one
+            await rollups.resum_daily(conn, project.id)
         if enqueue_rebuild is not None and set(changed.rollup_tags) != set(project.rollup_tags):
             await enqueue_rebuild(changed.id, rebuild_job_id(changed.id, changed.updated_at))
     if keyring is not None:

@@ -6,10 +6,13 @@
 - `plan_ranges`: the window split into whole UTC hours that no boundary cuts (read from the
   hourly rollups and the outbox tail) and the parts of the hours that one cuts (a zone at
   +05:30, a window's edge at 10:20: read from raw events), so that every bucket is exact.
+- `split_days`: of those whole hours, the days of the project's clock that lie whole inside
+  them and inside one bucket (read from the daily rollups), and the hours left over.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -114,3 +117,56 @@ def plan_ranges(bounds: Sequence[datetime], *, raw_only: bool) -> Ranges:
     if cursor < stop:
         rolled.append((cursor, stop))
     return Ranges(rolled=rolled, raw=raw, cut_hours=len(cut))
+
+
+@dataclass(frozen=True, slots=True)
+class Days:
+    """The whole hours to read split further: `days` of the project's clock read from the
+    daily rollups, each in bucket `buckets[i]` (1-based, as SQL's `width_bucket` counts), and
+    the `hourly` ranges left, read from the hourly rollups."""
+
+    days: list[date] = field(default_factory=list)
+    buckets: list[int] = field(default_factory=list)
+    hourly: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+
+def _local_date(at: datetime, zone: ZoneInfo) -> date:
+    return at.astimezone(zone).date()
+
+
+def day_hours(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The whole UTC hours that the daily rollup of `day` sums: those that lie whole in that
+    day of the zone's clock (a daily rollup holds no hour that straddles a midnight). In a zone
+    at a whole hour's offset that is the day itself; at +05:30, 00:30 to 23:30 of its clock."""
+    first = _midnight(day, zone)
+    if first != _hour(first):
+        first = _hour(first) + HOUR
+    return first, _hour(_midnight(day + timedelta(days=1), zone))
+
+
+def split_days(
+    rolled: Sequence[tuple[datetime, datetime]], bucket_starts: Sequence[datetime], zone: ZoneInfo
+) -> Days:
+    """Which of the `rolled` hours (whole UTC hours, sorted) to read as days of `zone`, the
+    zone the daily rollups are summed in: a day whose hours (`day_hours`) all lie in one range
+    and in one bucket (no bucket begins after its first hour and before its end)."""
+    split = Days()
+    for start, stop in rolled:
+        cursor = start
+        day = _local_date(start, zone)
+        while True:
+            first, end = day_hours(day, zone)
+            if end > stop:
+                break
+            after = bisect_right(bucket_starts, first)  # buckets begun by `first`: 1-based
+            whole = first >= start and first < end
+            if whole and (after == len(bucket_starts) or bucket_starts[after] >= end):
+                split.days.append(day)
+                split.buckets.append(after)
+                if cursor < first:
+                    split.hourly.append((cursor, first))
+                cursor = end
+            day += timedelta(days=1)
+        if cursor < stop:
+            split.hourly.append((cursor, stop))
+    return split

@@ -14,9 +14,11 @@
   `status` (the pricing status) and `tag:KEY` (null for events without that tag).
 - `top` N keeps the N groups with the largest cost over the whole window (a tie goes to the
   smaller name) and sums the rest into one `other` group, the same groups in every bucket.
-- Exact and current: whole UTC hours come from the hourly rollups plus the events not folded
-  yet (the outbox tail); the parts of hours that a bucket boundary or the window's edge cuts
-  (a zone at +05:30, a `from` at 10:20) come from the raw events of those hours alone. Asking
+- Exact and current: whole UTC hours come from the rollups plus the events not folded yet (the
+  outbox tail): the days of the project's clock that lie whole in one bucket from the daily
+  rollups, the other hours from the hourly ones; the parts of hours that a bucket boundary or
+  the window's edge cuts (a zone at +05:30, a `from` at 10:20) come from the raw events of
+  those hours alone. Asking
   for a tag key the project does not roll up reads raw events for the whole window, and the
   answer says so (`source`). All of it is read in one snapshot (`freshness`).
 - Repriced events count at their current cost: a reprice updates the events and their rollups
@@ -35,7 +37,13 @@ import msgspec
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.projects import find_project
 from aiserver.ledger.spend.answer import SpendAnswer, assemble
-from aiserver.ledger.spend.buckets import BUCKETS, Bucket, bucket_bounds, plan_ranges
+from aiserver.ledger.spend.buckets import (
+    BUCKETS,
+    Bucket,
+    bucket_bounds,
+    plan_ranges,
+    split_days,
+)
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
@@ -201,6 +209,7 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
     bounds = bucket_bounds(query.since, query.until, query.bucket, zone)
     unrolled = _unrolled(project, query)
     ranges = plan_ranges(bounds, raw_only=bool(unrolled))
+    days = split_days(ranges.rolled, bounds[:-1], time_zone(project.time_zone))
     plan = store.SpendPlan(
         project_id=project.id,
         rolled=ranges.rolled,
@@ -211,6 +220,10 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
         provider=query.provider,
         status=query.status,
         tags_json=msgspec.json.encode(query.tags, order="sorted").decode() if query.tags else None,
+        days=days.days,
+        day_buckets=days.buckets,
+        hourly=days.hourly,
+        days_zone=project.time_zone,
     )
     async with pool.acquire() as conn:
         read = await store.select_spend(conn, plan)

@@ -264,3 +264,33 @@ async def mark_rolled_up(conn: DbConnection, project_id: int, tags: Sequence[str
     await conn.execute(
         "UPDATE projects SET rolled_up_tags = $2 WHERE id = $1", project_id, list(tags)
     )
+
+
+async def resum_daily(conn: DbConnection, project_id: int) -> int:
+    """Sum the project's daily rollups again from its hourly ones, by the days of its time zone
+    as it is now (after a change of it); the number of daily rows. The caller holds the
+    project's rollup lock exclusively, so no fold or reprice changes its rollups meanwhile.
+    (Otherwise triggers on `usage_rollups` keep the daily rows: see the migration that made
+    them.)"""
+    await conn.execute("DELETE FROM usage_rollups_daily WHERE project_id = $1", project_id)
+    written: int = await conn.fetchval(
+        """
+        WITH written AS (
+            INSERT INTO usage_rollups_daily
+            SELECT r.project_id, (r.hour AT TIME ZONE p.time_zone)::date AS day, r.model,
+                   r.provider, r.status, r.tags, sum(r.events), sum(r.unpriced_events),
+                   sum(r.input_tokens), sum(r.output_tokens), sum(r.cache_read_tokens),
+                   sum(r.cache_write_tokens), sum(r.reasoning_tokens), sum(r.cost)
+            FROM usage_rollups r JOIN projects p ON p.id = r.project_id
+            WHERE r.project_id = $1  -- the hours that lie whole in a day of its clock
+              AND (r.hour AT TIME ZONE p.time_zone)::date
+                  = ((r.hour + interval '59:59.999999') AT TIME ZONE p.time_zone)::date
+            GROUP BY 1, 2, 3, 4, 5, 6
+            ORDER BY 1, 2, 3, 4, 5, 6
+            RETURNING 1
+        )
+        SELECT count(*) FROM written
+        """,
+        project_id,
+    )
+    return written

@@ -3,7 +3,9 @@
 Three sources make one answer, each over time ranges that `aiserver.ledger.spend.query` plans
 so that no event is counted twice or missed:
 
-- `usage_rollups` over the *rolled* ranges (whole UTC hours): every event folded so far;
+- the rollups over the *rolled* ranges (whole UTC hours): every event folded so far; the days
+  of the project's clock that lie whole in them and in one bucket from `usage_rollups_daily`
+  (24 times fewer rows), the other hours from `usage_rollups`;
 - the outbox tail over the same ranges: the events recorded but not folded yet, read from
   `usage_events` through their `usage_outbox` row (what the fold will add);
 - `usage_events` over the *raw* ranges: the parts of hours that a bucket boundary (or `from`,
@@ -23,8 +25,8 @@ bucket of a row is `width_bucket` over the buckets' starts (a binary search too)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -73,6 +75,13 @@ class SpendPlan:
     provider: str | None = None
     status: str | None = None
     tags_json: str | None = None  # a JSON object the event's (or rollup's) tags must contain
+    # Of the rolled hours, the days read from the daily rollups, each with its bucket (1-based),
+    # and the `hourly` ranges left; valid while the project's time zone is `days_zone` (the
+    # zone the daily rollups are summed in). Without days, every rolled hour is read hourly.
+    days: list[date] = field(default_factory=list)
+    day_buckets: list[int] = field(default_factory=list)
+    hourly: list[tuple[datetime, datetime]] = field(default_factory=list)
+    days_zone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +164,33 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
     )
     parts = []
     if plan.rolled:
-        rollups = st.within("r.hour", plan.rolled)
-        outbox = st.within("o.occurred_at", plan.rolled)
-        parts.append(
-            f"SELECT width_bucket(r.hour, {starts}::timestamptz[])"  # noqa: S608
+        hourly_columns = (
+            f"width_bucket(r.hour, {starts}::timestamptz[])"
             f"{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"
-            f" FROM usage_rollups r WHERE r.project_id = $1 AND {rollups}"
-            f"{filters('r', _ROLLUP_DIMENSION)} {by}"
         )
+        if not plan.days:  # the rolled hours as one range of the index
+            parts.append(
+                f"SELECT {hourly_columns} FROM usage_rollups r"  # noqa: S608
+                f" WHERE r.project_id = $1 AND {st.within('r.hour', plan.rolled)}"
+                f"{filters('r', _ROLLUP_DIMENSION)} {by}"
+            )
+        elif plan.hourly:  # the hours around the days, apart: each range of them on its own
+            parts.append(
+                f"SELECT {hourly_columns} FROM {st.ranges(plan.hourly)}"  # noqa: S608
+                " CROSS JOIN LATERAL (SELECT * FROM usage_rollups r WHERE r.project_id = $1"
+                f" AND r.hour >= s.start AND r.hour < s.stop{filters('r', _ROLLUP_DIMENSION)}"
+                " OFFSET 0) AS r"  # kept a loop of index ranges: merged, it scans the table
+                f" {by}"
+            )
+        if plan.days:  # the bounds let the index read one range; the join gives each its bucket
+            parts.append(
+                f"SELECT d.bucket{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"  # noqa: S608
+                f" FROM unnest({st.param(plan.days)}::date[], {st.param(plan.day_buckets)}::int[])"
+                " AS d (day, bucket) JOIN usage_rollups_daily r ON r.day = d.day"
+                f" WHERE r.project_id = $1 AND r.day >= {st.param(plan.days[0])}"
+                f" AND r.day <= {st.param(plan.days[-1])}{filters('r', _ROLLUP_DIMENSION)} {by}"
+            )
+        outbox = st.within("o.occurred_at", plan.rolled)
         parts.append(  # the tail: what the fold will add to those hours
             f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
             f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, count(*)"
@@ -213,9 +241,14 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off")
         (head,) = await conn.fetch(
             "SELECT now() AS as_of,"
-            " (SELECT max(id) FROM usage_events WHERE project_id = $1) AS through",
+            " (SELECT max(id) FROM usage_events WHERE project_id = $1) AS through,"
+            " (SELECT time_zone FROM projects WHERE id = $1) AS time_zone",
             plan.project_id,
         )
+        if plan.days and head["time_zone"] != plan.days_zone:
+            # the zone changed since the plan was made: the daily rows in this snapshot are
+            # days of another clock, so read those hours hourly
+            plan = replace(plan, days=[], day_buckets=[], hourly=[])
         records: list[asyncpg.Record] = []
         if plan.rolled or plan.raw:
             sql, args = spend_statement(plan)
