@@ -67,7 +67,8 @@ examples:
   DATABASE_URL=postgresql://me@db:5432/aiserver REDIS_URL=redis://cache:6379/0 hatch run dev
 
 Every other setting comes from the environment as for the services (README, "Configuration");
-LOG_FORMAT defaults to console here. See docs/dev.md.
+LOG_FORMAT defaults to console here, WEBHOOK_ALLOWED_HOSTS to 127.0.0.1,localhost (so that
+budget alerts reach a local receiver). See docs/dev.md.
 """
 
 
@@ -199,6 +200,9 @@ def _service_env(database: Service, redis: Service) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=database.url, REDIS_URL=redis.url, PYTHONUNBUFFERED="1")
     env.setdefault("LOG_FORMAT", "console")  # a pipe is no TTY: "auto" would give JSON
+    # budget webhooks may reach a receiver on this machine (`aiserver-ledger webhooks receive`);
+    # the services refuse internal addresses otherwise
+    env.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
     return env
 
 

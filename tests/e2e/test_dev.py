@@ -24,7 +24,6 @@ import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from ..conftest import TEST_DATABASE_URL, TEST_REDIS_URL, _admin, _with_database, drop_database
+from ..conftest import TEST_REDIS_URL
 
 pytestmark = pytest.mark.slow
 
@@ -227,18 +226,6 @@ async def stop_and_check_nothing_is_left(dev: Dev, expected: tuple[str, ...]) ->
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def dev_database_url() -> AsyncIterator[str]:
-    """The URL of a database that does not exist yet: dev must create it. Dropped at the end."""
-    conn = await _admin()  # fails the test, saying why, when PostgreSQL does not answer
-    await conn.close()
-    url = _with_database(TEST_DATABASE_URL, f"aiserver_test_dev_{uuid.uuid4().hex[:12]}")
-    try:
-        yield url
-    finally:
-        await drop_database(url)
 
 
 @pytest.fixture

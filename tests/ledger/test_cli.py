@@ -180,3 +180,66 @@ async def test_a_budget_set_on_the_command_line_shows_its_window(
     assert (code, out.strip()) == (0, "budget 1 deleted")
     code, _, err = await ledger(subprocess_env, "budgets", "show", "--project", "shop", "1")
     assert (code, err.strip()) == (1, "aiserver-ledger budgets show: no budget 1")
+
+
+async def test_the_alert_receiver_answers_204_to_a_signed_alert_and_401_to_a_forged_one() -> None:
+    """`aiserver-ledger webhooks receive`, the newcomer's receiver: it prints each alert and
+    whether the signature verifies with the secret it was given, and stops after --count."""
+    import asyncio
+    import os
+    import sys
+
+    import httpx
+
+    from aiserver.ledger.webhooks.signing import sign
+
+    from ..reliability.harness import free_port
+
+    port = free_port()
+    body = json.dumps({
+        "type": "budget.threshold_crossed", "delivery_id": 4, "attempt": 2,
+        "alert": {"id": 9, "project": "acme", "budget_id": 3, "budget_name": "daily",
+                  "window_start": "2026-12-03T00:00:00Z", "window_end": "2026-12-04T00:00:00Z",
+                  "threshold_percent": "80", "limit_usd": "25.5", "committed_usd": "20.4"},
+    }).encode()  # fmt: skip
+    env = {**os.environ, "WEBHOOK_SECRET": "a-secret-of-the-budget"}
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aiserver.ledger.cli", "webhooks", "receive", "--port", str(port),
+        "--count", "1", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert receiver.stderr is not None
+        assert b"receiving budget alerts at" in await asyncio.wait_for(
+            receiver.stderr.readline(), 30
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            forged = await client.post(
+                "/alerts", content=body,
+                headers={"Aiserver-Signature": sign("another-secret-entirely", body)},
+            )  # fmt: skip
+            signed = await client.post(
+                "/alerts", content=body,
+                headers={"Aiserver-Signature": sign("a-secret-of-the-budget", body)},
+            )  # fmt: skip
+        assert (forged.status_code, signed.status_code) == (401, 204)
+        out, _ = await asyncio.wait_for(receiver.communicate(), 30)
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+            await receiver.wait()
+    assert receiver.returncode == 0
+    lines = out.decode().splitlines()
+    described = (
+        "alert 9: budget 'daily' of project acme crossed 80% of 25.5 USD (committed 20.4) in the "
+        "window 2026-12-03T00:00:00Z to 2026-12-04T00:00:00Z; attempt 2, delivery 4; "
+    )
+    assert lines == [
+        described + "SIGNATURE NOT VERIFIED (answered 401)",
+        described + "signature verified",
+    ]
+    # without a secret it says what it needs
+    code, _, err = await run_module(
+        "aiserver.ledger.cli", {"PATH": "/usr/bin"}, "webhooks", "receive"
+    )
+    assert code == 2
+    assert "give the budget's webhook secret (--secret, or WEBHOOK_SECRET)" in err

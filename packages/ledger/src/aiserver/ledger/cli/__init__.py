@@ -14,6 +14,7 @@ acts as the operator. Each command imports what it runs.
   a run that stopped (`--resume RUN`).
 - `export`: a project's events of a window as CSV, JSON lines or FOCUS CSV.
 - `spend`: what a project's usage cost, per bucket and group (a table, or JSON with --json).
+- `webhooks receive`: a local receiver that prints budget alerts and checks their signatures.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from typing import Final
 
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
-from aiserver.ledger.cli import budgets, export, partitions, reprice, spend, tenants, usage
+from aiserver.ledger.cli import (
+    budgets,
+    export,
+    partitions,
+    reprice,
+    spend,
+    tenants,
+    usage,
+    webhooks,
+)
 from aiserver.ledger.cli.common import Command
 
 
@@ -45,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     reprice.add_parsers(groups)
     export.add_parsers(groups)
     spend.add_parsers(groups)
+    webhooks.add_parsers(groups)
     return parser
 
 
@@ -56,6 +67,7 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger partitions list
   aiserver-ledger budgets create --project acme-search --name daily --limit 25 --period day
   aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01
+  aiserver-ledger webhooks receive --port 8900 --secret "$WEBHOOK_SECRET"
 
 every command takes --json; COMMAND --help says more."""
 
@@ -68,6 +80,7 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
     **reprice.COMMANDS,
     **export.COMMANDS,
     **spend.COMMANDS,
+    **webhooks.COMMANDS,
 }
 
 

@@ -1,0 +1,129 @@
+"""`aiserver-ledger webhooks receive`: a local receiver for budget alerts, to try them out.
+
+It listens on 127.0.0.1 (by default), and for each alert the task runner sends it prints what
+crossed and whether the `Aiserver-Signature` verifies with the budget's secret. It answers 204
+to a request it verified and 401 to one it could not, so the task runner retries an attempt
+that was not signed with that secret. Give the task runner (and the API, which checks the
+target when the budget is saved) `WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a
+loopback address is refused otherwise (`hatch run dev` sets it for its own services).
+
+It is a tool to see alerts arrive and to check a secret, not a production receiver: yours
+should keep the alert ids it has handled (delivery is at least once) and answer quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Final
+
+from aiserver.ledger.cli.common import Command
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import CoreSettings
+
+#: The largest alert body read (an alert is well under 1 KiB).
+MAX_BODY: Final = 64 * 1024
+
+
+def describe(alert: dict[str, Any], verified: bool) -> str:
+    """One line about a delivered alert, for a person."""
+    body = alert.get("alert") or {}
+    window = f"{body.get('window_start')} to {body.get('window_end') or 'no end (total)'}"
+    return (
+        f"alert {body.get('id')}: budget {body.get('budget_name')!r} of project "
+        f"{body.get('project')} crossed {body.get('threshold_percent')}% of "
+        f"{body.get('limit_usd')} USD (committed {body.get('committed_usd')}) in the window "
+        f"{window}; attempt {alert.get('attempt')}, delivery {alert.get('delivery_id')}; "
+        + ("signature verified" if verified else "SIGNATURE NOT VERIFIED (answered 401)")
+    )
+
+
+def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool) -> int:
+    """Receive alerts until Ctrl-C, or until `count` verified ones arrived; exit status 0."""
+    import json
+
+    from aiserver.ledger.webhooks.signing import verify
+
+    verified_alerts = 0
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the name http.server calls
+            nonlocal verified_alerts
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 <= length <= MAX_BODY:
+                self.send_response(413)
+                self.end_headers()
+                return
+            body = self.rfile.read(length)
+            verified = verify(secret, self.headers.get("Aiserver-Signature", ""), body)
+            try:
+                alert = json.loads(body)
+            except ValueError:
+                alert = {}
+            if as_json:
+                print(json.dumps({"verified": verified, **alert}), flush=True)
+            else:
+                print(describe(alert, verified), flush=True)
+            self.send_response(204 if verified else 401)
+            self.end_headers()
+            if verified:
+                verified_alerts += 1
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the alerts are printed above."""
+
+    with ThreadingHTTPServer((host, port), Handler) as server:
+        server.timeout = 0.5
+        where = f"http://{host}:{server.server_address[1]}/"
+        print(f"receiving budget alerts at {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            while count is None or verified_alerts < count:
+                server.handle_request()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return 0
+
+
+async def _receive(core: CoreSettings, args: argparse.Namespace) -> int:
+    secret = args.secret or os.environ.get("WEBHOOK_SECRET", "")
+    if not secret:
+        print(
+            "aiserver-ledger webhooks receive: give the budget's webhook secret "
+            "(--secret, or WEBHOOK_SECRET)",
+            file=sys.stderr,
+        )
+        return 2
+    return serve(args.host, args.port, secret, count=args.count, as_json=args.json)
+
+
+def add_parsers(groups: Any) -> None:
+    group = groups.add_parser(
+        "webhooks",
+        help="receive budget alerts locally and check their signatures: receive",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    receive = commands.add_parser(
+        "receive",
+        help="listen for budget alerts, print each and whether its signature verifies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    receive.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    receive.add_argument("--port", type=int, default=8900, help="port to listen on (8900)")
+    receive.add_argument(
+        "--secret", help="the budget's webhook_secret (default: WEBHOOK_SECRET in the environment)"
+    )
+    receive.add_argument(
+        "--count", type=int, help="stop after this many verified alerts (default: Ctrl-C)"
+    )
+    receive.add_argument("--json", action="store_true", help="print each alert as JSON")
+
+
+COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
+    ("webhooks", "receive"): _receive,
+}
