@@ -49,3 +49,13 @@ async def test_every_operation_declares_its_problems_as_problem_details(client: 
         assert body["content"]["application/json"]["schema"] == {
             "$ref": f"#/components/schemas/{name}"
         }
+
+
+async def test_the_usage_export_declares_the_media_types_it_streams(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    answer = schema["paths"]["/v1/usage/export"]["get"]["responses"]["200"]
+    assert answer["content"] == {
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}},
+    }
+    assert "CSV, JSON lines or FOCUS CSV" in answer["description"]

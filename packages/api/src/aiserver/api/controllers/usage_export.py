@@ -11,11 +11,13 @@ A client that hangs up ends its export and its connection.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from litestar import Controller, Request, get
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
@@ -89,6 +91,25 @@ class ExportSlots:
 
 slots = ExportSlots(MAX_EXPORTS)
 
+
+@dataclass
+class ExportOperation(Operation):
+    """The export's operation in the OpenAPI document: its 200 answer is a file in one of the
+    formats' media types (a `Stream`, which Litestar would describe as JSON)."""
+
+    def __post_init__(self) -> None:
+        answer = (self.responses or {}).get("200")
+        if answer is not None and not isinstance(answer, dict):
+            answer.description = (
+                "The events, streamed as a file (Content-Disposition: attachment): CSV, JSON "
+                "lines or FOCUS CSV, by `format`"
+            )
+            answer.content = {
+                media_type: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+                for media_type in sorted(set(MEDIA_TYPES.values()))
+            }
+
+
 _QUERY: Final = only_query(
     "format", "from", "to", "model", "provider", "status", prefixes=(TAG_PREFIX,)
 )
@@ -106,6 +127,7 @@ class UsageExportController(Controller):
         summary="Export usage events as CSV, JSON lines or FOCUS CSV (scope read)",
         responses=problem_responses(400, 401, 403, 422, 503),
         guards=[_QUERY],
+        operation_class=ExportOperation,
     )
     async def export_usage(
         self,
