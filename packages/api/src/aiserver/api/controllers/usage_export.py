@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from litestar import Controller, Request, get
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
@@ -99,7 +105,7 @@ class ExportOperation(Operation):
 
     def __post_init__(self) -> None:
         answer = (self.responses or {}).get("200")
-        if answer is not None and not isinstance(answer, dict):
+        if isinstance(answer, OpenAPIResponse):
             answer.description = (
                 "The events, streamed as a file (Content-Disposition: attachment): CSV, JSON "
                 "lines or FOCUS CSV, by `format`"
