@@ -310,6 +310,60 @@ async def test_a_fold_in_flight_is_waited_for_and_its_rows_then_moved_by_the_rep
         await folder.close()
 
 
+async def test_a_reprice_waits_for_a_rebuild_in_flight_and_then_moves_the_rebuilt_rollups(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """The project's rolled-up keys changed (team, then team and user) and the rebuild holds the
+    project's rollup lock, not committed yet: the reprice waits for it, then corrects the
+    rollups the rebuild made (keyed by the new keys). Nothing is counted twice or missed: the
+    rollups end equal to those of every event summed from scratch with the new keys, and the
+    daily rollups agree with them."""
+    from aiserver.ledger import projects
+    from aiserver.ledger.spend.rebuild import rebuild_rollups
+
+    await recorded(ledger)
+
+    async def later(*_: Any) -> None:  # the rebuild job the change enqueues: run by hand below
+        return None
+
+    await projects.change_project(
+        ledger.pool, OPERATOR, "p", rollup_tags=["team", "user"], enqueue_rebuild=later
+    )
+    rebuilder = await asyncpg.connect(settings.core.database_url)
+    try:
+        rebuilding = rebuilder.transaction()
+        await rebuilding.start()
+        rebuilt = await rebuild_rollups(rebuilder, ledger.p)  # a savepoint: the lock stays
+        assert rebuilt is not None
+        assert rebuilt.rollup_tags == ("team", "user")
+        run = await request_reprice(
+            ledger.pool, OPERATOR, RepriceRequest(project="p", dry_run=False)
+        )
+        repricing = asyncio.create_task(execute_run(ledger.pool, run.id, TODAY, batch_size=2))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        async with asyncio.timeout(30):
+            while not await rebuilder.fetchval(waiting):
+                await asyncio.sleep(0.02)
+        assert not repricing.done()
+        await rebuilding.commit()
+        assert await repricing is RunOutcome.DONE
+        await fold(rebuilder)  # e5 and e6, still in the outbox, with their new prices
+        assert await rollups(rebuilder) == await expected_rollups(rebuilder)
+        user_rows = await rebuilder.fetchval(
+            "SELECT count(*) FROM usage_rollups WHERE project_id = $1 AND tags ? 'user'",
+            ledger.p,
+        )
+        assert user_rows == 1  # e3's user, rolled up by the rebuild
+        assert await rebuilder.fetchval(
+            "SELECT sum(cost) FROM usage_rollups WHERE project_id = $1", ledger.p
+        ) == sum(c.new for c in CALLS)
+    finally:
+        await rebuilder.close()
+
+
 async def test_a_filter_keeps_the_run_to_its_window_model_and_status(ledger: Ledger) -> None:
     await recorded(ledger)
     run = await reprice(ledger, dry_run=False, model="gpt-x", since="2026-11-25T10:30:00Z")
