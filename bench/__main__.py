@@ -7,6 +7,7 @@ rewritten from what this run printed. With names, only those run and nothing is 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from collections.abc import Callable
 # before anything imports litellm: its price map comes from its own wheel, never the network
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from bench import calc, cli, fold, http_load, ingest, refresh, report, scale, startup
+from bench import calc, cli, fold, http_load, ingest, refresh, report, scale, spend, startup
 from bench.common import ROOT, Section, load_average, machine, say
 
 BENCHMARKS: dict[str, Callable[[bool], Section]] = {
@@ -38,6 +39,9 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
         phase_batches=1 if quick else 5,
     ),
     "fold": lambda quick: fold.run(events=20_000 if quick else 200_000, rounds=1 if quick else 3),
+    "spend": lambda quick: asyncio.run(
+        spend.run(events=50_000 if quick else 10_000_000, rounds=2 if quick else 20, tail=2_000)
+    ),
 }
 
 

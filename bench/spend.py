@@ -1,8 +1,8 @@
 """Spend questions on a large ledger: the answer from rollups (plus the tail) against the same
 question as a raw GROUP BY over usage_events.
 
-    hatch run python -m bench.spend                      # 1,000,000 events
-    hatch run python -m bench.spend --events 10000000 --rounds 30
+    hatch run bench:run spend                            # as bench:all runs it: 10M events
+    hatch run python -m bench.spend --events 1000000     # another size
 
 One project (Europe/Berlin, rolling up `team` and `feature`) gets N events spread over the last
 90 days, written set-based in PostgreSQL (`INSERT ... SELECT FROM generate_series`, every index
@@ -14,11 +14,13 @@ order, hour after hour, as folding writes them over time (the triggers on `usage
 daily rollups meanwhile); those stay in `usage_outbox`, the tail a spend answer reads from raw
 events.
 
-Each question is asked `--rounds` times after one warm-up, interleaved with its raw GROUP BY,
+Each question covers the last 30 whole days of its zone's clock, by day, and is asked
+`--rounds` times after one warm-up, interleaved with the same question as a raw GROUP BY,
 in process: `read_spend` (what `GET /v1/spend` runs, without HTTP) and the answer's JSON
 encoding. Both run without JIT compiling (read_spend turns it off; so does the raw GROUP BY
 here, for a fair comparison). It prints median and p99 (nearest rank) of each, and checks that
-both agree on the total cost. No file is written (`python -m bench` writes docs/benchmarks.md).
+both agree on the total cost. Alone it prints its section; `hatch run bench:all` (or
+`bench:splice spend`) writes it into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -43,7 +46,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.partitions import Partitions, month_of
-from bench.common import bench_settings, say, throwaway_database
+from bench.common import Section, Table, bench_settings, say, throwaway_database
 
 DAYS = 90
 
@@ -111,9 +114,9 @@ INSERT INTO usage_outbox (project_id, event_id, occurred_at)
 SELECT project_id, id, occurred_at FROM usage_events WHERE project_id = $1 AND id > $2
 """
 
-#: the raw GROUP BY of a question by day and a dimension, in Berlin's days
+#: the raw GROUP BY of a question by day (of the zone $4) and a dimension
 _RAW = """
-SELECT date_trunc('day', occurred_at, 'Europe/Berlin') AS day, {dimension} AS key,
+SELECT date_trunc('day', occurred_at, $4) AS day, {dimension} AS key,
        count(*) AS events, count(*) FILTER (WHERE status = 'unpriced') AS unpriced,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(coalesce(total_cost, 0)) AS cost
@@ -192,7 +195,25 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms"
 
 
-async def run(events: int, rounds: int, tail: int) -> None:
+#: (question, group_by, zone, the raw query's dimension)
+QUESTIONS: Final = (
+    ("by day and model", "model", "Europe/Berlin", "coalesce(matched_model, model)"),
+    ("by day and a rolled-up tag (`team`)", "tag:team", "Europe/Berlin", "tags ->> 'team'"),
+    ("by day and model, in Asia/Kolkata", "model", "Asia/Kolkata",
+     "coalesce(matched_model, model)"),
+    ("by day and a tag not rolled up (`user`)", "tag:user", "Europe/Berlin", "tags ->> 'user'"),
+)  # fmt: skip
+
+
+def last_days(now: datetime, zone: str, days: int) -> tuple[datetime, datetime]:
+    """The last `days` whole days of the zone's clock before today, in UTC."""
+    today = now.astimezone(ZoneInfo(zone)).date()
+    start = datetime.combine(today - timedelta(days=days), datetime.min.time(), ZoneInfo(zone))
+    end = datetime.combine(today, datetime.min.time(), ZoneInfo(zone))
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+async def run(events: int, rounds: int, tail: int) -> Section:
     async with throwaway_database("spend") as url:
         settings = bench_settings(url)
         await apply_migrations(settings.core)
@@ -204,17 +225,15 @@ async def run(events: int, rounds: int, tail: int) -> None:
             )  # fmt: skip
             now = datetime.now(UTC)
             await load(pool, project, events, tail, now)
-            until = datetime.combine(now.date(), datetime.min.time(), tzinfo=UTC)
-            since = until - timedelta(days=30)
-            rows: list[tuple[str, ...]] = []
-            for title, group_by, tz, dimension in (
-                ("by day and model, 30 days", "model", None, "coalesce(matched_model, model)"),
-                ("by day and tag:team (rolled up), 30 days", "tag:team", None, "tags ->> 'team'"),
-                ("by day and model, 30 days, Asia/Kolkata", "model", "Asia/Kolkata", None),
-                ("by day and tag:user (raw events), 30 days", "tag:user", None, "tags ->> 'user'"),
-            ):
+            async with pool.acquire() as conn:
+                hourly = await conn.fetchval("SELECT count(*) FROM usage_rollups")
+                daily = await conn.fetchval("SELECT count(*) FROM usage_rollups_daily")
+            rows: list[list[str]] = []
+            figures: dict[str, tuple[float, float]] = {}
+            for title, group_by, zone, dimension in QUESTIONS:
+                since, until = last_days(now, zone, 30)
                 query = spend_query(
-                    project, since=since, until=until, bucket="day", tz=tz, group_by=[group_by]
+                    project, since=since, until=until, bucket="day", tz=zone, group_by=[group_by]
                 )
 
                 async def ours(query: Any = query) -> Decimal:
@@ -222,30 +241,62 @@ async def run(events: int, rounds: int, tail: int) -> None:
                     msgspec.json.encode(answer)
                     return Decimal(answer.total.cost)
 
-                async def raw(dimension: str | None = dimension) -> Decimal:
-                    if dimension is None:  # Kolkata: the same sums as Berlin's, by other days
-                        dimension = "coalesce(matched_model, model)"
+                async def raw(
+                    dimension: str = dimension, zone: str = zone,
+                    since: datetime = since, until: datetime = until,
+                ) -> Decimal:  # fmt: skip
                     async with pool.acquire() as conn, conn.transaction():
                         await conn.execute("SET LOCAL jit = off")  # as read_spend does
                         found = await conn.fetch(
-                            _RAW.format(dimension=dimension), project.id, since, until
+                            _RAW.format(dimension=dimension), project.id, since, until, zone
                         )
                     return sum((r["cost"] for r in found), Decimal(0))
 
                 spend_times, raw_times = await measure(rounds, ours, raw)
-                rows.append((
+                figures[title] = (statistics.median(spend_times), statistics.median(raw_times))
+                rows.append([
                     title, ms(statistics.median(spend_times)), ms(percentile(spend_times, 0.99)),
                     ms(statistics.median(raw_times)), ms(percentile(raw_times, 0.99)),
                     f"{statistics.median(raw_times) / statistics.median(spend_times):.1f}x",
-                ))  # fmt: skip
+                ])  # fmt: skip
                 say(f"[spend] {title}: done")
-    print(f"\n{events:,} events over {DAYS} days in one project ({tail:,} in the outbox tail); "
-          f"{rounds} rounds each, after a warm-up")  # fmt: skip
-    header = ("question", "spend median", "spend p99", "raw GROUP BY median", "raw p99", "ratio")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
+    model, raw_model = figures[QUESTIONS[0][0]]
+    tag, raw_tag = figures[QUESTIONS[1][0]]
+    return Section(
+        key="spend",
+        title="8. Spend questions on a large ledger",
+        intro="\n\n".join((__doc__ or "").split("\n\n")[2:]),
+        tables=[
+            Table(
+                [
+                    "question (the last 30 whole days)",
+                    "`GET /v1/spend` median",
+                    "p99",
+                    "raw `GROUP BY` median",
+                    "p99",
+                    "raw / spend",
+                ],
+                rows,
+                caption=f"{events:,} events over {DAYS} days in one project: {hourly:,} hourly "
+                f"and {daily:,} daily rollup rows, {tail:,} events in the outbox tail; "
+                f"{rounds} rounds each, after a warm-up",
+            )
+        ],
+        notes=[
+            "Targets: a median of at most 50 ms, and at least 100x the raw `GROUP BY`.",
+            "A question in the project's zone reads whole days from the daily rollups, the "
+            "days' edges from the hourly ones and the outbox tail from raw events. A question "
+            "in another zone (Kolkata, +05:30, for a Berlin project) cannot use the project's "
+            "days: it reads hourly rollups, and the raw events of the half hours its days cut. "
+            "A tag key that is not rolled up is answered from raw events, as documented.",
+        ],
+        headline=[
+            f"spend: {ms(model)} median by day and model over 30 days of {events:,} events "
+            f"({raw_model / model:.0f}x the raw GROUP BY), {ms(tag)} by a rolled-up tag "
+            f"({raw_tag / tag:.0f}x)"
+        ],
+        data={"figures": figures, "events": events},
+    )
 
 
 def main() -> None:
@@ -258,7 +309,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--tail", type=int, default=2_000, help="events left in the outbox")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.rounds, args.tail))
+    say(asyncio.run(run(args.events, args.rounds, args.tail)).markdown())
 
 
 if __name__ == "__main__":

