@@ -118,6 +118,33 @@ async def test_async_completions_are_each_recorded_once(
     assert registered.queued() == before + 5  # one event per call, none twice
 
 
+async def test_streamed_completions_are_recorded_once_each(
+    ledger: Ledger, registered: Registered
+) -> None:
+    before = registered.queued()
+
+    def stream() -> str:
+        chunks = list(litellm.completion(model="gpt-4o", messages=MESSAGES,
+                                         mock_response="one two three", stream=True))  # fmt: skip
+        return str(chunks[0].id)
+
+    async def astream() -> str:
+        chunks = [c async for c in await litellm.acompletion(
+            model="gpt-4o", messages=MESSAGES, mock_response="four five", stream=True)]  # fmt: skip
+        return str(chunks[0].id)
+
+    await asyncio.to_thread(stream)
+    await astream()
+    await registered.delivered(before, 2)
+    new = sorted((await api_events(ledger.api, registered.tenant)).values(),
+                 key=lambda e: e["event_id"])[-2:]  # fmt: skip
+    for event in new:
+        assert event["model"] == "gpt-4o"
+        assert event["usage"]["input_tokens"] > 0
+        assert event["usage"]["output_tokens"] > 0
+    assert registered.queued() == before + 2  # one event per streamed call
+
+
 def anthropic_response() -> litellm.ModelResponse:
     """What LiteLLM answers for the Anthropic Messages API's documented example: its own
     reading of that message's usage (cache reads and writes added to prompt_tokens)."""
