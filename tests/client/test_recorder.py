@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import textwrap
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from aiserver.client import AsyncClient, Client, RecorderSettings
+from aiserver.client.recorder import new_key
 
 from .conftest import Ledger, Tenant, api_events, stored_keys
 
@@ -155,3 +157,18 @@ async def test_the_interpreters_exit_delivers_what_waits(
     assert out.decode().strip() == "sent before exit: 0"
     assert err.decode() == ""
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(300)}
+
+
+def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:
+    keys = {new_key() for _ in range(10_000)}
+    assert len(keys) == 10_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one key to the parent, then out without any cleanup
+        os.write(write, new_key().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.close(write)
+    assert child.partition("-")[0] != new_key().partition("-")[0]
