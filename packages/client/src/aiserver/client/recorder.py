@@ -265,7 +265,8 @@ class Recorder:
         if lost:
             log.error(
                 "aiserver recorder closed with %d usage event(s) not delivered within %.1f s "
-                "(the server was unreachable or failing); they are lost",
+                "(the server was unreachable or failing); they are lost (a batch in flight "
+                "may still have arrived: its keys keep it from counting twice if sent again)",
                 lost,
                 timeout,
             )
