@@ -18,7 +18,19 @@ from collections.abc import Callable
 # before anything imports litellm: its price map comes from its own wheel, never the network
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from bench import calc, cli, fold, http_load, ingest, refresh, report, scale, spend, startup
+from bench import (
+    calc,
+    cli,
+    client,
+    fold,
+    http_load,
+    ingest,
+    refresh,
+    report,
+    scale,
+    spend,
+    startup,
+)
 from bench.common import ROOT, Section, load_average, machine, say
 
 BENCHMARKS: dict[str, Callable[[bool], Section]] = {
@@ -41,6 +53,11 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "fold": lambda quick: fold.run(events=20_000 if quick else 200_000, rounds=1 if quick else 3),
     "spend": lambda quick: asyncio.run(
         spend.run(events=50_000 if quick else 10_000_000, rounds=2 if quick else 20, tail=2_000)
+    ),
+    "client": lambda quick: client.run(
+        rounds=3 if quick else 9,
+        e2e_events=5_000 if quick else 50_000,
+        e2e_rounds=1 if quick else 3,
     ),
 }
 

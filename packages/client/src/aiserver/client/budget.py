@@ -1,0 +1,175 @@
+"""The budget guard: reserve before a call, settle with its event, release if none comes.
+
+    with client.budget(model="gpt-4o", tags={"team": "search"}, estimate="0.05") as guard:
+        response = openai_client.chat.completions.create(...)
+        guard.record(event_from_response(response, tags={"team": "search"}))
+
+Entering reserves the estimate (`BudgetExceeded` when a hard budget cannot hold it: the call is
+not made). `guard.record(...)` or `guard.record_later(...)` reports the call's event with the
+reservation's id, which settles it: the actual cost replaces the estimate. Leaving without a
+reported event, or with an exception before a settled one, releases the reservation; a release
+that fails is logged (the server releases the reservation at its expiry anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import httpx
+import msgspec
+
+from aiserver.client import wire
+from aiserver.client.errors import AiserverError
+from aiserver.client.models import Event, EventResult, Reservation
+from aiserver.client.wire import EventLike, Money
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from aiserver.client.client import AsyncClient, Client
+
+log = logging.getLogger("aiserver.client")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What the guard reserves for: the call's model and tags, and its estimate or usage."""
+
+    model: str
+    tags: dict[str, str]
+    estimate: Optional[Money] = None
+    usage: Optional[Mapping[str, Any]] = None
+    provider: Optional[str] = None
+    usage_format: Optional[str] = None
+    expires_in_seconds: Optional[int] = None
+
+
+class _Guard:
+    """The state both guards share: the reservation, and what was reported with it."""
+
+    def __init__(self, ask: Ask) -> None:
+        self.ask = ask
+        self._reservation: Optional[Reservation] = None
+        self.settled = False  # an event recorded (waited for) settled the reservation
+        self.reported = False  # an event was recorded or queued with the reservation's id
+
+    @property
+    def reservation(self) -> Reservation:
+        if self._reservation is None:
+            raise RuntimeError("the budget guard holds no reservation: use it in a with block")
+        return self._reservation
+
+    def event(self, event: Optional[EventLike] = None, **fields: Any) -> Event:
+        """The call's event naming the reservation: the guard's model and tags unless the
+        event has its own."""
+        if not isinstance(event, Event) and "model" not in (event or {}) and "model" not in fields:
+            event = {"model": self.ask.model, **(event or {})}
+        made = wire.as_event(event, fields)
+        return msgspec.structs.replace(
+            made,
+            reservation_id=self.reservation.reservation_id,
+            tags=made.tags or dict(self.ask.tags),
+        )
+
+    def _recorded(self, result: EventResult) -> EventResult:
+        self.reported = True
+        self.settled = result.reservation == "settled"
+        return result
+
+    def _must_release(self, error: Optional[BaseException]) -> bool:
+        if self._reservation is None or self.settled:
+            return False
+        return error is not None or not self.reported
+
+    def _release_failed(self, exc: Exception) -> None:
+        log.warning(
+            "aiserver reservation %s not released (%s); it is released when it expires at %s",
+            self.reservation.reservation_id,
+            exc,
+            self.reservation.expires_at.isoformat(),
+        )
+
+
+class BudgetGuard(_Guard):
+    def __init__(self, client: Client, ask: Ask) -> None:
+        super().__init__(ask)
+        self._client = client
+
+    def __enter__(self) -> BudgetGuard:
+        ask = self.ask
+        self._reservation = self._client.reserve(
+            ask.model,
+            estimate=ask.estimate,
+            usage=ask.usage,
+            tags=ask.tags,
+            provider=ask.provider,
+            usage_format=ask.usage_format,
+            expires_in_seconds=ask.expires_in_seconds,
+        )
+        return self
+
+    def record(self, event: Optional[EventLike] = None, **fields: Any) -> EventResult:
+        """Record the call's event now; it settles the reservation."""
+        return self._recorded(self._client.record(self.event(event, **fields)))
+
+    def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
+        """Queue the call's event for the background recorder; it settles the reservation."""
+        key = self._client.record_later(self.event(event, **fields))
+        self.reported = self.reported or key is not None
+        return key
+
+    def __exit__(
+        self,
+        kind: Optional[type],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        if self._must_release(error):
+            try:
+                self._client.release(self.reservation.reservation_id)
+            except (AiserverError, httpx.TransportError) as exc:
+                self._release_failed(exc)
+
+
+class AsyncBudgetGuard(_Guard):
+    def __init__(self, client: AsyncClient, ask: Ask) -> None:
+        super().__init__(ask)
+        self._client = client
+
+    async def __aenter__(self) -> AsyncBudgetGuard:
+        ask = self.ask
+        self._reservation = await self._client.reserve(
+            ask.model,
+            estimate=ask.estimate,
+            usage=ask.usage,
+            tags=ask.tags,
+            provider=ask.provider,
+            usage_format=ask.usage_format,
+            expires_in_seconds=ask.expires_in_seconds,
+        )
+        return self
+
+    async def record(self, event: Optional[EventLike] = None, **fields: Any) -> EventResult:
+        """Record the call's event now; it settles the reservation."""
+        return self._recorded(await self._client.record(self.event(event, **fields)))
+
+    def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
+        """Queue the call's event for the background recorder; it settles the reservation."""
+        key = self._client.record_later(self.event(event, **fields))
+        self.reported = self.reported or key is not None
+        return key
+
+    async def __aexit__(
+        self,
+        kind: Optional[type],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        if self._must_release(error):
+            try:
+                await self._client.release(self.reservation.reservation_id)
+            except (AiserverError, httpx.TransportError) as exc:
+                self._release_failed(exc)

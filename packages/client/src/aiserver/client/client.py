@@ -1,0 +1,435 @@
+"""`Client` and `AsyncClient`: the calls of the aiserver API, and the background recorder.
+
+Both take the base URL and a project's key as arguments, or from `AISERVER_URL` and
+`AISERVER_API_KEY`. Every call but `record_later` waits for the server's answer and returns a
+typed result (`aiserver.client.models`); a problem answer raises `AiserverError` (a refused
+reservation: `BudgetExceeded`); a network failure raises `httpx.TransportError`.
+
+`record_later` hands the event to the client's `Recorder` (one background thread with its own
+HTTP connection, `aiserver.client.recorder`) and returns at once, from sync and async code
+alike. Close the client (or use it as a context manager) to deliver what waits; the
+interpreter's exit does it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Optional,
+    Union,
+    overload,
+)
+
+import httpx
+import msgspec
+
+from aiserver.client import wire
+from aiserver.client.budget import Ask, AsyncBudgetGuard, BudgetGuard
+from aiserver.client.models import (
+    CostResult,
+    Event,
+    EventResult,
+    RecordReport,
+    Release,
+    Reservation,
+    Spend,
+)
+from aiserver.client.recorder import MAX_BATCH, Recorder, RecorderSettings, RecorderStats, new_key
+from aiserver.client.wire import EventLike, Money
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+def _keyed(event: EventLike) -> Event:
+    """The event, with a new idempotency key if it has none (the answer says which)."""
+    made = wire.as_event(event, {})
+    if made.id is None:
+        made = msgspec.structs.replace(made, id=new_key())
+    return made
+
+
+def _record_bodies(events: Union[EventLike, Sequence[EventLike]]) -> tuple[list[bytes], bool]:
+    """The request bodies of `record` (10,000 events at most each), and whether one event
+    was given (not a list of them)."""
+    single = isinstance(events, (Event, Mapping))
+    items: Sequence[EventLike] = [events] if single else events  # type: ignore[list-item,assignment]
+    encoded = [wire.encode_event(_keyed(event)) for event in items]
+    if not encoded:
+        raise ValueError("record() needs at least one event")
+    chunks = [encoded[i : i + MAX_BATCH] for i in range(0, len(encoded), MAX_BATCH)]
+    return [wire.events_body(chunk) for chunk in chunks], single
+
+
+def _merge(reports: Iterable[RecordReport]) -> RecordReport:
+    merged = RecordReport(results=[], recorded=0, duplicate=0, conflict=0, invalid=0)
+    for report in reports:
+        merged.results.extend(report.results)
+        merged.recorded += report.recorded
+        merged.duplicate += report.duplicate
+        merged.conflict += report.conflict
+        merged.invalid += report.invalid
+    return merged
+
+
+class _Common:
+    """What both clients hold: the settings, and the recorder (made on first use)."""
+
+    def __init__(
+        self,
+        base_url: Optional[str],
+        api_key: Optional[str],
+        recorder: Optional[RecorderSettings],
+    ) -> None:
+        self.base_url, self._api_key = wire.settings(base_url, api_key)
+        self._recorder_settings = recorder
+        self._recorder: Optional[Recorder] = None
+        self._recorder_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never the key
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    @property
+    def recorder(self) -> Recorder:
+        """The background recorder of `record_later` (started on first use)."""
+        with self._recorder_lock:
+            if self._recorder is None:
+                self._recorder = Recorder(self.base_url, self._api_key, self._recorder_settings)
+            return self._recorder
+
+    def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
+        """Queue one event for the background recorder and return at once: its idempotency key
+        (given now if the event has none, with `occurred_at` now if it has none), or None when
+        the event was dropped (the queue is full: counted in `stats().dropped` and logged)."""
+        return self.recorder.enqueue(wire.as_event(event, fields))
+
+    def stats(self) -> RecorderStats:
+        """The background recorder's counts."""
+        return self.recorder.stats()
+
+    def _close_recorder(self, timeout: Optional[float]) -> None:
+        with self._recorder_lock:
+            recorder = self._recorder
+        if recorder is not None:
+            recorder.close(timeout)
+
+
+class Client(_Common):
+    """The aiserver API over one `httpx.Client` (thread-safe; keep one per process)."""
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 10.0,
+        recorder: Optional[RecorderSettings] = None,
+    ) -> None:
+        super().__init__(base_url, api_key, recorder)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=wire.headers(self._api_key), timeout=timeout
+        )
+
+    def _post(self, path: str, body: bytes) -> httpx.Response:
+        return self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    def calculate(
+        self,
+        model: str,
+        usage: Optional[Mapping[str, Any]] = None,
+        *,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        service_tier: Optional[str] = None,
+        at: Optional[datetime] = None,
+    ) -> CostResult:
+        """The exact cost of one call (`POST /v1/costs/calculate`)."""
+        body = wire.calculate_body(
+            model=model,
+            usage=usage or {},
+            provider=provider,
+            usage_format=usage_format,
+            service_tier=service_tier,
+            at=at,
+        )
+        return wire.decode(self._post("/v1/costs/calculate", body), CostResult)
+
+    @overload
+    def record(self, events: EventLike) -> EventResult: ...
+    @overload
+    def record(self, events: Sequence[EventLike]) -> RecordReport: ...
+    def record(
+        self, events: Union[EventLike, Sequence[EventLike]]
+    ) -> Union[EventResult, RecordReport]:
+        """Record one event (its `EventResult`) or many (a `RecordReport`, one result per event
+        in order), and wait until they are durable. An event without `id` gets a new key."""
+        bodies, single = _record_bodies(events)
+        report = _merge(wire.decode(self._post("/v1/usage", body), RecordReport) for body in bodies)
+        return report.results[0] if single else report
+
+    def spend(
+        self,
+        since: Union[datetime, str],
+        until: Union[datetime, str],
+        *,
+        bucket: Optional[str] = None,
+        tz: Optional[str] = None,
+        group_by: Sequence[str] = (),
+        model: Optional[str] = None,
+        provider: Optional[str] = None,
+        status: Optional[str] = None,
+        tags: Optional[Mapping[str, str]] = None,
+        top: Optional[int] = None,
+    ) -> Spend:
+        """What the project's usage cost in `[since, until)` (`GET /v1/spend`; a `read` key)."""
+        params = wire.spend_params(
+            since,
+            until,
+            bucket=bucket,
+            tz=tz,
+            group_by=group_by,
+            model=model,
+            provider=provider,
+            status=status,
+            tags=tags,
+            top=top,
+        )
+        return wire.decode(self._http.get("/v1/spend", params=params), Spend)
+
+    def reserve(
+        self,
+        model: str,
+        *,
+        estimate: Optional[Money] = None,
+        usage: Optional[Mapping[str, Any]] = None,
+        tags: Optional[Mapping[str, str]] = None,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        service_tier: Optional[str] = None,
+        expires_in_seconds: Optional[int] = None,
+    ) -> Reservation:
+        """Hold `estimate` (or the price of `usage`) on the hard budgets the call counts for;
+        `BudgetExceeded` when one cannot hold it (then nothing is held)."""
+        body = wire.reserve_body(
+            model=model,
+            provider=provider,
+            tags=tags,
+            estimate=estimate,
+            usage=usage,
+            usage_format=usage_format,
+            service_tier=service_tier,
+            expires_in_seconds=expires_in_seconds,
+        )
+        return wire.decode(self._post("/v1/budgets/reserve", body), Reservation)
+
+    def release(self, reservation_id: str) -> Release:
+        """Give back what a reservation holds (idempotent)."""
+        path = f"/v1/budgets/reservations/{reservation_id}/release"
+        return wire.decode(self._post(path, b""), Release)
+
+    def budget(
+        self,
+        *,
+        model: str,
+        tags: Optional[Mapping[str, str]] = None,
+        estimate: Optional[Money] = None,
+        usage: Optional[Mapping[str, Any]] = None,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        expires_in_seconds: Optional[int] = None,
+    ) -> BudgetGuard:
+        """`with client.budget(...) as guard:` reserves on entry, `guard.record(...)` settles
+        the reservation with the call's event, and leaving without one releases it."""
+        ask = Ask(
+            model=model,
+            tags=dict(tags or {}),
+            estimate=estimate,
+            usage=usage,
+            provider=provider,
+            usage_format=usage_format,
+            expires_in_seconds=expires_in_seconds,
+        )
+        return BudgetGuard(self, ask)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what `record_later` queued; True when all of it is settled in time."""
+        return self.recorder.flush(timeout)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Deliver what waits (see `RecorderSettings.close_timeout`), then close."""
+        self._close_recorder(timeout)
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[type],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_Common):
+    """The aiserver API over one `httpx.AsyncClient`. `record_later` is a plain (non-async)
+    call: it only queues, for the background thread to deliver."""
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 10.0,
+        recorder: Optional[RecorderSettings] = None,
+    ) -> None:
+        super().__init__(base_url, api_key, recorder)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=wire.headers(self._api_key), timeout=timeout
+        )
+
+    async def _post(self, path: str, body: bytes) -> httpx.Response:
+        return await self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    async def calculate(
+        self,
+        model: str,
+        usage: Optional[Mapping[str, Any]] = None,
+        *,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        service_tier: Optional[str] = None,
+        at: Optional[datetime] = None,
+    ) -> CostResult:
+        """As `Client.calculate`."""
+        body = wire.calculate_body(
+            model=model,
+            usage=usage or {},
+            provider=provider,
+            usage_format=usage_format,
+            service_tier=service_tier,
+            at=at,
+        )
+        return wire.decode(await self._post("/v1/costs/calculate", body), CostResult)
+
+    @overload
+    async def record(self, events: EventLike) -> EventResult: ...
+    @overload
+    async def record(self, events: Sequence[EventLike]) -> RecordReport: ...
+    async def record(
+        self, events: Union[EventLike, Sequence[EventLike]]
+    ) -> Union[EventResult, RecordReport]:
+        """As `Client.record`."""
+        bodies, single = _record_bodies(events)
+        report = _merge(
+            [wire.decode(await self._post("/v1/usage", body), RecordReport) for body in bodies]
+        )
+        return report.results[0] if single else report
+
+    async def spend(
+        self,
+        since: Union[datetime, str],
+        until: Union[datetime, str],
+        *,
+        bucket: Optional[str] = None,
+        tz: Optional[str] = None,
+        group_by: Sequence[str] = (),
+        model: Optional[str] = None,
+        provider: Optional[str] = None,
+        status: Optional[str] = None,
+        tags: Optional[Mapping[str, str]] = None,
+        top: Optional[int] = None,
+    ) -> Spend:
+        """As `Client.spend`."""
+        params = wire.spend_params(
+            since,
+            until,
+            bucket=bucket,
+            tz=tz,
+            group_by=group_by,
+            model=model,
+            provider=provider,
+            status=status,
+            tags=tags,
+            top=top,
+        )
+        return wire.decode(await self._http.get("/v1/spend", params=params), Spend)
+
+    async def reserve(
+        self,
+        model: str,
+        *,
+        estimate: Optional[Money] = None,
+        usage: Optional[Mapping[str, Any]] = None,
+        tags: Optional[Mapping[str, str]] = None,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        service_tier: Optional[str] = None,
+        expires_in_seconds: Optional[int] = None,
+    ) -> Reservation:
+        """As `Client.reserve`."""
+        body = wire.reserve_body(
+            model=model,
+            provider=provider,
+            tags=tags,
+            estimate=estimate,
+            usage=usage,
+            usage_format=usage_format,
+            service_tier=service_tier,
+            expires_in_seconds=expires_in_seconds,
+        )
+        return wire.decode(await self._post("/v1/budgets/reserve", body), Reservation)
+
+    async def release(self, reservation_id: str) -> Release:
+        """As `Client.release`."""
+        path = f"/v1/budgets/reservations/{reservation_id}/release"
+        return wire.decode(await self._post(path, b""), Release)
+
+    def budget(
+        self,
+        *,
+        model: str,
+        tags: Optional[Mapping[str, str]] = None,
+        estimate: Optional[Money] = None,
+        usage: Optional[Mapping[str, Any]] = None,
+        provider: Optional[str] = None,
+        usage_format: Optional[str] = None,
+        expires_in_seconds: Optional[int] = None,
+    ) -> AsyncBudgetGuard:
+        """`async with client.budget(...) as guard:`, as `Client.budget`."""
+        ask = Ask(
+            model=model,
+            tags=dict(tags or {}),
+            estimate=estimate,
+            usage=usage,
+            provider=provider,
+            usage_format=usage_format,
+            expires_in_seconds=expires_in_seconds,
+        )
+        return AsyncBudgetGuard(self, ask)
+
+    async def flush(self, timeout: Optional[float] = None) -> bool:
+        """As `Client.flush`, waiting in a worker thread (the event loop runs on)."""
+        return await asyncio.to_thread(self.recorder.flush, timeout)
+
+    async def close(self, timeout: Optional[float] = None) -> None:
+        """As `Client.close`."""
+        await asyncio.to_thread(self._close_recorder, timeout)
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: Optional[type],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        await self.close()

@@ -1,0 +1,414 @@
+"""The background recorder: `record_later` returns at once; a thread delivers the events.
+
+One daemon thread per recorder owns its own `httpx.Client` and sends the queued events as
+`POST /v1/usage` batches (`{"events": [...]}`): when `batch_size` events wait, when the oldest
+has waited `flush_interval` seconds, or at once on `flush()` and `close()`. Callers on any
+thread, and coroutines on any event loop, only append to a bounded in-memory queue under a lock,
+so `Client` and `AsyncClient` share the same recorder design and no event loop is ever blocked
+by delivery.
+
+Exactly once: every event gets its idempotency key (`id`) and its `occurred_at` when it is
+queued, and is encoded then, so every attempt sends the same bytes. A failed attempt (the
+connection refused or reset, a timeout, a 5xx, a 429) is retried with exponential backoff and
+full jitter, or after the answer's Retry-After, with the same keys: what the server had already
+committed comes back `duplicate`, never twice. Per event, `invalid` and `conflict` are final:
+they are counted as rejected and logged with the server's reason, never retried. A batch that
+the server refuses as a whole (401, 403, 413, 422) is counted and logged the same way.
+
+Nothing is lost silently: a full queue drops the new event, counts it and logs a warning (at
+most every `OVERFLOW_LOG_S` seconds, with the running count); `close()` (and the interpreter's
+exit, through `atexit`) delivers what waits, and counts and logs as dropped what it could not
+deliver within its timeout. The key is never logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import httpx
+import msgspec
+
+from aiserver.client import wire
+from aiserver.client.models import CONFLICT, DUPLICATE, INVALID, RECORDED, Event, RecordReport
+
+log = logging.getLogger("aiserver.client")
+
+#: A warning about a full queue at most this often (with the count dropped so far).
+OVERFLOW_LOG_S = 10.0
+#: Statuses after which the same batch may succeed: a timeout, too early, too many, the server.
+RETRY_STATUSES = frozenset({408, 425, 429})
+MAX_BATCH = 10_000  # the most one POST /v1/usage takes
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """How the background recorder batches, retries and stops.
+
+    - `batch_size`: events per request (1 to 10,000);
+    - `flush_interval`: seconds the oldest queued event waits for a fuller batch;
+    - `max_queue`: events held at most; more are dropped, counted and logged;
+    - `backoff_base`, `max_backoff`: the n-th retry waits a random time up to
+      `min(max_backoff, backoff_base * 2**n)` seconds (Retry-After, when sent, instead, up to
+      `max_backoff`);
+    - `close_timeout`: how long `close()` (and the interpreter's exit) waits for delivery;
+    - `timeout`: of each HTTP request.
+    """
+
+    batch_size: int = 500
+    flush_interval: float = 1.0
+    max_queue: int = 10_000
+    backoff_base: float = 0.5
+    max_backoff: float = 30.0
+    close_timeout: float = 10.0
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        if self.max_queue < 1 or self.flush_interval < 0 or self.backoff_base <= 0:
+            raise ValueError("max_queue must be at least 1, flush_interval and backoff_base > 0")
+
+
+class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts since the recorder started. `queued`: accepted by `record_later`; `pending`:
+    queued and not settled yet; `sent`: delivered (the server answered for them);
+    `recorded`, `duplicates`: how the server answered; `rejected`: invalid, in conflict, or in
+    a batch refused as a whole; `dropped`: never delivered (the queue was full, or `close()`
+    gave up); `retries`: attempts that repeated a failed one; `batches`: requests answered."""
+
+    queued: int
+    pending: int
+    sent: int
+    recorded: int
+    duplicates: int
+    rejected: int
+    dropped: int
+    retries: int
+    batches: int
+
+
+_Item = tuple[str, bytes]  # (key, the encoded event)
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for recorder in list(_live):
+        recorder.close()
+
+
+class _Keys:
+    """New idempotency keys: a random prefix (128 bits, new in every process, forked ones too)
+    and a counter, which is cheaper on the hot path than a UUID per event and as unique."""
+
+    def __init__(self) -> None:
+        self.renew()
+        if hasattr(os, "register_at_fork"):  # POSIX: a forked child draws a prefix of its own
+            os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self._prefix = uuid.uuid4().hex + "-"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+#: A new idempotency key for an event that has none.
+new_key = _Keys()
+
+
+class Recorder:
+    """Queues events and delivers them from one background thread (started on first use)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        settings: Optional[RecorderSettings] = None,
+        *,
+        transport: Optional[httpx.BaseTransport] = None,
+    ) -> None:
+        self.settings = settings or RecorderSettings()
+        self._base_url = base_url
+        self._headers = {**wire.headers(api_key), **wire.JSON_HEADERS}
+        self._transport = transport
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._first_at = 0.0  # when the oldest queued event was queued (monotonic)
+        self._flushing = 0  # callers waiting in flush()
+        self._closing = False
+        self._given_up = False  # close() timed out: what is left is dropped
+        self._final = False  # close() has counted what is lost: nothing is counted after it
+        self._thread: Optional[threading.Thread] = None
+        self._wake = threading.Event()  # cuts a backoff short when close() gives up
+        self._last_overflow_log = -OVERFLOW_LOG_S
+        self._dropped_since_log = 0
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    # -- the caller's side (any thread) -------------------------------------------------------
+
+    def enqueue(self, event: Event) -> Optional[str]:
+        """Queue `event` (a key and `occurred_at` are given to it if it has none); its key, or
+        None when it was dropped (the queue is full, or the recorder is closed)."""
+        if event.id is None or event.occurred_at is None:
+            event = msgspec.structs.replace(
+                event,
+                id=event.id if event.id is not None else new_key(),
+                occurred_at=event.occurred_at or datetime.now(timezone.utc),
+            )
+        key: str = event.id  # type: ignore[assignment]  # set just above
+        data = wire.encode_event(event)
+        with self._cond:
+            if self._closing or len(self._queue) >= self.settings.max_queue:
+                self._drop_one_locked()
+                return None
+            self._queue.append((key, data))
+            self._counts["queued"] += 1
+            waiting = len(self._queue)
+            if waiting == 1:
+                self._first_at = time.monotonic()
+            if self._thread is None:
+                self._start_locked()
+            elif waiting == 1 or waiting == self.settings.batch_size:
+                self._cond.notify()
+        return key
+
+    def _drop_one_locked(self) -> None:
+        self._counts["dropped"] += 1
+        self._dropped_since_log += 1
+        now = time.monotonic()
+        if now - self._last_overflow_log >= OVERFLOW_LOG_S:
+            reason = (
+                "the recorder is closed"
+                if self._closing
+                else (f"the queue is full ({self.settings.max_queue} events waiting)")
+            )
+            log.warning(
+                "aiserver usage event dropped: %s; %d dropped since the last warning, %d in all",
+                reason,
+                self._dropped_since_log,
+                self._counts["dropped"],
+            )
+            self._last_overflow_log = now
+            self._dropped_since_log = 0
+
+    def _start_locked(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aiserver-recorder", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    def stats(self) -> RecorderStats:
+        with self._cond:
+            counts = dict(self._counts)
+        settled = sum(counts.get(k, 0) for k in ("sent", "rejected_batch", "lost"))
+        names = ("sent", "recorded", "duplicates", "rejected", "dropped", "retries", "batches")
+        return RecorderStats(
+            queued=counts.get("queued", 0),
+            pending=counts.get("queued", 0) - settled,
+            **{name: counts.get(name, 0) for name in names},
+        )
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Deliver every event queued before this call, now; wait for them at most `timeout`
+        seconds (None: as long as it takes). True when all of them are settled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._counts["queued"]
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._settled_locked() < target:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return True
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what waits (up to `timeout`, default `settings.close_timeout`), then stop.
+        What could not be delivered is counted as dropped and logged. True if nothing was."""
+        timeout = self.settings.close_timeout if timeout is None else timeout
+        with self._cond:
+            if self._closing:
+                return self._settled_locked() >= self._counts["queued"]
+            self._closing = True
+            self._cond.notify_all()
+        delivered = self.flush(timeout)
+        with self._cond:
+            self._given_up = True
+            self._cond.notify_all()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(min(self.settings.timeout, 2.0) if not delivered else None)
+        with self._cond:
+            self._final = True
+            lost = self._counts["queued"] - self._settled_locked()
+            if lost:
+                self._counts["lost"] += lost
+                self._counts["dropped"] += lost
+        if lost:
+            log.error(
+                "aiserver recorder closed with %d usage event(s) not delivered within %.1f s "
+                "(the server was unreachable or failing); they are lost (a batch in flight "
+                "may still have arrived: its keys keep it from counting twice if sent again)",
+                lost,
+                timeout,
+            )
+        _live.discard(self)
+        return lost == 0
+
+    def _settled_locked(self) -> int:
+        c = self._counts
+        return c["sent"] + c["rejected_batch"] + c["lost"]
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        client = httpx.Client(
+            base_url=self._base_url,
+            headers=self._headers,
+            timeout=self.settings.timeout,
+            transport=self._transport,
+        )
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._deliver(client, batch)
+        finally:
+            client.close()
+
+    def _next_batch(self) -> Optional[list[_Item]]:
+        """The next batch to send; None once closed and nothing waits (or close gave up)."""
+        size, interval = self.settings.batch_size, self.settings.flush_interval
+        with self._cond:
+            while True:
+                if self._given_up:
+                    return None
+                waiting = len(self._queue)
+                if waiting and (waiting >= size or self._flushing or self._closing):
+                    break
+                if not waiting:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                left = self._first_at + interval - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+            self._first_at = time.monotonic()
+        return batch
+
+    def _deliver(self, client: httpx.Client, batch: list[_Item]) -> None:
+        body = wire.events_body(data for _, data in batch)
+        attempt = 0
+        while True:
+            try:
+                response = client.post("/v1/usage", content=body)
+            except httpx.TransportError as exc:
+                wait, reason = self._backoff(attempt), f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                if status == 200:
+                    self._settle(batch, response, attempt)
+                    return
+                if status not in RETRY_STATUSES and status < 500:
+                    self._refused(batch, response)
+                    return
+                after = wire.retry_after(response)
+                wait = (
+                    self._backoff(attempt)
+                    if after is None
+                    else (min(after, self.settings.max_backoff))
+                )
+                reason = f"HTTP {status} {wire.problem_error(response).detail}"
+            attempt += 1
+            with self._cond:
+                if self._given_up:
+                    return
+                self._counts["retries"] += 1
+            level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
+            log.log(
+                level,
+                "aiserver usage batch of %d event(s) not delivered (%s); retry %d "
+                "in %.2f s with the same keys",
+                len(batch),
+                reason,
+                attempt,
+                wait,
+            )
+            if self._wake.wait(wait):
+                return  # close() gave up on delivery: the batch counts as dropped there
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.max_backoff, self.settings.backoff_base * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+    def _settle(self, batch: list[_Item], response: httpx.Response, attempt: int) -> None:
+        try:
+            report = msgspec.json.decode(response.content, type=RecordReport)
+        except msgspec.DecodeError as exc:  # a 200 that is no report: the server is not aiserver
+            log.error("aiserver answered a usage batch with something unreadable: %s", exc)
+            report = RecordReport(results=[], recorded=0, duplicate=0, conflict=0, invalid=0)
+        counts = collections.Counter(result.status for result in report.results)
+        for result in report.results:
+            if result.status in (CONFLICT, INVALID):
+                problem = result.problem or {}
+                log.warning(
+                    "aiserver refused usage event %r (%s): %s",
+                    result.id,
+                    result.status,
+                    problem.get("detail", "no detail"),
+                )
+        if attempt:
+            log.info(
+                "aiserver usage batch of %d event(s) delivered after %d retr%s",
+                len(batch),
+                attempt,
+                "y" if attempt == 1 else "ies",
+            )
+        with self._cond:
+            if self._final:
+                return
+            self._counts["sent"] += len(batch)
+            self._counts["batches"] += 1
+            self._counts["recorded"] += counts[RECORDED]
+            self._counts["duplicates"] += counts[DUPLICATE]
+            self._counts["rejected"] += counts[CONFLICT] + counts[INVALID]
+            self._cond.notify_all()
+
+    def _refused(self, batch: list[_Item], response: httpx.Response) -> None:
+        error = wire.problem_error(response)
+        log.error(
+            "aiserver refused a usage batch of %d event(s) (%d %s): %s; they are not recorded",
+            len(batch),
+            error.status,
+            error.title,
+            error.detail,
+        )
+        with self._cond:
+            if self._final:
+                return
+            self._counts["rejected_batch"] += len(batch)
+            self._counts["rejected"] += len(batch)
+            self._counts["batches"] += 1
+            self._cond.notify_all()

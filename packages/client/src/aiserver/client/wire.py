@@ -1,0 +1,232 @@
+"""The HTTP exchange without the I/O: what each call sends, and how an answer is read.
+
+`Client` (httpx.Client), `AsyncClient` (httpx.AsyncClient) and the background recorder all build
+their requests and read their answers here, so the three never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import (
+    Any,
+    Optional,
+    TypeVar,
+    Union,
+)
+
+import httpx
+import msgspec
+
+from aiserver.client.errors import AiserverError, BudgetExceeded, ConfigurationError
+from aiserver.client.models import Event
+
+T = TypeVar("T")
+
+URL_VARIABLE = "AISERVER_URL"
+KEY_VARIABLE = "AISERVER_API_KEY"
+USER_AGENT = "aiserver-client/0.1"
+
+EventLike = Union[Event, Mapping[str, Any]]
+Money = Union[Decimal, str, int]
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]:
+    """The base URL and key: the arguments, else `AISERVER_URL` and `AISERVER_API_KEY`."""
+    url = base_url or os.environ.get(URL_VARIABLE, "")
+    key = api_key or os.environ.get(KEY_VARIABLE, "")
+    if not url:
+        raise ConfigurationError(
+            f"no aiserver URL: pass base_url=... or set {URL_VARIABLE} (e.g. http://127.0.0.1:8000)"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"the aiserver URL must start with http:// or https://: {url!r}")
+    if not key:
+        raise ConfigurationError(
+            f"no aiserver API key: pass api_key=... or set {KEY_VARIABLE} (a project key, ais_...)"
+        )
+    return url.rstrip("/"), key
+
+
+def headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def as_event(event: Optional[EventLike], fields: Mapping[str, Any]) -> Event:
+    """An `Event` from an Event, a dict of its fields, or keyword fields (which win)."""
+    if isinstance(event, Event):
+        return msgspec.structs.replace(event, **fields) if fields else event
+    merged = {**(event or {}), **fields}
+    try:
+        return msgspec.convert(merged, Event)
+    except msgspec.ValidationError as exc:
+        raise TypeError(f"not a usage event: {exc}") from None
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def events_body(encoded: Iterable[bytes]) -> bytes:
+    """`{"events": [...]}` from events encoded one by one."""
+    return b'{"events":[' + b",".join(encoded) + b"]}"
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+def decode(response: httpx.Response, kind: type[T]) -> T:
+    """The answer's body as `kind`, or the problem it holds raised as an `AiserverError`."""
+    if not response.is_success:
+        raise problem_error(response)
+    return msgspec.json.decode(response.content, type=kind)
+
+
+def retry_after(response: httpx.Response) -> Optional[float]:
+    """Retry-After in seconds (a number, or an HTTP date), if the answer has one."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+
+
+def problem_error(response: httpx.Response) -> AiserverError:
+    """The `AiserverError` of a failed answer (a problem document, or whatever the body is)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    problem: dict[str, Any] = body if isinstance(body, dict) else {}
+    status = problem.get("status")
+    status = status if isinstance(status, int) else response.status_code
+    title = str(problem.get("title") or response.reason_phrase or "error")
+    detail = problem.get("detail")
+    if not isinstance(detail, str):
+        detail = response.text[:500] if body is None else "the server gave no detail"
+    kind = str(problem.get("type") or "about:blank")
+    cls = BudgetExceeded if kind.endswith(":budget-exceeded") or status == 402 else AiserverError
+    return cls(status, title, detail, type=kind, problem=problem, retry_after=retry_after(response))
+
+
+# -- requests of the other calls ----------------------------------------------------------------
+
+
+def drop_none(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def money(value: Optional[Money]) -> Optional[str]:
+    """A decimal string for the wire; a float is refused (it would not be exact)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise TypeError("money is a Decimal or a decimal string, never a float")
+    return str(Decimal(value))
+
+
+def spend_params(
+    since: Union[datetime, str],
+    until: Union[datetime, str],
+    *,
+    bucket: Optional[str],
+    tz: Optional[str],
+    group_by: Sequence[str],
+    model: Optional[str],
+    provider: Optional[str],
+    status: Optional[str],
+    tags: Optional[Mapping[str, str]],
+    top: Optional[int],
+) -> httpx.QueryParams:
+    """The query of `GET /v1/spend`."""
+
+    def text(value: Union[datetime, str]) -> str:
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    params: list[tuple[str, str]] = [("from", text(since)), ("to", text(until))]
+    for name, value in (
+        ("bucket", bucket),
+        ("tz", tz),
+        ("model", model),
+        ("provider", provider),
+        ("status", status),
+    ):
+        if value is not None:
+            params.append((name, value))
+    if group_by:
+        params.append(("group_by", ",".join(group_by)))
+    if top is not None:
+        params.append(("top", str(top)))
+    params.extend((f"tag:{key}", value) for key, value in (tags or {}).items())
+    return httpx.QueryParams(tuple(params))
+
+
+def reserve_body(
+    *,
+    model: str,
+    provider: Optional[str],
+    tags: Optional[Mapping[str, str]],
+    estimate: Optional[Money],
+    usage: Optional[Mapping[str, Any]],
+    usage_format: Optional[str],
+    service_tier: Optional[str],
+    expires_in_seconds: Optional[int],
+) -> bytes:
+    body = drop_none(
+        {
+            "model": model,
+            "provider": provider,
+            "tags": dict(tags) if tags else None,
+            "estimate": money(estimate),
+            "usage": dict(usage) if usage is not None else None,
+            "usage_format": usage_format,
+            "service_tier": service_tier,
+            "expires_in_seconds": expires_in_seconds,
+        }
+    )
+    return encode(body)
+
+
+def calculate_body(
+    *,
+    model: str,
+    usage: Mapping[str, Any],
+    provider: Optional[str],
+    usage_format: Optional[str],
+    service_tier: Optional[str],
+    at: Optional[datetime],
+) -> bytes:
+    body = drop_none(
+        {
+            "model": model,
+            "usage": dict(usage),
+            "provider": provider,
+            "usage_format": usage_format,
+            "service_tier": service_tier,
+            "at": at,
+        }
+    )
+    return encode(body)

@@ -1,0 +1,207 @@
+"""`Client` and `AsyncClient` against a real API process: every call answers typed results with
+exact Decimal money, and every problem is a typed error."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from aiserver.client import (
+    AiserverError,
+    AsyncClient,
+    BudgetExceeded,
+    Client,
+    ConfigurationError,
+    CostResult,
+    Event,
+    EventResult,
+    RecordReport,
+)
+
+from .conftest import Ledger, Tenant, budget_window, create_budget, stored_keys
+
+GPT_4O = {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200}
+#: 800 prompt tokens at $2.50 per million, 200 cache reads at $1.25, 500 output tokens at $10
+GPT_4O_COST = Decimal("0.00725")
+
+
+def key() -> str:
+    return f"k-{uuid.uuid4().hex}"
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_a_client_without_url_or_key_says_which_is_missing(no_client_env: None) -> None:
+    with pytest.raises(ConfigurationError, match="AISERVER_URL"):
+        Client(api_key="ais_x")
+    with pytest.raises(ConfigurationError, match="AISERVER_API_KEY"):
+        Client("http://127.0.0.1:1")
+    with pytest.raises(ConfigurationError, match="http://"):
+        Client("127.0.0.1:8000", "ais_x")
+
+
+def test_a_client_reads_url_and_key_from_the_environment(
+    ledger: Ledger, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AISERVER_URL", ledger.api.base_url + "/")
+    monkeypatch.setenv("AISERVER_API_KEY", tenant.key)
+    with Client() as client:
+        assert client.base_url == ledger.api.base_url
+        assert tenant.key not in repr(client)
+        assert client.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O}).status == "recorded"
+
+
+# -- calculate, record --------------------------------------------------------------------------
+
+
+def test_calculate_answers_exact_decimal_money(ledger: Ledger, tenant: Tenant) -> None:
+    with Client(ledger.api.base_url, tenant.key) as client:
+        cost = client.calculate("gpt-4o", GPT_4O)
+    assert isinstance(cost, CostResult)
+    assert cost.total == GPT_4O_COST
+    assert isinstance(cost.total, Decimal)
+    assert (cost.model, cost.provider, cost.currency) == ("gpt-4o", "openai", "USD")
+    assert sum(c.cost for c in cost.components) == cost.total
+    assert all(c.cost == c.quantity * c.unit_price for c in cost.components)
+
+
+def test_record_one_event_then_again_then_changed(ledger: Ledger, tenant: Tenant) -> None:
+    k = key()
+    event = Event(id=k, model="gpt-4o", usage=GPT_4O, tags={"team": "search"})
+    with Client(ledger.api.base_url, tenant.key) as client:
+        first = client.record(event)
+        again = client.record(event)
+        changed = client.record({"id": k, "model": "gpt-4o", "usage": {"input_tokens": 1}})
+        invalid = client.record({"id": key(), "model": "gpt-4o",
+                                 "usage": {"input_tokens": 5, "cache_read_tokens": 6}})  # fmt: skip
+    assert isinstance(first, EventResult)
+    assert (first.status, first.id, first.total, first.pricing_status) == (
+        "recorded",
+        k,
+        GPT_4O_COST,
+        "priced",
+    )
+    assert isinstance(first.event_id, int)
+    assert isinstance(first.price_version, int)
+    assert (again.status, again.event_id, again.total) == ("duplicate", first.event_id, GPT_4O_COST)
+    assert (changed.status, changed.ok) == ("conflict", False)
+    assert changed.problem is not None
+    assert "another payload" in changed.problem["detail"]
+    assert invalid.status == "invalid"
+    assert invalid.problem is not None
+    assert invalid.problem["fields"] == ["cache_read_tokens", "input_tokens"]
+
+
+def test_record_many_answers_each_in_order_and_counts(ledger: Ledger, tenant: Tenant) -> None:
+    keys = [key() for _ in range(3)]
+    events = [
+        {"id": keys[0], "model": "gpt-4o", "usage": GPT_4O},
+        Event(id=keys[1], model="no-such-model", usage={"input_tokens": 10}),
+        {"id": keys[2], "model": "gpt-4o", "usage": {"output_tokens": -1}},
+    ]
+    with Client(ledger.api.base_url, tenant.key) as client:
+        report = client.record(events)
+        unkeyed = client.record({"model": "gpt-4o", "usage": GPT_4O})
+    assert isinstance(report, RecordReport)
+    assert [(r.id, r.status) for r in report.results] == [
+        (keys[0], "recorded"), (keys[1], "recorded"), (keys[2], "invalid")
+    ]  # fmt: skip
+    assert (report.recorded, report.duplicate, report.conflict, report.invalid) == (2, 0, 0, 1)
+    assert report.results[1].pricing_status == "unpriced"
+    assert report.results[1].total is None
+    assert unkeyed.status == "recorded"
+    assert unkeyed.id
+
+
+async def test_async_client_calculates_and_records(ledger: Ledger, tenant: Tenant) -> None:
+    k = key()
+    async with AsyncClient(ledger.api.base_url, tenant.key) as client:
+        cost = await client.calculate("gpt-4o", GPT_4O)
+        result = await client.record(Event(id=k, model="gpt-4o", usage=GPT_4O))
+        report = await client.record([Event(id=k, model="gpt-4o", usage=GPT_4O)])
+    assert cost.total == result.total == GPT_4O_COST
+    assert report.results[0].status == "duplicate"
+    assert await stored_keys(ledger.url, tenant.id) == {k: 1}
+
+
+# -- spend ----------------------------------------------------------------------------------------
+
+
+def test_spend_sums_what_was_recorded(ledger: Ledger, tenant: Tenant) -> None:
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    with Client(ledger.api.base_url, tenant.key) as client:
+        for team in ("search", "search", "ads"):
+            client.record(Event(id=key(), model="gpt-4o", usage=GPT_4O, occurred_at=at,
+                                tags={"team": team}))  # fmt: skip
+        spend = client.spend(at - timedelta(hours=1), at + timedelta(hours=1), tz="UTC",
+                             bucket="hour", group_by=["model", "tag:team"])  # fmt: skip
+        search = client.spend(at - timedelta(hours=1), at + timedelta(hours=1), tz="UTC",
+                              tags={"team": "search"})  # fmt: skip
+    assert spend.total.cost == 3 * GPT_4O_COST
+    assert isinstance(spend.total.cost, Decimal)
+    assert spend.total.events == 3
+    assert spend.total.input_tokens == 3000
+    assert {(g.key or {}).get("tag:team"): g.cost for g in spend.groups} == {
+        "search": 2 * GPT_4O_COST, "ads": GPT_4O_COST
+    }  # fmt: skip
+    assert sum(b.total.cost for b in spend.buckets) == spend.total.cost
+    assert spend.since == at - timedelta(hours=1)
+    assert search.total.cost == 2 * GPT_4O_COST
+
+
+async def test_async_spend_and_a_problem_is_a_typed_error(ledger: Ledger, tenant: Tenant) -> None:
+    async with AsyncClient(ledger.api.base_url, tenant.key) as client:
+        with pytest.raises(AiserverError) as raised:
+            await client.spend("2026-12-01", "2026-12-02", tz="Mars/Olympus")
+        spend = await client.spend("2026-12-01", "2026-12-02", tz="UTC")
+    error = raised.value
+    assert (error.status, error.retryable) == (422, False)
+    assert "Mars/Olympus" in error.detail
+    assert error.problem["fields"] == ["tz"]
+    assert spend.total.events == 0
+    assert spend.total.cost == 0
+
+
+def test_a_wrong_key_is_a_401_error(ledger: Ledger) -> None:
+    with (
+        Client(ledger.api.base_url, "ais_nope_nope") as client,
+        pytest.raises(AiserverError) as raised,
+    ):
+        client.record({"id": "x", "model": "gpt-4o"})
+    assert raised.value.status == 401
+    assert raised.value.title
+    assert raised.value.type.endswith("unauthorized")
+
+
+# -- reserve, release, BudgetExceeded --------------------------------------------------------------
+
+
+async def test_reserve_release_and_a_refusal_names_the_budget(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    budget = await create_budget(ledger.api, tenant, name="daily", limit_usd="1.00",
+                                 period="day", hard=True)  # fmt: skip
+    async with AsyncClient(ledger.api.base_url, tenant.key) as client:
+        held = await client.reserve("gpt-4o", estimate=Decimal("0.40"))
+        assert (await budget_window(ledger.api, tenant, budget["id"]))["reserved"] == "0.4"
+        with pytest.raises(BudgetExceeded) as refused:
+            await client.reserve("gpt-4o", estimate="0.70")
+        released = await client.release(held.reservation_id)
+        again = await client.release(held.reservation_id)
+    assert held.estimate == Decimal("0.40")
+    assert [h.budget_id for h in held.budgets] == [budget["id"]]
+    assert held.budgets[0].amount == Decimal("0.4")
+    error = refused.value
+    assert (error.status, error.budget_id, error.budget_name) == (402, budget["id"], "daily")
+    assert (error.limit, error.remaining) == (Decimal("1"), Decimal("0.6"))
+    assert (released.state, again.state) == ("released", "released")
+    assert (await budget_window(ledger.api, tenant, budget["id"]))["reserved"] == "0"
+
+
+def test_reserve_refuses_a_float_estimate(ledger: Ledger, tenant: Tenant) -> None:
+    with Client(ledger.api.base_url, tenant.key) as client, pytest.raises(TypeError, match="float"):
+        client.reserve("gpt-4o", estimate=0.1)  # type: ignore[arg-type]

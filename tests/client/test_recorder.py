@@ -1,0 +1,174 @@
+"""The background recorder against a real API process: `record_later` from many threads and
+from async code delivers every event exactly once; invalid and conflicting events are counted
+and logged, not retried; a full queue drops, counts and logs; close, context exit and the
+interpreter's exit deliver what waits. (Faults of the API: test_recorder_faults.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import textwrap
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from aiserver.client import AsyncClient, Client, RecorderSettings
+from aiserver.client.recorder import new_key
+
+from .conftest import Ledger, Tenant, api_events, stored_keys
+
+USAGE = {"input_tokens": 100, "output_tokens": 10}
+#: Nothing waits for a fuller batch in these tests unless they say so
+QUICK = RecorderSettings(batch_size=100, flush_interval=0.05)
+#: Nothing is sent before a flush: the batch never fills and the interval never passes
+HELD = RecorderSettings(batch_size=10_000, flush_interval=3600)
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+async def test_events_from_many_threads_are_each_recorded_once(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    run = run_id()
+    client = Client(ledger.api.base_url, tenant.key, recorder=QUICK)
+    keys: list[str | None] = []
+
+    def produce(thread: int) -> None:
+        for i in range(250):
+            keys.append(client.record_later(model="gpt-4o", usage=USAGE, id=f"{run}-{thread}-{i}"))
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert await asyncio.to_thread(client.flush, 60)
+    stats = client.stats()
+    await asyncio.to_thread(client.close)
+    assert sorted(k for k in keys if k) == sorted(
+        f"{run}-{t}-{i}" for t in range(4) for i in range(250)
+    )
+    assert (stats.queued, stats.pending, stats.sent, stats.recorded) == (1000, 0, 1000, 1000)
+    assert (stats.duplicates, stats.rejected, stats.dropped, stats.retries) == (0, 0, 0, 0)
+    assert stats.batches >= 10  # at most 100 per batch
+    assert await stored_keys(ledger.url, tenant.id) == dict.fromkeys(keys, 1)
+
+
+async def test_an_event_gets_its_key_and_time_when_queued(ledger: Ledger, tenant: Tenant) -> None:
+    async with AsyncClient(ledger.api.base_url, tenant.key, recorder=QUICK) as client:
+        key = client.record_later({"model": "gpt-4o", "usage": USAGE, "tags": {"via": "async"}})
+        assert key is not None
+        assert await client.flush(timeout=60)
+        assert client.stats().recorded == 1
+    event = (await api_events(ledger.api, tenant))[key]
+    assert (event["tags"], event["usage"]) == ({"via": "async"}, USAGE)
+    # occurred_at was set when it was queued, not left for the server to fill in when received
+    assert event["occurred_at"] <= event["received_at"]
+
+
+async def test_invalid_and_conflicting_events_are_counted_and_logged_never_retried(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = run_id()
+    caplog.set_level(logging.WARNING, logger="aiserver.client")
+    with Client(ledger.api.base_url, tenant.key, recorder=QUICK) as client:
+        assert client.record({"id": f"{run}-taken", "model": "gpt-4o", "usage": USAGE}).ok
+        client.record_later(id=f"{run}-taken", model="gpt-4o", usage={"input_tokens": 1})
+        client.record_later(id=f"{run}-bad", model="gpt-4o",
+                            usage={"input_tokens": 1, "cache_read_tokens": 2})  # fmt: skip
+        client.record_later(id=f"{run}-good", model="gpt-4o", usage=USAGE)
+        assert await asyncio.to_thread(client.flush, 60)
+        stats = client.stats()
+    assert (stats.sent, stats.recorded, stats.rejected, stats.retries) == (3, 1, 2, 0)
+    refused = [r.getMessage() for r in caplog.records if "refused usage event" in r.getMessage()]
+    assert len(refused) == 2
+    assert any(f"'{run}-taken' (conflict)" in m and "another payload" in m for m in refused)
+    assert any(f"'{run}-bad' (invalid)" in m and "cache_read_tokens" in m for m in refused)
+    assert tenant.key not in caplog.text
+    assert set(await stored_keys(ledger.url, tenant.id)) == {f"{run}-taken", f"{run}-good"}
+
+
+async def test_a_full_queue_drops_counts_and_logs(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiserver.client")
+    small = RecorderSettings(batch_size=100, flush_interval=3600, max_queue=10)
+    with Client(ledger.api.base_url, tenant.key, recorder=small) as client:
+        keys = [client.record_later(model="gpt-4o", usage=USAGE) for _ in range(25)]
+        queued = client.stats()
+        assert await asyncio.to_thread(client.flush, 60)
+        after = client.stats()
+    assert sum(k is not None for k in keys) == 10
+    assert keys[10:] == [None] * 15
+    assert (queued.queued, queued.pending, queued.dropped) == (10, 10, 15)
+    assert (after.recorded, after.dropped) == (10, 15)
+    warnings = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert warnings
+    assert "the queue is full (10 events waiting)" in warnings[0]
+    assert len(await stored_keys(ledger.url, tenant.id)) == 10
+
+
+async def test_leaving_the_client_delivers_what_waits(ledger: Ledger, tenant: Tenant) -> None:
+    run = run_id()
+
+    def use() -> None:
+        with Client(ledger.api.base_url, tenant.key, recorder=HELD) as client:
+            for i in range(50):
+                client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
+            assert client.stats().sent == 0  # held until the exit
+
+    await asyncio.to_thread(use)
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(50)}
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from aiserver.client import Client, RecorderSettings
+
+    url, key, run, count = sys.argv[1:]
+    held = RecorderSettings(batch_size=10_000, flush_interval=3600)
+    client = Client(url, key, recorder=held)
+    for i in range(int(count)):
+        client.record_later(id=f"{run}-{i}", model="gpt-4o", usage={"input_tokens": 10 + i})
+    print("sent before exit:", client.stats().sent, flush=True)
+    """
+)  # the child exits without closing the client
+
+
+async def test_the_interpreters_exit_delivers_what_waits(
+    ledger: Ledger, tenant: Tenant, tmp_path: Path
+) -> None:
+    run = run_id()
+    script = tmp_path / "app.py"
+    script.write_text(CHILD)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), ledger.api.base_url, tenant.key, run, "300",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "sent before exit: 0"
+    assert err.decode() == ""
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(300)}
+
+
+def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:
+    keys = {new_key() for _ in range(10_000)}
+    assert len(keys) == 10_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one key to the parent, then out without any cleanup
+        os.write(write, new_key().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.close(write)
+    assert child.partition("-")[0] != new_key().partition("-")[0]
