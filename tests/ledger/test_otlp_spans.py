@@ -20,7 +20,7 @@ from aiserver.ledger.errors import InvalidEvent
 from aiserver.ledger.otlp.spans import SpanReading, read_spans
 from aiserver.ledger.usage.events import MAX_TAG_VALUE, UsageEventIn
 
-from ..support.otlp import SpanSpec, Trace, event_key, finished_spans
+from ..support.otlp import OPENLLMETRY_ANTHROPIC, SpanSpec, Trace, event_key, finished_spans
 
 END = datetime(2026, 11, 30, 9, 15, 42, 123456, tzinfo=UTC)
 
@@ -101,16 +101,7 @@ def test_the_request_model_stands_in_when_no_response_model_is_given() -> None:
 def test_openllmetry_anthropic_spans_in_the_current_and_the_older_names() -> None:
     # traceloop's Anthropic instrumentation adds the cache reads and writes to input_tokens
     # itself (as the conventions ask); gen_ai.system "Anthropic" is capitalized there
-    current = {
-        "gen_ai.system": "Anthropic",
-        "gen_ai.request.model": "claude-sonnet-4-5",
-        "gen_ai.response.model": "claude-sonnet-4-5-20250929",
-        "gen_ai.usage.input_tokens": 4404,
-        "gen_ai.usage.output_tokens": 503,
-        "gen_ai.usage.cache_read.input_tokens": 1800,
-        "gen_ai.usage.cache_creation.input_tokens": 556,
-        "llm.usage.total_tokens": 4907,
-    }
+    current = {**OPENLLMETRY_ANTHROPIC, "llm.usage.total_tokens": 4907}
     older = {  # releases of 2024-2025: prompt/completion totals, cache counts without the dot
         "gen_ai.system": "Anthropic",
         "gen_ai.request.model": "claude-sonnet-4-5-20250929",
@@ -119,7 +110,10 @@ def test_openllmetry_anthropic_spans_in_the_current_and_the_older_names() -> Non
         "gen_ai.usage.cache_read_input_tokens": 1800,
         "gen_ai.usage.cache_creation_input_tokens": 556,
     }
-    trace = Trace([SpanSpec(current, END), SpanSpec(older, END)], scope="opentelemetry.instrumentation.anthropic")
+    trace = Trace(
+        [SpanSpec(current, END), SpanSpec(older, END)],
+        scope="opentelemetry.instrumentation.anthropic",
+    )
     reading, _ = read(trace)
     expected = {
         "input_tokens": 4404,
@@ -402,7 +396,9 @@ def test_spans_without_genai_usage_are_ignored_and_counted() -> None:
             [
                 SpanSpec({"http.request.method": "GET"}, END, name="GET /"),
                 SpanSpec({"gen_ai.request.model": "gpt-4o"}, END),  # no token count
-                SpanSpec({"gen_ai.usage.cache_read.input_tokens": 5, "gen_ai.request.model": "m"}, END),
+                SpanSpec(
+                    {"gen_ai.usage.cache_read.input_tokens": 5, "gen_ai.request.model": "m"}, END
+                ),
             ]
         )
     )

@@ -139,7 +139,8 @@ def test_a_problem_becomes_a_google_rpc_status_with_its_type_and_fields() -> Non
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert status.message == "the span is bad"
     info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(info) and status.details[1].Unpack(bad)
+    assert status.details[0].Unpack(info)
+    assert status.details[1].Unpack(bad)
     assert (info.reason, info.domain) == ("MALFORMED_OTLP", "aiserver")
     assert info.metadata["type"] == "urn:aiserver:problem:malformed-otlp"
     assert [v.field for v in bad.field_violations] == ["trace_id"]
@@ -147,7 +148,5 @@ def test_a_problem_becomes_a_google_rpc_status_with_its_type_and_fields() -> Non
     assert as_json["message"] == "the span is bad"
     assert as_json["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     assert json_format.ParseDict(as_json, status_pb2.Status()) == status
-    unavailable = status_pb2.Status.FromString(
-        wire.encode_status(problem(503, "down"), "protobuf")
-    )
+    unavailable = status_pb2.Status.FromString(wire.encode_status(problem(503, "down"), "protobuf"))
     assert (unavailable.code, len(unavailable.details)) == (code_pb2.UNAVAILABLE, 1)

@@ -30,6 +30,31 @@ from opentelemetry.util.types import AttributeValue
 
 from .receiver import Received, Receiver
 
+#: OpenLLMetry's Anthropic span: its input_tokens holds the cache reads and writes (it adds
+#: them to Anthropic's own count, as the conventions ask); "Anthropic" is capitalized there.
+OPENLLMETRY_ANTHROPIC: Mapping[str, AttributeValue] = {
+    "gen_ai.system": "Anthropic",
+    "gen_ai.operation.name": "chat",
+    "gen_ai.request.model": "claude-sonnet-4-5",
+    "gen_ai.response.model": "claude-sonnet-4-5-20250929",
+    "gen_ai.usage.input_tokens": 4404,
+    "gen_ai.usage.output_tokens": 503,
+    "gen_ai.usage.cache_read.input_tokens": 1800,
+    "gen_ai.usage.cache_creation.input_tokens": 556,
+}
+
+
+def chat_span(model: str, input_tokens: int = 1000, output_tokens: int = 500) -> dict[str, Any]:
+    """The attributes of the conventions' chat span (opentelemetry-instrumentation-openai-v2)."""
+    return {
+        "gen_ai.provider.name": "openai",
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": input_tokens,
+        "gen_ai.usage.output_tokens": output_tokens,
+    }
+
+
 #: The headers a replay forwards from what the exporter sent.
 FORWARDED = ("authorization", "content-type", "content-encoding", "user-agent")
 
@@ -73,9 +98,7 @@ def finished_spans(trace: Trace) -> list[ReadableSpan]:
     return list(memory.get_finished_spans())
 
 
-def exported(
-    spans: Sequence[ReadableSpan], key: str, *, gzip: bool = False
-) -> Received:
+def exported(spans: Sequence[ReadableSpan], key: str, *, gzip: bool = False) -> Received:
     """The request the SDK's OTLP/HTTP exporter makes of `spans`, as a server receives it."""
     receiver = Receiver()
     receiver.start()

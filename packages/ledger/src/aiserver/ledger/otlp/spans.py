@@ -200,7 +200,7 @@ def _event(
         raise InvalidEvent("the span's trace id is not 16 bytes, or is all zero", ["trace_id"])
     if len(span_id) != 8 or not any(span_id):
         raise InvalidEvent("the span's id is not 8 bytes, or is all zero", ["span_id"])
-    model = _model(attributes)
+    model_attribute, model = _model(attributes)
     raw_provider = next(
         (text for key in PROVIDER_ATTRIBUTES if (text := _text(attributes.get(key)))), None
     )
@@ -228,18 +228,19 @@ def _event(
         return msgspec.convert(event, UsageEventIn)
     except msgspec.ValidationError as exc:
         text, where = validation_field(str(exc))
-        attribute = {"model": MODEL_ATTRIBUTES[0]}.get(where, where)
+        attribute = {"model": model_attribute}.get(where, where)
         raise InvalidEvent(f"{attribute or 'the span'}: {text}", [attribute]) from None
 
 
-def _model(attributes: Mapping[str, AnyValue]) -> str:
+def _model(attributes: Mapping[str, AnyValue]) -> tuple[str, str]:
+    """(the attribute it came from, the model)."""
     for key in MODEL_ATTRIBUTES:
         value = attributes.get(key)
         if value is not None and value.WhichOneof("value") not in (None, "string_value"):
             raise InvalidEvent(f"{key} must be a string", [key])
         text = _text(value)
         if text:
-            return text
+            return key, text
     raise AssertionError("unreachable: a span without a model is ignored before")
 
 
