@@ -22,6 +22,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from aiserver.api.app import create_app
+from aiserver.ledger.keys import new_key
 
 from ..conftest import Settings, replace_settings
 from ..support.otlp import (
@@ -405,3 +406,26 @@ async def test_the_openapi_document_describes_both_encodings_and_the_statuses(
             "$ref": "#/components/schemas/ProblemDetails"
         }
     assert json.dumps(operation["responses"]["200"]["content"]["application/json"])
+
+
+async def test_the_database_down_is_a_503_status_with_retry_after(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    down = replace_settings(api_settings, database_url="postgresql://postgres@127.0.0.1:1/none")
+    spans = finished_spans(Trace([SpanSpec(OPENAI, END)]))
+    key = new_key().text  # well-formed: only the database can tell whether it is valid
+    async with AsyncTestClient(app=create_app(down)) as client:
+        for body, media in (
+            (exported(spans, key).body, PROTOBUF),
+            (otlp_json(spans), "application/json"),
+        ):
+            headers = {**bearer(key), "Content-Type": media}
+            response = await client.post(PATH, content=body, headers=headers)
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            assert response.headers["content-type"] == media
+            if media == PROTOBUF:
+                message = status_pb2.Status.FromString(response.content).message
+            else:
+                message = response.json()["message"]
+            assert "unavailable" in message

@@ -109,6 +109,7 @@ def test_openllmetry_anthropic_spans_in_the_current_and_the_older_names() -> Non
         "gen_ai.usage.completion_tokens": 503,
         "gen_ai.usage.cache_read_input_tokens": 1800,
         "gen_ai.usage.cache_creation_input_tokens": 556,
+        "llm.usage.reasoning_tokens": 0,
     }
     trace = Trace(
         [SpanSpec(current, END), SpanSpec(older, END)],
@@ -121,10 +122,10 @@ def test_openllmetry_anthropic_spans_in_the_current_and_the_older_names() -> Non
         "cache_read_tokens": 1800,
         "cache_write_tokens": 556,
     }
-    for item in reading.items:
+    for item, reasoning in zip(reading.items, ({}, {"reasoning_tokens": 0}), strict=True):
         assert isinstance(item, UsageEventIn)
         assert (item.model, item.provider) == ("claude-sonnet-4-5-20250929", "anthropic")
-        assert item.usage == expected
+        assert item.usage == {**expected, **reasoning}
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "aws.bedrock"])

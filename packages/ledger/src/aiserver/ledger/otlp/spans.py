@@ -61,6 +61,7 @@ COUNTS: Final[Mapping[str, tuple[str, ...]]] = {
         "gen_ai.usage.reasoning_tokens",
         "gen_ai.usage.completion_tokens_details.reasoning_tokens",
         "gen_ai.usage.details.reasoning_tokens",
+        "llm.usage.reasoning_tokens",
     ),
 }
 #: The counts whose presence makes a span a model call's.
@@ -111,6 +112,10 @@ _EXCLUDES_CACHE: Final = frozenset({("openlit", "anthropic"), ("openlit", "bedro
 IgnoredReason = Literal["no_usage", "no_model", "aggregate"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: The attributes read that are not named gen_ai.*.
+_OTHER_NAMES: Final = frozenset(
+    key for keys in COUNTS.values() for key in keys if not key.startswith("gen_ai.")
+)
 #: The resource attributes read besides the tag attributes.
 _RESOURCE_KEYS: Final = frozenset({"service.name", "telemetry.sdk.name"})
 
@@ -166,7 +171,7 @@ def _attributes(pairs: Iterable[KeyValue], wanted: set[str]) -> dict[str, AnyVal
     found: dict[str, AnyValue] = {}
     for pair in pairs:
         key = pair.key
-        if (key.startswith("gen_ai.") or key in wanted) and key not in found:
+        if (key.startswith("gen_ai.") or key in wanted or key in _OTHER_NAMES) and key not in found:
             found[key] = pair.value
     return found
 
