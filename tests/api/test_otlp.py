@@ -91,8 +91,10 @@ async def test_genai_spans_from_the_exporter_become_events_priced_as_calculate_p
     answer = accepted(await replay(client, sent))
     assert not answer.HasField("partial_success")  # a full success leaves it unset
     rows = await stored(pg)
-    assert [r["event_key"] for r in rows] == [event_key(spans[0]), event_key(spans[2])]
-    claude, gpt = rows
+    # one transaction writes them in the order of their keys (random ids): look them up by key
+    by_key = {r["event_key"]: r for r in rows}
+    assert sorted(by_key) == sorted([event_key(spans[0]), event_key(spans[2])])
+    claude, gpt = by_key[event_key(spans[0])], by_key[event_key(spans[2])]
     assert claude["slug"] == "acme-a"
     assert (claude["model"], claude["provider"], claude["matched_model"]) == (
         "claude-sonnet-4-5-20250929",
