@@ -7,6 +7,10 @@ Usage (counters of this process, from each request's results):
   invalid);
 - `aiserver_usage_unpriced_events_total{pricing_status}`: recorded events that are not fully
   priced (unpriced, partially_priced).
+- `aiserver_otlp_spans_total{result}`: OpenTelemetry spans sent to `/v1/otlp/v1/traces`, by
+  what became of them: recorded, duplicate, rejected (invalid or conflict), or ignored;
+- `aiserver_otlp_ignored_spans_total{reason}`: the ignored ones by why: no_usage (no GenAI
+  token count), no_model, aggregate (an agent's, workflow's or tool's span).
 
 The ledger's backlog (gauges of the whole database, read at scrape time with a timeout of
 `BACKLOG_TIMEOUT_S`; when the read fails they are absent from that scrape, and a warning is
@@ -36,6 +40,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
 from aiserver.ledger.monitoring import LedgerBacklog, read_backlog
+from aiserver.ledger.otlp.export import TraceExport
 from aiserver.ledger.usage.ingest import IngestReport
 
 log = get_logger(__name__)
@@ -104,6 +109,34 @@ def count_usage(report: IngestReport) -> None:
     for event in report.results:
         if event.status == "recorded" and event.pricing_status in ("unpriced", "partially_priced"):
             unpriced_events.labels(event.pricing_status).inc()
+
+
+otlp_spans = Counter(
+    "aiserver_otlp_spans", "OpenTelemetry spans this process was sent, by result", ["result"]
+)
+otlp_ignored_spans = Counter(
+    "aiserver_otlp_ignored_spans",
+    "OpenTelemetry spans this process ignored (no GenAI usage), by reason",
+    ["reason"],
+)
+
+
+def count_spans(export: TraceExport) -> None:
+    """Count a trace export's spans (its model calls are counted as usage events too)."""
+    report = export.report
+    if report is not None:
+        count_usage(report)
+        for result, count in (
+            ("recorded", report.recorded), ("duplicate", report.duplicate),
+            ("rejected", export.rejected),
+        ):  # fmt: skip
+            if count:
+                otlp_spans.labels(result).inc(count)
+    ignored = export.reading.ignored
+    if ignored:
+        otlp_spans.labels("ignored").inc(sum(ignored.values()))
+        for reason, count in ignored.items():
+            otlp_ignored_spans.labels(reason).inc(count)
 
 
 class BacklogCollector(Collector):

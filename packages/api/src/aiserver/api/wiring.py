@@ -25,6 +25,7 @@ from aiserver.api.controllers.costs import CostController
 from aiserver.api.controllers.documents import DocumentController
 from aiserver.api.controllers.health import health, ready
 from aiserver.api.controllers.models import ModelController
+from aiserver.api.controllers.otlp import OtlpController
 from aiserver.api.controllers.overrides import OverrideController
 from aiserver.api.controllers.projects import KeyController, ProjectController
 from aiserver.api.controllers.reprice import RepriceController
@@ -64,6 +65,7 @@ ROUTES: Final[list[ControllerRouterHandler]] = [
     BudgetAlertController,
     SpendController,
     MetricsController,
+    OtlpController,
 ]
 
 OPENAPI: Final = OpenAPIConfig(

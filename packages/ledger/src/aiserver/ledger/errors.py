@@ -24,6 +24,10 @@ AiserverError
     ├── MalformedBody         400 malformed-json: a usage body (or an NDJSON line) that is not
     │                             JSON
     ├── TooManyEvents         413 too-many-events: more events in one request than allowed
+    ├── MalformedTraces       400 malformed-otlp: an OTLP body that does not decode (not
+    │                             protobuf or OTLP JSON, or a gzip body that is not gzip)
+    ├── UnsupportedEncoding   415 unsupported-media-type: an OTLP body neither protobuf nor
+    │                             JSON, or compressed otherwise than gzip
     ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
     ├── UnknownReservation    404 unknown-reservation: none by that id, or another project's
     ├── BudgetExceeded        402 budget-exceeded: a reservation that a hard budget cannot
@@ -106,6 +110,14 @@ class MalformedBody(InvalidInput, status=400, slug="malformed-json"):
 
 
 class TooManyEvents(InvalidInput, status=413, slug="too-many-events"):
+    pass
+
+
+class MalformedTraces(InvalidInput, status=400, slug="malformed-otlp"):
+    pass
+
+
+class UnsupportedEncoding(InvalidInput, status=415, slug="unsupported-media-type"):
     pass
 
 

@@ -1,0 +1,78 @@
+"""A request's spans recorded as usage, and what OTLP's answer says of them.
+
+    result = await export_traces(recorder, pool, project_id, message, tag_attributes=...,
+                                 catalog=catalog)
+
+The model calls among the spans go through the usage ingest as one request
+(`UsageRecorder.record`): priced, written with their idempotency keys, outbox rows and budget
+commits in one transaction, answered after its COMMIT. So a batch the exporter sends again is
+recorded once: its spans come back `duplicate`, which OTLP counts as accepted. A span that is
+`invalid` (it cannot be an event) or a `conflict` (its key was recorded before with another
+payload) is rejected: the answer's `partial_success` counts it and says why, the first few
+spans by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from aiserver.ledger.errors import TooManyEvents
+from aiserver.ledger.otlp.spans import SpanReading, read_spans
+from aiserver.ledger.usage.ingest import MAX_NDJSON_EVENTS, IngestReport, UsageRecorder
+
+if TYPE_CHECKING:
+    from aiserver.costs.catalog import Catalog
+
+#: How many rejected spans the error message names (the count is always whole).
+NAMED_REJECTIONS: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TraceExport:
+    """What became of a request's spans."""
+
+    reading: SpanReading
+    report: IngestReport | None  # None when no span was a model call
+    rejected: int
+    error_message: str
+
+
+async def export_traces(
+    recorder: UsageRecorder,
+    pool: asyncpg.Pool,
+    project_id: int,
+    message: ExportTraceServiceRequest,
+    *,
+    tag_attributes: tuple[tuple[str, str], ...],
+    catalog: Catalog | None,
+    why_no_catalog: str = "",
+) -> TraceExport:
+    reading = read_spans(message, tag_attributes)
+    if not reading.items:
+        return TraceExport(reading, None, 0, "")
+    if len(reading.items) > MAX_NDJSON_EVENTS:
+        raise TooManyEvents(
+            f"{len(reading.items)} model-call spans in one request; at most "
+            f"{MAX_NDJSON_EVENTS}: export smaller batches"
+        )
+    report = await recorder.record(
+        pool, project_id, reading.items, catalog=catalog, why_no_catalog=why_no_catalog
+    )
+    reasons = [
+        f"{name}: {result.problem['detail'] if result.problem else result.status}"
+        for name, result in zip(reading.names, report.results, strict=True)
+        if result.status in ("invalid", "conflict")
+    ]
+    rejected = len(reasons)
+    message_text = ""
+    if rejected:
+        message_text = f"{rejected} of {reading.spans} spans rejected; " + "; ".join(
+            reasons[:NAMED_REJECTIONS]
+        )
+        if rejected > NAMED_REJECTIONS:
+            message_text += f"; and {rejected - NAMED_REJECTIONS} more"
+    return TraceExport(reading, report, rejected, message_text)

@@ -1,0 +1,206 @@
+"""OTLP/HTTP on the wire: a request body decoded, an answer encoded, in the request's encoding.
+
+OTLP/HTTP (https://opentelemetry.io/docs/specs/otlp/#otlphttp) sends an
+`ExportTraceServiceRequest` either as binary protobuf (`application/x-protobuf`) or in the
+OTLP JSON encoding (`application/json`): protobuf's JSON mapping with lowerCamelCase keys,
+64-bit integers as strings or numbers, enums as integers, unknown fields ignored, and trace and
+span ids as hex strings, where protobuf's own mapping would have base64. The body may be
+gzip-compressed (`Content-Encoding: gzip`).
+
+The answer uses the request's encoding: an `ExportTraceServiceResponse` on success (its
+`partial_success` names the spans rejected), and a `google.rpc.Status` for every 4xx and 5xx.
+The messages are the official generated classes (`opentelemetry-proto`,
+`googleapis-common-protos`): no part of the wire format is parsed by hand here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from aiserver.ledger.errors import MalformedTraces, TooManyEvents, UnsupportedEncoding
+
+Encoding = Literal["protobuf", "json"]
+
+#: The media type of each encoding, in requests and answers alike.
+MEDIA_TYPES: Final[Mapping[Encoding, str]] = {
+    "protobuf": "application/x-protobuf",
+    "json": "application/json",
+}
+_ENCODINGS: Final = {media: encoding for encoding, media in MEDIA_TYPES.items()}
+
+#: The gRPC code a Status carries for an HTTP status (OTLP clients go by the HTTP status).
+_CODES: Final = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.NOT_FOUND,
+    409: code_pb2.ALREADY_EXISTS,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    415: code_pb2.INVALID_ARGUMENT,
+    422: code_pb2.INVALID_ARGUMENT,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
+}
+
+_ID_FIELDS: Final = ("traceId", "spanId", "parentSpanId")
+
+
+def encoding_of(media_type: str) -> Encoding | None:
+    """The encoding of a request's media type (without its parameters), None if not OTLP's."""
+    return _ENCODINGS.get(media_type.strip().lower())
+
+
+def require_encoding(media_type: str) -> Encoding:
+    encoding = encoding_of(media_type)
+    if encoding is None:
+        raise UnsupportedEncoding(
+            f"Content-Type {media_type or '(none)'!r} is not an OTLP encoding: send "
+            "application/x-protobuf or application/json"
+        )
+    return encoding
+
+
+def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body with its content coding undone (gzip or none), at most `limit` bytes."""
+    coding = (content_encoding or "identity").strip().lower()
+    if coding == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise MalformedTraces(f"the body is not valid gzip: {exc}") from None
+        if len(plain) <= limit and not inflater.eof:
+            raise MalformedTraces("the gzip body ends before its end (truncated)")
+    elif coding == "identity":
+        plain = body
+    else:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {content_encoding!r} is not supported: send gzip, or no encoding"
+        )
+    if len(plain) > limit:
+        raise TooManyEvents(
+            f"the OTLP body is larger than {limit} bytes (OTLP_MAX_BODY_BYTES), after gzip is "
+            "undone: export smaller batches"
+        )
+    return plain
+
+
+def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
+    """The request's message; `MalformedTraces` (400) for a body that does not decode."""
+    message = ExportTraceServiceRequest()
+    if encoding == "protobuf":
+        try:
+            message.ParseFromString(body)
+        except (DecodeError, RecursionError) as exc:
+            raise MalformedTraces(f"the body is not an ExportTraceServiceRequest: {exc}") from None
+        return message
+    try:
+        data = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise MalformedTraces(f"the body is not valid JSON: {exc}") from None
+    if type(data) is not dict:
+        raise MalformedTraces("the body must be a JSON object (an ExportTraceServiceRequest)")
+    _ids_to_base64(data)
+    try:
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
+        raise MalformedTraces(f"the body is not OTLP JSON: {exc}") from None
+    return message
+
+
+def _ids_to_base64(data: dict[str, Any]) -> None:
+    """Rewrite the hex trace and span ids of OTLP JSON as base64, as protobuf's JSON mapping
+    reads bytes (in spans and in their links)."""
+    for r, resource in enumerate(_list(data, "resourceSpans", "")):
+        for s, scope in enumerate(_list(resource, "scopeSpans", f"resourceSpans[{r}]")):
+            where = f"resourceSpans[{r}].scopeSpans[{s}]"
+            for n, span in enumerate(_list(scope, "spans", where)):
+                _hex_ids(span, f"{where}.spans[{n}]")
+                for k, link in enumerate(_list(span, "links", f"{where}.spans[{n}]")):
+                    _hex_ids(link, f"{where}.spans[{n}].links[{k}]")
+
+
+def _list(parent: Any, key: str, where: str) -> list[Any]:
+    if type(parent) is not dict:
+        raise MalformedTraces(f"{where} must be a JSON object")
+    value = parent.get(key)
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise MalformedTraces(f"{where}.{key} must be a list" if where else f"{key} must be a list")
+    return value
+
+
+def _hex_ids(item: Any, where: str) -> None:
+    if type(item) is not dict:
+        raise MalformedTraces(f"{where} must be a JSON object")
+    for field in _ID_FIELDS:
+        value = item.get(field)
+        if value is None:
+            continue
+        try:
+            if type(value) is not str:
+                raise ValueError
+            item[field] = base64.b64encode(binascii.unhexlify(value)).decode()
+        except (ValueError, binascii.Error):
+            raise MalformedTraces(
+                f"{where}.{field} must be a hex string (OTLP JSON), not {value!r:.60}"
+            ) from None
+
+
+def _encode(message: Message, encoding: Encoding) -> bytes:
+    if encoding == "protobuf":
+        encoded: bytes = message.SerializeToString()
+        return encoded
+    text: str = json_format.MessageToJson(message, indent=None)
+    return text.encode()
+
+
+def encode_response(rejected: int, error_message: str, encoding: Encoding) -> bytes:
+    """The ExportTraceServiceResponse: `partial_success` is set only when spans were rejected
+    (as OTLP requires of a full success)."""
+    response = ExportTraceServiceResponse()
+    if rejected:
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=rejected, error_message=error_message)
+        )
+    return _encode(response, encoding)
+
+
+def encode_status(problem: Mapping[str, Any], encoding: Encoding) -> bytes:
+    """A problem (RFC 9457) as the google.rpc.Status that OTLP answers a failure with: its
+    `message` is the problem's detail; an ErrorInfo keeps the problem's type, and a BadRequest
+    names the fields a 400 or 422 problem names."""
+    status = int(problem["status"])
+    slug = str(problem["type"]).rpartition(":")[2]
+    message = status_pb2.Status(
+        code=_CODES.get(status, code_pb2.INTERNAL), message=problem["detail"]
+    )
+    info = error_details_pb2.ErrorInfo(
+        reason=slug.upper().replace("-", "_"),
+        domain="aiserver",
+        metadata={"type": str(problem["type"]), "status": str(status)},
+    )
+    message.details.add().Pack(info)
+    fields = problem.get("fields")
+    if fields:
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=str(f), description=problem["detail"])
+            for f in fields
+        ]
+        message.details.add().Pack(error_details_pb2.BadRequest(field_violations=violations))
+    return _encode(message, encoding)

@@ -1,0 +1,408 @@
+"""OpenTelemetry GenAI spans read as usage events (`aiserver.ledger.otlp.spans`).
+
+Every span here is made by the OpenTelemetry SDK with the attributes each instrumentation sets
+(names and values as their sources set them: docs/otlp.md), and encoded by the SDK's own OTLP
+encoder; the expected usage is worked out by hand from our semantics (input counts the cache
+reads and writes, output counts reasoning).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from aiserver.core_db.errors import AiserverError
+from aiserver.ledger.errors import InvalidEvent
+from aiserver.ledger.otlp.spans import SpanReading, read_spans
+from aiserver.ledger.usage.events import MAX_TAG_VALUE, UsageEventIn
+
+from ..support.otlp import OPENLLMETRY_ANTHROPIC, SpanSpec, Trace, event_key, finished_spans
+
+END = datetime(2026, 11, 30, 9, 15, 42, 123456, tzinfo=UTC)
+
+
+def message_of(trace: Trace) -> tuple[ExportTraceServiceRequest, list[str]]:
+    spans = finished_spans(trace)
+    return encode_spans(spans), [event_key(span) for span in spans]
+
+
+def read(trace: Trace, tags: tuple[tuple[str, str], ...] = ()) -> tuple[SpanReading, list[str]]:
+    message, keys = message_of(trace)
+    return read_spans(message, tags), keys
+
+
+def only_event(trace: Trace, tags: tuple[tuple[str, str], ...] = ()) -> UsageEventIn:
+    reading, keys = read(trace, tags)
+    (item,) = reading.items
+    assert isinstance(item, UsageEventIn), item
+    assert item.id == keys[0]
+    return item
+
+
+def test_the_conventions_attributes_of_an_openai_call_become_one_event() -> None:
+    # opentelemetry-instrumentation-openai-v2 (with opentelemetry-util-genai): the totals are
+    # OpenAI's, cache reads inside the prompt, reasoning inside the completion
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.provider.name": "openai",
+                        "gen_ai.request.model": "gpt-4o",
+                        "gen_ai.response.model": "gpt-4o-2024-08-06",
+                        "gen_ai.usage.input_tokens": 2006,
+                        "gen_ai.usage.output_tokens": 300,
+                        "gen_ai.usage.cache_read.input_tokens": 1920,
+                        "gen_ai.usage.reasoning.output_tokens": 128,
+                        "server.address": "api.openai.com",
+                    },
+                    END,
+                    name="chat gpt-4o",
+                )
+            ]
+        )
+    )
+    assert event.model == "gpt-4o-2024-08-06"  # the model that answered
+    assert event.provider == "openai"
+    assert event.usage == {
+        "input_tokens": 2006,
+        "output_tokens": 300,
+        "cache_read_tokens": 1920,
+        "reasoning_tokens": 128,
+    }
+    assert event.usage_format is None
+    assert event.occurred_at == END  # the span's end, to the microsecond
+    assert event.tags == {"service": "search-api"}
+
+
+def test_the_request_model_stands_in_when_no_response_model_is_given() -> None:
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.usage.input_tokens": 10,
+                        "gen_ai.usage.output_tokens": 2,
+                    },
+                    END,
+                )
+            ]
+        )
+    )
+    assert (event.model, event.provider) == ("gpt-4o-mini", None)
+
+
+def test_openllmetry_anthropic_spans_in_the_current_and_the_older_names() -> None:
+    # traceloop's Anthropic instrumentation adds the cache reads and writes to input_tokens
+    # itself (as the conventions ask); gen_ai.system "Anthropic" is capitalized there
+    current = {**OPENLLMETRY_ANTHROPIC, "llm.usage.total_tokens": 4907}
+    older = {  # releases of 2024-2025: prompt/completion totals, cache counts without the dot
+        "gen_ai.system": "Anthropic",
+        "gen_ai.request.model": "claude-sonnet-4-5-20250929",
+        "gen_ai.usage.prompt_tokens": 4404,
+        "gen_ai.usage.completion_tokens": 503,
+        "gen_ai.usage.cache_read_input_tokens": 1800,
+        "gen_ai.usage.cache_creation_input_tokens": 556,
+        "llm.usage.reasoning_tokens": 0,
+    }
+    trace = Trace(
+        [SpanSpec(current, END), SpanSpec(older, END)],
+        scope="opentelemetry.instrumentation.anthropic",
+    )
+    reading, _ = read(trace)
+    expected = {
+        "input_tokens": 4404,
+        "output_tokens": 503,
+        "cache_read_tokens": 1800,
+        "cache_write_tokens": 556,
+    }
+    for item, reasoning in zip(reading.items, ({}, {"reasoning_tokens": 0}), strict=True):
+        assert isinstance(item, UsageEventIn)
+        assert (item.model, item.provider) == ("claude-sonnet-4-5-20250929", "anthropic")
+        assert item.usage == {**expected, **reasoning}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "aws.bedrock"])
+def test_openlit_s_anthropic_and_bedrock_input_has_the_cache_added_back(provider: str) -> None:
+    # OpenLIT sets the provider's own input count (Anthropic's input_tokens, Bedrock's
+    # inputTokens: both leave the cache out) with the cache counts beside it
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.system": provider,
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.request.model": "claude-sonnet-4-5-20250929",
+                        "gen_ai.usage.input_tokens": 2048,
+                        "gen_ai.usage.output_tokens": 503,
+                        "gen_ai.usage.cache_read.input_tokens": 1800,
+                        "gen_ai.usage.cache_creation.input_tokens": 556,
+                        "gen_ai.usage.cost": 0.0123,
+                    },
+                    END,
+                )
+            ],
+            resource={"service.name": "bot", "telemetry.sdk.name": "openlit"},
+            scope="openlit.otel.tracing",
+        )
+    )
+    assert event.usage["input_tokens"] == 2048 + 1800 + 556
+    assert event.usage["cache_read_tokens"] == 1800
+    assert event.usage["cache_write_tokens"] == 556
+    assert event.provider == {"anthropic": "anthropic", "aws.bedrock": "bedrock"}[provider]
+
+
+def test_openlit_s_openai_input_already_holds_the_cache() -> None:
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.system": "openai",
+                        "gen_ai.request.model": "gpt-4o",
+                        "gen_ai.usage.input_tokens": 2006,
+                        "gen_ai.usage.output_tokens": 300,
+                        "gen_ai.usage.prompt_tokens_details.cached_tokens": 1920,
+                        "gen_ai.usage.completion_tokens_details.reasoning_tokens": 64,
+                    },
+                    END,
+                )
+            ],
+            scope="openlit.otel.tracing",
+        )
+    )
+    assert event.usage == {
+        "input_tokens": 2006,
+        "output_tokens": 300,
+        "cache_read_tokens": 1920,
+        "reasoning_tokens": 64,
+    }
+
+
+def test_pydantic_ai_chat_spans_count_and_its_agent_run_spans_are_ignored() -> None:
+    chat = {  # pydantic-ai's model request span (logfire), usage from RequestUsage
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "o3",
+        "gen_ai.response.model": "o3-2025-04-16",
+        "gen_ai.usage.input_tokens": 75,
+        "gen_ai.usage.output_tokens": 1186,
+        "gen_ai.usage.details.reasoning_tokens": 1024,
+        "gen_ai.usage.details.cache_read_tokens": 0,
+    }
+    old_agent_run = {  # releases before gen_ai.aggregated_usage: the run's sums, no model
+        "model_name": "o3",
+        "agent_name": "agent",
+        "gen_ai.usage.input_tokens": 75,
+        "gen_ai.usage.output_tokens": 1186,
+    }
+    invoke_agent = {  # an agent span in the conventions: sums of the calls inside it
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.request.model": "o3",
+        "gen_ai.usage.input_tokens": 75,
+        "gen_ai.usage.output_tokens": 1186,
+    }
+    http = {"http.request.method": "POST", "url.full": "https://api.openai.com/v1/responses"}
+    reading, keys = read(
+        Trace(
+            [
+                SpanSpec(chat, END),
+                SpanSpec(old_agent_run, END, name="agent run"),
+                SpanSpec(invoke_agent, END, name="invoke_agent agent"),
+                SpanSpec(http, END, name="POST"),
+            ],
+            scope="pydantic-ai",
+        )
+    )
+    (item,) = reading.items
+    assert isinstance(item, UsageEventIn)
+    assert item.id == keys[0]
+    assert (item.model, item.provider) == ("o3-2025-04-16", "openai")
+    assert item.usage == {
+        "input_tokens": 75,
+        "output_tokens": 1186,
+        "cache_read_tokens": 0,
+        "reasoning_tokens": 1024,
+    }
+    assert dict(reading.ignored) == {"no_model": 1, "aggregate": 1, "no_usage": 1}
+    assert reading.spans == 4
+
+
+@pytest.mark.parametrize(
+    ("given", "ours"),
+    [
+        ("openai", "openai"),
+        ("anthropic", "anthropic"),
+        ("aws.bedrock", "bedrock"),
+        ("azure.ai.openai", "azure"),
+        ("az.ai.inference", "azure_ai"),
+        ("gcp.gemini", "gemini"),
+        ("gcp.vertex_ai", "vertex_ai"),
+        ("VertexAI", "vertex_ai"),
+        ("mistral_ai", "mistral"),
+        ("MistralAI", "mistral"),
+        ("x_ai", "xai"),
+        ("ibm.watsonx.ai", "watsonx"),
+        ("gcp.gen_ai", None),  # "any Google endpoint": the model name decides
+        ("my-own-gateway", None),
+    ],
+)
+def test_provider_names_are_mapped_onto_the_catalog_s(given: str, ours: str | None) -> None:
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.provider.name": given,
+                        "gen_ai.system": "openai",  # the older name yields to the newer
+                        "gen_ai.request.model": "m",
+                        "gen_ai.usage.input_tokens": 1,
+                    },
+                    END,
+                )
+            ]
+        )
+    )
+    assert event.provider == ours
+
+
+def test_tags_come_from_service_name_and_the_configured_span_or_resource_attributes() -> None:
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.request.model": "gpt-4o",
+                        "gen_ai.usage.input_tokens": 1,
+                        "user.id": "u-42",
+                        "app.feature": "x" * 300,
+                        "app.cached": True,
+                        "app.attempt": 2,
+                        "deployment.environment": "canary",  # the span's wins over the resource's
+                        "app.list": ["a", "b"],  # not a scalar: no tag
+                    },
+                    END,
+                )
+            ],
+            resource={"service.name": "search-api", "deployment.environment": "prod"},
+        ),
+        tags=(
+            ("user.id", "user"),
+            ("app.feature", "feature"),
+            ("app.cached", "cached"),
+            ("app.attempt", "attempt"),
+            ("deployment.environment", "env"),
+            ("app.list", "list"),
+            ("absent.attribute", "absent"),
+        ),
+    )
+    assert event.tags == {
+        "service": "search-api",
+        "user": "u-42",
+        "feature": "x" * MAX_TAG_VALUE,
+        "cached": "true",
+        "attempt": "2",
+        "env": "canary",
+    }
+
+
+def test_a_resource_attribute_becomes_a_tag_when_the_span_has_none() -> None:
+    event = only_event(
+        Trace(
+            [SpanSpec({"gen_ai.request.model": "m", "gen_ai.usage.output_tokens": 3}, END)],
+            resource={"service.name": "s", "deployment.environment": "prod"},
+        ),
+        tags=(("deployment.environment", "deployment.environment"),),
+    )
+    assert event.tags == {"service": "s", "deployment.environment": "prod"}
+    assert event.usage == {"output_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "field", "detail"),
+    [
+        ({"gen_ai.usage.input_tokens": -5}, "gen_ai.usage.input_tokens", "not -5"),
+        ({"gen_ai.usage.output_tokens": 2.5}, "gen_ai.usage.output_tokens", "not 2.5"),
+        ({"gen_ai.usage.output_tokens": "many"}, "gen_ai.usage.output_tokens", "not 'many'"),
+        (
+            {"gen_ai.usage.cache_read.input_tokens": True},
+            "gen_ai.usage.cache_read.input_tokens",
+            "not True",
+        ),
+        ({"gen_ai.response.model": "m" * 300}, "gen_ai.response.model", "length <= 256"),
+        ({"gen_ai.response.model": 7}, "gen_ai.response.model", "must be a string"),
+    ],
+)
+def test_a_genai_span_that_cannot_be_an_event_is_an_error_naming_its_attribute(
+    attributes: dict[str, Any], field: str, detail: str
+) -> None:
+    base: dict[str, Any] = {
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 10,
+        "gen_ai.usage.output_tokens": 5,
+    }
+    reading, _ = read(Trace([SpanSpec({**base, **attributes}, END)]))
+    (item,) = reading.items
+    assert isinstance(item, InvalidEvent)
+    assert item.fields == [field]
+    assert field in str(item) or detail in str(item)
+    assert detail in str(item)
+
+
+def test_whole_doubles_and_digit_strings_are_counts_as_some_sdks_send_them() -> None:
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.request.model": "m",
+                        "gen_ai.usage.input_tokens": 120.0,
+                        "gen_ai.usage.output_tokens": "7",
+                    },
+                    END,
+                )
+            ]
+        )
+    )
+    assert event.usage == {"input_tokens": 120, "output_tokens": 7}
+
+
+def test_a_span_without_an_end_time_or_with_a_bad_id_is_an_error() -> None:
+    spec = SpanSpec({"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1}, END)
+    message, _ = message_of(Trace([spec, spec, spec]))
+    spans = message.resource_spans[0].scope_spans[0].spans
+    spans[0].end_time_unix_nano = 0
+    spans[1].trace_id = b"\x01" * 8
+    spans[2].span_id = b"\x00" * 8
+    items = read_spans(message).items
+    assert all(isinstance(item, AiserverError) for item in items)
+    assert [item.fields for item in items] == [  # type: ignore[union-attr]
+        ["end_time_unix_nano"],
+        ["trace_id"],
+        ["span_id"],
+    ]
+
+
+def test_spans_without_genai_usage_are_ignored_and_counted() -> None:
+    reading, _ = read(
+        Trace(
+            [
+                SpanSpec({"http.request.method": "GET"}, END, name="GET /"),
+                SpanSpec({"gen_ai.request.model": "gpt-4o"}, END),  # no token count
+                SpanSpec(
+                    {"gen_ai.usage.cache_read.input_tokens": 5, "gen_ai.request.model": "m"}, END
+                ),
+            ]
+        )
+    )
+    assert reading.items == []
+    assert dict(reading.ignored) == {"no_usage": 3}
+    assert reading.spans == 3
