@@ -10,9 +10,9 @@ in place), priced as ingest would price them (`total_cost` is tokens times the m
 with 8 models, 4 teams, 6 features and 1,000 users as tags, each drawn independently (up to
 384 rollup rows an hour); 2% are unpriced. The hourly rollups
 are built from all but the newest `--tail` events in one `INSERT ... SELECT ... GROUP BY` in key
-order, hour after hour, as folding writes them over time (the triggers on `usage_rollups` sum the
-daily rollups meanwhile); those stay in `usage_outbox`, the tail a spend answer reads from raw
-events.
+order, hour after hour, as folding writes them over time, and summed per day of Berlin into the
+daily rollups (as `aiserver.ledger.spend.store.rollups.resum_daily` does); the newest stay in
+`usage_outbox`, the tail a spend answer reads from raw events.
 
 Each question covers the last 30 whole days of its zone's clock, by day, and is asked
 `--rounds` times after one warm-up, interleaved with the same question as a raw GROUP BY,
@@ -44,6 +44,7 @@ from aiserver.core_db.migrations import apply_migrations
 from aiserver.ledger import projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.spend.query import read_spend, spend_query
+from aiserver.ledger.spend.store.rollups import resum_daily
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.partitions import Partitions, month_of
 from bench.common import Section, Table, bench_settings, say, throwaway_database
@@ -161,6 +162,7 @@ async def load(pool: asyncpg.Pool, project: Project, events: int, tail: int, now
         folded = last - tail
         started = time.perf_counter()
         await conn.execute(_ROLLUPS, project.id, folded)
+        await resum_daily(conn, project.id)  # what a rebuild does
         await conn.execute(_TAIL, project.id, folded)
         rollups = await conn.fetchval("SELECT count(*) FROM usage_rollups")
         daily = await conn.fetchval("SELECT count(*) FROM usage_rollups_daily")

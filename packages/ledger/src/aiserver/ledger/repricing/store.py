@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from aiserver.ledger.spend.store.rollups import daily_upsert
 from aiserver.ledger.usage.store.reading import EventFilters, filter_clauses
 
 if TYPE_CHECKING:
@@ -400,6 +401,17 @@ class RollupDelta:
     cost: Decimal
 
 
+#: The deltas' columns, as a relation `x` of `daily_upsert`'s shape (no usage_other).
+_DELTAS: Final = """
+    unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+           $7::bigint[], $8::bigint[], $9::numeric[], $10::numeric[], $11::numeric[],
+           $12::numeric[], $13::numeric[], $14::numeric[])
+    AS x (project_id, hour, model, provider, status, tags, events, unpriced_events,
+          input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+          cost)
+"""
+
+
 async def apply_rollup_deltas(conn: DbConnection, deltas: Sequence[RollupDelta]) -> None:
     """Add the deltas to their rollup rows in key order (as the fold does: no deadlock between
     the two), then drop the rows they emptied: a row an event left is as if it was never folded
@@ -452,3 +464,21 @@ async def apply_rollup_deltas(conn: DbConnection, deltas: Sequence[RollupDelta])
         """,
         *columns[:6],
     )
+    # the same deltas per day of the project's clock, after the hourly rows (the fold's lock
+    # order), and the daily rows they emptied dropped
+    await conn.execute(
+        daily_upsert(f"(SELECT * FROM {_DELTAS})"),  # noqa: S608  (constants only)
+        *columns[:13], columns[14],
+    )  # fmt: skip
+    await conn.execute(
+        f"""
+        DELETE FROM usage_rollups_daily AS r
+        USING (SELECT DISTINCT x.project_id, (x.hour AT TIME ZONE p.time_zone)::date AS day,
+                      x.model, x.provider, x.status, x.tags
+               FROM {_DELTAS} JOIN projects p ON p.id = x.project_id) AS d
+        WHERE r.events = 0 AND r.project_id = d.project_id AND r.day = d.day
+          AND r.model = d.model AND r.provider = d.provider AND r.status = d.status
+          AND r.tags = d.tags
+        """,  # noqa: S608  (constants only)
+        *columns[:13], columns[14],
+    )  # fmt: skip

@@ -14,7 +14,8 @@ transaction:
 3. from the hour of the project's oldest retained event on, it sums the folded events again;
    before that hour (retention dropped those events), it re-keys the existing rollups: a key no
    longer rolled up is summed away, and a newly rolled-up key is absent there, because nothing
-   recorded its values any more.
+   recorded its values any more;
+4. it sums the project's daily rollups again from the new hourly ones.
 
 Running it again is harmless: it computes the same rollups.
 """
@@ -61,6 +62,7 @@ async def rebuild_rollups(conn: DbConnection, project_id: int) -> RebuildResult 
         if tags is None:
             return None
         done = await store.rebuild(conn, project_id, tags, CHOICE_FIELDS)
+        await store.resum_daily(conn, project_id)
         await store.mark_rolled_up(conn, project_id, tags)
     result = RebuildResult(
         project_id=project_id,

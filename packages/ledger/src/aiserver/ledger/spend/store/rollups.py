@@ -94,10 +94,48 @@ _SUMMED: Final = (
     "cache_write_tokens", "reasoning_tokens", "cost",
 )  # fmt: skip
 
+#: The daily rollups of the rows of `{source}` (aliased `x`: project_id, hour, model, provider,
+#: status, tags and the sums of `_SUMMED`, a row per hourly key): their sums per day of the
+#: project's clock, over the hours that lie whole in a day (at +05:30 the hour across midnight
+#: is in no day), added to `usage_rollups_daily` in key order. `{after}` is a condition that
+#: makes the rows wait for the hourly writes of the same statement (lock order: hourly rows,
+#: then daily ones, for every writer). `usage_rollups_daily` holds no `usage_other`.
+_DAILY_UPSERT: Final = """
+    INSERT INTO usage_rollups_daily AS d (project_id, day, model, provider, status, tags,
+        events, unpriced_events, input_tokens, output_tokens, cache_read_tokens,
+        cache_write_tokens, reasoning_tokens, cost)
+    SELECT x.project_id, (x.hour AT TIME ZONE p.time_zone)::date, x.model, x.provider, x.status,
+           x.tags, sum(x.events), sum(x.unpriced_events), sum(x.input_tokens),
+           sum(x.output_tokens), sum(x.cache_read_tokens), sum(x.cache_write_tokens),
+           sum(x.reasoning_tokens), sum(x.cost)
+    FROM {source} x JOIN projects p ON p.id = x.project_id
+    WHERE (x.hour AT TIME ZONE p.time_zone)::date
+          = ((x.hour + interval '59:59.999999') AT TIME ZONE p.time_zone)::date{after}
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (project_id, day, model, provider, status, tags) DO UPDATE SET
+        events = d.events + excluded.events,
+        unpriced_events = d.unpriced_events + excluded.unpriced_events,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
+        cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
+        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+        cost = d.cost + excluded.cost
+"""
+
+
+def daily_upsert(source: str, after: str = "") -> str:
+    """`_DAILY_UPSERT` of the rows of `source` (a relation, aliased `x`)."""
+    return _DAILY_UPSERT.format(source=source, after=f" AND {after}" if after else "")
+
+
 #: A batch, in one statement: claim up to $1 outbox rows of projects that no rebuild holds, find
 #: their events (the primary key: project, occurred_at, id; the LATERAL makes it an index probe
 #: per row, in that row's partition only), sum them per rollup key, add the sums to the rollups
-#: in key order, delete the claimed rows. $2 is ROLLUP_LOCK_SPACE; $3 the non-count fields.
+#: in key order, then their sums per day to the daily rollups (after the hourly rows: the
+#: scalar subquery over `upserted` runs first), delete the claimed rows. $2 is
+#: ROLLUP_LOCK_SPACE; $3 the non-count fields.
 #: The claim goes in (project, id) order, the outbox's primary key, so that a batch reads only
 #: the rows it takes, however long the outbox has grown (one project's backlog goes first).
 FOLD: Final = f"""
@@ -138,10 +176,13 @@ FOLD: Final = f"""
                                            GROUP BY key) AS per_name)
                           END
         RETURNING 1
+    ), days AS ({daily_upsert("merged", after="(SELECT count(*) FROM upserted) >= 0")}
+        RETURNING 1
     )
     SELECT (SELECT count(*) FROM claimed) AS claimed,
            (SELECT count(*) FROM events) AS folded,
-           (SELECT count(*) FROM upserted) AS rollups
+           (SELECT count(*) FROM upserted) AS rollups,
+           (SELECT count(*) FROM days) AS days
 """  # noqa: S608, E501  (constants only)
 
 
@@ -152,6 +193,7 @@ class Batch:
     claimed: int  # outbox rows taken (and deleted)
     folded: int  # of them, events found and added to the rollups
     rollups: int  # rollup rows inserted or added to
+    days: int  # daily rollup rows inserted or added to
 
 
 async def fold_batch(conn: DbConnection, limit: int, not_counts: Sequence[str]) -> Batch:
@@ -163,7 +205,9 @@ async def fold_batch(conn: DbConnection, limit: int, not_counts: Sequence[str]) 
     await conn.execute("SET LOCAL jit = off")
     row = await conn.fetchrow(FOLD, limit, ROLLUP_LOCK_SPACE, list(not_counts))
     assert row is not None
-    return Batch(claimed=row["claimed"], folded=row["folded"], rollups=row["rollups"])
+    return Batch(
+        claimed=row["claimed"], folded=row["folded"], rollups=row["rollups"], days=row["days"]
+    )
 
 
 async def lock_project(conn: DbConnection, project_id: int, *, shared: bool = False) -> None:
@@ -268,29 +312,17 @@ async def mark_rolled_up(conn: DbConnection, project_id: int, tags: Sequence[str
 
 async def resum_daily(conn: DbConnection, project_id: int) -> int:
     """Sum the project's daily rollups again from its hourly ones, by the days of its time zone
-    as it is now (after a change of it); the number of daily rows. The caller holds the
-    project's rollup lock exclusively, so no fold or reprice changes its rollups meanwhile.
-    (Otherwise triggers on `usage_rollups` keep the daily rows: see the migration that made
-    them.)"""
+    as it is now (after a rebuild, or a change of the zone); the number of daily rows. The
+    caller holds the project's rollup lock exclusively, so no fold or reprice changes its
+    rollups meanwhile."""
     await conn.execute("DELETE FROM usage_rollups_daily WHERE project_id = $1", project_id)
     written: int = await conn.fetchval(
-        """
-        WITH written AS (
-            INSERT INTO usage_rollups_daily
-            SELECT r.project_id, (r.hour AT TIME ZONE p.time_zone)::date AS day, r.model,
-                   r.provider, r.status, r.tags, sum(r.events), sum(r.unpriced_events),
-                   sum(r.input_tokens), sum(r.output_tokens), sum(r.cache_read_tokens),
-                   sum(r.cache_write_tokens), sum(r.reasoning_tokens), sum(r.cost)
-            FROM usage_rollups r JOIN projects p ON p.id = r.project_id
-            WHERE r.project_id = $1  -- the hours that lie whole in a day of its clock
-              AND (r.hour AT TIME ZONE p.time_zone)::date
-                  = ((r.hour + interval '59:59.999999') AT TIME ZONE p.time_zone)::date
-            GROUP BY 1, 2, 3, 4, 5, 6
-            ORDER BY 1, 2, 3, 4, 5, 6
+        f"""
+        WITH written AS ({daily_upsert("usage_rollups", after="x.project_id = $1")}
             RETURNING 1
         )
         SELECT count(*) FROM written
-        """,
+        """,  # noqa: S608  (constants only)
         project_id,
     )
     return written
