@@ -17,6 +17,10 @@ limit of 2,000 estimates of 0.01 USD, reserved until every client is refused: ze
 means the window holds exactly the limit, never more, and "refused only when the whole budget is
 exhausted" means that exactly 2,000 were admitted.
 
+During the hot run, the CPU time of the API processes, of PostgreSQL's backends and of the
+clients' own process is read (`/proc`): CPU per reservation of each, and the rate the machine's
+cores would allow the API and PostgreSQL if the clients ran elsewhere.
+
 The same runs **in process** (no HTTP: `reservations.reserve` from 16 pool connections) show
 what the database admits, with the window striped and with one row (STRIPES = 1).
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,6 +52,8 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.errors import BudgetExceeded
 from bench.common import bench_settings, say, throwaway_database
+from bench.http_load import _cpu_seconds
+from bench.ingest import backend_cpu
 from bench.server import api_server
 
 CLIENTS = 16
@@ -139,15 +146,59 @@ async def _held(pool: asyncpg.Pool, budget_id: int) -> Decimal:
     return held
 
 
+@dataclass
+class Cpu:
+    """CPU seconds used so far by the API processes, PostgreSQL's backends of this database,
+    and this (the clients') process."""
+
+    api: float
+    database: float
+    clients: float
+
+    @staticmethod
+    async def now(api_pids: list[int], admin: asyncpg.Connection) -> Cpu:
+        return Cpu(
+            api=sum(_cpu_seconds(pid) for pid in api_pids),
+            database=sum((await backend_cpu(admin)).values()),
+            clients=time.process_time(),
+        )
+
+
+def cpu_line(before: Cpu, after: Cpu, admitted: int, cores: int) -> str:
+    """CPU per reservation of each side, and the rate `cores` cores would allow if the API and
+    PostgreSQL had them all (the clients on another machine)."""
+    api = (after.api - before.api) / admitted
+    database = (after.database - before.database) / admitted
+    clients = (after.clients - before.clients) / admitted
+    return (
+        f"  CPU per reservation: API {api * 1000:.2f} ms, PostgreSQL {database * 1000:.2f} ms, "
+        f"clients {clients * 1000:.2f} ms; with the {cores} cores to the API and PostgreSQL "
+        f"alone at most {cores / (api + database):,.0f} reservations/s"
+    )
+
+
 async def reservation_runs(
-    pool: asyncpg.Pool, access: Access, clients: list[httpx.AsyncClient], seconds: float
+    pool: asyncpg.Pool,
+    access: Access,
+    clients: list[httpx.AsyncClient],
+    seconds: float,
+    api_pids: list[int],
+    url: str,
 ) -> None:
     say("## Reservations over HTTP: 2 API processes, 16 clients")
     await _clear(pool)
     await _budget(pool, access, HUGE)
     calls = [_http_reserve(c, {}) for c in clients]
     await _drive("warm-up", 1.0, calls)
-    say((await _drive("hot budget", seconds, calls)).line())
+    admin = await asyncpg.connect(url)
+    try:
+        before = await Cpu.now(api_pids, admin)
+        hot = await _drive("hot budget", seconds, calls)
+        after = await Cpu.now(api_pids, admin)
+    finally:
+        await admin.close()
+    say(hot.line())
+    say(cpu_line(before, after, hot.ok, os.cpu_count() or 1))
     await _clear(pool)
     for i in range(CLIENTS):
         await _budget(pool, access, HUGE, tags={"team": f"t{i}"})
@@ -253,7 +304,8 @@ async def main(seconds: float) -> None:
                     for i in range(CLIENTS)
                 ]  # fmt: skip
                 try:
-                    await reservation_runs(pool, access, clients, seconds)
+                    pids = [a.process.pid, b.process.pid]
+                    await reservation_runs(pool, access, clients, seconds, pids, url)
                     await local_runs(pool, access, seconds)
                     await ingest_runs(pool, access, clients, seconds)
                 finally:
