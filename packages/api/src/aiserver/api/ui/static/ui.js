@@ -1,0 +1,42 @@
+// Draws each chart from its JSON (the same figures as the table under it). Without this
+// script, or without Chart.js, the tables alone carry every figure.
+"use strict";
+(function () {
+  if (typeof Chart === "undefined") return;
+  var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#e8590c", "#1098ad", "#5c940d",
+                 "#c2255c", "#868e96"];
+  document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+    var source = document.getElementById(canvas.getAttribute("data-chart"));
+    if (!source) return;
+    var data = JSON.parse(source.textContent);
+    new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: data.labels,
+        datasets: data.series.map(function (s, i) {
+          return {
+            label: s.label,
+            // drawn as numbers; the tooltip shows the exact decimal string
+            data: s.values.map(Number),
+            exact: s.values,
+            backgroundColor: palette[i % palette.length],
+          };
+        }),
+      },
+      options: {
+        maintainAspectRatio: false,
+        animation: false,
+        scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: data.currency } } },
+        plugins: {
+          tooltip: {
+            callbacks: {
+              label: function (item) {
+                return item.dataset.label + ": " + item.dataset.exact[item.dataIndex] + " " + data.currency;
+              },
+            },
+          },
+        },
+      },
+    });
+  });
+})();
