@@ -75,7 +75,8 @@ class OverviewController(ProjectPages):
             context={
                 "viewer": seen_by, "project": project, "page": "overview",
                 "periods": periods, "daily": daily, "chart": pivot(daily),
-                "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(), "tags": tags,
+                "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(),
+                "tags": tags,
                 "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,
             },
         )  # fmt: skip
