@@ -68,6 +68,7 @@ class Site:
     keys: dict[str, str]  # name -> secret key
     key_ids: dict[str, int]
     event_ids: dict[str, int] = field(default_factory=dict)  # the client's id -> event_id
+    budget_id: int = 0
 
     @property
     def url(self) -> str:
@@ -151,9 +152,10 @@ async def site(
                                          bearer(site.keys["b"]))  # fmt: skip
                 for result in [*recorded["results"], *recorded_b["results"]]:
                     site.event_ids[result["id"]] = result["event_id"]
-                await _post(client, "/v1/budgets", {
+                budget = await _post(client, "/v1/budgets", {
                     "name": "Monthly cap", "limit_usd": "0.05", "period": "month",
                 }, bearer(site.keys["a"]))  # fmt: skip
+                site.budget_id = budget["id"]
             yield site
     finally:
         await drop_served(url)

@@ -7,7 +7,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, sign_in
+from .conftest import ADMIN_TOKEN, Site, sign_in
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +39,18 @@ def tab_through(browser: WebDriver, count: int) -> list[str]:
 
 
 @pytest.mark.parametrize("path", ["/ui/sign-in", "/ui/p/ui-a/", "/ui/p/ui-a/explore",
-                                  "/ui/p/ui-a/events/", "/ui/p/ui-a/events/{event}"])  # fmt: skip
+                                  "/ui/p/ui-a/events/", "/ui/p/ui-a/events/{event}",
+                                  "/ui/p/ui-a/budgets", "/ui/p/ui-a/budgets/{budget}",
+                                  "/ui/p/ui-a/keys", "/ui/"])  # fmt: skip
 async def test_the_keyboard_reaches_every_control_and_each_has_a_label(
     browser: WebDriver, site: Site, path: str
 ) -> None:
-    if path != "/ui/sign-in":
-        sign_in(browser, site, site.keys["a-read"])
-    browser.get(site.url + path.format(event=site.event_ids["a-unpriced"]))
+    if path == "/ui/":  # the operator's project picker
+        sign_in(browser, site, ADMIN_TOKEN)
+    elif path != "/ui/sign-in":
+        sign_in(browser, site, site.keys["a"])  # admin: every form is on the page
+    browser.get(site.url + path.format(event=site.event_ids["a-unpriced"],
+                                       budget=site.budget_id))  # fmt: skip
     assert browser.execute_script(UNLABELLED) == []
     controls = browser.execute_script(FOCUSABLE)
     assert controls

@@ -3,7 +3,7 @@
 - :mod:`.sessions`: the session cookie, its Redis record, CSRF tokens;
 - :mod:`.viewer`: who is signed in, and which project a page may show;
 - :mod:`.signin`: signing in and out, and the operator's project picker;
-- :mod:`.overview`, :mod:`.explore`, :mod:`.events`: the pages;
+- :mod:`.overview`, :mod:`.explore`, :mod:`.events`, :mod:`.budgets`, :mod:`.keys`: the pages;
 - :mod:`.present`: a spend answer as tables, chart data and CSV (pure);
 - `templates/` (Jinja2, autoescaped) and `static/` (the style sheet, the page script and the
   vendored Chart.js with its license): no CDN, the pages work offline.
@@ -30,8 +30,10 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from aiserver.api.settings import ApiSettings
+from aiserver.api.ui.budgets import BudgetPages
 from aiserver.api.ui.events import EventController
 from aiserver.api.ui.explore import ExploreController
+from aiserver.api.ui.keys import KeyPages
 from aiserver.api.ui.overview import OverviewController
 from aiserver.api.ui.sessions import PATH, Signer
 from aiserver.api.ui.signin import SignInController
@@ -109,7 +111,14 @@ def ui_router(settings: ApiSettings) -> Router:
     board = Dashboard(signer=Signer(secret), session_seconds=settings.ui_session_seconds)
     pages = Router(
         path="/",
-        route_handlers=[SignInController, OverviewController, ExploreController, EventController],
+        route_handlers=[
+            SignInController,
+            OverviewController,
+            ExploreController,
+            EventController,
+            BudgetPages,
+            KeyPages,
+        ],
         opt={OPT: board},
         include_in_schema=False,
         response_headers=_HEADERS,
