@@ -41,7 +41,8 @@ def tab_through(browser: WebDriver, count: int) -> list[str]:
 @pytest.mark.parametrize("path", ["/ui/sign-in", "/ui/p/ui-a/", "/ui/p/ui-a/explore",
                                   "/ui/p/ui-a/events/", "/ui/p/ui-a/events/{event}",
                                   "/ui/p/ui-a/budgets", "/ui/p/ui-a/budgets/{budget}",
-                                  "/ui/p/ui-a/keys", "/ui/"])  # fmt: skip
+                                  "/ui/p/ui-a/keys", "/ui/", "/ui/catalog/",
+                                  "/ui/catalog/gpt-test-003"])  # fmt: skip
 async def test_the_keyboard_reaches_every_control_and_each_has_a_label(
     browser: WebDriver, site: Site, path: str
 ) -> None:

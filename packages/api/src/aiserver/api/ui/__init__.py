@@ -3,7 +3,8 @@
 - :mod:`.sessions`: the session cookie, its Redis record, CSRF tokens;
 - :mod:`.viewer`: who is signed in, and which project a page may show;
 - :mod:`.signin`: signing in and out, and the operator's project picker;
-- :mod:`.overview`, :mod:`.explore`, :mod:`.events`, :mod:`.budgets`, :mod:`.keys`: the pages;
+- :mod:`.overview`, :mod:`.explore`, :mod:`.events`, :mod:`.budgets`, :mod:`.keys`,
+  :mod:`.catalog`: the pages;
 - :mod:`.present`: a spend answer as tables, chart data and CSV (pure);
 - `templates/` (Jinja2, autoescaped) and `static/` (the style sheet, the page script and the
   vendored Chart.js with its license): no CDN, the pages work offline.
@@ -31,10 +32,12 @@ from litestar.template import TemplateConfig
 
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.budgets import BudgetPages
+from aiserver.api.ui.catalog import CatalogPages
 from aiserver.api.ui.events import EventController
 from aiserver.api.ui.explore import ExploreController
 from aiserver.api.ui.keys import KeyPages
 from aiserver.api.ui.overview import OverviewController
+from aiserver.api.ui.present import timestamp
 from aiserver.api.ui.sessions import PATH, Signer
 from aiserver.api.ui.signin import SignInController
 from aiserver.api.ui.viewer import OPT, Dashboard, SignInNeeded
@@ -72,6 +75,7 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
         lstrip_blocks=True,
     )
     environment.filters["money"] = _money
+    environment.filters["when"] = timestamp
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
@@ -118,6 +122,7 @@ def ui_router(settings: ApiSettings) -> Router:
             EventController,
             BudgetPages,
             KeyPages,
+            CatalogPages,
         ],
         opt={OPT: board},
         include_in_schema=False,

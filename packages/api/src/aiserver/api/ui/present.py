@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final
 
 import msgspec
@@ -95,8 +95,12 @@ def table_header(answer: SpendAnswer) -> list[str]:
     return ["from", "to", *answer.group_by, "cost", "currency", *COUNTS]
 
 
-def _time(at: datetime) -> str:
-    return at.isoformat()
+def timestamp(at: date | datetime) -> str:
+    """A date or time exactly as the API's JSON writes it (UTC as Z, else the offset)."""
+    return _ENCODER.encode(at).decode().strip('"')
+
+
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 def table_rows(answer: SpendAnswer) -> list[list[str]]:
@@ -106,8 +110,9 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
         for group in bucket.groups:
             counts = msgspec.structs.asdict(group)
             rows.append([
-                _time(bucket.start), _time(bucket.end), *group_values(group, answer.group_by),
-                group.cost, answer.currency, *(str(counts[name]) for name in COUNTS),
+                timestamp(bucket.start), timestamp(bucket.end),
+                *group_values(group, answer.group_by), group.cost, answer.currency,
+                *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
     return rows
 

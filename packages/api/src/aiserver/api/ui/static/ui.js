@@ -9,8 +9,9 @@
     var source = document.getElementById(canvas.getAttribute("data-chart"));
     if (!source) return;
     var data = JSON.parse(source.textContent);
+    var step = data.kind === "step";  // a price over time; otherwise bars stacked per bucket
     new Chart(canvas, {
-      type: "bar",
+      type: step ? "line" : "bar",
       data: {
         labels: data.labels,
         datasets: data.series.map(function (s, i) {
@@ -20,13 +21,15 @@
             data: s.values.map(Number),
             exact: s.values,
             backgroundColor: palette[i % palette.length],
+            borderColor: palette[i % palette.length],
+            stepped: step,
           };
         }),
       },
       options: {
         maintainAspectRatio: false,
         animation: false,
-        scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: data.currency } } },
+        scales: { x: { stacked: !step }, y: { stacked: !step, title: { display: true, text: data.currency } } },
         plugins: {
           tooltip: {
             callbacks: {
