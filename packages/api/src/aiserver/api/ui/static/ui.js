@@ -3,7 +3,7 @@
 "use strict";
 (function () {
   if (typeof Chart === "undefined") return;
-  var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#e8590c", "#1098ad", "#5c940d",
+  var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#f59f00", "#1098ad", "#5c940d",
                  "#c2255c", "#868e96"];
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     var source = document.getElementById(canvas.getAttribute("data-chart"));
