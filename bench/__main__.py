@@ -17,7 +17,7 @@ from collections.abc import Callable
 # before anything imports litellm: its price map comes from its own wheel, never the network
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from bench import calc, cli, fold, http_load, ingest, refresh, report, scale, startup
+from bench import calc, cli, fold, http_load, ingest, pages, refresh, report, scale, startup
 from bench.common import ROOT, Section, load_average, machine, say
 
 BENCHMARKS: dict[str, Callable[[bool], Section]] = {
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
         phase_batches=1 if quick else 5,
     ),
     "fold": lambda quick: fold.run(events=20_000 if quick else 200_000, rounds=1 if quick else 3),
+    "pages": lambda quick: pages.run(rounds=5 if quick else 20),
 }
 
 

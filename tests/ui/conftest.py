@@ -232,3 +232,8 @@ def header(browser: WebDriver, table_id: str) -> list[str]:
 def text(element: WebElement) -> str:
     """An element's text, also where a scrolled box hides it (its whitespace collapsed)."""
     return " ".join((element.get_attribute("textContent") or "").split())
+
+
+def shot(browser: WebDriver, screenshots: Path, name: str) -> None:
+    """A screenshot of the page as it is now, into the tests' output (UI_SCREENSHOTS)."""
+    assert browser.save_screenshot(str(screenshots / f"{name}.png"))

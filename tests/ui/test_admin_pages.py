@@ -5,6 +5,7 @@ sees the budgets but changes nothing."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from .conftest import Site, bearer, sign_in, table
+from .conftest import Site, bearer, shot, sign_in, table
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def fill(browser: WebDriver, field: str, value: str) -> None:
 
 
 async def test_an_admin_key_creates_changes_and_deletes_a_budget(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a"])
     browser.find_element(By.LINK_TEXT, "Budgets").click()
@@ -49,6 +50,7 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
     found = re.fullmatch(rf"{site.url}/ui/p/ui-a/budgets/(\d+)", browser.current_url)
     assert found is not None, browser.current_url
     budget_id = int(found.group(1))
+    shot(browser, screenshots, "budget")
     status, made = await api_budget(site, budget_id)
     assert status == 200
     assert (made["name"], made["limit_usd"], made["period"], made["tags"], made["thresholds"]) == (
@@ -65,12 +67,13 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
 
     browser.find_element(By.ID, "delete-budget").click()
     assert browser.current_url == f"{site.url}/ui/p/ui-a/budgets"
+    shot(browser, screenshots, "budgets")
     assert [row[0] for row in table(browser, "budget-list")] == ["Monthly cap"]
     assert (await api_budget(site, budget_id))[0] == 404
 
 
 async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a"])
     browser.find_element(By.LINK_TEXT, "Keys").click()
@@ -96,6 +99,7 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
         ).click()
         (row,) = [r for r in table(browser, "key-list") if r[0] == "ci-reader"]
         assert row[6].startswith("revoked")
+        shot(browser, screenshots, "keys")
         assert (
             await client.get("/v1/spend", params=spend, headers=bearer(made))
         ).status_code == 401

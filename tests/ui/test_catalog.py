@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, header, sign_in, table
+from .conftest import Site, header, shot, sign_in, table
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +24,14 @@ async def api(site: Site, path: str, **params: Any) -> Any:
 
 
 async def test_the_catalog_lists_and_shows_models_as_the_api_does(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
     browser.find_element(By.LINK_TEXT, "Catalog").click()
     search = browser.find_element(By.ID, "m-q")
     search.send_keys("gpt-test-01")
     browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    shot(browser, screenshots, "catalog")
     listed = (await api(site, "/v1/models", q="gpt-test-01"))["data"]
     assert [m["model"] for m in listed] == [f"gpt-test-01{i}" for i in range(10)]
     assert table(browser, "models") == [
@@ -39,6 +41,7 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
     ]  # fmt: skip
 
     browser.find_element(By.LINK_TEXT, "gpt-test-015").click()
+    shot(browser, screenshots, "model")
     detail = await api(site, "/v1/models/gpt-test-015")
     assert table(browser, "model-prices") == [
         [k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)]

@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from .conftest import Site, bearer, header, sign_in, table
+from .conftest import Site, bearer, header, shot, sign_in, table
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,6 @@ def label(group: dict[str, Any], name: str) -> str:
         return "(other)"
     value = group["key"][name]
     return "(none)" if value is None else str(value)
-
-
-def shot(browser: WebDriver, screenshots: Path, name: str) -> None:
-    assert browser.save_screenshot(str(screenshots / f"{name}.png"))
 
 
 async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
@@ -183,6 +179,7 @@ async def test_events_filter_page_and_show_one_event_as_the_api_does(
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
     browser.find_element(By.LINK_TEXT, "Events").click()
+    shot(browser, screenshots, "events")
     async with site.client() as client:
         listed = []
         params: dict[str, Any] = {"limit": 1000}

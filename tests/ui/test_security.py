@@ -5,6 +5,7 @@ operator's picker, and no secret in any URL, page or log line."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, admin, bearer, session_cookie, sign_in, table
+from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,9 @@ async def csrf_of(client: httpx.AsyncClient, cookie: str) -> str:
     return found.group(1)
 
 
-async def test_no_page_answers_without_a_session(browser: WebDriver, site: Site) -> None:
+async def test_no_page_answers_without_a_session(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
     async with site.client() as client:
         for path in ["/ui/", *pages(site)]:
             for cookie in (None, "forged.value", "a" * 43 + "." + "b" * 43):
@@ -68,6 +71,7 @@ async def test_no_page_answers_without_a_session(browser: WebDriver, site: Site)
                 ), path  # fmt: skip
     browser.get(f"{site.url}/ui/p/ui-a/explore")
     assert browser.current_url == f"{site.url}/ui/sign-in"
+    shot(browser, screenshots, "sign-in")
     assert browser.find_element(By.ID, "credential").get_attribute("type") == "password"
 
 
@@ -189,9 +193,12 @@ async def test_a_project_key_sees_its_own_project_only(browser: WebDriver, site:
             assert response.status_code == 404, path
 
 
-async def test_the_operator_picks_any_project(browser: WebDriver, site: Site) -> None:
+async def test_the_operator_picks_any_project(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
     sign_in(browser, site, admin()["Authorization"].removeprefix("Bearer "))
     assert browser.current_url == f"{site.url}/ui/"
+    shot(browser, screenshots, "projects")
     rows = table(browser, "projects")
     assert [r[:3] for r in rows] == [
         ["Alpha Works", "ui-a", "Europe/Berlin"], ["Beta Secret", "ui-b", "UTC"]
