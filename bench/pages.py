@@ -137,7 +137,7 @@ def run(*, rounds: int = 20) -> Section:
             )
         ],
         headline=[
-            f"pages: {within} of {len(timings)} dashboard pages answer under "
+            f"Dashboard pages: {within} of {len(timings)} answer under "
             f"{fmt_ms(TARGET_S)} (median) on the demo data; the slowest, {slowest}, in "
             f"{fmt_ms(median(timings[slowest]))}"
         ],
