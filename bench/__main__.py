@@ -25,6 +25,7 @@ from bench import (
     fold,
     http_load,
     ingest,
+    pages,
     refresh,
     report,
     scale,
@@ -59,6 +60,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
         e2e_events=5_000 if quick else 50_000,
         e2e_rounds=1 if quick else 3,
     ),
+    "pages": lambda quick: pages.run(rounds=5 if quick else 20),
 }
 
 

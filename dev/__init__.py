@@ -11,7 +11,8 @@ and stops every process it started on Ctrl-C.
 - `processes`: child processes in sessions of their own, stopped as trees;
 - `console`: the combined, colour-prefixed log;
 - `banner`: what `dev` prints once the system is ready;
-- `initialize`: `python -m dev.initialize`, the database start-up step as a child process.
+- `initialize`: `python -m dev.initialize`, the database start-up step as a child process;
+- `demo`: the sample of usage that `--demo` loads into the demo project.
 
 This is a developer tool: it ships in no wheel, and nothing under `packages/` imports it.
 """

@@ -51,6 +51,7 @@ def ready_lines(
     rows = [
         ("API", api_url),
         ("OpenAPI UI", f"{api_url}/schema   (Swagger UI: {api_url}/schema/swagger)"),
+        ("dashboard", f"{api_url}/ui/   (sign in with the demo key below)"),
         ("PostgreSQL", database.describe()),
         ("Redis", redis.describe()),
         ("catalog", catalog_line(catalog, taskrunner=taskrunner)),

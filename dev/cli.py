@@ -64,6 +64,7 @@ examples:
   hatch run dev --no-taskrunner         the API alone (no background refresh)
   hatch run dev --embedded              embedded servers, even when local ones answer
   hatch run dev --reset                 wipe the embedded servers' data first
+  hatch run dev --demo                  a sample of usage, so the dashboard (/ui/) shows something
   DATABASE_URL=postgresql://me@db:5432/aiserver REDIS_URL=redis://cache:6379/0 hatch run dev
 
 Every other setting comes from the environment as for the services (README, "Configuration");
@@ -110,6 +111,12 @@ work offline; the task runner refreshes the catalog when it is stale and online.
         action="store_true",
         help="use embedded PostgreSQL and Redis even when DATABASE_URL, REDIS_URL or local "
         "servers are there",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="load a sample of usage into the demo project (60 days, several models, tags, a "
+        "budget near its limit, a few unpriced calls), so the dashboard shows something",
     )
     parser.add_argument(
         "--reset",
@@ -262,7 +269,14 @@ async def _start(args: argparse.Namespace, supervisor: Supervisor, console: Cons
     demo_key = data.root / "demo-key"
     init = await supervisor.start(
         "init",
-        [sys.executable, "-m", "dev.initialize", "--demo-key-file", str(demo_key)],
+        [
+            sys.executable,
+            "-m",
+            "dev.initialize",
+            "--demo-key-file",
+            str(demo_key),
+            *(["--demo-usage"] if args.demo else []),
+        ],
         env=env,
         cwd=ROOT,
         tier=INIT_TIER,

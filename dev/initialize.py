@@ -5,6 +5,8 @@ The migrations under the advisory lock, then every registered initializer (the c
 the snapshot bundled in aiserver-costs, which needs no network). The runner does this before the
 API starts, so that the API finds a catalog at once, also with `--no-taskrunner`.
 
+With `--demo-usage` as well, the demo project gets a sample of usage (`dev.demo`).
+
 With `--demo-key-file`, a project `demo` exists afterwards with a key of every scope, whose text
 is in that file (mode 600), so the banner can print it for copy-paste. The key in the file is
 kept while it still works on this database; else (a new database, a revoked key) a new one is
@@ -33,6 +35,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import ProjectExists
 from aiserver.ledger.keys import SCOPES
+from dev.demo import load_demo
 
 DEMO: Final = "demo"
 
@@ -46,8 +49,11 @@ async def _works(text: str) -> bool:
     return access.project_slug == DEMO
 
 
-async def ensure_demo(core: CoreSettings, key_file: Path, kept: str | None) -> None:
-    """The demo project and a working key of it in `key_file` (`kept`: the key there now)."""
+async def ensure_demo(
+    core: CoreSettings, key_file: Path, kept: str | None, *, usage: bool = False
+) -> None:
+    """The demo project and a working key of it in `key_file` (`kept`: the key there now);
+    with `usage`, the sample of usage in it (`dev.demo`)."""
     operator = Access.operator()
     async with database(core):
         pool = require_pool()
@@ -55,6 +61,8 @@ async def ensure_demo(core: CoreSettings, key_file: Path, kept: str | None) -> N
             await projects.create_project(
                 pool, operator, slug=DEMO, name="Demo", rollup_tags=["user", "team", "feature"]
             )
+        if usage:
+            print(f"dev: demo usage: {await load_demo(DEMO)} new events recorded", flush=True)
         if kept is not None and await _works(kept):
             return
         created = await api_keys.create_key(
@@ -70,6 +78,7 @@ async def ensure_demo(core: CoreSettings, key_file: Path, kept: str | None) -> N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dev.initialize", description=__doc__)
     parser.add_argument("--demo-key-file", type=Path, metavar="PATH")
+    parser.add_argument("--demo-usage", action="store_true", help="load the sample of usage")
     args = parser.parse_args(argv)
     settings = settings_for_command("dev", CoreSettings)
     configure_logging(settings.log_level, settings.log_format)
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file: Path | None = args.demo_key_file
         if key_file is not None:
             kept = key_file.read_text().strip() if key_file.exists() else None
-            asyncio.run(ensure_demo(settings, key_file, kept))
+            asyncio.run(ensure_demo(settings, key_file, kept, usage=args.demo_usage))
     except (DatabaseUnavailable, TimeoutError) as exc:
         print(f"dev: database start-up failed: {exc}", file=sys.stderr)
         return 1

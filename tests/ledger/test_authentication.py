@@ -40,6 +40,23 @@ async def test_a_cached_key_costs_no_query_until_its_time_is_up(key: str, db: Se
         await keyring.authenticate(pool, key)
 
 
+async def test_a_key_proved_earlier_is_checked_again_by_its_id_without_its_secret(
+    key: str, db: Settings
+) -> None:
+    keyring = Keyring(cache_ttl_s=0)  # every check reads the row
+    pool = require_pool()
+    public_id = key.split("_")[1]
+    proved = await keyring.authenticate(pool, key)
+    assert proved.key_id is not None
+    assert await keyring.recheck(pool, public_id, proved.key_id) == proved
+    with pytest.raises(KeyRejected, match="not valid"):  # another id under that public id
+        await keyring.recheck(pool, public_id, proved.key_id + 1)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second'")
+    with pytest.raises(KeyRejected, match="expired"):
+        await keyring.recheck(pool, public_id, proved.key_id)
+
+
 async def test_made_up_keys_never_push_the_real_ones_out(key: str, db: Settings) -> None:
     cache = KeyCache(ttl_s=60, max_keys=10, max_unknown=5)
     keyring = Keyring(cache_ttl_s=60)

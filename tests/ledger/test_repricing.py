@@ -32,6 +32,7 @@ from aiserver.ledger.repricing.execution import execute_run
 from aiserver.ledger.repricing.runs import (
     ModelChange,
     RepriceRequest,
+    event_adjustments,
     request_reprice,
     show_run,
 )
@@ -255,6 +256,16 @@ async def test_applying_reprices_each_event_adjusts_it_once_and_fixes_the_rollup
         ("e5", run.id, "unpriced", "priced", None, Decimal("0.00005"), None, 4),
         ("e6", run.id, "priced", "priced", Decimal("0.000003"), Decimal("0.000009"), 1, 2),
     ]
+    # one event's trail, as its page shows it; another project's id for it finds none
+    e4_id = await ledger.pool.fetchval(
+        "SELECT id FROM usage_events WHERE project_id = $1 AND event_key = 'e4'", ledger.p
+    )
+    (trail,) = await event_adjustments(ledger.pool, ledger.p, e4_id)
+    assert (trail.run_id, trail.old_status, trail.new_status, trail.old_cost, trail.new_cost,
+            trail.old_price_version, trail.new_price_version) == (
+        run.id, "unpriced", "priced", None, Decimal("0.0011"), None, 4
+    )  # fmt: skip
+    assert await event_adjustments(ledger.pool, ledger.q, e4_id) == []
     # another project's events are not touched
     assert (
         await ledger.pool.fetch("SELECT * FROM usage_events WHERE project_id = $1", ledger.q)

@@ -102,3 +102,19 @@ def test_the_documents_and_ledger_wheels_ship_their_migrations(wheels: dict[str,
     assert any(f.startswith("aiserver/documents/piccolo_migrations/documents_") for f in files)
     with zipfile.ZipFile(wheels["aiserver_core_db"]) as archive:
         assert not [f for f in archive.namelist() if f.startswith("aiserver/core_db/documents")]
+
+
+def test_the_api_wheel_ships_the_dashboards_templates_and_static_files(
+    wheels: dict[str, Path],
+) -> None:
+    source = ROOT / "packages/api/src/aiserver/api/ui"
+    root = source.parents[2]
+    files_of = [p for folder in ("templates", "static") for p in (source / folder).iterdir()]
+    shipped = {p.relative_to(root).as_posix() for p in files_of}
+    with zipfile.ZipFile(wheels["aiserver_api"]) as archive:
+        files = set(archive.namelist())
+    assert "aiserver/api/ui/static/chart.umd.min.js" in shipped
+    # the vendored library ships with its license
+    assert "aiserver/api/ui/static/chart.js-LICENSE.md" in shipped
+    assert "aiserver/api/ui/templates/overview.html" in shipped
+    assert shipped <= files, shipped - files

@@ -10,22 +10,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from redis.asyncio import Redis
 
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
 from ..conftest import (
-    TEST_REDIS_URL,
     Settings,
     create_database,
-    drop_database,
     make_settings,
     replace_settings,
 )
 from ..support.catalog import document, model_entry
 from ..support.upstream import Upstream
-from .harness import ApiProcess, api_env, api_process, model_names
+from .harness import ApiProcess, api_env, api_process, drop_served, model_names
 
 
 @dataclass
@@ -60,11 +57,4 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             yield Served(settings, api, upstream)
     finally:
         upstream.stop()
-        await drop_database(url)
-        # the jobs that requests queued (no task runner takes them): the tests' Redis database
-        # is theirs to flush (README, "Tests")
-        redis = Redis.from_url(TEST_REDIS_URL)
-        try:
-            await redis.flushdb()
-        finally:
-            await redis.aclose()
+        await drop_served(url)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+from redis.asyncio import Redis
 
 from ..conftest import (
     TEST_REDIS_URL,
@@ -567,6 +568,17 @@ def taskrunner_env(database_url: str, *, upstream_url: str, **variables: str) ->
     )
     env.update(variables)
     return env
+
+
+async def drop_served(url: str) -> None:
+    """Drop a served database, and flush the jobs its requests queued (no task runner takes
+    them): the tests' Redis database is theirs to flush (README, "Tests")."""
+    await drop_database(url)
+    redis = Redis.from_url(TEST_REDIS_URL)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
 
 
 async def catalogued_database(template_url: str) -> str:

@@ -6,6 +6,8 @@ missing or wrong credential is the ledger's `KeyRejected`, 401).
     │   ├── AdminDisabled    403 admin-disabled: no API_ADMIN_TOKENS are configured
     │   ├── UnknownJob       404 unknown-job: unknown, or its result expired
     │   ├── BadCursor        400 bad-cursor: a page cursor this API did not return
+    │   ├── CsrfRefused      403 csrf-refused: a dashboard form without its session's CSRF
+    │   │                        token (docs/ui.md)
     │   └── UnknownQuery     422 invalid-request: a query parameter the route does not take;
     │                            `fields` names them
     └── Unavailable
@@ -30,6 +32,10 @@ class UnknownJob(InvalidInput, status=404, slug="unknown-job"):
 
 
 class BadCursor(InvalidInput, status=400, slug="bad-cursor"):
+    pass
+
+
+class CsrfRefused(InvalidInput, status=403, slug="csrf-refused"):
     pass
 
 

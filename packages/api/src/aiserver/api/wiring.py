@@ -36,6 +36,7 @@ from aiserver.api.controllers.usage_export import UsageExportController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
 from aiserver.api.settings import ApiSettings
+from aiserver.api.ui import templates, ui_router
 from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
@@ -138,7 +139,8 @@ def build_app(settings: ApiSettings) -> Litestar:
         path="/", route_handlers=[UsageController], request_max_body_size=MAX_NDJSON_BYTES
     )
     return Litestar(
-        route_handlers=[*ROUTES, documents, usage],
+        route_handlers=[*ROUTES, documents, usage, ui_router(settings)],
+        template_config=templates(),
         lifespan=[lifespan_for(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         # Logging is ours (aiserver.core_db.logging): Litestar's default config would replace

@@ -77,6 +77,13 @@ def admit(presented: PresentedKey, records: list[KeyRecord], *, now: datetime) -
     record = next((r for r in records if presented.proves(r.secret_hash)), None)
     if record is None:
         raise KeyRejected("the key is not valid")
+    return admit_record(record, now=now)
+
+
+def admit_record(record: KeyRecord, *, now: datetime) -> Access:
+    """The access a key whose secret was proved gives now (a revoked or expired key, or one of
+    an archived project, gives none): checked on each use, also after the proof (a dashboard
+    session holds a key's id, never its secret)."""
     if record.revoked_at is not None:
         raise KeyRejected(f"the key was revoked at {record.revoked_at.isoformat()}")
     if record.expires_at is not None and record.expires_at <= now:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiserver.core_db.logging import get_logger
 from aiserver.ledger import store
-from aiserver.ledger.access import Access, admit
+from aiserver.ledger.access import Access, admit, admit_record
 from aiserver.ledger.errors import KeyRejected
 from aiserver.ledger.keys import parse_key
 from aiserver.ledger.store import KeyRecord
@@ -161,3 +161,13 @@ class Keyring:
         assert access.key_id is not None
         self.uses.used(access.key_id, now)
         return access
+
+    async def recheck(self, pool: asyncpg.Pool, public_id: str, key_id: int) -> Access:
+        """The access that key `key_id` (of `public_id`), proved earlier, gives now: a session
+        made with a key ends when the key is revoked, expires or its project is archived (as
+        late as the cache allows). `KeyRejected` when the key is gone."""
+        records = await self.cache.records(pool, public_id)
+        record = next((r for r in records if r.id == key_id), None)
+        if record is None:
+            raise KeyRejected("the key is not valid")
+        return admit_record(record, now=datetime.now(UTC))

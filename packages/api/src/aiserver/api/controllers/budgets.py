@@ -115,7 +115,7 @@ class BudgetList(msgspec.Struct, frozen=True, kw_only=True):
     budgets: list[BudgetOut]
 
 
-def _amount(text: str, field: str) -> Decimal:
+def amount(text: str, field: str) -> Decimal:
     """A decimal string as an exact Decimal; `InvalidField` for anything else."""
     try:
         value = Decimal(text)
@@ -129,7 +129,7 @@ def _amount(text: str, field: str) -> Decimal:
 
 
 def _amounts(texts: list[str], field: str) -> list[Decimal]:
-    return [_amount(t, field) for t in texts]
+    return [amount(t, field) for t in texts]
 
 
 def _allowed_hosts(request: Request[Any, Any, Any]) -> tuple[str, ...]:
@@ -162,7 +162,7 @@ class BudgetController(Controller):
         thresholds = None if data.thresholds is None else _amounts(data.thresholds, "thresholds")
         view, made = await service.create_budget(
             require_pool(), access, name=data.name,
-            limit_usd=_amount(data.limit_usd, "limit_usd"), period=data.period, tags=data.tags,
+            limit_usd=amount(data.limit_usd, "limit_usd"), period=data.period, tags=data.tags,
             model=data.model, thresholds=thresholds,
             hard=data.hard, webhook_url=data.webhook_url, webhook_secret=data.webhook_secret,
             allowed_hosts=_allowed_hosts(request),
@@ -207,7 +207,7 @@ class BudgetController(Controller):
             if (value := getattr(data, name)) is not msgspec.UNSET
         }
         if "limit_usd" in changes:
-            changes["limit_usd"] = _amount(changes["limit_usd"], "limit_usd")
+            changes["limit_usd"] = amount(changes["limit_usd"], "limit_usd")
         if "thresholds" in changes:
             changes["thresholds"] = _amounts(changes["thresholds"], "thresholds")
         view, made = await service.change_budget(

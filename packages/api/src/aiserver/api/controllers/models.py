@@ -15,7 +15,7 @@ from aiserver.api.errors import BadCursor
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import only_query
 from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut
-from aiserver.costs.catalog import PriceVersion
+from aiserver.costs.catalog import Catalog, PriceVersion
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.money import money, plain
 
@@ -32,7 +32,7 @@ def _decode_cursor(cursor: str) -> str:
         raise BadCursor("the cursor is not one this API returned") from None
 
 
-def _price(pv: PriceVersion, field: str) -> str | None:
+def price_of(pv: PriceVersion, field: str) -> str | None:
     value = pv.entry.get(field)
     return money(value) if value is not None and not isinstance(value, bool | str) else None
 
@@ -48,11 +48,35 @@ def summary(pv: PriceVersion) -> ModelSummary:
         mode=pv.mode,
         max_input_tokens=_limit(pv.entry.get("max_input_tokens")),
         max_output_tokens=_limit(pv.entry.get("max_output_tokens")),
-        input_cost_per_token=_price(pv, "input_cost_per_token"),
-        output_cost_per_token=_price(pv, "output_cost_per_token"),
+        input_cost_per_token=price_of(pv, "input_cost_per_token"),
+        output_cost_per_token=price_of(pv, "output_cost_per_token"),
         price_version=pv.id,
         valid_from=pv.valid_from,
         override_id=pv.override_id,
+    )
+
+
+def model_detail(catalog: Catalog, model: str, provider: str | None = None) -> ModelDetail:
+    """A model's current prices and its versions, by any name the calculator accepts;
+    `UnknownModel` for none."""
+    resolved = catalog.resolve(model, provider)
+    current = catalog.current.get(resolved.key)
+    history = catalog.history(resolved.key)
+    pv = current or history[-1]
+    return ModelDetail(
+        model=pv.model,
+        provider=pv.provider,
+        mode=pv.mode,
+        matched_by=resolved.matched_by,
+        price_version=pv.id,
+        catalog_version=catalog.version,
+        valid_from=pv.valid_from,
+        override_id=pv.override_id,
+        prices=plain(dict(pv.entry)),
+        versions=[
+            PriceVersionOut(price_version=v.id, valid_from=v.valid_from, valid_to=v.valid_to)
+            for v in history
+        ],
     )
 
 
@@ -101,23 +125,4 @@ class ModelController(Controller):
     ) -> ModelDetail:
         """A model by any name the calculator accepts (prefix, alias, dated name, ...)."""
         live: LiveCatalog = state.live
-        catalog = live.require()
-        resolved = catalog.resolve(model.lstrip("/"), provider)
-        current = catalog.current.get(resolved.key)
-        history = catalog.history(resolved.key)
-        pv = current or history[-1]
-        return ModelDetail(
-            model=pv.model,
-            provider=pv.provider,
-            mode=pv.mode,
-            matched_by=resolved.matched_by,
-            price_version=pv.id,
-            catalog_version=catalog.version,
-            valid_from=pv.valid_from,
-            override_id=pv.override_id,
-            prices=plain(dict(pv.entry)),
-            versions=[
-                PriceVersionOut(price_version=v.id, valid_from=v.valid_from, valid_to=v.valid_to)
-                for v in history
-            ],
-        )
+        return model_detail(live.require(), model.lstrip("/"), provider)

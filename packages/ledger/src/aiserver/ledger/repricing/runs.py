@@ -215,3 +215,14 @@ async def list_runs(
         access.require("read", "admin")
         rows = await store.select_runs(conn, project_id, limit=limit)
     return [run_of(r) for r in rows]
+
+
+async def event_adjustments(
+    pool: asyncpg.Pool, project_id: int, event_id: int
+) -> list[store.RecordedAdjustment]:
+    """What reprices changed of one event of the project (whose access the caller checked),
+    oldest first: its audit trail."""
+    if not 1 <= event_id <= MAX_BIGINT:
+        return []
+    async with pool.acquire() as conn:
+        return await store.select_adjustments(conn, project_id, event_id)

@@ -338,16 +338,22 @@ async def update_events(conn: DbConnection, changes: Sequence[Repriced]) -> None
 
 
 @dataclass(frozen=True, slots=True)
-class Adjustment:
-    project_id: int
-    event_id: int
-    occurred_at: datetime
+class PriceChange:
+    """What a reprice changed of one event: its status, cost and price version."""
+
     old_status: str
     new_status: str
     old_cost: Decimal | None
     new_cost: Decimal | None
     old_price_version: int | None
     new_price_version: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adjustment(PriceChange):
+    project_id: int
+    event_id: int
+    occurred_at: datetime
 
 
 async def insert_adjustments(
@@ -375,6 +381,32 @@ async def insert_adjustments(
         run_id,
         *columns,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordedAdjustment(PriceChange):
+    """An adjustment as it was recorded: which run made it, when, and what it changed."""
+
+    run_id: int
+    adjusted_at: datetime
+
+
+async def select_adjustments(
+    conn: DbConnection, project_id: int, event_id: int
+) -> list[RecordedAdjustment]:
+    """The adjustments of one event of the project, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT run_id, adjusted_at, old_status, new_status, old_cost, new_cost,
+               old_price_version, new_price_version
+        FROM usage_adjustments
+        WHERE project_id = $1 AND event_id = $2
+        ORDER BY adjusted_at, id
+        """,
+        project_id,
+        event_id,
+    )
+    return [RecordedAdjustment(**dict(row)) for row in rows]
 
 
 # -- rollups -----------------------------------------------------------------------------------

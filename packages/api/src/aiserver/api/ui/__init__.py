@@ -1,0 +1,143 @@
+"""The dashboard at /ui: server-rendered pages over the ledger's own services (docs/ui.md).
+
+- :mod:`.sessions`: the session cookie, its Redis record, CSRF tokens;
+- :mod:`.viewer`: who is signed in, and which project a page may show;
+- :mod:`.signin`: signing in and out, and the operator's project picker;
+- :mod:`.overview`, :mod:`.explore`, :mod:`.events`, :mod:`.budgets`, :mod:`.keys`,
+  :mod:`.catalog`: the pages;
+- :mod:`.present`: a spend answer as tables, chart data and CSV (pure);
+- `templates/` (Jinja2, autoescaped) and `static/` (the style sheet, the page script and the
+  vendored Chart.js with its license): no CDN, the pages work offline.
+
+The pages work without JavaScript (every chart has its table); the script only draws the charts.
+Answers carry a strict Content-Security-Policy (scripts and styles from this server only) and are
+never cached.
+"""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from litestar import Request, Response, Router
+from litestar.datastructures import CacheControlHeader, ResponseHeader
+from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template import TemplateConfig
+
+from aiserver.api.settings import ApiSettings
+from aiserver.api.ui.budgets import BudgetPages
+from aiserver.api.ui.catalog import CatalogPages
+from aiserver.api.ui.events import EventController
+from aiserver.api.ui.explore import ExploreController
+from aiserver.api.ui.keys import KeyPages
+from aiserver.api.ui.overview import OverviewController
+from aiserver.api.ui.present import timestamp
+from aiserver.api.ui.sessions import PATH, Signer
+from aiserver.api.ui.signin import SignInController
+from aiserver.api.ui.viewer import OPT, Dashboard, SignInNeeded
+from aiserver.core_db.errors import AiserverError
+from aiserver.core_db.logging import get_logger
+from aiserver.costs.money import money
+
+log = get_logger(__name__)
+
+STATIC: Final = Path(__file__).parent / "static"
+
+_HEADERS: Final = [
+    ResponseHeader(
+        name="content-security-policy",
+        value="default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ResponseHeader(name="x-content-type-options", value="nosniff"),
+    ResponseHeader(name="referrer-policy", value="same-origin"),
+    ResponseHeader(name="x-frame-options", value="DENY"),
+]
+
+
+def _money(value: str | Decimal) -> str:
+    """An amount as the API writes it (`aiserver.costs.money.money`); a string as it came."""
+    return value if isinstance(value, str) else money(value)
+
+
+def templates() -> TemplateConfig[JinjaTemplateEngine]:
+    environment = Environment(
+        loader=PackageLoader("aiserver.api.ui", "templates"),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["money"] = _money
+    environment.filters["when"] = timestamp
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
+
+
+def _sign_in(request: Request[Any, Any, Any], exc: SignInNeeded) -> Response[Any]:
+    return Redirect(f"{PATH}/sign-in", status_code=303)
+
+
+def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A domain error (or a framework one: 404, 405, ...) as a page, with its status."""
+    if isinstance(exc, AiserverError):
+        status, detail = exc.status, str(exc)
+    else:
+        assert isinstance(exc, HTTPException)
+        status, detail = exc.status_code, exc.detail
+    return Template(
+        template_name="error.html",
+        status_code=status,
+        context={
+            "status": status,
+            "detail": detail,
+            "viewer": getattr(request.state, "viewer", None),
+            "project": None,
+            "page": "error",
+        },
+    )
+
+
+def ui_router(settings: ApiSettings) -> Router:
+    """The dashboard's pages and static files, under /ui."""
+    secret = settings.ui_session_secret.encode()
+    if not secret:
+        log.warning(
+            "UI_SESSION_SECRET is not set: dashboard sessions use a random secret of this "
+            "process (they end when it restarts, and work on this replica only)"
+        )
+        secret = secrets.token_bytes(32)
+    board = Dashboard(signer=Signer(secret), session_seconds=settings.ui_session_seconds)
+    pages = Router(
+        path="/",
+        route_handlers=[
+            SignInController,
+            OverviewController,
+            ExploreController,
+            EventController,
+            BudgetPages,
+            KeyPages,
+            CatalogPages,
+        ],
+        opt={OPT: board},
+        include_in_schema=False,
+        response_headers=_HEADERS,
+        cache_control=CacheControlHeader(no_store=True),
+        exception_handlers={
+            SignInNeeded: _sign_in,
+            AiserverError: _error_page,
+            HTTPException: _error_page,
+        },
+    )
+    static = create_static_files_router(
+        path=f"{PATH}/static",
+        directories=[STATIC],
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
+    )
+    return Router(path="/", route_handlers=[pages, static], include_in_schema=False)

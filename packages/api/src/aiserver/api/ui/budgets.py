@@ -1,0 +1,153 @@
+"""Budgets: the project's budgets with their current windows; one budget with its alerts and
+their webhook deliveries. A key with `admin` (or the operator) also creates, changes and
+deletes them, through forms that carry the session's CSRF token.
+
+The budgets are the ledger's (`aiserver.ledger.budgets.service`), as `/v1/budgets` serves them;
+a form the ledger refuses is shown again with its reason and what was typed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from litestar import Request, get, post
+from litestar.datastructures import FormMultiDict
+from litestar.params import FromPath
+from litestar.response import Redirect, Template
+
+from aiserver.api.controllers.budgets import amount
+from aiserver.api.ui.forms import tag_pairs
+from aiserver.api.ui.sessions import PROJECT
+from aiserver.api.ui.viewer import ProjectPages, Viewer, checked_form, open_project, viewer
+from aiserver.core_db.database import require_pool
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.alerts.listing import list_alerts
+from aiserver.ledger.budgets.periods import PERIODS
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.store import Project
+
+AnyRequest = Request[Any, Any, Any]
+
+ALERTS_SHOWN: Final = 50
+#: The text fields of a new budget's form.
+FIELDS: Final = ("name", "limit_usd", "period", "tags", "model", "thresholds", "webhook_url")
+
+
+def _text(form: FormMultiDict, name: str) -> str:
+    return str(form.get(name) or "").strip()
+
+
+def _thresholds(text: str) -> list[Any] | None:
+    """`50, 80, 100` as amounts; None when empty (the ledger's default thresholds)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    return [amount(part, "thresholds") for part in parts] if parts else None
+
+
+def _hosts(request: AnyRequest) -> tuple[str, ...]:
+    hosts: tuple[str, ...] = request.app.state.settings.ledger.webhook_allowed_hosts
+    return hosts
+
+
+class BudgetPages(ProjectPages):
+    async def _list(
+        self, seen_by: Viewer, project: Project, access: Access, *, form: dict[str, str],
+        error: str | None = None, status: int = 200,
+    ) -> Template:  # fmt: skip
+        return Template(
+            template_name="budgets.html",
+            status_code=status,
+            context={
+                "viewer": seen_by, "project": project, "page": "budgets",
+                "budgets": await service.list_budgets(require_pool(), access),
+                "admin": "admin" in access.scopes, "periods": PERIODS, "form": form,
+                "error": error,
+            },
+        )  # fmt: skip
+
+    async def _one(
+        self, seen_by: Viewer, project: Project, access: Access, budget_id: int, *,
+        error: str | None = None, status: int = 200, secret: str | None = None,
+    ) -> Template:  # fmt: skip
+        pool = require_pool()
+        view = await service.show_budget(pool, access, budget_id)
+        return Template(
+            template_name="budget.html",
+            status_code=status,
+            context={
+                "viewer": seen_by, "project": project, "page": "budgets", "view": view,
+                "alerts": await list_alerts(pool, access, budget_id=budget_id,
+                                            limit=ALERTS_SHOWN),
+                "admin": "admin" in access.scopes, "error": error, "secret": secret,
+            },
+        )  # fmt: skip
+
+    @get("/budgets")
+    async def budgets(self, request: AnyRequest, slug: FromPath[str]) -> Template:
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        return await self._list(seen_by, project, access, form={})
+
+    @post("/budgets", status_code=303)
+    async def create(self, request: AnyRequest, slug: FromPath[str]) -> Template | Redirect:
+        form = await checked_form(request)
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        typed = {name: _text(form, name) for name in FIELDS}
+        try:
+            view, secret = await service.create_budget(
+                require_pool(), access, name=typed["name"],
+                limit_usd=amount(typed["limit_usd"], "limit_usd"), period=typed["period"],
+                tags=dict(tag_pairs(t for t in typed["tags"].split(",") if t.strip())),
+                model=typed["model"] or None, thresholds=_thresholds(typed["thresholds"]),
+                hard=form.get("hard") == "on", webhook_url=typed["webhook_url"] or None,
+                allowed_hosts=_hosts(request),
+            )  # fmt: skip
+        except InvalidField as exc:
+            return await self._list(seen_by, project, access, form=typed, error=str(exc),
+                                    status=422)  # fmt: skip
+        if secret is not None:  # shown this once, never in a URL
+            return await self._one(seen_by, project, access, view.budget.id, secret=secret,
+                                   status=201)  # fmt: skip
+        return Redirect(f"{PROJECT}/{project.slug}/budgets/{view.budget.id}", status_code=303)
+
+    @get("/budgets/{budget_id:int}")
+    async def budget(
+        self, request: AnyRequest, slug: FromPath[str], budget_id: FromPath[int]
+    ) -> Template:
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        return await self._one(seen_by, project, access, budget_id)
+
+    @post("/budgets/{budget_id:int}", status_code=303)
+    async def change(
+        self, request: AnyRequest, slug: FromPath[str], budget_id: FromPath[int]
+    ) -> Template | Redirect:
+        form = await checked_form(request)
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        try:
+            changes: dict[str, Any] = {
+                "name": _text(form, "name"),
+                "limit_usd": amount(_text(form, "limit_usd"), "limit_usd"),
+                "hard": form.get("hard") == "on",
+            }
+            thresholds = _thresholds(_text(form, "thresholds"))
+            if thresholds is not None:
+                changes["thresholds"] = thresholds
+            await service.change_budget(
+                require_pool(), access, budget_id, changes, allowed_hosts=_hosts(request)
+            )
+        except InvalidField as exc:
+            return await self._one(seen_by, project, access, budget_id, error=str(exc),
+                                   status=422)  # fmt: skip
+        return Redirect(f"{PROJECT}/{project.slug}/budgets/{budget_id}", status_code=303)
+
+    @post("/budgets/{budget_id:int}/delete", status_code=303)
+    async def delete(
+        self, request: AnyRequest, slug: FromPath[str], budget_id: FromPath[int]
+    ) -> Redirect:
+        await checked_form(request)
+        project, access = await open_project(viewer(request), slug)
+        await service.delete_budget(require_pool(), access, budget_id)
+        return Redirect(f"{PROJECT}/{project.slug}/budgets", status_code=303)

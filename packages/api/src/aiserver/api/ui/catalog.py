@@ -1,0 +1,80 @@
+"""Catalog: search the models of the price catalog; one model with its current prices and the
+history of its input and output prices (a chart and its table).
+
+The models are the live catalog's, as `GET /v1/models` and `GET /v1/models/{model}` serve them
+(the same summaries and details); every signed-in viewer sees the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from litestar import Controller, Request, get
+from litestar.params import FromPath
+from litestar.response import Template
+
+from aiserver.api.controllers.models import model_detail, price_of, summary
+from aiserver.api.ui.present import timestamp
+from aiserver.api.ui.sessions import PATH
+from aiserver.api.ui.viewer import signed_in, viewer
+from aiserver.costs.live import LiveCatalog
+
+AnyRequest = Request[Any, Any, Any]
+
+#: Models listed at once; a narrower search finds the rest.
+SHOWN: Final = 200
+#: The prices a model's history chart draws, with their labels.
+CHARTED: Final = (("input_cost_per_token", "input per token"),
+                  ("output_cost_per_token", "output per token"))  # fmt: skip
+
+
+class CatalogPages(Controller):
+    path = PATH + "/catalog"
+    include_in_schema = False
+    guards = (signed_in,)
+
+    @get("/")
+    async def models(self, request: AnyRequest) -> Template:
+        live: LiveCatalog = request.app.state.live
+        catalog = live.require()
+        params = request.query_params
+        typed = {name: params.get(name, "").strip() for name in ("q", "provider", "mode")}
+        found = catalog.models(provider=typed["provider"] or None, mode=typed["mode"] or None,
+                               text=typed["q"] or None)  # fmt: skip
+        return Template(
+            template_name="catalog.html",
+            context={
+                "viewer": viewer(request), "page": "catalog", "typed": typed,
+                "models": [summary(pv) for pv in found[:SHOWN]], "found": len(found),
+                "shown": SHOWN, "catalog_version": catalog.version,
+            },
+        )  # fmt: skip
+
+    @get("/{model:path}")
+    async def model(self, request: AnyRequest, model: FromPath[str]) -> Template:
+        live: LiveCatalog = request.app.state.live
+        catalog = live.require()
+        name, provider = model.lstrip("/"), request.query_params.get("provider") or None
+        detail = model_detail(catalog, name, provider)
+        history = catalog.history(catalog.resolve(name, provider).key)
+        rows = [
+            (timestamp(v.valid_from), [price_of(v, field) or "0" for field, _ in CHARTED])
+            for v in history
+        ]
+        chart = {
+            "kind": "step",
+            "labels": [label for label, _ in rows],
+            "series": [
+                {"label": text, "values": [cells[i] for _, cells in rows]}
+                for i, (_, text) in enumerate(CHARTED)
+            ],
+            "currency": "USD",
+        }
+        return Template(
+            template_name="model.html",
+            context={
+                "viewer": viewer(request), "page": "catalog", "detail": detail,
+                "history": history, "chart": chart, "charted": CHARTED,
+                "price_of": price_of,
+            },
+        )  # fmt: skip

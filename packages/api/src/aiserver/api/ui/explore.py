@@ -1,0 +1,139 @@
+"""Explore: the spend question of `GET /v1/spend` as a form, answered as a chart and a table.
+
+The form is sent by GET, so the URL holds the whole question and a view can be shared; the CSV
+link repeats the same query at `.../explore.csv` and holds exactly the table's rows. Tag
+filters are `tag=KEY=VALUE` (repeatable). A question the ledger refuses shows its reason above
+the form, with what was typed kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from litestar import Request, Response, get
+from litestar.params import FromPath
+from litestar.response import Template
+
+from aiserver.api.ui.forms import tag_pairs
+from aiserver.api.ui.present import pivot, table_header, table_rows, to_csv
+from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
+from aiserver.core_db.database import require_pool
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.spend.answer import SpendAnswer
+from aiserver.ledger.spend.buckets import BUCKETS
+from aiserver.ledger.spend.query import read_spend, spend_query, time_zone
+from aiserver.ledger.store import Project
+from aiserver.ledger.usage.valuation import PRICING_STATUSES
+
+AnyRequest = Request[Any, Any, Any]
+
+#: The query parameters of the form, in the order the URL holds them.
+FIELDS: Final = ("from", "to", "bucket", "tz", "group_by", "model", "provider", "status", "tag",
+                 "top")  # fmt: skip
+DEFAULT_DAYS: Final = 7
+
+
+@dataclass
+class Question:
+    """The form's values as typed (strings; empty: not given)."""
+
+    since: str = ""
+    until: str = ""
+    bucket: str = "day"
+    tz: str = ""
+    group_by: list[str] = field(default_factory=lambda: ["model"])
+    model: str = ""
+    provider: str = ""
+    status: str = ""
+    tags: list[str] = field(default_factory=list)  # KEY=VALUE
+    top: str = ""
+
+    @classmethod
+    def of(cls, request: AnyRequest, project: Project) -> Question:
+        """The question in the URL; with none, the last week per day and model."""
+        params = request.query_params
+        if not any(name in params for name in FIELDS):
+            today = datetime.now(time_zone(project.time_zone)).date()
+            return cls(
+                since=(today - timedelta(days=DEFAULT_DAYS - 1)).isoformat(),
+                until=(today + timedelta(days=1)).isoformat(),
+                tz=project.time_zone,
+            )
+        return cls(
+            since=params.get("from", ""),
+            until=params.get("to", ""),
+            bucket=params.get("bucket", ""),
+            tz=params.get("tz", ""),
+            group_by=[v for v in params.getall("group_by", []) if v],
+            model=params.get("model", ""),
+            provider=params.get("provider", ""),
+            status=params.get("status", ""),
+            tags=[v for v in params.getall("tag", []) if v.strip()],
+            top=params.get("top", ""),
+        )
+
+    def query_string(self) -> str:
+        pairs = [("from", self.since), ("to", self.until), ("bucket", self.bucket),
+                 ("tz", self.tz)]  # fmt: skip
+        pairs += [("group_by", g) for g in self.group_by]
+        pairs += [("model", self.model), ("provider", self.provider), ("status", self.status)]
+        pairs += [("tag", t) for t in self.tags]
+        pairs += [("top", self.top)]
+        return urlencode([(k, v) for k, v in pairs if v])
+
+    async def answer(self, project: Project) -> SpendAnswer:
+        """The ledger's answer; `InvalidField` saying what is wrong with the question."""
+        top = None
+        if self.top:
+            if not self.top.strip().isdigit():
+                raise InvalidField(f"top: {self.top[:20]!r} is not a whole number", ["top"])
+            top = int(self.top)
+        query = spend_query(
+            project, since=self.since or None, until=self.until or None,
+            bucket=self.bucket or None, tz=self.tz or None, group_by=self.group_by,
+            model=self.model or None, provider=self.provider or None,
+            status=self.status or None, tags=tag_pairs(self.tags), top=top,
+        )  # fmt: skip
+        return await read_spend(require_pool(), project, query)
+
+
+class ExploreController(ProjectPages):
+    @get("/explore")
+    async def explore(self, request: AnyRequest, slug: FromPath[str]) -> Template:
+        seen_by = viewer(request)
+        project, _ = await open_project(seen_by, slug)
+        question = Question.of(request, project)
+        answer, error = None, None
+        try:
+            answer = await question.answer(project)
+        except InvalidField as exc:
+            error = str(exc)
+        dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
+        dimensions += [g for g in question.group_by if g not in dimensions]
+        return Template(
+            template_name="explore.html",
+            status_code=200 if error is None else 422,
+            context={
+                "viewer": seen_by, "project": project, "page": "explore", "q": question,
+                "error": error, "answer": answer,
+                "chart": pivot(answer) if answer is not None else None,
+                "header": table_header(answer) if answer is not None else [],
+                "rows": table_rows(answer) if answer is not None else [],
+                "buckets": BUCKETS, "statuses": PRICING_STATUSES, "dimensions": dimensions,
+            },
+        )  # fmt: skip
+
+    @get("/explore.csv")
+    async def explore_csv(self, request: AnyRequest, slug: FromPath[str]) -> Response[str]:
+        project, _ = await open_project(viewer(request), slug)
+        question = Question.of(request, project)
+        answer = await question.answer(project)
+        name = f"spend-{project.slug}-{answer.since.date()}-{answer.until.date()}.csv"
+        return Response(
+            to_csv(table_header(answer), table_rows(answer)),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )

@@ -1,0 +1,82 @@
+"""The overview of a project: this month and last, the last 30 days by model, the top values
+of each rolled-up tag, the budgets and the unpriced events.
+
+Every figure is an answer of the ledger's own services (the spend of `GET /v1/spend`, the
+budgets of `GET /v1/projects/{slug}/budgets`, the events of `GET /v1/usage/events`), asked for
+the same questions a client would ask; the page adds nothing up itself.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+
+from litestar import Request, get
+from litestar.params import FromPath
+from litestar.response import Template
+
+from aiserver.api.ui.present import pivot
+from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
+from aiserver.core_db.database import require_pool
+from aiserver.ledger.budgets.service import list_budgets
+from aiserver.ledger.spend.query import read_spend, spend_query, time_zone
+from aiserver.ledger.usage.reading import event_query, read_events
+
+#: The groups a chart shows apart; the rest is one "other".
+TOP_MODELS: Final = 8
+TOP_TAG_VALUES: Final = 5
+DAYS: Final = 30
+UNPRICED_SHOWN: Final = 5
+
+
+def month_start(day: date, months_back: int = 0) -> date:
+    index = day.year * 12 + day.month - 1 - months_back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def next_month(day: date) -> date:
+    return month_start(day, -1)
+
+
+class OverviewController(ProjectPages):
+    @get("/")
+    async def overview(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> Template:
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        pool = require_pool()
+        today = datetime.now(time_zone(project.time_zone)).date()
+        this_month, last_month = month_start(today), month_start(today, 1)
+        periods = []
+        for label, start, end in (
+            ("This month", this_month, next_month(this_month)),
+            ("Last month", last_month, this_month),
+        ):
+            answer = await read_spend(
+                pool, project, spend_query(project, since=start.isoformat(), until=end.isoformat())
+            )
+            periods.append({"label": label, "start": start, "end": end, "total": answer.total})
+        since, until = (today - timedelta(days=DAYS - 1)).isoformat(), (today + timedelta(days=1))
+        daily = await read_spend(
+            pool, project,
+            spend_query(project, since=since, until=until.isoformat(), bucket="day",
+                        group_by=["model"], top=TOP_MODELS),
+        )  # fmt: skip
+        tags = []
+        for key in project.rollup_tags:
+            if key in project.rolled_up_tags:
+                query = spend_query(project, since=since, until=until.isoformat(),
+                                    group_by=[f"tag:{key}"], top=TOP_TAG_VALUES)  # fmt: skip
+                tags.append((key, await read_spend(pool, project, query)))
+        unpriced = await read_events(
+            pool, project.id, event_query(status="unpriced"), limit=UNPRICED_SHOWN
+        )
+        return Template(
+            template_name="overview.html",
+            context={
+                "viewer": seen_by, "project": project, "page": "overview",
+                "periods": periods, "daily": daily, "chart": pivot(daily),
+                "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(),
+                "tags": tags,
+                "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,
+            },
+        )  # fmt: skip

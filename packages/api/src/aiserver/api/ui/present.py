@@ -1,0 +1,125 @@
+"""A spend answer as the pages show it: labels, the table, the chart's data and the CSV.
+
+Every amount is the answer's own decimal string, as `GET /v1/spend` returns it: the pages
+neither round nor add up money (a cell with no spend is "0", as the API writes a zero). The
+chart is drawn from the same table that is shown under it (its text alternative), and the CSV
+holds exactly the rows of the table that is shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, Final
+
+import msgspec
+
+from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
+
+NONE: Final = "(none)"
+OTHER: Final = "(other)"
+TOTAL: Final = "total"
+COUNTS: Final = (
+    "events", "unpriced_events", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens",
+)  # fmt: skip
+
+
+def bucket_label(bucket: SpendBucket, kind: str | None) -> str:
+    """A bucket as its start reads on the zone's clock."""
+    start = bucket.start
+    if kind == "hour":
+        return start.strftime("%Y-%m-%d %H:%M")
+    if kind == "day":
+        return start.date().isoformat()
+    if kind == "week":
+        return f"week of {start.date().isoformat()}"
+    if kind == "month":
+        return start.strftime("%Y-%m")
+    return f"{start:%Y-%m-%d %H:%M} to {bucket.end:%Y-%m-%d %H:%M}"
+
+
+def group_values(group: SpendGroup, group_by: Sequence[str]) -> list[str]:
+    """The group's value of each dimension: (none) for a null, (other) for the rest."""
+    if group.other or group.key is None:
+        return [OTHER for _ in group_by]
+    return [NONE if group.key.get(name) is None else str(group.key[name]) for name in group_by]
+
+
+def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
+    if not group_by:
+        return TOTAL
+    values = group_values(group, group_by)
+    if len(group_by) == 1:
+        return values[0]
+    return ", ".join(f"{name}={value}" for name, value in zip(group_by, values, strict=True))
+
+
+class Pivot(msgspec.Struct, frozen=True, kw_only=True):
+    """Cost per bucket (rows) and group (columns), with each row's total: a chart's table."""
+
+    columns: list[str]
+    rows: list[tuple[str, list[str], str]]  # (bucket label, cost per column, the bucket's total)
+    currency: str
+
+    def chart(self) -> dict[str, Any]:
+        """The chart's data: the same strings, drawn as numbers by the page's script."""
+        return {
+            "labels": [label for label, _, _ in self.rows],
+            "series": [
+                {"label": column, "values": [cells[i] for _, cells, _ in self.rows]}
+                for i, column in enumerate(self.columns)
+            ],
+            "currency": self.currency,
+        }
+
+
+def pivot(answer: SpendAnswer) -> Pivot:
+    columns = [group_label(g, answer.group_by) for g in answer.groups]
+    rows = []
+    for bucket in answer.buckets:
+        cost = {group_label(g, answer.group_by): g.cost for g in bucket.groups}
+        rows.append(
+            (
+                bucket_label(bucket, answer.bucket),
+                [cost.get(c, "0") for c in columns],
+                bucket.total.cost,
+            )
+        )
+    return Pivot(columns=columns, rows=rows, currency=answer.currency)
+
+
+def table_header(answer: SpendAnswer) -> list[str]:
+    return ["from", "to", *answer.group_by, "cost", "currency", *COUNTS]
+
+
+def timestamp(at: date | datetime) -> str:
+    """A date or time exactly as the API's JSON writes it (UTC as Z, else the offset)."""
+    return _ENCODER.encode(at).decode().strip('"')
+
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def table_rows(answer: SpendAnswer) -> list[list[str]]:
+    """One row per bucket and group, every value as the page shows it (and the CSV holds it)."""
+    rows = []
+    for bucket in answer.buckets:
+        for group in bucket.groups:
+            counts = msgspec.structs.asdict(group)
+            rows.append([
+                timestamp(bucket.start), timestamp(bucket.end),
+                *group_values(group, answer.group_by), group.cost, answer.currency,
+                *(str(counts[name]) for name in COUNTS),
+            ])  # fmt: skip
+    return rows
+
+
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,132 @@
+"""Signing in and out, and the first page after it (a key's project, or the operator's picker).
+
+The credential comes in a form's body (POST), never in a URL; it is checked as every API request
+checks it (`aiserver.api.auth`), and is forgotten once the session is made. Nothing here logs it,
+and no page shows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie
+from litestar.response import Redirect, Template
+
+from aiserver.api.auth import token_matches
+from aiserver.api.settings import ApiSettings
+from aiserver.api.ui.sessions import (
+    COOKIE,
+    PATH,
+    PROJECT,
+    SIGN_IN_COOKIE,
+    SIGN_IN_PURPOSE,
+    SIGN_IN_SECONDS,
+    new_token,
+    same,
+)
+from aiserver.api.ui.viewer import checked_form, dashboard, signed_in, viewer
+from aiserver.core_db.database import require_pool
+from aiserver.core_db.errors import AiserverError
+from aiserver.core_db.logging import get_logger
+from aiserver.ledger.authentication import Keyring
+from aiserver.ledger.keys import looks_like_key, parse_key
+from aiserver.ledger.projects import list_projects
+
+AnyRequest = Request[Any, Any, Any]
+
+log = get_logger(__name__)
+
+
+def cookie(request: AnyRequest, key: str, value: str, max_age: int) -> Cookie:
+    """A dashboard cookie: HttpOnly, SameSite=Strict, for /ui only, Secure over TLS."""
+    return Cookie(
+        key=key, value=value, path=PATH, max_age=max_age, httponly=True,
+        secure=request.url.scheme == "https", samesite="strict",
+    )  # fmt: skip
+
+
+def _form(request: AnyRequest, error: str | None = None, *, status: int = 200) -> Template:
+    """The sign-in form, with a fresh CSRF token bound to a cookie of its own."""
+    nonce = new_token()
+    signed = dashboard(request).signer.sign(nonce, SIGN_IN_PURPOSE)
+    return Template(
+        template_name="sign_in.html",
+        context={"csrf": nonce, "error": error},
+        status_code=status,
+        cookies=[cookie(request, SIGN_IN_COOKIE, signed, SIGN_IN_SECONDS)],
+    )
+
+
+class SignInController(Controller):
+    path = PATH
+    include_in_schema = False
+
+    @get("/sign-in")
+    async def sign_in_form(self, request: AnyRequest) -> Template:
+        return _form(request)
+
+    @post("/sign-in", status_code=303)
+    async def sign_in(self, request: AnyRequest) -> Template | Redirect:
+        form = await request.form()
+        board = dashboard(request)
+        expected = board.signer.unsign(request.cookies.get(SIGN_IN_COOKIE), SIGN_IN_PURPOSE)
+        if expected is None or not same(form.get("csrf_token"), expected):
+            return _form(
+                request, "The form had expired or did not come from this page: try again.",
+                status=403,
+            )  # fmt: skip
+        credential = str(form.get("credential") or "").strip()
+        sessions = board.sessions(request.app)
+        if looks_like_key(credential):
+            keyring: Keyring = request.app.state.keyring
+            try:
+                access = await keyring.authenticate(require_pool(), credential)
+                access.require("read")
+            except AiserverError as exc:
+                detail = exc.problem()["detail"]
+                return _form(request, f"Not signed in: {detail}.", status=exc.status)
+            presented = parse_key(credential)
+            assert presented is not None  # authenticate parsed it
+            made, _ = await sessions.start(
+                "key", public_id=presented.public_id, key_id=access.key_id
+            )
+            log.info("dashboard sign-in", key=presented.public_id, project=access.project_slug)
+        else:
+            settings: ApiSettings = request.app.state.settings
+            if not credential or not token_matches(credential, settings.api_admin_tokens):
+                return _form(request, "Not signed in: the key or token is not valid.", status=401)
+            made, _ = await sessions.start(
+                "operator", operator=board.signer.fingerprint(credential)
+            )
+            log.info("dashboard sign-in", operator=True)
+        return Redirect(
+            f"{PATH}/",
+            status_code=303,
+            cookies=[
+                cookie(request, COOKIE, made, board.session_seconds),
+                cookie(request, SIGN_IN_COOKIE, "", 0),
+            ],
+        )
+
+    @post("/sign-out", guards=[signed_in], status_code=303)
+    async def sign_out(self, request: AnyRequest) -> Redirect:
+        await checked_form(request)
+        await dashboard(request).sessions(request.app).end(request.cookies.get(COOKIE))
+        session = viewer(request).session
+        log.info("dashboard sign-out", key=session.public_id, operator=session.kind == "operator")
+        return Redirect(
+            f"{PATH}/sign-in", status_code=303, cookies=[cookie(request, COOKIE, "", 0)]
+        )
+
+    @get("/", guards=[signed_in])
+    async def home(self, request: AnyRequest) -> Template | Redirect:
+        """A key's project overview; the operator picks a project first."""
+        seen_by = viewer(request)
+        if not seen_by.access.is_operator:
+            return Redirect(f"{PROJECT}/{seen_by.access.project_slug}/", status_code=303)
+        projects = await list_projects(require_pool(), seen_by.access)
+        return Template(
+            template_name="projects.html",
+            context={"viewer": seen_by, "projects": projects, "project": None, "page": "projects"},
+        )

@@ -1,0 +1,45 @@
+// Draws each chart from its JSON (the same figures as the table under it). Without this
+// script, or without Chart.js, the tables alone carry every figure.
+"use strict";
+(function () {
+  if (typeof Chart === "undefined") return;
+  var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#f59f00", "#1098ad", "#5c940d",
+                 "#c2255c", "#868e96"];
+  document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+    var source = document.getElementById(canvas.getAttribute("data-chart"));
+    if (!source) return;
+    var data = JSON.parse(source.textContent);
+    var step = data.kind === "step";  // a price over time; otherwise bars stacked per bucket
+    new Chart(canvas, {
+      type: step ? "line" : "bar",
+      data: {
+        labels: data.labels,
+        datasets: data.series.map(function (s, i) {
+          return {
+            label: s.label,
+            // drawn as numbers; the tooltip shows the exact decimal string
+            data: s.values.map(Number),
+            exact: s.values,
+            backgroundColor: palette[i % palette.length],
+            borderColor: palette[i % palette.length],
+            stepped: step,
+          };
+        }),
+      },
+      options: {
+        maintainAspectRatio: false,
+        animation: false,
+        scales: { x: { stacked: !step }, y: { stacked: !step, title: { display: true, text: data.currency } } },
+        plugins: {
+          tooltip: {
+            callbacks: {
+              label: function (item) {
+                return item.dataset.label + ": " + item.dataset.exact[item.dataIndex] + " " + data.currency;
+              },
+            },
+          },
+        },
+      },
+    });
+  });
+})();

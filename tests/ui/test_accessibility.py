@@ -1,0 +1,64 @@
+"""Every control of every page has a label and is reached with the keyboard alone (Tab)."""
+
+from __future__ import annotations
+
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from .conftest import ADMIN_TOKEN, Site, sign_in
+
+pytestmark = pytest.mark.slow
+
+#: What a page offers to the keyboard: links, buttons, fields, and scrollable table boxes.
+FOCUSABLE = """
+return Array.from(document.querySelectorAll(
+  'a[href], button, input:not([type=hidden]), select, textarea, [tabindex]:not([tabindex="-1"])'
+)).filter(e => !e.disabled && e.getClientRects().length > 0);
+"""
+UNLABELLED = """
+return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+  .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label'))
+  .map(e => e.outerHTML);
+"""
+
+
+def tab_through(browser: WebDriver, count: int) -> list[str]:
+    """Press Tab from the top of the page `count` times; the identity of each element focused."""
+    browser.execute_script("document.activeElement && document.activeElement.blur(); "
+                           "window.scrollTo(0, 0);")  # fmt: skip
+    reached = []
+    for _ in range(count):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        reached.append(browser.execute_script(
+            "const e = document.activeElement; e.dataset.tabbed = e.dataset.tabbed || "
+            "String(Math.random()); return e.dataset.tabbed;"
+        ))  # fmt: skip
+    return reached
+
+
+@pytest.mark.parametrize("path", ["/ui/sign-in", "/ui/p/ui-a/", "/ui/p/ui-a/explore",
+                                  "/ui/p/ui-a/events/", "/ui/p/ui-a/events/{event}",
+                                  "/ui/p/ui-a/budgets", "/ui/p/ui-a/budgets/{budget}",
+                                  "/ui/p/ui-a/keys", "/ui/", "/ui/catalog/",
+                                  "/ui/catalog/gpt-test-003"])  # fmt: skip
+async def test_the_keyboard_reaches_every_control_and_each_has_a_label(
+    browser: WebDriver, site: Site, path: str
+) -> None:
+    if path == "/ui/":  # the operator's project picker
+        sign_in(browser, site, ADMIN_TOKEN)
+    elif path != "/ui/sign-in":
+        sign_in(browser, site, site.keys["a"])  # admin: every form is on the page
+    browser.get(site.url + path.format(event=site.event_ids["a-unpriced"],
+                                       budget=site.budget_id))  # fmt: skip
+    assert browser.execute_script(UNLABELLED) == []
+    controls = browser.execute_script(FOCUSABLE)
+    assert controls
+    reached = set(tab_through(browser, len(controls) + 2))
+    missed = [
+        c.get_attribute("outerHTML")[:120]
+        for c in controls
+        if c.get_attribute("data-tabbed") not in reached
+    ]
+    assert missed == []

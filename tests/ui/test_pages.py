@@ -1,0 +1,218 @@
+"""The dashboard's pages in a real browser show exactly what the API answers for the same
+questions: the overview's months, days, models, tags and budgets; Explore's table and its CSV;
+the events, their pages, and one event's components and prices."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from .conftest import Site, bearer, header, shot, sign_in, table
+
+pytestmark = pytest.mark.slow
+
+BERLIN = ZoneInfo("Europe/Berlin")  # ui-a's time zone
+
+
+async def spend(site: Site, **params: Any) -> dict[str, Any]:
+    async with site.client() as client:
+        response = await client.get("/v1/spend", params=params, headers=bearer(site.keys["a"]))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def month(day: date, back: int) -> date:
+    index = day.year * 12 + day.month - 1 - back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def label(group: dict[str, Any], name: str) -> str:
+    if group["other"]:
+        return "(other)"
+    value = group["key"][name]
+    return "(none)" if value is None else str(value)
+
+
+async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    assert browser.current_url == f"{site.url}/ui/p/ui-a/"
+    shot(browser, screenshots, "overview")
+    today = datetime.now(BERLIN).date()
+    for index, back in ((1, 0), (2, 1)):
+        answer = await spend(site, **{"from": month(today, back).isoformat(),
+                                      "to": month(today, back - 1).isoformat()})  # fmt: skip
+        shown = browser.find_element(By.CSS_SELECTOR, f"#period-{index} .amount").text
+        assert shown == f"{answer['total']['cost']} USD"
+
+    since, until = (today - timedelta(days=29)).isoformat(), (today + timedelta(days=1)).isoformat()
+    daily = await spend(site, **{"from": since, "to": until, "bucket": "day",
+                                 "group_by": "model", "top": "8"})  # fmt: skip
+    columns = [label(g, "model") for g in daily["groups"]]
+    assert len(columns) == 9
+    assert columns[-1] == "(other)"
+    assert header(browser, "daily-table") == ["day", *columns, "total"]
+    expected = []
+    for bucket in daily["buckets"]:
+        cost = {label(g, "model"): g["cost"] for g in bucket["groups"]}
+        expected.append([bucket["start"][:10], *(cost.get(c, "0") for c in columns),
+                         bucket["total"]["cost"]])  # fmt: skip
+    assert table(browser, "daily-table") == expected
+    assert len(expected) == 30
+
+    assert table(browser, "top-models") == [
+        [label(g, "model"), g["cost"], str(g["events"]), str(g["unpriced_events"]),
+         str(g["input_tokens"]), str(g["output_tokens"])]
+        for g in daily["groups"]
+    ]  # fmt: skip
+    teams = await spend(site, **{"from": since, "to": until, "group_by": "tag:team", "top": "5"})
+    assert table(browser, "tag-team") == [
+        [label(g, "tag:team"), g["cost"], str(g["events"])] for g in teams["groups"]
+    ]
+    assert {row[0] for row in table(browser, "tag-team")} == {"search", "ads", "infra"}
+
+    async with site.client() as client:
+        budgets = (await client.get("/v1/budgets", headers=bearer(site.keys["a"]))).json()
+    (budget,) = budgets["budgets"]
+    window = budget["window"]
+    (row,) = table(browser, "budgets")
+    assert row[0] == "Monthly cap"
+    assert row[3:] == [budget["limit_usd"], window["committed"], window["reserved"],
+                       window["remaining"], f"{window['used_percent']}%"]  # fmt: skip
+
+    links = browser.find_elements(By.CSS_SELECTOR, "#unpriced a")
+    assert [a.get_attribute("href") for a in links] == [
+        f"{site.url}/ui/p/ui-a/events/{site.event_ids['a-unpriced']}"
+    ]
+    links[0].click()
+    assert browser.find_element(By.ID, "event-status").text == "unpriced"
+    assert "mystery-model-9000" in browser.find_element(By.ID, "event-note").text
+
+
+async def test_the_chart_is_drawn_and_its_table_alternative_holds_its_figures(
+    browser: WebDriver, site: Site
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    canvas = browser.find_element(By.ID, "daily")
+    assert canvas.get_attribute("role") == "img"
+    assert "table below" in (canvas.get_attribute("aria-label") or "")
+    drawn = browser.execute_script(
+        "const c = Chart.getChart('daily'); return c ? "
+        "c.data.datasets.map(d => [d.label, d.exact]) : null;"
+    )
+    columns = header(browser, "daily-table")[1:-1]
+    rows = table(browser, "daily-table")
+    assert drawn == [[c, [row[1 + i] for row in rows]] for i, c in enumerate(columns)]
+
+
+async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads_that_table(
+    browser: WebDriver, site: Site, downloads: Path, screenshots: Path
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    browser.find_element(By.LINK_TEXT, "Explore").click()
+    today = datetime.now(BERLIN).date()
+    since, until = (today - timedelta(days=13)).isoformat(), (today + timedelta(days=1)).isoformat()
+    for field, value in (("q-from", since), ("q-to", until)):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    Select(browser.find_element(By.ID, "q-bucket")).select_by_value("week")
+    browser.find_element(By.CSS_SELECTOR, "input[name=group_by][value='tag:team']").click()
+    browser.find_element(By.ID, "q-tag-1").send_keys("feature=f1")
+    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    query = parse_qs(urlsplit(browser.current_url).query)
+    assert query == {"from": [since], "to": [until], "bucket": ["week"], "tz": ["Europe/Berlin"],
+                     "group_by": ["model", "tag:team"], "tag": ["feature=f1"]}  # fmt: skip
+    shot(browser, screenshots, "explore")
+
+    answer = await spend(site, **{
+        "from": since, "to": until, "bucket": "week", "tz": "Europe/Berlin",
+        "group_by": "model,tag:team", "tag:feature": "f1",
+    })  # fmt: skip
+    assert browser.find_element(By.ID, "answer-total").text == answer["total"]["cost"]
+    counts = ["events", "unpriced_events", "input_tokens", "output_tokens", "cache_read_tokens",
+              "cache_write_tokens", "reasoning_tokens"]  # fmt: skip
+    expected = [
+        [b["start"], b["end"], label(g, "model"), label(g, "tag:team"), g["cost"], "USD",
+         *(str(g[c]) for c in counts)]
+        for b in answer["buckets"] for g in b["groups"]
+    ]  # fmt: skip
+    assert expected
+    assert table(browser, "rows") == expected
+    assert header(browser, "rows") == ["from", "to", "model", "tag:team", "cost", "currency",
+                                       *counts]  # fmt: skip
+
+    for old in downloads.glob("*"):
+        old.unlink()
+    browser.find_element(By.ID, "csv").click()
+    deadline = time.monotonic() + 30  # a bounded wait for the browser's download, no assertion
+    while not (found := list(downloads.glob("*.csv"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(found) == 1, list(downloads.iterdir())
+    assert found[0].name == f"spend-ui-a-{since}-{until}.csv"
+    rows = list(csv.reader(io.StringIO(found[0].read_text())))
+    assert rows == [header(browser, "rows"), *table(browser, "rows")]
+
+
+async def test_explore_says_what_is_wrong_with_a_question(browser: WebDriver, site: Site) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/p/ui-a/explore?from=2026-12-10&to=2026-12-01&bucket=day")
+    assert "must be after from" in browser.find_element(By.ID, "query-error").text
+    assert browser.find_element(By.ID, "q-from").get_attribute("value") == "2026-12-10"
+
+
+async def test_events_filter_page_and_show_one_event_as_the_api_does(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    browser.find_element(By.LINK_TEXT, "Events").click()
+    shot(browser, screenshots, "events")
+    async with site.client() as client:
+        listed = []
+        params: dict[str, Any] = {"limit": 1000}
+        body = (await client.get("/v1/usage/events", params=params,
+                                 headers=bearer(site.keys["a"]))).json()  # fmt: skip
+        listed = [e["event_id"] for e in body["data"]]
+    assert len(listed) == 61
+    seen: list[int] = []
+    while True:
+        seen += [int(row[0]) for row in table(browser, "events")]
+        following = browser.find_elements(By.ID, "next-page")
+        if not following:
+            break
+        following[0].click()
+    assert seen == listed  # every event once, newest first, over two pages
+
+    Select(browser.find_element(By.ID, "e-status")).select_by_value("unpriced")
+    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    assert [row[0] for row in table(browser, "events")] == [str(site.event_ids["a-unpriced"])]
+    browser.get(f"{site.url}/ui/p/ui-a/events/?tag=team%3Dinfra&model=gpt-test-003")
+    rows = table(browser, "events")
+    assert rows
+    assert all(r[2] == "gpt-test-003" and "team=infra" in r[6].split() for r in rows)
+
+    event_id = site.event_ids["a-7"]
+    browser.get(f"{site.url}/ui/p/ui-a/events/{event_id}")
+    shot(browser, screenshots, "event")
+    async with site.client() as client:
+        event = (await client.get(f"/v1/usage/events/{event_id}",
+                                  headers=bearer(site.keys["a"]))).json()  # fmt: skip
+    assert table(browser, "event-components") == [
+        [c["name"], str(c["quantity"]), c["unit_price"], c["cost"]] for c in event["components"]
+    ]
+    assert browser.find_element(By.ID, "event-total").text == f"{event['total']} USD"
+    assert browser.find_element(By.ID, "event-price-version").text == str(event["price_version"])
+    assert "None" in browser.find_element(By.ID, "event-adjustments").text

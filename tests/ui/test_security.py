@@ -1,0 +1,240 @@
+"""The dashboard's sessions: no page without one, the cookie's flags, CSRF refusals, sign-out
+and revocation that end a session for good, a key that sees its own project only, the
+operator's picker, and no secret in any URL, page or log line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table
+
+pytestmark = pytest.mark.slow
+
+SESSION = "aiserver_ui"
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def pages(site: Site, project: str = "ui-a", event: str = "a-3") -> list[str]:
+    base = f"/ui/p/{project}"
+    event_id = site.event_ids[event]
+    return [f"{base}/", f"{base}/explore", f"{base}/explore.csv?from=2026-11-01&to=2026-11-02",
+            f"{base}/events/", f"{base}/events/{event_id}"]  # fmt: skip
+
+
+async def http_sign_in(
+    client: httpx.AsyncClient, credential: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """Sign in as a browser does (the form, then its POST), cookies passed by hand so that a
+    Secure one is sent too; the answer to the POST."""
+    form = await client.get("/ui/sign-in", headers=headers)
+    nonce = CSRF_FIELD.search(form.text)
+    assert nonce is not None, form.text
+    bound = f"aiserver_ui_sign_in={form.cookies['aiserver_ui_sign_in']}"
+    return await client.post(
+        "/ui/sign-in",
+        data={"credential": credential, "csrf_token": nonce.group(1)},
+        headers={**(headers or {}), "cookie": bound},
+    )
+
+
+def cookie_of(response: httpx.Response) -> str:
+    value = response.cookies.get(SESSION)
+    assert value, response.headers
+    return value
+
+
+async def csrf_of(client: httpx.AsyncClient, cookie: str) -> str:
+    page = await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={cookie}"})
+    assert page.status_code == 200, page.text
+    found = CSRF_FIELD.search(page.text)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_no_page_answers_without_a_session(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    async with site.client() as client:
+        for path in ["/ui/", *pages(site)]:
+            for cookie in (None, "forged.value", "a" * 43 + "." + "b" * 43):
+                headers = {"cookie": f"{SESSION}={cookie}"} if cookie else {}
+                response = await client.get(path, headers=headers)
+                assert (response.status_code, response.headers["location"]) == (
+                    303, "/ui/sign-in"
+                ), path  # fmt: skip
+    browser.get(f"{site.url}/ui/p/ui-a/explore")
+    assert browser.current_url == f"{site.url}/ui/sign-in"
+    shot(browser, screenshots, "sign-in")
+    assert browser.find_element(By.ID, "credential").get_attribute("type") == "password"
+
+
+async def test_the_session_cookie_is_http_only_strict_for_ui_and_secure_over_tls(
+    browser: WebDriver, site: Site
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    cookie = session_cookie(browser)
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"], cookie["secure"]) == (
+        True, "Strict", "/ui", False  # served over plain HTTP here
+    )  # fmt: skip
+    assert browser.execute_script("return document.cookie") == ""  # no script can read it
+    async with site.client() as client:
+        plain = await http_sign_in(client, site.keys["a-read"])
+        tls = await http_sign_in(client, site.keys["a-read"], {"x-forwarded-proto": "https"})
+    assert plain.status_code == tls.status_code == 303
+    for response, secure in ((plain, set()), (tls, {"Secure"})):
+        (made,) = [
+            c for c in response.headers.get_list("set-cookie") if c.startswith(SESSION + "=")
+        ]
+        value, *flags = (part.strip() for part in made.split(";"))
+        assert re.fullmatch(rf"{SESSION}=[\w-]+\.[\w-]+", value), made
+        assert set(flags) == {"HttpOnly", "Max-Age=28800", "Path=/ui", "SameSite=strict", *secure}
+
+
+async def test_a_post_without_the_sessions_csrf_token_is_refused(site: Site) -> None:
+    async with site.client() as client:
+        cookie = cookie_of(await http_sign_in(client, site.keys["a-read"]))
+        other = cookie_of(await http_sign_in(client, site.keys["a-read"]))
+        token = await csrf_of(client, cookie)
+        sent = {"cookie": f"{SESSION}={cookie}"}
+        for data in ({}, {"csrf_token": ""}, {"csrf_token": token[:-1] + "x"},
+                     {"csrf_token": await csrf_of(client, other)}):  # fmt: skip
+            refused = await client.post("/ui/sign-out", data=data, headers=sent)
+            assert refused.status_code == 403, refused.text
+            assert "CSRF" in refused.text
+            assert refused.headers["content-type"].startswith("text/html")
+        # the session is still there: nothing was done
+        assert (await client.get("/ui/p/ui-a/", headers=sent)).status_code == 200
+        # signing in needs the form's own token, bound to the form's cookie
+        forged = await client.post("/ui/sign-in", data={"credential": site.keys["a-read"]})
+        assert forged.status_code == 403
+        assert SESSION not in forged.cookies
+        form = await client.get("/ui/sign-in")
+        nonce = CSRF_FIELD.search(form.text)
+        assert nonce is not None
+        without_cookie = await client.post(
+            "/ui/sign-in", data={"credential": site.keys["a-read"], "csrf_token": nonce.group(1)},
+            headers={"cookie": ""},
+        )  # fmt: skip
+        assert without_cookie.status_code == 403
+        assert SESSION not in without_cookie.cookies
+
+
+async def test_signing_out_ends_the_session_and_a_copy_of_its_cookie(
+    browser: WebDriver, site: Site
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    copied = session_cookie(browser)["value"]
+    async with site.client() as client:
+        assert (
+            await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={copied}"})
+        ).status_code == 200
+        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        assert browser.current_url == f"{site.url}/ui/sign-in"
+        assert browser.get_cookie(SESSION) is None
+        after = await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={copied}"})
+    assert (after.status_code, after.headers["location"]) == (303, "/ui/sign-in")
+
+
+async def test_revoking_the_key_ends_its_sessions(site: Site) -> None:
+    async with site.client() as client:
+        cookie = cookie_of(await http_sign_in(client, site.keys["a-revoked"]))
+        sent = {"cookie": f"{SESSION}={cookie}"}
+        assert (await client.get("/ui/p/ui-a/", headers=sent)).status_code == 200
+        revoked = await client.delete(f"/v1/keys/{site.key_ids['a-revoked']}", headers=admin())
+        assert revoked.status_code == 200, revoked.text
+        after = await client.get("/ui/p/ui-a/", headers=sent)
+    assert (after.status_code, after.headers["location"]) == (303, "/ui/sign-in")
+
+
+async def test_a_key_without_read_or_not_valid_signs_nobody_in(
+    browser: WebDriver, site: Site
+) -> None:
+    for credential, said in (
+        (site.keys["a-ingest"], "needs a key with the scope 'read'"),
+        (site.keys["a-read"][:-3] + "xyz", "the key is not valid"),
+        ("not-a-token", "the key or token is not valid"),
+    ):
+        sign_in(browser, site, credential)
+        assert browser.current_url == f"{site.url}/ui/sign-in"
+        assert said in browser.find_element(By.ID, "sign-in-error").text
+        assert browser.get_cookie(SESSION) is None
+
+
+async def test_a_project_key_sees_its_own_project_only(browser: WebDriver, site: Site) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/p/no-such-project/")
+    nothing = browser.find_element(By.CSS_SELECTOR, "main").text
+    assert "404" in nothing
+    assert "no project 'no-such-project'" in nothing
+    for path in pages(site, "ui-b", "b-1"):
+        browser.get(site.url + path)
+        shown = browser.find_element(By.CSS_SELECTOR, "main").text
+        assert shown == nothing.replace("no-such-project", "ui-b"), path
+    browser.get(f"{site.url}/ui/p/ui-a/events/{site.event_ids['b-1']}")  # B's event, A's path
+    assert (
+        f"no usage event {site.event_ids['b-1']}"
+        in browser.find_element(By.CSS_SELECTOR, "main").text
+    )
+    for path in pages(site):
+        browser.get(site.url + path)
+        for secret in ("Beta Secret", "beta-hidden-team", "gpt-test-030"):
+            assert secret not in browser.page_source, (path, secret)
+    async with site.client() as client:
+        cookie = cookie_of(await http_sign_in(client, site.keys["a-read"]))
+        for path in pages(site, "ui-b", "b-1"):
+            response = await client.get(path, headers={"cookie": f"{SESSION}={cookie}"})
+            assert response.status_code == 404, path
+
+
+async def test_the_operator_picks_any_project(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    sign_in(browser, site, admin()["Authorization"].removeprefix("Bearer "))
+    assert browser.current_url == f"{site.url}/ui/"
+    shot(browser, screenshots, "projects")
+    rows = table(browser, "projects")
+    assert [r[:3] for r in rows] == [
+        ["Alpha Works", "ui-a", "Europe/Berlin"], ["Beta Secret", "ui-b", "UTC"]
+    ]  # fmt: skip
+    browser.find_element(By.LINK_TEXT, "Beta Secret").click()
+    assert browser.current_url == f"{site.url}/ui/p/ui-b/"
+    async with site.client() as client:
+        top = await client.get(
+            "/v1/spend", headers=bearer(site.keys["b"]),
+            params={"from": "2026-01-01", "to": "2028-01-01", "group_by": "model"},
+        )  # fmt: skip
+    assert top.status_code == 200, top.text
+    (group,) = top.json()["groups"]
+    assert table(browser, "top-models")[0][:3] == ["gpt-test-030", group["cost"], "1"]
+    assert "operator (all projects)" in browser.find_element(By.CSS_SELECTOR, ".who").text
+
+
+async def test_no_secret_reaches_a_url_a_page_or_a_log_line(browser: WebDriver, site: Site) -> None:
+    seen: list[tuple[str, str]] = []
+    for credential in (site.keys["a-read"], admin()["Authorization"].removeprefix("Bearer ")):
+        sign_in(browser, site, credential)
+        seen.append((browser.current_url, browser.page_source))
+        for path in [*pages(site)[:2], *pages(site)[3:]]:
+            browser.get(site.url + path)
+            seen.append((browser.current_url, browser.page_source))
+        cookies: list[dict[str, Any]] = browser.get_cookies()
+        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        seen.append((browser.current_url, browser.page_source))
+        for secret in site.secrets():
+            assert all(secret not in str(c) for c in cookies)
+    log = site.api.output()
+    said = [e.get("event") for e in site.api.events()]
+    assert "dashboard sign-in" in said  # the log does tell who signed in and out
+    assert "dashboard sign-out" in said
+    for secret in site.secrets():
+        for url, page in seen:
+            assert secret not in url
+            assert secret not in page, url
+        assert secret not in log
