@@ -117,9 +117,20 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
     return rows
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one that would start a formula (a tag value such as
+    `=HYPERLINK(...)`, which anyone holding an ingest key can send) gets a leading `'`. The
+    table's own numbers are never negative, so no number is changed."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return out.getvalue()
