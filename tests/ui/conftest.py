@@ -213,6 +213,15 @@ def sign_in(browser: WebDriver, site: Site, credential: str) -> None:
     WebDriverWait(browser, WAIT_S).until(expected_conditions.staleness_of(field_))
 
 
+def through(browser: WebDriver, element: WebElement) -> None:
+    """Click `element`, which leads to another page, and wait until that page replaced this
+    one, so that nothing is read from the old page after the click (on a busy machine the
+    click returns before the navigation has begun)."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, WAIT_S).until(expected_conditions.staleness_of(page))
+
+
 def session_cookie(browser: WebDriver) -> dict[str, Any]:
     cookie = browser.get_cookie("aiserver_ui")
     assert cookie is not None, browser.get_cookies()

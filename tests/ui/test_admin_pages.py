@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from .conftest import Site, bearer, shot, sign_in, table
+from .conftest import Site, bearer, shot, sign_in, table, through
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,10 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
     browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a"])
-    browser.find_element(By.LINK_TEXT, "Budgets").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Budgets"))
     fill(browser, "b-name", "Search daily")
     fill(browser, "b-limit", "not money")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     assert "limit_usd" in browser.find_element(By.ID, "budget-error").text
     assert browser.find_element(By.ID, "b-name").get_attribute("value") == "Search daily"
 
@@ -46,7 +46,7 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
     Select(browser.find_element(By.ID, "b-period")).select_by_value("day")
     fill(browser, "b-tags", "team=search")
     fill(browser, "b-thresholds", "50, 90")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     found = re.fullmatch(rf"{site.url}/ui/p/ui-a/budgets/(\d+)", browser.current_url)
     assert found is not None, browser.current_url
     budget_id = int(found.group(1))
@@ -61,11 +61,11 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
     assert committed.startswith(f"{made['window']['committed']} USD")
 
     fill(browser, "c-limit", "0.5")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     assert browser.find_element(By.ID, "budget-limit").text == "0.5 USD"
     assert (await api_budget(site, budget_id))[1]["limit_usd"] == "0.5"
 
-    browser.find_element(By.ID, "delete-budget").click()
+    through(browser, browser.find_element(By.ID, "delete-budget"))
     assert browser.current_url == f"{site.url}/ui/p/ui-a/budgets"
     shot(browser, screenshots, "budgets")
     assert [row[0] for row in table(browser, "budget-list")] == ["Monthly cap"]
@@ -76,10 +76,10 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
     browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a"])
-    browser.find_element(By.LINK_TEXT, "Keys").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Keys"))
     fill(browser, "k-name", "ci-reader")
     browser.find_element(By.CSS_SELECTOR, "input[name=scopes][value=read]").click()
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     made = browser.find_element(By.ID, "new-key-text").get_attribute("value") or ""
     assert made.startswith("ais_")
     assert made not in browser.current_url
@@ -94,9 +94,10 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
         assert row[2:3] == ["read"]
         assert row[6] == "active"
         assert made.split("_")[1] == row[1]  # the public id, never the secret
-        browser.find_element(
-            By.CSS_SELECTOR, "button[aria-label^='Revoke the key ci-reader']"
-        ).click()
+        through(
+            browser,
+            browser.find_element(By.CSS_SELECTOR, "button[aria-label^='Revoke the key ci-reader']"),
+        )
         (row,) = [r for r in table(browser, "key-list") if r[0] == "ci-reader"]
         assert row[6].startswith("revoked")
         shot(browser, screenshots, "keys")
@@ -109,7 +110,7 @@ async def test_a_read_key_sees_the_budgets_but_changes_nothing(
     browser: WebDriver, site: Site
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
-    browser.find_element(By.LINK_TEXT, "Budgets").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Budgets"))
     assert [row[0] for row in table(browser, "budget-list")] == ["Monthly cap"]
     assert browser.find_elements(By.ID, "b-name") == []  # no form
     assert browser.find_elements(By.LINK_TEXT, "Keys") == []

@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, header, shot, sign_in, table
+from .conftest import Site, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,10 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
     browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
-    browser.find_element(By.LINK_TEXT, "Catalog").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Catalog"))
     search = browser.find_element(By.ID, "m-q")
     search.send_keys("gpt-test-01")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     shot(browser, screenshots, "catalog")
     listed = (await api(site, "/v1/models", q="gpt-test-01"))["data"]
     assert [m["model"] for m in listed] == [f"gpt-test-01{i}" for i in range(10)]
@@ -40,7 +40,7 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
         for m in listed
     ]  # fmt: skip
 
-    browser.find_element(By.LINK_TEXT, "gpt-test-015").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "gpt-test-015"))
     shot(browser, screenshots, "model")
     detail = await api(site, "/v1/models/gpt-test-015")
     assert table(browser, "model-prices") == [

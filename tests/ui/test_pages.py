@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from .conftest import Site, bearer, header, shot, sign_in, table
+from .conftest import Site, bearer, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     assert [a.get_attribute("href") for a in links] == [
         f"{site.url}/ui/p/ui-a/events/{site.event_ids['a-unpriced']}"
     ]
-    links[0].click()
+    through(browser, links[0])
     assert browser.find_element(By.ID, "event-status").text == "unpriced"
     assert "mystery-model-9000" in browser.find_element(By.ID, "event-note").text
 
@@ -122,7 +122,7 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
     browser: WebDriver, site: Site, downloads: Path, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
-    browser.find_element(By.LINK_TEXT, "Explore").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Explore"))
     today = datetime.now(BERLIN).date()
     since, until = (today - timedelta(days=13)).isoformat(), (today + timedelta(days=1)).isoformat()
     for field, value in (("q-from", since), ("q-to", until)):
@@ -132,7 +132,7 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
     Select(browser.find_element(By.ID, "q-bucket")).select_by_value("week")
     browser.find_element(By.CSS_SELECTOR, "input[name=group_by][value='tag:team']").click()
     browser.find_element(By.ID, "q-tag-1").send_keys("feature=f1")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     query = parse_qs(urlsplit(browser.current_url).query)
     assert query == {"from": [since], "to": [until], "bucket": ["week"], "tz": ["Europe/Berlin"],
                      "group_by": ["model", "tag:team"], "tag": ["feature=f1"]}  # fmt: skip
@@ -178,7 +178,7 @@ async def test_events_filter_page_and_show_one_event_as_the_api_does(
     browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
     sign_in(browser, site, site.keys["a-read"])
-    browser.find_element(By.LINK_TEXT, "Events").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Events"))
     shot(browser, screenshots, "events")
     async with site.client() as client:
         listed = []
@@ -193,11 +193,11 @@ async def test_events_filter_page_and_show_one_event_as_the_api_does(
         following = browser.find_elements(By.ID, "next-page")
         if not following:
             break
-        following[0].click()
+        through(browser, following[0])
     assert seen == listed  # every event once, newest first, over two pages
 
     Select(browser.find_element(By.ID, "e-status")).select_by_value("unpriced")
-    browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     assert [row[0] for row in table(browser, "events")] == [str(site.event_ids["a-unpriced"])]
     browser.get(f"{site.url}/ui/p/ui-a/events/?tag=team%3Dinfra&model=gpt-test-003")
     rows = table(browser, "events")

@@ -13,7 +13,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table
+from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,7 @@ async def test_signing_out_ends_the_session_and_a_copy_of_its_cookie(
         assert (
             await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={copied}"})
         ).status_code == 200
-        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        through(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-out button"))
         assert browser.current_url == f"{site.url}/ui/sign-in"
         assert browser.get_cookie(SESSION) is None
         after = await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={copied}"})
@@ -203,7 +203,7 @@ async def test_the_operator_picks_any_project(
     assert [r[:3] for r in rows] == [
         ["Alpha Works", "ui-a", "Europe/Berlin"], ["Beta Secret", "ui-b", "UTC"]
     ]  # fmt: skip
-    browser.find_element(By.LINK_TEXT, "Beta Secret").click()
+    through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
     assert browser.current_url == f"{site.url}/ui/p/ui-b/"
     async with site.client() as client:
         top = await client.get(
@@ -225,7 +225,7 @@ async def test_no_secret_reaches_a_url_a_page_or_a_log_line(browser: WebDriver, 
             browser.get(site.url + path)
             seen.append((browser.current_url, browser.page_source))
         cookies: list[dict[str, Any]] = browser.get_cookies()
-        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        through(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-out button"))
         seen.append((browser.current_url, browser.page_source))
         for secret in site.secrets():
             assert all(secret not in str(c) for c in cookies)
