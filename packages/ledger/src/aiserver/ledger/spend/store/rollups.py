@@ -100,29 +100,19 @@ _SUMMED: Final = (
 #: is in no day), added to `usage_rollups_daily` in key order. `{after}` is a condition that
 #: makes the rows wait for the hourly writes of the same statement (lock order: hourly rows,
 #: then daily ones, for every writer). `usage_rollups_daily` holds no `usage_other`.
-_DAILY_UPSERT: Final = """
+_DAILY_UPSERT: Final = f"""
     INSERT INTO usage_rollups_daily AS d (project_id, day, model, provider, status, tags,
-        events, unpriced_events, input_tokens, output_tokens, cache_read_tokens,
-        cache_write_tokens, reasoning_tokens, cost)
+        {", ".join(_SUMMED)})
     SELECT x.project_id, (x.hour AT TIME ZONE p.time_zone)::date, x.model, x.provider, x.status,
-           x.tags, sum(x.events), sum(x.unpriced_events), sum(x.input_tokens),
-           sum(x.output_tokens), sum(x.cache_read_tokens), sum(x.cache_write_tokens),
-           sum(x.reasoning_tokens), sum(x.cost)
-    FROM {source} x JOIN projects p ON p.id = x.project_id
+           x.tags, {", ".join(f"sum(x.{c})" for c in _SUMMED)}
+    FROM {{source}} x JOIN projects p ON p.id = x.project_id
     WHERE (x.hour AT TIME ZONE p.time_zone)::date
-          = ((x.hour + interval '59:59.999999') AT TIME ZONE p.time_zone)::date{after}
+          = ((x.hour + interval '59:59.999999') AT TIME ZONE p.time_zone)::date{{after}}
     GROUP BY 1, 2, 3, 4, 5, 6
     ORDER BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (project_id, day, model, provider, status, tags) DO UPDATE SET
-        events = d.events + excluded.events,
-        unpriced_events = d.unpriced_events + excluded.unpriced_events,
-        input_tokens = d.input_tokens + excluded.input_tokens,
-        output_tokens = d.output_tokens + excluded.output_tokens,
-        cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
-        cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
-        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-        cost = d.cost + excluded.cost
-"""
+        {", ".join(f"{c} = d.{c} + excluded.{c}" for c in _SUMMED)}
+"""  # noqa: S608  (constants only)
 
 
 def daily_upsert(source: str, after: str = "") -> str:
