@@ -23,11 +23,11 @@ from typing import Any, Final
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from ..reliability.harness import (
@@ -207,19 +207,25 @@ def browser(browser_session: WebDriver, site: Site) -> Iterator[WebDriver]:
 
 def sign_in(browser: WebDriver, site: Site, credential: str) -> None:
     browser.get(f"{site.url}/ui/sign-in")
-    field_ = browser.find_element(By.ID, "credential")
-    field_.send_keys(credential)
-    browser.find_element(By.CSS_SELECTOR, "form.sign-in button[type=submit]").click()
-    WebDriverWait(browser, WAIT_S).until(expected_conditions.staleness_of(field_))
+    browser.find_element(By.ID, "credential").send_keys(credential)
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-in button[type=submit]"))
 
 
 def through(browser: WebDriver, element: WebElement) -> None:
     """Click `element`, which leads to another page, and wait until that page replaced this
     one, so that nothing is read from the old page after the click (on a busy machine the
-    click returns before the navigation has begun)."""
-    page = browser.find_element(By.TAG_NAME, "html")
+    click returns before the navigation has begun).
+
+    The old page is told apart by a mark set on its window, not by an element handle: under
+    load chromedriver can answer a handle of a page being replaced with an unknown error
+    ('Node with given id does not belong to the document') rather than 'stale element'."""
+    browser.execute_script("window.__aiserverOldPage = true;")
     element.click()
-    WebDriverWait(browser, WAIT_S).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, WAIT_S, ignored_exceptions=(WebDriverException,)).until(
+        lambda driver: driver.execute_script(
+            "return document.readyState === 'complete' && window.__aiserverOldPage !== true;"
+        )
+    )
 
 
 def session_cookie(browser: WebDriver) -> dict[str, Any]:

@@ -195,12 +195,14 @@ def encode_status(problem: Mapping[str, Any], encoding: Encoding) -> bytes:
         domain="aiserver",
         metadata={"type": str(problem["type"]), "status": str(status)},
     )
-    message.details.add().Pack(info)
+    message.details.add().Pack(info, deterministic=True)
     fields = problem.get("fields")
     if fields:
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=str(f), description=problem["detail"])
             for f in fields
         ]
-        message.details.add().Pack(error_details_pb2.BadRequest(field_violations=violations))
+        message.details.add().Pack(
+            error_details_pb2.BadRequest(field_violations=violations), deterministic=True
+        )
     return _encode(message, encoding)
