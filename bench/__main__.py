@@ -22,12 +22,14 @@ from bench import (
     calc,
     cli,
     client,
+    export,
     fold,
     http_load,
     ingest,
     pages,
     refresh,
     report,
+    reserve,
     scale,
     spend,
     startup,
@@ -55,6 +57,8 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "spend": lambda quick: asyncio.run(
         spend.run(events=50_000 if quick else 10_000_000, rounds=2 if quick else 20, tail=2_000)
     ),
+    "export": lambda quick: export.run(counts=(5_000, 20_000) if quick else (100_000, 1_000_000)),
+    "reserve": lambda quick: reserve.run(seconds=1.0 if quick else 5.0),
     "client": lambda quick: client.run(
         rounds=3 if quick else 9,
         e2e_events=5_000 if quick else 50_000,

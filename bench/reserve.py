@@ -1,8 +1,6 @@
 """Benchmark: hard limits by reservation (`POST /v1/budgets/reserve`), and what budgets cost
 ingest.
 
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/11 hatch run python -m bench.reserve [--seconds 5]
-
 Two `aiserver-api` processes serve one throwaway database seeded with the bundled snapshot;
 16 client coroutines (8 on each process, one connection each) reserve as fast as they are
 answered:
@@ -25,8 +23,11 @@ The same runs **in process** (no HTTP: `reservations.reserve` from 16 pool conne
 what the database admits, with the window striped and with one row (STRIPES = 1).
 
 **Ingest with budgets**: `POST /v1/usage` of single events from 16 clients and of batches of
-1,000 events from 4 clients, with no budget and with 5 budgets matching every event.
-It prints its figures; it writes nothing.
+1,000 events from 4 clients, with no budget and with 5 budgets matching every event; the loss is
+what the 5 budgets take off the events/s.
+
+`hatch run bench:run reserve` runs it as a part of `bench:all`; `hatch run python -m
+bench.reserve [--seconds 5]` prints the section alone.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.errors import BudgetExceeded
-from bench.common import bench_settings, say, throwaway_database
+from bench.common import Section, Table, bench_settings, fmt_ms, say, throwaway_database
 from bench.http_load import _cpu_seconds
 from bench.ingest import backend_cpu
 from bench.server import api_server
@@ -61,6 +62,9 @@ MODEL = "gpt-4o"
 HUGE = Decimal(10**9)
 ESTIMATE = Decimal("0.01")
 EXHAUST = 2_000
+BATCH = 1_000
+#: reservations/s on one hot budget over HTTP
+TARGET = 2_000
 
 
 @dataclass
@@ -71,14 +75,50 @@ class Run:
     seconds: float
     latencies: list[float]
 
-    def line(self) -> str:
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+    def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies) or [0.0]
-        p50 = ordered[len(ordered) // 2]
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+    def line(self) -> str:
         return (
-            f"{self.name:<44} {self.ok / self.seconds:>8,.0f}/s  p50 {p50 * 1000:6.2f} ms  "
-            f"p99 {p99 * 1000:6.2f} ms  ({self.ok:,} admitted, {self.refused:,} refused)"
+            f"[reserve] {self.name}: {self.rate:,.0f}/s, p50 {fmt_ms(self.percentile(0.5))}, "
+            f"p99 {fmt_ms(self.percentile(0.99))} ({self.ok:,} admitted, "
+            f"{self.refused:,} refused)"
         )
+
+    def row(self) -> list[str]:
+        return [
+            self.name, f"{self.rate:,.0f}", fmt_ms(self.percentile(0.5)),
+            fmt_ms(self.percentile(0.99)), f"{self.ok:,}", f"{self.refused:,}",
+        ]  # fmt: skip
+
+
+@dataclass
+class Exhausted:
+    """A hot budget of EXHAUST estimates reserved until every client was refused."""
+
+    where: str
+    run: Run
+    held: Decimal
+
+    @property
+    def overshoot(self) -> Decimal:
+        return max(Decimal(0), self.held - ESTIMATE * EXHAUST)
+
+    @property
+    def exact(self) -> bool:
+        """Zero overshoot, and every estimate that fitted admitted (refused only when full)."""
+        return self.overshoot == 0 and self.run.ok == EXHAUST
+
+    def row(self) -> list[str]:
+        return [
+            self.where, f"{ESTIMATE * EXHAUST} USD", f"{self.run.ok:,}", f"{self.held} USD",
+            f"{self.overshoot} USD", f"{self.run.refused:,}", "yes" if self.exact else "**no**",
+        ]  # fmt: skip
 
 
 async def _drive(
@@ -164,17 +204,54 @@ class Cpu:
         )
 
 
-def cpu_line(before: Cpu, after: Cpu, admitted: int, cores: int) -> str:
-    """CPU per reservation of each side, and the rate `cores` cores would allow if the API and
-    PostgreSQL had them all (the clients on another machine)."""
-    api = (after.api - before.api) / admitted
-    database = (after.database - before.database) / admitted
-    clients = (after.clients - before.clients) / admitted
-    return (
-        f"  CPU per reservation: API {api * 1000:.2f} ms, PostgreSQL {database * 1000:.2f} ms, "
-        f"clients {clients * 1000:.2f} ms; with the {cores} cores to the API and PostgreSQL "
-        f"alone at most {cores / (api + database):,.0f} reservations/s"
+@dataclass
+class CpuUse:
+    """CPU seconds per reservation of each side, and the rate `cores` cores would allow if the
+    API and PostgreSQL had them all (the clients on another machine)."""
+
+    api: float
+    database: float
+    clients: float
+    cores: int
+
+    @staticmethod
+    def of(before: Cpu, after: Cpu, admitted: int, cores: int) -> CpuUse:
+        return CpuUse(
+            api=(after.api - before.api) / admitted,
+            database=(after.database - before.database) / admitted,
+            clients=(after.clients - before.clients) / admitted,
+            cores=cores,
+        )
+
+    @property
+    def allowed(self) -> float:
+        return self.cores / (self.api + self.database)
+
+
+@dataclass
+class Found:
+    """Everything one run of the benchmark measured."""
+
+    seconds: float
+    http: list[Run]
+    cpu: CpuUse
+    local: list[Run]
+    exhausted: list[Exhausted]
+    ingest: dict[int, tuple[Run, Run]]  # budgets -> (single events, batches of 1,000)
+
+
+async def _exhaust(
+    pool: asyncpg.Pool, access: Access, where: str, calls: Callable[[], list[Any]]
+) -> Exhausted:
+    await _clear(pool)
+    hot = await _budget(pool, access, ESTIMATE * EXHAUST)
+    run = await _drive(f"hot budget exhausted, {where}", None, calls())
+    exhausted = Exhausted(where, run, await _held(pool, hot))
+    say(
+        f"{run.line()}\n[reserve]   window holds {exhausted.held} of {ESTIMATE * EXHAUST} USD, "
+        f"overshoot {exhausted.overshoot}"
     )
+    return exhausted
 
 
 async def reservation_runs(
@@ -184,8 +261,8 @@ async def reservation_runs(
     seconds: float,
     api_pids: list[int],
     url: str,
-) -> None:
-    say("## Reservations over HTTP: 2 API processes, 16 clients")
+) -> tuple[list[Run], CpuUse, Exhausted]:
+    say("[reserve] reservations over HTTP: 2 API processes, 16 clients")
     await _clear(pool)
     await _budget(pool, access, HUGE)
     calls = [_http_reserve(c, {}) for c in clients]
@@ -193,45 +270,51 @@ async def reservation_runs(
     admin = await asyncpg.connect(url)
     try:
         before = await Cpu.now(api_pids, admin)
-        hot = await _drive("hot budget", seconds, calls)
+        hot = await _drive("HTTP, one hot budget", seconds, calls)
         after = await Cpu.now(api_pids, admin)
     finally:
         await admin.close()
     say(hot.line())
-    say(cpu_line(before, after, hot.ok, os.cpu_count() or 1))
+    cpu = CpuUse.of(before, after, hot.ok, os.cpu_count() or 1)
     await _clear(pool)
     for i in range(CLIENTS):
         await _budget(pool, access, HUGE, tags={"team": f"t{i}"})
     calls = [_http_reserve(c, {"team": f"t{i}"}) for i, c in enumerate(clients)]
-    say((await _drive("16 budgets, one per client", seconds, calls)).line())
-    await _clear(pool)
-    hot = await _budget(pool, access, ESTIMATE * EXHAUST)
-    run = await _drive("hot budget exhausted", None, [_http_reserve(c, {}) for c in clients])
-    say(run.line())
-    held = await _held(pool, hot)
-    say(
-        f"  limit {ESTIMATE * EXHAUST} USD: admitted {run.ok} x {ESTIMATE} = {run.ok * ESTIMATE}, "
-        f"window holds {held}, overshoot {max(Decimal(0), held - ESTIMATE * EXHAUST)}; "
-        f"every estimate that fitted was admitted: {run.ok == EXHAUST}"
+    spread = await _drive("HTTP, 16 budgets, one per client", seconds, calls)
+    say(spread.line())
+    exhausted = await _exhaust(
+        pool, access, "HTTP", lambda: [_http_reserve(c, {}) for c in clients]
     )
+    return [hot, spread], cpu, exhausted
 
 
-async def local_runs(pool: asyncpg.Pool, access: Access, seconds: float) -> None:
-    say("## Reservations in process: 16 connections, no HTTP")
-    for stripes in (reservations.STRIPES, 1):
-        reservations.STRIPES = stripes  # type: ignore[misc]  # the benchmark's one knob
-        await _clear(pool)
-        await _budget(pool, access, HUGE)
-        calls = [_local_reserve(pool, access, {}) for _ in range(CLIENTS)]
-        await _drive("warm-up", 0.5, calls)
-        say((await _drive(f"hot budget, {stripes} stripe(s)", seconds, calls)).line())
-        await _clear(pool)
-        hot = await _budget(pool, access, ESTIMATE * EXHAUST)
-        calls = [_local_reserve(pool, access, {}) for _ in range(CLIENTS)]
-        run = await _drive(f"hot budget exhausted, {stripes} stripe(s)", None, calls)
-        held = await _held(pool, hot)
-        say(f"{run.line()}\n  window holds {held} of {ESTIMATE * EXHAUST}; admitted {run.ok}")
-    reservations.STRIPES = 8  # type: ignore[misc]
+async def local_runs(
+    pool: asyncpg.Pool, access: Access, seconds: float
+) -> tuple[list[Run], list[Exhausted]]:
+    say("[reserve] reservations in process: 16 connections, no HTTP")
+    runs, exhausted = [], []
+    striped = reservations.STRIPES
+    try:
+        for stripes in (striped, 1):
+            reservations.STRIPES = stripes  # type: ignore[misc]  # the benchmark's one knob
+            await _clear(pool)
+            await _budget(pool, access, HUGE)
+            calls = [_local_reserve(pool, access, {}) for _ in range(CLIENTS)]
+            await _drive("warm-up", 0.5, calls)
+            rows = f"{stripes} stripes" if stripes > 1 else "one row"
+            runs.append(await _drive(f"in process, one hot budget, {rows}", seconds, calls))
+            say(runs[-1].line())
+            exhausted.append(
+                await _exhaust(
+                    pool,
+                    access,
+                    f"in process, {rows}",
+                    lambda: [_local_reserve(pool, access, {}) for _ in range(CLIENTS)],
+                )
+            )
+    finally:
+        reservations.STRIPES = striped  # type: ignore[misc]
+    return runs, exhausted
 
 
 #: Every event carries them: each of the 5 budgets matches (no tags, or env=prod).
@@ -245,8 +328,9 @@ def _event() -> dict[str, Any]:
 
 async def ingest_runs(
     pool: asyncpg.Pool, access: Access, clients: list[httpx.AsyncClient], seconds: float
-) -> None:
-    say("## Ingest over HTTP with budgets: 2 API processes")
+) -> dict[int, tuple[Run, Run]]:
+    say("[reserve] ingest over HTTP with budgets: 2 API processes")
+    found = {}
     for budgets in (0, 5):
         await _clear(pool)
         for i in range(budgets):
@@ -263,7 +347,7 @@ async def ingest_runs(
 
         def batch(client: httpx.AsyncClient) -> Callable[[], Awaitable[bool]]:
             async def call() -> bool:
-                body = {"events": [_event() for _ in range(1000)]}
+                body = {"events": [_event() for _ in range(BATCH)]}
                 answer = await client.post("/v1/usage", json=body)
                 if answer.status_code != 200:
                     raise RuntimeError(answer.text)
@@ -271,19 +355,25 @@ async def ingest_runs(
 
             return call
 
-        run = await _drive(
+        if budgets == 0:  # warm: each API process's first ingest loads what ingest needs
+            await _drive(
+                "warm-up", 1.0, [batch(c) for c in clients[:2]] + [single(c) for c in clients]
+            )
+        singles = await _drive(
             f"single events, {budgets} budgets", seconds, [single(c) for c in clients]
         )
-        say(run.line().replace("admitted", "events"))
-        run = await _drive(f"batches of 1,000, {budgets} budgets", seconds,
-                           [batch(c) for c in clients[:4]])  # fmt: skip
+        say(singles.line().replace("admitted", "events"))
+        batches = await _drive(f"batches of 1,000, {budgets} budgets", seconds,
+                               [batch(c) for c in clients[:4]])  # fmt: skip
         say(
-            f"{run.name:<44} {run.ok * 1000 / run.seconds:>8,.0f} events/s "
-            f"({run.ok} batches, p50 {sorted(run.latencies)[len(run.latencies) // 2]:.3f} s)"
+            f"[reserve] {batches.name}: {batches.rate * BATCH:,.0f} events/s ({batches.ok} "
+            f"batches, p50 {fmt_ms(batches.percentile(0.5))})"
         )
+        found[budgets] = (singles, batches)
+    return found
 
 
-async def main(seconds: float) -> None:
+async def _measure(seconds: float) -> Found:
     async with throwaway_database("reserve") as url:
         settings = bench_settings(url, DATABASE_POOL_MAX_SIZE=str(CLIENTS))
         await apply_migrations(settings.core)
@@ -305,15 +395,142 @@ async def main(seconds: float) -> None:
                 ]  # fmt: skip
                 try:
                     pids = [a.process.pid, b.process.pid]
-                    await reservation_runs(pool, access, clients, seconds, pids, url)
-                    await local_runs(pool, access, seconds)
-                    await ingest_runs(pool, access, clients, seconds)
+                    http, cpu, exhausted = await reservation_runs(
+                        pool, access, clients, seconds, pids, url
+                    )
+                    local, local_exhausted = await local_runs(pool, access, seconds)
+                    ingest = await ingest_runs(pool, access, clients, seconds)
                 finally:
                     for client in clients:
                         await client.aclose()
+    return Found(seconds, http, cpu, local, [exhausted, *local_exhausted], ingest)
+
+
+def _loss(before: float, after: float) -> str:
+    """What `after` lost against `before`, as a percentage (a gain says so)."""
+    loss = (before - after) / before
+    return f"{loss:.0%}" if loss >= 0 else f"none (a gain of {-loss:.0%})"
+
+
+def _runs_table(runs: list[Run], where: str, seconds: float) -> Table:
+    return Table(
+        ["run", "reservations/s", "p50", "p99", "admitted", "refused"],
+        [r.row() for r in runs],
+        caption=f"reservations {where}, {seconds:g} s each",
+    )
+
+
+def run(*, seconds: float = 5.0) -> Section:
+    found = asyncio.run(_measure(seconds))
+    hot, cpu, budgets = found.http[0], found.cpu, sorted(found.ingest)
+    none, most = found.ingest[budgets[0]], found.ingest[budgets[-1]]
+    single_loss = _loss(none[0].rate, most[0].rate)
+    batch_loss = _loss(none[1].rate, most[1].rate)
+    exact = all(e.exact for e in found.exhausted)
+    unrefused = all(r.refused == 0 for r in found.http + found.local)
+    fast = hot.rate >= TARGET
+    verdict = (
+        "**met**"
+        if fast and exact and unrefused
+        else "**missed**: "
+        + "; ".join(
+            why
+            for why, failed in (
+                (f"{TARGET / hot.rate:.1f}x short of {TARGET:,}/s on the hot budget", not fast),
+                ("a window overshot its limit, or refused an estimate that fitted", not exact),
+                ("a budget far from its limit refused a reservation", not unrefused),
+            )
+            if failed
+        )
+    )
+    return Section(
+        key="reserve",
+        title="Hard limits: reservations, and what budgets cost ingest",
+        intro=(__doc__ or "").split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
+        tables=[
+            _runs_table(found.http, f"over HTTP: 2 API processes, {CLIENTS} clients", seconds),
+            Table(
+                ["side", "CPU per reservation"],
+                [
+                    ["API (2 processes)", fmt_ms(cpu.api)],
+                    ["PostgreSQL (its backends of this database)", fmt_ms(cpu.database)],
+                    ["clients (this process)", fmt_ms(cpu.clients)],
+                    [
+                        f"the rate {cpu.cores} cores would allow the API and PostgreSQL alone",
+                        f"{cpu.allowed:,.0f} reservations/s",
+                    ],
+                ],
+                caption="CPU during the hot run over HTTP",
+            ),
+            _runs_table(
+                found.local,
+                f"in process (`reservations.reserve`, no HTTP): {CLIENTS} pool connections",
+                seconds,
+            ),
+            Table(
+                [
+                    "where",
+                    "limit",
+                    "admitted",
+                    "window holds",
+                    "overshoot",
+                    "refused",
+                    "exact (no overshoot, all that fitted admitted)",
+                ],
+                [e.row() for e in found.exhausted],
+                caption=f"a hot budget of {EXHAUST:,} estimates of {ESTIMATE} USD, reserved "
+                "until every client is refused",
+                align="lrrrrrl",
+            ),
+            Table(
+                ["ingest", *(f"{n} budgets, events/s" for n in budgets), "loss"],
+                [
+                    [
+                        "single events, 16 clients",
+                        f"{none[0].rate:,.0f}",
+                        f"{most[0].rate:,.0f}",
+                        single_loss,
+                    ],
+                    [
+                        "batches of 1,000, 4 clients",
+                        f"{none[1].rate * BATCH:,.0f}",
+                        f"{most[1].rate * BATCH:,.0f}",
+                        batch_loss,
+                    ],
+                ],
+                caption=f"`POST /v1/usage` over HTTP, 2 API processes, {seconds:g} s each; "
+                f"the {budgets[-1]} budgets match every event",
+            ),
+        ],
+        notes=[
+            f"Target: at least {TARGET:,} reservations/s on one hot budget over HTTP, with zero "
+            "overshoot, refusing only when the budget is exhausted; and publish what ingest "
+            f"loses with {budgets[-1]} budgets. This run: {verdict} ({hot.rate:,.0f}/s).",
+            f"What ingest loses with {budgets[-1]} budgets matching every event: {single_loss} "
+            f"of its single events/s, {batch_loss} of its events/s in batches of 1,000.",
+        ],
+        headline=[
+            f"reserve: {hot.rate:,.0f} reservations/s on one hot budget over HTTP "
+            f"(target {TARGET:,}: {verdict.split(':')[0].strip('*')}), overshoot "
+            f"{max(e.overshoot for e in found.exhausted)} USD",
+            f"reserve, ingest's loss with {budgets[-1]} budgets: {single_loss} of single "
+            f"events/s, {batch_loss} of events/s in batches",
+        ],
+        data={
+            "http": {r.name: r.rate for r in found.http},
+            "local": {r.name: r.rate for r in found.local},
+            "cpu": vars(cpu),
+            "exhausted": {e.where: [e.run.ok, str(e.held)] for e in found.exhausted},
+            "ingest": {n: [s.rate, b.rate * BATCH] for n, (s, b) in found.ingest.items()},
+        },
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.reserve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
-    asyncio.run(main(parser.parse_args().seconds))
+    say(run(seconds=parser.parse_args().seconds).markdown())
