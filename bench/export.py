@@ -202,9 +202,9 @@ def run(*, counts: Sequence[int] = (100_000, 1_000_000)) -> Section:
     notes = [
         f"Sizes exported: {', '.join(f'{n:,}' for n in counts)} events, each format once "
         "after a warm-up export.",
-        f"10,000,000 events were not exported, for the run's time: scaled from {largest:,} "
-        f"events ({whole:.0f} s for the three formats, {overhead[largest]:.0f} s to seed the "
-        f"database, start the API and warm it up), they would take about "
+        f"10,000,000 events were not exported, for the run's time: scaled linearly from "
+        f"{largest:,} events ({whole:.0f} s for the three formats, {overhead[largest]:.0f} s "
+        "to seed the database, start the API and warm it up), they would take about "
         f"{scale * (whole + overhead[largest]) / 60:.0f} min of `bench:all`.",
     ]
     if len(counts) > 1:
