@@ -210,7 +210,7 @@ def run(*, counts: Sequence[int] = (100_000, 1_000_000)) -> Section:
     if len(counts) > 1:
         peak = max(at[largest, f].peak for f in FORMATS)
         verdict = (
-            "its memory does not grow with N (within 5% of its peak): the export streams"
+            "its memory does not grow with N (within 5% of its peak), so the export streams"
             if growth <= 0.05 * peak
             else "**its memory grows with N**"
         )
