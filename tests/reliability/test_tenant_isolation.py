@@ -41,6 +41,7 @@ import pytest
 
 from aiserver.api.app import create_app
 from aiserver.costs.money import money
+from aiserver.ledger.spend.folding import fold_all
 
 from ..conftest import make_settings, replace_settings
 from .harness import (
@@ -90,6 +91,9 @@ NOBODY_S: Final = frozenset(
     }
 )
 WAIT_S: Final = 60.0
+#: B's tables that hold none of its rows: they need a task runner at work (a webhook delivered,
+#: an applied reprice that changed a price), which this module does not run.
+EMPTY_FOR_B: Final = frozenset({"webhook_deliveries", "usage_adjustments"})
 SETTLED_AT: Final = datetime.now(UTC).replace(microsecond=0).isoformat()
 
 # -- the matrix --------------------------------------------------------------------------------
@@ -460,6 +464,26 @@ def changed_rows(before: dict[str, list[str]], after: dict[str, list[str]]) -> l
     return wrong
 
 
+async def empty_tables(url: str, project_id: int) -> set[str]:
+    """The tables of projects' rows that hold none of `project_id`'s."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND column_name = 'project_id'"
+        )
+        return {
+            t["table_name"]
+            for t in tables
+            if not await conn.fetchval(
+                f'SELECT count(*) FROM "{t["table_name"]}" WHERE project_id = $1',  # noqa: S608
+                project_id,
+            )
+        }
+    finally:
+        await conn.close()
+
+
 async def ids_of(url: str, project_id: int) -> set[int]:
     """Every id of a project's rows (`id` columns), and the project's own."""
     conn = await asyncpg.connect(url)
@@ -566,6 +590,20 @@ async def world(
                 return answer.status_code == 401
 
             await eventually(expired, timeout=WAIT_S)
+            conn = await asyncpg.connect(url)
+            try:  # the task runner's fold: the setup's events into the rollups
+                await fold_all(conn)
+            finally:
+                await conn.close()
+            for things, team in ((a, "alpha-visible-team"), (b, "beta-hidden-team")):
+                late = {
+                    "id": f"{things.slug}-late",
+                    "model": MODEL,
+                    "tags": {"team": team},
+                    "usage": {"input_tokens": 20, "output_tokens": 2},
+                }  # in the outbox
+                ok(await client.post("/v1/usage", headers=things.auth("ingest"), json=late))
+            assert await empty_tables(url, b.id) == EMPTY_FOR_B
             found = World(url, api, a, b, override)
             found.b_markers = await b_texts(url, b)
             found.b_ids = await ids_of(url, b.id)
