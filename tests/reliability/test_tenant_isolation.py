@@ -27,6 +27,7 @@ show A's data only, and its forms act on nothing of B.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import uuid
@@ -145,15 +146,16 @@ def any_of(*scopes: str) -> frozenset[str]:
 
 def event_body(world: World, _: str) -> dict[str, Any]:
     return {
-        "id": f"alpha-ingest-{next(world.counter)}",
+        "id": f"{world.a.label}-ingest-{next(world.counter)}",
         "model": MODEL,
         "usage": {"input_tokens": 100, "output_tokens": 10},
-        "tags": {"team": "alpha-visible-team"},
+        "tags": {"team": world.a.team},
     }
 
 
 def budget_body(world: World, _: str) -> dict[str, Any]:
-    return {"name": f"alpha-budget-{next(world.counter)}", "limit_usd": "100", "period": "month"}
+    name = f"{world.a.label}-budget-{next(world.counter)}"
+    return {"name": name, "limit_usd": "100", "period": "month"}
 
 
 def project_named(_: World, target: str) -> dict[str, Any]:
@@ -169,12 +171,12 @@ ROUTES: Final[dict[tuple[str, str], Api | Public]] = {
     ("GET", "/v1/projects"): Api(OPERATOR),
     ("GET", "/v1/projects/{project:str}"): Api(any_of("read", "admin"), "slug"),
     ("PATCH", "/v1/projects/{project:str}"): Api(
-        any_of("admin"), "slug", body=lambda w, _: {"name": "Alpha Visible Name"}
+        any_of("admin"), "slug", body=lambda w, _: {"name": w.a.name}
     ),
     ("POST", "/v1/projects/{project:str}/keys"): Api(
         any_of("admin"),
         "slug",
-        body=lambda w, _: {"name": "alpha-made", "scopes": ["read"]},
+        body=lambda w, _: {"name": f"{w.a.label}-made", "scopes": ["read"]},
         own_status=201,
     ),
     ("GET", "/v1/projects/{project:str}/keys"): Api(any_of("admin"), "slug"),
@@ -184,7 +186,7 @@ ROUTES: Final[dict[tuple[str, str], Api | Public]] = {
     ("GET", "/v1/budgets"): Api(any_of("read", "admin")),
     ("GET", "/v1/budgets/{budget_id:int}"): Api(any_of("read", "admin"), "budget"),
     ("PATCH", "/v1/budgets/{budget_id:int}"): Api(
-        any_of("admin"), "budget", body=lambda w, _: {"name": "alpha-visible-budget"}
+        any_of("admin"), "budget", body=lambda w, _: {"name": f"{w.a.label}-budget"}
     ),
     ("DELETE", "/v1/budgets/{budget_id:int}"): Api(
         any_of("admin"), "budget", fresh=True, own_status=204
@@ -197,7 +199,7 @@ ROUTES: Final[dict[tuple[str, str], Api | Public]] = {
         body=lambda w, _: {
             "model": MODEL,
             "estimate": "0.01",
-            "tags": {"team": "alpha-visible-team"},
+            "tags": {"team": w.a.team},
         },
     ),
     ("POST", "/v1/budgets/reservations/{reservation_id:str}/release"): Api(
@@ -271,21 +273,21 @@ PAGES: Final[dict[tuple[str, str], Page | Public]] = {
         any_of("admin"),
         "slug",
         own_status=303,
-        form={"name": "alpha-ui-budget", "limit_usd": "5", "period": "month"},
+        form={"name": "{label}-ui-budget", "limit_usd": "5", "period": "month"},
     ),
     ("GET", UI + "/budgets/{budget_id:int}"): Page(target="budget"),
     ("POST", UI + "/budgets/{budget_id:int}"): Page(
         any_of("admin"),
         "budget",
         own_status=303,
-        form={"name": "alpha-visible-budget", "limit_usd": "1000"},
+        form={"name": "{label}-budget", "limit_usd": "1000"},
     ),
     ("POST", UI + "/budgets/{budget_id:int}/delete"): Page(
         any_of("admin"), "budget", fresh=True, own_status=303
     ),
     ("GET", UI + "/keys"): Page(any_of("admin"), "slug"),
     ("POST", UI + "/keys"): Page(
-        any_of("admin"), "slug", own_status=201, form={"name": "alpha-ui-key", "scopes": "read"}
+        any_of("admin"), "slug", own_status=201, form={"name": "{label}-ui-key", "scopes": "read"}
     ),
     ("POST", UI + "/keys/{key_id:int}/revoke"): Page(
         any_of("admin"), "key", fresh=True, own_status=303
@@ -301,6 +303,9 @@ class Things:
     """One project's things, by kind (the values a request names)."""
 
     slug: str
+    name: str
+    team: str  # its events' tag value
+    label: str  # what its own names start with
     id: int = 0
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # by scope set name
     budget: int = 0
@@ -309,6 +314,8 @@ class Things:
     reservation: str = ""
     run: int = 0
     cursor: str = ""
+    texts: set[str] = field(default_factory=set)  # its text that no other project may see
+    ids: set[int] = field(default_factory=set)  # the ids of its rows
 
     def auth(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[name]['key']}"}
@@ -322,9 +329,6 @@ class World:
     b: Things
     override: int
     counter: Iterator[int] = field(default_factory=itertools.count)
-    b_markers: set[str] = field(default_factory=set)  # text of B's that A must never see
-    b_ids: set[int] = field(default_factory=set)
-    a_ids: set[int] = field(default_factory=set)
 
 
 OPERATOR_AUTH: Final = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -361,7 +365,7 @@ async def make_project(
 ) -> Things:
     """A project with a key of every scope set, events tagged `team`, a budget whose alerts
     fired, a hard budget holding a reservation, a reprice run (and its job), and a cursor."""
-    things = Things(slug)
+    things = Things(slug, name, team, label)
     ok(
         await client.post(
             "/v1/projects",
@@ -378,7 +382,7 @@ async def make_project(
             )
         )
     admin = things.auth("admin")
-    limits = {"budget": "0.000321", "hard-budget": "4242.4242" if label == "beta" else "1000"}
+    limits = {"budget": "0.000321", "hard-budget": "4242.4242" if label == "beta" else "1717.1717"}
     made = {}
     for kind, limit in limits.items():
         fields = {"thresholds": ["50", "100"]} if kind == "budget" else {"hard": True}
@@ -505,11 +509,11 @@ async def ids_of(url: str, project_id: int) -> set[int]:
         await conn.close()
 
 
-async def b_texts(url: str, b: Things) -> set[str]:
-    """B's text that no answer to A may hold."""
+async def texts_of(url: str, b: Things) -> set[str]:
+    """A project's text that no answer to another project's credentials may hold."""
     conn = await asyncpg.connect(url)
     try:
-        texts = {b.slug, "Beta Hidden Name", "beta-hidden-team", b.reservation}
+        texts = {b.slug, b.name, b.team, b.reservation}
         texts.update(
             r["name"]
             for r in await conn.fetch(
@@ -539,6 +543,36 @@ async def b_texts(url: str, b: Things) -> set[str]:
         await conn.close()
 
 
+async def invalid_keys(client: httpx.AsyncClient, things: Things) -> None:
+    """A revoked key and an expired one of the project, every scope each."""
+    for kind in ("revoked", "expired"):
+        soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+        fields = {"expires_at": soon} if kind == "expired" else {}
+        things.keys[kind] = ok(
+            await client.post(
+                f"/v1/projects/{things.slug}/keys",
+                headers=OPERATOR_AUTH,
+                json={"name": f"{things.label}-{kind}", "scopes": list(SCOPES), **fields},
+            )
+        )
+    ok(await client.delete(f"/v1/keys/{things.keys['revoked']['id']}", headers=OPERATOR_AUTH))
+
+    async def expired() -> bool:
+        answer = await client.get(f"/v1/projects/{things.slug}", headers=things.auth("expired"))
+        return answer.status_code == 401
+
+    await eventually(expired, timeout=WAIT_S)
+
+
+async def facing(world: World, asker: str) -> World:
+    """The world as `asker` ("a" or "b") sees it: it is `a`, the other project `b`, whose text
+    and ids are read afresh (what earlier tests made included)."""
+    mine, theirs = (world.a, world.b) if asker == "a" else (world.b, world.a)
+    theirs.texts = await texts_of(world.url, theirs)
+    theirs.ids = await ids_of(world.url, theirs.id)
+    return dataclasses.replace(world, a=mine, b=theirs)
+
+
 @pytest.fixture(scope="module")
 async def world(
     migrated_template_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -552,9 +586,7 @@ async def world(
         )
         logs = tmp_path_factory.mktemp("tenants")
         async with api_process(env, logs / "api.log") as api, api.client() as client:
-            a = await make_project(
-                client, url, A, "Alpha Visible Name", "alpha-visible-team", "alpha"
-            )
+            a = await make_project(client, url, A, "Alpha Seen Name", "alpha-seen-team", "alpha")
             b = await make_project(client, url, B, "Beta Hidden Name", "beta-hidden-team", "beta")
             override = ok(
                 await client.post(
@@ -567,48 +599,23 @@ async def world(
                     },
                 )
             )["id"]
-            revoked = ok(
-                await client.post(
-                    f"/v1/projects/{A}/keys",
-                    headers=OPERATOR_AUTH,
-                    json={"name": "alpha-revoked", "scopes": list(SCOPES)},
-                )
-            )
-            ok(await client.delete(f"/v1/keys/{revoked['id']}", headers=OPERATOR_AUTH))
-            a.keys["revoked"] = revoked
-            soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
-            a.keys["expired"] = ok(
-                await client.post(
-                    f"/v1/projects/{A}/keys",
-                    headers=OPERATOR_AUTH,
-                    json={"name": "alpha-expired", "scopes": list(SCOPES), "expires_at": soon},
-                )
-            )
-
-            async def expired() -> bool:
-                answer = await client.get(f"/v1/projects/{A}", headers=a.auth("expired"))
-                return answer.status_code == 401
-
-            await eventually(expired, timeout=WAIT_S)
+            for things in (a, b):
+                await invalid_keys(client, things)
             conn = await asyncpg.connect(url)
             try:  # the task runner's fold: the setup's events into the rollups
                 await fold_all(conn)
             finally:
                 await conn.close()
-            for things, team in ((a, "alpha-visible-team"), (b, "beta-hidden-team")):
+            for things in (a, b):
                 late = {
-                    "id": f"{things.slug}-late",
+                    "id": f"{things.label}-late",
                     "model": MODEL,
-                    "tags": {"team": team},
+                    "tags": {"team": things.team},
                     "usage": {"input_tokens": 20, "output_tokens": 2},
                 }  # in the outbox
                 ok(await client.post("/v1/usage", headers=things.auth("ingest"), json=late))
-            assert await empty_tables(url, b.id) == EMPTY_FOR_B
-            found = World(url, api, a, b, override)
-            found.b_markers = await b_texts(url, b)
-            found.b_ids = await ids_of(url, b.id)
-            found.a_ids = await ids_of(url, a.id)
-            yield found
+                assert await empty_tables(url, things.id) == EMPTY_FOR_B
+            yield World(url, api, a, b, override)
         assert errors_logged(logs / "api.log") == []
     finally:
         await drop_served(url)
@@ -654,9 +661,9 @@ def leaks(world: World, response: httpx.Response, echoed: str | None = None) -> 
     text = response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())
     if echoed is not None:
         text = re.sub(r"(?<![0-9A-Za-z-])" + re.escape(echoed) + r"(?![0-9A-Za-z-])", "", text)
-    found = [marker for marker in world.b_markers if marker in text]
+    found = [marker for marker in world.b.texts if marker in text]
     numbers = {int(n) for n in re.findall(r"(?<![0-9.])[0-9]{8,}(?![0-9])", text)}
-    found += [str(n) for n in numbers & world.b_ids]
+    found += [str(n) for n in numbers & world.b.ids]
     return found
 
 
@@ -716,6 +723,10 @@ async def test_every_route_of_the_app_is_in_the_matrix(world: World) -> None:
     assert sorted(documented - bare) == [], "documented routes not in the matrix"
 
 
+#: Each project asks in turn: "a" is the asker in the tests, "b" the other.
+ASKERS: Final = pytest.mark.parametrize("asker", ["a", "b"])
+
+
 # -- the API matrix ------------------------------------------------------------------------------
 
 
@@ -724,9 +735,9 @@ async def fresh(client: httpx.AsyncClient, world: World, kind: str) -> str:
     if kind == "key":
         made = ok(
             await client.post(
-                f"/v1/projects/{A}/keys",
+                f"/v1/projects/{world.a.slug}/keys",
                 headers=OPERATOR_AUTH,
-                json={"name": "alpha-spare", "scopes": ["read"]},
+                json={"name": f"{world.a.label}-spare", "scopes": ["read"]},
             )
         )
     else:
@@ -742,7 +753,7 @@ def named(world: World, kind: str, whose: str) -> str:
     """The name of a thing of `kind`: A's own, B's (`theirs`), or one that exists nowhere."""
     a, b = world.a, world.b
     values = {
-        "slug": (A, B, NOWHERE),
+        "slug": (a.slug, b.slug, NOWHERE),
         "budget": (a.budget, b.budget, MISSING_ID),
         "event": (a.event, b.event, MISSING_ID),
         "reservation": (a.reservation, b.reservation, str(uuid.UUID(int=MISSING_ID))),
@@ -825,9 +836,11 @@ def judge_api(world: World, spec: Api, who: str, asked: list[Asked]) -> list[str
     return wrong
 
 
+@ASKERS
 async def test_no_credential_of_a_reaches_or_reveals_b_on_any_route(
-    world: World, record_property: Any
+    world: World, asker: str, record_property: Any
 ) -> None:
+    world = await facing(world, asker)
     before = await rows_but(world.url, world.a.id)
     wrong: list[str] = []
     order: dict[tuple[str, str], set[int]] = {}
@@ -900,14 +913,15 @@ async def ask_page(
     whose: str,
 ) -> Asked:
     method, path = route
-    target, name, slug = spec.target, "", A
+    target, name, slug = spec.target, "", world.a.slug
     if target == "slug":
         name = slug = named(world, "slug", whose)
     elif target is not None:
         fresh_one = isinstance(spec, Page) and spec.fresh and whose == "own"
         name = await fresh(client, world, target) if fresh_one else named(world, target, whose)
     form = spec.form if isinstance(spec, Page) else None
-    data = {**(form or {}), "csrf_token": csrf} if method == "POST" else None
+    typed = {k: v.format(label=world.a.label) for k, v in (form or {}).items()}
+    data = {**typed, "csrf_token": csrf} if method == "POST" else None
     response = await client.request(method, fill_page(path, slug, name), data=data)
     return Asked(route, who, whose if target is not None else "", name, response)
 
@@ -933,7 +947,9 @@ def judge_page(world: World, spec: Page, who: str, asked: list[Asked]) -> list[s
     return wrong
 
 
-async def test_a_signs_in_with_a_key_that_reads_and_no_other(world: World) -> None:
+@ASKERS
+async def test_a_signs_in_with_a_key_that_reads_and_no_other(world: World, asker: str) -> None:
+    world = await facing(world, asker)
     for who in [*SCOPE_SETS, "revoked", "expired"]:
         async with world.api.client() as client:
             answer = await sign_in(client, world.a.keys[who]["key"])
@@ -942,15 +958,20 @@ async def test_a_signs_in_with_a_key_that_reads_and_no_other(world: World) -> No
                 assert answer.status_code == 303, (who, answer.text)
                 assert client.cookies.get(SESSION_COOKIE), who
                 home = await client.get("/ui/")
-                assert (home.status_code, home.headers["location"]) == (303, f"/ui/p/{A}/"), who
+                assert (home.status_code, home.headers["location"]) == (
+                    303,
+                    f"/ui/p/{world.a.slug}/",
+                ), who
             else:
                 assert answer.status_code == (403 if who in SCOPE_SETS else 401), (who, answer.text)
                 assert not client.cookies.get(SESSION_COOKIE), who
 
 
+@ASKERS
 async def test_the_dashboard_of_a_shows_a_only_and_its_forms_never_act_on_b(
-    world: World, record_property: Any
+    world: World, asker: str, record_property: Any
 ) -> None:
+    world = await facing(world, asker)
     before = await rows_but(world.url, world.a.id)
     wrong: list[str] = []
     asked = 0
@@ -960,8 +981,8 @@ async def test_the_dashboard_of_a_shows_a_only_and_its_forms_never_act_on_b(
             csrf = ""
             if who != "no-session":
                 assert (await sign_in(client, world.a.keys[who]["key"])).status_code == 303
-                own = await client.get(f"/ui/p/{A}/events")
-                assert "alpha-visible-team" in own.text, own.text  # A's data is shown
+                own = await client.get(f"/ui/p/{world.a.slug}/events")
+                assert world.a.team in own.text, own.text  # A's data is shown
                 found = CSRF.search(own.text)
                 assert found is not None
                 csrf = found.group(1)
@@ -979,13 +1000,13 @@ async def test_the_dashboard_of_a_shows_a_only_and_its_forms_never_act_on_b(
                     wrong += judge_public(world, answers)
     async with world.api.client() as client:  # signing out, with a session of its own
         assert (await sign_in(client, world.a.keys["read"]["key"])).status_code == 303
-        page = await client.get(f"/ui/p/{A}/")
+        page = await client.get(f"/ui/p/{world.a.slug}/")
         found = CSRF.search(page.text)
         assert found is not None
         out = await client.post("/ui/sign-out", data={"csrf_token": found.group(1)})
         assert out.status_code == 303, out.text
         assert leaks(world, out) == []
-        assert (await client.get(f"/ui/p/{A}/")).headers["location"] == "/ui/sign-in"
+        assert (await client.get(f"/ui/p/{world.a.slug}/")).headers["location"] == "/ui/sign-in"
     wrong += changed_rows(before, await rows_but(world.url, world.a.id))
     record_property("requests", asked)
     record_property("routes", len(PAGES))
@@ -1000,7 +1021,11 @@ def altered(cursor: str) -> str:
     return cursor[:-1] + ("A" if cursor[-1] != "A" else "B")
 
 
-async def test_b_s_cursor_is_refused_as_any_cursor_a_was_not_given(world: World) -> None:
+@ASKERS
+async def test_b_s_cursor_is_refused_as_any_cursor_a_was_not_given(
+    world: World, asker: str
+) -> None:
+    world = await facing(world, asker)
     before = await rows_but(world.url, world.a.id)
     theirs, nowhere = world.b.cursor, altered(world.b.cursor)
     async with world.api.client() as client:
@@ -1020,7 +1045,7 @@ async def test_b_s_cursor_is_refused_as_any_cursor_a_was_not_given(world: World)
         async with world.api.client() as session:
             assert (await sign_in(session, world.a.keys["read"]["key"])).status_code == 303
             pages = [
-                await session.get(f"/ui/p/{A}/events", params={"cursor": c})
+                await session.get(f"/ui/p/{world.a.slug}/events", params={"cursor": c})
                 for c in (theirs, nowhere)
             ]
             assert pages[0].status_code >= 400, pages[0].text
@@ -1029,16 +1054,20 @@ async def test_b_s_cursor_is_refused_as_any_cursor_a_was_not_given(world: World)
     assert changed_rows(before, await rows_but(world.url, world.a.id)) == []
 
 
-async def test_an_event_of_a_naming_b_s_reservation_settles_nothing_of_b(world: World) -> None:
+@ASKERS
+async def test_an_event_of_a_naming_b_s_reservation_settles_nothing_of_b(
+    world: World, asker: str
+) -> None:
     """An event reports the reservation it was admitted under (`reservation_id`): A's event
     naming B's reservation is answered as one naming a reservation that exists nowhere, and
     B's reservation stays held."""
+    world = await facing(world, asker)
     before = await rows_but(world.url, world.a.id)
     answers = []
     async with world.api.client() as client:
         for n, reservation in enumerate((world.b.reservation, str(uuid.UUID(int=MISSING_ID)))):
             body = {
-                "id": f"alpha-settling-{n}",
+                "id": f"{world.a.label}-settling-{n}",
                 "model": MODEL,
                 "reservation_id": reservation,
                 "occurred_at": SETTLED_AT,
@@ -1053,7 +1082,7 @@ async def test_an_event_of_a_naming_b_s_reservation_settles_nothing_of_b(world: 
 
     def told(response: httpx.Response, reservation: str, n: int) -> Any:
         text = response.text.replace(reservation, "{reservation}").replace(
-            f"alpha-settling-{n}", "{id}"
+            f"{world.a.label}-settling-{n}", "{id}"
         )
         return re.sub(r'"event_id":\s*\d+', '"event_id":0', text)
 
