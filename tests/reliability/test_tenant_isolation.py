@@ -1,28 +1,29 @@
 """Scenario 3 of issue 23: tenant isolation, every endpoint and method, every scope.
 
 One real `aiserver-api` process on a throwaway database with two projects, A and B, each holding
-every kind of thing a project has: events, budgets (a hard one, one whose alerts fired),
-reservations, keys, reprice runs and their task-runner jobs. A's keys (every non-empty set of the
-scopes `ingest`, `read`, `admin`, and no key, a revoked key, an expired key) then ask every route
-of the application, which is read from the running app (its OpenAPI document) and from Litestar's
-route table: a route that is not in the matrix below fails the test by name.
+every kind of thing a project has: events (folded into rollups, and in the outbox), budgets (a
+hard one, one whose alerts fired), reservations, keys, reprice runs and their task-runner jobs.
+Every route of the application is read from its route table and its OpenAPI document: a route
+that is not in the matrix below fails the test by name.
 
-For each route, method and credential of A:
+Each project asks in turn (`ASKERS`): in a test, `a` is the asking project and `b` the other.
+The asker's credentials are a key of every non-empty set of the scopes `ingest`, `read`,
+`admin`, no key, a revoked key and an expired key. For each route, method and credential:
 
-- a request that names B's thing (B's slug, B's budget, event, reservation, key, run or job) and
+- a request that names b's thing (its slug, budget, event, reservation, key, run or job) and
   one that names a thing that exists nowhere are answered alike: same status, same headers, same
   body, once the name itself (where the answer echoes it), `date`, `x-request-id` and
   `content-length` are set aside;
-- no answer to A's credentials holds anything of B: its slug, its name, a tag value, a budget or
-  key name, a key's public id, a reservation id, an amount, or any of its row ids (every table's
-  ids are made distinct in the whole database first, so that an id can be searched for as text);
-- a credential of A that lacks the route's scope is refused with a 403 problem on A's own thing;
-  a route's answer for B's thing is never a success;
-- nothing of B changes: every row of every table, except A's own rows, is read before and after
-  and compared exactly.
+- no answer holds anything of b: its slug, its name, a tag value, a budget or key name, a key's
+  public id, an event key, a reservation id, an amount, or any of its row ids (every table's ids
+  are made distinct in the whole database first, so that an id can be searched for as text);
+- a credential that lacks the route's scope is refused with a 403 problem on the asker's own
+  thing, one that has it succeeds there; b's thing is never a success;
+- nothing of b changes: every row of every table, except the asker's own rows, is read before
+  and after and compared exactly.
 
-The dashboard (/ui) is asked the same way through sessions that A's keys signed in: its pages
-show A's data only, and its forms act on nothing of B.
+The dashboard (/ui) is asked the same way through sessions that the asker's keys signed in: its
+pages show the asker's data only, and its forms act on nothing of b.
 """
 
 from __future__ import annotations
