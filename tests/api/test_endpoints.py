@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 
 from aiserver.api.app import create_app
 from aiserver.costs.refresh import Outcome, refresh_catalog
@@ -347,6 +348,23 @@ async def test_refresh_enqueues_the_task_runner_job(client: Client) -> None:
     job = (await client.get(accepted["status_url"])).json()
     assert (job["status"], job["function"]) == ("queued", "refresh_costs")
     assert_problem(await client.get("/v1/jobs/nope"), 404, "no job 'nope'")
+
+
+async def test_a_project_s_job_is_answered_as_a_job_that_does_not_exist(
+    client: Client, redis: Redis
+) -> None:
+    """`/v1/jobs/{id}` asks for no credential: a reprice run's job (`reprice:<run id>`) would
+    tell anyone that a project's run exists, and when it ran. It is a 404, as a job id that is
+    nowhere (the run is followed at `/v1/usage/reprice/{run_id}`, with a key of its project)."""
+    made = await client.post("/v1/projects", headers=admin(), json={"slug": "jobs", "name": "J"})
+    assert made.status_code == 201, made.text
+    run = await client.post("/v1/usage/reprice", headers=admin(), json={"project": "jobs"})
+    assert run.status_code == 202, run.text
+    job_id = f"reprice:{run.json()['id']}"
+    assert await redis.exists(f"arq:job:{job_id}")  # it is queued
+    seen = assert_problem(await client.get(f"/v1/jobs/{job_id}"), 404, f"no job {job_id!r}")
+    unseen = assert_problem(await client.get("/v1/jobs/reprice:0"), 404, "no job 'reprice:0'")
+    assert seen["detail"].replace(job_id, "?") == unseen["detail"].replace("reprice:0", "?")
 
 
 async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:

@@ -60,11 +60,11 @@ async def create_key(
     scopes: Collection[str],
     expires_at: datetime | None = None,
 ) -> CreatedKey:
+    access.require("admin")  # first: a key without it learns nothing of what exists
     ordered = _check(name, scopes, expires_at)
     made = new_key()
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, project_slug)
-        access.require("admin")
         if project.archived_at is not None:
             raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
         key = await store.insert_key(
@@ -80,9 +80,9 @@ async def create_key(
 
 
 async def list_keys(pool: asyncpg.Pool, access: Access, project_slug: str) -> list[ApiKey]:
+    access.require("admin")
     async with pool.acquire() as conn:
         project = await find_project(conn, access, project_slug)
-        access.require("admin")
         return await store.read_keys(conn, project.id)
 
 
@@ -90,12 +90,13 @@ async def revoke_key(
     pool: asyncpg.Pool, access: Access, key_id: int, *, keyring: Keyring | None = None
 ) -> ApiKey:
     """Revoke a key: at once in the process of `keyring`, within `API_KEY_CACHE_SECONDS` in the
-    others. Another project's key is `UnknownKey`, as one that does not exist."""
+    others. Another project's key is `UnknownKey`, as one that does not exist; a key without
+    `admin` is refused before any key is looked up."""
+    access.require("admin")
     async with pool.acquire() as conn, conn.transaction():
         key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_BIGINT else None
         if key is None or not access.sees(key.project_id):
             raise UnknownKey(f"no key {key_id}")
-        access.require("admin")
         revoked = await store.revoke_key(conn, key.project_id, key.id)
     if keyring is not None:
         keyring.cache.forget(revoked.public_id)

@@ -127,11 +127,11 @@ async def list_projects(
 
 
 async def show_project(pool: asyncpg.Pool, access: Access, slug: str) -> Project:
-    """A project, to the operator and to its own keys with `read` or `admin`."""
-    async with pool.acquire() as conn:
-        project = await find_project(conn, access, slug)
+    """A project, to the operator and to its own keys with `read` or `admin`. The scope is
+    checked first: a key without it learns nothing of which projects exist."""
     access.require("read", "admin")
-    return project
+    async with pool.acquire() as conn:
+        return await find_project(conn, access, slug)
 
 
 async def change_project(
@@ -162,9 +162,9 @@ async def change_project(
     if time_zone is not None:
         check_time_zone(time_zone)
     tags = None if rollup_tags is None else _check_rollup_tags(rollup_tags)
+    access.require("admin")
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, slug)
-        access.require("admin")
         if archived is not None:
             access.require_operator()
         zone_changed = time_zone is not None and time_zone != project.time_zone

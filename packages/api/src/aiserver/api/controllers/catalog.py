@@ -24,9 +24,15 @@ from aiserver.core_db.database import require_pool
 from aiserver.costs.jobs import REFRESH_JOB
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.status import read_status
+from aiserver.ledger.jobs import REBUILD_JOB, REPRICE_JOB
 
 QUEUE: Final = default_queue_name
 DB_TIMEOUT_S: Final = 5.0
+#: A project's jobs: `/v1/jobs/{id}` asks for no credential, so it answers them as jobs that do
+#: not exist, or anyone could learn that a project's reprice run (its job `reprice:<run id>`) or
+#: rollup rebuild exists and when it ran. A project's key follows its run at
+#: `/v1/usage/reprice/{run_id}`.
+PROJECT_JOBS: Final = frozenset({REPRICE_JOB, REBUILD_JOB})
 
 
 class CatalogController(Controller):
@@ -75,9 +81,11 @@ class CatalogController(Controller):
         job = Job(job_id, redis, _queue_name=QUEUE)
         async with asyncio.timeout(DB_TIMEOUT_S):
             status = await job.status()
-            if status is ArqJobStatus.not_found:
-                raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
-            info = await job.result_info() or await job.info()
+            info = None
+            if status is not ArqJobStatus.not_found:
+                info = await job.result_info() or await job.info()
+        if status is ArqJobStatus.not_found or (info and info.function in PROJECT_JOBS):
+            raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
         result: Any = None
         success: bool | None = None
         finished = started = None

@@ -173,10 +173,10 @@ async def request_reprice(
     pool: asyncpg.Pool, access: Access, request: RepriceRequest, *, requested_by: str | None = None
 ) -> RepriceRun:
     """Record a run (queued) for the caller to start. A project's key needs `admin`."""
+    access.require("admin")  # first: a key without it learns nothing of what exists
     run_filter = filter_of(request)
     async with pool.acquire() as conn:
         project_id = await _target(conn, access, request)
-        access.require("admin")
         row = await store.insert_run(
             conn,
             project_id=project_id,
@@ -190,13 +190,13 @@ async def request_reprice(
 async def show_run(pool: asyncpg.Pool, access: Access, run_id: int) -> RepriceRun:
     """The run, to the operator and to a key of its project with `read` or `admin`;
     `UnknownRepriceRun` alike for one that does not exist and for another project's."""
+    access.require("read", "admin")  # first: a key without it learns nothing of what exists
     row = None
     if 1 <= run_id <= MAX_BIGINT:
         async with pool.acquire() as conn:
             row = await store.select_run(conn, run_id)
     if row is None or (not access.is_operator and row["project_id"] != access.project_id):
         raise UnknownRepriceRun(f"no reprice run {run_id}")
-    access.require("read", "admin")
     return run_of(row)
 
 
@@ -205,6 +205,7 @@ async def list_runs(
 ) -> list[RepriceRun]:
     """The newest runs: a key's of its project; the operator's of the project named, else of
     every project (the runs over all of them included)."""
+    access.require("read", "admin")  # first: a key without it learns nothing of what exists
     if not 1 <= limit <= MAX_LIST:
         raise InvalidField(f"limit: 1 to {MAX_LIST}; got {limit}", ["limit"])
     async with pool.acquire() as conn:
@@ -212,7 +213,6 @@ async def list_runs(
             project_id: int | None = (await find_project(conn, access, project)).id
         else:
             project_id = access.project_id
-        access.require("read", "admin")
         rows = await store.select_runs(conn, project_id, limit=limit)
     return [run_of(r) for r in rows]
 
