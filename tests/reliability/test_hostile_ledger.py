@@ -172,7 +172,7 @@ def probes(who_budget: int) -> Iterator[tuple[str, Case]]:
         large = name == "10-mb"
         yield f"reserve-tag-key-{name}", _too_large(reserve) if large else reserve
         yield f"budget-tag-key-{name}", _too_large(budget) if large else budget
-        if not large:  # a 10 MB query string: see test_a_10_mb_query_string
+        if not large:  # a 10 MB query string: test_a_10_mb_tag_filter_in_the_query_string_...
             for path in ("/v1/spend", "/v1/usage/events", "/v1/usage/export"):
                 yield (
                     f"{path[4:].replace('/', '-')}-tag-key-{name}",
@@ -897,3 +897,38 @@ async def test_the_dashboard_refuses_hostile_input_with_a_422_page_that_stores_n
     assert answer.status_code == 422, answer.text[-3000:]
     assert answer.headers["content-type"].startswith("text/html")
     assert names in answer.text
+
+
+def _invalid_http(served: Served) -> int:
+    return sum(1 for e in served.api.events() if e.get("event") == "Invalid HTTP request received.")
+
+
+@pytest.mark.parametrize("where", ["key", "value"])
+async def test_a_10_mb_tag_filter_in_the_query_string_is_refused_before_the_app(
+    served: Served, who: Owner, unchanged: None, where: str
+) -> None:
+    """A request head beyond the HTTP parser's limit (h11: 16 KiB) is refused by the server
+    (uvicorn) with a plain-text 400 and a warning, and the connection closed, before the app
+    sees it: the client, still sending, may see the reset instead of the 400."""
+    big = "v" * MB10
+    query = f"tag:{big}=search" if where == "key" else f"tag:team={big}"
+    seen = _invalid_http(served)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.api.port)
+    answer = b""
+    try:
+        writer.write(
+            f"GET /v1/spend?{WINDOW}&{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: {who.auth['Authorization']}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), WAIT_S)
+    except ConnectionError:
+        pass  # reset while the rest of the 10 MB was on its way: the refusal, as TCP shows it
+    finally:
+        writer.close()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:600]
+
+    async def refused() -> bool:
+        return _invalid_http(served) == seen + 1
+
+    await eventually(refused, timeout=WAIT_S)
