@@ -244,3 +244,22 @@ async def test_who_may_do_what_with_budgets(client: Client, tenants: Tenants) ->
     assert_problem(await client.get(BUDGETS, headers=bearer(tenants.ingest_a["key"])), 403, "scope")
     assert_problem(await client.get(BUDGETS, headers=admin()), 403, "project's key")
     assert_problem(await client.get(BUDGETS), 401, "")
+
+
+@pytest.mark.parametrize("budget_id", [0, -1, 2**63, 2**64, 10**30])
+async def test_a_budget_id_no_budget_can_have_is_a_404(
+    client: Client, tenants: Tenants, budget_id: int
+) -> None:
+    """Beyond BIGINT (asyncpg refuses to send it: it was a 500), zero or negative."""
+    key = bearer(tenants.admin_a["key"])
+    for method, path, body in (
+        ("GET", f"{BUDGETS}/{budget_id}", None),
+        ("PATCH", f"{BUDGETS}/{budget_id}", {"name": "x"}),
+        ("DELETE", f"{BUDGETS}/{budget_id}", None),
+        ("GET", f"{BUDGETS}/{budget_id}/alerts", None),
+    ):
+        response = await client.request(method, path, headers=key, json=body)
+        answer = assert_problem(response, 404, f"no budget {budget_id}")
+        assert answer["type"] == "urn:aiserver:problem:unknown-budget"
+    before = await client.get(f"{BUDGETS}/alerts?before={2**63}", headers=key)
+    assert_problem(before, 422, "before")

@@ -27,6 +27,7 @@ from aiserver.ledger.spend.buckets import bucket_bounds, day_hours, plan_ranges,
 from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project, read_project
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.reading import event_query
 
 from ..conftest import Settings
 from ..support.daily import assert_daily_agrees
@@ -661,6 +662,9 @@ async def test_top_keeps_the_largest_groups_in_every_bucket_and_sums_the_rest_as
         ({"group_by": ["model"], "top": 0}, ["top"]),
         ({"status": "free"}, ["status"]),
         ({"tags": [("bad key", "x")]}, ["tag:bad key"]),
+        # wall times whose UTC instant lies beyond year 9999 or before year 1
+        ({"since": "9999-12-31", "until": "9999-12-31T23:59:59", "tz": "Pacific/Honolulu"}, ["to"]),
+        ({"since": "0001-01-01", "until": "0001-01-02", "tz": "Asia/Tokyo"}, ["from"]),
     ],
 )
 async def test_a_question_that_cannot_be_answered_names_the_field(
@@ -669,6 +673,21 @@ async def test_a_question_that_cannot_be_answered_names_the_field(
     question = {"since": "2026-11-01", "until": "2026-12-01", **params}
     with pytest.raises(InvalidField) as raised:
         await ledger.spend(**question)
+    assert raised.value.fields == fields
+
+
+@pytest.mark.parametrize(
+    ("params", "fields"),
+    [  # wall times (the dashboard's filters) whose UTC instant is beyond year 9999 or before 1
+        ({"until": datetime(9999, 12, 31, 23, 0, tzinfo=ZoneInfo("Pacific/Honolulu"))}, ["to"]),
+        ({"since": datetime(1, 1, 1, 0, 0, tzinfo=ZoneInfo("Asia/Tokyo"))}, ["from"]),
+    ],
+)
+def test_an_event_query_beyond_the_range_of_utc_names_the_field(
+    params: dict[str, Any], fields: list[str]
+) -> None:
+    with pytest.raises(InvalidField) as raised:
+        event_query(**params)
     assert raised.value.fields == fields
 
 

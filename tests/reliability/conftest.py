@@ -22,7 +22,15 @@ from ..conftest import (
 )
 from ..support.catalog import document, model_entry
 from ..support.upstream import Upstream
-from .harness import ApiProcess, api_env, api_process, drop_served, model_names
+from .harness import (
+    ApiProcess,
+    api_env,
+    api_process,
+    drop_served,
+    errors_logged,
+    model_names,
+    table_counts,
+)
 
 
 @dataclass
@@ -58,3 +66,13 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     finally:
         upstream.stop()
         await drop_served(url)
+
+
+@pytest.fixture
+async def unchanged(served: Served) -> AsyncIterator[None]:
+    """The test stores nothing (the row count of every table is unchanged) and the served API
+    logs nothing at error level."""
+    before = await table_counts(served.settings.core.database_url)
+    yield
+    assert await table_counts(served.settings.core.database_url) == before
+    assert errors_logged(served.api.log) == []

@@ -41,6 +41,7 @@ from ..support.upstream import LocalServer, QuietHandler, Upstream
 ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
 OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
 PROBLEM_JSON: Final = "application/problem+json"
+JSON_TYPE: Final = "application/json"
 MICRO: Final = Decimal("0.000001")
 
 
@@ -66,6 +67,48 @@ def api_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[s
     )
     env.update(variables)
     return env
+
+
+def assert_problem(response: httpx.Response, status: int, type_: str) -> dict[str, Any]:
+    """A clear problem: `status`, application/problem+json of `type_`, a title and a detail,
+    no traceback; its body."""
+    assert response.status_code == status, response.text[:2000]
+    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"] == f"urn:aiserver:problem:{type_}", body
+    assert body["title"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    assert "Traceback" not in response.text
+    return body
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile request and the problem it must be answered with."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    status: int = 422
+    type_: str = "invalid-request"
+    detail: str = ""  # the detail says this (the field it names)
+    content_type: str = JSON_TYPE
+    admin: bool = False  # the operator's token
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A project (its slug and id) and a key of it."""
+
+    slug: str
+    id: int
+    key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 def errors_logged(path: Path) -> list[Any]:

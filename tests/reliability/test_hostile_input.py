@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
 import pytest
 
 from .conftest import Served
-from .harness import ADMIN_TOKEN, PROBLEM_JSON, errors_logged, table_counts
+from .harness import ADMIN_TOKEN, PROBLEM_JSON, Case, assert_problem
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +25,6 @@ BATCH: Final = "/v1/costs/calculate/batch"
 JSON: Final = {"content-type": "application/json"}
 ADMIN: Final = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MIB: Final = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Case:
-    method: str
-    path: str
-    body: bytes | None = None
-    status: int = 422
-    type_: str = "invalid-request"
-    admin: bool = False
-    content_type: str = "application/json"
-    detail: str = ""  # the detail says this
 
 
 def _calc(model: Any = "gpt-test-000", **usage: Any) -> bytes:
@@ -173,28 +159,6 @@ def cases() -> Iterator[tuple[str, Case]]:
 
 
 CASES: Final = dict(cases())
-
-
-@pytest.fixture
-async def unchanged(served: Served) -> AsyncIterator[None]:
-    """The case stores nothing and logs nothing at error level."""
-    before = await table_counts(served.settings.core.database_url)
-    yield
-    assert await table_counts(served.settings.core.database_url) == before
-    assert errors_logged(served.api.log) == []
-
-
-def assert_problem(response: httpx.Response, status: int, type_: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text[:2000]
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"] == f"urn:aiserver:problem:{type_}", body
-    assert body["title"]
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    assert "Traceback" not in response.text
-    return body
 
 
 @pytest.mark.parametrize("name", list(CASES))

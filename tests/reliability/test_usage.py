@@ -42,6 +42,7 @@ from .harness import (
     PROBLEM_JSON,
     ApiProcess,
     TcpProxy,
+    Tenant,
     api_env,
     api_process,
     catalogued_database,
@@ -94,17 +95,6 @@ async def ledger(
                 yield Ledger(url, env, api, proxy, logs)
     finally:
         await drop_database(url)
-
-
-@dataclass(frozen=True)
-class Tenant:
-    slug: str
-    id: int
-    key: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
 
 async def tenant(ledger: Ledger, slug: str) -> Tenant:

@@ -87,7 +87,8 @@ def _cost_request(data: ReserveIn) -> CostRequest:
         return msgspec.convert(fields, CostRequest)
     except msgspec.ValidationError as exc:
         text, field = validation_field(str(exc))
-        raise InvalidField(f"invalid usage: {text}", [field or "usage"]) from None
+        named = field or "usage"
+        raise InvalidField(f"invalid usage: {named}: {text}", [named]) from None
 
 
 class ReservationController(Controller):

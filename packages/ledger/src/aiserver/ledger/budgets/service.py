@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules, store
 from aiserver.ledger.budgets.periods import window_of
@@ -144,10 +145,18 @@ async def list_budgets(
         return await _views(conn, project_id, budgets, now or datetime.now(UTC))
 
 
+def check_budget_id(budget_id: int) -> None:
+    """`UnknownBudget` for an id no budget can have (beyond BIGINT, which asyncpg would refuse
+    to send)."""
+    if not 1 <= budget_id <= MAX_BIGINT:
+        raise UnknownBudget(f"no budget {budget_id}")
+
+
 async def show_budget(
     pool: asyncpg.Pool, access: Access, budget_id: int, *, now: datetime | None = None
 ) -> BudgetView:
     project_id = _reading(access)
+    check_budget_id(budget_id)
     async with pool.acquire() as conn:
         budget = await store.read_budget(conn, project_id, budget_id)
         if budget is None:
@@ -169,6 +178,7 @@ async def change_budget(
     what changes; a `webhook_url` of None removes the webhook). Returns the webhook secret when
     the server made a new one."""
     project_id = access.project_key("admin")
+    check_budget_id(budget_id)
     fixed = sorted(set(changes) & {"tags", "model", "period"})
     if fixed:
         raise InvalidField(
@@ -212,6 +222,7 @@ async def change_budget(
 
 async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> None:
     project_id = access.project_key("admin")
+    check_budget_id(budget_id)
     async with pool.acquire() as conn, conn.transaction():
         # not while usage is being written: an ingest that counted it would find it gone
         await store.lock_project(conn, project_id)

@@ -157,7 +157,14 @@ def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
         if wall.tzinfo is not None:
             return parse_time(value, field)
         value = wall
-    return (value.replace(tzinfo=zone) if value.tzinfo is None else value).astimezone(UTC)
+    try:
+        return (value.replace(tzinfo=zone) if value.tzinfo is None else value).astimezone(UTC)
+    except OverflowError:  # 9999-12-31 west of UTC, 0001-01-01 east of it: no such UTC time
+        raise InvalidField(
+            f"{field}: {value.isoformat()} in {zone.key} is out of range (before year 1 or after "
+            "year 9999 in UTC)",
+            [field],
+        ) from None
 
 
 def _group_by(items: Iterable[str]) -> tuple[str, ...]:

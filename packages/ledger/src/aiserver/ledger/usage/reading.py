@@ -151,8 +151,8 @@ def event_query(
 ) -> EventQuery:
     """The query of a listing's filters as given (the API's `from`, `to`, `model`, `provider`,
     `status` and `tag:KEY=VALUE`); `InvalidField` naming the one that is wrong."""
-    start = parse_time(since, "from") if isinstance(since, str) else _aware(since)
-    end = parse_time(until, "to") if isinstance(until, str) else _aware(until)
+    start = parse_time(since, "from") if isinstance(since, str) else _aware(since, "from")
+    end = parse_time(until, "to") if isinstance(until, str) else _aware(until, "to")
     if start is not None and end is not None and end <= start:
         raise InvalidField(
             f"to ({end.isoformat()}) must be after from ({start.isoformat()}): the window is "
@@ -177,10 +177,16 @@ def event_query(
     )
 
 
-def _aware(at: datetime | None) -> datetime | None:
+def _aware(at: datetime | None, field: str) -> datetime | None:
     if at is None:
         return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    try:
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:  # 9999-12-31 west of UTC, 0001-01-01 east of it: no such UTC time
+        raise InvalidField(
+            f"{field}: {at.isoformat()} is out of range (before year 1 or after year 9999 in UTC)",
+            [field],
+        ) from None
 
 
 def _check_name(value: str, field: str, longest: int) -> None:

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets.alerts import store as alert_store
+from aiserver.ledger.budgets.service import check_budget_id
 from aiserver.ledger.errors import InvalidField, UnknownBudget
 
 if TYPE_CHECKING:
@@ -68,6 +70,10 @@ async def list_alerts(
     project_id = _reading(access)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidField(f"limit must be 1 to {MAX_LIMIT}", ["limit"])
+    if before is not None and not 1 <= before <= MAX_BIGINT:
+        raise InvalidField(f"before must be an alert id, 1 to {MAX_BIGINT}", ["before"])
+    if budget_id is not None:
+        check_budget_id(budget_id)
     async with pool.acquire() as conn:
         if budget_id is not None and not await alert_store.budget_exists(
             conn, project_id, budget_id
