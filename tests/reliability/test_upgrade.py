@@ -29,7 +29,7 @@ from aiserver.costs.refresh import Outcome, refresh_catalog
 from ..conftest import create_database, make_settings, replace_settings
 from ..fixtures.previous_release.make import catalog as previous_catalog
 from ..support.catalog import fetch_all
-from ..support.processes import TaskRunner, taskrunners
+from ..support.processes import START_TIMEOUT_S, TaskRunner, taskrunners
 from ..support.rollups import brute_force, outbox_size, stored_events, stored_rollups
 from ..support.upstream import Upstream
 from .harness import (
@@ -50,6 +50,9 @@ DUMP: Final = (
     Path(__file__).parents[1] / "fixtures" / "previous_release" / "previous_release.sql.gz"
 )
 REPLICAS: Final = 3
+#: Three runners importing, migrating and starting at once on a busy 2-core machine (while the
+#: API and a client share it): a bound on waiting, twice the harness's for one process.
+READY_S: Final = 2 * START_TIMEOUT_S
 #: What the previous release had applied (the dump's `migration` table).
 PREVIOUS: Final = {
     ("costs", "2026-11-28T10:50:00:000000"),
@@ -137,7 +140,7 @@ def known_migrations() -> set[tuple[str, str]]:
 
 async def start_and_stop(runners: Sequence[TaskRunner]) -> list[int]:
     """Until each runner is ready; then SIGTERM to each, their exit statuses."""
-    await asyncio.gather(*(r.wait_for("task runner ready") for r in runners))
+    await asyncio.gather(*(r.wait_for("task runner ready", READY_S) for r in runners))
     return list(await asyncio.gather(*(r.terminate() for r in runners)))
 
 
@@ -442,7 +445,9 @@ async def test_a_later_migration_adds_columns_to_ledger_tables_under_ingest_once
             loading = asyncio.create_task(load())
             try:
                 async with taskrunners(REPLICAS, env, tmp_path) as runners:
-                    await asyncio.gather(*(r.wait_for("task runner ready") for r in runners))
+                    await asyncio.gather(
+                        *(r.wait_for("task runner ready", READY_S) for r in runners)
+                    )
                     at_ready = sent
                     await eventually(lambda: asyncio.sleep(0, sent >= at_ready + 200), timeout=60)
                     stop.set()
@@ -456,6 +461,10 @@ async def test_a_later_migration_adds_columns_to_ledger_tables_under_ingest_once
         assert exits == [0] * REPLICAS, [r.log.read_text() for r in runners]
         record_property("ingest_statuses", dict(Counter(statuses)))
         record_property("events_during", sent)
+        (deadlocks,) = await fetch_all(
+            url, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        record_property("deadlocks_broken", deadlocks["deadlocks"])
 
         # the probe once, applied by one runner; the rest was at head already
         rows = await migration_rows(url)
