@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gzip
 import itertools
+import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
@@ -26,7 +27,7 @@ import pytest
 from aiserver.core_db.migrations import registered_apps
 from aiserver.costs.refresh import Outcome, refresh_catalog
 
-from ..conftest import create_database, make_settings, replace_settings
+from ..conftest import create_database, drop_database, make_settings, replace_settings
 from ..fixtures.previous_release.make import catalog as previous_catalog
 from ..support.catalog import fetch_all
 from ..support.processes import START_TIMEOUT_S, TaskRunner, taskrunners
@@ -65,9 +66,13 @@ CHECKED: Final = {"last_checked_at", "last_success_at", "updated_at"}
 
 async def restore(dump: Path) -> str:
     """A new database holding `dump` (gzipped plain SQL), restored by psql."""
+    psql = shutil.which("psql")
+    assert psql, (
+        f"restoring {dump.name} needs psql, PostgreSQL's client (Debian: postgresql-client)"
+    )
     url = await create_database()
     proc = await asyncio.create_subprocess_exec(
-        "psql",
+        psql,
         "-X",
         "-q",
         "-v",
@@ -79,7 +84,9 @@ async def restore(dump: Path) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate(gzip.decompress(dump.read_bytes()))
-    assert proc.returncode == 0, f"psql could not restore {dump}: {err.decode()}"
+    if proc.returncode != 0:
+        await drop_database(url)
+        pytest.fail(f"psql could not restore {dump}: {err.decode()}", pytrace=False)
     return url
 
 
