@@ -3,6 +3,7 @@ payload that decides duplicate against conflict."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -342,3 +343,65 @@ async def test_keys_that_retention_keeps_removing_fail_the_request_and_store_not
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 1
     assert await pool.fetchval("SELECT count(*) FROM usage_outbox") == 1
     assert await pool.fetchval("SELECT count(*) FROM usage_idempotency") == 0
+
+
+#: A backend of this database that has written (it has a transaction id) and waits for a lock.
+_WAITING_IN_TRANSACTION = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'
+"""
+_DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+
+
+async def test_a_batch_rolled_back_to_break_a_deadlock_with_ddl_is_written_again(
+    settings: Settings,
+) -> None:
+    """A migration that locks usage_events, then budgets, meets an ingest that has read budgets
+    and waits to copy into usage_events. PostgreSQL rolls the ingest back (its deadlock check
+    comes first: 3 s against the other session's 60 s); the ingest writes the batch again
+    once the migration is done, where it used to fail with DeadlockDetectedError (a 500)."""
+    url = settings.core.database_url
+    ddl = await asyncpg.connect(url, server_settings={"deadlock_timeout": "60s"})
+    observer = await asyncpg.connect(url)
+    try:
+        async with asyncpg.create_pool(
+            url, min_size=1, max_size=2, server_settings={"deadlock_timeout": "3s"}
+        ) as pool:
+            project_id = await pool.fetchval(
+                "INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id"
+            )
+            recorder = UsageRecorder(LedgerSettings())
+
+            async def ingest(*raws: bytes) -> Any:
+                return await recorder.record(
+                    pool, project_id, decode_items(raws), catalog=catalog(), raws=raws, now=NOW
+                )
+
+            # the month's partition exists (made outside the request's transaction)
+            assert (await ingest(raw("primer", occurred_at="2026-11-10T00:00:00Z"))).recorded
+            deadlocks = await observer.fetchval(_DEADLOCKS)
+            migration = ddl.transaction()
+            await migration.start()
+            try:
+                await ddl.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
+                task = asyncio.create_task(
+                    ingest(
+                        raw("a", occurred_at="2026-11-10T00:00:01Z"),
+                        raw("b", occurred_at="2026-11-10T00:00:02Z"),
+                    )
+                )
+                async with asyncio.timeout(30):
+                    while not await observer.fetchval(_WAITING_IN_TRANSACTION):
+                        await asyncio.sleep(0.05)
+                await ddl.execute("LOCK TABLE budgets IN ACCESS EXCLUSIVE MODE")  # the cycle
+            finally:
+                await migration.rollback()
+            report = await asyncio.wait_for(task, 30)
+            assert report.recorded == 2, report
+            async with asyncio.timeout(30):  # the server's statistics count the deadlock
+                while await observer.fetchval(_DEADLOCKS) == deadlocks:
+                    await asyncio.sleep(0.1)
+            assert await pool.fetchval("SELECT count(*) FROM usage_events") == 3
+    finally:
+        await observer.close()
+        await ddl.close()

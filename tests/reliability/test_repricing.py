@@ -9,10 +9,12 @@ that holds it waits there while the batches before it have committed.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
@@ -28,10 +30,10 @@ from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
 
 from ..conftest import Settings, child_env, replace_settings
 from ..support.catalog import document, model_entry
-from ..support.processes import kill, run_module
+from ..support.processes import kill, run_module, taskrunners
 from ..support.reprice_rollups import expected_rollups, fold, rollups
 from ..support.upstream import Upstream
-from .harness import eventually
+from .harness import advisory_locks, errors_logged, eventually, taskrunner_env
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +76,16 @@ async def pool(settings: Settings, upstream: Upstream) -> AsyncIterator[asyncpg.
         await created.close()
 
 
-async def record(pool: asyncpg.Pool, project_id: int, numbers: range, now: datetime) -> None:
+async def record(
+    pool: asyncpg.Pool, project_id: int, numbers: range, now: datetime, span: int = EVENTS
+) -> None:
     raws = [
         msgspec.json.encode(
             {
                 "id": f"e{i}",
                 "model": "gpt-test-000",
                 "tags": {"team": f"t{i % 3}"},
-                "occurred_at": (now - timedelta(minutes=EVENTS - i)).isoformat(),
+                "occurred_at": (now - timedelta(minutes=span - i)).isoformat(),
                 "usage": {"input_tokens": usage(i)[0], "output_tokens": usage(i)[1]},
             }
         )
@@ -171,3 +175,108 @@ async def test_a_reprice_killed_mid_run_keeps_whole_batches_and_a_rerun_finishes
 async def _no_advisory_lock(pool: asyncpg.Pool) -> bool:
     held: int = await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     return held == 0
+
+
+# -- SIGTERM to a task runner in the middle of a run ---------------------------------------------
+
+#: More events than the task runner's batch (500): its first batch commits, the second waits.
+RUNNER_EVENTS: Final = 1_200
+RUNNER_BLOCKED_AT: Final = 700
+RUNNER_BATCH: Final = 500
+
+
+async def test_sigterm_to_a_task_runner_mid_reprice_keeps_whole_batches_and_a_restart_finishes(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    upstream: Upstream,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    now = datetime.now(UTC)
+    p = await pool.fetchval(
+        "INSERT INTO projects (slug, name, rollup_tags) VALUES ('p', 'P', '{team}') RETURNING id"
+    )
+    await record(pool, p, range(RUNNER_EVENTS), now, span=RUNNER_EVENTS)
+    # queued, not enqueued: the runner's reprice cron starts it at start-up
+    run = await request_reprice(pool, Access.operator(), RepriceRequest(project="p", dry_run=False))
+    env = taskrunner_env(settings.core.database_url, upstream_url=upstream.url)
+    loop = asyncio.get_running_loop()
+
+    blocker = await asyncpg.connect(settings.core.database_url)
+    blocked = await blocker.fetchval(
+        "SELECT id FROM usage_events ORDER BY occurred_at, id OFFSET $1 LIMIT 1", RUNNER_BLOCKED_AT
+    )
+    transaction = blocker.transaction()
+    await transaction.start()
+    await blocker.execute("SELECT 1 FROM usage_events WHERE id = $1 FOR UPDATE", blocked)
+    try:
+        async with taskrunners(1, env, tmp_path) as (runner,):
+            await eventually(lambda: pool.fetchval(WAITING), timeout=60)
+            signalled = loop.time()
+            runner.proc.send_signal(signal.SIGTERM)
+            # the batch waits past the runner's grace for a job (25 s): it is cancelled
+            exit_code = await asyncio.wait_for(runner.proc.wait(), 60)
+            exited_s = loop.time() - signalled
+    finally:
+        await transaction.rollback()
+        await blocker.close()
+    assert exit_code == 0, runner.log.read_text()
+    assert errors_logged(runner.log) == []
+    record_property("exit_code", exit_code)
+    record_property("exited_after_signal_s", round(exited_s, 1))
+
+    # the cancelled batch's session ends once its lock wait does: then nothing of it is left
+    url = settings.core.database_url
+    await eventually(lambda: _no_lock_in(url), timeout=30)
+    cut = await pool.fetchrow(
+        "SELECT state, events_examined, events_changed FROM usage_reprice_runs WHERE id = $1",
+        run.id,
+    )
+    assert tuple(cut) == ("running", RUNNER_BATCH, RUNNER_BATCH)  # the first batch, whole
+    adjusted = await pool.fetchrow(
+        "SELECT count(*), count(DISTINCT event_id) FROM usage_adjustments WHERE run_id = $1",
+        run.id,
+    )
+    assert tuple(adjusted) == (RUNNER_BATCH, RUNNER_BATCH)
+    repriced = await pool.fetchval(
+        "SELECT count(*) FROM usage_events"
+        " WHERE total_cost = input_tokens * $1::numeric + output_tokens * $2::numeric",
+        NEW_IN,
+        NEW_OUT,
+    )
+    assert repriced == RUNNER_BATCH
+
+    # a restarted runner resumes the run from its cursor and finishes it
+    (tmp_path / "again").mkdir()
+    async with taskrunners(1, env, tmp_path / "again") as (again,):
+        await eventually(lambda: _state(pool, run.id, "done"), timeout=60)
+        assert await again.terminate() == 0
+    assert errors_logged(again.log) == []
+    numbers = range(RUNNER_EVENTS)
+    old = sum((usage(i)[0] * OLD_IN + usage(i)[1] * OLD_OUT for i in numbers), Decimal(0))
+    new = sum((usage(i)[0] * NEW_IN + usage(i)[1] * NEW_OUT for i in numbers), Decimal(0))
+    done = await pool.fetchrow(
+        "SELECT events_examined, events_changed, old_total, new_total FROM usage_reprice_runs"
+        " WHERE id = $1",
+        run.id,
+    )
+    assert tuple(done) == (RUNNER_EVENTS, RUNNER_EVENTS, old, new)
+    adjusted = await pool.fetchrow(
+        "SELECT count(*), count(DISTINCT event_id), sum(new_cost), sum(old_cost)"
+        " FROM usage_adjustments WHERE run_id = $1",
+        run.id,
+    )
+    assert tuple(adjusted) == (RUNNER_EVENTS, RUNNER_EVENTS, new, old)
+    assert await pool.fetchval("SELECT sum(total_cost) FROM usage_events") == new
+    async with pool.acquire() as conn:
+        await fold(conn)
+        assert await rollups(conn) == await expected_rollups(conn)
+
+
+async def _no_lock_in(url: str) -> bool:
+    return await advisory_locks(url) == 0
+
+
+async def _state(pool: asyncpg.Pool, run_id: int, state: str) -> bool:
+    found = await pool.fetchval("SELECT state FROM usage_reprice_runs WHERE id = $1", run_id)
+    return bool(found == state)

@@ -211,6 +211,9 @@ _OTHER_FIELDS: Final = tuple(
     if name not in store.COUNT_COLUMNS
 )
 _NO_PARTITION: Final = "no partition of relation"
+#: Tries of a request's transaction: again after a partition dropped behind this process's back
+#: (once), or after PostgreSQL broke a deadlock by rolling this transaction back.
+_WRITE_ATTEMPTS: Final = 3
 #: How often a key that retention removed while it was being settled is claimed again.
 _SETTLE_ATTEMPTS: Final = 3
 
@@ -338,7 +341,7 @@ class UsageRecorder:
     ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
         """Write `ordered` in one transaction; adds to `settled` the keys of the events that
         settled a reservation."""
-        for attempt in (1, 2):
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
             await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
             try:
                 async with conn.transaction():
@@ -369,10 +372,16 @@ class UsageRecorder:
                     settled |= done
                     return written
             except asyncpg.CheckViolationError as exc:
-                if _NO_PARTITION not in str(exc) or attempt == 2:
+                if _NO_PARTITION not in str(exc) or attempt >= 2:
                     raise
                 self.partitions.forget()  # dropped behind this process's back: look again
-        raise AssertionError("unreachable: the second attempt returns or raises")
+            except asyncpg.DeadlockDetectedError:
+                # Ingests take their locks in one order and never deadlock each other; DDL can
+                # (a migration altering usage_events and then budgets, which this transaction
+                # read first). PostgreSQL rolled this transaction back whole: write it again.
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _write_once(
         self,
