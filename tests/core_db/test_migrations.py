@@ -2,14 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
+import pytest
+from piccolo.conf.apps import AppConfig, MigrationModule
 
+from aiserver.core_db import migrations
 from aiserver.core_db.database import database
-from aiserver.core_db.migrations import apply_migrations, migration_status
+from aiserver.core_db.migrations import apply_migrations, migration_status, sql_migration
 from aiserver.core_db.readiness import database_checks
 
 from ..conftest import make_settings
+from ..reliability.harness import eventually
 from ..support.processes import run_module
 
 DOCUMENT_TABLES = {"documents", "document_pages"}
@@ -131,3 +137,70 @@ async def test_cli_says_where_the_database_is_not(empty_database_url: str) -> No
     assert code == 1
     assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/none" in err
     assert "pw" not in err
+
+
+async def test_a_migration_that_loses_a_deadlock_to_live_traffic_is_applied_again(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration alters `dl_a`, then `dl_b`, while a request of an older replica has read
+    `dl_b` and goes on to read `dl_a`: a deadlock. The request's session waits 30 s before it
+    checks for one, so PostgreSQL finds it from the migration's side and rolls the migration
+    back. It is applied again once the request is through, and recorded once."""
+    settings = make_settings(empty_database_url)
+    setup = await asyncpg.connect(empty_database_url)
+    await setup.execute("CREATE TABLE dl_a (id int); CREATE TABLE dl_b (id int)")
+    await setup.close()
+    migration_id = "2099-01-01T00:00:00:000000"
+    forwards = sql_migration(
+        migration_id=migration_id,
+        app_name="deadlock_test",
+        description="alters dl_a, then dl_b",
+        statements=["ALTER TABLE dl_a ADD COLUMN x int", "ALTER TABLE dl_b ADD COLUMN x int"],
+    )
+    app = cast(AppConfig, SimpleNamespace(app_name="deadlock_test"))
+    monkeypatch.setattr(migrations, "registered_apps", lambda: [app])
+    monkeypatch.setattr(
+        migrations,
+        "_migration_modules",
+        lambda _: {migration_id: cast(MigrationModule, SimpleNamespace(forwards=forwards))},
+    )
+    request = await asyncpg.connect(empty_database_url)
+    try:
+        deadlocks = await _deadlocks(request)
+        await request.execute("SET deadlock_timeout = '30s'")
+        transaction = request.transaction()
+        await transaction.start()
+        await request.execute("SELECT FROM dl_b")
+        migrating = asyncio.create_task(apply_migrations(settings.core))
+        await eventually(lambda: _waits_for(request, "dl_b"), timeout=60)
+        await request.execute("SELECT FROM dl_a")  # the deadlock: the migration is its victim
+        await transaction.commit()
+        applied = await asyncio.wait_for(migrating, timeout=60)
+        assert applied == [f"deadlock_test:{migration_id}"]
+        assert await _deadlocks(request) > deadlocks
+        columns = await request.fetch(
+            "SELECT table_name FROM information_schema.columns"
+            " WHERE column_name = 'x' AND table_name IN ('dl_a', 'dl_b') ORDER BY table_name"
+        )
+        assert [c["table_name"] for c in columns] == ["dl_a", "dl_b"]
+    finally:
+        await request.close()
+    assert await _migration_rows(empty_database_url) == [("deadlock_test", migration_id)]
+
+
+async def _deadlocks(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    found = await conn.fetchval(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return int(found)
+
+
+async def _waits_for(conn: asyncpg.Connection, table: str) -> bool:
+    """Whether another session waits for a lock on `table`."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = $1::regclass)",
+            table,
+        )
+    )

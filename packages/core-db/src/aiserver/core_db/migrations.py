@@ -6,7 +6,9 @@ PostgreSQL advisory lock on a dedicated connection. Whoever gets the lock first 
 pending; the others wait, then find nothing to do.
 
 Each migration runs in one transaction together with the row that records it, so a crash leaves a
-migration either applied and recorded, or neither.
+migration either applied and recorded, or neither. A migration that PostgreSQL rolls back to break a
+deadlock with live traffic (its DDL locks tables in another order than the requests do, while older
+replicas keep serving) is applied again, up to MIGRATION_TRIES times in all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Final
 
+import asyncpg
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.tables import Migration
@@ -36,6 +39,9 @@ log = get_logger(__name__)
 
 MIGRATION_LOCK: Final = "aiserver:migrations"
 INITIALIZER_ENTRY_POINT_GROUP: Final = "aiserver.initializers"
+#: Tries of one migration that loses deadlocks: each try is the whole migration, from a fresh
+#: transaction (a deadlock rolled the last one back whole).
+MIGRATION_TRIES: Final = 3
 
 #: A step that runs at start-up after the migrations, under the same lock (e.g. the catalog seed).
 Initializer = Callable[[CoreSettings, PostgresEngine], Awaitable[None]]
@@ -118,13 +124,20 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
         done = await _applied_ids(app.app_name)
         for migration_id in sorted(set(modules) - done):
             started = time.perf_counter()
-            manager = await modules[migration_id].forwards()
-            async with engine.transaction():
-                if isinstance(manager, MigrationManager):
-                    # MigrationManager.run() prints progress; our log line below says it instead.
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        await manager.run()
-                await Migration.insert(Migration(name=migration_id, app_name=app.app_name)).run()
+            for attempt in range(1, MIGRATION_TRIES + 1):
+                manager = await modules[migration_id].forwards()
+                try:
+                    await _apply_one(engine, manager, app.app_name, migration_id)
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == MIGRATION_TRIES:
+                        raise
+                    log.warning(
+                        "migration rolled back to break a deadlock: applying it again",
+                        app=app.app_name,
+                        migration=migration_id,
+                        attempt=attempt,
+                    )
             log.info(
                 "migration applied",
                 app=app.app_name,
@@ -134,6 +147,18 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
             )
             applied.append(f"{app.app_name}:{migration_id}")
     return applied
+
+
+async def _apply_one(
+    engine: PostgresEngine, manager: object, app_name: str, migration_id: str
+) -> None:
+    """One migration and the row that records it, in one transaction."""
+    async with engine.transaction():
+        if isinstance(manager, MigrationManager):
+            # MigrationManager.run() prints progress; our log line says it instead.
+            with contextlib.redirect_stdout(io.StringIO()):
+                await manager.run()
+        await Migration.insert(Migration(name=migration_id, app_name=app_name)).run()
 
 
 def registered_initializers() -> list[tuple[str, Initializer]]:
