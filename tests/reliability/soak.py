@@ -869,15 +869,38 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
             "SELECT coalesce(sum(amount), 0) FROM budget_reservations WHERE state = 'held'"
         )
     )
+    # What reprices added to the hard budget's settled events after the fact: an event that an
+    # API priced with the catalog it had loaded, before it loaded the new version valid at the
+    # event's `occurred_at` (a lag of some milliseconds after a refresh), is priced up by a
+    # reprice. Spend is never refused after the fact, so that raise is counted whole, without
+    # an admission (docs/reservations.md); every admission keeps within the limit.
+    raised = Decimal(
+        await ledger.value(
+            "SELECT coalesce(sum(greatest(a.new_cost - a.old_cost, 0)), 0)"
+            " FROM usage_adjustments AS a JOIN usage_events AS e"
+            " ON e.project_id = a.project_id AND e.id = a.event_id"
+            " AND e.occurred_at = a.occurred_at"
+            ' WHERE a.project_id = $1 AND e.tags @> \'{"team": "hard"}\'',
+            ledger.project_id,
+        )
+    )
+    bound = ledger.hard_limit + raised
     for r in hard:
         figures.check(
-            r["w_committed"] <= ledger.hard_limit,
-            f"the hard budget's committed {r['w_committed']} passed {ledger.hard_limit}",
+            r["w_committed"] <= bound,
+            f"the hard budget's committed {r['w_committed']} passed its limit"
+            f" {ledger.hard_limit} plus what reprices raised its events by ({raised})",
         )
         figures.check(r["reserved"] == held, f"hard: reserved {r['reserved']} != held {held}")
-    over = [(c, r) for c, r in figures.hard_samples if c + r > ledger.hard_limit]
+    # every call's event found its reservation held (900 s expiry: none could lapse)
+    figures.check(figures.not_held == 0, f"{figures.not_held} events named a reservation not held")
+    over = [(c, r) for c, r in figures.hard_samples if c + r > bound]
     figures.check(bool(figures.hard_samples), "the hard budget was never sampled")
-    figures.check(not over, f"hard budget: committed + reserved passed the limit: {over[:3]}")
+    figures.check(
+        not over,
+        f"hard budget: committed + reserved passed the limit {ledger.hard_limit}"
+        f" plus what reprices raised ({raised}): {over[:3]}",
+    )
     # each settled call cost at most its estimate
     costs = await ledger.fetch(
         "SELECT event_key, total_cost FROM usage_events WHERE project_id = $1"
@@ -896,8 +919,19 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
             "SELECT state, count(*) AS n FROM budget_reservations GROUP BY 1"
         )
     }
+    repriced = await ledger.fetch(
+        "SELECT e.event_key, a.old_cost, a.new_cost, a.old_price_version, a.new_price_version,"
+        " e.occurred_at, e.received_at"
+        " FROM usage_adjustments AS a JOIN usage_events AS e"
+        " ON e.project_id = a.project_id AND e.id = a.event_id AND e.occurred_at = a.occurred_at"
+        " WHERE a.project_id = $1 AND a.old_status <> 'unpriced' ORDER BY e.occurred_at",
+        ledger.project_id,
+    )
+    out["repriced_priced_events"] = [{k: str(v) for k, v in dict(r).items()} for r in repriced[:20]]
     out["hard"] = {
         "limit": str(ledger.hard_limit),
+        "raised_by_reprices": str(raised),
+        "committed": str(max((r["w_committed"] for r in hard), default=0)),
         "reservations": states,
         "peak_committed_plus_reserved": str(
             max((c + r for c, r in figures.hard_samples), default=0)
@@ -1067,6 +1101,7 @@ async def soak(duration: float, rate: float, logs: Path, prefix: str) -> dict[st
             report.update(await check_keys(ledger, figures))
             report["rollup_rows"] = await check_rollups(ledger, figures)
             report["budgets"] = await check_budgets(ledger, figures)
+            report["repriced_priced_events"] = report["budgets"].pop("repriced_priced_events")
         finally:
             await fleet.stop()
         report["answers"] = check_answers(fleet, figures)
@@ -1185,12 +1220,15 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  fault: {fault}")
     for name, budget in report.get("budgets", {}).items():
         print(f"  budget {name}: {budget}")
+    for event in report.get("repriced_priced_events", []):
+        print(f"  a priced event that a reprice changed: {event}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.reliability.soak",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Needs PostgreSQL at TEST_DATABASE_URL (a database is created and dropped there; "
         "the server is never stopped) and `redis-server` on PATH (a throwaway one is started). "
         "Exit status 0 when every check held, 1 when one failed (each is printed).",
