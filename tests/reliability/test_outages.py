@@ -273,8 +273,9 @@ async def test_a_redis_restart_pauses_the_task_runner_which_then_runs_jobs_again
                 result = await job.result(timeout=START_TIMEOUT_S)
             finally:
                 await pool.aclose()
-            # it ran (the guardrails reject 40 models over the 4,800 seeded: any outcome will do)
-            assert (result["trigger"], result["fetched_bytes"]) == ("forced", 9802), result
+            # the job ran and answered (its outcome depends on the start-up refresh of the new
+            # worker, which may be running too: any outcome will do)
+            assert result["trigger"] == "forced", result
             assert await runner.terminate() == 0
     finally:
         await redis.stop()
