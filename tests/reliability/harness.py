@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -507,6 +508,8 @@ class ThrowawayRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
         self.proc = await asyncio.create_subprocess_exec(
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.workdir),

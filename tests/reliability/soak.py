@@ -2,7 +2,7 @@
 PostgreSQL and Redis go away, processes are killed, prices change and a reprice runs.
 
     python -m tests.reliability.soak --duration SECONDS [--report FILE]
-    hatch run soak:run --duration 600
+    hatch run hatch-test.py3.11:soak --duration 600
 
 It sets up, on this machine only:
 
@@ -33,8 +33,10 @@ run left) and checks; any failed check is printed and the exit status is 1:
 2. the hourly rollups equal the sums of the stored events, exactly (and the daily rollups the
    hourly ones summed per day);
 3. each budget window's committed cost, event and unpriced counts equal the exact sums of the
-   events it counts; the hard budget's committed plus reserved never passed its limit (sampled
-   through the run), its reserved equals what its held reservations hold;
+   events it counts; no hard call cost more than its estimate, and the hard budget's committed
+   plus reserved (sampled through the run, and at the end) never passed its limit plus what
+   reprices raised its settled events by after the fact (no admission passes the limit; see
+   `check_budgets`); its reserved equals what its held reservations hold;
 4. the only 5xx answers were 503s with `Retry-After`, while PostgreSQL or Redis was away (or
    within RECOVERY_S of its return), as the clients saw them and as the API processes logged
    them;
