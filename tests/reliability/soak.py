@@ -926,10 +926,13 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
         " e.occurred_at, e.received_at"
         " FROM usage_adjustments AS a JOIN usage_events AS e"
         " ON e.project_id = a.project_id AND e.id = a.event_id AND e.occurred_at = a.occurred_at"
-        " WHERE a.project_id = $1 AND a.old_status <> 'unpriced' ORDER BY e.occurred_at",
+        " WHERE a.project_id = $1 AND a.old_status <> 'unpriced'"
+        ' ORDER BY e.tags @> \'{"team": "hard"}\' DESC, e.occurred_at',
         ledger.project_id,
     )
+    # the hard budget's first, then the others by time (at most 20 listed; all counted)
     out["repriced_priced_events"] = [{k: str(v) for k, v in dict(r).items()} for r in repriced[:20]]
+    out["repriced_priced_count"] = len(repriced)
     out["hard"] = {
         "limit": str(ledger.hard_limit),
         "raised_by_reprices": str(raised),
@@ -1104,6 +1107,7 @@ async def soak(duration: float, rate: float, logs: Path, prefix: str) -> dict[st
             report["rollup_rows"] = await check_rollups(ledger, figures)
             report["budgets"] = await check_budgets(ledger, figures)
             report["repriced_priced_events"] = report["budgets"].pop("repriced_priced_events")
+            report["repriced_priced_count"] = report["budgets"].pop("repriced_priced_count")
         finally:
             await fleet.stop()
         report["answers"] = check_answers(fleet, figures)
@@ -1222,6 +1226,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  fault: {fault}")
     for name, budget in report.get("budgets", {}).items():
         print(f"  budget {name}: {budget}")
+    print(f"  {'priced events a reprice changed':20} {report.get('repriced_priced_count')}")
     for event in report.get("repriced_priced_events", []):
         print(f"  a priced event that a reprice changed: {event}")
 
