@@ -433,6 +433,8 @@ class Traffic:
         body = json.dumps(event).encode()
         for attempt in range(10_000):
             base = self.apis[attempt % len(self.apis)]
+            if attempt:  # this sends the event again
+                figures.raw_events_resent += 1
             response = None
             try:
                 response = await client.post(
@@ -453,8 +455,6 @@ class Traffic:
                 if response.status_code < 500:
                     figures.failures.append(f"settle: {response.status_code} {response.text[:300]}")
                     return
-            if attempt:
-                figures.raw_events_resent += 1
             await pause(response)
 
     async def _release(self, client: httpx.AsyncClient, reservation: str) -> None:
