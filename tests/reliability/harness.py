@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -176,17 +177,22 @@ def _api_command(port: int) -> list[str]:
     return [*program, "--host", "127.0.0.1", "--port", str(port)]
 
 
+async def start_api(env: Mapping[str, str], log: Path, port: int) -> ApiProcess:
+    """Start `aiserver-api` on `port` (not waiting for it): the caller stops it."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *_api_command(port), env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    return ApiProcess(proc, port, log)
+
+
 @contextlib.asynccontextmanager
 async def api_process(
     env: Mapping[str, str], log: Path, *, ready: bool = True
 ) -> AsyncIterator[ApiProcess]:
     """Start `aiserver-api`, wait until it serves; stop it (SIGTERM, then SIGKILL) at the end."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *_api_command(port), env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    api = ApiProcess(proc, port, log)
+    api = await start_api(env, log, free_port())
+    proc = api.proc
     try:
         await api.wait_until_serving(ready=ready)
         yield api
@@ -482,6 +488,56 @@ async def tcp_proxy(
         yield proxy
     finally:
         await proxy.stop()
+
+
+# -- a Redis the test can stop -----------------------------------------------------------------
+
+
+@dataclass
+class ThrowawayRedis:
+    """A `redis-server` (on PATH) of the test's own on 127.0.0.1:`port`, without persistence:
+    `stop()` stops it (its data is gone with it), `start()` starts it again, empty, on the same
+    port. The shared Redis is never stopped; this one is."""
+
+    port: int
+    workdir: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        self.proc = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.workdir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            while not await self._pong():
+                await asyncio.sleep(0.05)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await reader.readline()).startswith(b"+PONG")
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        """SIGTERM (a Redis without persistence saves nothing), SIGKILL after 10 s."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            await kill(self.proc)
 
 
 def through(url: str, port: int) -> str:

@@ -17,22 +17,32 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from arq import create_pool
+from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
+from aiserver.costs.jobs import REFRESH_JOB
 from aiserver.costs.refresh import Outcome, refresh_catalog
+from aiserver.taskrunner.cli import REDIS_RETRY_S
+from aiserver.taskrunner.health import QUEUE_NAME
 
 from ..conftest import TEST_REDIS_URL, Settings, replace_settings
+from ..support.processes import START_TIMEOUT_S, TaskRunner, taskrunners
 from ..support.upstream import Upstream
 from .harness import (
     ADMIN_TOKEN,
     PROBLEM_JSON,
     ApiProcess,
     Load,
+    ThrowawayRedis,
     api_env,
     api_process,
     calculate_loop,
     errors_logged,
+    eventually,
+    free_port,
     priced_version,
+    taskrunner_env,
     tcp_proxy,
     through,
     versioned_document,
@@ -234,3 +244,45 @@ async def test_a_redis_outage_makes_refresh_503_and_recovers_on_its_own(
     assert (status.status_code, status.json()["function"]) == (200, "refresh_costs")
     assert len(queued) >= 4
     assert errors == []
+
+
+async def test_a_redis_restart_pauses_the_task_runner_which_then_runs_jobs_again(
+    settings: Settings, upstream: Upstream, tmp_path: Path
+) -> None:
+    """arq's worker ends when Redis goes away under it; the task runner starts a new one once
+    Redis answers again, rather than exiting with a traceback (found by the soak, section 9)."""
+    upstream.serve(versioned_document(1))
+    redis = ThrowawayRedis(free_port(), tmp_path)
+    await redis.start()
+    try:
+        env = taskrunner_env(settings.core.database_url, upstream_url=upstream.url,
+                             REDIS_URL=redis.url)  # fmt: skip
+        async with taskrunners(1, env, tmp_path) as (runner,):
+            await runner.wait_for("task runner ready")
+            await redis.stop()
+            await runner.wait_for("redis unreachable: the worker starts again when it answers")
+            await asyncio.sleep(3 * REDIS_RETRY_S)  # several attempts while Redis is away
+            assert runner.proc.returncode is None
+            await redis.start()
+            # a new worker: ready again, and it runs a job that is queued now
+            await eventually(lambda: _said_ready(runner, 2), timeout=START_TIMEOUT_S)
+            pool = await create_pool(RedisSettings.from_dsn(redis.url))
+            try:
+                job = await pool.enqueue_job(REFRESH_JOB, True, _queue_name=QUEUE_NAME)
+                assert job is not None
+                result = await job.result(timeout=START_TIMEOUT_S)
+            finally:
+                await pool.aclose()
+            # the job ran and answered (its outcome depends on the start-up refresh of the new
+            # worker, which may be running too: any outcome will do)
+            assert result["trigger"] == "forced", result
+            assert await runner.terminate() == 0
+    finally:
+        await redis.stop()
+    # only JSON lines (no traceback on stdout), and no error but the jobs that Redis's loss
+    # cut off (none ran here: the worker was idle)
+    assert errors_logged(runner.log) == []
+
+
+async def _said_ready(runner: TaskRunner, times: int) -> bool:
+    return sum(e.get("event") == "task runner ready" for e in runner.events()) >= times

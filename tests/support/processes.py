@@ -81,24 +81,28 @@ class TaskRunner:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
 
+async def start_taskrunner(env: Mapping[str, str], log: Path) -> TaskRunner:
+    """Start one `aiserver-taskrunner` (the console script, as deployed): the caller stops it."""
+    script = Path(sys.executable).with_name("aiserver-taskrunner")
+    program = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.taskrunner.cli"]
+    )
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *program, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    return TaskRunner(proc, log)
+
+
 @contextlib.asynccontextmanager
 async def taskrunners(
     count: int, env: Mapping[str, str], logs: Path
 ) -> AsyncIterator[list[TaskRunner]]:
     """Start `count` task runners at once; kill any of them still running at the end."""
-    script = Path(sys.executable).with_name("aiserver-taskrunner")
-    program = (
-        [str(script)] if script.exists() else [sys.executable, "-m", "aiserver.taskrunner.cli"]
-    )
     started: list[TaskRunner] = []
     try:
         for i in range(count):
-            log = logs / f"taskrunner-{i}.log"
-            with log.open("wb") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    *program, env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT
-                )
-            started.append(TaskRunner(proc, log))
+            started.append(await start_taskrunner(env, logs / f"taskrunner-{i}.log"))
         yield started
     finally:
         await kill(*(runner.proc for runner in started))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any, Final
 
 from arq.connections import RedisSettings
 from arq.worker import async_check_health
@@ -41,15 +44,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: After Redis is lost, a new worker is started this often until Redis answers again.
+REDIS_RETRY_S: Final = 2.0
+
+
 def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
+    """Run the worker until SIGTERM or SIGINT. arq's worker ends when its Redis connection fails
+    (a Redis restart, a network cut): then its resources are closed and a new worker starts
+    every REDIS_RETRY_S until Redis answers, so that an outage of Redis is a pause of the task
+    runner, not its end. A burst run ends at the first failure."""
     # Imported here: `check` (the container health check) should not pay for the worker.
     from arq.worker import create_worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from aiserver.taskrunner.worker import worker_options
 
-    worker = create_worker(worker_options(settings), burst=burst)
-    worker.run()
-    return 0 if worker.jobs_failed == 0 or not burst else 1
+    stopped: list[signal.Signals] = []
+    while True:
+        worker = create_worker(worker_options(settings), burst=burst)
+        worker.on_stop = stopped.append
+        try:
+            worker.run()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if burst:
+                raise
+            _close_after_redis_lost(worker)
+            if stopped or not worker.allow_pick_jobs:  # a SIGTERM had begun the stop
+                return 0
+            log.warning("redis unreachable: the worker starts again when it answers",
+                        error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S)  # fmt: skip
+            if _wait_or_signal(worker.loop, REDIS_RETRY_S):
+                return 0
+            continue
+        return 0 if worker.jobs_failed == 0 or not burst else 1
+
+
+def _close_after_redis_lost(worker: Any) -> None:
+    """What arq's `close` did not get to when Redis failed under it: the running jobs have been
+    awaited; the task runner's own resources (database pool, HTTP client) and the worker's Redis
+    pool are closed here, without a command to Redis."""
+    ctx = worker.ctx
+
+    async def close() -> None:
+        if "resources" in ctx:
+            await worker.on_shutdown(ctx)
+        pool = worker._pool
+        if pool is not None:
+            worker._pool = None
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                await pool.close(close_connection_pool=True)
+
+    worker.loop.run_until_complete(close())
+
+
+def _wait_or_signal(loop: asyncio.AbstractEventLoop, seconds: float) -> bool:
+    """Wait `seconds`; True when SIGTERM or SIGINT came meanwhile (then stop)."""
+    received = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, received.set)
+
+    async def wait() -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(received.wait(), seconds)
+        return received.is_set()
+
+    return loop.run_until_complete(wait())
 
 
 async def check(settings: TaskRunnerSettings) -> int:
