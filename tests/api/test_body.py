@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 
+from aiserver.api.problems import PROBLEM_JSON, answer_cancelled
 from aiserver.api.wiring import MAX_BODY_BYTES
+from aiserver.core_db.errors import RETRY_AFTER_S, problem_type
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
 
-async def _post(
-    client: Client, path: str, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]
-) -> tuple[int, dict[str, Any]]:
-    """POST straight to the ASGI app, its body in `messages`; the status and the JSON answer."""
-    scope = {
+def _scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The scope of a POST to `path`, as the ASGI server gives it."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -31,6 +33,19 @@ async def _post(
         "server": ("127.0.0.1", 8000),
         "state": {},
     }
+
+
+def _answer(sent: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """The status and the JSON answer of the messages an app sent."""
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+async def _post(
+    client: Client, path: str, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[str, Any]]:
+    """POST straight to the ASGI app, its body in `messages`; the status and the JSON answer."""
     pending = list(messages)
     sent: list[dict[str, Any]] = []
 
@@ -40,10 +55,8 @@ async def _post(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await client.app(scope, receive, send)  # type: ignore[arg-type]
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, json.loads(body)
+    await client.app(_scope(path, headers), receive, send)  # type: ignore[arg-type]
+    return _answer(sent)
 
 
 def _chunks(body: bytes, size: int) -> list[dict[str, Any]]:
@@ -92,3 +105,81 @@ async def test_a_client_gone_mid_body_is_not_priced(client: Client) -> None:
     assert answer["detail"] == (
         "the request body ended early: the client disconnected before sending all of it"
     )
+
+
+# -- a request the server cancels (uvicorn, once its graceful-shutdown timeout has run out) ------
+
+
+async def test_a_request_cancelled_before_its_answer_is_answered_503_with_retry_after(
+    client: Client,
+) -> None:
+    body = json.dumps({"model": "gpt-test-000"}).encode()
+    pending = _chunks(body, 5)[:1]
+    waiting = asyncio.Event()  # the app waits for the rest of the body, which never comes
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        waiting.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope("/v1/costs/calculate", [])
+    request = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[arg-type]
+    await asyncio.wait_for(waiting.wait(), 30)
+    request.cancel()
+    await asyncio.wait_for(request, 30)  # answered: the cancellation ends there
+    assert not request.cancelled()
+    status, answer = _answer(sent)
+    assert status == 503, answer
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"] == PROBLEM_JSON.encode()
+    assert headers[b"retry-after"] == str(RETRY_AFTER_S).encode()
+    assert answer["type"] == problem_type(503, "service-unavailable")
+    assert answer["instance"] == "/v1/costs/calculate"
+
+
+async def test_a_cancelled_request_whose_answer_has_started_is_left_to_the_server() -> None:
+    started = asyncio.Event()
+
+    async def answering(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        started.set()
+        await asyncio.Event().wait()
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = answer_cancelled(answering)
+    request = asyncio.create_task(app(_scope("/", []), _never, send))  # type: ignore[arg-type]
+    await asyncio.wait_for(started.wait(), 30)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+async def test_a_cancelled_error_that_is_no_cancellation_of_the_request_goes_on() -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError("from some other task's future")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    app = answer_cancelled(failing)
+    with pytest.raises(asyncio.CancelledError, match="other task"):
+        await app(_scope("/", []), _never, send)  # type: ignore[arg-type]
+    assert sent == []
+
+
+async def _never() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")

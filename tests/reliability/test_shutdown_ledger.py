@@ -21,6 +21,8 @@ import asyncpg
 import httpx
 import pytest
 
+from aiserver.api.problems import PROBLEM_JSON
+from aiserver.core_db.errors import RETRY_AFTER_S, problem_type
 from aiserver.ledger.usage.partitions import month_of, partition_name
 
 from ..conftest import drop_database
@@ -64,6 +66,8 @@ SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'
 """
 GONE: Final = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1"
+#: The API's warning for a request cancelled by the server (answered 503).
+CANCELLED: Final = "request cancelled by the server, answered 503"
 
 
 def batch(at: datetime) -> dict[str, Any]:
@@ -165,10 +169,18 @@ async def test_sigterm_mid_10000_event_batch_stores_it_whole_or_not_and_the_retr
         assert isinstance(first, httpx.Response)
         assert first.status_code == 200, first
         assert errors == []
-    else:  # uvicorn says that it gave up on the request, and nothing else went wrong
-        assert errors == [
-            "Cancel 1 running task(s), timeout graceful shutdown exceeded",
-            "Exception in ASGI application\n",
+    else:  # uvicorn gives up on the request; the API answers it as a retryable failure
+        assert isinstance(first, httpx.Response), first
+        assert first.status_code == 503, first.text
+        assert first.headers["content-type"] == PROBLEM_JSON
+        assert first.headers["retry-after"] == str(RETRY_AFTER_S)
+        answer = first.json()
+        assert answer["type"] == problem_type(503, "service-unavailable"), answer
+        assert (answer["status"], answer["instance"]) == (503, "/v1/usage")
+        assert errors == ["Cancel 1 running task(s), timeout graceful shutdown exceeded"]
+        cut = [e for e in api.events() if e.get("event") == CANCELLED]
+        assert [(e["level"], e["path"], e["request_id"]) for e in cut] == [
+            ("warning", "/v1/usage", first.headers["x-request-id"])
         ]
 
     # the client's retry, to a restarted process: each key stored once

@@ -9,7 +9,9 @@ controllers raise and never catch:
   422 `invalid-request` naming each field; a body over the limit -> 413;
 - PostgreSQL or Redis unreachable -> 503 `service-unavailable`, a schema behind its migrations
   -> 503 `schema-not-migrated`;
-- anything unexpected -> 500, logged with its traceback (a bad input never lands here).
+- anything unexpected -> 500, logged with its traceback (a bad input never lands here);
+- a request the server cancels before it has answered (uvicorn, when its graceful-shutdown
+  timeout runs out) -> 503 `service-unavailable` (`answer_cancelled`, a middleware).
 
 The problem of a domain error is the same object in an HTTP answer, in a batch item and in the
 command-line tools' JSON output (`AiserverError.problem()`).
@@ -17,6 +19,7 @@ command-line tools' JSON output (`AiserverError.problem()`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from http import HTTPStatus
 from typing import Any, Final
@@ -25,6 +28,7 @@ import asyncpg
 import msgspec
 import redis.exceptions
 from litestar import Request, Response
+from litestar.enums import ScopeType
 from litestar.exceptions import (
     ClientException,
     HTTPException,
@@ -33,7 +37,16 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.types import ExceptionHandlersMap
+from litestar.types import (
+    ASGIApp,
+    ExceptionHandlersMap,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from aiserver.core_db.errors import RETRY_AFTER_S, AiserverError, problem
 from aiserver.core_db.logging import get_logger
@@ -42,6 +55,7 @@ log = get_logger(__name__)
 
 PROBLEM_JSON: Final = "application/problem+json"
 _RETRY: Final = {"Retry-After": str(RETRY_AFTER_S)}
+_RETRY_S: Final = str(RETRY_AFTER_S).encode()
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -176,6 +190,57 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
 }
 
 
+def answer_cancelled(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: a request whose task is cancelled before it has started its answer is
+    answered 503 `service-unavailable` with Retry-After, like any retryable failure, and a
+    warning names it.
+
+    uvicorn cancels the requests still running when its graceful-shutdown timeout runs out (and
+    cancels a request task for nothing else); it would answer them with a plain-text 500 and log
+    the CancelledError as an error. By then the request's work has unwound (its transaction
+    rolled back), so the cancellation ends here: the request is over, answered. An answer
+    already started, or a CancelledError while this task is not being cancelled (not a
+    cancellation of the request), goes on to the server as before.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, send_noting_start)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if started or task is None or not task.cancelling():
+                raise
+            path = scope["path"]
+            log.warning("request cancelled by the server, answered 503", path=path)
+            detail = "the server is shutting down and stopped this request before it finished"
+            body = {**problem(503, detail, slug="service-unavailable"), "instance": path}
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"retry-after", _RETRY_S)],
+            }
+            end: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": msgspec.json.encode(body),
+                "more_body": False,
+            }
+            await send(start)
+            await send(end)
+            task.uncancel()
+
+    return middleware
+
+
 class CheckedRequest(Request[Any, Any, Any]):
     """A request whose JSON body is a 400 however it is malformed.
 
@@ -219,6 +284,7 @@ __all__ = [
     "PROBLEM_JSON",
     "CheckedRequest",
     "ProblemDetails",
+    "answer_cancelled",
     "problem_response",
     "problem_responses",
 ]

@@ -34,7 +34,7 @@ from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
 from aiserver.api.controllers.usage_export import UsageExportController
 from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
-from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest
+from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest, answer_cancelled
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui import templates, ui_router
 from aiserver.core_db.database import database, require_pool
@@ -147,7 +147,8 @@ def build_app(settings: ApiSettings) -> Litestar:
         # the root handler, and every line would lose its JSON (or console) format.
         logging_config=None,
         openapi_config=OPENAPI,
-        middleware=[access_log, prometheus.middleware],
+        # innermost, answer_cancelled's 503 is the request's answer in the log and the metrics
+        middleware=[access_log, prometheus.middleware, answer_cancelled],
         request_max_body_size=MAX_BODY_BYTES,
         request_class=CheckedRequest,
         state=State({"settings": settings}),
