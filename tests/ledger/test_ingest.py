@@ -14,7 +14,12 @@ import msgspec
 import pytest
 
 from aiserver.core_db.database import database, require_pool
-from aiserver.costs.catalog import Catalog
+from aiserver.costs.catalog import Catalog, load_catalog
+from aiserver.costs.live import LiveCatalog
+from aiserver.costs.source import DEFAULT_SOURCE
+from aiserver.costs.store.metadata import bump_catalog_version, ensure_source, lock_catalog_version
+from aiserver.costs.store.overrides import replace_override
+from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
@@ -22,6 +27,7 @@ from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
 from ..conftest import Settings
+from ..reliability.harness import eventually
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 T1 = datetime(2026, 11, 20, tzinfo=UTC)  # gpt-x's price changes here
@@ -405,3 +411,143 @@ async def test_a_batch_rolled_back_to_break_a_deadlock_with_ddl_is_written_again
     finally:
         await observer.close()
         await ddl.close()
+
+
+# -- pricing with the catalog committed at the COMMIT ---------------------------------------------
+
+_ACME = {"model": "acme-x", "provider": "acme"}
+_WAITING_FOR_ADVISORY = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+"""
+
+
+async def _put_price(conn: Any, input_price: str) -> tuple[int, int]:
+    """What PUT /v1/overrides does, in the caller's transaction: acme-x's input price from now
+    on; (the override's id, the new catalog version)."""
+    await ensure_source(conn, DEFAULT_SOURCE, "http://127.0.0.1:1/prices.json")
+    await lock_catalog_version(conn, DEFAULT_SOURCE)
+    override = await replace_override(
+        conn, provider="acme", model="acme-x", reason="test",
+        prices={"input_cost_per_token": Decimal(input_price),
+                "output_cost_per_token": Decimal("0")},
+    )  # fmt: skip
+    return override.id, await bump_catalog_version(conn, DEFAULT_SOURCE)
+
+
+async def _committed_price(pool: asyncpg.Pool, input_price: str) -> tuple[int, int]:
+    async with pool.acquire() as conn, conn.transaction():
+        return await _put_price(conn, input_price)
+
+
+async def _stale_and_current(pool: asyncpg.Pool) -> tuple[Catalog, int, int]:
+    """Catalog v1 (acme-x at 1e-06 an input token) loaded; then v2 (at 5e-06) committed: the
+    loaded catalog, v2's override id and version."""
+    await _committed_price(pool, "1e-06")
+    async with pool.acquire() as conn:
+        stale = await load_catalog(conn)
+    override_id, version = await _committed_price(pool, "5e-06")
+    assert (stale.version, version) == (1, 2)
+    return stale, override_id, version
+
+
+async def _stored(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    rows = await pool.fetch(
+        "SELECT event_key, total_cost, catalog_version, override_id FROM usage_events"
+        " ORDER BY event_key"
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_an_ingest_priced_with_an_older_catalog_is_priced_again_with_the_committed_one(
+    settings: Settings, ledger: tuple[asyncpg.Pool, int]
+) -> None:
+    """A process whose watcher has not reloaded yet prices with catalog v1 while v2 is
+    committed: the transaction sees v2, rolls back, and the events are priced with v2 (which
+    the process's `LiveCatalog` loads at once) and written once."""
+    pool, project_id = ledger
+    stale, override_id, version = await _stale_and_current(pool)
+    live = LiveCatalog(settings.core, settings.costs)  # not started: its watcher never reloads
+    recorder = UsageRecorder(LedgerSettings())
+    raws = [msgspec.json.encode({"id": k, **_ACME, "usage": {"input_tokens": 1000}})
+            for k in ("a", "b")]  # fmt: skip
+
+    report = await recorder.record(
+        pool, project_id, decode_items(raws), catalog=stale, raws=raws, catch_up=live.catch_up
+    )
+
+    # 1000 * 5e-06, not 1000 * 1e-06
+    assert [(r.status, r.total) for r in report.results] == [("recorded", "0.005")] * 2
+    assert await _stored(pool) == [
+        ("a", Decimal("0.005"), version, override_id),
+        ("b", Decimal("0.005"), version, override_id),
+    ]
+    assert (live.catalog.version, live.reloads) == (version, 1)
+    # sent again with the stale catalog: duplicates answered from the stored events
+    again = await recorder.record(
+        pool, project_id, decode_items(raws), catalog=stale, raws=raws, catch_up=live.catch_up
+    )
+    assert [(r.status, r.total) for r in again.results] == [("duplicate", "0.005")] * 2
+    assert len(await _stored(pool)) == 2
+    assert live.reloads == 1  # the version in memory was current: nothing loaded again
+
+
+async def test_without_a_live_catalog_the_recorder_loads_the_committed_one_and_keeps_it(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """An import (no `LiveCatalog`): the recorder loads the committed catalog, and prices the
+    next requests given the old one with it from the start."""
+    pool, project_id = ledger
+    stale, override_id, version = await _stale_and_current(pool)
+    recorder = UsageRecorder(LedgerSettings())
+    for key in ("one", "two"):
+        raws = [msgspec.json.encode({"id": key, **_ACME, "usage": {"input_tokens": 10}})]
+        report = await recorder.record(pool, project_id, decode_items(raws), catalog=stale)
+        assert (report.results[0].status, report.results[0].total) == ("recorded", "0.00005")
+    assert await _stored(pool) == [
+        ("one", Decimal("0.00005"), version, override_id),
+        ("two", Decimal("0.00005"), version, override_id),
+    ]
+
+
+async def test_a_catalog_change_waits_for_the_ingests_in_flight_and_the_next_see_it(
+    settings: Settings, ledger: tuple[asyncpg.Pool, int]
+) -> None:
+    """The race the check alone would leave: a new version committing between the ingest's
+    read of the version and its COMMIT. The change's transaction waits for the ingest in
+    flight (its advisory lock); an ingest that starts while a change is open waits for that
+    COMMIT, then prices with the new version."""
+    pool, project_id = ledger
+    await _committed_price(pool, "1e-06")
+    async with pool.acquire() as conn:
+        v1 = await load_catalog(conn)
+    observer = await asyncpg.connect(settings.core.database_url)
+    try:
+        # 1. an ingest's transaction in flight holds the change back until it ends
+        async with pool.acquire() as ingest, ingest.transaction():
+            version, _, _ = await budget_store.ingest_start(ingest, project_id)
+            assert version == 1
+            change = asyncio.create_task(_committed_price(pool, "5e-06"))
+            await eventually(lambda: observer.fetchval(_WAITING_FOR_ADVISORY), timeout=30)
+            assert not change.done()
+        _, v2 = await asyncio.wait_for(change, 30)
+        assert v2 == 2
+
+        # 2. an ingest that starts while a change is open waits, then prices with it
+        recorder = UsageRecorder(LedgerSettings())
+        live = LiveCatalog(settings.core, settings.costs)
+        raws = [msgspec.json.encode({"id": "late", **_ACME, "usage": {"input_tokens": 1000}})]
+        async with pool.acquire() as writer, writer.transaction():
+            override_id, v3 = await _put_price(writer, "7e-06")
+            task = asyncio.create_task(
+                recorder.record(
+                    pool, project_id, decode_items(raws), catalog=v1, catch_up=live.catch_up
+                )
+            )
+            await eventually(lambda: observer.fetchval(_WAITING_FOR_ADVISORY), timeout=30)
+            assert not task.done()
+        report = await asyncio.wait_for(task, 30)
+    finally:
+        await observer.close()
+    assert (report.results[0].status, report.results[0].total) == ("recorded", "0.007")
+    assert await _stored(pool) == [("late", Decimal("0.007"), v3, override_id)]

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from aiserver.core_db.connections import connect
+from aiserver.core_db.connections import DbConnection, connect
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
 from aiserver.costs.catalog import Catalog, load_catalog
@@ -41,6 +41,7 @@ class LiveCatalog:
         self._catalog = Catalog.empty()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._catching_up = asyncio.Lock()
         self.loaded = False
         self.last_error: str | None = None
         self.last_reload_at: datetime | None = None
@@ -98,7 +99,17 @@ class LiveCatalog:
         """Ask the watcher to check the version now (e.g. after a local override change)."""
         self._wake.set()
 
-    async def _reload(self, conn: asyncpg.Connection) -> None:
+    async def catch_up(self, pool: asyncpg.Pool, version: int) -> Catalog:
+        """A catalog of `version` or later, loaded now if the one in memory is older (an ingest
+        found a newer version committed than the one it priced with: its watcher has not
+        reloaded yet). Requests waiting for the same version share one load."""
+        async with self._catching_up:
+            if self._catalog.version < version or not self.loaded:
+                async with pool.acquire() as conn:
+                    await self._reload(conn)
+        return self._catalog
+
+    async def _reload(self, conn: DbConnection) -> None:
         started = time.perf_counter()
         catalog = await load_catalog(conn)
         self._catalog = catalog  # the swap: one reference assignment

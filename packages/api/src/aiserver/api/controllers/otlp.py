@@ -185,6 +185,7 @@ class OtlpController(Controller):
             tag_attributes=settings.ledger.otlp_tags(),
             catalog=live.catalog if why_not is None else None,
             why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
+            catch_up=live.catch_up,
         )
         count_spans(export)
         report = export.report

@@ -124,6 +124,7 @@ class UsageController(Controller):
             catalog=live.catalog if why_not is None else None,
             why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
             raws=raws,
+            catch_up=live.catch_up,
         )
         count_usage(report)
         if single:

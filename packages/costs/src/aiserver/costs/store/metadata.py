@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from aiserver.core_db.locks import advisory_lock_key
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, encode_json
 
 if TYPE_CHECKING:
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
 
 #: The channel of the catalog's NOTIFY; its payload is `<source>:<catalog version>`.
 NOTIFY_CHANNEL: Final = "aiserver_catalog"
+#: The advisory lock a change of the catalog version takes exclusive (`bump_catalog_version`)
+#: and an ingest's transaction shared (the ledger's `ledger_ingest_start`): no new version
+#: commits while an ingest that read the version is still open.
+CATALOG_VERSION_LOCK: Final = advisory_lock_key("costs:catalog-version")
 
 
 class SourceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,7 +93,12 @@ async def bump_catalog_version(
     deleted), so every API replica reloads: PostgreSQL delivers the NOTIFY when the caller's
     transaction commits, and drops it when it rolls back. `changed_at` is the time of a change
     from the upstream (`last_changed_at`); an override leaves that as it is.
+
+    It first takes `CATALOG_VERSION_LOCK` exclusive, until the transaction ends: it waits for
+    the ingests in flight (they hold it shared, and priced with the version they read), and
+    the ingests that start meanwhile wait for this COMMIT, then see the new version.
     """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_VERSION_LOCK)
     version: int = await conn.fetchval(
         """
         UPDATE ai_cost_metadata

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from aiserver.costs.source import DEFAULT_SOURCE
+from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
 
 if TYPE_CHECKING:
@@ -194,6 +196,25 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
     the project's row FOR KEY SHARE (see `ledger_ingest_budgets`): in a transaction, no budget
     of the project is created or deleted until it ends."""
     rows = await conn.fetch("SELECT * FROM ledger_ingest_budgets($1)", project_id)
+    return _scopes(project_id, rows)
+
+
+async def ingest_start(conn: DbConnection, project_id: int) -> tuple[int, str, list[BudgetScope]]:
+    """What `budgets_for_ingest` answers, and before it the committed catalog version, read
+    under the catalog's advisory lock taken shared (see `ledger_ingest_start`): until the
+    transaction ends no new catalog version commits, so the version read is the one committed
+    at its COMMIT."""
+    rows = await conn.fetch(
+        "SELECT * FROM ledger_ingest_start($1, $2, $3)",
+        project_id,
+        CATALOG_VERSION_LOCK,
+        DEFAULT_SOURCE,
+    )
+    zone, scopes = _scopes(project_id, rows)
+    return int(rows[0]["catalog_version"]), zone, scopes
+
+
+def _scopes(project_id: int, rows: Sequence[Any]) -> tuple[str, list[BudgetScope]]:
     if not rows:
         raise LookupError(f"no project {project_id}")
     zone: str = rows[0]["time_zone"]

@@ -25,6 +25,8 @@ from aiserver.ledger.otlp.spans import SpanReading, read_spans
 from aiserver.ledger.usage.ingest import MAX_NDJSON_EVENTS, IngestReport, UsageRecorder
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiserver.costs.catalog import Catalog
 
 #: How many rejected spans the error message names (the count is always whole).
@@ -50,6 +52,7 @@ async def export_traces(
     tag_attributes: tuple[tuple[str, str], ...],
     catalog: Catalog | None,
     why_no_catalog: str = "",
+    catch_up: Callable[[asyncpg.Pool, int], Awaitable[Catalog]] | None = None,
 ) -> TraceExport:
     reading = read_spans(message, tag_attributes)
     if not reading.items:
@@ -60,8 +63,9 @@ async def export_traces(
             f"{MAX_NDJSON_EVENTS}: export smaller batches"
         )
     report = await recorder.record(
-        pool, project_id, reading.items, catalog=catalog, why_no_catalog=why_no_catalog
-    )
+        pool, project_id, reading.items, catalog=catalog, why_no_catalog=why_no_catalog,
+        catch_up=catch_up,
+    )  # fmt: skip
     reasons = [
         f"{name}: {result.problem['detail'] if result.problem else result.status}"
         for name, result in zip(reading.names, report.results, strict=True)

@@ -31,16 +31,17 @@ project's, or had ended: the event is recorded all the same (usage is never lost
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import asyncpg
 import msgspec
 
 from aiserver.core_db.errors import AiserverError, InvalidInput, validation_field
 from aiserver.costs.calculator import CURRENCY
+from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
 from aiserver.ledger.budgets import reservations
@@ -58,9 +59,6 @@ from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
-
-if TYPE_CHECKING:
-    from aiserver.costs.catalog import Catalog
 
 MAX_JSON_EVENTS: Final = 10_000
 MAX_NDJSON_EVENTS: Final = 100_000
@@ -216,6 +214,16 @@ _NO_PARTITION: Final = "no partition of relation"
 _WRITE_ATTEMPTS: Final = 3
 #: How often a key that retention removed while it was being settled is claimed again.
 _SETTLE_ATTEMPTS: Final = 3
+#: Tries of a request priced again because a new catalog version committed meanwhile.
+_CATALOG_ATTEMPTS: Final = 3
+
+
+class _StaleCatalog(Exception):  # a signal, not an error
+    """The committed catalog version is not the one the events were priced with."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"catalog version {version} is committed")
+        self.version = version
 
 
 def _unsettled() -> UsageUnsettled:
@@ -238,6 +246,7 @@ class UsageRecorder:
     def __init__(self, settings: LedgerSettings) -> None:
         self.retention = timedelta(days=settings.usage_retention_days)
         self.partitions = Partitions()
+        self._loaded: Catalog | None = None  # the last catalog loaded for a request
 
     async def record(
         self,
@@ -249,10 +258,55 @@ class UsageRecorder:
         why_no_catalog: str = "",
         raws: Sequence[bytes | msgspec.Raw] | None = None,
         now: datetime | None = None,
+        catch_up: Callable[[asyncpg.Pool, int], Awaitable[Catalog]] | None = None,
     ) -> IngestReport:
         """Check, price and write `items` (decoded events, or the error that decoding each
-        raised); `raws` are their JSON texts, to name the key of an event that is invalid."""
+        raised); `raws` are their JSON texts, to name the key of an event that is invalid.
+
+        The transaction reads the committed catalog version (`budget_store.ingest_start`); when
+        it is not `catalog`'s, it rolls back, and the events are priced again with
+        `catch_up(pool, version)` (`LiveCatalog.catch_up`; without it, a catalog this recorder
+        loads, and keeps for the next requests) and written again."""
         received_at = now or datetime.now(UTC)
+        loaded = self._loaded
+        if catch_up is None and catalog is not None and loaded is not None:
+            catalog = max(catalog, loaded, key=lambda c: c.version)  # a long import's catalog
+        for _ in range(_CATALOG_ATTEMPTS):
+            results, accepted = self._accept(items, catalog, why_no_catalog, raws, received_at)
+            if not accepted:
+                break
+            try:
+                await self._write(pool, project_id, accepted, results, received_at, catalog)
+                break
+            except _StaleCatalog as stale:
+                catalog = await (catch_up or self._load)(pool, stale.version)
+        else:
+            raise UsageUnsettled(
+                f"the catalog changed {_CATALOG_ATTEMPTS} times while this request was being "
+                "priced; nothing of it was written: send it again"
+            )
+        done = [r for r in results if r is not None]
+        counts = dict.fromkeys(("recorded", "duplicate", "conflict", "invalid"), 0)
+        for result in done:
+            counts[result.status] += 1
+        return IngestReport(results=done, **counts)
+
+    async def _load(self, pool: asyncpg.Pool, version: int) -> Catalog:
+        loaded = self._loaded
+        if loaded is None or loaded.version < version:
+            async with pool.acquire() as conn:
+                self._loaded = loaded = await load_catalog(conn)
+        return loaded
+
+    def _accept(
+        self,
+        items: Sequence[Item],
+        catalog: Catalog | None,
+        why_no_catalog: str,
+        raws: Sequence[bytes | msgspec.Raw] | None,
+        received_at: datetime,
+    ) -> tuple[list[EventResult | None], list[_Accepted]]:
+        """Each item checked and priced with `catalog`, or its `invalid` result."""
         results: list[EventResult | None] = [None] * len(items)
         accepted: list[_Accepted] = []
         for index, item in enumerate(items):
@@ -268,13 +322,7 @@ class UsageRecorder:
                 results[index] = EventResult(status="invalid", id=key, problem=exc.problem())
                 continue
             accepted.append(_Accepted(index, event, valuation))
-        if accepted:
-            await self._write(pool, project_id, accepted, results, received_at)
-        done = [r for r in results if r is not None]
-        counts = dict.fromkeys(("recorded", "duplicate", "conflict", "invalid"), 0)
-        for result in done:
-            counts[result.status] += 1
-        return IngestReport(results=done, **counts)
+        return results, accepted
 
     async def _write(
         self,
@@ -283,6 +331,7 @@ class UsageRecorder:
         accepted: list[_Accepted],
         results: list[EventResult | None],
         received_at: datetime,
+        catalog: Catalog | None,
     ) -> None:
         first: dict[str, _Accepted] = {}
         repeats: list[_Accepted] = []
@@ -299,7 +348,7 @@ class UsageRecorder:
         async with pool.acquire() as conn:
             for _ in range(_SETTLE_ATTEMPTS):
                 new, found = await self._write_pending(
-                    conn, project_id, pending, received_at, settled
+                    conn, project_id, pending, received_at, settled, catalog
                 )
                 claimed |= new
                 earlier |= found
@@ -338,14 +387,18 @@ class UsageRecorder:
         ordered: list[_Accepted],
         received_at: datetime,
         settled: set[str],
+        catalog: Catalog | None,
     ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
         """Write `ordered` in one transaction; adds to `settled` the keys of the events that
-        settled a reservation."""
+        settled a reservation. `_StaleCatalog` (rolled back) when the committed catalog version
+        is not `catalog`'s: the events were priced with another catalog than the database's."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
             try:
                 async with conn.transaction():
-                    zone, budgets = await budget_store.budgets_for_ingest(conn, project_id)
+                    version, zone, budgets = await budget_store.ingest_start(conn, project_id)
+                    if catalog is not None and version > catalog.version:
+                        raise _StaleCatalog(version)  # before any write: it rolls back
                     if len(ordered) == 1:  # one statement for the key, outbox row and event
                         written = await _write_one(conn, project_id, ordered[0], received_at)
                     else:
