@@ -76,6 +76,9 @@ async def test_project_fields_are_checked_and_slugs_are_unique(client: Client) -
         ({"slug": "ok", "name": "x", "time_zone": "/etc/passwd"}, "time_zone"),
         ({"slug": "ok", "name": "x", "rollup_tags": ["Team"]}, "rollup_tags"),
         ({"slug": "ok", "name": "x", "rollup_tags": ["a", "a"]}, "rollup_tags"),
+        # a final newline: `re.match` with `$` let it through (stored as the key "team\n")
+        ({"slug": "ok", "name": "x", "rollup_tags": ["team\n"]}, "rollup_tags"),
+        ({"slug": "ok\n", "name": "x"}, "slug"),
         ({"slug": "ok", "name": "   "}, "name"),
     ):
         problem = assert_problem(

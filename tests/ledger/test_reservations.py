@@ -288,6 +288,22 @@ async def test_release_gives_the_hold_back_once_and_then_answers_the_state(
             await reservations.release(pool, access, unknown)
 
 
+async def test_only_the_id_as_written_names_a_reservation(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """Other spellings of the same UUID (digits of another script, which int() reads as
+    digits; braces; no dashes) release nothing and settle nothing."""
+    made = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    written = str(made.id)
+    fullwidth = written.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+    for alike in (fullwidth, "{" + written + "}", written.replace("-", ""), written + "\n"):
+        with pytest.raises(UnknownReservation):
+            await reservations.release(pool, access, alike)
+    (result,) = await record(pool, access, event("alike", NOW, fullwidth))
+    assert result.reservation == "not_held"
+    assert await reservations.release(pool, access, written.upper()) == (made.id, "released")
+
+
 async def test_expired_reservations_are_released_by_the_sweep(
     pool: asyncpg.Pool, access: Access
 ) -> None:

@@ -6,7 +6,9 @@ look-alikes (usage, reserve, budgets, and the tag filters of spend, events and e
 `service` tag of OTLP spans); token counts negative, fractional, 2^63, 2^64 and beyond a double;
 `occurred_at` (and `from`/`to`) in year 1 and 9999; JSON lines with a bad line in the middle; a
 batch of 10,001 events; bodies cut off mid-stream (declared length and chunked) on every ledger
-endpoint that takes a body, the dashboard's forms included.
+endpoint that takes a body, the dashboard's forms included; a 10 MB field in each dashboard form;
+hostile and look-alike reservation ids to release; hostile `time_zone` and `rollup_tags` in a
+project's PATCH.
 
 Every refused request is a clear 4xx: `application/problem+json` naming the field (OTLP answers
 its `google.rpc.Status` in the request's encoding), stores nothing (the row count of every table
@@ -24,6 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -152,6 +155,75 @@ def _raw_count(value: str, where: str) -> bytes:
     )  # fmt: skip
 
 
+#: Reservation ids that name nothing: (the id, sent percent-encoded in the path). A malformed id
+#: is a 404 as an unknown one is (tests/api/test_reservations.py): it names no reservation.
+BAD_RESERVATION_IDS: Final = {
+    "nul": "5c0e8f9e-2a57-4f4b-9a55-0d7d2c4b\x007a11",
+    "newline": "5c0e8f9e-2a57-4f4b-9a55-0d7d2c4b7a11\n",
+    "escape": "\x1b[2J5c0e8f9e-2a57-4f4b-9a55-0d7d2c4b7a11",
+    "del": "5c0e8f9e-2a57-4f4b-9a55-0d7d2c4b7a1\x7f",
+    "not-a-uuid": "not-a-reservation",
+    "uuid-of-nothing": "00000000-0000-0000-0000-000000000000",
+    "33-hex-digits": "5c0e8f9e-2a57-4f4b-9a55-0d7d2c4b7a11f",
+    "2^128": str(2**128),
+    "10-kb": "f" * 10_000,  # the path's limit is the request head's (16 KiB): see the 10 MB test
+}
+#: Time zones a project refuses: an IANA name this server knows, as it is written.
+BAD_TIME_ZONES: Final = {
+    "nul": "UTC\x00",
+    "newline": "Europe/Berlin\n",
+    "escape": "\x1b[2JUTC",
+    "del": "UTC\x7f",
+    "10-mb": "z" * MB10,
+    "65-chars": "Europe/" + "x" * 58,
+    "empty": "",
+    "unknown": "Mars/Olympus_Mons",
+    "lower-case": "europe/berlin",
+    "fullwidth-lookalike": "ＵＴＣ",
+    "cyrillic-lookalike": "Europe/Веrlin",
+    "dot-dot": "../etc",
+    "dot-dot-passwd": "../../../../etc/passwd",
+    "absolute": "/etc/localtime",
+    "zone-dir": "America",
+    "not-a-zone-file": "zone.tab",
+    "posix-rule": "EST+5EDT,M3.2.0/2,M11.1.0/2",
+    "posix-offset": "GMT+5",
+    "leading-space": " UTC",
+    "a-number": 5,
+    "a-list": ["UTC"],
+    "null-object": {"zone": "UTC"},
+}
+#: Rollup tags a project refuses: at most 4 keys, each once, each a lower-case tag key.
+BAD_ROLLUP_TAGS: Final = {
+    "too-many": ["a", "b", "c", "d", "e"],
+    "duplicates": ["team", "team"],
+    "fullwidth-lookalike": ["ｔｅａｍ"],
+    "cyrillic-lookalike": ["tеam"],
+    "combining-lookalike": ["tea\u0301m"],
+    "upper-case": ["Team"],
+    "nul": ["te\x00am"],
+    "newline": ["team\n"],
+    "escape": ["\x1b[31mteam"],
+    "33-chars": ["t" * 33],
+    "10-mb": ["t" * MB10],
+    "empty-key": [""],
+    "a-string": "team",
+    "a-number": [1],
+    "nested": [["team"]],
+    "an-object": {"team": True},
+}
+
+
+def release_case(reservation_id: str) -> Case:
+    path = f"/v1/budgets/reservations/{quote(reservation_id, safe='')}/release"
+    return Case("POST", path, None, 404, "unknown-reservation", "no reservation")
+
+
+def project_change(body: dict[str, Any], field: str) -> Case:
+    probe = Case("PATCH", f"/v1/projects/{SLUG}", _json(body), 422, "invalid-request", field)
+    return _too_large(probe) if len(probe.body or b"") > MB10 else probe
+
+
 def _too_large(probe: Case) -> Case:
     return Case(probe.method, probe.path, probe.body, 413, "request-entity-too-large",
                  "too large")  # fmt: skip
@@ -172,7 +244,7 @@ def probes(who_budget: int) -> Iterator[tuple[str, Case]]:
         large = name == "10-mb"
         yield f"reserve-tag-key-{name}", _too_large(reserve) if large else reserve
         yield f"budget-tag-key-{name}", _too_large(budget) if large else budget
-        if not large:  # a 10 MB query string: test_a_10_mb_tag_filter_in_the_query_string_...
+        if not large:  # a 10 MB query string: test_a_10_mb_query_string_or_path_...
             for path in ("/v1/spend", "/v1/usage/events", "/v1/usage/export"):
                 yield (
                     f"{path[4:].replace('/', '-')}-tag-key-{name}",
@@ -352,6 +424,13 @@ def probes(who_budget: int) -> Iterator[tuple[str, Case]]:
                 f"{query[4:].replace('/', '-')}-{name}",
                 Case("GET", f"{query}?{params}", None, 422, "invalid-request", "from"),
             )
+    for name, rid in BAD_RESERVATION_IDS.items():
+        yield f"release-{name}", release_case(rid)
+    for name, value in BAD_TIME_ZONES.items():
+        yield f"project-time-zone-{name}", project_change({"time_zone": value}, "time_zone")
+    for name, value in BAD_ROLLUP_TAGS.items():
+        yield f"project-rollup-tags-{name}", project_change({"rollup_tags": value},
+                                                            "rollup_tags")  # fmt: skip
     yield (
         "usage-10001-events",
         Case(
@@ -378,6 +457,13 @@ async def test_hostile_ledger_input_is_a_clear_4xx_problem_that_stores_nothing(
     served: Served, who: Owner, cases: dict[str, Case], unchanged: None, name: str
 ) -> None:
     case = cases[name]
+    before = await project_row(served)
+    await assert_refused(served, who, case)
+    assert await project_row(served) == before  # a refused PATCH changed nothing
+
+
+async def assert_refused(served: Served, who: Owner, case: Case) -> None:
+    """Send `case`: the problem it expects, naming its field, without echoing a huge input."""
     headers = {"content-type": case.content_type, **(ADMIN if case.admin else who.auth)}
     async with served.api.client(timeout=120.0) as client:
         response = await client.request(case.method, case.path, content=case.body,
@@ -385,6 +471,63 @@ async def test_hostile_ledger_input_is_a_clear_4xx_problem_that_stores_nothing(
     body = assert_problem(response, case.status, case.type_)
     assert case.detail in body["detail"], body
     assert len(response.content) < 64 * 1024  # a huge input is not echoed back
+
+
+async def project_row(served: Served) -> asyncpg.Record:
+    conn = await asyncpg.connect(served.settings.core.database_url)
+    try:
+        row: asyncpg.Record = await conn.fetchrow(
+            "SELECT name, time_zone, rollup_tags, updated_at FROM projects WHERE slug = $1", SLUG
+        )
+    finally:
+        await conn.close()
+    return row
+
+
+async def reservation_state(served: Served, reservation_id: str) -> str:
+    conn = await asyncpg.connect(served.settings.core.database_url)
+    try:
+        state: str = await conn.fetchval(
+            "SELECT state FROM budget_reservations WHERE id = $1::uuid", reservation_id
+        )
+    finally:
+        await conn.close()
+    return state
+
+
+#: Look-alikes of a held reservation's id (hex digits in another script, other spellings of the
+#: same UUID): none of them names the reservation; only its id, as the API wrote it, does.
+LOOKALIKE_IDS: Final = {
+    "fullwidth-digits": lambda rid: rid.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"}),
+    "arabic-indic-digits": lambda rid: rid.translate(
+        {ord(d): 0x0660 + int(d) for d in "0123456789"}
+    ),
+    "cyrillic-letters": lambda rid: rid.replace("a", "а").replace("e", "е").replace("c", "с"),
+    "no-dashes": lambda rid: rid.replace("-", ""),
+    "braces": lambda rid: "{" + rid + "}",
+    "urn": lambda rid: "urn:uuid:" + rid,
+    "leading-space": lambda rid: " " + rid[:-1],
+}
+
+
+async def test_look_alikes_of_a_held_reservations_id_release_nothing(
+    served: Served, who: Owner
+) -> None:
+    async with served.api.client() as client:
+        made = await client.post("/v1/budgets/reserve", headers=who.auth,
+                                 json={"model": MODEL, "estimate": "0.01"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        rid = made.json()["reservation_id"]
+        for name, alike in LOOKALIKE_IDS.items():
+            assert alike(rid) != rid, name
+            case = release_case(alike(rid))
+            answer = await client.post(case.path, headers=who.auth)
+            body = assert_problem(answer, case.status, case.type_)
+            assert case.detail in body["detail"], (name, body)
+            assert await reservation_state(served, rid) == "held", name
+        released = await client.post(release_case(rid).path, headers=who.auth)
+    assert released.json() == {"reservation_id": rid, "state": "released"}, released.text
+    assert errors_logged(served.api.log) == []
 
 
 # -- per-item outcomes: a bad event in the middle is `invalid`, the rest recorded ---------------
@@ -783,16 +926,22 @@ class Session:
     csrf: str
 
 
+async def sign_in_form(client: httpx.AsyncClient) -> tuple[str, str]:
+    """The sign-in form's Cookie header and CSRF token, as a browser gets them."""
+    form = await client.get("/ui/sign-in")
+    nonce = CSRF_FIELD.search(form.text)
+    assert nonce is not None, form.text
+    return f"aiserver_ui_sign_in={form.cookies['aiserver_ui_sign_in']}", nonce.group(1)
+
+
 @pytest.fixture(scope="module")
 async def session(served: Served, who: Owner) -> Session:
     """The dashboard signed in with the project's key, as a browser signs in."""
     async with served.api.client() as client:
-        form = await client.get("/ui/sign-in")
-        nonce = CSRF_FIELD.search(form.text)
-        assert nonce is not None, form.text
+        form_cookie, nonce = await sign_in_form(client)
         signed = await client.post(
-            "/ui/sign-in", data={"credential": who.key, "csrf_token": nonce.group(1)},
-            headers={"cookie": f"aiserver_ui_sign_in={form.cookies['aiserver_ui_sign_in']}"},
+            "/ui/sign-in", data={"credential": who.key, "csrf_token": nonce},
+            headers={"cookie": form_cookie},
         )  # fmt: skip
         assert signed.status_code == 303, signed.text
         cookie = f"aiserver_ui={signed.cookies['aiserver_ui']}"
@@ -899,25 +1048,73 @@ async def test_the_dashboard_refuses_hostile_input_with_a_422_page_that_stores_n
     assert names in answer.text
 
 
+#: A 10 MB field in each of the dashboard's forms: (path under /ui, the form). Every form's body
+#: is held to the API's 2 MiB (MAX_BODY_BYTES).
+UI_HUGE: Final = {
+    "budget-create-name": (f"/p/{SLUG}/budgets", {**_BUDGET_FORM, "name": "n" * MB10}),
+    "budget-create-tags": (f"/p/{SLUG}/budgets", {**_BUDGET_FORM, "tags": "team=" + "v" * MB10}),
+    "budget-change-name": (f"/p/{SLUG}/budgets/{{budget}}", {"name": "n" * MB10,
+                                                            "limit_usd": "7"}),
+    "key-create-name": (f"/p/{SLUG}/keys", {"name": "n" * MB10, "scopes": "read"}),
+    "sign-in-credential": ("/sign-in", {"credential": "ais_" + "c" * MB10}),
+}  # fmt: skip
+
+
+def rss_kb(served: Served) -> int:
+    status = Path(f"/proc/{served.api.proc.pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+@pytest.mark.parametrize("name", list(UI_HUGE))
+async def test_a_10_mb_field_in_a_dashboard_form_is_a_413_that_stores_nothing(
+    served: Served, who: Owner, session: Session, unchanged: None, name: str,
+    record_property: Any,
+) -> None:  # fmt: skip
+    path, form = UI_HUGE[name]
+    rss = rss_kb(served)
+    async with served.api.client(timeout=120.0) as client:
+        if path == "/sign-in":  # signing in: the sign-in form's own cookie and token
+            cookie, csrf = await sign_in_form(client)
+        else:
+            cookie, csrf = session.cookie, session.csrf
+        answer = await client.post(f"/ui{path.format(budget=who.budget_id)}",
+                                   headers={"cookie": cookie},
+                                   data={**form, "csrf_token": csrf})  # fmt: skip
+    grown = rss_kb(served) - rss
+    record_property("rss_growth_kb", grown)
+    assert answer.status_code == 413, answer.text[:3000]
+    assert answer.headers["content-type"].startswith("text/html")  # the dashboard's error page
+    assert "Request Entity Too Large" in answer.text
+    assert len(answer.content) < 64 * 1024, answer.text[:3000]  # the field is not echoed
+    assert "set-cookie" not in answer.headers  # not signed in
+    assert grown < 64 * 1024, grown  # the API did not keep the body (or copies of it)
+
+
 def _invalid_http(served: Served) -> int:
     return sum(1 for e in served.api.events() if e.get("event") == "Invalid HTTP request received.")
 
 
-@pytest.mark.parametrize("where", ["key", "value"])
-async def test_a_10_mb_tag_filter_in_the_query_string_is_refused_before_the_app(
+#: A 10 MB request target: a tag filter's key or value, a reservation id to release.
+HUGE_TARGETS: Final = {
+    "tag-key": f"GET /v1/spend?{WINDOW}&tag:{'v' * MB10}=search",
+    "tag-value": f"GET /v1/spend?{WINDOW}&tag:team={'v' * MB10}",
+    "reservation-id": f"POST /v1/budgets/reservations/{'f' * MB10}/release",
+}
+
+
+@pytest.mark.parametrize("where", list(HUGE_TARGETS))
+async def test_a_10_mb_query_string_or_path_is_refused_before_the_app(
     served: Served, who: Owner, unchanged: None, where: str
 ) -> None:
     """A request head beyond the HTTP parser's limit (h11: 16 KiB) is refused by the server
     (uvicorn) with a plain-text 400 and a warning, and the connection closed, before the app
     sees it: the client, still sending, may see the reset instead of the 400."""
-    big = "v" * MB10
-    query = f"tag:{big}=search" if where == "key" else f"tag:team={big}"
     seen = _invalid_http(served)
     reader, writer = await asyncio.open_connection("127.0.0.1", served.api.port)
     answer = b""
     try:
         writer.write(
-            f"GET /v1/spend?{WINDOW}&{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"{HUGE_TARGETS[where]} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: {who.auth['Authorization']}\r\n\r\n".encode()
         )
         await writer.drain()

@@ -37,7 +37,7 @@ EnqueueRebuild = Callable[[int, str], Awaitable[object]]
 
 
 def _check_slug(slug: str) -> None:
-    if not SLUG.match(slug):
+    if not SLUG.fullmatch(slug):
         raise InvalidField(
             f"slug {slug!r} is not allowed: use 1 to 64 lower-case letters, digits and inner "
             "hyphens (acme-search)",
@@ -70,7 +70,7 @@ def check_time_zone(name: str) -> str:
 
 
 def _check_rollup_tags(tags: Sequence[str]) -> tuple[str, ...]:
-    bad = [tag for tag in tags if not TAG_KEY.match(tag)]
+    bad = [tag for tag in tags if not TAG_KEY.fullmatch(tag)]
     if bad:
         raise InvalidField(
             f"rollup_tags: {', '.join(repr(t) for t in bad)} is not a tag key (a lower-case "
@@ -90,7 +90,7 @@ def _check_rollup_tags(tags: Sequence[str]) -> tuple[str, ...]:
 async def find_project(conn: DbConnection, access: Access, slug: str) -> Project:
     """The project by slug, if this access reaches it; `UnknownProject` alike when it does not
     exist and when it is another project's (the answer must not tell the two apart)."""
-    project = await store.read_project(conn, slug) if SLUG.match(slug) else None
+    project = await store.read_project(conn, slug) if SLUG.fullmatch(slug) else None
     if project is None or not access.sees(project.id):
         raise UnknownProject(f"no project {slug!r}")
     return project

@@ -25,6 +25,7 @@ Only `hard` budgets admit or refuse; soft budgets only count what is spent (and 
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ _SHARE_UNIT: Final = Decimal("1e-12")
 #: Enough digits for a limit of 1e12 with the many decimals of exact costs.
 _EXACT: Final = Context(prec=80)
 SWEEP_BATCH: Final = 500
+_RESERVATION_ID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +229,12 @@ async def _reserve(
 
 
 def _parse(reservation_id: str) -> UUID | None:
-    try:
-        return UUID(reservation_id)
-    except ValueError:
+    """The reservation id as the API writes it (8-4-4-4-12 hex digits, either case), or None.
+    `UUID()` alone takes other spellings: digits of any script (int() reads a fullwidth or an
+    Arabic-Indic 5 as 5), braces, `urn:uuid:`, no dashes, a leading space."""
+    if not _RESERVATION_ID.fullmatch(reservation_id):
         return None
+    return UUID(reservation_id)
 
 
 def _releases(held: Iterable[Held]) -> dict[StripeKey, tuple[Decimal, Decimal]]:
