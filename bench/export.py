@@ -206,7 +206,7 @@ def run(*, counts: Sequence[int] = (100_000, 1_000_000)) -> Section:
         f"{largest:,} events ({whole:.0f} s for the three formats, {overhead[largest]:.0f} s "
         "to seed the database, start the API and warm it up), they would take about "
         f"{scale * (whole + overhead[largest]) / 60:.0f} min of `bench:all`. A run by hand at "
-        "10 million (csv and jsonl) is under \"Changes measured once\".",
+        '10 million (csv and jsonl) is under "Changes measured once".',
     ]
     if len(counts) > 1:
         peak = max(at[largest, f].peak for f in FORMATS)
