@@ -471,7 +471,9 @@ async def reader_with_events(http: httpx.AsyncClient, pg: asyncpg.Connection, co
 
 async def export_connections(pg: asyncpg.Connection) -> int:
     count: int = await pg.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND datname = current_database()",
+        APPLICATION_NAME,
     )
     return count
 
@@ -507,7 +509,8 @@ async def test_a_database_that_fails_half_way_cuts_the_response_short(
         chunks = response.aiter_raw()
         await anext(chunks)
         await pg.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
             APPLICATION_NAME,
         )
         with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):

@@ -159,7 +159,9 @@ async def test_the_export_reads_a_bounded_batch_at_a_time_and_ends_its_connectio
     async for chunk in export.chunks():
         sizes.append(chunk.count(b"\n"))
         connections = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APPLICATION_NAME
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
         )
         assert connections == 1
     # the header (none for JSON lines), then whole batches: never more than PREFETCH events

@@ -7,25 +7,28 @@ dies (even by SIGKILL) releases it when PostgreSQL notices the closed connection
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 
+from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.core_db.logging import get_logger
+
+__all__ = [
+    "LockTimeout",
+    "advisory_lock",
+    "advisory_lock_key",
+    "advisory_unlock",
+    "try_advisory_lock",
+]
 
 log = get_logger(__name__)
 
 
 class LockTimeout(TimeoutError):
     """The advisory lock was not granted within the allowed time."""
-
-
-def advisory_lock_key(name: str) -> int:
-    """A stable signed 64-bit key for a lock name (the same in every process and release)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 async def try_advisory_lock(conn: asyncpg.Connection, name: str) -> bool:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from aiserver.core_db.locks import advisory_lock_key
+from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, encode_json
 
 if TYPE_CHECKING:
