@@ -831,7 +831,6 @@ def judge_api(world: World, spec: Api, who: str, asked: list[Asked]) -> list[str
             f"{one}: B's {leak!r} in the answer" for leak in leaks(world, one.response, one.named)
         ]
     return wrong + alike(asked)
-    return wrong
 
 
 @ASKERS

@@ -28,7 +28,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -47,7 +47,7 @@ from aiserver.ledger.spend.buckets import (
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
-from aiserver.ledger.usage.reading import event_query, parse_time
+from aiserver.ledger.usage.reading import event_query, in_utc, parse_time
 
 if TYPE_CHECKING:
     import asyncpg
@@ -157,14 +157,7 @@ def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
         if wall.tzinfo is not None:
             return parse_time(value, field)
         value = wall
-    try:
-        return (value.replace(tzinfo=zone) if value.tzinfo is None else value).astimezone(UTC)
-    except OverflowError:  # 9999-12-31 west of UTC, 0001-01-01 east of it: no such UTC time
-        raise InvalidField(
-            f"{field}: {value.isoformat()} in {zone.key} is out of range (before year 1 or after "
-            "year 9999 in UTC)",
-            [field],
-        ) from None
+    return in_utc(value, field, zone)
 
 
 def _group_by(items: Iterable[str]) -> tuple[str, ...]:

@@ -43,6 +43,8 @@ from aiserver.ledger.usage.store import reading as store
 from aiserver.ledger.usage.valuation import PRICING_STATUSES, PricingStatus
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     import asyncpg
 
 MAX_LIMIT: Final = 1000
@@ -178,13 +180,20 @@ def event_query(
 
 
 def _aware(at: datetime | None, field: str) -> datetime | None:
-    if at is None:
-        return None
+    return None if at is None else in_utc(at, field)
+
+
+def in_utc(at: datetime, field: str, zone: ZoneInfo | None = None) -> datetime:
+    """`at` in UTC, a naive `at` read as wall time in `zone` (UTC without one); `InvalidField`
+    naming `field` when that instant lies before year 1 or after year 9999 in UTC (9999-12-31
+    west of UTC, 0001-01-01 east of it)."""
     try:
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    except OverflowError:  # 9999-12-31 west of UTC, 0001-01-01 east of it: no such UTC time
+        return (at.replace(tzinfo=zone or UTC) if at.tzinfo is None else at).astimezone(UTC)
+    except OverflowError:
+        where = f" in {zone.key}" if zone is not None and at.tzinfo is None else ""
         raise InvalidField(
-            f"{field}: {at.isoformat()} is out of range (before year 1 or after year 9999 in UTC)",
+            f"{field}: {at.isoformat()}{where} is out of range (before year 1 or after year 9999 "
+            "in UTC)",
             [field],
         ) from None
 
