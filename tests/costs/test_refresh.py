@@ -12,6 +12,7 @@ import pytest
 
 from aiserver.costs.refresh import Outcome, refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import decode_json
+from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 
 from ..conftest import Settings, replace_settings
 from ..support.catalog import catalog_rows, document, fetch_one, models
@@ -219,6 +220,46 @@ async def test_a_changed_price_opens_a_new_version_and_keeps_the_old(
     assert (old["opened_in_version"], old["closed_in_version"]) == (1, 2)
     assert (new["opened_in_version"], new["closed_in_version"]) == (2, None)
     assert untouched == 19
+
+
+async def test_new_prices_are_valid_from_after_the_ingests_in_flight_committed(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """An ingest holds the catalog version's lock shared until its COMMIT, having priced its
+    calls with the old prices. A refresh that starts meanwhile waits for it, and opens its
+    prices from the time it got the lock: after that COMMIT, not from the refresh's start, so
+    nothing the ingest priced falls inside the new prices' time (and no reprice moves it)."""
+    changed = models(20)
+    changed["gpt-test-005"]["input_cost_per_token"] = "9.5e-06"
+    upstream.serve(document(changed, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    ingest = await asyncpg.connect(loaded.core.database_url)
+    try:
+        async with ingest.transaction():
+            await ingest.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_VERSION_LOCK)
+            refresh_began = await ingest.fetchval("SELECT clock_timestamp()")
+            refresh = asyncio.create_task(
+                refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+            )
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            for _ in range(200):
+                if await ingest.fetchval(waiting):
+                    break
+                await asyncio.sleep(0.02)
+            assert await ingest.fetchval(waiting) == 1, "the refresh never waited for the lock"
+            assert not refresh.done()
+            ingest_committed = await ingest.fetchval("SELECT clock_timestamp()")
+        report = await asyncio.wait_for(refresh, 10)
+        new_from = await ingest.fetchval(
+            "SELECT valid_from FROM ai_model_costs"
+            " WHERE model = 'gpt-test-005' AND valid_to IS NULL"
+        )
+        run_started = await ingest.fetchval(
+            "SELECT max(started_at) FROM ai_cost_refresh_runs WHERE outcome = 'applied'"
+        )
+    finally:
+        await ingest.close()
+    assert (report.outcome, report.changed, report.catalog_version) == (Outcome.APPLIED, 1, 2)
+    assert refresh_began < run_started < ingest_committed < new_from
 
 
 async def test_a_removed_model_is_closed_not_deleted(loaded: Settings, upstream: Upstream) -> None:

@@ -34,9 +34,9 @@ run left) and checks; any failed check is printed and the exit status is 1:
    hourly ones summed per day);
 3. each budget window's committed cost, event and unpriced counts equal the exact sums of the
    events it counts; no hard call cost more than its estimate, and the hard budget's committed
-   plus reserved (sampled through the run, and at the end) never passed its limit plus what
-   reprices raised its settled events by after the fact (no admission passes the limit; see
-   `check_budgets`); its reserved equals what its held reservations hold;
+   plus reserved (sampled through the run, and at the end) never passed its limit; its reserved
+   equals what its held reservations hold; the reprice changed no priced event (each was priced
+   with the prices valid at its time; see `check_budgets`);
 4. the only 5xx answers were 503s with `Retry-After`, while PostgreSQL or Redis was away (or
    within RECOVERY_S of its return), as the clients saw them and as the API processes logged
    them;
@@ -871,11 +871,10 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
             "SELECT coalesce(sum(amount), 0) FROM budget_reservations WHERE state = 'held'"
         )
     )
-    # What reprices added to the hard budget's settled events after the fact: an event that an
-    # API priced with the catalog it had loaded, before it loaded the new version valid at the
-    # event's `occurred_at` (a lag of some milliseconds after a refresh), is priced up by a
-    # reprice. Spend is never refused after the fact, so that raise is counted whole, without
-    # an admission (docs/reservations.md); every admission keeps within the limit.
+    # What reprices added to the hard budget's settled events after the fact. An ingest prices
+    # with the catalog committed at its COMMIT, and a refresh's prices are valid from when it
+    # held the catalog version's lock (after the ingests in flight committed): a reprice finds
+    # nothing to raise among priced events, so the limit holds as it is (docs/reservations.md).
     raised = Decimal(
         await ledger.value(
             "SELECT coalesce(sum(greatest(a.new_cost - a.old_cost, 0)), 0)"
@@ -886,12 +885,12 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
             ledger.project_id,
         )
     )
-    bound = ledger.hard_limit + raised
+    figures.check(raised == 0, f"reprices raised the hard budget's settled events by {raised}")
+    bound = ledger.hard_limit
     for r in hard:
         figures.check(
             r["w_committed"] <= bound,
-            f"the hard budget's committed {r['w_committed']} passed its limit"
-            f" {ledger.hard_limit} plus what reprices raised its events by ({raised})",
+            f"the hard budget's committed {r['w_committed']} passed its limit {bound}",
         )
         figures.check(r["reserved"] == held, f"hard: reserved {r['reserved']} != held {held}")
     # every call's event found its reservation held (900 s expiry: none could lapse)
@@ -900,8 +899,7 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
     figures.check(bool(figures.hard_samples), "the hard budget was never sampled")
     figures.check(
         not over,
-        f"hard budget: committed + reserved passed the limit {ledger.hard_limit}"
-        f" plus what reprices raised ({raised}): {over[:3]}",
+        f"hard budget: committed + reserved passed the limit {bound}: {over[:3]}",
     )
     # each settled call cost at most its estimate
     costs = await ledger.fetch(
@@ -933,6 +931,12 @@ async def check_budgets(ledger: Ledger, figures: Figures) -> dict[str, Any]:
     # the hard budget's first, then the others by time (at most 20 listed; all counted)
     out["repriced_priced_events"] = [{k: str(v) for k, v in dict(r).items()} for r in repriced[:20]]
     out["repriced_priced_count"] = len(repriced)
+    # every event was priced with the prices valid at its time: a reprice changes none of them
+    # (the unpriced ones that the new catalog prices are changed, and counted apart)
+    figures.check(
+        not repriced,
+        f"a reprice changed {len(repriced)} priced events: {out['repriced_priced_events'][:3]}",
+    )
     out["hard"] = {
         "limit": str(ledger.hard_limit),
         "raised_by_reprices": str(raised),

@@ -167,7 +167,7 @@ async def apply_source(
 ) -> RefreshReport:
     """Write `parsed` as the new catalog of `source` and record it, in one transaction."""
     async with conn.transaction():
-        result = await write_catalog(conn, parsed, source=source, url=url, now=started_at)
+        result = await write_catalog(conn, parsed, source=source, url=url)
         await record_applied(
             conn, source, url, at=started_at, succeeded=succeeded, etag=fetched.etag,
             last_modified=fetched.last_modified, content_hash=parsed.content_hash,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 #: The channel of the catalog's NOTIFY; its payload is `<source>:<catalog version>`.
 NOTIFY_CHANNEL: Final = "aiserver_catalog"
-#: The advisory lock a change of the catalog version takes exclusive (`bump_catalog_version`)
+#: The advisory lock a change of the catalog version takes exclusive (`lock_catalog_version`)
 #: and an ingest's transaction shared (the ledger's `ledger_ingest_start`): no new version
 #: commits while an ingest that read the version is still open.
 CATALOG_VERSION_LOCK: Final = advisory_lock_key("costs:catalog-version")
@@ -77,7 +77,16 @@ async def ensure_source(conn: DbConnection, source: str, url: str) -> None:
 
 
 async def lock_catalog_version(conn: DbConnection, source: str) -> int:
-    """The catalog version, its row locked until the transaction ends: one writer at a time."""
+    """The catalog version, its row locked until the transaction ends: one writer at a time.
+
+    It takes `CATALOG_VERSION_LOCK` exclusive first (then the row): it waits for the ingests in
+    flight, which hold it shared until their COMMIT, and holds back the ones that start
+    meanwhile. A change therefore reads its time (`clock_timestamp()`, the `valid_from` of the
+    prices it opens) after every ingest that priced with the old catalog has committed, and no
+    ingest prices with the old catalog after that time. Every writer takes the advisory lock
+    before the row, so two of them (a refresh and an override) cannot deadlock.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_VERSION_LOCK)
     version: int = await conn.fetchval(
         "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1 FOR UPDATE", source
     )
@@ -94,9 +103,9 @@ async def bump_catalog_version(
     transaction commits, and drops it when it rolls back. `changed_at` is the time of a change
     from the upstream (`last_changed_at`); an override leaves that as it is.
 
-    It first takes `CATALOG_VERSION_LOCK` exclusive, until the transaction ends: it waits for
-    the ingests in flight (they hold it shared, and priced with the version they read), and
-    the ingests that start meanwhile wait for this COMMIT, then see the new version.
+    It takes `CATALOG_VERSION_LOCK` exclusive, until the transaction ends (a writer that called
+    `lock_catalog_version` holds it already; taking it again is harmless): the ingests that
+    start meanwhile wait for this COMMIT, then see the new version.
     """
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_VERSION_LOCK)
     version: int = await conn.fetchval(

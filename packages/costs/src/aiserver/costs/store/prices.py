@@ -194,11 +194,17 @@ async def write_catalog(
     *,
     source: str,
     url: str,
-    now: datetime,
 ) -> WriteResult:
-    """Make the current versions of `source` equal to `parsed`. Call inside a transaction."""
+    """Make the current versions of `source` equal to `parsed`. Call inside a transaction.
+
+    The prices it opens are valid from the time it holds the catalog version's lock, not from
+    when the refresh began (before its download): an ingest that priced a call of that time with
+    the old prices has committed by then, and one that prices it later sees the new ones. Until
+    this transaction commits, ingests wait (for the write, well under a second).
+    """
     await ensure_source(conn, source, url)
     version = await lock_catalog_version(conn, source)
+    changed_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
     new_version = version + 1
     await conn.execute(
         """
@@ -229,7 +235,7 @@ async def write_catalog(
         RETURNING c.model
         """,
         source,
-        now,
+        changed_at,
         new_version,
         keep,
     )
@@ -242,7 +248,7 @@ async def write_catalog(
         RETURNING c.model
         """,
         source,
-        now,
+        changed_at,
         new_version,
     )
     columns = ", ".join(_COPY_COLUMNS)
@@ -257,7 +263,7 @@ async def write_catalog(
         RETURNING model
         """,  # noqa: S608
         source,
-        now,
+        changed_at,
         new_version,
     )
     changed_models = {r["model"] for r in changed}
@@ -275,7 +281,7 @@ async def write_catalog(
         model_count=await current_model_count(conn, source),
     )
     if result.changed_anything or version == 0:
-        bumped = await bump_catalog_version(conn, source, changed_at=now)
+        bumped = await bump_catalog_version(conn, source, changed_at=changed_at)
         assert bumped == new_version, "the version row is locked by this transaction"
         result = replace(result, catalog_version=new_version)
     return result
