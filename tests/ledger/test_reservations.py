@@ -389,3 +389,91 @@ async def test_a_changed_limit_binds_the_next_reservation(
     await service.change_budget(pool, access, limited, {"limit_usd": Decimal(2)})
     await reserve(pool, access, amount=Decimal("1.4"), now=NOW)
     assert await window(pool, access, limited) == (Decimal(0), Decimal(2))
+
+
+async def test_after_the_first_the_reservations_take_the_quick_way_of_one_statement(
+    pool: asyncpg.Pool, access: Access, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = await budget(pool, access, "10")
+    search = await budget(pool, access, "10", tags={"team": "search"})
+    # the first reads the project's zone and creates the windows' stripes (the slow way)
+    await reserve(pool, access, amount=Decimal("0.1"), tags={"team": "search"}, now=NOW)
+
+    async def slow_way(*args: object) -> None:
+        raise AssertionError("the slow way was taken")
+
+    monkeypatch.setattr(reservations, "_reserve", slow_way)
+    made = [
+        await reserve(pool, access, amount=Decimal("0.1"), tags={"team": "search"}, now=NOW)
+        for _ in range(20)
+    ]
+    assert all([h.budget_id for h in m.holds] == [whole, search] for m in made)
+    assert all(1 <= h.stripe < STRIPES for m in made for h in m.holds)
+    assert await window(pool, access, whole) == (Decimal(0), Decimal("2.1"))
+    assert await window(pool, access, search) == (Decimal(0), Decimal("2.1"))
+    # a stripe that cannot hold it sends the reservation the slow way, which cuts anew
+    with pytest.raises(AssertionError, match="the slow way was taken"):
+        await reserve(pool, access, amount=Decimal(5), now=NOW)
+
+
+async def test_the_one_statement_reserves_everything_or_nothing(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    roomy = await budget(pool, access, "10")
+    tight = await budget(pool, access, "1")
+    first = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # cuts both windows
+    starts = [reservations.window_of(p, "Europe/Berlin", NOW)[0] for p in reservations.PERIODS]
+    expires = NOW + timedelta(minutes=1)
+    async with pool.acquire() as conn:
+        rid, holds = await reservations.store.reserve_at_once(
+            conn, access.project_id, "Europe/Berlin", Decimal("0.01"), {}, ["gpt-x"], starts,
+            STRIPES, expires,
+        )  # fmt: skip
+        assert [(h.budget_id, h.window_start) for h in holds] == [
+            (roomy, first.holds[0].window_start), (tight, first.holds[1].window_start),
+        ]  # fmt: skip
+        assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.11"))
+        assert (
+            await conn.fetchval("SELECT amounts FROM budget_reservations WHERE id = $1", rid)
+            == [Decimal("0.01")] * 2
+        )
+        # the roomy budget's stripe can hold 0.5, the tight one's cannot: nothing is reserved
+        with pytest.raises(reservations.store.StripeFull) as full:
+            await reservations.store.reserve_at_once(
+                conn, access.project_id, "Europe/Berlin", Decimal("0.5"), {}, ["gpt-x"],
+                starts, STRIPES, expires,
+            )  # fmt: skip
+        assert full.value.budget_id == tight
+        assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.11"))
+        assert await window(pool, access, tight) == (Decimal(0), Decimal("0.11"))
+        assert await conn.fetchval("SELECT count(*) FROM budget_reservations") == 2
+        # windows computed in another zone than the project's: refused, with the project's zone
+        with pytest.raises(reservations.store.ZoneChanged) as moved:
+            await reservations.store.reserve_at_once(
+                conn, access.project_id, "UTC", Decimal("0.01"), {}, [], starts, STRIPES, expires
+            )
+        assert moved.value.zone == "Europe/Berlin"
+        with pytest.raises(reservations.store.ZoneChanged) as unknown:
+            await reservations.store.reserve_at_once(
+                conn, 10**12, "UTC", Decimal("0.01"), {}, [], starts, STRIPES, expires
+            )
+        assert unknown.value.zone is None
+    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 2
+
+
+async def test_a_time_zone_changed_elsewhere_moves_the_next_reservation_to_its_window(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    daily = await budget(pool, access, "10")
+    at = datetime(2026, 6, 10, 2, tzinfo=UTC)  # 10 June in Berlin, still 9 June in New York
+    berlin = await reserve(pool, access, amount=Decimal("0.1"), now=at)
+    assert berlin.holds[0].window_start == datetime(2026, 6, 9, 22, tzinfo=UTC)
+    # another API replica changes the project's zone: this process still remembers Berlin's
+    await pool.execute(
+        "UPDATE projects SET time_zone = 'America/New_York' WHERE id = $1", access.project_id
+    )
+    new_york = await reserve(pool, access, amount=Decimal("0.2"), now=at)
+    assert new_york.holds[0].window_start == datetime(2026, 6, 9, 4, tzinfo=UTC)
+    assert await window(pool, access, daily, at) == (Decimal(0), Decimal("0.2"))
+    again = await reserve(pool, access, amount=Decimal("0.3"), now=at)  # the quick way now
+    assert again.holds[0].window_start == datetime(2026, 6, 9, 4, tzinfo=UTC)

@@ -10,16 +10,57 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db import piccolo_conf
-from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
+from aiserver.core_db.connections import DatabaseUnavailable, DbConnection, redact_dsn
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
 
 log = get_logger(__name__)
+
+
+class PoolConnection(asyncpg.Connection):
+    """The pool's connections: asyncpg's, able to skip the reset query once (`lone_statements`).
+
+    The pool resets a connection when it comes back (rollback, `pg_advisory_unlock_all()`,
+    `CLOSE ALL`, `UNLISTEN *`, `RESET ALL`): a round trip, on every request. A connection that
+    ran only statements outside a transaction block, leaving no session state, needs none of it.
+    """
+
+    __slots__ = ("_no_session_state",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._no_session_state = False
+
+    def left_no_session_state(self) -> None:
+        """The next return to the pool skips the reset query (once)."""
+        self._no_session_state = True
+
+    def get_reset_query(self) -> str:
+        if self._no_session_state:
+            self._no_session_state = False
+            return ""
+        query: str = super().get_reset_query()
+        return query
+
+
+@asynccontextmanager
+async def lone_statements(pool: asyncpg.Pool) -> AsyncIterator[DbConnection]:
+    """A pooled connection for statements outside a transaction block that leave no session
+    state behind (no SET, LISTEN, cursor, session advisory lock or temporary table): when the
+    block ends without an exception, its return to the pool skips the reset query. asyncpg
+    still rolls back a transaction left open. (A pool not opened by `database()` resets as
+    usual.)"""
+    async with pool.acquire() as conn:
+        yield conn
+        mark = getattr(conn, "left_no_session_state", None)
+        if mark is not None:
+            mark()
 
 
 def get_engine() -> PostgresEngine:
@@ -59,6 +100,7 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
             min_size=0 if lazy else settings.database_pool_min_size,
             max_size=settings.database_pool_max_size,
             timeout=10.0,
+            connection_class=PoolConnection,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(

@@ -20,6 +20,12 @@ stripe's share into stripe 0's: the shares still sum to the limit, and the reser
 keeps the room its estimate left unused.
 
 Only `hard` budgets admit or refuse; soft budgets only count what is spent (and alert).
+
+The quick way, one stripe per budget, is one statement (`store.reserve_at_once`, the database
+function `ledger_reserve`): one round trip and one implicit transaction. Its windows are computed
+here, in the project's time zone as this process last saw it; the statement checks that zone and
+refuses to reserve anything when it changed. The cutting anew is the slow way: a transaction of
+several statements (`_reserve`).
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ from decimal import ROUND_DOWN, Context, Decimal, localcontext
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
+from aiserver.core_db.database import lone_statements
 from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
-from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.budgets.reservations import store
 from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
 from aiserver.ledger.errors import (
@@ -64,6 +71,10 @@ _SHARE_UNIT: Final = Decimal("1e-12")
 #: Enough digits for a limit of 1e12 with the many decimals of exact costs.
 _EXACT: Final = Context(prec=80)
 SWEEP_BATCH: Final = 500
+#: Each project's time zone as this process last read it, for the windows of the quick way; a
+#: hint, never trusted: the statement checks it. Forgotten whole past `_MAX_ZONES` projects.
+_ZONES: dict[int, str] = {}
+_MAX_ZONES: Final = 10_000
 _RESERVATION_ID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
@@ -196,13 +207,51 @@ async def reserve(
     checked_tags = _check_tags(tags or {})
     lasts = check_ttl(ttl)
     at = now or datetime.now(UTC)
-    recut: set[int] = set()
+    quick = await _reserve_at_once(pool, project_id, amount, checked_tags, models, at + lasts, at)
+    if isinstance(quick, Reservation):
+        return quick
+    recut = set() if quick is None else {quick}
     while True:
         try:
             return await _reserve(pool, project_id, amount, checked_tags, models, at + lasts,
                                   at, recut)  # fmt: skip
         except _Recut as again:
             recut.add(again.budget_id)
+
+
+async def _reserve_at_once(
+    pool: asyncpg.Pool, project_id: int, amount: Decimal, tags: Mapping[str, str],
+    models: Sequence[str], expires_at: datetime, at: datetime,
+) -> Reservation | int | None:  # fmt: skip
+    """The quick way, in one statement: the reservation; or the id of a budget whose window
+    must be cut anew; or None when the project's time zone is not known here (the slow way
+    reads it)."""
+    for _ in range(2):  # a second time when the zone changed
+        zone = _ZONES.get(project_id)
+        if zone is None:
+            return None
+        starts = [window_of(period, zone, at)[0] for period in PERIODS]
+        try:
+            async with lone_statements(pool) as conn:
+                reservation_id, holds = await store.reserve_at_once(
+                    conn, project_id, zone, amount, tags, models, starts, STRIPES, expires_at
+                )
+        except store.ZoneChanged as changed:
+            _remember_zone(project_id, changed.zone)
+        except store.StripeFull as full:
+            return full.budget_id
+        else:
+            return Reservation(reservation_id, amount, expires_at, holds)
+    return None
+
+
+def _remember_zone(project_id: int, zone: str | None) -> None:
+    if zone is None:
+        _ZONES.pop(project_id, None)
+        return
+    if len(_ZONES) >= _MAX_ZONES and project_id not in _ZONES:
+        _ZONES.clear()
+    _ZONES[project_id] = zone
 
 
 async def _reserve(
@@ -213,6 +262,7 @@ async def _reserve(
     one stripe (the quick way), or all its stripes in order (`recut`), never some of both."""
     async with pool.acquire() as conn, conn.transaction():
         zone, budgets = await store.hard_budgets(conn, project_id)
+        _remember_zone(project_id, zone)
         planned = []
         for budget in budgets:  # by id: the one lock order
             if _admits(budget, tags, models):

@@ -1,5 +1,6 @@
 """All SQL of reservations: on `budget_reservations`, and on the `reserved` and `share` of
-`budget_windows`. Every function runs in the caller's transaction and names the project.
+`budget_windows`. Every function names the project and runs in the caller's transaction, but
+`reserve_at_once`, which is a transaction of its own.
 
 Rows of `budget_windows` are locked in one order everywhere, (budget id, window start, stripe),
 so that reserving, settling, releasing and ingest's commits never deadlock.
@@ -14,13 +15,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
+import asyncpg
 import msgspec
 
 from aiserver.ledger.budgets.commits import BudgetScope
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from aiserver.core_db.connections import DbConnection
 
 _TAGS: Final = msgspec.json.Decoder(dict[str, str])
@@ -74,6 +74,55 @@ async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[H
         for r in rows
         if r["id"] is not None
     ]  # fmt: skip
+
+
+class ZoneChanged(Exception):
+    """The project's time zone is not the one the windows were computed in (`zone`: the
+    project's, or None when there is no such project)."""
+
+    def __init__(self, zone: str | None) -> None:
+        self.zone = zone
+
+
+class StripeFull(Exception):
+    """A budget's chosen stripe does not exist yet or cannot hold the amount."""
+
+    def __init__(self, budget_id: int) -> None:
+        self.budget_id = budget_id
+
+
+_TAGS_OUT: Final = msgspec.json.Encoder()
+
+
+async def reserve_at_once(
+    conn: DbConnection, project_id: int, zone: str, amount: Decimal, tags: Mapping[str, str],
+    models: Sequence[str], starts: Sequence[datetime], stripes: int, expires_at: datetime,
+) -> tuple[UUID, tuple[Hold, ...]]:  # fmt: skip
+    """The quick way in one statement and one implicit transaction (`ledger_reserve`; call it
+    outside a transaction block): on every hard budget the call matches, `amount` on one stripe
+    of its window, chosen at random, and the reservation. `starts`: the current window start
+    of day, week, month and total in `zone`. Raises `ZoneChanged` or `StripeFull` with nothing
+    reserved."""
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM ledger_reserve($1, $2, $3, $4::jsonb, $5, $6, $7, $8)",
+            project_id, zone, amount, _TAGS_OUT.encode(tags).decode(), list(models),
+            list(starts), stripes, expires_at,
+        )  # fmt: skip
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "LR002":
+            raise ZoneChanged(str(exc) or None) from None
+        if exc.sqlstate == "LR003":
+            raise StripeFull(int(str(exc))) from None
+        raise
+    assert row is not None  # the function returns one row
+    holds = tuple(
+        Hold(b, w, s, amount)
+        for b, w, s in zip(
+            row["budget_ids"], row["window_starts"], row["stripe_numbers"], strict=True
+        )
+    )
+    return row["reservation_id"], holds
 
 
 async def take_on_stripe(

@@ -1,0 +1,45 @@
+"""The pool that `database()` opens: a connection comes back reset, unless it ran lone
+statements only (`lone_statements`), which skips the reset query once."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiserver.core_db.database import PoolConnection, database, lone_statements, require_pool
+
+from ..conftest import Settings, replace_settings
+
+SHOW = "SELECT current_setting('application_name')"
+
+
+async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succeed(
+    settings: Settings,
+) -> None:
+    one = replace_settings(settings, database_pool_min_size=1, database_pool_max_size=1)
+    async with database(one.core):
+        pool = require_pool()
+        async with pool.acquire() as conn:
+            assert isinstance(conn._con, PoolConnection)  # noqa: SLF001
+            default = await conn.fetchval(SHOW)
+            await conn.execute("SET application_name = 'set-in-an-ordinary-block'")
+        # an ordinary return to the pool resets the session (RESET ALL among the rest)
+        assert await pool.fetchval(SHOW) == default
+        # the contract broken on purpose, to see the reset skipped: a SET survives the return
+        async with lone_statements(pool) as conn:
+            await conn.execute("SET application_name = 'left-behind'")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(SHOW) == "left-behind"
+        # ... once: the return after that resets again
+        assert await pool.fetchval(SHOW) == default
+        # a block that fails is reset as usual
+        with pytest.raises(RuntimeError, match="failed"):
+            async with lone_statements(pool) as conn:
+                await conn.execute("SET application_name = 'then-failed'")
+                raise RuntimeError("failed")
+        assert await pool.fetchval(SHOW) == default
+        # a transaction left open in a lone block is still rolled back by asyncpg
+        async with lone_statements(pool) as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT 1")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
