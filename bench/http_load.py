@@ -63,15 +63,21 @@ def _requests() -> list[dict[str, Any]]:
     return [{"model": c.model, "usage": c.usage, "service_tier": c.tier} for c in CASES]
 
 
-def _lua(method: str, bodies: list[bytes]) -> str:
-    """A wrk script whose `request()` makes each request (see the module docstring)."""
+def _lua(method: str, bodies: list[bytes], headers: dict[str, str] | None = None) -> str:
+    """A wrk script whose `request()` makes each request (see the module docstring), cycling
+    through `bodies`, with `headers` besides the JSON content type."""
     if not bodies:
         return f'request = function()\n  return wrk.format("{method}", nil, nil, nil)\nend\n'
     items = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
     return (
         f"local bodies = {{\n{items}\n}}\n"
         "local i = 0\n"
-        'local headers = {["Content-Type"] = "application/json"}\n'
+        "local headers = {"
+        + ", ".join(
+            f'["{k}"] = "{v}"'
+            for k, v in {"Content-Type": "application/json", **(headers or {})}.items()
+        )
+        + "}\n"
         "request = function()\n"
         "  i = i % #bodies + 1\n"
         f'  return wrk.format("{method}", nil, headers, bodies[i])\n'

@@ -2,22 +2,24 @@
 ingest.
 
 Two `aiserver-api` processes serve one throwaway database seeded with the bundled snapshot;
-16 client coroutines (8 on each process, one connection each) reserve as fast as they are
-answered:
+16 clients reserve as fast as they are answered: `wrk` with 8 keep-alive connections on each
+process (one thread each; a light client, so that the rate is the server's and not the
+client's), every request a `POST /v1/budgets/reserve` of one estimate:
 
 - **hot**: one hard budget that every reservation matches (its window striped over
   `reservations.STRIPES` rows);
-- **16 budgets**: client i reserves for tag `team=ti`, matched by its own hard budget only.
+- **16 budgets**: each request is for one of 16 tags `team=ti` in turn, matched by that tag's
+  own hard budget only.
 
-Each run lasts `--seconds` with a limit far above what it can reserve; the rate counts the 201
-answers, and p50/p99 are the latencies the clients saw. Then a **hot budget is exhausted**: a
-limit of 2,000 estimates of 0.01 USD, reserved until every client is refused: zero overshoot
-means the window holds exactly the limit, never more, and "refused only when the whole budget is
-exhausted" means that exactly 2,000 were admitted.
+Each run lasts `--seconds` with a limit far above what it can reserve; every answer must be a
+201, and p50/p99 are wrk's (the slower process's). Then a **hot budget is exhausted**: a limit of
+2,000 estimates of 0.01 USD, reserved by 16 Python clients (httpx, 8 on each process) each until
+it is refused: zero overshoot means the window holds exactly the limit, never more, and
+"refused only when the whole budget is exhausted" means that exactly 2,000 were admitted.
 
 During the hot run, the CPU time of the API processes, of PostgreSQL's backends and of the
-clients' own process is read (`/proc`): CPU per reservation of each, and the rate the machine's
-cores would allow the API and PostgreSQL if the clients ran elsewhere.
+clients (wrk) is read (`/proc`, `getrusage`): CPU per reservation of each, and the rate the
+machine's cores would allow the API and PostgreSQL if the clients ran elsewhere.
 
 The same runs **in process** (no HTTP: `reservations.reserve` from 16 pool connections) show
 what the database admits, with the window striped and with one row (STRIPES = 1).
@@ -34,12 +36,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import resource
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -53,7 +60,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.errors import BudgetExceeded
 from bench.common import Section, Table, bench_settings, fmt_ms, say, throwaway_database
-from bench.http_load import _cpu_seconds
+from bench.http_load import _cpu_seconds, _lua, _parse_wrk
 from bench.ingest import backend_cpu
 from bench.server import api_server
 
@@ -61,6 +68,8 @@ CLIENTS = 16
 MODEL = "gpt-4o"
 HUGE = Decimal(10**9)
 ESTIMATE = Decimal("0.01")
+#: the usage of the calculation measured beside the reservations
+USAGE = {"input_tokens": 1200, "output_tokens": 300}
 EXHAUST = 2_000
 BATCH = 1_000
 #: reservations/s on one hot budget over HTTP
@@ -74,12 +83,16 @@ class Run:
     refused: int
     seconds: float
     latencies: list[float]
+    #: (p50, p99) as wrk measured them, when wrk drove the run (no latencies here then)
+    measured: tuple[float, float] | None = None
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds
 
     def percentile(self, share: float) -> float:
+        if self.measured is not None:
+            return self.measured[0 if share == 0.5 else 1]
         ordered = sorted(self.latencies) or [0.0]
         return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
@@ -197,10 +210,11 @@ class Cpu:
 
     @staticmethod
     async def now(api_pids: list[int], admin: asyncpg.Connection) -> Cpu:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has ended
         return Cpu(
             api=sum(_cpu_seconds(pid) for pid in api_pids),
             database=sum((await backend_cpu(admin)).values()),
-            clients=time.process_time(),
+            clients=time.process_time() + children.ru_utime + children.ru_stime,
         )
 
 
@@ -213,6 +227,8 @@ class CpuUse:
     database: float
     clients: float
     cores: int
+    #: the API's CPU per `POST /v1/costs/calculate` (no database) in the same setup
+    calculate_api: float = 0.0
 
     @staticmethod
     def of(before: Cpu, after: Cpu, admitted: int, cores: int) -> CpuUse:
@@ -226,6 +242,12 @@ class CpuUse:
     @property
     def allowed(self) -> float:
         return self.cores / (self.api + self.database)
+
+    @property
+    def ceiling(self) -> float:
+        """The rate the cores would allow if a reservation cost the API no more than a
+        calculation (which reads nothing from the database), and PostgreSQL what it does."""
+        return self.cores / (self.calculate_api + self.database)
 
 
 @dataclass
@@ -254,33 +276,72 @@ async def _exhaust(
     return exhausted
 
 
+def _wrk_body(tags: dict[str, str]) -> bytes:
+    return json.dumps({"model": MODEL, "tags": tags, "estimate": str(ESTIMATE)}).encode()
+
+
+def _wrk_both(
+    name: str, bases: list[str], key: str, bodies: list[bytes], seconds: float,
+    path: str = "/v1/budgets/reserve",
+) -> Run:  # fmt: skip
+    """wrk against each API process at once (CLIENTS / 2 connections each, one thread),
+    cycling through `bodies`; every answer must be a 201 (the limit is far away)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp, "reserve.lua")
+        script.write_text(_lua("POST", bodies, {"Authorization": f"Bearer {key}"}))
+        connections = f"-c{CLIENTS // len(bases)}"
+        command = ["wrk", "-t1", connections, f"-d{seconds:g}s", "--latency", "-s", str(script)]
+        runs = [
+            subprocess.Popen([*command, f"{base}{path}"], stdout=subprocess.PIPE, text=True)
+            for base in bases
+        ]
+        found = [_parse_wrk(run.communicate()[0]) for run in runs]
+    if any(f["non_2xx"] or f["socket_errors"] for f in found):
+        raise RuntimeError(f"{name}: wrk saw answers other than 201, or socket errors: {found}")
+    ok = int(sum(f["requests"] for f in found))
+    rate = sum(f["rps"] for f in found)
+    # the slower process's percentiles: what the worse half of the clients saw
+    measured = (max(f["p50"] for f in found), max(f["p99"] for f in found))
+    return Run(name, ok, 0, ok / rate, [], measured)
+
+
 async def reservation_runs(
     pool: asyncpg.Pool,
     access: Access,
     clients: list[httpx.AsyncClient],
     seconds: float,
-    api_pids: list[int],
+    apis: list[tuple[int, str]],
     url: str,
+    key: str,
 ) -> tuple[list[Run], CpuUse, Exhausted]:
-    say("[reserve] reservations over HTTP: 2 API processes, 16 clients")
+    say(f"[reserve] reservations over HTTP: 2 API processes, {CLIENTS} wrk connections")
+    api_pids, bases = [pid for pid, _ in apis], [base for _, base in apis]
     await _clear(pool)
     await _budget(pool, access, HUGE)
-    calls = [_http_reserve(c, {}) for c in clients]
-    await _drive("warm-up", 1.0, calls)
+    hot_bodies = [_wrk_body({})]
+    _wrk_both("warm-up", bases, key, hot_bodies, 1.0)
     admin = await asyncpg.connect(url)
     try:
         before = await Cpu.now(api_pids, admin)
-        hot = await _drive("HTTP, one hot budget", seconds, calls)
+        hot = _wrk_both("HTTP, one hot budget", bases, key, hot_bodies, seconds)
         after = await Cpu.now(api_pids, admin)
     finally:
         await admin.close()
     say(hot.line())
     cpu = CpuUse.of(before, after, hot.ok, os.cpu_count() or 1)
+    # the same processes and connections on an endpoint that reads nothing from the database
+    calculation = [json.dumps({"model": MODEL, "usage": USAGE}).encode()]
+    started = sum(_cpu_seconds(pid) for pid in api_pids)
+    calculated = _wrk_both("calculate", bases, key, calculation, seconds, "/v1/costs/calculate")
+    cpu.calculate_api = (sum(_cpu_seconds(pid) for pid in api_pids) - started) / calculated.ok
+    say(f"[reserve] POST /v1/costs/calculate beside it: {calculated.rate:,.0f}/s")
     await _clear(pool)
     for i in range(CLIENTS):
         await _budget(pool, access, HUGE, tags={"team": f"t{i}"})
-    calls = [_http_reserve(c, {"team": f"t{i}"}) for i, c in enumerate(clients)]
-    spread = await _drive("HTTP, 16 budgets, one per client", seconds, calls)
+    spread_bodies = [_wrk_body({"team": f"t{i}"}) for i in range(CLIENTS)]
+    _wrk_both("warm-up", bases, key, spread_bodies, 1.0)
+    spread = _wrk_both("HTTP, 16 budgets, requests spread over them", bases, key,
+                       spread_bodies, seconds)  # fmt: skip
     say(spread.line())
     exhausted = await _exhaust(
         pool, access, "HTTP", lambda: [_http_reserve(c, {}) for c in clients]
@@ -394,9 +455,9 @@ async def _measure(seconds: float) -> Found:
                     for i in range(CLIENTS)
                 ]  # fmt: skip
                 try:
-                    pids = [a.process.pid, b.process.pid]
+                    apis = [(a.process.pid, a.base_url), (b.process.pid, b.base_url)]
                     http, cpu, exhausted = await reservation_runs(
-                        pool, access, clients, seconds, pids, url
+                        pool, access, clients, seconds, apis, url, created.text
                     )
                     local, local_exhausted = await local_runs(pool, access, seconds)
                     ingest = await ingest_runs(pool, access, clients, seconds)
@@ -436,7 +497,17 @@ def run(*, seconds: float = 5.0) -> Section:
         + "; ".join(
             why
             for why, failed in (
-                (f"{TARGET / hot.rate:.1f}x short of {TARGET:,}/s on the hot budget", not fast),
+                (
+                    f"{TARGET / hot.rate:.1f}x short of {TARGET:,}/s on the hot budget"
+                    + (
+                        f"; out of reach on this machine: even if a reservation cost the API no "
+                        f"more than a calculation, its {cpu.cores} cores would allow "
+                        f"{cpu.ceiling:,.0f}/s"
+                        if cpu.ceiling < TARGET
+                        else ""
+                    ),
+                    not fast,
+                ),
                 ("a window overshot its limit, or refused an estimate that fitted", not exact),
                 ("a budget far from its limit refused a reservation", not unrefused),
             )
@@ -454,10 +525,20 @@ def run(*, seconds: float = 5.0) -> Section:
                 [
                     ["API (2 processes)", fmt_ms(cpu.api)],
                     ["PostgreSQL (its backends of this database)", fmt_ms(cpu.database)],
-                    ["clients (this process)", fmt_ms(cpu.clients)],
+                    ["clients (wrk)", fmt_ms(cpu.clients)],
                     [
                         f"the rate {cpu.cores} cores would allow the API and PostgreSQL alone",
                         f"{cpu.allowed:,.0f} reservations/s",
+                    ],
+                    [
+                        "API per `POST /v1/costs/calculate` (no database), same processes and "
+                        "connections",
+                        fmt_ms(cpu.calculate_api),
+                    ],
+                    [
+                        f"the rate {cpu.cores} cores would allow if a reservation cost the API "
+                        "no more than that calculation, and PostgreSQL what it costs",
+                        f"{cpu.ceiling:,.0f} reservations/s",
                     ],
                 ],
                 caption="CPU during the hot run over HTTP",

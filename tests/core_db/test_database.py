@@ -3,6 +3,7 @@ statements only (`lone_statements`), which skips the reset query once."""
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from aiserver.core_db.database import PoolConnection, database, lone_statements, require_pool
@@ -12,6 +13,12 @@ from ..conftest import Settings, replace_settings
 SHOW = "SELECT current_setting('application_name')"
 
 
+async def _fail_in_a_lone_block(pool: asyncpg.Pool) -> None:
+    async with lone_statements(pool) as conn:
+        await conn.execute("SET application_name = 'then-failed'")
+        raise RuntimeError("failed")
+
+
 async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succeed(
     settings: Settings,
 ) -> None:
@@ -19,7 +26,7 @@ async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succ
     async with database(one.core):
         pool = require_pool()
         async with pool.acquire() as conn:
-            assert isinstance(conn._con, PoolConnection)  # noqa: SLF001
+            assert isinstance(conn._con, PoolConnection)
             default = await conn.fetchval(SHOW)
             await conn.execute("SET application_name = 'set-in-an-ordinary-block'")
         # an ordinary return to the pool resets the session (RESET ALL among the rest)
@@ -33,9 +40,7 @@ async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succ
         assert await pool.fetchval(SHOW) == default
         # a block that fails is reset as usual
         with pytest.raises(RuntimeError, match="failed"):
-            async with lone_statements(pool) as conn:
-                await conn.execute("SET application_name = 'then-failed'")
-                raise RuntimeError("failed")
+            await _fail_in_a_lone_block(pool)
         assert await pool.fetchval(SHOW) == default
         # a transaction left open in a lone block is still rolled back by asyncpg
         async with lone_statements(pool) as conn:

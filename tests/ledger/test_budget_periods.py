@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aiserver.ledger.budgets.periods import FOREVER, window_of
+from aiserver.ledger.budgets.periods import FOREVER, PERIODS, current_starts, window_of
 
 
 def utc(text: str) -> datetime:
@@ -63,3 +63,15 @@ def test_consecutive_windows_meet_without_a_gap_or_an_overlap() -> None:
 
 def test_a_total_budget_has_one_window_for_all_time() -> None:
     assert window_of("total", "Europe/Berlin", utc("2026-12-03T00:00:00+00:00")) == (FOREVER, None)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata",
+                                  "America/Santiago", "Pacific/Chatham"])  # fmt: skip
+def test_the_remembered_window_starts_are_window_ofs_at_every_instant(zone: str) -> None:
+    """Instants every 97 minutes over 15 months, forwards then backwards (so the remembered
+    starts are reused, then left at each boundary in both directions), across the zone's
+    daylight-saving changes: each answer equals `window_of`'s."""
+    first = utc("2025-12-20T00:00:00Z")
+    instants = [first + timedelta(minutes=97 * i) for i in range(15 * 31 * 24 * 60 // 97)]
+    for at in [*instants, *reversed(instants)]:
+        assert current_starts(zone, at) == tuple(window_of(p, zone, at)[0] for p in PERIODS), at

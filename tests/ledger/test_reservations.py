@@ -18,6 +18,7 @@ import pytest
 from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
+from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.budgets.reservations import STRIPES, cut, release_expired, reserve
 from aiserver.ledger.errors import BudgetExceeded, InvalidField, UnknownReservation
 from aiserver.ledger.settings import LedgerSettings
@@ -422,7 +423,7 @@ async def test_the_one_statement_reserves_everything_or_nothing(
     roomy = await budget(pool, access, "10")
     tight = await budget(pool, access, "1")
     first = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # cuts both windows
-    starts = [reservations.window_of(p, "Europe/Berlin", NOW)[0] for p in reservations.PERIODS]
+    starts = [window_of(p, "Europe/Berlin", NOW)[0] for p in PERIODS]
     expires = NOW + timedelta(minutes=1)
     async with pool.acquire() as conn:
         rid, holds = await reservations.store.reserve_at_once(

@@ -45,3 +45,25 @@ def window_of(period: Period, time_zone: str, at: datetime) -> tuple[datetime, d
         first = local.replace(day=1)
         after = (first + timedelta(days=32)).replace(day=1)
     return _local_midnight(first, zone), _local_midnight(after, zone)
+
+
+#: Per time zone, the window starts of every period (in `PERIODS` order) and the span of
+#: instants they hold for: the latest start to the earliest end.
+_STARTS: dict[str, tuple[tuple[datetime, ...], datetime, datetime]] = {}
+_MAX_ZONES: Final = 1_000
+
+
+def current_starts(time_zone: str, at: datetime) -> tuple[datetime, ...]:
+    """The start of the window holding `at` of each period, in `PERIODS` order: what
+    `window_of` answers, remembered per zone for as long as all of them hold (a reservation's
+    quick way asks on every call; the day changes once a day)."""
+    known = _STARTS.get(time_zone)
+    if known is not None and known[1] <= at < known[2]:
+        return known[0]
+    windows = [window_of(period, time_zone, at) for period in PERIODS]
+    starts = tuple(start for start, _ in windows)
+    holds_until = min(end for _, end in windows if end is not None)
+    if len(_STARTS) >= _MAX_ZONES:
+        _STARTS.clear()
+    _STARTS[time_zone] = (starts, max(starts), holds_until)
+    return starts

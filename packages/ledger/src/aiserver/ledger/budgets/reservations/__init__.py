@@ -45,7 +45,7 @@ from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
-from aiserver.ledger.budgets.periods import PERIODS, window_of
+from aiserver.ledger.budgets.periods import current_starts, window_of
 from aiserver.ledger.budgets.reservations import store
 from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
 from aiserver.ledger.errors import (
@@ -230,7 +230,7 @@ async def _reserve_at_once(
         zone = _ZONES.get(project_id)
         if zone is None:
             return None
-        starts = [window_of(period, zone, at)[0] for period in PERIODS]
+        starts = current_starts(zone, at)
         try:
             async with lone_statements(pool) as conn:
                 reservation_id, holds = await store.reserve_at_once(
