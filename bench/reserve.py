@@ -470,7 +470,9 @@ async def _measure(seconds: float) -> Found:
 def _loss(before: float, after: float) -> str:
     """What `after` lost against `before`, as a percentage (a gain says so)."""
     loss = (before - after) / before
-    return f"{loss:.0%}" if loss >= 0 else f"{loss:.0%} (a gain)"
+    if round(loss * 100) == 0:
+        return "0% (within 0.5%)"
+    return f"{loss:.0%}" if loss > 0 else f"{loss:.0%} (a gain)"
 
 
 def _runs_table(runs: list[Run], where: str, seconds: float) -> Table:
