@@ -173,11 +173,16 @@ async def test_budgets_created_and_deleted_while_usage_streams_in_count_every_ev
     pool, access = project
     rng = random.Random(7)
     teams = ("search", "ads", "core")
+    # A budget created mid-period counts what its current window spent so far, and earlier
+    # windows not at all; so the events stay within today (in the project's zone), up to 10
+    # hours back, as the budgets' one window (at midnight, from NOW back to midnight only).
+    today = int((NOW - window_of("day", ZONE, NOW)[0]).total_seconds() // 60)
+    span = max(1, min(600, today))
 
     async def stream(worker: int) -> None:
         for batch in range(6):
             raws = [
-                event(f"w{worker}-{batch}-{i}", NOW - timedelta(minutes=rng.randrange(600)),
+                event(f"w{worker}-{batch}-{i}", NOW - timedelta(minutes=rng.randrange(span)),
                       tokens=rng.randrange(1, 5000), team=rng.choice(teams))
                 for i in range(rng.randrange(1, 40))
             ]  # fmt: skip

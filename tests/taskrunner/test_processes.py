@@ -318,7 +318,9 @@ async def test_sigterm_during_a_refresh_lets_it_finish_whole_and_frees_the_lock(
     # was closed and a new one opened; no other row was written (same xmin) and aliases stayed.
     runs = await refresh_runs(url)
     assert [(r["trigger"], r["outcome"]) for r in runs] == [("seed", "seeded"), ("cron", "applied")]
-    applied_at = runs[1]["started_at"]
+    # the prices changed at the instant the refresh held the catalog's lock for its write:
+    # after its download began (started_at), before it finished
+    started_at, finished_at = runs[1]["started_at"], runs[1]["finished_at"]
     before_prices, before_aliases = split(before)
     after_prices, after_aliases = split(await catalog_rows(url))
     assert after_aliases == before_aliases
@@ -327,11 +329,13 @@ async def test_sigterm_during_a_refresh_lets_it_finish_whole_and_frees_the_lock(
         r for r in before_prices if r[1] != "gpt-4o"
     ]
     closed, opened = [r for r in after_prices if r[1] == "gpt-4o"]
-    assert closed[:8] == (*old[:5], applied_at, 1, 2)
+    changed_at = closed[5]
+    assert started_at < changed_at < finished_at
+    assert closed[:8] == (*old[:5], changed_at, 1, 2)
     assert opened[0] > max(r[0] for r in before_prices)
     assert opened[1:3] == ("gpt-4o", "openai")
     assert opened[3] != old[3]
-    assert opened[4:8] == (applied_at, None, 2, None)
+    assert opened[4:8] == (changed_at, None, 2, None)
 
     # and nothing holds a lock: the process closed its connections on the way out
     await eventually(lambda: advisory_locks(url), 0, timeout=5)

@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
 
 async def record_run(conn: DbConnection, run: RefreshReport, *, started_at: datetime) -> None:
+    """One row of the run; `finished_at` is the time of this statement (`clock_timestamp()`, not
+    the transaction's start: an applied run writes the catalog first, in the same transaction)."""
     await conn.execute(
         """
         INSERT INTO ai_cost_refresh_runs
             (source, trigger, started_at, finished_at, outcome, http_status, fetched_bytes,
              added, changed, removed, skipped, skipped_entries, catalog_version, error)
-        VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)
+        VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)
         """,
         run.source,
         run.trigger,
