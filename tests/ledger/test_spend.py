@@ -467,16 +467,25 @@ async def test_folds_that_commit_while_spend_is_read_never_count_an_event_twice_
     expected = msgspec.to_builtins(await ledger.spend(**question))
     del expected["freshness"]
 
+    answered = asyncio.Event()
+
     async def fold() -> None:
+        # a batch of 7 at a time, the next once an answer was read (each batch commits while
+        # the next question is being answered): the answers see many states, however fast
+        # this machine folds against how fast it answers
         while await ledger.pool.fetchval("SELECT count(*) FROM usage_outbox"):
             await fold_all(ledger.pool, limit=7)
+            await answered.wait()
+            answered.clear()
 
     folding = asyncio.create_task(fold())
     unfolded = set()
     while not folding.done():
         answer = msgspec.to_builtins(await ledger.spend(**question))
         unfolded.add(answer.pop("freshness")["unfolded_events"])
+        answered.set()
         assert answer == expected
+        await asyncio.sleep(0)  # let the folder take its turn before the next question
     await folding
     assert len(unfolded) > 3  # the answers were read between many folds
     assert min(unfolded) >= 0
