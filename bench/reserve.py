@@ -19,10 +19,14 @@ it is refused: zero overshoot means the window holds exactly the limit, never mo
 
 During the hot run, the CPU time of the API processes, of PostgreSQL's backends and of the
 clients (wrk) is read (`/proc`, `getrusage`): CPU per reservation of each, and the rate the
-machine's cores would allow the API and PostgreSQL if the clients ran elsewhere.
+machine's cores would allow the API and PostgreSQL if the clients ran elsewhere; and how many
+reservations each statement carried (reservations that arrive together at a process share one
+statement: the API's `/metrics`).
 
 The same runs **in process** (no HTTP: `reservations.reserve` from 16 pool connections) show
-what the database admits, with the window striped and with one row (STRIPES = 1).
+what the database admits, side by side: the window striped with reservations sharing
+statements (as served), striped with one reservation per statement (`batches.MAX_CALLS` = 1),
+and one row (STRIPES = 1).
 
 **Ingest with budgets**: `POST /v1/usage` of single events from 16 clients and of batches of
 1,000 events from 4 clients, with no budget and with 5 budgets matching every event; the loss is
@@ -58,6 +62,7 @@ from aiserver.costs.refresh import seed_from_snapshot
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
+from aiserver.ledger.budgets.reservations import batches
 from aiserver.ledger.errors import BudgetExceeded
 from bench.common import Section, Table, bench_settings, fmt_ms, say, throwaway_database
 from bench.http_load import _cpu_seconds, _lua, _parse_wrk
@@ -229,6 +234,8 @@ class CpuUse:
     cores: int
     #: the API's CPU per `POST /v1/costs/calculate` (no database) in the same setup
     calculate_api: float = 0.0
+    #: reservations per statement on the quick way during the run (the API's /metrics)
+    per_statement: float = 0.0
 
     @staticmethod
     def of(before: Cpu, after: Cpu, admitted: int, cores: int) -> CpuUse:
@@ -274,6 +281,19 @@ async def _exhaust(
         f"overshoot {exhausted.overshoot}"
     )
     return exhausted
+
+
+def _sent(bases: list[str]) -> tuple[float, float]:
+    """The quick way's statements and the reservations they carried so far, summed over the
+    API processes (`aiserver_reservation_statements_total`, `..._calls_total`)."""
+    totals = {"aiserver_reservation_statements_total": 0.0, "aiserver_reservation_calls_total": 0.0}
+    for base in bases:
+        for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in totals:
+                totals[name] += float(value)
+    statements, calls = totals.values()
+    return statements, calls
 
 
 def _wrk_body(tags: dict[str, str]) -> bytes:
@@ -322,13 +342,18 @@ async def reservation_runs(
     _wrk_both("warm-up", bases, key, hot_bodies, 1.0)
     admin = await asyncpg.connect(url)
     try:
+        sent_before = _sent(bases)
         before = await Cpu.now(api_pids, admin)
         hot = _wrk_both("HTTP, one hot budget", bases, key, hot_bodies, seconds)
         after = await Cpu.now(api_pids, admin)
+        sent_after = _sent(bases)
     finally:
         await admin.close()
     say(hot.line())
     cpu = CpuUse.of(before, after, hot.ok, os.cpu_count() or 1)
+    statements, calls = (a - b for a, b in zip(sent_after, sent_before, strict=True))
+    cpu.per_statement = calls / statements if statements else 0.0
+    say(f"[reserve]   {cpu.per_statement:.1f} reservations per statement on the quick way")
     # the same processes and connections on an endpoint that reads nothing from the database
     calculation = [json.dumps({"model": MODEL, "usage": USAGE}).encode()]
     started = sum(_cpu_seconds(pid) for pid in api_pids)
@@ -352,17 +377,26 @@ async def reservation_runs(
 async def local_runs(
     pool: asyncpg.Pool, access: Access, seconds: float
 ) -> tuple[list[Run], list[Exhausted]]:
+    """In process, one hot budget: striped, with the reservations that arrive together sharing
+    a statement (as served); striped, one reservation per statement (`batches.MAX_CALLS` = 1,
+    as before reservations were batched); and as one row."""
     say("[reserve] reservations in process: 16 connections, no HTTP")
     runs, exhausted = [], []
-    striped = reservations.STRIPES
+    striped, together = reservations.STRIPES, batches.MAX_CALLS
+    setups = [
+        (striped, together, f"{striped} stripes, up to {together} per statement"),
+        (striped, 1, f"{striped} stripes, one per statement"),
+        (1, together, f"one row, up to {together} per statement"),
+    ]
     try:
-        for stripes in (striped, 1):
-            reservations.STRIPES = stripes  # type: ignore[misc]  # the benchmark's one knob
+        for stripes, most, rows in setups:
+            # the benchmark's two knobs
+            reservations.STRIPES = stripes  # type: ignore[misc]
+            batches.MAX_CALLS = most  # type: ignore[misc]
             await _clear(pool)
             await _budget(pool, access, HUGE)
             calls = [_local_reserve(pool, access, {}) for _ in range(CLIENTS)]
             await _drive("warm-up", 0.5, calls)
-            rows = f"{stripes} stripes" if stripes > 1 else "one row"
             runs.append(await _drive(f"in process, one hot budget, {rows}", seconds, calls))
             say(runs[-1].line())
             exhausted.append(
@@ -375,6 +409,7 @@ async def local_runs(
             )
     finally:
         reservations.STRIPES = striped  # type: ignore[misc]
+        batches.MAX_CALLS = together  # type: ignore[misc]
     return runs, exhausted
 
 
@@ -528,6 +563,11 @@ def run(*, seconds: float = 5.0) -> Section:
                     ["API (2 processes)", fmt_ms(cpu.api)],
                     ["PostgreSQL (its backends of this database)", fmt_ms(cpu.database)],
                     ["clients (wrk)", fmt_ms(cpu.clients)],
+                    [
+                        "reservations per statement on the quick way (calls / statements, "
+                        "from the API's /metrics)",
+                        f"{cpu.per_statement:.1f}",
+                    ],
                     [
                         f"the rate {cpu.cores} cores would allow the API and PostgreSQL alone",
                         f"{cpu.allowed:,.0f} reservations/s",

@@ -4,8 +4,10 @@ each scrape, bounded in time; a database that fails leaves those gauges out, nev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -13,8 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiserver.api.metrics import BACKLOG_TIMEOUT_S
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import reservations
+from aiserver.ledger.budgets.reservations import batches
 
-from .conftest import Client, Tenants, bearer
+from .conftest import Client, Settings, Tenants, bearer
 from .test_usage_events import at, event
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -149,3 +154,37 @@ async def test_a_scrape_waits_for_the_backlog_no_longer_than_its_timeout(
     assert BACKLOG_TIMEOUT_S <= waited < BACKLOG_TIMEOUT_S + 2
     assert not [key for key in samples if key[0] in BACKLOG]
     assert ("aiserver_usage_outbox_rows", ()) in await scrape(client)  # back once unlocked
+
+
+async def test_reservations_are_counted_with_the_statements_that_carried_them(
+    client: Client, tenants: Tenants, api_settings: Settings, pg: asyncpg.Connection
+) -> None:
+    """The counters are the process's own: reservations made in it (here straight through the
+    ledger, since the test client answers one request at a time and cannot make several arrive
+    together) show up in its /metrics, with the statements that carried them."""
+    body = {"name": "hard", "limit_usd": "100", "period": "day", "hard": True}
+    created = await client.post("/v1/budgets", headers=bearer(tenants.admin_a["key"]), json=body)
+    assert created.status_code == 201, created.text
+    project_id = await pg.fetchval("SELECT id FROM projects WHERE slug = 'acme-a'")
+    access = Access(project_id, "acme-a", frozenset({"ingest"}))
+    pool = await asyncpg.create_pool(api_settings.core.database_url, min_size=1, max_size=8)
+    try:
+
+        async def reserve() -> None:
+            await reservations.reserve(pool, access, amount=Decimal("0.01"), models=["gpt-4o"])
+
+        await reserve()  # the first cuts the window (the slow way)
+        before, sent = await scrape(client), (batches.SENT.statements, batches.SENT.calls)
+        await asyncio.gather(*(reserve() for _ in range(24)))
+        after = await scrape(client)
+    finally:
+        await pool.close()
+    statements = counted(before, after, "aiserver_reservation_statements_total")
+    assert counted(before, after, "aiserver_reservation_calls_total") == 24
+    assert statements == batches.SENT.statements - sent[0]
+    assert batches.SENT.calls - sent[1] == 24
+    assert 1 <= statements < 24  # reservations that arrived together shared statements
+    held = await pg.fetchval(
+        "SELECT sum(reserved) FROM budget_windows WHERE budget_id = $1", created.json()["id"]
+    )
+    assert held == Decimal("0.25")

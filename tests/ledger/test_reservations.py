@@ -19,7 +19,8 @@ from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.budgets.periods import PERIODS, window_of
-from aiserver.ledger.budgets.reservations import STRIPES, cut, release_expired, reserve
+from aiserver.ledger.budgets.reservations import STRIPES, batches, cut, release_expired, reserve
+from aiserver.ledger.budgets.reservations.store import Call
 from aiserver.ledger.errors import BudgetExceeded, InvalidField, UnknownReservation
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.ingest import EventResult, UsageRecorder, decode_items
@@ -417,7 +418,7 @@ async def test_after_the_first_the_reservations_take_the_quick_way_of_one_statem
         await reserve(pool, access, amount=Decimal(5), now=NOW)
 
 
-async def test_the_one_statement_reserves_everything_or_nothing(
+async def test_one_statement_reserves_each_call_all_or_nothing_on_its_own(
     pool: asyncpg.Pool, access: Access
 ) -> None:
     roomy = await budget(pool, access, "10")
@@ -425,41 +426,132 @@ async def test_the_one_statement_reserves_everything_or_nothing(
     first = await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # cuts both windows
     starts = [window_of(p, "Europe/Berlin", NOW)[0] for p in PERIODS]
     expires = NOW + timedelta(minutes=1)
+
+    def call(amount: str, **tags: str) -> Call:
+        return Call(Decimal(amount), tags, ["gpt-x"], expires)
+
     async with pool.acquire() as conn:
-        rid, holds = await reservations.store.reserve_at_once(
-            conn, access.project_id, "Europe/Berlin", Decimal("0.01"), {}, ["gpt-x"], starts,
-            STRIPES, expires,
+        # the roomy budget's stripes can hold 0.5, the tight one's cannot: the second call takes
+        # its hold on the roomy budget first (budget order), then gives it back
+        answers = await reservations.store.reserve_many(
+            conn, access.project_id, "Europe/Berlin", starts, STRIPES,
+            [call("0.01"), call("0.5"), call("0.02", team="search")],
         )  # fmt: skip
-        assert [(h.budget_id, h.window_start) for h in holds] == [
-            (roomy, first.holds[0].window_start), (tight, first.holds[1].window_start),
+        assert answers[1] == tight
+        made = [a for a in answers if not isinstance(a, int)]
+        assert [[(h.budget_id, h.window_start, h.amount) for h in holds] for _, holds in made] == [
+            [(roomy, first.holds[0].window_start, Decimal(a)),
+             (tight, first.holds[1].window_start, Decimal(a))]
+            for a in ("0.01", "0.02")
         ]  # fmt: skip
-        assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.11"))
-        assert (
-            await conn.fetchval("SELECT amounts FROM budget_reservations WHERE id = $1", rid)
-            == [Decimal("0.01")] * 2
+        assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.13"))
+        assert await window(pool, access, tight) == (Decimal(0), Decimal("0.13"))
+        stored = await conn.fetch(
+            "SELECT id, amounts, budget_ids, stripes FROM budget_reservations WHERE id <> $1",
+            first.id,
         )
-        # the roomy budget's stripe can hold 0.5, the tight one's cannot: nothing is reserved
-        with pytest.raises(reservations.store.StripeFull) as full:
-            await reservations.store.reserve_at_once(
-                conn, access.project_id, "Europe/Berlin", Decimal("0.5"), {}, ["gpt-x"],
-                starts, STRIPES, expires,
-            )  # fmt: skip
-        assert full.value.budget_id == tight
-        assert await window(pool, access, roomy) == (Decimal(0), Decimal("0.11"))
-        assert await window(pool, access, tight) == (Decimal(0), Decimal("0.11"))
-        assert await conn.fetchval("SELECT count(*) FROM budget_reservations") == 2
+        assert {(r["id"], tuple(r["amounts"])) for r in stored} == {
+            (rid, (h[0].amount,) * 2) for rid, h in made
+        }
+        assert {(r["id"], tuple(r["stripes"])) for r in stored} == {
+            (rid, tuple(x.stripe for x in h)) for rid, h in made
+        }
         # windows computed in another zone than the project's: refused, with the project's zone
         with pytest.raises(reservations.store.ZoneChanged) as moved:
-            await reservations.store.reserve_at_once(
-                conn, access.project_id, "UTC", Decimal("0.01"), {}, [], starts, STRIPES, expires
+            await reservations.store.reserve_many(
+                conn, access.project_id, "UTC", starts, STRIPES, [call("0.01")]
             )
         assert moved.value.zone == "Europe/Berlin"
         with pytest.raises(reservations.store.ZoneChanged) as unknown:
-            await reservations.store.reserve_at_once(
-                conn, 10**12, "UTC", Decimal("0.01"), {}, [], starts, STRIPES, expires
+            await reservations.store.reserve_many(
+                conn, 10**12, "UTC", starts, STRIPES, [call("0.01")]
             )
         assert unknown.value.zone is None
-    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 2
+    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 3
+
+
+async def test_reservations_that_arrive_together_share_a_statement(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    whole = await budget(pool, access, "100")
+    search = await budget(pool, access, "100", tags={"team": "search"})
+    await reserve(pool, access, amount=Decimal("0.1"), tags={"team": "search"}, now=NOW)
+    sent = batches.SENT
+    statements, calls = sent.statements, sent.calls
+    made = await asyncio.gather(*(
+        reserve(pool, access, amount=Decimal("0.01"), tags={"team": "search"} if i % 2 else {},
+                now=NOW)
+        for i in range(60)
+    ))  # fmt: skip
+    assert sent.calls - calls == 60
+    assert sent.statements - statements < 60 / 4  # many calls per statement
+    assert len({m.id for m in made}) == 60
+    assert await window(pool, access, whole) == (Decimal(0), Decimal("0.7"))
+    assert await window(pool, access, search) == (Decimal(0), Decimal("0.4"))
+    held = await pool.fetchval(
+        "SELECT sum(amount) FROM budget_reservations WHERE project_id = $1", access.project_id
+    )
+    assert held == Decimal("0.7")
+
+
+async def test_a_statement_that_fails_fails_every_call_it_carried_and_reserves_nothing(
+    pool: asyncpg.Pool, access: Access, migrated_database_url: str
+) -> None:
+    limited = await budget(pool, access, "10")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    database = migrated_database_url.rpartition("/")[2]
+    await pool.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+    await pool.expire_connections()
+    sent = batches.SENT
+    statements = sent.statements
+    blocker = await asyncpg.connect(migrated_database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT * FROM budget_windows WHERE budget_id = $1 FOR UPDATE", limited
+            )
+            failed = await asyncio.gather(
+                *(reserve(pool, access, amount=Decimal("0.01"), now=NOW) for _ in range(12)),
+                return_exceptions=True,
+            )
+    finally:
+        await blocker.close()
+    assert all(isinstance(f, asyncpg.QueryCanceledError) for f in failed), failed
+    assert sent.statements - statements < 12  # calls were carried together, and failed together
+    assert await window(pool, access, limited) == (Decimal(0), Decimal("0.1"))
+    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 1
+    await pool.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+    await pool.expire_connections()
+    await reserve(pool, access, amount=Decimal("0.01"), now=NOW)
+    assert await window(pool, access, limited) == (Decimal(0), Decimal("0.11"))
+
+
+async def test_two_processes_batching_calls_of_several_budgets_never_deadlock(
+    pool: asyncpg.Pool, access: Access, migrated_database_url: str
+) -> None:
+    """Two pools stand for two API processes; calls match different sets of budgets, so one
+    statement's holds interleave budgets that another's take too: every hold is taken in the one
+    lock order, and the windows end exact."""
+    ids = [
+        await budget(pool, access, "1000", tags=tags)
+        for tags in ({}, {"team": "a"}, {"user": "u"}, {"team": "a", "user": "u"})
+    ]
+    await reserve(pool, access, amount=Decimal("0.1"), tags={"team": "a", "user": "u"}, now=NOW)
+    shapes = [{}, {"team": "a"}, {"user": "u"}, {"team": "a", "user": "u"}]
+    other = await asyncpg.create_pool(migrated_database_url, min_size=0, max_size=8)
+    try:
+        made = await asyncio.gather(*(
+            reserve((pool, other)[i % 2], access, amount=Decimal("0.01"),
+                    tags=shapes[(i // 2) % 4], now=NOW)
+            for i in range(400)
+        ))  # fmt: skip
+    finally:
+        await other.close()
+    assert len(made) == 400
+    expected = {ids[0]: 400, ids[1]: 200, ids[2]: 200, ids[3]: 100}
+    for budget_id, calls in expected.items():
+        reserved = Decimal("0.01") * calls + Decimal("0.1")
+        assert await window(pool, access, budget_id) == (Decimal(0), reserved), budget_id
 
 
 async def test_a_time_zone_changed_elsewhere_moves_the_next_reservation_to_its_window(

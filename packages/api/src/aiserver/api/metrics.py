@@ -12,6 +12,10 @@ Usage (counters of this process, from each request's results):
 - `aiserver_otlp_ignored_spans_total{reason}`: the ignored ones by why: no_usage (no GenAI
   token count), no_model, aggregate (an agent's, workflow's or tool's span).
 
+Reservations (counters of this process): `aiserver_reservation_statements_total`, the statements
+sent to reserve on hard budgets the quick way, and `aiserver_reservation_calls_total`, the
+reservations they carried; reservations that arrive together share a statement.
+
 The ledger's backlog (gauges of the whole database, read at scrape time with a timeout of
 `BACKLOG_TIMEOUT_S`; when the read fails they are absent from that scrape, and a warning is
 logged, never an error answer):
@@ -33,12 +37,13 @@ from litestar import get
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
+from aiserver.ledger.budgets.reservations import batches
 from aiserver.ledger.monitoring import LedgerBacklog, read_backlog
 from aiserver.ledger.otlp.export import TraceExport
 from aiserver.ledger.usage.ingest import IngestReport
@@ -177,6 +182,26 @@ class BacklogCollector(Collector):
 
 backlog_collector = BacklogCollector()
 REGISTRY.register(backlog_collector)
+
+
+class ReservationCollector(Collector):
+    """The quick way's statements and the reservations they carried (`batches.SENT`)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        sent = batches.SENT
+        yield CounterMetricFamily(
+            "aiserver_reservation_statements",
+            "Statements this process sent to reserve on hard budgets the quick way",
+            sent.statements,
+        )
+        yield CounterMetricFamily(
+            "aiserver_reservation_calls",
+            "Reservations those statements carried (per statement: calls / statements)",
+            sent.calls,
+        )
+
+
+REGISTRY.register(ReservationCollector())
 
 prometheus = PrometheusConfig(app_name="aiserver_api", prefix="aiserver", group_path=True)
 

@@ -21,11 +21,12 @@ keeps the room its estimate left unused.
 
 Only `hard` budgets admit or refuse; soft budgets only count what is spent (and alert).
 
-The quick way, one stripe per budget, is one statement (`store.reserve_at_once`, the database
-function `ledger_reserve`): one round trip and one implicit transaction. Its windows are computed
-here, in the project's time zone as this process last saw it; the statement checks that zone and
-refuses to reserve anything when it changed. The cutting anew is the slow way: a transaction of
-several statements (`_reserve`).
+The quick way, one stripe per budget, is one statement (`store.reserve_many`, the database
+function `ledger_reserve_many`): one round trip and one implicit transaction, shared by the
+reservations of the project that arrive together (`batches`), each all or nothing on its own.
+Its windows are computed here, in the project's time zone as this process last saw it; the
+statement checks that zone and refuses to reserve anything when it changed. The cutting anew is
+the slow way: a transaction of several statements (`_reserve`).
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ from decimal import ROUND_DOWN, Context, Decimal, localcontext
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
-from aiserver.core_db.database import lone_statements
 from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
 from aiserver.ledger.budgets.periods import current_starts, window_of
-from aiserver.ledger.budgets.reservations import store
+from aiserver.ledger.budgets.reservations import batches, store
 from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
 from aiserver.ledger.errors import (
     BudgetExceeded,
@@ -223,24 +223,23 @@ async def _reserve_at_once(
     pool: asyncpg.Pool, project_id: int, amount: Decimal, tags: Mapping[str, str],
     models: Sequence[str], expires_at: datetime, at: datetime,
 ) -> Reservation | int | None:  # fmt: skip
-    """The quick way, in one statement: the reservation; or the id of a budget whose window
-    must be cut anew; or None when the project's time zone is not known here (the slow way
-    reads it)."""
+    """The quick way, in one statement with the calls that arrive with this one: the
+    reservation; or the id of a budget whose window must be cut anew; or None when the
+    project's time zone is not known here (the slow way reads it)."""
+    call = store.Call(amount, tags, models, expires_at)
     for _ in range(2):  # a second time when the zone changed
         zone = _ZONES.get(project_id)
         if zone is None:
             return None
         starts = current_starts(zone, at)
         try:
-            async with lone_statements(pool) as conn:
-                reservation_id, holds = await store.reserve_at_once(
-                    conn, project_id, zone, amount, tags, models, starts, STRIPES, expires_at
-                )
+            answer = await batches.reserve(pool, project_id, zone, starts, STRIPES, call)
         except store.ZoneChanged as changed:
             _remember_zone(project_id, changed.zone)
-        except store.StripeFull as full:
-            return full.budget_id
         else:
+            if isinstance(answer, int):
+                return answer
+            reservation_id, holds = answer
             return Reservation(reservation_id, amount, expires_at, holds)
     return None
 

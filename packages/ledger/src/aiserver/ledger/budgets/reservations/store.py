@@ -1,6 +1,6 @@
 """All SQL of reservations: on `budget_reservations`, and on the `reserved` and `share` of
 `budget_windows`. Every function names the project and runs in the caller's transaction, but
-`reserve_at_once`, which is a transaction of its own.
+`reserve_many`, which is a transaction of its own.
 
 Rows of `budget_windows` are locked in one order everywhere, (budget id, window start, stripe),
 so that reserving, settling, releasing and ingest's commits never deadlock.
@@ -84,45 +84,61 @@ class ZoneChanged(Exception):
         self.zone = zone
 
 
-class StripeFull(Exception):
-    """A budget's chosen stripe does not exist yet or cannot hold the amount."""
-
-    def __init__(self, budget_id: int) -> None:
-        self.budget_id = budget_id
+_JSON_OUT: Final = msgspec.json.Encoder()
 
 
-_TAGS_OUT: Final = msgspec.json.Encoder()
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A coming call to reserve for: its estimate, tags, models and the reservation's expiry."""
+
+    amount: Decimal
+    tags: Mapping[str, str]
+    models: Sequence[str]
+    expires_at: datetime
 
 
-async def reserve_at_once(
-    conn: DbConnection, project_id: int, zone: str, amount: Decimal, tags: Mapping[str, str],
-    models: Sequence[str], starts: Sequence[datetime], stripes: int, expires_at: datetime,
-) -> tuple[UUID, tuple[Hold, ...]]:  # fmt: skip
-    """The quick way in one statement and one implicit transaction (`ledger_reserve`; call it
-    outside a transaction block): on every hard budget the call matches, `amount` on one stripe
-    of its window, chosen at random, and the reservation. `starts`: the current window start
-    of day, week, month and total in `zone`. Raises `ZoneChanged` or `StripeFull` with nothing
-    reserved."""
+#: What the quick way answers a call: its reservation (id and holds), or the id of a budget
+#: whose stripe could not hold it (cut that budget's window anew).
+Answer = tuple[UUID, tuple[Hold, ...]] | int
+
+
+async def reserve_many(
+    conn: DbConnection, project_id: int, zone: str, starts: Sequence[datetime], stripes: int,
+    calls: Sequence[Call],
+) -> list[Answer]:  # fmt: skip
+    """The quick way for `calls` of one project in one statement and one implicit transaction
+    (`ledger_reserve_many`; call it outside a transaction block): for each call on its own,
+    all or nothing, its amount on one stripe, chosen at random, of the window of every hard
+    budget it matches, and its reservation. `starts`: the current window start of day, week,
+    month and total in `zone`. Answers in the order of `calls`; raises `ZoneChanged` with
+    nothing reserved for any call."""
     try:
-        row = await conn.fetchrow(
-            "SELECT * FROM ledger_reserve($1, $2, $3, $4::jsonb, $5, $6, $7, $8)",
-            project_id, zone, amount, _TAGS_OUT.encode(tags).decode(), list(models),
-            list(starts), stripes, expires_at,
+        rows = await conn.fetch(
+            "SELECT * FROM ledger_reserve_many($1, $2, $3, $4, $5, $6::jsonb[], $7::jsonb[], $8)",
+            project_id, zone, list(starts), stripes, [c.amount for c in calls],
+            [_JSON_OUT.encode(c.tags).decode() for c in calls],
+            [_JSON_OUT.encode(list(c.models)).decode() for c in calls],
+            [c.expires_at for c in calls],
         )  # fmt: skip
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == "LR002":
             raise ZoneChanged(str(exc) or None) from None
-        if exc.sqlstate == "LR003":
-            raise StripeFull(int(str(exc))) from None
         raise
-    assert row is not None  # the function returns one row
-    holds = tuple(
-        Hold(b, w, s, amount)
-        for b, w, s in zip(
-            row["budget_ids"], row["window_starts"], row["stripe_numbers"], strict=True
-        )
-    )
-    return row["reservation_id"], holds
+    answers: list[Answer | None] = [None] * len(calls)
+    for row in rows:
+        index = row["item"] - 1
+        full = row["full_budget"]
+        answers[index] = (
+            full
+            if full is not None
+            else (
+                row["reservation_id"],
+                holds(row["budget_ids"], row["window_starts"], row["stripe_numbers"],
+                      [calls[index].amount] * len(row["budget_ids"])),
+            )
+        )  # fmt: skip
+    assert all(a is not None for a in answers), "ledger_reserve_many answers every call"
+    return answers  # type: ignore[return-value]  # every slot is filled (asserted)
 
 
 async def take_on_stripe(
@@ -221,17 +237,18 @@ async def insert_reservation(
 _HELD: Final = "r.project_id, r.id, r.budget_ids, r.window_starts, r.stripes, r.amounts"
 
 
+def holds(
+    budget_ids: Iterable[int], starts: Iterable[datetime], stripes: Iterable[int],
+    amounts: Iterable[Decimal],
+) -> tuple[Hold, ...]:  # fmt: skip
+    """The holds of a reservation's row (or of `ledger_reserve_many`'s answer), pair by pair."""
+    return tuple(Hold(*hold) for hold in zip(budget_ids, starts, stripes, amounts, strict=True))
+
+
 def _held(row: asyncpg.Record) -> Held:
     return Held(
-        row["project_id"],
-        row["id"],
-        tuple(
-            Hold(*hold)
-            for hold in zip(
-                row["budget_ids"], row["window_starts"], row["stripes"], row["amounts"],
-                strict=True,
-            )
-        ),
+        row["project_id"], row["id"],
+        holds(row["budget_ids"], row["window_starts"], row["stripes"], row["amounts"]),
     )  # fmt: skip
 
 
