@@ -90,6 +90,18 @@ async def drop_database(url: str) -> None:
     await _on_server(f'DROP DATABASE IF EXISTS "{_name(url)}" WITH (FORCE)')
 
 
+@pytest.fixture
+async def dev_database_url() -> AsyncIterator[str]:
+    """The URL of a database that does not exist yet: `dev` must create it. Dropped at the end."""
+    conn = await _admin()  # fails the test, saying why, when PostgreSQL does not answer
+    await conn.close()
+    url = _with_database(TEST_DATABASE_URL, f"aiserver_test_dev_{uuid.uuid4().hex[:12]}")
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
 async def _on_server(*statements: str) -> None:
     conn = await _admin()
     try:

@@ -11,11 +11,11 @@ from arq.connections import RedisSettings
 from arq.constants import default_queue_name
 from arq.jobs import Job
 
-from aiserver.costs.catalog import load_catalog
 from aiserver.ledger.jobs import REPRICE_JOB
-from aiserver.ledger.repricing.execution import Outcome, execute_run
+from aiserver.ledger.repricing.execution import Outcome
 
 from ..conftest import Settings
+from ..support.reprice import execute_as_the_job
 from .conftest import Client, Tenants, admin, bearer
 from .test_endpoints import assert_problem
 
@@ -37,13 +37,7 @@ async def run_job(settings: Settings, run_id: int) -> None:
         await redis.aclose()
     assert job is not None
     assert (job.function, job.args) == (REPRICE_JOB, (run_id,))
-    pool = await asyncpg.create_pool(settings.core.database_url, min_size=1, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            catalog = await load_catalog(conn)
-        assert await execute_run(pool, run_id, catalog) is Outcome.DONE
-    finally:
-        await pool.close()
+    assert await execute_as_the_job(settings.core.database_url, run_id) is Outcome.DONE
 
 
 async def ask(client: Client, headers: dict[str, str], **body: Any) -> Any:

@@ -69,6 +69,7 @@ class Site:
     key_ids: dict[str, int]
     event_ids: dict[str, int] = field(default_factory=dict)  # the client's id -> event_id
     budget_id: int = 0
+    database_url: str = ""  # the database the API serves (a test may refresh its catalog)
 
     @property
     def url(self) -> str:
@@ -119,10 +120,11 @@ async def site(
         upstream_url="http://127.0.0.1:9/unused",  # the API never refreshes the catalog
         UI_SESSION_SECRET=SESSION_SECRET,
         API_KEY_CACHE_SECONDS="0.1",  # a revoked key's session ends at once
+        WEBHOOK_ALLOWED_HOSTS="127.0.0.1",  # budget alerts reach the tests' local receiver
     )
     try:
         async with api_process(env, log) as api:
-            site = Site(api=api, keys={}, key_ids={})
+            site = Site(api=api, keys={}, key_ids={}, database_url=url)
             async with api.client() as client:
                 await _post(client, "/v1/projects", {
                     "slug": "ui-a", "name": "Alpha Works", "time_zone": "Europe/Berlin",
@@ -130,12 +132,17 @@ async def site(
                 }, admin())  # fmt: skip
                 await _post(client, "/v1/projects", {"slug": "ui-b", "name": "Beta Secret"},
                             admin())  # fmt: skip
+                # ui-c: for the tests that change what they read (reprices, alerts), so that
+                # ui-a's and ui-b's figures stay as the other tests read them
+                await _post(client, "/v1/projects", {"slug": "ui-c", "name": "Gamma Changes"},
+                            admin())  # fmt: skip
                 for name, project, scopes in (
                     ("a", "ui-a", ["ingest", "read", "admin"]),
                     ("a-read", "ui-a", ["read"]),
                     ("a-ingest", "ui-a", ["ingest"]),
                     ("a-revoked", "ui-a", ["read"]),
                     ("b", "ui-b", ["ingest", "read", "admin"]),
+                    ("c", "ui-c", ["ingest", "read", "admin"]),
                 ):
                     made = await _post(client, f"/v1/projects/{project}/keys",
                                        {"name": name, "scopes": scopes}, admin())  # fmt: skip

@@ -1,27 +1,34 @@
 """The budget and key pages: an `admin` key creates, changes and deletes a budget, creates a key
 (its secret shown once) and revokes one, each change as the API then reports it; a `read` key
-sees the budgets but changes nothing."""
+sees the budgets but changes nothing. A budget whose threshold was crossed shows its alert and
+every webhook delivery attempt, its thresholds and what is reserved, as the API reports them."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
+
+from ..reliability.harness import eventually
+from ..support.receiver import Receiver
 from .conftest import Site, bearer, shot, sign_in, table, through
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
 
 
-async def api_budget(site: Site, budget_id: int) -> tuple[int, dict[str, Any]]:
+async def api_budget(site: Site, budget_id: int, key: str = "a") -> tuple[int, dict[str, Any]]:
     async with site.client() as client:
-        response = await client.get(f"/v1/budgets/{budget_id}", headers=bearer(site.keys["a"]))
+        response = await client.get(f"/v1/budgets/{budget_id}", headers=bearer(site.keys[key]))
     return response.status_code, response.json()
 
 
@@ -127,3 +134,104 @@ async def test_a_read_key_sees_the_budgets_but_changes_nothing(
         assert (await client.get("/ui/p/ui-a/keys", headers=sent)).status_code == 403
         budgets = await client.get("/v1/budgets", headers=bearer(site.keys["a"]))
     assert [b["name"] for b in budgets.json()["budgets"]] == ["Monthly cap"]
+
+
+async def api_alerts(site: Site, budget_id: int) -> list[dict[str, Any]]:
+    async with site.client() as client:
+        response = await client.get(f"/v1/budgets/{budget_id}/alerts",
+                                    headers=bearer(site.keys["c"]))  # fmt: skip
+    assert response.status_code == 200, response.text
+    alerts: list[dict[str, Any]] = response.json()["alerts"]
+    return alerts
+
+
+def list_row(budget: dict[str, Any]) -> list[str]:
+    """The budget's row of the budget list, from the API's answer for it."""
+    window = budget["window"]
+    return [budget["name"], " ".join(f"{k}={v}" for k, v in budget["tags"].items()),
+            budget["period"], f"{window['start']} to {window['end']}", budget["limit_usd"],
+            window["committed"], window["reserved"], window["remaining"],
+            f"{window['used_percent']}%", ", ".join(f"{t}%" for t in budget["thresholds"]),
+            "yes" if budget["hard"] else "no"]  # fmt: skip
+
+
+async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    receiver = Receiver(script=[500])  # the first attempt fails, the retry is answered 200
+    receiver.start()
+    try:
+        async with site.client() as client:
+            made = await client.post("/v1/budgets", headers=bearer(site.keys["c"]), json={
+                "name": "Alerts daily", "limit_usd": "0.003", "period": "day",
+                "tags": {"team": "alerts"}, "thresholds": ["50"], "webhook_url": receiver.url,
+            })  # fmt: skip
+            assert made.status_code == 201, made.text
+            budget_id = made.json()["id"]
+            call = {"id": "alert-1", "model": "gpt-test-000", "tags": {"team": "alerts"},
+                    "usage": {"input_tokens": 1000, "output_tokens": 500}}  # fmt: skip
+            recorded = await client.post("/v1/usage", headers=bearer(site.keys["c"]),
+                                         json={"events": [call]})  # fmt: skip
+            assert recorded.status_code in (200, 201), recorded.text
+        (alert,) = await eventually(lambda: api_alerts(site, budget_id), timeout=30)
+        assert alert["state"] == "pending"
+
+        # what the task runner's delivery job does, now and once the retry is due
+        pool = await asyncpg.create_pool(site.database_url, min_size=1, max_size=2)
+        try:
+            schedule = Schedule(jitter=0, timeout=5.0)
+            first = await deliver_due(pool, ("127.0.0.1",), schedule=schedule)
+            later = datetime.now(UTC) + schedule.first_retry
+            retried = await deliver_due(pool, ("127.0.0.1",), schedule=schedule,
+                                        clock=lambda: later)  # fmt: skip
+        finally:
+            await pool.close()
+        assert (first.attempts, retried.delivered) == (1, 1)
+    finally:
+        receiver.stop()
+    assert [r.answered for r in receiver.received] == [500, 200]
+    (alert,) = await api_alerts(site, budget_id)
+    assert (alert["state"], len(alert["deliveries"])) == ("delivered", 2)
+
+    sign_in(browser, site, site.keys["c"])
+    browser.get(f"{site.url}/ui/p/ui-c/budgets/{budget_id}")
+    shot(browser, screenshots, "budget-alerts")
+    attempts = "; ".join(
+        f"attempt {d['attempt']} at {d['attempted_at']}: "
+        f"{d['status_code'] if d['status_code'] is not None else d['error'] or 'no answer'}"
+        for d in alert["deliveries"]
+    )
+    assert table(browser, "budget-alerts") == [[
+        alert["crossed_at"], f"{alert['threshold_percent']}%", f"{alert['committed_usd']} USD",
+        alert["state"], attempts,
+    ]]  # fmt: skip
+    assert alert["committed_usd"] != "0"
+
+    # the change form: name, thresholds and hard, each as the API then reports them
+    fill(browser, "c-name", "Alerts daily (hard)")
+    fill(browser, "c-thresholds", "50, 80, 95")
+    browser.find_element(By.CSS_SELECTOR, "input[name=hard]").click()
+    through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
+    status, changed = await api_budget(site, budget_id, "c")
+    assert status == 200
+    assert (changed["name"], changed["thresholds"], changed["hard"]) == (
+        "Alerts daily (hard)", ["50", "80", "95"], True
+    )  # fmt: skip
+    assert browser.find_element(By.CSS_SELECTOR, "h1").text == f"Budget {changed['name']}"
+    assert browser.find_element(By.ID, "budget-limit").text == f"{changed['limit_usd']} USD (hard)"
+    facts = browser.find_element(By.ID, "budget-facts").text
+    assert f"Alert thresholds\n{', '.join(t + '%' for t in changed['thresholds'])}" in facts
+
+    # a hard budget holds what a coming call reserves: the reserved column says how much
+    async with site.client() as client:
+        held = await client.post("/v1/budgets/reserve", headers=bearer(site.keys["c"]), json={
+            "model": "gpt-test-000", "tags": {"team": "alerts"}, "estimate": "0.0005",
+        })  # fmt: skip
+        assert held.status_code == 201, held.text
+    status, reserved = await api_budget(site, budget_id, "c")
+    assert reserved["window"]["reserved"] != "0"
+    browser.refresh()
+    facts = browser.find_element(By.ID, "budget-facts").text
+    assert f"Reserved\n{reserved['window']['reserved']} USD" in facts
+    through(browser, browser.find_element(By.LINK_TEXT, "All budgets"))
+    assert table(browser, "budget-list") == [list_row(reserved)]

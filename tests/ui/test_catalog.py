@@ -1,5 +1,7 @@
 """The catalog pages: a search lists what `GET /v1/models` lists; a model shows what
-`GET /v1/models/{model}` answers, and its price history as a chart with its table."""
+`GET /v1/models/{model}` answers, and its price history as a chart with its table: one row and
+one point per version, with the prices the calculator uses at that version's time (a price a
+version lacks is "none" in the table and a gap in the chart)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from aiserver.costs.refresh import Outcome, refresh_catalog
+
+from ..conftest import make_settings, replace_settings
+from ..reliability.harness import eventually, versioned_document
+from ..support.upstream import Upstream
 from .conftest import Site, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
@@ -63,3 +70,72 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
 
     browser.get(f"{site.url}/ui/catalog/no-such-model-anywhere")
     assert "404" in browser.find_element(By.CSS_SELECTOR, "main").text
+
+
+#: A model no other test prices or records: its history grows here, by refreshes.
+HISTORY_MODEL = "gpt-test-021"
+
+
+async def refresh(site: Site, entry: dict[str, Any]) -> None:
+    """A refresh of the site's catalog from an upstream that serves the starting catalog with
+    HISTORY_MODEL's entry replaced by `entry`: a new price version of that model only."""
+    served = json.loads(versioned_document(1))
+    served[HISTORY_MODEL] = entry
+    upstream = Upstream()
+    upstream.start()
+    try:
+        settings = replace_settings(make_settings(site.database_url),
+                                    model_cost_source_url=upstream.url)  # fmt: skip
+        upstream.serve(json.dumps(served).encode())
+        report = await refresh_catalog(settings.core, settings.costs, force=True, trigger="test")
+        assert report.outcome is Outcome.APPLIED, report
+    finally:
+        upstream.stop()
+
+
+async def test_a_price_history_of_several_versions_shows_each_versions_prices_as_the_api(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    first = json.loads(versioned_document(1))[HISTORY_MODEL]
+    without_output = {k: v for k, v in first.items() if k != "output_cost_per_token"}
+    await refresh(site, {**without_output, "input_cost_per_token": 3e-06})
+    await refresh(site, {**first, "input_cost_per_token": 4e-06, "output_cost_per_token": 5e-06})
+
+    async def served() -> Any:  # the API reloads its catalog within a poll interval
+        detail = await api(site, f"/v1/models/{HISTORY_MODEL}")
+        return detail if len(detail["versions"]) == 3 else None
+
+    detail = await eventually(served, timeout=30)
+    expected = []
+    async with site.client() as client:
+        for version in detail["versions"]:
+            # the prices of each version, as the calculator prices a call of its time
+            response = await client.post("/v1/costs/calculate", json={
+                "model": HISTORY_MODEL, "at": version["valid_from"],
+                "usage": {"input_tokens": 1, "output_tokens": 1},
+            })  # fmt: skip
+            assert response.status_code == 200, response.text
+            priced = response.json()
+            assert priced["price_version"] == version["price_version"]
+            unit = {c["name"]: c["unit_price"] for c in priced["components"]}
+            expected.append([str(version["price_version"]), version["valid_from"],
+                             version["valid_to"] or "now", unit.get("input", "none"),
+                             unit.get("output", "none")])  # fmt: skip
+    assert [row[4] == "none" for row in expected] == [False, True, False]
+    assert len({row[3] for row in expected}) == 3
+
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/catalog/{HISTORY_MODEL}")
+    shot(browser, screenshots, "model-history")
+    assert table(browser, "model-versions") == expected
+    drawn = browser.execute_script(
+        "const c = Chart.getChart('history'); return c ? "
+        "[c.data.labels, c.data.datasets.map(d => [d.exact, d.data])] : null;"
+    )
+    labels, series = drawn
+    assert labels == [row[1] for row in expected]
+    for column, (exact, points) in zip((3, 4), series, strict=True):
+        prices = [None if row[column] == "none" else row[column] for row in expected]
+        assert exact == prices
+        # a missing price is a gap in the line, not a price of 0
+        assert points == [None if p is None else float(p) for p in prices]

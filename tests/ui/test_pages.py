@@ -1,6 +1,7 @@
 """The dashboard's pages in a real browser show exactly what the API answers for the same
 questions: the overview's months, days, models, tags and budgets; Explore's table and its CSV;
-the events, their pages, and one event's components and prices."""
+the events, their pages, and one event's components and prices, and the adjustments that
+reprices made to an event."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from .conftest import Site, bearer, header, shot, sign_in, table, through
+from aiserver.ledger.repricing.execution import Outcome
+
+from ..support.reprice import execute_as_the_job
+from .conftest import Site, admin, bearer, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -216,3 +220,102 @@ async def test_events_filter_page_and_show_one_event_as_the_api_does(
     assert browser.find_element(By.ID, "event-total").text == f"{event['total']} USD"
     assert browser.find_element(By.ID, "event-price-version").text == str(event["price_version"])
     assert "None" in browser.find_element(By.ID, "event-adjustments").text
+
+
+async def reprice(site: Site, key: str, model: str) -> dict[str, Any]:
+    """An applied reprice of `model`'s events, asked for over HTTP and done as the task runner
+    does its job (no task runner runs here); the run as the API then reports it."""
+    async with site.client() as client:
+        asked = await client.post("/v1/usage/reprice", headers=bearer(key),
+                                  json={"dry_run": False, "model": model})  # fmt: skip
+        assert asked.status_code == 202, asked.text
+        run_id = asked.json()["id"]
+        assert await execute_as_the_job(site.database_url, run_id) is Outcome.DONE
+        done = await client.get(f"/v1/usage/reprice/{run_id}", headers=bearer(key))
+    assert done.status_code == 200, done.text
+    run: dict[str, Any] = done.json()
+    assert run["state"] == "done", run
+    return run
+
+
+async def test_a_repriced_event_shows_its_adjustment_as_the_api_reports_the_change(
+    browser: WebDriver, site: Site, screenshots: Path
+) -> None:
+    # ui-c: ui-a's events and totals stay as the other tests read them
+    model = "ui-launch-model"  # unknown to the catalog when the call is recorded
+    async with site.client() as client:
+        call = {"id": "c-1", "model": model, "usage": {"input_tokens": 1000, "output_tokens": 500}}
+        recorded = await client.post("/v1/usage", headers=bearer(site.keys["c"]),
+                                     json={"events": [call]})  # fmt: skip
+        assert recorded.status_code in (200, 201), recorded.text
+        event_id = recorded.json()["results"][0]["event_id"]
+
+        async def event() -> dict[str, Any]:
+            found = await client.get(f"/v1/usage/events/{event_id}",
+                                     headers=bearer(site.keys["c"]))  # fmt: skip
+            assert found.status_code == 200, found.text
+            body: dict[str, Any] = found.json()
+            return body
+
+        before = await event()
+        # the model gets a price (a price override), then the reprice prices the call
+        prices = {"input_cost_per_token": "0.00001", "output_cost_per_token": "0.00002"}
+        override = {"provider": "acme", "model": model, "reason": "launch", "prices": prices}
+        added = await client.post("/v1/overrides", headers=admin(), json=override)
+        assert added.status_code == 201, added.text
+        run = await reprice(site, site.keys["c"], model)
+        after = await event()
+    assert run["events_changed"] == 1
+    assert (before["pricing_status"], after["pricing_status"]) == ("unpriced", "priced")
+
+    sign_in(browser, site, site.keys["c"])
+    browser.get(f"{site.url}/ui/p/ui-c/events/{event_id}")
+    shot(browser, screenshots, "event-adjusted")
+
+    def shown(value: Any) -> str:
+        return "none" if value is None else str(value)
+
+    (row,) = table(browser, "event-adjustments")
+    assert row[1:] == [
+        str(run["id"]),
+        f"{before['pricing_status']} → {after['pricing_status']}",
+        f"{before['total'] or 'unpriced'} → {after['total'] or 'unpriced'}",
+        f"{shown(before['price_version'])} → {shown(after['price_version'])}",
+    ]
+    # made while its run ran
+    started, finished = (datetime.fromisoformat(run[k]) for k in ("started_at", "finished_at"))
+    assert started <= datetime.fromisoformat(row[0]) <= finished
+    # the event itself shows its price now, as the API does
+    assert browser.find_element(By.ID, "event-total").text == f"{after['total']} USD"
+    assert table(browser, "event-components") == [
+        [c["name"], str(c["quantity"]), c["unit_price"], c["cost"]] for c in after["components"]
+    ]
+
+
+async def test_explore_draws_its_chart_and_a_shared_url_shows_the_same_in_a_new_session(
+    browser: WebDriver, site: Site
+) -> None:
+    sign_in(browser, site, site.keys["a-read"])
+    today = datetime.now(BERLIN).date()
+    since, until = (today - timedelta(days=20)).isoformat(), (today + timedelta(days=1)).isoformat()
+    browser.get(f"{site.url}/ui/p/ui-a/explore?from={since}&to={until}&bucket=week"
+                "&group_by=tag%3Ateam")  # fmt: skip
+    shared = browser.current_url
+    rows, pivot = table(browser, "rows"), table(browser, "explore-table")
+    assert rows
+    assert pivot
+    drawn = browser.execute_script(
+        "const c = Chart.getChart('explore'); return c ? "
+        "[c.config.type, c.data.labels, c.data.datasets.map(d => [d.label, d.exact])] : null;"
+    )
+    columns = header(browser, "explore-table")[1:-1]
+    series = [[c, [row[1 + i] for row in pivot]] for i, c in enumerate(columns)]
+    assert drawn == ["bar", [row[0] for row in pivot], series]
+
+    # the URL, opened by someone else in a session of their own, answers the same question
+    browser.delete_all_cookies()
+    sign_in(browser, site, site.keys["a"])
+    browser.get(shared)
+    assert browser.current_url == shared
+    assert table(browser, "rows") == rows
+    assert table(browser, "explore-table") == pivot

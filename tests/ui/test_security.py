@@ -1,6 +1,7 @@
 """The dashboard's sessions: no page without one, the cookie's flags, CSRF refusals, sign-out
 and revocation that end a session for good, a key that sees its own project only, the
-operator's picker, and no secret in any URL, page or log line."""
+operator's picker, no secret in any URL, page or log line, and every page's Content-Security-Policy
+and no-store."""
 
 from __future__ import annotations
 
@@ -200,7 +201,12 @@ async def test_the_operator_picks_any_project(
     assert browser.current_url == f"{site.url}/ui/"
     shot(browser, screenshots, "projects")
     rows = table(browser, "projects")
-    assert [r[:3] for r in rows] == [
+    async with site.client() as client:
+        listed = await client.get("/v1/projects", headers=admin())
+    assert listed.status_code == 200, listed.text
+    assert [r[:3] for r in rows] == [[p["name"], p["slug"], p["time_zone"]] for p in listed.json()]
+    # the site's two projects first (another test may have made one after them)
+    assert [r[:3] for r in rows][:2] == [
         ["Alpha Works", "ui-a", "Europe/Berlin"], ["Beta Secret", "ui-b", "UTC"]
     ]  # fmt: skip
     through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
@@ -216,13 +222,26 @@ async def test_the_operator_picks_any_project(
     assert "operator (all projects)" in browser.find_element(By.CSS_SELECTOR, ".who").text
 
 
+def every_page(site: Site) -> list[str]:
+    """Every page of the dashboard a browser opens (the CSV download aside), ui-a's."""
+    base = "/ui/p/ui-a"
+    return ["/ui/", *pages(site)[:2], *pages(site)[3:], f"{base}/budgets",
+            f"{base}/budgets/{site.budget_id}", f"{base}/keys", "/ui/catalog/",
+            "/ui/catalog/?q=gpt-test-01", "/ui/catalog/gpt-test-015"]  # fmt: skip
+
+
 async def test_no_secret_reaches_a_url_a_page_or_a_log_line(browser: WebDriver, site: Site) -> None:
     seen: list[tuple[str, str]] = []
-    for credential in (site.keys["a-read"], admin()["Authorization"].removeprefix("Bearer ")):
+    operator = admin()["Authorization"].removeprefix("Bearer ")
+    for credential in (site.keys["a"], operator):  # an admin key sees every page; so does he
         sign_in(browser, site, credential)
         seen.append((browser.current_url, browser.page_source))
-        for path in [*pages(site)[:2], *pages(site)[3:]]:
+        for path in every_page(site):
             browser.get(site.url + path)
+            # the page itself, no error page (whose title is its status)
+            assert not browser.title.split(" ")[0].isdigit(), (path, browser.title)
+            if path == "/ui/" and credential == operator:  # the operator's project picker
+                assert browser.find_elements(By.ID, "projects"), browser.current_url
             seen.append((browser.current_url, browser.page_source))
         cookies: list[dict[str, Any]] = browser.get_cookies()
         through(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-out button"))
@@ -238,3 +257,33 @@ async def test_no_secret_reaches_a_url_a_page_or_a_log_line(browser: WebDriver, 
             assert secret not in url
             assert secret not in page, url
         assert secret not in log
+
+
+def directives(policy: str) -> dict[str, list[str]]:
+    parts = [part.split() for part in policy.split(";") if part.strip()]
+    return {name: sources for name, *sources in parts}
+
+
+async def test_every_page_forbids_inline_scripts_framing_and_caching(site: Site) -> None:
+    """Error pages included: they are made by an exception handler, outside the pages'
+    router, and name projects and events as the pages do."""
+    async with site.client() as client:
+        cookie = cookie_of(await http_sign_in(client, site.keys["a"]))
+        sent = {"cookie": f"{SESSION}={cookie}"}
+        answers = [await client.get("/ui/sign-in")]
+        # every page but the operator's picker ("/ui/" sends a key on to its project)
+        for path in [*every_page(site)[1:], "/ui/p/ui-a/events/999999999"]:
+            answers.append(await client.get(path, headers=sent))
+    assert [a.status_code for a in answers] == [200] * (len(answers) - 1) + [404]
+    for answer in answers:
+        where = str(answer.url)
+        assert answer.headers["content-type"].startswith("text/html"), where
+        assert "no-store" in answer.headers.get("cache-control", "").split(", "), where
+        policy = directives(answer.headers["content-security-policy"])
+        assert policy["default-src"] == ["'none'"], where
+        assert policy["script-src"] == ["'self'"], where  # no inline script, no other origin
+        assert policy["frame-ancestors"] == ["'none'"], where
+        assert answer.headers["x-frame-options"] == "DENY", where
+        # no page needs more: its only scripts are files of this server
+        inline = re.findall(r"<script(?![^>]*\bsrc=)(?![^>]*application/json)[^>]*>", answer.text)
+        assert inline == [], where

@@ -60,6 +60,13 @@ _HEADERS: Final = [
     ResponseHeader(name="x-frame-options", value="DENY"),
 ]
 
+#: An error page is built by an exception handler, which the router's headers and cache control
+#: do not reach: the same headers, set on it here (it names projects and events too).
+_ERROR_HEADERS: Final = {
+    **{header.name: header.value for header in _HEADERS if header.value is not None},
+    "cache-control": CacheControlHeader(no_store=True).to_header(),
+}
+
 
 def _money(value: str | Decimal) -> str:
     """An amount as the API writes it (`aiserver.costs.money.money`); a string as it came."""
@@ -93,6 +100,7 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return Template(
         template_name="error.html",
         status_code=status,
+        headers=_ERROR_HEADERS,
         context={
             "status": status,
             "detail": detail,

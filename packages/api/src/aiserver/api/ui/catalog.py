@@ -57,9 +57,10 @@ class CatalogPages(Controller):
         name, provider = model.lstrip("/"), request.query_params.get("provider") or None
         detail = model_detail(catalog, name, provider)
         history = catalog.history(catalog.resolve(name, provider).key)
+        # a version without a price is a gap in its line (null), as the table says "none":
+        # never 0, which would be a price
         rows = [
-            (timestamp(v.valid_from), [price_of(v, field) or "0" for field, _ in CHARTED])
-            for v in history
+            (timestamp(v.valid_from), [price_of(v, field) for field, _ in CHARTED]) for v in history
         ]
         chart = {
             "kind": "step",

@@ -17,8 +17,9 @@
         datasets: data.series.map(function (s, i) {
           return {
             label: s.label,
-            // drawn as numbers; the tooltip shows the exact decimal string
-            data: s.values.map(Number),
+            // drawn as numbers; the tooltip shows the exact decimal string. A null (a price
+            // version without that price) stays null: a gap in the line, not a 0
+            data: s.values.map(function (v) { return v === null ? null : Number(v); }),
             exact: s.values,
             backgroundColor: palette[i % palette.length],
             borderColor: palette[i % palette.length],
