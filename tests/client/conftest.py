@@ -1,11 +1,14 @@
 """One real `aiserver-api` process for the client's tests, on a database holding the bundled
 price catalog (so real model names price as they do in production), and a project per test.
 
-The tests that stop the API (tests/client/test_recorder_faults.py) start their own.
+The tests that stop the API (tests/client/test_recorder_faults.py) start their own. The client's
+wheel is built once per session (`client_wheel`), as any build frontend builds it.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from ..reliability.harness import ADMIN_TOKEN, ApiProcess, api_env, api_process
 
 #: Bound on waiting for what must come: never a measure.
 WAIT_S: Final = 60.0
+CLIENT_PACKAGE: Final = Path(__file__).resolve().parents[2] / "packages" / "client"
 
 
 @dataclass
@@ -134,3 +138,16 @@ async def budget_window(api: ApiProcess, who: Tenant, budget_id: int) -> dict[st
     assert shown.status_code == 200, shown.text
     window: dict[str, Any] = shown.json()["window"]
     return window
+
+
+@pytest.fixture(scope="session")
+def client_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The client's wheel, built from packages/client by its PEP 517 hook (hatchling, offline)."""
+    out = tmp_path_factory.mktemp("client-wheel")
+    subprocess.run(
+        [sys.executable, "-c",
+         f"from hatchling.build import build_wheel; build_wheel({str(out)!r})"],
+        cwd=CLIENT_PACKAGE, check=True, timeout=120,
+    )  # fmt: skip
+    (wheel,) = out.glob("*.whl")
+    return wheel

@@ -3,12 +3,22 @@ the reservation, and leaving without one (or with an exception) releases it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
+from typing import Any
 
+import asyncpg
 import pytest
 
-from aiserver.client import AsyncClient, BudgetExceeded, Client
+from aiserver.client import (
+    AsyncBudgetGuard,
+    AsyncClient,
+    BudgetExceeded,
+    BudgetGuard,
+    Client,
+    RecorderSettings,
+)
 
 from .conftest import Ledger, Tenant, api_events, budget_window, create_budget
 
@@ -41,22 +51,104 @@ async def test_a_recorded_event_settles_the_reservation(ledger: Ledger, tenant: 
     assert (event["model"], event["tags"]) == ("gpt-4o", TEAM)
 
 
+async def reservation_states(url: str, project_id: int) -> dict[str, str]:
+    """{reservation id: its state} of a project, straight from the database."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id::text AS id, state, ended_at FROM budget_reservations WHERE project_id = $1",
+            project_id,
+        )
+    finally:
+        await conn.close()
+    assert all((row["state"] == "held") == (row["ended_at"] is None) for row in rows)
+    return {row["id"]: row["state"] for row in rows}
+
+
 async def test_leaving_without_an_event_or_with_an_error_releases(
     ledger: Ledger, tenant: Tenant
 ) -> None:
+    # Each reservation is seen held inside the block and released right after it, before
+    # anything but the guard could have released it (no explicit release call at all).
     budget_id = await hard_budget(ledger, tenant)
     with Client(ledger.api.base_url, tenant.key) as client:
         with client.budget(model="gpt-4o", tags=TEAM, estimate="0.30") as unused:
-            pass
-        with (
-            pytest.raises(RuntimeError, match="the provider failed"),
-            client.budget(model="gpt-4o", tags=TEAM, estimate="0.30") as failed,
-        ):
-            raise RuntimeError("the provider failed")
-        released = [client.release(g.reservation.reservation_id) for g in (unused, failed)]
-    assert [r.state for r in released] == ["released", "released"]  # released before, by the guard
-    window = await budget_window(ledger.api, tenant, budget_id)
-    assert (window["reserved"], window["committed"]) == ("0", "0")
+            held = await budget_window(ledger.api, tenant, budget_id)
+        after_unused = await budget_window(ledger.api, tenant, budget_id)
+        states_unused = await reservation_states(ledger.url, tenant.id)
+        guards: list[BudgetGuard] = []
+        seen: list[dict[str, Any]] = []
+
+        async def call_fails() -> None:
+            with client.budget(model="gpt-4o", tags=TEAM, estimate="0.20") as failed:
+                guards.append(failed)
+                seen.append(await budget_window(ledger.api, tenant, budget_id))
+                raise RuntimeError("the provider failed")
+
+        with pytest.raises(RuntimeError, match="the provider failed"):
+            await call_fails()
+        (failed,), (held_failed,) = guards, seen
+        after_failed = await budget_window(ledger.api, tenant, budget_id)
+        states = await reservation_states(ledger.url, tenant.id)
+    unused_id = unused.reservation.reservation_id
+    failed_id = failed.reservation.reservation_id
+    assert (held["reserved"], after_unused["reserved"]) == ("0.3", "0")
+    assert states_unused == {unused_id: "released"}
+    assert (held_failed["reserved"], after_failed["reserved"]) == ("0.2", "0")
+    assert states == {unused_id: "released", failed_id: "released"}
+    assert after_failed["committed"] == "0"
+
+
+async def test_the_async_guard_releases_on_leaving_and_on_an_exception(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    budget_id = await hard_budget(ledger, tenant)
+    async with AsyncClient(ledger.api.base_url, tenant.key) as client:
+        async with client.budget(model="gpt-4o", tags=TEAM, estimate="0.30") as unused:
+            held = await budget_window(ledger.api, tenant, budget_id)
+        after_unused = await budget_window(ledger.api, tenant, budget_id)
+        states_unused = await reservation_states(ledger.url, tenant.id)
+        guards: list[AsyncBudgetGuard] = []
+        seen: list[dict[str, Any]] = []
+
+        async def call_fails() -> None:
+            async with client.budget(model="gpt-4o", tags=TEAM, estimate="0.20") as failed:
+                guards.append(failed)
+                seen.append(await budget_window(ledger.api, tenant, budget_id))
+                raise RuntimeError("the provider failed")
+
+        with pytest.raises(RuntimeError, match="the provider failed"):
+            await call_fails()
+        (failed,), (held_failed,) = guards, seen
+        after_failed = await budget_window(ledger.api, tenant, budget_id)
+        states = await reservation_states(ledger.url, tenant.id)
+    unused_id = unused.reservation.reservation_id
+    failed_id = failed.reservation.reservation_id
+    assert (held["reserved"], after_unused["reserved"]) == ("0.3", "0")
+    assert states_unused == {unused_id: "released"}
+    assert (held_failed["reserved"], after_failed["reserved"]) == ("0.2", "0")
+    assert states == {unused_id: "released", failed_id: "released"}
+
+
+async def test_a_queued_event_keeps_the_reservation_held_until_it_settles_it(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # The other side of the release on exit: a guard left with an event queued (not yet
+    # delivered) does not release; the event settles the reservation when it arrives.
+    budget_id = await hard_budget(ledger, tenant)
+    key = f"g-{uuid.uuid4().hex}"
+    held_back = RecorderSettings(batch_size=10_000, flush_interval=3600)
+    with Client(ledger.api.base_url, tenant.key, recorder=held_back) as client:
+        with client.budget(model="gpt-4o", tags=TEAM, estimate="0.50") as guard:
+            assert guard.record_later(id=key, usage=USAGE) == key
+        after_exit = await budget_window(ledger.api, tenant, budget_id)
+        states = await reservation_states(ledger.url, tenant.id)
+        assert await asyncio.to_thread(client.flush, 60)
+    settled = await budget_window(ledger.api, tenant, budget_id)
+    reservation_id = guard.reservation.reservation_id
+    assert (after_exit["reserved"], states) == ("0.5", {reservation_id: "held"})
+    assert (settled["reserved"], settled["committed"]) == ("0", "0.0075")
+    assert await reservation_states(ledger.url, tenant.id) == {reservation_id: "settled"}
 
 
 async def test_a_refused_reservation_raises_before_the_call(ledger: Ledger, tenant: Tenant) -> None:

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from aiserver.core_db.errors import AiserverError
 from aiserver.ledger.errors import InvalidEvent
-from aiserver.ledger.otlp.spans import SpanReading, read_spans
+from aiserver.ledger.otlp.spans import COUNTS, SpanReading, read_spans
 from aiserver.ledger.usage.events import MAX_TAG_VALUE, UsageEventIn
 
 from ..support.otlp import OPENLLMETRY_ANTHROPIC, SpanSpec, Trace, event_key, finished_spans
@@ -234,6 +234,120 @@ def test_pydantic_ai_chat_spans_count_and_its_agent_run_spans_are_ignored() -> N
     }
     assert dict(reading.ignored) == {"no_model": 1, "aggregate": 1, "no_usage": 1}
     assert reading.spans == 4
+
+
+#: Every attribute a count is read from, and the count of ours it is (written out by hand from
+#: docs/otlp.md, not taken from the code's table, so that a name mapped wrongly fails here).
+COUNT_ATTRIBUTES = [
+    ("gen_ai.usage.cache_read.input_tokens", "cache_read_tokens"),
+    ("gen_ai.usage.cache_read_input_tokens", "cache_read_tokens"),
+    ("gen_ai.usage.details.cache_read_tokens", "cache_read_tokens"),
+    ("gen_ai.usage.prompt_tokens_details.cached_tokens", "cache_read_tokens"),
+    ("gen_ai.usage.cache_creation.input_tokens", "cache_write_tokens"),
+    ("gen_ai.usage.cache_creation_input_tokens", "cache_write_tokens"),
+    ("gen_ai.usage.details.cache_write_tokens", "cache_write_tokens"),
+    ("gen_ai.usage.prompt_tokens_details.cache_creation_tokens", "cache_write_tokens"),
+    ("gen_ai.usage.reasoning.output_tokens", "reasoning_tokens"),
+    ("gen_ai.usage.reasoning_tokens", "reasoning_tokens"),
+    ("gen_ai.usage.completion_tokens_details.reasoning_tokens", "reasoning_tokens"),
+    ("gen_ai.usage.details.reasoning_tokens", "reasoning_tokens"),
+    ("llm.usage.reasoning_tokens", "reasoning_tokens"),
+]
+TOTAL_ATTRIBUTES = [
+    ("gen_ai.usage.input_tokens", "input_tokens"),
+    ("gen_ai.usage.prompt_tokens", "input_tokens"),
+    ("gen_ai.usage.output_tokens", "output_tokens"),
+    ("gen_ai.usage.completion_tokens", "output_tokens"),
+]
+
+
+def test_the_tables_here_name_every_attribute_the_reader_reads() -> None:
+    read = {(attribute, ours) for ours, names in COUNTS.items() for attribute in names}
+    assert read == set(COUNT_ATTRIBUTES) | set(TOTAL_ATTRIBUTES)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "ours"), COUNT_ATTRIBUTES, ids=[a for a, _ in COUNT_ATTRIBUTES]
+)
+def test_each_cache_and_reasoning_attribute_alone_is_its_count(attribute: str, ours: str) -> None:
+    # the attribute the only one of its count: the span's totals, and it
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.request.model": "claude-sonnet-4-5",
+                        "gen_ai.usage.input_tokens": 5000,
+                        "gen_ai.usage.output_tokens": 3000,
+                        attribute: 1234,
+                    },
+                    END,
+                )
+            ]
+        )
+    )
+    assert event.usage == {"input_tokens": 5000, "output_tokens": 3000, ours: 1234}
+
+
+@pytest.mark.parametrize(
+    ("attribute", "ours"), TOTAL_ATTRIBUTES, ids=[a for a, _ in TOTAL_ATTRIBUTES]
+)
+def test_each_total_attribute_alone_is_its_count(attribute: str, ours: str) -> None:
+    event = only_event(Trace([SpanSpec({"gen_ai.request.model": "m", attribute: 77}, END)]))
+    assert event.usage == {ours: 77}
+
+
+def test_the_older_fallback_names_yield_only_to_the_names_before_them() -> None:
+    # the names OpenLLMetry, OpenLIT and pydantic-ai set beside or before the conventions' own
+    # (docs/otlp.md): each is read only when no name before it in its list is on the span
+    both_fallbacks = {
+        "gen_ai.usage.details.cache_write_tokens": 300,
+        "gen_ai.usage.prompt_tokens_details.cache_creation_tokens": 301,
+        "gen_ai.usage.reasoning_tokens": 40,
+        "gen_ai.usage.completion_tokens_details.reasoning_tokens": 41,
+    }
+    with_current = {
+        **both_fallbacks,
+        "gen_ai.usage.cache_creation.input_tokens": 500,
+        "gen_ai.usage.reasoning.output_tokens": 60,
+    }
+    last_only = {
+        "gen_ai.usage.prompt_tokens_details.cache_creation_tokens": 302,
+        "gen_ai.usage.details.reasoning_tokens": 42,
+    }
+    base = {"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 2000,
+            "gen_ai.usage.output_tokens": 1000}  # fmt: skip
+    spans = [SpanSpec({**base, **more}, END) for more in (both_fallbacks, with_current, last_only)]
+    reading, _ = read(Trace(spans))
+    usages = [item.usage for item in reading.items if isinstance(item, UsageEventIn)]
+    totals = {"input_tokens": 2000, "output_tokens": 1000}
+    assert usages == [
+        {**totals, "cache_write_tokens": 300, "reasoning_tokens": 40},
+        {**totals, "cache_write_tokens": 500, "reasoning_tokens": 60},
+        {**totals, "cache_write_tokens": 302, "reasoning_tokens": 42},
+    ]
+
+
+def test_openlit_s_anthropic_input_adds_back_a_cache_write_of_a_fallback_name() -> None:
+    # the cache added back to OpenLIT's Anthropic input is the one read, whatever its name
+    event = only_event(
+        Trace(
+            [
+                SpanSpec(
+                    {
+                        "gen_ai.system": "anthropic",
+                        "gen_ai.request.model": "claude-sonnet-4-5-20250929",
+                        "gen_ai.usage.input_tokens": 100,
+                        "gen_ai.usage.output_tokens": 20,
+                        "gen_ai.usage.prompt_tokens_details.cache_creation_tokens": 900,
+                    },
+                    END,
+                )
+            ],
+            scope="openlit.otel.tracing",
+        )
+    )
+    assert event.usage == {"input_tokens": 1000, "output_tokens": 20, "cache_write_tokens": 900}
 
 
 @pytest.mark.parametrize(

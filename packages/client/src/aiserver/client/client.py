@@ -105,7 +105,8 @@ class _Common:
     def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
         """Queue one event for the background recorder and return at once: its idempotency key
         (given now if the event has none, with `occurred_at` now if it has none), or None when
-        the event was dropped (the queue is full: counted in `stats().dropped` and logged)."""
+        the event was dropped because the queue is full or the client is closed (never
+        silently: counted in `stats().dropped`, and logged as a warning at most every 10 s)."""
         return self.recorder.enqueue(wire.as_event(event, fields))
 
     def stats(self) -> RecorderStats:
@@ -113,10 +114,10 @@ class _Common:
         return self.recorder.stats()
 
     def _close_recorder(self, timeout: Optional[float]) -> None:
-        with self._recorder_lock:
-            recorder = self._recorder
-        if recorder is not None:
-            recorder.close(timeout)
+        # A client that never queued an event gets a closed recorder too (no thread is started
+        # for it): `record_later` after `close()` drops, counts and logs the event the same way
+        # whether or not the client had queued one before.
+        self.recorder.close(timeout)
 
 
 class Client(_Common):

@@ -9,16 +9,21 @@ by delivery.
 
 Exactly once: every event gets its idempotency key (`id`) and its `occurred_at` when it is
 queued, and is encoded then, so every attempt sends the same bytes. A failed attempt (the
-connection refused or reset, a timeout, a 5xx, a 429) is retried with exponential backoff and
-full jitter, or after the answer's Retry-After, with the same keys: what the server had already
-committed comes back `duplicate`, never twice. Per event, `invalid` and `conflict` are final:
-they are counted as rejected and logged with the server's reason, never retried. A batch that
-the server refuses as a whole (401, 403, 413, 422) is counted and logged the same way.
+connection refused or reset, a timeout, a 5xx, a 408, 425 or 429) is retried with the same
+keys, after the answer's Retry-After (at most `max_backoff`) or else after an exponential backoff
+with "equal" jitter (`backoff_wait`: a random wait between half and all of
+`min(max_backoff, backoff_base * 2**n)`, so that the waits double from one retry to the next):
+what the server had already committed comes back `duplicate`, never twice. Per event, `invalid`
+and `conflict` are final: they are counted as rejected and logged with the server's reason,
+never retried. Any other answer than a 200 that is not retried (every other 4xx, such as 400,
+401, 403, 404, 413 or 422, and another 2xx or 3xx, such as a redirect) refuses the batch as
+a whole: its events are counted as rejected (and settled: `flush()` does not wait for them),
+logged once as an error with the status and the server's title and detail, and never retried.
 
-Nothing is lost silently: a full queue drops the new event, counts it and logs a warning (at
-most every `OVERFLOW_LOG_S` seconds, with the running count); `close()` (and the interpreter's
-exit, through `atexit`) delivers what waits, and counts and logs as dropped what it could not
-deliver within its timeout. The key is never logged.
+Nothing is lost silently: a full queue, or a closed recorder, drops the new event, counts it
+and logs a warning (at most every `OVERFLOW_LOG_S` seconds, with the running count); `close()`
+(and the interpreter's exit, through `atexit`) delivers what waits, and counts and logs as
+dropped what it could not deliver within its timeout. The key is never logged.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -57,11 +63,12 @@ class RecorderSettings:
     """How the background recorder batches, retries and stops.
 
     - `batch_size`: events per request (1 to 10,000);
-    - `flush_interval`: seconds the oldest queued event waits for a fuller batch;
+    - `flush_interval`: seconds the oldest queued event waits for a fuller batch (0 or more;
+      0: every event is sent as soon as the thread takes it, with those queued meanwhile);
     - `max_queue`: events held at most; more are dropped, counted and logged;
-    - `backoff_base`, `max_backoff`: the n-th retry waits a random time up to
-      `min(max_backoff, backoff_base * 2**n)` seconds (Retry-After, when sent, instead, up to
-      `max_backoff`);
+    - `backoff_base`, `max_backoff`: retry n (from 0) waits a random time between half and
+      all of `min(max_backoff, backoff_base * 2**n)` seconds (`backoff_wait`); after an
+      answer with Retry-After, that many seconds instead, at most `max_backoff`;
     - `close_timeout`: how long `close()` (and the interpreter's exit) waits for delivery;
     - `timeout`: of each HTTP request.
     """
@@ -76,9 +83,38 @@ class RecorderSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
-        if self.max_queue < 1 or self.flush_interval < 0 or self.backoff_base <= 0:
-            raise ValueError("max_queue must be at least 1, flush_interval and backoff_base > 0")
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}, not {self.batch_size!r}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, not {self.max_queue!r}")
+        if not self.flush_interval >= 0:  # NaN too
+            raise ValueError(f"flush_interval must be 0 or more, not {self.flush_interval!r}")
+        if not self.backoff_base > 0:
+            raise ValueError(f"backoff_base must be more than 0, not {self.backoff_base!r}")
+        if not self.max_backoff >= self.backoff_base:
+            raise ValueError(
+                f"max_backoff must be at least backoff_base ({self.backoff_base!r}), "
+                f"not {self.max_backoff!r}"
+            )
+
+
+def backoff_ceiling(attempt: int, base: float, cap: float) -> float:
+    """The longest wait before retry `attempt` (0 for the first retry): `base * 2**attempt`,
+    at most `cap`."""
+    if attempt >= 64:  # 2**64 times any base is past any cap, and a float may overflow
+        return cap
+    return min(cap, base * 2.0**attempt)
+
+
+def backoff_wait(
+    attempt: int, base: float, cap: float, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
+    """The wait before retry `attempt` (0 for the first): exponential backoff with "equal"
+    jitter, a random time between half and all of `backoff_ceiling(attempt, base, cap)`. Not
+    "full" jitter (anything from 0): every wait is at least half its ceiling, so the waits
+    double from one retry to the next while the retries of many clients still spread out.
+    `uniform(a, b)` draws the time (`random.uniform`; the tests pass their own)."""
+    ceiling = backoff_ceiling(attempt, base, cap)
+    return uniform(ceiling / 2, ceiling)
 
 
 class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -360,8 +396,7 @@ class Recorder:
                 return  # close() gave up on delivery: the batch counts as dropped there
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.settings.max_backoff, self.settings.backoff_base * 2**attempt)
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+        return backoff_wait(attempt, self.settings.backoff_base, self.settings.max_backoff)
 
     def _settle(self, batch: list[_Item], response: httpx.Response, attempt: int) -> None:
         try:

@@ -1,0 +1,321 @@
+"""The background recorder's clock and its answers to refusals, against a real API process.
+
+- `flush_interval`: fewer events than `batch_size` are delivered without `flush()` or `close()`,
+  no sooner than `flush_interval` after the first was queued and soon after that (the tests
+  poll the database with a deadline); 0 sends at once.
+- Retries back off exponentially with "equal" jitter: `backoff_wait` (a pure function) draws
+  between half and all of `min(max_backoff, backoff_base * 2**n)`, and the recorder waits
+  exactly what it drew, measured at a 127.0.0.1 front that answers 503 (no Retry-After) before
+  it lets the batch through to the real API.
+- A batch the server refuses as a whole (401, 403, 404) is counted as rejected, logged once as
+  an error, settled (flush returns) and never retried; after `close()`, `record_later` returns
+  None and counts and logs the event as dropped.
+- `RecorderSettings` refuses what cannot work, and its messages say what it accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Final
+
+import httpx
+import pytest
+
+from aiserver.client import AsyncClient, Client, RecorderSettings
+from aiserver.client.recorder import backoff_ceiling, backoff_wait
+
+from ..reliability.harness import ADMIN_TOKEN
+from ..support.upstream import LocalServer, QuietHandler
+from .conftest import WAIT_S, Ledger, Tenant, stored_keys
+
+USAGE: Final = {"input_tokens": 100, "output_tokens": 10}
+#: What "about flush_interval" allows on a loaded 2-core machine: the API's commit, the poll
+SLACK_S: Final = 5.0
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+async def wait_for_keys(url: str, project_id: int, keys: set[str], deadline: float) -> float:
+    """Poll the database until it holds every one of `keys`; the monotonic time it was seen.
+    Fails at `deadline` (monotonic) with what was there."""
+    while True:
+        found = await stored_keys(url, project_id)
+        now = time.monotonic()
+        if keys <= set(found):
+            assert all(found[k] == 1 for k in keys), found
+            return now
+        assert now < deadline, f"not delivered in time: {sorted(keys - set(found))} missing"
+        await asyncio.sleep(0.02)
+
+
+# -- flush_interval ---------------------------------------------------------------------------
+
+
+async def test_a_partial_batch_is_delivered_after_flush_interval_without_flush(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    interval = 0.5
+    run = run_id()
+    settings = RecorderSettings(batch_size=100, flush_interval=interval)
+    client = Client(ledger.api.base_url, tenant.key, recorder=settings)
+    try:
+        waves: list[tuple[float, float]] = []  # (queued at, seen in the database at)
+        for wave, count in enumerate((3, 2)):
+            keys = {f"{run}-{wave}-{i}" for i in range(count)}
+            queued_at = time.monotonic()
+            for key in sorted(keys):
+                assert client.record_later(id=key, model="gpt-4o", usage=USAGE) == key
+            early, early_at = client.stats(), time.monotonic()
+            if early_at - queued_at < interval:  # nothing may be sent before the interval
+                assert early.pending == count, early
+            seen_at = await wait_for_keys(
+                ledger.url, tenant.id, keys, deadline=queued_at + interval + 3 * SLACK_S
+            )
+            waves.append((queued_at, seen_at))
+        stats = client.stats()  # no flush() and no close() so far
+    finally:
+        await asyncio.to_thread(client.close)
+    for queued_at, seen_at in waves:
+        assert interval <= seen_at - queued_at <= interval + SLACK_S, waves
+    assert (stats.queued, stats.sent, stats.recorded, stats.pending) == (5, 5, 5, 0)
+    assert (stats.batches, stats.retries) == (2, 0)  # one batch per wave: it waited for more
+
+
+async def test_a_zero_flush_interval_sends_at_once(ledger: Ledger, tenant: Tenant) -> None:
+    run = run_id()
+    settings = RecorderSettings(batch_size=10_000, flush_interval=0)
+    async with AsyncClient(ledger.api.base_url, tenant.key, recorder=settings) as client:
+        keys = {client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE) for i in range(3)}
+        queued_at = time.monotonic()
+        seen_at = await wait_for_keys(
+            ledger.url, tenant.id, {k for k in keys if k}, deadline=queued_at + 3 * SLACK_S
+        )
+        stats = client.stats()
+    assert seen_at - queued_at <= SLACK_S
+    assert (stats.queued, stats.recorded) == (3, 3)
+
+
+# -- exponential backoff ------------------------------------------------------------------------
+
+
+def test_backoff_ceilings_double_up_to_the_cap() -> None:
+    assert [backoff_ceiling(n, 0.5, 30.0) for n in range(8)] == [
+        0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0,
+    ]  # fmt: skip
+    assert backoff_ceiling(10_000, 0.5, 30.0) == 30.0  # no overflow however long it retries
+    assert backoff_ceiling(0, 2.0, 1.0) == 1.0
+
+
+def test_backoff_waits_between_half_and_all_of_the_ceiling() -> None:
+    # the bounds of the draw, exactly: the least and the most `uniform` can give
+    lowest = [backoff_wait(n, 0.5, 30.0, uniform=lambda a, b: a) for n in range(8)]
+    highest = [backoff_wait(n, 0.5, 30.0, uniform=lambda a, b: b) for n in range(8)]
+    assert lowest == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert highest == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    # never "full" jitter: the least wait of a retry is the most of the one before it
+    assert all(lo_next == hi for lo_next, hi in zip(lowest[1:6], highest[:5], strict=True))
+    # the real draw (random.uniform) stays within the bounds and spreads across them
+    # (2,000 draws miss the lowest or highest 2% with a chance of e**-80)
+    for n in range(8):
+        ceiling = backoff_ceiling(n, 0.5, 30.0)
+        draws = [backoff_wait(n, 0.5, 30.0) for _ in range(2_000)]
+        assert all(ceiling / 2 <= d <= ceiling for d in draws), n
+        assert min(draws) < ceiling * 0.52, n
+        assert max(draws) > ceiling * 0.98, n
+
+
+@dataclass
+class RefusingFront(LocalServer):
+    """A 127.0.0.1 front for the API: its first `refuse` usage requests are answered 503 with
+    no Retry-After (so the recorder's own backoff decides), the rest are forwarded to the API.
+    Notes when each request arrived (monotonic)."""
+
+    target: str = ""
+    refuse: int = 4
+    arrivals: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        front = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with front._lock:
+                    front.arrivals.append(time.monotonic())
+                    n = len(front.arrivals)
+                if n <= front.refuse:
+                    status, content = 503, json.dumps({
+                        "type": "urn:aiserver:problem:service-unavailable", "status": 503,
+                        "title": "Service Unavailable", "detail": "the front is failing",
+                    }).encode()  # fmt: skip
+                else:
+                    headers = {"Authorization": self.headers["Authorization"],
+                               "Content-Type": "application/json"}  # fmt: skip
+                    answer = httpx.post(front.target + self.path, content=body, headers=headers,
+                                        timeout=30)  # fmt: skip
+                    status, content = answer.status_code, answer.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+        return Handler
+
+
+RETRY_LOG = re.compile(r"not delivered \(HTTP 503 .*\); retry (\d+) in ([0-9.]+) s")
+
+
+async def test_the_recorder_backs_off_exponentially_between_retries(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiserver.client")
+    base, refuse = 0.2, 4
+    front = RefusingFront(target=ledger.api.base_url, refuse=refuse)
+    front.start()
+    run = run_id()
+    try:
+        settings = RecorderSettings(batch_size=100, flush_interval=0.01, backoff_base=base)
+        with Client(front.base_url, tenant.key, recorder=settings) as client:
+            for i in range(5):
+                client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
+            assert await asyncio.to_thread(client.flush, WAIT_S)
+            stats = client.stats()
+    finally:
+        front.stop()
+    assert len(front.arrivals) == refuse + 1  # four 503s, then the batch went through
+    gaps = [b - a for a, b in zip(front.arrivals, front.arrivals[1:], strict=False)]
+    ceilings = [backoff_ceiling(n, base, settings.max_backoff) for n in range(refuse)]
+    assert ceilings == [0.2, 0.4, 0.8, 1.6]
+    # what the recorder drew for each retry (every one is logged, at WARNING or DEBUG)
+    drawn = [
+        (int(m[1]), float(m[2])) for r in caplog.records if (m := RETRY_LOG.search(r.getMessage()))
+    ]
+    assert [n for n, _ in drawn] == [1, 2, 3, 4]
+    for (_, wait), ceiling, gap in zip(drawn, ceilings, gaps, strict=True):
+        assert ceiling / 2 - 0.005 <= wait <= ceiling + 0.005, (drawn, ceilings)  # logged to 0.01
+        assert gap >= wait - 0.01, (gaps, drawn)  # it waited what it drew ...
+        assert gap <= wait + 1.0, (gaps, drawn)  # ... and not much more (a 503 round trip)
+    # so the waits grow: each at least the ceiling before it, two steps on always longer
+    assert all(gap >= ceiling / 2 - 0.01 for gap, ceiling in zip(gaps, ceilings, strict=True))
+    assert gaps[2] > gaps[0], gaps
+    assert gaps[3] > gaps[1], gaps
+    assert (stats.retries, stats.recorded, stats.rejected, stats.pending) == (4, 5, 0, 0)
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(5)}
+
+
+# -- batches refused as a whole ------------------------------------------------------------------
+
+
+async def read_only_key(ledger: Ledger, who: Tenant) -> str:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with ledger.api.client() as client:
+        made = await client.post(f"/v1/projects/{who.slug}/keys", headers=admin,
+                                 json={"name": "reader", "scopes": ["read"]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    key: str = made.json()["key"]
+    return key
+
+
+@pytest.mark.parametrize("refusal", ["401", "403", "404"])
+async def test_a_batch_refused_with_another_4xx_is_rejected_logged_and_never_retried(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture, refusal: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiserver.client")
+    base_url, key = {
+        "401": (ledger.api.base_url, "ais_not_a_key_of_this_server"),
+        "403": (ledger.api.base_url, await read_only_key(ledger, tenant)),  # no ingest scope
+        "404": (ledger.api.base_url + "/no-such-prefix", tenant.key),
+    }[refusal]
+    run = run_id()
+    settings = RecorderSettings(batch_size=100, flush_interval=3600, backoff_base=0.01)
+    with Client(base_url, key, recorder=settings) as client:
+        keys = [client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE) for i in range(3)]
+        assert await asyncio.to_thread(client.flush, 3 * SLACK_S)  # settled: no retry
+        stats = client.stats()
+    assert keys == [f"{run}-{i}" for i in range(3)]
+    assert (stats.queued, stats.sent, stats.recorded, stats.pending) == (3, 0, 0, 0)
+    assert (stats.rejected, stats.batches, stats.retries, stats.dropped) == (3, 1, 0, 0)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    assert (
+        errors[0]
+        .getMessage()
+        .startswith(f"aiserver refused a usage batch of 3 event(s) ({refusal} ")
+    )
+    assert errors[0].getMessage().endswith("; they are not recorded")
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    assert key not in caplog.text
+    assert await stored_keys(ledger.url, tenant.id) == {}
+
+
+# -- a closed client ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("used", [True, False], ids=["after-use", "never-used"])
+async def test_record_later_after_close_returns_none_counts_and_logs(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture, used: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiserver.client")
+    run = run_id()
+    client = Client(ledger.api.base_url, tenant.key, recorder=RecorderSettings(flush_interval=0))
+    if used:
+        assert client.record_later(id=f"{run}-before", model="gpt-4o", usage=USAGE)
+    await asyncio.to_thread(client.close)
+    late = [client.record_later(id=f"{run}-late-{i}", model="gpt-4o", usage=USAGE)
+            for i in range(3)]  # fmt: skip
+    stats = client.stats()
+    assert late == [None, None, None]
+    assert (stats.queued, stats.dropped, stats.pending) == (int(used), 3, 0)
+    warnings = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1  # at most one every 10 s, with the count so far
+    assert "the recorder is closed" in warnings[0]
+    await asyncio.sleep(0.3)  # time enough for a recorder that still ran to deliver (it may not)
+    expected = {f"{run}-before": 1} if used else {}
+    assert await stored_keys(ledger.url, tenant.id) == expected
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be 1 to 10000, not 0"),
+        ({"batch_size": 10_001}, "batch_size must be 1 to 10000, not 10001"),
+        ({"max_queue": 0}, "max_queue must be at least 1, not 0"),
+        ({"flush_interval": -0.1}, "flush_interval must be 0 or more, not -0.1"),
+        ({"flush_interval": math.nan}, "flush_interval must be 0 or more, not nan"),
+        ({"backoff_base": 0}, "backoff_base must be more than 0, not 0"),
+        ({"backoff_base": -1.0}, "backoff_base must be more than 0, not -1.0"),
+        ({"max_backoff": 0.1}, "max_backoff must be at least backoff_base (0.5), not 0.1"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_saying_what_is_accepted(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RecorderSettings(**changes)
+
+
+def test_the_edges_of_the_settings_are_accepted() -> None:
+    edges = RecorderSettings(batch_size=1, max_queue=1, flush_interval=0, backoff_base=0.5,
+                             max_backoff=0.5)  # fmt: skip
+    assert (edges.batch_size, edges.flush_interval, edges.max_backoff) == (1, 0, 0.5)
+    assert RecorderSettings(batch_size=10_000).batch_size == 10_000
