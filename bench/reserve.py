@@ -25,8 +25,9 @@ statement: the API's `/metrics`).
 
 The same runs **in process** (no HTTP: `reservations.reserve` from 16 pool connections) show
 what the database admits, side by side: the window striped with reservations sharing
-statements (as served), striped with one reservation per statement (`batches.MAX_CALLS` = 1),
-and one row (STRIPES = 1).
+statements (as served), striped with one statement per reservation, each sent at once
+(`batches.MAX_CALLS` = 1, `IN_FLIGHT` = 16: as before reservations shared statements), and one
+row (STRIPES = 1).
 
 **Ingest with budgets**: `POST /v1/usage` of single events from 16 clients and of batches of
 1,000 events from 4 clients, with no budget and with 5 budgets matching every event; the loss is
@@ -378,21 +379,23 @@ async def local_runs(
     pool: asyncpg.Pool, access: Access, seconds: float
 ) -> tuple[list[Run], list[Exhausted]]:
     """In process, one hot budget: striped, with the reservations that arrive together sharing
-    a statement (as served); striped, one reservation per statement (`batches.MAX_CALLS` = 1,
-    as before reservations were batched); and as one row."""
+    a statement (as served); striped, one statement per reservation, each at once
+    (`batches.MAX_CALLS` = 1 and `IN_FLIGHT` = CLIENTS: as before reservations were batched);
+    and as one row."""
     say("[reserve] reservations in process: 16 connections, no HTTP")
     runs, exhausted = [], []
-    striped, together = reservations.STRIPES, batches.MAX_CALLS
+    striped, together, in_flight = reservations.STRIPES, batches.MAX_CALLS, batches.IN_FLIGHT
     setups = [
-        (striped, together, f"{striped} stripes, up to {together} per statement"),
-        (striped, 1, f"{striped} stripes, one per statement"),
-        (1, together, f"one row, up to {together} per statement"),
+        (striped, together, in_flight, f"{striped} stripes, up to {together} per statement"),
+        (striped, 1, CLIENTS, f"{striped} stripes, one per statement"),
+        (1, together, in_flight, f"one row, up to {together} per statement"),
     ]
     try:
-        for stripes, most, rows in setups:
-            # the benchmark's two knobs
+        for stripes, most, running, rows in setups:
+            # the benchmark's knobs
             reservations.STRIPES = stripes  # type: ignore[misc]
             batches.MAX_CALLS = most  # type: ignore[misc]
+            batches.IN_FLIGHT = running  # type: ignore[misc]
             await _clear(pool)
             await _budget(pool, access, HUGE)
             calls = [_local_reserve(pool, access, {}) for _ in range(CLIENTS)]
@@ -410,6 +413,7 @@ async def local_runs(
     finally:
         reservations.STRIPES = striped  # type: ignore[misc]
         batches.MAX_CALLS = together  # type: ignore[misc]
+        batches.IN_FLIGHT = in_flight  # type: ignore[misc]
     return runs, exhausted
 
 

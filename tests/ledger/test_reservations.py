@@ -570,3 +570,117 @@ async def test_a_time_zone_changed_elsewhere_moves_the_next_reservation_to_its_w
     assert await window(pool, access, daily, at) == (Decimal(0), Decimal("0.2"))
     again = await reserve(pool, access, amount=Decimal("0.3"), now=at)  # the quick way now
     assert again.holds[0].window_start == datetime(2026, 6, 9, 4, tzinfo=UTC)
+
+
+async def _waiting_for_a_lock(pool: asyncpg.Pool, query: str) -> None:
+    """Until a backend running `query` (a prefix) waits for a lock; fails after 10 s."""
+    for _ in range(200):
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() AND query LIKE $1",
+            f"{query}%",
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no statement {query!r} came to wait for a lock")
+
+
+async def test_a_budget_deleted_while_a_reservation_waits_deadlocks_nothing(
+    pool: asyncpg.Pool, access: Access, migrated_database_url: str
+) -> None:
+    """A budget's deletion holds the project's row while its windows go; the quick way takes
+    that row before any stripe, so it waits for the deletion instead of holding stripes the
+    deletion needs (a deadlock that PostgreSQL broke by failing one side, before)."""
+    doomed = await budget(pool, access, "10")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # cuts its window
+    deleting = await asyncpg.connect(migrated_database_url)
+    try:
+        async with deleting.transaction():  # what delete_budget does, one step at a time
+            await deleting.execute(
+                "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", access.project_id
+            )
+            waiting = asyncio.ensure_future(reserve(pool, access, amount=Decimal("0.2"), now=NOW))
+            await _waiting_for_a_lock(pool, "SELECT * FROM ledger_reserve_many")
+            await deleting.execute("DELETE FROM budgets WHERE id = $1", doomed)
+        made = await waiting  # the budget is gone: nothing to hold
+    finally:
+        await deleting.close()
+    assert made.holds == ()
+    assert await pool.fetchval("SELECT count(*) FROM budget_windows") == 0
+
+
+async def test_a_call_the_database_refuses_fails_alone_not_with_its_batch(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """A value that passed the checks and that PostgreSQL or its encoding refuses (here a NUL
+    in a model name, which the checks refuse since) fails its own call only: the statement's
+    calls are sent again one by one."""
+    whole = await budget(pool, access, "10")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    starts = tuple(window_of(p, "Europe/Berlin", NOW)[0] for p in PERIODS)
+    expires = NOW + timedelta(minutes=1)
+    key = (access.project_id, "Europe/Berlin", starts, STRIPES)
+
+    async def send(model: str) -> Any:
+        call = Call(Decimal("0.01"), {}, [model], expires)
+        return await batches.reserve(pool, *key, call)
+
+    answers = await asyncio.gather(
+        *(send("bad\x00model" if i == 3 else "gpt-x") for i in range(8)), return_exceptions=True
+    )
+    assert isinstance(answers[3], asyncpg.DataError)
+    good = [a for i, a in enumerate(answers) if i != 3]
+    assert all(isinstance(a, tuple) and len(a[1]) == 1 for a in good), good
+    assert await window(pool, access, whole) == (Decimal(0), Decimal("0.17"))
+    # the checks refuse both values that reached PostgreSQL before: a NUL, a tiny exponent
+    with pytest.raises(InvalidField, match="control characters"):
+        await reserve(pool, access, amount=Decimal("0.1"), models=["a\x00b"], now=NOW)
+    with pytest.raises(InvalidField, match="at most 30 decimal places"):
+        await reserve(pool, access, amount=Decimal("1e-20000"), now=NOW)
+    assert (await reserve(pool, access, amount=Decimal("1.5000000000000000000000000000000000"),
+                          now=NOW)).amount == Decimal("1.5")  # fmt: skip
+    assert await window(pool, access, whole) == (Decimal(0), Decimal("1.67"))
+
+
+async def test_a_caller_gone_before_its_statement_is_sent_holds_nothing(
+    settings: Settings, access: Access, pool: asyncpg.Pool
+) -> None:
+    """A call cancelled while its statement waits for a pooled connection is not sent; and a
+    sender cancelled (the event loop shutting down) cancels the calls that wait for it, so that
+    none waits for a statement nobody will send."""
+    whole = await budget(pool, access, "10")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    small = await asyncpg.create_pool(settings.core.database_url, min_size=1, max_size=1)
+    starts = tuple(window_of(p, "Europe/Berlin", NOW)[0] for p in PERIODS)
+    call = Call(Decimal("0.01"), {}, ["gpt-x"], NOW + timedelta(minutes=1))
+    try:
+        async with small.acquire():  # the only connection: the statement waits for it
+            gone = asyncio.ensure_future(
+                batches.reserve(small, access.project_id, "Europe/Berlin", starts, STRIPES, call)
+            )
+            await asyncio.sleep(0.2)
+            sent = batches.SENT.calls
+            gone.cancel()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)  # the sender got the connection, and found no one to answer
+        assert gone.cancelled()
+        assert batches.SENT.calls == sent
+        assert await window(pool, access, whole) == (Decimal(0), Decimal("0.1"))
+        async with small.acquire():
+            waiting = [
+                asyncio.ensure_future(batches.reserve(
+                    small, access.project_id, "Europe/Berlin", starts, STRIPES, call
+                ))
+                for _ in range(5)
+            ]  # fmt: skip
+            await asyncio.sleep(0.2)
+            for sender in list(batches.batches().tasks):
+                sender.cancel()
+            done = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(d, asyncio.CancelledError) for d in done), done
+        assert not batches.batches().running
+        assert not batches.batches().waiting
+    finally:
+        await small.close()
+    assert await window(pool, access, whole) == (Decimal(0), Decimal("0.1"))

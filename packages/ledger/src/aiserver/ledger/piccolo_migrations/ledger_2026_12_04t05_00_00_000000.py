@@ -15,11 +15,13 @@ migrations.
     chosen at random (1 to stripes - 1; 0 when there is one stripe), and takes the holds in the
     one lock order of `budget_windows` rows, (budget, window start, stripe), item by item, each
     by a conditional UPDATE.
+  - The project's row is taken first (`FOR KEY SHARE`, as ingest takes it): a budget's
+    deletion holds it while its windows go, and the reservation rows' foreign key needs it.
   - An item whose hold does not fit (or whose stripe does not exist yet) takes no further hold,
-    gives back the holds it took (on rows this transaction already locked, so no new lock is
-    taken out of order) and is answered with that budget's id (`full_budget`): the caller cuts
-    that budget's window anew, which is also what refuses a reservation the whole window cannot
-    hold.
+    gives back the holds it took at once (on rows this transaction already locked, so no new
+    lock is taken out of order; the items after it see the room) and is answered with that
+    budget's id (`full_budget`): the caller cuts that budget's window anew, which is also what
+    refuses a reservation the whole window cannot hold.
   - Every other item gets its reservation row.
   One row is returned per item, in item order.
 
@@ -57,7 +59,9 @@ STATEMENTS = (
         sts SMALLINT[];
         rid UUID;
     BEGIN
-        SELECT pr.time_zone INTO actual FROM projects AS pr WHERE pr.id = p;
+        -- the project's row first, as ingest takes it: its reservation rows' foreign key
+        -- needs it, and a budget's deletion holds it while it deletes the windows
+        SELECT pr.time_zone INTO actual FROM projects AS pr WHERE pr.id = p FOR KEY SHARE;
         IF actual IS DISTINCT FROM zone THEN
             RAISE EXCEPTION USING ERRCODE = 'LR002', MESSAGE = COALESCE(actual, '');
         END IF;
@@ -87,13 +91,15 @@ STATEMENTS = (
                 taken_stripes := taken_stripes || h.s;
             ELSE
                 refused[h.i] := h.budget_id;
+                -- its holds given back at once, so that the items after it see the room
+                FOR k IN 1 .. cardinality(taken_items) LOOP
+                    CONTINUE WHEN taken_items[k] <> h.i;
+                    UPDATE budget_windows AS bw SET reserved = bw.reserved - amounts[h.i]
+                    WHERE bw.project_id = p AND bw.budget_id = taken_budgets[k]
+                      AND bw.window_start = taken_windows[k] AND bw.stripe = taken_stripes[k];
+                    taken_items[k] := 0;
+                END LOOP;
             END IF;
-        END LOOP;
-        FOR k IN 1 .. coalesce(cardinality(taken_items), 0) LOOP
-            CONTINUE WHEN refused[taken_items[k]] IS NULL;
-            UPDATE budget_windows AS bw SET reserved = bw.reserved - amounts[taken_items[k]]
-            WHERE bw.project_id = p AND bw.budget_id = taken_budgets[k]
-              AND bw.window_start = taken_windows[k] AND bw.stripe = taken_stripes[k];
         END LOOP;
         FOR i IN 1 .. coalesce(n, 0) LOOP
             IF refused[i] IS NOT NULL THEN

@@ -54,6 +54,7 @@ from aiserver.ledger.errors import (
     InvalidField,
     UnknownReservation,
 )
+from aiserver.ledger.text import has_control
 from aiserver.ledger.usage.events import check_tags as check_event_tags
 
 if TYPE_CHECKING:
@@ -96,13 +97,30 @@ class Settling:
     spend: Spend
 
 
+#: Decimal places an estimate may have (after trailing zeros are dropped): far more than any
+#: price times any usage has, and few enough for every statement to carry.
+MAX_ESTIMATE_PLACES: Final = 30
+
+
 def check_estimate(amount: Decimal) -> Decimal:
     if not amount.is_finite() or amount <= 0 or amount > rules.MAX_LIMIT:
         raise InvalidField(
             f"estimate must be a decimal above 0 and at most {rules.MAX_LIMIT:,.0f}",
             ["estimate"],
         )
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_ESTIMATE_PLACES:
+        raise InvalidField(
+            f"estimate must have at most {MAX_ESTIMATE_PLACES} decimal places", ["estimate"]
+        )
     return amount
+
+
+def _check_models(models: Sequence[str]) -> Sequence[str]:
+    """The call's model names: no control character (PostgreSQL cannot store NUL)."""
+    if any(has_control(model) for model in models):
+        raise InvalidField("model must not hold control characters", ["model"])
+    return models
 
 
 def _check_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
@@ -205,6 +223,7 @@ async def reserve(
     project_id = access.project_key("ingest")
     check_estimate(amount)
     checked_tags = _check_tags(tags or {})
+    models = _check_models(models)
     lasts = check_ttl(ttl)
     at = now or datetime.now(UTC)
     quick = await _reserve_at_once(pool, project_id, amount, checked_tags, models, at + lasts, at)

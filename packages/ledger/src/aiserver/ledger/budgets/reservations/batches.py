@@ -11,9 +11,12 @@ and a busy one sends what queued during the last round trip.
 - Each call stays all or nothing on its own, and gets its answer only after the statement's
   COMMIT (a 201 means the hold is durable).
 - A statement that fails fails every call it carried (the same exception), and reserved nothing
-  for any of them.
-- A call cancelled before its statement was sent is not sent. One cancelled after that may hold
-  its reservation until it expires, as a call cut off during its own statement always could.
+  for any of them; one refused for a value it carried (`asyncpg.DataError`) is sent again call
+  by call, so that only the call with that value fails.
+- A call cancelled before its statement was sent (also while the statement waited for a pooled
+  connection) is not sent. One cancelled after that may hold its reservation until it expires,
+  as a call cut off during its own statement always could. A sender cancelled (the event loop
+  shutting down) cancels the calls still waiting for it.
 - At most `IN_FLIGHT` statements per project run at once in a process, so a burst cannot take
   the whole pool.
 
@@ -31,11 +34,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
+import asyncpg
+
 from aiserver.core_db.database import lone_statements
 from aiserver.ledger.budgets.reservations import store
 
 if TYPE_CHECKING:
-    import asyncpg
+    from aiserver.core_db.connections import DbConnection
 
 #: Calls in one statement at most.
 MAX_CALLS: Final = 64
@@ -72,11 +77,35 @@ class _Batches:
         answer: asyncio.Future[store.Answer] = loop.create_future()
         self.waiting.setdefault(key, []).append((call, answer))
         if self.running.get(key, 0) < IN_FLIGHT:
-            self.running[key] = self.running.get(key, 0) + 1
-            task = loop.create_task(self._send(key))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._start(loop, key)
         return await answer
+
+    def _start(self, loop: asyncio.AbstractEventLoop, key: _Key) -> None:
+        self.running[key] = self.running.get(key, 0) + 1
+        task = loop.create_task(self._send(key))
+        self.tasks.add(task)
+        task.add_done_callback(lambda done: self._ended(key, done))
+
+    def _ended(self, key: _Key, task: asyncio.Task[None]) -> None:
+        """A sender is done (also one cancelled before it started): one fewer running. Calls
+        that arrived after it left its loop and before this callback found every sender busy:
+        a new sender takes them. When the sender was cancelled (the loop is shutting down) and
+        no other runs, the calls still waiting are cancelled: none waits for a statement that
+        nobody will send."""
+        self.tasks.discard(task)
+        left = self.running[key] - 1
+        if left:
+            self.running[key] = left
+        else:
+            del self.running[key]
+        if key not in self.waiting:
+            return
+        if not task.cancelled():
+            if left < IN_FLIGHT:
+                self._start(task.get_loop(), key)
+        elif not left:
+            for _, answer in self.waiting.pop(key, []):
+                answer.cancel()
 
     def _take(self, key: _Key) -> _Waiting:
         """Up to MAX_CALLS waiting calls that still want their answer, in arrival order."""
@@ -84,40 +113,61 @@ class _Batches:
         if len(waiting) > MAX_CALLS:
             self.waiting[key] = waiting[MAX_CALLS:]
             waiting = waiting[:MAX_CALLS]
-        return [(call, answer) for call, answer in waiting if not answer.done()]
+        return _wanted(waiting)
 
     async def _send(self, key: _Key) -> None:
         pool, project_id, zone, starts, stripes = key
-        try:
-            while key in self.waiting:
-                batch = self._take(key)
-                if not batch:
-                    continue
-                SENT.statements += 1
-                SENT.calls += len(batch)
-                try:
-                    async with lone_statements(pool) as conn:
+        while key in self.waiting:
+            batch = self._take(key)
+            try:
+                async with lone_statements(pool) as conn:
+                    batch = _wanted(batch)  # a caller may have gone while a connection came
+                    if not batch:
+                        continue
+                    SENT.statements += 1
+                    SENT.calls += len(batch)
+                    try:
                         answers = await store.reserve_many(
                             conn, project_id, zone, starts, stripes, [c for c, _ in batch]
                         )
-                except asyncio.CancelledError:
-                    for _, answer in batch:
-                        answer.cancel()
-                    raise
-                except Exception as exc:  # every call of the statement fails with it
-                    for _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                for (_, answer), found in zip(batch, answers, strict=True):
+                    except asyncpg.DataError:
+                        if len(batch) == 1:
+                            raise
+                        # a value that passed the checks and that PostgreSQL (or its encoding)
+                        # refuses fails the calls that carry it, not the others: one by one
+                        await _alone(conn, key, batch)
+                        continue
+            except asyncio.CancelledError:
+                for _, answer in batch:
+                    answer.cancel()
+                raise
+            except Exception as exc:  # every call of the statement fails with it
+                for _, answer in batch:
                     if not answer.done():
-                        answer.set_result(found)
-        finally:
-            left = self.running[key] - 1
-            if left:
-                self.running[key] = left
-            else:
-                del self.running[key]
+                        answer.set_exception(exc)
+                continue
+            for (_, answer), found in zip(batch, answers, strict=True):
+                if not answer.done():
+                    answer.set_result(found)
+
+
+def _wanted(waiting: _Waiting) -> _Waiting:
+    return [(call, answer) for call, answer in waiting if not answer.done()]
+
+
+async def _alone(conn: DbConnection, key: _Key, batch: _Waiting) -> None:
+    """Each call of `batch` in a statement of its own, answered with its own result or error."""
+    _, project_id, zone, starts, stripes = key
+    for call, answer in batch:
+        SENT.statements += 1
+        try:
+            (found,) = await store.reserve_many(conn, project_id, zone, starts, stripes, [call])
+        except Exception as exc:
+            if not answer.done():
+                answer.set_exception(exc)
+            continue
+        if not answer.done():
+            answer.set_result(found)
 
 
 _LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batches] = weakref.WeakKeyDictionary()
