@@ -1001,10 +1001,12 @@ def check_answers(fleet: Fleet, figures: Figures) -> dict[str, Any]:
     }
 
 
-#: The errors of a lost connection to PostgreSQL or Redis, as a failed job reports them.
+#: The errors of a lost connection to PostgreSQL or Redis, as a failed job reports them
+#: (`DatabaseUnavailable`: aiserver's own, when a job's first connection is refused, such as the
+#: catalog refresh's at the top of an hour during a cut).
 LOST_CONNECTION: Final = re.compile(
     r"\b(ConnectionRefusedError|ConnectionResetError|ConnectionDoesNotExistError"
-    r"|ConnectionError|CannotConnectNowError)\b"
+    r"|ConnectionError|CannotConnectNowError|DatabaseUnavailable)\b"
 )
 #: arq's own line for a failed job: "  0.20s ! cron:usage_fold_task failed, <error>".
 ARQ_CRON_FAILED: Final = re.compile(r"^\s*[\d.]+s ! cron:\w+ failed, (?P<error>.*)$")
