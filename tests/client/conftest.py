@@ -7,19 +7,25 @@ wheel is built once per session (`client_wheel`), as any build frontend builds i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+import httpx
 import pytest
 
 from ..conftest import create_database, drop_database
 from ..reliability.harness import ADMIN_TOKEN, ApiProcess, api_env, api_process
+from ..support.upstream import LocalServer, QuietHandler
 
 #: Bound on waiting for what must come: never a measure.
 WAIT_S: Final = 60.0
@@ -151,3 +157,70 @@ def client_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     (wheel,) = out.glob("*.whl")
     return wheel
+
+
+# -- a front that fails the API's first answers -----------------------------------------------
+
+
+@dataclass
+class FailingFront(LocalServer):
+    """A 127.0.0.1 HTTP front for the API. Its first `refuse` usage requests get a 503 problem
+    with Retry-After: `retry_after` (none when None: the recorder's own backoff decides), unseen
+    by the API; the next `lose` ones are forwarded (the API commits them) and then answered 503
+    all the same; the rest are forwarded. `arrivals` notes when each request came (monotonic)
+    and what it was answered."""
+
+    target: str = ""
+    refuse: int = 3
+    lose: int = 2
+    retry_after: int | None = 1
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (when, status answered)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        front = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with front._lock:
+                    n = len(front.arrivals) + 1
+                    front.arrivals.append((time.monotonic(), 0))
+                if n <= front.refuse + front.lose:
+                    if n > front.refuse:
+                        committed = front._forward(self.path, body, self.headers)
+                        assert committed.status_code == 200, committed.text
+                    self._answer(503, json.dumps({
+                        "type": "urn:aiserver:problem:service-unavailable", "status": 503,
+                        "title": "Service Unavailable", "detail": "the front is failing",
+                    }).encode(), front._retry_after())  # fmt: skip
+                    status = 503
+                else:
+                    answer = front._forward(self.path, body, self.headers)
+                    self._answer(answer.status_code, answer.content, {})
+                    status = answer.status_code
+                with front._lock:
+                    front.arrivals[n - 1] = (front.arrivals[n - 1][0], status)
+
+            def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def _retry_after(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+    def _forward(self, path: str, body: bytes, received: Any) -> httpx.Response:
+        auth = received["Authorization"]
+        headers = {"Authorization": auth, "Content-Type": "application/json"}
+        return httpx.post(self.target + path, content=body, timeout=30, headers=headers)

@@ -4,7 +4,9 @@ the reservation, and leaving without one (or with an exception) releases it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -65,22 +67,48 @@ async def reservation_states(url: str, project_id: int) -> dict[str, str]:
     return {row["id"]: row["state"] for row in rows}
 
 
+@contextlib.asynccontextmanager
+async def opened(
+    kind: type[Client | AsyncClient], ledger: Ledger, tenant: Tenant
+) -> AsyncIterator[Any]:
+    """A `Client` or an `AsyncClient` of the tenant, open for the block."""
+    if kind is AsyncClient:
+        async with AsyncClient(ledger.api.base_url, tenant.key) as client:
+            yield client
+    else:
+        with Client(ledger.api.base_url, tenant.key) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def guarded(client: Client | AsyncClient, **fields: Any) -> AsyncIterator[Any]:
+    """The client's budget guard entered for the block, `with` or `async with` as it takes."""
+    guard = client.budget(**fields)
+    if isinstance(guard, AsyncBudgetGuard):
+        async with guard as entered:
+            yield entered
+    else:
+        with guard as entered:
+            yield entered
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
 async def test_leaving_without_an_event_or_with_an_error_releases(
-    ledger: Ledger, tenant: Tenant
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
 ) -> None:
     # Each reservation is seen held inside the block and released right after it, before
     # anything but the guard could have released it (no explicit release call at all).
     budget_id = await hard_budget(ledger, tenant)
-    with Client(ledger.api.base_url, tenant.key) as client:
-        with client.budget(model="gpt-4o", tags=TEAM, estimate="0.30") as unused:
+    async with opened(kind, ledger, tenant) as client:
+        async with guarded(client, model="gpt-4o", tags=TEAM, estimate="0.30") as unused:
             held = await budget_window(ledger.api, tenant, budget_id)
         after_unused = await budget_window(ledger.api, tenant, budget_id)
         states_unused = await reservation_states(ledger.url, tenant.id)
-        guards: list[BudgetGuard] = []
+        guards: list[BudgetGuard | AsyncBudgetGuard] = []
         seen: list[dict[str, Any]] = []
 
         async def call_fails() -> None:
-            with client.budget(model="gpt-4o", tags=TEAM, estimate="0.20") as failed:
+            async with guarded(client, model="gpt-4o", tags=TEAM, estimate="0.20") as failed:
                 guards.append(failed)
                 seen.append(await budget_window(ledger.api, tenant, budget_id))
                 raise RuntimeError("the provider failed")
@@ -97,37 +125,6 @@ async def test_leaving_without_an_event_or_with_an_error_releases(
     assert (held_failed["reserved"], after_failed["reserved"]) == ("0.2", "0")
     assert states == {unused_id: "released", failed_id: "released"}
     assert after_failed["committed"] == "0"
-
-
-async def test_the_async_guard_releases_on_leaving_and_on_an_exception(
-    ledger: Ledger, tenant: Tenant
-) -> None:
-    budget_id = await hard_budget(ledger, tenant)
-    async with AsyncClient(ledger.api.base_url, tenant.key) as client:
-        async with client.budget(model="gpt-4o", tags=TEAM, estimate="0.30") as unused:
-            held = await budget_window(ledger.api, tenant, budget_id)
-        after_unused = await budget_window(ledger.api, tenant, budget_id)
-        states_unused = await reservation_states(ledger.url, tenant.id)
-        guards: list[AsyncBudgetGuard] = []
-        seen: list[dict[str, Any]] = []
-
-        async def call_fails() -> None:
-            async with client.budget(model="gpt-4o", tags=TEAM, estimate="0.20") as failed:
-                guards.append(failed)
-                seen.append(await budget_window(ledger.api, tenant, budget_id))
-                raise RuntimeError("the provider failed")
-
-        with pytest.raises(RuntimeError, match="the provider failed"):
-            await call_fails()
-        (failed,), (held_failed,) = guards, seen
-        after_failed = await budget_window(ledger.api, tenant, budget_id)
-        states = await reservation_states(ledger.url, tenant.id)
-    unused_id = unused.reservation.reservation_id
-    failed_id = failed.reservation.reservation_id
-    assert (held["reserved"], after_unused["reserved"]) == ("0.3", "0")
-    assert states_unused == {unused_id: "released"}
-    assert (held_failed["reserved"], after_failed["reserved"]) == ("0.2", "0")
-    assert states == {unused_id: "released", failed_id: "released"}
 
 
 async def test_a_queued_event_keeps_the_reservation_held_until_it_settles_it(

@@ -10,18 +10,14 @@ each event's key exactly once, and the recorder's counts say what happened.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import httpx
 import pytest
 
 from aiserver.client import Client, RecorderSettings
@@ -33,8 +29,7 @@ from ..reliability.harness import (
     eventually,
     tcp_proxy,
 )
-from ..support.upstream import LocalServer, QuietHandler
-from .conftest import Tenant, ledger_env, new_tenant, stored_keys
+from .conftest import FailingFront, Tenant, ledger_env, new_tenant, stored_keys
 
 pytestmark = pytest.mark.slow
 
@@ -106,65 +101,6 @@ async def _at_least(client: Client, recorded: int) -> bool:
 
 
 # -- 503 with Retry-After, and answers lost after the commit -------------------------------------
-
-
-@dataclass
-class FailingFront(LocalServer):
-    """An HTTP front for the API. Its first `refuse` usage requests get a 503 problem with
-    Retry-After: `retry_after`, unseen by the API; the next `lose` ones are forwarded (the API
-    commits them) and then answered 503 all the same; the rest are forwarded."""
-
-    target: str = ""
-    refuse: int = 3
-    lose: int = 2
-    retry_after: int = 1
-    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (when, status answered)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rsplit("/", 1)[0]
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        front = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with front._lock:
-                    n = len(front.arrivals) + 1
-                    front.arrivals.append((time.monotonic(), 0))
-                if n <= front.refuse + front.lose:
-                    if n > front.refuse:
-                        committed = front._forward(self.path, body, self.headers)
-                        assert committed.status_code == 200, committed.text
-                    self._answer(503, json.dumps({
-                        "type": "urn:aiserver:problem:service-unavailable", "status": 503,
-                        "title": "Service Unavailable", "detail": "the front is failing",
-                    }).encode(), {"Retry-After": str(front.retry_after)})  # fmt: skip
-                    status = 503
-                else:
-                    answer = front._forward(self.path, body, self.headers)
-                    self._answer(answer.status_code, answer.content, {})
-                    status = answer.status_code
-                with front._lock:
-                    front.arrivals[n - 1] = (front.arrivals[n - 1][0], status)
-
-            def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
-
-    def _forward(self, path: str, body: bytes, received: Any) -> httpx.Response:
-        auth = received["Authorization"]
-        headers = {"Authorization": auth, "Content-Type": "application/json"}
-        return httpx.post(self.target + path, content=body, timeout=30, headers=headers)
 
 
 async def test_503s_with_retry_after_and_lost_answers_neither_lose_nor_double(

@@ -16,26 +16,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from itertools import pairwise
 from typing import Any, Final
 
-import httpx
 import pytest
 
 from aiserver.client import AsyncClient, Client, RecorderSettings
 from aiserver.client.recorder import backoff_ceiling, backoff_wait
 
 from ..reliability.harness import ADMIN_TOKEN
-from ..support.upstream import LocalServer, QuietHandler
-from .conftest import WAIT_S, Ledger, Tenant, stored_keys
+from .conftest import WAIT_S, FailingFront, Ledger, Tenant, stored_keys
 
 USAGE: Final = {"input_tokens": 100, "output_tokens": 10}
 #: What "about flush_interval" allows on a loaded 2-core machine: the API's commit, the poll
@@ -135,50 +130,6 @@ def test_backoff_waits_between_half_and_all_of_the_ceiling() -> None:
         assert max(draws) > ceiling * 0.98, n
 
 
-@dataclass
-class RefusingFront(LocalServer):
-    """A 127.0.0.1 front for the API: its first `refuse` usage requests are answered 503 with
-    no Retry-After (so the recorder's own backoff decides), the rest are forwarded to the API.
-    Notes when each request arrived (monotonic)."""
-
-    target: str = ""
-    refuse: int = 4
-    arrivals: list[float] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rsplit("/", 1)[0]
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        front = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with front._lock:
-                    front.arrivals.append(time.monotonic())
-                    n = len(front.arrivals)
-                if n <= front.refuse:
-                    status, content = 503, json.dumps({
-                        "type": "urn:aiserver:problem:service-unavailable", "status": 503,
-                        "title": "Service Unavailable", "detail": "the front is failing",
-                    }).encode()  # fmt: skip
-                else:
-                    headers = {"Authorization": self.headers["Authorization"],
-                               "Content-Type": "application/json"}  # fmt: skip
-                    answer = httpx.post(front.target + self.path, content=body, headers=headers,
-                                        timeout=30)  # fmt: skip
-                    status, content = answer.status_code, answer.content
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-        return Handler
-
-
 RETRY_LOG = re.compile(r"not delivered \(HTTP 503 .*\); retry (\d+) in ([0-9.]+) s")
 
 
@@ -187,7 +138,7 @@ async def test_the_recorder_backs_off_exponentially_between_retries(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="aiserver.client")
     base, refuse = 0.2, 4
-    front = RefusingFront(target=ledger.api.base_url, refuse=refuse)
+    front = FailingFront(target=ledger.api.base_url, refuse=refuse, lose=0, retry_after=None)
     front.start()
     run = run_id()
     try:
@@ -200,7 +151,8 @@ async def test_the_recorder_backs_off_exponentially_between_retries(
     finally:
         front.stop()
     assert len(front.arrivals) == refuse + 1  # four 503s, then the batch went through
-    gaps = [b - a for a, b in zip(front.arrivals, front.arrivals[1:], strict=False)]
+    arrivals = [when for when, _ in front.arrivals]
+    gaps = [b - a for a, b in pairwise(arrivals)]
     ceilings = [backoff_ceiling(n, base, settings.max_backoff) for n in range(refuse)]
     assert ceilings == [0.2, 0.4, 0.8, 1.6]
     # what the recorder drew for each retry (every one is logged, at WARNING or DEBUG)
