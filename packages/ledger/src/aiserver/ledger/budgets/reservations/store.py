@@ -124,21 +124,18 @@ async def reserve_many(
         if exc.sqlstate == "LR002":
             raise ZoneChanged(str(exc) or None) from None
         raise
-    answers: list[Answer | None] = [None] * len(calls)
-    for row in rows:
-        index = row["item"] - 1
-        full = row["full_budget"]
-        answers[index] = (
-            full
-            if full is not None
-            else (
-                row["reservation_id"],
-                holds(row["budget_ids"], row["window_starts"], row["stripe_numbers"],
-                      [calls[index].amount] * len(row["budget_ids"])),
-            )
-        )  # fmt: skip
-    assert all(a is not None for a in answers), "ledger_reserve_many answers every call"
-    return answers  # type: ignore[return-value]  # every slot is filled (asserted)
+    # one row per call, in the order of `calls` (the function answers item by item)
+    return [_answer(row, call) for row, call in zip(rows, calls, strict=True)]
+
+
+def _answer(row: asyncpg.Record, call: Call) -> Answer:
+    if row["full_budget"] is not None:
+        full: int = row["full_budget"]
+        return full
+    amounts = [call.amount] * len(row["budget_ids"])
+    return row["reservation_id"], holds(
+        row["budget_ids"], row["window_starts"], row["stripe_numbers"], amounts
+    )
 
 
 async def take_on_stripe(
