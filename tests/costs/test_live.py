@@ -4,6 +4,8 @@ swapped whole so that concurrent readers never see a mix of two versions."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -122,6 +124,32 @@ async def test_a_lost_notification_is_caught_by_polling(cfg: Settings, upstream:
         await _eventually(lambda: live.catalog.version == 2, timeout=3)
     finally:
         await live.stop()
+
+
+async def test_a_loaded_catalog_is_frozen_out_of_the_collectors_passes(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    """Each load freezes the heap (`gc.freeze`): the catalog's objects are no longer walked by
+    the collector's passes, and a reload still frees the catalog it replaced."""
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg.core, cfg.costs, poll_interval=60)
+    try:
+        gc.unfreeze()
+        await live.start()
+        first = live.catalog
+        assert first.version == 1
+        assert gc.get_freeze_count() > 0
+        assert not any(o is first._versions for o in gc.get_objects())  # walked by no pass
+        gone = weakref.ref(first)
+        del first
+        await asyncio.sleep(0.2)  # the watcher is listening
+        await _refresh(cfg, upstream, 2)
+        await _eventually(lambda: live.catalog.version == 2, timeout=5)
+        assert gone() is None  # the old catalog was freed
+        assert not any(o is live.catalog._versions for o in gc.get_objects())
+    finally:
+        await live.stop()
+        gc.unfreeze()
 
 
 async def test_readers_never_see_a_mix_of_two_versions(cfg: Settings, upstream: Upstream) -> None:
