@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,7 @@ from aiserver.costs.store.overrides import replace_override
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder, decode_batch, decode_items, split_json
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
@@ -224,6 +224,51 @@ def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[s
     with pytest.raises(InvalidEvent) as caught:
         decode_event(body)
     assert caught.value.fields == fields
+
+
+def test_a_batch_valid_as_a_whole_is_decoded_in_one_pass_and_any_other_body_is_not() -> None:
+    events = [raw("a"), raw("b", tags={"team": "x"}), raw("c", occurred_at="2026-12-01T10:00:00Z")]
+    body = b'{"events": [' + b", ".join(events) + b"]}"
+    assert decode_batch(body) == decode_items(split_json(body) or [])
+    assert [e.id for e in decode_batch(body) or []] == ["a", "b", "c"]
+    # anything else is left to split_json and decode_items, which say what is wrong where
+    for other in (
+        events[0],  # one event
+        b'{"events": [' + events[0] + b', {"id": "b", "model": "m", "colour": 1}]}',
+        b'{"events": []}',
+        b'{"events": [' + b", ".join([events[0]] * 10_001) + b"]}",
+        b'{"events": [' + events[0] + b", ",  # cut off
+        b"\xff",
+    ):
+        assert decode_batch(other) is None
+
+
+async def test_usage_beyond_the_count_columns_is_kept_and_a_time_in_another_zone_finds_its_month(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    pool, project_id = ledger
+    recorder = UsageRecorder(LedgerSettings())
+    # received at 23:30 on September 30th in -01:00, which is October 1st in UTC; the other event
+    # happened in September (UTC): each goes to its own month's partition, neither exists yet
+    received = datetime(2026, 9, 30, 23, 30, tzinfo=timezone(timedelta(hours=-1)))
+    plain = raw("plain")
+    audio = raw(
+        "audio",
+        usage={"input_tokens": 9, "input_audio_tokens": 5},
+        occurred_at="2026-09-15T00:00:00Z",
+    )
+    report = await recorder.record(
+        pool, project_id, decode_items([plain, audio]), catalog=catalog(), now=received
+    )
+    assert [r.status for r in report.results] == ["recorded", "recorded"]
+    rows = await pool.fetch(
+        "SELECT event_key, usage_other, tableoid::regclass::text AS part FROM usage_events"
+        " ORDER BY event_key"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("audio", '{"input_audio_tokens": 5}', "usage_events_p202609"),
+        ("plain", None, "usage_events_p202610"),
+    ]
 
 
 @pytest.mark.parametrize(

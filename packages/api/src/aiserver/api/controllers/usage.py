@@ -33,6 +33,7 @@ from aiserver.ledger.usage.ingest import (
     IngestReport,
     UsageBatchIn,
     UsageRecorder,
+    decode_batch,
     decode_items,
     split_json,
     split_ndjson,
@@ -105,14 +106,16 @@ class UsageController(Controller):
         keys records each event once."""
         project_id = access.project_key("ingest")
         body = await request.body()
+        batch: list[UsageEventIn] | None = None
         if request.content_type[0] in NDJSON_TYPES:
             _limit(body, MAX_NDJSON_BYTES, "JSON lines")
             raws: list[Any] | None = split_ndjson(body)
         else:
             _limit(body, MAX_JSON_BYTES, "JSON")
-            raws = split_json(body)
-        single = raws is None
-        if raws is None:
+            batch = decode_batch(body)  # a batch valid as a whole, in one pass
+            raws = None if batch is not None else split_json(body)
+        single = batch is None and raws is None
+        if single:
             raws = [body]
         live: LiveCatalog = request.app.state.live
         recorder: UsageRecorder = request.app.state.usage
@@ -120,7 +123,7 @@ class UsageController(Controller):
         report = await recorder.record(
             require_pool(),
             project_id,
-            decode_items(raws),
+            batch if batch is not None else decode_items(raws or ()),
             catalog=live.catalog if why_not is None else None,
             why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
             raws=raws,

@@ -90,7 +90,8 @@ def check_event(
         _check_text(event.provider, "provider")
     check_tags(event.tags)
     usage = _usage_of(event)
-    occurred_at = settle_time(event.occurred_at, received_at=received_at, retention=retention)
+    given = _utc(event.occurred_at) if event.occurred_at is not None else None
+    occurred_at = _settled(given, received_at, retention) if given is not None else received_at
     # What makes two reports of one key "the same payload": everything the client said, with
     # the usage read (so `{"input_tokens": 0}` and `{}` agree) and the time as given.
     hashed: tuple[Any, ...] = (
@@ -99,7 +100,7 @@ def check_event(
         usage,
         event.usage_format,
         event.service_tier,
-        _utc(event.occurred_at) if event.occurred_at is not None else None,
+        given,
         event.tags,
     )
     if event.reservation_id is not None:  # absent, the hash stays what it was before the field
@@ -133,6 +134,8 @@ def _usage_of(event: UsageEventIn) -> Usage:
 
 def _utc(at: datetime) -> datetime:
     """A timestamp without an offset is read as UTC (as the calculator reads `at`)."""
+    if at.tzinfo is UTC:  # "Z" or "+00:00", as clients nearly always send it
+        return at
     try:
         return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable day
@@ -141,13 +144,8 @@ def _utc(at: datetime) -> datetime:
         ) from None
 
 
-def settle_time(
-    occurred_at: datetime | None, *, received_at: datetime, retention: timedelta
-) -> datetime:
-    """When the call happened: as given (within the window the ledger keeps), else now."""
-    if occurred_at is None:
-        return received_at
-    at = _utc(occurred_at)
+def _settled(at: datetime, received_at: datetime, retention: timedelta) -> datetime:
+    """`at` (in UTC), if it lies in the window the ledger keeps; else `InvalidEvent`."""
     if at > received_at + FUTURE_LEEWAY:
         raise InvalidEvent(
             f"occurred_at {at.isoformat()} is more than {_minutes(FUTURE_LEEWAY)} minutes ahead "

@@ -31,6 +31,7 @@ project's, or had ended: the event is recorded all the same (usage is never lost
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -155,6 +156,20 @@ def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
     return items
 
 
+_WHOLE_BATCH: Final = msgspec.json.Decoder(UsageBatchIn)
+
+
+def decode_batch(body: bytes) -> list[UsageEventIn] | None:
+    """The events of a `{"events": [...]}` body in one pass, when the body is valid as a whole
+    (as nearly every batch is); None for anything else: one event, a batch with an invalid
+    event, a body that is not JSON. `split_json` and `decode_items` then take it apart and
+    say what is wrong with which event."""
+    try:
+        return _WHOLE_BATCH.decode(body).events
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+
+
 def split_json(body: bytes) -> list[msgspec.Raw] | None:
     """The events of a `{"events": [...]}` body, or None for a body that is one event."""
     try:
@@ -208,6 +223,12 @@ _OTHER_FIELDS: Final = tuple(
     )
     if name not in store.COUNT_COLUMNS
 )
+#: Those fields' values picked from a usage's tuple, and their defaults: when the two are equal,
+#: as they are for most events, there is nothing to keep.
+_OTHER_VALUES: Final = operator.itemgetter(*(i for i, _, _ in _OTHER_FIELDS))
+_OTHER_DEFAULTS: Final = tuple(default for _, _, default in _OTHER_FIELDS)
+#: How many rows COPY encodes between two looks at whether its connection is still open.
+_ROWS_PER_LOOK: Final = 64
 _NO_PARTITION: Final = "no partition of relation"
 #: Tries of a request's transaction: again after a partition dropped behind this process's back
 #: (once), or after PostgreSQL broke a deadlock by rolling this transaction back.
@@ -393,7 +414,7 @@ class UsageRecorder:
         settled a reservation. `_StaleCatalog` (rolled back) when the committed catalog version
         is not `catalog`'s: the events were priced with another catalog than the database's."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            await self.partitions.ensure(conn, {month_of(a.event.occurred_at) for a in ordered})
+            await self.partitions.ensure(conn, _months(ordered))
             try:
                 async with conn.transaction():
                     version, zone, budgets = await budget_store.ingest_start(conn, project_id)
@@ -487,6 +508,16 @@ async def _write_one(
     return {}, await store.recorded_keys(conn, project_id, [key])
 
 
+def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
+    """The months of the events' times (`month_of`), worked out once per month for the times
+    in UTC (every checked time; a caller's own `now` may have another zone)."""
+    firsts: dict[object, datetime] = {}
+    for entry in ordered:
+        at = entry.event.occurred_at
+        firsts.setdefault((at.year, at.month) if at.tzinfo is UTC else at, at)
+    return {month_of(at) for at in firsts.values()}
+
+
 def _spend(entry: _Accepted) -> Spend:
     return Spend(
         occurred_at=entry.event.occurred_at,
@@ -499,9 +530,10 @@ def _spend(entry: _Accepted) -> Spend:
 
 def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
     """The rows, until the connection is lost: COPY would encode the rest into a dead socket
-    (a warning each) before it noticed."""
-    for row in rows:
-        if conn.is_closed():
+    (a warning each) before it noticed. It looks every `_ROWS_PER_LOOK` rows, far fewer than
+    one of COPY's writes holds (the look costs a call through the pool's proxy)."""
+    for count, row in enumerate(rows):
+        if not count % _ROWS_PER_LOOK and conn.is_closed():
             return
         yield row
 
@@ -511,7 +543,11 @@ def _row(
 ) -> tuple[Any, ...]:
     usage = event.usage
     values = msgspec.structs.astuple(usage)
-    other = {name: values[i] for i, name, default in _OTHER_FIELDS if values[i] != default}
+    other = (
+        {name: values[i] for i, name, default in _OTHER_FIELDS if values[i] != default}
+        if _OTHER_VALUES(values) != _OTHER_DEFAULTS
+        else None
+    )
     components = (
         _NUMBERS.encode([[c.name, c.quantity, c.unit_price, c.cost] for c in v.components]).decode()
         if v.components
