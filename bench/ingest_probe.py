@@ -80,7 +80,8 @@ def instrument() -> None:
     from aiserver.ledger.usage.store import events as store
 
     _patch(Request, "body", "body")
-    _patch(controller, "split_json", "split")
+    _patch(controller, "decode_batch", "decode")
+    _patch(controller, "split_json", "split")  # a batch with an invalid event only
     _patch(controller, "decode_items", "decode")
     _patch(ingest.UsageRecorder, "record", "record")
     _patch(ingest, "check_event", "check")
