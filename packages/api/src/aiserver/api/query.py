@@ -13,11 +13,14 @@ from aiserver.api.errors import UnknownQuery
 
 def only_query(*names: str, prefixes: tuple[str, ...] = ()) -> Guard:
     """A guard that refuses any query parameter but `names` (e.g. `?archvied=true`) and those
-    whose name starts with one of `prefixes` (`tag:` takes `tag:team=search`)."""
+    whose name starts with one of `prefixes` (`tag:` takes `tag:team=search`).
+
+    The guard is a coroutine function though it never waits: Litestar runs a plain function
+    guard in a thread pool, a hop to another thread and back on every request."""
     known = frozenset(names)
     described = known | {f"{prefix}KEY" for prefix in prefixes}
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         unknown = sorted(
             name
             for name in set(connection.query_params) - known

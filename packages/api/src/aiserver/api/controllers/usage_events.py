@@ -95,8 +95,9 @@ def decode_cursor(cursor: str, query: EventQuery, project_id: int) -> Position:
 # -- the routes ------------------------------------------------------------------------------
 
 
-def reads_usage(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a project's key with the `read` scope (403 otherwise), before the query is read."""
+async def reads_usage(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: a project's key with the `read` scope (403 otherwise), before the query is read
+    (a coroutine function, as every guard: Litestar runs a plain function in a thread)."""
     access: Access = connection.state.access
     access.project_key("read")
 
