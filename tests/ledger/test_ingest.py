@@ -26,7 +26,7 @@ from aiserver.ledger.usage.ingest import UsageRecorder, decode_batch, decode_ite
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
-from ..conftest import Settings
+from ..conftest import Settings, replace_settings
 from ..reliability.harness import eventually
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -224,6 +224,42 @@ def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[s
     with pytest.raises(InvalidEvent) as caught:
         decode_event(body)
     assert caught.value.fields == fields
+
+
+SESSION = """
+    SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),
+           (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory')
+"""
+
+
+async def test_an_ingest_leaves_no_session_state_so_its_connection_skips_the_reset(
+    settings: Settings,
+) -> None:
+    """Its connection goes back to the pool without the reset query (`lone_statements`): what
+    it set, and the locks it took, ended with its transactions, a partition's creation's too."""
+    one = replace_settings(settings, database_pool_min_size=1, database_pool_max_size=1)
+    async with database(one.core):
+        pool = require_pool()  # one connection: the ingest's is the one looked at after it
+        project_id = await pool.fetchval(
+            "INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id"
+        )
+        before = tuple(await pool.fetchrow(SESSION))
+        assert before[2] == 0
+        august = raw("a", occurred_at="2026-08-15T00:00:00Z")  # its partition is created
+        for raws in ([august, raw("b")], [raw("c")]):  # a batch, then one event
+            report = await UsageRecorder(LedgerSettings()).record(
+                pool, project_id, decode_items(raws), catalog=catalog(), now=NOW
+            )
+            assert {r.status for r in report.results} == {"recorded"}
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()
+                assert tuple(await conn.fetchrow(SESSION)) == before
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_events_p202608'"
+            )
+            == 1
+        )
 
 
 def test_a_batch_valid_as_a_whole_is_decoded_in_one_pass_and_any_other_body_is_not() -> None:

@@ -28,7 +28,7 @@ class PoolConnection(asyncpg.Connection):
 
     The pool resets a connection when it comes back (rollback, `pg_advisory_unlock_all()`,
     `CLOSE ALL`, `UNLISTEN *`, `RESET ALL`): a round trip, on every request. A connection that
-    ran only statements outside a transaction block, leaving no session state, needs none of it.
+    left no session state behind needs none of it.
     """
 
     __slots__ = ("_no_session_state",)
@@ -51,9 +51,10 @@ class PoolConnection(asyncpg.Connection):
 
 @asynccontextmanager
 async def lone_statements(pool: asyncpg.Pool) -> AsyncIterator[DbConnection]:
-    """A pooled connection for statements outside a transaction block that leave no session
-    state behind (no SET, LISTEN, cursor, session advisory lock or temporary table): when the
-    block ends without an exception, its return to the pool skips the reset query. asyncpg
+    """A pooled connection for statements, and transactions that end in the block, that leave
+    no session state behind (no plain SET, LISTEN, cursor WITH HOLD, session advisory lock or
+    temporary table; SET LOCAL and transaction advisory locks end with their transaction): when
+    the block ends without an exception, its return to the pool skips the reset query. asyncpg
     still rolls back a transaction left open. (A pool not opened by `database()` resets as
     usual.)"""
     async with pool.acquire() as conn:

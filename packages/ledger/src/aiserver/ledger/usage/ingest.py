@@ -40,6 +40,7 @@ from typing import Annotated, Any, Final, Literal
 import asyncpg
 import msgspec
 
+from aiserver.core_db.database import lone_statements
 from aiserver.core_db.errors import AiserverError, InvalidInput, validation_field
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.catalog import Catalog, load_catalog
@@ -366,7 +367,9 @@ class UsageRecorder:
         earlier: dict[str, store.RecordedKey] = {}
         pending = ordered
         settled: set[str] = set()
-        async with pool.acquire() as conn:
+        # Nothing here outlives its transaction (partitions are created under SET LOCAL and a
+        # transaction lock): the connection goes back to the pool without the reset query.
+        async with lone_statements(pool) as conn:
             for _ in range(_SETTLE_ATTEMPTS):
                 new, found = await self._write_pending(
                     conn, project_id, pending, received_at, settled, catalog
