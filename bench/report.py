@@ -65,7 +65,8 @@ def splice(
 
     A section replaces the one with its title (or goes before the plots and the one-off
     changes); its summary lines replace those with the same label (the text before the first
-    colon); a line under the header says which run the section comes from.
+    colon), where the first of them was; a line under the header says which run the section
+    comes from.
     """
     text = MARKDOWN.read_text()
     head, *blocks = text.split("\n## ")
@@ -79,12 +80,12 @@ def splice(
             titles.insert(len(titles) if at is None else at, section.title)
         parts[section.title] = body + "\n"
         labels = {_label(line) for line in section.headline}
-        summary = [
-            line
-            for line in parts["Summary"].strip().split("\n")[1:]
-            if line.strip() and _label(line.removeprefix("- ")) not in labels
-        ]
+        lines = [line for line in parts["Summary"].strip().split("\n")[1:] if line.strip()]
+        ours = [_label(line.removeprefix("- ")) in labels for line in lines]
+        at = ours.index(True) if True in ours else len(lines)  # where its lines were, or last
+        summary = [line for line, mine in zip(lines[:at], ours[:at], strict=True) if not mine]
         summary += [f"- {line}" for line in section.headline]
+        summary += [line for line, mine in zip(lines[at:], ours[at:], strict=True) if not mine]
         parts["Summary"] = "Summary\n\n" + "\n".join(summary) + "\n"
         note = (
             f'{_SPLICED} "{section.title}" comes from a later run of `{command}` on {now} '

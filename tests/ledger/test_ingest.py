@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from aiserver.core_db.database import database, require_pool
+from aiserver.core_db.database import PoolConnection, database, require_pool
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.source import DEFAULT_SOURCE
@@ -227,33 +227,53 @@ def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[s
 
 
 SESSION = """
-    SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),
-           (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory')
+    SELECT (SELECT array_agg(name || '=' || setting ORDER BY name) FROM pg_settings),
+           (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
+           (SELECT count(*) FROM pg_listening_channels()),
+           (SELECT count(*) FROM pg_cursors),
+           (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())
 """
 
 
-async def test_an_ingest_leaves_no_session_state_so_its_connection_skips_the_reset(
-    settings: Settings,
+async def test_an_ingest_leaves_no_session_state_and_its_connection_skips_the_reset(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its connection goes back to the pool without the reset query (`lone_statements`): what
-    it set, and the locks it took, ended with its transactions, a partition's creation's too."""
+    """Its connection goes back to the pool without the reset query (`lone_statements`), which
+    is right because what it set and the locks it took ended with its transactions, a
+    partition's creation's too."""
+    resets: list[str] = []
+    reset_query = PoolConnection.get_reset_query
+
+    def noting(conn: PoolConnection) -> str:
+        query = reset_query(conn)
+        resets.append(query)
+        return query
+
+    monkeypatch.setattr(PoolConnection, "get_reset_query", noting)
     one = replace_settings(settings, database_pool_min_size=1, database_pool_max_size=1)
     async with database(one.core):
         pool = require_pool()  # one connection: the ingest's is the one looked at after it
         project_id = await pool.fetchval(
             "INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id"
         )
+        # PL/pgSQL, loaded by the first call of a function of its, adds its own settings
+        await pool.fetch("SELECT * FROM ledger_ingest_start($1, 0, 'none')", project_id)
         before = tuple(await pool.fetchrow(SESSION))
-        assert before[2] == 0
+        assert (before[1], before[2], before[4]) == (0, 0, 0)  # (pg_cursors lists this query's)
         august = raw("a", occurred_at="2026-08-15T00:00:00Z")  # its partition is created
         for raws in ([august, raw("b")], [raw("c")]):  # a batch, then one event
+            resets.clear()
             report = await UsageRecorder(LedgerSettings()).record(
                 pool, project_id, decode_items(raws), catalog=catalog(), now=NOW
             )
             assert {r.status for r in report.results} == {"recorded"}
+            assert resets == [""]  # the ingest's return to the pool: no reset
             async with pool.acquire() as conn:
                 assert not conn.is_in_transaction()
-                assert tuple(await conn.fetchrow(SESSION)) == before
+                after = tuple(await conn.fetchrow(SESSION))
+                changed = set(after[0]) ^ set(before[0])  # every setting's value, name=value
+                assert changed == set()
+                assert after[1:] == before[1:]
         assert (
             await pool.fetchval(
                 "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_events_p202608'"

@@ -91,7 +91,7 @@ class EventResult(msgspec.Struct, frozen=True, kw_only=True):
 class UsageBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A batch of events as its JSON schema says (`split_json` reads it an event at a time)."""
 
-    events: Annotated[list[UsageEventIn], msgspec.Meta(min_length=1, max_length=10_000)]
+    events: Annotated[list[UsageEventIn], msgspec.Meta(min_length=1, max_length=MAX_JSON_EVENTS)]
 
 
 class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -367,8 +367,9 @@ class UsageRecorder:
         earlier: dict[str, store.RecordedKey] = {}
         pending = ordered
         settled: set[str] = set()
-        # Nothing here outlives its transaction (partitions are created under SET LOCAL and a
-        # transaction lock): the connection goes back to the pool without the reset query.
+        # Nothing here outlives its transactions (plain DML, and transaction advisory locks:
+        # the catalog version's, a new partition's): the connection goes back to the pool
+        # without the reset query.
         async with lone_statements(pool) as conn:
             for _ in range(_SETTLE_ATTEMPTS):
                 new, found = await self._write_pending(
