@@ -39,8 +39,9 @@ import msgspec
 from aiserver.core_db.database import database, require_pool
 from aiserver.costs.catalog import load_catalog
 from aiserver.ledger.spend.folding import FOLD_BATCH, FoldResult, fold_all
+from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.events import UsageEventIn
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.partitions import month_of, next_month
 from bench.common import Section, Table, bench_settings, median, say, throwaway_database
 from bench.ingest import BATCH, keyed, make_events, prepare

@@ -726,7 +726,7 @@ BUCKETS: tuple[tuple[str, str, str], ...] = (
     ("claim keys (idempotency + outbox `INSERT`)", "claim_keys", "events.py"),
     ("results (`_recorded`, one `EventResult` per event)", "_recorded", "ingest.py"),
     ("JSON decode of the events (`decode_batch`: the batch in one pass)", "decode_batch",
-     "ingest.py"),
+     "bodies.py"),
     ("response encoding (`Response.render`)", "Response.render", "base.py"),
     ("request body read (`Request.body`)", "Request.body", "request.py"),
     ("the rest of `UsageRecorder.record`", "UsageRecorder.record", "ingest.py"),

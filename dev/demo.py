@@ -26,7 +26,8 @@ from aiserver.ledger.keys import SCOPES
 from aiserver.ledger.projects import show_project
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.spend.query import read_spend, spend_query
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 
 DAYS: Final = 60
 #: (model, provider as reported (None: not reported), weight, typical input and output tokens)

@@ -21,7 +21,8 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 
 from ..conftest import Settings
 from .test_ingest import T0, _row, catalog

@@ -22,7 +22,8 @@ from aiserver.costs.store.overrides import replace_override
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_batch, decode_items, split_json
+from aiserver.ledger.usage.bodies import decode_batch, decode_items, split_json
+from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
@@ -219,7 +220,7 @@ async def test_an_occurred_at_without_an_offset_is_utc_and_one_within_five_minut
 )
 def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[str]) -> None:
     from aiserver.ledger.errors import InvalidEvent
-    from aiserver.ledger.usage.ingest import decode_event
+    from aiserver.ledger.usage.bodies import decode_event
 
     with pytest.raises(InvalidEvent) as caught:
         decode_event(body)

@@ -37,7 +37,8 @@ from aiserver.ledger.repricing.runs import (
     show_run,
 )
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.worker import worker_options
 

@@ -23,7 +23,8 @@ from aiserver.ledger.budgets.reservations import STRIPES, batches, cut, release_
 from aiserver.ledger.budgets.reservations.store import Call
 from aiserver.ledger.errors import BudgetExceeded, InvalidField, UnknownReservation
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import EventResult, UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import EventResult, UsageRecorder
 
 from ..conftest import Settings
 from .test_ingest import T0, _row, catalog

@@ -26,7 +26,8 @@ from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import bucket_bounds, day_hours, plan_ranges, split_days
 from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project, read_project
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.reading import event_query
 
 from ..conftest import Settings

@@ -26,7 +26,8 @@ from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.ledger.access import Access
 from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 
 from ..conftest import Settings, child_env, replace_settings
 from ..support.catalog import document, model_entry

@@ -24,7 +24,8 @@ import msgspec
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.pricing.usage import CHOICE_FIELDS
 from aiserver.ledger.settings import LedgerSettings
-from aiserver.ledger.usage.ingest import UsageRecorder, decode_items
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
 
 from .daily import assert_daily_agrees
 

@@ -42,7 +42,8 @@ from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
 from aiserver.documents.limits import upload_body_limit
 from aiserver.ledger.authentication import Keyring
-from aiserver.ledger.usage.ingest import MAX_NDJSON_BYTES, UsageRecorder
+from aiserver.ledger.usage.bodies import MAX_NDJSON_BYTES
+from aiserver.ledger.usage.ingest import UsageRecorder
 
 log = get_logger(__name__)
 

@@ -25,19 +25,17 @@ from aiserver.core_db.database import require_pool
 from aiserver.costs.live import LiveCatalog
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import TooManyEvents
-from aiserver.ledger.usage.events import UsageEventIn
-from aiserver.ledger.usage.ingest import (
+from aiserver.ledger.usage.bodies import (
     MAX_JSON_BYTES,
     MAX_NDJSON_BYTES,
-    EventResult,
-    IngestReport,
     UsageBatchIn,
-    UsageRecorder,
     decode_batch,
     decode_items,
     split_json,
     split_ndjson,
 )
+from aiserver.ledger.usage.events import UsageEventIn
+from aiserver.ledger.usage.ingest import EventResult, IngestReport, UsageRecorder
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/jsonlines"})
 

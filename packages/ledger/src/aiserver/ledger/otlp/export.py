@@ -22,7 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from aiserver.ledger.errors import TooManyEvents
 from aiserver.ledger.otlp.spans import SpanReading, read_spans
-from aiserver.ledger.usage.ingest import MAX_NDJSON_EVENTS, IngestReport, UsageRecorder
+from aiserver.ledger.usage.bodies import MAX_NDJSON_EVENTS
+from aiserver.ledger.usage.ingest import IngestReport, UsageRecorder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

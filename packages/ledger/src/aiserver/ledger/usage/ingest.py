@@ -35,13 +35,13 @@ import operator
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import asyncpg
 import msgspec
 
 from aiserver.core_db.database import lone_statements
-from aiserver.core_db.errors import AiserverError, InvalidInput, validation_field
+from aiserver.core_db.errors import AiserverError, InvalidInput
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.money import money
@@ -50,23 +50,15 @@ from aiserver.ledger.budgets import reservations
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import Spend, WindowSum, crossings, window_sums
 from aiserver.ledger.errors import (
-    InvalidEvent,
-    MalformedBody,
-    TooManyEvents,
     UsageConflict,
     UsageUnsettled,
 )
 from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage.bodies import Item, key_of
 from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
-
-MAX_JSON_EVENTS: Final = 10_000
-MAX_NDJSON_EVENTS: Final = 100_000
-#: The largest bodies (413 above): 10,000 JSON events, 100,000 JSON lines, with room to spare.
-MAX_JSON_BYTES: Final = 16 * 1024 * 1024
-MAX_NDJSON_BYTES: Final = 64 * 1024 * 1024
 
 ResultStatus = Literal["recorded", "duplicate", "conflict", "invalid"]
 
@@ -88,128 +80,12 @@ class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     problem: dict[str, Any] | None = None
 
 
-class UsageBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A batch of events as its JSON schema says (`split_json` reads it an event at a time)."""
-
-    events: Annotated[list[UsageEventIn], msgspec.Meta(min_length=1, max_length=MAX_JSON_EVENTS)]
-
-
 class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
     results: list[EventResult]
     recorded: int
     duplicate: int
     conflict: int
     invalid: int
-
-
-# -- decoding --------------------------------------------------------------------------------
-
-_EVENT: Final = msgspec.json.Decoder(UsageEventIn)
-
-
-class _Envelope(msgspec.Struct, frozen=True):
-    events: list[msgspec.Raw] | None = None
-
-
-class _Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    events: list[msgspec.Raw]
-
-
-class _KeyOnly(msgspec.Struct, frozen=True):
-    id: Any = None
-
-
-_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
-_BATCH: Final = msgspec.json.Decoder(_Batch)
-_KEY_ONLY: Final = msgspec.json.Decoder(_KeyOnly)
-
-Item = UsageEventIn | AiserverError
-
-
-def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
-    """One event from its JSON; `InvalidEvent` naming the field, `MalformedBody` if not JSON."""
-    try:
-        return _EVENT.decode(raw)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidEvent(f"invalid event: {message}", _fields_of(message)) from None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"the event is not valid JSON: {exc}") from None
-
-
-def _fields_of(message: str) -> list[str]:
-    """The field a msgspec validation message names: its path, or the unknown field of an
-    object at the top ("Object contains unknown field `colour`")."""
-    text, field = validation_field(message)
-    if field:
-        return [field]
-    _, unknown, name = text.partition("unknown field `")
-    return [name.rstrip("`")] if unknown else []
-
-
-def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
-    items: list[Item] = []
-    for raw in raws:
-        try:
-            items.append(decode_event(raw))
-        except AiserverError as exc:
-            items.append(exc)
-    return items
-
-
-_WHOLE_BATCH: Final = msgspec.json.Decoder(UsageBatchIn)
-
-
-def decode_batch(body: bytes) -> list[UsageEventIn] | None:
-    """The events of a `{"events": [...]}` body in one pass, when the body is valid as a whole
-    (as nearly every batch is); None for anything else: one event, a batch with an invalid
-    event, a body that is not JSON. `split_json` and `decode_items` then take it apart and
-    say what is wrong with which event."""
-    try:
-        return _WHOLE_BATCH.decode(body).events
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return None
-
-
-def split_json(body: bytes) -> list[msgspec.Raw] | None:
-    """The events of a `{"events": [...]}` body, or None for a body that is one event."""
-    try:
-        envelope = _ENVELOPE.decode(body)
-        if envelope.events is None:
-            return None
-        events = _BATCH.decode(body).events
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"invalid request: {exc}", ["events"]) from None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    if not events:
-        raise InvalidEvent("events: send 1 to 10000 events", ["events"])
-    if len(events) > MAX_JSON_EVENTS:
-        raise TooManyEvents(
-            f"{len(events)} events in one request; at most {MAX_JSON_EVENTS} (split the batch, "
-            f"or send application/x-ndjson: up to {MAX_NDJSON_EVENTS} lines)"
-        )
-    return events
-
-
-def split_ndjson(body: bytes) -> list[bytes]:
-    """The lines of a JSON-lines body (blank lines skipped)."""
-    lines = [line for line in body.split(b"\n") if line.strip()]
-    if not lines:
-        raise InvalidEvent("the body holds no events: send one JSON event per line", ["events"])
-    if len(lines) > MAX_NDJSON_EVENTS:
-        raise TooManyEvents(
-            f"{len(lines)} lines in one request; at most {MAX_NDJSON_EVENTS} (split the file)"
-        )
-    return lines
-
-
-def _key_of(raw: bytes | msgspec.Raw) -> str | None:
-    try:
-        key = _KEY_ONLY.decode(raw).id
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return None
-    return key if isinstance(key, str) else None
 
 
 # -- recording -------------------------------------------------------------------------------
@@ -340,7 +216,7 @@ class UsageRecorder:
             except InvalidInput as exc:
                 key = item.id if isinstance(item, UsageEventIn) else None
                 if key is None and raws is not None:
-                    key = _key_of(raws[index])
+                    key = key_of(raws[index])
                 results[index] = EventResult(status="invalid", id=key, problem=exc.problem())
                 continue
             accepted.append(_Accepted(index, event, valuation))
