@@ -7,6 +7,7 @@ database's COMMIT (see `aiserver.ledger.usage.ingest`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from aiserver.ledger.errors import TooManyEvents
 from aiserver.ledger.usage.bodies import (
     MAX_JSON_BYTES,
     MAX_NDJSON_BYTES,
+    Item,
     UsageBatchIn,
     decode_batch,
     decode_items,
@@ -104,24 +106,28 @@ class UsageController(Controller):
         keys records each event once."""
         project_id = access.project_key("ingest")
         body = await request.body()
-        batch: list[UsageEventIn] | None = None
+        single = False
+        raws: list[Any] | None = None
+        items: Sequence[Item] | None
         if request.content_type[0] in NDJSON_TYPES:
             _limit(body, MAX_NDJSON_BYTES, "JSON lines")
-            raws: list[Any] | None = split_ndjson(body)
+            raws = split_ndjson(body)
+            items = decode_items(raws)
         else:
             _limit(body, MAX_JSON_BYTES, "JSON")
-            batch = decode_batch(body)  # a batch valid as a whole, in one pass
-            raws = None if batch is not None else split_json(body)
-        single = batch is None and raws is None
-        if single:
-            raws = [body]
+            items = decode_batch(body)  # a batch valid as a whole, in one pass
+            if items is None:  # one event, or a batch to take apart event by event
+                events = split_json(body)
+                single = events is None
+                raws = [body] if events is None else events
+                items = decode_items(raws)
         live: LiveCatalog = request.app.state.live
         recorder: UsageRecorder = request.app.state.usage
         why_not = live.not_ready()  # None once a catalog with models is loaded
         report = await recorder.record(
             require_pool(),
             project_id,
-            batch if batch is not None else decode_items(raws or ()),
+            items,
             catalog=live.catalog if why_not is None else None,
             why_no_catalog=f"{why_not}; it is priced once the catalog can" if why_not else "",
             raws=raws,
