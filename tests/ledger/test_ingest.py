@@ -653,3 +653,52 @@ async def test_a_catalog_change_waits_for_the_ingests_in_flight_and_the_next_see
         await observer.close()
     assert (report.results[0].status, report.results[0].total) == ("recorded", "0.007")
     assert await _stored(pool) == [("late", Decimal("0.007"), v3, override_id)]
+
+
+async def test_the_key_and_outbox_rows_of_a_batch_keep_each_event_time_to_the_microsecond(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """The claim sends the times as microseconds since 2000 (a bigint[], cheaper to encode than
+    timestamptz[]); PostgreSQL turns them back exactly."""
+    pool, project_id = ledger
+    times = [
+        datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 12, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 12, 3, 11, 58, 7, 123_457, tzinfo=UTC),
+        datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC),  # the request's own time, NOW
+        datetime(2026, 12, 2, 9, 0, 0, 500_000, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    ]
+    raws = [raw(f"t{i}", occurred_at=at.isoformat()) for i, at in enumerate(times)]
+    report = await record(ledger, catalog(), *raws, raw("t-none"))
+    assert report.recorded == len(times) + 1
+    rows = await pool.fetch(
+        "SELECT e.event_key, e.occurred_at AS event_at, k.occurred_at AS key_at,"
+        " o.occurred_at AS outbox_at"
+        " FROM usage_events e"
+        " JOIN usage_idempotency k ON k.project_id = e.project_id AND k.event_id = e.id"
+        " JOIN usage_outbox o ON o.project_id = e.project_id AND o.event_id = e.id"
+        " WHERE e.project_id = $1 ORDER BY e.event_key",
+        project_id,
+    )
+    assert {r["event_key"]: (r["event_at"], r["key_at"], r["outbox_at"]) for r in rows} == {
+        **{f"t{i}": (at, at, at) for i, at in enumerate(times)},
+        "t-none": (NOW, NOW, NOW),
+    }
+    # and the conversion itself, at the far ends of what it is exact for (2**53 µs from 2000)
+    edges = [
+        datetime(1715, 6, 13, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2284, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        keys = [f"edge-{i}" for i in range(len(edges))]
+        claimed = await store.claim_keys(conn, project_id, keys, [b"h" * 16] * len(edges), edges)
+        back = await conn.fetch(
+            "SELECT key, occurred_at FROM usage_idempotency WHERE project_id = $1"
+            " AND key = ANY($2::text[]) ORDER BY key",
+            project_id,
+            keys,
+        )
+        assert len(claimed) == len(edges)
+        assert [r["occurred_at"] for r in back] == edges
