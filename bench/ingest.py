@@ -721,7 +721,13 @@ BUCKETS: tuple[tuple[str, str, str], ...] = (
      "catalog.py"),
     ("pricing (`value_event`, `calculate`)", "value_event", "valuation.py"),
     ("checks (`check_event`: usage, tags, time, payload hash)", "check_event", "events.py"),
-    ("row tuples for COPY (`_row`)", "_row", "ingest.py"),
+    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)", "_row",
+     "ingest.py"),
+    # COPY pulls its rows from C: py-spy then sees a generator's frame as the stack's root
+    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)", "_while_open",
+     "ingest.py"),
+    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)",
+     "UsageRecorder._write_once.<locals>.<genexpr>", "ingest.py"),
     ("COPY (asyncpg: encoding, I/O)", "Connection.copy_records_to_table", "connection.py"),
     ("claim keys (idempotency + outbox `INSERT`)", "claim_keys", "events.py"),
     ("results (`_recorded`, one `EventResult` per event)", "_recorded", "ingest.py"),
@@ -1189,7 +1195,7 @@ def section(results: Results) -> Section:
     if "missing" in results.profile:
         profile_notes.append(f"No py-spy profile: {results.profile['missing']}.")
     else:
-        labels = [b[0] for b in BUCKETS] + [OTHER]
+        labels = [*dict.fromkeys(b[0] for b in BUCKETS), OTHER]
         spy_table = Markdown(
             ["where the API process's CPU goes (py-spy)", "realistic mix: share",
              "µs per event", "known models only: share", "µs per event"],
@@ -1197,7 +1203,9 @@ def section(results: Results) -> Section:
             caption="py-spy samples (200 per second, not pausing the process) of the API "
             f"process under the load of the measured rounds ({meta['connections']} connections, "
             "batches of 1,000); each sample counted in the bucket of its frame nearest the "
-            "leaf; µs per event is the share times the process's CPU time per event:",
+            "leaf (objects freed as a function returns count in the function that called "
+            "it: the request's events, freed as `record` returns, count in the last row); µs "
+            "per event is the share times the process's CPU time per event:",
         )  # fmt: skip
         for label in labels:
             cells = [label]
