@@ -684,11 +684,13 @@ async def test_the_key_and_outbox_rows_of_a_batch_keep_each_event_time_to_the_mi
         **{f"t{i}": (at, at, at) for i, at in enumerate(times)},
         "t-none": (NOW, NOW, NOW),
     }
-    # and the conversion itself, at the far ends of what it is exact for (2**53 µs from 2000)
+    # and the conversion itself, at the far ends of what it is exact for (2**53 µs from 2000), and
+    # for a time given in another zone (check_event gives it UTC times; other callers may not)
     edges = [
         datetime(1715, 6, 13, 0, 0, 0, 1, tzinfo=UTC),
         datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
         datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2026, 12, 2, 9, 0, 0, 500_001, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
         datetime(2284, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     ]
     async with pool.acquire() as conn, conn.transaction():
