@@ -62,6 +62,8 @@ PREVIOUS: Final = {
 }
 #: Columns whose value a refresh at the runners' start rewrites (the catalog was checked).
 CHECKED: Final = {"last_checked_at", "last_success_at", "updated_at"}
+#: ... and, in `ai_cost_metadata`, where and how it was fetched this time.
+FETCHED: Final = CHECKED | {"url", "etag", "last_modified"}
 
 
 async def restore(dump: Path) -> str:
@@ -201,6 +203,14 @@ async def test_three_task_runners_upgrade_the_previous_release_once_and_keep_its
     assert set(await migration_rows(url)) == PREVIOUS  # the dump is what it says
     conn = await asyncpg.connect(url)
     try:
+        # The dump was made on 2026-12-03: from a day later on, its catalog is older than
+        # MODEL_COST_MAX_AGE_SECONDS and the runners refresh it as they start. So that the test
+        # does the same on any day, the catalog is made stale here: the runners always refresh
+        # it during the upgrade (from the catalog the previous release applied last, so none of
+        # its prices may change).
+        await conn.execute(
+            "UPDATE ai_cost_metadata SET last_success_at = now() - interval '2 days'"
+        )
         tables = [
             r["tablename"]
             for r in await conn.fetch(
@@ -211,7 +221,7 @@ async def test_three_task_runners_upgrade_the_previous_release_once_and_keep_its
     finally:
         await conn.close()
     assert "usage_events" not in shape
-    before = await contents(url, shape, skip=CHECKED)
+    before = await contents(url, shape, skip=FETCHED)
     assert {t: len(rows) for t, rows in before.items()} == {
         "ai_cost_metadata": 1,
         "ai_cost_overrides": 2,
@@ -240,15 +250,27 @@ async def test_three_task_runners_upgrade_the_previous_release_once_and_keep_its
     assert runner_errors(runners) == []
 
     # the previous release's data, row for row (row versions too) ...
-    after = await contents(url, shape, skip=CHECKED)
+    after = await contents(url, shape, skip=FETCHED)
     overrides = "ai_cost_overrides"
     for table in shape:
         if table in ("ai_cost_refresh_runs", "migration"):  # kept, and runs appended
             assert set(before[table]) <= set(after[table]), table
-        elif table == overrides:  # rewritten by costs 2026-12-03T09:00 (xmin aside)
-            assert [r[1:] for r in after[table]] == [r[1:] for r in before[table]]
+        elif table in (overrides, "ai_cost_metadata"):  # rewritten (xmin aside): the overrides
+            # by costs 2026-12-03T09:00, the metadata by the refresh (its version unchanged)
+            assert [r[1:] for r in after[table]] == [r[1:] for r in before[table]], table
         else:
             assert after[table] == before[table], table
+    # ... the stale catalog was refreshed during the upgrade, and found unchanged
+    (refreshed,) = await fetch_all(
+        url,
+        "SELECT last_success_at > now() - interval '1 hour' AS now_fresh,"
+        " (SELECT array_agg(DISTINCT outcome) FROM ai_cost_refresh_runs"
+        "  WHERE started_at > now() - interval '1 hour') AS outcomes"
+        " FROM ai_cost_metadata",
+    )
+    assert refreshed["now_fresh"], refreshed
+    assert "unchanged" in refreshed["outcomes"], refreshed
+    assert set(refreshed["outcomes"]) <= {"unchanged", "already_running", "fresh"}, refreshed
     # ... the overrides' history begins when each was set, and each is current
     history = await fetch_all(
         url,
