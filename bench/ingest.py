@@ -714,6 +714,7 @@ async def storage(
 
 # -- profile ---------------------------------------------------------------------------------
 
+_ROWS = "row tuples for COPY (`_row`, and the generators that feed them to COPY)"
 #: Where a py-spy sample of the API process is counted: the frame nearest the leaf whose
 #: function (qualified name) and file (py-spy shows the file's name only) match.
 BUCKETS: tuple[tuple[str, str, str], ...] = (
@@ -721,13 +722,10 @@ BUCKETS: tuple[tuple[str, str, str], ...] = (
      "catalog.py"),
     ("pricing (`value_event`, `calculate`)", "value_event", "valuation.py"),
     ("checks (`check_event`: usage, tags, time, payload hash)", "check_event", "events.py"),
-    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)", "_row",
-     "ingest.py"),
+    (_ROWS, "_row", "ingest.py"),
     # COPY pulls its rows from C: py-spy then sees a generator's frame as the stack's root
-    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)", "_while_open",
-     "ingest.py"),
-    ("row tuples for COPY (`_row`, and the generators that feed them to COPY)",
-     "UsageRecorder._write_once.<locals>.<genexpr>", "ingest.py"),
+    (_ROWS, "_while_open", "ingest.py"),
+    (_ROWS, "UsageRecorder._write_once.<locals>.<genexpr>", "ingest.py"),
     ("COPY (asyncpg: encoding, I/O)", "Connection.copy_records_to_table", "connection.py"),
     ("claim keys (idempotency + outbox `INSERT`)", "claim_keys", "events.py"),
     ("results (`_recorded`, one `EventResult` per event)", "_recorded", "ingest.py"),

@@ -83,8 +83,7 @@ def splice(
         lines = [line for line in parts["Summary"].strip().split("\n")[1:] if line.strip()]
         ours = [_label(line.removeprefix("- ")) in labels for line in lines]
         at = ours.index(True) if True in ours else len(lines)  # where its lines were, or last
-        summary = [line for line, mine in zip(lines[:at], ours[:at], strict=True) if not mine]
-        summary += [f"- {line}" for line in section.headline]
+        summary = lines[:at] + [f"- {line}" for line in section.headline]
         summary += [line for line, mine in zip(lines[at:], ours[at:], strict=True) if not mine]
         parts["Summary"] = "Summary\n\n" + "\n".join(summary) + "\n"
         note = (

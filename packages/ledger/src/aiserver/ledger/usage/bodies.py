@@ -111,7 +111,7 @@ def split_json(body: bytes) -> list[msgspec.Raw] | None:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
     if not events:
-        raise InvalidEvent("events: send 1 to 10000 events", ["events"])
+        raise InvalidEvent(f"events: send 1 to {MAX_JSON_EVENTS} events", ["events"])
     if len(events) > MAX_JSON_EVENTS:
         raise TooManyEvents(
             f"{len(events)} events in one request; at most {MAX_JSON_EVENTS} (split the batch, "
