@@ -5,6 +5,13 @@ Every tool runs in its own process group with a timeout; on timeout the whole gr
 (soffice starts helpers of its own). Each LibreOffice run gets a private profile directory, so
 concurrent conversions never share one. The limits protect the worker: time, pages rendered and
 text kept (`Limits`); `aiserver.documents.service` bounds the conversions at once.
+
+A document comes from anyone who can reach the API, so LibreOffice must read nothing but the
+document itself. By default it loads what a document links to (an image by URL in a DOCX or ODT
+is fetched when the page is laid out): a request from the task runner to any address the
+uploader names, internal ones included, with the answer drawn into the results. Each profile
+starts with `_PROFILE_SETTINGS`, which blocks linked resources, never updates links, and runs
+no macros.
 """
 
 from __future__ import annotations
@@ -25,6 +32,21 @@ from aiserver.documents.kinds import OFFICE_KINDS, Kind
 from aiserver.documents.limits import Limits
 
 _PAGES: Final = re.compile(rb"^Pages:\s+(\d+)\s*$", re.MULTILINE)
+
+#: LibreOffice settings of every conversion's profile (its `registrymodifications.xcu`):
+#: - BlockUntrustedRefererLinks: no resource a document links to is loaded (images by URL);
+#: - Writer's Update/Link 0: links (sections, fields, OLE) are never updated from their source;
+#: - no macro runs (the highest security level, and execution disabled).
+_PROFILE_SETTINGS: Final = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<oor:items xmlns:oor="http://openoffice.org/2001/registry"
+ xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="BlockUntrustedRefererLinks" oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution" oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse"><value>3</value></prop></item>
+<item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>0</value></prop></item>
+</oor:items>
+"""  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +90,13 @@ async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
     return out
 
 
+def _write_profile(profile: Path) -> None:
+    """A new LibreOffice profile holding `_PROFILE_SETTINGS` (LibreOffice adds the rest)."""
+    settings = profile / "user" / "registrymodifications.xcu"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(_PROFILE_SETTINGS, encoding="utf-8")
+
+
 def _truncate_utf8(text: bytes, limit: int) -> tuple[str, bool]:
     if len(text) <= limit:
         return text.decode("utf-8", "replace"), False
@@ -107,6 +136,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         if kind in OFFICE_KINDS:
             out_dir = work / "out"
             profile = work / "lo-profile"  # private: concurrent conversions never share one
+            await asyncio.to_thread(_write_profile, profile)
             await run_tool(
                 ["soffice", "--headless", "--norestore", "--nolockcheck", "--nodefault",
                  f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf",
