@@ -199,6 +199,29 @@ async def test_what_makes_a_resent_event_a_duplicate_or_a_conflict(
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 1
 
 
+async def test_repeats_of_a_key_recorded_before_are_each_answered_as_if_sent_alone(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """A request that sends an earlier key twice, first changed, then as recorded: the first is a
+    conflict, the second a duplicate (each compared with what is stored, not with each other)."""
+    first = (await record(ledger, catalog(), raw("k"))).results[0]
+    changed = raw("k", usage={"input_tokens": 5})
+    report = await record(ledger, catalog(), changed, raw("k"), changed, raw("k"))
+    assert [(r.status, r.event_id) for r in report.results] == [
+        ("conflict", first.event_id), ("duplicate", first.event_id),
+        ("conflict", first.event_id), ("duplicate", first.event_id),
+    ]  # fmt: skip
+    assert [report.conflict, report.duplicate, report.recorded] == [2, 2, 0]
+    duplicate = report.results[1]
+    assert (duplicate.total, duplicate.price_version) == (first.total, first.price_version)
+    # a key new in the request: the first wins, the rest compare with it
+    report = await record(ledger, catalog(), raw("n"), changed.replace(b'"k"', b'"n"'), raw("n"))
+    assert [r.status for r in report.results] == ["recorded", "conflict", "duplicate"]
+    assert len({r.event_id for r in report.results}) == 1
+    pool, _ = ledger
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 2
+
+
 async def test_an_occurred_at_without_an_offset_is_utc_and_one_within_five_minutes_ahead_is_kept(
     ledger: tuple[asyncpg.Pool, int],
 ) -> None:

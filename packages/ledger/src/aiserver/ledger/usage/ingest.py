@@ -18,7 +18,8 @@ never a part: none when it failed before the COMMIT (the database went away, the
 all when only the COMMIT's reply was lost on the way back. Either way its retry with the same
 keys records every event once (the ones stored come back as `duplicate`).
 The first event with a key in a request wins; a later one in the same request is its duplicate
-(or conflict).
+(or conflict). A key recorded before the request is answered for each of its events as if each
+came alone: `duplicate` when its payload is the recorded one, `conflict` when not.
 
 The same transaction adds each recorded event to the windows of the project's budgets that it
 matches (`aiserver.ledger.budgets.commits`): a budget's window always equals what its committed
@@ -272,14 +273,13 @@ class UsageRecorder:
                 result = _earlier(entry.event, earlier[key])
             results[entry.index] = answered[key] = result
         for entry in repeats:
-            original = first[entry.event.key]
-            answer = answered[entry.event.key]
-            if entry.event.payload_hash != original.event.payload_hash:
-                results[entry.index] = _conflict(entry.event.key, answer.event_id)
-            elif answer.status == "recorded":
-                results[entry.index] = msgspec.structs.replace(answer, status="duplicate")
+            key = entry.event.key
+            if key not in claimed:  # recorded before: answered as if sent alone
+                results[entry.index] = _earlier(entry.event, earlier[key])
+            elif entry.event.payload_hash != first[key].event.payload_hash:
+                results[entry.index] = _conflict(key, claimed[key])
             else:
-                results[entry.index] = answer
+                results[entry.index] = msgspec.structs.replace(answered[key], status="duplicate")
 
     async def _write_pending(
         self,
