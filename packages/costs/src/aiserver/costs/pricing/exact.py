@@ -21,6 +21,11 @@ EXACT: Final = decimal.Context(
 ZERO: Final = Decimal(0)
 MULTIPLY: Final = EXACT.multiply
 ADD: Final = EXACT.add
+#: Sums and differences of money anywhere (spend, budgets, reprices) go through these, never
+#: through `+` and `-`: those round to the caller's context (28 digits by default), and a cost
+#: of a large quantity at a price with many decimals has more.
+SUBTRACT: Final = EXACT.subtract
+DIVIDE: Final = EXACT.divide
 
 
 def price_of(value: object) -> Decimal | None:

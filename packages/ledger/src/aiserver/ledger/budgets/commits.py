@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from aiserver.costs.pricing.exact import ADD, DIVIDE, MULTIPLY, SUBTRACT
 from aiserver.ledger.budgets.periods import Period, window_of
 
 
@@ -84,7 +85,7 @@ def window_sums(
             if spend.cost is None:
                 found.unpriced_events += 1
             else:
-                found.committed += spend.cost
+                found.committed = ADD(found.committed, spend.cost)
     return sums
 
 
@@ -114,9 +115,9 @@ def crossings(
     found = []
     for key, after in committed.items():
         budget = by_id[key[0]]
-        before = after - sums[key].committed
+        before = SUBTRACT(after, sums[key].committed)
         for threshold in budget.thresholds:
-            level = budget.limit_usd * threshold / 100
+            level = DIVIDE(MULTIPLY(budget.limit_usd, threshold), 100)  # exact: a shift
             if before < level <= after:
                 found.append(
                     Crossing(key[0], key[1], sums[key].window_end, threshold, budget.limit_usd,
@@ -140,7 +141,7 @@ def window_deltas(
         new = after.get(key) or WindowSum(None, Decimal(0), 0, 0)
         delta = WindowSum(
             new.window_end or old.window_end,
-            new.committed - old.committed,
+            SUBTRACT(new.committed, old.committed),
             new.events - old.events,
             new.unpriced_events - old.unpriced_events,
         )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from decimal import Context, Decimal
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from aiserver.core_db.connections import MAX_BIGINT
+from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules, store
 from aiserver.ledger.budgets.periods import window_of
@@ -23,6 +24,11 @@ from aiserver.ledger.budgets.store import Budget, WindowTotals
 from aiserver.ledger.errors import InvalidField, UnknownBudget
 from aiserver.ledger.projects import check_name
 from aiserver.ledger.webhooks.targets import resolve_target
+
+#: The share of a budget used, in percent, rounded to hundredths (half even): its quotient taken
+#: to far more digits than a percentage of any sane limit has, then rounded once.
+_PERCENT: Final = Context(prec=60)
+_HUNDREDTH: Final = Decimal("0.01")
 
 if TYPE_CHECKING:
     import asyncpg
@@ -50,14 +56,16 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _window(budget: Budget, start: datetime, end: datetime | None, held: WindowTotals) -> Window:
-    spent = held.committed + held.reserved
+    spent = ADD(held.committed, held.reserved)
     return Window(
         start=start,
         end=end,
         committed=held.committed,
         reserved=held.reserved,
-        remaining=budget.limit_usd - spent,
-        used_percent=(spent * 100 / budget.limit_usd).quantize(Decimal("0.01")),
+        remaining=SUBTRACT(budget.limit_usd, spent),
+        used_percent=_PERCENT.divide(MULTIPLY(spent, 100), budget.limit_usd).quantize(
+            _HUNDREDTH, context=_PERCENT
+        ),
         events=held.events,
         unpriced_events=held.unpriced_events,
     )

@@ -37,6 +37,7 @@ import msgspec
 
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
+from aiserver.costs.pricing.exact import ADD
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
 from aiserver.ledger.repricing import revalue as rv
@@ -197,8 +198,8 @@ async def _batch(
         result.add(row, valuation, change)
         examined += 1
         changed += change
-        old_total += row["total_cost"] or 0
-        new_total += valuation.total or 0
+        old_total = ADD(old_total, row["total_cost"] or 0)
+        new_total = ADD(new_total, valuation.total or 0)
         if change:
             moved.append((row, valuation))
     if moved and not run["dry_run"]:

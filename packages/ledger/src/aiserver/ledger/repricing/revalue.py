@@ -21,6 +21,7 @@ import msgspec
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.money import money
 from aiserver.costs.pricing import Usage
+from aiserver.costs.pricing.exact import ADD, SUBTRACT
 from aiserver.costs.pricing.usage import COUNT_FIELDS
 from aiserver.ledger.repricing.store import Adjustment, Repriced, RollupDelta
 from aiserver.ledger.usage.store.events import COUNT_COLUMNS
@@ -129,7 +130,8 @@ class _Sums:
         for name, n in other.items():
             if name in _OTHER_COUNTS and n:
                 self.other[name] = self.other.get(name, 0) + sign * n
-        self.cost += sign * (cost or 0)
+        if cost is not None:
+            self.cost = (ADD if sign > 0 else SUBTRACT)(self.cost, cost)
 
     def is_zero(self) -> bool:
         return not (
@@ -196,8 +198,8 @@ class ModelResult:
     def add(self, row: EventRow, v: Valuation, changed: bool) -> None:
         self.events += 1
         self.changed += changed
-        self.old_total += row["total_cost"] or 0
-        self.new_total += v.total or 0
+        self.old_total = ADD(self.old_total, row["total_cost"] or 0)
+        self.new_total = ADD(self.new_total, v.total or 0)
         self.unpriced_before += row["status"] == "unpriced"
         self.unpriced_after += v.status == "unpriced"
 

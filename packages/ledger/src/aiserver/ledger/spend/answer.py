@@ -18,6 +18,7 @@ import msgspec
 
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
+from aiserver.costs.pricing.exact import ADD
 from aiserver.ledger.spend.buckets import Bucket
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import SpendRead
@@ -101,7 +102,7 @@ class _Sums:
     def add(self, counts: Iterable[int], cost: Decimal) -> None:
         # every row has the len(store.SUMS) counts; map is 4x a comprehension over zip here
         self.counts = list(map(operator.add, self.counts, counts))
-        self.cost += cost
+        self.cost = ADD(self.cost, cost)
 
     def fields(self) -> dict[str, int]:
         return dict(zip(store.SUMS, self.counts, strict=True))

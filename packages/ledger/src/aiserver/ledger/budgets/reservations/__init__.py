@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from aiserver.costs.money import money
+from aiserver.costs.pricing.exact import ADD, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
@@ -195,7 +196,7 @@ async def _hold(
     held = await store.lock_window(conn, project_id, budget.id, start, end, STRIPES)
     shares = cut(held, budget.limit_usd, (stripe, amount))
     if shares is None:
-        remaining = budget.limit_usd - sum(held.values(), Decimal(0))
+        remaining = SUBTRACT(budget.limit_usd, _total(held.values()))
         raise BudgetExceeded(
             f"budget {budget.id} ({budget.name!r}) cannot hold {money(amount)} USD more: its "
             f"limit is {money(budget.limit_usd)} and {money(remaining)} remains in this window; "
@@ -312,7 +313,7 @@ def _releases(held: Iterable[Held]) -> dict[StripeKey, tuple[Decimal, Decimal]]:
         for h in reservation.holds:
             key = (h.budget_id, h.window_start, h.stripe)
             reserved, share = changes.get(key, (Decimal(0), Decimal(0)))
-            changes[key] = (reserved + h.amount, share)
+            changes[key] = (ADD(reserved, h.amount), share)
     return changes
 
 
@@ -381,10 +382,12 @@ async def settle(
         spend = firsts[held.id].spend
         for h in held.holds:
             moved = _moved(by_id.get(h.budget_id), h, spend, time_zone)
-            changes[h.budget_id, h.window_start, h.stripe][0] += h.amount
+            stripe = changes[h.budget_id, h.window_start, h.stripe]
+            stripe[0] = ADD(stripe[0], h.amount)
             if moved and h.stripe != 0:
-                changes[h.budget_id, h.window_start, h.stripe][1] += moved
-                changes[h.budget_id, h.window_start, 0][1] -= moved
+                stripe[1] = ADD(stripe[1], moved)
+                committing = changes[h.budget_id, h.window_start, 0]
+                committing[1] = SUBTRACT(committing[1], moved)
     await store.change_stripes(
         conn,
         project_id,
@@ -392,6 +395,13 @@ async def settle(
         also_lock=[(b, start, 0) for b, start in commits],
     )
     return {firsts[held.id].event_key for held in ended}
+
+
+def _total(amounts: Iterable[Decimal]) -> Decimal:
+    total = Decimal(0)
+    for amount in amounts:
+        total = ADD(total, amount)
+    return total
 
 
 def _moved(budget: BudgetScope | None, hold: Hold, spend: Spend, time_zone: str) -> Decimal:
