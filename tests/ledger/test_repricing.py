@@ -322,6 +322,60 @@ async def test_a_fold_in_flight_is_waited_for_and_its_rows_then_moved_by_the_rep
         await folder.close()
 
 
+#: Outbox rows ahead of p's (project 0 sorts first; no event behind them): a fold's claim takes
+#: about half a second to get through them here, and the reprice of CALLS about 20 ms.
+BACKLOG = 300_000
+
+
+async def test_a_fold_that_began_before_a_reprice_committed_never_folds_the_old_price(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """A fold's statement sees the ledger as it was when the statement began. If a reprice of
+    events still in the outbox commits after that and before the fold's claim reaches their
+    rows, the fold must not take those rows and fold the events as it saw them (at their old
+    price; the reprice left the rollups to the fold). The reprice gives them new rows, so the
+    fold finds the old ones deleted and skips them; the next fold folds the new prices."""
+    await record(ledger.pool, ledger.p, RECORDED_WITH, *(raw(c) for c in CALLS))
+    await ledger.pool.execute(
+        "INSERT INTO usage_outbox (project_id, event_id, occurred_at)"
+        " SELECT 0, g, '2026-11-25T10:00:00Z' FROM generate_series(1, $1::int) AS g",
+        BACKLOG,
+    )
+    run = await request_reprice(ledger.pool, OPERATOR, RepriceRequest(project="p", dry_run=False))
+    folder = await asyncpg.connect(settings.core.database_url)
+    try:
+        folding = asyncio.create_task(folded(folder, limit=BACKLOG + len(CALLS)))
+        started = (
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+            " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
+        )
+        async with asyncio.timeout(30):
+            while not await ledger.pool.fetchval(started, folder.get_server_pid()):
+                await asyncio.sleep(0.005)
+        assert await execute_run(ledger.pool, run.id, TODAY, batch_size=10) is RunOutcome.DONE
+        assert not folding.done(), "the fold ended before the reprice: make BACKLOG larger"
+        result = await folding
+    finally:
+        await folder.close()
+    # the fold took the backlog and, of p's rows, only those of the events the reprice left as
+    # they were (e1's price did not change); it had replaced the others
+    unchanged = [c for c in CALLS if c.old == c.new]
+    assert (result.events, result.orphaned) == (len(unchanged), BACKLOG) == (1, BACKLOG)
+    async with ledger.pool.acquire() as conn:
+        await fold(conn)
+        assert await conn.fetchval("SELECT count(*) FROM usage_outbox") == 0
+        assert await rollups(conn) == await expected_rollups(conn)
+        assert await conn.fetchval("SELECT sum(cost) FROM usage_rollups") == sum(
+            c.new for c in CALLS
+        )
+
+
+async def folded(conn: asyncpg.Connection, *, limit: int) -> Any:
+    from aiserver.ledger.spend.folding import fold as fold_once
+
+    return await fold_once(conn, limit=limit)
+
+
 async def test_a_reprice_waits_for_a_rebuild_in_flight_and_then_moves_the_rebuilt_rollups(
     ledger: Ledger, settings: Settings
 ) -> None:

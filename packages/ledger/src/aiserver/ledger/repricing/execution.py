@@ -9,7 +9,11 @@ one transaction:
 1. lock the batch's outbox rows (in one order). An event whose row is there is not folded yet:
    the fold, which claims rows `FOR UPDATE SKIP LOCKED`, now skips it and later folds the new
    pricing, so the rollups are not touched for it. An event whose row is gone is folded (a fold
-   that held its row has committed by now), so the rollups hold its old pricing;
+   that held its row has committed by now), so the rollups hold its old pricing. The rows of
+   the unfolded events that change are deleted and inserted again (`requeue_outbox`): a fold
+   whose statement began before the batch commits, and reaches such a row after, then finds
+   it deleted and skips it, instead of folding the event as its snapshot saw it, at its old
+   price;
 2. lock the events and read them again (another run may have repriced them meanwhile);
 3. price each as ingest would today (`revalue`);
 4. for each that changes: take it out of its old rollup row and into its new one (if folded),
@@ -209,6 +213,11 @@ async def _batch(
             deltas = rv.rollup_deltas(folded, tags)
             if deltas:
                 await store.apply_rollup_deltas(conn, deltas)
+        unfolded = [r for r, _ in moved if (r["project_id"], r["id"]) in pending]
+        if unfolded:
+            await store.requeue_outbox(
+                conn, [r["project_id"] for r in unfolded], [r["id"] for r in unfolded]
+            )
         await _move_budget_costs(conn, budgets, moved)
         await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
         await store.insert_adjustments(conn, run["id"], [rv.adjustment(r, v) for r, v in moved])

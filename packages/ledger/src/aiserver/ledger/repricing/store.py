@@ -260,6 +260,30 @@ async def lock_outbox(
     return {(r["project_id"], r["event_id"]) for r in rows}
 
 
+async def requeue_outbox(
+    conn: DbConnection, projects: Sequence[int], events: Sequence[int]
+) -> None:
+    """Give these events' outbox rows (locked by `lock_outbox`) new ids: each row deleted and
+    inserted again, the same event and time. A fold whose statement began before this
+    transaction commits still sees the old row; claiming it, it finds it deleted and skips it,
+    where a row only locked would be claimed and its event read as that fold's snapshot saw it,
+    at its old price. The new row is folded by a later fold, with the event as repriced."""
+    await conn.execute(
+        """
+        WITH gone AS (
+            DELETE FROM usage_outbox AS o
+            USING unnest($1::bigint[], $2::bigint[]) AS b (project_id, event_id)
+            WHERE o.project_id = b.project_id AND o.event_id = b.event_id
+            RETURNING o.project_id, o.event_id, o.occurred_at
+        )
+        INSERT INTO usage_outbox (project_id, event_id, occurred_at)
+        SELECT project_id, event_id, occurred_at FROM gone ORDER BY project_id, event_id
+        """,
+        projects,
+        events,
+    )
+
+
 async def lock_events(
     conn: DbConnection, projects: Sequence[int], occurred: Sequence[datetime], ids: Sequence[int]
 ) -> list[asyncpg.Record]:
