@@ -75,6 +75,8 @@ def test_settings_are_frozen() -> None:
         ("MODEL_COST_REFRESH_INTERVAL_SECONDS", "7", "must divide a minute or an hour"),
         ("DOCUMENT_RENDER_DPI", "5000", "DOCUMENT_RENDER_DPI='5000' is invalid"),
         ("DATABASE_POOL_MIN_SIZE", "20", "DATABASE_POOL_MIN_SIZE must not exceed"),
+        ("USAGE_RETENTION_DAYS", "0", "USAGE_RETENTION_DAYS='0' is invalid"),
+        ("USAGE_RETENTION_DAYS", "36501", "USAGE_RETENTION_DAYS='36501' is invalid"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:

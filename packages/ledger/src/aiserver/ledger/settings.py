@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
+
 from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section, SettingsError
 from aiserver.ledger.usage.events import TAG_KEY
 
@@ -16,8 +20,9 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     #: How often an API process writes its keys' `last_used_at` (one statement for all of them).
     api_key_last_used_interval_seconds: PositiveFloat = 30.0
     #: Raw usage events older than this many days are dropped, a month's partition at a time
-    #: (rollups stay); an event older than this is refused at ingest.
-    usage_retention_days: PositiveInt = 400
+    #: (rollups stay); an event older than this is refused at ingest. At most 100 years: the
+    #: event times the idempotency rows are claimed with are exact within 285 years of 2000.
+    usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] = 400
     #: Hosts that budget webhooks may reach although they resolve to internal addresses
     #: (loopback, private, link-local): a local receiver, an internal alert gateway.
     webhook_allowed_hosts: tuple[str, ...] = ()
