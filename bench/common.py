@@ -328,5 +328,5 @@ def machine() -> dict[str, str]:
         "litestar / uvicorn": f"{_version_of('litestar')} / {_version_of('uvicorn')}",
         "wrk": wrk,
         "load average at start (1/5/15 min)": load_average(),
-        "python executable": sys.executable,
+        "python": f"the hatch environment `{Path(sys.prefix).name}`",
     }
