@@ -154,6 +154,14 @@ async def test_a_budget_that_cannot_be_is_refused_naming_its_field(
         "http://[::ffff:10.0.0.1]/hook",
         "http://0.0.0.0/hook",
         "http://100.64.0.1/hook",
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 of 169.254.169.254
+        "http://[2002:c0a8:1::]/hook",  # 6to4 of 192.168.0.1
+        "http://[2001:0:7f00:1::ffff:ffff]/hook",  # Teredo, server 127.0.0.1
+        "http://[2001:0:808:808::f5ff:fffe]/hook",  # Teredo, client 10.0.0.1
+        "http://[fec0::1]/hook",  # site-local
+        "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+        "http://[64:ff9b:1::a00:1]/hook",  # local-use NAT64
     ],
 )
 async def test_a_webhook_into_the_servers_own_network_is_refused(

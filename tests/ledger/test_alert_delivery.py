@@ -300,6 +300,8 @@ async def test_a_target_that_now_resolves_to_an_internal_address_is_refused_and_
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]:{port}/hook",
         "http://localhost:{port}/hook",
+        "http://[2002:7f00:1::]:{port}/hook",  # 6to4 of 127.0.0.1
+        "http://[fec0::1]:{port}/hook",  # site-local
     ],
 )
 async def test_sending_refuses_internal_targets_without_connecting(

@@ -3,8 +3,15 @@
 A target is an `http` or `https` URL with a host name or address and no credentials in it. Its
 host must resolve only to public addresses: loopback, private (10/8, 172.16/12, 192.168/16,
 fc00::/7), link-local (169.254/16, fe80::/10, which holds the cloud metadata service),
-carrier-grade NAT, multicast, unspecified and reserved addresses are refused, unless the operator
-lists the host in WEBHOOK_ALLOWED_HOSTS (a local receiver in tests, an internal alert gateway).
+site-local (fec0::/10, deprecated but still routed by some networks), carrier-grade NAT,
+multicast, unspecified and reserved addresses are refused, unless the operator lists the host in
+WEBHOOK_ALLOWED_HOSTS (a local receiver in tests, an internal alert gateway).
+
+An IPv6 address that carries an IPv4 address is judged by that IPv4 address too: IPv4-mapped
+(::ffff:0:0/96), 6to4 (2002::/16, whose relay delivers to the embedded IPv4 address) and Teredo
+(2001::/32, its server and its client). NAT64 addresses (64:ff9b::/96 and the local-use
+64:ff9b:1::/48) are refused whatever they embed: the translator, not this check, decides where
+they lead, and the local-use prefix may place the IPv4 address anywhere in it.
 
 The check runs when a target is saved and again before each delivery (a name can be pointed
 elsewhere after it was saved); a delivery connects to the addresses that the check approved.
@@ -23,6 +30,8 @@ from aiserver.ledger.errors import InvalidField
 
 MAX_URL: Final = 2048
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+#: NAT64: the well-known prefix (RFC 6052) and the local-use one (RFC 8215).
+_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
 def check_url(url: str, field: str = "webhook_url") -> str:
@@ -51,9 +60,22 @@ def check_url(url: str, field: str = "webhook_url") -> str:
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether a webhook may reach `address` without the operator allowing its host."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether a webhook may reach `address` without the operator allowing its host: neither it
+    nor any IPv4 address it embeds (IPv4-mapped, 6to4, Teredo) is internal."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _is_public(address.ipv4_mapped)
+        if address.is_site_local or any(address in net for net in _NAT64):
+            return False
+        embedded = [address.sixtofour] if address.sixtofour is not None else []
+        if address.teredo is not None:
+            embedded.extend(address.teredo)  # the Teredo server and the client
+        if not all(_is_public(ipv4) for ipv4 in embedded):
+            return False
+    return _is_public(address)
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not (
         address.is_loopback
         or address.is_private

@@ -1,0 +1,63 @@
+"""`webhooks.targets`: an IPv6 address is judged by the IPv4 address it carries too (IPv4-mapped,
+6to4, Teredo), site-local and NAT64 addresses are internal, and public addresses stay allowed."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.webhooks.targets import is_public, resolve_target
+
+INTERNAL = [
+    "127.0.0.1",
+    "::1",
+    "::ffff:10.0.0.1",  # IPv4-mapped
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:a9fe:a9fe::",  # 6to4 of 169.254.169.254, the cloud metadata service
+    "2002:6440:1::",  # 6to4 of 100.64.0.1 (carrier-grade NAT)
+    "2002::",  # 6to4 of 0.0.0.0
+    "2001:0:7f00:1::ffff:ffff",  # Teredo: server 127.0.0.1
+    "2001:0:808:808::f5ff:fffe",  # Teredo: server 8.8.8.8, client 10.0.0.1
+    "2001:0:808:808::f7f7:f7f7",  # Teredo: both public (2001::/32 is not global: refused too)
+    "fec0::1",  # site-local
+    "feff:ffff::1",  # site-local, the top of fec0::/10
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::808:808",  # NAT64 of 8.8.8.8: the translator decides, refused all the same
+    "64:ff9b:1::a00:1",  # local-use NAT64
+    "::7f00:1",  # IPv4-compatible (deprecated) 127.0.0.1
+]
+PUBLIC = [
+    "8.8.8.8",
+    "::ffff:8.8.8.8",
+    "2606:4700:4700::1111",
+    "2002:808:808::1",  # 6to4 of 8.8.8.8
+]
+
+
+@pytest.mark.parametrize("address", INTERNAL)
+def test_an_internal_address_or_one_carrying_an_internal_ipv4_is_not_public(address: str) -> None:
+    assert not is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_a_public_address_is_public(address: str) -> None:
+    assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[2002:7f00:1::]/", "http://[fec0::1]/", "https://[2001:0:7f00:1::ffff:ffff]:8443/x",
+     "http://[64:ff9b::7f00:1]/"],
+)  # fmt: skip
+async def test_resolve_target_refuses_an_address_carrying_an_internal_ipv4(url: str) -> None:
+    with pytest.raises(InvalidField, match="an internal address"):
+        await resolve_target(url, allowed_hosts=())
+
+
+async def test_resolve_target_allows_a_6to4_address_of_a_public_ipv4() -> None:
+    assert await resolve_target("http://[2002:808:808::1]/", allowed_hosts=()) == [
+        "2002:808:808::1"
+    ]
