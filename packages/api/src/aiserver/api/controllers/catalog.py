@@ -24,15 +24,18 @@ from aiserver.core_db.database import require_pool
 from aiserver.costs.jobs import REFRESH_JOB
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.status import read_status
-from aiserver.ledger.jobs import REBUILD_JOB, REPRICE_JOB
+from aiserver.documents.jobs import PROCESS_JOB
 
 QUEUE: Final = default_queue_name
 DB_TIMEOUT_S: Final = 5.0
-#: A project's jobs: `/v1/jobs/{id}` asks for no credential, so it answers them as jobs that do
-#: not exist, or anyone could learn that a project's reprice run (its job `reprice:<run id>`) or
-#: rollup rebuild exists and when it ran. A project's key follows its run at
+#: The jobs `/v1/jobs/{id}` answers: the ones whose ids the API hands out to callers who may see
+#: their results, the catalog refresh (`POST /v1/catalog/refresh`) and a document's conversion
+#: (`POST /v1/documents`). The route asks for no credential, so every other job is answered as
+#: one that does not exist: a project's reprice run (`reprice:<run id>`) or rollup rebuild, and
+#: the task runner's cron jobs, whose ids (`cron:<name>:<epoch ms>`) anyone can work out and
+#: whose results hold other projects' run ids and counts. A project's key follows its run at
 #: `/v1/usage/reprice/{run_id}`.
-PROJECT_JOBS: Final = frozenset({REPRICE_JOB, REBUILD_JOB})
+PUBLIC_JOBS: Final = frozenset({REFRESH_JOB, PROCESS_JOB})
 
 
 class CatalogController(Controller):
@@ -76,7 +79,8 @@ class CatalogController(Controller):
     @get("/jobs/{job_id:str}", summary="Status and result of a job",
          responses=problem_responses(400, 404, 503))  # fmt: skip
     async def job_status(self, state: State, job_id: FromPath[str]) -> JobStatus:
-        """A task-runner job: deferred, queued, in_progress, complete (with its result)."""
+        """A catalog refresh or document conversion job: deferred, queued, in_progress,
+        complete (with its result). Any other job id is a 404, as an unknown one."""
         redis: ArqRedis = state.redis
         job = Job(job_id, redis, _queue_name=QUEUE)
         async with asyncio.timeout(DB_TIMEOUT_S):
@@ -84,7 +88,7 @@ class CatalogController(Controller):
             info = None
             if status is not ArqJobStatus.not_found:
                 info = await job.result_info() or await job.info()
-        if status is ArqJobStatus.not_found or (info and info.function in PROJECT_JOBS):
+        if info is None or info.function not in PUBLIC_JOBS:
             raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
         result: Any = None
         success: bool | None = None
@@ -95,11 +99,11 @@ class CatalogController(Controller):
             started, finished = info.start_time, info.finish_time
         return JobStatus(
             job_id=job_id,
-            function=info.function if info else None,
+            function=info.function,
             status=str(status.value),
             success=success,
             result=result,
-            enqueued_at=info.enqueue_time if info else None,
+            enqueued_at=info.enqueue_time,
             started_at=started,
             finished_at=finished,
         )
