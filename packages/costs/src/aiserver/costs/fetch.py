@@ -25,6 +25,7 @@ import httpx
 
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.errors import UpstreamRefused, UpstreamUnavailable
+from aiserver.costs.urls import redact_url
 
 log = get_logger(__name__)
 
@@ -167,7 +168,7 @@ async def fetch_source(
                 delay = backoff * 2 ** (attempt - 1)
                 log.warning(
                     "upstream fetch failed; retrying",
-                    url=url,
+                    url=redact_url(url),
                     attempt=attempt,
                     retry_in_s=delay,
                     error=str(exc),

@@ -49,6 +49,7 @@ from aiserver.costs.store.metadata import (
 )
 from aiserver.costs.store.prices import count_current_among, current_model_count, write_catalog
 from aiserver.costs.store.runs import last_skipped, record_run
+from aiserver.costs.urls import redact_url
 
 log = get_logger(__name__)
 
@@ -221,8 +222,11 @@ async def _refresh_locked(
     client: httpx.AsyncClient | None,
     retries: int,
 ) -> RefreshReport:
+    """Only the download uses `url` itself; reports, logs and the database get its redacted form
+    (`urls.redact_url`), as does the comparison with the URL of the last refresh."""
     source = DEFAULT_SOURCE
     started_at = _now()
+    fetch_url, url = url, redact_url(url)
     state = await read_state(conn, source)
     if not force and not is_stale(
         state, now=started_at, max_age_seconds=settings.model_cost_max_age_seconds
@@ -233,10 +237,10 @@ async def _refresh_locked(
             catalog_version=state.catalog_version,
         )  # fmt: skip
     current = await current_model_count(conn, source)
-    same_url = state is not None and state.url == url
+    same_url = state is not None and redact_url(state.url) == url
     try:
         fetched = await fetch_source(
-            url,
+            fetch_url,
             etag=state.etag if state and current and same_url else None,
             last_modified=state.last_modified if state and current and same_url else None,
             timeout=settings.model_cost_fetch_timeout_seconds,
@@ -309,7 +313,9 @@ async def refresh_catalog(
     conn = await connect(core)
     try:
         if not await try_advisory_lock(conn, REFRESH_LOCK):
-            report = RefreshReport(Outcome.ALREADY_RUNNING, DEFAULT_SOURCE, url, trigger)
+            report = RefreshReport(
+                Outcome.ALREADY_RUNNING, DEFAULT_SOURCE, redact_url(url), trigger
+            )
         else:
             try:
                 report = await _refresh_locked(

@@ -15,6 +15,7 @@ from aiserver.costs.store.metadata import SourceState, read_state
 from aiserver.costs.store.overrides import count_overrides
 from aiserver.costs.store.prices import current_model_count, read_current_entries
 from aiserver.costs.store.runs import LastRun, last_run
+from aiserver.costs.urls import redact_url
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -57,7 +58,8 @@ async def read_status(
     age = (now - success).total_seconds() if success else None
     return CatalogStatus(
         source=source,
-        url=state.url if state else None,
+        # stored redacted (`store.metadata`); a row from an older release may hold secrets
+        url=redact_url(state.url) if state else None,
         model_count=models,
         alias_count=state.alias_count if state else 0,
         override_count=overrides,

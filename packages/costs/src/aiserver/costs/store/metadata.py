@@ -9,6 +9,7 @@ import msgspec
 
 from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json, encode_json
+from aiserver.costs.urls import redact_url
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -69,10 +70,12 @@ async def read_freshness(
 
 
 async def ensure_source(conn: DbConnection, source: str, url: str) -> None:
+    """The source's row, made when missing. Every URL is stored redacted (`urls.redact_url`):
+    `GET /v1/catalog` shows it to anyone."""
     await conn.execute(
         "INSERT INTO ai_cost_metadata (source, url) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         source,
-        url,
+        redact_url(url),
     )
 
 
@@ -177,7 +180,7 @@ async def record_confirmed(
         WHERE source = $1
         """,
         source,
-        url,
+        redact_url(url),
         at,
         etag,
         last_modified,
@@ -212,7 +215,7 @@ async def record_applied(
         WHERE source = $1
         """,
         source,
-        url,
+        redact_url(url),
         at,
         succeeded,
         etag,
