@@ -13,6 +13,7 @@ from aiserver.costs.pricing import is_price_field
 from aiserver.costs.refresh import snapshot_bytes
 
 from ..conftest import Settings
+from ..ledger.test_cli import first_line_then_close
 from ..support.processes import run_module
 from ..support.upstream import Upstream
 
@@ -225,7 +226,7 @@ async def test_calc_batch_answers_every_line_in_order(
     batch = tmp_path / "usage.jsonl"
     batch.write_bytes(b"\n".join(lines) + b"\n")
     code, out, err = await costs_cli(env, "calc", "--batch", str(batch))
-    assert code == 0
+    assert code == 3  # some lines failed (as `aiserver-ledger import` exits on refused lines)
     results = [json.loads(line) for line in out.splitlines()]
     assert len(results) == 9  # the blank line is not a request
     assert results[0]["total"] == "0.0075"
@@ -267,6 +268,32 @@ async def test_calc_batch_answers_every_line_in_order(
     assert results[7]["line"] == 9
     assert results[8]["at"] == "2026-01-01T00:00:00Z"  # a time without offset is UTC
     assert "6 line(s) failed" in err
+    batch.write_bytes(lines[0] + b'\n\n{"model": "gpt-4o", "usage": {"input_tokens": 1}}\n')
+    code, out, err = await costs_cli(env, "calc", "--batch", str(batch))
+    assert (code, err) == (0, "")  # every line priced
+    assert [json.loads(line)["total"] for line in out.splitlines()] == ["0.0075", "0.0000025"]
+
+
+async def test_calc_batch_says_what_it_cannot_read_and_stops_quietly_when_its_reader_goes(
+    seeded_subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = seeded_subprocess_env
+    missing = tmp_path / "nope.jsonl"
+    code, out, err = await costs_cli(env, "calc", "--batch", str(missing))
+    assert (code, out) == (1, "")
+    assert err == f"aiserver-costs calc: cannot read {missing}: No such file or directory\n"
+    code, out, err = await costs_cli(env, "calc", "--help")
+    assert "3 some lines of --batch failed" in " ".join(out.split())
+
+    # `aiserver-costs calc --batch - < many.jsonl | head -1`: no BrokenPipeError traceback
+    many = tmp_path / "many.jsonl"
+    request = b'{"model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500}}\n'
+    many.write_bytes(request * 5_000)
+    code, first, err = await first_line_then_close(
+        "aiserver.costs.cli", env, "calc", "--batch", "-", stdin=many
+    )
+    assert (code, err) == (141, "")
+    assert json.loads(first)["total"] == "0.0075"
 
 
 async def test_a_failure_is_the_apis_problem_in_json_and_its_detail_in_text(

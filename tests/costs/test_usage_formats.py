@@ -1094,7 +1094,7 @@ async def test_calc_prices_a_providers_usage_given_as_json(
     batch = tmp_path / "usage.jsonl"
     batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
     code, out, _ = await run_module("aiserver.costs.cli", env, "calc", "--batch", str(batch))
-    assert code == 0
+    assert code == 3  # a line failed (the second)
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["total"] == "0.005615"
     assert second["line"] == 2

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from litestar.testing import AsyncTestClient
 
@@ -12,7 +17,10 @@ from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.cli.common import when
 
 from ..conftest import Settings, make_settings
-from ..support.processes import run_module
+from ..support.processes import kill, run_module
+from .test_import import at, env, import_under_way, line
+
+__all__ = ["env"]  # a fixture
 
 
 async def ledger(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -243,3 +251,201 @@ async def test_the_alert_receiver_answers_204_to_a_signed_alert_and_401_to_a_for
     )
     assert code == 2
     assert "give the budget's webhook secret (--secret, or WEBHOOK_SECRET)" in err
+
+
+# -- what an operator meets at the edges: pipes, paths, Ctrl-C, the database lost ---------------
+
+
+async def first_line_then_close(
+    module: str, env: dict[str, str], *args: str, stdin: Path | None = None
+) -> tuple[int, bytes, str]:
+    """`python -m module args | head -1`: the first line of stdout, then its reader gone; the
+    exit status and stderr."""
+    read, write = os.pipe()
+    source = stdin.open("rb") if stdin else None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, *args, env=env, stdin=source, stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+        if source:
+            source.close()
+    try:
+        with os.fdopen(read, "rb") as reader:
+            first = await asyncio.wait_for(asyncio.to_thread(reader.readline), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await kill(proc)
+    assert proc.returncode is not None
+    return proc.returncode, first, err.decode()
+
+
+async def imported(env: dict[str, str], tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "usage.jsonl"
+    path.write_text("".join(line(f"k{n}", "gpt-test-001", 1, 1, 1) + "\n" for n in range(count)))
+    code, _, err = await ledger(env, "import", str(path), "--project", "acme", "--no-progress")
+    assert code == 0, err
+    return path
+
+
+async def test_a_reader_gone_from_the_pipe_ends_events_and_export_quietly_with_141(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`aiserver-ledger events ... | head -1` and `export ... | head -1`: no BrokenPipeError
+    traceback; 141 as a shell reports a command SIGPIPE stopped."""
+    await imported(env, tmp_path, 2_000)  # far more than a pipe holds, as text or CSV
+    code, first, err = await first_line_then_close(
+        "aiserver.ledger.cli", env, "events", "--project", "acme", "--limit", "0"
+    )
+    assert (code, err) == (141, "")
+    assert first.split()[0] == b"EVENT"
+    code, first, err = await first_line_then_close(
+        "aiserver.ledger.cli", env, "events", "--project", "acme", "--limit", "0", "--json"
+    )
+    assert (code, err) == (141, "")
+    assert json.loads(first)["model"] == "gpt-test-001"
+    code, first, err = await first_line_then_close(
+        "aiserver.ledger.cli", env, "export", "--project", "acme", "--from", at(2), "--to", at(0)
+    )
+    assert (code, err) == (141, "")
+    assert first.startswith(b"event_id,id,")
+
+
+async def test_an_output_that_cannot_be_written_is_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    await imported(env, tmp_path, 3)
+    window = ("--from", at(2), "--to", at(0))
+    missing = tmp_path / "missing-dir" / "x.csv"
+    code, out, err = await ledger(env, "export", "--project", "acme", *window,
+                                  "--output", str(missing))  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == f"aiserver-ledger export: cannot write {missing}: No such file or directory\n"
+    code, out, _ = await ledger(env, "export", "--project", "acme", *window,
+                                "--output", str(missing), "--json")  # fmt: skip
+    assert code == 2  # export has no --json: the epilog says so
+    (tmp_path / "taken").mkdir()
+    code, out, err = await ledger(env, "export", "--project", "acme", *window, "--no-progress",
+                                  "--output", str(tmp_path / "taken"))  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == f"aiserver-ledger export: cannot write {tmp_path / 'taken'}: Is a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken", "usage.jsonl"]  # no .partial
+
+
+async def test_ctrl_c_stops_an_import_with_130_saying_what_it_kept_without_a_traceback(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    proc = await import_under_way(env, tmp_path / "big.jsonl")
+    try:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await kill(proc)
+    text = err.decode()
+    assert (proc.returncode, out) == (130, b""), text
+    assert "Traceback" not in text
+    (stopped,) = [x for x in text.splitlines() if "stopped" in x]
+    assert stopped.startswith("aiserver-ledger import: stopped; every event up to line ")
+    assert text.splitlines()[-1] == stopped
+    _, out, _ = await ledger(env, "import", "--help")
+    assert "130 stopped by Ctrl-C" in " ".join(out.split())
+
+
+async def test_the_database_lost_mid_import_is_one_line_after_what_it_kept(
+    env: dict[str, str], tmp_path: Path, settings: Settings
+) -> None:
+    """The import's connection terminated in the middle of a chunk (a restart, an operator's
+    pg_terminate_backend): what it kept, then the problem on one line, exit 1, no traceback."""
+    import asyncpg
+
+    proc = await import_under_way(env, tmp_path / "big.jsonl")
+    conn = await asyncpg.connect(settings.core.database_url)
+    try:
+        async with asyncio.timeout(60):
+            # the next chunk's claim of its keys waits for this lock: terminate it there
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE usage_idempotency IN SHARE MODE")
+                while not (waiting := await conn.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE '%usage_idempotency%'"
+                )):  # fmt: skip
+                    await asyncio.sleep(0.02)
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await conn.close()
+        await kill(proc)
+    text = err.decode()
+    assert (proc.returncode, out) == (1, b""), text
+    assert "Traceback" not in text
+    lines = [x for x in text.splitlines() if not x.startswith("{")]  # JSON logs aside
+    assert lines[-2].startswith("aiserver-ledger import: stopped; every event up to line ")
+    assert lines[-1] == (
+        "aiserver-ledger import: the connection to the database failed (terminating connection "
+        "due to administrator command); run the command again once PostgreSQL answers"
+    )
+
+
+async def test_the_alert_receiver_stops_at_the_first_ctrl_c_and_when_its_port_is_taken() -> None:
+    import socket
+
+    from ..reliability.harness import free_port
+
+    env = {**os.environ, "WEBHOOK_SECRET": "a-secret-of-the-budget"}
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aiserver.ledger.cli", "webhooks", "receive", "--port",
+        str(free_port()), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert receiver.stderr is not None
+        assert b"receiving budget alerts at" in await asyncio.wait_for(
+            receiver.stderr.readline(), 30
+        )
+        receiver.send_signal(signal.SIGINT)  # one Ctrl-C
+        _, err = await asyncio.wait_for(receiver.communicate(), 10)
+    finally:
+        await kill(receiver)
+    assert (receiver.returncode, err) == (0, b"stopped\n")
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        code, out, text = await run_module(
+            "aiserver.ledger.cli", env, "webhooks", "receive", "--port", port
+        )
+        assert (code, out) == (1, "")
+        assert text == (
+            f"aiserver-ledger webhooks receive: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use\n"
+        )
+        code, out, _ = await run_module(
+            "aiserver.ledger.cli", env, "webhooks", "receive", "--port", port, "--json"
+        )
+    assert code == 1
+    assert json.loads(out)["error"]["fields"] == ["host", "port"]
+
+
+def test_every_command_but_export_takes_json_as_the_help_says() -> None:
+    import argparse
+
+    from aiserver.ledger.cli import _parser
+
+    def commands(
+        parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+    ) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+        found = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found |= commands(sub, (*path, name))
+        return found or {path: parser}
+
+    parser = _parser()
+    without = sorted(
+        " ".join(path)
+        for path, command in commands(parser).items()
+        if "--json" not in command._option_string_actions
+    )
+    assert without == ["export"]
+    assert "every command but export takes --json" in (parser.epilog or "")

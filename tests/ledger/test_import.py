@@ -258,11 +258,11 @@ async def test_a_terminal_gets_a_progress_bar(env: dict[str, str], tmp_path: Pat
     assert "aiserver-ledger import: up to line" not in bar
 
 
-async def test_an_import_killed_half_way_records_the_rest_when_run_again(
-    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
-) -> None:
-    total = 20_000
-    path = tmp_path / "big.jsonl"
+async def import_under_way(
+    env: dict[str, str], path: Path, total: int = 20_000
+) -> asyncio.subprocess.Process:
+    """`aiserver-ledger import` of `total` new events written to `path`, in chunks of 5, once
+    it has reported its first progress (its stderr left to read)."""
     path.write_text("".join(line(f"k{n}", "gpt-test-001", 1, 1, 1) + "\n" for n in range(total)))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "aiserver.ledger.cli", "import", str(path), "--project", "acme",
@@ -274,6 +274,19 @@ async def test_an_import_killed_half_way_records_the_rest_when_run_again(
         async with asyncio.timeout(60):
             while b"up to line" not in await proc.stderr.readline():
                 assert proc.returncode is None
+    except BaseException:
+        await kill(proc)
+        raise
+    return proc
+
+
+async def test_an_import_killed_half_way_records_the_rest_when_run_again(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    total = 20_000
+    path = tmp_path / "big.jsonl"
+    proc = await import_under_way(env, path, total)
+    try:
         proc.kill()  # SIGKILL: no clean-up, as a crash
         await proc.wait()
     finally:

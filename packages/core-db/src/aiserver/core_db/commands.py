@@ -1,8 +1,14 @@
 """What every `aiserver-*` command does with a failure: print its problem, exit 1.
 
 A failure is an RFC 9457 problem with the API's types (`AiserverError.problem()`): with `--json`
-it is printed as `{"error": {...}}` on stdout, else its detail on stderr. A failure that is not
-an error of aiserver's is raised as it is (a bug shows its traceback).
+it is printed as `{"error": {...}}` on stdout, else its detail on stderr. The database lost in
+the middle of a command (PostgreSQL restarted, the connection cut or terminated) is the problem
+503 `service-unavailable` too. A failure that is neither is raised as it is (a bug shows its
+traceback).
+
+Exit statuses: the command's own; 1 after a failure's problem; 130 after Ctrl-C (SIGINT), 141
+when stdout is a pipe whose reader went away (`... | head -1`), quietly in both cases, as a
+shell reports a command that such a signal stopped.
 
 Light on purpose: a command imports this before it knows what it will run.
 """
@@ -10,15 +16,28 @@ Light on purpose: a command imports this before it knows what it will run.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from aiserver.core_db.errors import AiserverError, problem
 
 Problem = dict[str, Any]
+
+#: The exit status after Ctrl-C: 128 + SIGINT, as a shell reports a command it stopped.
+INTERRUPTED: Final = 130
+#: The exit status when the reader of stdout went away: 128 + SIGPIPE, as a shell reports it.
+BROKEN_PIPE: Final = 141
+
+#: The errors of a socket whose peer is gone or cannot be reached (an OSError of a file is not).
+_NETWORK_ERRNOS: Final = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ENOTCONN,
+})  # fmt: skip
 
 
 def command_problem(exc: Exception) -> Problem | None:
@@ -36,27 +55,94 @@ def command_problem(exc: Exception) -> Problem | None:
     return None
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` itself says that the connection to PostgreSQL failed: refused, cut,
+    terminated by the server (restart, pg_terminate_backend), or used once closed."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        lost = (
+            asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError, rejected, failed
+            asyncpg.AdminShutdownError,  # terminated: pg_terminate_backend, a fast shutdown
+            asyncpg.CrashShutdownError,
+            asyncpg.CannotConnectNowError,  # starting up or shutting down
+        )
+        if isinstance(exc, lost):
+            return True
+        if isinstance(exc, asyncpg.InterfaceError):  # also a misuse: only a closed connection
+            text = str(exc)
+            return "connection is closed" in text or "connection was closed" in text
+    if isinstance(exc, BrokenPipeError):  # stdout's reader, as often as a socket's
+        return False
+    if isinstance(exc, ConnectionError):  # refused, reset, aborted
+        return True
+    return isinstance(exc, OSError) and exc.filename is None and exc.errno in _NETWORK_ERRNOS
+
+
+def connection_problem(exc: Exception) -> Problem | None:
+    """The problem 503 `service-unavailable` of a connection to the database that failed during
+    a command; None for anything else (a bug stays a bug). An InterfaceError on a closed
+    connection counts when what it follows was the connection lost."""
+    if not _connection_lost(exc):
+        return None
+    cause: BaseException = exc  # the first link of the chain that says why
+    link: BaseException | None = exc
+    seen: set[int] = set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _connection_lost(link):
+            cause = link
+        link = link.__cause__ or link.__context__
+    why = str(cause).split("\n", 1)[0] or type(cause).__name__
+    detail = (
+        f"the connection to the database failed ({why}); "
+        "run the command again once PostgreSQL answers"
+    )
+    return problem(503, detail, slug="service-unavailable")
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away: point stdout at /dev/null so that the flush at exit
+    does not fail again (as the Python docs advise for SIGPIPE), and end quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a replaced stdout): nothing to flush
+        pass
+    return BROKEN_PIPE
+
+
 def run_command(
     prog: str,
-    command: Coroutine[Any, Any, int],
+    command: Coroutine[Any, Any, int] | Callable[[], int],
     *,
     as_json: bool,
     problem_of: Callable[[Exception], Problem | None] = command_problem,
 ) -> int:
-    """Run a command's coroutine; its exit status, or 1 after printing its failure's problem."""
+    """Run a command: a coroutine under asyncio.run, or a plain function (one that blocks,
+    e.g. a server that must see Ctrl-C at once). Its exit status; 1 after printing its
+    failure's problem; INTERRUPTED after Ctrl-C, BROKEN_PIPE when stdout's reader is gone."""
     import asyncio
 
     try:
-        return asyncio.run(command)
-    except Exception as exc:
-        failure = problem_of(exc)
-        if failure is None:
-            raise
-    if as_json:
-        print(json.dumps({"error": failure}, ensure_ascii=False))
-    else:
-        print(f"{prog}: {failure['detail']}", file=sys.stderr)
-    return 1
+        try:
+            status = asyncio.run(command) if asyncio.iscoroutine(command) else command()
+            sys.stdout.flush()  # a broken pipe shows here, not at exit
+            return status
+        except Exception as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            failure = problem_of(exc) or connection_problem(exc)
+            if failure is None:
+                raise
+        if as_json:
+            print(json.dumps({"error": failure}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{prog}: {failure['detail']}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:  # what was done is said by the command (e.g. import's "stopped")
+        return INTERRUPTED
 
 
 def timestamp(text: str) -> datetime:

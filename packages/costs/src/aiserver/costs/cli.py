@@ -12,12 +12,12 @@ import argparse
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from aiserver.core_db.commands import command_problem, run_command, timestamp
-from aiserver.core_db.errors import AiserverError, problem, validation_field
+from aiserver.core_db.errors import AiserverError, InvalidInput, problem, validation_field
 from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
 from aiserver.costs.settings import CostSettings
 
@@ -50,6 +50,10 @@ class Settings(Section, frozen=True, kw_only=True):
 
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+#: The exit status of `calc --batch` when some lines failed (each has its error in the output),
+#: as `aiserver-ledger import` exits when some lines were refused.
+FAILED_LINES: Final = 3
 
 #: JSON out; the commands write prices through `money` (a Decimal here would be str()'s spelling).
 _json = msgspec.json.Encoder(decimal_format="string")
@@ -224,18 +228,24 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     if args.usage_format is not None and args.usage is None:
         print("aiserver-costs calc: --usage-format needs --usage", file=sys.stderr)
         return 2
-    conn = await _connect(settings)
+    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
+    batch = None if args.batch is None else _open_batch(args.batch)
     try:
-        catalog = await load_catalog(conn)
+        conn = await _connect(settings)
+        try:
+            catalog = await load_catalog(conn)
+        finally:
+            await conn.close()
+        if not len(catalog):  # else every name would be "unknown"
+            raise CatalogNotReady(
+                "the catalog in the database has no models yet; "
+                "run: aiserver-costs seed (offline) or aiserver-costs refresh"
+            )
+        if batch is not None:
+            return _calc_batch(catalog, batch)
     finally:
-        await conn.close()
-    if not len(catalog):  # else every name would be "unknown"
-        raise CatalogNotReady(
-            "the catalog in the database has no models yet; "
-            "run: aiserver-costs seed (offline) or aiserver-costs refresh"
-        )
-    if args.batch is not None:
-        return _calc_batch(catalog, args.batch)
+        if batch is not None and batch is not sys.stdin.buffer:
+            batch.close()
     request = CostRequest(
         model=args.model,
         provider=args.provider,
@@ -276,7 +286,18 @@ def _print_result(result: CostResult) -> None:
         print(f"note:     {note}")
 
 
-def _calc_batch(catalog: Catalog, path: str) -> int:
+def _open_batch(path: str) -> IO[bytes]:
+    """The --batch FILE (stdin for '-'); one that cannot be read is a problem that names it."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # noqa: PTH123  # closed by _calc
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _calc_batch(catalog: Catalog, stream: IO[bytes]) -> int:
+    """Price each line of `stream`; exit status 0, or FAILED_LINES when some lines failed."""
     from decimal import Decimal
 
     from aiserver.costs.calculator import CostRequest, CostResponse, calculate
@@ -285,26 +306,24 @@ def _calc_batch(catalog: Catalog, path: str) -> int:
     encode = msgspec.json.Encoder(decimal_format="string").encode_into
     out = bytearray()
     failed = 0
-    # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: PTH123, SIM115
-    with stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                result: Any = CostResponse.of(calculate(catalog, requests.decode(line)))
-            except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-                failed += 1
-                result = {"error": _problem(exc), "line": number}
-            encode(result, out, -1)
-            out += b"\n"
-            if len(out) > 1 << 16:
-                sys.stdout.buffer.write(out)
-                out.clear()
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            result: Any = CostResponse.of(calculate(catalog, requests.decode(line)))
+        except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            failed += 1
+            result = {"error": _problem(exc), "line": number}
+        encode(result, out, -1)
+        out += b"\n"
+        if len(out) > 1 << 16:
+            sys.stdout.buffer.write(out)
+            out.clear()
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     if failed:
         print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
+        return FAILED_LINES
     return 0
 
 
@@ -358,7 +377,9 @@ def _parser() -> argparse.ArgumentParser:
         "...). With --batch, read cost requests as JSON lines (the body of POST "
         "/v1/costs/calculate, usage_format included) and write one JSON result per line, in "
         'order; a line that fails gives {"error": {...}, "line": N}, the problem the API '
-        "answers, and the rest go on.",
+        "answers, and the rest go on. Exit status: 0 priced (every line, with --batch); 3 some "
+        "lines of --batch failed (each is in the output, stderr counts them); 1 it could not "
+        "run (e.g. a FILE it cannot read); 2 wrong arguments.",
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
@@ -438,7 +459,9 @@ def _problem(exc: Exception) -> dict[str, Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command. A failure prints its problem (RFC 9457, the API's types): with --json
-    as `{"error": {...}}` on stdout, else its detail on stderr; the exit status is 1."""
+    as `{"error": {...}}` on stdout, else its detail on stderr; the exit status is 1 (3 for a
+    `calc --batch` with failed lines; 130 after Ctrl-C, 141 when stdout's reader went away:
+    `run_command`)."""
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-costs", Settings)
     if args.command in LOGGING:

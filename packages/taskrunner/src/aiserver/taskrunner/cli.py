@@ -29,17 +29,23 @@ def _parser() -> argparse.ArgumentParser:
         "at once and whenever it is stale, and runs jobs the API enqueues. SIGTERM lets a "
         "running job finish (up to 25 s) before stopping; an unfinished job is re-queued.",
     )
+    burst_help = "run the queued jobs, then stop (for one-off runs and tests)"
+    parser.add_argument("--burst", action="store_true", help=burst_help)
+    # `run --burst` as well as `--burst run`: run's own --burst sets nothing when absent, so
+    # that it does not undo the one given before `run` (a subparser's defaults would)
+    burst = argparse.ArgumentParser(add_help=False)
+    burst.add_argument("--burst", action="store_true", default=argparse.SUPPRESS, help=burst_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="run the worker (the default)")
+    sub.add_parser(
+        "run",
+        parents=[burst],
+        help="run the worker (the default)",
+        description="Run the worker until SIGTERM or SIGINT (--burst: until the queue is empty).",
+    )
     sub.add_parser(
         "check",
         help="exit 0 when a worker on this Redis is alive, 1 when none is (health check)",
         description="Look for the health key that live workers refresh every 10 s in Redis.",
-    )
-    parser.add_argument(
-        "--burst",
-        action="store_true",
-        help="run the queued jobs, then stop (for one-off runs and tests)",
     )
     return parser
 

@@ -6,7 +6,8 @@ acts as the operator. Each command imports what it runs.
 - `projects create|list|show`, `keys create|list|revoke`: the tenants and who may touch them;
 - `import FILE|-`: usage events from JSON lines, recorded a chunk per transaction (rerunning it
   records only what is missing); exit status 0 when every line was recorded (or was recorded
-  before), 3 when some were invalid or in conflict, 1 when the import could not run;
+  before), 3 when some were invalid or in conflict, 1 when the import could not run or
+  stopped, 130 after Ctrl-C;
 - `events`: a project's events, newest first (a table, or JSON lines with --json);
 - `partitions list|maintain`: the usage events' monthly partitions, and their upkeep by hand;
 - `budgets create|list|show|delete`: a project's budgets with their current windows;
@@ -69,7 +70,8 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01
   aiserver-ledger webhooks receive --port 8900 --secret "$WEBHOOK_SECRET"
 
-every command takes --json; COMMAND --help says more."""
+every command but export takes --json (export writes its --format; its summary and failures go
+to stderr); COMMAND --help says more."""
 
 
 COMMANDS: Final[dict[tuple[str, str | None], Command]] = {

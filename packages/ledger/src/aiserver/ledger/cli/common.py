@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
 
-Command = Callable[["CoreSettings", "argparse.Namespace"], Coroutine[Any, Any, int]]
+#: A command: what it runs, a coroutine (under asyncio.run), or a function for one that blocks
+#: (`webhooks receive`: Ctrl-C must reach its loop at once); `run_command` runs either.
+Command = Callable[
+    ["CoreSettings", "argparse.Namespace"], Coroutine[Any, Any, int] | Callable[[], int]
+]
 
 
 def print_json(value: Any) -> None:

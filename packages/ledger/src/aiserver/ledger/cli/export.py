@@ -9,8 +9,10 @@ whole, so a stopped export never leaves a file that looks complete; progress goe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -62,26 +64,33 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
     async def work(pool: Any) -> int:
         async with pool.acquire() as conn:
             project = await projects.find_project(conn, Access.operator(), args.project)
-        export = await UsageExport.open(core, project, query, fmt)
         partial = target.with_name(target.name + ".partial") if target else None
-        out: IO[bytes] = partial.open("wb") if partial else sys.stdout.buffer
+        out: IO[bytes] = sys.stdout.buffer
+        if partial:
+            with _writing(target):
+                out = partial.open("wb")
+        try:
+            export = await UsageExport.open(core, project, query, fmt)
+        except BaseException:
+            _discard(out, partial)
+            raise
         progress = _Progress(enabled=partial is not None and not args.no_progress)
         try:
             async for chunk in export.chunks():
-                out.write(chunk)
+                with _writing(target):
+                    out.write(chunk)
                 progress.update(export.events)
-            out.flush()
+            with _writing(target):
+                out.flush()
+                if partial and target:
+                    out.close()
+                    partial.replace(target)
         except BaseException:
-            if partial:
-                out.close()
-                partial.unlink(missing_ok=True)
+            _discard(out, partial)
             raise
         finally:
             export.close()
             progress.finish()
-        if partial and target:
-            out.close()
-            partial.replace(target)
         where = f" to {target}" if target else ""
         missing = (
             f"; {export.unpriced_events:,} unpriced events have no FOCUS row (the csv and jsonl "
@@ -96,6 +105,29 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
     return await with_pool(core, work)
 
 
+@contextlib.contextmanager
+def _writing(target: Path | None) -> Iterator[None]:
+    """An --output that cannot be written (a missing directory, a full disk) is a problem that
+    names it, as `import` names a FILE it cannot read; stdout's own failures (its reader gone)
+    are left to `run_command`."""
+    try:
+        yield
+    except OSError as exc:
+        if target is None:
+            raise
+        from aiserver.ledger.errors import InvalidField
+
+        raise InvalidField(f"cannot write {target}: {exc.strerror or exc}", ["output"]) from None
+
+
+def _discard(out: IO[bytes], partial: Path | None) -> None:
+    """An export that stopped leaves no file."""
+    if partial:
+        with contextlib.suppress(OSError):  # a full disk fails the last flush again
+            out.close()
+        partial.unlink(missing_ok=True)
+
+
 _HELP: Final = """\
 Export a project's usage events of the window [--from, --to), oldest first, as GET
 /v1/usage/export does: csv (a row per event), jsonl (an event a line, as GET
@@ -107,7 +139,7 @@ any size takes the same memory. With --output the file is written as FILE.partia
 to FILE once whole, with progress on stderr; without it, the export goes to stdout.
 
 exit status: 0 the export is whole; 1 it could not run or stopped (no FILE is left); 2 wrong
-arguments."""
+arguments; 130 stopped by Ctrl-C (no FILE is left either)."""
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger export --project acme-search --from 2026-11-01 --to 2026-12-01 > nov.csv

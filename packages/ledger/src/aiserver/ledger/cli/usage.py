@@ -2,8 +2,8 @@
 
 `import` records JSON lines a chunk per transaction (rerunning it records only what is missing);
 exit status 0 when every line was recorded (or was recorded before), 3 when some were invalid or
-in conflict, 1 when the import could not run. `events` lists a project's events, newest first
-(a table, or JSON lines with --json).
+in conflict, 1 when the import could not run or stopped, 130 after Ctrl-C. `events` lists a
+project's events, newest first (a table, or JSON lines with --json).
 """
 
 from __future__ import annotations
@@ -270,8 +270,8 @@ payload: nothing changed) and invalid lines, and shows the first 10 invalid and 
 lines with their line numbers and problems.
 
 exit status: 0 every line was recorded or was a duplicate; 3 some lines were invalid or in
-conflict (the others are recorded); 1 the import could not run or stopped (what it recorded
-stays: run it again); 2 wrong arguments."""
+conflict (the others are recorded); 1 the import could not run or stopped (the database lost:
+what it recorded stays, run it again); 2 wrong arguments; 130 stopped by Ctrl-C (the same)."""
 
 _IMPORT_EXAMPLES: Final = """examples:
   aiserver-ledger import --project acme-search usage.jsonl

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,7 +76,15 @@ def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the alerts are printed above."""
 
-    with ThreadingHTTPServer((host, port), Handler) as server:
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # the port in use, an address not of this machine
+        from aiserver.ledger.errors import InvalidField
+
+        raise InvalidField(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", ["host", "port"]
+        ) from None
+    with server:
         server.timeout = 0.5
         where = f"http://{host}:{server.server_address[1]}/"
         print(f"receiving budget alerts at {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
@@ -87,16 +96,23 @@ def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool
     return 0
 
 
-async def _receive(core: CoreSettings, args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get("WEBHOOK_SECRET", "")
-    if not secret:
-        print(
-            "aiserver-ledger webhooks receive: give the budget's webhook secret "
-            "(--secret, or WEBHOOK_SECRET)",
-            file=sys.stderr,
-        )
-        return 2
-    return serve(args.host, args.port, secret, count=args.count, as_json=args.json)
+def _receive(core: CoreSettings, args: argparse.Namespace) -> Callable[[], int]:
+    """The receiver, run as it is and not under asyncio: its loop blocks, and Ctrl-C must
+    reach it at once (under asyncio.run the first one would only cancel a task that never
+    awaits)."""
+
+    def receive() -> int:
+        secret = args.secret or os.environ.get("WEBHOOK_SECRET", "")
+        if not secret:
+            print(
+                "aiserver-ledger webhooks receive: give the budget's webhook secret "
+                "(--secret, or WEBHOOK_SECRET)",
+                file=sys.stderr,
+            )
+            return 2
+        return serve(args.host, args.port, secret, count=args.count, as_json=args.json)
+
+    return receive
 
 
 def add_parsers(groups: Any) -> None:

@@ -1,0 +1,150 @@
+"""`run_command`, which every `aiserver-*` command runs through: a failure an operator can act on
+is one line and an exit status, never a traceback; a bug still shows its traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import pytest
+
+from aiserver.core_db.commands import run_command
+from aiserver.core_db.errors import InvalidInput
+
+LOST = (
+    "aiserver-test do: the connection to the database failed (terminating connection due to "
+    "administrator command); run the command again once PostgreSQL answers\n"
+)
+
+
+def raising(make: Callable[[], BaseException]) -> Coroutine[Any, Any, int]:
+    async def command() -> int:
+        await asyncio.sleep(0)
+        raise make()
+
+    return command()
+
+
+async def terminated_mid_transaction() -> int:
+    """What asyncpg raises when the server ends the connection under a transaction
+    (pg_terminate_backend): the InterfaceError of the transaction's end, after the rest."""
+    try:
+        try:
+            raise asyncpg.AdminShutdownError("terminating connection due to administrator command")
+        except asyncpg.AdminShutdownError as exc:
+            raise asyncpg.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation: terminating connection due to "
+                "administrator command"
+            ) from exc
+    finally:
+        raise asyncpg.InterfaceError(  # as asyncpg's __aexit__ raises it
+            "cannot call Transaction.__aexit__(): the underlying connection is closed"
+        )
+
+
+def test_the_database_lost_mid_command_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_command("aiserver-test do", terminated_mid_transaction(), as_json=False) == 1
+    assert capsys.readouterr() == ("", LOST)
+    assert run_command("aiserver-test do", terminated_mid_transaction(), as_json=True) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    error = json.loads(out)["error"]
+    assert (error["type"], error["status"]) == ("urn:aiserver:problem:service-unavailable", 503)
+    assert error["detail"] == LOST.split(": ", 1)[1].rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of it"),
+        lambda: asyncpg.CannotConnectNowError("the database system is shutting down"),
+        lambda: asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        lambda: asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+        lambda: ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        lambda: ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        lambda: OSError(errno.EHOSTUNREACH, "No route to host"),
+    ],
+)
+def test_each_connection_failure_is_service_unavailable(
+    failure: Callable[[], BaseException], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_command("aiserver-test do", raising(failure), as_json=True) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["status"] == 503
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        lambda: ZeroDivisionError("division by zero"),
+        lambda: KeyError("missing"),
+        lambda: FileNotFoundError(errno.ENOENT, "No such file or directory", "x.jsonl"),
+        lambda: asyncpg.InterfaceError(
+            "cannot call Connection.fetch(): the underlying connection has been released back "
+            "to the pool"
+        ),
+        lambda: asyncpg.InterfaceError(
+            "cannot perform operation: another operation is in progress"
+        ),
+        lambda: asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    ],
+)
+def test_a_bug_keeps_its_traceback(bug: Callable[[], BaseException]) -> None:
+    with pytest.raises(type(bug())):
+        run_command("aiserver-test do", raising(bug), as_json=False)
+
+
+def test_a_domain_error_is_still_its_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command("aiserver-test do", raising(lambda: InvalidInput("no")), as_json=False) == 1
+    assert capsys.readouterr() == ("", "aiserver-test do: no\n")
+
+
+def test_ctrl_c_ends_the_command_after_its_clean_up_with_130_and_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cleaned: list[str] = []
+
+    async def interrupted() -> int:
+        try:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: asyncio.run cancels this task
+            await asyncio.sleep(30)
+            return 0
+        finally:
+            cleaned.append("done")
+
+    try:
+        status = run_command("aiserver-test do", interrupted(), as_json=False)
+    except KeyboardInterrupt:  # left to rise, it would stop the test session
+        pytest.fail("Ctrl-C left run_command as KeyboardInterrupt")
+    assert status == 130
+    assert cleaned == ["done"]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_reader_of_stdout_gone_ends_quietly_with_141(capsys: pytest.CaptureFixture[str]) -> None:
+    broken = raising(lambda: BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    assert run_command("aiserver-test do", broken, as_json=False) == 141
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_blocking_command_is_run_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    def serve() -> int:
+        with pytest.raises(RuntimeError):  # no event loop: not run under asyncio
+            asyncio.get_running_loop()
+        return 7
+
+    assert run_command("aiserver-test do", serve, as_json=False) == 7
+
+    def refused() -> int:
+        raise InvalidInput("cannot listen on 127.0.0.1:8900: Address already in use")
+
+    assert run_command("aiserver-test do", refused, as_json=False) == 1
+    assert capsys.readouterr().err == (
+        "aiserver-test do: cannot listen on 127.0.0.1:8900: Address already in use\n"
+    )
