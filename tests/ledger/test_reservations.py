@@ -377,6 +377,32 @@ async def test_spend_reported_without_a_reservation_counts_against_what_can_be_r
     await reserve(pool, access, amount=Decimal("0.004002"), now=NOW)
 
 
+async def test_a_window_that_commits_took_past_its_limit_admits_no_reservation(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """Spend reported without a reservation goes to stripe 0 and can take the window past its
+    limit; the reservation stripes still have room in their own shares. The quick way must not
+    admit on them: it sees stripe 0 past its share and leaves the window to be cut anew, which
+    checks the whole window and refuses."""
+    limited = await budget(pool, access, "0.01")
+    await reserve(pool, access, amount=Decimal("0.001"), now=NOW)  # cuts the shares
+    for key in "abc":
+        await record(pool, access, event(key, NOW, None))  # 0.004998 each, no reservation
+    assert await window(pool, access, limited) == (Decimal("0.014994"), Decimal("0.001"))
+    for _ in range(6):  # small enough for any reservation stripe's share
+        with pytest.raises(BudgetExceeded) as refused:
+            await reserve(pool, access, amount=Decimal("0.0005"), now=NOW)
+        assert refused.value.problem()["remaining"] == "-0.005994"
+    assert await window(pool, access, limited) == (Decimal("0.014994"), Decimal("0.001"))
+    # the same through the statement of many (the quick way of concurrent calls)
+    results = await asyncio.gather(
+        *(reserve(pool, access, amount=Decimal("0.0005"), now=NOW) for _ in range(6)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, BudgetExceeded) for r in results), results
+    assert await window(pool, access, limited) == (Decimal("0.014994"), Decimal("0.001"))
+
+
 async def test_a_changed_limit_binds_the_next_reservation(
     pool: asyncpg.Pool, access: Access
 ) -> None:

@@ -141,14 +141,20 @@ def _answer(row: asyncpg.Record, call: Call) -> Answer:
 async def take_on_stripe(
     conn: DbConnection, project_id: int, key: StripeKey, amount: Decimal, limit_usd: Decimal
 ) -> bool:
-    """Reserve `amount` on one stripe if its share (cut from this limit) still holds it. One
-    conditional UPDATE: PostgreSQL re-checks the condition after waiting for the row's lock, so
-    concurrent callers never jointly pass a share."""
+    """Reserve `amount` on one stripe if its share (cut from this limit) still holds it, and
+    stripe 0 is within its own (ingest's commits, which no reservation made room for, may take
+    it past). One conditional UPDATE: PostgreSQL re-checks the condition after waiting for the
+    row's lock, so concurrent callers never jointly pass a share."""
     taken = await conn.fetchval(
         """
-        UPDATE budget_windows SET reserved = reserved + $5
-        WHERE project_id = $1 AND budget_id = $2 AND window_start = $3 AND stripe = $4
-          AND share_limit = $6 AND committed + reserved + $5 <= share
+        UPDATE budget_windows AS bw SET reserved = bw.reserved + $5
+        WHERE bw.project_id = $1 AND bw.budget_id = $2 AND bw.window_start = $3
+          AND bw.stripe = $4 AND bw.share_limit = $6
+          AND bw.committed + bw.reserved + $5 <= bw.share
+          AND NOT EXISTS (
+              SELECT FROM budget_windows AS z
+              WHERE z.project_id = $1 AND z.budget_id = $2 AND z.window_start = $3
+                AND z.stripe = 0 AND $4 <> 0 AND z.committed + z.reserved > z.share)
         RETURNING true
         """,
         project_id, *key, amount, limit_usd,
