@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from aiserver.core_db.database import database, require_pool
+from aiserver.costs.pricing.exact import ADD
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.budgets.periods import PERIODS, window_of
@@ -105,6 +106,13 @@ def test_shares_sum_to_the_limit_exactly_and_give_the_estimate_to_its_stripe() -
     assert thirds is not None
     assert sum(thirds.values()) == Decimal(1)
     assert thirds[1] == thirds[2] == Decimal("0.333333333333")
+    # a committed cost with 76 digits: the shares still sum to the limit exactly
+    long = Decimal("1." + "1" * 75)
+    shares = cut({0: long, 1: Decimal(0), 2: Decimal(0)}, Decimal(999_999_999_999),
+                 (1, Decimal("0.5")))  # fmt: skip
+    assert shares is not None
+    assert shares[0] == long
+    assert ADD(ADD(shares[0], shares[1]), shares[2]) == Decimal(999_999_999_999)
 
 
 async def test_a_reservation_holds_its_estimate_on_every_hard_budget_the_call_matches(
@@ -250,6 +258,16 @@ async def test_a_batch_settles_each_reservation_once_the_first_event_naming_it_w
         ("recorded", None),
     ]  # fmt: skip
     assert await window(pool, access, limited) == (Decimal("0.004998") * 4, Decimal(0))
+    # the first in the request, not the first by key: "z" comes before "y" here
+    three = await reserve(pool, access, amount=Decimal("0.3"), now=NOW)
+    z, y = await record(
+        pool, access, event("z", NOW, str(three.id)), event("y", NOW, str(three.id))
+    )
+    assert [(z.reservation, y.reservation)] == [("settled", "not_held")]
+    settled_by = await pool.fetchval(
+        "SELECT settled_event_id FROM budget_reservations WHERE id = $1", three.id
+    )
+    assert settled_by == z.event_id
 
 
 async def test_an_event_naming_a_reservation_it_cannot_settle_is_recorded_and_says_so(

@@ -309,9 +309,9 @@ class UsageRecorder:
                     if budgets and claimed:
                         spends = (_spend(a) for a in ordered if a.event.key in claimed)
                         sums = window_sums(budgets, zone, spends)
-                    settling = [
+                    settling = [  # in the request's order: its first event naming one settles it
                         reservations.Settling(a.event.key, claimed[a.event.key], named, _spend(a))
-                        for a in ordered
+                        for a in sorted(ordered, key=_index)
                         if (named := a.event.reservation_id) is not None and a.event.key in claimed
                     ]
                     done: set[str] = set()
@@ -396,6 +396,10 @@ def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
         at = entry.event.occurred_at
         firsts.setdefault((at.year, at.month) if at.tzinfo is UTC else at, at)
     return {month_of(at) for at in firsts.values()}
+
+
+def _index(entry: _Accepted) -> int:
+    return entry.index
 
 
 def _spend(entry: _Accepted) -> Spend:

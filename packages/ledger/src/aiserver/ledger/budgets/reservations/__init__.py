@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from aiserver.costs.money import money
-from aiserver.costs.pricing.exact import ADD, SUBTRACT
+from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
@@ -70,7 +70,7 @@ MIN_TTL: Final = timedelta(seconds=1)
 MAX_TTL: Final = timedelta(hours=24)
 #: The finest unit a share is cut to (the last reservation stripe takes the remainder).
 _SHARE_UNIT: Final = Decimal("1e-12")
-#: Enough digits for a limit of 1e12 with the many decimals of exact costs.
+#: The context of a part of the room left (divided, then cut down to _SHARE_UNIT).
 _EXACT: Final = Context(prec=80)
 SWEEP_BATCH: Final = 500
 #: Each project's time zone as this process last read it, for the windows of the quick way; a
@@ -151,18 +151,19 @@ def cut(
     (stripe, amount) on it, or None when the whole window cannot hold the amount. The shares
     sum to `limit_usd` exactly; stripe 0 gets no room beyond what it holds (nothing reserves
     there), unless it is the only stripe."""
-    with localcontext(_EXACT):
-        stripe, amount = take
-        free = limit_usd - sum(held.values(), Decimal(0)) - amount
-        if free < 0:
-            return None
-        shares = {s: h + (amount if s == stripe else 0) for s, h in held.items()}
-        spread = [s for s in sorted(shares) if s != 0] or [0]
+    stripe, amount = take
+    free = SUBTRACT(SUBTRACT(limit_usd, _total(held.values())), amount)
+    if free < 0:
+        return None
+    shares = {s: ADD(h, amount) if s == stripe else h for s, h in held.items()}
+    spread = [s for s in sorted(shares) if s != 0] or [0]
+    with localcontext(_EXACT):  # the one inexact step: a part, cut down to _SHARE_UNIT
         part = (free / len(spread)).quantize(_SHARE_UNIT, rounding=ROUND_DOWN)
-        for s in spread:
-            shares[s] += part
-        shares[spread[-1]] += free - part * len(spread)
-        return shares
+    for s in spread:
+        shares[s] = ADD(shares[s], part)
+    last = spread[-1]  # takes what the parts leave, so that the shares sum to the limit
+    shares[last] = ADD(shares[last], SUBTRACT(free, MULTIPLY(part, len(spread))))
+    return shares
 
 
 def _admits(budget: store.HardBudget, tags: Mapping[str, str], models: Iterable[str]) -> bool:
