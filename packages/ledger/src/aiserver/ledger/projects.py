@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import asyncpg
+
+from aiserver.core_db.errors import InvalidInput
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import store as budget_store
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.reservations import MAX_TTL
+from aiserver.ledger.budgets.store import Budget
 from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
 from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.spend.store import rollups
@@ -22,8 +30,6 @@ from aiserver.ledger.store import Project
 from aiserver.ledger.text import has_control
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from aiserver.core_db.connections import DbConnection
     from aiserver.ledger.authentication import Keyring
 
@@ -32,8 +38,16 @@ TAG_KEY: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_ROLLUP_TAGS: Final = 4
 MAX_NAME: Final = 200
 
+#: Attempts of a change that PostgreSQL rolled back to break a deadlock (see `change_project`).
+_CHANGE_ATTEMPTS: Final = 3
+
 #: Enqueues `REBUILD_JOB` (`aiserver.ledger.jobs`) for a project: (project id, job id).
 EnqueueRebuild = Callable[[int, str], Awaitable[object]]
+
+
+class ReservationsHeld(InvalidInput, status=409, slug="reservations-held"):
+    """409 reservations-held: a time zone change refused while reservations hold amounts on
+    the windows it would make again (kept here, beside the one change that raises it)."""
 
 
 def _check_slug(slug: str) -> None:
@@ -145,6 +159,7 @@ async def change_project(
     archived: bool | None = None,
     keyring: Keyring | None = None,
     enqueue_rebuild: EnqueueRebuild | None = None,
+    now: datetime | None = None,
 ) -> Project:
     """Change a project's name, time zone or rolled-up tag keys (its `admin` keys and the
     operator), or archive or restore it (the operator only: an archived project's keys refuse
@@ -155,28 +170,129 @@ async def change_project(
     (`enqueue_rebuild`, `aiserver.ledger.spend.rebuild`) before the COMMIT: when the queue is
     down the change fails whole, so a change never stands without its rebuild on the way (the
     rebuild waits for the change's COMMIT, and one whose change rolled back rebuilds the same
-    rollups again). A change of the time zone sums the daily rollups again for its days, in
-    the same transaction."""
+    rollups again). A change of the time zone sums the daily rollups again for its days, and
+    makes the windows of its `day`, `week` and `month` budgets again in the new zone (see
+    `_change_windows`), in the same transaction; `ReservationsHeld` while a reservation holds
+    an amount on one of those windows. `now`: the instant whose windows are made (tests)."""
     if name is not None:
         check_name(name)
     if time_zone is not None:
         check_time_zone(time_zone)
     tags = None if rollup_tags is None else _check_rollup_tags(rollup_tags)
     access.require("admin")
+    for attempt in range(1, _CHANGE_ATTEMPTS + 1):
+        try:
+            changed = await _change_once(
+                pool, access, slug, name=name, time_zone=time_zone, rollup_tags=tags,
+                archived=archived, enqueue_rebuild=enqueue_rebuild,
+                now=now or datetime.now(UTC),
+            )  # fmt: skip
+            break
+        except asyncpg.DeadlockDetectedError:
+            # A zone change takes the project's row, then its rollup lock; a rebuild of its
+            # rollups takes them the other way round (`spend.rebuild`), and PostgreSQL broke
+            # the deadlock by rolling this transaction back whole: change it again.
+            if attempt == _CHANGE_ATTEMPTS:
+                raise
+    else:  # pragma: no cover - the last attempt breaks or raises
+        raise AssertionError("unreachable")
+    if keyring is not None:  # after the COMMIT, once: the project as it stands
+        keyring.cache.forget_project(changed.id)
+    return changed
+
+
+async def _change_once(
+    pool: asyncpg.Pool,
+    access: Access,
+    slug: str,
+    *,
+    name: str | None,
+    time_zone: str | None,
+    rollup_tags: tuple[str, ...] | None,
+    archived: bool | None,
+    enqueue_rebuild: EnqueueRebuild | None,
+    now: datetime,
+) -> Project:
+    """One attempt of `change_project`, in one transaction.
+
+    Locks, in the one order that reprices take them too: the project's row, then its rollup
+    lock (exclusive, holding off its folds and reprices while its daily rollups are summed
+    again). The row is taken FOR UPDATE when the project has budgets, so that no usage is
+    written to their windows while they are made again (ingest and reprices take it FOR KEY
+    SHARE); without budgets FOR NO KEY UPDATE, as the UPDATE would, and usage flows on."""
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, slug)
         if archived is not None:
             access.require_operator()
+        budgets: list[Budget] = []
+        if time_zone is not None:
+            # the row first: another change of it, and creating or deleting a budget, wait from
+            # here on, so the zone and budgets read next stay as they are until the COMMIT
+            await budget_store.hold_project(conn, project.id)
+            project = await find_project(conn, access, slug)  # as a change just committed left it
+            if time_zone != project.time_zone:
+                budgets = await budget_store.read_budgets(conn, project.id)
+                if budgets:  # ingest and reprices wait from here on
+                    await budget_store.lock_project(conn, project.id)
         zone_changed = time_zone is not None and time_zone != project.time_zone
-        if zone_changed:  # held off: the project's folds and reprices (its rollup lock)
-            await rollups.lock_project(conn, project.id)
+        if zone_changed:
+            await _refuse_held(conn, project, budgets)
+            await rollups.lock_project(conn, project.id)  # after the row: see above
         changed = await store.update_project(
-            conn, project.id, name=name, time_zone=time_zone, rollup_tags=tags, archived=archived
-        )
+            conn, project.id, name=name, time_zone=time_zone, rollup_tags=rollup_tags,
+            archived=archived,
+        )  # fmt: skip
         if zone_changed:  # the daily rollups are days of its clock: summed again for the new one
             await rollups.resum_daily(conn, project.id)
+            await _change_windows(conn, changed, budgets, now)
         if enqueue_rebuild is not None and set(changed.rollup_tags) != set(project.rollup_tags):
             await enqueue_rebuild(changed.id, rebuild_job_id(changed.id, changed.updated_at))
-    if keyring is not None:
-        keyring.cache.forget_project(changed.id)
     return changed
+
+
+def _zoned(budgets: Sequence[Budget]) -> list[Budget]:
+    """The budgets whose windows are days, weeks or months of the project's clock (a `total`
+    budget has one window for all time, whatever the zone)."""
+    return [b for b in budgets if b.period != "total"]
+
+
+async def _refuse_held(conn: DbConnection, project: Project, budgets: Sequence[Budget]) -> None:
+    """`ReservationsHeld` when a held reservation holds an amount on a window of the budgets
+    whose windows a zone change makes again: its amount is held on the window of the old zone,
+    and releasing or settling it gives it back there."""
+    zoned = _zoned(budgets)
+    if not zoned:
+        return
+    held, last_expiry = await budget_store.held_reservations(
+        conn, project.id, [b.id for b in zoned]
+    )
+    if held:
+        until = "" if last_expiry is None else f" (the last by {last_expiry.isoformat()})"
+        raise ReservationsHeld(
+            f"project {project.slug!r} has {held} reservation{'s' if held != 1 else ''} held on "
+            "its budgets' windows, which a time zone change makes again: release them, or wait "
+            f"for them to expire{until}, at most {_hours(MAX_TTL)} hours after they were made; "
+            "then change the time zone. Nothing was changed."
+        )
+
+
+def _hours(span: timedelta) -> int:
+    return int(span.total_seconds()) // 3600
+
+
+async def _change_windows(
+    conn: DbConnection, project: Project, budgets: Sequence[Budget], now: datetime
+) -> None:
+    """After a change of the project's time zone (its row locked FOR UPDATE: no usage is being
+    written): each `day`, `week` or `month` budget's windows were keyed by the starts of the old
+    zone's periods. They all go, and the current window in the new zone is made from the
+    project's recorded events in it, as a budget created now would start (a window of the past
+    is not made again). Alerts raised stay; a threshold the new window is past already does not
+    alert again, as only an addition that carries a window past a threshold alerts."""
+    zoned = _zoned(budgets)
+    if not zoned:
+        return
+    await budget_store.delete_windows(conn, project.id, [b.id for b in zoned])
+    for budget in zoned:
+        start, end = window_of(budget.period, project.time_zone, now)  # type: ignore[arg-type]
+        await budget_store.fill_window(conn, budget, start, end)

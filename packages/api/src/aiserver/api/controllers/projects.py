@@ -147,7 +147,7 @@ class ProjectController(Controller):
         "/{project:str}",
         status_code=HTTP_200_OK,
         summary="Change a project: name, time zone, rolled-up tag keys; archive (operator)",
-        responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
     )
     async def change_project(
         self,
@@ -159,7 +159,9 @@ class ProjectController(Controller):
         """A key with the `admin` scope, or the operator; archiving (`archived`) is the
         operator's. Every API process sees an archiving within API_KEY_CACHE_SECONDS; this one
         at once. A change of the rolled-up tag keys enqueues a rebuild of the project's
-        rollups (docs/rollups.md)."""
+        rollups (docs/rollups.md). A change of the time zone makes the current windows of its
+        day, week and month budgets again in the new zone, and is refused (409
+        reservations-held) while a reservation holds an amount on one of them (docs/budgets.md)."""
         redis: ArqRedis = request.app.state.redis
 
         async def enqueue_rebuild(project_id: int, job_id: str) -> None:

@@ -333,3 +333,52 @@ async def lock_project(conn: DbConnection, project_id: int) -> None:
     written meanwhile (ingest and a reprice take it FOR KEY SHARE), and no other budget of it is
     created or deleted."""
     await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+
+
+async def hold_project(conn: DbConnection, project_id: int) -> None:
+    """Take the project's row FOR NO KEY UPDATE (what its UPDATE takes), until the transaction
+    ends: no budget of it is created or deleted meanwhile, while usage is still written (ingest
+    and a reprice take the row FOR KEY SHARE, which does not wait for this lock)."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE", project_id)
+
+
+async def held_reservations(
+    conn: DbConnection, project_id: int, budget_ids: Sequence[int]
+) -> tuple[int, datetime | None]:
+    """How many of the project's reservations are held (expired or not, until the sweep ends
+    them) on a window of any of `budget_ids`, and when the last of them expires. The SQL of
+    reservations is `reservations.store`'s; this one asks about windows, for a change of them."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS held, max(expires_at) AS last_expiry FROM budget_reservations
+        WHERE project_id = $1 AND state = 'held' AND budget_ids && $2::bigint[]
+        """,
+        project_id,
+        list(budget_ids),
+    )
+    assert row is not None  # an aggregate always returns a row
+    return int(row["held"]), row["last_expiry"]
+
+
+async def delete_windows(conn: DbConnection, project_id: int, budget_ids: Sequence[int]) -> int:
+    """Delete every window (all stripes) of the project's `budget_ids`; how many rows went.
+    In key order, the one order in which `budget_windows` rows are locked."""
+    deleted: int = await conn.fetchval(
+        """
+        WITH doomed AS (
+            SELECT budget_id, window_start, stripe FROM budget_windows
+            WHERE project_id = $1 AND budget_id = ANY($2::bigint[])
+            ORDER BY budget_id, window_start, stripe
+            FOR UPDATE
+        ), gone AS (
+            DELETE FROM budget_windows AS w USING doomed AS d
+            WHERE w.project_id = $1 AND w.budget_id = d.budget_id
+              AND w.window_start = d.window_start AND w.stripe = d.stripe
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+        """,
+        project_id,
+        list(budget_ids),
+    )
+    return deleted
