@@ -3,9 +3,11 @@
 It listens on 127.0.0.1 (by default), and for each alert the task runner sends it prints what
 crossed and whether the `Aiserver-Signature` verifies with the budget's secret. It answers 204
 to a request it verified and 401 to one it could not, so the task runner retries an attempt
-that was not signed with that secret. Give the task runner (and the API, which checks the
-target when the budget is saved) `WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a
-loopback address is refused otherwise (`hatch run dev` sets it for its own services).
+that was not signed with that secret. A request without a Content-Length in digits, or whose
+body is not a JSON object, gets 400, and a body over 64 KiB 413 (with the reason, also printed
+on stderr). Give the task runner (and the API, which checks the target when the budget is
+saved) `WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a loopback address is refused
+otherwise (`hatch run dev` sets it for its own services).
 
 It is a tool to see alerts arrive and to check a secret, not a production receiver: yours
 should keep the alert ids it has handled (delivery is at least once) and answer quickly.
@@ -31,7 +33,9 @@ MAX_BODY: Final = 64 * 1024
 
 def describe(alert: dict[str, Any], verified: bool) -> str:
     """One line about a delivered alert, for a person."""
-    body = alert.get("alert") or {}
+    body = alert.get("alert")
+    if not isinstance(body, dict):
+        body = {}
     window = f"{body.get('window_start')} to {body.get('window_end') or 'no end (total)'}"
     return (
         f"alert {body.get('id')}: budget {body.get('budget_name')!r} of project "
@@ -40,6 +44,18 @@ def describe(alert: dict[str, Any], verified: bool) -> str:
         f"{window}; attempt {alert.get('attempt')}, delivery {alert.get('delivery_id')}; "
         + ("signature verified" if verified else "SIGNATURE NOT VERIFIED (answered 401)")
     )
+
+
+def content_length(value: str | None) -> int | None:
+    """The length a Content-Length header gives, or None when it is missing or not written in
+    ASCII digits (str.isdigit alone is true of "²", which int() refuses); more than `MAX_BODY`
+    when it has more digits than int() reads."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    try:
+        return int(value)
+    except ValueError:  # thousands of digits
+        return MAX_BODY + 1
 
 
 def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool) -> int:
@@ -51,19 +67,34 @@ def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool
     verified_alerts = 0
 
     class Handler(BaseHTTPRequestHandler):
+        def refuse(self, status: int, reason: str) -> None:
+            """Answer `status` with `reason` as plain text, and say it on stderr."""
+            print(f"answered {status} to a request: {reason}", file=sys.stderr, flush=True)
+            text = f"{reason}\n".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
         def do_POST(self) -> None:  # the name http.server calls
             nonlocal verified_alerts
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 <= length <= MAX_BODY:
-                self.send_response(413)
-                self.end_headers()
+            length = content_length(self.headers.get("Content-Length"))
+            if length is None:
+                self.refuse(400, "a Content-Length in ASCII digits is required")
+                return
+            if length > MAX_BODY:
+                self.refuse(413, f"the body is over {MAX_BODY} bytes")
                 return
             body = self.rfile.read(length)
-            verified = verify(secret, self.headers.get("Aiserver-Signature", ""), body)
             try:
                 alert = json.loads(body)
-            except ValueError:
-                alert = {}
+            except (ValueError, RecursionError):  # not UTF-8 or JSON; nested too deep
+                alert = None
+            if not isinstance(alert, dict):
+                self.refuse(400, "the body is not a JSON object")
+                return
+            verified = verify(secret, self.headers.get("Aiserver-Signature", ""), body)
             if as_json:
                 print(json.dumps({"verified": verified, **alert}), flush=True)
             else:
@@ -87,8 +118,8 @@ def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool
     with server:
         server.timeout = 0.5
         where = f"http://{host}:{server.server_address[1]}/"
-        print(f"receiving budget alerts at {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
-        try:
+        try:  # from the line on: a Ctrl-C right after it also stops quietly
+            print(f"receiving budget alerts at {where} (Ctrl-C stops)", file=sys.stderr, flush=True)
             while count is None or verified_alerts < count:
                 server.handle_request()
         except KeyboardInterrupt:

@@ -37,13 +37,25 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},{SCHEME}={digest(secret, t, body)}"
 
 
+def _number(value: str) -> int | None:
+    """`value` as a whole number when it is written in ASCII digits, else None. (str.isdigit
+    alone is true of "²", which int() refuses, and of "٣", which int() reads as 3; and int()
+    refuses more digits than sys.get_int_max_str_digits().)"""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    try:
+        return int(value)
+    except ValueError:  # thousands of digits
+        return None
+
+
 def _parse(header: str) -> tuple[int | None, list[str]]:
     """(t, [v1 digests]) of a header; t None when missing or not a number."""
     timestamp, digests = None, []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
+        if key == "t" and (number := _number(value)) is not None:
+            timestamp = number
         elif key == SCHEME:
             digests.append(value)
     return timestamp, digests
