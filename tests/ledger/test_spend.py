@@ -98,11 +98,14 @@ async def ledger(settings: Settings) -> AsyncIterator[Ledger]:
 
 # -- random events and the brute-force oracle ------------------------------------------------
 
-#: Where the events fall: around the daylight-saving changes of New York (Mar 8, Nov 1) and
-#: Berlin (Mar 29, Oct 25), and the last days before NOW.
+#: Where the events fall: around the daylight-saving changes of New York (Mar 8, Nov 1),
+#: Berlin (Mar 29, Oct 25) and Lord Howe (Apr 5, Oct 4: by half an hour), and the last days
+#: before NOW.
 SPANS = (
     (datetime(2026, 3, 6, tzinfo=UTC), datetime(2026, 3, 10, tzinfo=UTC)),
     (datetime(2026, 3, 27, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)),
+    (datetime(2026, 4, 3, tzinfo=UTC), datetime(2026, 4, 6, tzinfo=UTC)),
+    (datetime(2026, 10, 2, tzinfo=UTC), datetime(2026, 10, 5, tzinfo=UTC)),
     (datetime(2026, 10, 23, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)),
     (datetime(2026, 11, 28, tzinfo=UTC), NOW + timedelta(minutes=4)),
 )
@@ -513,6 +516,60 @@ def test_days_are_23_and_25_hours_long_on_the_daylight_saving_changes() -> None:
         "2026-10-25T01:00:00+02:00", "2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00",
         "2026-10-25T03:00:00+01:00", "2026-10-25T04:00:00+01:00",
     ]  # fmt: skip
+
+
+def test_hours_are_the_hours_of_a_clock_that_moves_by_half_an_hour() -> None:
+    lord_howe = ZoneInfo("Australia/Lord_Howe")  # +10:30, +11:00 in summer
+    for since, until, expected in [
+        (  # spring: 02:00+10:30 is 02:30+11:00, whose hour is half an hour long
+            datetime(2026, 10, 3, 13, 45, tzinfo=UTC), datetime(2026, 10, 3, 17, 10, tzinfo=UTC),
+            ["00:15+10:30", "01:00+10:30", "02:30+11:00", "03:00+11:00", "04:00+11:00",
+             "04:10+11:00"],
+        ),
+        (  # autumn: 02:00+11:00 is 01:30+10:30, which begins an hour of half an hour
+            datetime(2026, 4, 4, 13, 20, tzinfo=UTC), datetime(2026, 4, 4, 16, 40, tzinfo=UTC),
+            ["00:20+11:00", "01:00+11:00", "01:30+10:30", "02:00+10:30", "03:00+10:30",
+             "03:10+10:30"],
+        ),
+        (  # a window that begins inside the half-hour bucket
+            datetime(2026, 10, 3, 15, 40, tzinfo=UTC), datetime(2026, 10, 3, 16, 30, tzinfo=UTC),
+            ["02:40+11:00", "03:00+11:00", "03:30+11:00"],
+        ),
+        (
+            datetime(2026, 4, 4, 15, 10, tzinfo=UTC), datetime(2026, 4, 4, 15, 50, tzinfo=UTC),
+            ["01:40+10:30", "02:00+10:30", "02:20+10:30"],
+        ),
+    ]:  # fmt: skip
+        bounds = bucket_bounds(since, until, "hour", lord_howe)
+        local = [b.astimezone(lord_howe).isoformat(timespec="minutes") for b in bounds]
+        assert [at[11:] for at in local] == expected
+
+
+async def test_hour_buckets_around_lord_howe_s_half_hour_changes_are_exact(
+    ledger: Ledger,
+) -> None:
+    """Every 7 minutes an event around both changes of 2026; by hour of Lord Howe's clock, the
+    answers equal the events summed by hour of that clock (the half hours included)."""
+    rng = random.Random(41)
+    events = []
+    for start in (datetime(2026, 4, 4, 11, tzinfo=UTC), datetime(2026, 10, 3, 12, tzinfo=UTC)):
+        events += [
+            {**random_event(rng), "occurred_at": f"{start + i * timedelta(minutes=7):%FT%TZ}"}
+            for i in range(60)
+        ]
+    await ledger.record(ledger.project, events[::2])
+    await fold_all(ledger.pool)
+    await ledger.record(ledger.project, events[1::2])  # the tail, not folded
+    rows = await raw_events(ledger.pool, ledger.project)
+    for day in ("2026-04-04", "2026-10-03"):
+        for since, until in (("12:00", "18:00"), ("13:15", "16:45"), ("14:40", "15:50")):
+            for group_by in ([], ["model"]):
+                answer = await assert_exact(ledger, rows, {
+                    "since": f"{day}T{since}:00+00:00", "until": f"{day}T{until}:00+00:00",
+                    "tz": "Australia/Lord_Howe", "bucket": "hour", "group_by": group_by,
+                })  # fmt: skip
+                if (since, until) == ("12:00", "18:00"):  # the change's half hour is a bucket
+                    assert timedelta(minutes=30) in {b.end - b.start for b in answer.buckets}
 
 
 def test_weeks_start_on_monday_and_months_on_the_first_in_the_zone() -> None:

@@ -2,7 +2,9 @@
 
 - `bucket_bounds`: the boundaries of the hours, days, weeks (ISO: from Monday) or months of a
   zone's clock inside a window, in UTC. A day is 23 or 25 hours on a daylight-saving change;
-  the hour that repeats in autumn is two hour buckets.
+  the hour that repeats in autumn is two hour buckets. An hour bucket is an hour of the clock:
+  where the clock moves by half an hour (Australia/Lord_Howe) a bucket of half an hour is left
+  next to the change (01:30 to 02:00+10:30 when it goes back from 02:00+11:00).
 - `plan_ranges`: the window split into whole UTC hours that no boundary cuts (read from the
   hourly rollups and the outbox tail) and the parts of the hours that one cuts (a zone at
   +05:30, a window's edge at 10:20: read from raw events), so that every bucket is exact.
@@ -26,6 +28,7 @@ BUCKETS: Final = get_args(Bucket)
 #: The most buckets one answer holds (hours: about 416 days).
 MAX_BUCKETS: Final = 10_000
 HOUR: Final = timedelta(hours=1)
+_TICK: Final = timedelta(microseconds=1)
 
 
 def bucket_bounds(
@@ -54,11 +57,30 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
 
+def _offset_change(after: datetime, until: datetime, zone: ZoneInfo) -> datetime | None:
+    """The first instant in (after, until] at which the zone's UTC offset is no longer the one
+    it has at `after` (None if it is the same at `until`; the window is at most an hour, which
+    holds at most one change)."""
+    before = after.astimezone(zone).utcoffset()
+    if until.astimezone(zone).utcoffset() == before:
+        return None
+    low, high = after, until  # the offset at `low` is `before`, at `high` it is not
+    while high - low > _TICK:
+        middle = low + (high - low) // 2
+        if middle.astimezone(zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 def _bucket_start(at: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
     local = at.astimezone(zone)
     if bucket == "hour":
+        # the last start of an hour of the clock, or its last change (Lord Howe moves by half
+        # an hour: 02:30+11:00 begins a bucket)
         into = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
-        return at - into
+        return _offset_change(at - into, at, zone) or at - into
     day = local.date()
     if bucket == "week":
         day -= timedelta(days=day.weekday())
@@ -70,7 +92,12 @@ def _bucket_start(at: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
 
 def _next_start(start: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
     if bucket == "hour":
-        return _bucket_start(start + HOUR, "hour", zone)
+        # the next time the clock is on the hour, unless its offset changes before: a change
+        # by half an hour (Lord Howe) leaves a bucket of half an hour next to it
+        local = start.astimezone(zone)
+        into = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+        on_the_hour = start - into + HOUR
+        return _offset_change(start, on_the_hour, zone) or on_the_hour
     day = start.astimezone(zone).date()
     if bucket == "day":
         return _midnight(day + timedelta(days=1), zone)
