@@ -8,6 +8,7 @@ the form, with what was typed kept.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -24,7 +25,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import BUCKETS
-from aiserver.ledger.spend.query import read_spend, spend_query, time_zone
+from aiserver.ledger.spend.query import MAX_TOP, read_spend, spend_query, time_zone
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
@@ -34,6 +35,7 @@ AnyRequest = Request[Any, Any, Any]
 FIELDS: Final = ("from", "to", "bucket", "tz", "group_by", "model", "provider", "status", "tag",
                  "top")  # fmt: skip
 DEFAULT_DAYS: Final = 7
+_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -88,9 +90,12 @@ class Question:
         """The ledger's answer; `InvalidField` saying what is wrong with the question."""
         top = None
         if self.top:
-            if not self.top.strip().isdigit():
+            # digits 0-9 only: str.isdigit() also passes "²", which int() refuses
+            digits = self.top.strip()
+            if not _DIGITS.fullmatch(digits):
                 raise InvalidField(f"top: {self.top[:20]!r} is not a whole number", ["top"])
-            top = int(self.top)
+            # more digits than int() reads (4,300) are just too many: spend_query names the range
+            top = int(digits) if len(digits.lstrip("0")) <= 9 else MAX_TOP + 1
         query = spend_query(
             project, since=self.since or None, until=self.until or None,
             bucket=self.bucket or None, tz=self.tz or None, group_by=self.group_by,

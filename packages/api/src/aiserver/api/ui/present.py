@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any, Final
@@ -41,20 +42,46 @@ def bucket_label(bucket: SpendBucket, kind: str | None) -> str:
     return f"{start:%Y-%m-%d %H:%M} to {bucket.end:%Y-%m-%d %H:%M}"
 
 
+def shown_value(value: object, *, joined: bool = False) -> str:
+    """A dimension's value as the pages write it: (none) for a null; a value that could be read
+    as something else in double quotes, JSON-escaped (the text "(none)" or "(other)", an empty
+    text, one that begins with a quote and, in a joined label, one holding a comma), so that
+    two different values never read the same."""
+    if value is None:
+        return NONE
+    text = str(value)
+    if text in (NONE, OTHER, "") or text.startswith('"') or (joined and "," in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
 def group_values(group: SpendGroup, group_by: Sequence[str]) -> list[str]:
     """The group's value of each dimension: (none) for a null, (other) for the rest."""
     if group.other or group.key is None:
         return [OTHER for _ in group_by]
-    return [NONE if group.key.get(name) is None else str(group.key[name]) for name in group_by]
+    return [shown_value(group.key.get(name)) for name in group_by]
 
 
 def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
+    """The group as a column's heading: its value, or `name=value, ...` for several dimensions
+    (each value as `shown_value` writes it: different groups never share a label)."""
     if not group_by:
         return TOTAL
-    values = group_values(group, group_by)
+    if group.other or group.key is None:
+        return OTHER
     if len(group_by) == 1:
-        return values[0]
-    return ", ".join(f"{name}={value}" for name, value in zip(group_by, values, strict=True))
+        return shown_value(group.key.get(group_by[0]))
+    return ", ".join(f"{name}={shown_value(group.key.get(name), joined=True)}" for name in group_by)
+
+
+GroupId = tuple[bool, tuple[object, ...]]
+
+
+def group_id(group: SpendGroup, group_by: Sequence[str]) -> GroupId:
+    """What tells one group from another (not its label): the rest, or its key's values."""
+    if group.other or group.key is None:
+        return (True, ())
+    return (False, tuple(group.key.get(name) for name in group_by))
 
 
 class Pivot(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,10 +104,13 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def pivot(answer: SpendAnswer) -> Pivot:
-    columns = [group_label(g, answer.group_by) for g in answer.groups]
+    """One column per group of the answer, found in each bucket by its identity (`group_id`):
+    the cells of a row are the API's costs of its groups, which add up to the row's total."""
+    group_by = answer.group_by
+    columns = [group_id(g, group_by) for g in answer.groups]
     rows = []
     for bucket in answer.buckets:
-        cost = {group_label(g, answer.group_by): g.cost for g in bucket.groups}
+        cost = {group_id(g, group_by): g.cost for g in bucket.groups}
         rows.append(
             (
                 bucket_label(bucket, answer.bucket),
@@ -88,7 +118,8 @@ def pivot(answer: SpendAnswer) -> Pivot:
                 bucket.total.cost,
             )
         )
-    return Pivot(columns=columns, rows=rows, currency=answer.currency)
+    labels = [group_label(g, group_by) for g in answer.groups]
+    return Pivot(columns=labels, rows=rows, currency=answer.currency)
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
