@@ -421,6 +421,39 @@ async def test_a_window_that_commits_took_past_its_limit_admits_no_reservation(
     assert await window(pool, access, limited) == (Decimal("0.014994"), Decimal("0.001"))
 
 
+async def test_a_reservation_waiting_behind_a_time_zone_change_holds_on_the_new_zone_s_window(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """The slow way reads the project's zone with its row taken FOR KEY SHARE: a reservation
+    that arrives while a zone change holds the row waits, then holds on the window of the zone
+    the change committed, not on the old zone's (which the change has dropped)."""
+    await budget(pool, access, "1")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the Berlin window, cut
+    project_id = access.project_id or 0
+    reservations._ZONES.pop(project_id, None)  # the slow way: this process knows no zone
+    async with pool.acquire() as changer:
+        changing = changer.transaction()
+        await changing.start()
+        await changer.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        await changer.execute(
+            "UPDATE projects SET time_zone = 'Pacific/Kiritimati' WHERE id = $1", project_id
+        )
+        reserving = asyncio.create_task(reserve(pool, access, amount=Decimal("0.1"), now=NOW))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        async with asyncio.timeout(30):
+            while not await pool.fetchval(waiting):
+                await asyncio.sleep(0.01)
+        assert not reserving.done()
+        await changing.commit()
+        made = await reserving
+    (hold,) = made.holds
+    assert hold.window_start == window_of("day", "Pacific/Kiritimati", NOW)[0]
+    assert hold.window_start != window_of("day", "Europe/Berlin", NOW)[0]
+
+
 async def test_a_changed_limit_binds_the_next_reservation(
     pool: asyncpg.Pool, access: Access
 ) -> None:

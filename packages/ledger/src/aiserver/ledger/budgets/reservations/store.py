@@ -56,13 +56,17 @@ class Held:
 
 
 async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[HardBudget]]:
-    """The project's time zone and its hard budgets, by id; LookupError without the project."""
+    """The project's time zone and its hard budgets, by id; LookupError without the project.
+    The project's row is taken FOR KEY SHARE (as ingest takes it, and as the reservation's
+    foreign key would): a change of its time zone, which holds it FOR UPDATE while it makes the
+    windows again, is waited for, and the zone read is the one it committed."""
     rows = await conn.fetch(
         """
         SELECT p.time_zone, b.id, b.name, b.tags::text AS tags, b.model, b.period, b.limit_usd
         FROM projects AS p LEFT JOIN budgets AS b ON b.project_id = p.id AND b.hard
         WHERE p.id = $1
         ORDER BY b.id
+        FOR KEY SHARE OF p
         """,
         project_id,
     )
