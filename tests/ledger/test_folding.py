@@ -6,6 +6,7 @@ ones ingest writes; the expected rollups are summed in Python from the stored ev
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -260,6 +261,49 @@ async def test_rebuilding_twice_gives_the_same_rollups(ledger: Ledger) -> None:
     assert (first.events, first.kept, first.rollup_tags) == (300, 0, ("env",))
     assert once == await stored_rollups(ledger.pool, ledger.project_id)
     assert once == await expected(ledger, ("env",))
+
+
+async def test_a_rebuild_that_deadlocks_with_a_time_zone_change_is_made_again(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """A zone change takes the project's row FOR UPDATE and then its rollup lock; a rebuild
+    takes them the other way round. Here the rebuild waits first, so PostgreSQL breaks the
+    deadlock by failing the rebuild: it runs again once the change is through."""
+    await record(ledger.pool, ledger.project_id, random_events(11, 50))
+    async with ledger.pool.acquire() as conn:
+        await fold_all(conn)
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query ILIKE '%FOR SHARE%'"
+    )
+    changing = await asyncpg.connect(settings.core.database_url)
+    try:
+        await changing.execute("SET deadlock_timeout = '20s'")  # the rebuild looks first
+        async with ledger.pool.acquire() as conn:
+            with capture_logs() as logs:
+                async with changing.transaction():  # a zone change's first steps, one by one
+                    await changing.execute(
+                        "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", ledger.project_id
+                    )
+                    rebuilding = asyncio.create_task(rebuild_rollups(conn, ledger.project_id))
+                    async with asyncio.timeout(30):
+                        while not await ledger.pool.fetchval(waiting):
+                            await asyncio.sleep(0.01)
+                    # the deadlock: PostgreSQL fails the rebuild, whose lock this then gets
+                    await lock_project(changing, ledger.project_id)
+                    assert not rebuilding.done()  # tried again: waits for the change's COMMIT
+                result = await asyncio.wait_for(rebuilding, 30)
+    finally:
+        await changing.close()
+    assert result is not None
+    assert result.events == 50
+    assert [e["event"] for e in logs] == [
+        "rollup rebuild deadlocked; trying again",
+        "rollups rebuilt",
+    ]
+    assert await stored_rollups(ledger.pool, ledger.project_id) == await expected(
+        ledger, ROLLUP_TAGS
+    )
 
 
 async def test_a_rebuild_of_a_project_that_is_gone_does_nothing(ledger: Ledger) -> None:

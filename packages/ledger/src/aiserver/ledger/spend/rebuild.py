@@ -23,7 +23,9 @@ Running it again is harmless: it computes the same rollups.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
 
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.pricing.usage import CHOICE_FIELDS
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
 
 log = get_logger(__name__)
+
+#: Attempts of a rebuild that PostgreSQL rolled back to break a deadlock (`rebuild_rollups`).
+_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +60,28 @@ class RebuildResult:
 
 async def rebuild_rollups(conn: DbConnection, project_id: int) -> RebuildResult | None:
     """Make the project's rollups again for its rolled-up keys as they are now, in one
-    transaction; None when the project does not exist (any more)."""
-    async with conn.transaction():
-        await store.lock_project(conn, project_id)
-        tags = await store.locked_rollup_tags(conn, project_id)
-        if tags is None:
-            return None
-        done = await store.rebuild(conn, project_id, tags, CHOICE_FIELDS)
-        await store.resum_daily(conn, project_id)
-        await store.mark_rolled_up(conn, project_id, tags)
+    transaction; None when the project does not exist (any more).
+
+    It takes the project's rollup lock, then its row FOR SHARE; a change of the project's time
+    zone takes the row, then the rollup lock. PostgreSQL breaks such a deadlock by rolling one
+    of them back, and either one tries again (`_ATTEMPTS`): a rebuild is never lost to it."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                await store.lock_project(conn, project_id)
+                tags = await store.locked_rollup_tags(conn, project_id)
+                if tags is None:
+                    return None
+                done = await store.rebuild(conn, project_id, tags, CHOICE_FIELDS)
+                await store.resum_daily(conn, project_id)
+                await store.mark_rolled_up(conn, project_id, tags)
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _ATTEMPTS:
+                raise
+            log.warning("rollup rebuild deadlocked; trying again", project_id=project_id)
+    else:  # pragma: no cover - the last attempt breaks or raises
+        raise AssertionError("unreachable")
     result = RebuildResult(
         project_id=project_id,
         rollup_tags=tuple(tags),
