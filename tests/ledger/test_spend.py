@@ -402,6 +402,39 @@ async def test_daily_rollups_follow_the_project_s_time_zone_and_answer_exactly_i
     ledger.project = project
 
 
+async def test_a_read_planned_with_a_key_since_taken_out_of_the_rollups_sums_raw_events(
+    ledger: Ledger,
+) -> None:
+    """A question planned with the project as it was (team rolled up) and read after team was
+    taken out of the rollups and an event folded without it: the rollups can no longer say the
+    event's team, so the read sums the window from raw events and says so."""
+    from aiserver.ledger import projects
+    from aiserver.ledger.access import Access
+
+    stale = ledger.project  # rolls up team and feature
+
+    async def enqueued(*_: object) -> None:
+        return None
+
+    await projects.change_project(
+        ledger.pool, Access.operator(), "acme", rollup_tags=["feature"],
+        enqueue_rebuild=enqueued,
+    )  # fmt: skip
+    search = {"model": "gpt-x", "usage": {"input_tokens": 1000}, "tags": {"team": "search"},
+              "occurred_at": "2026-11-30T10:15:00Z"}  # fmt: skip
+    await ledger.record(ledger.project, [search])
+    await fold_all(ledger.pool)  # its rollup row has no team
+    window = {"since": "2026-11-30", "until": "2026-12-01"}
+    by_team = await ledger.spend(project=stale, group_by=["tag:team"], **window)
+    assert [(g.key, g.cost) for g in by_team.groups] == [({"tag:team": "search"}, "0.0011")]
+    assert (by_team.source, by_team.raw_hours) == ("raw_events", 0)
+    assert by_team.freshness.unfolded_events is None
+    assert by_team.source_note is not None
+    assert "changed while this was asked" in by_team.source_note
+    one_team = await ledger.spend(project=stale, tags=[("team", "search")], **window)
+    assert (one_team.total.cost, one_team.total.events) == ("0.0011", 1)
+
+
 def test_a_day_of_the_project_s_clock_is_read_as_a_day_when_it_lies_whole_in_one_bucket() -> None:
     kolkata = ZoneInfo("Asia/Kolkata")
     t = lambda day, hour: datetime(2026, 11, day, hour, tzinfo=UTC)  # noqa: E731

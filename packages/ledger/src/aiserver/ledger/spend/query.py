@@ -187,9 +187,14 @@ def _dimension(name: str) -> Dimension:
     return (name, None)  # type: ignore[return-value]  # model, provider or status
 
 
-def _unrolled(project: Project, query: SpendQuery) -> list[str]:
+def _tag_keys(query: SpendQuery) -> list[str]:
+    """The tag keys the question groups or filters by."""
     keys = [n.removeprefix(TAG_PREFIX) for n in query.group_by if n.startswith(TAG_PREFIX)]
-    keys += [key for key in query.tags if key not in keys]
+    return keys + [key for key in query.tags if key not in keys]
+
+
+def _unrolled(project: Project, query: SpendQuery) -> list[str]:
+    keys = _tag_keys(query)
     # a key added to rollup_tags is answered from rollups once a rebuild made them for it
     rolled = set(project.rollup_tags) & set(project.rolled_up_tags)
     return [key for key in keys if key not in rolled]
@@ -224,11 +229,17 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
         day_buckets=days.buckets,
         hourly=days.hourly,
         days_zone=project.time_zone,
+        rolled_tags=() if unrolled else tuple(_tag_keys(query)),
     )
     async with pool.acquire() as conn:
         read = await store.select_spend(conn, plan)
     note = None
-    if unrolled:
+    if read.raw_instead:
+        note = (
+            "the project's rolled-up tag keys changed while this was asked: summed from raw "
+            "events, which covers only the events still kept (USAGE_RETENTION_DAYS)"
+        )
+    elif unrolled:
         rolled = ", ".join(k for k in project.rollup_tags if k in project.rolled_up_tags)
         pending = [k for k in unrolled if k in project.rollup_tags]
         note = (
@@ -239,6 +250,6 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
         )
     return assemble(
         query, bounds, read, zone,
-        source="raw_events" if unrolled else "rollups", note=note,
-        raw_hours=ranges.cut_hours,
+        source="raw_events" if unrolled or read.raw_instead else "rollups", note=note,
+        raw_hours=0 if read.raw_instead else ranges.cut_hours,
     )  # fmt: skip

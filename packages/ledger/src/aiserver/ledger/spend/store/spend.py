@@ -82,6 +82,9 @@ class SpendPlan:
     day_buckets: list[int] = field(default_factory=list)
     hourly: list[tuple[datetime, datetime]] = field(default_factory=list)
     days_zone: str | None = None
+    # The tag keys the rolled hours are read by (grouped or filtered): valid while each is
+    # still rolled up (in the project's rollup_tags and rolled_up_tags).
+    rolled_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,9 @@ class SpendRead:
     rows: list[SpendRow]
     as_of: datetime  # the snapshot: every event committed before it is counted
     through_event_id: int | None  # the project's largest event id in the snapshot
+    # a tag key of the plan's rolled hours was no longer rolled up in the snapshot: the whole
+    # window was read from raw events instead
+    raw_instead: bool = False
 
 
 class _Statement:
@@ -244,10 +250,19 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
         (head,) = await conn.fetch(
             "SELECT now() AS as_of,"
             " (SELECT max(id) FROM usage_events WHERE project_id = $1) AS through,"
-            " (SELECT time_zone FROM projects WHERE id = $1) AS time_zone",
+            " p.time_zone, p.rollup_tags, p.rolled_up_tags"
+            " FROM (SELECT 1) AS one LEFT JOIN projects AS p ON p.id = $1",
             plan.project_id,
         )
-        if plan.days and head["time_zone"] != plan.days_zone:
+        rolled_up = set(head["rollup_tags"] or ()) & set(head["rolled_up_tags"] or ())
+        raw_instead = bool(plan.rolled) and not rolled_up.issuperset(plan.rolled_tags)
+        if raw_instead:
+            # a key the plan reads the rollups by was taken out of them since the plan was
+            # made (the rows folded since carry it no more): read the window from raw events
+            ranges = plan.rolled + plan.raw
+            window = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+            plan = replace(plan, rolled=[], raw=[window], days=[], day_buckets=[], hourly=[])
+        elif plan.days and head["time_zone"] != plan.days_zone:
             # the zone changed since the plan was made: the daily rows in this snapshot are
             # days of another clock, so read those hours hourly
             plan = replace(plan, days=[], day_buckets=[], hourly=[])
@@ -266,4 +281,6 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
         )
         for r in records
     ]
-    return SpendRead(rows=rows, as_of=head["as_of"], through_event_id=head["through"])
+    return SpendRead(
+        rows=rows, as_of=head["as_of"], through_event_id=head["through"], raw_instead=raw_instead
+    )
