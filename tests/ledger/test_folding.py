@@ -25,6 +25,7 @@ from aiserver.ledger.spend.rebuild import rebuild_rollups
 from aiserver.ledger.spend.store.rollups import lock_project
 
 from ..conftest import Settings
+from ..support.daily import assert_daily_agrees
 from ..support.rollups import (
     Key,
     Sums,
@@ -301,6 +302,51 @@ async def test_a_rebuild_that_deadlocks_with_a_time_zone_change_is_made_again(
         "rollup rebuild deadlocked; trying again",
         "rollups rebuilt",
     ]
+    assert await stored_rollups(ledger.pool, ledger.project_id) == await expected(
+        ledger, ROLLUP_TAGS
+    )
+
+
+async def test_a_fold_whose_project_changed_zone_mid_statement_folds_again_with_the_new_one(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """A fold statement reads the projects as of its snapshot, and takes a project's rollup lock
+    only when its claim reaches that project's rows. A time zone change that commits in between
+    (it holds the lock only while it sums the daily rollups again) would leave daily rows of the
+    old zone behind it: the fold sees that the project changed, rolls back and folds again."""
+    from aiserver.ledger.spend.folding import fold as fold_once
+
+    # outbox rows of project 0, before p's in key order and on disk (however the claim scans):
+    # about half a second here until it reaches p's
+    backlog = 300_000
+    await ledger.pool.execute(
+        "INSERT INTO usage_outbox (project_id, event_id, occurred_at)"
+        " SELECT 0, g, '2026-11-25T10:00:00Z' FROM generate_series(1, $1::int) AS g",
+        backlog,
+    )
+    recorded = await record(ledger.pool, ledger.project_id, random_events(12, 40))
+    folder = await asyncpg.connect(settings.core.database_url)
+    try:
+        await fold_once(folder, limit=0)  # prepared (and its types looked up) before the clock
+        with capture_logs() as logs:
+            folding = asyncio.create_task(fold_once(folder, limit=backlog + recorded))
+            started = (
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+                " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
+            )
+            async with asyncio.timeout(30):
+                while not await ledger.pool.fetchval(started, folder.get_server_pid()):
+                    await asyncio.sleep(0.005)
+            await change_project(ledger.pool, Access.operator(), "p", time_zone="Asia/Kolkata")
+            assert not folding.done(), "the fold ended before the change: make backlog larger"
+            result = await asyncio.wait_for(folding, 60)
+    finally:
+        await folder.close()
+    assert (result.events, result.orphaned) == (recorded, backlog)
+    assert "a project changed while its usage was folded; folding again" in [
+        e["event"] for e in logs
+    ]
+    assert await assert_daily_agrees(ledger.pool) > 0  # every day one of Kolkata's
     assert await stored_rollups(ledger.pool, ledger.project_id) == await expected(
         ledger, ROLLUP_TAGS
     )

@@ -37,6 +37,8 @@ log = get_logger(__name__)
 #: Outbox rows per batch: one transaction's locks and work stay small, and a fold that dies loses
 #: at most this much of its progress.
 FOLD_BATCH: Final = 5_000
+#: Tries of a batch whose projects changed while it was folded (`store.ProjectsChanged`).
+_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,17 @@ async def fold(conn: DbConnection, *, limit: int = FOLD_BATCH) -> FoldResult:
     """Fold up to `limit` outbox rows into the rollups, in one transaction (a savepoint when the
     caller has one open). Rows that another folder holds, and those of a project whose rollups
     are being rebuilt, are left for a later fold."""
-    async with conn.transaction():
-        batch = await store.fold_batch(conn, limit, CHOICE_FIELDS)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                batch = await store.fold_batch(conn, limit, CHOICE_FIELDS)
+            break
+        except store.ProjectsChanged:  # rolled back: fold again, with the projects as they are
+            if attempt == _ATTEMPTS:
+                raise
+            log.info("a project changed while its usage was folded; folding again")
+    else:  # pragma: no cover - the last attempt breaks or raises
+        raise AssertionError("unreachable")
     orphaned = batch.claimed - batch.folded
     if orphaned:
         log.warning(

@@ -172,8 +172,23 @@ FOLD: Final = f"""
     SELECT (SELECT count(*) FROM claimed) AS claimed,
            (SELECT count(*) FROM events) AS folded,
            (SELECT count(*) FROM upserted) AS rollups,
-           (SELECT count(*) FROM days) AS days
+           (SELECT count(*) FROM days) AS days,
+           -- the projects folded for, as this statement's snapshot saw them (`fold_batch`)
+           (SELECT array_agg(p.id ORDER BY p.id) FROM projects p
+            WHERE p.id IN (SELECT project_id FROM claimed)) AS project_ids,
+           (SELECT array_agg(p.time_zone ORDER BY p.id) FROM projects p
+            WHERE p.id IN (SELECT project_id FROM claimed)) AS zones,
+           (SELECT array_agg(p.rollup_tags::text ORDER BY p.id) FROM projects p
+            WHERE p.id IN (SELECT project_id FROM claimed)) AS rollup_tags
 """  # noqa: S608, E501  (constants only)
+
+#: How many of the projects a fold statement folded for no longer have the time zone and
+#: rolled-up keys its snapshot saw, read in a snapshot taken now.
+_CHANGED_SINCE: Final = """
+    SELECT count(*) FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u (id, zone, tags)
+    JOIN projects AS p ON p.id = u.id
+    WHERE p.time_zone <> u.zone OR p.rollup_tags::text <> u.tags
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +201,22 @@ class Batch:
     days: int  # daily rollup rows inserted or added to
 
 
+class ProjectsChanged(Exception):  # a signal, not an error
+    """A project a fold statement folded for changed its time zone or rolled-up keys after the
+    statement's snapshot: what it wrote is of the old ones, and must be rolled back."""
+
+
 async def fold_batch(conn: DbConnection, limit: int, not_counts: Sequence[str]) -> Batch:
-    """Fold up to `limit` outbox rows into the rollups (see `FOLD`), in the caller's transaction.
+    """Fold up to `limit` outbox rows into the rollups (see `FOLD`), in the caller's transaction;
+    `ProjectsChanged` (the caller rolls back and folds again) when a project it folded for
+    changed in between.
+
+    The statement reads the projects (time zone, rolled-up keys) as of its snapshot, taken when
+    it begins, and takes each project's rollup lock (shared, trying) only as its claim reaches
+    that project's rows. A change of those, which holds the lock exclusively, can commit in
+    between: the statement then wrote daily rows of the old zone, or hourly rows by the old
+    keys, after the change made them again. So it is checked after, in a snapshot of now, while
+    the locks the statement took keep any further change out until the COMMIT.
 
     Without JIT: the planner prices the statement by the LATERAL probes' estimates, high enough
     to compile it, and compiling took longer than the whole batch runs (1.7 s of 2.5 s for
@@ -195,6 +224,10 @@ async def fold_batch(conn: DbConnection, limit: int, not_counts: Sequence[str]) 
     await conn.execute("SET LOCAL jit = off")
     row = await conn.fetchrow(FOLD, limit, ROLLUP_LOCK_SPACE, list(not_counts))
     assert row is not None
+    if row["project_ids"] and await conn.fetchval(
+        _CHANGED_SINCE, row["project_ids"], row["zones"], row["rollup_tags"]
+    ):
+        raise ProjectsChanged
     return Batch(
         claimed=row["claimed"], folded=row["folded"], rollups=row["rollups"], days=row["days"]
     )
