@@ -24,14 +24,14 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.periods import FOREVER, window_of
 from aiserver.ledger.budgets.reservations import release, reserve
-from aiserver.ledger.errors import BudgetExceeded
-from aiserver.ledger.projects import ReservationsHeld
+from aiserver.ledger.errors import BudgetExceeded, ReservationsHeld
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import UsageRecorder
 
 from ..conftest import Settings
+from ..support.waits import waiting_for_a_lock
 from .test_ingest import T0, _row, catalog
 
 #: The last day of the month in UTC; already 1 January 2027 in Kiritimati (UTC+14).
@@ -262,19 +262,6 @@ async def test_a_week_window_is_made_in_the_new_zone_from_the_events_in_it(
     assert after.window.committed == ADD(COST, COST) == await events_cost(pool, start, end)
 
 
-async def _waiting_for_a_lock(pool: asyncpg.Pool, query: str) -> None:
-    """Until a backend running `query` (a prefix) waits for a lock; fails after 10 s."""
-    for _ in range(200):
-        if await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND datname = current_database() AND query LIKE $1",
-            f"{query}%",
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no statement {query!r} came to wait for a lock")
-
-
 async def test_a_change_that_deadlocks_with_a_rollup_rebuild_is_made_again(
     pool: asyncpg.Pool, access: Access, migrated_database_url: str
 ) -> None:
@@ -289,7 +276,7 @@ async def test_a_change_that_deadlocks_with_a_rollup_rebuild_is_made_again(
         async with rebuilding.transaction():  # what rebuild_rollups does first, step by step
             await rollups.lock_project(rebuilding, access.project_id or 0)
             changing = asyncio.create_task(change_zone(pool, access))
-            await _waiting_for_a_lock(pool, "SELECT pg_advisory_xact_lock(")
+            await waiting_for_a_lock(pool, "SELECT pg_advisory_xact_lock(")
             await rollups.locked_rollup_tags(rebuilding, access.project_id or 0)
         await asyncio.wait_for(changing, 30)
     finally:

@@ -5,6 +5,8 @@ AiserverError
     ├── InvalidField          422 invalid-request: a slug, name, time zone, tag key, scope
     │                             or expiry that is not allowed; `fields` names them
     ├── ProjectExists         409 project-exists: the slug is taken
+    ├── ReservationsHeld      409 reservations-held: a time zone change refused while
+    │                             reservations hold amounts on the windows it would remake
     ├── UnknownProject        404 unknown-project: none by that slug, or not yours (the
     │                             answer is the same, so it confirms nothing)
     ├── ProjectArchived       403 project-archived: an archived project's keys refuse all
@@ -60,6 +62,10 @@ class InvalidField(InvalidInput):
 
 
 class ProjectExists(InvalidInput, status=409, slug="project-exists"):
+    pass
+
+
+class ReservationsHeld(InvalidInput, status=409, slug="reservations-held"):
     pass
 
 

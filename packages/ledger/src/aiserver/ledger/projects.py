@@ -16,14 +16,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from aiserver.core_db.errors import InvalidInput
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.reservations import MAX_TTL
 from aiserver.ledger.budgets.store import Budget
-from aiserver.ledger.errors import InvalidField, ProjectExists, UnknownProject
+from aiserver.ledger.errors import InvalidField, ProjectExists, ReservationsHeld, UnknownProject
 from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.store import Project
@@ -43,11 +42,6 @@ _CHANGE_ATTEMPTS: Final = 3
 
 #: Enqueues `REBUILD_JOB` (`aiserver.ledger.jobs`) for a project: (project id, job id).
 EnqueueRebuild = Callable[[int, str], Awaitable[object]]
-
-
-class ReservationsHeld(InvalidInput, status=409, slug="reservations-held"):
-    """409 reservations-held: a time zone change refused while reservations hold amounts on
-    the windows it would make again (kept here, beside the one change that raises it)."""
 
 
 def _check_slug(slug: str) -> None:

@@ -55,11 +55,11 @@ def shown_value(value: object, *, joined: bool = False) -> str:
     return text
 
 
-def group_values(group: SpendGroup, group_by: Sequence[str]) -> list[str]:
-    """The group's value of each dimension: (none) for a null, (other) for the rest."""
+def group_values(group: SpendGroup, group_by: Sequence[str], *, joined: bool = False) -> list[str]:
+    """The group's value of each dimension (`shown_value`), (other) for the rest."""
     if group.other or group.key is None:
         return [OTHER for _ in group_by]
-    return [shown_value(group.key.get(name)) for name in group_by]
+    return [shown_value(group.key.get(name), joined=joined) for name in group_by]
 
 
 def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
@@ -69,9 +69,10 @@ def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
         return TOTAL
     if group.other or group.key is None:
         return OTHER
+    values = group_values(group, group_by, joined=len(group_by) > 1)
     if len(group_by) == 1:
-        return shown_value(group.key.get(group_by[0]))
-    return ", ".join(f"{name}={shown_value(group.key.get(name), joined=True)}" for name in group_by)
+        return values[0]
+    return ", ".join(f"{name}={value}" for name, value in zip(group_by, values, strict=True))
 
 
 GroupId = tuple[bool, tuple[object, ...]]

@@ -105,6 +105,8 @@ _OTHER_FIELDS: Final = tuple(
 #: as they are for most events, there is nothing to keep.
 _OTHER_VALUES: Final = operator.itemgetter(*(i for i, _, _ in _OTHER_FIELDS))
 _OTHER_DEFAULTS: Final = tuple(default for _, _, default in _OTHER_FIELDS)
+#: The request's order of accepted events (`_Accepted.index`).
+_BY_INDEX: Final = operator.attrgetter("index")
 #: How many rows COPY encodes between two looks at whether its connection is still open.
 _ROWS_PER_LOOK: Final = 64
 _NO_PARTITION: Final = "no partition of relation"
@@ -311,7 +313,7 @@ class UsageRecorder:
                         sums = window_sums(budgets, zone, spends)
                     settling = [  # in the request's order: its first event naming one settles it
                         reservations.Settling(a.event.key, claimed[a.event.key], named, _spend(a))
-                        for a in sorted(ordered, key=_index)
+                        for a in sorted(ordered, key=_BY_INDEX)
                         if (named := a.event.reservation_id) is not None and a.event.key in claimed
                     ]
                     done: set[str] = set()
@@ -396,10 +398,6 @@ def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
         at = entry.event.occurred_at
         firsts.setdefault((at.year, at.month) if at.tzinfo is UTC else at, at)
     return {month_of(at) for at in firsts.values()}
-
-
-def _index(entry: _Accepted) -> int:
-    return entry.index
 
 
 def _spend(entry: _Accepted) -> Spend:
