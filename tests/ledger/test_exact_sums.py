@@ -9,16 +9,13 @@ totals, and the budgets' window sums are checked here against PostgreSQL's exact
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import msgspec
-import pytest
 
-from aiserver.core_db.database import database, require_pool
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.pricing.exact import MULTIPLY
 from aiserver.ledger.access import Access
@@ -32,16 +29,13 @@ from aiserver.ledger.budgets.commits import (
 from aiserver.ledger.projects import find_project
 from aiserver.ledger.repricing.execution import execute_run
 from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
-from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.spend.query import read_spend, spend_query
-from aiserver.ledger.usage.bodies import decode_items
-from aiserver.ledger.usage.ingest import UsageRecorder
 
-from ..conftest import Settings
+from .test_ingest import ledger as ledger  # the fixture: a project on the test database
+from .test_ingest import record
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 OPERATOR = Access.operator()
 TOKENS = 1_234_567_891_234
 OLD_PRICE, NEW_PRICE = "1.0000000000000001e-07", "2.0000000000000002e-07"
@@ -68,24 +62,6 @@ def _raw(key: str, at: str, tokens: int = TOKENS) -> bytes:
     )
 
 
-@pytest.fixture
-async def ledger(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, int]]:
-    async with database(settings.core):
-        pool = require_pool()
-        project_id = await pool.fetchval(
-            "INSERT INTO projects (slug, name) VALUES ('p', 'P') RETURNING id"
-        )
-        yield pool, project_id
-
-
-async def _record(ledger: tuple[asyncpg.Pool, int], *raws: bytes) -> Any:
-    pool, project_id = ledger
-    items = decode_items(raws)
-    return await UsageRecorder(LedgerSettings()).record(
-        pool, project_id, items, catalog=OLD, raws=raws, now=NOW
-    )
-
-
 async def _spend_total(pool: asyncpg.Pool, **group: Any) -> Any:
     async with pool.acquire() as conn:
         project = await find_project(conn, OPERATOR, "p")
@@ -99,7 +75,7 @@ async def test_the_spend_answer_sums_costs_of_29_digits_exactly(
     ledger: tuple[asyncpg.Pool, int],
 ) -> None:
     hours = ("2026-11-25T10:20:00Z", "2026-11-25T11:20:00Z", "2026-11-26T09:00:00Z")
-    report = await _record(ledger, *(_raw(f"e{i}", at) for i, at in enumerate(hours)))
+    report = await record(ledger, OLD, *(_raw(f"e{i}", at) for i, at in enumerate(hours)))
     assert report.recorded == 3
     cost = Decimal(report.results[0].total)
     assert len(cost.as_tuple().digits) == 29  # more than the default context's 28
@@ -120,7 +96,7 @@ async def test_the_spend_answer_sums_costs_of_29_digits_exactly(
 async def test_a_reprice_corrects_rollups_and_totals_exactly(
     ledger: tuple[asyncpg.Pool, int],
 ) -> None:
-    report = await _record(ledger, _raw("big", "2026-11-25T10:20:00Z"))
+    report = await record(ledger, OLD, _raw("big", "2026-11-25T10:20:00Z"))
     old_cost = Decimal(report.results[0].total)
     pool, _ = ledger
     async with pool.acquire() as conn:

@@ -26,6 +26,7 @@ from aiserver.ledger.spend.store.rollups import lock_project
 
 from ..conftest import Settings
 from ..support.daily import assert_daily_agrees
+from ..support.folding import FOLD_CLAIM, outbox_backlog
 from ..support.rollups import (
     Key,
     Sums,
@@ -36,6 +37,7 @@ from ..support.rollups import (
     stored_events,
     stored_rollups,
 )
+from ..support.waits import running, waiting_for_a_lock
 
 ROLLUP_TAGS = ("team", "user")
 
@@ -273,10 +275,6 @@ async def test_a_rebuild_that_deadlocks_with_a_time_zone_change_is_made_again(
     await record(ledger.pool, ledger.project_id, random_events(11, 50))
     async with ledger.pool.acquire() as conn:
         await fold_all(conn)
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND query ILIKE '%FOR SHARE%'"
-    )
     changing = await asyncpg.connect(settings.core.database_url)
     try:
         await changing.execute("SET deadlock_timeout = '20s'")  # the rebuild looks first
@@ -287,9 +285,7 @@ async def test_a_rebuild_that_deadlocks_with_a_time_zone_change_is_made_again(
                         "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", ledger.project_id
                     )
                     rebuilding = asyncio.create_task(rebuild_rollups(conn, ledger.project_id))
-                    async with asyncio.timeout(30):
-                        while not await ledger.pool.fetchval(waiting):
-                            await asyncio.sleep(0.01)
+                    await waiting_for_a_lock(ledger.pool, "SELECT rollup_tags FROM projects")
                     # the deadlock: PostgreSQL fails the rebuild, whose lock this then gets
                     await lock_project(changing, ledger.project_id)
                     assert not rebuilding.done()  # tried again: waits for the change's COMMIT
@@ -314,29 +310,15 @@ async def test_a_fold_whose_project_changed_zone_mid_statement_folds_again_with_
     only when its claim reaches that project's rows. A time zone change that commits in between
     (it holds the lock only while it sums the daily rollups again) would leave daily rows of the
     old zone behind it: the fold sees that the project changed, rolls back and folds again."""
-    from aiserver.ledger.spend.folding import fold as fold_once
-
-    # outbox rows of project 0, before p's in key order and on disk (however the claim scans):
-    # about half a second here until it reaches p's
-    backlog = 300_000
-    await ledger.pool.execute(
-        "INSERT INTO usage_outbox (project_id, event_id, occurred_at)"
-        " SELECT 0, g, '2026-11-25T10:00:00Z' FROM generate_series(1, $1::int) AS g",
-        backlog,
-    )
+    backlog = 300_000  # written before p's events: ahead of them on disk too
+    await outbox_backlog(ledger.pool, backlog)
     recorded = await record(ledger.pool, ledger.project_id, random_events(12, 40))
     folder = await asyncpg.connect(settings.core.database_url)
     try:
-        await fold_once(folder, limit=0)  # prepared (and its types looked up) before the clock
+        await fold(folder, limit=0)  # prepared (and its types looked up) before the clock
         with capture_logs() as logs:
-            folding = asyncio.create_task(fold_once(folder, limit=backlog + recorded))
-            started = (
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
-                " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
-            )
-            async with asyncio.timeout(30):
-                while not await ledger.pool.fetchval(started, folder.get_server_pid()):
-                    await asyncio.sleep(0.005)
+            folding = asyncio.create_task(fold(folder, limit=backlog + recorded))
+            await running(ledger.pool, folder, FOLD_CLAIM)
             await change_project(ledger.pool, Access.operator(), "p", time_zone="Asia/Kolkata")
             assert not folding.done(), "the fold ended before the change: make backlog larger"
             result = await asyncio.wait_for(folding, 60)

@@ -37,6 +37,7 @@ from aiserver.ledger.repricing.runs import (
     show_run,
 )
 from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.spend.folding import fold as fold_once
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.taskrunner.health import QUEUE_NAME
@@ -44,9 +45,11 @@ from aiserver.taskrunner.worker import worker_options
 
 from ..conftest import Settings, child_env, replace_settings, taskrunner_settings
 from ..support.catalog import document, models
+from ..support.folding import FOLD_CLAIM, outbox_backlog
 from ..support.processes import run_module
 from ..support.reprice_rollups import expected_rollups, fold, rollups
 from ..support.upstream import Upstream
+from ..support.waits import running
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 T1 = datetime(2026, 11, 20, tzinfo=UTC)  # gpt-x's price changes here; gpt-y's first price
@@ -336,22 +339,12 @@ async def test_a_fold_that_began_before_a_reprice_committed_never_folds_the_old_
     price; the reprice left the rollups to the fold). The reprice gives them new rows, so the
     fold finds the old ones deleted and skips them; the next fold folds the new prices."""
     await record(ledger.pool, ledger.p, RECORDED_WITH, *(raw(c) for c in CALLS))
-    await ledger.pool.execute(
-        "INSERT INTO usage_outbox (project_id, event_id, occurred_at)"
-        " SELECT 0, g, '2026-11-25T10:00:00Z' FROM generate_series(1, $1::int) AS g",
-        BACKLOG,
-    )
+    await outbox_backlog(ledger.pool, BACKLOG)
     run = await request_reprice(ledger.pool, OPERATOR, RepriceRequest(project="p", dry_run=False))
     folder = await asyncpg.connect(settings.core.database_url)
     try:
-        folding = asyncio.create_task(folded(folder, limit=BACKLOG + len(CALLS)))
-        started = (
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
-            " AND query LIKE '%FOR UPDATE SKIP LOCKED%'"
-        )
-        async with asyncio.timeout(30):
-            while not await ledger.pool.fetchval(started, folder.get_server_pid()):
-                await asyncio.sleep(0.005)
+        folding = asyncio.create_task(fold_once(folder, limit=BACKLOG + len(CALLS)))
+        await running(ledger.pool, folder, FOLD_CLAIM)
         assert await execute_run(ledger.pool, run.id, TODAY, batch_size=10) is RunOutcome.DONE
         assert not folding.done(), "the fold ended before the reprice: make BACKLOG larger"
         result = await folding
@@ -368,12 +361,6 @@ async def test_a_fold_that_began_before_a_reprice_committed_never_folds_the_old_
         assert await conn.fetchval("SELECT sum(cost) FROM usage_rollups") == sum(
             c.new for c in CALLS
         )
-
-
-async def folded(conn: asyncpg.Connection, *, limit: int) -> Any:
-    from aiserver.ledger.spend.folding import fold as fold_once
-
-    return await fold_once(conn, limit=limit)
 
 
 async def test_a_reprice_waits_for_a_rebuild_in_flight_and_then_moves_the_rebuilt_rollups(

@@ -28,6 +28,7 @@ from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import EventResult, UsageRecorder
 
 from ..conftest import Settings
+from ..support.waits import waiting_for_a_lock
 from .test_ingest import T0, _row, catalog
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -439,13 +440,7 @@ async def test_a_reservation_waiting_behind_a_time_zone_change_holds_on_the_new_
             "UPDATE projects SET time_zone = 'Pacific/Kiritimati' WHERE id = $1", project_id
         )
         reserving = asyncio.create_task(reserve(pool, access, amount=Decimal("0.1"), now=NOW))
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        async with asyncio.timeout(30):
-            while not await pool.fetchval(waiting):
-                await asyncio.sleep(0.01)
+        await waiting_for_a_lock(pool)
         assert not reserving.done()
         await changing.commit()
         made = await reserving
@@ -650,20 +645,6 @@ async def test_a_time_zone_changed_elsewhere_moves_the_next_reservation_to_its_w
     assert again.holds[0].window_start == datetime(2026, 6, 9, 4, tzinfo=UTC)
 
 
-async def _waiting_for_a_lock(pool: asyncpg.Pool, query: str) -> None:
-    """Until a backend running `query` (a prefix) waits for a lock; fails after 10 s."""
-    for _ in range(200):
-        waiting = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND datname = current_database() AND query LIKE $1",
-            f"{query}%",
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no statement {query!r} came to wait for a lock")
-
-
 async def test_a_budget_deleted_while_a_reservation_waits_deadlocks_nothing(
     pool: asyncpg.Pool, access: Access, migrated_database_url: str
 ) -> None:
@@ -679,7 +660,7 @@ async def test_a_budget_deleted_while_a_reservation_waits_deadlocks_nothing(
                 "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", access.project_id
             )
             waiting = asyncio.ensure_future(reserve(pool, access, amount=Decimal("0.2"), now=NOW))
-            await _waiting_for_a_lock(pool, "SELECT * FROM ledger_reserve_many")
+            await waiting_for_a_lock(pool, "SELECT * FROM ledger_reserve_many")
             await deleting.execute("DELETE FROM budgets WHERE id = $1", doomed)
         made = await waiting  # the budget is gone: nothing to hold
     finally:
