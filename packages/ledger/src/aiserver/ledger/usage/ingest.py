@@ -105,8 +105,6 @@ _OTHER_FIELDS: Final = tuple(
 #: as they are for most events, there is nothing to keep.
 _OTHER_VALUES: Final = operator.itemgetter(*(i for i, _, _ in _OTHER_FIELDS))
 _OTHER_DEFAULTS: Final = tuple(default for _, _, default in _OTHER_FIELDS)
-#: The request's order of accepted events (`_Accepted.index`).
-_BY_INDEX: Final = operator.attrgetter("index")
 #: How many rows COPY encodes between two looks at whether its connection is still open.
 _ROWS_PER_LOOK: Final = 64
 _NO_PARTITION: Final = "no partition of relation"
@@ -311,10 +309,15 @@ class UsageRecorder:
                     if budgets and claimed:
                         spends = (_spend(a) for a in ordered if a.event.key in claimed)
                         sums = window_sums(budgets, zone, spends)
-                    settling = [  # in the request's order: its first event naming one settles it
-                        reservations.Settling(a.event.key, claimed[a.event.key], named, _spend(a))
-                        for a in sorted(ordered, key=_BY_INDEX)
+                    naming = [  # in the request's order: its first event naming one settles it
+                        (a, named)
+                        for a in ordered
                         if (named := a.event.reservation_id) is not None and a.event.key in claimed
+                    ]
+                    naming.sort(key=lambda pair: pair[0].index)
+                    settling = [
+                        reservations.Settling(a.event.key, claimed[a.event.key], named, _spend(a))
+                        for a, named in naming
                     ]
                     done: set[str] = set()
                     if settling:  # before the commits: it locks their rows first, in order
