@@ -303,7 +303,8 @@ def run(*, events: int = 200_000, rounds: int = 3) -> Section:
             f"fold: {one:,.0f} events/s with one folder at the default batch of "
             f"{FOLD_BATCH:,}; {best:,.0f} events/s at best",
             *(
-                f"fold lag at {lag.rate:,} events/s offered ({lag.achieved:,.0f} recorded/s): "
+                # the label (up to the colon) the same from run to run: a splice replaces it
+                f"fold lag at {lag.rate:,} events/s offered: {lag.achieved:,.0f} recorded/s, "
                 f"max {lag.lag_max:.1f} s, drained {lag.drain:.1f} s after the stop"
                 for lag in lags[-1:]
             ),
