@@ -4,7 +4,9 @@ is not a whole number in digits 0-9 is the form's error (422), not a server erro
 
 from __future__ import annotations
 
+import html
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +18,7 @@ from ..ledger import test_spend
 from ..ledger.test_spend import Ledger
 from ..support.folding import fold_all
 from .conftest import ADMIN_TOKEN, Client, Tenants
+from .test_usage_events import record
 
 ledger = test_spend.ledger  # the spend tests' fixture: a ledger on the test database
 
@@ -68,9 +71,8 @@ async def test_labels_of_several_dimensions_never_read_the_same(ledger: Ledger) 
     assert chart.rows == [("2026-11-29", ["0.0022", "0.0011"], "0.0033")]
 
 
-async def test_a_top_that_is_not_digits_0_to_9_is_the_form_s_error(
-    client: Client, tenants: Tenants
-) -> None:
+async def sign_in(client: Client) -> None:
+    """The client signed in to the dashboard as the operator."""
     form = await client.get("/ui/sign-in")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert token is not None, form.text
@@ -79,6 +81,53 @@ async def test_a_top_that_is_not_digits_0_to_9_is_the_form_s_error(
         follow_redirects=False,
     )  # fmt: skip
     assert signed.status_code == 303, signed.text
+
+
+def row_labels(page: str, table_id: str) -> list[str]:
+    """The row headings of a table of the page, as its text reads (entities decoded)."""
+    table = re.search(rf'<table[^>]* id="{table_id}".*?</table>', page, re.S)
+    assert table is not None, page[:2000]
+    body = table.group(0).split("<tbody>")[1].split("</tbody>")[0]
+    cells = re.findall(r'<th scope="row">(.*?)</th>', body, re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in cells]
+
+
+async def test_the_overview_s_top_tables_tell_apart_a_missing_value_the_rest_and_look_alikes(
+    client: Client, tenants: Tenants
+) -> None:
+    now = datetime.now(UTC) - timedelta(hours=1)
+
+    def call(key: str, model: str, tokens: int, **tags: str) -> dict[str, Any]:
+        return {"id": key, "model": model, "usage": {"input_tokens": tokens}, "tags": tags,
+                "occurred_at": now.isoformat()}  # fmt: skip
+
+    events = [
+        call("a", "(other)", 9000, team="(none)"),  # a model and a team named like the labels
+        call("b", "gpt-test-001", 8000),  # no team
+        call("c", '"quoted"', 7000, team="(other)"),
+    ]
+    events += [call(f"m{i}", f"model-{i}", 100 - i, team=f"t{i}") for i in range(9)]
+    await record(client, tenants.ingest_a["key"], *events)
+    await sign_in(client)
+    page = await client.get("/ui/p/acme-a/")
+    assert page.status_code == 200, page.text[:500]
+    # unpriced models cost 0 and follow the priced one by name; 8 models shown, the rest as one
+    assert row_labels(page.text, "top-models") == [
+        "gpt-test-001",
+        '"\\"quoted\\""',
+        '"(other)"',
+        *(f"model-{i}" for i in range(5)),
+        "(other)",
+    ]
+    # no team (a null), the texts "(none)" and "(other)", then the rest: no two rows read the same
+    assert row_labels(page.text, "tag-team") == ["(none)", '"(none)"', '"(other)"', "t0", "t1",
+                                                 "(other)"]  # fmt: skip
+
+
+async def test_a_top_that_is_not_digits_0_to_9_is_the_form_s_error(
+    client: Client, tenants: Tenants
+) -> None:
+    await sign_in(client)
     question = {"from": "2026-11-01", "to": "2026-11-02", "group_by": "model"}
     for top in ("\u00b2", "\u0663", "x", "-1", "9" * 5000):  # ², Arabic-Indic 3
         page = await client.get("/ui/p/acme-a/explore", params={**question, "top": top})
