@@ -417,6 +417,44 @@ async def test_a_reprice_waits_for_a_rebuild_in_flight_and_then_moves_the_rebuil
         await rebuilder.close()
 
 
+@pytest.mark.parametrize("keys", [["team", "user"], []], ids=["key-added", "key-removed"])
+async def test_a_reprice_after_a_change_of_keys_whose_rebuild_has_not_run_corrects_exactly(
+    ledger: Ledger, keys: list[str]
+) -> None:
+    """The project's rolled-up keys changed (team, to team and user, or to none) and the
+    rebuild the change enqueued has not run yet (the task runner is busy, or down): its rollups
+    are keyed the old way. The reprice rebuilds them first, then corrects them: the rollups are
+    exact at its COMMIT, keyed the new way. (Before, its corrections were keyed the new way:
+    e3's and e2's cost-only corrections went into rows of 0 events and were dropped, e4's into
+    rows of their own, until the rebuild.) The rebuild that comes later changes nothing."""
+    from aiserver.ledger import projects
+    from aiserver.ledger.spend.rebuild import rebuild_rollups
+
+    await recorded(ledger)
+    enqueued: list[tuple[int, str]] = []
+
+    async def later(project_id: int, job_id: str) -> None:  # the task runner has not got to it
+        enqueued.append((project_id, job_id))
+
+    await projects.change_project(
+        ledger.pool, OPERATOR, "p", rollup_tags=keys, enqueue_rebuild=later
+    )
+    assert [p for p, _ in enqueued] == [ledger.p]
+    await reprice(ledger, dry_run=False)
+    async with ledger.pool.acquire() as conn:
+        await fold(conn)  # e5 and e6, still in the outbox, with their new prices
+        assert await conn.fetchval(
+            "SELECT sum(cost) FROM usage_rollups WHERE project_id = $1", ledger.p
+        ) == sum(c.new for c in CALLS)
+        assert await rollups(conn) == await expected_rollups(conn)  # keyed the new way
+        assert not await conn.fetchval(
+            "SELECT rollup_rebuild_pending FROM projects WHERE id = $1", ledger.p
+        )
+        made = await rollups(conn)
+        assert await rebuild_rollups(conn, ledger.p) is not None  # the job the change enqueued
+        assert await rollups(conn) == made
+
+
 async def test_a_filter_keeps_the_run_to_its_window_model_and_status(ledger: Ledger) -> None:
     await recorded(ledger)
     run = await reprice(ledger, dry_run=False, model="gpt-x", since="2026-11-25T10:30:00Z")

@@ -140,6 +140,10 @@ async def update_project(
             rolled_up_tags = CASE WHEN $4::text[] IS NULL THEN rolled_up_tags
                                   ELSE ARRAY(SELECT t FROM unnest(rolled_up_tags) AS t
                                              WHERE t = ANY($4::text[])) END,
+            -- until the rebuild that a change of the set of keys enqueues has made them again
+            rollup_rebuild_pending = rollup_rebuild_pending OR (
+                $4::text[] IS NOT NULL
+                AND NOT (rollup_tags @> $4::text[] AND $4::text[] @> rollup_tags)),
             archived_at = CASE WHEN $5::boolean IS NULL THEN archived_at
                                WHEN $5::boolean THEN COALESCE(archived_at, now())
                                ELSE NULL END,

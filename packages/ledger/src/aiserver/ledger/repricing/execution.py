@@ -14,7 +14,12 @@ one transaction:
    whose statement began before the batch commits, and reaches such a row after, then finds
    it deleted and skips it, instead of folding the event as its snapshot saw it, at its old
    price;
-2. lock the events and read them again (another run may have repriced them meanwhile);
+2. lock the events and read them again (another run may have repriced them meanwhile), and
+   read the projects' rolled-up keys. When a change of a project's keys still waits for the
+   rebuild of its rollups, they are keyed two ways and a correction keyed the new way would
+   miss the row of an event folded the old way: the batch rolls back, the run rebuilds that
+   project's rollups itself (`aiserver.ledger.spend.rebuild`) and does the batch again (the
+   rebuild the change enqueued does the same work again later, harmlessly);
 3. price each as ingest would today (`revalue`);
 4. for each that changes: take it out of its old rollup row and into its new one (if folded),
    update the event, and write one adjustment (old and new status, cost and price version);
@@ -48,6 +53,7 @@ from aiserver.ledger.repricing import revalue as rv
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.runs import decode_filter
 from aiserver.ledger.repricing.store import ALL_PROJECTS, BatchFilters, Position, Progress
+from aiserver.ledger.spend.rebuild import rebuild_rollups
 from aiserver.ledger.spend.store import rollups as rollup_store
 from aiserver.ledger.usage.store.reading import EventFilters
 
@@ -62,6 +68,21 @@ log = get_logger(__name__)
 #: Events per batch (one transaction each): big enough to amortize the round trips, small
 #: enough that a batch's locks are held for a moment.
 BATCH_SIZE: Final = 500
+
+
+#: Rebuilds of rollups in a row before one batch, each after a change of the project's keys
+#: that came meanwhile (`RollupsRekeying`), before the run gives up.
+_REBUILDS: Final = 5
+
+
+class RollupsRekeying(Exception):
+    """The rollups of these projects are keyed partly by rolled-up keys they no longer have (a
+    change of the keys waits for its rebuild): a correction would go to a row keyed the new way
+    while the event is counted in one keyed the old way."""
+
+    def __init__(self, projects: list[int]) -> None:
+        super().__init__(f"the rollups of projects {projects} wait for a rebuild")
+        self.projects = projects
 
 
 class Outcome(enum.StrEnum):
@@ -142,10 +163,22 @@ async def _run(
     result = rv.RunResult.from_json(run["result"])
     totals = [run["events_examined"], run["events_changed"], run["old_total"], run["new_total"]]
     log.info("reprice run started", run_id=run_id, dry_run=run["dry_run"], resumed_after=after)
+    rebuilds = 0
     try:
         while True:
-            async with conn.transaction():
-                progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
+            try:
+                async with conn.transaction():
+                    progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
+            except RollupsRekeying as rekeying:  # the batch rolled back before it changed a thing
+                rebuilds += 1
+                if rebuilds > _REBUILDS:
+                    raise
+                for project in rekeying.projects:
+                    log.info("reprice rebuilds a project's rollups first", run_id=run_id,
+                             project_id=project)  # fmt: skip
+                    await rebuild_rollups(conn, project)
+                continue
+            rebuilds = 0
             if progress is None:
                 break
             after = progress.after
@@ -180,6 +213,7 @@ async def _batch(
         return None
     last = rows[-1]
     pending: set[tuple[int, int]] = set()
+    tags: dict[int, tuple[str, ...]] = {}
     budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
@@ -193,6 +227,11 @@ async def _batch(
         rows = await store.lock_events(
             conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]
         )
+        # read once the outbox rows are held: every event whose row is gone was folded with
+        # these keys, unless a change of them still waits for its rebuild
+        tags, rekeying = await store.rollup_keys(conn, sorted(set(projects)))
+        if rekeying:
+            raise RollupsRekeying(rekeying)
     examined = changed = 0
     old_total = new_total = Decimal(0)
     moved: list[tuple[asyncpg.Record, Valuation]] = []
@@ -209,7 +248,6 @@ async def _batch(
     if moved and not run["dry_run"]:
         folded = [(r, v) for r, v in moved if (r["project_id"], r["id"]) not in pending]
         if folded:
-            tags = await store.rollup_tags(conn, sorted({r["project_id"] for r, _ in folded}))
             deltas = rv.rollup_deltas(folded, tags)
             if deltas:
                 await store.apply_rollup_deltas(conn, deltas)

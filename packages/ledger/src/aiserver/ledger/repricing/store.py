@@ -304,11 +304,18 @@ async def lock_events(
     return list(rows)
 
 
-async def rollup_tags(conn: DbConnection, projects: Sequence[int]) -> dict[int, tuple[str, ...]]:
+async def rollup_keys(
+    conn: DbConnection, projects: Sequence[int]
+) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+    """The projects' rolled-up keys, and those of the projects whose rollups wait for a rebuild
+    (keyed partly by other keys: `projects.rollup_rebuild_pending`)."""
     rows = await conn.fetch(
-        "SELECT id, rollup_tags FROM projects WHERE id = ANY($1::bigint[])", list(projects)
+        "SELECT id, rollup_tags, rollup_rebuild_pending FROM projects"
+        " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        list(projects),
     )
-    return {r["id"]: tuple(r["rollup_tags"]) for r in rows}
+    tags = {r["id"]: tuple(r["rollup_tags"]) for r in rows}
+    return tags, [r["id"] for r in rows if r["rollup_rebuild_pending"]]
 
 
 @dataclass(frozen=True, slots=True)

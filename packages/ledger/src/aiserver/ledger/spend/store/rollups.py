@@ -327,9 +327,12 @@ async def rebuild(
 
 
 async def mark_rolled_up(conn: DbConnection, project_id: int, tags: Sequence[str]) -> None:
-    """Record that the project's rollups hold `tags` in every row (a rebuild made them so)."""
+    """Record that the project's rollups hold `tags` in every row, and no other key (a rebuild
+    made them so, holding the project's row: no change of its keys came meanwhile)."""
     await conn.execute(
-        "UPDATE projects SET rolled_up_tags = $2 WHERE id = $1", project_id, list(tags)
+        "UPDATE projects SET rolled_up_tags = $2, rollup_rebuild_pending = false WHERE id = $1",
+        project_id,
+        list(tags),
     )
 
 
