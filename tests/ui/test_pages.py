@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -159,16 +159,60 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
     assert header(browser, "rows") == ["from", "to", "model", "tag:team", "cost", "currency",
                                        *counts]  # fmt: skip
 
+    name, rows = download(browser, downloads, "csv")
+    assert name == f"spend-ui-a-{since}-{until}.csv"
+    assert rows == [header(browser, "rows"), *table(browser, "rows")]
+
+
+def download(browser: WebDriver, downloads: Path, link_id: str) -> tuple[str, list[list[str]]]:
+    """Click the link that downloads a CSV: the file's name and its rows."""
     for old in downloads.glob("*"):
         old.unlink()
-    browser.find_element(By.ID, "csv").click()
+    browser.find_element(By.ID, link_id).click()
     deadline = time.monotonic() + 30  # a bounded wait for the browser's download, no assertion
     while not (found := list(downloads.glob("*.csv"))) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(found) == 1, list(downloads.iterdir())
-    assert found[0].name == f"spend-ui-a-{since}-{until}.csv"
-    rows = list(csv.reader(io.StringIO(found[0].read_text())))
-    assert rows == [header(browser, "rows"), *table(browser, "rows")]
+    return found[0].name, list(csv.reader(io.StringIO(found[0].read_text())))
+
+
+async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
+    browser: WebDriver, site: Site, downloads: Path
+) -> None:
+    """A finance person reads the table, then downloads it: the file holds what was read, not
+    the question asked again with the usage recorded since. The second link asks again."""
+    async with site.client() as client:
+        made = await client.post("/v1/projects", headers=admin(),
+                                 json={"slug": "ui-d", "name": "Delta Downloads"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        key = await client.post("/v1/projects/ui-d/keys", headers=admin(),
+                                json={"name": "d", "scopes": ["ingest", "read"]})  # fmt: skip
+        assert key.status_code == 201, key.text
+    d_key = key.json()["key"]
+    day = datetime.now(UTC).date() - timedelta(days=2)
+    since, until = day.isoformat(), (day + timedelta(days=1)).isoformat()
+
+    async def record(key: str, model: str) -> None:
+        event = {"id": key, "model": model, "usage": {"input_tokens": 1000},
+                 "occurred_at": f"{since}T12:00:00Z"}  # fmt: skip
+        async with site.client() as client:
+            response = await client.post("/v1/usage", json={"events": [event]},
+                                         headers=bearer(d_key))  # fmt: skip
+        assert response.json()["recorded"] == 1, response.text
+
+    await record("d-1", "gpt-test-001")
+    sign_in(browser, site, d_key)
+    browser.get(f"{site.url}/ui/p/ui-d/explore?from={since}&to={until}&tz=UTC&bucket=day"
+                "&group_by=model")  # fmt: skip
+    shown = [header(browser, "rows"), *table(browser, "rows")]
+    assert [row[2] for row in shown[1:]] == ["gpt-test-001"]
+    await record("d-2", "gpt-test-000")  # after the page was read
+
+    name, rows = download(browser, downloads, "csv")
+    assert name == f"spend-ui-d-{since}-{until}.csv"
+    assert rows == shown
+    _, asked_again = download(browser, downloads, "csv-now")
+    assert sorted(row[2] for row in asked_again[1:]) == ["gpt-test-000", "gpt-test-001"]
 
 
 async def test_explore_says_what_is_wrong_with_a_question(browser: WebDriver, site: Site) -> None:

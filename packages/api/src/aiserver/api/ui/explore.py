@@ -1,9 +1,10 @@
 """Explore: the spend question of `GET /v1/spend` as a form, answered as a chart and a table.
 
-The form is sent by GET, so the URL holds the whole question and a view can be shared; the CSV
-link repeats the same query at `.../explore.csv` and holds exactly the table's rows. Tag
-filters are `tag=KEY=VALUE` (repeatable). A question the ledger refuses shows its reason above
-the form, with what was typed kept.
+The form is sent by GET, so the URL holds the whole question and a view can be shared. The
+page's CSV download is the table shown, as it was read (a `data:` link: nothing is asked
+again, so usage recorded since cannot slip in); `.../explore.csv` asks the same question again
+now, for a link to share or a script. Tag filters are `tag=KEY=VALUE` (repeatable). A question
+the ledger refuses shows its reason above the form, with what was typed kept.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from litestar import Request, Response, get
 from litestar.params import FromPath
@@ -35,6 +36,9 @@ AnyRequest = Request[Any, Any, Any]
 FIELDS: Final = ("from", "to", "bucket", "tz", "group_by", "model", "provider", "status", "tag",
                  "top")  # fmt: skip
 DEFAULT_DAYS: Final = 7
+#: The longest `data:` URL the page offers as the table's download: Chromium takes up to 2 MiB
+#: in a URL; a longer table is downloaded by asking again (`explore.csv`).
+MAX_DATA_URL: Final = 2 * 1024 * 1024 - 1024
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -116,6 +120,8 @@ class ExploreController(ProjectPages):
             answer = await question.answer(project)
         except InvalidField as exc:
             error = str(exc)
+        header = table_header(answer) if answer is not None else []
+        rows = table_rows(answer) if answer is not None else []
         dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
         dimensions += [g for g in question.group_by if g not in dimensions]
         return Template(
@@ -125,8 +131,10 @@ class ExploreController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "explore", "q": question,
                 "error": error, "answer": answer,
                 "chart": pivot(answer) if answer is not None else None,
-                "header": table_header(answer) if answer is not None else [],
-                "rows": table_rows(answer) if answer is not None else [],
+                "header": header, "rows": rows,
+                # the download is this table itself, not the question asked again later
+                "csv_href": csv_href(header, rows) if answer is not None else None,
+                "csv_name": csv_name(project, answer) if answer is not None else "",
                 "buckets": BUCKETS, "statuses": PRICING_STATUSES, "dimensions": dimensions,
             },
         )  # fmt: skip
@@ -136,9 +144,18 @@ class ExploreController(ProjectPages):
         project, _ = await open_project(viewer(request), slug)
         question = Question.of(request, project)
         answer = await question.answer(project)
-        name = f"spend-{project.slug}-{answer.since.date()}-{answer.until.date()}.csv"
         return Response(
             to_csv(table_header(answer), table_rows(answer)),
             media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="{name}"'},
+            headers={"content-disposition": f'attachment; filename="{csv_name(project, answer)}"'},
         )
+
+
+def csv_href(header: list[str], rows: list[list[str]]) -> str | None:
+    """The table as a `data:` URL to download, None when it is longer than a browser takes."""
+    href = "data:text/csv;charset=utf-8," + quote(to_csv(header, rows), safe="")
+    return href if len(href) <= MAX_DATA_URL else None
+
+
+def csv_name(project: Project, answer: SpendAnswer) -> str:
+    return f"spend-{project.slug}-{answer.since.date()}-{answer.until.date()}.csv"
