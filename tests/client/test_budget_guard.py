@@ -180,3 +180,22 @@ async def test_the_async_guard_settles_through_the_background_recorder(
     assert result.reservation == "settled"
     window = await budget_window(ledger.api, tenant, budget_id)
     assert (window["reserved"], Decimal(window["committed"])) == ("0", 2 * COST)
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_an_invalid_event_does_not_keep_the_reservation_held(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    # An event the server refuses (invalid) settles nothing: leaving the block must release the
+    # reservation, not leave the estimate held on the budget until it expires.
+    budget_id = await hard_budget(ledger, tenant)
+    bad_usage = {"input_tokens": 5, "cache_read_tokens": 6}  # more cache reads than input
+    async with opened(kind, ledger, tenant) as client:
+        async with guarded(client, model="gpt-4o", tags=TEAM, estimate="0.50") as guard:
+            recorded = guard.record(id=f"g-{uuid.uuid4().hex}", usage=bad_usage)
+            result = await recorded if asyncio.iscoroutine(recorded) else recorded
+        window = await budget_window(ledger.api, tenant, budget_id)
+    assert (result.status, result.reservation) == ("invalid", None)
+    assert (window["reserved"], window["committed"]) == ("0", "0")
+    reservation_id = guard.reservation.reservation_id
+    assert await reservation_states(ledger.url, tenant.id) == {reservation_id: "released"}

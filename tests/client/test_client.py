@@ -3,6 +3,7 @@ exact Decimal money, and every problem is a typed error."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +22,7 @@ from aiserver.client import (
     RecordReport,
 )
 
-from .conftest import Ledger, Tenant, budget_window, create_budget, stored_keys
+from .conftest import FailingFront, Ledger, Tenant, budget_window, create_budget, stored_keys
 
 GPT_4O = {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200}
 #: 800 prompt tokens at $2.50 per million, 200 cache reads at $1.25, 500 output tokens at $10
@@ -205,3 +206,49 @@ async def test_reserve_release_and_a_refusal_names_the_budget(
 def test_reserve_refuses_a_float_estimate(ledger: Ledger, tenant: Tenant) -> None:
     with Client(ledger.api.base_url, tenant.key) as client, pytest.raises(TypeError, match="float"):
         client.reserve("gpt-4o", estimate=0.1)  # type: ignore[arg-type]
+
+
+# -- record repeats a failed request with the same keys ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_record_repeats_a_failed_request_with_the_same_keys(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    # The front answers the first request 503 unseen by the API, and the second 503 after the
+    # API committed it (an answer lost on the way back). An event without `id` gets its key from
+    # the client: a caller repeating record() would send a new key and count the call twice, so
+    # record() repeats the request itself, with the same bytes, and the commit comes back
+    # duplicate.
+    front = FailingFront(target=ledger.api.base_url, refuse=1, lose=1, retry_after=None)
+    front.start()
+    try:
+        event = {"model": "gpt-4o", "usage": GPT_4O}
+        if kind is AsyncClient:
+            async with AsyncClient(front.base_url, tenant.key) as aclient:
+                result = await aclient.record(event)
+        else:
+            with Client(front.base_url, tenant.key) as client:
+                result = await asyncio.to_thread(client.record, event)
+    finally:
+        front.stop()
+    assert [status for _, status in front.arrivals] == [503, 503, 200]
+    assert (result.status, result.total) == ("duplicate", GPT_4O_COST)
+    assert await stored_keys(ledger.url, tenant.id) == {result.id: 1}
+
+
+def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> None:
+    front = FailingFront(target=ledger.api.base_url, refuse=10, lose=0, retry_after=0)
+    front.start()
+    try:
+        with Client(front.base_url, tenant.key, retries=2) as client:
+            with pytest.raises(AiserverError) as failed:
+                client.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O})
+            with pytest.raises(AiserverError):
+                client.reserve("gpt-4o", estimate="0.01")  # not repeated: not idempotent
+    finally:
+        front.stop()
+    assert (failed.value.status, failed.value.retryable) == (503, True)
+    assert len(front.arrivals) == 3 + 1
+    with pytest.raises(ValueError, match="retries must be 0 or more"):
+        Client(ledger.api.base_url, tenant.key, retries=-1)

@@ -172,3 +172,29 @@ def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:
     os.close(read)
     os.close(write)
     assert child.partition("-")[0] != new_key().partition("-")[0]
+
+
+#: 20 tags of 250 characters: about 5.5 kB per event, so 4,000 of them pass the 16 MiB the API
+#: takes in one JSON body
+BIG_TAGS = {f"t{i}": "v" * 250 for i in range(20)}
+
+
+async def test_a_batch_larger_than_the_api_takes_is_sent_in_parts(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Within batch_size (10,000) but past the API's 16 MiB a body: one request would be refused
+    # as a whole (413) and every event in it lost; the recorder and record() send it in parts.
+    run = run_id()
+    with Client(ledger.api.base_url, tenant.key, recorder=HELD) as client:
+        for i in range(4000):
+            client.record_later(model="gpt-4o", usage=USAGE, tags=BIG_TAGS, id=f"{run}-later-{i}")
+        assert await asyncio.to_thread(client.flush, 120)
+        stats = client.stats()
+        events = [{"model": "gpt-4o", "usage": USAGE, "tags": BIG_TAGS, "id": f"{run}-now-{i}"}
+                  for i in range(4000)]  # fmt: skip
+        report = await asyncio.to_thread(client.record, events)
+    assert (stats.sent, stats.recorded, stats.rejected, stats.dropped) == (4000, 4000, 0, 0)
+    assert stats.batches == 2
+    assert (report.recorded, len(report.results)) == (4000, 4000)
+    stored = await stored_keys(ledger.url, tenant.id)
+    assert stored == {f"{run}-{when}-{i}": 1 for when in ("later", "now") for i in range(4000)}

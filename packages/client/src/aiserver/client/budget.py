@@ -7,8 +7,9 @@
 Entering reserves the estimate (`BudgetExceeded` when a hard budget cannot hold it: the call is
 not made). `guard.record(...)` or `guard.record_later(...)` reports the call's event with the
 reservation's id, which settles it: the actual cost replaces the estimate. Leaving without a
-reported event, or with an exception before a settled one, releases the reservation; a release
-that fails is logged (the server releases the reservation at its expiry anyway).
+reported event (an `invalid` or `conflict` result is none), or with an exception before a
+settled one, releases the reservation; a release that fails is logged (the server releases the
+reservation at its expiry anyway).
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class _Guard:
         )
 
     def _recorded(self, result: EventResult) -> EventResult:
-        self.reported = True
-        self.settled = result.reservation == "settled"
+        # Only an event in the ledger counts as reported: an invalid or conflicting one did not
+        # settle the reservation, which must then be released on leaving (not held to expiry).
+        self.reported = self.reported or result.ok
+        self.settled = self.settled or result.reservation == "settled"
         return result
 
     def _must_release(self, error: Optional[BaseException]) -> bool:

@@ -3,7 +3,9 @@
 Both take the base URL and a project's key as arguments, or from `AISERVER_URL` and
 `AISERVER_API_KEY`. Every call but `record_later` waits for the server's answer and returns a
 typed result (`aiserver.client.models`); a problem answer raises `AiserverError` (a refused
-reservation: `BudgetExceeded`); a network failure raises `httpx.TransportError`.
+reservation: `BudgetExceeded`); a network failure raises `httpx.TransportError`. `record` first
+repeats a failed request, with the same keys, up to `retries` times (its repeats cannot count
+twice; the other calls' are not all safe, so they are left to the caller).
 
 `record_later` hands the event to the client's `Recorder` (one background thread with its own
 HTTP connection, `aiserver.client.recorder`) and returns at once, from sync and async code
@@ -14,7 +16,10 @@ interpreter's exit does it too.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import (
@@ -39,7 +44,15 @@ from aiserver.client.models import (
     Reservation,
     Spend,
 )
-from aiserver.client.recorder import MAX_BATCH, Recorder, RecorderSettings, RecorderStats, new_key
+from aiserver.client.recorder import (
+    MAX_BATCH,
+    RETRY_STATUSES,
+    Recorder,
+    RecorderSettings,
+    RecorderStats,
+    backoff_wait,
+    new_key,
+)
 from aiserver.client.wire import EventLike, Money
 
 if TYPE_CHECKING:
@@ -55,15 +68,37 @@ def _keyed(event: EventLike) -> Event:
 
 
 def _record_bodies(events: Union[EventLike, Sequence[EventLike]]) -> tuple[list[bytes], bool]:
-    """The request bodies of `record` (10,000 events at most each), and whether one event
-    was given (not a list of them)."""
+    """The request bodies of `record` (10,000 events and 16 MiB at most each), and whether
+    one event was given (not a list of them)."""
     single = isinstance(events, (Event, Mapping))
     items: Sequence[EventLike] = [events] if single else events  # type: ignore[list-item,assignment]
-    encoded = [wire.encode_event(_keyed(event)) for event in items]
+    encoded = collections.deque(wire.encode_event(_keyed(event)) for event in items)
     if not encoded:
         raise ValueError("record() needs at least one event")
-    chunks = [encoded[i : i + MAX_BATCH] for i in range(0, len(encoded), MAX_BATCH)]
-    return [wire.events_body(chunk) for chunk in chunks], single
+    bodies = []
+    while encoded:
+        bodies.append(wire.events_body(wire.take_batch(encoded, MAX_BATCH, len)))
+    return bodies, single
+
+
+#: `record` repeats a failed request after exponential backoff from this many seconds, and waits
+#: at most `RECORD_MAX_WAIT` seconds before a repeat (a longer Retry-After too).
+RECORD_BACKOFF = 0.25
+RECORD_MAX_WAIT = 4.0
+
+
+def _repeat_after(attempt: int, response: Optional[httpx.Response]) -> Optional[float]:
+    """How long to wait before repeating a `record` request (its attempt `attempt`, from 0)
+    that failed (`response` None: the network), or None when it must not be repeated: it was
+    answered for good (a 200, a 4xx but 408, 425 and 429)."""
+    if response is not None:
+        status = response.status_code
+        if status not in RETRY_STATUSES and status < 500:
+            return None
+        after = wire.retry_after(response)
+        if after is not None:
+            return min(after, RECORD_MAX_WAIT)
+    return backoff_wait(attempt, RECORD_BACKOFF, RECORD_MAX_WAIT)
 
 
 def _merge(reports: Iterable[RecordReport]) -> RecordReport:
@@ -85,8 +120,12 @@ class _Common:
         base_url: Optional[str],
         api_key: Optional[str],
         recorder: Optional[RecorderSettings],
+        retries: int,
     ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries!r}")
         self.base_url, self._api_key = wire.settings(base_url, api_key)
+        self.retries = retries
         self._recorder_settings = recorder
         self._recorder: Optional[Recorder] = None
         self._recorder_lock = threading.Lock()
@@ -119,6 +158,25 @@ class _Common:
         # whether or not the client had queued one before.
         self.recorder.close(timeout)
 
+    @overload
+    def _repeat(self, attempt: int, answer: httpx.TransportError) -> float: ...
+    @overload
+    def _repeat(self, attempt: int, answer: httpx.Response) -> Optional[float]: ...
+    def _repeat(
+        self, attempt: int, answer: Union[httpx.Response, httpx.TransportError]
+    ) -> Optional[float]:
+        """After attempt `attempt` (from 0) of a `record` request: how long to wait before
+        repeating it, or None when its answer stands (it passed, it was answered for good, or
+        the repeats are spent); a network failure with the repeats spent is raised."""
+        if attempt >= self.retries:
+            if isinstance(answer, httpx.TransportError):
+                raise answer
+            return None
+        response = None if isinstance(answer, httpx.TransportError) else answer
+        wait = _repeat_after(attempt, response)
+        assert wait is not None or response is not None
+        return wait
+
 
 class Client(_Common):
     """The aiserver API over one `httpx.Client` (thread-safe; keep one per process)."""
@@ -130,14 +188,30 @@ class Client(_Common):
         *,
         timeout: float = 10.0,
         recorder: Optional[RecorderSettings] = None,
+        retries: int = 3,
     ) -> None:
-        super().__init__(base_url, api_key, recorder)
+        super().__init__(base_url, api_key, recorder, retries)
         self._http = httpx.Client(
             base_url=self.base_url, headers=wire.headers(self._api_key), timeout=timeout
         )
 
     def _post(self, path: str, body: bytes) -> httpx.Response:
         return self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
+        """`_post`, repeated with the same body (so the same keys) up to `retries` times while
+        it fails in a way that may pass; for `record` only, whose repeats never count twice."""
+        for attempt in itertools.count():
+            try:
+                response = self._post(path, body)
+            except httpx.TransportError as failure:
+                time.sleep(self._repeat(attempt, failure))
+                continue
+            wait = self._repeat(attempt, response)
+            if wait is None:
+                return response
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def calculate(
         self,
@@ -168,9 +242,17 @@ class Client(_Common):
         self, events: Union[EventLike, Sequence[EventLike]]
     ) -> Union[EventResult, RecordReport]:
         """Record one event (its `EventResult`) or many (a `RecordReport`, one result per event
-        in order), and wait until they are durable. An event without `id` gets a new key."""
+        in order), and wait until they are durable. An event without `id` gets a new key.
+
+        A request that fails in a way that may pass (the network, a 408, 425, 429 or 5xx) is
+        repeated up to `retries` times with the same keys, so what an unanswered attempt had
+        committed comes back `duplicate` and is never counted twice. Once they are spent the
+        failure is raised and its events may or may not be recorded: to repeat the call
+        yourself without counting twice, give each event its own `id`."""
         bodies, single = _record_bodies(events)
-        report = _merge(wire.decode(self._post("/v1/usage", body), RecordReport) for body in bodies)
+        report = _merge(
+            wire.decode(self._post_repeated("/v1/usage", body), RecordReport) for body in bodies
+        )
         return report.results[0] if single else report
 
     def spend(
@@ -289,14 +371,29 @@ class AsyncClient(_Common):
         *,
         timeout: float = 10.0,
         recorder: Optional[RecorderSettings] = None,
+        retries: int = 3,
     ) -> None:
-        super().__init__(base_url, api_key, recorder)
+        super().__init__(base_url, api_key, recorder, retries)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=wire.headers(self._api_key), timeout=timeout
         )
 
     async def _post(self, path: str, body: bytes) -> httpx.Response:
         return await self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    async def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
+        """As `Client._post_repeated`, waiting without blocking the event loop."""
+        for attempt in itertools.count():
+            try:
+                response = await self._post(path, body)
+            except httpx.TransportError as failure:
+                await asyncio.sleep(self._repeat(attempt, failure))
+                continue
+            wait = self._repeat(attempt, response)
+            if wait is None:
+                return response
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def calculate(
         self,
@@ -329,7 +426,10 @@ class AsyncClient(_Common):
         """As `Client.record`."""
         bodies, single = _record_bodies(events)
         report = _merge(
-            [wire.decode(await self._post("/v1/usage", body), RecordReport) for body in bodies]
+            [
+                wire.decode(await self._post_repeated("/v1/usage", body), RecordReport)
+                for body in bodies
+            ]
         )
         return report.results[0] if single else report
 

@@ -350,7 +350,7 @@ class Recorder:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+            batch = wire.take_batch(self._queue, size, lambda item: len(item[1]))
             self._first_at = time.monotonic()
         return batch
 

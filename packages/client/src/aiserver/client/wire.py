@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -82,6 +83,28 @@ def encode_event(event: Event) -> bytes:
 def events_body(encoded: Iterable[bytes]) -> bytes:
     """`{"events": [...]}` from events encoded one by one."""
     return b'{"events":[' + b",".join(encoded) + b"]}"
+
+
+#: The largest JSON body `POST /v1/usage` takes: a larger one is refused as a whole (413).
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: The bytes `events_body` adds around the events.
+_BODY_FRAME_BYTES = len(events_body([]))
+
+
+def take_batch(queue: deque[T], most: int, size: Callable[[T], int]) -> list[T]:
+    """The first events of `queue`, taken off it in order: at most `most` of them, and no more
+    than fit in one body of `MAX_BODY_BYTES` (`size` gives an encoded event's bytes), so that
+    no batch is refused for its size. An event too large on its own still goes, alone (the
+    server then says why it refuses it)."""
+    batch: list[T] = []
+    total = _BODY_FRAME_BYTES
+    while queue and len(batch) < most:
+        grown = total + size(queue[0]) + (1 if batch else 0)  # and a comma
+        if batch and grown > MAX_BODY_BYTES:
+            break
+        batch.append(queue.popleft())
+        total = grown
+    return batch
 
 
 def encode(value: Any) -> bytes:
