@@ -8,8 +8,9 @@ goes to one of the addresses that check returned, never to a second resolution o
 the URL's host is replaced by the address, the `Host` header keeps the name and, for https,
 TLS sends the name (SNI) and verifies the certificate against it. So what was checked is what
 is reached, and a DNS answer that changes between the check and the connect (DNS rebinding)
-changes nothing. Proxies from the environment are ignored for the same reason, redirects are
-not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an answer are read.
+changes nothing. Proxies from the environment are ignored for the same reason, no connection
+is kept for a later request (the client's pool would reuse one made for another name), redirects
+are not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an answer are read.
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ async def post_pinned(
     http: httpx.AsyncClient, url: httpx.URL, address: str, headers: dict[str, str], body: bytes
 ) -> tuple[int, str]:
     """POST to `address` in place of the URL's host: the status, and an excerpt of the
-    answer when it is not a success."""
+    answer when it is not a success.
+
+    The connection is not kept for another request (`Connection: close`): the client's pool
+    knows a connection by the address alone, so a kept one would carry the next request to
+    that address for another name over TLS verified for this name, never checking its own."""
     pinned = url.copy_with(host=address)
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
     request = http.build_request(
-        "POST", pinned, headers={**headers, "Host": url.netloc.decode()}, content=body,
-        extensions=extensions,
+        "POST", pinned, content=body, extensions=extensions,
+        headers={**headers, "Host": url.netloc.decode(), "Connection": "close"},
     )  # fmt: skip
     response = await http.send(request, stream=True)
     try:
