@@ -267,7 +267,10 @@ def _count(key: str, value: AnyValue) -> int:
     elif kind == "double_value" and value.double_value.is_integer():
         count = int(value.double_value)
     elif kind == "string_value" and value.string_value.strip().isdecimal():
-        count = int(value.string_value)
+        try:
+            count = int(value.string_value)
+        except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits())
+            count = None
     if count is None or not 0 <= count <= MAX_QUANTITY:
         shown = _shown(value)
         raise InvalidEvent(

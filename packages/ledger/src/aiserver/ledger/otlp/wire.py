@@ -78,13 +78,7 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     """The body with its content coding undone (gzip or none), at most `limit` bytes."""
     coding = (content_encoding or "identity").strip().lower()
     if coding == "gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            plain = inflater.decompress(body, limit + 1)
-        except zlib.error as exc:
-            raise MalformedTraces(f"the body is not valid gzip: {exc}") from None
-        if len(plain) <= limit and not inflater.eof:
-            raise MalformedTraces("the gzip body ends before its end (truncated)")
+        plain = _gunzip(body, limit)
     elif coding == "identity":
         plain = body
     else:
@@ -97,6 +91,28 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
             "undone: export smaller batches"
         )
     return plain
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """`body` with gzip undone, up to `limit` + 1 bytes: every member of it, as a gzip stream is
+    a series of members (RFC 1952: two compressed parts one after the other, `cat a.gz b.gz`),
+    so that no part of a body is dropped. `MalformedTraces` for bytes that are not gzip (after
+    the last member too) and for a member cut short."""
+    plain = bytearray()
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:  # the room left is at least 1 byte (0 would mean no bound)
+            plain += inflater.decompress(rest, limit + 1 - len(plain))
+        except zlib.error as exc:
+            raise MalformedTraces(f"the body is not valid gzip: {exc}") from None
+        if len(plain) > limit:
+            return bytes(plain)
+        if not inflater.eof:
+            raise MalformedTraces("the gzip body ends before its end (truncated)")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(plain)
 
 
 def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
