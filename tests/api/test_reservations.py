@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -56,6 +57,7 @@ async def test_a_reservation_holds_its_estimate_until_its_event_settles_it(
         "currency": "USD",
         "expires_at": made["expires_at"],
         "budgets": [{"budget_id": budget_id, "window_start": window["start"], "amount": "0.25"}],
+        "state": "held",
     }
     expires = datetime.fromisoformat(made["expires_at"])
     assert before + timedelta(seconds=120) <= expires <= datetime.now(UTC) + timedelta(seconds=120)
@@ -110,6 +112,51 @@ async def test_a_budget_that_cannot_hold_the_estimate_answers_402_and_nothing_is
     }  # fmt: skip
     assert (await window_of(client, admin_key, roomy))["reserved"] == "0.75"
     assert await pg.fetchval("SELECT count(*) FROM budget_reservations") == 1
+
+
+async def test_a_reserve_repeated_with_its_chosen_id_holds_once_and_answers_the_first(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """A client whose reserve went unanswered (a timeout, a dropped connection) sends it again
+    with the same `reservation_id`: the estimate is held once, and the repeat answers 200 with
+    the reservation made the first time, in the state it is in now. The same id with another
+    estimate is a 409; another project's same id is a reservation of its own."""
+    admin_key, ingest_key = tenants.admin_a["key"], tenants.ingest_a["key"]
+    budget_id = await hard_budget(client, admin_key, "1")
+    chosen = "0b3c2a7e-9f1d-4c55-8e2a-6d1f0c9b7a11"
+    body = {"model": MODEL, "estimate": "0.4", "reservation_id": chosen}
+    first = await client.post(RESERVE, headers=bearer(ingest_key), json=body)
+    assert first.status_code == 201, first.text
+    assert (first.json()["reservation_id"], first.json()["state"]) == (chosen, "held")
+    for _ in range(2):
+        again = await client.post(RESERVE, headers=bearer(ingest_key), json=body)
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+    assert (await window_of(client, admin_key, budget_id))["reserved"] == "0.4"
+    # the budget cannot hold a second 0.75, nor 0.4 twice more: a repeat is answered all the same
+    full = {"model": MODEL, "estimate": "0.6"}
+    assert (await client.post(RESERVE, headers=bearer(ingest_key), json=full)).status_code == 201
+    assert (await client.post(RESERVE, headers=bearer(ingest_key), json=body)).status_code == 200
+
+    other = await client.post(RESERVE, headers=bearer(ingest_key),
+                              json={**body, "estimate": "0.5"})  # fmt: skip
+    assert_problem(other, 409, "was made for an estimate of 0.4 USD, not 0.5")
+    event = {"id": "call-r", "model": MODEL, "usage": {"input_tokens": 100},
+             "reservation_id": chosen}  # fmt: skip
+    recorded = await client.post("/v1/usage", headers=bearer(ingest_key), json=event)
+    assert recorded.json()["reservation"] == "settled", recorded.text
+    late = await client.post(RESERVE, headers=bearer(ingest_key), json=body)
+    assert (late.status_code, late.json()["state"]) == (200, "settled")
+    assert (await window_of(client, admin_key, budget_id))["reserved"] == "0.6"
+
+    theirs = await client.post(RESERVE, headers=bearer(tenants.admin_b["key"]), json=body)
+    assert (theirs.status_code, theirs.json()["state"]) == (201, "held")
+    assert await pg.fetchval("SELECT count(*) FROM budget_reservations WHERE id = $1",
+                             UUID(chosen)) == 2  # fmt: skip
+    for wrong in ("not-a-uuid", "{0b3c2a7e-9f1d-4c55-8e2a-6d1f0c9b7a11}", "0" * 32):
+        refused = await client.post(RESERVE, headers=bearer(ingest_key),
+                                    json={**body, "reservation_id": wrong})  # fmt: skip
+        assert_problem(refused, 422, "is not a UUID")
 
 
 async def test_release_is_idempotent_and_another_projects_reservation_is_unknown(

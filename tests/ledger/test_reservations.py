@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +23,12 @@ from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.budgets.reservations import STRIPES, batches, cut, release_expired, reserve
 from aiserver.ledger.budgets.reservations.store import Call
-from aiserver.ledger.errors import BudgetExceeded, InvalidField, UnknownReservation
+from aiserver.ledger.errors import (
+    BudgetExceeded,
+    InvalidField,
+    ReservationConflict,
+    UnknownReservation,
+)
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import EventResult, UsageRecorder
@@ -88,6 +94,67 @@ async def record(pool: asyncpg.Pool, access: Access, *raws: bytes) -> list[Event
         pool, access.project_id or 0, decode_items(raws), catalog=CATALOG, raws=raws
     )
     return report.results
+
+
+@pytest.mark.parametrize("way", ["quick", "slow"])
+async def test_a_chosen_id_holds_once_however_its_repeats_race(
+    pool: asyncpg.Pool, access: Access, way: str
+) -> None:
+    """Repeats of a reserve with the same chosen id, sent at once (a client's retry while its
+    first request is still running) and afterwards: one reservation, its amount held once, and
+    every caller answered with it. On the quick way they may share one statement (an earlier
+    item makes it) or meet in two (the insert waits, then gives its holds back); on the slow
+    way (the first reserve of a process, or a window cut anew) the insert meets the other."""
+    hard = await budget(pool, access, "10")
+    chosen = "7d0c6f7e-5b0a-4a3b-9c1e-2f4d6b8a0c3e"
+    if way == "quick":
+        await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the zone, now known
+    made = []
+    for _ in range(3):
+        if way == "slow":
+            reservations._ZONES.clear()  # noqa: SLF001 - the slow way, as a new process's
+        made += await asyncio.gather(*(
+            reserve(pool, access, amount=Decimal("0.25"), reservation_id=chosen, now=NOW)
+            for _ in range(6)
+        ))  # fmt: skip
+    assert {str(m.id) for m in made} == {chosen}
+    assert sum(not m.repeated for m in made) == 1
+    assert {(m.amount, m.state) for m in made} == {(Decimal("0.25"), "held")}
+    assert len({m.holds for m in made}) == 1
+    held = Decimal("0.35") if way == "quick" else Decimal("0.25")
+    assert await window(pool, access, hard) == (Decimal(0), held)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM budget_reservations WHERE id = $1", made[0].id)
+        == 1
+    )
+
+
+async def test_one_statement_with_a_chosen_id_twice_and_one_made_before(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """`ledger_reserve_many` itself: of two calls with one id in a statement, the first makes
+    the reservation and the second gives its hold back; a call whose id names a reservation
+    made before takes no hold at all. Both are answered as repeats of that id."""
+    hard = await budget(pool, access, "10")  # each reservation stripe's share holds 0.2
+    before = await reserve(pool, access, amount=Decimal("0.1"), now=NOW,
+                           reservation_id="11111111-2222-4333-8444-555555555555")  # fmt: skip
+    starts = [window_of(p, "Europe/Berlin", NOW)[0] for p in PERIODS]
+    expires = NOW + timedelta(minutes=1)
+    twice = uuid.UUID("99999999-8888-4777-8666-555555555555")
+    calls = [Call(Decimal("0.2"), {}, ["gpt-x"], expires, twice),
+             Call(Decimal("0.2"), {}, ["gpt-x"], expires, twice),
+             Call(Decimal("0.3"), {}, ["gpt-x"], expires, before.id),
+             Call(Decimal("0.05"), {}, ["gpt-x"], expires)]  # fmt: skip
+    async with pool.acquire() as conn:
+        answers = await reservations.store.reserve_many(
+            conn, access.project_id, "Europe/Berlin", starts, STRIPES, calls
+        )
+    assert isinstance(answers[0], tuple) and answers[0][0] == twice
+    assert answers[1:3] == [reservations.store.Repeat(twice), reservations.store.Repeat(before.id)]
+    assert isinstance(answers[3], tuple)
+    assert await window(pool, access, hard) == (Decimal(0), Decimal("0.35"))
+    with pytest.raises(ReservationConflict, match="estimate of 0.1 USD, not 0.3"):
+        await reserve(pool, access, amount=Decimal("0.3"), reservation_id=str(before.id), now=NOW)
 
 
 def test_shares_sum_to_the_limit_exactly_and_give_the_estimate_to_its_stripe() -> None:

@@ -32,6 +32,8 @@ AiserverError
     │                             JSON, or compressed otherwise than gzip
     ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
     ├── UnknownReservation    404 unknown-reservation: none by that id, or another project's
+    ├── ReservationConflict   409 reservation-conflict: a reserve repeated with the id of a
+    │                             reservation made for another estimate
     ├── BudgetExceeded        402 budget-exceeded: a reservation that a hard budget cannot
     │                             hold; names the budget, its limit and what remains
     └── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
@@ -137,6 +139,10 @@ class UnknownBudget(InvalidInput, status=404, slug="unknown-budget"):
 
 class UnknownReservation(InvalidInput, status=404, slug="unknown-reservation"):
     pass
+
+
+class ReservationConflict(InvalidInput, status=409, slug="reservation-conflict"):
+    """A reserve repeated with the id of a reservation made for another estimate."""
 
 
 class BudgetExceeded(InvalidInput, status=402, slug="budget-exceeded"):

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -47,6 +47,8 @@ class ReserveIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     usage_format: UsageFormat | None = None
     service_tier: ServiceTier = "standard"
     expires_in_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] | None = None
+    # the caller's choice of id (a UUID): a repeat with it answers the reservation made then
+    reservation_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class HoldOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +63,8 @@ class ReservationOut(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     expires_at: datetime
     budgets: list[HoldOut]  # the hard budgets that hold it (none: no hard budget matches)
+    # held; for a repeat (200), the state it is in now: held, settled, released or expired
+    state: str
 
 
 class ReleaseOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,16 +106,20 @@ class ReservationController(Controller):
         "/reserve",
         status_code=HTTP_201_CREATED,
         summary="Reserve an estimate on the hard budgets a coming call matches (scope ingest)",
-        responses=problem_responses(400, 401, 402, 403, 404, 413, 422, 503),
+        responses=problem_responses(400, 401, 402, 403, 404, 409, 413, 422, 503),
     )
     async def reserve(
         self, request: Request[Any, Any, Any], access: NamedDependency[Access],
         data: JSONBody[ReserveIn],
-    ) -> ReservationOut:  # fmt: skip
+    ) -> Response[ReservationOut]:  # fmt: skip
         """Hold the estimate on the current window of every hard budget the call counts for,
         all or none: a 402 `budget-exceeded` problem names the budget that cannot hold it,
         its limit and what remains. Report the call's event with the `reservation_id` to
-        settle it, or release it; unsettled, it is released at `expires_at`."""
+        settle it, or release it; unsettled, it is released at `expires_at`.
+
+        With a `reservation_id` of your choosing (a UUID), a repeat of the request (its answer
+        was lost) holds nothing more: it answers 200 with the reservation made the first time,
+        in its state now; the same id with another estimate is a 409."""
         access.project_key("ingest")
         models = [data.model]
         if (data.estimate is None) == (data.usage is None):
@@ -127,14 +135,17 @@ class ReservationController(Controller):
             None if data.expires_in_seconds is None else timedelta(seconds=data.expires_in_seconds)
         )
         made = await reservations.reserve(
-            require_pool(), access, amount=amount, tags=data.tags, models=models, ttl=ttl
-        )
-        return ReservationOut(
+            require_pool(), access, amount=amount, tags=data.tags, models=models, ttl=ttl,
+            reservation_id=data.reservation_id,
+        )  # fmt: skip
+        answer = ReservationOut(
             reservation_id=str(made.id), estimate=money(made.amount), currency="USD",
             expires_at=made.expires_at,
             budgets=[HoldOut(budget_id=h.budget_id, window_start=h.window_start,
                              amount=money(h.amount)) for h in made.holds],
+            state=made.state,
         )  # fmt: skip
+        return Response(answer, status_code=HTTP_200_OK if made.repeated else HTTP_201_CREATED)
 
     @post(
         "/reservations/{reservation_id:str}/release",

@@ -53,6 +53,7 @@ from aiserver.ledger.errors import (
     BudgetExceeded,
     InvalidEvent,
     InvalidField,
+    ReservationConflict,
     UnknownReservation,
 )
 from aiserver.ledger.text import has_control
@@ -86,6 +87,8 @@ class Reservation:
     amount: Decimal
     expires_at: datetime
     holds: tuple[Hold, ...]
+    state: str = "held"
+    repeated: bool = False  # its id was asked for before: this is the reservation made then
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,37 +220,81 @@ async def reserve(
     tags: Mapping[str, str] | None = None,
     models: Sequence[str] = (),
     ttl: timedelta | None = None,
+    reservation_id: str | None = None,
     now: datetime | None = None,
 ) -> Reservation:
     """Hold `amount` on the current window of every hard budget that a call with `tags` and
     one of `models` (as reported, and as the catalog priced it) would count for: all of them,
-    or `BudgetExceeded` naming the first that cannot, and nothing held."""
+    or `BudgetExceeded` naming the first that cannot, and nothing held.
+
+    `reservation_id` (the caller's choice) makes a repeat safe: when the project has a
+    reservation of that id already, it is the answer (`repeated`, in whatever state it is now)
+    and nothing more is held; `ReservationConflict` when it was made for another estimate."""
     project_id = access.project_key("ingest")
     check_estimate(amount)
     checked_tags = _check_tags(tags or {})
     models = _check_models(models)
     lasts = check_ttl(ttl)
+    chosen = None if reservation_id is None else _chosen_id(reservation_id)
     at = now or datetime.now(UTC)
-    quick = await _reserve_at_once(pool, project_id, amount, checked_tags, models, at + lasts, at)
+    call = store.Call(amount, checked_tags, models, at + lasts, chosen)
+    quick = await _reserve_at_once(pool, project_id, call, at)
     if isinstance(quick, Reservation):
         return quick
+    if isinstance(quick, store.Repeat):
+        return await _repeated(pool, project_id, quick.reservation_id, amount)
     recut = set() if quick is None else {quick}
     while True:
         try:
-            return await _reserve(pool, project_id, amount, checked_tags, models, at + lasts,
-                                  at, recut)  # fmt: skip
+            return await _reserve(pool, project_id, call, at, recut)
         except _Recut as again:
             recut.add(again.budget_id)
+        except _Repeated as repeat:
+            return await _repeated(pool, project_id, repeat.reservation_id, amount)
+
+
+def _chosen_id(reservation_id: str) -> UUID:
+    """The id a caller chose for its reservation: a UUID written as the API writes one."""
+    parsed = _parse(reservation_id)
+    if parsed is None:
+        raise InvalidField(
+            f"reservation_id: {reservation_id[:80]!r} is not a UUID written as 8-4-4-4-12 hex "
+            "digits (e.g. a random one, uuid4)",
+            ["reservation_id"],
+        )
+    return parsed
+
+
+class _Repeated(Exception):
+    """The slow way found a reservation of the chosen id: start over as a repeat."""
+
+    def __init__(self, reservation_id: UUID) -> None:
+        self.reservation_id = reservation_id
+
+
+async def _repeated(
+    pool: asyncpg.Pool, project_id: int, reservation_id: UUID, amount: Decimal
+) -> Reservation:
+    """The reservation of the chosen id that the project has already, as a repeat's answer."""
+    row = await store.read_reservation(pool, project_id, reservation_id)
+    assert row is not None, "a reservation is never deleted"
+    if row["amount"] != amount:
+        raise ReservationConflict(
+            f"reservation {reservation_id} was made for an estimate of {money(row['amount'])} "
+            f"USD, not {money(amount)}; choose a new id for another reservation"
+        )
+    holds = store.holds(row["budget_ids"], row["window_starts"], row["stripes"], row["amounts"])
+    return Reservation(reservation_id, row["amount"], row["expires_at"], holds,
+                       state=row["state"], repeated=True)  # fmt: skip
 
 
 async def _reserve_at_once(
-    pool: asyncpg.Pool, project_id: int, amount: Decimal, tags: Mapping[str, str],
-    models: Sequence[str], expires_at: datetime, at: datetime,
-) -> Reservation | int | None:  # fmt: skip
+    pool: asyncpg.Pool, project_id: int, call: store.Call, at: datetime
+) -> Reservation | int | store.Repeat | None:
     """The quick way, in one statement with the calls that arrive with this one: the
-    reservation; or the id of a budget whose window must be cut anew; or None when the
-    project's time zone is not known here (the slow way reads it)."""
-    call = store.Call(amount, tags, models, expires_at)
+    reservation; or the id of a budget whose window must be cut anew; or a repeat of a
+    reservation made before; or None when the project's time zone is not known here (the slow
+    way reads it)."""
     for _ in range(2):  # a second time when the zone changed
         zone = _ZONES.get(project_id)
         if zone is None:
@@ -258,10 +305,10 @@ async def _reserve_at_once(
         except store.ZoneChanged as changed:
             _remember_zone(project_id, changed.zone)
         else:
-            if isinstance(answer, int):
+            if isinstance(answer, int | store.Repeat):
                 return answer
             reservation_id, holds = answer
-            return Reservation(reservation_id, amount, expires_at, holds)
+            return Reservation(reservation_id, call.amount, call.expires_at, holds)
     return None
 
 
@@ -275,11 +322,12 @@ def _remember_zone(project_id: int, zone: str | None) -> None:
 
 
 async def _reserve(
-    pool: asyncpg.Pool, project_id: int, amount: Decimal, tags: Mapping[str, str],
-    models: Sequence[str], expires_at: datetime, at: datetime, recut: set[int],
-) -> Reservation:  # fmt: skip
+    pool: asyncpg.Pool, project_id: int, call: store.Call, at: datetime, recut: set[int]
+) -> Reservation:
     """One attempt, in one transaction. Rows are locked by (budget, window, stripe): a budget's
-    one stripe (the quick way), or all its stripes in order (`recut`), never some of both."""
+    one stripe (the quick way), or all its stripes in order (`recut`), never some of both.
+    `_Repeated` when the project has a reservation of the call's chosen id already."""
+    amount, tags, models = call.amount, call.tags, call.models
     async with pool.acquire() as conn, conn.transaction():
         zone, budgets = await store.hard_budgets(conn, project_id)
         _remember_zone(project_id, zone)
@@ -292,10 +340,15 @@ async def _reserve(
         holds = tuple(hold for _, hold, _ in planned)
         # The reservation first: the window rows stay locked only from their update to the
         # commit. A refusal rolls it back with the rest.
-        reservation_id = await store.insert_reservation(conn, project_id, amount, holds, expires_at)
+        reservation_id = await store.insert_reservation(
+            conn, project_id, amount, holds, call.expires_at, call.reservation_id
+        )
+        if reservation_id is None:
+            assert call.reservation_id is not None
+            raise _Repeated(call.reservation_id)
         for budget, hold, end in planned:
             await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
-    return Reservation(reservation_id, amount, expires_at, holds)
+    return Reservation(reservation_id, amount, call.expires_at, holds)
 
 
 def _parse(reservation_id: str) -> UUID | None:

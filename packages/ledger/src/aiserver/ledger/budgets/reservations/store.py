@@ -99,11 +99,19 @@ class Call:
     tags: Mapping[str, str]
     models: Sequence[str]
     expires_at: datetime
+    reservation_id: UUID | None = None  # the caller's choice; None: a new one
 
 
-#: What the quick way answers a call: its reservation (id and holds), or the id of a budget
-#: whose stripe could not hold it (cut that budget's window anew).
-Answer = tuple[UUID, tuple[Hold, ...]] | int
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """The call's id names a reservation the project has already: nothing was held for it."""
+
+    reservation_id: UUID
+
+
+#: What the quick way answers a call: its reservation (id and holds), the id of a budget whose
+#: stripe could not hold it (cut that budget's window anew), or a repeat.
+Answer = tuple[UUID, tuple[Hold, ...]] | int | Repeat
 
 
 async def reserve_many(
@@ -118,11 +126,12 @@ async def reserve_many(
     nothing reserved for any call."""
     try:
         rows = await conn.fetch(
-            "SELECT * FROM ledger_reserve_many($1, $2, $3, $4, $5, $6::jsonb[], $7::jsonb[], $8)",
+            "SELECT * FROM ledger_reserve_many($1, $2, $3, $4, $5, $6::jsonb[], $7::jsonb[], $8,"
+            " $9::uuid[])",
             project_id, zone, list(starts), stripes, [c.amount for c in calls],
             [_JSON_OUT.encode(c.tags).decode() for c in calls],
             [_JSON_OUT.encode(list(c.models)).decode() for c in calls],
-            [c.expires_at for c in calls],
+            [c.expires_at for c in calls], [c.reservation_id for c in calls],
         )  # fmt: skip
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == "LR002":
@@ -136,6 +145,8 @@ def _answer(row: asyncpg.Record, call: Call) -> Answer:
     if row["full_budget"] is not None:
         full: int = row["full_budget"]
         return full
+    if row["budget_ids"] is None:
+        return Repeat(row["reservation_id"])
     amounts = [call.amount] * len(row["budget_ids"])
     return row["reservation_id"], holds(
         row["budget_ids"], row["window_starts"], row["stripe_numbers"], amounts
@@ -227,18 +238,34 @@ async def insert_reservation(
     amount: Decimal,
     holds: Sequence[Hold],
     expires_at: datetime,
-) -> UUID:
-    reservation_id: UUID = await conn.fetchval(
+    reservation_id: UUID | None = None,
+) -> UUID | None:
+    """The new reservation's id (`reservation_id` when given); None when the project has a
+    reservation of that id already (one committed meanwhile is waited for)."""
+    made: UUID | None = await conn.fetchval(
         """
-        INSERT INTO budget_reservations (project_id, amount, budget_ids, window_starts, stripes,
-                                         amounts, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
+                                         stripes, amounts, expires_at)
+        VALUES ($1, coalesce($8, gen_random_uuid()), $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (project_id, id) DO NOTHING
         RETURNING id
         """,
         project_id, amount, [h.budget_id for h in holds], [h.window_start for h in holds],
-        [h.stripe for h in holds], [h.amount for h in holds], expires_at,
+        [h.stripe for h in holds], [h.amount for h in holds], expires_at, reservation_id,
     )  # fmt: skip
-    return reservation_id
+    return made
+
+
+async def read_reservation(
+    conn: DbConnection | asyncpg.Pool, project_id: int, reservation_id: UUID
+) -> asyncpg.Record | None:
+    """A reservation of the project: its amount, expiry, state and holds."""
+    return await conn.fetchrow(
+        f"SELECT r.amount, r.expires_at, r.state, {_HELD} FROM budget_reservations AS r"  # noqa: S608
+        " WHERE r.project_id = $1 AND r.id = $2",  # (constants only)
+        project_id,
+        reservation_id,
+    )
 
 
 _HELD: Final = "r.project_id, r.id, r.budget_ids, r.window_starts, r.stripes, r.amounts"
