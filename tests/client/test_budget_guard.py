@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from aiserver.client import (
+    AiserverError,
     AsyncBudgetGuard,
     AsyncClient,
     BudgetExceeded,
@@ -22,7 +23,7 @@ from aiserver.client import (
     RecorderSettings,
 )
 
-from .conftest import Ledger, Tenant, api_events, budget_window, create_budget
+from .conftest import FailingFront, Ledger, Tenant, api_events, budget_window, create_budget
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500}
 COST = Decimal("0.0075")  # gpt-4o: 1000 x $2.50 + 500 x $10 per million
@@ -199,3 +200,40 @@ async def test_an_invalid_event_does_not_keep_the_reservation_held(
     assert (window["reserved"], window["committed"]) == ("0", "0")
     reservation_id = guard.reservation.reservation_id
     assert await reservation_states(ledger.url, tenant.id) == {reservation_id: "released"}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
+    ledger: Ledger, tenant: Tenant, kind: str
+) -> None:
+    """The API commits the reservation and its answer is lost (a 503 from the front, no repeats
+    left): the guard raises, the call is not made, and the guard releases the reservation by the
+    id it chose, so that nothing stays held until it expires."""
+    budget_id = await hard_budget(ledger, tenant)
+    front = FailingFront(target=ledger.api.base_url, refuse=0, lose=1, retry_after=None)
+    front.start()
+    try:
+        with pytest.raises(AiserverError) as lost:
+            if kind == "async":
+                async with (
+                    AsyncClient(front.base_url, tenant.key, retries=0) as aclient,
+                    aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+                ):
+                    pytest.fail("the call is made although the reserve failed")
+            else:
+
+                def guarded() -> None:
+                    with (
+                        Client(front.base_url, tenant.key, retries=0) as client,
+                        client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+                    ):
+                        pytest.fail("the call is made although the reserve failed")
+
+                await asyncio.to_thread(guarded)
+    finally:
+        front.stop()
+    assert lost.value.status == 503
+    assert [status for _, status in front.arrivals] == [503, 200]  # the reserve, the release
+    states = await reservation_states(ledger.url, tenant.id)
+    assert list(states.values()) == ["released"]
+    assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"

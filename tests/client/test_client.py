@@ -237,6 +237,32 @@ async def test_record_repeats_a_failed_request_with_the_same_keys(
     assert await stored_keys(ledger.url, tenant.id) == {result.id: 1}
 
 
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_reserve_repeats_a_failed_request_and_holds_the_estimate_once(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    # As for record: the second request's answer is lost after the API committed it. The
+    # reservation's id is the client's, so the repeat answers that reservation and holds nothing
+    # more (before, a repeat held the estimate a second time until it expired).
+    made = await create_budget(ledger.api, tenant, name="cap", limit_usd="1", period="day",
+                               hard=True)  # fmt: skip
+    front = FailingFront(target=ledger.api.base_url, refuse=1, lose=1, retry_after=None)
+    front.start()
+    try:
+        if kind is AsyncClient:
+            async with AsyncClient(front.base_url, tenant.key) as aclient:
+                held = await aclient.reserve("gpt-4o", estimate="0.25")
+        else:
+            with Client(front.base_url, tenant.key) as client:
+                held = await asyncio.to_thread(client.reserve, "gpt-4o", estimate="0.25")
+    finally:
+        front.stop()
+    assert [status for _, status in front.arrivals] == [503, 503, 200]
+    assert (held.estimate, held.state) == (Decimal("0.25"), "held")
+    window = await budget_window(ledger.api, tenant, made["id"])
+    assert window["reserved"] == "0.25"
+
+
 def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> None:
     front = FailingFront(target=ledger.api.base_url, refuse=10, lose=0, retry_after=0)
     front.start()
@@ -245,10 +271,10 @@ def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> No
             with pytest.raises(AiserverError) as failed:
                 client.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O})
             with pytest.raises(AiserverError):
-                client.reserve("gpt-4o", estimate="0.01")  # not repeated: not idempotent
+                client.reserve("gpt-4o", estimate="0.01")
     finally:
         front.stop()
     assert (failed.value.status, failed.value.retryable) == (503, True)
-    assert len(front.arrivals) == 3 + 1
+    assert len(front.arrivals) == 3 + 3
     with pytest.raises(ValueError, match="retries must be 0 or more"):
         Client(ledger.api.base_url, tenant.key, retries=-1)

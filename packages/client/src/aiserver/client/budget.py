@@ -53,6 +53,8 @@ class _Guard:
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
+        # chosen here, so that a reserve whose answer never came can still be released
+        self.reservation_id = wire.new_reservation_id()
         self._reservation: Optional[Reservation] = None
         self.settled = False  # an event recorded (waited for) settled the reservation
         self.reported = False  # an event was recorded or queued with the reservation's id
@@ -87,12 +89,30 @@ class _Guard:
             return False
         return error is not None or not self.reported
 
+    def _reserving(self) -> dict[str, Any]:
+        """The reserve's arguments but the model: the ask's, and the id chosen here."""
+        ask = self.ask
+        return {
+            "estimate": ask.estimate, "usage": ask.usage, "tags": ask.tags,
+            "provider": ask.provider, "usage_format": ask.usage_format,
+            "expires_in_seconds": ask.expires_in_seconds, "reservation_id": self.reservation_id,
+        }  # fmt: skip
+
+    @staticmethod
+    def _may_hold(exc: BaseException) -> bool:
+        """Whether a reserve that raised `exc` may have been made all the same: anything but
+        the server's answer that it was not (a 4xx: refused, invalid)."""
+        return not (isinstance(exc, AiserverError) and exc.status < 500)
+
     def _release_failed(self, exc: Exception) -> None:
+        if isinstance(exc, AiserverError) and exc.status == 404:
+            return  # after a reserve that failed: none was made, nothing is held
+        expires = "" if self._reservation is None else f" at {self._reservation.expires_at}"
         log.warning(
-            "aiserver reservation %s not released (%s); it is released when it expires at %s",
-            self.reservation.reservation_id,
+            "aiserver reservation %s not released (%s); it is released when it expires%s",
+            self.reservation_id,
             exc,
-            self.reservation.expires_at.isoformat(),
+            expires,
         )
 
 
@@ -102,17 +122,19 @@ class BudgetGuard(_Guard):
         self._client = client
 
     def __enter__(self) -> BudgetGuard:
-        ask = self.ask
-        self._reservation = self._client.reserve(
-            ask.model,
-            estimate=ask.estimate,
-            usage=ask.usage,
-            tags=ask.tags,
-            provider=ask.provider,
-            usage_format=ask.usage_format,
-            expires_in_seconds=ask.expires_in_seconds,
-        )
+        try:
+            self._reservation = self._client.reserve(self.ask.model, **self._reserving())
+        except BaseException as exc:
+            if self._may_hold(exc):
+                self._release()
+            raise
         return self
+
+    def _release(self) -> None:
+        try:
+            self._client.release(self.reservation_id)
+        except (AiserverError, httpx.TransportError) as exc:
+            self._release_failed(exc)
 
     def record(self, event: Optional[EventLike] = None, **fields: Any) -> EventResult:
         """Record the call's event now; it settles the reservation."""
@@ -131,10 +153,7 @@ class BudgetGuard(_Guard):
         traceback: Optional[TracebackType],
     ) -> None:
         if self._must_release(error):
-            try:
-                self._client.release(self.reservation.reservation_id)
-            except (AiserverError, httpx.TransportError) as exc:
-                self._release_failed(exc)
+            self._release()
 
 
 class AsyncBudgetGuard(_Guard):
@@ -143,17 +162,19 @@ class AsyncBudgetGuard(_Guard):
         self._client = client
 
     async def __aenter__(self) -> AsyncBudgetGuard:
-        ask = self.ask
-        self._reservation = await self._client.reserve(
-            ask.model,
-            estimate=ask.estimate,
-            usage=ask.usage,
-            tags=ask.tags,
-            provider=ask.provider,
-            usage_format=ask.usage_format,
-            expires_in_seconds=ask.expires_in_seconds,
-        )
+        try:
+            self._reservation = await self._client.reserve(self.ask.model, **self._reserving())
+        except BaseException as exc:  # cancelled too: the release still runs, then it goes on
+            if self._may_hold(exc):
+                await self._release()
+            raise
         return self
+
+    async def _release(self) -> None:
+        try:
+            await self._client.release(self.reservation_id)
+        except (AiserverError, httpx.TransportError) as exc:
+            self._release_failed(exc)
 
     async def record(self, event: Optional[EventLike] = None, **fields: Any) -> EventResult:
         """Record the call's event now; it settles the reservation."""
@@ -172,7 +193,4 @@ class AsyncBudgetGuard(_Guard):
         traceback: Optional[TracebackType],
     ) -> None:
         if self._must_release(error):
-            try:
-                await self._client.release(self.reservation.reservation_id)
-            except (AiserverError, httpx.TransportError) as exc:
-                self._release_failed(exc)
+            await self._release()

@@ -53,7 +53,7 @@ from aiserver.client.recorder import (
     backoff_wait,
     new_key,
 )
-from aiserver.client.wire import EventLike, Money
+from aiserver.client.wire import EventLike, Money, new_reservation_id
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -295,9 +295,14 @@ class Client(_Common):
         usage_format: Optional[str] = None,
         service_tier: Optional[str] = None,
         expires_in_seconds: Optional[int] = None,
+        reservation_id: Optional[str] = None,
     ) -> Reservation:
         """Hold `estimate` (or the price of `usage`) on the hard budgets the call counts for;
-        `BudgetExceeded` when one cannot hold it (then nothing is held)."""
+        `BudgetExceeded` when one cannot hold it (then nothing is held).
+
+        The reservation's id is `reservation_id`, or a new random one: the request is repeated
+        like `record`'s (`retries`), and a repeat answers the reservation made the first time,
+        never holding the estimate twice. Reserving again with the same id does the same."""
         body = wire.reserve_body(
             model=model,
             provider=provider,
@@ -307,8 +312,9 @@ class Client(_Common):
             usage_format=usage_format,
             service_tier=service_tier,
             expires_in_seconds=expires_in_seconds,
+            reservation_id=reservation_id or new_reservation_id(),
         )
-        return wire.decode(self._post("/v1/budgets/reserve", body), Reservation)
+        return wire.decode(self._post_repeated("/v1/budgets/reserve", body), Reservation)
 
     def release(self, reservation_id: str) -> Release:
         """Give back what a reservation holds (idempotent)."""
@@ -473,6 +479,7 @@ class AsyncClient(_Common):
         usage_format: Optional[str] = None,
         service_tier: Optional[str] = None,
         expires_in_seconds: Optional[int] = None,
+        reservation_id: Optional[str] = None,
     ) -> Reservation:
         """As `Client.reserve`."""
         body = wire.reserve_body(
@@ -484,8 +491,9 @@ class AsyncClient(_Common):
             usage_format=usage_format,
             service_tier=service_tier,
             expires_in_seconds=expires_in_seconds,
+            reservation_id=reservation_id or new_reservation_id(),
         )
-        return wire.decode(await self._post("/v1/budgets/reserve", body), Reservation)
+        return wire.decode(await self._post_repeated("/v1/budgets/reserve", body), Reservation)
 
     async def release(self, reservation_id: str) -> Release:
         """As `Client.release`."""

@@ -163,6 +163,8 @@ class Reservation(msgspec.Struct, kw_only=True):
     currency: str
     expires_at: datetime
     budgets: list[ReservationHold]
+    # held; for a repeat of a reserve, the state it is in now (settled, released, expired)
+    state: str = "held"
 
 
 class Release(msgspec.Struct, kw_only=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -207,6 +208,11 @@ def spend_params(
     return httpx.QueryParams(tuple(params))
 
 
+def new_reservation_id() -> str:
+    """A reservation id of the client's choosing: a random UUID (version 4)."""
+    return str(uuid.uuid4())
+
+
 def reserve_body(
     *,
     model: str,
@@ -217,9 +223,11 @@ def reserve_body(
     usage_format: Optional[str],
     service_tier: Optional[str],
     expires_in_seconds: Optional[int],
+    reservation_id: Optional[str] = None,
 ) -> bytes:
     body = drop_none(
         {
+            "reservation_id": reservation_id,
             "model": model,
             "provider": provider,
             "tags": dict(tags) if tags else None,
