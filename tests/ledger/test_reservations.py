@@ -153,7 +153,7 @@ async def test_one_statement_with_a_chosen_id_twice_and_one_made_before(
     assert answers[1:3] == [reservations.store.Repeat(twice), reservations.store.Repeat(before.id)]
     assert isinstance(answers[3], tuple)
     assert await window(pool, access, hard) == (Decimal(0), Decimal("0.35"))
-    with pytest.raises(ReservationConflict, match="estimate of 0.1 USD, not 0.3"):
+    with pytest.raises(ReservationConflict, match=r"estimate of 0\.1 USD, not 0\.3"):
         await reserve(pool, access, amount=Decimal("0.3"), reservation_id=str(before.id), now=NOW)
 
 
