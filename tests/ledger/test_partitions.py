@@ -486,15 +486,10 @@ async def until_detaching(conn: asyncpg.Connection, name: str) -> None:
     pytest.fail(f"{name} was not marked detach pending within 10 s: {states}")
 
 
-async def test_an_interrupted_detach_and_a_detached_leftover_are_finished_by_the_next_run(
-    settings: Settings,
-    conn: asyncpg.Connection,
-    connect: Connect,
-    pool: asyncpg.Pool,
-    projects: tuple[int, int],
-) -> None:
-    await _a_year_of_usage(settings, conn, pool, projects)
-    # a reader in a long transaction makes a concurrent detach wait; the wait is cancelled
+async def january_detaching_february_detached(conn: asyncpg.Connection, connect: Connect) -> None:
+    """January 2025 left pending detach (a run cut off while its detach waited for a reader:
+    arq's timeout, a shutdown) and February detached whole (a run that stopped, or a detach by
+    hand, between detach and drop)."""
     reader = await connect()
     async with reader.transaction():
         assert await reader.fetchval("SELECT count(*) FROM usage_events") == 10
@@ -504,13 +499,23 @@ async def test_an_interrupted_detach_and_a_detached_leftover_are_finished_by_the
         assert await conn.fetchval("SELECT pg_cancel_backend($1)", detacher.get_server_pid())
         with pytest.raises(asyncpg.QueryCanceledError):
             await detaching
-    # a detach done by hand (or a run that stopped between detach and drop)
     await conn.execute("ALTER TABLE usage_events DETACH PARTITION usage_events_p202502")
     states = {t.name: t.state for t in await store.usage_tables(conn)}
     assert (states["usage_events_p202501"], states["usage_events_p202502"]) == (
         "detaching",
         "detached",
     )
+
+
+async def test_an_interrupted_detach_and_a_detached_leftover_are_finished_by_the_next_run(
+    settings: Settings,
+    conn: asyncpg.Connection,
+    connect: Connect,
+    pool: asyncpg.Pool,
+    projects: tuple[int, int],
+) -> None:
+    await _a_year_of_usage(settings, conn, pool, projects)
+    await january_detaching_february_detached(conn, connect)
     run = await maintain_partitions(conn, retention_days=RETENTION, now=T1)
     assert (run.dropped, run.keys_forgotten) == (
         ("usage_events_p202501", "usage_events_p202502", "usage_events_p202503"),

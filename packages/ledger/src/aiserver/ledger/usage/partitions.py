@@ -14,7 +14,8 @@
   `USAGE_RETENTION_DAYS`, so the day of grace (more than any clock skew between an API replica and
   a task runner, or a request in flight) keeps ingest from ever targeting a month that retention
   drops, and a key is forgotten only once its event can no longer be sent again. The outbox is
-  left to the rollups that own it.
+  left to the rollups that own it. A month that a run detached but did not drop, and that a
+  raised `USAGE_RETENTION_DAYS` keeps, is attached again by the next run.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ async def create_month(conn: DbConnection, month: datetime) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Maintenance:
-    """What one run did: the partitions created and dropped (by name), the drops put off to the
-    next run (Citus only: `usage_events` was busy) and the idempotency keys deleted. `ran` is
-    False when another process held the maintenance lock and this one did nothing."""
+    """What one run did: the partitions created (or attached again) and dropped (by name), the
+    drops put off to the next run (Citus only: `usage_events` was busy) and the idempotency keys
+    deleted. `ran` is False when another process held the maintenance lock and this one did
+    nothing."""
 
     ran: bool
     created: tuple[str, ...] = ()
@@ -197,7 +199,18 @@ async def _maintain(
     dropped, postponed = [], []
     for table in tables:
         start = month_of_partition(table.name)
-        if start is None or start >= horizon:
+        if start is None:
+            continue
+        if start >= horizon:
+            # A month that retention began to drop and is kept now (USAGE_RETENTION_DAYS was
+            # raised after a run stopped between detach and drop): attached again with its rows.
+            # Left pending detach, its events would be hidden, and ingest of its month, which
+            # finds it still listed as a partition, would fail for want of one.
+            if table.state != "attached":
+                if table.state == "detaching":
+                    await store.finish_detach(conn, table.name)
+                if await create_month(conn, start):
+                    created.append(table.name)
             continue
         if table.state == "detaching":
             await store.finish_detach(conn, table.name)
