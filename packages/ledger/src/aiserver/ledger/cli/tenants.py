@@ -28,10 +28,17 @@ def _project_lines(project: Project) -> list[str]:
     ]
 
 
+def _key_state(key: ApiKey) -> str:
+    """revoked, expired or active: what the API makes of the key now."""
+    if key.revoked_at:
+        return "revoked"
+    if key.expires_at and key.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
 def _key_line(key: ApiKey) -> str:
-    state = "revoked" if key.revoked_at else "active"
-    if key.expires_at and not key.revoked_at and key.expires_at <= datetime.now(UTC):
-        state = "expired"
+    state = _key_state(key)
     return (
         f"{key.id:>6}  ais_{key.public_id}_…  {','.join(key.scopes):<18} {state:<8} "
         f"expires {when(key.expires_at):<20} last used {when(key.last_used_at):<20} {key.name}"
@@ -82,7 +89,7 @@ async def _projects_show(core: CoreSettings, args: argparse.Namespace) -> int:
             print_json({"project": project, "keys": keys})
         else:
             print("\n".join(_project_lines(project)))
-            active = sum(1 for k in keys if not k.revoked_at)
+            active = sum(1 for k in keys if _key_state(k) == "active")
             print(f"keys:         {active} active, {len(keys)} in all")
         return 0
 

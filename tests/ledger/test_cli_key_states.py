@@ -1,0 +1,35 @@
+"""`aiserver-ledger projects show` counts a project's keys as `keys list` shows them: a key past
+its expiry is expired, not active, in both."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ..support.processes import run_module
+
+
+async def ledger(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    return await run_module("aiserver.ledger.cli", env, *args)
+
+
+async def test_an_expired_key_is_not_counted_active(subprocess_env: dict[str, str]) -> None:
+    code, _, err = await ledger(subprocess_env, "projects", "create", "acme")
+    assert code == 0, err
+    for name in ("lasting", "brief"):
+        code, _, err = await ledger(subprocess_env, "keys", "create", "acme", "--name", name)
+        assert code == 0, err
+    # the brief one's expiry has passed (a key cannot be made with one in the past)
+    conn = await asyncpg.connect(subprocess_env["DATABASE_URL"])
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE name = 'brief'"
+        )
+    finally:
+        await conn.close()
+    code, out, _ = await ledger(subprocess_env, "keys", "list", "acme")
+    assert code == 0
+    states = {line.split()[-1]: line.split()[3] for line in out.splitlines()[:-1]}
+    assert states == {"lasting": "active", "brief": "expired"}
+    code, out, _ = await ledger(subprocess_env, "projects", "show", "acme")
+    assert code == 0
+    assert "keys:         1 active, 2 in all" in out
