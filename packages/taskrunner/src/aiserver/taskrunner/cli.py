@@ -58,12 +58,16 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     """Run the worker until SIGTERM or SIGINT. arq's worker ends when its Redis connection fails
     (a Redis restart, a network cut): then its resources are closed and a new worker starts
     every REDIS_RETRY_S until Redis answers, so that an outage of Redis is a pause of the task
-    runner, not its end. A burst run ends at the first failure."""
+    runner, not its end. So does a start whose database is not ready (PostgreSQL unreachable, or
+    another runner's migrations holding their lock past its timeout), and the log says which of
+    the two it was. A burst run ends at the first failure."""
     # Imported here: `check` (the container health check) should not pay for the worker.
     from arq.worker import create_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from aiserver.core_db.connections import DatabaseUnavailable
+    from aiserver.core_db.locks import LockTimeout
     from aiserver.taskrunner.worker import worker_options
 
     stopped: list[signal.Signals] = []
@@ -78,8 +82,12 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
             _close_after_redis_lost(worker)
             if stopped or not worker.allow_pick_jobs:  # a SIGTERM had begun the stop
                 return 0
-            log.warning("redis unreachable: the worker starts again when it answers",
-                        error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S)  # fmt: skip
+            # both are OSErrors, raised by start-up's `initialize_database`, not by Redis
+            if isinstance(exc, DatabaseUnavailable | LockTimeout):
+                event = "database not ready at start: the worker starts again in a moment"
+            else:
+                event = "redis unreachable: the worker starts again when it answers"
+            log.warning(event, error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S)
             if _wait_or_signal(worker.loop, REDIS_RETRY_S):
                 return 0
             continue

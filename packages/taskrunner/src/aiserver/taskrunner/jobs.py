@@ -58,7 +58,8 @@ def logged_job(job: Job) -> Job:
             result = await job(ctx, *args, **kwargs)
         except asyncio.CancelledError:
             log.warning(
-                "job interrupted (shutdown or timeout); arq runs it again",
+                # arq runs it again after a shutdown, not after its timeout (that is a failure)
+                "job cancelled: its timeout fails it; a shutdown re-queues it",
                 function=job.__name__,
                 duration_s=round(time.perf_counter() - started, 3),
             )

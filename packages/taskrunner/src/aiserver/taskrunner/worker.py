@@ -96,8 +96,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     stack: contextlib.AsyncExitStack | None = ctx.pop("resources", None)
-    if stack is not None:
-        await stack.aclose()
+    if stack is None:  # start-up failed before the runner was ready: it did not start
+        return
+    await stack.aclose()
     log.info("task runner stopped")
 
 
