@@ -211,25 +211,25 @@ async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
     id it chose, so that nothing stays held until it expires."""
     budget_id = await hard_budget(ledger, tenant)
     front = FailingFront(target=ledger.api.base_url, refuse=0, lose=1, retry_after=None)
+
+    async def guarded_async() -> None:
+        async with (
+            AsyncClient(front.base_url, tenant.key, retries=0) as aclient,
+            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
+    def guarded() -> None:
+        with (
+            Client(front.base_url, tenant.key, retries=0) as client,
+            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
     front.start()
     try:
         with pytest.raises(AiserverError) as lost:
-            if kind == "async":
-                async with (
-                    AsyncClient(front.base_url, tenant.key, retries=0) as aclient,
-                    aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-                ):
-                    pytest.fail("the call is made although the reserve failed")
-            else:
-
-                def guarded() -> None:
-                    with (
-                        Client(front.base_url, tenant.key, retries=0) as client,
-                        client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-                    ):
-                        pytest.fail("the call is made although the reserve failed")
-
-                await asyncio.to_thread(guarded)
+            await (guarded_async() if kind == "async" else asyncio.to_thread(guarded))
     finally:
         front.stop()
     assert lost.value.status == 503

@@ -112,7 +112,7 @@ async def test_a_chosen_id_holds_once_however_its_repeats_race(
     made = []
     for _ in range(3):
         if way == "slow":
-            reservations._ZONES.clear()  # noqa: SLF001 - the slow way, as a new process's
+            reservations._ZONES.clear()  # the slow way, as a new process's
         made += await asyncio.gather(*(
             reserve(pool, access, amount=Decimal("0.25"), reservation_id=chosen, now=NOW)
             for _ in range(6)
@@ -149,7 +149,8 @@ async def test_one_statement_with_a_chosen_id_twice_and_one_made_before(
         answers = await reservations.store.reserve_many(
             conn, access.project_id, "Europe/Berlin", starts, STRIPES, calls
         )
-    assert isinstance(answers[0], tuple) and answers[0][0] == twice
+    assert isinstance(answers[0], tuple)
+    assert answers[0][0] == twice
     assert answers[1:3] == [reservations.store.Repeat(twice), reservations.store.Repeat(before.id)]
     assert isinstance(answers[3], tuple)
     assert await window(pool, access, hard) == (Decimal(0), Decimal("0.35"))
