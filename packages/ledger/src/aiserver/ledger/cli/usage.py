@@ -130,15 +130,20 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.access import Access
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.importing import import_lines
-    from aiserver.ledger.usage.ingest import UsageRecorder
+    from aiserver.ledger.usage.ingest import MISUSE_OR_CUT, UsageRecorder, connection_cut
 
     recorder = UsageRecorder(settings_for_command("aiserver-ledger", LedgerSettings))
     source = _Source.open(args.file)
 
     async def work(pool: Any) -> int:
         async with pool.acquire() as conn:
-            project = await projects.find_project(conn, Access.operator(), args.project)
-            catalog = await load_catalog(conn)
+            try:
+                project = await projects.find_project(conn, Access.operator(), args.project)
+                catalog = await load_catalog(conn)
+            except MISUSE_OR_CUT as exc:  # the pool's connection ended as the import started?
+                if (cut := await connection_cut(conn, exc)) is None:
+                    raise
+                raise cut from exc
         why = ""
         if not len(catalog):
             why = "the catalog in the database has no models yet (aiserver-costs seed or refresh)"
