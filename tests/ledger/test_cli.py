@@ -132,7 +132,23 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     assert f"{partition_name(old)}  {old:%Y-%m}      attached" in out
     assert "past retention: dropped at the next maintenance" in out
 
-    code, out, err = await ledger(subprocess_env, "partitions", "maintain", "--json")
+    # without the deployment's retention, maintenance refuses: the default could drop months
+    # that a longer retention keeps
+    assert "USAGE_RETENTION_DAYS" not in subprocess_env
+    code, out, err = await ledger(subprocess_env, "partitions", "maintain")
+    assert (code, out) == (2, ""), (code, out)
+    assert "USAGE_RETENTION_DAYS is not set here" in err
+    assert "--retention-days" in err
+    for wrong in ("0", "36501", "\u00b2", "x"):
+        code, _, err = await ledger(subprocess_env, "partitions", "maintain",
+                                    "--retention-days", wrong)  # fmt: skip
+        assert code == 2, err
+        assert "a whole number of days, 1 to 36500" in err, err
+    code, out, _ = await ledger(subprocess_env, "partitions", "list")
+    assert f"{partition_name(old)}  {old:%Y-%m}      attached" in out  # nothing dropped
+
+    code, out, err = await ledger(subprocess_env, "partitions", "maintain", "--json",
+                                  "--retention-days", "400")  # fmt: skip
     assert code == 0, err
     done = json.loads(out)
     assert done["outcome"] == "done"
@@ -144,7 +160,8 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     assert [(p["name"], p["state"], p["past_retention"]) for p in listed] == [
         (partition_name(m), "attached", False) for m in coming
     ]
-    code, out, _ = await ledger(subprocess_env, "partitions", "maintain")
+    code, out, _ = await ledger({**subprocess_env, "USAGE_RETENTION_DAYS": "400"},
+                                "partitions", "maintain")  # fmt: skip
     assert out.splitlines()[:2] == ["created: -", "dropped: -"]
 
 

@@ -8,6 +8,7 @@ USAGE_RETENTION_DAYS or before a long backfill.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.ledger.cli.common import Command, print_json, with_pool
@@ -72,12 +73,34 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
     return await with_pool(core, work)
 
 
+#: Where `maintain` reads the retention when `--retention-days` is not given.
+RETENTION_VARIABLE: Final = "USAGE_RETENTION_DAYS"
+
+
 async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    import msgspec
+
     from aiserver.core_db.settings import settings_for_command
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.partitions import maintain
 
-    result = await maintain(core, settings_for_command("aiserver-ledger", LedgerSettings))
+    settings = settings_for_command("aiserver-ledger", LedgerSettings)
+    if args.retention_days is not None:
+        settings = msgspec.structs.replace(settings, usage_retention_days=args.retention_days)
+    elif RETENTION_VARIABLE not in os.environ:
+        # A shell without the deployment's setting would drop, for good, the months that a
+        # retention longer than the default keeps: the retention must be said.
+        print(
+            f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, and maintenance drops the "
+            "months past the retention for good: set it as the deployment sets it, or pass "
+            f"--retention-days (the default would be {settings.usage_retention_days} days)",
+            file=sys.stderr,
+        )
+        return 2
+    result = await maintain(core, settings)
     if args.json:
         print_json(result.as_dict())
         return 0
@@ -92,6 +115,14 @@ async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
         print(f"{label}: {', '.join(names) or '-'}")
     print(f"idempotency keys forgotten with dropped events: {result.keys_forgotten:,}")
     return 0
+
+
+def _days(text: str) -> int:
+    """An argparse type: a retention in days, 1 to 36500 (as USAGE_RETENTION_DAYS)."""
+    digits = text.strip()
+    if not re.fullmatch(r"[0-9]{1,5}", digits) or not 1 <= int(digits) <= 36_500:
+        raise argparse.ArgumentTypeError(f"a whole number of days, 1 to 36500: {text[:20]!r}")
+    return int(digits)
 
 
 def add_parsers(groups: Any) -> None:
@@ -110,8 +141,16 @@ def add_parsers(groups: Any) -> None:
         "maintain",
         help="create this month's and the coming months' partitions and drop those past "
         "USAGE_RETENTION_DAYS, as the task runner does hourly",
+        description="Create this month's and the next months' partitions and drop, for good, "
+        "those past the retention: USAGE_RETENTION_DAYS as the deployment sets it, or "
+        "--retention-days. With neither, nothing is done (exit 2): the default of 400 days "
+        "would drop months that a longer retention keeps.",
     )
     run.add_argument("--json", action="store_true", help="print JSON")
+    run.add_argument(
+        "--retention-days", type=_days, metavar="DAYS",
+        help="the retention to keep (1 to 36500), in place of USAGE_RETENTION_DAYS",
+    )  # fmt: skip
 
 
 COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
