@@ -24,6 +24,7 @@ import msgspec
 from aiserver.costs.catalog import Catalog
 from aiserver.costs.money import money
 from aiserver.costs.pricing import CostComponent, ServiceTier, Usage, quote
+from aiserver.costs.pricing.usage import check_in_utc
 from aiserver.costs.usage_formats import UsageFormat, convert_usage, read_usage
 
 CURRENCY: Final = "USD"
@@ -129,6 +130,8 @@ def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = 
     at = request.at or now or datetime.now(UTC)
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
+    elif at.tzinfo is not UTC:
+        check_in_utc(at)  # a 422, not an overflow wherever the time is converted
     notes: tuple[str, ...] = ()
     resolution, version = catalog.current_for(request.model, request.provider)
     if version is None or (

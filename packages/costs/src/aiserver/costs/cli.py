@@ -42,6 +42,17 @@ _USAGE_OPTIONS: Final = {
 }
 
 
+#: The names of `aiserver.costs.usage_formats.USAGE_FORMATS`, the choices of `--usage-format`
+#: (written out: the parser imports nothing of the package).
+USAGE_FORMAT_NAMES: Final = (
+    "openai.chat",
+    "openai.responses",
+    "anthropic",
+    "gemini",
+    "bedrock.converse",
+)
+
+
 class Settings(Section, frozen=True, kw_only=True):
     """What `aiserver-costs` reads from the environment."""
 
@@ -396,7 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     calc.add_argument(
         "--usage-format",
         metavar="FORMAT",
-        # the names of aiserver.costs.usage_formats.USAGE_FORMATS, which --help does not import
+        # the names of aiserver.costs.usage_formats.USAGE_FORMATS, which --help does not import;
+        # another name is a wrong argument (exit 2), as an unknown --service-tier is
+        choices=USAGE_FORMAT_NAMES,
         help="--usage is this provider's usage object: openai.chat, openai.responses, "
         "anthropic, gemini or bedrock.converse (docs/usage-formats.md)",
     )

@@ -7,7 +7,8 @@
     │   ├── InvalidCall             422 invalid-request: a call that cannot be priced as asked
     │   │   └── UsageError          422 invalid-usage: counts that are wrong; `fields` names them
     │   ├── UnknownPriceFields      422 invalid-request: an override names fields the calculator
-    │   │                               does not price; `fields` names them
+    │   │                               does not price, or that hold several prices; `fields`
+    │   │                               names them
     │   └── UnknownOverride         404 unknown-override
     ├── Unavailable                 (transient: worth a retry)
     │   ├── CatalogNotReady         503 catalog-not-loaded: no catalog with models loaded yet
@@ -59,10 +60,11 @@ class UsageError(InvalidCall, slug="invalid-usage"):
 
 
 class UnknownPriceFields(InvalidInput):
-    """An override that names price fields the calculator does not price."""
+    """An override that names price fields the calculator does not price, or that it cannot set
+    (`reason` says which)."""
 
-    def __init__(self, fields: list[str]) -> None:
-        super().__init__("unknown price fields: " + ", ".join(fields))
+    def __init__(self, fields: list[str], reason: str = "unknown price fields") -> None:
+        super().__init__(f"{reason}: " + ", ".join(fields))
         self.fields = fields
 
     def members(self) -> dict[str, Any]:

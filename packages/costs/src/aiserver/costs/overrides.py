@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.pricing import is_understood_field
+from aiserver.costs.pricing.fields import STRUCTURED_FIELDS
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store import overrides as store
 from aiserver.costs.store.metadata import (
@@ -64,7 +65,8 @@ async def put_override(
 
     It applies from now on; the override it replaces is closed now and kept.
 
-    Raises `UnknownPriceFields` for a field the calculator does not price, and
+    Raises `UnknownPriceFields` for a field the calculator does not price or one that holds
+    several prices (`tiered_pricing`, `off_peak_pricing`, `search_context_cost_per_query`), and
     `CatalogNotReady` while no catalog is loaded: every name would miss then, and the override
     would be kept under the name as given (`openai/gpt-4o`), never reaching `gpt-4o`. A name
     the catalog does not know is a new model, kept under `provider`.
@@ -72,6 +74,13 @@ async def put_override(
     unknown = sorted(name for name in prices if not is_understood_field(name))
     if unknown:
         raise UnknownPriceFields(unknown)
+    # An override's value is one price; these fields hold prices by range, window or size, and
+    # one price in their place would price nothing and drop the source's prices of that field.
+    structured = sorted(name for name in prices if name in STRUCTURED_FIELDS)
+    if structured:
+        raise UnknownPriceFields(
+            structured, "fields that hold several prices, which an override cannot set"
+        )
     with contextlib.suppress(UnknownModel):
         model = live.require().resolve(model, provider).key
     async with pool.acquire() as conn, conn.transaction():

@@ -175,6 +175,25 @@ def _unreadable_in(value: Any) -> UnreadableNumber | None:
 
 _STRUCTURED_PRICES: Final = frozenset({"tiered_pricing", "off_peak_pricing"})
 
+# The prices a calculation can use exactly: below 10^100, and with no digit past the 400th
+# decimal place. Costs are computed with 1,000 significant digits and refused rather than
+# rounded (`pricing.exact`); within these bounds a cost of up to 10^15 units, and a sum of such
+# costs, has at most about 520 digits. A price NUMERIC holds beyond them (1e-16383 beside 3e-06)
+# would make every call of its model fail, so the entry is skipped like one with a bad price.
+_PRICE_MAX_ADJUSTED: Final = 99
+_PRICE_MIN_EXPONENT: Final = -400
+
+
+def _beyond_exact(price: Decimal) -> str | None:
+    """Why a finite price lies outside what a calculation can use exactly, or None."""
+    if price.adjusted() > _PRICE_MAX_ADJUSTED:
+        return f"{price:.3E} is not below 1E+{_PRICE_MAX_ADJUSTED + 1}"
+    exponent = price.as_tuple().exponent
+    assert isinstance(exponent, int), "only finite prices are asked about"
+    if exponent < _PRICE_MIN_EXPONENT:
+        return f"{-exponent} decimal places, more than {-_PRICE_MIN_EXPONENT}"
+    return None
+
 
 def has_nonnegative_leaves(name: str) -> bool:
     """Whether an entry's top-level field holds prices that must be numbers >= 0 for the entry
@@ -222,7 +241,9 @@ def _prices_sound(node: Any, all_leaves: bool, key: str) -> bool:
     if not all_leaves and "cost" not in key:
         return True  # not a price: `range`, `windows`, `weekday_timezone`, ...
     if kind is Decimal or kind is int:
-        return bool(node >= 0) and (kind is int or node.is_finite())
+        if kind is int:
+            return bool(node >= 0)
+        return node.is_finite() and node >= 0 and _beyond_exact(node) is None
     return False
 
 
@@ -240,6 +261,8 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
                 return f"negative price at {name}: {value}"
             if kind is Decimal and not value.is_finite():
                 return f"non-finite price at {name}: {value}"
+            if kind is Decimal and (why := _beyond_exact(value)) is not None:
+                return f"price at {name} cannot be priced exactly: {why}"
             continue
         if _prices_sound(value, "cost" in name, name):
             continue
@@ -252,6 +275,8 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
                 return f"negative price at {path}: {leaf}"
             if isinstance(leaf, Decimal) and not leaf.is_finite():
                 return f"non-finite price at {path}: {leaf}"
+            if isinstance(leaf, Decimal) and (why := _beyond_exact(leaf)) is not None:
+                return f"price at {path} cannot be priced exactly: {why}"
     for name in ("max_input_tokens", "max_output_tokens"):
         value = entry.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | Decimal)):

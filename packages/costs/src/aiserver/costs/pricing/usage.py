@@ -10,7 +10,7 @@ large, and parts larger than their totals, naming the offending fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Final, Literal, NamedTuple
 
@@ -263,3 +263,16 @@ def check_call(usage: Usage, service_tier: str, at: datetime) -> None:
         )
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidCall("at must be timezone-aware")
+    check_in_utc(at)
+
+
+def check_in_utc(at: datetime) -> None:
+    """Refuse a time (timezone-aware) that has no UTC date: one within a day of year 1 or year
+    9999 whose offset carries it past them (``0001-01-01T00:00:00+01:00``). The off-peak
+    windows and the stored events need the time in UTC, and converting it would overflow."""
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidCall(
+            f"at {at.isoformat()} is out of range: in UTC it is before year 1 or after year 9999"
+        ) from None
