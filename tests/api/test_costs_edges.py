@@ -4,6 +4,7 @@ database, its catalog refreshed from the local upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -149,3 +150,47 @@ async def test_an_override_of_a_field_holding_several_prices_is_refused(
     )
     assert answer.status_code == 200, answer.text
     assert (answer.json()["total"], answer.json()["unpriced"]) == ("0.04", [])
+
+
+async def test_a_model_the_source_drops_keeps_its_override(
+    edge_client: Client, api_settings: Settings, upstream: Upstream
+) -> None:
+    """A refresh never undoes an override: the source drops a model whose prices the operator
+    overrode, and calls are still priced, with its last source prices and the override laid
+    over them (and a note saying so). Once the override is deleted, the model is gone."""
+    made = await edge_client.post(
+        "/v1/overrides", headers=admin(),
+        json={"provider": "openai", "model": "gpt-test-005",
+              "prices": {"input_cost_per_token": "0.000001"}},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    dropped = _catalog()
+    entries = json.loads(dropped)
+    del entries["gpt-test-005"]
+    upstream.serve(json.dumps(entries).encode())
+    report = await refresh_catalog(
+        api_settings.core, api_settings.costs, force=True, trigger="test"
+    )
+    assert report.outcome is Outcome.APPLIED, report.error
+    call = {"model": "gpt-test-005", "usage": {"input_tokens": 10, "output_tokens": 10}}
+    priced = await answer_of(edge_client, call, report.catalog_version)
+    # 10 input tokens at the override's 1e-06, 10 output tokens at the source's last 1.2e-05
+    assert (priced["total"], priced["override_id"]) == ("0.00013", made.json()["id"])
+    assert "left the source at" in " ".join(priced["notes"]), priced["notes"]
+    deleted = await edge_client.delete(f"/v1/overrides/{made.json()['id']}", headers=admin())
+    assert deleted.status_code in (200, 204), deleted.text
+    gone = await answer_of(edge_client, call, report.catalog_version + 1)
+    assert gone["status"] == 404, gone
+    assert "was not in the catalog" in gone["detail"], gone
+
+
+async def answer_of(client: Client, call: dict[str, Any], version: int) -> dict[str, Any]:
+    """The API's answer to `call` once its catalog is `version` (it reloads on a notification;
+    a bounded wait, 10 s)."""
+    for _ in range(200):
+        answer = await client.post("/v1/costs/calculate", json=call)
+        body: dict[str, Any] = answer.json()
+        if body.get("catalog_version", version) >= version:  # a problem names no version
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the API's catalog did not reach version {version} within 10 s")

@@ -9,7 +9,9 @@ Prices at a time `at` (`version_at`): the model's price version valid then, with
 override valid then laid over it (`override_id` names it), or none when no override was valid
 then. An override therefore applies from when it was set, and a call before it keeps the source's
 price. A model that only overrides define (one the source does not know) exists only while one of
-its overrides is valid. The current version of each model (`current`), the calculator's path
+its overrides is valid. A model the source dropped keeps its last source prices while an
+override of it is valid, the override laid over them (a refresh never undoes an override).
+The current version of each model (`current`), the calculator's path
 for a call priced now, is built once with the current override already laid over it.
 
 Name resolution, in order (the result says which rule matched, `matched_by`):
@@ -389,12 +391,22 @@ class Catalog:
         else:
             version = versions[index]
             if not version.valid_at(at):
-                raise UnknownModel(
-                    key,
-                    (),
-                    reason=f"model {key!r} was not in the catalog at {at.isoformat()} (removed "
-                    f"{version.valid_to.isoformat() if version.valid_to else '?'})",
+                removed = version.valid_to.isoformat() if version.valid_to else "?"
+                override = self.override_at(key, at)
+                if override is None:
+                    raise UnknownModel(
+                        key,
+                        (),
+                        reason=f"model {key!r} was not in the catalog at {at.isoformat()} "
+                        f"(removed {removed})",
+                    )
+                # A refresh never undoes an override: a model the source dropped keeps its last
+                # source prices, with the override valid then laid over them.
+                note = (
+                    f"model {key!r} left the source at {removed}; its last prices there were "
+                    f"used, with override {override.id} laid over them"
                 )
+                return self._overlay(version, override), note
         timeline = self._overrides.get(key)
         if timeline is not None:
             override = _valid_at(timeline, self._override_starts[key], at)
