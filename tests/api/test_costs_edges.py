@@ -194,3 +194,27 @@ async def answer_of(client: Client, call: dict[str, Any], version: int) -> dict[
             return body
         await asyncio.sleep(0.05)
     raise AssertionError(f"the API's catalog did not reach version {version} within 10 s")
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"role-name: prod-admin-credentials-AKIA1234", "is other text"),
+        (b"<html><body>token=AKIA1234</body></html>", "looks like HTML or XML"),
+    ],
+)
+async def test_a_body_that_is_not_json_is_described_not_quoted(
+    edge_client: Client, api_settings: Settings, upstream: Upstream, body: bytes, kind: str
+) -> None:
+    """The refresh's reason is shown to anyone (GET /v1/catalog), and the upstream, or a
+    redirect it sent the fetch to, may have answered with something secret: the reason says
+    what the body is, never what it says."""
+    upstream.serve(body)
+    report = await refresh_catalog(
+        api_settings.core, api_settings.costs, force=True, trigger="test"
+    )
+    assert report.outcome is Outcome.REJECTED, report
+    shown = (await edge_client.get("/v1/catalog")).json()
+    assert kind in shown["last_error"], shown
+    assert f"({len(body):,} bytes)" in shown["last_error"]
+    assert "AKIA1234" not in json.dumps(shown)

@@ -319,8 +319,10 @@ def read_document(body: bytes) -> SourceDocument:
     try:
         document = _canonical_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        snippet = body[:60].decode("utf-8", "replace").strip()
-        raise SourceRejected(f"not JSON ({exc}); the body starts with {snippet!r}") from None
+        # what the body is, not what it says: the reason is shown without a credential
+        # (GET /v1/catalog), and the upstream (or a redirect) may have answered with a secret
+        kind = "looks like HTML or XML" if body.lstrip()[:1] == b"<" else "is other text"
+        raise SourceRejected(f"not JSON ({exc}); the body ({len(body):,} bytes) {kind}") from None
     except UnicodeDecodeError as exc:  # an escape that names no character (a lone \ud800)
         raise SourceRejected(f"not JSON: {exc.reason}") from None
     except RecursionError:
