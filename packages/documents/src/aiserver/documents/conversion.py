@@ -4,7 +4,8 @@ images with poppler.
 Every tool runs in its own process group with a timeout; on timeout the whole group is killed
 (soffice starts helpers of its own). Each LibreOffice run gets a private profile directory, so
 concurrent conversions never share one. The limits protect the worker: time, pages rendered and
-text kept (`Limits`); `aiserver.documents.service` bounds the conversions at once.
+text kept (`Limits`), and the pixels of a page image (`MAX_PAGE_PIXELS`);
+`aiserver.documents.service` bounds the conversions at once.
 
 A document comes from anyone who can reach the API, so LibreOffice must read nothing but the
 document itself. By default it loads what a document links to (an image by URL in a DOCX or ODT
@@ -32,6 +33,16 @@ from aiserver.documents.kinds import OFFICE_KINDS, Kind
 from aiserver.documents.limits import Limits
 
 _PAGES: Final = re.compile(rb"^Pages:\s+(\d+)\s*$", re.MULTILINE)
+_NUMBER: Final = rb"([\d.]+(?:e[+-]?\d+)?)"  # as C printf %g writes it
+_PAGE_SIZE: Final = re.compile(
+    rb"^Page\s+(\d+) size:\s+" + _NUMBER + rb" x " + _NUMBER + rb" pts", re.MULTILINE
+)
+
+#: The longest side of a page image, in pixels. A PDF can declare a page of any size, and
+#: pdftoppm draws each page whole in memory: at the render resolution a page of 14,400 points
+#: took 1.5 GB, and a larger one came out as a single pixel. A page that would be larger than
+#: this is rendered at the resolution that makes it fit (A0 at the default 100 dpi fits).
+MAX_PAGE_PIXELS: Final = 5000
 
 #: LibreOffice settings of every conversion's profile (its `registrymodifications.xcu`):
 #: - BlockUntrustedRefererLinks: no resource a document links to is loaded (images by URL);
@@ -103,6 +114,23 @@ def _truncate_utf8(text: bytes, limit: int) -> tuple[str, bool]:
     return text[:limit].decode("utf-8", "ignore"), True
 
 
+def _render_runs(info: bytes, rendered: int, dpi: int) -> list[tuple[int, int, float]]:
+    """The pdftoppm runs for pages 1 to `rendered` (their sizes from pdfinfo's `info`): first
+    page, last page and resolution, each run a stretch of pages at one resolution."""
+    longest = {int(n): max(float(w), float(h)) for n, w, h in _PAGE_SIZE.findall(info)}
+    runs: list[tuple[int, int, float]] = []
+    for page in range(1, rendered + 1):
+        side = longest.get(page, 0.0)
+        resolution = float(dpi)
+        if side * dpi / 72 > MAX_PAGE_PIXELS:  # a hair under the bound, against rounding up
+            resolution = MAX_PAGE_PIXELS * 72 / side * (1 - 1e-6)
+        if runs and runs[-1][2] == resolution:
+            runs[-1] = (runs[-1][0], page, resolution)
+        else:
+            runs.append((page, page, resolution))
+    return runs
+
+
 def _read_pages(work: Path) -> list[bytes]:
     """pdftoppm's page-1.png (or page-01.png, ...) files, in page order."""
     files = sorted(work.glob("page-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
@@ -151,7 +179,10 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         else:
             pdf_path = original
         try:
-            info = await run_tool(["pdfinfo", str(pdf_path)], timeout=remaining(), cwd=work)
+            info = await run_tool(
+                ["pdfinfo", "-f", "1", "-l", str(limits.max_pages), str(pdf_path)],
+                timeout=remaining(), cwd=work,
+            )  # fmt: skip
         except ConversionError as exc:
             if "password" in str(exc).lower():
                 raise ConversionError("the PDF is password-protected") from None
@@ -168,11 +199,12 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         rendered = min(page_count, limits.max_pages)
         pages: list[bytes] = []
         if rendered:
-            await run_tool(
-                ["pdftoppm", "-png", "-r", str(limits.dpi), "-f", "1", "-l", str(rendered),
-                 str(pdf_path), str(work / "page")],
-                timeout=remaining(), cwd=work,
-            )  # fmt: skip
+            for first, last, resolution in _render_runs(info, rendered, limits.dpi):
+                await run_tool(
+                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first),
+                     "-l", str(last), str(pdf_path), str(work / "page")],
+                    timeout=remaining(), cwd=work,
+                )  # fmt: skip
             pages = await asyncio.to_thread(_read_pages, work)
         return Converted(
             pdf=await asyncio.to_thread(pdf_path.read_bytes),
