@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -37,6 +38,33 @@ _NUMBER: Final = rb"([\d.]+(?:e[+-]?\d+)?)"  # as C printf %g writes it
 _PAGE_SIZE: Final = re.compile(
     rb"^Page\s+(\d+) size:\s+" + _NUMBER + rb" x " + _NUMBER + rb" pts", re.MULTILINE
 )
+
+#: Each conversion's work directory (the document, the LibreOffice profile, the outputs) is a
+#: temporary directory named with this prefix, removed when the conversion ends.
+WORKDIR_PREFIX: Final = "aiserver-doc-"
+#: How much older than the conversion timeout a work directory must be to be swept.
+_SWEEP_MARGIN_S: Final = 300.0
+
+
+def sweep_workdirs(timeout_s: float, root: Path | None = None) -> int:
+    """Remove the work directories that conversions left behind when their task runner was
+    killed mid-conversion (nothing else removes them), from `root` (the temporary directory):
+    those last changed more than `timeout_s` (the conversion timeout, all tools together) and
+    a margin ago. A conversion still running, here or in another task runner sharing the
+    directory, is younger than that. Returns how many were removed."""
+    base = Path(tempfile.gettempdir()) if root is None else root
+    oldest = time.time() - timeout_s - _SWEEP_MARGIN_S
+    removed = 0
+    for path in base.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_mtime > oldest:
+                continue
+            shutil.rmtree(path)
+        except OSError:  # gone meanwhile, or not ours to remove: left alone
+            continue
+        removed += 1
+    return removed
+
 
 #: The longest side of a page image, in pixels. A PDF can declare a page of any size, and
 #: pdftoppm draws each page whole in memory: at the render resolution a page of 14,400 points
@@ -157,7 +185,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
             raise ToolTimeout("the conversion")
         return left
 
-    with tempfile.TemporaryDirectory(prefix="aiserver-doc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as tmp:
         work = Path(tmp)
         original = work / f"input.{kind}"
         await asyncio.to_thread(original.write_bytes, source)

@@ -28,6 +28,7 @@ from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import get_settings
 from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
+from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB
 from aiserver.ledger.jobs import (
     ALERTS_TASK,
@@ -91,6 +92,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["resources"] = stack
     ctx["document_slots"] = asyncio.Semaphore(settings.documents.document_max_concurrent)
+    # what conversions left behind when a task runner was killed mid-conversion
+    swept = await asyncio.to_thread(
+        sweep_workdirs, settings.documents.document_conversion_timeout_seconds
+    )
+    if swept:
+        log.info("removed work directories of interrupted conversions", directories=swept)
     log.info("task runner ready", queue=QUEUE_NAME)
 
 
