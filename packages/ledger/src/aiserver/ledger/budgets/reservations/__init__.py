@@ -239,18 +239,20 @@ async def reserve(
     at = now or datetime.now(UTC)
     call = store.Call(amount, checked_tags, models, at + lasts, chosen)
     quick = await _reserve_at_once(pool, project_id, call, at)
-    if isinstance(quick, Reservation):
-        return quick
-    if isinstance(quick, store.Repeat):
-        return await _repeated(pool, project_id, quick.reservation_id, amount)
-    recut = set() if quick is None else {quick}
-    while True:
-        try:
-            return await _reserve(pool, project_id, call, at, recut)
-        except _Recut as again:
-            recut.add(again.budget_id)
-        except _Repeated as repeat:
-            return await _repeated(pool, project_id, repeat.reservation_id, amount)
+    made: Reservation | store.Repeat
+    if quick is None or isinstance(quick, int):
+        recut = set() if quick is None else {quick}
+        while True:
+            try:
+                made = await _reserve(pool, project_id, call, at, recut)
+                break
+            except _Recut as again:
+                recut.add(again.budget_id)
+    else:
+        made = quick
+    if isinstance(made, store.Repeat):
+        return await _repeated(pool, project_id, made.reservation_id, amount)
+    return made
 
 
 def _chosen_id(reservation_id: str) -> UUID:
@@ -263,13 +265,6 @@ def _chosen_id(reservation_id: str) -> UUID:
             ["reservation_id"],
         )
     return parsed
-
-
-class _Repeated(Exception):
-    """The slow way found a reservation of the chosen id: start over as a repeat."""
-
-    def __init__(self, reservation_id: UUID) -> None:
-        self.reservation_id = reservation_id
 
 
 async def _repeated(
@@ -323,10 +318,10 @@ def _remember_zone(project_id: int, zone: str | None) -> None:
 
 async def _reserve(
     pool: asyncpg.Pool, project_id: int, call: store.Call, at: datetime, recut: set[int]
-) -> Reservation:
+) -> Reservation | store.Repeat:
     """One attempt, in one transaction. Rows are locked by (budget, window, stripe): a budget's
     one stripe (the quick way), or all its stripes in order (`recut`), never some of both.
-    `_Repeated` when the project has a reservation of the call's chosen id already."""
+    A repeat, holding nothing, when the project has a reservation of the call's chosen id."""
     amount, tags, models = call.amount, call.tags, call.models
     async with pool.acquire() as conn, conn.transaction():
         zone, budgets = await store.hard_budgets(conn, project_id)
@@ -343,9 +338,9 @@ async def _reserve(
         reservation_id = await store.insert_reservation(
             conn, project_id, amount, holds, call.expires_at, call.reservation_id
         )
-        if reservation_id is None:
+        if reservation_id is None:  # nothing was written: leaving the block commits nothing
             assert call.reservation_id is not None
-            raise _Repeated(call.reservation_id)
+            return store.Repeat(call.reservation_id)
         for budget, hold, end in planned:
             await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
     return Reservation(reservation_id, amount, call.expires_at, holds)

@@ -256,18 +256,6 @@ async def insert_reservation(
     return made
 
 
-async def read_reservation(
-    conn: DbConnection | asyncpg.Pool, project_id: int, reservation_id: UUID
-) -> asyncpg.Record | None:
-    """A reservation of the project: its amount, expiry, state and holds."""
-    return await conn.fetchrow(
-        f"SELECT r.amount, r.expires_at, r.state, {_HELD} FROM budget_reservations AS r"  # noqa: S608
-        " WHERE r.project_id = $1 AND r.id = $2",  # (constants only)
-        project_id,
-        reservation_id,
-    )
-
-
 _HELD: Final = "r.project_id, r.id, r.budget_ids, r.window_starts, r.stripes, r.amounts"
 
 
@@ -284,6 +272,18 @@ def _held(row: asyncpg.Record) -> Held:
         row["project_id"], row["id"],
         holds(row["budget_ids"], row["window_starts"], row["stripes"], row["amounts"]),
     )  # fmt: skip
+
+
+async def read_reservation(
+    conn: DbConnection | asyncpg.Pool, project_id: int, reservation_id: UUID
+) -> asyncpg.Record | None:
+    """A reservation of the project: its amount, expiry, state and holds."""
+    return await conn.fetchrow(
+        f"SELECT r.amount, r.expires_at, r.state, {_HELD} FROM budget_reservations AS r"  # noqa: S608
+        " WHERE r.project_id = $1 AND r.id = $2",  # (constants only)
+        project_id,
+        reservation_id,
+    )
 
 
 async def end_reservations(
