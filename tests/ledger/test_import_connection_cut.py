@@ -5,7 +5,7 @@ connection, not asyncpg's traceback, and running it again records exactly what i
 PostgreSQL sends a FATAL message, then closes the socket. When asyncpg reads the message while
 the connection is idle, it drops it, and the next statement fails before the close is read:
 InternalClientError at a BEGIN or a query, or, at a COPY, InterfaceError "another operation is in
-progress" from the ROLLBACK after it (see `aiserver.ledger.usage.ingest.connection_cut`). In a
+progress" from the ROLLBACK after it (see `aiserver.core_db.connections.lost_if_cut`). In a
 real import that is a race of microseconds; here the test makes it at the exact point. It stops
 the event loop while it terminates the backend, so that the message and the close are both
 waiting on the socket, then lets the loop read the socket once before the statement goes out.

@@ -125,25 +125,22 @@ def _counts(summary: ImportSummary) -> str:
 
 
 async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
+    from aiserver.core_db.connections import lost_if_cut
     from aiserver.costs.catalog import load_catalog
     from aiserver.ledger import projects
     from aiserver.ledger.access import Access
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.importing import import_lines
-    from aiserver.ledger.usage.ingest import MISUSE_OR_CUT, UsageRecorder, connection_cut
+    from aiserver.ledger.usage.ingest import UsageRecorder
 
     recorder = UsageRecorder(settings_for_command("aiserver-ledger", LedgerSettings))
     source = _Source.open(args.file)
 
     async def work(pool: Any) -> int:
-        async with pool.acquire() as conn:
-            try:
-                project = await projects.find_project(conn, Access.operator(), args.project)
-                catalog = await load_catalog(conn)
-            except MISUSE_OR_CUT as exc:  # the pool's connection ended as the import started?
-                if (cut := await connection_cut(conn, exc)) is None:
-                    raise
-                raise cut from exc
+        # the pool's connection may have ended just as the import starts: a lost connection
+        async with pool.acquire() as conn, lost_if_cut(conn):
+            project = await projects.find_project(conn, Access.operator(), args.project)
+            catalog = await load_catalog(conn)
         why = ""
         if not len(catalog):
             why = "the catalog in the database has no models yet (aiserver-costs seed or refresh)"

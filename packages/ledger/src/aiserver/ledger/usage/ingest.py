@@ -32,7 +32,6 @@ project's, or had ended: the event is recorded all the same (usage is never lost
 
 from __future__ import annotations
 
-import asyncio
 import operator
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import Any, Final, Literal
 import asyncpg
 import msgspec
 
+from aiserver.core_db.connections import lost_if_cut
 from aiserver.core_db.database import lone_statements
 from aiserver.core_db.errors import AiserverError, InvalidInput
 from aiserver.costs.calculator import CURRENCY
@@ -116,16 +116,6 @@ _WRITE_ATTEMPTS: Final = 3
 _SETTLE_ATTEMPTS: Final = 3
 #: Tries of a request priced again because a new catalog version committed meanwhile.
 _CATALOG_ATTEMPTS: Final = 3
-#: What asyncpg raises for a misuse of a connection, and also for a statement on a connection
-#: that PostgreSQL ended just before it (`connection_cut` tells which).
-MISUSE_OR_CUT: Final = (asyncpg.InterfaceError, asyncpg.InternalClientError)
-#: How often, and how far apart, `connection_cut` looks at whether a connection closed: 1 s in
-#: all, on the way to a failure only.
-_CLOSE_LOOKS: Final = 100
-_CLOSE_LOOK_S: Final = 0.01
-#: Why a statement failed on a connection that PostgreSQL ended while it was idle (asyncpg drops
-#: the server's own words then: see `connection_cut`).
-_CLOSED_BETWEEN: Final = "the server closed the connection between two statements"
 
 
 class _StaleCatalog(Exception):  # a signal, not an error
@@ -181,7 +171,8 @@ class UsageRecorder:
         A connection lost under the write raises asyncpg's PostgresConnectionError (the API
         answers 503, a command says so in one line), also when PostgreSQL ended it just before
         a statement and asyncpg only said InterfaceError or InternalClientError
-        (`connection_cut`); a misuse of an open connection raises what asyncpg raised."""
+        (`aiserver.core_db.connections.lost_if_cut`); a misuse of an open connection raises what
+        asyncpg raised."""
         received_at = now or datetime.now(UTC)
         loaded = self._loaded
         if catch_up is None and catalog is not None and loaded is not None:
@@ -263,29 +254,23 @@ class UsageRecorder:
         # Nothing here outlives its transactions (plain DML, and transaction advisory locks:
         # the catalog version's, a new partition's): the connection goes back to the pool
         # without the reset query.
-        async with lone_statements(pool) as conn:
-            try:
-                for _ in range(_SETTLE_ATTEMPTS):
-                    new, found = await self._write_pending(
-                        conn, project_id, pending, received_at, settled, catalog
-                    )
-                    claimed |= new
-                    earlier |= found
-                    # Only one event alone can come back unsettled (a batch settles its keys in
-                    # its own transaction or raises): its key was forgotten by retention between
-                    # its statement and the lookup. Nothing of it was written: write it again.
-                    pending = [
-                        a for a in pending if a.event.key not in new and a.event.key not in found
-                    ]
-                    if not pending:
-                        break
-                else:
-                    raise _unsettled()
-            except MISUSE_OR_CUT as exc:
-                # A misuse of the connection (a bug), or the connection lost: it tells which.
-                if (cut := await connection_cut(conn, exc)) is None:
-                    raise
-                raise cut from exc
+        async with lone_statements(pool) as conn, lost_if_cut(conn):
+            for _ in range(_SETTLE_ATTEMPTS):
+                new, found = await self._write_pending(
+                    conn, project_id, pending, received_at, settled, catalog
+                )
+                claimed |= new
+                earlier |= found
+                # Only one event alone can come back unsettled (a batch settles its keys in
+                # its own transaction or raises): its key was forgotten by retention between
+                # its statement and the lookup. Nothing of it was written: write it again.
+                pending = [
+                    a for a in pending if a.event.key not in new and a.event.key not in found
+                ]
+                if not pending:
+                    break
+            else:
+                raise _unsettled()
         answered: dict[str, EventResult] = {}
         for entry in ordered:
             key = entry.event.key
@@ -413,39 +398,6 @@ async def _write_one(
     if event_id is not None:
         return {key: event_id}, {}
     return {}, await store.recorded_keys(conn, project_id, [key])
-
-
-async def connection_cut(conn: Any, exc: Exception) -> asyncpg.ConnectionDoesNotExistError | None:
-    """What to raise from `exc`, a `MISUSE_OR_CUT` that a statement on `conn` raised, when it
-    means that the connection was lost: `conn` is closed, or closes within `_CLOSE_LOOKS` looks.
-    None when it is a misuse of an open connection, or asyncpg's DataError (input it could not
-    encode: nothing was sent), which stay as they are (a bug shows its traceback).
-
-    When PostgreSQL ends a connection that is idle between two statements (a restart,
-    pg_terminate_backend, an idle timeout), it sends a FATAL ErrorResponse, then closes the
-    socket. When asyncpg reads that message before the close, it takes it as out of step (its
-    `CoreProtocol._read_server_messages`, in the idle state: "cannot process message 'E'"),
-    drops it, and waits for a ReadyForQuery. A statement sent before the close is read fails
-    without saying why. A BEGIN or a query raises InternalClientError "cannot switch to state
-    N; another operation (2) is in progress", and asyncpg aborts the connection. A COPY raises
-    that same error but leaves its operation half started (`BaseProtocol.copy_in` sets its
-    waiter before `_copy_in` raises, outside its `try`), so the ROLLBACK after it raises
-    InterfaceError "cannot perform operation: another operation is in progress" while the
-    connection still looks open: its close comes with the next read of the socket. Hence the
-    looks, never taken for a statement that succeeded. A connection that the pool took back
-    when it closed (its proxy detached: any call on it raises InterfaceError) is closed."""
-    if isinstance(exc, ValueError):  # asyncpg's DataError (and ClientConfigurationError)
-        return None
-    for look in range(_CLOSE_LOOKS):
-        try:
-            closed = conn.is_closed()
-        except asyncpg.InterfaceError:  # released: the pool took it back when it closed
-            closed = True
-        if closed:
-            return asyncpg.ConnectionDoesNotExistError(_CLOSED_BETWEEN)
-        if look < _CLOSE_LOOKS - 1:
-            await asyncio.sleep(_CLOSE_LOOK_S)
-    return None
 
 
 def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
