@@ -8,7 +8,6 @@ refused and nothing changes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,7 +16,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from aiserver.core_db.database import database, require_pool
 from aiserver.costs.pricing.exact import ADD
 from aiserver.ledger import projects
 from aiserver.ledger.access import Access
@@ -30,9 +28,10 @@ from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import UsageRecorder
 
-from ..conftest import Settings
 from ..support.waits import waiting_for_a_lock
 from .test_ingest import T0, _row, catalog
+from .test_reservations import _project
+from .test_reservations import pool as pool  # the fixture
 
 #: The last day of the month in UTC; already 1 January 2027 in Kiritimati (UTC+14).
 NOW = datetime(2026, 12, 31, 12, tzinfo=UTC)
@@ -48,17 +47,8 @@ COST = Decimal("0.004998")
 
 
 @pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    async with database(settings.core):
-        yield require_pool()
-
-
-@pytest.fixture
 async def access(pool: asyncpg.Pool) -> Access:
-    project_id = await pool.fetchval(
-        "INSERT INTO projects (slug, name, time_zone) VALUES ('p', 'P', 'UTC') RETURNING id"
-    )
-    return Access(project_id, "p", frozenset({"ingest", "read", "admin"}))
+    return await _project(pool, "p", "UTC")
 
 
 async def budget(pool: asyncpg.Pool, access: Access, **fields: Any) -> int:

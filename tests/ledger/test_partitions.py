@@ -475,11 +475,16 @@ async def test_keys_are_forgotten_in_batches(
     assert batches == [4, 2, 0]
 
 
+async def table_states(conn: asyncpg.Connection) -> dict[str, str]:
+    """Each usage table's state: attached, detaching (pending) or detached."""
+    return {t.name: t.state for t in await store.usage_tables(conn)}
+
+
 async def until_detaching(conn: asyncpg.Connection, name: str) -> None:
     """Wait (at most 10 s) until a DETACH ... CONCURRENTLY of `name` has marked it pending and
     waits for the transactions that use `usage_events`."""
     for _ in range(200):
-        states = {t.name: t.state for t in await store.usage_tables(conn)}
+        states = await table_states(conn)
         if states[name] == "detaching":
             return
         await asyncio.sleep(0.05)
@@ -500,7 +505,7 @@ async def january_detaching_february_detached(conn: asyncpg.Connection, connect:
         with pytest.raises(asyncpg.QueryCanceledError):
             await detaching
     await conn.execute("ALTER TABLE usage_events DETACH PARTITION usage_events_p202502")
-    states = {t.name: t.state for t in await store.usage_tables(conn)}
+    states = await table_states(conn)
     assert (states["usage_events_p202501"], states["usage_events_p202502"]) == (
         "detaching",
         "detached",

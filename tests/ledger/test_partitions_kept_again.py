@@ -10,7 +10,6 @@ import asyncpg
 
 from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.partitions import maintain_partitions
-from aiserver.ledger.usage.store import partitions as store
 
 from ..conftest import Settings, replace_settings
 from .test_partitions import (
@@ -22,6 +21,7 @@ from .test_partitions import (
     january_detaching_february_detached,
     record,
     stored,
+    table_states,
 )
 from .test_partitions import conn as conn  # the fixtures
 from .test_partitions import connect as connect
@@ -30,10 +30,6 @@ from .test_partitions import projects as projects
 
 #: Long enough that January 2025 is kept again at T1.
 RAISED = 800
-
-
-async def states(conn: asyncpg.Connection) -> dict[str, str]:
-    return {t.name: t.state for t in await store.usage_tables(conn)}
 
 
 async def test_a_month_left_detaching_and_kept_by_a_raised_retention_is_attached_again(
@@ -51,7 +47,7 @@ async def test_a_month_left_detaching_and_kept_by_a_raised_retention_is_attached
     run = await maintain_partitions(conn, retention_days=RAISED, now=T1)
     assert run.dropped == ()
     assert {"usage_events_p202501", "usage_events_p202502"} <= set(run.created)
-    after = await states(conn)
+    after = await table_states(conn)
     assert (after["usage_events_p202501"], after["usage_events_p202502"]) == (
         "attached",
         "attached",
