@@ -206,11 +206,10 @@ async def _maintain(
             # raised after a run stopped between detach and drop): attached again with its rows.
             # Left pending detach, its events would be hidden, and ingest of its month, which
             # finds it still listed as a partition, would fail for want of one.
-            if table.state != "attached":
-                if table.state == "detaching":
-                    await store.finish_detach(conn, table.name)
-                if await create_month(conn, start):
-                    created.append(table.name)
+            if table.state == "detaching":
+                await store.finish_detach(conn, table.name)
+            if table.state != "attached" and await create_month(conn, start):
+                created.append(table.name)
             continue
         if table.state == "detaching":
             await store.finish_detach(conn, table.name)
