@@ -430,6 +430,54 @@ async def test_a_transient_fault_is_retried_then_succeeds(
     assert len(upstream.requests) == 2
 
 
+async def test_a_redirect_within_the_source_is_followed(cfg: Settings, upstream: Upstream) -> None:
+    upstream.location = "/moved/prices.json"
+    upstream.serve(document(models(5)), mode="redirect")
+    report = await refresh_catalog(cfg.core, cfg.costs, trigger="test")
+    assert report.outcome is Outcome.APPLIED, report.error
+    assert len(upstream.requests) == 2  # the redirect, then the document
+
+
+@pytest.mark.parametrize("elsewhere", ["port", "host"])
+async def test_a_redirect_to_another_origin_is_refused_and_not_fetched(
+    loaded: Settings, upstream: Upstream, elsewhere: str
+) -> None:
+    """An upstream (compromised, or a mirror's misconfigured proxy) that redirects the fetch
+    to another address, an internal service or the cloud metadata service, does not make the
+    task runner read it: the refresh fails and nothing is asked of that address."""
+    internal = Upstream(body=document(models(30)))
+    internal.start()
+    try:
+        # another port (a second server), or this server under another host name
+        target = (
+            internal.url if elsewhere == "port" else upstream.url.replace("127.0.0.1", "localhost")
+        )
+        before = await catalog_rows(loaded.core.database_url)
+        asked = len(upstream.requests)
+        upstream.location = target
+        upstream.serve(document(models(20)), mode="redirect")
+        report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+        assert report.outcome is Outcome.FAILED
+        assert report.error is not None
+        assert "redirected to another host, scheme or port" in report.error
+        assert "localhost" not in report.error
+        assert str(internal.url) not in report.error
+        assert internal.requests == []
+        assert len(upstream.requests) - asked == 1  # the redirect only, and not retried
+        assert await catalog_rows(loaded.core.database_url) == before
+    finally:
+        internal.stop()
+
+
+async def test_a_redirect_loop_ends_in_a_failure(loaded: Settings, upstream: Upstream) -> None:
+    upstream.serve(document(models(20)), mode="loop")
+    asked = len(upstream.requests)
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.FAILED
+    assert report.error == "upstream redirected more than 5 times"
+    assert len(upstream.requests) - asked == 6  # refused at once, not retried
+
+
 async def test_an_oversize_declared_length_is_refused_before_reading(
     loaded: Settings, upstream: Upstream
 ) -> None:

@@ -21,6 +21,8 @@ Mode = Literal[
     "drip",  # send the headers, then one byte every `drip_interval` seconds
     "truncated",  # declare the full length, send half of the body, close
     "endless",  # chunked body that never ends (until the client gives up)
+    "redirect",  # 302 to `location`; a request for `location` itself (a path) as in "ok"
+    "loop",  # 302 to the same path, for ever
 ]
 
 
@@ -76,6 +78,7 @@ class Upstream(LocalServer):
     delay: float = 0.0  # seconds to wait before answering
     drip_interval: float = 1.0
     conditional: bool = True  # answer 304 to a matching If-None-Match
+    location: str = ""  # where mode "redirect" sends the client
     requests: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -135,6 +138,15 @@ class Upstream(LocalServer):
                     self.wfile.write(upstream.body[: len(upstream.body) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                elif mode == "redirect" and self.path == upstream.location:
+                    self._ok()
+                elif mode in ("redirect", "loop"):
+                    self.send_response(302)
+                    self.send_header(
+                        "Location", upstream.location if mode == "redirect" else self.path
+                    )
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 elif mode == "endless":
                     self.send_response(200)
                     self.send_header("Content-Type", upstream.content_type)

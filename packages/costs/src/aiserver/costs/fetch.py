@@ -8,6 +8,11 @@
 - Transient faults (connection errors, timeouts, 5xx, 429: `UpstreamUnavailable`) are retried
   with exponential backoff, `MODEL_COST_FETCH_RETRIES` times: the one retry policy of a refresh.
   Other answers (404, 403, ...: `UpstreamRefused`) fail at once.
+- Redirects are followed within the configured URL's origin only (its scheme, or http to https,
+  its host and its port), at most `MAX_REDIRECTS` of them. A redirect elsewhere fails the
+  refresh (`UpstreamRefused`): the operator chose the source's host, and an upstream that sends
+  the fetch to another one (an internal address, the cloud metadata service) must not make the
+  task runner read it. A source that really moved is configured by its final URL.
 - `file://` URLs are read from disk with the same size limit (offline operation, tests).
 """
 
@@ -19,7 +24,8 @@ import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Final
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
@@ -30,6 +36,9 @@ from aiserver.costs.urls import redact_url
 log = get_logger(__name__)
 
 USER_AGENT = "aiserver-costs (+price catalog refresh)"
+MAX_REDIRECTS: Final = 5
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @functools.cache
@@ -40,9 +49,35 @@ def tls_context() -> ssl.SSLContext:
 
 
 def upstream_client(timeout: float) -> httpx.AsyncClient:
-    """The HTTP client of upstream downloads: redirects followed, the process's TLS context.
-    A long-running process (the task runner) keeps one; `fetch_source` makes one otherwise."""
-    return httpx.AsyncClient(follow_redirects=True, timeout=timeout, verify=tls_context())
+    """The HTTP client of upstream downloads: the process's TLS context, redirects left to
+    `fetch_source` (which follows them within the source's origin only). A long-running process
+    (the task runner) keeps one; `fetch_source` makes one otherwise."""
+    return httpx.AsyncClient(follow_redirects=False, timeout=timeout, verify=tls_context())
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def redirect_target(url: str, location: str) -> str:
+    """Where a redirect from `url` to `location` leads, when it stays within `url`'s origin
+    (http may become https on the default ports); `UpstreamRefused` otherwise."""
+    target = urljoin(url, location)
+    try:
+        scheme, host, port = _origin(target)
+    except ValueError:
+        raise UpstreamRefused("upstream redirected to a malformed URL") from None
+    here = _origin(url)
+    upgrade = here == ("http", host, 80) and (scheme, port) == ("https", 443)
+    if (scheme, host, port) != here and not upgrade:
+        log.warning("upstream redirect refused", url=redact_url(url), to=redact_url(target))
+        raise UpstreamRefused(
+            "upstream redirected to another host, scheme or port; a refresh follows redirects "
+            "within the source's own origin only (set MODEL_COST_SOURCE_URL to the final URL)"
+        )
+    return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,33 +121,16 @@ async def _attempt(
 ) -> Fetched:
     try:
         async with asyncio.timeout(timeout):
-            async with client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 304:
-                    return Fetched(
-                        304,
-                        b"",
-                        response.headers.get("etag"),
-                        response.headers.get("last-modified"),
-                        attempt,
-                    )
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise UpstreamUnavailable(
-                        f"upstream answered HTTP {response.status_code}",
-                        status=response.status_code,
-                    )
-                if response.status_code != 200:
-                    raise UpstreamRefused(
-                        f"upstream answered HTTP {response.status_code}",
-                        status=response.status_code,
-                    )
-                body = await _read_limited(response, max_bytes)
-                return Fetched(
-                    200,
-                    body,
-                    response.headers.get("etag"),
-                    response.headers.get("last-modified"),
-                    attempt,
-                )
+            for _ in range(MAX_REDIRECTS + 1):
+                async with client.stream(
+                    "GET", url, headers=headers, follow_redirects=False
+                ) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in _REDIRECTS and location is not None:
+                        url = redirect_target(url, location)
+                        continue
+                    return await _answer(response, max_bytes, attempt)
+            raise UpstreamRefused(f"upstream redirected more than {MAX_REDIRECTS} times")
     except TimeoutError:
         raise UpstreamUnavailable(
             f"timed out after {timeout:g} s (MODEL_COST_FETCH_TIMEOUT_SECONDS)"
@@ -120,6 +138,36 @@ async def _attempt(
     except httpx.TransportError as exc:
         detail = str(exc) or type(exc).__name__
         raise UpstreamUnavailable(f"connection failed: {detail}") from None
+
+
+async def _answer(response: httpx.Response, max_bytes: int, attempt: int) -> Fetched:
+    """A final (non-redirect) answer as a `Fetched`, or the `UpstreamError` it means."""
+    if response.status_code == 304:
+        return Fetched(
+            304,
+            b"",
+            response.headers.get("etag"),
+            response.headers.get("last-modified"),
+            attempt,
+        )
+    if response.status_code >= 500 or response.status_code == 429:
+        raise UpstreamUnavailable(
+            f"upstream answered HTTP {response.status_code}",
+            status=response.status_code,
+        )
+    if response.status_code != 200:
+        raise UpstreamRefused(
+            f"upstream answered HTTP {response.status_code}",
+            status=response.status_code,
+        )
+    body = await _read_limited(response, max_bytes)
+    return Fetched(
+        200,
+        body,
+        response.headers.get("etag"),
+        response.headers.get("last-modified"),
+        attempt,
+    )
 
 
 def _read_file(url: str, max_bytes: int) -> Fetched:
