@@ -49,3 +49,30 @@ async def test_a_job_whose_upload_never_committed_does_nothing(db: Settings) -> 
     )  # fmt: skip
     assert result["status"] == "unknown"
     assert "its upload failed" in result["note"]
+
+
+async def test_a_document_waiting_for_a_conversion_slot_stays_queued(db: Settings) -> None:
+    """A job that waits for one of the task runner's conversion slots has not begun: the
+    document is `queued`, and no conversion is counted against its MAX_CONVERSIONS."""
+    async with require_pool().acquire() as conn:
+        document_id = await store.create_document(
+            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+        )
+    slots = asyncio.Semaphore(1)
+    await slots.acquire()  # another document is converting
+    job = asyncio.create_task(
+        service.process(require_pool(), str(document_id), DocumentSettings(), slots)
+    )
+    await asyncio.sleep(0.5)
+    assert not job.done()
+    async with require_pool().acquire() as conn:
+        waiting = await store.get_document(conn, document_id)
+    assert waiting is not None
+    assert (waiting.status, waiting.attempts, waiting.started_at) == ("queued", 0, None)
+    slots.release()
+    result = await asyncio.wait_for(job, timeout=120)
+    assert result["status"] == "done"
+    async with require_pool().acquire() as conn:
+        converted = await store.get_document(conn, document_id)
+    assert converted is not None
+    assert (converted.status, converted.attempts) == ("done", 1)

@@ -19,6 +19,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
+from aiserver.documents.service import VISIBLE_WITHIN_S
 from aiserver.ledger.usage.partitions import AHEAD, month_of, next_month, partition_name
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
@@ -184,6 +185,27 @@ async def test_a_stale_catalog_is_refreshed_when_the_worker_starts(
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
     assert await _runs(cfg.core.database_url) == [("seed", "seeded"), ("cron", "applied")]
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(("conversion_s", "concurrent"), [(120.0, 2), (600.0, 1), (30.0, 32)])
+def test_a_document_job_outlasts_every_wait_its_settings_allow(
+    settings: Settings, conversion_s: float, concurrent: int
+) -> None:
+    """arq never runs a job again after its own timeout, so a conversion job cut by it left its
+    document `processing` for good (at 600 s a conversion, a fixed 900 s job timeout). The job's
+    limit must outlast the worst wait: behind the task runner's other jobs for a slot, each
+    holding it for the wait on its row and its conversion, then its own."""
+    cfg = replace_settings(
+        settings,
+        document_conversion_timeout_seconds=conversion_s,
+        document_max_concurrent=concurrent,
+    )
+    options = worker_options(taskrunner_settings(cfg))
+    (job,) = [f for f in options["functions"] if f.name == "process_document"]
+    ahead = options["max_jobs"] - 1  # the other jobs this task runner may be running
+    rounds = ahead // concurrent + 1
+    assert job.timeout_s is not None
+    assert job.timeout_s > rounds * (conversion_s + VISIBLE_WITHIN_S)
 
 
 def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> None:

@@ -159,21 +159,21 @@ async def process(
 
     Re-running it is safe: a done document is left alone; any other is converted again and its
     outputs replaced, up to MAX_CONVERSIONS times. `slots` bounds the conversions at once in
-    this worker.
+    this worker; a document waiting for one stays `queued`.
     """
     doc_id = uuid.UUID(document_id)
-    started = await _start(pool, doc_id, visible_within_s)
-    if started is None:
-        async with pool.acquire() as conn:
-            status = await store.status_of(conn, doc_id)
-        note = "nothing to do" if status == "done" else "no such document: its upload failed"
-        return {"document_id": document_id, "status": status or "unknown", "note": note}
-    document, source = started
-    if document.attempts > MAX_CONVERSIONS:  # `_start` marked it failed
-        reason = _interrupted(document.attempts)
-        log.warning("document failed", document_id=document_id, reason=reason)
-        return {"document_id": document_id, "status": "failed", "error": reason}
-    async with slots:
+    async with slots:  # first: waiting for a slot is `queued`, and no conversion is counted
+        started = await _start(pool, doc_id, visible_within_s)
+        if started is None:
+            async with pool.acquire() as conn:
+                status = await store.status_of(conn, doc_id)
+            note = "nothing to do" if status == "done" else "no such document: its upload failed"
+            return {"document_id": document_id, "status": status or "unknown", "note": note}
+        document, source = started
+        if document.attempts > MAX_CONVERSIONS:  # `_start` marked it failed
+            reason = _interrupted(document.attempts)
+            log.warning("document failed", document_id=document_id, reason=reason)
+            return {"document_id": document_id, "status": "failed", "error": reason}
         try:
             converted = await convert(source, document.kind, Limits.of(settings))
         except ConversionError as exc:

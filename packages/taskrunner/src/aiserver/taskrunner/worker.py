@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from typing import Any, Final
 
 from arq import cron
@@ -30,6 +31,8 @@ from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB
+from aiserver.documents.service import VISIBLE_WITHIN_S
+from aiserver.documents.settings import DocumentSettings
 from aiserver.ledger.jobs import (
     ALERTS_TASK,
     FOLD_TASK,
@@ -59,8 +62,10 @@ JOB_TIMEOUT_S: Final = 300
 KEEP_RESULT_S: Final = 3600
 #: Tries of a job that a shutdown or a lost worker interrupted (not a retry policy of its own).
 MAX_TRIES: Final = 3
-#: A conversion has its own deadline (DOCUMENT_CONVERSION_TIMEOUT_SECONDS); this bounds the job.
-DOCUMENT_JOB_TIMEOUT_S: Final = 900
+#: Jobs one task runner runs at once (arq's default, said here because a bound below uses it).
+MAX_JOBS: Final = 10
+#: Beyond its conversion, a document job reads the document and stores its outputs: this long.
+DOCUMENT_SAVE_MARGIN_S: Final = 120
 #: On SIGTERM, running jobs get this long to finish; then they are cancelled and re-queued.
 JOB_COMPLETION_WAIT_S: Final = 25
 #: The partitions' maintenance runs at this minute of every hour (and at start).
@@ -213,10 +218,27 @@ def alerts_cron() -> CronJob:
     )
 
 
-def functions() -> list[Function]:
+def document_job_timeout(documents: DocumentSettings) -> float:
+    """The bound on a document job, which arq's own timeout must never be the one to reach: arq
+    does not run a job again after its timeout, so the document would stay `processing`.
+
+    A job waits for one of DOCUMENT_MAX_CONCURRENT conversion slots behind at most the other
+    MAX_JOBS - 1 jobs of this task runner. A job holds its slot while it waits for its upload's
+    row (VISIBLE_WITHIN_S at most) and converts (DOCUMENT_CONVERSION_TIMEOUT_SECONDS at most,
+    all its tools together, then killed); then it stores its outputs."""
+    rounds = math.ceil(MAX_JOBS / documents.document_max_concurrent)
+    held = documents.document_conversion_timeout_seconds + VISIBLE_WITHIN_S
+    return rounds * held + DOCUMENT_SAVE_MARGIN_S
+
+
+def functions(settings: TaskRunnerSettings) -> list[Function]:
     return [
         func(refresh_costs, name=REFRESH_JOB),
-        func(process_document, name=PROCESS_JOB, timeout=DOCUMENT_JOB_TIMEOUT_S),
+        func(
+            process_document,
+            name=PROCESS_JOB,
+            timeout=document_job_timeout(settings.documents),
+        ),
         func(rebuild_rollups, name=REBUILD_JOB, timeout=REBUILD_JOB_TIMEOUT_S),
         func(reprice_usage, name=REPRICE_JOB, timeout=REPRICE_JOB_TIMEOUT_S),
         func(usage_reprice_task, name=REPRICE_TASK, timeout=REPRICE_JOB_TIMEOUT_S),
@@ -226,7 +248,7 @@ def functions() -> list[Function]:
 def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
-        "functions": functions(),
+        "functions": functions(settings),
         "cron_jobs": [
             refresh_cron(settings),
             partitions_cron(),
@@ -242,6 +264,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
         "on_job_start": on_job_start,
         "on_job_end": on_job_end,
         "job_timeout": JOB_TIMEOUT_S,
+        "max_jobs": MAX_JOBS,
         "max_tries": MAX_TRIES,
         "keep_result": KEEP_RESULT_S,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
