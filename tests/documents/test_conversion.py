@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +90,40 @@ async def test_two_conversions_at_once_both_succeed() -> None:
     )
     assert "first document" in first.text
     assert "second document" in second.text
+
+
+def _running(pattern: str) -> list[str]:
+    return subprocess.run(
+        ["pgrep", "-f", pattern], capture_output=True, text=True, check=False
+    ).stdout.split()
+
+
+def test_a_tool_outlives_its_killed_task_runner_by_moments_only(tmp_path: Path) -> None:
+    """A task runner killed mid-conversion (out of memory, SIGKILL) cannot kill its tools at
+    their deadline; a LibreOffice stuck on a document then ran for good. The tool's own
+    `timeout(1)` ends it a few seconds after that deadline (here a `sleep` stands for it: a
+    tool that would never end by itself)."""
+    seconds = f"{600 + uuid.uuid4().int % 10**6 / 10**7:.7f}"  # a `sleep` no one else runs
+    code = (
+        "import asyncio, pathlib\n"
+        "from aiserver.documents.conversion import run_tool\n"
+        f"asyncio.run(run_tool(['sleep', '{seconds}'], timeout=2.0, cwd=pathlib.Path("
+        f"{str(tmp_path)!r})))\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", code])
+    pattern = f"^sleep {seconds}$"
+    try:
+        deadline = time.monotonic() + 20
+        while not _running(pattern):
+            assert time.monotonic() < deadline, "the tool never started"
+            time.sleep(0.05)
+        runner.kill()  # the task runner dies mid-conversion, before the tool's deadline
+        runner.wait()
+        killed_at = time.monotonic()
+        assert _running(pattern), "the tool ended with its runner: nothing left to show"
+        while _running(pattern) and time.monotonic() - killed_at < 15:
+            time.sleep(0.1)
+        assert _running(pattern) == [], "the tool outlived its task runner past its deadline"
+        assert time.monotonic() - killed_at >= 2.0  # ended by its deadline, not by the kill
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)

@@ -2,7 +2,8 @@
 images with poppler.
 
 Every tool runs in its own process group with a timeout; on timeout the whole group is killed
-(soffice starts helpers of its own). Each LibreOffice run gets a private profile directory, so
+(soffice starts helpers of its own). Each runs under coreutils' `timeout` too, which kills the
+group a few seconds after that deadline should the task runner be gone (killed mid-conversion). Each LibreOffice run gets a private profile directory, so
 concurrent conversions never share one. The limits protect the worker: time, pages rendered and
 text kept (`Limits`), and the pixels of a page image (`MAX_PAGE_PIXELS`);
 `aiserver.documents.service` bounds the conversions at once.
@@ -97,9 +98,19 @@ class Converted:
     pages: list[bytes]
 
 
+#: A tool runs under coreutils' `timeout`, set this much later than our own deadline: it
+#: kills the tool's process group when the task runner that started it cannot (it was killed,
+#: or is stuck), so that a tool never outlives its conversion by more than this.
+_OUTLIVE_S: Final = 5.0
+
+
 async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
-    """Run a tool; return its stdout. Kill its whole process group when `timeout` passes."""
+    """Run a tool; return its stdout. Kill its whole process group when `timeout` passes; and
+    should this process be gone by then, `timeout(1)` kills it a moment later."""
     proc = await asyncio.create_subprocess_exec(
+        "timeout",
+        "--signal=KILL",
+        f"{timeout + _OUTLIVE_S:.3f}",
         *args,
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
