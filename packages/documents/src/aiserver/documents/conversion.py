@@ -3,10 +3,11 @@ images with poppler.
 
 Every tool runs in its own process group with a timeout; on timeout the whole group is killed
 (soffice starts helpers of its own). Each runs under coreutils' `timeout` too, which kills the
-group a few seconds after that deadline should the task runner be gone (killed mid-conversion). Each LibreOffice run gets a private profile directory, so
-concurrent conversions never share one. The limits protect the worker: time, pages rendered and
-text kept (`Limits`), and the pixels of a page image (`MAX_PAGE_PIXELS`);
-`aiserver.documents.service` bounds the conversions at once.
+group a few seconds after that deadline should the task runner be gone (killed mid-conversion).
+Each LibreOffice run gets a private profile directory, so concurrent conversions never share
+one. The limits protect the worker: time, pages rendered and text kept (`Limits`), and the
+pixels of a page image (`MAX_PAGE_PIXELS`); `aiserver.documents.service` bounds the conversions
+at once.
 
 A document comes from anyone who can reach the API, so LibreOffice must read nothing but the
 document itself. By default it loads what a document links to (an image by URL in a DOCX or ODT
