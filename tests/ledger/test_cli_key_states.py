@@ -33,3 +33,27 @@ async def test_an_expired_key_is_not_counted_active(subprocess_env: dict[str, st
     code, out, _ = await ledger(subprocess_env, "projects", "show", "acme")
     assert code == 0
     assert "keys:         1 active, 2 in all" in out
+
+
+async def test_an_expiry_past_the_calendar_is_a_one_line_failure(
+    subprocess_env: dict[str, str],
+) -> None:
+    """An expiry that is within Python's calendar as written but past it in UTC (what the
+    database stores) is refused like an expiry in the past: one line, exit 1, no key made."""
+    code, _, err = await ledger(subprocess_env, "projects", "create", "acme")
+    assert code == 0, err
+    far = "9999-12-31T23:59:59-05:00"
+    code, out, err = await ledger(
+        subprocess_env, "keys", "create", "acme", "--name", "far", "--expires-at", far
+    )
+    assert (code, out) == (1, ""), err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert "expires_at" in err
+    assert "Traceback" not in err
+    code, out, err = await ledger(
+        subprocess_env, "keys", "create", "acme", "--name", "far", "--expires-at", far, "--json"
+    )
+    assert code == 1, err
+    assert out.startswith('{"error":'), (out, err)
+    code, out, _ = await ledger(subprocess_env, "keys", "list", "acme")
+    assert (code, out) == (0, "0 key(s)\n")

@@ -34,7 +34,10 @@ class CreatedKey:
     text: str
 
 
-def _check(name: str, scopes: Collection[str], expires_at: datetime | None) -> tuple[Scope, ...]:
+def _check(
+    name: str, scopes: Collection[str], expires_at: datetime | None
+) -> tuple[tuple[Scope, ...], datetime | None]:
+    """The key's scopes in their order, and its expiry in UTC; `InvalidField` for either."""
     check_name(name)
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
@@ -46,9 +49,16 @@ def _check(name: str, scopes: Collection[str], expires_at: datetime | None) -> t
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise InvalidField("expires_at needs a time zone offset (e.g. Z)", ["expires_at"])
+        try:  # what the database stores: the last hours of 9999 at a negative offset are not
+            expires_at = expires_at.astimezone(UTC)
+        except OverflowError:
+            raise InvalidField(
+                "expires_at is past the last time a key may expire (9999-12-31T23:59:59Z)",
+                ["expires_at"],
+            ) from None
         if expires_at <= datetime.now(UTC):
             raise InvalidField("expires_at is in the past", ["expires_at"])
-    return tuple(scope for scope in SCOPES if scope in scopes)
+    return tuple(scope for scope in SCOPES if scope in scopes), expires_at
 
 
 async def create_key(
@@ -61,7 +71,7 @@ async def create_key(
     expires_at: datetime | None = None,
 ) -> CreatedKey:
     access.require("admin")  # first: a key without it learns nothing of what exists
-    ordered = _check(name, scopes, expires_at)
+    ordered, expires_at = _check(name, scopes, expires_at)
     made = new_key()
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, project_slug)

@@ -63,6 +63,11 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _bytes(text: str) -> bytes:
+    """Text a client sent, as bytes to compare (any text: a lone surrogate too)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 class Signer:
     """HMACs under the session secret: of cookies, CSRF tokens and operator tokens."""
 
@@ -70,7 +75,7 @@ class Signer:
         self._secret = secret
 
     def _mac(self, purpose: bytes, value: str) -> str:
-        return _b64(hmac.new(self._secret, purpose + b"\0" + value.encode(), "sha256").digest())
+        return _b64(hmac.new(self._secret, purpose + b"\0" + _bytes(value), "sha256").digest())
 
     def sign(self, value: str, purpose: bytes = b"session") -> str:
         return f"{value}.{self._mac(purpose, value)}"
@@ -80,7 +85,10 @@ class Signer:
         value, dot, mac = (signed or "").rpartition(".")
         if not dot or not value:
             return None
-        return value if hmac.compare_digest(mac, self._mac(purpose, value)) else None
+        # as bytes: a cookie is any text a client sends, and compare_digest refuses a str that
+        # is not ASCII (a TypeError, where a forged cookie must be refused like any other)
+        expected = self._mac(purpose, value).encode()
+        return value if hmac.compare_digest(_bytes(mac), expected) else None
 
     def fingerprint(self, token: str) -> str:
         """What a session keeps of an operator's token: checkable, not reversible."""
@@ -91,9 +99,10 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def same(presented: str | None, expected: str) -> bool:
-    """Whether a presented CSRF token is the expected one (constant time)."""
-    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+def same(presented: object, expected: str) -> bool:
+    """Whether a presented CSRF token is the expected one (constant time). A form's field is
+    text, or a file when the form was sent as multipart: a file is no token."""
+    return isinstance(presented, str) and hmac.compare_digest(_bytes(presented), expected.encode())
 
 
 class Sessions:
