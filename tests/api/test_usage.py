@@ -148,6 +148,26 @@ async def test_ndjson_records_every_line_and_a_bad_line_is_invalid_alone(
     assert len(await stored(pg)) == 4
 
 
+async def test_ndjson_with_a_byte_order_mark_crlf_and_no_final_newline_records_every_line(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    # as a Windows editor saves a file: a UTF-8 byte order mark, CRLF, a blank line, the last
+    # line without its line break
+    lines = [msgspec.json.encode(event(f"bom-{i}")) for i in range(3)]
+    body = b"\xef\xbb\xbf" + lines[0] + b"\r\n\r\n" + lines[1] + b"\r\n" + lines[2]
+    headers = {**bearer(tenants.ingest_a["key"]), "Content-Type": "application/x-ndjson"}
+    response = await client.post("/v1/usage", headers=headers, content=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [(r["id"], r["status"]) for r in answer["results"]] == [
+        ("bom-0", "recorded"), ("bom-1", "recorded"), ("bom-2", "recorded"),
+    ]  # fmt: skip
+    assert sorted(r["event_key"] for r in await stored(pg)) == ["bom-0", "bom-1", "bom-2"]
+    again = (await client.post("/v1/usage", headers=headers, content=body)).json()
+    assert [r["status"] for r in again["results"]] == ["duplicate"] * 3
+    assert len(await stored(pg)) == 3
+
+
 async def test_occurred_at_in_the_future_or_past_the_retention_is_invalid(
     client: Client, tenants: Tenants
 ) -> None:

@@ -413,6 +413,37 @@ async def test_unknown_or_wrong_query_parameters_are_422_naming_them(
     ]
 
 
+async def test_a_parameter_given_twice_is_a_422_never_one_value_of_it_ignored(
+    client: Client, tenants: Tenants
+) -> None:
+    await _scene(client, tenants)
+    key = tenants.admin_a["key"]
+    cursor = (await listing(client, key, limit=1))["next_cursor"]
+    for query, field in (
+        ("model=gpt-test-002&model=no-such-model-anywhere", "model"),  # not "either of them"
+        ("provider=openai&provider=anthropic", "provider"),
+        ("status=priced&status=unpriced", "status"),
+        (f"from={iso(at(30))}&from={iso(at(20))}", "from"),
+        (f"to={iso(at(10))}&to={iso(at(20))}", "to"),
+        ("limit=1&limit=1000", "limit"),
+        (f"cursor={cursor}&cursor={cursor}", "cursor"),
+    ):
+        response = await client.get(f"{EVENTS}?{query}", headers=bearer(key))
+        body = assert_problem(response, 422, f"{field}: given 2 times; give it once")
+        assert body["fields"] == [field], query
+
+
+async def test_a_time_out_of_range_is_said_to_be_so_not_to_be_no_rfc_3339_time(
+    client: Client, tenants: Tenants
+) -> None:
+    key = tenants.admin_a["key"]
+    for field, text in (("from", "0001-01-01T00:00:00+01:00"), ("to", "9999-12-31T23:59:59-01:00")):
+        response = await client.get(EVENTS, headers=bearer(key), params={field: text})
+        body = assert_problem(response, 422, f"{field}: {text!r} is out of range")
+        assert body["fields"] == [field]
+        assert "not an RFC 3339 time" not in body["detail"]
+
+
 async def test_a_key_never_reads_another_project_s_events(client: Client, tenants: Tenants) -> None:
     ids = await _scene(client, tenants)
     a, b = tenants.admin_a["key"], tenants.admin_b["key"]

@@ -204,6 +204,26 @@ async def test_invalid_and_conflicting_lines_are_reported_with_their_line_number
     assert [(r["line"], r["id"]) for r in report["conflict_lines"]] == [(8, "ok-1")]
 
 
+async def test_a_file_with_a_byte_order_mark_and_crlf_lines_is_imported_whole(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    # as a Windows tool writes JSON lines (PowerShell 5's Out-File, Notepad's "UTF-8 with BOM")
+    text = "\r\n".join([
+        line("w1", "gpt-test-001", 1000, 500, 1), "", line("w2", "gpt-test-000", 1, 1, 2),
+    ])  # fmt: skip
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # and no line break at the end
+    code, out, err = await ledger(env, "import", str(path), "--project", "acme")
+    assert (code, out) == (0, summary(str(path), 2, 2, 0, 0, 0)), out + err
+    assert await totals(db) == {"w1": "0.004", "w2": "0.000003"}
+    code, out, err = await ledger(env, "import", str(path), "--project", "acme")
+    assert (code, out) == (0, summary(str(path), 2, 0, 2, 0, 0)), out + err
+    stdin = b"\xef\xbb\xbf" + line("w3", "gpt-test-000", 1, 1, 3).encode() + b"\r\n"
+    code, out, err = await ledger(env, "import", "-", "--project", "acme", stdin=stdin)
+    assert (code, out) == (0, summary("stdin", 1, 1, 0, 0, 0)), out + err
+    assert sorted(await totals(db)) == ["w1", "w2", "w3"]
+
+
 async def test_stdin_is_read_with_a_dash_and_progress_off_a_terminal_is_plain_lines(
     env: dict[str, str], db: asyncpg.Connection
 ) -> None:

@@ -120,9 +120,24 @@ def split_json(body: bytes) -> list[msgspec.Raw] | None:
     return events
 
 
+#: The UTF-8 byte order mark that some editors and shells (Notepad, PowerShell 5) write at the
+#: start of a text file: JSON may not hold it, so it is read as what it is, no part of the event.
+BOM: Final = b"\xef\xbb\xbf"
+
+
+def without_bom(text: bytes) -> bytes:
+    """The text without the UTF-8 byte order mark it starts with, if any."""
+    return text[len(BOM) :] if text.startswith(BOM) else text
+
+
 def split_ndjson(body: bytes) -> list[bytes]:
-    """The lines of a JSON-lines body (blank lines skipped)."""
+    """The lines of a JSON-lines body (blank lines skipped; a byte order mark at its start, and
+    the CR of a CRLF, are no part of a line's event)."""
     lines = [line for line in body.split(b"\n") if line.strip()]
+    if lines and lines[0].startswith(BOM):
+        lines[0] = without_bom(lines[0])
+        if not lines[0].strip():
+            del lines[0]
     if not lines:
         raise InvalidEvent("the body holds no events: send one JSON event per line", ["events"])
     if len(lines) > MAX_NDJSON_EVENTS:

@@ -4,10 +4,11 @@
                                  catalog=catalog, chunk_size=1000, progress=show)
 
 Each line is one event, as `POST /v1/usage` takes it; a blank line is skipped (and still
-counted for the line numbers). Every chunk of `chunk_size` events is recorded by
-`UsageRecorder.record` in its own transaction, so an import that stops half-way (a crash, the
-database going away) has kept whole chunks only, and running it again records exactly what is
-missing: the events recorded before are duplicates, which change nothing.
+counted for the line numbers), and so is a UTF-8 byte order mark at the start of the file. Every
+chunk of `chunk_size` events is recorded by `UsageRecorder.record` in its own transaction, so an
+import that stops half-way (a crash, the database going away) has kept whole chunks only, and
+running it again records exactly what is missing: the events recorded before are duplicates,
+which change nothing.
 
 Each line ends as the API answers its event: recorded, duplicate, conflict (its key was recorded
 with another payload; nothing changes) or invalid (not JSON, or an event that cannot be
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.bodies import decode_items, without_bom
 from aiserver.ledger.usage.ingest import UsageRecorder
 
 if TYPE_CHECKING:
@@ -74,7 +75,10 @@ async def import_lines(
         raise ValueError(f"chunk_size: 1 to {MAX_CHUNK}; got {chunk_size}")
     summary = ImportSummary()
     chunk: list[tuple[int, bytes]] = []
+    first = True
     for number, text in lines:
+        if first:  # a byte order mark at the start of the file is no part of its first event
+            text, first = without_bom(text), False
         if not text.strip():
             continue
         chunk.append((number, text))

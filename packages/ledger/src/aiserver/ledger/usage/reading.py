@@ -133,11 +133,17 @@ def parse_time(text: str, field: str) -> datetime:
     value = _SPACE_FOR_PLUS.sub(r"\1+\2", text.strip()).upper()
     try:
         at = datetime.fromisoformat(value)
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise InvalidField(
             f"{field}: {text[:80]!r} is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z; in a "
             "URL, write an offset's + as %2B)",
+            [field],
+        ) from None
+    try:
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable day
+        raise InvalidField(
+            f"{field}: {text[:80]!r} is out of range (before year 1 or after year 9999 in UTC)",
             [field],
         ) from None
 
