@@ -66,6 +66,7 @@ c() { "$ENGINE" "$@"; }
 write_env_file() {
   [ -f "$ENV_FILE" ] && return 0
   mkdir -p "$(dirname "$ENV_FILE")"
+  install -m 600 /dev/null "$ENV_FILE"  # it holds a secret (WEBHOOK_SECRET_KEYS)
   {
     echo "# aiserver services on run-local.sh's network (written by deploy/run-local.sh start)."
     echo "# From services/api/.env.example and services/taskrunner/.env.example; edit freely."
@@ -73,7 +74,8 @@ write_env_file() {
       | awk -F= '!seen[$1]++' \
       | sed -e "s#^DATABASE_URL=.*#DATABASE_URL=postgresql://aiserver:${DB_PASSWORD}@postgres:5432/aiserver#" \
             -e "s#^REDIS_URL=.*#REDIS_URL=redis://redis:6379/0#" \
-            -e "s#^LOG_FORMAT=.*#LOG_FORMAT=console#"
+            -e "s#^LOG_FORMAT=.*#LOG_FORMAT=console#" \
+            -e "s#^WEBHOOK_SECRET_KEYS=.*#WEBHOOK_SECRET_KEYS=$(head -c 32 /dev/urandom | base64)#"
   } >"$ENV_FILE"
   say "wrote $ENV_FILE (from services/*/.env.example)"
 }

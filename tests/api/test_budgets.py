@@ -208,6 +208,35 @@ async def test_an_allowed_host_takes_webhooks_and_the_secret_is_shown_once(
         assert removed.json()["webhook_url"] is None
 
 
+async def test_without_webhook_secret_keys_a_webhook_is_a_403_and_nothing_is_stored(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    """A server that cannot seal a webhook's secret stores none: the budget is refused with a
+    problem that names the setting, and a budget without a webhook is made as ever."""
+    keyless = replace_settings(
+        api_settings, webhook_allowed_hosts=("127.0.0.1",), webhook_secret_keys=()
+    )
+    async with AsyncTestClient(app=create_app(keyless)) as client:
+        await make_project(client, "keyless")
+        key = (await make_key(client, "keyless", ["admin", "read"]))["key"]
+        refused = await client.post(
+            BUDGETS, headers=bearer(key),
+            json={"name": "b", "limit_usd": "1", "period": "day",
+                  "webhook_url": "http://127.0.0.1:8999/hook"},
+        )  # fmt: skip
+        problem = assert_problem(refused, 403, "WEBHOOK_SECRET_KEYS")
+        assert problem["type"] == "urn:aiserver:problem:webhooks-disabled"
+        assert (await client.get(BUDGETS, headers=bearer(key))).json()["budgets"] == []
+        plain = await create(client, key)
+        added = await client.patch(
+            f"{BUDGETS}/{plain['id']}", headers=bearer(key),
+            json={"webhook_url": "http://127.0.0.1:8999/hook"},
+        )  # fmt: skip
+        assert_problem(added, 403, "WEBHOOK_SECRET_KEYS")
+        shown = await client.get(f"{BUDGETS}/{plain['id']}", headers=bearer(key))
+        assert shown.json()["webhook_url"] is None
+
+
 async def test_a_budgets_scope_and_period_stay_as_created(client: Client, tenants: Tenants) -> None:
     key = tenants.admin_a["key"]
     made = await create(client, key)

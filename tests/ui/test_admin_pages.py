@@ -18,6 +18,7 @@ from selenium.webdriver.support.ui import Select
 
 from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 
+from ..conftest import TEST_SECRET_BOX as BOX
 from ..reliability.harness import eventually
 from ..support.receiver import Receiver
 from .conftest import Site, bearer, shot, sign_in, table, through
@@ -180,9 +181,9 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
         pool = await asyncpg.create_pool(site.database_url, min_size=1, max_size=2)
         try:
             schedule = Schedule(jitter=0, timeout=5.0)
-            first = await deliver_due(pool, ("127.0.0.1",), schedule=schedule)
+            first = await deliver_due(pool, ("127.0.0.1",), secret_box=BOX, schedule=schedule)
             later = datetime.now(UTC) + schedule.first_retry
-            retried = await deliver_due(pool, ("127.0.0.1",), schedule=schedule,
+            retried = await deliver_due(pool, ("127.0.0.1",), secret_box=BOX, schedule=schedule,
                                         clock=lambda: later)  # fmt: skip
         finally:
             await pool.close()

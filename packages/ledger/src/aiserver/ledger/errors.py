@@ -31,6 +31,8 @@ AiserverError
     ├── UnsupportedEncoding   415 unsupported-media-type: an OTLP body neither protobuf nor
     │                             JSON, or compressed otherwise than gzip
     ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
+    ├── WebhooksDisabled      403 webhooks-disabled: a budget webhook asked for while no
+    │                             WEBHOOK_SECRET_KEYS are configured to seal its secret
     ├── UnknownReservation    404 unknown-reservation: none by that id, or another project's
     ├── ReservationConflict   409 reservation-conflict: a reserve repeated with the id of a
     │                             reservation made for another estimate
@@ -134,6 +136,10 @@ class UsageUnsettled(Unavailable, slug="usage-unsettled"):
 
 
 class UnknownBudget(InvalidInput, status=404, slug="unknown-budget"):
+    pass
+
+
+class WebhooksDisabled(InvalidInput, status=403, slug="webhooks-disabled"):
     pass
 
 

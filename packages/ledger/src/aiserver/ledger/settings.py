@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
 from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section, SettingsError
 from aiserver.ledger.usage.events import TAG_KEY
+from aiserver.ledger.webhooks.sealing import BadKey, SecretBox, decode_key
 
 
 class LedgerSettings(Section, frozen=True, kw_only=True):
     """Keys (how fast a change reaches every API replica, how often use is recorded), usage
-    retention, where webhooks may go, and how OpenTelemetry spans become usage events."""
+    retention, where webhooks may go and how their secrets are sealed, and how OpenTelemetry
+    spans become usage events."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"webhook_secret_keys"})
 
     #: An API process keeps what it read of a key this long: the bound on how late a revocation
     #: (or any change) made elsewhere takes effect in it. Expiry is checked on every request.
@@ -26,6 +30,9 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     #: Hosts that budget webhooks may reach although they resolve to internal addresses
     #: (loopback, private, link-local): a local receiver, an internal alert gateway.
     webhook_allowed_hosts: tuple[str, ...] = ()
+    #: Keys (32 random bytes each, base64) that seal budget webhook secrets at rest: the first
+    #: seals, each opens (`aiserver.ledger.webhooks.sealing`). None: budgets get no webhooks.
+    webhook_secret_keys: tuple[str, ...] = ()
     #: Span or resource attributes of an OpenTelemetry GenAI span that become tags of its usage
     #: event (besides `service` from `service.name`): `key`, or `key=tag` to rename it.
     otlp_tag_attributes: tuple[str, ...] = ()
@@ -33,6 +40,11 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     otlp_max_body_bytes: PositiveInt = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        for n, key in enumerate(self.webhook_secret_keys, start=1):
+            try:
+                decode_key(key)
+            except BadKey as exc:
+                raise SettingsError(f"WEBHOOK_SECRET_KEYS: key {n}: {exc}") from None
         for entry in self.otlp_tag_attributes:
             attribute, _, tag = entry.partition("=")
             if not attribute.strip() or not TAG_KEY.fullmatch(tag.strip() or attribute.strip()):
@@ -41,6 +53,10 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
                     "where the tag (the attribute itself when not renamed) is 1 to 64 ASCII "
                     "letters, digits and _ . : / -"
                 )
+
+    def secret_box(self) -> SecretBox | None:
+        """What seals and opens webhook secrets; None without WEBHOOK_SECRET_KEYS."""
+        return SecretBox.of(self.webhook_secret_keys)
 
     def otlp_tags(self) -> tuple[tuple[str, str], ...]:
         """(attribute, tag) of each entry of OTLP_TAG_ATTRIBUTES."""

@@ -161,4 +161,9 @@ async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
 async def budget_alerts_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: send the budget alerts that are due (first attempts and retries) as webhooks."""
     settings: TaskRunnerSettings = ctx["settings"]
-    return (await deliver_due(require_pool(), settings.ledger.webhook_allowed_hosts)).as_dict()
+    report = await deliver_due(
+        require_pool(),
+        settings.ledger.webhook_allowed_hosts,
+        secret_box=settings.ledger.secret_box(),
+    )
+    return report.as_dict()

@@ -23,7 +23,7 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
-from aiserver.core_db.database import database
+from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import get_settings
@@ -33,6 +33,7 @@ from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB
 from aiserver.documents.service import VISIBLE_WITHIN_S
 from aiserver.documents.settings import DocumentSettings
+from aiserver.ledger.budgets.service import has_clear_secrets, seal_secrets
 from aiserver.ledger.jobs import (
     ALERTS_TASK,
     FOLD_TASK,
@@ -103,7 +104,24 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     if swept:
         log.info("removed work directories of interrupted conversions", directories=swept)
+    await _seal_webhook_secrets(settings)
     log.info("task runner ready", queue=QUEUE_NAME)
+
+
+async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
+    """Seal with the first key of WEBHOOK_SECRET_KEYS the budget webhook secrets still in the
+    clear (written before secrets were sealed) or sealed with a key being replaced."""
+    box = settings.ledger.secret_box()
+    if box is None:
+        if await has_clear_secrets(require_pool()):
+            log.warning(
+                "budget webhook secrets are stored in the clear: set WEBHOOK_SECRET_KEYS and "
+                "the task runner seals them when it starts"
+            )
+        return
+    sealed, _ = await seal_secrets(require_pool(), box)
+    if sealed:
+        log.info("budget webhook secrets sealed with the current key", budgets=sealed)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.periods import Period
 from aiserver.ledger.budgets.service import BudgetView, Window
 from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.settings import LedgerSettings
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Tags = Annotated[dict[str, str], msgspec.Meta(max_length=8)]
@@ -132,9 +133,11 @@ def _amounts(texts: list[str], field: str) -> list[Decimal]:
     return [amount(t, field) for t in texts]
 
 
-def _allowed_hosts(request: Request[Any, Any, Any]) -> tuple[str, ...]:
-    hosts: tuple[str, ...] = request.app.state.settings.ledger.webhook_allowed_hosts
-    return hosts
+def webhook_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """What a budget's webhook is checked and sealed with: WEBHOOK_ALLOWED_HOSTS, and the box of
+    WEBHOOK_SECRET_KEYS (None: webhooks are disabled)."""
+    ledger: LedgerSettings = request.app.state.settings.ledger
+    return {"allowed_hosts": ledger.webhook_allowed_hosts, "secret_box": ledger.secret_box()}
 
 
 class BudgetController(Controller):
@@ -165,7 +168,7 @@ class BudgetController(Controller):
             limit_usd=amount(data.limit_usd, "limit_usd"), period=data.period, tags=data.tags,
             model=data.model, thresholds=thresholds,
             hard=data.hard, webhook_url=data.webhook_url, webhook_secret=data.webhook_secret,
-            allowed_hosts=_allowed_hosts(request),
+            **webhook_options(request),
         )  # fmt: skip
         return BudgetOut.of(view, made)
 
@@ -211,7 +214,7 @@ class BudgetController(Controller):
         if "thresholds" in changes:
             changes["thresholds"] = _amounts(changes["thresholds"], "thresholds")
         view, made = await service.change_budget(
-            require_pool(), access, budget_id, changes, allowed_hosts=_allowed_hosts(request)
+            require_pool(), access, budget_id, changes, **webhook_options(request)
         )
         return BudgetOut.of(view, made)
 

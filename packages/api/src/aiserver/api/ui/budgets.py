@@ -15,7 +15,7 @@ from litestar.datastructures import FormMultiDict
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from aiserver.api.controllers.budgets import amount
+from aiserver.api.controllers.budgets import amount, webhook_options
 from aiserver.api.ui.forms import tag_pairs
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, checked_form, open_project, viewer
@@ -24,7 +24,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.alerts.listing import list_alerts
 from aiserver.ledger.budgets.periods import PERIODS
-from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.errors import InvalidField, WebhooksDisabled
 from aiserver.ledger.store import Project
 
 AnyRequest = Request[Any, Any, Any]
@@ -42,11 +42,6 @@ def _thresholds(text: str) -> list[Any] | None:
     """`50, 80, 100` as amounts; None when empty (the ledger's default thresholds)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     return [amount(part, "thresholds") for part in parts] if parts else None
-
-
-def _hosts(request: AnyRequest) -> tuple[str, ...]:
-    hosts: tuple[str, ...] = request.app.state.settings.ledger.webhook_allowed_hosts
-    return hosts
 
 
 class BudgetPages(ProjectPages):
@@ -101,11 +96,11 @@ class BudgetPages(ProjectPages):
                 tags=dict(tag_pairs(t for t in typed["tags"].split(",") if t.strip())),
                 model=typed["model"] or None, thresholds=_thresholds(typed["thresholds"]),
                 hard=form.get("hard") == "on", webhook_url=typed["webhook_url"] or None,
-                allowed_hosts=_hosts(request),
+                **webhook_options(request),
             )  # fmt: skip
-        except InvalidField as exc:
+        except (InvalidField, WebhooksDisabled) as exc:
             return await self._list(seen_by, project, access, form=typed, error=str(exc),
-                                    status=422)  # fmt: skip
+                                    status=exc.status)  # fmt: skip
         if secret is not None:  # shown this once, never in a URL
             return await self._one(seen_by, project, access, view.budget.id, secret=secret,
                                    status=201)  # fmt: skip
@@ -136,7 +131,7 @@ class BudgetPages(ProjectPages):
             if thresholds is not None:
                 changes["thresholds"] = thresholds
             await service.change_budget(
-                require_pool(), access, budget_id, changes, allowed_hosts=_hosts(request)
+                require_pool(), access, budget_id, changes, **webhook_options(request)
             )
         except InvalidField as exc:
             return await self._one(seen_by, project, access, budget_id, error=str(exc),

@@ -16,19 +16,23 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from aiserver.core_db.connections import MAX_BIGINT
+from aiserver.core_db.logging import get_logger
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules, store
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.store import Budget, WindowTotals
-from aiserver.ledger.errors import InvalidField, UnknownBudget
+from aiserver.ledger.errors import InvalidField, UnknownBudget, WebhooksDisabled
 from aiserver.ledger.projects import check_name
+from aiserver.ledger.webhooks.sealing import Sealed, SecretBox, Unopenable
 from aiserver.ledger.webhooks.targets import resolve_target
 
 #: The share of a budget used, in percent, rounded to hundredths (half even): its quotient taken
 #: to far more digits than a percentage of any sane limit has, then rounded once.
 _PERCENT: Final = Context(prec=60)
 _HUNDREDTH: Final = Decimal("0.01")
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -86,6 +90,17 @@ async def _views(
     ]
 
 
+def _box(secret_box: SecretBox | None) -> SecretBox:
+    """What seals a new webhook's secret; `WebhooksDisabled` when nothing can: a secret is never
+    stored in the clear."""
+    if secret_box is None:
+        raise WebhooksDisabled(
+            "budget webhooks are disabled on this server: the operator has not set "
+            "WEBHOOK_SECRET_KEYS, the key that seals webhook secrets at rest"
+        )
+    return secret_box
+
+
 def _reading(access: Access) -> int:
     """The project of a key that may see its budgets (`read` or `admin`)."""
     return access.project_key("read" if "read" in access.scopes else "admin")
@@ -105,9 +120,11 @@ async def create_budget(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
     allowed_hosts: Collection[str] = (),
+    secret_box: SecretBox | None = None,
     now: datetime | None = None,
 ) -> tuple[BudgetView, str | None]:
-    """The new budget, and the webhook secret when the server made it (shown this once)."""
+    """The new budget, and the webhook secret when the server made it (shown this once). A
+    webhook needs `secret_box` (WEBHOOK_SECRET_KEYS), which seals its secret at rest."""
     project_id = access.project_key("admin")
     check_name(name)
     checked_tags = rules.check_tags(tags or {})
@@ -115,10 +132,12 @@ async def create_budget(
     rules.check_model(model)
     rules.check_limit(limit_usd)
     levels = rules.check_thresholds(rules.DEFAULT_THRESHOLDS if thresholds is None else thresholds)
-    secret = made = None
+    sealed = made = None
     if webhook_url is not None:
+        box = _box(secret_box)
         await resolve_target(webhook_url, allowed_hosts)
         secret = rules.webhook_secret(webhook_secret)
+        sealed = box.seal(secret, project_id)
         made = secret if webhook_secret is None else None
     elif webhook_secret is not None:
         raise InvalidField("webhook_secret needs a webhook_url", ["webhook_secret"])
@@ -132,7 +151,7 @@ async def create_budget(
         budget = await store.insert_budget(
             conn, project_id, name=name, tags=checked_tags, model=model,
             period=checked_period, limit_usd=limit_usd, thresholds=levels, hard=hard,
-            webhook_url=webhook_url, webhook_secret=secret,
+            webhook_url=webhook_url, webhook_secret=sealed,
         )  # fmt: skip
         # The current window starts with what the project spent in it so far: a daily budget
         # set at 3 pm counts the morning. Exact, since the project's row is locked: no usage
@@ -180,11 +199,12 @@ async def change_budget(
     changes: Mapping[str, Any],
     *,
     allowed_hosts: Collection[str] = (),
+    secret_box: SecretBox | None = None,
     now: datetime | None = None,
 ) -> tuple[BudgetView, str | None]:
     """Change a budget's name, limit, thresholds, hardness or webhook (`changes` holds only
     what changes; a `webhook_url` of None removes the webhook). Returns the webhook secret when
-    the server made a new one."""
+    the server made a new one. A new webhook needs `secret_box`, as for `create_budget`."""
     project_id = access.project_key("admin")
     check_budget_id(budget_id)
     fixed = sorted(set(changes) & {"tags", "model", "period"})
@@ -212,12 +232,17 @@ async def change_budget(
         url = changes["webhook_url"]
         if url is None:
             columns["webhook_url"] = columns["webhook_secret"] = None
+            columns["webhook_secret_key_id"] = None
         else:
+            box = _box(secret_box)
             await resolve_target(url, allowed_hosts)
             given = changes.get("webhook_secret")
+            secret = rules.webhook_secret(given)
+            sealed = box.seal(secret, project_id)
             columns["webhook_url"] = url
-            columns["webhook_secret"] = rules.webhook_secret(given)
-            made = columns["webhook_secret"] if given is None else None
+            columns["webhook_secret"] = sealed.value
+            columns["webhook_secret_key_id"] = sealed.key_id
+            made = secret if given is None else None
     elif "webhook_secret" in changes:
         raise InvalidField("webhook_secret changes with webhook_url: send both", ["webhook_secret"])
     async with pool.acquire() as conn, conn.transaction():
@@ -236,3 +261,48 @@ async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> N
         await store.lock_project(conn, project_id)
         if not await store.delete_budget(conn, project_id, budget_id):
             raise UnknownBudget(f"no budget {budget_id}")
+
+
+#: Budgets whose webhook secrets `seal_secrets` seals in one transaction.
+SEAL_BATCH: Final = 500
+
+
+async def seal_secrets(pool: asyncpg.Pool, box: SecretBox) -> tuple[int, int]:
+    """Seal with the current key every webhook secret that is in the clear (written before
+    secrets were sealed) or sealed with another key of `box` (a key being replaced), a batch
+    per transaction. Returns (sealed, left): `left` counts those no key of `box` opens, which
+    stay as they are (their deliveries fail until the key that sealed them is configured)."""
+    done = left = 0
+    after = (0, 0)
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await store.secrets_to_seal(conn, box.current, after, SEAL_BATCH)
+            sealed: list[tuple[int, int, Sealed]] = []
+            for row in rows:
+                project_id, budget_id = row["project_id"], row["id"]
+                try:
+                    secret = box.open(
+                        row["webhook_secret"], row["webhook_secret_key_id"], project_id
+                    )
+                except Unopenable:
+                    left += 1
+                    continue
+                sealed.append((project_id, budget_id, box.seal(secret, project_id)))
+            await store.store_sealed(conn, sealed)
+        done += len(sealed)
+        if len(rows) < SEAL_BATCH:
+            break
+        after = (rows[-1]["project_id"], rows[-1]["id"])
+    if left:
+        log.warning(
+            "webhook secrets that no key of WEBHOOK_SECRET_KEYS opens: their alerts cannot be "
+            "signed until the key that sealed them is configured again",
+            budgets=left,
+        )
+    return done, left
+
+
+async def has_clear_secrets(pool: asyncpg.Pool) -> bool:
+    """Whether a budget's webhook secret is still stored in the clear."""
+    async with pool.acquire() as conn:
+        return await store.has_clear_secrets(conn)

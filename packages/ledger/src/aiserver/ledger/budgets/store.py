@@ -13,6 +13,7 @@ import msgspec
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
+from aiserver.ledger.webhooks.sealing import Sealed
 
 if TYPE_CHECKING:
     import asyncpg
@@ -81,13 +82,13 @@ async def insert_budget(
     thresholds: Sequence[Decimal],
     hard: bool,
     webhook_url: str | None,
-    webhook_secret: str | None,
+    webhook_secret: Sealed | None,
 ) -> Budget:
     row = await conn.fetchrow(
         f"""
         INSERT INTO budgets (project_id, name, tags, model, period, limit_usd, thresholds, hard,
-                             webhook_url, webhook_secret)
-        VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10)
+                             webhook_url, webhook_secret, webhook_secret_key_id)
+        VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)
         RETURNING {_BUDGET}
         """,  # noqa: S608
         project_id,
@@ -99,7 +100,8 @@ async def insert_budget(
         list(thresholds),
         hard,
         webhook_url,
-        webhook_secret,
+        None if webhook_secret is None else webhook_secret.value,
+        None if webhook_secret is None else webhook_secret.key_id,
     )
     assert row is not None  # INSERT ... RETURNING always returns the row
     return _budget(row)
@@ -138,6 +140,52 @@ async def update_budget(
         *changes.values(),
     )
     return None if row is None else _budget(row)
+
+
+async def secrets_to_seal(
+    conn: DbConnection, current_key_id: str, after: tuple[int, int], limit: int
+) -> list[asyncpg.Record]:
+    """Budgets after `after` (project id, budget id) whose webhook secret is in the clear or
+    sealed with another key than the current one, locked (rows another transaction holds are
+    skipped: a change writes its secret sealed with the current key anyway)."""
+    return await conn.fetch(
+        """
+        SELECT project_id, id, webhook_secret, webhook_secret_key_id FROM budgets
+        WHERE webhook_secret IS NOT NULL
+          AND webhook_secret_key_id IS DISTINCT FROM $1
+          AND (project_id, id) > ($2, $3)
+        ORDER BY project_id, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+        """,
+        current_key_id,
+        *after,
+        limit,
+    )
+
+
+async def has_clear_secrets(conn: DbConnection) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM budgets "
+        "WHERE webhook_secret IS NOT NULL AND webhook_secret_key_id IS NULL)"
+    )
+    return found
+
+
+async def store_sealed(conn: DbConnection, sealed: Sequence[tuple[int, int, Sealed]]) -> None:
+    """Set each (project, budget)'s webhook secret to the sealed one (rows the caller locked)."""
+    await conn.execute(
+        """
+        UPDATE budgets AS b SET webhook_secret = s.value, webhook_secret_key_id = s.key_id
+        FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+             AS s (project_id, id, value, key_id)
+        WHERE b.project_id = s.project_id AND b.id = s.id
+        """,
+        [project_id for project_id, _, _ in sealed],
+        [budget_id for _, budget_id, _ in sealed],
+        [new.value for _, _, new in sealed],
+        [new.key_id for _, _, new in sealed],
+    )
 
 
 #: The columns a change may set.

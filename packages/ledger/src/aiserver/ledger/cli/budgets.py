@@ -60,14 +60,14 @@ async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.budgets import service
     from aiserver.ledger.settings import LedgerSettings
 
-    allowed = settings_for_command("aiserver-ledger", LedgerSettings).webhook_allowed_hosts
+    ledger = settings_for_command("aiserver-ledger", LedgerSettings)
 
     async def work(pool: Any) -> int:
         view, made = await service.create_budget(
             pool, await _as_project(pool, args.project), name=args.name,
             limit_usd=args.limit, period=args.period, tags=dict(args.tag), model=args.model,
             thresholds=args.threshold or None, hard=args.hard, webhook_url=args.webhook_url,
-            allowed_hosts=allowed,
+            allowed_hosts=ledger.webhook_allowed_hosts, secret_box=ledger.secret_box(),
         )  # fmt: skip
         _print([view], args.json)
         if made:

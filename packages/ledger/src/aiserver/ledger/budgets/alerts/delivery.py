@@ -17,6 +17,10 @@ transaction of its own, only while the alert is still claimed by that attempt. S
   deduplicate on `alert.id`. Holding the row lock while sending would not prevent that either,
   and would hold a connection per slow receiver.
 
+Each attempt opens the budget's sealed secret with WEBHOOK_SECRET_KEYS; one that no configured
+key opens is a failed attempt that sends nothing (retried like any other, so deliveries resume
+once the operator configures the key again).
+
 A failed attempt (no 2xx, no answer, or a target refused by the address check) is retried
 after 30 s, 1 min, 2 min, ... doubling up to 1 hour, each wait shortened at random by up to a
 fifth so that alerts that failed together do not retry together, and the last one 24 hours
@@ -42,6 +46,7 @@ from aiserver.costs.money import money
 from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.budgets.alerts.store import Claim
 from aiserver.ledger.webhooks import sending
+from aiserver.ledger.webhooks.sealing import SecretBox, Unopenable
 from aiserver.ledger.webhooks.sending import Outcome
 
 if TYPE_CHECKING:
@@ -138,6 +143,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _open(box: SecretBox | None, claim: Claim) -> str:
+    """The secret that signs the claim's webhook; `Unopenable` when no configured key opens it."""
+    if box is None:
+        if claim.secret_key_id is None:
+            return claim.secret  # written before secrets were sealed
+        raise Unopenable(
+            f"the webhook secret is sealed with key {claim.secret_key_id}, and "
+            "WEBHOOK_SECRET_KEYS is not set"
+        )
+    return box.open(claim.secret, claim.secret_key_id, claim.project_id)
+
+
 async def _attempt(
     pool: asyncpg.Pool,
     http: httpx.AsyncClient,
@@ -146,13 +163,19 @@ async def _attempt(
     schedule: Schedule,
     clock: Callable[[], datetime],
     report: DeliveryReport,
+    box: SecretBox | None,
 ) -> None:
     body = payload(claim)
-    outcome: Outcome = await sending.send(
-        http, claim.url, secret=claim.secret, body=body, allowed_hosts=allowed_hosts,
-        headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
-        timeout=schedule.timeout,
-    )  # fmt: skip
+    try:
+        secret = _open(box, claim)
+    except Unopenable as exc:
+        outcome = Outcome(None, f"not sent: {exc}", 0.0)
+    else:
+        outcome = await sending.send(
+            http, claim.url, secret=secret, body=body, allowed_hosts=allowed_hosts,
+            headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
+            timeout=schedule.timeout,
+        )  # fmt: skip
     now = clock()
     retry = None if outcome.delivered else next_attempt(
         schedule, claim.attempt, claim.crossed_at, now
@@ -179,9 +202,11 @@ async def deliver_due(
     allowed_hosts: Collection[str],
     *,
     schedule: Schedule | None = None,
+    secret_box: SecretBox | None = None,
     clock: Callable[[], datetime] = _now,
 ) -> DeliveryReport:
-    """Send every alert that is due (in batches, for up to `RUN_S` seconds), each once."""
+    """Send every alert that is due (in batches, for up to `RUN_S` seconds), each once, signed
+    with its budget's secret as `secret_box` (WEBHOOK_SECRET_KEYS) opens it."""
     schedule = schedule or Schedule()
     report = DeliveryReport()
     slots = asyncio.Semaphore(schedule.concurrency)
@@ -189,7 +214,7 @@ async def deliver_due(
 
     async def attempt(claim: Claim, client: httpx.AsyncClient) -> None:
         async with slots:
-            await _attempt(pool, client, claim, allowed_hosts, schedule, clock, report)
+            await _attempt(pool, client, claim, allowed_hosts, schedule, clock, report, secret_box)
 
     async with sending.client() as client:
         while True:

@@ -32,7 +32,8 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     delivery_id: int
     url: str
-    secret: str
+    secret: str  # sealed (`aiserver.ledger.webhooks.sealing`) unless `secret_key_id` is None
+    secret_key_id: str | None
 
 
 async def claim_due(conn: DbConnection, now: datetime, limit: int, lease: timedelta) -> list[Claim]:
@@ -60,7 +61,8 @@ async def claim_due(conn: DbConnection, now: datetime, limit: int, lease: timede
         RETURNING a.project_id, p.slug AS project_slug, a.id AS alert_id, a.budget_id,
                   b.name AS budget_name, b.period AS budget_period, a.window_start,
                   a.window_end, a.threshold, a.limit_usd, a.committed, a.crossed_at,
-                  a.attempts AS attempt, b.webhook_url AS url, b.webhook_secret AS secret
+                  a.attempts AS attempt, b.webhook_url AS url, b.webhook_secret AS secret,
+                  b.webhook_secret_key_id AS secret_key_id
         """,
         now,
         limit,
