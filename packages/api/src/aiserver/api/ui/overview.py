@@ -8,7 +8,7 @@ the same questions a client would ask; the page adds nothing up itself.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
 from litestar import Request, get
@@ -67,9 +67,15 @@ class OverviewController(ProjectPages):
                 query = spend_query(project, since=since, until=until.isoformat(),
                                     group_by=[f"tag:{key}"], top=TOP_TAG_VALUES)  # fmt: skip
                 tags.append((key, await read_spend(pool, project, query)))
-        unpriced = await read_events(
-            pool, project.id, event_query(status="unpriced"), limit=UNPRICED_SHOWN
+        # the latest of the unpriced events the page counts: those of the same days (an older
+        # one listed under "0 unpriced events in the last 30 days" would contradict it)
+        zone = time_zone(project.time_zone)
+        window = event_query(
+            since=datetime.combine(today - timedelta(days=DAYS - 1), time(), tzinfo=zone),
+            until=datetime.combine(until, time(), tzinfo=zone),
+            status="unpriced",
         )
+        unpriced = await read_events(pool, project.id, window, limit=UNPRICED_SHOWN)
         return Template(
             template_name="overview.html",
             context={

@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -40,6 +41,24 @@ def bucket_label(bucket: SpendBucket, kind: str | None) -> str:
     if kind == "month":
         return start.strftime("%Y-%m")
     return f"{start:%Y-%m-%d %H:%M} to {bucket.end:%Y-%m-%d %H:%M}"
+
+
+def bucket_labels(answer: SpendAnswer) -> list[str]:
+    """Each bucket's `bucket_label`, with the zone's offset written after a label that two
+    buckets share: the hour that a clock change repeats (`02:00+02:00`, `02:00+01:00`)."""
+    labels = [bucket_label(bucket, answer.bucket) for bucket in answer.buckets]
+    shared = {label for label, count in Counter(labels).items() if count > 1}
+    return [
+        label + _offset(bucket.start) if label in shared else label
+        for label, bucket in zip(labels, answer.buckets, strict=True)
+    ]
+
+
+def _offset(at: datetime) -> str:
+    """`at`'s offset from UTC as RFC 3339 writes it: `+02:00`, `-03:30`."""
+    minutes = int((at.utcoffset() or timedelta()).total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def shown_value(value: object, *, joined: bool = False) -> str:
@@ -110,11 +129,11 @@ def pivot(answer: SpendAnswer) -> Pivot:
     group_by = answer.group_by
     columns = [group_id(g, group_by) for g in answer.groups]
     rows = []
-    for bucket in answer.buckets:
+    for bucket, label in zip(answer.buckets, bucket_labels(answer), strict=True):
         cost = {group_id(g, group_by): g.cost for g in bucket.groups}
         rows.append(
             (
-                bucket_label(bucket, answer.bucket),
+                label,
                 [cost.get(c, "0") for c in columns],
                 bucket.total.cost,
             )

@@ -39,7 +39,9 @@ def bucket_bounds(
     bounds = [since]
     if bucket is not None:
         start = _bucket_start(since, bucket, zone)
-        while (start := _next_start(start, bucket, zone)) < until:
+        # no next start past year 9999, where no window reaches
+        while (after := _next_start(start, bucket, zone)) is not None and after < until:
+            start = after
             if len(bounds) == MAX_BUCKETS:
                 raise InvalidField(
                     f"bucket: more than {MAX_BUCKETS} {bucket}s from from to to; use a longer "
@@ -75,35 +77,50 @@ def _offset_change(after: datetime, until: datetime, zone: ZoneInfo) -> datetime
 
 
 def _bucket_start(at: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
+    """The start of the bucket that holds `at`; `at` itself when that start lies before year 1
+    in UTC (the first day of the calendar east of UTC): the next start follows from `at` alike,
+    as that day is a Monday and the first of a month."""
     local = at.astimezone(zone)
-    if bucket == "hour":
-        # the last start of an hour of the clock, or its last change (Lord Howe moves by half
-        # an hour: 02:30+11:00 begins a bucket)
-        into = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
-        return _offset_change(at - into, at, zone) or at - into
-    day = local.date()
-    if bucket == "week":
-        day -= timedelta(days=day.weekday())
-    elif bucket == "month":
-        day = day.replace(day=1)
-    start = _midnight(day, zone)
-    return start if start <= at else _midnight(day - timedelta(days=1), zone)
+    try:
+        if bucket == "hour":
+            # the last start of an hour of the clock, or its last change (Lord Howe moves by
+            # half an hour: 02:30+11:00 begins a bucket)
+            into = timedelta(
+                minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+            )
+            return _offset_change(at - into, at, zone) or at - into
+        day = local.date()
+        if bucket == "week":
+            day -= timedelta(days=day.weekday())
+        elif bucket == "month":
+            day = day.replace(day=1)
+        start = _midnight(day, zone)
+        return start if start <= at else _midnight(day - timedelta(days=1), zone)
+    except OverflowError:
+        return at
 
 
-def _next_start(start: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime:
-    if bucket == "hour":
-        # the next time the clock is on the hour, unless its offset changes before: a change
-        # by half an hour (Lord Howe) leaves a bucket of half an hour next to it
-        local = start.astimezone(zone)
-        into = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
-        on_the_hour = start - into + HOUR
-        return _offset_change(start, on_the_hour, zone) or on_the_hour
-    day = start.astimezone(zone).date()
-    if bucket == "day":
-        return _midnight(day + timedelta(days=1), zone)
-    if bucket == "week":
-        return _midnight(day + timedelta(days=7), zone)
-    return _midnight((day.replace(day=28) + timedelta(days=4)).replace(day=1), zone)
+def _next_start(start: datetime, bucket: Bucket, zone: ZoneInfo) -> datetime | None:
+    """The start of the bucket after the one that begins at `start`; None when it would lie
+    after year 9999 (no window reaches it)."""
+    try:
+        if bucket == "hour":
+            # the next time the clock is on the hour, unless its offset changes before: a
+            # change by half an hour (Lord Howe) leaves a bucket of half an hour next to it
+            local = start.astimezone(zone)
+            into = timedelta(
+                minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+            )
+            on_the_hour = start + (HOUR - into)
+            return _offset_change(start, on_the_hour, zone) or on_the_hour
+        day = start.astimezone(zone).date()
+        if bucket == "day":
+            return _midnight(day + timedelta(days=1), zone)
+        if bucket == "week":
+            return _midnight(day + timedelta(days=7), zone)
+        return _midnight((day.replace(day=28) + timedelta(days=4)).replace(day=1), zone)
+    except OverflowError:
+        return None
 
 
 def _hour(at: datetime) -> datetime:
@@ -129,13 +146,18 @@ def plan_ranges(bounds: Sequence[datetime], *, raw_only: bool) -> Ranges:
     cut = sorted({_hour(b) for b in bounds if b != _hour(b)})
     raw: list[tuple[datetime, datetime]] = []
     for hour in cut:
-        piece = (max(hour, since), min(hour + HOUR, until))
+        # hour + HOUR can lie past year 9999 when until is in the calendar's last hour
+        piece = (max(hour, since), hour + min(HOUR, until - hour))
         if raw and raw[-1][1] == piece[0]:
             piece = (raw.pop()[0], piece[1])
         raw.append(piece)
     rolled: list[tuple[datetime, datetime]] = []
-    cursor = since if since == _hour(since) else _hour(since) + HOUR
     stop = _hour(until)
+    # the first whole hour; none when since and until share an hour, which may be the last of
+    # year 9999 (the hour after it does not exist)
+    cursor = since
+    if since != _hour(since):
+        cursor = _hour(since) + HOUR if _hour(since) < stop else stop
     for hour in cut:
         if cursor <= hour < stop:
             if cursor < hour:
@@ -182,7 +204,10 @@ def split_days(
         cursor = start
         day = _local_date(start, zone)
         while True:
-            first, end = day_hours(day, zone)
+            try:
+                first, end = day_hours(day, zone)
+            except OverflowError:  # year 1 or 9999: the rest of the range is read hourly
+                break
             if end > stop:
                 break
             after = bisect_right(bucket_starts, first)  # buckets begun by `first`: 1-based

@@ -151,13 +151,24 @@ def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
         raise InvalidField(f"{field} is required (RFC 3339, or a date)", [field])
     if isinstance(value, str):
         try:
-            wall = datetime.fromisoformat(value.strip().upper())
+            wall: datetime | None = datetime.fromisoformat(value.strip().upper())
         except ValueError:
-            return parse_time(value, field)  # the message names the field
-        if wall.tzinfo is not None:
-            return parse_time(value, field)
-        value = wall
-    return in_utc(value, field, zone)
+            wall = None
+        if wall is None or wall.tzinfo is not None:
+            at = parse_time(value, field)  # with an offset; else the message names the field
+        else:
+            at = in_utc(wall, field, zone)
+    else:
+        at = in_utc(value, field, zone)
+    try:  # the answer writes it on the zone's clock, which must read a year from 1 to 9999
+        at.astimezone(zone)
+    except OverflowError:
+        raise InvalidField(
+            f"{field}: {at.isoformat()} is out of range in {zone.key} (its clock there reads "
+            "before year 1 or after year 9999)",
+            [field],
+        ) from None
+    return at
 
 
 def _group_by(items: Iterable[str]) -> tuple[str, ...]:

@@ -228,9 +228,11 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
                 f" {by}"
             )
     groups = "".join(f", d{i}" for i in range(len(plan.dimensions)))
-    # one part has summed its groups already; several are added up per group
+    # one part has summed its groups already; several are added up per group. The sums stay
+    # NUMERIC, as the rollups keep them: 10,000 events of 10**15 tokens each (the most one may
+    # report) sum past a BIGINT's range
     total, regroup = ("{}", "") if len(parts) == 1 else ("sum({})", f" GROUP BY bucket{groups}")
-    sums = ", ".join(f"{total.format(name)}::bigint AS {name}" for name in (*SUMS, "unfolded"))
+    sums = ", ".join(f"{total.format(name)}::numeric AS {name}" for name in (*SUMS, "unfolded"))
     sql = (  # every value is a parameter; only names and aliases are spliced in
         f"SELECT bucket{groups}, {sums}, {total.format('cost')} AS cost"  # noqa: S608
         f" FROM ({' UNION ALL '.join(parts)}) AS parts (bucket{groups}, {', '.join(SUMS)},"
@@ -275,9 +277,9 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
         SpendRow(
             bucket=r["bucket"] - 1,
             key=tuple(r[f"d{i}"] for i in range(width)),
-            sums=tuple(r[name] for name in SUMS),
+            sums=tuple(int(r[name]) for name in SUMS),  # whole numbers, as NUMERIC
             cost=r["cost"],
-            unfolded=r["unfolded"],
+            unfolded=int(r["unfolded"]),
         )
         for r in records
     ]
