@@ -429,7 +429,7 @@ async def test_a_parameter_given_twice_is_a_422_never_one_value_of_it_ignored(
         (f"cursor={cursor}&cursor={cursor}", "cursor"),
     ):
         response = await client.get(f"{EVENTS}?{query}", headers=bearer(key))
-        body = assert_problem(response, 422, f"{field}: given 2 times; give it once")
+        body = assert_problem(response, 422, f"given more than once: {field} (each takes one")
         assert body["fields"] == [field], query
 
 

@@ -51,6 +51,18 @@ class UnknownQuery(InvalidInput):
         return {"fields": self.fields}
 
 
+class RepeatedQuery(InvalidInput):
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(
+            f"query parameters given more than once: {', '.join(names)} (each takes one value; "
+            "one of them would be ignored)"
+        )
+        self.fields = names
+
+    def members(self) -> dict[str, Any]:
+        return {"fields": self.fields}
+
+
 class NotReady(Unavailable, slug="not-ready"):
     def __init__(self, message: str, checks: list[dict[str, Any]]) -> None:
         super().__init__(message)

@@ -1,4 +1,5 @@
-"""A route's query parameters are the ones it declares: a misspelled one is a 422, never ignored."""
+"""A route's query parameters are the ones it declares: a misspelled one is a 422, never ignored,
+and so is one given twice that takes one value (`?model=a&model=b`: one would be ignored)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
-from aiserver.api.errors import UnknownQuery
+from aiserver.api.errors import RepeatedQuery, UnknownQuery
 
 
-def only_query(*names: str, prefixes: tuple[str, ...] = ()) -> Guard:
+def only_query(
+    *names: str, prefixes: tuple[str, ...] = (), repeatable: tuple[str, ...] = ()
+) -> Guard:
     """A guard that refuses any query parameter but `names` (e.g. `?archvied=true`) and those
-    whose name starts with one of `prefixes` (`tag:` takes `tag:team=search`).
+    whose name starts with one of `prefixes` (`tag:` takes `tag:team=search`), and any of
+    `names` given more than once unless it is `repeatable` (a list: `group_by`). A prefixed
+    parameter's repeats are its route's to judge.
 
     The guard is a coroutine function though it never waits: Litestar runs a plain function
     guard in a thread pool, a hop to another thread and back on every request."""
     known = frozenset(names)
+    single = known - frozenset(repeatable)
     described = known | {f"{prefix}KEY" for prefix in prefixes}
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -28,5 +34,9 @@ def only_query(*names: str, prefixes: tuple[str, ...] = ()) -> Guard:
         )
         if unknown:
             raise UnknownQuery(unknown, described)
+        params = connection.query_params
+        repeated = sorted(name for name in single & set(params) if len(params.getall(name)) > 1)
+        if repeated:
+            raise RepeatedQuery(repeated)
 
     return guard

@@ -27,7 +27,7 @@ from aiserver.ledger.usage.valuation import PricingStatus
 
 _SPEND_QUERY: Final = only_query(
     "from", "to", "bucket", "tz", "group_by", "model", "provider", "status", "top",
-    prefixes=(TAG_PREFIX,),
+    prefixes=(TAG_PREFIX,), repeatable=("group_by",),
 )  # fmt: skip
 
 

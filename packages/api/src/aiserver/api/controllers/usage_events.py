@@ -33,7 +33,6 @@ from aiserver.api.problems import problem_responses
 from aiserver.api.query import only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.usage.reading import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -139,17 +138,9 @@ def tag_filters(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
     ]
 
 
-_SINGLE: Final = ("from", "to", "model", "provider", "status", "limit", "cursor")
-_LIST_QUERY: Final = only_query(*_SINGLE, prefixes=(TAG_PREFIX,))
-
-
-async def given_once(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a parameter that takes one value, given twice, is a 422 naming it (one of its
-    values would be used and the other ignored: `?model=a&model=b` is not "either model")."""
-    params = connection.query_params
-    for name in _SINGLE:
-        if name in params and (times := len(params.getall(name))) > 1:
-            raise InvalidField(f"{name}: given {times} times; give it once", [name])
+_LIST_QUERY: Final = only_query(
+    "from", "to", "model", "provider", "status", "limit", "cursor", prefixes=(TAG_PREFIX,)
+)
 
 
 class UsageEventController(Controller):
@@ -163,7 +154,7 @@ class UsageEventController(Controller):
         "/",
         summary="List usage events, newest first (scope read)",
         responses=problem_responses(400, 401, 403, 422, 503),
-        guards=[_LIST_QUERY, given_once],
+        guards=[_LIST_QUERY],
     )
     async def list_events(
         self,
