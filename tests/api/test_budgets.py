@@ -118,6 +118,10 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
         ({"limit_usd": "NaN"}, "limit_usd", "limit_usd must be a decimal above 0"),
         ({"limit_usd": 1.5}, "limit_usd", "Expected `str`, got `float`"),
         ({"limit_usd": "1,5"}, "limit_usd", "is not a decimal number"),
+        # more places than PostgreSQL's NUMERIC holds (or anyone means): a 422, never a 500
+        ({"limit_usd": "1E-20000"}, "limit_usd", "limit_usd must have at most 30 decimal places"),
+        ({"limit_usd": "0." + "0" * 30 + "1"}, "limit_usd", "at most 30 decimal places"),
+        ({"thresholds": ["1E-20000"]}, "thresholds", "thresholds must have at most 30 decimal"),
         ({"thresholds": ["0"]}, "thresholds", "thresholds: up to 10 different percentages"),
         ({"thresholds": ["50", "50"]}, "thresholds", "thresholds: up to 10 different"),
         ({"tags": {"bad key": "x"}}, "tags.bad key", "is not allowed"),
@@ -244,6 +248,20 @@ async def test_a_budgets_scope_and_period_stay_as_created(client: Client, tenant
         response = await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(key), json=change)
         problem = assert_problem(response, 422, "stay as created")
         assert problem["fields"] == list(change)
+
+
+async def test_a_change_to_more_places_than_numeric_holds_is_refused_naming_its_field(
+    client: Client, tenants: Tenants
+) -> None:
+    key = tenants.admin_a["key"]
+    made = await create(client, key)
+    for change, field in (({"limit_usd": "1E-20000"}, "limit_usd"),
+                          ({"thresholds": ["50", "1E-20000"]}, "thresholds")):  # fmt: skip
+        response = await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(key), json=change)
+        problem = assert_problem(response, 422, "at most 30 decimal places")
+        assert problem["fields"] == [field]
+    shown = (await client.get(f"{BUDGETS}/{made['id']}", headers=bearer(key))).json()
+    assert (shown["limit_usd"], shown["thresholds"]) == ("25.5", ["50", "80", "100"])
 
 
 async def test_a_key_never_reaches_another_projects_budgets(

@@ -207,3 +207,16 @@ async def test_reserving_needs_a_projects_ingest_key_and_a_well_formed_estimate(
     ):
         problem = assert_problem(await client.post(RESERVE, headers=key, json=bad), 422, "")
         assert field in str(problem.get("fields", problem.get("errors", ""))), (bad, problem)
+
+
+async def test_a_usage_that_prices_at_nothing_is_refused_naming_the_usage(
+    client: Client, tenants: Tenants
+) -> None:
+    """A reserve sent with a `usage` (no `estimate`) that the catalog prices at 0 USD is told
+    so, naming the field it sent: not "estimate must be above 0", a field it never sent."""
+    response = await client.post(
+        RESERVE, headers=bearer(tenants.ingest_a["key"]),
+        json={"model": MODEL, "usage": {"input_tokens": 0, "output_tokens": 0}},
+    )  # fmt: skip
+    problem = assert_problem(response, 422, "usage: the catalog prices this usage at 0 USD")
+    assert problem["fields"] == ["usage"]

@@ -3,6 +3,7 @@ sign each alert; sealed again when a key is replaced; refused when no key is con
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from datetime import UTC, datetime
@@ -231,3 +232,63 @@ async def test_an_alert_whose_secret_no_key_opens_is_not_sent_and_is_retried(
     assert report.delivered == 1
     last = receiver.received[-1]
     assert signing.verify(SECRET, last.headers["Aiserver-Signature"], last.body)
+
+
+async def test_a_secret_whose_budget_an_ingest_holds_is_sealed_with_the_new_key(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A transaction that writes a budget's window (as ingest does: its foreign key takes the
+    budget's row FOR KEY SHARE) while the task runner starts does not make the rotation pass
+    over that budget: its secret is sealed with the new key, and the old key can go."""
+    pool, access = project
+    old, new = _key(), _key()
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await _seal_as(pool, budget_id, _box(old), access.project_id)
+    async with pool.acquire() as ingest, ingest.transaction():
+        await ingest.execute(
+            "INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end)"
+            " VALUES ($1, $2, now(), 0, now() + interval '1 day')",
+            access.project_id, budget_id,
+        )  # fmt: skip
+        assert await service.seal_secrets(pool, _box(new, old)) == (1, 0)
+    stored, sealed_with = await _stored(pool, budget_id)
+    assert sealed_with == _box(new).current
+    assert stored is not None
+    assert _box(new).open(stored, sealed_with, access.project_id) == SECRET
+
+
+async def _waiting_for_a_lock(pool: asyncpg.Pool, task: asyncio.Task[object]) -> bool:
+    """Whether `task` came to wait for a row lock (True) or ended without waiting (False)."""
+    while not task.done():
+        if await pool.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock')"
+        ):
+            return True
+        await asyncio.sleep(0.01)  # polling for a condition; the assertion is on the state
+    return False
+
+
+async def test_a_secret_whose_budget_is_being_renamed_is_sealed_with_the_new_key(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A change of a budget's name, committing while the task runner seals secrets with a new
+    key, does not leave that budget's secret sealed with the old key (which the operator then
+    removes): the rotation waits for the change and seals it."""
+    pool, access = project
+    old, new = _key(), _key()
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await _seal_as(pool, budget_id, _box(old), access.project_id)
+    async with pool.acquire() as change:
+        renaming = change.transaction()
+        await renaming.start()
+        await change.execute("UPDATE budgets SET name = 'renamed' WHERE id = $1", budget_id)
+        sealing = asyncio.ensure_future(service.seal_secrets(pool, _box(new, old)))
+        waited = await _waiting_for_a_lock(pool, sealing)
+        await renaming.commit()
+        assert await sealing == (1, 0)
+        assert waited
+    stored, sealed_with = await _stored(pool, budget_id)
+    assert sealed_with == _box(new).current
+    assert stored is not None
+    assert _box(new).open(stored, sealed_with, access.project_id) == SECRET

@@ -131,6 +131,12 @@ class ReservationController(Controller):
             priced = calculate(live.require(), _cost_request(data))
             amount = priced.total
             models.append(priced.model)
+            if amount <= 0:  # else the refusal would name `estimate`, which was not sent
+                raise InvalidField(
+                    f"usage: the catalog prices this usage at {money(amount)} USD; a "
+                    "reservation needs an estimate above 0 USD; nothing was reserved",
+                    ["usage"],
+                )
         ttl = (
             None if data.expires_in_seconds is None else timedelta(seconds=data.expires_in_seconds)
         )

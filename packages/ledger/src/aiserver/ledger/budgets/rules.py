@@ -21,6 +21,16 @@ DEFAULT_THRESHOLDS: Final = (Decimal(50), Decimal(80), Decimal(100))
 MIN_SECRET: Final = 16
 MAX_SECRET: Final = 256
 MAX_BUDGETS: Final = 100  # per project: ingest checks every budget of a project per event
+#: Decimal places a limit or a threshold may have (after trailing zeros are dropped): far more
+#: than anyone means, as for an estimate, and few enough for PostgreSQL's NUMERIC, which refuses
+#: an exponent below -16383 (sending one would fail the request with a 500).
+MAX_PLACES: Final = 30
+
+
+def _places(value: Decimal) -> int:
+    """The decimal places of a finite `value`, trailing zeros left out."""
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
@@ -53,6 +63,10 @@ def check_limit(limit: Decimal) -> Decimal:
         raise InvalidField(
             f"limit_usd must be a decimal above 0 and at most {MAX_LIMIT:,.0f}", ["limit_usd"]
         )
+    if _places(limit) > MAX_PLACES:
+        raise InvalidField(
+            f"limit_usd must have at most {MAX_PLACES} decimal places", ["limit_usd"]
+        )
     return limit
 
 
@@ -64,6 +78,10 @@ def check_thresholds(thresholds: Sequence[Decimal]) -> tuple[Decimal, ...]:
             f"thresholds: up to {MAX_THRESHOLDS} different percentages of the limit, each above "
             f"0 and at most {MAX_THRESHOLD}",
             ["thresholds"],
+        )
+    if any(_places(t) > MAX_PLACES for t in thresholds):
+        raise InvalidField(
+            f"thresholds must have at most {MAX_PLACES} decimal places", ["thresholds"]
         )
     return tuple(sorted(thresholds))
 

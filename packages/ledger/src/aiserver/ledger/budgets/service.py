@@ -271,7 +271,9 @@ async def seal_secrets(pool: asyncpg.Pool, box: SecretBox) -> tuple[int, int]:
     """Seal with the current key every webhook secret that is in the clear (written before
     secrets were sealed) or sealed with another key of `box` (a key being replaced), a batch
     per transaction. Returns (sealed, left): `left` counts those no key of `box` opens, which
-    stay as they are (their deliveries fail until the key that sealed them is configured)."""
+    stay as they are (their deliveries fail until the key that sealed them is configured). A
+    budget that another transaction is changing is waited for, not passed over: once this
+    returns, every secret that a key of `box` opens is sealed with the current key."""
     done = left = 0
     after = (0, 0)
     while True:

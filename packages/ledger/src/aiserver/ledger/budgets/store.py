@@ -146,8 +146,15 @@ async def secrets_to_seal(
     conn: DbConnection, current_key_id: str, after: tuple[int, int], limit: int
 ) -> list[asyncpg.Record]:
     """Budgets after `after` (project id, budget id) whose webhook secret is in the clear or
-    sealed with another key than the current one, locked (rows another transaction holds are
-    skipped: a change writes its secret sealed with the current key anyway)."""
+    sealed with another key than the current one, locked in key order FOR NO KEY UPDATE (what
+    an UPDATE of the secret takes).
+
+    A row another transaction is changing is waited for, never skipped: a skipped row would
+    keep the old key's seal (a change of its name writes no new secret), and the operator who
+    then removes the old key would lose its secret. The foreign keys of ingest's windows and
+    alerts take the row FOR KEY SHARE, which this lock does not wait for. After a wait the row
+    is checked again, and left out when it no longer needs sealing (another runner sealed it,
+    a change wrote a new secret); the next row takes its place in the batch."""
     return await conn.fetch(
         """
         SELECT project_id, id, webhook_secret, webhook_secret_key_id FROM budgets
@@ -156,7 +163,7 @@ async def secrets_to_seal(
           AND (project_id, id) > ($2, $3)
         ORDER BY project_id, id
         LIMIT $4
-        FOR UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE
         """,
         current_key_id,
         *after,
