@@ -3,7 +3,9 @@ and now (no task runner), showing progress; or finish a run that was cut off (`-
 
 A dry run (`--dry-run`) says per model how many events would change and their old and new
 totals, and writes nothing but the run. Exit status 0 when the run ran to its end, 1 when it
-could not run or stopped (run `--resume RUN` to finish it), 2 wrong arguments.
+could not run or stopped (run `--resume RUN` to finish it) or another process works on it, 2
+wrong arguments (a filter or `--dry-run` with `--resume` among them: a run resumed keeps its
+own).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice, show_run
 
     operator = Access.operator()
+    if args.resume is not None:  # the run resumed keeps its own filter and dry run
+        for flag, dest in _NOT_WITH_RESUME:
+            if getattr(args, dest) not in (None, False):
+                print(f"aiserver-ledger reprice: error: {flag} is not allowed with --resume (a "
+                      "run resumed keeps its own filter and dry run)", file=sys.stderr)  # fmt: skip
+                return 2
 
     def progress(p: RunProgress) -> None:
         if not args.no_progress:
@@ -73,6 +81,9 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
                   f"stays. Finish it: aiserver-ledger reprice --resume {run_id}",
                   file=sys.stderr)  # fmt: skip
             raise
+        if str(outcome) == "busy":
+            print(f"aiserver-ledger reprice: run {run_id}: another process is working on it; "
+                  "it finishes the run", file=sys.stderr)  # fmt: skip
         run = await show_run(pool, operator, run_id)
         if args.json:
             print_json(run)
@@ -94,7 +105,29 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger reprice --project acme-search --from 2026-11-01 --to 2026-12-01 --dry-run
   aiserver-ledger reprice --project acme-search --model gpt-4o
   aiserver-ledger reprice --all-projects --status unpriced
-  aiserver-ledger reprice --resume 42"""
+  aiserver-ledger reprice --resume 42
+
+exit status: 0 the run ran to its end; 1 it could not run, it stopped (--resume RUN finishes
+it), or another process is working on it; 2 wrong arguments."""
+
+
+#: The filter's options (and --dry-run), which a run resumed takes from the run.
+_NOT_WITH_RESUME: Final = (
+    ("--from", "since"), ("--to", "until"), ("--model", "model"), ("--provider", "provider"),
+    ("--status", "status"), ("--dry-run", "dry_run"),
+)  # fmt: skip
+
+
+def _run_id(text: str) -> int:
+    from aiserver.core_db.connections import MAX_BIGINT
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"a run id, 1 to {MAX_BIGINT}: {text!r}")
+    return value
 
 
 def _batch(text: str) -> int:
@@ -118,7 +151,10 @@ def add_parsers(groups: Any) -> None:
     which = command.add_mutually_exclusive_group(required=True)
     which.add_argument("--project", metavar="SLUG", help="this project's events")
     which.add_argument("--all-projects", action="store_true", help="every project's events")
-    which.add_argument("--resume", type=int, metavar="RUN", help="finish a run that stopped")
+    which.add_argument(
+        "--resume", type=_run_id, metavar="RUN",
+        help="finish a run that stopped (with its own filter and dry run)",
+    )  # fmt: skip
     command.add_argument(
         "--from", dest="since", metavar="TIME", help="at or after (RFC 3339; no offset: UTC)"
     )

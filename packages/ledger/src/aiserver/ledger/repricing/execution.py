@@ -6,6 +6,11 @@ The events are visited in (project_id, occurred_at, id) order (a project's in (o
 order), after the run's cursor. Applying a batch, in
 one transaction:
 
+0. take the catalog's version lock shared, as ingest does, and read the committed version: when
+   it is newer than the run's catalog, the batch rolls back and the run loads the catalog of
+   now first. So no batch prices with an older catalog than one that priced an event before it
+   (the automatic reprice after an override, say, or ingest), and no new version commits
+   until the batch's COMMIT;
 1. lock the batch's outbox rows (in one order). An event whose row is there is not folded yet:
    the fold, which claims rows `FOR UPDATE SKIP LOCKED`, now skips it and later folds the new
    pricing, so the rollups are not touched for it. An event whose row is gone is folded (a fold
@@ -14,12 +19,15 @@ one transaction:
    whose statement began before the batch commits, and reaches such a row after, then finds
    it deleted and skips it, instead of folding the event as its snapshot saw it, at its old
    price;
-2. lock the events and read them again (another run may have repriced them meanwhile), and
-   read the projects' rolled-up keys. When a change of a project's keys still waits for the
-   rebuild of its rollups, they are keyed two ways and a correction keyed the new way would
-   miss the row of an event folded the old way: the batch rolls back, the run rebuilds that
-   project's rollups itself (`aiserver.ledger.spend.rebuild`) and does the batch again (the
-   rebuild the change enqueued does the same work again later, harmlessly);
+2. lock the events and read them again (another run may have repriced them meanwhile), then
+   the outbox rows once more: a run that held the events gave the rows of those it changed
+   new ids, which the first lock, a statement that began before that run committed, does not
+   see (it found the old rows deleted). Read the projects' rolled-up keys. When a change of a
+   project's keys still waits for the rebuild of its rollups, they are keyed two ways and a
+   correction keyed the new way would miss the row of an event folded the old way: the batch
+   rolls back, the run rebuilds that project's rollups itself (`aiserver.ledger.spend.rebuild`)
+   and does the batch again (the rebuild the change enqueued does the same work again later,
+   harmlessly);
 3. price each as ingest would today (`revalue`);
 4. for each that changes: take it out of its old rollup row and into its new one (if folded),
    update the event, and write one adjustment (old and new status, cost and price version);
@@ -46,7 +54,9 @@ import msgspec
 
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
+from aiserver.costs.catalog import load_catalog
 from aiserver.costs.pricing.exact import ADD
+from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK, read_catalog_version
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
 from aiserver.ledger.repricing import revalue as rv
@@ -83,6 +93,16 @@ class RollupsRekeying(Exception):
     def __init__(self, projects: list[int]) -> None:
         super().__init__(f"the rollups of projects {projects} wait for a rebuild")
         self.projects = projects
+
+
+class CatalogChanged(Exception):
+    """The committed catalog is newer than the one the run prices with: a batch priced with it
+    could take back what the newer one priced already (an event made priced by the automatic
+    reprice after an override, put back to unpriced)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the catalog is at version {version} now")
+        self.version = version
 
 
 class Outcome(enum.StrEnum):
@@ -169,6 +189,11 @@ async def _run(
             try:
                 async with conn.transaction():
                     progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
+            except CatalogChanged as changed:  # rolled back before it read an event
+                log.info("reprice run loads the catalog of now", run_id=run_id,
+                         catalog_version=changed.version)  # fmt: skip
+                catalog = await load_catalog(conn)
+                continue
             except RollupsRekeying as rekeying:  # the batch rolled back before it changed a thing
                 rebuilds += 1
                 if rebuilds > _REBUILDS:
@@ -208,6 +233,10 @@ async def _batch(
     batch_size: int,
 ) -> Progress | None:
     """One batch, in the caller's transaction; None when no event is left."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_VERSION_LOCK)
+    version = await read_catalog_version(conn)
+    if version > catalog.version:
+        raise CatalogChanged(version)
     rows = await store.select_batch(conn, filters, after=after, limit=batch_size)
     if not rows:
         return None
@@ -227,6 +256,11 @@ async def _batch(
         rows = await store.lock_events(
             conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]
         )
+        # again, now that no other run can requeue them: a run that held the events (and this
+        # statement waited for) may have given their rows new ids since the first lock, which
+        # then found the old rows deleted; the new rows are not folded either
+        pending = await store.lock_outbox(conn, [r["project_id"] for r in rows],
+                                          [r["id"] for r in rows])  # fmt: skip
         # read once the outbox rows are held: every event whose row is gone was folded with
         # these keys, unless a change of them still waits for its rebuild
         tags, rekeying = await store.rollup_keys(conn, sorted(set(projects)))
