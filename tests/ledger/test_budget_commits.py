@@ -285,3 +285,35 @@ async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosse
     assert [(a[0], a[2], a[4]) for a in await alerts(pool)] == [
         (capped, Decimal(100), "no_webhook")
     ]
+
+
+async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """A budget made today counts today's window, not the days before it: pricing an event of
+    three days ago that was unpriced must not write that day's window (before, a window row
+    appeared there with 0.003998 committed, 0 events and -1 unpriced events; a price cut would
+    have left a negative total, and a large change could alert for a day long gone)."""
+    from aiserver.ledger.repricing.execution import execute_run
+    from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
+
+    pool, access = project
+    before = NOW - timedelta(days=3)
+    await record(pool, access, event("old", before, model="mystery-1"), event("x", before))
+    daily = await budget(pool, access, limit_usd=Decimal("0.01"), thresholds=[Decimal(1)])
+    await record(pool, access, event("now", NOW, model="mystery-1"))
+    today = window_of("day", ZONE, NOW)[0]
+    assert await windows(pool) == {(daily, today): (Decimal(0), 1, 1)}
+
+    priced = catalog(
+        _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
+             output_cost_per_token=Decimal("6e-06")),
+        _row(5, "mystery-1", T0, None, input_cost_per_token=Decimal("2e-06"),
+             output_cost_per_token=Decimal("6e-06")),
+    )  # fmt: skip
+    run = await request_reprice(pool, access, RepriceRequest(project="p", dry_run=False))
+    await execute_run(pool, run.id, priced)
+    assert await pool.fetchval("SELECT count(*) FROM usage_events WHERE status = 'unpriced'") == 0
+    # today's window takes the event it counted, priced; the day of three days ago stays unwritten
+    assert await windows(pool) == {(daily, today): (Decimal("0.003998"), 1, 0)}
+    assert [(a[0], a[1]) for a in await alerts(pool)] == [(daily, today.isoformat())]

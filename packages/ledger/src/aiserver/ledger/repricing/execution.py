@@ -312,7 +312,10 @@ async def _move_budget_costs(
 ) -> None:
     """What the repriced events change in their budgets' windows: each event's old cost out and
     its new one in (an event that was unpriced now commits its cost), with the alerts of the
-    thresholds this carries a window past, as ingest does."""
+    thresholds this carries a window past, as ingest does. Only windows that count events are
+    corrected: a budget made after an event, or a time zone change, left the event's window
+    uncounted, and a correction there would count what was never in it (a window of the past
+    with -1 unpriced events, a negative total, an alert for days long gone)."""
     by_project: dict[int, list[tuple[Spend, Spend]]] = {}
     for row, valuation in moved:
         tags = _TAGS.decode(row["tags"])
@@ -326,5 +329,7 @@ async def _move_budget_costs(
         if not scopes:
             continue
         deltas = window_deltas(scopes, zone, changes)
+        counting = await budget_store.counting_windows(conn, project, deltas)
+        deltas = {key: delta for key, delta in deltas.items() if key in counting}
         committed = await budget_store.add_to_windows(conn, project, deltas)
         await budget_store.insert_alerts(conn, project, crossings(scopes, deltas, committed))
