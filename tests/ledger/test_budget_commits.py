@@ -256,19 +256,10 @@ async def test_racing_past_a_threshold_raises_it_once(
     assert Decimal("0.025") <= got[0][3] < Decimal("0.025") + 3 * Decimal("0.004998")
 
 
-async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosses(
-    project: tuple[asyncpg.Pool, Access],
-) -> None:
+async def reprice_with_mystery_priced(pool: asyncpg.Pool, access: Access) -> None:
+    """Reprice the project with a catalog that prices mystery-1 (and gpt-x anew)."""
     from aiserver.ledger.repricing.execution import execute_run
     from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
-
-    pool, access = project
-    capped = await budget(pool, access, limit_usd=Decimal("0.01"), thresholds=[Decimal(100)])
-    # two calls of a model the catalog does not know yet: kept unpriced, not $0
-    await record(pool, access, event("m1", NOW, model="mystery-1"),
-                 event("m2", NOW, model="mystery-1"), event("x", NOW))  # fmt: skip
-    today = window_of("day", ZONE, NOW)[0]
-    assert (await windows(pool))[capped, today] == (Decimal("0.004998"), 3, 2)
 
     priced = catalog(
         _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
@@ -278,6 +269,20 @@ async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosse
     )  # fmt: skip
     run = await request_reprice(pool, access, RepriceRequest(project="p", dry_run=False))
     await execute_run(pool, run.id, priced)
+
+
+async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosses(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    capped = await budget(pool, access, limit_usd=Decimal("0.01"), thresholds=[Decimal(100)])
+    # two calls of a model the catalog does not know yet: kept unpriced, not $0
+    await record(pool, access, event("m1", NOW, model="mystery-1"),
+                 event("m2", NOW, model="mystery-1"), event("x", NOW))  # fmt: skip
+    today = window_of("day", ZONE, NOW)[0]
+    assert (await windows(pool))[capped, today] == (Decimal("0.004998"), 3, 2)
+
+    await reprice_with_mystery_priced(pool, access)
     # each mystery-1 call: 1000 * 2e-06 + 333 * 6e-06 = 0.003998
     got = await windows(pool)
     assert got[capped, today] == (Decimal("0.004998") + 2 * Decimal("0.003998"), 3, 0)
@@ -294,9 +299,6 @@ async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
     three days ago that was unpriced must not write that day's window (before, a window row
     appeared there with 0.003998 committed, 0 events and -1 unpriced events; a price cut would
     have left a negative total, and a large change could alert for a day long gone)."""
-    from aiserver.ledger.repricing.execution import execute_run
-    from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
-
     pool, access = project
     before = NOW - timedelta(days=3)
     await record(pool, access, event("old", before, model="mystery-1"), event("x", before))
@@ -305,14 +307,7 @@ async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
     today = window_of("day", ZONE, NOW)[0]
     assert await windows(pool) == {(daily, today): (Decimal(0), 1, 1)}
 
-    priced = catalog(
-        _row(4, "gpt-x", T0, None, input_cost_per_token=Decimal("3e-06"),
-             output_cost_per_token=Decimal("6e-06")),
-        _row(5, "mystery-1", T0, None, input_cost_per_token=Decimal("2e-06"),
-             output_cost_per_token=Decimal("6e-06")),
-    )  # fmt: skip
-    run = await request_reprice(pool, access, RepriceRequest(project="p", dry_run=False))
-    await execute_run(pool, run.id, priced)
+    await reprice_with_mystery_priced(pool, access)
     assert await pool.fetchval("SELECT count(*) FROM usage_events WHERE status = 'unpriced'") == 0
     # today's window takes the event it counted, priced; the day of three days ago stays unwritten
     assert await windows(pool) == {(daily, today): (Decimal("0.003998"), 1, 0)}
