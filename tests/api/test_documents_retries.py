@@ -100,5 +100,5 @@ async def test_a_document_that_kills_its_workers_ends_failed(
     assert (status["status"], status["error"]) == (
         "failed",
         f"the conversion was interrupted {killed} times (the task runner stopped or was killed "
-        "while converting the document)",
+        "while the document waited for a conversion slot or was converted)",
     ), status

@@ -111,7 +111,7 @@ def test_a_tool_outlives_its_killed_task_runner_by_moments_only(tmp_path: Path) 
         f"{str(tmp_path)!r})))\n"
     )
     runner = subprocess.Popen([sys.executable, "-c", code])
-    pattern = f"^sleep {seconds}$"
+    pattern = f"/sleep {seconds}$"  # the tool, by its path (and timeout(1) naming it)
     try:
         deadline = time.monotonic() + 20
         while not _running(pattern):
@@ -127,3 +127,12 @@ def test_a_tool_outlives_its_killed_task_runner_by_moments_only(tmp_path: Path) 
         assert time.monotonic() - killed_at >= 2.0  # ended by its deadline, not by the kill
     finally:
         subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
+
+
+async def test_a_tool_that_is_not_installed_fails_the_conversion_naming_it(tmp_path: Path) -> None:
+    """A failed document with a reason, never one left `processing` by an exception the job
+    does not expect (FileNotFoundError)."""
+    from aiserver.documents.conversion import run_tool
+
+    with pytest.raises(ConversionError, match=r"^no-such-tool-7f3a is not installed on the task"):
+        await run_tool(["no-such-tool-7f3a", "--version"], timeout=5, cwd=tmp_path)

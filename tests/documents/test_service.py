@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import asyncpg
@@ -52,8 +53,9 @@ async def test_a_job_whose_upload_never_committed_does_nothing(db: Settings) -> 
 
 
 async def test_a_document_waiting_for_a_conversion_slot_stays_queued(db: Settings) -> None:
-    """A job that waits for one of the task runner's conversion slots has not begun: the
-    document is `queued`, and no conversion is counted against its MAX_CONVERSIONS."""
+    """A job that waits for one of the task runner's conversion slots has not begun converting:
+    the document is `queued`. The try is counted (as arq counts it), so that a document whose
+    tries keep being interrupted, waiting or converting, fails before arq stops trying."""
     async with require_pool().acquire() as conn:
         document_id = await store.create_document(
             conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
@@ -68,7 +70,7 @@ async def test_a_document_waiting_for_a_conversion_slot_stays_queued(db: Setting
     async with require_pool().acquire() as conn:
         waiting = await store.get_document(conn, document_id)
     assert waiting is not None
-    assert (waiting.status, waiting.attempts, waiting.started_at) == ("queued", 0, None)
+    assert (waiting.status, waiting.attempts, waiting.started_at) == ("queued", 1, None)
     slots.release()
     result = await asyncio.wait_for(job, timeout=120)
     assert result["status"] == "done"
@@ -76,3 +78,38 @@ async def test_a_document_waiting_for_a_conversion_slot_stays_queued(db: Setting
         converted = await store.get_document(conn, document_id)
     assert converted is not None
     assert (converted.status, converted.attempts) == ("done", 1)
+
+
+async def test_a_job_interrupted_while_it_waits_for_a_slot_counts_as_a_try(db: Settings) -> None:
+    """arq counts a try of the job whether it was cut while converting or while waiting for a
+    slot, and drops the job after its third. So the third try fails the document even if the
+    two before were cut while waiting: it never stays `queued` with no job left to run it."""
+    async with require_pool().acquire() as conn:
+        document_id = await store.create_document(
+            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+        )
+    slots = asyncio.Semaphore(1)
+    await slots.acquire()  # every slot is busy for as long as this test runs
+    for tried in (1, 2):  # a try cut by a task runner's stop while it waits
+        job = asyncio.create_task(
+            service.process(require_pool(), str(document_id), DocumentSettings(), slots)
+        )
+        async with asyncio.timeout(30):
+            while True:
+                async with require_pool().acquire() as conn:
+                    waiting = await store.get_document(conn, document_id)
+                assert waiting is not None
+                if waiting.attempts == tried:
+                    break
+                await asyncio.sleep(0.02)
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+    last = await asyncio.wait_for(
+        service.process(require_pool(), str(document_id), DocumentSettings(), slots), 30
+    )
+    assert last["status"] == "failed"
+    async with require_pool().acquire() as conn:
+        failed = await store.get_document(conn, document_id)
+    assert failed is not None
+    assert (failed.status, failed.attempts) == ("failed", 3)

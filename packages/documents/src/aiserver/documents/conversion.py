@@ -105,14 +105,27 @@ class Converted:
 _OUTLIVE_S: Final = 5.0
 
 
+def _command(name: str) -> str:
+    """The path of a command; `ConversionError` naming it when it is not installed."""
+    found = shutil.which(name)
+    if found is None:
+        raise ConversionError(f"{name} is not installed on the task runner")
+    return found
+
+
 async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
     """Run a tool; return its stdout. Kill its whole process group when `timeout` passes; and
-    should this process be gone by then, `timeout(1)` kills it a moment later."""
+    should this process be gone by then, coreutils' `timeout` (`gtimeout` where coreutils come
+    with a g, as from Homebrew) kills it a few seconds later."""
+    killer = shutil.which("timeout") or shutil.which("gtimeout")
+    if killer is None:
+        raise ConversionError("coreutils' timeout is not installed on the task runner")
     proc = await asyncio.create_subprocess_exec(
-        "timeout",
+        killer,
         "--signal=KILL",
         f"{timeout + _OUTLIVE_S:.3f}",
-        *args,
+        _command(args[0]),
+        *args[1:],
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

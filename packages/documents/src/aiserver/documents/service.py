@@ -112,30 +112,32 @@ async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> by
 VISIBLE_WITHIN_S: Final = 10.0
 
 
-#: Conversions one document gets. Another try means that they were interrupted: the task runner
-#: stopped or died while converting (killed for the memory the document took, say). arq runs a job
-#: again after that up to the task runner's MAX_TRIES (3), then drops it without calling it, which
-#: would leave the document processing for good; so a try past this many fails the document.
+#: Tries one document's job gets. Another try means that the last one was interrupted: the task
+#: runner stopped or died while the job waited for a conversion slot or converted (killed for
+#: the memory the document took, say). arq runs a job again after that up to the task runner's
+#: MAX_TRIES (3), then drops it without calling it, which would leave the document `queued` or
+#: `processing` for good; so the try past this many (arq's last) fails the document. Every try
+#: is counted when it begins, before it waits for a slot, so the count is arq's own.
 MAX_CONVERSIONS: Final = 2
 
 
 def _interrupted(attempts: int) -> str:
     return (
         f"the conversion was interrupted {attempts - 1} times (the task runner stopped or was "
-        "killed while converting the document)"
+        "killed while the document waited for a conversion slot or was converted)"
     )
 
 
 async def _start(
     pool: asyncpg.Pool, doc_id: uuid.UUID, wait_s: float
 ) -> tuple[Document, bytes] | None:
-    """Mark the document processing (failed, past MAX_CONVERSIONS); None when it is done, or
-    does not appear in `wait_s`."""
+    """Count the job's try (the document failed, past MAX_CONVERSIONS); None when it is done,
+    or does not appear in `wait_s`."""
     deadline = time.monotonic() + wait_s
     delay = 0.05
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            started = await store.start_processing(conn, doc_id)
+            started = await store.begin_try(conn, doc_id)
             if started is not None and started[0].attempts > MAX_CONVERSIONS:
                 # in the same transaction: a try that converts nothing never shows processing
                 await store.mark_failed(conn, doc_id, _interrupted(started[0].attempts))
@@ -158,22 +160,24 @@ async def process(
     """Convert one uploaded document and store its outputs; the job's result as plain data.
 
     Re-running it is safe: a done document is left alone; any other is converted again and its
-    outputs replaced, up to MAX_CONVERSIONS times. `slots` bounds the conversions at once in
+    outputs replaced, up to MAX_CONVERSIONS tries. `slots` bounds the conversions at once in
     this worker; a document waiting for one stays `queued`.
     """
     doc_id = uuid.UUID(document_id)
-    async with slots:  # first: waiting for a slot is `queued`, and no conversion is counted
-        started = await _start(pool, doc_id, visible_within_s)
-        if started is None:
-            async with pool.acquire() as conn:
-                status = await store.status_of(conn, doc_id)
-            note = "nothing to do" if status == "done" else "no such document: its upload failed"
-            return {"document_id": document_id, "status": status or "unknown", "note": note}
-        document, source = started
-        if document.attempts > MAX_CONVERSIONS:  # `_start` marked it failed
-            reason = _interrupted(document.attempts)
-            log.warning("document failed", document_id=document_id, reason=reason)
-            return {"document_id": document_id, "status": "failed", "error": reason}
+    started = await _start(pool, doc_id, visible_within_s)
+    if started is None:
+        async with pool.acquire() as conn:
+            status = await store.status_of(conn, doc_id)
+        note = "nothing to do" if status == "done" else "no such document: its upload failed"
+        return {"document_id": document_id, "status": status or "unknown", "note": note}
+    document, source = started
+    if document.attempts > MAX_CONVERSIONS:  # `_start` marked it failed
+        reason = _interrupted(document.attempts)
+        log.warning("document failed", document_id=document_id, reason=reason)
+        return {"document_id": document_id, "status": "failed", "error": reason}
+    async with slots:  # while it waits for one, the document stays `queued`
+        async with pool.acquire() as conn:
+            await store.start_processing(conn, doc_id)
         try:
             converted = await convert(source, document.kind, Limits.of(settings))
         except ConversionError as exc:

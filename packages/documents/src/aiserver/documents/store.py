@@ -73,15 +73,16 @@ async def get_document(conn: DbConnection, document_id: uuid.UUID) -> Document |
     return None if row is None else Document(**dict(row))
 
 
-async def start_processing(
-    conn: DbConnection, document_id: uuid.UUID
-) -> tuple[Document, bytes] | None:
-    """Mark the document processing and return it with its source; None when it is done
-    already (a re-run of a finished job does nothing) or unknown."""
+async def begin_try(conn: DbConnection, document_id: uuid.UUID) -> tuple[Document, bytes] | None:
+    """Count a try of the document's conversion job (one per run of the job, as the task
+    runner's job queue counts its tries) and return it with its source; None when it is done
+    already (a re-run of a finished job does nothing) or unknown. A document left `processing`
+    by an interrupted try is `queued` again until this try's conversion begins."""
     row = await conn.fetchrow(
         f"""
-        UPDATE documents SET status = 'processing', attempts = attempts + 1, started_at = now(),
-                             error = NULL
+        UPDATE documents
+        SET attempts = attempts + 1,
+            status = CASE WHEN status = 'processing' THEN 'queued' ELSE status END
         WHERE id = $1 AND status <> 'done'
         RETURNING {_COLUMNS}, source
         """,  # noqa: S608
@@ -92,6 +93,17 @@ async def start_processing(
     values = dict(row)
     source: bytes = values.pop("source")
     return Document(**values), source
+
+
+async def start_processing(conn: DbConnection, document_id: uuid.UUID) -> None:
+    """Mark the document processing: its conversion begins now."""
+    await conn.execute(
+        """
+        UPDATE documents SET status = 'processing', started_at = now(), error = NULL
+        WHERE id = $1 AND status <> 'done'
+        """,
+        document_id,
+    )
 
 
 async def save_outputs(
