@@ -10,6 +10,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from aiserver.costs.errors import UpstreamRefused
+from aiserver.costs.fetch import redirect_target
 from aiserver.costs.refresh import Outcome, refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import decode_json
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
@@ -467,6 +469,12 @@ async def test_a_redirect_to_another_origin_is_refused_and_not_fetched(
         assert await catalog_rows(loaded.core.database_url) == before
     finally:
         internal.stop()
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "https://127.0.0.1:99999/p"])
+def test_a_malformed_redirect_is_a_refusal_not_a_crash(location: str) -> None:
+    with pytest.raises(UpstreamRefused, match="redirected to a malformed URL"):
+        redirect_target("http://127.0.0.1:8000/prices.json", location)
 
 
 async def test_a_redirect_loop_ends_in_a_failure(loaded: Settings, upstream: Upstream) -> None:

@@ -64,8 +64,8 @@ def _origin(url: str) -> tuple[str, str, int]:
 def redirect_target(url: str, location: str) -> str:
     """Where a redirect from `url` to `location` leads, when it stays within `url`'s origin
     (http may become https on the default ports); `UpstreamRefused` otherwise."""
-    target = urljoin(url, location)
     try:
+        target = urljoin(url, location)
         scheme, host, port = _origin(target)
     except ValueError:
         raise UpstreamRefused("upstream redirected to a malformed URL") from None
