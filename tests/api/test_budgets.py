@@ -109,6 +109,14 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
     assert_problem(gone, 404, f"no budget {created['id']}")
 
 
+async def test_trailing_zeros_are_no_decimal_places(client: Client, tenants: Tenants) -> None:
+    made = await create(
+        client, tenants.admin_a["key"], limit_usd="12.50000000000000000000000000000000000",
+        thresholds=["50.000000000000000000000000000000000000"],
+    )  # fmt: skip
+    assert (made["limit_usd"], made["thresholds"]) == ("12.5", ["50"])
+
+
 @pytest.mark.parametrize(
     ("fields", "field", "detail"),
     [
@@ -121,6 +129,8 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
         # more places than PostgreSQL's NUMERIC holds (or anyone means): a 422, never a 500
         ({"limit_usd": "1E-20000"}, "limit_usd", "limit_usd must have at most 30 decimal places"),
         ({"limit_usd": "0." + "0" * 30 + "1"}, "limit_usd", "at most 30 decimal places"),
+        # 34 places, 34 digits: more than a context's 28, which `normalize` would round away
+        ({"limit_usd": "0.1234567890123456789012345678901234"}, "limit_usd", "at most 30 decimal"),
         ({"thresholds": ["1E-20000"]}, "thresholds", "thresholds must have at most 30 decimal"),
         ({"thresholds": ["0"]}, "thresholds", "thresholds: up to 10 different percentages"),
         ({"thresholds": ["50", "50"]}, "thresholds", "thresholds: up to 10 different"),

@@ -292,3 +292,26 @@ async def test_a_secret_whose_budget_is_being_renamed_is_sealed_with_the_new_key
     assert sealed_with == _box(new).current
     assert stored is not None
     assert _box(new).open(stored, sealed_with, access.project_id) == SECRET
+
+
+async def test_a_budget_held_for_long_fails_the_sealing_instead_of_hanging_it(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A transaction that holds a budget for long (stuck) must not hang a task runner's start:
+    the sealing gives up after its lock timeout (the start logs it and goes on), and what it
+    sealed before stays sealed."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await pool.execute(
+        "UPDATE budgets SET webhook_secret = $1, webhook_secret_key_id = NULL WHERE id = $2",
+        SECRET,
+        budget_id,
+    )
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("UPDATE budgets SET name = 'held' WHERE id = $1", budget_id)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(
+                service.seal_secrets(pool, TEST_SECRET_BOX, lock_timeout_s=0.2), 10
+            )
+    assert await _stored(pool, budget_id) == (SECRET, None)
+    assert await service.seal_secrets(pool, TEST_SECRET_BOX) == (1, 0)

@@ -28,9 +28,13 @@ MAX_PLACES: Final = 30
 
 
 def _places(value: Decimal) -> int:
-    """The decimal places of a finite `value`, trailing zeros left out."""
-    exponent = value.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
+    """The decimal places of a finite `value`, trailing zeros left out (not by `normalize`,
+    which rounds to the context's 28 digits: 34 places would read as 28)."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + zeros))
 
 
 def check_tags(tags: Mapping[str, str]) -> dict[str, str]:

@@ -267,7 +267,9 @@ async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> N
 SEAL_BATCH: Final = 500
 
 
-async def seal_secrets(pool: asyncpg.Pool, box: SecretBox) -> tuple[int, int]:
+async def seal_secrets(
+    pool: asyncpg.Pool, box: SecretBox, *, lock_timeout_s: float = 30.0
+) -> tuple[int, int]:
     """Seal with the current key every webhook secret that is in the clear (written before
     secrets were sealed) or sealed with another key of `box` (a key being replaced), a batch
     per transaction. Returns (sealed, left): `left` counts those no key of `box` opens, which
@@ -278,6 +280,8 @@ async def seal_secrets(pool: asyncpg.Pool, box: SecretBox) -> tuple[int, int]:
     after = (0, 0)
     while True:
         async with pool.acquire() as conn, conn.transaction():
+            # a budget held longer than this (a stuck transaction) fails the call, not hangs it
+            await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
             rows = await store.secrets_to_seal(conn, box.current, after, SEAL_BATCH)
             sealed: list[tuple[int, int, Sealed]] = []
             for row in rows:

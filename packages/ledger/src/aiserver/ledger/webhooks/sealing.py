@@ -11,8 +11,10 @@ the database (a backup, a replica, a leaked dump) then holds no secret that can 
 - The project's id is the associated data: a sealed secret copied to another project's row
   does not open there.
 - WEBHOOK_SECRET_KEYS is a list: the first key seals; every key opens. To replace a key, put
-  the new one first and keep the old one after it until the task runner has started once (it
-  seals every secret again with the first key, `reseal_all`); then remove the old one.
+  the new one first (the API replicas, then the task runners) and keep the old one after it
+  until every process runs with both and a task runner has started with them (it seals every
+  secret again with the first key: `aiserver.ledger.budgets.service.seal_secrets`); then remove
+  the old one. An API replica still on the old list would seal new secrets with the old key.
 - Rows written before secrets were sealed (`key_id` NULL) are read as they are and sealed by
   the task runner's next start.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -83,8 +86,9 @@ class SecretBox:
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> SecretBox | None:
-        """The box of WEBHOOK_SECRET_KEYS; None when none is set."""
-        return cls([decode_key(t) for t in texts]) if texts else None
+        """The box of WEBHOOK_SECRET_KEYS; None when none is set. Made once per list of keys:
+        the API asks for it on every budget change."""
+        return _box_of(tuple(texts))
 
     def seal(self, secret: str, project_id: int) -> Sealed:
         nonce = os.urandom(_NONCE_BYTES)
@@ -111,6 +115,11 @@ class SecretBox:
                 "changed, or copied from another project"
             ) from None
         return opened.decode()
+
+
+@functools.lru_cache(maxsize=8)
+def _box_of(texts: tuple[str, ...]) -> SecretBox | None:
+    return SecretBox([decode_key(t) for t in texts]) if texts else None
 
 
 def _aad(project_id: int) -> bytes:
