@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 #: The channel of the catalog's NOTIFY; its payload is `<source>:<catalog version>`.
 NOTIFY_CHANNEL: Final = "aiserver_catalog"
 #: The advisory lock a change of the catalog version takes exclusive (`lock_catalog_version`)
-#: and an ingest's transaction shared (the ledger's `ledger_ingest_start`): no new version
-#: commits while an ingest that read the version is still open.
+#: and an ingest's transaction shared (the ledger's `ledger_ingest_start`), as does a reprice
+#: batch (`hold_catalog_version`): no new version commits while one that read it is still open.
 CATALOG_VERSION_LOCK: Final = advisory_lock_key("costs:catalog-version")
 
 
@@ -57,6 +57,15 @@ async def read_catalog_version(conn: DbConnection, source: str = DEFAULT_SOURCE)
         "SELECT catalog_version FROM ai_cost_metadata WHERE source = $1", source
     )
     return int(version or 0)
+
+
+async def hold_catalog_version(conn: DbConnection, source: str = DEFAULT_SOURCE) -> int:
+    """The committed catalog version, read under `CATALOG_VERSION_LOCK` taken shared until the
+    transaction ends: no new version commits meanwhile (a reprice batch). The lock comes first,
+    in a statement of its own: a statement that waited for it would read the version of before
+    the wait."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_VERSION_LOCK)
+    return await read_catalog_version(conn, source)
 
 
 async def read_freshness(

@@ -56,7 +56,7 @@ from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.catalog import load_catalog
 from aiserver.costs.pricing.exact import ADD
-from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK, read_catalog_version
+from aiserver.costs.store.metadata import hold_catalog_version
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
 from aiserver.ledger.repricing import revalue as rv
@@ -233,8 +233,7 @@ async def _batch(
     batch_size: int,
 ) -> Progress | None:
     """One batch, in the caller's transaction; None when no event is left."""
-    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_VERSION_LOCK)
-    version = await read_catalog_version(conn)
+    version = await hold_catalog_version(conn)
     if version > catalog.version:
         raise CatalogChanged(version)
     rows = await store.select_batch(conn, filters, after=after, limit=batch_size)
