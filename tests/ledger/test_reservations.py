@@ -811,3 +811,49 @@ async def test_a_caller_gone_before_its_statement_is_sent_holds_nothing(
     finally:
         await small.close()
     assert await window(pool, access, whole) == (Decimal(0), Decimal("0.1"))
+
+
+@pytest.mark.parametrize("way", ["quick", "slow"])
+async def test_a_release_before_its_reserve_leaves_the_reserve_holding_nothing(
+    pool: asyncpg.Pool, access: Access, way: str
+) -> None:
+    """A client's reserve went unanswered and it released by the id it chose, but the reserve
+    was slow, not lost: it arrives after the release. It holds nothing (before, it held its
+    estimate until it expired) and says why; the release answered 404, as for no reservation."""
+    hard = await budget(pool, access, "10")
+    chosen = "0f1e2d3c-4b5a-4968-8776-655443322110"
+    if way == "quick":
+        await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the zone, now known
+    else:
+        reservations._ZONES.clear()
+    with pytest.raises(UnknownReservation, match="a reserve with this id that arrives later"):
+        await reservations.release(pool, access, chosen)
+    with pytest.raises(ReservationConflict, match="released before this reserve arrived"):
+        await reserve(pool, access, amount=Decimal("0.25"), reservation_id=chosen, now=NOW)
+    held = Decimal("0.1") if way == "quick" else Decimal(0)
+    assert await window(pool, access, hard) == (Decimal(0), held)
+    with pytest.raises(UnknownReservation):  # released again: still none
+        await reservations.release(pool, access, chosen)
+
+
+async def test_a_release_that_meets_its_reserve_committing_releases_what_it_made(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """The release arrives while the reserve of its id is between its insert and its COMMIT:
+    the release's own insert waits for it, then releases the reservation it made."""
+    chosen = uuid.UUID("1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d")
+    async with pool.acquire() as reserving:
+        tx = reserving.transaction()
+        await tx.start()
+        await reserving.execute(  # what a reserve writes, holding on no budget
+            "INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,"
+            " stripes, amounts, expires_at) VALUES ($1, $2, 0.1, '{}', '{}', '{}', '{}', $3)",
+            access.project_id, chosen, NOW + timedelta(minutes=10),
+        )  # fmt: skip
+        releasing = asyncio.create_task(reservations.release(pool, access, str(chosen)))
+        await waiting_for_a_lock(pool)  # the release, at its insert
+        assert not releasing.done()
+        await tx.commit()
+    assert await asyncio.wait_for(releasing, 30) == (chosen, "released")
+    state = await pool.fetchval("SELECT state FROM budget_reservations WHERE id = $1", chosen)
+    assert state == "released"

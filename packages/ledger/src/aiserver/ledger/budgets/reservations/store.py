@@ -286,6 +286,25 @@ async def read_reservation(
     )
 
 
+async def forestall(conn: DbConnection, project_id: int, reservation_id: UUID) -> bool:
+    """Write the reservation of `reservation_id` as released, holding nothing, before any
+    reserve made it: a reserve with that id that arrives later meets this row and holds
+    nothing. False when the row exists: a reserve of that id committed meanwhile (the insert
+    waits for one in progress)."""
+    made = await conn.fetchval(
+        """
+        INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
+                                         stripes, amounts, expires_at, state, ended_at)
+        VALUES ($1, $2, 0, '{}', '{}', '{}', '{}', now(), 'released', now())
+        ON CONFLICT (project_id, id) DO NOTHING
+        RETURNING true
+        """,
+        project_id,
+        reservation_id,
+    )
+    return bool(made)
+
+
 async def end_reservations(
     conn: DbConnection,
     project_id: int,
@@ -317,17 +336,6 @@ async def end_reservations(
         project_id, list(ids), list(event_ids or [None] * len(ids)), state,
     )  # fmt: skip
     return [_held(r) for r in rows]
-
-
-async def reservation_state(
-    conn: DbConnection, project_id: int, reservation_id: UUID
-) -> str | None:
-    state: str | None = await conn.fetchval(
-        "SELECT state FROM budget_reservations WHERE project_id = $1 AND id = $2",
-        project_id,
-        reservation_id,
-    )
-    return state
 
 
 async def expire_due(conn: DbConnection, now: datetime, limit: int) -> list[Held]:
