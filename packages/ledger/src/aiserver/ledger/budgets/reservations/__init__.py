@@ -273,11 +273,6 @@ async def _repeated(
     """The reservation of the chosen id that the project has already, as a repeat's answer."""
     row = await store.read_reservation(pool, project_id, reservation_id)
     assert row is not None, "a reservation is never deleted"
-    if row["amount"] == 0:  # released before it was made (`release`): it holds nothing
-        raise ReservationConflict(
-            f"reservation {reservation_id} was released before this reserve arrived: nothing is "
-            "held; choose a new id for another reservation"
-        )
     if row["amount"] != amount:
         raise ReservationConflict(
             f"reservation {reservation_id} was made for an estimate of {money(row['amount'])} "
@@ -375,18 +370,16 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
     """Release a held reservation; idempotent: a reservation that already ended answers its
     state. `UnknownReservation` for none of the key's project's.
 
-    A release may come before its reservation: a client whose reserve went unanswered releases
-    by the id it chose, and the reserve may still be on its way (slow, not lost). Such a release
-    writes the reservation as released, holding nothing (`store.forestall`), so the reserve
-    meets it and holds nothing; it answers `UnknownReservation` all the same. Its insert waits
-    for a reserve of the id in progress; when that one commits, it is released instead."""
+    A release may meet its own reserve in progress: a client whose reserve went unanswered
+    releases by the id it chose while that reserve, slow rather than lost, is between its insert
+    and its COMMIT. Finding no reservation, the release looks once more in a way that waits for
+    such a reserve (`store.made_meanwhile`, which stores nothing) and releases what it made."""
     project_id = access.project_key("ingest")
     parsed = _parse(reservation_id)
     if parsed is None:
         raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
-    state: str | None = None
     async with pool.acquire() as conn:
-        while state is None:
+        while True:
             async with conn.transaction():
                 ended = await store.end_reservations(conn, project_id, [parsed], "released")
                 if ended:
@@ -394,20 +387,11 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
                     return parsed, "released"
                 row = await store.read_reservation(conn, project_id, parsed)
                 if row is not None:
-                    state = row["state"] if row["amount"] > 0 else _FORESTALLED
-                elif await store.forestall(conn, project_id, parsed):
-                    state = _FORESTALLED
-                # else a reserve of the id committed while the insert waited: release it
-    if state == _FORESTALLED:
-        raise UnknownReservation(
-            f"no reservation {reservation_id[:80]!r} (a reserve with this id that arrives later "
-            "holds nothing)"
-        )
-    return parsed, state
-
-
-#: The state `release` gives a reservation it found not made yet (its row holds nothing).
-_FORESTALLED: Final = "forestalled"
+                    state: str = row["state"]
+                    return parsed, state
+                if not await store.made_meanwhile(conn, project_id, parsed):
+                    raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
+            # a reserve of the id committed while the release looked: release what it made
 
 
 async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) -> int:

@@ -286,23 +286,27 @@ async def read_reservation(
     )
 
 
-async def forestall(conn: DbConnection, project_id: int, reservation_id: UUID) -> bool:
-    """Write the reservation of `reservation_id` as released, holding nothing, before any
-    reserve made it: a reserve with that id that arrives later meets this row and holds
-    nothing. False when the row exists: a reserve of that id committed meanwhile (the insert
-    waits for one in progress)."""
-    made = await conn.fetchval(
-        """
-        INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
-                                         stripes, amounts, expires_at, state, ended_at)
-        VALUES ($1, $2, 0, '{}', '{}', '{}', '{}', now(), 'released', now())
-        ON CONFLICT (project_id, id) DO NOTHING
-        RETURNING true
-        """,
-        project_id,
-        reservation_id,
-    )
-    return bool(made)
+async def made_meanwhile(conn: DbConnection, project_id: int, reservation_id: UUID) -> bool:
+    """Whether a reserve of `reservation_id` committed while this looked: an insert of the id,
+    which waits for a reserve of it in progress and then meets its row, rolled back whatever it
+    found (so nothing is stored). False when no reservation of the id exists."""
+    probe = conn.transaction()  # a savepoint inside the caller's transaction
+    await probe.start()
+    try:
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
+                                             stripes, amounts, expires_at, state)
+            VALUES ($1, $2, 1, '{}', '{}', '{}', '{}', now(), 'released')
+            ON CONFLICT (project_id, id) DO NOTHING
+            RETURNING true
+            """,
+            project_id,
+            reservation_id,
+        )
+    finally:
+        await probe.rollback()
+    return not inserted
 
 
 async def end_reservations(
