@@ -44,7 +44,8 @@ class OverviewController(ProjectPages):
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
         pool = require_pool()
-        today = datetime.now(time_zone(project.time_zone)).date()
+        zone = time_zone(project.time_zone)
+        today = datetime.now(zone).date()
         this_month, last_month = month_start(today), month_start(today, 1)
         periods = []
         for label, start, end in (
@@ -69,7 +70,6 @@ class OverviewController(ProjectPages):
                 tags.append((key, await read_spend(pool, project, query)))
         # the latest of the unpriced events the page counts: those of the same days (an older
         # one listed under "0 unpriced events in the last 30 days" would contradict it)
-        zone = time_zone(project.time_zone)
         window = event_query(
             since=datetime.combine(today - timedelta(days=DAYS - 1), time(), tzinfo=zone),
             until=datetime.combine(until, time(), tzinfo=zone),

@@ -281,8 +281,9 @@ async def seal_secrets(
     while True:
         async with pool.acquire() as conn, conn.transaction():
             # a budget held longer than this (a stuck transaction) fails the call, not hangs it
-            await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
-            rows = await store.secrets_to_seal(conn, box.current, after, SEAL_BATCH)
+            rows = await store.secrets_to_seal(
+                conn, box.current, after, SEAL_BATCH, lock_timeout_s=lock_timeout_s
+            )
             sealed: list[tuple[int, int, Sealed]] = []
             for row in rows:
                 project_id, budget_id = row["project_id"], row["id"]

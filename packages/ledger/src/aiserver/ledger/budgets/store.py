@@ -143,7 +143,12 @@ async def update_budget(
 
 
 async def secrets_to_seal(
-    conn: DbConnection, current_key_id: str, after: tuple[int, int], limit: int
+    conn: DbConnection,
+    current_key_id: str,
+    after: tuple[int, int],
+    limit: int,
+    *,
+    lock_timeout_s: float,
 ) -> list[asyncpg.Record]:
     """Budgets after `after` (project id, budget id) whose webhook secret is in the clear or
     sealed with another key than the current one, locked in key order FOR NO KEY UPDATE (what
@@ -154,7 +159,10 @@ async def secrets_to_seal(
     then removes the old key would lose its secret. The foreign keys of ingest's windows and
     alerts take the row FOR KEY SHARE, which this lock does not wait for. After a wait the row
     is checked again, and left out when it no longer needs sealing (another runner sealed it,
-    a change wrote a new secret); the next row takes its place in the batch."""
+    a change wrote a new secret); the next row takes its place in the batch. A row held longer
+    than `lock_timeout_s` (for the rest of the caller's transaction) raises
+    `asyncpg.LockNotAvailableError`."""
+    await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
     return await conn.fetch(
         """
         SELECT project_id, id, webhook_secret, webhook_secret_key_id FROM budgets
