@@ -312,3 +312,81 @@ async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
     # today's window takes the event it counted, priced; the day of three days ago stays unwritten
     assert await windows(pool) == {(daily, today): (Decimal("0.003998"), 1, 0)}
     assert [(a[0], a[1]) for a in await alerts(pool)] == [(daily, today.isoformat())]
+
+
+async def test_a_limit_lowered_past_the_windows_spend_alerts_for_each_threshold_now_reached(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """Before, a limit lowered below what the window had committed raised no alert: the window's
+    cost did not move, so no ingest crossed anything, and the 100% alert never came that day."""
+    pool, access = project
+    capped = await budget(pool, access, limit_usd=Decimal("0.02"))  # thresholds 50, 80, 100
+    today = window_of("day", ZONE, NOW)[0].isoformat()
+    await record(pool, access, event("a", NOW), event("b", NOW), event("c", NOW))
+    spent = Decimal("0.014994")  # 3 x 0.004998: 75% of 0.02
+    assert await alerts(pool) == [(capped, today, Decimal(50), spent, "no_webhook")]
+
+    # raised first: 0.014994 is 37.5% of 0.04, nothing more is reached (and 50% alerted already)
+    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.04")})
+    assert len(await alerts(pool)) == 1
+    # lowered to 0.015: 80% (0.012) reached, 100% (0.015) not yet
+    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.015")})
+    assert await alerts(pool) == [
+        (capped, today, Decimal(50), spent, "no_webhook"),
+        (capped, today, Decimal(80), spent, "no_webhook"),
+    ]
+    # lowered to 0.01: 100% reached; the alert holds the limit it was reached under
+    view, _ = await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.01")})
+    assert view.window.used_percent == Decimal("149.94")
+    assert [a[2] for a in await alerts(pool)] == [50, 80, 100]
+    assert await pool.fetchval(
+        "SELECT limit_usd FROM budget_alerts WHERE budget_id = $1 AND threshold = 100", capped
+    ) == Decimal("0.01")
+    # a threshold added below the window's share alerts; one above it does not (yet)
+    levels = [Decimal(50), Decimal(140), Decimal(200)]
+    await service.change_budget(pool, access, capped, {"thresholds": levels})
+    assert [a[2] for a in await alerts(pool)] == [50, 80, 100, 140]
+    # a name change reads no window and raises nothing
+    await service.change_budget(pool, access, capped, {"name": "renamed"})
+    assert len(await alerts(pool)) == 4
+    # the next event crosses 200% (0.02) as ingest always does
+    await record(pool, access, event("d", NOW), event("e", NOW))
+    assert [a[2] for a in await alerts(pool)] == [50, 80, 100, 140, 200]
+
+
+async def test_a_budget_created_past_its_thresholds_alerts_for_them_at_once(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    pool, access = project
+    await record(pool, access, event("a", NOW), event("b", NOW), event("c", NOW))
+    late = await budget(pool, access, limit_usd=Decimal("0.015"))
+    today = window_of("day", ZONE, NOW)[0].isoformat()
+    assert await alerts(pool) == [
+        (late, today, Decimal(50), Decimal("0.014994"), "no_webhook"),
+        (late, today, Decimal(80), Decimal("0.014994"), "no_webhook"),
+    ]
+    # a budget whose window spent nothing yet alerts for nothing
+    await budget(pool, access, model="mystery-1", limit_usd=Decimal("0.000001"))
+    assert len(await alerts(pool)) == 2
+
+
+async def test_usage_racing_a_lowered_limit_raises_each_threshold_once(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """Ingest writes with the levels it read; a change waits for it (and it for the change), so
+    every threshold the window reaches alerts once, whichever commits first."""
+    pool, access = project
+    capped = await budget(pool, access, limit_usd=Decimal(1), thresholds=[Decimal(100)])
+
+    async def lower() -> None:
+        await asyncio.sleep(0.005)
+        await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.03")})
+
+    await asyncio.gather(
+        *(record(pool, access, *(event(f"w{w}-{i}", NOW) for i in range(2))) for w in range(6)),
+        lower(),
+    )
+    # 12 x 0.004998 = 0.059976, past 0.03: whoever came last raised the alert, once
+    got = await alerts(pool)
+    assert [(a[0], a[2]) for a in got] == [(capped, Decimal(100))]
+    assert Decimal("0.03") <= got[0][3] <= Decimal("0.059976")

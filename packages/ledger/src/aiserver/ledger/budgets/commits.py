@@ -102,6 +102,11 @@ class Crossing:
     has_webhook: bool
 
 
+def threshold_level(limit_usd: Decimal, threshold: Decimal) -> Decimal:
+    """The committed cost at which `threshold` (a percentage) of `limit_usd` is reached."""
+    return DIVIDE(MULTIPLY(limit_usd, threshold), 100)  # exact: a shift
+
+
 def crossings(
     budgets: Iterable[BudgetScope],
     sums: Mapping[tuple[int, datetime], WindowSum],
@@ -117,7 +122,7 @@ def crossings(
         budget = by_id[key[0]]
         before = SUBTRACT(after, sums[key].committed)
         for threshold in budget.thresholds:
-            level = DIVIDE(MULTIPLY(budget.limit_usd, threshold), 100)  # exact: a shift
+            level = threshold_level(budget.limit_usd, threshold)
             if before < level <= after:
                 found.append(
                     Crossing(key[0], key[1], sums[key].window_end, threshold, budget.limit_usd,

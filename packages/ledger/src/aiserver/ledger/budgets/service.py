@@ -20,6 +20,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules, store
+from aiserver.ledger.budgets.commits import Crossing, threshold_level
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.store import Budget, WindowTotals
 from aiserver.ledger.errors import InvalidField, UnknownBudget, WebhooksDisabled
@@ -88,6 +89,21 @@ async def _views(
         )
         for b in budgets
     ]
+
+
+async def _alert_reached(conn: DbConnection, view: BudgetView) -> None:
+    """Raise an alert for each threshold that the budget's current window is at or past, as
+    its limit and thresholds stand now (just set): a limit lowered below what the window has
+    committed alerts at once, as spending past it would have. A threshold that has alerted in
+    this window already does not alert again (`insert_alerts` skips it)."""
+    budget, window = view.budget, view.window
+    reached = [
+        Crossing(budget.id, window.start, window.end, threshold, budget.limit_usd,
+                 window.committed, budget.webhook_url is not None)
+        for threshold in budget.thresholds
+        if threshold_level(budget.limit_usd, threshold) <= window.committed
+    ]  # fmt: skip
+    await store.insert_alerts(conn, budget.project_id, reached)
 
 
 def _box(secret_box: SecretBox | None) -> SecretBox:
@@ -160,6 +176,7 @@ async def create_budget(
         start, end = window_of(budget.period, zone, now or datetime.now(UTC))  # type: ignore[arg-type]
         await store.fill_window(conn, budget, start, end)
         (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
+        await _alert_reached(conn, view)
     return view, made
 
 
@@ -245,11 +262,19 @@ async def change_budget(
             made = secret if given is None else None
     elif "webhook_secret" in changes:
         raise InvalidField("webhook_secret changes with webhook_url: send both", ["webhook_secret"])
+    levels_change = "limit_usd" in columns or "thresholds" in columns
     async with pool.acquire() as conn, conn.transaction():
+        if levels_change:
+            # No usage of the project is written meanwhile (ingest takes its row FOR KEY
+            # SHARE, and reads the budgets after): an ingest either finished with the old
+            # levels before this reads the window, or starts with the new ones after.
+            await store.lock_project(conn, project_id)
         budget = await store.update_budget(conn, project_id, budget_id, columns)
         if budget is None:
             raise UnknownBudget(f"no budget {budget_id}")
         (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
+        if levels_change:
+            await _alert_reached(conn, view)
     return view, made
 
 
