@@ -480,6 +480,41 @@ async def test_an_attempt_whose_runner_stopped_is_claimed_again_after_its_lease(
     ]
 
 
+async def test_a_run_stopped_mid_send_gives_its_claims_back_due_at_once(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """Before, a run cancelled by a stop (or arq's timeout) left its claimed alerts leased: no
+    runner sent them for 5 minutes, and their delivery rows held no outcome."""
+    pool, access = project
+    for team in ("search", "ads"):
+        await watched_budget(pool, access, receiver.url, name=team, tags={"team": team})
+        await cross(pool, access, team, team=team)
+    receiver.delay_s = 5.0  # the first request is held while the run is stopped
+    one_at_a_time = Schedule(jitter=0, timeout=10, concurrency=1)
+    clock = Clock(datetime.now(UTC))
+    run = asyncio.create_task(
+        deliver_due(pool, ALLOWED, secret_box=BOX, schedule=one_at_a_time, clock=clock)
+    )
+    for _ in range(500):
+        if receiver.received:
+            break
+        await asyncio.sleep(0.01)
+    assert len(receiver.received) == 1, "the first attempt never reached the receiver"
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert sorted((d[1], d[4], (d[5] or "").split(":")[0]) for d in await deliveries(pool)) == [
+        (1, None, "interrupted"),  # its request reached the receiver, its answer did not come
+        (1, None, "not sent"),  # it was waiting for its turn
+    ]
+    due = await pool.fetch("SELECT state, next_attempt_at FROM budget_alerts")
+    assert [(r["state"], r["next_attempt_at"]) for r in due] == [("pending", clock.now)] * 2
+    # the next run, at the same moment, sends both: no lease to wait out
+    receiver.delay_s = 0.0
+    again = await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    assert (again.attempts, again.delivered) == (2, 2)
+
+
 async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver
 ) -> None:

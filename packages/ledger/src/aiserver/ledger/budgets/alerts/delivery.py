@@ -11,11 +11,16 @@ transaction of its own, only while the alert is still claimed by that attempt. S
   lease runs out, and the lease (5 minutes) is far longer than a batch takes to send (a batch
   of 32, 8 at a time, each attempt cut at 10 seconds: at most 40 seconds);
 - no database connection waits on a receiver, however slow;
-- a runner that stops mid-send (killed, or arq's job timeout) leaves the attempt's row without
-  an outcome; when the lease runs out, another runner claims the alert again as a new attempt.
-  A receiver may then see an alert twice (the crash could have come after its 2xx): it should
-  deduplicate on `alert.id`. Holding the row lock while sending would not prevent that either,
-  and would hold a connection per slow receiver.
+- a runner that is stopped mid-send (SIGTERM past the shutdown's wait, or arq's job timeout)
+  gives its claims back before it ends: each attempt it had not finished is recorded as
+  `not sent: ...` (never started) or `interrupted: ...` (its request may have reached the
+  receiver), and its alert is due again at once, for the next run of any runner;
+- a runner that is killed outright leaves the attempt's row without an outcome; when the lease
+  runs out, another runner claims the alert again as a new attempt.
+
+In the last two cases a receiver may see an alert twice (the stop could have come after its
+2xx): it should deduplicate on `alert.id`. Holding the row lock while sending would not prevent
+that either, and would hold a connection per slow receiver.
 
 Each attempt opens the budget's sealed secret with WEBHOOK_SECRET_KEYS; one that no configured
 key opens is a failed attempt that sends nothing (retried like any other, so deliveries resume
@@ -212,14 +217,49 @@ async def deliver_due(
     slots = asyncio.Semaphore(schedule.concurrency)
     started = time.monotonic()
 
+    unfinished: dict[int, Claim] = {}  # by delivery id: claimed, outcome not written
+    begun: set[int] = set()  # of those, the ones whose request may have gone out
+
     async def attempt(claim: Claim, client: httpx.AsyncClient) -> None:
         async with slots:
+            begun.add(claim.delivery_id)
             await _attempt(pool, client, claim, allowed_hosts, schedule, clock, report, secret_box)
+            del unfinished[claim.delivery_id]
 
-    async with sending.client() as client:
-        while True:
-            async with pool.acquire() as conn, conn.transaction():
-                claims = await alert_store.claim_due(conn, clock(), schedule.batch, schedule.lease)
-            await asyncio.gather(*(attempt(c, client) for c in claims))
-            if len(claims) < schedule.batch or time.monotonic() - started > RUN_S:
-                return report
+    try:
+        async with sending.client() as client:
+            while True:
+                async with pool.acquire() as conn, conn.transaction():
+                    claims = await alert_store.claim_due(
+                        conn, clock(), schedule.batch, schedule.lease
+                    )
+                unfinished.update((c.delivery_id, c) for c in claims)
+                await asyncio.gather(*(attempt(c, client) for c in claims))
+                if len(claims) < schedule.batch or time.monotonic() - started > RUN_S:
+                    return report
+    except BaseException:  # cancelled (a stop, a timeout) or failed: give the claims back
+        if unfinished:
+            await _give_back(pool, list(unfinished.values()), begun, clock())
+        raise
+
+
+async def _give_back(
+    pool: asyncpg.Pool, claims: list[Claim], begun: Collection[int], now: datetime
+) -> None:
+    """Record `claims` as attempts the run did not finish and make their alerts due at `now`,
+    so that the next run sends them instead of waiting out their lease. Best effort: if the
+    database cannot be reached, the leases run out as for a runner that was killed."""
+    errors = [
+        "interrupted: the task runner stopped during the attempt (the receiver may have got it)"
+        if c.delivery_id in begun
+        else "not sent: the task runner stopped before the attempt"
+        for c in claims
+    ]
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            moved = await alert_store.release_claims(conn, claims, errors, now)
+    except Exception as exc:  # the stop goes on; the leases end on their own
+        log.warning("budget alert claims not given back; they are due when their lease ends",
+                    claims=len(claims), error=repr(exc))  # fmt: skip
+    else:
+        log.info("budget alert claims given back on stop", claims=len(claims), due_now=moved)

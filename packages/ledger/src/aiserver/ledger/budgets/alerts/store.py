@@ -4,6 +4,7 @@ statement that reads for a key names its project."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -171,3 +172,40 @@ async def read_alerts(
         [a["id"] for a in alerts],
     )
     return [dict(a) for a in alerts], [dict(d) for d in deliveries]
+
+
+async def release_claims(
+    conn: DbConnection, claims: Sequence[Claim], errors: Sequence[str], now: datetime
+) -> int:
+    """Record the attempts of `claims` that a stopping runner did not finish (`errors`, one per
+    claim, on delivery rows that hold no outcome yet), and make their alerts due at `now`
+    instead of at the end of their lease: only alerts still claimed by that attempt move.
+    Returns how many moved."""
+    await conn.execute(
+        """
+        UPDATE webhook_deliveries AS d SET error = u.error
+        FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(project_id, id, error)
+        WHERE d.project_id = u.project_id AND d.id = u.id
+          AND d.status_code IS NULL AND d.error IS NULL
+        """,
+        [c.project_id for c in claims],
+        [c.delivery_id for c in claims],
+        list(errors),
+    )
+    moved: int = await conn.fetchval(
+        """
+        WITH moved AS (
+            UPDATE budget_alerts AS a SET next_attempt_at = $4
+            FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS u(project_id, id, attempt)
+            WHERE a.project_id = u.project_id AND a.id = u.id AND a.attempts = u.attempt
+              AND a.state = 'pending'
+            RETURNING 1
+        )
+        SELECT count(*) FROM moved
+        """,
+        [c.project_id for c in claims],
+        [c.alert_id for c in claims],
+        [c.attempt for c in claims],
+        now,
+    )
+    return moved
