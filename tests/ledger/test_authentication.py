@@ -57,6 +57,31 @@ async def test_a_key_proved_earlier_is_checked_again_by_its_id_without_its_secre
         await keyring.recheck(pool, public_id, proved.key_id)
 
 
+async def test_a_dashboard_session_moves_its_keys_last_use(key: str, db: Settings) -> None:
+    """Before, only the sign-in counted as a use: a key used all day through the dashboard
+    looked idle, and a rotation by `last_used_at` would revoke a key still in use."""
+    keyring = Keyring(cache_ttl_s=0)
+    pool = require_pool()
+    public_id = key.split("_")[1]
+    proved = await keyring.authenticate(pool, key)
+    assert proved.key_id is not None
+    await keyring.uses.flush(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE api_keys SET last_used_at = now() - interval '1 day'")
+    before = datetime.now(UTC)
+    await keyring.recheck(pool, public_id, proved.key_id)  # a dashboard page, later
+    await keyring.uses.flush(pool)
+    used = await pool.fetchval("SELECT last_used_at FROM api_keys")
+    assert before <= used <= datetime.now(UTC)
+    # a session whose key has been revoked is no use of it
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = now(), last_used_at = NULL")
+    with pytest.raises(KeyRejected, match="revoked"):
+        await keyring.recheck(pool, public_id, proved.key_id)
+    await keyring.uses.flush(pool)
+    assert await pool.fetchval("SELECT last_used_at FROM api_keys") is None
+
+
 async def test_made_up_keys_never_push_the_real_ones_out(key: str, db: Settings) -> None:
     cache = KeyCache(ttl_s=60, max_keys=10, max_unknown=5)
     keyring = Keyring(cache_ttl_s=60)

@@ -165,9 +165,13 @@ class Keyring:
     async def recheck(self, pool: asyncpg.Pool, public_id: str, key_id: int) -> Access:
         """The access that key `key_id` (of `public_id`), proved earlier, gives now: a session
         made with a key ends when the key is revoked, expires or its project is archived (as
-        late as the cache allows). `KeyRejected` when the key is gone."""
+        late as the cache allows). `KeyRejected` when the key is gone. A session's request is a
+        use of its key: it moves the key's `last_used_at` as a request with the key does."""
         records = await self.cache.records(pool, public_id)
         record = next((r for r in records if r.id == key_id), None)
         if record is None:
             raise KeyRejected("the key is not valid")
-        return admit_record(record, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        access = admit_record(record, now=now)
+        self.uses.used(key_id, now)
+        return access
