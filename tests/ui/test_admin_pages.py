@@ -114,6 +114,44 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
         ).status_code == 401
 
 
+FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
+
+
+async def test_a_new_key_form_sent_twice_makes_one_key(site: Site) -> None:
+    """Before, the browser's refresh of the page that shows a new key sent its form again and
+    made a second key (its secret shown, the first one's lost)."""
+    async with site.client() as client:
+        sent = {"cookie": f"{SESSION}={cookie_of(await http_sign_in(client, site.keys['a']))}"}
+        page = await client.get("/ui/p/ui-a/keys", headers=sent)
+        csrf, token = CSRF_FIELD.search(page.text), FORM_TOKEN.search(page.text)
+        assert csrf is not None, page.text
+        assert token is not None, page.text
+        form = {"csrf_token": csrf.group(1), "form_token": token.group(1),
+                "name": "sent-twice", "scopes": "read"}  # fmt: skip
+        first = await client.post("/ui/p/ui-a/keys", data=form, headers=sent)
+        assert first.status_code == 201, first.text
+        assert 'id="new-key-text"' in first.text
+        again = await client.post("/ui/p/ui-a/keys", data=form, headers=sent)
+        assert again.status_code == 200, again.text
+        assert 'id="new-key-text"' not in again.text
+        assert "ais_" not in again.text
+        listed = (await client.get("/v1/projects/ui-a/keys", headers=bearer(site.keys["a"]))).json()
+        (made,) = [k for k in listed if k["name"] == "sent-twice"]
+        assert f"<code>{made['public_id']}</code>" in again.text  # the key it made, named
+        # the answer's own form has a new token: it makes another key
+        fresh = FORM_TOKEN.search(again.text)
+        assert fresh is not None
+        assert fresh.group(1) != token.group(1)
+        other = await client.post("/ui/p/ui-a/keys", headers=sent,
+                                  data={**form, "form_token": fresh.group(1)})  # fmt: skip
+        assert other.status_code == 201
+        # a form without a token (a page from before tokens) still makes its key
+        bare = {k: v for k, v in form.items() if k != "form_token"}
+        assert (await client.post("/ui/p/ui-a/keys", data=bare, headers=sent)).status_code == 201
+        listed = (await client.get("/v1/projects/ui-a/keys", headers=bearer(site.keys["a"]))).json()
+        assert len([k for k in listed if k["name"] == "sent-twice"]) == 3
+
+
 async def test_a_read_key_sees_the_budgets_but_changes_nothing(
     browser: WebDriver, site: Site
 ) -> None:

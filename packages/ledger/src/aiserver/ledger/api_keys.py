@@ -61,6 +61,15 @@ def _check(
     return tuple(scope for scope in SCOPES if scope in scopes), expires_at
 
 
+class FormSentAgain(Exception):
+    """The dashboard form that asked for a key had made one already (a page refreshed after
+    it): `key` is that key, whose secret was shown once, then."""
+
+    def __init__(self, key: ApiKey) -> None:
+        super().__init__(f"the form made key {key.public_id} already")
+        self.key = key
+
+
 async def create_key(
     pool: asyncpg.Pool,
     access: Access,
@@ -69,7 +78,10 @@ async def create_key(
     name: str,
     scopes: Collection[str],
     expires_at: datetime | None = None,
+    form_token: str | None = None,
 ) -> CreatedKey:
+    """A new key of the project. `form_token` names the dashboard form that asks for it: a
+    second request with the same token makes no key and raises `FormSentAgain`."""
     access.require("admin")  # first: a key without it learns nothing of what exists
     ordered, expires_at = _check(name, scopes, expires_at)
     made = new_key()
@@ -77,7 +89,7 @@ async def create_key(
         project = await find_project(conn, access, project_slug)
         if project.archived_at is not None:
             raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
-        key = await store.insert_key(
+        key, new = await store.insert_key(
             conn,
             project_id=project.id,
             public_id=made.public_id,
@@ -85,7 +97,10 @@ async def create_key(
             scopes=ordered,
             secret_hash=made.secret_hash,
             expires_at=expires_at,
+            form_token=form_token,
         )
+    if not new:
+        raise FormSentAgain(key)
     return CreatedKey(key=key, text=made.text)
 
 

@@ -170,12 +170,17 @@ async def insert_key(
     scopes: Iterable[Scope],
     secret_hash: bytes,
     expires_at: datetime | None,
-) -> ApiKey:
+    form_token: str | None = None,
+) -> tuple[ApiKey, bool]:
+    """The new key, and True; or, when a key of the project was made already by the form
+    `form_token` names, that key, and False (nothing is written)."""
     row = await conn.fetchrow(
         f"""
         WITH k AS (
-            INSERT INTO api_keys (project_id, public_id, name, scopes, secret_hash, expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO api_keys (project_id, public_id, name, scopes, secret_hash, expires_at,
+                                  form_token)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (project_id, form_token) WHERE form_token IS NOT NULL DO NOTHING
             RETURNING {_KEY_COLUMNS}
         )
         SELECT {_KEY} FROM k JOIN projects AS p ON p.id = k.project_id
@@ -186,9 +191,19 @@ async def insert_key(
         list(scopes),
         secret_hash,
         expires_at,
+        form_token,
     )
-    assert row is not None  # INSERT ... RETURNING always returns the row
-    return _key(row)
+    if row is not None:
+        return _key(row), True
+    # only a form token conflicts; the key it made committed before the insert could skip it
+    row = await conn.fetchrow(
+        f"SELECT {_KEY} FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id"  # noqa: S608
+        " WHERE k.project_id = $1 AND k.form_token = $2",
+        project_id,
+        form_token,
+    )
+    assert row is not None
+    return _key(row), False
 
 
 async def read_keys(conn: DbConnection, project_id: int) -> list[ApiKey]:

@@ -1,34 +1,48 @@
 """Keys (a key with `admin`, or the operator): the project's keys; a new key, whose secret the
 page shows this once (never in a URL); revoking one, which ends its dashboard sessions too.
 
+Each new-key form carries a token of its own: sent again (the browser's refresh of the page
+that shows a new key), it makes no second key, and the page names the key it made.
+
 The keys are the ledger's (`aiserver.ledger.api_keys`), as `/v1/projects/{slug}/keys` serves
 them: a listed key never shows its secret, nor its hash.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from litestar import Request, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from aiserver.api.ui.sessions import PROJECT
+from aiserver.api.ui.sessions import PROJECT, new_token
 from aiserver.api.ui.viewer import ProjectPages, checked_form, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys
+from aiserver.ledger.api_keys import FormSentAgain
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.keys import SCOPES
+from aiserver.ledger.store import ApiKey
 from aiserver.ledger.usage.reading import parse_time
 
 AnyRequest = Request[Any, Any, Any]
+
+#: What `new_token` makes (and a little room): anything else in the field is no form token.
+_FORM_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{20,100}")
+
+
+def _form_token(value: object) -> str | None:
+    """The new-key form's token; None for a form without one (a page from before tokens)."""
+    return value if isinstance(value, str) and _FORM_TOKEN.fullmatch(value) else None
 
 
 class KeyPages(ProjectPages):
     async def _page(
         self, request: AnyRequest, slug: str, *, made: str | None = None,
-        error: str | None = None, status: int = 200,
+        sent_again: ApiKey | None = None, error: str | None = None, status: int = 200,
     ) -> Template:  # fmt: skip
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
@@ -38,8 +52,8 @@ class KeyPages(ProjectPages):
             context={
                 "viewer": seen_by, "project": project, "page": "keys",
                 "keys": await api_keys.list_keys(require_pool(), access, project.slug),
-                "scopes": SCOPES, "made": made, "error": error,
-                "now": datetime.now(UTC),
+                "scopes": SCOPES, "made": made, "sent_again": sent_again, "error": error,
+                "now": datetime.now(UTC), "form_token": new_token(),
             },
         )  # fmt: skip
 
@@ -58,9 +72,12 @@ class KeyPages(ProjectPages):
                 name=str(form.get("name") or "").strip(),
                 scopes=[str(s) for s in form.getall("scopes", [])],
                 expires_at=parse_time(expires, "expires_at") if expires else None,
+                form_token=_form_token(form.get("form_token")),
             )  # fmt: skip
         except InvalidField as exc:
             return await self._page(request, slug, error=str(exc), status=422)
+        except FormSentAgain as again:
+            return await self._page(request, slug, sent_again=again.key)
         return await self._page(request, slug, made=created.text, status=201)
 
     @post("/keys/{key_id:int}/revoke", status_code=303)
