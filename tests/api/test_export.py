@@ -408,6 +408,57 @@ async def test_focus_of_only_unpriced_events_is_the_header_and_their_count(
     assert "x-unpriced-events" not in (await export(client, tenants.admin_a["key"])).headers
 
 
+async def test_focus_names_the_override_that_priced_a_call_and_counts_calls_of_unknown_cost(
+    client: Client, tenants: Tenants
+) -> None:
+    """Before, an event priced under an override laid over a price version was named by the
+    version alone (`@v2`), a model only an override prices by a version 0 that does not exist
+    (`@v0`, and `price_version` 0 in csv), and a call of a known model that used only what the
+    model has no price for was `partially_priced` at a total of 0: no FOCUS row, not counted in
+    X-Unpriced-Events, so it vanished from the file."""
+    overrides = {}
+    for model in ("gpt-test-001", "brand-new-model"):
+        made = await client.post("/v1/overrides", headers=admin(), json={
+            "provider": "openai", "model": model,
+            "prices": {"input_cost_per_token": "0.000009", "output_cost_per_token": "0.00001"},
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
+        overrides[model] = made.json()["id"]
+    now = datetime.now(UTC)  # after the overrides were set: they price these calls
+    laid, alone, images = await record(
+        client, tenants.ingest_a["key"],
+        event("laid-over", now, model="gpt-test-001", usage={"input_tokens": 1}),
+        event("alone", now, model="brand-new-model", usage={"input_tokens": 1}),
+        event("images-only", now, model="gpt-test-000", usage={"images": 2}),
+    )  # fmt: skip
+    until = iso(now + timedelta(minutes=1))
+    assert (laid["pricing_status"], alone["pricing_status"]) == ("priced", "priced")
+    assert alone["price_version"] is None
+    # its cost is unknown, not 0: unpriced, kept, and named
+    assert (images["pricing_status"], images["total"], images["unpriced"]) == (
+        "unpriced", None, ["images"]
+    )  # fmt: skip
+
+    response = await export(client, tenants.admin_a["key"], format="focus", to=until)
+    skus = {r["x_EventKey"]: (r["SkuPriceId"], r["x_PriceVersion"]) for r in table(response.text)}
+    version = laid["price_version"]
+    assert skus == {
+        "laid-over": (
+            f"openai/gpt-test-001/input@v{version}+override{overrides['gpt-test-001']}",
+            str(version),
+        ),
+        "alone": (f"openai/brand-new-model/input@override{overrides['brand-new-model']}", ""),
+    }
+    assert response.headers["x-unpriced-events"] == "1"
+    everything = await export(client, tenants.admin_a["key"], to=until)
+    rows = {r["id"]: r for r in table(everything.text)}
+    assert rows["alone"]["price_version"] == ""
+    assert (rows["images-only"]["pricing_status"], rows["images-only"]["total"]) == (
+        "unpriced", ""
+    )  # fmt: skip
+    assert rows["images-only"]["matched_model"] == "gpt-test-000"  # the model is known
+
+
 # -- streaming -------------------------------------------------------------------------------
 
 

@@ -120,6 +120,13 @@ async def test_export_failures_are_problems(env: dict[str, str], tmp_path: Path)
                                 at(1), "--format", "xlsx")  # fmt: skip
     assert code == 2
     assert "invalid choice: 'xlsx'" in err
+    # before, `.` gave a traceback and '' wrote to stdout
+    for output in (".", "", str(tmp_path)):
+        code, out, err = await ledger(env, "export", "--project", "acme", "--from", at(2),
+                                      "--to", at(1), "--output", output)  # fmt: skip
+        assert (code, out) == (1, ""), err
+        assert err == f"aiserver-ledger export: --output {output!r} names no file to write\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_window_and_a_format_are_required() -> None:

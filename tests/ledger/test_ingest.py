@@ -173,6 +173,26 @@ async def test_a_dimension_without_a_price_makes_the_event_partially_priced(
     assert result.total == "0.0001"  # the 100 tokens at 1e-06; rare-x has no image price
 
 
+async def test_a_call_of_only_what_its_model_has_no_price_for_is_unpriced_not_0(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """Before, it was `partially_priced` at a total of 0: counted as $0 in budgets and spend,
+    and missing from the FOCUS export with nothing saying so."""
+    pool, _ = ledger
+    (result,) = (
+        await record(ledger, catalog(), raw("a", model="rare-x", usage={"images": 2}))
+    ).results
+    assert (result.pricing_status, result.total, result.unpriced) == ("unpriced", None, ["images"])
+    assert result.note is not None
+    assert result.note.startswith("'rare-x' has no price for images")
+    row = await pool.fetchrow("SELECT matched_model, price_version FROM usage_events")
+    assert row is not None
+    assert (row["matched_model"], row["price_version"]) == ("rare-x", None)
+    # its model is known: the automatic reprice does not take it for a model the catalog lacked
+    await record(ledger, catalog(), raw("b", model="no-such-model"))
+    assert [m.model for m in await unpriced_models(pool)] == ["no-such-model"]
+
+
 @pytest.mark.parametrize(
     ("again", "status"),
     [

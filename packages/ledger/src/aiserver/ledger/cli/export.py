@@ -59,7 +59,7 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
         since=args.since, until=args.until, model=args.model, provider=args.provider,
         status=args.status, tags=args.tag,
     )  # fmt: skip
-    target = Path(args.output) if args.output else None
+    target = _output(args.output)
 
     async def work(pool: Any) -> int:
         async with pool.acquire() as conn:
@@ -103,6 +103,19 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
         return 0
 
     return await with_pool(core, work)
+
+
+def _output(given: str | None) -> Path | None:
+    """The file --output names; None without it (stdout). A path that names no file (empty,
+    `.`, a directory) is refused before anything is read."""
+    if given is None:
+        return None
+    target = Path(given)
+    if not given.strip() or not target.name or target.is_dir():
+        from aiserver.ledger.errors import InvalidField
+
+        raise InvalidField(f"--output {given!r} names no file to write", ["output"])
+    return target
 
 
 @contextlib.contextmanager

@@ -173,7 +173,8 @@ def csv_line(row: asyncpg.Record) -> list[list[Any]]:
         row["cache_read_tokens"], row["cache_write_tokens"], row["reasoning_tokens"],
         row["usage_other"] or "{}", row["tags"], row["status"],
         money(total) if total is not None else None, CURRENCY,
-        _LIST.encode(list(row["unpriced"] or ())).decode(), row["price_version"],
+        # 0: an override-only model's, as events recorded before it was stored as none
+        _LIST.encode(list(row["unpriced"] or ())).decode(), row["price_version"] or None,
         row["catalog_version"], row["override_id"], row["pricing_note"],
     ]]  # fmt: skip
 

@@ -109,6 +109,18 @@ _PER_COMPONENT: Final = tuple(
 )  # fmt: skip
 
 
+def _priced_by(price_version: int | None, override_id: int | None) -> str:
+    """What priced an event, as `SkuPriceId` ends: its price version, the operator's override
+    laid over it (`v812+override7`), or the override alone (a model only an override prices).
+    Events recorded before override-only models had no price version stored 0 for it."""
+    parts = []
+    if price_version:
+        parts.append(f"v{price_version}")
+    if override_id is not None:
+        parts.append(f"override{override_id}")
+    return "+".join(parts)
+
+
 def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
     """The FOCUS rows of one event, in `COLUMNS`' order: one per priced component; none for an
     unpriced event."""
@@ -129,10 +141,7 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         if unpriced
         else ""
     )
-    if row["price_version"] is not None:
-        priced_by = f"v{row['price_version']}"
-    else:
-        priced_by = f"override{row['override_id']}"
+    priced_by = _priced_by(row["price_version"], row["override_id"])
     shared = {
         "BillingAccountId": project.slug,
         "BillingAccountName": project.name,
@@ -166,7 +175,7 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         "x_ServiceTier": row["service_tier"],
         "x_PricingStatus": row["status"],
         "x_UnpricedDimensions": _LIST.encode(unpriced).decode(),
-        "x_PriceVersion": row["price_version"],
+        "x_PriceVersion": row["price_version"] or None,  # 0: see `_priced_by`
         "x_CatalogVersion": row["catalog_version"],
         "x_OverrideId": row["override_id"],
     }

@@ -5,9 +5,11 @@ Three outcomes, never a silent $0:
 - `priced`: every dimension the call used has a price; `total` is their exact sum;
 - `partially_priced`: some dimensions have no price in the model's entry; `total` is what the
   priced ones cost, and `unpriced` names the others;
-- `unpriced`: the model is unknown (or was not in the catalog at the time of the call), or no
-  catalog is loaded yet; `total` is None, `note` says why and `suggestions` names close models.
-  The event is kept all the same: a reprice prices it once the catalog can.
+- `unpriced`: the model is unknown (or was not in the catalog at the time of the call), no
+  catalog is loaded yet, or the model is known but nothing the call used has a price in its
+  entry (only images, say, of a model priced per token: its cost is unknown, not $0); `total`
+  is None, `note` says why and `suggestions` names close models. The event is kept all the
+  same: a reprice prices it once the catalog can.
 
 A usage that is wrong (a part larger than its total, ...) is not an outcome: it raises the
 costs package's `UsageError`, and the event is invalid.
@@ -103,6 +105,20 @@ def value_usage(
         )
         result = msgspec.structs.replace(result, notes=(note, *result.notes), at=occurred_at)
     notes = "; ".join(result.notes)
+    if result.unpriced and not result.components:
+        unknown = (
+            f"{result.model!r} has no price for {', '.join(result.unpriced)}, all that the call "
+            "used: its cost is unknown, not 0"
+        )
+        return Valuation(
+            status="unpriced",
+            total=None,
+            unpriced=result.unpriced,
+            note="; ".join((unknown, *result.notes)),
+            matched_model=result.model,
+            matched_provider=result.provider,
+            catalog_version=result.catalog_version,
+        )
     return Valuation(
         status="partially_priced" if result.unpriced else "priced",
         total=result.total,
@@ -111,7 +127,8 @@ def value_usage(
         note=notes or None,
         matched_model=result.model,
         matched_provider=result.provider,
-        price_version=result.price_version,
+        # an override-only model (none in the source) has no price version: the calculator's 0
+        price_version=result.price_version or None,
         catalog_version=result.catalog_version,
         override_id=result.override_id,
     )

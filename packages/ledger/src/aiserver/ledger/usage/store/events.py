@@ -187,13 +187,15 @@ class UnpricedModel:
 
 
 async def unpriced_models(conn: DbConnection) -> list[UnpricedModel]:
-    """Every (project, model, provider) with events kept unpriced, from their partial index: what a
-    reprice looks at after the catalog changed."""
+    """Every (project, model, provider) with events kept unpriced because the catalog did not
+    know their model, from their partial index: what a reprice looks at after the catalog
+    changed. (An event of a known model that has no price for what it used is unpriced too,
+    with its `matched_model`; as a partially priced one, it waits for a run asked for.)"""
     rows = await conn.fetch(
         """
         SELECT project_id, model, provider, count(*) AS events,
                min(occurred_at) AS first_at, max(occurred_at) AS last_at
-        FROM usage_events WHERE status = 'unpriced'
+        FROM usage_events WHERE status = 'unpriced' AND matched_model IS NULL
         GROUP BY project_id, model, provider
         ORDER BY project_id, model, provider NULLS FIRST
         """
