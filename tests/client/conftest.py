@@ -224,3 +224,75 @@ class FailingFront(LocalServer):
         auth = received["Authorization"]
         headers = {"Authorization": auth, "Content-Type": "application/json"}
         return httpx.post(self.target + path, content=body, timeout=30, headers=headers)
+
+
+# -- a front that answers as a script says ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How a `ScriptedFront` answers one request: `status`, `body` and `headers` as given; when
+    `forward`, only after the API has had the request (it commits it; its own answer is lost);
+    when `hang_up`, with no answer at all (the connection is closed)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    forward: bool = False
+    hang_up: bool = False
+
+
+@dataclass
+class ScriptedFront(LocalServer):
+    """A 127.0.0.1 HTTP front for the API: request n (from 0, any method) is answered as
+    `script[n]` says, and the requests after the script as `rest` says (None: forwarded to
+    `target`, and answered as the API answers). `seen` notes each request's method and path,
+    and the status it was answered (0: hung up)."""
+
+    target: str = ""
+    script: list[Answer] = field(default_factory=list)
+    rest: Answer | None = None
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        front = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self._serve()
+
+            def do_POST(self) -> None:
+                self._serve()
+
+            def _serve(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with front._lock:
+                    n = len(front.seen)
+                    front.seen.append((self.command, self.path, 0))
+                answer = front.script[n] if n < len(front.script) else front.rest
+                if answer is None or answer.forward:
+                    forwarded = front._forward(self.command, self.path, body, self.headers)
+                    answer = answer or Answer(forwarded.status_code, forwarded.content)
+                if answer.hang_up:
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status)
+                headers = {"Content-Type": "application/json", **answer.headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+                with front._lock:
+                    front.seen[n] = (self.command, self.path, answer.status)
+
+        return Handler
+
+    def _forward(self, method: str, path: str, body: bytes, received: Any) -> httpx.Response:
+        headers = {"Authorization": received["Authorization"], "Content-Type": "application/json"}
+        return httpx.request(method, self.target + path, content=body, headers=headers, timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -23,7 +24,16 @@ from aiserver.client import (
     RecorderSettings,
 )
 
-from .conftest import FailingFront, Ledger, Tenant, api_events, budget_window, create_budget
+from .conftest import (
+    Answer,
+    FailingFront,
+    Ledger,
+    ScriptedFront,
+    Tenant,
+    api_events,
+    budget_window,
+    create_budget,
+)
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500}
 COST = Decimal("0.0075")  # gpt-4o: 1000 x $2.50 + 500 x $10 per million
@@ -236,4 +246,46 @@ async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
     assert [status for _, status in front.arrivals] == [503, 200]  # the reserve, the release
     states = await reservation_states(ledger.url, tenant.id)
     assert list(states.values()) == ["released"]
+    assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"
+
+
+@pytest.mark.parametrize("status", [408, 425, 429])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_reserve_whose_repeats_were_answered_a_retried_4xx_is_released(
+    ledger: Ledger, tenant: Tenant, kind: str, status: int
+) -> None:
+    """The API commits the first reserve, and the front hangs up before its answer; the client
+    repeats it, and the front answers the repeats `status` (408, 425 or 429: statuses the
+    client repeats, unseen by the API) until they are spent. That last answer is no refusal of
+    the reservation the first attempt made: the guard releases it by its id, as after a 5xx."""
+    budget_id = await hard_budget(ledger, tenant)
+    problem = {"type": "about:blank", "status": status, "title": "Try Again", "detail": "later"}
+    again = Answer(status, json.dumps(problem).encode(), {"Retry-After": "0"})
+    lost = Answer(forward=True, hang_up=True)
+    front = ScriptedFront(target=ledger.api.base_url, script=[lost, again, again])
+
+    async def guarded_async() -> None:
+        async with (
+            AsyncClient(front.base_url, tenant.key, retries=2) as aclient,
+            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
+    def guarded() -> None:
+        with (
+            Client(front.base_url, tenant.key, retries=2) as client,
+            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
+    front.start()
+    try:
+        with pytest.raises(AiserverError) as failed:
+            await (guarded_async() if kind == "async" else asyncio.to_thread(guarded))
+    finally:
+        front.stop()
+    assert failed.value.status == status
+    seen = [(path.rsplit("/", 1)[-1], answered) for _, path, answered in front.seen]
+    assert seen == [("reserve", 0), ("reserve", status), ("reserve", status), ("release", 200)]
+    assert list((await reservation_states(ledger.url, tenant.id)).values()) == ["released"]
     assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"

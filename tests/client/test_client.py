@@ -4,9 +4,12 @@ exact Decimal money, and every problem is a typed error."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -19,10 +22,22 @@ from aiserver.client import (
     CostResult,
     Event,
     EventResult,
+    Recorder,
+    RecorderSettings,
     RecordReport,
 )
 
-from .conftest import FailingFront, Ledger, Tenant, budget_window, create_budget, stored_keys
+from .conftest import (
+    WAIT_S,
+    Answer,
+    FailingFront,
+    Ledger,
+    ScriptedFront,
+    Tenant,
+    budget_window,
+    create_budget,
+    stored_keys,
+)
 
 GPT_4O = {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200}
 #: 800 prompt tokens at $2.50 per million, 200 cache reads at $1.25, 500 output tokens at $10
@@ -43,6 +58,68 @@ def test_a_client_without_url_or_key_says_which_is_missing(no_client_env: None) 
         Client("http://127.0.0.1:1")
     with pytest.raises(ConfigurationError, match="http://"):
         Client("127.0.0.1:8000", "ais_x")
+
+
+async def test_a_key_read_with_its_line_end_is_sent_without_it(
+    ledger: Ledger,
+    tenant: Tenant,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A key read from a file or a Kubernetes secret often ends with a newline. Sent as it is,
+    # the header is illegal: every attempt failed, and the error (logged by the recorder on each
+    # retry, for ever) quoted the header, key and all.
+    caplog.set_level(logging.DEBUG, logger="aiserver.client")
+    monkeypatch.setenv("AISERVER_URL", ledger.api.base_url)
+    monkeypatch.setenv("AISERVER_API_KEY", tenant.key + "\n")
+    settings = RecorderSettings(flush_interval=3600, backoff_base=0.05, max_backoff=0.1)
+
+    def use() -> tuple[EventResult, bool]:
+        with Client(recorder=settings, retries=0) as client:
+            result = client.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O})
+            client.record_later(id=later, model="gpt-4o", usage=GPT_4O)
+            return result, client.flush(WAIT_S)
+
+    later = key()
+    result, flushed = await asyncio.to_thread(use)
+    async with AsyncClient(ledger.api.base_url, " " + tenant.key + "\r\n") as aclient:
+        again = await aclient.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O})
+    assert (result.status, again.status, flushed) == ("recorded", "recorded", True)
+    assert later in await stored_keys(ledger.url, tenant.id)
+    assert tenant.key not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key_text", "what"),
+    [
+        ("ais_0123456789abcdef_se\ncret", "a control character"),
+        ("ais_0123456789abcdef_se cret", "a space"),
+        ("ais_0123456789abcdef_se\tcret", "a control character"),
+        ("ais_0123456789abcdef_se\x00cret", "a control character"),
+        ("ais_0123456789abcdef_sécret", "a non-ASCII character"),
+    ],
+    ids=["newline", "space", "tab", "nul", "non-ascii"],
+)
+def test_a_key_that_cannot_be_sent_is_refused_without_showing_it(
+    no_client_env: None, monkeypatch: pytest.MonkeyPatch, key_text: str, what: str
+) -> None:
+    messages = []
+    with pytest.raises(ConfigurationError) as given:
+        Client("http://127.0.0.1:1", key_text)
+    messages.append(str(given.value))
+    with pytest.raises(ConfigurationError) as recorder:
+        Recorder("http://127.0.0.1:1", key_text)
+    messages.append(str(recorder.value))
+    if "\x00" not in key_text:  # no environment holds a NUL
+        monkeypatch.setenv("AISERVER_API_KEY", key_text)
+        with pytest.raises(ConfigurationError) as from_env:
+            AsyncClient("http://127.0.0.1:1")
+        messages.append(str(from_env.value))
+        assert "(AISERVER_API_KEY)" in messages[-1]
+    for message in messages:
+        assert what in message, message
+        assert "cret" not in message
+        assert "0123456789abcdef" not in message
 
 
 def test_a_client_reads_url_and_key_from_the_environment(
@@ -278,3 +355,64 @@ def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> No
     assert len(front.arrivals) == 3 + 3
     with pytest.raises(ValueError, match="retries must be 0 or more"):
         Client(ledger.api.base_url, tenant.key, retries=-1)
+
+
+# -- an answer that is no answer -------------------------------------------------------------------
+
+#: A key of the right shape that no server knows (the front answers before any API could check it)
+FAKE_KEY = "ais_0123456789abcdef_" + "s" * 43
+EMPTY_REPORT = json.dumps({"results": [], "recorded": 0, "duplicate": 0, "conflict": 0,
+                           "invalid": 0}).encode()  # fmt: skip
+#: 200s that cannot be read as the call's answer: a captive portal's page, a report without the
+#: events' results (and no cost, spend or reservation), a body that is not the encoding it claims
+UNREADABLE = {
+    "html": Answer(200, b"<!doctype html><title>Sign in to the Wi-Fi</title>" + b"." * 400,
+                   {"Content-Type": "text/html"}),
+    "no-results": Answer(200, EMPTY_REPORT),
+    "bad-encoding": Answer(200, b"plain text, not gzip", {"Content-Encoding": "gzip"}),
+}  # fmt: skip
+EVENT = {"id": "k-1", "model": "gpt-4o", "usage": GPT_4O}
+CALLS = {
+    "calculate": lambda c: c.calculate("gpt-4o", GPT_4O),
+    "record-one": lambda c: c.record(EVENT),
+    "record-two": lambda c: c.record([EVENT, {**EVENT, "id": "k-2"}]),
+    "spend": lambda c: c.spend("2026-01-01", "2026-01-02", tz="UTC"),
+    "reserve": lambda c: c.reserve("gpt-4o", estimate="0.01"),
+    "release": lambda c: c.release("r-1"),
+}
+
+
+async def answered(made: Any) -> Any:
+    """What a call of `Client` answered, or of `AsyncClient` (awaited)."""
+    return await made if asyncio.iscoroutine(made) else made
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+@pytest.mark.parametrize("answer", list(UNREADABLE))
+async def test_an_unreadable_answer_is_an_aiserver_error(
+    kind: type[Client | AsyncClient], answer: str
+) -> None:
+    # Each raised msgspec's DecodeError or ValidationError, an IndexError (one event, no
+    # result) or httpx's DecodingError; two events and no result came back as an empty report.
+    front = ScriptedFront(rest=UNREADABLE[answer])
+    front.start()
+    errors: dict[str, AiserverError] = {}
+    try:
+        client: Any = kind(front.base_url, FAKE_KEY, retries=0)
+        for name, call in CALLS.items():
+            with pytest.raises(AiserverError) as raised:
+                await answered(call(client))
+            errors[name] = raised.value
+        await answered(client.close())
+    finally:
+        front.stop()
+    assert {name: (e.status, e.title) for name, e in errors.items()} == dict.fromkeys(
+        CALLS, (502, "unreadable answer")
+    )
+    for error in errors.values():
+        assert FAKE_KEY not in str(error)
+        if answer == "html":  # the answer's beginning says what answered
+            assert "Sign in to the Wi-Fi" in error.detail
+            assert len(error.detail) < 500
+    if answer == "no-results":  # a result per event sent, or the answer is not the report
+        assert "0 results for 2 events" in errors["record-two"].detail

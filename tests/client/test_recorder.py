@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -157,6 +159,71 @@ async def test_the_interpreters_exit_delivers_what_waits(
     assert out.decode().strip() == "sent before exit: 0"
     assert err.decode() == ""
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(300)}
+
+
+#: What a multiprocessing child runs (`exec` is its target: the child imports no test module,
+#: which a forkserver child could not find): it makes its own client, as docs/client.md asks,
+#: queues and returns without closing it. multiprocessing then ends the child with os._exit,
+#: which runs no atexit hook.
+MP_CHILD = textwrap.dedent(
+    """
+    from aiserver.client import Client, RecorderSettings
+
+    held = RecorderSettings(batch_size=10_000, flush_interval=3600)
+    client = Client(url, key, recorder=held)
+    for i in range(count):
+        client.record_later(id=f"{run}-{i}", model="gpt-4o", usage={"input_tokens": 10 + i})
+    assert client.stats().sent == 0
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+async def test_a_multiprocessing_childs_exit_delivers_what_waits(
+    ledger: Ledger, tenant: Tenant, method: str
+) -> None:
+    # Before, only atexit delivered: a child started by multiprocessing lost what it queued.
+    run = run_id()
+    names = {"url": ledger.api.base_url, "key": tenant.key, "run": run, "count": 40}
+    child = multiprocessing.get_context(method).Process(target=exec, args=(MP_CHILD, names))
+    child.start()
+    await asyncio.to_thread(child.join, 120)
+    assert child.exitcode == 0
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(40)}
+
+
+SIGTERMED = textwrap.dedent(
+    """
+    import signal, sys, time
+    from aiserver.client import Client, RecorderSettings
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as docs/client.md asks
+    url, key, run = sys.argv[1:]
+    client = Client(url, key, recorder=RecorderSettings(batch_size=10_000, flush_interval=3600))
+    for i in range(20):
+        client.record_later(id=f"{run}-{i}", model="gpt-4o", usage={"input_tokens": 10 + i})
+    print("queued", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+async def test_a_process_stopped_by_sigterm_with_a_handler_delivers_what_waits(
+    ledger: Ledger, tenant: Tenant, tmp_path: Path
+) -> None:
+    run = run_id()
+    script = tmp_path / "app.py"
+    script.write_text(SIGTERMED)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), ledger.api.base_url, tenant.key, run,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"queued\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(20)}
 
 
 def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:

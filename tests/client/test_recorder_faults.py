@@ -100,6 +100,10 @@ async def _at_least(client: Client, recorded: int) -> bool:
     return client.stats().recorded >= recorded
 
 
+async def _settled(client: Client) -> bool:
+    return client.stats().pending == 0
+
+
 # -- 503 with Retry-After, and answers lost after the commit -------------------------------------
 
 
@@ -115,7 +119,8 @@ async def test_503s_with_retry_after_and_lost_answers_neither_lose_nor_double(
             settings = RecorderSettings(batch_size=100, flush_interval=0.02, backoff_base=0.01)
             with Client(front.base_url, who.key, recorder=settings) as client:
                 await asyncio.to_thread(produce, client, run, 300)
-                assert await asyncio.to_thread(client.flush, WAIT_S)
+                # not flush(): it would cut short the Retry-After wait it is measured by
+                await eventually(lambda: _settled(client), timeout=WAIT_S)
                 stats = client.stats()
         finally:
             front.stop()

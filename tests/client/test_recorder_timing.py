@@ -10,6 +10,9 @@
 - A batch the server refuses as a whole (401, 403, 404) is counted as rejected, logged once as
   an error, settled (flush returns) and never retried; after `close()`, `record_later` returns
   None and counts and logs the event as dropped.
+- A request that cannot be sent (an illegal header) refuses its batch once, never retried,
+  and no log line quotes it; an answer that cannot be read is retried like a 5xx and the
+  thread goes on; `flush()` and `close()` cut a long backoff short to try at once.
 - `RecorderSettings` refuses what cannot work, and its messages say what it accepts.
 """
 
@@ -24,13 +27,14 @@ import uuid
 from itertools import pairwise
 from typing import Any, Final
 
+import httpx
 import pytest
 
-from aiserver.client import AsyncClient, Client, RecorderSettings
+from aiserver.client import AsyncClient, Client, Event, Recorder, RecorderSettings
 from aiserver.client.recorder import backoff_ceiling, backoff_wait
 
-from ..reliability.harness import ADMIN_TOKEN
-from .conftest import WAIT_S, FailingFront, Ledger, Tenant, stored_keys
+from ..reliability.harness import ADMIN_TOKEN, eventually
+from .conftest import WAIT_S, Answer, FailingFront, Ledger, ScriptedFront, Tenant, stored_keys
 
 USAGE: Final = {"input_tokens": 100, "output_tokens": 10}
 #: What "about flush_interval" allows on a loaded 2-core machine: the API's commit, the poll
@@ -52,6 +56,12 @@ async def wait_for_keys(url: str, project_id: int, keys: set[str], deadline: flo
             return now
         assert now < deadline, f"not delivered in time: {sorted(keys - set(found))} missing"
         await asyncio.sleep(0.02)
+
+
+async def settled(client: Client) -> bool:
+    """Whether everything the client queued is settled: what `flush()` waits for, without
+    its cutting short the wait before a retry."""
+    return client.stats().pending == 0
 
 
 # -- flush_interval ---------------------------------------------------------------------------
@@ -146,7 +156,7 @@ async def test_the_recorder_backs_off_exponentially_between_retries(
         with Client(front.base_url, tenant.key, recorder=settings) as client:
             for i in range(5):
                 client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
-            assert await asyncio.to_thread(client.flush, WAIT_S)
+            await eventually(lambda: settled(client), timeout=WAIT_S)  # flush() cuts a wait
             stats = client.stats()
     finally:
         front.stop()
@@ -217,6 +227,127 @@ async def test_a_batch_refused_with_another_4xx_is_rejected_logged_and_never_ret
     assert await stored_keys(ledger.url, tenant.id) == {}
 
 
+# -- requests that cannot be sent, answers that cannot be read ----------------------------------
+
+
+class IllegalHeader(httpx.HTTPTransport):
+    """httpx's own transport, sending every request with an Authorization header that ends in a
+    line feed, as a key read from a file did: h11 refuses to write it (LocalProtocolError,
+    whose text quotes the header)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Authorization"] += "\n"
+        return super().handle_request(request)
+
+
+async def test_a_request_that_cannot_be_sent_is_refused_once_and_never_quoted(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, it was retried for ever, and every retry logged the header with the key in it.
+    caplog.set_level(logging.DEBUG, logger="aiserver.client")
+    run = run_id()
+    settings = RecorderSettings(batch_size=100, flush_interval=3600, backoff_base=0.01)
+    recorder = Recorder(ledger.api.base_url, tenant.key, settings, transport=IllegalHeader())
+    for i in range(3):
+        recorder.enqueue(Event(id=f"{run}-{i}", model="gpt-4o", usage=USAGE))
+    flushed = await asyncio.to_thread(recorder.flush, 3 * SLACK_S)
+    stats = recorder.stats()
+    await asyncio.to_thread(recorder.close)
+    assert flushed  # settled: refused, not retried
+    assert (stats.rejected, stats.retries, stats.sent, stats.pending) == (3, 0, 0, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, caplog.text
+    assert "LocalProtocolError" in errors[0]
+    assert "not recorded" in errors[0]
+    assert tenant.key not in caplog.text
+    assert "Bearer" not in caplog.text
+    assert await stored_keys(ledger.url, tenant.id) == {}
+
+
+#: A 200 whose body is not the gzip its Content-Encoding says: httpx raises DecodingError (no
+#: TransportError) while reading it. The front forwards the batch first: the API commits it.
+UNDECODABLE = Answer(200, b"plain text, not gzip", {"Content-Encoding": "gzip"}, forward=True)
+
+
+async def test_an_unreadable_answer_is_retried_and_the_recorder_goes_on(
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the exception ended the recorder's thread: record_later went on queueing, and
+    # nothing was ever sent again (flush() without a timeout waited for ever).
+    caplog.set_level(logging.DEBUG, logger="aiserver.client")
+    front = ScriptedFront(target=ledger.api.base_url, script=[UNDECODABLE, UNDECODABLE])
+    front.start()
+    run = run_id()
+    try:
+        settings = RecorderSettings(batch_size=100, flush_interval=3600, backoff_base=0.01)
+        with Client(front.base_url, tenant.key, recorder=settings) as client:
+            for i in range(3):
+                client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
+            first = await asyncio.to_thread(client.flush, 3 * SLACK_S)
+            client.record_later(id=f"{run}-later", model="gpt-4o", usage=USAGE)
+            later = await asyncio.to_thread(client.flush, 3 * SLACK_S)
+            stats = client.stats()
+    finally:
+        front.stop()
+    assert (first, later) == (True, True)
+    assert [status for _, _, status in front.seen] == [200, 200, 200, 200]
+    # committed by the first attempt, so the third one's answer says duplicate: none twice
+    assert (stats.sent, stats.recorded, stats.duplicates, stats.retries) == (4, 1, 3, 2)
+    assert sum("DecodingError" in r.getMessage() for r in caplog.records) == 2
+    assert tenant.key not in caplog.text
+    expected = {f"{run}-{i}": 1 for i in range(3)} | {f"{run}-later": 1}
+    assert await stored_keys(ledger.url, tenant.id) == expected
+
+
+async def test_a_flush_interval_longer_than_a_thread_can_wait_does_not_stop_the_recorder(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Past threading.TIMEOUT_MAX (about 292 years), waiting for the interval raised
+    # OverflowError in the thread, and it was gone.
+    run = run_id()
+    settings = RecorderSettings(batch_size=100, flush_interval=1e12)
+    with Client(ledger.api.base_url, tenant.key, recorder=settings) as client:
+        client.record_later(id=f"{run}-first", model="gpt-4o", usage=USAGE)
+        await asyncio.sleep(0.2)  # for the thread to start waiting on the interval
+        assert await asyncio.to_thread(client.flush, 3 * SLACK_S)
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-first": 1}
+
+
+# -- flush() and close() cut a backoff short -----------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["flush", "close"])
+async def test_flush_and_close_cut_a_long_backoff_short(
+    ledger: Ledger, tenant: Tenant, call: str
+) -> None:
+    # After a few failures a retry waits longer than close_timeout (8 to 16 s after the 5th at
+    # the defaults): close() made no attempt at all, and counted the events lost although the
+    # API answered again. Here the first retry waits 20 to 40 s.
+    front = FailingFront(target=ledger.api.base_url, refuse=1, lose=0, retry_after=None)
+    front.start()
+    run = run_id()
+    try:
+        settings = RecorderSettings(batch_size=100, flush_interval=0.01, backoff_base=40.0,
+                                    max_backoff=60.0, close_timeout=10.0)  # fmt: skip
+        client = Client(front.base_url, tenant.key, recorder=settings)
+        for i in range(3):
+            client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
+
+        async def backing_off() -> bool:
+            return client.stats().retries == 1  # counted when the wait before it begins
+
+        await eventually(backing_off, timeout=WAIT_S)
+        if call == "flush":
+            assert await asyncio.to_thread(client.flush, 10.0)
+        await asyncio.to_thread(client.close)  # close_timeout: 10 s
+        stats = client.stats()
+    finally:
+        front.stop()
+    assert [status for _, status in front.arrivals] == [503, 200]
+    assert (stats.sent, stats.recorded, stats.dropped, stats.retries) == (3, 3, 0, 1)
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(3)}
+
+
 # -- a closed client ------------------------------------------------------------------------------
 
 
@@ -257,6 +388,16 @@ async def test_record_later_after_close_returns_none_counts_and_logs(
         ({"backoff_base": 0}, "backoff_base must be more than 0, not 0"),
         ({"backoff_base": -1.0}, "backoff_base must be more than 0, not -1.0"),
         ({"max_backoff": 0.1}, "max_backoff must be at least backoff_base (0.5), not 0.1"),
+        # infinite: the thread's wait raised OverflowError, and the thread was gone
+        ({"flush_interval": math.inf}, "flush_interval must be finite, not inf"),
+        ({"max_backoff": math.inf}, "max_backoff must be finite, not inf"),
+        ({"max_queue": math.inf}, "max_queue must be finite, not inf"),
+        ({"close_timeout": math.inf}, "close_timeout must be finite, not inf"),
+        ({"close_timeout": 0}, "close_timeout must be more than 0, not 0"),
+        ({"close_timeout": math.nan}, "close_timeout must be more than 0, not nan"),
+        ({"timeout": 0.0}, "timeout must be more than 0, not 0.0"),
+        ({"timeout": -1}, "timeout must be more than 0, not -1"),
+        ({"timeout": math.inf}, "timeout must be finite, not inf"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_saying_what_is_accepted(

@@ -25,6 +25,7 @@ import msgspec
 from aiserver.client import wire
 from aiserver.client.errors import AiserverError
 from aiserver.client.models import Event, EventResult, Reservation
+from aiserver.client.recorder import RETRY_STATUSES
 from aiserver.client.wire import EventLike, Money
 
 if TYPE_CHECKING:
@@ -101,8 +102,12 @@ class _Guard:
     @staticmethod
     def _may_hold(exc: BaseException) -> bool:
         """Whether a reserve that raised `exc` may have been made all the same: anything but
-        the server's answer that it was not (a 4xx: refused, invalid)."""
-        return not (isinstance(exc, AiserverError) and exc.status < 500)
+        the server's answer that it was not (a 4xx: refused, invalid). A 408, 425 or 429 is no
+        such answer: the client repeats the reserve after one, so it may be the answer to a
+        repeat of an attempt that was made and whose answer was lost."""
+        if not isinstance(exc, AiserverError):
+            return True
+        return exc.status >= 500 or exc.status in RETRY_STATUSES
 
     def _release_failed(self, exc: Exception) -> None:
         if isinstance(exc, AiserverError) and exc.status == 404:

@@ -3,14 +3,15 @@
 Both take the base URL and a project's key as arguments, or from `AISERVER_URL` and
 `AISERVER_API_KEY`. Every call but `record_later` waits for the server's answer and returns a
 typed result (`aiserver.client.models`); a problem answer raises `AiserverError` (a refused
-reservation: `BudgetExceeded`); a network failure raises `httpx.TransportError`. `record` first
-repeats a failed request, with the same keys, up to `retries` times (its repeats cannot count
-twice; the other calls' are not all safe, so they are left to the caller).
+reservation: `BudgetExceeded`; an answer that cannot be read: status 502, "unreadable answer");
+a network failure raises `httpx.TransportError`. `record` first repeats a failed request, with
+the same keys, up to `retries` times (its repeats cannot count twice; the other calls' are not
+all safe, so they are left to the caller), unless it could not be sent at all.
 
 `record_later` hands the event to the client's `Recorder` (one background thread with its own
 HTTP connection, `aiserver.client.recorder`) and returns at once, from sync and async code
 alike. Close the client (or use it as a context manager) to deliver what waits; the
-interpreter's exit does it too.
+process's exit does it too (see `aiserver.client.recorder`).
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def _keyed(event: EventLike) -> Event:
     return made
 
 
-def _record_bodies(events: Union[EventLike, Sequence[EventLike]]) -> tuple[list[bytes], bool]:
-    """The request bodies of `record` (10,000 events and 16 MiB at most each), and whether
-    one event was given (not a list of them)."""
+def _record_bodies(
+    events: Union[EventLike, Sequence[EventLike]],
+) -> tuple[list[tuple[bytes, int]], bool]:
+    """The request bodies of `record` (10,000 events and 16 MiB at most each) with the number
+    of events in each, and whether one event was given (not a list of them)."""
     single = isinstance(events, (Event, Mapping))
     items: Sequence[EventLike] = [events] if single else events  # type: ignore[list-item,assignment]
     encoded = collections.deque(wire.encode_event(_keyed(event)) for event in items)
@@ -77,7 +80,8 @@ def _record_bodies(events: Union[EventLike, Sequence[EventLike]]) -> tuple[list[
         raise ValueError("record() needs at least one event")
     bodies = []
     while encoded:
-        bodies.append(wire.events_body(wire.take_batch(encoded, MAX_BATCH, len)))
+        batch = wire.take_batch(encoded, MAX_BATCH, len)
+        bodies.append((wire.events_body(batch), len(batch)))
     return bodies, single
 
 
@@ -167,7 +171,10 @@ class _Common:
     ) -> Optional[float]:
         """After attempt `attempt` (from 0) of a `record` request: how long to wait before
         repeating it, or None when its answer stands (it passed, it was answered for good, or
-        the repeats are spent); a network failure with the repeats spent is raised."""
+        the repeats are spent); a network failure with the repeats spent, or a request that
+        could not be sent at all (no repeat can pass), is raised."""
+        if isinstance(answer, wire.UNSENDABLE):
+            raise answer
         if attempt >= self.retries:
             if isinstance(answer, httpx.TransportError):
                 raise answer
@@ -196,7 +203,12 @@ class Client(_Common):
         )
 
     def _post(self, path: str, body: bytes) -> httpx.Response:
-        return self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+        with wire.exchange():
+            return self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    def _get(self, path: str, params: httpx.QueryParams) -> httpx.Response:
+        with wire.exchange():
+            return self._http.get(path, params=params)
 
     def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
         """`_post`, repeated with the same body (so the same keys) up to `retries` times while
@@ -251,7 +263,8 @@ class Client(_Common):
         yourself without counting twice, give each event its own `id`."""
         bodies, single = _record_bodies(events)
         report = _merge(
-            wire.decode(self._post_repeated("/v1/usage", body), RecordReport) for body in bodies
+            wire.usage_report(self._post_repeated("/v1/usage", body), count)
+            for body, count in bodies
         )
         return report.results[0] if single else report
 
@@ -282,7 +295,7 @@ class Client(_Common):
             tags=tags,
             top=top,
         )
-        return wire.decode(self._http.get("/v1/spend", params=params), Spend)
+        return wire.decode(self._get("/v1/spend", params), Spend)
 
     def reserve(
         self,
@@ -385,7 +398,12 @@ class AsyncClient(_Common):
         )
 
     async def _post(self, path: str, body: bytes) -> httpx.Response:
-        return await self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+        with wire.exchange():
+            return await self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+
+    async def _get(self, path: str, params: httpx.QueryParams) -> httpx.Response:
+        with wire.exchange():
+            return await self._http.get(path, params=params)
 
     async def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
         """As `Client._post_repeated`, waiting without blocking the event loop."""
@@ -433,8 +451,8 @@ class AsyncClient(_Common):
         bodies, single = _record_bodies(events)
         report = _merge(
             [
-                wire.decode(await self._post_repeated("/v1/usage", body), RecordReport)
-                for body in bodies
+                wire.usage_report(await self._post_repeated("/v1/usage", body), count)
+                for body, count in bodies
             ]
         )
         return report.results[0] if single else report
@@ -466,7 +484,7 @@ class AsyncClient(_Common):
             tags=tags,
             top=top,
         )
-        return wire.decode(await self._http.get("/v1/spend", params=params), Spend)
+        return wire.decode(await self._get("/v1/spend", params), Spend)
 
     async def reserve(
         self,

@@ -3,11 +3,13 @@
     Exception
      +-- AiserverError          the server answered a problem (RFC 9457): status, title, detail
      |    +-- BudgetExceeded    a 402 to a reservation: the budget, its limit, what remains
-     +-- ConfigurationError     no base URL or no key (argument or environment)
+     +-- ConfigurationError     no base URL or no key (argument or environment), or a bad one
 
 A network failure (refused, reset, timed out) is httpx's own `httpx.TransportError`: transient,
 retry it. An `AiserverError` is the server's answer: with status 429 or 5xx it is transient
-(`retryable`), otherwise the request must change before it can succeed.
+(`retryable`), otherwise the request must change before it can succeed. An answer the client
+cannot read (not JSON, not the call's answer, one result short) is an `AiserverError` too:
+status 502, title "unreadable answer", and the answer's beginning in `detail`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from typing import Any, Optional
 
 
 class ConfigurationError(ValueError):
-    """The client cannot be made: the base URL or the key is missing or malformed."""
+    """The client cannot be made: the base URL or the key is missing or malformed (a key with
+    a space, a control or a non-ASCII character inside; the message never shows the key)."""
 
 
 class AiserverError(Exception):
-    """A problem (RFC 9457) the server answered. `problem` holds every member it sent
-    (`fields`, `errors`, ...); `retry_after` is its Retry-After in seconds, if any."""
+    """A problem (RFC 9457) the server answered, or an answer the client could not read (502,
+    "unreadable answer"). `problem` holds every member the server sent (`fields`, `errors`,
+    ...); `retry_after` is its Retry-After in seconds, if any."""
 
     def __init__(
         self,

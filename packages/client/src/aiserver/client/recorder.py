@@ -13,17 +13,25 @@ connection refused or reset, a timeout, a 5xx, a 408, 425 or 429) is retried wit
 keys, after the answer's Retry-After (at most `max_backoff`) or else after an exponential backoff
 with "equal" jitter (`backoff_wait`: a random wait between half and all of
 `min(max_backoff, backoff_base * 2**n)`, so that the waits double from one retry to the next):
-what the server had already committed comes back `duplicate`, never twice. Per event, `invalid`
-and `conflict` are final: they are counted as rejected and logged with the server's reason,
-never retried. Any other answer than a 200 that is not retried (every other 4xx, such as 400,
-401, 403, 404, 413 or 422, and another 2xx or 3xx, such as a redirect) refuses the batch as
-a whole: its events are counted as rejected (and settled: `flush()` does not wait for them),
-logged once as an error with the status and the server's title and detail, and never retried.
+what the server had already committed comes back `duplicate`, never twice. A 200 that cannot
+be read as the batch's report (another server, a proxy's page, a wrong Content-Encoding) and
+any exception no one foresaw are failed attempts too, retried the same way: the thread never
+ends before `close()`. `flush()` and `close()` cut the wait before a retry short, once each:
+the server may be back, and a wait longer than `close_timeout` would have made `close()` give
+up without a try. Per event, `invalid` and `conflict` are final: they are counted as rejected
+and logged with the server's reason, never retried. Any other answer than a 200 that is not
+retried (every other 4xx, such as 400, 401, 403, 404, 413 or 422, and another 2xx or 3xx,
+such as a redirect), or a request that cannot be sent at all (h11 refuses it), refuses the
+batch as a whole: its events are counted as rejected (and settled: `flush()` does not wait
+for them), logged once as an error with the status and the server's title and detail (or the
+error's type), and never retried.
 
 Nothing is lost silently: a full queue, or a closed recorder, drops the new event, counts it
 and logs a warning (at most every `OVERFLOW_LOG_S` seconds, with the running count); `close()`
-(and the interpreter's exit, through `atexit`) delivers what waits, and counts and logs as
-dropped what it could not deliver within its timeout. The key is never logged.
+delivers what waits, and counts and logs as dropped what it could not deliver within its
+timeout. The process's exit closes every recorder it started: `atexit`, and multiprocessing's
+finalizers, since a child that multiprocessing starts (fork, forkserver) ends with `os._exit`,
+which runs no atexit hook. The key is never logged.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import atexit
 import collections
 import itertools
 import logging
+import math
+import multiprocessing.util
 import os
 import random
 import threading
@@ -47,6 +57,7 @@ import httpx
 import msgspec
 
 from aiserver.client import wire
+from aiserver.client.errors import AiserverError
 from aiserver.client.models import CONFLICT, DUPLICATE, INVALID, RECORDED, Event, RecordReport
 
 log = logging.getLogger("aiserver.client")
@@ -69,8 +80,10 @@ class RecorderSettings:
     - `backoff_base`, `max_backoff`: retry n (from 0) waits a random time between half and
       all of `min(max_backoff, backoff_base * 2**n)` seconds (`backoff_wait`); after an
       answer with Retry-After, that many seconds instead, at most `max_backoff`;
-    - `close_timeout`: how long `close()` (and the interpreter's exit) waits for delivery;
+    - `close_timeout`: how long `close()` (and the process's exit) waits for delivery;
     - `timeout`: of each HTTP request.
+
+    Every one is finite, and the two last more than 0.
     """
 
     batch_size: int = 500
@@ -95,6 +108,15 @@ class RecorderSettings:
                 f"max_backoff must be at least backoff_base ({self.backoff_base!r}), "
                 f"not {self.max_backoff!r}"
             )
+        for name in ("close_timeout", "timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be more than 0, not {value!r}")
+        # an infinite wait raises OverflowError in the thread (and an infinite queue is no bound)
+        for name in ("max_queue", "flush_interval", "max_backoff", "close_timeout", "timeout"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, not {value!r}")
 
 
 def backoff_ceiling(attempt: int, base: float, cap: float) -> float:
@@ -136,13 +158,46 @@ class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _Item = tuple[str, bytes]  # (key, the encoded event)
-_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()  # started in this process, not closed
+_hooked_in: Optional[int] = None  # the process that registered its multiprocessing finalizer
+_closed_in: Optional[int] = None  # the process whose exit has closed its recorders
+#: Before multiprocessing's own finalizers (its queues' is 10, its pools' 15).
+EXIT_PRIORITY = 100
 
 
 @atexit.register
 def _close_all_at_exit() -> None:
+    """Close every recorder this process started, once: atexit calls it, and so does
+    multiprocessing's exit (a process it started skips atexit; in one that calls both, the
+    second call does nothing)."""
+    global _closed_in
+    if _closed_in == os.getpid():
+        return
+    _closed_in = os.getpid()
     for recorder in list(_live):
         recorder.close()
+
+
+def _hook_exit() -> None:
+    """Have multiprocessing close this process's recorders at its exit too. Its finalizers are
+    per process (a child it starts clears those it inherited), so each process that starts a
+    recorder registers its own, once."""
+    global _hooked_in
+    if _hooked_in != os.getpid():
+        _hooked_in = os.getpid()
+        multiprocessing.util.Finalize(None, _close_all_at_exit, exitpriority=EXIT_PRIORITY)
+
+
+if hasattr(os, "register_at_fork"):
+    # A forked child has the parent's recorders but not their threads (and perhaps one of their
+    # locks held): the parent delivers their events, the child's exit must not wait for them.
+    os.register_at_fork(after_in_child=_live.clear)
+
+
+def _bounded(seconds: float) -> float:
+    """`seconds`, at most the longest a thread can wait at once (`threading.TIMEOUT_MAX`, some
+    292 years): a longer wait raises OverflowError."""
+    return min(seconds, threading.TIMEOUT_MAX)
 
 
 class _Keys:
@@ -178,18 +233,18 @@ class Recorder:
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
         self.settings = settings or RecorderSettings()
-        self._base_url = base_url
+        self._base_url, api_key = wire.settings(base_url, api_key)  # as a Client takes them
         self._headers = {**wire.headers(api_key), **wire.JSON_HEADERS}
         self._transport = transport
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[_Item] = collections.deque()
         self._first_at = 0.0  # when the oldest queued event was queued (monotonic)
         self._flushing = 0  # callers waiting in flush()
+        self._nudges = 0  # flush() and close() calls so far: each cuts a wait for a retry short
         self._closing = False
         self._given_up = False  # close() timed out: what is left is dropped
         self._final = False  # close() has counted what is lost: nothing is counted after it
         self._thread: Optional[threading.Thread] = None
-        self._wake = threading.Event()  # cuts a backoff short when close() gives up
         self._last_overflow_log = -OVERFLOW_LOG_S
         self._dropped_since_log = 0
         self._counts: collections.Counter[str] = collections.Counter()
@@ -245,6 +300,7 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="aiserver-recorder", daemon=True)
         self._thread.start()
         _live.add(self)
+        _hook_exit()
 
     def stats(self) -> RecorderStats:
         with self._cond:
@@ -258,40 +314,45 @@ class Recorder:
         )
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Deliver every event queued before this call, now; wait for them at most `timeout`
-        seconds (None: as long as it takes). True when all of them are settled."""
+        """Deliver every event queued before this call, now (a batch waiting to be retried is
+        tried again at once); wait for them at most `timeout` seconds (None: as long as it
+        takes). True when all of them are settled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._counts["queued"]
             self._flushing += 1
+            self._nudges += 1
             self._cond.notify_all()
             try:
                 while self._settled_locked() < target:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
-                    self._cond.wait(left)
+                    self._cond.wait(None if left is None else _bounded(left))
                 return True
             finally:
                 self._flushing -= 1
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Deliver what waits (up to `timeout`, default `settings.close_timeout`), then stop.
-        What could not be delivered is counted as dropped and logged. True if nothing was."""
+        """Deliver what waits (a batch waiting to be retried is tried again at once), then stop;
+        return within `timeout` seconds (default `settings.close_timeout`). What could not be
+        delivered by then is counted as dropped and logged. True if nothing was."""
         timeout = self.settings.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         with self._cond:
             if self._closing:
                 return self._settled_locked() >= self._counts["queued"]
             self._closing = True
             self._cond.notify_all()
-        delivered = self.flush(timeout)
+        self.flush(timeout)
         with self._cond:
             self._given_up = True
             self._cond.notify_all()
-        self._wake.set()
         thread = self._thread
         if thread is not None:
-            thread.join(min(self.settings.timeout, 2.0) if not delivered else None)
+            # It stops at once, unless a request is in flight: its answer may still settle
+            # the batch in the time left.
+            thread.join(_bounded(max(0.0, deadline - time.monotonic())))
         with self._cond:
             self._final = True
             lost = self._counts["queued"] - self._settled_locked()
@@ -349,7 +410,7 @@ class Recorder:
                 left = self._first_at + interval - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(_bounded(left))
             batch = wire.take_batch(self._queue, size, lambda item: len(item[1]))
             self._first_at = time.monotonic()
         return batch
@@ -358,30 +419,24 @@ class Recorder:
         body = wire.events_body(data for _, data in batch)
         attempt = 0
         while True:
+            with self._cond:
+                nudges = self._nudges
             try:
-                response = client.post("/v1/usage", content=body)
-            except httpx.TransportError as exc:
-                wait, reason = self._backoff(attempt), f"{type(exc).__name__}: {exc}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    self._settle(batch, response, attempt)
-                    return
-                if status not in RETRY_STATUSES and status < 500:
-                    self._refused(batch, response)
-                    return
-                after = wire.retry_after(response)
-                wait = (
-                    self._backoff(attempt)
-                    if after is None
-                    else (min(after, self.settings.max_backoff))
-                )
-                reason = f"HTTP {status} {wire.problem_error(response).detail}"
+                retry = self._attempt(client, batch, body, attempt)
+            except Exception as exc:  # no bug of ours or httpx's may end the thread
+                # Nothing was counted for the batch: retrying it is safe (the keys see to it).
+                # Only the type is logged: an exception's text may quote the request.
+                retry = (self._backoff(attempt), f"an unexpected {type(exc).__name__}")
+            if retry is None:
+                return
+            wait, reason = retry
             attempt += 1
             with self._cond:
                 if self._given_up:
                     return
                 self._counts["retries"] += 1
+                if self._nudges != nudges:  # flush() or close() since the attempt began
+                    wait = 0.0
             level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
             log.log(
                 level,
@@ -392,18 +447,53 @@ class Recorder:
                 attempt,
                 wait,
             )
-            if self._wake.wait(wait):
+            if not self._pause(wait, nudges):
                 return  # close() gave up on delivery: the batch counts as dropped there
+
+    def _attempt(
+        self, client: httpx.Client, batch: list[_Item], body: bytes, attempt: int
+    ) -> Optional[tuple[float, str]]:
+        """Send the batch once (attempt `attempt`, from 0). None when it is settled (delivered
+        or refused); else how long to wait before the next attempt, and why this one failed."""
+        try:
+            with wire.exchange():
+                response = client.post("/v1/usage", content=body)
+            status = response.status_code
+            report = wire.usage_report(response, len(batch)) if status == 200 else None
+        except wire.UNSENDABLE as exc:
+            self._unsent(batch, exc)
+            return None
+        except httpx.TransportError as exc:
+            return self._backoff(attempt), f"{type(exc).__name__}: {exc}"
+        except AiserverError as exc:  # a 200 that is no report: not aiserver's, or cut short
+            return self._backoff(attempt), f"{exc.title}: {exc.detail}"
+        if report is not None:
+            self._settle(batch, report, attempt)
+            return None
+        if status not in RETRY_STATUSES and status < 500:
+            self._refused(batch, response)
+            return None
+        after = wire.retry_after(response)
+        wait = self._backoff(attempt) if after is None else min(after, self.settings.max_backoff)
+        return wait, f"HTTP {status} {wire.problem_error(response).detail}"
+
+    def _pause(self, seconds: float, nudges: int) -> bool:
+        """Wait `seconds` before a retry, or less: until `flush()` or `close()` is called (if
+        one was since `_nudges` was `nudges`, as the attempt began: not at all), or `close()`
+        gives up. False when it gave up."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._given_up and self._nudges == nudges:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(_bounded(left))
+            return not self._given_up
 
     def _backoff(self, attempt: int) -> float:
         return backoff_wait(attempt, self.settings.backoff_base, self.settings.max_backoff)
 
-    def _settle(self, batch: list[_Item], response: httpx.Response, attempt: int) -> None:
-        try:
-            report = msgspec.json.decode(response.content, type=RecordReport)
-        except msgspec.DecodeError as exc:  # a 200 that is no report: the server is not aiserver
-            log.error("aiserver answered a usage batch with something unreadable: %s", exc)
-            report = RecordReport(results=[], recorded=0, duplicate=0, conflict=0, invalid=0)
+    def _settle(self, batch: list[_Item], report: RecordReport, attempt: int) -> None:
         counts = collections.Counter(result.status for result in report.results)
         for result in report.results:
             if result.status in (CONFLICT, INVALID):
@@ -440,10 +530,23 @@ class Recorder:
             error.title,
             error.detail,
         )
+        self._rejected(batch, answered=True)
+
+    def _unsent(self, batch: list[_Item], exc: Exception) -> None:
+        log.error(
+            "aiserver usage batch of %d event(s) could not be sent (%s: the request is "
+            "malformed, no retry can pass); they are not recorded",
+            len(batch),
+            type(exc).__name__,
+        )
+        self._rejected(batch, answered=False)
+
+    def _rejected(self, batch: list[_Item], *, answered: bool) -> None:
+        """Count the batch's events as rejected, settled; `answered`: the server said so."""
         with self._cond:
             if self._final:
                 return
             self._counts["rejected_batch"] += len(batch)
             self._counts["rejected"] += len(batch)
-            self._counts["batches"] += 1
+            self._counts["batches"] += answered
             self._cond.notify_all()

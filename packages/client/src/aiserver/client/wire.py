@@ -6,11 +6,12 @@ their requests and read their answers here, so the three never drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -25,7 +26,7 @@ import httpx
 import msgspec
 
 from aiserver.client.errors import AiserverError, BudgetExceeded, ConfigurationError
-from aiserver.client.models import Event
+from aiserver.client.models import Event, RecordReport
 
 T = TypeVar("T")
 
@@ -40,9 +41,12 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]:
-    """The base URL and key: the arguments, else `AISERVER_URL` and `AISERVER_API_KEY`."""
-    url = base_url or os.environ.get(URL_VARIABLE, "")
-    key = api_key or os.environ.get(KEY_VARIABLE, "")
+    """The base URL and key: the arguments, else `AISERVER_URL` and `AISERVER_API_KEY`, without
+    the whitespace around them (a value read from a file or a secret often ends with a newline).
+    A key that a header cannot carry as it is is refused here, never sent: the error httpx would
+    raise quotes the header, key and all."""
+    url = (base_url or os.environ.get(URL_VARIABLE, "")).strip()
+    key = (api_key or os.environ.get(KEY_VARIABLE, "")).strip()
     if not url:
         raise ConfigurationError(
             f"no aiserver URL: pass base_url=... or set {URL_VARIABLE} (e.g. http://127.0.0.1:8000)"
@@ -53,7 +57,29 @@ def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]
         raise ConfigurationError(
             f"no aiserver API key: pass api_key=... or set {KEY_VARIABLE} (a project key, ais_...)"
         )
+    flaw = _unsendable(key)
+    if flaw is not None:
+        source = "api_key" if api_key else KEY_VARIABLE
+        raise ConfigurationError(
+            f"the aiserver API key ({source}) holds {flaw}: a key is printable ASCII without "
+            "spaces (the key is not shown)"
+        )
     return url.rstrip("/"), key
+
+
+def _unsendable(key: str) -> Optional[str]:
+    """What keeps `key` out of a header, and where (never the key itself); None if nothing."""
+    for at, char in enumerate(key, 1):
+        if char == " ":
+            flaw = "a space"
+        elif not char.isascii():
+            flaw = "a non-ASCII character"
+        elif not char.isprintable():
+            flaw = "a control character"
+        else:
+            continue
+        return f"{flaw} at character {at}"
+    return None
 
 
 def headers(api_key: str) -> dict[str, str]:
@@ -114,12 +140,68 @@ def encode(value: Any) -> bytes:
 
 # -- answers ----------------------------------------------------------------------------------
 
+#: Requests that cannot be sent at all, so that no repeat can pass: h11 refuses a header (its
+#: text quotes it, an Authorization header too), httpx a scheme.
+UNSENDABLE = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
+#: How much of an unreadable answer its error shows: enough to tell what answered.
+SHOWN_CHARS = 300
+
+
+@contextlib.contextmanager
+def exchange() -> Iterator[None]:
+    """Around a request and the reading of its answer. A request h11 refuses to write is raised
+    again without its text, which may quote the Authorization header; an answer whose body
+    cannot be decoded (not the Content-Encoding it names) is an `unreadable` answer."""
+    try:
+        yield
+    except httpx.LocalProtocolError as exc:
+        try:
+            request: Optional[httpx.Request] = exc.request
+        except RuntimeError:  # httpx had not set it
+            request = None
+        raise httpx.LocalProtocolError(
+            "the request could not be sent: h11 refused to write it (its text is not shown, "
+            "since it may quote the Authorization header)",
+            request=request,
+        ) from None
+    except httpx.DecodingError as exc:
+        what = f"a body that could not be decoded ({type(exc).__name__}: {exc})"
+        raise unreadable(None, what) from None
+
+
+def unreadable(response: Optional[httpx.Response], what: str) -> AiserverError:
+    """The error of an answer the client cannot read (another server's, a proxy's page, a
+    report short of results): status 502, as a gateway says of an upstream it does not
+    understand. Its detail says what was wrong and how the answer began; it never holds a
+    header of the request."""
+    if response is None:
+        return AiserverError(502, "unreadable answer", f"the answer has {what}")
+    begins = response.text[:SHOWN_CHARS]
+    return AiserverError(
+        502,
+        "unreadable answer",
+        f"the answer (HTTP {response.status_code}) has {what}; it begins {begins!r}",
+    )
+
 
 def decode(response: httpx.Response, kind: type[T]) -> T:
-    """The answer's body as `kind`, or the problem it holds raised as an `AiserverError`."""
+    """The answer's body as `kind`; the problem it holds raised as an `AiserverError`, and a
+    body that is not `kind` as an `unreadable` one."""
     if not response.is_success:
         raise problem_error(response)
-    return msgspec.json.decode(response.content, type=kind)
+    try:
+        return msgspec.json.decode(response.content, type=kind)
+    except msgspec.DecodeError as exc:  # a ValidationError too
+        raise unreadable(response, f"no {kind.__name__} ({exc})") from None
+
+
+def usage_report(response: httpx.Response, events: int) -> RecordReport:
+    """The answer to a `POST /v1/usage` of `events` events: its report, with one result per
+    event (else the answer is `unreadable`: which result is whose cannot be told)."""
+    report = decode(response, RecordReport)
+    if len(report.results) != events:
+        raise unreadable(response, f"{len(report.results)} results for {events} events")
+    return report
 
 
 def retry_after(response: httpx.Response) -> Optional[float]:
