@@ -30,6 +30,10 @@ Name resolution, in order (the result says which rule matched, `matched_by`):
 6. `dated_name`: without a date suffix (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`) or,
    for an undated name, its newest dated version, where the catalog has those names.
 
+With a separate `provider`, rules 5 and 6 find only that provider's models (its entry's provider
+or its key's prefix, ignoring case): `gpt-4o` + `my-vllm` is no OpenAI model. An alias (4) names
+its target whoever's it is.
+
 An unknown name raises `UnknownModel` with the closest known names.
 """
 
@@ -115,9 +119,10 @@ class PriceVersion:
 
     @property
     def prices(self) -> CompiledPrices:
-        """The entry compiled for pricing, once, on first use."""
+        """The entry compiled for pricing, once, on first use; the override's prices win over
+        the entry's ranges, windows and tiers (`pricing.regime`)."""
         if not self._compiled:
-            self._compiled.append(compile_entry(self.entry))
+            self._compiled.append(compile_entry(self.entry, self.override_prices or ()))
         return self._compiled[0]
 
     def valid_at(self, at: datetime) -> bool:
@@ -222,6 +227,14 @@ class Catalog:
         """Every override of the model, current and closed, oldest first."""
         return self._overrides.get(key, ())
 
+    def overridden(self) -> list[str]:
+        """The keys of the models a current override prices, sorted: with the source's prices
+        under it, or without (a model the source never had, or dropped)."""
+        return sorted(
+            key for key, timeline in self._overrides.items()
+            if any(o.valid_to is None for o in timeline)
+        )  # fmt: skip
+
     def override_at(self, key: str, at: datetime) -> Override | None:
         """The override of the model valid at `at` (the newest, should two be), or None."""
         timeline = self._overrides.get(key)
@@ -315,12 +328,26 @@ class Catalog:
                 return found
         for candidate, prov in candidates:
             for rule, variant in self._variants(candidate, prov):
-                found = self._lookup(variant, prov) or (
-                    self._lookup(variant, None) if prov is not None else None
-                )
+                found = self._lookup(variant, prov)
+                if found is None and prov is not None:
+                    # An alias names its target, whoever's it is: a provider's own alias may name
+                    # a sibling provider's key (`bedrock/...` -> a `bedrock_converse` model).
+                    # Another variant is another spelling of the same model, so it must be the
+                    # provider's own: else the call would be billed at another provider's price.
+                    found = self._lookup(variant, None)
+                    if found is not None and rule != "alias" and not self._of(found.key, prov):
+                        found = None
                 if found is not None:
                     return Resolution(found.key, rule)
         return None
+
+    def _of(self, key: str, provider: str) -> bool:
+        """Whether `key` is a model of `provider`, as `_lookup` reads a provider: the entry's
+        own, or the key's prefix, ignoring case."""
+        wanted = provider.lower()
+        return self._versions[key][-1].provider.lower() == wanted or key.lower().startswith(
+            wanted + "/"
+        )
 
     def _alias_target(self, name: str) -> str | None:
         return self._aliases.get(name) or self._aliases_lower.get(name.lower())

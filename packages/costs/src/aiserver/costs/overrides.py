@@ -6,6 +6,16 @@
                                   reason="negotiated", source_url=url)
     await delete_override(pool, live, override.id, source_url=url)
 
+An override is the override of one catalog key, the model pricing lays it over; `provider` is
+that model's provider, and two spellings of a provider name one model. A model the catalog does
+not know is a new model of `provider` (lower case), keyed by its name, or by `provider/name` when
+the name already answers to another provider's model: it must not be laid over that model.
+
+An override's price is the price charged: it wins over the entry's `tiered_pricing` ranges,
+off-peak prices and max_results tiers for the same price (`pricing.regime`), which an override
+cannot set. So every price an override may set changes what its model's calls are charged; the
+cache read price under both its names would leave one unused, and is refused.
+
 An override applies from when it was set (`valid_from`) until it is replaced or deleted
 (`valid_to`), never to the calls before it: a call is priced with the override valid at its
 time (`catalog.Catalog.version_at`), so past calls keep the prices of their time. Replacing an
@@ -15,12 +25,11 @@ A change and the catalog version bump it causes are one transaction, whose commi
 API replica (`store.metadata.bump_catalog_version`); this process's own watcher is woken at once.
 The transaction takes the catalog version's row lock first, so writers of overrides (and a
 refresh) wait for each other: two PUTs of one model at once give two rows, the first closed
-where the second starts, and one current.
+where the second starts, and one current (one per model, whatever the provider: a unique index).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -28,7 +37,7 @@ from typing import TYPE_CHECKING
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.pricing import is_understood_field
-from aiserver.costs.pricing.fields import STRUCTURED_FIELDS
+from aiserver.costs.pricing.fields import CACHE_HIT_ALIAS, CACHE_READ_FIELD, STRUCTURED_FIELDS
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store import overrides as store
 from aiserver.costs.store.metadata import (
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from aiserver.core_db.connections import DbConnection
+    from aiserver.costs.catalog import Catalog
     from aiserver.costs.live import LiveCatalog
 
 
@@ -63,13 +73,15 @@ async def put_override(
 ) -> Override:
     """Create or replace the override of a model, named by any name the calculator accepts.
 
-    It applies from now on; the override it replaces is closed now and kept.
+    It applies from now on; the override of the same model it replaces, whatever provider that
+    one was given with, is closed now and kept.
 
-    Raises `UnknownPriceFields` for a field the calculator does not price or one that holds
-    several prices (`tiered_pricing`, `off_peak_pricing`, `search_context_cost_per_query`), and
-    `CatalogNotReady` while no catalog is loaded: every name would miss then, and the override
-    would be kept under the name as given (`openai/gpt-4o`), never reaching `gpt-4o`. A name
-    the catalog does not know is a new model, kept under `provider`.
+    Raises `UnknownPriceFields` for a field the calculator does not price, one that holds
+    several prices (`tiered_pricing`, `off_peak_pricing`, `search_context_cost_per_query`) or
+    the cache read price under both its names, and `CatalogNotReady` while no catalog is loaded:
+    every name would miss then, and the override would be kept under the name as given
+    (`openai/gpt-4o`), never reaching `gpt-4o`. A name the catalog does not know is a new model
+    of `provider` (see the module).
     """
     unknown = sorted(name for name in prices if not is_understood_field(name))
     if unknown:
@@ -81,8 +93,13 @@ async def put_override(
         raise UnknownPriceFields(
             structured, "fields that hold several prices, which an override cannot set"
         )
-    with contextlib.suppress(UnknownModel):
-        model = live.require().resolve(model, provider).key
+    # DeepSeek's second name for the cache read price: with both, one would change nothing.
+    if CACHE_HIT_ALIAS in prices and CACHE_READ_FIELD in prices:
+        raise UnknownPriceFields(
+            [CACHE_READ_FIELD, CACHE_HIT_ALIAS],
+            "two names of the cache read price, of which an override sets one",
+        )
+    provider, model = _target(live.require(), provider, model)
     async with pool.acquire() as conn, conn.transaction():
         await _lock(conn, source_url)
         override = await store.replace_override(
@@ -91,6 +108,31 @@ async def put_override(
         await bump_catalog_version(conn, DEFAULT_SOURCE)
     live.notify()
     return override
+
+
+def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
+    """The provider and key an override of `model` (with `provider` apart) is kept under: the
+    model's own, or a new model's (see the module)."""
+    try:
+        key = catalog.resolve(model, provider).key
+    except UnknownModel:
+        pass
+    else:
+        # The entry's provider, not the caller's spelling of it (`OpenAI`).
+        return catalog.history(key)[-1].provider, key
+    # The provider as resolution reads one (case and spaces aside), and the name without that
+    # provider's prefix: `inhouse` + `x` and `InHouse` + `inhouse/x` are one new model.
+    provider = provider.strip().lower()
+    name = model.strip()
+    if name.lower().startswith(provider + "/"):
+        name = name[len(provider) + 1 :]
+    try:
+        catalog.resolve(name)
+    except UnknownModel:
+        return provider, name
+    # The name answers to another provider's model (this provider's would have resolved above):
+    # kept under the name, the override would be laid over that model.
+    return provider, f"{provider}/{name}"
 
 
 async def delete_override(

@@ -84,8 +84,9 @@ class AiModelCost(Table, tablename="ai_model_costs"):
 
 class AiCostOverride(Table, tablename="ai_cost_overrides"):
     # One row per override over its span of time: a replacement closes the current row and opens
-    # a new one, a deletion closes it. One current row per (provider, model) is a partial unique
-    # index (`ai_cost_overrides_one_current`, WHERE valid_to IS NULL): the migration's alone.
+    # a new one, a deletion closes it. One current row per model (whatever its provider) is a
+    # partial unique index (`ai_cost_overrides_one_current`, WHERE valid_to IS NULL): the
+    # migrations' alone.
     id = BigSerial(primary_key=True)
     provider = Text()
     model = Text()

@@ -77,10 +77,13 @@ class OverrideController(Controller):
         responses=problem_responses(400, 401, 403, 413, 422, 503),
     )
     async def put_override(self, state: State, data: JSONBody[OverrideIn]) -> OverrideOut:
-        """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token).
-        An existing model is named by any name the calculator accepts; a new one is created
-        under `provider`. The override applies from now on; one it replaces is closed now (and
-        listed with `history=true`); the new one has a new id."""
+        """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token);
+        each is the price charged, over the entry's tiered_pricing ranges, off-peak prices and
+        max_results tiers. An existing model is named by any name the calculator accepts, and
+        the override is kept under its key and provider; a new one is created under `provider`
+        (as `provider/model` when `model` names another provider's model). The override applies
+        from now on; the model's one it replaces, whatever provider that was given with, is
+        closed now (and listed with `history=true`); the new one has a new id."""
         async with asyncio.timeout(DB_TIMEOUT_S):
             override = await overrides.put_override(
                 require_pool(),

@@ -8,7 +8,7 @@ prices every call of that model from the result, so everything that depends only
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -17,6 +17,7 @@ import msgspec
 from aiserver.costs.pricing.exact import plain, price_of
 from aiserver.costs.pricing.fields import (
     CACHE_HIT_ALIAS,
+    CACHE_READ_FIELD,
     STRUCTURED_FIELDS,
     TIER_FIELDS,
     is_price_field,
@@ -29,6 +30,10 @@ class FieldPrices(msgspec.Struct, frozen=True):
     flat: dict[str, Decimal]  # service suffix ("" standard) -> price
     # (threshold, service suffix -> price), highest threshold first
     above: tuple[tuple[int, dict[str, Decimal]], ...]
+
+
+#: A plain price field as its parts: base field, threshold (None: flat), service suffix.
+FieldKey = tuple[str, int | None, str]
 
 
 class ContextTier(msgspec.Struct, frozen=True):
@@ -62,6 +67,9 @@ class CompiledPrices(msgspec.Struct, frozen=True, eq=False):
     default_cache_read_ratio: Decimal | None  # of the input price, when no cache_read price
     thresholds: tuple[int, ...]  # every long-context threshold of the entry, ascending
     services: frozenset[str]  # the service tier suffixes the entry has any price for
+    # The prices an operator's override set: they win over the tiered_pricing ranges, the
+    # off-peak prices and the max_results tiers (see :class:`.regime.Resolver`).
+    overridden: frozenset[FieldKey]
     # Pricing plans (:class:`.plan.Plan`) per regime and usage mask, filled on first use. The
     # only mutable part; it holds values derived from the fields above, so a CompiledPrices still
     # behaves as immutable. Typed loosely because the plans are built from compiled entries.
@@ -79,12 +87,16 @@ _DEFAULT_CACHE_READ_RATIO: Final[Mapping[str, Decimal]] = {"fireworks_ai": Decim
 _TIER_KEYS: Final = frozenset(("range", "max_results_range", "input_cost_per_query", *TIER_FIELDS))
 
 
-def compile_entry(entry: Mapping[str, Any]) -> CompiledPrices:
-    """Parse the price fields of one entry once; price calls with :func:`price_call`."""
+def compile_entry(entry: Mapping[str, Any], overridden: Collection[str] = ()) -> CompiledPrices:
+    """Parse the price fields of one entry once; price calls with :func:`price_call`.
+
+    `overridden` names the fields of the entry that an operator's override set (laid over the
+    source's entry): their prices are what is charged (see :class:`.regime.Resolver`)."""
     flat: dict[str, dict[str, Decimal]] = {}
     above: dict[str, dict[int, dict[str, Decimal]]] = {}
     ignored: list[str] = []
     invalid: list[str] = []
+    marks: set[FieldKey] = set()
     for name, value in entry.items():
         if name in STRUCTURED_FIELDS or value is None:
             continue
@@ -97,14 +109,25 @@ def compile_entry(entry: Mapping[str, Any]) -> CompiledPrices:
         if price is None:
             invalid.append(name)
             continue
+        if name in overridden:
+            marks.add((parsed.base, parsed.threshold, parsed.service))
         if parsed.threshold is None:
             flat.setdefault(parsed.base, {})[parsed.service] = price
         else:
             by_threshold = above.setdefault(parsed.base, {})
             by_threshold.setdefault(parsed.threshold, {})[parsed.service] = price
     alias = flat.pop(CACHE_HIT_ALIAS, None)
-    if alias is not None and "cache_read_input_token_cost" not in flat:
-        flat["cache_read_input_token_cost"] = alias
+    by_alias = (CACHE_HIT_ALIAS, None, "") in marks
+    marks.discard((CACHE_HIT_ALIAS, None, ""))
+    if alias is not None:
+        if CACHE_READ_FIELD not in flat:
+            flat[CACHE_READ_FIELD] = alias
+        elif by_alias and (CACHE_READ_FIELD, None, "") not in marks:
+            # The operator set the cache read price under DeepSeek's name for it: theirs wins
+            # over the source's under the other name (which would otherwise win, unused).
+            flat[CACHE_READ_FIELD] = {**flat[CACHE_READ_FIELD], **alias}
+        if by_alias:
+            marks.add((CACHE_READ_FIELD, None, ""))
     fields = {
         base: FieldPrices(
             flat=flat.get(base, {}),
@@ -134,6 +157,7 @@ def compile_entry(entry: Mapping[str, Any]) -> CompiledPrices:
             for service in by_service
             if service
         ),
+        overridden=frozenset(marks),
         tables={},
     )
 

@@ -23,8 +23,9 @@ _BASE_FIELDS: Final[tuple[str, ...]] = tuple(
         reverse=True,
     )
 )
+CACHE_READ_FIELD: Final = "cache_read_input_token_cost"
 # DeepSeek entries repeat cache_read_input_token_cost under this name; it is used only when the
-# entry lacks cache_read_input_token_cost.
+# entry lacks cache_read_input_token_cost, or when an override sets it and not the other.
 CACHE_HIT_ALIAS: Final = "input_cost_per_token_cache_hit"
 STRUCTURED_FIELDS: Final = frozenset(
     ("tiered_pricing", "off_peak_pricing", "search_context_cost_per_query")

@@ -5,6 +5,10 @@ long-context thresholds the prompt crosses, the ``tiered_pricing`` range of the 
 whether an off-peak window is open. :class:`Resolver` answers, for one regime, each dimension's
 price and how it was found (its own, a fallback dimension's, or derived), which is what the
 notes explain. Both pricers use it: the fast one once per plan, the reference one per call.
+
+A price an operator's override set (``CompiledPrices.overridden``) wins over the range's, the
+window's and the max_results tier's price of its field: the operator cannot set those (they are
+structured fields), and expects the price they set to be the one charged.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class Resolver:
     def own(self, field: str) -> Rate | None:
         """The entry's own price for a field, without fallbacks to other dimensions."""
         asks_tier = self.service != ""
+        overriding = self.overriding(field)
+        if overriding is not None:
+            return overriding
         # An off-peak price replaces whatever would apply otherwise, long-context included,
         # as LiteLLM bills it: DeepSeek publishes one off-peak price per token type.
         if self.off_peak is not None and field in self.off_peak.prices:
@@ -79,9 +86,27 @@ class Resolver:
                 return Rate(self.tier.prices[field], asks_tier, None, "tier")
             if field in TIER_OWNED:
                 return None
+        found = self._plain(field)
+        return None if found is None else found[0]
+
+    def overriding(self, field: str) -> Rate | None:
+        """The field's plain price (its long-context band's, its service tier's) when an
+        operator's override set it; it wins over the range's, window's and query tier's."""
+        if not self.compiled.overridden:
+            return None
+        found = self._plain(field)
+        if found is None:
+            return None
+        rate, service = found
+        return rate if (field, rate.threshold, service) in self.compiled.overridden else None
+
+    def _plain(self, field: str) -> tuple[Rate, str] | None:
+        """The field's price by the prompt's long-context band and the service tier, as the
+        entry's plain price fields give it, with the service suffix of the field used."""
         prices = self.compiled.fields.get(field)
         if prices is None:
             return None
+        asks_tier = self.service != ""
         # The highest threshold the prompt crosses that prices this field wins. At a threshold,
         # the service tier's long-context price comes first, then the standard long-context
         # price (LiteLLM does the same): the context tier changes the price more than the
@@ -91,13 +116,13 @@ class Resolver:
                 self.compiled.inclusive_thresholds and self.prompt == threshold
             ):
                 if asks_tier and self.service in by_service:
-                    return Rate(by_service[self.service], False, threshold, "entry")
+                    return Rate(by_service[self.service], False, threshold, "entry"), self.service
                 if "" in by_service:
-                    return Rate(by_service[""], asks_tier, threshold, "entry")
+                    return Rate(by_service[""], asks_tier, threshold, "entry"), ""
         if asks_tier and self.service in prices.flat:
-            return Rate(prices.flat[self.service], False, None, "entry")
+            return Rate(prices.flat[self.service], False, None, "entry"), self.service
         if "" in prices.flat:
-            return Rate(prices.flat[""], asks_tier, None, "entry")
+            return Rate(prices.flat[""], asks_tier, None, "entry"), ""
         return None
 
     def rate(self, dim: Dimension) -> Rate | None:
@@ -131,7 +156,8 @@ class Resolver:
         """How `dim` is priced; `query_tier` (see :func:`query_tier`) and the search context
         size choose the price of queries and web searches."""
         rate = self.rate(dim)
-        if dim.name == "queries" and self.compiled.query_tiers:
+        by_results = dim.name == "queries" and bool(self.compiled.query_tiers)
+        if by_results and self.overriding(dim.field) is None:
             rate = Rate(
                 self.compiled.query_tiers[query_tier].price, self.service != "", None, "tier"
             )

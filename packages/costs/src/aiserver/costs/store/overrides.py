@@ -1,8 +1,9 @@
 """`ai_cost_overrides`: the operator's prices, one row per override over its span of time.
 
-A row applies from `valid_from` until `valid_to` (NULL: current). At most one row of a (provider,
-model) is current (a partial unique index). A replacement closes the current row and opens a new
-one; a deletion closes it. No row is ever deleted or changed but for its closing, so the history
+A row applies from `valid_from` until `valid_to` (NULL: current). At most one row of a model is
+current (a partial unique index on `model`, the key pricing finds an override by; `provider`
+plays no part in it). A replacement closes the current row and opens a new one; a deletion closes
+it. No row is ever deleted or changed but for its closing, so the history
 says which override priced a call of any time.
 
 The rules (what a name resolves to, which fields, the lock, the version bump) are
@@ -77,18 +78,17 @@ async def count_overrides(conn: DbConnection) -> int:
 async def replace_override(
     conn: DbConnection, *, provider: str, model: str, prices: Mapping[str, Decimal], reason: str
 ) -> Override:
-    """Close the current override of (provider, model), if any, and open a new one from the same
-    instant. Call under the catalog version's lock (see the module)."""
+    """Close the current override of `model`, if any, whatever its provider, and open a new one
+    from the same instant. Call under the catalog version's lock (see the module)."""
     # clock_timestamp(), not now(): now() is when the transaction began, which may be before the
     # other writer (whose row this closes) began, and a row would then end before it started.
     # GREATEST keeps a span whole if the clock steps back.
     closed_at = await conn.fetchval(
         """
         UPDATE ai_cost_overrides SET valid_to = GREATEST(clock_timestamp(), valid_from)
-        WHERE provider = $1 AND model = $2 AND valid_to IS NULL
+        WHERE model = $1 AND valid_to IS NULL
         RETURNING valid_to
         """,
-        provider,
         model,
     )
     row = await conn.fetchrow(
