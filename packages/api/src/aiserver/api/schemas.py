@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Union
 import msgspec
 
 from aiserver.costs.calculator import CostRequest, CostResponse
+from aiserver.costs.requests import read_cost_request
 from aiserver.costs.status import CatalogStatus
 from aiserver.costs.usage_formats import located
 
@@ -56,8 +57,10 @@ class ModelDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Up to MAX_BATCH cost requests, decoded here (as one list, and one by one only to find the
-    one that is wrong) so that an error inside one names its index
+    """Up to MAX_BATCH cost requests. Litestar converts a body leniently (a number given for a
+    time, digits for a number), so the items come as decoded (`CostRequest | Any` keeps them
+    so) and are read here, each as `aiserver-costs calc --batch` reads a line
+    (`read_cost_request`), and so that an error inside one names its index
     (`requests[3].usage.input_tokens`): a request reads its own `usage` after msgspec has
     decoded it, and the error it raises knows only its own path."""
 
@@ -67,15 +70,12 @@ class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ]
 
     def __post_init__(self) -> None:
-        try:
-            requests = msgspec.convert(self.requests, list[CostRequest], strict=False)
-        except msgspec.ValidationError:
-            for index, item in enumerate(self.requests):  # which one, and where in it
-                try:
-                    msgspec.convert(item, CostRequest, strict=False)
-                except msgspec.ValidationError as exc:
-                    raise located(exc, f".requests[{index}]") from None
-            raise
+        requests: list[CostRequest] = []
+        for index, item in enumerate(self.requests):
+            try:
+                requests.append(read_cost_request(item))
+            except msgspec.ValidationError as exc:
+                raise located(exc, f".requests[{index}]") from None
         msgspec.structs.force_setattr(self, "requests", requests)
 
 

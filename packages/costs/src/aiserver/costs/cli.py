@@ -18,7 +18,8 @@ import msgspec
 
 from aiserver.core_db.commands import command_problem, run_command, timestamp
 from aiserver.core_db.errors import AiserverError, InvalidInput, problem, validation_field
-from aiserver.core_db.settings import CoreSettings, Section, settings_for_command
+from aiserver.core_db.settings import CoreSettings, Section, SettingsError, settings_for_command
+from aiserver.costs.requests import decode_cost_request, request_json
 from aiserver.costs.settings import CostSettings
 
 if TYPE_CHECKING:
@@ -72,6 +73,17 @@ _json = msgspec.json.Encoder(decimal_format="string")
 
 def _print_json(value: Any) -> None:
     print(_json.encode(value).decode())
+
+
+def _source_url(text: str) -> str:
+    """An argparse type: a source URL, checked as MODEL_COST_SOURCE_URL is (by the settings
+    themselves). `--source-url` replaces that setting, so a URL the setting refuses (`ftp://`,
+    no scheme) is a wrong argument, not a download that fails and is retried."""
+    try:
+        CostSettings(model_cost_source_url=text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _when(value: datetime | None) -> str:
@@ -149,28 +161,52 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _load_catalog(conn: asyncpg.Connection) -> Catalog:
+    """The catalog as pricing reads it (`catalog.load_catalog`); `CatalogNotReady` while it has
+    no models, when every name would be "unknown"."""
+    from aiserver.costs.catalog import load_catalog
+    from aiserver.costs.errors import CatalogNotReady
+
+    catalog = await load_catalog(conn)
+    if not len(catalog):
+        raise CatalogNotReady(
+            "the catalog in the database has no models yet; "
+            "run: aiserver-costs seed (offline) or aiserver-costs refresh"
+        )
+    return catalog
+
+
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
-    from aiserver.costs.errors import UnknownModel
+    """The prices `calc` charges for a call made now (the catalog's version with the override
+    valid now laid over it, as `calculate` finds it), not the source's row alone: a model only
+    an override defines, or one the source dropped that an override keeps, is shown as priced."""
+    from datetime import UTC
+
     from aiserver.costs.money import plain
     from aiserver.costs.pricing import is_price_field
-    from aiserver.costs.store.overrides import read_overrides
     from aiserver.costs.store.prices import read_current_model
 
     conn = await _connect(settings)
     try:
-        found = await read_current_model(conn, args.model)
-        overrides = [o for o in await read_overrides(conn) if found and o.model == found.model]
+        catalog = await _load_catalog(conn)
+        resolution, pv = catalog.current_for(args.model)
+        note = None
+        if pv is None:  # gone from the source: priced while an override keeps it (else unknown)
+            pv, note = catalog.version_at(resolution.key, datetime.now(UTC))
+        # the source's current row, for the catalog version that opened it
+        source = pv.valid_to is None and pv.source != "override"
+        found = await read_current_model(conn, pv.model) if source else None
     finally:
         await conn.close()
-    if found is None:
-        raise UnknownModel(args.model, ())
-    entry = found.entry
+    overrides = [o for o in catalog.overrides(pv.model) if o.id == pv.override_id]
+    entry = pv.entry
     if args.json:
         _print_json(
             {
-                "model": found.model,
-                "provider": found.provider,
+                "model": pv.model,
+                "provider": pv.provider,
                 "entry": plain(entry),
+                "override_id": pv.override_id,
                 "overrides": [
                     {
                         "id": o.id,
@@ -182,26 +218,39 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
                     }
                     for o in overrides
                 ],
+                "notes": [note] if note else [],
             }
         )
         return 0
-    print(f"model:     {found.model}")
-    print(f"provider:  {found.provider}")
-    print(f"mode:      {found.mode or '-'}")
-    print(
-        f"version:   opened in catalog version {found.opened_in_version}, valid from "
-        f"{_when(found.valid_from)} ({found.versions} version(s) kept)"
-    )
-    print("prices:")
+    kept = f"{len(catalog.history(pv.model))} version(s) kept"
+    if found is not None:
+        version = (
+            f"opened in catalog version {found.opened_in_version}, valid from "
+            f"{_when(found.valid_from)} ({found.versions} version(s) kept)"
+        )
+    elif pv.source == "override":
+        version = f"none from the source: override {pv.override_id} defines the model ({kept})"
+    else:
+        version = (
+            f"price version {pv.id}, valid from {_when(pv.valid_from)} until "
+            f"{_when(pv.valid_to)} ({kept})"
+        )
+    print(f"model:     {pv.model}")
+    print(f"provider:  {pv.provider}")
+    print(f"mode:      {pv.mode or '-'}")
+    print(f"version:   {version}")
+    print("prices:")  # as charged: the override's laid over the source's
     for name in sorted(n for n in entry if is_price_field(n)):
         value = plain(entry[name])
         text = value if not isinstance(value, dict | list) else _json.encode(value).decode()
         print(f"  {name} = {text}")
-    for o in overrides:  # the current one (one per provider that overrides this model)
+    for o in overrides:  # the one laid over them, and the prices it sets
         reason = f" ({o.reason})" if o.reason else ""
         print(f"override:  {o.id}, by {o.provider}, valid from {_when(o.valid_from)}{reason}")
         for name, value in sorted(o.prices.items()):
             print(f"  {name} = {plain(value)}")
+    if note:
+        print(f"note:      {note}")
     return 0
 
 
@@ -225,8 +274,6 @@ async def _fields(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     from aiserver.costs.calculator import CostRequest, CostResponse, calculate
-    from aiserver.costs.catalog import load_catalog
-    from aiserver.costs.errors import CatalogNotReady
     from aiserver.costs.pricing import Usage
 
     if args.batch is None and args.model is None:
@@ -244,14 +291,9 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     try:
         conn = await _connect(settings)
         try:
-            catalog = await load_catalog(conn)
+            catalog = await _load_catalog(conn)
         finally:
             await conn.close()
-        if not len(catalog):  # else every name would be "unknown"
-            raise CatalogNotReady(
-                "the catalog in the database has no models yet; "
-                "run: aiserver-costs seed (offline) or aiserver-costs refresh"
-            )
         if batch is not None:
             return _calc_batch(catalog, batch)
     finally:
@@ -262,7 +304,7 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
         provider=args.provider,
         usage=Usage(**{name: getattr(args, name) for name in _USAGE_OPTIONS})
         if args.usage is None
-        else msgspec.json.decode(args.usage),
+        else request_json(args.usage),
         usage_format=args.usage_format,
         service_tier=args.service_tier,
         at=args.at,
@@ -308,12 +350,10 @@ def _open_batch(path: str) -> IO[bytes]:
 
 
 def _calc_batch(catalog: Catalog, stream: IO[bytes]) -> int:
-    """Price each line of `stream`; exit status 0, or FAILED_LINES when some lines failed."""
-    from decimal import Decimal
+    """Price each line of `stream`, read as the API reads a request (`decode_cost_request`);
+    exit status 0, or FAILED_LINES when some lines failed."""
+    from aiserver.costs.calculator import CostResponse, calculate
 
-    from aiserver.costs.calculator import CostRequest, CostResponse, calculate
-
-    requests = msgspec.json.Decoder(CostRequest, float_hook=Decimal)
     encode = msgspec.json.Encoder(decimal_format="string").encode_into
     out = bytearray()
     failed = 0
@@ -321,7 +361,7 @@ def _calc_batch(catalog: Catalog, stream: IO[bytes]) -> int:
         if not line.strip():
             continue
         try:
-            result: Any = CostResponse.of(calculate(catalog, requests.decode(line)))
+            result: Any = CostResponse.of(calculate(catalog, decode_cost_request(line)))
         except (AiserverError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             failed += 1
             result = {"error": _problem(exc), "line": number}
@@ -357,7 +397,10 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="refresh even if the catalog is not stale"
     )
     refresh.add_argument(
-        "--source-url", metavar="URL", help="take the document from URL (http(s):// or file://)"
+        "--source-url",
+        type=_source_url,
+        metavar="URL",
+        help="take the document from URL (http(s):// or file://, as MODEL_COST_SOURCE_URL)",
     )
     refresh.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -373,9 +416,12 @@ def _parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser(
         "show",
-        help="the current prices of one model, and its current override with its validity",
+        help="the prices a call of one model is charged now, and the override laid over them",
+        description="Show the prices calc charges for a call of MODEL made now: the source's, "
+        "with the operator's current override laid over them (and its validity); also for a "
+        "model only an override defines, or one the source dropped that an override keeps.",
     )
-    show.add_argument("model", metavar="MODEL", help="the model's catalog key")
+    show.add_argument("model", metavar="MODEL", help="the model, by any name calc accepts")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
 
     calc = sub.add_parser(

@@ -7,7 +7,8 @@
 - The size limit is enforced while streaming (a lying or missing Content-Length changes nothing).
 - Transient faults (connection errors, timeouts, 5xx, 429: `UpstreamUnavailable`) are retried
   with exponential backoff, `MODEL_COST_FETCH_RETRIES` times: the one retry policy of a refresh.
-  Other answers (404, 403, ...: `UpstreamRefused`) fail at once.
+  Other answers (404, 403, ...: `UpstreamRefused`) fail at once, as does a URL that cannot be
+  fetched at all (malformed, or of a scheme HTTP does not speak).
 - Redirects are followed within the configured URL's origin only (its scheme, or http to https,
   its host and its port), at most `MAX_REDIRECTS` of them. A redirect elsewhere fails the
   refresh (`UpstreamRefused`): the operator chose the source's host, and an upstream that sends
@@ -135,6 +136,10 @@ async def _attempt(
         raise UpstreamUnavailable(
             f"timed out after {timeout:g} s (MODEL_COST_FETCH_TIMEOUT_SECONDS)"
         ) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        # The URL itself, not the upstream: asking again cannot help (UnsupportedProtocol is a
+        # TransportError, which would be retried as a connection that failed).
+        raise UpstreamRefused(f"the source URL cannot be fetched: {exc}") from None
     except httpx.TransportError as exc:
         detail = str(exc) or type(exc).__name__
         raise UpstreamUnavailable(f"connection failed: {detail}") from None

@@ -1,4 +1,10 @@
-"""Exact costs of model calls, from the in-memory catalog (no database on this path)."""
+"""Exact costs of model calls, from the in-memory catalog (no database on this path).
+
+A request is read as `aiserver-costs calc --batch` reads a line (`read_cost_request`): strictly,
+as docs/costs.md describes it. Litestar's own conversion of a body is lenient (a Unix time given
+as a number, or as digits, would be a time), so the single endpoint's body reaches Litestar
+already read (`CostRequestBody`), and the batch reads its items itself (`BatchRequest`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,37 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, post
+from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import CheckedRequest, problem_responses
 from aiserver.api.schemas import MAX_BATCH, BatchItem, BatchRequest, BatchResponse, ItemProblem
-from aiserver.core_db.errors import AiserverError
+from aiserver.core_db.errors import AiserverError, validation_field
 from aiserver.costs.calculator import CostRequest, CostResponse, calculate
 from aiserver.costs.live import LiveCatalog
+from aiserver.costs.requests import read_cost_request
+
+#: How Litestar names the body in its validation errors (a problem about the body as a whole).
+BODY_FIELD = "data"
+
+
+class CostRequestBody(CheckedRequest):
+    """The request of `POST /v1/costs/calculate`: its JSON body (decoded, malformed JSON a 400,
+    as in `CheckedRequest`) read into a `CostRequest` by `read_cost_request`. Litestar then
+    meets a `CostRequest` where it expects one and passes it through as it is, so the body is
+    read once, and strictly; a body of the wrong shape is a 422 naming the field, as Litestar
+    names it (`usage.input_tokens`, `data` for the body itself)."""
+
+    async def json(self) -> Any:
+        value = await super().json()
+        try:
+            return read_cost_request(value)
+        except msgspec.ValidationError as exc:
+            message, field = validation_field(str(exc))
+            raise ValidationException(
+                message, extra=[{"key": field or BODY_FIELD, "message": message, "source": "body"}]
+            ) from None
 
 
 class CostController(Controller):
@@ -28,6 +57,7 @@ class CostController(Controller):
         status_code=HTTP_200_OK,
         summary="Cost of one model call",
         responses=problem_responses(400, 404, 413, 422, 503),
+        request_class=CostRequestBody,
     )
     async def calculate_cost(
         self, request: Request[Any, Any, Any], data: JSONBody[CostRequest]

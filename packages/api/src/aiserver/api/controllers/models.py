@@ -1,10 +1,16 @@
-"""The model price catalog: list and look up models."""
+"""The model price catalog: list and look up models.
+
+Both show the prices a call made now is charged, as `calculate` finds them: a model's current
+version with its current override laid over it, and a model the source dropped that an override
+keeps, with its last source prices and that override laid over them (`priced_now`).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import bisect
+from datetime import UTC, datetime
 from typing import Annotated
 
 from litestar import Controller, get
@@ -16,6 +22,7 @@ from aiserver.api.problems import problem_responses
 from aiserver.api.query import only_query
 from aiserver.api.schemas import ModelDetail, ModelPage, ModelSummary, PriceVersionOut
 from aiserver.costs.catalog import Catalog, PriceVersion
+from aiserver.costs.errors import UnknownModel
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.money import money, plain
 
@@ -56,13 +63,27 @@ def summary(pv: PriceVersion) -> ModelSummary:
     )
 
 
+def priced_now(catalog: Catalog, key: str, now: datetime) -> PriceVersion | None:
+    """The version of the model keyed `key` that a call made at `now` is priced with, with the
+    override valid then laid over it (`override_id`), as `calculate` finds it: the current one
+    or, for a model the source dropped, its last source version under the override that keeps
+    it. None when pricing refuses the model (gone, and no override keeps it)."""
+    current = catalog.current.get(key)
+    if current is not None or not catalog.history(key):
+        return current
+    try:
+        return catalog.version_at(key, now)[0]
+    except UnknownModel:
+        return None
+
+
 def model_detail(catalog: Catalog, model: str, provider: str | None = None) -> ModelDetail:
-    """A model's current prices and its versions, by any name the calculator accepts;
-    `UnknownModel` for none."""
+    """A model's prices as a call made now is charged, and its versions, by any name the
+    calculator accepts; `UnknownModel` for none. A model that pricing refuses now (gone from
+    the source, no override keeps it) shows its last prices, for its history."""
     resolved = catalog.resolve(model, provider)
-    current = catalog.current.get(resolved.key)
     history = catalog.history(resolved.key)
-    pv = current or history[-1]
+    pv = priced_now(catalog, resolved.key, datetime.now(UTC)) or history[-1]
     return ModelDetail(
         model=pv.model,
         provider=pv.provider,
@@ -78,6 +99,31 @@ def model_detail(catalog: Catalog, model: str, provider: str | None = None) -> M
             for v in history
         ],
     )
+
+
+def priced_models(
+    catalog: Catalog,
+    *,
+    provider: str | None = None,
+    mode: str | None = None,
+    text: str | None = None,
+) -> list[PriceVersion]:
+    """The models pricing answers for now, sorted by key and filtered as `Catalog.models`
+    filters: the catalog's current models, and those the source dropped that a current override
+    keeps, each as the catalog prices it (`priced_now`)."""
+    found = catalog.models(provider=provider, mode=mode, text=text)
+    needle = text.lower() if text else None
+    now = datetime.now(UTC)
+    kept = []
+    for key in catalog.overridden():
+        if key in catalog.current or (needle is not None and needle not in key.lower()):
+            continue
+        pv = priced_now(catalog, key, now)
+        if pv is None or (provider is not None and pv.provider != provider):
+            continue
+        if mode is None or pv.mode == mode:
+            kept.append(pv)
+    return sorted([*found, *kept], key=lambda pv: pv.model) if kept else found
 
 
 class ModelController(Controller):
@@ -99,10 +145,11 @@ class ModelController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
         cursor: Annotated[str | None, QueryParameter(description="the last next_cursor")] = None,
     ) -> ModelPage:
-        """Current models sorted by name, filtered by provider, mode and text; cursor-paginated."""
+        """The models a call can be priced with now, sorted by name, filtered by provider, mode
+        and text; cursor-paginated."""
         live: LiveCatalog = state.live
         catalog = live.require()
-        found = catalog.models(provider=provider, mode=mode, text=q)
+        found = priced_models(catalog, provider=provider, mode=mode, text=q)
         start = 0
         if cursor:
             start = bisect.bisect_right([pv.model for pv in found], _decode_cursor(cursor))

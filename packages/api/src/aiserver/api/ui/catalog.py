@@ -13,7 +13,7 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath
 from litestar.response import Template
 
-from aiserver.api.controllers.models import model_detail, price_of, summary
+from aiserver.api.controllers.models import model_detail, price_of, priced_models, summary
 from aiserver.api.ui.present import timestamp
 from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
@@ -39,8 +39,8 @@ class CatalogPages(Controller):
         catalog = live.require()
         params = request.query_params
         typed = {name: params.get(name, "").strip() for name in ("q", "provider", "mode")}
-        found = catalog.models(provider=typed["provider"] or None, mode=typed["mode"] or None,
-                               text=typed["q"] or None)  # fmt: skip
+        found = priced_models(catalog, provider=typed["provider"] or None,
+                              mode=typed["mode"] or None, text=typed["q"] or None)  # fmt: skip
         return Template(
             template_name="catalog.html",
             context={
