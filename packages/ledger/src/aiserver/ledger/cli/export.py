@@ -106,12 +106,13 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
 
 
 def _output(given: str | None) -> Path | None:
-    """The file --output names; None without it (stdout). A path that names no file (empty,
-    `.`, a directory) is refused before anything is read."""
+    """The file --output names; None without it (stdout). A path that names no file at all
+    (empty, `.`, `/`) is refused before anything is read; one that names a directory fails to
+    be written, as any other file that cannot be (`_writing`)."""
     if given is None:
         return None
     target = Path(given)
-    if not given.strip() or not target.name or target.is_dir():
+    if not given.strip() or not target.name:
         from aiserver.ledger.errors import InvalidField
 
         raise InvalidField(f"--output {given!r} names no file to write", ["output"])
