@@ -31,6 +31,7 @@ ROWS = [
     row("groq/llama-4-scout", "groq", 5),
     row("global.anthropic.claude-opus-5-5", "bedrock_converse", 6),
     row("vertex_ai/claude-sonnet-4-5@20250929", "vertex_ai-anthropic_models", 7),
+    row("anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrock_converse", 8),
 ]
 ALIASES = {
     "claude-sonnet-latest": "claude-sonnet-4-5-20250929",
@@ -58,6 +59,9 @@ def catalog() -> Catalog:
         # Bedrock's model without the geo prefix
         ("us.anthropic.claude-3-5-haiku-20241022-v1:0", "openai"),
         ("eu.anthropic.claude-3-5-haiku-20241022-v1:0", "anthropic"),
+        # a sibling is a route of the same name, not any name that starts alike
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "bed"),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrockx"),
     ],
 )
 def test_a_variant_of_another_providers_model_is_unknown(
@@ -89,6 +93,14 @@ def test_a_variant_of_another_providers_model_is_unknown(
             "vertex_ai",
             "vertex_ai/claude-sonnet-4-5@20250929",
             "provider_prefix",
+        ),
+        # LiteLLM reports every Bedrock call as `bedrock`, Claude 4.x's entries are
+        # `bedrock_converse`: one provider's two routes (before this, such calls went unpriced)
+        (
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "bedrock",
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "region_prefix",
         ),
         # the same names without a provider: any provider's
         ("gpt-4o-2024-08-06", None, "gpt-4o", "dated_name"),

@@ -343,11 +343,12 @@ class Catalog:
 
     def _of(self, key: str, provider: str) -> bool:
         """Whether `key` is a model of `provider`, as `_lookup` reads a provider: the entry's
-        own, or the key's prefix, ignoring case."""
-        wanted = provider.lower()
-        return self._versions[key][-1].provider.lower() == wanted or key.lower().startswith(
-            wanted + "/"
-        )
+        own, or the key's prefix, ignoring case; or a sibling of the entry's provider, one
+        route of the same provider's service (`bedrock` for a `bedrock_converse` entry, as
+        LiteLLM reports every Bedrock call; `vertex_ai` for `vertex_ai-anthropic_models`)."""
+        wanted = provider.strip().lower()
+        own = self._versions[key][-1].provider.lower()
+        return _siblings(own, wanted) or key.lower().startswith(wanted + "/")
 
     def _alias_target(self, name: str) -> str | None:
         return self._aliases.get(name) or self._aliases_lower.get(name.lower())
@@ -524,6 +525,15 @@ def _valid_at(
         if override.valid_to is None or at < override.valid_to:
             return override
     return None
+
+
+def _siblings(a: str, b: str) -> bool:
+    """Whether two provider names (lower case) are one provider's: equal, or one is the other
+    with a route after `_` or `-` (`bedrock`, `bedrock_converse`)."""
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    return long.startswith(short) and long[len(short)] in "_-"
 
 
 def _added_model(override: Override) -> PriceVersion:
