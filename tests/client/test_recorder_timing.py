@@ -313,16 +313,17 @@ async def test_a_flush_interval_longer_than_a_thread_can_wait_does_not_stop_the_
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-first": 1}
 
 
-# -- flush() and close() cut a backoff short -----------------------------------------------------
+# -- close() cuts a backoff short; flush() does not ---------------------------------------------
 
 
 @pytest.mark.parametrize("call", ["flush", "close"])
-async def test_flush_and_close_cut_a_long_backoff_short(
+async def test_close_cuts_a_long_backoff_short_and_flush_waits_it_out(
     ledger: Ledger, tenant: Tenant, call: str
 ) -> None:
     # After a few failures a retry waits longer than close_timeout (8 to 16 s after the 5th at
     # the defaults): close() made no attempt at all, and counted the events lost although the
-    # API answered again. Here the first retry waits 20 to 40 s.
+    # API answered again. Here the first retry waits 20 to 40 s. flush() keeps the wait: an
+    # application flushing after each request would otherwise retry at its own rate.
     front = FailingFront(target=ledger.api.base_url, refuse=1, lose=0, retry_after=None)
     front.start()
     run = run_id()
@@ -338,7 +339,9 @@ async def test_flush_and_close_cut_a_long_backoff_short(
 
         await eventually(backing_off, timeout=WAIT_S)
         if call == "flush":
-            assert await asyncio.to_thread(client.flush, 10.0)
+            for _ in range(5):
+                assert not await asyncio.to_thread(client.flush, 0.2)
+            assert [status for _, status in front.arrivals] == [503]  # no retry sooner
         await asyncio.to_thread(client.close)  # close_timeout: 10 s
         stats = client.stats()
     finally:

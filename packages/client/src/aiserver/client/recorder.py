@@ -16,9 +16,9 @@ with "equal" jitter (`backoff_wait`: a random wait between half and all of
 what the server had already committed comes back `duplicate`, never twice. A 200 that cannot
 be read as the batch's report (another server, a proxy's page, a wrong Content-Encoding) and
 any exception no one foresaw are failed attempts too, retried the same way: the thread never
-ends before `close()`. `flush()` and `close()` cut the wait before a retry short, once each:
-the server may be back, and a wait longer than `close_timeout` would have made `close()` give
-up without a try. Per event, `invalid` and `conflict` are final: they are counted as rejected
+ends before `close()`. `close()` cuts the wait before a retry short: the server may be back,
+and a wait longer than `close_timeout` would have made `close()` give up without a try.
+`flush()` does not (an application flushing after each request would retry at its own rate). Per event, `invalid` and `conflict` are final: they are counted as rejected
 and logged with the server's reason, never retried. Any other answer than a 200 that is not
 retried (every other 4xx, such as 400, 401, 403, 404, 413 or 422, and another 2xx or 3xx,
 such as a redirect), or a request that cannot be sent at all (h11 refuses it), refuses the
@@ -240,7 +240,7 @@ class Recorder:
         self._queue: collections.deque[_Item] = collections.deque()
         self._first_at = 0.0  # when the oldest queued event was queued (monotonic)
         self._flushing = 0  # callers waiting in flush()
-        self._nudges = 0  # flush() and close() calls so far: each cuts a wait for a retry short
+        self._nudges = 0  # close() calls so far (one): it cuts a wait for a retry short
         self._closing = False
         self._given_up = False  # close() timed out: what is left is dropped
         self._final = False  # close() has counted what is lost: nothing is counted after it
@@ -314,14 +314,14 @@ class Recorder:
         )
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Deliver every event queued before this call, now (a batch waiting to be retried is
-        tried again at once); wait for them at most `timeout` seconds (None: as long as it
-        takes). True when all of them are settled."""
+        """Deliver every event queued before this call, now; wait for them at most `timeout`
+        seconds (None: as long as it takes). True when all of them are settled. A batch waiting
+        to be retried waits out its backoff (or the server's Retry-After): an application that
+        flushes after every request would otherwise retry a failing server at its own rate."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._counts["queued"]
             self._flushing += 1
-            self._nudges += 1
             self._cond.notify_all()
             try:
                 while self._settled_locked() < target:
@@ -343,6 +343,7 @@ class Recorder:
             if self._closing:
                 return self._settled_locked() >= self._counts["queued"]
             self._closing = True
+            self._nudges += 1  # the last chance: a batch waiting for its retry tries at once
             self._cond.notify_all()
         self.flush(timeout)
         with self._cond:
@@ -435,7 +436,7 @@ class Recorder:
                 if self._given_up:
                     return
                 self._counts["retries"] += 1
-                if self._nudges != nudges:  # flush() or close() since the attempt began
+                if self._nudges != nudges:  # close() since the attempt began
                     wait = 0.0
             level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
             log.log(
@@ -478,9 +479,9 @@ class Recorder:
         return wait, f"HTTP {status} {wire.problem_error(response).detail}"
 
     def _pause(self, seconds: float, nudges: int) -> bool:
-        """Wait `seconds` before a retry, or less: until `flush()` or `close()` is called (if
-        one was since `_nudges` was `nudges`, as the attempt began: not at all), or `close()`
-        gives up. False when it gave up."""
+        """Wait `seconds` before a retry, or less: until `close()` is called (if it was since
+        `_nudges` was `nudges`, as the attempt began: not at all), or gives up. False when it
+        gave up."""
         deadline = time.monotonic() + seconds
         with self._cond:
             while not self._given_up and self._nudges == nudges:
