@@ -16,15 +16,15 @@ with "equal" jitter (`backoff_wait`: a random wait between half and all of
 what the server had already committed comes back `duplicate`, never twice. A 200 that cannot
 be read as the batch's report (another server, a proxy's page, a wrong Content-Encoding) and
 any exception no one foresaw are failed attempts too, retried the same way: the thread never
-ends before `close()`. `close()` cuts the wait before a retry short: the server may be back,
-and a wait longer than `close_timeout` would have made `close()` give up without a try.
-`flush()` does not (an application flushing after each request would retry at its own rate). Per event, `invalid` and `conflict` are final: they are counted as rejected
-and logged with the server's reason, never retried. Any other answer than a 200 that is not
-retried (every other 4xx, such as 400, 401, 403, 404, 413 or 422, and another 2xx or 3xx,
-such as a redirect), or a request that cannot be sent at all (h11 refuses it), refuses the
-batch as a whole: its events are counted as rejected (and settled: `flush()` does not wait
-for them), logged once as an error with the status and the server's title and detail (or the
-error's type), and never retried.
+ends before `close()`. `close()` cuts the wait before a retry short: the server may be back, and
+a wait longer than `close_timeout` would have made `close()` give up without a try. `flush()`
+does not (an application flushing after each request would retry at its own rate). Per event,
+`invalid` and `conflict` are final: they are counted as rejected and logged with the server's
+reason, never retried. Any other answer than a 200 that is not retried (every other 4xx, such as
+400, 401, 403, 404, 413 or 422, and another 2xx or 3xx, such as a redirect), or a request that
+cannot be sent at all (h11 refuses it), refuses the batch as a whole: its events are counted as
+rejected (and settled: `flush()` does not wait for them), logged once as an error with the
+status and the server's title and detail (or the error's type), and never retried.
 
 Nothing is lost silently: a full queue, or a closed recorder, drops the new event, counts it
 and logs a warning (at most every `OVERFLOW_LOG_S` seconds, with the running count); `close()`
