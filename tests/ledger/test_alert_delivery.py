@@ -22,8 +22,10 @@ import pytest
 
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.alerts import delivery
 from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due, next_attempt
+from aiserver.ledger.budgets.alerts.store import Claim
 from aiserver.ledger.webhooks import signing
 from aiserver.ledger.webhooks.sending import post_pinned, send
 
@@ -513,6 +515,42 @@ async def test_a_run_stopped_mid_send_gives_its_claims_back_due_at_once(
     receiver.delay_s = 0.0
     again = await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
     assert (again.attempts, again.delivered) == (2, 2)
+
+
+async def test_an_attempt_that_fails_stops_the_others_before_the_claims_are_given_back(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one attempt raises, the others are cancelled and waited for, then every claim is
+    given back, due at once. (`gather` alone would leave them sending while their claims are
+    given back; here the closing HTTP client happened to end them first, so this test passed
+    before the change too: it pins the outcome, and `_all` the order.)"""
+    pool, access = project
+    for team in ("search", "ads"):
+        await watched_budget(pool, access, receiver.url, name=team, tags={"team": team})
+        await cross(pool, access, team, team=team)
+    failing = await pool.fetchval("SELECT min(id) FROM budget_alerts")
+    opened = delivery._open
+
+    def open_or_fail(box: Any, claim: Claim) -> str:
+        if claim.alert_id == failing:
+            raise RuntimeError("a failure no one foresaw")
+        return opened(box, claim)
+
+    monkeypatch.setattr(delivery, "_open", open_or_fail)
+    receiver.delay_s = 1.0  # the other attempt is still waiting for its answer
+    both = Schedule(jitter=0, timeout=10, concurrency=2)
+    clock = Clock(datetime.now(UTC))
+    with pytest.raises(RuntimeError, match="no one foresaw"):
+        await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=both, clock=clock)
+    await asyncio.sleep(1.5)  # past the receiver's answer: a request left running would be done
+    rows = await pool.fetch(
+        "SELECT a.state, a.next_attempt_at, d.status_code, d.error FROM budget_alerts AS a"
+        " JOIN webhook_deliveries AS d ON d.alert_id = a.id ORDER BY a.id"
+    )
+    assert [(r["state"], r["next_attempt_at"], r["status_code"]) for r in rows] == [
+        ("pending", clock.now, None)
+    ] * 2
+    assert all(r["error"].startswith("interrupted") for r in rows)
 
 
 async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(

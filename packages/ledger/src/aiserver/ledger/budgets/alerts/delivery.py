@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -234,12 +234,26 @@ async def deliver_due(
                         conn, clock(), schedule.batch, schedule.lease
                     )
                 unfinished.update((c.delivery_id, c) for c in claims)
-                await asyncio.gather(*(attempt(c, client) for c in claims))
+                await _all(attempt(c, client) for c in claims)
                 if len(claims) < schedule.batch or time.monotonic() - started > RUN_S:
                     return report
     except BaseException:  # cancelled (a stop, a timeout) or failed: give the claims back
         if unfinished:
             await _give_back(pool, list(unfinished.values()), begun, clock())
+        raise
+
+
+async def _all(attempts: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run `attempts` together. If one fails, the others are cancelled and waited for before
+    the failure goes on: no attempt may still be sending when its claim is given back (another
+    runner could then send the same alert at once). `asyncio.gather` alone leaves them running."""
+    tasks = [asyncio.ensure_future(a) for a in attempts]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
 
