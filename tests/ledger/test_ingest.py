@@ -21,6 +21,7 @@ from aiserver.costs.store.metadata import bump_catalog_version, ensure_source, l
 from aiserver.costs.store.overrides import replace_override
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.errors import UsageUnsettled
+from aiserver.ledger.repricing.automatic import _priceable
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_batch, decode_items, split_json
 from aiserver.ledger.usage.ingest import UsageRecorder
@@ -190,7 +191,10 @@ async def test_a_call_of_only_what_its_model_has_no_price_for_is_unpriced_not_0(
     assert (row["matched_model"], row["price_version"]) == ("rare-x", None)
     # its model is known: the automatic reprice does not take it for a model the catalog lacked
     await record(ledger, catalog(), raw("b", model="no-such-model"))
-    assert [m.model for m in await unpriced_models(pool)] == ["no-such-model"]
+    found = await unpriced_models(pool)
+    assert [(m.model, m.unknown_model) for m in found] == [("no-such-model", True),
+                                                            ("rare-x", False)]  # fmt: skip
+    assert _priceable(found, catalog()) == set()  # rare-x resolves, yet is not taken
 
 
 @pytest.mark.parametrize(

@@ -100,9 +100,14 @@ async def _automatic(pool: asyncpg.Pool, batch_size: int) -> AutomaticReport:
 
 
 def _priceable(unpriced: list[UnpricedModel], catalog: Catalog) -> set[str]:
-    """The reported names of unpriced events that the catalog resolves now."""
+    """The reported names of unpriced events that the catalog did not know and resolves now.
+    Names it knew already are left to a run asked for, as partially priced events are: a new
+    catalog version seldom prices what their model lacked, and a run per version would read
+    them all again."""
     names: set[str] = set()
     for found in unpriced:
+        if not found.unknown_model:
+            continue
         try:
             catalog.resolve(found.model, found.provider)
         except UnknownModel:

@@ -184,18 +184,22 @@ class UnpricedModel:
     events: int
     first_at: datetime
     last_at: datetime
+    #: some of them are unpriced because the catalog did not know the model (no matched model);
+    #: the others named a known model that has no price for what they used
+    unknown_model: bool = True
 
 
 async def unpriced_models(conn: DbConnection) -> list[UnpricedModel]:
-    """Every (project, model, provider) with events kept unpriced because the catalog did not
-    know their model, from their partial index: what a reprice looks at after the catalog
-    changed. (An event of a known model that has no price for what it used is unpriced too,
-    with its `matched_model`; as a partially priced one, it waits for a run asked for.)"""
+    """Every (project, model, provider) with events kept unpriced, from their partial index:
+    what a reprice looks at after the catalog changed; `unknown_model` when some of them are
+    unpriced because the catalog did not know their model. (An event of a known model that has
+    no price for what it used is unpriced too, with its `matched_model`.)"""
     rows = await conn.fetch(
         """
         SELECT project_id, model, provider, count(*) AS events,
-               min(occurred_at) AS first_at, max(occurred_at) AS last_at
-        FROM usage_events WHERE status = 'unpriced' AND matched_model IS NULL
+               min(occurred_at) AS first_at, max(occurred_at) AS last_at,
+               bool_or(matched_model IS NULL) AS unknown_model
+        FROM usage_events WHERE status = 'unpriced'
         GROUP BY project_id, model, provider
         ORDER BY project_id, model, provider NULLS FIRST
         """
