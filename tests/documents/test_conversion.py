@@ -136,3 +136,12 @@ async def test_a_tool_that_is_not_installed_fails_the_conversion_naming_it(tmp_p
 
     with pytest.raises(ConversionError, match=r"^no-such-tool-7f3a is not installed on the task"):
         await run_tool(["no-such-tool-7f3a", "--version"], timeout=5, cwd=tmp_path)
+
+
+async def test_a_tools_temporary_files_go_in_its_work_directory(tmp_path: Path) -> None:
+    """Before, TMPDIR was the system's: a LibreOffice killed at its timeout left lu*.tmp
+    directories and pipes in /tmp that no sweep removed."""
+    from aiserver.documents.conversion import run_tool
+
+    made = await run_tool(["mktemp"], timeout=5, cwd=tmp_path)
+    assert Path(made.decode().strip()).parent == tmp_path

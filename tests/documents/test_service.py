@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import uuid
 
 import asyncpg
+import pytest
 
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service, store
@@ -113,3 +115,28 @@ async def test_a_job_interrupted_while_it_waits_for_a_slot_counts_as_a_try(db: S
         failed = await store.get_document(conn, document_id)
     assert failed is not None
     assert (failed.status, failed.attempts) == ("failed", 3)
+
+
+async def test_an_error_no_conversion_foresees_fails_the_document(
+    db: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a full disk (or any error but a conversion's own) left the document `processing`
+    for good: arq does not run a job again after it raised."""
+    async with require_pool().acquire() as conn:
+        document_id = await store.create_document(
+            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+        )
+
+    async def disk_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(service, "convert", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        await service.process(require_pool(), str(document_id), DocumentSettings(),
+                              asyncio.Semaphore(1))  # fmt: skip
+    async with require_pool().acquire() as conn:
+        failed = await store.get_document(conn, document_id)
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert "unexpectedly (OSError" in failed.error

@@ -131,7 +131,9 @@ async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        env={**os.environ, "HOME": str(cwd)},
+        # HOME and TMPDIR in the work directory: LibreOffice's profile and temporary files
+        # (killed, it leaves lu*.tmp directories) go with it when it is removed
+        env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)},
     )
     try:
         async with asyncio.timeout(timeout):

@@ -149,6 +149,22 @@ async def _start(
         delay = min(delay * 2, 1.0)
 
 
+async def _fail_unexpectedly(pool: asyncpg.Pool, doc_id: uuid.UUID, exc: Exception) -> None:
+    """Mark a document failed by an error no conversion foresees (a full disk, the database
+    lost while storing the outputs): arq runs a job that raised once, so the document would
+    stay `processing` for good. Best effort: if the database is what failed, it may fail too,
+    and is logged."""
+    reason = f"the conversion failed unexpectedly ({type(exc).__name__}: {exc}); upload it again"
+    try:
+        async with pool.acquire() as conn:
+            await store.mark_failed(conn, doc_id, reason[:1000])
+    except Exception as again:  # the job's own error is what arq reports
+        log.error("document left processing: it could not be marked failed",
+                  document_id=str(doc_id), error=f"{type(again).__name__}: {again}")  # fmt: skip
+    else:
+        log.error("document failed", document_id=str(doc_id), reason=reason)
+
+
 async def process(
     pool: asyncpg.Pool,
     document_id: str,
@@ -185,11 +201,19 @@ async def process(
                 await store.mark_failed(conn, doc_id, str(exc))
             log.warning("document failed", document_id=document_id, reason=str(exc))
             return {"document_id": document_id, "status": "failed", "error": str(exc)}
-    async with pool.acquire() as conn:
-        await store.save_outputs(
-            conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
-            text=converted.text, text_truncated=converted.text_truncated, pages=converted.pages,
-        )  # fmt: skip
+        except Exception as exc:
+            await _fail_unexpectedly(pool, doc_id, exc)
+            raise
+    try:
+        async with pool.acquire() as conn:
+            await store.save_outputs(
+                conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
+                text=converted.text, text_truncated=converted.text_truncated,
+                pages=converted.pages,
+            )  # fmt: skip
+    except Exception as exc:
+        await _fail_unexpectedly(pool, doc_id, exc)
+        raise
     log.info("document converted", document_id=document_id, pages=converted.page_count,
              rendered=len(converted.pages), text_bytes=len(converted.text))  # fmt: skip
     return {"document_id": document_id, "status": "done", "page_count": converted.page_count}
