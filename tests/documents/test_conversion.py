@@ -145,3 +145,19 @@ async def test_a_tools_temporary_files_go_in_its_work_directory(tmp_path: Path) 
 
     made = await run_tool(["mktemp"], timeout=5, cwd=tmp_path)
     assert Path(made.decode().strip()).parent == tmp_path
+
+
+async def test_a_tool_is_cut_once_its_output_passes_the_bound(tmp_path: Path) -> None:
+    """pdftotext wrote every page's text into this process's memory before the text was cut
+    to DOCUMENT_MAX_TEXT_BYTES: a 789 KB PDF of 5,000 pages gave 90 MB. A tool that writes
+    without end (`yes`) is now killed once it has passed the bound, and what it wrote so far is
+    the answer (before, it ran to its timeout)."""
+    from aiserver.documents.conversion import run_tool
+
+    out = await run_tool(["yes", "a line of text"], timeout=20, cwd=tmp_path, max_output=100_000)
+    assert 100_000 < len(out) <= 100_000 + (1 << 16)
+    assert out.startswith(b"a line of text\n")
+    # a tool that fails within the bound still fails, naming its last line of stderr
+    with pytest.raises(ConversionError, match="failed \\(exit 3\\): the last line"):
+        await run_tool(["sh", "-c", "echo first >&2; echo the last line >&2; exit 3"],
+                       timeout=5, cwd=tmp_path, max_output=100)  # fmt: skip

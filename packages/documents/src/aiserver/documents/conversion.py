@@ -113,10 +113,15 @@ def _command(name: str) -> str:
     return found
 
 
-async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
+async def run_tool(
+    args: list[str], *, timeout: float, cwd: Path, max_output: int | None = None
+) -> bytes:
     """Run a tool; return its stdout. Kill its whole process group when `timeout` passes; and
     should this process be gone by then, coreutils' `timeout` (`gtimeout` where coreutils come
-    with a g, as from Homebrew) kills it a few seconds later."""
+    with a g, as from Homebrew) kills it a few seconds later. With `max_output`, the tool is
+    killed once its stdout has passed that many bytes, and what it wrote so far (more than
+    `max_output` bytes: the caller sees it was cut) is the answer: a small PDF can hold
+    gigabytes of text, which must never all be in this process's memory."""
     killer = shutil.which("timeout") or shutil.which("gtimeout")
     if killer is None:
         raise ConversionError("coreutils' timeout is not installed on the task runner")
@@ -135,9 +140,13 @@ async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
         # (killed, it leaves lu*.tmp directories) go with it when it is removed
         env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)},
     )
+    cut = False
     try:
         async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
+            if max_output is None:
+                out, err = await proc.communicate()
+            else:
+                out, err, cut = await _bounded_output(proc, max_output)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -147,13 +156,51 @@ async def run_tool(args: list[str], *, timeout: float, cwd: Path) -> bytes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not cut:
         reason = err.decode("utf-8", "replace").strip().splitlines()
         raise ConversionError(
             f"{Path(args[0]).name} failed (exit {proc.returncode}): "
             + (reason[-1] if reason else "no message")
         )
     return out
+
+
+#: What is kept of a tool's stderr (its end): its last line is the reason a failure gives.
+_MAX_STDERR: Final = 64 * 1024
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """Read `stream` to its end (a tool never blocks on a full pipe), keeping its last `keep`
+    bytes."""
+    kept = b""
+    while chunk := await stream.read(1 << 16):
+        kept = (kept + chunk)[-keep:]
+    return kept
+
+
+async def _bounded_output(
+    proc: asyncio.subprocess.Process, limit: int
+) -> tuple[bytes, bytes, bool]:
+    """The tool's stdout up to just past `limit` bytes (then its process group is killed), the
+    end of its stderr, and whether it was cut."""
+    assert proc.stdout is not None and proc.stderr is not None
+    errors = asyncio.ensure_future(_tail(proc.stderr, _MAX_STDERR))
+    chunks: list[bytes] = []
+    size, cut = 0, False
+    try:
+        while chunk := await proc.stdout.read(1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                cut = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+        err = await errors
+        await proc.wait()
+    finally:
+        errors.cancel()
+    return b"".join(chunks), err, cut
 
 
 def _write_profile(profile: Path) -> None:
@@ -248,7 +295,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         page_count = int(match.group(1))
         text_bytes = await run_tool(
             ["pdftotext", "-layout", "-enc", "UTF-8", str(pdf_path), "-"],
-            timeout=remaining(), cwd=work,
+            timeout=remaining(), cwd=work, max_output=limits.max_text_bytes,
         )  # fmt: skip
         text, truncated = _truncate_utf8(text_bytes, limits.max_text_bytes)
         rendered = min(page_count, limits.max_pages)
