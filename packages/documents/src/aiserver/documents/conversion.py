@@ -183,7 +183,8 @@ async def _bounded_output(
 ) -> tuple[bytes, bytes, bool]:
     """The tool's stdout up to just past `limit` bytes (then its process group is killed), the
     end of its stderr, and whether it was cut."""
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None  # both piped by run_tool
+    assert proc.stderr is not None
     errors = asyncio.ensure_future(_tail(proc.stderr, _MAX_STDERR))
     chunks: list[bytes] = []
     size, cut = 0, False
