@@ -161,3 +161,21 @@ async def test_a_tool_is_cut_once_its_output_passes_the_bound(tmp_path: Path) ->
     with pytest.raises(ConversionError, match="failed \\(exit 3\\): the last line"):
         await run_tool(["sh", "-c", "echo first >&2; echo the last line >&2; exit 3"],
                        timeout=5, cwd=tmp_path, max_output=100)  # fmt: skip
+
+
+async def test_the_page_images_together_keep_to_their_budget() -> None:
+    """Before, the page images had no total bound: a hostile PDF's pages of noise (some 55 MB
+    each as PNG) were all written, read into memory and stored together, gigabytes per
+    conversion. Pages past DOCUMENT_MAX_IMAGE_BYTES are not kept now; the text still is."""
+    pages = [f"page {n}" for n in range(1, 24)]
+    pdf = (await convert(docx(*pages), "docx", LIMITS)).pdf
+    every = await convert(pdf, "pdf", Limits(timeout_s=60, max_pages=30, max_text_bytes=10**6,
+                                             dpi=40))  # fmt: skip
+    assert len(every.pages) == 23  # rendered in three runs of at most 10 pages
+    sizes = [len(p) for p in every.pages]
+    budget = sum(sizes[:5]) + sizes[5] // 2  # five pages fit, the sixth does not
+    kept = await convert(pdf, "pdf", Limits(timeout_s=60, max_pages=30, max_text_bytes=10**6,
+                                            dpi=40, max_image_bytes=budget))  # fmt: skip
+    assert kept.pages == every.pages[:5]
+    assert kept.page_count == 23
+    assert "page 23" in kept.text

@@ -234,10 +234,42 @@ def _render_runs(info: bytes, rendered: int, dpi: int) -> list[tuple[int, int, f
     return runs
 
 
-def _read_pages(work: Path) -> list[bytes]:
+#: Pages one pdftoppm run renders at most: after each run the images' bytes are counted, so a
+#: hostile PDF (pages of noise, some 55 MB each as PNG) overshoots the budget by one run at most.
+_RENDER_CHUNK: Final = 10
+
+
+def _chunks(runs: list[tuple[int, int, float]]) -> list[tuple[tuple[int, float], int]]:
+    """The runs of `_render_runs` cut into at most `_RENDER_CHUNK` pages each: ((first page,
+    resolution), last page)."""
+    chunks = []
+    for first, last, resolution in runs:
+        for start in range(first, last + 1, _RENDER_CHUNK):
+            chunks.append(((start, resolution), min(last, start + _RENDER_CHUNK - 1)))
+    return chunks
+
+
+def _page_files(work: Path) -> list[Path]:
     """pdftoppm's page-1.png (or page-01.png, ...) files, in page order."""
-    files = sorted(work.glob("page-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    return [p.read_bytes() for p in files]
+    return sorted(work.glob("page-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+
+
+def _images_size(work: Path) -> int:
+    return sum(p.stat().st_size for p in _page_files(work))
+
+
+def _read_pages(work: Path, budget: int) -> list[bytes]:
+    """The page images in page order, as many as fit in `budget` bytes together: the first
+    page that would pass it, and every page after it, are left out."""
+    pages: list[bytes] = []
+    used = 0
+    for path in _page_files(work):
+        size = path.stat().st_size
+        if used + size > budget:
+            break
+        pages.append(path.read_bytes())
+        used += size
+    return pages
 
 
 async def convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
@@ -302,13 +334,16 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         rendered = min(page_count, limits.max_pages)
         pages: list[bytes] = []
         if rendered:
-            for first, last, resolution in _render_runs(info, rendered, limits.dpi):
+            for first, last in _chunks(_render_runs(info, rendered, limits.dpi)):
+                resolution = first[1]
                 await run_tool(
-                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first),
+                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first[0]),
                      "-l", str(last), str(pdf_path), str(work / "page")],
                     timeout=remaining(), cwd=work,
                 )  # fmt: skip
-            pages = await asyncio.to_thread(_read_pages, work)
+                if await asyncio.to_thread(_images_size, work) > limits.max_image_bytes:
+                    break  # the pages rendered so far hold the budget already
+            pages = await asyncio.to_thread(_read_pages, work, limits.max_image_bytes)
         return Converted(
             pdf=await asyncio.to_thread(pdf_path.read_bytes),
             page_count=page_count,

@@ -18,12 +18,14 @@ def upload_body_limit(settings: DocumentSettings) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one conversion may take: time, pages rendered, text kept, image resolution."""
+    """What one conversion may take: time, pages rendered, text kept, image resolution, and
+    the bytes of the page images together."""
 
     timeout_s: float
     max_pages: int
     max_text_bytes: int
     dpi: int
+    max_image_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def of(cls, settings: DocumentSettings) -> Limits:
@@ -32,4 +34,5 @@ class Limits:
             max_pages=settings.document_max_pages,
             max_text_bytes=settings.document_max_text_bytes,
             dpi=settings.document_render_dpi,
+            max_image_bytes=settings.document_max_image_bytes,
         )

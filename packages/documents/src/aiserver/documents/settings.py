@@ -15,6 +15,8 @@ class DocumentSettings(Section, frozen=True, kw_only=True):
     document_max_bytes: PositiveInt = 20 * 1024 * 1024
     document_max_pages: PositiveInt = 50
     document_max_text_bytes: PositiveInt = 2 * 1024 * 1024
+    #: the page images of one document together (PNG bytes): the pages past it are not kept
+    document_max_image_bytes: PositiveInt = 256 * 1024 * 1024
     document_render_dpi: Annotated[int, msgspec.Meta(ge=36, le=600)] = 100
     document_conversion_timeout_seconds: PositiveFloat = 120.0
     document_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
