@@ -18,12 +18,12 @@ from aiserver.costs.live import LiveCatalog
 from aiserver.costs.money import money
 from aiserver.costs.overrides import delete_override, list_overrides, put_override
 from aiserver.costs.pricing import Usage
-from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.costs.store.overrides import Override
 
-from ..conftest import Settings, replace_settings
-from ..support.catalog import document, models
+from ..conftest import Settings
 from ..support.upstream import Upstream
+from .test_store import live_catalog
+from .test_store import pool as pool  # the fixture
 
 URL = "http://unused"
 SCOPE_MIGRATION = "2026-12-05T03:00:00:000000"
@@ -32,21 +32,8 @@ SCOPE_MIGRATION = "2026-12-05T03:00:00:000000"
 @pytest.fixture
 async def live(settings: Settings, upstream: Upstream) -> AsyncIterator[LiveCatalog]:
     """gpt-test-000 to gpt-test-004, OpenAI's; gpt-test-003's input price is 4e-06."""
-    cfg = replace_settings(settings, model_cost_source_url=upstream.url, model_cost_fetch_retries=0)
-    upstream.serve(document(models(5)))
-    assert (await refresh_catalog(cfg.core, cfg.costs, trigger="test")).outcome is Outcome.APPLIED
-    catalog = LiveCatalog(cfg.core, cfg.costs, poll_interval=60)
-    await catalog.start()
-    try:
+    async with live_catalog(settings, upstream, 5) as catalog:
         yield catalog
-    finally:
-        await catalog.stop()
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(settings.core.database_url, min_size=1, max_size=2) as pool:
-        yield pool
 
 
 async def _put(

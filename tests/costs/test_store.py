@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import itertools
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -92,10 +93,14 @@ def test_only_the_store_writes_sql_on_the_catalog_tables() -> None:
 # -- the override service ----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def live(settings: Settings, upstream: Upstream) -> AsyncIterator[LiveCatalog]:
+@contextlib.asynccontextmanager
+async def live_catalog(
+    settings: Settings, upstream: Upstream, count: int
+) -> AsyncIterator[LiveCatalog]:
+    """A started live catalog of gpt-test-000 to gpt-test-<count - 1>, refreshed from
+    `upstream` into the test's database."""
     cfg = replace_settings(settings, model_cost_source_url=upstream.url, model_cost_fetch_retries=0)
-    upstream.serve(document(models(3)))
+    upstream.serve(document(models(count)))
     report = await refresh_catalog(cfg.core, cfg.costs, trigger="test")
     assert report.outcome is Outcome.APPLIED
     catalog = LiveCatalog(cfg.core, cfg.costs, poll_interval=60)
@@ -104,6 +109,12 @@ async def live(settings: Settings, upstream: Upstream) -> AsyncIterator[LiveCata
         yield catalog
     finally:
         await catalog.stop()
+
+
+@pytest.fixture
+async def live(settings: Settings, upstream: Upstream) -> AsyncIterator[LiveCatalog]:
+    async with live_catalog(settings, upstream, 3) as catalog:
+        yield catalog
 
 
 @pytest.fixture
