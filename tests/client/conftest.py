@@ -159,27 +159,40 @@ def client_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheel
 
 
+# -- fronts for the API on 127.0.0.1 ---------------------------------------------------------
+
+
+@dataclass
+class _Front(LocalServer):
+    """A 127.0.0.1 HTTP front for the API at `target`, which forwards what it chooses to."""
+
+    target: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    def _forward(self, method: str, path: str, body: bytes, received: Any) -> httpx.Response:
+        headers = {"Authorization": received["Authorization"], "Content-Type": "application/json"}
+        return httpx.request(method, self.target + path, content=body, headers=headers, timeout=30)
+
+
 # -- a front that fails the API's first answers -----------------------------------------------
 
 
 @dataclass
-class FailingFront(LocalServer):
+class FailingFront(_Front):
     """A 127.0.0.1 HTTP front for the API. Its first `refuse` usage requests get a 503 problem
     with Retry-After: `retry_after` (none when None: the recorder's own backoff decides), unseen
     by the API; the next `lose` ones are forwarded (the API commits them) and then answered 503
     all the same; the rest are forwarded. `arrivals` notes when each request came (monotonic)
     and what it was answered."""
 
-    target: str = ""
     refuse: int = 3
     lose: int = 2
     retry_after: int | None = 1
     arrivals: list[tuple[float, int]] = field(default_factory=list)  # (when, status answered)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rsplit("/", 1)[0]
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         front = self
@@ -192,7 +205,7 @@ class FailingFront(LocalServer):
                     front.arrivals.append((time.monotonic(), 0))
                 if n <= front.refuse + front.lose:
                     if n > front.refuse:
-                        committed = front._forward(self.path, body, self.headers)
+                        committed = front._forward("POST", self.path, body, self.headers)
                         assert committed.status_code in (200, 201), committed.text
                     self._answer(503, json.dumps({
                         "type": "urn:aiserver:problem:service-unavailable", "status": 503,
@@ -200,7 +213,7 @@ class FailingFront(LocalServer):
                     }).encode(), front._retry_after())  # fmt: skip
                     status = 503
                 else:
-                    answer = front._forward(self.path, body, self.headers)
+                    answer = front._forward("POST", self.path, body, self.headers)
                     self._answer(answer.status_code, answer.content, {})
                     status = answer.status_code
                 with front._lock:
@@ -220,11 +233,6 @@ class FailingFront(LocalServer):
     def _retry_after(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
-    def _forward(self, path: str, body: bytes, received: Any) -> httpx.Response:
-        auth = received["Authorization"]
-        headers = {"Authorization": auth, "Content-Type": "application/json"}
-        return httpx.post(self.target + path, content=body, timeout=30, headers=headers)
-
 
 # -- a front that answers as a script says ------------------------------------------------------
 
@@ -243,21 +251,15 @@ class Answer:
 
 
 @dataclass
-class ScriptedFront(LocalServer):
+class ScriptedFront(_Front):
     """A 127.0.0.1 HTTP front for the API: request n (from 0, any method) is answered as
     `script[n]` says, and the requests after the script as `rest` says (None: forwarded to
     `target`, and answered as the API answers). `seen` notes each request's method and path,
     and the status it was answered (0: hung up)."""
 
-    target: str = ""
     script: list[Answer] = field(default_factory=list)
     rest: Answer | None = None
     seen: list[tuple[str, str, int]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rsplit("/", 1)[0]
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         front = self
@@ -292,7 +294,3 @@ class ScriptedFront(LocalServer):
                     front.seen[n] = (self.command, self.path, answer.status)
 
         return Handler
-
-    def _forward(self, method: str, path: str, body: bytes, received: Any) -> httpx.Response:
-        headers = {"Authorization": received["Authorization"], "Content-Type": "application/json"}
-        return httpx.request(method, self.target + path, content=body, headers=headers, timeout=30)
