@@ -217,9 +217,15 @@ def _truncate_utf8(text: bytes, limit: int) -> tuple[str, bool]:
     return text[:limit].decode("utf-8", "ignore"), True
 
 
+#: Pages one pdftoppm run renders at most: after each run the images' bytes are counted, so a
+#: hostile PDF (pages of noise, some 55 MB each as PNG) overshoots the budget by one run at most.
+_RENDER_CHUNK: Final = 10
+
+
 def _render_runs(info: bytes, rendered: int, dpi: int) -> list[tuple[int, int, float]]:
     """The pdftoppm runs for pages 1 to `rendered` (their sizes from pdfinfo's `info`): first
-    page, last page and resolution, each run a stretch of pages at one resolution."""
+    page, last page and resolution, each run a stretch of at most `_RENDER_CHUNK` pages at one
+    resolution."""
     longest = {int(n): max(float(w), float(h)) for n, w, h in _PAGE_SIZE.findall(info)}
     runs: list[tuple[int, int, float]] = []
     for page in range(1, rendered + 1):
@@ -227,26 +233,11 @@ def _render_runs(info: bytes, rendered: int, dpi: int) -> list[tuple[int, int, f
         resolution = float(dpi)
         if side * dpi / 72 > MAX_PAGE_PIXELS:  # a hair under the bound, against rounding up
             resolution = MAX_PAGE_PIXELS * 72 / side * (1 - 1e-6)
-        if runs and runs[-1][2] == resolution:
+        if runs and runs[-1][2] == resolution and page - runs[-1][0] < _RENDER_CHUNK:
             runs[-1] = (runs[-1][0], page, resolution)
         else:
             runs.append((page, page, resolution))
     return runs
-
-
-#: Pages one pdftoppm run renders at most: after each run the images' bytes are counted, so a
-#: hostile PDF (pages of noise, some 55 MB each as PNG) overshoots the budget by one run at most.
-_RENDER_CHUNK: Final = 10
-
-
-def _chunks(runs: list[tuple[int, int, float]]) -> list[tuple[tuple[int, float], int]]:
-    """The runs of `_render_runs` cut into at most `_RENDER_CHUNK` pages each: ((first page,
-    resolution), last page)."""
-    chunks = []
-    for first, last, resolution in runs:
-        for start in range(first, last + 1, _RENDER_CHUNK):
-            chunks.append(((start, resolution), min(last, start + _RENDER_CHUNK - 1)))
-    return chunks
 
 
 def _page_files(work: Path) -> list[Path]:
@@ -334,10 +325,9 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         rendered = min(page_count, limits.max_pages)
         pages: list[bytes] = []
         if rendered:
-            for first, last in _chunks(_render_runs(info, rendered, limits.dpi)):
-                resolution = first[1]
+            for first, last, resolution in _render_runs(info, rendered, limits.dpi):
                 await run_tool(
-                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first[0]),
+                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first),
                      "-l", str(last), str(pdf_path), str(work / "page")],
                     timeout=remaining(), cwd=work,
                 )  # fmt: skip
