@@ -212,6 +212,29 @@ async def test_an_invalid_event_does_not_keep_the_reservation_held(
     assert await reservation_states(ledger.url, tenant.id) == {reservation_id: "released"}
 
 
+async def refused_guard(base_url: str, key: str, kind: str, *, retries: int) -> AiserverError:
+    """Enter a budget guard through `base_url` (a `sync` client in a thread, or an `async` one):
+    the error its reserve raised. The call under the guard must not be made."""
+
+    async def guarded_async() -> None:
+        async with (
+            AsyncClient(base_url, key, retries=retries) as aclient,
+            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
+    def guarded() -> None:
+        with (
+            Client(base_url, key, retries=retries) as client,
+            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pytest.fail("the call is made although the reserve failed")
+
+    with pytest.raises(AiserverError) as refused:
+        await (guarded_async() if kind == "async" else asyncio.to_thread(guarded))
+    return refused.value
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
     ledger: Ledger, tenant: Tenant, kind: str
@@ -222,27 +245,12 @@ async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
     budget_id = await hard_budget(ledger, tenant)
     front = FailingFront(target=ledger.api.base_url, refuse=0, lose=1, retry_after=None)
 
-    async def guarded_async() -> None:
-        async with (
-            AsyncClient(front.base_url, tenant.key, retries=0) as aclient,
-            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-        ):
-            pytest.fail("the call is made although the reserve failed")
-
-    def guarded() -> None:
-        with (
-            Client(front.base_url, tenant.key, retries=0) as client,
-            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-        ):
-            pytest.fail("the call is made although the reserve failed")
-
     front.start()
     try:
-        with pytest.raises(AiserverError) as lost:
-            await (guarded_async() if kind == "async" else asyncio.to_thread(guarded))
+        lost = await refused_guard(front.base_url, tenant.key, kind, retries=0)
     finally:
         front.stop()
-    assert lost.value.status == 503
+    assert lost.status == 503
     assert [status for _, status in front.arrivals] == [503, 200]  # the reserve, the release
     states = await reservation_states(ledger.url, tenant.id)
     assert list(states.values()) == ["released"]
@@ -264,27 +272,12 @@ async def test_a_reserve_whose_repeats_were_answered_a_retried_4xx_is_released(
     lost = Answer(forward=True, hang_up=True)
     front = ScriptedFront(target=ledger.api.base_url, script=[lost, again, again])
 
-    async def guarded_async() -> None:
-        async with (
-            AsyncClient(front.base_url, tenant.key, retries=2) as aclient,
-            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-        ):
-            pytest.fail("the call is made although the reserve failed")
-
-    def guarded() -> None:
-        with (
-            Client(front.base_url, tenant.key, retries=2) as client,
-            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
-        ):
-            pytest.fail("the call is made although the reserve failed")
-
     front.start()
     try:
-        with pytest.raises(AiserverError) as failed:
-            await (guarded_async() if kind == "async" else asyncio.to_thread(guarded))
+        failed = await refused_guard(front.base_url, tenant.key, kind, retries=2)
     finally:
         front.stop()
-    assert failed.value.status == status
+    assert failed.status == status
     seen = [(path.rsplit("/", 1)[-1], answered) for _, path, answered in front.seen]
     assert seen == [("reserve", 0), ("reserve", status), ("reserve", status), ("release", 200)]
     assert list((await reservation_states(ledger.url, tenant.id)).values()) == ["released"]
