@@ -257,6 +257,35 @@ async def test_a_reservation_whose_answer_was_lost_is_released_by_the_guard(
     assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_reserve_that_reaches_the_api_after_the_guards_release_holds_nothing(
+    ledger: Ledger, tenant: Tenant, kind: str
+) -> None:
+    """The reserve is late: the front answers it 503 without passing it on (the client has
+    given up), the guard's release reaches the API first, and only then does the reserve (the
+    same body, with the id the guard chose) arrive. It holds nothing and answers `released`."""
+    budget_id = await hard_budget(ledger, tenant)
+    late = Answer(503, b'{"status": 503, "title": "Service Unavailable", "detail": "late"}')
+    front = ScriptedFront(target=ledger.api.base_url, script=[late])
+
+    front.start()
+    try:
+        failed = await refused_guard(front.base_url, tenant.key, kind, retries=0)
+    finally:
+        front.stop()
+    assert failed.status == 503
+    seen = [(path.rsplit("/", 1)[-1], answered) for _, path, answered in front.seen]
+    assert seen == [("reserve", 503), ("release", 200)]
+    (chosen,) = await reservation_states(ledger.url, tenant.id)
+    body = {"model": "gpt-4o", "tags": TEAM, "estimate": "0.40", "reservation_id": chosen}
+    async with ledger.api.client(headers=tenant.auth) as client:
+        arrived = await client.post("/v1/budgets/reserve", json=body)
+    assert arrived.status_code == 200, arrived.text
+    assert (arrived.json()["state"], arrived.json()["budgets"]) == ("released", [])
+    assert await reservation_states(ledger.url, tenant.id) == {chosen: "released"}
+    assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"
+
+
 @pytest.mark.parametrize("status", [408, 425, 429])
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_reserve_whose_repeats_were_answered_a_retried_4xx_is_released(

@@ -370,12 +370,17 @@ async def test_release_gives_the_hold_back_once_and_then_answers_the_state(
     await record(pool, access, event("b", NOW, str(settled.id)))
     assert await reservations.release(pool, access, str(settled.id)) == (settled.id, "settled")
     assert await window(pool, access, limited) == (Decimal("0.004998") * 2, Decimal(0))
-    # another project's reservation looks exactly like none
+    # another project's reservation looks exactly like none: its id is written down as
+    # released in this project, and theirs stays held
     other = await _project(pool, "q", "UTC")
     theirs = await reserve(pool, other, amount=Decimal(1), now=NOW)
-    for unknown in (str(theirs.id), "00000000-0000-0000-0000-000000000000", "nope"):
-        with pytest.raises(UnknownReservation):
-            await reservations.release(pool, access, unknown)
+    for unknown in (str(theirs.id), "00000000-0000-0000-0000-000000000000"):
+        assert await reservations.release(pool, access, unknown) == (uuid.UUID(unknown),
+                                                                     "released")  # fmt: skip
+    held = "SELECT state FROM budget_reservations WHERE project_id = $1 AND id = $2"
+    assert await pool.fetchval(held, other.project_id, theirs.id) == "held"
+    with pytest.raises(UnknownReservation, match="8-4-4-4-12"):
+        await reservations.release(pool, access, "nope")
 
 
 async def test_only_the_id_as_written_names_a_reservation(
@@ -813,12 +818,59 @@ async def test_a_caller_gone_before_its_statement_is_sent_holds_nothing(
     assert await window(pool, access, whole) == (Decimal(0), Decimal("0.1"))
 
 
-async def test_a_release_of_no_reservation_stores_nothing(
+@pytest.mark.parametrize("way", ["quick", "slow"])
+async def test_a_release_that_comes_before_its_reserve_leaves_the_reserve_holding_nothing(
+    pool: asyncpg.Pool, access: Access, way: str
+) -> None:
+    """A client's reserve went unanswered, and its release by the chosen id reached the server
+    first: the id is written down as released (no estimate, no holds), so the reserve that
+    comes later holds nothing and answers `released`; the event naming it settles nothing."""
+    hard = await budget(pool, access, "1")
+    chosen = "0f1e2d3c-4b5a-4968-8776-655443322110"
+    if way == "quick":
+        await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the zone, now known
+        await reservations.release_expired(pool, now=NOW + timedelta(hours=1))
+    else:
+        reservations._ZONES.clear()  # the slow way, as a new process's
+    assert await reservations.release(pool, access, chosen) == (uuid.UUID(chosen), "released")
+    assert await reservations.release(pool, access, chosen) == (uuid.UUID(chosen), "released")
+    late = await reserve(pool, access, amount=Decimal("0.9"), reservation_id=chosen, now=NOW)
+    assert (str(late.id), late.state, late.repeated, late.holds) == (chosen, "released", True, ())
+    assert await window(pool, access, hard) == (Decimal(0), Decimal(0))
+    (result,) = await record(pool, access, event("late", NOW, chosen))
+    assert result.reservation == "not_held"
+    # the whole window is still free: the late reserve took none of it
+    assert (await reserve(pool, access, amount=Decimal(1) - Decimal("0.004998"), now=NOW)).holds
+    row = await pool.fetchrow(
+        "SELECT amount, state, budget_ids, ended_at FROM budget_reservations WHERE id = $1",
+        uuid.UUID(chosen),
+    )
+    assert (row["amount"], row["state"], row["budget_ids"]) == (None, "released", [])
+    assert row["ended_at"] is not None
+
+
+async def test_a_release_and_its_reserve_racing_never_leave_anything_held(
     pool: asyncpg.Pool, access: Access
 ) -> None:
-    with pytest.raises(UnknownReservation):
-        await reservations.release(pool, access, "0f1e2d3c-4b5a-4968-8776-655443322110")
-    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 0
+    """Releases and reserves of the same chosen ids sent at once, on both ways: whichever comes
+    first, nothing stays held and the window's reserved room comes back to 0."""
+    hard = await budget(pool, access, "100")
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the zone, now known
+    await reservations.release_expired(pool, now=NOW + timedelta(hours=1))
+    for round_ in range(20):
+        if round_ % 2:
+            reservations._ZONES.clear()
+        chosen = str(uuid.uuid4())
+        calls = [reserve(pool, access, amount=Decimal("0.5"), reservation_id=chosen, now=NOW),
+                 reservations.release(pool, access, chosen)]  # fmt: skip
+        if round_ % 4 < 2:
+            calls.reverse()
+        await asyncio.gather(*calls)
+        assert await reservations.release(pool, access, chosen) == (uuid.UUID(chosen),
+                                                                    "released")  # fmt: skip
+    held = "SELECT count(*) FROM budget_reservations WHERE state = 'held'"
+    assert await pool.fetchval(held) == 0
+    assert await window(pool, access, hard) == (Decimal(0), Decimal(0))
 
 
 async def test_a_release_that_meets_its_reserve_committing_releases_what_it_made(

@@ -111,7 +111,7 @@ class _Guard:
 
     def _release_failed(self, exc: Exception) -> None:
         if isinstance(exc, AiserverError) and exc.status == 404:
-            return  # after a reserve that failed: none was made, nothing is held
+            return  # the server made no reservation of the id: nothing is held
         expires = "" if self._reservation is None else f" at {self._reservation.expires_at}"
         log.warning(
             "aiserver reservation %s not released (%s); it is released when it expires%s",

@@ -33,7 +33,8 @@ AiserverError
     ├── UnknownBudget         404 unknown-budget: none by that id, or another project's
     ├── WebhooksDisabled      403 webhooks-disabled: a budget webhook asked for while no
     │                             WEBHOOK_SECRET_KEYS are configured to seal its secret
-    ├── UnknownReservation    404 unknown-reservation: none by that id, or another project's
+    ├── UnknownReservation    404 unknown-reservation: an id that names none (not a UUID as
+    │                             the API writes one)
     ├── ReservationConflict   409 reservation-conflict: a reserve repeated with the id of a
     │                             reservation made for another estimate
     ├── BudgetExceeded        402 budget-exceeded: a reservation that a hard budget cannot

@@ -64,12 +64,13 @@ class ReservationOut(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
     budgets: list[HoldOut]  # the hard budgets that hold it (none: no hard budget matches)
     # held; for a repeat (200), the state it is in now: held, settled, released or expired
+    # (released, with no budgets: the id was released before this reserve came)
     state: str
 
 
 class ReleaseOut(msgspec.Struct, frozen=True, kw_only=True):
     reservation_id: str
-    state: str  # released; or settled, expired: it had ended before
+    state: str  # released (also an id with no reservation yet); or settled, expired
 
 
 def _decimal(text: str) -> Decimal:
@@ -163,6 +164,9 @@ class ReservationController(Controller):
         self, access: NamedDependency[Access], reservation_id: FromPath[str]
     ) -> ReleaseOut:
         """Give back what the reservation holds. A reservation that had already ended (settled
-        by its event, released, expired) answers its state and changes nothing."""
+        by its event, released, expired) answers its state and changes nothing. An id the
+        project has no reservation of yet is written down as released: a reserve of it that
+        comes later (one whose answer was given up on) holds nothing and answers `released`.
+        A 404 only for an id that can name no reservation (not 8-4-4-4-12 hex digits)."""
         released, state = await reservations.release(require_pool(), access, reservation_id)
         return ReleaseOut(reservation_id=str(released), state=state)

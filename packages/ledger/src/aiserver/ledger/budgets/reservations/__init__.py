@@ -273,6 +273,9 @@ async def _repeated(
     """The reservation of the chosen id that the project has already, as a repeat's answer."""
     row = await store.read_reservation(pool, project_id, reservation_id)
     assert row is not None, "a reservation is never deleted"
+    if row["amount"] is None:  # released before this reserve came: it holds nothing
+        return Reservation(reservation_id, amount, row["expires_at"], (), state=row["state"],
+                           repeated=True)  # fmt: skip
     if row["amount"] != amount:
         raise ReservationConflict(
             f"reservation {reservation_id} was made for an estimate of {money(row['amount'])} "
@@ -368,16 +371,22 @@ def _releases(held: Iterable[Held]) -> dict[StripeKey, tuple[Decimal, Decimal]]:
 
 async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tuple[UUID, str]:
     """Release a held reservation; idempotent: a reservation that already ended answers its
-    state. `UnknownReservation` for none of the key's project's.
+    state. `UnknownReservation` only for an id that could name none (not a UUID as the API
+    writes one).
 
-    A release may meet its own reserve in progress: a client whose reserve went unanswered
-    releases by the id it chose while that reserve, slow rather than lost, is between its insert
-    and its COMMIT. Finding no reservation, the release looks once more in a way that waits for
-    such a reserve (`store.made_meanwhile`, which stores nothing) and releases what it made."""
+    A release may come before its own reserve: a client whose reserve went unanswered releases
+    by the id it chose, while that reserve is still on its way, or between its insert and its
+    COMMIT. Finding no reservation of the id, the release writes the id down as released
+    (`store.release_first`, which waits for such a reserve in progress): a reserve of it that
+    comes later holds nothing. When a reserve of the id committed meanwhile, the release
+    releases what it made. So the id of a project's release never holds anything after it."""
     project_id = access.project_key("ingest")
     parsed = _parse(reservation_id)
     if parsed is None:
-        raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
+        raise UnknownReservation(
+            f"no reservation {reservation_id[:80]!r}: a reservation id is a UUID written as "
+            "8-4-4-4-12 hex digits"
+        )
     async with pool.acquire() as conn:
         while True:
             async with conn.transaction():
@@ -389,8 +398,8 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
                 if row is not None:
                     state: str = row["state"]
                     return parsed, state
-                if not await store.made_meanwhile(conn, project_id, parsed):
-                    raise UnknownReservation(f"no reservation {reservation_id[:80]!r}")
+                if await store.release_first(conn, project_id, parsed):
+                    return parsed, "released"
             # a reserve of the id committed while the release looked: release what it made
 
 

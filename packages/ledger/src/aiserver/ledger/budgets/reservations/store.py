@@ -286,27 +286,23 @@ async def read_reservation(
     )
 
 
-async def made_meanwhile(conn: DbConnection, project_id: int, reservation_id: UUID) -> bool:
-    """Whether a reserve of `reservation_id` committed while this looked: an insert of the id,
-    which waits for a reserve of it in progress and then meets its row, rolled back whatever it
-    found (so nothing is stored). False when no reservation of the id exists."""
-    probe = conn.transaction()  # a savepoint inside the caller's transaction
-    await probe.start()
-    try:
-        inserted = await conn.fetchval(
-            """
-            INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
-                                             stripes, amounts, expires_at, state)
-            VALUES ($1, $2, 1, '{}', '{}', '{}', '{}', now(), 'released')
-            ON CONFLICT (project_id, id) DO NOTHING
-            RETURNING true
-            """,
-            project_id,
-            reservation_id,
-        )
-    finally:
-        await probe.rollback()
-    return not inserted
+async def release_first(conn: DbConnection, project_id: int, reservation_id: UUID) -> bool:
+    """Write `reservation_id` down as released before any reserve of it came: no estimate, no
+    holds, so that a reserve of the id that comes later meets it as a repeat and holds nothing.
+    The insert waits for a reserve of the id in progress; False when the project has a
+    reservation of the id (one such reserve committed meanwhile): nothing is written then."""
+    written: bool | None = await conn.fetchval(
+        """
+        INSERT INTO budget_reservations (project_id, id, amount, budget_ids, window_starts,
+                                         stripes, amounts, expires_at, state, ended_at)
+        VALUES ($1, $2, NULL, '{}', '{}', '{}', '{}', now(), 'released', now())
+        ON CONFLICT (project_id, id) DO NOTHING
+        RETURNING true
+        """,
+        project_id,
+        reservation_id,
+    )
+    return bool(written)
 
 
 async def end_reservations(
