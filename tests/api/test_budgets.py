@@ -51,6 +51,7 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
         "webhook_url": None,
         "created_at": created["created_at"],
         "updated_at": created["updated_at"],
+        "counts_from": iso(start),
         "window": {
             "start": iso(start),
             "end": iso(end),  # type: ignore[arg-type]

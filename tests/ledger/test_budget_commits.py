@@ -5,6 +5,7 @@ retries, time zones or budgets created while usage streams in."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
-from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import UsageRecorder
@@ -78,7 +79,9 @@ async def windows(pool: asyncpg.Pool) -> dict[tuple[int, datetime], tuple[Decima
 
 async def brute_force(pool: asyncpg.Pool) -> dict[tuple[int, datetime], tuple[Decimal, int, int]]:
     """Every budget's windows summed from the raw events, by the rules in plain Python."""
-    budgets = await pool.fetch("SELECT id, tags::text AS tags, model, period FROM budgets")
+    budgets = await pool.fetch(
+        "SELECT id, tags::text AS tags, model, period, counts_from FROM budgets"
+    )
     events = await pool.fetch(
         "SELECT occurred_at, tags::text AS tags, model, matched_model, total_cost FROM usage_events"
     )
@@ -92,6 +95,8 @@ async def brute_force(pool: asyncpg.Pool) -> dict[tuple[int, datetime], tuple[De
             if b["model"] is not None and b["model"] not in (e["model"], e["matched_model"]):
                 continue
             start, _ = window_of(b["period"], ZONE, e["occurred_at"])
+            if start < b["counts_from"]:
+                continue  # a window from before the budget
             found = sums[b["id"], start]
             found[0] += e["total_cost"] or 0
             found[1] += 1
@@ -103,10 +108,12 @@ async def test_each_event_adds_its_exact_cost_to_every_budget_it_matches_once(
     project: tuple[asyncpg.Pool, Access],
 ) -> None:
     pool, access = project
-    whole = await budget(pool, access, period="month")
-    search = await budget(pool, access, tags={"team": "search"})
-    search_x = await budget(pool, access, tags={"team": "search", "env": "prod"}, model="gpt-x")
-    unknown = await budget(pool, access, model="mystery-1", period="total")
+    made = NOW - timedelta(days=3)  # the budgets count from the window that held then
+    whole = await budget(pool, access, period="month", now=made)
+    search = await budget(pool, access, tags={"team": "search"}, now=made)
+    search_x = await budget(pool, access, tags={"team": "search", "env": "prod"}, model="gpt-x",
+                            now=made)  # fmt: skip
+    unknown = await budget(pool, access, model="mystery-1", period="total", now=made)
     earlier = NOW - timedelta(days=2)
     assert await record(
         pool, access,
@@ -137,7 +144,7 @@ async def test_a_day_is_the_projects_day_across_a_daylight_saving_change(
     project: tuple[asyncpg.Pool, Access],
 ) -> None:
     pool, access = project
-    daily = await budget(pool, access)
+    daily = await budget(pool, access, now=datetime(2026, 10, 20, tzinfo=UTC))
     # Berlin's clocks went back on 2026-10-25: that day ran from 22:00 UTC on the 24th to
     # 23:00 UTC on the 25th (25 hours)
     instants = ["2026-10-24T21:59:59+00:00", "2026-10-24T22:00:00+00:00",
@@ -221,7 +228,8 @@ async def test_each_threshold_a_window_crosses_raises_one_alert(
     # 100% is 0.02 (5th), 150% is 0.03 (7th)
     limited = await budget(
         pool, access, limit_usd=Decimal("0.02"), thresholds=[Decimal(150), Decimal(50),
-                                                               Decimal(80), Decimal(100)]
+                                                               Decimal(80), Decimal(100)],
+        now=NOW - timedelta(days=1),  # so that yesterday's window counts
     )  # fmt: skip
     today = window_of("day", ZONE, NOW)[0].isoformat()
     await record(pool, access, event("a", NOW), event("b", NOW))
@@ -312,6 +320,76 @@ async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
     # today's window takes the event it counted, priced; the day of three days ago stays unwritten
     assert await windows(pool) == {(daily, today): (Decimal("0.003998"), 1, 0)}
     assert [(a[0], a[1]) for a in await alerts(pool)] == [(daily, today.isoformat())]
+
+
+async def test_a_late_event_of_a_window_from_before_the_budget_counts_for_none_of_its_windows(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """A budget counts from the window it was made in. Before, a late event of an older window
+    opened that window with itself alone, and a reprice of an event recorded there before the
+    budget then moved a cost the window had never counted (a price cut: a negative total)."""
+    pool, access = project
+    before = NOW - timedelta(days=3)
+    monthly = await budget(pool, access, period="month", now=before - timedelta(days=40))
+    await record(pool, access, event("old", before, model="mystery-1"))
+    daily = await budget(pool, access, limit_usd=Decimal("0.01"), thresholds=[Decimal(1)])
+    counts_from = await pool.fetchval("SELECT counts_from FROM budgets WHERE id = $1", daily)
+    today = window_of("day", ZONE, NOW)[0]
+    assert counts_from == today
+    # late events of three days ago, the second a backfill on its own
+    assert await record(pool, access, event("late", before), event("now", NOW)) == ["recorded"] * 2
+    assert await record(pool, access, event("later", before, tokens=7)) == ["recorded"]
+    got = await windows(pool)
+    assert {k for k in got if k[0] == daily} == {(daily, today)}
+    assert got[daily, today] == (Decimal("0.004998"), 1, 0)
+    assert got == await brute_force(pool)  # the month budget, made long before, counts them all
+    assert sum(v[1] for k, v in got.items() if k[0] == monthly) == 4
+
+    await reprice_with_mystery_priced(pool, access)
+    got = await windows(pool)
+    assert {k for k in got if k[0] == daily} == {(daily, today)}
+    assert got == await brute_force(pool)
+    assert [(a[0], a[1]) for a in await alerts(pool)] == [(daily, today.isoformat())]
+
+
+async def test_the_migration_sets_each_existing_budgets_counts_from_to_its_creation_window(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """The upgrade's statement (SQL `date_trunc` in the project's zone) draws the window that
+    held each budget's `created_at` as `window_of` does: every period, zones east and west of
+    UTC and off the hour, a daylight-saving day, a Sunday night before a Monday."""
+    pool, _ = project
+    upgrade = importlib.import_module(
+        "aiserver.ledger.piccolo_migrations.ledger_2026_12_05t05_00_00_000000"
+    )
+    instants = [datetime(2026, 10, 25, 1, 30, tzinfo=UTC), datetime(2026, 3, 8, 6, 59, tzinfo=UTC),
+                datetime(2026, 12, 6, 23, 15, tzinfo=UTC), datetime(2026, 12, 31, 20, tzinfo=UTC),
+                datetime(2027, 1, 1, 0, 0, tzinfo=UTC)]  # fmt: skip
+    made = []
+    for n, zone in enumerate(("Europe/Berlin", "America/New_York", "Asia/Kolkata",
+                              "Pacific/Kiritimati", "UTC")):  # fmt: skip
+        slug = f"z{n}"
+        project_id = await pool.fetchval(
+            "INSERT INTO projects (slug, name, time_zone) VALUES ($1, $1, $2) RETURNING id",
+            slug, zone,
+        )  # fmt: skip
+        access = Access(project_id, slug, frozenset({"admin"}))
+        for period in PERIODS:
+            for at in instants:
+                made.append((await budget(pool, access, period=period, now=NOW), zone, period, at))
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE budgets ALTER COLUMN counts_from DROP NOT NULL")
+        for budget_id, _, _, at in made:
+            await conn.execute(
+                "UPDATE budgets SET created_at = $2, counts_from = NULL WHERE id = $1",
+                budget_id, at,
+            )  # fmt: skip
+        await conn.execute(upgrade.STATEMENTS[1])
+        got = dict(await conn.fetch("SELECT id, counts_from FROM budgets"))
+        await conn.execute("ALTER TABLE budgets ALTER COLUMN counts_from SET NOT NULL")
+    assert len(made) == 5 * len(PERIODS) * len(instants)
+    for budget_id, zone, period, at in made:
+        assert got[budget_id] == window_of(period, zone, at)[0], (zone, period, at)
 
 
 async def test_a_limit_lowered_past_the_windows_spend_alerts_for_each_threshold_now_reached(

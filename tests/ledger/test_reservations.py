@@ -435,7 +435,7 @@ async def test_windows_follow_the_projects_days_across_daylight_saving_changes(
     pool: asyncpg.Pool,
 ) -> None:
     ny = await _project(pool, "ny", "America/New_York")
-    daily = await budget(pool, ny, "1")
+    daily = await budget(pool, ny, "1", now=datetime(2026, 3, 6, tzinfo=UTC))
     # 8 March 2026: New York's clocks go from 02:00 EST to 03:00 EDT; the day is 23 hours long,
     # from 05:00 UTC to 04:00 UTC the next day
     start, end = datetime(2026, 3, 8, 5, tzinfo=UTC), datetime(2026, 3, 9, 4, tzinfo=UTC)

@@ -280,8 +280,9 @@ async def _change_windows(
     """After a change of the project's time zone (its row locked FOR UPDATE: no usage is being
     written): each `day`, `week` or `month` budget's windows were keyed by the starts of the old
     zone's periods. They all go, and the current window in the new zone is made from the
-    project's recorded events in it, as a budget created now would start (a window of the past
-    is not made again). Alerts raised stay; a threshold the new window is past already does not
+    project's recorded events in it, as a budget created now would start: the budget counts
+    from it on (a window of the past is not made again, and a late event of one counts for
+    none). Alerts raised stay; a threshold the new window is past already does not
     alert again, as only an addition that carries a window past a threshold alerts."""
     zoned = _zoned(budgets)
     if not zoned:

@@ -97,6 +97,9 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
     webhook_url: str | None
     created_at: datetime
     updated_at: datetime
+    # the start of the first window it counts: the one it was made in (or made again in by a
+    # time zone change); an event of an earlier window counts for none
+    counts_from: datetime
     window: WindowOut  # the current one, in the project's time zone
     webhook_secret: str | None = None  # only in the answer that made it: shown this once
 
@@ -108,7 +111,7 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
             limit_usd=money(b.limit_usd), currency="USD",
             thresholds=[money(t) for t in b.thresholds], hard=b.hard,
             webhook_url=b.webhook_url, created_at=b.created_at, updated_at=b.updated_at,
-            window=WindowOut.of(view.window), webhook_secret=secret,
+            counts_from=b.counts_from, window=WindowOut.of(view.window), webhook_secret=secret,
         )  # fmt: skip
 
 

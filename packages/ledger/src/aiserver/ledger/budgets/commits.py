@@ -1,8 +1,9 @@
 """What recorded events add to budget windows, and the alerts they raise: pure, so that ingest
 (and a reprice) only have to write the sums.
 
-An event counts for a budget when it carries every tag of the budget (equal values) and, if the
-budget names a model, was reported as that model or priced as it. It adds its exact cost to the
+An event counts for a budget when it carries every tag of the budget (equal values), if the
+budget names a model, was reported as that model or priced as it, and its window is not older
+than the one the budget was made in (`counts_from`). It adds its exact cost to the
 budget's window that holds its `occurred_at` (not the window of the moment it arrived), one to
 the window's events, and, when no price could value it, one to the window's unpriced events: an
 unpriced event is never counted as $0, and a reprice commits its cost once it is priced.
@@ -16,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from aiserver.costs.pricing.exact import ADD, DIVIDE, MULTIPLY, SUBTRACT
-from aiserver.ledger.budgets.periods import Period, window_of
+from aiserver.ledger.budgets.periods import FOREVER, Period, window_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,9 @@ class BudgetScope:
     limit_usd: Decimal = Decimal(0)
     thresholds: tuple[Decimal, ...] = ()
     has_webhook: bool = False
+    #: The start of the first window the budget counts (the one it was made in): an event of an
+    #: earlier window counts for none of its windows.
+    counts_from: datetime = FOREVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,8 @@ def window_sums(
                 span = windows[budget.period, spend.occurred_at] = window_of(
                     budget.period, time_zone, spend.occurred_at
                 )
+            if span[0] < budget.counts_from:
+                continue  # a window from before the budget: it counts none of its events
             found = sums.get((budget.id, span[0]))
             if found is None:
                 found = sums[budget.id, span[0]] = WindowSum(span[1], Decimal(0), 0, 0)

@@ -164,16 +164,17 @@ async def create_budget(
             raise InvalidField(
                 f"a project has at most {rules.MAX_BUDGETS} budgets; delete one first", ["name"]
             )
+        # The budget counts from the current window on, which starts with what the project
+        # spent in it so far: a daily budget set at 3 pm counts the morning. Exact, since the
+        # project's row is locked: no usage is being written meanwhile (ingest takes it FOR
+        # KEY SHARE).
+        zone = await store.project_time_zone(conn, project_id)
+        start, end = window_of(checked_period, zone, now or datetime.now(UTC))
         budget = await store.insert_budget(
             conn, project_id, name=name, tags=checked_tags, model=model,
             period=checked_period, limit_usd=limit_usd, thresholds=levels, hard=hard,
-            webhook_url=webhook_url, webhook_secret=sealed,
+            webhook_url=webhook_url, webhook_secret=sealed, counts_from=start,
         )  # fmt: skip
-        # The current window starts with what the project spent in it so far: a daily budget
-        # set at 3 pm counts the morning. Exact, since the project's row is locked: no usage
-        # is being written meanwhile (ingest takes it FOR KEY SHARE).
-        zone = await store.project_time_zone(conn, project_id)
-        start, end = window_of(budget.period, zone, now or datetime.now(UTC))  # type: ignore[arg-type]
         await store.fill_window(conn, budget, start, end)
         (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
         await _alert_reached(conn, view)

@@ -35,6 +35,7 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     has_webhook_secret: bool
     created_at: datetime
     updated_at: datetime
+    counts_from: datetime  # the start of the first window it counts (the one it was made in)
 
 
 class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +49,8 @@ class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
 
 _BUDGET: Final = """
     project_id, id, name, tags::text AS tags, model, period, limit_usd, thresholds, hard,
-    webhook_url, webhook_secret IS NOT NULL AS has_webhook_secret, created_at, updated_at
+    webhook_url, webhook_secret IS NOT NULL AS has_webhook_secret, created_at, updated_at,
+    counts_from
 """
 _TAGS: Final = msgspec.json.Decoder(dict[str, str])
 
@@ -83,12 +85,13 @@ async def insert_budget(
     hard: bool,
     webhook_url: str | None,
     webhook_secret: Sealed | None,
+    counts_from: datetime,
 ) -> Budget:
     row = await conn.fetchrow(
         f"""
         INSERT INTO budgets (project_id, name, tags, model, period, limit_usd, thresholds, hard,
-                             webhook_url, webhook_secret, webhook_secret_key_id)
-        VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)
+                             webhook_url, webhook_secret, webhook_secret_key_id, counts_from)
+        VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         RETURNING {_BUDGET}
         """,  # noqa: S608
         project_id,
@@ -102,6 +105,7 @@ async def insert_budget(
         webhook_url,
         None if webhook_secret is None else webhook_secret.value,
         None if webhook_secret is None else webhook_secret.key_id,
+        counts_from,
     )
     assert row is not None  # INSERT ... RETURNING always returns the row
     return _budget(row)
@@ -290,6 +294,7 @@ def _scopes(project_id: int, rows: Sequence[Any]) -> tuple[str, list[BudgetScope
             r["limit_usd"],
             tuple(r["thresholds"]),
             r["has_webhook"],
+            r["counts_from"],
         )
         for r in rows
         if r["budget_id"] is not None
@@ -391,8 +396,16 @@ async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[C
 async def fill_window(
     conn: DbConnection, budget: Budget, start: datetime, end: datetime | None
 ) -> None:
-    """Write a new budget's window [start, end) with what the project's recorded events in it
-    that the budget matches cost (the rules of `commits.matches`, in SQL)."""
+    """The budget counts from its window [start, end) on (a new budget's, or the current one
+    after a time zone change): set its `counts_from`, and write the window with what the
+    project's recorded events in it that the budget matches cost (the rules of
+    `commits.matches`, in SQL)."""
+    await conn.execute(
+        "UPDATE budgets SET counts_from = $3 WHERE project_id = $1 AND id = $2",
+        budget.project_id,
+        budget.id,
+        start,
+    )
     await conn.execute(
         """
         INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,

@@ -311,10 +311,10 @@ async def _move_budget_costs(
 ) -> None:
     """What the repriced events change in their budgets' windows: each event's old cost out and
     its new one in (an event that was unpriced now commits its cost), with the alerts of the
-    thresholds this carries a window past, as ingest does. Only windows that count events are
-    corrected: a budget made after an event, or a time zone change, left the event's window
-    uncounted, and a correction there would count what was never in it (a window of the past
-    with -1 unpriced events, a negative total, an alert for days long gone)."""
+    thresholds this carries a window past, as ingest does. A window from before the budget (its
+    `counts_from`) counts no event, so it is not corrected (`window_deltas` leaves it out); nor
+    is a window without a row (one whose budget counted no event there: a correction would
+    count what was never in it, a window with -1 unpriced events or a negative total)."""
     by_project: dict[int, list[tuple[Spend, Spend]]] = {}
     for row, valuation in moved:
         tags = _TAGS.decode(row["tags"])

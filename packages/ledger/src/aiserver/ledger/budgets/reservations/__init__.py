@@ -475,9 +475,10 @@ def _total(amounts: Iterable[Decimal]) -> Decimal:
 def _moved(budget: BudgetScope | None, hold: Hold, spend: Spend, time_zone: str) -> Decimal:
     """The cost that ingest commits to the hold's window: the event's, when the budget counts
     it there (an unpriced event's counts once a reprice prices it; an event of another window
-    counts in its own)."""
+    counts in its own; a window from before the budget counts none)."""
     if budget is None or spend.cost is None or not matches(budget, spend):
         return Decimal(0)
-    if window_of(budget.period, time_zone, spend.occurred_at)[0] != hold.window_start:
+    start = window_of(budget.period, time_zone, spend.occurred_at)[0]
+    if start != hold.window_start or start < budget.counts_from:
         return Decimal(0)
     return spend.cost
