@@ -20,7 +20,7 @@ from ..conftest import Settings, replace_settings
 from ..support.catalog import document, model_entry, models
 from ..support.upstream import Upstream
 
-ADMIN_TOKEN = "s3cret-admin-token-0123456789"
+ADMIN_TOKEN = "s3cret-admin-token-0123456789abcdef"
 Client = AsyncTestClient  # type: ignore[type-arg]
 
 
@@ -43,7 +43,7 @@ async def api_settings(settings: Settings, upstream: Upstream) -> Settings:
     cfg = replace_settings(
         settings,
         model_cost_source_url=upstream.url,
-        api_admin_tokens=(ADMIN_TOKEN, "another-token"),
+        api_admin_tokens=(ADMIN_TOKEN, "another-operator-token-0123456789"),
         catalog_poll_interval_seconds=0.2,
         model_cost_fetch_retries=0,
     )

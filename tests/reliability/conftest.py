@@ -61,7 +61,10 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             await refresh_catalog(settings.core, settings.costs, trigger="test")
         ).outcome is Outcome.APPLIED
         log = tmp_path_factory.mktemp("served-api") / "api.log"
-        async with api_process(api_env(url, upstream_url=upstream.url), log) as api:
+        # no limit on failed attempts: the auth and fuzzing tests present dozens of wrong tokens
+        # from this one address (tests/api/test_auth_failures.py tests the limit)
+        env = api_env(url, upstream_url=upstream.url, API_AUTH_FAILURE_LIMIT="0")
+        async with api_process(env, log) as api:
             yield Served(settings, api, upstream)
     finally:
         upstream.stop()

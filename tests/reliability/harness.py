@@ -39,8 +39,8 @@ from ..support.catalog import document, model_entry
 from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, kill, log_events
 from ..support.upstream import LocalServer, QuietHandler, Upstream
 
-ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58"
-OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f286"
+ADMIN_TOKEN: Final = "rel-admin-9f3c2b7e61d04a58c3e1f09b"
+OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f2867a4d2c15"
 PROBLEM_JSON: Final = "application/problem+json"
 JSON_TYPE: Final = "application/json"
 MICRO: Final = Decimal("0.000001")

@@ -35,7 +35,7 @@ from ..taskrunner.test_worker import run_burst
 pytestmark = pytest.mark.slow
 
 ROLLUP_TAGS: Final = ("team", "user")
-ADMIN_TOKEN: Final = "rollups-admin-token-0123456789"
+ADMIN_TOKEN: Final = "rollups-admin-token-0123456789abcdef"
 
 
 @pytest.fixture

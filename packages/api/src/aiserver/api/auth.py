@@ -11,26 +11,156 @@ credential learns nothing else about itself. The server-wide endpoints (catalog 
 overrides, creating and listing projects, archiving one) take only an operator's token
 (`requires_admin`, or `Access.require_operator`); a valid project key there is a 403, never a way
 in. Tokens and keys never reach a log line, a problem body or a metric label.
+
+Guessing is limited (`FailedAttempts`): a client address whose attempts failed
+API_AUTH_FAILURE_LIMIT times within API_AUTH_FAILURE_WINDOW_SECONDS is refused (429
+`too-many-failed-attempts`, with Retry-After) before its credential is checked, until the oldest
+of those failures is that old. What counts and what is refused:
+
+- the dashboard's sign-in (`aiserver.api.ui.signin`): every credential it refuses as not valid
+  (401), a key or a token; a blocked address cannot sign in at all;
+- a bearer token that is not shaped like a project key: a wrong operator token counts, and a
+  blocked address is refused such tokens. Operator tokens are chosen by the operator, so they
+  may be guessable; this limit keeps the JSON API from being the way around the sign-in's.
+- a bearer project key is never counted nor refused here: its secret is 256 random bits (hashed
+  at rest), which no number of guesses finds, and a counted key would let one client with a
+  revoked key stop the ingest of every client behind the same address.
+
+A success does not clear an address's failures: a holder of any valid key could otherwise
+interleave its own sign-ins with guesses of an operator token. The count is kept in each API
+process (each replica, each uvicorn worker counts on its own).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
 
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from aiserver.api.errors import AdminDisabled
+from aiserver.api.errors import AdminDisabled, TooManyFailures
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
+from aiserver.core_db.logging import get_logger
 from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import KeyRejected
 from aiserver.ledger.keys import looks_like_key
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
+
+log = get_logger(__name__)
+
+#: The most client addresses a process remembers failures of (a few MB at the default limit).
+MAX_ADDRESSES: Final = 10_000
+#: Where the app keeps its `FailedAttempts` (in `app.state`, made on first use).
+_STATE_KEY: Final = "failed_attempts"
+
+
+class FailedAttempts:
+    """The times of the recent failed attempts of each client address, in this process.
+
+    An address with `limit` failures in the last `window_s` seconds must wait until the oldest
+    of them is `window_s` old. At most `max_addresses` addresses are remembered: an address
+    whose failures are all out of the window is forgotten, and past the bound the one that
+    failed longest ago, so an attacker that rotates addresses cannot grow this (it gets `limit`
+    attempts per address and window, with or without it). `limit` 0 refuses nobody.
+    """
+
+    def __init__(
+        self, limit: int, window_s: float, *, max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._clock = clock
+        # address -> the times of its last `limit` failures, oldest first; the addresses in
+        # the order of their last failure, so that the first ones are the first to forget
+        self._failures: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def wait(self, address: str) -> int:
+        """Whole seconds until `address` may try again; 0: it may now."""
+        times = self._failures.get(address, ())
+        if self.limit == 0 or len(times) < self.limit:
+            return 0
+        left = times[0] + self.window_s - self._clock()
+        return math.ceil(left) if left > 0 else 0
+
+    def failed(self, address: str) -> bool:
+        """Count a failed attempt of `address`; whether it must wait now."""
+        if self.limit == 0:
+            return False
+        now = self._clock()
+        self._forget(now)
+        self._failures[address] = (*self._failures.pop(address, ()), now)[-self.limit :]
+        if len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+        return self.wait(address) > 0
+
+    def _forget(self, now: float) -> None:
+        """Drop the addresses whose last failure is out of the window (they come first)."""
+        while self._failures:
+            address, times = next(iter(self._failures.items()))
+            if times[-1] + self.window_s > now:
+                return
+            del self._failures[address]
+
+
+def client_address(connection: AnyConnection) -> str:
+    """Whom a failed attempt counts against: the client's IP address as the server has it, which
+    uvicorn takes from X-Forwarded-For when the peer is one of FORWARDED_ALLOW_IPS (as for
+    X-Forwarded-Proto); an IPv6 address by its /64, which one host may hold whole; "" unknown."""
+    host = connection.client.host if connection.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:100]  # a name a trusted proxy forwarded (or a test client's)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def failed_attempts(connection: AnyConnection) -> FailedAttempts:
+    """The app's count of failed attempts (this process's), made on its first use."""
+    state = connection.app.state
+    found: FailedAttempts | None = state.get(_STATE_KEY)
+    if found is None:
+        settings: ApiSettings = state.settings
+        found = FailedAttempts(
+            settings.api_auth_failure_limit, settings.api_auth_failure_window_seconds
+        )
+        state[_STATE_KEY] = found
+    return found
+
+
+def attempt_wait(connection: AnyConnection) -> int:
+    """Whole seconds until the connection's client may try a credential again; 0: now."""
+    return failed_attempts(connection).wait(client_address(connection))
+
+
+def attempt_failed(connection: AnyConnection) -> None:
+    """Count a failed attempt of the connection's client; say so in the log (its address, never
+    the credential) when that makes it wait."""
+    attempts, address = failed_attempts(connection), client_address(connection)
+    if attempts.failed(address):
+        log.warning(
+            "too many failed attempts to authenticate: refusing the client for a while",
+            client=address, failures=attempts.limit, window_seconds=attempts.window_s,
+            retry_after=attempts.wait(address),
+        )  # fmt: skip
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
@@ -42,7 +172,8 @@ def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
 
 
 async def _authenticate(connection: AnyConnection, *, wanted: str) -> Access:
-    """The access of the connection's bearer token; `KeyRejected` (401) without one."""
+    """The access of the connection's bearer token; `KeyRejected` (401) without one,
+    `TooManyFailures` (429) for a token not shaped like a key from a client that must wait."""
     scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
     token = presented.strip()
     if scheme.lower() != "bearer" or not token:
@@ -50,9 +181,13 @@ async def _authenticate(connection: AnyConnection, *, wanted: str) -> Access:
     if looks_like_key(token):
         keyring: Keyring = connection.app.state.keyring
         return await keyring.authenticate(require_pool(), token)
+    wait = attempt_wait(connection)
+    if wait:
+        raise TooManyFailures(wait)
     settings: ApiSettings = connection.app.state.settings
     if token_matches(token, settings.api_admin_tokens):
         return Access.operator()
+    attempt_failed(connection)
     raise KeyRejected(f"the token is not valid: this endpoint needs {wanted}")
 
 

@@ -10,6 +10,9 @@ missing or wrong credential is the ledger's `KeyRejected`, 401).
     │   │                        token (docs/ui.md)
     │   └── UnknownQuery     422 invalid-request: a query parameter the route does not take;
     │                            `fields` names them
+    ├── TooManyFailures      429 too-many-failed-attempts: the client's address failed to
+    │                        authenticate too often lately (aiserver.api.auth.FailedAttempts);
+    │                        Retry-After says when it may try again
     └── Unavailable
         ├── NotReady         503 not-ready: a readiness check fails; `checks` lists them all
         └── ExportsBusy      503 exports-busy: this process streams as many usage exports as
@@ -18,9 +21,10 @@ missing or wrong credential is the ledger's `KeyRejected`, 401).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from aiserver.core_db.errors import InvalidInput, Unavailable
+from aiserver.core_db.errors import AiserverError, InvalidInput, Unavailable
 
 
 class AdminDisabled(InvalidInput, status=403, slug="admin-disabled"):
@@ -61,6 +65,21 @@ class RepeatedQuery(InvalidInput):
 
     def members(self) -> dict[str, Any]:
         return {"fields": self.fields}
+
+
+class TooManyFailures(AiserverError, status=429, slug="too-many-failed-attempts"):
+    """Refused before its credential is checked: neither a wrong request (the same one succeeds
+    later) nor an unavailable server (the wait is this client's only)."""
+
+    def __init__(self, wait_s: int) -> None:
+        super().__init__(
+            "too many failed attempts with a wrong key or token from this address; try again "
+            f"in {wait_s} seconds"
+        )
+        self.wait_s = wait_s
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.wait_s)}
 
 
 class NotReady(Unavailable, slug="not-ready"):

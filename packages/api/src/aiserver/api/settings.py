@@ -1,8 +1,9 @@
-"""The API's settings: the sections of the packages it serves, and its admin tokens."""
+"""The API's settings: the sections of the packages it serves, its admin tokens and the limit on
+failed attempts to authenticate."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Annotated, ClassVar, Final
 
 import msgspec
 
@@ -15,6 +16,11 @@ from aiserver.ledger.settings import LedgerSettings
 
 #: The shortest UI_SESSION_SECRET accepted.
 MIN_SECRET: Final = 32
+#: The shortest operator token accepted (API_ADMIN_TOKENS). A token is chosen by the operator,
+#: and its length is all a check can see of it: 32 characters is what `openssl rand -hex 16`
+#: (128 random bits) or `openssl rand -base64 24` (192) prints, the minimum of UI_SESSION_SECRET
+#: too, and more than any password or placeholder ("changeme", "admin-token") is long.
+MIN_ADMIN_TOKEN: Final = 32
 
 
 class ApiSettings(Section, frozen=True, kw_only=True):
@@ -33,6 +39,11 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     ui_session_secret: str = ""
     #: How long a dashboard session lasts from its sign-in.
     ui_session_seconds: PositiveInt = 8 * 3600
+    #: Failed attempts (dashboard sign-ins, operator tokens) one client address may make within
+    #: API_AUTH_FAILURE_WINDOW_SECONDS; then it is refused (429) until the oldest of them is that
+    #: old (`aiserver.api.auth.FailedAttempts`). 0: no limit.
+    api_auth_failure_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    api_auth_failure_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 300
 
     def __post_init__(self) -> None:
         if self.ui_session_secret and len(self.ui_session_secret) < MIN_SECRET:
@@ -46,3 +57,10 @@ class ApiSettings(Section, frozen=True, kw_only=True):
                 f"API_ADMIN_TOKENS: a token must not start with {KEY_PREFIX!r}, which marks a "
                 "project key"
             )
+        # Never the token itself in the message: where it stands in the list.
+        for n, token in enumerate(self.api_admin_tokens, start=1):
+            if len(token) < MIN_ADMIN_TOKEN:
+                raise SettingsError(
+                    f"API_ADMIN_TOKENS: token {n} of {len(self.api_admin_tokens)} is shorter "
+                    f"than {MIN_ADMIN_TOKEN} characters (make one with `openssl rand -base64 32`)"
+                )

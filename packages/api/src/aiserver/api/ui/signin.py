@@ -2,7 +2,9 @@
 
 The credential comes in a form's body (POST), never in a URL; it is checked as every API request
 checks it (`aiserver.api.auth`), and is forgotten once the session is made. Nothing here logs it,
-and no page shows it.
+and no page shows it. Every credential refused as not valid counts as a failed attempt of the
+client's address; an address that must wait (`aiserver.api.auth.FailedAttempts`) gets the form
+again with a 429 and Retry-After, and its credential is not checked.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect, Template
 
-from aiserver.api.auth import token_matches
+from aiserver.api.auth import attempt_failed, attempt_wait, token_matches
+from aiserver.api.errors import TooManyFailures
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.sessions import (
     COOKIE,
@@ -30,6 +33,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import get_logger
 from aiserver.ledger.authentication import Keyring
+from aiserver.ledger.errors import KeyRejected
 from aiserver.ledger.keys import looks_like_key, parse_key
 from aiserver.ledger.projects import list_projects
 
@@ -46,7 +50,10 @@ def cookie(request: AnyRequest, key: str, value: str, max_age: int) -> Cookie:
     )  # fmt: skip
 
 
-def _form(request: AnyRequest, error: str | None = None, *, status: int = 200) -> Template:
+def _form(
+    request: AnyRequest, error: str | None = None, *, status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Template:  # fmt: skip
     """The sign-in form, with a fresh CSRF token bound to a cookie of its own."""
     nonce = new_token()
     signed = dashboard(request).signer.sign(nonce, SIGN_IN_PURPOSE)
@@ -54,8 +61,21 @@ def _form(request: AnyRequest, error: str | None = None, *, status: int = 200) -
         template_name="sign_in.html",
         context={"csrf": nonce, "error": error},
         status_code=status,
+        headers=headers,
         cookies=[cookie(request, SIGN_IN_COOKIE, signed, SIGN_IN_SECONDS)],
     )
+
+
+def _refused(request: AnyRequest, exc: AiserverError) -> Template:
+    """The form again, saying why the credential signed nobody in; one not valid (401) is a
+    failed attempt of the client's address."""
+    if isinstance(exc, KeyRejected):
+        attempt_failed(request)
+    retry = exc.headers().get("Retry-After")  # a 429's: not a 401's WWW-Authenticate
+    return _form(
+        request, f"Not signed in: {exc.problem()['detail']}.", status=exc.status,
+        headers={"Retry-After": retry} if retry else None,
+    )  # fmt: skip
 
 
 class SignInController(Controller):
@@ -76,6 +96,9 @@ class SignInController(Controller):
                 request, "The form had expired or did not come from this page: try again.",
                 status=403,
             )  # fmt: skip
+        wait = attempt_wait(request)
+        if wait:
+            return _refused(request, TooManyFailures(wait))
         credential = str(form.get("credential") or "").strip()
         sessions = board.sessions(request.app)
         if looks_like_key(credential):
@@ -84,8 +107,7 @@ class SignInController(Controller):
                 access = await keyring.authenticate(require_pool(), credential)
                 access.require("read")
             except AiserverError as exc:
-                detail = exc.problem()["detail"]
-                return _form(request, f"Not signed in: {detail}.", status=exc.status)
+                return _refused(request, exc)
             presented = parse_key(credential)
             assert presented is not None  # authenticate parsed it
             made, _ = await sessions.start(
@@ -95,7 +117,7 @@ class SignInController(Controller):
         else:
             settings: ApiSettings = request.app.state.settings
             if not credential or not token_matches(credential, settings.api_admin_tokens):
-                return _form(request, "Not signed in: the key or token is not valid.", status=401)
+                return _refused(request, KeyRejected("the key or token is not valid"))
             made, _ = await sessions.start(
                 "operator", operator=board.signer.fingerprint(credential)
             )
