@@ -1,8 +1,10 @@
 """A document whose conversion keeps stopping its task runner ends failed, not processing forever.
 
 arq runs a job again when the worker that held it died (once the job's in-progress mark
-expires), up to the task runner's MAX_TRIES; past that it drops the job without calling it. The
-document was marked processing by the try that died, so nothing would ever change it again.
+expires), up to the document job's try limit (`aiserver.documents.service.JOB_MAX_TRIES`); past
+that it drops the job without calling it. The document was marked processing by the try that
+died, so nothing would ever change it again: the document's own count of its conversions
+(MAX_CONVERSIONS, 2) fails it on the try after them.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ async def test_a_document_that_kills_its_workers_ends_failed(
     redis = Redis.from_url(api_settings.core.redis_url)
     try:
         killed = 0
-        for attempt in range(1, 5):  # arq's tries (MAX_TRIES = 3), and one it drops
+        for attempt in range(1, 5):  # two conversions killed, the third try fails it
             if not await _worker_killed_while_converting(
                 api_settings, pg, document_id, attempt, tmp_path
             ):

@@ -1,17 +1,23 @@
-"""The conversion job against the real database: it waits for an upload that is still committing."""
+"""The conversion job against the real database: it waits for an upload that is still committing,
+and ends within its bounds when another session holds its document's row."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
+import time
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import structlog
 
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service, store
+from aiserver.documents.errors import DatabaseStalled
+from aiserver.documents.service import JOB_MAX_TRIES, JobBounds
 from aiserver.documents.settings import DocumentSettings
 
 from ..conftest import Settings
@@ -83,9 +89,10 @@ async def test_a_document_waiting_for_a_conversion_slot_stays_queued(db: Setting
 
 
 async def test_a_job_interrupted_while_it_waits_for_a_slot_counts_as_a_try(db: Settings) -> None:
-    """arq counts a try of the job whether it was cut while converting or while waiting for a
-    slot, and drops the job after its third. So the third try fails the document even if the
-    two before were cut while waiting: it never stays `queued` with no job left to run it."""
+    """The document counts a try of its job whether it was cut while converting or while
+    waiting for a slot. So its third try fails it even if the two before were cut while
+    waiting: it never stays `queued` until arq, which drops a job after its last try, has
+    none left to run it."""
     async with require_pool().acquire() as conn:
         document_id = await store.create_document(
             conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
@@ -140,3 +147,174 @@ async def test_an_error_no_conversion_foresees_fails_the_document(
     assert failed.status == "failed"
     assert failed.error is not None
     assert "unexpectedly (OSError" in failed.error
+
+
+async def test_the_last_try_arq_runs_fails_the_document_whatever_its_own_count(
+    db: Settings,
+) -> None:
+    """arq drops the job after JOB_MAX_TRIES without calling it. Should tries cut before they
+    reached the document have used them up, the last one fails it rather than convert it: a
+    conversion cut then would leave it `queued` or `processing` for good."""
+    async with require_pool().acquire() as conn:
+        first, second = [
+            await store.create_document(
+                conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+            )
+            for _ in range(2)
+        ]
+    slots = asyncio.Semaphore(1)
+    last = await service.process(require_pool(), str(first), DocumentSettings(), slots,
+                                 job_try=JOB_MAX_TRIES)  # fmt: skip
+    before = await asyncio.wait_for(
+        service.process(require_pool(), str(second), DocumentSettings(), slots,
+                        job_try=JOB_MAX_TRIES - 1),
+        timeout=120,
+    )  # fmt: skip
+    async with require_pool().acquire() as conn:
+        failed = await store.get_document(conn, first)
+        converted = await store.get_document(conn, second)
+    assert last["status"] == "failed"
+    assert failed is not None
+    assert (failed.status, failed.attempts, failed.started_at) == ("failed", 1, None)
+    assert failed.error == (
+        f"the conversion job was interrupted {JOB_MAX_TRIES - 1} times, {JOB_MAX_TRIES - 1} of "
+        "them before it reached the document (the task runner stopped or was killed, or the "
+        "database stalled), and no try of it is left"
+    )
+    assert before["status"] == "done"
+    assert converted is not None
+    assert (converted.status, converted.attempts) == ("done", 1)
+
+
+#: Bounds small enough for a test: lock waits of half a second.
+SMALL = JobBounds(lock_wait_s=0.5, step_s=2.0, save_s=5.0)
+
+
+async def _note() -> uuid.UUID:
+    async with require_pool().acquire() as conn:
+        return await store.create_document(
+            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+        )
+
+
+@contextlib.asynccontextmanager
+async def row_locked(settings: Settings, document_id: uuid.UUID) -> AsyncIterator[None]:
+    """Another database session holds the document's row (`FOR UPDATE`) until the block ends."""
+    locker = await asyncpg.connect(settings.core.database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", document_id)
+            yield
+    finally:
+        await locker.close()
+
+
+async def _lock_waits(settings: Settings, statement: str) -> int:
+    """The sessions waiting for a lock in a statement that holds `statement`."""
+    conn = await asyncpg.connect(settings.core.database_url)
+    try:
+        waiting: int = await conn.fetchval(
+            """
+            SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND wait_event_type = 'Lock'
+              AND position($1 in query) > 0
+            """,
+            statement,
+        )
+    finally:
+        await conn.close()
+    return waiting
+
+
+async def test_a_row_lock_held_when_a_try_begins_fails_the_document_within_the_bounds(
+    db: Settings,
+) -> None:
+    """Before, the job's first statement waited for the row as long as the other session held
+    it, into arq's timeout: the document stayed `queued`, its job gone. Now the try gives up
+    after the lock wait and fails the document, once the other session lets go of it."""
+    document_id = await _note()
+    began = time.monotonic()
+    async with row_locked(db, document_id):
+        job = asyncio.create_task(
+            service.process(require_pool(), str(document_id), DocumentSettings(),
+                            asyncio.Semaphore(1), bounds=SMALL)
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while not await _lock_waits(db, "status = 'failed'"):  # the try gave up: it fails
+                assert not job.done()
+                await asyncio.sleep(0.02)
+    with pytest.raises(DatabaseStalled, match=r"^counting the try: another database session"):
+        await asyncio.wait_for(job, timeout=10)
+    assert time.monotonic() - began < 10
+    async with require_pool().acquire() as conn:
+        failed = await store.get_document(conn, document_id)
+    assert failed is not None
+    assert (failed.status, failed.attempts) == ("failed", 0)
+    assert failed.error == (
+        "the conversion failed unexpectedly (DatabaseStalled: counting the try: another "
+        "database session held a lock on the document for more than 0.5 s); upload it again"
+    )
+
+
+async def test_a_row_lock_held_throughout_ends_the_job_within_its_bounds(db: Settings) -> None:
+    """While the other session holds the row, nothing can write the document: the job ends
+    all the same, within its bounds, with the error, and says that the document is left."""
+    document_id = await _note()
+    began = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        async with row_locked(db, document_id):
+            with pytest.raises(DatabaseStalled, match=r"^counting the try"):
+                await service.process(require_pool(), str(document_id), DocumentSettings(),
+                                      asyncio.Semaphore(1), bounds=SMALL)  # fmt: skip
+    took = time.monotonic() - began
+    assert 2 * SMALL.lock_wait_s <= took < 2 * SMALL.most_s(SMALL.step_s)
+    (left,) = [e for e in logs if e["log_level"] == "error"]
+    assert left["event"] == "document left unfinished: it could not be marked failed"
+    assert "marking the document failed: another database session held a lock" in left["error"]
+    async with require_pool().acquire() as conn:
+        untouched = await store.get_document(conn, document_id)
+    assert untouched is not None
+    assert (untouched.status, untouched.attempts) == ("queued", 0)
+
+
+async def test_a_statement_that_does_not_answer_is_cut_at_its_step_s_bound(
+    db: Settings,
+) -> None:
+    """A statement that never answers (here: waiting on a lock longer than the step may take,
+    as a connection that hangs would) is cut at the step's bound, on the server as well."""
+    document_id = await _note()
+    hanging = JobBounds(lock_wait_s=30.0, step_s=0.5, save_s=5.0)
+    began = time.monotonic()
+    async with row_locked(db, document_id):
+        with pytest.raises(DatabaseStalled, match=r"did not answer within 0\.5 s"):
+            await service.process(require_pool(), str(document_id), DocumentSettings(),
+                                  asyncio.Semaphore(1), bounds=hanging)  # fmt: skip
+        assert time.monotonic() - began < 2 * hanging.most_s(hanging.step_s)
+        assert await _lock_waits(db, "UPDATE documents") == 0  # none left waiting
+
+
+async def test_no_free_connection_is_a_stall_too(db: Settings) -> None:
+    document_id = await _note()
+    pool = require_pool()
+    held = [await pool.acquire() for _ in range(db.core.database_pool_max_size)]
+    try:
+        began = time.monotonic()
+        with pytest.raises(DatabaseStalled, match=r"no connection free within 0\.5 s"):
+            await service.process(pool, str(document_id), DocumentSettings(),
+                                  asyncio.Semaphore(1), bounds=SMALL)  # fmt: skip
+        assert time.monotonic() - began < 2 * SMALL.most_s(SMALL.step_s)
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_a_done_document_is_never_marked_failed(db: Settings) -> None:
+    """A failure written late (by a try that gave up) leaves a document that is done as it is."""
+    document_id = await _note()
+    async with require_pool().acquire() as conn:
+        await store.save_outputs(conn, document_id, pdf=b"%PDF-1.7", page_count=1, text="hello",
+                                 text_truncated=False, pages=[])  # fmt: skip
+        await store.mark_failed(conn, document_id, "too late")
+        done = await store.get_document(conn, document_id)
+    assert done is not None
+    assert (done.status, done.error) == ("done", None)

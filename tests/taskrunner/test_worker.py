@@ -19,7 +19,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
-from aiserver.documents.service import VISIBLE_WITHIN_S
+from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES, VISIBLE_WITHIN_S
 from aiserver.ledger.usage.partitions import AHEAD, month_of, next_month, partition_name
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
@@ -194,7 +194,8 @@ def test_a_document_job_outlasts_every_wait_its_settings_allow(
     """arq never runs a job again after its own timeout, so a conversion job cut by it left its
     document `processing` for good (at 600 s a conversion, a fixed 900 s job timeout). The job's
     limit must outlast the worst wait: behind the task runner's other jobs for a slot, each
-    holding it for the wait on its row and its conversion, then its own."""
+    holding it for its conversion and its bounded database steps, then its own, and the wait
+    for its row. Its tries are its own: arq's last one is the one that fails a document."""
     cfg = replace_settings(
         settings,
         document_conversion_timeout_seconds=conversion_s,
@@ -204,8 +205,13 @@ def test_a_document_job_outlasts_every_wait_its_settings_allow(
     (job,) = [f for f in options["functions"] if f.name == "process_document"]
     ahead = options["max_jobs"] - 1  # the other jobs this task runner may be running
     rounds = ahead // concurrent + 1
+    step = JOB_BOUNDS.step_s + JOB_BOUNDS.lock_wait_s  # a database step, its clean-up included
+    save = JOB_BOUNDS.save_s + JOB_BOUNDS.lock_wait_s
+    held = step + conversion_s + step  # marked processing, converted, failed
+    own = VISIBLE_WITHIN_S + 1 + 2 * step + save + step  # its row, its try; its outputs
     assert job.timeout_s is not None
-    assert job.timeout_s > rounds * (conversion_s + VISIBLE_WITHIN_S)
+    assert job.timeout_s > rounds * held + own
+    assert job.max_tries == JOB_MAX_TRIES > options["max_tries"]
 
 
 def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> None:

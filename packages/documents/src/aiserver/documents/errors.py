@@ -8,13 +8,15 @@ AiserverError
 │   ├── UnknownDocument           404 unknown-document
 │   ├── DocumentNotReady          404 document-not-ready: no PDF yet (unknown, or not converted)
 │   └── UnknownPage               404 unknown-page
-└── ConversionError               422 conversion-failed: the document cannot be converted;
-    └── ToolTimeout                   the message is the reason the document shows
+├── ConversionError               422 conversion-failed: the document cannot be converted;
+│   └── ToolTimeout                   the message is the reason the document shows
+└── (Unavailable) DatabaseStalled 503 database-stalled: a database step of the conversion job
+                                      did not end in its bounds (a lock held, a hang)
 """
 
 from __future__ import annotations
 
-from aiserver.core_db.errors import AiserverError, InvalidInput
+from aiserver.core_db.errors import AiserverError, InvalidInput, Unavailable
 
 
 class UnsupportedDocumentType(InvalidInput, status=415, slug="unsupported-media-type"):
@@ -51,3 +53,8 @@ class ToolTimeout(ConversionError):
     def __init__(self, tool: str) -> None:
         super().__init__(f"{tool} timed out and was killed")
         self.tool = tool
+
+
+class DatabaseStalled(Unavailable, slug="database-stalled"):
+    """A database step of the conversion job did not end within its bounds: a lock that another
+    session held on the document's row, a connection that hung, none free in the pool."""

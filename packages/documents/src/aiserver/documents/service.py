@@ -1,26 +1,29 @@
 """What the services do with documents: the API submits and reads them, the task runner converts.
 
 submitted = await submit(pool, upload, settings, enqueue=...)   # API: store + enqueue, atomic
-result = await process(pool, document_id, settings, slots)       # task runner job
+result = await process(pool, document_id, settings, slots, job_try=n)  # task runner job
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Final
 
 import asyncpg
 
+from aiserver.core_db.connections import DbConnection
 from aiserver.core_db.logging import get_logger
 from aiserver.documents import store
 from aiserver.documents.conversion import convert
 from aiserver.documents.errors import (
     ConversionError,
+    DatabaseStalled,
     DocumentNotReady,
     DocumentTooLarge,
     EmptyDocument,
@@ -110,58 +113,156 @@ async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> by
 #: How long a job waits for its document's row: the upload enqueues the job inside its
 #: transaction, so a worker can take the job a moment before the row is committed.
 VISIBLE_WITHIN_S: Final = 10.0
+#: The longest pause between two looks for the row.
+_LOOK_EVERY_S: Final = 1.0
 
 
-#: Tries one document's job gets. Another try means that the last one was interrupted: the task
+#: Conversions one document gets: the tries of its job that reached its row, which the document
+#: counts itself (`attempts`). Another try means that the last one was interrupted: the task
 #: runner stopped or died while the job waited for a conversion slot or converted (killed for
-#: the memory the document took, say). arq runs a job again after that up to the task runner's
-#: MAX_TRIES (3), then drops it without calling it, which would leave the document `queued` or
-#: `processing` for good; so the try past this many (arq's last) fails the document. Every try
-#: is counted when it begins, before it waits for a slot, so the count is arq's own.
+#: the memory the document took, say). The try past this many fails the document.
 MAX_CONVERSIONS: Final = 2
+#: Tries of a document's job that the task runner's job queue (arq) runs, by its own count
+#: (`job_try`), after which it drops the job without calling it: that would leave the document
+#: `queued` or `processing` for good. arq also counts tries cut before they reached the row
+#: (the task runner killed while the job waited for an upload to commit, or the database
+#: stalled), which the document does not; so beyond the document's MAX_CONVERSIONS and the try
+#: that fails it, arq allows as many again for those. Should even these run out, its last try
+#: fails the document rather than convert it, whatever the document's own count.
+JOB_MAX_TRIES: Final = 2 * (MAX_CONVERSIONS + 1)
 
 
-def _interrupted(attempts: int) -> str:
-    return (
-        f"the conversion was interrupted {attempts - 1} times (the task runner stopped or was "
-        "killed while the document waited for a conversion slot or was converted)"
-    )
+@dataclass(frozen=True, slots=True)
+class JobBounds:
+    """How long the database steps of a conversion job may take, so that a stalled database (a
+    row lock another session holds, a connection that hangs, none free in the pool) ends the job
+    with the document failed and the reason, never at the task runner's own timeout, which
+    would leave it `processing` (arq runs no job again after its timeout). Each step is one
+    transaction."""
+
+    #: A step waits this long for a lock (`lock_timeout`) and for a connection of the pool.
+    lock_wait_s: float = 10.0
+    #: One step, all its statements together.
+    step_s: float = 20.0
+    #: Storing the outputs: the PDF and up to DOCUMENT_MAX_IMAGE_BYTES of page images.
+    save_s: float = 90.0
+
+    def most_s(self, seconds: float) -> float:
+        """The longest a step bounded by `seconds` takes: a step cut at its bound gives its
+        connection back (or drops it) within `lock_wait_s` more."""
+        return seconds + self.lock_wait_s
+
+    def holding_slot_s(self, conversion_s: float) -> float:
+        """The longest a job holds a conversion slot: the document marked `processing`, the
+        conversion, then the document failed."""
+        return self.most_s(self.step_s) + conversion_s + self.most_s(self.step_s)
+
+    def outside_slot_s(self, visible_within_s: float = VISIBLE_WITHIN_S) -> float:
+        """The longest a job takes outside its slot: the wait for its row (the last look may
+        begin just before `visible_within_s` is up) and a step that fails the document or reads
+        its status; the outputs stored, or the document failed."""
+        start = visible_within_s + _LOOK_EVERY_S + 2 * self.most_s(self.step_s)
+        return start + self.most_s(self.save_s) + self.most_s(self.step_s)
+
+
+#: The bounds of the task runner's conversion jobs.
+JOB_BOUNDS: Final = JobBounds()
+
+
+@contextlib.asynccontextmanager
+async def _step(
+    pool: asyncpg.Pool, what: str, bounds: JobBounds, seconds: float | None = None
+) -> AsyncIterator[DbConnection]:
+    """A connection in a transaction for one database step of the job (`what` names it): its
+    lock waits bounded by `bounds.lock_wait_s`, the step by `seconds` (`bounds.step_s`). Past
+    either, `DatabaseStalled`, saying which step and why."""
+    seconds = bounds.step_s if seconds is None else seconds
+    try:
+        # the outer bound cuts the clean-up of a step cut by the inner one (a ROLLBACK on a
+        # connection that hangs); asyncpg gives a connection back within the acquire's timeout
+        async with (
+            asyncio.timeout(bounds.most_s(seconds)),
+            pool.acquire(timeout=bounds.lock_wait_s) as conn,
+            asyncio.timeout(seconds),
+            conn.transaction(),
+        ):
+            await store.bound_lock_waits(conn, bounds.lock_wait_s)
+            yield conn
+    except asyncpg.LockNotAvailableError as exc:
+        raise DatabaseStalled(
+            f"{what}: another database session held a lock on the document for more than "
+            f"{bounds.lock_wait_s:g} s"
+        ) from exc
+    except TimeoutError as exc:
+        raise DatabaseStalled(
+            f"{what}: the database did not answer within {seconds:g} s (no connection free "
+            f"within {bounds.lock_wait_s:g} s, or one that hung)"
+        ) from exc
+
+
+def _given_up(attempts: int, job_try: int) -> str | None:
+    """Why this try of the job fails the document instead of converting it, if it does."""
+    if attempts > MAX_CONVERSIONS:
+        return (
+            f"the conversion was interrupted {attempts - 1} times (the task runner stopped or was "
+            "killed while the document waited for a conversion slot or was converted)"
+        )
+    if job_try >= JOB_MAX_TRIES:
+        return (
+            f"the conversion job was interrupted {job_try - 1} times, {job_try - attempts} of "
+            "them before it reached the document (the task runner stopped or was killed, or "
+            "the database stalled), and no try of it is left"
+        )
+    return None
 
 
 async def _start(
-    pool: asyncpg.Pool, doc_id: uuid.UUID, wait_s: float
+    pool: asyncpg.Pool, doc_id: uuid.UUID, wait_s: float, job_try: int, bounds: JobBounds
 ) -> tuple[Document, bytes] | None:
-    """Count the job's try (the document failed, past MAX_CONVERSIONS); None when it is done,
-    or does not appear in `wait_s`."""
+    """Count the job's try on the document (the document failed, when `_given_up`); None when
+    it is done, or does not appear in `wait_s`."""
     deadline = time.monotonic() + wait_s
     delay = 0.05
     while True:
-        async with pool.acquire() as conn, conn.transaction():
+        async with _step(pool, "counting the try", bounds) as conn:
             started = await store.begin_try(conn, doc_id)
-            if started is not None and started[0].attempts > MAX_CONVERSIONS:
+            reason = None if started is None else _given_up(started[0].attempts, job_try)
+            if reason is not None:
                 # in the same transaction: a try that converts nothing never shows processing
-                await store.mark_failed(conn, doc_id, _interrupted(started[0].attempts))
+                await store.mark_failed(conn, doc_id, reason)
             if started is not None or await store.status_of(conn, doc_id) is not None:
                 return started
         if time.monotonic() >= deadline:
             return None
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        delay = min(delay * 2, _LOOK_EVERY_S)
 
 
-async def _fail_unexpectedly(pool: asyncpg.Pool, doc_id: uuid.UUID, exc: Exception) -> None:
+async def _fail(pool: asyncpg.Pool, doc_id: uuid.UUID, reason: str, bounds: JobBounds) -> bool:
+    """Mark the document failed with `reason` (False: it is done, or there is none). When even
+    that cannot be written, says so in the log (the document is left as it is) and raises."""
+    try:
+        async with _step(pool, "marking the document failed", bounds) as conn:
+            return await store.mark_failed(conn, doc_id, reason[:1000])
+    except Exception as exc:
+        log.error("document left unfinished: it could not be marked failed",
+                  document_id=str(doc_id), error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        raise
+
+
+async def _fail_unexpectedly(
+    pool: asyncpg.Pool, doc_id: uuid.UUID, exc: Exception, bounds: JobBounds
+) -> None:
     """Mark a document failed by an error no conversion foresees (a full disk, the database
-    lost while storing the outputs): arq runs a job that raised once, so the document would
-    stay `processing` for good. Best effort: if the database is what failed, it may fail too,
-    and is logged."""
+    lost or stalled while the outputs are stored): arq runs a job that raised once, so the
+    document would stay `processing` for good. Best effort: if the database is what failed, it
+    may fail too, and is logged."""
     reason = f"the conversion failed unexpectedly ({type(exc).__name__}: {exc}); upload it again"
     try:
-        async with pool.acquire() as conn:
-            await store.mark_failed(conn, doc_id, reason[:1000])
-    except Exception as again:  # the job's own error is what arq reports
-        log.error("document left processing: it could not be marked failed",
-                  document_id=str(doc_id), error=f"{type(again).__name__}: {again}")  # fmt: skip
-    else:
+        failed = await _fail(pool, doc_id, reason, bounds)
+    except Exception:  # logged; the job's own error is what arq reports
+        return
+    if failed:
         log.error("document failed", document_id=str(doc_id), reason=reason)
 
 
@@ -171,48 +272,55 @@ async def process(
     settings: DocumentSettings,
     slots: asyncio.Semaphore,
     *,
+    job_try: int = 1,
     visible_within_s: float = VISIBLE_WITHIN_S,
+    bounds: JobBounds = JOB_BOUNDS,
 ) -> dict[str, Any]:
     """Convert one uploaded document and store its outputs; the job's result as plain data.
 
     Re-running it is safe: a done document is left alone; any other is converted again and its
-    outputs replaced, up to MAX_CONVERSIONS tries. `slots` bounds the conversions at once in
-    this worker; a document waiting for one stays `queued`.
+    outputs replaced, up to MAX_CONVERSIONS tries as the document counts them. `job_try` is the
+    job queue's count of this try (arq's, up to JOB_MAX_TRIES): its last fails the document.
+    `slots` bounds the conversions at once in this worker; a document waiting for one stays
+    `queued`. A database step that passes `bounds` fails the document with `DatabaseStalled`.
     """
     doc_id = uuid.UUID(document_id)
-    started = await _start(pool, doc_id, visible_within_s)
+    try:
+        started = await _start(pool, doc_id, visible_within_s, job_try, bounds)
+    except Exception as exc:
+        await _fail_unexpectedly(pool, doc_id, exc, bounds)
+        raise
     if started is None:
-        async with pool.acquire() as conn:
+        async with _step(pool, "reading the document's status", bounds) as conn:
             status = await store.status_of(conn, doc_id)
         note = "nothing to do" if status == "done" else "no such document: its upload failed"
         return {"document_id": document_id, "status": status or "unknown", "note": note}
     document, source = started
-    if document.attempts > MAX_CONVERSIONS:  # `_start` marked it failed
-        reason = _interrupted(document.attempts)
+    reason = _given_up(document.attempts, job_try)
+    if reason is not None:  # `_start` marked it failed
         log.warning("document failed", document_id=document_id, reason=reason)
         return {"document_id": document_id, "status": "failed", "error": reason}
     async with slots:  # while it waits for one, the document stays `queued`
-        async with pool.acquire() as conn:
-            await store.start_processing(conn, doc_id)
         try:
+            async with _step(pool, "marking the document processing", bounds) as conn:
+                await store.start_processing(conn, doc_id)
             converted = await convert(source, document.kind, Limits.of(settings))
         except ConversionError as exc:
-            async with pool.acquire() as conn:
-                await store.mark_failed(conn, doc_id, str(exc))
+            await _fail(pool, doc_id, str(exc), bounds)
             log.warning("document failed", document_id=document_id, reason=str(exc))
             return {"document_id": document_id, "status": "failed", "error": str(exc)}
         except Exception as exc:
-            await _fail_unexpectedly(pool, doc_id, exc)
+            await _fail_unexpectedly(pool, doc_id, exc, bounds)
             raise
     try:
-        async with pool.acquire() as conn:
+        async with _step(pool, "storing the outputs", bounds, bounds.save_s) as conn:
             await store.save_outputs(
                 conn, doc_id, pdf=converted.pdf, page_count=converted.page_count,
                 text=converted.text, text_truncated=converted.text_truncated,
                 pages=converted.pages,
             )  # fmt: skip
     except Exception as exc:
-        await _fail_unexpectedly(pool, doc_id, exc)
+        await _fail_unexpectedly(pool, doc_id, exc, bounds)
         raise
     log.info("document converted", document_id=document_id, pages=converted.page_count,
              rendered=len(converted.pages), text_bytes=len(converted.text))  # fmt: skip

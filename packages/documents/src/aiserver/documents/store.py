@@ -73,11 +73,20 @@ async def get_document(conn: DbConnection, document_id: uuid.UUID) -> Document |
     return None if row is None else Document(**dict(row))
 
 
+async def bound_lock_waits(conn: DbConnection, seconds: float) -> None:
+    """In the transaction open on `conn`: a statement that waits longer than `seconds` for a lock
+    (a row another session holds) fails with `asyncpg.LockNotAvailableError`."""
+    await conn.execute(
+        "SELECT set_config('lock_timeout', $1, true)", f"{max(1, round(seconds * 1000))}ms"
+    )
+
+
 async def begin_try(conn: DbConnection, document_id: uuid.UUID) -> tuple[Document, bytes] | None:
-    """Count a try of the document's conversion job (one per run of the job, as the task
-    runner's job queue counts its tries) and return it with its source; None when it is done
-    already (a re-run of a finished job does nothing) or unknown. A document left `processing`
-    by an interrupted try is `queued` again until this try's conversion begins."""
+    """Count a try of the document's conversion job (one per run of the job that reaches the
+    row: the document's own count, not the job queue's) and return it with its source; None
+    when it is done already (a re-run of a finished job does nothing) or unknown. A document
+    left `processing` by an interrupted try is `queued` again until this try's conversion
+    begins."""
     row = await conn.fetchrow(
         f"""
         UPDATE documents
@@ -138,12 +147,17 @@ async def save_outputs(
         )
 
 
-async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -> None:
-    await conn.execute(
-        "UPDATE documents SET status = 'failed', error = $2, finished_at = now() WHERE id = $1",
+async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -> bool:
+    """Fail the document with `reason`; a done document stays done. Whether it was failed."""
+    status = await conn.execute(
+        """
+        UPDATE documents SET status = 'failed', error = $2, finished_at = now()
+        WHERE id = $1 AND status <> 'done'
+        """,
         document_id,
         reason,
     )
+    return int(status.rsplit(" ", 1)[1]) > 0
 
 
 async def status_of(conn: DbConnection, document_id: uuid.UUID) -> Status | None:

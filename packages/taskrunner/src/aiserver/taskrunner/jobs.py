@@ -111,11 +111,13 @@ async def cost_data_update_task(ctx: Ctx) -> dict[str, Any]:
 
 @logged_job
 async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
-    """Convert one uploaded document and store its outputs (see `aiserver.documents.service`)."""
+    """Convert one uploaded document and store its outputs (see `aiserver.documents.service`);
+    arq's count of the try tells the job when it has no other."""
     settings: TaskRunnerSettings = ctx["settings"]
     return await documents.process(
-        require_pool(), document_id, settings.documents, ctx["document_slots"]
-    )
+        require_pool(), document_id, settings.documents, ctx["document_slots"],
+        job_try=ctx["job_try"],
+    )  # fmt: skip
 
 
 @logged_job

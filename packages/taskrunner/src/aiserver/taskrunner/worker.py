@@ -32,7 +32,7 @@ from aiserver.costs.fetch import upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB
-from aiserver.documents.service import VISIBLE_WITHIN_S
+from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES
 from aiserver.documents.settings import DocumentSettings
 from aiserver.ledger.budgets.service import has_clear_secrets, seal_secrets
 from aiserver.ledger.jobs import (
@@ -62,12 +62,13 @@ log = get_logger(__name__)
 
 JOB_TIMEOUT_S: Final = 300
 KEEP_RESULT_S: Final = 3600
-#: Tries of a job that a shutdown or a lost worker interrupted (not a retry policy of its own).
+#: Tries of a job that a shutdown or a lost worker interrupted (not a retry policy of its own);
+#: the document job has its own (`aiserver.documents.service.JOB_MAX_TRIES`).
 MAX_TRIES: Final = 3
 #: Jobs one task runner runs at once (arq's default, said here because a bound below uses it).
 MAX_JOBS: Final = 10
-#: Beyond its conversion, a document job reads the document and stores its outputs: this long.
-DOCUMENT_SAVE_MARGIN_S: Final = 120
+#: A document job's time beyond the bounds of its waits, conversion and database steps.
+DOCUMENT_JOB_MARGIN_S: Final = 30
 #: On SIGTERM, running jobs get this long to finish; then they are cancelled and re-queued.
 JOB_COMPLETION_WAIT_S: Final = 25
 #: The partitions' maintenance runs at this minute of every hour (and at start).
@@ -249,12 +250,13 @@ def document_job_timeout(documents: DocumentSettings) -> float:
     does not run a job again after its timeout, so the document would stay `processing`.
 
     A job waits for one of DOCUMENT_MAX_CONCURRENT conversion slots behind at most the other
-    MAX_JOBS - 1 jobs of this task runner. A job holds its slot while it waits for its upload's
-    row (VISIBLE_WITHIN_S at most) and converts (DOCUMENT_CONVERSION_TIMEOUT_SECONDS at most,
-    all its tools together, then killed); then it stores its outputs."""
+    MAX_JOBS - 1 jobs of this task runner. A job holds its slot while it marks its document
+    `processing`, converts (DOCUMENT_CONVERSION_TIMEOUT_SECONDS at most, all its tools together,
+    then killed) and, should that fail, fails the document; outside its slot it waits for its
+    upload's row and stores its outputs. Each database step is bounded (`JOB_BOUNDS`)."""
     rounds = math.ceil(MAX_JOBS / documents.document_max_concurrent)
-    held = documents.document_conversion_timeout_seconds + VISIBLE_WITHIN_S
-    return rounds * held + DOCUMENT_SAVE_MARGIN_S
+    held = JOB_BOUNDS.holding_slot_s(documents.document_conversion_timeout_seconds)
+    return rounds * held + JOB_BOUNDS.outside_slot_s() + DOCUMENT_JOB_MARGIN_S
 
 
 def functions(settings: TaskRunnerSettings) -> list[Function]:
@@ -264,6 +266,7 @@ def functions(settings: TaskRunnerSettings) -> list[Function]:
             process_document,
             name=PROCESS_JOB,
             timeout=document_job_timeout(settings.documents),
+            max_tries=JOB_MAX_TRIES,
         ),
         func(rebuild_rollups, name=REBUILD_JOB, timeout=REBUILD_JOB_TIMEOUT_S),
         func(reprice_usage, name=REPRICE_JOB, timeout=REPRICE_JOB_TIMEOUT_S),
