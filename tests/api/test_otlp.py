@@ -251,7 +251,7 @@ async def test_invalid_genai_spans_are_a_partial_success_and_the_rest_is_recorde
     trace_id = f"{spans[0].get_span_context().trace_id:032x}"  # type: ignore[union-attr]
     assert f"span {spans[0].get_span_context().span_id:016x} of trace {trace_id}" in message  # type: ignore[union-attr]
     assert "gen_ai.usage.input_tokens must be a whole number of tokens" in message
-    assert "gen_ai.request.model: Expected `str` of length <= 256" in message
+    assert "gen_ai.request.model must be at most 256 characters, not 300" in message
     (row,) = await stored(pg)
     assert row["event_key"] == event_key(spans[1])
     # JSON: the same answer in JSON

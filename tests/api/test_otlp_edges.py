@@ -1,17 +1,20 @@
 """POST /v1/otlp/v1/traces at its edges: every span of a body of several gzip members is read,
-and a count that is no count is a rejected span, never a 500 that the exporter would retry for
-ever."""
+a count that is no count is a rejected span, never a 500 that the exporter would retry for
+ever, and an attribute the event can do without whose value is unusable is left out of a span
+that is recorded, the answer noting it."""
 
 from __future__ import annotations
 
 import gzip
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 import asyncpg
 import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from structlog.testing import capture_logs
 
 from .conftest import Client, Tenants, bearer
 
@@ -103,3 +106,57 @@ async def test_every_member_of_a_gzip_body_is_read(
     }
     trailing = await client.post(PATH, content=gzip.compress(first) + b"junk", headers=headers)
     assert trailing.status_code == 400
+
+
+async def test_a_service_name_with_a_control_character_is_left_out_and_the_span_recorded(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """The call cost money: it is recorded without the tag `service` (no tag holds a control
+    character), and the answer is OTLP's warning on a full success, the exporter's retry too."""
+    data = request(chat("eee19b7ec3c1b174"), service="search-api\n")
+    with capture_logs() as logs:
+        response = await post_json(client, tenants.ingest_a["key"], data)
+    assert response.status_code == 200, response.text
+    (counts,) = (e for e in logs if e["event"] == "otlp spans")  # the operator sees it too
+    assert (counts["recorded"], counts["rejected"], counts["noted"]) == (1, 0, 1)
+    note = (
+        f"1 of 1 spans recorded with attributes left out; span eee19b7ec3c1b174 of trace {TRACE}: "
+        "service.name holds a control character: left out of the tags"
+    )
+    assert response.json() == {"partialSuccess": {"errorMessage": note}}  # rejectedSpans 0
+    key = f"otel-{TRACE}-eee19b7ec3c1b174"
+    assert await stored(pg) == {key: {"event_key": key, "input_tokens": 1000, "tags": {}}}
+    again = await post_json(client, tenants.ingest_a["key"], data)  # a duplicate, noted alike
+    assert again.json() == {"partialSuccess": {"errorMessage": note}}
+    assert len(await stored(pg)) == 1
+
+
+async def test_a_response_model_that_is_no_string_gives_way_to_the_request_model(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """Priced as the request model, as when no response model is given; the rejected span's
+    reasons come first in the answer, then the notes of the recorded ones."""
+    number, flag = chat("00000000000000b1"), chat("00000000000000b2")
+    number["attributes"].append({"key": "gen_ai.response.model", "value": {"intValue": "7"}})
+    flag["attributes"].append({"key": "gen_ai.response.model", "value": {"boolValue": True}})
+    data = request(number, flag, chat("00000000000000b3", input_tokens=-1))
+    response = await post_json(client, tenants.ingest_a["key"], data)
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    stands_in = "gen_ai.request.model stands in"
+    assert partial["errorMessage"] == (
+        f"1 of 3 spans rejected; span 00000000000000b3 of trace {TRACE}: "
+        "gen_ai.usage.input_tokens must be a whole number of tokens from 0 to "
+        "1000000000000000, not -1; "
+        "2 of 3 spans recorded with attributes left out; "
+        f"span 00000000000000b1 of trace {TRACE}: "
+        f"gen_ai.response.model must be a string, not 7: {stands_in}; "
+        f"span 00000000000000b2 of trace {TRACE}: "
+        f"gen_ai.response.model must be a string, not True: {stands_in}"
+    )
+    rows = await pg.fetch("SELECT event_key, model, total_cost FROM usage_events ORDER BY 1")
+    assert [tuple(row) for row in rows] == [
+        (f"otel-{TRACE}-00000000000000b1", "gpt-test-001", Decimal("0.004")),
+        (f"otel-{TRACE}-00000000000000b2", "gpt-test-001", Decimal("0.004")),
+    ]

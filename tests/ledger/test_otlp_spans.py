@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 from aiserver.core_db.errors import AiserverError
 from aiserver.ledger.errors import InvalidEvent
 from aiserver.ledger.otlp.spans import COUNTS, SpanReading, read_spans
-from aiserver.ledger.usage.events import MAX_TAG_VALUE, UsageEventIn
+from aiserver.ledger.usage.events import MAX_TAG_VALUE, MAX_TAGS, UsageEventIn
 
 from ..support.otlp import OPENLLMETRY_ANTHROPIC, SpanSpec, Trace, event_key, finished_spans
 
@@ -41,6 +42,36 @@ def only_event(trace: Trace, tags: tuple[tuple[str, str], ...] = ()) -> UsageEve
     assert isinstance(item, UsageEventIn), item
     assert item.id == keys[0]
     return item
+
+
+def with_attributes(
+    message: ExportTraceServiceRequest, *pairs: tuple[str, AnyValue], resource: bool = False
+) -> ExportTraceServiceRequest:
+    """`message` with attributes added to its first span (or its resource) as an exporter may
+    send them, also those the SDK does not make: a map, bytes, a key given twice."""
+    first = message.resource_spans[0]
+    target = first.resource if resource else first.scope_spans[0].spans[0]
+    target.attributes.extend(KeyValue(key=key, value=value) for key, value in pairs)
+    return message
+
+
+def noted_event(
+    message: ExportTraceServiceRequest, tags: tuple[tuple[str, str], ...] = ()
+) -> tuple[UsageEventIn, tuple[str, ...]]:
+    """The one span's event, and its notes."""
+    reading = read_spans(message, tags)
+    (item,) = reading.items
+    assert isinstance(item, UsageEventIn), item
+    (notes,) = reading.notes
+    return item, notes
+
+
+#: The span the tests of unusable attributes start from.
+CHAT: dict[str, Any] = {
+    "gen_ai.request.model": "gpt-4o",
+    "gen_ai.usage.input_tokens": 10,
+    "gen_ai.usage.output_tokens": 5,
+}
 
 
 def test_the_conventions_attributes_of_an_openai_call_become_one_event() -> None:
@@ -451,19 +482,23 @@ def test_a_resource_attribute_becomes_a_tag_when_the_span_has_none() -> None:
             "gen_ai.usage.cache_read.input_tokens",
             "not True",
         ),
-        ({"gen_ai.response.model": "m" * 300}, "gen_ai.response.model", "length <= 256"),
-        ({"gen_ai.response.model": 7}, "gen_ai.response.model", "must be a string"),
+        # no usable model: the request model, with no response model to read first
+        ({"gen_ai.request.model": "m" * 300}, "gen_ai.request.model", "at most 256 characters"),
+        ({"gen_ai.request.model": 7}, "gen_ai.request.model", "must be a string, not 7"),
+        ({"gen_ai.request.model": ["gpt-4o"]}, "gen_ai.request.model", "not a list"),
+        ({"gen_ai.request.model": "  "}, "gen_ai.request.model", "must not be blank"),
+        ({"gen_ai.request.model": "gpt-4o\x00"}, "gen_ai.request.model", "a control character"),
+        (
+            {"gen_ai.response.model": True, "gen_ai.request.model": ""},
+            "gen_ai.response.model",
+            "must be a string, not True",
+        ),
     ],
 )
 def test_a_genai_span_that_cannot_be_an_event_is_an_error_naming_its_attribute(
     attributes: dict[str, Any], field: str, detail: str
 ) -> None:
-    base: dict[str, Any] = {
-        "gen_ai.request.model": "gpt-4o",
-        "gen_ai.usage.input_tokens": 10,
-        "gen_ai.usage.output_tokens": 5,
-    }
-    reading, _ = read(Trace([SpanSpec({**base, **attributes}, END)]))
+    reading, _ = read(Trace([SpanSpec({**CHAT, **attributes}, END)]))
     (item,) = reading.items
     assert isinstance(item, InvalidEvent)
     assert item.fields == [field]
@@ -520,3 +555,158 @@ def test_spans_without_genai_usage_are_ignored_and_counted() -> None:
     assert reading.items == []
     assert dict(reading.ignored) == {"no_usage": 3}
     assert reading.spans == 3
+
+
+def test_a_span_with_neither_model_usable_is_an_error_naming_both() -> None:
+    # a model attribute given but unusable is no "no_model" span: it is rejected, not ignored
+    attributes = {**CHAT, "gen_ai.response.model": 7, "gen_ai.request.model": " "}
+    reading, _ = read(Trace([SpanSpec(attributes, END)]))
+    (item,) = reading.items
+    assert isinstance(item, InvalidEvent)
+    assert item.fields == ["gen_ai.response.model", "gen_ai.request.model"]
+    assert str(item) == (
+        "gen_ai.response.model must be a string, not 7 and gen_ai.request.model must not be blank"
+    )
+    assert dict(reading.ignored) == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ([AnyValue(int_value=7)], "must be a string, not 7"),
+        ([AnyValue(bool_value=True)], "must be a string, not True"),
+        ([AnyValue(double_value=4.0)], "must be a string, not 4.0"),
+        (
+            [AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="gpt-4o")]))],
+            "must be a string, not a list",
+        ),
+        ([AnyValue(kvlist_value=KeyValueList())], "must be a string, not a map"),
+        ([AnyValue(bytes_value=b"gpt-4o")], "must be a string, not bytes"),
+        ([AnyValue(string_value="   ")], "must not be blank"),
+        ([AnyValue(string_value="m" * 300)], "must be at most 256 characters, not 300"),
+        ([AnyValue(string_value="gpt-4o\n")], "must not hold a control character"),
+        (
+            [AnyValue(string_value="gpt-4o"), AnyValue(string_value="gpt-4.1")],
+            "is given twice with different values",
+        ),
+        ([AnyValue(string_value="")], None),  # an empty string is as absent: nothing to note
+        ([AnyValue()], None),  # so is an empty value
+    ],
+)
+def test_a_response_model_that_is_no_model_name_gives_way_to_the_request_model(
+    values: list[AnyValue], why: str | None
+) -> None:
+    # the response model, when usable, is the one billed; when it is not, the request model
+    # stands in, as it does when the response model is absent
+    message, _ = message_of(Trace([SpanSpec({**CHAT, "gen_ai.request.model": "gpt-4o-mini"}, END)]))
+    with_attributes(message, *(("gen_ai.response.model", value) for value in values))
+    event, notes = noted_event(message)
+    assert event.model == "gpt-4o-mini"
+    assert event.usage == {"input_tokens": 10, "output_tokens": 5}
+    assert notes == (
+        (f"gen_ai.response.model {why}: gen_ai.request.model stands in",) if why else ()
+    )
+
+
+def test_a_response_model_given_twice_alike_is_read() -> None:
+    message, _ = message_of(Trace([SpanSpec(CHAT, END)]))
+    twice = ("gen_ai.response.model", AnyValue(string_value="gpt-4o-2024-08-06"))
+    event, notes = noted_event(with_attributes(message, twice, twice))
+    assert (event.model, notes) == ("gpt-4o-2024-08-06", ())
+
+
+@pytest.mark.parametrize(
+    "service", ["search-api\n", "search\x00api", "\x1b[31msearch-api", "search-api\t"]
+)
+def test_a_service_name_with_a_control_character_is_left_out_of_the_tags_with_a_note(
+    service: str,
+) -> None:
+    # a model call that cost money is not lost for a cosmetic attribute: the span becomes its
+    # event without the tag (no tag holds a control character), and says why
+    message, _ = message_of(Trace([SpanSpec(CHAT, END)], resource={"service.name": service}))
+    event, notes = noted_event(message, tags=(("deployment.environment", "env"),))
+    assert event.tags == {}
+    assert (event.model, event.usage) == ("gpt-4o", {"input_tokens": 10, "output_tokens": 5})
+    assert notes == ("service.name holds a control character: left out of the tags",)
+
+
+def test_a_control_character_past_the_cut_of_a_tag_value_is_cut_away_with_it() -> None:
+    message, _ = message_of(
+        Trace([SpanSpec(CHAT, END)], resource={"service.name": "s" * MAX_TAG_VALUE + "\n"})
+    )
+    event, notes = noted_event(message)
+    assert (event.tags, notes) == ({"service": "s" * MAX_TAG_VALUE}, ())
+
+
+def test_a_tag_attribute_that_cannot_be_a_tag_is_left_out_with_a_note() -> None:
+    attributes = {**CHAT, "user.id": "u-42\r\n", "app.list": ["a", "b"], "app.ok": "fine"}
+    message, _ = message_of(
+        Trace(
+            [SpanSpec(attributes, END)],
+            resource={"service.name": "search-api", "deployment.environment": "prod\x00"},
+        )
+    )
+    with_attributes(
+        message,
+        ("app.map", AnyValue(kvlist_value=KeyValueList())),
+        ("app.bytes", AnyValue(bytes_value=b"\x01")),
+        ("team", AnyValue(string_value="red")),
+        ("team", AnyValue(string_value="blue")),
+        ("app.same", AnyValue(int_value=3)),
+        ("app.same", AnyValue(int_value=3)),
+    )
+    tags = (
+        ("user.id", "user"),
+        ("app.list", "list"),
+        ("app.map", "map"),
+        ("app.bytes", "bytes"),
+        ("team", "team"),
+        ("app.same", "same"),
+        ("deployment.environment", "env"),
+        ("app.ok", "ok"),
+    )
+    event, notes = noted_event(message, tags)
+    assert event.tags == {"service": "search-api", "same": "3", "ok": "fine"}
+    assert notes == (
+        "user.id holds a control character: left out of the tags",
+        "app.list is a list, not a string, number or boolean: left out of the tags",
+        "app.map is a map, not a string, number or boolean: left out of the tags",
+        "app.bytes is bytes, not a string, number or boolean: left out of the tags",
+        "team is given twice with different values: left out of the tags",
+        "deployment.environment holds a control character: left out of the tags",
+    )
+
+
+def test_tags_past_the_most_an_event_may_have_are_left_out_with_a_note() -> None:
+    # `service` first, then in the order of OTLP_TAG_ATTRIBUTES; POST /v1/usage refuses more
+    attributes = {**CHAT, **{f"app.t{n}": n for n in range(MAX_TAGS + 1)}}
+    tags = tuple((f"app.t{n}", f"t{n}") for n in range(MAX_TAGS + 1))
+    event, notes = noted_event(message_of(Trace([SpanSpec(attributes, END)]))[0], tags)
+    assert event.tags == {"service": "search-api", **{f"t{n}": str(n) for n in range(19)}}
+    assert notes == (
+        f"app.t19: left out of the tags, an event has at most {MAX_TAGS}",
+        f"app.t20: left out of the tags, an event has at most {MAX_TAGS}",
+    )
+
+
+def test_a_provider_attribute_that_is_not_a_string_is_left_out_with_a_note() -> None:
+    message, _ = message_of(Trace([SpanSpec({**CHAT, "gen_ai.system": "anthropic"}, END)]))
+    with_attributes(message, ("gen_ai.provider.name", AnyValue(int_value=3)))
+    event, notes = noted_event(message)
+    assert event.provider == "anthropic"  # the next name read
+    assert notes == ("gen_ai.provider.name must be a string, not 3: left out",)
+
+
+def test_a_count_given_twice_with_different_values_is_an_error_and_alike_is_read() -> None:
+    # which of two counts was meant cannot be told: a count is never guessed
+    message, _ = message_of(Trace([SpanSpec(CHAT, END), SpanSpec(CHAT, END)]))
+    spans = message.resource_spans[0].scope_spans[0].spans
+    spans[0].attributes.add(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=99_999))
+    spans[1].attributes.add(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=10))
+    reading = read_spans(message)
+    twice, alike = reading.items
+    assert isinstance(twice, InvalidEvent)
+    assert twice.fields == ["gen_ai.usage.input_tokens"]
+    assert str(twice) == "gen_ai.usage.input_tokens is given twice with different values"
+    assert isinstance(alike, UsageEventIn)
+    assert alike.usage == {"input_tokens": 10, "output_tokens": 5}

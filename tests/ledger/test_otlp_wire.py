@@ -133,6 +133,19 @@ def test_a_partial_success_counts_the_rejected_spans_in_either_encoding() -> Non
     }
 
 
+def test_a_warning_on_a_full_success_is_a_partial_success_of_no_rejected_span() -> None:
+    # OTLP: "rejected_<signal> MUST have a value of 0, and the error_message MUST be non-empty"
+    answer = ExportTraceServiceResponse.FromString(wire.encode_response(0, "note", "protobuf"))
+    assert answer.HasField("partial_success")
+    assert (answer.partial_success.rejected_spans, answer.partial_success.error_message) == (
+        0,
+        "note",
+    )
+    assert json.loads(wire.encode_response(0, "note", "json")) == {
+        "partialSuccess": {"errorMessage": "note"}
+    }
+
+
 def test_a_problem_becomes_a_google_rpc_status_with_its_type_and_fields() -> None:
     body = problem(400, "the span is bad", slug="malformed-otlp", fields=["trace_id"])
     status = status_pb2.Status.FromString(wire.encode_status(body, "protobuf"))

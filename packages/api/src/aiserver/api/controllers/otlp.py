@@ -195,6 +195,7 @@ class OtlpController(Controller):
             recorded=report.recorded if report else 0,
             duplicate=report.duplicate if report else 0,
             rejected=export.rejected,
+            noted=export.noted,
             ignored=dict(export.reading.ignored),
         )
         return Response(

@@ -9,7 +9,9 @@ commits in one transaction, answered after its COMMIT. So a batch the exporter s
 recorded once: its spans come back `duplicate`, which OTLP counts as accepted. A span that is
 `invalid` (it cannot be an event) or a `conflict` (its key was recorded before with another
 payload) is rejected: the answer's `partial_success` counts it and says why, the first few
-spans by name.
+spans by name. A span accepted with attributes left out (`SpanReading.notes`: a tag value with a
+control character, say) is not rejected; its notes follow in the same message, which OTLP allows
+as a warning (`rejected_spans` 0 when no span was rejected).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
 
     from aiserver.costs.catalog import Catalog
 
-#: How many rejected spans the error message names (the count is always whole).
+#: How many rejected spans the error message names (the count is always whole), and how many
+#: notes of accepted spans.
 NAMED_REJECTIONS: Final = 5
 
 
@@ -42,6 +45,7 @@ class TraceExport:
     report: IngestReport | None  # None when no span was a model call
     rejected: int
     error_message: str
+    noted: int = 0  # spans accepted with attributes left out
 
 
 async def export_traces(
@@ -67,17 +71,31 @@ async def export_traces(
         pool, project_id, reading.items, catalog=catalog, why_no_catalog=why_no_catalog,
         catch_up=catch_up,
     )  # fmt: skip
-    reasons = [
-        f"{name}: {result.problem['detail'] if result.problem else result.status}"
-        for name, result in zip(reading.names, report.results, strict=True)
-        if result.status in ("invalid", "conflict")
-    ]
+    reasons: list[str] = []
+    notes: list[str] = []
+    noted = 0
+    for name, result, span_notes in zip(reading.names, report.results, reading.notes, strict=True):
+        if result.status in ("invalid", "conflict"):
+            reasons.append(
+                f"{name}: {result.problem['detail'] if result.problem else result.status}"
+            )
+        elif span_notes:
+            noted += 1
+            notes.extend(f"{name}: {note}" for note in span_notes)
     rejected = len(reasons)
-    message_text = ""
+    parts = []
     if rejected:
-        message_text = f"{rejected} of {reading.spans} spans rejected; " + "; ".join(
-            reasons[:NAMED_REJECTIONS]
+        parts.append(_named(f"{rejected} of {reading.spans} spans rejected", reasons))
+    if noted:
+        parts.append(
+            _named(f"{noted} of {reading.spans} spans recorded with attributes left out", notes)
         )
-        if rejected > NAMED_REJECTIONS:
-            message_text += f"; and {rejected - NAMED_REJECTIONS} more"
-    return TraceExport(reading, report, rejected, message_text)
+    return TraceExport(reading, report, rejected, "; ".join(parts), noted)
+
+
+def _named(head: str, entries: list[str]) -> str:
+    """`head`, then the first NAMED_REJECTIONS entries and how many more there are."""
+    text = "; ".join([head, *entries[:NAMED_REJECTIONS]])
+    if len(entries) > NAMED_REJECTIONS:
+        text += f"; and {len(entries) - NAMED_REJECTIONS} more"
+    return text

@@ -17,7 +17,12 @@ The event's key is `otel-<trace id>-<span id>` (hex), its `occurred_at` the span
 provider the convention's provider name (`gen_ai.provider.name`, else `gen_ai.system`) as the
 catalog names it, its tags `service` (the resource's `service.name`) and the attributes that
 OTLP_TAG_ATTRIBUTES names. A span that cannot be an event (a count that is not a whole number of
-tokens, a missing end time or id, a model name too long) is an error that names its attribute.
+tokens, a missing end time or id, no usable model name) is an error that names its attribute. An
+attribute the event can do without (a tag's, the provider's, a response model that the request
+model can stand in for) whose value is unusable is left out, and the span keeps a note that says
+so (`SpanReading.notes`): a model call is never lost for a cosmetic attribute. An attribute given
+twice with different values is unusable too (OTLP wants keys unique; which one is meant cannot be
+told): a count so given rejects the span.
 
 Everything here is pure: no I/O.
 """
@@ -31,13 +36,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import msgspec
+import msgspec.inspect
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from aiserver.core_db.errors import AiserverError, validation_field
 from aiserver.costs.pricing.usage import MAX_QUANTITY
 from aiserver.ledger.errors import InvalidEvent
-from aiserver.ledger.usage.events import MAX_TAG_VALUE, UsageEventIn
+from aiserver.ledger.text import has_control
+from aiserver.ledger.usage.events import MAX_TAG_VALUE, MAX_TAGS, ModelName, UsageEventIn
 
 #: Each count of ours, from the first of these attributes a span has: the conventions' current
 #: name first, then the names instrumentations used before it or beside it.
@@ -73,6 +80,8 @@ OPERATION: Final = "gen_ai.operation.name"
 #: Operations that are not one model call: they sum the calls inside them.
 AGGREGATES: Final = frozenset({"invoke_agent", "create_agent", "invoke_workflow", "execute_tool"})
 SERVICE_TAG: Final = "service"
+#: The longest model name an event takes (`UsageEventIn.model`: 256 characters).
+MAX_MODEL: Final[int] = msgspec.inspect.type_info(ModelName).max_length  # type: ignore[attr-defined]
 
 #: The conventions' provider names (current and older, and the spellings instrumentations use,
 #: compared without case) as the catalog names the provider. A name not listed is left out: the
@@ -112,12 +121,17 @@ _EXCLUDES_CACHE: Final = frozenset({("openlit", "anthropic"), ("openlit", "bedro
 IgnoredReason = Literal["no_usage", "no_model", "aggregate"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY_TEXT: Final = AnyValue(string_value="")
 #: The attributes read that are not named gen_ai.*.
 _OTHER_NAMES: Final = frozenset(
     key for keys in COUNTS.values() for key in keys if not key.startswith("gen_ai.")
 )
 #: The resource attributes read besides the tag attributes.
 _RESOURCE_KEYS: Final = frozenset({"service.name", "telemetry.sdk.name"})
+#: Why a value given more than once cannot be read.
+_TWICE: Final = "is given twice with different values"
+#: The attribute values that are not scalars, as notes and errors name them.
+_KINDS: Final = {"array_value": "a list", "kvlist_value": "a map", "bytes_value": "bytes"}
 
 
 @dataclass(slots=True)
@@ -127,6 +141,9 @@ class SpanReading:
 
     items: list[UsageEventIn | AiserverError] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # "span <span id> of trace <trace id>"
+    #: Of each item, the attributes left out of its event as unusable, and why
+    #: ("service.name holds a control character: left out of the tags").
+    notes: list[tuple[str, ...]] = field(default_factory=list)
     ignored: Counter[IgnoredReason] = field(default_factory=Counter)
 
     @property
@@ -142,38 +159,58 @@ def read_spans(
     wanted = {attribute for attribute, _ in tag_attributes}
     for resource_spans in request.resource_spans:
         resource = _attributes(resource_spans.resource.attributes, wanted | _RESOURCE_KEYS)
-        service = _tag_value(resource.get("service.name"))
-        sdk = _text(resource.get("telemetry.sdk.name")) or ""
+        service, service_note = _service(resource)
+        sdk = _text(resource.values.get("telemetry.sdk.name")) or ""
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
             openlit = scope.startswith("openlit") or sdk == "openlit"
             for span in scope_spans.spans:
                 attributes = _attributes(span.attributes, wanted)
-                why = _ignored(attributes)
+                why = _ignored(attributes.values)
                 if why is not None:
                     reading.ignored[why] += 1
                     continue
                 name = f"span {span.span_id.hex()} of trace {span.trace_id.hex()}"
+                notes = [service_note] if service_note else []
                 try:
-                    tags = _tags(attributes, resource, service, tag_attributes)
+                    tags = _tags(attributes, resource, service, tag_attributes, notes)
                     item: UsageEventIn | AiserverError = _event(
-                        span, attributes, tags, openlit=openlit
+                        span, attributes, tags, notes, openlit=openlit
                     )
                 except AiserverError as exc:
                     item = exc
                 reading.items.append(item)
                 reading.names.append(name)
+                reading.notes.append(tuple(notes))
     return reading
 
 
-def _attributes(pairs: Iterable[KeyValue], wanted: set[str]) -> dict[str, AnyValue]:
-    """The GenAI attributes and the `wanted` ones (the first of a key repeated wins)."""
+@dataclass(slots=True)
+class _Attributes:
+    """The attributes of a span or a resource that are read, and the keys among them given more
+    than once with different values (`values` holds the first of those)."""
+
+    values: dict[str, AnyValue]
+    twice: set[str]
+
+
+class _Unusable(Exception):
+    """An attribute's value that cannot be read; the text says why, after the attribute's name
+    ("must be a string, not 7")."""
+
+
+def _attributes(pairs: Iterable[KeyValue], wanted: set[str]) -> _Attributes:
+    """The GenAI attributes and the `wanted` ones."""
     found: dict[str, AnyValue] = {}
+    twice: set[str] = set()
     for pair in pairs:
         key = pair.key
-        if (key.startswith("gen_ai.") or key in wanted or key in _OTHER_NAMES) and key not in found:
-            found[key] = pair.value
-    return found
+        if key.startswith("gen_ai.") or key in wanted or key in _OTHER_NAMES:
+            if key not in found:
+                found[key] = pair.value
+            elif pair.value != found[key]:
+                twice.add(key)
+    return _Attributes(found, twice)
 
 
 def _ignored(attributes: Mapping[str, AnyValue]) -> IgnoredReason | None:
@@ -181,13 +218,18 @@ def _ignored(attributes: Mapping[str, AnyValue]) -> IgnoredReason | None:
         return "no_usage"
     if _text(attributes.get(OPERATION)) in AGGREGATES:
         return "aggregate"
-    if not any(_text(attributes.get(key)) for key in MODEL_ATTRIBUTES):
+    if not any(_stated(attributes.get(key)) for key in MODEL_ATTRIBUTES):
         return "no_model"
     return None
 
 
 def _given(value: AnyValue | None) -> bool:
     return value is not None and value.WhichOneof("value") is not None
+
+
+def _stated(value: AnyValue | None) -> bool:
+    """Whether an attribute says something: given, and not an empty string (as absent)."""
+    return _given(value) and value != _EMPTY_TEXT
 
 
 def _text(value: AnyValue | None) -> str | None:
@@ -198,17 +240,16 @@ def _text(value: AnyValue | None) -> str | None:
 
 
 def _event(
-    span: Any, attributes: Mapping[str, AnyValue], tags: dict[str, str], *, openlit: bool
+    span: Any, attributes: _Attributes, tags: dict[str, str], notes: list[str], *, openlit: bool
 ) -> UsageEventIn:
+    """The span's event; what it leaves out is noted in `notes`."""
     trace_id, span_id = bytes(span.trace_id), bytes(span.span_id)
     if len(trace_id) != 16 or not any(trace_id):
         raise InvalidEvent("the span's trace id is not 16 bytes, or is all zero", ["trace_id"])
     if len(span_id) != 8 or not any(span_id):
         raise InvalidEvent("the span's id is not 8 bytes, or is all zero", ["span_id"])
-    model_attribute, model = _model(attributes)
-    raw_provider = next(
-        (text for key in PROVIDER_ATTRIBUTES if (text := _text(attributes.get(key)))), None
-    )
+    model_attribute, model = _model(attributes, notes)
+    raw_provider = _provider(attributes, notes)
     provider = PROVIDERS.get(raw_provider.lower()) if raw_provider else None
     usage = {
         ours: count
@@ -237,22 +278,67 @@ def _event(
         raise InvalidEvent(f"{attribute or 'the span'}: {text}", [attribute]) from None
 
 
-def _model(attributes: Mapping[str, AnyValue]) -> tuple[str, str]:
-    """(the attribute it came from, the model)."""
+def _model(attributes: _Attributes, notes: list[str]) -> tuple[str, str]:
+    """(the attribute it came from, the model): the first usable of MODEL_ATTRIBUTES, an
+    unusable one before it noted; none usable is an error naming the unusable ones."""
+    unusable: list[tuple[str, str]] = []
     for key in MODEL_ATTRIBUTES:
-        value = attributes.get(key)
-        if value is not None and value.WhichOneof("value") not in (None, "string_value"):
-            raise InvalidEvent(f"{key} must be a string", [key])
-        text = _text(value)
-        if text:
-            return key, text
-    raise AssertionError("unreachable: a span without a model is ignored before")
+        try:
+            model = _model_of(attributes, key)
+        except _Unusable as exc:
+            unusable.append((key, str(exc)))
+            continue
+        if model is not None:
+            notes.extend(f"{other} {why}: {key} stands in" for other, why in unusable)
+            return key, model
+    if not unusable:
+        raise AssertionError("unreachable: a span without a model is ignored before")
+    raise InvalidEvent(
+        " and ".join(f"{key} {why}" for key, why in unusable), [key for key, _ in unusable]
+    )
 
 
-def _first_count(attributes: Mapping[str, AnyValue], keys: tuple[str, ...]) -> int | None:
+def _model_of(attributes: _Attributes, key: str) -> str | None:
+    """The model an attribute names; None when it is absent or empty; `_Unusable` when it is
+    no model name (as `POST /v1/usage` takes one)."""
+    if key in attributes.twice:
+        raise _Unusable(_TWICE)
+    value = attributes.values.get(key)
+    if value is None or not _stated(value):
+        return None
+    text = _text(value)
+    if text is None:
+        raise _Unusable(f"must be a string, not {_shown(value):.60}")
+    if len(text) > MAX_MODEL:
+        raise _Unusable(f"must be at most {MAX_MODEL} characters, not {len(text)}")
+    if not text.strip():
+        raise _Unusable("must not be blank")
+    if has_control(text):
+        raise _Unusable("must not hold a control character")
+    return text
+
+
+def _provider(attributes: _Attributes, notes: list[str]) -> str | None:
+    """The first string of PROVIDER_ATTRIBUTES; one of another type, or given twice, noted."""
+    for key in PROVIDER_ATTRIBUTES:
+        value = attributes.values.get(key)
+        if key in attributes.twice:
+            notes.append(f"{key} {_TWICE}: left out")
+        elif value is None or not _stated(value):
+            continue
+        elif (text := _text(value)) is None:
+            notes.append(f"{key} must be a string, not {_shown(value):.60}: left out")
+        else:
+            return text
+    return None
+
+
+def _first_count(attributes: _Attributes, keys: tuple[str, ...]) -> int | None:
     for key in keys:
-        value = attributes.get(key)
+        value = attributes.values.get(key)
         if _given(value):
+            if key in attributes.twice:
+                raise InvalidEvent(f"{key} {_TWICE}", [key])
             return _count(key, value)  # type: ignore[arg-type]  # _given: not None
     return None
 
@@ -281,8 +367,10 @@ def _count(key: str, value: AnyValue) -> int:
 
 
 def _shown(value: AnyValue) -> str:
-    """An attribute value as an error message shows it."""
+    """An attribute value as an error message shows it (a list, a map or bytes by its kind)."""
     kind = value.WhichOneof("value")
+    if kind in _KINDS:
+        return _KINDS[kind]
     return repr(getattr(value, kind)) if kind else "(empty)"
 
 
@@ -298,31 +386,55 @@ def _end_of(span: Any) -> datetime:
         ) from None
 
 
+def _service(resource: _Attributes) -> tuple[str | None, str]:
+    """The tag `service` of a resource's spans, and the note when its value is unusable."""
+    try:
+        return _tag_value(resource, "service.name"), ""
+    except _Unusable as exc:
+        return None, f"service.name {exc}: left out of the tags"
+
+
 def _tags(
-    attributes: Mapping[str, AnyValue],
-    resource: Mapping[str, AnyValue],
+    attributes: _Attributes,
+    resource: _Attributes,
     service: str | None,
     tag_attributes: tuple[tuple[str, str], ...],
+    notes: list[str],
 ) -> dict[str, str]:
+    """The event's tags; an attribute whose value is unusable is noted and left out, as is one
+    past MAX_TAGS."""
     tags: dict[str, str] = {}
     if service is not None:
         tags[SERVICE_TAG] = service
     for attribute, tag in tag_attributes:
         if tag in tags:
             continue
-        found = attributes.get(attribute)
-        value = _tag_value(found if found is not None else resource.get(attribute))
-        if value is not None:
-            tags[tag] = value
+        try:
+            value = _tag_value(
+                attributes if attribute in attributes.values else resource, attribute
+            )
+        except _Unusable as exc:
+            notes.append(f"{attribute} {exc}: left out of the tags")
+            continue
+        if value is None:
+            continue
+        if len(tags) == MAX_TAGS:
+            notes.append(f"{attribute}: left out of the tags, an event has at most {MAX_TAGS}")
+            continue
+        tags[tag] = value
     return tags
 
 
-def _tag_value(value: AnyValue | None) -> str | None:
-    """A scalar attribute as a tag's value (cut to MAX_TAG_VALUE characters); None for an
-    empty one, a list, a map or bytes."""
-    if value is None:
+def _tag_value(attributes: _Attributes, key: str) -> str | None:
+    """A scalar attribute as a tag's value (cut to MAX_TAG_VALUE characters); None when it is
+    absent or empty; `_Unusable` for a list, a map or bytes, a value given twice, or text with
+    a control character (which no tag holds)."""
+    if key in attributes.twice:
+        raise _Unusable(_TWICE)
+    value = attributes.values.get(key)
+    kind = value.WhichOneof("value") if value is not None else None
+    if value is None or kind is None:
         return None
-    kind = value.WhichOneof("value")
     if kind == "string_value":
         text = value.string_value
     elif kind == "bool_value":
@@ -332,5 +444,8 @@ def _tag_value(value: AnyValue | None) -> str | None:
     elif kind == "double_value":
         text = repr(value.double_value)
     else:
-        return None
-    return text[:MAX_TAG_VALUE] or None
+        raise _Unusable(f"is {_KINDS[kind]}, not a string, number or boolean")
+    text = text[:MAX_TAG_VALUE]
+    if has_control(text):
+        raise _Unusable("holds a control character")
+    return text or None

@@ -187,10 +187,11 @@ def _encode(message: Message, encoding: Encoding) -> bytes:
 
 
 def encode_response(rejected: int, error_message: str, encoding: Encoding) -> bytes:
-    """The ExportTraceServiceResponse: `partial_success` is set only when spans were rejected
-    (as OTLP requires of a full success)."""
+    """The ExportTraceServiceResponse: `partial_success` is set only when spans were rejected,
+    or to warn (`rejected_spans` 0, a message: OTLP's way to answer a full success with a
+    warning); a full success without one leaves it unset, as OTLP requires."""
     response = ExportTraceServiceResponse()
-    if rejected:
+    if rejected or error_message:
         response.partial_success.CopyFrom(
             ExportTracePartialSuccess(rejected_spans=rejected, error_message=error_message)
         )
