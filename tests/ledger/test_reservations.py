@@ -847,17 +847,29 @@ async def test_a_release_that_comes_before_its_reserve_leaves_the_reserve_holdin
     )
     assert (row["amount"], row["state"], row["budget_ids"]) == (None, "released", [])
     assert row["ended_at"] is not None
+    # only such a mark may lack an estimate
+    for state, budget_ids in (("held", []), ("released", [hard])):
+        with pytest.raises(asyncpg.CheckViolationError, match="released_first"):
+            await pool.execute(
+                "INSERT INTO budget_reservations (project_id, id, amount, budget_ids,"
+                " window_starts, stripes, amounts, expires_at, state) VALUES ($1, $2, NULL, $3,"
+                " $4, $5, $6, now(), $7)",
+                access.project_id, uuid.uuid4(), budget_ids, [NOW] * len(budget_ids),
+                [1] * len(budget_ids), [Decimal(1)] * len(budget_ids), state,
+            )  # fmt: skip
 
 
 async def test_a_release_and_its_reserve_racing_never_leave_anything_held(
     pool: asyncpg.Pool, access: Access
 ) -> None:
     """Releases and reserves of the same chosen ids sent at once, on both ways: whichever comes
-    first, nothing stays held and the window's reserved room comes back to 0."""
+    first, nothing stays held and the window's reserved room comes back to 0. (A release whose
+    reserve committed between its update and its read answered `held` and released nothing:
+    seen here in one round of 20 before the fix.)"""
     hard = await budget(pool, access, "100")
     await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the zone, now known
     await reservations.release_expired(pool, now=NOW + timedelta(hours=1))
-    for round_ in range(20):
+    for round_ in range(60):
         if round_ % 2:
             reservations._ZONES.clear()
         chosen = str(uuid.uuid4())
@@ -865,12 +877,12 @@ async def test_a_release_and_its_reserve_racing_never_leave_anything_held(
                  reservations.release(pool, access, chosen)]  # fmt: skip
         if round_ % 4 < 2:
             calls.reverse()
-        await asyncio.gather(*calls)
-        assert await reservations.release(pool, access, chosen) == (uuid.UUID(chosen),
-                                                                    "released")  # fmt: skip
-    held = "SELECT count(*) FROM budget_reservations WHERE state = 'held'"
-    assert await pool.fetchval(held) == 0
-    assert await window(pool, access, hard) == (Decimal(0), Decimal(0))
+        answers = await asyncio.gather(*calls)
+        # whichever came first, nothing is held once both have answered
+        held = "SELECT count(*) FROM budget_reservations WHERE state = 'held'"
+        assert await pool.fetchval(held) == 0, (round_, answers)
+        assert await window(pool, access, hard) == (Decimal(0), Decimal(0)), (round_, answers)
+        assert (uuid.UUID(chosen), "released") in answers
 
 
 async def test_a_release_that_meets_its_reserve_committing_releases_what_it_made(

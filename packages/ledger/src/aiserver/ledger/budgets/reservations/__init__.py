@@ -395,12 +395,13 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
                     await store.change_stripes(conn, project_id, _releases(ended))
                     return parsed, "released"
                 row = await store.read_reservation(conn, project_id, parsed)
-                if row is not None:
-                    state: str = row["state"]
-                    return parsed, state
-                if await store.release_first(conn, project_id, parsed):
+                state: str | None = None if row is None else row["state"]
+                if state is None and await store.release_first(conn, project_id, parsed):
                     return parsed, "released"
-            # a reserve of the id committed while the release looked: release what it made
+                if state not in (None, "held"):
+                    return parsed, state
+            # a reserve of the id committed while the release looked (between its statements,
+            # each of which sees what has committed when it starts): release what it made
 
 
 async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) -> int:
