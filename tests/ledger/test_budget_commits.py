@@ -355,19 +355,29 @@ async def test_a_late_event_of_a_window_from_before_the_budget_counts_for_none_o
 async def test_the_migration_sets_each_existing_budgets_counts_from_to_its_creation_window(
     project: tuple[asyncpg.Pool, Access],
 ) -> None:
-    """The upgrade's statement (SQL `date_trunc` in the project's zone) draws the window that
-    held each budget's `created_at` as `window_of` does: every period, zones east and west of
-    UTC and off the hour, a daylight-saving day, a Sunday night before a Monday."""
+    """The upgrade's statement (`ledger_window_start`, in SQL) draws the window that held each
+    budget's `created_at` as `window_of` does: every period, zones east and west of UTC and off
+    the hour, daylight-saving days, a Sunday night before a Monday, a local midnight that
+    happens twice (Havana, the Azores: clocks back from 01:00 to 00:00; PostgreSQL alone takes
+    the second) and one that does not happen (Santiago: clocks forward from 00:00)."""
     pool, _ = project
     upgrade = importlib.import_module(
         "aiserver.ledger.piccolo_migrations.ledger_2026_12_05t05_00_00_000000"
     )
-    instants = [datetime(2026, 10, 25, 1, 30, tzinfo=UTC), datetime(2026, 3, 8, 6, 59, tzinfo=UTC),
-                datetime(2026, 12, 6, 23, 15, tzinfo=UTC), datetime(2026, 12, 31, 20, tzinfo=UTC),
-                datetime(2027, 1, 1, 0, 0, tzinfo=UTC)]  # fmt: skip
+    instants = [
+        datetime(2026, 10, 25, 1, 30, tzinfo=UTC), datetime(2026, 3, 8, 6, 59, tzinfo=UTC),
+        datetime(2026, 12, 6, 23, 15, tzinfo=UTC), datetime(2026, 12, 31, 20, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 11, 1, 12, tzinfo=UTC),
+        datetime(2026, 10, 25, 12, tzinfo=UTC), datetime(2026, 9, 6, 12, tzinfo=UTC),
+    ]  # fmt: skip
+    zones = ("Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati", "UTC",
+             "America/Havana", "Atlantic/Azores", "America/Santiago")  # fmt: skip
+    # the days this is about: each zone's midnight there is ambiguous or missing
+    assert window_of("month", "America/Havana", instants[5])[0] == datetime(
+        2026, 11, 1, 4, tzinfo=UTC
+    )
     made = []
-    for n, zone in enumerate(("Europe/Berlin", "America/New_York", "Asia/Kolkata",
-                              "Pacific/Kiritimati", "UTC")):  # fmt: skip
+    for n, zone in enumerate(zones):
         slug = f"z{n}"
         project_id = await pool.fetchval(
             "INSERT INTO projects (slug, name, time_zone) VALUES ($1, $1, $2) RETURNING id",
@@ -384,12 +394,36 @@ async def test_the_migration_sets_each_existing_budgets_counts_from_to_its_creat
                 "UPDATE budgets SET created_at = $2, counts_from = NULL WHERE id = $1",
                 budget_id, at,
             )  # fmt: skip
-        await conn.execute(upgrade.STATEMENTS[1])
+        await conn.execute(upgrade.STATEMENTS[2])
         got = dict(await conn.fetch("SELECT id, counts_from FROM budgets"))
         await conn.execute("ALTER TABLE budgets ALTER COLUMN counts_from SET NOT NULL")
-    assert len(made) == 5 * len(PERIODS) * len(instants)
+    assert len(made) == len(zones) * len(PERIODS) * len(instants)
     for budget_id, zone, period, at in made:
         assert got[budget_id] == window_of(period, zone, at)[0], (zone, period, at)
+
+
+async def test_a_budget_the_release_before_inserts_counts_from_the_window_it_was_made_in(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """While the upgrade rolls out, API replicas of the release before keep creating budgets
+    with no `counts_from`: the trigger fills it from `created_at` in the project's zone, so the
+    insert succeeds and ingest counts the budget from its window."""
+    pool, access = project
+    made = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    budget_id = await pool.fetchval(
+        "INSERT INTO budgets (project_id, name, period, limit_usd, created_at)"
+        " VALUES ($1, 'old', 'week', 1, $2) RETURNING id",
+        access.project_id, made,
+    )  # fmt: skip
+    counts_from = await pool.fetchval("SELECT counts_from FROM budgets WHERE id = $1", budget_id)
+    assert counts_from == window_of("week", ZONE, made)[0]
+    # what the release before reads budgets with is still there, as it was
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM ledger_ingest_start($1, 0, 'x')", access.project_id
+        )
+        == 1
+    )
 
 
 async def test_a_limit_lowered_past_the_windows_spend_alerts_for_each_threshold_now_reached(

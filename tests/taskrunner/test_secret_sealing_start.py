@@ -40,8 +40,7 @@ async def test_a_start_with_keys_seals_the_secrets_stored_in_the_clear(
         )
         await conn.execute(  # as a version before sealing wrote it
             "INSERT INTO budgets (project_id, name, period, limit_usd, webhook_url,"
-            " webhook_secret, counts_from)"
-            " VALUES ($1, 'b', 'day', 1, 'https://hooks.example/b', $2, now())",
+            " webhook_secret) VALUES ($1, 'b', 'day', 1, 'https://hooks.example/b', $2)",
             project_id,
             CLEAR_SECRET,
         )

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 #: The channel of the catalog's NOTIFY; its payload is `<source>:<catalog version>`.
 NOTIFY_CHANNEL: Final = "aiserver_catalog"
 #: The advisory lock a change of the catalog version takes exclusive (`lock_catalog_version`)
-#: and an ingest's transaction shared (the ledger's `ledger_ingest_start`), as does a reprice
+#: and an ingest's transaction shared (the ledger's `ledger_ingest_start_v2`), as does a reprice
 #: batch (`hold_catalog_version`): no new version commits while one that read it is still open.
 CATALOG_VERSION_LOCK: Final = advisory_lock_key("costs:catalog-version")
 

@@ -260,19 +260,19 @@ async def project_time_zone(conn: DbConnection, project_id: int) -> str:
 
 async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, list[BudgetScope]]:
     """The project's time zone and its budgets' (id, tags, model, period), read after taking
-    the project's row FOR KEY SHARE (see `ledger_ingest_budgets`): in a transaction, no budget
+    the project's row FOR KEY SHARE (see `ledger_ingest_budgets_v2`): in a transaction, no budget
     of the project is created or deleted until it ends."""
-    rows = await conn.fetch("SELECT * FROM ledger_ingest_budgets($1)", project_id)
+    rows = await conn.fetch("SELECT * FROM ledger_ingest_budgets_v2($1)", project_id)
     return _scopes(project_id, rows)
 
 
 async def ingest_start(conn: DbConnection, project_id: int) -> tuple[int, str, list[BudgetScope]]:
     """What `budgets_for_ingest` answers, and before it the committed catalog version, read
-    under the catalog's advisory lock taken shared (see `ledger_ingest_start`): until the
+    under the catalog's advisory lock taken shared (see `ledger_ingest_start_v2`): until the
     transaction ends no new catalog version commits, so the version read is the one committed
     at its COMMIT."""
     rows = await conn.fetch(
-        "SELECT * FROM ledger_ingest_start($1, $2, $3)",
+        "SELECT * FROM ledger_ingest_start_v2($1, $2, $3)",
         project_id,
         CATALOG_VERSION_LOCK,
         DEFAULT_SOURCE,

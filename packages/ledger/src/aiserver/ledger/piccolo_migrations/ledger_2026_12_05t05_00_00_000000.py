@@ -7,11 +7,21 @@ again in. An event of an earlier window counts for none of the budget's windows,
 a reprice: before, a late event opened such a window with itself alone, and a reprice of an
 older event of that window then moved a cost the window had never counted.
 
-For the budgets already made it is the start of the window that held `created_at` in the
-project's time zone now (`total`: its one window). A time zone change made the current window
+`ledger_window_start(period, zone, at)` draws a window's start as the code does
+(`aiserver.ledger.budgets.periods.window_of`): local midnight of the day, ISO week or month that
+holds `at`; where that midnight happens twice (clocks going back at 01:00 to 00:00), the first
+of the two; where it does not happen, the first instant after the gap. (PostgreSQL's own
+`timestamp AT TIME ZONE` takes the second of two.)
+
+For the budgets already made, `counts_from` is the window that held `created_at` in the
+project's time zone now (`total`: its one window). A time zone change makes the current window
 again at a later instant, so that start is never after a window a budget counts.
 
-`ledger_ingest_budgets` and `ledger_ingest_start` answer it with each budget.
+Compatible with the API of the release before, which keeps serving while this is applied: a
+trigger fills `counts_from` for a budget inserted without it (from `created_at`), and the
+functions ingest reads its budgets with are new ones (`ledger_ingest_budgets_v2`,
+`ledger_ingest_start_v2`): the old ones, which the release before calls, stay as they were
+until a later migration drops them.
 """
 
 from aiserver.core_db.migrations import sql_migration
@@ -21,19 +31,47 @@ VERSION = "1.38.0"
 DESCRIPTION = "a budget counts from the window it was made in"
 
 STATEMENTS = (
+    """
+    CREATE FUNCTION ledger_window_start(period TEXT, zone TEXT, at TIMESTAMPTZ)
+    RETURNS TIMESTAMPTZ LANGUAGE sql STABLE AS $$
+        SELECT CASE WHEN period = 'total' THEN TIMESTAMPTZ '1970-01-01 00:00:00+00' ELSE (
+            SELECT coalesce(
+                (SELECT min(c)
+                 FROM unnest(ARRAY[l.later, l.later - interval '30 minutes',
+                                   l.later - interval '1 hour', l.later - interval '2 hours'])
+                      AS c
+                 WHERE c AT TIME ZONE zone = l.midnight),
+                l.later)
+            FROM (SELECT m.midnight, m.midnight AT TIME ZONE zone AS later
+                  FROM (SELECT date_trunc(period, at AT TIME ZONE zone) AS midnight) AS m) AS l
+        ) END
+    $$
+    """,
     "ALTER TABLE budgets ADD COLUMN counts_from TIMESTAMPTZ",
     """
-    UPDATE budgets AS b SET counts_from = CASE b.period
-        WHEN 'total' THEN TIMESTAMPTZ '1970-01-01 00:00:00+00'
-        ELSE date_trunc(b.period, b.created_at AT TIME ZONE pr.time_zone) AT TIME ZONE pr.time_zone
-    END
+    UPDATE budgets AS b SET counts_from = ledger_window_start(b.period, pr.time_zone, b.created_at)
     FROM projects AS pr WHERE pr.id = b.project_id
     """,
-    "ALTER TABLE budgets ALTER COLUMN counts_from SET NOT NULL",
-    "DROP FUNCTION ledger_ingest_start(BIGINT, BIGINT, TEXT)",
-    "DROP FUNCTION ledger_ingest_budgets(BIGINT)",
     """
-    CREATE FUNCTION ledger_ingest_budgets(p BIGINT)
+    CREATE FUNCTION ledger_budget_counts_from() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.counts_from IS NULL THEN
+            NEW.counts_from := ledger_window_start(
+                NEW.period, (SELECT pr.time_zone FROM projects AS pr WHERE pr.id = NEW.project_id),
+                NEW.created_at
+            );
+        END IF;
+        RETURN NEW;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER budgets_counts_from BEFORE INSERT ON budgets
+        FOR EACH ROW EXECUTE FUNCTION ledger_budget_counts_from()
+    """,
+    "ALTER TABLE budgets ALTER COLUMN counts_from SET NOT NULL",
+    """
+    CREATE FUNCTION ledger_ingest_budgets_v2(p BIGINT)
     RETURNS TABLE (time_zone TEXT, budget_id BIGINT, tags TEXT, model TEXT, period TEXT,
                    limit_usd NUMERIC, thresholds NUMERIC[], has_webhook BOOLEAN,
                    counts_from TIMESTAMPTZ)
@@ -50,7 +88,7 @@ STATEMENTS = (
     $$
     """,
     """
-    CREATE FUNCTION ledger_ingest_start(p BIGINT, catalog_lock BIGINT, catalog_source TEXT)
+    CREATE FUNCTION ledger_ingest_start_v2(p BIGINT, catalog_lock BIGINT, catalog_source TEXT)
     RETURNS TABLE (catalog_version BIGINT, time_zone TEXT, budget_id BIGINT, tags TEXT,
                    model TEXT, period TEXT, limit_usd NUMERIC, thresholds NUMERIC[],
                    has_webhook BOOLEAN, counts_from TIMESTAMPTZ)
@@ -61,7 +99,7 @@ STATEMENTS = (
         PERFORM pg_advisory_xact_lock_shared(catalog_lock);
         SELECT m.catalog_version INTO v FROM ai_cost_metadata AS m
         WHERE m.source = catalog_source;
-        RETURN QUERY SELECT COALESCE(v, 0), b.* FROM ledger_ingest_budgets(p) AS b;
+        RETURN QUERY SELECT COALESCE(v, 0), b.* FROM ledger_ingest_budgets_v2(p) AS b;
     END
     $$
     """,
