@@ -81,19 +81,28 @@ def test_a_limit_of_0_refuses_nobody_and_remembers_nothing() -> None:
     assert len(attempts) == 0
 
 
-def test_addresses_that_rotate_do_not_grow_the_memory() -> None:
+def test_addresses_that_rotate_do_not_grow_the_memory_nor_escape_the_count() -> None:
+    """Past the bound, the other addresses count as one: a flood of new addresses gets `limit`
+    failures per window together, and no address that must wait is forgotten (before, the one
+    that failed longest ago was dropped, blocked or not, and an attacker with more addresses
+    than the bound got `limit` more guesses from each in turn)."""
     clock = Clock()
     attempts = FailedAttempts(5, 60, max_addresses=100, clock=clock)
     for n in range(5000):  # a new address each time, faster than the window forgets them
         attempts.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
         clock.now += 0.001
-    assert len(attempts) == 100  # the bound: the addresses that failed last
-    attempts.failed("198.51.100.1")
+    assert len(attempts) == 101  # the bound, and the one count of the addresses past it
+    assert attempts.wait("10.0.0.0") == 0  # the first 100: one failure each
     for _ in range(4):
-        attempts.failed("198.51.100.1")
-    assert attempts.wait("198.51.100.1") == 60  # the latest is remembered whole
+        attempts.failed("10.0.0.0")
+    assert 50 < attempts.wait("10.0.0.0") <= 60  # blocked, and remembered while new ones come
+    for n in range(5000, 5100):
+        assert attempts.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+    assert attempts.wait("10.0.0.0") > 0
+    assert attempts.wait("198.51.100.1") > 0  # a new address shares the flood's count
     clock.now += 61
-    attempts.failed("198.51.100.2")  # a failure forgets every address out of the window
+    assert attempts.wait("198.51.100.1") == 0  # the window passed: all forgotten
+    attempts.failed("198.51.100.2")
     assert len(attempts) == 1
 
 

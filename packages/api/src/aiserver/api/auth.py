@@ -60,6 +60,8 @@ log = get_logger(__name__)
 
 #: The most client addresses a process remembers failures of (a few MB at the default limit).
 MAX_ADDRESSES: Final = 10_000
+#: What the addresses past MAX_ADDRESSES count as, together (no address looks like this).
+OVERFLOW: Final = "(addresses past the bound)"
 #: Where the app keeps its `FailedAttempts` (in `app.state`, made on first use).
 _STATE_KEY: Final = "failed_attempts"
 
@@ -68,10 +70,13 @@ class FailedAttempts:
     """The times of the recent failed attempts of each client address, in this process.
 
     An address with `limit` failures in the last `window_s` seconds must wait until the oldest
-    of them is `window_s` old. At most `max_addresses` addresses are remembered: an address
-    whose failures are all out of the window is forgotten, and past the bound the one that
-    failed longest ago, so an attacker that rotates addresses cannot grow this (it gets `limit`
-    attempts per address and window, with or without it). `limit` 0 refuses nobody.
+    of them is `window_s` old. At most `max_addresses` addresses are remembered, each until its
+    failures are all out of the window. While that many are, every other address counts as one
+    (`OVERFLOW`): an attacker that rotates through more addresses than that gets `limit`
+    attempts per window for all the others together, and this never grows past the bound (no
+    address is forgotten while it must wait, which would give it `limit` attempts more). The
+    price, under such a flood only: a client at a new address shares the others' count.
+    `limit` 0 refuses nobody.
     """
 
     def __init__(
@@ -91,10 +96,14 @@ class FailedAttempts:
 
     def wait(self, address: str) -> int:
         """Whole seconds until `address` may try again; 0: it may now."""
-        times = self._failures.get(address, ())
-        if self.limit == 0 or len(times) < self.limit:
+        if self.limit == 0:
             return 0
-        left = times[0] + self.window_s - self._clock()
+        now = self._clock()
+        self._forget(now)
+        times = self._failures.get(self._counted_as(address), ())
+        if len(times) < self.limit:
+            return 0
+        left = times[0] + self.window_s - now
         return math.ceil(left) if left > 0 else 0
 
     def failed(self, address: str) -> bool:
@@ -103,10 +112,15 @@ class FailedAttempts:
             return False
         now = self._clock()
         self._forget(now)
-        self._failures[address] = (*self._failures.pop(address, ()), now)[-self.limit :]
-        if len(self._failures) > self.max_addresses:
-            self._failures.popitem(last=False)
+        key = self._counted_as(address)
+        self._failures[key] = (*self._failures.pop(key, ()), now)[-self.limit :]
         return self.wait(address) > 0
+
+    def _counted_as(self, address: str) -> str:
+        """The key `address` counts under: its own, or `OVERFLOW` while the bound is reached."""
+        if address in self._failures or len(self._failures) < self.max_addresses:
+            return address
+        return OVERFLOW
 
     def _forget(self, now: float) -> None:
         """Drop the addresses whose last failure is out of the window (they come first)."""
