@@ -16,7 +16,7 @@ import structlog
 
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service, store
-from aiserver.documents.errors import DatabaseStalled
+from aiserver.documents.errors import DatabaseStalled, StalledBeforeTheTry
 from aiserver.documents.service import JOB_MAX_TRIES, JobBounds
 from aiserver.documents.settings import DocumentSettings
 
@@ -226,18 +226,37 @@ async def _lock_waits(settings: Settings, statement: str) -> int:
     return waiting
 
 
-async def test_a_row_lock_held_when_a_try_begins_fails_the_document_within_the_bounds(
+async def test_a_row_lock_held_when_a_try_begins_leaves_the_document_queued_for_the_next(
     db: Settings,
 ) -> None:
     """Before, the job's first statement waited for the row as long as the other session held
     it, into arq's timeout: the document stayed `queued`, its job gone. Now the try gives up
-    after the lock wait and fails the document, once the other session lets go of it."""
+    after the lock wait, writes nothing (the document is `queued` as it was, its try not
+    counted) and says that the job should run again (`StalledBeforeTheTry`)."""
+    document_id = await _note()
+    began = time.monotonic()
+    async with row_locked(db, document_id):
+        with pytest.raises(StalledBeforeTheTry, match=r"^counting the try: another database"):
+            await service.process(require_pool(), str(document_id), DocumentSettings(),
+                                  asyncio.Semaphore(1), bounds=SMALL)  # fmt: skip
+    assert time.monotonic() - began < SMALL.most_s(SMALL.step_s)
+    async with require_pool().acquire() as conn:
+        queued = await store.get_document(conn, document_id)
+    assert queued is not None
+    assert (queued.status, queued.attempts, queued.error) == ("queued", 0, None)
+
+
+async def test_a_row_lock_held_when_the_last_try_begins_fails_the_document_within_the_bounds(
+    db: Settings,
+) -> None:
+    """On the job's last try there is no other: the try gives up after the lock wait and
+    fails the document, once the other session lets go of it."""
     document_id = await _note()
     began = time.monotonic()
     async with row_locked(db, document_id):
         job = asyncio.create_task(
             service.process(require_pool(), str(document_id), DocumentSettings(),
-                            asyncio.Semaphore(1), bounds=SMALL)
+                            asyncio.Semaphore(1), job_try=JOB_MAX_TRIES, bounds=SMALL)
         )  # fmt: skip
         async with asyncio.timeout(10):
             while not await _lock_waits(db, "status = 'failed'"):  # the try gave up: it fails
@@ -245,6 +264,7 @@ async def test_a_row_lock_held_when_a_try_begins_fails_the_document_within_the_b
                 await asyncio.sleep(0.02)
     with pytest.raises(DatabaseStalled, match=r"^counting the try: another database session"):
         await asyncio.wait_for(job, timeout=10)
+    assert not isinstance(job.exception(), StalledBeforeTheTry)
     assert time.monotonic() - began < 10
     async with require_pool().acquire() as conn:
         failed = await store.get_document(conn, document_id)
@@ -265,7 +285,8 @@ async def test_a_row_lock_held_throughout_ends_the_job_within_its_bounds(db: Set
         async with row_locked(db, document_id):
             with pytest.raises(DatabaseStalled, match=r"^counting the try"):
                 await service.process(require_pool(), str(document_id), DocumentSettings(),
-                                      asyncio.Semaphore(1), bounds=SMALL)  # fmt: skip
+                                      asyncio.Semaphore(1), job_try=JOB_MAX_TRIES,
+                                      bounds=SMALL)  # fmt: skip
     took = time.monotonic() - began
     assert 2 * SMALL.lock_wait_s <= took < 2 * SMALL.most_s(SMALL.step_s)
     (left,) = [e for e in logs if e["log_level"] == "error"]

@@ -171,3 +171,42 @@ async def test_a_row_lock_held_while_the_outputs_are_stored_fails_the_document(
     last = await result(redis, job_id)
     assert (last.job_try, last.success) == (1, False)
     assert "storing the outputs" in str(last.result)
+
+
+async def test_a_row_lock_held_when_the_job_begins_leaves_the_document_to_its_next_try(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    """A database that stalls before the try is counted (here: another session holds the
+    document's row past the lock wait) writes nothing: the document stays `queued`, and arq
+    runs the job again after STALL_RETRY_S (`Retry`), which converts it once the row is free.
+    Before, the document was failed for a stall that had passed ("upload it again")."""
+    conn = await asyncpg.connect(settings.core.database_url)
+    locker = await asyncpg.connect(settings.core.database_url)
+    try:
+        document_id = await store.create_document(
+            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
+        )
+        job_id = process_job_id(str(document_id))
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", document_id)
+        await redis.enqueue_job(
+            PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME
+        )
+        run = asyncio.create_task(run_burst(make_worker(settings)))
+        async with asyncio.timeout(60):
+            # the first try gave up and asked to run again: the job is queued for later
+            while (await redis.zscore(QUEUE_NAME, job_id) or 0) <= time.time() * 1000:
+                assert not run.done()
+                await asyncio.sleep(0.05)
+            stalled = await document(conn, document_id)
+            await lock.rollback()
+            await run
+        done = await document(conn, document_id)
+    finally:
+        await locker.close()
+        await conn.close()
+    assert (stalled.status, stalled.attempts, stalled.error) == ("queued", 0, None)
+    assert (done.status, done.attempts) == ("done", 1)
+    last = await result(redis, job_id)
+    assert (last.job_try, last.success) == (2, True)

@@ -58,3 +58,9 @@ class ToolTimeout(ConversionError):
 class DatabaseStalled(Unavailable, slug="database-stalled"):
     """A database step of the conversion job did not end within its bounds: a lock that another
     session held on the document's row, a connection that hung, none free in the pool."""
+
+
+class StalledBeforeTheTry(DatabaseStalled):
+    """The database stalled before the job's try was counted: nothing of the try is written,
+    the document stays `queued`, and the job runs again later (the task runner raises arq's
+    `Retry`); the last try the job has fails the document instead."""

@@ -27,6 +27,7 @@ from aiserver.documents.errors import (
     DocumentNotReady,
     DocumentTooLarge,
     EmptyDocument,
+    StalledBeforeTheTry,
     UnknownDocument,
     UnknownPage,
 )
@@ -125,11 +126,16 @@ MAX_CONVERSIONS: Final = 2
 #: Tries of a document's job that the task runner's job queue (arq) runs, by its own count
 #: (`job_try`), after which it drops the job without calling it: that would leave the document
 #: `queued` or `processing` for good. arq also counts tries cut before they reached the row
-#: (the task runner killed while the job waited for an upload to commit, or the database
-#: stalled), which the document does not; so beyond the document's MAX_CONVERSIONS and the try
-#: that fails it, arq allows as many again for those. Should even these run out, its last try
-#: fails the document rather than convert it, whatever the document's own count.
+#: (the task runner killed while the job waited for an upload to commit, or a stall of the
+#: database before the try was counted, which the job runs again: `StalledBeforeTheTry`), which
+#: the document does not; so beyond the document's MAX_CONVERSIONS and the try that fails it,
+#: arq allows as many again for those. Should even these run out, its last try fails the
+#: document rather than convert it, whatever the document's own count.
 JOB_MAX_TRIES: Final = 2 * (MAX_CONVERSIONS + 1)
+
+
+#: How long after a try stalled before it began the job runs again (`StalledBeforeTheTry`).
+STALL_RETRY_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +293,13 @@ async def process(
     doc_id = uuid.UUID(document_id)
     try:
         started = await _start(pool, doc_id, visible_within_s, job_try, bounds)
+    except DatabaseStalled as exc:
+        # Nothing of this try is written (its count rolled back): the document is as it was,
+        # `queued`, and the job's runner runs it again (`StalledBeforeTheTry`), but the last.
+        if job_try < JOB_MAX_TRIES:
+            raise StalledBeforeTheTry(str(exc)) from exc
+        await _fail_unexpectedly(pool, doc_id, exc, bounds)
+        raise
     except Exception as exc:
         await _fail_unexpectedly(pool, doc_id, exc, bounds)
         raise

@@ -30,10 +30,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
+from arq.worker import Retry
+
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.documents.errors import StalledBeforeTheTry
 from aiserver.ledger.budgets.alerts.delivery import deliver_due
 from aiserver.ledger.budgets.reservations import release_expired
 from aiserver.ledger.spend import rebuild
@@ -62,6 +65,14 @@ def logged_job(job: Job) -> Job:
                 "job cancelled: its timeout fails it; a shutdown re-queues it",
                 function=job.__name__,
                 duration_s=round(time.perf_counter() - started, 3),
+            )
+            raise
+        except Retry as again:
+            log.warning(
+                "job runs again later",
+                function=job.__name__,
+                duration_s=round(time.perf_counter() - started, 3),
+                reason=str(again.__cause__ or ""),
             )
             raise
         except BaseException as exc:
@@ -112,12 +123,16 @@ async def cost_data_update_task(ctx: Ctx) -> dict[str, Any]:
 @logged_job
 async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
     """Convert one uploaded document and store its outputs (see `aiserver.documents.service`);
-    arq's count of the try tells the job when it has no other."""
+    arq's count of the try tells the job when it has no other. A database that stalled before
+    the try began leaves the document `queued`: the job runs again (arq's `Retry`)."""
     settings: TaskRunnerSettings = ctx["settings"]
-    return await documents.process(
-        require_pool(), document_id, settings.documents, ctx["document_slots"],
-        job_try=ctx["job_try"],
-    )  # fmt: skip
+    try:
+        return await documents.process(
+            require_pool(), document_id, settings.documents, ctx["document_slots"],
+            job_try=ctx["job_try"],
+        )  # fmt: skip
+    except StalledBeforeTheTry as stalled:
+        raise Retry(defer=documents.STALL_RETRY_S) from stalled
 
 
 @logged_job
