@@ -906,3 +906,48 @@ async def test_a_release_that_meets_its_reserve_committing_releases_what_it_made
     assert await asyncio.wait_for(releasing, 30) == (chosen, "released")
     state = await pool.fetchval("SELECT state FROM budget_reservations WHERE id = $1", chosen)
     assert state == "released"
+
+
+async def test_the_sweep_forgets_reservations_that_ended_30_days_ago_and_never_a_held_one(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """Before, every reservation stayed for ever (one row per guarded call). Ended ones are
+    deleted once KEEP_ENDED has passed since they ended, oldest first, in batches; a held one
+    stays whatever its age, and a forgotten id is one never seen."""
+    hard = await budget(pool, access, "100")
+    made = [await reserve(pool, access, amount=Decimal("0.01"), now=NOW) for _ in range(5)]
+    held = await reserve(pool, access, amount=Decimal("0.02"), now=NOW)
+    for r in made[:4]:
+        await reservations.release(pool, access, str(r.id))
+    await reservations.release(pool, access, "0f1e2d3c-4b5a-4968-8776-655443322110")  # a mark
+    await record(pool, access, event("settles", NOW, str(made[4].id)))
+    ages = {made[0].id: 40, made[1].id: 31, made[2].id: 29, made[3].id: 1, made[4].id: 35,
+            uuid.UUID("0f1e2d3c-4b5a-4968-8776-655443322110"): 31, held.id: 60}  # fmt: skip
+    for rid, days in ages.items():
+        await pool.execute(
+            "UPDATE budget_reservations SET ended_at = CASE WHEN state = 'held' THEN NULL"
+            " ELSE $2::timestamptz END, created_at = $2 WHERE id = $1",
+            rid, NOW - timedelta(days=days),
+        )  # fmt: skip
+    assert await reservations.forget_ended(pool, now=NOW) == 4
+    left = {r["id"] for r in await pool.fetch("SELECT id FROM budget_reservations")}
+    assert left == {made[2].id, made[3].id, held.id}
+    assert await window(pool, access, hard) == (Decimal("0.004998"), Decimal("0.02"))
+    assert await reservations.forget_ended(pool, now=NOW) == 0
+    # a forgotten id is one never seen: a reserve of it makes a new reservation
+    again = await reserve(pool, access, amount=Decimal("0.5"), reservation_id=str(made[0].id),
+                          now=NOW)  # fmt: skip
+    assert (again.id, again.repeated, again.state) == (made[0].id, False, "held")
+
+
+async def test_forgetting_goes_in_batches_and_stops_at_its_most_per_sweep(
+    pool: asyncpg.Pool, access: Access, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reservations, "SWEEP_BATCH", 3)
+    monkeypatch.setattr(reservations, "FORGET_PER_SWEEP", 7)
+    for _ in range(11):
+        await reservations.release(pool, access, str(uuid.uuid4()))  # marks: ended now
+    later = datetime.now(UTC) + reservations.KEEP_ENDED + timedelta(minutes=1)
+    assert await reservations.forget_ended(pool, now=later) == 9  # 3 batches, past 7: stops
+    assert await reservations.forget_ended(pool, now=later) == 2
+    assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 0

@@ -11,7 +11,7 @@
 - `rebuild_rollups(project_id)`: a project's rollups made again after its rolled-up tag keys
   changed (`REBUILD_JOB`, enqueued by the API).
 - `budget_reservations_sweep_task` (cron, every minute): reservations past their expiry
-  released (`RESERVATIONS_TASK`).
+  released, and those that ended 30 days ago forgotten (`RESERVATIONS_TASK`).
 - `budget_alerts_task` (cron, every 10 s): budget alerts that are due sent as signed webhooks
   (`ALERTS_TASK`; claims are leases, so runners that overlap never send an attempt twice).
 
@@ -38,7 +38,7 @@ from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
 from aiserver.documents.errors import StalledBeforeTheTry
 from aiserver.ledger.budgets.alerts.delivery import deliver_due
-from aiserver.ledger.budgets.reservations import release_expired
+from aiserver.ledger.budgets.reservations import forget_ended, release_expired
 from aiserver.ledger.spend import rebuild
 from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.usage.partitions import maintain
@@ -169,9 +169,12 @@ async def rebuild_rollups(ctx: Ctx, project_id: int) -> dict[str, Any]:
 
 @logged_job
 async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
-    """Cron: release the budget reservations whose expiry passed unsettled. Runners may sweep
-    at once: each skips the reservations another is ending."""
-    return {"released": await release_expired(require_pool())}
+    """Cron: release the budget reservations whose expiry passed unsettled, and forget those
+    that ended long ago (`reservations.KEEP_ENDED`). Runners may sweep at once: each skips the
+    reservations another is ending."""
+    pool = require_pool()
+    released = await release_expired(pool)
+    return {"released": released, "forgotten": await forget_ended(pool)}
 
 
 @logged_job

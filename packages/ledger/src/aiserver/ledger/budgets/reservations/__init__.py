@@ -74,6 +74,11 @@ _SHARE_UNIT: Final = Decimal("1e-12")
 #: The context of a part of the room left (divided, then cut down to _SHARE_UNIT).
 _EXACT: Final = Context(prec=80)
 SWEEP_BATCH: Final = 500
+#: How long an ended reservation (settled, released, expired) is kept: far past any repeat of
+#: its reserve or release (a client's retries take minutes), then forgotten by the sweep.
+KEEP_ENDED: Final = timedelta(days=30)
+#: The most ended reservations one sweep forgets (the sweep runs every minute).
+FORGET_PER_SWEEP: Final = 20 * SWEEP_BATCH
 #: Each project's time zone as this process last read it, for the windows of the quick way; a
 #: hint, never trusted: the statement checks it. Forgotten whole past `_MAX_ZONES` projects.
 _ZONES: dict[int, str] = {}
@@ -420,6 +425,22 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
         released += len(ended)
         if len(ended) < SWEEP_BATCH:
             return released
+
+
+async def forget_ended(pool: asyncpg.Pool, *, now: datetime | None = None) -> int:
+    """Delete the reservations that ended more than KEEP_ENDED ago (the task runner's sweep),
+    oldest first, in batches of `SWEEP_BATCH`, at most FORGET_PER_SWEEP per call (the next
+    sweep goes on). A reserve or release of such an id after that is one of an id never seen:
+    a reserve makes a new reservation, a release writes the id down as released."""
+    before = (now or datetime.now(UTC)) - KEEP_ENDED
+    forgotten = 0
+    while forgotten < FORGET_PER_SWEEP:
+        async with pool.acquire() as conn:
+            deleted = await store.delete_ended(conn, before, SWEEP_BATCH)
+        forgotten += deleted
+        if deleted < SWEEP_BATCH:
+            break
+    return forgotten
 
 
 async def settle(

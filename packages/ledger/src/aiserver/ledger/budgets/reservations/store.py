@@ -358,6 +358,23 @@ async def expire_due(conn: DbConnection, now: datetime, limit: int) -> list[Held
     return [_held(r) for r in rows]
 
 
+async def delete_ended(conn: DbConnection, before: datetime, limit: int) -> int:
+    """Delete up to `limit` reservations (any project) that ended before `before`, oldest
+    first; how many. A held one is never touched."""
+    status: str = await conn.execute(
+        """
+        DELETE FROM budget_reservations AS r
+        USING (SELECT project_id, id FROM budget_reservations
+               WHERE state <> 'held' AND ended_at < $1
+               ORDER BY ended_at LIMIT $2) AS old
+        WHERE r.project_id = old.project_id AND r.id = old.id
+        """,
+        before,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def change_stripes(
     conn: DbConnection,
     project_id: int,
