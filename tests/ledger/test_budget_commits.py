@@ -359,7 +359,8 @@ async def test_the_migration_sets_each_existing_budgets_counts_from_to_its_creat
     budget's `created_at` as `window_of` does: every period, zones east and west of UTC and off
     the hour, daylight-saving days, a Sunday night before a Monday, a local midnight that
     happens twice (Havana, the Azores: clocks back from 01:00 to 00:00; PostgreSQL alone takes
-    the second) and one that does not happen (Santiago: clocks forward from 00:00)."""
+    the second) and one that does not happen (Santiago: clocks forward from 00:00), a zone
+    name PostgreSQL reads otherwise (CET) and a clock that went back 3 hours (Casey)."""
     pool, _ = project
     upgrade = importlib.import_module(
         "aiserver.ledger.piccolo_migrations.ledger_2026_12_05t05_00_00_000000"
@@ -369,9 +370,13 @@ async def test_the_migration_sets_each_existing_budgets_counts_from_to_its_creat
         datetime(2026, 12, 6, 23, 15, tzinfo=UTC), datetime(2026, 12, 31, 20, tzinfo=UTC),
         datetime(2027, 1, 1, 0, 0, tzinfo=UTC), datetime(2026, 11, 1, 12, tzinfo=UTC),
         datetime(2026, 10, 25, 12, tzinfo=UTC), datetime(2026, 9, 6, 12, tzinfo=UTC),
+        datetime(2026, 7, 3, 10, tzinfo=UTC), datetime(2023, 3, 9, 12, tzinfo=UTC),
     ]  # fmt: skip
+    # CET: a name PostgreSQL alone reads without summer time (projects made before it was
+    # refused); Antarctica/Casey went back 3 hours at midnight on 9 March 2023
     zones = ("Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati", "UTC",
-             "America/Havana", "Atlantic/Azores", "America/Santiago")  # fmt: skip
+             "America/Havana", "Atlantic/Azores", "America/Santiago", "CET",
+             "Antarctica/Casey")  # fmt: skip
     # the days this is about: each zone's midnight there is ambiguous or missing
     assert window_of("month", "America/Havana", instants[5])[0] == datetime(
         2026, 11, 1, 4, tzinfo=UTC

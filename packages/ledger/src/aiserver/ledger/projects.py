@@ -27,6 +27,7 @@ from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.store import Project
 from aiserver.ledger.text import has_control
+from aiserver.ledger.zones import read_otherwise
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -64,7 +65,8 @@ def check_name(name: str, field: str = "name") -> None:
 
 
 def check_time_zone(name: str) -> str:
-    """`name` when it is an IANA time zone this server knows; `InvalidField` otherwise."""
+    """`name` when it is an IANA time zone this server knows, and reads as PostgreSQL does;
+    `InvalidField` otherwise."""
     try:
         if name != name.strip():
             raise ValueError(name)
@@ -74,6 +76,9 @@ def check_time_zone(name: str) -> str:
             f"time_zone {name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
             ["time_zone"],
         ) from None
+    otherwise = read_otherwise(name)
+    if otherwise is not None:
+        raise InvalidField(f"time_zone {otherwise}", ["time_zone"])
     return name
 
 

@@ -11,7 +11,8 @@ older event of that window then moved a cost the window had never counted.
 (`aiserver.ledger.budgets.periods.window_of`): local midnight of the day, ISO week or month that
 holds `at`; where that midnight happens twice (clocks going back at 01:00 to 00:00), the first
 of the two; where it does not happen, the first instant after the gap. (PostgreSQL's own
-`timestamp AT TIME ZONE` takes the second of two.)
+`timestamp AT TIME ZONE` takes the second of two, and reads the zone names CET, EET, MET and
+WET as fixed offsets without summer time: the function reads them as the zone database does.)
 
 For the budgets already made, `counts_from` is the window that held `created_at` in the
 project's time zone now (`total`: its one window). A time zone change makes the current window
@@ -33,18 +34,31 @@ DESCRIPTION = "a budget counts from the window it was made in"
 STATEMENTS = (
     """
     CREATE FUNCTION ledger_window_start(period TEXT, zone TEXT, at TIMESTAMPTZ)
-    RETURNS TIMESTAMPTZ LANGUAGE sql STABLE AS $$
-        SELECT CASE WHEN period = 'total' THEN TIMESTAMPTZ '1970-01-01 00:00:00+00' ELSE (
-            SELECT coalesce(
-                (SELECT min(c)
-                 FROM unnest(ARRAY[l.later, l.later - interval '30 minutes',
-                                   l.later - interval '1 hour', l.later - interval '2 hours'])
-                      AS c
-                 WHERE c AT TIME ZONE zone = l.midnight),
-                l.later)
-            FROM (SELECT m.midnight, m.midnight AT TIME ZONE zone AS later
-                  FROM (SELECT date_trunc(period, at AT TIME ZONE zone) AS midnight) AS m) AS l
-        ) END
+    RETURNS TIMESTAMPTZ LANGUAGE plpgsql STABLE AS $$
+    DECLARE
+        -- PostgreSQL reads these zone names as its abbreviations (fixed offsets, no summer
+        -- time); the zone database, as the code reads them, as the region zones named here
+        z TEXT := CASE zone WHEN 'CET' THEN 'Europe/Brussels' WHEN 'MET' THEN 'Europe/Brussels'
+                            WHEN 'EET' THEN 'Europe/Athens' WHEN 'WET' THEN 'Europe/Lisbon'
+                            ELSE zone END;
+        midnight TIMESTAMP;
+        later TIMESTAMPTZ;
+        step INTERVAL;
+    BEGIN
+        IF period = 'total' THEN
+            RETURN TIMESTAMPTZ '1970-01-01 00:00:00+00';
+        END IF;
+        midnight := date_trunc(period, at AT TIME ZONE z);
+        later := midnight AT TIME ZONE z;  -- of two instants, the second; in a gap, its end
+        -- where local midnight happens twice, the first: back by each step a clock went back
+        FOREACH step IN ARRAY ARRAY[interval '3 hours', interval '2 hours', interval '1 hour',
+                                    interval '30 minutes'] LOOP
+            IF (later - step) AT TIME ZONE z = midnight THEN
+                RETURN later - step;
+            END IF;
+        END LOOP;
+        RETURN later;
+    END
     $$
     """,
     "ALTER TABLE budgets ADD COLUMN counts_from TIMESTAMPTZ",

@@ -48,6 +48,7 @@ from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
 from aiserver.ledger.usage.reading import event_query, in_utc, parse_time
+from aiserver.ledger.zones import read_otherwise
 
 if TYPE_CHECKING:
     import asyncpg
@@ -138,11 +139,15 @@ def time_zone(name: str) -> ZoneInfo:
     try:
         if name != name.strip() or not name:
             raise ValueError(name)
-        return ZoneInfo(name)
+        zone = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidField(
             f"tz: {name[:80]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)", ["tz"]
         ) from None
+    otherwise = read_otherwise(name)
+    if otherwise is not None:
+        raise InvalidField(f"tz: {otherwise}", ["tz"])
+    return zone
 
 
 def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
