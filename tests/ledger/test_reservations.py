@@ -951,3 +951,15 @@ async def test_forgetting_goes_in_batches_and_stops_at_its_most_per_sweep(
     assert await reservations.forget_ended(pool, now=later) == 9  # 3 batches, past 7: stops
     assert await reservations.forget_ended(pool, now=later) == 2
     assert await pool.fetchval("SELECT count(*) FROM budget_reservations") == 0
+
+
+async def test_a_repeat_whose_reservation_was_forgotten_meanwhile_is_made_anew(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """A reserve with the id of a reservation that ended KEEP_ENDED ago meets its row (a
+    repeat), and the sweep may forget that row before the repeat reads it: the reserve is then
+    made anew (before, an assertion failed: a 500)."""
+    gone = uuid.uuid4()
+    assert await reservations._repeated(pool, access.project_id or 0, gone, Decimal(1)) is None
+    made = await reserve(pool, access, amount=Decimal("0.1"), reservation_id=str(gone), now=NOW)
+    assert (made.id, made.repeated, made.state) == (gone, False, "held")

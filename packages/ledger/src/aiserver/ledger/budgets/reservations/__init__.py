@@ -243,21 +243,29 @@ async def reserve(
     chosen = None if reservation_id is None else _chosen_id(reservation_id)
     at = now or datetime.now(UTC)
     call = store.Call(amount, checked_tags, models, at + lasts, chosen)
+    while True:
+        made = await _made(pool, project_id, call, at)
+        if not isinstance(made, store.Repeat):
+            return made
+        repeated = await _repeated(pool, project_id, made.reservation_id, amount)
+        if repeated is not None:
+            return repeated
+        # the reservation of that id ended long ago and was forgotten meanwhile: make it anew
+
+
+async def _made(
+    pool: asyncpg.Pool, project_id: int, call: store.Call, at: datetime
+) -> Reservation | store.Repeat:
+    """The reservation of `call`, the quick way or the slow way; or a repeat of one made before."""
     quick = await _reserve_at_once(pool, project_id, call, at)
-    made: Reservation | store.Repeat
-    if quick is None or isinstance(quick, int):
-        recut = set() if quick is None else {quick}
-        while True:
-            try:
-                made = await _reserve(pool, project_id, call, at, recut)
-                break
-            except _Recut as again:
-                recut.add(again.budget_id)
-    else:
-        made = quick
-    if isinstance(made, store.Repeat):
-        return await _repeated(pool, project_id, made.reservation_id, amount)
-    return made
+    if quick is not None and not isinstance(quick, int):
+        return quick
+    recut = set() if quick is None else {quick}
+    while True:
+        try:
+            return await _reserve(pool, project_id, call, at, recut)
+        except _Recut as again:
+            recut.add(again.budget_id)
 
 
 def _chosen_id(reservation_id: str) -> UUID:
@@ -274,10 +282,12 @@ def _chosen_id(reservation_id: str) -> UUID:
 
 async def _repeated(
     pool: asyncpg.Pool, project_id: int, reservation_id: UUID, amount: Decimal
-) -> Reservation:
-    """The reservation of the chosen id that the project has already, as a repeat's answer."""
+) -> Reservation | None:
+    """The reservation of the chosen id that the project has already, as a repeat's answer;
+    None when it is gone (ended KEEP_ENDED ago, the sweep forgot it since the repeat met it)."""
     row = await store.read_reservation(pool, project_id, reservation_id)
-    assert row is not None, "a reservation is never deleted"
+    if row is None:
+        return None
     if row["amount"] is None:  # released before this reserve came: it holds nothing
         return Reservation(reservation_id, amount, row["expires_at"], (), state=row["state"],
                            repeated=True)  # fmt: skip
