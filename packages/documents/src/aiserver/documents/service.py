@@ -134,7 +134,8 @@ MAX_CONVERSIONS: Final = 2
 JOB_MAX_TRIES: Final = 2 * (MAX_CONVERSIONS + 1)
 
 
-#: How long after a try stalled before it began the job runs again (`StalledBeforeTheTry`).
+#: How long after a try stalled before it began the job runs again (`StalledBeforeTheTry`),
+#: times the try's number: 5 s after the first, 10 s after the second, ...
 STALL_RETRY_S: Final = 5.0
 
 

@@ -132,7 +132,8 @@ async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
             job_try=ctx["job_try"],
         )  # fmt: skip
     except StalledBeforeTheTry as stalled:
-        raise Retry(defer=documents.STALL_RETRY_S) from stalled
+        # later each time (5 s, 10 s, ...): the tries left cover a stall of minutes
+        raise Retry(defer=documents.STALL_RETRY_S * ctx["job_try"]) from stalled
 
 
 @logged_job
