@@ -260,6 +260,10 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     assert browser.find_element(By.ID, "budget-limit").text == f"{changed['limit_usd']} USD (hard)"
     facts = browser.find_element(By.ID, "budget-facts").text
     assert f"Alert thresholds\n{', '.join(t + '%' for t in changed['thresholds'])}" in facts
+    # where it counts from, as the API writes it: the start of the window it was made in
+    counts_from = browser.find_element(By.ID, "budget-counts-from").text
+    assert counts_from.startswith(f"{changed['counts_from']} (the window it was made in")
+    assert changed["counts_from"] <= changed["window"]["start"]
 
     # a hard budget holds what a coming call reserves: the reserved column says how much
     async with site.client() as client:
