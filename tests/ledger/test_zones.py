@@ -14,7 +14,8 @@ import pytest
 from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.projects import check_time_zone
-from aiserver.ledger.spend.query import time_zone
+from aiserver.ledger.spend.query import read_spend, spend_query, time_zone
+from aiserver.ledger.store import read_project
 from aiserver.ledger.zones import POSTGRES_READS_OTHERWISE
 
 from ..conftest import Settings
@@ -69,3 +70,26 @@ def test_a_project_and_a_spend_question_refuse_them_naming_the_zone_to_use(name:
         time_zone(name)
     assert asked.value.fields == ["tz"]
     assert check_time_zone(region) == region
+
+
+async def test_a_project_given_one_before_still_reads_its_spend_in_the_region_zone(
+    pool: asyncpg.Pool,
+) -> None:
+    """A project stored with CET (made before the four were refused) keeps it: its spend is
+    read in Europe/Brussels, where its days have summer time as the code draws them; only a
+    zone given now is refused."""
+    await pool.execute(
+        "INSERT INTO projects (slug, name, time_zone) VALUES ('old-cet', 'Old', 'CET')"
+    )
+    async with pool.acquire() as conn:
+        project = await read_project(conn, "old-cet")
+    assert project is not None
+    question = {"since": "2026-07-01", "until": "2026-07-03", "bucket": "day"}
+    answer = await read_spend(pool, project, spend_query(project, **question))
+    assert answer.tz == "Europe/Brussels"
+    # the days start at local midnight with summer time: 22:00 UTC, not 23:00
+    assert [b.start for b in answer.buckets] == [
+        datetime(2026, 6, 30, 22, tzinfo=UTC), datetime(2026, 7, 1, 22, tzinfo=UTC)
+    ]  # fmt: skip
+    with pytest.raises(InvalidField, match=r"^tz: 'CET' is read by PostgreSQL"):
+        spend_query(project, **question, tz="CET")

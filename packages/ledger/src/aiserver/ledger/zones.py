@@ -4,7 +4,9 @@ PostgreSQL looks a zone name up among its time zone abbreviations first: it read
 `MET` and `WET` as fixed offsets without summer time, where the zone database (Python's
 `zoneinfo`, which the code uses) gives them summer time. Every day PostgreSQL draws in such a
 zone (spend by day, the daily rollups, a budget's first window) would be an hour off half the
-year, so they are refused, naming the region zone of the same rules.
+year, so they are refused where a zone is given (`read_otherwise`), naming the region zone of
+the same rules. A project that was given one before keeps it; where such a stored zone is read,
+it is read as its region zone (`region_of`).
 """
 
 from __future__ import annotations
@@ -27,3 +29,9 @@ def read_otherwise(name: str) -> str | None:
         f"{name!r} is read by PostgreSQL as a fixed offset without summer time; use "
         f"{instead!r}, which has the same rules"
     )
+
+
+def region_of(name: str) -> str:
+    """A zone name as PostgreSQL should be given it: a stored name it reads otherwise as the
+    region zone of the same rules, any other as it is."""
+    return POSTGRES_READS_OTHERWISE.get(name, name)

@@ -29,6 +29,7 @@ from aiserver.ledger.spend.buckets import BUCKETS
 from aiserver.ledger.spend.query import MAX_TOP, read_spend, spend_query, time_zone
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
+from aiserver.ledger.zones import region_of
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -62,11 +63,12 @@ class Question:
         """The question in the URL; with none, the last week per day and model."""
         params = request.query_params
         if not any(name in params for name in FIELDS):
-            today = datetime.now(time_zone(project.time_zone)).date()
+            zone = region_of(project.time_zone)  # one stored before PostgreSQL's were refused
+            today = datetime.now(time_zone(zone)).date()
             return cls(
                 since=(today - timedelta(days=DEFAULT_DAYS - 1)).isoformat(),
                 until=(today + timedelta(days=1)).isoformat(),
-                tz=project.time_zone,
+                tz=zone,
             )
         return cls(
             since=params.get("from", ""),

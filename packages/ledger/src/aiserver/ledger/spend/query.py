@@ -48,7 +48,7 @@ from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
 from aiserver.ledger.usage.reading import event_query, in_utc, parse_time
-from aiserver.ledger.zones import read_otherwise
+from aiserver.ledger.zones import read_otherwise, region_of
 
 if TYPE_CHECKING:
     import asyncpg
@@ -97,7 +97,9 @@ def spend_query(
 ) -> SpendQuery:
     """The checked question; `InvalidField` naming what is wrong. `group_by` items may hold
     several dimensions separated by commas (`model,tag:team`)."""
-    zone_name = project.time_zone if tz is None else tz
+    # a zone given is checked; the project's, stored before, is read as PostgreSQL must be
+    # given it (a name it reads otherwise, as its region zone)
+    zone_name = region_of(project.time_zone) if tz is None else tz
     zone = time_zone(zone_name)
     start = _time(since, "from", zone)
     end = _time(until, "to", zone)
@@ -230,7 +232,7 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
     bounds = bucket_bounds(query.since, query.until, query.bucket, zone)
     unrolled = _unrolled(project, query)
     ranges = plan_ranges(bounds, raw_only=bool(unrolled))
-    days = split_days(ranges.rolled, bounds[:-1], time_zone(project.time_zone))
+    days = split_days(ranges.rolled, bounds[:-1], time_zone(region_of(project.time_zone)))
     plan = store.SpendPlan(
         project_id=project.id,
         rolled=ranges.rolled,
