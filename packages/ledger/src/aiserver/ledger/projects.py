@@ -295,4 +295,5 @@ async def _change_windows(
     await budget_store.delete_windows(conn, project.id, [b.id for b in zoned])
     for budget in zoned:
         start, end = window_of(budget.period, project.time_zone, now)  # type: ignore[arg-type]
+        await budget_store.count_from(conn, budget, start)
         await budget_store.fill_window(conn, budget, start, end)

@@ -393,19 +393,23 @@ async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[C
     return len(inserted)
 
 
-async def fill_window(
-    conn: DbConnection, budget: Budget, start: datetime, end: datetime | None
-) -> None:
-    """The budget counts from its window [start, end) on (a new budget's, or the current one
-    after a time zone change): set its `counts_from`, and write the window with what the
-    project's recorded events in it that the budget matches cost (the rules of
-    `commits.matches`, in SQL)."""
+async def count_from(conn: DbConnection, budget: Budget, start: datetime) -> None:
+    """The budget counts from the window that starts at `start` on (after a time zone change:
+    a new budget is inserted with it)."""
     await conn.execute(
         "UPDATE budgets SET counts_from = $3 WHERE project_id = $1 AND id = $2",
         budget.project_id,
         budget.id,
         start,
     )
+
+
+async def fill_window(
+    conn: DbConnection, budget: Budget, start: datetime, end: datetime | None
+) -> None:
+    """Write the budget's window [start, end), the first it counts (a new budget's, or the
+    current one after a time zone change), with what the project's recorded events in it that
+    the budget matches cost (the rules of `commits.matches`, in SQL)."""
     await conn.execute(
         """
         INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,
