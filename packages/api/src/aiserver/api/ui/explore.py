@@ -26,10 +26,9 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import BUCKETS
-from aiserver.ledger.spend.query import MAX_TOP, read_spend, spend_query, time_zone
+from aiserver.ledger.spend.query import MAX_TOP, project_zone, read_spend, spend_query
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
-from aiserver.ledger.zones import region_of
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -63,12 +62,12 @@ class Question:
         """The question in the URL; with none, the last week per day and model."""
         params = request.query_params
         if not any(name in params for name in FIELDS):
-            zone = region_of(project.time_zone)  # one stored before PostgreSQL's were refused
-            today = datetime.now(time_zone(zone)).date()
+            zone = project_zone(project)
+            today = datetime.now(zone).date()
             return cls(
                 since=(today - timedelta(days=DEFAULT_DAYS - 1)).isoformat(),
                 until=(today + timedelta(days=1)).isoformat(),
-                tz=zone,
+                tz=zone.key,
             )
         return cls(
             since=params.get("from", ""),

@@ -19,9 +19,8 @@ from aiserver.api.ui.present import pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.budgets.service import list_budgets
-from aiserver.ledger.spend.query import read_spend, spend_query, time_zone
+from aiserver.ledger.spend.query import project_zone, read_spend, spend_query
 from aiserver.ledger.usage.reading import event_query, read_events
-from aiserver.ledger.zones import region_of
 
 #: The groups a chart shows apart; the rest is one "other".
 TOP_MODELS: Final = 8
@@ -45,7 +44,7 @@ class OverviewController(ProjectPages):
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
         pool = require_pool()
-        zone = time_zone(region_of(project.time_zone))
+        zone = project_zone(project)
         today = datetime.now(zone).date()
         this_month, last_month = month_start(today), month_start(today, 1)
         periods = []

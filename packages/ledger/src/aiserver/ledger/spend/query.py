@@ -97,10 +97,8 @@ def spend_query(
 ) -> SpendQuery:
     """The checked question; `InvalidField` naming what is wrong. `group_by` items may hold
     several dimensions separated by commas (`model,tag:team`)."""
-    # a zone given is checked; the project's, stored before, is read as PostgreSQL must be
-    # given it (a name it reads otherwise, as its region zone)
-    zone_name = region_of(project.time_zone) if tz is None else tz
-    zone = time_zone(zone_name)
+    zone = project_zone(project) if tz is None else time_zone(tz)
+    zone_name = zone.key
     start = _time(since, "from", zone)
     end = _time(until, "to", zone)
     if end <= start:
@@ -150,6 +148,13 @@ def time_zone(name: str) -> ZoneInfo:
     if otherwise is not None:
         raise InvalidField(f"tz: {otherwise}", ["tz"])
     return zone
+
+
+def project_zone(project: Project) -> ZoneInfo:
+    """The project's zone, as PostgreSQL must be given it: a zone given is checked
+    (`time_zone`), the project's was when it was stored, and one stored before PostgreSQL's
+    other readings were refused is read as its region zone (`region_of`)."""
+    return ZoneInfo(region_of(project.time_zone))
 
 
 def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
@@ -232,7 +237,7 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
     bounds = bucket_bounds(query.since, query.until, query.bucket, zone)
     unrolled = _unrolled(project, query)
     ranges = plan_ranges(bounds, raw_only=bool(unrolled))
-    days = split_days(ranges.rolled, bounds[:-1], time_zone(region_of(project.time_zone)))
+    days = split_days(ranges.rolled, bounds[:-1], project_zone(project))
     plan = store.SpendPlan(
         project_id=project.id,
         rolled=ranges.rolled,
