@@ -8,7 +8,6 @@ import contextlib
 import errno
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -21,6 +20,7 @@ from aiserver.documents.service import JOB_MAX_TRIES, JobBounds
 from aiserver.documents.settings import DocumentSettings
 
 from ..conftest import Settings
+from ..support.documents import lock_waits, note, row_locked
 
 
 async def test_a_job_taken_before_its_upload_commits_still_converts_it(db: Settings) -> None:
@@ -192,38 +192,7 @@ SMALL = JobBounds(lock_wait_s=0.5, step_s=2.0, save_s=5.0)
 
 async def _note() -> uuid.UUID:
     async with require_pool().acquire() as conn:
-        return await store.create_document(
-            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
-        )
-
-
-@contextlib.asynccontextmanager
-async def row_locked(settings: Settings, document_id: uuid.UUID) -> AsyncIterator[None]:
-    """Another database session holds the document's row (`FOR UPDATE`) until the block ends."""
-    locker = await asyncpg.connect(settings.core.database_url)
-    try:
-        async with locker.transaction():
-            await locker.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", document_id)
-            yield
-    finally:
-        await locker.close()
-
-
-async def _lock_waits(settings: Settings, statement: str) -> int:
-    """The sessions waiting for a lock in a statement that holds `statement`."""
-    conn = await asyncpg.connect(settings.core.database_url)
-    try:
-        waiting: int = await conn.fetchval(
-            """
-            SELECT count(*) FROM pg_stat_activity
-            WHERE datname = current_database() AND wait_event_type = 'Lock'
-              AND position($1 in query) > 0
-            """,
-            statement,
-        )
-    finally:
-        await conn.close()
-    return waiting
+        return await note(conn)
 
 
 async def test_a_row_lock_held_when_a_try_begins_leaves_the_document_queued_for_the_next(
@@ -235,7 +204,7 @@ async def test_a_row_lock_held_when_a_try_begins_leaves_the_document_queued_for_
     counted) and says that the job should run again (`StalledBeforeTheTry`)."""
     document_id = await _note()
     began = time.monotonic()
-    async with row_locked(db, document_id):
+    async with row_locked(db.core.database_url, document_id):
         with pytest.raises(StalledBeforeTheTry, match=r"^counting the try: another database"):
             await service.process(require_pool(), str(document_id), DocumentSettings(),
                                   asyncio.Semaphore(1), bounds=SMALL)  # fmt: skip
@@ -253,13 +222,13 @@ async def test_a_row_lock_held_when_the_last_try_begins_fails_the_document_withi
     fails the document, once the other session lets go of it."""
     document_id = await _note()
     began = time.monotonic()
-    async with row_locked(db, document_id):
+    async with row_locked(db.core.database_url, document_id):
         job = asyncio.create_task(
             service.process(require_pool(), str(document_id), DocumentSettings(),
                             asyncio.Semaphore(1), job_try=JOB_MAX_TRIES, bounds=SMALL)
         )  # fmt: skip
-        async with asyncio.timeout(10):
-            while not await _lock_waits(db, "status = 'failed'"):  # the try gave up: it fails
+        async with asyncio.timeout(10):  # the try gave up: it fails
+            while not await lock_waits(db.core.database_url, "status = 'failed'"):
                 assert not job.done()
                 await asyncio.sleep(0.02)
     with pytest.raises(DatabaseStalled, match=r"^counting the try: another database session"):
@@ -282,7 +251,7 @@ async def test_a_row_lock_held_throughout_ends_the_job_within_its_bounds(db: Set
     document_id = await _note()
     began = time.monotonic()
     with structlog.testing.capture_logs() as logs:
-        async with row_locked(db, document_id):
+        async with row_locked(db.core.database_url, document_id):
             with pytest.raises(DatabaseStalled, match=r"^counting the try"):
                 await service.process(require_pool(), str(document_id), DocumentSettings(),
                                       asyncio.Semaphore(1), job_try=JOB_MAX_TRIES,
@@ -306,12 +275,12 @@ async def test_a_statement_that_does_not_answer_is_cut_at_its_step_s_bound(
     document_id = await _note()
     hanging = JobBounds(lock_wait_s=30.0, step_s=0.5, save_s=5.0)
     began = time.monotonic()
-    async with row_locked(db, document_id):
+    async with row_locked(db.core.database_url, document_id):
         with pytest.raises(DatabaseStalled, match=r"did not answer within 0\.5 s"):
             await service.process(require_pool(), str(document_id), DocumentSettings(),
                                   asyncio.Semaphore(1), bounds=hanging)  # fmt: skip
         assert time.monotonic() - began < 2 * hanging.most_s(hanging.step_s)
-        assert await _lock_waits(db, "UPDATE documents") == 0  # none left waiting
+        assert await lock_waits(db.core.database_url, "UPDATE documents") == 0  # none left waiting
 
 
 async def test_no_free_connection_is_a_stall_too(db: Settings) -> None:

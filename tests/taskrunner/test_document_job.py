@@ -23,6 +23,7 @@ from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.worker import startup
 
 from ..conftest import Settings, replace_settings
+from ..support.documents import lock_waits, note, row_locked
 from .test_worker import make_worker, run_burst
 from .test_worker import redis as redis  # the fixture
 
@@ -60,6 +61,13 @@ async def document(conn: asyncpg.Connection, document_id: uuid.UUID) -> Document
     return found
 
 
+async def enqueued(redis: ArqRedis, document_id: uuid.UUID) -> str:
+    """The document's conversion job, enqueued as the API does; its id."""
+    job_id = process_job_id(str(document_id))
+    await redis.enqueue_job(PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME)
+    return job_id
+
+
 async def result(redis: ArqRedis, job_id: str) -> JobResult:
     info = await Job(job_id, redis, _queue_name=QUEUE_NAME).result_info()
     assert info is not None
@@ -79,13 +87,8 @@ async def test_tries_cut_before_they_reach_the_document_cost_it_no_conversion(
     try:
         upload = conn.transaction()  # the API's: the job is enqueued before the row commits
         await upload.start()
-        document_id = await store.create_document(
-            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
-        )
-        job_id = process_job_id(str(document_id))
-        await redis.enqueue_job(
-            PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME
-        )
+        document_id = await note(conn)
+        job_id = await enqueued(redis, document_id)
 
         async def arq_tries() -> int:
             return int(await redis.get(retry_key_prefix + job_id) or 0)
@@ -128,39 +131,24 @@ async def test_a_row_lock_held_while_the_outputs_are_stored_fails_the_document(
     document's row ran the job into arq's timeout, which arq does not run again, and the
     document stayed `processing` for good. Now the step gives up after its lock wait and the
     document is failed with the reason, as soon as its row can be written."""
-    conn = await asyncpg.connect(settings.core.database_url)
-    locker = await asyncpg.connect(settings.core.database_url)
+    url = settings.core.database_url
+    conn = await asyncpg.connect(url)
     try:
-        document_id = await store.create_document(
-            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
-        )
-        job_id = process_job_id(str(document_id))
-        await redis.enqueue_job(
-            PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME
-        )
+        document_id = await note(conn)
+        job_id = await enqueued(redis, document_id)
         run = asyncio.create_task(run_burst(make_worker(settings)))
-        lock = locker.transaction()
         async with asyncio.timeout(60):
             while (await document(conn, document_id)).status != "processing":
                 await asyncio.sleep(0.01)
-            await lock.start()  # while LibreOffice converts
-            await locker.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", document_id)
-            locked = time.monotonic()
-            while not await conn.fetchval(
-                """
-                SELECT count(*) FROM pg_stat_activity
-                WHERE datname = current_database() AND wait_event_type = 'Lock'
-                  AND query LIKE '%status = ''failed''%'
-                """
-            ):
-                assert not run.done()
-                await asyncio.sleep(0.02)
-            waited = time.monotonic() - locked
-            await lock.rollback()  # the other session lets go while the job fails the document
-            await run
+            async with row_locked(url, document_id):  # while LibreOffice converts
+                locked = time.monotonic()
+                while not await lock_waits(url, "status = 'failed'"):
+                    assert not run.done()
+                    await asyncio.sleep(0.02)
+                waited = time.monotonic() - locked
+            await run  # the other session let go while the job fails the document
         failed = await document(conn, document_id)
     finally:
-        await locker.close()
         await conn.close()
     assert JOB_BOUNDS.lock_wait_s <= waited < JOB_BOUNDS.lock_wait_s + 10
     assert failed.status == "failed"
@@ -180,31 +168,22 @@ async def test_a_row_lock_held_when_the_job_begins_leaves_the_document_to_its_ne
     document's row past the lock wait) writes nothing: the document stays `queued`, and arq
     runs the job again after STALL_RETRY_S (`Retry`), which converts it once the row is free.
     Before, the document was failed for a stall that had passed ("upload it again")."""
-    conn = await asyncpg.connect(settings.core.database_url)
-    locker = await asyncpg.connect(settings.core.database_url)
+    url = settings.core.database_url
+    conn = await asyncpg.connect(url)
     try:
-        document_id = await store.create_document(
-            conn, filename="note.txt", content_type="text/plain", kind="txt", data=b"hello"
-        )
-        job_id = process_job_id(str(document_id))
-        lock = locker.transaction()
-        await lock.start()
-        await locker.execute("SELECT 1 FROM documents WHERE id = $1 FOR UPDATE", document_id)
-        await redis.enqueue_job(
-            PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME
-        )
-        run = asyncio.create_task(run_burst(make_worker(settings)))
+        document_id = await note(conn)
         async with asyncio.timeout(60):
-            # the first try gave up and asked to run again: the job is queued for later
-            while (await redis.zscore(QUEUE_NAME, job_id) or 0) <= time.time() * 1000:
-                assert not run.done()
-                await asyncio.sleep(0.05)
-            stalled = await document(conn, document_id)
-            await lock.rollback()
+            async with row_locked(url, document_id):
+                job_id = await enqueued(redis, document_id)
+                run = asyncio.create_task(run_burst(make_worker(settings)))
+                # the first try gave up and asked to run again: the job is queued for later
+                while (await redis.zscore(QUEUE_NAME, job_id) or 0) <= time.time() * 1000:
+                    assert not run.done()
+                    await asyncio.sleep(0.05)
+                stalled = await document(conn, document_id)
             await run
         done = await document(conn, document_id)
     finally:
-        await locker.close()
         await conn.close()
     assert (stalled.status, stalled.attempts, stalled.error) == ("queued", 0, None)
     assert (done.status, done.attempts) == ("done", 1)
