@@ -5,8 +5,10 @@ PostgreSQL looks a zone name up among its time zone abbreviations first: it read
 `zoneinfo`, which the code uses) gives them summer time. Every day PostgreSQL draws in such a
 zone (spend by day, the daily rollups, a budget's first window) would be an hour off half the
 year, so they are refused where a zone is given (`read_otherwise`), naming the region zone of
-the same rules. A project that was given one before keeps it; where such a stored zone is read,
-it is read as its region zone (`region_of`).
+the same rules. Projects given one before they were refused got the region zone from migration
+`ledger_2026_12_05t08_00` (their daily rollups summed again in it). Where a project's stored
+zone is read for spend, such a name would still be read as its region zone (`region_of`): only
+a row written by hand can hold one now.
 """
 
 from __future__ import annotations

@@ -152,8 +152,9 @@ def time_zone(name: str) -> ZoneInfo:
 
 def project_zone(project: Project) -> ZoneInfo:
     """The project's zone, as PostgreSQL must be given it: a zone given is checked
-    (`time_zone`), the project's was when it was stored, and one stored before PostgreSQL's
-    other readings were refused is read as its region zone (`region_of`)."""
+    (`time_zone`), the project's was when it was stored; a name PostgreSQL reads otherwise
+    (renamed by an upgrade, so only a row written by hand) is read as its region zone
+    (`region_of`)."""
     return ZoneInfo(region_of(project.time_zone))
 
 
