@@ -297,9 +297,10 @@ async def test_a_target_that_now_resolves_to_an_internal_address_is_refused_and_
     assert receiver.received == []
     ((_, attempt, _, seen_url, status, error),) = await deliveries(pool)
     assert (attempt, seen_url, status) == (1, url, None)
-    assert error.startswith("refused: webhook_url: the host 'localhost' resolves to 127.0.0.1"), (
-        error
-    )
+    assert error.startswith(
+        "refused: webhook_url: the host 'localhost' resolves to an internal address"
+    ), error
+    assert "127.0.0.1" not in error.split("localhost", 1)[1]  # the address is not named
     assert error.endswith("unless the operator lists the host in WEBHOOK_ALLOWED_HOSTS")
     alert = await alert_row(pool)
     assert (alert["state"], alert["next_attempt_at"]) == (
@@ -482,15 +483,40 @@ async def test_an_attempt_whose_runner_stopped_is_claimed_again_after_its_lease(
     ]
 
 
+async def two_teams(pool: asyncpg.Pool, access: Access, receiver: Receiver) -> None:
+    """Budgets `search` and `ads` (one per team) sending to `receiver`, each with an alert due."""
+    for team in ("search", "ads"):
+        await watched_budget(pool, access, receiver.url, name=team, tags={"team": team})
+        await cross(pool, access, team, team=team)
+
+
+async def one_delivered_one_retrying(pool: asyncpg.Pool, receiver: Receiver) -> asyncpg.Record:
+    """One run over `two_teams`' alerts at once, which must deliver one (answered 200) and
+    leave the other pending for the schedule's first wait: that one's recorded attempt."""
+    clock = Clock(datetime.now(UTC))
+    both = Schedule(jitter=0, timeout=10, concurrency=2)
+    report = await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=both, clock=clock)
+    assert (report.attempts, report.delivered, report.retrying) == (2, 1, 1)
+    assert len(receiver.received) == 1
+    rows = await pool.fetch(
+        "SELECT b.name, a.state, a.next_attempt_at, d.status_code, d.error"
+        " FROM budget_alerts AS a JOIN budgets AS b ON b.id = a.budget_id"
+        " JOIN webhook_deliveries AS d ON d.alert_id = a.id ORDER BY a.state"
+    )
+    assert [(r["state"], r["status_code"]) for r in rows] == [
+        ("delivered", 200), ("pending", None)
+    ]  # fmt: skip
+    assert rows[1]["next_attempt_at"] == clock.now + timedelta(seconds=30)
+    return rows[1]
+
+
 async def test_a_run_stopped_mid_send_gives_its_claims_back_due_at_once(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver
 ) -> None:
     """Before, a run cancelled by a stop (or arq's timeout) left its claimed alerts leased: no
     runner sent them for 5 minutes, and their delivery rows held no outcome."""
     pool, access = project
-    for team in ("search", "ads"):
-        await watched_budget(pool, access, receiver.url, name=team, tags={"team": team})
-        await cross(pool, access, team, team=team)
+    await two_teams(pool, access, receiver)
     receiver.delay_s = 5.0  # the first request is held while the run is stopped
     one_at_a_time = Schedule(jitter=0, timeout=10, concurrency=1)
     clock = Clock(datetime.now(UTC))
@@ -525,9 +551,7 @@ async def test_an_attempt_that_fails_stops_the_others_before_the_claims_are_give
     given back; here the closing HTTP client happened to end them first, so this test passed
     before the change too: it pins the outcome, and `_all` the order.)"""
     pool, access = project
-    for team in ("search", "ads"):
-        await watched_budget(pool, access, receiver.url, name=team, tags={"team": team})
-        await cross(pool, access, team, team=team)
+    await two_teams(pool, access, receiver)
     failing = await pool.fetchval("SELECT min(id) FROM budget_alerts")
     opened = delivery._open
 
@@ -551,6 +575,49 @@ async def test_an_attempt_that_fails_stops_the_others_before_the_claims_are_give
         ("pending", clock.now, None)
     ] * 2
     assert all(r["error"].startswith("interrupted") for r in rows)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    ["http://127.0.0.1:{port}/hook\x7f", "http://\u2603.net:{port}/hook"],
+    ids=["DEL", "IDNA-2003-only"],
+)
+async def test_a_target_the_http_client_cannot_read_fails_its_own_attempt_only(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver, poison: str
+) -> None:
+    """A URL saved before such URLs were refused (written here straight into the row), which
+    the HTTP client cannot read (a DEL, a host valid under IDNA 2003 only): its attempt is
+    refused and recorded, retried on the schedule, and the other project budgets' alerts of the
+    same run are delivered. Before, it raised out of the run, every run: no alert of any
+    project was delivered again."""
+    pool, access = project
+    await two_teams(pool, access, receiver)
+    bad = poison.format(port=receiver.port)
+    await pool.execute("UPDATE budgets SET webhook_url = $1 WHERE name = 'search'", bad)
+    failed = await one_delivered_one_retrying(pool, receiver)
+    assert failed["name"] == "search"
+    assert failed["error"].startswith("refused: webhook_url must be an http or https URL")
+
+
+async def test_an_attempt_whose_sending_raises_is_recorded_and_the_others_go_on(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that no outcome of sending foresees fails that attempt alone: it is recorded
+    with the error's type and retried on the schedule; the run's other alerts are delivered."""
+    pool, access = project
+    await two_teams(pool, access, receiver)
+    real_send = delivery.sending.send
+    calls: list[str] = []
+
+    async def send_or_fail(*args: Any, headers: dict[str, str], **kwargs: Any) -> Any:
+        calls.append(headers["Aiserver-Delivery"])
+        if len(calls) == 1:  # the run's first attempt
+            raise RuntimeError("a failure no one foresaw")
+        return await real_send(*args, headers=headers, **kwargs)
+
+    monkeypatch.setattr(delivery.sending, "send", send_or_fail)
+    failed = await one_delivered_one_retrying(pool, receiver)
+    assert failed["error"] == "not sent: RuntimeError: a failure no one foresaw"
 
 
 async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(

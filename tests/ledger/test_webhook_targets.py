@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from aiserver.ledger.errors import InvalidField
-from aiserver.ledger.webhooks.targets import is_public, resolve_target
+from aiserver.ledger.webhooks.targets import check_url, is_public, resolve_target
 
 INTERNAL = [
     "127.0.0.1",
@@ -61,3 +61,30 @@ async def test_resolve_target_allows_a_6to4_address_of_a_public_ipv4() -> None:
     assert await resolve_target("http://[2002:808:808::1]/", allowed_hosts=()) == [
         "2002:808:808::1"
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://hooks.example.com/x\x7f", "https://\u2603.net/hook"],
+    ids=["DEL", "IDNA-2003-only"],
+)
+def test_a_url_the_http_client_cannot_read_is_refused_when_saved(url: str) -> None:
+    """The delivery's HTTP client (httpx) refuses these URLs; `urlsplit` alone took them."""
+    with pytest.raises(InvalidField, match="must be an http or https URL"):
+        check_url(url)
+
+
+def test_the_host_is_checked_as_the_http_client_encodes_it() -> None:
+    """IDNA 2008, as httpx sends it: the 2003 rules would look up strasse.de instead."""
+    assert check_url("https://stra\u00dfe.de/hook") == "xn--strae-oqa.de"
+    assert check_url("http://[::1]:8080/x") == "::1"
+    assert check_url("https://Hooks.Example.COM/a") == "hooks.example.com"
+
+
+async def test_a_refusal_names_the_host_and_not_the_addresses_it_resolves_to() -> None:
+    with pytest.raises(InvalidField) as refused:
+        await resolve_target("http://localhost:9/hook", allowed_hosts=())
+    message = str(refused.value)
+    assert "'localhost' resolves to an internal address" in message
+    assert "127.0.0.1" not in message
+    assert "::1" not in message

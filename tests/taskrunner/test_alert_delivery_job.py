@@ -65,4 +65,6 @@ async def test_without_the_host_in_webhook_allowed_hosts_the_worker_refuses_to_s
     assert (await results(redis))[0]["retrying"] == 1
     assert receiver.received == []
     error = await pool.fetchval("SELECT error FROM webhook_deliveries")
-    assert error.startswith("refused: webhook_url: the host '127.0.0.1' resolves to 127.0.0.1")
+    assert error.startswith(
+        "refused: webhook_url: the host '127.0.0.1' resolves to an internal address"
+    )

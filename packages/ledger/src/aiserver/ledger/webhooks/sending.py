@@ -116,9 +116,9 @@ async def send(
         async with asyncio.timeout(timeout):
             try:
                 addresses = await resolve_target(url, allowed_hosts)
-            except InvalidField as exc:
+                target = httpx.URL(url)  # read by resolve_target already: this cannot fail
+            except (InvalidField, httpx.InvalidURL) as exc:
                 return outcome(None, f"refused: {exc}")
-            target = httpx.URL(url)
             for n, address in enumerate(addresses, start=1):
                 try:
                     answer = await post_pinned(http, target, address, signed, body)

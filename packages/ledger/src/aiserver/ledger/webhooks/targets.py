@@ -15,6 +15,10 @@ they lead, and the local-use prefix may place the IPv4 address anywhere in it.
 
 The check runs when a target is saved and again before each delivery (a name can be pointed
 elsewhere after it was saved); a delivery connects to the addresses that the check approved.
+The URL must also be one the HTTP client reads (`httpx.URL`: no DEL or other non-printable
+character, a host name valid under IDNA 2008), and the host is resolved as the client encodes
+it, so that the name checked is the name the request goes to. A refusal names the host, never
+the addresses it resolved to: a project's key learns nothing of the internal network from it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Collection
 from typing import Final
 from urllib.parse import urlsplit
 
+import httpx
+
 from aiserver.ledger.errors import InvalidField
 
 MAX_URL: Final = 2048
@@ -35,20 +41,23 @@ _NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:
 
 
 def check_url(url: str, field: str = "webhook_url") -> str:
-    """The host of `url` when its form is allowed; `InvalidField` naming `field` otherwise."""
+    """The host of `url` as the HTTP client sends it (a name IDNA-encoded, an IPv6 address
+    without brackets) when its form is allowed; `InvalidField` naming `field` otherwise."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port that is not a number in range
-    except ValueError:
-        parts, port = None, None
+        host = httpx.URL(url).raw_host.decode("ascii")  # what a delivery will connect to
+    except (ValueError, httpx.InvalidURL):
+        parts, port, host = None, None, ""
     if (
         parts is None
         or len(url) > MAX_URL
         or parts.scheme not in ("http", "https")
         or not parts.hostname
+        or not host
         or parts.username is not None
         or parts.password is not None
-        or any(c.isspace() or ord(c) < 32 for c in url)
+        or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url)
     ):
         raise InvalidField(
             f"{field} must be an http or https URL with a host and without credentials, at most "
@@ -56,7 +65,7 @@ def check_url(url: str, field: str = "webhook_url") -> str:
             [field],
         )
     del port
-    return parts.hostname
+    return host
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -105,12 +114,11 @@ async def resolve_target(
     addresses = sorted({str(info[4][0]) for info in infos})
     if host.lower() in {h.lower() for h in allowed_hosts}:
         return addresses
-    internal = [a for a in addresses if not is_public(ipaddress.ip_address(a.split("%")[0]))]
-    if internal:
+    if not all(is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         raise InvalidField(
-            f"{field}: the host {host!r} resolves to {', '.join(internal)}, an internal "
-            "address (loopback, private, link-local or reserved); webhooks go to public "
-            "addresses only, unless the operator lists the host in WEBHOOK_ALLOWED_HOSTS",
+            f"{field}: the host {host!r} resolves to an internal address (loopback, private, "
+            "link-local or reserved); webhooks go to public addresses only, unless the "
+            "operator lists the host in WEBHOOK_ALLOWED_HOSTS",
             [field],
         )
     return addresses

@@ -52,7 +52,7 @@ from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.budgets.alerts.store import Claim
 from aiserver.ledger.webhooks import sending
 from aiserver.ledger.webhooks.sealing import SecretBox, Unopenable
-from aiserver.ledger.webhooks.sending import Outcome
+from aiserver.ledger.webhooks.sending import MAX_EXCERPT, Outcome
 
 if TYPE_CHECKING:
     import asyncpg
@@ -176,11 +176,19 @@ async def _attempt(
     except Unopenable as exc:
         outcome = Outcome(None, f"not sent: {exc}", 0.0)
     else:
-        outcome = await sending.send(
-            http, claim.url, secret=secret, body=body, allowed_hosts=allowed_hosts,
-            headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
-            timeout=schedule.timeout,
-        )  # fmt: skip
+        try:
+            outcome = await sending.send(
+                http, claim.url, secret=secret, body=body, allowed_hosts=allowed_hosts,
+                headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
+                timeout=schedule.timeout,
+            )  # fmt: skip
+        except Exception as exc:  # a failed attempt, not a failed batch
+            # One alert's target must not stop the others': an error no outcome foresees is
+            # this attempt's failure, recorded and retried on the schedule like any other.
+            # its type only: the message may hold the URL, whose path may be a credential
+            log.error("budget alert webhook attempt raised", alert_id=claim.alert_id,
+                      project_id=claim.project_id, error=type(exc).__name__)  # fmt: skip
+            outcome = Outcome(None, f"not sent: {type(exc).__name__}: {exc}"[:MAX_EXCERPT], 0.0)
     now = clock()
     retry = None if outcome.delivered else next_attempt(
         schedule, claim.attempt, claim.crossed_at, now
