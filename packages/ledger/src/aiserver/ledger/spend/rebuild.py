@@ -2,7 +2,7 @@
 
 A fold keys each event by the project's rolled-up keys as of the fold, so a change of them
 (`PATCH /v1/projects/{project}`) would leave the older rollups keyed the old way. The change
-enqueues `REBUILD_JOB` in its own transaction; the job makes the project's rollups again, in one
+enqueues `REBUILD_JOB` before its COMMIT; the job makes the project's rollups again, in one
 transaction:
 
 1. it takes the project's rollup lock exclusively: folds in flight finish first, later ones
