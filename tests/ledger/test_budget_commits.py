@@ -300,6 +300,27 @@ async def test_a_reprice_moves_costs_in_budget_windows_and_raises_what_it_crosse
     ]
 
 
+async def test_a_reprice_that_brings_an_event_into_a_model_budget_counts_it_there(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """An event reported as openai/mystery-1 before the catalog knew the model matched no
+    budget of mystery-1 (no model was matched); the reprice names its model mystery-1, and the
+    budget's window, which had counted no event yet, takes it. Before, a window without a row
+    was never corrected: the cost was lost, unless another event of the window had made the
+    row."""
+    pool, access = project
+    scoped = await budget(pool, access, model="mystery-1", limit_usd=Decimal("0.01"),
+                          thresholds=[Decimal(10)])  # fmt: skip
+    assert await record(pool, access, event("m1", NOW, model="openai/mystery-1")) == ["recorded"]
+    assert await windows(pool) == await brute_force(pool) == {}
+
+    await reprice_with_mystery_priced(pool, access)
+    today = window_of("day", ZONE, NOW)[0]
+    assert await windows(pool) == {(scoped, today): (Decimal("0.003998"), 1, 0)}
+    assert await windows(pool) == await brute_force(pool)
+    assert [(a[0], a[2]) for a in await alerts(pool)] == [(scoped, Decimal(10))]
+
+
 async def test_a_reprice_leaves_alone_the_windows_that_never_counted_its_events(
     project: tuple[asyncpg.Pool, Access],
 ) -> None:

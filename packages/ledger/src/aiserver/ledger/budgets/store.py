@@ -3,7 +3,7 @@ caller's transaction; every statement names the project, so no key reaches anoth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -335,30 +335,6 @@ async def add_to_windows(
         [sums[k].unpriced_events for k in keys],
     )
     return {(r["budget_id"], r["window_start"]): r["committed"] for r in rows}
-
-
-async def counting_windows(
-    conn: DbConnection, project_id: int, keys: Iterable[tuple[int, datetime]]
-) -> set[tuple[int, datetime]]:
-    """Of the windows (budget id, window start), those that count events: they have a stripe-0
-    row. A window counts the events recorded while its budget existed and, for the window a
-    budget began in (or was made again in by a time zone change), those before; a window
-    without that row counted no event."""
-    wanted = sorted(keys)
-    if not wanted:
-        return set()
-    rows = await conn.fetch(
-        """
-        SELECT w.budget_id, w.window_start FROM budget_windows AS w
-        JOIN unnest($2::bigint[], $3::timestamptz[]) AS k (budget_id, window_start)
-          ON w.budget_id = k.budget_id AND w.window_start = k.window_start
-        WHERE w.project_id = $1 AND w.stripe = 0
-        """,
-        project_id,
-        [k[0] for k in wanted],
-        [k[1] for k in wanted],
-    )
-    return {(r["budget_id"], r["window_start"]) for r in rows}
 
 
 async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[Crossing]) -> int:

@@ -312,9 +312,10 @@ async def _move_budget_costs(
     """What the repriced events change in their budgets' windows: each event's old cost out and
     its new one in (an event that was unpriced now commits its cost), with the alerts of the
     thresholds this carries a window past, as ingest does. A window from before the budget (its
-    `counts_from`) counts no event, so it is not corrected (`window_deltas` leaves it out); nor
-    is a window without a row (one whose budget counted no event there: a correction would
-    count what was never in it, a window with -1 unpriced events or a negative total)."""
+    `counts_from`) counts no event, so it is not corrected (`window_deltas` leaves it out). A
+    window from it on counts every event of its budget's scope, so one without a row yet (its
+    budget matched none of its events) takes an event that the reprice brings into the scope
+    (an unknown model's event whose model the catalog now names), as ingest would have."""
     by_project: dict[int, list[tuple[Spend, Spend]]] = {}
     for row, valuation in moved:
         tags = _TAGS.decode(row["tags"])
@@ -328,7 +329,5 @@ async def _move_budget_costs(
         if not scopes:
             continue
         deltas = window_deltas(scopes, zone, changes)
-        counting = await budget_store.counting_windows(conn, project, deltas)
-        deltas = {key: delta for key, delta in deltas.items() if key in counting}
         committed = await budget_store.add_to_windows(conn, project, deltas)
         await budget_store.insert_alerts(conn, project, crossings(scopes, deltas, committed))
