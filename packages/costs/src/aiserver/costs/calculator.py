@@ -124,9 +124,19 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = None) -> CostResult:
+def calculate(
+    catalog: Catalog,
+    request: CostRequest,
+    *,
+    now: datetime | None = None,
+    prices_at: datetime | None = None,
+) -> CostResult:
     """Price `request` with `catalog`. Raises `UnknownModel` or `UsageError` (a usage that cannot
-    be priced, or a provider's usage object that cannot be read)."""
+    be priced, or a provider's usage object that cannot be read).
+
+    `prices_at` (aware, in UTC) takes the price version valid then instead of at the call's time
+    (the ledger's "earliest price after" a call that had none); the call's own time still
+    chooses what depends on it, such as off-peak windows."""
     at = request.at or now or datetime.now(UTC)
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
@@ -134,12 +144,14 @@ def calculate(catalog: Catalog, request: CostRequest, *, now: datetime | None = 
         check_in_utc(at)  # a 422, not an overflow wherever the time is converted
     notes: tuple[str, ...] = ()
     resolution, version = catalog.current_for(request.model, request.provider)
+    when = at if prices_at is None else prices_at
     if version is None or (
-        request.at is not None and not catalog.holds_at(resolution.key, version, at)
+        (request.at is not None or prices_at is not None)
+        and not catalog.holds_at(resolution.key, version, when)
     ):
         # a model gone now, or a call from before its prices last changed: the version valid
-        # at `at` (or its last)
-        version, note = catalog.version_at(resolution.key, at)
+        # at `when` (or its last)
+        version, note = catalog.version_at(resolution.key, when)
         if note:
             notes = (note,)
     usage = (

@@ -98,12 +98,13 @@ def value_usage(
                 suggestions=exc.suggestions,
                 catalog_version=catalog.version,
             )
-        result = calculate(catalog, msgspec.structs.replace(request, at=later))
+        # the prices of `later`, the call's own time for the rest (its off-peak window)
+        result = calculate(catalog, request, prices_at=later)
         note = (
             f"{result.model!r} had no price at {occurred_at.isoformat()}; priced with its "
             f"earliest price after it, from {later.isoformat()}"
         )
-        result = msgspec.structs.replace(result, notes=(note, *result.notes), at=occurred_at)
+        result = msgspec.structs.replace(result, notes=(note, *result.notes))
     notes = "; ".join(result.notes)
     if result.unpriced and not result.components:
         unknown = (
