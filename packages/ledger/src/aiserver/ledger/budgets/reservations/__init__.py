@@ -45,7 +45,7 @@ from aiserver.costs.money import money
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
-from aiserver.ledger.budgets.commits import BudgetScope, Spend, matches
+from aiserver.ledger.budgets.commits import BudgetScope, Spend, WindowSum, matches
 from aiserver.ledger.budgets.periods import current_starts, window_of
 from aiserver.ledger.budgets.reservations import batches, store
 from aiserver.ledger.budgets.reservations.store import Held, Hold, StripeKey
@@ -179,6 +179,10 @@ def _admits(budget: store.HardBudget, tags: Mapping[str, str], models: Iterable[
     if budget.model is not None and budget.model not in names:
         return False
     return all(tags.get(key) == value for key, value in budget.tags.items())
+
+
+class _MadeMeanwhile(Exception):  # a signal, not an error
+    """A reservation of the call's chosen id committed while this attempt held its amounts."""
 
 
 class _Recut(Exception):
@@ -339,28 +343,38 @@ async def _reserve(
 ) -> Reservation | store.Repeat:
     """One attempt, in one transaction. Rows are locked by (budget, window, stripe): a budget's
     one stripe (the quick way), or all its stripes in order (`recut`), never some of both.
-    A repeat, holding nothing, when the project has a reservation of the call's chosen id."""
+    A repeat, holding nothing, when the project has a reservation of the call's chosen id.
+
+    In the quick way's order (`ledger_reserve_many`): a repeat of a reservation made before is
+    answered before any hold; then the holds; then the reservation's row, whose insert waits
+    for a reserve of the same id in flight. Taking no lock after that insert, two repeats of
+    one id racing each other, either way, never wait for each other in a circle."""
     amount, tags, models = call.amount, call.tags, call.models
-    async with pool.acquire() as conn, conn.transaction():
-        zone, budgets = await store.hard_budgets(conn, project_id)
-        _remember_zone(project_id, zone)
-        planned = []
-        for budget in budgets:  # by id: the one lock order
-            if _admits(budget, tags, models):
-                start, end = window_of(budget.period, zone, at)
-                stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311
-                planned.append((budget, Hold(budget.id, start, stripe, amount), end))
-        holds = tuple(hold for _, hold, _ in planned)
-        # The reservation first: the window rows stay locked only from their update to the
-        # commit. A refusal rolls it back with the rest.
-        reservation_id = await store.insert_reservation(
-            conn, project_id, amount, holds, call.expires_at, call.reservation_id
-        )
-        if reservation_id is None:  # nothing was written: leaving the block commits nothing
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                zone, budgets = await store.hard_budgets(conn, project_id)
+                _remember_zone(project_id, zone)
+                chosen = call.reservation_id
+                if chosen is not None and await store.read_reservation(conn, project_id, chosen):
+                    return store.Repeat(chosen)  # nothing was written: nothing to commit
+                planned = []
+                for budget in budgets:  # by id: the one lock order
+                    if _admits(budget, tags, models):
+                        start, end = window_of(budget.period, zone, at)
+                        stripe = random.randrange(1, STRIPES) if STRIPES > 1 else 0  # noqa: S311
+                        planned.append((budget, Hold(budget.id, start, stripe, amount), end))
+                holds = tuple(hold for _, hold, _ in planned)
+                for budget, hold, end in planned:
+                    await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
+                reservation_id = await store.insert_reservation(
+                    conn, project_id, amount, holds, call.expires_at, chosen
+                )
+                if reservation_id is None:  # one of the id committed meanwhile
+                    raise _MadeMeanwhile
+        except _MadeMeanwhile:  # its holds rolled back: a repeat after all
             assert call.reservation_id is not None
             return store.Repeat(call.reservation_id)
-        for budget, hold, end in planned:
-            await _hold(conn, project_id, budget, hold, end, recut=budget.id in recut)
     return Reservation(reservation_id, amount, call.expires_at, holds)
 
 
@@ -459,12 +473,13 @@ async def settle(
     time_zone: str,
     budgets: Sequence[BudgetScope],
     settling: Sequence[Settling],
-    commits: Iterable[tuple[int, datetime]],
+    commits: Mapping[tuple[int, datetime], WindowSum],
 ) -> set[str]:
     """In the ingest transaction: settle the reservations that `settling` name, each once (the
     first event naming it wins). Releases what each held, moves the event's cost out of its
     stripe's share into stripe 0's (where ingest commits it), and locks first, in key order,
-    the stripe-0 rows that ingest commits to next (`commits`: (budget id, window start)).
+    the stripe-0 rows that ingest commits to next (`commits`: what it commits, by (budget id,
+    window start)), making those that are not there yet.
     Returns the keys of the events that settled a reservation; the others named one that was
     not held (unknown, another project's, settled, released or expired)."""
     firsts: dict[UUID, Settling] = {}
@@ -492,7 +507,7 @@ async def settle(
         conn,
         project_id,
         {k: (v[0], v[1]) for k, v in changes.items()},
-        also_lock=[(b, start, 0) for b, start in commits],
+        also_lock={(b, start, 0): sums.window_end for (b, start), sums in commits.items()},
     )
     return {firsts[held.id].event_key for held in ended}
 

@@ -59,24 +59,27 @@ async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[H
     """The project's time zone and its hard budgets, by id; LookupError without the project.
     The project's row is taken FOR KEY SHARE (as ingest takes it, and as the reservation's
     foreign key would): a change of its time zone, which holds it FOR UPDATE while it makes the
-    windows again, is waited for, and the zone read is the one it committed."""
+    windows again, is waited for, and the zone read is the one it committed. So are a budget's
+    creation and deletion, which hold it too: the budgets are read by a statement of their own,
+    after the lock (read in the locking statement, they would be those of its snapshot, taken
+    before the wait)."""
+    zone: str | None = await conn.fetchval(
+        "SELECT time_zone FROM projects WHERE id = $1 FOR KEY SHARE", project_id
+    )
+    if zone is None:
+        raise LookupError(f"no project {project_id}")
     rows = await conn.fetch(
         """
-        SELECT p.time_zone, b.id, b.name, b.tags::text AS tags, b.model, b.period, b.limit_usd
-        FROM projects AS p LEFT JOIN budgets AS b ON b.project_id = p.id AND b.hard
-        WHERE p.id = $1
-        ORDER BY b.id
-        FOR KEY SHARE OF p
+        SELECT id, name, tags::text AS tags, model, period, limit_usd FROM budgets
+        WHERE project_id = $1 AND hard
+        ORDER BY id
         """,
         project_id,
     )
-    if not rows:
-        raise LookupError(f"no project {project_id}")
-    return rows[0]["time_zone"], [
+    return zone, [
         HardBudget(r["id"], _TAGS.decode(r["tags"]), r["model"], r["period"], r["limit_usd"],
                    name=r["name"])
         for r in rows
-        if r["id"] is not None
     ]  # fmt: skip
 
 
@@ -379,24 +382,38 @@ async def change_stripes(
     conn: DbConnection,
     project_id: int,
     changes: Mapping[StripeKey, tuple[Decimal, Decimal]],
-    also_lock: Iterable[StripeKey] = (),
+    also_lock: Mapping[StripeKey, datetime | None] | None = None,
 ) -> None:
     """Subtract (reserved, share) from each stripe in `changes`, after locking those stripes
-    and `also_lock` (the rows the caller writes next in this transaction) in key order. A
-    stripe whose share was never cut keeps it NULL."""
-    keys = sorted(set(changes) | set(also_lock))
+    and `also_lock` (the rows the caller writes next in this transaction, each with its
+    window's end) in key order, in one statement. A row of `also_lock` that is not there yet
+    is made (as ingest would make it a moment later), so that it too is locked in its place in
+    that order: made afterwards, a window's first row of a lower budget would be locked after
+    the rows of a higher one, against another transaction that took them the other way round
+    (a deadlock at each new day, week or month). A stripe of `changes` that is not there (its
+    budget was deleted) is neither made nor changed. A stripe whose share was never cut keeps
+    it NULL."""
+    making = also_lock or {}
+    keys = sorted(set(changes) | set(making))
     if not keys:
         return
+    # each row inserted, or taken by the conflict's no-op update, in key order
     await conn.execute(
         """
-        SELECT 1 FROM budget_windows AS w
-        JOIN unnest($2::bigint[], $3::timestamptz[], $4::smallint[]) AS k(b, s, st)
-          ON w.budget_id = k.b AND w.window_start = k.s AND w.stripe = k.st
-        WHERE w.project_id = $1
-        ORDER BY w.budget_id, w.window_start, w.stripe
-        FOR UPDATE OF w
+        INSERT INTO budget_windows AS w (project_id, budget_id, window_start, stripe, window_end)
+        SELECT $1, k.b, k.s, k.st, k.e
+        FROM unnest($2::bigint[], $3::timestamptz[], $4::smallint[], $5::timestamptz[],
+                    $6::boolean[]) WITH ORDINALITY AS k(b, s, st, e, make, n)
+        WHERE k.make OR EXISTS (
+            SELECT FROM budget_windows AS x
+            WHERE x.project_id = $1 AND x.budget_id = k.b AND x.window_start = k.s
+              AND x.stripe = k.st)
+        ORDER BY k.n
+        ON CONFLICT (project_id, budget_id, window_start, stripe)
+            DO UPDATE SET committed = w.committed
         """,
         project_id, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        [making.get(k) for k in keys], [k in making for k in keys],
     )  # fmt: skip
     changed = sorted(changes)
     await conn.execute(
