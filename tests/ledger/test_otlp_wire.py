@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+import zlib
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -106,6 +109,50 @@ def test_gzip_is_undone_within_the_limit() -> None:
         wire.decompress(gzip.compress(body)[:-12], "gzip", 1000)
     with pytest.raises(UnsupportedEncoding, match="br"):
         wire.decompress(body, "br", 1000)
+
+
+def test_members_longer_than_a_chunk_are_read_whole_and_in_order() -> None:
+    parts = [bytes([65 + n]) * (150_000 + n) for n in range(3)] + [b"", b"tail"]
+    body = b"".join(gzip.compress(part) for part in parts)
+    assert wire.decompress(body, "gzip", 10**6) == b"".join(parts)
+    with pytest.raises(MalformedTraces, match="not valid gzip"):
+        wire.decompress(body + b"not gzip", "gzip", 10**6)
+
+
+class _Counting:
+    """A zlib inflater that counts the bytes handed to it (every inflater of a test)."""
+
+    handed = 0
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def decompress(self, data: Any, max_length: int = 0) -> bytes:
+        _Counting.handed += len(data)
+        return self.real.decompress(data, max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_body_of_many_gzip_members_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inflater is handed the body once, plus at most a chunk per member (what follows a
+    member in its chunk). Before, each member was handed the rest of the body: here 999 empty
+    members before 2 MB handed it 2 GB, and a body of 64 MiB of empty members would have
+    kept the event loop for an hour."""
+    real = zlib.decompressobj
+    monkeypatch.setattr(zlib, "decompressobj", lambda **kw: _Counting(real(**kw)))
+    monkeypatch.setattr(_Counting, "handed", 0)
+    last = random.Random(7).randbytes(2_000_000)
+    body = gzip.compress(b"") * (wire.MAX_GZIP_MEMBERS - 1) + gzip.compress(last)
+    assert wire.decompress(body, "gzip", 3_000_000) == last
+    assert _Counting.handed <= len(body) + wire.MAX_GZIP_MEMBERS * wire._GZIP_CHUNK
+
+
+def test_a_body_of_more_gzip_members_than_allowed_is_refused() -> None:
+    body = gzip.compress(b"") * (wire.MAX_GZIP_MEMBERS + 1)
+    with pytest.raises(MalformedTraces, match="more than 1000 members"):
+        wire.decompress(body, "gzip", 1000)
 
 
 def test_only_protobuf_and_json_are_otlp_encodings() -> None:
