@@ -7,6 +7,7 @@ wheel is built once per session (`client_wheel`), as any build frontend builds i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from ..support.upstream import LocalServer, QuietHandler
 #: Bound on waiting for what must come: never a measure.
 WAIT_S: Final = 60.0
 CLIENT_PACKAGE: Final = Path(__file__).resolve().parents[2] / "packages" / "client"
+#: A key of the right shape that no server knows (a front or a mock answers before any API could
+#: check it)
+FAKE_KEY: Final = "ais_0123456789abcdef_" + "s" * 43
 
 
 @dataclass
@@ -85,6 +89,11 @@ async def new_tenant(api: ApiProcess, url: str, prefix: str = "client") -> Tenan
     finally:
         await conn.close()
     return Tenant(slug, project_id, key.json()["key"])
+
+
+async def answered(made: Any) -> Any:
+    """What a call of `Client` answered, or of `AsyncClient` (awaited)."""
+    return await made if asyncio.iscoroutine(made) else made
 
 
 @pytest.fixture
@@ -253,11 +262,11 @@ class Answer:
 @dataclass
 class ScriptedFront(_Front):
     """A 127.0.0.1 HTTP front for the API: request n (from 0, any method) is answered as
-    `script[n]` says, and the requests after the script as `rest` says (None: forwarded to
-    `target`, and answered as the API answers). `seen` notes each request's method and path,
-    and the status it was answered (0: hung up)."""
+    `script[n]` says, and the requests after the script as `rest` says (None, in either:
+    forwarded to `target`, and answered as the API answers). `seen` notes each request's method
+    and path, and the status it was answered (0: hung up)."""
 
-    script: list[Answer] = field(default_factory=list)
+    script: list[Answer | None] = field(default_factory=list)
     rest: Answer | None = None
     seen: list[tuple[str, str, int]] = field(default_factory=list)
 

@@ -22,6 +22,7 @@ from aiserver.client import (
     BudgetGuard,
     Client,
     RecorderSettings,
+    wire,
 )
 
 from .conftest import (
@@ -30,6 +31,7 @@ from .conftest import (
     Ledger,
     ScriptedFront,
     Tenant,
+    answered,
     api_events,
     budget_window,
     create_budget,
@@ -92,15 +94,21 @@ async def opened(
 
 
 @contextlib.asynccontextmanager
-async def guarded(client: Client | AsyncClient, **fields: Any) -> AsyncIterator[Any]:
-    """The client's budget guard entered for the block, `with` or `async with` as it takes."""
-    guard = client.budget(**fields)
+async def entered(guard: BudgetGuard | AsyncBudgetGuard) -> AsyncIterator[Any]:
+    """`guard` entered for the block, `with` or `async with` as it takes."""
     if isinstance(guard, AsyncBudgetGuard):
-        async with guard as entered:
-            yield entered
+        async with guard as inside:
+            yield inside
     else:
-        with guard as entered:
-            yield entered
+        with guard as inside:
+            yield inside
+
+
+def guarded(
+    client: Client | AsyncClient, **fields: Any
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The client's budget guard entered for the block, `with` or `async with` as it takes."""
+    return entered(client.budget(**fields))
 
 
 @pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
@@ -136,6 +144,79 @@ async def test_leaving_without_an_event_or_with_an_error_releases(
     assert (held_failed["reserved"], after_failed["reserved"]) == ("0.2", "0")
     assert states == {unused_id: "released", failed_id: "released"}
     assert after_failed["committed"] == "0"
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_a_guard_entered_again_makes_a_new_reservation_the_budget_can_refuse(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    """One guard for every call of a loop. Before, its reservation id was drawn once, when the
+    guard was made: every entry after the first repeated the first reserve, which the server
+    answers with that reservation, settled or released, holding nothing and never refused."""
+    budget_id = await hard_budget(ledger, tenant)  # 1.00
+    async with opened(kind, ledger, tenant) as client:
+        guard = client.budget(model="gpt-4o", tags=TEAM, estimate="0.50")
+        ids, held = [], []
+        for call in ("settles", "releases"):
+            async with entered(guard):
+                ids.append(guard.reservation.reservation_id)
+                held.append((await budget_window(ledger.api, tenant, budget_id))["reserved"])
+                if call == "settles":
+                    result = await answered(guard.record(id=f"g-{uuid.uuid4().hex}", usage=USAGE))
+                    assert (result.status, result.reservation) == ("recorded", "settled")
+        other = await answered(client.reserve("gpt-4o", tags=TEAM, estimate="0.60"))
+        with pytest.raises(BudgetExceeded) as refused:  # 1.00 - 0.0075 - 0.60 < 0.50
+            async with entered(guard):
+                pytest.fail("the call is made although the budget cannot hold its estimate")
+        window = await budget_window(ledger.api, tenant, budget_id)
+    assert held == ["0.5", "0.5"]
+    assert len({*ids, other.reservation_id}) == 3
+    assert refused.value.budget_id == budget_id
+    states = await reservation_states(ledger.url, tenant.id)
+    assert states == {ids[0]: "settled", ids[1]: "released", other.reservation_id: "held"}
+    assert (window["reserved"], window["committed"]) == ("0.6", "0.0075")
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_a_guard_cannot_be_entered_again_inside_its_own_block(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    # Entering again inside would draw a new id and lose the reservation held outside.
+    budget_id = await hard_budget(ledger, tenant)
+    async with opened(kind, ledger, tenant) as client:
+        guard = client.budget(model="gpt-4o", tags=TEAM, estimate="0.50")
+        async with entered(guard):
+            with pytest.raises(RuntimeError, match="already entered"):
+                async with entered(guard):
+                    pytest.fail("entered twice at once")
+            outer = guard.reservation.reservation_id
+        window = await budget_window(ledger.api, tenant, budget_id)
+    assert window["reserved"] == "0"
+    assert await reservation_states(ledger.url, tenant.id) == {outer: "released"}
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_a_reserve_answered_with_an_ended_reservation_is_no_hold(
+    ledger: Ledger,
+    tenant: Tenant,
+    kind: type[Client | AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new id that comes back ended (here: one released before, drawn again) holds nothing:
+    the guard raises and the call is not made, as it would be with nothing checked."""
+    budget_id = await hard_budget(ledger, tenant)
+    async with opened(kind, ledger, tenant) as client:
+        ended = await answered(client.reserve("gpt-4o", tags=TEAM, estimate="0.50"))
+        await answered(client.release(ended.reservation_id))
+        monkeypatch.setattr(wire, "new_reservation_id", lambda: ended.reservation_id)
+        with pytest.raises(AiserverError) as unexpected:
+            async with guarded(client, model="gpt-4o", tags=TEAM, estimate="0.50"):
+                pytest.fail("the call is made although nothing is held for it")
+        window = await budget_window(ledger.api, tenant, budget_id)
+    assert (unexpected.value.status, unexpected.value.title) == (502, "unexpected answer")
+    assert "'released', not held" in unexpected.value.detail
+    assert window["reserved"] == "0"
+    assert await reservation_states(ledger.url, tenant.id) == {ended.reservation_id: "released"}
 
 
 async def test_a_queued_event_keeps_the_reservation_held_until_it_settles_it(
@@ -203,8 +284,7 @@ async def test_an_invalid_event_does_not_keep_the_reservation_held(
     bad_usage = {"input_tokens": 5, "cache_read_tokens": 6}  # more cache reads than input
     async with opened(kind, ledger, tenant) as client:
         async with guarded(client, model="gpt-4o", tags=TEAM, estimate="0.50") as guard:
-            recorded = guard.record(id=f"g-{uuid.uuid4().hex}", usage=bad_usage)
-            result = await recorded if asyncio.iscoroutine(recorded) else recorded
+            result = await answered(guard.record(id=f"g-{uuid.uuid4().hex}", usage=bad_usage))
         window = await budget_window(ledger.api, tenant, budget_id)
     assert (result.status, result.reservation) == ("invalid", None)
     assert (window["reserved"], window["committed"]) == ("0", "0")
@@ -274,7 +354,7 @@ async def test_a_reserve_that_reaches_the_api_after_the_guards_release_holds_not
     finally:
         front.stop()
     assert failed.status == 503
-    seen = [(path.rsplit("/", 1)[-1], answered) for _, path, answered in front.seen]
+    seen = [(path.rsplit("/", 1)[-1], status) for _, path, status in front.seen]
     assert seen == [("reserve", 503), ("release", 200)]
     (chosen,) = await reservation_states(ledger.url, tenant.id)
     body = {"model": "gpt-4o", "tags": TEAM, "estimate": "0.40", "reservation_id": chosen}
@@ -307,7 +387,42 @@ async def test_a_reserve_whose_repeats_were_answered_a_retried_4xx_is_released(
     finally:
         front.stop()
     assert failed.status == status
-    seen = [(path.rsplit("/", 1)[-1], answered) for _, path, answered in front.seen]
+    seen = [(path.rsplit("/", 1)[-1], status) for _, path, status in front.seen]
     assert seen == [("reserve", 0), ("reserve", status), ("reserve", status), ("release", 200)]
+    assert list((await reservation_states(ledger.url, tenant.id)).values()) == ["released"]
+    assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_the_guards_release_is_repeated_when_it_fails(
+    ledger: Ledger, tenant: Tenant, kind: str
+) -> None:
+    """The release on leaving is answered 503 once: it is repeated (releasing is idempotent),
+    so the reservation is not held until it expires. Before, it was tried once and logged."""
+    budget_id = await hard_budget(ledger, tenant)
+    busy = Answer(503, b'{"status": 503, "title": "Service Unavailable", "detail": "busy"}')
+    front = ScriptedFront(target=ledger.api.base_url, script=[None, busy])
+
+    async def use_async() -> None:
+        async with (
+            AsyncClient(front.base_url, tenant.key) as aclient,
+            aclient.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pass
+
+    def use() -> None:
+        with (
+            Client(front.base_url, tenant.key) as client,
+            client.budget(model="gpt-4o", tags=TEAM, estimate="0.40"),
+        ):
+            pass
+
+    front.start()
+    try:
+        await (use_async() if kind == "async" else asyncio.to_thread(use))
+    finally:
+        front.stop()
+    seen = [(path.rsplit("/", 1)[-1], status) for _, path, status in front.seen]
+    assert seen == [("reserve", 201), ("release", 503), ("release", 200)]
     assert list((await reservation_states(ledger.url, tenant.id)).values()) == ["released"]
     assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"

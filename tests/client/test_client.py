@@ -9,8 +9,11 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email.utils import format_datetime
+from itertools import pairwise
 from typing import Any
 
+import httpx
 import pytest
 
 from aiserver.client import (
@@ -25,15 +28,20 @@ from aiserver.client import (
     Recorder,
     RecorderSettings,
     RecordReport,
+    wire,
 )
+from aiserver.client.client import RECORD_BACKOFF, RECORD_MAX_WAIT
+from aiserver.client.recorder import backoff_ceiling
 
 from .conftest import (
+    FAKE_KEY,
     WAIT_S,
     Answer,
     FailingFront,
     Ledger,
     ScriptedFront,
     Tenant,
+    answered,
     budget_window,
     create_budget,
     stored_keys,
@@ -340,6 +348,40 @@ async def test_reserve_repeats_a_failed_request_and_holds_the_estimate_once(
     assert window["reserved"] == "0.25"
 
 
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_record_waits_its_backoff_when_retry_after_is_shorter(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    # Before, a Retry-After replaced the backoff, however short: after `Retry-After: 0` the
+    # repeats came as fast as the server answered.
+    front = FailingFront(target=ledger.api.base_url, refuse=3, lose=0, retry_after=0)
+    front.start()
+    try:
+        client = kind(front.base_url, tenant.key, retries=3)
+        result = await answered(client.record({"model": "gpt-4o", "usage": GPT_4O}))
+        await answered(client.close())
+    finally:
+        front.stop()
+    assert [status for _, status in front.arrivals] == [503, 503, 503, 200]
+    gaps = [b - a for (a, _), (b, _) in pairwise(front.arrivals)]
+    least = [backoff_ceiling(n, RECORD_BACKOFF, RECORD_MAX_WAIT) / 2 for n in range(3)]
+    assert all(gap >= wait - 0.01 for gap, wait in zip(gaps, least, strict=True)), gaps
+    assert result.status == "recorded"
+
+
+def test_a_retry_after_shorter_than_the_backoff_never_cuts_it() -> None:
+    # 0, "nan" (read as 0), a date past, a negative number: the backoff; a longer one (a date
+    # too) is waited, at most the cap.
+    def wait(value: str) -> float:
+        return wire.retry_wait(httpx.Response(503, headers={"Retry-After": value}), 0.3, 4.0)
+
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    shorter = ["0", "0.1", "nan", "-5", "Thu, 01 Jan 1970 00:00:00 GMT"]
+    assert [wait(value) for value in shorter] == [0.3] * len(shorter)
+    assert (wait("2"), wait("100"), wait("inf"), wait(soon)) == (2.0, 4.0, 4.0, 4.0)
+    assert wire.retry_wait(None, 0.3, 4.0) == wire.retry_wait(httpx.Response(503), 0.3, 4.0) == 0.3
+
+
 def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> None:
     front = FailingFront(target=ledger.api.base_url, refuse=10, lose=0, retry_after=0)
     front.start()
@@ -359,8 +401,6 @@ def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> No
 
 # -- an answer that is no answer -------------------------------------------------------------------
 
-#: A key of the right shape that no server knows (the front answers before any API could check it)
-FAKE_KEY = "ais_0123456789abcdef_" + "s" * 43
 EMPTY_REPORT = json.dumps({"results": [], "recorded": 0, "duplicate": 0, "conflict": 0,
                            "invalid": 0}).encode()  # fmt: skip
 #: 200s that cannot be read as the call's answer: a captive portal's page, a report without the
@@ -380,11 +420,6 @@ CALLS = {
     "reserve": lambda c: c.reserve("gpt-4o", estimate="0.01"),
     "release": lambda c: c.release("r-1"),
 }
-
-
-async def answered(made: Any) -> Any:
-    """What a call of `Client` answered, or of `AsyncClient` (awaited)."""
-    return await made if asyncio.iscoroutine(made) else made
 
 
 @pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])

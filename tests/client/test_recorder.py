@@ -6,6 +6,7 @@ interpreter's exit deliver what waits. (Faults of the API: test_recorder_faults.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ import pytest
 from aiserver.client import AsyncClient, Client, RecorderSettings
 from aiserver.client.recorder import new_key
 
-from .conftest import Ledger, Tenant, api_events, stored_keys
+from .conftest import WAIT_S, Ledger, Tenant, api_events, stored_keys
 
 USAGE = {"input_tokens": 100, "output_tokens": 10}
 #: Nothing waits for a fuller batch in these tests unless they say so
@@ -114,6 +115,40 @@ async def test_a_full_queue_drops_counts_and_logs(
     assert warnings
     assert "the queue is full (10 events waiting)" in warnings[0]
     assert len(await stored_keys(ledger.url, tenant.id)) == 10
+
+
+async def test_a_thread_that_cannot_start_drops_the_event_counted_and_logged(
+    ledger: Ledger,
+    tenant: Tenant,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, the RuntimeError went out of record_later with the event counted as queued and
+    # the unstarted thread kept: every later event was queued for a thread that never ran.
+    caplog.set_level(logging.WARNING, logger="aiserver.client")
+    failures = [RuntimeError("can't start new thread")]
+    start = threading.Thread.start
+
+    def start_unless_failing(thread: threading.Thread) -> None:
+        if thread.name == "aiserver-recorder" and failures:
+            raise failures.pop()
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_failing)
+    run = run_id()
+    with Client(ledger.api.base_url, tenant.key, recorder=QUICK) as client:
+        lost = client.record_later(id=f"{run}-lost", model="gpt-4o", usage=USAGE)
+        failed = client.stats()
+        sent = client.record_later(id=f"{run}-sent", model="gpt-4o", usage=USAGE)
+        assert await asyncio.to_thread(client.flush, 60)
+        after = client.stats()
+    assert (lost, sent) == (None, f"{run}-sent")
+    assert (failed.queued, failed.pending, failed.dropped) == (0, 0, 1)
+    assert (after.queued, after.recorded, after.dropped) == (1, 1, 1)
+    warnings = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "the recorder's thread could not be started (can't start new thread)" in warnings[0]
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-sent": 1}
 
 
 async def test_leaving_the_client_delivers_what_waits(ledger: Ledger, tenant: Tenant) -> None:
@@ -239,6 +274,43 @@ def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:
     os.close(read)
     os.close(write)
     assert child.partition("-")[0] != new_key().partition("-")[0]
+
+
+async def test_a_forked_child_delivers_what_it_queues_with_a_thread_of_its_own(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, the child kept the parent's recorder as it was: its queue, its counts and its
+    # thread, which a forked child does not have. record_later gave a key, nothing was sent,
+    # and the child's close() counted the parent's events as lost too.
+    run = run_id()
+    client = Client(ledger.api.base_url, tenant.key, recorder=HELD)
+    read, write = os.pipe()
+    try:
+        assert client.record_later(id=f"{run}-parent", model="gpt-4o", usage=USAGE)
+        pid = os.fork()
+        if pid == 0:  # the child: what it saw to the parent, then out without any cleanup
+            code = 1
+            try:
+                key = client.record_later(id=f"{run}-child", model="gpt-4o", usage=USAGE)
+                queued = client.stats()
+                delivered = client.recorder.close(WAIT_S)
+                seen = [key, queued.queued, queued.pending, delivered, client.stats().recorded]
+                os.write(write, json.dumps(seen).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        child = json.loads(os.read(read, 1000)) if status == 0 else None
+        assert await asyncio.to_thread(client.flush, 60)
+        parent = client.stats()
+    finally:
+        await asyncio.to_thread(client.close)
+        os.close(read)
+        os.close(write)
+    assert status == 0
+    assert child == [f"{run}-child", 1, 1, True, 1]  # its own event, and nothing of the parent's
+    assert (parent.queued, parent.recorded, parent.dropped) == (1, 1, 0)
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-parent": 1, f"{run}-child": 1}
 
 
 #: 20 tags of 250 characters: about 5.5 kB per event, so 4,000 of them pass the 16 MiB the API

@@ -5,14 +5,16 @@
   poll the database with a deadline); 0 sends at once.
 - Retries back off exponentially with "equal" jitter: `backoff_wait` (a pure function) draws
   between half and all of `min(max_backoff, backoff_base * 2**n)`, and the recorder waits
-  exactly what it drew, measured at a 127.0.0.1 front that answers 503 (no Retry-After) before
-  it lets the batch through to the real API.
+  exactly what it drew, measured at a 127.0.0.1 front that answers 503 (no Retry-After, or
+  `Retry-After: 0`, which does not cut the backoff) before it lets the batch through to the
+  real API.
 - A batch the server refuses as a whole (401, 403, 404) is counted as rejected, logged once as
   an error, settled (flush returns) and never retried; after `close()`, `record_later` returns
   None and counts and logs the event as dropped.
 - A request that cannot be sent (an illegal header) refuses its batch once, never retried,
   and no log line quotes it; an answer that cannot be read is retried like a 5xx and the
-  thread goes on; `flush()` and `close()` cut a long backoff short to try at once.
+  thread goes on; `flush()` and `close()` cut a long backoff short to try at once; a `flush()`
+  waiting in another thread returns when `close()` gives up.
 - `RecorderSettings` refuses what cannot work, and its messages say what it accepts.
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from itertools import pairwise
@@ -34,7 +37,16 @@ from aiserver.client import AsyncClient, Client, Event, Recorder, RecorderSettin
 from aiserver.client.recorder import backoff_ceiling, backoff_wait
 
 from ..reliability.harness import ADMIN_TOKEN, eventually
-from .conftest import WAIT_S, Answer, FailingFront, Ledger, ScriptedFront, Tenant, stored_keys
+from .conftest import (
+    FAKE_KEY,
+    WAIT_S,
+    Answer,
+    FailingFront,
+    Ledger,
+    ScriptedFront,
+    Tenant,
+    stored_keys,
+)
 
 USAGE: Final = {"input_tokens": 100, "output_tokens": 10}
 #: What "about flush_interval" allows on a loaded 2-core machine: the API's commit, the poll
@@ -143,12 +155,15 @@ def test_backoff_waits_between_half_and_all_of_the_ceiling() -> None:
 RETRY_LOG = re.compile(r"not delivered \(HTTP 503 .*\); retry (\d+) in ([0-9.]+) s")
 
 
+@pytest.mark.parametrize("retry_after", [None, 0], ids=["no-retry-after", "retry-after-0"])
 async def test_the_recorder_backs_off_exponentially_between_retries(
-    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture
+    ledger: Ledger, tenant: Tenant, caplog: pytest.LogCaptureFixture, retry_after: int | None
 ) -> None:
+    # A Retry-After shorter than the backoff does not cut it. Before, it replaced the backoff:
+    # a server answering 503 with `Retry-After: 0` was retried as fast as it answered.
     caplog.set_level(logging.DEBUG, logger="aiserver.client")
     base, refuse = 0.2, 4
-    front = FailingFront(target=ledger.api.base_url, refuse=refuse, lose=0, retry_after=None)
+    front = FailingFront(target=ledger.api.base_url, refuse=refuse, lose=0, retry_after=retry_after)
     front.start()
     run = run_id()
     try:
@@ -349,6 +364,40 @@ async def test_close_cuts_a_long_backoff_short_and_flush_waits_it_out(
     assert [status for _, status in front.arrivals] == [503, 200]
     assert (stats.sent, stats.recorded, stats.dropped, stats.retries) == (3, 3, 0, 1)
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(3)}
+
+
+def test_close_wakes_a_flush_waiting_in_another_thread() -> None:
+    # Before, close() counted what it could not deliver as lost without waking the flush()
+    # waiting (with no timeout) in another thread: that thread waited for ever.
+    down = httpx.MockTransport(lambda request: httpx.Response(503))
+    settings = RecorderSettings(batch_size=100, flush_interval=3600, backoff_base=60.0,
+                                max_backoff=60.0)  # fmt: skip
+    recorder = Recorder("http://127.0.0.1:9", FAKE_KEY, settings, transport=down)
+    recorder.enqueue(Event(model="gpt-4o", usage=USAGE))
+    flushed: list[bool] = []
+    waiting = threading.Thread(target=lambda: flushed.append(recorder.flush()), daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + WAIT_S
+    while recorder.stats().retries == 0:  # the flush sent the batch, and it waits 30 to 60 s
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    thread = recorder._thread
+    assert thread is not None
+    join = thread.join
+
+    def slow_join(timeout: float | None = None) -> None:
+        # The give-up wakes the flush; it finds its events unsettled yet and waits again, as it
+        # does when it runs before close() counts them (here always: close() is held back).
+        time.sleep(0.3)
+        join(timeout)
+
+    thread.join = slow_join  # type: ignore[method-assign]
+    assert not recorder.close(0.5)
+    waiting.join(WAIT_S)
+    assert not waiting.is_alive(), "flush() still waits after close()"
+    assert flushed == [True]  # settled: counted as dropped
+    stats = recorder.stats()
+    assert (stats.queued, stats.dropped, stats.pending) == (1, 1, 0)
 
 
 # -- a closed client ------------------------------------------------------------------------------

@@ -5,11 +5,12 @@
         guard.record(event_from_response(response, tags={"team": "search"}))
 
 Entering reserves the estimate (`BudgetExceeded` when a hard budget cannot hold it: the call is
-not made). `guard.record(...)` or `guard.record_later(...)` reports the call's event with the
-reservation's id, which settles it: the actual cost replaces the estimate. Leaving without a
-reported event (an `invalid` or `conflict` result is none), or with an exception before a
-settled one, releases the reservation; a release that fails is logged (the server releases the
-reservation at its expiry anyway).
+not made), under a reservation id drawn for that entry: a guard entered again (in a loop) makes a
+new reservation each time, never a repeat of the last one. `guard.record(...)` or
+`guard.record_later(...)` reports the call's event with the reservation's id, which settles it:
+the actual cost replaces the estimate. Leaving without a reported event (an `invalid` or
+`conflict` result is none), or with an exception before a settled one, releases the reservation;
+a release that fails is logged (the server releases the reservation at its expiry anyway).
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ class Ask:
 
 
 class _Guard:
-    """The state both guards share: the reservation, and what was reported with it."""
+    """The state both guards share: the reservation of the current (or last) entry, and what
+    was reported with it."""
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
-        # chosen here, so that a reserve whose answer never came can still be released
-        self.reservation_id = wire.new_reservation_id()
+        # drawn on each entry, before the reserve, so that a reserve whose answer never came
+        # can still be released (None before the first entry)
+        self.reservation_id: Optional[str] = None
         self._reservation: Optional[Reservation] = None
+        self._inside = False  # entered, and not left yet
         self.settled = False  # an event recorded (waited for) settled the reservation
         self.reported = False  # an event was recorded or queued with the reservation's id
 
@@ -90,14 +94,48 @@ class _Guard:
             return False
         return error is not None or not self.reported
 
-    def _reserving(self) -> dict[str, Any]:
-        """The reserve's arguments but the model: the ask's, and the id chosen here."""
+    def _entering(self) -> dict[str, Any]:
+        """Begin an entry: a new reservation id, nothing held or reported yet (a guard used
+        again must not repeat its last reserve, which the server would answer with that
+        reservation, ended, holding nothing). The reserve's arguments but the model: the ask's,
+        and the new id. A guard already inside its block cannot be entered again: the
+        reservation it holds would be lost to it."""
+        if self._inside:
+            raise RuntimeError(
+                "the budget guard is already entered: leave it before entering it again"
+            )
+        self.reservation_id = wire.new_reservation_id()
+        self._reservation = None
+        self.settled = self.reported = False
+        self._inside = True
         ask = self.ask
         return {
             "estimate": ask.estimate, "usage": ask.usage, "tags": ask.tags,
             "provider": ask.provider, "usage_format": ask.usage_format,
             "expires_in_seconds": ask.expires_in_seconds, "reservation_id": self.reservation_id,
         }  # fmt: skip
+
+    def _held(self, reservation: Reservation) -> None:
+        """Take the reserve's answer as the entry's hold. The id is new, so the answer must be
+        that reservation, held: one that had already ended (a repeat's answer) holds nothing,
+        and the block must not run as if it did. It is raised as an unexpected answer (502,
+        which the guard treats as a reserve that may have been made: it releases the id)."""
+        if reservation.reservation_id != self.reservation_id or reservation.state != "held":
+            raise AiserverError(
+                502,
+                "unexpected answer",
+                f"the reserve of the new reservation {self.reservation_id} was answered with "
+                f"reservation {reservation.reservation_id} in state {reservation.state!r}, not "
+                "held: nothing is held for the call",
+            )
+        self._reservation = reservation
+
+    @property
+    def _drawn_id(self) -> str:
+        """The reservation id of the current (or last) entry."""
+        if self.reservation_id is None:  # pragma: no cover  # drawn before any reserve
+            raise RuntimeError("the budget guard was never entered")
+        return self.reservation_id
 
     @staticmethod
     def _may_hold(exc: BaseException) -> bool:
@@ -127,17 +165,21 @@ class BudgetGuard(_Guard):
         self._client = client
 
     def __enter__(self) -> BudgetGuard:
+        reserving = self._entering()
         try:
-            self._reservation = self._client.reserve(self.ask.model, **self._reserving())
+            self._held(self._client.reserve(self.ask.model, **reserving))
         except BaseException as exc:
-            if self._may_hold(exc):
-                self._release()
+            try:
+                if self._may_hold(exc):
+                    self._release()
+            finally:
+                self._inside = False
             raise
         return self
 
     def _release(self) -> None:
         try:
-            self._client.release(self.reservation_id)
+            self._client.release(self._drawn_id)
         except (AiserverError, httpx.TransportError) as exc:
             self._release_failed(exc)
 
@@ -157,8 +199,11 @@ class BudgetGuard(_Guard):
         error: Optional[BaseException],
         traceback: Optional[TracebackType],
     ) -> None:
-        if self._must_release(error):
-            self._release()
+        try:
+            if self._must_release(error):
+                self._release()
+        finally:
+            self._inside = False
 
 
 class AsyncBudgetGuard(_Guard):
@@ -167,17 +212,21 @@ class AsyncBudgetGuard(_Guard):
         self._client = client
 
     async def __aenter__(self) -> AsyncBudgetGuard:
+        reserving = self._entering()
         try:
-            self._reservation = await self._client.reserve(self.ask.model, **self._reserving())
+            self._held(await self._client.reserve(self.ask.model, **reserving))
         except BaseException as exc:  # cancelled too: the release still runs, then it goes on
-            if self._may_hold(exc):
-                await self._release()
+            try:
+                if self._may_hold(exc):
+                    await self._release()
+            finally:
+                self._inside = False
             raise
         return self
 
     async def _release(self) -> None:
         try:
-            await self._client.release(self.reservation_id)
+            await self._client.release(self._drawn_id)
         except (AiserverError, httpx.TransportError) as exc:
             self._release_failed(exc)
 
@@ -197,5 +246,8 @@ class AsyncBudgetGuard(_Guard):
         error: Optional[BaseException],
         traceback: Optional[TracebackType],
     ) -> None:
-        if self._must_release(error):
-            await self._release()
+        try:
+            if self._must_release(error):
+                await self._release()
+        finally:
+            self._inside = False

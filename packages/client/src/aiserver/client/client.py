@@ -4,9 +4,10 @@ Both take the base URL and a project's key as arguments, or from `AISERVER_URL` 
 `AISERVER_API_KEY`. Every call but `record_later` waits for the server's answer and returns a
 typed result (`aiserver.client.models`); a problem answer raises `AiserverError` (a refused
 reservation: `BudgetExceeded`; an answer that cannot be read: status 502, "unreadable answer");
-a network failure raises `httpx.TransportError`. `record` first repeats a failed request, with
-the same keys, up to `retries` times (its repeats cannot count twice; the other calls' are not
-all safe, so they are left to the caller), unless it could not be sent at all.
+a network failure raises `httpx.TransportError`. `record`, `reserve` and `release` first repeat a
+failed request, the same request, up to `retries` times (their repeats cannot count twice: the
+events' keys, the reservation's id; the other calls are left to the caller), unless it could not
+be sent at all.
 
 `record_later` hands the event to the client's `Recorder` (one background thread with its own
 HTTP connection, `aiserver.client.recorder`) and returns at once, from sync and async code
@@ -94,15 +95,15 @@ RECORD_MAX_WAIT = 4.0
 def _repeat_after(attempt: int, response: Optional[httpx.Response]) -> Optional[float]:
     """How long to wait before repeating a `record` request (its attempt `attempt`, from 0)
     that failed (`response` None: the network), or None when it must not be repeated: it was
-    answered for good (a 200, a 4xx but 408, 425 and 429)."""
+    answered for good (a 200, a 4xx but 408, 425 and 429). The backoff, or the answer's
+    Retry-After when it is longer (at most `RECORD_MAX_WAIT`): a shorter one (0, a date past)
+    never makes the repeats come faster."""
     if response is not None:
         status = response.status_code
         if status not in RETRY_STATUSES and status < 500:
             return None
-        after = wire.retry_after(response)
-        if after is not None:
-            return min(after, RECORD_MAX_WAIT)
-    return backoff_wait(attempt, RECORD_BACKOFF, RECORD_MAX_WAIT)
+    backoff = backoff_wait(attempt, RECORD_BACKOFF, RECORD_MAX_WAIT)
+    return wire.retry_wait(response, backoff, RECORD_MAX_WAIT)
 
 
 def _merge(reports: Iterable[RecordReport]) -> RecordReport:
@@ -148,8 +149,9 @@ class _Common:
     def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
         """Queue one event for the background recorder and return at once: its idempotency key
         (given now if the event has none, with `occurred_at` now if it has none), or None when
-        the event was dropped because the queue is full or the client is closed (never
-        silently: counted in `stats().dropped`, and logged as a warning at most every 10 s)."""
+        the event was dropped because the queue is full, the client is closed or the recorder's
+        thread could not be started (never silently: counted in `stats().dropped`, and logged
+        as a warning at most every 10 s)."""
         return self.recorder.enqueue(wire.as_event(event, fields))
 
     def stats(self) -> RecorderStats:
@@ -212,7 +214,8 @@ class Client(_Common):
 
     def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
         """`_post`, repeated with the same body (so the same keys) up to `retries` times while
-        it fails in a way that may pass; for `record` only, whose repeats never count twice."""
+        it fails in a way that may pass; for the calls whose repeats never count twice only
+        (`record`, `reserve`, `release`)."""
         for attempt in itertools.count():
             try:
                 response = self._post(path, body)
@@ -330,9 +333,10 @@ class Client(_Common):
         return wire.decode(self._post_repeated("/v1/budgets/reserve", body), Reservation)
 
     def release(self, reservation_id: str) -> Release:
-        """Give back what a reservation holds (idempotent)."""
+        """Give back what a reservation holds. It is idempotent, so the request is repeated like
+        `record`'s (`retries`)."""
         path = f"/v1/budgets/reservations/{reservation_id}/release"
-        return wire.decode(self._post(path, b""), Release)
+        return wire.decode(self._post_repeated(path, b""), Release)
 
     def budget(
         self,
@@ -516,7 +520,7 @@ class AsyncClient(_Common):
     async def release(self, reservation_id: str) -> Release:
         """As `Client.release`."""
         path = f"/v1/budgets/reservations/{reservation_id}/release"
-        return wire.decode(await self._post(path, b""), Release)
+        return wire.decode(await self._post_repeated(path, b""), Release)
 
     def budget(
         self,

@@ -10,9 +10,10 @@ by delivery.
 Exactly once: every event gets its idempotency key (`id`) and its `occurred_at` when it is
 queued, and is encoded then, so every attempt sends the same bytes. A failed attempt (the
 connection refused or reset, a timeout, a 5xx, a 408, 425 or 429) is retried with the same
-keys, after the answer's Retry-After (at most `max_backoff`) or else after an exponential backoff
-with "equal" jitter (`backoff_wait`: a random wait between half and all of
-`min(max_backoff, backoff_base * 2**n)`, so that the waits double from one retry to the next):
+keys, after an exponential backoff with "equal" jitter (`backoff_wait`: a random wait between
+half and all of `min(max_backoff, backoff_base * 2**n)`, so that the waits double from one retry
+to the next), or after the answer's Retry-After when it is longer (at most `max_backoff`; a
+shorter one, such as 0, never makes the retries come faster):
 what the server had already committed comes back `duplicate`, never twice. A 200 that cannot
 be read as the batch's report (another server, a proxy's page, a wrong Content-Encoding) and
 any exception no one foresaw are failed attempts too, retried the same way: the thread never
@@ -26,12 +27,14 @@ cannot be sent at all (h11 refuses it), refuses the batch as a whole: its events
 rejected (and settled: `flush()` does not wait for them), logged once as an error with the
 status and the server's title and detail (or the error's type), and never retried.
 
-Nothing is lost silently: a full queue, or a closed recorder, drops the new event, counts it
-and logs a warning (at most every `OVERFLOW_LOG_S` seconds, with the running count); `close()`
-delivers what waits, and counts and logs as dropped what it could not deliver within its
-timeout. The process's exit closes every recorder it started: `atexit`, and multiprocessing's
-finalizers, since a child that multiprocessing starts (fork, forkserver) ends with `os._exit`,
-which runs no atexit hook. The key is never logged.
+Nothing is lost silently: a full queue, a closed recorder, or a thread that cannot be started
+(the next event tries again) drops the new event, counts it and logs a warning (at most every
+`OVERFLOW_LOG_S` seconds, with the running count); `close()` delivers what waits, and counts
+and logs as dropped what it could not deliver within its timeout. The process's exit closes
+every recorder it started: `atexit`, and multiprocessing's finalizers, since a child that
+multiprocessing starts (fork, forkserver) ends with `os._exit`, which runs no atexit hook. A
+forked child's recorders start afresh: what the parent had queued is the parent's to deliver,
+and what the child queues goes from a thread of the child's own. The key is never logged.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class RecorderSettings:
     - `max_queue`: events held at most; more are dropped, counted and logged;
     - `backoff_base`, `max_backoff`: retry n (from 0) waits a random time between half and
       all of `min(max_backoff, backoff_base * 2**n)` seconds (`backoff_wait`); after an
-      answer with Retry-After, that many seconds instead, at most `max_backoff`;
+      answer with a longer Retry-After, that many seconds instead, at most `max_backoff`;
     - `close_timeout`: how long `close()` (and the process's exit) waits for delivery;
     - `timeout`: of each HTTP request.
 
@@ -140,11 +143,12 @@ def backoff_wait(
 
 
 class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts since the recorder started. `queued`: accepted by `record_later`; `pending`:
-    queued and not settled yet; `sent`: delivered (the server answered for them);
-    `recorded`, `duplicates`: how the server answered; `rejected`: invalid, in conflict, or in
-    a batch refused as a whole; `dropped`: never delivered (the queue was full, or `close()`
-    gave up); `retries`: attempts that repeated a failed one; `batches`: requests answered."""
+    """Counts since the recorder started (in a forked child: since the fork). `queued`:
+    accepted by `record_later`; `pending`: queued and not settled yet; `sent`: delivered (the
+    server answered for them); `recorded`, `duplicates`: how the server answered; `rejected`:
+    invalid, in conflict, or in a batch refused as a whole; `dropped`: never delivered (the
+    queue was full, the thread could not start, or `close()` gave up); `retries`: attempts that
+    repeated a failed one; `batches`: requests answered."""
 
     queued: int
     pending: int
@@ -158,6 +162,7 @@ class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _Item = tuple[str, bytes]  # (key, the encoded event)
+_made: weakref.WeakSet[Recorder] = weakref.WeakSet()  # every recorder (a forked child's: renewed)
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()  # started in this process, not closed
 _hooked_in: Optional[int] = None  # the process that registered its multiprocessing finalizer
 _closed_in: Optional[int] = None  # the process whose exit has closed its recorders
@@ -188,10 +193,18 @@ def _hook_exit() -> None:
         multiprocessing.util.Finalize(None, _close_all_at_exit, exitpriority=EXIT_PRIORITY)
 
 
+def _renew_after_fork() -> None:
+    """In a forked child: it has the parent's recorders but not their threads (and perhaps one
+    of their locks held). The parent delivers what they had queued, so the child's exit must
+    not wait for it; each recorder starts afresh in the child (`Recorder._forked`), so that what
+    the child queues is delivered by a thread of its own."""
+    _live.clear()
+    for recorder in list(_made):
+        recorder._forked()
+
+
 if hasattr(os, "register_at_fork"):
-    # A forked child has the parent's recorders but not their threads (and perhaps one of their
-    # locks held): the parent delivers their events, the child's exit must not wait for them.
-    os.register_at_fork(after_in_child=_live.clear)
+    os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def _bounded(seconds: float) -> float:
@@ -248,12 +261,27 @@ class Recorder:
         self._last_overflow_log = -OVERFLOW_LOG_S
         self._dropped_since_log = 0
         self._counts: collections.Counter[str] = collections.Counter()
+        _made.add(self)
+
+    def _forked(self) -> None:
+        """Start afresh in a forked child: an empty queue and counts, a new lock (the parent's
+        may have been held at the fork), no thread (the next event starts one). What was queued
+        is the parent's to deliver. A recorder closed (or closing) in the parent stays closed."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = collections.deque()
+        self._first_at = 0.0
+        self._flushing = 0
+        self._thread = None
+        self._last_overflow_log = -OVERFLOW_LOG_S
+        self._dropped_since_log = 0
+        self._counts = collections.Counter()
 
     # -- the caller's side (any thread) -------------------------------------------------------
 
     def enqueue(self, event: Event) -> Optional[str]:
         """Queue `event` (a key and `occurred_at` are given to it if it has none); its key, or
-        None when it was dropped (the queue is full, or the recorder is closed)."""
+        None when it was dropped (the queue is full, the recorder is closed, or its thread could
+        not be started)."""
         if event.id is None or event.occurred_at is None:
             event = msgspec.structs.replace(
                 event,
@@ -263,30 +291,30 @@ class Recorder:
         key: str = event.id  # type: ignore[assignment]  # set just above
         data = wire.encode_event(event)
         with self._cond:
-            if self._closing or len(self._queue) >= self.settings.max_queue:
-                self._drop_one_locked()
+            if self._closing:
+                self._drop_one_locked("the recorder is closed")
                 return None
+            if len(self._queue) >= self.settings.max_queue:
+                self._drop_one_locked(
+                    f"the queue is full ({self.settings.max_queue} events waiting)"
+                )
+                return None
+            if self._thread is None and not self._start_locked():
+                return None  # dropped: no thread could deliver it
             self._queue.append((key, data))
             self._counts["queued"] += 1
             waiting = len(self._queue)
             if waiting == 1:
                 self._first_at = time.monotonic()
-            if self._thread is None:
-                self._start_locked()
-            elif waiting == 1 or waiting == self.settings.batch_size:
+            if waiting == 1 or waiting == self.settings.batch_size:
                 self._cond.notify()
         return key
 
-    def _drop_one_locked(self) -> None:
+    def _drop_one_locked(self, reason: str) -> None:
         self._counts["dropped"] += 1
         self._dropped_since_log += 1
         now = time.monotonic()
         if now - self._last_overflow_log >= OVERFLOW_LOG_S:
-            reason = (
-                "the recorder is closed"
-                if self._closing
-                else (f"the queue is full ({self.settings.max_queue} events waiting)")
-            )
             log.warning(
                 "aiserver usage event dropped: %s; %d dropped since the last warning, %d in all",
                 reason,
@@ -296,11 +324,20 @@ class Recorder:
             self._last_overflow_log = now
             self._dropped_since_log = 0
 
-    def _start_locked(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="aiserver-recorder", daemon=True)
-        self._thread.start()
+    def _start_locked(self) -> bool:
+        """Start the thread; False when it could not be started (no thread is left, too many
+        threads, the interpreter shutting down): the event that needed it is dropped, counted
+        and logged, and the next one tries again."""
+        thread = threading.Thread(target=self._run, name="aiserver-recorder", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            self._drop_one_locked(f"the recorder's thread could not be started ({exc})")
+            return False
+        self._thread = thread
         _live.add(self)
         _hook_exit()
+        return True
 
     def stats(self) -> RecorderStats:
         with self._cond:
@@ -360,6 +397,7 @@ class Recorder:
             if lost:
                 self._counts["lost"] += lost
                 self._counts["dropped"] += lost
+            self._cond.notify_all()  # a flush() waiting in another thread: all is settled now
         if lost:
             log.error(
                 "aiserver recorder closed with %d usage event(s) not delivered within %.1f s "
@@ -474,8 +512,7 @@ class Recorder:
         if status not in RETRY_STATUSES and status < 500:
             self._refused(batch, response)
             return None
-        after = wire.retry_after(response)
-        wait = self._backoff(attempt) if after is None else min(after, self.settings.max_backoff)
+        wait = wire.retry_wait(response, self._backoff(attempt), self.settings.max_backoff)
         return wait, f"HTTP {status} {wire.problem_error(response).detail}"
 
     def _pause(self, seconds: float, nudges: int) -> bool:

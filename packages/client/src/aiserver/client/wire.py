@@ -220,6 +220,15 @@ def retry_after(response: httpx.Response) -> Optional[float]:
     return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
+def retry_wait(response: Optional[httpx.Response], backoff: float, cap: float) -> float:
+    """The wait before repeating a request that failed (`response` None: the network):
+    `backoff` (at most `cap`), or the answer's Retry-After when that is longer, at most `cap`.
+    A shorter Retry-After (0, a date past) never makes the repeats come faster than the
+    backoff would."""
+    after = None if response is None else retry_after(response)
+    return backoff if after is None else max(backoff, min(after, cap))
+
+
 def problem_error(response: httpx.Response) -> AiserverError:
     """The `AiserverError` of a failed answer (a problem document, or whatever the body is)."""
     try:
