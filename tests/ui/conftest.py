@@ -251,6 +251,13 @@ def header(browser: WebDriver, table_id: str) -> list[str]:
     return [text(c) for c in browser.find_elements(By.CSS_SELECTOR, f"#{table_id} thead th")]
 
 
+def committed(window: dict[str, Any]) -> str:
+    """A budget window's committed cell, from the API's window: the amount, the events it counts
+    and how many of them are unpriced (they count 0 until a price is known)."""
+    return (f"{window['committed']} ({window['events']} events, "
+            f"{window['unpriced_events']} unpriced)")  # fmt: skip
+
+
 def text(element: WebElement) -> str:
     """An element's text, also where a scrolled box hides it (its whitespace collapsed)."""
     return " ".join((element.get_attribute("textContent") or "").split())

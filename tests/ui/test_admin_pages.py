@@ -21,7 +21,7 @@ from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 from ..conftest import TEST_SECRET_BOX as BOX
 from ..reliability.harness import eventually
 from ..support.receiver import Receiver
-from .conftest import Site, bearer, shot, sign_in, table, through
+from .conftest import Site, bearer, committed, shot, sign_in, table, through
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -189,7 +189,7 @@ def list_row(budget: dict[str, Any]) -> list[str]:
     window = budget["window"]
     return [budget["name"], " ".join(f"{k}={v}" for k, v in budget["tags"].items()),
             budget["period"], f"{window['start']} to {window['end']}", budget["limit_usd"],
-            window["committed"], window["reserved"], window["remaining"],
+            committed(window), window["reserved"], window["remaining"],
             f"{window['used_percent']}%", ", ".join(f"{t}%" for t in budget["thresholds"]),
             "yes" if budget["hard"] else "no"]  # fmt: skip
 

@@ -22,7 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from ..conftest import TEST_REDIS_URL
 from ..e2e.test_dev import dev_env, running_dev
-from .conftest import bearer, shot, table, through
+from .conftest import bearer, committed, shot, table, through
 from .test_pages import label, month
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ async def test_dev_demo_prints_a_dashboard_url_and_key_that_show_the_demo_spend(
         ]
         (budget,) = budgets
         assert table(browser, "budgets")[0][3:6] == [
-            budget["limit_usd"], budget["window"]["committed"], budget["window"]["reserved"]
+            budget["limit_usd"], committed(budget["window"]), budget["window"]["reserved"]
         ]  # fmt: skip
         links = browser.find_elements(By.CSS_SELECTOR, "#unpriced a")
         assert links

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select
 from aiserver.ledger.repricing.execution import Outcome
 
 from ..support.reprice import execute_as_the_job
-from .conftest import Site, admin, bearer, header, shot, sign_in, table, through
+from .conftest import Site, admin, bearer, committed, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     window = budget["window"]
     (row,) = table(browser, "budgets")
     assert row[0] == "Monthly cap"
-    assert row[3:] == [budget["limit_usd"], window["committed"], window["reserved"],
+    assert row[3:] == [budget["limit_usd"], committed(window), window["reserved"],
                        window["remaining"], f"{window['used_percent']}%"]  # fmt: skip
 
     links = browser.find_elements(By.CSS_SELECTOR, "#unpriced a")

@@ -40,6 +40,9 @@ class EventController(ProjectPages):
         typed = {name: params.get(name, "") for name in FILTERS if name != "tag"}
         tags = [t for t in params.getall("tag", []) if t.strip()]
         page, error, next_url = None, None, None
+        # the filters as typed, kept by the links to the first and the next page
+        kept = [(k, v) for k, v in typed.items() if v] + [("tag", t) for t in tags]
+        first_url = f"{PROJECT}/{project.slug}/events/" + (f"?{urlencode(kept)}" if kept else "")
         try:
             zone = ZoneInfo(project.time_zone)
             query = event_query(
@@ -52,9 +55,8 @@ class EventController(ProjectPages):
             after = decode_cursor(cursor, query, project.id) if cursor else None
             page = await read_events(require_pool(), project.id, query, limit=PAGE, after=after)
             if page.last is not None:
-                kept = [(k, v) for k, v in typed.items() if v] + [("tag", t) for t in tags]
-                kept.append(("cursor", encode_cursor(page.last, query, project.id)))
-                next_url = f"{PROJECT}/{project.slug}/events/?{urlencode(kept)}"
+                following = [*kept, ("cursor", encode_cursor(page.last, query, project.id))]
+                next_url = f"{PROJECT}/{project.slug}/events/?{urlencode(following)}"
         except InvalidField as exc:
             error = str(exc)
         return Template(
@@ -64,6 +66,7 @@ class EventController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "events", "typed": typed,
                 "tags": tags, "statuses": PRICING_STATUSES, "error": error,
                 "events": page.events if page is not None else [], "next_url": next_url,
+                "first_url": first_url,
                 "first_page": "cursor" not in params,
             },
         )  # fmt: skip

@@ -19,6 +19,7 @@ from aiserver.api.ui.present import pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.budgets.service import list_budgets
+from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.query import project_zone, read_spend, spend_query
 from aiserver.ledger.usage.reading import event_query, read_events
 
@@ -62,12 +63,17 @@ class OverviewController(ProjectPages):
             spend_query(project, since=since, until=until.isoformat(), bucket="day",
                         group_by=["model"], top=TOP_MODELS),
         )  # fmt: skip
-        tags = []
+        # each rolled-up key with its top values; a key just added, whose rollups a rebuild has
+        # yet to make, with None: the page says so and links to Explore (asked here, it would
+        # be summed from every raw event of the 30 days, at each opening of the page)
+        tags: list[tuple[str, SpendAnswer | None]] = []
         for key in project.rollup_tags:
-            if key in project.rolled_up_tags:
-                query = spend_query(project, since=since, until=until.isoformat(),
-                                    group_by=[f"tag:{key}"], top=TOP_TAG_VALUES)  # fmt: skip
-                tags.append((key, await read_spend(pool, project, query)))
+            if key not in project.rolled_up_tags:
+                tags.append((key, None))
+                continue
+            query = spend_query(project, since=since, until=until.isoformat(),
+                                group_by=[f"tag:{key}"], top=TOP_TAG_VALUES)  # fmt: skip
+            tags.append((key, await read_spend(pool, project, query)))
         # the latest of the unpriced events the page counts: those of the same days (an older
         # one listed under "0 unpriced events in the last 30 days" would contradict it)
         window = event_query(
@@ -82,7 +88,7 @@ class OverviewController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "overview",
                 "periods": periods, "daily": daily, "chart": pivot(daily),
                 "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(),
-                "tags": tags,
+                "tags": tags, "top_tag_values": TOP_TAG_VALUES,
                 "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,
             },
         )  # fmt: skip

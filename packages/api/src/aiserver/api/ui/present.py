@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -152,6 +153,13 @@ def timestamp(at: date | datetime) -> str:
 
 
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+def on_clock(at: datetime, zone: str) -> str:
+    """A time on the clock of the time zone named `zone` (a project's), with its offset, as
+    `timestamp` writes it: `2026-12-01T00:00:00+14:00` for the instant the API writes
+    `2026-11-30T10:00:00Z`. UTC is written `Z`."""
+    return timestamp(at.astimezone(ZoneInfo(zone)))
 
 
 def table_rows(answer: SpendAnswer) -> list[list[str]]:
