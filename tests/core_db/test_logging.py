@@ -70,3 +70,14 @@ def test_tracebacks_never_carry_local_variables(
     assert "RuntimeError" in err
     assert secret.split()[1] not in err
     assert '"locals"' not in err
+
+
+def test_request_urls_are_not_logged_even_at_debug() -> None:
+    """httpx logs each request's URL at INFO: a price source's credentials, a webhook's secret
+    path. It stays at WARNING whatever LOG_LEVEL says."""
+    try:
+        configure_logging("DEBUG", "json")
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("httpcore").getEffectiveLevel() == logging.DEBUG
+    finally:
+        configure_logging("INFO", "json")

@@ -8,6 +8,7 @@ from typing import cast
 import asyncpg
 import pytest
 from piccolo.conf.apps import AppConfig, MigrationModule
+from structlog.testing import capture_logs
 
 from aiserver.core_db import migrations
 from aiserver.core_db.database import database
@@ -85,6 +86,26 @@ async def test_readiness_fails_when_the_database_is_unreachable() -> None:
     checks = await database_checks()  # no pool open at all
     assert [(c.name, c.ok) for c in checks] == [("database", False)]
     assert unreachable.core.database_url.endswith("/nowhere")
+
+
+async def test_a_failing_check_names_the_error_s_type_and_logs_its_text(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readiness is answered to anyone: an error's text (which can name the database's host,
+    user and name) goes to the log, not into the check."""
+
+    async def failing() -> None:
+        raise ConnectionError("postgresql://dbuser@10.1.2.3:5432/secretdb is far away")
+
+    monkeypatch.setattr("aiserver.core_db.readiness.migration_status", failing)
+    async with database(make_settings(empty_database_url).core):
+        with capture_logs() as logs:
+            checks = await database_checks()
+    assert [(c.name, c.ok, c.detail) for c in checks] == [
+        ("database", True, ""), ("migrations", False, "ConnectionError (the log says more)")
+    ]  # fmt: skip
+    (logged,) = [e for e in logs if e["event"] == "readiness check failed"]
+    assert "10.1.2.3" in logged["error"]
 
 
 async def _run_cli(*args: str, database_url: str) -> tuple[int, str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aiserver.api.settings import ApiSettings
-from aiserver.core_db.settings import CoreSettings, SettingsError, load_settings
+from aiserver.core_db.connections import redact_dsn
+from aiserver.core_db.settings import CoreSettings, SettingsError, load_settings, redact_url
 from aiserver.costs.settings import CostSettings
 from aiserver.documents.settings import DocumentSettings
 from aiserver.taskrunner.settings import TaskRunnerSettings
@@ -99,3 +100,55 @@ def test_admin_tokens_never_appear_in_the_repr() -> None:
 def test_an_operator_token_that_reads_like_a_project_key_is_refused() -> None:
     with pytest.raises(SettingsError, match="must not start with 'ais_'"):
         load_settings(ApiSettings, {"API_ADMIN_TOKENS": f"{A1},ais_0123456789abcdef_x"})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:S3cret@db:5432/x", "postgresql://u@db:5432/x"),
+        ("postgresql://:S3cret@db/x", "postgresql://db/x"),
+        ("postgresql://u@db/x?sslmode=require&password=S3cret", "postgresql://u@db/x?sslmode=require&password=***"),
+        ("postgresql://u@db/x?PASSWORD=S3cret", "postgresql://u@db/x?password=***"),
+        ("redis://:S3cret@cache:6379/0", "redis://cache:6379/0"),
+        ("postgresql://u@db/x", "postgresql://u@db/x"),
+    ],
+)  # fmt: skip
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_dsn(url) == shown
+    settings = load_settings(CoreSettings, {"DATABASE_URL": url.replace("redis", "postgresql")})
+    assert "S3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("DATABASE_URL", "postgresql+asyncpg://u:S3cret@db/x", "got one starting with 'postgresql+asyncpg'://"),
+        ("REDIS_URL", "http://:S3cret@cache:6379/0", "got one starting with 'http'://"),
+        ("DATABASE_URL", "u:S3cret@db/x", "got a value that is no URL"),
+        ("DATABASE_URL", "postgresql://u:S3cret@127.0.0.1:54x2/x", "port '54x2' is not a number"),
+        ("DATABASE_URL", "postgresql://u:S3cret@a:5432,b:99999/x", "port '99999' is not a number"),
+        ("DATABASE_URL", "postgresql://u:S3cret@[::1]:0/x", "port '0' is not a number"),
+        ("DATABASE_URL", "postgresql://u@db/x?sslmode=on&password=S3cret", "sslmode 'on' is"),
+        ("REDIS_URL", "redis://:S3cret@cache:six/0", "port 'six' is not a number"),
+    ],
+)  # fmt: skip
+def test_a_malformed_url_stops_the_start_naming_the_variable_and_never_its_password(
+    variable: str, value: str, says: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(CoreSettings, {variable: value})
+    message = str(refused.value)
+    assert message.startswith(variable)
+    assert says in message
+    assert "S3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u@[::1]:5432/x", "postgresql://u@a:5432,b:5433/x?sslmode=verify-full",
+     "postgresql:///x?host=/var/run/postgresql", "unix:///run/redis.sock"],
+)  # fmt: skip
+def test_well_formed_urls_of_every_kind_start(url: str) -> None:
+    variable = "REDIS_URL" if url.startswith("unix") else "DATABASE_URL"
+    assert getattr(load_settings(CoreSettings, {variable: url}), variable.lower()) == url

@@ -186,16 +186,22 @@ async def test_readers_never_see_a_mix_of_two_versions(cfg: Settings, upstream: 
 async def test_an_unreachable_database_leaves_an_empty_catalog_and_an_error(
     settings: Settings,
 ) -> None:
-    down = replace_settings(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
+    down = replace_settings(
+        settings, database_url="postgresql://postgres@127.0.0.1:1/x?password=S3cret"
+    )
     live = LiveCatalog(down.core, down.costs, poll_interval=0.2)
     await live.start()
     try:
         assert live.loaded is False
         assert len(live.catalog) == 0
-        assert live.last_error is not None
+        assert live.last_error is not None  # for the log: where, and why
         assert (
-            "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/x" in live.last_error
+            "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/x?password=***"
+            in live.last_error
         )
+        assert "S3cret" not in live.last_error
+        # what clients are told (and an event's pricing note keeps): the error's type only
+        assert live.not_ready() == "no catalog loaded yet: DatabaseUnavailable (see the API's log)"
     finally:
         await live.stop()
 

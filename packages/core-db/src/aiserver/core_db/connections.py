@@ -16,7 +16,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from aiserver.core_db.errors import Unavailable
-from aiserver.core_db.settings import CoreSettings
+from aiserver.core_db.settings import CoreSettings, redact_url
 
 #: The largest BIGINT: an id beyond it names no row (and asyncpg refuses to send it).
 MAX_BIGINT: Final = 2**63 - 1
@@ -41,14 +41,8 @@ class DatabaseUnavailable(Unavailable, ConnectionError):
     """PostgreSQL could not be reached; the message says where and why."""
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and error messages."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
-        return dsn
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{location}" if user else f"{scheme}://{location}"
+#: The DSN without its password, for logs and error messages (`settings.redact_url`).
+redact_dsn: Final = redact_url
 
 
 async def connect(settings: CoreSettings, *, timeout: float = 10.0) -> asyncpg.Connection:

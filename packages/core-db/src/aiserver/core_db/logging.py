@@ -18,7 +18,10 @@ from structlog.types import Processor
 from aiserver.core_db.settings import LogFormat, LogLevel
 
 #: Loggers that are chatty at INFO; they log at WARNING unless LOG_LEVEL is DEBUG.
-_QUIET_LOGGERS: Final = ("asyncio", "httpx", "httpcore")
+_QUIET_LOGGERS: Final = ("asyncio", "httpcore")
+#: Loggers kept at WARNING even at DEBUG: httpx logs every request's URL at INFO, with what it
+#: carries (a price source's credentials, a webhook target's secret path).
+_URL_LOGGERS: Final = ("httpx",)
 
 _configured: tuple[str, str] | None = None
 
@@ -99,6 +102,8 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") 
     quiet_level = level if level == "DEBUG" else "WARNING"
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet_level)
+    for name in _URL_LOGGERS:
+        logging.getLogger(name).setLevel("WARNING")
     # Loggers that libraries configured with handlers of their own (arq, uvicorn) would print
     # twice or in another format: make them propagate to our root handler instead.
     for name in ("arq", "uvicorn", "uvicorn.error", "uvicorn.access"):

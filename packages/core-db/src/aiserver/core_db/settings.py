@@ -22,7 +22,7 @@ import os
 import sys
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import msgspec
 
@@ -40,10 +40,31 @@ class SettingsError(ValueError):
     """A setting from the environment is malformed; the message names the variable."""
 
 
+def redact_url(url: str) -> str:
+    """`url` without its password, for logs, error messages and `repr`: the one before the
+    `@`, and a `password` parameter of its query (`?password=...`, which asyncpg and libpq take
+    for a DSN), shown as `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    location, mark, query = rest.partition("?")
+    if "@" in location:
+        credentials, _, host = location.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        location = f"{user}@{host}" if user else host
+    if mark:
+        query = "&".join(
+            "password=***" if part.partition("=")[0].strip().lower() == "password" else part
+            for part in query.split("&")
+        )
+    return f"{scheme}://{location}{mark}{query}"
+
+
 class Section(msgspec.Struct, frozen=True, kw_only=True):
     """A group of settings, each field read from the variable of its upper-cased name.
 
-    Fields named in `secret_fields` never appear in `repr` (only how many values they hold).
+    Fields named in `secret_fields` never appear in `repr` (only how many values they hold);
+    a field whose name ends in `_url` appears without its password (`redact_url`).
     """
 
     secret_fields: ClassVar[frozenset[str]] = frozenset()
@@ -55,6 +76,8 @@ class Section(msgspec.Struct, frozen=True, kw_only=True):
             if name in self.secret_fields:
                 count = len(value) if isinstance(value, tuple) else int(bool(value))
                 shown.append(f"{name}=<{count} secret(s)>")
+            elif name.endswith("_url") and isinstance(value, str):
+                shown.append(f"{name}={redact_url(value)!r}")
             else:
                 shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
@@ -63,11 +86,41 @@ class Section(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def require_scheme(variable: str, value: str, schemes: tuple[str, ...]) -> None:
-    """`SettingsError` unless `value` is a URL with one of `schemes`."""
+    """`SettingsError` unless `value` is a URL with one of `schemes`. The message shows the
+    scheme given, never the value: a URL may carry a password."""
     scheme, sep, _ = value.partition("://")
     if not sep or scheme.lower() not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
-        raise SettingsError(f"{variable} must be a URL starting with {allowed}; got {value!r}")
+        given = f"one starting with {scheme[:40]!r}://" if sep else "a value that is no URL"
+        raise SettingsError(f"{variable} must be a URL starting with {allowed}; got {given}")
+
+
+#: The `sslmode` values of a PostgreSQL DSN (libpq's, which asyncpg takes).
+_SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def require_ports(variable: str, url: str) -> None:
+    """`SettingsError` naming `variable` when a host of `url` (one, or several separated by
+    commas, as a PostgreSQL DSN allows) has a port that is not a number from 1 to 65535, or a
+    DSN's `sslmode` is none of libpq's. A malformed URL would otherwise start the service and
+    fail at its first connection, without naming the variable. The message shows the port,
+    never the URL."""
+    _, _, rest = url.partition("://")
+    location, _, query = rest.partition("?")
+    hosts = location.rpartition("@")[2].partition("/")[0]
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise SettingsError(
+                f"{variable}: the port {port[:20]!r} is not a number from 1 to 65535"
+            )
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "sslmode" and value not in _SSL_MODES:
+            raise SettingsError(
+                f"{variable}: sslmode {value[:20]!r} is none of {', '.join(_SSL_MODES)}"
+            )
 
 
 class CoreSettings(Section, frozen=True, kw_only=True):
@@ -82,7 +135,9 @@ class CoreSettings(Section, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         require_scheme("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        require_ports("DATABASE_URL", self.database_url)
         require_scheme("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        require_ports("REDIS_URL", self.redis_url)
         if self.database_pool_min_size > self.database_pool_max_size:
             raise SettingsError(
                 "DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE "

@@ -83,7 +83,9 @@ class LiveCatalog:
                 "start (or run: aiserver-costs seed)"
             )
         if self.last_error:
-            return f"no catalog loaded yet: {self.last_error}"
+            # the error's type only: this is answered to API clients (and kept in an event's
+            # pricing note), and the text can name the database's host, user and name
+            return f"no catalog loaded yet: {self.last_error.partition(':')[0]} (see the API's log)"
         return "no catalog loaded yet"
 
     def require(self) -> Catalog:
