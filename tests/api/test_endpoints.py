@@ -36,12 +36,28 @@ async def test_health_and_ready(client: Client) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     ready = await client.get("/ready")
     assert ready.status_code == 200
-    assert [(c["name"], c["ok"]) for c in ready.json()["checks"]] == [
-        ("database", True),
-        ("migrations", True),
-        ("catalog", True),
+    assert [(c["name"], c["ok"], c["required"]) for c in ready.json()["checks"]] == [
+        ("database", True, True),
+        ("migrations", True, True),
+        ("catalog", True, True),
+        ("redis", True, False),
     ]
     assert "x-request-id" in ready.headers
+
+
+async def test_ready_shows_redis_down_without_failing(api_settings: Settings) -> None:
+    """Redis that does not answer fails only the dashboard's sign-in, uploads and refresh
+    requests: /ready stays 200 (an outage must not take every replica out) and says so, with
+    the error's type and not its text (which names the host)."""
+    down = replace_settings(api_settings, redis_url="redis://:S3cret@127.0.0.1:1/0")
+    async with AsyncTestClient(app=create_app(down)) as client:
+        ready = await client.get("/ready")
+    assert ready.status_code == 200
+    (redis,) = [c for c in ready.json()["checks"] if c["name"] == "redis"]
+    assert (redis["ok"], redis["required"]) == (False, False)
+    assert redis["detail"].endswith("(the log says more)")
+    assert "127.0.0.1" not in redis["detail"]
+    assert "S3cret" not in ready.text
 
 
 async def test_ready_fails_while_migrations_are_pending(empty_database_url: str) -> None:
@@ -50,7 +66,7 @@ async def test_ready_fails_while_migrations_are_pending(empty_database_url: str)
     async with AsyncTestClient(app=create_app(make_settings(empty_database_url))) as client:
         body = assert_problem(await client.get("/ready"), 503, "not ready: migrations: pending")
         checks = {c["name"]: c["ok"] for c in body["checks"]}
-        assert checks == {"database": True, "migrations": False, "catalog": False}
+        assert checks == {"database": True, "migrations": False, "catalog": False, "redis": True}
         assert (await client.get("/health")).status_code == 200
         # no catalog could be read: a name cannot be priced, which is no "unknown model" (404)
         calc = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
