@@ -282,6 +282,36 @@ def test_a_model_only_an_override_defines_exists_while_it_is_valid() -> None:
     assert [pv.override_id for pv in catalog.history("my-model")] == [5, 6]
 
 
+def test_a_model_an_override_added_keeps_its_prices_when_the_source_adds_it_later() -> None:
+    """Set at TA for a model the source did not have; a refresh adds it at TB. The calls between
+    are priced by the override alone, before the refresh and after it: not by the source's later
+    prices (its output price, 0.000008 here, which the override never had)."""
+    overrides = [override(8, "openai", "gpt-6", "0.000001", TA)]
+    before = Catalog.build(ROWS, aliases={}, overrides=overrides, version=3)
+    after = Catalog.build(
+        [*ROWS, row("gpt-6", "openai", "0.000002", row_id=20, valid_from=TB)],
+        aliases={},
+        overrides=overrides,
+        version=4,
+    )
+    between = TA + timedelta(days=1)
+    for catalog in (before, after):
+        result = calculate(
+            catalog,
+            CostRequest(model="gpt-6", usage=Usage(input_tokens=10, output_tokens=1), at=between),
+        )
+        # 10 × 0.000001; the override prices no output
+        assert (result.total, result.override_id, result.price_version) == (
+            Decimal("0.000010"), 8, 0,
+        )  # fmt: skip
+        assert (result.unpriced, result.notes) == (("output",), ())
+    # from TB on, the source's prices with the override laid over them: 10 × 0.000001 + 0.000008
+    assert priced(after, "gpt-6", TB) == (Decimal("0.000018"), 8, 20)
+    assert priced(after, "gpt-6", None) == (Decimal("0.000018"), 8, 20)
+    # before the override, only the source's first price can price it (with a note)
+    assert priced(after, "gpt-6", TA - timedelta(days=1)) == (Decimal("0.000028"), None, 20)
+
+
 def test_the_wire_shape_has_exact_decimal_strings(catalog: Catalog) -> None:
     result = calculate(
         catalog,

@@ -897,6 +897,107 @@ def test_gpt_5_4_batch_above_272k() -> None:
     assert quote.total == D("0.5475")
 
 
+# anthropic.claude-sonnet-4-5-20250929-v1:0 (Bedrock): batch prices, but none above 200k
+BEDROCK_CLAUDE_SONNET_4_5: dict[str, Any] = {
+    "cache_creation_input_token_cost": D("3.75e-06"),
+    "cache_creation_input_token_cost_above_1hr": D("6e-06"),
+    "cache_creation_input_token_cost_above_1hr_above_200k_tokens": D("1.2e-05"),
+    "cache_creation_input_token_cost_above_200k_tokens": D("7.5e-06"),
+    "cache_read_input_token_cost": D("3e-07"),
+    "cache_read_input_token_cost_above_200k_tokens": D("6e-07"),
+    "input_cost_per_token": D("3e-06"),
+    "input_cost_per_token_above_200k_tokens": D("6e-06"),
+    "input_cost_per_token_batches": D("1.5e-06"),
+    "litellm_provider": "bedrock_converse",
+    "output_cost_per_token": D("1.5e-05"),
+    "output_cost_per_token_above_200k_tokens": D("2.25e-05"),
+    "output_cost_per_token_batches": D("7.5e-06"),
+}
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "total", "notes"),
+    [
+        # 200000 × 0.0000015 + 1000 × 0.0000075
+        (200_000, D("0.3075"), ()),
+        # 200001 × 0.0000015 + 1000 × 0.0000075: LiteLLM's batch_cost_calculator says the same
+        (
+            200_001,
+            D("0.3075015"),
+            (
+                "no batch price above 200k tokens for input, output; batch prices below it "
+                "used, as LiteLLM bills batch (input_tokens 200001 > 200000)",
+            ),
+        ),
+    ],
+)
+def test_batch_above_a_threshold_without_batch_long_context_prices_keeps_the_batch_prices(
+    input_tokens: int, total: D, notes: tuple[str, ...]
+) -> None:
+    # LiteLLM (get_batch_cost_rates) bills batch at the flat _batches price unless the entry has
+    # a batch long-context price: never at the standard long-context price (1.2225060 here).
+    quote = price(
+        BEDROCK_CLAUDE_SONNET_4_5, tier="batch", input_tokens=input_tokens, output_tokens=1000
+    )
+    assert lines(quote) == {
+        "input": (input_tokens, D("1.5e-06"), input_tokens * D("1.5e-06")),
+        "output": (1000, D("7.5e-06"), D("0.0075")),
+    }
+    assert quote.total == total
+    assert quote.notes == notes
+
+
+def test_batch_above_a_threshold_uses_standard_long_context_prices_only_where_batch_has_none() -> (
+    None
+):
+    quote = price(
+        BEDROCK_CLAUDE_SONNET_4_5,
+        tier="batch",
+        input_tokens=200_001,
+        cache_read_tokens=50_000,
+        output_tokens=1000,
+    )
+    assert lines(quote) == {
+        "input": (150_001, D("1.5e-06"), D("0.2250015")),  # 150001 × 0.0000015 (batch)
+        "cache_read": (50_000, D("6e-07"), D("0.03")),  # no batch price: standard above 200k
+        "output": (1000, D("7.5e-06"), D("0.0075")),  # batch
+    }
+    assert quote.total == D("0.2625015")  # LiteLLM's batch_cost_calculator: 0.2625015
+    assert quote.notes == (
+        "long-context prices above 200k tokens applied (input_tokens 200001 > 200000)",
+        "no long-context price above 200k tokens for input, output; lower-tier prices used",
+        "service tier 'batch' has no prices for cache_read; standard prices used",
+    )
+
+
+def test_batch_uses_its_price_for_the_highest_threshold_crossed_that_it_has() -> None:
+    entry = {
+        "input_cost_per_token": D("1e-06"),
+        "input_cost_per_token_above_128k_tokens": D("2e-06"),
+        "input_cost_per_token_above_256k_tokens": D("4e-06"),
+        "input_cost_per_token_batches": D("5e-07"),
+        "input_cost_per_token_above_128k_tokens_batches": D("1e-06"),
+    }
+    quote = price(entry, tier="batch", input_tokens=300_000)
+    assert lines(quote) == {"input": (300_000, D("1e-06"), D("0.3"))}  # 300000 × 0.000001
+    assert quote.notes == (
+        "long-context prices above 128k tokens applied (input_tokens 300000 > 128000)",
+    )
+
+
+def test_batch_without_batch_prices_uses_the_standard_long_context_price() -> None:
+    entry = {
+        "input_cost_per_token": D("1e-06"),
+        "input_cost_per_token_above_200k_tokens": D("2e-06"),
+    }
+    quote = price(entry, tier="batch", input_tokens=200_001)
+    assert lines(quote) == {"input": (200_001, D("2e-06"), D("0.400002"))}
+    assert quote.notes == (
+        "long-context prices above 200k tokens applied (input_tokens 200001 > 200000)",
+        "service tier 'batch' has no prices for this model; standard prices used",
+    )
+
+
 def test_priority_above_272k_without_long_context_priority_prices_names_the_dimensions() -> None:
     quote = price(GPT_5_4, tier="priority", input_tokens=272_001, output_tokens=100)
     assert lines(quote) == {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aiserver.costs.catalog import Catalog, UnknownModel
+from aiserver.costs.catalog import Catalog, Resolution, UnknownModel
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -32,6 +32,12 @@ ROWS = [
     row("global.anthropic.claude-opus-5-5", "bedrock_converse", 6),
     row("vertex_ai/claude-sonnet-4-5@20250929", "vertex_ai-anthropic_models", 7),
     row("anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrock_converse", 8),
+    # a regional key of its own (priced apart from the global one) for `us.`, none for `eu.`
+    row("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrock_converse", 9),
+    row("us.anthropic.claude-haiku-4-5", "bedrock_mantle", 10),
+    row("anthropic.claude-haiku-4-5", "bedrock_mantle", 11),
+    row("qwen_ai_platform/qwen3-max-2026-01-23", "qwen_ai_platform", 12),
+    row("qwen_ai_platform/qwen3-max", "qwen_ai_platform", 13),
 ]
 ALIASES = {
     "claude-sonnet-latest": "claude-sonnet-4-5-20250929",
@@ -97,7 +103,7 @@ def test_a_variant_of_another_providers_model_is_unknown(
         # LiteLLM reports every Bedrock call as `bedrock`, Claude 4.x's entries are
         # `bedrock_converse`: one provider's two routes (before this, such calls went unpriced)
         (
-            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "eu.anthropic.claude-sonnet-4-5-20250929-v1:0",
             "bedrock",
             "anthropic.claude-sonnet-4-5-20250929-v1:0",
             "region_prefix",
@@ -116,3 +122,23 @@ def test_a_variant_of_the_providers_own_model_still_resolves(
 ) -> None:
     resolved = catalog.resolve(name, provider)
     assert (resolved.key, resolved.matched_by) == (key, matched_by)
+
+
+@pytest.mark.parametrize(
+    ("name", "provider"),
+    [
+        # LiteLLM reports every Bedrock call as `bedrock`: a key of a sibling route is the
+        # provider's own, and matches as given before any variant names another model
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrock"),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "Bedrock"),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "bedrock_converse"),
+        ("us.anthropic.claude-haiku-4-5", "bedrock"),
+        ("qwen_ai_platform/qwen3-max-2026-01-23", "qwen"),
+    ],
+)
+def test_a_siblings_exact_key_is_matched_as_given(
+    catalog: Catalog, name: str, provider: str
+) -> None:
+    # Not the base model's price by region_prefix or dated_name: the regional (dated) key has
+    # a price of its own, and billing the base model's would underbill the call.
+    assert catalog.resolve(name, provider) == Resolution(name, "exact")

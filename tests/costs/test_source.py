@@ -181,3 +181,30 @@ def test_the_rehash_migrations_frozen_hash_is_todays_entry_hash() -> None:
     for text in ("1e-20000", "2e131072", "1e-16383", "1." + "0" * 16_383 + "1", "10.0", "-0.0"):
         entry = f'{{"litellm_provider": "x", "input_cost_per_token": {text}}}'
         assert migration.entry_digest(entry) == canonical_digest(entry), text
+
+
+@pytest.mark.parametrize(
+    ("field", "spelling"),
+    [
+        ("input_cost_per_token", "1" + "0" * 100),  # 10^100, a JSON integer
+        ("input_cost_per_token", "7" * 1200),
+        ("input_cost_per_token", "1" + "0" * 100 + ".0"),  # the same, written as a decimal
+        ("search_context_cost_per_query", '{"search_context_size_low": ' + "9" * 101 + "}"),
+        ("tiered_pricing", '[{"range": [0, 1000], "input_cost_per_token": ' + "9" * 101 + "}]"),
+    ],
+    ids=["1e100", "1200-digits", "1e100-decimal", "nested", "tiered"],
+)
+def test_a_price_too_large_to_price_exactly_is_skipped_however_it_is_written(
+    field: str, spelling: str
+) -> None:
+    # A whole number is a price as a decimal is: stored, it would fail every call of its model
+    # (decimal.Inexact at 1,000 digits), so the entry is skipped like one written with ".0".
+    fine = "9" * 100  # below 10^100: usable
+    body = (
+        f'{{"big": {{"litellm_provider": "x", "output_cost_per_token": 1, "{field}": {spelling}}},'
+        f' "fine": {{"litellm_provider": "x", "input_cost_per_token": {fine}}}}}'
+    ).encode()
+    parsed = parse_source(body)
+    assert list(parsed.models) == ["fine"]
+    assert "cannot be priced exactly" in parsed.skipped["big"]
+    assert "is not below 1E+100" in parsed.skipped["big"]

@@ -9,14 +9,17 @@ Prices at a time `at` (`version_at`): the model's price version valid then, with
 override valid then laid over it (`override_id` names it), or none when no override was valid
 then. An override therefore applies from when it was set, and a call before it keeps the source's
 price. A model that only overrides define (one the source does not know) exists only while one of
-its overrides is valid. A model the source dropped keeps its last source prices while an
+its overrides is valid, priced by the override alone; should the source add it later, its calls
+of before then keep that price. A model the source dropped keeps its last source prices while an
 override of it is valid, the override laid over them (a refresh never undoes an override).
 The current version of each model (`current`), the calculator's path
 for a call priced now, is built once with the current override already laid over it.
 
 Name resolution, in order (the result says which rule matched, `matched_by`):
 
-1. `exact`: the catalog key as given (`gpt-4o`, `azure/gpt-4o`);
+1. `exact`: the catalog key as given (`gpt-4o`, `azure/gpt-4o`); with a separate `provider`,
+   a key of that provider as `_of` reads it (`us.anthropic...`, a `bedrock_converse` entry,
+   with `bedrock`), before any variant names another model;
 2. `provider_prefix`: `provider/model` for a key without the prefix whose provider is that
    provider (`openai/gpt-4o` -> `gpt-4o`), or `model` plus a separate `provider` field
    (`gpt-4o` + `azure` -> `azure/gpt-4o`, as litellm joins them, even for a key that repeats
@@ -167,17 +170,19 @@ class Catalog:
         self._override_starts = {k: [o.valid_from for o in v] for k, v in self._overrides.items()}
         # (price version id, override id) -> that version with that override laid over it
         self._overlaid: dict[tuple[int, int], PriceVersion] = {}
-        # A model the source does not know: one version per override, each valid while it is.
+        # The model as an override alone defines it: one version per override, each valid while
+        # it is. A model the source does not know has only these; one the source added later
+        # has them for the calls before its first source version (`version_at`).
         self._added: dict[int, PriceVersion] = {}
         current = {k: v[-1] for k, v in versions.items() if v[-1].valid_to is None}
         for key, timeline in self._overrides.items():
             now = next((o for o in reversed(timeline) if o.valid_to is None), None)
+            added = tuple(_added_model(o) for o in timeline)
+            self._added.update((o.id, pv) for o, pv in zip(timeline, added, strict=True))
             if key in versions:
                 if now is not None and key in current:
                     current[key] = self._overlay(current[key], now)
                 continue
-            added = tuple(_added_model(o) for o in timeline)
-            self._added.update((o.id, pv) for o, pv in zip(timeline, added, strict=True))
             self._versions[key] = added
             if now is not None:
                 current[key] = self._added[now.id]
@@ -288,7 +293,10 @@ class Catalog:
             prefixed = f"{provider}/{name}"
             if prefixed in self._versions:
                 return Resolution(prefixed, "provider_prefix")
-            if name in self._versions and self._versions[name][-1].provider == provider:
+            # The key as given, when it is the provider's, as `_of` reads a provider: a regional
+            # Bedrock key (`us.anthropic...`, a `bedrock_converse` entry) is itself with
+            # `bedrock`, before any variant names the base model (priced differently).
+            if name in self._versions and self._of(name, provider):
                 return Resolution(name, "exact")
             key = self._by_provider.get((provider.lower(), name.lower()))
             if key is not None:
@@ -403,7 +411,8 @@ class Catalog:
 
     def version_at(self, key: str, at: datetime) -> tuple[PriceVersion, str | None]:
         """The version of `key` valid at `at`, with the override valid at `at` laid over it, and
-        a note when no source version was valid then (the first one is used)."""
+        a note when no source version was valid then (the first one is used, unless an override
+        was valid then: the model only it defined then, priced by it alone)."""
         starts = self._starts.get(key)
         if starts is None:  # a model that only overrides define
             return self._added_at(key, at), None
@@ -411,6 +420,11 @@ class Catalog:
         index = bisect.bisect_right(starts, at) - 1
         note = None
         if index < 0:
+            override = self.override_at(key, at)
+            if override is not None:
+                # Before the source had the model, an override alone defined it: its calls keep
+                # the override's prices, as they were priced then, not the source's later ones.
+                return self._added[override.id], None
             version = versions[0]
             note = (
                 f"{at.isoformat()} is before the catalog's first price for {key!r} "

@@ -184,11 +184,16 @@ _PRICE_MAX_ADJUSTED: Final = 99
 _PRICE_MIN_EXPONENT: Final = -400
 
 
-def _beyond_exact(price: Decimal) -> str | None:
-    """Why a finite price lies outside what a calculation can use exactly, or None."""
-    if price.adjusted() > _PRICE_MAX_ADJUSTED:
-        return f"{price:.3E} is not below 1E+{_PRICE_MAX_ADJUSTED + 1}"
-    exponent = price.as_tuple().exponent
+def _beyond_exact(price: Decimal | int) -> str | None:
+    """Why a finite price lies outside what a calculation can use exactly, or None.
+
+    A JSON integer is a price as much as a decimal is: `10**1200` fails every call of its model
+    as `1E+1200` or `1000...0.0` would, so it is asked about too.
+    """
+    number = Decimal(price)  # exact, whatever the context's precision
+    if number.adjusted() > _PRICE_MAX_ADJUSTED:
+        return f"{number:.3E} is not below 1E+{_PRICE_MAX_ADJUSTED + 1}"
+    exponent = number.as_tuple().exponent
     assert isinstance(exponent, int), "only finite prices are asked about"
     if exponent < _PRICE_MIN_EXPONENT:
         return f"{-exponent} decimal places, more than {-_PRICE_MIN_EXPONENT}"
@@ -240,10 +245,8 @@ def _prices_sound(node: Any, all_leaves: bool, key: str) -> bool:
         return all(_prices_sound(value, all_leaves, key) for value in node)
     if not all_leaves and "cost" not in key:
         return True  # not a price: `range`, `windows`, `weekday_timezone`, ...
-    if kind is Decimal or kind is int:
-        if kind is int:
-            return bool(node >= 0)
-        return node.is_finite() and node >= 0 and _beyond_exact(node) is None
+    if kind is int or (kind is Decimal and node.is_finite()):
+        return bool(node >= 0) and _beyond_exact(node) is None
     return False
 
 
@@ -261,7 +264,7 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
                 return f"negative price at {name}: {value}"
             if kind is Decimal and not value.is_finite():
                 return f"non-finite price at {name}: {value}"
-            if kind is Decimal and (why := _beyond_exact(value)) is not None:
+            if (why := _beyond_exact(value)) is not None:
                 return f"price at {name} cannot be priced exactly: {why}"
             continue
         if _prices_sound(value, "cost" in name, name):
@@ -275,7 +278,7 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
                 return f"negative price at {path}: {leaf}"
             if isinstance(leaf, Decimal) and not leaf.is_finite():
                 return f"non-finite price at {path}: {leaf}"
-            if isinstance(leaf, Decimal) and (why := _beyond_exact(leaf)) is not None:
+            if (why := _beyond_exact(leaf)) is not None:
                 return f"price at {path} cannot be priced exactly: {why}"
     for name in ("max_input_tokens", "max_output_tokens"):
         value = entry.get(name)

@@ -67,10 +67,21 @@ def written(notes: Sequence[Note], prompt: int) -> tuple[str, ...]:
 
 def _long_context_notes(used: Sequence[Used], compiled: CompiledPrices, notes: list[Note]) -> None:
     thresholds = [rate.threshold for _, _, rate in used if rate.threshold is not None]
+    comparison = ">=" if compiled.inclusive_thresholds else ">"
     if not thresholds:
+        passed = [(name, rate.passed) for name, _, rate in used if rate.passed is not None]
+        if passed:  # batch above a threshold, without batch long-context prices
+            highest = max(threshold for _, threshold in passed)
+            notes.append(
+                (
+                    f"no batch price above {_tokens_label(highest)} tokens for "
+                    f"{', '.join(name for name, _ in passed)}; batch prices below it used, as "
+                    "LiteLLM bills batch (input_tokens ",
+                    f" {comparison} {highest})",
+                )
+            )
         return
     highest = max(thresholds)
-    comparison = ">=" if compiled.inclusive_thresholds else ">"
     notes.append(
         (
             f"long-context prices above {_tokens_label(highest)} tokens applied (input_tokens ",

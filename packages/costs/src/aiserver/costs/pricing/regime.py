@@ -16,13 +16,15 @@ from __future__ import annotations
 import bisect
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
-from aiserver.costs.pricing.dimensions import BY_NAME, SUFFIX_SERVICE, Dimension
+from aiserver.costs.pricing.dimensions import BY_NAME, SERVICE_SUFFIX, SUFFIX_SERVICE, Dimension
 from aiserver.costs.pricing.entry import CompiledPrices, ContextTier
 from aiserver.costs.pricing.exact import EXACT, plain
 from aiserver.costs.pricing.fields import TIER_OWNED
 from aiserver.costs.pricing.off_peak import OffPeak, is_off_peak
+
+_BATCH: Final = SERVICE_SUFFIX["batch"]
 
 
 class Rate(NamedTuple):
@@ -30,6 +32,9 @@ class Rate(NamedTuple):
     standard_for_tier: bool  # a non-standard service tier was asked and a standard price used
     threshold: int | None  # the long-context threshold of the price, if any
     source: Literal["entry", "tier", "off_peak", "derived"]
+    # batch: the highest threshold the prompt crosses, when the batch price used is one below
+    # it (the tier has no long-context price there), however the standard price rises above it
+    passed: int | None = None
 
 
 class Priced(NamedTuple):
@@ -107,18 +112,32 @@ class Resolver:
         if prices is None:
             return None
         asks_tier = self.service != ""
+        crossed = [
+            (threshold, by_service)
+            for threshold, by_service in prices.above  # the highest first
+            if self.prompt > threshold
+            or (self.compiled.inclusive_thresholds and self.prompt == threshold)
+        ]
+        if self.service == _BATCH:
+            # The batch tier's own prices, as LiteLLM bills batch (get_batch_cost_rates): its
+            # long-context price for the highest threshold crossed that has one, else its flat
+            # price, even above a threshold whose standard long-context price is higher. The
+            # standard prices only where the tier has no price for the field at all.
+            for threshold, by_service in crossed:
+                if _BATCH in by_service:
+                    return Rate(by_service[_BATCH], False, threshold, "entry"), _BATCH
+            if _BATCH in prices.flat:
+                passed = crossed[0][0] if crossed else None
+                return Rate(prices.flat[_BATCH], False, None, "entry", passed), _BATCH
         # The highest threshold the prompt crosses that prices this field wins. At a threshold,
         # the service tier's long-context price comes first, then the standard long-context
-        # price (LiteLLM does the same): the context tier changes the price more than the
-        # service tier does.
-        for threshold, by_service in prices.above:
-            if self.prompt > threshold or (
-                self.compiled.inclusive_thresholds and self.prompt == threshold
-            ):
-                if asks_tier and self.service in by_service:
-                    return Rate(by_service[self.service], False, threshold, "entry"), self.service
-                if "" in by_service:
-                    return Rate(by_service[""], asks_tier, threshold, "entry"), ""
+        # price (LiteLLM does the same for priority and flex): the context tier changes the
+        # price more than the service tier does.
+        for threshold, by_service in crossed:
+            if asks_tier and self.service in by_service:
+                return Rate(by_service[self.service], False, threshold, "entry"), self.service
+            if "" in by_service:
+                return Rate(by_service[""], asks_tier, threshold, "entry"), ""
         if asks_tier and self.service in prices.flat:
             return Rate(prices.flat[self.service], False, None, "entry"), self.service
         if "" in prices.flat:
@@ -178,7 +197,9 @@ class Resolver:
             f"{plain(ratio * 100)}% of the input price"
         )
         price = EXACT.multiply(input_rate.price, ratio)
-        return Rate(price, input_rate.standard_for_tier, input_rate.threshold, "derived")
+        return Rate(
+            price, input_rate.standard_for_tier, input_rate.threshold, "derived", input_rate.passed
+        )
 
 
 def regime(compiled: CompiledPrices, prompt: int, at: datetime) -> tuple[int, int, bool]:
