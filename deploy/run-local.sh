@@ -5,7 +5,7 @@
 #   deploy/run-local.sh start     build the wheelhouses and both images, then start the stack
 #   deploy/run-local.sh logs      follow the logs of the API and the task runner (Ctrl-C stops)
 #   deploy/run-local.sh status    what runs, and whether the services answer their health checks
-#   deploy/run-local.sh stop      remove the containers and the network that start created
+#   deploy/run-local.sh stop      stop (35 s grace), then remove the containers and network of start
 #   deploy/run-local.sh stop --purge   ... and the database volume and the images too
 #
 # Environment of the services: the file AISERVER_ENV_FILE (default .local/aiserver.env). start
@@ -144,8 +144,24 @@ start() {
   say "up: curl http://127.0.0.1:${API_PORT}/health ; deploy/run-local.sh logs | status | stop"
 }
 
+# Seconds a container gets to stop on SIGTERM before it is killed: the API lets requests in
+# flight finish for 20 s, the task runner running jobs for 25 s (deploy/deployment.md, Stopping).
+STOP_TIMEOUT=35
+
+stop_running() {  # stop_running WHAT [filter...]: stop the running containers of $LABEL that match
+  local what=$1 ids; shift
+  ids=$(c ps -q --filter "label=$LABEL" "$@")
+  [ -z "$ids" ] && return 0
+  say "stopping $what (up to ${STOP_TIMEOUT} s)"
+  c stop -t "$STOP_TIMEOUT" $ids >/dev/null
+}
+
 stop() {
   local ids
+  # the services first, while PostgreSQL and Redis still serve what they finish
+  stop_running "the API" --filter "name=${NAME}-api"
+  stop_running "the task runner" --filter "name=${NAME}-taskrunner"
+  stop_running "the other containers"
   ids=$(c ps -aq --filter "label=$LABEL")
   [ -z "$ids" ] || { say "removing containers"; c rm -f $ids >/dev/null; }
   for network in $(c network ls -q --filter "label=$LABEL"); do

@@ -3,38 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Final
 
 import uvicorn
 
-from aiserver.api.settings import ApiSettings
-from aiserver.core_db.logging import configure_logging
+from aiserver.api.settings import MIN_SECRET, ApiSettings
+from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
+
+log = get_logger(__name__)
+
+#: On SIGTERM, requests in flight get this long to finish (the container's stop timeout must
+#: be longer: deploy/deployment.md).
+GRACEFUL_SHUTDOWN_S: Final = 20
+#: The variable of the dashboard's session secret (`ApiSettings.ui_session_secret`).
+SESSION_SECRET_VAR: Final = "UI_SESSION_SECRET"  # noqa: S105 - its name, not a secret
+
+_EPILOG: Final = f"""\
+It serves the REST API under /v1 (its OpenAPI document at /schema), the operators' dashboard
+under /ui, Prometheus metrics at /metrics, and two probes: GET /health (liveness: the process
+answers) and GET /ready (readiness: 200 once the database answers, its migrations are at head
+and the price catalog is loaded; 503 with the failing checks before that).
+
+Settings come from the environment only (DATABASE_URL, REDIS_URL, API_ADMIN_TOKENS,
+UI_SESSION_SECRET, ...): the "Environment" section of deploy/deployment.md in the aiserver
+repository lists every variable, and services/api/.env.example names them. A bad value stops
+the start (exit 2) and names the variable. On SIGTERM, requests in flight get
+{GRACEFUL_SHUTDOWN_S} s to finish: give the container a stop timeout of at least 35 s
+(docker run --stop-timeout 35; deploy/deployment.md, "Stopping").
+"""
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high` (no upper bound when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserver-api",
-        description="Serve the aiserver HTTP API: the model price catalog and exact costs of "
-        "model calls. Configuration comes from the environment (see README).",
+        description="Serve the aiserver HTTP API: the model price catalog, exact costs of model\n"
+        "calls, the usage ledger, documents and the dashboard.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--host",
         default="0.0.0.0",  # noqa: S104 - a container serves on every interface
         help="address to bind (default: %(default)s)",
     )
-    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes (default: %(default)s)"
+        "--port",
+        type=_int_in(1, 65535),
+        default=8000,
+        help="port, 1 to 65535 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_int_in(1),
+        default=1,
+        help="worker processes, at least 1 (default: %(default)s); with more than one, set "
+        f"{SESSION_SECRET_VAR}",
     )
     return parser
 
 
+def share_session_secret(workers: int, environ: MutableMapping[str, str]) -> bool:
+    """With several worker processes and no `UI_SESSION_SECRET`, put one random secret in
+    `environ` (the process environment, which uvicorn's workers inherit): otherwise each worker
+    would sign the dashboard's cookies with a random secret of its own and refuse the others'.
+    Returns whether it did; a secret already set is left alone."""
+    if workers <= 1 or environ.get(SESSION_SECRET_VAR, "").strip():
+        return False
+    environ[SESSION_SECRET_VAR] = secrets.token_urlsafe(MIN_SECRET)  # 43 characters
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    shared = share_session_secret(args.workers, os.environ)
     settings = settings_for_command("aiserver-api", ApiSettings)
     configure_logging(settings.core.log_level, settings.core.log_format)
+    if shared:
+        log.warning(
+            "UI_SESSION_SECRET is not set: the worker processes share a random secret made at "
+            "start, so dashboard sessions end when this process restarts; several replicas "
+            "need UI_SESSION_SECRET set, the same on each",
+            workers=args.workers,
+        )
     uvicorn.run(
         "aiserver.api.app:create_app",
         factory=True,
@@ -43,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         log_config=None,
         access_log=False,  # our middleware logs each request, with its request id
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0
 

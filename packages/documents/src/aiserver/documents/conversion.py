@@ -14,7 +14,7 @@ document itself. By default it loads what a document links to (an image by URL i
 is fetched when the page is laid out): a request from the task runner to any address the
 uploader names, internal ones included, with the answer drawn into the results. Each profile
 starts with `_PROFILE_SETTINGS`, which blocks linked resources, never updates links, and runs
-no macros.
+no macros. Nor does a tool get this process's secrets: its environment is `tool_environment`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -99,6 +100,24 @@ class Converted:
     pages: list[bytes]
 
 
+#: The variables of this process's environment that a tool gets, where set: the tools parse
+#: documents from anyone, so they see none of the rest (DATABASE_URL, WEBHOOK_SECRET_KEYS,
+#: REDIS_URL, tokens). PATH finds the tools (soffice's script runs others); the locale and time
+#: zone are how LibreOffice lays out text, numbers and dates.
+_TOOL_VARIABLES: Final = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+def tool_environment(work: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a tool run in `work`: `_TOOL_VARIABLES` from `environ` (this
+    process's environment by default), and HOME and TMPDIR in the work directory, so that
+    LibreOffice's profile and temporary files (killed, it leaves lu*.tmp directories) go with
+    it when it is removed."""
+    source = os.environ if environ is None else environ
+    env = {name: source[name] for name in _TOOL_VARIABLES if name in source}
+    env.setdefault("PATH", os.defpath)
+    return env | {"HOME": str(work), "TMPDIR": str(work)}
+
+
 #: A tool runs under coreutils' `timeout`, set this much later than our own deadline: it
 #: kills the tool's process group when the task runner that started it cannot (it was killed,
 #: or is stuck), so that a tool never outlives its conversion by more than this.
@@ -136,9 +155,7 @@ async def run_tool(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        # HOME and TMPDIR in the work directory: LibreOffice's profile and temporary files
-        # (killed, it leaves lu*.tmp directories) go with it when it is removed
-        env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)},
+        env=tool_environment(cwd),  # no secret of this process
     )
     cut = False
     try:
