@@ -24,7 +24,9 @@ from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.repricing.automatic import _priceable
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_batch, decode_items, split_json
+from aiserver.ledger.usage.events import UsageEventIn, check_event
 from aiserver.ledger.usage.ingest import UsageRecorder
+from aiserver.ledger.usage.partitions import partition_name
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
@@ -482,6 +484,34 @@ async def test_a_key_that_retention_removes_while_it_is_settled_is_recorded_once
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["one event", "a batch"])
+async def test_a_key_whose_month_was_dropped_before_its_keys_were_is_recorded_again(
+    ledger: tuple[asyncpg.Pool, int], batch: bool
+) -> None:
+    """The partition maintenance drops a month, then deletes its keys: a run stopped between
+    the two leaves keys whose events are gone. Such a key is recorded again, as it would be
+    once its key was deleted. Before, it was answered `duplicate`, naming the dropped event,
+    without a cost."""
+    pool, project_id = ledger
+    october = raw("k", occurred_at="2026-10-15T00:00:00Z")
+    (first,) = (await record(ledger, catalog(), october)).results
+    await pool.execute(f"DROP TABLE {partition_name(datetime(2026, 10, 1, tzinfo=UTC))}")
+    resent = [october, raw("j")] if batch else [october]
+    report = await record(ledger, catalog(), *resent)
+    assert [r.status for r in report.results] == ["recorded"] * len(resent)
+    again = report.results[0]
+    assert again.event_id != first.event_id
+    assert (again.total, again.price_version) == (first.total, first.price_version)
+    keys = await pool.fetch(
+        "SELECT key, event_id FROM usage_idempotency WHERE project_id = $1 ORDER BY key",
+        project_id,
+    )
+    assert [(k["key"], k["event_id"]) for k in keys] == [
+        *([("j", report.results[1].event_id)] if batch else []),
+        ("k", again.event_id),
+    ]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one event", "a batch"])
 async def test_keys_that_retention_keeps_removing_fail_the_request_and_store_nothing(
     ledger: tuple[asyncpg.Pool, int], monkeypatch: pytest.MonkeyPatch, batch: bool
 ) -> None:
@@ -751,3 +781,30 @@ async def test_the_key_and_outbox_rows_of_a_batch_keep_each_event_time_to_the_mi
         )
         assert len(claimed) == len(edges)
         assert [r["occurred_at"] for r in back] == edges
+
+
+@pytest.mark.parametrize(
+    ("body", "stored"),
+    [
+        ({"id": "k", "model": "gpt-4o", "provider": "openai",
+          "usage": {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200},
+          "occurred_at": "2026-12-01T10:00:00Z", "tags": {"team": "search", "user": "u1"}},
+         "60d824db857621e69dfa6266c2f2c484"),
+        ({"id": "k", "model": "gpt-4o", "usage_format": "openai.chat",
+          "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
+                    "prompt_tokens_details": {"cached_tokens": 200}},
+          "reservation_id": "7d0c6f7e-5b0a-4a3b-9c1e-2f4d6b8a0c3e"},
+         "eaf33897be55ed704cb66e8f1cc33c3b"),
+    ],
+)  # fmt: skip
+def test_the_payload_hash_of_an_event_is_what_earlier_releases_stored(
+    body: dict[str, Any], stored: str
+) -> None:
+    """The hash is kept with each key, and a retry is a duplicate only when it hashes the same:
+    a release that hashed the same event otherwise (a field added to `Usage`, a provider's
+    usage read another way, the JSON written another way) would answer the retries of every
+    event recorded before it `conflict`. These are the hashes the releases so far stored; a
+    change that moves them must keep reading the old ones."""
+    event = msgspec.convert(body, UsageEventIn)
+    checked = check_event(event, received_at=NOW, retention=timedelta(days=400))
+    assert checked.payload_hash.hex() == stored

@@ -154,14 +154,28 @@ class RecordedKey:
 async def recorded_keys(
     conn: DbConnection, project_id: int, keys: Sequence[str]
 ) -> dict[str, RecordedKey]:
+    """What each of `keys` recorded, of those whose event is still kept. A key whose event is
+    gone (retention dropped its month, and the partition maintenance has not deleted its keys
+    yet: a run stopped between the two, or the next hourly one not come) is deleted here, in
+    the caller's transaction, and left out: it can be recorded again, as it could once the
+    maintenance had deleted it. (Answered `duplicate` before, it named an event that no longer
+    exists, without a cost.)"""
     rows = await conn.fetch(
         """
-        SELECT i.key, i.event_id, i.payload_hash, i.occurred_at,
-               e.status, e.total_cost, e.price_version
-        FROM usage_idempotency i
-        LEFT JOIN usage_events e
-          ON e.project_id = i.project_id AND e.occurred_at = i.occurred_at AND e.id = i.event_id
-        WHERE i.project_id = $1 AND i.key = ANY($2::text[])
+        WITH found AS (
+            SELECT i.key, i.event_id, i.payload_hash, i.occurred_at,
+                   e.status, e.total_cost, e.price_version, e.id IS NOT NULL AS kept
+            FROM usage_idempotency i
+            LEFT JOIN usage_events e
+              ON e.project_id = i.project_id AND e.occurred_at = i.occurred_at
+             AND e.id = i.event_id
+            WHERE i.project_id = $1 AND i.key = ANY($2::text[])
+        ), gone AS (
+            DELETE FROM usage_idempotency i USING found f
+            WHERE NOT f.kept AND i.project_id = $1 AND i.key = f.key
+        )
+        SELECT key, event_id, payload_hash, occurred_at, status, total_cost, price_version
+        FROM found WHERE kept
         """,
         project_id,
         keys,
