@@ -365,7 +365,7 @@ async def test_sigterm_during_a_refresh_lets_it_finish_whole_and_frees_the_lock(
             "REDIS_URL",
             "localhost:6379",
             "REDIS_URL must be a URL starting with redis://, rediss://, unix://; "
-            "got 'localhost:6379'",
+            "got a value that is no URL",
         ),
     ],
     ids=["interval-not-a-divisor", "max-age-not-a-number", "check-with-bad-redis-url"],
