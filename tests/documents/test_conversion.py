@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from aiserver.documents.conversion import convert
 from aiserver.documents.errors import ConversionError
+from aiserver.documents.kinds import OFFICE_KINDS
 from aiserver.documents.limits import Limits
 
-from ..support.docs import docx
+from ..support.docs import _CONTENT_TYPES, _RELS, docx
+
+if TYPE_CHECKING:
+    from aiserver.documents.kinds import Kind
 
 LIMITS = Limits(timeout_s=120, max_pages=10, max_text_bytes=1_000_000, dpi=50)
 
@@ -41,6 +48,33 @@ async def test_a_docx_converts_to_a_pdf_with_its_text_and_pages() -> None:
     assert converted.text_truncated is False
     assert len(converted.pages) == 2
     assert all(page.startswith(b"\x89PNG\r\n\x1a\n") for page in converted.pages)
+
+
+@pytest.fixture(scope="module")
+def saved_as(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The two-page DOCX of the test above, saved by LibreOffice as each other office kind."""
+    work = tmp_path_factory.mktemp("saved-as")
+    (work / "source.docx").write_bytes(docx("Invoice 4711 für Ada", "Second page here"))
+    saved = {"docx": (work / "source.docx").read_bytes(), "txt": "Invoice 4711 für Ada\n".encode()}
+    for kind in ("doc", "odt", "rtf"):
+        subprocess.run(
+            ["soffice", "--headless", f"-env:UserInstallation={(work / 'profile').as_uri()}",
+             "--convert-to", kind, "--outdir", str(work), str(work / "source.docx")],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        saved[kind] = (work / f"source.{kind}").read_bytes()
+    return saved
+
+
+@pytest.mark.parametrize("kind", sorted(OFFICE_KINDS))
+async def test_each_office_kind_converts_with_its_import_filter(
+    saved_as: dict[str, bytes], kind: Kind
+) -> None:
+    """Each office kind is read with its own LibreOffice filter (never one guessed from the
+    content); a real document of each kind still converts."""
+    converted = await convert(saved_as[kind], kind, LIMITS)
+    assert "Invoice 4711 für Ada" in converted.text
+    assert converted.page_count == (1 if kind == "txt" else 2)
 
 
 async def test_a_pdf_gives_pages_and_text_and_the_limits_hold() -> None:
@@ -179,3 +213,37 @@ async def test_the_page_images_together_keep_to_their_budget() -> None:
     assert kept.pages == every.pages[:5]
     assert kept.page_count == 23
     assert "page 23" in kept.text
+
+
+def unpacking_to(size: int) -> bytes:
+    """A DOCX of a few hundred KB whose XML unpacks to `size` bytes (paragraphs, all alike)."""
+    paragraph = "<w:p><w:r><w:t>" + "lorem ipsum dolor sit amet " * 20 + "</w:t></w:r></w:p>"
+    document = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+        f"<w:body>{paragraph * (size // len(paragraph))}</w:body></w:document>"
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("[Content_Types].xml", _CONTENT_TYPES)
+        archive.writestr("_rels/.rels", _RELS)
+        archive.writestr("word/document.xml", document)
+    return buffer.getvalue()
+
+
+async def test_a_docx_that_unpacks_to_too_much_fails_before_libreoffice_starts() -> None:
+    """A 344 KB DOCX of 86 MB of XML grew LibreOffice past 686 MB, and on, until its timeout."""
+    bomb = unpacking_to(86_000_000)
+    assert len(bomb) < 400_000
+    with pytest.raises(ConversionError, match=r"^the docx file unpacks to 82 MB, more than 64 MB$"):
+        await convert(bomb, "docx", LIMITS)
+
+
+async def test_a_tool_cannot_take_more_memory_than_its_bound(tmp_path: Path) -> None:
+    """A tool's address space is bounded (RLIMIT_AS): an allocation past it fails, and the
+    tool with it, naming the reason."""
+    from aiserver.documents.conversion import MAX_TOOL_MEMORY, run_tool
+
+    with pytest.raises(ConversionError, match=r"failed \(exit 1\): MemoryError"):
+        await run_tool([sys.executable, "-c", f"bytearray({MAX_TOOL_MEMORY})"],
+                       timeout=20, cwd=tmp_path)  # fmt: skip

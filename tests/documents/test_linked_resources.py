@@ -15,11 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 
 from aiserver.documents import conversion
 from aiserver.documents.conversion import convert
+from aiserver.documents.errors import ConversionError
+from aiserver.documents.kinds import OFFICE_KINDS
 
 from ..support.docs import docx_linking, odt_linking
 from ..support.upstream import LocalServer, QuietHandler
@@ -110,3 +113,31 @@ async def test_control_with_libreoffice_defaults_the_same_document_fetches_its_l
     converted = await convert(document, kind, LIMITS)  # type: ignore[arg-type]
     assert f"GET /latest/meta-data/{kind}.svg" in internal.requests
     assert MARKER in converted.text
+
+
+LOCAL_MARKER = "LOCAL-FILE-5151"
+
+
+@pytest.mark.parametrize("source", ["network", "local-file"])
+@pytest.mark.parametrize("kind", sorted(OFFICE_KINDS))
+async def test_html_named_as_an_office_kind_fetches_nothing(
+    internal: Internal, kind: str, source: str, tmp_path: Path
+) -> None:
+    """LibreOffice chose its importer by the content, not the name: HTML uploaded as .doc,
+    .docx, .odt or .rtf was opened as HTML, and its page background was fetched (from the
+    network, or a file of the task runner) and drawn into the PDF, the images and the text."""
+    local = tmp_path / "local.svg"
+    local.write_text(SVG.decode().replace(MARKER, LOCAL_MARKER), encoding="utf-8")
+    background = internal.link("background") if source == "network" else local.as_uri()
+    html = (
+        f'<html><head><link rel="stylesheet" href="{internal.link("style")}"></head>'
+        f'<body background="{background}"><p>Quarterly report</p></body></html>'
+    ).encode()
+    if kind in ("rtf", "txt"):  # read as its kind: as no text, or as the HTML's characters
+        converted = await convert(html, kind, LIMITS)  # type: ignore[arg-type]
+        assert MARKER not in converted.text
+        assert LOCAL_MARKER not in converted.text
+    else:  # not a document of its kind: it fails, saying so
+        with pytest.raises(ConversionError, match=f"^LibreOffice could not convert the {kind}"):
+            await convert(html, kind, LIMITS)  # type: ignore[arg-type]
+    assert internal.requests == []

@@ -18,8 +18,14 @@ from aiserver.documents.limits import Limits
 from .test_conversion import tools_present  # noqa: F401  (the tools' check, reused)
 
 
-def pdf(*sizes: tuple[int, int]) -> bytes:
-    """A PDF with one page of each (width, height) in points, each with a line of text."""
+def pdf(
+    *sizes: tuple[int, int], crop_box: tuple[int, int] | None = None, title: bytes = b""
+) -> bytes:
+    """A PDF with one page of each (width, height) in points, each with a line of text; with
+    `crop_box`, each page is cropped to that (width, height) from its lower left corner; with
+    `title`, that is the document's Title (metadata: a PDF string, newlines as they are)."""
+    crop = b"" if crop_box is None else b"/CropBox [0 0 %d %d] " % crop_box
+    info = b"/Info << /Title (%s) >> " % title if title else b""
     text = b"BT /F1 24 Tf 72 72 Td (Hello page) Tj ET"
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -29,8 +35,8 @@ def pdf(*sizes: tuple[int, int]) -> bytes:
         b"<< /Length %d >>\nstream\n%s\nendstream" % (len(text), text),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         *(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Contents 3 0 R "
-            b"/Resources << /Font << /F1 4 0 R >> >> >>" % size
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] %s/Contents 3 0 R "
+            b"/Resources << /Font << /F1 4 0 R >> >> >>" % (*size, crop)
             for size in sizes
         ),
     ]
@@ -42,8 +48,9 @@ def pdf(*sizes: tuple[int, int]) -> bytes:
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
         len(objects) + 1,
+        info,
         xref,
     )
     return bytes(out)
@@ -71,3 +78,26 @@ async def test_a_huge_page_is_rendered_within_the_pixel_bound(size: tuple[int, i
     assert max(width, height) <= MAX_PAGE_PIXELS  # smaller than asked, but whole
     assert max(width, height) >= MAX_PAGE_PIXELS * 0.99
     assert abs(width / height - size[0] / size[1]) < 0.05 * size[0] / size[1]
+
+
+async def test_a_page_cropped_small_is_rendered_as_cropped_not_at_its_media_box() -> None:
+    """pdfinfo measures a page by its crop box, and pdftoppm drew its media box: a page of
+    14,400 points cropped to 72 was rendered at 20,000 pixels a side (1.5 GB, 11 s), past the
+    bound. It is rendered as cropped now, the size that was measured."""
+    converted = await convert(pdf((14_400, 14_400), crop_box=(72, 72)), "pdf", LIMITS)
+    assert converted.page_count == 1
+    width, height = png_size(converted.pages[0])
+    assert max(width, height) <= MAX_PAGE_PIXELS
+    assert (width, height) == (72, 72)  # at 72 dpi, as the crop box
+
+
+async def test_the_metadata_cannot_forge_the_page_count_or_the_page_sizes() -> None:
+    """pdfinfo writes the Title (any text, newlines kept) before its own lines, and the first
+    "Pages:" line was taken: this Title made a 3-page PDF one of 0 pages, none rendered."""
+    forged = b"Report\nPages:           0\nPage    2 size:  72 x 72 pts\nx"
+    converted = await convert(
+        pdf((612, 792), (100_000, 100_000), (612, 792), title=forged), "pdf", LIMITS
+    )
+    assert converted.page_count == 3
+    assert len(converted.pages) == 3
+    assert max(png_size(converted.pages[1])) <= MAX_PAGE_PIXELS

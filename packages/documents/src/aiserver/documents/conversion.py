@@ -15,6 +15,9 @@ is fetched when the page is laid out): a request from the task runner to any add
 uploader names, internal ones included, with the answer drawn into the results. Each profile
 starts with `_PROFILE_SETTINGS`, which blocks linked resources, never updates links, and runs
 no macros. Nor does a tool get this process's secrets: its environment is `tool_environment`.
+And LibreOffice reads a document only as its kind (`_IMPORT_FILTERS`): left to guess from the
+content, it opened HTML named .doc, .docx, .odt or .rtf with its HTML importer, which fetches a
+page's background image (`file://` ones too) whatever the profile says.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -72,7 +77,10 @@ def sweep_workdirs(timeout_s: float, root: Path | None = None) -> int:
 #: The longest side of a page image, in pixels. A PDF can declare a page of any size, and
 #: pdftoppm draws each page whole in memory: at the render resolution a page of 14,400 points
 #: took 1.5 GB, and a larger one came out as a single pixel. A page that would be larger than
-#: this is rendered at the resolution that makes it fit (A0 at the default 100 dpi fits).
+#: this is rendered at the resolution that makes it fit (A0 at the default 100 dpi fits). The
+#: size is the crop box's, which pdfinfo reports and pdftoppm renders (with -cropbox): without
+#: it, pdftoppm drew the media box, and a page cropped to 72 points of a 14,400-point one came
+#: out at 20,000 pixels a side.
 MAX_PAGE_PIXELS: Final = 5000
 
 #: LibreOffice settings of every conversion's profile (its `registrymodifications.xcu`):
@@ -89,6 +97,20 @@ _PROFILE_SETTINGS: Final = """\
 <item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>0</value></prop></item>
 </oor:items>
 """  # noqa: E501
+
+
+#: The LibreOffice import filter of each office kind (soffice's --infilter). Without one,
+#: LibreOffice picks its importer by the content, whatever the extension: HTML uploaded as .doc,
+#: .docx, .odt or .rtf went to the HTML importer, and a `<body background="http://...">` or
+#: `"file:///..."` was fetched and drawn into the results (BlockUntrustedRefererLinks does not
+#: cover it). With the kind's filter, such a file fails to load (or, as RTF, loads as no text).
+_IMPORT_FILTERS: Final[Mapping[str, str]] = {
+    "doc": "MS Word 97",
+    "docx": "MS Word 2007 XML",
+    "odt": "writer8",
+    "rtf": "Rich Text Format",
+    "txt": "Text (encoded):UTF8",  # a BOM still wins (UTF-16 text is read as such)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +146,40 @@ def tool_environment(work: Path, environ: Mapping[str, str] | None = None) -> di
 _OUTLIVE_S: Final = 5.0
 
 
+#: The address space of a tool (RLIMIT_AS, for it and the processes it starts): a 344 KB DOCX
+#: that unpacks to 86 MB of XML grew LibreOffice past 686 MB, and on; with this bound an
+#: allocation fails, and the tool with it, before it can take the worker's memory. LibreOffice
+#: maps much more than it uses: a one-page DOCX needs some 400 MB of address space.
+MAX_TOOL_MEMORY: Final = 2 * 1024**3
+#: The bytes an office document's zip entries may unpack to together (DOCX and ODT are zip
+#: files): LibreOffice holds a document's XML many times over in memory, and an upload of a few
+#: hundred KB can unpack to gigabytes. The entries' declared sizes are checked before soffice
+#: starts (what an entry really unpacks to is zlib's and LibreOffice's to bound).
+MAX_UNPACKED_BYTES: Final = 64 * 1024 * 1024
+
+
+def _memory_bound() -> Callable[[], None]:
+    """What the tool's process runs before it starts the tool: `MAX_TOOL_MEMORY` as its
+    RLIMIT_AS (or this process's own hard limit, where that is lower)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    bound = MAX_TOOL_MEMORY if hard == resource.RLIM_INFINITY else min(MAX_TOOL_MEMORY, hard)
+
+    def bind() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (bound, bound))
+
+    return bind
+
+
+def _unpacked_size(document: Path) -> int | None:
+    """What a zip file's entries declare they unpack to together; None when it is no zip file
+    (LibreOffice then says it cannot convert it)."""
+    try:
+        with zipfile.ZipFile(document) as archive:
+            return sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+
+
 def _command(name: str) -> str:
     """The path of a command; `ConversionError` naming it when it is not installed."""
     found = shutil.which(name)
@@ -140,7 +196,8 @@ async def run_tool(
     with a g, as from Homebrew) kills it a few seconds later. With `max_output`, the tool is
     killed once its stdout has passed that many bytes, and what it wrote so far (more than
     `max_output` bytes: the caller sees it was cut) is the answer: a small PDF can hold
-    gigabytes of text, which must never all be in this process's memory."""
+    gigabytes of text, which must never all be in this process's memory. The tool's address
+    space is bounded (`MAX_TOOL_MEMORY`)."""
     killer = shutil.which("timeout") or shutil.which("gtimeout")
     if killer is None:
         raise ConversionError("coreutils' timeout is not installed on the task runner")
@@ -156,6 +213,7 @@ async def run_tool(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         env=tool_environment(cwd),  # no secret of this process
+        preexec_fn=_memory_bound(),
     )
     cut = False
     try:
@@ -305,19 +363,27 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         original = work / f"input.{kind}"
         await asyncio.to_thread(original.write_bytes, source)
         if kind in OFFICE_KINDS:
+            unpacked = await asyncio.to_thread(_unpacked_size, original)
+            if unpacked is not None and unpacked > MAX_UNPACKED_BYTES:
+                raise ConversionError(
+                    f"the {kind} file unpacks to {unpacked / 2**20:.0f} MB, more than "
+                    f"{MAX_UNPACKED_BYTES / 2**20:.0f} MB"
+                )
             out_dir = work / "out"
             profile = work / "lo-profile"  # private: concurrent conversions never share one
             await asyncio.to_thread(_write_profile, profile)
             await run_tool(
                 ["soffice", "--headless", "--norestore", "--nolockcheck", "--nodefault",
-                 f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf",
+                 f"-env:UserInstallation={profile.as_uri()}",
+                 f"--infilter={_IMPORT_FILTERS[kind]}", "--convert-to", "pdf",
                  "--outdir", str(out_dir), str(original)],
                 timeout=remaining(), cwd=work,
             )  # fmt: skip
             pdf_path = out_dir / "input.pdf"
             if not await asyncio.to_thread(pdf_path.exists):
                 raise ConversionError(
-                    f"LibreOffice could not convert the {kind} file (corrupt or unsupported)"
+                    f"LibreOffice could not convert the {kind} file (corrupt, unsupported, or "
+                    f"not a {kind.upper()} document)"
                 )
         else:
             pdf_path = original
@@ -330,10 +396,14 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
             if "password" in str(exc).lower():
                 raise ConversionError("the PDF is password-protected") from None
             raise ConversionError(f"not a readable PDF: {exc}") from None
-        match = _PAGES.search(info)
-        if match is None:
+        # pdfinfo writes the document's metadata (Title, Author, ...: any text, newlines kept)
+        # before its own Pages line, and only its own lines after it: a Title of "x\nPages: 0"
+        # forged the count when the first such line was read. The last one is pdfinfo's.
+        found = list(_PAGES.finditer(info))
+        if not found:
             raise ConversionError("not a readable PDF: pdfinfo reports no page count")
-        page_count = int(match.group(1))
+        page_count = int(found[-1].group(1))
+        info = info[found[-1].end() :]  # the page sizes, past anything the document wrote
         text_bytes = await run_tool(
             ["pdftotext", "-layout", "-enc", "UTF-8", str(pdf_path), "-"],
             timeout=remaining(), cwd=work, max_output=limits.max_text_bytes,
@@ -344,7 +414,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         if rendered:
             for first, last, resolution in _render_runs(info, rendered, limits.dpi):
                 await run_tool(
-                    ["pdftoppm", "-png", "-r", repr(resolution), "-f", str(first),
+                    ["pdftoppm", "-png", "-cropbox", "-r", repr(resolution), "-f", str(first),
                      "-l", str(last), str(pdf_path), str(work / "page")],
                     timeout=remaining(), cwd=work,
                 )  # fmt: skip
