@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from typing import Any, Final
 
 from litestar.testing import AsyncTestClient
+
+from aiserver.api.query import only_query
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -62,3 +66,81 @@ async def test_the_usage_export_declares_the_media_types_it_streams(client: Clie
         "text/csv": {"schema": {"type": "string"}},
     }
     assert "CSV, JSON lines or FOCUS CSV" in answer["description"]
+
+
+def _operations(schema: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method.upper(), path): operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def _ref(response: dict[str, Any]) -> Any:
+    return response["content"]["application/json"]["schema"]
+
+
+#: /v1 routes without the query guard: the costs calculator (the hot path, whose body is all it
+#: reads), the documents (multipart) and OTLP (its own protocol's answers).
+UNGUARDED: Final = frozenset({
+    ("POST", "/v1/costs/calculate"), ("POST", "/v1/costs/calculate/batch"),
+    ("POST", "/v1/documents"), ("GET", "/v1/documents/{document_id}"),
+    ("GET", "/v1/documents/{document_id}/pdf"),
+    ("GET", "/v1/documents/{document_id}/pages/{page_file}"),
+    ("POST", "/v1/otlp/v1/traces"),
+})  # fmt: skip
+
+
+async def test_every_route_refuses_an_undeclared_query_and_says_so(client: Client) -> None:
+    """A route with the query guard (`only_query`) may answer 422, and declares it; every /v1
+    route has the guard, but UNGUARDED."""
+    operations = _operations((await client.get("/schema/openapi.json")).json())
+    guarded = set()
+    for route in client.app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            guards = [g for layer in handler.ownership_layers for g in layer.guards or ()]
+            if any(g.__qualname__ == only_query.__qualname__ + ".<locals>.guard" for g in guards):
+                path = re.sub(r":[a-z]+}", "}", route.path)
+                guarded |= {(method, path) for method in handler.http_methods}
+    for method, path in sorted(guarded):
+        assert 422 in _problem_statuses(operations[(method, path)]), f"{method} {path}"
+    v1 = {(method, path) for method, path in operations if path.startswith("/v1/")}
+    assert v1 - guarded == UNGUARDED
+
+
+async def test_every_route_that_authenticates_declares_429(client: Client) -> None:
+    """A client address that failed to authenticate too often is refused (`aiserver.api.auth`)
+    on every route that takes a credential."""
+    operations = _operations((await client.get("/schema/openapi.json")).json())
+    authenticating = [key for key, op in operations.items() if "401" in op["responses"]]
+    assert len(authenticating) > 20
+    for method, path in authenticating:
+        assert "429" in operations[(method, path)]["responses"], f"{method} {path}"
+    assert 429 in _problem_statuses(operations[("GET", "/v1/budgets")])
+    assert "429" not in operations[("POST", "/v1/costs/calculate")]["responses"]
+
+
+async def test_the_answers_a_route_makes_itself_are_declared(client: Client) -> None:
+    operations = _operations((await client.get("/schema/openapi.json")).json())
+    usage = operations[("POST", "/v1/usage")]["responses"]
+    assert _ref(usage["201"]) == {"$ref": "#/components/schemas/EventResult"}
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in ("IngestReport", "EventResult")]
+    assert _ref(usage["200"]) == {"oneOf": refs}  # a batch's report, or a duplicate event
+    reserve = operations[("POST", "/v1/budgets/reserve")]["responses"]
+    for status in ("200", "201"):  # a repeat with the reservation_id, a new one
+        assert _ref(reserve[status]) == {"$ref": "#/components/schemas/ReservationOut"}, status
+    assert 422 in _problem_statuses(operations[("GET", "/v1/usage/reprice/{run_id}")])
+
+
+async def test_the_windows_parameters_say_what_is_required_and_accepted(client: Client) -> None:
+    """The spend and the export refuse to go without `from` and `to`; the events' listing takes
+    them optionally. None is a `date-time`: a date, or a time without an offset, is taken too."""
+    operations = _operations((await client.get("/schema/openapi.json")).json())
+    for path, required in (("/v1/spend", True), ("/v1/usage/export", True),
+                           ("/v1/usage/events", False)):  # fmt: skip
+        parameters = {p["name"]: p for p in operations[("GET", path)]["parameters"]}
+        for name in ("from", "to"):
+            assert parameters[name]["required"] is required, (path, name)
+            assert "format" not in json.dumps(parameters[name]["schema"]), (path, name)
+            if required:
+                assert parameters[name]["schema"]["type"] == "string", (path, name)

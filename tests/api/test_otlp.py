@@ -400,7 +400,7 @@ async def test_the_openapi_document_describes_both_encodings_and_the_statuses(
     operation = document["paths"][PATH]["post"]
     assert set(operation["requestBody"]["content"]) == {PROTOBUF, "application/json"}
     assert operation["security"] == [{"bearer": []}]
-    assert set(operation["responses"]) == {"200", "400", "401", "403", "413", "415", "503"}
+    assert set(operation["responses"]) == {"200", "400", "401", "403", "413", "415", "429", "503"}
     for status in ("400", "503"):
         content = operation["responses"][status]["content"]
         assert set(content) == {PROTOBUF, "application/json", "application/problem+json"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import zoneinfo
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -70,16 +71,45 @@ async def test_the_names_refused_are_exactly_those_postgresql_reads_otherwise(
         assert instead[region] == python_reading(region) == python_reading(name), name
 
 
+def assert_refused(name: str, says: str) -> None:
+    """A project (`time_zone`) and a spend question (`tz`) refuse `name`, and say `says`."""
+    with pytest.raises(InvalidField, match=f"^time_zone {re.escape(says)}") as made:
+        check_time_zone(name)
+    assert made.value.fields == ["time_zone"]
+    with pytest.raises(InvalidField, match=f"^tz: {re.escape(says)}") as asked:
+        time_zone(name)
+    assert asked.value.fields == ["tz"]
+
+
 @pytest.mark.parametrize("name", sorted(POSTGRES_READS_OTHERWISE))
 def test_a_project_and_a_spend_question_refuse_them_naming_the_zone_to_use(name: str) -> None:
     region = POSTGRES_READS_OTHERWISE[name]
-    with pytest.raises(InvalidField, match=f"use '{region}', which has the same rules") as made:
-        check_time_zone(name)
-    assert made.value.fields == ["time_zone"]
-    with pytest.raises(InvalidField, match=f"^tz: '{name}' is read by PostgreSQL") as asked:
-        time_zone(name)
-    assert asked.value.fields == ["tz"]
+    assert_refused(name, f"'{name}' is read by PostgreSQL as a fixed offset without summer "
+                   f"time; use '{region}', which has the same rules")  # fmt: skip
     assert check_time_zone(region) == region
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("localtime", "'localtime' is no place's time zone"),  # the host's: API's or database's
+        ("posixrules", "'posixrules' is no place's time zone"),
+        ("Factory", "'Factory' is no place's time zone"),
+        ("right/UTC", "'right/UTC' names a copy of the zone database"),  # counts leap seconds
+        ("posix/Europe/Berlin", "'posix/Europe/Berlin' names a copy of the zone database"),
+        (" UTC", "' UTC' is not an IANA time zone"),
+        ("", "'' is not an IANA time zone"),
+        ("Mars/Olympus", "'Mars/Olympus' is not an IANA time zone"),
+    ],
+)
+def test_names_that_depend_on_the_host_are_refused(name: str, says: str) -> None:
+    assert_refused(name, says)
+
+
+@pytest.mark.parametrize("name", ["UTC", "Etc/UTC", "Europe/Berlin", "America/New_York", "GMT"])
+def test_place_zones_are_taken(name: str) -> None:
+    assert check_time_zone(name) == name
+    assert time_zone(name).key == name
 
 
 async def test_a_project_given_one_before_still_reads_its_spend_in_the_region_zone(

@@ -71,7 +71,10 @@ class ProblemDetails(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI `responses` of a route: the problems it may answer, by status."""
+    """OpenAPI `responses` of a route: the problems it may answer, by status. A route that
+    authenticates (401) may also answer 429 `too-many-failed-attempts` (`aiserver.api.auth`)."""
+    if 401 in statuses and 429 not in statuses:
+        statuses = tuple(sorted((*statuses, 429)))
     return {
         status: ResponseSpec(
             data_container=ProblemDetails,

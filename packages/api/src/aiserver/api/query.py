@@ -3,10 +3,11 @@ and so is one given twice that takes one value (`?model=a&model=b`: one would be
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import Operation, Parameter, Schema
 from litestar.types import Guard
 
 from aiserver.api.errors import RepeatedQuery, UnknownQuery
@@ -40,3 +41,26 @@ def only_query(
             raise RepeatedQuery(repeated)
 
     return guard
+
+
+#: The guard of a route that takes no query parameter.
+NO_QUERY: Final = only_query()
+
+
+def require_in_document(operation: Operation, *names: str) -> None:
+    """Mark the query parameters `names` of an OpenAPI operation required: parameters the
+    route's own check refuses to go without (a 422 that names them, as its other checks do),
+    which the handler therefore takes with a default."""
+    for parameter in operation.parameters or ():
+        if not (
+            isinstance(parameter, Parameter)
+            and parameter.param_in == "query"
+            and parameter.name in names
+        ):
+            continue
+        parameter.required = True
+        schema = parameter.schema
+        if isinstance(schema, Schema) and schema.one_of:  # `str | None`: given, it is a str
+            kept = [s for s in schema.one_of if not (isinstance(s, Schema) and s.type == "null")]
+            if len(kept) == 1 and isinstance(kept[0], Schema):
+                schema.type, schema.one_of = kept[0].type, None

@@ -123,8 +123,13 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None = None
 
 
-PriceValue = Annotated[str, msgspec.Meta(pattern=r"^\d{1,12}(\.\d{1,30})?$", max_length=44)]
-FieldName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,80}$")]
+# ASCII digits only (`\d` is any Unicode digit: "٣"), and the whole text: `$` also matches before
+# a final newline ("3\n"), which `(?!\n)` refuses. (`\Z` would do in Python, but the pattern is
+# published in the OpenAPI document, whose regular expressions are ECMA-262's.)
+PriceValue = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9]{1,12}(\.[0-9]{1,30})?$(?!\n)", max_length=44)
+]
+FieldName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,80}$(?!\n)")]
 
 
 class OverrideIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

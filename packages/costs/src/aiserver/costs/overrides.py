@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from aiserver.core_db.connections import MAX_BIGINT
+from aiserver.core_db.errors import InvalidInput
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.pricing import is_understood_field
 from aiserver.costs.pricing.fields import CACHE_HIT_ALIAS, CACHE_READ_FIELD, STRUCTURED_FIELDS
@@ -112,7 +113,12 @@ async def put_override(
 
 def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
     """The provider and key an override of `model` (with `provider` apart) is kept under: the
-    model's own, or a new model's (see the module)."""
+    model's own, or a new model's (see the module).
+
+    `InvalidInput` (422) for a provider or model that is blank, or whose name begins or ends
+    with "/", as given or once the provider's prefix is removed (`openai` + `openai/`)."""
+    _check_name("provider", provider.strip())
+    _check_name("model", model.strip())
     try:
         key = catalog.resolve(model, provider).key
     except UnknownModel:
@@ -125,7 +131,8 @@ def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
     provider = provider.strip().lower()
     name = model.strip()
     if name.lower().startswith(provider + "/"):
-        name = name[len(provider) + 1 :]
+        name = name[len(provider) + 1 :].strip()
+        _check_name("model", name, f" once its provider's prefix {provider + '/'!r} is removed")
     try:
         catalog.resolve(name)
     except UnknownModel:
@@ -133,6 +140,15 @@ def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
     # The name answers to another provider's model (this provider's would have resolved above):
     # kept under the name, the override would be laid over that model.
     return provider, f"{provider}/{name}"
+
+
+def _check_name(field: str, name: str, after: str = "") -> None:
+    """Refuse a provider or model name that is blank or begins or ends with "/": it would name
+    no model (`""`, `"/"`), or another one than the caller meant."""
+    if not name:
+        raise InvalidInput(f"{field}: must not be empty or blank{after}")
+    if name.startswith("/") or name.endswith("/"):
+        raise InvalidInput(f"{field}: must not begin or end with '/'{after}: {name!r}")
 
 
 async def delete_override(

@@ -12,7 +12,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
@@ -27,7 +26,7 @@ from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.store import Project
 from aiserver.ledger.text import has_control
-from aiserver.ledger.zones import read_otherwise
+from aiserver.ledger.zones import refusal
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -65,20 +64,11 @@ def check_name(name: str, field: str = "name") -> None:
 
 
 def check_time_zone(name: str) -> str:
-    """`name` when it is an IANA time zone this server knows, and reads as PostgreSQL does;
-    `InvalidField` otherwise."""
-    try:
-        if name != name.strip():
-            raise ValueError(name)
-        ZoneInfo(name)  # refuses paths outside the zone database, too
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidField(
-            f"time_zone {name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
-            ["time_zone"],
-        ) from None
-    otherwise = read_otherwise(name)
-    if otherwise is not None:
-        raise InvalidField(f"time_zone {otherwise}", ["time_zone"])
+    """`name` when it is an IANA time zone this server knows, and reads as PostgreSQL does
+    (`zones.refusal`); `InvalidField` otherwise."""
+    why = refusal(name)
+    if why is not None:
+        raise InvalidField(f"time_zone {why}", ["time_zone"])
     return name
 
 

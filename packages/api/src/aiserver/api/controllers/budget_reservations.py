@@ -9,19 +9,21 @@ with the live catalog as `POST /v1/costs/calculate` does.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
 from aiserver.api.controllers.budgets import Amount
+from aiserver.api.controllers.budgets import amount as decimal_amount
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.problems import problem_responses
+from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.errors import validation_field
 from aiserver.costs.calculator import CostRequest, calculate
@@ -73,17 +75,6 @@ class ReleaseOut(msgspec.Struct, frozen=True, kw_only=True):
     state: str  # released (also an id with no reservation yet); or settled, expired
 
 
-def _decimal(text: str) -> Decimal:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise InvalidField(
-            f"estimate: {text[:40]!r} is not a decimal number; write it as a decimal string, "
-            'e.g. "0.25"',
-            ["estimate"],
-        ) from None
-
-
 def _cost_request(data: ReserveIn) -> CostRequest:
     """The call to price, checked as `POST /v1/costs/calculate` checks its body."""
     fields = {"model": data.model, "provider": data.provider, "usage": data.usage,
@@ -107,7 +98,16 @@ class ReservationController(Controller):
         "/reserve",
         status_code=HTTP_201_CREATED,
         summary="Reserve an estimate on the hard budgets a coming call matches (scope ingest)",
-        responses=problem_responses(400, 401, 402, 403, 404, 409, 413, 422, 503),
+        responses={
+            **problem_responses(400, 401, 402, 403, 404, 409, 413, 422, 503),
+            HTTP_200_OK: ResponseSpec(
+                data_container=ReservationOut,
+                description="A repeat of a reserve with its reservation_id: the reservation "
+                "made the first time, in its state now; nothing more is held",
+                generate_examples=False,
+            ),
+        },
+        guards=[NO_QUERY],
     )
     async def reserve(
         self, request: Request[Any, Any, Any], access: NamedDependency[Access],
@@ -126,7 +126,7 @@ class ReservationController(Controller):
         if (data.estimate is None) == (data.usage is None):
             raise InvalidField("send either estimate or usage", ["estimate", "usage"])
         if data.estimate is not None:
-            amount = _decimal(data.estimate)
+            amount = decimal_amount(data.estimate, "estimate", "0.25")
         else:
             live: LiveCatalog = request.app.state.live
             priced = calculate(live.require(), _cost_request(data))
@@ -158,7 +158,8 @@ class ReservationController(Controller):
         "/reservations/{reservation_id:str}/release",
         status_code=HTTP_200_OK,
         summary="Release a reservation's hold (scope ingest; idempotent)",
-        responses=problem_responses(400, 401, 403, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def release(
         self, access: NamedDependency[Access], reservation_id: FromPath[str]

@@ -6,9 +6,10 @@ is a decimal string (USD), exact both ways.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
@@ -19,6 +20,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.problems import problem_responses
+from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.costs.money import money
 from aiserver.ledger.access import Access
@@ -119,17 +121,25 @@ class BudgetList(msgspec.Struct, frozen=True, kw_only=True):
     budgets: list[BudgetOut]
 
 
-def amount(text: str, field: str) -> Decimal:
-    """A decimal string as an exact Decimal; `InvalidField` for anything else."""
+#: Plain decimal text, a JSON number's notation: ASCII digits, a "-", a fraction, an exponent.
+#: `Decimal` reads more ("1_0" is 10, fullwidth digits, spaces around), so a typo would be
+#: another amount.
+_DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def amount(text: str, field: str, example: str = "25.50") -> Decimal:
+    """A plain decimal string (`_DECIMAL`) as an exact Decimal; `InvalidField` for anything
+    else."""
     try:
-        value = Decimal(text)
-    except InvalidOperation:
+        if _DECIMAL.fullmatch(text) is None:
+            raise InvalidOperation
+        return Decimal(text)
+    except InvalidOperation:  # also an exponent beyond what a Decimal holds
         raise InvalidField(
-            f"{field}: {text[:40]!r} is not a decimal number; write money and percentages as "
-            'decimal strings, e.g. "25.50"',
+            f"{field}: {text[:40]!r} is not a decimal number; write it as a decimal string of "
+            f'ASCII digits with an optional "-", fraction and exponent, e.g. "{example}"',
             [field],
         ) from None
-    return value
 
 
 def _amounts(texts: list[str], field: str) -> list[Decimal]:
@@ -155,6 +165,7 @@ class BudgetController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a budget (admin key)",
         responses=problem_responses(400, 401, 403, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def create_budget(
         self,
@@ -179,6 +190,7 @@ class BudgetController(Controller):
         "/",
         summary="List the project's budgets with their current windows",
         responses=problem_responses(400, 401, 403, 422, 503),
+        guards=[NO_QUERY],
     )
     async def list_budgets(self, access: NamedDependency[Access]) -> BudgetList:
         views = await service.list_budgets(require_pool(), access)
@@ -188,6 +200,7 @@ class BudgetController(Controller):
         "/{budget_id:int}",
         summary="One budget with its current window",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def show_budget(
         self, access: NamedDependency[Access], budget_id: FromPath[int]
@@ -199,6 +212,7 @@ class BudgetController(Controller):
         status_code=HTTP_200_OK,
         summary="Change a budget: name, limit, thresholds, hard, webhook (admin key)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def change_budget(
         self,
@@ -226,6 +240,7 @@ class BudgetController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a budget and its windows (admin key)",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def delete_budget(
         self, access: NamedDependency[Access], budget_id: FromPath[int]

@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from aiserver.api.auth import requires_admin
 from aiserver.api.errors import UnknownJob
 from aiserver.api.problems import problem_responses
+from aiserver.api.query import NO_QUERY
 from aiserver.api.schemas import CatalogOut, JobAccepted, JobStatus, RefreshRequest
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
@@ -42,7 +43,12 @@ class CatalogController(Controller):
     path = "/v1"
     tags = ("catalog",)
 
-    @get("/catalog", summary="Catalog status and staleness", responses=problem_responses(503))
+    @get(
+        "/catalog",
+        summary="Catalog status and staleness",
+        responses=problem_responses(422, 503),
+        guards=[NO_QUERY],
+    )
     async def catalog_status(self, state: State) -> CatalogOut:
         """Source, ages, stale flag, counts, versions (in the database and in this process), and
         the last error. Reads the database: 503 while it is unreachable."""
@@ -58,7 +64,7 @@ class CatalogController(Controller):
 
     @post(
         "/catalog/refresh",
-        guards=[requires_admin],
+        guards=[requires_admin, NO_QUERY],
         status_code=HTTP_202_ACCEPTED,
         summary="Refresh the catalog now (admin)",
         security=[{"bearer": []}],
@@ -76,8 +82,12 @@ class CatalogController(Controller):
         assert job is not None  # arq answers None only for a job id given twice; none is given
         return JobAccepted(job_id=job.job_id, status="queued", status_url=f"/v1/jobs/{job.job_id}")
 
-    @get("/jobs/{job_id:str}", summary="Status and result of a job",
-         responses=problem_responses(400, 404, 503))  # fmt: skip
+    @get(
+        "/jobs/{job_id:str}",
+        summary="Status and result of a job",
+        responses=problem_responses(400, 404, 422, 503),
+        guards=[NO_QUERY],
+    )
     async def job_status(self, state: State, job_id: FromPath[str]) -> JobStatus:
         """A catalog refresh or document conversion job: deferred, queued, in_progress,
         complete (with its result). Any other job id is a 404, as an unknown one."""

@@ -45,7 +45,7 @@ from aiserver.ledger.usage.ingest import UsageRecorder
 log = get_logger(__name__)
 
 PROTOBUF: Final = wire.MEDIA_TYPES["protobuf"]
-ERROR_STATUSES: Final = (400, 401, 403, 413, 415, 503)
+ERROR_STATUSES: Final = (400, 401, 403, 413, 415, 429, 503)
 
 _BINARY: Final = Schema(type=cast("Any", "string"), format=cast("Any", "binary"))
 

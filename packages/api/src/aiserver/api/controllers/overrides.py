@@ -18,7 +18,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from aiserver.api.auth import requires_admin
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import NO_QUERY, only_query
 from aiserver.api.schemas import OverrideIn, OverrideOut
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
@@ -75,6 +75,7 @@ class OverrideController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create or replace an override (admin)",
         responses=problem_responses(400, 401, 403, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def put_override(self, state: State, data: JSONBody[OverrideIn]) -> OverrideOut:
         """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token);
@@ -100,7 +101,8 @@ class OverrideController(Controller):
         "/{override_id:int}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete (admin)",
-        responses=problem_responses(400, 401, 403, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def delete_override(self, state: State, override_id: FromPath[int]) -> None:
         """End a current override now: calls from now on are priced without it, calls before

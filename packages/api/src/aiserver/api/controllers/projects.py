@@ -19,7 +19,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import NO_QUERY, only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
@@ -109,6 +109,7 @@ class ProjectController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a project (operator)",
         responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def create_project(
         self, access: NamedDependency[Access], data: JSONBody[ProjectIn]
@@ -136,6 +137,7 @@ class ProjectController(Controller):
         "/{project:str}",
         summary="One project",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def show_project(
         self, access: NamedDependency[Access], project: FromPath[str]
@@ -148,6 +150,7 @@ class ProjectController(Controller):
         status_code=HTTP_200_OK,
         summary="Change a project: name, time zone, rolled-up tag keys; archive (operator)",
         responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def change_project(
         self,
@@ -181,6 +184,7 @@ class ProjectController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a key of a project (its secret is shown once)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def create_key(
         self, access: NamedDependency[Access], project: FromPath[str], data: JSONBody[KeyIn]
@@ -197,6 +201,7 @@ class ProjectController(Controller):
         "/{project:str}/keys",
         summary="List a project's keys",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def list_keys(
         self, access: NamedDependency[Access], project: FromPath[str]
@@ -218,6 +223,7 @@ class KeyController(Controller):
         status_code=HTTP_200_OK,
         summary="Revoke a key",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def revoke_key(
         self,

@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import NO_QUERY, only_query
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.ledger.access import Access
@@ -54,6 +54,7 @@ class RepriceController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Reprice usage events (scope admin, or the operator)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+        guards=[NO_QUERY],
     )
     async def reprice(
         self,
@@ -96,8 +97,8 @@ class RepriceController(Controller):
     @get(
         "/{run_id:int}",
         summary="One repricing run: state, progress and result",
-        responses=problem_responses(400, 401, 403, 404, 503),
-        guards=[only_query()],
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
+        guards=[NO_QUERY],
     )
     async def run(self, access: NamedDependency[Access], run_id: FromPath[int]) -> RepriceRun:
         """404 `unknown-reprice-run` for a run that does not exist and another project's

@@ -7,17 +7,19 @@ token is refused, as at `GET /v1/usage/events`). The rules of the answer are
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
+from litestar.openapi.spec import Operation
 from litestar.params import QueryParameter
 
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.controllers.usage_events import TAG_PREFIX, reads_usage
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import only_query, require_in_document
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.spend.answer import SpendAnswer
@@ -29,6 +31,15 @@ _SPEND_QUERY: Final = only_query(
     "from", "to", "bucket", "tz", "group_by", "model", "provider", "status", "top",
     prefixes=(TAG_PREFIX,), repeatable=("group_by",),
 )  # fmt: skip
+
+
+@dataclass
+class _SpendOperation(Operation):
+    """`from` and `to` are required, though the handler takes them with a default: the query's
+    own check refuses to go without them (docs/spend.md)."""
+
+    def __post_init__(self) -> None:
+        require_in_document(self, "from", "to")
 
 
 class SpendController(Controller):
@@ -43,6 +54,7 @@ class SpendController(Controller):
         summary="What the project's usage cost, per bucket and group (scope read)",
         responses=problem_responses(400, 401, 403, 422, 503),
         guards=[_SPEND_QUERY],
+        operation_class=_SpendOperation,
     )
     async def spend(
         self,
@@ -52,17 +64,17 @@ class SpendController(Controller):
             str | None,
             QueryParameter(
                 name="from",
-                description="the window's start (RFC 3339; a time without an offset, or a date, "
-                "is wall time in tz)",
-                schema_extra={"format": "date-time"},
+                description="the window's start, required: RFC 3339 (2026-11-01T10:00:00Z), or "
+                "a time without an offset (2026-11-01T10:00) or a date (2026-11-01), which is "
+                "wall time in tz",
             ),
         ] = None,
         until: Annotated[
             str | None,
             QueryParameter(
                 name="to",
-                description="the window's end, not included: the window is [from, to)",
-                schema_extra={"format": "date-time"},
+                description="the window's end, not included: the window is [from, to); "
+                "required, written as from is",
             ),
         ] = None,
         bucket: Annotated[

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -21,7 +22,7 @@ from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.metrics import count_usage
 from aiserver.api.problems import problem_response, problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.costs.live import LiveCatalog
 from aiserver.ledger.access import Access
@@ -82,6 +83,23 @@ class _IngestOperation(Operation):
         self.request_body = _BODY
 
 
+#: The answers, which the handler makes itself (`Response[Any]`, which Litestar would leave
+#: untyped): one event's result (201 recorded, 200 duplicate), or a batch's report (200).
+_ANSWERS: Final = {
+    HTTP_200_OK: ResponseSpec(
+        data_container=IngestReport | EventResult,
+        description="A batch or JSON lines: one result per event, in order, and counts "
+        "(IngestReport); or one event that was recorded before (EventResult, duplicate)",
+        generate_examples=False,
+    ),
+    HTTP_201_CREATED: ResponseSpec(
+        data_container=EventResult,
+        description="One event, recorded now",
+        generate_examples=False,
+    ),
+}
+
+
 class UsageController(Controller):
     path = "/v1/usage"
     tags = ("usage",)
@@ -93,9 +111,9 @@ class UsageController(Controller):
         "/",
         status_code=HTTP_200_OK,
         summary="Record model calls (scope ingest)",
-        guards=[only_query()],
+        guards=[NO_QUERY],
         operation_class=_IngestOperation,
-        responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+        responses={**problem_responses(400, 401, 403, 409, 413, 422, 503), **_ANSWERS},
     )
     async def record_usage(
         self, request: Request[Any, Any, Any], access: NamedDependency[Access]

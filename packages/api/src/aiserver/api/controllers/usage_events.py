@@ -30,7 +30,7 @@ from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.errors import BadCursor
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import NO_QUERY, only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.usage.reading import (
@@ -107,16 +107,15 @@ Since = Annotated[
     str | None,
     QueryParameter(
         name="from",
-        description="events at or after this time (RFC 3339; no offset: UTC)",
-        schema_extra={"format": "date-time"},
+        description="events at or after this time: RFC 3339 (2026-11-01T10:00:00Z); a time "
+        "without an offset, or a date (2026-11-01, its midnight), is UTC",
     ),
 ]
 Until = Annotated[
     str | None,
     QueryParameter(
         name="to",
-        description="events before this time (RFC 3339): the window is [from, to)",
-        schema_extra={"format": "date-time"},
+        description="events before this time, written as from is: the window is [from, to)",
     ),
 ]
 ModelFilter = Annotated[
@@ -194,7 +193,7 @@ class UsageEventController(Controller):
         "/{event_id:int}",
         summary="One usage event (scope read)",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[only_query()],
+        guards=[NO_QUERY],
     )
     async def show_event(
         self, access: NamedDependency[Access], event_id: FromPath[int]

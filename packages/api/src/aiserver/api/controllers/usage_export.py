@@ -41,7 +41,7 @@ from aiserver.api.controllers.usage_events import (
 )
 from aiserver.api.errors import ExportsBusy
 from aiserver.api.problems import problem_responses
-from aiserver.api.query import only_query
+from aiserver.api.query import only_query, require_in_document
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import projects
@@ -101,9 +101,11 @@ slots = ExportSlots(MAX_EXPORTS)
 @dataclass
 class ExportOperation(Operation):
     """The export's operation in the OpenAPI document: its 200 answer is a file in one of the
-    formats' media types (a `Stream`, which Litestar would describe as JSON)."""
+    formats' media types (a `Stream`, which Litestar would describe as JSON); `from` and `to`
+    are required (`export_query` refuses to go without them, naming them)."""
 
     def __post_init__(self) -> None:
+        require_in_document(self, "from", "to")
         answer = (self.responses or {}).get("200")
         if isinstance(answer, OpenAPIResponse):
             answer.description = (

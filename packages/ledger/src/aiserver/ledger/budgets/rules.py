@@ -27,7 +27,7 @@ MAX_BUDGETS: Final = 100  # per project: ingest checks every budget of a project
 MAX_PLACES: Final = 30
 
 
-def _places(value: Decimal) -> int:
+def places(value: Decimal) -> int:
     """The decimal places of a finite `value`, trailing zeros left out (not by `normalize`,
     which rounds to the context's 28 digits: 34 places would read as 28)."""
     _, digits, exponent = value.as_tuple()
@@ -67,7 +67,7 @@ def check_limit(limit: Decimal) -> Decimal:
         raise InvalidField(
             f"limit_usd must be a decimal above 0 and at most {MAX_LIMIT:,.0f}", ["limit_usd"]
         )
-    if _places(limit) > MAX_PLACES:
+    if places(limit) > MAX_PLACES:
         raise InvalidField(
             f"limit_usd must have at most {MAX_PLACES} decimal places", ["limit_usd"]
         )
@@ -83,7 +83,7 @@ def check_thresholds(thresholds: Sequence[Decimal]) -> tuple[Decimal, ...]:
             f"0 and at most {MAX_THRESHOLD}",
             ["thresholds"],
         )
-    if any(_places(t) > MAX_PLACES for t in thresholds):
+    if any(places(t) > MAX_PLACES for t in thresholds):
         raise InvalidField(
             f"thresholds must have at most {MAX_PLACES} decimal places", ["thresholds"]
         )

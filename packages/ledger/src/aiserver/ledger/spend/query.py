@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -48,7 +48,7 @@ from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
 from aiserver.ledger.usage.reading import event_query, in_utc, parse_time
-from aiserver.ledger.zones import read_otherwise, region_of
+from aiserver.ledger.zones import refusal, region_of
 
 if TYPE_CHECKING:
     import asyncpg
@@ -135,19 +135,12 @@ def spend_query(
 
 
 def time_zone(name: str) -> ZoneInfo:
-    """The IANA zone `name`; `InvalidField` naming `tz` when this server does not know it."""
-    try:
-        if name != name.strip() or not name:
-            raise ValueError(name)
-        zone = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidField(
-            f"tz: {name[:80]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)", ["tz"]
-        ) from None
-    otherwise = read_otherwise(name)
-    if otherwise is not None:
-        raise InvalidField(f"tz: {otherwise}", ["tz"])
-    return zone
+    """The IANA zone `name`; `InvalidField` naming `tz` when this server does not know it, or
+    PostgreSQL would read it otherwise (`zones.refusal`)."""
+    why = refusal(name)
+    if why is not None:
+        raise InvalidField(f"tz: {why}", ["tz"])
+    return ZoneInfo(name)
 
 
 def project_zone(project: Project) -> ZoneInfo:

@@ -117,8 +117,7 @@ def check_estimate(amount: Decimal) -> Decimal:
             f"estimate must be a decimal above 0 and at most {rules.MAX_LIMIT:,.0f}",
             ["estimate"],
         )
-    exponent = amount.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MAX_ESTIMATE_PLACES:
+    if rules.places(amount) > MAX_ESTIMATE_PLACES:
         raise InvalidField(
             f"estimate must have at most {MAX_ESTIMATE_PLACES} decimal places", ["estimate"]
         )
