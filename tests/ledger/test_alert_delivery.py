@@ -298,7 +298,7 @@ async def test_a_target_that_now_resolves_to_an_internal_address_is_refused_and_
     ((_, attempt, _, seen_url, status, error),) = await deliveries(pool)
     assert (attempt, seen_url, status) == (1, url, None)
     assert error.startswith(
-        "refused: webhook_url: the host 'localhost' resolves to an internal address"
+        "refused: webhook_url: the host 'localhost' does not resolve to public addresses only"
     ), error
     assert "127.0.0.1" not in error.split("localhost", 1)[1]  # the address is not named
     assert error.endswith("unless the operator lists the host in WEBHOOK_ALLOWED_HOSTS")

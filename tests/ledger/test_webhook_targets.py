@@ -85,6 +85,17 @@ async def test_a_refusal_names_the_host_and_not_the_addresses_it_resolves_to() -
     with pytest.raises(InvalidField) as refused:
         await resolve_target("http://localhost:9/hook", allowed_hosts=())
     message = str(refused.value)
-    assert "'localhost' resolves to an internal address" in message
+    assert "the host 'localhost' does not resolve to public addresses only" in message
     assert "127.0.0.1" not in message
     assert "::1" not in message
+
+
+async def test_a_host_that_does_not_resolve_is_refused_as_an_internal_one_is() -> None:
+    """Two different answers would tell a project's key which internal names exist."""
+    refusals = []
+    for host in ("localhost", "no-such-host.invalid"):
+        with pytest.raises(InvalidField) as refused:
+            await resolve_target(f"http://{host}:9/hook", allowed_hosts=())
+        refusals.append(str(refused.value).replace(repr(host), "HOST"))
+    assert refusals[0] == refusals[1]
+    assert "WEBHOOK_ALLOWED_HOSTS" in refusals[0]

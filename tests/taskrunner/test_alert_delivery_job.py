@@ -66,5 +66,5 @@ async def test_without_the_host_in_webhook_allowed_hosts_the_worker_refuses_to_s
     assert receiver.received == []
     error = await pool.fetchval("SELECT error FROM webhook_deliveries")
     assert error.startswith(
-        "refused: webhook_url: the host '127.0.0.1' resolves to an internal address"
+        "refused: webhook_url: the host '127.0.0.1' does not resolve to public addresses only"
     )

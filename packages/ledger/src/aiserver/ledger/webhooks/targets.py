@@ -18,7 +18,9 @@ elsewhere after it was saved); a delivery connects to the addresses that the che
 The URL must also be one the HTTP client reads (`httpx.URL`: no DEL or other non-printable
 character, a host name valid under IDNA 2008), and the host is resolved as the client encodes
 it, so that the name checked is the name the request goes to. A refusal names the host, never
-the addresses it resolved to: a project's key learns nothing of the internal network from it.
+the addresses it resolved to, and reads the same whether the host does not resolve or resolves to
+an internal address: a project's key learns nothing of the internal network from it, not even
+which internal names exist. The log (the operator's) says which of the two it was.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from aiserver.core_db.logging import get_logger
 from aiserver.ledger.errors import InvalidField
+
+_log = get_logger(__name__)
 
 MAX_URL: Final = 2048
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
@@ -108,17 +113,24 @@ async def resolve_target(
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise InvalidField(
-            f"{field}: the host {host!r} does not resolve ({exc})", [field]
-        ) from None
+        _log.info("webhook target refused", host=host, reason="does not resolve", error=str(exc))
+        raise _not_public(host, field) from None
     addresses = sorted({str(info[4][0]) for info in infos})
     if host.lower() in {h.lower() for h in allowed_hosts}:
         return addresses
     if not all(is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
-        raise InvalidField(
-            f"{field}: the host {host!r} resolves to an internal address (loopback, private, "
-            "link-local or reserved); webhooks go to public addresses only, unless the "
-            "operator lists the host in WEBHOOK_ALLOWED_HOSTS",
-            [field],
-        )
+        _log.info("webhook target refused", host=host, reason="resolves to an internal address")
+        raise _not_public(host, field)
     return addresses
+
+
+def _not_public(host: str, field: str) -> InvalidField:
+    """One refusal for both ways a host fails: the caller cannot tell an internal name that
+    exists from one that does not."""
+    return InvalidField(
+        f"{field}: the host {host!r} does not resolve to public addresses only (it does not "
+        "resolve, or it resolves to an internal address: loopback, private, link-local or "
+        "reserved); webhooks go to public addresses only, unless the operator lists the host "
+        "in WEBHOOK_ALLOWED_HOSTS",
+        [field],
+    )
