@@ -313,6 +313,46 @@ async def test_a_forked_child_delivers_what_it_queues_with_a_thread_of_its_own(
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-parent": 1, f"{run}-child": 1}
 
 
+def test_a_forked_child_makes_its_recorder_while_the_parent_was_making_one() -> None:
+    # Before, the client's lock was the parent's: held by another of the parent's threads at
+    # the fork (it was making the recorder), it stayed held in the child, whose first
+    # record_later waited for ever.
+    client = Client("http://127.0.0.1:9", "aik_test_fork", recorder=HELD)
+    read, write = os.pipe()
+    holding, fork_done = threading.Event(), threading.Event()
+
+    def make_recorder_slowly() -> None:  # another thread, holding the lock as it makes one
+        with client._recorder_lock:
+            holding.set()
+            fork_done.wait(10)
+
+    holder = threading.Thread(target=make_recorder_slowly)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: whether it got a recorder, then out without any cleanup
+            code = 1
+            try:
+                got = threading.Thread(target=lambda: client.recorder, daemon=True)
+                got.start()
+                got.join(10)
+                os.write(write, b"waiting" if got.is_alive() else b"made")
+                code = 0
+            finally:
+                os._exit(code)
+        fork_done.set()
+        _, status = os.waitpid(pid, 0)
+        child = os.read(read, 100).decode()
+    finally:
+        fork_done.set()
+        holder.join()
+        client.close(0)
+        os.close(read)
+        os.close(write)
+    assert (status, child) == (0, "made")
+
+
 #: 20 tags of 250 characters: about 5.5 kB per event, so 4,000 of them pass the 16 MiB the API
 #: takes in one JSON body
 BIG_TAGS = {f"t{i}": "v" * 250 for i in range(20)}

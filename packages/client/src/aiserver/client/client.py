@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import (
@@ -117,6 +119,22 @@ def _merge(reports: Iterable[RecordReport]) -> RecordReport:
     return merged
 
 
+#: Every client made in this process, for `_renew_locks_after_fork`.
+_clients: weakref.WeakSet[_Common] = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    """In a forked child: a client's lock may have been held by another thread of the parent at
+    the fork (making the recorder), and that thread does not exist in the child; the child's
+    first `record_later` would wait for it for ever. Each client gets a lock of its own."""
+    for client in list(_clients):
+        client._recorder_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
+
 class _Common:
     """What both clients hold: the settings, and the recorder (made on first use)."""
 
@@ -134,6 +152,7 @@ class _Common:
         self._recorder_settings = recorder
         self._recorder: Optional[Recorder] = None
         self._recorder_lock = threading.Lock()
+        _clients.add(self)
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}({self.base_url!r})"
