@@ -37,7 +37,7 @@ def event(key: str, when: datetime, model: str = "gpt-test-001", **fields: Any) 
 def sums(cost: str, events: int, input_tokens: int, output_tokens: int,
          unpriced: int = 0) -> dict[str, Any]:  # fmt: skip
     return {
-        "cost": cost, "events": events, "unpriced_events": unpriced,
+        "cost": cost, "events": events, "unpriced_events": unpriced, "partially_priced_events": 0,
         "input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": 0,
         "cache_write_tokens": 0, "reasoning_tokens": 0,
     }  # fmt: skip

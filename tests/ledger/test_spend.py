@@ -185,6 +185,7 @@ def _sums(rows: list[tuple[asyncpg.Record, dict[str, str]]]) -> dict[str, Any]:
         "cost": sum((r["total_cost"] or Decimal(0) for r, _ in rows), Decimal(0)),
         "events": len(rows),
         "unpriced_events": sum(r["status"] == "unpriced" for r, _ in rows),
+        "partially_priced_events": sum(r["status"] == "partially_priced" for r, _ in rows),
         **{name: sum(r[name] for r, _ in rows) for name in SUMS[2:]},
     }
 
@@ -822,11 +823,11 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
         "(Europe/Berlin) by day and model, tag:team, in USD"
     )
     assert lines[2:7] == [
-        "2026-11-29 gpt-x, search 0.00143 1 0 1,000 100 0 0",
-        "total 0.00143 1 0 1,000 100 0 0",
-        "2026-11-30 mystery-1, - 0 1 1 5 0 0 0",
-        "total 0 1 1 5 0 0 0",
-        "whole window total 0.00143 2 1 1,005 100 0 0",
+        "2026-11-29 gpt-x, search 0.00143 1 0 0 1,000 100 0 0 0",
+        "total 0.00143 1 0 0 1,000 100 0 0 0",
+        "2026-11-30 mystery-1, - 0 1 1 0 5 0 0 0 0",
+        "total 0 1 1 0 5 0 0 0 0",
+        "whole window total 0.00143 2 1 0 1,005 100 0 0 0",
     ]
     code, _, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question,
                                     "--tz", "Nowhere/Land")  # fmt: skip

@@ -147,8 +147,9 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
         "group_by": "model,tag:team", "tag:feature": "f1",
     })  # fmt: skip
     assert browser.find_element(By.ID, "answer-total").text == answer["total"]["cost"]
-    counts = ["events", "unpriced_events", "input_tokens", "output_tokens", "cache_read_tokens",
-              "cache_write_tokens", "reasoning_tokens"]  # fmt: skip
+    counts = ["events", "unpriced_events", "partially_priced_events", "input_tokens",
+              "output_tokens", "cache_read_tokens", "cache_write_tokens",
+              "reasoning_tokens"]  # fmt: skip
     expected = [
         [b["start"], b["end"], label(g, "model"), label(g, "tag:team"), g["cost"], "USD",
          *(str(g[c]) for c in counts)]

@@ -99,6 +99,9 @@ class CostResult(msgspec.Struct, kw_only=True):
 
 
 class SpendTotals(msgspec.Struct, kw_only=True):
+    """Sums of events: `cost` counts what was priced, so it is a lower bound when
+    `unpriced_events` or `partially_priced_events` is not 0."""
+
     cost: Decimal
     events: int
     unpriced_events: int
@@ -107,6 +110,7 @@ class SpendTotals(msgspec.Struct, kw_only=True):
     cache_read_tokens: int
     cache_write_tokens: int
     reasoning_tokens: int
+    partially_priced_events: int = 0  # 0 from a server before 2026-12-05's second release
 
 
 class SpendGroup(SpendTotals, kw_only=True):

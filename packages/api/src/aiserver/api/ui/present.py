@@ -25,8 +25,8 @@ NONE: Final = "(none)"
 OTHER: Final = "(other)"
 TOTAL: Final = "total"
 COUNTS: Final = (
-    "events", "unpriced_events", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "reasoning_tokens",
+    "events", "unpriced_events", "partially_priced_events", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
 )  # fmt: skip
 
 

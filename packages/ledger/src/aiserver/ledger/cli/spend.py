@@ -37,16 +37,17 @@ async def _spend(core: CoreSettings, args: argparse.Namespace) -> int:
 
 
 _COLUMNS: Final = (
-    f"{'COST USD':>16}  {'EVENTS':>9}  {'UNPRICED':>8}  {'INPUT':>13}  {'OUTPUT':>12}  "
-    f"{'CACHE READ':>12}  {'REASONING':>11}"
+    f"{'COST USD':>16}  {'EVENTS':>9}  {'UNPRICED':>8}  {'PARTIAL':>8}  {'INPUT':>13}  "
+    f"{'OUTPUT':>12}  {'CACHE READ':>12}  {'CACHE WRITE':>12}  {'REASONING':>11}"
 )
 
 
 def _sums(sums: SpendTotals) -> str:
     return (
         f"{sums.cost:>16}  {sums.events:>9,}  {sums.unpriced_events:>8,}  "
-        f"{sums.input_tokens:>13,}  {sums.output_tokens:>12,}  {sums.cache_read_tokens:>12,}  "
-        f"{sums.reasoning_tokens:>11,}"
+        f"{sums.partially_priced_events:>8,}  {sums.input_tokens:>13,}  "
+        f"{sums.output_tokens:>12,}  {sums.cache_read_tokens:>12,}  "
+        f"{sums.cache_write_tokens:>12,}  {sums.reasoning_tokens:>11,}"
     )
 
 
@@ -67,15 +68,17 @@ def _print_answer(project: str, answer: SpendAnswer) -> None:
     print(f"spend of {project} from {answer.since.isoformat()} to {answer.until.isoformat()} "
           f"({answer.tz}){by}, in {answer.currency}")  # fmt: skip
     width = max([5, *(len(_group_name(g.key)) for g in answer.groups)])
-    print(f"{'BUCKET':<17}  {'GROUP':<{width}}  {_COLUMNS}")
-    for bucket in answer.buckets:
-        label = _label(bucket, answer)
+    # an hour's label carries its offset where the clock repeats or moves by half an hour
+    labels = [_label(bucket, answer) for bucket in answer.buckets]
+    at = max([17, *(len(label) for label in labels)])
+    print(f"{'BUCKET':<{at}}  {'GROUP':<{width}}  {_COLUMNS}")
+    for bucket, label in zip(answer.buckets, labels, strict=True):
         if answer.group_by:
             for group in bucket.groups:
-                print(f"{label:<17}  {_group_name(group.key):<{width}}  {_sums(group)}")
+                print(f"{label:<{at}}  {_group_name(group.key):<{width}}  {_sums(group)}")
                 label = ""
-        print(f"{label:<17}  {'total':<{width}}  {_sums(bucket.total)}")
-    print(f"{'whole window':<17}  {'total':<{width}}  {_sums(answer.total)}")
+        print(f"{label:<{at}}  {'total':<{width}}  {_sums(bucket.total)}")
+    print(f"{'whole window':<{at}}  {'total':<{width}}  {_sums(answer.total)}")
     fresh = answer.freshness
     through = fresh.through_event_id if fresh.through_event_id is not None else "- (none yet)"
     tail = f", {fresh.unfolded_events:,} of them not folded yet" if fresh.unfolded_events else ""

@@ -31,11 +31,14 @@ Source = Literal["rollups", "raw_events"]
 
 class SpendTotals(msgspec.Struct, kw_only=True):
     """Sums of events. Money is an exact decimal string; an unpriced event counts 0 to `cost`
-    and 1 to `unpriced_events` (never a silent $0)."""
+    and 1 to `unpriced_events` (never a silent $0); a partially priced event counts what was
+    priced to `cost` and 1 to `partially_priced_events`, so a cost that is a lower bound says
+    so either way."""
 
     cost: str
     events: int
     unpriced_events: int
+    partially_priced_events: int
     input_tokens: int
     output_tokens: int
     cache_read_tokens: int

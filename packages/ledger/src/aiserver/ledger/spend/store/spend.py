@@ -51,13 +51,14 @@ _EVENT_DIMENSION: Final = {
 SUMS: Final = (
     "events",
     "unpriced_events",
+    "partially_priced_events",
     "input_tokens",
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
 )
-_TOKENS: Final = SUMS[2:]
+_TOKENS: Final = SUMS[3:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +163,16 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
 
     # each part sums its own rows first: the last GROUP BY adds up a few rows per group
     by = "GROUP BY " + ", ".join(str(i) for i in range(1, len(plan.dimensions) + 2))
-    rollup_sums = ", ".join(f"sum(r.{name})" for name in SUMS) + ", sum(r.cost)"
+    # a rollup row is of one pricing status: its partially priced events are all or none
+    rollup_sums = (
+        "sum(r.events), sum(r.unpriced_events),"
+        " sum(CASE WHEN r.status = 'partially_priced' THEN r.events ELSE 0 END), "
+        + ", ".join(f"sum(r.{name})" for name in _TOKENS)
+        + ", sum(r.cost)"
+    )
     event_sums = (
-        "count(*), count(*) FILTER (WHERE e.status = 'unpriced'), "
+        "count(*), count(*) FILTER (WHERE e.status = 'unpriced'),"
+        " count(*) FILTER (WHERE e.status = 'partially_priced'), "
         + ", ".join(f"sum(e.{name})" for name in _TOKENS)
         + ", sum(coalesce(e.total_cost, 0))"
     )
