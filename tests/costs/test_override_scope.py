@@ -82,6 +82,19 @@ async def test_an_override_of_a_model_is_replaced_whatever_the_provider_spelling
     )  # fmt: skip
 
 
+async def test_the_process_that_changed_an_override_prices_with_it_when_it_answers(
+    live: LiveCatalog, pool: asyncpg.Pool
+) -> None:
+    """A client that puts an override and then asks this same API for a cost gets the override:
+    the change is loaded before the answer, not when the watcher wakes (some 0.4 s later with
+    the full catalog; the watcher is stopped here, so only the change's own load can count)."""
+    await live.stop()
+    override = await _put(pool, live, "openai", "gpt-test-003", "0.0000005")
+    assert _price(live.catalog, "gpt-test-003") == ("gpt-test-003", "0.0005", override.id)
+    await delete_override(pool, live, override.id, source_url=URL)
+    assert _price(live.catalog, "gpt-test-003") == ("gpt-test-003", "0.004", None)
+
+
 async def test_a_new_model_named_like_another_providers_model_is_a_model_of_its_own(
     live: LiveCatalog, pool: asyncpg.Pool
 ) -> None:
