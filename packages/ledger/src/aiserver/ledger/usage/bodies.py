@@ -66,13 +66,17 @@ def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
 
 
 def _fields_of(message: str) -> list[str]:
-    """The field a msgspec validation message names: its path, or the unknown field of an
-    object at the top ("Object contains unknown field `colour`")."""
+    """The field a msgspec validation message names: its path, or the unknown or missing field
+    of an object at the top ("Object contains unknown field `colour`", "Object missing required
+    field `id`")."""
     text, field = validation_field(message)
     if field:
         return [field]
-    _, unknown, name = text.partition("unknown field `")
-    return [name.rstrip("`")] if unknown else []
+    for says in ("unknown field `", "missing required field `"):
+        _, found, name = text.partition(says)
+        if found:
+            return [name.rstrip("`")]
+    return []
 
 
 def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
