@@ -8,7 +8,7 @@ counted for that scope. To count something else, create another budget (and dele
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -91,17 +91,19 @@ async def _views(
     ]
 
 
-async def _alert_reached(conn: DbConnection, view: BudgetView) -> None:
-    """Raise an alert for each threshold that the budget's current window is at or past, as
-    its limit and thresholds stand now (just set): a limit lowered below what the window has
-    committed alerts at once, as spending past it would have. A threshold that has alerted in
-    this window already does not alert again (`insert_alerts` skips it)."""
-    budget, window = view.budget, view.window
+async def _alert_reached(
+    conn: DbConnection, budget: Budget, windows: Iterable[tuple[datetime, datetime | None, Decimal]]
+) -> None:
+    """Raise an alert for each threshold that each of `windows` (start, end, committed) is at
+    or past, as the budget's limit and thresholds stand now (just set): a limit lowered below
+    what the window has committed alerts at once, as spending past it would have. A threshold
+    that has alerted in a window already does not alert again (`insert_alerts` skips it)."""
     reached = [
-        Crossing(budget.id, window.start, window.end, threshold, budget.limit_usd,
-                 window.committed, budget.webhook_url is not None)
+        Crossing(budget.id, start, end, threshold, budget.limit_usd, committed,
+                 budget.webhook_url is not None)
+        for start, end, committed in windows
         for threshold in budget.thresholds
-        if threshold_level(budget.limit_usd, threshold) <= window.committed
+        if threshold_level(budget.limit_usd, threshold) <= committed
     ]  # fmt: skip
     await store.insert_alerts(conn, budget.project_id, reached)
 
@@ -167,17 +169,19 @@ async def create_budget(
         # The budget counts from the current window on, which starts with what the project
         # spent in it so far: a daily budget set at 3 pm counts the morning. Exact, since the
         # project's row is locked: no usage is being written meanwhile (ingest takes it FOR
-        # KEY SHARE).
+        # KEY SHARE). So does a later window (an event may be stamped minutes ahead of the
+        # clock, past midnight); each window filled alerts for the thresholds it reached.
+        at = now or datetime.now(UTC)
         zone = await store.project_time_zone(conn, project_id)
-        start, end = window_of(checked_period, zone, now or datetime.now(UTC))
+        start, end = window_of(checked_period, zone, at)
         budget = await store.insert_budget(
             conn, project_id, name=name, tags=checked_tags, model=model,
             period=checked_period, limit_usd=limit_usd, thresholds=levels, hard=hard,
             webhook_url=webhook_url, webhook_secret=sealed, counts_from=start,
         )  # fmt: skip
-        await store.fill_window(conn, budget, start, end)
-        (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
-        await _alert_reached(conn, view)
+        filled = await store.fill_window(conn, budget, start, end)
+        await _alert_reached(conn, budget, filled)
+        (view,) = await _views(conn, project_id, [budget], at)
     return view, made
 
 
@@ -249,6 +253,8 @@ async def change_budget(
     if "webhook_url" in changes:
         url = changes["webhook_url"]
         if url is None:
+            if changes.get("webhook_secret") is not None:  # a secret for no webhook: a mistake
+                raise InvalidField("webhook_secret needs a webhook_url", ["webhook_secret"])
             columns["webhook_url"] = columns["webhook_secret"] = None
             columns["webhook_secret_key_id"] = None
         else:
@@ -275,7 +281,8 @@ async def change_budget(
             raise UnknownBudget(f"no budget {budget_id}")
         (view,) = await _views(conn, project_id, [budget], now or datetime.now(UTC))
         if levels_change:
-            await _alert_reached(conn, view)
+            window = view.window
+            await _alert_reached(conn, budget, [(window.start, window.end, window.committed)])
     return view, made
 
 

@@ -13,6 +13,7 @@ import msgspec
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
+from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.webhooks.sealing import Sealed
 
 if TYPE_CHECKING:
@@ -380,32 +381,57 @@ async def count_from(conn: DbConnection, budget: Budget, start: datetime) -> Non
     )
 
 
+#: The project's ($1) events that a budget of tags $2 and model $3 counts: `commits.matches`.
+_MATCHING: Final = """
+    e.project_id = $1 AND e.tags @> $2::text::jsonb
+    AND ($3::text IS NULL OR e.model = $3 OR e.matched_model = $3)
+"""
+
+
 async def fill_window(
     conn: DbConnection, budget: Budget, start: datetime, end: datetime | None
-) -> None:
+) -> list[tuple[datetime, datetime | None, Decimal]]:
     """Write the budget's window [start, end), the first it counts (a new budget's, or the
     current one after a time zone change), with what the project's recorded events in it that
-    the budget matches cost (the rules of `commits.matches`, in SQL)."""
-    await conn.execute(
-        """
-        INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,
-                                    committed, events, unpriced_events)
-        SELECT $1, $2, $3, 0, $4, coalesce(sum(e.total_cost), 0), count(*),
-               count(*) FILTER (WHERE e.status = 'unpriced')
-        FROM usage_events AS e
-        WHERE e.project_id = $1 AND e.occurred_at >= $3
-          AND ($4::timestamptz IS NULL OR e.occurred_at < $4)
-          AND e.tags @> $5::text::jsonb
-          AND ($6::text IS NULL OR e.model = $6 OR e.matched_model = $6)
-        HAVING count(*) > 0
-        """,
-        budget.project_id,
-        budget.id,
-        start,
-        end,
-        msgspec.json.encode(budget.tags).decode(),
-        budget.model,
-    )
+    the budget matches cost (the rules of `commits.matches`, in SQL); and so each later window
+    that holds such an event (one stamped up to minutes ahead of the clock, past midnight,
+    which ingest would have counted there). Returns the windows written, with what each
+    committed."""
+    filled: list[tuple[datetime, datetime | None, Decimal]] = []
+    scope = (budget.project_id, msgspec.json.encode(budget.tags).decode(), budget.model)
+    zone = None
+    while True:
+        row = await conn.fetchrow(
+            f"""
+            INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,
+                                        committed, events, unpriced_events)
+            SELECT $1, $4, $5, 0, $6, coalesce(sum(e.total_cost), 0), count(*),
+                   count(*) FILTER (WHERE e.status = 'unpriced')
+            FROM usage_events AS e
+            WHERE {_MATCHING} AND e.occurred_at >= $5
+              AND ($6::timestamptz IS NULL OR e.occurred_at < $6)
+            HAVING count(*) > 0
+            RETURNING committed
+            """,  # noqa: S608  (a constant)
+            *scope,
+            budget.id,
+            start,
+            end,
+        )
+        if row is not None:
+            filled.append((start, end, row["committed"]))
+        if end is None:
+            return filled
+        later = await conn.fetchval(
+            f"SELECT min(e.occurred_at) FROM usage_events AS e WHERE {_MATCHING}"  # noqa: S608
+            " AND e.occurred_at >= $4",
+            *scope,
+            end,
+        )
+        if later is None:
+            return filled
+        zone = zone or await project_time_zone(conn, budget.project_id)
+        start, end = window_of(budget.period, zone, later)  # type: ignore[arg-type]
 
 
 async def lock_project(conn: DbConnection, project_id: int) -> None:

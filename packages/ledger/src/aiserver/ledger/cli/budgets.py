@@ -4,6 +4,7 @@ would manage them, straight against the database."""
 from __future__ import annotations
 
 import argparse
+import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
@@ -114,11 +115,22 @@ async def _delete(core: CoreSettings, args: argparse.Namespace) -> int:
     return await with_pool(core, work)
 
 
+#: Plain decimal text, as the API reads `limit_usd`: ASCII digits, a "-", a fraction, an
+#: exponent. `Decimal` reads more ("1_0" is 10, fullwidth digits, "NaN"), so a typo would be
+#: another amount.
+_PLAIN: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
 def _decimal(text: str) -> Decimal:
     try:
+        if _PLAIN.fullmatch(text) is None:
+            raise InvalidOperation
         return Decimal(text)
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a decimal number: {text!r} (write ASCII digits with an optional -, fraction "
+            "and exponent, e.g. 25.50)"
+        ) from None
 
 
 _EXAMPLES: Final = """examples:
