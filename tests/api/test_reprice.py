@@ -112,7 +112,8 @@ async def test_a_key_reaches_only_its_own_projects_runs_and_a_404_looks_the_same
         assert body["type"].endswith(":unknown-project")
     # repricing is the admin scope's, and every project the operator's
     assert_problem(await ask(client, bearer(tenants.ingest_a["key"])), 403, "'admin'")
-    assert_problem(await ask(client, a, all_projects=True), 403, "operator")
+    every = "a reprice of every project (`all_projects`) needs an operator's token"
+    assert_problem(await ask(client, a, all_projects=True), 403, every)
     assert_problem(await ask(client, admin()), 422, "names the project")
     # the operator sees every run
     listed = (await client.get("/v1/usage/reprice", headers=admin())).json()

@@ -60,12 +60,20 @@ class Access:
         self.require(scope)
         return self.project_id
 
-    def require_operator(self) -> None:
-        if not self.is_operator:
+    def require_operator(self, what: str | None = None) -> None:
+        """`MissingScope` unless an operator's token; `what` names the operator-only part of a
+        request that a project's key may otherwise send (without it: the whole endpoint)."""
+        if self.is_operator:
+            return
+        if what is None:
             raise MissingScope(
                 "this is a server-wide endpoint: it needs an operator's token (API_ADMIN_TOKENS), "
                 "and a project's key never reaches it"
             )
+        raise MissingScope(
+            f"{what} needs an operator's token (API_ADMIN_TOKENS); a project's key may send "
+            "the rest of this request"
+        )
 
 
 def admit(presented: PresentedKey, records: list[KeyRecord], *, now: datetime) -> Access:

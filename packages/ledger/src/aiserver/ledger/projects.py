@@ -212,7 +212,7 @@ async def _change_once(
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, slug)
         if archived is not None:
-            access.require_operator()
+            access.require_operator("archiving or restoring a project (`archived`)")
         budgets: list[Budget] = []
         if time_zone is not None:
             # the row first: another change of it, and creating or deleting a budget, wait from

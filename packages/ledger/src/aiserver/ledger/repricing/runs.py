@@ -151,7 +151,7 @@ def filter_of(request: RepriceRequest) -> RepriceFilter:
 async def _target(conn: DbConnection, access: Access, request: RepriceRequest) -> int:
     """The run's project (`ALL_PROJECTS`: every project)."""
     if request.all_projects:
-        access.require_operator()
+        access.require_operator("a reprice of every project (`all_projects`)")
         if request.project is not None:
             raise InvalidField("name a project or all_projects, not both", ["project"])
         return ALL_PROJECTS
