@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aiserver.api.settings import ApiSettings
+from aiserver.core_db import logging as core_logging
 from aiserver.core_db.database import database
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.core_db.settings import Section, load_settings
@@ -51,6 +52,11 @@ TEST_WEBHOOK_SECRET_KEYS = "dGVzdHMgb2YgYWlzZXJ2ZXIsIG5vdCBhIHNlY3JldCE="
 os.environ["WEBHOOK_SECRET_KEYS"] = TEST_WEBHOOK_SECRET_KEYS  # for the processes tests start
 #: What the tests' settings seal and open webhook secrets with.
 TEST_SECRET_BOX = SecretBox.of([TEST_WEBHOOK_SECRET_KEYS])
+
+#: A logger cached on its first use keeps the processors of then, and a later test's
+#: `capture_logs` would not see it: whether a test sees its log lines would hang on which tests
+#: ran before it.
+core_logging.CACHE_LOGGERS = False
 
 
 def _with_database(url: str, name: str) -> str:

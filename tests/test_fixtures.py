@@ -1,12 +1,15 @@
 """The database fixtures of tests/conftest.py mean what their names say: a migrated database is
 a clone of one migrated template, yet each test's own; an empty one is empty; a seeded one holds
-what a seed writes; nothing can connect to a template, so cloning it never meets a session."""
+what a seed writes; nothing can connect to a template, so cloning it never meets a session. And
+`structlog.testing.capture_logs` sees a logger's lines whichever tests used it before."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
+from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.costs.refresh import seed_from_snapshot
 
@@ -73,3 +76,20 @@ async def test_a_seeded_clone_holds_what_a_seed_writes(
     assert (await fetch_one(seeded, "SELECT model_count FROM ai_cost_metadata"))[0] == (
         report.model_count
     )
+
+
+def test_a_logger_used_before_the_logging_was_configured_again_is_captured() -> None:
+    """A test that starts an app configures the logging again (another level, a new list of
+    processors). A logger cached on its first use before that kept the old list, which
+    `capture_logs` does not touch: a later test's capture missed its lines, depending on the
+    order the tests ran in (tests/conftest.py turns the cache off)."""
+    log = get_logger("tests.fixtures.cache")
+    configure_logging("INFO", "json")
+    log.info("a first use, as an earlier test's")
+    configure_logging("DEBUG", "json")
+    try:
+        with capture_logs() as logs:
+            log.warning("seen")
+    finally:
+        configure_logging("INFO", "console")  # as tests/core_db/test_logging.py leaves it
+    assert [entry["event"] for entry in logs] == ["seen"]

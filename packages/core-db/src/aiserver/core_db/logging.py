@@ -56,6 +56,12 @@ def resolve_format(log_format: LogFormat) -> str:
     return log_format
 
 
+#: Whether a logger keeps the configuration of its first use (structlog's cache: faster). The
+#: tests turn it off, so that `structlog.testing.capture_logs` sees every logger, whichever test
+#: used it first.
+CACHE_LOGGERS = True
+
+
 def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") -> None:
     """Set up structlog and the stdlib root logger; a later call with new values reconfigures."""
     global _configured
@@ -119,7 +125,7 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") 
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     _configured = (level, fmt)
 

@@ -33,13 +33,13 @@ async def database_checks(*, timeout: float = 3.0) -> list[Check]:
             async with engine.pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
     except Exception as exc:  # any failure to reach the database means "not ready"
-        return [_failed("database", exc)]
+        return [failed_check("database", exc)]
     checks = [Check("database", True)]
     try:
         async with asyncio.timeout(timeout):
             status = await migration_status()
     except Exception as exc:
-        return [*checks, _failed("migrations", exc)]
+        return [*checks, failed_check("migrations", exc)]
     pending = [f"{app.app}:{m}" for app in status for m in app.pending]
     if pending:
         checks.append(Check("migrations", False, "pending: " + ", ".join(pending)))
@@ -48,7 +48,8 @@ async def database_checks(*, timeout: float = 3.0) -> list[Check]:
     return checks
 
 
-def _failed(name: str, exc: Exception) -> Check:
-    """The failed check, its detail the error's type (the log has its text)."""
+def failed_check(name: str, exc: Exception) -> Check:
+    """The failed check `name`, its detail the error's type (the log has its text): for this
+    module's checks and a service's own (the API's Redis)."""
     log.warning("readiness check failed", check=name, error=f"{type(exc).__name__}: {exc}")
     return Check(name, False, f"{type(exc).__name__} (the log says more)")

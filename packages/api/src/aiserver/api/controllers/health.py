@@ -11,11 +11,8 @@ from litestar.datastructures import State
 
 from aiserver.api.errors import NotReady
 from aiserver.api.problems import problem_responses
-from aiserver.core_db.logging import get_logger
-from aiserver.core_db.readiness import Check, database_checks
+from aiserver.core_db.readiness import Check, database_checks, failed_check
 from aiserver.costs.live import LiveCatalog
-
-log = get_logger(__name__)
 
 
 @get("/health", sync_to_thread=False, tags=["operations"], summary="Liveness", responses={})
@@ -56,6 +53,5 @@ async def _redis_check(redis: ArqRedis, timeout: float = 2.0) -> Check:
         async with asyncio.timeout(timeout):
             await redis.ping()
     except Exception as exc:  # any failure to reach Redis: shown, logged
-        log.warning("readiness: Redis does not answer", error=f"{type(exc).__name__}: {exc}")
-        return Check("redis", False, f"{type(exc).__name__} (the log says more)")
+        return failed_check("redis", exc)
     return Check("redis", True)
