@@ -363,11 +363,8 @@ async def test_events_lists_a_table_or_json_lines_with_filters(
     )
     assert [json.loads(text)["id"] for text in out.splitlines()] == ["b"]
     code, _, err = await ledger(env, "events", "--project", "acme", "--from", "soon")
-    assert (code, err.strip()) == (
-        1,
-        "aiserver-ledger events: from: 'soon' is not an RFC 3339 time (e.g. "
-        "2026-12-01T10:00:00Z; in a URL, write an offset's + as %2B)",
-    )
+    assert code == 2  # a value of the wrong form: a wrong argument, with the usage
+    assert "aiserver-ledger events: error: argument --from: not a time: 'soon'" in err
 
 
 async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "status",
         help="list applied and pending migrations per app; exit 1 when any is pending",
+        description="List every migration of every installed aiserver package, per app: [x] "
+        "applied, [ ] pending. Exit status 0 when none is pending, 1 when some are (apply them "
+        "with aiserver-db migrate).",
     )
     return parser
 

@@ -411,7 +411,15 @@ def _parser() -> argparse.ArgumentParser:
         "it has no models (the task runner does this at start-up). Works with no network.",
     )
 
-    status = sub.add_parser("status", help="source, ages, staleness, counts, last error")
+    status = sub.add_parser(
+        "status",
+        help="source, ages, staleness, counts, last error",
+        description="Show the catalog in the database: its source (MODEL_COST_SOURCE_URL, "
+        "with its password and query values as ***), how many models, aliases and overrides it "
+        "holds, its version, when it was last refreshed and whether it is stale "
+        "(MODEL_COST_MAX_AGE_SECONDS), and the last refresh's outcome and error: what "
+        "GET /v1/catalog answers.",
+    )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     show = sub.add_parser(

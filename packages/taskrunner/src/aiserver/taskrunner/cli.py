@@ -25,9 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserver-taskrunner",
         description="The aiserver task runner (arq on REDIS_URL). At start it applies the "
-        "database migrations and seeds an empty price catalog, then it refreshes the catalog "
-        "at once and whenever it is stale, and runs jobs the API enqueues. SIGTERM lets a "
-        "running job finish (up to 25 s) before stopping; an unfinished job is re-queued.",
+        "database migrations and seeds an empty price catalog. Then, on its own: it refreshes "
+        "the catalog whenever it is stale, folds recorded usage into the spend rollups (every "
+        "5 s), reprices usage after a catalog change, keeps the usage events' monthly "
+        "partitions (hourly), releases expired budget reservations and delivers budget alerts "
+        "as webhooks; and it runs the jobs the API enqueues (a catalog refresh, a reprice, a "
+        "document conversion). SIGTERM lets a running job finish (up to 25 s) before stopping; "
+        "an unfinished job is re-queued.",
     )
     burst_help = "run the queued jobs, then stop (for one-off runs and tests)"
     parser.add_argument("--burst", action="store_true", help=burst_help)

@@ -42,8 +42,10 @@ from aiserver.ledger.cli.common import Command
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserver-ledger",
-        description="Projects (the ledger's tenants), their API keys and their usage, straight "
-        "against the database (DATABASE_URL): whoever runs this acts as the operator.",
+        description="The usage ledger from the command line, straight against the database\n"
+        "(DATABASE_URL): whoever runs this acts as the operator, with no token and no HTTP.\n"
+        "Projects and their API keys; usage events recorded from a file, listed, exported;\n"
+        "spend; repricing; budgets; the usage partitions; a local receiver of budget alerts.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,6 +67,8 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger keys create acme-search --name search-api --scope ingest --scope read
   aiserver-ledger import --project acme-search usage.jsonl
   aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
+  aiserver-ledger spend --project acme-search --from 2026-12-01 --to 2027-01-01 --group-by model
+  aiserver-ledger reprice --project acme-search --dry-run
   aiserver-ledger partitions list
   aiserver-ledger budgets create --project acme-search --name daily --limit 25 --period day
   aiserver-ledger export --project acme-search --format focus --from 2026-11-01 --to 2026-12-01

@@ -24,11 +24,34 @@ def print_json(value: Any) -> None:
 
 
 def tag_argument(text: str) -> tuple[str, str]:
-    """An argparse type: a tag filter, KEY=VALUE."""
+    """An argparse type: a tag filter, KEY=VALUE, whose key has the form of a tag key (so that a
+    misspelt one is a wrong argument, exit 2 with the usage, as one without `=` is)."""
+    from aiserver.ledger.usage.events import TAG_KEY
+
     key, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not value:
         raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    if not TAG_KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(
+            f"not a tag key: {key[:80]!r} (1 to 64 ASCII letters, digits and _ . : / -)"
+        )
     return key, value
+
+
+def time_argument(text: str) -> datetime:
+    """An argparse type: a time of --from or --to, read as the API reads `from` and `to`, so
+    that one of the wrong form is a wrong argument (exit 2, with the usage)."""
+    from aiserver.ledger.errors import InvalidField
+    from aiserver.ledger.usage.reading import parse_time
+
+    try:
+        return parse_time(text, "TIME")
+    except InvalidField:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"not a time: {text[:80]!r} (RFC 3339, e.g. 2026-12-01T10:00:00Z or "
+        "2026-12-01T11:00:00+01:00; no offset: UTC; a date alone, 2026-12-01: its midnight UTC)"
+    )
 
 
 def add_event_filters(command: argparse.ArgumentParser, *, window_required: bool) -> None:
@@ -36,12 +59,13 @@ def add_event_filters(command: argparse.ArgumentParser, *, window_required: bool
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
     command.add_argument(
-        "--from", dest="since", required=window_required, metavar="TIME",
+        "--from", dest="since", type=time_argument, required=window_required, metavar="TIME",
         help="at or after (RFC 3339; no offset: UTC; a date: its midnight UTC)",
     )  # fmt: skip
     command.add_argument(
-        "--to", dest="until", required=window_required, metavar="TIME", help="before (RFC 3339)"
-    )
+        "--to", dest="until", type=time_argument, required=window_required, metavar="TIME",
+        help="before, not included (as --from)",
+    )  # fmt: skip
     command.add_argument("--model", help="as reported, or as the catalog priced it")
     command.add_argument("--provider", help="as reported, or as the catalog priced it")
     command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")

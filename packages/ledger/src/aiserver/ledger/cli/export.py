@@ -173,7 +173,7 @@ def add_parsers(groups: Any) -> None:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.add_argument("--project", required=True, metavar="SLUG")
+    command.add_argument("--project", required=True, metavar="SLUG", help="whose events")
     command.add_argument("--format", choices=FORMATS, default="csv", help="default: csv")
     add_event_filters(command, window_required=True)
     command.add_argument("--output", metavar="FILE", help="write here (default: stdout)")

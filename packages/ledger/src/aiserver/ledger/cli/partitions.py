@@ -134,7 +134,13 @@ def add_parsers(groups: Any) -> None:
     )
     commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser(
-        "list", help="every month's partition: state, estimated rows, size, retention"
+        "list",
+        help="every month's partition: state, estimated rows, size, retention",
+        description="List the monthly partitions of usage_events: the month (UTC), the state "
+        "(attached; detaching or detached when a drop was interrupted: the next maintenance "
+        "finishes the drop, or attaches the month again if the retention keeps it), "
+        "PostgreSQL's estimate of the rows, the size, and which months are past the retention "
+        "(USAGE_RETENTION_DAYS, here as this shell sets it) and go at the next maintenance.",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
     run = commands.add_parser(

@@ -160,7 +160,13 @@ async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
 
 def add_parsers(groups: Any) -> None:
     """The `projects` and `keys` commands, each with --json."""
-    projects = groups.add_parser("projects", help="create, list and show projects")
+    projects = groups.add_parser(
+        "projects",
+        help="create, list and show projects",
+        description="A project is a tenant of the ledger: its usage, keys and budgets are its "
+        "own. Archiving one (or restoring it) is PATCH /v1/projects/{project} with an "
+        "operator's token (docs/keys.md).",
+    )
     p_sub = projects.add_subparsers(dest="command", required=True, metavar="COMMAND")
     create = p_sub.add_parser(
         "create",
@@ -183,12 +189,27 @@ def add_parsers(groups: Any) -> None:
         metavar="KEY",
         help="a tag key whose spend is rolled up (up to 4; repeat the option)",
     )
-    listing = p_sub.add_parser("list", help="list the projects")
+    listing = p_sub.add_parser(
+        "list",
+        help="list the projects",
+        description="List the projects: slug, time zone and name (archived ones with --archived).",
+    )
     listing.add_argument("--archived", action="store_true", help="include archived projects")
-    show = p_sub.add_parser("show", help="one project and how many keys it has")
-    show.add_argument("slug", metavar="SLUG")
+    show = p_sub.add_parser(
+        "show",
+        help="one project and how many keys it has",
+        description="Show a project: its name, time zone, rolled-up tag keys, when it was made "
+        "(and archived), and how many of its keys are active.",
+    )
+    show.add_argument("slug", metavar="SLUG", help="the project's slug (projects list)")
 
-    keys = groups.add_parser("keys", help="create, list and revoke a project's API keys")
+    keys = groups.add_parser(
+        "keys",
+        help="create, list and revoke a project's API keys",
+        description="A project's API keys (ais_<public id>_<secret>): a key is shown once, when "
+        "it is made; only a hash of its secret is kept. To rotate one: create the new key, move "
+        "the clients, check that the old key's last use stops moving (keys list), revoke it.",
+    )
     k_sub = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
     k_create = k_sub.add_parser(
         "create",
@@ -209,8 +230,13 @@ def add_parsers(groups: Any) -> None:
     k_create.add_argument(
         "--expires-at", type=timestamp, metavar="TIME", help="RFC 3339; default: never"
     )
-    k_list = k_sub.add_parser("list", help="a project's keys (never their secrets)")
-    k_list.add_argument("project", metavar="PROJECT")
+    k_list = k_sub.add_parser(
+        "list",
+        help="a project's keys (never their secrets)",
+        description="List a project's keys: id, public id, scopes, state (active, revoked, "
+        "expired), expiry, last use and name. Never their secrets.",
+    )
+    k_list.add_argument("project", metavar="PROJECT", help="the project's slug")
     k_revoke = k_sub.add_parser(
         "revoke",
         help="revoke a key",

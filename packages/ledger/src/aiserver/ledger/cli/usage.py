@@ -332,7 +332,7 @@ def _events_parser(groups: Any) -> argparse.ArgumentParser:
         epilog=_EVENTS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.add_argument("--project", required=True, metavar="SLUG")
+    command.add_argument("--project", required=True, metavar="SLUG", help="whose events")
     add_event_filters(command, window_required=False)
     command.add_argument(
         "--limit",
