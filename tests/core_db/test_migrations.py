@@ -225,3 +225,30 @@ async def _waits_for(conn: asyncpg.Connection, table: str) -> bool:
             table,
         )
     )
+
+
+async def test_two_runners_holding_the_lock_at_once_apply_each_migration_once(
+    empty_database_url: str,
+) -> None:
+    """As when the migration lock's connection is cut while its runner migrates (a terminated
+    backend, a proxy's idle timeout): PostgreSQL frees the session lock, and a second runner
+    takes it while the first one goes on. Before, the second applied a migration the first was
+    applying (here: "relation already exists"); now each migration's transaction waits for the
+    other's and finds it recorded."""
+    async with database(make_settings(empty_database_url).core) as engine:
+        with capture_logs() as logs:
+            first, second = await asyncio.gather(
+                migrations._apply_pending(engine), migrations._apply_pending(engine)
+            )
+        rows = await migrations.Migration.select(
+            migrations.Migration.app_name, migrations.Migration.name
+        ).run()
+    known = {
+        (app.app_name, migration_id)
+        for app in migrations.registered_apps()
+        for migration_id in migrations._migration_modules(app)
+    }
+    assert sorted(first + second) == sorted(f"{app}:{name}" for app, name in known)
+    assert sorted((r["app_name"], r["name"]) for r in rows) == sorted(known)
+    skipped = [e for e in logs if e["event"].startswith("migration applied by another process")]
+    assert len(skipped) == len(known)  # the runner that lost each race said so

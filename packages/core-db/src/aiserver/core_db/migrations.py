@@ -6,7 +6,11 @@ PostgreSQL advisory lock on a dedicated connection. Whoever gets the lock first 
 pending; the others wait, then find nothing to do.
 
 Each migration runs in one transaction together with the row that records it, so a crash leaves a
-migration either applied and recorded, or neither. A migration that PostgreSQL rolls back to break a
+migration either applied and recorded, or neither. That transaction first takes a second,
+transaction-level lock and looks for the row again: the session lock lives only as long as its
+connection, and a connection cut while its runner migrates (a terminated backend, a proxy's idle
+timeout) would let a second runner apply the same migration; with the second lock it waits for
+the first one's COMMIT, finds the row and goes on. A migration that PostgreSQL rolls back to break a
 deadlock with live traffic (its DDL locks tables in another order than the requests do, while older
 replicas keep serving) is applied again, up to MIGRATION_TRIES times in all.
 """
@@ -31,6 +35,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from aiserver.core_db.connections import connect
 from aiserver.core_db.database import database
+from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.core_db.locks import advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
@@ -38,6 +43,9 @@ from aiserver.core_db.settings import CoreSettings
 log = get_logger(__name__)
 
 MIGRATION_LOCK: Final = "aiserver:migrations"
+#: Held by each migration's transaction (see the module): never by the session lock's connection,
+#: which would wait for itself.
+_APPLY_LOCK: Final = advisory_lock_key("aiserver:migrations:apply")
 INITIALIZER_ENTRY_POINT_GROUP: Final = "aiserver.initializers"
 #: Tries of one migration that loses deadlocks: each try is the whole migration, from a fresh
 #: transaction (a deadlock rolled the last one back whole).
@@ -117,7 +125,9 @@ async def migration_status() -> list[AppMigrations]:
 
 
 async def _apply_pending(engine: PostgresEngine) -> list[str]:
-    await Migration.create_table(if_not_exists=True).run()  # type: ignore[no-untyped-call]
+    async with engine.transaction():  # two at once could both make it: one would fail
+        await _hold_apply_lock()
+        await Migration.create_table(if_not_exists=True).run()  # type: ignore[no-untyped-call]
     applied: list[str] = []
     for app in registered_apps():
         modules = _migration_modules(app)
@@ -127,7 +137,7 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
             for attempt in range(1, MIGRATION_TRIES + 1):
                 manager = await modules[migration_id].forwards()
                 try:
-                    await _apply_one(engine, manager, app.app_name, migration_id)
+                    done_here = await _apply_one(engine, manager, app.app_name, migration_id)
                     break
                 except asyncpg.DeadlockDetectedError:
                     if attempt == MIGRATION_TRIES:
@@ -138,6 +148,14 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
                         migration=migration_id,
                         attempt=attempt,
                     )
+            if not done_here:
+                log.warning(
+                    "migration applied by another process meanwhile: the migration lock's "
+                    "connection was lost while it held the lock",
+                    app=app.app_name,
+                    migration=migration_id,
+                )
+                continue
             log.info(
                 "migration applied",
                 app=app.app_name,
@@ -149,16 +167,29 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
     return applied
 
 
+async def _hold_apply_lock() -> None:
+    """Take `_APPLY_LOCK` in the current transaction (until it ends)."""
+    await Migration.raw("SELECT pg_advisory_xact_lock({})", _APPLY_LOCK).run()
+
+
 async def _apply_one(
     engine: PostgresEngine, manager: object, app_name: str, migration_id: str
-) -> None:
-    """One migration and the row that records it, in one transaction."""
+) -> bool:
+    """One migration and the row that records it, in one transaction; False when the row was
+    there already (another process applied it: see the module)."""
     async with engine.transaction():
+        await _hold_apply_lock()
+        recorded = Migration.exists().where(
+            (Migration.name == migration_id) & (Migration.app_name == app_name)
+        )
+        if await recorded.run():
+            return False
         if isinstance(manager, MigrationManager):
             # MigrationManager.run() prints progress; our log line says it instead.
             with contextlib.redirect_stdout(io.StringIO()):
                 await manager.run()
         await Migration.insert(Migration(name=migration_id, app_name=app_name)).run()
+    return True
 
 
 def registered_initializers() -> list[tuple[str, Initializer]]:
