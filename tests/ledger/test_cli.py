@@ -330,6 +330,22 @@ async def test_a_reader_gone_from_the_pipe_ends_events_and_export_quietly_with_1
     assert first.startswith(b"event_id,id,")
 
 
+async def test_events_as_json_cut_by_the_limit_says_so_on_stderr(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`events --json > all.jsonl` with the default limit wrote 100 events and said nothing."""
+    await imported(env, tmp_path, 3)
+    code, out, err = await ledger(env, "events", "--project", "acme", "--limit", "2", "--json")
+    assert code == 0, err
+    assert len(out.splitlines()) == 2
+    assert err == (
+        "aiserver-ledger events: 2 event(s) shown; more: raise --limit (now 2), or --limit 0 "
+        "for all\n"
+    )
+    code, out, err = await ledger(env, "events", "--project", "acme", "--limit", "3", "--json")
+    assert (code, len(out.splitlines()), err) == (0, 3, "")
+
+
 async def test_an_output_that_cannot_be_written_is_one_line(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -225,9 +225,11 @@ async def _events(core: CoreSettings, args: argparse.Namespace) -> int:
                 print_json(event)
             else:
                 print(_event_line(event))
+        hint = f"more: raise --limit (now {wanted}), or --limit 0 for all"
         if not args.json:
-            hint = f"; more: raise --limit (now {wanted}), or --limit 0 for all" if more else ""
-            print(f"{shown:,} event(s), newest first{hint}")
+            print(f"{shown:,} event(s), newest first" + (f"; {hint}" if more else ""))
+        elif more:  # the lines are data: the truncation is said beside them, not among them
+            print(f"aiserver-ledger events: {shown:,} event(s) shown; {hint}", file=sys.stderr)
         return 0
 
     return await with_pool(core, work)
