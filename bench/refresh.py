@@ -71,8 +71,8 @@ async def _empty_catalog(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "TRUNCATE ai_model_costs, ai_model_aliases, ai_cost_refresh_runs, ai_cost_metadata "
-            "RESTART IDENTITY"
+            "TRUNCATE ai_model_costs, ai_model_aliases, ai_model_alias_history,"
+            " ai_cost_refresh_runs, ai_cost_metadata RESTART IDENTITY"
         )
     finally:
         await conn.close()

@@ -242,7 +242,11 @@ async def test_new_prices_are_valid_from_after_the_ingests_in_flight_committed(
             refresh = asyncio.create_task(
                 refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
             )
-            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            # this database's locks only: other test sessions on the server hold their own
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             for _ in range(200):
                 if await ingest.fetchval(waiting):
                     break

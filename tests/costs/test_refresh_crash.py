@@ -71,6 +71,7 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
                 JOIN pg_stat_activity AS a ON a.pid = l.pid
                 WHERE c.relname = 'ai_model_costs' AND l.mode = 'RowExclusiveLock'
                   AND a.wait_event_type = 'Lock'
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """
             )
             assert writing == 1
@@ -80,7 +81,8 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
             # PostgreSQL ends the orphaned backend once it notices the closed socket.
             await _wait_for(
                 observer,
-                "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory'",
+                "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
         finally:
             await observer.close()

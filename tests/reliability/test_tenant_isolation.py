@@ -86,6 +86,7 @@ NOBODY_S: Final = frozenset(
         "ai_cost_overrides",
         "ai_cost_refresh_runs",
         "ai_model_aliases",
+        "ai_model_alias_history",
         "ai_model_costs",
         "documents",
         "document_pages",

@@ -135,20 +135,22 @@ def calculate(
     be priced, or a provider's usage object that cannot be read).
 
     `prices_at` (aware, in UTC) takes the price version valid then instead of at the call's time
-    (the ledger's "earliest price after" a call that had none); the call's own time still
-    chooses what depends on it, such as off-peak windows."""
+    (the ledger's "earliest price after" a call that had none), and resolves the name as then;
+    the call's own time still chooses what depends on it, such as off-peak windows."""
     at = request.at or now or datetime.now(UTC)
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # a timestamp without offset is read as UTC
     elif at.tzinfo is not UTC:
         check_in_utc(at)  # a 422, not an overflow wherever the time is converted
     notes: tuple[str, ...] = ()
-    resolution, version = catalog.current_for(request.model, request.provider)
     when = at if prices_at is None else prices_at
-    if version is None or (
-        (request.at is not None or prices_at is not None)
-        and not catalog.holds_at(resolution.key, version, when)
-    ):
+    timed = request.at is not None or prices_at is not None
+    # the name as the catalog resolved it at `when`: a refresh since then that re-pointed an
+    # alias, or added a newer dated key, must not change the model a past call is billed as
+    resolution, version = catalog.current_for(
+        request.model, request.provider, when if timed else None
+    )
+    if version is None or (timed and not catalog.holds_at(resolution.key, version, when)):
         # a model gone now, or a call from before its prices last changed: the version valid
         # at `when` (or its last)
         version, note = catalog.version_at(resolution.key, when)

@@ -37,6 +37,15 @@ With a separate `provider`, rules 5 and 6 find only that provider's models (its 
 or its key's prefix, ignoring case): `gpt-4o` + `my-vllm` is no OpenAI model. An alias (4) names
 its target whoever's it is.
 
+A call of a past time resolves as the catalog resolved it then (`current_for` with `at`): an
+alias names the target it named then (`ai_model_alias_history`), and an undated name the newest
+dated key in the catalog then, so a refresh that re-points an alias or adds a newer dated key
+does not bill a past call at another model's price. A name that resolved to nothing then
+resolves as it did first (an alias before its first span names its first target, an undated
+name before its first dated key that key, as `version_at` prices a call before a model's first
+price with that price), else as now. Each name seen remembers since when it resolves as now, so
+a call of that time costs one comparison more.
+
 An unknown name raises `UnknownModel` with the closest known names.
 """
 
@@ -55,7 +64,7 @@ from aiserver.costs.pricing import CompiledPrices, compile_entry
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json
 from aiserver.costs.store.metadata import read_catalog_version
 from aiserver.costs.store.overrides import Override, read_overrides
-from aiserver.costs.store.prices import read_aliases, read_versions
+from aiserver.costs.store.prices import AliasSpan, read_alias_history, read_aliases, read_versions
 
 if TYPE_CHECKING:  # pricing a call needs no database layer, so it is not imported for it
     import asyncpg
@@ -138,6 +147,47 @@ class Resolution:
     matched_by: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Timeline:
+    """What a name (an alias, an undated name) named over time: `values[i]` from `starts[i]`
+    until the next start, None for nothing; before the first start, nothing. Runs of one value
+    are merged. No starts: it named `values[0]` at every time."""
+
+    starts: tuple[datetime, ...]
+    values: tuple[str | None, ...]
+
+    @classmethod
+    def of(cls, changes: Iterable[tuple[datetime, str | None]]) -> _Timeline:
+        """From (instant, value) changes; of two at one instant, the later holds."""
+        starts: list[datetime] = []
+        values: list[str | None] = []
+        for start, value in sorted(changes, key=lambda change: change[0]):
+            if starts and start == starts[-1]:
+                del starts[-1], values[-1]
+            if not values or values[-1] != value:
+                starts.append(start)
+                values.append(value)
+        return cls(tuple(starts), tuple(values))
+
+    def at(self, at: datetime, *, first: bool = False) -> str | None:
+        """The value at `at`; with `first`, before the first start the first value (as a call
+        before a model's first price is priced with that first price)."""
+        index = bisect.bisect_right(self.starts, at) - 1
+        if index < 0:
+            return self.values[0] if first or not self.starts else None
+        return self.values[index]
+
+    @property
+    def last(self) -> str | None:
+        """The last value that was not None."""
+        return next((value for value in reversed(self.values) if value is not None), None)
+
+    @property
+    def since(self) -> datetime | None:
+        """Since when it names what it names now; None: at every time."""
+        return self.starts[-1] if self.starts else None
+
+
 class Catalog:
     """An immutable snapshot of the catalog. Build it with `load_catalog` or `Catalog.build`."""
 
@@ -150,9 +200,11 @@ class Catalog:
         loaded_at: datetime,
         source: str = DEFAULT_SOURCE,
         overrides: Iterable[Override] = (),
+        alias_history: Iterable[AliasSpan] = (),
     ) -> None:
         """`versions`: each model's price versions from the source, by `valid_from`;
-        `overrides`: every override, current and closed."""
+        `overrides`: every override, current and closed; `aliases`: the current aliases, and
+        `alias_history` every alias's spans (an alias without any named its target always)."""
         self.version = version
         self.loaded_at = loaded_at
         self.source = source
@@ -189,6 +241,11 @@ class Catalog:
         self._current = current
         self._aliases = dict(aliases)
         self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
+        self._alias_timelines = _alias_timelines(self._aliases, alias_history)
+        # lower-cased alias -> its spellings of any time, as `_aliases_lower` picks one: the last
+        self._alias_spellings: dict[str, list[str]] = {}
+        for alias in sorted(self._alias_timelines, reverse=True):
+            self._alias_spellings.setdefault(alias.lower(), []).append(alias)
         lower: dict[str, str] = {}
         by_provider: dict[tuple[str, str], str] = {}
         for key in sorted(self._versions, key=lambda k: (k not in self._current, k)):
@@ -198,16 +255,24 @@ class Catalog:
             by_provider.setdefault((provider.lower(), bare.lower()), key)
         self._lower = lower
         self._by_provider = by_provider
-        self._undated: dict[str, str] = {}
+        # undated name (lower case) -> its dated keys, oldest first; the newest in the catalog at
+        # a time is the one it names then (`_undated_at`)
+        self._undated: dict[str, list[str]] = {}
         for key in sorted(self._versions):
             match = _DATE_SUFFIX.match(key)
-            if match:  # the newest dated key wins for its undated name
-                self._undated[match["base"].lower()] = key
-        # (name, provider) -> how it resolved, and that model's current version (None: gone)
-        self._resolved: dict[tuple[str, str | None], tuple[Resolution, PriceVersion | None]] = {}
-        # (name, provider) -> the close matches of a name that resolves to nothing: looking for
-        # them takes tens of milliseconds, and a ledger meets the same unknown name again and again
-        self._missing: dict[tuple[str, str | None], tuple[str, ...]] = {}
+            if match:
+                self._undated.setdefault(match["base"].lower(), []).append(key)
+        self._undated_timelines: dict[str, _Timeline] = {}
+        # (name, provider) -> (how it resolved, that model's current version (None: gone)), and
+        # since when it resolves so (None: at every time; a call before it resolves at its time)
+        self._resolved: dict[
+            tuple[str, str | None],
+            tuple[tuple[Resolution, PriceVersion | None], datetime | None],
+        ] = {}
+        # (name, provider) -> the close matches of a name that resolves to nothing (looking for
+        # them takes tens of milliseconds, and a ledger meets the same unknown name again and
+        # again), and since when it resolves to nothing
+        self._missing: dict[tuple[str, str | None], tuple[tuple[str, ...], datetime | None]] = {}
         self._lowered_current: dict[str, str] | None = None
         # key -> the instant since which its current version and override hold
         self._settled: dict[str, datetime] = {}
@@ -258,33 +323,76 @@ class Catalog:
 
     # -- resolution --------------------------------------------------------------------------
 
-    def resolve(self, name: str, provider: str | None = None) -> Resolution:
-        """The catalog key for `name` (and `provider`), and how it matched."""
-        return self.current_for(name, provider)[0]
+    def resolve(
+        self, name: str, provider: str | None = None, at: datetime | None = None
+    ) -> Resolution:
+        """The catalog key for `name` (and `provider`), and how it matched; with `at`, as the
+        catalog resolved it at that time."""
+        return self.current_for(name, provider, at)[0]
 
     def current_for(
-        self, name: str, provider: str | None = None
+        self, name: str, provider: str | None = None, at: datetime | None = None
     ) -> tuple[Resolution, PriceVersion | None]:
         """`resolve`, and the current version of what it found (None when the model is gone):
-        one memo lookup for a name seen before, the calculator's path for calls priced now."""
+        one memo lookup for a name seen before, the calculator's path. With `at`, the name is
+        resolved as it was at that time (see the module's docstring): the same memo lookup,
+        unless the name resolved otherwise since."""
         cache_key = (name, provider)
         found = self._resolved.get(cache_key)
         if found is None:
             missing = self._missing.get(cache_key)
+            if missing is None:
+                found, missing = self._remember(cache_key)
             if missing is not None:
-                raise UnknownModel(name, missing)
-            resolution = self._resolve(name.strip(), provider.strip() if provider else None)
-            if resolution is None:
-                suggestions = self.suggest(name, provider)
-                if len(self._missing) >= _RESOLVE_CACHE_LIMIT:
-                    self._missing.clear()
-                self._missing[cache_key] = suggestions
+                suggestions, since = missing
+                if at is not None and since is not None and at < since:
+                    earlier = self._resolve_at(name, provider, at)
+                    if earlier is not None:
+                        return earlier
                 raise UnknownModel(name, suggestions)
-            found = (resolution, self._current.get(resolution.key))
-            if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
-                self._resolved.clear()
-            self._resolved[cache_key] = found
-        return found
+        assert found is not None
+        pair, since = found
+        if at is not None and since is not None and at < since:
+            earlier = self._resolve_at(name, provider, at)
+            if earlier is not None:
+                return earlier
+        return pair
+
+    def _remember(
+        self, cache_key: tuple[str, str | None]
+    ) -> tuple[
+        tuple[tuple[Resolution, PriceVersion | None], datetime | None] | None,
+        tuple[tuple[str, ...], datetime | None] | None,
+    ]:
+        """Resolve a name not seen before and memoize it: what it resolves to now (or the close
+        matches of a name that resolves to nothing), and since when it resolves so."""
+        name, provider = cache_key
+        seen: list[datetime] = []
+        resolution = self._resolve(name.strip(), provider.strip() if provider else None, seen=seen)
+        since = max(seen, default=None)
+        if resolution is None:
+            missing = (self.suggest(name, provider), since)
+            if len(self._missing) >= _RESOLVE_CACHE_LIMIT:
+                self._missing.clear()
+            self._missing[cache_key] = missing
+            return None, missing
+        found = ((resolution, self._current.get(resolution.key)), since)
+        if len(self._resolved) >= _RESOLVE_CACHE_LIMIT:
+            self._resolved.clear()
+        self._resolved[cache_key] = found
+        return found, None
+
+    def _resolve_at(
+        self, name: str, provider: str | None, at: datetime
+    ) -> tuple[Resolution, PriceVersion | None] | None:
+        """The name resolved as at `at`, else as it resolved first; None when neither."""
+        name, provider = name.strip(), provider.strip() if provider else None
+        resolution = self._resolve(name, provider, at=at) or self._resolve(
+            name, provider, at=at, first=True
+        )
+        if resolution is None:
+            return None
+        return resolution, self._current.get(resolution.key)
 
     def _lookup(self, name: str, provider: str | None) -> Resolution | None:
         if provider is None and name in self._versions:
@@ -312,7 +420,18 @@ class Catalog:
             return Resolution(key, "case_insensitive")
         return None
 
-    def _resolve(self, name: str, provider: str | None) -> Resolution | None:
+    def _resolve(
+        self,
+        name: str,
+        provider: str | None,
+        *,
+        at: datetime | None = None,
+        first: bool = False,
+        seen: list[datetime] | None = None,
+    ) -> Resolution | None:
+        """The rules in order, for a call of `at` (None: now; `first`: see `_Timeline.at`). What
+        depends on time is an alias and an undated name's dated key; for `at` None, `seen` gets
+        since when each of those it asked answers as it does now."""
         if provider is not None and name.lower().startswith(provider.lower() + "/"):
             found = self._lookup(name, None)
             if found is not None and self._versions[found.key][-1].provider == provider:
@@ -335,7 +454,7 @@ class Catalog:
             if found is not None:
                 return found
         for candidate, prov in candidates:
-            for rule, variant in self._variants(candidate, prov):
+            for rule, variant in self._variants(candidate, prov, at, first, seen):
                 found = self._lookup(variant, prov)
                 if found is None and prov is not None:
                     # An alias names its target, whoever's it is: a provider's own alias may name
@@ -358,14 +477,83 @@ class Catalog:
         own = self._versions[key][-1].provider.lower()
         return _siblings(own, wanted) or key.lower().startswith(wanted + "/")
 
-    def _alias_target(self, name: str) -> str | None:
-        return self._aliases.get(name) or self._aliases_lower.get(name.lower())
+    def _alias_target(
+        self,
+        name: str,
+        at: datetime | None = None,
+        first: bool = False,
+        seen: list[datetime] | None = None,
+    ) -> str | None:
+        """The target of the alias `name` now (`at` None), or at `at`; the exact spelling first,
+        else one that differs only in case."""
+        if at is None:
+            if seen is not None:
+                for spelling in (name, *self._alias_spellings.get(name.lower(), ())):
+                    timeline = self._alias_timelines.get(spelling)
+                    if timeline is not None and timeline.since is not None:
+                        seen.append(timeline.since)
+            return self._aliases.get(name) or self._aliases_lower.get(name.lower())
+        for spelling in (name, *self._alias_spellings.get(name.lower(), ())):
+            timeline = self._alias_timelines.get(spelling)
+            target = timeline.at(at, first=first) if timeline is not None else None
+            if target is not None:
+                return target
+        return None
 
-    def _variants(self, name: str, provider: str | None = None) -> Iterator[tuple[str, str]]:
+    def _undated_at(
+        self,
+        name: str,
+        at: datetime | None = None,
+        first: bool = False,
+        seen: list[datetime] | None = None,
+    ) -> str | None:
+        """The dated key an undated name (lower case) names at `at`: the newest in the catalog
+        then. Now (`at` None): the newest in the catalog, else the last one there was."""
+        keys = self._undated.get(name)
+        if keys is None:
+            return None
+        timeline = self._undated_timelines.get(name)
+        if timeline is None:
+            timeline = self._undated_timelines[name] = self._dated_timeline(keys)
+        if at is not None:
+            return timeline.at(at, first=first)
+        if seen is not None and timeline.since is not None:
+            seen.append(timeline.since)
+        return timeline.last
+
+    def _dated_timeline(self, keys: list[str]) -> _Timeline:
+        """Which of `keys` (oldest first) was the newest in the catalog, from each instant one
+        came or went: while it had a source version or an override valid."""
+        spans = {
+            key: [(pv.valid_from, pv.valid_to) for pv in self._versions[key]]
+            + [(o.valid_from, o.valid_to) for o in self._overrides.get(key, ())]
+            for key in keys
+        }
+        instants = sorted({t for found in spans.values() for span in found for t in span if t})
+        changes: list[tuple[datetime, str | None]] = []
+        for instant in instants:
+            there = [
+                key
+                for key in keys
+                if any(
+                    begin <= instant and (end is None or instant < end) for begin, end in spans[key]
+                )
+            ]
+            changes.append((instant, there[-1] if there else None))
+        return _Timeline.of(changes)
+
+    def _variants(
+        self,
+        name: str,
+        provider: str | None = None,
+        at: datetime | None = None,
+        first: bool = False,
+        seen: list[datetime] | None = None,
+    ) -> Iterator[tuple[str, str]]:
         # The provider's own alias first (`bedrock_mantle/claude-haiku-latest`), before the bare
         # name's (`claude-haiku-latest`, Anthropic's), which names another model.
         for alias in (f"{provider}/{name}", name) if provider is not None else (name,):
-            target = self._alias_target(alias)
+            target = self._alias_target(alias, at, first, seen)
             if target is not None:
                 yield "alias", target
         lowered_name = name.lower()
@@ -379,7 +567,7 @@ class Catalog:
         dated = _DATE_SUFFIX.match(name)
         if dated:
             yield "dated_name", dated["base"]
-        newest = self._undated.get(lowered_name)
+        newest = self._undated_at(lowered_name, at, first, seen)
         if newest is not None:
             yield "dated_name", newest
 
@@ -498,11 +686,12 @@ class Catalog:
         *,
         aliases: Mapping[str, str],
         overrides: Iterable[Override] = (),
+        alias_history: Iterable[AliasSpan] = (),
         version: int,
         loaded_at: datetime | None = None,
     ) -> Catalog:
         """A catalog from ai_model_costs rows (dicts with the table's columns and `entry`, a
-        mapping or its JSON text) and every override, current and closed."""
+        mapping or its JSON text), every override and every alias span, current and closed."""
         grouped: dict[str, list[PriceVersion]] = {}
         for row in rows:
             grouped.setdefault(row["model"], []).append(
@@ -524,7 +713,34 @@ class Catalog:
             aliases=aliases,
             loaded_at=loaded_at or datetime.now(UTC),
             overrides=overrides,
+            alias_history=alias_history,
         )
+
+
+def _alias_timelines(
+    aliases: Mapping[str, str], history: Iterable[AliasSpan]
+) -> dict[str, _Timeline]:
+    """Each alias's timeline: its spans, nothing between them; an alias without spans named its
+    target at every time. Where the spans end otherwise than `aliases` (the current aliases; a
+    refresh of an earlier release wrote them alone), the current target holds from the last
+    instant the spans know."""
+    spans: dict[str, list[AliasSpan]] = {}
+    for span in history:
+        spans.setdefault(span.alias, []).append(span)
+    timelines: dict[str, _Timeline] = {}
+    for alias in spans.keys() | aliases.keys():
+        changes: list[tuple[datetime, str | None]] = []
+        for span in sorted(spans.get(alias, ()), key=lambda s: s.valid_from):
+            changes.append((span.valid_from, span.target))
+            if span.valid_to is not None:
+                changes.append((span.valid_to, None))
+        if not changes:
+            timelines[alias] = _Timeline((), (aliases[alias],))
+            continue
+        if changes[-1][1] != aliases.get(alias):
+            changes.append((max(t for t, _ in changes), aliases.get(alias)))
+        timelines[alias] = _Timeline.of(changes)
+    return timelines
 
 
 def _valid_at(
@@ -573,5 +789,8 @@ async def load_catalog(conn: DbConnection, source: str = DEFAULT_SOURCE) -> Cata
         version = await read_catalog_version(conn, source)
         rows = await read_versions(conn, source)
         aliases = await read_aliases(conn, source)
+        alias_history = await read_alias_history(conn, source)
         overrides = await read_overrides(conn, history=True)
-    return Catalog.build(rows, aliases=aliases, overrides=overrides, version=version)
+    return Catalog.build(
+        rows, aliases=aliases, overrides=overrides, alias_history=alias_history, version=version
+    )

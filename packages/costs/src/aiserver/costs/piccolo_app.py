@@ -8,13 +8,20 @@ from aiserver.costs.tables import (
     AiCostMetadata,
     AiCostOverride,
     AiCostRefreshRun,
+    AiModelAliasHistory,
     AiModelCost,
 )
 
 APP_CONFIG = AppConfig(
     app_name="costs",
     migrations_folder_path=str(Path(__file__).parent / "piccolo_migrations"),
-    table_classes=[AiCostMetadata, AiModelCost, AiCostOverride, AiCostRefreshRun],
+    table_classes=[
+        AiCostMetadata,
+        AiModelCost,
+        AiModelAliasHistory,
+        AiCostOverride,
+        AiCostRefreshRun,
+    ],
     migration_dependencies=[],
     commands=[],
 )

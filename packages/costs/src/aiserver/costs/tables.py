@@ -4,8 +4,9 @@ The schema is the migrations' (`piccolo_migrations/`), and the SQL of the packag
 `aiserver.costs.store`'s; these classes state the same tables to Piccolo, and
 tests/costs/test_store.py holds them to the migrated schema: columns, types, nullability,
 primary and unique keys. What Piccolo cannot state (CHECKs, partial unique indexes, foreign
-keys) is the migrations' alone. `ai_model_aliases` has no class: its primary key is
-(source, alias), and a Piccolo table's is one column.
+keys) is the migrations' alone. `ai_model_aliases` (the current aliases) has no class: its
+primary key is (source, alias), and a Piccolo table's is one column; `ai_model_alias_history`
+holds every alias over its span of time.
 
 The engine is Piccolo's `engine_finder()` (`aiserver.core_db.piccolo_conf.DB`), found at the
 first query, so importing this module opens no cycle with the app registry. Prices are NUMERIC
@@ -33,6 +34,7 @@ __all__ = [
     "AiCostMetadata",
     "AiCostOverride",
     "AiCostRefreshRun",
+    "AiModelAliasHistory",
     "AiModelCost",
 ]
 
@@ -80,6 +82,18 @@ class AiModelCost(Table, tablename="ai_model_costs"):
     valid_to = Timestamptz(null=True, default=None)
     opened_in_version = BigInt()
     closed_in_version = BigInt(null=True, default=None)
+
+
+class AiModelAliasHistory(Table, tablename="ai_model_alias_history"):
+    # One row per alias over the span of time it named `target`: a refresh that re-points or
+    # drops it closes the row (and opens one for the new target). One current row per alias
+    # (`ai_model_alias_history_one_current`, WHERE valid_to IS NULL) is the migrations' alone.
+    id = BigSerial(primary_key=True)
+    source = Text()
+    alias = Text()
+    target = Text()
+    valid_from = Timestamptz()
+    valid_to = Timestamptz(null=True, default=None)
 
 
 class AiCostOverride(Table, tablename="ai_cost_overrides"):

@@ -1,4 +1,7 @@
-"""`ai_model_costs` and `ai_model_aliases`: the versioned prices, written set-based, in one go.
+"""`ai_model_costs` and the aliases: the versioned prices, written set-based, in one go.
+
+The aliases are `ai_model_aliases` (the current ones) and `ai_model_alias_history` (each alias
+over the span of time it named one target, current ones included), written together.
 
 `write_catalog` runs inside the caller's transaction: it copies the parsed source into a temporary
 table (COPY), then closes removed and changed versions and opens new ones with `UPDATE ... FROM`
@@ -79,6 +82,26 @@ async def read_versions(conn: DbConnection, source: str = DEFAULT_SOURCE) -> lis
 async def read_aliases(conn: DbConnection, source: str = DEFAULT_SOURCE) -> dict[str, str]:
     rows = await conn.fetch("SELECT alias, target FROM ai_model_aliases WHERE source = $1", source)
     return {r["alias"]: r["target"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class AliasSpan:
+    """An alias naming `target` from `valid_from` until `valid_to` (None: current)."""
+
+    alias: str
+    target: str
+    valid_from: datetime
+    valid_to: datetime | None = None
+
+
+async def read_alias_history(conn: DbConnection, source: str = DEFAULT_SOURCE) -> list[AliasSpan]:
+    """Every span of every alias, current and closed, oldest first."""
+    rows = await conn.fetch(
+        "SELECT alias, target, valid_from, valid_to FROM ai_model_alias_history"
+        " WHERE source = $1 ORDER BY valid_from, id",
+        source,
+    )
+    return [AliasSpan(**dict(r)) for r in rows]
 
 
 async def read_current_entries(
@@ -269,7 +292,7 @@ async def write_catalog(
     changed_models = {r["model"] for r in changed}
     added = tuple(sorted(r["model"] for r in opened if r["model"] not in changed_models))
 
-    aliases_changed = await _replace_aliases(conn, source, parsed.aliases)
+    aliases_changed = await _replace_aliases(conn, source, parsed, changed_at)
     documents_changed = await replace_documents(conn, source, dict(parsed.documents))
     result = WriteResult(
         added=added,
@@ -287,9 +310,55 @@ async def write_catalog(
     return result
 
 
-async def _replace_aliases(conn: DbConnection, source: str, aliases: Mapping[str, str]) -> bool:
-    if await read_aliases(conn, source) == dict(aliases):
-        return False
+def _kept_aliases(parsed: ParsedSource, current: Mapping[str, str]) -> dict[str, str]:
+    """The aliases of `parsed`, and each skipped one that names the same model as before: a
+    skipped alias keeps its target, as a skipped model keeps its prices, while that model is in
+    the catalog (in `parsed`, or skipped too and so kept)."""
+    aliases = dict(parsed.aliases)
+    for alias, target in current.items():
+        if alias in parsed.skipped and (target in parsed.models or target in parsed.skipped):
+            aliases.setdefault(alias, target)
+    return aliases
+
+
+async def _replace_aliases(
+    conn: DbConnection, source: str, parsed: ParsedSource, changed_at: datetime
+) -> bool:
+    """Make the current aliases those of `parsed` (`_kept_aliases`); in the history, close the
+    spans of those re-pointed or dropped and open the new ones at `changed_at`. The history is
+    compared with itself, so that it catches up also after a write that left it behind (an
+    earlier release's refresh)."""
+    stored = await read_aliases(conn, source)
+    aliases = _kept_aliases(parsed, stored)
+    current = await conn.fetch(
+        "SELECT alias, target FROM ai_model_alias_history WHERE source = $1 AND valid_to IS NULL",
+        source,
+    )
+    spans = {r["alias"]: r["target"] for r in current}
+    ended = [alias for alias, target in spans.items() if aliases.get(alias) != target]
+    opened = {alias: target for alias, target in aliases.items() if spans.get(alias) != target}
+    if ended:
+        await conn.execute(
+            "UPDATE ai_model_alias_history SET valid_to = $2"
+            " WHERE source = $1 AND valid_to IS NULL AND alias = ANY($3::text[])",
+            source,
+            changed_at,
+            ended,
+        )
+    if opened:
+        await conn.execute(
+            """
+            INSERT INTO ai_model_alias_history (source, alias, target, valid_from)
+            SELECT $1, a.alias, a.target, $2
+            FROM unnest($3::text[], $4::text[]) AS a (alias, target)
+            """,
+            source,
+            changed_at,
+            list(opened),
+            list(opened.values()),
+        )
+    if stored == aliases:
+        return bool(ended or opened)
     await conn.execute("DELETE FROM ai_model_aliases WHERE source = $1", source)
     await conn.execute(
         """
