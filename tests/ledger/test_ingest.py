@@ -264,7 +264,7 @@ async def test_an_occurred_at_without_an_offset_is_utc_and_one_within_five_minut
         (b'{"id": "a", "model": "m", "provider": 7}', ["provider"]),
         (b'{"id": "a", "model": "m", "tags": {"team": 7}}', ["tags"]),
         (b'[{"id": "a"}]', []),
-        (b'{"model": "m"}', []),
+        (b'{"model": "m"}', ["id"]),  # a missing field is named too
     ],
 )
 def test_an_event_of_the_wrong_shape_names_the_field(body: bytes, fields: list[str]) -> None:
