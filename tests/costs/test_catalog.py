@@ -132,6 +132,24 @@ def test_an_unknown_model_carries_the_closest_names(catalog: Catalog) -> None:
         catalog.resolve("gpt-4o", provider="anthropic")
 
 
+def test_a_known_name_with_something_after_it_is_suggested_first() -> None:
+    """difflib alone ranked gpt-5.4-pro and gpt-4-turbo before gpt-4o for gpt-4o-typo."""
+    names = ["gpt-4o", "gpt-5.4-pro", "gpt-4-turbo", "gpt-4o-mini", "gpt-4"]
+    catalog = Catalog.build(
+        [row(n, "openai", "0.000001", row_id=i) for i, n in enumerate(names, 1)],
+        aliases={}, version=1,
+    )  # fmt: skip
+    for name, provider in (("gpt-4o-typo", None), ("openai/gpt-4o-typo", None),
+                           ("gpt-4o-typo", "openai")):  # fmt: skip
+        with pytest.raises(UnknownModel) as caught:
+            catalog.resolve(name, provider)
+        assert caught.value.suggestions[0] == "gpt-4o", (name, provider)
+        assert len(caught.value.suggestions) <= 5
+    with pytest.raises(UnknownModel) as caught:
+        catalog.resolve("gpt-4o-mini-2099-01-01x")  # the longest name it begins with first
+    assert caught.value.suggestions[:2] == ("gpt-4o-mini", "gpt-4o")
+
+
 def test_the_cost_of_a_plain_call_is_exact(catalog: Catalog) -> None:
     request = CostRequest(model="openai/gpt-4o", usage=Usage(input_tokens=1000, output_tokens=500))
     result = calculate(catalog, request, now=T1 + timedelta(days=1))

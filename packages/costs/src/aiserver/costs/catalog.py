@@ -141,6 +141,10 @@ class PriceVersion:
         return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
 
 
+#: What may follow a model's name in a longer, unknown one that begins with it.
+_STEM_ENDS: Final = frozenset("-.:_@/")
+
+
 @dataclass(frozen=True, slots=True)
 class Resolution:
     key: str
@@ -572,16 +576,27 @@ class Catalog:
             yield "dated_name", newest
 
     def suggest(self, name: str, provider: str | None = None, limit: int = 5) -> tuple[str, ...]:
+        """The current models closest to an unknown name: first the longest that the name
+        begins with, before a separator (`gpt-4o` for `gpt-4o-typo`, which difflib ranks after
+        `gpt-5.4-pro`), then difflib's close matches."""
         wanted = f"{provider}/{name}" if provider else name
         lowered = self._lowered_current
         if lowered is None:
             lowered = self._lowered_current = {key.lower(): key for key in self._current}
+        names = {wanted.lower(), wanted.rpartition("/")[2].lower()}
+
+        def begins(key: str) -> bool:
+            cut = len(key)
+            return any(n.startswith(key) and n[cut : cut + 1] in _STEM_ENDS for n in names)
+
+        stems = sorted((key for key in lowered if len(key) >= 4 and begins(key)), key=len)[::-1]
+        stems = stems[:2]
         close = difflib.get_close_matches(wanted.lower(), list(lowered), n=limit, cutoff=0.6)
         if len(close) < limit and "/" in wanted:
             close += difflib.get_close_matches(
                 wanted.rpartition("/")[2].lower(), list(lowered), n=limit - len(close), cutoff=0.6
             )
-        return tuple(dict.fromkeys(lowered[c] for c in close))
+        return tuple(dict.fromkeys(lowered[c] for c in (*stems, *close)))[:limit]
 
     # -- versions ----------------------------------------------------------------------------
 
