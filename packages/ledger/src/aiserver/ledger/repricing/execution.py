@@ -34,8 +34,11 @@ one transaction:
 5. move the run's cursor past the batch and add its counts, sums and per-model result.
 
 A crash leaves each batch applied or not, never a part, and the cursor says which; running the
-run again resumes after it (an adjustment is unique per run and event besides). A dry run does
-3 and 5 only: nothing but the run is written.
+run again resumes after it (an adjustment is unique per run and event besides). A batch that
+the database rolls back to break a deadlock (a rebuild of a project's rollups takes its rollup
+lock, then its row; a change of its time zone queued on the row between the two closes the
+circle with a batch) is done again, as the rebuild and the change try again: the run goes on.
+A dry run does 3 and 5 only: nothing but the run is written.
 
 One process works on a run at a time: an advisory lock per run, held on its own connection
 for the whole run, so a second executor (the cron that resumes runs cut off, a retried job)
@@ -50,6 +53,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import asyncpg
 import msgspec
 
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
@@ -68,8 +72,6 @@ from aiserver.ledger.spend.store import rollups as rollup_store
 from aiserver.ledger.usage.store.reading import EventFilters
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from aiserver.costs.catalog import Catalog
     from aiserver.ledger.usage.valuation import Valuation
 
@@ -83,6 +85,11 @@ BATCH_SIZE: Final = 500
 #: Rebuilds of rollups in a row before one batch, each after a change of the project's keys
 #: that came meanwhile (`RollupsRekeying`), before the run gives up.
 _REBUILDS: Final = 5
+
+#: Batches in a row that the database rolls back to break a deadlock (or for a serialization
+#: failure) before the run gives up: each is done again, as the rebuild and the time zone
+#: change it can deadlock with try again.
+_ROLLBACKS: Final = 5
 
 
 class RollupsRekeying(Exception):
@@ -183,12 +190,20 @@ async def _run(
     result = rv.RunResult.from_json(run["result"])
     totals = [run["events_examined"], run["events_changed"], run["old_total"], run["new_total"]]
     log.info("reprice run started", run_id=run_id, dry_run=run["dry_run"], resumed_after=after)
-    rebuilds = 0
+    rebuilds = rollbacks = 0
+    rekey: list[int] = []
     try:
         while True:
+            # the batch adds to a copy of the result: one rolled back leaves nothing in it
+            trial = result.copy()
             try:
+                for project in rekey:
+                    log.info("reprice rebuilds a project's rollups first", run_id=run_id,
+                             project_id=project)  # fmt: skip
+                    await rebuild_rollups(conn, project)
+                rekey = []
                 async with conn.transaction():
-                    progress = await _batch(conn, run, filters, after, catalog, result, batch_size)
+                    progress = await _batch(conn, run, filters, after, catalog, trial, batch_size)
             except CatalogChanged as changed:  # rolled back before it read an event
                 log.info("reprice run loads the catalog of now", run_id=run_id,
                          catalog_version=changed.version)  # fmt: skip
@@ -198,12 +213,20 @@ async def _run(
                 rebuilds += 1
                 if rebuilds > _REBUILDS:
                     raise
-                for project in rekeying.projects:
-                    log.info("reprice rebuilds a project's rollups first", run_id=run_id,
-                             project_id=project)  # fmt: skip
-                    await rebuild_rollups(conn, project)
+                rekey = rekeying.projects
                 continue
-            rebuilds = 0
+            except asyncpg.TransactionRollbackError as exc:
+                # a deadlock broken by rolling the batch back (a rebuild of the rollups and a
+                # change of the time zone waiting for it and for each other), or a
+                # serialization failure: the batch left nothing, and is done again
+                rollbacks += 1
+                if rollbacks > _ROLLBACKS:
+                    raise
+                log.warning("reprice batch rolled back by the database; doing it again",
+                            run_id=run_id, error=type(exc).__name__)  # fmt: skip
+                continue
+            rebuilds = rollbacks = 0
+            result = trial
             if progress is None:
                 break
             after = progress.after

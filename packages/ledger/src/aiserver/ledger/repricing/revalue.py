@@ -11,7 +11,7 @@ a new catalog version alone (the same prices) changes nothing, and the event is 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from decimal import Decimal
 from typing import Any, Final, Protocol
@@ -234,6 +234,9 @@ class RunResult:
     def add(self, row: EventRow, v: Valuation, changed: bool) -> None:
         model = v.matched_model or row["matched_model"] or row["model"]
         self.models.setdefault(model, ModelResult()).add(row, v, changed)
+
+    def copy(self) -> RunResult:
+        return RunResult({name: replace(m) for name, m in self.models.items()})
 
     def to_json(self) -> str:
         return _JSON.encode(
