@@ -6,10 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import pytest
+from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 
-from aiserver.api.problems import PROBLEM_JSON, answer_cancelled
+from aiserver.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, answer_cancelled
 from aiserver.api.wiring import MAX_BODY_BYTES
 from aiserver.core_db.errors import RETRY_AFTER_S, problem_type
 
@@ -183,3 +185,22 @@ async def test_a_cancelled_error_that_is_no_cancellation_of_the_request_goes_on(
 async def _never() -> dict[str, Any]:
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
+
+
+async def test_a_transaction_the_database_rolled_back_is_a_503_to_send_again() -> None:
+    """A deadlock that a route does not try again itself (a budget created while a zone change
+    and a rollup rebuild wait on each other) was a 500 'internal error'; nothing was stored, and
+    the remedy is to send it again."""
+
+    @get("/deadlock", sync_to_thread=False)
+    def deadlock() -> None:
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    app = Litestar([deadlock], exception_handlers=EXCEPTION_HANDLERS)
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/deadlock")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(RETRY_AFTER_S)
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["type"] == problem_type(503, "service-unavailable")
+    assert "nothing of it was stored: send it again" in response.json()["detail"]

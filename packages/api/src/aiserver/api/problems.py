@@ -168,6 +168,19 @@ def _unavailable(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]
     return problem_response(request, problem(503, detail, slug="service-unavailable"), _RETRY)
 
 
+def _rolled_back(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
+    """PostgreSQL rolled the request's transaction back to break a deadlock (or for a
+    serialization failure) where the code does not try again itself: nothing of it was
+    stored, and sending it again is the remedy, not a 500."""
+    log.warning("transaction rolled back by the database", path=request.url.path,
+                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    detail = (
+        "the database rolled this request back to break a conflict with another one "
+        f"({type(exc).__name__}); nothing of it was stored: send it again"
+    )
+    return problem_response(request, problem(503, detail, slug="service-unavailable"), _RETRY)
+
+
 def _unexpected(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error", path=request.url.path)
     return problem_response(request, problem(500, "internal error; it has been logged"))
@@ -182,6 +195,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.UntranslatableCharacterError: _unstorable_text,
     asyncpg.UndefinedTableError: _schema_behind,
     asyncpg.UndefinedColumnError: _schema_behind,
+    asyncpg.TransactionRollbackError: _rolled_back,
     asyncpg.PostgresConnectionError: _unavailable,
     asyncpg.InterfaceError: _unavailable,
     ConnectionError: _unavailable,
