@@ -114,8 +114,10 @@ class SpendController(Controller):
         """Cost, events, unpriced events and tokens of the key's project, per bucket of the
         zone's clock and per group; exact decimal strings. Filter by tag with `tag:KEY=VALUE`
         (repeat it: every one must hold). `source` says whether the answer came from the
-        rollups (a tag key the project does not roll up is summed from raw events: slower);
-        `freshness` says up to when it counts."""
+        rollups (a tag key the project does not roll up is summed from raw events: slower),
+        and `source_note` why, or which hours cut by a boundary retention left uncounted;
+        `freshness` says up to when it counts. An answer of more than 100,000 rows of a
+        bucket and a group is a 422: use `top`, a longer bucket or a shorter window."""
         pool = require_pool()
         project = await project_of_key(pool, access)
         tags = [

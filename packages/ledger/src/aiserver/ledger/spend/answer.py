@@ -141,21 +141,19 @@ def assemble(
     raw_hours: int,
 ) -> SpendAnswer:
     """The answer from the sums per bucket and group: `top`, the order (largest cost over the
-    window first, a tie by name; `other` last, in every bucket) and the totals."""
-    provider_at = query.group_by.index("provider") if "provider" in query.group_by else None
-    rows = []
-    for row in read.rows:
-        key = row.key
-        if provider_at is not None and key[provider_at] == "":
-            key = (*key[:provider_at], None, *key[provider_at + 1 :])  # no provider
-        rows.append((row.bucket, key, row.sums, row.cost))
+    window first, a tie by name; `other` last, in every bucket) and the totals. Under `top`
+    the read has summed the groups not kept into rows of their own (`other`); the groups it
+    kept are ranked again here, which keeps them all."""
+    rows = [(row.bucket, _OTHER if row.other else row.key, row.sums, row.cost)
+            for row in read.rows]  # fmt: skip
     window: dict[Key, _Sums] = {}
     for _, key, sums, cost in rows:
-        window.setdefault(key, _Sums()).add(sums, cost)
+        if key is not None:  # not the other group
+            window.setdefault(key, _Sums()).add(sums, cost)
     ranked = sorted(window, key=lambda k: (-window[k].cost, _by_name(k)))
     kept = set(ranked if query.top is None else ranked[: query.top])
     order: dict[Key | None, int] = {key: i for i, key in enumerate(ranked) if key in kept}
-    if len(kept) < len(ranked):
+    if len(kept) < len(ranked) or any(key is None for _, key, _, _ in rows):
         order[_OTHER] = len(order)
     buckets = [dict[Key | None, _Sums]() for _ in bounds[:-1]]
     totals = [_Sums() for _ in bounds[:-1]]

@@ -130,11 +130,15 @@ def _hour(at: datetime) -> datetime:
 @dataclass(frozen=True, slots=True)
 class Ranges:
     """Where each part of the window is read from: whole UTC hours from the rollups (and the
-    tail), the rest from raw events. `cut_hours`: the hours a boundary cuts."""
+    tail), the rest from raw events. `cut`: the UTC hours a boundary cuts (their starts)."""
 
     rolled: list[tuple[datetime, datetime]] = field(default_factory=list)
     raw: list[tuple[datetime, datetime]] = field(default_factory=list)
-    cut_hours: int = 0
+    cut: list[datetime] = field(default_factory=list)
+
+    @property
+    def cut_hours(self) -> int:
+        return len(self.cut)
 
 
 def plan_ranges(bounds: Sequence[datetime], *, raw_only: bool) -> Ranges:
@@ -165,7 +169,7 @@ def plan_ranges(bounds: Sequence[datetime], *, raw_only: bool) -> Ranges:
             cursor = hour + HOUR
     if cursor < stop:
         rolled.append((cursor, stop))
-    return Ranges(rolled=rolled, raw=raw, cut_hours=len(cut))
+    return Ranges(rolled=rolled, raw=raw, cut=cut)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,17 @@
   `status` (the pricing status) and `tag:KEY` (null for events without that tag).
 - `top` N keeps the N groups with the largest cost over the whole window (a tie goes to the
   smaller name) and sums the rest into one `other` group, the same groups in every bucket.
+- An answer holds at most `MAX_ROWS` rows of a bucket and a group: a question with more (a tag
+  of 50,000 values by day) is refused, naming `top`, a longer bucket and a shorter window.
 - Exact and current: whole UTC hours come from the rollups plus the events not folded yet (the
   outbox tail): the days of the project's clock that lie whole in one bucket from the daily
   rollups, the other hours from the hourly ones; the parts of hours that a bucket boundary or
   the window's edge cuts (a zone at +05:30, a `from` at 10:20) come from the raw events of
   those hours alone. Asking
   for a tag key the project does not roll up reads raw events for the whole window, and the
-  answer says so (`source`). All of it is read in one snapshot (`freshness`).
+  answer says so (`source`). All of it is read in one snapshot (`freshness`). A cut hour whose
+  raw events retention dropped counts nothing of them: the answer names those hours
+  (`source_note`).
 - Repriced events count at their current cost: a reprice updates the events and their rollups
   together, so the answer always includes it.
 """
@@ -28,7 +32,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
@@ -60,6 +64,13 @@ if TYPE_CHECKING:
 MAX_DAYS: Final = 3660
 MAX_GROUP_BY: Final = 4
 MAX_TOP: Final = 1000
+#: The most (bucket, group) rows one answer holds. Measured (docs/spend.md, "How large an
+#: answer"): 90,000 rows took the API 3.3 s and 170 MB, 1,500,000 rows 92 s and 3 GB; this
+#: keeps an answer to a few seconds and some 200 MB, and still holds top=1000 by day for 99
+#: days, or a group-by of 10 values by hour over a year.
+MAX_ROWS: Final = 100_000
+#: The cut hours a `source_note` names one by one (then how many more).
+_NAMED_HOURS: Final = 5
 TAG_PREFIX: Final = "tag:"
 
 
@@ -225,6 +236,29 @@ async def project_of_key(pool: asyncpg.Pool, access: Access) -> Project:
         return await find_project(conn, access, access.project_slug or "")
 
 
+def _lost_note(lost: store.LostHours) -> str:
+    """What an answer says of its cut hours whose raw events retention dropped."""
+
+    def utc(at: datetime) -> str:
+        return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    named = ", ".join(utc(hour) for hour in lost.hours[:_NAMED_HOURS])
+    more = len(lost.hours) - _NAMED_HOURS
+    oldest = (
+        "the project has no retained event"
+        if lost.oldest is None
+        else f"before {utc(lost.oldest)}, the hour of the project's oldest retained event"
+    )
+    return (
+        f"undercounted: {len(lost.hours)} hour(s) cut by a boundary (from, to or a bucket's "
+        f"start off the UTC hour) are read from raw events, which retention dropped "
+        f"(USAGE_RETENTION_DAYS; {oldest}): their parts inside the window count nothing, "
+        f"though their rollups hold {lost.events} event(s) of this question over the whole "
+        f"hour(s): {named}{f' and {more} more' if more > 0 else ''}. Ask from and to on UTC "
+        "hours, by buckets of a zone at a whole hour's offset, to read them from the rollups"
+    )
+
+
 async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) -> SpendAnswer:
     """The answer to `query` about `project` (whose access the caller checked)."""
     zone = time_zone(query.tz)
@@ -247,11 +281,23 @@ async def read_spend(pool: asyncpg.Pool, project: Project, query: SpendQuery) ->
         hourly=days.hourly,
         days_zone=project.time_zone,
         rolled_tags=() if unrolled else tuple(_tag_keys(query)),
+        cut_hours=ranges.cut,
+        top=query.top,
+        max_rows=MAX_ROWS,
     )
     async with pool.acquire() as conn:
         read = await store.select_spend(conn, plan)
+    if len(read.rows) > MAX_ROWS:
+        raise InvalidField(
+            f"group_by: more than {MAX_ROWS:,} rows of a bucket and a group in the answer; "
+            "keep the largest groups with top (the rest is one group, other), or ask for a "
+            "longer bucket or a shorter window",
+            ["group_by", "top", "bucket"],
+        )
     note = None
-    if read.raw_instead:
+    if read.lost is not None:  # only of a plan from the rollups: its cut hours
+        note = _lost_note(read.lost)
+    elif read.raw_instead:
         note = (
             "the project's rolled-up tag keys changed while this was asked: summed from raw "
             "events, which covers only the events still kept (USAGE_RETENTION_DAYS)"

@@ -15,6 +15,12 @@ so that no event is counted twice or missed:
 The statements run in one REPEATABLE READ, read-only transaction: a fold that commits meanwhile
 (moving events from the outbox into the rollups) is either wholly seen or not at all.
 
+Under `top`, the statement keeps the groups itself (the N largest over the window, the rest
+summed per bucket into one row marked `other`), so a group-by of 50,000 tag values returns
+N + 1 rows a bucket, not 50,000; `max_rows` stops the read one row past the most an answer may
+hold. A cut hour older than the project's oldest retained event has lost its raw events to
+retention: the read says which of them the rollups hold events of the question in (`LostHours`).
+
 Each source is read in its primary key's order (`(project_id, hour, ...)`,
 `(project_id, occurred_at, id)`): the rolled ranges by their outer bounds, a row kept when a
 binary search over the ranges' edges puts it inside one, so a month of rollups is one range of
@@ -47,6 +53,13 @@ _EVENT_DIMENSION: Final = {
     "model": "coalesce(e.matched_model, e.model)",
     "provider": "coalesce(e.matched_provider, e.provider, '')",
     "status": "e.status",
+}
+#: A group's value: no provider (`''` in a rollup's key) is null, as the answer shows it and
+#: as `top` ranks it (after every name).
+_ROLLUP_GROUP: Final = {**_ROLLUP_DIMENSION, "provider": "nullif(r.provider, '')"}
+_EVENT_GROUP: Final = {
+    **_EVENT_DIMENSION,
+    "provider": "nullif(coalesce(e.matched_provider, e.provider), '')",
 }
 SUMS: Final = (
     "events",
@@ -86,6 +99,11 @@ class SpendPlan:
     # The tag keys the rolled hours are read by (grouped or filtered): valid while each is
     # still rolled up (in the project's rollup_tags and rolled_up_tags).
     rolled_tags: tuple[str, ...] = ()
+    # The UTC hours (their starts) that a boundary cuts, whose parts in the window are read
+    # from raw events: checked against retention (`LostHours`). Empty when `raw` is the window.
+    cut_hours: list[datetime] = field(default_factory=list)
+    top: int | None = None  # keep the N largest groups over the window; the rest is `other`
+    max_rows: int | None = None  # read at most one row more than this (the caller refuses it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,19 @@ class SpendRow:
     sums: tuple[int, ...]  # as SUMS
     cost: Decimal
     unfolded: int  # events of the outbox tail among them
+    other: bool = False  # under top: the groups not kept, summed (key all None)
+
+
+@dataclass(frozen=True, slots=True)
+class LostHours:
+    """Cut hours whose raw events retention dropped: the `hours` before `oldest` (the hour of
+    the project's oldest retained event; None when none is left) whose rollups hold `events`
+    events of the question over the whole hour, which the parts of them inside the window
+    could not count."""
+
+    hours: list[datetime]
+    events: int
+    oldest: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +136,7 @@ class SpendRead:
     # a tag key of the plan's rolled hours was no longer rolled up in the snapshot: the whole
     # window was read from raw events instead
     raw_instead: bool = False
+    lost: LostHours | None = None  # cut hours that count nothing: retention dropped them
 
 
 class _Statement:
@@ -135,6 +167,21 @@ class _Statement:
         return f"unnest({starts}::timestamptz[], {stops}::timestamptz[]) AS s(start, stop)"
 
 
+def _filters(st: _Statement, plan: SpendPlan, alias: str, known: dict[str, str]) -> str:
+    """The plan's filters, as conditions on the rows of `alias` (rollups or events)."""
+    where = []
+    for name, value in (
+        ("model", plan.model),
+        ("provider", plan.provider),
+        ("status", plan.status),
+    ):
+        if value is not None:
+            where.append(f"{known[name]} = {st.param(value)}")
+    if plan.tags_json is not None:
+        where.append(f"{alias}.tags @> {st.param(plan.tags_json)}::jsonb")
+    return "".join(f" AND {clause}" for clause in where)
+
+
 def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
     """The statement of the sums per bucket and group, and its parameters."""
     st = _Statement(plan)
@@ -149,17 +196,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
         return "".join(f", {column} AS d{i}" for i, column in enumerate(columns))
 
     def filters(alias: str, known: dict[str, str]) -> str:
-        where = []
-        for name, value in (
-            ("model", plan.model),
-            ("provider", plan.provider),
-            ("status", plan.status),
-        ):
-            if value is not None:
-                where.append(f"{known[name]} = {st.param(value)}")
-        if plan.tags_json is not None:
-            where.append(f"{alias}.tags @> {st.param(plan.tags_json)}::jsonb")
-        return "".join(f" AND {clause}" for clause in where)
+        return _filters(st, plan, alias, known)
 
     # each part sums its own rows first: the last GROUP BY adds up a few rows per group
     by = "GROUP BY " + ", ".join(str(i) for i in range(1, len(plan.dimensions) + 2))
@@ -180,7 +217,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
     if plan.rolled:
         hourly_columns = (
             f"width_bucket(r.hour, {starts}::timestamptz[])"
-            f"{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"
+            f"{dimensions('r', _ROLLUP_GROUP)}, {rollup_sums}, 0"
         )
         if not plan.days:  # the rolled hours as one range of the index
             parts.append(
@@ -198,7 +235,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
             )
         if plan.days:  # the bounds let the index read one range; the join gives each its bucket
             parts.append(
-                f"SELECT d.bucket{dimensions('r', _ROLLUP_DIMENSION)}, {rollup_sums}, 0"  # noqa: S608
+                f"SELECT d.bucket{dimensions('r', _ROLLUP_GROUP)}, {rollup_sums}, 0"  # noqa: S608
                 f" FROM unnest({st.param(plan.days)}::date[], {st.param(plan.day_buckets)}::int[])"
                 " AS d (day, bucket) JOIN usage_rollups_daily r ON r.day = d.day"
                 f" WHERE r.project_id = $1 AND r.day >= {st.param(plan.days[0])}"
@@ -207,7 +244,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
         outbox = st.within("o.occurred_at", plan.rolled)
         parts.append(  # the tail: what the fold will add to those hours
             f"SELECT width_bucket(e.occurred_at, {starts}::timestamptz[])"  # noqa: S608
-            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, count(*)"
+            f"{dimensions('e', _EVENT_GROUP)}, {event_sums}, count(*)"
             f" FROM usage_outbox o JOIN usage_events e ON e.project_id = o.project_id"
             " AND e.occurred_at = o.occurred_at AND e.id = o.event_id"
             f" WHERE o.project_id = $1 AND {outbox}{filters('e', _EVENT_DIMENSION)} {by}"
@@ -218,7 +255,7 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
         # join could be planned as a scan of the whole window compared with every range
         columns = (
             f"width_bucket(e.occurred_at, {starts}::timestamptz[])"
-            f"{dimensions('e', _EVENT_DIMENSION)}, {event_sums}, 0"
+            f"{dimensions('e', _EVENT_GROUP)}, {event_sums}, 0"
         )
         if len(plan.raw) == 1:
             parts.append(
@@ -242,11 +279,42 @@ def spend_statement(plan: SpendPlan) -> tuple[str, list[Any]]:
     total, regroup = ("{}", "") if len(parts) == 1 else ("sum({})", f" GROUP BY bucket{groups}")
     sums = ", ".join(f"{total.format(name)}::numeric AS {name}" for name in (*SUMS, "unfolded"))
     sql = (  # every value is a parameter; only names and aliases are spliced in
-        f"SELECT bucket{groups}, {sums}, {total.format('cost')} AS cost"  # noqa: S608
+        f"SELECT bucket{groups}, {sums}, {total.format('cost')} AS cost, false AS other"  # noqa: S608
         f" FROM ({' UNION ALL '.join(parts)}) AS parts (bucket{groups}, {', '.join(SUMS)},"
         f" cost, unfolded){regroup}"
     )
+    if plan.top is not None and plan.dimensions:
+        sql = _keep_top(st, sql, len(plan.dimensions), plan.top)
+    if plan.max_rows is not None:
+        sql += f" LIMIT {st.param(plan.max_rows + 1)}"
     return sql, st.args
+
+
+def _keep_top(st: _Statement, sums: str, width: int, top: int) -> str:
+    """`sums` (a row per bucket and group) with the `top` groups of the largest cost over the
+    window kept and the others summed per bucket into one row, `other`. The order is the
+    answer's (`aiserver.ledger.spend.answer`): the cost, then each value, a null after every
+    name, names compared by code point (`COLLATE "C"`: UTF-8's byte order is the code
+    points'), so the groups kept are those the answer would keep. A group is matched by its
+    values and whether each is null, which a hash join can do (`IS NOT DISTINCT FROM` cannot)."""
+    names = [f"d{i}" for i in range(width)]
+    flags = ", ".join(
+        f"{d} IS NULL AS n{i}, coalesce({d}, '') AS v{i}" for i, d in enumerate(names)
+    )
+    order = ", ".join(f'{d} IS NULL, {d} COLLATE "C"' for d in names)
+    match = " AND ".join(
+        f"k.n{i} = (s.{d} IS NULL) AND k.v{i} = coalesce(s.{d}, '')" for i, d in enumerate(names)
+    )
+    keys = ", ".join(f"CASE WHEN k.n0 IS NOT NULL THEN s.{d} END AS {d}" for d in names)
+    totals = ", ".join(f"sum(s.{name}) AS {name}" for name in (*SUMS, "unfolded"))
+    return (
+        f"WITH s AS MATERIALIZED ({sums}),"  # noqa: S608
+        f" k AS (SELECT {flags} FROM s GROUP BY {', '.join(names)}"
+        f" ORDER BY sum(s.cost) DESC, {order} LIMIT {st.param(top)})"
+        f" SELECT s.bucket, k.n0 IS NULL AS other, {keys}, {totals}, sum(s.cost) AS cost"
+        f" FROM s LEFT JOIN k ON {match}"
+        f" GROUP BY {', '.join(str(i) for i in range(1, width + 3))}"
+    )
 
 
 async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
@@ -280,6 +348,9 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
         if plan.rolled or plan.raw:
             sql, args = spend_statement(plan)
             records = list(await conn.fetch(sql, *args))
+        lost = None
+        if plan.cut_hours and not raw_instead:
+            lost = await _lost_hours(conn, plan)
     width = len(plan.dimensions)
     rows = [
         SpendRow(
@@ -288,9 +359,45 @@ async def select_spend(conn: DbConnection, plan: SpendPlan) -> SpendRead:
             sums=tuple(int(r[name]) for name in SUMS),  # whole numbers, as NUMERIC
             cost=r["cost"],
             unfolded=int(r["unfolded"]),
+            other=r["other"],
         )
         for r in records
     ]
     return SpendRead(
-        rows=rows, as_of=head["as_of"], through_event_id=head["through"], raw_instead=raw_instead
+        rows=rows,
+        as_of=head["as_of"],
+        through_event_id=head["through"],
+        raw_instead=raw_instead,
+        lost=lost,
+    )
+
+
+async def _lost_hours(conn: DbConnection, plan: SpendPlan) -> LostHours | None:
+    """The plan's cut hours whose raw events retention dropped and whose rollups hold events
+    of the question (None when there are none). Retention drops whole months from the oldest
+    on, so an hour before that of the project's oldest retained event has no events left; the
+    rollups say whether it had any, and of the question (its filters, on the rolled-up keys
+    alone as the rest of the plan is read from the rollups): an hour before the project's
+    first event, or without such events, lost nothing."""
+    oldest: datetime | None = await conn.fetchval(
+        "SELECT date_trunc('hour', min(occurred_at), 'UTC') FROM usage_events"
+        " WHERE project_id = $1",
+        plan.project_id,
+    )
+    before = [hour for hour in plan.cut_hours if oldest is None or hour < oldest]
+    if not before:
+        return None
+    st = _Statement(plan)
+    hours = st.param(before)
+    rows = await conn.fetch(
+        "SELECT r.hour, sum(r.events) AS events FROM usage_rollups r"  # noqa: S608
+        f" WHERE r.project_id = $1 AND r.hour = ANY({hours}::timestamptz[])"
+        f"{_filters(st, plan, 'r', _ROLLUP_DIMENSION)} GROUP BY r.hour HAVING sum(r.events) > 0"
+        " ORDER BY r.hour",
+        *st.args,
+    )
+    if not rows:
+        return None
+    return LostHours(
+        hours=[r["hour"] for r in rows], events=sum(int(r["events"]) for r in rows), oldest=oldest
     )
