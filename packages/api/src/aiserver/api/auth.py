@@ -1,8 +1,11 @@
 """Who is asking: `Authorization: Bearer <token>`, an operator's token or a project's key.
 
-- An operator's token is one of API_ADMIN_TOKENS. Tokens are compared in constant time, against
-  every configured token (no early exit that would tell which one nearly matched). With none
-  configured, the server-wide endpoints refuse everyone.
+- An operator's token is one of API_ADMIN_TOKENS. Tokens are compared in constant time, by
+  digest (which tells nothing of their length), against every configured token (no early exit
+  that would tell which one nearly matched). With none configured, the server-wide endpoints
+  refuse everyone.
+- A request carries one credential: two Authorization headers, or two credentials joined in
+  one, are refused, whichever would have been right.
 - A project's key (`ais_<public id>_<secret>`) is checked by the ledger
   (`aiserver.ledger.authentication`), through this process's key cache.
 
@@ -33,6 +36,7 @@ process (each replica, each uvicorn worker counts on its own).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -178,20 +182,38 @@ def attempt_failed(connection: AnyConnection) -> None:
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
-    candidate = presented.encode()
+    """Whether `presented` is one of `tokens`. Their SHA-256 digests are compared, so that every
+    comparison is of two values of one length: `hmac.compare_digest` returns at once for values
+    of different lengths, which would tell how long the tokens are."""
+    candidate = hashlib.sha256(presented.encode()).digest()
     matched = False
     for token in tokens:
-        matched |= hmac.compare_digest(candidate, token.encode())
+        matched |= hmac.compare_digest(candidate, hashlib.sha256(token.encode()).digest())
     return matched
+
+
+def _bearer_token(connection: AnyConnection, wanted: str) -> str:
+    """The request's bearer token; `KeyRejected` without one, and for more than one: two
+    Authorization headers, or two credentials joined with a comma in one (as a proxy joins
+    repeated headers), are ambiguous, since whatever stands in front of the API may have read
+    the other one. No credential is checked then: it counts as no failed attempt."""
+    headers = connection.headers.getall("authorization", [])
+    if len(headers) > 1 or (headers and "," in headers[0]):
+        raise KeyRejected(
+            f"this endpoint needs {wanted}, once: one Authorization header with one credential "
+            "(Authorization: Bearer <token>)"
+        )
+    scheme, _, presented = (headers[0] if headers else "").partition(" ")
+    token = presented.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise KeyRejected(f"this endpoint needs {wanted}: Authorization: Bearer <token>")
+    return token
 
 
 async def _authenticate(connection: AnyConnection, *, wanted: str) -> Access:
     """The access of the connection's bearer token; `KeyRejected` (401) without one,
     `TooManyFailures` (429) for a token not shaped like a key from a client that must wait."""
-    scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
-    token = presented.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise KeyRejected(f"this endpoint needs {wanted}: Authorization: Bearer <token>")
+    token = _bearer_token(connection, wanted)
     if looks_like_key(token):
         keyring: Keyring = connection.app.state.keyring
         return await keyring.authenticate(require_pool(), token)

@@ -13,6 +13,7 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -185,6 +186,9 @@ class ProjectController(Controller):
         summary="Create a key of a project (its secret is shown once)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[NO_QUERY],
+        # the answer holds the secret, which is stored nowhere: nor in a browser's or a proxy's
+        # cache (RFC 6749 asks the same of every answer that carries a token)
+        cache_control=CacheControlHeader(no_store=True),
     )
     async def create_key(
         self, access: NamedDependency[Access], project: FromPath[str], data: JSONBody[KeyIn]
