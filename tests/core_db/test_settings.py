@@ -82,6 +82,15 @@ def test_settings_are_frozen() -> None:
         ("DATABASE_POOL_MIN_SIZE", "20", "DATABASE_POOL_MIN_SIZE must not exceed"),
         ("USAGE_RETENTION_DAYS", "0", "USAGE_RETENTION_DAYS='0' is invalid"),
         ("USAGE_RETENTION_DAYS", "36501", "USAGE_RETENTION_DAYS='36501' is invalid"),
+        # "inf" is greater than 0: a revoked key would be served from the cache for good
+        (
+            "API_KEY_CACHE_SECONDS",
+            "inf",
+            "API_KEY_CACHE_SECONDS='inf' is invalid: expected a finite",
+        ),
+        ("API_KEY_LAST_USED_INTERVAL_SECONDS", "Infinity", "expected a finite number"),
+        ("MODEL_COST_MAX_AGE_SECONDS", "1e400", "MODEL_COST_MAX_AGE_SECONDS='1e400' is invalid"),
+        ("MODEL_COST_MAX_SHRINK_FRACTION", "nan", "MODEL_COST_MAX_SHRINK_FRACTION='nan'"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:

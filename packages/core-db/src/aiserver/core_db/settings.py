@@ -11,13 +11,15 @@ its own (`aiserver.api.settings.ApiSettings`). The foundation knows no domain's 
 
 `load_settings` reads a field typed as a Section from the same environment, recursively; a tuple
 field is a comma-separated list; a field whose type is a set of words (`Literal`) ignores case.
-A bad value raises `SettingsError` naming the variable, its value and what is expected; checks
-across fields (a Section's `__post_init__`) raise it too.
+A bad value raises `SettingsError` naming the variable, its value and what is expected (a number
+must be finite: `inf` and `nan` are no setting's "no bound"); checks across fields (a Section's
+`__post_init__`) raise it too.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import typing
@@ -166,9 +168,14 @@ def _value(variable: str, text: str, annotation: Any) -> Any:
         words = {str(word).lower(): word for word in typing.get_args(kind)}
         raw = words.get(text.lower(), text)
     try:
-        return msgspec.convert(raw, annotation, strict=False)
+        value = msgspec.convert(raw, annotation, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"{variable}={text!r} is invalid: {exc}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        # "inf" passes "greater than 0": a cache kept for ever (a revoked key served on the
+        # other replicas for good), a timeout that never comes. No setting means "no bound" so.
+        raise SettingsError(f"{variable}={text!r} is invalid: expected a finite number")
+    return value
 
 
 def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
