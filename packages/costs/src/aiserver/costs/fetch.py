@@ -38,6 +38,8 @@ log = get_logger(__name__)
 
 USER_AGENT = "aiserver-costs (+price catalog refresh)"
 MAX_REDIRECTS: Final = 5
+#: The wait before the first retry of a download, doubled before each next one.
+BACKOFF_S: Final = 0.5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -196,7 +198,7 @@ async def fetch_source(
     timeout: float = 30.0,
     max_bytes: int = 64 * 1024 * 1024,
     retries: int = 3,
-    backoff: float = 0.5,
+    backoff: float = BACKOFF_S,
     client: httpx.AsyncClient | None = None,
 ) -> Fetched:
     """Fetch `url`, retrying transient faults `retries` times. Raises `UpstreamError`."""

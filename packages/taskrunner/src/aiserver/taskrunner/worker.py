@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
@@ -28,8 +28,9 @@ from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
 from aiserver.core_db.settings import get_settings
-from aiserver.costs.fetch import upstream_client
+from aiserver.costs.fetch import BACKOFF_S, upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
+from aiserver.costs.settings import CostSettings
 from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES
@@ -87,11 +88,15 @@ REBUILD_JOB_TIMEOUT_S: Final = 3600
 #: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
 #: from its cursor by the next reprice cron tick.
 REPRICE_JOB_TIMEOUT_S: Final = 3600
+#: How long the worker waits for an answer of Redis. The worker sends no blocking command (it
+#: polls), so an answer this late means the connection is dead; arq sets no such bound.
+REDIS_ANSWER_TIMEOUT_S: Final = 15
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: TaskRunnerSettings = ctx["settings"]
     configure_logging(settings.core.log_level, settings.core.log_format)
+    await _bound_redis_answers(ctx["redis"])
     await initialize_database(settings.core)
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(database(settings.core))
@@ -108,6 +113,22 @@ async def startup(ctx: dict[str, Any]) -> None:
         log.info("removed work directories of interrupted conversions", directories=swept)
     await _seal_webhook_secrets(settings)
     log.info("task runner ready", queue=QUEUE_NAME)
+
+
+async def _bound_redis_answers(redis: ArqRedis) -> None:
+    """Make every read of the worker's Redis connections fail after REDIS_ANSWER_TIMEOUT_S.
+
+    arq opens them without a read timeout. A connection whose answers stop coming without a
+    reset (a network that drops packets, a Redis that failed over to another host) then held
+    the worker's poll for good: no job and no cron ran again, and nothing was logged, although
+    Redis answered new connections. With the bound, the poll fails with a timeout, and the
+    task runner starts a new worker, as after any loss of Redis (`aiserver.taskrunner.cli`).
+    The connections arq opened before this (its first ping) are closed and forgotten, so that
+    every connection is made with the bound; nothing else uses them yet."""
+    pool = redis.connection_pool
+    pool.connection_kwargs.update(socket_timeout=REDIS_ANSWER_TIMEOUT_S, socket_keepalive=True)
+    await pool.disconnect()
+    pool.reset()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
 
 async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
@@ -149,6 +170,20 @@ async def on_job_end(ctx: dict[str, Any]) -> None:
     clear_context()
 
 
+def refresh_job_timeout(costs: CostSettings) -> float:
+    """The bound on a refresh job, which must outlast the refresh's own bounds: cut by arq's
+    timeout, a refresh records nothing (no failed run, no `last_error`), so a failing upstream
+    looked like no refresh at all. Its download tries MODEL_COST_FETCH_RETRIES + 1 times, each
+    within MODEL_COST_FETCH_TIMEOUT_SECONDS, with a backoff doubling from the download's own
+    base between them (10 retries wait 511.5 s); the check and the write of the catalog get
+    JOB_TIMEOUT_S on top."""
+    retries = costs.model_cost_fetch_retries
+    backoff = BACKOFF_S  # the refresh's downloads take fetch_source's default
+    tries = (retries + 1) * costs.model_cost_fetch_timeout_seconds
+    waits = backoff * ((1 << retries) - 1)  # backoff, 2 x backoff, ... between the tries
+    return tries + waits + JOB_TIMEOUT_S
+
+
 def refresh_cron(settings: TaskRunnerSettings) -> CronJob:
     """The staleness check: at start, then every MODEL_COST_REFRESH_INTERVAL_SECONDS (a divisor
     of a minute or an hour)."""
@@ -163,7 +198,7 @@ def refresh_cron(settings: TaskRunnerSettings) -> CronJob:
         **schedule,
         run_at_startup=True,
         keep_result=KEEP_RESULT_S,
-        timeout=JOB_TIMEOUT_S,
+        timeout=refresh_job_timeout(settings.costs),
     )
 
 
@@ -261,7 +296,7 @@ def document_job_timeout(documents: DocumentSettings) -> float:
 
 def functions(settings: TaskRunnerSettings) -> list[Function]:
     return [
-        func(refresh_costs, name=REFRESH_JOB),
+        func(refresh_costs, name=REFRESH_JOB, timeout=refresh_job_timeout(settings.costs)),
         func(
             process_document,
             name=PROCESS_JOB,

@@ -71,10 +71,15 @@ def partition_name(month: datetime) -> str:
 
 
 def month_of_partition(name: str) -> datetime | None:
+    """The month a partition's name says; None for a name that says no month (a table made by
+    hand, `usage_events_p202613`, is none of the ledger's: it must not stop the maintenance)."""
     digits = name.removeprefix(PREFIX)
     if name == digits or len(digits) != 6 or not digits.isdigit():
         return None
-    return datetime(int(digits[:4]), int(digits[4:]), 1, tzinfo=UTC)
+    year, month = int(digits[:4]), int(digits[4:])
+    if year < 1 or not 1 <= month <= 12:
+        return None
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 @dataclass
