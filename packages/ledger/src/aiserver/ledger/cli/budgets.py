@@ -133,12 +133,57 @@ def _decimal(text: str) -> Decimal:
         ) from None
 
 
-_EXAMPLES: Final = """examples:
-  aiserver-ledger budgets create --project demo --name "search, daily" --limit 25 \\
-      --period day --tag team=search --hard
-  aiserver-ledger budgets list --project demo
-  aiserver-ledger budgets show --project demo 3
-  aiserver-ledger budgets delete --project demo 3"""
+def _budget_id(text: str) -> int:
+    """An argparse type: a budget's id in ASCII digits (int() reads "1_0" as 10, "١٠" too)."""
+    from aiserver.core_db.connections import MAX_BIGINT
+
+    digits = text.isascii() and text.isdigit() and len(text) <= 19
+    if not digits or not 1 <= int(text) <= MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"a budget id, 1 to {MAX_BIGINT}: {text[:30]!r}")
+    return int(text)
+
+
+_EXIT: Final = """\
+exit status: 0 done; 1 refused (no such project or budget, a field the API refuses too, webhooks
+disabled: the problem on stderr, or as {"error": ...} on stdout with --json) or the database
+could not be reached; 2 wrong arguments."""
+
+#: Each command: its line in `budgets --help`, what its own --help says, its example.
+_COMMANDS: Final = {
+    "create": (
+        "set a new budget",
+        """\
+Set a new budget on a project, as POST /v1/budgets does, and print it with its current window.
+It counts what the project's events cost per --period (only those with every --tag and of the
+--model, when given) and raises an alert at each --threshold crossed, once per window; a --hard
+budget also refuses a reservation past its limit. With --webhook-url the alerts are sent there,
+signed with a secret printed once on stderr (WEBHOOK_SECRET_KEYS must be set, as the API has
+it). A budget made mid-period counts what its current window spent already.""",
+        'budgets create --project demo --name "search, daily" --limit 25 --period day \\\n'
+        "      --tag team=search --hard",
+    ),
+    "list": (
+        "every budget with its current window",
+        "List a project's budgets, each with its current window: what it committed and reserved,\n"
+        "and what remains of the limit.",
+        "budgets list --project demo",
+    ),
+    "show": (
+        "one budget with its current window",
+        "Show one budget of a project with its current window: what it committed and reserved,\n"
+        "and what remains of the limit.",
+        "budgets show --project demo 1",
+    ),
+    "delete": (
+        "delete a budget and its windows",
+        "Delete a budget of a project with its windows. The events it counted stay as they are.",
+        "budgets delete --project demo 1",
+    ),
+}
+
+_EXAMPLES: Final = "examples:\n" + "\n".join(
+    f"  aiserver-ledger {example}" for _, _, example in _COMMANDS.values()
+)
 
 
 def add_parsers(groups: Any) -> None:
@@ -147,37 +192,49 @@ def add_parsers(groups: Any) -> None:
     group = groups.add_parser(
         "budgets",
         help="a project's budgets: create, list, show, delete",
-        description="A project's budgets, as its admin key manages them over HTTP "
-        "(/v1/budgets): limits per day, week or month in the project's time zone, or in total.",
-        epilog=_EXAMPLES,
+        description="A project's budgets, as its admin key manages them over HTTP (/v1/budgets):\n"
+        "limits per day, week or month in the project's time zone, or in total. Changing one\n"
+        "(PATCH /v1/budgets/{id}) is the API's alone.",
+        epilog=f"{_EXAMPLES}\n\n{_EXIT}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    create = commands.add_parser("create", help="set a new budget")
-    create.add_argument("--project", required=True, metavar="SLUG")
-    create.add_argument("--name", required=True)
+    for name, (text, description, example) in _COMMANDS.items():
+        command = commands.add_parser(
+            name, help=text, description=description,
+            epilog=f"example:\n  aiserver-ledger {example}\n\n{_EXIT}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        command.add_argument(
+            "--project", required=True, metavar="SLUG", help="the project's slug (projects list)"
+        )
+        if name in ("show", "delete"):
+            command.add_argument(
+                "id", type=_budget_id, metavar="ID", help="the budget's id (budgets list)"
+            )
+    create = commands.choices["create"]
+    create.add_argument(
+        "--name", required=True, help="what it is for, e.g. 'search, daily' (1 to 200 characters)"
+    )
     create.add_argument("--limit", required=True, type=_decimal, metavar="USD",
                         help="the limit per period, an exact decimal (25.50)")  # fmt: skip
-    create.add_argument("--period", required=True, choices=PERIODS)
+    create.add_argument(
+        "--period", required=True, choices=PERIODS,
+        help="day, week (from Monday) or month of the project's time zone, from its midnight; "
+        "total: one window for all time",
+    )  # fmt: skip
     create.add_argument(
         "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="count only events with this tag (repeat: all must hold)",
     )  # fmt: skip
     create.add_argument("--model", help="count only events of this model")
     create.add_argument("--threshold", type=_decimal, action="append", default=[],
-                        metavar="PERCENT", help="alert at this share of the limit (repeat; "
-                        "default 50, 80, 100)")  # fmt: skip
+                        metavar="PERCENT", help="alert at this share of the limit, in percent "
+                        "without %%, e.g. 90 (repeat; default 50, 80, 100)")  # fmt: skip
     create.add_argument(
         "--hard", action="store_true", help="refuse reservations past the limit (default: alerts)"
     )
-    create.add_argument("--webhook-url", help="where alerts are sent (signed)")
-    for name, text in (("list", "every budget with its current window"),
-                       ("show", "one budget with its current window"),
-                       ("delete", "delete a budget and its windows")):  # fmt: skip
-        command = commands.add_parser(name, help=text)
-        command.add_argument("--project", required=True, metavar="SLUG")
-        if name != "list":
-            command.add_argument("id", type=int, metavar="ID")
+    create.add_argument("--webhook-url", metavar="URL", help="where alerts are sent (signed)")
     for command in commands.choices.values():
         command.add_argument("--json", action="store_true", help="print JSON")
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+from aiserver.ledger.cli.common import Command, print_json, time_argument, when, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -119,22 +119,29 @@ _NOT_WITH_RESUME: Final = (
 
 
 def _run_id(text: str) -> int:
+    """An argparse type: a run's id in ASCII digits (int() reads "4_2" as 42, "٤٢" too)."""
     from aiserver.core_db.connections import MAX_BIGINT
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_BIGINT:
-        raise argparse.ArgumentTypeError(f"a run id, 1 to {MAX_BIGINT}: {text!r}")
-    return value
+    digits = text.isascii() and text.isdigit() and len(text) <= 19
+    if not digits or not 1 <= int(text) <= MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"a run id, 1 to {MAX_BIGINT}: {text[:30]!r}")
+    return int(text)
 
 
 def _batch(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"1 to 10000: {text!r}")
-    return value
+    """An argparse type: events per transaction, in ASCII digits (isdigit() alone is true of
+    "²", which int() refuses)."""
+    digits = text.isascii() and text.isdigit() and len(text) <= 5
+    if not digits or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"1 to 10000: {text[:20]!r}")
+    return int(text)
+
+
+def _time_text(text: str) -> str:
+    """An argparse type: a time of --from or --to, checked as `events` checks it (exit 2, with
+    the usage) and kept as the text the run's filter stores."""
+    time_argument(text)
+    return text
 
 
 def add_parsers(groups: Any) -> None:
@@ -156,9 +163,11 @@ def add_parsers(groups: Any) -> None:
         help="finish a run that stopped (with its own filter and dry run)",
     )  # fmt: skip
     command.add_argument(
-        "--from", dest="since", metavar="TIME", help="at or after (RFC 3339; no offset: UTC)"
-    )
-    command.add_argument("--to", dest="until", metavar="TIME", help="before (RFC 3339)")
+        "--from", dest="since", type=_time_text, metavar="TIME",
+        help="occurred at or after (RFC 3339; no offset: UTC; a date: its midnight UTC)",
+    )  # fmt: skip
+    command.add_argument("--to", dest="until", type=_time_text, metavar="TIME",
+                         help="before, not included (as --from)")  # fmt: skip
     command.add_argument("--model", help="as reported, or as the catalog priced it")
     command.add_argument("--provider", help="as reported, or as the catalog priced it")
     command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")

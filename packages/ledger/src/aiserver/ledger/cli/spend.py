@@ -104,7 +104,13 @@ and sums the rest as (other). A time without an offset, or a date, is wall time 
 
 The answer is exact and current: the hourly rollups plus the events not folded yet, in one
 snapshot; a tag key the project does not roll up is summed from raw events (slower, and the
-answer says so). --json prints the answer of GET /v1/spend."""
+answer says so). --json prints the answer of GET /v1/spend.
+
+exit status: 0 the answer was printed; 1 the question was refused or could not be answered (no
+such project, --to not after --from, a window over 3660 days, --top without --group-by, an
+answer of more than 100,000 rows, the database unreachable: its problem on stderr, or as
+{"error": ...} on stdout with --json); 2 wrong arguments (a time, zone, dimension or --top of
+the wrong form)."""
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger spend --project acme-search --from 2026-11-01 --to 2026-12-01
@@ -112,6 +118,61 @@ _EXAMPLES: Final = """examples:
       --group-by model --top 5
   aiserver-ledger spend --project acme-search --from 2026-12-01T00:00:00Z --to 2026-12-02 \\
       --bucket hour --tz Asia/Kolkata --group-by tag:team --tag feature=search --json"""
+
+
+def _time_text(text: str) -> str:
+    """An argparse type: a time of --from or --to, checked for its form here (exit 2, with the
+    usage) and kept as text: one without an offset is wall time in --tz, which `spend_query`
+    knows once the project is read."""
+    from aiserver.ledger.errors import InvalidField
+    from aiserver.ledger.usage.reading import parse_time
+
+    try:
+        parse_time(text, "TIME")
+    except InvalidField:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text[:80]!r} (RFC 3339, e.g. 2026-12-01T10:00:00Z or "
+            "2026-12-01T11:00:00+01:00; no offset, or a date alone, 2026-12-01: wall time in "
+            "--tz, by default the project's)"
+        ) from None
+    return text
+
+
+def _zone(text: str) -> str:
+    """An argparse type: --tz, a zone `spend_query` would take (`zones.refusal` says why not)."""
+    from aiserver.ledger.zones import refusal
+
+    why = refusal(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
+def _dimensions(text: str) -> str:
+    """An argparse type: one --group-by, dimensions separated by commas, each of a known form;
+    `spend_query` checks them all together (each once, at most 4)."""
+    from aiserver.ledger.spend.query import TAG_PREFIX
+    from aiserver.ledger.usage.events import TAG_KEY
+
+    for name in (name.strip() for name in text.split(",")):
+        if not name or name in ("model", "provider", "status"):
+            continue
+        if not name.startswith(TAG_PREFIX) or not TAG_KEY.fullmatch(name[len(TAG_PREFIX) :]):
+            raise argparse.ArgumentTypeError(
+                f"not model, provider, status or tag:KEY: {name[:80]!r} (a tag key: 1 to 64 "
+                "ASCII letters, digits and _ . : / -)"
+            )
+    return text
+
+
+def _top(text: str) -> int:
+    """An argparse type: --top, 1 to MAX_TOP in ASCII digits (int() reads "1_0" as 10)."""
+    from aiserver.ledger.spend.query import MAX_TOP
+
+    digits = text.isascii() and text.isdigit() and len(text) <= 9
+    if not digits or not 1 <= int(text) <= MAX_TOP:
+        raise argparse.ArgumentTypeError(f"a whole number, 1 to {MAX_TOP}: {text[:20]!r}")
+    return int(text)
 
 
 def add_parsers(groups: Any) -> None:
@@ -125,16 +186,23 @@ def add_parsers(groups: Any) -> None:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.add_argument("--project", required=True, metavar="SLUG")
-    command.add_argument("--from", dest="since", required=True, metavar="TIME",
-                         help="the window's start (RFC 3339, or a date)")  # fmt: skip
-    command.add_argument("--to", dest="until", required=True, metavar="TIME",
-                         help="the window's end, not included")  # fmt: skip
-    command.add_argument("--bucket", choices=BUCKETS, help="default: one total")
-    command.add_argument("--tz", metavar="ZONE", help="IANA time zone (default: the project's)")
+    command.add_argument("--project", required=True, metavar="SLUG",
+                         help="the project's slug (projects list)")  # fmt: skip
+    command.add_argument("--from", dest="since", required=True, type=_time_text, metavar="TIME",
+                         help="the window's start: RFC 3339, or a date; no offset: wall time in "
+                         "--tz")  # fmt: skip
+    command.add_argument("--to", dest="until", required=True, type=_time_text, metavar="TIME",
+                         help="the window's end, not included (as --from)")  # fmt: skip
     command.add_argument(
-        "--group-by", action="append", default=[], metavar="DIMENSION",
-        help="model, provider, status or tag:KEY (commas or repeated)",
+        "--bucket", choices=BUCKETS, help="a row per bucket of the --tz clock (default: one total)"
+    )
+    command.add_argument(
+        "--tz", type=_zone, metavar="ZONE",
+        help="IANA time zone, e.g. Europe/Berlin (default: the project's)",
+    )  # fmt: skip
+    command.add_argument(
+        "--group-by", type=_dimensions, action="append", default=[], metavar="DIMENSION",
+        help="model, provider, status or tag:KEY (commas or repeated; up to 4)",
     )  # fmt: skip
     command.add_argument("--model", help="as priced (as reported when unpriced)")
     command.add_argument("--provider", help="as priced (as reported when unpriced)")
@@ -143,7 +211,9 @@ def add_parsers(groups: Any) -> None:
         "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="a tag the events have (repeat it: every one must hold)",
     )  # fmt: skip
-    command.add_argument("--top", type=int, metavar="N", help="keep the N costliest groups")
+    command.add_argument("--top", type=_top, metavar="N",
+                         help="keep the N costliest groups over the window, the rest summed "
+                         "as (other); needs --group-by")  # fmt: skip
     command.add_argument("--json", action="store_true", help="the answer as JSON")
 
 
