@@ -20,6 +20,8 @@ from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES, VISIBLE_WITHIN_S
+from aiserver.ledger import projects
+from aiserver.ledger.access import Access
 from aiserver.ledger.usage.partitions import AHEAD, month_of, next_month, partition_name
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
@@ -345,10 +347,39 @@ async def test_the_worker_makes_the_coming_months_partitions_when_it_starts(
     assert await results(redis) == [
         {
             "outcome": "done", "created": expected, "dropped": [], "postponed": [],
-            "keys_forgotten": 0,
+            "keys_forgotten": 0, "rebuilds_enqueued": [],
         }
     ]  # fmt: skip
     assert await _partitions(cfg.core.database_url) == expected
+
+
+async def test_a_project_whose_rollup_rebuild_was_lost_is_rebuilt_by_the_hourly_upkeep(
+    cfg: Settings, redis: ArqRedis
+) -> None:
+    """A change of a project's rolled-up keys enqueues its rebuild; one lost on the way (its try
+    failed while PostgreSQL was away, Redis restarted empty) left the project waiting for good.
+    The hourly upkeep enqueues it again, and the rebuild clears the wait."""
+    pool = await asyncpg.create_pool(cfg.core.database_url, min_size=1, max_size=2)
+    try:
+        project = await projects.create_project(
+            pool, Access.operator(), slug="waits", name="Waits", rollup_tags=["team"]
+        )
+        await pool.execute(  # as a key change leaves it, its job lost
+            "UPDATE projects SET rolled_up_tags = '{}', rollup_rebuild_pending = true"
+            " WHERE id = $1",
+            project.id,
+        )
+        worker = await run_burst(make_worker(cfg, cron_jobs=[partitions_cron()]))
+        assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)  # the upkeep, the rebuild
+        (upkeep,) = [r for r in await results(redis) if "rebuilds_enqueued" in r]
+        assert upkeep["rebuilds_enqueued"] == [project.id]
+        row = await pool.fetchrow(
+            "SELECT rolled_up_tags, rollup_rebuild_pending FROM projects WHERE id = $1",
+            project.id,
+        )
+        assert (row["rolled_up_tags"], row["rollup_rebuild_pending"]) == (["team"], False)
+    finally:
+        await pool.close()
 
 
 async def test_two_workers_starting_together_make_each_partition_once(

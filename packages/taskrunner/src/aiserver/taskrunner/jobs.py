@@ -28,6 +28,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from arq.worker import Retry
@@ -39,8 +40,10 @@ from aiserver.documents import service as documents
 from aiserver.documents.errors import StalledBeforeTheTry
 from aiserver.ledger.budgets.alerts.delivery import deliver_due
 from aiserver.ledger.budgets.reservations import forget_ended, release_expired
+from aiserver.ledger.jobs import REBUILD_JOB
 from aiserver.ledger.spend import rebuild
 from aiserver.ledger.spend.folding import fold_all
+from aiserver.ledger.spend.store import rollups as rollup_store
 from aiserver.ledger.usage.partitions import maintain
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
@@ -138,9 +141,27 @@ async def process_document(ctx: Ctx, document_id: str) -> dict[str, Any]:
 
 @logged_job
 async def usage_partitions_task(ctx: Ctx) -> dict[str, Any]:
-    """Cron: create the coming months' usage partitions, drop those past USAGE_RETENTION_DAYS."""
+    """Cron: create the coming months' usage partitions, drop those past USAGE_RETENTION_DAYS;
+    and enqueue the rollup rebuild of each project still waiting for one (`rebuilds_enqueued`).
+
+    A change of a project's rolled-up tag keys enqueues its rebuild; a rebuild job lost on the
+    way (its try failed while PostgreSQL was away, or Redis restarted empty) would leave the
+    project waiting for good, its spend by a new key read from raw events until retention
+    drops them. Once an hour each waiting project gets a job, named by the hour (arq enqueues
+    a name once): at worst a rebuild done twice, which makes the same rollups."""
     settings: TaskRunnerSettings = ctx["settings"]
-    return (await maintain(settings.core, settings.ledger)).as_dict()
+    done = (await maintain(settings.core, settings.ledger)).as_dict()
+    async with require_pool().acquire() as conn:
+        waiting = await rollup_store.pending_rebuilds(conn)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
+    for project_id in waiting:
+        await ctx["redis"].enqueue_job(
+            REBUILD_JOB, project_id, _job_id=f"{REBUILD_JOB}:{project_id}:sweep:{hour}"
+        )
+    if waiting:
+        log.warning("rollup rebuilds enqueued again: their projects still wait for one",
+                    project_ids=waiting)  # fmt: skip
+    return {**done, "rebuilds_enqueued": waiting}
 
 
 async def usage_fold_task(ctx: Ctx) -> dict[str, int]:

@@ -326,6 +326,12 @@ async def rebuild(
     return Rebuilt(events=int(row["events"]), rollups=row["rollups"], kept=row["kept"])
 
 
+async def pending_rebuilds(conn: DbConnection) -> list[int]:
+    """The projects whose rollups wait for a rebuild (`rollup_rebuild_pending`), by id."""
+    rows = await conn.fetch("SELECT id FROM projects WHERE rollup_rebuild_pending ORDER BY id")
+    return [r["id"] for r in rows]
+
+
 async def mark_rolled_up(conn: DbConnection, project_id: int, tags: Sequence[str]) -> None:
     """Record that the project's rollups hold `tags` in every row, and no other key (a rebuild
     made them so, holding the project's row: no change of its keys came meanwhile)."""
