@@ -90,7 +90,7 @@ async def test_every_member_of_a_gzip_body_is_read(
     bytes after the last member that are not gzip are a 400, not dropped in silence."""
     first = protobuf(request(chat("eee19b7ec3c1b174")))
     second = protobuf(request(chat("eee19b7ec3c1b175", input_tokens=7)))
-    assert ExportTraceServiceRequest.FromString(first + second).resource_spans[1]
+    assert len(ExportTraceServiceRequest.FromString(first + second).resource_spans) == 2
     headers = {
         **bearer(tenants.ingest_a["key"]),
         "Content-Type": "application/x-protobuf",

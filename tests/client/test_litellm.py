@@ -94,8 +94,12 @@ async def test_a_completion_is_recorded_with_its_call_id_usage_and_tags(
     )
     # strings only, valid keys only, cut to 256 characters; the callback's own tags first
     assert event["tags"] == {"service": "chat", "feature": "summarize", "long": "y" * 256}
+    # gpt-4o in the bundled catalog: 2.5e-06 an input token, 1e-05 an output token
+    input_cost = usage["input_tokens"] * Decimal("2.5e-06")
+    expected = input_cost + usage["output_tokens"] * Decimal("1e-05")
+    assert Decimal(event["total"]) == expected > 0
     with Client(ledger.api.base_url, tenant.key) as client:
-        assert Decimal(event["total"]) == client.calculate("gpt-4o", usage).total
+        assert client.calculate("gpt-4o", usage).total == expected
     assert datetime.fromisoformat(event["occurred_at"]) <= datetime.fromisoformat(
         event["received_at"]
     )
@@ -133,11 +137,14 @@ async def test_streamed_completions_are_recorded_once_each(
             model="gpt-4o", messages=MESSAGES, mock_response="four five", stream=True)]  # fmt: skip
         return str(chunks[0].id)
 
+    # the project's events from the module's other tests are not these calls'
+    earlier = set(await api_events(ledger.api, registered.tenant))
     await asyncio.to_thread(stream)
     await astream()
     await registered.delivered(before, 2)
-    new = sorted((await api_events(ledger.api, registered.tenant)).values(),
-                 key=lambda e: e["event_id"])[-2:]  # fmt: skip
+    events = await api_events(ledger.api, registered.tenant)
+    new = [event for key, event in events.items() if key not in earlier]
+    assert len(new) == 2, new
     for event in new:
         assert event["model"] == "gpt-4o"
         assert event["usage"]["input_tokens"] > 0
@@ -179,7 +186,10 @@ async def test_an_anthropic_call_with_cache_costs_what_its_message_costs(
         )
     assert (event["model"], event["provider"]) == ("claude-opus-4-6", "anthropic")
     assert event["usage"]["cache_write_tokens"] == 2051
-    assert Decimal(event["total"]) == own.total
+    # claude-opus-4-6 in the bundled catalog: 2095 uncached at 5e-06, 2051 cache reads at
+    # 5e-07, 2051 cache writes at 6.25e-06, 503 out at 2.5e-05:
+    # 0.010475 + 0.0010255 + 0.01281875 + 0.012575
+    assert Decimal(event["total"]) == own.total == Decimal("0.03689425")
 
 
 # -- the LiteLLM proxy ----------------------------------------------------------------------------

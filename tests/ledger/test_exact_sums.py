@@ -17,7 +17,6 @@ import asyncpg
 import msgspec
 
 from aiserver.costs.catalog import Catalog
-from aiserver.costs.pricing.exact import MULTIPLY
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets.commits import (
     BudgetScope,
@@ -39,6 +38,13 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 OPERATOR = Access.operator()
 TOKENS = 1_234_567_891_234
 OLD_PRICE, NEW_PRICE = "1.0000000000000001e-07", "2.0000000000000002e-07"
+# TOKENS at each price, multiplied out by hand (123456.7891234 + 0.00000000001234567891234 at
+# the old one), and three and six events at the old one: 29 digits each, which the default
+# context's 28 would round
+OLD_COST = Decimal("123456.78912340001234567891234")
+NEW_COST = Decimal("246913.57824680002469135782468")
+THREE_OLD = Decimal("370370.36737020003703703673702")
+SIX_OLD = Decimal("740740.73474040007407407347404")
 
 
 def _catalog(row_id: int, price: str, version: int) -> Catalog:
@@ -78,18 +84,19 @@ async def test_the_spend_answer_sums_costs_of_29_digits_exactly(
     report = await record(ledger, OLD, *(_raw(f"e{i}", at) for i, at in enumerate(hours)))
     assert report.recorded == 3
     cost = Decimal(report.results[0].total)
+    assert cost == OLD_COST
     assert len(cost.as_tuple().digits) == 29  # more than the default context's 28
     pool, _ = ledger
     async with pool.acquire() as conn:
         await fold_all(conn)
     exact = await pool.fetchval("SELECT sum(total_cost) FROM usage_events")
-    assert exact == MULTIPLY(3, cost)  # PostgreSQL's sum is exact
+    assert exact == THREE_OLD  # PostgreSQL's sum is exact
     answer = await _spend_total(pool)
     assert Decimal(answer.total.cost) == exact  # three rollup rows, added in Python
     by_day = await _spend_total(pool, bucket="day")
     assert [Decimal(b.total.cost) for b in by_day.buckets if Decimal(b.total.cost)] == [
-        MULTIPLY(2, cost),
-        cost,
+        NEW_COST,  # two events at the old price
+        OLD_COST,
     ]
 
 
@@ -104,7 +111,7 @@ async def test_a_reprice_corrects_rollups_and_totals_exactly(
     run = await request_reprice(pool, OPERATOR, RepriceRequest(project="p", dry_run=False))
     await execute_run(pool, run.id, NEW)
     new_cost = await pool.fetchval("SELECT total_cost FROM usage_events")
-    assert new_cost == MULTIPLY(2, old_cost)
+    assert (old_cost, new_cost) == (OLD_COST, NEW_COST)
     assert await pool.fetchval("SELECT sum(cost) FROM usage_rollups") == new_cost
     assert await pool.fetchval("SELECT sum(cost) FROM usage_rollups_daily") == new_cost
     totals = await pool.fetchrow("SELECT old_total, new_total FROM usage_reprice_runs")
@@ -113,24 +120,24 @@ async def test_a_reprice_corrects_rollups_and_totals_exactly(
 
 
 def test_budget_window_sums_deltas_and_crossings_are_exact() -> None:
-    cost = MULTIPLY(TOKENS, Decimal(OLD_PRICE))  # 29 digits
+    cost = OLD_COST
     assert cost + 0 != cost  # the default context would round it (the reason for this test)
     at = datetime(2026, 11, 25, 10, tzinfo=UTC)
     # its 50% is exactly what three events commit (29 digits: rounded, it would miss)
-    budget = BudgetScope(1, {}, None, "month", limit_usd=MULTIPLY(6, cost),
+    budget = BudgetScope(1, {}, None, "month", limit_usd=SIX_OLD,
                          thresholds=(Decimal(50), Decimal(100)))  # fmt: skip
     spends = [Spend(at, {}, "gpt-x", "gpt-x", cost) for _ in range(3)]
     ((key, added),) = window_sums([budget], "UTC", spends).items()
-    assert added.committed == MULTIPLY(3, cost)
+    assert added.committed == THREE_OLD
     # a reprice doubles each event's cost: the window gains 3 * cost, exactly
-    changes = [(s, Spend(at, {}, "gpt-x", "gpt-x", MULTIPLY(2, cost))) for s in spends]
-    assert window_deltas([budget], "UTC", changes)[key].committed == MULTIPLY(3, cost)
+    changes = [(s, Spend(at, {}, "gpt-x", "gpt-x", NEW_COST)) for s in spends]
+    assert window_deltas([budget], "UTC", changes)[key].committed == THREE_OLD
     # the three reach 50% exactly (PostgreSQL returns the exact committed sum): crossed once
     (crossing,) = crossings([budget], {key: added}, {key: added.committed})
-    assert (crossing.threshold, crossing.committed) == (Decimal(50), MULTIPLY(3, cost))
+    assert (crossing.threshold, crossing.committed) == (Decimal(50), THREE_OLD)
     # two of them stay below it, and the third crosses it after them
     two = window_sums([budget], "UTC", spends[:2])
     assert crossings([budget], two, {key: two[key].committed}) == []
     one = window_sums([budget], "UTC", spends[:1])
-    (crossing,) = crossings([budget], one, {key: MULTIPLY(3, cost)})
+    (crossing,) = crossings([budget], one, {key: THREE_OLD})
     assert crossing.threshold == Decimal(50)
