@@ -206,6 +206,18 @@ def bench_settings(url: str, **env: str) -> ApiSettings:
     )
 
 
+async def age_catalog(pool: asyncpg.Pool, days: int = 90) -> None:
+    """Make a catalog seeded a second ago one in place for `days`, as in production: its prices
+    and its aliases' spans valid from then. The events of the last days then find the prices
+    valid at their time, and resolve their names as the catalog did then without looking back
+    (a catalog seeded now would price them with its first prices and a note on every event)."""
+    for table in ("ai_model_costs", "ai_model_alias_history"):
+        await pool.execute(
+            f"UPDATE {table} SET valid_from = valid_from - make_interval(days => $1)",  # noqa: S608
+            days,
+        )
+
+
 async def server_version() -> str:
     conn = await asyncpg.connect(ADMIN_URL, timeout=10)
     try:

@@ -39,6 +39,7 @@ from aiserver.ledger.usage.ingest import UsageRecorder
 from bench.common import (
     Section,
     Table,
+    age_catalog,
     bench_settings,
     fmt_mib,
     fmt_s,
@@ -82,7 +83,7 @@ async def prepare(url: str, count: int) -> str:
     await seed_from_snapshot(settings.core)
     async with database(settings.core):
         pool = require_pool()
-        await pool.execute("UPDATE ai_model_costs SET valid_from = valid_from - interval '90 days'")
+        await age_catalog(pool)
         project = await projects.create_project(pool, Access.operator(), slug="bench", name="Bench")
         key = await api_keys.create_key(
             pool, Access.operator(), "bench", name="bench-read", scopes=["read"]

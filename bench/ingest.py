@@ -7,8 +7,8 @@ provider-prefixed and provider-apart names), cache reads and 5-minute and 1-hour
 reasoning, embeddings, under 2% of events on models the catalog does not know (kept unpriced,
 with suggestions), tags `user`, `team`, `feature` (and `env` on some), UUID keys, and
 `occurred_at` spread over the last three days (two monthly partitions). The catalog's prices
-are made valid from 90 days back, as in a catalog that has been in place for months. Every
-partition exists before any variant runs.
+and its aliases' spans are made valid from 90 days back, as in a catalog that has been in place
+for months. Every partition exists before any variant runs.
 
 - **Ingest over HTTP**: batches of 1,000 events (`{"events": [...]}`), sent by several client
   connections at once; each request is checked, priced, its keys claimed (idempotency and outbox
@@ -64,6 +64,7 @@ from aiserver.ledger.usage.store.events import EVENT_COLUMNS, claim_keys, copy_e
 from aiserver.ledger.usage.valuation import value_event
 from bench.common import (
     Section,
+    age_catalog,
     bench_settings,
     fmt_mib,
     fmt_ms,
@@ -214,10 +215,7 @@ async def prepare(url: str, months: set[datetime]) -> Setup:
     await seed_from_snapshot(settings.core)
     async with database(settings.core):
         pool = require_pool()
-        # A catalog in place for months, as in production: the events of the last days find
-        # the prices valid then (a catalog seeded a second ago would price them with its first
-        # prices and a note saying so on every event).
-        await pool.execute("UPDATE ai_model_costs SET valid_from = valid_from - interval '90 days'")
+        await age_catalog(pool)
         project = await projects.create_project(
             pool, Access.operator(), slug="bench", name="Bench", rollup_tags=["team", "feature"]
         )
