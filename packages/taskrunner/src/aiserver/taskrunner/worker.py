@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 from arq import cron
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
@@ -88,15 +88,11 @@ REBUILD_JOB_TIMEOUT_S: Final = 3600
 #: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
 #: from its cursor by the next reprice cron tick.
 REPRICE_JOB_TIMEOUT_S: Final = 3600
-#: How long the worker waits for an answer of Redis. The worker sends no blocking command (it
-#: polls), so an answer this late means the connection is dead; arq sets no such bound.
-REDIS_ANSWER_TIMEOUT_S: Final = 15
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: TaskRunnerSettings = ctx["settings"]
     configure_logging(settings.core.log_level, settings.core.log_format)
-    await _bound_redis_answers(ctx["redis"])
     await initialize_database(settings.core)
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(database(settings.core))
@@ -113,22 +109,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         log.info("removed work directories of interrupted conversions", directories=swept)
     await _seal_webhook_secrets(settings)
     log.info("task runner ready", queue=QUEUE_NAME)
-
-
-async def _bound_redis_answers(redis: ArqRedis) -> None:
-    """Make every read of the worker's Redis connections fail after REDIS_ANSWER_TIMEOUT_S.
-
-    arq opens them without a read timeout. A connection whose answers stop coming without a
-    reset (a network that drops packets, a Redis that failed over to another host) then held
-    the worker's poll for good: no job and no cron ran again, and nothing was logged, although
-    Redis answered new connections. With the bound, the poll fails with a timeout, and the
-    task runner starts a new worker, as after any loss of Redis (`aiserver.taskrunner.cli`).
-    The connections arq opened before this (its first ping) are closed and forgotten, so that
-    every connection is made with the bound; nothing else uses them yet."""
-    pool = redis.connection_pool
-    pool.connection_kwargs.update(socket_timeout=REDIS_ANSWER_TIMEOUT_S, socket_keepalive=True)
-    await pool.disconnect()
-    pool.reset()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
 
 async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
