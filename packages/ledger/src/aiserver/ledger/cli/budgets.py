@@ -8,7 +8,14 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
+from aiserver.ledger.cli.common import (
+    Command,
+    print_json,
+    tag_argument,
+    when,
+    whole_number,
+    with_pool,
+)
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -133,16 +140,6 @@ def _decimal(text: str) -> Decimal:
         ) from None
 
 
-def _budget_id(text: str) -> int:
-    """An argparse type: a budget's id in ASCII digits (int() reads "1_0" as 10, "١٠" too)."""
-    from aiserver.core_db.connections import MAX_BIGINT
-
-    digits = text.isascii() and text.isdigit() and len(text) <= 19
-    if not digits or not 1 <= int(text) <= MAX_BIGINT:
-        raise argparse.ArgumentTypeError(f"a budget id, 1 to {MAX_BIGINT}: {text[:30]!r}")
-    return int(text)
-
-
 _EXIT: Final = """\
 exit status: 0 done; 1 refused (no such project or budget, a field the API refuses too, webhooks
 disabled: the problem on stderr, or as {"error": ...} on stdout with --json) or the database
@@ -187,7 +184,10 @@ _EXAMPLES: Final = "examples:\n" + "\n".join(
 
 
 def add_parsers(groups: Any) -> None:
+    from aiserver.core_db.connections import MAX_BIGINT
     from aiserver.ledger.budgets.periods import PERIODS
+
+    budget_id = whole_number(f"a budget id, 1 to {MAX_BIGINT}", 1, MAX_BIGINT)
 
     group = groups.add_parser(
         "budgets",
@@ -210,7 +210,7 @@ def add_parsers(groups: Any) -> None:
         )
         if name in ("show", "delete"):
             command.add_argument(
-                "id", type=_budget_id, metavar="ID", help="the budget's id (budgets list)"
+                "id", type=budget_id, metavar="ID", help="the budget's id (budgets list)"
             )
     create = commands.choices["create"]
     create.add_argument(

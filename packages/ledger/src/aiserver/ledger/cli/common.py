@@ -41,6 +41,12 @@ def tag_argument(text: str) -> tuple[str, str]:
 def time_argument(text: str) -> datetime:
     """An argparse type: a time of --from or --to, read as the API reads `from` and `to`, so
     that one of the wrong form is a wrong argument (exit 2, with the usage)."""
+    return read_time(text, "no offset: UTC; a date alone, 2026-12-01: its midnight UTC")
+
+
+def read_time(text: str, no_offset: str) -> datetime:
+    """`text` read as the API reads `from` and `to`; `argparse.ArgumentTypeError` for one of
+    the wrong form, saying what a time without an offset means to the command (`no_offset`)."""
     from aiserver.ledger.errors import InvalidField
     from aiserver.ledger.usage.reading import parse_time
 
@@ -50,8 +56,23 @@ def time_argument(text: str) -> datetime:
         pass
     raise argparse.ArgumentTypeError(
         f"not a time: {text[:80]!r} (RFC 3339, e.g. 2026-12-01T10:00:00Z or "
-        "2026-12-01T11:00:00+01:00; no offset: UTC; a date alone, 2026-12-01: its midnight UTC)"
+        f"2026-12-01T11:00:00+01:00; {no_offset})"
     )
+
+
+def whole_number(says: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` in ASCII digits; `says` is what the
+    refusal calls it ("a run id, 1 to ..."). `int()` alone reads more ("1_0" is 10, and so are
+    other scripts' digits; "²" passes `isdigit()`), so a typo would be another number."""
+    longest = len(str(high))
+
+    def number(text: str) -> int:
+        digits = text.isascii() and text.isdigit() and len(text) <= longest
+        if not digits or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{says}: {text[:30]!r}")
+        return int(text)
+
+    return number
 
 
 def add_event_filters(command: argparse.ArgumentParser, *, window_required: bool) -> None:

@@ -14,7 +14,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, time_argument, when, with_pool
+from aiserver.ledger.cli.common import (
+    Command,
+    print_json,
+    time_argument,
+    when,
+    whole_number,
+    with_pool,
+)
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -118,25 +125,6 @@ _NOT_WITH_RESUME: Final = (
 )  # fmt: skip
 
 
-def _run_id(text: str) -> int:
-    """An argparse type: a run's id in ASCII digits (int() reads "4_2" as 42, "٤٢" too)."""
-    from aiserver.core_db.connections import MAX_BIGINT
-
-    digits = text.isascii() and text.isdigit() and len(text) <= 19
-    if not digits or not 1 <= int(text) <= MAX_BIGINT:
-        raise argparse.ArgumentTypeError(f"a run id, 1 to {MAX_BIGINT}: {text[:30]!r}")
-    return int(text)
-
-
-def _batch(text: str) -> int:
-    """An argparse type: events per transaction, in ASCII digits (isdigit() alone is true of
-    "²", which int() refuses)."""
-    digits = text.isascii() and text.isdigit() and len(text) <= 5
-    if not digits or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"1 to 10000: {text[:20]!r}")
-    return int(text)
-
-
 def _time_text(text: str) -> str:
     """An argparse type: a time of --from or --to, checked as `events` checks it (exit 2, with
     the usage) and kept as the text the run's filter stores."""
@@ -145,6 +133,7 @@ def _time_text(text: str) -> str:
 
 
 def add_parsers(groups: Any) -> None:
+    from aiserver.core_db.connections import MAX_BIGINT
     from aiserver.ledger.repricing.execution import BATCH_SIZE
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
@@ -159,7 +148,7 @@ def add_parsers(groups: Any) -> None:
     which.add_argument("--project", metavar="SLUG", help="this project's events")
     which.add_argument("--all-projects", action="store_true", help="every project's events")
     which.add_argument(
-        "--resume", type=_run_id, metavar="RUN",
+        "--resume", type=whole_number(f"a run id, 1 to {MAX_BIGINT}", 1, MAX_BIGINT), metavar="RUN",
         help="finish a run that stopped (with its own filter and dry run)",
     )  # fmt: skip
     command.add_argument(
@@ -173,7 +162,7 @@ def add_parsers(groups: Any) -> None:
     command.add_argument("--status", choices=PRICING_STATUSES, help="the pricing status")
     command.add_argument("--dry-run", action="store_true", help="say what would change only")
     command.add_argument(
-        "--batch-size", type=_batch, default=BATCH_SIZE, metavar="N",
+        "--batch-size", type=whole_number("1 to 10000", 1, 10_000), default=BATCH_SIZE, metavar="N",
         help="events per transaction (default: %(default)s)",
     )  # fmt: skip
     command.add_argument("--no-progress", action="store_true", help="no progress on stderr")

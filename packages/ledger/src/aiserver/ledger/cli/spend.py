@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, tag_argument, when, with_pool
+from aiserver.ledger.cli.common import (
+    Command,
+    print_json,
+    read_time,
+    tag_argument,
+    when,
+    whole_number,
+    with_pool,
+)
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -124,17 +132,8 @@ def _time_text(text: str) -> str:
     """An argparse type: a time of --from or --to, checked for its form here (exit 2, with the
     usage) and kept as text: one without an offset is wall time in --tz, which `spend_query`
     knows once the project is read."""
-    from aiserver.ledger.errors import InvalidField
-    from aiserver.ledger.usage.reading import parse_time
-
-    try:
-        parse_time(text, "TIME")
-    except InvalidField:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text[:80]!r} (RFC 3339, e.g. 2026-12-01T10:00:00Z or "
-            "2026-12-01T11:00:00+01:00; no offset, or a date alone, 2026-12-01: wall time in "
-            "--tz, by default the project's)"
-        ) from None
+    read_time(text, "no offset, or a date alone, 2026-12-01: wall time in --tz, by default the "
+              "project's")  # fmt: skip
     return text
 
 
@@ -165,18 +164,9 @@ def _dimensions(text: str) -> str:
     return text
 
 
-def _top(text: str) -> int:
-    """An argparse type: --top, 1 to MAX_TOP in ASCII digits (int() reads "1_0" as 10)."""
-    from aiserver.ledger.spend.query import MAX_TOP
-
-    digits = text.isascii() and text.isdigit() and len(text) <= 9
-    if not digits or not 1 <= int(text) <= MAX_TOP:
-        raise argparse.ArgumentTypeError(f"a whole number, 1 to {MAX_TOP}: {text[:20]!r}")
-    return int(text)
-
-
 def add_parsers(groups: Any) -> None:
     from aiserver.ledger.spend.buckets import BUCKETS
+    from aiserver.ledger.spend.query import MAX_TOP
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
     command: argparse.ArgumentParser = groups.add_parser(
@@ -211,7 +201,8 @@ def add_parsers(groups: Any) -> None:
         "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="a tag the events have (repeat it: every one must hold)",
     )  # fmt: skip
-    command.add_argument("--top", type=_top, metavar="N",
+    top = whole_number(f"a whole number, 1 to {MAX_TOP}", 1, MAX_TOP)
+    command.add_argument("--top", type=top, metavar="N",
                          help="keep the N costliest groups over the window, the rest summed "
                          "as (other); needs --group-by")  # fmt: skip
     command.add_argument("--json", action="store_true", help="the answer as JSON")

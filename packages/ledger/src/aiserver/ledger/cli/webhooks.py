@@ -22,7 +22,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command
+from aiserver.ledger.cli.common import Command, whole_number
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -146,22 +146,6 @@ def _receive(core: CoreSettings, args: argparse.Namespace) -> Callable[[], int]:
     return receive
 
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port (0: any free one), so that one out of range is a wrong
-    argument rather than a traceback from bind()."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 65_535:
-        raise argparse.ArgumentTypeError(f"a port, 0 to 65535: {text[:20]!r}")
-    return int(text)
-
-
-def _at_least_one(text: str) -> int:
-    """An argparse type: a count of alerts to wait for (0 or less would stop at once, having
-    received nothing)."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number, 1 or more: {text[:20]!r}")
-    return int(text)
-
-
 def add_parsers(groups: Any) -> None:
     group = groups.add_parser(
         "webhooks",
@@ -178,14 +162,14 @@ def add_parsers(groups: Any) -> None:
     )
     receive.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     receive.add_argument(
-        "--port", type=_port, default=8900,
+        "--port", type=whole_number("a port, 0 to 65535", 0, 65_535), default=8900,
         help="port to listen on, 0 to 65535 (8900; 0: any free one, printed at start)",
     )  # fmt: skip
     receive.add_argument(
         "--secret", help="the budget's webhook_secret (default: WEBHOOK_SECRET in the environment)"
     )
     receive.add_argument(
-        "--count", type=_at_least_one, metavar="N",
+        "--count", type=whole_number("a whole number, 1 or more", 1, 999_999_999), metavar="N",
         help="stop after N verified alerts, 1 or more (default: at Ctrl-C)",
     )  # fmt: skip
     receive.add_argument("--json", action="store_true", help="print each alert as JSON")
