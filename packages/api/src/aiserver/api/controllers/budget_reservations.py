@@ -20,7 +20,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
 from aiserver.api.controllers.budgets import Amount
-from aiserver.api.controllers.budgets import amount as decimal_amount
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import NO_QUERY
@@ -33,6 +32,7 @@ from aiserver.costs.pricing import ServiceTier
 from aiserver.costs.usage_formats import UsageFormat
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations
+from aiserver.ledger.budgets.rules import amount as decimal_amount
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.usage.events import ModelName, ProviderName
 

@@ -6,10 +6,9 @@ is a decimal string (USD), exact both ways.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Final
+from decimal import Decimal
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
@@ -26,8 +25,8 @@ from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.periods import Period
+from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.budgets.service import BudgetView, Window
-from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.settings import LedgerSettings
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -119,27 +118,6 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class BudgetList(msgspec.Struct, frozen=True, kw_only=True):
     budgets: list[BudgetOut]
-
-
-#: Plain decimal text, a JSON number's notation: ASCII digits, a "-", a fraction, an exponent.
-#: `Decimal` reads more ("1_0" is 10, fullwidth digits, spaces around), so a typo would be
-#: another amount.
-_DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-
-
-def amount(text: str, field: str, example: str = "25.50") -> Decimal:
-    """A plain decimal string (`_DECIMAL`) as an exact Decimal; `InvalidField` for anything
-    else."""
-    try:
-        if _DECIMAL.fullmatch(text) is None:
-            raise InvalidOperation
-        return Decimal(text)
-    except InvalidOperation:  # also an exponent beyond what a Decimal holds
-        raise InvalidField(
-            f"{field}: {text[:40]!r} is not a decimal number; write it as a decimal string of "
-            f'ASCII digits with an optional "-", fraction and exponent, e.g. "{example}"',
-            [field],
-        ) from None
 
 
 def _amounts(texts: list[str], field: str) -> list[Decimal]:

@@ -15,7 +15,7 @@ from litestar.datastructures import FormMultiDict
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from aiserver.api.controllers.budgets import amount, webhook_options
+from aiserver.api.controllers.budgets import webhook_options
 from aiserver.api.ui.forms import tag_pairs
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, checked_form, open_project, viewer
@@ -24,6 +24,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.alerts.listing import list_alerts
 from aiserver.ledger.budgets.periods import PERIODS
+from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.errors import InvalidField, WebhooksDisabled
 from aiserver.ledger.store import Project
 

@@ -3,9 +3,10 @@ its field (422 invalid-request)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Final
 
 from aiserver.ledger.budgets.periods import PERIODS, Period
@@ -102,3 +103,24 @@ def webhook_secret(given: str | None) -> str:
             ["webhook_secret"],
         )
     return given
+
+
+#: Plain decimal text, a JSON number's notation: ASCII digits, a "-", a fraction, an exponent.
+#: `Decimal` reads more ("1_0" is 10, fullwidth digits, spaces around, "NaN"), so a typo would
+#: be another amount.
+PLAIN_DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def amount(text: str, field: str, example: str = "25.50") -> Decimal:
+    """A plain decimal string (`PLAIN_DECIMAL`) as an exact Decimal; `InvalidField` for
+    anything else."""
+    try:
+        if PLAIN_DECIMAL.fullmatch(text) is None:
+            raise InvalidOperation
+        return Decimal(text)
+    except InvalidOperation:  # also an exponent beyond what a Decimal holds
+        raise InvalidField(
+            f"{field}: {text[:40]!r} is not a decimal number; write it as a decimal string of "
+            f'ASCII digits with an optional "-", fraction and exponent, e.g. "{example}"',
+            [field],
+        ) from None

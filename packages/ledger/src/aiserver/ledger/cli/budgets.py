@@ -4,8 +4,7 @@ would manage them, straight against the database."""
 from __future__ import annotations
 
 import argparse
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.ledger.cli.common import (
@@ -122,18 +121,14 @@ async def _delete(core: CoreSettings, args: argparse.Namespace) -> int:
     return await with_pool(core, work)
 
 
-#: Plain decimal text, as the API reads `limit_usd`: ASCII digits, a "-", a fraction, an
-#: exponent. `Decimal` reads more ("1_0" is 10, fullwidth digits, "NaN"), so a typo would be
-#: another amount.
-_PLAIN: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-
-
 def _decimal(text: str) -> Decimal:
+    """An argparse type: an amount, read as the API reads `limit_usd` (`rules.amount`)."""
+    from aiserver.ledger.budgets.rules import amount
+    from aiserver.ledger.errors import InvalidField
+
     try:
-        if _PLAIN.fullmatch(text) is None:
-            raise InvalidOperation
-        return Decimal(text)
-    except InvalidOperation:
+        return amount(text, "amount")
+    except InvalidField:
         raise argparse.ArgumentTypeError(
             f"not a decimal number: {text!r} (write ASCII digits with an optional -, fraction "
             "and exponent, e.g. 25.50)"
