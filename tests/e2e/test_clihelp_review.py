@@ -15,6 +15,7 @@ import pytest
 
 from aiserver.ledger.cli import _parser
 
+from ..support.cli import parse, subcommands
 from ..support.processes import run_module
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -23,39 +24,19 @@ REVIEWED = ("budgets", "spend", "reprice")
 REVIEWED_DOCS = ("budgets.md", "spend.md", "repricing.md")
 
 
-def parsers(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> dict[tuple[str, ...], argparse.ArgumentParser]:
-    found = {path: parser}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found |= parsers(sub, (*path, name))
-    return found
-
-
-def parse(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """The exit status argparse gives `argv` (0 when it parses) and what it printed on stderr."""
-    try:
-        _parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0), capsys.readouterr().err
-    return 0, capsys.readouterr().err
-
-
 def test_every_command_explains_itself_each_option_and_its_exit_statuses() -> None:
     """Before: `budgets create|list|show|delete --help` had no description, `--project`,
     `--name`, `--period` and the budget's ID no help, `spend --project` none, and neither
     budgets nor spend said what its exit statuses mean."""
     mute: list[str] = []
-    for path, parser in parsers(_parser()).items():
+    for path, parser in subcommands(_parser()).items():
         if path[:1] not in [(name,) for name in REVIEWED]:
             continue
         name = " ".join(path)
         if not (parser.description or "").strip():
             mute.append(f"{name}: no description")
-        subcommands = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
-        if not subcommands and "exit status" not in f"{parser.description}\n{parser.epilog}":
+        has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+        if not has_subcommands and "exit status" not in f"{parser.description}\n{parser.epilog}":
             mute.append(f"{name}: no exit statuses")
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
@@ -169,7 +150,7 @@ def test_a_budget_of_the_wrong_form_is_a_wrong_argument(
 def epilog_examples() -> list[str]:
     """The examples the --help of budgets, spend and reprice shows, in order, each once."""
     found: list[str] = []
-    for path, parser in parsers(_parser()).items():
+    for path, parser in subcommands(_parser()).items():
         if path[:1] in [(name,) for name in REVIEWED]:
             text = re.sub(r"\\\n\s*", "", parser.epilog or "")
             found += [line.strip() for line in text.splitlines() if line.startswith("  aiserver-")]

@@ -13,16 +13,7 @@ from aiserver.core_db.cli import _parser as db_parser
 from aiserver.costs.cli import _parser as costs_parser
 from aiserver.taskrunner.cli import _parser as taskrunner_parser
 
-
-def commands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> dict[tuple[str, ...], argparse.ArgumentParser]:
-    found = {path: parser}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found |= commands(sub, (*path, name))
-    return found
+from ..support.cli import subcommands
 
 
 @pytest.mark.parametrize(
@@ -39,7 +30,7 @@ def test_every_command_says_what_it_does(
 ) -> None:
     mute = [
         " ".join((program, *path))
-        for path, command in commands(parser()).items()
+        for path, command in subcommands(parser()).items()
         if not (command.description or "").strip()
     ]
     assert mute == []  # before: `aiserver-db status --help` and `aiserver-costs status --help`

@@ -11,14 +11,7 @@ import pytest
 
 from aiserver.ledger.cli import _parser
 
-
-def parse(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """The exit status argparse gives `argv` (0 when it parses) and what it printed on stderr."""
-    try:
-        _parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0), capsys.readouterr().err
-    return 0, capsys.readouterr().err
+from ..support.cli import parse, subcommands
 
 
 @pytest.mark.parametrize(
@@ -96,18 +89,8 @@ def test_each_of_these_commands_explains_itself_and_each_option() -> None:
     """`--help` of every `aiserver-ledger` command says what it does, and every option and
     argument what it is (budgets and spend are another's to fix: left out here)."""
 
-    def parsers(
-        parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-    ) -> dict[tuple[str, ...], argparse.ArgumentParser]:
-        found = {path: parser}
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    found |= parsers(sub, (*path, name))
-        return found
-
     mute: list[str] = []
-    for path, parser in parsers(_parser()).items():
+    for path, parser in subcommands(_parser()).items():
         if path[:1] in (("budgets",), ("spend",)):
             continue
         name = " ".join(path) or "aiserver-ledger"
