@@ -65,6 +65,7 @@ from aiserver.costs.source import DEFAULT_SOURCE, decode_json
 from aiserver.costs.store.metadata import read_catalog_version
 from aiserver.costs.store.overrides import Override, read_overrides
 from aiserver.costs.store.prices import AliasSpan, read_alias_history, read_aliases, read_versions
+from aiserver.costs.timelines import Timeline, alias_timelines, newest_present
 
 if TYPE_CHECKING:  # pricing a call needs no database layer, so it is not imported for it
     import asyncpg
@@ -151,47 +152,6 @@ class Resolution:
     matched_by: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Timeline:
-    """What a name (an alias, an undated name) named over time: `values[i]` from `starts[i]`
-    until the next start, None for nothing; before the first start, nothing. Runs of one value
-    are merged. No starts: it named `values[0]` at every time."""
-
-    starts: tuple[datetime, ...]
-    values: tuple[str | None, ...]
-
-    @classmethod
-    def of(cls, changes: Iterable[tuple[datetime, str | None]]) -> _Timeline:
-        """From (instant, value) changes; of two at one instant, the later holds."""
-        starts: list[datetime] = []
-        values: list[str | None] = []
-        for start, value in sorted(changes, key=lambda change: change[0]):
-            if starts and start == starts[-1]:
-                del starts[-1], values[-1]
-            if not values or values[-1] != value:
-                starts.append(start)
-                values.append(value)
-        return cls(tuple(starts), tuple(values))
-
-    def at(self, at: datetime, *, first: bool = False) -> str | None:
-        """The value at `at`; with `first`, before the first start the first value (as a call
-        before a model's first price is priced with that first price)."""
-        index = bisect.bisect_right(self.starts, at) - 1
-        if index < 0:
-            return self.values[0] if first or not self.starts else None
-        return self.values[index]
-
-    @property
-    def last(self) -> str | None:
-        """The last value that was not None."""
-        return next((value for value in reversed(self.values) if value is not None), None)
-
-    @property
-    def since(self) -> datetime | None:
-        """Since when it names what it names now; None: at every time."""
-        return self.starts[-1] if self.starts else None
-
-
 class Catalog:
     """An immutable snapshot of the catalog. Build it with `load_catalog` or `Catalog.build`."""
 
@@ -245,7 +205,7 @@ class Catalog:
         self._current = current
         self._aliases = dict(aliases)
         self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
-        self._alias_timelines = _alias_timelines(self._aliases, alias_history)
+        self._alias_timelines = alias_timelines(self._aliases, alias_history)
         # lower-cased alias -> its spellings of any time, as `_aliases_lower` picks one: the last
         self._alias_spellings: dict[str, list[str]] = {}
         for alias in sorted(self._alias_timelines, reverse=True):
@@ -266,7 +226,7 @@ class Catalog:
             match = _DATE_SUFFIX.match(key)
             if match:
                 self._undated.setdefault(match["base"].lower(), []).append(key)
-        self._undated_timelines: dict[str, _Timeline] = {}
+        self._undated_timelines: dict[str, Timeline] = {}
         # (name, provider) -> (how it resolved, that model's current version (None: gone)), and
         # since when it resolves so (None: at every time; a call before it resolves at its time)
         self._resolved: dict[
@@ -433,7 +393,7 @@ class Catalog:
         first: bool = False,
         seen: list[datetime] | None = None,
     ) -> Resolution | None:
-        """The rules in order, for a call of `at` (None: now; `first`: see `_Timeline.at`). What
+        """The rules in order, for a call of `at` (None: now; `first`: see `Timeline.at`). What
         depends on time is an alias and an undated name's dated key; for `at` None, `seen` gets
         since when each of those it asked answers as it does now."""
         if provider is not None and name.lower().startswith(provider.lower() + "/"):
@@ -490,19 +450,15 @@ class Catalog:
     ) -> str | None:
         """The target of the alias `name` now (`at` None), or at `at`; the exact spelling first,
         else one that differs only in case."""
+        spellings = (name, *self._alias_spellings.get(name.lower(), ()))
+        timelines = [t for t in map(self._alias_timelines.get, spellings) if t is not None]
         if at is None:
             if seen is not None:
-                for spelling in (name, *self._alias_spellings.get(name.lower(), ())):
-                    timeline = self._alias_timelines.get(spelling)
-                    if timeline is not None and timeline.since is not None:
-                        seen.append(timeline.since)
+                seen.extend(t.since for t in timelines if t.since is not None)
             return self._aliases.get(name) or self._aliases_lower.get(name.lower())
-        for spelling in (name, *self._alias_spellings.get(name.lower(), ())):
-            timeline = self._alias_timelines.get(spelling)
-            target = timeline.at(at, first=first) if timeline is not None else None
-            if target is not None:
-                return target
-        return None
+        return next(
+            (found for t in timelines if (found := t.at(at, first=first)) is not None), None
+        )
 
     def _undated_at(
         self,
@@ -525,26 +481,14 @@ class Catalog:
             seen.append(timeline.since)
         return timeline.last
 
-    def _dated_timeline(self, keys: list[str]) -> _Timeline:
-        """Which of `keys` (oldest first) was the newest in the catalog, from each instant one
-        came or went: while it had a source version or an override valid."""
-        spans = {
+    def _dated_timeline(self, keys: list[str]) -> Timeline:
+        """Which of `keys` (oldest first) was the newest in the catalog over time: while it had
+        a source version or an override valid."""
+        return newest_present({
             key: [(pv.valid_from, pv.valid_to) for pv in self._versions[key]]
             + [(o.valid_from, o.valid_to) for o in self._overrides.get(key, ())]
             for key in keys
-        }
-        instants = sorted({t for found in spans.values() for span in found for t in span if t})
-        changes: list[tuple[datetime, str | None]] = []
-        for instant in instants:
-            there = [
-                key
-                for key in keys
-                if any(
-                    begin <= instant and (end is None or instant < end) for begin, end in spans[key]
-                )
-            ]
-            changes.append((instant, there[-1] if there else None))
-        return _Timeline.of(changes)
+        })  # fmt: skip
 
     def _variants(
         self,
@@ -730,32 +674,6 @@ class Catalog:
             overrides=overrides,
             alias_history=alias_history,
         )
-
-
-def _alias_timelines(
-    aliases: Mapping[str, str], history: Iterable[AliasSpan]
-) -> dict[str, _Timeline]:
-    """Each alias's timeline: its spans, nothing between them; an alias without spans named its
-    target at every time. Where the spans end otherwise than `aliases` (the current aliases; a
-    refresh of an earlier release wrote them alone), the current target holds from the last
-    instant the spans know."""
-    spans: dict[str, list[AliasSpan]] = {}
-    for span in history:
-        spans.setdefault(span.alias, []).append(span)
-    timelines: dict[str, _Timeline] = {}
-    for alias in spans.keys() | aliases.keys():
-        changes: list[tuple[datetime, str | None]] = []
-        for span in sorted(spans.get(alias, ()), key=lambda s: s.valid_from):
-            changes.append((span.valid_from, span.target))
-            if span.valid_to is not None:
-                changes.append((span.valid_to, None))
-        if not changes:
-            timelines[alias] = _Timeline((), (aliases[alias],))
-            continue
-        if changes[-1][1] != aliases.get(alias):
-            changes.append((max(t for t, _ in changes), aliases.get(alias)))
-        timelines[alias] = _Timeline.of(changes)
-    return timelines
 
 
 def _valid_at(
