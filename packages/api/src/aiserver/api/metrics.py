@@ -23,7 +23,10 @@ logged, never an error answer):
   the rollups (its event's received_at), 0 when none waits;
 - `aiserver_usage_outbox_rows`: outbox rows waiting to be folded (counted up to 100,000);
 - `aiserver_usage_reprice_runs{state}`: repricing runs by state (queued, running, done,
-  failed).
+  failed);
+- `aiserver_budget_alerts{state}`: budget alerts waiting for their webhook (pending) and those
+  the task runner gave up delivering (failed). The task runner serves no metrics: what it gave
+  up is read from the database here.
 """
 
 from __future__ import annotations
@@ -178,6 +181,14 @@ class BacklogCollector(Collector):
         for state, count in backlog.reprice_runs.items():
             runs.add_metric([state], count)
         yield runs
+        alerts = GaugeMetricFamily(
+            "aiserver_budget_alerts",
+            "Budget alerts waiting to be delivered (pending) or given up (failed)",
+            labels=["state"],
+        )
+        for state, count in backlog.budget_alerts.items():
+            alerts.add_metric([state], count)
+        yield alerts
 
 
 backlog_collector = BacklogCollector()

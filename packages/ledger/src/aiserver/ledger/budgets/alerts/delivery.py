@@ -29,7 +29,10 @@ once the operator configures the key again).
 A failed attempt (no 2xx, no answer, or a target refused by the address check) is retried
 after 30 s, 1 min, 2 min, ... doubling up to 1 hour, each wait shortened at random by up to a
 fifth so that alerts that failed together do not retry together, and the last one 24 hours
-after the crossing; an attempt that fails then makes the alert `failed`.
+after the crossing; an attempt that fails then makes the alert `failed`: the runner logs a
+warning (`budget alert webhook given up`, naming the budget and the reason), and the API's
+/metrics counts the failed alerts (`aiserver_budget_alerts{state="failed"}`, read from the
+database: the task runner serves no metrics of its own).
 """
 
 from __future__ import annotations
@@ -208,6 +211,24 @@ async def _attempt(
         attempt=claim.attempt, status_code=outcome.status_code, error=outcome.error,
         state=state if moved else "superseded", next_attempt_at=retry,
     )  # fmt: skip
+    if state == "failed" and moved:
+        # given up: no attempt follows. Counted as `aiserver_budget_alerts{state="failed"}`
+        # (the API's /metrics reads it from the database). The budget by id and name, the
+        # reason as the attempt recorded it; never the URL nor the secret.
+        log.warning(
+            "budget alert webhook given up",
+            project=claim.project_slug, project_id=claim.project_id, alert_id=claim.alert_id,
+            budget_id=claim.budget_id, budget_name=claim.budget_name, attempts=claim.attempt,
+            crossed_at=claim.crossed_at.isoformat(), status_code=outcome.status_code,
+            reason=_reason(outcome),
+        )  # fmt: skip
+
+
+def _reason(outcome: Outcome) -> str:
+    """Why an attempt failed, in one line: its answer's status and excerpt, or its error."""
+    if outcome.status_code is None:
+        return outcome.error or "no answer"
+    return f"HTTP {outcome.status_code}" + (f": {outcome.error}" if outcome.error else "")
 
 
 async def deliver_due(

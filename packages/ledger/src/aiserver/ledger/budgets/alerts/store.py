@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -209,3 +209,18 @@ async def release_claims(
         now,
     )
     return moved
+
+
+#: The states `count_alerts` counts: those an operator acts on (a backlog of deliveries; the
+#: alerts given up). `delivered` and `no_webhook` only grow, and are not counted.
+WATCHED_STATES: Final = ("pending", "failed")
+
+
+async def count_alerts(conn: DbConnection) -> dict[str, int]:
+    """How many alerts of every project are in each of `WATCHED_STATES` (0 for none). Alerts
+    are few (one per threshold a budget's window crosses), as repricing runs are."""
+    rows = await conn.fetch(
+        "SELECT state, count(*) FROM budget_alerts WHERE state = ANY($1::text[]) GROUP BY state",
+        list(WATCHED_STATES),
+    )
+    return dict.fromkeys(WATCHED_STATES, 0) | {row["state"]: row["count"] for row in rows}
