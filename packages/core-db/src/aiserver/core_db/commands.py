@@ -19,9 +19,10 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any, Final
 
 from aiserver.core_db.errors import AiserverError, problem
@@ -145,10 +146,28 @@ def run_command(
         return INTERRUPTED
 
 
+#: RFC 3339's date-time (section 5.6: `T` and `Z` in either case, or a space for the `T`), the
+#: offset optional (UTC), or a date alone (its midnight in UTC, as the API's `from` and `to`
+#: read it). Not the other forms `datetime.fromisoformat` reads (`20261201`, `2026-W49-1`,
+#: `+0100`), which the API's `at` and `occurred_at` refuse too.
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?)?", re.ASCII
+)
+
+
 def timestamp(text: str) -> datetime:
-    """An argparse type: an RFC 3339 time; one without an offset is read as UTC."""
+    """An argparse type: an RFC 3339 time, read as the API reads a JSON body's time (msgspec:
+    a fraction finer than a microsecond is rounded to it); one without an offset is UTC, and a
+    date alone is its midnight in UTC."""
+    import msgspec
+
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if not _RFC3339.fullmatch(text):
+            raise ValueError(text)
+        if len(text) == len("2026-12-01"):
+            value = datetime.combine(date.fromisoformat(text), time())
+        else:
+            value = msgspec.convert(text, datetime)
+    except (ValueError, msgspec.ValidationError):
         raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)

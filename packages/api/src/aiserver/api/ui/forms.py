@@ -7,7 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from aiserver.ledger.errors import InvalidField
-from aiserver.ledger.usage.reading import parse_time
+from aiserver.ledger.usage.reading import parse_time_as_given
 
 
 def tag_pairs(texts: Iterable[str]) -> list[tuple[str, str]]:
@@ -26,8 +26,5 @@ def wall_time(text: str, field: str, zone: ZoneInfo) -> datetime | None:
     zone's clock. None when empty; `InvalidField` naming `field` when it is no time."""
     if not text.strip():
         return None
-    try:
-        at = datetime.fromisoformat(text.strip().upper())
-    except ValueError:
-        return parse_time(text, field)  # raises, naming the field
+    at = parse_time_as_given(text, field)  # as the API reads `from` and `to`
     return at.replace(tzinfo=zone) if at.tzinfo is None else at

@@ -51,7 +51,7 @@ from aiserver.ledger.spend.buckets import (
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
-from aiserver.ledger.usage.reading import event_query, in_utc, parse_time
+from aiserver.ledger.usage.reading import event_query, in_utc, parse_time, parse_time_as_given
 from aiserver.ledger.zones import refusal, region_of
 
 if TYPE_CHECKING:
@@ -167,14 +167,9 @@ def _time(value: str | datetime | None, field: str, zone: ZoneInfo) -> datetime:
     if value is None:
         raise InvalidField(f"{field} is required (RFC 3339, or a date)", [field])
     if isinstance(value, str):
-        try:
-            wall: datetime | None = datetime.fromisoformat(value.strip().upper())
-        except ValueError:
-            wall = None
-        if wall is None or wall.tzinfo is not None:
-            at = parse_time(value, field)  # with an offset; else the message names the field
-        else:
-            at = in_utc(wall, field, zone)
+        wall = parse_time_as_given(value, field)  # RFC 3339, or a date; else names the field
+        # with an offset, as parse_time reads it (its message quotes the text); else wall time
+        at = parse_time(value, field) if wall.tzinfo is not None else in_utc(wall, field, zone)
     else:
         at = in_utc(value, field, zone)
     try:  # the answer writes it on the zone's clock, which must read a year from 1 to 9999

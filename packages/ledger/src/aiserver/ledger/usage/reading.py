@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -121,31 +121,82 @@ class EventPage(msgspec.Struct, frozen=True, kw_only=True):
 
 # -- the query -------------------------------------------------------------------------------
 
+#: The times a query, a form or a command line takes: RFC 3339's date-time (section 5.6; its
+#: `T` and `Z` in either case, or a space for the `T`, as its note allows), and besides what
+#: the docs promise: no offset (read as the caller says: UTC, or the wall time of a zone), no
+#: seconds (`2026-12-01T10:00`), or a date alone. Nothing else that `datetime.fromisoformat`
+#: reads (`20261201`, `2026-W49-1`, `+0100`, `,5`, other scripts' digits). Groups: the date,
+#: hours and minutes, the seconds with their fraction, the offset.
+_TIME_FORM: Final = re.compile(
+    r"(\d{4}-\d{2}-\d{2})(?:[Tt ](\d{2}:\d{2})(:\d{2}(?:\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?)?",
+    re.ASCII,
+)
 #: A time whose offset's `+` came through a URL's query as a space: `...T10:00:00 01:00`.
 _SPACE_FOR_PLUS: Final = re.compile(
-    r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?) (\d{2}(?::?\d{2})?)$"
+    r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$", re.ASCII
 )
 
 
-def parse_time(text: str, field: str) -> datetime:
-    """An RFC 3339 time (`2026-12-01T10:00:00Z`, `...+01:00`), in UTC. One without an offset
-    is UTC, and a date alone is its midnight in UTC. `InvalidField` naming `field` otherwise."""
-    value = _SPACE_FOR_PLUS.sub(r"\1+\2", text.strip()).upper()
+def _not_a_time(text: str, field: str) -> InvalidField:
+    return InvalidField(
+        f"{field}: {text[:80]!r} is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z, "
+        "2026-12-01T11:00:00+01:00, or a date, 2026-12-01; in a URL, write an offset's + as "
+        "%2B)",
+        [field],
+    )
+
+
+def _out_of_range(text: str, field: str) -> InvalidField:
+    return InvalidField(
+        f"{field}: {text[:80]!r} is out of range (before year 1 or after year 9999 in UTC)",
+        [field],
+    )
+
+
+def parse_time_as_given(text: str, field: str) -> datetime:
+    """`text` as `_TIME_FORM` takes it: aware when it has an offset, naive when not (the
+    caller says whose clock that is), a date alone its midnight. A fraction of a second is
+    rounded to the microsecond exactly as ingest rounds `occurred_at` (msgspec reads both), so
+    that a window given in an event's own time text splits the events as that text does.
+    `InvalidField` naming `field` otherwise."""
+    value = _SPACE_FOR_PLUS.sub(r"\1+\2", text.strip())
+    form = _TIME_FORM.fullmatch(value)
+    if form is None:
+        raise _not_a_time(text, field)
+    day, minutes, seconds, offset = form.groups()
+    if minutes is None:
+        try:
+            return datetime.combine(date.fromisoformat(day), time())
+        except ValueError:  # 2026-02-30
+            raise _not_a_time(text, field) from None
+    whole = f"{day}T{minutes}{seconds or ':00'}{(offset or '').upper()}"
     try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidField(
-            f"{field}: {text[:80]!r} is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z; in a "
-            "URL, write an offset's + as %2B)",
-            [field],
-        ) from None
+        at: datetime = msgspec.convert(whole, datetime)
+    except msgspec.ValidationError:
+        # 9999-12-31T23:59:59.9999999Z rounds past the last representable microsecond
+        cut = whole.partition(".")[0] + (offset or "").upper()
+        if seconds is not None and "." in seconds and _valid(cut):
+            raise _out_of_range(text, field) from None
+        raise _not_a_time(text, field) from None  # 2026-02-30T00:00:00Z, 2026-12-01T24:00Z
+    return at
+
+
+def _valid(whole: str) -> bool:
+    try:
+        msgspec.convert(whole, datetime)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def parse_time(text: str, field: str) -> datetime:
+    """A time of a query (`parse_time_as_given`) in UTC: one without an offset is UTC, and a
+    date alone is its midnight in UTC. `InvalidField` naming `field` otherwise."""
+    at = parse_time_as_given(text, field)
     try:
         return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable day
-        raise InvalidField(
-            f"{field}: {text[:80]!r} is out of range (before year 1 or after year 9999 in UTC)",
-            [field],
-        ) from None
+        raise _out_of_range(text, field) from None
 
 
 def event_query(
