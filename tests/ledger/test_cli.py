@@ -196,7 +196,7 @@ async def test_a_budget_set_on_the_command_line_shows_its_window(
     ]
     code, out, _ = await ledger(subprocess_env, "budgets", "list", "--project", "shop", "--json")
     (listed,) = json.loads(out)
-    assert (listed["budget"]["limit_usd"], listed["window"]["remaining"]) == ("25.50", "25.50")
+    assert (listed["limit_usd"], listed["window"]["remaining"]) == ("25.5", "25.5")
     code, out, err = await ledger(subprocess_env, "budgets", "create", "--project", "shop",
                                   "--name", "x", "--limit", "ten", "--period", "day")  # fmt: skip
     assert code == 2

@@ -63,8 +63,8 @@ def test_a_tag_filter_of_the_wrong_form_is_a_wrong_argument(
         ("--port", "99999", "a port, 0 to 65535: '99999'"),
         ("--port", "-1", "a port, 0 to 65535: '-1'"),
         ("--port", "9" * 5000, "a port, 0 to 65535"),
-        ("--count", "0", "a whole number, 1 or more: '0'"),
-        ("--count", "-1", "a whole number, 1 or more: '-1'"),
+        ("--count", "0", "a whole number, 1 to 999999999: '0'"),
+        ("--count", "-1", "a whole number, 1 to 999999999: '-1'"),
     ],
 )
 def test_the_alert_receiver_refuses_a_port_or_count_it_cannot_use(

@@ -86,6 +86,19 @@ def _source_url(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    """An argparse type: a count of `calc`, a whole number in ASCII digits from 0 to the most a
+    usage takes (`MAX_QUANTITY`), so that a typo is a wrong argument. `int()` alone reads more:
+    "1_000" is 1000, and so are other scripts' digits; "-5" was priced until the calculator
+    refused it, and a number of thousands of digits said "invalid int value"."""
+    from aiserver.costs.pricing.usage import MAX_QUANTITY  # calc imports it anyway
+
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_QUANTITY))
+    if not digits or int(text) > MAX_QUANTITY:
+        raise argparse.ArgumentTypeError(f"a whole number, 0 to {MAX_QUANTITY}: {text[:30]!r}")
+    return int(text)
+
+
 def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else "never"
 
@@ -450,7 +463,12 @@ def _parser() -> argparse.ArgumentParser:
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")
     for name, counts in _USAGE_OPTIONS.items():
         calc.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=0, metavar="N", dest=name, help=counts
+            "--" + name.replace("_", "-"),
+            type=_count,
+            default=0,
+            metavar="N",
+            dest=name,
+            help=counts,
         )
     calc.add_argument(
         "--usage",

@@ -36,11 +36,11 @@ from aiserver.ledger.cli import (
     usage,
     webhooks,
 )
-from aiserver.ledger.cli.common import Command
+from aiserver.ledger.cli.common import Command, Parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aiserver-ledger",
         description="The usage ledger from the command line, straight against the database\n"
         "(DATABASE_URL): whoever runs this acts as the operator, with no token and no HTTP.\n"

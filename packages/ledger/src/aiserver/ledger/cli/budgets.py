@@ -54,12 +54,31 @@ def _lines(view: BudgetView) -> list[str]:
     ]
 
 
-def _print(views: list[BudgetView], as_json: bool) -> None:
-    if as_json:
-        print_json(views)
-        return
-    for view in views:
-        print("\n".join(_lines(view)))
+def _answer(view: BudgetView) -> dict[str, Any]:
+    """The budget as the API answers it (GET /v1/budgets/{id}): its fields, amounts and
+    percentages written by `money` ("25.5", where "25.50" is stored), and its current window.
+    The webhook secret that `create` makes is not in it: that goes to stderr, once."""
+    from aiserver.costs.money import money
+
+    b, w = view.budget, view.window
+    return {
+        "id": b.id, "name": b.name, "tags": b.tags, "model": b.model, "period": b.period,
+        "limit_usd": money(b.limit_usd), "currency": "USD",
+        "thresholds": [money(t) for t in b.thresholds], "hard": b.hard,
+        "webhook_url": b.webhook_url, "created_at": b.created_at, "updated_at": b.updated_at,
+        "counts_from": b.counts_from,
+        "window": {
+            "start": w.start, "end": w.end, "committed": money(w.committed),
+            "reserved": money(w.reserved), "remaining": money(w.remaining),
+            "used_percent": money(w.used_percent), "events": w.events,
+            "unpriced_events": w.unpriced_events,
+        },
+    }  # fmt: skip
+
+
+def _print(view: BudgetView, as_json: bool) -> None:
+    """One budget: the API's answer for it with --json, else its lines."""
+    print_json(_answer(view)) if as_json else print("\n".join(_lines(view)))
 
 
 async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -76,7 +95,7 @@ async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
             thresholds=args.threshold or None, hard=args.hard, webhook_url=args.webhook_url,
             allowed_hosts=ledger.webhook_allowed_hosts, secret_box=ledger.secret_box(),
         )  # fmt: skip
-        _print([view], args.json)
+        _print(view, args.json)
         if made:
             import sys
 
@@ -91,9 +110,12 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
 
     async def work(pool: Any) -> int:
         views = await service.list_budgets(pool, await _as_project(pool, args.project))
-        _print(views, args.json)
-        if not args.json:
-            print(f"{len(views)} budget(s) of {args.project}")
+        if args.json:  # an array of what the API answers per budget
+            print_json([_answer(view) for view in views])
+            return 0
+        for view in views:
+            _print(view, as_json=False)
+        print(f"{len(views)} budget(s) of {args.project}")
         return 0
 
     return await with_pool(core, work)
@@ -104,7 +126,7 @@ async def _show(core: CoreSettings, args: argparse.Namespace) -> int:
 
     async def work(pool: Any) -> int:
         view = await service.show_budget(pool, await _as_project(pool, args.project), args.id)
-        _print([view], args.json)
+        _print(view, args.json)
         return 0
 
     return await with_pool(core, work)

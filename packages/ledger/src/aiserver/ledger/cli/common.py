@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,23 @@ if TYPE_CHECKING:
 Command = Callable[
     ["CoreSettings", "argparse.Namespace"], Coroutine[Any, Any, int] | Callable[[], int]
 ]
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `aiserver-ledger` and of each of its commands (argparse makes a command's
+    parser of its parent's class): `check`, when a command sets it, is a rule across its
+    arguments, checked once they are parsed. What it returns is refused as argparse refuses a
+    wrong argument: the command's usage, then the problem, exit status 2."""
+
+    check: Callable[[argparse.Namespace], str | None] | None = None
+
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if self.check is not None and (wrong := self.check(parsed)) is not None:
+            self.error(wrong)
+        return parsed, rest
 
 
 def print_json(value: Any) -> None:

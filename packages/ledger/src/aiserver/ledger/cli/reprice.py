@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.ledger.cli.common import (
     Command,
+    Parser,
     print_json,
     time_argument,
     when,
@@ -54,12 +55,6 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice, show_run
 
     operator = Access.operator()
-    if args.resume is not None:  # the run resumed keeps its own filter and dry run
-        for flag, dest in _NOT_WITH_RESUME:
-            if getattr(args, dest) not in (None, False):
-                print(f"aiserver-ledger reprice: error: {flag} is not allowed with --resume (a "
-                      "run resumed keeps its own filter and dry run)", file=sys.stderr)  # fmt: skip
-                return 2
 
     def progress(p: RunProgress) -> None:
         if not args.no_progress:
@@ -125,6 +120,20 @@ _NOT_WITH_RESUME: Final = (
 )  # fmt: skip
 
 
+def _not_with_resume(args: argparse.Namespace) -> str | None:
+    """The parser's `check`: a run resumed keeps its own filter and dry run, so one given with
+    --resume is a wrong argument (before the run is touched)."""
+    if args.resume is None:
+        return None
+    for flag, dest in _NOT_WITH_RESUME:
+        if getattr(args, dest) not in (None, False):
+            return (
+                f"{flag} is not allowed with --resume (a run resumed keeps its own filter and "
+                "dry run)"
+            )
+    return None
+
+
 def _time_text(text: str) -> str:
     """An argparse type: a time of --from or --to, checked as `events` checks it (exit 2, with
     the usage) and kept as the text the run's filter stores."""
@@ -137,7 +146,7 @@ def add_parsers(groups: Any) -> None:
     from aiserver.ledger.repricing.execution import BATCH_SIZE
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
-    command: argparse.ArgumentParser = groups.add_parser(
+    command: Parser = groups.add_parser(
         "reprice",
         help="price recorded usage again with the catalog of today",
         description=_HELP,
@@ -167,6 +176,7 @@ def add_parsers(groups: Any) -> None:
     )  # fmt: skip
     command.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     command.add_argument("--json", action="store_true", help="print the run as JSON")
+    command.check = _not_with_resume
 
 
 COMMANDS: Final[dict[tuple[str, str | None], Command]] = {("reprice", None): _reprice}

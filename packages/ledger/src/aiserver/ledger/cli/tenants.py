@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.commands import timestamp
-from aiserver.ledger.cli.common import Command, print_json, when, with_pool
+from aiserver.ledger.cli.common import Command, print_json, when, whole_number, with_pool
 from aiserver.ledger.keys import SCOPES
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
 
 def add_parsers(groups: Any) -> None:
     """The `projects` and `keys` commands, each with --json."""
+    from aiserver.core_db.connections import MAX_BIGINT
+
     projects = groups.add_parser(
         "projects",
         help="create, list and show projects",
@@ -242,7 +244,8 @@ def add_parsers(groups: Any) -> None:
         help="revoke a key",
         description="Revoke a key: every API process refuses it within API_KEY_CACHE_SECONDS.",
     )
-    k_revoke.add_argument("key_id", type=int, metavar="KEY_ID", help="the key's id (keys list)")
+    key_id = whole_number(f"a key id, 1 to {MAX_BIGINT}", 1, MAX_BIGINT)
+    k_revoke.add_argument("key_id", type=key_id, metavar="KEY_ID", help="the key's id (keys list)")
     for command in (create, listing, show, k_create, k_list, k_revoke):
         command.add_argument("--json", action="store_true", help="print JSON")
 

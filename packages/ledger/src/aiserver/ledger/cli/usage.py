@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.settings import settings_for_command
-from aiserver.ledger.cli.common import Command, add_event_filters, print_json, when, with_pool
+from aiserver.ledger.cli.common import (
+    Command,
+    add_event_filters,
+    print_json,
+    when,
+    whole_number,
+    with_pool,
+)
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -47,6 +54,8 @@ class _Source:
 
         if name == "-":
             return cls("stdin", sys.stdin.buffer, None)
+        if not name:  # Path("") is ".", which "cannot read : Is a directory" would not name
+            raise InvalidField("FILE '' names no file to read (- reads stdin)", ["FILE"])
         try:
             stream = Path(name).open("rb")  # noqa: SIM115  # closed by the command
             size = os.fstat(stream.fileno()).st_size
@@ -190,11 +199,8 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
             print(f"  line {refused.line}{key}: {refused.problem['detail']}")
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"a whole number, 0 or more: {text!r}")
-    return int(text)
+#: The most --limit takes (--limit 0 lists every event).
+MAX_EVENTS_SHOWN: Final = 999_999_999
 
 
 async def _events(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -297,11 +303,7 @@ _EVENTS_EXAMPLES: Final = """examples:
 def _import_parser(groups: Any) -> argparse.ArgumentParser:
     from aiserver.ledger.usage.importing import DEFAULT_CHUNK, MAX_CHUNK
 
-    def chunk(text: str) -> int:
-        value = int(text) if text.isdigit() else 0
-        if not 1 <= value <= MAX_CHUNK:
-            raise argparse.ArgumentTypeError(f"1 to {MAX_CHUNK}: {text!r}")
-        return value
+    chunk = whole_number(f"1 to {MAX_CHUNK}", 1, MAX_CHUNK)
 
     command: argparse.ArgumentParser = groups.add_parser(
         "import",
@@ -338,7 +340,7 @@ def _events_parser(groups: Any) -> argparse.ArgumentParser:
     add_event_filters(command, window_required=False)
     command.add_argument(
         "--limit",
-        type=_count,
+        type=whole_number(f"a whole number, 0 to {MAX_EVENTS_SHOWN}", 0, MAX_EVENTS_SHOWN),
         default=100,
         metavar="N",
         help="at most N events (default: %(default)s; 0: all of them)",

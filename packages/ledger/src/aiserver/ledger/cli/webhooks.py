@@ -58,6 +58,16 @@ def content_length(value: str | None) -> int | None:
         return MAX_BODY + 1
 
 
+def _host(text: str) -> str:
+    """An argparse type: --host, an address to listen on. An empty one would listen on every
+    interface while the receiver said it listens at "http://:PORT/"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"an address to listen on, e.g. 127.0.0.1 (0.0.0.0: every interface): {text!r}"
+        )
+    return text
+
+
 def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool) -> int:
     """Receive alerts until Ctrl-C, or until `count` verified ones arrived; exit status 0."""
     import json
@@ -160,7 +170,10 @@ def add_parsers(groups: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    receive.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    receive.add_argument(
+        "--host", type=_host, default="127.0.0.1",
+        help="address to listen on (127.0.0.1; 0.0.0.0: every interface)",
+    )  # fmt: skip
     receive.add_argument(
         "--port", type=whole_number("a port, 0 to 65535", 0, 65_535), default=8900,
         help="port to listen on, 0 to 65535 (8900; 0: any free one, printed at start)",
@@ -169,7 +182,8 @@ def add_parsers(groups: Any) -> None:
         "--secret", help="the budget's webhook_secret (default: WEBHOOK_SECRET in the environment)"
     )
     receive.add_argument(
-        "--count", type=whole_number("a whole number, 1 or more", 1, 999_999_999), metavar="N",
+        "--count", type=whole_number("a whole number, 1 to 999999999", 1, 999_999_999),
+        metavar="N",
         help="stop after N verified alerts, 1 or more (default: at Ctrl-C)",
     )  # fmt: skip
     receive.add_argument("--json", action="store_true", help="print each alert as JSON")
