@@ -258,6 +258,16 @@ def committed(window: dict[str, Any]) -> str:
             f"{window['unpriced_events']} unpriced)")  # fmt: skip
 
 
+def at_scale(amounts: list[str]) -> list[str]:
+    """A column of the API's amounts as a table shows them: each with as many decimals as the
+    longest of the column (trailing zeros added: the same values), so the decimal points line
+    up."""
+    split = [a.partition(".") for a in amounts]
+    scale = max((len(fraction) for _, _, fraction in split), default=0)
+    return [f"{whole}.{fraction.ljust(scale, '0')}" if scale else whole
+            for whole, _, fraction in split]  # fmt: skip
+
+
 def text(element: WebElement) -> str:
     """An element's text, also where a scrolled box hides it (its whitespace collapsed)."""
     return " ".join((element.get_attribute("textContent") or "").split())
@@ -266,3 +276,12 @@ def text(element: WebElement) -> str:
 def shot(browser: WebDriver, screenshots: Path, name: str) -> None:
     """A screenshot of the page as it is now, into the tests' output (UI_SCREENSHOTS)."""
     assert browser.save_screenshot(str(screenshots / f"{name}.png"))
+
+
+async def spend(site: Site, **params: Any) -> dict[str, Any]:
+    """GET /v1/spend as ui-a's key, which must answer 200."""
+    async with site.client() as client:
+        response = await client.get("/v1/spend", params=params, headers=bearer(site.keys["a"]))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

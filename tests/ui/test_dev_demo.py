@@ -22,7 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from ..conftest import TEST_REDIS_URL
 from ..e2e.test_dev import dev_env, running_dev
-from .conftest import bearer, committed, shot, table, through
+from .conftest import at_scale, bearer, committed, shot, table, through
 from .test_pages import label, month
 
 pytestmark = pytest.mark.slow
@@ -80,13 +80,16 @@ async def test_dev_demo_prints_a_dashboard_url_and_key_that_show_the_demo_spend(
             budgets = (await api("/v1/budgets"))["budgets"]
             unpriced = (await api("/v1/usage/events", status="unpriced", limit=1000))["data"]
 
-        amount = browser.find_element(By.CSS_SELECTOR, "#period-1 .amount").text
-        assert amount == f"{this_month['total']['cost']} USD"
+        # the exact amount, beside the headline rounded to the cent
+        amount = browser.find_element(By.CSS_SELECTOR, "#period-1 .exact").text
+        assert amount.endswith(f"exactly {this_month['total']['cost']} USD")
         assert daily["total"]["events"] > 0
+        # costs at their column's scale (with the total's), counts grouped by thousands
+        costs = at_scale([g["cost"] for g in daily["groups"]] + [daily["total"]["cost"]])
         assert table(browser, "top-models") == [
-            [label(g, "model"), g["cost"], str(g["events"]), str(g["unpriced_events"]),
-             str(g["input_tokens"]), str(g["output_tokens"])]
-            for g in daily["groups"]
+            [label(g, "model"), cost, f"{g['events']:,}", f"{g['unpriced_events']:,}",
+             f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
+            for g, cost in zip(daily["groups"], costs, strict=False)
         ]  # fmt: skip
         assert [r[:2] for r in table(browser, "budgets")] == [
             [b["name"], b["period"]] for b in budgets

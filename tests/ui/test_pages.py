@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,19 +23,23 @@ from selenium.webdriver.support.ui import Select
 from aiserver.ledger.repricing.execution import Outcome
 
 from ..support.reprice import execute_as_the_job
-from .conftest import Site, admin, bearer, committed, header, shot, sign_in, table, through
+from .conftest import (
+    Site,
+    admin,
+    at_scale,
+    bearer,
+    committed,
+    header,
+    shot,
+    sign_in,
+    spend,
+    table,
+    through,
+)
 
 pytestmark = pytest.mark.slow
 
 BERLIN = ZoneInfo("Europe/Berlin")  # ui-a's time zone
-
-
-async def spend(site: Site, **params: Any) -> dict[str, Any]:
-    async with site.client() as client:
-        response = await client.get("/v1/spend", params=params, headers=bearer(site.keys["a"]))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def month(day: date, back: int) -> date:
@@ -59,8 +64,9 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     for index, back in ((1, 0), (2, 1)):
         answer = await spend(site, **{"from": month(today, back).isoformat(),
                                       "to": month(today, back - 1).isoformat()})  # fmt: skip
-        shown = browser.find_element(By.CSS_SELECTOR, f"#period-{index} .amount").text
-        assert shown == f"{answer['total']['cost']} USD"
+        # the exact amount, beside the headline rounded to the cent
+        shown = browser.find_element(By.CSS_SELECTOR, f"#period-{index} .exact").text
+        assert shown.endswith(f"exactly {answer['total']['cost']} USD")
 
     since, until = (today - timedelta(days=29)).isoformat(), (today + timedelta(days=1)).isoformat()
     daily = await spend(site, **{"from": since, "to": until, "bucket": "day",
@@ -74,17 +80,24 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
         cost = {label(g, "model"): g["cost"] for g in bucket["groups"]}
         expected.append([bucket["start"][:10], *(cost.get(c, "0") for c in columns),
                          bucket["total"]["cost"]])  # fmt: skip
+    # each column's amounts at the column's scale
+    shown_columns = [at_scale([row[i] for row in expected]) for i in range(1, len(columns) + 2)]
+    expected = [[row[0], *(c[n] for c in shown_columns)] for n, row in enumerate(expected)]
     assert table(browser, "daily-table") == expected
     assert len(expected) == 30
 
+    # costs at their column's scale (with the total's), counts grouped by thousands
+    costs = at_scale([g["cost"] for g in daily["groups"]] + [daily["total"]["cost"]])
     assert table(browser, "top-models") == [
-        [label(g, "model"), g["cost"], str(g["events"]), str(g["unpriced_events"]),
-         str(g["input_tokens"]), str(g["output_tokens"])]
-        for g in daily["groups"]
+        [label(g, "model"), cost, f"{g['events']:,}", f"{g['unpriced_events']:,}",
+         f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
+        for g, cost in zip(daily["groups"], costs, strict=False)
     ]  # fmt: skip
     teams = await spend(site, **{"from": since, "to": until, "group_by": "tag:team", "top": "5"})
+    costs = at_scale([g["cost"] for g in teams["groups"]])
     assert table(browser, "tag-team") == [
-        [label(g, "tag:team"), g["cost"], str(g["events"])] for g in teams["groups"]
+        [label(g, "tag:team"), cost, f"{g['events']:,}"]
+        for g, cost in zip(teams["groups"], costs, strict=True)
     ]
     assert {row[0] for row in table(browser, "tag-team")} == {"search", "ads", "infra"}
 
@@ -156,13 +169,19 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
         for b in answer["buckets"] for g in b["groups"]
     ]  # fmt: skip
     assert expected
-    assert table(browser, "rows") == expected
+    # the page: the costs at their column's scale, the counts grouped by thousands
+    costs = at_scale([row[4] for row in expected])
+    assert table(browser, "rows") == [
+        [*row[:4], cost, row[5], *(f"{int(n):,}" for n in row[6:])]
+        for row, cost in zip(expected, costs, strict=True)
+    ]
     assert header(browser, "rows") == ["from", "to", "model", "tag:team", "cost", "currency",
                                        *counts]  # fmt: skip
 
+    # the CSV: the same rows, every value exactly as the API writes it
     name, rows = download(browser, downloads, "csv")
     assert name == f"spend-ui-a-{since}-{until}.csv"
-    assert rows == [header(browser, "rows"), *table(browser, "rows")]
+    assert rows == [header(browser, "rows"), *expected]
 
 
 def download(browser: WebDriver, downloads: Path, link_id: str) -> tuple[str, list[list[str]]]:
@@ -211,7 +230,10 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
 
     name, rows = download(browser, downloads, "csv")
     assert name == f"spend-ui-d-{since}-{until}.csv"
-    assert rows == shown
+    # the table shown, its counts without the page's grouping by thousands (one row: its cost
+    # is at its own scale)
+    assert rows == [[re.sub(r"^(\d{1,3}),(\d{3})$", r"\1\2", cell) for cell in row]
+                    for row in shown]  # fmt: skip
     _, asked_again = download(browser, downloads, "csv-now")
     assert sorted(row[2] for row in asked_again[1:]) == ["gpt-test-000", "gpt-test-001"]
 
@@ -259,12 +281,20 @@ async def test_events_filter_page_and_show_one_event_as_the_api_does(
     async with site.client() as client:
         event = (await client.get(f"/v1/usage/events/{event_id}",
                                   headers=bearer(site.keys["a"]))).json()  # fmt: skip
-    assert table(browser, "event-components") == [
-        [c["name"], str(c["quantity"]), c["unit_price"], c["cost"]] for c in event["components"]
-    ]
+    assert table(browser, "event-components") == components(event)
     assert browser.find_element(By.ID, "event-total").text == f"{event['total']} USD"
     assert browser.find_element(By.ID, "event-price-version").text == str(event["price_version"])
     assert "None" in browser.find_element(By.ID, "event-adjustments").text
+
+
+def components(event: dict[str, Any]) -> list[list[str]]:
+    """An event's components as its page shows them: the quantities grouped by thousands, the
+    unit prices and the costs each at their column's scale."""
+    found = event["components"]
+    prices = at_scale([c["unit_price"] for c in found])
+    costs = at_scale([c["cost"] for c in found])
+    return [[c["name"], f"{c['quantity']:,}", price, cost]
+            for c, price, cost in zip(found, prices, costs, strict=True)]  # fmt: skip
 
 
 async def reprice(site: Site, key: str, model: str) -> dict[str, Any]:
@@ -332,9 +362,7 @@ async def test_a_repriced_event_shows_its_adjustment_as_the_api_reports_the_chan
     assert started <= datetime.fromisoformat(row[0]) <= finished
     # the event itself shows its price now, as the API does
     assert browser.find_element(By.ID, "event-total").text == f"{after['total']} USD"
-    assert table(browser, "event-components") == [
-        [c["name"], str(c["quantity"]), c["unit_price"], c["cost"]] for c in after["components"]
-    ]
+    assert table(browser, "event-components") == components(after)
 
 
 async def test_explore_draws_its_chart_and_a_shared_url_shows_the_same_in_a_new_session(

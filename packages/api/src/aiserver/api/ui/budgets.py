@@ -17,6 +17,7 @@ from litestar.response import Redirect, Template
 
 from aiserver.api.controllers.budgets import webhook_options
 from aiserver.api.ui.forms import tag_pairs
+from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, checked_form, open_project, viewer
 from aiserver.core_db.database import require_pool
@@ -57,7 +58,7 @@ class BudgetPages(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "budgets",
                 "budgets": await service.list_budgets(require_pool(), access),
                 "admin": "admin" in access.scopes, "periods": PERIODS, "form": form,
-                "error": error,
+                "error": error, "show": SHOW,
             },
         )  # fmt: skip
 
@@ -75,6 +76,7 @@ class BudgetPages(ProjectPages):
                 "alerts": await list_alerts(pool, access, budget_id=budget_id,
                                             limit=ALERTS_SHOWN),
                 "admin": "admin" in access.scopes, "error": error, "secret": secret,
+                "show": SHOW,
             },
         )  # fmt: skip
 

@@ -14,7 +14,7 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from aiserver.api.controllers.models import model_detail, price_of, priced_models, summary
-from aiserver.api.ui.present import timestamp
+from aiserver.api.ui.present import SHOW, places, timestamp
 from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
 from aiserver.costs.live import LiveCatalog
@@ -46,7 +46,7 @@ class CatalogPages(Controller):
             context={
                 "viewer": viewer(request), "page": "catalog", "typed": typed,
                 "models": [summary(pv) for pv in found[:SHOWN]], "found": len(found),
-                "shown": SHOWN, "catalog_version": catalog.version,
+                "shown": SHOWN, "catalog_version": catalog.version, "show": SHOW,
             },
         )  # fmt: skip
 
@@ -76,6 +76,9 @@ class CatalogPages(Controller):
             context={
                 "viewer": viewer(request), "page": "catalog", "detail": detail,
                 "history": history, "chart": chart, "charted": CHARTED,
-                "price_of": price_of,
+                "price_of": price_of, "show": SHOW,
+                # each price column at its own scale (the chart keeps the API's strings)
+                "places": {field: places(cells[i] for _, cells in rows)
+                           for i, (field, _) in enumerate(CHARTED)},
             },
         )  # fmt: skip

@@ -17,6 +17,7 @@ from litestar.response import Template
 
 from aiserver.api.controllers.usage_events import decode_cursor, encode_cursor
 from aiserver.api.ui.forms import tag_pairs, wall_time
+from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
@@ -67,7 +68,7 @@ class EventController(ProjectPages):
                 "tags": tags, "statuses": PRICING_STATUSES, "error": error,
                 "events": page.events if page is not None else [], "next_url": next_url,
                 "first_url": first_url,
-                "first_page": "cursor" not in params,
+                "first_page": "cursor" not in params, "show": SHOW,
             },
         )  # fmt: skip
 
@@ -84,5 +85,6 @@ class EventController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "events",
                 "event": await read_event(pool, project.id, event_id),
                 "adjustments": await event_adjustments(pool, project.id, event_id),
+                "show": SHOW,
             },
         )  # fmt: skip

@@ -20,7 +20,15 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from aiserver.api.ui.forms import tag_pairs
-from aiserver.api.ui.present import pivot, table_header, table_rows, to_csv
+from aiserver.api.ui.present import (
+    SHOW,
+    column_kinds,
+    pivot,
+    shown_table,
+    table_header,
+    table_rows,
+    to_csv,
+)
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.errors import InvalidField
@@ -132,7 +140,10 @@ class ExploreController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "explore", "q": question,
                 "error": error, "answer": answer,
                 "chart": pivot(answer) if answer is not None else None,
-                "header": header, "rows": rows,
+                "header": header,
+                # the same rows, the costs at their column's scale and the counts grouped
+                "cells": shown_table(answer, rows) if answer is not None else [],
+                "kinds": column_kinds(answer) if answer is not None else [], "show": SHOW,
                 # the download is this table itself, not the question asked again later
                 "csv_href": csv_href(header, rows) if answer is not None else None,
                 "csv_name": csv_name(project, answer) if answer is not None else "",

@@ -15,7 +15,7 @@ from litestar import Request, get
 from litestar.params import FromPath
 from litestar.response import Template
 
-from aiserver.api.ui.present import pivot
+from aiserver.api.ui.present import SHOW, pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.budgets.service import list_budgets
@@ -90,5 +90,6 @@ class OverviewController(ProjectPages):
                 "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(),
                 "tags": tags, "top_tag_values": TOP_TAG_VALUES,
                 "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,
+                "show": SHOW,
             },
         )  # fmt: skip

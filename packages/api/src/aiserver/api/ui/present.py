@@ -1,9 +1,15 @@
 """A spend answer as the pages show it: labels, the table, the chart's data and the CSV.
 
-Every amount is the answer's own decimal string, as `GET /v1/spend` returns it: the pages
-neither round nor add up money (a cell with no spend is "0", as the API writes a zero). The
-chart is drawn from the same table that is shown under it (its text alternative), and the CSV
-holds exactly the rows of the table that is shown.
+Every amount is the answer's own decimal string, as `GET /v1/spend` returns it, never rounded
+and never added up here. In a table an amount is written with as many decimals as the longest
+of its column (`aligned`: trailing zeros added, the same value, so that the decimal points line
+up); a cell with no spend is 0 at that scale. Counts are grouped by thousands (`count`). The
+chart is drawn from the same table that is shown under it (its text alternative). The CSV holds
+exactly the values of the table that is shown, each as the API writes it: no zeros added, no
+grouping.
+
+A headline figure (a month's spend, an answer's total) is also shown rounded to the cent
+(`about`), always marked as rounded and always beside the exact amount.
 """
 
 from __future__ import annotations
@@ -11,14 +17,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, Final
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
 
 NONE: Final = "(none)"
@@ -28,6 +37,113 @@ COUNTS: Final = (
     "events", "unpriced_events", "partially_priced_events", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
 )  # fmt: skip
+
+
+#: An exact amount as the API writes it: plain notation, no exponent, no grouping.
+_PLAIN: Final = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
+_CENT: Final = Decimal("0.01")
+
+
+def _amount_text(value: object) -> str | None:
+    """`value` as an exact decimal string (a Decimal as `money` writes it); None for anything
+    that is no amount (None, "unpriced", "none", "")."""
+    if isinstance(value, Decimal):
+        return money(value)
+    if isinstance(value, str) and _PLAIN.fullmatch(value):
+        return value
+    return None
+
+
+def scale(value: object) -> int:
+    """How many decimals an amount is written with (`0.0010668`: 7); 0 for no amount."""
+    text = _amount_text(value)
+    found = _PLAIN.fullmatch(text) if text is not None else None
+    return len(found.group(1) or "") if found is not None else 0
+
+
+def places(values: Iterable[object]) -> int:
+    """The most decimals of the amounts of a column: the scale every amount of it is shown at."""
+    return max((scale(v) for v in values), default=0)
+
+
+def padded(value: object, decimals: int) -> str:
+    """An amount written with at least `decimals` decimals, trailing zeros added (`0.00002406`,
+    `0.0010668` at 8: `0.00106680`): the same exact value. Anything that is no amount (None,
+    "unpriced") is written as it is (None as "")."""
+    text = _amount_text(value)
+    if text is None:
+        return "" if value is None else str(value)
+    whole, _, fraction = text.partition(".")
+    if len(fraction) >= decimals:
+        return text
+    return f"{whole}.{fraction.ljust(decimals, '0')}"
+
+
+def aligned(values: Sequence[object]) -> list[str]:
+    """A column's amounts, each at the column's scale (`places`)."""
+    decimals = places(values)
+    return [padded(v, decimals) for v in values]
+
+
+def count(value: object) -> str:
+    """A whole number grouped by thousands (`2,239,717`); anything else as it is."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return f"{int(value):,}"
+    return str(value)
+
+
+def about(value: object) -> str:
+    """An amount rounded to the cent (half up), grouped by thousands: `1,234.57`. Only ever
+    shown marked as rounded (`rounded`) and beside the exact amount."""
+    text = _amount_text(value)
+    if text is None:
+        return str(value)
+    return f"{Decimal(text).quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
+
+
+def rounded(value: object) -> bool:
+    """Whether `about` differs from the exact value (it has more than two decimals that are not
+    all zeros): then the page writes "≈" before the figure."""
+    text = _amount_text(value)
+    return text is not None and Decimal(text) != Decimal(text).quantize(_CENT)
+
+
+class Cell(NamedTuple):
+    """A table cell as a page shows it: its text and its kind, which is its CSS class: `num`
+    (an amount or a count: right-aligned, tabular figures, on one line), `when` (a time, on one
+    line), `name` (a model, a provider, a status: on one line) or `text`."""
+
+    text: str
+    kind: str
+
+
+class Show:
+    """The figures' formats, for the templates (as `show`)."""
+
+    places = staticmethod(places)
+    amount = staticmethod(padded)
+    count = staticmethod(count)
+    about = staticmethod(about)
+    rounded = staticmethod(rounded)
+
+    @staticmethod
+    def budget_places(views: Iterable[Any]) -> dict[str, int]:
+        """The scale of each amount column of a list of budgets with their windows."""
+        views = list(views)
+        return {
+            "limit": places(v.budget.limit_usd for v in views),
+            "committed": places(v.window.committed for v in views),
+            "reserved": places(v.window.reserved for v in views),
+            "remaining": places(v.window.remaining for v in views),
+            "used": places(v.window.used_percent for v in views),
+        }
+
+
+SHOW: Final = Show()
 
 
 def bucket_label(bucket: SpendBucket, kind: str | None) -> str:
@@ -112,12 +228,26 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[tuple[str, list[str], str]]  # (bucket label, cost per column, the bucket's total)
     currency: str
 
+    def shown(self) -> list[tuple[str, list[str], str]]:
+        """The rows as the table shows them: each column's amounts (and the totals) at that
+        column's scale (`aligned`), so that the decimal points line up; the same values."""
+        columns = [
+            aligned([cells[i] for _, cells, _ in self.rows]) for i in range(len(self.columns))
+        ]
+        totals = aligned([total for _, _, total in self.rows])
+        return [
+            (label, [column[n] for column in columns], totals[n])
+            for n, (label, _, _) in enumerate(self.rows)
+        ]
+
     def chart(self) -> dict[str, Any]:
-        """The chart's data: the same strings, drawn as numbers by the page's script."""
+        """The chart's data: the strings of the table shown under it (`shown`), drawn as numbers
+        by the page's script."""
+        rows = self.shown()
         return {
-            "labels": [label for label, _, _ in self.rows],
+            "labels": [label for label, _, _ in rows],
             "series": [
-                {"label": column, "values": [cells[i] for _, cells, _ in self.rows]}
+                {"label": column, "values": [cells[i] for _, cells, _ in rows]}
                 for i, column in enumerate(self.columns)
             ],
             "currency": self.currency,
@@ -145,6 +275,29 @@ def pivot(answer: SpendAnswer) -> Pivot:
 
 def table_header(answer: SpendAnswer) -> list[str]:
     return ["from", "to", *answer.group_by, "cost", "currency", *COUNTS]
+
+
+def column_kinds(answer: SpendAnswer) -> list[str]:
+    """The kind (`Cell.kind`) of each column of `table_header`: a tag's value may be long and
+    wraps; a model, a provider or a status stays on one line."""
+    dimensions = ["text" if name.startswith("tag:") else "name" for name in answer.group_by]
+    return ["when", "when", *dimensions, "num", "text", *("num" for _ in COUNTS)]
+
+
+def shown_table(answer: SpendAnswer, rows: Sequence[Sequence[str]]) -> list[list[Cell]]:
+    """`table_rows` as the page shows them: the same values, the costs at the column's scale and
+    the counts grouped by thousands (the CSV holds `rows` as they are)."""
+    kinds = column_kinds(answer)
+    cost = kinds.index("num")
+    costs = aligned([row[cost] for row in rows])
+    shown = []
+    for row, amount in zip(rows, costs, strict=True):
+        cells = []
+        for i, (value, kind) in enumerate(zip(row, kinds, strict=True)):
+            text = amount if i == cost else count(value) if kind == "num" else value
+            cells.append(Cell(text, kind))
+        shown.append(cells)
+    return shown
 
 
 def timestamp(at: date | datetime) -> str:
