@@ -59,7 +59,11 @@ def sweep_workdirs(timeout_s: float, root: Path | None = None) -> int:
     killed mid-conversion (nothing else removes them), from `root` (the temporary directory):
     those last changed more than `timeout_s` (the conversion timeout, all tools together) and
     a margin ago. A conversion still running, here or in another task runner sharing the
-    directory, is younger than that. Returns how many were removed."""
+    directory, is younger than that. Returns how many were removed.
+
+    A task runner sweeps when it starts and as each conversion begins: a runner killed
+    mid-conversion and started again at once finds its directory too young at its start, and
+    a sweep at starts alone left it until the next one, however far off."""
     base = Path(tempfile.gettempdir()) if root is None else root
     oldest = time.time() - timeout_s - _SWEEP_MARGIN_S
     removed = 0
@@ -188,16 +192,27 @@ def _command(name: str) -> str:
     return found
 
 
+#: What is kept of a tool's stdout (its end) when the caller names no bound of its own.
+_MAX_STDOUT: Final = 1024 * 1024
+
+
 async def run_tool(
-    args: list[str], *, timeout: float, cwd: Path, max_output: int | None = None
+    args: list[str],
+    *,
+    timeout: float,
+    cwd: Path,
+    max_output: int | None = None,
+    keep: int = _MAX_STDOUT,
 ) -> bytes:
     """Run a tool; return its stdout. Kill its whole process group when `timeout` passes; and
     should this process be gone by then, coreutils' `timeout` (`gtimeout` where coreutils come
     with a g, as from Homebrew) kills it a few seconds later. With `max_output`, the tool is
     killed once its stdout has passed that many bytes, and what it wrote so far (more than
     `max_output` bytes: the caller sees it was cut) is the answer: a small PDF can hold
-    gigabytes of text, which must never all be in this process's memory. The tool's address
-    space is bounded (`MAX_TOOL_MEMORY`)."""
+    gigabytes of text, which must never all be in this process's memory. Without it, the answer
+    is the last `keep` bytes of stdout (what came before is read and dropped). Of stderr only
+    the end is kept (`_MAX_STDERR`): a PDF of 29 KB made pdftoppm write 436 MB of errors, which
+    were all held here. The tool's address space is bounded (`MAX_TOOL_MEMORY`)."""
     killer = shutil.which("timeout") or shutil.which("gtimeout")
     if killer is None:
         raise ConversionError("coreutils' timeout is not installed on the task runner")
@@ -218,10 +233,7 @@ async def run_tool(
     cut = False
     try:
         async with asyncio.timeout(timeout):
-            if max_output is None:
-                out, err = await proc.communicate()
-            else:
-                out, err, cut = await _bounded_output(proc, max_output)
+            out, err, cut = await _bounded_output(proc, max_output, keep)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -246,37 +258,57 @@ _MAX_STDERR: Final = 64 * 1024
 
 async def _tail(stream: asyncio.StreamReader, keep: int) -> bytes:
     """Read `stream` to its end (a tool never blocks on a full pipe), keeping its last `keep`
-    bytes."""
-    kept = b""
+    bytes (what came before is dropped as it comes, never held all at once)."""
+    kept = bytearray()
     while chunk := await stream.read(1 << 16):
-        kept = (kept + chunk)[-keep:]
-    return kept
+        kept += chunk
+        if len(kept) > 2 * keep + (1 << 16):
+            del kept[: len(kept) - keep]
+    return bytes(kept[max(0, len(kept) - keep) :])
+
+
+async def _head(proc: asyncio.subprocess.Process, limit: int) -> tuple[bytes, bool]:
+    """The tool's stdout up to just past `limit` bytes (then its process group is killed), and
+    whether it was cut."""
+    assert proc.stdout is not None  # piped by run_tool
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await proc.stdout.read(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return b"".join(chunks), True
+    return b"".join(chunks), False
 
 
 async def _bounded_output(
-    proc: asyncio.subprocess.Process, limit: int
+    proc: asyncio.subprocess.Process, limit: int | None, keep: int
 ) -> tuple[bytes, bytes, bool]:
-    """The tool's stdout up to just past `limit` bytes (then its process group is killed), the
-    end of its stderr, and whether it was cut."""
+    """The tool's stdout (up to just past `limit` bytes, or else its last `keep`), the end of
+    its stderr, and whether stdout was cut at `limit`."""
     assert proc.stdout is not None  # both piped by run_tool
     assert proc.stderr is not None
     errors = asyncio.ensure_future(_tail(proc.stderr, _MAX_STDERR))
-    chunks: list[bytes] = []
-    size, cut = 0, False
     try:
-        while chunk := await proc.stdout.read(1 << 16):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                cut = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                break
+        if limit is None:
+            out, cut = await _tail(proc.stdout, keep), False
+        else:
+            out, cut = await _head(proc, limit)
         err = await errors
         await proc.wait()
     finally:
         errors.cancel()
-    return b"".join(chunks), err, cut
+    return out, err, cut
+
+
+def _info_bytes(max_pages: int) -> int:
+    """What is kept of pdfinfo's answer, its end: the lines read here come last (the page
+    count, then two lines for each page asked for and three more, each well under 256 bytes),
+    after the document's metadata, which can be of any length (a Title of 200 MB, compressed
+    in a PDF of 389 KB, was printed whole)."""
+    return 64 * 1024 + 256 * max_pages
 
 
 def _write_profile(profile: Path) -> None:
@@ -358,6 +390,9 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
             raise ToolTimeout("the conversion")
         return left
 
+    # what conversions of a task runner killed since it started left (its start sweeps only
+    # those older than any conversion, not those of the kill that restarted it)
+    await asyncio.to_thread(sweep_workdirs, limits.timeout_s)
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as tmp:
         work = Path(tmp)
         original = work / f"input.{kind}"
@@ -390,7 +425,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
         try:
             info = await run_tool(
                 ["pdfinfo", "-f", "1", "-l", str(limits.max_pages), str(pdf_path)],
-                timeout=remaining(), cwd=work,
+                timeout=remaining(), cwd=work, keep=_info_bytes(limits.max_pages),
             )  # fmt: skip
         except ConversionError as exc:
             if "password" in str(exc).lower():

@@ -6,6 +6,12 @@ from typing import Final
 PROCESS_JOB: Final = "process_document"
 
 
+#: How long a document's job may wait in the queue before the queue (arq) drops it unrun. arq's
+#: own default is a day: a task runner down for longer (or a backlog of that much) left every
+#: document uploaded before then `queued` for good, its job gone without a try.
+JOB_EXPIRES_S: Final = 30 * 24 * 3600
+
+
 def process_job_id(document_id: str) -> str:
     """The arq job id of a document's conversion: one job per document, however often asked."""
     return f"document:{document_id}"

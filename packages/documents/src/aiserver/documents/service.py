@@ -76,7 +76,7 @@ async def submit(
         )
     if not upload.content:
         raise EmptyDocument("the uploaded file is empty")
-    filename = PurePosixPath(upload.filename or f"document.{kind}").name[:255]
+    filename = _stored_name(upload.filename or f"document.{kind}")
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn, conn.transaction():
         document_id = await store.create_document(
             conn, filename=filename, content_type=upload.content_type or "", kind=kind,
@@ -85,6 +85,21 @@ async def submit(
         job_id = await enqueue(PROCESS_JOB, process_job_id(str(document_id)), str(document_id))
         await store.set_job(conn, document_id, job_id)
     return Submitted(document_id=document_id, job_id=job_id)
+
+
+#: The longest file name stored (and shown) with a document, in characters.
+MAX_FILENAME: Final = 255
+
+
+def _stored_name(filename: str) -> str:
+    """The name stored with a document: the upload's file name without its directories, cut
+    to MAX_FILENAME characters before its extension, which is kept (cut at its end, a name of
+    300 characters ending in .docx was stored without the extension)."""
+    name = PurePosixPath(filename).name
+    if len(name) <= MAX_FILENAME:
+        return name
+    suffix = PurePosixPath(name).suffix  # the kind's extension: `kind_of` read it
+    return name[: MAX_FILENAME - len(suffix)] + suffix
 
 
 async def read(pool: asyncpg.Pool, document_id: uuid.UUID) -> Document:

@@ -26,6 +26,7 @@ from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service
 from aiserver.documents.errors import UnknownPage
+from aiserver.documents.jobs import JOB_EXPIRES_S
 
 _PAGE_FILE: Final = re.compile(r"^(\d{1,5})\.png$")
 
@@ -90,8 +91,9 @@ class DocumentController(Controller):
 
         async def enqueue(function: str, job_id: str, document_id: str) -> str:
             job = await redis.enqueue_job(
-                function, document_id, _job_id=job_id, _queue_name=default_queue_name
-            )
+                function, document_id, _job_id=job_id, _queue_name=default_queue_name,
+                _expires=JOB_EXPIRES_S,
+            )  # fmt: skip
             assert job is not None  # a fresh document id never collides
             return job.job_id
 
