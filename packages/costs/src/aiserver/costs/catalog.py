@@ -38,13 +38,17 @@ or its key's prefix, ignoring case): `gpt-4o` + `my-vllm` is no OpenAI model. An
 its target whoever's it is.
 
 A call of a past time resolves as the catalog resolved it then (`current_for` with `at`): an
-alias names the target it named then (`ai_model_alias_history`), and an undated name the newest
-dated key in the catalog then, so a refresh that re-points an alias or adds a newer dated key
-does not bill a past call at another model's price. A name that resolved to nothing then
-resolves as it did first (an alias before its first span names its first target, an undated
-name before its first dated key that key, as `version_at` prices a call before a model's first
-price with that price), else as now. Each name seen remembers since when it resolves as now, so
-a call of that time costs one comparison more.
+alias names the target it named then (`ai_model_alias_history`), an undated name the newest
+dated key in the catalog then, and the rules find only the keys the catalog had by then (from a
+key's first version or override on; a removed one still, as now), so a refresh that re-points an
+alias, adds a newer dated key, or adds a key under a name that resolved by another rule
+(`claude-sonnet-4-5`, an undated name until then) does not bill a past call at another model's
+price. A name that resolved to nothing then resolves as it did next, at the first instant after
+its time when what it asks changed (a key came, an alias or a dated key began): for a call from
+before the catalog knew the name, as it resolved first (and `version_at` prices a call before a
+model's first price with that price), else as now. Each name seen remembers since when it
+resolves as now (the key it found was had, its alias and undated name named what they name
+now), so a call of that time costs one comparison more.
 
 An unknown name raises `UnknownModel` with the closest known names.
 """
@@ -76,6 +80,8 @@ GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp."
 _DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")
 _REGION_SEGMENT: Final = re.compile(r"^(?P<provider>[^/]+)/[a-z]{2}(?:-[a-z]+)+-\d/(?P<rest>.+)$")
 _RESOLVE_CACHE_LIMIT: Final = 4096
+#: Before any time the catalog knows: where a name's past begins (`Catalog._past_of`).
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -210,13 +216,27 @@ class Catalog:
         self._alias_spellings: dict[str, list[str]] = {}
         for alias in sorted(self._alias_timelines, reverse=True):
             self._alias_spellings.setdefault(alias.lower(), []).append(alias)
-        lower: dict[str, str] = {}
-        by_provider: dict[tuple[str, str], str] = {}
+        # key -> when the catalog first had it (its first source version or override): a call
+        # of before then cannot name it, whatever the key's spelling (`_had`)
+        self._born = {k: v[0].valid_from for k, v in self._versions.items()}
+        for key, timeline in self._overrides.items():
+            self._born[key] = min(self._born[key], timeline[0].valid_from)
+        # Before the first key came no name resolved, so a call of then resolves as its name
+        # did next: a key there from the first instant on never changed how a name resolves
+        # (`_lookup` leaves it out of since when a name resolves as now)
+        self._first_born = min(self._born.values(), default=_EARLIEST)
+        # lower-cased key, and (provider, bare key) -> the keys spelled so, preferred first (a
+        # current one, then by key): now the first answers, for a call of a time the first the
+        # catalog had then
+        lower: dict[str, tuple[str, ...]] = {}
+        by_provider: dict[tuple[str, str], tuple[str, ...]] = {}
         for key in sorted(self._versions, key=lambda k: (k not in self._current, k)):
-            lower.setdefault(key.lower(), key)
+            spelling = key.lower()
+            lower[spelling] = (*lower.get(spelling, ()), key)
             provider = self._versions[key][-1].provider
             bare = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
-            by_provider.setdefault((provider.lower(), bare.lower()), key)
+            pair = (provider.lower(), bare.lower())
+            by_provider[pair] = (*by_provider.get(pair, ()), key)
         self._lower = lower
         self._by_provider = by_provider
         # undated name (lower case) -> its dated keys, oldest first; the newest in the catalog at
@@ -237,6 +257,12 @@ class Catalog:
         # them takes tens of milliseconds, and a ledger meets the same unknown name again and
         # again), and since when it resolves to nothing
         self._missing: dict[tuple[str, str | None], tuple[tuple[str, ...], datetime | None]] = {}
+        # (name, provider) -> what it resolved to before its `since`: from each start to the
+        # next (`_past_of`), worked out at its first call of then
+        self._past: dict[
+            tuple[str, str | None],
+            tuple[list[datetime], list[tuple[Resolution, PriceVersion | None] | None]],
+        ] = {}
         self._lowered_current: dict[str, str] | None = None
         # key -> the instant since which its current version and override hold
         self._settled: dict[str, datetime] = {}
@@ -310,14 +336,14 @@ class Catalog:
             if missing is not None:
                 suggestions, since = missing
                 if at is not None and since is not None and at < since:
-                    earlier = self._resolve_at(name, provider, at)
+                    earlier = self._resolved_at(cache_key, since, at)
                     if earlier is not None:
                         return earlier
                 raise UnknownModel(name, suggestions)
         assert found is not None
         pair, since = found
         if at is not None and since is not None and at < since:
-            earlier = self._resolve_at(name, provider, at)
+            earlier = self._resolved_at(cache_key, since, at)
             if earlier is not None:
                 return earlier
         return pair
@@ -346,43 +372,116 @@ class Catalog:
         self._resolved[cache_key] = found
         return found, None
 
-    def _resolve_at(
-        self, name: str, provider: str | None, at: datetime
+    def _resolved_at(
+        self, cache_key: tuple[str, str | None], since: datetime, at: datetime
     ) -> tuple[Resolution, PriceVersion | None] | None:
-        """The name resolved as at `at`, else as it resolved first; None when neither."""
-        name, provider = name.strip(), provider.strip() if provider else None
-        resolution = self._resolve(name, provider, at=at) or self._resolve(
-            name, provider, at=at, first=True
-        )
-        if resolution is None:
-            return None
-        return resolution, self._current.get(resolution.key)
+        """The name as resolved at `at`, before `since` (from when it resolves as now); None:
+        as now. Its answers before `since` are worked out once, at its first call of then."""
+        past = self._past.get(cache_key)
+        if past is None:
+            if len(self._past) >= _RESOLVE_CACHE_LIMIT:
+                self._past.clear()
+            past = self._past[cache_key] = self._past_of(*cache_key, since)
+        starts, answers = past
+        return answers[bisect.bisect_right(starts, at) - 1]
 
-    def _lookup(self, name: str, provider: str | None) -> Resolution | None:
-        if provider is None and name in self._versions:
+    def _past_of(
+        self, name: str, provider: str | None, since: datetime
+    ) -> tuple[list[datetime], list[tuple[Resolution, PriceVersion | None] | None]]:
+        """What the name resolved to over time until `since`: resolved at the earliest instant,
+        then again at each instant something it asked changed (a key came, an alias or an
+        undated name named another), up to the first at `since` or after. Where it resolved to
+        nothing it answers as it resolved next (a call from before the catalog knew it, as it
+        resolved first), else (None) as now."""
+        name, provider = name.strip(), provider.strip() if provider else None
+        starts: list[datetime] = []
+        answers: list[tuple[Resolution, PriceVersion | None] | None] = []
+        when: datetime | None = _EARLIEST
+        while when is not None:
+            later: list[datetime] = []
+            resolution = self._resolve(name, provider, at=when, later=later)
+            starts.append(when)
+            if resolution is None:
+                answers.append(None)
+            else:
+                answers.append((resolution, self._current.get(resolution.key)))
+            # each of `later` is after `when`, and they are finitely many: this ends
+            when = min(later, default=None) if when < since else None
+        for index in range(len(answers) - 2, -1, -1):
+            if answers[index] is None:
+                answers[index] = answers[index + 1]
+        return starts, answers
+
+    def _had(self, key: str, at: datetime, later: list[datetime] | None) -> bool:
+        """Whether the catalog had `key` by `at`: from its first version or override on, also
+        once removed (as now: its 404 then says since when it is gone); else `later` gets when
+        it came."""
+        born = self._born[key]
+        if born <= at:
+            return True
+        if later is not None:
+            later.append(born)
+        return False
+
+    def _pick(
+        self, keys: tuple[str, ...] | None, at: datetime | None, later: list[datetime] | None
+    ) -> str | None:
+        """Of `keys` (one spelling's, preferred first): now the first, for a call of `at` the
+        first the catalog had by then; None when there is none."""
+        if keys is None:
+            return None
+        if at is None:
+            return keys[0]
+        return next((key for key in keys if self._had(key, at, later)), None)
+
+    def _lookup(
+        self,
+        name: str,
+        provider: str | None,
+        at: datetime | None = None,
+        seen: list[datetime] | None = None,
+        later: list[datetime] | None = None,
+    ) -> Resolution | None:
+        """The key spelled `name` (with `provider`) and how; now (`at` None) among every key the
+        catalog ever had, `seen` getting since when it had the one found; for a call of `at`,
+        among the keys it had by then (`_had`): a key added since (a refresh that adds
+        `claude-sonnet-4-5`, an undated name until then) must not change the model a call of
+        before it is billed as."""
+        found = self._find(name, provider, at, later)
+        if found is not None and seen is not None:
+            born = self._born[found.key]
+            if born > self._first_born:  # a key of the catalog's first instant never changed
+                seen.append(born)
+        return found
+
+    def _find(
+        self, name: str, provider: str | None, at: datetime | None, later: list[datetime] | None
+    ) -> Resolution | None:
+        versions = self._versions
+        if provider is None and name in versions and (at is None or self._had(name, at, later)):
             return Resolution(name, "exact")
         if provider is not None:
             prefixed = f"{provider}/{name}"
-            if prefixed in self._versions:
+            if prefixed in versions and (at is None or self._had(prefixed, at, later)):
                 return Resolution(prefixed, "provider_prefix")
             # The key as given, when it is the provider's, as `_of` reads a provider: a regional
             # Bedrock key (`us.anthropic...`, a `bedrock_converse` entry) is itself with
             # `bedrock`, before any variant names the base model (priced differently).
-            if name in self._versions and self._of(name, provider):
+            if (
+                name in versions
+                and self._of(name, provider)
+                and (at is None or self._had(name, at, later))
+            ):
                 return Resolution(name, "exact")
-            key = self._by_provider.get((provider.lower(), name.lower()))
-            if key is not None:
-                return Resolution(key, "provider_prefix")
-            return None
+            key = self._pick(self._by_provider.get((provider.lower(), name.lower())), at, later)
+            return None if key is None else Resolution(key, "provider_prefix")
         head, sep, rest = name.partition("/")
         if sep:
-            key = self._by_provider.get((head.lower(), rest.lower()))
+            key = self._pick(self._by_provider.get((head.lower(), rest.lower())), at, later)
             if key is not None:
                 return Resolution(key, "provider_prefix")
-        key = self._lower.get(name.lower())
-        if key is not None:
-            return Resolution(key, "case_insensitive")
-        return None
+        key = self._pick(self._lower.get(name.lower()), at, later)
+        return None if key is None else Resolution(key, "case_insensitive")
 
     def _resolve(
         self,
@@ -390,42 +489,43 @@ class Catalog:
         provider: str | None,
         *,
         at: datetime | None = None,
-        first: bool = False,
         seen: list[datetime] | None = None,
+        later: list[datetime] | None = None,
     ) -> Resolution | None:
-        """The rules in order, for a call of `at` (None: now; `first`: see `Timeline.at`). What
-        depends on time is an alias and an undated name's dated key; for `at` None, `seen` gets
-        since when each of those it asked answers as it does now."""
+        """The rules in order, for a call of `at` (None: now). What depends on time is the keys
+        the catalog had, an alias's target and an undated name's dated key: for `at` None, `seen`
+        gets since when each of those it asked answers as it does now; for a time, `later` gets
+        when each next changed after it."""
         if provider is not None and name.lower().startswith(provider.lower() + "/"):
-            found = self._lookup(name, None)
+            found = self._lookup(name, None, at, seen, later)
             if found is not None and self._versions[found.key][-1].provider == provider:
                 return found
             # joined as litellm joins them: a key that repeats the prefix (perplexity/perplexity/x)
-            found = self._lookup(name, provider)
+            found = self._lookup(name, provider, at, seen, later)
             if found is not None:
                 return found
             name = name[len(provider) + 1 :]
         if provider is None and "/" in name:
             head, _, rest = name.partition("/")
-            direct = self._lookup(name, None)
+            direct = self._lookup(name, None, at, seen, later)
             if direct is not None:
                 return direct
             candidates = [(name, None), (rest, head)]
         else:
             candidates = [(name, provider)]
         for candidate, prov in candidates:
-            found = self._lookup(candidate, prov)
+            found = self._lookup(candidate, prov, at, seen, later)
             if found is not None:
                 return found
         for candidate, prov in candidates:
-            for rule, variant in self._variants(candidate, prov, at, first, seen):
-                found = self._lookup(variant, prov)
+            for rule, variant in self._variants(candidate, prov, at, seen, later):
+                found = self._lookup(variant, prov, at, seen, later)
                 if found is None and prov is not None:
                     # An alias names its target, whoever's it is: a provider's own alias may name
                     # a sibling provider's key (`bedrock/...` -> a `bedrock_converse` model).
                     # Another variant is another spelling of the same model, so it must be the
                     # provider's own: else the call would be billed at another provider's price.
-                    found = self._lookup(variant, None)
+                    found = self._lookup(variant, None, at, seen, later)
                     if found is not None and rule != "alias" and not self._of(found.key, prov):
                         found = None
                 if found is not None:
@@ -445,8 +545,8 @@ class Catalog:
         self,
         name: str,
         at: datetime | None = None,
-        first: bool = False,
         seen: list[datetime] | None = None,
+        later: list[datetime] | None = None,
     ) -> str | None:
         """The target of the alias `name` now (`at` None), or at `at`; the exact spelling first,
         else one that differs only in case."""
@@ -456,16 +556,16 @@ class Catalog:
             if seen is not None:
                 seen.extend(t.since for t in timelines if t.since is not None)
             return self._aliases.get(name) or self._aliases_lower.get(name.lower())
-        return next(
-            (found for t in timelines if (found := t.at(at, first=first)) is not None), None
-        )
+        if later is not None:
+            later.extend(after for t in timelines if (after := t.after(at)) is not None)
+        return next((found for t in timelines if (found := t.at(at)) is not None), None)
 
     def _undated_at(
         self,
         name: str,
         at: datetime | None = None,
-        first: bool = False,
         seen: list[datetime] | None = None,
+        later: list[datetime] | None = None,
     ) -> str | None:
         """The dated key an undated name (lower case) names at `at`: the newest in the catalog
         then. Now (`at` None): the newest in the catalog, else the last one there was."""
@@ -476,7 +576,9 @@ class Catalog:
         if timeline is None:
             timeline = self._undated_timelines[name] = self._dated_timeline(keys)
         if at is not None:
-            return timeline.at(at, first=first)
+            if later is not None and (after := timeline.after(at)) is not None:
+                later.append(after)
+            return timeline.at(at)
         if seen is not None and timeline.since is not None:
             seen.append(timeline.since)
         return timeline.last
@@ -495,13 +597,13 @@ class Catalog:
         name: str,
         provider: str | None = None,
         at: datetime | None = None,
-        first: bool = False,
         seen: list[datetime] | None = None,
+        later: list[datetime] | None = None,
     ) -> Iterator[tuple[str, str]]:
         # The provider's own alias first (`bedrock_mantle/claude-haiku-latest`), before the bare
         # name's (`claude-haiku-latest`, Anthropic's), which names another model.
         for alias in (f"{provider}/{name}", name) if provider is not None else (name,):
-            target = self._alias_target(alias, at, first, seen)
+            target = self._alias_target(alias, at, seen, later)
             if target is not None:
                 yield "alias", target
         lowered_name = name.lower()
@@ -515,7 +617,7 @@ class Catalog:
         dated = _DATE_SUFFIX.match(name)
         if dated:
             yield "dated_name", dated["base"]
-        newest = self._undated_at(lowered_name, at, first, seen)
+        newest = self._undated_at(lowered_name, at, seen, later)
         if newest is not None:
             yield "dated_name", newest
 

@@ -4,6 +4,7 @@ resolves a past call's name with the one of its time.
 
     timeline = Timeline.of([(t1, "model-a"), (t2, "model-b")])
     timeline.at(t)        # what it named at t (None before t1)
+    timeline.after(t)     # when it next named something else after t (t1 before it, t2, None)
     timeline.since        # t2: since when it names what it names now
 """
 
@@ -42,13 +43,17 @@ class Timeline:
                 values.append(value)
         return cls(tuple(starts), tuple(values))
 
-    def at(self, at: datetime, *, first: bool = False) -> str | None:
-        """The value at `at`; with `first`, before the first start the first value (as a call
-        before a model's first price is priced with that first price)."""
+    def at(self, at: datetime) -> str | None:
+        """The value at `at`."""
         index = bisect.bisect_right(self.starts, at) - 1
         if index < 0:
-            return self.values[0] if first or not self.starts else None
+            return None if self.starts else self.values[0]
         return self.values[index]
+
+    def after(self, at: datetime) -> datetime | None:
+        """The first start after `at`: when it next names something else; None: never."""
+        index = bisect.bisect_right(self.starts, at)
+        return self.starts[index] if index < len(self.starts) else None
 
     @property
     def last(self) -> str | None:
