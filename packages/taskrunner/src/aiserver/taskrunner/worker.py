@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 from arq import cron
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
@@ -88,9 +88,6 @@ REBUILD_JOB_TIMEOUT_S: Final = 3600
 #: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
 #: from its cursor by the next reprice cron tick.
 REPRICE_JOB_TIMEOUT_S: Final = 3600
-#: How long the worker waits for an answer of Redis. The worker sends no blocking command (it
-#: polls), so an answer this late means the connection is dead; arq's own pool sets no such bound.
-REDIS_ANSWER_TIMEOUT_S: Final = 15
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -292,32 +289,6 @@ def functions(settings: TaskRunnerSettings) -> list[Function]:
     ]
 
 
-def worker_redis(redis_url: str) -> ArqRedis:
-    """The worker's Redis client, made here rather than by arq: arq opens its connections without
-    a read timeout, and a connection whose answers stopped without a reset (a network that drops
-    packets, a Redis that failed over to another host) held the worker's poll for good: no job
-    and no cron ran again, and nothing was logged, although Redis answered new connections. Every
-    read here gives up after REDIS_ANSWER_TIMEOUT_S, and the task runner starts a new worker, as
-    after any loss of Redis (`aiserver.taskrunner.cli`). The rest is what arq's `create_pool`
-    sets from the same URL. No connection is made until the worker's first command."""
-    where = RedisSettings.from_dsn(redis_url)
-    return ArqRedis(
-        host=where.host,
-        port=where.port,
-        unix_socket_path=where.unix_socket_path,
-        db=where.database,
-        username=where.username,
-        password=where.password,
-        ssl=where.ssl,
-        socket_connect_timeout=where.conn_timeout,
-        socket_timeout=REDIS_ANSWER_TIMEOUT_S,
-        socket_keepalive=True,
-        max_connections=where.max_connections,
-        encoding="utf8",
-        default_queue_name=QUEUE_NAME,
-    )
-
-
 def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
     return {
@@ -331,7 +302,6 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
             alerts_cron(),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
-        "redis_pool": worker_redis(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,
         "on_shutdown": shutdown,
