@@ -16,20 +16,28 @@ import asyncpg
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
+from aiserver.documents.jobs import PROCESS_JOB, process_job_id
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES, VISIBLE_WITHIN_S
 from aiserver.ledger import projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.usage.partitions import AHEAD, month_of, next_month, partition_name
 from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
-from aiserver.taskrunner.jobs import cost_data_update_task
-from aiserver.taskrunner.worker import partitions_cron, refresh_cron, worker_options
+from aiserver.taskrunner.jobs import JOB_ENDED_UNSETTLED, cost_data_update_task
+from aiserver.taskrunner.worker import (
+    documents_sweep_cron,
+    partitions_cron,
+    refresh_cron,
+    worker_options,
+)
 
 from ..conftest import Settings, make_settings, replace_settings, taskrunner_settings
 from ..support.catalog import fetch_one
+from ..support.documents import note
 from ..support.upstream import Upstream
 
 
@@ -248,6 +256,7 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
             ["cron:usage_reprice_task", True, list(range(60))],
             ["cron:budget_reservations_sweep_task", False, list(range(60))],
             ["cron:budget_alerts_task", True, [0, 10, 20, 30, 40, 50]],
+            ["cron:documents_sweep_task", True, [41]],
         ],
         "functions": [
             "process_document",
@@ -398,3 +407,58 @@ async def test_two_workers_starting_together_make_each_partition_once(
     assert sorted(r["outcome"] for r in done) in (["already_running", "done"], ["done", "done"])
     assert sorted(name for r in done for name in r["created"]) == expected
     assert await _partitions(cfg.core.database_url) == expected
+
+
+async def test_a_document_whose_job_was_lost_is_enqueued_again_and_one_left_unsettled_fails(
+    cfg: Settings, redis: ArqRedis
+) -> None:
+    """A document stays queued or processing until its job settles it: a job lost on the way
+    (Redis restarted empty) or one that ended without settling it (arq cut its last try) left
+    it so for good. The documents' sweep enqueues the lost one again and fails the other; it
+    leaves alone a document of a few minutes ago and one whose job is running."""
+    converted: list[str] = []
+
+    async def conversion(ctx: dict[str, Any], document_id: str) -> None:  # records, converts not
+        converted.append(document_id)
+
+    pool = await asyncpg.create_pool(cfg.core.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            lost, ended, recent, running = [await note(conn) for _ in range(4)]
+            await conn.execute(
+                "UPDATE documents SET created_at = now() - interval '1 hour',"
+                " status = CASE WHEN id = $2 THEN 'processing' ELSE status END"
+                " WHERE id = ANY($1::uuid[])",
+                [lost, ended, running],
+                ended,
+            )
+        # `ended`'s job ran and ended (a result is kept) without settling the document
+        await redis.enqueue_job(PROCESS_JOB, str(ended), _job_id=process_job_id(str(ended)))
+        await run_burst(make_worker(cfg, functions=[func(conversion, name=PROCESS_JOB)]))
+        assert converted == [str(ended)]
+        # `running`'s job is being run by another worker
+        await redis.set(in_progress_key_prefix + process_job_id(str(running)), b"1", px=60_000)
+
+        await run_burst(
+            make_worker(
+                cfg,
+                functions=[func(conversion, name=PROCESS_JOB)],
+                cron_jobs=[documents_sweep_cron()],
+            )
+        )
+        (sweep,) = [r for r in await results(redis) if isinstance(r, dict) and "requeued" in r]
+        assert sweep == {"looked_at": 3, "requeued": [str(lost)], "failed": [str(ended)]}
+        assert converted == [str(ended), str(lost)]  # the lost one's job ran again
+        rows = await pool.fetch(
+            "SELECT id, status, error FROM documents WHERE id = ANY($1::uuid[])",
+            [lost, ended, recent, running],
+        )
+        states = {row["id"]: (row["status"], row["error"]) for row in rows}
+        assert states == {
+            lost: ("queued", None),  # the recorder converts nothing
+            ended: ("failed", JOB_ENDED_UNSETTLED),
+            recent: ("queued", None),
+            running: ("queued", None),
+        }
+    finally:
+        await pool.close()

@@ -4,6 +4,13 @@ from typing import Final
 
 #: Convert one uploaded document: `process_document(document_id: str)`.
 PROCESS_JOB: Final = "process_document"
+#: The task runner's hourly look for documents whose job was lost (`documents_sweep_task`).
+SWEEP_TASK: Final = "documents_sweep_task"
+#: A document is looked at by the sweep once it has waited this long, queued or processing: far
+#: more than between the API's insert of its row and the enqueue of its job.
+SWEEP_AFTER_S: Final = 15 * 60
+#: The most documents one sweep looks at (the oldest first); the next sweep takes the rest.
+SWEEP_LIMIT: Final = 1000
 
 
 #: How long a document's job may wait in the queue before the queue (arq) drops it unrun. arq's

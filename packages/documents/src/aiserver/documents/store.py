@@ -147,6 +147,25 @@ async def save_outputs(
         )
 
 
+async def unsettled_documents(
+    conn: DbConnection, older_than_s: float, limit: int
+) -> list[uuid.UUID]:
+    """The documents still queued or processing that were uploaded over `older_than_s` seconds
+    ago, the oldest first, at most `limit`."""
+    rows = await conn.fetch(
+        """
+        SELECT id FROM documents
+        WHERE status IN ('queued', 'processing')
+          AND created_at < now() - make_interval(secs => $1)
+        ORDER BY created_at
+        LIMIT $2
+        """,
+        older_than_s,
+        limit,
+    )
+    return [row["id"] for row in rows]
+
+
 async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -> bool:
     """Fail the document with `reason`; a done document stays done. Whether it was failed."""
     status = await conn.execute(

@@ -14,6 +14,8 @@
   released, and those that ended 30 days ago forgotten (`RESERVATIONS_TASK`).
 - `budget_alerts_task` (cron, every 10 s): budget alerts that are due sent as signed webhooks
   (`ALERTS_TASK`; claims are leases, so runners that overlap never send an attempt twice).
+- `documents_sweep_task` (cron, hourly, and once at start): documents whose conversion job was
+  lost enqueued again, and those whose job ended without settling them failed (`SWEEP_TASK`).
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -29,15 +31,25 @@ import functools
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
+from arq.jobs import Job as ArqJob
+from arq.jobs import JobStatus
 from arq.worker import Retry
 
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.refresh import RefreshReport, refresh_catalog
 from aiserver.documents import service as documents
+from aiserver.documents import store as document_store
 from aiserver.documents.errors import StalledBeforeTheTry
+from aiserver.documents.jobs import (
+    JOB_EXPIRES_S,
+    PROCESS_JOB,
+    SWEEP_AFTER_S,
+    SWEEP_LIMIT,
+    process_job_id,
+)
 from aiserver.ledger.budgets.alerts.delivery import deliver_due
 from aiserver.ledger.budgets.reservations import forget_ended, release_expired
 from aiserver.ledger.jobs import REBUILD_JOB
@@ -45,6 +57,7 @@ from aiserver.ledger.spend import rebuild
 from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.spend.store import rollups as rollup_store
 from aiserver.ledger.usage.partitions import maintain
+from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -209,3 +222,45 @@ async def budget_alerts_task(ctx: Ctx) -> dict[str, Any]:
         secret_box=settings.ledger.secret_box(),
     )
     return report.as_dict()
+
+
+#: What a document is failed with when its job ended and the document was left unsettled.
+JOB_ENDED_UNSETTLED: Final = (
+    "the conversion job ended without finishing the document (its last try was cut off, or it "
+    "was lost); upload the document again"
+)
+
+
+@logged_job
+async def documents_sweep_task(ctx: Ctx) -> dict[str, Any]:
+    """Cron: settle the documents whose conversion job is gone. A document stays `queued` or
+    `processing` until its job settles it; a job lost on the way (Redis restarted empty, or
+    failed over without it) or one that ended without settling it (arq cut its last try at its
+    timeout) left it so for good, and its uploader polling. For each document unsettled after
+    SWEEP_AFTER_S whose job is neither waiting nor running: a job that ended (its result is
+    kept) fails the document, a job that is gone is enqueued again under the same id (a job
+    enqueued twice at once runs once). The document's own count of conversions still bounds
+    how often it is tried."""
+    redis = ctx["redis"]
+    async with require_pool().acquire() as conn:
+        unsettled = await document_store.unsettled_documents(conn, SWEEP_AFTER_S, SWEEP_LIMIT)
+    requeued: list[str] = []
+    failed: list[str] = []
+    for document_id in unsettled:
+        job_id = process_job_id(str(document_id))
+        status = await ArqJob(job_id, redis, _queue_name=QUEUE_NAME).status()
+        if status is JobStatus.complete:
+            async with require_pool().acquire() as conn:
+                if await document_store.mark_failed(conn, document_id, JOB_ENDED_UNSETTLED):
+                    failed.append(str(document_id))
+        elif status is JobStatus.not_found:
+            job = await redis.enqueue_job(
+                PROCESS_JOB, str(document_id), _job_id=job_id, _queue_name=QUEUE_NAME,
+                _expires=JOB_EXPIRES_S,
+            )  # fmt: skip
+            if job is not None:
+                requeued.append(str(document_id))
+    if requeued or failed:
+        log.warning("documents whose conversion job was gone: enqueued again or failed",
+                    requeued=requeued, failed=failed)  # fmt: skip
+    return {"looked_at": len(unsettled), "requeued": requeued, "failed": failed}

@@ -32,7 +32,7 @@ from aiserver.costs.fetch import BACKOFF_S, upstream_client
 from aiserver.costs.jobs import REFRESH_JOB, UPDATE_TASK
 from aiserver.costs.settings import CostSettings
 from aiserver.documents.conversion import sweep_workdirs
-from aiserver.documents.jobs import PROCESS_JOB
+from aiserver.documents.jobs import PROCESS_JOB, SWEEP_TASK
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES
 from aiserver.documents.settings import DocumentSettings
 from aiserver.ledger.budgets.service import has_clear_secrets, seal_secrets
@@ -50,6 +50,7 @@ from aiserver.taskrunner.jobs import (
     budget_alerts_task,
     budget_reservations_sweep_task,
     cost_data_update_task,
+    documents_sweep_task,
     process_document,
     rebuild_rollups,
     refresh_costs,
@@ -260,6 +261,24 @@ def alerts_cron() -> CronJob:
     )
 
 
+#: The minute of each hour at which the documents' sweep runs.
+DOCUMENTS_SWEEP_MINUTE: Final = 41
+
+
+def documents_sweep_cron() -> CronJob:
+    """Documents whose conversion job was lost, enqueued again (or failed): at start, then
+    hourly (every runner at its start; the sweep is safe to run at once)."""
+    return cron(
+        documents_sweep_task,
+        name=f"cron:{SWEEP_TASK}",
+        minute={DOCUMENTS_SWEEP_MINUTE},
+        second=0,
+        run_at_startup=True,
+        keep_result=KEEP_RESULT_S,
+        timeout=JOB_TIMEOUT_S,
+    )
+
+
 def document_job_timeout(documents: DocumentSettings) -> float:
     """The bound on a document job, which arq's own timeout must never be the one to reach: arq
     does not run a job again after its timeout, so the document would stay `processing`.
@@ -300,6 +319,7 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
             reprice_cron(),
             reservations_cron(),
             alerts_cron(),
+            documents_sweep_cron(),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
