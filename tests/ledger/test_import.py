@@ -379,7 +379,7 @@ async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:
     assert json.loads(out)["error"]["type"] == "urn:aiserver:problem:unknown-project"
     code, _, err = await ledger(env, "events", "--project", "acme", "--limit", "-1")
     assert code == 2
-    assert "argument --limit: a whole number, 0 or more: '-1'" in err
+    assert "argument --limit: a whole number, 0 to 999999999: '-1'" in err
     code, _, err = await ledger(env, "import", "-", "--project", "acme", "--chunk-size", "0")
     assert code == 2
     assert "--chunk-size: 1 to 10000: '0'" in err
