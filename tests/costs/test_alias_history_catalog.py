@@ -132,8 +132,9 @@ def test_an_override_keeps_a_dated_key_in_the_catalog() -> None:
 def test_a_name_that_never_changed_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = build(ROWS, [AliasSpan("latest", "model-a", T0)])
     calls: list[Any] = []
-    resolve = catalog._resolve
-    monkeypatch.setattr(catalog, "_resolve", lambda *a, **k: calls.append(a) or resolve(*a, **k))
+    resolver = catalog._resolver
+    resolve = resolver._resolve
+    monkeypatch.setattr(resolver, "_resolve", lambda *a, **k: calls.append(a) or resolve(*a, **k))
     for at in (None, T0, T2, None):
         assert model_at(catalog, "latest", at) == "model-a"
     assert len(calls) == 1
