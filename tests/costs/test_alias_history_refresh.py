@@ -18,7 +18,7 @@ from aiserver.costs.refresh import Outcome, refresh_catalog
 from aiserver.ledger.usage.valuation import value_usage
 
 from ..conftest import Settings, replace_settings
-from ..support.catalog import document, fetch_all, model_entry, models
+from ..support.catalog import fetch_all, model_entry, rated
 from ..support.upstream import Upstream
 
 USAGE = Usage(input_tokens=1_000_000)
@@ -39,10 +39,7 @@ def cfg(settings: Settings, upstream: Upstream) -> Settings:
 
 def body(dated: dict[str, int], alias_target: str, **extra: Any) -> bytes:
     """20 plain models, the dated keys of `gpt-x` (each priced at its own rate), an alias."""
-    entries = models(20)
-    for key, dollars in dated.items():
-        entries[key] = model_entry(0, input_cost_per_token=f"{dollars}e-06")
-    return document(entries, **{"gpt-alias": {"alias_of": alias_target}}, **extra)
+    return rated(dated, **{"gpt-alias": {"alias_of": alias_target}}, **extra)
 
 
 async def refresh(cfg: Settings, upstream: Upstream, served: bytes) -> None:

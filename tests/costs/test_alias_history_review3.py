@@ -16,10 +16,11 @@ from aiserver.costs.pricing import Usage
 from aiserver.costs.store.overrides import Override
 from aiserver.ledger.usage.valuation import value_usage
 
-from ..conftest import Settings, replace_settings
-from ..support.catalog import document, model_entry, models
+from ..conftest import Settings
+from ..support.catalog import rated
 from ..support.upstream import Upstream
 from .test_alias_history_refresh import catalog_of, refresh
+from .test_alias_history_refresh import cfg as cfg  # the fixture
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -152,33 +153,15 @@ def test_a_removed_key_still_answers_for_the_calls_after_it_left() -> None:
 OLD = "gpt-x-2024-05-13"
 
 
-@pytest.fixture
-def cfg(settings: Settings, upstream: Upstream) -> Settings:
-    return replace_settings(
-        settings,
-        model_cost_source_url=upstream.url,
-        model_cost_fetch_retries=1,
-        model_cost_max_shrink_fraction=0.5,
-    )
-
-
-def body(keys: dict[str, int]) -> bytes:
-    """20 plain models, and `keys`, each priced at its own rate (dollars per million tokens)."""
-    entries = models(20)
-    for key, dollars in keys.items():
-        entries[key] = model_entry(0, input_cost_per_token=f"{dollars}e-06")
-    return document(entries)
-
-
 async def test_a_refresh_that_adds_the_undated_key_leaves_the_calls_before_it(
     cfg: Settings, upstream: Upstream
 ) -> None:
     long_ago = datetime(2020, 1, 1, tzinfo=UTC)
-    await refresh(cfg, upstream, body({OLD: 5}))
+    await refresh(cfg, upstream, rated({OLD: 5}))
     then = datetime.now(UTC)
     before = priced(await catalog_of(cfg), "gpt-x", then)
     assert before == (OLD, Decimal(5))
-    await refresh(cfg, upstream, body({OLD: 5, "gpt-x": 9}))
+    await refresh(cfg, upstream, rated({OLD: 5, "gpt-x": 9}))
     catalog = await catalog_of(cfg)
     assert priced(catalog, "gpt-x", None) == ("gpt-x", Decimal(9))
     assert priced(catalog, "gpt-x", then) == before

@@ -50,6 +50,15 @@ def models(n: int, **extra: Any) -> dict[str, dict[str, Any]]:
     return {f"gpt-test-{i:03d}": model_entry(i, **extra) for i in range(n)}
 
 
+def rated(rates: dict[str, int], **extra_entries: Any) -> bytes:
+    """A source document: 20 plain models, and each key of `rates` priced at its own rate
+    (dollars per million input tokens), with any `extra_entries` (aliases, say)."""
+    entries = models(20)
+    for key, dollars in rates.items():
+        entries[key] = model_entry(0, input_cost_per_token=f"{dollars}e-06")
+    return document(entries, **extra_entries)
+
+
 async def catalog_rows(url: str) -> list[tuple[Any, ...]]:
     """Every price row and alias, with the row version (xmin) that a write would change."""
     conn = await asyncpg.connect(url)
