@@ -6,7 +6,6 @@ is a decimal string (USD), exact both ways.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -21,12 +20,11 @@ from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
-from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.answers import BudgetOut
 from aiserver.ledger.budgets.periods import Period
 from aiserver.ledger.budgets.rules import amount
-from aiserver.ledger.budgets.service import BudgetView, Window
 from aiserver.ledger.settings import LedgerSettings
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -64,56 +62,6 @@ class BudgetChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tags: Tags | msgspec.UnsetType = msgspec.UNSET
     model: str | msgspec.UnsetType | None = msgspec.UNSET
     period: str | msgspec.UnsetType = msgspec.UNSET
-
-
-class WindowOut(msgspec.Struct, frozen=True, kw_only=True):
-    start: datetime
-    end: datetime | None
-    committed: str
-    reserved: str
-    remaining: str  # negative when a soft budget went past its limit
-    used_percent: str  # (committed + reserved) / limit, in percent, to 2 places
-    events: int
-    unpriced_events: int  # events of the window that no price could value yet
-
-    @classmethod
-    def of(cls, w: Window) -> WindowOut:
-        return cls(
-            start=w.start, end=w.end, committed=money(w.committed), reserved=money(w.reserved),
-            remaining=money(w.remaining), used_percent=money(w.used_percent), events=w.events,
-            unpriced_events=w.unpriced_events,
-        )  # fmt: skip
-
-
-class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    name: str
-    tags: dict[str, str]
-    model: str | None
-    period: str
-    limit_usd: str
-    currency: str
-    thresholds: list[str]
-    hard: bool
-    webhook_url: str | None
-    created_at: datetime
-    updated_at: datetime
-    # the start of the first window it counts: the one it was made in (or made again in by a
-    # time zone change); an event of an earlier window counts for none
-    counts_from: datetime
-    window: WindowOut  # the current one, in the project's time zone
-    webhook_secret: str | None = None  # only in the answer that made it: shown this once
-
-    @classmethod
-    def of(cls, view: BudgetView, secret: str | None = None) -> BudgetOut:
-        b = view.budget
-        return cls(
-            id=b.id, name=b.name, tags=b.tags, model=b.model, period=b.period,
-            limit_usd=money(b.limit_usd), currency="USD",
-            thresholds=[money(t) for t in b.thresholds], hard=b.hard,
-            webhook_url=b.webhook_url, created_at=b.created_at, updated_at=b.updated_at,
-            counts_from=b.counts_from, window=WindowOut.of(view.window), webhook_secret=secret,
-        )  # fmt: skip
 
 
 class BudgetList(msgspec.Struct, frozen=True, kw_only=True):

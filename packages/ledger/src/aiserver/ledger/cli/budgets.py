@@ -55,25 +55,15 @@ def _lines(view: BudgetView) -> list[str]:
 
 
 def _answer(view: BudgetView) -> dict[str, Any]:
-    """The budget as the API answers it (GET /v1/budgets/{id}): its fields, amounts and
-    percentages written by `money` ("25.5", where "25.50" is stored), and its current window.
-    The webhook secret that `create` makes is not in it: that goes to stderr, once."""
-    from aiserver.costs.money import money
+    """The budget as the API answers it (GET /v1/budgets/{id}, the same builder). The webhook
+    secret that `create` makes is not in it: that goes to stderr, once."""
+    import msgspec
 
-    b, w = view.budget, view.window
-    return {
-        "id": b.id, "name": b.name, "tags": b.tags, "model": b.model, "period": b.period,
-        "limit_usd": money(b.limit_usd), "currency": "USD",
-        "thresholds": [money(t) for t in b.thresholds], "hard": b.hard,
-        "webhook_url": b.webhook_url, "created_at": b.created_at, "updated_at": b.updated_at,
-        "counts_from": b.counts_from,
-        "window": {
-            "start": w.start, "end": w.end, "committed": money(w.committed),
-            "reserved": money(w.reserved), "remaining": money(w.remaining),
-            "used_percent": money(w.used_percent), "events": w.events,
-            "unpriced_events": w.unpriced_events,
-        },
-    }  # fmt: skip
+    from aiserver.ledger.budgets.answers import BudgetOut
+
+    answer: dict[str, Any] = msgspec.to_builtins(BudgetOut.of(view))
+    del answer["webhook_secret"]
+    return answer
 
 
 def _print(view: BudgetView, as_json: bool) -> None:
