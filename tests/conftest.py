@@ -9,7 +9,9 @@ truly empty (the migration tests start there).
 
 Redis comes from TEST_REDIS_URL (default: redis://127.0.0.1:6379/13): tests use that database
 index only and flush it around each use. A missing server fails the tests with a message; it
-never skips them.
+never skips them. The tests run in parallel (`hatch test` starts one pytest-xdist worker per
+CPU): worker N uses the database index N above the given one (13, 14, ... by default), and every
+throwaway PostgreSQL database is named after its worker's process, so workers never meet.
 
 Budget webhook secrets are sealed with the tests' own key (`TEST_WEBHOOK_SECRET_KEYS`), in the
 settings of the tests and in the environment of every service process they start.
@@ -22,6 +24,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -45,7 +48,28 @@ TEST_DATABASE_URL = os.environ.get(
 )
 S = TypeVar("S", bound=Section)
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+def worker_redis_url(url: str, worker: str) -> str:
+    """`url` with the Redis database index of the pytest-xdist `worker` (gw0, gw1, ...; "" when
+    the tests run in one process): the given one plus the worker's number, so that parallel
+    workers never flush each other's keys."""
+    if not worker:
+        return url
+    parts = urlsplit(url)
+    index = int(parts.path.strip("/") or 0) + int(worker.removeprefix("gw"))
+    if index > 15:
+        raise RuntimeError(
+            f"TEST_REDIS_URL={url}: pytest-xdist worker {worker} would need Redis database "
+            f"{index}, past the 16 a Redis server has by default; give a lower index, or fewer "
+            "workers (hatch test -- -n 2)"
+        )
+    return urlunsplit(parts._replace(path=f"/{index}"))
+
+
+TEST_REDIS_URL = worker_redis_url(
+    os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),
+    os.environ.get("PYTEST_XDIST_WORKER", ""),
+)
 
 #: The key that seals budget webhook secrets in tests (32 bytes in base64; a test, not a secret).
 TEST_WEBHOOK_SECRET_KEYS = "dGVzdHMgb2YgYWlzZXJ2ZXIsIG5vdCBhIHNlY3JldCE="

@@ -13,7 +13,7 @@ from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.costs.refresh import seed_from_snapshot
 
-from .conftest import Settings, create_database, drop_database
+from .conftest import Settings, create_database, drop_database, worker_redis_url
 from .support.catalog import fetch_all, fetch_one
 
 TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
@@ -93,3 +93,23 @@ def test_a_logger_used_before_the_logging_was_configured_again_is_captured() -> 
     finally:
         configure_logging("INFO", "console")  # as tests/core_db/test_logging.py leaves it
     assert [entry["event"] for entry in logs] == ["seen"]
+
+
+@pytest.mark.parametrize(
+    ("url", "worker", "expected"),
+    [
+        ("redis://127.0.0.1:6379/13", "", "redis://127.0.0.1:6379/13"),
+        ("redis://127.0.0.1:6379/13", "gw0", "redis://127.0.0.1:6379/13"),
+        ("redis://127.0.0.1:6379/13", "gw1", "redis://127.0.0.1:6379/14"),
+        ("redis://:pw@cache:6380", "gw3", "redis://:pw@cache:6380/3"),
+    ],
+)
+def test_each_parallel_worker_has_a_redis_database_of_its_own(
+    url: str, worker: str, expected: str
+) -> None:
+    assert worker_redis_url(url, worker) == expected
+
+
+def test_a_worker_past_the_16_databases_of_redis_is_refused_saying_why() -> None:
+    with pytest.raises(RuntimeError, match="would need Redis database 16, past the 16"):
+        worker_redis_url("redis://127.0.0.1:6379/13", "gw3")

@@ -59,8 +59,8 @@ async def test_sigkill_during_the_write_keeps_the_previous_catalog_and_frees_the
         try:
             await _wait_for(
                 observer,
-                "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%ai_model_aliases%'",
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%ai_model_aliases%'",
             )
             # By now the refresh's open transaction has closed and opened versions: its backend
             # holds the row-exclusive lock that UPDATE and INSERT take on ai_model_costs.

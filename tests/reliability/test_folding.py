@@ -177,7 +177,10 @@ async def test_a_folder_killed_before_its_commit_changes_nothing_and_the_next_fo
         if child.returncode is None:
             child.kill()
             await child.wait()
-    gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'doomed'"
+    gone = (
+        "SELECT count(*) = 0 FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'doomed'"
+    )
     while not await pool.fetchval(gone):
         await asyncio.sleep(0.05)
     assert await outbox_size(pool) == 1_000  # what the dead folder had claimed, back
