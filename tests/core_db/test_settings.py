@@ -61,6 +61,19 @@ def test_each_package_reads_only_its_own_variables_from_the_same_environment() -
     assert "api_admin_tokens" not in TaskRunnerSettings.__struct_fields__
 
 
+@pytest.mark.parametrize(("value", "expected"), [("2", 2.0), ("0.5", None), ("3601", None)])
+def test_the_task_runner_reads_its_redis_reply_timeout_within_its_bounds(
+    value: str, expected: float | None
+) -> None:
+    env = {"REDIS_REPLY_TIMEOUT_SECONDS": value}
+    if expected is None:
+        with pytest.raises(SettingsError, match=f"REDIS_REPLY_TIMEOUT_SECONDS='{value}'"):
+            load_settings(TaskRunnerSettings, env)
+    else:
+        assert load_settings(TaskRunnerSettings, env).runner.redis_reply_timeout_seconds == expected
+    assert load_settings(TaskRunnerSettings, {}).runner.redis_reply_timeout_seconds == 30.0
+
+
 def test_settings_are_frozen() -> None:
     settings = load_settings(ApiSettings, {})
     with pytest.raises(AttributeError):

@@ -409,6 +409,14 @@ class TcpProxy:
         for link in self._links:
             link.watched, link.tail = 0, b""
 
+    def silence(self) -> int:
+        """The connections open now go silent, as behind a hung peer or a stale NAT entry: what
+        their clients send arrives, no answer comes back, and no error either. Connections
+        opened later are forwarded as before. Returns how many went silent."""
+        for link in self._links:
+            link.holding = True
+        return len(self._links)
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:

@@ -54,6 +54,8 @@ OUTAGE_S: Final = 4.0
 #: "Recovers on its own within seconds": the watcher retries every <= 2 s, the pool on demand.
 RECOVERY_S: Final = 10.0
 ADMIN: Final = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: The task runner's warning when its watchdog closes a silent Redis connection.
+SILENT: Final = "redis connection silent"
 
 Answer = tuple[float, float, int | str, str, Any]
 
@@ -266,13 +268,7 @@ async def test_a_redis_restart_pauses_the_task_runner_which_then_runs_jobs_again
             await redis.start()
             # a new worker: ready again, and it runs a job that is queued now
             await eventually(lambda: _said_ready(runner, 2), timeout=START_TIMEOUT_S)
-            pool = await create_pool(RedisSettings.from_dsn(redis.url))
-            try:
-                job = await pool.enqueue_job(REFRESH_JOB, True, _queue_name=QUEUE_NAME)
-                assert job is not None
-                result = await job.result(timeout=START_TIMEOUT_S)
-            finally:
-                await pool.aclose()
+            result = await _forced_refresh(redis.url)
             # the job ran and answered (its outcome depends on the start-up refresh of the new
             # worker, which may be running too: any outcome will do)
             assert result["trigger"] == "forced", result
@@ -282,6 +278,45 @@ async def test_a_redis_restart_pauses_the_task_runner_which_then_runs_jobs_again
     # only JSON lines (no traceback on stdout), and no error but the jobs that Redis's loss
     # cut off (none ran here: the worker was idle)
     assert errors_logged(runner.log) == []
+
+
+async def test_a_redis_connection_gone_silent_is_closed_and_the_task_runner_runs_jobs_again(
+    settings: Settings, upstream: Upstream, tmp_path: Path
+) -> None:
+    """A connection whose replies stop without an error (a hung proxy, a stale NAT entry) held
+    the worker's poll for ever: no job, no cron, until a restart. A watchdog closes a connection
+    whose reply is awaited past REDIS_REPLY_TIMEOUT_SECONDS; the worker then starts again on new
+    connections and runs the jobs queued meanwhile."""
+    upstream.serve(versioned_document(1))
+    redis = urlsplit(TEST_REDIS_URL)
+    async with tcp_proxy(redis.hostname or "127.0.0.1", redis.port or 6379) as proxy:
+        env = taskrunner_env(
+            settings.core.database_url, upstream_url=upstream.url,
+            REDIS_URL=through(TEST_REDIS_URL, proxy.port), REDIS_REPLY_TIMEOUT_SECONDS="2",
+        )  # fmt: skip
+        async with taskrunners(1, env, tmp_path) as (runner,):
+            await runner.wait_for("task runner ready")
+            assert proxy.silence() >= 1  # the worker's poll waits on one of them
+            result = await _forced_refresh(TEST_REDIS_URL)  # queued after the silence began
+            assert result["trigger"] == "forced", result
+            closed = [e for e in runner.events() if e.get("event", "").startswith(SILENT)]
+            assert closed, runner.output()
+            assert closed[0]["level"] == "warning"
+            assert closed[0]["waited_s"] >= 2
+            assert await _said_ready(runner, 2)
+            assert await runner.terminate() == 0  # a SIGTERM still stops it
+    assert errors_logged(runner.log) == []
+
+
+async def _forced_refresh(redis_url: str) -> Any:
+    """Queue a forced catalog refresh on the task runners' queue; its result, once one ran it."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        job = await pool.enqueue_job(REFRESH_JOB, True, _queue_name=QUEUE_NAME)
+        assert job is not None
+        return await job.result(timeout=START_TIMEOUT_S)
+    finally:
+        await pool.aclose()
 
 
 async def _said_ready(runner: TaskRunner, times: int) -> bool:
