@@ -7,6 +7,7 @@ import io
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zipfile
@@ -91,11 +92,22 @@ async def test_a_pdf_gives_pages_and_text_and_the_limits_hold() -> None:
 @pytest.mark.parametrize(
     ("data", "kind", "reason"),
     [
-        (b"PK\x03\x04 this is no zip at all", "docx", "LibreOffice could not convert the docx"),
+        (
+            b"PK\x03\x04 this is no zip at all",
+            "docx",
+            "LibreOffice could not convert the docx file (corrupt, unsupported, or not in the "
+            "DOCX format)",
+        ),
+        (
+            b"not an odt",
+            "odt",
+            "LibreOffice could not convert the odt file (corrupt, unsupported, "
+            "or not in the ODT format)",
+        ),
         (b"%PDF-1.7\n garbage", "pdf", "not a readable PDF"),
         (b"", "pdf", "not a readable PDF"),
     ],
-    ids=["corrupt-docx", "corrupt-pdf", "empty-pdf"],
+    ids=["corrupt-docx", "corrupt-odt", "corrupt-pdf", "empty-pdf"],
 )
 async def test_a_corrupt_file_fails_with_a_reason(data: bytes, kind: str, reason: str) -> None:
     with pytest.raises(ConversionError) as caught:
@@ -103,7 +115,12 @@ async def test_a_corrupt_file_fails_with_a_reason(data: bytes, kind: str, reason
     assert str(caught.value).startswith(reason)
 
 
-async def test_a_conversion_past_its_timeout_is_killed_and_reported() -> None:
+async def test_a_conversion_past_its_timeout_is_killed_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its work directory under tmp_path: the processes left are looked for there alone (other
+    # tests, in parallel, convert documents of their own)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     limits = Limits(timeout_s=0.3, max_pages=10, max_text_bytes=1000, dpi=50)
     expected = (
         r"took longer than 0\.3 s \(DOCUMENT_CONVERSION_TIMEOUT_SECONDS\); soffice was killed"
@@ -111,10 +128,7 @@ async def test_a_conversion_past_its_timeout_is_killed_and_reported() -> None:
     with pytest.raises(ConversionError, match=expected):
         await convert(docx("slow"), "docx", limits)
     await asyncio.sleep(0.5)
-    left = subprocess.run(
-        ["pgrep", "-f", "aiserver-doc-"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    assert left == [], "the timed-out LibreOffice left processes behind"
+    assert _running(str(tmp_path)) == [], "the timed-out LibreOffice left processes behind"
 
 
 async def test_two_conversions_at_once_both_succeed() -> None:

@@ -418,7 +418,7 @@ async def _convert(source: bytes, kind: Kind, limits: Limits) -> Converted:
             if not await asyncio.to_thread(pdf_path.exists):
                 raise ConversionError(
                     f"LibreOffice could not convert the {kind} file (corrupt, unsupported, or "
-                    f"not a {kind.upper()} document)"
+                    f"not in the {kind.upper()} format)"
                 )
         else:
             pdf_path = original
