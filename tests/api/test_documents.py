@@ -7,11 +7,13 @@ import os
 import sys
 from typing import Any
 
+import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
+from aiserver.api.controllers.documents import content_disposition
 
 from ..conftest import Settings, replace_settings
 from ..support.docs import docx
@@ -71,6 +73,9 @@ async def test_a_docx_is_converted_and_its_results_are_served(
     pdf = await client.get(done["links"]["pdf"])
     assert (pdf.status_code, pdf.headers["content-type"]) == (200, "application/pdf")
     assert pdf.content.startswith(b"%PDF-")
+    # a browser shows it, and saves it under the upload's name
+    disposition = "inline; filename=\"letter.pdf\"; filename*=UTF-8''letter.pdf"
+    assert pdf.headers["content-disposition"] == disposition
     page = await client.get(done["links"]["pages"][0])
     assert page.headers["content-type"] == "image/png"
     assert page.content.startswith(b"\x89PNG")
@@ -140,3 +145,24 @@ async def test_a_raised_document_limit_takes_effect_on_the_upload_route(
         assert stored["size_bytes"] == len(text)
     async with AsyncTestClient(app=create_app(api_settings)) as client:
         assert_problem(await upload(client, "long.txt", text, "text/plain"), 413, "too large")
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("Q3 report.pdf", "inline; filename=\"Q3 report.pdf\"; filename*=UTF-8''Q3%20report.pdf"),
+        (
+            'Bücher "neu"\\x.pdf',
+            'inline; filename="B_cher _neu__x.pdf"; '
+            "filename*=UTF-8''B%C3%BCcher%20%22neu%22%5Cx.pdf",
+        ),
+        (
+            "a\r\nSet-Cookie: x.pdf",
+            'inline; filename="a__Set-Cookie: x.pdf"; '
+            "filename*=UTF-8''a%0D%0ASet-Cookie%3A%20x.pdf",
+        ),
+    ],
+    ids=["space", "non-ascii-quote-backslash", "header-injection"],
+)
+def test_the_pdfs_file_name_is_safe_in_its_header(filename: str, expected: str) -> None:
+    assert content_disposition(filename) == expected

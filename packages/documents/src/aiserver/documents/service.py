@@ -110,12 +110,14 @@ async def read(pool: asyncpg.Pool, document_id: uuid.UUID) -> Document:
     return document
 
 
-async def read_pdf(pool: asyncpg.Pool, document_id: uuid.UUID) -> bytes:
+async def read_pdf(pool: asyncpg.Pool, document_id: uuid.UUID) -> tuple[str, bytes]:
+    """The PDF of a done document, and the name to give it: the upload's, ending in `.pdf`."""
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        pdf = await store.get_pdf(conn, document_id)
-    if pdf is None:
+        found = await store.get_pdf(conn, document_id)
+    if found is None:
         raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
-    return pdf
+    filename, pdf = found
+    return f"{PurePosixPath(filename).stem or 'document'}.pdf", pdf
 
 
 async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> bytes:

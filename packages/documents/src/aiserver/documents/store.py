@@ -187,11 +187,12 @@ async def status_of(conn: DbConnection, document_id: uuid.UUID) -> Status | None
     return status
 
 
-async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> bytes | None:
-    pdf: bytes | None = await conn.fetchval(
-        "SELECT pdf FROM documents WHERE id = $1 AND status = 'done'", document_id
+async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> tuple[str, bytes] | None:
+    """The document's file name and its PDF, once it is done."""
+    row = await conn.fetchrow(
+        "SELECT filename, pdf FROM documents WHERE id = $1 AND status = 'done'", document_id
     )
-    return pdf
+    return None if row is None else (row["filename"], row["pdf"])
 
 
 async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> bytes | None:

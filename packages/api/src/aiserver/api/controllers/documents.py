@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 import msgspec
 from arq.connections import ArqRedis
@@ -66,6 +67,13 @@ class DocumentOut(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None
     finished_at: datetime | None
     links: DocumentLinks
+
+
+def content_disposition(filename: str) -> str:
+    """`inline` with the file name a browser saves the PDF as (RFC 6266): in ASCII, each other
+    character, quote, backslash or control character as `_`, and whole in UTF-8 (`filename*`)."""
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class DocumentController(Controller):
@@ -148,8 +156,12 @@ class DocumentController(Controller):
         responses=problem_responses(400, 404, 503),
     )
     async def pdf(self, document_id: FromPath[uuid.UUID]) -> Response[bytes]:
-        pdf = await service.read_pdf(require_pool(), document_id)
-        return Response(pdf, media_type="application/pdf")
+        filename, pdf = await service.read_pdf(require_pool(), document_id)
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": content_disposition(filename)},
+        )
 
     @get(
         "/{document_id:uuid}/pages/{page_file:str}",
