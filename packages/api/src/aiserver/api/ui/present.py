@@ -3,10 +3,10 @@
 Every amount is the answer's own decimal string, as `GET /v1/spend` returns it, never rounded
 and never added up here. In a table an amount is written with as many decimals as the longest
 of its column (`aligned`: trailing zeros added, the same value, so that the decimal points line
-up); a cell with no spend is 0 at that scale. Counts are grouped by thousands (`count`). The
-chart is drawn from the same table that is shown under it (its text alternative). The CSV holds
-exactly the values of the table that is shown, each as the API writes it: no zeros added, no
-grouping.
+up); a cell with no spend is 0 at that scale. Amounts and counts are grouped by thousands on
+the page (`grouped`, `count`). The chart is drawn from the same table that is shown under it
+(its text alternative), without the grouping. The CSV holds exactly the values of the table
+that is shown, each as the API writes it: no zeros added, no grouping.
 
 A headline figure (a month's spend, an answer's total) is also shown rounded to the cent
 (`about`), always marked as rounded and always beside the exact amount.
@@ -79,6 +79,21 @@ def padded(value: object, decimals: int) -> str:
     return f"{whole}.{fraction.ljust(decimals, '0')}"
 
 
+def grouped(text: str) -> str:
+    """An amount as written (`padded`) with its whole part grouped by thousands
+    (`12345.50000` -> `12,345.50000`): the same digits. Anything else as it is."""
+    if not _PLAIN.fullmatch(text):
+        return text
+    whole, dot, fraction = text.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    return f"{sign}{int(whole.lstrip('-')):,}{dot}{fraction}"
+
+
+def shown_amount(value: object, decimals: int) -> str:
+    """An amount as a page shows it: at least `decimals` decimals, grouped by thousands."""
+    return grouped(padded(value, decimals))
+
+
 def aligned(values: Sequence[object]) -> list[str]:
     """A column's amounts, each at the column's scale (`places`)."""
     decimals = places(values)
@@ -125,7 +140,7 @@ class Show:
     """The figures' formats, for the templates (as `show`)."""
 
     places = staticmethod(places)
-    amount = staticmethod(padded)
+    amount = staticmethod(shown_amount)
     count = staticmethod(count)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
@@ -228,9 +243,9 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[tuple[str, list[str], str]]  # (bucket label, cost per column, the bucket's total)
     currency: str
 
-    def shown(self) -> list[tuple[str, list[str], str]]:
-        """The rows as the table shows them: each column's amounts (and the totals) at that
-        column's scale (`aligned`), so that the decimal points line up; the same values."""
+    def _aligned(self) -> list[tuple[str, list[str], str]]:
+        """The rows with each column's amounts (and the totals) at that column's scale
+        (`aligned`), so that the decimal points line up; the same values."""
         columns = [
             aligned([cells[i] for _, cells, _ in self.rows]) for i in range(len(self.columns))
         ]
@@ -240,10 +255,17 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
             for n, (label, _, _) in enumerate(self.rows)
         ]
 
+    def shown(self) -> list[tuple[str, list[str], str]]:
+        """The rows as the table shows them: aligned, and grouped by thousands."""
+        return [
+            (label, [grouped(c) for c in cells], grouped(total))
+            for label, cells, total in self._aligned()
+        ]
+
     def chart(self) -> dict[str, Any]:
-        """The chart's data: the strings of the table shown under it (`shown`), drawn as numbers
-        by the page's script."""
-        rows = self.shown()
+        """The chart's data: the strings of the table shown under it, without the grouping
+        (drawn as numbers by the page's script)."""
+        rows = self._aligned()
         return {
             "labels": [label for label, _, _ in rows],
             "series": [
@@ -294,7 +316,7 @@ def shown_table(answer: SpendAnswer, rows: Sequence[Sequence[str]]) -> list[list
     for row, amount in zip(rows, costs, strict=True):
         cells = []
         for i, (value, kind) in enumerate(zip(row, kinds, strict=True)):
-            text = amount if i == cost else count(value) if kind == "num" else value
+            text = grouped(amount) if i == cost else count(value) if kind == "num" else value
             cells.append(Cell(text, kind))
         shown.append(cells)
     return shown

@@ -1,0 +1,56 @@
+"""Amounts on the dashboard's pages are grouped by thousands, as counts are, and stay exact; the
+chart's data and the CSV keep the API's strings, which a script and a spreadsheet read."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from aiserver.api.ui.present import Pivot, Show, grouped, shown_amount
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.00002406", "0.00002406"),
+        ("999.5", "999.5"),
+        ("1000", "1,000"),
+        ("12345.678901", "12,345.678901"),
+        ("-1234567.50", "-1,234,567.50"),
+        ("unpriced", "unpriced"),
+        ("", ""),
+    ],
+)
+def test_an_amounts_whole_part_is_grouped_and_its_decimals_kept(text: str, expected: str) -> None:
+    assert grouped(text) == expected
+
+
+def test_a_page_shows_an_amount_at_its_columns_scale_grouped_by_thousands() -> None:
+    assert shown_amount(Decimal("25000.5"), 2) == "25,000.50"
+    assert shown_amount("1234.5", 4) == "1,234.5000"
+    assert shown_amount(None, 2) == ""
+    assert Show.amount("1234567", 0) == "1,234,567"  # what the templates call
+
+
+def test_the_chart_reads_the_tables_values_without_the_grouping() -> None:
+    pivot = Pivot(
+        columns=["gpt-4o", "claude"],
+        rows=[("Dec 1", ["1234.5", "0.25"], "1234.75"), ("Dec 2", ["0", "12000"], "12000")],
+        currency="USD",
+    )
+    shown = pivot.shown()
+    assert shown == [
+        ("Dec 1", ["1,234.5", "0.25"], "1,234.75"),
+        ("Dec 2", ["0.0", "12,000.00"], "12,000.00"),
+    ]
+    chart = pivot.chart()
+    assert chart["series"] == [
+        {"label": "gpt-4o", "values": ["1234.5", "0.0"]},
+        {"label": "claude", "values": ["0.25", "12000.00"]},
+    ]
+    # the same values as the table shows, each a number the script can read
+    for i, series in enumerate(chart["series"]):
+        assert [Decimal(v) for v in series["values"]] == [
+            Decimal(cells[i].replace(",", "")) for _, cells, _ in shown
+        ]
