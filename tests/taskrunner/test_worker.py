@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 
 from aiserver.costs.refresh import snapshot_bytes
+from aiserver.documents import service as document_service
 from aiserver.documents.jobs import PROCESS_JOB, process_job_id
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES, VISIBLE_WITHIN_S
 from aiserver.ledger import projects
@@ -447,7 +449,9 @@ async def test_a_document_whose_job_was_lost_is_enqueued_again_and_one_left_unse
             )
         )
         (sweep,) = [r for r in await results(redis) if isinstance(r, dict) and "requeued" in r]
-        assert sweep == {"looked_at": 3, "requeued": [str(lost)], "failed": [str(ended)]}
+        assert sweep == {
+            "looked_at": 3, "requeued": [str(lost)], "failed": [str(ended)], "deleted": 0
+        }  # fmt: skip
         assert converted == [str(ended), str(lost)]  # the lost one's job ran again
         rows = await pool.fetch(
             "SELECT id, status, error FROM documents WHERE id = ANY($1::uuid[])",
@@ -460,5 +464,79 @@ async def test_a_document_whose_job_was_lost_is_enqueued_again_and_one_left_unse
             recent: ("queued", None),
             running: ("queued", None),
         }
+    finally:
+        await pool.close()
+
+
+async def _finished(conn: Any, status: str, days_ago: float) -> uuid.UUID:
+    """A document done (with a PDF and a page) or failed `days_ago` days ago."""
+    document_id = await note(conn)
+    await conn.execute(
+        "UPDATE documents SET status = $2, finished_at = now() - make_interval(secs => $3),"
+        " pdf = CASE WHEN $2 = 'done' THEN '%PDF-'::bytea END,"
+        " page_count = CASE WHEN $2 = 'done' THEN 1 END,"
+        " error = CASE WHEN $2 = 'failed' THEN 'no' END WHERE id = $1",
+        document_id, status, days_ago * 86_400,
+    )  # fmt: skip
+    if status == "done":
+        await conn.execute(
+            "INSERT INTO document_pages (document_id, page, png) VALUES ($1, 1, 'png')",
+            document_id,
+        )
+    return document_id
+
+
+@pytest.mark.parametrize("retention_days", [0, 30])
+async def test_the_sweep_deletes_the_documents_finished_before_their_retention(
+    cfg: Settings, redis: ArqRedis, retention_days: int
+) -> None:
+    """DOCUMENT_RETENTION_DAYS: a document done or failed longer ago is deleted with its PDF and
+    pages by the hourly sweep; a later one, or one not finished, stays; 0 keeps them all."""
+    pool = await asyncpg.create_pool(cfg.core.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            old_done = await _finished(conn, "done", 31)
+            old_failed = await _finished(conn, "failed", 30.01)
+            recent = await _finished(conn, "done", 29.99)
+            # queued for long: the sweep enqueues its job again (it is converted), never deletes it
+            waiting = await note(conn)
+            await conn.execute(
+                "UPDATE documents SET created_at = now() - interval '40 days' WHERE id = $1",
+                waiting,
+            )
+        kept = replace_settings(cfg, document_retention_days=retention_days)
+        await run_burst(make_worker(kept, cron_jobs=[documents_sweep_cron()]))
+        (sweep,) = [r for r in await results(redis) if isinstance(r, dict) and "deleted" in r]
+        left = {row["id"] for row in await pool.fetch("SELECT id FROM documents")}
+        paged = {
+            r["document_id"] for r in await pool.fetch("SELECT document_id FROM document_pages")
+        }
+    finally:
+        await pool.close()
+    everything = {old_done, old_failed, recent, waiting}
+    if retention_days == 0:
+        assert (sweep["deleted"], left) == (0, everything)
+        assert paged - {waiting} == {old_done, recent}
+    else:
+        assert (sweep["deleted"], left) == (2, {recent, waiting})
+        assert paged - {waiting} == {recent}  # the deleted one's pages went with it
+
+
+async def test_the_retention_deletes_in_batches_up_to_its_limit_per_sweep(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch is a transaction of its own (a document may hold hundreds of MB of pages),
+    and one sweep deletes at most RETENTION_LIMIT: the next takes the rest."""
+    monkeypatch.setattr(document_service, "RETENTION_BATCH", 2)
+    monkeypatch.setattr(document_service, "RETENTION_LIMIT", 4)
+    pool = await asyncpg.create_pool(cfg.core.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            for days in range(31, 36):
+                await _finished(conn, "failed", days)
+        assert await document_service.delete_expired(pool, 30) == 4  # batches of 2, 2
+        assert await document_service.delete_expired(pool, 30) == 1  # the rest, next time
+        assert await document_service.delete_expired(pool, 30) == 0
+        assert await pool.fetchval("SELECT count(*) FROM documents") == 0
     finally:
         await pool.close()

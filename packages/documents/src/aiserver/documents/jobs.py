@@ -11,6 +11,10 @@ SWEEP_TASK: Final = "documents_sweep_task"
 SWEEP_AFTER_S: Final = 15 * 60
 #: The most documents one sweep looks at (the oldest first); the next sweep takes the rest.
 SWEEP_LIMIT: Final = 1000
+#: Documents past DOCUMENT_RETENTION_DAYS are deleted this many per transaction (each may hold
+#: up to DOCUMENT_MAX_IMAGE_BYTES of pages), up to RETENTION_LIMIT per sweep.
+RETENTION_BATCH: Final = 100
+RETENTION_LIMIT: Final = 10_000
 
 
 #: How long a document's job may wait in the queue before the queue (arq) drops it unrun. arq's

@@ -31,7 +31,12 @@ from aiserver.documents.errors import (
     UnknownDocument,
     UnknownPage,
 )
-from aiserver.documents.jobs import PROCESS_JOB, process_job_id
+from aiserver.documents.jobs import (
+    PROCESS_JOB,
+    RETENTION_BATCH,
+    RETENTION_LIMIT,
+    process_job_id,
+)
 from aiserver.documents.kinds import kind_of
 from aiserver.documents.limits import Limits
 from aiserver.documents.settings import DocumentSettings
@@ -126,6 +131,20 @@ async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> by
     if png is None:
         raise UnknownPage(f"no page {page}.png for document {document_id}")
     return png
+
+
+async def delete_expired(pool: asyncpg.Pool, retention_days: int) -> int:
+    """Delete the documents done or failed over `retention_days` days ago (DOCUMENT_RETENTION_
+    DAYS; 0 deletes none), RETENTION_BATCH per transaction, up to RETENTION_LIMIT: the next
+    sweep takes the rest. How many were deleted."""
+    deleted = 0
+    while retention_days > 0 and deleted < RETENTION_LIMIT:
+        async with pool.acquire() as conn, conn.transaction():
+            batch = await store.delete_finished(conn, retention_days, RETENTION_BATCH)
+        deleted += batch
+        if batch < RETENTION_BATCH:
+            break
+    return deleted
 
 
 #: How long a job waits for its document's row: the upload enqueues the job inside its

@@ -20,3 +20,6 @@ class DocumentSettings(Section, frozen=True, kw_only=True):
     document_render_dpi: Annotated[int, msgspec.Meta(ge=36, le=600)] = 100
     document_conversion_timeout_seconds: PositiveFloat = 120.0
     document_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    #: a document done or failed this many days ago is deleted, with its PDF and pages, by the
+    #: task runner's hourly sweep; 0 keeps every document for ever
+    document_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36500)] = 0

@@ -166,6 +166,28 @@ async def unsettled_documents(
     return [row["id"] for row in rows]
 
 
+async def delete_finished(conn: DbConnection, older_than_days: int, limit: int) -> int:
+    """Delete the documents done or failed over `older_than_days` days ago (their pages go
+    with them), the oldest first, at most `limit`; one a job is still settling (its row
+    locked) is left to the next time. How many were deleted."""
+    status = await conn.execute(
+        """
+        WITH gone AS (
+            SELECT id FROM documents
+            WHERE status IN ('done', 'failed')
+              AND finished_at < now() - make_interval(days => $1)
+            ORDER BY finished_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM documents AS d USING gone WHERE d.id = gone.id
+        """,
+        older_than_days,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def mark_failed(conn: DbConnection, document_id: uuid.UUID, reason: str) -> bool:
     """Fail the document with `reason`; a done document stays done. Whether it was failed."""
     status = await conn.execute(

@@ -15,7 +15,8 @@
 - `budget_alerts_task` (cron, every 10 s): budget alerts that are due sent as signed webhooks
   (`ALERTS_TASK`; claims are leases, so runners that overlap never send an attempt twice).
 - `documents_sweep_task` (cron, hourly, and once at start): documents whose conversion job was
-  lost enqueued again, and those whose job ended without settling them failed (`SWEEP_TASK`).
+  lost enqueued again, and those whose job ended without settling them failed (`SWEEP_TASK`);
+  documents past DOCUMENT_RETENTION_DAYS deleted.
 
 Fleet-wide single execution comes from the domains' PostgreSQL advisory locks (the refresh's,
 the partitions maintenance's), not from arq's `unique`, which does not stop two workers from both
@@ -240,7 +241,8 @@ async def documents_sweep_task(ctx: Ctx) -> dict[str, Any]:
     SWEEP_AFTER_S whose job is neither waiting nor running: a job that ended (its result is
     kept) fails the document, a job that is gone is enqueued again under the same id (a job
     enqueued twice at once runs once). The document's own count of conversions still bounds
-    how often it is tried."""
+    how often it is tried. Then, with DOCUMENT_RETENTION_DAYS set, the documents done or failed
+    longer ago than that are deleted, with their PDF and pages."""
     redis = ctx["redis"]
     async with require_pool().acquire() as conn:
         unsettled = await document_store.unsettled_documents(conn, SWEEP_AFTER_S, SWEEP_LIMIT)
@@ -263,4 +265,10 @@ async def documents_sweep_task(ctx: Ctx) -> dict[str, Any]:
     if requeued or failed:
         log.warning("documents whose conversion job was gone: enqueued again or failed",
                     requeued=requeued, failed=failed)  # fmt: skip
-    return {"looked_at": len(unsettled), "requeued": requeued, "failed": failed}
+    retention_days = ctx["settings"].documents.document_retention_days
+    deleted = await documents.delete_expired(require_pool(), retention_days)
+    if deleted:
+        log.info("documents past their retention deleted", deleted=deleted,
+                 retention_days=retention_days)  # fmt: skip
+    return {"looked_at": len(unsettled), "requeued": requeued, "failed": failed,
+            "deleted": deleted}  # fmt: skip
