@@ -171,7 +171,14 @@ async def test_times_and_model_names_stay_on_one_line_and_wide_tables_scroll_in_
 
     browser.get(f"{site.url}/ui/p/ui-a/budgets")
     (window,) = [c for c in styles(browser, "#budget-list tbody td") if " to " in c[0]]
-    assert window[3] == "nowrap", window
+    times = styles(browser, "#budget-list tbody td.window .when")
+    assert [t[0] for t in times] == window[0].split(" to "), (times, window)
+    assert {t[3] for t in times} == {"nowrap"}  # each time on one line, the cell broken between
+    # the whole table fits a window of 1280 pixels: its last column did not
+    table_width = "const t = document.getElementById(arguments[0]);"
+    table_width += " return [t.scrollWidth, t.parentElement.clientWidth];"
+    needed, box = browser.execute_script(table_width, "budget-list")
+    assert needed <= box, (needed, box)
     browser.get(f"{site.url}/ui/p/ui-a/keys")
     for cell in styles(browser, "#key-list tbody td:nth-child(5)"):  # created
         assert cell[3] == "nowrap", cell
