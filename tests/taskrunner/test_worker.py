@@ -238,7 +238,8 @@ def test_arq_s_own_command_gets_the_same_worker_settings(settings: Settings) -> 
         "    'cron': [(c.name, c.run_at_startup, sorted(c.minute or c.second))\n"
         "             for c in options['cron_jobs']],\n"
         "    'functions': sorted(f.name for f in options['functions']),\n"
-        "    'redis': [options['redis_settings'].host, options['redis_settings'].database],\n"
+        "    'redis': [options['redis_pool'].connection_pool.connection_kwargs[k]\n"
+        "              for k in ('host', 'db')],\n"
         "    'startup': options['on_startup'].__name__,\n"
         "}))\n"
     )

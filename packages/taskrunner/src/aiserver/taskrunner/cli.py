@@ -10,12 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from arq.connections import RedisSettings
-from arq.worker import async_check_health
-
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
-from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
+from aiserver.taskrunner.health import health_check_key
+from aiserver.taskrunner.redis_watch import STOPPING_REPLY_S, watch, watched_redis
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 log = get_logger(__name__)
@@ -75,9 +73,16 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     from aiserver.taskrunner.worker import worker_options
 
     stopped: list[signal.Signals] = []
+
+    def reply_timeout() -> float:  # shorter once stopping: the last commands must not hold it
+        return STOPPING_REPLY_S if stopped else settings.runner.redis_reply_timeout_seconds
+
     while True:
-        worker = create_worker(worker_options(settings), burst=burst)
+        options = worker_options(settings)
+        worker = create_worker(options, burst=burst)
         worker.on_stop = stopped.append
+        # beside the worker from its first Redis command (before start-up) to its last
+        watchdog = worker.loop.create_task(watch(options["redis_pool"], reply_timeout))
         try:
             worker.run()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -95,7 +100,16 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
             if _wait_or_signal(worker.loop, REDIS_RETRY_S):
                 return 0
             continue
+        finally:
+            _stop(worker.loop, watchdog)
         return 0 if worker.jobs_failed == 0 or not burst else 1
+
+
+def _stop(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+    """Cancel `task` and let it end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(task)
 
 
 def _close_after_redis_lost(worker: Any) -> None:
@@ -105,7 +119,8 @@ def _close_after_redis_lost(worker: Any) -> None:
     ctx = worker.ctx
 
     async def close() -> None:
-        await worker.on_shutdown(ctx)  # stops the Redis watchdog; closes what start-up opened
+        if "resources" in ctx:
+            await worker.on_shutdown(ctx)
         pool = worker._pool
         if pool is not None:
             worker._pool = None
@@ -130,16 +145,28 @@ def _wait_or_signal(loop: asyncio.AbstractEventLoop, seconds: float) -> bool:
 
 
 async def check(settings: TaskRunnerSettings) -> int:
+    """0 when a worker on REDIS_URL (read as the worker reads it) refreshed its health key
+    lately, else 1, saying why on stderr."""
+    redis = watched_redis(settings.core.redis_url)
     try:
         async with asyncio.timeout(10):
-            settings_redis = RedisSettings.from_dsn(settings.core.redis_url)
-            settings_redis.conn_retries = 0
-            return await async_check_health(
-                settings_redis, health_check_key=health_check_key(), queue_name=QUEUE_NAME
-            )
+            found = await redis.get(health_check_key())
     except Exception as exc:  # a health check answers, whatever went wrong
-        print(f"aiserver-taskrunner: health check failed: {exc}", file=sys.stderr)
+        print(f"aiserver-taskrunner: Health check failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+    if not found:
+        print(
+            "aiserver-taskrunner: Health check failed: no live worker on this Redis "
+            f"(no health key {health_check_key()!r})",
+            file=sys.stderr,
+        )
+        return 1
+    said = found.decode(errors="replace")
+    print(f"aiserver-taskrunner: Health check successful: {said}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

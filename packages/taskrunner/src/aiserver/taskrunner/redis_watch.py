@@ -6,8 +6,10 @@ poll then waits for ever on its read: no job and no cron runs until the task run
 
 A read timeout on the connections (redis-py's `socket_timeout`) is not the cure: with it,
 redis-py now and then loses the cancellation that stops the worker (a SIGTERM the worker then
-ignores). So the worker's connections time their replies instead, and a watchdog task closes,
-from outside, any connection whose reply is awaited longer than `REDIS_REPLY_TIMEOUT_SECONDS`.
+ignores). So the worker's connections time their replies instead, and a watchdog task, which
+`aiserver-taskrunner run` keeps beside each worker from its first command to its last, closes
+from outside any connection whose reply is awaited longer than `REDIS_REPLY_TIMEOUT_SECONDS`
+(STOPPING_REPLY_S once a stop signal came: the worker's last commands must not hold the stop).
 arq sends no blocking command, so a reply of a healthy Redis takes milliseconds. The read
 waiting on a closed connection fails at once with a connection error: arq's worker ends as when
 Redis goes away, and the task runner starts a new one (`aiserver.taskrunner.cli.run`), on new
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from arq.connections import ArqRedis
@@ -28,8 +31,12 @@ from aiserver.taskrunner.health import QUEUE_NAME
 
 log = get_logger(__name__)
 
-#: How often the watchdog looks at the connections, as a fraction of the reply timeout.
-_LOOKS_PER_TIMEOUT: Final = 4
+#: How long a reply may be awaited once the task runner is stopping.
+STOPPING_REPLY_S: Final = 2.0
+#: How long the worker waits for a connection to Redis to open (arq's own default).
+CONNECT_TIMEOUT_S: Final = 1.0
+#: The watchdog looks at the connections this often at most (and 4 times per timeout).
+_LOOK_EVERY_S: Final = 1.0
 
 
 class _Timed:
@@ -56,9 +63,10 @@ def _timed(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return found
 
 
-def watched_redis(redis_url: str, *, connect_timeout_s: float) -> ArqRedis:
-    """The worker's Redis client: arq's, on a pool whose connections time their replies."""
-    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=connect_timeout_s)
+def watched_redis(redis_url: str) -> ArqRedis:
+    """The task runner's Redis client: arq's, on a pool whose connections time their replies
+    (the worker's, and `check`'s, which so reads REDIS_URL as the worker does)."""
+    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S)
     pool.connection_class = _timed(pool.connection_class)
     return ArqRedis(pool, default_queue_name=QUEUE_NAME)
 
@@ -75,18 +83,26 @@ def silent_connections(pool: ConnectionPool, timeout_s: float) -> list[tuple[Any
     return found
 
 
-async def watch(redis: ArqRedis, timeout_s: float) -> None:
-    """Close each connection of `redis` whose reply is awaited longer than `timeout_s`, until
-    cancelled (the worker's shutdown)."""
+async def watch(redis: ArqRedis, timeout_s: Callable[[], float]) -> None:
+    """Close each connection of `redis` whose reply is awaited longer than `timeout_s()`, until
+    cancelled. Should the look itself fail (a redis-py that keeps its connections otherwise),
+    it says so at error level once and watches no more: the worker runs on unwatched."""
     pool = redis.connection_pool
     while True:
-        await asyncio.sleep(timeout_s / _LOOKS_PER_TIMEOUT)
-        for conn, waited in silent_connections(pool, timeout_s):
-            log.warning(
-                "redis connection silent: closed, the worker starts again on new connections",
-                waited_s=round(waited, 1),
-                timeout_s=timeout_s,
-            )
-            writer = conn._writer
-            if writer is not None:
-                writer.transport.abort()  # the waiting read ends with a connection error
+        limit = timeout_s()
+        await asyncio.sleep(min(_LOOK_EVERY_S, limit / 4))
+        try:
+            silent = silent_connections(pool, timeout_s())
+            for conn, waited in silent:
+                log.warning(
+                    "redis connection silent: closed, the worker starts again on new connections",
+                    waited_s=round(waited, 1),
+                    timeout_s=timeout_s(),
+                )
+                writer = conn._writer
+                if writer is not None:
+                    writer.transport.abort()  # the waiting read ends with a connection error
+        except Exception as exc:
+            log.error("redis watchdog failed: silent connections are no longer closed",
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return

@@ -20,7 +20,6 @@ from typing import Any, Final
 
 import asyncpg
 from arq import cron
-from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
@@ -57,7 +56,7 @@ from aiserver.taskrunner.jobs import (
     usage_fold_task,
     usage_partitions_task,
 )
-from aiserver.taskrunner.redis_watch import watch, watched_redis
+from aiserver.taskrunner.redis_watch import watched_redis
 from aiserver.taskrunner.repricing import reprice_usage, usage_reprice_task
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
@@ -95,9 +94,6 @@ REPRICE_JOB_TIMEOUT_S: Final = 3600
 async def startup(ctx: dict[str, Any]) -> None:
     settings: TaskRunnerSettings = ctx["settings"]
     configure_logging(settings.core.log_level, settings.core.log_format)
-    ctx["redis_watch"] = asyncio.create_task(
-        watch(ctx["redis"], settings.runner.redis_reply_timeout_seconds)
-    )
     await initialize_database(settings.core)
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(database(settings.core))
@@ -140,9 +136,6 @@ async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    watching: asyncio.Task[None] | None = ctx.pop("redis_watch", None)
-    if watching is not None:
-        watching.cancel()
     stack: contextlib.AsyncExitStack | None = ctx.pop("resources", None)
     if stack is None:  # start-up failed before the runner was ready: it did not start
         return
@@ -317,7 +310,6 @@ def functions(settings: TaskRunnerSettings) -> list[Function]:
 
 def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
-    redis_settings = RedisSettings.from_dsn(settings.core.redis_url)
     return {
         "functions": functions(settings),
         "cron_jobs": [
@@ -329,11 +321,9 @@ def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
             alerts_cron(),
             documents_sweep_cron(),
         ],
-        "redis_settings": redis_settings,
-        # arq's client, on connections that a watchdog closes when they go silent (redis_watch)
-        "redis_pool": watched_redis(
-            settings.core.redis_url, connect_timeout_s=redis_settings.conn_timeout
-        ),
+        # arq's client, on connections that time their replies: `aiserver-taskrunner run`
+        # closes one gone silent (redis_watch)
+        "redis_pool": watched_redis(settings.core.redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,
         "on_shutdown": shutdown,
