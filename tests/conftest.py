@@ -23,7 +23,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -49,25 +49,58 @@ TEST_DATABASE_URL = os.environ.get(
 S = TypeVar("S", bound=Section)
 
 
+#: Redis has 16 databases unless configured otherwise: indexes 0 to 15.
+REDIS_DATABASES: Final = 16
+_DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/13"
+
+
+def _redis_index(url: str) -> int:
+    """The database index of a TEST_REDIS_URL (`redis://host:port/INDEX`, 0 when absent)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or "db=" in parts.query
+        or not (path == "" or path.isdigit())
+    ):
+        raise RuntimeError(
+            f"TEST_REDIS_URL={url}: give it as redis://HOST:PORT/INDEX (the tests run in "
+            "parallel, each worker on the database index INDEX + its number)"
+        )
+    return int(path or 0)
+
+
 def worker_redis_url(url: str, worker: str) -> str:
     """`url` with the Redis database index of the pytest-xdist `worker` (gw0, gw1, ...; "" when
     the tests run in one process): the given one plus the worker's number, so that parallel
     workers never flush each other's keys."""
     if not worker:
         return url
-    parts = urlsplit(url)
-    index = int(parts.path.strip("/") or 0) + int(worker.removeprefix("gw"))
-    if index > 15:
+    index = _redis_index(url) + int(worker.removeprefix("gw"))
+    if index >= REDIS_DATABASES:
         raise RuntimeError(
             f"TEST_REDIS_URL={url}: pytest-xdist worker {worker} would need Redis database "
-            f"{index}, past the 16 a Redis server has by default; give a lower index, or fewer "
-            "workers (hatch test -- -n 2)"
+            f"{index}, past the {REDIS_DATABASES} a Redis server has by default; give a lower "
+            "index, or fewer workers (hatch test -- -n 2)"
         )
-    return urlunsplit(parts._replace(path=f"/{index}"))
+    return urlunsplit(urlsplit(url)._replace(path=f"/{index}"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`hatch test` asks pytest-xdist for one worker per CPU (`-n logical`): as many, but no
+    more than the Redis databases from TEST_REDIS_URL's index up to the last (3 from 13), so
+    that a machine of many CPUs runs the suite too. PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    room = REDIS_DATABASES - _redis_index(os.environ.get("TEST_REDIS_URL", _DEFAULT_REDIS_URL))
+    return max(1, min(cpus or 1, room))
 
 
 TEST_REDIS_URL = worker_redis_url(
-    os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),
+    os.environ.get("TEST_REDIS_URL", _DEFAULT_REDIS_URL),
     os.environ.get("PYTEST_XDIST_WORKER", ""),
 )
 

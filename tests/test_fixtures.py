@@ -5,6 +5,8 @@ what a seed writes; nothing can connect to a template, so cloning it never meets
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
@@ -13,7 +15,13 @@ from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.migrations import apply_migrations
 from aiserver.costs.refresh import seed_from_snapshot
 
-from .conftest import Settings, create_database, drop_database, worker_redis_url
+from .conftest import (
+    Settings,
+    create_database,
+    drop_database,
+    pytest_xdist_auto_num_workers,
+    worker_redis_url,
+)
 from .support.catalog import fetch_all, fetch_one
 
 TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
@@ -113,3 +121,24 @@ def test_each_parallel_worker_has_a_redis_database_of_its_own(
 def test_a_worker_past_the_16_databases_of_redis_is_refused_saying_why() -> None:
     with pytest.raises(RuntimeError, match="would need Redis database 16, past the 16"):
         worker_redis_url("redis://127.0.0.1:6379/13", "gw3")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/13?db=5", "unix:///run/redis.sock?db=13", "redis://h/x"]
+)
+def test_a_redis_url_whose_index_is_not_its_path_is_refused_saying_how(url: str) -> None:
+    with pytest.raises(RuntimeError, match="give it as redis://HOST:PORT/INDEX"):
+        worker_redis_url(url, "gw1")
+
+
+@pytest.mark.parametrize(
+    ("cpus", "url", "workers"),
+    [(2, "redis://h/13", 2), (8, "redis://h/13", 3), (8, "redis://h/0", 8), (1, "redis://h/15", 1)],
+)
+def test_parallel_workers_are_one_per_cpu_within_the_redis_databases(
+    monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config, cpus: int, url: str, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cpus)))
+    monkeypatch.setenv("TEST_REDIS_URL", url)
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    assert pytest_xdist_auto_num_workers(pytestconfig) == workers

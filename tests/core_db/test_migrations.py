@@ -221,7 +221,8 @@ async def _waits_for(conn: asyncpg.Connection, table: str) -> bool:
     """Whether another session waits for a lock on `table`."""
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = $1::regclass)",
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = $1::regclass"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
             table,
         )
     )

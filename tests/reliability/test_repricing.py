@@ -174,7 +174,11 @@ async def test_a_reprice_killed_mid_run_keeps_whole_batches_and_a_rerun_finishes
 
 
 async def _no_advisory_lock(pool: asyncpg.Pool) -> bool:
-    held: int = await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    # this database's advisory locks only: other tests, in parallel, hold their own
+    held: int = await pool.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     return held == 0
 
 
