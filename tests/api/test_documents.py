@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
 from aiserver.api.controllers.documents import content_disposition
+from aiserver.documents.service import pdf_name
 
 from ..conftest import Settings, replace_settings
 from ..support.docs import docx
@@ -166,3 +167,17 @@ async def test_a_raised_document_limit_takes_effect_on_the_upload_route(
 )
 def test_the_pdfs_file_name_is_safe_in_its_header(filename: str, expected: str) -> None:
     assert content_disposition(filename) == expected
+
+
+@pytest.mark.parametrize(
+    ("uploaded", "served"),
+    [
+        ("letter.docx", "letter.pdf"),
+        ("report.final.odt", "report.final.pdf"),
+        (".docx", "document.pdf"),
+        ("C:\\Users\\ada\\letter.docx", "letter.pdf"),
+        ("dir/sub/notes.txt", "notes.pdf"),
+    ],
+)
+def test_the_pdf_is_served_under_the_uploads_name(uploaded: str, served: str) -> None:
+    assert pdf_name(uploaded) == served

@@ -527,16 +527,20 @@ async def test_the_retention_deletes_in_batches_up_to_its_limit_per_sweep(
     cfg: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each batch is a transaction of its own (a document may hold hundreds of MB of pages),
-    and one sweep deletes at most RETENTION_LIMIT: the next takes the rest."""
+    and one sweep deletes at most RETENTION_LIMIT, for RETENTION_BUDGET_S at most: the next
+    takes the rest."""
     monkeypatch.setattr(document_service, "RETENTION_BATCH", 2)
-    monkeypatch.setattr(document_service, "RETENTION_LIMIT", 4)
+    monkeypatch.setattr(document_service, "RETENTION_LIMIT", 3)
     pool = await asyncpg.create_pool(cfg.core.database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
             for days in range(31, 36):
                 await _finished(conn, "failed", days)
-        assert await document_service.delete_expired(pool, 30) == 4  # batches of 2, 2
-        assert await document_service.delete_expired(pool, 30) == 1  # the rest, next time
+        assert await document_service.delete_expired(pool, 30) == 3  # batches of 2, then 1
+        monkeypatch.setattr(document_service, "RETENTION_BUDGET_S", 0.0)
+        assert await document_service.delete_expired(pool, 30) == 0  # no time left: none
+        monkeypatch.setattr(document_service, "RETENTION_BUDGET_S", 60.0)
+        assert await document_service.delete_expired(pool, 30) == 2  # the rest, next time
         assert await document_service.delete_expired(pool, 30) == 0
         assert await pool.fetchval("SELECT count(*) FROM documents") == 0
     finally:

@@ -12,9 +12,11 @@ SWEEP_AFTER_S: Final = 15 * 60
 #: The most documents one sweep looks at (the oldest first); the next sweep takes the rest.
 SWEEP_LIMIT: Final = 1000
 #: Documents past DOCUMENT_RETENTION_DAYS are deleted this many per transaction (each may hold
-#: up to DOCUMENT_MAX_IMAGE_BYTES of pages), up to RETENTION_LIMIT per sweep.
-RETENTION_BATCH: Final = 100
+#: up to DOCUMENT_MAX_IMAGE_BYTES of pages), up to RETENTION_LIMIT and for RETENTION_BUDGET_S
+#: per sweep (well inside the sweep job's timeout): the next sweep takes the rest.
+RETENTION_BATCH: Final = 10
 RETENTION_LIMIT: Final = 10_000
+RETENTION_BUDGET_S: Final = 120.0
 
 
 #: How long a document's job may wait in the queue before the queue (arq) drops it unrun. arq's

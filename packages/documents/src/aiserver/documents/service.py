@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Final
 
 import asyncpg
@@ -34,6 +34,7 @@ from aiserver.documents.errors import (
 from aiserver.documents.jobs import (
     PROCESS_JOB,
     RETENTION_BATCH,
+    RETENTION_BUDGET_S,
     RETENTION_LIMIT,
     process_job_id,
 )
@@ -122,7 +123,17 @@ async def read_pdf(pool: asyncpg.Pool, document_id: uuid.UUID) -> tuple[str, byt
     if found is None:
         raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
     filename, pdf = found
-    return f"{PurePosixPath(filename).stem or 'document'}.pdf", pdf
+    return pdf_name(filename), pdf
+
+
+def pdf_name(filename: str) -> str:
+    """The name a document's PDF is served under: the upload's, without its directories (POSIX
+    or Windows) and extension, ending in `.pdf`; `document.pdf` for a name that is all
+    extension (`.docx`)."""
+    stem = PurePosixPath(PureWindowsPath(filename).name).stem
+    if not stem or stem.startswith("."):
+        stem = "document"
+    return f"{stem}.pdf"
 
 
 async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> bytes:
@@ -135,14 +146,17 @@ async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> by
 
 async def delete_expired(pool: asyncpg.Pool, retention_days: int) -> int:
     """Delete the documents done or failed over `retention_days` days ago (DOCUMENT_RETENTION_
-    DAYS; 0 deletes none), RETENTION_BATCH per transaction, up to RETENTION_LIMIT: the next
-    sweep takes the rest. How many were deleted."""
+    DAYS; 0 deletes none), oldest first, RETENTION_BATCH per transaction, up to
+    RETENTION_LIMIT and for RETENTION_BUDGET_S: the next sweep takes the rest. How many were
+    deleted."""
     deleted = 0
-    while retention_days > 0 and deleted < RETENTION_LIMIT:
+    ends = time.monotonic() + RETENTION_BUDGET_S
+    while retention_days > 0 and deleted < RETENTION_LIMIT and time.monotonic() < ends:
+        size = min(RETENTION_BATCH, RETENTION_LIMIT - deleted)
         async with pool.acquire() as conn, conn.transaction():
-            batch = await store.delete_finished(conn, retention_days, RETENTION_BATCH)
+            batch = await store.delete_finished(conn, retention_days, size)
         deleted += batch
-        if batch < RETENTION_BATCH:
+        if batch < size:
             break
     return deleted
 
