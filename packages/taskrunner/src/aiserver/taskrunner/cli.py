@@ -172,6 +172,11 @@ async def check(settings: TaskRunnerSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-taskrunner", TaskRunnerSettings)
+    try:
+        watched_redis(settings.core.redis_url)
+    except ValueError as exc:
+        print(f"aiserver-taskrunner: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.core.log_level, settings.core.log_format)
     if args.command == "check":
         return asyncio.run(check(settings))
