@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import pytest
 
 from aiserver.taskrunner.cli import _parser
@@ -53,3 +56,49 @@ async def test_a_redis_url_with_an_option_redis_py_does_not_take_exits_2_saying_
     assert "REDIS_URL has an option redis-py does not take" in err
     assert "colour" in err
     assert "Traceback" not in err
+
+
+#: A task runner whose first worker loses its connection in a WATCHed pipeline (as arq's
+#: enqueue of a cron job does): redis-py raises WatchError, not ConnectionError. The second
+#: worker ends at once. It prints how many workers it made and what run() returned.
+_WATCH_LOST = """
+import arq.worker
+from redis.exceptions import WatchError
+from aiserver.core_db.settings import settings_for_command
+from aiserver.taskrunner import cli
+from aiserver.taskrunner.settings import TaskRunnerSettings
+
+made = []
+real = arq.worker.create_worker
+
+def create(options, **kwargs):
+    worker = real(options, **kwargs)
+    made.append(worker)
+
+    async def main():
+        if len(made) == 1:
+            raise WatchError("A ConnectionError occurred on while watching one or more keys")
+
+    worker.main = main
+    return worker
+
+arq.worker.create_worker = create
+cli.REDIS_RETRY_S = 0.05
+code = cli.run(settings_for_command("test", TaskRunnerSettings))
+print(len(made), code)
+"""
+
+
+async def test_a_connection_lost_in_a_watched_pipeline_starts_a_new_worker(
+    subprocess_env: dict[str, str],
+) -> None:
+    """Found when the watchdog closed a connection in the middle of arq's enqueue of a cron
+    job: the WatchError ended the task runner with a traceback instead of a new worker."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WATCH_LOST, env=dict(subprocess_env, LOG_FORMAT="json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, out.decode() + err.decode()
+    assert out.decode().splitlines()[-1] == "2 0"
+    assert "redis unreachable: the worker starts again when it answers" in out.decode()

@@ -67,6 +67,7 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     from arq.worker import create_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import WatchError
 
     from aiserver.core_db.connections import DatabaseUnavailable
     from aiserver.core_db.locks import LockTimeout
@@ -85,7 +86,8 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
         watchdog = worker.loop.create_task(watch(options["redis_pool"], reply_timeout))
         try:
             worker.run()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # a connection lost in a WATCHed pipeline (arq's enqueue of a cron job) is a WatchError
+        except (RedisConnectionError, RedisTimeoutError, WatchError, OSError) as exc:
             if burst:
                 raise
             _close_after_redis_lost(worker)
