@@ -69,7 +69,7 @@ def watched_redis(redis_url: str) -> ArqRedis:
     pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S)
     pool.connection_class = _timed(pool.connection_class)
     try:  # made, not connected: an option redis-py does not know fails here, not at first use
-        pool.make_connection()
+        pool.make_connection()  # type: ignore[no-untyped-call]
     except TypeError as exc:
         raise ValueError(f"REDIS_URL has an option redis-py does not take: {exc}") from None
     return ArqRedis(pool, default_queue_name=QUEUE_NAME)
