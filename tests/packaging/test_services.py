@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from aiserver.taskrunner.health import health_check_key
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
 from ..conftest import TEST_REDIS_URL
+from ..support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -146,13 +146,6 @@ def venvs(
 
 def own_wheel_names(folder: Path) -> set[str]:
     return {w.name for w in folder.glob("aiserver_*.whl")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- what a service is ----------------------------------------------------------------------------

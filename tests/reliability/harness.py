@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from ..conftest import (
     replace_settings,
 )
 from ..support.catalog import document, model_entry
+from ..support.ports import free_port
 from ..support.processes import START_TIMEOUT_S, STOP_TIMEOUT_S, kill, log_events
 from ..support.upstream import LocalServer, QuietHandler, Upstream
 
@@ -44,13 +44,6 @@ OTHER_TOKEN: Final = "rel-other-5e0a7c4d93b1f2867a4d2c15"
 PROBLEM_JSON: Final = "application/problem+json"
 JSON_TYPE: Final = "application/json"
 MICRO: Final = Decimal("0.000001")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def api_env(database_url: str, *, upstream_url: str, **variables: str) -> dict[str, str]:
