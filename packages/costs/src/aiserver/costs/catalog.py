@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiserver.costs.errors import UnknownModel
 from aiserver.costs.pricing import CompiledPrices, compile_entry
-from aiserver.costs.resolution import Known, Resolution, Resolver
+from aiserver.costs.resolution import Resolution, Resolver
 from aiserver.costs.source import DEFAULT_SOURCE, decode_json
 from aiserver.costs.store.metadata import read_catalog_version
 from aiserver.costs.store.overrides import Override, read_overrides
 from aiserver.costs.store.prices import AliasSpan, read_alias_history, read_aliases, read_versions
+from aiserver.costs.timelines import Span
 
 if TYPE_CHECKING:  # pricing a call needs no database layer, so it is not imported for it
     import asyncpg
@@ -156,17 +157,17 @@ class Catalog:
             if now is not None:
                 current[key] = self._added[now.id]
         self._current = current
-        # What resolving a name reads of each key the catalog ever had: its provider, when the
-        # catalog first had it (its first source version or override: a call of before then
-        # cannot name it, whatever the key's spelling), and while it had a price valid.
-        known: dict[str, Known] = {}
-        for key, history in self._versions.items():
-            present = [(pv.valid_from, pv.valid_to) for pv in history]
-            present += [(o.valid_from, o.valid_to) for o in self._overrides.get(key, ())]
-            known[key] = Known(
-                history[-1].provider, min(start for start, _ in present), tuple(present)
-            )
-        self._resolver = Resolver(known, current, aliases, alias_history)
+        # What resolving a name reads of each key the catalog ever had: its provider, and when
+        # the catalog first had it (its first source version or override: a call of before
+        # then cannot name it, whatever the key's spelling). Plain dicts: objects per key would
+        # make the garbage collector run more often while a catalog is built
+        born = {k: v[0].valid_from for k, v in self._versions.items()}
+        for key, timeline in self._overrides.items():
+            born[key] = min(born[key], timeline[0].valid_from)
+        self._resolver = Resolver(
+            {k: v[-1].provider for k, v in self._versions.items()}, born, current, aliases,
+            alias_history, present=self._present,
+        )  # fmt: skip
         # key -> the instant since which its current version and override hold
         self._settled: dict[str, datetime] = {}
 
@@ -204,6 +205,12 @@ class Catalog:
         if timeline is None:
             return None
         return _valid_at(timeline, self._override_starts[key], at)
+
+    def _present(self, key: str) -> list[Span]:
+        """While `key` had a price valid: each source version's and override's span."""
+        return [(pv.valid_from, pv.valid_to) for pv in self._versions[key]] + [
+            (o.valid_from, o.valid_to) for o in self._overrides.get(key, ())
+        ]
 
     def _overlay(self, version: PriceVersion, override: Override) -> PriceVersion:
         """`version` with `override` laid over it: one object per pair, so that it is compiled

@@ -45,14 +45,14 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Generic, TypeVar
 
 from aiserver.costs.errors import UnknownModel
 from aiserver.costs.store.prices import AliasSpan
-from aiserver.costs.timelines import Timeline, alias_timelines, newest_present
+from aiserver.costs.timelines import Span, Timeline, alias_timelines, newest_present
 
 GEO_PREFIXES: Final = ("us-gov.", "global.", "apac.", "us.", "eu.", "au.", "jp.", "ca.", "apj.")
 _DATE_SUFFIX: Final = re.compile(r"^(?P<base>.+?)[-@](?P<date>20\d{2}-?\d{2}-?\d{2})$")
@@ -73,33 +73,29 @@ class Resolution:
     matched_by: str
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
-    """What resolving a name reads of one catalog key, current or removed."""
-
-    #: its latest version's provider
-    provider: str
-    #: when the catalog first had it: its first source version or override
-    born: datetime
-    #: while it had a price valid: each source version's and override's (start, end or None)
-    present: tuple[tuple[datetime, datetime | None], ...]
-
-
 class Resolver(Generic[V]):
     """Resolves names against one catalog snapshot, memoizing each name it meets (at most
     `_RESOLVE_CACHE_LIMIT` of them at once). Immutable to its readers, as the catalog is."""
 
     def __init__(
         self,
-        keys: Mapping[str, Known],
+        providers: Mapping[str, str],
+        born: Mapping[str, datetime],
         current: Mapping[str, V],
         aliases: Mapping[str, str],
         alias_history: Iterable[AliasSpan] = (),
+        *,
+        present: Callable[[str], Sequence[Span]],
     ) -> None:
-        """`keys`: every key the catalog ever had; `current`: the keys it has now, each with what
+        """`providers`: every key the catalog ever had, with its latest version's provider;
+        `born`: when the catalog first had each (its first source version or override: a call
+        of before then cannot name it); `current`: the keys it has now, each with what
         `current_for` answers for it; `aliases`: the current aliases, and `alias_history` every
-        alias's spans (an alias without any named its target always)."""
-        self._keys = dict(keys)
+        alias's spans (an alias without any named its target always); `present(key)`: while the
+        key had a price valid (asked only of dated keys, when their undated name is met)."""
+        self._providers = providers
+        self._born = born
+        self._present = present
         self._current = current
         self._aliases = dict(aliases)
         self._aliases_lower = {alias.lower(): target for alias, target in sorted(aliases.items())}
@@ -111,16 +107,16 @@ class Resolver(Generic[V]):
         # Before the first key came no name resolved, so a call of then resolves as its name
         # did next: a key there from the first instant on never changed how a name resolves
         # (`_lookup` leaves it out of since when a name resolves as now)
-        self._first_born = min((k.born for k in self._keys.values()), default=_EARLIEST)
+        self._first_born = min(born.values(), default=_EARLIEST)
         # lower-cased key, and (provider, bare key) -> the keys spelled so, preferred first (a
         # current one, then by key): now the first answers, for a call of a time the first the
         # catalog had then
         lower: dict[str, tuple[str, ...]] = {}
         by_provider: dict[tuple[str, str], tuple[str, ...]] = {}
-        for key in sorted(self._keys, key=lambda k: (k not in current, k)):
+        for key in sorted(providers, key=lambda k: (k not in current, k)):
             spelling = key.lower()
             lower[spelling] = (*lower.get(spelling, ()), key)
-            provider = self._keys[key].provider
+            provider = providers[key]
             bare = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
             pair = (provider.lower(), bare.lower())
             by_provider[pair] = (*by_provider.get(pair, ()), key)
@@ -129,7 +125,7 @@ class Resolver(Generic[V]):
         # undated name (lower case) -> its dated keys, oldest first; the newest in the catalog at
         # a time is the one it names then (`_undated_at`)
         self._undated: dict[str, list[str]] = {}
-        for key in sorted(self._keys):
+        for key in sorted(providers):
             match = _DATE_SUFFIX.match(key)
             if match:
                 self._undated.setdefault(match["base"].lower(), []).append(key)
@@ -255,7 +251,7 @@ class Resolver(Generic[V]):
         """Whether the catalog had `key` by `at`: from its first version or override on, also
         once removed (as now: its 404 then says since when it is gone); else `later` gets when
         it came."""
-        born = self._keys[key].born
+        born = self._born[key]
         if born <= at:
             return True
         if later is not None:
@@ -288,7 +284,7 @@ class Resolver(Generic[V]):
         before it is billed as."""
         found = self._find(name, provider, at, later)
         if found is not None and seen is not None:
-            born = self._keys[found.key].born
+            born = self._born[found.key]
             if born > self._first_born:  # a key of the catalog's first instant never changed
                 seen.append(born)
         return found
@@ -296,7 +292,7 @@ class Resolver(Generic[V]):
     def _find(
         self, name: str, provider: str | None, at: datetime | None, later: list[datetime] | None
     ) -> Resolution | None:
-        keys = self._keys
+        keys = self._providers
         if provider is None and name in keys and (at is None or self._had(name, at, later)):
             return Resolution(name, "exact")
         if provider is not None:
@@ -337,7 +333,7 @@ class Resolver(Generic[V]):
         when each next changed after it."""
         if provider is not None and name.lower().startswith(provider.lower() + "/"):
             found = self._lookup(name, None, at, seen, later)
-            if found is not None and self._keys[found.key].provider == provider:
+            if found is not None and self._providers[found.key] == provider:
                 return found
             # joined as litellm joins them: a key that repeats the prefix (perplexity/perplexity/x)
             found = self._lookup(name, provider, at, seen, later)
@@ -377,7 +373,7 @@ class Resolver(Generic[V]):
         route of the same provider's service (`bedrock` for a `bedrock_converse` entry, as
         LiteLLM reports every Bedrock call; `vertex_ai` for `vertex_ai-anthropic_models`)."""
         wanted = provider.strip().lower()
-        own = self._keys[key].provider.lower()
+        own = self._providers[key].lower()
         return _siblings(own, wanted) or key.lower().startswith(wanted + "/")
 
     def _alias_target(
@@ -425,7 +421,7 @@ class Resolver(Generic[V]):
     def _dated_timeline(self, keys: list[str]) -> Timeline:
         """Which of `keys` (oldest first) was the newest in the catalog over time: while it had
         a source version or an override valid."""
-        return newest_present({key: self._keys[key].present for key in keys})
+        return newest_present({key: self._present(key) for key in keys})
 
     def _variants(
         self,
