@@ -93,15 +93,14 @@ async def watch(redis: ArqRedis, timeout_s: Callable[[], float]) -> None:
     it says so at error level once and watches no more: the worker runs on unwatched."""
     pool = redis.connection_pool
     while True:
-        limit = timeout_s()
-        await asyncio.sleep(min(_LOOK_EVERY_S, limit / 4))
+        await asyncio.sleep(min(_LOOK_EVERY_S, timeout_s() / 4))
+        limit = timeout_s()  # shorter once a stop signal came meanwhile
         try:
-            silent = silent_connections(pool, timeout_s())
-            for conn, waited in silent:
+            for conn, waited in silent_connections(pool, limit):
                 log.warning(
                     "redis connection silent: closed, the worker starts again on new connections",
                     waited_s=round(waited, 1),
-                    timeout_s=timeout_s(),
+                    timeout_s=limit,
                 )
                 writer = conn._writer
                 if writer is not None:
