@@ -82,11 +82,7 @@ def padded(value: object, decimals: int) -> str:
 def grouped(text: str) -> str:
     """An amount as written (`padded`) with its whole part grouped by thousands
     (`12345.50000` -> `12,345.50000`): the same digits. Anything else as it is."""
-    if not _PLAIN.fullmatch(text):
-        return text
-    whole, dot, fraction = text.partition(".")
-    sign = "-" if whole.startswith("-") else ""
-    return f"{sign}{int(whole.lstrip('-')):,}{dot}{fraction}"
+    return f"{Decimal(text):,f}" if _PLAIN.fullmatch(text) else text
 
 
 def shown_amount(value: object, decimals: int) -> str:
