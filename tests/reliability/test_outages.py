@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -309,35 +308,21 @@ async def test_a_redis_connection_gone_silent_is_closed_and_the_task_runner_runs
     assert errors_logged(runner.log) == []
 
 
-@contextlib.asynccontextmanager
-async def _silent_server() -> AsyncIterator[int]:
-    """A TCP server on 127.0.0.1 that takes every connection and never answers: a Redis (or a
-    proxy in front of it) that hangs. Yields its port."""
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while await reader.read(65536):
-                pass
-        writer.close()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
 async def test_a_redis_silent_from_the_start_is_watched_and_a_sigterm_still_stops_at_once(
-    settings: Settings, upstream: Upstream, tmp_path: Path
+    settings: Settings, upstream: Upstream, tmp_path: Path, redis: Redis
 ) -> None:
     """The watchdog is beside the worker from its first command on (arq asks Redis for its
     version before the task runner's start-up): a Redis that never answers is closed and tried
     again, and a SIGTERM meanwhile stops the task runner in seconds (the worker's last command,
-    deleting its health key, waits 2 s at most), not never."""
-    async with _silent_server() as port:
+    deleting its health key, waits 2 s at most), not never. (`redis`: what it sends does reach
+    this worker's Redis database, flushed before and after.)"""
+    server = urlsplit(TEST_REDIS_URL)
+    # what the task runner sends reaches Redis; no answer ever comes back
+    async with tcp_proxy(server.hostname or "127.0.0.1", server.port or 6379,
+                         hold_answers=True) as proxy:  # fmt: skip
         env = taskrunner_env(
             settings.core.database_url, upstream_url=upstream.url,
-            REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_REPLY_TIMEOUT_SECONDS="1",
+            REDIS_URL=through(TEST_REDIS_URL, proxy.port), REDIS_REPLY_TIMEOUT_SECONDS="1",
         )  # fmt: skip
         async with taskrunners(1, env, tmp_path) as (runner,):
             await runner.wait_for(SILENT)
