@@ -34,7 +34,12 @@ async def test_every_operation_declares_its_problems_as_problem_details(client: 
         400, 404, 413, 422, 503,
     }  # fmt: skip
     assert _problem_statuses(operations[("GET", "/v1/models/{model}")]) == {400, 404, 422, 503}
-    assert _problem_statuses(operations[("POST", "/v1/documents")]) == {400, 413, 415, 422, 503}
+    assert _problem_statuses(operations[("POST", "/v1/documents")]) == {
+        400, 401, 403, 413, 415, 422, 429, 503,
+    }  # fmt: skip
+    assert _problem_statuses(operations[("GET", "/v1/documents/{document_id}")]) == {
+        400, 401, 404, 429, 503,
+    }  # fmt: skip
     assert _problem_statuses(operations[("GET", "/ready")]) == {503}
     assert _problem_statuses(operations[("GET", "/health")]) == set()
     for (method, path), operation in operations.items():

@@ -78,8 +78,8 @@ INVALID: Final = ("no-key", "revoked", "expired")
 VARYING_HEADERS: Final = frozenset({"date", "x-request-id", "content-length"})
 #: Every table's ids start at their own multiple of this (see `distinct_ids`).
 ID_SPACING: Final = 10_000_000
-#: Tables that hold nobody's rows (the catalog, documents, migrations): they must not change
-#: either, as a whole.
+#: Tables that hold nobody's rows (the catalog, documents' pages, migrations): they must not
+#: change either, as a whole. (`documents` has a `project_id`: a project key's uploads are its.)
 NOBODY_S: Final = frozenset(
     {
         "ai_cost_metadata",
@@ -127,8 +127,9 @@ class Api:
 
 @dataclass(frozen=True)
 class Public:
-    """A route that holds no project's data (health, catalog, documents, the schema): A's
-    credentials get no B data from it; a `target` is compared as on a project's route."""
+    """A route that holds no project's data, or not only (health, catalog, documents, the
+    schema): A's credentials get no B data from it; a `target` is compared as on a project's
+    route (documents: B's, uploaded with B's key, is answered as one that is nowhere)."""
 
     target: str | None = None
     body: Body | None = None
@@ -318,6 +319,7 @@ class Things:
     hard_budget: int = 0
     event: int = 0
     reservation: str = ""
+    document: str = ""  # uploaded with its ingest key
     run: int = 0
     cursor: str = ""
     texts: set[str] = field(default_factory=set)  # its text that no other project may see
@@ -416,6 +418,12 @@ async def make_project(
         )
     )["reservation_id"]
     things.run = ok(await client.post("/v1/usage/reprice", headers=admin, json={}), 202)["id"]
+    uploaded = await client.post(
+        "/v1/documents",
+        headers=things.auth("ingest"),
+        files={"file": (f"{label}-document.txt", f"{label} text".encode(), "text/plain")},
+    )
+    things.document = ok(uploaded, 202)["id"]
     page = ok(
         await client.get("/v1/usage/events", headers=things.auth("read"), params={"limit": 2})
     )
@@ -527,6 +535,10 @@ async def texts_of(url: str, b: Things) -> set[str]:
                 "WHERE project_id = $1",
                 b.id,
             )
+        )
+        texts.update(
+            r["filename"]
+            for r in await conn.fetch("SELECT filename FROM documents WHERE project_id = $1", b.id)
         )
         texts.update(
             r["public_id"]
@@ -768,7 +780,7 @@ def named(world: World, kind: str, whose: str) -> str:
         "job": (f"reprice:{a.run}", f"reprice:{b.run}", f"reprice:{MISSING_ID}"),
         "override": (world.override, world.override, MISSING_ID),
         "model": (MODEL, MODEL, "no-such-model"),
-        "document": (uuid.UUID(int=MISSING_ID),) * 3,
+        "document": (a.document, b.document, uuid.UUID(int=MISSING_ID)),
         "static": ("ui.css",) * 3,
         "schema": ("openapi.yaml",) * 3,
     }[kind]
@@ -850,7 +862,7 @@ async def test_no_credential_of_a_reaches_or_reveals_b_on_any_route(
         for route, spec in ROUTES.items():
             for who, headers in credentials(world).items():
                 whose = ("own", "theirs", "nowhere") if spec.target is not None else ("own",)
-                if isinstance(spec, Public) and spec.target != "job":
+                if isinstance(spec, Public) and spec.target not in ("job", "document"):
                     whose = ("own",)
                 answers = [await ask(client, world, route, spec, who, headers, w) for w in whose]
                 asked += len(answers)

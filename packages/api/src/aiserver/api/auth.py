@@ -242,6 +242,20 @@ async def authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
     connection.state.access = await _authenticate(connection, wanted=wanted)
 
 
+async def documents_access(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """Guard of the document endpoints: with a credential, it must be valid (a project key or an
+    operator's token, kept as the request's `access`); without one, the request is anonymous
+    (`access` None), which DOCUMENT_REQUIRE_KEY refuses (401)."""
+    settings: ApiSettings = connection.app.state.settings
+    if "authorization" not in connection.headers and not settings.documents.document_require_key:
+        connection.state.access = None
+        return
+    wanted = "a project key or an operator's token"
+    if settings.documents.document_require_key:
+        wanted += " (DOCUMENT_REQUIRE_KEY is set)"
+    connection.state.access = await _authenticate(connection, wanted=wanted)
+
+
 def access(request: Request[Any, Any, Any]) -> Access:
     """The request's access, as the `authenticated` guard found it (a dependency)."""
     found: Access = request.state.access

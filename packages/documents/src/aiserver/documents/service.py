@@ -60,15 +60,40 @@ class Upload:
 
 
 @dataclass(frozen=True, slots=True)
+class Reader:
+    """Who reads documents, and which it may see: the operator, every one; a project's key, its
+    project's; and the documents of no project (uploaded without a credential, or by the
+    operator) anyone, unless `public` is off (DOCUMENT_REQUIRE_KEY): then the operator alone.
+    A document the reader may not see is answered as one that does not exist."""
+
+    project_id: int | None = None
+    operator: bool = False
+    public: bool = True
+
+    def sees(self, owner: int | None) -> bool:
+        if self.operator:
+            return True
+        if owner is None:
+            return self.public
+        return owner == self.project_id
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     document_id: uuid.UUID
     job_id: str
 
 
 async def submit(
-    pool: asyncpg.Pool, upload: Upload, settings: DocumentSettings, *, enqueue: Enqueue
+    pool: asyncpg.Pool,
+    upload: Upload,
+    settings: DocumentSettings,
+    *,
+    enqueue: Enqueue,
+    project_id: int | None = None,
 ) -> Submitted:
-    """Check an upload, store it and enqueue its conversion, all or nothing.
+    """Check an upload, store it (as `project_id`'s, or no project's) and enqueue its
+    conversion, all or nothing.
 
     The job is enqueued before the transaction commits: when Redis is down the row is rolled
     back, so a document is never stored without a conversion on its way. A worker may take the
@@ -86,7 +111,7 @@ async def submit(
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn, conn.transaction():
         document_id = await store.create_document(
             conn, filename=filename, content_type=upload.content_type or "", kind=kind,
-            data=upload.content,
+            data=upload.content, project_id=project_id,
         )  # fmt: skip
         job_id = await enqueue(PROCESS_JOB, process_job_id(str(document_id)), str(document_id))
         await store.set_job(conn, document_id, job_id)
@@ -108,22 +133,23 @@ def _stored_name(filename: str) -> str:
     return name[: MAX_FILENAME - len(suffix)] + suffix
 
 
-async def read(pool: asyncpg.Pool, document_id: uuid.UUID) -> Document:
+async def read(pool: asyncpg.Pool, document_id: uuid.UUID, *, reader: Reader) -> Document:
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
         document = await store.get_document(conn, document_id)
-    if document is None:
+    if document is None or not reader.sees(document.project_id):
         raise UnknownDocument(f"no document {document_id}")
     return document
 
 
-async def read_pdf(pool: asyncpg.Pool, document_id: uuid.UUID) -> tuple[str, bytes]:
+async def read_pdf(
+    pool: asyncpg.Pool, document_id: uuid.UUID, *, reader: Reader
+) -> tuple[str, bytes]:
     """The PDF of a done document, and the name to give it: the upload's, ending in `.pdf`."""
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
         found = await store.get_pdf(conn, document_id)
-    if found is None:
+    if found is None or not reader.sees(found.project_id):
         raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
-    filename, pdf = found
-    return pdf_name(filename), pdf
+    return pdf_name(found.filename), found.data
 
 
 def pdf_name(filename: str) -> str:
@@ -136,12 +162,26 @@ def pdf_name(filename: str) -> str:
     return f"{stem}.pdf"
 
 
-async def read_page(pool: asyncpg.Pool, document_id: uuid.UUID, page: int) -> bytes:
+async def read_page(
+    pool: asyncpg.Pool, document_id: uuid.UUID, page: int, *, reader: Reader
+) -> bytes:
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        png = await store.get_page(conn, document_id, page)
-    if png is None:
+        found = await store.get_page(conn, document_id, page)
+    if found is None or not reader.sees(found.project_id):
         raise UnknownPage(f"no page {page}.png for document {document_id}")
-    return png
+    return found.data
+
+
+async def job_visible(pool: asyncpg.Pool, document_id: str, *, reader: Reader) -> bool:
+    """Whether `reader` may follow the conversion job of `document_id` (a job's argument: any
+    text): only while the document is there, and one `reader` sees."""
+    try:
+        parsed = uuid.UUID(document_id)
+    except ValueError:
+        return False
+    async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
+        found = await store.project_of(conn, parsed)
+    return found is not None and reader.sees(found[0])
 
 
 async def delete_expired(pool: asyncpg.Pool, retention_days: int) -> int:

@@ -23,3 +23,7 @@ class DocumentSettings(Section, frozen=True, kw_only=True):
     #: a document done or failed this many days ago is deleted, with its PDF and pages, by the
     #: task runner's hourly sweep; 0 keeps every document for ever
     document_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36500)] = 0
+    #: the API refuses document requests without a credential (401); documents uploaded
+    #: without one before are then the operator's alone to read. Off: anyone may upload, and
+    #: read the documents that belong to no project (a project key's uploads are its own)
+    document_require_key: bool = False

@@ -33,22 +33,31 @@ class Document:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    project_id: int | None  # the project whose key uploaded it; None: no project's
 
 
 _COLUMNS: Final = (
     "id, filename, content_type, kind, size_bytes, sha256, status, error, page_count, "
-    "pages_rendered, text, text_truncated, attempts, created_at, started_at, finished_at"
+    "pages_rendered, text, text_truncated, attempts, created_at, started_at, finished_at, "
+    "project_id"
 )
 
 
 async def create_document(
-    conn: DbConnection, *, filename: str, content_type: str, kind: Kind, data: bytes
+    conn: DbConnection,
+    *,
+    filename: str,
+    content_type: str,
+    kind: Kind,
+    data: bytes,
+    project_id: int | None = None,
 ) -> uuid.UUID:
     document_id = uuid.uuid4()
     await conn.execute(
         """
-        INSERT INTO documents (id, filename, content_type, kind, size_bytes, sha256, source, status)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+        INSERT INTO documents
+            (id, filename, content_type, kind, size_bytes, sha256, source, status, project_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)
         """,
         document_id,
         filename,
@@ -57,6 +66,7 @@ async def create_document(
         len(data),
         hashlib.sha256(data).hexdigest(),
         data,
+        project_id,
     )
     return document_id
 
@@ -209,16 +219,38 @@ async def status_of(conn: DbConnection, document_id: uuid.UUID) -> Status | None
     return status
 
 
-async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> tuple[str, bytes] | None:
-    """The document's file name and its PDF, once it is done."""
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output of a document (its PDF, a page), with what the reader must be allowed."""
+
+    data: bytes
+    filename: str
+    project_id: int | None
+
+
+async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> Output | None:
+    """The document's PDF, once it is done."""
     row = await conn.fetchrow(
-        "SELECT filename, pdf FROM documents WHERE id = $1 AND status = 'done'", document_id
+        "SELECT pdf, filename, project_id FROM documents WHERE id = $1 AND status = 'done'",
+        document_id,
     )
-    return None if row is None else (row["filename"], row["pdf"])
+    return None if row is None else Output(row["pdf"], row["filename"], row["project_id"])
 
 
-async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> bytes | None:
-    png: bytes | None = await conn.fetchval(
-        "SELECT png FROM document_pages WHERE document_id = $1 AND page = $2", document_id, page
+async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> Output | None:
+    row = await conn.fetchrow(
+        """
+        SELECT p.png, d.filename, d.project_id
+        FROM document_pages p JOIN documents d ON d.id = p.document_id
+        WHERE p.document_id = $1 AND p.page = $2
+        """,
+        document_id,
+        page,
     )
-    return png
+    return None if row is None else Output(row["png"], row["filename"], row["project_id"])
+
+
+async def project_of(conn: DbConnection, document_id: uuid.UUID) -> tuple[int | None] | None:
+    """(the document's project,), or None when there is no such document."""
+    row = await conn.fetchrow("SELECT project_id FROM documents WHERE id = $1", document_id)
+    return None if row is None else (row["project_id"],)

@@ -8,7 +8,7 @@ from typing import Any, Final
 import msgspec
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
-from arq.jobs import Job, JobResult
+from arq.jobs import Job, JobDef, JobResult
 from arq.jobs import JobStatus as ArqJobStatus
 from litestar import Controller, get, post
 from litestar.datastructures import State
@@ -26,6 +26,7 @@ from aiserver.costs.jobs import REFRESH_JOB
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.status import read_status
 from aiserver.documents.jobs import PROCESS_JOB
+from aiserver.documents.service import Reader, job_visible
 
 QUEUE: Final = default_queue_name
 DB_TIMEOUT_S: Final = 5.0
@@ -35,7 +36,9 @@ DB_TIMEOUT_S: Final = 5.0
 #: one that does not exist: a project's reprice run (`reprice:<run id>`) or rollup rebuild, and
 #: the task runner's cron jobs, whose ids (`cron:<name>:<epoch ms>`) anyone can work out and
 #: whose results hold other projects' run ids and counts. A project's key follows its run at
-#: `/v1/usage/reprice/{run_id}`.
+#: `/v1/usage/reprice/{run_id}`. A conversion is answered only while its document is there and
+#: belongs to no project (and DOCUMENT_REQUIRE_KEY is not set): a project's key follows its
+#: document at `/v1/documents/{id}`.
 PUBLIC_JOBS: Final = frozenset({REFRESH_JOB, PROCESS_JOB})
 
 
@@ -98,8 +101,8 @@ class CatalogController(Controller):
             info = None
             if status is not ArqJobStatus.not_found:
                 info = await job.result_info() or await job.info()
-        if info is None or info.function not in PUBLIC_JOBS:
-            raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
+            if info is None or info.function not in PUBLIC_JOBS or not await _public(state, info):
+                raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
         result: Any = None
         success: bool | None = None
         finished = started = None
@@ -117,3 +120,12 @@ class CatalogController(Controller):
             started_at=started,
             finished_at=finished,
         )
+
+
+async def _public(state: State, info: JobDef) -> bool:
+    """Whether a job of `PUBLIC_JOBS` may be answered to anyone (see there)."""
+    if info.function != PROCESS_JOB:
+        return True
+    settings: ApiSettings = state.settings
+    anyone = Reader(public=not settings.documents.document_require_key)
+    return bool(info.args) and await job_visible(require_pool(), str(info.args[0]), reader=anyone)

@@ -2,6 +2,13 @@
 
 The work is `aiserver.documents.service`'s; this controller decodes, calls and encodes. The
 upload's body limit comes from DOCUMENT_MAX_BYTES when the app is built (see `wiring`).
+
+Who sees what (`auth.documents_access`, then `service.Reader`): a document uploaded with a
+project's key (scope `ingest` or `admin`) is that project's, and only its keys (any scope) and
+the operator read it; any other key is answered as if it did not exist. A document uploaded
+without a credential, or with the operator's token, is no project's: anyone reads it, unless
+DOCUMENT_REQUIRE_KEY is set, which refuses requests without a credential (401) and leaves the
+documents of no project to the operator. A credential that is sent must be valid, setting or not.
 """
 
 from __future__ import annotations
@@ -18,16 +25,19 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from aiserver.api import auth
 from aiserver.api.problems import problem_responses
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service
 from aiserver.documents.errors import UnknownPage
 from aiserver.documents.jobs import JOB_EXPIRES_S
+from aiserver.ledger.access import Access
 
 _PAGE_FILE: Final = re.compile(r"^(\d{1,5})\.png$")
 
@@ -76,15 +86,42 @@ def content_disposition(filename: str) -> str:
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def document_reader(request: Request[Any, Any, Any]) -> service.Reader:
+    """Which documents the request may read (a dependency, after `auth.documents_access`)."""
+    settings: ApiSettings = request.app.state.settings
+    access: Access | None = request.state.access
+    public = not settings.documents.document_require_key
+    if access is None:
+        return service.Reader(public=public)
+    return service.Reader(access.project_id, operator=access.is_operator, public=public)
+
+
+async def may_upload(connection: auth.AnyConnection, _: Any) -> None:
+    """Guard of the upload, after `auth.documents_access` and before the body is read: a
+    project's key needs the scope `ingest` or `admin` (a `read` key reads, it does not add)."""
+    access: Access | None = connection.state.access
+    if access is not None and not access.is_operator:
+        access.require("ingest", "admin")
+
+
+#: Each route takes a bearer credential, or none (unless DOCUMENT_REQUIRE_KEY is set).
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {}]
+_READER: Final = {"reader": Provide(document_reader, sync_to_thread=False)}
+
+
 class DocumentController(Controller):
     path = "/v1/documents"
     tags = ("documents",)
+    guards = (auth.documents_access,)
+    dependencies = _READER
+    security = _SECURITY
 
     @post(
         "/",
         status_code=HTTP_202_ACCEPTED,
         summary="Upload a document for conversion",
-        responses=problem_responses(400, 413, 415, 422, 503),
+        responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
+        guards=[may_upload],
     )
     async def upload(
         self,
@@ -93,9 +130,11 @@ class DocumentController(Controller):
     ) -> DocumentAccepted:
         """Multipart upload in the form field `file`: PDF, DOCX, DOC, ODT, RTF or TXT, at most
         DOCUMENT_MAX_BYTES (default 20 MiB). Answers 202 with the document id; the task runner
-        converts it (GET /v1/documents/{id} tells the status)."""
+        converts it (GET /v1/documents/{id} tells the status). Uploaded with a project's key
+        (scope `ingest` or `admin`), the document is that project's: only its keys read it."""
         settings: ApiSettings = request.app.state.settings
         redis: ArqRedis = request.app.state.redis
+        access: Access | None = request.state.access
 
         async def enqueue(function: str, job_id: str, document_id: str) -> str:
             job = await redis.enqueue_job(
@@ -111,8 +150,9 @@ class DocumentController(Controller):
             content=await data.file.read(),
         )
         submitted = await service.submit(
-            require_pool(), upload, settings.documents, enqueue=enqueue
-        )
+            require_pool(), upload, settings.documents, enqueue=enqueue,
+            project_id=None if access is None else access.project_id,
+        )  # fmt: skip
         return DocumentAccepted(
             id=submitted.document_id,
             status="queued",
@@ -123,10 +163,12 @@ class DocumentController(Controller):
     @get(
         "/{document_id:uuid}",
         summary="Status and results of a document",
-        responses=problem_responses(400, 404, 503),
+        responses=problem_responses(400, 401, 404, 503),
     )
-    async def status(self, document_id: FromPath[uuid.UUID]) -> DocumentOut:
-        document = await service.read(require_pool(), document_id)
+    async def status(
+        self, document_id: FromPath[uuid.UUID], reader: NamedDependency[service.Reader]
+    ) -> DocumentOut:
+        document = await service.read(require_pool(), document_id, reader=reader)
         base = f"/v1/documents/{document_id}"
         done = document.status == "done"
         return DocumentOut(
@@ -153,10 +195,12 @@ class DocumentController(Controller):
         "/{document_id:uuid}/pdf",
         summary="The document as PDF",
         media_type="application/pdf",
-        responses=problem_responses(400, 404, 503),
+        responses=problem_responses(400, 401, 404, 503),
     )
-    async def pdf(self, document_id: FromPath[uuid.UUID]) -> Response[bytes]:
-        filename, pdf = await service.read_pdf(require_pool(), document_id)
+    async def pdf(
+        self, document_id: FromPath[uuid.UUID], reader: NamedDependency[service.Reader]
+    ) -> Response[bytes]:
+        filename, pdf = await service.read_pdf(require_pool(), document_id, reader=reader)
         return Response(
             pdf,
             media_type="application/pdf",
@@ -167,13 +211,17 @@ class DocumentController(Controller):
         "/{document_id:uuid}/pages/{page_file:str}",
         summary="One page as PNG",
         media_type="image/png",
-        responses=problem_responses(400, 404, 503),
+        responses=problem_responses(400, 401, 404, 503),
     )
     async def page(
-        self, document_id: FromPath[uuid.UUID], page_file: FromPath[str]
+        self,
+        document_id: FromPath[uuid.UUID],
+        page_file: FromPath[str],
+        reader: NamedDependency[service.Reader],
     ) -> Response[bytes]:
         match = _PAGE_FILE.match(page_file)
         if match is None:
             raise UnknownPage("pages are named <n>.png, from 1.png")
-        png = await service.read_page(require_pool(), document_id, int(match.group(1)))
+        page = int(match.group(1))
+        png = await service.read_page(require_pool(), document_id, page, reader=reader)
         return Response(png, media_type="image/png")
