@@ -3,11 +3,11 @@ chart's data and the CSV keep the API's strings, which a script and a spreadshee
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 
-from aiserver.api.ui.present import Pivot, Show, grouped, shown_amount
+from aiserver.api.ui.present import Pivot, Show, grouped, per_million, shown_amount
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,27 @@ def test_the_chart_reads_the_tables_values_without_the_grouping() -> None:
         assert [Decimal(v) for v in series["values"]] == [
             Decimal(cells[i].replace(",", "")) for _, cells, _ in shown
         ]
+
+
+@pytest.mark.parametrize(
+    ("per_token", "expected"),
+    [
+        ("0.0000025", "2.5"),
+        ("0.000002", "2"),
+        ("0.00006", "60"),
+        ("0", "0"),
+        ("15", "15000000"),
+        # more digits than a Decimal context's default 28: none is lost
+        ("0.0000001234567890123456789012345678901", "0.1234567890123456789012345678901"),
+        (Decimal("1E-7"), "0.1"),
+        (None, None),
+        ("none", None),
+    ],
+)
+def test_a_price_per_token_is_shown_per_million_tokens_exactly(
+    per_token: object, expected: str | None
+) -> None:
+    assert per_million(per_token) == expected
+    if expected is not None:
+        with localcontext(prec=60):
+            assert Decimal(expected) == Decimal(per_token) * 1_000_000  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ version lacks is "none" in the table and a gap in the chart)."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,24 @@ async def api(site: Site, path: str, **params: Any) -> Any:
     return response.json()
 
 
+def per_million(cell: str) -> str | None:
+    """What a price cell of the page says per token (`2.50` per million tokens ->
+    `0.0000025`), to compare with the API's exact value; None for a cell without a price."""
+    if cell in ("", "none"):
+        return None
+    return format((Decimal(cell.replace(",", "")) / 1_000_000).normalize(), "f")
+
+
+def api_price(value: str | None) -> str | None:
+    return None if value is None else format(Decimal(value).normalize(), "f")
+
+
+def as_per_token(rows: list[list[str]], columns: tuple[int, ...]) -> list[list[Any]]:
+    return [
+        [per_million(cell) if i in columns else cell for i, cell in enumerate(row)] for row in rows
+    ]
+
+
 async def test_the_catalog_lists_and_shows_models_as_the_api_does(
     browser: WebDriver, site: Site, screenshots: Path
 ) -> None:
@@ -41,9 +60,10 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
     shot(browser, screenshots, "catalog")
     listed = (await api(site, "/v1/models", q="gpt-test-01"))["data"]
     assert [m["model"] for m in listed] == [f"gpt-test-01{i}" for i in range(10)]
-    assert table(browser, "models") == [
-        [m["model"], m["provider"], m["mode"] or "", m["input_cost_per_token"] or "",
-         m["output_cost_per_token"] or "", str(m["price_version"]), m["valid_from"]]
+    assert header(browser, "models")[3:5] == ["input per 1M tokens", "output per 1M tokens"]
+    assert as_per_token(table(browser, "models"), (3, 4)) == [
+        [m["model"], m["provider"], m["mode"] or "", api_price(m["input_cost_per_token"]),
+         api_price(m["output_cost_per_token"]), str(m["price_version"]), m["valid_from"]]
         for m in listed
     ]  # fmt: skip
 
@@ -55,10 +75,11 @@ async def test_the_catalog_lists_and_shows_models_as_the_api_does(
         for k, v in sorted(detail["prices"].items())
     ]
     assert browser.find_element(By.ID, "model-price-version").text == str(detail["price_version"])
-    assert header(browser, "model-versions")[3:] == ["input per token", "output per token"]
-    assert table(browser, "model-versions") == [
+    assert header(browser, "model-versions")[3:] == ["input per 1M tokens", "output per 1M tokens"]
+    assert as_per_token(table(browser, "model-versions"), (3, 4)) == [
         [str(v["price_version"]), v["valid_from"], v["valid_to"] or "now",
-         detail["prices"]["input_cost_per_token"], detail["prices"]["output_cost_per_token"]]
+         api_price(detail["prices"]["input_cost_per_token"]),
+         api_price(detail["prices"]["output_cost_per_token"])]
         for v in detail["versions"]
     ]  # fmt: skip
     drawn = browser.execute_script(
@@ -119,15 +140,17 @@ async def test_a_price_history_of_several_versions_shows_each_versions_prices_as
             assert priced["price_version"] == version["price_version"]
             unit = {c["name"]: c["unit_price"] for c in priced["components"]}
             expected.append([str(version["price_version"]), version["valid_from"],
-                             version["valid_to"] or "now", unit.get("input", "none"),
-                             unit.get("output", "none")])  # fmt: skip
-    assert [row[4] == "none" for row in expected] == [False, True, False]
+                             version["valid_to"] or "now", api_price(unit.get("input")),
+                             api_price(unit.get("output"))])  # fmt: skip
+    assert [row[4] is None for row in expected] == [False, True, False]
     assert len({row[3] for row in expected}) == 3
 
     sign_in(browser, site, site.keys["a-read"])
     browser.get(f"{site.url}/ui/catalog/{HISTORY_MODEL}")
     shot(browser, screenshots, "model-history")
-    assert table(browser, "model-versions") == expected
+    shown = table(browser, "model-versions")
+    assert [row[4] for row in shown] == [shown[0][4], "none", shown[2][4]]
+    assert as_per_token(shown, (3, 4)) == expected
     drawn = browser.execute_script(
         "const c = Chart.getChart('history'); return c ? "
         "[c.data.labels, c.data.datasets.map(d => [d.exact, d.data])] : null;"
@@ -135,7 +158,9 @@ async def test_a_price_history_of_several_versions_shows_each_versions_prices_as
     labels, series = drawn
     assert labels == [row[1] for row in expected]
     for column, (exact, points) in zip((3, 4), series, strict=True):
-        prices = [None if row[column] == "none" else row[column] for row in expected]
-        assert exact == prices
+        # the chart's exact values are the table's, per million tokens
+        assert [per_million(p) if p is not None else None for p in exact] == [
+            row[column] for row in expected
+        ]
         # a missing price is a gap in the line, not a price of 0
-        assert points == [None if p is None else float(p) for p in prices]
+        assert points == [None if p is None else float(p) for p in exact]

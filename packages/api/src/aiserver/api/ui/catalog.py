@@ -14,7 +14,7 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from aiserver.api.controllers.models import model_detail, price_of, priced_models, summary
-from aiserver.api.ui.present import SHOW, places, timestamp
+from aiserver.api.ui.present import SHOW, per_million, places, timestamp
 from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
 from aiserver.costs.live import LiveCatalog
@@ -23,9 +23,10 @@ AnyRequest = Request[Any, Any, Any]
 
 #: Models listed at once; a narrower search finds the rest.
 SHOWN: Final = 200
-#: The prices a model's history chart draws, with their labels.
-CHARTED: Final = (("input_cost_per_token", "input per token"),
-                  ("output_cost_per_token", "output per token"))  # fmt: skip
+#: The prices a model's history chart draws, with their labels: per million tokens, as
+#: providers publish them (`per_million`: exact, the API's per-token string with its point moved).
+CHARTED: Final = (("input_cost_per_token", "input per 1M tokens"),
+                  ("output_cost_per_token", "output per 1M tokens"))  # fmt: skip
 
 
 class CatalogPages(Controller):
@@ -41,11 +42,14 @@ class CatalogPages(Controller):
         typed = {name: params.get(name, "").strip() for name in ("q", "provider", "mode")}
         found = priced_models(catalog, provider=typed["provider"] or None,
                               mode=typed["mode"] or None, text=typed["q"] or None)  # fmt: skip
+        models = [summary(pv) for pv in found[:SHOWN]]
         return Template(
             template_name="catalog.html",
             context={
-                "viewer": viewer(request), "page": "catalog", "typed": typed,
-                "models": [summary(pv) for pv in found[:SHOWN]], "found": len(found),
+                "viewer": viewer(request), "page": "catalog", "typed": typed, "models": models,
+                "inputs": [per_million(m.input_cost_per_token) for m in models],
+                "outputs": [per_million(m.output_cost_per_token) for m in models],
+                "found": len(found),
                 "shown": SHOWN, "catalog_version": catalog.version, "show": SHOW,
             },
         )  # fmt: skip
@@ -60,7 +64,8 @@ class CatalogPages(Controller):
         # a version without a price is a gap in its line (null), as the table says "none":
         # never 0, which would be a price
         rows = [
-            (timestamp(v.valid_from), [price_of(v, field) for field, _ in CHARTED]) for v in history
+            (timestamp(v.valid_from), [per_million(price_of(v, field)) for field, _ in CHARTED])
+            for v in history
         ]
         chart = {
             "kind": "step",

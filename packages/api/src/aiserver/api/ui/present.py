@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -116,6 +116,20 @@ def about(value: object) -> str:
     return f"{Decimal(text).quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
 
 
+#: Per-token prices are shown per this many tokens, as providers publish them.
+TOKENS_PER_PRICE: Final = 1_000_000
+
+
+def per_million(value: object) -> str | None:
+    """A price per token (the API's decimal string) as the price of a million tokens, exactly
+    (`0.0000025` -> `2.5`: the decimal point moved, no digit lost); None for no price."""
+    text = _amount_text(value)
+    if text is None:
+        return None
+    # a precision that holds every digit of the product, whatever the context's default
+    return money(Decimal(text).fma(TOKENS_PER_PRICE, 0, Context(prec=len(text) + 7)))
+
+
 def rounded(value: object) -> bool:
     """Whether `about` differs from the exact value (it has more than two decimals that are not
     all zeros): then the page writes "≈" before the figure."""
@@ -140,6 +154,7 @@ class Show:
     count = staticmethod(count)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
+    per_million = staticmethod(per_million)
 
     @staticmethod
     def budget_places(views: Iterable[Any]) -> dict[str, int]:
