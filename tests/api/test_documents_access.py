@@ -53,9 +53,19 @@ async def answers(client: Client, document_id: str, headers: dict[str, str]) -> 
     return [await client.get(url, headers=headers) for url in routes(document_id)]
 
 
-def normal(response: Any, document_id: str) -> tuple[int, bytes]:
-    """An answer with the document's id (which a 404 repeats) set aside."""
-    return response.status_code, response.content.replace(document_id.encode(), b"{id}")
+#: What may differ between two answers that must be the same.
+VARYING_HEADERS = frozenset({"date", "x-request-id", "content-length"})
+
+
+def normal(response: Any, document_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """An answer with the document's id (which a 404 repeats) and the headers that vary
+    between any two answers set aside."""
+    headers = sorted(
+        (k, v.replace(document_id, "{id}"))
+        for k, v in response.headers.multi_items()
+        if k not in VARYING_HEADERS
+    )
+    return response.status_code, headers, response.content.replace(document_id.encode(), b"{id}")
 
 
 async def assert_hidden(client: Client, document_id: str, headers: dict[str, str]) -> None:
@@ -135,6 +145,13 @@ async def test_a_credential_sent_must_be_valid_and_a_read_key_does_not_upload(
         for response in await answers(client, uploaded.of_nobody, bearer(key)):
             assert_problem(response, 401, "")
     assert_problem(await upload(client, "x.txt", admin("not-the-operator-token")), 401, "")
+    # a key of an archived project is refused, not read as no credential
+    archived = await client.patch("/v1/projects/acme-b", headers=admin(), json={"archived": True})
+    assert archived.status_code == 200, archived.text
+    archived_key = bearer(tenants.admin_b["key"])
+    assert_problem(await upload(client, "x.txt", archived_key), 403, "archived")
+    for response in await answers(client, uploaded.of_nobody, archived_key):
+        assert_problem(response, 403, "archived")
     read_a = await make_key(client, "acme-a", ["read"])
     refused = assert_problem(await upload(client, "x.txt", bearer(read_a["key"])), 403, "ingest")
     assert refused["type"].endswith("insufficient-scope")

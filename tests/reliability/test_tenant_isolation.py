@@ -43,6 +43,7 @@ import pytest
 
 from aiserver.api.app import create_app
 from aiserver.costs.money import money
+from aiserver.documents import store as documents
 from aiserver.ledger.spend.folding import fold_all
 
 from ..conftest import make_settings, replace_settings
@@ -424,6 +425,15 @@ async def make_project(
         files={"file": (f"{label}-document.txt", f"{label} text".encode(), "text/plain")},
     )
     things.document = ok(uploaded, 202)["id"]
+    conn = await asyncpg.connect(url)
+    try:  # converted, as the task runner leaves it: its PDF and page are there to be asked for
+        await documents.save_outputs(
+            conn, uuid.UUID(things.document), pdf=b"%PDF-1.4 " + label.encode(), page_count=1,
+            text=f"{label}-document-text", text_truncated=False,
+            pages=[b"\x89PNG " + label.encode()],
+        )  # fmt: skip
+    finally:
+        await conn.close()
     page = ok(
         await client.get("/v1/usage/events", headers=things.auth("read"), params={"limit": 2})
     )
@@ -536,10 +546,10 @@ async def texts_of(url: str, b: Things) -> set[str]:
                 b.id,
             )
         )
-        texts.update(
-            r["filename"]
-            for r in await conn.fetch("SELECT filename FROM documents WHERE project_id = $1", b.id)
-        )
+        for r in await conn.fetch(
+            "SELECT filename, text FROM documents WHERE project_id = $1", b.id
+        ):
+            texts.update((r["filename"], r["text"]))
         texts.update(
             r["public_id"]
             for r in await conn.fetch("SELECT public_id FROM api_keys WHERE project_id = $1", b.id)

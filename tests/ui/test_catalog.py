@@ -31,7 +31,7 @@ async def api(site: Site, path: str, **params: Any) -> Any:
     return response.json()
 
 
-def per_million(cell: str) -> str | None:
+def to_per_token(cell: str) -> str | None:
     """What a price cell of the page says per token (`2.50` per million tokens ->
     `0.0000025`), to compare with the API's exact value; None for a cell without a price."""
     if cell in ("", "none"):
@@ -45,7 +45,7 @@ def api_price(value: str | None) -> str | None:
 
 def as_per_token(rows: list[list[str]], columns: tuple[int, ...]) -> list[list[Any]]:
     return [
-        [per_million(cell) if i in columns else cell for i, cell in enumerate(row)] for row in rows
+        [to_per_token(cell) if i in columns else cell for i, cell in enumerate(row)] for row in rows
     ]
 
 
@@ -159,7 +159,7 @@ async def test_a_price_history_of_several_versions_shows_each_versions_prices_as
     assert labels == [row[1] for row in expected]
     for column, (exact, points) in zip((3, 4), series, strict=True):
         # the chart's exact values are the table's, per million tokens
-        assert [per_million(p) if p is not None else None for p in exact] == [
+        assert [to_per_token(p) if p is not None else None for p in exact] == [
             row[column] for row in expected
         ]
         # a missing price is a gap in the line, not a price of 0

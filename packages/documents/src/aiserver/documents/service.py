@@ -66,9 +66,9 @@ class Reader:
     operator) anyone, unless `public` is off (DOCUMENT_REQUIRE_KEY): then the operator alone.
     A document the reader may not see is answered as one that does not exist."""
 
-    project_id: int | None = None
-    operator: bool = False
-    public: bool = True
+    project_id: int | None
+    operator: bool
+    public: bool  # not DOCUMENT_REQUIRE_KEY: given by every caller, which has the settings
 
     def sees(self, owner: int | None) -> bool:
         if self.operator:
@@ -135,8 +135,9 @@ def _stored_name(filename: str) -> str:
 
 async def read(pool: asyncpg.Pool, document_id: uuid.UUID, *, reader: Reader) -> Document:
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        document = await store.get_document(conn, document_id)
-    if document is None or not reader.sees(document.project_id):
+        owner = await store.owner_of(conn, document_id)  # before its text (up to megabytes)
+        document = await store.get_document(conn, document_id) if _sees(reader, owner) else None
+    if document is None:
         raise UnknownDocument(f"no document {document_id}")
     return document
 
@@ -146,10 +147,12 @@ async def read_pdf(
 ) -> tuple[str, bytes]:
     """The PDF of a done document, and the name to give it: the upload's, ending in `.pdf`."""
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        found = await store.get_pdf(conn, document_id)
-    if found is None or not reader.sees(found.project_id):
+        # whose it is first: the PDF (megabytes) is read only for a reader who may have it
+        owner = await store.owner_of(conn, document_id, done=True)
+        pdf = await store.get_pdf(conn, document_id) if _sees(reader, owner) else None
+    if owner is None or pdf is None:
         raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
-    return pdf_name(found.filename), found.data
+    return pdf_name(owner.filename), pdf
 
 
 def pdf_name(filename: str) -> str:
@@ -166,10 +169,15 @@ async def read_page(
     pool: asyncpg.Pool, document_id: uuid.UUID, page: int, *, reader: Reader
 ) -> bytes:
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        found = await store.get_page(conn, document_id, page)
-    if found is None or not reader.sees(found.project_id):
+        owner = await store.owner_of(conn, document_id)
+        png = await store.get_page(conn, document_id, page) if _sees(reader, owner) else None
+    if png is None:
         raise UnknownPage(f"no page {page}.png for document {document_id}")
-    return found.data
+    return png
+
+
+def _sees(reader: Reader, owner: store.Owner | None) -> bool:
+    return owner is not None and reader.sees(owner.project_id)
 
 
 async def job_visible(pool: asyncpg.Pool, document_id: str, *, reader: Reader) -> bool:
@@ -180,8 +188,8 @@ async def job_visible(pool: asyncpg.Pool, document_id: str, *, reader: Reader) -
     except ValueError:
         return False
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
-        found = await store.project_of(conn, parsed)
-    return found is not None and reader.sees(found[0])
+        owner = await store.owner_of(conn, parsed)
+    return _sees(reader, owner)
 
 
 async def delete_expired(pool: asyncpg.Pool, retention_days: int) -> int:

@@ -220,37 +220,37 @@ async def status_of(conn: DbConnection, document_id: uuid.UUID) -> Status | None
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    """One output of a document (its PDF, a page), with what the reader must be allowed."""
+class Owner:
+    """Whose a document is (`project_id` None: no project's), and the name it was uploaded as:
+    what a read is checked against before any output of the document is read."""
 
-    data: bytes
-    filename: str
     project_id: int | None
+    filename: str
 
 
-async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> Output | None:
+async def owner_of(
+    conn: DbConnection, document_id: uuid.UUID, *, done: bool = False
+) -> Owner | None:
+    """The document's `Owner`; None when there is no such document (or, with `done`, when it is
+    not done yet)."""
+    row = await conn.fetchrow(
+        "SELECT project_id, filename FROM documents WHERE id = $1 AND ($2 OR status = 'done')",
+        document_id,
+        not done,
+    )
+    return None if row is None else Owner(row["project_id"], row["filename"])
+
+
+async def get_pdf(conn: DbConnection, document_id: uuid.UUID) -> bytes | None:
     """The document's PDF, once it is done."""
-    row = await conn.fetchrow(
-        "SELECT pdf, filename, project_id FROM documents WHERE id = $1 AND status = 'done'",
-        document_id,
+    pdf: bytes | None = await conn.fetchval(
+        "SELECT pdf FROM documents WHERE id = $1 AND status = 'done'", document_id
     )
-    return None if row is None else Output(row["pdf"], row["filename"], row["project_id"])
+    return pdf
 
 
-async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> Output | None:
-    row = await conn.fetchrow(
-        """
-        SELECT p.png, d.filename, d.project_id
-        FROM document_pages p JOIN documents d ON d.id = p.document_id
-        WHERE p.document_id = $1 AND p.page = $2
-        """,
-        document_id,
-        page,
+async def get_page(conn: DbConnection, document_id: uuid.UUID, page: int) -> bytes | None:
+    png: bytes | None = await conn.fetchval(
+        "SELECT png FROM document_pages WHERE document_id = $1 AND page = $2", document_id, page
     )
-    return None if row is None else Output(row["png"], row["filename"], row["project_id"])
-
-
-async def project_of(conn: DbConnection, document_id: uuid.UUID) -> tuple[int | None] | None:
-    """(the document's project,), or None when there is no such document."""
-    row = await conn.fetchrow("SELECT project_id FROM documents WHERE id = $1", document_id)
-    return None if row is None else (row["project_id"],)
+    return png

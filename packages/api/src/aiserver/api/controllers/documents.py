@@ -92,7 +92,7 @@ def document_reader(request: Request[Any, Any, Any]) -> service.Reader:
     access: Access | None = request.state.access
     public = not settings.documents.document_require_key
     if access is None:
-        return service.Reader(public=public)
+        return service.Reader(project_id=None, operator=False, public=public)
     return service.Reader(access.project_id, operator=access.is_operator, public=public)
 
 

@@ -82,7 +82,7 @@ class CatalogPages(Controller):
                 "viewer": viewer(request), "page": "catalog", "detail": detail,
                 "history": history, "chart": chart, "charted": CHARTED,
                 "price_of": price_of, "show": SHOW,
-                # each price column at its own scale (the chart keeps the API's strings)
+                # each price column at its own scale (the chart keeps the exact strings)
                 "places": {field: places(cells[i] for _, cells in rows)
                            for i, (field, _) in enumerate(CHARTED)},
             },
