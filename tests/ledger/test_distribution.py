@@ -13,7 +13,8 @@ one PostgreSQL"):
    column does not count). Citus enforces uniqueness within a shard only, so a key without the
    distribution column could hold twice across shards. `projects` is the exception: it is the
    tenant table, whose `id` is the project id, and a reference table (a full copy on every
-   node), where any key is enforced as on one PostgreSQL.
+   node), where any key is enforced as on one PostgreSQL; so is `usage_retention` (`SHARED`),
+   the one row that says how long the partitions are kept.
 
 2. No foreign key crosses projects. A foreign key *crosses projects* when it lets a row of one
    project reference a row that belongs to another, or to no project the ledger distributes. It
@@ -43,6 +44,8 @@ from aiserver.ledger.usage.partitions import Partitions, maintain_partitions
 from ..conftest import Settings
 
 TENANT: Final = "projects"
+#: Ledger tables of no project: reference tables on Citus, with keys of their own.
+SHARED: Final = frozenset({"usage_retention"})
 OUTSIDE: Final = r"^(ai_|document|migration$|piccolo)"
 
 
@@ -132,7 +135,7 @@ def crosses_projects(fk: ForeignKey, ledger: set[str]) -> bool:
 
 async def violations(conn: asyncpg.Connection) -> list[str]:
     """What keeps the ledger from being distributed by project_id: empty when nothing does."""
-    ledger = set(await ledger_tables(conn)) - {TENANT}
+    ledger = set(await ledger_tables(conn)) - {TENANT} - SHARED
     found = [
         f"{key.table}: {key.kind} {key.index} {key.columns} lacks project_id"
         for key in await keys(conn)

@@ -704,7 +704,7 @@ async def test_a_catalog_change_waits_for_the_ingests_in_flight_and_the_next_see
     try:
         # 1. an ingest's transaction in flight holds the change back until it ends
         async with pool.acquire() as ingest, ingest.transaction():
-            version, _, _ = await budget_store.ingest_start(ingest, project_id)
+            version = (await budget_store.ingest_start(ingest, project_id)).catalog_version
             assert version == 1
             change = asyncio.create_task(_committed_price(pool, "5e-06"))
             await eventually(lambda: observer.fetchval(_WAITING_FOR_ADVISORY), timeout=30)

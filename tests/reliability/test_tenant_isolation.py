@@ -92,6 +92,7 @@ NOBODY_S: Final = frozenset(
         "documents",
         "document_pages",
         "migration",
+        "usage_retention",  # how long the partitions are kept, for every project
     }
 )
 WAIT_S: Final = 60.0

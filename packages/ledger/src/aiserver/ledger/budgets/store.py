@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
@@ -267,19 +267,29 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
     return _scopes(project_id, rows)
 
 
-async def ingest_start(conn: DbConnection, project_id: int) -> tuple[int, str, list[BudgetScope]]:
+class IngestStart(NamedTuple):
+    catalog_version: int
+    zone: str
+    budgets: list[BudgetScope]
+    #: the retention the usage partitions are kept by, as the task runner's partition
+    #: maintenance last wrote it down (`usage_retention`); None before any maintenance ran
+    retention_days: int | None
+
+
+async def ingest_start(conn: DbConnection, project_id: int) -> IngestStart:
     """What `budgets_for_ingest` answers, and before it the committed catalog version, read
     under the catalog's advisory lock taken shared (see `ledger_ingest_start_v2`): until the
     transaction ends no new catalog version commits, so the version read is the one committed
-    at its COMMIT."""
+    at its COMMIT. With them, the retention the partitions are kept by
+    (`ledger_ingest_start_v3`)."""
     rows = await conn.fetch(
-        "SELECT * FROM ledger_ingest_start_v2($1, $2, $3)",
+        "SELECT * FROM ledger_ingest_start_v3($1, $2, $3)",
         project_id,
         CATALOG_VERSION_LOCK,
         DEFAULT_SOURCE,
     )
     zone, scopes = _scopes(project_id, rows)
-    return int(rows[0]["catalog_version"]), zone, scopes
+    return IngestStart(int(rows[0]["catalog_version"]), zone, scopes, rows[0]["retention_days"])
 
 
 def _scopes(project_id: int, rows: Sequence[Any]) -> tuple[str, list[BudgetScope]]:

@@ -44,6 +44,7 @@ import msgspec
 from aiserver.core_db.connections import lost_if_cut
 from aiserver.core_db.database import lone_statements
 from aiserver.core_db.errors import AiserverError, InvalidInput
+from aiserver.core_db.logging import get_logger
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.money import money
@@ -63,6 +64,8 @@ from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
 
 ResultStatus = Literal["recorded", "duplicate", "conflict", "invalid"]
+
+log = get_logger(__name__)
 
 
 class EventResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,6 +121,10 @@ _SETTLE_ATTEMPTS: Final = 3
 _CATALOG_ATTEMPTS: Final = 3
 
 
+class _StaleRetention(Exception):  # a signal, not an error
+    """The partitions are kept for less time than the events were checked against."""
+
+
 class _StaleCatalog(Exception):  # a signal, not an error
     """The committed catalog version is not the one the events were priced with."""
 
@@ -144,9 +151,39 @@ class UsageRecorder:
     """Records usage for one process (it keeps which partitions exist)."""
 
     def __init__(self, settings: LedgerSettings) -> None:
-        self.retention = timedelta(days=settings.usage_retention_days)
+        self.own_retention = timedelta(days=settings.usage_retention_days)
         self.partitions = Partitions()
         self._loaded: Catalog | None = None  # the last catalog loaded for a request
+        #: the retention the partitions are kept by, as a transaction last read it
+        #: (`usage_retention`, written by the task runner's maintenance); None: not known
+        self._kept: timedelta | None = None
+
+    @property
+    def retention(self) -> timedelta:
+        """How old an event may be: the smaller of this process's USAGE_RETENTION_DAYS and the
+        retention the partitions are kept by (an older event's month is dropped)."""
+        kept = self._kept
+        return self.own_retention if kept is None else min(self.own_retention, kept)
+
+    def _learn_retention(
+        self, days: int | None, ordered: Sequence[_Accepted], now: datetime
+    ) -> None:
+        """Take the retention the transaction read; `_StaleRetention` when it is shorter than
+        the one the events were checked against and refuses one of them."""
+        kept = None if days is None else timedelta(days=days)
+        if kept == self._kept:
+            return
+        checked, self._kept = self.retention, kept
+        if kept is not None and kept < self.own_retention:
+            log.warning(
+                "the usage partitions are kept for less time than USAGE_RETENTION_DAYS of this "
+                "process: older events are refused, as the task runner drops their months; set "
+                "the same USAGE_RETENTION_DAYS on both",
+                usage_retention_days=self.own_retention.days, partitions_kept_days=kept.days,
+            )  # fmt: skip
+        oldest = now - self.retention
+        if self.retention < checked and any(a.event.occurred_at < oldest for a in ordered):
+            raise _StaleRetention
 
     async def record(
         self,
@@ -184,12 +221,14 @@ class UsageRecorder:
             try:
                 await self._write(pool, project_id, accepted, results, received_at, catalog)
                 break
+            except _StaleRetention:
+                continue  # checked again against the shorter retention, with the same catalog
             except _StaleCatalog as stale:
                 catalog = await (catch_up or self._load)(pool, stale.version)
         else:
             raise UsageUnsettled(
-                f"the catalog changed {_CATALOG_ATTEMPTS} times while this request was being "
-                "priced; nothing of it was written: send it again"
+                f"the catalog (or the retention) changed {_CATALOG_ATTEMPTS} times while this "
+                "request was being priced; nothing of it was written: send it again"
             )
         done = [r for r in results if r is not None]
         counts = dict.fromkeys(("recorded", "duplicate", "conflict", "invalid"), 0)
@@ -304,7 +343,8 @@ class UsageRecorder:
             await self.partitions.ensure(conn, _months(ordered))
             try:
                 async with conn.transaction():
-                    version, zone, budgets = await budget_store.ingest_start(conn, project_id)
+                    version, zone, budgets, kept = await budget_store.ingest_start(conn, project_id)
+                    self._learn_retention(kept, ordered, received_at)  # before any write
                     if catalog is not None and version > catalog.version:
                         raise _StaleCatalog(version)  # before any write: it rolls back
                     if len(ordered) == 1:  # one statement for the key, outbox row and event

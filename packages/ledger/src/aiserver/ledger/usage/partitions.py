@@ -10,12 +10,15 @@
   once. There is no catch-all partition: an event is never parked where retention cannot drop it.
 - Retention: a partition whose whole month ended more than `USAGE_RETENTION_DAYS` plus a day of
   `GRACE` ago is dropped whole (detached concurrently, then dropped; never a `DELETE`), and the
-  idempotency keys of its events are deleted in batches. Ingest refuses an event older than
-  `USAGE_RETENTION_DAYS`, so the day of grace (more than any clock skew between an API replica and
-  a task runner, or a request in flight) keeps ingest from ever targeting a month that retention
-  drops, and a key is forgotten only once its event can no longer be sent again. The outbox is
-  left to the rollups that own it. A month that a run detached but did not drop, and that a
-  raised `USAGE_RETENTION_DAYS` keeps, is attached again by the next run.
+  idempotency keys of its events are deleted in batches. Each run first writes down the
+  retention it keeps by (`usage_retention`), and ingest refuses an event older than the smaller
+  of that and its own `USAGE_RETENTION_DAYS` (an API set to keep longer than the task runner
+  would otherwise record events that the next run drops), so the day of grace (more than any
+  clock skew between an API replica and a task runner, or a request in flight) keeps ingest from
+  ever targeting a month that retention drops, and a key is forgotten only once its event can no
+  longer be sent again. The outbox is left to the rollups that own it. A month that a run
+  detached but did not drop, and that a raised `USAGE_RETENTION_DAYS` keeps, is attached again
+  by the next run.
 """
 
 from __future__ import annotations
@@ -192,6 +195,8 @@ async def maintain_partitions(
 async def _maintain(
     conn: asyncpg.Connection, *, now: datetime, retention_days: int, concurrently: bool
 ) -> Maintenance:
+    # first, so that ingest (which reads it) refuses the months this run is about to drop
+    await store.record_retention(conn, retention_days)
     tables = await store.usage_tables(conn)
     attached = {month_of_partition(t.name) for t in tables if t.state in ("attached", "detaching")}
     created = []

@@ -165,6 +165,20 @@ async def forget_keys(conn: DbConnection, before: datetime, limit: int) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
+async def record_retention(conn: DbConnection, retention_days: int) -> None:
+    """Write down the retention the partitions are kept by (`usage_retention`), for ingest to
+    refuse what the maintenance would drop: in a transaction of its own, before any drop."""
+    await conn.execute(
+        """
+        INSERT INTO usage_retention (retention_days) VALUES ($1)
+        ON CONFLICT (singleton) DO UPDATE
+        SET retention_days = EXCLUDED.retention_days, recorded_at = now()
+        WHERE usage_retention.retention_days IS DISTINCT FROM EXCLUDED.retention_days
+        """,
+        retention_days,
+    )
+
+
 def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum() or not name.isascii():
         raise ValueError(f"not a partition name: {name!r}")

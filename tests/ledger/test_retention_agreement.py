@@ -1,0 +1,113 @@
+"""Ingest never records an event that the partition maintenance drops: it refuses an event older
+than the smaller of its own USAGE_RETENTION_DAYS and the retention the maintenance last wrote
+down (`usage_retention`). Before, an API set to keep longer than the task runner answered
+`recorded` for an event whose month the next maintenance run dropped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from aiserver.core_db.database import database, require_pool
+from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage.bodies import decode_items
+from aiserver.ledger.usage.ingest import UsageRecorder
+from aiserver.ledger.usage.partitions import maintain_partitions
+
+from ..conftest import Settings
+from .test_ingest import catalog, raw
+
+NOW = datetime.now(UTC)
+OLD = NOW - timedelta(days=100)
+RECENT = NOW - timedelta(days=10)
+
+
+@pytest.fixture
+async def ledger(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, int]]:
+    async with database(settings.core):
+        pool = require_pool()
+        project_id = await pool.fetchval(
+            "INSERT INTO projects (slug, name) VALUES ('r', 'R') RETURNING id"
+        )
+        yield pool, project_id
+
+
+async def maintained(pool: asyncpg.Pool, retention_days: int) -> None:
+    """One run of the task runner's partition maintenance, kept by `retention_days`."""
+    async with pool.acquire() as conn:
+        assert (await maintain_partitions(conn, retention_days=retention_days, now=NOW)).ran
+
+
+async def record(
+    ledger: tuple[asyncpg.Pool, int], recorder: UsageRecorder, *keys_and_times: tuple[str, datetime]
+) -> list[Any]:
+    pool, project_id = ledger
+    raws: Sequence[bytes] = [raw(key, occurred_at=at.isoformat()) for key, at in keys_and_times]
+    report = await recorder.record(
+        pool, project_id, decode_items(raws), catalog=catalog(), raws=raws, now=NOW
+    )
+    return report.results
+
+
+async def stored(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch("SELECT event_key FROM usage_events ORDER BY event_key")
+    return [r["event_key"] for r in rows]
+
+
+async def test_an_api_that_keeps_longer_refuses_what_the_task_runner_drops(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    pool, _ = ledger
+    await maintained(pool, 30)
+    assert await pool.fetchval("SELECT retention_days FROM usage_retention") == 30
+    recorder = UsageRecorder(LedgerSettings(usage_retention_days=400))
+    with capture_logs() as logs:
+        old, recent = await record(ledger, recorder, ("old", OLD), ("recent", RECENT))
+        again = await record(ledger, recorder, ("old-2", OLD))
+    assert (old.status, recent.status, again[0].status) == ("invalid", "recorded", "invalid")
+    assert "older than the retention of 30 days" in old.problem["detail"]
+    assert recorder.retention == timedelta(days=30)
+    # said once, when the process learned it, with both values
+    warned = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["usage_retention_days"], e["partitions_kept_days"]) for e in warned] == [(400, 30)]
+    # nothing recorded is lost to the next run: what it drops was never answered `recorded`
+    await maintained(pool, 30)
+    assert await stored(pool) == ["recent"]
+
+
+async def test_without_a_recorded_retention_or_with_a_longer_one_the_api_s_own_holds(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    pool, _ = ledger
+    # no maintenance has run: the API's own retention (400 days) is all there is
+    (first,) = await record(ledger, UsageRecorder(LedgerSettings(usage_retention_days=400)),
+                            ("before-any-run", OLD))  # fmt: skip
+    assert first.status == "recorded"
+    # the task runner keeps longer than this API: the API's shorter retention holds
+    await maintained(pool, 400)
+    short = UsageRecorder(LedgerSettings(usage_retention_days=30))
+    old, recent = await record(ledger, short, ("old", OLD), ("recent", RECENT))
+    assert (old.status, recent.status) == ("invalid", "recorded")
+    assert short.retention == timedelta(days=30)
+    assert await stored(pool) == ["before-any-run", "recent"]
+
+
+async def test_a_retention_shortened_while_the_process_runs_is_taken_at_the_next_request(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    pool, _ = ledger
+    await maintained(pool, 400)
+    recorder = UsageRecorder(LedgerSettings(usage_retention_days=400))
+    (first,) = await record(ledger, recorder, ("first", OLD))
+    assert first.status == "recorded"
+    await maintained(pool, 30)  # the task runner now keeps 30 days, and dropped first's month
+    assert await stored(pool) == []
+    # the process still holds 400 days: its transaction reads 30 and checks the batch again
+    old, recent = await record(ledger, recorder, ("old", OLD), ("recent", RECENT))
+    assert (old.status, recent.status) == ("invalid", "recorded")
+    assert await stored(pool) == ["recent"]
