@@ -5,36 +5,25 @@ down (`usage_retention`). Before, an API set to keep longer than the task runner
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
 from structlog.testing import capture_logs
 
-from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_items
 from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.partitions import maintain_partitions
 
-from ..conftest import Settings
-from .test_ingest import catalog, raw
+from .test_ingest import catalog, ledger, raw
+
+__all__ = ["ledger"]  # the fixture: a database with one project, its pool and project id
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=100)
 RECENT = NOW - timedelta(days=10)
-
-
-@pytest.fixture
-async def ledger(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, int]]:
-    async with database(settings.core):
-        pool = require_pool()
-        project_id = await pool.fetchval(
-            "INSERT INTO projects (slug, name) VALUES ('r', 'R') RETURNING id"
-        )
-        yield pool, project_id
 
 
 async def maintained(pool: asyncpg.Pool, retention_days: int) -> None:
