@@ -150,7 +150,9 @@ def add_parsers(groups: Any) -> None:
         description="Create this month's and the next months' partitions and drop, for good, "
         "those past the retention: USAGE_RETENTION_DAYS as the deployment sets it, or "
         "--retention-days. With neither, nothing is done (exit 2): the default of 400 days "
-        "would drop months that a longer retention keeps.",
+        "would drop months that a longer retention keeps. The retention is written down for "
+        "ingest, as the task runner's is: the API refuses events older than it until the next "
+        "hourly maintenance writes the task runner's again.",
     )
     run.add_argument("--json", action="store_true", help="print JSON")
     run.add_argument(

@@ -8,9 +8,13 @@ it keeps the partitions by into `usage_retention` (one row) before it drops anyt
 reads it in its transaction (`ledger_ingest_start_v3`): an event older than the smaller of the
 two retentions is refused.
 
+`v3` is `v2` with the recorded retention (NULL until a maintenance has run) in front, read after
+the catalog's advisory lock is taken shared, in a statement of its own: a maintenance that wrote
+a shorter retention and then waited for that lock taken exclusively (which it does before it
+drops anything) is seen by every ingest transaction that got the lock after it.
+
 Compatible with the API of the release before, which keeps serving while this is applied: it
-calls `ledger_ingest_start_v2`, which stays as it was; `v3` is `v2` with the recorded retention
-(NULL until a maintenance has run) in front.
+calls `ledger_ingest_start_v2`, which stays as it was.
 """
 
 from aiserver.core_db.migrations import sql_migration
@@ -32,9 +36,17 @@ STATEMENTS = (
     RETURNS TABLE (retention_days INTEGER, catalog_version BIGINT, time_zone TEXT,
                    budget_id BIGINT, tags TEXT, model TEXT, period TEXT, limit_usd NUMERIC,
                    thresholds NUMERIC[], has_webhook BOOLEAN, counts_from TIMESTAMPTZ)
-    LANGUAGE sql VOLATILE AS $$
-        SELECT (SELECT r.retention_days FROM usage_retention AS r), s.*
-        FROM ledger_ingest_start_v2(p, catalog_lock, catalog_source) AS s
+    LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        v BIGINT;
+        r INTEGER;
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(catalog_lock);
+        SELECT m.catalog_version INTO v FROM ai_cost_metadata AS m
+        WHERE m.source = catalog_source;
+        SELECT u.retention_days INTO r FROM usage_retention AS u;
+        RETURN QUERY SELECT r, COALESCE(v, 0), b.* FROM ledger_ingest_budgets_v2(p) AS b;
+    END
     $$
     """,
 )

@@ -32,7 +32,9 @@ project's, or had ended: the event is recorded all the same (usage is never lost
 
 from __future__ import annotations
 
+import math
 import operator
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +63,7 @@ from aiserver.ledger.usage.bodies import Item, key_of
 from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
 from aiserver.ledger.usage.store import events as store
+from aiserver.ledger.usage.store import partitions as partition_store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
 
 ResultStatus = Literal["recorded", "duplicate", "conflict", "invalid"]
@@ -117,6 +120,9 @@ _NO_PARTITION: Final = "no partition of relation"
 _WRITE_ATTEMPTS: Final = 3
 #: How often a key that retention removed while it was being settled is claimed again.
 _SETTLE_ATTEMPTS: Final = 3
+#: How long a retention read from `usage_retention` that is shorter than this process's own is
+#: taken as it is by the checks before a write (each write reads it again anyway).
+KEPT_FRESH_S: Final = 60.0
 #: Tries of a request priced again because a new catalog version committed meanwhile.
 _CATALOG_ATTEMPTS: Final = 3
 
@@ -154,9 +160,12 @@ class UsageRecorder:
         self.own_retention = timedelta(days=settings.usage_retention_days)
         self.partitions = Partitions()
         self._loaded: Catalog | None = None  # the last catalog loaded for a request
-        #: the retention the partitions are kept by, as a transaction last read it
-        #: (`usage_retention`, written by the task runner's maintenance); None: not known
+        #: the retention the partitions are kept by, as this process last read it
+        #: (`usage_retention`, written by the task runner's maintenance); None: not known.
+        #: Only a hint for the checks before the write: each write checks its events against
+        #: what its own transaction reads.
         self._kept: timedelta | None = None
+        self._kept_read = -math.inf  # when (time.monotonic)
 
     @property
     def retention(self) -> timedelta:
@@ -165,15 +174,12 @@ class UsageRecorder:
         kept = self._kept
         return self.own_retention if kept is None else min(self.own_retention, kept)
 
-    def _learn_retention(
-        self, days: int | None, ordered: Sequence[_Accepted], now: datetime
-    ) -> None:
-        """Take the retention the transaction read; `_StaleRetention` when it is shorter than
-        the one the events were checked against and refuses one of them."""
+    def _learn_retention(self, days: int | None) -> None:
         kept = None if days is None else timedelta(days=days)
+        self._kept_read = time.monotonic()
         if kept == self._kept:
             return
-        checked, self._kept = self.retention, kept
+        self._kept = kept
         if kept is not None and kept < self.own_retention:
             log.warning(
                 "the usage partitions are kept for less time than USAGE_RETENTION_DAYS of this "
@@ -181,9 +187,28 @@ class UsageRecorder:
                 "the same USAGE_RETENTION_DAYS on both",
                 usage_retention_days=self.own_retention.days, partitions_kept_days=kept.days,
             )  # fmt: skip
+
+    def _check_retention(
+        self, days: int | None, ordered: Sequence[_Accepted], now: datetime
+    ) -> None:
+        """Take the retention the write's transaction read; `_StaleRetention` when one of the
+        events is older than it allows (they were checked against a longer one: another
+        request's, or this process's before the task runner shortened it)."""
+        self._learn_retention(days)
         oldest = now - self.retention
-        if self.retention < checked and any(a.event.occurred_at < oldest for a in ordered):
+        if any(a.event.occurred_at < oldest for a in ordered):
             raise _StaleRetention
+
+    async def _fresh_retention(self, pool: asyncpg.Pool) -> None:
+        """Read the retention again where a shorter one than this process's own was read over
+        `KEPT_FRESH_S` ago: it may have grown back since, and a request whose events it all
+        refuses never reaches a write that would read it."""
+        if self._kept is None or self._kept >= self.own_retention:
+            return
+        if time.monotonic() - self._kept_read < KEPT_FRESH_S:
+            return
+        async with pool.acquire() as conn:
+            self._learn_retention(await partition_store.kept_retention(conn))
 
     async def record(
         self,
@@ -211,6 +236,7 @@ class UsageRecorder:
         (`aiserver.core_db.connections.lost_if_cut`); a misuse of an open connection raises what
         asyncpg raised."""
         received_at = now or datetime.now(UTC)
+        await self._fresh_retention(pool)
         loaded = self._loaded
         if catch_up is None and catalog is not None and loaded is not None:
             catalog = max(catalog, loaded, key=lambda c: c.version)  # a long import's catalog
@@ -344,7 +370,7 @@ class UsageRecorder:
             try:
                 async with conn.transaction():
                     version, zone, budgets, kept = await budget_store.ingest_start(conn, project_id)
-                    self._learn_retention(kept, ordered, received_at)  # before any write
+                    self._check_retention(kept, ordered, received_at)  # before any write
                     if catalog is not None and version > catalog.version:
                         raise _StaleCatalog(version)  # before any write: it rolls back
                     if len(ordered) == 1:  # one statement for the key, outbox row and event

@@ -195,8 +195,19 @@ async def maintain_partitions(
 async def _maintain(
     conn: asyncpg.Connection, *, now: datetime, retention_days: int, concurrently: bool
 ) -> Maintenance:
-    # first, so that ingest (which reads it) refuses the months this run is about to drop
-    await store.record_retention(conn, retention_days)
+    # first, so that ingest (which reads it) refuses the months this run is about to drop; and
+    # when it is shorter than before, the ingests in flight, which read the longer one, end first
+    before = await store.record_retention(conn, retention_days)
+    if before is not None and before != retention_days:
+        # a changed setting, once; at each run where task runners disagree (the last one's holds)
+        log.warning(
+            "usage partitions: the retention written down by the last maintenance differs; "
+            "ingest keeps to this one now. If several task runners run, set the same "
+            "USAGE_RETENTION_DAYS on all of them",
+            retention_days=retention_days, previous_retention_days=before,
+        )  # fmt: skip
+    if before is None or retention_days < before:
+        await store.wait_for_ingest(conn)
     tables = await store.usage_tables(conn)
     attached = {month_of_partition(t.name) for t in tables if t.state in ("attached", "detaching")}
     created = []

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from aiserver.core_db.locks import advisory_lock_key
+from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -165,18 +166,37 @@ async def forget_keys(conn: DbConnection, before: datetime, limit: int) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def record_retention(conn: DbConnection, retention_days: int) -> None:
+async def record_retention(conn: DbConnection, retention_days: int) -> int | None:
     """Write down the retention the partitions are kept by (`usage_retention`), for ingest to
-    refuse what the maintenance would drop: in a transaction of its own, before any drop."""
-    await conn.execute(
-        """
-        INSERT INTO usage_retention (retention_days) VALUES ($1)
-        ON CONFLICT (singleton) DO UPDATE
-        SET retention_days = EXCLUDED.retention_days, recorded_at = now()
-        WHERE usage_retention.retention_days IS DISTINCT FROM EXCLUDED.retention_days
-        """,
-        retention_days,
-    )
+    refuse what the maintenance would drop: in a transaction of its own, before any drop.
+    Returns the retention written down before (None: none was). Call it under the
+    maintenance's lock (one writer at a time)."""
+    before: int | None = await conn.fetchval("SELECT retention_days FROM usage_retention")
+    if before != retention_days:
+        await conn.execute(
+            """
+            INSERT INTO usage_retention (retention_days) VALUES ($1)
+            ON CONFLICT (singleton) DO UPDATE
+            SET retention_days = EXCLUDED.retention_days, recorded_at = now()
+            """,
+            retention_days,
+        )
+    return before
+
+
+async def kept_retention(conn: DbConnection) -> int | None:
+    """The retention the partitions are kept by, as last written down; None: never."""
+    days: int | None = await conn.fetchval("SELECT retention_days FROM usage_retention")
+    return days
+
+
+async def wait_for_ingest(conn: DbConnection) -> None:
+    """Return once every ingest transaction in flight has ended: each holds the catalog's
+    advisory lock shared from its start to its end (`ledger_ingest_start_v3`), which this takes
+    exclusively for an instant. An ingest transaction that begins after it reads the retention
+    written down before it."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_VERSION_LOCK)
 
 
 def _identifier(name: str) -> str:
