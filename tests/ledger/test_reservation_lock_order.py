@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -62,16 +62,20 @@ async def test_a_settle_and_the_day_s_first_plain_event_take_a_new_window_in_one
     comes to commit to the daily budget's window, which has no row yet today; a plain ingest
     has just made that row and waits for the total's stripe 0. Before, the settle made the
     daily row after the total's: a deadlock, one ingest written again after a second."""
+    # the time of the test, not of the module's import: the daily budget counts from the day
+    # it is made in (the database's clock), and a run that crossed midnight UTC between the
+    # two counted the events of the day before in none of its windows
+    now = datetime.now(UTC).replace(microsecond=0)
     access = await _project(pool, "u", "UTC")
     await service.create_budget(pool, access, name="daily soft", limit_usd=Decimal(100),
                                 period="day")  # fmt: skip
     await service.create_budget(pool, access, name="total hard", limit_usd=Decimal(100),
                                 period="total", hard=True)  # fmt: skip
-    held = await reserve(pool, access, amount=Decimal("0.5"), now=NOW)
+    held = await reserve(pool, access, amount=Decimal("0.5"), now=now)
     commits = Paused(monkeypatch, budget_store, "add_to_windows")
-    settling = asyncio.create_task(record(pool, access, event("a", NOW, str(held.id))))
+    settling = asyncio.create_task(record(pool, access, event("a", now, str(held.id))))
     await commits.reached.wait()  # it holds the total budget's stripes
-    plain = asyncio.create_task(record(pool, access, event("b", NOW, None)))
+    plain = asyncio.create_task(record(pool, access, event("b", now, None)))
     await waiting_for_a_lock(pool)
     commits.go.set()
     (a,), (b,) = await asyncio.wait_for(asyncio.gather(settling, plain), 30)
