@@ -68,7 +68,14 @@ class Reader:
 
     project_id: int | None
     operator: bool
-    public: bool  # not DOCUMENT_REQUIRE_KEY: given by every caller, which has the settings
+    public: bool  # not DOCUMENT_REQUIRE_KEY
+
+    @classmethod
+    def under(
+        cls, settings: DocumentSettings, project_id: int | None = None, *, operator: bool = False
+    ) -> Reader:
+        """A reader (anyone, by default) under `settings`' DOCUMENT_REQUIRE_KEY."""
+        return cls(project_id, operator, public=not settings.document_require_key)
 
     def sees(self, owner: int | None) -> bool:
         if self.operator:
@@ -148,9 +155,9 @@ async def read_pdf(
     """The PDF of a done document, and the name to give it: the upload's, ending in `.pdf`."""
     async with asyncio.timeout(DB_TIMEOUT_S), pool.acquire() as conn:
         # whose it is first: the PDF (megabytes) is read only for a reader who may have it
-        owner = await store.owner_of(conn, document_id, done=True)
+        owner = await store.owner_of(conn, document_id)
         pdf = await store.get_pdf(conn, document_id) if _sees(reader, owner) else None
-    if owner is None or pdf is None:
+    if owner is None or pdf is None:  # (owner is None: pdf is too; said for the type checker)
         raise DocumentNotReady(f"no PDF for document {document_id} (unknown, or not done yet)")
     return pdf_name(owner.filename), pdf
 

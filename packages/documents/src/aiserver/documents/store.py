@@ -228,15 +228,10 @@ class Owner:
     filename: str
 
 
-async def owner_of(
-    conn: DbConnection, document_id: uuid.UUID, *, done: bool = False
-) -> Owner | None:
-    """The document's `Owner`; None when there is no such document (or, with `done`, when it is
-    not done yet)."""
+async def owner_of(conn: DbConnection, document_id: uuid.UUID) -> Owner | None:
+    """The document's `Owner`; None when there is no such document."""
     row = await conn.fetchrow(
-        "SELECT project_id, filename FROM documents WHERE id = $1 AND ($2 OR status = 'done')",
-        document_id,
-        not done,
+        "SELECT project_id, filename FROM documents WHERE id = $1", document_id
     )
     return None if row is None else Owner(row["project_id"], row["filename"])
 

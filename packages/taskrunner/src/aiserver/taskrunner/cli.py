@@ -121,8 +121,7 @@ def _close_after_redis_lost(worker: Any) -> None:
     ctx = worker.ctx
 
     async def close() -> None:
-        if "resources" in ctx:
-            await worker.on_shutdown(ctx)
+        await worker.on_shutdown(ctx)  # closes what start-up opened, if it got that far
         pool = worker._pool
         if pool is not None:
             worker._pool = None

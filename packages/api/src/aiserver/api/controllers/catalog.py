@@ -127,7 +127,5 @@ async def _public(state: State, info: JobDef) -> bool:
     if info.function != PROCESS_JOB:
         return True
     settings: ApiSettings = state.settings
-    anyone = Reader(
-        project_id=None, operator=False, public=not settings.documents.document_require_key
-    )
+    anyone = Reader.under(settings.documents)
     return bool(info.args) and await job_visible(require_pool(), str(info.args[0]), reader=anyone)

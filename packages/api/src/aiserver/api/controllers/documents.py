@@ -90,10 +90,9 @@ def document_reader(request: Request[Any, Any, Any]) -> service.Reader:
     """Which documents the request may read (a dependency, after `auth.documents_access`)."""
     settings: ApiSettings = request.app.state.settings
     access: Access | None = request.state.access
-    public = not settings.documents.document_require_key
     if access is None:
-        return service.Reader(project_id=None, operator=False, public=public)
-    return service.Reader(access.project_id, operator=access.is_operator, public=public)
+        return service.Reader.under(settings.documents)
+    return service.Reader.under(settings.documents, access.project_id, operator=access.is_operator)
 
 
 async def may_upload(connection: auth.AnyConnection, _: Any) -> None:

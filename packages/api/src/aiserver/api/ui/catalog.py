@@ -80,8 +80,8 @@ class CatalogPages(Controller):
             template_name="model.html",
             context={
                 "viewer": viewer(request), "page": "catalog", "detail": detail,
-                "history": history, "chart": chart, "charted": CHARTED,
-                "price_of": price_of, "show": SHOW,
+                "history": history, "chart": chart, "charted": CHARTED, "show": SHOW,
+                "prices": [cells for _, cells in rows],  # per version, as the chart has them
                 # each price column at its own scale (the chart keeps the exact strings)
                 "places": {field: places(cells[i] for _, cells in rows)
                            for i, (field, _) in enumerate(CHARTED)},

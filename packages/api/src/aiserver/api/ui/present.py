@@ -154,7 +154,6 @@ class Show:
     count = staticmethod(count)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
-    per_million = staticmethod(per_million)
 
     @staticmethod
     def budget_places(views: Iterable[Any]) -> dict[str, int]:

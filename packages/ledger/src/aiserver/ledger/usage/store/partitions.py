@@ -171,7 +171,7 @@ async def record_retention(conn: DbConnection, retention_days: int) -> int | Non
     refuse what the maintenance would drop: in a transaction of its own, before any drop.
     Returns the retention written down before (None: none was). Call it under the
     maintenance's lock (one writer at a time)."""
-    before: int | None = await conn.fetchval("SELECT retention_days FROM usage_retention")
+    before = await kept_retention(conn)
     if before != retention_days:
         await conn.execute(
             """
