@@ -47,9 +47,12 @@ async def project(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Acces
 
 
 async def budget(pool: asyncpg.Pool, access: Access, **fields: Any) -> int:
+    """A budget made at `NOW` unless told otherwise: it counts from NOW's window, which the
+    tests' events fall in even when the run crosses midnight after the module was imported."""
     view, _ = await service.create_budget(
-        pool, access, **{"name": "b", "limit_usd": Decimal(100), "period": "day", **fields}
-    )
+        pool, access,
+        **{"name": "b", "limit_usd": Decimal(100), "period": "day", "now": NOW, **fields},
+    )  # fmt: skip
     return view.budget.id
 
 
@@ -168,10 +171,10 @@ async def test_a_new_budget_counts_what_its_window_spent_before_it_was_set(
     await record(pool, access, event("a", NOW, team="search"), event("b", NOW, team="ads"),
                  event("c", NOW - timedelta(days=40), team="search"))  # fmt: skip
     search = await budget(pool, access, tags={"team": "search"})
-    view = await service.show_budget(pool, access, search)
+    view = await service.show_budget(pool, access, search, now=NOW)
     assert (view.window.committed, view.window.events) == (Decimal("0.004998"), 1)
     await record(pool, access, event("d", NOW, team="search"))
-    view = await service.show_budget(pool, access, search)
+    view = await service.show_budget(pool, access, search, now=NOW)
     assert (view.window.committed, view.window.events) == (Decimal("0.009996"), 2)
 
 
@@ -465,16 +468,18 @@ async def test_a_limit_lowered_past_the_windows_spend_alerts_for_each_threshold_
     assert await alerts(pool) == [(capped, today, Decimal(50), spent, "no_webhook")]
 
     # raised first: 0.014994 is 37.5% of 0.04, nothing more is reached (and 50% alerted already)
-    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.04")})
+    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.04")}, now=NOW)
     assert len(await alerts(pool)) == 1
     # lowered to 0.015: 80% (0.012) reached, 100% (0.015) not yet
-    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.015")})
+    await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.015")}, now=NOW)
     assert await alerts(pool) == [
         (capped, today, Decimal(50), spent, "no_webhook"),
         (capped, today, Decimal(80), spent, "no_webhook"),
     ]
     # lowered to 0.01: 100% reached; the alert holds the limit it was reached under
-    view, _ = await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.01")})
+    view, _ = await service.change_budget(
+        pool, access, capped, {"limit_usd": Decimal("0.01")}, now=NOW
+    )
     assert view.window.used_percent == Decimal("149.94")
     assert [a[2] for a in await alerts(pool)] == [50, 80, 100]
     assert await pool.fetchval(
@@ -482,10 +487,10 @@ async def test_a_limit_lowered_past_the_windows_spend_alerts_for_each_threshold_
     ) == Decimal("0.01")
     # a threshold added below the window's share alerts; one above it does not (yet)
     levels = [Decimal(50), Decimal(140), Decimal(200)]
-    await service.change_budget(pool, access, capped, {"thresholds": levels})
+    await service.change_budget(pool, access, capped, {"thresholds": levels}, now=NOW)
     assert [a[2] for a in await alerts(pool)] == [50, 80, 100, 140]
     # a name change reads no window and raises nothing
-    await service.change_budget(pool, access, capped, {"name": "renamed"})
+    await service.change_budget(pool, access, capped, {"name": "renamed"}, now=NOW)
     assert len(await alerts(pool)) == 4
     # the next event crosses 200% (0.02) as ingest always does
     await record(pool, access, event("d", NOW), event("e", NOW))
@@ -518,7 +523,7 @@ async def test_usage_racing_a_lowered_limit_raises_each_threshold_once(
 
     async def lower() -> None:
         await asyncio.sleep(0.005)
-        await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.03")})
+        await service.change_budget(pool, access, capped, {"limit_usd": Decimal("0.03")}, now=NOW)
 
     await asyncio.gather(
         *(record(pool, access, *(event(f"w{w}-{i}", NOW) for i in range(2))) for w in range(6)),

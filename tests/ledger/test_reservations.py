@@ -63,9 +63,13 @@ async def access(pool: asyncpg.Pool) -> Access:
 
 
 async def budget(pool: asyncpg.Pool, access: Access, limit: str, **fields: Any) -> int:
+    """A hard daily budget made at `NOW` (unless told otherwise), so that it counts from the
+    window the tests' reservations and events at NOW fall in, also in a run that crosses
+    midnight (in Berlin or UTC) after the module was imported."""
     view, _ = await service.create_budget(
         pool, access,
-        **{"name": "b", "limit_usd": Decimal(limit), "period": "day", "hard": True, **fields},
+        **{"name": "b", "limit_usd": Decimal(limit), "period": "day", "hard": True, "now": NOW,
+           **fields},
     )  # fmt: skip
     return view.budget.id
 
@@ -248,7 +252,7 @@ async def test_a_reservation_is_refused_only_when_the_whole_window_cannot_hold_i
         await reserve(pool, access, amount=Decimal("1e-12"), now=NOW)
     assert refused.value.problem()["remaining"] == "0"
     # an estimate larger than any stripe's share, within what the window has left, is held
-    await service.change_budget(pool, access, limited, {"hard": False})
+    await service.change_budget(pool, access, limited, {"hard": False}, now=NOW)
     other = await budget(pool, access, "1", tags={"team": "x"})
     for _ in range(10):
         await reserve(pool, access, amount=Decimal("0.05"), tags={"team": "x"}, now=NOW)
@@ -528,14 +532,14 @@ async def test_a_changed_limit_binds_the_next_reservation(
 ) -> None:
     limited = await budget(pool, access, "1")
     await reserve(pool, access, amount=Decimal("0.5"), now=NOW)
-    await service.change_budget(pool, access, limited, {"limit_usd": Decimal("0.6")})
+    await service.change_budget(pool, access, limited, {"limit_usd": Decimal("0.6")}, now=NOW)
     with pytest.raises(BudgetExceeded) as refused:
         await reserve(pool, access, amount=Decimal("0.2"), now=NOW)
     assert (refused.value.problem()["limit_usd"], refused.value.problem()["remaining"]) == (
         "0.6", "0.1",
     )  # fmt: skip
     await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
-    await service.change_budget(pool, access, limited, {"limit_usd": Decimal(2)})
+    await service.change_budget(pool, access, limited, {"limit_usd": Decimal(2)}, now=NOW)
     await reserve(pool, access, amount=Decimal("1.4"), now=NOW)
     assert await window(pool, access, limited) == (Decimal(0), Decimal(2))
 
