@@ -171,20 +171,10 @@ async def test_a_migration_that_loses_a_deadlock_to_live_traffic_is_applied_agai
     setup = await asyncpg.connect(empty_database_url)
     await setup.execute("CREATE TABLE dl_a (id int); CREATE TABLE dl_b (id int)")
     await setup.close()
-    migration_id = "2099-01-01T00:00:00:000000"
-    forwards = sql_migration(
-        migration_id=migration_id,
-        app_name="deadlock_test",
-        description="alters dl_a, then dl_b",
-        statements=["ALTER TABLE dl_a ADD COLUMN x int", "ALTER TABLE dl_b ADD COLUMN x int"],
-    )
-    app = cast(AppConfig, SimpleNamespace(app_name="deadlock_test"))
-    monkeypatch.setattr(migrations, "registered_apps", lambda: [app])
-    monkeypatch.setattr(
-        migrations,
-        "_migration_modules",
-        lambda _: {migration_id: cast(MigrationModule, SimpleNamespace(forwards=forwards))},
-    )
+    migration_id = _only_migration(
+        monkeypatch, "deadlock_test",
+        ["ALTER TABLE dl_a ADD COLUMN x int", "ALTER TABLE dl_b ADD COLUMN x int"],
+    )  # fmt: skip
     request = await asyncpg.connect(empty_database_url)
     try:
         deadlocks = await _deadlocks(request)
@@ -207,6 +197,96 @@ async def test_a_migration_that_loses_a_deadlock_to_live_traffic_is_applied_agai
     finally:
         await request.close()
     assert await _migration_rows(empty_database_url) == [("deadlock_test", migration_id)]
+
+
+def _only_migration(monkeypatch: pytest.MonkeyPatch, app_name: str, statements: list[str]) -> str:
+    """Make the migrations one app with one migration of `statements`; its id."""
+    migration_id = "2099-01-01T00:00:00:000000"
+    forwards = sql_migration(
+        migration_id=migration_id, app_name=app_name, description="a test's", statements=statements
+    )
+    app = cast(AppConfig, SimpleNamespace(app_name=app_name))
+    monkeypatch.setattr(migrations, "registered_apps", lambda: [app])
+    monkeypatch.setattr(
+        migrations,
+        "_migration_modules",
+        lambda _: {migration_id: cast(MigrationModule, SimpleNamespace(forwards=forwards))},
+    )
+    return migration_id
+
+
+async def test_a_migration_waiting_for_a_lock_gives_way_to_the_reads_behind_it(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long transaction of live traffic has read `lt_a`; a migration that alters it must wait
+    for its end. Reads that come meanwhile would queue behind the migration's lock request, the
+    whole time: here the reads wait at most one try's lock wait (0.5 s), since each try gives
+    up after it and lets them through; every read finishes within its own 10 s lock timeout
+    while the long transaction is still open (before, the first read behind the migration hit
+    it). Once the long transaction ends, the migration is applied, once, and the log said each
+    time it gave way."""
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_PAUSE_S", 0.2)
+    settings = make_settings(empty_database_url)
+    setup = await asyncpg.connect(empty_database_url)
+    await setup.execute("CREATE TABLE lt_a (id int); INSERT INTO lt_a VALUES (1)")
+    await setup.close()
+    migration_id = _only_migration(monkeypatch, "lock_wait_test", ["ALTER TABLE lt_a ADD x int"])
+    traffic, reader = [await asyncpg.connect(empty_database_url) for _ in range(2)]
+    try:
+        await reader.execute("SET lock_timeout = '10s'")
+        transaction = traffic.transaction()
+        await transaction.start()
+        await traffic.execute("SELECT FROM lt_a")
+        with capture_logs() as logs:
+            migrating = asyncio.create_task(apply_migrations(settings.core))
+            for _ in range(3):  # each time the migration waits in the queue, a read comes
+                await eventually(lambda: _waits_for(reader, "lt_a"), timeout=60, interval=0.01)
+                assert await reader.fetchval("SELECT count(*) FROM lt_a") == 1
+            assert not migrating.done()
+            await transaction.commit()
+            applied = await asyncio.wait_for(migrating, timeout=60)
+        assert applied == [f"lock_wait_test:{migration_id}"]
+        assert await reader.fetchval("SELECT x FROM lt_a") is None  # the column is there
+    finally:
+        await traffic.close()
+        await reader.close()
+    gave_way = [e for e in logs if e["event"].startswith("migration gave way to live traffic")]
+    assert len(gave_way) >= 3
+    assert [e["attempt"] for e in gave_way] == list(range(1, len(gave_way) + 1))
+    assert await _migration_rows(empty_database_url) == [("lock_wait_test", migration_id)]
+
+
+async def test_a_migration_whose_tables_stay_locked_fails_and_changes_nothing(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MIGRATION_LOCK_DEADLINE_S of giving way, the run fails with the lock error and an
+    error in the log naming the migration; nothing of it is applied or recorded."""
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_PAUSE_S", 0.1)
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_DEADLINE_S", 1.5)
+    settings = make_settings(empty_database_url)
+    traffic = await asyncpg.connect(empty_database_url)
+    try:
+        await traffic.execute("CREATE TABLE lt_b (id int)")
+        migration_id = _only_migration(
+            monkeypatch,
+            "lock_stuck_test",
+            ["CREATE TABLE lt_c (id int)", "ALTER TABLE lt_b ADD x int"],
+        )
+        async with traffic.transaction():
+            await traffic.execute("SELECT FROM lt_b")
+            with capture_logs() as logs, pytest.raises(asyncpg.LockNotAvailableError):
+                await asyncio.wait_for(apply_migrations(settings.core), timeout=30)
+    finally:
+        await traffic.close()
+    (error,) = [e for e in logs if e["log_level"] == "error"]
+    assert error["event"] == "migration gave up: its tables stayed locked by other sessions"
+    assert (error["migration"], error["app"]) == (migration_id, "lock_stuck_test")
+    assert error["attempts"] >= 2
+    assert 1.0 <= error["waited_s"] < 1.5
+    assert "lt_c" not in await _tables(empty_database_url)
+    assert ("lock_stuck_test", migration_id) not in await _migration_rows(empty_database_url)
 
 
 async def _deadlocks(conn: asyncpg.Connection) -> int:

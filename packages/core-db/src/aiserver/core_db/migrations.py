@@ -13,12 +13,24 @@ timeout) would let a second runner apply the same migration; with the second loc
 the first one's COMMIT, finds the row and goes on. A migration that PostgreSQL rolls back to break a
 deadlock with live traffic (its DDL locks tables in another order than the requests do, while older
 replicas keep serving) is applied again, up to MIGRATION_TRIES times in all.
+
+A migration never keeps live traffic waiting for long. Its DDL needs strong table locks, and a
+lock request waits behind whatever holds a weaker one (a long transaction of a running replica,
+a document conversion storing its outputs), while every request that comes after it waits behind
+it: one ALTER queued behind a 90-second transaction would stop all reads of the table for those
+90 seconds. So each try of a migration waits at most MIGRATION_LOCK_WAIT_S for any lock
+(`SET LOCAL lock_timeout`, after the migrations' own lock). If it gets none in that time, it rolls
+back whole, lets the traffic through for MIGRATION_LOCK_PAUSE_S, and tries again, saying so in
+the log each time, until MIGRATION_LOCK_DEADLINE_S have passed since its first try; then it
+fails (the task runner's start fails and says which migration, and its restart tries again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +62,12 @@ INITIALIZER_ENTRY_POINT_GROUP: Final = "aiserver.initializers"
 #: Tries of one migration that loses deadlocks: each try is the whole migration, from a fresh
 #: transaction (a deadlock rolled the last one back whole).
 MIGRATION_TRIES: Final = 3
+#: The longest one try of a migration waits for a table lock before it gives way (seconds).
+MIGRATION_LOCK_WAIT_S: Final = 5.0
+#: How long it then lets the traffic through before its next try (seconds).
+MIGRATION_LOCK_PAUSE_S: Final = 1.0
+#: How long after its first try a migration that keeps finding its tables locked fails (seconds).
+MIGRATION_LOCK_DEADLINE_S: Final = 900.0
 
 #: A step that runs at start-up after the migrations, under the same lock (e.g. the catalog seed).
 Initializer = Callable[[CoreSettings, PostgresEngine], Awaitable[None]]
@@ -134,21 +152,8 @@ async def _apply_pending(engine: PostgresEngine) -> list[str]:
         done = await _applied_ids(app.app_name)
         for migration_id in sorted(set(modules) - done):
             started = time.perf_counter()
-            for attempt in range(1, MIGRATION_TRIES + 1):
-                manager = await modules[migration_id].forwards()
-                try:
-                    done_here = await _apply_one(engine, manager, app.app_name, migration_id)
-                    break
-                except asyncpg.DeadlockDetectedError:
-                    if attempt == MIGRATION_TRIES:
-                        raise
-                    log.warning(
-                        "migration rolled back to break a deadlock: applying it again",
-                        app=app.app_name,
-                        migration=migration_id,
-                        attempt=attempt,
-                    )
-            if not done_here:
+            manager = await _apply_trying(engine, modules[migration_id], app, migration_id)
+            if manager is None:
                 log.warning(
                     "migration applied by another process meanwhile: the migration lock's "
                     "connection was lost while it held the lock",
@@ -172,13 +177,59 @@ async def _hold_apply_lock() -> None:
     await Migration.raw("SELECT pg_advisory_xact_lock({})", _APPLY_LOCK).run()
 
 
+async def _apply_trying(
+    engine: PostgresEngine, module: MigrationModule, app: AppConfig, migration_id: str
+) -> object | None:
+    """`_apply_one`, tried again after a deadlock it lost (up to MIGRATION_TRIES tries) or a
+    table lock it could not get in time (until MIGRATION_LOCK_DEADLINE_S): see the module. The
+    migration's manager once applied here; None when another process applied it."""
+    started = time.monotonic()
+    deadlocks = 0
+    for attempt in itertools.count(1):
+        manager = await module.forwards()
+        try:
+            return (
+                manager if await _apply_one(engine, manager, app.app_name, migration_id) else None
+            )
+        except asyncpg.DeadlockDetectedError:
+            deadlocks += 1
+            if deadlocks == MIGRATION_TRIES:
+                raise
+            log.warning(
+                "migration rolled back to break a deadlock: applying it again",
+                app=app.app_name, migration=migration_id, attempt=attempt,
+            )  # fmt: skip
+        except asyncpg.LockNotAvailableError:
+            waited = time.monotonic() - started
+            if waited + MIGRATION_LOCK_PAUSE_S >= MIGRATION_LOCK_DEADLINE_S:
+                log.error(
+                    "migration gave up: its tables stayed locked by other sessions",
+                    app=app.app_name, migration=migration_id, attempts=attempt,
+                    waited_s=round(waited, 1),
+                )  # fmt: skip
+                raise
+            log.warning(
+                "migration gave way to live traffic that holds a lock it needs: trying again",
+                app=app.app_name, migration=migration_id, attempt=attempt,
+                lock_wait_s=MIGRATION_LOCK_WAIT_S, waited_s=round(waited, 1),
+            )  # fmt: skip
+            await asyncio.sleep(MIGRATION_LOCK_PAUSE_S)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _apply_one(
     engine: PostgresEngine, manager: object, app_name: str, migration_id: str
 ) -> bool:
     """One migration and the row that records it, in one transaction; False when the row was
-    there already (another process applied it: see the module)."""
+    there already (another process applied it: see the module). Its locks are waited for at
+    most MIGRATION_LOCK_WAIT_S each (`asyncpg.LockNotAvailableError` after that)."""
     async with engine.transaction():
         await _hold_apply_lock()
+        # after the migrations' own lock: a runner may wait for another's migration as long as
+        # it takes (see the module)
+        await Migration.raw(
+            f"SET LOCAL lock_timeout = '{round(MIGRATION_LOCK_WAIT_S * 1000)}ms'"
+        ).run()
         recorded = Migration.exists().where(
             (Migration.name == migration_id) & (Migration.app_name == app_name)
         )
