@@ -10,10 +10,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from aiserver.core_db.locks import advisory_lock_key
 from aiserver.ledger.access import Access
 from aiserver.ledger.projects import create_project
+from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.usage import partitions
 from aiserver.ledger.usage.events import UsageEventIn
 from aiserver.ledger.usage.ingest import IngestReport, UsageRecorder
@@ -181,7 +183,8 @@ async def test_maintenance_makes_this_month_and_the_next_three_and_a_rerun_chang
     again = await maintain_partitions(conn, retention_days=RETENTION, now=NOW)
     assert again == Maintenance(ran=True)
     assert again.as_dict() == {
-        "outcome": "done", "created": [], "dropped": [], "postponed": [], "keys_forgotten": 0,
+        "outcome": "done", "created": [], "dropped": [], "postponed": [], "unfolded": [],
+        "keys_forgotten": 0,
     }  # fmt: skip
     # a month later: one more month ahead, nothing dropped
     later = await maintain_partitions(conn, retention_days=RETENTION, now=NOW + timedelta(days=31))
@@ -378,9 +381,11 @@ MONTHS = {
 
 
 async def _a_year_of_usage(
-    settings: Settings, conn: asyncpg.Connection, pool: asyncpg.Pool, projects: tuple[int, int]
-) -> UsageRecorder:
-    """At T0: the partitions made ahead, and an event of each of MONTHS for both projects."""
+    settings: Settings, conn: asyncpg.Connection, pool: asyncpg.Pool, projects: tuple[int, int],
+    *, folded: bool = True,
+) -> UsageRecorder:  # fmt: skip
+    """At T0: the partitions made ahead, and an event of each of MONTHS for both projects,
+    folded into the rollups unless told otherwise (retention keeps a month until it is)."""
     assert T1 - timedelta(days=RETENTION) - GRACE == datetime(2025, 4, 1, tzinfo=UTC)
     await maintain_partitions(conn, retention_days=RETENTION, now=T0)
     recorder = UsageRecorder(settings.ledger)
@@ -389,7 +394,18 @@ async def _a_year_of_usage(
             recorder, pool, project, *(event(k, at) for k, at in MONTHS.items()), now=T0
         )
         assert report.recorded == 5
+    if folded:
+        assert (await fold_all(conn)).events == 10
     return recorder
+
+
+async def rolled_up(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
+    """(month, project, events) the hourly rollups count."""
+    rows = await conn.fetch(
+        "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYYMM') AS month, project_id, sum(events)"
+        " AS events FROM usage_rollups GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return [(r["month"], r["project_id"], int(r["events"])) for r in rows]
 
 
 async def test_retention_drops_exactly_the_months_past_it_and_forgets_their_keys(
@@ -404,7 +420,9 @@ async def test_retention_drops_exactly_the_months_past_it_and_forgets_their_keys
         "usage_events_p202604", "usage_events_p202605",
     ]  # fmt: skip
     counts = "SELECT (SELECT count(*) FROM usage_outbox), (SELECT count(*) FROM projects)"
-    assert tuple(await conn.fetchrow(counts)) == (10, 2)
+    assert tuple(await conn.fetchrow(counts)) == (0, 2)
+    counted = await rolled_up(conn)
+    assert len(counted) == 10
 
     # A microsecond before T1, March ended less than 400 days and a day ago: it stays.
     run = await maintain_partitions(conn, retention_days=RETENTION, now=BEFORE_T1)
@@ -428,8 +446,9 @@ async def test_retention_drops_exactly_the_months_past_it_and_forgets_their_keys
         ("usage_events_p202602", a, "now"), ("usage_events_p202602", b, "now"),
     ]  # fmt: skip
     assert await keys(conn) == [(a, "apr"), (a, "now"), (b, "apr"), (b, "now")]
-    # the outbox belongs to the rollups, and the tenants stay
-    assert tuple(await conn.fetchrow(counts)) == (10, 2)
+    # the rollups keep counting the dropped events, and the tenants stay
+    assert await rolled_up(conn) == counted
+    assert tuple(await conn.fetchrow(counts)) == (0, 2)
     assert await conn.fetchval("SELECT count(*) FROM usage_events") == 4
 
     # A dropped event sent again is refused as too old, not recorded a second time; a kept one
@@ -448,6 +467,47 @@ async def test_retention_drops_exactly_the_months_past_it_and_forgets_their_keys
     assert await maintain_partitions(conn, retention_days=RETENTION, now=T1) == Maintenance(
         ran=True
     )
+
+
+async def test_a_month_is_dropped_only_once_its_events_are_folded_into_the_rollups(
+    settings: Settings, conn: asyncpg.Connection, pool: asyncpg.Pool, projects: tuple[int, int]
+) -> None:
+    """The rollups outlive the events: while the outbox holds events of a month past the
+    retention (the folds are behind, or stopped), its drop is put off, with a warning, and so
+    are the keys from it on; once they are folded, the next run drops it. Before, it was
+    dropped with them, and the rollups never counted them (the folder deleted their outbox
+    rows as orphaned)."""
+    await _a_year_of_usage(settings, conn, pool, projects, folded=False)
+    with capture_logs() as logs:
+        run = await maintain_partitions(conn, retention_days=RETENTION, now=T1)
+    old = ("usage_events_p202501", "usage_events_p202502", "usage_events_p202503")
+    assert run == Maintenance(
+        ran=True,
+        created=("usage_events_p202606", "usage_events_p202607", "usage_events_p202608"),
+        unfolded=old,
+    )
+    assert [e["partition"] for e in logs if "not folded" in e["event"]] == list(old)
+    assert await conn.fetchval("SELECT count(*) FROM usage_events") == 10
+    assert len(await keys(conn)) == 10
+    # a's events of January and February folded (their outbox rows gone, as the folder leaves
+    # them): every old month still holds b's
+    a, b = projects
+    await conn.execute(
+        "DELETE FROM usage_outbox WHERE project_id = $1 AND occurred_at < $2",
+        a,
+        datetime(2025, 3, 1, tzinfo=UTC),
+    )  # fmt: skip
+    run = await maintain_partitions(conn, retention_days=RETENTION, now=T1)
+    assert run == Maintenance(ran=True, unfolded=old)
+    # the folds catch up (a's two rows as if folded already): the next run drops them all
+    await conn.execute("DELETE FROM usage_outbox WHERE project_id = $1", a)
+    assert (await fold_all(conn)).events == 5  # b's
+    run = await maintain_partitions(conn, retention_days=RETENTION, now=T1)
+    assert run == Maintenance(ran=True, dropped=old, keys_forgotten=6)
+    assert [k for k in await keys(conn) if k[0] == b] == [(b, "apr"), (b, "now")]
+    assert [m for m, project, _ in await rolled_up(conn) if project == b] == [
+        "202501", "202502", "202503", "202504", "202602",
+    ]  # fmt: skip
 
 
 async def test_keys_are_forgotten_in_batches(

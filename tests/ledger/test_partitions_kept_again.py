@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from aiserver.ledger.spend.folding import fold_all
 from aiserver.ledger.usage.ingest import UsageRecorder
 from aiserver.ledger.usage.partitions import maintain_partitions
 
@@ -65,6 +66,7 @@ async def test_a_month_left_detaching_and_kept_by_a_raised_retention_is_attached
     )
     assert [r.status for r in report.results] == ["recorded"]
     assert ("usage_events_p202501", a, "jan-again") in await stored(conn)
-    # and the retention as it was drops them again, whole
+    # and the retention as it was drops them again, whole, once the new event is folded
+    assert (await fold_all(conn)).events == 1
     run = await maintain_partitions(conn, retention_days=RETENTION, now=T1)
     assert run.dropped == ("usage_events_p202501", "usage_events_p202502", "usage_events_p202503")

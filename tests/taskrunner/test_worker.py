@@ -359,7 +359,7 @@ async def test_the_worker_makes_the_coming_months_partitions_when_it_starts(
     assert await results(redis) == [
         {
             "outcome": "done", "created": expected, "dropped": [], "postponed": [],
-            "keys_forgotten": 0, "rebuilds_enqueued": [],
+            "unfolded": [], "keys_forgotten": 0, "rebuilds_enqueued": [],
         }
     ]  # fmt: skip
     assert await _partitions(cfg.core.database_url) == expected

@@ -111,6 +111,7 @@ async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
         ("created", result.created),
         ("dropped", result.dropped),
         ("put off (usage_events busy)", result.postponed),
+        ("put off (events not folded into the rollups yet)", result.unfolded),
     ):
         print(f"{label}: {', '.join(names) or '-'}")
     print(f"idempotency keys forgotten with dropped events: {result.keys_forgotten:,}")

@@ -16,9 +16,13 @@
   would otherwise record events that the next run drops), so the day of grace (more than any
   clock skew between an API replica and a task runner, or a request in flight) keeps ingest from
   ever targeting a month that retention drops, and a key is forgotten only once its event can no
-  longer be sent again. The outbox is left to the rollups that own it. A month that a run
-  detached but did not drop, and that a raised `USAGE_RETENTION_DAYS` keeps, is attached again
-  by the next run.
+  longer be sent again. A month that a run detached but did not drop, and that a raised
+  `USAGE_RETENTION_DAYS` keeps, is attached again by the next run.
+- The rollups outlive the events, so a month is dropped only once its events are all folded
+  into them: while the outbox holds a row of the month (the folds are behind, or stopped; a
+  reprice of its events left corrections to fold), its drop is put off to a later run
+  (`Maintenance.unfolded`, with a warning). Nothing new comes into such a month meanwhile:
+  ingest refuses events that old.
 """
 
 from __future__ import annotations
@@ -120,15 +124,17 @@ async def create_month(conn: DbConnection, month: datetime) -> bool:
 @dataclass(frozen=True, slots=True)
 class Maintenance:
     """What one run did: the partitions created (or attached again) and dropped (by name), the
-    drops put off to the next run (Citus only: `usage_events` was busy) and the idempotency keys
-    deleted. `ran` is False when another process held the maintenance lock and this one did
-    nothing."""
+    drops put off to the next run (`postponed`, Citus only: `usage_events` was busy; `unfolded`:
+    the outbox held events of the month that the rollups had not counted yet) and the
+    idempotency keys deleted. `ran` is False when another process held the maintenance lock and
+    this one did nothing."""
 
     ran: bool
     created: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     postponed: tuple[str, ...] = ()
     keys_forgotten: int = 0
+    unfolded: tuple[str, ...] = ()
 
     @property
     def outcome(self) -> str:
@@ -140,6 +146,7 @@ class Maintenance:
             "created": list(self.created),
             "dropped": list(self.dropped),
             "postponed": list(self.postponed),
+            "unfolded": list(self.unfolded),
             "keys_forgotten": self.keys_forgotten,
         }
 
@@ -217,7 +224,7 @@ async def _maintain(
             created.append(partition_name(month))  # not if ingest made it in the meantime
         month = next_month(month)
     horizon = retention_horizon(now, retention_days)
-    dropped, postponed = [], []
+    dropped, postponed, unfolded = [], [], []
     for table in tables:
         start = month_of_partition(table.name)
         if start is None:
@@ -231,6 +238,14 @@ async def _maintain(
                 await store.finish_detach(conn, table.name)
             if table.state != "attached" and await create_month(conn, start):
                 created.append(table.name)
+            continue
+        if table.state == "attached" and await store.unfolded(conn, start, next_month(start)):
+            log.warning(
+                "usage partition not dropped: some of its events are not folded into the "
+                "rollups yet (are the folds running?); tried again next run",
+                partition=table.name,
+            )  # fmt: skip
+            unfolded.append(table.name)
             continue
         if table.state == "detaching":
             await store.finish_detach(conn, table.name)
@@ -251,8 +266,8 @@ async def _maintain(
         dropped.append(table.name)
         log.info("usage partition dropped", partition=table.name, retention_days=retention_days)
     # The keys of every event before the horizon: this run's drops, and an earlier run's that
-    # stopped before it was done with them. The keys from a postponed month on wait until it goes.
-    floor = min([horizon, *(m for n in postponed if (m := month_of_partition(n)))])
+    # stopped before it was done with them. The keys from a month put off on wait until it goes.
+    floor = min([horizon, *(m for n in postponed + unfolded if (m := month_of_partition(n)))])
     forgotten = 0
     while count := await store.forget_keys(conn, floor, KEY_BATCH):
         forgotten += count
@@ -262,6 +277,7 @@ async def _maintain(
         dropped=tuple(dropped),
         postponed=tuple(postponed),
         keys_forgotten=forgotten,
+        unfolded=tuple(unfolded),
     )
 
 

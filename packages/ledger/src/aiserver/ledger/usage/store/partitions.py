@@ -151,6 +151,13 @@ async def citus_installed(conn: DbConnection) -> bool:
     return found
 
 
+async def unfolded(conn: DbConnection, start: datetime, end: datetime) -> bool:
+    """Whether the outbox holds a row of an event in [start, end): one the rollups have not
+    counted yet. (The outbox holds only the rows not folded yet, so the scan is short.)"""
+    query = "SELECT EXISTS (SELECT FROM usage_outbox WHERE occurred_at >= $1 AND occurred_at < $2)"
+    return bool(await conn.fetchval(query, start, end))
+
+
 async def forget_keys(conn: DbConnection, before: datetime, limit: int) -> int:
     """Delete up to `limit` idempotency keys of events before `before`: how many were deleted.
     In batches, so that no one statement holds a month of keys; by primary key, which also
