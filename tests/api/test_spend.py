@@ -193,4 +193,6 @@ async def test_a_question_that_cannot_be_answered_is_422_naming_the_field(
         assert assert_problem(response, 422, detail).get("fields") == fields, params
     for params in ({"bucket": "year"}, {"top": "0"}, {"status": "free"}):
         response = await client.get(SPEND, headers=bearer(key), params={**window, **params})
-        assert_problem(response, 422, "invalid request")
+        (name,) = params
+        problem = assert_problem(response, 422, f"invalid request: {name}: ")
+        assert [e["field"] for e in problem["errors"]] == [name]

@@ -1,6 +1,7 @@
 """docs/budgets.md, "Try it", run as a newcomer runs it: `hatch run dev`, the local alert receiver,
 then the shell commands of the third terminal as written, with only the addresses replaced (dev
-on a free port, the receiver on another, the demo key in this test's data folder). A hard daily
+on a free port, the receiver on another, the demo key in this test's data folder), after the
+README's example call was recorded in the demo project. A hard daily
 budget refuses the reservation that would pass its limit, settles the first at its real cost,
 and the alert it raises arrives at the receiver signed with the budget's secret."""
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -62,6 +64,18 @@ async def test_a_newcomer_sets_a_hard_daily_budget_sees_a_refusal_and_receives_a
             assert receiver.stderr is not None
             started = await asyncio.wait_for(receiver.stderr.readline(), 30)
             assert b"receiving budget alerts at" in started, started
+
+            # what the README had the newcomer record in the demo project earlier today: the
+            # budget of the walkthrough counts only its own tag, so this takes none of its room
+            # (before, the first reservation was refused)
+            key = (data / "demo-key").read_text().strip()
+            async with httpx.AsyncClient(timeout=30) as http:
+                earlier = await http.post(
+                    f"{dev.api}/v1/usage", headers={"Authorization": f"Bearer {key}"},
+                    json={"id": "req-1", "model": "gpt-4o", "tags": {"user": "u-42"},
+                          "usage": {"input_tokens": 1000, "output_tokens": 500}},
+                )  # fmt: skip
+            assert earlier.status_code == 201, earlier.text
 
             # terminal 3: the commands as written
             script = (

@@ -55,6 +55,7 @@ def test_every_command_explains_itself_each_option_and_its_exit_statuses() -> No
         (("--tz", "CET"), "argument --tz: 'CET' is read by PostgreSQL as a fixed offset"),
         (("--group-by", "bad"), "argument --group-by: not model, provider, status or tag:KEY"),
         (("--group-by", "model,tag:bad key"), "tag:KEY: 'tag:bad key'"),
+        (("--group-by", "team"), "a tag is named tag:KEY, e.g. tag:team"),
         (("--group-by", "model", "--top", "abc"), "argument --top: a whole number, 1 to 1000"),
         (("--group-by", "model", "--top", "0"), "argument --top: a whole number, 1 to 1000"),
         (("--group-by", "model", "--top", "1001"), "argument --top: a whole number, 1 to 1000"),

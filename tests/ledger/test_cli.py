@@ -9,6 +9,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from litestar.testing import AsyncTestClient
 
@@ -17,6 +18,7 @@ from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.cli.common import when
 
 from ..conftest import Settings, make_settings
+from ..reliability.harness import eventually
 from ..support.processes import kill, run_module
 from .test_import import at, env, import_under_way, line
 
@@ -163,6 +165,36 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     code, out, _ = await ledger({**subprocess_env, "USAGE_RETENTION_DAYS": "400"},
                                 "partitions", "maintain")  # fmt: skip
     assert out.splitlines()[:2] == ["created: -", "dropped: -"]
+
+    # a month's rows are counted as they come, before any ANALYZE (the planner's estimate was
+    # 0 for a new month until autovacuum got to it)
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.projects import create_project
+    from aiserver.ledger.usage.events import UsageEventIn
+    from aiserver.ledger.usage.ingest import UsageRecorder
+
+    pool = await asyncpg.create_pool(settings.core.database_url, min_size=1, max_size=2)
+    try:
+        project = await create_project(pool, Access.operator(), slug="rows", name="rows")
+        calls = [
+            UsageEventIn(id=f"r{i}", model="gpt-4o", usage={"input_tokens": 10}) for i in range(3)
+        ]
+        report = await UsageRecorder(settings.ledger).record(pool, project.id, calls, catalog=None)
+        assert report.recorded == 3
+    finally:
+        await pool.close()
+
+    async def counted() -> int:
+        _, out, _ = await ledger(subprocess_env, "partitions", "list", "--json")
+        return {p["name"]: p["rows_estimate"] for p in json.loads(out)["partitions"]}[
+            partition_name(now)
+        ]
+
+    await eventually(lambda: _equals(counted, 3), timeout=30, interval=0.5)
+
+
+async def _equals(probe: Any, expected: object) -> bool:
+    return bool(await probe() == expected)
 
 
 async def test_a_budget_set_on_the_command_line_shows_its_window(

@@ -130,7 +130,12 @@ def add_parsers(groups: Any) -> None:
     group = groups.add_parser(
         "partitions",
         help="the usage events' monthly partitions: list, maintain",
-        description=__doc__,
+        description=(__doc__ or "").replace("`", ""),
+        epilog="examples:\n"
+        "  aiserver-ledger partitions list\n"
+        "  aiserver-ledger partitions list --json\n"
+        "  aiserver-ledger partitions maintain --retention-days 400\n"
+        "  USAGE_RETENTION_DAYS=400 aiserver-ledger partitions maintain --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")

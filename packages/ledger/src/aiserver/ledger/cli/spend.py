@@ -157,9 +157,10 @@ def _dimensions(text: str) -> str:
         if not name or name in ("model", "provider", "status"):
             continue
         if not name.startswith(TAG_PREFIX) or not TAG_KEY.fullmatch(name[len(TAG_PREFIX) :]):
+            hint = f"; a tag is named tag:KEY, e.g. tag:{name}" if TAG_KEY.fullmatch(name) else ""
             raise argparse.ArgumentTypeError(
                 f"not model, provider, status or tag:KEY: {name[:80]!r} (a tag key: 1 to 64 "
-                "ASCII letters, digits and _ . : / -)"
+                f"ASCII letters, digits and _ . : / -){hint}"
             )
     return text
 

@@ -165,9 +165,15 @@ def add_parsers(groups: Any) -> None:
     projects = groups.add_parser(
         "projects",
         help="create, list and show projects",
-        description="A project is a tenant of the ledger: its usage, keys and budgets are its "
-        "own. Archiving one (or restoring it) is PATCH /v1/projects/{project} with an "
+        description="A project is a tenant of the ledger: its usage, keys and budgets are its\n"
+        "own. Archiving one (or restoring it) is PATCH /v1/projects/{project} with an\n"
         "operator's token (docs/keys.md).",
+        epilog="examples:\n"
+        "  aiserver-ledger projects create acme-search --name 'Acme search' "
+        "--time-zone Europe/Berlin --rollup-tag team\n"
+        "  aiserver-ledger projects list --archived\n"
+        "  aiserver-ledger projects show acme-search --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_sub = projects.add_subparsers(dest="command", required=True, metavar="COMMAND")
     create = p_sub.add_parser(
@@ -208,9 +214,16 @@ def add_parsers(groups: Any) -> None:
     keys = groups.add_parser(
         "keys",
         help="create, list and revoke a project's API keys",
-        description="A project's API keys (ais_<public id>_<secret>): a key is shown once, when "
-        "it is made; only a hash of its secret is kept. To rotate one: create the new key, move "
+        description="A project's API keys (ais_<public id>_<secret>): a key is shown once, when\n"
+        "it is made; only a hash of its secret is kept. To rotate one: create the new key, move\n"
         "the clients, check that the old key's last use stops moving (keys list), revoke it.",
+        epilog="examples:\n"
+        "  aiserver-ledger keys create acme-search --name search-api --scope ingest\n"
+        "  aiserver-ledger keys create acme-search --name finance --scope read "
+        "--expires-at 2027-06-30T00:00:00Z\n"
+        "  aiserver-ledger keys list acme-search\n"
+        "  aiserver-ledger keys revoke 12",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     k_sub = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
     k_create = k_sub.add_parser(

@@ -156,18 +156,27 @@ def _receive(core: CoreSettings, args: argparse.Namespace) -> Callable[[], int]:
     return receive
 
 
+_EXAMPLES: Final = (
+    "examples:\n"
+    "  aiserver-ledger webhooks receive --port 8900 --secret demo-webhook-secret\n"
+    "  WEBHOOK_SECRET=... aiserver-ledger webhooks receive --port 0 --count 1"
+)
+
+
 def add_parsers(groups: Any) -> None:
     group = groups.add_parser(
         "webhooks",
         help="receive budget alerts locally and check their signatures: receive",
-        description=__doc__,
+        description=(__doc__ or "").replace("`", ""),
+        epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
     receive = commands.add_parser(
         "receive",
         help="listen for budget alerts, print each and whether its signature verifies",
-        description=__doc__,
+        description=(__doc__ or "").replace("`", ""),
+        epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     receive.add_argument(

@@ -213,12 +213,15 @@ def _identifier(name: str) -> str:
 
 
 async def table_sizes(conn: DbConnection, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """{name: (estimated rows, bytes with indexes and TOAST)} of tables beside `usage_events`."""
+    """{name: (estimated rows, bytes with indexes and TOAST)} of tables beside `usage_events`.
+    The rows are the statistics' count of live rows, which inserts keep current; the planner's
+    estimate (`reltuples`) waits for an ANALYZE, and a new month has none yet."""
     rows = await conn.fetch(
         """
-        SELECT c.relname, greatest(c.reltuples, 0)::bigint AS rows_estimate,
+        SELECT c.relname,
+               coalesce(s.n_live_tup, greatest(c.reltuples, 0))::bigint AS rows_estimate,
                pg_total_relation_size(c.oid)::bigint AS bytes
-        FROM pg_class c
+        FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
         WHERE c.relname = ANY($1::text[])
           AND c.relnamespace = (SELECT relnamespace FROM pg_class
                                 WHERE oid = 'usage_events'::regclass)
