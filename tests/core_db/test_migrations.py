@@ -284,7 +284,9 @@ async def test_a_migration_whose_tables_stay_locked_fails_and_changes_nothing(
     assert error["event"] == "migration gave up: its tables stayed locked by other sessions"
     assert (error["migration"], error["app"]) == (migration_id, "lock_stuck_test")
     assert error["attempts"] >= 2
-    assert 1.0 <= error["waited_s"] < 1.5
+    # it gives up at the first try that fails with less than a pause left before the deadline
+    # (1.5 - 0.1 s); that try's own lock wait, on a busy machine, may take it past
+    assert 1.4 <= error["waited_s"] < 4
     assert "lt_c" not in await _tables(empty_database_url)
     assert ("lock_stuck_test", migration_id) not in await _migration_rows(empty_database_url)
 
