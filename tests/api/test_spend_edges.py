@@ -171,7 +171,7 @@ async def test_the_overview_lists_the_unpriced_events_of_the_days_it_counts(
     ))  # fmt: skip
     await sign_in(client)
     page = (await client.get("/ui/p/acme-a/")).text
-    assert "1 unpriced event(s) in the last 30 days" in page
+    assert "1 unpriced event in the last 30 days" in page
     listed = re.findall(r'href="/ui/p/acme-a/events/(\d+)"', page.split('id="unpriced"')[1])
     assert listed == [str(new["event_id"])]  # not the one of 45 days ago, which it does not count
     assert str(old["event_id"]) not in listed

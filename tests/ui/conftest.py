@@ -88,6 +88,17 @@ async def _post(client: httpx.AsyncClient, path: str, body: Any, headers: dict[s
     return response.json()
 
 
+async def project_with_key(site: Site, slug: str, name: str, scopes: list[str]) -> str:
+    """A new project of a test's own (so that the other tests' figures stay as they are) and
+    the secret of a key of it with `scopes`."""
+    async with site.client() as client:
+        await _post(client, "/v1/projects", {"slug": slug, "name": name}, admin())
+        made = await _post(client, f"/v1/projects/{slug}/keys",
+                           {"name": slug, "scopes": scopes}, admin())  # fmt: skip
+    key: str = made["key"]
+    return key
+
+
 def _events(now: datetime) -> list[dict[str, Any]]:
     """Project A's usage: 10 models over the last 30 days (more than the overview's top 8),
     teams, an unpriced model, and enough events for more than one page of the event list."""

@@ -73,8 +73,10 @@ async def test_an_admin_key_creates_changes_and_deletes_a_budget(
     assert browser.find_element(By.ID, "budget-limit").text == "0.5 USD"
     assert (await api_budget(site, budget_id))[1]["limit_usd"] == "0.5"
 
-    through(browser, browser.find_element(By.ID, "delete-budget"))
-    assert browser.current_url == f"{site.url}/ui/p/ui-a/budgets"
+    through(browser, browser.find_element(By.ID, "delete-budget"))  # asks first
+    assert (await api_budget(site, budget_id))[0] == 200
+    through(browser, browser.find_element(By.ID, "confirm-delete"))
+    assert browser.current_url.startswith(f"{site.url}/ui/p/ui-a/budgets?deleted=")
     shot(browser, screenshots, "budgets")
     assert [row[0] for row in table(browser, "budget-list")] == ["Monthly cap"]
     assert (await api_budget(site, budget_id))[0] == 404
@@ -106,6 +108,7 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
             browser,
             browser.find_element(By.CSS_SELECTOR, "button[aria-label^='Revoke the key ci-reader']"),
         )
+        through(browser, browser.find_element(By.ID, "confirm-revoke"))  # asked first
         (row,) = [r for r in table(browser, "key-list") if r[0] == "ci-reader"]
         assert row[6].startswith("revoked")
         shot(browser, screenshots, "keys")
@@ -242,8 +245,10 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     )
     assert table(browser, "budget-alerts") == [[
         alert["crossed_at"], f"{alert['threshold_percent']}%", f"{alert['committed_usd']} USD",
-        alert["state"], attempts,
+        "notification delivered", attempts,
     ]]  # fmt: skip
+    state = browser.find_element(By.CSS_SELECTOR, "#budget-alerts td.state")
+    assert state.get_attribute("data-state") == alert["state"]
     assert alert["committed_usd"] != "0"
 
     # the change form: name, thresholds and hard, each as the API then reports them

@@ -88,7 +88,8 @@ async def test_dev_demo_prints_a_dashboard_url_and_key_that_show_the_demo_spend(
         costs = at_scale([g["cost"] for g in daily["groups"]] + [daily["total"]["cost"]])
         assert table(browser, "top-models") == [
             [label(g, "model"), cost, f"{g['events']:,}", f"{g['unpriced_events']:,}",
-             f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
+             f"{g['partially_priced_events']:,}", f"{g['input_tokens']:,}",
+             f"{g['output_tokens']:,}"]
             for g, cost in zip(daily["groups"], costs, strict=False)
         ]  # fmt: skip
         assert [r[:2] for r in table(browser, "budgets")] == [

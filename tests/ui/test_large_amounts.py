@@ -17,7 +17,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, admin, at_scale, bearer, shot, sign_in, table, text
+from .conftest import Site, at_scale, bearer, project_with_key, shot, sign_in, table, text
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +41,8 @@ def ungrouped(cell: str) -> str:
 @pytest.fixture(scope="module")
 async def big(site: Site) -> dict[str, Any]:
     """Project ui-big with its read key, and what its three events recorded."""
+    secret = await project_with_key(site, "ui-big", "Big Spender", ["ingest", "read"])
     async with site.client() as client:
-        made = await client.post(
-            "/v1/projects", json={"slug": "ui-big", "name": "Big Spender"}, headers=admin()
-        )
-        assert made.status_code == 201, made.text
-        key = await client.post(
-            "/v1/projects/ui-big/keys",
-            json={"name": "big", "scopes": ["ingest", "read"]},
-            headers=admin(),
-        )
-        assert key.status_code == 201, key.text
-        secret = key.json()["key"]
         at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
         events = [
             {"id": name, "model": model, "occurred_at": at,

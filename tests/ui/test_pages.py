@@ -90,7 +90,7 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     costs = at_scale([g["cost"] for g in daily["groups"]] + [daily["total"]["cost"]])
     assert table(browser, "top-models") == [
         [label(g, "model"), cost, f"{g['events']:,}", f"{g['unpriced_events']:,}",
-         f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
+         f"{g['partially_priced_events']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
         for g, cost in zip(daily["groups"], costs, strict=False)
     ]  # fmt: skip
     teams = await spend(site, **{"from": since, "to": until, "group_by": "tag:team", "top": "5"})
@@ -164,24 +164,34 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
               "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "reasoning_tokens"]  # fmt: skip
     expected = [
-        [b["start"], b["end"], label(g, "model"), label(g, "tag:team"), g["cost"], "USD",
+        [b["start"], b["end"], label(g, "model"), label(g, "tag:team"), csv_cost(g), "USD",
          *(str(g[c]) for c in counts)]
         for b in answer["buckets"] for g in b["groups"]
     ]  # fmt: skip
     assert expected
     # the page: the costs at their column's scale, the counts grouped by thousands
-    costs = at_scale([row[4] for row in expected])
+    costs = at_scale([row[4] for row in expected if row[4]])
+    shown_costs, remaining = [], iter(costs)
+    for row in expected:
+        shown_costs.append(next(remaining) if row[4] else "unpriced")
     assert table(browser, "rows") == [
         [*row[:4], cost, row[5], *(f"{int(n):,}" for n in row[6:])]
-        for row, cost in zip(expected, costs, strict=True)
+        for row, cost in zip(expected, shown_costs, strict=True)
     ]
-    assert header(browser, "rows") == ["from", "to", "model", "tag:team", "cost", "currency",
-                                       *counts]  # fmt: skip
+    columns = ["from", "to", "model", "tag:team", "cost", "currency", *counts]
+    # in words on the page (unpriced events, ...), the API's names in the CSV
+    assert header(browser, "rows") == [c.replace("_", " ") for c in columns]
 
     # the CSV: the same rows, every value exactly as the API writes it
     name, rows = download(browser, downloads, "csv")
     assert name == f"spend-ui-a-{since}-{until}.csv"
-    assert rows == [header(browser, "rows"), *expected]
+    assert rows == [columns, *expected]
+
+
+def csv_cost(group: dict[str, Any]) -> str:
+    """A group's cost as the table's CSV writes it: the API's, but none (empty) for a group of
+    unpriced events only, whose 0 would read as free."""
+    return "" if group["events"] and group["unpriced_events"] == group["events"] else group["cost"]
 
 
 def download(browser: WebDriver, downloads: Path, link_id: str) -> tuple[str, list[list[str]]]:
@@ -224,7 +234,7 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
     sign_in(browser, site, d_key)
     browser.get(f"{site.url}/ui/p/ui-d/explore?from={since}&to={until}&tz=UTC&bucket=day"
                 "&group_by=model")  # fmt: skip
-    shown = [header(browser, "rows"), *table(browser, "rows")]
+    shown = [[c.replace(" ", "_") for c in header(browser, "rows")], *table(browser, "rows")]
     assert [row[2] for row in shown[1:]] == ["gpt-test-001"]
     await record("d-2", "gpt-test-000")  # after the page was read
 

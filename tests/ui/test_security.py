@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -67,11 +68,14 @@ async def test_no_page_answers_without_a_session(
             for cookie in (None, "forged.value", "a" * 43 + "." + "b" * 43):
                 headers = {"cookie": f"{SESSION}={cookie}"} if cookie else {}
                 response = await client.get(path, headers=headers)
-                assert (response.status_code, response.headers["location"]) == (
-                    303, "/ui/sign-in"
-                ), path  # fmt: skip
+                assert response.status_code == 303, path
+                # the sign-in form, told to come back to the page (but for the first page)
+                to = "/ui/sign-in"
+                if path != "/ui/":
+                    to += "?" + urlencode({"next": path}, safe="/")
+                assert response.headers["location"] == to, path
     browser.get(f"{site.url}/ui/p/ui-a/explore")
-    assert browser.current_url == f"{site.url}/ui/sign-in"
+    assert urlsplit(browser.current_url).path == "/ui/sign-in"
     shot(browser, screenshots, "sign-in")
     assert browser.find_element(By.ID, "credential").get_attribute("type") == "password"
 
@@ -140,7 +144,9 @@ async def test_signing_out_ends_the_session_and_a_copy_of_its_cookie(
         assert browser.current_url == f"{site.url}/ui/sign-in"
         assert browser.get_cookie(SESSION) is None
         after = await client.get("/ui/p/ui-a/", headers={"cookie": f"{SESSION}={copied}"})
-    assert (after.status_code, after.headers["location"]) == (303, "/ui/sign-in")
+    assert (after.status_code, after.headers["location"]) == (
+        303, "/ui/sign-in?next=/ui/p/ui-a/"
+    )  # fmt: skip
 
 
 async def test_revoking_the_key_ends_its_sessions(site: Site) -> None:
@@ -151,7 +157,9 @@ async def test_revoking_the_key_ends_its_sessions(site: Site) -> None:
         revoked = await client.delete(f"/v1/keys/{site.key_ids['a-revoked']}", headers=admin())
         assert revoked.status_code == 200, revoked.text
         after = await client.get("/ui/p/ui-a/", headers=sent)
-    assert (after.status_code, after.headers["location"]) == (303, "/ui/sign-in")
+    assert (after.status_code, after.headers["location"]) == (
+        303, "/ui/sign-in?next=/ui/p/ui-a/"
+    )  # fmt: skip
 
 
 async def test_a_key_without_read_or_not_valid_signs_nobody_in(

@@ -46,7 +46,8 @@ async def test_a_cookie_whose_signature_is_not_ascii_is_refused_not_an_error(sit
         nonce, _ = await _form(client)
         for path in ("/ui/", "/ui/p/ui-a/", "/ui/p/ui-a/keys"):
             page = await client.get(path, headers={"cookie": f"{SESSION}=abc.\u00e9".encode()})
-            assert (page.status_code, page.headers.get("location")) == (303, "/ui/sign-in"), path
+            assert page.status_code == 303, path
+            assert page.headers["location"].split("?")[0] == "/ui/sign-in", path
         sign_in = await client.post(
             "/ui/sign-in", data={"credential": "x", "csrf_token": nonce},
             headers={"cookie": f"{SIGN_IN}={nonce}.\u00e9\u00e9".encode()},

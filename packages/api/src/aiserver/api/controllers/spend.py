@@ -80,7 +80,7 @@ class SpendController(Controller):
         bucket: Annotated[
             Bucket | None,
             QueryParameter(
-                description="hour, day, week (from Monday) or month of tz; none: one total"
+                description="hour, day, week (from Monday) or month of tz; left out: one total"
             ),
         ] = None,
         tz: Annotated[

@@ -175,13 +175,18 @@ class UsageExportController(Controller):
         assert project.id == project_id
         settings: ApiSettings = request.app.state.settings
         export = await slots.open(settings.core, project, query, chosen)
-        name = file_name(project.slug, query, chosen)
-        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-        if export.unpriced_events is not None:
-            headers["X-Unpriced-Events"] = str(export.unpriced_events)
-        return Stream(
-            export.chunks(),
-            media_type=MEDIA_TYPES[chosen],
-            headers=headers,
-            background=BackgroundTask(export.close),
-        )
+        return streamed(export, file_name(project.slug, query, chosen), chosen)
+
+
+def streamed(export: UsageExport, name: str, chosen: ExportFormat) -> Stream:
+    """An open export (`slots.open`) as the answer that streams it, a download named `name`,
+    with `X-Unpriced-Events` for FOCUS; the export is closed once it is sent (or cut)."""
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if export.unpriced_events is not None:
+        headers["X-Unpriced-Events"] = str(export.unpriced_events)
+    return Stream(
+        export.chunks(),
+        media_type=MEDIA_TYPES[chosen],
+        headers=headers,
+        background=BackgroundTask(export.close),
+    )

@@ -20,6 +20,7 @@ import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from litestar import Request, Response, Router
@@ -38,7 +39,7 @@ from aiserver.api.ui.explore import ExploreController
 from aiserver.api.ui.keys import KeyPages
 from aiserver.api.ui.overview import OverviewController
 from aiserver.api.ui.present import group_label, on_clock, timestamp
-from aiserver.api.ui.sessions import PATH, Signer
+from aiserver.api.ui.sessions import PATH, Signer, back_to
 from aiserver.api.ui.signin import SignInController
 from aiserver.api.ui.viewer import OPT, Dashboard, SignInNeeded
 from aiserver.core_db.errors import AiserverError
@@ -89,7 +90,16 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def _sign_in(request: Request[Any, Any, Any], exc: SignInNeeded) -> Response[Any]:
-    return Redirect(f"{PATH}/sign-in", status_code=303)
+    """To the sign-in form; from a page (a GET: a shared Explore question, a bookmark), with
+    that page's address to come back to once signed in (`back_to` checks it there)."""
+    # as the browser asked for it (the router drops a trailing slash from `url.path`)
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    page = raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+    if request.method != "GET" or page == f"{PATH}/" or back_to(page) is None:
+        return Redirect(f"{PATH}/sign-in", status_code=303)
+    # its slashes as they are: the address reads as a path, and its query stays encoded
+    return Redirect(f"{PATH}/sign-in?{urlencode({'next': page}, safe='/')}", status_code=303)
 
 
 def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

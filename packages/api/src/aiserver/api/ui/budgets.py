@@ -1,6 +1,9 @@
 """Budgets: the project's budgets with their current windows; one budget with its alerts and
 their webhook deliveries. A key with `admin` (or the operator) also creates, changes and
-deletes them, through forms that carry the session's CSRF token.
+deletes them, through forms that carry the session's CSRF token. Deleting asks first: the
+delete button leads to a page that names the budget and how many alerts go with it, whose own
+form deletes it; the budgets list then says what was deleted (a message signed here, so that no
+link can make the page say something else).
 
 The budgets are the ledger's (`aiserver.ledger.budgets.service`), as `/v1/budgets` serves them;
 a form the ledger refuses is shown again with its reason and what was typed.
@@ -17,13 +20,20 @@ from litestar.response import Redirect, Template
 
 from aiserver.api.controllers.budgets import webhook_options
 from aiserver.api.ui.forms import tag_pairs
-from aiserver.api.ui.present import SHOW
+from aiserver.api.ui.present import SHOW, alert_state
 from aiserver.api.ui.sessions import PROJECT
-from aiserver.api.ui.viewer import ProjectPages, Viewer, checked_form, open_project, viewer
+from aiserver.api.ui.viewer import (
+    ProjectPages,
+    Viewer,
+    checked_form,
+    dashboard,
+    open_project,
+    viewer,
+)
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
-from aiserver.ledger.budgets.alerts.listing import list_alerts
+from aiserver.ledger.budgets.alerts.listing import MAX_LIMIT, list_alerts
 from aiserver.ledger.budgets.periods import PERIODS
 from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.errors import InvalidField, WebhooksDisabled
@@ -34,6 +44,8 @@ AnyRequest = Request[Any, Any, Any]
 ALERTS_SHOWN: Final = 50
 #: The text fields of a new budget's form.
 FIELDS: Final = ("name", "limit_usd", "period", "tags", "model", "thresholds", "webhook_url")
+#: What the message of a deleted budget (`?deleted=`) is signed for.
+DELETED: Final = b"budget-deleted"
 
 
 def _text(form: FormMultiDict, name: str) -> str:
@@ -46,10 +58,31 @@ def _thresholds(text: str) -> list[Any] | None:
     return [amount(part, "thresholds") for part in parts] if parts else None
 
 
+async def _alert_count(access: Access, budget_id: int) -> int:
+    """How many alerts the budget has (all of them, a page of `MAX_LIMIT` at a time)."""
+    counted, before = 0, None
+    while True:
+        page = await list_alerts(require_pool(), access, budget_id=budget_id, limit=MAX_LIMIT,
+                                 before=before)  # fmt: skip
+        counted += len(page)
+        if len(page) < MAX_LIMIT:
+            return counted
+        before = page[-1].id
+
+
+def _deleted(request: AnyRequest) -> tuple[str, int] | None:
+    """The budget a `?deleted=` names (its name, and how many alerts went with it), when this
+    server signed it; None for none, or for one that it did not sign."""
+    signed = request.query_params.get("deleted")
+    value = dashboard(request).signer.unsign(signed, DELETED) if signed else None
+    count, colon, name = (value or "").partition(":")
+    return (name, int(count)) if colon and count.isdigit() else None
+
+
 class BudgetPages(ProjectPages):
     async def _list(
         self, seen_by: Viewer, project: Project, access: Access, *, form: dict[str, str],
-        error: str | None = None, status: int = 200,
+        error: str | None = None, status: int = 200, deleted: tuple[str, int] | None = None,
     ) -> Template:  # fmt: skip
         return Template(
             template_name="budgets.html",
@@ -58,15 +91,18 @@ class BudgetPages(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "budgets",
                 "budgets": await service.list_budgets(require_pool(), access),
                 "admin": "admin" in access.scopes, "periods": PERIODS, "form": form,
-                "error": error, "show": SHOW,
+                "error": error, "show": SHOW, "deleted": deleted,
             },
         )  # fmt: skip
 
     async def _one(
         self, seen_by: Viewer, project: Project, access: Access, budget_id: int, *,
         error: str | None = None, status: int = 200, secret: str | None = None,
+        confirm_delete: bool = False,
     ) -> Template:  # fmt: skip
         pool = require_pool()
+        if confirm_delete:
+            access.require("admin")
         view = await service.show_budget(pool, access, budget_id)
         return Template(
             template_name="budget.html",
@@ -76,7 +112,8 @@ class BudgetPages(ProjectPages):
                 "alerts": await list_alerts(pool, access, budget_id=budget_id,
                                             limit=ALERTS_SHOWN),
                 "admin": "admin" in access.scopes, "error": error, "secret": secret,
-                "show": SHOW,
+                "show": SHOW, "alert_state": alert_state, "confirm_delete": confirm_delete,
+                "alert_count": await _alert_count(access, budget_id) if confirm_delete else 0,
             },
         )  # fmt: skip
 
@@ -84,7 +121,7 @@ class BudgetPages(ProjectPages):
     async def budgets(self, request: AnyRequest, slug: FromPath[str]) -> Template:
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
-        return await self._list(seen_by, project, access, form={})
+        return await self._list(seen_by, project, access, form={}, deleted=_deleted(request))
 
     @post("/budgets", status_code=303)
     async def create(self, request: AnyRequest, slug: FromPath[str]) -> Template | Redirect:
@@ -141,11 +178,27 @@ class BudgetPages(ProjectPages):
                                    status=422)  # fmt: skip
         return Redirect(f"{PROJECT}/{project.slug}/budgets/{budget_id}", status_code=303)
 
+    @get("/budgets/{budget_id:int}/delete")
+    async def confirm_delete(
+        self, request: AnyRequest, slug: FromPath[str], budget_id: FromPath[int]
+    ) -> Template:
+        """Asks before deleting: the budget, and how many alerts go with it."""
+        seen_by = viewer(request)
+        project, access = await open_project(seen_by, slug)
+        return await self._one(seen_by, project, access, budget_id, confirm_delete=True)
+
     @post("/budgets/{budget_id:int}/delete", status_code=303)
     async def delete(
         self, request: AnyRequest, slug: FromPath[str], budget_id: FromPath[int]
     ) -> Redirect:
         await checked_form(request)
         project, access = await open_project(viewer(request), slug)
-        await service.delete_budget(require_pool(), access, budget_id)
-        return Redirect(f"{PROJECT}/{project.slug}/budgets", status_code=303)
+        access.require("admin")
+        pool = require_pool()
+        name = (await service.show_budget(pool, access, budget_id)).budget.name
+        alerts = await _alert_count(access, budget_id)
+        await service.delete_budget(pool, access, budget_id)
+        said = dashboard(request).signer.sign(f"{alerts}:{name}", DELETED)
+        return Redirect(
+            f"{PROJECT}/{project.slug}/budgets", query_params={"deleted": said}, status_code=303
+        )

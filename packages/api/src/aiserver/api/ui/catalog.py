@@ -17,12 +17,17 @@ from aiserver.api.controllers.models import model_detail, price_of, priced_model
 from aiserver.api.ui.present import SHOW, per_million, places, timestamp
 from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
+from aiserver.costs.catalog import PriceVersion
 from aiserver.costs.live import LiveCatalog
 
 AnyRequest = Request[Any, Any, Any]
 
 #: Models listed at once; a narrower search finds the rest.
 SHOWN: Final = 200
+#: The price fields the list has columns of; a model's other `..._cost_per_<unit>` prices (an
+#: image model's per image or per pixel, audio per second) are listed beside them, so that a
+#: model priced by another unit never reads as free.
+TOKEN_PRICES: Final = ("input_cost_per_token", "output_cost_per_token")
 #: The prices a model's history chart draws, with their labels: per million tokens, as
 #: providers publish them (`per_million`: exact, the API's per-token string with its point moved).
 CHARTED: Final = (("input_cost_per_token", "input per 1M tokens"),
@@ -49,6 +54,7 @@ class CatalogPages(Controller):
                 "viewer": viewer(request), "page": "catalog", "typed": typed, "models": models,
                 "inputs": [per_million(m.input_cost_per_token) for m in models],
                 "outputs": [per_million(m.output_cost_per_token) for m in models],
+                "others": [other_prices(pv) for pv in found[:SHOWN]],
                 "found": len(found),
                 "shown": SHOWN, "catalog_version": catalog.version, "show": SHOW,
             },
@@ -87,3 +93,25 @@ class CatalogPages(Controller):
                            for i, (field, _) in enumerate(CHARTED)},
             },
         )  # fmt: skip
+
+
+def other_prices(pv: PriceVersion) -> list[str]:
+    """A model's prices of other units than its input and output tokens, each in words with its
+    exact price: `per image (output) 0.04`, `per pixel (input) 0.0000000839233`; a price per
+    token of some kind (audio, reasoning) per million, as the list's columns."""
+    found = []
+    for name in sorted(pv.entry):
+        direction, _, unit = name.partition("_cost_per_")
+        if not unit or name in TOKEN_PRICES:
+            continue
+        price = price_of(pv, name)
+        if price is None:
+            continue
+        if unit.endswith("token"):
+            kind = unit.removesuffix("token").replace("_", " ").strip()
+            found.append(
+                f"per 1M {kind + ' ' if kind else ''}tokens ({direction}) {per_million(price)}"
+            )
+        else:
+            found.append(f"per {unit.replace('_', ' ')} ({direction.replace('_', ' ')}) {price}")
+    return found

@@ -24,6 +24,7 @@ from aiserver.api.ui.present import (
     SHOW,
     column_kinds,
     pivot,
+    shown_header,
     shown_table,
     table_header,
     table_rows,
@@ -80,7 +81,8 @@ class Question:
         return cls(
             since=params.get("from", ""),
             until=params.get("to", ""),
-            bucket=params.get("bucket", ""),
+            # "none" as the refusal of a wrong bucket names it (and as the API takes it)
+            bucket="" if params.get("bucket", "") == "none" else params.get("bucket", ""),
             tz=params.get("tz", ""),
             group_by=[v for v in params.getall("group_by", []) if v],
             model=params.get("model", ""),
@@ -140,7 +142,7 @@ class ExploreController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "explore", "q": question,
                 "error": error, "answer": answer,
                 "chart": pivot(answer) if answer is not None else None,
-                "header": header,
+                "header": shown_header(answer) if answer is not None else [],
                 # the same rows, the costs at their column's scale and the counts grouped
                 "cells": shown_table(answer, rows) if answer is not None else [],
                 "kinds": column_kinds(answer) if answer is not None else [], "show": SHOW,
@@ -158,7 +160,7 @@ class ExploreController(ProjectPages):
         answer = await question.answer(project)
         return Response(
             to_csv(table_header(answer), table_rows(answer)),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds "; charset=utf-8" to a text type
             headers={"content-disposition": f'attachment; filename="{csv_name(project, answer)}"'},
         )
 

@@ -1,6 +1,10 @@
 """Keys (a key with `admin`, or the operator): the project's keys; a new key, whose secret the
 page shows this once (never in a URL); revoking one, which ends its dashboard sessions too.
 
+Revoking asks first: a key's Revoke button leads to a page that names the key and what revoking
+it does, whose own form revokes it; the list then says which key was revoked (a message signed
+here, so that no link can make the page say something else).
+
 Each new-key form carries a token of its own: sent again (the browser's refresh of the page
 that shows a new key), it makes no second key, and the page names the key it made.
 
@@ -19,11 +23,11 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from aiserver.api.ui.sessions import PROJECT, new_token
-from aiserver.api.ui.viewer import ProjectPages, checked_form, open_project, viewer
+from aiserver.api.ui.viewer import ProjectPages, checked_form, dashboard, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys
 from aiserver.ledger.api_keys import FormSentAgain
-from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.errors import InvalidField, UnknownKey
 from aiserver.ledger.keys import SCOPES
 from aiserver.ledger.store import ApiKey
 from aiserver.ledger.usage.reading import parse_time
@@ -32,6 +36,8 @@ AnyRequest = Request[Any, Any, Any]
 
 #: What `new_token` makes (and a little room): anything else in the field is no form token.
 _FORM_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{20,100}")
+#: What the message of a revoked key (`?revoked=`) is signed for.
+REVOKED: Final = b"key-revoked"
 
 
 def _form_token(value: object) -> str | None:
@@ -39,27 +45,50 @@ def _form_token(value: object) -> str | None:
     return value if isinstance(value, str) and _FORM_TOKEN.fullmatch(value) else None
 
 
+def _revoked(request: AnyRequest) -> tuple[str, str] | None:
+    """The key a `?revoked=` names (its public id and name), when this server signed it; None
+    for none, or for one that it did not sign."""
+    signed = request.query_params.get("revoked")
+    value = dashboard(request).signer.unsign(signed, REVOKED) if signed else None
+    public_id, space, name = (value or "").partition(" ")
+    return (public_id, name) if space else None
+
+
 class KeyPages(ProjectPages):
     async def _page(
         self, request: AnyRequest, slug: str, *, made: str | None = None,
         sent_again: ApiKey | None = None, error: str | None = None, status: int = 200,
+        confirm_revoke: int | None = None,
     ) -> Template:  # fmt: skip
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
+        keys = await api_keys.list_keys(require_pool(), access, project.slug)
+        asked = None
+        if confirm_revoke is not None:
+            asked = next((k for k in keys if k.id == confirm_revoke), None)
+            if asked is None:
+                raise UnknownKey(f"no key {confirm_revoke}")
         return Template(
             template_name="keys.html",
             status_code=status,
             context={
-                "viewer": seen_by, "project": project, "page": "keys",
-                "keys": await api_keys.list_keys(require_pool(), access, project.slug),
+                "viewer": seen_by, "project": project, "page": "keys", "keys": keys,
                 "scopes": SCOPES, "made": made, "sent_again": sent_again, "error": error,
-                "now": datetime.now(UTC), "form_token": new_token(),
+                "now": datetime.now(UTC), "form_token": new_token(), "confirm_revoke": asked,
+                "revoked": _revoked(request) if confirm_revoke is None else None,
             },
         )  # fmt: skip
 
     @get("/keys")
     async def keys(self, request: AnyRequest, slug: FromPath[str]) -> Template:
         return await self._page(request, slug)
+
+    @get("/keys/{key_id:int}/revoke")
+    async def confirm_revoke(
+        self, request: AnyRequest, slug: FromPath[str], key_id: FromPath[int]
+    ) -> Template:
+        """Asks before revoking: the key, and what revoking it does."""
+        return await self._page(request, slug, confirm_revoke=key_id)
 
     @post("/keys", status_code=201)
     async def create(self, request: AnyRequest, slug: FromPath[str]) -> Template:
@@ -86,5 +115,10 @@ class KeyPages(ProjectPages):
     ) -> Redirect:
         await checked_form(request)
         project, access = await open_project(viewer(request), slug)
-        await api_keys.revoke_key(require_pool(), access, key_id, keyring=request.app.state.keyring)
-        return Redirect(f"{PROJECT}/{project.slug}/keys", status_code=303)
+        key = await api_keys.revoke_key(
+            require_pool(), access, key_id, keyring=request.app.state.keyring
+        )
+        said = dashboard(request).signer.sign(f"{key.public_id} {key.name}", REVOKED)
+        return Redirect(
+            f"{PROJECT}/{project.slug}/keys", query_params={"revoked": said}, status_code=303
+        )

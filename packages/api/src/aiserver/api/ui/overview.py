@@ -56,7 +56,10 @@ class OverviewController(ProjectPages):
             answer = await read_spend(
                 pool, project, spend_query(project, since=start.isoformat(), until=end.isoformat())
             )
-            periods.append({"label": label, "start": start, "end": end, "total": answer.total})
+            periods.append({
+                "label": label, "start": start, "end": end, "total": answer.total,
+                "to_date": start <= today < end,  # the month is not over: so far
+            })  # fmt: skip
         since, until = (today - timedelta(days=DAYS - 1)).isoformat(), (today + timedelta(days=1))
         daily = await read_spend(
             pool, project,

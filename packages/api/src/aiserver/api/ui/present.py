@@ -20,7 +20,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
@@ -31,6 +31,8 @@ from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
 
 NONE: Final = "(none)"
+#: What a cost reads where every event it would add up is unpriced.
+UNPRICED: Final = "unpriced"
 OTHER: Final = "(other)"
 TOTAL: Final = "total"
 COUNTS: Final = (
@@ -172,17 +174,39 @@ SHOW: Final = Show()
 
 
 def bucket_label(bucket: SpendBucket, kind: str | None) -> str:
-    """A bucket as its start reads on the zone's clock."""
+    """A bucket as its start reads on the zone's clock; one that the window cuts short (a week
+    that began before `from`, a month that ends after `to`) says so: `week of 2026-11-01
+    (partial)`, so that it does not read as a cheap whole week."""
     start = bucket.start
     if kind == "hour":
-        return start.strftime("%Y-%m-%d %H:%M")
+        label = start.strftime("%Y-%m-%d %H:%M")
+    elif kind == "day":
+        label = start.date().isoformat()
+    elif kind == "week":
+        label = f"week of {start.date().isoformat()}"
+    elif kind == "month":
+        label = start.strftime("%Y-%m")
+    else:
+        return f"{start:%Y-%m-%d %H:%M} to {bucket.end:%Y-%m-%d %H:%M}"
+    return label if whole(bucket, kind) else f"{label} (partial)"
+
+
+def whole(bucket: SpendBucket, kind: str) -> bool:
+    """Whether a bucket spans its whole hour, day, week (from Monday) or month on the zone's
+    clock, rather than the part of it inside the window."""
+    start, end = bucket.start, bucket.end
+    if kind == "hour":
+        return start.minute == start.second == start.microsecond == 0 and (
+            end - start == timedelta(hours=1)
+        )
+    if start.time() != time() or end.time() != time():
+        return False
     if kind == "day":
-        return start.date().isoformat()
+        return end.date() - start.date() == timedelta(days=1)
     if kind == "week":
-        return f"week of {start.date().isoformat()}"
-    if kind == "month":
-        return start.strftime("%Y-%m")
-    return f"{start:%Y-%m-%d %H:%M} to {bucket.end:%Y-%m-%d %H:%M}"
+        return start.weekday() == 0 and end.date() - start.date() == timedelta(days=7)
+    following = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return start.day == 1 and end.date() == following
 
 
 def bucket_labels(answer: SpendAnswer) -> list[str]:
@@ -306,7 +330,13 @@ def pivot(answer: SpendAnswer) -> Pivot:
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
+    """The CSV's header: the API's names."""
     return ["from", "to", *answer.group_by, "cost", "currency", *COUNTS]
+
+
+def shown_header(answer: SpendAnswer) -> list[str]:
+    """`table_header` as the page writes it: words, not the API's field names."""
+    return [name.replace("_", " ") for name in table_header(answer)]
 
 
 def column_kinds(answer: SpendAnswer) -> list[str]:
@@ -326,7 +356,10 @@ def shown_table(answer: SpendAnswer, rows: Sequence[Sequence[str]]) -> list[list
     for row, amount in zip(rows, costs, strict=True):
         cells = []
         for i, (value, kind) in enumerate(zip(row, kinds, strict=True)):
-            text = grouped(amount) if i == cost else count(value) if kind == "num" else value
+            if i == cost:
+                text = grouped(amount) if amount else UNPRICED
+            else:
+                text = count(value) if kind == "num" else value
             cells.append(Cell(text, kind))
         shown.append(cells)
     return shown
@@ -348,15 +381,18 @@ def on_clock(at: datetime, zone: str) -> str:
 
 
 def table_rows(answer: SpendAnswer) -> list[list[str]]:
-    """One row per bucket and group, every value as the page shows it (and the CSV holds it)."""
+    """One row per bucket and group, every value as the page shows it (and the CSV holds it).
+    A group whose every event is unpriced has no cost (empty, as in the usage export; the API's
+    0 would read as free), its events counted under unpriced_events."""
     rows = []
     for bucket in answer.buckets:
         for group in bucket.groups:
             counts = msgspec.structs.asdict(group)
+            unknown = group.events > 0 and group.unpriced_events == group.events
             rows.append([
                 timestamp(bucket.start), timestamp(bucket.end),
-                *group_values(group, answer.group_by), group.cost, answer.currency,
-                *(str(counts[name]) for name in COUNTS),
+                *group_values(group, answer.group_by), "" if unknown else group.cost,
+                answer.currency, *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
     return rows
 
@@ -378,3 +414,30 @@ def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     writer.writerow(header)
     writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return out.getvalue()
+
+
+#: A budget alert's state (the ledger's: `aiserver.ledger.budgets.alerts`) in words, with what
+#: it means: (words, meaning).
+ALERT_STATES: Final = {
+    "pending": (
+        "notification not delivered yet",
+        "the webhook is being sent, and tried again until it answers, for up to 24 hours after "
+        "the threshold was crossed",
+    ),
+    "delivered": ("notification delivered", "the webhook answered that it received the alert"),
+    "failed": (
+        "notification failed",
+        "the webhook did not answer with success within 24 hours of the crossing: no further "
+        "attempt is made",
+    ),
+    "no_webhook": (
+        "recorded, nobody notified",
+        "the budget has no webhook: the crossing is only recorded here",
+    ),
+}
+
+
+def alert_state(code: str) -> tuple[str, str]:
+    """An alert's state as a page says it: (words, what they mean); a state this dashboard does
+    not know is shown as its code."""
+    return ALERT_STATES.get(code, (code, f"state {code}"))

@@ -25,6 +25,7 @@ from aiserver.api.ui.sessions import (
     SIGN_IN_COOKIE,
     SIGN_IN_PURPOSE,
     SIGN_IN_SECONDS,
+    back_to,
     new_token,
     same,
 )
@@ -52,21 +53,22 @@ def cookie(request: AnyRequest, key: str, value: str, max_age: int) -> Cookie:
 
 def _form(
     request: AnyRequest, error: str | None = None, *, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, then: str | None = None,
 ) -> Template:  # fmt: skip
-    """The sign-in form, with a fresh CSRF token bound to a cookie of its own."""
+    """The sign-in form, with a fresh CSRF token bound to a cookie of its own, and the page to
+    go to once signed in (`then`, checked by `back_to`), which the form sends back."""
     nonce = new_token()
     signed = dashboard(request).signer.sign(nonce, SIGN_IN_PURPOSE)
     return Template(
         template_name="sign_in.html",
-        context={"csrf": nonce, "error": error},
+        context={"csrf": nonce, "error": error, "then": back_to(then)},
         status_code=status,
         headers=headers,
         cookies=[cookie(request, SIGN_IN_COOKIE, signed, SIGN_IN_SECONDS)],
     )
 
 
-def _refused(request: AnyRequest, exc: AiserverError) -> Template:
+def _refused(request: AnyRequest, exc: AiserverError, then: str | None) -> Template:
     """The form again, saying why the credential signed nobody in; one not valid (401) is a
     failed attempt of the client's address."""
     if isinstance(exc, KeyRejected):
@@ -74,7 +76,7 @@ def _refused(request: AnyRequest, exc: AiserverError) -> Template:
     retry = exc.headers().get("Retry-After")  # a 429's: not a 401's WWW-Authenticate
     return _form(
         request, f"Not signed in: {exc.problem()['detail']}.", status=exc.status,
-        headers={"Retry-After": retry} if retry else None,
+        headers={"Retry-After": retry} if retry else None, then=then,
     )  # fmt: skip
 
 
@@ -84,21 +86,22 @@ class SignInController(Controller):
 
     @get("/sign-in")
     async def sign_in_form(self, request: AnyRequest) -> Template:
-        return _form(request)
+        return _form(request, then=request.query_params.get("next"))
 
     @post("/sign-in", status_code=303)
     async def sign_in(self, request: AnyRequest) -> Template | Redirect:
         form = await request.form()
+        then = back_to(form.get("next"))
         board = dashboard(request)
         expected = board.signer.unsign(request.cookies.get(SIGN_IN_COOKIE), SIGN_IN_PURPOSE)
         if expected is None or not same(form.get("csrf_token"), expected):
             return _form(
                 request, "The form had expired or did not come from this page: try again.",
-                status=403,
+                status=403, then=then,
             )  # fmt: skip
         wait = attempt_wait(request)
         if wait:
-            return _refused(request, TooManyFailures(wait))
+            return _refused(request, TooManyFailures(wait), then)
         credential = str(form.get("credential") or "").strip()
         sessions = board.sessions(request.app)
         if looks_like_key(credential):
@@ -107,7 +110,7 @@ class SignInController(Controller):
                 access = await keyring.authenticate(require_pool(), credential)
                 access.require("read")
             except AiserverError as exc:
-                return _refused(request, exc)
+                return _refused(request, exc, then)
             presented = parse_key(credential)
             assert presented is not None  # authenticate parsed it
             made, _ = await sessions.start(
@@ -117,13 +120,13 @@ class SignInController(Controller):
         else:
             settings: ApiSettings = request.app.state.settings
             if not credential or not token_matches(credential, settings.api_admin_tokens):
-                return _refused(request, KeyRejected("the key or token is not valid"))
+                return _refused(request, KeyRejected("the key or token is not valid"), then)
             made, _ = await sessions.start(
                 "operator", operator=board.signer.fingerprint(credential)
             )
             log.info("dashboard sign-in", operator=True)
         return Redirect(
-            f"{PATH}/",
+            then or f"{PATH}/",  # the page that sent here (a page of another project: a 404)
             status_code=303,
             cookies=[
                 cookie(request, COOKIE, made, board.session_seconds),

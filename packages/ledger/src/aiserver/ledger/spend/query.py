@@ -122,7 +122,7 @@ def spend_query(
         raise InvalidField(f"from and to: at most {MAX_DAYS} days apart", ["from", "to"])
     if bucket is not None and bucket not in BUCKETS:
         raise InvalidField(
-            f"bucket: {bucket[:40]!r} is not one of {', '.join(BUCKETS)} (or none: one total)",
+            f"bucket: {bucket[:40]!r} is not one of {', '.join(BUCKETS)} (or left out: one total)",
             ["bucket"],
         )
     dimensions = _group_by(group_by)

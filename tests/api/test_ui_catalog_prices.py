@@ -1,0 +1,48 @@
+"""The dashboard's catalog list names a model's prices of other units than tokens beside its
+per-token columns, exactly: an image model (per image, per pixel) never reads as free, which
+its blank input and 0 output per million tokens did before."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
+
+from aiserver.api.ui.catalog import other_prices
+from aiserver.costs.catalog import PriceVersion
+
+
+def _version(**entry: object) -> PriceVersion:
+    return cast(PriceVersion, SimpleNamespace(entry=entry))
+
+
+def test_an_image_model_s_prices_per_pixel_and_per_image_are_named_exactly() -> None:
+    dall_e = _version(
+        input_cost_per_pixel=Decimal("0.0000000839233"),
+        output_cost_per_image=Decimal("0.04"),
+        output_cost_per_token=Decimal("0"),
+        litellm_provider="openai",
+        mode="image_generation",
+    )
+    assert other_prices(dall_e) == [
+        "per pixel (input) 0.0000000839233",
+        "per image (output) 0.04",
+    ]
+
+
+def test_other_token_prices_are_per_million_and_the_listed_columns_are_left_out() -> None:
+    audio = _version(
+        input_cost_per_token=Decimal("0.0000025"),
+        output_cost_per_token=Decimal("0.00001"),
+        input_cost_per_audio_token=Decimal("0.00004"),
+        output_cost_per_reasoning_token=Decimal("0.00001"),
+        output_cost_per_second=Decimal("0.0001"),
+        supports_vision=True,
+        max_input_tokens=128000,
+    )
+    assert other_prices(audio) == [
+        "per 1M audio tokens (input) 40",
+        "per 1M reasoning tokens (output) 10",
+        "per second (output) 0.0001",
+    ]
+    assert other_prices(_version(input_cost_per_token=Decimal("1e-06"))) == []

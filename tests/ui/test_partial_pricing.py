@@ -1,0 +1,131 @@
+"""What a finance reader must not miss, in a real browser: events that are only partly priced
+(an image without a price) and events of a model without a price make every headline a lower
+bound, and the pages say so beside the figure; a group of unpriced events only reads
+"unpriced", never a cost of 0 that reads as free (its CSV cost is empty, as in the usage
+export); a week or a month that the window cuts short says "(partial)"; the current month's
+headline says "to date".
+
+A project of its own (ui-part) records them, so that the other tests' figures stay as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from .conftest import (
+    Site,
+    bearer,
+    header,
+    project_with_key,
+    session_cookie,
+    sign_in,
+    table,
+    text,
+)
+
+pytestmark = pytest.mark.slow
+
+USAGE: dict[str, Any] = {"input_tokens": 1000, "output_tokens": 100}
+
+
+@pytest.fixture(scope="module")
+async def part(site: Site) -> str:
+    """Project ui-part's read key, after one priced, one partly priced and one unpriced call."""
+    secret = await project_with_key(site, "ui-part", "Partly Priced", ["ingest", "read"])
+    async with site.client() as client:
+        at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        events = [
+            {"id": "priced", "model": "gpt-test-034", "usage": USAGE, "occurred_at": at},
+            {"id": "partly", "model": "gpt-test-034", "usage": {**USAGE, "images": 2},
+             "occurred_at": at},
+            {"id": "unknown", "model": "nobody-prices-this-1", "usage": USAGE, "occurred_at": at},
+        ]  # fmt: skip
+        recorded = await client.post("/v1/usage", json={"events": events}, headers=bearer(secret))
+        assert recorded.status_code == 200, recorded.text
+    statuses = [r["pricing_status"] for r in recorded.json()["results"]]
+    assert statuses == ["priced", "partially_priced", "unpriced"]
+    return secret
+
+
+def test_the_overview_says_its_figures_are_a_lower_bound_and_why(
+    browser: WebDriver, site: Site, part: str
+) -> None:
+    sign_in(browser, site, part)
+    card = browser.find_element(By.ID, "period-1")
+    assert text(card.find_element(By.CSS_SELECTOR, "h3")) == "This month (to date)"
+    assert "3 events, 1 unpriced, 1 partially priced" in text(card)
+    assert "A lower bound" in text(card.find_element(By.CSS_SELECTOR, ".lower-bound"))
+    last = browser.find_element(By.ID, "period-2")
+    assert text(last.find_element(By.CSS_SELECTOR, "h3")) == "Last month"
+    assert not last.find_elements(By.CSS_SELECTOR, ".lower-bound")
+
+    assert header(browser, "top-models")[3:5] == ["unpriced events", "partially priced events"]
+    rows = {row[0]: row for row in table(browser, "top-models")}
+    assert rows["gpt-test-034"][2:5] == ["2", "0", "1"]
+    assert rows["nobody-prices-this-1"][2:5] == ["1", "1", "0"]
+    assert text(browser.find_element(By.ID, "unpriced-count")).startswith(
+        "1 unpriced event in the last 30 days"
+    )
+    partly = browser.find_element(By.ID, "partially-priced-count")
+    assert text(partly).startswith("1 partially priced event:")
+    link = partly.find_element(By.TAG_NAME, "a").get_attribute("href") or ""
+    assert link.endswith("/ui/p/ui-part/events/?status=partially_priced")
+
+
+async def test_explore_writes_unpriced_where_no_event_has_a_price_and_the_csv_leaves_it_empty(
+    browser: WebDriver, site: Site, part: str
+) -> None:
+    sign_in(browser, site, part)
+    browser.get(f"{site.url}/ui/p/ui-part/explore")
+    sub = text(browser.find_element(By.CSS_SELECTOR, "#answer-h ~ p.sub"))
+    assert "3 events, 1 unpriced, 1 partially priced" in sub
+    assert "lower bound" in text(browser.find_element(By.ID, "answer-lower-bound"))
+    columns = header(browser, "rows")
+    cost, model = columns.index("cost"), columns.index("model")
+    shown = {row[model]: row[cost] for row in table(browser, "rows")}
+    assert shown["nobody-prices-this-1"] == "unpriced"
+    assert shown["gpt-test-034"] not in ("unpriced", "")
+
+    cookie = session_cookie(browser)
+    async with httpx.AsyncClient(base_url=site.url) as client:
+        asked = await client.get(
+            "/ui/p/ui-part/explore.csv",
+            params={"bucket": "none", "group_by": "model",
+                    "from": (date.today() - timedelta(days=40)).isoformat(),
+                    "to": (date.today() + timedelta(days=2)).isoformat()},
+            headers={"cookie": f"aiserver_ui={cookie['value']}"},
+        )  # fmt: skip
+    assert asked.status_code == 200, asked.text
+    assert asked.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.DictReader(io.StringIO(asked.text)))
+    by_model = {row["model"]: row for row in rows}
+    assert (by_model["nobody-prices-this-1"]["cost"], by_model["nobody-prices-this-1"]
+            ["unpriced_events"]) == ("", "1")  # fmt: skip
+    assert by_model["gpt-test-034"]["cost"] == "0.0024"  # two calls' tokens; the images: none
+    assert by_model["gpt-test-034"]["partially_priced_events"] == "1"
+
+
+def test_a_bucket_the_window_cuts_short_says_partial(
+    browser: WebDriver, site: Site, part: str
+) -> None:
+    sign_in(browser, site, part)
+    wednesday = date(2026, 11, 4)  # a window from a Wednesday to the Wednesday two weeks later
+    browser.get(
+        f"{site.url}/ui/p/ui-part/explore?from={wednesday}&to={wednesday + timedelta(days=14)}"
+        "&bucket=week&tz=UTC"
+    )
+    assert [row[0] for row in table(browser, "explore-table")] == [
+        "week of 2026-11-04 (partial)", "week of 2026-11-09", "week of 2026-11-16 (partial)",
+    ]  # fmt: skip
+    browser.get(f"{site.url}/ui/p/ui-part/explore?from=2026-10-01&to=2026-11-15&bucket=month")
+    assert [row[0] for row in table(browser, "explore-table")] == [
+        "2026-10", "2026-11 (partial)",
+    ]  # fmt: skip
