@@ -69,11 +69,25 @@ Job = TypeVar("Job", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 def logged_job(job: Job) -> Job:
     """One structured line when a job starts and one when it ends, with duration and outcome."""
+    return _logged(job, None)
 
+
+def routine_job(idle: Callable[[Any], bool]) -> Callable[[Job], Job]:
+    """`logged_job` for a cron that ticks often (every few seconds or every minute) and mostly
+    finds nothing to do: its start, and its end when `idle(result)` says it did nothing, are
+    logged at DEBUG, so that the log holds the ticks that did something (and every failure)
+    rather than thousands of empty ones a day. arq's own lines of its ticks go the same way
+    (`aiserver.taskrunner.worker.QuietTicks`)."""
+    return lambda job: _logged(job, idle)
+
+
+def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
     @functools.wraps(job)
     async def wrapper(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        log.info("job started", function=job.__name__, args=args or None, kwargs=kwargs or None)
+        (log.info if idle is None else log.debug)(
+            "job started", function=job.__name__, args=args or None, kwargs=kwargs or None
+        )
         try:
             result = await job(ctx, *args, **kwargs)
         except asyncio.CancelledError:
@@ -101,7 +115,7 @@ def logged_job(job: Job) -> Job:
             )
             raise
         outcome = result.get("outcome") if isinstance(result, dict) else None
-        log.info(
+        (log.debug if idle is not None and idle(result) else log.info)(
             "job finished",
             function=job.__name__,
             duration_s=round(time.perf_counter() - started, 3),
@@ -131,7 +145,7 @@ async def refresh_costs(ctx: Ctx, force: bool = False) -> dict[str, Any]:
     return await _refresh(ctx, force=force, trigger="forced" if force else "job")
 
 
-@logged_job
+@routine_job(lambda result: result.get("outcome") in ("fresh", "already_running"))
 async def cost_data_update_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: refresh the price catalog when it is older than MODEL_COST_MAX_AGE_SECONDS."""
     return await _refresh(ctx, force=False, trigger="cron")
@@ -203,7 +217,7 @@ async def rebuild_rollups(ctx: Ctx, project_id: int) -> dict[str, Any]:
     return {"outcome": "rebuilt", **result.as_dict()}
 
 
-@logged_job
+@routine_job(lambda result: not (result["released"] or result["forgotten"]))
 async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: release the budget reservations whose expiry passed unsettled, and forget those
     that ended long ago (`reservations.KEEP_ENDED`). Runners may sweep at once: each skips the
@@ -213,7 +227,7 @@ async def budget_reservations_sweep_task(ctx: Ctx) -> dict[str, Any]:
     return {"released": released, "forgotten": await forget_ended(pool)}
 
 
-@logged_job
+@routine_job(lambda result: result.get("outcome") == "idle")
 async def budget_alerts_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: send the budget alerts that are due (first attempts and retries) as webhooks."""
     settings: TaskRunnerSettings = ctx["settings"]

@@ -20,7 +20,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.costs.catalog import load_catalog
 from aiserver.ledger.repricing.automatic import reprice_after_catalog_change
 from aiserver.ledger.repricing.execution import execute_run
-from aiserver.taskrunner.jobs import Ctx, logged_job
+from aiserver.taskrunner.jobs import Ctx, logged_job, routine_job
 
 
 @logged_job
@@ -33,7 +33,12 @@ async def reprice_usage(ctx: Ctx, run_id: int) -> dict[str, Any]:
     return {"outcome": str(outcome), "run_id": run_id}
 
 
-@logged_job
+@routine_job(
+    lambda result: (
+        result["outcome"] in ("already_running", "up_to_date", "nothing_unpriced")
+        and not result["resumed"]
+    )
+)
 async def usage_reprice_task(ctx: Ctx) -> dict[str, Any]:
     """Cron: the automatic reprice after a catalog change, and the runs cut off, finished."""
     report = await reprice_after_catalog_change(require_pool())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from typing import Any, Final
 
@@ -308,8 +309,41 @@ def functions(settings: TaskRunnerSettings) -> list[Function]:
     ]
 
 
+#: The crons that tick every few seconds or every minute, whose ticks arq logs at DEBUG only
+#: (`QuietTicks`): a tick that did something says so in a line of its own (`routine_job`, the
+#: fold's `usage folded into rollups`), and a failure is always logged.
+ROUTINE_CRONS: Final = (FOLD_TASK, ALERTS_TASK, RESERVATIONS_TASK, REPRICE_TASK, UPDATE_TASK)
+
+
+class QuietTicks(logging.Filter):
+    """arq's INFO lines of a routine cron's tick (`→ cron:usage_fold_task()`, `← ... ●`) and of
+    its health record (`recording health: ...`, every HEALTH_CHECK_INTERVAL_S), kept only when
+    the log shows DEBUG: about 90,000 lines a day of a task runner that has nothing to do
+    otherwise. A failed or retried tick, logged at another level or with another mark, stays."""
+
+    def __init__(self, crons: tuple[str, ...] = ROUTINE_CRONS) -> None:
+        super().__init__()
+        self.marks = tuple(f" → cron:{name}(" for name in crons) + tuple(
+            f" ← cron:{name} ●" for name in crons
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        message = record.getMessage()
+        return not (message.startswith("recording health") or any(m in message for m in self.marks))
+
+
+def quiet_ticks() -> None:
+    """Put `QuietTicks` on arq's worker logger, once per process."""
+    arq_log = logging.getLogger("arq.worker")
+    if not any(isinstance(f, QuietTicks) for f in arq_log.filters):
+        arq_log.addFilter(QuietTicks())
+
+
 def worker_options(settings: TaskRunnerSettings) -> dict[str, Any]:
     """Everything arq's Worker needs, from our settings: the one source of them."""
+    quiet_ticks()
     return {
         "functions": functions(settings),
         "cron_jobs": [
