@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import asyncpg
 import pytest
@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from ..reliability.harness import eventually
-from .conftest import Site, admin, bearer, shot, sign_in, table, text, through
+from .conftest import Site, admin, bearer, project_with_key, shot, sign_in, table, text, through
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -130,8 +130,8 @@ async def test_a_budget_past_its_limit_says_so_in_words_and_in_red(
     shot(browser, screenshots, "budget-over")
     over = browser.find_element(By.ID, "budget-over")
     assert text(over) == (
-        "Over budget: the current window has used 120% of its limit, 0.002 USD more than the "
-        "0.01 USD it allows."
+        "Over budget: the current window has spent 0.012 USD, 0.002 USD more than the 0.01 USD "
+        "it allows."
     )
     assert colour(browser, "#budget-over") == BAD
     facts = browser.find_element(By.ID, "budget-facts").text
@@ -298,6 +298,11 @@ async def test_deleting_a_budget_asks_first_and_says_what_goes_with_it(
     for query in (f"deleted={forged}", "deleted=3:Over%20cap", "deleted="):
         browser.get(f"{site.url}/ui/p/ui-fin/budgets?{query}")
         assert browser.find_elements(By.ID, "budget-deleted") == []
+    # nor does the message of one project's page say anything on another's (it is signed for
+    # its project: before, a link could make ui-a's page say its budget was deleted)
+    sign_in(browser, site, site.keys["a"])
+    browser.get(f"{site.url}/ui/p/ui-a/budgets?{urlencode({'deleted': said})}")
+    assert browser.find_elements(By.ID, "budget-deleted") == []
 
     async with site.client() as client:
         # a read key is not asked: it may not delete
@@ -383,6 +388,7 @@ async def test_revoking_a_key_asks_first_and_names_the_key(
     through(browser, browser.find_element(By.CSS_SELECTOR, button))
     through(browser, browser.find_element(By.ID, "confirm-revoke"))
     assert urlsplit(browser.current_url).path == "/ui/p/ui-fin/keys"
+    (said_revoked,) = parse_qs(urlsplit(browser.current_url).query)["revoked"]
     assert text(browser.find_element(By.ID, "key-revoked")) == (
         f"The key fin-doomed ({made['public_id']}) was revoked."
     )
@@ -398,6 +404,10 @@ async def test_revoking_a_key_asks_first_and_names_the_key(
     # a key that is no key of the project
     browser.get(f"{keys}/999999999/revoke")
     assert "no key 999999999" in browser.page_source
+    # the message is signed for its project: on another project's page it says nothing
+    sign_in(browser, site, site.keys["a"])
+    browser.get(f"{site.url}/ui/p/ui-a/keys?{urlencode({'revoked': said_revoked})}")
+    assert browser.find_elements(By.ID, "key-revoked") == []
 
 
 async def _key_list(site: Site) -> list[dict[str, Any]]:
@@ -406,3 +416,29 @@ async def _key_list(site: Site) -> list[dict[str, Any]]:
             await client.get("/v1/projects/ui-fin/keys", headers=admin())
         )
     return listed
+
+
+async def test_a_budget_whose_room_reservations_hold_is_not_called_over_budget(
+    browser: WebDriver, site: Site
+) -> None:
+    """Committed under the limit and reservations holding the rest: no room is left, but nothing
+    was overspent (a reservation released gives its room back). Before, the page said "Over
+    budget" from the used share, which counts what is reserved."""
+    key = await project_with_key(site, "ui-held", "Held Room", ["ingest", "read", "admin"])
+    async with site.client() as client:
+        made = await _ok(await client.post("/v1/budgets", json={
+            "name": "Held cap", "limit_usd": "0.01", "period": "total", "hard": True,
+        }, headers=bearer(key)))  # fmt: skip
+        await _ok(await client.post("/v1/budgets/reserve", json={
+            "model": "gpt-test-001", "estimate": "0.01",
+        }, headers=bearer(key)))  # fmt: skip
+    sign_in(browser, site, key)
+    browser.get(f"{site.url}/ui/p/ui-held/budgets/{made['id']}")
+    assert text(browser.find_element(By.ID, "budget-over")) == (
+        "No room left: the current window has spent 0 USD of its 0.01 USD, and reservations "
+        "hold 0.01 USD more, not spent yet (a reservation released gives its room back). A hard "
+        "budget: reservations past the limit are refused."
+    )
+    used = text(browser.find_element(By.ID, "budget-used"))
+    assert used == "100% held by reservations: 0.01 USD reserved, not spent yet"
+    assert "over budget" not in browser.find_element(By.TAG_NAME, "main").text.lower()

@@ -70,11 +70,18 @@ async def _alert_count(access: Access, budget_id: int) -> int:
         before = page[-1].id
 
 
-def _deleted(request: AnyRequest) -> tuple[str, int] | None:
+def _deleted_purpose(project_id: int) -> bytes:
+    """What a deleted budget's message is signed for: this purpose and the project, so that a
+    message of one project's page says nothing on another's."""
+    return DELETED + b":" + str(project_id).encode()
+
+
+def _deleted(request: AnyRequest, project_id: int) -> tuple[str, int] | None:
     """The budget a `?deleted=` names (its name, and how many alerts went with it), when this
-    server signed it; None for none, or for one that it did not sign."""
+    server signed it for this project; None for none, or for one that it did not sign so."""
     signed = request.query_params.get("deleted")
-    value = dashboard(request).signer.unsign(signed, DELETED) if signed else None
+    purpose = _deleted_purpose(project_id)
+    value = dashboard(request).signer.unsign(signed, purpose) if signed else None
     count, colon, name = (value or "").partition(":")
     return (name, int(count)) if colon and count.isdigit() else None
 
@@ -121,7 +128,8 @@ class BudgetPages(ProjectPages):
     async def budgets(self, request: AnyRequest, slug: FromPath[str]) -> Template:
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
-        return await self._list(seen_by, project, access, form={}, deleted=_deleted(request))
+        deleted = _deleted(request, project.id)
+        return await self._list(seen_by, project, access, form={}, deleted=deleted)
 
     @post("/budgets", status_code=303)
     async def create(self, request: AnyRequest, slug: FromPath[str]) -> Template | Redirect:
@@ -198,7 +206,7 @@ class BudgetPages(ProjectPages):
         name = (await service.show_budget(pool, access, budget_id)).budget.name
         alerts = await _alert_count(access, budget_id)
         await service.delete_budget(pool, access, budget_id)
-        said = dashboard(request).signer.sign(f"{alerts}:{name}", DELETED)
+        said = dashboard(request).signer.sign(f"{alerts}:{name}", _deleted_purpose(project.id))
         return Redirect(
             f"{PROJECT}/{project.slug}/budgets", query_params={"deleted": said}, status_code=303
         )

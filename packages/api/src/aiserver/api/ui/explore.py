@@ -81,7 +81,7 @@ class Question:
         return cls(
             since=params.get("from", ""),
             until=params.get("to", ""),
-            # "none" as the refusal of a wrong bucket names it (and as the API takes it)
+            # "none": the form's own word for no bucket (the API wants the parameter left out)
             bucket="" if params.get("bucket", "") == "none" else params.get("bucket", ""),
             tz=params.get("tz", ""),
             group_by=[v for v in params.getall("group_by", []) if v],

@@ -45,11 +45,18 @@ def _form_token(value: object) -> str | None:
     return value if isinstance(value, str) and _FORM_TOKEN.fullmatch(value) else None
 
 
-def _revoked(request: AnyRequest) -> tuple[str, str] | None:
-    """The key a `?revoked=` names (its public id and name), when this server signed it; None
-    for none, or for one that it did not sign."""
+def _revoked_purpose(project_id: int) -> bytes:
+    """What a revoked key's message is signed for: this purpose and the project, so that a
+    message of one project's page says nothing on another's."""
+    return REVOKED + b":" + str(project_id).encode()
+
+
+def _revoked(request: AnyRequest, project_id: int) -> tuple[str, str] | None:
+    """The key a `?revoked=` names (its public id and name), when this server signed it for
+    this project; None for none, or for one that it did not sign so."""
     signed = request.query_params.get("revoked")
-    value = dashboard(request).signer.unsign(signed, REVOKED) if signed else None
+    purpose = _revoked_purpose(project_id)
+    value = dashboard(request).signer.unsign(signed, purpose) if signed else None
     public_id, space, name = (value or "").partition(" ")
     return (public_id, name) if space else None
 
@@ -75,7 +82,7 @@ class KeyPages(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "keys", "keys": keys,
                 "scopes": SCOPES, "made": made, "sent_again": sent_again, "error": error,
                 "now": datetime.now(UTC), "form_token": new_token(), "confirm_revoke": asked,
-                "revoked": _revoked(request) if confirm_revoke is None else None,
+                "revoked": _revoked(request, project.id) if confirm_revoke is None else None,
             },
         )  # fmt: skip
 
@@ -118,7 +125,9 @@ class KeyPages(ProjectPages):
         key = await api_keys.revoke_key(
             require_pool(), access, key_id, keyring=request.app.state.keyring
         )
-        said = dashboard(request).signer.sign(f"{key.public_id} {key.name}", REVOKED)
+        said = dashboard(request).signer.sign(
+            f"{key.public_id} {key.name}", _revoked_purpose(project.id)
+        )
         return Redirect(
             f"{PROJECT}/{project.slug}/keys", query_params={"revoked": said}, status_code=303
         )

@@ -24,6 +24,7 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
+from urllib.parse import unquote
 
 import msgspec
 
@@ -155,14 +156,18 @@ MAX_NEXT: Final = 2000
 def back_to(path: object) -> str | None:
     """`path` if it is a page of the dashboard to come back to after signing in: a path on
     this server under /ui/ (never another host: no scheme, no `//`, no backslash, no `..`
-    segment, no control character), at most MAX_NEXT characters; None otherwise."""
+    segment, written plainly or percent-encoded, no control character), at most MAX_NEXT
+    characters; None otherwise."""
     if not isinstance(path, str) or not 0 < len(path) <= MAX_NEXT:
         return None
     if not path.startswith(f"{PATH}/") or path.startswith("//") or "\\" in path:
         return None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         return None
-    route = path.split("?", 1)[0].split("#", 1)[0]
-    if ".." in route.split("/") or route in (f"{PATH}/sign-in", f"{PATH}/sign-out"):
+    # the path as the browser resolves it: `%2e%2e` is a `..` segment, `%2f` a slash
+    route = unquote(path.split("?", 1)[0].split("#", 1)[0])
+    if ".." in route.split("/") or "//" in route or "\\" in route:
+        return None
+    if route in (f"{PATH}/sign-in", f"{PATH}/sign-out"):
         return None
     return path
