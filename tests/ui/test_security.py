@@ -6,9 +6,12 @@ and no-store."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -217,6 +220,23 @@ async def test_the_operator_picks_any_project(
     assert [r[:3] for r in rows][:2] == [
         ["Alpha Works", "ui-a", "Europe/Berlin"], ["Beta Secret", "ui-b", "UTC"]
     ]  # fmt: skip
+    # with what each spent this month so far and last month, on its own clock, as its spend
+    # answers (a lower bound marked *: ui-a has an unpriced call)
+    for (name, _, zone, *cells), key in zip(rows[:2], ("a", "b"), strict=True):
+        today = datetime.now(ZoneInfo(zone)).date().replace(day=1)
+        last = (today - timedelta(days=1)).replace(day=1)
+        async with site.client() as client:
+            spent = [
+                (await client.get("/v1/spend", headers=bearer(site.keys[key]),
+                                  params={"from": since.isoformat(), "to": until.isoformat()})
+                 ).json()["total"]
+                for since, until in ((today, (today + timedelta(days=32)).replace(day=1)),
+                                     (last, today))
+            ]  # fmt: skip
+        assert cells[:2] == [
+            f"{Decimal(t['cost']):,f}" + (" *" if t["unpriced_events"] else "") for t in spent
+        ], name
+    assert any(cell.endswith(" *") for cell in rows[0][3:5])  # its unpriced call, 2 days ago
     through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
     assert browser.current_url == f"{site.url}/ui/p/ui-b/"
     async with site.client() as client:

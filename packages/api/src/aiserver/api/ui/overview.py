@@ -21,6 +21,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger.budgets.service import list_budgets
 from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.query import project_zone, read_spend, spend_query
+from aiserver.ledger.store import Project
 from aiserver.ledger.usage.reading import event_query, read_events
 
 #: The groups a chart shows apart; the rest is one "other".
@@ -39,6 +40,27 @@ def next_month(day: date) -> date:
     return month_start(day, -1)
 
 
+async def months(pool: Any, project: Project) -> list[dict[str, Any]]:
+    """This month (so far) and last month on the project's clock, each with what it spent (the
+    totals of `GET /v1/spend` over the month): the overview's headline, and the operator's list
+    of projects."""
+    today = datetime.now(project_zone(project)).date()
+    this_month, last_month = month_start(today), month_start(today, 1)
+    found = []
+    for label, start, end in (
+        ("This month", this_month, next_month(this_month)),
+        ("Last month", last_month, this_month),
+    ):
+        answer = await read_spend(
+            pool, project, spend_query(project, since=start.isoformat(), until=end.isoformat())
+        )
+        found.append({
+            "label": label, "start": start, "end": end, "total": answer.total,
+            "to_date": start <= today < end,  # the month is not over: so far
+        })  # fmt: skip
+    return found
+
+
 class OverviewController(ProjectPages):
     @get("/")
     async def overview(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> Template:
@@ -47,19 +69,7 @@ class OverviewController(ProjectPages):
         pool = require_pool()
         zone = project_zone(project)
         today = datetime.now(zone).date()
-        this_month, last_month = month_start(today), month_start(today, 1)
-        periods = []
-        for label, start, end in (
-            ("This month", this_month, next_month(this_month)),
-            ("Last month", last_month, this_month),
-        ):
-            answer = await read_spend(
-                pool, project, spend_query(project, since=start.isoformat(), until=end.isoformat())
-            )
-            periods.append({
-                "label": label, "start": start, "end": end, "total": answer.total,
-                "to_date": start <= today < end,  # the month is not over: so far
-            })  # fmt: skip
+        periods = await months(pool, project)
         since, until = (today - timedelta(days=DAYS - 1)).isoformat(), (today + timedelta(days=1))
         daily = await read_spend(
             pool, project,

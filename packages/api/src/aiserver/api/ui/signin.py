@@ -9,7 +9,7 @@ again with a 429 and Retry-After, and its credential is not checked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
@@ -18,6 +18,8 @@ from litestar.response import Redirect, Template
 from aiserver.api.auth import attempt_failed, attempt_wait, token_matches
 from aiserver.api.errors import TooManyFailures
 from aiserver.api.settings import ApiSettings
+from aiserver.api.ui.overview import months
+from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import (
     COOKIE,
     PATH,
@@ -39,6 +41,9 @@ from aiserver.ledger.keys import looks_like_key, parse_key
 from aiserver.ledger.projects import list_projects
 
 AnyRequest = Request[Any, Any, Any]
+
+#: The projects whose spend the operator's list shows (the rest: open them).
+SPEND_LISTED: Final = 50
 
 log = get_logger(__name__)
 
@@ -150,8 +155,15 @@ class SignInController(Controller):
         seen_by = viewer(request)
         if not seen_by.access.is_operator:
             return Redirect(f"{PROJECT}/{seen_by.access.project_slug}/", status_code=303)
-        projects = await list_projects(require_pool(), seen_by.access)
+        pool = require_pool()
+        projects = await list_projects(pool, seen_by.access)
+        # what each spent this month and last, on its own clock (the first SPEND_LISTED only: a
+        # few rollup reads each)
+        spent = [await months(pool, p) for p in projects[:SPEND_LISTED]]
         return Template(
             template_name="projects.html",
-            context={"viewer": seen_by, "projects": projects, "project": None, "page": "projects"},
-        )
+            context={
+                "viewer": seen_by, "projects": projects, "project": None, "page": "projects",
+                "spent": spent, "listed": SPEND_LISTED, "show": SHOW,
+            },
+        )  # fmt: skip
