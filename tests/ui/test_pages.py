@@ -244,7 +244,9 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
     # is at its own scale)
     assert rows == [[re.sub(r"^(\d{1,3}),(\d{3})$", r"\1\2", cell) for cell in row]
                     for row in shown]  # fmt: skip
-    _, asked_again = download(browser, downloads, "csv-now")
+    again_name, asked_again = download(browser, downloads, "csv-now")
+    # named apart from the table's own download: with when it was counted
+    assert re.fullmatch(rf"spend-ui-d-{since}-{until}-as-of-\d{{8}}T\d{{6}}Z\.csv", again_name)
     assert sorted(row[2] for row in asked_again[1:]) == ["gpt-test-000", "gpt-test-001"]
 
 

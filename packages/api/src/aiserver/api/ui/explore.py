@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -158,10 +158,12 @@ class ExploreController(ProjectPages):
         project, _ = await open_project(viewer(request), slug)
         question = Question.of(request, project)
         answer = await question.answer(project)
+        # named for when it was counted, apart from the page's own table as it was read
+        name = csv_name(project, answer, as_of=answer.freshness.as_of)
         return Response(
             to_csv(table_header(answer), table_rows(answer)),
             media_type="text/csv",  # Litestar adds "; charset=utf-8" to a text type
-            headers={"content-disposition": f'attachment; filename="{csv_name(project, answer)}"'},
+            headers={"content-disposition": f'attachment; filename="{name}"'},
         )
 
 
@@ -171,5 +173,8 @@ def csv_href(header: list[str], rows: list[list[str]]) -> str | None:
     return href if len(href) <= MAX_DATA_URL else None
 
 
-def csv_name(project: Project, answer: SpendAnswer) -> str:
-    return f"spend-{project.slug}-{answer.since.date()}-{answer.until.date()}.csv"
+def csv_name(project: Project, answer: SpendAnswer, as_of: datetime | None = None) -> str:
+    """`spend-<slug>-<from>-<to>.csv`; asked again (`explore.csv`), with when it was counted
+    (`...-as-of-20261206T021500Z.csv`), so that the two downloads of one page keep apart."""
+    stamp = f"-as-of-{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}" if as_of is not None else ""
+    return f"spend-{project.slug}-{answer.since.date()}-{answer.until.date()}{stamp}.csv"
