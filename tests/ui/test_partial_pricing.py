@@ -93,6 +93,13 @@ async def test_explore_writes_unpriced_where_no_event_has_a_price_and_the_csv_le
     shown = {row[model]: row[cost] for row in table(browser, "rows")}
     assert shown["nobody-prices-this-1"] == "unpriced"
     assert shown["gpt-test-034"] not in ("unpriced", "")
+    # and so does the chart's table, in the day of that call (the other days: 0, nothing)
+    columns = header(browser, "explore-table")
+    unknown = [
+        row[columns.index("nobody-prices-this-1")] for row in table(browser, "explore-table")
+    ]
+    assert unknown.count("unpriced") == 1
+    assert {cell for cell in unknown if cell != "unpriced"} <= {"0"}
 
     cookie = session_cookie(browser)
     async with httpx.AsyncClient(base_url=site.url) as client:

@@ -276,6 +276,9 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     columns: list[str]
     rows: list[tuple[str, list[str], str]]  # (bucket label, cost per column, the bucket's total)
     currency: str
+    #: per row, per column: whether every event of that cell is unpriced (its cost 0 is no
+    #: price: the table writes `unpriced` there, the chart draws nothing)
+    unpriced: list[list[bool]] = msgspec.field(default_factory=list)
 
     def _aligned(self) -> list[tuple[str, list[str], str]]:
         """The rows with each column's amounts (and the totals) at that column's scale
@@ -291,10 +294,12 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
 
     def shown(self) -> list[tuple[str, list[str], str]]:
         """The rows as the table shows them: aligned, and grouped by thousands."""
+        marks = self.unpriced or [[False] * len(self.columns) for _ in self.rows]
         return [
-            (label, [grouped(c) for c in cells], grouped(total))
-            for label, cells, total in self._aligned()
-        ]
+            (label, [UNPRICED if u else grouped(c) for c, u in zip(cells, m, strict=True)],
+             grouped(total))
+            for (label, cells, total), m in zip(self._aligned(), marks, strict=True)
+        ]  # fmt: skip
 
     def chart(self) -> dict[str, Any]:
         """The chart's data: the strings of the table shown under it, without the grouping
@@ -315,18 +320,24 @@ def pivot(answer: SpendAnswer) -> Pivot:
     the cells of a row are the API's costs of its groups, which add up to the row's total."""
     group_by = answer.group_by
     columns = [group_id(g, group_by) for g in answer.groups]
-    rows = []
+    rows, unpriced = [], []
     for bucket, label in zip(answer.buckets, bucket_labels(answer), strict=True):
-        cost = {group_id(g, group_by): g.cost for g in bucket.groups}
+        found = {group_id(g, group_by): g for g in bucket.groups}
         rows.append(
             (
                 label,
-                [cost.get(c, "0") for c in columns],
+                [found[c].cost if c in found else "0" for c in columns],
                 bucket.total.cost,
             )
         )
+        unpriced.append([c in found and _unpriced_only(found[c]) for c in columns])
     labels = [group_label(g, group_by) for g in answer.groups]
-    return Pivot(columns=labels, rows=rows, currency=answer.currency)
+    return Pivot(columns=labels, rows=rows, currency=answer.currency, unpriced=unpriced)
+
+
+def _unpriced_only(group: SpendGroup) -> bool:
+    """Whether every event a group counts is unpriced: its cost of 0 is no price, not free."""
+    return group.events > 0 and group.unpriced_events == group.events
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
@@ -388,10 +399,9 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
     for bucket in answer.buckets:
         for group in bucket.groups:
             counts = msgspec.structs.asdict(group)
-            unknown = group.events > 0 and group.unpriced_events == group.events
             rows.append([
                 timestamp(bucket.start), timestamp(bucket.end),
-                *group_values(group, answer.group_by), "" if unknown else group.cost,
+                *group_values(group, answer.group_by), "" if _unpriced_only(group) else group.cost,
                 answer.currency, *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
     return rows
