@@ -20,7 +20,7 @@ from ..support.processes import run_module
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: The commands this review covers, and the docs whose command-line sections show them.
-REVIEWED = ("budgets", "spend", "reprice")
+REVIEWED = ("budgets", "spend", "reprice", "events", "import")
 REVIEWED_DOCS = ("budgets.md", "spend.md", "repricing.md")
 
 

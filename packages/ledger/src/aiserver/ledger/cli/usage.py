@@ -292,7 +292,12 @@ _EVENTS_HELP: Final = """\
 List a project's usage events, newest first (by occurred_at, then event id): a table, or one
 JSON object a line with --json (the same object as GET /v1/usage/events/{id}).
 --model and --provider match the name as reported or as the catalog priced it; --tag KEY=VALUE
-filters on a tag (repeat it: every one must hold)."""
+filters on a tag (repeat it: every one must hold).
+
+exit status: 0 listed (none may match); 1 an unknown project, --to not after --from, or the
+database could not be read; 2 wrong arguments (a time that is not RFC 3339 or a date, a --tag
+that is not KEY=VALUE, a --limit that is not a whole number); 130 stopped by Ctrl-C; 141 the
+reader of stdout went away."""
 
 _EVENTS_EXAMPLES: Final = """examples:
   aiserver-ledger events --project acme-search
