@@ -26,8 +26,9 @@ from aiserver.api.ui.viewer import (
     ProjectPages,
     Viewer,
     checked_form,
-    dashboard,
+    heard,
     open_project,
+    said,
     viewer,
 )
 from aiserver.core_db.database import require_pool
@@ -44,8 +45,6 @@ AnyRequest = Request[Any, Any, Any]
 ALERTS_SHOWN: Final = 50
 #: The text fields of a new budget's form.
 FIELDS: Final = ("name", "limit_usd", "period", "tags", "model", "thresholds", "webhook_url")
-#: What the message of a deleted budget (`?deleted=`) is signed for.
-DELETED: Final = b"budget-deleted"
 
 
 def _text(form: FormMultiDict, name: str) -> str:
@@ -70,19 +69,10 @@ async def _alert_count(access: Access, budget_id: int) -> int:
         before = page[-1].id
 
 
-def _deleted_purpose(project_id: int) -> bytes:
-    """What a deleted budget's message is signed for: this purpose and the project, so that a
-    message of one project's page says nothing on another's."""
-    return DELETED + b":" + str(project_id).encode()
-
-
 def _deleted(request: AnyRequest, project_id: int) -> tuple[str, int] | None:
     """The budget a `?deleted=` names (its name, and how many alerts went with it), when this
-    server signed it for this project; None for none, or for one that it did not sign so."""
-    signed = request.query_params.get("deleted")
-    purpose = _deleted_purpose(project_id)
-    value = dashboard(request).signer.unsign(signed, purpose) if signed else None
-    count, colon, name = (value or "").partition(":")
+    server signed it for this project (`heard`); None otherwise."""
+    count, colon, name = (heard(request, "deleted", project_id) or "").partition(":")
     return (name, int(count)) if colon and count.isdigit() else None
 
 
@@ -206,7 +196,8 @@ class BudgetPages(ProjectPages):
         name = (await service.show_budget(pool, access, budget_id)).budget.name
         alerts = await _alert_count(access, budget_id)
         await service.delete_budget(pool, access, budget_id)
-        said = dashboard(request).signer.sign(f"{alerts}:{name}", _deleted_purpose(project.id))
         return Redirect(
-            f"{PROJECT}/{project.slug}/budgets", query_params={"deleted": said}, status_code=303
+            f"{PROJECT}/{project.slug}/budgets",
+            query_params=said(request, "deleted", project.id, f"{alerts}:{name}"),
+            status_code=303,
         )

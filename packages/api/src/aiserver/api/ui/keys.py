@@ -23,7 +23,7 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from aiserver.api.ui.sessions import PROJECT, new_token
-from aiserver.api.ui.viewer import ProjectPages, checked_form, dashboard, open_project, viewer
+from aiserver.api.ui.viewer import ProjectPages, checked_form, heard, open_project, said, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys
 from aiserver.ledger.api_keys import FormSentAgain
@@ -36,8 +36,6 @@ AnyRequest = Request[Any, Any, Any]
 
 #: What `new_token` makes (and a little room): anything else in the field is no form token.
 _FORM_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{20,100}")
-#: What the message of a revoked key (`?revoked=`) is signed for.
-REVOKED: Final = b"key-revoked"
 
 
 def _form_token(value: object) -> str | None:
@@ -45,19 +43,10 @@ def _form_token(value: object) -> str | None:
     return value if isinstance(value, str) and _FORM_TOKEN.fullmatch(value) else None
 
 
-def _revoked_purpose(project_id: int) -> bytes:
-    """What a revoked key's message is signed for: this purpose and the project, so that a
-    message of one project's page says nothing on another's."""
-    return REVOKED + b":" + str(project_id).encode()
-
-
 def _revoked(request: AnyRequest, project_id: int) -> tuple[str, str] | None:
     """The key a `?revoked=` names (its public id and name), when this server signed it for
-    this project; None for none, or for one that it did not sign so."""
-    signed = request.query_params.get("revoked")
-    purpose = _revoked_purpose(project_id)
-    value = dashboard(request).signer.unsign(signed, purpose) if signed else None
-    public_id, space, name = (value or "").partition(" ")
+    this project (`heard`); None otherwise."""
+    public_id, space, name = (heard(request, "revoked", project_id) or "").partition(" ")
     return (public_id, name) if space else None
 
 
@@ -125,9 +114,8 @@ class KeyPages(ProjectPages):
         key = await api_keys.revoke_key(
             require_pool(), access, key_id, keyring=request.app.state.keyring
         )
-        said = dashboard(request).signer.sign(
-            f"{key.public_id} {key.name}", _revoked_purpose(project.id)
-        )
         return Redirect(
-            f"{PROJECT}/{project.slug}/keys", query_params={"revoked": said}, status_code=303
+            f"{PROJECT}/{project.slug}/keys",
+            query_params=said(request, "revoked", project.id, f"{key.public_id} {key.name}"),
+            status_code=303,
         )

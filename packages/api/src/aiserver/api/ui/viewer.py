@@ -59,6 +59,27 @@ def dashboard(connection: AnyConnection) -> Dashboard:
     return found
 
 
+def _said_for(kind: str, project_id: int) -> bytes:
+    """What a page's message of `kind` about a project is signed for: the kind and the project,
+    so that a message of one project's page says nothing on another's."""
+    return f"{kind}:{project_id}".encode()
+
+
+def said(connection: AnyConnection, kind: str, project_id: int, text: str) -> dict[str, str]:
+    """The query parameter (`?<kind>=...`) that has the page the browser is sent to next say
+    `text` about the project: signed here, so that no link makes it say anything else."""
+    return {kind: dashboard(connection).signer.sign(text, _said_for(kind, project_id))}
+
+
+def heard(connection: AnyConnection, kind: str, project_id: int) -> str | None:
+    """The text of the request's `?<kind>=` message (`said`), when this server signed it for
+    this project; None for none, or for one that it did not sign so."""
+    signed = connection.query_params.get(kind)
+    return (
+        dashboard(connection).signer.unsign(signed, _said_for(kind, project_id)) if signed else None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Viewer:
     """A signed-in session and the access it gives now."""
