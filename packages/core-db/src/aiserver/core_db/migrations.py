@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -186,8 +185,9 @@ async def _apply_trying(
     table lock it could not get in time (until MIGRATION_LOCK_DEADLINE_S): see the module. The
     migration's manager once applied here; None when another process applied it."""
     started = time.monotonic()
-    deadlocks = 0
-    for attempt in itertools.count(1):
+    deadlocks = attempt = 0
+    while True:  # each way out returns or raises
+        attempt += 1
         manager = await module.forwards()
         try:
             return (
@@ -216,7 +216,6 @@ async def _apply_trying(
                 lock_wait_s=MIGRATION_LOCK_WAIT_S, waited_s=round(waited, 1),
             )  # fmt: skip
             await asyncio.sleep(MIGRATION_LOCK_PAUSE_S)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _apply_one(
