@@ -1,16 +1,59 @@
-"""The pool that `database()` opens: a connection comes back reset, unless it ran lone
-statements only (`lone_statements`), which skips the reset query once."""
+"""The pool that `database()` opens: shared by the blocks that use it and closed by the last
+one to end; a connection comes back reset, unless it ran lone statements only
+(`lone_statements`), which skips the reset query once."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import pytest
 
+from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.database import PoolConnection, database, lone_statements, require_pool
 
 from ..conftest import Settings, replace_settings
 
 SHOW = "SELECT current_setting('application_name')"
+
+
+async def test_the_pool_stays_open_until_the_last_block_using_it_ends(settings: Settings) -> None:
+    """Two arq workers in one process share the pool: the one that opened it may end first
+    while the other is still applying migrations (a fresh-clone CI run once failed on that,
+    with 'pool is closing')."""
+    opened = asyncio.Event()
+    first_done = asyncio.Event()
+
+    async def first() -> None:
+        async with database(settings.core):
+            opened.set()
+            await first_done.wait()
+        # the block that opened the pool has ended: the other one still uses it
+
+    async def second() -> int:
+        await opened.wait()
+        async with database(settings.core) as engine:
+            pool = require_pool()
+            first_done.set()
+            await asyncio.sleep(0.05)
+            assert engine.pool is pool
+            assert not pool.is_closing()
+            value: int = await pool.fetchval("SELECT 41 + 1")
+        return value
+
+    _, value = await asyncio.gather(first(), second())
+    assert value == 42
+    # the last block closed it
+    with pytest.raises(DatabaseUnavailable, match="not open"):
+        require_pool()
+    # nested, as a CLI inside a service's lifespan: the inner end leaves it open
+    async with database(settings.core):
+        async with database(settings.core):
+            outer = require_pool()
+        assert await outer.fetchval("SELECT 1") == 1
+    with pytest.raises(DatabaseUnavailable):
+        require_pool()
+    assert outer.is_closing()
 
 
 async def _fail_in_a_lone_block(pool: asyncpg.Pool) -> None:

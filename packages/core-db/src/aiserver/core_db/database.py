@@ -22,6 +22,8 @@ from aiserver.core_db.settings import CoreSettings
 
 log = get_logger(__name__)
 
+_users = 0  # the blocks in `database()` now using the open pool: the last one closes it
+
 
 class PoolConnection(asyncpg.Connection):
     """The pool's connections: asyncpg's, able to skip the reset query once (`lone_statements`).
@@ -78,12 +80,15 @@ def require_pool() -> asyncpg.Pool:
 
 @asynccontextmanager
 async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterator[PostgresEngine]:
-    """Open the engine's pool for `settings.database_url`; close it on exit.
+    """Open the engine's pool for `settings.database_url`; close it when its last user leaves.
 
-    Re-entrant: an inner `database()` for the same DSN uses the open pool and leaves it open.
+    Re-entrant and shared: a `database()` entered while the pool is open (for the same DSN) uses
+    that pool, and the pool stays open until every block using it has ended, whichever began
+    first. (Two arq workers in one process, or a CLI inside a service's lifespan, each hold it.)
     `lazy` opens no connection up front, so a service can start while the database is down
     (its connections are made, and remade, as requests need them).
     """
+    global _users
     engine = get_engine()
     dsn = settings.database_url
     if engine.pool is not None:
@@ -92,26 +97,29 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
                 "the database pool is already open for another DSN: "
                 f"{redact_dsn(str(engine.config.get('dsn')))}"
             )
-        yield engine
-        return
-    engine.config = {"dsn": dsn}
-    try:
-        engine.pool = await asyncpg.create_pool(
-            dsn=dsn,
-            min_size=0 if lazy else settings.database_pool_min_size,
-            max_size=settings.database_pool_max_size,
-            timeout=10.0,
-            connection_class=PoolConnection,
-        )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
-        ) from exc
-    log.debug("database pool opened", database=redact_dsn(dsn))
+    else:
+        engine.config = {"dsn": dsn}
+        try:
+            engine.pool = await asyncpg.create_pool(
+                dsn=dsn,
+                min_size=0 if lazy else settings.database_pool_min_size,
+                max_size=settings.database_pool_max_size,
+                timeout=10.0,
+                connection_class=PoolConnection,
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
+            ) from exc
+        _users = 0
+        log.debug("database pool opened", database=redact_dsn(dsn))
+    _users += 1
     try:
         yield engine
     finally:
-        pool, engine.pool = engine.pool, None
-        if pool is not None:
-            await pool.close()
-        log.debug("database pool closed", database=redact_dsn(dsn))
+        _users -= 1
+        if _users == 0:
+            pool, engine.pool = engine.pool, None
+            if pool is not None:
+                await pool.close()
+            log.debug("database pool closed", database=redact_dsn(dsn))
