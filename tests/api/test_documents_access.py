@@ -196,12 +196,50 @@ class TestWithDocumentRequireKey:
     async def test_no_conversion_is_a_job_anyone_may_follow(
         self, client: Client, tenants: Tenants
     ) -> None:
-        """/v1/jobs reads no credential: with the setting, no document is anyone's to follow
-        there, not even one of no project."""
+        """With the setting, no conversion is followed at /v1/jobs without a credential, not
+        even one of a document of no project; its uploader's credential follows it."""
         for headers in (bearer(tenants.admin_b["key"]), admin()):
             accepted = await upload(client, "b.txt", headers)
             assert accepted.status_code == 202, accepted.text
             status = await client.get(accepted.json()["status_url"], headers=admin())
             assert status.json()["status"] == "queued"
-            job = await client.get(f"/v1/jobs/{accepted.json()['job_id']}")
-            assert_problem(job, 404, "no job")
+            job_url = f"/v1/jobs/{accepted.json()['job_id']}"
+            assert_problem(await client.get(job_url), 404, "no job")
+            followed = await client.get(job_url, headers=headers)
+            assert (followed.status_code, followed.json()["status"]) == (200, "queued")
+        # the operator's upload is no project's: with the setting, a project's key does not see it
+        assert_problem(await client.get(job_url, headers=bearer(tenants.admin_b["key"])), 404, "")
+
+
+async def test_a_conversion_is_followed_at_v1_jobs_by_whoever_reads_its_document(
+    client: Client, tenants: Tenants
+) -> None:
+    """The job id of a project's upload is followed with a key of that project (any scope) or
+    the operator's token; another project's key and no credential get the 404 of a job that
+    does not exist; a credential sent must be valid. (Before, /v1/jobs read no credential, and
+    the job id it answered a project's upload with led nowhere.)"""
+    accepted = await upload(client, "a.txt", bearer(tenants.ingest_a["key"]))
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    read_a = await make_key(client, "acme-a", ["read"])
+    for headers in (bearer(tenants.ingest_a["key"]), bearer(read_a["key"]), admin()):
+        followed = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+        assert followed.status_code == 200, followed.text
+        body = followed.json()
+        assert (body["job_id"], body["function"], body["status"]) == (
+            job_id, "process_document", "queued"
+        )  # fmt: skip
+    nowhere = f"document:{uuid.uuid4()}"
+    for headers in (bearer(tenants.admin_b["key"]), {}):
+        theirs = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+        unknown = await client.get(f"/v1/jobs/{nowhere}", headers=headers)
+        assert theirs.status_code == unknown.status_code == 404, theirs.text
+        assert normal(theirs, job_id) == normal(unknown, nowhere)
+    for key in (tenants.revoked_a, tenants.last_char_a):
+        assert_problem(await client.get(f"/v1/jobs/{job_id}", headers=bearer(key)), 401, "")
+    assert_problem(await client.get(f"/v1/jobs/{job_id}", headers=admin("wrong")), 401, "")
+    # a document of no project is still anyone's to follow, with or without a key
+    of_nobody = (await upload(client, "n.txt")).json()["job_id"]
+    for headers in ({}, bearer(tenants.admin_b["key"]), bearer(tenants.ingest_a["key"])):
+        response = await client.get(f"/v1/jobs/{of_nobody}", headers=headers)
+        assert response.status_code == 200, response.text

@@ -1,8 +1,9 @@
 """`GET /v1/jobs/{id}` asks for no credential: it answers only the jobs whose ids the API hands
-out, the catalog refresh and the conversion of a document of no project. Every other job, such as
-the task runner's cron jobs (ids `cron:<name>:<epoch ms>`, which anyone can work out), a project's
-reprice run and the conversion of a project's document, is answered as a job that does not
-exist."""
+out, the catalog refresh and the conversion of a document that the caller may read (without a
+credential, a document of no project; with a project's key, that project's too: see
+test_documents_access.py). Every other job, such as the task runner's cron jobs (ids
+`cron:<name>:<epoch ms>`, which anyone can work out) and a project's reprice run, is answered as a
+job that does not exist, to the operator's token too."""
 
 from __future__ import annotations
 
@@ -64,9 +65,10 @@ async def test_a_cron_job_s_result_is_answered_as_a_job_that_does_not_exist(
         job_id = f"cron:{task}:{TICK_MS}"
         await store_result(redis, job_id, f"cron:{task}", cross_tenant)
         assert await redis.exists(result_key_prefix + job_id)
-        response = await client.get(f"/v1/jobs/{job_id}")
-        same_as_unknown(assert_problem(response, 404, "no job"), job_id)
-        assert "4242" not in response.text
+        for headers in ({}, admin()):
+            response = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+            same_as_unknown(assert_problem(response, 404, "no job"), job_id)
+            assert "4242" not in response.text
     # a cron tick queued but not yet run, and the project's jobs, likewise
     queued = f"cron:{REPRICE_TASK}:{TICK_MS + 60_000}"
     arq = await create_pool(RedisSettings.from_dsn(api_settings.core.redis_url))
@@ -86,7 +88,9 @@ async def test_a_cron_job_s_result_is_answered_as_a_job_that_does_not_exist(
     ]
     for function, job_id in others:
         await store_result(redis, job_id, function, cross_tenant)
-        same_as_unknown(assert_problem(await client.get(f"/v1/jobs/{job_id}"), 404, ""), job_id)
+        for headers in ({}, admin()):
+            response = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+            same_as_unknown(assert_problem(response, 404, ""), job_id)
 
 
 async def store_document_result(redis: Redis, document_id: uuid.UUID) -> str:
@@ -99,8 +103,8 @@ async def store_document_result(redis: Redis, document_id: uuid.UUID) -> str:
 async def test_the_conversion_of_a_project_s_document_or_of_none_is_answered_as_unknown(
     client: Client, redis: Redis, api_settings: Settings
 ) -> None:
-    """A project's key follows its document at /v1/documents/{id}; here, where no credential is
-    read, its conversion is a job that does not exist, as is one of a document that is gone."""
+    """Without a credential, the conversion of a project's document is a job that does not
+    exist, as is one of a document that is gone."""
     conn = await asyncpg.connect(api_settings.core.database_url)
     try:
         owned = await documents.create_document(

@@ -44,6 +44,7 @@ import pytest
 from aiserver.api.app import create_app
 from aiserver.costs.money import money
 from aiserver.documents import store as documents
+from aiserver.documents.jobs import process_job_id
 from aiserver.ledger.spend.folding import fold_all
 
 from ..conftest import make_settings, replace_settings
@@ -792,7 +793,9 @@ def named(world: World, kind: str, whose: str) -> str:
         "reservation": (a.reservation, b.reservation, str(uuid.UUID(int=MISSING_ID))),
         "key": (None, b.keys["ingest"]["id"], MISSING_ID),
         "run": (a.run, b.run, MISSING_ID),
-        "job": (f"reprice:{a.run}", f"reprice:{b.run}", f"reprice:{MISSING_ID}"),
+        "job": tuple(  # a conversion: followed by whoever reads its document
+            process_job_id(str(d)) for d in (a.document, b.document, uuid.UUID(int=MISSING_ID))
+        ),
         "override": (world.override, world.override, MISSING_ID),
         "model": (MODEL, MODEL, "no-such-model"),
         "document": (a.document, b.document, uuid.UUID(int=MISSING_ID)),

@@ -247,12 +247,23 @@ async def documents_access(connection: AnyConnection, _: BaseRouteHandler) -> No
     operator's token, kept as the request's `access`); without one, the request is anonymous
     (`access` None), which DOCUMENT_REQUIRE_KEY refuses (401)."""
     settings: ApiSettings = connection.app.state.settings
-    if "authorization" not in connection.headers and not settings.documents.document_require_key:
-        connection.state.access = None
-        return
     wanted = "a project key or an operator's token"
     if settings.documents.document_require_key:
         wanted += " (DOCUMENT_REQUIRE_KEY is set)"
+    await _access_if_sent(connection, wanted, required=settings.documents.document_require_key)
+
+
+async def access_if_sent(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """Guard of a route that asks for no credential but reads one that is sent (`GET
+    /v1/jobs/{id}`): it must then be valid, and is kept as the request's `access`; without
+    one, `access` is None."""
+    await _access_if_sent(connection, "a project key or an operator's token", required=False)
+
+
+async def _access_if_sent(connection: AnyConnection, wanted: str, *, required: bool) -> None:
+    if "authorization" not in connection.headers and not required:
+        connection.state.access = None
+        return
     connection.state.access = await _authenticate(connection, wanted=wanted)
 
 

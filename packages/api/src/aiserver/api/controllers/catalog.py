@@ -10,12 +10,13 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from arq.jobs import Job, JobDef, JobResult
 from arq.jobs import JobStatus as ArqJobStatus
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from aiserver.api.auth import requires_admin
+from aiserver.api.auth import access_if_sent, requires_admin
+from aiserver.api.controllers.documents import reader_of
 from aiserver.api.errors import UnknownJob
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import NO_QUERY
@@ -36,9 +37,10 @@ DB_TIMEOUT_S: Final = 5.0
 #: one that does not exist: a project's reprice run (`reprice:<run id>`) or rollup rebuild, and
 #: the task runner's cron jobs, whose ids (`cron:<name>:<epoch ms>`) anyone can work out and
 #: whose results hold other projects' run ids and counts. A project's key follows its run at
-#: `/v1/usage/reprice/{run_id}`. A conversion is answered only while its document is there and
-#: belongs to no project (and DOCUMENT_REQUIRE_KEY is not set): a project's key follows its
-#: document at `/v1/documents/{id}`.
+#: `/v1/usage/reprice/{run_id}`. A conversion is answered only while its document is there, to
+#: whoever may read that document (as `/v1/documents/{id}` decides): a project's document to its
+#: project's keys and the operator, a document of no project to anyone unless
+#: DOCUMENT_REQUIRE_KEY is set. A credential is read when one is sent, and must then be valid.
 PUBLIC_JOBS: Final = frozenset({REFRESH_JOB, PROCESS_JOB})
 
 
@@ -88,20 +90,26 @@ class CatalogController(Controller):
     @get(
         "/jobs/{job_id:str}",
         summary="Status and result of a job",
-        responses=problem_responses(400, 404, 422, 503),
-        guards=[NO_QUERY],
+        responses=problem_responses(400, 401, 403, 404, 422, 429, 503),
+        guards=[NO_QUERY, access_if_sent],
+        security=[{"bearer": []}, {}],
     )
-    async def job_status(self, state: State, job_id: FromPath[str]) -> JobStatus:
+    async def job_status(
+        self, state: State, request: Request[Any, Any, Any], job_id: FromPath[str]
+    ) -> JobStatus:
         """A catalog refresh or document conversion job: deferred, queued, in_progress,
-        complete (with its result). Any other job id is a 404, as an unknown one."""
+        complete (with its result). Any other job id is a 404, as an unknown one. No credential
+        is needed; one that is sent must be valid. A document's conversion is answered to whoever
+        may read the document: send the key it was uploaded with for a project's document."""
         redis: ArqRedis = state.redis
+        reader = reader_of(state.settings, request.state.access)
         job = Job(job_id, redis, _queue_name=QUEUE)
         async with asyncio.timeout(DB_TIMEOUT_S):
             status = await job.status()
             info = None
             if status is not ArqJobStatus.not_found:
                 info = await job.result_info() or await job.info()
-            if info is None or info.function not in PUBLIC_JOBS or not await _public(state, info):
+            if info is None or info.function not in PUBLIC_JOBS or not await _visible(reader, info):
                 raise UnknownJob(f"no job {job_id!r} (unknown, or its result expired)")
         result: Any = None
         success: bool | None = None
@@ -122,10 +130,8 @@ class CatalogController(Controller):
         )
 
 
-async def _public(state: State, info: JobDef) -> bool:
-    """Whether a job of `PUBLIC_JOBS` may be answered to anyone (see there)."""
+async def _visible(reader: Reader, info: JobDef) -> bool:
+    """Whether a job of `PUBLIC_JOBS` may be answered to `reader` (see there)."""
     if info.function != PROCESS_JOB:
         return True
-    settings: ApiSettings = state.settings
-    anyone = Reader.under(settings.documents)
-    return bool(info.args) and await job_visible(require_pool(), str(info.args[0]), reader=anyone)
+    return bool(info.args) and await job_visible(require_pool(), str(info.args[0]), reader=reader)

@@ -89,7 +89,11 @@ def content_disposition(filename: str) -> str:
 def document_reader(request: Request[Any, Any, Any]) -> service.Reader:
     """Which documents the request may read (a dependency, after `auth.documents_access`)."""
     settings: ApiSettings = request.app.state.settings
-    access: Access | None = request.state.access
+    return reader_of(settings, request.state.access)
+
+
+def reader_of(settings: ApiSettings, access: Access | None) -> service.Reader:
+    """Which documents `access` (None: no credential) may read, and follow the conversion of."""
     if access is None:
         return service.Reader.under(settings.documents)
     return service.Reader.under(settings.documents, access.project_id, operator=access.is_operator)
