@@ -29,6 +29,7 @@ import msgspec
 
 from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
+from aiserver.ledger.text import spreadsheet_safe
 
 NONE: Final = "(none)"
 #: What a cost reads where every event it would add up is unpriced.
@@ -407,21 +408,11 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
     return rows
 
 
-#: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
-_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(cell: str) -> str:
-    """A cell a spreadsheet shows as text: one that would start a formula (a tag value such as
-    `=HYPERLINK(...)`, which anyone holding an ingest key can send) gets a leading `'`. The
-    table's own numbers are never negative, so no number is changed."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
-
-
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
+    # every cell: the table's own numbers are never negative, so no number is changed
     writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return out.getvalue()
 

@@ -35,6 +35,7 @@ from aiserver.core_db.connections import connect
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.text import FORMULA_START, spreadsheet_safe
 from aiserver.ledger.usage import focus
 from aiserver.ledger.usage.reading import EventQuery, event_filters, event_from_row, event_query
 from aiserver.ledger.usage.store import reading as store
@@ -66,6 +67,10 @@ CSV_COLUMNS: Final = (
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "other_usage", "tags",
     "pricing_status", "total", "currency", "unpriced", "price_version", "catalog_version",
     "override_id", "note",
+)  # fmt: skip
+#: The columns of named text (see `CsvTable`): a spreadsheet never reads them as a formula.
+CSV_TEXT: Final = (
+    "id", "model", "provider", "matched_model", "matched_provider", "service_tier", "note"
 )  # fmt: skip
 
 
@@ -127,19 +132,33 @@ class Encoding(Protocol):
 
 class CsvTable:
     """RFC 4180 CSV (CRLF, fields quoted where they must be): a header, then `lines(row)` for
-    each event (none, one or several lines). A null is an empty field."""
+    each event (none, one or several lines). A null is an empty field. A cell of the `text`
+    columns (what a client or the operator named: event keys, models, providers, project names)
+    that a spreadsheet would read as a formula is written with a leading `'`
+    (`spreadsheet_safe`); the numbers, times and JSON columns are written as they are."""
 
     def __init__(
-        self, columns: tuple[str, ...], lines: Callable[[asyncpg.Record], Iterable[list[Any]]]
+        self,
+        columns: tuple[str, ...],
+        lines: Callable[[asyncpg.Record], Iterable[list[Any]]],
+        text: tuple[str, ...],
     ) -> None:
         self.columns = columns
         self.lines = lines
+        self._text = tuple(columns.index(name) for name in text)
 
     def header(self) -> bytes:
         return _csv([list(self.columns)])
 
     def encode(self, rows: list[asyncpg.Record]) -> bytes:
-        return _csv(line for row in rows for line in self.lines(row))
+        return _csv(self._safe(line) for row in rows for line in self.lines(row))
+
+    def _safe(self, line: list[Any]) -> list[Any]:
+        for index in self._text:
+            cell = line[index]
+            if cell is not None and cell[:1] in FORMULA_START:
+                line[index] = spreadsheet_safe(cell)
+        return line
 
 
 def _csv(lines: Iterable[list[Any]]) -> bytes:
@@ -181,10 +200,10 @@ def csv_line(row: asyncpg.Record) -> list[list[Any]]:
 
 def encoding(fmt: ExportFormat, project: Project) -> Encoding:
     if fmt == "csv":
-        return CsvTable(CSV_COLUMNS, csv_line)
+        return CsvTable(CSV_COLUMNS, csv_line, CSV_TEXT)
     if fmt == "jsonl":
         return JsonLines()
-    return CsvTable(focus.COLUMNS, lambda row: focus.rows(project, row))
+    return CsvTable(focus.COLUMNS, lambda row: focus.rows(project, row), focus.TEXT)
 
 
 # -- the export ------------------------------------------------------------------------------

@@ -57,6 +57,13 @@ COLUMNS: Final = (
     "x_PricingStatus", "x_UnpricedDimensions", "x_PriceVersion", "x_CatalogVersion",
     "x_OverrideId",
 )  # fmt: skip
+#: The columns of named text (event keys, models, providers, project names): written so that a
+#: spreadsheet never reads them as a formula (`aiserver.ledger.usage.export.CsvTable`).
+TEXT: Final = (
+    "BillingAccountId", "BillingAccountName", "InvoiceIssuerName", "ProviderName",
+    "PublisherName", "ResourceId", "ResourceName", "ServiceName", "SkuId", "SkuPriceId",
+    "SubAccountId", "SubAccountName", "x_EventKey", "x_Model", "x_Provider", "x_ServiceTier",
+)  # fmt: skip
 
 #: The unit of a component that is not counted in tokens (FOCUS's Unit Format: plural units).
 _UNITS: Final = {
