@@ -404,3 +404,28 @@ async def test_explore_draws_its_chart_and_a_shared_url_shows_the_same_in_a_new_
     assert browser.current_url == shared
     assert table(browser, "rows") == rows
     assert table(browser, "explore-table") == pivot
+
+
+#: The colour of a chart's "(other)" series (ui.js).
+GREY = "#868e96"
+
+
+def test_no_two_groups_of_a_chart_share_a_colour_and_only_the_rest_is_grey(
+    browser: WebDriver, site: Site
+) -> None:
+    """ui-a's 11 models (10 priced, one unpriced) are more groups than the palette's colours:
+    each still has a colour of its own. The rest of a `top` is grey, and no group is."""
+    sign_in(browser, site, site.keys["a-read"])
+    today = datetime.now(BERLIN).date()
+    since, until = (today - timedelta(days=40)).isoformat(), (today + timedelta(days=1)).isoformat()
+    drawn = "return Chart.getChart('explore').data.datasets.map(d => [d.label, d.backgroundColor]);"
+    explore = f"{site.url}/ui/p/ui-a/explore?from={since}&to={until}&group_by=model"
+    browser.get(explore)
+    every = browser.execute_script(drawn)
+    assert len(every) == 11, every
+    assert len({colour for _, colour in every}) == 11, every
+    assert all(colour != GREY for _, colour in every)
+    browser.get(explore + "&top=3")
+    topped = browser.execute_script(drawn)
+    assert [label for label, _ in topped][-1] == "(other)"
+    assert [colour == GREY for _, colour in topped] == [False, False, False, True]

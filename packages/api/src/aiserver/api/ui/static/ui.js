@@ -4,7 +4,16 @@
 (function () {
   if (typeof Chart === "undefined") return;
   var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#f59f00", "#1098ad", "#5c940d",
-                 "#c2255c", "#868e96"];
+                 "#c2255c"];
+  var OTHER = "(other)";  // the rest of the groups: grey, and no other group is
+  // A series' colour: the palette's first, then hues spread by the golden angle, dark and light
+  // in turn, so that no two series of a chart (up to the API's 1,000 groups) share a colour.
+  function colour(i, label) {
+    if (label === OTHER) return "#868e96";
+    if (i < palette.length) return palette[i];
+    var hue = ((i * 137.508) % 360).toFixed(1);
+    return "hsl(" + hue + ", 65%, " + [38, 52, 30][i % 3] + "%)";
+  }
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     var source = document.getElementById(canvas.getAttribute("data-chart"));
     if (!source) return;
@@ -21,8 +30,8 @@
             // version without that price) stays null: a gap in the line, not a 0
             data: s.values.map(function (v) { return v === null ? null : Number(v); }),
             exact: s.values,
-            backgroundColor: palette[i % palette.length],
-            borderColor: palette[i % palette.length],
+            backgroundColor: colour(i, s.label),
+            borderColor: colour(i, s.label),
             stepped: step,
           };
         }),
