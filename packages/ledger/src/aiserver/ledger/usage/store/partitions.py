@@ -92,24 +92,33 @@ async def create_partition(conn: DbConnection, name: str, start: datetime, end: 
     checks the (empty) table against its bounds and makes its indexes from the parent's (its
     primary key, the GIN index of tags). A table of that name that exists but is not attached
     (detached by hand, or by a retention run that stopped before it dropped it; retention never
-    drops a month that ingest accepts) is attached as it is.
+    drops a month that ingest accepts) is attached as it is. The partition is owned by the
+    owner of `usage_events`, whichever role made it (deploy/deployment.md, "Separate database
+    roles"): the creator must be a member of that role, as attaching needs its rights anyway.
     """
     quoted = _identifier(name)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_lock_key(f"ledger:{name}"))
-        attached = await conn.fetchval(
+        found = await conn.fetchrow(
             """
             SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                            WHERE i.inhparent = 'usage_events'::regclass AND c.relname = $1)
+                       AS attached,
+                   (SELECT relowner::regrole::text FROM pg_class
+                    WHERE oid = 'usage_events'::regclass) AS owner
             """,
             name,
         )
-        if attached:
+        assert found is not None
+        if found["attached"]:
             return False
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}"
             " (LIKE usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
         )
+        # owned as usage_events is (a no-op when this role owns both), so that whoever may
+        # alter usage_events may alter and drop its partitions too, whichever role made them
+        await conn.execute(f"ALTER TABLE {quoted} OWNER TO {found['owner']}")
         await conn.execute(
             f"ALTER TABLE usage_events ATTACH PARTITION {quoted}"
             f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
