@@ -144,6 +144,10 @@ async def test_alerts_are_listed_with_every_delivery_attempt(
         ALERTS, headers=bearer(key), params={"limit": 1, "before": page["next_before"]}
     )
     assert [a["budget_id"] for a in rest.json()["alerts"]] == [search["id"]]
+    # that page was the last, though full: it says so, no page of nothing after it
+    assert rest.json()["next_before"] is None
+    whole = (await client.get(ALERTS, headers=bearer(key), params={"limit": 2})).json()
+    assert (len(whole["alerts"]), whole["next_before"]) == (2, None)
 
 
 async def test_who_sees_alerts(client: Client, tenants: Tenants, receiver: Receiver) -> None:

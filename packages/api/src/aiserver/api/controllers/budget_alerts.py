@@ -71,7 +71,7 @@ class AlertOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[AlertOut]  # newest first
-    next_before: int | None  # pass as `before` for the next page; None: this was the last
+    next_before: int | None  # pass as `before` for the next page; None: this was the last page
 
 
 Limit = Annotated[int, QueryParameter(ge=1, le=alerts.MAX_LIMIT, description="alerts per page")]
@@ -83,10 +83,10 @@ Before = Annotated[
 _QUERY: Final = only_query("limit", "before")
 
 
-def _page(found: list[Alert], limit: int) -> AlertList:
+def _page(found: alerts.AlertPage) -> AlertList:
     return AlertList(
-        alerts=[AlertOut.of(a) for a in found],
-        next_before=found[-1].id if len(found) == limit else None,
+        alerts=[AlertOut.of(a) for a in found.alerts],
+        next_before=found.alerts[-1].id if found.more else None,
     )
 
 
@@ -106,8 +106,7 @@ class BudgetAlertController(Controller):
     async def list_alerts(
         self, access: NamedDependency[Access], limit: Limit = 100, before: Before = None
     ) -> AlertList:
-        found = await alerts.list_alerts(require_pool(), access, limit=limit, before=before)
-        return _page(found, limit)
+        return _page(await alerts.alert_page(require_pool(), access, limit=limit, before=before))
 
     @get(
         "/{budget_id:int}/alerts",
@@ -122,7 +121,7 @@ class BudgetAlertController(Controller):
         limit: Limit = 100,
         before: Before = None,
     ) -> AlertList:
-        found = await alerts.list_alerts(
+        found = await alerts.alert_page(
             require_pool(), access, budget_id=budget_id, limit=limit, before=before
         )
-        return _page(found, limit)
+        return _page(found)

@@ -51,6 +51,11 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: list[Delivery]
 
 
+class AlertPage(msgspec.Struct, frozen=True, kw_only=True):
+    alerts: list[Alert]  # newest first
+    more: bool  # alerts with smaller ids follow these
+
+
 def _reading(access: Access) -> int:
     """The project of a key that may see its budgets (`read` or `admin`)."""
     access.require("read", "admin")
@@ -67,6 +72,18 @@ async def list_alerts(
 ) -> list[Alert]:
     """The project's alerts (of `budget_id`, or of every budget), newest first: up to `limit`
     of them with ids below `before` (the last id of the previous page)."""
+    return (await alert_page(pool, access, budget_id=budget_id, limit=limit, before=before)).alerts
+
+
+async def alert_page(
+    pool: asyncpg.Pool,
+    access: Access,
+    *,
+    budget_id: int | None = None,
+    limit: int = 100,
+    before: int | None = None,
+) -> AlertPage:
+    """`list_alerts`, and whether more alerts come after them (one more is read to know)."""
     project_id = _reading(access)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidField(f"limit must be 1 to {MAX_LIMIT}", ["limit"])
@@ -80,10 +97,13 @@ async def list_alerts(
         ):
             raise UnknownBudget(f"no budget {budget_id}")
         alerts, deliveries = await alert_store.read_alerts(
-            conn, project_id, budget_id, limit, before
+            conn, project_id, budget_id, limit + 1, before
         )
     by_alert: dict[int, list[Delivery]] = {}
     for d in deliveries:
         alert_id = d.pop("alert_id")
         by_alert.setdefault(alert_id, []).append(Delivery(**d))
-    return [Alert(**a, deliveries=by_alert.get(a["id"], [])) for a in alerts]
+    return AlertPage(
+        alerts=[Alert(**a, deliveries=by_alert.get(a["id"], [])) for a in alerts[:limit]],
+        more=len(alerts) > limit,
+    )
