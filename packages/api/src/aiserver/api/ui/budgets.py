@@ -34,7 +34,7 @@ from aiserver.api.ui.viewer import (
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
-from aiserver.ledger.budgets.alerts.listing import MAX_LIMIT, list_alerts
+from aiserver.ledger.budgets.alerts.listing import MAX_LIMIT, alert_page
 from aiserver.ledger.budgets.periods import PERIODS
 from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.errors import InvalidField, WebhooksDisabled
@@ -61,12 +61,12 @@ async def _alert_count(access: Access, budget_id: int) -> int:
     """How many alerts the budget has (all of them, a page of `MAX_LIMIT` at a time)."""
     counted, before = 0, None
     while True:
-        page = await list_alerts(require_pool(), access, budget_id=budget_id, limit=MAX_LIMIT,
-                                 before=before)  # fmt: skip
-        counted += len(page)
-        if len(page) < MAX_LIMIT:
+        page = await alert_page(require_pool(), access, budget_id=budget_id, limit=MAX_LIMIT,
+                                before=before)  # fmt: skip
+        counted += len(page.alerts)
+        if not page.more:
             return counted
-        before = page[-1].id
+        before = page.alerts[-1].id
 
 
 def _deleted(request: AnyRequest, project_id: int) -> tuple[str, int] | None:
@@ -106,8 +106,8 @@ class BudgetPages(ProjectPages):
             status_code=status,
             context={
                 "viewer": seen_by, "project": project, "page": "budgets", "view": view,
-                "alerts": await list_alerts(pool, access, budget_id=budget_id,
-                                            limit=ALERTS_SHOWN),
+                "alerts": (await alert_page(pool, access, budget_id=budget_id,
+                                            limit=ALERTS_SHOWN)).alerts,
                 "admin": "admin" in access.scopes, "error": error, "secret": secret,
                 "show": SHOW, "alert_state": alert_state, "confirm_delete": confirm_delete,
                 "alert_count": await _alert_count(access, budget_id) if confirm_delete else 0,

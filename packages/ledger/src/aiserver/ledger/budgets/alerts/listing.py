@@ -62,19 +62,6 @@ def _reading(access: Access) -> int:
     return access.project_key("read" if "read" in access.scopes else "admin")
 
 
-async def list_alerts(
-    pool: asyncpg.Pool,
-    access: Access,
-    *,
-    budget_id: int | None = None,
-    limit: int = 100,
-    before: int | None = None,
-) -> list[Alert]:
-    """The project's alerts (of `budget_id`, or of every budget), newest first: up to `limit`
-    of them with ids below `before` (the last id of the previous page)."""
-    return (await alert_page(pool, access, budget_id=budget_id, limit=limit, before=before)).alerts
-
-
 async def alert_page(
     pool: asyncpg.Pool,
     access: Access,
@@ -83,7 +70,9 @@ async def alert_page(
     limit: int = 100,
     before: int | None = None,
 ) -> AlertPage:
-    """`list_alerts`, and whether more alerts come after them (one more is read to know)."""
+    """The project's alerts (of `budget_id`, or of every budget), newest first: up to `limit`
+    of them with ids below `before` (the last id of the previous page); and whether more come
+    after them (one more is read to know)."""
     project_id = _reading(access)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidField(f"limit must be 1 to {MAX_LIMIT}", ["limit"])
