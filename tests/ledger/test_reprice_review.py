@@ -196,6 +196,24 @@ async def test_the_command_line_says_when_another_process_works_on_the_run(
     assert f"reprice run {run.id} (applied) of p: queued" in out
 
 
+async def test_the_command_line_writes_its_progress_and_no_log_lines_unless_asked(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """stderr holds the command's own lines; the log lines of the run's work (JSON, with a pipe)
+    come only with LOG_LEVEL set. Before, `reprice run started` and `done` came around them."""
+    await record(ledger.pool, ledger.p, RECORDED_WITH, raw(CALLS[1]))
+    env = {k: v for k, v in child_env(settings).items() if k != "LOG_LEVEL"}
+    status, _, err = await run_module("aiserver.ledger.cli", env, "reprice", "--project", "p")
+    assert status == 0, err
+    lines = err.splitlines()
+    assert lines
+    assert all(line.startswith("aiserver-ledger reprice: run ") for line in lines), err
+    env["LOG_LEVEL"] = "INFO"
+    status, _, err = await run_module("aiserver.ledger.cli", env, "reprice", "--project", "p")
+    assert status == 0, err
+    assert '"event": "reprice run started"' in err
+
+
 async def test_the_command_lines_help_says_its_exit_statuses(settings: Settings) -> None:
     status, out, err = await cli(settings, "--help")
     assert status == 0, err

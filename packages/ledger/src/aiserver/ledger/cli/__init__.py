@@ -21,6 +21,7 @@ acts as the operator. Each command imports what it runs.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Final
 
@@ -96,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     core = settings_for_command("aiserver-ledger", CoreSettings)
     from aiserver.core_db.logging import configure_logging
 
-    configure_logging(core.log_level, core.log_format)
+    # a command says what it does on stdout and stderr; the services' log lines of its work
+    # (a reprice run started, done) come only when LOG_LEVEL asks for them
+    configure_logging(core.log_level if "LOG_LEVEL" in os.environ else "WARNING", core.log_format)
     return run_command(
         " ".join(("aiserver-ledger", args.group, *([command] if command else []))),
         COMMANDS[(args.group, command)](core, args),
