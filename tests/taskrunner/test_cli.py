@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 import pytest
+from redis.asyncio import Redis
 
 from aiserver.taskrunner.cli import _parser
+from aiserver.taskrunner.health import health_check_key
 
 from ..conftest import Settings
 from ..support.processes import run_module
@@ -102,3 +105,26 @@ async def test_a_connection_lost_in_a_watched_pipeline_starts_a_new_worker(
     assert proc.returncode == 0, out.decode() + err.decode()
     assert out.decode().splitlines()[-1] == "2 0"
     assert "redis unreachable: the worker starts again when it answers" in out.decode()
+
+
+async def test_check_answers_for_this_host_or_the_host_it_is_given(
+    subprocess_env: dict[str, str], redis: Redis
+) -> None:
+    """Each task runner refreshes a health key named after its host: `check` looks for this
+    host's, or with `--host` for another's (a monitor checking a fleet from elsewhere)."""
+    await redis.set(health_check_key("runner-7"), b"j_complete=3 queued=0", px=30_000)
+    try:
+        code, _, err = await run_module(
+            "aiserver.taskrunner.cli", subprocess_env, "check", "--host", "runner-7"
+        )
+        assert code == 0, err
+        assert "Health check successful: j_complete=3 queued=0" in err
+        for argv in (["--host", "runner-8"], []):
+            code, _, err = await run_module(
+                "aiserver.taskrunner.cli", subprocess_env, "check", *argv
+            )
+            assert code == 1, err
+            host = argv[1] if argv else socket.gethostname()
+            assert f"no live task runner of host {host!r} on this Redis" in err
+    finally:
+        await redis.delete(health_check_key("runner-7"))

@@ -44,10 +44,29 @@ def _parser() -> argparse.ArgumentParser:
         help="run the worker (the default)",
         description="Run the worker until SIGTERM or SIGINT (--burst: until the queue is empty).",
     )
-    sub.add_parser(
+    check_parser = sub.add_parser(
         "check",
-        help="exit 0 when a worker on this Redis is alive, 1 when none is (health check)",
-        description="Look for the health key that live workers refresh every 10 s in Redis.",
+        help="exit 0 when this host's task runner is alive, 1 when it is not (health check)",
+        description=(
+            "Look in Redis (REDIS_URL) for the health key that a live task runner refreshes\n"
+            "every 10 s. Each task runner has its own, named after its host (a container's\n"
+            "hostname is its own), so that one runner of a fleet never vouches for another:\n"
+            "run as the container's health check, it answers for that container."
+        ),
+        epilog=(
+            "examples:\n"
+            "  aiserver-taskrunner check                   # the task runner of this host\n"
+            "  aiserver-taskrunner check --host runner-2   # another host's, from a monitor\n"
+            "\n"
+            "exit status: 0 alive; 1 not alive, or Redis did not answer within 10 s; 2 a "
+            "setting that is not valid"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check_parser.add_argument(
+        "--host",
+        metavar="NAME",
+        help="the hostname of the task runner to check (default: this host's)",
     )
     return parser
 
@@ -145,13 +164,14 @@ def _wait_or_signal(loop: asyncio.AbstractEventLoop, seconds: float) -> bool:
     return loop.run_until_complete(wait())
 
 
-async def check(settings: TaskRunnerSettings) -> int:
-    """0 when a worker on REDIS_URL (read as the worker reads it) refreshed its health key
-    lately, else 1, saying why on stderr."""
+async def check(settings: TaskRunnerSettings, host: str | None = None) -> int:
+    """0 when the worker of `host` (this one's by default) on REDIS_URL (read as the worker
+    reads it) refreshed its health key lately, else 1, saying why on stderr."""
+    key = health_check_key(host)
     redis = watched_redis(settings.core.redis_url)
     try:
         async with asyncio.timeout(10):
-            found = await redis.get(health_check_key())
+            found = await redis.get(key)
     except Exception as exc:  # a health check answers, whatever went wrong
         print(f"aiserver-taskrunner: Health check failed: {exc}", file=sys.stderr)
         return 1
@@ -160,8 +180,8 @@ async def check(settings: TaskRunnerSettings) -> int:
             await redis.aclose()
     if not found:
         print(
-            "aiserver-taskrunner: Health check failed: no live worker on this Redis "
-            f"(no health key {health_check_key()!r})",
+            "aiserver-taskrunner: Health check failed: no live task runner of host "
+            f"{key.rpartition(':')[2]!r} on this Redis (no health key {key!r})",
             file=sys.stderr,
         )
         return 1
@@ -180,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.core.log_level, settings.core.log_format)
     if args.command == "check":
-        return asyncio.run(check(settings))
+        return asyncio.run(check(settings, args.host))
     return run(settings, burst=args.burst)
 
 
