@@ -404,7 +404,10 @@ def _parser() -> argparse.ArgumentParser:
         help="refresh the catalog from the upstream source when it is stale",
         description="Download the upstream price document (MODEL_COST_SOURCE_URL) and apply "
         "what changed, when the catalog is older than MODEL_COST_MAX_AGE_SECONDS. Exit 1 when "
-        "the download failed or a guardrail rejected it (the catalog then stays unchanged).",
+        "the download failed or a guardrail rejected it (the catalog then stays unchanged). "
+        "Exit 0 also when it did nothing: the catalog was fresh (without --force), or another "
+        "process (a task runner) was refreshing it at that moment; the first line says which "
+        "('skipped: another process is refreshing ...'; with --json, its outcome).",
     )
     refresh.add_argument(
         "--force", action="store_true", help="refresh even if the catalog is not stale"
