@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from aiserver.api.cli import SESSION_SECRET_VAR, main, share_session_secret
-from aiserver.api.settings import MIN_SECRET, ApiSettings
+from aiserver.api.cli import SESSION_SECRET_VAR, main, share_metrics, share_session_secret
+from aiserver.api.settings import MIN_SECRET, MULTIPROCESS_VAR, ApiSettings
 from aiserver.core_db.settings import load_settings
 
 
@@ -124,3 +125,27 @@ def test_the_operators_secret_reaches_the_workers_unchanged() -> None:
     done = _probe("--workers", "3", secret=given)
     assert done.stdout.rstrip("\n").split(maxsplit=1) == ["3", given]
     assert "UI_SESSION_SECRET is not set" not in done.stderr
+
+
+def test_several_workers_share_a_metrics_directory_emptied_of_an_earlier_run(
+    tmp_path: Path,
+) -> None:
+    """One process keeps its counts in memory; several keep them in one directory (made, or
+    the one PROMETHEUS_MULTIPROC_DIR names, emptied of an earlier run's counts, which would
+    otherwise be added to the new run's)."""
+    alone: dict[str, str] = {}
+    assert share_metrics(1, alone) is None
+    assert alone == {}
+    made_for: dict[str, str] = {}
+    made = share_metrics(2, made_for)
+    assert made is not None
+    assert made_for == {MULTIPROCESS_VAR: made}
+    assert Path(made).is_dir()
+    assert list(Path(made).iterdir()) == []
+    Path(made).rmdir()
+    (tmp_path / "counter_4242.db").write_bytes(b"an earlier run's counts")
+    (tmp_path / "notes.txt").write_text("not prometheus_client's")
+    given = {MULTIPROCESS_VAR: str(tmp_path)}
+    assert share_metrics(3, given) is None
+    assert given == {MULTIPROCESS_VAR: str(tmp_path)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

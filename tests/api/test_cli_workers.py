@@ -1,6 +1,7 @@
-"""`aiserver-api --workers 2` without UI_SESSION_SECRET, as a real process (uvicorn): both
+"""`aiserver-api --workers 2` as a real process (uvicorn): without UI_SESSION_SECRET, both
 workers sign the dashboard's cookies with the one secret the command made, so every sign-in
-holds whichever worker answers each request."""
+holds whichever worker answers each request; and every scrape of /metrics, whichever worker
+answers it, counts what both did."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -83,3 +84,69 @@ async def test_two_workers_share_the_secret_they_were_given_none_of(
         await drop_database(url)
     assert held == [True] * SIGN_INS
     assert [(e["level"], e["workers"]) for e in warned] == [("warning", 2)]
+
+
+#: A sample line of a scrape: its name, its labels, its value.
+SAMPLE: Final = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
+CALLS: Final = 12
+
+
+def sample(scrape: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
+    total = 0.0
+    for line in scrape.splitlines():
+        found = SAMPLE.match(line)
+        if found is None or found.group(1) != name:
+            continue
+        have = dict(re.findall(r'([a-z_]+)="([^"]*)"', found.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(found.group(3))
+    return total
+
+
+async def on_its_own_connection(api: ApiProcess, method: str, path: str, **kw: Any) -> Any:
+    """A request on a new connection, so that either worker may take it."""
+    async with api.client() as client:
+        return await client.request(method, path, **kw)
+
+
+async def test_every_scrape_counts_the_requests_and_usage_of_both_workers(
+    migrated_template_url: str, tmp_path: Path
+) -> None:
+    """With two workers, each scrape is answered by one of them: it must count what both
+    did, the same in every scrape. Before, each answered its own counts: an operator review saw
+    9, 9, 11, 11, 9, 11 for the same requests, which Prometheus reads as counter resets."""
+    url = await catalogued_database(migrated_template_url)
+    operator = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        async with two_workers(url, tmp_path / "api.log") as api:
+            made = await on_its_own_connection(
+                api, "POST", "/v1/projects", json={"slug": "mp", "name": "MP"}, headers=operator
+            )
+            assert made.status_code == 201, made.text
+            key = await on_its_own_connection(
+                api, "POST", "/v1/projects/mp/keys", headers=operator,
+                json={"name": "app", "scopes": ["ingest"]},
+            )  # fmt: skip
+            bearer = {"Authorization": f"Bearer {key.json()['key']}"}
+            for n in range(CALLS):
+                health = await on_its_own_connection(api, "GET", "/health")
+                assert health.status_code == 200
+                event = {"id": f"call-{n}", "model": "gpt-test-001",
+                         "usage": {"input_tokens": 10, "output_tokens": 5}}  # fmt: skip
+                recorded = await on_its_own_connection(
+                    api, "POST", "/v1/usage", json=event, headers=bearer
+                )
+                assert recorded.status_code == 201, recorded.text
+            scrapes = [(await on_its_own_connection(api, "GET", "/metrics")).text for _ in range(8)]
+    finally:
+        await drop_database(url)
+    health_counts = [
+        sample(s, "aiserver_requests_total", path="/health", method="GET") for s in scrapes
+    ]
+    assert health_counts == [CALLS] * len(scrapes), health_counts
+    recorded_counts = [sample(s, "aiserver_usage_events_total", result="recorded") for s in scrapes]
+    assert recorded_counts == [CALLS] * len(scrapes), recorded_counts
+    # each scrape also holds the catalog and the backlog, which are the same for both workers
+    assert all("aiserver_catalog_version " in s for s in scrapes)
+    assert all("aiserver_usage_outbox_rows " in s for s in scrapes)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Final
 
 import uvicorn
 
-from aiserver.api.settings import MIN_SECRET, ApiSettings
+from aiserver.api.settings import MIN_SECRET, MULTIPROCESS_VAR, ApiSettings
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
 
@@ -94,9 +97,28 @@ def share_session_secret(workers: int, environ: MutableMapping[str, str]) -> boo
     return True
 
 
+def share_metrics(workers: int, environ: MutableMapping[str, str]) -> str | None:
+    """With several worker processes, a directory in which they keep their Prometheus counts
+    together (PROMETHEUS_MULTIPROC_DIR in `environ`, which the workers inherit), so that a
+    scrape answered by any of them counts all of them: a new temporary one, or the one the
+    variable names, emptied of an earlier run's files. The temporary directory's path (removed
+    by `main` at the end), or None."""
+    if workers <= 1:
+        return None
+    given = environ.get(MULTIPROCESS_VAR, "").strip()
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="aiserver-metrics-")
+    environ[MULTIPROCESS_VAR] = made
+    return made
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shared = share_session_secret(args.workers, os.environ)
+    metrics_dir = share_metrics(args.workers, os.environ)
     settings = settings_for_command("aiserver-api", ApiSettings)
     configure_logging(settings.core.log_level, settings.core.log_format)
     if shared:
@@ -106,16 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "need UI_SESSION_SECRET set, the same on each",
             workers=args.workers,
         )
-    uvicorn.run(
-        "aiserver.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,  # our middleware logs each request, with its request id
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    try:
+        uvicorn.run(
+            "aiserver.api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,  # our middleware logs each request, with its request id
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -31,6 +31,8 @@ logged, never an error answer):
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -39,10 +41,18 @@ from typing import Final
 from litestar import get
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aiserver.api.settings import MULTIPROCESS_VAR
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.live import LiveCatalog
@@ -195,26 +205,53 @@ backlog_collector = BacklogCollector()
 REGISTRY.register(backlog_collector)
 
 
-class ReservationCollector(Collector):
-    """The quick way's statements and the reservations they carried (`batches.SENT`)."""
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        sent = batches.SENT
-        yield CounterMetricFamily(
-            "aiserver_reservation_statements",
-            "Statements this process sent to reserve on hard budgets the quick way",
-            sent.statements,
-        )
-        yield CounterMetricFamily(
-            "aiserver_reservation_calls",
-            "Reservations those statements carried (per statement: calls / statements)",
-            sent.calls,
-        )
+reservation_statements = Counter(
+    "aiserver_reservation_statements",
+    "Statements this process sent to reserve on hard budgets the quick way",
+)
+reservation_calls = Counter(
+    "aiserver_reservation_calls",
+    "Reservations those statements carried (per statement: calls / statements)",
+)
 
 
-REGISTRY.register(ReservationCollector())
+def _count_reservations(statements: int, calls: int) -> None:
+    reservation_statements.inc(statements)
+    if calls:
+        reservation_calls.inc(calls)
+
+
+batches.SENT.listener = _count_reservations
 
 prometheus = PrometheusConfig(app_name="aiserver_api", prefix="aiserver", group_path=True)
+
+
+def multiprocess_dir() -> str | None:
+    """Where the worker processes of one `aiserver-api --workers K` keep their counts
+    (PROMETHEUS_MULTIPROC_DIR, set by `aiserver.api.cli` for K > 1); None for one process."""
+    return os.environ.get(MULTIPROCESS_VAR) or None
+
+
+@functools.cache
+def _scraped() -> CollectorRegistry:
+    """What a scrape answers: this process's registry; or, with several worker processes, the
+    counters, histograms and gauges of all of them together (prometheus_client's multiprocess
+    mode: each process writes its values to files in `multiprocess_dir()`, and a scrape,
+    whichever process answers it, adds them up), and this process's catalog and the database's
+    backlog, which are the same whoever reads them."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(catalog_collector)
+    registry.register(backlog_collector)
+    return registry
+
+
+def process_exiting() -> None:
+    """A worker process ends: its in-progress gauges leave the sums (its counters stay)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class MetricsController(PrometheusController):
@@ -224,4 +261,4 @@ class MetricsController(PrometheusController):
     @get()
     async def get(self) -> Response[bytes]:
         await backlog_collector.refresh()
-        return Response(generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(generate_latest(_scraped()), headers={"Content-Type": CONTENT_TYPE_LATEST})

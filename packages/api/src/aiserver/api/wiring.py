@@ -34,7 +34,12 @@ from aiserver.api.controllers.spend import SpendController
 from aiserver.api.controllers.usage import UsageController
 from aiserver.api.controllers.usage_events import UsageEventController
 from aiserver.api.controllers.usage_export import UsageExportController
-from aiserver.api.metrics import MetricsController, catalog_collector, prometheus
+from aiserver.api.metrics import (
+    MetricsController,
+    catalog_collector,
+    process_exiting,
+    prometheus,
+)
 from aiserver.api.problems import EXCEPTION_HANDLERS, CheckedRequest, answer_cancelled
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui import templates, ui_router
@@ -152,6 +157,7 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
                         await recording
                     await live.stop()
                     await redis.aclose()
+                    process_exiting()
 
     return lifespan
 

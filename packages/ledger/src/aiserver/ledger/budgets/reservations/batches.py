@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
@@ -54,10 +54,18 @@ _Waiting = list[tuple[store.Call, "asyncio.Future[store.Answer]"]]
 @dataclass
 class Sent:
     """Statements this process sent on the quick way, and the calls they carried (counters:
-    calls / statements is how many reservations a statement carried on average)."""
+    calls / statements is how many reservations a statement carried on average). A `listener`
+    (the API's metrics) hears each addition."""
 
     statements: int = 0
     calls: int = 0
+    listener: Callable[[int, int], None] | None = None
+
+    def add(self, statements: int, calls: int) -> None:
+        self.statements += statements
+        self.calls += calls
+        if self.listener is not None:
+            self.listener(statements, calls)
 
 
 #: This process's totals (`aiserver_reservation_statements_total` and `..._calls_total`).
@@ -124,8 +132,7 @@ class _Batches:
                     batch = _wanted(batch)  # a caller may have gone while a connection came
                     if not batch:
                         continue
-                    SENT.statements += 1
-                    SENT.calls += len(batch)
+                    SENT.add(1, len(batch))
                     try:
                         answers = await store.reserve_many(
                             conn, project_id, zone, starts, stripes, [c for c, _ in batch]
@@ -159,7 +166,7 @@ async def _alone(conn: DbConnection, key: _Key, batch: _Waiting) -> None:
     """Each call of `batch` in a statement of its own, answered with its own result or error."""
     _, project_id, zone, starts, stripes = key
     for call, answer in batch:
-        SENT.statements += 1
+        SENT.add(1, 0)
         try:
             (found,) = await store.reserve_many(conn, project_id, zone, starts, stripes, [call])
         except Exception as exc:
