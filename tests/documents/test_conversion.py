@@ -253,6 +253,36 @@ async def test_a_docx_that_unpacks_to_too_much_fails_before_libreoffice_starts()
         await convert(bomb, "docx", LIMITS)
 
 
+def with_entries(count: int) -> bytes:
+    """A zip file of `count` empty entries, named as a DOCX."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for n in range(count):
+            archive.writestr(f"e{n}", b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("count", [10_001, 70_000])  # the second needs the zip's ZIP64 record
+async def test_a_docx_of_too_many_zip_entries_fails_before_its_directory_is_read(
+    count: int,
+) -> None:
+    """250,000 empty entries (a few MB) took 7 s of CPU to list, outside the conversion's
+    timeout; the count the zip's end record declares is checked first."""
+    with pytest.raises(ConversionError, match=rf"^the file holds {count:,} zip entries, more "):
+        await convert(with_entries(count), "docx", LIMITS)
+
+
+def test_the_entry_count_is_read_from_the_end_record(tmp_path: Path) -> None:
+    from aiserver.documents.conversion import _entry_count
+
+    for count in (0, 1, 3, 65_534, 65_535, 65_536):
+        path = tmp_path / f"{count}.docx"
+        path.write_bytes(with_entries(count))
+        assert _entry_count(path) == count
+    (tmp_path / "no.docx").write_bytes(b"no zip file at all")
+    assert _entry_count(tmp_path / "no.docx") is None
+
+
 async def test_a_tool_cannot_take_more_memory_than_its_bound(tmp_path: Path) -> None:
     """A tool's address space is bounded (RLIMIT_AS): an allocation past it fails, and the
     tool with it, naming the reason."""
