@@ -17,6 +17,41 @@ from ..conftest import Settings, replace_settings
 SHOW = "SELECT current_setting('application_name')"
 
 
+async def test_two_blocks_that_find_no_pool_at_once_open_one_and_share_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both find no pool while the first still waits for its connections: before, each opened
+    one, the second replaced the first (never closed), and the first to end closed the pool the
+    other was using."""
+    opened: list[asyncpg.Pool] = []
+    create_pool = asyncpg.create_pool
+
+    async def slow_create_pool(*args: object, **kwargs: object) -> asyncpg.Pool:
+        await asyncio.sleep(0.05)  # the connections take a while
+        pool = await create_pool(*args, **kwargs)  # type: ignore[arg-type]
+        opened.append(pool)
+        return pool
+
+    monkeypatch.setattr(asyncpg, "create_pool", slow_create_pool)
+    seen: list[asyncpg.Pool] = []
+    both_in = asyncio.Barrier(2)
+
+    async def block(stay: float) -> int:
+        async with database(settings.core):
+            seen.append(require_pool())
+            await both_in.wait()
+            await asyncio.sleep(stay)
+            value: int = await require_pool().fetchval("SELECT 7")
+            return value
+
+    assert await asyncio.gather(block(0.0), block(0.1)) == [7, 7]
+    assert len(opened) == 1
+    assert seen == [opened[0], opened[0]]
+    assert opened[0].is_closing()
+    with pytest.raises(DatabaseUnavailable):
+        require_pool()
+
+
 async def test_the_pool_stays_open_until_the_last_block_using_it_ends(settings: Settings) -> None:
     """Two arq workers in one process share the pool: the one that opened it may end first
     while the other is still applying migrations (a fresh-clone CI run once failed on that,

@@ -8,9 +8,11 @@ The same context manager serves a Litestar lifespan and arq's on_startup/on_shut
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
@@ -23,6 +25,18 @@ from aiserver.core_db.settings import CoreSettings
 log = get_logger(__name__)
 
 _users = 0  # the blocks in `database()` now using the open pool: the last one closes it
+#: Per event loop: held while a `database()` finds the pool, or opens it.
+_OPENING: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _opening() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _OPENING.get(loop)
+    if lock is None:
+        lock = _OPENING[loop] = asyncio.Lock()
+    return lock
 
 
 class PoolConnection(asyncpg.Connection):
@@ -91,29 +105,29 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
     global _users
     engine = get_engine()
     dsn = settings.database_url
-    if engine.pool is not None:
-        if engine.config.get("dsn") != dsn:
-            raise RuntimeError(
-                "the database pool is already open for another DSN: "
-                f"{redact_dsn(str(engine.config.get('dsn')))}"
-            )
-    else:
-        engine.config = {"dsn": dsn}
-        try:
-            engine.pool = await asyncpg.create_pool(
-                dsn=dsn,
-                min_size=0 if lazy else settings.database_pool_min_size,
-                max_size=settings.database_pool_max_size,
-                timeout=10.0,
-                connection_class=PoolConnection,
-            )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
-            ) from exc
-        _users = 0
-        log.debug("database pool opened", database=redact_dsn(dsn))
-    _users += 1
+    async with _opening():  # two blocks that find no pool at once must not both open one
+        if engine.pool is not None:
+            if engine.config.get("dsn") != dsn:
+                raise RuntimeError(
+                    "the database pool is already open for another DSN: "
+                    f"{redact_dsn(str(engine.config.get('dsn')))}"
+                )
+        else:
+            engine.config = {"dsn": dsn}
+            try:
+                engine.pool = await asyncpg.create_pool(
+                    dsn=dsn,
+                    min_size=0 if lazy else settings.database_pool_min_size,
+                    max_size=settings.database_pool_max_size,
+                    timeout=10.0,
+                    connection_class=PoolConnection,
+                )
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                raise DatabaseUnavailable(
+                    f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
+                ) from exc
+            log.debug("database pool opened", database=redact_dsn(dsn))
+        _users += 1
     try:
         yield engine
     finally:
