@@ -130,9 +130,9 @@ def test_the_operators_secret_reaches_the_workers_unchanged() -> None:
 def test_several_workers_share_a_metrics_directory_emptied_of_an_earlier_run(
     tmp_path: Path,
 ) -> None:
-    """One process keeps its counts in memory; several keep them in one directory (made, or
-    the one PROMETHEUS_MULTIPROC_DIR names, emptied of an earlier run's counts, which would
-    otherwise be added to the new run's)."""
+    """One process keeps its counts in memory; several keep them in one directory: made, or the
+    one PROMETHEUS_MULTIPROC_DIR names (made if missing), emptied of an earlier run's counts,
+    which would otherwise be added to the new run's. Only prometheus_client's files go."""
     alone: dict[str, str] = {}
     assert share_metrics(1, alone) is None
     assert alone == {}
@@ -143,9 +143,15 @@ def test_several_workers_share_a_metrics_directory_emptied_of_an_earlier_run(
     assert Path(made).is_dir()
     assert list(Path(made).iterdir()) == []
     Path(made).rmdir()
-    (tmp_path / "counter_4242.db").write_bytes(b"an earlier run's counts")
-    (tmp_path / "notes.txt").write_text("not prometheus_client's")
-    given = {MULTIPROCESS_VAR: str(tmp_path)}
-    assert share_metrics(3, given) is None
-    assert given == {MULTIPROCESS_VAR: str(tmp_path)}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    earlier = ["counter_4242.db", "gauge_livesum_4242.db", "histogram_4242.db", "summary_7.db"]
+    kept = ["ledger.db", "notes.txt"]  # not prometheus_client's: an operator's own files
+    for name in earlier + kept:
+        (tmp_path / name).write_bytes(b"x")
+    for workers in (3, 1):  # set by the operator, it is used (and emptied) with one worker too
+        given = {MULTIPROCESS_VAR: str(tmp_path)}
+        assert share_metrics(workers, given) is None
+        assert given == {MULTIPROCESS_VAR: str(tmp_path)}
+        assert sorted(p.name for p in tmp_path.iterdir()) == kept
+    missing = tmp_path / "metrics" / "api"
+    assert share_metrics(2, {MULTIPROCESS_VAR: str(missing)}) is None
+    assert missing.is_dir()

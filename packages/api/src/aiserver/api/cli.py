@@ -97,18 +97,27 @@ def share_session_secret(workers: int, environ: MutableMapping[str, str]) -> boo
     return True
 
 
+#: The files prometheus_client's multiprocess mode writes (`<kind>_<pid>.db`, and a gauge's
+#: `gauge_<mode>_<pid>.db`): what an earlier run left in the operator's directory.
+METRICS_FILES: Final = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
 def share_metrics(workers: int, environ: MutableMapping[str, str]) -> str | None:
-    """With several worker processes, a directory in which they keep their Prometheus counts
-    together (PROMETHEUS_MULTIPROC_DIR in `environ`, which the workers inherit), so that a
-    scrape answered by any of them counts all of them: a new temporary one, or the one the
-    variable names, emptied of an earlier run's files. The temporary directory's path (removed
+    """A directory in which the worker processes keep their Prometheus counts together
+    (PROMETHEUS_MULTIPROC_DIR in `environ`, which they inherit), so that a scrape answered by
+    any of them counts all of them: the one the variable names (made if missing, and emptied of
+    an earlier run's counts, which would be added to this run's: prometheus_client's files
+    only), or with several workers a new temporary one. The temporary directory's path (removed
     by `main` at the end), or None."""
-    if workers <= 1:
-        return None
     given = environ.get(MULTIPROCESS_VAR, "").strip()
     if given:
-        for stale in Path(given).glob("*.db"):
-            stale.unlink()
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for pattern in METRICS_FILES:
+            for stale in directory.glob(pattern):
+                stale.unlink()
+        return None
+    if workers <= 1:
         return None
     made = tempfile.mkdtemp(prefix="aiserver-metrics-")
     environ[MULTIPROCESS_VAR] = made
@@ -118,8 +127,8 @@ def share_metrics(workers: int, environ: MutableMapping[str, str]) -> str | None
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shared = share_session_secret(args.workers, os.environ)
-    metrics_dir = share_metrics(args.workers, os.environ)
     settings = settings_for_command("aiserver-api", ApiSettings)
+    metrics_dir = share_metrics(args.workers, os.environ)  # after the settings: they may exit
     configure_logging(settings.core.log_level, settings.core.log_format)
     if shared:
         log.warning(

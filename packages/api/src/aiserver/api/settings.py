@@ -14,10 +14,10 @@ from aiserver.ledger.keys import PREFIX as KEY_PREFIX
 from aiserver.ledger.keys import looks_like_key
 from aiserver.ledger.settings import LedgerSettings
 
-#: The shortest UI_SESSION_SECRET accepted.
 #: The directory in which the worker processes of `aiserver-api --workers K` keep their
 #: Prometheus counts together (prometheus_client's multiprocess mode; `aiserver.api.cli` sets it).
 MULTIPROCESS_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: The shortest UI_SESSION_SECRET accepted.
 MIN_SECRET: Final = 32
 #: The shortest operator token accepted (API_ADMIN_TOKENS). A token is chosen by the operator,
 #: and its length is all a check can see of it: 32 characters is what `openssl rand -hex 16`
