@@ -57,7 +57,7 @@ ENV PATH="/opt/aiserver/bin:${PATH}" \
 # LibreOffice keeps its profile under $HOME, which is why this user has a home.
 USER 10001:10001
 WORKDIR /home/aiserver
-HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=15s --start-period=60s --retries=3 \
   CMD ["aiserver-taskrunner", "check"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["aiserver-taskrunner"]
