@@ -38,6 +38,11 @@ repository lists every variable, and services/api/.env.example names them. A bad
 the start (exit 2) and names the variable. On SIGTERM, requests in flight get
 {GRACEFUL_SHUTDOWN_S} s to finish: give the container a stop timeout of at least 35 s
 (docker run --stop-timeout 35; deploy/deployment.md, "Stopping").
+
+examples:
+  aiserver-api                                  # 0.0.0.0:8000, one process
+  aiserver-api --host 127.0.0.1 --port 8080     # this machine only
+  UI_SESSION_SECRET=... aiserver-api --workers 4   # four processes behind one port
 """
 
 

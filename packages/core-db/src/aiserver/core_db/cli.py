@@ -19,6 +19,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="aiserver-db",
         description="Manage aiserver's PostgreSQL schema (Piccolo migrations of every "
         "installed aiserver package). The database comes from DATABASE_URL.",
+        epilog=(
+            "examples:\n"
+            "  aiserver-db status           # what is applied and what is pending\n"
+            "  aiserver-db migrate          # apply what is pending (a one-shot job)\n"
+            "  DATABASE_URL=postgresql://aiserver_migrator@db/aiserver aiserver-db migrate\n"
+            "\n"
+            "exit status: 0 done (status: nothing pending); 1 migrations pending (status),\n"
+            "a migration that failed, or no database answered; 2 wrong arguments or settings"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = sub.add_parser(

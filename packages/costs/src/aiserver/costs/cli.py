@@ -396,6 +396,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="aiserver-costs",
         description="The aiserver price catalog in PostgreSQL (DATABASE_URL): refresh it from "
         "its upstream source, inspect it, and price model calls.",
+        epilog=(
+            "examples:\n"
+            "  aiserver-costs status                     # models, version, staleness, last error\n"
+            "  aiserver-costs show gpt-4o                # the prices a call of it is charged now\n"
+            "  aiserver-costs refresh --force            # fetch the upstream document now\n"
+            "  aiserver-costs calc gpt-4o --input-tokens 1000 --output-tokens 500\n"
+            "  aiserver-costs calc --batch calls.jsonl   # price JSON lines offline\n"
+            "\n"
+            "Each command's --help says more (its options, its exit statuses)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
