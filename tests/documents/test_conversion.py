@@ -262,25 +262,55 @@ def with_entries(count: int) -> bytes:
     return buffer.getvalue()
 
 
+def end_record_at(data: bytes, signature: bytes = b"PK\x05\x06") -> int:
+    return data.rindex(signature)
+
+
 @pytest.mark.parametrize("count", [10_001, 70_000])  # the second needs the zip's ZIP64 record
 async def test_a_docx_of_too_many_zip_entries_fails_before_its_directory_is_read(
     count: int,
 ) -> None:
     """250,000 empty entries (a few MB) took 7 s of CPU to list, outside the conversion's
     timeout; the count the zip's end record declares is checked first."""
-    with pytest.raises(ConversionError, match=rf"^the file holds {count:,} zip entries, more "):
+    with pytest.raises(ConversionError, match=rf"^the file's zip directory declares {count:,} "):
         await convert(with_entries(count), "docx", LIMITS)
 
 
-def test_the_entry_count_is_read_from_the_end_record(tmp_path: Path) -> None:
-    from aiserver.documents.conversion import _entry_count
+async def test_a_forged_entry_count_or_zip64_locator_does_not_get_a_directory_through() -> None:
+    """zipfile reads the directory's bytes, whatever count the end record declares: 60,000
+    entries declared as 5 are refused by the directory's size. A ZIP64 locator whose offset
+    points nowhere is not followed (zipfile does not follow it either): the record before it
+    still counts, and the file's size is still checked."""
+    forged = bytearray(with_entries(60_000))
+    end = end_record_at(forged)  # fewer than 65,535 entries: no ZIP64 record
+    forged[end + 8 : end + 12] = (5).to_bytes(2, "little") * 2  # both counts of the end record
+    with zipfile.ZipFile(io.BytesIO(bytes(forged))) as archive:
+        assert len(archive.infolist()) == 60_000  # what zipfile would have listed
+    with pytest.raises(ConversionError, match=r"^the file's zip directory declares 5 entries in "):
+        await convert(bytes(forged), "docx", LIMITS)
+
+    nowhere = bytearray(with_entries(70_000))
+    locator = end_record_at(nowhere, b"PK\x06\x07")
+    nowhere[locator + 8 : locator + 16] = (2**63 + 5).to_bytes(8, "little")
+    with pytest.raises(ConversionError, match=r"^the file's zip directory declares 70,000 "):
+        await convert(bytes(nowhere), "docx", LIMITS)
+
+
+def test_the_directory_is_read_from_the_end_record(tmp_path: Path) -> None:
+    from aiserver.documents.conversion import _zip_directory
 
     for count in (0, 1, 3, 65_534, 65_535, 65_536):
         path = tmp_path / f"{count}.docx"
         path.write_bytes(with_entries(count))
-        assert _entry_count(path) == count
-    (tmp_path / "no.docx").write_bytes(b"no zip file at all")
-    assert _entry_count(tmp_path / "no.docx") is None
+        with zipfile.ZipFile(path) as archive:
+            listed = len(archive.infolist())
+        found = _zip_directory(path)
+        assert found is not None
+        assert found[0] == listed == count
+        assert 46 * count <= found[1] < 60 * count + 1
+    for name, data in (("no.docx", b"no zip file at all"), ("empty.docx", b"")):
+        (tmp_path / name).write_bytes(data)
+        assert _zip_directory(tmp_path / name) is None
 
 
 async def test_a_tool_cannot_take_more_memory_than_its_bound(tmp_path: Path) -> None:

@@ -175,54 +175,68 @@ def _memory_bound() -> Callable[[], None]:
     return bind
 
 
-#: The entries an office document's zip file may hold: a DOCX or ODT holds some tens. Reading a
-#: zip's directory costs CPU by the entry (250,000 empty entries, a few MB, took 7 s), so the
-#: count its end record declares is checked before the directory is read.
+#: What an office document's zip directory may hold: a DOCX or ODT holds some tens of entries in
+#: some KB. Reading a zip's directory costs CPU by the entry (250,000 empty entries, a few MB,
+#: took 7 s), so the count and the size that its end record declares are checked first.
 MAX_ZIP_ENTRIES: Final = 10_000
+MAX_ZIP_DIRECTORY_BYTES: Final = 1024 * 1024
 _END_RECORD: Final = struct.Struct("<4s4H2LH")  # the zip's end of central directory record
 _ZIP64_LOCATOR: Final = struct.Struct("<4sLQL")
 _ZIP64_END_RECORD: Final = struct.Struct("<4sQ2H2L4Q")
 
 
-def _entry_count(document: Path) -> int | None:
-    """The entries a zip file's end record declares (its ZIP64 record's, for more than 65,534);
-    None when no end record is found (no zip file: LibreOffice then says it cannot convert)."""
-    with document.open("rb") as file:
-        size = file.seek(0, os.SEEK_END)
-        tail_size = min(size, _END_RECORD.size + 65_535)  # the record, and a comment after it
-        file.seek(size - tail_size)
-        tail = file.read(tail_size)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) - at < _END_RECORD.size:
-            return None
-        entries: int = _END_RECORD.unpack_from(tail, at)[4]
-        if entries != 0xFFFF or at < _ZIP64_LOCATOR.size:
-            return entries
-        locator = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
-        if locator[0] != b"PK\x06\x07":
-            return entries
-        file.seek(locator[2])
-        record = file.read(_ZIP64_END_RECORD.size)
-        if len(record) < _ZIP64_END_RECORD.size or record[:4] != b"PK\x06\x06":
-            return None
-        total: int = _ZIP64_END_RECORD.unpack(record)[7]
-        return total
+def _zip_directory(document: Path) -> tuple[int, int] | None:
+    """(entries, bytes) of a zip file's directory as its end record declares them, found as
+    Python's zipfile finds them (the record at the very end, else the last one in the 64 KB a
+    comment may take; its ZIP64 record where the locator right before it says so), so that
+    zipfile reads no more than this; None when there is no end record, or it cannot be read
+    (zipfile is then left to say so)."""
+    try:
+        with document.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            tail_size = min(size, _END_RECORD.size + 65_535)
+            file.seek(size - tail_size)
+            tail = file.read(tail_size)
+            at = len(tail) - _END_RECORD.size
+            if not (at >= 0 and tail[at : at + 4] == b"PK\x05\x06" and tail[-2:] == b"\0\0"):
+                at = tail.rfind(b"PK\x05\x06")
+                if at < 0 or len(tail) - at < _END_RECORD.size:
+                    return None
+            record = _END_RECORD.unpack_from(tail, at)
+            entries, directory = record[4], record[5]
+            end_at = size - tail_size + at  # in the file
+            locator_at = end_at - _ZIP64_LOCATOR.size
+            if locator_at - _ZIP64_END_RECORD.size < 0:
+                return entries, directory
+            file.seek(locator_at - _ZIP64_END_RECORD.size)
+            zip64 = file.read(_ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size)
+    except OSError:
+        return None
+    if zip64[_ZIP64_END_RECORD.size : _ZIP64_END_RECORD.size + 4] != b"PK\x06\x07":
+        return entries, directory
+    found = _ZIP64_END_RECORD.unpack_from(zip64)
+    if found[0] != b"PK\x06\x06":
+        return entries, directory
+    return found[7], found[8]
 
 
 def _unpacked_size(document: Path) -> int | None:
     """What a zip file's entries declare they unpack to together; None when it is no zip file
-    (LibreOffice then says it cannot convert it). `ConversionError` for more than
-    `MAX_ZIP_ENTRIES` entries, before their directory is read."""
-    try:
-        entries = _entry_count(document)
-        if entries is not None and entries > MAX_ZIP_ENTRIES:
+    (LibreOffice then says it cannot convert it). `ConversionError` for a directory of more
+    than `MAX_ZIP_ENTRIES` entries or `MAX_ZIP_DIRECTORY_BYTES`, before it is read."""
+    directory = _zip_directory(document)
+    if directory is not None:
+        entries, size = directory
+        if entries > MAX_ZIP_ENTRIES or size > MAX_ZIP_DIRECTORY_BYTES:
             raise ConversionError(
-                f"the file holds {entries:,} zip entries, more than {MAX_ZIP_ENTRIES:,}: "
-                "it is no office document this converts"
+                f"the file's zip directory declares {entries:,} entries in {size:,} bytes, more "
+                f"than {MAX_ZIP_ENTRIES:,} entries or {MAX_ZIP_DIRECTORY_BYTES:,} bytes: it is no "
+                "office document this converts"
             )
+    try:
         with zipfile.ZipFile(document) as archive:
             return sum(entry.file_size for entry in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, struct.error):
+    except (zipfile.BadZipFile, OSError, ValueError):
         return None
 
 
