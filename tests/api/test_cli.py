@@ -152,6 +152,9 @@ def test_several_workers_share_a_metrics_directory_emptied_of_an_earlier_run(
         assert share_metrics(workers, given) is None
         assert given == {MULTIPROCESS_VAR: str(tmp_path)}
         assert sorted(p.name for p in tmp_path.iterdir()) == kept
+    blank = {MULTIPROCESS_VAR: "  "}  # set but blank: taken away, as if not set
+    assert share_metrics(1, blank) is None
+    assert blank == {}
     missing = tmp_path / "metrics" / "api"
     assert share_metrics(2, {MULTIPROCESS_VAR: str(missing)}) is None
     assert missing.is_dir()

@@ -1,6 +1,7 @@
 """The examples that `aiserver-costs --help` and `aiserver-db --help` print run as written (in a
-directory holding the `calls.jsonl` that one of them reads), each with exit status 0, against a
-database seeded with the bundled snapshot and an upstream on 127.0.0.1."""
+directory holding the `calls.jsonl` that one of them reads, with an example's `NAME=value`
+prefix left to this test's environment), each with exit status 0, against a database seeded
+with the bundled snapshot and an upstream on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ the start (exit 2) and names the variable. On SIGTERM, requests in flight get
 examples:
   aiserver-api                                  # 0.0.0.0:8000, one process
   aiserver-api --host 127.0.0.1 --port 8080     # this machine only
-  UI_SESSION_SECRET=... aiserver-api --workers 4   # four processes behind one port
+  aiserver-api --workers 4                      # four processes behind one port
 """
 
 
@@ -115,7 +115,11 @@ def share_metrics(workers: int, environ: MutableMapping[str, str]) -> str | None
     only), or with several workers a new temporary one. The temporary directory's path (removed
     by `main` at the end), or None."""
     given = environ.get(MULTIPROCESS_VAR, "").strip()
-    if given:
+    if not given:
+        # set but blank: prometheus_client would still take it (and write to the working
+        # directory, or fail), where the scrape would not look
+        environ.pop(MULTIPROCESS_VAR, None)
+    else:
         directory = Path(given)
         directory.mkdir(parents=True, exist_ok=True)
         for pattern in METRICS_FILES:

@@ -152,12 +152,14 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
                 try:
                     yield
                 finally:
-                    recording.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await recording
-                    await live.stop()
-                    await redis.aclose()
-                    process_exiting()
+                    try:
+                        recording.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await recording
+                        await live.stop()
+                        await redis.aclose()
+                    finally:
+                        process_exiting()
 
     return lifespan
 
