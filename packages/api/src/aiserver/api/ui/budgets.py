@@ -34,7 +34,7 @@ from aiserver.api.ui.viewer import (
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
-from aiserver.ledger.budgets.alerts.listing import MAX_LIMIT, alert_page
+from aiserver.ledger.budgets.alerts.listing import alert_page, alert_total
 from aiserver.ledger.budgets.periods import PERIODS
 from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.errors import InvalidField, WebhooksDisabled
@@ -55,18 +55,6 @@ def _thresholds(text: str) -> list[Any] | None:
     """`50, 80, 100` as amounts; None when empty (the ledger's default thresholds)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     return [amount(part, "thresholds") for part in parts] if parts else None
-
-
-async def _alert_count(access: Access, budget_id: int) -> int:
-    """How many alerts the budget has (all of them, a page of `MAX_LIMIT` at a time)."""
-    counted, before = 0, None
-    while True:
-        page = await alert_page(require_pool(), access, budget_id=budget_id, limit=MAX_LIMIT,
-                                before=before)  # fmt: skip
-        counted += len(page.alerts)
-        if not page.more:
-            return counted
-        before = page.alerts[-1].id
 
 
 def _deleted(request: AnyRequest, project_id: int) -> tuple[str, int] | None:
@@ -110,7 +98,7 @@ class BudgetPages(ProjectPages):
                                             limit=ALERTS_SHOWN)).alerts,
                 "admin": "admin" in access.scopes, "error": error, "secret": secret,
                 "show": SHOW, "alert_state": alert_state, "confirm_delete": confirm_delete,
-                "alert_count": await _alert_count(access, budget_id) if confirm_delete else 0,
+                "alert_count": await alert_total(pool, access, budget_id) if confirm_delete else 0,
             },
         )  # fmt: skip
 
@@ -194,7 +182,7 @@ class BudgetPages(ProjectPages):
         access.require("admin")
         pool = require_pool()
         name = (await service.show_budget(pool, access, budget_id)).budget.name
-        alerts = await _alert_count(access, budget_id)
+        alerts = await alert_total(pool, access, budget_id)
         await service.delete_budget(pool, access, budget_id)
         return Redirect(
             f"{PROJECT}/{project.slug}/budgets",

@@ -96,3 +96,13 @@ async def alert_page(
         alerts=[Alert(**a, deliveries=by_alert.get(a["id"], [])) for a in alerts[:limit]],
         more=len(alerts) > limit,
     )
+
+
+async def alert_total(pool: asyncpg.Pool, access: Access, budget_id: int) -> int:
+    """How many alerts a budget of the project has, all of them (`UnknownBudget` for none)."""
+    project_id = _reading(access)
+    check_budget_id(budget_id)
+    async with pool.acquire() as conn:
+        if not await alert_store.budget_exists(conn, project_id, budget_id):
+            raise UnknownBudget(f"no budget {budget_id}")
+        return await alert_store.count_budget_alerts(conn, project_id, budget_id)

@@ -137,6 +137,15 @@ async def budget_exists(conn: DbConnection, project_id: int, budget_id: int) -> 
     )
 
 
+async def count_budget_alerts(conn: DbConnection, project_id: int, budget_id: int) -> int:
+    counted: int = await conn.fetchval(
+        "SELECT count(*) FROM budget_alerts WHERE project_id = $1 AND budget_id = $2",
+        project_id,
+        budget_id,
+    )
+    return counted
+
+
 async def read_alerts(
     conn: DbConnection,
     project_id: int,
