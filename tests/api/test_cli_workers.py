@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import drop_database
 from ..reliability.harness import (
@@ -86,22 +87,17 @@ async def test_two_workers_share_the_secret_they_were_given_none_of(
     assert [(e["level"], e["workers"]) for e in warned] == [("warning", 2)]
 
 
-#: A sample line of a scrape: its name, its labels, its value.
-SAMPLE: Final = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
 CALLS: Final = 12
 
 
 def sample(scrape: str, name: str, **labels: str) -> float:
     """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
-    total = 0.0
-    for line in scrape.splitlines():
-        found = SAMPLE.match(line)
-        if found is None or found.group(1) != name:
-            continue
-        have = dict(re.findall(r'([a-z_]+)="([^"]*)"', found.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(found.group(3))
-    return total
+    return sum(
+        found.value
+        for family in text_string_to_metric_families(scrape)
+        for found in family.samples
+        if found.name == name and all(found.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 async def on_its_own_connection(api: ApiProcess, method: str, path: str, **kw: Any) -> Any:
