@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from aiserver.core_db import migrations
 from aiserver.core_db.database import database
+from aiserver.core_db.locks import advisory_lock
 from aiserver.core_db.migrations import apply_migrations, migration_status, sql_migration
 from aiserver.core_db.readiness import database_checks
 
@@ -155,9 +156,30 @@ async def test_cli_says_where_the_database_is_not(empty_database_url: str) -> No
     code, _, err = await _run_cli(
         "status", database_url="postgresql://postgres:pw@127.0.0.1:1/none"
     )
-    assert code == 1
+    assert code == 3  # not 1, which says that migrations are pending
     assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/none" in err
     assert "pw" not in err
+
+
+async def test_cli_migrate_exits_3_when_another_run_holds_the_lock_too_long(
+    empty_database_url: str,
+) -> None:
+    holder = await asyncpg.connect(empty_database_url)
+    try:
+        async with advisory_lock(holder, migrations.MIGRATION_LOCK, timeout=5):
+            code, out, err = await _run_cli(
+                "migrate", "--lock-timeout", "0.5", database_url=empty_database_url
+            )
+    finally:
+        await holder.close()
+    assert code == 3, err
+    assert "advisory lock 'aiserver:migrations' not granted within 0.5 s" in err
+    assert out == ""
+    conn = await asyncpg.connect(empty_database_url)
+    try:  # nothing applied: not even Piccolo's table of applied migrations was made
+        assert await conn.fetchval("SELECT to_regclass('migration')") is None
+    finally:
+        await conn.close()
 
 
 async def test_a_migration_that_loses_a_deadlock_to_live_traffic_is_applied_again(

@@ -25,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
             "  aiserver-db migrate          # apply what is pending (a one-shot job)\n"
             "  DATABASE_URL=postgresql://aiserver_migrator@db/aiserver aiserver-db migrate\n"
             "\n"
-            "exit status: 0 done (status: nothing pending); 1 migrations pending (status),\n"
-            "a migration that failed, or no database answered; 2 wrong arguments or settings"
+            "exit status: 0 done (status: nothing pending); 1 migrations pending (status) or\n"
+            "a migration that failed (migrate); 2 wrong arguments or settings; 3 no database\n"
+            "answered, or another process's migration run outlasted --lock-timeout"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         help="list applied and pending migrations per app; exit 1 when any is pending",
         description="List every migration of every installed aiserver package, per app: [x] "
         "applied, [ ] pending. Exit status 0 when none is pending, 1 when some are (apply them "
-        "with aiserver-db migrate).",
+        "with aiserver-db migrate), 3 when no database answered.",
     )
     return parser
 
@@ -82,6 +83,11 @@ async def _status(settings: CoreSettings) -> int:
     return 1 if pending_total else 0
 
 
+#: The exit status when the database cannot be asked: apart from 1 (pending, or a migration
+#: that failed) so that a deploy script can tell "run the migrations" from "wait and retry".
+UNREACHABLE = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-db", CoreSettings)
@@ -90,12 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings, args.lock_timeout))
         return asyncio.run(_status(settings))
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, TimeoutError) as exc:
         print(f"aiserver-db: {exc}", file=sys.stderr)
-        return 1
-    except TimeoutError as exc:
-        print(f"aiserver-db: {exc}", file=sys.stderr)
-        return 1
+        return UNREACHABLE
 
 
 if __name__ == "__main__":
