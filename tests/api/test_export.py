@@ -305,6 +305,8 @@ async def test_focus_rows_keep_the_focus_column_rules_and_add_up_to_each_event(
     unknown, priced, cached, partial, _ = await four_events(client, tenants)
     response = await export(client, tenants.admin_a["key"], format="focus")
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    name = f"acme-a-usage-{WINDOW_FROM:%Y%m%dT%H%M%SZ}-{WINDOW_TO:%Y%m%dT%H%M%SZ}-focus.csv"
+    assert response.headers["content-disposition"] == f'attachment; filename="{name}"'
     assert response.headers["x-unpriced-events"] == "1"  # req-4 has no row: it is counted
     rows = check_focus_rules(response.text)
     assert [(r["x_EventKey"], r["SkuMeter"]) for r in rows] == [

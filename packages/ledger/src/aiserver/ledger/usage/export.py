@@ -106,12 +106,15 @@ def export_query(
 
 
 def file_name(project: str, query: EventQuery, fmt: ExportFormat) -> str:
-    """What an export is saved as: `acme-usage-20261101T000000Z-20261201T000000Z.csv`. (The
-    year is written with four digits by hand: strftime's `%Y` writes year 1 as `1`.)"""
+    """What an export is saved as: `acme-usage-20261101T000000Z-20261201T000000Z.csv`, with
+    `-focus` before `.csv` for FOCUS (both are CSV: the names keep them apart, as the
+    dashboard's do). (The year is written with four digits by hand: strftime's `%Y` writes year
+    1 as `1`.)"""
     window = "-".join(
         f"{at.year:04d}{at:%m%dT%H%M%SZ}" for at in (query.since, query.until) if at is not None
     )
-    return f"{project}-usage-{window}.{EXTENSIONS[fmt]}"
+    kind = "-focus" if fmt == "focus" else ""
+    return f"{project}-usage-{window}{kind}.{EXTENSIONS[fmt]}"
 
 
 def utc(at: datetime) -> str:
