@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,8 +36,8 @@ SIGN_INS: Final = 10
 
 
 @contextlib.asynccontextmanager
-async def two_workers(database_url: str, log: Path) -> AsyncIterator[ApiProcess]:
-    env = api_env(database_url, upstream_url="http://127.0.0.1:9/unused")
+async def two_workers(database_url: str, log: Path, **extra_env: str) -> AsyncIterator[ApiProcess]:
+    env = api_env(database_url, upstream_url="http://127.0.0.1:9/unused") | extra_env
     env.pop("UI_SESSION_SECRET", None)
     port = free_port()
     script = Path(sys.executable).with_name("aiserver-api")
@@ -146,3 +149,59 @@ async def test_every_scrape_counts_the_requests_and_usage_of_both_workers(
     # each scrape also holds the catalog and the backlog, which are the same for both workers
     assert all("aiserver_catalog_version " in s for s in scrapes)
     assert all("aiserver_usage_outbox_rows " in s for s in scrapes)
+
+
+CALCULATE: Final = "/v1/costs/calculate"
+
+
+async def scraped_until(api: ApiProcess, wanted: tuple[float, float]) -> tuple[float, float]:
+    """Scrape until the requests in progress and done on CALCULATE are `wanted` (for up to 60
+    s, while uvicorn may be starting workers again); the last ones seen."""
+    seen = (-1.0, -1.0)
+    deadline = asyncio.get_running_loop().time() + 60
+    while seen != wanted and asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            scrape = (await on_its_own_connection(api, "GET", "/metrics")).text
+            seen = (
+                sample(scrape, "aiserver_requests_in_progress", path=CALCULATE),
+                sample(scrape, "aiserver_requests_total", path=CALCULATE),
+            )
+        await asyncio.sleep(0.2)
+    return seen
+
+
+async def test_a_request_of_a_killed_worker_leaves_the_requests_in_progress(
+    migrated_template_url: str, tmp_path: Path
+) -> None:
+    """A worker killed in the middle of a request (or found hung and killed by uvicorn, which
+    starts another) never ends it: its count in progress must leave the sums, as a stopped
+    worker's does, and not stay 1 for ever; what it served stays counted. Before, the dead
+    worker's gauge stayed in every later scrape."""
+    url = await catalogued_database(migrated_template_url)
+    counts = tmp_path / "metrics"
+    try:
+        async with two_workers(
+            url, tmp_path / "api.log", PROMETHEUS_MULTIPROC_DIR=str(counts)
+        ) as api:
+            done = await on_its_own_connection(api, "POST", CALCULATE, json={
+                "model": "gpt-test-001", "usage": {"input_tokens": 10}})  # fmt: skip
+            assert done.status_code == 200, done.text
+            # a request whose body never comes: in progress until its worker dies
+            _, writer = await asyncio.open_connection("127.0.0.1", api.port)
+            writer.write(
+                f"POST {CALCULATE} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+            )
+            await writer.drain()
+            assert await scraped_until(api, (1.0, 1.0)) == (1.0, 1.0)
+            workers = {int(p.stem.rpartition("_")[2]) for p in counts.glob("gauge_live*_*.db")}
+            assert workers, sorted(p.name for p in counts.iterdir())
+            for pid in workers:  # the worker with the request among them
+                os.kill(pid, signal.SIGKILL)
+            writer.close()
+            after = await scraped_until(api, (0.0, 1.0))
+            left = sorted(p.name for p in counts.glob("gauge_live*_*.db"))
+    finally:
+        await drop_database(url)
+    assert after == (0.0, 1.0), "in progress, done: the killed worker's request stayed in progress"
+    assert not [name for name in left if int(name[:-3].rpartition("_")[2]) in workers], left

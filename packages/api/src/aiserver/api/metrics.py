@@ -36,6 +36,7 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final
 
 from litestar import get
@@ -254,6 +255,36 @@ def process_exiting() -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def forget_dead_processes() -> list[int]:
+    """The worker processes that died without `process_exiting` (killed, crashed, or found hung
+    and killed by uvicorn, which starts another in their place): their in-progress gauges leave
+    the sums as a stopped worker's do, so that a request they were serving is not counted in
+    progress for ever. Their counters stay, as a stopped worker's do. Run at each scrape; the
+    pids it forgot."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return []
+    dead: set[int] = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        number = path.stem.rpartition("_")[2]
+        if number.isdigit() and int(number) != os.getpid() and not _alive(int(number)):
+            dead.add(int(number))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs (the workers are this machine's, or this container's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = False
@@ -261,4 +292,5 @@ class MetricsController(PrometheusController):
     @get()
     async def get(self) -> Response[bytes]:
         await backlog_collector.refresh()
+        forget_dead_processes()
         return Response(generate_latest(_scraped()), headers={"Content-Type": CONTENT_TYPE_LATEST})
