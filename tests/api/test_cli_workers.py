@@ -118,7 +118,9 @@ async def test_every_scrape_counts_the_requests_and_usage_of_both_workers(
     url = await catalogued_database(migrated_template_url)
     operator = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     try:
-        async with two_workers(url, tmp_path / "api.log") as api:
+        # TMPDIR: the command makes its directory of counts in tmp_path, where this test
+        # sees which processes counted something
+        async with two_workers(url, tmp_path / "api.log", TMPDIR=str(tmp_path)) as api:
             made = await on_its_own_connection(
                 api, "POST", "/v1/projects", json={"slug": "mp", "name": "MP"}, headers=operator
             )
@@ -138,11 +140,16 @@ async def test_every_scrape_counts_the_requests_and_usage_of_both_workers(
                 )
                 assert recorded.status_code == 201, recorded.text
             scrapes = [(await on_its_own_connection(api, "GET", "/metrics")).text for _ in range(8)]
+            counted_by = {
+                p.stem.rpartition("_")[2] for p in tmp_path.glob("aiserver-*/counter_*.db")
+            }
     finally:
         await drop_database(url)
     health_counts = [
         sample(s, "aiserver_requests_total", path="/health", method="GET") for s in scrapes
     ]
+    # both workers served (else the same counts in every scrape would prove nothing)
+    assert len(counted_by) == 2, counted_by
     assert health_counts == [CALLS] * len(scrapes), health_counts
     recorded_counts = [sample(s, "aiserver_usage_events_total", result="recorded") for s in scrapes]
     assert recorded_counts == [CALLS] * len(scrapes), recorded_counts
