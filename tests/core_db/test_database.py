@@ -97,6 +97,26 @@ async def _fail_in_a_lone_block(pool: asyncpg.Pool) -> None:
         raise RuntimeError("failed")
 
 
+async def test_a_block_in_another_event_loop_is_refused_while_the_pool_is_open(
+    settings: Settings,
+) -> None:
+    """asyncpg's connections belong to their loop: a block of another loop (asyncio.run in a
+    thread) that took the open pool failed later, with "another operation is in progress"."""
+
+    async def elsewhere() -> None:
+        async with database(settings.core):
+            await require_pool().fetchval("SELECT 1")
+
+    async with database(settings.core):
+        with pytest.raises(RuntimeError, match="the database pool is open in another event loop"):
+            await asyncio.to_thread(asyncio.run, elsewhere())
+        assert await require_pool().fetchval("SELECT 1") == 1  # this loop's blocks go on
+    async with database(settings.core):  # the count of users was left right
+        assert await require_pool().fetchval("SELECT 2") == 2
+    with pytest.raises(DatabaseUnavailable):
+        require_pool()  # and the last block closed the pool
+
+
 async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succeed(
     settings: Settings,
 ) -> None:

@@ -99,6 +99,8 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
     Re-entrant and shared: a `database()` entered while the pool is open (for the same DSN) uses
     that pool, and the pool stays open until every block using it has ended, whichever began
     first. (Two arq workers in one process, or a CLI inside a service's lifespan, each hold it.)
+    The blocks share one event loop: one entered from another loop while the pool is open is a
+    RuntimeError that says so.
     `lazy` opens no connection up front, so a service can start while the database is down
     (its connections are made, and remade, as requests need them).
     """
@@ -107,6 +109,13 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
     dsn = settings.database_url
     async with _opening():  # two blocks that find no pool at once must not both open one
         if engine.pool is not None:
+            if getattr(engine.pool, "_loop", None) is not asyncio.get_running_loop():
+                # asyncpg's connections belong to the loop that made them: used from another
+                # (asyncio.run in a thread) they fail with "another operation is in progress"
+                raise RuntimeError(
+                    "the database pool is open in another event loop: a database() block must "
+                    "run in the event loop of the block that opened the pool"
+                )
             if engine.config.get("dsn") != dsn:
                 raise RuntimeError(
                     "the database pool is already open for another DSN: "
