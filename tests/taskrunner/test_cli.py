@@ -47,17 +47,29 @@ async def test_run_help_names_burst_and_a_burst_run_ends_by_itself(
     assert code == 0, out + err
 
 
-@pytest.mark.parametrize("command", ["run", "check"])
-async def test_a_redis_url_with_an_option_redis_py_does_not_take_exits_2_saying_so(
-    subprocess_env: dict[str, str], command: str
+@pytest.mark.parametrize(("command", "status"), [("run", 2), ("check", 1)])
+async def test_a_redis_url_with_an_option_redis_py_does_not_take_exits_saying_so(
+    subprocess_env: dict[str, str], command: str, status: int
 ) -> None:
     """redis-py reads REDIS_URL's query options as connection options: one it does not take
-    failed the worker at its first connection, with a traceback, again and again."""
+    failed the worker at its first connection, with a traceback, again and again. (`check`, a
+    health check, answers 1: Docker reserves 2.)"""
     env = dict(subprocess_env, REDIS_URL="redis://127.0.0.1:6379/0?colour=blue")
     code, out, err = await run_module("aiserver.taskrunner.cli", env, command)
-    assert code == 2, out + err
+    assert code == status, out + err
     assert "REDIS_URL has an option redis-py does not take" in err
     assert "colour" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("command", "status"), [("run", 2), ("check", 1)])
+async def test_a_setting_that_is_not_valid_is_named_and_check_calls_it_unhealthy(
+    subprocess_env: dict[str, str], command: str, status: int
+) -> None:
+    env = dict(subprocess_env, REDIS_REPLY_TIMEOUT_SECONDS="soon")
+    code, out, err = await run_module("aiserver.taskrunner.cli", env, command)
+    assert code == status, out + err
+    assert "aiserver-taskrunner: configuration error: REDIS_REPLY_TIMEOUT_SECONDS" in err
     assert "Traceback" not in err
 
 

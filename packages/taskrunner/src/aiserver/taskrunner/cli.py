@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
             "  aiserver-taskrunner check                   # the task runner of this host\n"
             "  aiserver-taskrunner check --host runner-2   # another host's, from a monitor\n"
             "\n"
-            "exit status: 0 alive; 1 not alive, or Redis did not answer within 10 s; 2 a "
-            "setting that is not valid"
+            "exit status: 0 alive; 1 not alive, Redis did not answer within 10 s, or a\n"
+            "setting is not valid (Docker reserves 2 in a health check); 2 wrong arguments"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -190,14 +190,23 @@ async def check(settings: TaskRunnerSettings, host: str | None = None) -> int:
     return 0
 
 
+#: `check`'s status for a setting that is not valid: a health check answers 0 or 1 (Docker
+#: reserves 2), and such a task runner cannot run, so it is not healthy.
+CHECK_BAD_SETTING: Final = 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_for_command("aiserver-taskrunner", TaskRunnerSettings)
+    bad_setting = CHECK_BAD_SETTING if args.command == "check" else 2
+    try:
+        settings = settings_for_command("aiserver-taskrunner", TaskRunnerSettings)
+    except SystemExit:  # it said which setting
+        return bad_setting
     try:
         watched_redis(settings.core.redis_url)
     except ValueError as exc:
         print(f"aiserver-taskrunner: {exc}", file=sys.stderr)
-        return 2
+        return bad_setting
     configure_logging(settings.core.log_level, settings.core.log_format)
     if args.command == "check":
         return asyncio.run(check(settings, args.host))
