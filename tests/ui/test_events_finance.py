@@ -30,6 +30,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from aiserver.api.ui.sessions import Sessions, Signer
 from aiserver.ledger.keys import parse_key
+from aiserver.ledger.text import spreadsheet_safe
 
 from ..conftest import TEST_REDIS_URL
 from .conftest import SESSION_SECRET, Site, admin, bearer, shot, sign_in, text, through
@@ -179,6 +180,10 @@ async def test_the_filters_events_download_as_the_api_exports_them(
         browser.find_element(By.ID, name).send_keys(value)
     through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     shot(browser, screenshots, "events-downloads")
+    # the page says what the export does to a cell that would start a formula (it used to say
+    # such a cell was written as sent)
+    said = browser.find_element(By.CSS_SELECTOR, "#downloads .help").text
+    assert f"=cmd is written {spreadsheet_safe('=cmd')}" in said, said
     links = browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")
     assert len(links) == 3
     for link in links:  # the filter of the page, not its cursor

@@ -19,6 +19,6 @@ def has_control(text: str) -> bool:
 def spreadsheet_safe(cell: str) -> str:
     """A cell of text that a spreadsheet shows as text: one that would start a formula (an event
     key or a tag value such as `=HYPERLINK(...)`, which anyone holding an ingest key can send)
-    gets a leading `'`, which a spreadsheet shows as text and hides. For text only: a number
-    (`-1`) is left to its own column."""
+    gets a leading `'`, so that a spreadsheet takes it as text (some show the `'`, some hide
+    it). For text only: a number (`-1`) is left to its own column."""
     return "'" + cell if cell[:1] in FORMULA_START else cell
