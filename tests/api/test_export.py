@@ -6,6 +6,7 @@ and its database connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -19,13 +20,14 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from structlog.testing import capture_logs
 
 from aiserver.api.app import create_app
 from aiserver.api.controllers import usage_export
 from aiserver.ledger.usage.export import APPLICATION_NAME, CSV_COLUMNS
 from aiserver.ledger.usage.focus import COLUMNS as FOCUS_COLUMNS
 
-from ..conftest import Settings
+from ..conftest import Settings, replace_settings
 from ..reliability.harness import free_port
 from .conftest import Client, Tenants, admin, bearer
 from .test_endpoints import assert_problem
@@ -464,14 +466,14 @@ async def test_focus_names_the_override_that_priced_a_call_and_counts_calls_of_u
 # -- streaming -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def served(api_settings: Settings, redis_clean: None) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API served by uvicorn on a port of its own (a real socket, so that a client can hang
     up) in this test's event loop, and a client of it. (The test client's app runs in a loop of
     its own, and the pool is the process's: the two are not used together.)"""
     port = free_port()
     config = uvicorn.Config(
-        create_app(api_settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -486,15 +488,21 @@ async def served(api_settings: Settings, redis_clean: None) -> AsyncIterator[htt
         await asyncio.wait_for(task, 20)
 
 
-async def reader_with_events(http: httpx.AsyncClient, pg: asyncpg.Connection, count: int) -> str:
-    """A read key of a project holding `count` + 1 events, a microsecond apart (the copies are
-    written straight into the table: the tests are of the export, not of ingest)."""
-    project = await http.post(
-        "/v1/projects", headers=admin(), json={"slug": "acme-a", "name": "Acme"}
-    )
+@pytest.fixture
+async def served(api_settings: Settings, redis_clean: None) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(api_settings) as http:
+        yield http
+
+
+async def reader_with_events(
+    http: httpx.AsyncClient, pg: asyncpg.Connection, count: int, slug: str = "acme-a"
+) -> str:
+    """A read key of a project `slug` holding `count` + 1 events, a microsecond apart (the
+    copies are written straight into the table: the tests are of the export, not of ingest)."""
+    project = await http.post("/v1/projects", headers=admin(), json={"slug": slug, "name": "Acme"})
     assert project.status_code == 201, project.text
     made = await http.post(
-        "/v1/projects/acme-a/keys",
+        f"/v1/projects/{slug}/keys",
         headers=admin(),
         json={"name": "all", "scopes": ["ingest", "read"]},
     )
@@ -515,9 +523,10 @@ async def reader_with_events(http: httpx.AsyncClient, pg: asyncpg.Connection, co
             usage_other, tags, status, total_cost, components, unpriced, pricing_note,
             suggestions, price_version, catalog_version, override_id
         FROM usage_events, generate_series(1, $1) AS n
-        WHERE event_key = 'req-1'
+        WHERE event_key = 'req-1' AND project_id = (SELECT id FROM projects WHERE slug = $2)
         """,
         count,
+        slug,
     )
     return key
 
@@ -576,26 +585,69 @@ async def test_a_database_that_fails_half_way_cuts_the_response_short(
 async def test_a_process_streams_a_bounded_number_of_exports_at_once(
     served: httpx.AsyncClient, pg: asyncpg.Connection
 ) -> None:
-    key = await reader_with_events(served, pg, 100_000)
-    held = []
-    for _ in range(usage_export.MAX_EXPORTS):
-        request = served.build_request("GET", EXPORT, headers=bearer(key), params=window())
-        held.append(await served.send(request, stream=True))
-    assert [r.status_code for r in held] == [200] * usage_export.MAX_EXPORTS
-    busy = await served.get(EXPORT, headers=bearer(key), params=window())
-    problem = assert_problem(busy, 503, "exports at once")
+    """At most MAX_EXPORTS at once, and at most MAX_EXPORTS_PER_PROJECT of one project: one
+    project's key (a slow reader's) used to be able to take every slot, and no other project
+    could export."""
+    assert usage_export.MAX_EXPORTS_PER_PROJECT * 2 == usage_export.MAX_EXPORTS
+    keys = {
+        slug: await reader_with_events(served, pg, 100_000, slug)
+        for slug in ("acme-a", "acme-b", "acme-c")
+    }
+    held: dict[str, list[httpx.Response]] = {"acme-a": [], "acme-b": []}
+    for slug, responses in held.items():
+        for _ in range(usage_export.MAX_EXPORTS_PER_PROJECT):
+            request = served.build_request("GET", EXPORT, headers=bearer(keys[slug]),
+                                           params=window())  # fmt: skip
+            responses.append(await served.send(request, stream=True))
+        assert [r.status_code for r in responses] == [200] * usage_export.MAX_EXPORTS_PER_PROJECT
+        more = await served.get(EXPORT, headers=bearer(keys[slug]), params=window())
+        problem = assert_problem(more, 503, "exports of this project at once")
+        assert problem["type"] == "urn:aiserver:problem:exports-busy"
+        assert more.headers["retry-after"] == "5"
+    assert usage_export.slots.in_use == usage_export.MAX_EXPORTS
+    busy = await served.get(EXPORT, headers=bearer(keys["acme-c"]), params=window())
+    problem = assert_problem(busy, 503, f"streams {usage_export.MAX_EXPORTS} usage exports at once")
     assert problem["type"] == "urn:aiserver:problem:exports-busy"
-    assert busy.headers["retry-after"] == "5"
-    await held.pop().aclose()
+    await held["acme-a"].pop().aclose()
     async with asyncio.timeout(10):
         while usage_export.slots.in_use == usage_export.MAX_EXPORTS:
             await asyncio.sleep(0.05)
-    whole = await served.get(EXPORT, headers=bearer(key), params=window(format="focus"))
+    whole = await served.get(EXPORT, headers=bearer(keys["acme-a"]), params=window(format="focus"))
     assert whole.status_code == 200
     assert whole.text.count("\r\n") == 1 + 2 * 100_001  # the header, an input and an output row
-    for response in held:
+    for response in (*held["acme-a"], *held["acme-b"]):
         await response.aclose()
     await no_export_connections(pg)
+    assert usage_export.slots.in_use == 0
+
+
+async def test_an_export_that_outlasts_its_time_limit_is_cut(
+    api_settings: Settings, redis_clean: None, pg: asyncpg.Connection
+) -> None:
+    """A client that stops reading held its export's connection, snapshot and slot for as long
+    as it liked. At USAGE_EXPORT_MAX_SECONDS the export ends: the client's download breaks
+    (never a short one that looks whole), and the connection and the slot come back."""
+    quick = replace_settings(api_settings, usage_export_max_seconds=1)
+    async with serve(quick) as http:
+        key = await reader_with_events(http, pg, 200_000)  # more than sockets hold
+        with capture_logs() as logs:
+            async with http.stream("GET", EXPORT, headers=bearer(key), params=window()) as response:
+                assert response.status_code == 200
+                chunks = response.aiter_raw()
+                await anext(chunks)
+                await no_export_connections(pg)  # the export ended while nothing was read
+                assert usage_export.slots.in_use == 0
+                with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                    async for _ in chunks:
+                        pass
+        (cut,) = [e for e in logs if e["event"] == "usage export cut at its time limit"]
+        assert (cut["log_level"], cut["seconds"]) == ("warning", 1)
+        assert 0 < cut["events"] < 200_001
+        # a whole export within the limit is not cut
+        small = await reader_with_events(http, pg, 10, "acme-small")
+        whole = await http.get(EXPORT, headers=bearer(small), params=window())
+        assert whole.status_code == 200
+        assert whole.text.count("\r\n") == 1 + 11
 
 
 def test_times_are_utc_with_z() -> None:

@@ -136,7 +136,9 @@ def test_a_window_and_a_format_are_required() -> None:
     with pytest.raises(InvalidInput, match=r"format: 'xml' is not one of csv, jsonl, focus"):
         export_format("xml")
     query = export_query(since="2026-11-01", until="2026-12-01")
-    assert file_name("acme", query, "focus") == ("acme-usage-20261101T000000Z-20261201T000000Z.csv")
+    assert file_name("acme", query, "focus") == (
+        "acme-usage-20261101T000000Z-20261201T000000Z-focus.csv"
+    )
     assert query.since == datetime(2026, 11, 1, tzinfo=UTC)
 
 

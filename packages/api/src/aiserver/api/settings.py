@@ -47,6 +47,10 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     #: old (`aiserver.api.auth.FailedAttempts`). 0: no limit.
     api_auth_failure_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     api_auth_failure_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 300
+    #: The longest a usage export (API or dashboard download) may stream: then it is cut short
+    #: (the client gets a broken download, never a short one that looks whole), so that a client
+    #: that reads slowly, or not at all, holds its database connection and snapshot no longer.
+    usage_export_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3600
 
     def __post_init__(self) -> None:
         if self.ui_session_secret and len(self.ui_session_secret) < MIN_SECRET:

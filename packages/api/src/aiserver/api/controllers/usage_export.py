@@ -4,12 +4,16 @@ of the key's project in the window that the filters keep, oldest first (scope `r
 The rules of the export are `aiserver.ledger.usage.export`'s; the filters are those of
 `GET /v1/usage/events`. The body is streamed as the database's cursor yields rows, so an export
 of any size takes the same memory; each export has a database connection of its own, and a
-process streams at most `MAX_EXPORTS` at once (503 `exports-busy` beyond, with Retry-After).
-A client that hangs up ends its export and its connection.
+process streams at most `MAX_EXPORTS` at once, and at most `MAX_EXPORTS_PER_PROJECT` of one
+project, so that one project cannot take every slot (503 `exports-busy` beyond, with
+Retry-After). A client that hangs up ends its export and its connection; an export that
+streams longer than USAGE_EXPORT_MAX_SECONDS is cut (a client that reads slowly, or not at
+all, holds its slot, connection and snapshot no longer).
 """
 
 from __future__ import annotations
 
+import collections
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -57,45 +61,65 @@ from aiserver.ledger.usage.export import (
 )
 
 if TYPE_CHECKING:
-    from aiserver.core_db.settings import CoreSettings
     from aiserver.ledger.store import Project
     from aiserver.ledger.usage.reading import EventQuery
 
 #: Exports one API process streams at once: each holds a database connection of its own.
 MAX_EXPORTS: Final = 4
+#: Of them, the most one project may stream: the others are left to the other projects.
+MAX_EXPORTS_PER_PROJECT: Final = MAX_EXPORTS // 2
 
 
 class ExportSlots:
-    """How many exports this process streams: those connecting and those whose connection is
-    open. An export that ends in any way (finished, hung up on, dropped without a word)
-    frees its slot by itself, so no path can leak one. No lock: the event loop is one thread."""
+    """How many exports this process streams, in all and of each project: those connecting and
+    those whose connection is open. An export that ends in any way (finished, hung up on,
+    dropped without a word, cut at its time limit) frees its slot by itself, so no path can
+    leak one. No lock: the event loop is one thread."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_project: int) -> None:
         self.limit = limit
-        self.connecting = 0
+        self.per_project = per_project
+        self.connecting: collections.Counter[int] = collections.Counter()  # by project id
         self.streaming: weakref.WeakSet[UsageExport] = weakref.WeakSet()
 
     @property
     def in_use(self) -> int:
-        return self.connecting + sum(1 for export in self.streaming if not export.closed)
+        return self.connecting.total() + sum(1 for e in self.streaming if not e.closed)
+
+    def of_project(self, project_id: int) -> int:
+        """The slots that project `project_id` uses."""
+        streaming = sum(1 for e in self.streaming if e.project_id == project_id and not e.closed)
+        return self.connecting[project_id] + streaming
 
     async def open(
-        self, core: CoreSettings, project: Project, query: EventQuery, fmt: ExportFormat
+        self,
+        settings: ApiSettings,
+        project: Project,
+        query: EventQuery,
+        fmt: ExportFormat,
     ) -> UsageExport:
+        if self.of_project(project.id) >= self.per_project:
+            raise ExportsBusy(
+                f"this server streams {self.per_project} usage exports of this project at once "
+                "already, the most it streams of one project; retry when one has ended"
+            )
         if self.in_use >= self.limit:
             raise ExportsBusy(
                 f"this server streams {self.limit} usage exports at once already; retry in a moment"
             )
-        self.connecting += 1
+        self.connecting[project.id] += 1
         try:
-            export = await UsageExport.open(core, project, query, fmt)
+            export = await UsageExport.open(settings.core, project, query, fmt)
         finally:
-            self.connecting -= 1
+            self.connecting[project.id] -= 1
+            if not self.connecting[project.id]:
+                del self.connecting[project.id]
+        export.limit_time(settings.usage_export_max_seconds)
         self.streaming.add(export)
         return export
 
 
-slots = ExportSlots(MAX_EXPORTS)
+slots = ExportSlots(MAX_EXPORTS, MAX_EXPORTS_PER_PROJECT)
 
 
 @dataclass
@@ -174,7 +198,7 @@ class UsageExportController(Controller):
             project = await projects.find_project(conn, access, access.project_slug)
         assert project.id == project_id
         settings: ApiSettings = request.app.state.settings
-        export = await slots.open(settings.core, project, query, chosen)
+        export = await slots.open(settings, project, query, chosen)
         return streamed(export, file_name(project.slug, query, chosen), chosen)
 
 

@@ -180,7 +180,7 @@ class EventController(ProjectPages):
         except InvalidField as exc:
             return await _listing(request, seen_by, project, f"Not downloaded: {exc}")
         settings: ApiSettings = request.app.state.settings
-        export = await slots.open(settings.core, project, query, chosen)
+        export = await slots.open(settings, project, query, chosen)
         return streamed(export, download_name(project, query, chosen), chosen)
 
     @get("/events/{event_id:int}")

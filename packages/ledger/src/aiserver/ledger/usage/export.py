@@ -23,15 +23,18 @@ CSV, JSON lines or FOCUS-shaped CSV, streamed from a server-side cursor.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+import asyncpg
 import msgspec
 
 from aiserver.core_db.connections import connect
+from aiserver.core_db.logging import get_logger
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.ledger.errors import InvalidField
@@ -41,7 +44,6 @@ from aiserver.ledger.usage.reading import EventQuery, event_filters, event_from_
 from aiserver.ledger.usage.store import reading as store
 
 if TYPE_CHECKING:
-    import asyncpg
     from asyncpg.transaction import Transaction
 
     from aiserver.core_db.settings import CoreSettings
@@ -55,6 +57,13 @@ MEDIA_TYPES: Final[dict[ExportFormat, str]] = {
     "focus": "text/csv",
 }
 EXTENSIONS: Final[dict[ExportFormat, str]] = {"csv": "csv", "jsonl": "jsonl", "focus": "csv"}
+
+log = get_logger(__name__)
+
+
+class ExportCut(Exception):
+    """An export ended at its time limit (`UsageExport.limit_time`) before it was whole."""
+
 
 #: Rows the cursor fetches a round trip, and encodes into one chunk: the export's memory.
 PREFETCH: Final = 1000
@@ -222,6 +231,7 @@ class UsageExport:
         statement: tuple[str, list[Any]],
         encoder: Encoding,
         unpriced_events: int | None,
+        project_id: int,
     ) -> None:
         self.conn = conn
         self.transaction = transaction
@@ -230,6 +240,10 @@ class UsageExport:
         #: focus only: the unpriced events the filters keep, which have no FOCUS row
         self.unpriced_events = unpriced_events
         self.events = 0  # read so far
+        self.project_id = project_id
+        #: the time limit that cut the export (`limit_time`), None while it was not cut
+        self.cut_after: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -251,7 +265,7 @@ class UsageExport:
             conn.terminate()
             raise
         statement = store.export_statement(project.id, filters)
-        return cls(conn, transaction, statement, encoding(fmt, project), unpriced)
+        return cls(conn, transaction, statement, encoding(fmt, project), unpriced, project.id)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The export's bytes, a batch of events at a time; the connection is closed at the
@@ -271,7 +285,29 @@ class UsageExport:
                 yield self.encoder.encode(batch)
             await self.transaction.commit()
             await self.conn.close(timeout=5)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self.cut_after is None:
+                raise
+            raise ExportCut(
+                f"the export was cut at its time limit of {self.cut_after:g} s"
+            ) from exc
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.close()
+
+    def limit_time(self, seconds: float) -> None:
+        """End the export `seconds` from now if it still streams: its connection, so its
+        snapshot, is ended, and the stream fails (`ExportCut`), so that the client gets a broken
+        download, never a short one that looks whole. A client that reads slowly, or not at
+        all, holds a connection no longer than that."""
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._cut, seconds)
+
+    def _cut(self, seconds: float) -> None:
+        if not self.closed:
+            self.cut_after = seconds
+            log.warning("usage export cut at its time limit", seconds=seconds, events=self.events,
+                        project_id=self.project_id)  # fmt: skip
             self.close()
 
     @property
