@@ -429,3 +429,30 @@ def test_no_two_groups_of_a_chart_share_a_colour_and_only_the_rest_is_grey(
     topped = browser.execute_script(drawn)
     assert [label for label, _ in topped][-1] == "(other)"
     assert [colour == GREY for _, colour in topped] == [False, False, False, True]
+
+
+def test_a_group_keeps_its_colour_whatever_its_rank(browser: WebDriver, site: Site) -> None:
+    """Colours went by rank: a model changed colour from the overview to Explore, and when new
+    spend moved it up. A label's colour now comes from its name (and the chart's labels, for
+    two names that would take the same colour), never from the order of the series."""
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/p/ui-a/")
+    overview = dict(browser.execute_script(
+        "return Chart.getChart('daily').data.datasets.map(d => [d.label, d.backgroundColor]);"
+    ))  # fmt: skip
+    assert len(overview) >= 3, overview
+    through(browser, browser.find_element(By.LINK_TEXT, "Explore this"))
+    explore = dict(browser.execute_script(
+        "return Chart.getChart('explore').data.datasets.map(d => [d.label, d.backgroundColor]);"
+    ))  # fmt: skip
+    assert explore == overview
+    labels = list(overview)
+    for order in (labels[::-1], labels[1:] + labels[:1]):
+        assert (
+            browser.execute_script("return window.aiserverChartColours(arguments[0]);", order)
+            == overview
+        )
+    many = [f"model-{n}" for n in range(40)]
+    drawn = browser.execute_script("return window.aiserverChartColours(arguments[0]);", many)
+    assert len(set(drawn.values())) == 40  # never two alike, however many
+    assert GREY not in drawn.values()

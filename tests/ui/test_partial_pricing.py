@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -61,6 +62,12 @@ def test_the_overview_says_its_figures_are_a_lower_bound_and_why(
     sign_in(browser, site, part)
     card = browser.find_element(By.ID, "period-1")
     assert text(card.find_element(By.CSS_SELECTOR, "h3")) == "This month (to date)"
+    # so far, and as of when: not the whole month, which reads as if it were over
+    assert re.search(
+        r"^\d{4}-\d\d-01 up to now, \d{4}-\d\d-\d\dT\d\d:\d\d:00(Z|[+-]\d\d:\d\d)"
+        r" \(the month ends \d{4}-\d\d-01\) ·",
+        text(card.find_element(By.CSS_SELECTOR, "p.sub")),
+    ), text(card)
     assert "3 events, 1 unpriced, 1 partially priced" in text(card)
     assert "A lower bound" in text(card.find_element(By.CSS_SELECTOR, ".lower-bound"))
     last = browser.find_element(By.ID, "period-2")

@@ -44,7 +44,8 @@ async def months(pool: Any, project: Project) -> list[dict[str, Any]]:
     """This month (so far) and last month on the project's clock, each with what it spent (the
     totals of `GET /v1/spend` over the month): the overview's headline, and the operator's list
     of projects."""
-    today = datetime.now(project_zone(project)).date()
+    now = datetime.now(project_zone(project)).replace(second=0, microsecond=0)
+    today = now.date()
     this_month, last_month = month_start(today), month_start(today, 1)
     found = []
     for label, start, end in (
@@ -57,6 +58,7 @@ async def months(pool: Any, project: Project) -> list[dict[str, Any]]:
         found.append({
             "label": label, "start": start, "end": end, "total": answer.total,
             "to_date": start <= today < end,  # the month is not over: so far
+            "as_of": now,
         })  # fmt: skip
     return found
 

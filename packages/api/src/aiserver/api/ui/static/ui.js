@@ -6,32 +6,59 @@
   var palette = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#f59f00", "#1098ad", "#5c940d",
                  "#c2255c"];
   var OTHER = "(other)";  // the rest of the groups: grey, and no other group is
-  // A series' colour: the palette's first, then hues spread by the golden angle, dark and light
-  // in turn, so that no two series of a chart (up to the API's 1,000 groups) share a colour.
-  function colour(i, label) {
-    if (label === OTHER) return "#868e96";
-    if (i < palette.length) return palette[i];
-    var hue = ((i * 137.508) % 360).toFixed(1);
-    return "hsl(" + hue + ", 65%, " + [38, 52, 30][i % 3] + "%)";
+  var GREY = "#868e96";
+  var PREFERRED = 16;  // the colours a label's name picks from: the palette's 8, then 8 hues
+  // The colour of a slot: the palette's first, then hues spread by the golden angle, dark and
+  // light in turn, so that a chart of many groups (up to the API's 1,000) has enough of them.
+  function slotColour(slot) {
+    if (slot < palette.length) return palette[slot];
+    var hue = ((slot * 137.508) % 360).toFixed(1);
+    return "hsl(" + hue + ", 65%, " + [38, 52, 30][slot % 3] + "%)";
   }
+  function hashOf(label) {  // FNV-1a: the same number for a name on every page and every day
+    var h = 2166136261;
+    for (var k = 0; k < label.length; k++) {
+      h ^= label.charCodeAt(k);
+      h = Math.imul(h, 16777619) >>> 0;
+    }
+    return h;
+  }
+  // Each label's colour in a chart: picked by its name, not by its rank, so that a model keeps
+  // its colour from page to page and as its spend moves it up or down; no two labels of a chart
+  // share one (a name whose colour an earlier name, in alphabetical order, took gets the next
+  // free one: that depends on which labels the chart holds, never on their order).
+  function colours(labels) {
+    var taken = {}, found = {};
+    labels.slice().sort().forEach(function (label) {
+      if (label === OTHER) { found[label] = GREY; return; }
+      if (Object.prototype.hasOwnProperty.call(found, label)) return;
+      var slot = hashOf(label) % PREFERRED;
+      while (taken[slot]) slot++;
+      taken[slot] = true;
+      found[label] = slotColour(slot);
+    });
+    return found;
+  }
+  window.aiserverChartColours = colours;  // what a chart of these labels draws them in
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     var source = document.getElementById(canvas.getAttribute("data-chart"));
     if (!source) return;
     var data = JSON.parse(source.textContent);
     var step = data.kind === "step";  // a price over time; otherwise bars stacked per bucket
+    var drawn = colours(data.series.map(function (s) { return s.label; }));
     new Chart(canvas, {
       type: step ? "line" : "bar",
       data: {
         labels: data.labels,
-        datasets: data.series.map(function (s, i) {
+        datasets: data.series.map(function (s) {
           return {
             label: s.label,
             // drawn as numbers; the tooltip shows the exact decimal string. A null (a price
             // version without that price) stays null: a gap in the line, not a 0
             data: s.values.map(function (v) { return v === null ? null : Number(v); }),
             exact: s.values,
-            backgroundColor: colour(i, s.label),
-            borderColor: colour(i, s.label),
+            backgroundColor: drawn[s.label],
+            borderColor: drawn[s.label],
             stepped: step,
           };
         }),
