@@ -42,6 +42,11 @@ pytestmark = pytest.mark.slow
 BERLIN = ZoneInfo("Europe/Berlin")  # ui-a's time zone
 
 
+def priced(group: dict[str, Any], cost: str) -> str:
+    """A group's cost as a table shows it: `unpriced` where every event it counts is."""
+    return "unpriced" if 0 < group["events"] == group["unpriced_events"] else cost
+
+
 def month(day: date, back: int) -> date:
     index = day.year * 12 + day.month - 1 - back
     return date(index // 12, index % 12 + 1, 1)
@@ -89,14 +94,14 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     # costs at their column's scale (with the total's), counts grouped by thousands
     costs = at_scale([g["cost"] for g in daily["groups"]] + [daily["total"]["cost"]])
     assert table(browser, "top-models") == [
-        [label(g, "model"), cost, f"{g['events']:,}", f"{g['unpriced_events']:,}",
+        [label(g, "model"), priced(g, cost), f"{g['events']:,}", f"{g['unpriced_events']:,}",
          f"{g['partially_priced_events']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}"]
         for g, cost in zip(daily["groups"], costs, strict=False)
     ]  # fmt: skip
     teams = await spend(site, **{"from": since, "to": until, "group_by": "tag:team", "top": "5"})
     costs = at_scale([g["cost"] for g in teams["groups"]])
     assert table(browser, "tag-team") == [
-        [label(g, "tag:team"), cost, f"{g['events']:,}"]
+        [label(g, "tag:team"), priced(g, cost), f"{g['events']:,}", f"{g['unpriced_events']:,}"]
         for g, cost in zip(teams["groups"], costs, strict=True)
     ]
     assert {row[0] for row in table(browser, "tag-team")} == {"search", "ads", "infra"}

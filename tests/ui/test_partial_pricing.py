@@ -78,6 +78,7 @@ def test_the_overview_says_its_figures_are_a_lower_bound_and_why(
     rows = {row[0]: row for row in table(browser, "top-models")}
     assert rows["gpt-test-034"][2:5] == ["2", "0", "1"]
     assert rows["nobody-prices-this-1"][2:5] == ["1", "1", "0"]
+    assert rows["nobody-prices-this-1"][1] == "unpriced"  # its 0 is no price: not free
     assert text(browser.find_element(By.ID, "unpriced-count")).startswith(
         "1 unpriced event in the last 30 days"
     )
