@@ -13,6 +13,8 @@ from aiserver.ledger.budgets.commits import (
     window_deltas,
     window_sums,
 )
+from aiserver.ledger.budgets.service import BudgetView, _window
+from aiserver.ledger.budgets.store import Budget, WindowTotals
 
 AT = datetime(2026, 12, 3, 10, tzinfo=UTC)
 TEAM = BudgetScope(1, {"team": "search"}, None, "day", Decimal(10), (Decimal(50), Decimal(100)))
@@ -47,3 +49,29 @@ def test_a_threshold_is_crossed_by_the_addition_that_reaches_it_not_by_later_one
     assert [c.threshold for c in crossings([TEAM], sums, {key: Decimal(5)})] == [Decimal(50)]
     assert [c.threshold for c in crossings([TEAM], sums, {key: Decimal(12)})] == [Decimal(100)]
     assert crossings([TEAM], sums, {key: Decimal(15)}) == []
+
+
+def view(limit: str, committed: str, reserved: str = "0") -> BudgetView:
+    budget = Budget(
+        project_id=1, id=1, name="b", tags={}, model=None, period="total",
+        limit_usd=Decimal(limit), thresholds=(), hard=False, webhook_url=None,
+        has_webhook_secret=False, created_at=AT, updated_at=AT, counts_from=AT,
+    )  # fmt: skip
+    held = WindowTotals(committed=Decimal(committed), reserved=Decimal(reserved))
+    return BudgetView(budget=budget, window=_window(budget, AT, None, held))
+
+
+def test_how_far_over_a_window_is_exact_past_28_digits() -> None:
+    """The dashboard's "over budget by" was `committed - limit` in a template: rounded to the
+    default context's 28 digits (5,624,444,396.718963368035385246 for the value below)."""
+    over = view("50", "5624444446.718963368035385246370204136158")
+    assert over.over_by == Decimal("5624444396.718963368035385246370204136158")
+    assert over.full
+
+
+def test_a_window_is_full_by_its_exact_room_not_by_its_rounded_share() -> None:
+    nearly = view("1.00004", "1")
+    assert (nearly.window.used_percent, nearly.window.remaining) == (100, Decimal("0.00004"))
+    assert not nearly.full
+    assert view("1.00004", "1", reserved="0.00004").full  # held: no room, nothing overspent
+    assert view("1.00004", "1.00004").full

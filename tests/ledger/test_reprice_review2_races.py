@@ -10,6 +10,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from aiserver.costs.pricing.exact import ADD
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.repricing.execution import Outcome as RunOutcome
@@ -205,3 +206,23 @@ async def test_a_run_whose_connection_the_database_ends_stays_running_and_is_res
         assert await conn.fetchval("SELECT sum(cost) FROM usage_rollups") == sum(
             c.new for c in CALLS
         )
+
+
+async def test_a_runs_progress_adds_its_totals_exactly(ledger: Ledger) -> None:
+    """The progress a run reports after each batch (the command's progress line) added the
+    batches' totals with `+`: rounded to 28 digits, where the run's stored totals and its final
+    summary are exact. A run resumed with totals of 40 digits shows them whole."""
+    pool = ledger.pool
+    await record(pool, ledger.p, RECORDED_WITH, *(raw(c) for c in CALLS))
+    run = await request_reprice(pool, OPERATOR, RepriceRequest(project="p", dry_run=True))
+    big = Decimal("5624444459.888426502603275369826993148498")
+    await pool.execute(
+        "UPDATE usage_reprice_runs SET old_total = $2, new_total = $2 WHERE id = $1", run.id, big
+    )
+    seen: list[RunProgress] = []
+    assert await execute_run(pool, run.id, TODAY, batch_size=2, on_batch=seen.append) is (
+        RunOutcome.DONE
+    )
+    done = await show_run(pool, OPERATOR, run.id)
+    assert seen[-1].old_total == Decimal(done.old_total) == ADD(big, Decimal("0.001443"))
+    assert seen[-1].new_total == Decimal(done.new_total) == ADD(big, Decimal("0.005239"))

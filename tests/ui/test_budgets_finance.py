@@ -442,3 +442,29 @@ async def test_a_budget_whose_room_reservations_hold_is_not_called_over_budget(
     used = text(browser.find_element(By.ID, "budget-used"))
     assert used == "100% held by reservations: 0.01 USD reserved, not spent yet"
     assert "over budget" not in browser.find_element(By.TAG_NAME, "main").text.lower()
+
+
+async def test_a_budget_with_room_left_is_not_called_full_by_its_rounded_share(
+    browser: WebDriver, site: Site
+) -> None:
+    """1 of 1.00004 is held: the share rounds to 100.00%, but 0.00004 of room is left (a
+    reservation of it is admitted). Before, the page decided "full" from the rounded share and
+    said "No room left"."""
+    key = await project_with_key(site, "ui-room", "Room Left", ["ingest", "read", "admin"])
+    async with site.client() as client:
+        made = await _ok(await client.post("/v1/budgets", json={
+            "name": "Nearly", "limit_usd": "1.00004", "period": "total", "hard": True,
+        }, headers=bearer(key)))  # fmt: skip
+        await _ok(await client.post("/v1/budgets/reserve", json={
+            "model": "gpt-test-001", "estimate": "1",
+        }, headers=bearer(key)))  # fmt: skip
+        (listed,) = (await client.get("/v1/budgets", headers=bearer(key))).json()["budgets"]
+    assert (listed["window"]["used_percent"], listed["window"]["remaining"]) == ("100", "0.00004")
+    sign_in(browser, site, key)
+    browser.get(f"{site.url}/ui/p/ui-room/budgets/{made['id']}")
+    assert browser.find_elements(By.ID, "budget-over") == []
+    used = browser.find_element(By.ID, "budget-used")
+    assert text(used) == "100%"
+    assert "over" not in (used.get_attribute("class") or "").split()
+    browser.get(f"{site.url}/ui/p/ui-room/budgets")
+    assert browser.find_elements(By.CSS_SELECTOR, "#budgets tr.over, #budgets .over-budget") == []

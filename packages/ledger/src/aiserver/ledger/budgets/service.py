@@ -59,6 +59,17 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
     budget: Budget
     window: Window
 
+    @property
+    def full(self) -> bool:
+        """No room left in the window: committed and reserved reach the limit (decided on the
+        exact amounts: `used_percent` is rounded, and reads 100 a little before)."""
+        return self.window.remaining <= 0
+
+    @property
+    def over_by(self) -> Decimal:
+        """How much the window committed past the limit, exactly (negative: not past it)."""
+        return SUBTRACT(self.window.committed, self.budget.limit_usd)
+
 
 def _window(budget: Budget, start: datetime, end: datetime | None, held: WindowTotals) -> Window:
     spent = ADD(held.committed, held.reserved)

@@ -230,10 +230,11 @@ async def _run(
             if progress is None:
                 break
             after = progress.after
-            for i, value in enumerate(
-                (progress.examined, progress.changed, progress.old_total, progress.new_total)
-            ):
-                totals[i] += value
+            totals[0] += progress.examined
+            totals[1] += progress.changed
+            # exact sums (`+` rounds money to the context's 28 digits)
+            totals[2] = ADD(totals[2], progress.old_total)
+            totals[3] = ADD(totals[3], progress.new_total)
             if on_batch is not None:
                 shown = on_batch(RunProgress(run_id, *totals))
                 if shown is not None:
