@@ -418,20 +418,29 @@ async def _key_list(site: Site) -> list[dict[str, Any]]:
     return listed
 
 
+async def reserved_budget(
+    site: Site, slug: str, name: str, limit: str, estimate: str
+) -> tuple[str, dict[str, Any]]:
+    """A new project's key, and a hard total budget of `limit` on it holding a reservation of
+    `estimate`."""
+    key = await project_with_key(site, slug, slug, ["ingest", "read", "admin"])
+    async with site.client() as client:
+        made = await _ok(await client.post("/v1/budgets", json={
+            "name": name, "limit_usd": limit, "period": "total", "hard": True,
+        }, headers=bearer(key)))  # fmt: skip
+        await _ok(await client.post("/v1/budgets/reserve", json={
+            "model": "gpt-test-001", "estimate": estimate,
+        }, headers=bearer(key)))  # fmt: skip
+    return key, made
+
+
 async def test_a_budget_whose_room_reservations_hold_is_not_called_over_budget(
     browser: WebDriver, site: Site
 ) -> None:
     """Committed under the limit and reservations holding the rest: no room is left, but nothing
     was overspent (a reservation released gives its room back). Before, the page said "Over
     budget" from the used share, which counts what is reserved."""
-    key = await project_with_key(site, "ui-held", "Held Room", ["ingest", "read", "admin"])
-    async with site.client() as client:
-        made = await _ok(await client.post("/v1/budgets", json={
-            "name": "Held cap", "limit_usd": "0.01", "period": "total", "hard": True,
-        }, headers=bearer(key)))  # fmt: skip
-        await _ok(await client.post("/v1/budgets/reserve", json={
-            "model": "gpt-test-001", "estimate": "0.01",
-        }, headers=bearer(key)))  # fmt: skip
+    key, made = await reserved_budget(site, "ui-held", "Held cap", "0.01", "0.01")
     sign_in(browser, site, key)
     browser.get(f"{site.url}/ui/p/ui-held/budgets/{made['id']}")
     assert text(browser.find_element(By.ID, "budget-over")) == (
@@ -450,14 +459,8 @@ async def test_a_budget_with_room_left_is_not_called_full_by_its_rounded_share(
     """1 of 1.00004 is held: the share rounds to 100.00%, but 0.00004 of room is left (a
     reservation of it is admitted). Before, the page decided "full" from the rounded share and
     said "No room left"."""
-    key = await project_with_key(site, "ui-room", "Room Left", ["ingest", "read", "admin"])
+    key, made = await reserved_budget(site, "ui-room", "Nearly", "1.00004", "1")
     async with site.client() as client:
-        made = await _ok(await client.post("/v1/budgets", json={
-            "name": "Nearly", "limit_usd": "1.00004", "period": "total", "hard": True,
-        }, headers=bearer(key)))  # fmt: skip
-        await _ok(await client.post("/v1/budgets/reserve", json={
-            "model": "gpt-test-001", "estimate": "1",
-        }, headers=bearer(key)))  # fmt: skip
         (listed,) = (await client.get("/v1/budgets", headers=bearer(key))).json()["budgets"]
     assert (listed["window"]["used_percent"], listed["window"]["remaining"]) == ("100", "0.00004")
     sign_in(browser, site, key)
