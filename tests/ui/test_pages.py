@@ -461,3 +461,19 @@ def test_a_group_keeps_its_colour_whatever_its_rank(browser: WebDriver, site: Si
     drawn = browser.execute_script("return window.aiserverChartColours(arguments[0]);", many)
     assert len(set(drawn.values())) == 40  # never two alike, however many
     assert GREY not in drawn.values()
+
+
+def test_an_answer_without_groups_shows_its_total_once(browser: WebDriver, site: Site) -> None:
+    """No group_by: the one column is the total, which the table used to show twice (`week,
+    total, total`)."""
+    sign_in(browser, site, site.keys["a-read"])
+    today = datetime.now(BERLIN).date()
+    since, until = (today - timedelta(days=40)).isoformat(), (today + timedelta(days=1)).isoformat()
+    browser.get(f"{site.url}/ui/p/ui-a/explore?from={since}&to={until}&bucket=week")
+    assert header(browser, "explore-table") == ["week", "total"]
+    rows = table(browser, "explore-table")
+    assert rows
+    assert all(len(row) == 2 for row in rows), rows
+    assert "a week starts on Monday" in browser.find_element(By.ID, "query-help").text
+    drawn = "return Chart.getChart('explore').data.datasets.map(d => d.label);"
+    assert browser.execute_script(drawn) == ["total"]  # the chart still draws it

@@ -287,6 +287,9 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     #: per row, per column: whether every event of that cell is unpriced (its cost 0 is no
     #: price: the table writes `unpriced` there, the chart draws nothing)
     unpriced: list[list[bool]] = msgspec.field(default_factory=list)
+    #: whether the answer was grouped: without groups its one column is the total, which the
+    #: table shows once
+    grouped: bool = True
 
     def _aligned(self) -> list[tuple[str, list[str], str]]:
         """The rows with each column's amounts (and the totals) at that column's scale
@@ -340,7 +343,13 @@ def pivot(answer: SpendAnswer) -> Pivot:
         )
         unpriced.append([c in found and _unpriced_only(found[c]) for c in columns])
     labels = [group_label(g, group_by) for g in answer.groups]
-    return Pivot(columns=labels, rows=rows, currency=answer.currency, unpriced=unpriced)
+    return Pivot(
+        columns=labels,
+        rows=rows,
+        currency=answer.currency,
+        unpriced=unpriced,
+        grouped=bool(group_by),
+    )
 
 
 def _unpriced_only(group: SpendGroup) -> bool:
