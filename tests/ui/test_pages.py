@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from aiserver.api.ui.explore import MAX_SHOWN_ROWS
 from aiserver.ledger.repricing.execution import Outcome
 
 from ..support.reprice import execute_as_the_job
@@ -30,6 +31,7 @@ from .conftest import (
     bearer,
     committed,
     header,
+    project_with_key,
     shot,
     sign_in,
     spend,
@@ -477,3 +479,44 @@ def test_an_answer_without_groups_shows_its_total_once(browser: WebDriver, site:
     assert "a week starts on Monday" in browser.find_element(By.ID, "query-help").text
     drawn = "return Chart.getChart('explore').data.datasets.map(d => d.label);"
     assert browser.execute_script(drawn) == ["total"]  # the chart still draws it
+
+
+async def test_an_answer_too_long_to_draw_is_offered_as_csv_with_what_to_ask_instead(
+    browser: WebDriver, site: Site
+) -> None:
+    """Hours by user over two months (38,000 rows) made a page of 16 MB that a browser took 47
+    s to show. Past MAX_SHOWN_ROWS the page draws and lists nothing, says why, and offers the
+    CSV; a longer bucket over the same events is drawn."""
+    key = await project_with_key(site, "ui-long", "Long Answer", ["ingest", "read"])
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=61)
+    hours, users = 60, MAX_SHOWN_ROWS // 60 + 10  # 5,400 rows of (hour, user)
+    events = [
+        {"id": f"long-{h}-{u}", "model": "gpt-test-001", "tags": {"user": f"u{u}"},
+         "usage": {"input_tokens": 10}, "occurred_at": (start + timedelta(hours=h)).isoformat()}
+        for h in range(hours) for u in range(users)
+    ]  # fmt: skip
+    async with site.client() as client:
+        answer = await client.post("/v1/usage", json={"events": events}, headers=bearer(key))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["recorded"] == hours * users
+    sign_in(browser, site, key)
+    window = (
+        f"from={start:%Y-%m-%dT%H:%M:%SZ}&to={start + timedelta(hours=hours):%Y-%m-%dT%H:%M:%SZ}"
+    )
+    browser.get(f"{site.url}/ui/p/ui-long/explore?{window}&bucket=hour&group_by=tag:user")
+    said = browser.find_element(By.ID, "answer-too-long").text
+    assert f"This answer has {hours * users:,} rows" in said
+    assert f"more than the {MAX_SHOWN_ROWS:,} this page draws" in said
+    assert browser.find_elements(By.ID, "explore") == []  # no chart
+    assert browser.find_elements(By.ID, "rows") == []
+    assert browser.find_element(By.ID, "csv-now").get_attribute("href")
+    async with site.client() as client:  # the CSV holds every row
+        csv_now = browser.find_element(By.ID, "csv-now").get_attribute("href") or ""
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+        got = await client.get(csv_now, headers={"cookie": cookie})
+    assert got.status_code == 200
+    assert len(got.text.strip().splitlines()) == 1 + hours * users
+    browser.get(f"{site.url}/ui/p/ui-long/explore?{window}&bucket=day&group_by=tag:user")
+    assert browser.find_elements(By.ID, "answer-too-long") == []
+    assert browser.find_elements(By.ID, "explore")
+    assert table(browser, "rows")

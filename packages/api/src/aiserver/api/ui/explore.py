@@ -48,6 +48,10 @@ DEFAULT_DAYS: Final = 7
 #: The longest `data:` URL the page offers as the table's download: Chromium takes up to 2 MiB
 #: in a URL; a longer table is downloaded by asking again (`explore.csv`).
 MAX_DATA_URL: Final = 2 * 1024 * 1024 - 1024
+#: The most rows (a bucket and a group each) the page draws and lists: an answer of 38,000 rows
+#: (hours by user over two months) made a page of 16 MB that a browser took 47 s to show. A
+#: longer answer is offered as CSV, with what to ask instead.
+MAX_SHOWN_ROWS: Final = 5_000
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -133,6 +137,7 @@ class ExploreController(ProjectPages):
             error = str(exc)
         header = table_header(answer) if answer is not None else []
         rows = table_rows(answer) if answer is not None else []
+        shown = answer if answer is not None and len(rows) <= MAX_SHOWN_ROWS else None
         dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
         dimensions += [g for g in question.group_by if g not in dimensions]
         return Template(
@@ -141,11 +146,12 @@ class ExploreController(ProjectPages):
             context={
                 "viewer": seen_by, "project": project, "page": "explore", "q": question,
                 "error": error, "answer": answer,
-                "chart": pivot(answer) if answer is not None else None,
-                "header": shown_header(answer) if answer is not None else [],
+                "chart": pivot(shown) if shown is not None else None,
+                "header": shown_header(shown) if shown is not None else [],
                 # the same rows, the costs at their column's scale and the counts grouped
-                "cells": shown_table(answer, rows) if answer is not None else [],
-                "kinds": column_kinds(answer) if answer is not None else [], "show": SHOW,
+                "cells": shown_table(shown, rows) if shown is not None else [],
+                "kinds": column_kinds(shown) if shown is not None else [], "show": SHOW,
+                "rows": len(rows), "max_shown_rows": MAX_SHOWN_ROWS,
                 # the download is this table itself, not the question asked again later
                 "csv_href": csv_href(header, rows) if answer is not None else None,
                 "csv_name": csv_name(project, answer) if answer is not None else "",
