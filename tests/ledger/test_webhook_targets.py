@@ -7,7 +7,9 @@ import ipaddress
 
 import pytest
 
+from aiserver.core_db.settings import SettingsError, load_settings
 from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.webhooks.targets import check_url, is_public, resolve_target
 
 INTERNAL = [
@@ -99,3 +101,34 @@ async def test_a_host_that_does_not_resolve_is_refused_as_an_internal_one_is() -
         refusals.append(str(refused.value).replace(repr(host), "HOST"))
     assert refusals[0] == refusals[1]
     assert "WEBHOOK_ALLOWED_HOSTS" in refusals[0]
+
+
+@pytest.mark.parametrize(
+    ("entry", "url", "reached"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:5432/x", True),  # a host alone: any port
+        ("127.0.0.1:9000", "http://127.0.0.1:9000/hook", True),
+        ("127.0.0.1:9000", "http://127.0.0.1:5432/x", False),  # another service of the host
+        ("127.0.0.1:80", "http://127.0.0.1/hook", True),  # the scheme's port
+        ("LocalHost:443", "https://localhost/hook", True),
+        ("[::1]:9000", "http://[::1]:9000/hook", True),
+        ("[::1]:9000", "http://[::1]:9001/hook", False),
+        ("::1", "http://[::1]:6379/x", True),
+    ],
+)
+async def test_an_allowed_host_with_a_port_lets_webhooks_reach_that_port_only(
+    entry: str, url: str, reached: bool
+) -> None:
+    """A listed host let every project's webhooks reach every service on it, and a failed
+    delivery keeps an excerpt of the answer, which the project reads. `host:port` allows one."""
+    if reached:
+        assert await resolve_target(url, allowed_hosts=(entry,))
+    else:
+        with pytest.raises(InvalidField, match="webhook_url"):
+            await resolve_target(url, allowed_hosts=(entry,))
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:0", "127.0.0.1:99999", "gateway:http", ":9000"])
+def test_an_allowed_host_that_is_no_host_or_port_stops_the_start(entry: str) -> None:
+    with pytest.raises(SettingsError, match=r"WEBHOOK_ALLOWED_HOSTS: .* is not `host` or"):
+        load_settings(LedgerSettings, {"WEBHOOK_ALLOWED_HOSTS": entry})

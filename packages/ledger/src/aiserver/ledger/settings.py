@@ -9,6 +9,7 @@ import msgspec
 from aiserver.core_db.settings import PositiveFloat, PositiveInt, Section, SettingsError
 from aiserver.ledger.usage.events import TAG_KEY
 from aiserver.ledger.webhooks.sealing import BadKey, SecretBox, decode_key
+from aiserver.ledger.webhooks.targets import allowed_entry
 
 
 class LedgerSettings(Section, frozen=True, kw_only=True):
@@ -28,7 +29,8 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     #: event times the idempotency rows are claimed with are exact within 285 years of 2000.
     usage_retention_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] = 400
     #: Hosts that budget webhooks may reach although they resolve to internal addresses
-    #: (loopback, private, link-local): a local receiver, an internal alert gateway.
+    #: (loopback, private, link-local): a local receiver, an internal alert gateway; `host` for
+    #: any port, `host:port` for that port only (`aiserver.ledger.webhooks.targets.allowed`).
     webhook_allowed_hosts: tuple[str, ...] = ()
     #: Keys (32 random bytes each, base64) that seal budget webhook secrets at rest: the first
     #: seals, each opens (`aiserver.ledger.webhooks.sealing`). None: budgets get no webhooks.
@@ -40,6 +42,14 @@ class LedgerSettings(Section, frozen=True, kw_only=True):
     otlp_max_body_bytes: PositiveInt = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        for entry in self.webhook_allowed_hosts:
+            try:
+                allowed_entry(entry)
+            except ValueError:
+                raise SettingsError(
+                    f"WEBHOOK_ALLOWED_HOSTS: {entry!r} is not `host` or `host:port` (a port of "
+                    "1 to 65535; an IPv6 address with a port in brackets: `[::1]:9000`)"
+                ) from None
         for n, key in enumerate(self.webhook_secret_keys, start=1):
             try:
                 decode_key(key)

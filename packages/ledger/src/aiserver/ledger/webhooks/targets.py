@@ -101,6 +101,31 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
+def allowed_entry(entry: str) -> tuple[str, int | None]:
+    """An entry of WEBHOOK_ALLOWED_HOSTS as (host, port): `gateway.internal` or `127.0.0.1`
+    (any port), `gateway.internal:8443`, `127.0.0.1:9000` or `[::1]:9000` (that port only), `::1`
+    (an IPv6 address alone: any port). ValueError when the port is no port."""
+    entry = entry.strip()
+    if entry.count(":") > 1 and not entry.startswith("["):
+        return entry.lower(), None  # an IPv6 address without a port
+    parts = urlsplit("//" + entry)
+    port = parts.port  # ValueError: out of range, or not a number
+    if not parts.hostname or port == 0:
+        raise ValueError(f"{entry!r} is not host or host:port")
+    return parts.hostname.lower(), port
+
+
+def allowed(host: str, port: int, allowed_hosts: Collection[str]) -> bool:
+    """Whether the operator listed `host` (any port) or `host:port` in WEBHOOK_ALLOWED_HOSTS: a
+    listed host with a port lets a project's webhooks reach that port only, not every service
+    on the host (a failed delivery keeps an excerpt of the answer, which the project reads)."""
+    for entry in allowed_hosts:
+        name, only = allowed_entry(entry)
+        if name == host.lower().strip("[]") and only in (None, port):
+            return True
+    return False
+
+
 async def resolve_target(
     url: str, allowed_hosts: Collection[str], field: str = "webhook_url"
 ) -> list[str]:
@@ -116,7 +141,7 @@ async def resolve_target(
         _log.info("webhook target refused", host=host, reason="does not resolve", error=str(exc))
         raise _not_public(host, field) from None
     addresses = sorted({str(info[4][0]) for info in infos})
-    if host.lower() in {h.lower() for h in allowed_hosts}:
+    if allowed(host, port, allowed_hosts):
         return addresses
     if not all(is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         _log.info("webhook target refused", host=host, reason="resolves to an internal address")
