@@ -343,3 +343,25 @@ async def test_an_unpriced_events_page_says_what_can_be_done(
     assert not browser.find_elements(By.ID, "event-next-step")  # priced: nothing to do
     adjustments = text(browser.find_element(By.ID, "event-adjustments"))
     assert adjustments == "None: the event is priced as it was recorded."
+
+
+def test_a_whole_month_is_one_click_away_with_the_other_filters_kept(
+    browser: WebDriver, site: Site, fin: dict[str, Any]
+) -> None:
+    """The From and To placeholders read like values, and a month had to be typed to get its
+    downloads: the page offers this month and last month on the project's clock."""
+    sign_in(browser, site, site.keys["fin"])
+    browser.get(f"{site.url}/ui/p/{SLUG}/events/?tag=team%3Dfinance")
+    assert browser.find_element(By.ID, "e-from").get_attribute("placeholder") == "YYYY-MM-DD"
+    today = datetime.now(ZoneInfo("America/New_York")).date()
+    first = today.replace(day=1)
+    last_month = (first - timedelta(days=1)).replace(day=1)
+    said = f"Last month ({last_month:%B %Y})"
+    through(browser, browser.find_element(By.LINK_TEXT, said))
+    query = parse_qs(urlsplit(browser.current_url).query)
+    assert query == {
+        "from": [last_month.isoformat()], "to": [first.isoformat()], "tag": ["team=finance"]
+    }  # fmt: skip
+    assert browser.find_element(By.ID, "e-from").get_attribute("value") == last_month.isoformat()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")) == 3
+    assert browser.find_element(By.LINK_TEXT, f"This month ({first:%B %Y})")

@@ -520,3 +520,16 @@ async def test_an_answer_too_long_to_draw_is_offered_as_csv_with_what_to_ask_ins
     assert browser.find_elements(By.ID, "answer-too-long") == []
     assert browser.find_elements(By.ID, "explore")
     assert table(browser, "rows")
+
+
+async def test_a_project_without_usage_says_so_and_how_usage_is_reported(
+    browser: WebDriver, site: Site
+) -> None:
+    """A project with no usage showed an empty chart scaled 0 to 1 and 30 rows of 0."""
+    key = await project_with_key(site, "ui-empty", "Nothing Yet", ["read"])
+    sign_in(browser, site, key)
+    said = browser.find_element(By.ID, "daily-none").text
+    assert said.startswith("No usage recorded in the last 30 days.")
+    assert "POST /v1/usage" in said
+    assert browser.find_elements(By.ID, "daily") == []  # no chart
+    assert browser.find_elements(By.ID, "daily-table") == []

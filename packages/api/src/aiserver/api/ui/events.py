@@ -29,6 +29,7 @@ from aiserver.api.controllers.usage_events import decode_cursor, encode_cursor
 from aiserver.api.controllers.usage_export import slots, streamed
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.forms import tag_pairs, wall_time
+from aiserver.api.ui.overview import month_start, next_month
 from aiserver.api.ui.present import SHOW, on_clock, timestamp
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, open_project, viewer
@@ -127,6 +128,14 @@ async def _listing(
             next_url = f"{base}/?{urlencode(following)}"
     except InvalidField as exc:
         error = str(exc)
+    # whole months on the project's clock, the other filters kept: a month's events, and their
+    # downloads, in one click
+    today = datetime.now(ZoneInfo(project.time_zone)).date()
+    others = [(k, v) for k, v in kept if k not in ("from", "to")]
+    months = []
+    for label, start in (("This month", month_start(today)), ("Last month", month_start(today, 1))):
+        window = [("from", start.isoformat()), ("to", next_month(start).isoformat())]
+        months.append((f"{label} ({start:%B %Y})", f"{base}/?{urlencode([*window, *others])}"))
     downloads = []
     if query is not None and query.since is not None and query.until is not None:
         downloads = [
@@ -140,7 +149,7 @@ async def _listing(
         context={
             "viewer": seen_by, "project": project, "page": "events", "typed": typed,
             "tags": tags, "statuses": PRICING_STATUSES, "error": error,
-            "export_error": export_error, "downloads": downloads,
+            "export_error": export_error, "downloads": downloads, "months": months,
             "events": page.events if page is not None else [], "next_url": next_url,
             "first_url": first_url,
             "first_page": "cursor" not in params, "show": SHOW, "instant": instant,
