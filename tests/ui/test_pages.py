@@ -85,7 +85,9 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
     expected = []
     for bucket in daily["buckets"]:
         cost = {label(g, "model"): g["cost"] for g in bucket["groups"]}
-        expected.append([bucket["start"][:10], *(cost.get(c, "0") for c in columns),
+        # today: its spend is not over
+        so_far = " (so far)" if bucket["start"][:10] == today.isoformat() else ""
+        expected.append([bucket["start"][:10] + so_far, *(cost.get(c, "0") for c in columns),
                          bucket["total"]["cost"]])  # fmt: skip
     # each column's amounts at the column's scale
     shown_columns = [at_scale([row[i] for row in expected]) for i in range(1, len(columns) + 2)]

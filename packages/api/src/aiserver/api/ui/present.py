@@ -223,9 +223,17 @@ def bucket_labels(answer: SpendAnswer) -> list[str]:
     labels = [bucket_label(bucket, answer.bucket) for bucket in answer.buckets]
     shared = {label for label, count in Counter(labels).items() if count > 1}
     return [
-        label + _offset(bucket.start) if label in shared else label
+        (label + _offset(bucket.start) if label in shared else label) + _so_far(bucket, answer)
         for label, bucket in zip(labels, answer.buckets, strict=True)
     ]
+
+
+def _so_far(bucket: SpendBucket, answer: SpendAnswer) -> str:
+    """` (so far)` after the bucket that holds the time the answer counted up to (today, this
+    hour): its spend is not over, and without it a low bar reads as a cheap day."""
+    if answer.bucket is None:
+        return ""
+    return " (so far)" if bucket.start <= answer.freshness.as_of < bucket.end else ""
 
 
 def _offset(at: datetime) -> str:
