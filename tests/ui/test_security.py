@@ -18,7 +18,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table, through
+from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table, text, through
 
 pytestmark = pytest.mark.slow
 
@@ -237,6 +237,15 @@ async def test_the_operator_picks_any_project(
             f"{Decimal(t['cost']):,f}" + (" *" if t["unpriced_events"] else "") for t in spent
         ], name
     assert any(cell.endswith(" *") for cell in rows[0][3:5])  # its unpriced call, 2 days ago
+    # and the server's total of each month, exact, a lower bound when any project's is
+    footer = [text(c) for c in browser.find_elements(By.CSS_SELECTOR, "#projects tfoot td")]
+    assert len(footer) == 3  # this month, last month, and the tags column left blank
+    for column, total in zip((3, 4), footer[:2], strict=True):
+        cells = [row[column] for row in rows]
+        exact = sum((Decimal(c.removesuffix(" *").replace(",", "")) for c in cells), Decimal(0))
+        assert Decimal(total.removesuffix(" *").replace(",", "")) == exact, (total, cells)
+        assert total.endswith(" *") == any(c.endswith(" *") for c in cells)
+    assert footer[0].endswith(" *")  # ui-a's unpriced call
     through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
     assert browser.current_url == f"{site.url}/ui/p/ui-b/"
     async with site.client() as client:

@@ -9,6 +9,8 @@ again with a 429 and Retry-After, and its credential is not checked.
 
 from __future__ import annotations
 
+import functools
+from decimal import Decimal
 from typing import Any, Final
 
 from litestar import Controller, Request, get, post
@@ -35,6 +37,7 @@ from aiserver.api.ui.viewer import checked_form, dashboard, signed_in, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import get_logger
+from aiserver.costs.pricing.exact import ADD, ZERO
 from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import KeyRejected
 from aiserver.ledger.keys import looks_like_key, parse_key
@@ -160,10 +163,21 @@ class SignInController(Controller):
         # what each spent this month and last, on its own clock (the first SPEND_LISTED only: a
         # few rollup reads each)
         spent = [await months(pool, p) for p in projects[:SPEND_LISTED]]
+        # the server's total of each column (exact), and whether it is a lower bound
+        totals = [
+            (
+                functools.reduce(ADD, (Decimal(row[i]["total"].cost) for row in spent), ZERO),
+                any(
+                    row[i]["total"].unpriced_events or row[i]["total"].partially_priced_events
+                    for row in spent
+                ),
+            )
+            for i in range(2)
+        ]
         return Template(
             template_name="projects.html",
             context={
                 "viewer": seen_by, "projects": projects, "project": None, "page": "projects",
-                "spent": spent, "listed": SPEND_LISTED, "show": SHOW,
+                "spent": spent, "totals": totals, "listed": SPEND_LISTED, "show": SHOW,
             },
         )  # fmt: skip
