@@ -5,6 +5,7 @@ than the screen."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -46,3 +47,25 @@ def test_every_page_fits_a_phone_s_width(phone: WebDriver, site: Site) -> None:
             if right > width:
                 wrong.append(f"{path}: the link {link.text!r} ends at {right} px, past {width}")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_a_budget_s_used_share_is_on_a_phone_s_screen_without_scrolling(
+    phone: WebDriver, site: Site
+) -> None:
+    """On a phone the used share is the last cell of a wide row, beyond the screen's edge: it
+    is shown under the budget's name too (and only at that width)."""
+    shown = "return getComputedStyle(arguments[0], '::after').content;"
+    sign_in(phone, site, site.keys["a"])
+    for path, table in (("/ui/p/ui-a/budgets", "budget-list"), ("/ui/p/ui-a/", "budgets")):
+        phone.get(site.url + path)
+        name = phone.find_element(By.CSS_SELECTOR, f"#{table} tbody th")
+        used = name.get_attribute("data-narrow") or ""
+        assert re.fullmatch(r"[0-9.]+% used(: .+)?", used), used
+        assert phone.execute_script(shown, name) == f'"{used}"', path
+        width = phone.execute_script("return document.documentElement.clientWidth;")
+        right = phone.execute_script("return arguments[0].getBoundingClientRect().right;", name)
+        assert right <= width, (path, right, width)
+    phone.set_window_size(1400, 900)
+    phone.get(site.url + "/ui/p/ui-a/budgets")
+    name = phone.find_element(By.CSS_SELECTOR, "#budget-list tbody th")
+    assert phone.execute_script(shown, name) == "none"
