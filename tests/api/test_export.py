@@ -642,7 +642,7 @@ async def test_an_export_that_outlasts_its_time_limit_is_cut(
                         pass
         (cut,) = [e for e in logs if e["event"] == "usage export cut at its time limit"]
         assert (cut["log_level"], cut["seconds"]) == ("warning", 1)
-        assert 0 < cut["events"] < 200_001
+        assert cut["events"] < 200_001  # cut before its end (maybe before its first batch)
         # a whole export within the limit is not cut
         small = await reader_with_events(http, pg, 10, "acme-small")
         whole = await http.get(EXPORT, headers=bearer(small), params=window())

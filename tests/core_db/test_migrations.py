@@ -355,5 +355,14 @@ async def test_two_runners_holding_the_lock_at_once_apply_each_migration_once(
     }
     assert sorted(first + second) == sorted(f"{app}:{name}" for app, name in known)
     assert sorted((r["app_name"], r["name"]) for r in rows) == sorted(known)
-    skipped = [e for e in logs if e["event"].startswith("migration applied by another process")]
-    assert len(skipped) == len(known)  # the runner that lost each race said so
+    skipped = [
+        (e["app"], e["migration"])
+        for e in logs
+        if e["event"].startswith("migration applied by another process")
+    ]
+    # the runner that lost a race said so, once for each it lost. It loses most, not always all:
+    # a runner that reaches an app after the other applied that app's first migration never
+    # tries it (under a loaded machine the full suite saw 27 of 28).
+    assert skipped, "the two runners never raced for a migration"
+    assert len(skipped) == len(set(skipped))
+    assert set(skipped) <= known

@@ -128,7 +128,15 @@ async def test_an_allowed_host_with_a_port_lets_webhooks_reach_that_port_only(
             await resolve_target(url, allowed_hosts=(entry,))
 
 
-@pytest.mark.parametrize("entry", ["127.0.0.1:0", "127.0.0.1:99999", "gateway:http", ":9000"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "127.0.0.1:0", "127.0.0.1:99999", "gateway:http", ":9000",
+        # a port left out read as any port; a URL read as a host named "http", or an address
+        "127.0.0.1:", "[::1]:", "http://127.0.0.1", "http://gateway.internal:9000",
+        "127.0.0.1:9000/x", "x@127.0.0.1", "[gateway]:9000", "gateway?x",
+    ],
+)  # fmt: skip
 def test_an_allowed_host_that_is_no_host_or_port_stops_the_start(entry: str) -> None:
     with pytest.raises(SettingsError, match=r"WEBHOOK_ALLOWED_HOSTS: .* is not `host` or"):
         load_settings(LedgerSettings, {"WEBHOOK_ALLOWED_HOSTS": entry})

@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from aiserver.api.ui.explore import MAX_SHOWN_ROWS
+from aiserver.api.ui.explore import MAX_SHOWN_CELLS, MAX_SHOWN_ROWS
 from aiserver.ledger.repricing.execution import Outcome
 
 from ..support.reprice import execute_as_the_job
@@ -507,8 +507,8 @@ async def test_an_answer_too_long_to_draw_is_offered_as_csv_with_what_to_ask_ins
     )
     browser.get(f"{site.url}/ui/p/ui-long/explore?{window}&bucket=hour&group_by=tag:user")
     said = browser.find_element(By.ID, "answer-too-long").text
-    assert f"This answer has {hours * users:,} rows" in said
-    assert f"more than the {MAX_SHOWN_ROWS:,} this page draws" in said
+    assert f"{hours * users:,} rows" in said
+    assert f"this page shows at most {MAX_SHOWN_ROWS:,}" in said
     assert browser.find_elements(By.ID, "explore") == []  # no chart
     assert browser.find_elements(By.ID, "rows") == []
     assert browser.find_element(By.ID, "csv-now").get_attribute("href")
@@ -522,6 +522,14 @@ async def test_an_answer_too_long_to_draw_is_offered_as_csv_with_what_to_ask_ins
     assert browser.find_elements(By.ID, "answer-too-long") == []
     assert browser.find_elements(By.ID, "explore")
     assert table(browser, "rows")
+    # few rows, but many empty buckets: an hour's buckets over a year by 3 groups (27,000
+    # bars), its few rows among them
+    year = f"from={start - timedelta(days=370):%Y-%m-%d}&to={start + timedelta(days=1):%Y-%m-%d}"
+    browser.get(f"{site.url}/ui/p/ui-long/explore?{year}&bucket=hour&group_by=tag:user&top=2")
+    said = browser.find_element(By.ID, "answer-too-long").text
+    assert f"at most {MAX_SHOWN_CELLS:,})" in said, said
+    assert f"{MAX_SHOWN_ROWS:,})" in said  # the rows are few
+    assert browser.find_elements(By.ID, "explore") == []
 
 
 async def test_a_project_without_usage_says_so_and_how_usage_is_reported(

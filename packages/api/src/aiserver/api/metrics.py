@@ -31,6 +31,7 @@ logged, never an error answer):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -270,7 +271,9 @@ def forget_dead_processes() -> list[int]:
         if number.isdigit() and int(number) != os.getpid() and not _alive(int(number)):
             dead.add(int(number))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        # another worker's scrape may remove the same files first
+        with contextlib.suppress(FileNotFoundError):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
     return sorted(dead)
 
 

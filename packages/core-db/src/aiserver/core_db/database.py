@@ -109,7 +109,8 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
     dsn = settings.database_url
     async with _opening():  # two blocks that find no pool at once must not both open one
         if engine.pool is not None:
-            if getattr(engine.pool, "_loop", None) is not asyncio.get_running_loop():
+            opened_in = getattr(engine.pool, "_loop", None)  # asyncpg's; None: not known
+            if opened_in is not None and opened_in is not asyncio.get_running_loop():
                 # asyncpg's connections belong to the loop that made them: used from another
                 # (asyncio.run in a thread) they fail with "another operation is in progress"
                 raise RuntimeError(

@@ -52,6 +52,9 @@ MAX_DATA_URL: Final = 2 * 1024 * 1024 - 1024
 #: (hours by user over two months) made a page of 16 MB that a browser took 47 s to show. A
 #: longer answer is offered as CSV, with what to ask instead.
 MAX_SHOWN_ROWS: Final = 5_000
+#: The most buckets times groups (the chart's bars, its table's cells): empty buckets count
+#: there, not among the rows (an hour's buckets over a year, with one event, is one row).
+MAX_SHOWN_CELLS: Final = 20_000
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -137,7 +140,9 @@ class ExploreController(ProjectPages):
             error = str(exc)
         header = table_header(answer) if answer is not None else []
         rows = table_rows(answer) if answer is not None else []
-        shown = answer if answer is not None and len(rows) <= MAX_SHOWN_ROWS else None
+        cells = len(answer.buckets) * max(1, len(answer.groups)) if answer is not None else 0
+        small = len(rows) <= MAX_SHOWN_ROWS and cells <= MAX_SHOWN_CELLS
+        shown = answer if answer is not None and small else None
         dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
         dimensions += [g for g in question.group_by if g not in dimensions]
         return Template(
@@ -151,7 +156,8 @@ class ExploreController(ProjectPages):
                 # the same rows, the costs at their column's scale and the counts grouped
                 "cells": shown_table(shown, rows) if shown is not None else [],
                 "kinds": column_kinds(shown) if shown is not None else [], "show": SHOW,
-                "rows": len(rows), "max_shown_rows": MAX_SHOWN_ROWS,
+                "rows": len(rows), "max_shown_rows": MAX_SHOWN_ROWS, "cell_count": cells,
+                "max_shown_cells": MAX_SHOWN_CELLS,
                 # the download is this table itself, not the question asked again later
                 "csv_href": csv_href(header, rows) if answer is not None else None,
                 "csv_name": csv_name(project, answer) if answer is not None else "",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -59,6 +60,12 @@ MEDIA_TYPES: Final[dict[ExportFormat, str]] = {
 EXTENSIONS: Final[dict[ExportFormat, str]] = {"csv": "csv", "jsonl": "jsonl", "focus": "csv"}
 
 log = get_logger(__name__)
+
+
+def _cut_if_alive(export: weakref.ref[UsageExport], seconds: float) -> None:
+    found = export()
+    if found is not None:
+        found._cut(seconds)  # the export's own timer
 
 
 class ExportCut(Exception):
@@ -301,7 +308,11 @@ class UsageExport:
         snapshot, is ended, and the stream fails (`ExportCut`), so that the client gets a broken
         download, never a short one that looks whole. A client that reads slowly, or not at
         all, holds a connection no longer than that."""
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._cut, seconds)
+        # a weak reference: an export dropped before it streamed is still collected (and its
+        # connection ended) at once, as before, not held until the limit
+        self._timer = asyncio.get_running_loop().call_later(
+            seconds, _cut_if_alive, weakref.ref(self), seconds
+        )
 
     def _cut(self, seconds: float) -> None:
         if not self.closed:

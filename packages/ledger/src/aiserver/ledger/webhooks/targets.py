@@ -107,11 +107,16 @@ def allowed_entry(entry: str) -> tuple[str, int | None]:
     (an IPv6 address alone: any port). ValueError when the port is no port."""
     entry = entry.strip()
     if entry.count(":") > 1 and not entry.startswith("["):
-        return entry.lower(), None  # an IPv6 address without a port
+        ipaddress.IPv6Address(entry)  # ValueError: not an IPv6 address (`http://host:9000`)
+        return entry.lower(), None
+    if any(c in entry for c in "/?#@\\") or entry.endswith(":"):  # a URL, or a port left out
+        raise ValueError(f"{entry!r} is not host or host:port")
     parts = urlsplit("//" + entry)
     port = parts.port  # ValueError: out of range, or not a number
     if not parts.hostname or port == 0:
         raise ValueError(f"{entry!r} is not host or host:port")
+    if entry.startswith("["):
+        ipaddress.IPv6Address(parts.hostname)  # `[name]:9000` is no address
     return parts.hostname.lower(), port
 
 

@@ -7,13 +7,18 @@
                  "#c2255c"];
   var OTHER = "(other)";  // the rest of the groups: grey, and no other group is
   var GREY = "#868e96";
-  var PREFERRED = 16;  // the colours a label's name picks from: the palette's 8, then 8 hues
-  // The colour of a slot: the palette's first, then hues spread by the golden angle, dark and
-  // light in turn, so that a chart of many groups (up to the API's 1,000) has enough of them.
+  // the colours a label's name picks from: the palette's 8, then 42 hues. Many, so that two
+  // labels of a chart seldom pick the same one (with 16, a model entering a top 8 moved
+  // another's colour about one time in five)
+  var PREFERRED = 50;
+  // The colour of a slot: the palette's first, then hues spread by the golden angle, so that a
+  // chart of many groups (up to the API's 1,000) has enough of them. 21 golden angles come
+  // back within 8 degrees: each run of 21 slots has a lightness of its own, so that the two
+  // nearest hues of the preferred slots never look alike.
   function slotColour(slot) {
     if (slot < palette.length) return palette[slot];
     var hue = ((slot * 137.508) % 360).toFixed(1);
-    return "hsl(" + hue + ", 65%, " + [38, 52, 30][slot % 3] + "%)";
+    return "hsl(" + hue + ", 65%, " + [38, 52, 30][Math.floor(slot / 21) % 3] + "%)";
   }
   function hashOf(label) {  // FNV-1a: the same number for a name on every page and every day
     var h = 2166136261;
@@ -26,7 +31,7 @@
   // Each label's colour in a chart: picked by its name, not by its rank, so that a model keeps
   // its colour from page to page and as its spend moves it up or down; no two labels of a chart
   // share one (a name whose colour an earlier name, in alphabetical order, took gets the next
-  // free one: that depends on which labels the chart holds, never on their order).
+  // free one: then it depends on which labels the chart holds, never on their order).
   function colours(labels) {
     var taken = {}, found = {};
     labels.slice().sort().forEach(function (label) {
