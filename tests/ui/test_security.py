@@ -18,6 +18,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from aiserver.ledger.keys import parse_key
+
 from .conftest import Site, admin, bearer, session_cookie, shot, sign_in, table, text, through
 
 pytestmark = pytest.mark.slow
@@ -324,3 +326,13 @@ async def test_every_page_forbids_inline_scripts_framing_and_caching(site: Site)
         # no page needs more: its only scripts are files of this server
         inline = re.findall(r"<script(?![^>]*\bsrc=)(?![^>]*application/json)[^>]*>", answer.text)
         assert inline == [], where
+
+
+def test_the_header_names_the_key_signed_in_with(browser: WebDriver, site: Site) -> None:
+    """It said `key a6782501f856f30f of ui-a`: the key's name is what its owner knows it by."""
+    sign_in(browser, site, site.keys["a-read"])
+    presented = parse_key(site.keys["a-read"])
+    assert presented is not None
+    public_id = presented.public_id
+    who = browser.find_element(By.CSS_SELECTOR, ".who").text
+    assert f"signed in as the key “a-read” {public_id} of ui-a" in who, who

@@ -53,6 +53,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     public_id: str | None = None  # a key's
     key_id: int | None = None
+    key_name: str | None = None  # the key's name when it signed in (None: a session from before)
     operator: str | None = None  # the HMAC of the operator's token (see `Signer.fingerprint`)
 
 
@@ -124,13 +125,14 @@ class Sessions:
         *,
         public_id: str | None = None,
         key_id: int | None = None,
+        key_name: str | None = None,
         operator: str | None = None,
     ) -> tuple[str, Session]:
         """A new session: the cookie's value, and the session."""
         session_id = new_token()
         session = Session(
             kind=kind, csrf=new_token(), created_at=datetime.now(UTC),
-            public_id=public_id, key_id=key_id, operator=operator,
+            public_id=public_id, key_id=key_id, key_name=key_name, operator=operator,
         )  # fmt: skip
         await self.redis.set(self._key(session_id), _ENCODER.encode(session), ex=self.ttl_s)
         return self.signer.sign(session_id), session

@@ -42,6 +42,7 @@ from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import KeyRejected
 from aiserver.ledger.keys import looks_like_key, parse_key
 from aiserver.ledger.projects import list_projects
+from aiserver.ledger.store import read_key
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -121,8 +122,13 @@ class SignInController(Controller):
                 return _refused(request, exc, then)
             presented = parse_key(credential)
             assert presented is not None  # authenticate parsed it
+            async with require_pool().acquire() as conn:  # its name, for the page's header
+                key = await read_key(conn, access.key_id) if access.key_id else None
             made, _ = await sessions.start(
-                "key", public_id=presented.public_id, key_id=access.key_id
+                "key",
+                public_id=presented.public_id,
+                key_id=access.key_id,
+                key_name=key.name if key is not None else None,
             )
             log.info("dashboard sign-in", key=presented.public_id, project=access.project_slug)
         else:

@@ -89,10 +89,12 @@ class Viewer:
 
     @property
     def who(self) -> str:
-        """How the page names who signed in: a key's public id (not a secret), or the operator."""
+        """How the page names who signed in: a key by its name and its public id (not a secret),
+        or the operator."""
         if self.access.is_operator:
             return "operator (all projects)"
-        return f"key {self.session.public_id} of {self.access.project_slug}"
+        named = f"the key “{self.session.key_name}” " if self.session.key_name else "key "
+        return f"{named}{self.session.public_id} of {self.access.project_slug}"
 
 
 async def _recheck(connection: AnyConnection, session: Session, signer: Signer) -> Access:
