@@ -14,6 +14,7 @@ all, holds its slot, connection and snapshot no longer).
 from __future__ import annotations
 
 import collections
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -53,6 +54,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.usage.export import (
     FORMATS,
     MEDIA_TYPES,
+    ExportCut,
     ExportFormat,
     UsageExport,
     export_format,
@@ -120,6 +122,34 @@ class ExportSlots:
 
 
 slots = ExportSlots(MAX_EXPORTS, MAX_EXPORTS_PER_PROJECT)
+
+
+def _cut(error: BaseException | None) -> bool:
+    """Whether `error` is an export cut at its time limit, or holds one: Litestar raises
+    "Exception caught after response started" from an exception group that holds it."""
+    if error is None:
+        return False
+    if isinstance(error, ExportCut):
+        return True
+    if isinstance(error, BaseExceptionGroup) and any(_cut(e) for e in error.exceptions):
+        return True
+    return _cut(error.__cause__)
+
+
+class _QuietCuts(logging.Filter):
+    """Leaves out uvicorn's "Exception in ASGI application", with its traceback, for an export
+    cut at its time limit: the cut is how the download is broken on purpose, and the export
+    logged a warning for it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info is not None and _cut(record.exc_info[1]))
+
+
+def quiet_cut_exports() -> None:
+    """Install `_QuietCuts` on uvicorn's error logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietCuts) for f in logger.filters):
+        logger.addFilter(_QuietCuts())
 
 
 @dataclass
