@@ -36,6 +36,7 @@ from .conftest import (
     sign_in,
     spend,
     table,
+    text,
     through,
 )
 
@@ -543,3 +544,19 @@ async def test_a_project_without_usage_says_so_and_how_usage_is_reported(
     assert "POST /v1/usage" in said
     assert browser.find_elements(By.ID, "daily") == []  # no chart
     assert browser.find_elements(By.ID, "daily-table") == []
+
+
+def test_explore_s_form_reads_in_words_and_sends_the_api_s_values(
+    browser: WebDriver, site: Site
+) -> None:
+    """ "Bucket", "Top groups", `tag:team` and `partially_priced` were the API's words."""
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/p/ui-a/explore")
+    labels = [text(e) for e in browser.find_elements(By.CSS_SELECTOR, "form.query label")]
+    assert "Per period (bucket)" in labels
+    assert 'Show the costliest N groups (the rest as "(other)")' in labels
+    team = browser.find_element(By.CSS_SELECTOR, "input[name=group_by][value='tag:team']")
+    assert text(team.find_element(By.XPATH, "..")) == "tag team"
+    status = Select(browser.find_element(By.ID, "q-status"))
+    said = {o.get_attribute("value"): text(o) for o in status.options}
+    assert said["partially_priced"] == "partially priced"
