@@ -365,3 +365,8 @@ def test_a_whole_month_is_one_click_away_with_the_other_filters_kept(
     assert browser.find_element(By.ID, "e-from").get_attribute("value") == last_month.isoformat()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")) == 3
     assert browser.find_element(By.LINK_TEXT, f"This month ({first:%B %Y})")
+    # to total by a tag, Explore over the same window (its CSV has a column per dimension)
+    explore = browser.find_element(By.ID, "explore-by-tag").get_attribute("href") or ""
+    assert parse_qs(urlsplit(explore).query) == {
+        "from": [last_month.isoformat()], "to": [first.isoformat()], "bucket": ["day"]
+    }  # fmt: skip
