@@ -84,14 +84,16 @@ class ExportSlots:
         self.connecting: collections.Counter[int] = collections.Counter()  # by project id
         self.streaming: weakref.WeakSet[UsageExport] = weakref.WeakSet()
 
+    def _open(self) -> list[UsageExport]:
+        return [e for e in self.streaming if not e.closed]
+
     @property
     def in_use(self) -> int:
-        return self.connecting.total() + sum(1 for e in self.streaming if not e.closed)
+        return self.connecting.total() + len(self._open())
 
     def of_project(self, project_id: int) -> int:
         """The slots that project `project_id` uses."""
-        streaming = sum(1 for e in self.streaming if e.project_id == project_id and not e.closed)
-        return self.connecting[project_id] + streaming
+        return self.connecting[project_id] + sum(e.project_id == project_id for e in self._open())
 
     async def open(
         self,

@@ -173,10 +173,7 @@ class SignInController(Controller):
         totals = [
             (
                 functools.reduce(ADD, (Decimal(row[i]["total"].cost) for row in spent), ZERO),
-                any(
-                    row[i]["total"].unpriced_events or row[i]["total"].partially_priced_events
-                    for row in spent
-                ),
+                any(row[i]["total"].lower_bound for row in spent),
             )
             for i in range(2)
         ]

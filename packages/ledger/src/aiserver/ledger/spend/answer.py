@@ -45,6 +45,11 @@ class SpendTotals(msgspec.Struct, kw_only=True):
     cache_write_tokens: int
     reasoning_tokens: int
 
+    @property
+    def lower_bound(self) -> bool:
+        """Whether `cost` is a lower bound: some of the events have no price, or only part."""
+        return bool(self.unpriced_events or self.partially_priced_events)
+
 
 class SpendGroup(SpendTotals, kw_only=True):
     """One group's sums; `key` maps each of `group_by` to its value (`{}` without group_by).
