@@ -1,13 +1,26 @@
 """Text the ledger stores for people and tags: never a control character (NUL among them, which
-PostgreSQL cannot store in text); and text it writes into a spreadsheet: never a formula."""
+PostgreSQL cannot store in text); text it writes into a spreadsheet: never a formula; and text
+it shows among other text: never reordering what follows it."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Final
 
 #: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
 FORMULA_START: Final = frozenset("=+-@\t\r")
+
+#: The bidirectional formatting characters that open a run (LRE, RLE, LRO, RLO; LRI, RLI, FSI)
+#: and close one (PDF, PDI), Unicode's bidirectional algorithm (UAX #9): the marks (LRM, RLM,
+#: ALM) change no text but their own neighbours', and are left out.
+_BIDI: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
+PDF: Final = "\u202c"  # pop directional formatting: closes an embedding or override
+PDI: Final = "\u2069"  # pop directional isolate: closes an isolate and all opened in it
+_CLOSER: Final = {
+    **dict.fromkeys("\u202a\u202b\u202d\u202e", PDF),
+    **dict.fromkeys("\u2066\u2067\u2068", PDI),
+}
 
 
 def has_control(text: str) -> bool:
@@ -22,3 +35,31 @@ def spreadsheet_safe(cell: str) -> str:
     gets a leading `'`, so that a spreadsheet takes it as text (some show the `'`, some hide
     it). For text only: a number (`-1`) is left to its own column."""
     return "'" + cell if cell[:1] in FORMULA_START else cell
+
+
+def bidi_closed(text: str) -> str:
+    """`text` with the bidirectional embeddings, overrides and isolates it opens and leaves open
+    closed at its end (UAX #9, rules X1 to X8), so that it cannot reorder the text shown after
+    it: a name such as `report\u202e` in "the budget report\u202e (limit 10 USD)" would
+    otherwise draw the rest of the sentence backwards. Names and tags may hold these
+    characters (right-to-left text can need them); the dashboard shows every value through
+    this. Text without them, nearly all, is answered as it is after one scan.
+
+    A PDF closes the last embedding or override unless an isolate was opened after it; a PDI
+    closes the last isolate and whatever was opened in it; one that matches nothing is ignored,
+    as the algorithm ignores it. Closers added beyond what is open would be ignored the same
+    way, so the count need not allow for the algorithm's depth limit."""
+    if _BIDI.search(text) is None:
+        return text
+    open_closers: list[str] = []  # what closes each run still open, innermost last
+    for char in _BIDI.findall(text):
+        if char == PDF:
+            if open_closers and open_closers[-1] == PDF:
+                open_closers.pop()
+        elif char == PDI:
+            if PDI in open_closers:
+                while open_closers.pop() != PDI:
+                    pass
+        else:
+            open_closers.append(_CLOSER[char])
+    return text + "".join(reversed(open_closers))

@@ -30,6 +30,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from markupsafe import Markup, escape
 
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.budgets import BudgetPages
@@ -45,6 +46,7 @@ from aiserver.api.ui.viewer import OPT, Dashboard, SignInNeeded
 from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.money import money
+from aiserver.ledger.text import bidi_closed
 
 log = get_logger(__name__)
 
@@ -74,6 +76,19 @@ def _money(value: str | Decimal) -> str:
     return value if isinstance(value, str) else money(value)
 
 
+def _shown(value: Any) -> Any:
+    """Every value a template writes (`{{ ... }}`): text with its bidirectional runs closed at
+    its end (`bidi_closed`), so that a name or a tag cannot reorder the sentence it stands in;
+    markup (a macro's, `field`'s) as it is."""
+    return bidi_closed(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
+def _field(value: Any) -> Markup:
+    """A form field's value exactly as stored, to be sent back unchanged: a field is drawn in
+    a box of its own, which no run of its text leaves, so no closer is added."""
+    return escape(value)
+
+
 def templates() -> TemplateConfig[JinjaTemplateEngine]:
     environment = Environment(
         loader=PackageLoader("aiserver.api.ui", "templates"),
@@ -81,7 +96,9 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
+    environment.filters["field"] = _field
     environment.filters["money"] = _money
     environment.filters["when"] = timestamp
     environment.filters["on_clock"] = on_clock

@@ -29,7 +29,7 @@ import msgspec
 
 from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
-from aiserver.ledger.text import spreadsheet_safe
+from aiserver.ledger.text import bidi_closed, spreadsheet_safe
 
 NONE: Final = "(none)"
 #: What a cost reads where every event it would add up is unpriced.
@@ -265,7 +265,8 @@ def group_values(group: SpendGroup, group_by: Sequence[str], *, joined: bool = F
 
 def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
     """The group as a column's heading: its value, or `name=value, ...` for several dimensions
-    (each value as `shown_value` writes it: different groups never share a label)."""
+    (each value as `shown_value` writes it: different groups never share a label; its
+    bidirectional runs closed, `bidi_closed`, so that it cannot reorder the values after it)."""
     if not group_by:
         return TOTAL
     if group.other or group.key is None:
@@ -273,7 +274,9 @@ def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
     values = group_values(group, group_by, joined=len(group_by) > 1)
     if len(group_by) == 1:
         return values[0]
-    return ", ".join(f"{name}={value}" for name, value in zip(group_by, values, strict=True))
+    return ", ".join(
+        f"{name}={bidi_closed(value)}" for name, value in zip(group_by, values, strict=True)
+    )
 
 
 GroupId = tuple[bool, tuple[object, ...]]

@@ -26,6 +26,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.errors import KeyRejected, ProjectArchived
 from aiserver.ledger.keys import SCOPES
 from aiserver.ledger.projects import find_project
+from aiserver.ledger.text import bidi_closed
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -90,10 +91,12 @@ class Viewer:
     @property
     def who(self) -> str:
         """How the page names who signed in: a key by its name and its public id (not a secret),
-        or the operator."""
+        or the operator. The name's bidirectional runs closed (`bidi_closed`): it stands in a
+        sentence."""
         if self.access.is_operator:
             return "operator (all projects)"
-        named = f"the key “{self.session.key_name}” " if self.session.key_name else "key "
+        name = self.session.key_name
+        named = f"the key “{bidi_closed(name)}” " if name else "key "
         return f"{named}{self.session.public_id} of {self.access.project_slug}"
 
 
