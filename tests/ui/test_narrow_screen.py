@@ -12,7 +12,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, sign_in
+from .conftest import Site, sign_in, text
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +69,33 @@ def test_a_budget_s_used_share_is_on_a_phone_s_screen_without_scrolling(
     phone.get(site.url + "/ui/p/ui-a/budgets")
     name = phone.find_element(By.CSS_SELECTOR, "#budget-list tbody th")
     assert phone.execute_script(shown, name) == "none"
+
+
+def test_an_event_s_cost_is_on_a_phone_s_screen_without_scrolling(
+    phone: WebDriver, site: Site
+) -> None:
+    """The cost is the sixth cell of an event's row, beyond a phone's screen: it is shown under
+    the event's id too, as the cost cell writes it (and only at that width)."""
+    shown = "return getComputedStyle(arguments[0], '::after').content;"
+    sign_in(phone, site, site.keys["a"])
+    width = phone.execute_script("return document.documentElement.clientWidth;")
+    costs = set()
+    for query in ("", "?status=unpriced"):
+        phone.get(f"{site.url}/ui/p/ui-a/events/{query}")
+        rows = phone.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+        assert rows, query
+        for row in rows:
+            heading = row.find_element(By.CSS_SELECTOR, "th")
+            cost = text(row.find_elements(By.CSS_SELECTOR, "td")[4])
+            assert phone.execute_script(shown, heading) == f'"{cost}"'
+            right = phone.execute_script(
+                "return arguments[0].getBoundingClientRect().right;", heading
+            )
+            assert right <= width, (query, right, width)
+            costs.add(cost)
+    assert "unpriced" in costs
+    assert sum(c.endswith(" USD") for c in costs) > 10, costs
+    phone.set_window_size(1400, 900)
+    phone.get(site.url + "/ui/p/ui-a/events/")
+    heading = phone.find_element(By.CSS_SELECTOR, "#events tbody th")
+    assert phone.execute_script(shown, heading) == "none"
