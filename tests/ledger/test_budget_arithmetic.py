@@ -58,7 +58,7 @@ def view(limit: str, committed: str, reserved: str = "0") -> BudgetView:
         has_webhook_secret=False, created_at=AT, updated_at=AT, counts_from=AT,
     )  # fmt: skip
     held = WindowTotals(committed=Decimal(committed), reserved=Decimal(reserved))
-    return BudgetView(budget=budget, window=_window(budget, AT, None, held))
+    return BudgetView(budget=budget, window=_window(budget, AT, None, held), as_of=AT)
 
 
 def test_how_far_over_a_window_is_exact_past_28_digits() -> None:

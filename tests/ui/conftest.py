@@ -13,6 +13,7 @@ and expects browsers of its own builds.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -256,6 +257,16 @@ def table(browser: WebDriver, table_id: str) -> list[list[str]]:
     """A table's body rows as the page shows them (row heading and cells, text only)."""
     rows = browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
     return [[text(cell) for cell in row.find_elements(By.CSS_SELECTOR, "th, td")] for row in rows]
+
+
+#: A budget's pace, under its used share in a budgets table (its own test: test_budget_pace.py).
+PACE: Final = re.compile(r" on pace for ≈ [0-9]+%(?: past the limit)?$")
+
+
+def budget_table(browser: WebDriver, table_id: str) -> list[list[str]]:
+    """A budgets table's rows (`table`), the used share of each without its pace, which moves
+    with the clock (test_budget_pace.py checks it)."""
+    return [[PACE.sub("", cell) for cell in row] for row in table(browser, table_id)]
 
 
 def header(browser: WebDriver, table_id: str) -> list[str]:

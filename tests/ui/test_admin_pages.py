@@ -21,7 +21,7 @@ from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 from ..conftest import TEST_SECRET_BOX as BOX
 from ..reliability.harness import eventually
 from ..support.receiver import Receiver
-from .conftest import Site, bearer, committed, shot, sign_in, table, through
+from .conftest import Site, bearer, budget_table, committed, shot, sign_in, table, through
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -282,4 +282,4 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     facts = browser.find_element(By.ID, "budget-facts").text
     assert f"Reserved\n{reserved['window']['reserved']} USD" in facts
     through(browser, browser.find_element(By.LINK_TEXT, "All budgets"))
-    assert table(browser, "budget-list") == [list_row(reserved)]
+    assert budget_table(browser, "budget-list") == [list_row(reserved)]

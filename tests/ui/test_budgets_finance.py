@@ -20,7 +20,18 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from ..reliability.harness import eventually
-from .conftest import Site, admin, bearer, project_with_key, shot, sign_in, table, text, through
+from .conftest import (
+    Site,
+    admin,
+    bearer,
+    budget_table,
+    project_with_key,
+    shot,
+    sign_in,
+    table,
+    text,
+    through,
+)
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -101,7 +112,8 @@ def cells(browser: WebDriver, table_id: str) -> dict[str, dict[str, str]]:
         text(h).split(" ")[0]
         for h in browser.find_elements(By.CSS_SELECTOR, f"#{table_id} thead th")
     ]
-    return {row[0]: dict(zip(headings, row, strict=True)) for row in table(browser, table_id)}
+    rows = budget_table(browser, table_id)
+    return {row[0]: dict(zip(headings, row, strict=True)) for row in rows}
 
 
 def meter_is_red(browser: WebDriver, selector: str) -> bool:

@@ -29,6 +29,7 @@ from .conftest import (
     admin,
     at_scale,
     bearer,
+    budget_table,
     committed,
     header,
     project_with_key,
@@ -115,7 +116,7 @@ async def test_the_overview_shows_the_numbers_of_get_v1_spend_and_the_budgets(
         budgets = (await client.get("/v1/budgets", headers=bearer(site.keys["a"]))).json()
     (budget,) = budgets["budgets"]
     window = budget["window"]
-    (row,) = table(browser, "budgets")
+    (row,) = budget_table(browser, "budgets")
     assert row[0] == "Monthly cap"
     assert row[3:] == [budget["limit_usd"], committed(window), window["reserved"],
                        window["remaining"], f"{window['used_percent']}%"]  # fmt: skip

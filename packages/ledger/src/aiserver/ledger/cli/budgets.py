@@ -40,7 +40,7 @@ def _lines(view: BudgetView) -> list[str]:
     if b.model:
         scope += f"; model {b.model}"
     ends = when(w.end) if w.end else "never"
-    return [
+    lines = [
         f"budget {b.id}: {b.name} ({'hard' if b.hard else 'soft'})",
         f"  scope:       {scope}",
         f"  limit:       {money(b.limit_usd)} USD per {b.period}",
@@ -52,6 +52,15 @@ def _lines(view: BudgetView) -> list[str]:
         f"  reserved:    {money(w.reserved)} USD",
         f"  remaining:   {money(w.remaining)} USD ({money(w.used_percent)}% used)",
     ]
+    if w.end is not None:  # a total budget's window has no end to project to
+        pace = view.pace
+        lines.append(
+            f"  at this pace: ≈ {money(pace.projected)} USD by the window's end "
+            f"({money(pace.of_limit)}% of the limit)"
+            if pace
+            else "  at this pace: not projected yet (less than a tenth of the window has passed)"
+        )
+    return lines
 
 
 def _answer(view: BudgetView) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""A budget window's pace: where its committed spend ends if it goes on as it has since the
+window began (committed × the window's length ÷ the time passed, in real time), rounded to the
+cent; not before a tenth of the window has passed, never for a total budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.budgets.service import BudgetView, Pace, _window
+from aiserver.ledger.budgets.store import Budget, WindowTotals
+
+DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)  # a month of 31 days
+
+
+def view(period: str, limit: str, committed: str, as_of: datetime, zone: str = "UTC") -> BudgetView:
+    budget = Budget(
+        project_id=1, id=1, name="b", tags={}, model=None, period=period,
+        limit_usd=Decimal(limit), thresholds=(), hard=False, webhook_url=None,
+        has_webhook_secret=False, created_at=DECEMBER, updated_at=DECEMBER, counts_from=DECEMBER,
+    )  # fmt: skip
+    start, end = window_of(period, zone, as_of)  # type: ignore[arg-type]
+    held = WindowTotals(committed=Decimal(committed), reserved=Decimal("1000"))
+    return BudgetView(budget=budget, window=_window(budget, start, end, held), as_of=as_of)
+
+
+def test_a_month_projected_from_its_first_ten_days() -> None:
+    # 10 of 31 days: 10 USD committed goes on to 31 USD, 124% of a 25 USD limit; the 1,000 USD
+    # reserved is not spending and does not count
+    pace = view("month", "25", "10", DECEMBER + timedelta(days=10)).pace
+    assert pace == Pace(passed=Decimal("0.32"), projected=Decimal("31.00"), of_limit=Decimal(124))
+    assert pace.past_limit
+
+
+def test_within_the_limit() -> None:
+    pace = view("week", "100", "12.5", datetime(2026, 12, 9, 12, tzinfo=UTC)).pace  # a Wednesday
+    # 2.5 of 7 days passed: 12.5 × 7 ÷ 2.5 = 35
+    assert pace == Pace(passed=Decimal("0.36"), projected=Decimal("35.00"), of_limit=Decimal(35))
+    assert not pace.past_limit
+
+
+def test_not_projected_before_a_tenth_of_the_window_nor_for_a_total_budget() -> None:
+    # a tenth of December's 744 hours is 74.4
+    assert view("month", "25", "10", DECEMBER + timedelta(hours=74)).pace is None
+    assert view("month", "25", "10", DECEMBER + timedelta(hours=74, minutes=24)).pace is not None
+    assert view("total", "25", "10", DECEMBER + timedelta(days=20)).pace is None
+
+
+def test_a_day_of_a_clock_change_has_its_25_hours() -> None:
+    """2026-10-25 in Berlin ends summer time: 25 hours. 5 of them passed is a fifth."""
+    as_of = datetime(2026, 10, 24, 22, tzinfo=UTC) + timedelta(hours=5)
+    pace = view("day", "10", "1", as_of, zone="Europe/Berlin").pace
+    assert pace is not None
+    assert (pace.passed, pace.projected, pace.of_limit) == (Decimal("0.20"), 5, 50)
+
+
+def test_rounded_once_half_up_from_the_exact_amount() -> None:
+    half = DECEMBER + timedelta(days=15, hours=12)  # half of December
+    assert view("month", "1", "0.5025", half).pace.projected == Decimal("1.01")  # 1.005
+    assert view("month", "1", "0.50249995", half).pace.projected == Decimal("1.00")
+    # 2 × 5,624,444,446.718963368035385246370204136158: no digit lost before the rounding
+    big = view("month", "1000000000000", "5624444446.718963368035385246370204136158", half).pace
+    assert big.projected == Decimal("11248888893.44")
+    assert big.of_limit == 1  # 1.12%
+
+
+def test_under_a_dollar_two_significant_digits_where_the_cent_leaves_fewer() -> None:
+    """A day budget of 0.003 USD with 0.002 committed at 10:00 UTC: 0.0048 by midnight, which
+    the cent would round to 0.00 beside 160% of the limit."""
+    pace = view("day", "0.003", "0.002", datetime(2026, 12, 6, 10, tzinfo=UTC)).pace
+    assert pace == Pace(passed=Decimal("0.42"), projected=Decimal("0.0048"), of_limit=Decimal(160))
+    half = DECEMBER + timedelta(days=15, hours=12)
+    assert view("month", "1", "0.25", half).pace.projected == Decimal("0.50")  # the cent
+    assert view("month", "1", "0.0004444", half).pace.projected == Decimal("0.00089")
+    assert view("month", "1", "0", half).pace.projected == Decimal("0.00")

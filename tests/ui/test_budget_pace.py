@@ -1,0 +1,116 @@
+"""A budget's pace on the dashboard: where its window's committed spend ends if it goes on as it
+has since the window began (committed × the window's length ÷ the time passed), from a tenth of
+the window on; on the budget's page in words, in the budgets tables as a share of the limit under
+the used share. Checked against the API's window, at the instants before and after the pages
+were read (the pace moves with the clock)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from .conftest import Site, bearer, sign_in, table, text
+
+pytestmark = pytest.mark.slow
+
+DIGITS = Context(prec=60)
+MICROSECOND = timedelta(microseconds=1)
+SAID = re.compile(
+    r"≈ (?P<amount>[0-9,.]+) USD by the window's end, (?P<share>[0-9]+)% of the limit"
+    r"(?P<past>: past it)?\. The committed spend of the (?P<passed>[0-9]+)% of the window passed, "
+    r"carried on at the same rate(?P<unpriced>; its [0-9,]+ unpriced events count 0, so it may "
+    r"be more)?\."
+)
+LISTED = re.compile(r".*% on pace for ≈ (?P<share>[0-9]+)%(?P<past> past the limit)?")
+
+
+def half_up(value: Decimal, unit: str) -> Decimal:
+    return value.quantize(Decimal(unit), rounding=ROUND_HALF_UP)
+
+
+def as_said(amount: Decimal) -> Decimal:
+    """A projected amount as the page rounds it: to the cent, or under a dollar to two
+    significant digits where the cent leaves fewer."""
+    unit = Decimal("0.01")
+    if 0 < amount < 1:
+        unit = min(unit, Decimal(1).scaleb(amount.adjusted() - 1))
+    return half_up(amount, str(unit))
+
+
+def pace_at(window: dict[str, Any], limit: Decimal, at: datetime) -> tuple[Decimal, ...]:
+    """(share of the window passed, projected amount, in percent of the limit) at `at`."""
+    start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+    length, passed = (end - start) // MICROSECOND, (at - start) // MICROSECOND
+    projected = DIGITS.divide(Decimal(window["committed"]) * length, Decimal(passed))
+    return (Decimal(passed) / Decimal(length), projected,
+            DIGITS.divide(projected * 100, limit))  # fmt: skip
+
+
+async def test_a_budget_s_pace_is_where_its_window_ends_at_the_rate_so_far(
+    browser: WebDriver, site: Site
+) -> None:
+    sign_in(browser, site, site.keys["a"])
+    before = datetime.now(UTC)
+    browser.get(f"{site.url}/ui/p/ui-a/budgets/{site.budget_id}")
+    said = text(browser.find_element(By.ID, "budget-pace"))
+    listed = {}
+    for page, table_id in (("budgets", "budget-list"), ("", "budgets")):  # and the overview
+        browser.get(f"{site.url}/ui/p/ui-a/{page}")
+        (row,) = table(browser, table_id)
+        listed[table_id] = row[8] if table_id == "budget-list" else row[-1]
+    after = datetime.now(UTC)
+    async with site.client() as client:
+        response = await client.get(f"/v1/budgets/{site.budget_id}", headers=bearer(site.keys["a"]))
+    assert response.status_code == 200, response.text
+    budget = response.json()
+    window, limit = budget["window"], Decimal(budget["limit_usd"])
+    assert budget["period"] == "month"
+    assert Decimal(window["committed"]) > 0
+
+    early, late = pace_at(window, limit, before), pace_at(window, limit, after)
+    if late[0] < Decimal("0.1") or (early[0] < Decimal("0.1") and "not projected" in said):
+        # the first tenth of the month (the 1st to the 4th): too early to project
+        assert said == "not projected yet: less than a tenth of the window has passed."
+        assert all("on pace" not in cell for cell in listed.values()), listed
+        return
+    found = SAID.fullmatch(said)
+    assert found, said
+    # the later the instant, the more of the window has passed, and the lower the projection
+    amount = Decimal(found["amount"].replace(",", ""))
+    assert as_said(late[1]) <= amount <= as_said(early[1]), (said, early, late)
+    share = Decimal(found["share"])
+    assert half_up(late[2], "1") <= share <= half_up(early[2], "1"), (said, early, late)
+    assert bool(found["past"]) == (share > 100)
+    passed = int(found["passed"])
+    assert int(half_up(early[0], "0.01") * 100) <= passed <= int(half_up(late[0], "0.01") * 100)
+    assert bool(found["unpriced"]) == (window["unpriced_events"] > 0)
+    for table_id, cell in listed.items():
+        shown = LISTED.fullmatch(cell)
+        assert shown, (table_id, cell)
+        listed_share = Decimal(shown["share"])
+        assert half_up(late[2], "1") <= listed_share <= half_up(early[2], "1"), (table_id, cell)
+        assert bool(shown["past"]) == (listed_share > 100)
+
+
+async def test_a_total_budget_has_no_pace(browser: WebDriver, site: Site) -> None:
+    """A total budget's window has no end: nothing to project to."""
+    async with site.client() as client:
+        response = await client.post(
+            "/v1/budgets",
+            json={"name": "Pace total", "limit_usd": "1000", "period": "total"},
+            headers=bearer(site.keys["c"]),
+        )
+    assert response.status_code == 201, response.text
+    sign_in(browser, site, site.keys["c"])
+    browser.get(f"{site.url}/ui/p/ui-c/budgets/{response.json()['id']}")
+    assert browser.find_elements(By.ID, "budget-facts")
+    assert browser.find_elements(By.ID, "budget-pace") == []
+    browser.get(f"{site.url}/ui/p/ui-c/budgets")
+    rows = {row[0]: row for row in table(browser, "budget-list")}
+    assert "on pace" not in rows["Pace total"][8]
