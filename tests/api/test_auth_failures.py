@@ -20,7 +20,8 @@ from litestar import Request
 from litestar.testing import AsyncTestClient
 
 from aiserver.api.app import create_app
-from aiserver.api.auth import FailedAttempts, client_address
+from aiserver.api.attempts import FailedAttempts
+from aiserver.api.auth import client_address
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.settings import SettingsError, load_settings
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import httpx
@@ -37,6 +38,8 @@ UNTRUSTED_PEER: Final = "127.0.0.2"
 class Served:
     api: ApiProcess
     key: str  # a key with the scope read
+    env: dict[str, str]  # the process's environment: another one serves the same
+    log_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ async def served(
             key = await client.post("/v1/projects/lim/keys", headers=ADMIN,
                                     json={"name": "reader", "scopes": ["read"]})  # fmt: skip
             assert key.status_code == 201, key.text
-            yield Served(api, key.json()["key"])
+            yield Served(api, key.json()["key"], env, log.parent)
     finally:
         await drop_database(url)
 
@@ -115,3 +118,22 @@ async def test_a_client_that_is_no_trusted_proxy_cannot_dodge_the_count(served: 
         assert await operator(direct, "198.51.100.98") == 429
     async with served.api.client() as proxy:  # the forged addresses were never counted
         assert await operator(proxy, "198.51.100.0") == 200
+
+
+async def test_api_processes_share_the_count(served: Served) -> None:
+    """Two API processes over one database and one Redis, as two replicas behind a load
+    balancer: a client's failures count once in all, wherever they landed. Before, each process
+    counted its own, and a client got the limit once per process."""
+    async with (
+        api_process(served.env, served.log_dir / "api-two.log") as two,
+        served.api.client() as one_proxy,
+        two.client() as two_proxy,
+    ):
+        # failures alternate between the processes: the last one blocks the client in both
+        for n in range(LIMIT):
+            proxy = (one_proxy, two_proxy)[n % 2]
+            assert await sign_in(proxy, f"guess-{n}-of-a-token", "203.0.113.50") == 401
+        for proxy in (one_proxy, two_proxy):
+            assert await sign_in(proxy, served.key, "203.0.113.50") == 429
+            assert await operator(proxy, "203.0.113.50") == 429
+            assert await operator(proxy, "203.0.113.51") == 200  # another client

@@ -15,7 +15,7 @@ overrides, creating and listing projects, archiving one) take only an operator's
 (`requires_admin`, or `Access.require_operator`); a valid project key there is a 403, never a way
 in. Tokens and keys never reach a log line, a problem body or a metric label.
 
-Guessing is limited (`FailedAttempts`): a client address whose attempts failed
+Guessing is limited (`aiserver.api.attempts`): a client address whose attempts failed
 API_AUTH_FAILURE_LIMIT times within API_AUTH_FAILURE_WINDOW_SECONDS is refused (429
 `too-many-failed-attempts`, with Retry-After) before its credential is checked, until the oldest
 of those failures is that old. What counts and what is refused:
@@ -30,8 +30,9 @@ of those failures is that old. What counts and what is refused:
   revoked key stop the ingest of every client behind the same address.
 
 A success does not clear an address's failures: a holder of any valid key could otherwise
-interleave its own sign-ins with guesses of an operator token. The count is kept in each API
-process (each replica, each uvicorn worker counts on its own).
+interleave its own sign-ins with guesses of an operator token. The count is kept in Redis,
+shared by every API process using it (replicas, uvicorn workers); while Redis does not answer,
+each process counts on its own.
 """
 
 from __future__ import annotations
@@ -39,16 +40,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Final
 
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from aiserver.api.attempts import SharedAttempts
 from aiserver.api.errors import AdminDisabled, TooManyFailures
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
@@ -62,77 +60,8 @@ AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
 log = get_logger(__name__)
 
-#: The most client addresses a process remembers failures of (a few MB at the default limit).
-MAX_ADDRESSES: Final = 10_000
-#: What the addresses past MAX_ADDRESSES count as, together (no address looks like this).
-OVERFLOW: Final = "(addresses past the bound)"
-#: Where the app keeps its `FailedAttempts` (in `app.state`, made on first use).
+#: Where the app keeps its `SharedAttempts` (in `app.state`, made on first use).
 _STATE_KEY: Final = "failed_attempts"
-
-
-class FailedAttempts:
-    """The times of the recent failed attempts of each client address, in this process.
-
-    An address with `limit` failures in the last `window_s` seconds must wait until the oldest
-    of them is `window_s` old. At most `max_addresses` addresses are remembered, each until its
-    failures are all out of the window. While that many are, every other address counts as one
-    (`OVERFLOW`): an attacker that rotates through more addresses than that gets `limit`
-    attempts per window for all the others together, and this never grows past the bound (no
-    address is forgotten while it must wait, which would give it `limit` attempts more). The
-    price, under such a flood only: a client at a new address shares the others' count.
-    `limit` 0 refuses nobody.
-    """
-
-    def __init__(
-        self, limit: int, window_s: float, *, max_addresses: int = MAX_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
-        self.limit = limit
-        self.window_s = window_s
-        self.max_addresses = max_addresses
-        self._clock = clock
-        # address -> the times of its last `limit` failures, oldest first; the addresses in
-        # the order of their last failure, so that the first ones are the first to forget
-        self._failures: OrderedDict[str, tuple[float, ...]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def wait(self, address: str) -> int:
-        """Whole seconds until `address` may try again; 0: it may now."""
-        if self.limit == 0:
-            return 0
-        now = self._clock()
-        self._forget(now)
-        times = self._failures.get(self._counted_as(address), ())
-        if len(times) < self.limit:
-            return 0
-        left = times[0] + self.window_s - now
-        return math.ceil(left) if left > 0 else 0
-
-    def failed(self, address: str) -> bool:
-        """Count a failed attempt of `address`; whether it must wait now."""
-        if self.limit == 0:
-            return False
-        now = self._clock()
-        self._forget(now)
-        key = self._counted_as(address)
-        self._failures[key] = (*self._failures.pop(key, ()), now)[-self.limit :]
-        return self.wait(address) > 0
-
-    def _counted_as(self, address: str) -> str:
-        """The key `address` counts under: its own, or `OVERFLOW` while the bound is reached."""
-        if address in self._failures or len(self._failures) < self.max_addresses:
-            return address
-        return OVERFLOW
-
-    def _forget(self, now: float) -> None:
-        """Drop the addresses whose last failure is out of the window (they come first)."""
-        while self._failures:
-            address, times = next(iter(self._failures.items()))
-            if times[-1] + self.window_s > now:
-                return
-            del self._failures[address]
 
 
 def client_address(connection: AnyConnection) -> str:
@@ -151,33 +80,33 @@ def client_address(connection: AnyConnection) -> str:
     return str(address)
 
 
-def failed_attempts(connection: AnyConnection) -> FailedAttempts:
-    """The app's count of failed attempts (this process's), made on its first use."""
+def failed_attempts(connection: AnyConnection) -> SharedAttempts:
+    """The app's count of failed attempts (in Redis, shared), made on its first use."""
     state = connection.app.state
-    found: FailedAttempts | None = state.get(_STATE_KEY)
+    found: SharedAttempts | None = state.get(_STATE_KEY)
     if found is None:
         settings: ApiSettings = state.settings
-        found = FailedAttempts(
-            settings.api_auth_failure_limit, settings.api_auth_failure_window_seconds
+        found = SharedAttempts(
+            state.redis, settings.api_auth_failure_limit, settings.api_auth_failure_window_seconds
         )
         state[_STATE_KEY] = found
     return found
 
 
-def attempt_wait(connection: AnyConnection) -> int:
+async def attempt_wait(connection: AnyConnection) -> int:
     """Whole seconds until the connection's client may try a credential again; 0: now."""
-    return failed_attempts(connection).wait(client_address(connection))
+    return await failed_attempts(connection).wait(client_address(connection))
 
 
-def attempt_failed(connection: AnyConnection) -> None:
+async def attempt_failed(connection: AnyConnection) -> None:
     """Count a failed attempt of the connection's client; say so in the log (its address, never
     the credential) when that makes it wait."""
     attempts, address = failed_attempts(connection), client_address(connection)
-    if attempts.failed(address):
+    if await attempts.failed(address):
         log.warning(
             "too many failed attempts to authenticate: refusing the client for a while",
             client=address, failures=attempts.limit, window_seconds=attempts.window_s,
-            retry_after=attempts.wait(address),
+            retry_after=await attempts.wait(address),
         )  # fmt: skip
 
 
@@ -217,13 +146,13 @@ async def _authenticate(connection: AnyConnection, *, wanted: str) -> Access:
     if looks_like_key(token):
         keyring: Keyring = connection.app.state.keyring
         return await keyring.authenticate(require_pool(), token)
-    wait = attempt_wait(connection)
+    wait = await attempt_wait(connection)
     if wait:
         raise TooManyFailures(wait)
     settings: ApiSettings = connection.app.state.settings
     if token_matches(token, settings.api_admin_tokens):
         return Access.operator()
-    attempt_failed(connection)
+    await attempt_failed(connection)
     raise KeyRejected(f"the token is not valid: this endpoint needs {wanted}")
 
 

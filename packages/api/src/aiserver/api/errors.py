@@ -11,7 +11,7 @@ missing or wrong credential is the ledger's `KeyRejected`, 401).
     │   └── UnknownQuery     422 invalid-request: a query parameter the route does not take;
     │                            `fields` names them
     ├── TooManyFailures      429 too-many-failed-attempts: the client's address failed to
-    │                        authenticate too often lately (aiserver.api.auth.FailedAttempts);
+    │                        authenticate too often lately (aiserver.api.attempts);
     │                        Retry-After says when it may try again
     └── Unavailable
         ├── NotReady         503 not-ready: a readiness check fails; `checks` lists them all

@@ -44,7 +44,7 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     ui_session_seconds: PositiveInt = 8 * 3600
     #: Failed attempts (dashboard sign-ins, operator tokens) one client address may make within
     #: API_AUTH_FAILURE_WINDOW_SECONDS; then it is refused (429) until the oldest of them is that
-    #: old (`aiserver.api.auth.FailedAttempts`). 0: no limit.
+    #: old (`aiserver.api.attempts`). 0: no limit.
     api_auth_failure_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     api_auth_failure_window_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 300
     #: The longest a usage export (API or dashboard download) may stream: then it is cut short

@@ -3,7 +3,7 @@
 The credential comes in a form's body (POST), never in a URL; it is checked as every API request
 checks it (`aiserver.api.auth`), and is forgotten once the session is made. Nothing here logs it,
 and no page shows it. Every credential refused as not valid counts as a failed attempt of the
-client's address; an address that must wait (`aiserver.api.auth.FailedAttempts`) gets the form
+client's address; an address that must wait (`aiserver.api.attempts`) gets the form
 again with a 429 and Retry-After, and its credential is not checked.
 """
 
@@ -77,11 +77,11 @@ def _form(
     )
 
 
-def _refused(request: AnyRequest, exc: AiserverError, then: str | None) -> Template:
+async def _refused(request: AnyRequest, exc: AiserverError, then: str | None) -> Template:
     """The form again, saying why the credential signed nobody in; one not valid (401) is a
     failed attempt of the client's address."""
     if isinstance(exc, KeyRejected):
-        attempt_failed(request)
+        await attempt_failed(request)
     retry = exc.headers().get("Retry-After")  # a 429's: not a 401's WWW-Authenticate
     return _form(
         request, f"Not signed in: {exc.problem()['detail']}.", status=exc.status,
@@ -108,9 +108,9 @@ class SignInController(Controller):
                 request, "The form had expired or did not come from this page: try again.",
                 status=403, then=then,
             )  # fmt: skip
-        wait = attempt_wait(request)
+        wait = await attempt_wait(request)
         if wait:
-            return _refused(request, TooManyFailures(wait), then)
+            return await _refused(request, TooManyFailures(wait), then)
         credential = str(form.get("credential") or "").strip()
         sessions = board.sessions(request.app)
         if looks_like_key(credential):
@@ -119,7 +119,7 @@ class SignInController(Controller):
                 access = await keyring.authenticate(require_pool(), credential)
                 access.require("read")
             except AiserverError as exc:
-                return _refused(request, exc, then)
+                return await _refused(request, exc, then)
             presented = parse_key(credential)
             assert presented is not None  # authenticate parsed it
             async with require_pool().acquire() as conn:  # its name, for the page's header
@@ -134,7 +134,7 @@ class SignInController(Controller):
         else:
             settings: ApiSettings = request.app.state.settings
             if not credential or not token_matches(credential, settings.api_admin_tokens):
-                return _refused(request, KeyRejected("the key or token is not valid"), then)
+                return await _refused(request, KeyRejected("the key or token is not valid"), then)
             made, _ = await sessions.start(
                 "operator", operator=board.signer.fingerprint(credential)
             )
