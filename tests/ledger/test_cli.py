@@ -133,13 +133,15 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     assert code == 0, err
     assert f"{partition_name(old)}  {old:%Y-%m}      attached" in out
     assert "past retention: dropped at the next maintenance" in out
+    # no maintenance has recorded a retention yet, and this shell sets none: the default
+    assert "retention 400 days (the default: no maintenance has recorded one yet" in out
 
     # without the deployment's retention, maintenance refuses: the default could drop months
     # that a longer retention keeps
     assert "USAGE_RETENTION_DAYS" not in subprocess_env
     code, out, err = await ledger(subprocess_env, "partitions", "maintain")
     assert (code, out) == (2, ""), (code, out)
-    assert "USAGE_RETENTION_DAYS is not set here" in err
+    assert "USAGE_RETENTION_DAYS is not set here, no maintenance has recorded" in err
     assert "--retention-days" in err
     for wrong in ("0", "36501", "\u00b2", "x"):
         code, _, err = await ledger(subprocess_env, "partitions", "maintain",
@@ -165,6 +167,25 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     code, out, _ = await ledger({**subprocess_env, "USAGE_RETENTION_DAYS": "400"},
                                 "partitions", "maintain")  # fmt: skip
     assert out.splitlines()[:2] == ["created: -", "dropped: -"]
+
+    # once a maintenance has recorded the deployment's retention, `list` marks the months by
+    # it, whatever this shell says, and `maintain` from a shell without the setting uses it
+    short = {**subprocess_env, "USAGE_RETENTION_DAYS": "30"}
+    code, out, _ = await ledger(short, "partitions", "list", "--json")
+    assert (json.loads(out)["retention_days"], json.loads(out)["retention_from"]) == (
+        400,
+        "database",
+    )
+    code, out, _ = await ledger(short, "partitions", "list")
+    assert "retention 400 days (as the last maintenance recorded it)" in out
+    assert "note: USAGE_RETENTION_DAYS here is 30 days" in out
+    code, out, err = await ledger(subprocess_env, "partitions", "maintain")
+    assert code == 0, err
+    assert out.splitlines()[:3] == [
+        "retention: 400 days, as the last maintenance recorded it",
+        "created: -",
+        "dropped: -",
+    ]
 
     # a month's rows are counted as they come, before any ANALYZE (the planner's estimate was
     # 0 for a new month until autovacuum got to it)

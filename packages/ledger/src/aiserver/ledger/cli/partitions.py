@@ -17,17 +17,36 @@ if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
 
 
-async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
+#: Where `maintain` reads the retention when `--retention-days` is not given (and the
+#: database holds none recorded by a maintenance).
+RETENTION_VARIABLE: Final = "USAGE_RETENTION_DAYS"
+
+
+def _shell_retention() -> int | None:
+    """USAGE_RETENTION_DAYS as this shell sets it; None when it is not set."""
+    import os
+
     from aiserver.core_db.settings import settings_for_command
+    from aiserver.ledger.settings import LedgerSettings
+
+    if RETENTION_VARIABLE not in os.environ:
+        return None
+    return settings_for_command("aiserver-ledger", LedgerSettings).usage_retention_days
+
+
+async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
+    """The partitions, and which months are past the retention the deployment keeps: the one
+    its last maintenance recorded in the database (the task runner's USAGE_RETENTION_DAYS), or,
+    before any maintenance, this shell's (or the default)."""
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.partitions import (
         month_of_partition,
         next_month,
         retention_horizon,
     )
-    from aiserver.ledger.usage.store.partitions import table_sizes, usage_tables
+    from aiserver.ledger.usage.store.partitions import kept_retention, table_sizes, usage_tables
 
-    retention = settings_for_command("aiserver-ledger", LedgerSettings).usage_retention_days
+    shell = _shell_retention()
 
     async def work(pool: Any) -> int:
         from datetime import UTC, datetime
@@ -35,6 +54,13 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
         async with pool.acquire() as conn:
             tables = await usage_tables(conn)
             sizes = await table_sizes(conn, [t.name for t in tables])
+            recorded = await kept_retention(conn)
+        if recorded is not None:
+            retention, source = recorded, "database"
+        elif shell is not None:
+            retention, source = shell, "environment"
+        else:
+            retention, source = LedgerSettings().usage_retention_days, "default"
         kept_from = retention_horizon(datetime.now(UTC), retention)
         listed: list[dict[str, Any]] = []
         for table in tables:
@@ -52,7 +78,8 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
                 }
             )
         if args.json:
-            print_json({"retention_days": retention, "kept_from": kept_from, "partitions": listed})
+            print_json({"retention_days": retention, "retention_from": source,
+                        "kept_from": kept_from, "partitions": listed})  # fmt: skip
             return 0
         print(f"{'PARTITION':<20}  {'MONTH (UTC)':<11}  {'STATE':<9}  {'ROWS (est.)':>12}  SIZE")
         for p in listed:
@@ -64,43 +91,60 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
                 f"{p['name']:<20}  {shown:<11}  {p['state']:<9}  {p['rows_estimate']:>12,}  "
                 f"{p['bytes'] / 2**20:,.1f} MiB{past}"
             )
+        said = {
+            "database": "as the last maintenance recorded it",
+            "environment": f"{RETENTION_VARIABLE} here: no maintenance has recorded one yet",
+            "default": f"the default: no maintenance has recorded one yet, and "
+            f"{RETENTION_VARIABLE} is not set here",
+        }[source]
         print(
-            f"{len(listed)} partition(s); retention {retention} days keeps the months from "
-            f"{kept_from:%Y-%m} on (USAGE_RETENTION_DAYS)"
+            f"{len(listed)} partition(s); retention {retention} days ({said}) keeps the months "
+            f"from {kept_from:%Y-%m} on"
         )
+        if shell is not None and shell != retention:
+            print(
+                f"note: {RETENTION_VARIABLE} here is {shell} days: a maintenance run from this "
+                f"shell would keep {shell} days"
+            )
         return 0
 
     return await with_pool(core, work)
 
 
-#: Where `maintain` reads the retention when `--retention-days` is not given.
-RETENTION_VARIABLE: Final = "USAGE_RETENTION_DAYS"
-
-
 async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
-    import os
+    """The retention: --retention-days, else USAGE_RETENTION_DAYS as this shell sets it, else
+    the one the deployment's last maintenance recorded (the task runner's setting). With none,
+    exit 2: the default could drop, for good, months that a longer retention keeps."""
     import sys
 
     import msgspec
 
+    from aiserver.core_db.database import database, require_pool
     from aiserver.core_db.settings import settings_for_command
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.partitions import maintain
+    from aiserver.ledger.usage.store.partitions import kept_retention
 
     settings = settings_for_command("aiserver-ledger", LedgerSettings)
-    if args.retention_days is not None:
-        settings = msgspec.structs.replace(settings, usage_retention_days=args.retention_days)
-    elif RETENTION_VARIABLE not in os.environ:
-        # A shell without the deployment's setting would drop, for good, the months that a
-        # retention longer than the default keeps: the retention must be said.
-        print(
-            f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, and maintenance drops the "
-            "months past the retention for good: set it as the deployment sets it, or pass "
-            f"--retention-days (the default would be {settings.usage_retention_days} days)",
-            file=sys.stderr,
-        )
-        return 2
-    result = await maintain(core, settings)
+    said = args.retention_days if args.retention_days is not None else _shell_retention()
+    async with database(core):
+        if said is None:
+            async with require_pool().acquire() as conn:
+                said = await kept_retention(conn)
+            if said is None:
+                print(
+                    f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, no maintenance has "
+                    "recorded the deployment's retention yet, and maintenance drops the months "
+                    "past the retention for good: set it as the deployment sets it, or pass "
+                    f"--retention-days (the default would be {settings.usage_retention_days} "
+                    "days)",
+                    file=sys.stderr,
+                )
+                return 2
+            if not args.json:
+                print(f"retention: {said} days, as the last maintenance recorded it")
+        settings = msgspec.structs.replace(settings, usage_retention_days=said)
+        result = await maintain(core, settings)
     if args.json:
         print_json(result.as_dict())
         return 0
@@ -146,7 +190,9 @@ def add_parsers(groups: Any) -> None:
         "(attached; detaching or detached when a drop was interrupted: the next maintenance "
         "finishes the drop, or attaches the month again if the retention keeps it), "
         "PostgreSQL's estimate of the rows, the size, and which months are past the retention "
-        "(USAGE_RETENTION_DAYS, here as this shell sets it) and go at the next maintenance.",
+        "and go at the next maintenance: the retention the deployment keeps, as its last "
+        "maintenance recorded it in the database (before any, USAGE_RETENTION_DAYS as this "
+        "shell sets it, or the default).",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
     run = commands.add_parser(
@@ -154,9 +200,11 @@ def add_parsers(groups: Any) -> None:
         help="create this month's and the coming months' partitions and drop those past "
         "USAGE_RETENTION_DAYS, as the task runner does hourly",
         description="Create this month's and the next months' partitions and drop, for good, "
-        "those past the retention: USAGE_RETENTION_DAYS as the deployment sets it, or "
-        "--retention-days. With neither, nothing is done (exit 2): the default of 400 days "
-        "would drop months that a longer retention keeps. The retention is written down for "
+        "those past the retention: --retention-days, else USAGE_RETENTION_DAYS as this shell "
+        "sets it, else the retention the deployment's last maintenance recorded in the "
+        "database (the task runner's). With none (no maintenance has run yet), nothing is done "
+        "(exit 2): the default of 400 days would drop months that a longer retention keeps. "
+        "The retention is written down for "
         "ingest, as the task runner's is: the API refuses events older than it until the next "
         "hourly maintenance writes the task runner's again.",
     )
