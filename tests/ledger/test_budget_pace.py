@@ -10,6 +10,7 @@ from decimal import Decimal
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.service import BudgetView, Pace, _window
 from aiserver.ledger.budgets.store import Budget, WindowTotals
+from aiserver.ledger.spend.pace import percent, projection
 
 DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)  # a month of 31 days
 
@@ -74,3 +75,11 @@ def test_under_a_dollar_two_significant_digits_where_the_cent_leaves_fewer() -> 
     assert view("month", "1", "0.25", half).pace.projected == Decimal("0.50")  # the cent
     assert view("month", "1", "0.0004444", half).pace.projected == Decimal("0.00089")
     assert view("month", "1", "0", half).pace.projected == Decimal("0.00")
+
+
+def test_a_projection_past_the_window_s_end_is_the_window_as_it_ended() -> None:
+    end = DECEMBER + timedelta(days=31)
+    assert projection(Decimal("12.5"), DECEMBER, end, end + timedelta(days=3)) == (1, 12.5)
+    assert projection(Decimal(1), DECEMBER, DECEMBER, DECEMBER) is None  # no length
+    assert percent(Decimal(1), Decimal(3), places=2) == Decimal("33.33")
+    assert percent(Decimal(2), Decimal(3)) == 67  # half up: 66.67

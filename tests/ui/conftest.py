@@ -18,6 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -257,6 +258,19 @@ def table(browser: WebDriver, table_id: str) -> list[list[str]]:
     """A table's body rows as the page shows them (row heading and cells, text only)."""
     rows = browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
     return [[text(cell) for cell in row.find_elements(By.CSS_SELECTOR, "th, td")] for row in rows]
+
+
+def half_up(value: Decimal, unit: str) -> Decimal:
+    return value.quantize(Decimal(unit), rounding=ROUND_HALF_UP)
+
+
+def as_said(amount: Decimal) -> Decimal:
+    """A projected amount (a budget's pace, the month's) as the pages round it: to the cent, or
+    under a dollar to two significant digits where the cent leaves fewer."""
+    unit = Decimal("0.01")
+    if 0 < amount < 1:
+        unit = min(unit, Decimal(1).scaleb(amount.adjusted() - 1))
+    return half_up(amount, str(unit))
 
 
 #: A budget's pace, under its used share in a budgets table (its own test: test_budget_pace.py).

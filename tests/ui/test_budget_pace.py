@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, bearer, sign_in, table, text
+from .conftest import Site, as_said, bearer, half_up, sign_in, table, text
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +28,6 @@ SAID = re.compile(
     r"be more)?\."
 )
 LISTED = re.compile(r".*% on pace for ≈ (?P<share>[0-9]+)%(?P<past> past the limit)?")
-
-
-def half_up(value: Decimal, unit: str) -> Decimal:
-    return value.quantize(Decimal(unit), rounding=ROUND_HALF_UP)
-
-
-def as_said(amount: Decimal) -> Decimal:
-    """A projected amount as the page rounds it: to the cent, or under a dollar to two
-    significant digits where the cent leaves fewer."""
-    unit = Decimal("0.01")
-    if 0 < amount < 1:
-        unit = min(unit, Decimal(1).scaleb(amount.adjusted() - 1))
-    return half_up(amount, str(unit))
 
 
 def pace_at(window: dict[str, Any], limit: Decimal, at: datetime) -> tuple[Decimal, ...]:

@@ -1,5 +1,6 @@
-"""The overview of a project: this month and last, the last 30 days by model, the top values
-of each rolled-up tag, the budgets and the unpriced events.
+"""The overview of a project: this month and last (this month also at its pace, and against
+last month to the same point), the last 30 days by model, the top values of each rolled-up
+tag, the budgets and the unpriced events.
 
 Every figure is an answer of the ledger's own services (the spend of `GET /v1/spend`, the
 budgets of `GET /v1/projects/{slug}/budgets`, the events of `GET /v1/usage/events`), asked for
@@ -9,6 +10,7 @@ the same questions a client would ask; the page adds nothing up itself.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 from litestar import Request, get
@@ -18,8 +20,10 @@ from litestar.response import Template
 from aiserver.api.ui.present import SHOW, pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
+from aiserver.costs.pricing.exact import SUBTRACT
 from aiserver.ledger.budgets.service import list_budgets
 from aiserver.ledger.spend.answer import SpendAnswer
+from aiserver.ledger.spend.pace import about, percent, projection
 from aiserver.ledger.spend.query import project_zone, read_spend, spend_query
 from aiserver.ledger.store import Project
 from aiserver.ledger.usage.reading import event_query, read_events
@@ -63,6 +67,46 @@ async def months(pool: Any, project: Project) -> list[dict[str, Any]]:
     return found
 
 
+def same_point_last_month(now: datetime, this_month: date) -> datetime:
+    """The instant of last month that `now` (in this month, on the project's clock) matches:
+    the same day of the month at the same time, or last month's end where it has fewer days
+    (the 31st against a month of 30)."""
+    last = month_start(this_month, 1)
+    if now.day > (this_month - last).days:
+        return datetime.combine(this_month, time(), tzinfo=now.tzinfo)
+    return datetime.combine(last.replace(day=now.day), now.time(), tzinfo=now.tzinfo)
+
+
+async def month_so_far(pool: Any, project: Project, month: dict[str, Any]) -> dict[str, Any]:
+    """This month to date (`month`, as `months` answers it) against two yardsticks: where it
+    ends at the rate so far (`projection`: from a tenth of the month on) and what last month had
+    spent by the same point (its day of the month and time; `GET /v1/spend` over that window),
+    with the change in percent of it, rounded half up to whole percent."""
+    zone, now = project_zone(project), month["as_of"]
+    start = datetime.combine(month["start"], time(), tzinfo=zone)
+    end = datetime.combine(month["end"], time(), tzinfo=zone)
+    spent = Decimal(month["total"].cost)
+    found = projection(spent, start, end, now)
+    last_start = datetime.combine(month_start(month["start"], 1), time(), tzinfo=zone)
+    point = same_point_last_month(now, month["start"])
+    before = None
+    if point > last_start:
+        answer = await read_spend(
+            pool, project, spend_query(project, since=last_start, until=point)
+        )
+        cost = Decimal(answer.total.cost)
+        before = {
+            "until": point,
+            "total": answer.total,
+            "change": percent(SUBTRACT(spent, cost), cost) if cost else None,
+        }
+    return {
+        "pace": about(found.amount) if found else None,
+        "passed": int(percent(found.passed, Decimal(1))) if found else None,
+        "before": before,
+    }
+
+
 class OverviewController(ProjectPages):
     @get("/")
     async def overview(self, request: Request[Any, Any, Any], slug: FromPath[str]) -> Template:
@@ -72,6 +116,7 @@ class OverviewController(ProjectPages):
         zone = project_zone(project)
         today = datetime.now(zone).date()
         periods = await months(pool, project)
+        so_far = await month_so_far(pool, project, periods[0])
         since, until = (today - timedelta(days=DAYS - 1)).isoformat(), (today + timedelta(days=1))
         daily = await read_spend(
             pool, project,
@@ -101,7 +146,7 @@ class OverviewController(ProjectPages):
             template_name="overview.html",
             context={
                 "viewer": seen_by, "project": project, "page": "overview",
-                "periods": periods, "daily": daily, "chart": pivot(daily),
+                "periods": periods, "so_far": so_far, "daily": daily, "chart": pivot(daily),
                 "days": DAYS, "top": TOP_MODELS, "since": since, "until": until.isoformat(),
                 "tags": tags, "top_tag_values": TOP_TAG_VALUES,
                 "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,

@@ -166,6 +166,12 @@ class Show:
     rounded = staticmethod(rounded)
 
     @staticmethod
+    def estimate(value: Decimal) -> str:
+        """An estimate as it was rounded (`aiserver.ledger.spend.pace.about`: `31.00`,
+        `0.0031`), grouped by thousands."""
+        return f"{value:,}"
+
+    @staticmethod
     def budget_places(views: Iterable[Any]) -> dict[str, int]:
         """The scale of each amount column of a list of budgets with their windows."""
         views = list(views)

@@ -9,7 +9,7 @@ counted for that scope. To count something else, create another budget (and dele
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,6 +25,7 @@ from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.store import Budget, WindowTotals
 from aiserver.ledger.errors import InvalidField, UnknownBudget, WebhooksDisabled
 from aiserver.ledger.projects import check_name
+from aiserver.ledger.spend.pace import about, percent, projection
 from aiserver.ledger.webhooks.sealing import Sealed, SecretBox, Unopenable
 from aiserver.ledger.webhooks.targets import resolve_target
 
@@ -32,10 +33,6 @@ from aiserver.ledger.webhooks.targets import resolve_target
 #: to far more digits than a percentage of any sane limit has, then rounded once.
 _PERCENT: Final = Context(prec=60)
 _HUNDREDTH: Final = Decimal("0.01")
-#: A window's pace is projected once this share of it has passed: before, a few calls decide it.
-PACE_FROM: Final = Decimal("0.1")
-_WHOLE: Final = Decimal(1)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 log = get_logger(__name__)
 
@@ -62,11 +59,11 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
 class Pace(msgspec.Struct, frozen=True, kw_only=True):
     """Where a window's committed spend ends if it goes on as it has since the window began:
     committed × the window's length ÷ the time passed, in real time (a day of a clock change
-    has its 23 or 25 hours). An estimate, so rounded (half up, each figure once from the exact
-    quotient): the amount to the cent, or under a dollar to two significant digits where the
-    cent would leave fewer (`_unit`: 0.0031 USD is not projected as 0.00), and of the limit to
-    whole percent. Reservations are not spending and do not count; unpriced events count 0
-    (with some, it is a lower bound)."""
+    has its 23 or 25 hours; `aiserver.ledger.spend.pace`). An estimate, so rounded (half up,
+    each figure once from the exact quotient): the amount to the cent, or under a dollar to two
+    significant digits where the cent would leave fewer (0.0031 USD is not projected as 0.00),
+    and of the limit to whole percent. Reservations are not spending and do not count; unpriced
+    events count 0 (with some, it is a lower bound)."""
 
     passed: Decimal  # the share of the window passed, from PACE_FROM to 1, to 2 places
     projected: Decimal  # committed at the window's end at this pace, rounded
@@ -75,14 +72,6 @@ class Pace(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def past_limit(self) -> bool:
         return self.of_limit > 100
-
-
-def _unit(projected: Decimal) -> Decimal:
-    """What a projection is rounded to: the cent, or under a dollar two significant digits
-    where the cent would leave fewer (0.0031, not 0.00)."""
-    if projected <= 0:
-        return _HUNDREDTH
-    return min(_HUNDREDTH, Decimal(1).scaleb(projected.adjusted() - 1))
 
 
 class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,24 +83,15 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
     def pace(self) -> Pace | None:
         """The window's pace (`Pace`); None for a total budget (its window has no end) and
         before PACE_FROM of the window has passed."""
-        start, end = self.window.start, self.window.end
-        if end is None:
+        if self.window.end is None:
             return None
-        length = (end - start) // _MICROSECOND
-        passed = (min(self.as_of, end) - start) // _MICROSECOND
-        share = _PERCENT.divide(Decimal(passed), Decimal(length))
-        if share < PACE_FROM:
+        found = projection(self.window.committed, self.window.start, self.window.end, self.as_of)
+        if found is None:
             return None
-        # committed × length ÷ passed: the product exact, the quotient to 60 digits; each figure
-        # rounded once from it
-        limit = self.budget.limit_usd
-        exact = _PERCENT.divide(MULTIPLY(self.window.committed, length), Decimal(passed))
         return Pace(
-            passed=share.quantize(_HUNDREDTH, rounding=ROUND_HALF_UP, context=_PERCENT),
-            projected=exact.quantize(_unit(exact), rounding=ROUND_HALF_UP, context=_PERCENT),
-            of_limit=_PERCENT.divide(MULTIPLY(exact, 100), limit).quantize(
-                _WHOLE, rounding=ROUND_HALF_UP, context=_PERCENT
-            ),
+            passed=found.passed.quantize(_HUNDREDTH, rounding=ROUND_HALF_UP, context=_PERCENT),
+            projected=about(found.amount),
+            of_limit=percent(found.amount, self.budget.limit_usd),
         )
 
     @property
