@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from aiserver.api.app import create_app
-from aiserver.api.attempts import INDEX, OVERFLOW, PREFIX, SharedAttempts
+from aiserver.api.attempts import INDEX, OVERFLOW, PREFIX, RETRY_S, SharedAttempts, Verdict
 
 from ..conftest import TEST_REDIS_URL, Settings, replace_settings
 from .conftest import admin
@@ -48,9 +48,11 @@ async def redis(redis_clean: None) -> AsyncIterator[Redis]:
 
 async def test_the_window_is_redis_s_and_its_keys_expire_with_it(redis: Redis) -> None:
     attempts = SharedAttempts(redis, 2, 1.5)
-    assert await attempts.failed("198.51.100.1") is False
-    assert await attempts.failed("198.51.100.1") is True
-    assert await attempts.wait("198.51.100.1") == 2  # 1.5 s, in whole seconds rounded up
+    assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=0)
+    assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=2)  # the limit
+    # at the limit, a failure is not counted: it must wait (1.5 s, whole seconds rounded up)
+    assert await attempts.failed("198.51.100.1") == Verdict(counted=False, wait=2)
+    assert await attempts.wait("198.51.100.1") == 2
     assert await attempts.wait("198.51.100.2") == 0  # each address its own count
     key = f"{PREFIX}198.51.100.1"
     assert await redis.zcard(key) == 2
@@ -64,14 +66,14 @@ async def test_the_window_is_redis_s_and_its_keys_expire_with_it(redis: Redis) -
 async def test_addresses_that_rotate_do_not_grow_redis_nor_escape_the_count(redis: Redis) -> None:
     """Past `max_addresses`, the other addresses count as one, as in one process: a flood of new
     addresses gets `limit` failures per window together, and Redis holds at most the bound's
-    keys (an address keeps at most `limit` failures)."""
+    keys (an address holds at most `limit` failures: one at the limit is not counted)."""
     attempts = SharedAttempts(redis, 3, 60, max_addresses=20)
     for n in range(200):
         await attempts.failed(f"10.0.{n // 256}.{n % 256}")
     keys = {k.decode() async for k in redis.scan_iter(match=f"{PREFIX}*")}
     assert keys == {f"{PREFIX}10.0.0.{n}" for n in range(20)} | {f"{PREFIX}{OVERFLOW}"}
     assert await redis.zcard(INDEX) == 21
-    assert await redis.zcard(f"{PREFIX}{OVERFLOW}") == 3  # its last `limit` failures only
+    assert await redis.zcard(f"{PREFIX}{OVERFLOW}") == 3  # `limit` failures, no more
     assert await attempts.wait("10.0.0.0") == 0  # the first 20: one failure each
     assert await attempts.wait("198.51.100.9") > 0  # a new address shares the flood's count
     for _ in range(2):
@@ -82,7 +84,7 @@ async def test_addresses_that_rotate_do_not_grow_redis_nor_escape_the_count(redi
 async def test_a_limit_of_0_asks_redis_nothing(redis: Redis) -> None:
     attempts = SharedAttempts(redis, 0, 60)
     for _ in range(10):
-        assert await attempts.failed("198.51.100.1") is False
+        assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=0)
     assert await attempts.wait("198.51.100.1") == 0
     assert [k async for k in redis.scan_iter(match="aiserver:auth-failures*")] == []
 
@@ -111,17 +113,31 @@ async def test_without_redis_each_process_counts_on_its_own(
 
 
 async def test_the_count_goes_back_to_redis_once_it_answers(redis: Redis) -> None:
+    """After Redis failed, the process counts on its own for RETRY_S without asking it (a Redis
+    that hangs would hold every operator request for its timeouts), then asks again."""
     down = Redis.from_url(NO_REDIS)
-    attempts = SharedAttempts(down, 2, 60)
+    clock = Clock()
+    attempts = SharedAttempts(down, 2, 60, clock=clock)
     with capture_logs() as logs:
-        assert await attempts.failed("198.51.100.1") is False
-        assert await attempts.failed("198.51.100.1") is True  # counted here
+        assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=0)
         attempts._script = redis.register_script(attempts._script.script)  # Redis is back
+        assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=60)  # here
+        assert await redis.exists(f"{PREFIX}198.51.100.1") == 0  # Redis was not asked
+        clock.now += RETRY_S
         assert await attempts.wait("198.51.100.1") == 0  # Redis's count: nothing yet
-        assert await attempts.failed("198.51.100.1") is False
+        assert (await attempts.failed("198.51.100.1")).counted
+        assert await redis.zcard(f"{PREFIX}198.51.100.1") == 1
     await down.aclose()
     said = [e["event"] for e in logs if "counted in" in e["event"]]
     assert said == [
         "failed attempts to authenticate are counted in this process only: Redis did not answer",
         "failed attempts to authenticate are counted in Redis again",
     ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -7,7 +7,9 @@ cannot dodge the count with a forged header. The rest of the limit is tested in 
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +139,22 @@ async def test_api_processes_share_the_count(served: Served) -> None:
             assert await sign_in(proxy, served.key, "203.0.113.50") == 429
             assert await operator(proxy, "203.0.113.50") == 429
             assert await operator(proxy, "203.0.113.51") == 200  # another client
+
+
+async def test_attempts_sent_at_once_get_no_more_than_the_limit_checked(served: Served) -> None:
+    """Checked and counted in one step: of wrong credentials sent at once, LIMIT are told they
+    are wrong and the rest to wait, on the JSON API and at the sign-in. Before, every request
+    passed the check before any failure was counted: 30 sent at once got 30 answers of 401."""
+    async with served.api.client() as proxy:
+        guessed = await asyncio.gather(*(
+            proxy.get("/v1/projects", headers={
+                "Authorization": f"Bearer guess-{n:02d}-of-the-operator-token-0123456789",
+                "x-forwarded-for": "203.0.113.60",
+            })
+            for n in range(30)
+        ))  # fmt: skip
+        assert Counter(r.status_code for r in guessed) == {401: LIMIT, 429: 30 - LIMIT}
+        signed = await asyncio.gather(*(
+            sign_in(proxy, f"guess-{n}-of-a-token", "203.0.113.61") for n in range(12)
+        ))  # fmt: skip
+        assert Counter(signed) == {401: LIMIT, 429: 12 - LIMIT}

@@ -3,7 +3,9 @@ wait (aiserver.api.auth says what counts).
 
 - `SharedAttempts` counts in Redis, for every API process that shares it (replicas, uvicorn
   workers): a client behind a load balancer gets the limit once, not once per process. One Lua
-  script reads and writes an address's count at a time, on Redis's clock.
+  script reads and writes an address's count at a time, on Redis's clock, and counts a failure
+  only while the address is under the limit: requests sent at once get at most `limit`
+  answers that say their credential is wrong, the others are told to wait.
 - `FailedAttempts` counts in one process: where Redis does not answer, each process counts on
   its own until it does again (the limit still holds per process).
 
@@ -20,7 +22,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -102,88 +104,116 @@ class FailedAttempts:
             del self._failures[address]
 
 
-#: Redis keys: the index of the addresses remembered (by their last failure), and each
-#: address's failures (by their times) under the prefix.
-INDEX: Final = "aiserver:auth-failures"
-PREFIX: Final = "aiserver:auth-failures:"
+class Verdict(NamedTuple):
+    """What became of a failed attempt: counted (it was within the limit: the client is told
+    the credential is not valid), or not (the address had reached the limit meanwhile: the
+    client is told to wait, as if it had been refused before its credential was checked); and
+    the whole seconds the address must wait now (0: none)."""
 
-#: Count (ARGV[6] "1") or only ask; answer how many milliseconds the address must wait (0:
-#: none). Redis's clock (TIME) serves every process alike. KEYS[1] the index; ARGV: the prefix,
-#: the address, the limit, the window in ms, the most addresses, count or ask, a new failure's
-#: id, what the addresses past the bound count as.
+    counted: bool
+    wait: int
+
+
+#: Redis keys, all with one hash tag (one slot, should the Redis be a cluster): the index of the
+#: addresses remembered (by their last failure), and each address's failures (by their times)
+#: under the prefix. The script names every key it touches (KEYS).
+INDEX: Final = "{aiserver:auth-failures}"
+PREFIX: Final = "{aiserver:auth-failures}:"
+#: After Redis failed to answer, how long each process counts on its own before asking again.
+RETRY_S: Final = 5.0
+
+#: Ask how many milliseconds an address must wait, or (ARGV[4] "1") count a failure of it
+#: first unless it is at the limit already: check and count in one step, so that requests sent
+#: at once cannot all pass the check before any of them is counted. Answers {counted (1 or
+#: 0), wait in ms}. Redis's clock (TIME) serves every process alike. KEYS: the index, the
+#: address's key, the overflow's key; ARGV: the limit, the window in ms, the most addresses,
+#: count or ask, a new failure's id, the address, what the addresses past the bound count as.
 _SCRIPT: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local limit, window, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local limit, window, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local index = KEYS[1]
 redis.call('ZREMRANGEBYSCORE', index, '-inf', now - window)
-local counted = ARGV[2]
+local counted, key = ARGV[6], KEYS[2]
 if not redis.call('ZSCORE', index, counted) and redis.call('ZCARD', index) >= most then
-  counted = ARGV[8]
+  counted, key = ARGV[7], KEYS[3]
 end
-local key = ARGV[1] .. counted
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-if ARGV[6] == '1' then
-  redis.call('ZADD', key, now, ARGV[7])
-  redis.call('ZREMRANGEBYRANK', key, 0, -(limit + 1))
+local added = 0
+if ARGV[4] == '1' and redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[5])
   redis.call('PEXPIRE', key, window)
   redis.call('ZADD', index, now, counted)
   redis.call('PEXPIRE', index, window)
+  added = 1
 end
-if redis.call('ZCARD', key) < limit then
-  return 0
+local wait = 0
+if redis.call('ZCARD', key) >= limit then
+  local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+  wait = math.max(0, oldest + window - now)
 end
-local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
-return math.max(0, oldest + window - now)
+return {added, wait}
 """
 
 
 class SharedAttempts:
     """The failed attempts of each client address, in Redis (`_SCRIPT`), shared by every API
-    process using it; in this process (`local`) while Redis does not answer, which the log says
-    when it begins and when it ends. At most `max_addresses` addresses are kept, each key until
-    its failures are out of the window. `limit` 0 refuses nobody and asks Redis nothing."""
+    process using it; in this process (`local`) while Redis does not answer (asked again every
+    RETRY_S), which the log says when it begins and when it ends. At most `max_addresses`
+    addresses are kept, each key until its failures are out of the window. `limit` 0 refuses
+    nobody and asks Redis nothing."""
 
     def __init__(
-        self, redis: Redis, limit: int, window_s: float, *, max_addresses: int = MAX_ADDRESSES
-    ) -> None:
+        self, redis: Redis, limit: int, window_s: float, *, max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self.limit = limit
         self.window_s = window_s
         self.max_addresses = max_addresses
-        self.local = FailedAttempts(limit, window_s, max_addresses=max_addresses)
+        self.local = FailedAttempts(limit, window_s, max_addresses=max_addresses, clock=clock)
         self._script = redis.register_script(_SCRIPT)
-        self._alone = False  # counting in this process: Redis did not answer
+        self._clock = clock
+        self._alone_until: float | None = None  # counting in this process: Redis did not answer
 
     async def wait(self, address: str) -> int:
         """Whole seconds until `address` may try again; 0: it may now."""
-        return await self._ask(address, count=False)
-
-    async def failed(self, address: str) -> bool:
-        """Count a failed attempt of `address`; whether it must wait now."""
-        return await self._ask(address, count=True) > 0
-
-    async def _ask(self, address: str, *, count: bool) -> int:
         if self.limit == 0:
             return 0
+        return (await self._ask(address, count=False)).wait
+
+    async def failed(self, address: str) -> Verdict:
+        """Count a failed attempt of `address` unless it is at the limit already (then it must
+        wait, and the attempt is not counted)."""
+        if self.limit == 0:
+            return Verdict(counted=True, wait=0)
+        return await self._ask(address, count=True)
+
+    async def _ask(self, address: str, *, count: bool) -> Verdict:
+        if self._alone_until is not None and self._clock() < self._alone_until:
+            return self._local(address, count=count)
+        keys = [INDEX, PREFIX + address, PREFIX + OVERFLOW]
         window_ms = math.ceil(self.window_s * 1000)
-        args: list[str | int] = [PREFIX, address, self.limit, window_ms, self.max_addresses,
-                                 "1" if count else "0", secrets.token_hex(8), OVERFLOW]  # fmt: skip
+        mode = "1" if count else "0"
+        args: list[str | int] = [self.limit, window_ms, self.max_addresses, mode,
+                                 secrets.token_hex(8), address, OVERFLOW]  # fmt: skip
         try:
-            left_ms = int(await self._script(keys=[INDEX], args=args))
+            added, left_ms = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            if not self._alone:
+            if self._alone_until is None:
                 log.warning(
                     "failed attempts to authenticate are counted in this process only: Redis "
                     "did not answer", error=f"{type(exc).__name__}: {exc}",
                 )  # fmt: skip
-                self._alone = True
+            self._alone_until = self._clock() + RETRY_S
             return self._local(address, count=count)
-        if self._alone:
+        if self._alone_until is not None:
             log.info("failed attempts to authenticate are counted in Redis again")
-            self._alone = False
-        return math.ceil(left_ms / 1000)
+            self._alone_until = None
+        return Verdict(counted=bool(added), wait=math.ceil(int(left_ms) / 1000))
 
-    def _local(self, address: str, *, count: bool) -> int:
-        if count:
-            self.local.failed(address)
-        return self.local.wait(address)
+    def _local(self, address: str, *, count: bool) -> Verdict:
+        wait = self.local.wait(address)
+        if not count or wait:
+            return Verdict(counted=False, wait=wait)
+        self.local.failed(address)
+        return Verdict(counted=True, wait=self.local.wait(address))

@@ -46,7 +46,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from aiserver.api.attempts import SharedAttempts
+from aiserver.api.attempts import SharedAttempts, Verdict
 from aiserver.api.errors import AdminDisabled, TooManyFailures
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
@@ -98,16 +98,20 @@ async def attempt_wait(connection: AnyConnection) -> int:
     return await failed_attempts(connection).wait(client_address(connection))
 
 
-async def attempt_failed(connection: AnyConnection) -> None:
-    """Count a failed attempt of the connection's client; say so in the log (its address, never
-    the credential) when that makes it wait."""
+async def attempt_failed(connection: AnyConnection) -> Verdict:
+    """Count a failed attempt of the connection's client, unless it has reached the limit
+    meanwhile (concurrent attempts: then it is not counted, and the caller answers 429 as for
+    a client that must wait); say so in the log (its address, never the credential) when this
+    failure makes it wait."""
     attempts, address = failed_attempts(connection), client_address(connection)
-    if await attempts.failed(address):
+    verdict = await attempts.failed(address)
+    if verdict.counted and verdict.wait:
         log.warning(
             "too many failed attempts to authenticate: refusing the client for a while",
             client=address, failures=attempts.limit, window_seconds=attempts.window_s,
-            retry_after=await attempts.wait(address),
+            retry_after=verdict.wait,
         )  # fmt: skip
+    return verdict
 
 
 def token_matches(presented: str, tokens: tuple[str, ...]) -> bool:
@@ -152,7 +156,9 @@ async def _authenticate(connection: AnyConnection, *, wanted: str) -> Access:
     settings: ApiSettings = connection.app.state.settings
     if token_matches(token, settings.api_admin_tokens):
         return Access.operator()
-    await attempt_failed(connection)
+    verdict = await attempt_failed(connection)
+    if not verdict.counted:  # the limit was reached meanwhile, by attempts sent at once
+        raise TooManyFailures(verdict.wait)
     raise KeyRejected(f"the token is not valid: this endpoint needs {wanted}")
 
 

@@ -81,7 +81,9 @@ async def _refused(request: AnyRequest, exc: AiserverError, then: str | None) ->
     """The form again, saying why the credential signed nobody in; one not valid (401) is a
     failed attempt of the client's address."""
     if isinstance(exc, KeyRejected):
-        await attempt_failed(request)
+        verdict = await attempt_failed(request)
+        if not verdict.counted:  # the limit was reached meanwhile, by attempts sent at once
+            exc = TooManyFailures(verdict.wait)
     retry = exc.headers().get("Retry-After")  # a 429's: not a 401's WWW-Authenticate
     return _form(
         request, f"Not signed in: {exc.problem()['detail']}.", status=exc.status,
