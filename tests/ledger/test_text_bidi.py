@@ -62,3 +62,26 @@ def test_deep_nesting_is_closed_whole() -> None:
     text = (RLO + LRI) * 200 + "x"
     closed = bidi_closed(text)
     assert closed == text + (PDI + PDF) * 200
+
+
+PS = "\u2029"
+
+
+@pytest.mark.parametrize(
+    ("text", "added"),
+    [
+        # drawn as one paragraph each, the PDI matches nothing past the separator: the override
+        # stays open; drawn as one, the PDI closed it with the isolate
+        (f"{RLI}a{PS}{RLO}b{PDI}", PDF),
+        # each reading's runs closed: the override of the second paragraph first, then the
+        # isolate the whole text leaves open
+        (f"{RLI}a{PS}{RLO}b", PDF + PDI),
+        (f"{RLO}a\nb", PDF),  # a newline: what is open past it is the override, read as one
+        (f"a{PS}b", ""),
+        (f"{RLO}a{PDF}{PS}{LRE}b{PDF}", ""),
+    ],
+)
+def test_a_paragraph_separator_is_read_both_ways(text: str, added: str) -> None:
+    """Rule X8: a paragraph separator ends every run where it is drawn as one; in HTML's text a
+    newline is drawn as a space. The closers serve both readings."""
+    assert bidi_closed(text) == text + added

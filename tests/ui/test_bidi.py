@@ -12,6 +12,7 @@ them around."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -20,16 +21,20 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from aiserver.ledger.text import bidi_closed
+
 from ..reliability.harness import ADMIN_TOKEN
 from .conftest import Site, admin, bearer, sign_in, through
 
 pytestmark = pytest.mark.slow
 
-RLO, RLI, PDF = "\u202e", "\u2067", "\u202c"
+RLO, RLI, PDF, PDI, PS = "\u202e", "\u2067", "\u202c", "\u2069", "\u2029"
 #: Every value of the test holds "Zq": the letters of the words holding it are its own, which
 #: its override may draw backwards; every other letter on the page must read left to right.
 PROJECT: Final = f"Bidi {RLO}Zqproject"
-KEY: Final = f"{RLO}Zqkey"
+#: A paragraph separator (U+2029), which Chromium draws as one: the PDI matches nothing past it
+#: and leaves the override open (read as one paragraph, it would close it)
+KEY: Final = f"{RLI}Zq{PS}{RLO}Zqkey{PDI}"
 BUDGET: Final = f"{RLI}Zqbudget{RLO}"  # an isolate and an override, both left open
 TEAM: Final = f"{RLO}Zqteam"
 MODEL: Final = f"{RLO}Zqmodel"  # not in the catalog: unpriced
@@ -170,3 +175,26 @@ def test_a_field_keeps_the_value_as_stored(
     through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     assert browser.find_element(By.ID, "e-tag-1").get_attribute("value") == tag
     assert len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")) == 3
+
+
+def test_a_chart_s_labels_are_closed(browser: WebDriver, site: Site, made: dict[str, Any]) -> None:
+    """A chart draws a label on a canvas, and its tooltip writes `label: 0.12 USD` in one
+    string: a label left open would draw the amount backwards (21.0 for 0.12). Every label of
+    the charts' data is closed: closing it again adds nothing."""
+    explore = urlencode([("from", made["since"]), ("to", made["until"]), ("bucket", "day")])
+    sign_in(browser, site, made["key"])
+    seen = []
+    for path, chart in ((f"/ui/p/{SLUG}/", "daily"),  # by model
+                        (f"/ui/p/{SLUG}/explore?{explore}&group_by=tag:team", "explore"),
+                        (f"/ui/p/{SLUG}/explore?{explore}&group_by=model&group_by=tag:team",
+                         "explore")):  # fmt: skip
+        browser.get(site.url + path)
+        data = json.loads(
+            browser.find_element(By.ID, f"{chart}-data").get_attribute("textContent") or ""
+        )
+        labels = [series["label"] for series in data["series"]]
+        assert any("Zq" in label for label in labels), (path, labels)
+        assert [bidi_closed(label) for label in labels] == labels, path
+        seen += labels
+    assert f"{RLO}Zqmodel{PDF}" in seen  # one dimension: the value, closed
+    assert f"{RLO}Zqteam{PDF}" in seen

@@ -14,7 +14,10 @@ FORMULA_START: Final = frozenset("=+-@\t\r")
 #: The bidirectional formatting characters that open a run (LRE, RLE, LRO, RLO; LRI, RLI, FSI)
 #: and close one (PDF, PDI), Unicode's bidirectional algorithm (UAX #9): the marks (LRM, RLM,
 #: ALM) change no text but their own neighbours', and are left out.
-_BIDI: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_BIDI: Final = re.compile("[\u202a-\u202e\u2066-\u2069\n\r\x1c-\x1e\x85\u2029]")
+#: The paragraph separators (class B): each ends every run (rule X8), where the text is drawn as
+#: one paragraph apiece; a page may draw them so or not (a newline is a space in HTML's text).
+_SEPARATORS: Final = frozenset("\n\r\x1c\x1d\x1e\x85\u2029")
 PDF: Final = "\u202c"  # pop directional formatting: closes an embedding or override
 PDI: Final = "\u2069"  # pop directional isolate: closes an isolate and all opened in it
 _CLOSER: Final = {
@@ -48,11 +51,31 @@ def bidi_closed(text: str) -> str:
     A PDF closes the last embedding or override unless an isolate was opened after it; a PDI
     closes the last isolate and whatever was opened in it; one that matches nothing is ignored,
     as the algorithm ignores it. Closers added beyond what is open would be ignored the same
-    way, so the count need not allow for the algorithm's depth limit."""
+    way, so the count need not allow for the algorithm's depth limit.
+
+    A paragraph separator (U+2029; a newline) ends every run where it is drawn as one, and not
+    where it is drawn as a space: the closers serve both readings. First those of the runs
+    opened since the last separator (all that can be open where it ended a paragraph; the rest
+    then match nothing), then those of what the whole text, read as one paragraph, leaves
+    open after them. Without this, `\u2067a\u2029\u202eb\u2069` read as closed: its PDI
+    closes the isolate in one paragraph, but matches nothing after the separator, which leaves
+    the override open."""
     if _BIDI.search(text) is None:
         return text
-    open_closers: list[str] = []  # what closes each run still open, innermost last
-    for char in _BIDI.findall(text):
+    found = _BIDI.findall(text)
+    last = max((i for i, char in enumerate(found) if char in _SEPARATORS), default=None)
+    if last is None:
+        return text + "".join(reversed(_open(found)))
+    closers = "".join(reversed(_open(found[last + 1 :])))
+    whole = _open([*found, *closers])
+    return text + closers + "".join(reversed(whole))
+
+
+def _open(controls: list[str] | str) -> list[str]:
+    """What closes each run `controls` (formatting characters in order) leave open, innermost
+    last; paragraph separators are passed over (`bidi_closed` reads them)."""
+    open_closers: list[str] = []
+    for char in controls:
         if char == PDF:
             if open_closers and open_closers[-1] == PDF:
                 open_closers.pop()
@@ -60,6 +83,6 @@ def bidi_closed(text: str) -> str:
             if PDI in open_closers:
                 while open_closers.pop() != PDI:
                     pass
-        else:
+        elif char in _CLOSER:
             open_closers.append(_CLOSER[char])
-    return text + "".join(reversed(open_closers))
+    return open_closers

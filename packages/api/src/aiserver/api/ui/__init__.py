@@ -17,12 +17,15 @@ never cached.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_eval_context, select_autoescape
+from jinja2.filters import do_join, make_attrgetter
+from jinja2.nodes import EvalContext
 from litestar import Request, Response, Router
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
@@ -83,6 +86,19 @@ def _shown(value: Any) -> Any:
     return bidi_closed(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
+@pass_eval_context
+def _join(
+    context: EvalContext, value: Iterable[Any], d: str = "", attribute: str | None = None
+) -> str:
+    """Jinja's `join`, each item shown as `_shown` shows a value: an item's open runs cannot
+    reorder the items after it (the whole is closed only at its end)."""
+    items = (
+        value if attribute is None else map(make_attrgetter(context.environment, attribute), value)
+    )
+    joined: str = do_join(context, [_shown(item) for item in items], d)
+    return joined
+
+
 def _field(value: Any) -> Markup:
     """A form field's value exactly as stored, to be sent back unchanged: a field is drawn in
     a box of its own, which no run of its text leaves, so no closer is added."""
@@ -99,6 +115,7 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
         finalize=_shown,
     )
     environment.filters["field"] = _field
+    environment.filters["join"] = _join
     environment.filters["money"] = _money
     environment.filters["when"] = timestamp
     environment.filters["on_clock"] = on_clock

@@ -272,14 +272,15 @@ def group_values(group: SpendGroup, group_by: Sequence[str], *, joined: bool = F
 def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
     """The group as a column's heading: its value, or `name=value, ...` for several dimensions
     (each value as `shown_value` writes it: different groups never share a label; its
-    bidirectional runs closed, `bidi_closed`, so that it cannot reorder the values after it)."""
+    bidirectional runs closed, `bidi_closed`, so that it cannot reorder what follows it: the
+    other values, and in a chart's tooltip, drawn on a canvas, the amount)."""
     if not group_by:
         return TOTAL
     if group.other or group.key is None:
         return OTHER
     values = group_values(group, group_by, joined=len(group_by) > 1)
     if len(group_by) == 1:
-        return values[0]
+        return bidi_closed(values[0])  # the chart writes it before the amount: `label: 0.12 USD`
     return ", ".join(
         f"{name}={bidi_closed(value)}" for name, value in zip(group_by, values, strict=True)
     )
