@@ -30,15 +30,18 @@ def test_a_month_projected_from_its_first_ten_days() -> None:
     # 10 of 31 days: 10 USD committed goes on to 31 USD, 124% of a 25 USD limit; the 1,000 USD
     # reserved is not spending and does not count
     pace = view("month", "25", "10", DECEMBER + timedelta(days=10)).pace
-    assert pace == Pace(passed=Decimal("0.32"), projected=Decimal("31.00"), of_limit=Decimal(124))
-    assert pace.past_limit
+    assert pace == Pace(
+        passed=Decimal("0.32"), projected=Decimal("31.00"), of_limit=Decimal(124), past_limit=True
+    )
+    assert pace.share == "124%"
 
 
 def test_within_the_limit() -> None:
     pace = view("week", "100", "12.5", datetime(2026, 12, 9, 12, tzinfo=UTC)).pace  # a Wednesday
-    # 2.5 of 7 days passed: 12.5 × 7 ÷ 2.5 = 35
-    assert pace == Pace(passed=Decimal("0.36"), projected=Decimal("35.00"), of_limit=Decimal(35))
-    assert not pace.past_limit
+    # 2.5 of 7 days passed (0.357: the share passed is rounded down): 12.5 × 7 ÷ 2.5 = 35
+    assert pace == Pace(
+        passed=Decimal("0.35"), projected=Decimal("35.00"), of_limit=Decimal(35), past_limit=False
+    )
 
 
 def test_not_projected_before_a_tenth_of_the_window_nor_for_a_total_budget() -> None:
@@ -70,7 +73,9 @@ def test_under_a_dollar_two_significant_digits_where_the_cent_leaves_fewer() -> 
     """A day budget of 0.003 USD with 0.002 committed at 10:00 UTC: 0.0048 by midnight, which
     the cent would round to 0.00 beside 160% of the limit."""
     pace = view("day", "0.003", "0.002", datetime(2026, 12, 6, 10, tzinfo=UTC)).pace
-    assert pace == Pace(passed=Decimal("0.42"), projected=Decimal("0.0048"), of_limit=Decimal(160))
+    assert pace == Pace(
+        passed=Decimal("0.41"), projected=Decimal("0.0048"), of_limit=Decimal(160), past_limit=True
+    )
     half = DECEMBER + timedelta(days=15, hours=12)
     assert view("month", "1", "0.25", half).pace.projected == Decimal("0.50")  # the cent
     assert view("month", "1", "0.0004444", half).pace.projected == Decimal("0.00089")
@@ -83,3 +88,21 @@ def test_a_projection_past_the_window_s_end_is_the_window_as_it_ended() -> None:
     assert projection(Decimal(1), DECEMBER, DECEMBER, DECEMBER) is None  # no length
     assert percent(Decimal(1), Decimal(3), places=2) == Decimal("33.33")
     assert percent(Decimal(2), Decimal(3)) == 67  # half up: 66.67
+
+
+def test_past_the_limit_is_decided_on_the_exact_projection() -> None:
+    """100.48 of a limit of 100 is past it, though its whole percent reads 100; 0.3% of a limit
+    is spending, though it reads 0%; near the window's end the share passed reads 99%."""
+    half = DECEMBER + timedelta(days=15, hours=12)
+    just_over = view("month", "100", "50.24", half).pace
+    assert (just_over.of_limit, just_over.past_limit, just_over.share) == (
+        100,
+        True,
+        "just over 100%",
+    )
+    just_under = view("month", "100", "49.9", half).pace
+    assert (just_under.of_limit, just_under.past_limit, just_under.share) == (100, False, "100%")
+    little = view("month", "1000", "1.5", half).pace
+    assert (little.of_limit, little.share) == (0, "under 1%")
+    late = view("month", "100", "1", DECEMBER + timedelta(days=30, hours=23, minutes=59)).pace
+    assert late.passed == Decimal("0.99")

@@ -250,13 +250,13 @@ async def test_a_budget_set_on_the_command_line_shows_its_window(
     # where the day ends at the pace so far: nothing spent, nothing by its end (from a tenth
     # of the day on; the clock may read the line either side of 02:24 in Kolkata)
     assert lines[9:] in (
-        ["  at this pace: ≈ 0 USD by the window's end (0% of the limit)"],
+        ["  at this pace: ≈ 0.00 USD by the window's end (0% of the limit)"],
         ["  at this pace: not projected yet (less than a tenth of the window has passed)"],
     )
     assert end is not None
     passed = (datetime.now(UTC) - start) / (end - start)
     if passed > 0.11:
-        assert "≈ 0 USD" in lines[9]
+        assert "≈ 0.00 USD" in lines[9]
     elif passed < 0.09:
         assert "not projected yet" in lines[9]
     code, out, _ = await ledger(subprocess_env, "budgets", "list", "--project", "shop", "--json")

@@ -274,7 +274,9 @@ def as_said(amount: Decimal) -> Decimal:
 
 
 #: A budget's pace, under its used share in a budgets table (its own test: test_budget_pace.py).
-PACE: Final = re.compile(r" on pace for ≈ [0-9]+%(?: past the limit)?$")
+PACE: Final = re.compile(
+    r" committed on pace for (?:≈ [0-9]+%|under 1%|just over 100%)(?: past the limit)?$"
+)
 
 
 def budget_table(browser: WebDriver, table_id: str) -> list[list[str]]:

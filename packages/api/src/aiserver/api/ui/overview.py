@@ -20,7 +20,7 @@ from litestar.response import Template
 from aiserver.api.ui.present import SHOW, pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
-from aiserver.costs.pricing.exact import SUBTRACT
+from aiserver.costs.pricing.exact import MULTIPLY, SUBTRACT
 from aiserver.ledger.budgets.service import list_budgets
 from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.pace import about, percent, projection
@@ -102,7 +102,7 @@ async def month_so_far(pool: Any, project: Project, month: dict[str, Any]) -> di
         }
     return {
         "pace": about(found.amount) if found else None,
-        "passed": int(percent(found.passed, Decimal(1))) if found else None,
+        "passed": int(MULTIPLY(found.passed, 100)) if found else None,  # down: 99% near the end
         "before": before,
     }
 

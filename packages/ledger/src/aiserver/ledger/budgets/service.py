@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import ROUND_DOWN, Context, Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -65,13 +65,20 @@ class Pace(msgspec.Struct, frozen=True, kw_only=True):
     and of the limit to whole percent. Reservations are not spending and do not count; unpriced
     events count 0 (with some, it is a lower bound)."""
 
-    passed: Decimal  # the share of the window passed, from PACE_FROM to 1, to 2 places
+    passed: Decimal  # the share of the window passed, from PACE_FROM to 1, to 2 places (down)
     projected: Decimal  # committed at the window's end at this pace, rounded
     of_limit: Decimal  # the projection in percent of the limit, whole
+    past_limit: bool  # the projection is past the limit (decided on the exact amounts)
 
     @property
-    def past_limit(self) -> bool:
-        return self.of_limit > 100
+    def share(self) -> str:
+        """`of_limit` in words: `124%`; `under 1%` and `just over 100%` where the whole percent
+        would read 0% of a window that spends, or 100% of one that ends past its limit."""
+        if self.of_limit == 0 and self.projected > 0:
+            return "under 1%"
+        if self.of_limit == 100 and self.past_limit:
+            return "just over 100%"
+        return f"{self.of_limit}%"
 
 
 class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,9 +96,11 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
         if found is None:
             return None
         return Pace(
-            passed=found.passed.quantize(_HUNDREDTH, rounding=ROUND_HALF_UP, context=_PERCENT),
+            # down: near the end, 0.996 of the window is not all of it
+            passed=found.passed.quantize(_HUNDREDTH, rounding=ROUND_DOWN, context=_PERCENT),
             projected=about(found.amount),
             of_limit=percent(found.amount, self.budget.limit_usd),
+            past_limit=found.amount > self.budget.limit_usd,
         )
 
     @property
