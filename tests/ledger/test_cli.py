@@ -166,7 +166,11 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     ]
     code, out, _ = await ledger({**subprocess_env, "USAGE_RETENTION_DAYS": "400"},
                                 "partitions", "maintain")  # fmt: skip
-    assert out.splitlines()[:2] == ["created: -", "dropped: -"]
+    assert out.splitlines()[:3] == [
+        "retention: 400 days (USAGE_RETENTION_DAYS here)",
+        "created: -",
+        "dropped: -",
+    ]
 
     # once a maintenance has recorded the deployment's retention, `list` marks the months by
     # it, whatever this shell says, and `maintain` from a shell without the setting uses it
@@ -182,10 +186,16 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     code, out, err = await ledger(subprocess_env, "partitions", "maintain")
     assert code == 0, err
     assert out.splitlines()[:3] == [
-        "retention: 400 days, as the last maintenance recorded it",
+        "retention: 400 days (as the last maintenance recorded it)",
         "created: -",
         "dropped: -",
     ]
+    # a shell that would keep fewer days than the deployment does is refused: shortening the
+    # retention from a shell takes --retention-days
+    code, out, err = await ledger(short, "partitions", "maintain")
+    assert (code, out) == (2, ""), (code, out)
+    assert "USAGE_RETENTION_DAYS here is 30 days, fewer than the 400 days" in err
+    assert "pass --retention-days 30" in err
 
     # a month's rows are counted as they come, before any ANALYZE (the planner's estimate was
     # 0 for a new month until autovacuum got to it)

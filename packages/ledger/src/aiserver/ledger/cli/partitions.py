@@ -112,9 +112,10 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
 
 
 async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
-    """The retention: --retention-days, else USAGE_RETENTION_DAYS as this shell sets it, else
-    the one the deployment's last maintenance recorded (the task runner's setting). With none,
-    exit 2: the default could drop, for good, months that a longer retention keeps."""
+    """The retention: --retention-days, else USAGE_RETENTION_DAYS as this shell sets it (not
+    fewer days than the deployment's last maintenance recorded: exit 2), else the one recorded
+    (the task runner's setting). With none, exit 2: the default could drop, for good, months
+    that a longer retention keeps."""
     import sys
 
     import msgspec
@@ -126,28 +127,42 @@ async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.usage.store.partitions import kept_retention
 
     settings = settings_for_command("aiserver-ledger", LedgerSettings)
-    said = args.retention_days if args.retention_days is not None else _shell_retention()
+    shell = _shell_retention()
     async with database(core):
-        if said is None:
-            async with require_pool().acquire() as conn:
-                said = await kept_retention(conn)
-            if said is None:
+        async with require_pool().acquire() as conn:
+            recorded = await kept_retention(conn)
+        if args.retention_days is not None:
+            said, source = args.retention_days, "--retention-days"
+        elif shell is not None:
+            if recorded is not None and shell < recorded:
+                # a shell's setting (a staging .env, say) must not drop, for good, months the
+                # deployment keeps: shortening the retention from here is said on purpose
                 print(
-                    f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, no maintenance has "
-                    "recorded the deployment's retention yet, and maintenance drops the months "
-                    "past the retention for good: set it as the deployment sets it, or pass "
-                    f"--retention-days (the default would be {settings.usage_retention_days} "
-                    "days)",
+                    f"aiserver-ledger: {RETENTION_VARIABLE} here is {shell} days, fewer than the "
+                    f"{recorded} days the deployment's last maintenance recorded: a maintenance "
+                    "from here would drop, for good, months the deployment keeps; to shorten the "
+                    f"retention, pass --retention-days {shell}",
                     file=sys.stderr,
                 )
                 return 2
-            if not args.json:
-                print(f"retention: {said} days, as the last maintenance recorded it")
+            said, source = shell, f"{RETENTION_VARIABLE} here"
+        elif recorded is not None:
+            said, source = recorded, "as the last maintenance recorded it"
+        else:
+            print(
+                f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, no maintenance has "
+                "recorded the deployment's retention yet, and maintenance drops the months past "
+                "the retention for good: set it as the deployment sets it, or pass "
+                f"--retention-days (the default would be {settings.usage_retention_days} days)",
+                file=sys.stderr,
+            )
+            return 2
         settings = msgspec.structs.replace(settings, usage_retention_days=said)
         result = await maintain(core, settings)
     if args.json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "retention_days": said, "retention_from": source})
         return 0
+    print(f"retention: {said} days ({source})")
     if not result.ran:
         print("another process is maintaining the partitions now; nothing done")
         return 0
@@ -204,6 +219,8 @@ def add_parsers(groups: Any) -> None:
         "sets it, else the retention the deployment's last maintenance recorded in the "
         "database (the task runner's). With none (no maintenance has run yet), nothing is done "
         "(exit 2): the default of 400 days would drop months that a longer retention keeps. "
+        "A shell's USAGE_RETENTION_DAYS shorter than the recorded retention is refused too "
+        "(exit 2): shortening it from a shell takes --retention-days. "
         "The retention is written down for "
         "ingest, as the task runner's is: the API refuses events older than it until the next "
         "hourly maintenance writes the task runner's again.",
