@@ -10,6 +10,7 @@ in tests/ui/test_signin_limit.py; here, what Redis adds."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -22,6 +23,7 @@ from aiserver.api.app import create_app
 from aiserver.api.attempts import INDEX, OVERFLOW, PREFIX, RETRY_S, SharedAttempts, Verdict
 
 from ..conftest import TEST_REDIS_URL, Settings, replace_settings
+from ..support.logs import KeptRecords
 from .conftest import admin
 
 LIMIT: Final = 3
@@ -89,27 +91,33 @@ async def test_a_limit_of_0_asks_redis_nothing(redis: Redis) -> None:
     assert [k async for k in redis.scan_iter(match="aiserver:auth-failures*")] == []
 
 
-async def test_without_redis_each_process_counts_on_its_own(
-    api_settings: Settings, capfd: pytest.CaptureFixture[str]
-) -> None:
+async def test_without_redis_each_process_counts_on_its_own(api_settings: Settings) -> None:
     """Redis down: operator tokens are served and the limit holds in the process; the log says
-    once that the count is this process's (the app logs as it is configured to: its lines are
-    read from the output)."""
+    once that the count is this process's (its records, kept by a handler added once the app
+    has configured logging)."""
+    records: list[logging.LogRecord] = []
+    kept = KeptRecords(records, level=logging.INFO)
+    logger = logging.getLogger("aiserver.api.attempts")
     cut_off = replace_settings(api_settings, redis_url=NO_REDIS)
     async with AsyncTestClient(app=create_app(cut_off)) as client:
-        assert (await client.get("/v1/projects", headers=admin())).status_code == 200
-        for n in range(LIMIT):
-            wrong = await client.get("/v1/projects", headers=admin(f"guess-{n}" * 4))
-            assert wrong.status_code == 401, wrong.text
-        refused = await client.get("/v1/projects", headers=admin())
-        assert refused.status_code == 429, refused.text
-        assert 0 < int(refused.headers["retry-after"]) <= WINDOW_S
-    out, err = capfd.readouterr()
-    alone = [line for line in (out + err).splitlines() if "counted in this process only" in line]
-    assert len(alone) == 1, out + err
-    assert "warning" in alone[0]
-    assert "ConnectionError" in alone[0]
-    assert "guess-" not in out + err
+        logger.addHandler(kept)
+        try:
+            assert (await client.get("/v1/projects", headers=admin())).status_code == 200
+            for n in range(LIMIT):
+                wrong = await client.get("/v1/projects", headers=admin(f"guess-{n}" * 4))
+                assert wrong.status_code == 401, wrong.text
+            refused = await client.get("/v1/projects", headers=admin())
+            assert refused.status_code == 429, refused.text
+            assert 0 < int(refused.headers["retry-after"]) <= WINDOW_S
+        finally:
+            logger.removeHandler(kept)
+    said = [(r.levelname, r.msg) for r in records]
+    assert [(level, msg["event"]) for level, msg in said] == [  # type: ignore[index]
+        ("WARNING", "failed attempts to authenticate are counted in this process only: Redis "
+                    "did not answer"),
+    ]  # fmt: skip
+    assert "ConnectionError" in said[0][1]["error"]  # type: ignore[index]
+    assert not [r for r in records if "guess-" in str(r.msg)]
 
 
 async def test_the_count_goes_back_to_redis_once_it_answers(redis: Redis) -> None:

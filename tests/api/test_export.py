@@ -30,6 +30,7 @@ from aiserver.ledger.usage.focus import COLUMNS as FOCUS_COLUMNS
 
 from ..conftest import Settings, replace_settings
 from ..reliability.harness import free_port
+from ..support.logs import KeptRecords
 from .conftest import Client, Tenants, admin, bearer
 from .test_endpoints import assert_problem
 from .test_usage_events import at, event, iso, record
@@ -620,17 +621,6 @@ async def test_a_process_streams_a_bounded_number_of_exports_at_once(
         await response.aclose()
     await no_export_connections(pg)
     assert usage_export.slots.in_use == 0
-
-
-class KeptRecords(logging.Handler):
-    """A logger's records, kept in a list (after the logger's filters)."""
-
-    def __init__(self, into: list[logging.LogRecord], level: int) -> None:
-        super().__init__(level)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record)
 
 
 async def test_an_export_that_outlasts_its_time_limit_is_cut(
