@@ -106,3 +106,21 @@ def test_past_the_limit_is_decided_on_the_exact_projection() -> None:
     assert (little.of_limit, little.share) == (0, "under 1%")
     late = view("month", "100", "1", DECEMBER + timedelta(days=30, hours=23, minutes=59)).pace
     assert late.passed == Decimal("0.99")
+
+
+def test_the_command_line_says_the_pace_as_the_pages_do() -> None:
+    """`aiserver-ledger budgets show`'s last line: the amount as rounded, the share in words."""
+    from aiserver.ledger.cli.budgets import _lines
+
+    tenth_passed = DECEMBER + timedelta(days=10)
+    assert _lines(view("month", "25", "10", tenth_passed))[-1] == (
+        "  at this pace: ≈ 31.00 USD by the window's end (124% of the limit, past it)"
+    )
+    half = DECEMBER + timedelta(days=15, hours=12)
+    assert _lines(view("month", "1000", "0.0024", half))[-1] == (
+        "  at this pace: ≈ 0.0048 USD by the window's end (under 1% of the limit)"
+    )
+    assert _lines(view("month", "25", "10", DECEMBER + timedelta(days=1)))[-1] == (
+        "  at this pace: not projected yet (less than a tenth of the window has passed)"
+    )
+    assert "at this pace" not in _lines(view("total", "25", "10", half))[-1]
