@@ -434,12 +434,42 @@ async def test_an_output_that_cannot_be_written_is_one_line(
     code, out, _ = await ledger(env, "export", "--project", "acme", *window,
                                 "--output", str(missing), "--json")  # fmt: skip
     assert code == 2  # export has no --json: the epilog says so
+    # a directory is refused before the export begins: before, the whole export was written
+    # to DIR.partial beside it, and the rename at the end failed
     (tmp_path / "taken").mkdir()
     code, out, err = await ledger(env, "export", "--project", "acme", *window, "--no-progress",
                                   "--output", str(tmp_path / "taken"))  # fmt: skip
     assert (code, out) == (1, "")
-    assert err == f"aiserver-ledger export: cannot write {tmp_path / 'taken'}: Is a directory\n"
+    taken = str(tmp_path / "taken")
+    assert err == f"aiserver-ledger export: --output {taken!r} is a directory: name a file in it\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken", "usage.jsonl"]  # no .partial
+
+
+async def test_ctrl_c_stops_an_export_to_stdout_saying_its_output_is_cut_short(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Redirected to a file, an export stopped by Ctrl-C left a CSV cut off mid-way and said
+    nothing. It now says so on stderr, as `import` says what it kept."""
+    await imported(env, tmp_path, 20_000)  # far more than a pipe holds
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aiserver.ledger.cli", "export", "--project", "acme",
+        "--from", at(2), "--to", at(0), env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 60)  # the header: under way
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, while it waits for the pipe to drain
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await kill(proc)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    (stopped,) = [x for x in text.splitlines() if "stopped" in x]
+    assert stopped.startswith("aiserver-ledger export: stopped after ")
+    assert stopped.endswith(" events; what went to the output is cut short")
+    assert out.count(b"\n") < 20_000
 
 
 async def test_ctrl_c_stops_an_import_with_130_saying_what_it_kept_without_a_traceback(

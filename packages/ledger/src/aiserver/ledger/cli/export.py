@@ -47,6 +47,7 @@ class _Progress:
     def finish(self) -> None:
         if self.bar:
             sys.stderr.write("\n")
+            self.bar = False
 
 
 async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -85,8 +86,15 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
                 if partial and target:
                     out.close()
                     partial.replace(target)
-        except BaseException:
+        except BaseException as exc:
             _discard(out, partial)
+            progress.finish()
+            if not isinstance(exc, BrokenPipeError):  # a reader gone (`| head`) is told nothing
+                said = (
+                    f"{target} not written" if target else "what went to the output is cut short"
+                )
+                print(f"aiserver-ledger export: stopped after {export.events:,} events; {said}",
+                      file=sys.stderr)  # fmt: skip
             raise
         finally:
             export.close()
@@ -107,15 +115,18 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
 
 def _output(given: str | None) -> Path | None:
     """The file --output names; None without it (stdout). A path that names no file at all
-    (empty, `.`, `/`) is refused before anything is read; one that names a directory fails to
-    be written, as any other file that cannot be (`_writing`)."""
+    (empty, `.`, `/`, a directory) is refused before anything is read; one that cannot be
+    written otherwise (a missing directory) fails as it is opened (`_writing`), before the
+    export begins."""
     if given is None:
         return None
     target = Path(given)
-    if not given.strip() or not target.name:
-        from aiserver.ledger.errors import InvalidField
+    from aiserver.ledger.errors import InvalidField
 
+    if not given.strip() or not target.name:
         raise InvalidField(f"--output {given!r} names no file to write", ["output"])
+    if target.is_dir():
+        raise InvalidField(f"--output {given!r} is a directory: name a file in it", ["output"])
     return target
 
 
@@ -152,8 +163,11 @@ The events are read through a database cursor in one snapshot, a batch at a time
 any size takes the same memory. With --output the file is written as FILE.partial and renamed
 to FILE once whole, with progress on stderr; without it, the export goes to stdout.
 
+An export that stops says so on stderr, after how many events (on stdout, what went out is cut
+short).
+
 exit status: 0 the export is whole; 1 it could not run or stopped (no FILE is left); 2 wrong
-arguments; 130 stopped by Ctrl-C (no FILE is left either)."""
+arguments; 130 stopped by Ctrl-C (no FILE is left either); 141 its reader closed the pipe."""
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger export --project acme-search --from 2026-11-01 --to 2026-12-01 > nov.csv
