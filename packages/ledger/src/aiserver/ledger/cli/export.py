@@ -90,9 +90,7 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
             _discard(out, partial)
             progress.finish()
             if not isinstance(exc, BrokenPipeError):  # a reader gone (`| head`) is told nothing
-                said = (
-                    f"{target} not written" if target else "what went to the output is cut short"
-                )
+                said = f"{target} not written" if target else "what went to the output is cut short"
                 print(f"aiserver-ledger export: stopped after {export.events:,} events; {said}",
                       file=sys.stderr)  # fmt: skip
             raise
