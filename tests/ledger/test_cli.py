@@ -313,6 +313,12 @@ async def test_the_alert_receiver_answers_204_to_a_signed_alert_and_401_to_a_for
             receiver.stderr.readline(), 30
         )
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # a JSON object that is no alert: before, a line of None was printed for it
+            stray = await client.post("/alerts", json={"a": 1})
+            assert (stray.status_code, stray.text) == (
+                400,
+                "the body is not a budget alert: it has no `alert` object\n",
+            )
             forged = await client.post(
                 "/alerts", content=body,
                 headers={"Aiserver-Signature": sign("another-secret-entirely", body)},

@@ -4,10 +4,11 @@ It listens on 127.0.0.1 (by default), and for each alert the task runner sends i
 crossed and whether the `Aiserver-Signature` verifies with the budget's secret. It answers 204
 to a request it verified and 401 to one it could not, so the task runner retries an attempt
 that was not signed with that secret. A request without a Content-Length in digits, or whose
-body is not a JSON object, gets 400, and a body over 64 KiB 413 (with the reason, also printed
-on stderr). Give the task runner (and the API, which checks the target when the budget is
-saved) `WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a loopback address is refused
-otherwise (`hatch run dev` sets it for its own services).
+body is not a JSON object with an `alert` object, gets 400, and a body over 64 KiB 413 (with
+the reason, also printed on stderr). Ctrl-C stops it, with exit status 0. Give the task
+runner (and the API, which checks the target when the budget is saved)
+`WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a loopback address is refused otherwise
+(`hatch run dev` sets it for its own services).
 
 It is a tool to see alerts arrive and to check a secret, not a production receiver: yours
 should keep the alert ids it has handled (delivery is at least once) and answer quickly.
@@ -103,6 +104,9 @@ def serve(host: str, port: int, secret: str, *, count: int | None, as_json: bool
                 alert = None
             if not isinstance(alert, dict):
                 self.refuse(400, "the body is not a JSON object")
+                return
+            if not isinstance(alert.get("alert"), dict):  # `describe` would print None for all
+                self.refuse(400, "the body is not a budget alert: it has no `alert` object")
                 return
             verified = verify(secret, self.headers.get("Aiserver-Signature", ""), body)
             if as_json:
