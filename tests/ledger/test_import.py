@@ -75,15 +75,23 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 def summary(
-    name: str, events: int, recorded: int, duplicate: int, conflict: int, invalid: int
-) -> str:
-    return (
-        f"imported {name} into acme: {events:,} events\n"
+    name: str, events: int, recorded: int, duplicate: int, conflict: int, invalid: int,
+    unpriced: int = 0, partially_priced: int = 0,
+) -> str:  # fmt: skip
+    said = (
+        f"imported {name} into acme: {events:,} {'event' if events == 1 else 'events'}\n"
         f"  recorded   {recorded:>10,}\n"
         f"  duplicate  {duplicate:>10,}\n"
         f"  conflict   {conflict:>10,}\n"
         f"  invalid    {invalid:>10,}\n"
     )
+    if unpriced or partially_priced:
+        said += (
+            f"of those recorded, {unpriced:,} unpriced and {partially_priced:,} partially priced: "
+            "they count 0 (or less than they cost) until a price is known; aiserver-ledger "
+            "events --project acme --status unpriced lists them\n"
+        )
+    return said
 
 
 async def totals(db: asyncpg.Connection) -> dict[str, str | None]:
@@ -111,7 +119,8 @@ async def test_a_file_is_imported_priced_exactly_and_a_rerun_records_nothing(
     code, out, err = await ledger(
         env, "import", str(path), "--project", "acme", "--chunk-size", "2"
     )
-    assert (code, out) == (0, summary(str(path), 5, 5, 0, 0, 0)), err
+    # r5's model is not in the catalog: recorded unpriced, which the summary says
+    assert (code, out) == (0, summary(str(path), 5, 5, 0, 0, 0, unpriced=1)), err
     assert await totals(db) == {
         "r1": "0.004",
         "r2": "0.0066",
@@ -192,7 +201,7 @@ async def test_invalid_and_conflicting_lines_are_reported_with_their_line_number
     report = json.loads(out)
     assert {k: v for k, v in report.items() if not k.endswith("_lines")} == {
         "project": "acme", "file": str(path), "events": 9, "recorded": 0, "duplicate": 3,
-        "conflict": 1, "invalid": 5, "last_line": 10,
+        "conflict": 1, "invalid": 5, "unpriced": 0, "partially_priced": 0, "last_line": 10,
     }  # fmt: skip
     assert [(r["line"], r["id"], r["problem"]["type"]) for r in report["invalid_lines"]] == [
         (3, None, "urn:aiserver:problem:malformed-json"),
@@ -402,7 +411,7 @@ async def test_without_a_catalog_the_events_are_kept_unpriced_and_the_command_sa
     path = tmp_path / "usage.jsonl"
     path.write_text(line("u1", "gpt-test-001", 1000, 500, 1) + "\n")
     code, out, err = await ledger(subprocess_env, "import", str(path), "--project", "acme")
-    assert (code, out) == (0, summary(str(path), 1, 1, 0, 0, 0)), err
+    assert (code, out) == (0, summary(str(path), 1, 1, 0, 0, 0, unpriced=1)), err
     assert (
         "aiserver-ledger import: the catalog in the database has no models yet (aiserver-costs "
         "seed or refresh): every event is recorded unpriced"

@@ -183,9 +183,15 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
 
 
 def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
-    print(f"imported {name} into {project}: {summary.events:,} events")
+    print(f"imported {name} into {project}: {summary.events:,} {_events_word(summary.events)}")
     for label in ("recorded", "duplicate", "conflict", "invalid"):
         print(f"  {label:<10} {getattr(summary, label):>10,}")
+    if summary.unpriced or summary.partially_priced:
+        print(
+            f"of those recorded, {summary.unpriced:,} unpriced and {summary.partially_priced:,} "
+            "partially priced: they count 0 (or less than they cost) until a price is known; "
+            f"aiserver-ledger events --project {project} --status unpriced lists them"
+        )
     for title, shown, count in (
         ("invalid lines", summary.invalid_lines, summary.invalid),
         ("conflicts", summary.conflict_lines, summary.conflict),
@@ -197,6 +203,10 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
         for refused in shown:
             key = f" ({refused.id})" if refused.id is not None else ""
             print(f"  line {refused.line}{key}: {refused.problem['detail']}")
+
+
+def _events_word(count: int) -> str:
+    return "event" if count == 1 else "events"
 
 
 #: The most --limit takes (--limit 0 lists every event).

@@ -49,6 +49,10 @@ class ImportSummary(msgspec.Struct, kw_only=True):
     duplicate: int = 0
     conflict: int = 0
     invalid: int = 0
+    # of the events recorded, those no price valued yet, wholly or in part (they count 0 or
+    # less than they cost until a reprice values them)
+    unpriced: int = 0
+    partially_priced: int = 0
     invalid_lines: list[RefusedLine] = msgspec.field(default_factory=list)
     conflict_lines: list[RefusedLine] = msgspec.field(default_factory=list)
     last_line: int = 0  # the last line of the last chunk recorded
@@ -115,6 +119,10 @@ async def _record(
     summary.invalid += report.invalid
     summary.last_line = chunk[-1][0]
     for (number, _), result in zip(chunk, report.results, strict=True):
+        if result.status == "recorded" and result.pricing_status == "unpriced":
+            summary.unpriced += 1
+        elif result.status == "recorded" and result.pricing_status == "partially_priced":
+            summary.partially_priced += 1
         shown = {"invalid": summary.invalid_lines, "conflict": summary.conflict_lines}.get(
             result.status
         )
