@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -122,3 +124,38 @@ async def with_pool(core: CoreSettings, work: Callable[[Any], Coroutine[Any, Any
 
     async with database(core):
         return await work(require_pool())
+
+
+#: Without a terminal, how often a long command writes a line of progress.
+PROGRESS_EVERY_S: Final = 10.0
+
+
+class Progress:
+    """A long command's progress on stderr: one line redrawn in place on a terminal (at most 5
+    times a second); else a line every PROGRESS_EVERY_S seconds (and the first at once with
+    `first`), and at `finish` the last one when any was written (so that a log holds where it
+    ended); nothing when disabled."""
+
+    def __init__(self, *, enabled: bool, first: bool = False) -> None:
+        self.bar = enabled and sys.stderr.isatty()
+        self.plain = enabled and not self.bar
+        self.drawn: float | None = None if first or self.bar else time.monotonic()
+        self.written = False
+        self.pending = ""  # the latest line not written yet (plain)
+
+    def update(self, line: str) -> None:
+        now = time.monotonic()
+        due = self.drawn is None or now - self.drawn >= (0.2 if self.bar else PROGRESS_EVERY_S)
+        if (self.bar or self.plain) and due:
+            sys.stderr.write(f"\r{line}\x1b[K" if self.bar else f"{line}\n")
+            sys.stderr.flush()
+            self.drawn, self.pending, self.written = now, "", True
+        elif self.plain:
+            self.pending = line
+
+    def finish(self) -> None:
+        if self.bar and self.written:
+            sys.stderr.write("\n")
+        elif self.plain and self.written and self.pending:
+            print(self.pending, file=sys.stderr, flush=True)
+        self.bar = self.plain = False

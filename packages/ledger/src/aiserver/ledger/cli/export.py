@@ -11,43 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, add_event_filters, with_pool
+from aiserver.ledger.cli.common import Command, Progress, add_event_filters, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
-
-#: Off a terminal, a progress line every this many seconds.
-PROGRESS_EVERY_S: Final = 10.0
-
-
-class _Progress:
-    """Events written so far: redrawn in place when stderr is a terminal, a plain line every
-    PROGRESS_EVERY_S seconds when it is not, nothing when disabled."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.bar = enabled and sys.stderr.isatty()
-        self.plain = enabled and not self.bar
-        self.drawn = time.monotonic()
-
-    def update(self, events: int) -> None:
-        now = time.monotonic()
-        if self.bar and now - self.drawn >= 0.2:
-            sys.stderr.write(f"\raiserver-ledger export: {events:,} events")
-            sys.stderr.flush()
-            self.drawn = now
-        elif self.plain and now - self.drawn >= PROGRESS_EVERY_S:
-            print(f"aiserver-ledger export: {events:,} events", file=sys.stderr, flush=True)
-            self.drawn = now
-
-    def finish(self) -> None:
-        if self.bar:
-            sys.stderr.write("\n")
-            self.bar = False
 
 
 async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -75,12 +46,12 @@ async def _export(core: CoreSettings, args: argparse.Namespace) -> int:
         except BaseException:
             _discard(out, partial)
             raise
-        progress = _Progress(enabled=partial is not None and not args.no_progress)
+        progress = Progress(enabled=partial is not None and not args.no_progress)
         try:
             async for chunk in export.chunks():
                 with _writing(target):
                     out.write(chunk)
-                progress.update(export.events)
+                progress.update(f"aiserver-ledger export: {export.events:,} events")
             with _writing(target):
                 out.flush()
                 if partial and target:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiserver.ledger.cli.common import (
     Command,
     Parser,
+    Progress,
     print_json,
     time_argument,
     when,
@@ -56,11 +57,12 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
 
     operator = Access.operator()
 
+    shown = Progress(enabled=not args.no_progress, first=True)
+
     def progress(p: RunProgress) -> None:
-        if not args.no_progress:
-            print(f"aiserver-ledger reprice: run {p.run_id}: {p.examined:,} examined, "
-                  f"{p.changed:,} changed, {money(p.old_total)} -> {money(p.new_total)} USD",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        totals = f"{money(p.old_total)} -> {money(p.new_total)} USD"
+        shown.update(f"aiserver-ledger reprice: run {p.run_id}: {p.examined:,} examined, "
+                     f"{p.changed:,} changed, {totals}")  # fmt: skip
 
     async def work(pool: Any) -> int:
         if args.resume is not None:
@@ -79,10 +81,12 @@ async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
                 pool, run_id, catalog, batch_size=args.batch_size, on_batch=progress
             )
         except BaseException:
+            shown.finish()
             print(f"aiserver-ledger reprice: run {run_id} stopped; what its batches applied "
                   f"stays. Finish it: aiserver-ledger reprice --resume {run_id}",
                   file=sys.stderr)  # fmt: skip
             raise
+        shown.finish()
         if str(outcome) == "busy":
             print(f"aiserver-ledger reprice: run {run_id}: another process is working on it; "
                   "it finishes the run", file=sys.stderr)  # fmt: skip
