@@ -17,36 +17,47 @@ from aiserver.ledger.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from aiserver.core_db.settings import CoreSettings
     from aiserver.ledger.access import Access
     from aiserver.ledger.budgets.service import BudgetView
 
 
-async def _as_project(pool: Any, slug: str) -> Access:
-    """What the project's admin key may do, for the operator at the command line."""
+async def _as_project(pool: Any, slug: str) -> tuple[Access, str]:
+    """What the project's admin key may do, for the operator at the command line; and the
+    project's time zone, which its budgets' windows follow."""
     from aiserver.ledger import projects
     from aiserver.ledger.access import Access
 
     async with pool.acquire() as conn:
         project = await projects.find_project(conn, Access.operator(), slug)
-    return Access(project.id, project.slug, frozenset({"read", "admin"}))
+    return Access(project.id, project.slug, frozenset({"read", "admin"})), project.time_zone
 
 
-def _lines(view: BudgetView) -> list[str]:
+def _on_clock(value: datetime, zone: str) -> str:
+    """A window's bound on the project's clock, with its offset (UTC's as `Z`)."""
+    from zoneinfo import ZoneInfo
+
+    return when(value.astimezone(ZoneInfo(zone)))
+
+
+def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
     from aiserver.costs.money import money
 
     b, w = view.budget, view.window
     scope = ", ".join(f"{k}={v}" for k, v in sorted(b.tags.items())) or "the whole project"
     if b.model:
         scope += f"; model {b.model}"
-    ends = when(w.end) if w.end else "never"
+    ends = _on_clock(w.end, zone) if w.end else "never"
     lines = [
         f"budget {b.id}: {b.name} ({'hard' if b.hard else 'soft'})",
         f"  scope:       {scope}",
         f"  limit:       {money(b.limit_usd)} USD per {b.period}",
         f"  thresholds:  {', '.join(money(t) + '%' for t in b.thresholds) or '-'}",
         f"  webhook:     {b.webhook_url or '-'}",
-        f"  this window: {when(w.start) if b.period != 'total' else 'all time'} to {ends}",
+        f"  this window: {_on_clock(w.start, zone) if b.period != 'total' else 'all time'} to "
+        f"{ends}" + (f" ({zone})" if b.period != "total" and zone != "UTC" else ""),
         f"  committed:   {money(w.committed)} USD in {w.events:,} event(s)"
         + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else ""),
         f"  reserved:    {money(w.reserved)} USD",
@@ -75,9 +86,10 @@ def _answer(view: BudgetView) -> dict[str, Any]:
     return answer
 
 
-def _print(view: BudgetView, as_json: bool) -> None:
-    """One budget: the API's answer for it with --json, else its lines."""
-    print_json(_answer(view)) if as_json else print("\n".join(_lines(view)))
+def _print(view: BudgetView, as_json: bool, zone: str) -> None:
+    """One budget: the API's answer for it with --json (times in UTC, as the API writes them),
+    else its lines (the window on the project's clock)."""
+    print_json(_answer(view)) if as_json else print("\n".join(_lines(view, zone)))
 
 
 async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -88,13 +100,14 @@ async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
     ledger = settings_for_command("aiserver-ledger", LedgerSettings)
 
     async def work(pool: Any) -> int:
+        access, zone = await _as_project(pool, args.project)
         view, made = await service.create_budget(
-            pool, await _as_project(pool, args.project), name=args.name,
+            pool, access, name=args.name,
             limit_usd=args.limit, period=args.period, tags=dict(args.tag), model=args.model,
             thresholds=args.threshold or None, hard=args.hard, webhook_url=args.webhook_url,
             allowed_hosts=ledger.webhook_allowed_hosts, secret_box=ledger.secret_box(),
         )  # fmt: skip
-        _print(view, args.json)
+        _print(view, args.json, zone)
         if made:
             import sys
 
@@ -108,12 +121,13 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.budgets import service
 
     async def work(pool: Any) -> int:
-        views = await service.list_budgets(pool, await _as_project(pool, args.project))
+        access, zone = await _as_project(pool, args.project)
+        views = await service.list_budgets(pool, access)
         if args.json:  # an array of what the API answers per budget
             print_json([_answer(view) for view in views])
             return 0
         for view in views:
-            _print(view, as_json=False)
+            _print(view, False, zone)
         print(f"{len(views)} budget(s) of {args.project}")
         return 0
 
@@ -124,8 +138,9 @@ async def _show(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.budgets import service
 
     async def work(pool: Any) -> int:
-        view = await service.show_budget(pool, await _as_project(pool, args.project), args.id)
-        _print(view, args.json)
+        access, zone = await _as_project(pool, args.project)
+        view = await service.show_budget(pool, access, args.id)
+        _print(view, args.json, zone)
         return 0
 
     return await with_pool(core, work)
@@ -135,7 +150,7 @@ async def _delete(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.ledger.budgets import service
 
     async def work(pool: Any) -> int:
-        await service.delete_budget(pool, await _as_project(pool, args.project), args.id)
+        await service.delete_budget(pool, (await _as_project(pool, args.project))[0], args.id)
         print_json({"deleted": args.id}) if args.json else print(f"budget {args.id} deleted")
         return 0
 
