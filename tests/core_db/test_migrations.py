@@ -152,6 +152,16 @@ async def test_cli_names_the_variable_of_a_bad_setting() -> None:
     assert "DATABASE_URL must be a URL starting with postgres://, postgresql://" in err
 
 
+async def test_a_lock_timeout_that_is_no_wait_is_refused_with_the_usage() -> None:
+    """Before, -1 and nan were taken and passed on to the lock's wait."""
+    for wrong in ("-1", "nan", "inf", "86401", "soon"):
+        code, out, err = await _run_cli(
+            "migrate", "--lock-timeout", wrong, database_url="postgresql://127.0.0.1:1/x"
+        )
+        assert (code, out) == (2, ""), err
+        assert f"seconds, 0 to 86400: {wrong!r}" in err
+
+
 async def test_cli_says_where_the_database_is_not(empty_database_url: str) -> None:
     code, _, err = await _run_cli(
         "status", database_url="postgresql://postgres:pw@127.0.0.1:1/none"

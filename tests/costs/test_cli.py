@@ -284,6 +284,11 @@ async def test_calc_batch_says_what_it_cannot_read_and_stops_quietly_when_its_re
     assert err == f"aiserver-costs calc: cannot read {missing}: No such file or directory\n"
     code, out, err = await costs_cli(env, "calc", "--help")
     assert "3 some lines of --batch failed" in " ".join(out.split())
+    # a MODEL or counts beside --batch were ignored: each line names its own
+    for beside in (["gpt-4o"], ["--input-tokens", "10"]):
+        code, out, err = await costs_cli(env, "calc", *beside, "--batch", str(missing))
+        assert (code, out) == (2, ""), err
+        assert "give MODEL (with its counts) or --batch FILE, not both" in err
 
     # `aiserver-costs calc --batch - < many.jsonl | head -1`: no BrokenPipeError traceback
     many = tmp_path / "many.jsonl"

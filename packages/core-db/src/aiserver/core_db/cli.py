@@ -14,6 +14,18 @@ from aiserver.core_db.migrations import apply_migrations, migration_status
 from aiserver.core_db.settings import CoreSettings, settings_for_command
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: --lock-timeout, seconds from 0 up to a day (a negative or NaN wait
+    would be passed on to asyncio as it is)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:  # NaN fails both
+        raise argparse.ArgumentTypeError(f"seconds, 0 to 86400: {text[:20]!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserver-db",
@@ -40,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument(
         "--lock-timeout",
-        type=float,
+        type=_seconds,
         default=300.0,
         metavar="SECONDS",
         help="how long to wait for another process's migration run (default: %(default)s)",

@@ -293,6 +293,11 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
         print("aiserver-costs calc: give MODEL, or --batch FILE", file=sys.stderr)
         return 2
     counted = [name for name in _USAGE_OPTIONS if getattr(args, name)]
+    if args.batch is not None and (args.model is not None or counted or args.usage is not None):
+        # each line of the file names its model and usage: a MODEL beside it was ignored
+        print("aiserver-costs calc: give MODEL (with its counts) or --batch FILE, not both: "
+              "each line of the file names its own model and usage", file=sys.stderr)  # fmt: skip
+        return 2
     if args.usage is not None and counted:
         print("aiserver-costs calc: give --usage or the counts, not both", file=sys.stderr)
         return 2
