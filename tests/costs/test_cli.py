@@ -50,10 +50,11 @@ async def test_seed_refresh_and_status_tell_what_happened(
     assert status["last_run"]["outcome"] == "seeded"
 
     # the offline refresh fails clearly and keeps the seeded catalog
-    code, out, _ = await costs_cli(env, "refresh", "--source-url", "http://127.0.0.1:9/x")
-    assert code == 1
-    assert out.startswith("failed: connection failed")
-    assert "the catalog was left unchanged" in out
+    code, out, err = await costs_cli(env, "refresh", "--source-url", "http://127.0.0.1:9/x")
+    assert (code, out) == (1, "")  # one line on stderr, as every command's failure
+    (failed,) = [line for line in err.splitlines() if line.startswith("aiserver-costs refresh:")]
+    assert failed.startswith("aiserver-costs refresh: failed: connection failed")
+    assert "the catalog was left unchanged" in failed
 
     # the upstream has one price changed and one model fewer than the snapshot
     document = json.loads(snapshot_bytes())

@@ -120,6 +120,8 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
     )
     if args.json:
         _print_json({**report.as_dict(), "skipped": report.skipped})
+    elif not report.outcome.ok:  # a failure is one line on stderr, as every command's is
+        print(f"aiserver-costs refresh: {report.summary()}", file=sys.stderr)
     else:
         print(report.summary())
         for key, reason in sorted(report.skipped.items()):
