@@ -16,6 +16,8 @@ import pytest
 from aiserver.core_db.commands import run_command
 from aiserver.core_db.errors import InvalidInput
 
+from ..support.processes import run_module
+
 LOST = (
     "aiserver-test do: the connection to the database failed (terminating connection due to "
     "administrator command); run the command again once PostgreSQL answers\n"
@@ -148,3 +150,21 @@ def test_a_blocking_command_is_run_as_it_is(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err == (
         "aiserver-test do: cannot listen on 127.0.0.1:8900: Address already in use\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "prog", "distribution"),
+    [
+        ("aiserver.api.cli", "aiserver-api", "aiserver-api"),
+        ("aiserver.core_db.cli", "aiserver-db", "aiserver-core-db"),
+        ("aiserver.costs.cli", "aiserver-costs", "aiserver-costs"),
+        ("aiserver.ledger.cli", "aiserver-ledger", "aiserver-ledger"),
+        ("aiserver.taskrunner.cli", "aiserver-taskrunner", "aiserver-taskrunner"),
+    ],
+)
+async def test_every_command_says_its_version(module: str, prog: str, distribution: str) -> None:
+    """`--version`, with no database nor settings: the command and its package's version."""
+    from importlib.metadata import version
+
+    code, out, err = await run_module(module, {"PATH": "/usr/bin"}, "--version")
+    assert (code, out, err) == (0, f"{prog} {version(distribution)}\n", "")

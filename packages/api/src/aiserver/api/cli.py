@@ -15,6 +15,7 @@ from typing import Final
 import uvicorn
 
 from aiserver.api.settings import MIN_SECRET, MULTIPROCESS_VAR, ApiSettings
+from aiserver.core_db.commands import add_version
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser, "aiserver-api")
     parser.add_argument(
         "--host",
         default="0.0.0.0",  # noqa: S104 - a container serves on every interface

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from aiserver.core_db.commands import add_version
 from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import configure_logging
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser, "aiserver-core-db")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = sub.add_parser(
         "migrate",

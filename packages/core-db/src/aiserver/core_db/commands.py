@@ -171,3 +171,18 @@ def timestamp(text: str) -> datetime:
     except (ValueError, msgspec.ValidationError):
         raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def add_version(parser: argparse.ArgumentParser, distribution: str) -> None:
+    """`--version`: the command's name and the version of the distribution that installed it
+    (`aiserver-ledger 0.1.0`), as packaging metadata has it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version(distribution)
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        installed = "(not installed)"
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {installed}",
+        help="print the version and exit",
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from aiserver.core_db.commands import command_problem, run_command, timestamp
+from aiserver.core_db.commands import add_version, command_problem, run_command, timestamp
 from aiserver.core_db.errors import AiserverError, InvalidInput, problem, validation_field
 from aiserver.core_db.settings import CoreSettings, Section, SettingsError, settings_for_command
 from aiserver.costs.requests import decode_cost_request, request_json
@@ -415,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser, "aiserver-costs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     refresh = sub.add_parser(

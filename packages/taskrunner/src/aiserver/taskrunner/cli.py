@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
+from aiserver.core_db.commands import add_version
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
 from aiserver.taskrunner.health import health_check_key
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "document conversion). SIGTERM lets a running job finish (up to 25 s) before stopping; "
         "an unfinished job is re-queued.",
     )
+    add_version(parser, "aiserver-taskrunner")
     burst_help = "run the queued jobs, then stop (for one-off runs and tests)"
     parser.add_argument("--burst", action="store_true", help=burst_help)
     # `run --burst` as well as `--burst run`: run's own --burst sets nothing when absent, so

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import Final
 
-from aiserver.core_db.commands import run_command
+from aiserver.core_db.commands import add_version, run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
 from aiserver.ledger.cli import (
     budgets,
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser, "aiserver-ledger")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     tenants.add_parsers(groups)
