@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -829,6 +830,21 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
         "total 0 1 1 0 5 0 0 0 0",
         "whole window total 0.00143 2 1 0 1,005 100 0 0 0",
     ]
+    assert re.fullmatch(
+        r"as of \S+Z: every event up to id \d+ counted( \(\d+ of them read from the events "
+        r"recorded since the last fold\))?; read from the (hourly rollups|events).*", lines[7]
+    ), lines[7]
+    # without --bucket: the groups, then the total once (before, an `all total` line repeated it)
+    whole = [q for q in question if q not in ("--bucket", "day")]
+    code, out, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *whole)
+    assert code == 0, err
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert lines[2:5] == [
+        "all gpt-x, search 0.00143 1 0 0 1,000 100 0 0 0",
+        "mystery-1, - 0 1 1 0 5 0 0 0 0",
+        "whole window total 0.00143 2 1 0 1,005 100 0 0 0",
+    ]
+    assert lines[5].startswith("as of ")
     code, _, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question,
                                     "--tz", "Nowhere/Land")  # fmt: skip
     assert code != 0

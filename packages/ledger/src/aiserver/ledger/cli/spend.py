@@ -85,16 +85,37 @@ def _print_answer(project: str, answer: SpendAnswer) -> None:
             for group in bucket.groups:
                 print(f"{label:<{at}}  {_group_name(group.key):<{width}}  {_sums(group)}")
                 label = ""
-        print(f"{label:<{at}}  {'total':<{width}}  {_sums(bucket.total)}")
+        if answer.bucket is not None:  # one bucket: its total is the whole window's, below
+            print(f"{label:<{at}}  {'total':<{width}}  {_sums(bucket.total)}")
     print(f"{'whole window':<{at}}  {'total':<{width}}  {_sums(answer.total)}")
-    fresh = answer.freshness
-    through = fresh.through_event_id if fresh.through_event_id is not None else "- (none yet)"
-    tail = f", {fresh.unfolded_events:,} of them not folded yet" if fresh.unfolded_events else ""
-    print(f"as of {when(fresh.as_of)}: every event up to id {through}{tail}; source "
-          f"{answer.source}, {answer.raw_hours:,} hour(s) cut by a boundary read from raw "
-          "events")  # fmt: skip
+    print(_freshness(answer))
     if answer.source_note:
         print(f"note: {answer.source_note}")
+
+
+def _freshness(answer: SpendAnswer) -> str:
+    """What the answer counts, in words: the events up to which id, how many of them wait to
+    be folded into the rollups (counted all the same), and what it was read from."""
+    fresh = answer.freshness
+    if fresh.through_event_id is None:
+        counted = "no event recorded yet"
+    else:
+        counted = f"every event up to id {fresh.through_event_id} counted"
+    if fresh.unfolded_events:
+        counted += (
+            f" ({fresh.unfolded_events:,} of them read from the events recorded since the "
+            "last fold)"
+        )
+    if answer.source == "raw_events":
+        read = "read from the events"
+    else:
+        read = "read from the hourly rollups"
+        if answer.raw_hours:
+            read += (
+                f", and {answer.raw_hours:,} hour(s) that --from, --to or a bucket cuts from the "
+                "events"
+            )
+    return f"as of {when(fresh.as_of)}: {counted}; {read}"
 
 
 def _group_name(key: dict[str, str | None] | None) -> str:
