@@ -832,7 +832,8 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
     ]
     assert re.fullmatch(
         r"as of \S+Z: every event up to id \d+ counted( \(\d+ of them read from the events "
-        r"recorded since the last fold\))?; read from the (hourly rollups|events).*", lines[7]
+        r"recorded since the last fold\))?; read from the (hourly rollups|events).*",
+        lines[7],
     ), lines[7]
     # without --bucket: the groups, then the total once (before, an `all total` line repeated it)
     whole = [q for q in question if q not in ("--bucket", "day")]
