@@ -30,6 +30,8 @@ async def test_seed_refresh_and_status_tell_what_happened(
     assert code == 0
     assert "models:          0 " in out
     assert "last success:    never" in out
+    # stale, and who refreshes it (a freshly seeded catalog read as broken)
+    assert "stale:           yes: the task runner refreshes it from its upstream" in out
     code, out, err = await costs_cli(env, "calc", "gpt-4o", "--input-tokens", "10")
     assert (code, out) == (1, "")
     assert "the catalog in the database has no models yet; run: aiserver-costs seed" in err

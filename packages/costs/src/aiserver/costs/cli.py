@@ -159,7 +159,13 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
         f"catalog version: {status.catalog_version}",
         f"last success:    {_when(status.last_success_at)} (age {age}, "
         f"max {status.max_age_seconds} s)",
-        f"stale:           {'yes' if status.stale else 'no'}",
+        "stale:           "
+        + (
+            "yes: the task runner refreshes it from its upstream when it looks (at its start, "
+            "then every MODEL_COST_REFRESH_INTERVAL_SECONDS); aiserver-costs refresh does it now"
+            if status.stale
+            else "no"
+        ),
         f"last checked:    {_when(status.last_checked_at)}",
         f"last changed:    {_when(status.last_changed_at)}",
         f"last error:      {status.last_error or 'none'}"
