@@ -88,7 +88,7 @@ async def test_a_limit_of_0_asks_redis_nothing(redis: Redis) -> None:
     for _ in range(10):
         assert await attempts.failed("198.51.100.1") == Verdict(counted=True, wait=0)
     assert await attempts.wait("198.51.100.1") == 0
-    assert [k async for k in redis.scan_iter(match="aiserver:auth-failures*")] == []
+    assert [k async for k in redis.scan_iter(match="*auth-failures*")] == []
 
 
 async def test_without_redis_each_process_counts_on_its_own(api_settings: Settings) -> None:
@@ -149,3 +149,25 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def test_one_request_at_a_time_asks_a_redis_that_failed_again() -> None:
+    """After RETRY_S, one request asks Redis again; those that come meanwhile count alone. Before,
+    each one asked, and a Redis that hangs held them all for its timeouts."""
+    clock = Clock()
+    calls = 0
+
+    async def hanging(keys: list[str], args: list[str | int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)
+        raise ConnectionError("Redis does not answer")
+
+    attempts = SharedAttempts(Redis.from_url(NO_REDIS), 2, 60, clock=clock)
+    attempts._script = hanging  # type: ignore[assignment]
+    assert await attempts.wait("198.51.100.1") == 0  # the first failure: alone from now on
+    assert calls == 1
+    clock.now += RETRY_S
+    waits = await asyncio.gather(*(attempts.wait("198.51.100.1") for _ in range(20)))
+    assert waits == [0] * 20
+    assert calls == 2  # one probe for the 20 requests

@@ -5,7 +5,8 @@ cent; not before a tenth of the window has passed, never for a total budget."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
+from zoneinfo import ZoneInfo
 
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.service import BudgetView, Pace, _window
@@ -124,3 +125,32 @@ def test_the_command_line_says_the_pace_as_the_pages_do() -> None:
         "  at this pace: not projected yet (less than a tenth of the window has passed)"
     )
     assert "at this pace" not in _lines(view("total", "25", "10", half))[-1]
+
+
+def test_a_projection_counts_a_month_of_a_clock_change_in_real_time() -> None:
+    """March in Paris has 30 days and 23 hours. Times of one ZoneInfo subtract as wall-clock
+    times (31 days): the projection is worked out in UTC."""
+    paris = ZoneInfo("Europe/Paris")
+    start, end = datetime(2027, 3, 1, tzinfo=paris), datetime(2027, 4, 1, tzinfo=paris)
+    at = datetime(2027, 3, 31, 23, tzinfo=paris)
+    found = projection(Decimal(100), start, end, at)
+    assert found is not None
+    length = (end.astimezone(UTC) - start.astimezone(UTC)).total_seconds()
+    assert length == (31 * 24 - 1) * 3600
+    passed = (at.astimezone(UTC) - start.astimezone(UTC)).total_seconds()
+    assert found.passed == Context(prec=60).divide(Decimal(int(passed)), Decimal(int(length)))
+    assert found.passed < Decimal("0.99866")  # by wall clock: 0.998656
+
+
+def test_an_estimate_never_reads_in_scientific_notation() -> None:
+    from aiserver.api.ui.present import SHOW
+    from aiserver.ledger.spend.pace import about
+
+    assert SHOW.estimate(about(Decimal("0.00000031"))) == "0.00000031"
+    assert SHOW.estimate(about(Decimal("1234567.891"))) == "1,234,567.89"
+    half = DECEMBER + timedelta(days=15, hours=12)
+    from aiserver.ledger.cli.budgets import _lines
+
+    assert _lines(view("month", "1", "0.0000000006", half))[-1].startswith(
+        "  at this pace: ≈ 0.0000000012 USD"
+    )

@@ -86,10 +86,14 @@ def summary(
         f"  invalid    {invalid:>10,}\n"
     )
     if unpriced or partially_priced:
+        statuses = [s for s, n in (("unpriced", unpriced), ("partially_priced", partially_priced))
+                    if n]  # fmt: skip
         said += (
             f"of those recorded, {unpriced:,} unpriced and {partially_priced:,} partially priced: "
-            "they count 0 (or less than they cost) until a price is known; aiserver-ledger "
-            "events --project acme --status unpriced lists them\n"
+            "they count 0 (or less than they cost) until a price is known; list them with "
+            "aiserver-ledger events --project acme "
+            + " or ".join(f"--status {status}" for status in statuses)
+            + "\n"
         )
     return said
 

@@ -28,7 +28,8 @@ PACE = re.compile(
     r"(?P<passed>[0-9]+)% of the month passed carried on at the same rate\."
 )
 BEFORE = re.compile(
-    r"Last month to the same point \(up to (?P<until>\S+)\): (?P<cost>[0-9,.]+) USD"
+    r"(?:Last month to the same point \(up to (?P<until>\S+)\)|Last month, whole \(it had "
+    r"fewer days; up to (?P<whole>\S+)\)): (?P<cost>[0-9,.]+) USD"
     r"(?:: this month has spent (?P<change>[0-9]+)% (?P<way>more|less)|: (?P<same>about the "
     r"same as this month)|: (?P<none>it had spent nothing by then))?\."
 )
@@ -44,6 +45,11 @@ def test_the_same_point_last_month_is_its_day_and_time_or_its_end() -> None:
     assert same_point_last_month(march, march.date().replace(day=1)) == datetime(
         2027, 3, 1, tzinfo=BERLIN
     )
+    # across a clock change: the same day and time on the clock (October was on summer time)
+    november = datetime(2026, 11, 6, 10, 12, tzinfo=BERLIN)
+    point = same_point_last_month(november, november.date().replace(day=1))
+    assert point == datetime(2026, 10, 6, 10, 12, tzinfo=BERLIN)
+    assert point.utcoffset() == timedelta(hours=2)
     # the 29th of March, 2027 (no 29th of February): February whole
     assert same_point_last_month(march.replace(day=29), march.date().replace(day=1)) == (
         datetime(2027, 3, 1, tzinfo=BERLIN)
@@ -100,7 +106,9 @@ async def test_the_month_card_says_its_pace_and_last_month_to_the_same_point(
     assert last > 0  # the call of last month's first minute
     found = BEFORE.fullmatch(text(browser.find_element(By.ID, "month-before")))
     assert found, text(browser.find_element(By.ID, "month-before"))
-    assert datetime.fromisoformat(found["until"]) == point
+    # from the 29th to the 31st, after a shorter month: last month whole, and said so
+    assert datetime.fromisoformat(found["until"] or found["whole"]) == point
+    assert bool(found["whole"]) == (point == start)
     assert Decimal(found["cost"].replace(",", "")) == last
     change = half_up(DIGITS.divide((spent - last) * 100, last), "1")
     if change == 0:

@@ -174,6 +174,7 @@ class SharedAttempts:
         self._script = redis.register_script(_SCRIPT)
         self._clock = clock
         self._alone_until: float | None = None  # counting in this process: Redis did not answer
+        self._probing = False  # one request asks Redis again after RETRY_S; the rest count alone
 
     async def wait(self, address: str) -> int:
         """Whole seconds until `address` may try again; 0: it may now."""
@@ -189,8 +190,19 @@ class SharedAttempts:
         return await self._ask(address, count=True)
 
     async def _ask(self, address: str, *, count: bool) -> Verdict:
-        if self._alone_until is not None and self._clock() < self._alone_until:
+        if self._alone_until is None:
+            return await self._shared(address, count=count)
+        # counting alone: until RETRY_S has passed, and while one request asks Redis again (a
+        # Redis that hangs would hold every request for its timeouts otherwise)
+        if self._clock() < self._alone_until or self._probing:
             return self._local(address, count=count)
+        self._probing = True
+        try:
+            return await self._shared(address, count=count)
+        finally:
+            self._probing = False
+
+    async def _shared(self, address: str, *, count: bool) -> Verdict:
         keys = [INDEX, PREFIX + address, PREFIX + OVERFLOW]
         window_ms = math.ceil(self.window_s * 1000)
         mode = "1" if count else "0"

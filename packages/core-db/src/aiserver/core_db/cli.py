@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=300.0,
         metavar="SECONDS",
-        help="how long to wait for another process's migration run (default: %(default)s)",
+        help="how long to wait for another process's migration run, 0 to 86400 (default: "
+        "%(default)s)",
     )
     sub.add_parser(
         "status",

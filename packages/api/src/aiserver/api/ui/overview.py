@@ -97,6 +97,7 @@ async def month_so_far(pool: Any, project: Project, month: dict[str, Any]) -> di
         cost = Decimal(answer.total.cost)
         before = {
             "until": point,
+            "whole": point == start,  # last month has fewer days: all of it
             "total": answer.total,
             "change": percent(SUBTRACT(spent, cost), cost) if cost else None,
         }

@@ -168,8 +168,8 @@ class Show:
     @staticmethod
     def estimate(value: Decimal) -> str:
         """An estimate as it was rounded (`aiserver.ledger.spend.pace.about`: `31.00`,
-        `0.0031`), grouped by thousands."""
-        return f"{value:,}"
+        `0.0031`), grouped by thousands, never with an exponent (3.1E-7 is 0.00000031)."""
+        return f"{value:,f}"
 
     @staticmethod
     def budget_places(views: Iterable[Any]) -> dict[str, int]:
@@ -271,9 +271,10 @@ def group_values(group: SpendGroup, group_by: Sequence[str], *, joined: bool = F
 
 def group_label(group: SpendGroup, group_by: Sequence[str]) -> str:
     """The group as a column's heading: its value, or `name=value, ...` for several dimensions
-    (each value as `shown_value` writes it: different groups never share a label; its
-    bidirectional runs closed, `bidi_closed`, so that it cannot reorder what follows it: the
-    other values, and in a chart's tooltip, drawn on a canvas, the amount)."""
+    (each value as `shown_value` writes it; its bidirectional runs closed, `bidi_closed`, so
+    that it cannot reorder what follows it: the other values, and in a chart's tooltip, drawn
+    on a canvas, the amount). Two values that differ only by closers a value already ends with
+    read the same; the columns are told apart by `group_id`, not by their labels."""
     if not group_by:
         return TOTAL
     if group.other or group.key is None:

@@ -66,7 +66,7 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
     if w.end is not None:  # a total budget's window has no end to project to
         pace = view.pace
         lines.append(
-            f"  at this pace: ≈ {pace.projected} USD by the window's end "
+            f"  at this pace: ≈ {pace.projected:f} USD by the window's end "
             f"({pace.share} of the limit{', past it' if pace.past_limit else ''})"
             if pace
             else "  at this pace: not projected yet (less than a tenth of the window has passed)"

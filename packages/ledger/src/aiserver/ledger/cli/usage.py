@@ -187,10 +187,16 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
     for label in ("recorded", "duplicate", "conflict", "invalid"):
         print(f"  {label:<10} {getattr(summary, label):>10,}")
     if summary.unpriced or summary.partially_priced:
+        listed = " or ".join(
+            f"--status {status}"
+            for status, count in (("unpriced", summary.unpriced),
+                                  ("partially_priced", summary.partially_priced))
+            if count
+        )  # fmt: skip
         print(
             f"of those recorded, {summary.unpriced:,} unpriced and {summary.partially_priced:,} "
             "partially priced: they count 0 (or less than they cost) until a price is known; "
-            f"aiserver-ledger events --project {project} --status unpriced lists them"
+            f"list them with aiserver-ledger events --project {project} {listed}"
         )
     for title, shown, count in (
         ("invalid lines", summary.invalid_lines, summary.invalid),

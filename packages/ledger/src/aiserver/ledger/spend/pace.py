@@ -10,7 +10,7 @@ where the cent would leave fewer: 0.0031, not 0.00), a share to whole percent.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Final, NamedTuple
 
@@ -33,6 +33,9 @@ def projection(
 ) -> Projection | None:
     """Where `spent`, the spending of [start, as_of), ends at `end` at the same rate; None
     before PACE_FROM of the window has passed. Past the end, the window as it ended."""
+    # in UTC: two times of one ZoneInfo subtract as wall-clock times, which would count a day
+    # of a clock change as 24 hours
+    start, end, as_of = (t.astimezone(UTC) for t in (start, end, as_of))
     length = (end - start) // _MICROSECOND
     passed = (min(as_of, end) - start) // _MICROSECOND
     if length <= 0 or passed <= 0:
