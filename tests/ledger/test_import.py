@@ -427,3 +427,28 @@ async def test_without_a_catalog_the_events_are_kept_unpriced_and_the_command_sa
         "pricing_note": "the catalog in the database has no models yet (aiserver-costs seed or "
         "refresh)",
     }
+
+
+async def test_a_line_over_a_mebibyte_is_invalid_and_never_read_whole(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """No event is longer than a few KB. A line over MAX_LINE is passed over a piece at a time
+    and reported invalid; the lines around it are recorded. Before, a 400 MB line was read
+    whole (870 MB of memory) to be refused."""
+    from aiserver.ledger.usage.importing import MAX_LINE
+
+    huge = '{"id": "huge", "model": "' + "x" * (3 * MAX_LINE) + '"}'
+    path = tmp_path / "huge.jsonl"
+    path.write_text("\n".join([
+        line("a", "gpt-test-001", 1, 1, 1), huge, line("b", "gpt-test-001", 1, 1, 1),
+        huge,  # the last line, with no newline after it
+    ]))  # fmt: skip
+    code, out, err = await ledger(env, "import", str(path), "--project", "acme", "--json")
+    assert code == 3, err
+    report = json.loads(out)
+    assert (report["recorded"], report["invalid"]) == (2, 2)
+    said = f"the line is {len(huge) + 1:,} bytes long, over the {MAX_LINE:,} any event fits in"
+    assert [(r["line"], r["problem"]["detail"][: len(said)]) for r in report["invalid_lines"]] == [
+        (2, said), (4, said.replace(f"{len(huge) + 1:,}", f"{len(huge):,}")),
+    ]  # fmt: skip
+    assert sorted(await totals(db)) == ["a", "b"]

@@ -26,7 +26,7 @@ from aiserver.ledger.cli.common import (
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
-    from aiserver.ledger.usage.importing import ImportSummary
+    from aiserver.ledger.usage.importing import ImportSummary, LongLine
     from aiserver.ledger.usage.reading import UsageEvent
 
 
@@ -63,10 +63,24 @@ class _Source:
             raise InvalidField(f"cannot read {name}: {exc.strerror}", ["FILE"]) from None
         return cls(name, stream, size or None)
 
-    def lines(self) -> Iterator[tuple[int, bytes]]:
-        for number, line in enumerate(self.stream, start=1):
+    def lines(self) -> Iterator[tuple[int, bytes | LongLine]]:
+        """Each line with its number; one over MAX_LINE as a `LongLine`, read and dropped a
+        piece at a time (a file of one huge line takes no more memory than a small one)."""
+        from aiserver.ledger.usage.importing import MAX_LINE, LongLine
+
+        number = 0
+        while line := self.stream.readline(MAX_LINE + 1):
+            number += 1
             self.read += len(line)
-            yield number, line
+            if len(line) <= MAX_LINE or line.endswith(b"\n"):
+                yield number, line
+                continue
+            length = len(line)
+            while (rest := self.stream.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                self.read += len(rest)
+                length += len(rest)
+            self.read += len(rest)
+            yield number, LongLine(length + len(rest))
 
 
 class _Progress:

@@ -19,10 +19,11 @@ recorded; its problem names the fields). The summary counts them and keeps the f
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
+from aiserver.ledger.errors import InvalidEvent
 from aiserver.ledger.usage.bodies import decode_items, without_bom
 from aiserver.ledger.usage.ingest import UsageRecorder
 
@@ -62,10 +63,21 @@ class ImportSummary(msgspec.Struct, kw_only=True):
         return self.invalid + self.conflict
 
 
+#: The longest line read as an event. No valid event comes near it (its names, tags and counts
+#: are bounded: a few KB); a longer line is invalid, and is never held in memory whole.
+MAX_LINE: Final = 1024 * 1024
+
+
+class LongLine(NamedTuple):
+    """A line longer than MAX_LINE, passed over as it was read: its length in bytes."""
+
+    length: int
+
+
 async def import_lines(
     pool: asyncpg.Pool,
     project_id: int,
-    lines: Iterable[tuple[int, bytes]],
+    lines: Iterable[tuple[int, bytes | LongLine]],
     *,
     recorder: UsageRecorder,
     catalog: Catalog | None,
@@ -78,13 +90,16 @@ async def import_lines(
     if not 1 <= chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size: 1 to {MAX_CHUNK}; got {chunk_size}")
     summary = ImportSummary()
-    chunk: list[tuple[int, bytes]] = []
+    chunk: list[tuple[int, bytes | LongLine]] = []
     first = True
     for number, text in lines:
-        if first:  # a byte order mark at the start of the file is no part of its first event
-            text, first = without_bom(text), False
-        if not text.strip():
-            continue
+        if isinstance(text, LongLine):
+            first = False
+        else:
+            if first:  # a byte order mark at the start of the file is no part of its first event
+                text, first = without_bom(text), False
+            if not text.strip():
+                continue
         chunk.append((number, text))
         if len(chunk) == chunk_size:
             await _record(pool, project_id, chunk, recorder, catalog, why_no_catalog, summary)
@@ -101,17 +116,24 @@ async def import_lines(
 async def _record(
     pool: asyncpg.Pool,
     project_id: int,
-    chunk: list[tuple[int, bytes]],
+    chunk: list[tuple[int, bytes | LongLine]],
     recorder: UsageRecorder,
     catalog: Catalog | None,
     why_no_catalog: str,
     summary: ImportSummary,
 ) -> None:
-    raws = [text for _, text in chunk]
+    raws = [b"" if isinstance(text, LongLine) else text for _, text in chunk]
+    items = decode_items(raws)
+    for index, (_, text) in enumerate(chunk):
+        if isinstance(text, LongLine):
+            items[index] = InvalidEvent(
+                f"the line is {text.length:,} bytes long, over the {MAX_LINE:,} any event fits "
+                "in: it was not read",
+                ["line"],
+            )
     report = await recorder.record(
-        pool, project_id, decode_items(raws), catalog=catalog, why_no_catalog=why_no_catalog,
-        raws=raws,
-    )  # fmt: skip
+        pool, project_id, items, catalog=catalog, why_no_catalog=why_no_catalog, raws=raws
+    )
     summary.events += len(chunk)
     summary.recorded += report.recorded
     summary.duplicate += report.duplicate
