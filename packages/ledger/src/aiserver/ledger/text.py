@@ -60,7 +60,7 @@ def bidi_closed(text: str) -> str:
     open after them. Without this, `\u2067a\u2029\u202eb\u2069` read as closed: its PDI
     closes the isolate in one paragraph, but matches nothing after the separator, which leaves
     the override open."""
-    if _BIDI.search(text) is None:
+    if text.isascii() or _BIDI.search(text) is None:  # ASCII: no bidirectional control
         return text
     found = _BIDI.findall(text)
     last = max((i for i, char in enumerate(found) if char in _SEPARATORS), default=None)
