@@ -287,6 +287,10 @@ async def test_calc_batch_says_what_it_cannot_read_and_stops_quietly_when_its_re
     assert err == f"aiserver-costs calc: cannot read {missing}: No such file or directory\n"
     code, out, err = await costs_cli(env, "calc", "--help")
     assert "3 some lines of --batch failed" in " ".join(out.split())
+    # a model without any count is priced at 0, and says why (before: `total: 0 USD`, silent)
+    code, out, err = await costs_cli(env, "calc", "gpt-4o")
+    assert code == 0, err
+    assert "no usage given (--input-tokens, --output-tokens, ... or --usage)" in err
     # a MODEL or counts beside --batch were ignored: each line names its own
     for beside in (["gpt-4o"], ["--input-tokens", "10"]):
         code, out, err = await costs_cli(env, "calc", *beside, "--batch", str(missing))

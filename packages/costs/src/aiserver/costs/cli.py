@@ -312,6 +312,10 @@ async def _calc(settings: Settings, args: argparse.Namespace) -> int:
     if args.usage_format is not None and args.usage is None:
         print("aiserver-costs calc: --usage-format needs --usage", file=sys.stderr)
         return 2
+    if args.batch is None and args.usage is None and not counted:
+        # priced all the same (the model's prices show in the answer), but a 0 is no cost
+        print("aiserver-costs calc: no usage given (--input-tokens, --output-tokens, ... or "
+              "--usage): every count is 0, so the total is 0", file=sys.stderr)  # fmt: skip
     # bytes: msgspec reads UTF-8 itself, and a line that is not UTF-8 fails alone
     batch = None if args.batch is None else _open_batch(args.batch)
     try:
