@@ -39,6 +39,16 @@ MAX_ADDRESSES: Final = 10_000
 OVERFLOW: Final = "(addresses past the bound)"
 
 
+class Verdict(NamedTuple):
+    """What became of a failed attempt: counted (it was within the limit: the client is told
+    the credential is not valid), or not (the address had reached the limit meanwhile: the
+    client is told to wait, as if it had been refused before its credential was checked); and
+    the whole seconds the address must wait now (0: none)."""
+
+    counted: bool
+    wait: int
+
+
 class FailedAttempts:
     """The times of the recent failed attempts of each client address, in this process.
 
@@ -89,6 +99,15 @@ class FailedAttempts:
         self._failures[key] = (*self._failures.pop(key, ()), now)[-self.limit :]
         return self.wait(address) > 0
 
+    def attempt(self, address: str) -> Verdict:
+        """Count a failed attempt of `address` unless it is at the limit already (then it must
+        wait, and the attempt is not counted), as `SharedAttempts.failed` does in Redis."""
+        wait = self.wait(address)
+        if wait:
+            return Verdict(counted=False, wait=wait)
+        self.failed(address)
+        return Verdict(counted=True, wait=self.wait(address))
+
     def _counted_as(self, address: str) -> str:
         """The key `address` counts under: its own, or `OVERFLOW` while the bound is reached."""
         if address in self._failures or len(self._failures) < self.max_addresses:
@@ -102,16 +121,6 @@ class FailedAttempts:
             if times[-1] + self.window_s > now:
                 return
             del self._failures[address]
-
-
-class Verdict(NamedTuple):
-    """What became of a failed attempt: counted (it was within the limit: the client is told
-    the credential is not valid), or not (the address had reached the limit meanwhile: the
-    client is told to wait, as if it had been refused before its credential was checked); and
-    the whole seconds the address must wait now (0: none)."""
-
-    counted: bool
-    wait: int
 
 
 #: Redis keys, all with one hash tag (one slot, should the Redis be a cluster): the index of the
@@ -167,14 +176,20 @@ class SharedAttempts:
         self, redis: Redis, limit: int, window_s: float, *, max_addresses: int = MAX_ADDRESSES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
-        self.limit = limit
-        self.window_s = window_s
-        self.max_addresses = max_addresses
         self.local = FailedAttempts(limit, window_s, max_addresses=max_addresses, clock=clock)
+        self._window_ms = math.ceil(window_s * 1000)
         self._script = redis.register_script(_SCRIPT)
         self._clock = clock
         self._alone_until: float | None = None  # counting in this process: Redis did not answer
         self._probing = False  # one request asks Redis again after RETRY_S; the rest count alone
+
+    @property
+    def limit(self) -> int:
+        return self.local.limit
+
+    @property
+    def window_s(self) -> float:
+        return self.local.window_s
 
     async def wait(self, address: str) -> int:
         """Whole seconds until `address` may try again; 0: it may now."""
@@ -204,9 +219,8 @@ class SharedAttempts:
 
     async def _shared(self, address: str, *, count: bool) -> Verdict:
         keys = [INDEX, PREFIX + address, PREFIX + OVERFLOW]
-        window_ms = math.ceil(self.window_s * 1000)
         mode = "1" if count else "0"
-        args: list[str | int] = [self.limit, window_ms, self.max_addresses, mode,
+        args: list[str | int] = [self.limit, self._window_ms, self.local.max_addresses, mode,
                                  secrets.token_hex(8), address, OVERFLOW]  # fmt: skip
         try:
             added, left_ms = await self._script(keys=keys, args=args)
@@ -224,8 +238,6 @@ class SharedAttempts:
         return Verdict(counted=bool(added), wait=math.ceil(int(left_ms) / 1000))
 
     def _local(self, address: str, *, count: bool) -> Verdict:
-        wait = self.local.wait(address)
-        if not count or wait:
-            return Verdict(counted=False, wait=wait)
-        self.local.failed(address)
-        return Verdict(counted=True, wait=self.local.wait(address))
+        if count:
+            return self.local.attempt(address)
+        return Verdict(counted=False, wait=self.local.wait(address))
