@@ -77,17 +77,21 @@ def same_point_last_month(now: datetime, this_month: date) -> datetime:
     return datetime.combine(last.replace(day=now.day), now.time(), tzinfo=now.tzinfo)
 
 
-async def month_so_far(pool: Any, project: Project, month: dict[str, Any]) -> dict[str, Any]:
-    """This month to date (`month`, as `months` answers it) against two yardsticks: where it
-    ends at the rate so far (`projection`: from a tenth of the month on) and what last month had
-    spent by the same point (its day of the month and time; `GET /v1/spend` over that window),
-    with the change in percent of it, rounded half up to whole percent."""
+async def month_so_far(
+    pool: Any, project: Project, periods: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """This month to date (the first of `periods`, as `months` answers them; the second is last
+    month) against two yardsticks: where it ends at the rate so far (`projection`: from a tenth
+    of the month on) and what last month had spent by the same point (its day of the month and
+    time; `GET /v1/spend` over that window), with the change in percent of it, rounded half up
+    to whole percent."""
+    month, last = periods
     zone, now = project_zone(project), month["as_of"]
     start = datetime.combine(month["start"], time(), tzinfo=zone)
     end = datetime.combine(month["end"], time(), tzinfo=zone)
     spent = Decimal(month["total"].cost)
     found = projection(spent, start, end, now)
-    last_start = datetime.combine(month_start(month["start"], 1), time(), tzinfo=zone)
+    last_start = datetime.combine(last["start"], time(), tzinfo=zone)
     point = same_point_last_month(now, month["start"])
     before = None
     if point > last_start:
@@ -117,7 +121,7 @@ class OverviewController(ProjectPages):
         zone = project_zone(project)
         today = datetime.now(zone).date()
         periods = await months(pool, project)
-        so_far = await month_so_far(pool, project, periods[0])
+        so_far = await month_so_far(pool, project, periods)
         since, until = (today - timedelta(days=DAYS - 1)).isoformat(), (today + timedelta(days=1))
         daily = await read_spend(
             pool, project,
