@@ -63,8 +63,14 @@ def test_every_command_explains_itself_each_option_and_its_exit_statuses() -> No
     [
         (("--from", "yesterday"), "argument --from: not a time: 'yesterday'"),
         (("--to", "2026-13-01"), "argument --to: not a time: '2026-13-01'"),
-        (("--tz", "Nowhere/Land"), "argument --tz: 'Nowhere/Land' is not an IANA time zone"),
-        (("--tz", "CET"), "argument --tz: 'CET' is read by PostgreSQL as a fixed offset"),
+        (
+            ("--tz", "Nowhere/Land"),
+            "argument --tz/--time-zone: 'Nowhere/Land' is not an IANA time zone",
+        ),
+        (
+            ("--tz", "CET"),
+            "argument --tz/--time-zone: 'CET' is read by PostgreSQL as a fixed offset",
+        ),
         (("--group-by", "bad"), "argument --group-by: not model, provider, status or tag:KEY"),
         (("--group-by", "model,tag:bad key"), "tag:KEY: 'tag:bad key'"),
         (("--group-by", "team"), "a tag is named tag:KEY, e.g. tag:team"),

@@ -71,7 +71,9 @@ async def test_a_project_and_a_key_made_on_the_command_line_work_over_http(
     code, out, _ = await ledger(subprocess_env, "keys", "list", "acme-search")
     assert " revoked " in out
     code, out, _ = await ledger(subprocess_env, "projects", "list")
-    assert out.splitlines()[0].split()[:2] == ["acme-search", "Europe/Berlin"]
+    assert out.splitlines()[0].split() == ["SLUG", "TIME", "ZONE", "NAME"]
+    assert out.splitlines()[1].split()[:2] == ["acme-search", "Europe/Berlin"]
+    assert out.splitlines()[-1] == "1 project"
     code, out, _ = await ledger(subprocess_env, "projects", "show", "acme-search")
     assert "keys:         0 active, 1 in all" in out
 
@@ -259,7 +261,7 @@ async def test_a_budget_set_on_the_command_line_shows_its_window(
         f"{end.astimezone(kolkata).date()}T00:00:00+05:30 (Asia/Kolkata)"
     )
     assert lines[6:9] == [
-        "  committed:   0 USD in 0 event(s)",
+        "  committed:   0 USD in 0 events",
         "  reserved:    0 USD",
         "  remaining:   25.5 USD (0% used)",
     ]
@@ -426,7 +428,7 @@ async def test_events_as_json_cut_by_the_limit_says_so_on_stderr(
     assert code == 0, err
     assert len(out.splitlines()) == 2
     assert err == (
-        "aiserver-ledger events: 2 event(s) shown; more: raise --limit (now 2), or --limit 0 "
+        "aiserver-ledger events: 2 events shown; more: raise --limit (now 2), or --limit 0 "
         "for all\n"
     )
     code, out, err = await ledger(env, "events", "--project", "acme", "--limit", "3", "--json")

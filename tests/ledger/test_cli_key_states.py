@@ -28,7 +28,10 @@ async def test_an_expired_key_is_not_counted_active(subprocess_env: dict[str, st
         await conn.close()
     code, out, _ = await ledger(subprocess_env, "keys", "list", "acme")
     assert code == 0
-    states = {line.split()[-1]: line.split()[3] for line in out.splitlines()[:-1]}
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "KEY", "SCOPES", "STATE", "EXPIRES", "LAST", "USED", "NAME"]
+    assert lines[-1] == "2 keys"
+    states = {line.split()[-1]: line.split()[3] for line in lines[1:-1]}
     assert states == {"lasting": "active", "brief": "expired"}
     code, out, _ = await ledger(subprocess_env, "projects", "show", "acme")
     assert code == 0
@@ -48,7 +51,7 @@ async def test_an_expiry_past_the_calendar_is_a_one_line_failure(
     )
     assert (code, out) == (1, ""), err
     assert err.strip().splitlines() == [err.strip()], err
-    assert "expires_at" in err
+    assert "--expires-at" in err
     assert "Traceback" not in err
     code, out, err = await ledger(
         subprocess_env, "keys", "create", "acme", "--name", "far", "--expires-at", far, "--json"
@@ -56,4 +59,4 @@ async def test_an_expiry_past_the_calendar_is_a_one_line_failure(
     assert code == 1, err
     assert out.startswith('{"error":'), (out, err)
     code, out, _ = await ledger(subprocess_env, "keys", "list", "acme")
-    assert (code, out) == (0, "0 key(s)\n")
+    assert (code, out) == (0, "0 keys\n")

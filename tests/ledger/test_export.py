@@ -112,7 +112,7 @@ async def test_export_failures_are_problems(env: dict[str, str], tmp_path: Path)
     code, _, err = await ledger(env, "export", "--project", "acme", "--from", at(1), "--to",
                                 at(2))  # fmt: skip
     assert code == 1
-    assert "must be after from" in err
+    assert "must be after --from" in err
     code, _, err = await ledger(env, "export", "--project", "acme", "--from", at(1))
     assert code == 2
     assert "--to" in err

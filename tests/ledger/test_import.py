@@ -354,14 +354,14 @@ async def test_events_lists_a_table_or_json_lines_with_filters(
         "TAGS",
     ]  # fmt: skip
     assert [r.split()[1:] for r in rows[1:4]] == [
-        [at(1), "gpt-test-001", "priced", "0.004", "1000", "500", "a", "team=search,user=u1"],
+        [at(1), "gpt-test-001", "priced", "0.004", "1,000", "500", "a", "team=search,user=u1"],
         [at(2), "openai/gpt-test-002", "priced", "0.00003", "10", "0", "b", "-"],
         [at(3), "no-such-model", "unpriced", "-", "1", "1", "c", "team=search"],
     ]
-    assert rows[4] == "3 event(s), newest first"
+    assert rows[4] == "3 events, newest first"
     code, out, _ = await ledger(env, "events", "--project", "acme", "--limit", "2")
     assert out.splitlines()[-1] == (
-        "2 event(s), newest first; more: raise --limit (now 2), or --limit 0 for all"
+        "2 events, newest first; more: raise --limit (now 2), or --limit 0 for all"
     )
     code, out, _ = await ledger(
         env, "events", "--project", "acme", "--tag", "team=search", "--status", "priced", "--json"

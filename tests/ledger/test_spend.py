@@ -849,4 +849,4 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
     code, _, err = await run_module("aiserver.ledger.cli", subprocess_env, "spend", *question,
                                     "--tz", "Nowhere/Land")  # fmt: skip
     assert code != 0
-    assert "tz: 'Nowhere/Land' is not an IANA time zone" in err
+    assert "--time-zone: 'Nowhere/Land' is not an IANA time zone" in err

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from aiserver.core_db.commands import add_version
+from aiserver.core_db.commands import add_version, command_log_level
 from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import configure_logging
@@ -106,7 +106,7 @@ UNREACHABLE = 3
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-db", CoreSettings)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(command_log_level(settings.log_level), settings.log_format)
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings, args.lock_timeout))

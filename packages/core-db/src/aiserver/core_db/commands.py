@@ -23,9 +23,12 @@ import re
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.errors import AiserverError, problem
+
+if TYPE_CHECKING:
+    from aiserver.core_db.settings import LogLevel
 
 Problem = dict[str, Any]
 
@@ -171,6 +174,13 @@ def timestamp(text: str) -> datetime:
     except (ValueError, msgspec.ValidationError):
         raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def command_log_level(configured: LogLevel) -> LogLevel:
+    """The log level of a command: what LOG_LEVEL says when it is set; else WARNING. A command
+    says what it did in its own lines; the services' log lines of that work (a migration
+    applied, a reprice run started) come only when LOG_LEVEL asks for them."""
+    return configured if "LOG_LEVEL" in os.environ else "WARNING"
 
 
 def add_version(parser: argparse.ArgumentParser, distribution: str) -> None:

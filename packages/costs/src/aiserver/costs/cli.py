@@ -582,9 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings_for_command("aiserver-costs", Settings)
     if args.command in LOGGING:
+        from aiserver.core_db.commands import command_log_level
         from aiserver.core_db.logging import configure_logging
 
-        configure_logging(settings.core.log_level, settings.core.log_format)
+        configure_logging(command_log_level(settings.core.log_level), settings.core.log_format)
     return run_command(
         f"aiserver-costs {args.command}",
         COMMANDS[args.command](settings, args),

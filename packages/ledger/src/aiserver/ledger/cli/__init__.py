@@ -21,11 +21,10 @@ acts as the operator. Each command imports what it runs.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Final
 
-from aiserver.core_db.commands import add_version, run_command
+from aiserver.core_db.commands import add_version, command_log_level, run_command
 from aiserver.core_db.settings import CoreSettings, settings_for_command
 from aiserver.ledger.cli import (
     budgets,
@@ -37,7 +36,7 @@ from aiserver.ledger.cli import (
     usage,
     webhooks,
 )
-from aiserver.ledger.cli.common import Command, Parser
+from aiserver.ledger.cli.common import Command, Parser, options_problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger projects create acme-search --name "Acme Search" --rollup-tag team
-  aiserver-ledger keys create acme-search --name search-api --scope ingest --scope read
+  aiserver-ledger keys create --project acme-search --name search-api --scope ingest --scope read
   aiserver-ledger import --project acme-search usage.jsonl
   aiserver-ledger events --project acme-search --from 2026-12-01 --tag team=search
   aiserver-ledger spend --project acme-search --from 2026-12-01 --to 2027-01-01 --group-by model
@@ -98,11 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     core = settings_for_command("aiserver-ledger", CoreSettings)
     from aiserver.core_db.logging import configure_logging
 
-    # a command says what it does on stdout and stderr; the services' log lines of its work
-    # (a reprice run started, done) come only when LOG_LEVEL asks for them
-    configure_logging(core.log_level if "LOG_LEVEL" in os.environ else "WARNING", core.log_format)
+    configure_logging(command_log_level(core.log_level), core.log_format)
     return run_command(
         " ".join(("aiserver-ledger", args.group, *([command] if command else []))),
         COMMANDS[(args.group, command)](core, args),
         as_json=args.json,
+        problem_of=options_problem,
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.ledger.cli.common import (
     Command,
+    counted,
     print_json,
     tag_argument,
     when,
@@ -58,7 +59,7 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
         f"  webhook:     {b.webhook_url or '-'}",
         f"  this window: {_on_clock(w.start, zone) if b.period != 'total' else 'all time'} to "
         f"{ends}" + (f" ({zone})" if b.period != "total" and zone != "UTC" else ""),
-        f"  committed:   {money(w.committed)} USD in {w.events:,} event(s)"
+        f"  committed:   {money(w.committed)} USD in {counted(w.events, 'event')}"
         + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else ""),
         f"  reserved:    {money(w.reserved)} USD",
         f"  remaining:   {money(w.remaining)} USD ({money(w.used_percent)}% used)",

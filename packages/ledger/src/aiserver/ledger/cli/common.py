@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,6 +35,40 @@ class Parser(argparse.ArgumentParser):
         if self.check is not None and (wrong := self.check(parsed)) is not None:
             self.error(wrong)
         return parsed, rest
+
+
+#: The API's names of what a command's options give (the fields a refusal names), as options.
+OPTIONS: Final = {
+    "from": "--from", "to": "--to", "tz": "--tz", "bucket": "--bucket", "top": "--top",
+    "group_by": "--group-by", "model": "--model", "provider": "--provider",
+    "status": "--status", "tags": "--tag", "limit": "--limit", "name": "--name",
+    "limit_usd": "--limit", "period": "--period", "thresholds": "--threshold",
+    "webhook_url": "--webhook-url", "expires_at": "--expires-at", "scopes": "--scope",
+    "time_zone": "--time-zone", "rollup_tags": "--rollup-tag",
+}  # fmt: skip
+
+#: A value quoted in a refusal (`repr`), left as it is: the field names are outside it.
+_QUOTED: Final = re.compile(r"""('[^']*'|"[^"]*")""")
+
+
+def options_problem(exc: Exception) -> dict[str, Any] | None:
+    """The problem of a failed command (`command_problem`), with the API's field names in a
+    refusal written as the options that give them ("top needs group_by" reads "--top needs
+    --group-by"); `fields` stays the API's, for scripts. A name of one word ("to", "model") is
+    rewritten only where the refusal names it among its fields, as it is an English word too;
+    one with an underscore wherever it is."""
+    from aiserver.core_db.commands import command_problem
+
+    found = command_problem(exc)
+    if found is None or not found.get("fields"):
+        return found
+    named = {field.split(".", 1)[0] for field in found["fields"]} & OPTIONS.keys()
+    named |= {field for field in OPTIONS if "_" in field}
+    word = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, named)) + r")(?![\w-])")
+    parts = _QUOTED.split(found["detail"])
+    for at in range(0, len(parts), 2):  # the odd ones are the quoted values
+        parts[at] = word.sub(lambda match: OPTIONS[match.group(1)], parts[at])
+    return {**found, "detail": "".join(parts)}
 
 
 def print_json(value: Any) -> None:
@@ -113,6 +148,11 @@ def add_event_filters(command: argparse.ArgumentParser, *, window_required: bool
         "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="a tag the event has (repeat it: every one must hold)",
     )  # fmt: skip
+
+
+def counted(count: int, noun: str) -> str:
+    """`count` with thousands separators and `noun` for one or more: "1 event", "1,200 events"."""
+    return f"{count:,} {noun if count == 1 else noun + 's'}"
 
 
 def when(value: datetime | None) -> str:

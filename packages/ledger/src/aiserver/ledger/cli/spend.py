@@ -209,7 +209,7 @@ def add_parsers(groups: Any) -> None:
         "--bucket", choices=BUCKETS, help="a row per bucket of the --tz clock (default: one total)"
     )
     command.add_argument(
-        "--tz", type=_zone, metavar="ZONE",
+        "--tz", "--time-zone", dest="tz", type=_zone, metavar="ZONE",  # as projects create
         help="IANA time zone, e.g. Europe/Berlin (default: the project's)",
     )  # fmt: skip
     command.add_argument(

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.commands import timestamp
-from aiserver.ledger.cli.common import Command, print_json, when, whole_number, with_pool
+from aiserver.ledger.cli.common import (
+    Command,
+    counted,
+    print_json,
+    when,
+    whole_number,
+    with_pool,
+)
 from aiserver.ledger.keys import SCOPES
 
 if TYPE_CHECKING:
@@ -37,11 +44,18 @@ def _key_state(key: ApiKey) -> str:
     return "active"
 
 
+_PROJECT_HEADER: Final = f"{'SLUG':<32} {'TIME ZONE':<20} NAME"
+_KEY_HEADER: Final = (
+    f"{'ID':>6}  {'KEY':<22}  {'SCOPES':<18} {'STATE':<8} {'EXPIRES':<20} {'LAST USED':<20} NAME"
+)
+
+
 def _key_line(key: ApiKey) -> str:
     state = _key_state(key)
     return (
         f"{key.id:>6}  ais_{key.public_id}_…  {','.join(key.scopes):<18} {state:<8} "
-        f"expires {when(key.expires_at):<20} last used {when(key.last_used_at):<20} {key.name}"
+        f"{when(key.expires_at) if key.expires_at else 'never':<20} "
+        f"{when(key.last_used_at) if key.last_used_at else 'never':<20} {key.name}"
     )
 
 
@@ -69,10 +83,12 @@ async def _projects_list(core: CoreSettings, args: argparse.Namespace) -> int:
         if args.json:
             print_json(found)
         else:
+            if found:
+                print(_PROJECT_HEADER)
             for project in found:
                 archived = "  (archived)" if project.archived_at else ""
                 print(f"{project.slug:<32} {project.time_zone:<20} {project.name}{archived}")
-            print(f"{len(found)} project(s)")
+            print(counted(len(found), "project"))
         return 0
 
     return await with_pool(core, work)
@@ -134,9 +150,11 @@ async def _keys_list(core: CoreSettings, args: argparse.Namespace) -> int:
         if args.json:
             print_json(keys)
         else:
+            if keys:
+                print(_KEY_HEADER)
             for key in keys:
                 print(_key_line(key))
-            print(f"{len(keys)} key(s)")
+            print(counted(len(keys), "key"))
         return 0
 
     return await with_pool(core, work)
@@ -156,6 +174,27 @@ async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
         return 0
 
     return await with_pool(core, work)
+
+
+def _project_argument(command: Any) -> None:
+    """The project of `keys create|list`: as an argument (as it always was) or as --project,
+    as every other command takes it; one of the two."""
+    command.add_argument("project_slug", nargs="?", metavar="PROJECT",
+                         help="the project's slug (or --project SLUG)")  # fmt: skip
+    command.add_argument("--project", metavar="SLUG", help="the project's slug (projects list)")
+    command.check = _one_project
+
+
+def _one_project(args: argparse.Namespace) -> str | None:
+    """The parser's `check` of `keys create|list`: the project named once, either way; then it
+    is `args.project`."""
+    if args.project_slug is not None and args.project is not None:
+        if args.project_slug != args.project:
+            return f"two projects named: {args.project_slug} and --project {args.project}"
+    elif args.project_slug is None and args.project is None:
+        return "the project is required: PROJECT or --project SLUG"
+    args.project = args.project or args.project_slug
+    return None
 
 
 def add_parsers(groups: Any) -> None:
@@ -186,8 +225,10 @@ def add_parsers(groups: Any) -> None:
     create.add_argument("--name", help="a name for people (default: the slug)")
     create.add_argument(
         "--time-zone",
+        "--tz",  # as spend names it
+        dest="time_zone",
         default="UTC",
-        metavar="TZ",
+        metavar="ZONE",
         help="IANA time zone of its budget periods and spend buckets (default: %(default)s)",
     )
     create.add_argument(
@@ -218,10 +259,10 @@ def add_parsers(groups: Any) -> None:
         "it is made; only a hash of its secret is kept. To rotate one: create the new key, move\n"
         "the clients, check that the old key's last use stops moving (keys list), revoke it.",
         epilog="examples:\n"
-        "  aiserver-ledger keys create acme-search --name search-api --scope ingest\n"
-        "  aiserver-ledger keys create acme-search --name finance --scope read "
+        "  aiserver-ledger keys create --project acme-search --name search-api --scope ingest\n"
+        "  aiserver-ledger keys create --project acme-search --name finance --scope read "
         "--expires-at 2027-06-30T00:00:00Z\n"
-        "  aiserver-ledger keys list acme-search\n"
+        "  aiserver-ledger keys list --project acme-search\n"
         "  aiserver-ledger keys revoke 12",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -233,7 +274,7 @@ def add_parsers(groups: Any) -> None:
         "of its secret is stored. Scopes: ingest (record usage, reserve budget), read (spend, "
         "events, exports, budget status), admin (the project's keys, budgets, repricing).",
     )
-    k_create.add_argument("project", metavar="PROJECT", help="the project's slug")
+    _project_argument(k_create)
     k_create.add_argument("--name", required=True, help="what the key is for, e.g. 'search-api'")
     k_create.add_argument(
         "--scope",
@@ -251,7 +292,7 @@ def add_parsers(groups: Any) -> None:
         description="List a project's keys: id, public id, scopes, state (active, revoked, "
         "expired), expiry, last use and name. Never their secrets.",
     )
-    k_list.add_argument("project", metavar="PROJECT", help="the project's slug")
+    _project_argument(k_list)
     k_revoke = k_sub.add_parser(
         "revoke",
         help="revoke a key",

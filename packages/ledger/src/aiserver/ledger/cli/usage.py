@@ -18,6 +18,7 @@ from aiserver.core_db.settings import settings_for_command
 from aiserver.ledger.cli.common import (
     Command,
     add_event_filters,
+    counted,
     print_json,
     when,
     whole_number,
@@ -197,7 +198,7 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
 
 
 def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
-    print(f"imported {name} into {project}: {summary.events:,} {_events_word(summary.events)}")
+    print(f"imported {name} into {project}: {counted(summary.events, 'event')}")
     for label in ("recorded", "duplicate", "conflict", "invalid"):
         print(f"  {label:<10} {getattr(summary, label):>10,}")
     if summary.unpriced or summary.partially_priced:
@@ -223,10 +224,6 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
         for refused in shown:
             key = f" ({refused.id})" if refused.id is not None else ""
             print(f"  line {refused.line}{key}: {refused.problem['detail']}")
-
-
-def _events_word(count: int) -> str:
-    return "event" if count == 1 else "events"
 
 
 #: The most --limit takes (--limit 0 lists every event).
@@ -263,9 +260,10 @@ async def _events(core: CoreSettings, args: argparse.Namespace) -> int:
                 print(_event_line(event))
         hint = f"more: raise --limit (now {wanted}), or --limit 0 for all"
         if not args.json:
-            print(f"{shown:,} event(s), newest first" + (f"; {hint}" if more else ""))
+            print(f"{counted(shown, 'event')}, newest first" + (f"; {hint}" if more else ""))
         elif more:  # the lines are data: the truncation is said beside them, not among them
-            print(f"aiserver-ledger events: {shown:,} event(s) shown; {hint}", file=sys.stderr)
+            print(f"aiserver-ledger events: {counted(shown, 'event')} shown; {hint}",
+                  file=sys.stderr)  # fmt: skip
         return 0
 
     return await with_pool(core, work)
@@ -273,7 +271,7 @@ async def _events(core: CoreSettings, args: argparse.Namespace) -> int:
 
 _EVENT_HEADER: Final = (
     f"{'EVENT':>10}  {'OCCURRED (UTC)':<20}  {'MODEL':<28}  {'STATUS':<8}  {'TOTAL USD':>12}  "
-    f"{'INPUT':>9}  {'OUTPUT':>9}  {'KEY':<24}  TAGS"
+    f"{'INPUT':>11}  {'OUTPUT':>11}  {'KEY':<24}  TAGS"
 )
 _STATUS: Final = {"priced": "priced", "partially_priced": "partial", "unpriced": "unpriced"}
 
@@ -288,7 +286,7 @@ def _event_line(event: UsageEvent) -> str:
     return (
         f"{event.event_id:>10}  {when(event.occurred_at):<20}  {_cut(model, 28):<28}  "
         f"{_STATUS[event.pricing_status]:<8}  {event.total or '-':>12}  "
-        f"{event.usage.get('input_tokens', 0):>9}  {event.usage.get('output_tokens', 0):>9}  "
+        f"{event.usage.get('input_tokens', 0):>11,}  {event.usage.get('output_tokens', 0):>11,}  "
         f"{_cut(event.id, 24):<24}  {tags}"
     )
 
