@@ -89,7 +89,8 @@ async def test_csv_holds_every_event_of_the_window_oldest_first_exactly(
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
     name = f"acme-a-usage-{WINDOW_FROM:%Y%m%dT%H%M%SZ}-{WINDOW_TO:%Y%m%dT%H%M%SZ}.csv"
     assert response.headers["content-disposition"] == f'attachment; filename="{name}"'
-    assert response.text.split("\r\n")[0] == ",".join(CSV_COLUMNS)
+    # acme-a rolls up `team`: its value has a column of its own after the API's columns
+    assert response.text.split("\r\n")[0] == ",".join((*CSV_COLUMNS, "tag:team"))
     rows = table(response.text)
     assert [r["id"] for r in rows] == ["req-4", "req-3", "req-2", "req-1"]  # oldest first
     received = dict(await pg.fetch("SELECT event_key, received_at FROM usage_events"))
@@ -120,6 +121,7 @@ async def test_csv_holds_every_event_of_the_window_oldest_first_exactly(
         "catalog_version": str(gpt["catalog_version"]),
         "override_id": "",
         "note": priced["note"],
+        "tag:team": "search",
     }
     # a tag value with a quote and a comma survives the CSV whole
     assert json.loads(rows[3]["tags"]) == {"team": "search", "note": 'a "quoted", value'}
@@ -132,7 +134,7 @@ async def test_csv_holds_every_event_of_the_window_oldest_first_exactly(
     )
     assert rows[1]["event_id"] == str(partial["event_id"])
     assert rows[0] | {"received_at": "", "note": ""} == {
-        **dict.fromkeys(CSV_COLUMNS, ""),
+        **dict.fromkeys((*CSV_COLUMNS, "tag:team"), ""),  # no team tag: an empty cell
         "event_id": str(unknown["event_id"]),
         "id": "req-4",
         "occurred_at": iso(at(4)),
@@ -187,7 +189,7 @@ async def test_filters_are_the_listing_s(client: Client, tenants: Tenants) -> No
     )
     assert [r["id"] for r in table(narrow.text)] == ["req-3", "req-2"]  # [from, to)
     empty = await export(client, key, model="nothing-like-it")
-    assert empty.text == ",".join(CSV_COLUMNS) + "\r\n"  # the header alone
+    assert empty.text == ",".join((*CSV_COLUMNS, "tag:team")) + "\r\n"  # the header alone
 
 
 async def test_wrong_requests_are_problems(client: Client, tenants: Tenants) -> None:

@@ -55,6 +55,8 @@ async def test_no_cell_of_a_csv_export_is_read_by_a_spreadsheet_as_a_formula(
         ("'" + formula, "gpt-test-001"), ("'@unpriced", "'-2+3")
     ]  # fmt: skip
     assert json.loads(rows[0]["tags"]) == {"team": "+cmd|' /C calc'!A0"}
+    # the column of the rolled-up tag `team` is named text like the key: guarded
+    assert [r["tag:team"] for r in rows] == ["'+cmd|' /C calc'!A0", ""]
     assert [r["total"] for r in rows] == ["0.004", ""]
     focus = list(csv.DictReader(io.StringIO(await exported("focus"), newline="")))
     assert {r["x_EventKey"] for r in focus} == {"'" + formula}  # the unpriced one has no row

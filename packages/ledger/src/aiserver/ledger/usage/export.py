@@ -217,9 +217,32 @@ def csv_line(row: asyncpg.Record) -> list[list[Any]]:
     ]]  # fmt: skip
 
 
+#: The prefix of a column of one tag's value (`tag:team`), as the spend table's CSV names one.
+TAG_COLUMN: Final = "tag:"
+_TAGS: Final = msgspec.json.Decoder(dict[str, str])
+
+
+def csv_table(project: Project) -> CsvTable:
+    """The `csv` format of `project`'s events: `CSV_COLUMNS`, then a column of each tag the
+    project rolls up (`tag:team`, in the project's order), its value or empty when the event
+    has not got it, so that a spreadsheet can filter and pivot on it (`tags` holds every tag
+    all the same). A tag's value is named text, guarded as the others."""
+    keys = tuple(project.rollup_tags)
+    if not keys:
+        return CsvTable(CSV_COLUMNS, csv_line, CSV_TEXT)
+    tagged = tuple(TAG_COLUMN + key for key in keys)
+
+    def lines(row: asyncpg.Record) -> list[list[Any]]:
+        (line,) = csv_line(row)
+        tags = _TAGS.decode(row["tags"])
+        return [[*line, *(tags.get(key) for key in keys)]]
+
+    return CsvTable(CSV_COLUMNS + tagged, lines, CSV_TEXT + tagged)
+
+
 def encoding(fmt: ExportFormat, project: Project) -> Encoding:
     if fmt == "csv":
-        return CsvTable(CSV_COLUMNS, csv_line, CSV_TEXT)
+        return csv_table(project)
     if fmt == "jsonl":
         return JsonLines()
     return CsvTable(focus.COLUMNS, lambda row: focus.rows(project, row), focus.TEXT)
