@@ -591,35 +591,47 @@ async def test_a_process_streams_a_bounded_number_of_exports_at_once(
 ) -> None:
     """At most MAX_EXPORTS at once, and at most MAX_EXPORTS_PER_PROJECT of one project: one
     project's key (a slow reader's) used to be able to take every slot, and no other project
-    could export."""
-    assert usage_export.MAX_EXPORTS_PER_PROJECT * 2 == usage_export.MAX_EXPORTS
+    could export. The last free slot goes to a project that streams none: two projects used to
+    be able to hold all four, and a third could not export."""
+    assert (usage_export.MAX_EXPORTS, usage_export.MAX_EXPORTS_PER_PROJECT) == (4, 2)
     keys = {
         slug: await reader_with_events(served, pg, 100_000, slug)
-        for slug in ("acme-a", "acme-b", "acme-c")
+        for slug in ("acme-a", "acme-b", "acme-c", "acme-d")
     }
-    held: dict[str, list[httpx.Response]] = {"acme-a": [], "acme-b": []}
-    for slug, responses in held.items():
-        for _ in range(usage_export.MAX_EXPORTS_PER_PROJECT):
-            request = served.build_request("GET", EXPORT, headers=bearer(keys[slug]),
-                                           params=window())  # fmt: skip
-            responses.append(await served.send(request, stream=True))
-        assert [r.status_code for r in responses] == [200] * usage_export.MAX_EXPORTS_PER_PROJECT
+    held: dict[str, list[httpx.Response]] = {slug: [] for slug in keys}
+
+    async def hold(slug: str) -> None:
+        request = served.build_request("GET", EXPORT, headers=bearer(keys[slug]), params=window())
+        response = await served.send(request, stream=True)
+        assert response.status_code == 200
+        held[slug].append(response)
+
+    async def refused(slug: str, says: str) -> None:
         more = await served.get(EXPORT, headers=bearer(keys[slug]), params=window())
-        problem = assert_problem(more, 503, "exports of this project at once")
+        problem = assert_problem(more, 503, says)
         assert problem["type"] == "urn:aiserver:problem:exports-busy"
         assert more.headers["retry-after"] == "5"
+
+    await hold("acme-a")
+    await hold("acme-a")
+    await refused("acme-a", "streams 2 usage exports of this project at once already")
+    await hold("acme-b")
+    # three slots taken: the fourth is kept for a project that streams none
+    await refused("acme-b", "at once, 1 of this project; its last free slot is kept for a project")
+    await hold("acme-c")
     assert usage_export.slots.in_use == usage_export.MAX_EXPORTS
-    busy = await served.get(EXPORT, headers=bearer(keys["acme-c"]), params=window())
-    problem = assert_problem(busy, 503, f"streams {usage_export.MAX_EXPORTS} usage exports at once")
-    assert problem["type"] == "urn:aiserver:problem:exports-busy"
+    assert [len(held[slug]) for slug in keys] == [2, 1, 1, 0]
+    await refused("acme-d", "streams 4 usage exports at once already")
     await held["acme-a"].pop().aclose()
     async with asyncio.timeout(10):
         while usage_export.slots.in_use == usage_export.MAX_EXPORTS:
             await asyncio.sleep(0.05)
-    whole = await served.get(EXPORT, headers=bearer(keys["acme-a"]), params=window(format="focus"))
+    # a slot is free again: a project that held one may not take it, one that held none may
+    await refused("acme-a", "at once, 1 of this project; its last free slot is kept for a project")
+    whole = await served.get(EXPORT, headers=bearer(keys["acme-d"]), params=window(format="focus"))
     assert whole.status_code == 200
     assert whole.text.count("\r\n") == 1 + 2 * 100_001  # the header, an input and an output row
-    for response in (*held["acme-a"], *held["acme-b"]):
+    for response in (response for responses in held.values() for response in responses):
         await response.aclose()
     await no_export_connections(pg)
     assert usage_export.slots.in_use == 0

@@ -5,8 +5,9 @@ The rules of the export are `aiserver.ledger.usage.export`'s; the filters are th
 `GET /v1/usage/events`. The body is streamed as the database's cursor yields rows, so an export
 of any size takes the same memory; each export has a database connection of its own, and a
 process streams at most `MAX_EXPORTS` at once, and at most `MAX_EXPORTS_PER_PROJECT` of one
-project, so that one project cannot take every slot (503 `exports-busy` beyond, with
-Retry-After). A client that hangs up ends its export and its connection; an export that
+project, so that one project cannot take every slot; the last free slot goes only to a project
+that streams none, so that two projects cannot take them all either (503 `exports-busy`
+beyond, with Retry-After). A client that hangs up ends its export and its connection; an export that
 streams longer than USAGE_EXPORT_MAX_SECONDS is cut (a client that reads slowly, or not at
 all, holds its slot, connection and snapshot no longer).
 """
@@ -74,9 +75,11 @@ MAX_EXPORTS_PER_PROJECT: Final = MAX_EXPORTS // 2
 
 class ExportSlots:
     """How many exports this process streams, in all and of each project: those connecting and
-    those whose connection is open. An export that ends in any way (finished, hung up on,
-    dropped without a word, cut at its time limit) frees its slot by itself, so no path can
-    leak one. No lock: the event loop is one thread."""
+    those whose connection is open. A project may stream `per_project` at once; the last free
+    slot is kept for a project that streams none (with 4 slots and 2 a project, projects A and B
+    cannot hold all four: A two, B one, and the fourth is C's). An export that ends in any way
+    (finished, hung up on, dropped without a word, cut at its time limit) frees its slot by
+    itself, so no path can leak one. No lock: the event loop is one thread."""
 
     def __init__(self, limit: int, per_project: int) -> None:
         self.limit = limit
@@ -102,14 +105,22 @@ class ExportSlots:
         query: EventQuery,
         fmt: ExportFormat,
     ) -> UsageExport:
-        if self.of_project(project.id) >= self.per_project:
+        mine = self.of_project(project.id)
+        if mine >= self.per_project:
             raise ExportsBusy(
                 f"this server streams {self.per_project} usage exports of this project at once "
                 "already, the most it streams of one project; retry when one has ended"
             )
-        if self.in_use >= self.limit:
+        in_use = self.in_use
+        if in_use >= self.limit:
             raise ExportsBusy(
                 f"this server streams {self.limit} usage exports at once already; retry in a moment"
+            )
+        if mine and in_use == self.limit - 1:
+            raise ExportsBusy(
+                f"this server streams {in_use} usage exports at once, {mine} of this project; "
+                "its last free slot is kept for a project that streams none: retry when one of "
+                "this project's has ended"
             )
         self.connecting[project.id] += 1
         try:
