@@ -86,7 +86,7 @@ async def test_seed_refresh_and_status_tell_what_happened(
     code, out, _ = await costs_cli(env, "show", "gpt-4o")
     assert code == 0
     assert "input_cost_per_token = 0.00000999" in out
-    assert "2 version(s) kept" in out
+    assert "2 versions kept" in out
     code, _, err = await costs_cli(env, "show", "no-such-model")
     assert code == 1
     assert "unknown model 'no-such-model'" in err
@@ -270,7 +270,7 @@ async def test_calc_batch_answers_every_line_in_order(
     assert results[7]["error"]["type"] == PROBLEM + "malformed-json"
     assert results[7]["line"] == 9
     assert results[8]["at"] == "2026-01-01T00:00:00Z"  # a time without offset is UTC
-    assert "6 line(s) failed" in err
+    assert "6 lines failed" in err
     batch.write_bytes(lines[0] + b'\n\n{"model": "gpt-4o", "usage": {"input_tokens": 1}}\n')
     code, out, err = await costs_cli(env, "calc", "--batch", str(batch))
     assert (code, err) == (0, "")  # every line priced

@@ -133,3 +133,73 @@ async def test_migrate_writes_its_own_lines_and_logs_only_when_asked(
     assert (code, out) == (0, "nothing to do: every migration is already applied\n"), err
     (done,) = [json.loads(line) for line in err.splitlines()]
     assert (done["event"], done["applied"]) == ("migrations done", 0)
+
+
+async def test_a_field_s_word_in_a_sentence_stays_a_word(subprocess_env: dict[str, str]) -> None:
+    """A one-word field ("tags") is an option where the refusal uses it as a name, and stays a
+    word in the sentence; a tag filter's field (`tag:team`) reads as the --tag typed."""
+    env = subprocess_env
+    assert (await ledger(env, "projects", "create", "acme"))[0] == 0
+    many = [arg for n in range(9) for arg in ("--tag", f"k{n}=v")]
+    code, _, err = await ledger(env, "budgets", "create", "--project", "acme", "--name", "b",
+                                "--limit", "5", "--period", "day", *many)  # fmt: skip
+    assert (code, err) == (
+        1, "aiserver-ledger budgets create: --tag: at most 8 tags narrow a budget\n"
+    )  # fmt: skip
+    code, _, err = await ledger(env, "events", "--project", "acme", "--tag", "team=a",
+                                "--tag", "team=b")  # fmt: skip
+    assert (code, err) == (
+        1, "aiserver-ledger events: --tag team: given twice; an event has one value per tag\n"
+    )  # fmt: skip
+    code, out, _ = await ledger(env, "budgets", "list", "--project", "acme")
+    assert (code, out) == (0, "0 budgets of acme\n")
+
+
+async def test_an_empty_project_is_refused_in_one_line(subprocess_env: dict[str, str]) -> None:
+    """`--project ""` (a script's unset variable) names no project, as an empty argument does:
+    it was taken for none given, and the command died with a traceback."""
+    for args in (("keys", "list", "--project", ""), ("keys", "create", "--project", "",
+                                                     "--name", "k")):  # fmt: skip
+        code, out, err = await ledger(subprocess_env, *args)
+        assert (code, out, err) == (1, "", f"aiserver-ledger {args[0]} {args[1]}: no project ''\n")
+
+
+def test_names_in_quoted_values_and_apostrophes_are_read_right() -> None:
+    from aiserver.ledger.cli.common import options_problem
+    from aiserver.ledger.errors import InvalidField
+
+    def said(detail: str, fields: list[str]) -> str:
+        problem = options_problem(InvalidField(detail, fields))
+        assert problem is not None
+        assert problem["fields"] == fields  # the API's, for scripts
+        return str(problem["detail"])
+
+    # a repr with both quotes escapes one: the value is still one quoted value
+    assert said("""time_zone 'it\\'s/time_zone"x' is not an IANA time zone""", ["time_zone"]) == (
+        """--time-zone 'it\\'s/time_zone"x' is not an IANA time zone"""
+    )
+    # an apostrophe opens no quoted value; "name" in the sentence stays a word
+    assert said("name: the project's name and the key's name", ["name"]) == (
+        "--name: the project's name and the key's name"
+    )
+    assert said(
+        "group_by: more than 100,000 rows of a bucket and a group", ["group_by", "bucket"]
+    ) == ("--group-by: more than 100,000 rows of a bucket and a group")
+    assert said("from and to: at most 3660 days apart", ["from", "to"]) == (
+        "--from and --to: at most 3660 days apart"
+    )
+    assert said("top: 1 to 100; got 0", ["top"]) == "--top: 1 to 100; got 0"
+    assert said("tag:a:b: given twice", ["tag:a:b"]) == "--tag a:b: given twice"
+
+
+async def test_spend_counts_the_cut_hours_in_words(subprocess_env: dict[str, str]) -> None:
+    env = subprocess_env
+    assert (await ledger(env, "projects", "create", "acme"))[0] == 0
+    for to, hours in (("2026-12-02T00:00:00Z", "1 hour"), ("2026-12-02T01:30:00Z", "2 hours")):
+        code, out, err = await ledger(env, "spend", "--project", "acme",
+                                      "--from", "2026-12-01T00:30:00Z", "--to", to)  # fmt: skip
+        assert code == 0, err
+        assert out.splitlines()[-1].endswith(
+            f": no event recorded yet; read from the hourly rollups, and {hours} that --from, "
+            "--to or a bucket cuts from the events"
+        )

@@ -365,8 +365,19 @@ def test_a_whole_month_is_one_click_away_with_the_other_filters_kept(
     assert browser.find_element(By.ID, "e-from").get_attribute("value") == last_month.isoformat()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")) == 3
     assert browser.find_element(By.LINK_TEXT, f"This month ({first:%B %Y})")
-    # to total by a tag, Explore over the same window (its CSV has a column per dimension)
+    # the page says which tags have a column in the CSV: ui-evt rolls up none
+    assert browser.find_element(By.ID, "csv-tags").text == (
+        "The CSV keeps an event's tags in one cell, as JSON: this project rolls up no tag (a "
+        "tag it rolled up would have a column of its own)."
+    )
     explore = browser.find_element(By.ID, "explore-by-tag").get_attribute("href") or ""
     assert parse_qs(urlsplit(explore).query) == {
         "from": [last_month.isoformat()], "to": [first.isoformat()], "bucket": ["day"]
     }  # fmt: skip
+    # ui-a rolls up team: its CSV has a tag:team column, and the page says so
+    sign_in(browser, site, site.keys["a"])
+    browser.get(f"{site.url}/ui/p/ui-a/events/?from={last_month}&to={first}")
+    assert browser.find_element(By.ID, "csv-tags").text == (
+        "The CSV has a column for each tag the project rolls up (tag:team), to filter and total "
+        "by in a spreadsheet, and keeps all of an event's tags in one cell, as JSON."
+    )

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from aiserver.core_db.commands import add_version, command_log_level
+from aiserver.core_db.commands import add_version, command_log_level, counted
 from aiserver.core_db.connections import DatabaseUnavailable, redact_dsn
 from aiserver.core_db.database import database
 from aiserver.core_db.logging import configure_logging
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _migrate(settings: CoreSettings, lock_timeout: float) -> int:
     applied = await apply_migrations(settings, lock_timeout=lock_timeout)
     if applied:
-        print(f"applied {len(applied)} migration(s):")
+        print(f"applied {counted(len(applied), 'migration')}:")
         for name in applied:
             print(f"  {name}")
     else:

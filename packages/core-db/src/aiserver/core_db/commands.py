@@ -176,6 +176,11 @@ def timestamp(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` with thousands separators and `noun` for one or more: "1 event", "1,200 events"."""
+    return f"{count:,} {noun if count == 1 else noun + 's'}"
+
+
 def command_log_level(configured: LogLevel) -> LogLevel:
     """The log level of a command: what LOG_LEVEL says when it is set; else WARNING. A command
     says what it did in its own lines; the services' log lines of that work (a migration

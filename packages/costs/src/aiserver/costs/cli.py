@@ -16,7 +16,13 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from aiserver.core_db.commands import add_version, command_problem, run_command, timestamp
+from aiserver.core_db.commands import (
+    add_version,
+    command_problem,
+    counted,
+    run_command,
+    timestamp,
+)
 from aiserver.core_db.errors import AiserverError, InvalidInput, problem, validation_field
 from aiserver.core_db.settings import CoreSettings, Section, SettingsError, settings_for_command
 from aiserver.costs.requests import decode_cost_request, request_json
@@ -243,11 +249,11 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
             }
         )
         return 0
-    kept = f"{len(catalog.history(pv.model))} version(s) kept"
+    kept = f"{counted(len(catalog.history(pv.model)), 'version')} kept"
     if found is not None:
         version = (
             f"opened in catalog version {found.opened_in_version}, valid from "
-            f"{_when(found.valid_from)} ({found.versions} version(s) kept)"
+            f"{_when(found.valid_from)} ({counted(found.versions, 'version')} kept)"
         )
     elif pv.source == "override":
         version = f"none from the source: override {pv.override_id} defines the model ({kept})"
@@ -403,7 +409,7 @@ def _calc_batch(catalog: Catalog, stream: IO[bytes]) -> int:
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     if failed:
-        print(f"aiserver-costs calc: {failed} line(s) failed", file=sys.stderr)
+        print(f"aiserver-costs calc: {counted(failed, 'line')} failed", file=sys.stderr)
         return FAILED_LINES
     return 0
 

@@ -129,7 +129,7 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
             return 0
         for view in views:
             _print(view, False, zone)
-        print(f"{len(views)} budget(s) of {args.project}")
+        print(f"{counted(len(views), 'budget')} of {args.project}")
         return 0
 
     return await with_pool(core, work)

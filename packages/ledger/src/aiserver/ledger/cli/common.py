@@ -10,6 +10,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from aiserver.core_db.commands import counted as counted  # the commands' nouns, shared
+
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
 
@@ -47,27 +49,62 @@ OPTIONS: Final = {
     "time_zone": "--time-zone", "rollup_tags": "--rollup-tag",
 }  # fmt: skip
 
-#: A value quoted in a refusal (`repr`), left as it is: the field names are outside it.
-_QUOTED: Final = re.compile(r"""('[^']*'|"[^"]*")""")
+#: A value quoted in a refusal (`repr`, its escapes included), left as it is. A quote right
+#: after a letter is an apostrophe ("the project's name"), not the start of a value.
+_QUOTED: Final = re.compile(
+    r"""((?<!\w)'(?:[^'\\\n]|\\.)*'(?!\w)"""  # 'a value', or 'it\'s' in a repr
+    r"""|(?<!\w)"(?:[^"\\\n]|\\.)*"(?!\w))"""  # "a value", or "it's" in a repr
+)
+#: The API's names with an underscore, which no sentence uses as words.
+_UNDERSCORED: Final = frozenset(name for name in OPTIONS if "_" in name)
+#: How the API names the filter of one tag in a refusal's fields: `tag:team`.
+TAG_FIELD: Final = "tag:"
+
+Rewrite = tuple["re.Pattern[str]", Callable[["re.Match[str]"], str]]
+
+
+def _rewrites(fields: list[str]) -> tuple[list[Rewrite], list[Rewrite]]:
+    """What `options_problem` rewrites, for a refusal naming `fields`: throughout the detail,
+    and at its start only."""
+    option: Callable[[re.Match[str]], str] = lambda match: OPTIONS[match.group(1)]  # noqa: E731
+    anywhere: list[Rewrite] = [
+        (re.compile(rf"(?<![\w-])({'|'.join(sorted(_UNDERSCORED))})(?![\w-])"), option)
+    ]
+    first: list[Rewrite] = []
+    words = sorted({f.split(".", 1)[0] for f in fields} & OPTIONS.keys() - _UNDERSCORED)
+    if words:
+        alternatives = "|".join(map(re.escape, words))
+        anywhere.append((re.compile(rf"(?<![\w-])({alternatives})(?=:| \(|,|\))"), option))
+        first.append((re.compile(rf"\A({alternatives})(?![\w-])"), option))
+    tags = sorted({f for f in fields if f.startswith(TAG_FIELD)}, key=len, reverse=True)
+    if tags:
+        # a tag key may hold ":" itself: the name ends where a space, ",", ")" or the end follows
+        named = re.compile(rf"(?<![\w:-])({'|'.join(map(re.escape, tags))})(?=:? |,|\)|:?\Z)")
+        anywhere.append((named, lambda match: f"--tag {match.group(1)[len(TAG_FIELD) :]}"))
+    return anywhere, first
 
 
 def options_problem(exc: Exception) -> dict[str, Any] | None:
     """The problem of a failed command (`command_problem`), with the API's field names in a
     refusal written as the options that give them ("top needs group_by" reads "--top needs
-    --group-by"); `fields` stays the API's, for scripts. A name of one word ("to", "model") is
-    rewritten only where the refusal names it among its fields, as it is an English word too;
-    one with an underscore wherever it is."""
+    --group-by", "tag:team: given twice" reads "--tag team: given twice"); `fields` stays the
+    API's, for scripts. Never inside a quoted value. A name with an underscore is rewritten
+    wherever it stands; a name of one word ("to", "tags"), which is an English word too, only
+    where the refusal lists it among its fields and uses it as a name: first in the detail, or
+    before ":", " (", "," or ")" ("tags: at most 8 tags narrow a budget" reads "--tag: at most
+    8 tags narrow a budget")."""
     from aiserver.core_db.commands import command_problem
 
     found = command_problem(exc)
     if found is None or not found.get("fields"):
         return found
-    named = {field.split(".", 1)[0] for field in found["fields"]} & OPTIONS.keys()
-    named |= {field for field in OPTIONS if "_" in field}
-    word = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, named)) + r")(?![\w-])")
+    anywhere, first = _rewrites(found["fields"])
     parts = _QUOTED.split(found["detail"])
+    for pattern, option in first:
+        parts[0] = pattern.sub(option, parts[0])
     for at in range(0, len(parts), 2):  # the odd ones are the quoted values
-        parts[at] = word.sub(lambda match: OPTIONS[match.group(1)], parts[at])
+        for pattern, option in anywhere:
+            parts[at] = pattern.sub(option, parts[at])
     return {**found, "detail": "".join(parts)}
 
 
@@ -148,11 +185,6 @@ def add_event_filters(command: argparse.ArgumentParser, *, window_required: bool
         "--tag", type=tag_argument, action="append", default=[], metavar="KEY=VALUE",
         help="a tag the event has (repeat it: every one must hold)",
     )  # fmt: skip
-
-
-def counted(count: int, noun: str) -> str:
-    """`count` with thousands separators and `noun` for one or more: "1 event", "1,200 events"."""
-    return f"{count:,} {noun if count == 1 else noun + 's'}"
 
 
 def when(value: datetime | None) -> str:

@@ -11,7 +11,7 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from aiserver.ledger.cli.common import Command, print_json, with_pool
+from aiserver.ledger.cli.common import Command, counted, print_json, with_pool
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -98,8 +98,8 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
             f"{RETENTION_VARIABLE} is not set here",
         }[source]
         print(
-            f"{len(listed)} partition(s); retention {retention} days ({said}) keeps the months "
-            f"from {kept_from:%Y-%m} on"
+            f"{counted(len(listed), 'partition')}; retention {retention} days ({said}) keeps the "
+            f"months from {kept_from:%Y-%m} on"
         )
         if shell is not None and shell != retention:
             print(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.ledger.cli.common import (
     Command,
+    counted,
     print_json,
     read_time,
     tag_argument,
@@ -98,11 +99,11 @@ def _freshness(answer: SpendAnswer) -> str:
     be folded into the rollups (counted all the same), and what it was read from."""
     fresh = answer.freshness
     if fresh.through_event_id is None:
-        counted = "no event recorded yet"
+        said = "no event recorded yet"
     else:
-        counted = f"every event up to id {fresh.through_event_id} counted"
+        said = f"every event up to id {fresh.through_event_id} counted"
     if fresh.unfolded_events:
-        counted += (
+        said += (
             f" ({fresh.unfolded_events:,} of them read from the events recorded since the "
             "last fold)"
         )
@@ -112,10 +113,10 @@ def _freshness(answer: SpendAnswer) -> str:
         read = "read from the hourly rollups"
         if answer.raw_hours:
             read += (
-                f", and {answer.raw_hours:,} hour(s) that --from, --to or a bucket cuts from the "
-                "events"
+                f", and {counted(answer.raw_hours, 'hour')} that --from, --to or a bucket cuts "
+                "from the events"
             )
-    return f"as of {when(fresh.as_of)}: {counted}; {read}"
+    return f"as of {when(fresh.as_of)}: {said}; {read}"
 
 
 def _group_name(key: dict[str, str | None] | None) -> str:

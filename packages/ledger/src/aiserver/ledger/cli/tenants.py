@@ -193,7 +193,8 @@ def _one_project(args: argparse.Namespace) -> str | None:
             return f"two projects named: {args.project_slug} and --project {args.project}"
     elif args.project_slug is None and args.project is None:
         return "the project is required: PROJECT or --project SLUG"
-    args.project = args.project or args.project_slug
+    if args.project is None:  # an empty --project is a slug that names no project, not none
+        args.project = args.project_slug
     return None
 
 

@@ -16,7 +16,8 @@ CSV, JSON lines or FOCUS-shaped CSV, streamed from a server-side cursor.
   `close()` may be called any number of times, from anywhere.
 - **Oldest first**: by `occurred_at`, then by event id, the order of the table's primary key.
 - **The formats** (each column documented in docs/usage-export.md):
-  `csv`: one row per event, `CSV_COLUMNS`; `jsonl`: one event a line, the object of
+  `csv`: one row per event, `CSV_COLUMNS` and a `tag:KEY` column per tag the project rolls up
+  (`csv_table`); `jsonl`: one event a line, the object of
   `GET /v1/usage/events/{event_id}`; `focus`: FinOps FOCUS rows (`aiserver.ledger.usage.focus`),
   one per priced component. An unpriced event has no FOCUS row: `unpriced_events` counts them.
 """
