@@ -50,13 +50,13 @@ async def test_refusals_name_the_options_that_were_typed(subprocess_env: dict[st
                                 "--expires-at", "2020-01-01T00:00:00Z")  # fmt: skip
     assert (code, err) == (1, "aiserver-ledger keys create: --expires-at is in the past\n")
 
-    # a value quoted in the refusal is the value as typed, field names in it and all
-    code, _, err = await ledger(env, "projects", "create", "b", "--time-zone", "time_zone/to")
-    assert code == 1
-    assert err == (
-        "aiserver-ledger projects create: --time-zone 'time_zone/to' is not an IANA time zone "
-        "(e.g. UTC, Europe/Berlin)\n"
-    )
+    # a zone of the wrong form is a wrong argument in projects create as in spend: exit 2,
+    # with the usage, before the database is asked
+    for command in (("projects", "create", "b"), ("spend", *window)):
+        code, out, err = await ledger(env, *command, "--time-zone", "Nowhere/Land")
+        assert (code, out) == (2, ""), err
+        assert err.startswith("usage: aiserver-ledger ")
+        assert "'Nowhere/Land' is not an IANA time zone (e.g. UTC, Europe/Berlin)" in err
 
 
 async def test_keys_take_the_project_as_an_option_or_an_argument(

@@ -45,6 +45,7 @@ from typing import Any, Final
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
 
 from aiserver.api.attempts import SharedAttempts, Verdict
 from aiserver.api.errors import AdminDisabled, TooManyFailures
@@ -54,7 +55,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import Keyring
 from aiserver.ledger.errors import KeyRejected
-from aiserver.ledger.keys import looks_like_key
+from aiserver.ledger.keys import Scope, looks_like_key
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
@@ -171,9 +172,18 @@ async def requires_admin(connection: AnyConnection, _: BaseRouteHandler) -> None
 
 
 async def authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
-    """Guard of the ledger's endpoints: a project key or an operator's token, kept for the
-    handler as its `access` (see `access`)."""
+    """Guard of the ledger's endpoints that an operator may use too (projects, keys,
+    repricing): a project key or an operator's token, kept for the handler as its `access`
+    (see `access`)."""
     wanted = "a project key or an operator's token"
+    connection.state.access = await _authenticate(connection, wanted=wanted)
+
+
+async def key_authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """Guard of the endpoints of a project's usage and budgets, which only its key reaches: as
+    `authenticated`, and a 401 says that a project's key is wanted (an operator's token is
+    then refused with 403, by the route's `project_key_first`)."""
+    wanted = "a project's key (ais_...); an operator's token does not reach a project's usage"
     connection.state.access = await _authenticate(connection, wanted=wanted)
 
 
@@ -200,6 +210,38 @@ async def _access_if_sent(connection: AnyConnection, wanted: str, *, required: b
         connection.state.access = None
         return
     connection.state.access = await _authenticate(connection, wanted=wanted)
+
+
+def project_key_first(*scopes: Scope) -> Guard:
+    """A guard, after `authenticated`, of a route that only a project's key may use: the
+    operator's token, or a key with none of `scopes`, is refused (403) before the route reads
+    its query or body, so that such a key learns nothing of what a request names."""
+
+    async def guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+        found: Access = connection.state.access
+        found.project_key(*scopes)
+
+    return guard
+
+
+def scope_first(*scopes: Scope) -> Guard:
+    """A guard, after `authenticated`: a project's key with none of `scopes` is refused (403)
+    before the route reads its query or body. The operator's token passes: what it may do
+    there is the route's to say."""
+
+    async def guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+        found: Access = connection.state.access
+        if not found.is_operator:
+            found.require(*scopes)
+
+    return guard
+
+
+async def operator_first(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """A guard, after `authenticated`, of a server-wide route: a project's key is refused
+    (403) before the route reads its query or body."""
+    found: Access = connection.state.access
+    found.require_operator()
 
 
 def access(request: Request[Any, Any, Any]) -> Access:

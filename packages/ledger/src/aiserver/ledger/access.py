@@ -49,15 +49,16 @@ class Access:
             granted = ", ".join(sorted(self.scopes))
             raise MissingScope(f"this needs a key with the scope {wanted}; this key has {granted}")
 
-    def project_key(self, scope: Scope) -> int:
-        """The project of a key with `scope`; `MissingScope` for the operator (usage belongs to
-        one project, named by its key) and for a key without the scope."""
+    def project_key(self, *scopes: Scope) -> int:
+        """The project of a key with one of `scopes`; `MissingScope` for the operator (usage
+        belongs to one project, named by its key) and for a key without them."""
         if self.project_id is None:
+            wanted = " or ".join(repr(s) for s in scopes)
             raise MissingScope(
-                f"this needs a project's key with the scope {scope!r}: usage belongs to the "
+                f"this needs a project's key with the scope {wanted}: usage belongs to the "
                 "project of the key that reports or reads it"
             )
-        self.require(scope)
+        self.require(*scopes)
         return self.project_id
 
     def require_operator(self, what: str | None = None) -> None:

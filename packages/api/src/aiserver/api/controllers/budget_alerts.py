@@ -93,7 +93,7 @@ def _page(found: alerts.AlertPage) -> AlertList:
 class BudgetAlertController(Controller):
     path = "/v1/budgets"
     tags = ("budgets",)
-    guards = (auth.authenticated,)
+    guards = (auth.key_authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -101,7 +101,7 @@ class BudgetAlertController(Controller):
         "/alerts",
         summary="The project's budget alerts with their webhook deliveries, newest first",
         responses=problem_responses(400, 401, 403, 422, 503),
-        guards=[_QUERY],
+        guards=[auth.project_key_first("read", "admin"), _QUERY],
     )
     async def list_alerts(
         self, access: NamedDependency[Access], limit: Limit = 100, before: Before = None
@@ -112,7 +112,7 @@ class BudgetAlertController(Controller):
         "/{budget_id:int}/alerts",
         summary="One budget's alerts with their webhook deliveries, newest first",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[_QUERY],
+        guards=[auth.project_key_first("read", "admin"), _QUERY],
     )
     async def list_budget_alerts(
         self,

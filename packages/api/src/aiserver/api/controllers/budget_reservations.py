@@ -90,7 +90,7 @@ def _cost_request(data: ReserveIn) -> CostRequest:
 class ReservationController(Controller):
     path = "/v1/budgets"
     tags = ("budgets",)
-    guards = (auth.authenticated,)
+    guards = (auth.key_authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -107,7 +107,7 @@ class ReservationController(Controller):
                 generate_examples=False,
             ),
         },
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("ingest"), NO_QUERY],
     )
     async def reserve(
         self, request: Request[Any, Any, Any], access: NamedDependency[Access],
@@ -159,7 +159,7 @@ class ReservationController(Controller):
         status_code=HTTP_200_OK,
         summary="Release a reservation's hold (scope ingest; idempotent)",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("ingest"), NO_QUERY],
     )
     async def release(
         self, access: NamedDependency[Access], reservation_id: FromPath[str]

@@ -82,7 +82,7 @@ def webhook_options(request: Request[Any, Any, Any]) -> dict[str, Any]:
 class BudgetController(Controller):
     path = "/v1/budgets"
     tags = ("budgets",)
-    guards = (auth.authenticated,)
+    guards = (auth.key_authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -91,7 +91,7 @@ class BudgetController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a budget (admin key)",
         responses=problem_responses(400, 401, 403, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("admin"), NO_QUERY],
     )
     async def create_budget(
         self,
@@ -116,7 +116,7 @@ class BudgetController(Controller):
         "/",
         summary="List the project's budgets with their current windows",
         responses=problem_responses(400, 401, 403, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("read", "admin"), NO_QUERY],
     )
     async def list_budgets(self, access: NamedDependency[Access]) -> BudgetList:
         views = await service.list_budgets(require_pool(), access)
@@ -126,7 +126,7 @@ class BudgetController(Controller):
         "/{budget_id:int}",
         summary="One budget with its current window",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("read", "admin"), NO_QUERY],
     )
     async def show_budget(
         self, access: NamedDependency[Access], budget_id: FromPath[int]
@@ -138,7 +138,7 @@ class BudgetController(Controller):
         status_code=HTTP_200_OK,
         summary="Change a budget: name, limit, thresholds, hard, webhook (admin key)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("admin"), NO_QUERY],
     )
     async def change_budget(
         self,
@@ -166,7 +166,7 @@ class BudgetController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a budget and its windows (admin key)",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("admin"), NO_QUERY],
     )
     async def delete_budget(
         self, access: NamedDependency[Access], budget_id: FromPath[int]

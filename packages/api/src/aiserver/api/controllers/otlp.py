@@ -149,7 +149,7 @@ OTLP_HANDLERS: Final[ExceptionHandlersMap] = {
 class OtlpController(Controller):
     path = "/v1/otlp"
     tags = ("usage",)
-    guards = (auth.authenticated,)
+    guards = (auth.key_authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
     exception_handlers = OTLP_HANDLERS

@@ -110,7 +110,7 @@ class ProjectController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a project (operator)",
         responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.operator_first, NO_QUERY],
     )
     async def create_project(
         self, access: NamedDependency[Access], data: JSONBody[ProjectIn]
@@ -125,7 +125,7 @@ class ProjectController(Controller):
         "/",
         summary="List projects (operator)",
         responses=problem_responses(400, 401, 403, 422, 503),
-        guards=[only_query("archived")],
+        guards=[auth.operator_first, only_query("archived")],
     )
     async def list_projects(
         self, access: NamedDependency[Access], archived: FromQuery[bool] = False
@@ -138,7 +138,7 @@ class ProjectController(Controller):
         "/{project:str}",
         summary="One project",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("read", "admin"), NO_QUERY],
     )
     async def show_project(
         self, access: NamedDependency[Access], project: FromPath[str]
@@ -151,7 +151,7 @@ class ProjectController(Controller):
         status_code=HTTP_200_OK,
         summary="Change a project: name, time zone, rolled-up tag keys; archive (operator)",
         responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("admin"), NO_QUERY],
     )
     async def change_project(
         self,
@@ -185,7 +185,7 @@ class ProjectController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a key of a project (its secret is shown once)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("admin"), NO_QUERY],
         # the answer holds the secret, which is stored nowhere: nor in a browser's or a proxy's
         # cache (RFC 6749 asks the same of every answer that carries a token)
         cache_control=CacheControlHeader(no_store=True),
@@ -205,7 +205,7 @@ class ProjectController(Controller):
         "/{project:str}/keys",
         summary="List a project's keys",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("admin"), NO_QUERY],
     )
     async def list_keys(
         self, access: NamedDependency[Access], project: FromPath[str]
@@ -227,7 +227,7 @@ class KeyController(Controller):
         status_code=HTTP_200_OK,
         summary="Revoke a key",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("admin"), NO_QUERY],
     )
     async def revoke_key(
         self,

@@ -54,7 +54,7 @@ class RepriceController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Reprice usage events (scope admin, or the operator)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("admin"), NO_QUERY],
     )
     async def reprice(
         self,
@@ -81,7 +81,7 @@ class RepriceController(Controller):
         "/",
         summary="The newest repricing runs (scope read or admin, or the operator)",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[only_query("project", "limit")],
+        guards=[auth.scope_first("read", "admin"), only_query("project", "limit")],
     )
     async def runs(
         self,
@@ -98,7 +98,7 @@ class RepriceController(Controller):
         "/{run_id:int}",
         summary="One repricing run: state, progress and result",
         responses=problem_responses(400, 401, 403, 404, 422, 503),
-        guards=[NO_QUERY],
+        guards=[auth.scope_first("read", "admin"), NO_QUERY],
     )
     async def run(self, access: NamedDependency[Access], run_id: FromPath[int]) -> RepriceRun:
         """404 `unknown-reprice-run` for a run that does not exist and another project's

@@ -45,7 +45,7 @@ class _SpendOperation(Operation):
 class SpendController(Controller):
     path = "/v1/spend"
     tags = ("usage",)
-    guards = (auth.authenticated, reads_usage)
+    guards = (auth.key_authenticated, reads_usage)
     dependencies = AUTHENTICATED
     security = SECURITY
 

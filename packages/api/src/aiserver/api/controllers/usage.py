@@ -103,7 +103,7 @@ _ANSWERS: Final = {
 class UsageController(Controller):
     path = "/v1/usage"
     tags = ("usage",)
-    guards = (auth.authenticated,)
+    guards = (auth.key_authenticated,)
     dependencies = AUTHENTICATED
     security = SECURITY
 
@@ -111,7 +111,7 @@ class UsageController(Controller):
         "/",
         status_code=HTTP_200_OK,
         summary="Record model calls (scope ingest)",
-        guards=[NO_QUERY],
+        guards=[auth.project_key_first("ingest"), NO_QUERY],
         operation_class=_IngestOperation,
         responses={**problem_responses(400, 401, 403, 409, 413, 422, 503), **_ANSWERS},
     )

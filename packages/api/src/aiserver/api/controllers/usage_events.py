@@ -153,7 +153,7 @@ _LIST_QUERY: Final = only_query(
 class UsageEventController(Controller):
     path = "/v1/usage/events"
     tags = ("usage",)
-    guards = (auth.authenticated, reads_usage)
+    guards = (auth.key_authenticated, reads_usage)
     dependencies = AUTHENTICATED
     security = SECURITY
 

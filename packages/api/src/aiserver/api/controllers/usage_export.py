@@ -193,7 +193,7 @@ _QUERY: Final = only_query(
 class UsageExportController(Controller):
     path = "/v1/usage/export"
     tags = ("usage",)
-    guards = (auth.authenticated, reads_usage)
+    guards = (auth.key_authenticated, reads_usage)
     dependencies = AUTHENTICATED
     security = SECURITY
 

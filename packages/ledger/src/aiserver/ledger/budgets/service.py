@@ -177,7 +177,7 @@ def _box(secret_box: SecretBox | None) -> SecretBox:
 
 def _reading(access: Access) -> int:
     """The project of a key that may see its budgets (`read` or `admin`)."""
-    return access.project_key("read" if "read" in access.scopes else "admin")
+    return access.project_key("read", "admin")
 
 
 async def create_budget(

@@ -151,6 +151,17 @@ def read_time(text: str, no_offset: str) -> datetime:
     )
 
 
+def zone_argument(text: str) -> str:
+    """An argparse type: a time zone the ledger takes (`zones.refusal` says why not), so that
+    `Nowhere/Land` is a wrong argument (exit 2, with the usage) in every command."""
+    from aiserver.ledger.zones import refusal
+
+    why = refusal(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
 def whole_number(says: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from `low` to `high` in ASCII digits; `says` is what the
     refusal calls it ("a run id, 1 to ..."). `int()` alone reads more ("1_0" is 10, and so are

@@ -15,6 +15,7 @@ from aiserver.ledger.cli.common import (
     when,
     whole_number,
     with_pool,
+    zone_argument,
 )
 
 if TYPE_CHECKING:
@@ -159,16 +160,6 @@ def _time_text(text: str) -> str:
     return text
 
 
-def _zone(text: str) -> str:
-    """An argparse type: --tz, a zone `spend_query` would take (`zones.refusal` says why not)."""
-    from aiserver.ledger.zones import refusal
-
-    why = refusal(text)
-    if why is not None:
-        raise argparse.ArgumentTypeError(why)
-    return text
-
-
 def _dimensions(text: str) -> str:
     """An argparse type: one --group-by, dimensions separated by commas, each of a known form;
     `spend_query` checks them all together (each once, at most 4)."""
@@ -210,7 +201,7 @@ def add_parsers(groups: Any) -> None:
         "--bucket", choices=BUCKETS, help="a row per bucket of the --tz clock (default: one total)"
     )
     command.add_argument(
-        "--tz", "--time-zone", dest="tz", type=_zone, metavar="ZONE",  # as projects create
+        "--tz", "--time-zone", dest="tz", type=zone_argument, metavar="ZONE",  # as projects create
         help="IANA time zone, e.g. Europe/Berlin (default: the project's)",
     )  # fmt: skip
     command.add_argument(

@@ -16,6 +16,7 @@ from aiserver.ledger.cli.common import (
     when,
     whole_number,
     with_pool,
+    zone_argument,
 )
 from aiserver.ledger.keys import SCOPES
 
@@ -228,6 +229,7 @@ def add_parsers(groups: Any) -> None:
         "--time-zone",
         "--tz",  # as spend names it
         dest="time_zone",
+        type=zone_argument,
         default="UTC",
         metavar="ZONE",
         help="IANA time zone of its budget periods and spend buckets (default: %(default)s)",

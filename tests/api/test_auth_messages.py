@@ -1,0 +1,39 @@
+"""What a refusal tells a newcomer to send: a 401 on a project's usage or budgets asks for a
+project's key (an operator's token, which the old text offered, is refused there with 403);
+a 403 names every scope that would do, not the strongest."""
+
+from __future__ import annotations
+
+from .conftest import Client, Tenants, admin, bearer
+from .test_usage_events import assert_problem
+
+
+async def test_a_401_asks_for_the_credential_the_route_takes(client: Client) -> None:
+    for method, path in (("POST", "/v1/usage"), ("GET", "/v1/spend"), ("GET", "/v1/budgets"),
+                         ("GET", "/v1/usage/events"), ("POST", "/v1/budgets/reserve")):  # fmt: skip
+        answer = await client.request(method, path)
+        problem = assert_problem(answer, 401, "this endpoint needs a project's key (ais_...)")
+        assert "operator" in problem["detail"]  # says that an operator's token does not do
+        assert "or an operator's token" not in problem["detail"], path
+    # routes an operator may use still offer both
+    answer = await client.get("/v1/projects/acme-a")
+    assert_problem(answer, 401, "this endpoint needs a project key or an operator's token")
+
+
+async def test_the_operator_s_token_on_a_project_s_usage_is_a_403_that_says_why(
+    client: Client, tenants: Tenants
+) -> None:
+    answer = await client.post("/v1/usage", headers=admin(), json={"zz": 1})
+    assert_problem(answer, 403, "this needs a project's key with the scope 'ingest'")
+    answer = await client.get("/v1/budgets", headers=admin())
+    assert_problem(answer, 403, "this needs a project's key with the scope 'read' or 'admin'")
+
+
+async def test_a_403_names_every_scope_that_would_do(client: Client, tenants: Tenants) -> None:
+    """An ingest key listing budgets was told it needed 'admin'; 'read' does."""
+    answer = await client.get("/v1/budgets", headers=bearer(tenants.ingest_a["key"]))
+    assert_problem(
+        answer, 403, "this needs a key with the scope 'read' or 'admin'; this key has ingest"
+    )
+    answer = await client.get("/v1/budgets/alerts", headers=bearer(tenants.ingest_a["key"]))
+    assert_problem(answer, 403, "this needs a key with the scope 'read' or 'admin'")
