@@ -203,3 +203,25 @@ async def test_spend_counts_the_cut_hours_in_words(subprocess_env: dict[str, str
             f": no event recorded yet; read from the hourly rollups, and {hours} that --from, "
             "--to or a bucket cuts from the events"
         )
+
+
+async def test_the_alert_receiver_reads_no_database_setting() -> None:
+    """`webhooks receive` reaches neither PostgreSQL nor Redis: a DATABASE_URL it never uses
+    (here one of another database's scheme) stopped it with a configuration error, exit 2."""
+    import asyncio
+    import sys
+
+    env = dict(os.environ, DATABASE_URL="mysql://nowhere/x", REDIS_URL="http://nowhere")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aiserver.ledger.cli", "webhooks", "receive", "--port", "0",
+        "--secret", "s" * 32, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None  # the receiver says where it listens on stderr
+        async with asyncio.timeout(30):
+            first = (await proc.stderr.readline()).decode()
+        assert first.startswith("receiving budget alerts at http://127.0.0.1:"), first
+    finally:
+        proc.terminate()
+        await proc.communicate()

@@ -147,6 +147,14 @@ class CoreSettings(Section, frozen=True, kw_only=True):
             )
 
 
+class LoggingSettings(Section, frozen=True, kw_only=True):
+    """What a command that reaches neither PostgreSQL nor Redis reads: its logging, as
+    `CoreSettings` has it (so that a DATABASE_URL it never uses cannot stop it)."""
+
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
+
+
 def _bare(annotation: Any) -> Any:
     """The type under `Annotated[...]` (constraints stay with the field for the conversion)."""
     while typing.get_origin(annotation) is Annotated:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from aiserver.core_db.commands import add_version, command_log_level, run_command
-from aiserver.core_db.settings import CoreSettings, settings_for_command
+from aiserver.core_db.settings import CoreSettings, LoggingSettings, settings_for_command
 from aiserver.ledger.cli import (
     budgets,
     export,
@@ -91,10 +91,19 @@ COMMANDS: Final[dict[tuple[str, str | None], Command]] = {
 }
 
 
+#: The commands that reach no database: a DATABASE_URL or REDIS_URL they never use is not read.
+NO_DATABASE: Final = frozenset({("webhooks", "receive")})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = getattr(args, "command", None)
-    core = settings_for_command("aiserver-ledger", CoreSettings)
+    if (args.group, command) in NO_DATABASE:
+        logging = settings_for_command("aiserver-ledger", LoggingSettings)
+        # the connection settings' defaults stand in for the ones never read (nor used)
+        core = CoreSettings(log_level=logging.log_level, log_format=logging.log_format)
+    else:
+        core = settings_for_command("aiserver-ledger", CoreSettings)
     from aiserver.core_db.logging import configure_logging
 
     configure_logging(command_log_level(core.log_level), core.log_format)
