@@ -910,7 +910,8 @@ async def test_a_credential_without_the_scope_is_refused_before_its_request_is_r
 ) -> None:
     """A key that lacks a route's scope (and the operator's token on a route of a project's
     key) gets 403 whatever the request holds: with a query parameter the route does not take
-    and a body that is not JSON, as with a good request (docs/keys.md). The project, key,
+    and a body that is not JSON, as with a good request (docs/keys.md); no credential, 401,
+    asking for the credential that the route takes. The project, key,
     budget and reprice routes read the query and the body first: a read-only key learnt 422
     "unknown query parameters" or "missing required field `limit_usd`" instead."""
     wrong: list[str] = []
@@ -925,6 +926,7 @@ async def test_a_credential_without_the_scope_is_refused_before_its_request_is_r
             }  # fmt: skip
             if keys_only(method, path):
                 refused["operator"] = OPERATOR_AUTH
+            refused["no-key"] = {}
             name = named(world, spec.target, "nowhere") if spec.target is not None else ""
             params = {**(spec.query or {}), **UNKNOWN_QUERY}
             if spec.target is not None and spec.where == "query":
@@ -938,8 +940,19 @@ async def test_a_credential_without_the_scope_is_refused_before_its_request_is_r
                 )
                 asked += 1
                 status, kind = response.status_code, problem_type(response)
-                if status != 403 or (spec.problems and kind != "insufficient-scope"):
+                expected = (401, "unauthorized") if who == "no-key" else (403, "insufficient-scope")
+                if status != expected[0] or (spec.problems and kind != expected[1]):
                     wrong.append(f"{method} {path} as {who}: {status} {kind} {response.text[:200]}")
+                elif who == "no-key" and spec.problems:
+                    # the 401 asks for what the route takes: a project's key alone where the
+                    # operator's token is refused, the operator's alone on the catalog's routes
+                    wanted = "a project key or"
+                    if keys_only(method, path):
+                        wanted = "a project's key"
+                    elif path.startswith(("/v1/catalog", "/v1/overrides")):
+                        wanted = "an admin token"
+                    if not response.json()["detail"].startswith(f"this endpoint needs {wanted}"):
+                        wrong.append(f"{method} {path}: 401 {response.json()['detail']!r}")
     assert asked > 50  # every route, every credential that lacks its scope
     assert wrong == [], "\n".join(wrong)
 

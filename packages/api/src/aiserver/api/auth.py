@@ -181,9 +181,9 @@ async def authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
 
 async def key_authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
     """Guard of the endpoints of a project's usage and budgets, which only its key reaches: as
-    `authenticated`, and a 401 says that a project's key is wanted (an operator's token is
-    then refused with 403, by the route's `project_key_first`)."""
-    wanted = "a project's key (ais_...); an operator's token does not reach a project's usage"
+    `authenticated`, and a 401 asks for a project's key (an operator's token is then refused
+    with 403, by the route's `project_key_first`, which says why)."""
+    wanted = "a project's key (ais_<public id>_<secret>)"
     connection.state.access = await _authenticate(connection, wanted=wanted)
 
 

@@ -91,7 +91,7 @@ class CatalogController(Controller):
         "/jobs/{job_id:str}",
         summary="Status and result of a job",
         responses=problem_responses(400, 401, 403, 404, 422, 429, 503),
-        guards=[NO_QUERY, access_if_sent],
+        guards=[access_if_sent, NO_QUERY],  # the credential first, as on every route
         security=[{"bearer": []}, {}],
     )
     async def job_status(
