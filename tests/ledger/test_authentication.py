@@ -11,7 +11,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import KeyCache, Keyring
-from aiserver.ledger.errors import KeyRejected
+from aiserver.ledger.errors import KeyRejected, ProjectArchived
 from aiserver.ledger.keys import new_key
 
 from ..conftest import Settings
@@ -131,3 +131,54 @@ async def test_uses_are_written_in_one_go_and_kept_when_the_write_fails(
                                    access.key_id)  # fmt: skip
     assert used is not None
     assert datetime.now(UTC) - used < timedelta(minutes=1)
+
+
+async def test_a_listening_keyring_hears_a_revocation_and_an_archiving_as_they_commit(
+    key: str, db: Settings
+) -> None:
+    """Another process's changes are announced on commit; a keyring that listens forgets what
+    they name, though its cache would keep the key for a minute more. An announcement it cannot
+    read (another version's) makes it forget everything."""
+    import asyncio
+
+    keyring = Keyring(cache_ttl_s=60)
+    pool = require_pool()
+    listening = asyncio.create_task(keyring.listen(db.core))
+    try:
+        async with asyncio.timeout(10):
+            while not keyring.listening:
+                await asyncio.sleep(0.01)
+        access = await keyring.authenticate(pool, key)
+        assert keyring.cache.sizes() == (1, 0)
+        # revoked elsewhere (no keyring of this process passed): heard, not waited out
+        await api_keys.revoke_key(pool, OPERATOR, access.key_id or 0)
+        with pytest.raises(KeyRejected, match="revoked"):
+            await _until_refused(keyring, key)
+
+        second = await api_keys.create_key(pool, OPERATOR, "acme", name="k2", scopes=["read"])
+        await keyring.authenticate(pool, second.text)
+        await projects.change_project(pool, OPERATOR, "acme", archived=True)
+        async with asyncio.timeout(5):
+            while keyring.cache.sizes()[0]:
+                await asyncio.sleep(0.01)
+        with pytest.raises(ProjectArchived):
+            await keyring.authenticate(pool, second.text)
+    finally:
+        listening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listening
+    assert not keyring.listening
+
+    keyring.cache.announced("key:" + "0" * 16)  # names no cached key: the others stay
+    keyring.cache.announced("garbage from another version")
+    assert keyring.cache.sizes() == (0, 0)
+
+
+async def _until_refused(keyring: Keyring, key: str) -> None:
+    """Authenticate `key` until it is refused (what raises), for at most 5 s."""
+    import asyncio
+
+    async with asyncio.timeout(5):
+        while True:
+            await keyring.authenticate(require_pool(), key)
+            await asyncio.sleep(0.01)

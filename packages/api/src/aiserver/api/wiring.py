@@ -145,6 +145,7 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
                     ),
                     name="key-use-recorder",
                 )
+                listening = asyncio.create_task(keyring.listen(settings.core), name="key-listener")
                 catalog_collector.live = live
                 log.info(
                     "api ready", catalog_version=live.catalog.version, models=len(live.catalog)
@@ -153,7 +154,10 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
                     yield
                 finally:
                     try:
+                        listening.cancel()
                         recording.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await listening
                         with contextlib.suppress(asyncio.CancelledError):
                             await recording
                         await live.stop()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
+from aiserver.ledger.authentication import announce_key
 from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownKey
 from aiserver.ledger.keys import SCOPES, Scope, new_key
 from aiserver.ledger.projects import check_name, find_project
@@ -114,15 +115,17 @@ async def list_keys(pool: asyncpg.Pool, access: Access, project_slug: str) -> li
 async def revoke_key(
     pool: asyncpg.Pool, access: Access, key_id: int, *, keyring: Keyring | None = None
 ) -> ApiKey:
-    """Revoke a key: at once in the process of `keyring`, within `API_KEY_CACHE_SECONDS` in the
-    others. Another project's key is `UnknownKey`, as one that does not exist; a key without
-    `admin` is refused before any key is looked up."""
+    """Revoke a key: at once in the process of `keyring`, in the others as they hear the
+    announcement of the COMMIT (`authentication.KEYS_CHANNEL`; within `API_KEY_CACHE_SECONDS`
+    in one that cannot listen). Another project's key is `UnknownKey`, as one that does not
+    exist; a key without `admin` is refused before any key is looked up."""
     access.require("admin")
     async with pool.acquire() as conn, conn.transaction():
         key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_BIGINT else None
         if key is None or not access.sees(key.project_id):
             raise UnknownKey(f"no key {key_id}")
         revoked = await store.revoke_key(conn, key.project_id, key.id)
+        await announce_key(conn, revoked.public_id)
     if keyring is not None:
         keyring.cache.forget(revoked.public_id)
     return revoked

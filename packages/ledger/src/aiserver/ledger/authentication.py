@@ -2,12 +2,16 @@
 
 A `Keyring` is one API process's view of the keys:
 
-- its `KeyCache` keeps what was read of a public id for `API_KEY_CACHE_SECONDS`. That is the
-  bound on how late a revocation (or an archiving) made in another process takes effect here;
-  this process forgets a key it revokes, or a project it changes, at once. Public ids that name
-  no key are remembered apart, in a smaller cache of their own, so a stream of made-up keys can
-  neither evict the real ones nor query the database more than once per id and interval.
-  Expiry is checked on every request, against the clock.
+- its `KeyCache` keeps what was read of a public id for `API_KEY_CACHE_SECONDS`. This process
+  forgets a key it revokes, or a project it archives, at once; the others as soon as the change
+  commits: the transaction announces it on `KEYS_CHANNEL` (PostgreSQL's NOTIFY, sent at the
+  COMMIT), and every API process listens (`Keyring.listen`). While a process cannot listen
+  (PostgreSQL down, a pooler that does not pass LISTEN on), `API_KEY_CACHE_SECONDS` is the bound
+  on how late it learns of a change; once it listens again it forgets its whole cache, as it may
+  have missed announcements meanwhile. Public ids that name no key are remembered apart, in a
+  smaller cache of their own, so a stream of made-up keys can neither evict the real ones nor
+  query the database more than once per id and interval. Expiry is checked on every request,
+  against the clock.
 - its `UseRecorder` remembers the last use of each key in memory and writes them all every
   `API_KEY_LAST_USED_INTERVAL_SECONDS` in one statement: `last_used_at` costs no write per
   request. A process killed between two writes loses at most that interval of it.
@@ -32,7 +36,31 @@ from aiserver.ledger.store import KeyRecord
 if TYPE_CHECKING:
     import asyncpg
 
+    from aiserver.core_db.connections import DbConnection
+    from aiserver.core_db.settings import CoreSettings
+
 log = get_logger(__name__)
+
+#: The channel on which a key's revocation and a project's archiving are announced.
+KEYS_CHANNEL: Final = "aiserver_keys"
+#: How the listening connection is named in pg_stat_activity.
+LISTENER_NAME: Final = "aiserver key listener"
+#: How long a listener waits before it connects again, after a failure.
+RELISTEN_S: Final = 5.0
+#: How often a listener asks its connection whether it is still there (one that a network cut
+#: silently would otherwise be waited on for ever).
+LISTEN_PING_S: Final = 30.0
+
+
+async def announce_key(conn: DbConnection, public_id: str) -> None:
+    """Announce, at the COMMIT of `conn`'s transaction, that the key `public_id` changed."""
+    await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, f"key:{public_id}")
+
+
+async def announce_project(conn: DbConnection, project_id: int) -> None:
+    """Announce, at the COMMIT of `conn`'s transaction, that every key of a project changed."""
+    await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, f"project:{project_id}")
+
 
 #: Public ids of keys remembered at once; the least recently read is forgotten first.
 MAX_KEYS: Final = 10_000
@@ -44,7 +72,7 @@ class _Lru:
     """Entries that expire after a time, the least recently used dropped first."""
 
     def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
+        self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, list[KeyRecord]]] = OrderedDict()
 
     def get(self, public_id: str, *, now: float, ttl: float) -> list[KeyRecord] | None:
@@ -57,7 +85,7 @@ class _Lru:
     def put(self, public_id: str, records: list[KeyRecord], *, now: float) -> None:
         self._entries[public_id] = (now, records)
         self._entries.move_to_end(public_id)
-        while len(self._entries) > self._max:
+        while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def drop(self, public_id: str) -> None:
@@ -105,6 +133,23 @@ class KeyCache:
         self._generation += 1
         self._keys.drop_where(project_id)
 
+    def forget_all(self) -> None:
+        """Forget every key and unknown id (announcements may have been missed)."""
+        self._generation += 1
+        self._keys = _Lru(self._keys.max_entries)
+        self._unknown = _Lru(self._unknown.max_entries)
+
+    def announced(self, payload: str) -> None:
+        """Forget what an announcement on `KEYS_CHANNEL` names: `key:<public id>` or
+        `project:<id>`; anything else (another version's), everything."""
+        kind, _, name = payload.partition(":")
+        if kind == "key":
+            self.forget(name)
+        elif kind == "project" and name.isdigit():
+            self.forget_project(int(name))
+        else:
+            self.forget_all()
+
     def sizes(self) -> tuple[int, int]:
         """How many keys and how many unknown public ids are remembered."""
         return len(self._keys), len(self._unknown)
@@ -150,6 +195,56 @@ class Keyring:
     def __init__(self, cache_ttl_s: float) -> None:
         self.cache = KeyCache(cache_ttl_s)
         self.uses = UseRecorder()
+        self.listening = False
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.cache.announced(str(payload))
+
+    async def listen(self, core: CoreSettings) -> None:
+        """Forget what other processes revoke or archive as their transactions commit, until
+        cancelled: a connection of its own LISTENs on `KEYS_CHANNEL`. On each connection made
+        the whole cache is forgotten (what was announced while none listened is read again).
+        A failure is logged once, and again when it listens again; meanwhile the cache's
+        lifetime is the bound, as without a listener."""
+        from aiserver.core_db.connections import connect
+
+        failing = False
+        while True:
+            conn = None
+            try:
+                conn = await connect(core)
+                await conn.execute(f"SET application_name = '{LISTENER_NAME}'")
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                await conn.add_listener(KEYS_CHANNEL, self._heard)
+                self.cache.forget_all()
+                self.listening = True
+                if failing:
+                    log.info("key changes are heard again from other processes")
+                    failing = False
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LISTEN_PING_S)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=RELISTEN_S)
+                raise ConnectionError("the listening connection was closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning(
+                        "key changes of other processes are not heard: a revoked key or an "
+                        "archived project is refused here within API_KEY_CACHE_SECONDS; "
+                        "trying again",
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=RELISTEN_S,
+                    )
+                    failing = True
+            finally:
+                self.listening = False
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(RELISTEN_S)
 
     async def authenticate(self, pool: asyncpg.Pool, token: str) -> Access:
         """The access a project key gives (see `aiserver.ledger.access`); `KeyRejected` if none."""

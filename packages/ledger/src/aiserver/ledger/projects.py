@@ -17,6 +17,7 @@ import asyncpg
 
 from aiserver.ledger import store
 from aiserver.ledger.access import Access
+from aiserver.ledger.authentication import announce_project
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.reservations import MAX_TTL
@@ -153,7 +154,7 @@ async def change_project(
     """Change a project's name, time zone or rolled-up tag keys (its `admin` keys and the
     operator), or archive or restore it (the operator only: an archived project's keys refuse
     every request, their own included). `keyring`: this process's, which forgets the project's
-    keys at once (the others within API_KEY_CACHE_SECONDS).
+    keys at once (the others as they hear the COMMIT announced, `authentication.KEYS_CHANNEL`).
 
     A change of the set of rolled-up keys enqueues a rebuild of the project's rollups
     (`enqueue_rebuild`, `aiserver.ledger.spend.rebuild`) before the COMMIT: when the queue is
@@ -231,6 +232,8 @@ async def _change_once(
             conn, project.id, name=name, time_zone=time_zone, rollup_tags=rollup_tags,
             archived=archived,
         )  # fmt: skip
+        if archived is not None:  # its keys work, or not, in every process from the COMMIT
+            await announce_project(conn, project.id)
         if zone_changed:  # the daily rollups are days of its clock: summed again for the new one
             await rollups.resum_daily(conn, project.id)
             await _change_windows(conn, changed, budgets, now)

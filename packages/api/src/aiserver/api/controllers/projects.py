@@ -161,11 +161,11 @@ class ProjectController(Controller):
         data: JSONBody[ProjectChange],
     ) -> ProjectOut:
         """A key with the `admin` scope, or the operator; archiving (`archived`) is the
-        operator's. Every API process sees an archiving within API_KEY_CACHE_SECONDS; this one
-        at once. A change of the rolled-up tag keys enqueues a rebuild of the project's
-        rollups (docs/rollups.md). A change of the time zone makes the current windows of its
-        day, week and month budgets again in the new zone, and is refused (409
-        reservations-held) while a reservation holds an amount on one of them (docs/budgets.md)."""
+        operator's. Every API process sees an archiving as it commits (this one at once). A
+        change of the rolled-up tag keys enqueues a rebuild of the project's rollups
+        (docs/rollups.md). A change of the time zone makes the current windows of its day, week
+        and month budgets again in the new zone, and is refused (409 reservations-held) while a
+        reservation holds an amount on one of them (docs/budgets.md)."""
         redis: ArqRedis = request.app.state.redis
 
         async def enqueue_rebuild(project_id: int, job_id: str) -> None:
@@ -236,7 +236,7 @@ class KeyController(Controller):
         key_id: FromPath[int],
     ) -> KeyOut:
         """The operator, or a key of the key's project with the `admin` scope. Every API process
-        refuses the key within API_KEY_CACHE_SECONDS; this one at once."""
+        refuses the key as the revocation commits (this one at once)."""
         revoked = await api_keys.revoke_key(
             require_pool(), access, key_id, keyring=request.app.state.keyring
         )

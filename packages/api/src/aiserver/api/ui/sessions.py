@@ -10,8 +10,8 @@
   here is refused without asking Redis. It is `HttpOnly`, `SameSite=Strict`, `Path=/ui`, and
   `Secure` when the page was served over TLS.
 - Every use checks the credential again: a revoked or expired key, an archived project, an
-  operator token removed from `API_ADMIN_TOKENS` ends the session (within the key cache's
-  `API_KEY_CACHE_SECONDS`).
+  operator token removed from `API_ADMIN_TOKENS` ends the session (a revocation or an archiving
+  as it commits, `aiserver.ledger.authentication`).
 - Each session has its own CSRF token, which every form that changes something carries; the
   sign-in form, before any session, carries one bound to a short-lived cookie of its own.
 """

@@ -167,7 +167,7 @@ async def _keys_revoke(core: CoreSettings, args: argparse.Namespace) -> int:
 
     async def work(pool: Any) -> int:
         key = await api_keys.revoke_key(pool, Access.operator(), args.key_id)  # each API
-        # process stops accepting it within API_KEY_CACHE_SECONDS
+        # process stops accepting it as the revocation commits (it is announced)
         if args.json:
             print_json(key)
         else:
@@ -299,7 +299,8 @@ def add_parsers(groups: Any) -> None:
     k_revoke = k_sub.add_parser(
         "revoke",
         help="revoke a key",
-        description="Revoke a key: every API process refuses it within API_KEY_CACHE_SECONDS.",
+        description="Revoke a key: every API process refuses it as the revocation commits "
+        "(within API_KEY_CACHE_SECONDS where a process cannot listen for it).",
     )
     key_id = whole_number(f"a key id, 1 to {MAX_BIGINT}", 1, MAX_BIGINT)
     k_revoke.add_argument("key_id", type=key_id, metavar="KEY_ID", help="the key's id (keys list)")
