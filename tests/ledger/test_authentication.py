@@ -169,8 +169,14 @@ async def test_a_listening_keyring_hears_a_revocation_and_an_archiving_as_they_c
             await listening
     assert not keyring.listening
 
+    await projects.change_project(pool, OPERATOR, "acme", archived=False)
+    third = await api_keys.create_key(pool, OPERATOR, "acme", name="k3", scopes=["read"])
+    await keyring.authenticate(pool, third.text)
+    cached = keyring.cache.sizes()
+    assert cached[0] >= 1
     keyring.cache.announced("key:" + "0" * 16)  # names no cached key: the others stay
-    keyring.cache.announced("garbage from another version")
+    assert keyring.cache.sizes() == cached
+    keyring.cache.announced("garbage from another version")  # unread: everything goes
     assert keyring.cache.sizes() == (0, 0)
 
 
@@ -182,3 +188,16 @@ async def _until_refused(keyring: Keyring, key: str) -> None:
         while True:
             await keyring.authenticate(require_pool(), key)
             await asyncio.sleep(0.01)
+
+
+async def test_a_session_that_does_not_listen_is_taken_for_a_lost_one(db: Settings) -> None:
+    """Behind a pooler in transaction mode the session that answers may not be the one that
+    LISTENs: nothing would be heard, so the listener's check treats it as lost."""
+    conn = await asyncpg.connect(db.core.database_url)
+    try:
+        with pytest.raises(ConnectionError, match="does not LISTEN on aiserver_keys"):
+            await Keyring._still_listening(conn)
+        await conn.execute("LISTEN aiserver_keys")
+        await Keyring._still_listening(conn)  # listening: no error
+    finally:
+        await conn.close()

@@ -52,7 +52,9 @@ async def _listeners(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
         found: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", LISTENER_NAME
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND datname = current_database()",
+            LISTENER_NAME,
         )
         return found
     finally:
@@ -101,7 +103,7 @@ async def test_a_revocation_or_an_archiving_reaches_the_other_process_as_it_comm
         try:
             cut = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1",
+                "WHERE application_name = $1 AND datname = current_database()",
                 LISTENER_NAME,
             )
         finally:

@@ -84,8 +84,9 @@ async def ledger(
 ) -> AsyncIterator[Ledger]:
     url = await catalogued_database(migrated_template_url)
     try:
-        # Keys stay cached for the whole module: a request during an outage gets as far as the
-        # ingest itself, which is what is under test.
+        # Keys stay cached for long: a request during an outage gets as far as the ingest
+        # itself, which is what is under test. (The key listener forgets the cache when it
+        # listens again after an outage; a request whose key cannot be read is a 503 too.)
         env = api_env(url, upstream_url="http://127.0.0.1:9/none", API_KEY_CACHE_SECONDS="600")
         logs = tmp_path_factory.mktemp("usage")
         server = urlsplit(url)

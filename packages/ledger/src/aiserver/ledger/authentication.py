@@ -6,7 +6,7 @@ A `Keyring` is one API process's view of the keys:
   forgets a key it revokes, or a project it archives, at once; the others as soon as the change
   commits: the transaction announces it on `KEYS_CHANNEL` (PostgreSQL's NOTIFY, sent at the
   COMMIT), and every API process listens (`Keyring.listen`). While a process cannot listen
-  (PostgreSQL down, a pooler that does not pass LISTEN on), `API_KEY_CACHE_SECONDS` is the bound
+  (PostgreSQL down, a pooler in transaction mode), `API_KEY_CACHE_SECONDS` is the bound
   on how late it learns of a change; once it listens again it forgets its whole cache, as it may
   have missed announcements meanwhile. Public ids that name no key are remembered apart, in a
   smaller cache of their own, so a stream of made-up keys can neither evict the real ones nor
@@ -200,6 +200,27 @@ class Keyring:
     def _heard(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.cache.announced(str(payload))
 
+    @staticmethod
+    async def _still_listening(conn: asyncpg.Connection) -> None:
+        """`ConnectionError` unless the server session of `conn` answers, and still LISTENs on
+        `KEYS_CHANNEL` (behind a pooler in transaction mode, which does not keep a client on
+        one session, it may answer from another that does not: then nothing would be heard)."""
+        try:
+            listening = await conn.fetchval(
+                "SELECT $1 = ANY(ARRAY(SELECT pg_listening_channels()))",
+                KEYS_CHANNEL,
+                timeout=RELISTEN_S,
+            )
+        except TimeoutError:
+            raise ConnectionError(
+                f"the listening connection did not answer in {RELISTEN_S} s"
+            ) from None
+        if not listening:
+            raise ConnectionError(
+                f"the session that answers does not LISTEN on {KEYS_CHANNEL} (a pooler in "
+                "transaction mode? the API needs session pooling)"
+            )
+
     async def listen(self, core: CoreSettings) -> None:
         """Forget what other processes revoke or archive as their transactions commit, until
         cancelled: a connection of its own LISTENs on `KEYS_CHANNEL`. On each connection made
@@ -217,6 +238,7 @@ class Keyring:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(KEYS_CHANNEL, self._heard)
+                await self._still_listening(conn)
                 self.cache.forget_all()
                 self.listening = True
                 if failing:
@@ -226,7 +248,7 @@ class Keyring:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), LISTEN_PING_S)
                     if not lost.is_set():
-                        await conn.fetchval("SELECT 1", timeout=RELISTEN_S)
+                        await self._still_listening(conn)
                 raise ConnectionError("the listening connection was closed")
             except asyncio.CancelledError:
                 raise
