@@ -54,12 +54,12 @@ LISTEN_PING_S: Final = 30.0
 
 async def announce_key(conn: DbConnection, public_id: str) -> None:
     """Announce, at the COMMIT of `conn`'s transaction, that the key `public_id` changed."""
-    await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, f"key:{public_id}")
+    await store.notify(conn, KEYS_CHANNEL, f"key:{public_id}")
 
 
 async def announce_project(conn: DbConnection, project_id: int) -> None:
     """Announce, at the COMMIT of `conn`'s transaction, that every key of a project changed."""
-    await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, f"project:{project_id}")
+    await store.notify(conn, KEYS_CHANNEL, f"project:{project_id}")
 
 
 #: Public ids of keys remembered at once; the least recently read is forgotten first.
@@ -206,11 +206,7 @@ class Keyring:
         `KEYS_CHANNEL` (behind a pooler in transaction mode, which does not keep a client on
         one session, it may answer from another that does not: then nothing would be heard)."""
         try:
-            listening = await conn.fetchval(
-                "SELECT $1 = ANY(ARRAY(SELECT pg_listening_channels()))",
-                KEYS_CHANNEL,
-                timeout=RELISTEN_S,
-            )
+            listening = await store.listening(conn, KEYS_CHANNEL, timeout=RELISTEN_S)
         except TimeoutError:
             raise ConnectionError(
                 f"the listening connection did not answer in {RELISTEN_S} s"

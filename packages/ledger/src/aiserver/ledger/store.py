@@ -271,3 +271,17 @@ async def record_last_used(conn: DbConnection, uses: Mapping[int, datetime]) -> 
         ids,
         [uses[i] for i in ids],
     )
+
+
+async def notify(conn: DbConnection, channel: str, payload: str) -> None:
+    """Announce `payload` on `channel` at the COMMIT of `conn`'s transaction (at once outside
+    one): every session that LISTENs on it hears it then, and never if it rolls back."""
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+async def listening(conn: DbConnection, channel: str, *, timeout: float) -> bool:
+    """Whether the session that answers on `conn` LISTENs on `channel`."""
+    found: bool = await conn.fetchval(
+        "SELECT $1 = ANY(ARRAY(SELECT pg_listening_channels()))", channel, timeout=timeout
+    )
+    return found
