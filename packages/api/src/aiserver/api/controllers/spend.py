@@ -17,7 +17,7 @@ from litestar.params import QueryParameter
 
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
-from aiserver.api.controllers.usage_events import TAG_PREFIX, reads_usage
+from aiserver.api.controllers.usage_events import reads_usage
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import only_query, require_in_document
 from aiserver.core_db.database import require_pool
@@ -25,6 +25,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import Bucket
 from aiserver.ledger.spend.query import MAX_TOP, project_of_key, read_spend, spend_query
+from aiserver.ledger.usage.reading import TAG_PREFIX
 from aiserver.ledger.usage.valuation import PricingStatus
 
 _SPEND_QUERY: Final = only_query(

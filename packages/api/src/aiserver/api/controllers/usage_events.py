@@ -36,6 +36,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.usage.reading import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    TAG_PREFIX,
     EventQuery,
     Position,
     UsageEvent,
@@ -44,8 +45,6 @@ from aiserver.ledger.usage.reading import (
     read_events,
 )
 from aiserver.ledger.usage.valuation import PricingStatus
-
-TAG_PREFIX: Final = "tag:"
 
 
 class UsageEventPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,9 +7,9 @@ of any size takes the same memory; each export has a database connection of its 
 process streams at most `MAX_EXPORTS` at once, and at most `MAX_EXPORTS_PER_PROJECT` of one
 project, so that one project cannot take every slot; the last free slot goes only to a project
 that streams none, so that two projects cannot take them all either (503 `exports-busy`
-beyond, with Retry-After). A client that hangs up ends its export and its connection; an export that
-streams longer than USAGE_EXPORT_MAX_SECONDS is cut (a client that reads slowly, or not at
-all, holds its slot, connection and snapshot no longer).
+beyond, with Retry-After). A client that hangs up ends its export and its connection; an
+export that streams longer than USAGE_EXPORT_MAX_SECONDS is cut (a client that reads slowly,
+or not at all, holds its slot, connection and snapshot no longer).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from litestar.response import Stream
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
 from aiserver.api.controllers.usage_events import (
-    TAG_PREFIX,
     ModelFilter,
     ProviderFilter,
     Since,
@@ -62,6 +61,7 @@ from aiserver.ledger.usage.export import (
     export_query,
     file_name,
 )
+from aiserver.ledger.usage.reading import TAG_PREFIX
 
 if TYPE_CHECKING:
     from aiserver.ledger.store import Project

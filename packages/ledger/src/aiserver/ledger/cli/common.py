@@ -57,8 +57,6 @@ _QUOTED: Final = re.compile(
 )
 #: The API's names with an underscore, which no sentence uses as words.
 _UNDERSCORED: Final = frozenset(name for name in OPTIONS if "_" in name)
-#: How the API names the filter of one tag in a refusal's fields: `tag:team`.
-TAG_FIELD: Final = "tag:"
 
 Rewrite = tuple["re.Pattern[str]", Callable[["re.Match[str]"], str]]
 
@@ -66,6 +64,8 @@ Rewrite = tuple["re.Pattern[str]", Callable[["re.Match[str]"], str]]
 def _rewrites(fields: list[str]) -> tuple[list[Rewrite], list[Rewrite]]:
     """What `options_problem` rewrites, for a refusal naming `fields`: throughout the detail,
     and at its start only."""
+    from aiserver.ledger.usage.reading import TAG_PREFIX
+
     option: Callable[[re.Match[str]], str] = lambda match: OPTIONS[match.group(1)]  # noqa: E731
     anywhere: list[Rewrite] = [
         (re.compile(rf"(?<![\w-])({'|'.join(sorted(_UNDERSCORED))})(?![\w-])"), option)
@@ -76,11 +76,11 @@ def _rewrites(fields: list[str]) -> tuple[list[Rewrite], list[Rewrite]]:
         alternatives = "|".join(map(re.escape, words))
         anywhere.append((re.compile(rf"(?<![\w-])({alternatives})(?=:| \(|,|\))"), option))
         first.append((re.compile(rf"\A({alternatives})(?![\w-])"), option))
-    tags = sorted({f for f in fields if f.startswith(TAG_FIELD)}, key=len, reverse=True)
+    tags = sorted({f for f in fields if f.startswith(TAG_PREFIX)}, key=len, reverse=True)
     if tags:
         # a tag key may hold ":" itself: the name ends where a space, ",", ")" or the end follows
         named = re.compile(rf"(?<![\w:-])({'|'.join(map(re.escape, tags))})(?=:? |,|\)|:?\Z)")
-        anywhere.append((named, lambda match: f"--tag {match.group(1)[len(TAG_FIELD) :]}"))
+        anywhere.append((named, lambda match: f"--tag {match.group(1)[len(TAG_PREFIX) :]}"))
     return anywhere, first
 
 

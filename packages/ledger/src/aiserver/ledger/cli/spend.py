@@ -163,8 +163,8 @@ def _time_text(text: str) -> str:
 def _dimensions(text: str) -> str:
     """An argparse type: one --group-by, dimensions separated by commas, each of a known form;
     `spend_query` checks them all together (each once, at most 4)."""
-    from aiserver.ledger.spend.query import TAG_PREFIX
     from aiserver.ledger.usage.events import TAG_KEY
+    from aiserver.ledger.usage.reading import TAG_PREFIX
 
     for name in (name.strip() for name in text.split(",")):
         if not name or name in ("model", "provider", "status"):

@@ -51,7 +51,13 @@ from aiserver.ledger.spend.buckets import (
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import Dimension
 from aiserver.ledger.usage.events import TAG_KEY
-from aiserver.ledger.usage.reading import event_query, in_utc, parse_time, parse_time_as_given
+from aiserver.ledger.usage.reading import (
+    TAG_PREFIX,
+    event_query,
+    in_utc,
+    parse_time,
+    parse_time_as_given,
+)
 from aiserver.ledger.zones import refusal, region_of
 
 if TYPE_CHECKING:
@@ -71,7 +77,6 @@ MAX_TOP: Final = 1000
 MAX_ROWS: Final = 100_000
 #: The cut hours a `source_note` names one by one (then how many more).
 _NAMED_HOURS: Final = 5
-TAG_PREFIX: Final = "tag:"
 
 
 class SpendQuery(msgspec.Struct, frozen=True, kw_only=True):

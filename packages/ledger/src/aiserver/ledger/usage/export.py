@@ -42,7 +42,13 @@ from aiserver.costs.money import money
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.text import FORMULA_START, spreadsheet_safe
 from aiserver.ledger.usage import focus
-from aiserver.ledger.usage.reading import EventQuery, event_filters, event_from_row, event_query
+from aiserver.ledger.usage.reading import (
+    TAG_PREFIX,
+    EventQuery,
+    event_filters,
+    event_from_row,
+    event_query,
+)
 from aiserver.ledger.usage.store import reading as store
 
 if TYPE_CHECKING:
@@ -218,8 +224,6 @@ def csv_line(row: asyncpg.Record) -> list[list[Any]]:
     ]]  # fmt: skip
 
 
-#: The prefix of a column of one tag's value (`tag:team`), as the spend table's CSV names one.
-TAG_COLUMN: Final = "tag:"
 _TAGS: Final = msgspec.json.Decoder(dict[str, str])
 
 
@@ -231,7 +235,7 @@ def csv_table(project: Project) -> CsvTable:
     keys = tuple(project.rollup_tags)
     if not keys:
         return CsvTable(CSV_COLUMNS, csv_line, CSV_TEXT)
-    tagged = tuple(TAG_COLUMN + key for key in keys)
+    tagged = tuple(TAG_PREFIX + key for key in keys)
 
     def lines(row: asyncpg.Record) -> list[list[Any]]:
         (line,) = csv_line(row)

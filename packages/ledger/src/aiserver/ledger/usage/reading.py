@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
     import asyncpg
 
+#: How one tag is named wherever a tag stands beside the other fields: a filter
+#: (`tag:team=search`), a dimension (`group_by=tag:team`), a refusal's field, a CSV column.
+TAG_PREFIX: Final = "tag:"
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
 MAX_MODEL: Final = 256
@@ -266,7 +269,7 @@ def _check_name(value: str, field: str, longest: int) -> None:
 def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in pairs:
-        field = f"tag:{key[:80]}"
+        field = f"{TAG_PREFIX}{key[:80]}"
         if not TAG_KEY.fullmatch(key):
             raise InvalidField(
                 f"{field}: not a tag key (1 to 64 ASCII letters, digits and _ . : / -)", [field]
@@ -284,7 +287,7 @@ def _tag_filters(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
         raise InvalidField(
             f"at most {MAX_TAGS} tag filters (an event has at most {MAX_TAGS} tags); got "
             f"{len(tags)}",
-            [f"tag:{key}" for key in tags],
+            [f"{TAG_PREFIX}{key}" for key in tags],
         )
     return tags
 
