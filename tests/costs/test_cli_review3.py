@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from aiserver.costs.cli import _USAGE_OPTIONS, _parser
+from aiserver.costs.cli import _parser
+from aiserver.costs.cli.calc import USAGE_OPTIONS as _USAGE_OPTIONS
 
 from ..support.processes import run_module
 

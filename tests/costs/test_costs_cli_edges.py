@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from aiserver.costs.cli import USAGE_FORMAT_NAMES
+from aiserver.costs.cli.calc import USAGE_FORMAT_NAMES
 from aiserver.costs.usage_formats import USAGE_FORMATS
 
 from ..support.processes import run_module
