@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
 import sys
@@ -39,9 +38,11 @@ from bench.common import (
     Section,
     Table,
     bench_settings,
+    compile_sources,
     fmt_ms,
     fmt_x,
     median,
+    program_env,
     say,
     throwaway_database,
 )
@@ -133,7 +134,8 @@ def measure(rounds: int) -> dict[str, list[float]]:
             settings = bench_settings(url)
             await apply_migrations(settings.core)
             await seed_from_snapshot(settings.core)
-            env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
+            env = program_env(DATABASE_URL=url, LOG_LEVEL="WARNING")
+            compile_sources()
             with tempfile.TemporaryDirectory() as tmp:
                 log, one = Path(tmp, "usage.jsonl"), Path(tmp, "one.jsonl")
                 write_log(log, LINES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from typing import IO
 
 import httpx
 
-from bench.common import REDIS_URL, free_port
+from bench.common import REDIS_URL, free_port, program_env
 
 
 @dataclass
@@ -66,7 +65,7 @@ def api_server(
     environment."""
     port = free_port()
     env = {
-        **os.environ,
+        **program_env(),
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "LOG_LEVEL": "WARNING",

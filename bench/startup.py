@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from typing import Any
@@ -26,10 +25,12 @@ from bench.common import (
     Section,
     Table,
     bench_settings,
+    compile_sources,
     fmt_mib,
     fmt_ms,
     fmt_x,
     median,
+    program_env,
     say,
     throwaway_database,
 )
@@ -126,7 +127,8 @@ def run(*, rounds: int = 3, api_rounds: int = 3, warmup: bool = False) -> Sectio
     async def measure() -> None:
         async with throwaway_database("startup") as url:
             await _seeded(url)
-            env = {**os.environ, "BENCH_CATALOG_URL": url, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+            env = program_env(BENCH_CATALOG_URL=url, LITELLM_LOCAL_MODEL_COST_MAP="True")
+            compile_sources()
             names = list(IMPORTS)
             say(f"[startup] imports and first price in fresh interpreters, {rounds} rounds ...")
             if warmup:  # the OS file cache (benchmark 1 has already imported every library)

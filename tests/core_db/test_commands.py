@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aiserver.core_db.commands import run_command
+from aiserver.core_db.commands import add_version, run_command
 from aiserver.core_db.errors import InvalidInput
 
 from ..support.processes import run_module
@@ -168,3 +168,30 @@ async def test_every_command_says_its_version(module: str, prog: str, distributi
 
     code, out, err = await run_module(module, {"PATH": "/usr/bin"}, "--version")
     assert (code, out, err) == (0, f"{prog} {version(distribution)}\n", "")
+
+
+def test_the_version_is_read_only_when_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reading the packaging metadata costs a command about 20 ms at every start: a parser with
+    `--version` reads it only when `--version` is given, and then prints it on stdout."""
+    import argparse
+    import importlib.metadata
+
+    asked: list[str] = []
+
+    def version(distribution: str) -> str:
+        asked.append(distribution)
+        return "9.8.7"
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    parser = argparse.ArgumentParser(prog="aiserver-test")
+    add_version(parser, "aiserver-test-dist")
+    parser.add_argument("--other")
+    assert vars(parser.parse_args(["--other", "x"])) == {"other": "x"}
+    assert "--version" in parser.format_help()
+    assert asked == []
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--version"])
+    assert (exited.value.code, asked) == (0, ["aiserver-test-dist"])
+    assert capsys.readouterr() == ("aiserver-test 9.8.7\n", "")

@@ -188,16 +188,30 @@ def command_log_level(configured: LogLevel) -> LogLevel:
     return configured if "LOG_LEVEL" in os.environ else "WARNING"
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when it is asked for: reading the packaging metadata imports
+    `importlib.metadata` and scans the installed distributions (about 15 ms), which every other
+    run of a command (`--help`, `calc --batch`) would pay for nothing."""
+
+    def __init__(self, option_strings: list[str], dest: str, distribution: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.distribution = distribution
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version(self.distribution)
+        except PackageNotFoundError:  # run from a source tree that was not installed
+            installed = "(not installed)"
+        print(f"{parser.prog} {installed}")  # on stdout, as argparse's own "version" action
+        parser.exit()
+
+
 def add_version(parser: argparse.ArgumentParser, distribution: str) -> None:
     """`--version`: the command's name and the version of the distribution that installed it
     (`aiserver-ledger 0.1.0`), as packaging metadata has it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        installed = version(distribution)
-    except PackageNotFoundError:  # run from a source tree that was not installed
-        installed = "(not installed)"
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {installed}",
+        "--version", action=_Version, distribution=distribution,
         help="print the version and exit",
     )  # fmt: skip
