@@ -46,3 +46,32 @@ def test_other_token_prices_are_per_million_and_the_listed_columns_are_left_out(
         "per second (output) 0.0001",
     ]
     assert other_prices(_version(input_cost_per_token=Decimal("1e-06"))) == []
+
+
+def test_tiered_token_prices_are_per_million_with_their_tier_in_words() -> None:
+    """Before, a price per token of a tier (batches, priority, above 272k tokens) was written per
+    token beside the columns' per million, and a price per option (a search's context size) as
+    Python's text of a dict: `{'search_context_size_low': Decimal('0.025'), ...}`."""
+    mini = _version(
+        input_cost_per_token=Decimal("0.00000015"),
+        input_cost_per_token_batches=Decimal("0.000000075"),
+        output_cost_per_token_priority=Decimal("0.000001"),
+        input_cost_per_token_above_272k_tokens_priority=Decimal("0.000005"),
+        input_cost_per_image_token_batches=Decimal("0.000001"),
+        cache_read_input_token_cost=Decimal("0.00000007"),
+        search_context_cost_per_query={
+            "search_context_size_low": Decimal("0.025"),
+            "search_context_size_high": Decimal("0.03"),
+        },
+        input_cost_per_1k_tokens=Decimal("0.001"),
+        litellm_provider="openai",
+    )
+    assert other_prices(mini) == [
+        "per 1k tokens (input) 0.001",
+        "per 1M image tokens (input, batches) 1",
+        "per 1M tokens (input, above 272k tokens, priority) 5",
+        "per 1M tokens (input, batches) 0.075",
+        "per 1M tokens (output, priority) 1",
+        "per query (search context, size high) 0.03",
+        "per query (search context, size low) 0.025",
+    ]

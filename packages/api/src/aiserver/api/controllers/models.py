@@ -11,6 +11,7 @@ import base64
 import binascii
 import bisect
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 
 from litestar import Controller, get
@@ -41,7 +42,9 @@ def _decode_cursor(cursor: str) -> str:
 
 def price_of(pv: PriceVersion, field: str) -> str | None:
     value = pv.entry.get(field)
-    return money(value) if value is not None and not isinstance(value, bool | str) else None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        return None  # no price, or a dict of prices per option: no one price
+    return money(value)
 
 
 def _limit(value: object) -> int | None:

@@ -7,6 +7,8 @@ The models are the live catalog's, as `GET /v1/models` and `GET /v1/models/{mode
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any, Final
 
 from litestar import Controller, Request, get
@@ -19,6 +21,7 @@ from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
 from aiserver.costs.catalog import PriceVersion
 from aiserver.costs.live import LiveCatalog
+from aiserver.costs.money import money
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -97,21 +100,45 @@ class CatalogPages(Controller):
 
 def other_prices(pv: PriceVersion) -> list[str]:
     """A model's prices of other units than its input and output tokens, each in words with its
-    exact price: `per image (output) 0.04`, `per pixel (input) 0.0000000839233`; a price per
-    token of some kind (audio, reasoning) per million, as the list's columns."""
+    exact price: `per image (output) 0.04`, `per pixel (input) 0.0000000839233`. A price per
+    token of some kind or tier (audio, reasoning; batches, priority, above 200k tokens) is per
+    million, as the list's columns are: `per 1M tokens (input, batches) 1.25`. A price given per
+    option (a search's context size) is named once per option."""
     found = []
     for name in sorted(pv.entry):
         direction, _, unit = name.partition("_cost_per_")
         if not unit or name in TOKEN_PRICES:
             continue
-        price = price_of(pv, name)
-        if price is None:
-            continue
-        if unit.endswith("token"):
-            kind = unit.removesuffix("token").replace("_", " ").strip()
-            found.append(
-                f"per 1M {kind + ' ' if kind else ''}tokens ({direction}) {per_million(price)}"
-            )
-        else:
-            found.append(f"per {unit.replace('_', ' ')} ({direction.replace('_', ' ')}) {price}")
+        value = pv.entry[name]
+        options = value.items() if isinstance(value, dict) else [(None, value)]
+        for option, price in sorted(options, key=lambda o: o[0] or ""):
+            if isinstance(price, bool) or not isinstance(price, Decimal | int):
+                continue
+            found.append(_price_in_words(direction, unit, option, price))
     return found
+
+
+#: A unit that is a token of some kind (`audio_token`) and tier (`token_batches`,
+#: `token_above_272k_tokens_priority`).
+_TOKEN_UNIT: Final = re.compile(r"(?:(?P<kind>[a-z]+)_)?token(?:_(?P<tier>.+))?")
+
+
+def _price_in_words(direction: str, unit: str, option: str | None, price: Decimal | int) -> str:
+    what = [_words(direction)]
+    if option is not None:  # "search_context_size_low" of search_context: "size low"
+        option = option.removeprefix(f"{direction}_")
+    token = _TOKEN_UNIT.fullmatch(unit)
+    if token is not None:
+        if token["tier"]:  # "above_272k_tokens_priority": "above 272k tokens, priority"
+            what.append(_words(token["tier"].replace("_tokens_", " tokens, ")))
+        if option is not None:
+            what.append(_words(option))
+        kind = f"{token['kind']} " if token["kind"] else ""
+        return f"per 1M {kind}tokens ({', '.join(what)}) {per_million(money(price))}"
+    if option is not None:
+        what.append(_words(option))
+    return f"per {_words(unit)} ({', '.join(what)}) {money(price)}"
+
+
+def _words(name: str) -> str:
+    return name.replace("_", " ")
