@@ -826,8 +826,8 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
     assert lines[2:7] == [
         "2026-11-29 gpt-x, search 0.00143 1 0 0 1,000 100 0 0 0",
         "total 0.00143 1 0 0 1,000 100 0 0 0",
-        "2026-11-30 mystery-1, - 0 1 1 0 5 0 0 0 0",
-        "total 0 1 1 0 5 0 0 0 0",
+        "2026-11-30 mystery-1, - unpriced 1 1 0 5 0 0 0 0",
+        "total unpriced 1 1 0 5 0 0 0 0",
         "whole window total 0.00143 2 1 0 1,005 100 0 0 0",
     ]
     assert re.fullmatch(
@@ -842,7 +842,7 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[2:5] == [
         "all gpt-x, search 0.00143 1 0 0 1,000 100 0 0 0",
-        "mystery-1, - 0 1 1 0 5 0 0 0 0",
+        "mystery-1, - unpriced 1 1 0 5 0 0 0 0",
         "whole window total 0.00143 2 1 0 1,005 100 0 0 0",
     ]
     assert lines[5].startswith("as of ")

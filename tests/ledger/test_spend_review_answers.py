@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -131,6 +132,35 @@ async def test_the_command_line_table_shows_every_sum_and_keeps_its_columns(
     ]
     # every column ends where its header does
     assert {len(line) for line in lines[1:5]} == {len(lines[1])}
+
+
+async def test_the_command_line_writes_unpriced_where_every_event_counted_is_unpriced(
+    ledger: Ledger, subprocess_env: dict[str, str]
+) -> None:
+    """Before, a model with no price read `0` in the cost column, as if it were free; --json
+    keeps the API's 0 beside its unpriced_events."""
+    await ledger.record(ledger.project, [
+        {"model": model, "usage": {"input_tokens": tokens}, "occurred_at": at}
+        for model, tokens, at in (("gpt-x", 1000, "2026-10-26T10:00:00Z"),
+                                  ("mystery-1", 50, "2026-10-26T11:00:00Z"),
+                                  ("mystery-1", 70, "2026-10-27T11:00:00Z"))
+    ])  # fmt: skip
+    arguments = ("spend", "--project", "acme", "--from", "2026-10-26", "--to", "2026-10-28",
+                 "--bucket", "day", "--group-by", "model")  # fmt: skip
+    code, out, err = await run_module("aiserver.ledger.cli", subprocess_env, *arguments)
+    assert code == 0, err
+    rows = [" ".join(line.split()) for line in out.splitlines()[2:7]]
+    assert rows == [
+        "2026-10-26 gpt-x 0.0011 1 0 0 1,000 0 0 0 0",
+        "mystery-1 unpriced 1 1 0 50 0 0 0 0",
+        "total 0.0011 2 1 0 1,050 0 0 0 0",
+        "2026-10-27 mystery-1 unpriced 1 1 0 70 0 0 0 0",
+        "total unpriced 1 1 0 70 0 0 0 0",
+    ]
+    code, out, err = await run_module("aiserver.ledger.cli", subprocess_env, *arguments, "--json")
+    assert code == 0, err
+    (mystery,) = [g for g in json.loads(out)["groups"] if g["key"] == {"model": "mystery-1"}]
+    assert (mystery["cost"], mystery["events"], mystery["unpriced_events"]) == ("0", 2, 2)
 
 
 # -- direct sums under backfills, clocks that change at midnight, and folds racing ingest ------
