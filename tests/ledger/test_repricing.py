@@ -342,6 +342,7 @@ async def test_a_fold_that_began_before_a_reprice_committed_never_folds_the_old_
     run = await request_reprice(ledger.pool, OPERATOR, RepriceRequest(project="p", dry_run=False))
     folder = await asyncpg.connect(settings.core.database_url)
     try:
+        await fold_once(folder, limit=0)  # prepared (and its types looked up) before the race
         folding = asyncio.create_task(fold_once(folder, limit=BACKLOG + len(CALLS)))
         await running(ledger.pool, folder, FOLD_CLAIM)
         assert await execute_run(ledger.pool, run.id, TODAY, batch_size=10) is RunOutcome.DONE
