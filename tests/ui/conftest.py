@@ -275,7 +275,8 @@ def as_said(amount: Decimal) -> Decimal:
 
 #: A budget's pace, under its used share in a budgets table (its own test: test_budget_pace.py).
 PACE: Final = re.compile(
-    r" committed on pace for (?:≈ [0-9]+%|under 1%|just over 100%)(?: past the limit)?$"
+    r" committed on pace for (?:≈ [0-9]+%|under 1%|just over 100%) by the window's end"
+    r"(?:: projected to pass the limit)?$"
 )
 
 
@@ -292,7 +293,8 @@ def header(browser: WebDriver, table_id: str) -> list[str]:
 def committed(window: dict[str, Any]) -> str:
     """A budget window's committed cell, from the API's window: the amount, the events it counts
     and how many of them are unpriced (they count 0 until a price is known)."""
-    return (f"{window['committed']} ({window['events']} events, "
+    events = f"{window['events']} event{'' if window['events'] == 1 else 's'}"
+    return (f"{window['committed']} ({events}, "
             f"{window['unpriced_events']} unpriced)")  # fmt: skip
 
 

@@ -10,12 +10,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, as_said, bearer, half_up, sign_in, table, text
+from .conftest import Site, admin, as_said, bearer, half_up, sign_in, table, text
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +24,15 @@ DIGITS = Context(prec=60)
 MICROSECOND = timedelta(microseconds=1)
 SAID = re.compile(
     r"≈ (?P<amount>[0-9,.]+) USD by the window's end, ≈ (?P<share>[0-9]+)% of the limit"
-    r"(?P<past>: past it)?\. The committed spend of the (?P<passed>[0-9]+)% of the window passed, "
+    r"(?P<past>: projected to pass it)?\. "
+    r"The committed spend of the (?P<passed>[0-9]+)% of the window passed, "
     r"carried on at the same rate(?P<unpriced>; its [0-9,]+ unpriced events count 0, so it may "
     r"be more)?\."
 )
-LISTED = re.compile(r".*% committed on pace for ≈ (?P<share>[0-9]+)%(?P<past> past the limit)?")
+LISTED = re.compile(
+    r".*% committed on pace for ≈ (?P<share>[0-9]+)% by the window's end"
+    r"(?P<past>: projected to pass the limit)?"
+)
 
 
 def pace_at(window: dict[str, Any], limit: Decimal, at: datetime) -> tuple[Decimal, ...]:
@@ -101,3 +106,82 @@ async def test_a_total_budget_has_no_pace(browser: WebDriver, site: Site) -> Non
     browser.get(f"{site.url}/ui/p/ui-c/budgets")
     rows = {row[0]: row for row in table(browser, "budget-list")}
     assert "on pace" not in rows["Pace total"][8]
+
+
+#: The colour of a projection past the limit (`--warn`) and of an overrun (`--bad`).
+WARN = "rgb(122, 65, 0)"
+BAD = "rgb(164, 14, 38)"
+
+
+def _zone_at_three_pm(now: datetime) -> str:
+    """A fixed-offset zone whose clock reads 15:xx at `now`: a day's window is then between 62%
+    and 67% passed, whatever the hour of the run."""
+    offset = (15 - now.hour + 12) % 24 - 12  # hours east of UTC, -12 to 11
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-5 is UTC+5
+
+
+async def test_a_projection_past_the_limit_reads_as_a_forecast_not_an_overrun(
+    browser: WebDriver, site: Site
+) -> None:
+    """A budget 90% used two thirds into its day is on pace for about 140%: before, the pages
+    said "past the limit" in the bold red of a budget that is over it."""
+    now = datetime.now(UTC)
+    zone = _zone_at_three_pm(now)
+    assert datetime.now(ZoneInfo(zone)).hour == 15
+    async with site.client() as client:
+        made = await client.post(
+            "/v1/projects", json={"slug": "ui-pace", "name": "Pace", "time_zone": zone},
+            headers=admin(),
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        scopes = ["ingest", "read", "admin"]
+        made = await client.post(
+            "/v1/projects/ui-pace/keys", json={"name": "pace", "scopes": scopes}, headers=admin()
+        )
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        made = await client.post(
+            "/v1/budgets", json={"name": "Daily", "limit_usd": "0.01", "period": "day"},
+            headers=bearer(key),
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        budget_id = made.json()["id"]
+        event = {  # 7,000 in and 1,000 out at the test catalog's prices: 0.009, 90%
+            "id": "pace-1", "model": "gpt-test-001", "occurred_at": now.isoformat(),
+            "usage": {"input_tokens": 7000, "output_tokens": 1000},
+        }  # fmt: skip
+        recorded = await client.post("/v1/usage", json=event, headers=bearer(key))
+        assert recorded.status_code == 201, recorded.text
+    sign_in(browser, site, key)
+    browser.get(f"{site.url}/ui/p/ui-pace/budgets/{budget_id}")
+    assert browser.find_elements(By.ID, "budget-over") == []
+    said = text(browser.find_element(By.ID, "budget-pace"))
+    found = SAID.fullmatch(said)
+    assert found, said
+    assert found["past"], said
+    assert 130 <= int(found["share"]) <= 150, said
+    _a_forecast(browser, "#budget-pace")
+    browser.get(f"{site.url}/ui/p/ui-pace/budgets")
+    (row,) = table(browser, "budget-list")
+    shown = LISTED.fullmatch(row[8])
+    assert shown, row
+    assert shown["past"], row
+    _a_forecast(browser, "#budget-list tbody")
+
+
+def _a_forecast(browser: WebDriver, within: str) -> None:
+    """The projection in `within` is in the colour of a warning, not bold; nothing there is in
+    the red of an overrun."""
+    style = browser.execute_script(
+        "const e = document.querySelector(arguments[0]); const s = getComputedStyle(e);"
+        "return [e.textContent, s.color, s.fontWeight, s.fontStyle];",
+        f"{within} .projected-over",
+    )
+    assert style[1:] == [WARN, "400", "italic"], style
+    assert style[0] in ("projected to pass it", "projected to pass the limit"), style
+    assert browser.find_elements(By.CSS_SELECTOR, f"{within} .over-budget") == []
+    colours = browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => getComputedStyle(e).color);",
+        f"{within} *",
+    )
+    assert BAD not in colours, colours

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -66,7 +67,7 @@ async def fin(site: Site) -> dict[str, Any]:
     webhook) as the API answers them once their usage is counted and their alerts made."""
     async with site.client() as client:
         await _ok(await client.post("/v1/projects", json={
-            "slug": "ui-fin", "name": "Finance Review", "time_zone": "UTC",
+            "slug": "ui-fin", "name": "Finance Review", "time_zone": "America/New_York",
         }, headers=admin()))  # fmt: skip
         keys = {}
         for name, scopes in (("fin", ["ingest", "read", "admin"]), ("fin-read", ["read"])):
@@ -205,6 +206,14 @@ async def test_an_alerts_state_is_in_words_with_its_code_beside(
         title = cell.get_attribute("title") or ""
         assert title.startswith("the budget has no webhook")
         assert title.endswith("(state: no_webhook)")
+    # when each crossed, on the project's clock as its window is (it was in UTC), the instant
+    # in UTC in its <time>
+    crossed = browser.find_elements(By.CSS_SELECTOR, "#budget-alerts tbody th time")
+    assert [c.get_attribute("datetime") for c in crossed] == [a["crossed_at"] for a in alerts]
+    new_york = ZoneInfo("America/New_York")
+    assert [text(c) for c in crossed] == [
+        datetime.fromisoformat(a["crossed_at"]).astimezone(new_york).isoformat() for a in alerts
+    ]
 
 
 async def test_amounts_are_exact_with_no_zeros_added_and_still_line_up(

@@ -5,8 +5,12 @@ reprices made to an event."""
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import io
+import itertools
+import math
+import random
 import re
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -469,6 +473,53 @@ def test_a_group_keeps_its_colour_whatever_its_rank(browser: WebDriver, site: Si
     assert GREY not in drawn.values()
 
 
+def _lab(css: str) -> tuple[float, float, float]:
+    """A colour as the chart's script writes it (`#0b5cad`, `hsl(295.1, 65%, 38%)`) in CIELAB."""
+    if css.startswith("#"):
+        rgb = [int(css[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    else:
+        hue, saturation, lightness = (float(v.strip(" %")) for v in css[4:-1].split(","))
+        red, green, blue = colorsys.hls_to_rgb(hue / 360, lightness / 100, saturation / 100)
+        rgb = [red, green, blue]
+    linear = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in rgb]
+    x, y, z = (
+        sum(w * v for w, v in zip(row, linear, strict=True)) / white
+        for row, white in (((0.4124, 0.3576, 0.1805), 0.95047), ((0.2126, 0.7152, 0.0722), 1.0),
+                           ((0.0193, 0.1192, 0.9505), 1.08883))
+    )  # fmt: skip
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_no_two_series_of_a_chart_look_alike(browser: WebDriver, site: Site) -> None:
+    """Three of the demo's costliest models were drawn in three purples (colour differences of
+    11 to 20 in CIELAB) and two others in the same blue: each picked its colour by its name
+    alone. Now a colour that looks like one taken (a difference under 25, the palette's two
+    closest colours) is passed over, so that up to 15 series (and "(other)") never look alike."""
+    sign_in(browser, site, site.keys["a-read"])
+    script = "return window.aiserverChartColours(arguments[0]);"
+    reported = ["claude-sonnet-4-5", "gpt-4o", "gpt-4o-mini", "gpt-4.1",
+                "text-embedding-3-small", "claude-haiku-4-5", "(other)"]  # fmt: skip
+    rng = random.Random(7)
+    charts = [reported] + [
+        [f"model-{rng.randrange(10**6)}" for _ in range(size)] + ["(other)"]
+        for size in (3, 8, 8, 8, 12, 15)
+        for _ in range(20)
+    ]
+    for labels in charts:
+        drawn = browser.execute_script(script, labels)
+        assert drawn["(other)"] == GREY
+        closest = min(
+            math.dist(_lab(a), _lab(b)) for a, b in itertools.combinations(drawn.values(), 2)
+        )
+        assert closest >= 25, (labels, drawn, closest)
+        # the same labels in another order: the same colours
+        assert browser.execute_script(script, labels[::-1]) == drawn
+
+
 def test_an_answer_without_groups_shows_its_total_once(browser: WebDriver, site: Site) -> None:
     """No group_by: the one column is the total, which the table used to show twice (`week,
     total, total`)."""
@@ -483,6 +534,26 @@ def test_an_answer_without_groups_shows_its_total_once(browser: WebDriver, site:
     assert "a week starts on Monday" in browser.find_element(By.ID, "query-help").text
     drawn = "return Chart.getChart('explore').data.datasets.map(d => d.label);"
     assert browser.execute_script(drawn) == ["total"]  # the chart still draws it
+    # it said "Spend per week by total"
+    assert text(browser.find_element(By.ID, "explore-caption")) == "Spend per week, in USD"
+
+
+def test_a_question_that_matches_no_usage_says_so_and_draws_no_empty_chart(
+    browser: WebDriver, site: Site
+) -> None:
+    """Before, a window with no event drew a chart of empty days over its table of zeros."""
+    sign_in(browser, site, site.keys["a-read"])
+    browser.get(f"{site.url}/ui/p/ui-a/explore?from=2020-01-01&to=2020-01-04&bucket=day")
+    assert text(browser.find_element(By.ID, "answer-none")).startswith(
+        "No usage matches this question"
+    )
+    assert browser.find_elements(By.ID, "explore") == []  # no chart
+    assert table(browser, "explore-table") == [
+        ["2020-01-01", "0"],
+        ["2020-01-02", "0"],
+        ["2020-01-03", "0"],
+    ]
+    assert text(browser.find_element(By.ID, "answer-total")) == "0"
 
 
 async def test_an_answer_too_long_to_draw_is_offered_as_csv_with_what_to_ask_instead(
@@ -561,3 +632,42 @@ def test_explore_s_form_reads_in_words_and_sends_the_api_s_values(
     status = Select(browser.find_element(By.ID, "q-status"))
     said = {o.get_attribute("value"): text(o) for o in status.options}
     assert said["partially_priced"] == "partially priced"
+
+
+async def test_a_selection_whose_every_event_is_unpriced_reads_unpriced_never_zero(
+    browser: WebDriver, site: Site
+) -> None:
+    """Before, Explore filtered to an unknown model headlined "Spend: 0.00 USD" and its chart's
+    table wrote 0 in the total column beside the model's `unpriced`; the overview listed the
+    unpriced event at its UTC time, where every other page shows the project's clock."""
+    sign_in(browser, site, site.keys["a-read"])
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#unpriced a")
+    shown = link.find_element(By.TAG_NAME, "time")
+    exact = datetime.fromisoformat(shown.get_attribute("datetime") or "")
+    assert exact.tzinfo == UTC
+    on_clock = exact.astimezone(BERLIN)
+    assert text(link) == f"mystery-model-9000 at {on_clock.isoformat()}: why?"
+
+    day = on_clock.date()
+    since, until = (day - timedelta(days=1)).isoformat(), (day + timedelta(days=2)).isoformat()
+    browser.get(
+        f"{site.url}/ui/p/ui-a/explore?from={since}&to={until}&bucket=day&group_by=model"
+        "&model=mystery-model-9000"
+    )
+    answer = await spend(site, **{
+        "from": since, "to": until, "bucket": "day", "tz": "Europe/Berlin", "group_by": "model",
+        "model": "mystery-model-9000",
+    })  # fmt: skip
+    assert (answer["total"]["cost"], answer["total"]["events"]) == ("0", 1)
+    assert answer["total"]["unpriced_events"] == 1
+    assert text(browser.find_element(By.ID, "answer-about")) == "unpriced"
+    assert browser.find_elements(By.ID, "answer-total") == []
+    assert text(browser.find_element(By.ID, "answer-unpriced")).startswith(
+        "No cost yet: the one event here is unpriced"
+    )
+    rows = {row[0]: row[1:] for row in table(browser, "explore-table")}
+    assert rows == {
+        day.isoformat(): ["unpriced", "unpriced"],  # the model's cell and the day's total
+        (day - timedelta(days=1)).isoformat(): ["0", "0"],  # no event: nothing spent
+        (day + timedelta(days=1)).isoformat(): ["0", "0"],
+    }

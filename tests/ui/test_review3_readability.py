@@ -179,7 +179,7 @@ async def test_times_and_model_names_stay_on_one_line_and_wide_tables_scroll_in_
     assert scrolled <= width
 
     browser.get(f"{site.url}/ui/p/ui-a/budgets")
-    (window,) = [c for c in styles(browser, "#budget-list tbody td") if " to " in c[0]]
+    (window,) = styles(browser, "#budget-list tbody td.window")
     times = styles(browser, "#budget-list tbody td.window .when")
     assert [t[0] for t in times] == window[0].split(" to "), (times, window)
     assert {t[3] for t in times} == {"nowrap"}  # each time on one line, the cell broken between

@@ -42,7 +42,7 @@ from aiserver.api.ui.events import EventController
 from aiserver.api.ui.explore import ExploreController
 from aiserver.api.ui.keys import KeyPages
 from aiserver.api.ui.overview import OverviewController
-from aiserver.api.ui.present import group_label, on_clock, timestamp
+from aiserver.api.ui.present import group_label, instant, on_clock, timestamp
 from aiserver.api.ui.sessions import PATH, Signer, back_to
 from aiserver.api.ui.signin import SignInController
 from aiserver.api.ui.viewer import OPT, Dashboard, SignInNeeded
@@ -120,6 +120,7 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
     environment.filters["when"] = timestamp
     environment.filters["on_clock"] = on_clock
     environment.filters["label"] = group_label
+    environment.globals["instant"] = instant
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 

@@ -23,14 +23,13 @@ from zoneinfo import ZoneInfo
 from litestar import Request, Response, get
 from litestar.params import FromPath
 from litestar.response import Template
-from markupsafe import Markup
 
 from aiserver.api.controllers.usage_events import decode_cursor, encode_cursor
 from aiserver.api.controllers.usage_export import slots, streamed
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.forms import tag_pairs, wall_time
 from aiserver.api.ui.overview import month_start, next_month
-from aiserver.api.ui.present import SHOW, on_clock, timestamp
+from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, open_project, viewer
 from aiserver.core_db.database import require_pool
@@ -56,17 +55,6 @@ DOWNLOADS: Final[tuple[tuple[ExportFormat, str], ...]] = (
     ("focus", "FinOps FOCUS 1.2 CSV, one row per priced component"),
     ("jsonl", "JSON lines, one event a line"),
 )
-
-
-def instant(at: datetime, zone: str) -> Markup:
-    """A time as the events' pages show it: on the clock of the time zone named `zone` (the
-    project's), with its offset (`2026-11-30T22:00:00-05:00`, as the budgets' windows are
-    shown), in a `<time>` whose `datetime` and title hold the exact instant in UTC as the API
-    writes it (`2026-12-01T03:00:00Z`)."""
-    exact = timestamp(at.astimezone(UTC))
-    return Markup('<time datetime="{0}" title="{0} in UTC">{1}</time>').format(
-        exact, on_clock(at, zone)
-    )
 
 
 def _typed(request: AnyRequest) -> tuple[dict[str, str], list[str]]:
@@ -152,7 +140,7 @@ async def _listing(
             "export_error": export_error, "downloads": downloads, "months": months,
             "events": page.events if page is not None else [], "next_url": next_url,
             "first_url": first_url,
-            "first_page": "cursor" not in params, "show": SHOW, "instant": instant,
+            "first_page": "cursor" not in params, "show": SHOW,
         },
     )  # fmt: skip
 
@@ -205,6 +193,6 @@ class EventController(ProjectPages):
                 "viewer": seen_by, "project": project, "page": "events",
                 "event": await read_event(pool, project.id, event_id),
                 "adjustments": await event_adjustments(pool, project.id, event_id),
-                "show": SHOW, "instant": instant,
+                "show": SHOW,
             },
         )  # fmt: skip

@@ -20,15 +20,17 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
+from markupsafe import Markup
 
+from aiserver.core_db.commands import counted
 from aiserver.costs.money import money
-from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup
+from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup, SpendTotals
 from aiserver.ledger.text import bidi_closed, spreadsheet_safe
 
 NONE: Final = "(none)"
@@ -140,6 +142,12 @@ def rounded(value: object) -> bool:
     return text is not None and Decimal(text) != Decimal(text).quantize(_CENT)
 
 
+def _unpriced_only(sums: SpendTotals) -> bool:
+    """Whether every event a group (or a bucket, or an answer) counts is unpriced: its cost of
+    0 is no price, not free."""
+    return sums.events > 0 and sums.unpriced_events == sums.events
+
+
 class Cell(NamedTuple):
     """A table cell as a page shows it: its text and its kind, which is its CSS class: `num`
     (an amount or a count: right-aligned, tabular figures, on one line), `when` (a time, on one
@@ -162,8 +170,12 @@ class Show:
         return UNPRICED if _unpriced_only(group) else shown_amount(group.cost, decimals)
 
     count = staticmethod(count)
+    #: a count with its noun, one or more: `1 event`, `1,200 events`
+    counted = staticmethod(counted)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
+    #: whether every event a sum counts is unpriced: a headline then says so instead of 0
+    unpriced_only = staticmethod(_unpriced_only)
 
     @staticmethod
     def estimate(value: Decimal) -> str:
@@ -309,6 +321,8 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     #: whether the answer was grouped: without groups its one column is the total, which the
     #: table shows once
     grouped: bool = True
+    #: per row: whether every event of the bucket is unpriced (its total reads `unpriced`)
+    unpriced_totals: list[bool] = msgspec.field(default_factory=list)
 
     def _aligned(self) -> list[tuple[str, list[str], str]]:
         """The rows with each column's amounts (and the totals) at that column's scale
@@ -325,10 +339,11 @@ class Pivot(msgspec.Struct, frozen=True, kw_only=True):
     def shown(self) -> list[tuple[str, list[str], str]]:
         """The rows as the table shows them: aligned, and grouped by thousands."""
         marks = self.unpriced or [[False] * len(self.columns) for _ in self.rows]
+        totals = self.unpriced_totals or [False] * len(self.rows)
         return [
             (label, [UNPRICED if u else grouped(c) for c, u in zip(cells, m, strict=True)],
-             grouped(total))
-            for (label, cells, total), m in zip(self._aligned(), marks, strict=True)
+             UNPRICED if t else grouped(total))
+            for (label, cells, total), m, t in zip(self._aligned(), marks, totals, strict=True)
         ]  # fmt: skip
 
     def chart(self) -> dict[str, Any]:
@@ -368,12 +383,8 @@ def pivot(answer: SpendAnswer) -> Pivot:
         currency=answer.currency,
         unpriced=unpriced,
         grouped=bool(group_by),
+        unpriced_totals=[_unpriced_only(b.total) for b in answer.buckets],
     )
-
-
-def _unpriced_only(group: SpendGroup) -> bool:
-    """Whether every event a group counts is unpriced: its cost of 0 is no price, not free."""
-    return group.events > 0 and group.unpriced_events == group.events
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
@@ -425,6 +436,17 @@ def on_clock(at: datetime, zone: str) -> str:
     `timestamp` writes it: `2026-12-01T00:00:00+14:00` for the instant the API writes
     `2026-11-30T10:00:00Z`. UTC is written `Z`."""
     return timestamp(at.astimezone(ZoneInfo(zone)))
+
+
+def instant(at: datetime, zone: str) -> Markup:
+    """A time as the pages show an event's: on the clock of the time zone named `zone` (the
+    project's), with its offset (`2026-11-30T22:00:00-05:00`, as the budgets' windows are
+    shown), in a `<time>` whose `datetime` and title hold the exact instant in UTC as the API
+    writes it (`2026-12-01T03:00:00Z`)."""
+    exact = timestamp(at.astimezone(UTC))
+    return Markup('<time datetime="{0}" title="{0} in UTC">{1}</time>').format(
+        exact, on_clock(at, zone)
+    )
 
 
 def table_rows(answer: SpendAnswer) -> list[list[str]]:

@@ -28,18 +28,66 @@
     }
     return h;
   }
+  // A slot's colour in CIELAB, where the distance between two colours is about how different
+  // they look (CIE76 ΔE), worked out once per slot.
+  var labs = {};
+  function rgbOfSlot(slot) {
+    if (slot < palette.length) {
+      return [1, 3, 5].map(function (i) { return parseInt(palette[slot].substr(i, 2), 16) / 255; });
+    }
+    return hslRgb(parseFloat(((slot * 137.508) % 360).toFixed(1)), 0.65,
+                  [38, 52, 30][Math.floor(slot / 21) % 3] / 100);
+  }
+  function hslRgb(hue, s, l) {
+    var a = s * Math.min(l, 1 - l);
+    function f(n) { var k = (n + hue / 30) % 12; return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1)); }
+    return [f(0), f(8), f(4)];
+  }
+  function lab(rgb) {
+    var c = rgb.map(function (v) { return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    var x = (0.4124 * c[0] + 0.3576 * c[1] + 0.1805 * c[2]) / 0.95047;
+    var y = 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+    var z = (0.0193 * c[0] + 0.1192 * c[1] + 0.9505 * c[2]) / 1.08883;
+    function f(t) { return t > 216 / 24389 ? Math.cbrt(t) : (24389 / 27 * t + 16) / 116; }
+    return [116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))];
+  }
+  function labOfSlot(slot) {
+    if (!Object.prototype.hasOwnProperty.call(labs, slot)) labs[slot] = lab(rgbOfSlot(slot));
+    return labs[slot];
+  }
+  function nearest(colour, drawn) {  // the least ΔE between `colour` and the colours drawn
+    return drawn.reduce(function (least, other) {
+      return Math.min(least, Math.hypot(colour[0] - other[0], colour[1] - other[1], colour[2] - other[2]));
+    }, Infinity);
+  }
+  // How far apart (ΔE) any two colours of a chart are, where its labels allow: the palette's two
+  // closest colours. Up to 15 labels it always holds; past 18 no 50 colours can hold it.
+  var DISTINCT = 25;
+  var GREY_LAB = lab([0x86 / 255, 0x8e / 255, 0x96 / 255]);
   // Each label's colour in a chart: picked by its name, not by its rank, so that a model keeps
-  // its colour from page to page and as its spend moves it up or down; no two labels of a chart
-  // share one (a name whose colour an earlier name, in alphabetical order, took gets the next
-  // free one: then it depends on which labels the chart holds, never on their order).
+  // its colour from page to page and as its spend moves it up or down, unless a label before it
+  // in alphabetical order took a colour that looks like it (ΔE under DISTINCT): it then takes
+  // the next colour that looks like none taken (or, past what the colours allow, the one that
+  // looks least like them). It depends on which labels the chart holds, never on their order.
   function colours(labels) {
-    var taken = {}, found = {};
+    var taken = {}, drawn = [GREY_LAB], found = {};
     labels.slice().sort().forEach(function (label) {
       if (label === OTHER) { found[label] = GREY; return; }
       if (Object.prototype.hasOwnProperty.call(found, label)) return;
-      var slot = hashOf(label) % PREFERRED;
-      while (taken[slot]) slot++;
+      var start = hashOf(label) % PREFERRED, slot = -1, widest = -1;
+      for (var i = 0; i < PREFERRED; i++) {
+        var candidate = (start + i) % PREFERRED;
+        if (taken[candidate]) continue;
+        var gap = nearest(labOfSlot(candidate), drawn);
+        if (gap >= DISTINCT) { slot = candidate; break; }
+        if (gap > widest) { slot = candidate; widest = gap; }
+      }
+      if (slot < 0) {  // every preferred colour is taken: the hues after them
+        slot = PREFERRED;
+        while (taken[slot]) slot++;
+      }
       taken[slot] = true;
+      drawn.push(labOfSlot(slot));
       found[label] = slotColour(slot);
     });
     return found;
