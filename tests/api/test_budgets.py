@@ -198,9 +198,21 @@ async def test_an_allowed_host_takes_webhooks_and_the_secret_is_shown_once(
     async with AsyncTestClient(app=create_app(allowed)) as client:
         await make_project(client, "hooked")
         key = (await make_key(client, "hooked", ["admin"]))["key"]
-        made = await create(client, key, webhook_url="http://127.0.0.1:8999/hook")
+        answer = await client.post(BUDGETS, headers=bearer(key), json={
+            "name": "hooked", "limit_usd": "1", "period": "day",
+            "webhook_url": "http://127.0.0.1:8999/hook",
+        })  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        # the answer that holds the secret is kept in no cache (it had no cache-control)
+        assert answer.headers["cache-control"] == "no-store"
+        made = answer.json()
         secret = made["webhook_secret"]
         assert len(secret) == 43  # 32 random bytes, URL-safe base64
+        moved = await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(key),
+                                   json={"webhook_url": "http://127.0.0.1:8999/hook2"})  # fmt: skip
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["webhook_secret"]  # a new address, a new secret
+        assert moved.headers["cache-control"] == "no-store"
         given = await create(
             client, key, webhook_url="http://127.0.0.1:8999/b", webhook_secret="s" * 24
         )
@@ -221,6 +233,56 @@ async def test_an_allowed_host_takes_webhooks_and_the_secret_is_shown_once(
             f"{BUDGETS}/{made['id']}", headers=bearer(key), json={"webhook_url": None}
         )
         assert removed.json()["webhook_url"] is None
+
+
+async def test_a_webhook_s_path_is_shown_only_to_a_key_that_may_change_it(
+    api_settings: Settings, redis_clean: None
+) -> None:
+    """A hook's path is often its credential (a Slack incoming webhook's): a read key saw it
+    whole. It sees the origin only; an admin key, which may change it, sees it whole."""
+    allowed = replace_settings(api_settings, webhook_allowed_hosts=("127.0.0.1",))
+    async with AsyncTestClient(app=create_app(allowed)) as client:
+        await make_project(client, "hidden")
+        admin_key = (await make_key(client, "hidden", ["admin"]))["key"]
+        read_key = (await make_key(client, "hidden", ["read"]))["key"]
+        hook = "http://127.0.0.1:8999/services/T000/B000/SLACKSTYLETOKEN123?x=1"
+        made = await create(client, admin_key, webhook_url=hook)
+        for key, shown in ((admin_key, hook), (read_key, "http://127.0.0.1:8999/…")):
+            one = (await client.get(f"{BUDGETS}/{made['id']}", headers=bearer(key))).json()
+            listed = (await client.get(BUDGETS, headers=bearer(key))).json()["budgets"]
+            assert one["webhook_url"] == listed[0]["webhook_url"] == shown
+        listed = await client.get(BUDGETS, headers=bearer(read_key))
+        assert "SLACKSTYLETOKEN123" not in listed.text
+
+
+@pytest.mark.parametrize(
+    ("url", "scopes", "shown"),
+    [
+        ("https://hooks.example.com/services/T/B/secret", ["read"], "https://hooks.example.com/…"),
+        ("https://hooks.example.com/services/T/B/secret", ["admin"],
+         "https://hooks.example.com/services/T/B/secret"),
+        ("https://hooks.example.com/", ["read"], "https://hooks.example.com/"),
+        ("https://hooks.example.com", ["read"], "https://hooks.example.com/"),
+        ("https://hooks.example.com/?token=abc", ["read"], "https://hooks.example.com/…"),
+        ("https://user:pw@hooks.example.com:8443/x", ["read"], "https://hooks.example.com:8443/…"),
+        (None, ["read"], None),
+    ],
+)  # fmt: skip
+def test_what_a_key_is_shown_of_a_webhook_and_of_its_deliveries(
+    url: str | None, scopes: list[str], shown: str | None
+) -> None:
+    from aiserver.api.controllers.budget_alerts import DeliveryOut
+    from aiserver.ledger.access import Access
+    from aiserver.ledger.budgets.alerts.listing import Delivery
+    from aiserver.ledger.budgets.answers import webhook_shown
+
+    access = Access(project_id=1, project_slug="p", scopes=frozenset(scopes))
+    assert webhook_shown(url, access) == shown
+    assert webhook_shown(url, Access.operator()) == url
+    if url is not None:
+        delivery = Delivery(id=1, attempt=1, attempted_at=datetime.now(UTC), url=url,
+                            status_code=200, error=None, duration_ms=None)  # fmt: skip
+        assert DeliveryOut.of(delivery, access).url == shown
 
 
 async def test_without_webhook_secret_keys_a_webhook_is_a_403_and_nothing_is_stored(

@@ -16,7 +16,7 @@ from aiserver.costs.refresh import Outcome, refresh_catalog
 from ..conftest import Settings, replace_settings
 from ..support.catalog import document, models
 from ..support.upstream import Upstream
-from .conftest import ADMIN_TOKEN, admin, known_catalog
+from .conftest import ADMIN_TOKEN, Tenants, admin, bearer, known_catalog
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 PROBLEM = "application/problem+json"
@@ -681,3 +681,19 @@ async def test_redis_down_refresh_is_503_and_costs_still_answer(
         )
         ok = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
         assert ok.status_code == 200
+
+
+async def test_every_answer_says_nosniff_once(client: Client, tenants: Tenants) -> None:
+    """A problem quotes the request (`no project '<script>'`): it had no
+    `X-Content-Type-Options`, which the dashboard's pages sent; an unknown route's 404 neither."""
+    answers = [
+        await client.get("/health"),
+        await client.get("/no-such-route"),
+        await client.get("/v1/projects/%3Cscript%3E", headers=bearer(tenants.admin_a["key"])),
+        await client.get("/v1/models?limit=nope"),
+        await client.get("/ui/sign-in"),  # the dashboard's own header, not sent twice
+    ]
+    assert [a.status_code for a in answers] == [200, 404, 404, 422, 200]
+    assert "no project '<script>'" in answers[2].text
+    for answer in answers:
+        assert answer.headers.get_list("x-content-type-options") == ["nosniff"], answer.request

@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, Message, Scope
 
 from aiserver.api.access import access_log
 from aiserver.api.controllers.budget_alerts import BudgetAlertController
@@ -168,6 +168,21 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
     return lifespan
 
 
+_NOSNIFF: Final = (b"x-content-type-options", b"nosniff")
+
+
+async def nosniff(message: Message, scope: Scope) -> None:
+    """Every answer says `X-Content-Type-Options: nosniff` (the dashboard's pages set it already):
+    a problem that quotes the request (`no project '<script>'`), or an upload's pages, are
+    never read by a browser as another type than the one they are sent as. Answers the
+    router makes (an unknown route's 404) too."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", ()))
+        if not any(name.lower() == _NOSNIFF[0] for name, _ in headers):
+            headers.append(_NOSNIFF)
+            message["headers"] = headers
+
+
 def build_app(settings: ApiSettings) -> Litestar:
     # Uploads may be larger than other bodies, by DOCUMENT_MAX_BYTES read when the app is built.
     documents = Router(
@@ -190,6 +205,7 @@ def build_app(settings: ApiSettings) -> Litestar:
         openapi_config=OPENAPI,
         # innermost, answer_cancelled's 503 is the request's answer in the log and the metrics
         middleware=[access_log, prometheus.middleware, answer_cancelled],
+        before_send=[nosniff],
         request_max_body_size=MAX_BODY_BYTES,
         request_class=CheckedRequest,
         state=State({"settings": settings}),

@@ -21,6 +21,7 @@ from aiserver.costs.money import money
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets.alerts import listing as alerts
 from aiserver.ledger.budgets.alerts.listing import Alert, Delivery
+from aiserver.ledger.budgets.answers import webhook_shown
 
 
 class DeliveryOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,9 +34,10 @@ class DeliveryOut(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: str | None
 
     @classmethod
-    def of(cls, d: Delivery) -> DeliveryOut:
+    def of(cls, d: Delivery, access: Access) -> DeliveryOut:
         return cls(
-            id=d.id, attempt=d.attempt, attempted_at=d.attempted_at, url=d.url,
+            id=d.id, attempt=d.attempt, attempted_at=d.attempted_at,
+            url=webhook_shown(d.url, access) or "",
             status_code=d.status_code, error=d.error,
             duration_ms=None if d.duration_ms is None else money(d.duration_ms),
         )  # fmt: skip
@@ -58,14 +60,14 @@ class AlertOut(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: list[DeliveryOut]  # every attempt, first to last
 
     @classmethod
-    def of(cls, a: Alert) -> AlertOut:
+    def of(cls, a: Alert, access: Access) -> AlertOut:
         return cls(
             id=a.id, budget_id=a.budget_id, window_start=a.window_start,
             window_end=a.window_end, threshold_percent=money(a.threshold),
             limit_usd=money(a.limit_usd), committed_usd=money(a.committed), currency="USD",
             crossed_at=a.crossed_at, state=a.state, attempts=a.attempts,
             next_attempt_at=a.next_attempt_at, delivered_at=a.delivered_at,
-            deliveries=[DeliveryOut.of(d) for d in a.deliveries],
+            deliveries=[DeliveryOut.of(d, access) for d in a.deliveries],
         )  # fmt: skip
 
 
@@ -83,9 +85,10 @@ Before = Annotated[
 _QUERY: Final = only_query("limit", "before")
 
 
-def _page(found: alerts.AlertPage) -> AlertList:
+def _page(found: alerts.AlertPage, access: Access) -> AlertList:
+    """The page for `access`: each delivery's address as `webhook_shown`."""
     return AlertList(
-        alerts=[AlertOut.of(a) for a in found.alerts],
+        alerts=[AlertOut.of(a, access) for a in found.alerts],
         next_before=found.alerts[-1].id if found.more else None,
     )
 
@@ -106,7 +109,8 @@ class BudgetAlertController(Controller):
     async def list_alerts(
         self, access: NamedDependency[Access], limit: Limit = 100, before: Before = None
     ) -> AlertList:
-        return _page(await alerts.alert_page(require_pool(), access, limit=limit, before=before))
+        found = await alerts.alert_page(require_pool(), access, limit=limit, before=before)
+        return _page(found, access)
 
     @get(
         "/{budget_id:int}/alerts",
@@ -124,4 +128,4 @@ class BudgetAlertController(Controller):
         found = await alerts.alert_page(
             require_pool(), access, budget_id=budget_id, limit=limit, before=before
         )
-        return _page(found)
+        return _page(found, access)

@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from aiserver.api import auth
-from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
+from aiserver.api.controllers.projects import AUTHENTICATED, SECRET_ONCE, SECURITY
 from aiserver.api.problems import problem_responses
 from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
@@ -92,6 +92,7 @@ class BudgetController(Controller):
         summary="Create a budget (admin key)",
         responses=problem_responses(400, 401, 403, 413, 422, 503),
         guards=[auth.project_key_first("admin"), NO_QUERY],
+        cache_control=SECRET_ONCE,
     )
     async def create_budget(
         self,
@@ -110,7 +111,7 @@ class BudgetController(Controller):
             hard=data.hard, webhook_url=data.webhook_url, webhook_secret=data.webhook_secret,
             **webhook_options(request),
         )  # fmt: skip
-        return BudgetOut.of(view, made)
+        return BudgetOut.of(view, made, access=access)
 
     @get(
         "/",
@@ -120,7 +121,7 @@ class BudgetController(Controller):
     )
     async def list_budgets(self, access: NamedDependency[Access]) -> BudgetList:
         views = await service.list_budgets(require_pool(), access)
-        return BudgetList(budgets=[BudgetOut.of(v) for v in views])
+        return BudgetList(budgets=[BudgetOut.of(v, access=access) for v in views])
 
     @get(
         "/{budget_id:int}",
@@ -131,7 +132,8 @@ class BudgetController(Controller):
     async def show_budget(
         self, access: NamedDependency[Access], budget_id: FromPath[int]
     ) -> BudgetOut:
-        return BudgetOut.of(await service.show_budget(require_pool(), access, budget_id))
+        view = await service.show_budget(require_pool(), access, budget_id)
+        return BudgetOut.of(view, access=access)
 
     @patch(
         "/{budget_id:int}",
@@ -139,6 +141,7 @@ class BudgetController(Controller):
         summary="Change a budget: name, limit, thresholds, hard, webhook (admin key)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[auth.project_key_first("admin"), NO_QUERY],
+        cache_control=SECRET_ONCE,
     )
     async def change_budget(
         self,
@@ -159,7 +162,7 @@ class BudgetController(Controller):
         view, made = await service.change_budget(
             require_pool(), access, budget_id, changes, **webhook_options(request)
         )
-        return BudgetOut.of(view, made)
+        return BudgetOut.of(view, made, access=access)
 
     @delete(
         "/{budget_id:int}",

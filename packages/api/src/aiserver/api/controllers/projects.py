@@ -7,7 +7,7 @@ the ledger decides what it may touch. A project is named by its slug in the path
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from arq.connections import ArqRedis
@@ -94,6 +94,10 @@ class KeyCreated(KeyOut, frozen=True, kw_only=True):
 
 #: The guard checks the credential before the body or the query is read; handlers take the
 #: `access` it found.
+#: For an answer that holds a secret shown once (a key's, a webhook's): stored nowhere, nor in
+#: a browser's or a proxy's cache (RFC 6749 asks the same of every answer that carries a token).
+SECRET_ONCE: Final = CacheControlHeader(no_store=True)
+
 AUTHENTICATED = {"access": Provide(auth.access, sync_to_thread=False)}
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -186,9 +190,7 @@ class ProjectController(Controller):
         summary="Create a key of a project (its secret is shown once)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[auth.scope_first("admin"), NO_QUERY],
-        # the answer holds the secret, which is stored nowhere: nor in a browser's or a proxy's
-        # cache (RFC 6749 asks the same of every answer that carries a token)
-        cache_control=CacheControlHeader(no_store=True),
+        cache_control=SECRET_ONCE,
     )
     async def create_key(
         self, access: NamedDependency[Access], project: FromPath[str], data: JSONBody[KeyIn]

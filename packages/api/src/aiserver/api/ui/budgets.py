@@ -35,6 +35,7 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.alerts.listing import alert_page, alert_total
+from aiserver.ledger.budgets.answers import webhook_shown
 from aiserver.ledger.budgets.periods import PERIODS
 from aiserver.ledger.budgets.rules import amount
 from aiserver.ledger.errors import InvalidField, WebhooksDisabled
@@ -97,6 +98,7 @@ class BudgetPages(ProjectPages):
                 "alerts": (await alert_page(pool, access, budget_id=budget_id,
                                             limit=ALERTS_SHOWN)).alerts,
                 "admin": "admin" in access.scopes, "error": error, "secret": secret,
+                "webhook": webhook_shown(view.budget.webhook_url, access),
                 "show": SHOW, "alert_state": alert_state, "confirm_delete": confirm_delete,
                 "alert_count": await alert_total(pool, access, budget_id) if confirm_delete else 0,
             },

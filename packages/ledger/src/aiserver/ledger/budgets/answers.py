@@ -8,11 +8,29 @@ floats; the window is the current one, in the project's time zone.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
+from urllib.parse import urlsplit
 
 import msgspec
 
 from aiserver.costs.money import money
+from aiserver.ledger.access import Access
 from aiserver.ledger.budgets.service import BudgetView, Window
+
+#: What stands for the hidden rest of a webhook's address (`webhook_shown`).
+HIDDEN: Final = "…"
+
+
+def webhook_shown(url: str | None, access: Access) -> str | None:
+    """A webhook's address as `access` may read it: whole for a key that may change it (admin)
+    and for the operator; else its origin only, `https://hooks.example.com/…`, since the path
+    of a hook (a Slack or Teams incoming webhook) is often its credential. A user and password
+    in the address are never shown to it either."""
+    if url is None or "admin" in access.scopes:
+        return url
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return f"{origin}/{HIDDEN}" if parts.path not in ("", "/") or parts.query else f"{origin}/"
 
 
 class WindowOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,12 +72,16 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secret: str | None = None  # only in the answer that made it: shown this once
 
     @classmethod
-    def of(cls, view: BudgetView, secret: str | None = None) -> BudgetOut:
+    def of(
+        cls, view: BudgetView, secret: str | None = None, *, access: Access | None = None
+    ) -> BudgetOut:
+        """The answer for `access` (the operator when None): its webhook as `webhook_shown`."""
         b = view.budget
         return cls(
             id=b.id, name=b.name, tags=b.tags, model=b.model, period=b.period,
             limit_usd=money(b.limit_usd), currency="USD",
             thresholds=[money(t) for t in b.thresholds], hard=b.hard,
-            webhook_url=b.webhook_url, created_at=b.created_at, updated_at=b.updated_at,
+            webhook_url=b.webhook_url if access is None else webhook_shown(b.webhook_url, access),
+            created_at=b.created_at, updated_at=b.updated_at,
             counts_from=b.counts_from, window=WindowOut.of(view.window), webhook_secret=secret,
         )  # fmt: skip
