@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -336,8 +337,11 @@ async def test_focus_rows_keep_the_focus_column_rules_and_add_up_to_each_event(
     }
     gpt = (await client.get("/v1/models/gpt-test-001")).json()
     hour = at(1).replace(minute=0, second=0, microsecond=0)
-    month = hour.replace(day=1, hour=0)
-    next_month = (month + timedelta(days=32)).replace(day=1)
+    # the month on acme-a's clock (Europe/Berlin), as spend and the dashboard count it
+    local = at(1).astimezone(ZoneInfo("Europe/Berlin"))
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month = first.astimezone(UTC)
+    next_month = (first + timedelta(days=32)).replace(day=1).astimezone(UTC)
     assert rows[5] == {
         "BilledCost": "0.002",
         "BillingAccountId": "acme-a",

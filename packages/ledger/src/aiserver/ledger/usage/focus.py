@@ -9,8 +9,11 @@ requires `ListUnitPrice × PricingQuantity = ListCost`, which holds exactly for 
 - The costs are aiserver's prices (the catalog's list prices, or the operator's override):
   BilledCost = EffectiveCost = ListCost = ContractedCost = the component's cost, in USD. aiserver
   knows no discount or commitment of the provider's; the provider's invoice is the authority.
-- ChargePeriodStart/End: the UTC hour of the call (`[hour, hour + 1h)`); BillingPeriodStart/End:
-  its UTC calendar month. Every time is `YYYY-MM-DDTHH:mm:ssZ`.
+- ChargePeriodStart/End: the hour of the call on the project's clock (`[hour, hour + 1h)`);
+  BillingPeriodStart/End: its calendar month on the project's clock, as the dashboard and
+  `GET /v1/spend` count months, so that a month's rows tie out with them. Every time is written
+  in UTC, `YYYY-MM-DDTHH:mm:ssZ` (a New York November is `2026-11-01T04:00:00Z` to
+  `2026-12-01T05:00:00Z`).
 - The billing account and the sub-account are the project (its slug and name).
 - ProviderName, PublisherName, InvoiceIssuerName: the provider the catalog priced the call as;
   ResourceId/ResourceName: the catalog's model; SkuId: `provider/model/component`; SkuPriceId
@@ -29,12 +32,14 @@ import functools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing.dimensions import BY_NAME
+from aiserver.ledger.budgets.periods import window_of
 
 if TYPE_CHECKING:
     import asyncpg
@@ -92,16 +97,23 @@ def second(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _hour_of(at: datetime, time_zone: str) -> datetime:
+    """The start of the hour of the clock of `time_zone` that holds `at` (in UTC), in UTC: an
+    hour of Asia/Kolkata begins at half past a UTC hour."""
+    if time_zone == "UTC":
+        return at.replace(minute=0, second=0, microsecond=0)
+    local = at.astimezone(ZoneInfo(time_zone))  # its fold says which of a repeated hour
+    return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
 @functools.lru_cache(maxsize=64)
-def _periods(hour: datetime) -> tuple[str, str, str, str]:
-    """ChargePeriodStart and End (the hour), BillingPeriodStart and End (its month); the events
-    of an export come in time order, so one hour's are worked out once."""
-    start = hour.replace(day=1, hour=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
+def _periods(hour: datetime, time_zone: str) -> tuple[str, str, str, str]:
+    """ChargePeriodStart and End (the hour), BillingPeriodStart and End (its month on the
+    clock of `time_zone`, as budgets and spend count months); the events of an export come in
+    time order, so one hour's are worked out once."""
+    start, end = window_of("month", time_zone, hour)
+    if end is None:  # pragma: no cover - only a total budget's window has no end
+        raise AssertionError("a month has an end")
     return second(hour), second(hour + timedelta(hours=1)), second(start), second(end)
 
 
@@ -137,7 +149,7 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
     if occurred.tzinfo is not UTC:
         occurred = occurred.astimezone(UTC)
     charge_start, charge_end, billing_start, billing_end = _periods(
-        occurred.replace(minute=0, second=0, microsecond=0)
+        _hour_of(occurred, project.time_zone), project.time_zone
     )
     provider: str = row["matched_provider"]
     model: str = row["matched_model"]
