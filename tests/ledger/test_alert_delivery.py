@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
@@ -417,6 +418,23 @@ async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(
     assert len(receiver.received) == 1
 
 
+async def test_an_answer_that_echoes_the_hook_s_path_is_kept_without_it(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A receiver's error page often quotes the path it was sent to (`Cannot POST /services/T0/
+    B0/TOKEN`), and a hook's path is often its credential: the excerpt kept of the answer
+    (stored, logged, shown to read keys) had it whole."""
+    pool, access = project
+    receiver.script = ["echo"]
+    await watched_budget(pool, access, receiver.url)
+    await cross(pool, access)
+    with capture_logs() as logs:
+        assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).retrying == 1
+    assert receiver.received[0].path == "/hooks/budget?source=aiserver"
+    assert [(d[4], d[5]) for d in await deliveries(pool)] == [(404, "Cannot POST …")]
+    assert not [e for e in logs if "hooks/budget" in repr(e) or "source=aiserver" in repr(e)]
+
+
 async def test_a_day_of_failures_fails_the_alert_after_the_backoff_schedule(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver
 ) -> None:
@@ -631,3 +649,25 @@ async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(
     assert (await alert_row(pool))["state"] == "no_webhook"
     assert await deliveries(pool) == []
     assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    ("text", "url", "kept"),
+    [
+        ("Cannot POST /services/T000/B000/SLACKTOKEN1", "https://h.example/services/T000/B000/SLACKTOKEN1",
+         "Cannot POST …"),
+        ("bad token SLACKTOKEN1", "https://h.example/services/T000/B000/SLACKTOKEN1",
+         "bad token …"),  # a long part alone
+        ("no route /hook", "https://h.example/hook", "no route /hook"),  # too short to be a secret
+        ("key=abcdefgh1234 refused", "https://h.example/x?key=abcdefgh1234", "… refused"),
+        ("token abcdefgh1234 refused", "https://h.example/x?key=abcdefgh1234&a=b",
+         "token … refused"),
+        (None, "https://h.example/services/x", None),
+    ],
+)  # fmt: skip
+def test_what_is_kept_of_an_attempt_leaves_out_the_hook_s_path(
+    text: str | None, url: str, kept: str | None
+) -> None:
+    from aiserver.ledger.webhooks.sending import without_path
+
+    assert without_path(text, url) == kept

@@ -32,9 +32,16 @@ def test_a_month_projected_from_its_first_ten_days() -> None:
     # reserved is not spending and does not count
     pace = view("month", "25", "10", DECEMBER + timedelta(days=10)).pace
     assert pace == Pace(
-        passed=Decimal("0.32"), projected=Decimal("31.00"), of_limit=Decimal(124), past_limit=True
+        passed=Decimal("0.32"),
+        projected=Decimal("31.00"),
+        of_limit=Decimal(124),
+        past_limit=True,
+        passes_limit=True,  # 10 of 25 spent: a forecast
     )
     assert pace.share == "124%"
+    # 30 of 25 spent: past the limit already, which is no forecast
+    over = view("month", "25", "30", DECEMBER + timedelta(days=10)).pace
+    assert (over.past_limit, over.passes_limit) == (True, False)
 
 
 def test_within_the_limit() -> None:
@@ -75,7 +82,11 @@ def test_under_a_dollar_two_significant_digits_where_the_cent_leaves_fewer() -> 
     the cent would round to 0.00 beside 160% of the limit."""
     pace = view("day", "0.003", "0.002", datetime(2026, 12, 6, 10, tzinfo=UTC)).pace
     assert pace == Pace(
-        passed=Decimal("0.41"), projected=Decimal("0.0048"), of_limit=Decimal(160), past_limit=True
+        passed=Decimal("0.41"),
+        projected=Decimal("0.0048"),
+        of_limit=Decimal(160),
+        past_limit=True,
+        passes_limit=True,
     )
     half = DECEMBER + timedelta(days=15, hours=12)
     assert view("month", "1", "0.25", half).pace.projected == Decimal("0.50")  # the cent
@@ -115,7 +126,11 @@ def test_the_command_line_says_the_pace_as_the_pages_do() -> None:
 
     tenth_passed = DECEMBER + timedelta(days=10)
     assert _lines(view("month", "25", "10", tenth_passed))[-1] == (
-        "  at this pace: ≈ 31.00 USD by the window's end (124% of the limit, past it)"
+        "  at this pace: ≈ 31.00 USD by the window's end (124% of the limit, projected to pass it)"
+    )
+    # past its limit already: a fact the lines above say (remaining, % used), not a forecast
+    assert _lines(view("month", "25", "30", tenth_passed))[-1] == (
+        "  at this pace: ≈ 93.00 USD by the window's end (372% of the limit)"
     )
     half = DECEMBER + timedelta(days=15, hours=12)
     assert _lines(view("month", "1000", "0.0024", half))[-1] == (

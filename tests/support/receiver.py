@@ -1,5 +1,6 @@
 """A webhook receiver on 127.0.0.1 over real TCP that answers from a script: a status, a pause
-longer than the sender waits, or a redirect; then 200 once the script is spent."""
+longer than the sender waits, a redirect, or a 404 that echoes the path (as many frameworks'
+error pages do); then 200 once the script is spent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Literal
 
 from .upstream import LocalServer, QuietHandler
 
-Answer = int | Literal["slow", "redirect"]
+Answer = int | Literal["slow", "redirect", "echo"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,16 @@ class Receiver(LocalServer):
                     receiver.received.append(
                         Received(
                             self.path, dict(self.headers.items()), body,
-                            None if answer == "slow" else 302 if answer == "redirect" else answer,
+                            None if answer == "slow" else 302 if answer == "redirect"
+                            else 404 if answer == "echo" else answer,
                         )
                     )  # fmt: skip
                 time.sleep(receiver.slow_s if answer == "slow" else receiver.delay_s)
                 # a late 200 counts for nothing: the sender gave up before it
-                status = 302 if answer == "redirect" else 200 if answer == "slow" else answer
+                status = {"redirect": 302, "slow": 200, "echo": 404}.get(str(answer), answer)
                 text = b"receiver is sad\n\x00" if status != 200 else b"ok"
+                if answer == "echo":
+                    text = f"Cannot POST {self.path}".encode()
                 self.send_response(status)
                 if answer == "redirect":
                     self.send_header("Location", "http://169.254.169.254/latest/meta-data")

@@ -21,7 +21,18 @@ from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due
 from ..conftest import TEST_SECRET_BOX as BOX
 from ..reliability.harness import eventually
 from ..support.receiver import Receiver
-from .conftest import Site, bearer, budget_table, committed, shot, sign_in, table, through
+from .conftest import (
+    Site,
+    admin,
+    bearer,
+    budget_table,
+    committed,
+    shot,
+    sign_in,
+    table,
+    text,
+    through,
+)
 from .test_security import CSRF_FIELD, SESSION, cookie_of, http_sign_in
 
 pytestmark = pytest.mark.slow
@@ -250,6 +261,20 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     state = browser.find_element(By.CSS_SELECTOR, "#budget-alerts td.state")
     assert state.get_attribute("data-state") == alert["state"]
     assert alert["committed_usd"] != "0"
+    # the webhook's address: whole for this admin key, its origin only for a read key (a
+    # hook's path is often its credential: a read key's page showed it whole)
+    assert text(browser.find_element(By.ID, "budget-webhook")) == receiver.url
+    async with site.client() as client:
+        made_key = await client.post("/v1/projects/ui-c/keys", headers=admin(),
+                                     json={"name": "c-reader", "scopes": ["read"]})  # fmt: skip
+    assert made_key.status_code == 201, made_key.text
+    sign_in(browser, site, made_key.json()["key"])
+    browser.get(f"{site.url}/ui/p/ui-c/budgets/{budget_id}")
+    origin = receiver.url.split("/hooks/")[0]
+    assert text(browser.find_element(By.ID, "budget-webhook")).startswith(f"{origin}/… (the rest")
+    assert "hooks/budget" not in browser.page_source
+    sign_in(browser, site, site.keys["c"])
+    browser.get(f"{site.url}/ui/p/ui-c/budgets/{budget_id}")
 
     # the change form: name, thresholds and hard, each as the API then reports them
     fill(browser, "c-name", "Alerts daily (hard)")

@@ -496,26 +496,31 @@ def _lab(css: str) -> tuple[float, float, float]:
 
 def test_no_two_series_of_a_chart_look_alike(browser: WebDriver, site: Site) -> None:
     """Three of the demo's costliest models were drawn in three purples (colour differences of
-    11 to 20 in CIELAB) and two others in the same blue: each picked its colour by its name
-    alone. Now a colour that looks like one taken (a difference under 25, the palette's two
-    closest colours) is passed over, so that up to 15 series (and "(other)") never look alike."""
+    11 to 20 in CIELAB) and two others in the same blue: each label hashed onto 50 colours, some
+    of them near-identical. Labels now hash onto 18 colours of which every pair, and each with
+    the grey of "(other)", differs by at least 25 (the palette's two closest colours): checked
+    here pair by pair, so a chart of up to 18 series never draws two alike."""
     sign_in(browser, site, site.keys["a-read"])
+    palette = browser.execute_script("return window.aiserverChartPalette;")
+    assert len(palette) == len(set(palette)) == 18
+    closest = min(math.dist(_lab(a), _lab(b))
+                  for a, b in itertools.combinations([*palette, GREY], 2))  # fmt: skip
+    assert closest >= 25, closest
     script = "return window.aiserverChartColours(arguments[0]);"
     reported = ["claude-sonnet-4-5", "gpt-4o", "gpt-4o-mini", "gpt-4.1",
                 "text-embedding-3-small", "claude-haiku-4-5", "(other)"]  # fmt: skip
     rng = random.Random(7)
     charts = [reported] + [
         [f"model-{rng.randrange(10**6)}" for _ in range(size)] + ["(other)"]
-        for size in (3, 8, 8, 8, 12, 15)
-        for _ in range(20)
+        for size in (3, 8, 8, 8, 12, 18)
+        for _ in range(10)
     ]
     for labels in charts:
         drawn = browser.execute_script(script, labels)
         assert drawn["(other)"] == GREY
-        closest = min(
-            math.dist(_lab(a), _lab(b)) for a, b in itertools.combinations(drawn.values(), 2)
-        )
-        assert closest >= 25, (labels, drawn, closest)
+        series = [colour for label, colour in drawn.items() if label != "(other)"]
+        assert len(set(series)) == len(series), drawn  # each its own
+        assert set(series) <= set(palette), drawn  # so no two alike
         # the same labels in another order: the same colours
         assert browser.execute_script(script, labels[::-1]) == drawn
 

@@ -190,7 +190,7 @@ def command_log_level(configured: LogLevel) -> LogLevel:
 
 class _Version(argparse.Action):
     """`--version`, looked up only when it is asked for: reading the packaging metadata imports
-    `importlib.metadata` and scans the installed distributions (about 15 ms), which every other
+    `importlib.metadata` and scans the installed distributions (about 20 ms), which every other
     run of a command (`--help`, `calc --batch`) would pay for nothing."""
 
     def __init__(self, option_strings: list[str], dest: str, distribution: str, **kwargs: Any):

@@ -164,9 +164,9 @@ class Show:
     amount = staticmethod(shown_amount)
 
     @staticmethod
-    def group_cost(group: SpendGroup, decimals: int) -> str:
-        """A group's cost as `amount` shows it, or `unpriced` when every event it counts is
-        unpriced (its 0 is no price: it would read as free)."""
+    def group_cost(group: SpendTotals, decimals: int) -> str:
+        """A group's (or a total's) cost as `amount` shows it, or `unpriced` when every event it
+        counts is unpriced (its 0 is no price: it would read as free)."""
         return UNPRICED if _unpriced_only(group) else shown_amount(group.cost, decimals)
 
     count = staticmethod(count)

@@ -69,6 +69,9 @@ class Pace(msgspec.Struct, frozen=True, kw_only=True):
     projected: Decimal  # committed at the window's end at this pace, rounded
     of_limit: Decimal  # the projection in percent of the limit, whole
     past_limit: bool  # the projection is past the limit (decided on the exact amounts)
+    #: the projection is past the limit and the committed spend is not yet: a forecast worth
+    #: saying (once the window is past its limit, the pages say so as a fact, not as this)
+    passes_limit: bool = False
 
     @property
     def share(self) -> str:
@@ -101,6 +104,7 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
             projected=about(found.amount),
             of_limit=percent(found.amount, self.budget.limit_usd),
             past_limit=found.amount > self.budget.limit_usd,
+            passes_limit=found.amount > self.budget.limit_usd >= self.window.committed,
         )
 
     @property

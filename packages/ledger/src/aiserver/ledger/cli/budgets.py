@@ -68,7 +68,7 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
         pace = view.pace
         lines.append(
             f"  at this pace: ≈ {pace.projected:f} USD by the window's end "
-            f"({pace.share} of the limit{', past it' if pace.past_limit else ''})"
+            f"({pace.share} of the limit{', projected to pass it' if pace.passes_limit else ''})"
             if pace
             else "  at this pace: not projected yet (less than a tenth of the window has passed)"
         )

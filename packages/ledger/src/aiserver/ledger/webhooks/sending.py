@@ -16,10 +16,12 @@ are not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -53,6 +55,25 @@ def client() -> httpx.AsyncClient:
     """The client for webhooks: no redirects, no proxies from the environment (the request
     must reach the approved address itself), certificates verified."""
     return httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=TIMEOUT_S)
+
+
+#: Parts of a webhook's path or query this long are taken out of what is kept of an attempt.
+_SECRET_PART: Final = 8
+
+
+def without_path(text: str | None, url: str) -> str | None:
+    """`text` (an answer's excerpt, an error) with the URL's path and query, and each long part
+    of them, taken out (`…`): a receiver may echo the path (`Cannot POST /services/T0/B0/X`),
+    a hook's path is often its credential, and the text is stored, logged and shown to every
+    key that reads the budget's alerts."""
+    if not text:
+        return text
+    parts = urlsplit(url)
+    whole = parts.path + (f"?{parts.query}" if parts.query else "")
+    pieces = [whole, parts.path, parts.query, *re.split(r"[/?&=]", whole)]
+    for piece in sorted({p for p in pieces if len(p) >= _SECRET_PART}, key=len, reverse=True):
+        text = text.replace(piece, "…")
+    return text
 
 
 def _excerpt(data: bytes) -> str:
@@ -104,7 +125,7 @@ async def send(
     started = time.perf_counter()
 
     def outcome(status: int | None, error: str | None) -> Outcome:
-        return Outcome(status, error, time.perf_counter() - started)
+        return Outcome(status, without_path(error, url), time.perf_counter() - started)
 
     signed = {
         **headers,

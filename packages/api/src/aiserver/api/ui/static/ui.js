@@ -7,9 +7,8 @@
                  "#c2255c"];
   var OTHER = "(other)";  // the rest of the groups: grey, and no other group is
   var GREY = "#868e96";
-  // the colours a label's name picks from: the palette's 8, then 42 hues. Many, so that two
-  // labels of a chart seldom pick the same one (with 16, a model entering a top 8 moved
-  // another's colour about one time in five)
+  // The first 50 slots: the palette's 8, then 42 hues, from which DISTINCT (below) is picked;
+  // a chart of more than 18 labels draws the rest in the hues after them.
   var PREFERRED = 50;
   // The colour of a slot: the palette's first, then hues spread by the golden angle, so that a
   // chart of many groups (up to the API's 1,000) has enough of them. 21 golden angles come
@@ -28,70 +27,38 @@
     }
     return h;
   }
-  // A slot's colour in CIELAB, where the distance between two colours is about how different
-  // they look (CIE76 ΔE), worked out once per slot.
-  var labs = {};
-  function rgbOfSlot(slot) {
-    if (slot < palette.length) {
-      return [1, 3, 5].map(function (i) { return parseInt(palette[slot].substr(i, 2), 16) / 255; });
-    }
-    return hslRgb(parseFloat(((slot * 137.508) % 360).toFixed(1)), 0.65,
-                  [38, 52, 30][Math.floor(slot / 21) % 3] / 100);
-  }
-  function hslRgb(hue, s, l) {
-    var a = s * Math.min(l, 1 - l);
-    function f(n) { var k = (n + hue / 30) % 12; return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1)); }
-    return [f(0), f(8), f(4)];
-  }
-  function lab(rgb) {
-    var c = rgb.map(function (v) { return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
-    var x = (0.4124 * c[0] + 0.3576 * c[1] + 0.1805 * c[2]) / 0.95047;
-    var y = 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
-    var z = (0.0193 * c[0] + 0.1192 * c[1] + 0.9505 * c[2]) / 1.08883;
-    function f(t) { return t > 216 / 24389 ? Math.cbrt(t) : (24389 / 27 * t + 16) / 116; }
-    return [116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))];
-  }
-  function labOfSlot(slot) {
-    if (!Object.prototype.hasOwnProperty.call(labs, slot)) labs[slot] = lab(rgbOfSlot(slot));
-    return labs[slot];
-  }
-  function nearest(colour, drawn) {  // the least ΔE between `colour` and the colours drawn
-    return drawn.reduce(function (least, other) {
-      return Math.min(least, Math.hypot(colour[0] - other[0], colour[1] - other[1], colour[2] - other[2]));
-    }, Infinity);
-  }
-  // How far apart (ΔE) any two colours of a chart are, where its labels allow: the palette's two
-  // closest colours. Up to 15 labels it always holds; past 18 no 50 colours can hold it.
-  var DISTINCT = 25;
-  var GREY_LAB = lab([0x86 / 255, 0x8e / 255, 0x96 / 255]);
+  // The slots a label's name picks from: 18 colours of which no two look alike, nor like the
+  // grey of "(other)" (a colour difference, CIE76 ΔE in CIELAB, of at least 25: that of the
+  // palette's two closest colours). Picked once, greedily in slot order, from the first 50
+  // slots; tests/ui/test_pages.py checks every pair. Hashing onto many more colours kept a
+  // label's colour steadier, but drew near-identical ones side by side (three purples).
+  var DISTINCT = [0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 20, 22, 23, 24, 27, 30, 39, 41];
   // Each label's colour in a chart: picked by its name, not by its rank, so that a model keeps
   // its colour from page to page and as its spend moves it up or down, unless a label before it
-  // in alphabetical order took a colour that looks like it (ΔE under DISTINCT): it then takes
-  // the next colour that looks like none taken (or, past what the colours allow, the one that
-  // looks least like them). It depends on which labels the chart holds, never on their order.
+  // in alphabetical order took it: it then takes the next free one of DISTINCT (and past 18
+  // labels, the hues after the first 50 slots). It depends on which labels the chart holds,
+  // never on their order.
   function colours(labels) {
-    var taken = {}, drawn = [GREY_LAB], found = {};
+    var taken = {}, found = {}, used = 0;
     labels.slice().sort().forEach(function (label) {
       if (label === OTHER) { found[label] = GREY; return; }
       if (Object.prototype.hasOwnProperty.call(found, label)) return;
-      var start = hashOf(label) % PREFERRED, slot = -1, widest = -1;
-      for (var i = 0; i < PREFERRED; i++) {
-        var candidate = (start + i) % PREFERRED;
-        if (taken[candidate]) continue;
-        var gap = nearest(labOfSlot(candidate), drawn);
-        if (gap >= DISTINCT) { slot = candidate; break; }
-        if (gap > widest) { slot = candidate; widest = gap; }
-      }
-      if (slot < 0) {  // every preferred colour is taken: the hues after them
+      var slot;
+      if (used < DISTINCT.length) {
+        var i = hashOf(label) % DISTINCT.length;
+        while (taken[DISTINCT[i]]) i = (i + 1) % DISTINCT.length;
+        slot = DISTINCT[i];
+      } else {
         slot = PREFERRED;
         while (taken[slot]) slot++;
       }
       taken[slot] = true;
-      drawn.push(labOfSlot(slot));
+      used++;
       found[label] = slotColour(slot);
     });
     return found;
   }
+  window.aiserverChartPalette = DISTINCT.map(slotColour);  // what tests check pair by pair
   window.aiserverChartColours = colours;  // what a chart of these labels draws them in
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     var source = document.getElementById(canvas.getAttribute("data-chart"));
