@@ -676,3 +676,27 @@ async def test_a_selection_whose_every_event_is_unpriced_reads_unpriced_never_ze
         (day - timedelta(days=1)).isoformat(): ["0", "0"],  # no event: nothing spent
         (day + timedelta(days=1)).isoformat(): ["0", "0"],
     }
+
+
+async def test_a_project_whose_every_event_is_unpriced_shows_no_figure_that_reads_as_free(
+    browser: WebDriver, site: Site
+) -> None:
+    """Its month card said `unpriced`, and under it a pace of 0 USD, "this month has spent 100%
+    less" than last, and that 0 was a lower bound; the top models' total read 0."""
+    key = await project_with_key(site, "ui-unp", "Unpriced Only", ["ingest", "read"])
+    async with site.client() as client:
+        recorded = await client.post("/v1/usage", headers=bearer(key), json={
+            "id": "unp-1", "model": "mystery-model-9000",
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        })  # fmt: skip
+    assert recorded.status_code == 201, recorded.text
+    assert recorded.json()["pricing_status"] == "unpriced"
+    sign_in(browser, site, key)
+    card = browser.find_element(By.ID, "period-1")
+    assert text(card.find_element(By.CLASS_NAME, "amount")) == "unpriced"
+    assert "1 event, 1 unpriced" in text(card)
+    assert card.find_elements(By.ID, "month-pace") == []
+    assert card.find_elements(By.ID, "month-before") == []
+    assert card.find_elements(By.CLASS_NAME, "lower-bound") == []
+    total = browser.find_element(By.CSS_SELECTOR, "#top-models tfoot td")
+    assert text(total) == "unpriced"
