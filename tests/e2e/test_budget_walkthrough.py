@@ -47,7 +47,9 @@ async def test_a_newcomer_sets_a_hard_daily_budget_sees_a_refusal_and_receives_a
 
     port = free_port()
     data = tmp_path / "local"
-    env = dev_env(DATABASE_URL=dev_database_url, REDIS_URL=TEST_REDIS_URL)
+    # dev lets its services reach the walkthrough's receiver on port 8900 only: this one's port
+    env = dev_env(DATABASE_URL=dev_database_url, REDIS_URL=TEST_REDIS_URL,
+                  WEBHOOK_ALLOWED_HOSTS=f"127.0.0.1:{port}")  # fmt: skip
     receiver_out = tmp_path / "receiver.out"
     async with running_dev("--data-dir", str(data), env=env, log=tmp_path / "dev.log") as dev:
         await dev.until_ready()

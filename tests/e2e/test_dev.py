@@ -371,3 +371,32 @@ def test_dev_makes_one_webhook_key_per_data_directory_readable_by_its_owner_only
     assert keys[1] == keys[0]  # the same key at the next start
     assert keys[2] != keys[0]
     assert (data / "webhook-secret-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_dev_lets_webhooks_reach_the_walkthrough_s_receiver_port_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its services may send budget webhooks to this machine on port 8900, where docs/budgets.md
+    starts its receiver (it allowed every port of 127.0.0.1 and localhost: any project could
+    send to any local service and read the start of its answers); WEBHOOK_ALLOWED_HOSTS set in
+    the environment wins."""
+    from types import SimpleNamespace
+
+    from aiserver.ledger.webhooks.targets import allowed
+
+    monkeypatch.syspath_prepend(str(ROOT))  # `dev` is the repository's, not an installed package
+    from dev.cli import _service_env
+    from dev.embedded import DataDir
+
+    monkeypatch.delenv("WEBHOOK_ALLOWED_HOSTS", raising=False)
+    service = SimpleNamespace(url="x://")
+    env = _service_env(service, service, DataDir(tmp_path))  # type: ignore[arg-type]
+    hosts = env["WEBHOOK_ALLOWED_HOSTS"].split(",")
+    assert allowed("127.0.0.1", 8900, hosts)
+    assert allowed("localhost", 8900, hosts)
+    assert not allowed("127.0.0.1", 6379, hosts)  # Redis, say
+    assert not allowed("127.0.0.1", 8000, hosts)  # the API itself
+    monkeypatch.setenv("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1:9999")
+    env = _service_env(service, service, DataDir(tmp_path))  # type: ignore[arg-type]
+    assert env["WEBHOOK_ALLOWED_HOSTS"] == "127.0.0.1:9999"
+    assert "aiserver-ledger webhooks receive --port 8900" in (ROOT / "docs/budgets.md").read_text()
