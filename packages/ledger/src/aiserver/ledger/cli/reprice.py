@@ -147,7 +147,7 @@ def _time_text(text: str) -> str:
 
 def add_parsers(groups: Any) -> None:
     from aiserver.core_db.connections import MAX_BIGINT
-    from aiserver.ledger.repricing.execution import BATCH_SIZE
+    from aiserver.ledger.repricing import BATCH_SIZE
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
     command: Parser = groups.add_parser(

@@ -9,3 +9,10 @@
   that were cut off, finished;
 - :mod:`.store`: every statement of it.
 """
+
+from typing import Final
+
+#: Events per batch (one transaction each): big enough to amortize the round trips, small
+#: enough that a batch's locks are held for a moment. Here, where `aiserver-ledger reprice
+#: --help` reads it without importing the execution.
+BATCH_SIZE: Final = 500

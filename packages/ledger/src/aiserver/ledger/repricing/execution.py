@@ -63,6 +63,7 @@ from aiserver.costs.pricing.exact import ADD
 from aiserver.costs.store.metadata import hold_catalog_version
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
+from aiserver.ledger.repricing import BATCH_SIZE as BATCH_SIZE  # where it is read from
 from aiserver.ledger.repricing import revalue as rv
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.runs import decode_filter
@@ -76,10 +77,6 @@ if TYPE_CHECKING:
     from aiserver.ledger.usage.valuation import Valuation
 
 log = get_logger(__name__)
-
-#: Events per batch (one transaction each): big enough to amortize the round trips, small
-#: enough that a batch's locks are held for a moment.
-BATCH_SIZE: Final = 500
 
 
 #: Rebuilds of rollups in a row before one batch, each after a change of the project's keys

@@ -25,12 +25,12 @@ import msgspec
 
 from aiserver.ledger.errors import InvalidEvent
 from aiserver.ledger.usage.bodies import decode_items, without_bom
-from aiserver.ledger.usage.ingest import UsageRecorder
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the recorder is the caller's: `aiserver-ledger --help` imports no database
     import asyncpg
 
     from aiserver.costs.catalog import Catalog
+    from aiserver.ledger.usage.ingest import UsageRecorder
 
 DEFAULT_CHUNK: Final = 1000
 MAX_CHUNK: Final = 10_000
