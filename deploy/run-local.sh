@@ -63,6 +63,16 @@ pick_engine() {
 
 c() { "$ENGINE" "$@"; }
 
+# What to do when an image cannot be had: a build's base or a backing image is pulled by name.
+NO_REGISTRY="could not get an image (above). Without a registry, build on a local base:
+  LOCAL_BACKING=debian BASE_IMAGE=\$(python3 deploy/local_base_image.py) deploy/run-local.sh start
+(podman resolves a short name like postgres:16-bookworm only through unqualified-search-registries
+in /etc/containers/registries.conf, or BASE_IMAGE and LOCAL_BACKING as above)"
+
+pulled() {  # pulled COMMAND...: run it; a failure is an image that could not be had
+  "$@" || die "$NO_REGISTRY"
+}
+
 write_env_file() {
   [ -f "$ENV_FILE" ] && return 0
   mkdir -p "$(dirname "$ENV_FILE")"
@@ -85,13 +95,13 @@ build_images() {
   hatch run build:api
   hatch run build:taskrunner
   say "images ($ENGINE build, base $BASE_IMAGE)"
-  c build "${BUILD_FORMAT[@]}" -f deploy/API.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  pulled c build "${BUILD_FORMAT[@]}" -f deploy/API.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --label "$LABEL" -t "$API_IMAGE" .
-  c build "${BUILD_FORMAT[@]}" -f deploy/TaskRunner.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    --label "$LABEL" -t "$TASKRUNNER_IMAGE" .
+  pulled c build "${BUILD_FORMAT[@]}" -f deploy/TaskRunner.Dockerfile \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$LABEL" -t "$TASKRUNNER_IMAGE" .
   if [ "$BACKING" = debian ]; then
-    c build "${BUILD_FORMAT[@]}" -f deploy/TestBacking.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-      --label "$LABEL" -t "$BACKING_IMAGE" .
+    pulled c build "${BUILD_FORMAT[@]}" -f deploy/TestBacking.Dockerfile \
+      --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$LABEL" -t "$BACKING_IMAGE" .
   fi
 }
 
@@ -115,13 +125,14 @@ start() {
   write_env_file
   [ "${NO_BUILD:-}" = 1 ] || build_images
   say "network $NETWORK"
-  c network create --label "$LABEL" "$NETWORK" >/dev/null
+  # a start that failed before its containers (an image it could not pull) left it: reused
+  c network inspect "$NETWORK" >/dev/null 2>&1 || c network create --label "$LABEL" "$NETWORK" >/dev/null
   case "$BACKING" in
     official)
       c volume inspect "$VOLUME" >/dev/null 2>&1 || c volume create --label "$LABEL" "$VOLUME" >/dev/null
-      run postgres -e POSTGRES_USER=aiserver -e "POSTGRES_PASSWORD=$DB_PASSWORD" -e POSTGRES_DB=aiserver \
-        -v "$VOLUME:/var/lib/postgresql/data" postgres:16-bookworm
-      run redis redis:7-bookworm redis-server --save "" --appendonly no
+      pulled run postgres -e POSTGRES_USER=aiserver -e "POSTGRES_PASSWORD=$DB_PASSWORD" \
+        -e POSTGRES_DB=aiserver -v "$VOLUME:/var/lib/postgresql/data" postgres:16-bookworm
+      pulled run redis redis:7-bookworm redis-server --save "" --appendonly no
       wait_for PostgreSQL 60 c exec "${NAME}-postgres" pg_isready -h 127.0.0.1 -U aiserver -d aiserver
       ;;
     debian)
@@ -142,6 +153,10 @@ start() {
   wait_for API 60 c exec "${NAME}-api" python -c \
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=3)"
   say "up: curl http://127.0.0.1:${API_PORT}/health ; deploy/run-local.sh logs | status | stop"
+  say "a first project and its key (whoever reaches the database is the operator):"
+  printf '    %s exec %s aiserver-ledger projects create my-app --name "My App"\n' "$ENGINE" "${NAME}-api"
+  printf '    %s exec %s aiserver-ledger keys create --project my-app --name app --scope ingest --scope read\n' \
+    "$ENGINE" "${NAME}-api"
 }
 
 # Seconds a container gets to stop on SIGTERM before it is killed: the API lets requests in

@@ -32,6 +32,22 @@ def test_burst_goes_before_or_after_run(argv: list[str], command: str | None, bu
     assert (args.command, args.burst) == (command, burst)
 
 
+def test_the_help_names_what_it_needs_its_examples_and_exit_statuses() -> None:
+    """It named REDIS_URL only, and neither examples nor exit statuses, as every other
+    command's help does."""
+    shown = _parser().format_help()
+    for said in ("DATABASE_URL", "REDIS_URL", "examples:", "aiserver-taskrunner check",
+                 "exit status: 0", "2 wrong arguments or a setting that is not valid"):  # fmt: skip
+        assert said in shown, said
+
+
+async def test_a_bad_setting_exits_2_as_the_help_says(subprocess_env: dict[str, str]) -> None:
+    env = {**subprocess_env, "DATABASE_POOL_MAX_SIZE": "zero"}
+    code, _, err = await run_module("aiserver.taskrunner.cli", env, "run", "--burst")
+    assert code == 2, err
+    assert "DATABASE_POOL_MAX_SIZE" in err
+
+
 async def test_run_help_names_burst_and_a_burst_run_ends_by_itself(
     subprocess_env: dict[str, str], settings: Settings, redis: object
 ) -> None:

@@ -20,6 +20,23 @@ from aiserver.taskrunner.settings import TaskRunnerSettings
 log = get_logger(__name__)
 
 
+_EPILOG: Final = """\
+settings come from the environment (README, "Configuration"); it needs at least
+  DATABASE_URL  the PostgreSQL database it migrates and works on
+  REDIS_URL     the Redis its job queue lives in
+While either is down it waits and starts again (it logs a warning), so it can start
+before them.
+
+examples:
+  aiserver-taskrunner                 # run the worker until SIGTERM or Ctrl-C
+  aiserver-taskrunner run --burst     # run what is queued, then stop
+  aiserver-taskrunner check           # the container's health check: 0 alive, 1 not
+
+exit status: 0 stopped by SIGTERM or SIGINT (or --burst: every job succeeded); 1 --burst
+and some job failed; 2 wrong arguments or a setting that is not valid (it says which);
+check: see aiserver-taskrunner check --help"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserver-taskrunner",
@@ -31,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "as webhooks; and it runs the jobs the API enqueues (a catalog refresh, a reprice, a "
         "document conversion). SIGTERM lets a running job finish (up to 25 s) before stopping; "
         "an unfinished job is re-queued.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(parser, "aiserver-taskrunner")
     burst_help = "run the queued jobs, then stop (for one-off runs and tests)"
