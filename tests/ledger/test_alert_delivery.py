@@ -26,6 +26,7 @@ from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets.alerts import delivery
 from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.budgets.alerts.delivery import Schedule, deliver_due, next_attempt
+from aiserver.ledger.budgets.alerts.listing import alert_page
 from aiserver.ledger.budgets.alerts.store import Claim
 from aiserver.ledger.webhooks import signing
 from aiserver.ledger.webhooks.sending import post_pinned, send
@@ -430,9 +431,14 @@ async def test_an_answer_that_echoes_the_hook_s_path_is_kept_without_it(
     await cross(pool, access)
     with capture_logs() as logs:
         assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).retrying == 1
-    assert receiver.received[0].path == "/hooks/budget?source=aiserver"
+    hook_path = "/hooks/budget?source=aiserver"
+    assert receiver.received[0].path == hook_path
     assert [(d[4], d[5]) for d in await deliveries(pool)] == [(404, "Cannot POST …")]
     assert not [e for e in logs if "hooks/budget" in repr(e) or "source=aiserver" in repr(e)]
+    # an attempt kept before (its excerpt whole) is read without the path too
+    await pool.execute("UPDATE webhook_deliveries SET error = $1", "Cannot POST " + hook_path)
+    (alert,) = (await alert_page(pool, access)).alerts
+    assert [d.error for d in alert.deliveries] == ["Cannot POST …"]
 
 
 async def test_a_day_of_failures_fails_the_alert_after_the_backoff_schedule(

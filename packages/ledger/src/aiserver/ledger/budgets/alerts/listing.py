@@ -15,6 +15,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets.alerts import store as alert_store
 from aiserver.ledger.budgets.service import check_budget_id
 from aiserver.ledger.errors import InvalidField, UnknownBudget
+from aiserver.ledger.webhooks.sending import without_path
 
 if TYPE_CHECKING:
     import asyncpg
@@ -90,6 +91,9 @@ async def alert_page(
     by_alert: dict[int, list[Delivery]] = {}
     for d in deliveries:
         alert_id = d.pop("alert_id")
+        # attempts kept before their excerpt left the hook's path out (`without_path`) are read
+        # without it too
+        d["error"] = without_path(d["error"], d["url"])
         by_alert.setdefault(alert_id, []).append(Delivery(**d))
     return AlertPage(
         alerts=[Alert(**a, deliveries=by_alert.get(a["id"], [])) for a in alerts[:limit]],
