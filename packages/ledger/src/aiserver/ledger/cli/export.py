@@ -147,7 +147,7 @@ _EXAMPLES: Final = """examples:
 
 
 def add_parsers(groups: Any) -> None:
-    from aiserver.ledger.usage.export import FORMATS
+    from aiserver.ledger.usage import FORMATS
 
     command: argparse.ArgumentParser = groups.add_parser(
         "export",

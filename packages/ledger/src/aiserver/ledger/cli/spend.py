@@ -182,8 +182,8 @@ def _dimensions(text: str) -> str:
 
 
 def add_parsers(groups: Any) -> None:
+    from aiserver.ledger.spend import MAX_TOP
     from aiserver.ledger.spend.buckets import BUCKETS
-    from aiserver.ledger.spend.query import MAX_TOP
     from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
     command: argparse.ArgumentParser = groups.add_parser(

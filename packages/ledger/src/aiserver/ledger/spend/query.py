@@ -40,6 +40,7 @@ import msgspec
 
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.projects import find_project
+from aiserver.ledger.spend import MAX_TOP as MAX_TOP  # where the command line reads it
 from aiserver.ledger.spend.answer import SpendAnswer, assemble
 from aiserver.ledger.spend.buckets import (
     BUCKETS,
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 #: The longest window, whatever the bucket.
 MAX_DAYS: Final = 3660
 MAX_GROUP_BY: Final = 4
-MAX_TOP: Final = 1000
 #: The most (bucket, group) rows one answer holds. Measured (docs/spend.md, "How large an
 #: answer"): 90,000 rows took the API 3.3 s and 170 MB, 1,500,000 rows 92 s and 3 GB; this
 #: keeps an answer to a few seconds and some 200 MB, and still holds top=1000 by day for 99

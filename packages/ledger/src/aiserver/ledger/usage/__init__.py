@@ -10,3 +10,10 @@
 - :mod:`.partitions`: the monthly partitions, made ahead and dropped after the retention;
 - :mod:`.store`: every statement on the usage tables (`events`, `reading`, `partitions`).
 """
+
+from typing import Final, Literal
+
+#: The formats an export writes (`.export`). Here, where `aiserver-ledger export --help` reads
+#: them without importing the export's machinery (the database and the logging among it).
+ExportFormat = Literal["csv", "jsonl", "focus"]
+FORMATS: Final[tuple[ExportFormat, ...]] = ("csv", "jsonl", "focus")

@@ -30,7 +30,7 @@ import io
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import asyncpg
 import msgspec
@@ -41,6 +41,8 @@ from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.text import FORMULA_START, spreadsheet_safe
+from aiserver.ledger.usage import FORMATS as FORMATS  # where the command line reads them
+from aiserver.ledger.usage import ExportFormat as ExportFormat
 from aiserver.ledger.usage import focus
 from aiserver.ledger.usage.reading import (
     TAG_PREFIX,
@@ -57,8 +59,6 @@ if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
     from aiserver.ledger.store import Project
 
-ExportFormat = Literal["csv", "jsonl", "focus"]
-FORMATS: Final[tuple[ExportFormat, ...]] = ("csv", "jsonl", "focus")
 MEDIA_TYPES: Final[dict[ExportFormat, str]] = {
     "csv": "text/csv",
     "jsonl": "application/x-ndjson",
