@@ -177,10 +177,9 @@ async def nosniff(message: Message, scope: Scope) -> None:
     never read by a browser as another type than the one they are sent as. Answers the
     router makes (an unknown route's 404) too."""
     if message["type"] == "http.response.start":
-        headers = list(message.get("headers", ()))
+        headers = message.get("headers", ())
         if not any(name.lower() == _NOSNIFF[0] for name, _ in headers):
-            headers.append(_NOSNIFF)
-            message["headers"] = headers
+            message["headers"] = [*headers, _NOSNIFF]
 
 
 def build_app(settings: ApiSettings) -> Litestar:

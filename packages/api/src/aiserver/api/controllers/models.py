@@ -40,11 +40,16 @@ def _decode_cursor(cursor: str) -> str:
         raise BadCursor("the cursor is not one this API returned") from None
 
 
-def price_of(pv: PriceVersion, field: str) -> str | None:
-    value = pv.entry.get(field)
+def one_price(value: object) -> str | None:
+    """A price field's value as the API writes a price; None for no price, or for a dict of
+    prices per option (no one price)."""
     if isinstance(value, bool) or not isinstance(value, Decimal | int):
-        return None  # no price, or a dict of prices per option: no one price
+        return None
     return money(value)
+
+
+def price_of(pv: PriceVersion, field: str) -> str | None:
+    return one_price(pv.entry.get(field))
 
 
 def _limit(value: object) -> int | None:

@@ -8,20 +8,24 @@ The models are the live catalog's, as `GET /v1/models` and `GET /v1/models/{mode
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any, Final
 
 from litestar import Controller, Request, get
 from litestar.params import FromPath
 from litestar.response import Template
 
-from aiserver.api.controllers.models import model_detail, price_of, priced_models, summary
+from aiserver.api.controllers.models import (
+    model_detail,
+    one_price,
+    price_of,
+    priced_models,
+    summary,
+)
 from aiserver.api.ui.present import SHOW, per_million, places, timestamp
 from aiserver.api.ui.sessions import PATH
 from aiserver.api.ui.viewer import signed_in, viewer
 from aiserver.costs.catalog import PriceVersion
 from aiserver.costs.live import LiveCatalog
-from aiserver.costs.money import money
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -109,12 +113,12 @@ def other_prices(pv: PriceVersion) -> list[str]:
         direction, _, unit = name.partition("_cost_per_")
         if not unit or name in TOKEN_PRICES:
             continue
-        value = pv.entry[name]
-        options = value.items() if isinstance(value, dict) else [(None, value)]
-        for option, price in sorted(options, key=lambda o: o[0] or ""):
-            if isinstance(price, bool) or not isinstance(price, Decimal | int):
-                continue
-            found.append(_price_in_words(direction, unit, option, price))
+        given = pv.entry[name]
+        options = given.items() if isinstance(given, dict) else [(None, given)]
+        for option, value in sorted(options, key=lambda o: o[0] or ""):
+            price = one_price(value)
+            if price is not None:
+                found.append(_price_in_words(direction, unit, option, price))
     return found
 
 
@@ -123,7 +127,7 @@ def other_prices(pv: PriceVersion) -> list[str]:
 _TOKEN_UNIT: Final = re.compile(r"(?:(?P<kind>[a-z]+)_)?token(?:_(?P<tier>.+))?")
 
 
-def _price_in_words(direction: str, unit: str, option: str | None, price: Decimal | int) -> str:
+def _price_in_words(direction: str, unit: str, option: str | None, price: str) -> str:
     what = [_words(direction)]
     if option is not None:  # "search_context_size_low" of search_context: "size low"
         option = option.removeprefix(f"{direction}_")
@@ -134,10 +138,10 @@ def _price_in_words(direction: str, unit: str, option: str | None, price: Decima
         if option is not None:
             what.append(_words(option))
         kind = f"{token['kind']} " if token["kind"] else ""
-        return f"per 1M {kind}tokens ({', '.join(what)}) {per_million(money(price))}"
+        return f"per 1M {kind}tokens ({', '.join(what)}) {per_million(price)}"
     if option is not None:
         what.append(_words(option))
-    return f"per {_words(unit)} ({', '.join(what)}) {money(price)}"
+    return f"per {_words(unit)} ({', '.join(what)}) {price}"
 
 
 def _words(name: str) -> str:

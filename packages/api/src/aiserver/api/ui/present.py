@@ -142,12 +142,6 @@ def rounded(value: object) -> bool:
     return text is not None and Decimal(text) != Decimal(text).quantize(_CENT)
 
 
-def _unpriced_only(sums: SpendTotals) -> bool:
-    """Whether every event a group (or a bucket, or an answer) counts is unpriced: its cost of
-    0 is no price, not free."""
-    return sums.events > 0 and sums.unpriced_events == sums.events
-
-
 class Cell(NamedTuple):
     """A table cell as a page shows it: its text and its kind, which is its CSS class: `num`
     (an amount or a count: right-aligned, tabular figures, on one line), `when` (a time, on one
@@ -167,15 +161,13 @@ class Show:
     def group_cost(group: SpendTotals, decimals: int) -> str:
         """A group's (or a total's) cost as `amount` shows it, or `unpriced` when every event it
         counts is unpriced (its 0 is no price: it would read as free)."""
-        return UNPRICED if _unpriced_only(group) else shown_amount(group.cost, decimals)
+        return UNPRICED if group.unpriced_only else shown_amount(group.cost, decimals)
 
     count = staticmethod(count)
     #: a count with its noun, one or more: `1 event`, `1,200 events`
     counted = staticmethod(counted)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
-    #: whether every event a sum counts is unpriced: a headline then says so instead of 0
-    unpriced_only = staticmethod(_unpriced_only)
 
     @staticmethod
     def estimate(value: Decimal) -> str:
@@ -375,7 +367,7 @@ def pivot(answer: SpendAnswer) -> Pivot:
                 bucket.total.cost,
             )
         )
-        unpriced.append([c in found and _unpriced_only(found[c]) for c in columns])
+        unpriced.append([c in found and found[c].unpriced_only for c in columns])
     labels = [group_label(g, group_by) for g in answer.groups]
     return Pivot(
         columns=labels,
@@ -383,7 +375,7 @@ def pivot(answer: SpendAnswer) -> Pivot:
         currency=answer.currency,
         unpriced=unpriced,
         grouped=bool(group_by),
-        unpriced_totals=[_unpriced_only(b.total) for b in answer.buckets],
+        unpriced_totals=[b.total.unpriced_only for b in answer.buckets],
     )
 
 
@@ -459,7 +451,7 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
             counts = msgspec.structs.asdict(group)
             rows.append([
                 timestamp(bucket.start), timestamp(bucket.end),
-                *group_values(group, answer.group_by), "" if _unpriced_only(group) else group.cost,
+                *group_values(group, answer.group_by), "" if group.unpriced_only else group.cost,
                 answer.currency, *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
     return rows

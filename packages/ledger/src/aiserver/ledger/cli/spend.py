@@ -55,7 +55,7 @@ _COLUMNS: Final = (
 def _sums(sums: SpendTotals) -> str:
     # where every event counted is unpriced, its cost of 0 is no price, not free (as the
     # dashboard writes it; --json keeps the API's 0 beside unpriced_events)
-    cost = "unpriced" if 0 < sums.events == sums.unpriced_events else sums.cost
+    cost = "unpriced" if sums.unpriced_only else sums.cost
     return (
         f"{cost:>16}  {sums.events:>9,}  {sums.unpriced_events:>8,}  "
         f"{sums.partially_priced_events:>8,}  {sums.input_tokens:>13,}  "

@@ -50,6 +50,12 @@ class SpendTotals(msgspec.Struct, kw_only=True):
         """Whether `cost` is a lower bound: some of the events have no price, or only part."""
         return bool(self.unpriced_events or self.partially_priced_events)
 
+    @property
+    def unpriced_only(self) -> bool:
+        """Whether every event counted is unpriced: `cost` 0 is then no price, not free, and is
+        shown as `unpriced`."""
+        return 0 < self.events == self.unpriced_events
+
 
 class SpendGroup(SpendTotals, kw_only=True):
     """One group's sums; `key` maps each of `group_by` to its value (`{}` without group_by).
