@@ -29,7 +29,7 @@ RUN python3 -m venv /opt/uv \
  && /opt/uv/bin/uv venv --python python3 /opt/aiserver \
  && /opt/uv/bin/uv pip install --python /opt/aiserver/bin/python \
       --no-index --find-links /wheelhouse aiserver-taskrunner-service \
- && python3 /wheelhouse/tools/slim_venv.py /opt/aiserver
+ && PATH="/opt/uv/bin:$PATH" python3 /wheelhouse/tools/slim_venv.py /opt/aiserver
 
 FROM ${BASE_IMAGE}
 # Versions float with the base's bookworm point releases (security fixes); an exact Debian

@@ -24,7 +24,7 @@ on the venv the final stage copies:
 Libraries that auditwheel vendored into `<dist>.libs/` folders are left alone: patchelf has
 rewritten them, and strip is known to corrupt such files.
 
-Usage: slim_venv.py VENV  (needs binutils' strip on PATH)
+Usage: slim_venv.py VENV  (needs binutils' strip, and uv, on PATH)
 """
 
 from __future__ import annotations
@@ -94,22 +94,19 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def remove_distribution(venv: Path, site: Path, name: str) -> bool:
-    """Remove every file that distribution `name` installed (its RECORD) and its metadata;
-    False when it is not installed."""
-    for info in site.glob("*.dist-info"):
-        if _normalized(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]) != _normalized(name):
-            continue
-        for line in (info / "RECORD").read_text().splitlines():
-            path = (site / line.split(",")[0]).resolve()
-            if path.is_file() and venv.resolve() in path.parents:
-                path.unlink()
-        for folder in sorted({p for p in site.rglob("*") if p.is_dir()}, reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
-        shutil.rmtree(info, ignore_errors=True)
-        return True
-    return False
+def installed(site: Path, name: str) -> bool:
+    """Whether distribution `name` is installed in `site` (`name-version.dist-info`)."""
+    return any(
+        _normalized(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]) == _normalized(name)
+        for info in site.glob("*.dist-info")
+    )
+
+
+def uninstall(venv: Path, names: list[str]) -> None:
+    """Uninstall `names` with uv, which installed them (uv on PATH, as in the builder stage)."""
+    if names:
+        python = str(venv / "bin" / "python")
+        subprocess.run(["uv", "pip", "uninstall", "--python", python, *names], check=True)
 
 
 def faker_in_use(venv: Path) -> set[str]:
@@ -143,7 +140,8 @@ def main(argv: list[str]) -> int:
     before = size(venv)
     for stray in stray_packages(site) + unused_faker_locales(venv, site):
         shutil.rmtree(stray)
-    removed = [name for name in UNUSED_DISTRIBUTIONS if remove_distribution(venv, site, name)]
+    removed = [name for name in UNUSED_DISTRIBUTIONS if installed(site, name)]
+    uninstall(venv, removed)
     modules = extension_modules(site)
     if modules:
         subprocess.run(["strip", "--strip-unneeded", *map(str, modules)], check=True)
