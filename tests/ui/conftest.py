@@ -205,6 +205,8 @@ def browser_session(downloads: Path) -> Iterator[WebDriver]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1600"):  # fmt: skip
         options.add_argument(argument)
+    # the console's messages, for test_browser_console.py (driver.get_log("browser"))
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option("prefs", {
         "download.default_directory": str(downloads), "download.prompt_for_download": False,
     })  # fmt: skip
