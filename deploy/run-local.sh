@@ -58,6 +58,11 @@ pick_engine() {
     if [ "$(id -u)" = 0 ] && [ -z "${CONTAINERS_CONF:-}" ] && command -v runc >/dev/null; then
       export CONTAINERS_CONF="$PWD/deploy/containers.conf"
     fi
+    # podman build reads it again in helper processes of another directory: a path of its own
+    case "${CONTAINERS_CONF:-/}" in
+      /*) ;;
+      *) CONTAINERS_CONF="$(cd "$OLDPWD" && realpath "$CONTAINERS_CONF")"; export CONTAINERS_CONF ;;
+    esac
   fi
 }
 
