@@ -303,3 +303,17 @@ class ScriptedFront(_Front):
                     front.seen[n] = (self.command, self.path, answer.status)
 
         return Handler
+
+
+async def run_app(tmp_path: Path, source: str, *args: str) -> tuple[bytes, bytes]:
+    """Run `source` as an application's script with `args`, to its end (exit status 0): its
+    stdout and stderr."""
+    script = tmp_path / "app.py"
+    script.write_text(source)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return out, err

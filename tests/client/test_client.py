@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -180,6 +181,70 @@ def test_record_one_event_then_again_then_changed(ledger: Ledger, tenant: Tenant
     assert invalid.status == "invalid"
     assert invalid.problem is not None
     assert invalid.problem["fields"] == ["cache_read_tokens", "input_tokens"]
+
+
+def test_the_same_event_reported_again_without_a_time_is_a_duplicate_by_either_way(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, record_later stamped each report with the time it was queued: the same event
+    # queued twice (or queued, then recorded) was another payload, a conflict, logged and
+    # counted as rejected.
+    later_twice, later_then_now, now_then_later = key(), key(), key()
+    with Client(ledger.api.base_url, tenant.key, recorder=RecorderSettings(flush_interval=0)) as c:
+        for k in (later_twice, later_twice, later_then_now):
+            assert c.record_later(id=k, model="gpt-4o", usage=GPT_4O) == k
+            assert c.flush(WAIT_S)
+        recorded_now = c.record(Event(id=later_then_now, model="gpt-4o", usage=GPT_4O))
+        first = c.record({"id": now_then_later, "model": "gpt-4o", "usage": GPT_4O})
+        assert c.record_later(id=now_then_later, model="gpt-4o", usage=GPT_4O) == now_then_later
+        assert c.flush(WAIT_S)
+        stats = c.stats()
+    assert (recorded_now.status, first.status) == ("duplicate", "recorded")
+    assert (stats.recorded, stats.duplicates, stats.rejected) == (2, 2, 0)
+    assert asyncio.run(stored_keys(ledger.url, tenant.id)).keys() >= {
+        later_twice,
+        later_then_now,
+        now_then_later,
+    }
+
+
+def test_a_time_without_an_offset_is_refused_where_python_would_read_it_as_local(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, a naive datetime went out without an offset, which the server reads as UTC: a
+    # datetime.now() of New York recorded the call five hours early, unsaid.
+    naive = datetime(2026, 12, 1, 10, 0)
+    k = key()
+    with Client(ledger.api.base_url, tenant.key) as client:
+        for call in (
+            lambda: client.record_later(model="gpt-4o", usage=GPT_4O, occurred_at=naive),
+            lambda: client.record_later({"model": "gpt-4o", "occurred_at": naive}),
+            lambda: client.record(Event(model="gpt-4o", usage=GPT_4O, occurred_at=naive)),
+            lambda: client.calculate("gpt-4o", GPT_4O, at=naive),
+        ):
+            with pytest.raises(
+                ValueError, match=r"occurred_at|at 2026-12-01T10:00:00 has no offset"
+            ):
+                call()
+        assert client.stats().queued == 0
+        aware = client.record(Event(id=k, model="gpt-4o", usage=GPT_4O,
+                                    occurred_at=naive.astimezone()))  # fmt: skip
+        # a string is the server's to read (without an offset: UTC), as documented there
+        text = client.record({"id": key(), "model": "gpt-4o", "occurred_at": "2026-12-01T10:00:00"})
+    assert aware.status == "recorded"
+    assert aware.occurred_at == naive.astimezone()
+    assert text.status in ("recorded", "invalid")  # invalid once the date leaves the retention
+    assert text.occurred_at in (None, datetime(2026, 12, 1, 10, tzinfo=UTC))
+
+
+def test_a_client_whose_settings_were_refused_can_still_be_shown(no_client_env: None) -> None:
+    # a traceback that shows its frames' locals reprs the half-made client (it raised)
+    try:
+        Client("127.0.0.1:8000", "ais_x")
+    except ConfigurationError as exc:
+        frames = traceback.TracebackException.from_exception(exc, capture_locals=True)
+    shown = "".join(frames.format())
+    assert "self = Client(None)" in shown
 
 
 def test_record_many_answers_each_in_order_and_counts(ledger: Ledger, tenant: Tenant) -> None:

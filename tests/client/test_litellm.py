@@ -7,10 +7,12 @@ message's own usage costs."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import litellm
@@ -24,7 +26,7 @@ from aiserver.client.litellm import AiserverCallback, usage_of
 
 from ..costs.test_usage_formats import ANTHROPIC_MESSAGE
 from ..reliability.harness import eventually
-from .conftest import Ledger, Tenant, api_events, new_tenant, stored_keys
+from .conftest import Ledger, Tenant, api_events, new_tenant, run_app, stored_keys
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 QUICK = RecorderSettings(batch_size=100, flush_interval=0.05)
@@ -120,6 +122,41 @@ async def test_async_completions_are_each_recorded_once(
     stored = await stored_keys(ledger.url, registered.tenant.id)
     assert {key: stored.get(key) for key in ids} == dict.fromkeys(ids, 1)
     assert registered.queued() == before + 5  # one event per call, none twice
+
+
+#: An application that makes one `acompletion` and ends: LiteLLM runs the success callbacks of
+#: an async call in a logging worker of its own, which the exit drains in an exit hook of its
+#: own. Imported first, as docs/client.md shows, LiteLLM's hook runs after the client's.
+ACOMPLETION_THEN_EXIT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import litellm
+    from aiserver.client import Client
+    from aiserver.client.litellm import AiserverCallback
+
+    url, key = sys.argv[1:]
+    litellm.callbacks = [AiserverCallback(Client(url, key))]
+
+    async def main():
+        response = await litellm.acompletion(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], mock_response="Hi"
+        )
+        print(response._hidden_params["litellm_call_id"], flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_an_async_completion_just_before_the_exit_is_recorded(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # Before, its event came after the client's exit hook had closed the recorders: 0 rows in
+    # 3 runs of 3, and no log line (a new recorder's daemon thread died with the interpreter).
+    tenant = await new_tenant(ledger.api, ledger.url, prefix="litellm-exit")
+    out, err = await run_app(tmp_path, ACOMPLETION_THEN_EXIT, ledger.api.base_url, tenant.key)
+    call_id = out.decode().strip()
+    assert await stored_keys(ledger.url, tenant.id) == {call_id: 1}, err.decode()[-2000:]
 
 
 async def test_streamed_completions_are_recorded_once_each(

@@ -22,7 +22,7 @@ import pytest
 from aiserver.client import AsyncClient, Client, RecorderSettings
 from aiserver.client.recorder import new_key
 
-from .conftest import WAIT_S, Ledger, Tenant, api_events, stored_keys
+from .conftest import WAIT_S, Ledger, Tenant, api_events, run_app, stored_keys
 
 USAGE = {"input_tokens": 100, "output_tokens": 10}
 #: Nothing waits for a fuller batch in these tests unless they say so
@@ -183,17 +183,56 @@ async def test_the_interpreters_exit_delivers_what_waits(
     ledger: Ledger, tenant: Tenant, tmp_path: Path
 ) -> None:
     run = run_id()
-    script = tmp_path / "app.py"
-    script.write_text(CHILD)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), ledger.api.base_url, tenant.key, run, "300",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
+    out, err = await run_app(tmp_path, CHILD, ledger.api.base_url, tenant.key, run, "300")
     assert out.decode().strip() == "sent before exit: 0"
     assert err.decode() == ""
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(300)}
+
+
+#: An application whose own exit hook reports usage after the client's hook has closed the
+#: recorders: registered before aiserver.client is imported, it runs after the client's (exit
+#: hooks run in the reverse order), as LiteLLM's does when `litellm` is imported first and its
+#: logging worker runs the callbacks of an `acompletion` still pending at the exit.
+LATE = textwrap.dedent(
+    """
+    import atexit, sys
+
+    def report_late():
+        made_at_exit = Client(url, key)
+        usage = {"input_tokens": 1}
+        a = queued_before.record_later(id=f"{run}-late-a", model="gpt-4o", usage=usage)
+        b = made_at_exit.record_later(id=f"{run}-late-b", model="gpt-4o", usage=usage)
+        c = closed_by_app.record_later(id=f"{run}-late-c", model="gpt-4o", usage=usage)
+        print("late:", a, b, c, flush=True)
+
+    atexit.register(report_late)
+
+    from aiserver.client import Client, RecorderSettings
+
+    url, key, run = sys.argv[1:]
+    held = RecorderSettings(batch_size=10_000, flush_interval=3600)
+    queued_before = Client(url, key, recorder=held)
+    queued_before.record_later(id=f"{run}-0", model="gpt-4o", usage={"input_tokens": 10})
+    closed_by_app = Client(url, key)
+    closed_by_app.close()
+    """
+)
+
+
+async def test_an_event_queued_by_an_exit_hook_after_the_clients_is_delivered(
+    ledger: Ledger, tenant: Tenant, tmp_path: Path
+) -> None:
+    # Before, the client's exit hook had closed the recorders: the first late event was dropped
+    # (with a warning), and the second started a daemon thread that died with the interpreter,
+    # unsent and unsaid (on Python 3.12 it could not start one: dropped with a warning).
+    run = run_id()
+    out, err = await run_app(tmp_path, LATE, ledger.api.base_url, tenant.key, run)
+    assert out.decode().strip() == f"late: {run}-late-a {run}-late-b None"
+    # what the application closed itself stays closed, and says so
+    assert "aiserver usage event dropped: the recorder is closed" in err.decode()
+    assert await stored_keys(ledger.url, tenant.id) == {
+        f"{run}-0": 1, f"{run}-late-a": 1, f"{run}-late-b": 1,
+    }  # fmt: skip
 
 
 #: What a multiprocessing child runs (`exec` is its target: the child imports no test module,

@@ -54,6 +54,7 @@ from aiserver.client.recorder import (
     Recorder,
     RecorderSettings,
     RecorderStats,
+    Stamps,
     backoff_wait,
     new_key,
 )
@@ -63,22 +64,28 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
-def _keyed(event: EventLike) -> Event:
-    """The event, with a new idempotency key if it has none (the answer says which)."""
+def _keyed(event: EventLike, stamps: Stamps) -> Event:
+    """The event, with a new idempotency key if it has none (the answer says which); one with
+    an id of the application's and no time, with the time sent with that id before
+    (`Stamps`: by `record_later`), else none (the server's time of arrival)."""
     made = wire.as_event(event, {})
     if made.id is None:
         made = msgspec.structs.replace(made, id=new_key())
+    elif made.occurred_at is None:
+        at = stamps.of(made.id, None)
+        if at is not None:
+            made = msgspec.structs.replace(made, occurred_at=at)
     return made
 
 
 def _record_bodies(
-    events: Union[EventLike, Sequence[EventLike]],
+    events: Union[EventLike, Sequence[EventLike]], stamps: Stamps
 ) -> tuple[list[tuple[bytes, int]], bool]:
     """The request bodies of `record` (10,000 events and 16 MiB at most each) with the number
     of events in each, and whether one event was given (not a list of them)."""
     single = isinstance(events, (Event, Mapping))
     items: Sequence[EventLike] = [events] if single else events  # type: ignore[list-item,assignment]
-    encoded = collections.deque(wire.encode_event(_keyed(event)) for event in items)
+    encoded = collections.deque(wire.encode_event(_keyed(event, stamps)) for event in items)
     if not encoded:
         raise ValueError("record() needs at least one event")
     bodies = []
@@ -155,7 +162,8 @@ class _Common:
         _clients.add(self)
 
     def __repr__(self) -> str:  # never the key
-        return f"{type(self).__name__}({self.base_url!r})"
+        # base_url is unset when __init__ raised (a traceback that shows its locals reprs it)
+        return f"{type(self).__name__}({getattr(self, 'base_url', None)!r})"
 
     @property
     def recorder(self) -> Recorder:
@@ -283,7 +291,7 @@ class Client(_Common):
         committed comes back `duplicate` and is never counted twice. Once they are spent the
         failure is raised and its events may or may not be recorded: to repeat the call
         yourself without counting twice, give each event its own `id`."""
-        bodies, single = _record_bodies(events)
+        bodies, single = _record_bodies(events, self.recorder.stamps)
         report = _merge(
             wire.usage_report(self._post_repeated("/v1/usage", body), count)
             for body, count in bodies
@@ -471,7 +479,7 @@ class AsyncClient(_Common):
         self, events: Union[EventLike, Sequence[EventLike]]
     ) -> Union[EventResult, RecordReport]:
         """As `Client.record`."""
-        bodies, single = _record_bodies(events)
+        bodies, single = _record_bodies(events, self.recorder.stamps)
         report = _merge(
             [
                 wire.usage_report(await self._post_repeated("/v1/usage", body), count)

@@ -32,7 +32,9 @@ Nothing is lost silently: a full queue, a closed recorder, or a thread that cann
 `OVERFLOW_LOG_S` seconds, with the running count); `close()` delivers what waits, and counts
 and logs as dropped what it could not deliver within its timeout. The process's exit closes
 every recorder it started: `atexit`, and multiprocessing's finalizers, since a child that
-multiprocessing starts (fork, forkserver) ends with `os._exit`, which runs no atexit hook. A
+multiprocessing starts (fork, forkserver) ends with `os._exit`, which runs no atexit hook. An
+event queued after that (by an exit hook that runs later) is sent at once by the caller's
+thread (`Recorder._deliver_late`); one queued after the application's own `close()` is dropped. A
 forked child's recorders start afresh: what the parent had queued is the parent's to deliver,
 and what the child queues goes from a thread of the child's own. The key is never logged.
 """
@@ -180,7 +182,14 @@ def _close_all_at_exit() -> None:
         return
     _closed_in = os.getpid()
     for recorder in list(_live):
-        recorder.close()
+        recorder._close(None, by_exit=True)
+
+
+def _exiting() -> bool:
+    """Whether this process's exit has closed its recorders: an event queued now (by an exit
+    hook that runs after ours, such as LiteLLM's logging worker) is sent at once
+    (`Recorder._deliver_late`), as no thread of a recorder may deliver it any more."""
+    return _closed_in == os.getpid()
 
 
 def _hook_exit() -> None:
@@ -233,6 +242,36 @@ class _Keys:
 #: A new idempotency key for an event that has none.
 new_key = _Keys()
 
+#: How many of the application's event ids a recorder remembers the `occurred_at` sent of.
+STAMPS_KEPT = 10_000
+
+
+class Stamps:
+    """The `occurred_at` sent with each event id the application gave (the last `STAMPS_KEPT`
+    ids), so that the same event reported again without a time is sent with the same one: the
+    server answers `duplicate`, where another time would be another payload, a `conflict`.
+    `record_later` stamps an event that has no time with now; `record` sends it without one
+    (the server's time of arrival), remembered as None, and an id remembered is sent as it
+    was the first time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: dict[str, Optional[datetime]] = {}
+
+    def renew_lock(self) -> None:
+        """In a forked child: the lock may have been held by a thread of the parent."""
+        self._lock = threading.Lock()
+
+    def of(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
+        """The time sent with `key` before, or `first`, remembered for it from now on."""
+        with self._lock:
+            if key in self._sent:
+                return self._sent[key]
+            self._sent[key] = first
+            if len(self._sent) > STAMPS_KEPT:
+                del self._sent[next(iter(self._sent))]  # the oldest id
+            return first
+
 
 class Recorder:
     """Queues events and delivers them from one background thread (started on first use)."""
@@ -257,10 +296,12 @@ class Recorder:
         self._closing = False
         self._given_up = False  # close() timed out: what is left is dropped
         self._final = False  # close() has counted what is lost: nothing is counted after it
+        self._closed_by_caller = False  # close() called by the application, not by the exit
         self._thread: Optional[threading.Thread] = None
         self._last_overflow_log = -OVERFLOW_LOG_S
         self._dropped_since_log = 0
         self._counts: collections.Counter[str] = collections.Counter()
+        self.stamps = Stamps()
         _made.add(self)
 
     def _forked(self) -> None:
@@ -275,21 +316,27 @@ class Recorder:
         self._last_overflow_log = -OVERFLOW_LOG_S
         self._dropped_since_log = 0
         self._counts = collections.Counter()
+        self.stamps.renew_lock()
 
     # -- the caller's side (any thread) -------------------------------------------------------
 
     def enqueue(self, event: Event) -> Optional[str]:
-        """Queue `event` (a key and `occurred_at` are given to it if it has none); its key, or
-        None when it was dropped (the queue is full, the recorder is closed, or its thread could
-        not be started)."""
-        if event.id is None or event.occurred_at is None:
+        """Queue `event` (a key and `occurred_at` are given to it if it has none: the time sent
+        with its id before, if it was, `Stamps`); its key, or None when it was dropped (the
+        queue is full, the recorder is closed, or its thread could not be started)."""
+        if event.id is None:
+            now = datetime.now(timezone.utc)
             event = msgspec.structs.replace(
-                event,
-                id=event.id if event.id is not None else new_key(),
-                occurred_at=event.occurred_at or datetime.now(timezone.utc),
+                event, id=new_key(), occurred_at=event.occurred_at or now
             )
+        elif event.occurred_at is None:
+            at = self.stamps.of(event.id, datetime.now(timezone.utc))
+            if at is not None:
+                event = msgspec.structs.replace(event, occurred_at=at)
         key: str = event.id  # type: ignore[assignment]  # set just above
         data = wire.encode_event(event)
+        if _exiting() and not self._closed_by_caller:
+            return self._deliver_late(key, data)
         with self._cond:
             if self._closing:
                 self._drop_one_locked("the recorder is closed")
@@ -374,9 +421,16 @@ class Recorder:
         """Deliver what waits (a batch waiting to be retried is tried again at once), then stop;
         return within `timeout` seconds (default `settings.close_timeout`). What could not be
         delivered by then is counted as dropped and logged. True if nothing was."""
+        return self._close(timeout, by_exit=False)
+
+    def _close(self, timeout: Optional[float], *, by_exit: bool) -> bool:
+        """`close()`; `by_exit`: the process's exit closes it, and an event queued after that
+        is still delivered (`_deliver_late`); after the application's own `close()`, one is
+        dropped."""
         timeout = self.settings.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._closed_by_caller |= not by_exit
             if self._closing:
                 return self._settled_locked() >= self._counts["queued"]
             self._closing = True
@@ -408,6 +462,53 @@ class Recorder:
             )
         _live.discard(self)
         return lost == 0
+
+    def _deliver_late(self, key: str, data: bytes) -> Optional[str]:
+        """Deliver one event queued after the process's exit closed the recorders, here in the
+        caller's thread: the recorder's thread has stopped, and a new one would die with the
+        interpreter (Python 3.12 refuses to start it at all). The same attempts as the thread's
+        (`_attempt`: its retries with the same key, its logs), within `close_timeout`. Its key
+        when it is settled (recorded, or refused and logged as the thread would); None when it
+        could not be delivered in time: counted as dropped and logged as an error."""
+        with self._cond:
+            if not self._final:
+                self._counts["queued"] += 1
+        batch = [(key, data)]
+        body = wire.events_body([data])
+        deadline = time.monotonic() + self.settings.close_timeout
+        client = httpx.Client(
+            base_url=self._base_url,
+            headers=self._headers,
+            timeout=self.settings.timeout,
+            transport=self._transport,
+        )
+        reason = "no attempt"
+        try:
+            for attempt in itertools.count():
+                try:
+                    retry = self._attempt(client, batch, body, attempt)
+                except Exception as exc:  # as in `_deliver`: only the type is logged
+                    retry = (self._backoff(attempt), f"an unexpected {type(exc).__name__}")
+                if retry is None:
+                    return key
+                wait, reason = retry
+                if time.monotonic() + wait >= deadline:
+                    break
+                time.sleep(wait)
+        finally:
+            client.close()
+        with self._cond:
+            if not self._final:
+                self._counts["lost"] += 1
+                self._counts["dropped"] += 1
+        log.error(
+            "aiserver usage event %r, queued at the process's exit, was not delivered within "
+            "%.1f s (%s); it is lost",
+            key,
+            self.settings.close_timeout,
+            reason,
+        )
+        return None
 
     def _settled_locked(self) -> int:
         c = self._counts

@@ -92,10 +92,26 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 # -- events -----------------------------------------------------------------------------------
 
 
+def aware(value: object, name: str) -> None:
+    """ValueError for a `datetime` without an offset: the server reads a time without one as
+    UTC, while Python's own (`datetime.now()`) is local time, so the call would move by the
+    machine's offset, unsaid. A string is sent as it is: the server's rule holds for it."""
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise ValueError(
+            f"{name} {value.isoformat()} has no offset: give an aware datetime, such as "
+            "datetime.now(timezone.utc), or this one's .astimezone() if it is local time "
+            "(the server would read it as UTC)"
+        )
+
+
 def as_event(event: Optional[EventLike], fields: Mapping[str, Any]) -> Event:
-    """An `Event` from an Event, a dict of its fields, or keyword fields (which win)."""
+    """An `Event` from an Event, a dict of its fields, or keyword fields (which win); a
+    `datetime` without an offset as its `occurred_at` is a ValueError (`aware`)."""
+    aware(fields.get("occurred_at"), "occurred_at")
     if isinstance(event, Event):
+        aware(event.occurred_at, "occurred_at")
         return msgspec.structs.replace(event, **fields) if fields else event
+    aware((event or {}).get("occurred_at"), "occurred_at")
     merged = {**(event or {}), **fields}
     try:
         return msgspec.convert(merged, Event)
@@ -341,6 +357,7 @@ def calculate_body(
     service_tier: Optional[str],
     at: Optional[datetime],
 ) -> bytes:
+    aware(at, "at")
     body = drop_none(
         {
             "model": model,
