@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -61,6 +62,29 @@ async def test_run_help_names_burst_and_a_burst_run_ends_by_itself(
                    MODEL_COST_FETCH_RETRIES="0")  # fmt: skip
     code, out, err = await run_module("aiserver.taskrunner.cli", offline, "run", "--burst")
     assert code == 0, out + err
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [("DATABASE_URL", "the database was not ready"), ("REDIS_URL", "Redis did not answer")],
+)
+async def test_a_burst_run_that_cannot_reach_a_server_says_so_in_one_line(
+    subprocess_env: dict[str, str], setting: str, said: str
+) -> None:
+    # Before, a 66-line traceback (PostgreSQL) or 79 lines of two chained ones (Redis).
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = urlsplit(subprocess_env[setting])
+    user = f"{url.username}@" if url.username else ""
+    env = {**subprocess_env, setting: url._replace(netloc=f"{user}127.0.0.1:{port}").geturl()}
+    code, out, err = await run_module("aiserver.taskrunner.cli", env, "run", "--burst")
+    assert code == 1, out + err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("aiserver-taskrunner:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"aiserver-taskrunner: --burst: {said}: "), err
+    assert str(port) in lines[0]
 
 
 @pytest.mark.parametrize(("command", "status"), [("run", 2), ("check", 1)])

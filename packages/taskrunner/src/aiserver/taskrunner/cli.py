@@ -33,7 +33,8 @@ examples:
   aiserver-taskrunner check           # the container's health check: 0 alive, 1 not
 
 exit status: 0 stopped by SIGTERM or SIGINT (or --burst: every job succeeded); 1 --burst
-and some job failed; 2 wrong arguments or a setting that is not valid (it says which);
+and some job failed, or PostgreSQL or Redis could not be reached (one line says which; without
+--burst it waits for them); 2 wrong arguments or a setting that is not valid (it says which);
 check: see aiserver-taskrunner check --help"""
 
 
@@ -102,7 +103,7 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     every REDIS_RETRY_S until Redis answers, so that an outage of Redis is a pause of the task
     runner, not its end. So does a start whose database is not ready (PostgreSQL unreachable, or
     another runner's migrations holding their lock past its timeout), and the log says which of
-    the two it was. A burst run ends at the first failure."""
+    the two it was. A burst run ends at the first failure: one line on stderr, status 1."""
     # Imported here: `check` (the container health check) should not pay for the worker.
     from arq.worker import create_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -128,13 +129,16 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
             worker.run()
         # a connection lost in a WATCHed pipeline (arq's enqueue of a cron job) is a WatchError
         except (RedisConnectionError, RedisTimeoutError, WatchError, OSError) as exc:
-            if burst:
-                raise
             _close_after_redis_lost(worker)
             if stopped or not worker.allow_pick_jobs:  # a SIGTERM had begun the stop
                 return 0
             # both are OSErrors, raised by start-up's `initialize_database`, not by Redis
-            if isinstance(exc, DatabaseUnavailable | LockTimeout):
+            database = isinstance(exc, DatabaseUnavailable | LockTimeout)
+            if burst:  # one line, as every command's failure: no waiting, no traceback
+                what = "the database was not ready" if database else "Redis did not answer"
+                print(f"aiserver-taskrunner: --burst: {what}: {exc}", file=sys.stderr)
+                return 1
+            if database:
                 event = "database not ready at start: the worker starts again in a moment"
             else:
                 event = "redis unreachable: the worker starts again when it answers"
