@@ -542,6 +542,56 @@ async def test_the_database_lost_mid_import_is_one_line_after_what_it_kept(
     )
 
 
+async def test_the_database_lost_mid_reprice_is_one_line_after_how_to_finish_the_run(
+    env: dict[str, str], tmp_path: Path, settings: Settings
+) -> None:
+    """The reprice's connection terminated while it works (a restart, pg_terminate_backend):
+    how to finish the run, then the problem on one line, exit 1. Before, a traceback followed:
+    the release of the run's lock in a `finally` met the lost connection (InterfaceError of a
+    connection the pool took back, or InternalClientError 'cannot switch to state')."""
+    import asyncpg
+
+    await imported(env, tmp_path, 500)
+    conn = await asyncpg.connect(settings.core.database_url)
+    proc = None
+    try:
+        async with asyncio.timeout(60):
+            async with conn.transaction():  # the run's first read of the events waits here
+                await conn.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "aiserver.ledger.cli", "reprice", "--project", "acme",
+                    "--batch-size", "50", env=env, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                # in a transaction, the statistics views keep their first read: read anew
+                while not (waiting := await conn.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )):  # fmt: skip
+                    assert proc.returncode is None
+                    await asyncio.sleep(0.02)
+                    await conn.execute("SELECT pg_stat_clear_snapshot()")
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await conn.close()
+        if proc is not None:
+            await kill(proc)
+    text = err.decode()
+    assert (proc.returncode, out) == (1, b""), text
+    assert "Traceback" not in text
+    lines = [x for x in text.splitlines() if not x.startswith("{")]  # JSON logs aside
+    run = lines[-2].split()[3]
+    assert lines[-2] == (
+        f"aiserver-ledger reprice: run {run} stopped; what its batches applied stays. "
+        f"Finish it: aiserver-ledger reprice --resume {run}"
+    )
+    # why, as the connection said it: terminated, or reset when the socket's close came first
+    failed = "aiserver-ledger reprice: the connection to the database failed ("
+    assert lines[-1].startswith(failed)
+    assert lines[-1].endswith("); run the command again once PostgreSQL answers")
+
+
 async def test_the_alert_receiver_stops_at_the_first_ctrl_c_and_when_its_port_is_taken() -> None:
     import socket
 

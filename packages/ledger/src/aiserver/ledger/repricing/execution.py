@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import asyncpg
 import msgspec
 
+from aiserver.core_db.connections import lost_if_cut
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.catalog import load_catalog
@@ -148,18 +149,22 @@ async def execute_run(
     error kept) and is raised again. Running a run that is done does nothing."""
     async with pool.acquire() as pooled:
         conn = cast("asyncpg.Connection", pooled)
-        if not await try_advisory_lock(conn, lock_name(run_id)):
-            return Outcome.BUSY
-        try:
-            run = await store.select_run(conn, run_id)
-            if run is None:
-                return Outcome.MISSING
-            if run["state"] != "done":
-                await _run(conn, run, catalog, batch_size, on_batch)
-            return Outcome.DONE
-        finally:
-            if not conn.is_closed():
-                await advisory_unlock(conn, lock_name(run_id))
+        # a connection lost under the run (also under the unlock of its `finally`, whose
+        # InterfaceError or InternalClientError would hide why) raises as lost: a command
+        # prints one line, the job logs it
+        async with lost_if_cut(conn):
+            if not await try_advisory_lock(conn, lock_name(run_id)):
+                return Outcome.BUSY
+            try:
+                run = await store.select_run(conn, run_id)
+                if run is None:
+                    return Outcome.MISSING
+                if run["state"] != "done":
+                    await _run(conn, run, catalog, batch_size, on_batch)
+                return Outcome.DONE
+            finally:
+                if not conn.is_closed():
+                    await advisory_unlock(conn, lock_name(run_id))
 
 
 async def _run(
