@@ -4,6 +4,7 @@ that it shares among its worker processes. Nothing here starts uvicorn."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,22 @@ def test_a_bad_argument_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.startswith("usage: aiserver-api")
     assert f"aiserver-api: error: {message}" in err
+
+
+def test_a_port_that_is_taken_is_one_line_and_exit_1_before_the_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before, uvicorn ran the application's start-up first (its log said "api ready"), then
+    # logged the bind error and exited 3, with an asyncio error beside it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["--host", "127.0.0.1", "--port", str(port)]) == 1  # uvicorn.run: not reached
+    err = capsys.readouterr().err
+    assert err == f"aiserver-api: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert main(["--host", "192.0.2.1", "--port", str(port)]) == 1  # not this machine's
+    assert "cannot listen on 192.0.2.1:" in capsys.readouterr().err
 
 
 def test_the_help_names_the_probes_and_where_the_settings_are(
@@ -101,8 +118,11 @@ def _probe(*argv: str, secret: str | None = None) -> subprocess.CompletedProcess
     if secret is not None:
         env[SESSION_SECRET_VAR] = secret
     env["LOG_FORMAT"] = "json"
+    with socket.socket() as free:  # a port nothing listens on (not 8000, which may be taken)
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
     return subprocess.run(
-        [sys.executable, "-c", _PROBE, *argv],
+        [sys.executable, "-c", _PROBE, "--host", "127.0.0.1", "--port", port, *argv],
         env=env,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ import argparse
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, MutableMapping, Sequence
@@ -36,7 +37,8 @@ and the price catalog is loaded; 503 with the failing checks before that).
 Settings come from the environment only (DATABASE_URL, REDIS_URL, API_ADMIN_TOKENS,
 UI_SESSION_SECRET, ...): the "Environment" section of deploy/deployment.md in the aiserver
 repository lists every variable, and services/api/.env.example names them. A bad value stops
-the start (exit 2) and names the variable. On SIGTERM, requests in flight get
+the start (exit 2) and names the variable; an address it cannot listen on (the port taken)
+exits 1 before the start, saying why. On SIGTERM, requests in flight get
 {GRACEFUL_SHUTDOWN_S} s to finish: give the container a stop timeout of at least 35 s
 (docker run --stop-timeout 35; deploy/deployment.md, "Stopping").
 
@@ -135,6 +137,22 @@ def share_metrics(workers: int, environ: MutableMapping[str, str]) -> str | None
     return made
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port (another process holds the port, the address is
+    not this machine's), found by binding it as uvicorn does (SO_REUSEADDR) and letting it go;
+    None when it can. uvicorn itself would say so only after the application's start-up, in a
+    log line, and exit 3."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror too: a host name that resolves to nothing
+        return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shared = share_session_secret(args.workers, os.environ)
@@ -148,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "need UI_SESSION_SECRET set, the same on each",
             workers=args.workers,
         )
+    taken = _cannot_listen(args.host, args.port)
+    if taken is not None:  # before the start-up, which would log "api ready" first
+        print(f"aiserver-api: cannot listen on {args.host}:{args.port}: {taken}", file=sys.stderr)
+        return 1
     try:
         uvicorn.run(
             "aiserver.api.app:create_app",
