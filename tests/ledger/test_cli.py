@@ -226,6 +226,34 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     await eventually(lambda: _equals(counted, 3), timeout=30, interval=0.5)
 
 
+async def test_a_budget_made_with_a_webhook_gives_its_secret_once_in_the_json_too(
+    subprocess_env: dict[str, str],
+) -> None:
+    # Before, --json left the secret out (it went to stderr only): a script reading stdout, as
+    # it reads `keys create --json`'s key, lost it.
+    env = {**subprocess_env, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1:8900"}
+    code, _, err = await ledger(env, "projects", "create", "hooked")
+    assert code == 0, err
+    made = ["budgets", "create", "--project", "hooked", "--limit", "5", "--period", "day",
+            "--webhook-url", "http://127.0.0.1:8900/hook"]  # fmt: skip
+    code, out, err = await ledger(env, *made, "--name", "as json", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert len(answer["webhook_secret"]) >= 32
+    assert answer["webhook_secret"] not in err
+    code, out, err = await ledger(env, *made, "--name", "as text")
+    assert code == 0, err
+    (said,) = [x for x in err.splitlines() if x.startswith("webhook secret (shown this once")]
+    assert said.split(": ", 1)[1] not in out
+    # shown once: never again, nor without a webhook
+    code, out, _ = await ledger(env, "budgets", "list", "--project", "hooked", "--json")
+    assert "webhook_secret" not in out
+    code, out, _ = await ledger(env, "budgets", "create", "--project", "hooked", "--name",
+                                "no hook", "--limit", "5", "--period", "day", "--json")  # fmt: skip
+    assert code == 0
+    assert "webhook_secret" not in json.loads(out)
+
+
 async def _equals(probe: Any, expected: object) -> bool:
     return bool(await probe() == expected)
 

@@ -75,22 +75,32 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
     return lines
 
 
-def _answer(view: BudgetView) -> dict[str, Any]:
-    """The budget as the API answers it (GET /v1/budgets/{id}, the same builder). The webhook
-    secret that `create` makes is not in it: that goes to stderr, once."""
+def _answer(view: BudgetView, secret: str | None = None) -> dict[str, Any]:
+    """The budget as the API answers it (GET /v1/budgets/{id}, the same builder); with the
+    webhook secret that `create` made, as POST /v1/budgets answers it once."""
     import msgspec
 
     from aiserver.ledger.budgets.answers import BudgetOut
 
     answer: dict[str, Any] = msgspec.to_builtins(BudgetOut.of(view))
     del answer["webhook_secret"]
+    if secret is not None:
+        answer["webhook_secret"] = secret
     return answer
 
 
-def _print(view: BudgetView, as_json: bool, zone: str) -> None:
-    """One budget: the API's answer for it with --json (times in UTC, as the API writes them),
-    else its lines (the window on the project's clock)."""
-    print_json(_answer(view)) if as_json else print("\n".join(_lines(view, zone)))
+def _print(view: BudgetView, as_json: bool, zone: str, secret: str | None = None) -> None:
+    """One budget: the API's answer for it with --json (times in UTC, as the API writes them;
+    the webhook secret `create` made in it), else its lines (the window on the project's clock;
+    the secret on stderr)."""
+    if as_json:
+        print_json(_answer(view, secret))
+        return
+    print("\n".join(_lines(view, zone)))
+    if secret is not None:
+        import sys
+
+        print(f"webhook secret (shown this once, keep it): {secret}", file=sys.stderr)
 
 
 async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
@@ -108,11 +118,7 @@ async def _create(core: CoreSettings, args: argparse.Namespace) -> int:
             thresholds=args.threshold or None, hard=args.hard, webhook_url=args.webhook_url,
             allowed_hosts=ledger.webhook_allowed_hosts, secret_box=ledger.secret_box(),
         )  # fmt: skip
-        _print(view, args.json, zone)
-        if made:
-            import sys
-
-            print(f"webhook secret (shown this once, keep it): {made}", file=sys.stderr)
+        _print(view, args.json, zone, made or None)
         return 0
 
     return await with_pool(core, work)
@@ -186,8 +192,9 @@ Set a new budget on a project, as POST /v1/budgets does, and print it with its c
 It counts what the project's events cost per --period (only those with every --tag and of the
 --model, when given) and raises an alert at each --threshold crossed, once per window; a --hard
 budget also refuses a reservation past its limit. With --webhook-url the alerts are sent there,
-signed with a secret printed once on stderr (WEBHOOK_SECRET_KEYS must be set, as the API has
-it). A budget made mid-period counts what its current window spent already.""",
+signed with a secret printed once on stderr (with --json: as "webhook_secret" in the JSON, as
+the API answers it; WEBHOOK_SECRET_KEYS must be set, as the API has it). A budget made
+mid-period counts what its current window spent already.""",
         'budgets create --project demo --name "search, daily" --limit 25 --period day \\\n'
         "      --tag team=search --hard",
     ),
