@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import json
 import signal
 from collections.abc import Callable, Coroutine
@@ -195,3 +196,29 @@ def test_the_version_is_read_only_when_asked_for(
         parser.parse_args(["--version"])
     assert (exited.value.code, asked) == (0, ["aiserver-test-dist"])
     assert capsys.readouterr() == ("aiserver-test 9.8.7\n", "")
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "usage"),
+    [
+        ("aiserver.ledger.cli", ["events", "--project", "x", "--frm", "2026-01-01"],
+         "aiserver-ledger events"),
+        ("aiserver.ledger.cli", ["projects", "create", "x", "--nope"],
+         "aiserver-ledger projects create"),
+        ("aiserver.costs.cli", ["calc", "gpt-4o", "--bogus"], "aiserver-costs calc"),
+        ("aiserver.core_db.cli", ["status", "--nope"], "aiserver-db status"),
+        ("aiserver.taskrunner.cli", ["run", "--nope"], "aiserver-taskrunner run"),
+    ],
+)  # fmt: skip
+def test_an_unknown_argument_is_refused_by_its_own_command_with_its_usage(
+    module: str, argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the top parser refused it with its own usage ("usage: aiserver-ledger [-h]
+    # [--version] COMMAND ..."), which does not show the options the command takes.
+    parser = importlib.import_module(module)._parser()
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} ")
+    assert f"\n{usage}: error: unrecognized arguments: " in err

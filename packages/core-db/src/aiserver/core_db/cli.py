@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aiserver.core_db.commands import add_version, command_log_level, counted
+from aiserver.core_db.commands import CommandParser, add_version, command_log_level, counted
 
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
@@ -27,7 +27,7 @@ def _seconds(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aiserver-db",
         description="Manage aiserver's PostgreSQL schema (Piccolo migrations of every "
         "installed aiserver package). The database comes from DATABASE_URL.",

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -186,6 +186,22 @@ def command_log_level(configured: LogLevel) -> LogLevel:
     says what it did in its own lines; the services' log lines of that work (a migration
     applied, a reprice run started) come only when LOG_LEVEL asks for them."""
     return configured if "LOG_LEVEL" in os.environ else "WARNING"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a command line with subcommands (argparse makes each subcommand's parser
+    of its parent's class): an argument that a subcommand does not know is refused by that
+    subcommand, with its own usage (`aiserver-ledger events: error: unrecognized arguments:
+    --frm`), not by the top parser with the top's usage, which does not show the options that
+    were meant."""
+
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
+        return parsed, rest
 
 
 class _Version(argparse.Action):

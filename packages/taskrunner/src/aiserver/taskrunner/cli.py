@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from aiserver.core_db.commands import add_version
+from aiserver.core_db.commands import CommandParser, add_version
 from aiserver.core_db.logging import configure_logging, get_logger
 from aiserver.core_db.settings import settings_for_command
 from aiserver.taskrunner.health import health_check_key
@@ -39,7 +39,7 @@ check: see aiserver-taskrunner check --help"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aiserver-taskrunner",
         description="The aiserver task runner (arq on REDIS_URL). At start it applies the "
         "database migrations and seeds an empty price catalog. Then, on its own: it refreshes "
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--burst", action="store_true", help=burst_help)
     # `run --burst` as well as `--burst run`: run's own --burst sets nothing when absent, so
     # that it does not undo the one given before `run` (a subparser's defaults would)
-    burst = argparse.ArgumentParser(add_help=False)
+    burst = CommandParser(add_help=False)
     burst.add_argument("--burst", action="store_true", default=argparse.SUPPRESS, help=burst_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser(

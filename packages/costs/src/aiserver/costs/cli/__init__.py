@@ -16,14 +16,14 @@ import argparse
 from collections.abc import Sequence
 from typing import Final
 
-from aiserver.core_db.commands import add_version, run_command
+from aiserver.core_db.commands import CommandParser, add_version, run_command
 from aiserver.core_db.settings import settings_for_command
 from aiserver.costs.cli import calc, catalog
 from aiserver.costs.cli.common import Command, Settings, problem_of
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aiserver-costs",
         description="The aiserver price catalog in PostgreSQL (DATABASE_URL): refresh it from "
         "its upstream source, inspect it, and price model calls.",

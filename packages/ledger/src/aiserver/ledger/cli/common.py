@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from aiserver.core_db.commands import CommandParser
 from aiserver.core_db.commands import counted as counted  # the commands' nouns, shared
 
 if TYPE_CHECKING:
@@ -22,9 +23,10 @@ Command = Callable[
 ]
 
 
-class Parser(argparse.ArgumentParser):
+class Parser(CommandParser):
     """The parser of `aiserver-ledger` and of each of its commands (argparse makes a command's
-    parser of its parent's class): `check`, when a command sets it, is a rule across its
+    parser of its parent's class; an unknown argument is refused by its command,
+    `CommandParser`): `check`, when a command sets it, is a rule across its
     arguments, checked once they are parsed. What it returns is refused as argparse refuses a
     wrong argument: the command's usage, then the problem, exit status 2."""
 
