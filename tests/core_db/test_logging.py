@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -30,6 +32,28 @@ def test_json_lines_carry_context_and_stdlib_records(capsys: pytest.CaptureFixtu
     assert second["logger"] == "arq.worker"
     assert second["level"] == "warning"
     assert second["job_id"] == "job-1"
+
+
+def test_json_fields_of_times_and_money_read_as_the_api_writes_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before, a datetime field was its repr ("datetime.datetime(2026, 12, 6, 18, 2, 35, ...)"),
+    # and uvicorn's records carried `color_message`, their message with terminal colours.
+    at = datetime(2026, 12, 6, 18, 2, 35, 120000, tzinfo=UTC)
+    configure_logging("INFO", "json")
+    try:
+        get_logger("aiserver.test").info("alert delivery", next_attempt_at=at,
+                                         total=Decimal("0.00000725"), day=at.date())  # fmt: skip
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 7, extra={"color_message": "Started \x1b[36m%d\x1b[0m"}
+        )
+        first, second = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x]
+    finally:
+        configure_logging("INFO", "console")
+    assert first["next_attempt_at"] == "2026-12-06T18:02:35.120000+00:00"
+    assert (first["total"], first["day"]) == ("0.00000725", "2026-12-06")
+    assert second["event"] == "Started server process [7]"
+    assert "color_message" not in second
 
 
 def test_exceptions_are_structured_in_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any, Final
 
 import structlog
 import structlog.tracebacks
-from structlog.types import Processor
+from structlog.types import EventDict, Processor
 
 from aiserver.core_db.settings import LogFormat, LogLevel
 
@@ -39,12 +41,30 @@ def _has_rich() -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
+def _drop_colored_copy(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """uvicorn gives its records a `color_message` extra, the message again with terminal
+    colour codes: never a field of ours."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _json_default(value: object) -> object:
+    """A field that JSON has no type for: a time in ISO 8601 (as the API writes it), a Decimal
+    as its exact text; anything else as its repr (structlog's own fallback)."""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return repr(value)
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.stdlib.ExtraAdder(),
+        _drop_colored_copy,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
@@ -78,7 +98,7 @@ def configure_logging(level: LogLevel = "INFO", log_format: LogFormat = "auto") 
             else structlog.dev.plain_traceback,
         )
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(default=_json_default)
 
     logging.config.dictConfig(
         {
