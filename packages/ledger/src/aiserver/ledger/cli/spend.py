@@ -94,8 +94,24 @@ def _print_answer(project: str, answer: SpendAnswer) -> None:
             print(f"{label:<{at}}  {'total':<{width}}  {_sums(bucket.total)}")
     print(f"{'whole window':<{at}}  {'total':<{width}}  {_sums(answer.total)}")
     print(_freshness(answer))
+    if (total := answer.total).lower_bound and not total.unpriced_only:
+        print(f"note: {_lower_bound(total)}")
     if answer.source_note:
         print(f"note: {answer.source_note}")
+
+
+def _lower_bound(total: SpendTotals) -> str:
+    """Why the whole window's cost is a lower bound (as the dashboard says it is one)."""
+    parts = []
+    if total.unpriced_events:
+        parts.append(f"{total.unpriced_events:,} unpriced event(s) count nothing")
+    if total.partially_priced_events:
+        parts.append(f"{total.partially_priced_events:,} partially priced event(s) only "
+                     "their priced part")  # fmt: skip
+    return (
+        f"the cost is a lower bound: {' and '.join(parts)} (aiserver-ledger events --status "
+        "unpriced lists them; a reprice prices them once the catalog can)"
+    )
 
 
 def _freshness(answer: SpendAnswer) -> str:
