@@ -46,6 +46,9 @@ examples:
   aiserver-api                                  # 0.0.0.0:8000, one process
   aiserver-api --host 127.0.0.1 --port 8080     # this machine only
   aiserver-api --workers 4                      # four processes behind one port
+
+exit status: 0 stopped by SIGTERM or SIGINT; 1 an address it cannot listen on; 2 wrong
+arguments or a setting that is not valid; 3 the application's start-up failed (uvicorn's)
 """
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiserver.core_db.commands import CommandParser, add_version, command_log_level, counted
 
@@ -26,8 +26,19 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+_EXIT_STATUSES: Final = (
+    "exit status: 0 done (status: nothing pending); 1 migrations pending (status) or\n"
+    "a migration that failed (migrate); 2 wrong arguments or settings; 3 no database\n"
+    "answered, or another process's migration run outlasted --lock-timeout"
+)
+
+
+class _Parser(CommandParser):
+    exit_statuses = _EXIT_STATUSES
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
+    parser = _Parser(
         prog="aiserver-db",
         description="Manage aiserver's PostgreSQL schema (Piccolo migrations of every "
         "installed aiserver package). The database comes from DATABASE_URL.",
@@ -36,10 +47,7 @@ def _parser() -> argparse.ArgumentParser:
             "  aiserver-db status           # what is applied and what is pending\n"
             "  aiserver-db migrate          # apply what is pending (a one-shot job)\n"
             "  DATABASE_URL=postgresql://aiserver_migrator@db/aiserver aiserver-db migrate\n"
-            "\n"
-            "exit status: 0 done (status: nothing pending); 1 migrations pending (status) or\n"
-            "a migration that failed (migrate); 2 wrong arguments or settings; 3 no database\n"
-            "answered, or another process's migration run outlasted --lock-timeout"
+            "\n" + _EXIT_STATUSES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

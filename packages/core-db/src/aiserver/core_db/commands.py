@@ -188,12 +188,48 @@ def command_log_level(configured: LogLevel) -> LogLevel:
     return configured if "LOG_LEVEL" in os.environ else "WARNING"
 
 
+#: The width the help's own text is laid out in (descriptions, epilogs); a longer line wraps.
+HELP_WIDTH: Final = 100
+
+
+class CommandHelp(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as they are written (examples and exit statuses laid out by
+    hand), but a line longer than `HELP_WIDTH` wrapped, not printed as one long line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            if len(indent + line) > HELP_WIDTH:
+                lines.append(textwrap.fill(line, HELP_WIDTH, initial_indent=indent,
+                                           subsequent_indent=indent))  # fmt: skip
+            else:
+                lines.append(indent + line)
+        return "\n".join(lines)
+
+
 class CommandParser(argparse.ArgumentParser):
     """The parser of a command line with subcommands (argparse makes each subcommand's parser
     of its parent's class): an argument that a subcommand does not know is refused by that
     subcommand, with its own usage (`aiserver-ledger events: error: unrecognized arguments:
     --frm`), not by the top parser with the top's usage, which does not show the options that
-    were meant."""
+    were meant. Its help is laid out by `CommandHelp`, and ends with `exit_statuses` (a tool's
+    subclass says them) when its own epilog does not say them."""
+
+    #: What --help says of the exit statuses where the command's own epilog does not.
+    exit_statuses: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.RawDescriptionHelpFormatter):
+            kwargs["formatter_class"] = CommandHelp
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.exit_statuses is not None and "exit status" not in text:
+            text += "\n" + self._get_formatter()._fill_text(self.exit_statuses, 0, "") + "\n"
+        return text
 
     def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

@@ -20,7 +20,12 @@ from aiserver.taskrunner.settings import TaskRunnerSettings
 log = get_logger(__name__)
 
 
-_EPILOG: Final = """\
+_EXIT_STATUSES: Final = """\
+exit status: 0 stopped by SIGTERM or SIGINT (or --burst: every job succeeded); 1 --burst
+and some job failed, or PostgreSQL or Redis could not be reached (one line says which; without
+--burst it waits for them); 2 wrong arguments or a setting that is not valid (it says which)"""
+
+_EPILOG: Final = f"""\
 settings come from the environment (README, "Configuration"); it needs at least
   DATABASE_URL  the PostgreSQL database it migrates and works on
   REDIS_URL     the Redis its job queue lives in
@@ -32,14 +37,16 @@ examples:
   aiserver-taskrunner run --burst     # run what is queued, then stop
   aiserver-taskrunner check           # the container's health check: 0 alive, 1 not
 
-exit status: 0 stopped by SIGTERM or SIGINT (or --burst: every job succeeded); 1 --burst
-and some job failed, or PostgreSQL or Redis could not be reached (one line says which; without
---burst it waits for them); 2 wrong arguments or a setting that is not valid (it says which);
+{_EXIT_STATUSES}
 check: see aiserver-taskrunner check --help"""
 
 
+class _Parser(CommandParser):
+    exit_statuses = _EXIT_STATUSES
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
+    parser = _Parser(
         prog="aiserver-taskrunner",
         description="The aiserver task runner (arq on REDIS_URL). At start it applies the "
         "database migrations and seeds an empty price catalog. Then, on its own: it refreshes "
@@ -57,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--burst", action="store_true", help=burst_help)
     # `run --burst` as well as `--burst run`: run's own --burst sets nothing when absent, so
     # that it does not undo the one given before `run` (a subparser's defaults would)
-    burst = CommandParser(add_help=False)
+    burst = _Parser(add_help=False)
     burst.add_argument("--burst", action="store_true", default=argparse.SUPPRESS, help=burst_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser(

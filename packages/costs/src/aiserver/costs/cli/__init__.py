@@ -22,8 +22,17 @@ from aiserver.costs.cli import calc, catalog
 from aiserver.costs.cli.common import Command, Settings, problem_of
 
 
+class _Parser(CommandParser):
+    exit_statuses = (
+        'exit status: 0 done; 1 it failed (its problem in one line on stderr, or {"error": ...} '
+        "on stdout with --json), also a refresh that failed; 2 wrong arguments or settings; 3 "
+        "calc --batch with lines that could not be priced (each says why); 130 stopped by "
+        "Ctrl-C; 141 the reader of stdout went away"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
+    parser = _Parser(
         prog="aiserver-costs",
         description="The aiserver price catalog in PostgreSQL (DATABASE_URL): refresh it from "
         "its upstream source, inspect it, and price model calls.",

@@ -178,10 +178,12 @@ def _decimal(text: str) -> Decimal:
         ) from None
 
 
-_EXIT: Final = """\
-exit status: 0 done; 1 refused (no such project or budget, a field the API refuses too, webhooks
-disabled: the problem on stderr, or as {"error": ...} on stdout with --json) or the database
-could not be reached; 2 wrong arguments."""
+#: One line, which the help wraps (`CommandHelp`); `also`: more reasons to refuse.
+_EXIT: Final = (
+    "exit status: 0 done; 1 refused (no such project or budget, a field the API refuses too{also}"
+    ': the problem on stderr, or as {{"error": ...}} on stdout with --json) or the database could '
+    "not be reached; 2 wrong arguments."
+)
 
 #: Each command: its line in `budgets --help`, what its own --help says, its example.
 _COMMANDS: Final = {
@@ -234,14 +236,15 @@ def add_parsers(groups: Any) -> None:
         description="A project's budgets, as its admin key manages them over HTTP (/v1/budgets):\n"
         "limits per day, week or month in the project's time zone, or in total. Changing one\n"
         "(PATCH /v1/budgets/{id}) is the API's alone.",
-        epilog=f"{_EXAMPLES}\n\n{_EXIT}",
+        epilog=f"{_EXAMPLES}\n\n{_EXIT.format(also=', webhooks disabled')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, description, example) in _COMMANDS.items():
         command = commands.add_parser(
             name, help=text, description=description,
-            epilog=f"example:\n  aiserver-ledger {example}\n\n{_EXIT}",
+            epilog=f"example:\n  aiserver-ledger {example}\n\n"
+            + _EXIT.format(also=", webhooks disabled" if name == "create" else ""),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         command.add_argument(

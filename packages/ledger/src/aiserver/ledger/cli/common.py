@@ -31,6 +31,11 @@ class Parser(CommandParser):
     wrong argument: the command's usage, then the problem, exit status 2."""
 
     check: Callable[[argparse.Namespace], str | None] | None = None
+    exit_statuses = (
+        'exit status: 0 done; 1 it failed (its problem in one line on stderr, or {"error": ...} '
+        "on stdout with --json), also when the database could not be reached; 2 wrong "
+        "arguments; 130 stopped by Ctrl-C; 141 the reader of stdout went away"
+    )
 
     def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
