@@ -31,6 +31,16 @@ async def test_refusals_name_the_options_that_were_typed(subprocess_env: dict[st
         "aiserver-ledger spend: --to (2026-12-02T00:00:00+00:00) must be after --from "
         "(2026-12-03T00:00:00+00:00): the window is [--from, --to)\n"
     )
+    # on the project's clock, as typed (before, in UTC: 2026-11-30T23:00:00+00:00 for Berlin's
+    # December 1)
+    assert (await ledger(env, "projects", "create", "berlin", "--time-zone", "Europe/Berlin"))[
+        0
+    ] == 0
+    code, _, err = await ledger(env, "spend", "--project", "berlin", *backwards[2:])
+    assert (code, err) == (1, (
+        "aiserver-ledger spend: --to (2026-12-02T00:00:00+01:00) must be after --from "
+        "(2026-12-03T00:00:00+01:00): the window is [--from, --to)\n"
+    ))  # fmt: skip
     # with --json the problem keeps the API's fields, for scripts; its detail is the same text
     code, out, _ = await ledger(env, "spend", *backwards, "--json")
     problem = json.loads(out)["error"]

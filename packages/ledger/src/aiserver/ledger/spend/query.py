@@ -117,10 +117,10 @@ def spend_query(
     zone_name = zone.key
     start = _time(since, "from", zone)
     end = _time(until, "to", zone)
-    if end <= start:
+    if end <= start:  # said on the zone's clock, as they were given (a date: its midnight)
         raise InvalidField(
-            f"to ({end.isoformat()}) must be after from ({start.isoformat()}): the window is "
-            "[from, to)",
+            f"to ({end.astimezone(zone).isoformat()}) must be after from "
+            f"({start.astimezone(zone).isoformat()}): the window is [from, to)",
             ["from", "to"],
         )
     if end - start > timedelta(days=MAX_DAYS):
