@@ -65,8 +65,10 @@ async def test_refresh_checks_its_source_url_as_the_setting_is_checked(
         )
         assert (code, out) == (2, ""), err  # a wrong argument, as an unknown option is
         assert "usage: aiserver-costs refresh" in err
-        assert "argument --source-url: " in err
-        assert "must be a URL starting with http://, https://, file://" in err
+        # the option typed, not the setting it replaces (before: "MODEL_COST_SOURCE_URL must")
+        assert (
+            "argument --source-url: must be a URL starting with http://, https://, file://" in err
+        )
         assert "Traceback" not in err
     code, out, _ = await run_module("aiserver.costs.cli", env, "status", "--json")
     assert json.loads(out)["last_error"] is None  # nothing was tried

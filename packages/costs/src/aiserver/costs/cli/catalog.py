@@ -20,8 +20,9 @@ def _source_url(text: str) -> str:
     no scheme) is a wrong argument, not a download that fails and is retried."""
     try:
         CostSettings(model_cost_source_url=text)
-    except SettingsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except SettingsError as exc:  # its text names the setting: here the option was typed
+        said = str(exc).removeprefix("MODEL_COST_SOURCE_URL ")
+        raise argparse.ArgumentTypeError(said) from None
     return text
 
 
@@ -230,8 +231,9 @@ def add_status(sub: Any) -> None:
     status = sub.add_parser(
         "status",
         help="source, ages, staleness, counts, last error",
-        description="Show the catalog in the database: its source (MODEL_COST_SOURCE_URL, "
-        "with its password and query values as ***), how many models, aliases and overrides it "
+        description="Show the catalog in the database: its source (the URL its last refresh "
+        "read: MODEL_COST_SOURCE_URL, or a refresh's --source-url; with its password and query "
+        "values as ***), how many models, aliases and overrides it "
         "holds, its version, when it was last refreshed and whether it is stale "
         "(MODEL_COST_MAX_AGE_SECONDS), and the last refresh's outcome and error: what "
         "GET /v1/catalog answers.",
