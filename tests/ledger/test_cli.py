@@ -305,6 +305,16 @@ async def test_a_budget_set_on_the_command_line_shows_its_window(
         assert "≈ 0.00 USD" in lines[9]
     elif passed < 0.09:
         assert "not projected yet" in lines[9]
+    code, out, err = await ledger(
+        subprocess_env, "budgets", "create", "--project", "shop", "--name", "ever",
+        "--limit", "25.505", "--period", "total",
+    )  # fmt: skip
+    assert code == 0, err
+    # before: "25.505 USD per total" and "all time to never"
+    assert out.splitlines()[2:3] == ["  limit:       25.505 USD in all"]
+    assert out.splitlines()[5:6] == ["  this window: all time (a total budget has one window)"]
+    code, out, _ = await ledger(subprocess_env, "budgets", "delete", "--project", "shop", "2")
+    assert code == 0
     code, out, _ = await ledger(subprocess_env, "budgets", "list", "--project", "shop", "--json")
     (listed,) = json.loads(out)
     assert (listed["limit_usd"], listed["window"]["remaining"]) == ("25.5", "25.5")

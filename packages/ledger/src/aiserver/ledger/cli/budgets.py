@@ -50,15 +50,20 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
     scope = ", ".join(f"{k}={v}" for k, v in sorted(b.tags.items())) or "the whole project"
     if b.model:
         scope += f"; model {b.model}"
-    ends = _on_clock(w.end, zone) if w.end else "never"
+    total = b.period == "total"  # one window for all time: no period, no end
+    window = (
+        "all time (a total budget has one window)"
+        if total
+        else f"{_on_clock(w.start, zone)} to {_on_clock(w.end, zone) if w.end else 'no end'}"
+        + (f" ({zone})" if zone != "UTC" else "")
+    )
     lines = [
         f"budget {b.id}: {b.name} ({'hard' if b.hard else 'soft'})",
         f"  scope:       {scope}",
-        f"  limit:       {money(b.limit_usd)} USD per {b.period}",
+        f"  limit:       {money(b.limit_usd)} USD {'in all' if total else 'per ' + b.period}",
         f"  thresholds:  {', '.join(money(t) + '%' for t in b.thresholds) or '-'}",
         f"  webhook:     {b.webhook_url or '-'}",
-        f"  this window: {_on_clock(w.start, zone) if b.period != 'total' else 'all time'} to "
-        f"{ends}" + (f" ({zone})" if b.period != "total" and zone != "UTC" else ""),
+        f"  this window: {window}",
         f"  committed:   {money(w.committed)} USD in {counted(w.events, 'event')}"
         + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else ""),
         f"  reserved:    {money(w.reserved)} USD",
