@@ -38,7 +38,7 @@ async def test_seed_refresh_and_status_tell_what_happened(
 
     code, out, _ = await costs_cli(env, "seed")
     assert code == 0
-    seeded = int(re.search(r"(\d+) models", out).group(1))  # type: ignore[union-attr]
+    seeded = int(re.search(r"([\d,]+) models", out).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert out.startswith("seeded: ")
     assert seeded > 4000
 
@@ -65,9 +65,10 @@ async def test_seed_refresh_and_status_tell_what_happened(
     upstream.serve(json.dumps(document).encode())
     code, out, _ = await costs_cli(env, "refresh", "--source-url", upstream.url)
     assert code == 0, out
-    assert out.startswith("applied: fetched ")
+    # counts with separators (before: "fetched 3483222 bytes")
+    assert re.match(r"applied: fetched \d{1,3}(,\d{3})+ bytes; ", out), out
     assert "added 0, changed 1, removed 1, skipped 0" in out
-    assert f"{seeded - 1} models, catalog version 2" in out
+    assert f"{seeded - 1:,} models, catalog version 2" in out
 
     code, out, _ = await costs_cli(env, "refresh", "--source-url", upstream.url)
     assert (code, out.strip()) == (

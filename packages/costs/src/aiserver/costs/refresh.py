@@ -110,9 +110,10 @@ class RefreshReport:
     def summary(self) -> str:
         if self.outcome in {Outcome.APPLIED, Outcome.SEEDED, Outcome.UNCHANGED}:
             text = (
-                f"{self.outcome}: fetched {self.fetched_bytes} bytes; added {self.added}, "
-                f"changed {self.changed}, removed {self.removed}, skipped {len(self.skipped)}; "
-                f"{self.model_count} models, catalog version {self.catalog_version}"
+                f"{self.outcome}: fetched {self.fetched_bytes:,} bytes; added {self.added:,}, "
+                f"changed {self.changed:,}, removed {self.removed:,}, skipped "
+                f"{len(self.skipped):,}; {self.model_count:,} models, catalog version "
+                f"{self.catalog_version}"
             )
         elif self.outcome is Outcome.NOT_MODIFIED:
             text = "not modified: the upstream says the stored catalog is current (HTTP 304)"
