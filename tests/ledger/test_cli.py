@@ -143,6 +143,8 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     assert "USAGE_RETENTION_DAYS" not in subprocess_env
     code, out, err = await ledger(subprocess_env, "partitions", "maintain")
     assert (code, out) == (2, ""), (code, out)
+    # named by its command, as every refusal is (before: "aiserver-ledger: USAGE_...")
+    assert err.startswith("aiserver-ledger partitions maintain: USAGE_RETENTION_DAYS is not set")
     assert "USAGE_RETENTION_DAYS is not set here, no maintenance has recorded" in err
     assert "--retention-days" in err
     for wrong in ("0", "36501", "\u00b2", "x"):
@@ -196,6 +198,7 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     # retention from a shell takes --retention-days
     code, out, err = await ledger(short, "partitions", "maintain")
     assert (code, out) == (2, ""), (code, out)
+    assert err.startswith("aiserver-ledger partitions maintain: USAGE_RETENTION_DAYS here is 30")
     assert "USAGE_RETENTION_DAYS here is 30 days, fewer than the 400 days" in err
     assert "pass --retention-days 30" in err
 

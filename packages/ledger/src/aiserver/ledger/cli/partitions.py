@@ -138,7 +138,8 @@ async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
                 # a shell's setting (a staging .env, say) must not drop, for good, months the
                 # deployment keeps: shortening the retention from here is said on purpose
                 print(
-                    f"aiserver-ledger: {RETENTION_VARIABLE} here is {shell} days, fewer than the "
+                    f"aiserver-ledger partitions maintain: {RETENTION_VARIABLE} here is {shell} "
+                    "days, fewer than the "
                     f"{recorded} days the deployment's last maintenance recorded: a maintenance "
                     "from here would drop, for good, months the deployment keeps; to shorten the "
                     f"retention, pass --retention-days {shell}",
@@ -150,7 +151,8 @@ async def _maintain(core: CoreSettings, args: argparse.Namespace) -> int:
             said, source = recorded, "as the last maintenance recorded it"
         else:
             print(
-                f"aiserver-ledger: {RETENTION_VARIABLE} is not set here, no maintenance has "
+                f"aiserver-ledger partitions maintain: {RETENTION_VARIABLE} is not set here, "
+                "no maintenance has "
                 "recorded the deployment's retention yet, and maintenance drops the months past "
                 "the retention for good: set it as the deployment sets it, or pass "
                 f"--retention-days (the default would be {settings.usage_retention_days} days)",
