@@ -17,11 +17,13 @@ import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aiserver.client import AsyncClient, Client, RecorderSettings
 from aiserver.client.recorder import new_key
 
+from ..support.ports import free_port
 from .conftest import WAIT_S, Ledger, Tenant, api_events, run_app, stored_keys
 
 USAGE = {"input_tokens": 100, "output_tokens": 10}
@@ -233,6 +235,57 @@ async def test_an_event_queued_by_an_exit_hook_after_the_clients_is_delivered(
     assert await stored_keys(ledger.url, tenant.id) == {
         f"{run}-0": 1, f"{run}-late-a": 1, f"{run}-late-b": 1,
     }  # fmt: skip
+
+
+#: Late events to a server that is down: each waits for the process's one late deadline.
+LATE_AND_DOWN = textwrap.dedent(
+    """
+    import atexit, sys, time
+
+    def report_late():
+        started = time.monotonic()
+        for i in range(5):
+            client.record_later(id=f"late-{i}", model="gpt-4o", usage={"input_tokens": 1})
+        print(f"late events took {time.monotonic() - started:.1f} s", flush=True)
+
+    atexit.register(report_late)
+
+    from aiserver.client import Client, RecorderSettings
+
+    url, key = sys.argv[1:]
+    client = Client(url, key, recorder=RecorderSettings(close_timeout=2, backoff_base=0.1))
+    """
+)
+
+
+async def test_late_events_to_a_server_that_is_down_hold_the_exit_once_not_once_each(
+    tmp_path: Path,
+) -> None:
+    # Before, each late event had a close_timeout of its own: these 5 took 6.9 s (18.3 s for 3
+    # at the default 10 s); now they share one of 2 s.
+    down = f"http://127.0.0.1:{free_port()}"
+    out, err = await run_app(tmp_path, LATE_AND_DOWN, down, "ais_x_y")
+    took = float(out.decode().split()[3])
+    assert took < 2 * 2, out  # one deadline of 2 s, not 5 of them
+    assert err.decode().count("queued at the process's exit, was not delivered") == 5, err
+
+
+def test_an_event_that_record_could_not_send_is_stamped_when_queued_after(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, record remembered "sent without a time" before it sent: a record that failed,
+    # then the same event queued, went without occurred_at (priced at its late arrival).
+    down = f"http://127.0.0.1:{free_port()}"
+    client = Client(down, tenant.key, retries=0, recorder=HELD)
+    try:
+        with pytest.raises(httpx.TransportError):
+            client.record({"id": "order-1", "model": "gpt-4o", "usage": USAGE})
+        assert client.record_later(id="order-1", model="gpt-4o", usage=USAGE) == "order-1"
+        ((_, queued),) = list(client.recorder._queue)
+        assert b'"occurred_at":' in queued
+    finally:
+        client.recorder.close(0.1)
+        client.close()
 
 
 #: What a multiprocessing child runs (`exec` is its target: the child imports no test module,

@@ -64,28 +64,35 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
-def _keyed(event: EventLike, stamps: Stamps) -> Event:
+def _keyed(event: EventLike, stamps: Stamps, untimed: set[str]) -> Event:
     """The event, with a new idempotency key if it has none (the answer says which); one with
     an id of the application's and no time, with the time sent with that id before
-    (`Stamps`: by `record_later`), else none (the server's time of arrival)."""
+    (`Stamps`: by `record_later`), else none (the server's time of arrival; its id is added
+    to `untimed`)."""
     made = wire.as_event(event, {})
     if made.id is None:
         made = msgspec.structs.replace(made, id=new_key())
     elif made.occurred_at is None:
-        at = stamps.of(made.id, None)
+        key: str = made.id
+        at = stamps.get(key)
         if at is not None:
             made = msgspec.structs.replace(made, occurred_at=at)
+        else:
+            untimed.add(key)
     return made
 
 
 def _record_bodies(
-    events: Union[EventLike, Sequence[EventLike]], stamps: Stamps
+    events: Union[EventLike, Sequence[EventLike]], stamps: Stamps, untimed: set[str]
 ) -> tuple[list[tuple[bytes, int]], bool]:
     """The request bodies of `record` (10,000 events and 16 MiB at most each) with the number
-    of events in each, and whether one event was given (not a list of them)."""
+    of events in each, and whether one event was given (not a list of them); the ids of the
+    application's sent without a time are added to `untimed`."""
     single = isinstance(events, (Event, Mapping))
     items: Sequence[EventLike] = [events] if single else events  # type: ignore[list-item,assignment]
-    encoded = collections.deque(wire.encode_event(_keyed(event, stamps)) for event in items)
+    encoded = collections.deque(
+        wire.encode_event(_keyed(event, stamps, untimed)) for event in items
+    )
     if not encoded:
         raise ValueError("record() needs at least one event")
     bodies = []
@@ -291,10 +298,15 @@ class Client(_Common):
         committed comes back `duplicate` and is never counted twice. Once they are spent the
         failure is raised and its events may or may not be recorded: to repeat the call
         yourself without counting twice, give each event its own `id`."""
-        bodies, single = _record_bodies(events, self.recorder.stamps)
+        stamps = self.recorder.stamps
+        untimed: set[str] = set()  # ids sent without a time: remembered once recorded
+        bodies, single = _record_bodies(events, stamps, untimed)
         report = _merge(
             wire.usage_report(self._post_repeated("/v1/usage", body), count)
             for body, count in bodies
+        )
+        stamps.untimed(
+            r.id for r in report.results if r.ok and r.id is not None and r.id in untimed
         )
         return report.results[0] if single else report
 
@@ -479,12 +491,17 @@ class AsyncClient(_Common):
         self, events: Union[EventLike, Sequence[EventLike]]
     ) -> Union[EventResult, RecordReport]:
         """As `Client.record`."""
-        bodies, single = _record_bodies(events, self.recorder.stamps)
+        stamps = self.recorder.stamps
+        untimed: set[str] = set()  # ids sent without a time: remembered once recorded
+        bodies, single = _record_bodies(events, stamps, untimed)
         report = _merge(
             [
                 wire.usage_report(await self._post_repeated("/v1/usage", body), count)
                 for body, count in bodies
             ]
+        )
+        stamps.untimed(
+            r.id for r in report.results if r.ok and r.id is not None and r.id in untimed
         )
         return report.results[0] if single else report
 

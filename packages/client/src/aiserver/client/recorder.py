@@ -53,7 +53,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -185,6 +185,19 @@ def _close_all_at_exit() -> None:
         recorder._close(None, by_exit=True)
 
 
+#: When the deliveries of events queued after the exit closed the recorders must end, for the
+#: whole process: set by the first (its `close_timeout` from then), so that many late events
+#: to a server that is down hold the exit once, not once each.
+_late_until: Optional[float] = None
+
+
+def _late_deadline(timeout: float) -> float:
+    global _late_until
+    if _late_until is None:
+        _late_until = time.monotonic() + timeout
+    return _late_until
+
+
 def _exiting() -> bool:
     """Whether this process's exit has closed its recorders: an event queued now (by an exit
     hook that runs after ours, such as LiteLLM's logging worker) is sent at once
@@ -251,8 +264,9 @@ class Stamps:
     ids), so that the same event reported again without a time is sent with the same one: the
     server answers `duplicate`, where another time would be another payload, a `conflict`.
     `record_later` stamps an event that has no time with now; `record` sends it without one
-    (the server's time of arrival), remembered as None, and an id remembered is sent as it
-    was the first time."""
+    (the server's time of arrival), remembered as None once the server has it (`untimed`: a
+    `record` that failed leaves nothing, so a `record_later` after it stamps the event), and an
+    id remembered is sent as it was the first time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -265,12 +279,26 @@ class Stamps:
     def of(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
         """The time sent with `key` before, or `first`, remembered for it from now on."""
         with self._lock:
-            if key in self._sent:
-                return self._sent[key]
-            self._sent[key] = first
-            if len(self._sent) > STAMPS_KEPT:
-                del self._sent[next(iter(self._sent))]  # the oldest id
-            return first
+            return self._keep_locked(key, first)
+
+    def get(self, key: str) -> Optional[datetime]:
+        """The time sent with `key` before; None when none was (or nothing is known)."""
+        with self._lock:
+            return self._sent.get(key)
+
+    def untimed(self, keys: Iterable[str]) -> None:
+        """`keys` are in the ledger, sent without a time: a report of one again sends none."""
+        with self._lock:
+            for key in keys:
+                self._keep_locked(key, None)
+
+    def _keep_locked(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
+        if key in self._sent:
+            return self._sent[key]
+        self._sent[key] = first
+        if len(self._sent) > STAMPS_KEPT:
+            del self._sent[next(iter(self._sent))]  # the oldest id
+        return first
 
 
 class Recorder:
@@ -338,24 +366,26 @@ class Recorder:
         if _exiting() and not self._closed_by_caller:
             return self._deliver_late(key, data)
         with self._cond:
-            if self._closing:
+            if self._closing and (self._closed_by_caller or not _exiting()):
                 self._drop_one_locked("the recorder is closed")
                 return None
-            if len(self._queue) >= self.settings.max_queue:
+            late = self._closing  # the exit closed it since the look above
+            if not late and len(self._queue) >= self.settings.max_queue:
                 self._drop_one_locked(
                     f"the queue is full ({self.settings.max_queue} events waiting)"
                 )
                 return None
-            if self._thread is None and not self._start_locked():
-                return None  # dropped: no thread could deliver it
-            self._queue.append((key, data))
-            self._counts["queued"] += 1
-            waiting = len(self._queue)
-            if waiting == 1:
-                self._first_at = time.monotonic()
-            if waiting == 1 or waiting == self.settings.batch_size:
-                self._cond.notify()
-        return key
+            if not late:
+                if self._thread is None and not self._start_locked():
+                    return None  # dropped: no thread could deliver it
+                self._queue.append((key, data))
+                self._counts["queued"] += 1
+                waiting = len(self._queue)
+                if waiting == 1:
+                    self._first_at = time.monotonic()
+                if waiting == 1 or waiting == self.settings.batch_size:
+                    self._cond.notify()
+        return self._deliver_late(key, data) if late else key
 
     def _drop_one_locked(self, reason: str) -> None:
         self._counts["dropped"] += 1
@@ -475,16 +505,18 @@ class Recorder:
                 self._counts["queued"] += 1
         batch = [(key, data)]
         body = wire.events_body([data])
-        deadline = time.monotonic() + self.settings.close_timeout
+        deadline = _late_deadline(self.settings.close_timeout)
         client = httpx.Client(
             base_url=self._base_url,
             headers=self._headers,
             timeout=self.settings.timeout,
             transport=self._transport,
         )
-        reason = "no attempt"
+        reason = "the time for late deliveries had run out"
         try:
             for attempt in itertools.count():
+                if time.monotonic() >= deadline:
+                    break
                 try:
                     retry = self._attempt(client, batch, body, attempt)
                 except Exception as exc:  # as in `_deliver`: only the type is logged
@@ -503,7 +535,7 @@ class Recorder:
                 self._counts["dropped"] += 1
         log.error(
             "aiserver usage event %r, queued at the process's exit, was not delivered within "
-            "%.1f s (%s); it is lost",
+            "%.1f s of the first such event (%s); it is lost",
             key,
             self.settings.close_timeout,
             reason,
