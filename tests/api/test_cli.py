@@ -7,11 +7,18 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from aiserver.api.cli import SESSION_SECRET_VAR, main, share_metrics, share_session_secret
+from aiserver.api.cli import (
+    SESSION_SECRET_VAR,
+    _cannot_listen,
+    main,
+    share_metrics,
+    share_session_secret,
+)
 from aiserver.api.settings import MIN_SECRET, MULTIPROCESS_VAR, ApiSettings
 from aiserver.core_db.settings import load_settings
 
@@ -57,10 +64,17 @@ def test_a_port_that_is_taken_is_one_line_and_exit_1_before_the_start(
         holder.listen()
         port = holder.getsockname()[1]
         assert main(["--host", "127.0.0.1", "--port", str(port)]) == 1  # uvicorn.run: not reached
-    err = capsys.readouterr().err
-    assert err == f"aiserver-api: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        err = capsys.readouterr().err
+        assert err == f"aiserver-api: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        # several workers: refused before their shared metrics directory is made (none left)
+        before = set(Path(tempfile.gettempdir()).glob("aiserver-metrics-*"))
+        assert main(["--host", "127.0.0.1", "--port", str(port), "--workers", "3"]) == 1
+        assert set(Path(tempfile.gettempdir()).glob("aiserver-metrics-*")) == before
+        # IPv6's every address beside an IPv4 listener: asyncio binds it (IPV6_V6ONLY)
+        assert _cannot_listen("::", port) is None
     assert main(["--host", "192.0.2.1", "--port", str(port)]) == 1  # not this machine's
     assert "cannot listen on 192.0.2.1:" in capsys.readouterr().err
+    assert _cannot_listen("", port) is None  # every interface, as asyncio reads it
 
 
 def test_the_help_names_the_probes_and_where_the_settings_are(

@@ -130,8 +130,11 @@ async def test_the_command_line_table_shows_every_sum_and_keeps_its_columns(
         "2026-10-25 02:00+01:00 total 0.0011 1 0 0 1,000 0 0 70 0",
         "whole window total 0.0018 2 0 1 2,000 0 0 70 0",
     ]
-    assert lines[6].startswith("note: the cost is a lower bound: 1 partially priced event(s) "
-                               "only their priced part (")  # fmt: skip
+    assert lines[6] == (
+        "note: the cost is a lower bound: 1 partially priced event(s) only their priced part "
+        "(aiserver-ledger events --status partially_priced lists them; a reprice prices them "
+        "once the catalog can)"
+    )
     # every column ends where its header does
     assert {len(line) for line in lines[1:5]} == {len(lines[1])}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import shutil
@@ -145,14 +146,26 @@ def _cannot_listen(host: str, port: int) -> str | None:
     not this machine's), found by binding it as uvicorn does (SO_REUSEADDR) and letting it go;
     None when it can. uvicorn itself would say so only after the application's start-up, in a
     log line, and exit 3."""
+    if not host:  # every interface, as asyncio reads an empty host: uvicorn says what fails
+        return None
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = found[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:  # socket.gaierror too: a host name that resolves to nothing
+    except OSError as exc:  # socket.gaierror: a host name that resolves to nothing
         return exc.strerror or str(exc)
+    failed: list[OSError] = []
+    for family, kind, proto, _, address in found:  # each, as asyncio's create_server binds
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio: "::" beside an IPv4 listener
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return exc.strerror or str(exc)
+            failed.append(exc)
+    if failed and len(failed) == len(found):  # not one address of this machine
+        return failed[0].strerror or str(failed[0])
     return None
 
 
@@ -160,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shared = share_session_secret(args.workers, os.environ)
     settings = settings_for_command("aiserver-api", ApiSettings)
+    taken = _cannot_listen(args.host, args.port)
+    if taken is not None:  # before the start-up, which would log "api ready" first
+        print(f"aiserver-api: cannot listen on {args.host}:{args.port}: {taken}", file=sys.stderr)
+        return 1
     metrics_dir = share_metrics(args.workers, os.environ)  # after the settings: they may exit
     configure_logging(settings.core.log_level, settings.core.log_format)
     if shared:
@@ -169,10 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "need UI_SESSION_SECRET set, the same on each",
             workers=args.workers,
         )
-    taken = _cannot_listen(args.host, args.port)
-    if taken is not None:  # before the start-up, which would log "api ready" first
-        print(f"aiserver-api: cannot listen on {args.host}:{args.port}: {taken}", file=sys.stderr)
-        return 1
     try:
         uvicorn.run(
             "aiserver.api.app:create_app",

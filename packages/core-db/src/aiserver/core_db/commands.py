@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -201,9 +201,11 @@ class CommandHelp(argparse.RawDescriptionHelpFormatter):
 
         lines = []
         for line in text.splitlines():
-            if len(indent + line) > HELP_WIDTH:
+            # an indented line (an example's command) stays whole, to be copied as it is
+            if len(indent + line) > HELP_WIDTH and not line[:1].isspace():
                 lines.append(textwrap.fill(line, HELP_WIDTH, initial_indent=indent,
-                                           subsequent_indent=indent))  # fmt: skip
+                                           subsequent_indent=indent,
+                                           break_on_hyphens=False))  # fmt: skip
             else:
                 lines.append(indent + line)
         return "\n".join(lines)
@@ -224,20 +226,32 @@ class CommandParser(argparse.ArgumentParser):
         if kwargs.get("formatter_class") in (None, argparse.RawDescriptionHelpFormatter):
             kwargs["formatter_class"] = CommandHelp
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Subcommands)
 
     def format_help(self) -> str:
         text = super().format_help()
-        if self.exit_statuses is not None and "exit status" not in text:
+        said = any(line.startswith("exit status:") for line in text.splitlines())
+        if self.exit_statuses is not None and not said:
             text += "\n" + self._get_formatter()._fill_text(self.exit_statuses, 0, "") + "\n"
         return text
 
-    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, rest = super().parse_known_args(args, namespace)
-        if rest:
-            self.error(f"unrecognized arguments: {' '.join(rest)}")
-        return parsed, rest
+
+class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The subcommands of a `CommandParser`: what a subcommand left unparsed is refused by
+    that subcommand, with its usage (argparse hands it up to the top parser)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        left = getattr(namespace, argparse._UNRECOGNIZED_ARGS_ATTR, None)
+        if left:
+            command = self._name_parser_map[values[0]]
+            command.error(f"unrecognized arguments: {' '.join(left)}")
 
 
 class _Version(argparse.Action):

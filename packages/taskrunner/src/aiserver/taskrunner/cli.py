@@ -142,7 +142,14 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
             # both are OSErrors, raised by start-up's `initialize_database`, not by Redis
             database = isinstance(exc, DatabaseUnavailable | LockTimeout)
             if burst:  # one line, as every command's failure: no waiting, no traceback
-                what = "the database was not ready" if database else "Redis did not answer"
+                redis = isinstance(exc, RedisConnectionError | RedisTimeoutError | WatchError)
+                what = (
+                    "the database was not ready"
+                    if database
+                    else "Redis did not answer"
+                    if redis
+                    else "it could not start"
+                )
                 print(f"aiserver-taskrunner: --burst: {what}: {exc}", file=sys.stderr)
                 return 1
             if database:

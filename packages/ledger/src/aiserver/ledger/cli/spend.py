@@ -108,9 +108,16 @@ def _lower_bound(total: SpendTotals) -> str:
     if total.partially_priced_events:
         parts.append(f"{total.partially_priced_events:,} partially priced event(s) only "
                      "their priced part")  # fmt: skip
+    statuses = [
+        status
+        for status, count in (("unpriced", total.unpriced_events),
+                              ("partially_priced", total.partially_priced_events))
+        if count
+    ]  # fmt: skip
+    listed = " and ".join(f"--status {status}" for status in statuses)
     return (
-        f"the cost is a lower bound: {' and '.join(parts)} (aiserver-ledger events --status "
-        "unpriced lists them; a reprice prices them once the catalog can)"
+        f"the cost is a lower bound: {' and '.join(parts)} (aiserver-ledger events {listed} "
+        "lists them; a reprice prices them once the catalog can)"
     )
 
 

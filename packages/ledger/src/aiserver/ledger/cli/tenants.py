@@ -210,8 +210,8 @@ def add_parsers(groups: Any) -> None:
         "own. Archiving one (or restoring it) is PATCH /v1/projects/{project} with an\n"
         "operator's token (docs/keys.md).",
         epilog="examples:\n"
-        "  aiserver-ledger projects create acme-search --name 'Acme search' "
-        "--time-zone Europe/Berlin --rollup-tag team\n"
+        "  aiserver-ledger projects create acme-search --name 'Acme search' \\\n"
+        "      --time-zone Europe/Berlin --rollup-tag team\n"
         "  aiserver-ledger projects list --archived\n"
         "  aiserver-ledger projects show acme-search --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -263,8 +263,8 @@ def add_parsers(groups: Any) -> None:
         "the clients, check that the old key's last use stops moving (keys list), revoke it.",
         epilog="examples:\n"
         "  aiserver-ledger keys create --project acme-search --name search-api --scope ingest\n"
-        "  aiserver-ledger keys create --project acme-search --name finance --scope read "
-        "--expires-at 2027-06-30T00:00:00Z\n"
+        "  aiserver-ledger keys create --project acme-search --name finance --scope read \\\n"
+        "      --expires-at 2027-06-30T00:00:00Z\n"
         "  aiserver-ledger keys list --project acme-search\n"
         "  aiserver-ledger keys revoke 12",
         formatter_class=argparse.RawDescriptionHelpFormatter,

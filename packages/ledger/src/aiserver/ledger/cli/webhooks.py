@@ -163,7 +163,10 @@ def _receive(core: CoreSettings, args: argparse.Namespace) -> Callable[[], int]:
 _EXAMPLES: Final = (
     "examples:\n"
     "  aiserver-ledger webhooks receive --port 8900 --secret demo-webhook-secret\n"
-    "  WEBHOOK_SECRET=... aiserver-ledger webhooks receive --port 0 --count 1"
+    "  WEBHOOK_SECRET=... aiserver-ledger webhooks receive --port 0 --count 1\n"
+    "\n"
+    "exit status: 0 stopped by Ctrl-C, or --count alerts received; 1 it cannot listen on the\n"
+    "address (the port taken); 2 wrong arguments, or no secret"
 )
 
 
