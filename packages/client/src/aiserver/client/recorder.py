@@ -375,9 +375,12 @@ class Recorder:
                     f"the queue is full ({self.settings.max_queue} events waiting)"
                 )
                 return None
-            if not late:
-                if self._thread is None and not self._start_locked():
+            if not late and self._thread is None:
+                started = self._start_locked()
+                if started is False:
                     return None  # dropped: no thread could deliver it
+                late = started is None  # the exit has begun: no thread may start now
+            if not late:
                 self._queue.append((key, data))
                 self._counts["queued"] += 1
                 waiting = len(self._queue)
@@ -401,14 +404,18 @@ class Recorder:
             self._last_overflow_log = now
             self._dropped_since_log = 0
 
-    def _start_locked(self) -> bool:
+    def _start_locked(self) -> Optional[bool]:
         """Start the thread; False when it could not be started (no thread is left, too many
-        threads, the interpreter shutting down): the event that needed it is dropped, counted
-        and logged, and the next one tries again."""
+        threads): the event that needed it is dropped, counted and logged, and the next one
+        tries again. None when the interpreter is shutting down (Python 3.12 and later refuse
+        a new thread once the exit has begun, also in an exit hook that runs before the
+        client's): the event is to be delivered late (`_deliver_late`), not dropped."""
         thread = threading.Thread(target=self._run, name="aiserver-recorder", daemon=True)
         try:
             thread.start()
         except RuntimeError as exc:
+            if "shutdown" in str(exc):  # "can't create new thread at interpreter shutdown"
+                return None
             self._drop_one_locked(f"the recorder's thread could not be started ({exc})")
             return False
         self._thread = thread
