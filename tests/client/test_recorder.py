@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from aiserver.client import AsyncClient, Client, RecorderSettings
-from aiserver.client.recorder import new_key
+from aiserver.client.keys import new_key
 
 from ..support.ports import free_port
 from .conftest import WAIT_S, Ledger, Tenant, api_events, run_app, stored_keys

@@ -39,6 +39,7 @@ import msgspec
 
 from aiserver.client import wire
 from aiserver.client.budget import Ask, AsyncBudgetGuard, BudgetGuard
+from aiserver.client.keys import Stamps, new_key
 from aiserver.client.models import (
     CostResult,
     Event,
@@ -54,9 +55,7 @@ from aiserver.client.recorder import (
     Recorder,
     RecorderSettings,
     RecorderStats,
-    Stamps,
     backoff_wait,
-    new_key,
 )
 from aiserver.client.wire import EventLike, Money, new_reservation_id
 

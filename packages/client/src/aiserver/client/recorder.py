@@ -41,19 +41,14 @@ and what the child queues goes from a thread of the child's own. The key is neve
 
 from __future__ import annotations
 
-import atexit
 import collections
 import itertools
 import logging
 import math
-import multiprocessing.util
-import os
 import random
 import threading
 import time
-import uuid
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -61,8 +56,9 @@ from typing import Optional
 import httpx
 import msgspec
 
-from aiserver.client import wire
+from aiserver.client import exiting, wire
 from aiserver.client.errors import AiserverError
+from aiserver.client.keys import Stamps, new_key
 from aiserver.client.models import CONFLICT, DUPLICATE, INVALID, RECORDED, Event, RecordReport
 
 log = logging.getLogger("aiserver.client")
@@ -164,141 +160,12 @@ class RecorderStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _Item = tuple[str, bytes]  # (key, the encoded event)
-_made: weakref.WeakSet[Recorder] = weakref.WeakSet()  # every recorder (a forked child's: renewed)
-_live: weakref.WeakSet[Recorder] = weakref.WeakSet()  # started in this process, not closed
-_hooked_in: Optional[int] = None  # the process that registered its multiprocessing finalizer
-_closed_in: Optional[int] = None  # the process whose exit has closed its recorders
-#: Before multiprocessing's own finalizers (its queues' is 10, its pools' 15).
-EXIT_PRIORITY = 100
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    """Close every recorder this process started, once: atexit calls it, and so does
-    multiprocessing's exit (a process it started skips atexit; in one that calls both, the
-    second call does nothing)."""
-    global _closed_in
-    if _closed_in == os.getpid():
-        return
-    _closed_in = os.getpid()
-    for recorder in list(_live):
-        recorder._close(None, by_exit=True)
-
-
-#: When the deliveries of events queued after the exit closed the recorders must end, for the
-#: whole process: set by the first (its `close_timeout` from then), so that many late events
-#: to a server that is down hold the exit once, not once each.
-_late_until: Optional[float] = None
-
-
-def _late_deadline(timeout: float) -> float:
-    global _late_until
-    if _late_until is None:
-        _late_until = time.monotonic() + timeout
-    return _late_until
-
-
-def _exiting() -> bool:
-    """Whether this process's exit has closed its recorders: an event queued now (by an exit
-    hook that runs after ours, such as LiteLLM's logging worker) is sent at once
-    (`Recorder._deliver_late`), as no thread of a recorder may deliver it any more."""
-    return _closed_in == os.getpid()
-
-
-def _hook_exit() -> None:
-    """Have multiprocessing close this process's recorders at its exit too. Its finalizers are
-    per process (a child it starts clears those it inherited), so each process that starts a
-    recorder registers its own, once."""
-    global _hooked_in
-    if _hooked_in != os.getpid():
-        _hooked_in = os.getpid()
-        multiprocessing.util.Finalize(None, _close_all_at_exit, exitpriority=EXIT_PRIORITY)
-
-
-def _renew_after_fork() -> None:
-    """In a forked child: it has the parent's recorders but not their threads (and perhaps one
-    of their locks held). The parent delivers what they had queued, so the child's exit must
-    not wait for it; each recorder starts afresh in the child (`Recorder._forked`), so that what
-    the child queues is delivered by a thread of its own."""
-    _live.clear()
-    for recorder in list(_made):
-        recorder._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def _bounded(seconds: float) -> float:
     """`seconds`, at most the longest a thread can wait at once (`threading.TIMEOUT_MAX`, some
     292 years): a longer wait raises OverflowError."""
     return min(seconds, threading.TIMEOUT_MAX)
-
-
-class _Keys:
-    """New idempotency keys: a random prefix (128 bits, new in every process, forked ones too)
-    and a counter, which is cheaper on the hot path than a UUID per event and as unique."""
-
-    def __init__(self) -> None:
-        self.renew()
-        if hasattr(os, "register_at_fork"):  # POSIX: a forked child draws a prefix of its own
-            os.register_at_fork(after_in_child=self.renew)
-
-    def renew(self) -> None:
-        self._prefix = uuid.uuid4().hex + "-"
-        self._counter = itertools.count(1)
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"
-
-
-#: A new idempotency key for an event that has none.
-new_key = _Keys()
-
-#: How many of the application's event ids a recorder remembers the `occurred_at` sent of.
-STAMPS_KEPT = 10_000
-
-
-class Stamps:
-    """The `occurred_at` sent with each event id the application gave (the last `STAMPS_KEPT`
-    ids), so that the same event reported again without a time is sent with the same one: the
-    server answers `duplicate`, where another time would be another payload, a `conflict`.
-    `record_later` stamps an event that has no time with now; `record` sends it without one
-    (the server's time of arrival), remembered as None once the server has it (`untimed`: a
-    `record` that failed leaves nothing, so a `record_later` after it stamps the event), and an
-    id remembered is sent as it was the first time."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sent: dict[str, Optional[datetime]] = {}
-
-    def renew_lock(self) -> None:
-        """In a forked child: the lock may have been held by a thread of the parent."""
-        self._lock = threading.Lock()
-
-    def of(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
-        """The time sent with `key` before, or `first`, remembered for it from now on."""
-        with self._lock:
-            return self._keep_locked(key, first)
-
-    def get(self, key: str) -> Optional[datetime]:
-        """The time sent with `key` before; None when none was (or nothing is known)."""
-        with self._lock:
-            return self._sent.get(key)
-
-    def untimed(self, keys: Iterable[str]) -> None:
-        """`keys` are in the ledger, sent without a time: a report of one again sends none."""
-        with self._lock:
-            for key in keys:
-                self._keep_locked(key, None)
-
-    def _keep_locked(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
-        if key in self._sent:
-            return self._sent[key]
-        self._sent[key] = first
-        if len(self._sent) > STAMPS_KEPT:
-            del self._sent[next(iter(self._sent))]  # the oldest id
-        return first
 
 
 class Recorder:
@@ -330,7 +197,7 @@ class Recorder:
         self._dropped_since_log = 0
         self._counts: collections.Counter[str] = collections.Counter()
         self.stamps = Stamps()
-        _made.add(self)
+        exiting.made.add(self)
 
     def _forked(self) -> None:
         """Start afresh in a forked child: an empty queue and counts, a new lock (the parent's
@@ -363,13 +230,13 @@ class Recorder:
                 event = msgspec.structs.replace(event, occurred_at=at)
         key: str = event.id  # type: ignore[assignment]  # set just above
         data = wire.encode_event(event)
-        if _exiting() and not self._closed_by_caller:
-            return self._deliver_late(key, data)
         with self._cond:
-            if self._closing and (self._closed_by_caller or not _exiting()):
+            # after the exit closed the recorders, no thread of theirs delivers any more; after
+            # the application's own close(), nothing is delivered
+            late = exiting.exiting() and not self._closed_by_caller
+            if self._closing and not late:
                 self._drop_one_locked("the recorder is closed")
                 return None
-            late = self._closing  # the exit closed it since the look above
             if not late and len(self._queue) >= self.settings.max_queue:
                 self._drop_one_locked(
                     f"the queue is full ({self.settings.max_queue} events waiting)"
@@ -419,8 +286,8 @@ class Recorder:
             self._drop_one_locked(f"the recorder's thread could not be started ({exc})")
             return False
         self._thread = thread
-        _live.add(self)
-        _hook_exit()
+        exiting.live.add(self)
+        exiting.hook_exit()
         return True
 
     def stats(self) -> RecorderStats:
@@ -497,7 +364,7 @@ class Recorder:
                 lost,
                 timeout,
             )
-        _live.discard(self)
+        exiting.live.discard(self)
         return lost == 0
 
     def _deliver_late(self, key: str, data: bytes) -> Optional[str]:
@@ -512,7 +379,7 @@ class Recorder:
                 self._counts["queued"] += 1
         batch = [(key, data)]
         body = wire.events_body([data])
-        deadline = _late_deadline(self.settings.close_timeout)
+        deadline = exiting.late_deadline(self.settings.close_timeout)
         client = httpx.Client(
             base_url=self._base_url,
             headers=self._headers,
