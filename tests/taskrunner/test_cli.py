@@ -42,6 +42,19 @@ def test_the_help_names_what_it_needs_its_examples_and_exit_statuses() -> None:
         assert said in shown, said
 
 
+def test_the_usage_says_the_command_may_be_left_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """The usage wrote `COMMAND ...` as if a command were required, while none runs the worker."""
+    usage = _parser().format_usage()
+    assert "[COMMAND [OPTIONS]]" in usage, usage
+    assert _parser().parse_args([]).command is None
+    # a command's own usage keeps its short name, not the whole usage line before it
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["check", "--bogus"])
+    assert capsys.readouterr().err.startswith(
+        "usage: aiserver-taskrunner check [-h] [--host NAME]\n"
+    )
+
+
 async def test_a_bad_setting_exits_2_as_the_help_says(subprocess_env: dict[str, str]) -> None:
     env = {**subprocess_env, "DATABASE_POOL_MAX_SIZE": "zero"}
     code, _, err = await run_module("aiserver.taskrunner.cli", env, "run", "--burst")

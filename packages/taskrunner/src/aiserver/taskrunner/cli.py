@@ -48,6 +48,9 @@ class _Parser(CommandParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aiserver-taskrunner",
+        # argparse writes a subcommand as if it were required (`COMMAND ...`); `run` is the
+        # default, so the usage says the command may be left out
+        usage="%(prog)s [-h] [--version] [--burst] [COMMAND [OPTIONS]]",
         description="The aiserver task runner (arq on REDIS_URL). At start it applies the "
         "database migrations and seeds an empty price catalog. Then, on its own: it refreshes "
         "the catalog whenever it is stale, folds recorded usage into the spend rollups (every "
@@ -66,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     # that it does not undo the one given before `run` (a subparser's defaults would)
     burst = _Parser(add_help=False)
     burst.add_argument("--burst", action="store_true", default=argparse.SUPPRESS, help=burst_help)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="aiserver-taskrunner")
     sub.add_parser(
         "run",
         parents=[burst],
