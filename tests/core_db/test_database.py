@@ -146,3 +146,40 @@ async def test_lone_statements_skip_the_reset_query_once_and_only_when_they_succ
             await conn.execute("SELECT 1")
         async with pool.acquire() as conn:
             assert not conn.is_in_transaction()
+
+
+async def test_a_timeout_bounds_statements_on_both_sides_and_ends_a_transaction_left_waiting(
+    settings: Settings,
+) -> None:
+    """A connection that goes silent held an API request, and its transaction's locks (an
+    ingest's keys, which another replica's retry waits for), without end. With `timeout`:
+    asyncpg gives up on a statement's answer, and PostgreSQL (after twice as long, so that the
+    client's own error comes first) cancels a statement and ends a transaction that waits for
+    its client, since it may never hear that the client gave up."""
+    async with database(settings.core, timeout=1.0):
+        pool = require_pool()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "2s"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "2s"
+            with pytest.raises(TimeoutError):
+                await conn.execute("SELECT pg_sleep(5)")
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("SELECT 1")
+            await asyncio.sleep(3.5)  # waits for its client's next statement longer than 2 s
+            ended = await asyncpg.connect(settings.core.database_url)
+            try:
+                found = await ended.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+                )
+            finally:
+                await ended.close()
+            assert found == 0  # PostgreSQL ended the session, and its transaction with it
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await conn.execute("SELECT 1")
+    # no timeout: PostgreSQL's defaults (none)
+    async with database(settings.core), require_pool().acquire() as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "0"
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"

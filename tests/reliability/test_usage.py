@@ -442,6 +442,49 @@ async def test_a_commit_whose_answer_is_lost_is_a_503_and_its_retry_is_duplicate
     record_property("refused_after_restore", refused)
 
 
+@pytest.mark.parametrize(
+    "held_after",
+    [
+        pytest.param((b'COPY "usage_events"',), id="while-its-copy-waits-for-rows"),
+        pytest.param((b'COPY "usage_events"', b"c\x00\x00\x00\x04"), id="after-its-copy"),
+    ],
+)
+async def test_a_database_connection_gone_silent_is_a_503_in_bounded_time_and_frees_its_keys(
+    ledger: Ledger, tmp_path: Path, held_after: tuple[bytes, ...], record_property: Any
+) -> None:
+    """The connection of an ingest goes silent in its transaction (a hung peer, a stale NAT
+    entry: no reset, no error). The request hung until the connection was cut, and another
+    replica's retry of its keys waited on the silent transaction's locks: without end. With
+    API_DATABASE_TIMEOUT_SECONDS the request is a 503, and the retry records every event once."""
+    who = await tenant(ledger, f"silent-{len(held_after)}")
+    batch = events(f"silent{len(held_after)}", 100)
+    server = urlsplit(ledger.url)
+    loop = asyncio.get_running_loop()
+    async with tcp_proxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
+        env = {**ledger.env, "DATABASE_URL": through(ledger.url, proxy.port),
+               "API_DATABASE_TIMEOUT_SECONDS": "2"}  # fmt: skip
+        async with (
+            api_process(env, tmp_path / "api.log") as api,
+            api.client(timeout=WAIT_S) as client,
+            ledger.api.client(timeout=WAIT_S) as other,
+        ):
+            assert (await post_one(client, who, event("silent-primer", 1))).status_code == 201
+            proxy.hold_after_sending(*held_after)
+            sent_at = loop.time()
+            assert_unavailable(await send(client, who, batch))  # not a ReadTimeout
+            answered_s = loop.time() - sent_at
+            # another replica (the module's API) retries the same keys while the silent
+            # connection's proxy still holds: nothing of the request was kept, nothing waits
+            retried_at = loop.time()
+            retry, refused = await until_accepted(lambda: send(other, who, batch))
+            retried_s = loop.time() - retried_at
+            answered(retry, "recorded", batch)
+    assert_once(await stored(ledger.url, who.id), priced([event("silent-primer", 1), *batch]))
+    record_property("answered_503_s", round(answered_s, 2))
+    record_property("retry_recorded_in_s", round(retried_s, 2))
+    record_property("refused_before_recorded", refused)
+
+
 #: The backend of a transaction that has written rows (it has an xid) and now waits for a lock
 #: on the partition its COPY routes events to.
 WAITING_TO_COPY = """

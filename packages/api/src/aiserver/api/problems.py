@@ -198,6 +198,10 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.TransactionRollbackError: _rolled_back,
     asyncpg.PostgresConnectionError: _unavailable,
     asyncpg.InterfaceError: _unavailable,
+    # API_DATABASE_TIMEOUT_SECONDS on PostgreSQL's side (core_db.database): a statement or a
+    # transaction that waited too long, cancelled; nothing of it was kept
+    asyncpg.QueryCanceledError: _unavailable,
+    asyncpg.IdleInTransactionSessionTimeoutError: _unavailable,
     ConnectionError: _unavailable,
     TimeoutError: _unavailable,
     OSError: _unavailable,

@@ -51,6 +51,12 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     #: (the client gets a broken download, never a short one that looks whole), so that a client
     #: that reads slowly, or not at all, holds its database connection and snapshot no longer.
     usage_export_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3600
+    #: The longest the API waits for PostgreSQL's answer to one statement (then 503, retryable),
+    #: and, twice that, the longest PostgreSQL keeps a statement or transaction of the API's
+    #: waiting for the API (then it ends it, and its locks are free for another replica's
+    #: retry): a connection gone silent holds a request, and an ingest's keys, no longer.
+    #: Exports have their own connection and limit (USAGE_EXPORT_MAX_SECONDS).
+    api_database_timeout_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60
 
     def __post_init__(self) -> None:
         if self.ui_session_secret and len(self.ui_session_secret) < MIN_SECRET:

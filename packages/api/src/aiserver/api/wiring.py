@@ -129,7 +129,9 @@ def lifespan_for(settings: ApiSettings):  # type: ignore[no-untyped-def]
         # A database that is down at start is not fatal: calculations wait for the catalog,
         # /ready says why, and the watcher loads the catalog once the database answers.
         with collector_tuned():
-            async with database(settings.core, lazy=True):
+            async with database(
+                settings.core, lazy=True, timeout=settings.api_database_timeout_seconds
+            ):
                 redis = ArqRedis.from_url(
                     settings.core.redis_url, socket_connect_timeout=2, socket_timeout=5
                 )

@@ -80,6 +80,13 @@ async def lone_statements(pool: asyncpg.Pool) -> AsyncIterator[DbConnection]:
             mark()
 
 
+def _bounded_transactions(timeout: float | None) -> dict[str, str] | None:
+    if timeout is None:
+        return None
+    bound = f"{max(1, round(timeout * 2000))}ms"
+    return {"statement_timeout": bound, "idle_in_transaction_session_timeout": bound}
+
+
 def get_engine() -> PostgresEngine:
     return piccolo_conf.DB
 
@@ -93,7 +100,9 @@ def require_pool() -> asyncpg.Pool:
 
 
 @asynccontextmanager
-async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterator[PostgresEngine]:
+async def database(
+    settings: CoreSettings, *, lazy: bool = False, timeout: float | None = None
+) -> AsyncIterator[PostgresEngine]:
     """Open the engine's pool for `settings.database_url`; close it when its last user leaves.
 
     Re-entrant and shared: a `database()` entered while the pool is open (for the same DSN) uses
@@ -103,6 +112,16 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
     RuntimeError that says so.
     `lazy` opens no connection up front, so a service can start while the database is down
     (its connections are made, and remade, as requests need them).
+    `timeout` (seconds) bounds both sides of a connection that goes silent (a hung peer, a
+    stale NAT entry: no reset, no error): each statement waits that long for its answer, then
+    fails with TimeoutError; and PostgreSQL, whose side of the connection may never hear that
+    the client gave up (a partition), cancels a statement that has run twice that long
+    (`statement_timeout`: a COPY waiting for its rows) and ends a transaction that has waited
+    twice that long for its client's next statement (`idle_in_transaction_session_timeout`), so
+    that its locks (an ingest's keys) do not hold another process's retry for longer. (Twice:
+    the client gives up first, with its own error, whenever it can still hear the server.) Set
+    by the block that opens the pool; None: no bound (the task runner's migrations may run
+    long).
     """
     global _users
     engine = get_engine()
@@ -131,6 +150,8 @@ async def database(settings: CoreSettings, *, lazy: bool = False) -> AsyncIterat
                     max_size=settings.database_pool_max_size,
                     timeout=10.0,
                     connection_class=PoolConnection,
+                    command_timeout=timeout,
+                    server_settings=_bounded_transactions(timeout),
                 )
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 raise DatabaseUnavailable(
