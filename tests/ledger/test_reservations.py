@@ -22,7 +22,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.budgets.reservations import STRIPES, batches, cut, release_expired, reserve
-from aiserver.ledger.budgets.reservations.store import Call
+from aiserver.ledger.budgets.reservations.store import Call, take_on_stripe
 from aiserver.ledger.errors import (
     BudgetExceeded,
     InvalidField,
@@ -498,6 +498,45 @@ async def test_a_window_that_commits_took_past_its_limit_admits_no_reservation(
     )
     assert all(isinstance(r, BudgetExceeded) for r in results), results
     assert await window(pool, access, limited) == (Decimal("0.014994"), Decimal("0.001"))
+
+
+async def test_a_window_that_a_settled_overrun_took_past_its_limit_admits_no_reservation(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """A call that cost more than its estimate: settling moves its cost out of the reserving
+    stripe's share into stripe 0's, which leaves stripe 0 at its share and the reserving stripe
+    past its own (a negative share). The quick way looked at stripe 0 only, so the other
+    reservation stripes went on admitting on a window past its limit (a helper's review: 6 of
+    20 admitted at 150%, the window at 210%). Any stripe past its share now stops it."""
+    limited = await budget(pool, access, "0.01")
+    made = await reserve(pool, access, amount=Decimal("0.001"), now=NOW)
+    (settled,) = await record(pool, access, event("a", NOW, str(made.id), tokens=3000))
+    assert (settled.reservation, settled.total) == ("settled", "0.015")
+    assert await window(pool, access, limited) == (Decimal("0.015"), Decimal(0))
+    for _ in range(2 * STRIPES):  # small enough for any other stripe's share
+        with pytest.raises(BudgetExceeded) as refused:
+            await reserve(pool, access, amount=Decimal("0.0001"), now=NOW)
+        assert refused.value.problem()["remaining"] == "-0.005"
+    # the same through the statement of many (the quick way of concurrent calls)
+    results = await asyncio.gather(
+        *(reserve(pool, access, amount=Decimal("0.0001"), now=NOW) for _ in range(2 * STRIPES)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, BudgetExceeded) for r in results), results
+    assert await window(pool, access, limited) == (Decimal("0.015"), Decimal(0))
+    # the slow way's first try, a stripe at a time, likewise takes nothing on any stripe
+    (hold,) = made.holds
+    async with pool.acquire() as conn:
+        for stripe in range(STRIPES):
+            key = (limited, hold.window_start, stripe)
+            taken = await take_on_stripe(conn, access.project_id, key, Decimal("0.0001"),
+                                         Decimal("0.01"))  # fmt: skip
+            assert not taken, stripe
+    # once the limit is raised past what was spent, the room left can be reserved, exactly
+    await service.change_budget(pool, access, limited, {"limit_usd": Decimal("0.02")}, now=NOW)
+    await reserve(pool, access, amount=Decimal("0.005"), now=NOW)
+    with pytest.raises(BudgetExceeded):
+        await reserve(pool, access, amount=Decimal("1e-12"), now=NOW)
 
 
 async def test_a_reservation_waiting_behind_a_time_zone_change_holds_on_the_new_zone_s_window(

@@ -17,7 +17,9 @@ So a reservation is refused only when the whole window cannot hold it.
 
 Settling moves the event's cost, which ingest commits to stripe 0, out of the reserving
 stripe's share into stripe 0's: the shares still sum to the limit, and the reserving stripe
-keeps the room its estimate left unused.
+keeps the room its estimate left unused. A call that cost more than its estimate leaves that
+stripe past its share (and the window perhaps past its limit): the quick way admits nothing on
+a window with any stripe past its share, and leaves it to be cut anew.
 
 Only `hard` budgets admit or refuse; soft budgets only count what is spent (and alert).
 
