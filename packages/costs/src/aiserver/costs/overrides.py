@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.core_db.errors import InvalidInput
 from aiserver.core_db.logging import get_logger
+from aiserver.core_db.text import has_control
 from aiserver.costs.errors import UnknownModel, UnknownOverride, UnknownPriceFields
 from aiserver.costs.pricing import is_understood_field
 from aiserver.costs.pricing.fields import CACHE_HIT_ALIAS, CACHE_READ_FIELD, STRUCTURED_FIELDS
@@ -103,6 +104,8 @@ async def put_override(
             [CACHE_READ_FIELD, CACHE_HIT_ALIAS],
             "two names of the cache read price, of which an override sets one",
         )
+    if "\x00" in reason:
+        raise InvalidInput("reason: must not hold a NUL character (U+0000)")
     provider, model = _target(live.require(), provider, model)
     async with pool.acquire() as conn, conn.transaction():
         await _lock(conn, source_url)
@@ -147,9 +150,13 @@ def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
 
 def _check_name(field: str, name: str, after: str = "") -> None:
     """Refuse a provider or model name that is blank or begins or ends with "/": it would name
-    no model (`""`, `"/"`), or another one than the caller meant."""
+    no model (`""`, `"/"`), or another one than the caller meant; or that holds a control
+    character, which no usage event may name (`POST /v1/usage` refuses it), and NUL of which
+    PostgreSQL cannot store."""
     if not name:
         raise InvalidInput(f"{field}: must not be empty or blank{after}")
+    if has_control(name):
+        raise InvalidInput(f"{field}: must not hold control characters{after}: {name!r}")
     if name.startswith("/") or name.endswith("/"):
         raise InvalidInput(f"{field}: must not begin or end with '/'{after}: {name!r}")
 

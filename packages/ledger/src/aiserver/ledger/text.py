@@ -5,8 +5,10 @@ it shows among other text: never reordering what follows it."""
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Final
+
+# the ledger's modules import it from here
+from aiserver.core_db.text import has_control as has_control
 
 #: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
 FORMULA_START: Final = frozenset("=+-@\t\r")
@@ -24,12 +26,6 @@ _CLOSER: Final = {
     **dict.fromkeys("\u202a\u202b\u202d\u202e", PDF),
     **dict.fromkeys("\u2066\u2067\u2068", PDI),
 }
-
-
-def has_control(text: str) -> bool:
-    """Whether `text` holds a control character (Unicode category Cc: U+0000 to U+001F,
-    U+007F to U+009F). Printable text, nearly all of it, is answered without a loop."""
-    return not text.isprintable() and any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def spreadsheet_safe(cell: str) -> str:
