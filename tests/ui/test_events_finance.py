@@ -381,3 +381,26 @@ def test_a_whole_month_is_one_click_away_with_the_other_filters_kept(
         "The CSV has a column for each tag the project rolls up (tag:team), to filter and total "
         "by in a spreadsheet, and keeps all of an event's tags in one cell, as JSON."
     )
+
+
+async def test_the_operator_s_projects_list_shows_an_all_unpriced_month_as_unpriced(
+    site: Site,
+) -> None:
+    """A project whose month so far holds unpriced calls only read `0 *` in the operator's list
+    (a finance reviewer's walk), while its own overview said `unpriced`."""
+    slug = "ui-all-unpriced"
+    async with site.client() as client:
+        await _ok(await client.post("/v1/projects", json={"slug": slug, "name": "All Unpriced"},
+                                    headers=admin()))  # fmt: skip
+        made = await _ok(await client.post(f"/v1/projects/{slug}/keys",
+                                           json={"name": "k", "scopes": ["ingest"]},
+                                           headers=admin()))  # fmt: skip
+        await _ok(await client.post("/v1/usage", headers=bearer(made["key"]), json={
+            "id": "u-1", "model": "mystery-model-9000", "usage": {"input_tokens": 5}}))  # fmt: skip
+        operator = admin()["Authorization"].removeprefix("Bearer ")
+        o = {"cookie": f"{SESSION}={cookie_of(await http_sign_in(client, operator))}"}
+        page = await client.get("/ui/", headers=o)
+    assert page.status_code == 200, page.text
+    row = page.text.split(f"<td>{slug}</td>", 1)[1].split("</tr>", 1)[0]
+    cells = [c.split(">", 1)[1] for c in row.split("</td>")[1:3]]  # this month, last month
+    assert cells == ["unpriced", "0"], row

@@ -171,11 +171,15 @@ class SignInController(Controller):
         # what each spent this month and last, on its own clock (the first SPEND_LISTED only: a
         # few rollup reads each)
         spent = [await months(pool, p) for p in projects[:SPEND_LISTED]]
-        # the server's total of each column (exact), and whether it is a lower bound
+        # the server's total of each column (exact), whether it is a lower bound, and whether
+        # every event it counts is unpriced (its 0 is no price: shown as `unpriced`)
         totals = [
             (
                 functools.reduce(ADD, (Decimal(row[i]["total"].cost) for row in spent), ZERO),
                 any(row[i]["total"].lower_bound for row in spent),
+                sum(row[i]["total"].events for row in spent)
+                == sum(row[i]["total"].unpriced_events for row in spent)
+                > 0,
             )
             for i in range(2)
         ]
