@@ -3,6 +3,8 @@ job; and who may ask for or read which run."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -120,3 +122,61 @@ async def test_a_key_reaches_only_its_own_projects_runs_and_a_404_looks_the_same
     assert [r["id"] for r in listed] == [everyone["id"], mine["id"]]
     one = (await client.get("/v1/usage/reprice?project=acme-a", headers=admin())).json()
     assert [r["id"] for r in one] == [mine["id"]]
+
+
+async def test_a_back_dated_override_prices_the_calls_already_recorded_once_repriced(
+    client: Client, tenants: Tenants, api_settings: Settings, pg: asyncpg.Connection
+) -> None:
+    """A call that used what its model had no price for (images) is partially priced. An
+    override applied from when it was set only, so no reprice could ever price that call: the
+    pages' advice led nowhere (a finance reviewer's walk). Back-dated with `valid_from`, the
+    override prices the calls of its time: the calculator at their time, and a reprice."""
+    key = bearer(tenants.admin_a["key"])
+    call = {"id": "img-1", "model": "gpt-test-003",
+            "usage": {"input_tokens": 1000, "output_tokens": 500, "images": 2}}  # fmt: skip
+    recorded = (await client.post("/v1/usage", headers=key, json=call)).json()
+    assert (recorded["pricing_status"], recorded["unpriced"]) == ("partially_priced", ["images"])
+    first = await pg.fetchval(
+        "SELECT min(valid_from) FROM ai_model_costs WHERE model = 'gpt-test-003'"
+    )
+    override = {"provider": "openai", "model": "gpt-test-003", "reason": "agreed price",
+                "prices": {"output_cost_per_image": "0.04"}}  # fmt: skip
+
+    # refused: in the future, or before the source's first price of the model
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert_problem(await client.post("/v1/overrides", headers=admin(),
+                                     json={**override, "valid_from": ahead}),
+                   422, "valid_from: ")  # fmt: skip
+    early = (first - timedelta(seconds=1)).isoformat()
+    assert_problem(await client.post("/v1/overrides", headers=admin(),
+                                     json={**override, "valid_from": early}),
+                   422, "before the catalog's first price")  # fmt: skip
+    assert (await client.get("/v1/overrides", headers=admin())).json() == []
+
+    added = await client.post("/v1/overrides", headers=admin(),
+                              json={**override, "valid_from": first.isoformat()})  # fmt: skip
+    assert added.status_code == 201, added.text
+    made = added.json()
+    assert datetime.fromisoformat(made["valid_from"]) == first
+    assert datetime.fromisoformat(made["created_at"]) > first  # when it was set
+    # the calculator prices the call's time with it
+    at = recorded["occurred_at"]
+    request = {"model": call["model"], "usage": call["usage"], "at": at}
+    priced = (await client.post("/v1/costs/calculate", json=request)).json()
+    assert (priced["override_id"], priced["unpriced"]) == (made["id"], [])
+
+    asked = (await ask(client, key, dry_run=False, status="partially_priced")).json()
+    await run_job(api_settings, asked["id"])
+    done = (await client.get(f"/v1/usage/reprice/{asked['id']}", headers=key)).json()
+    assert (done["state"], done["events_changed"]) == ("done", 1)
+    event = (await client.get(f"/v1/usage/events/{recorded['event_id']}", headers=key)).json()
+    # 1000 * 4e-06 + 500 * 8e-06 + 2 * 0.04
+    assert (event["pricing_status"], event["total"]) == ("priced", priced["total"])
+    assert Decimal(event["total"]) == Decimal("0.088")
+
+    # replaced now, it is closed: no override may begin inside what it priced, nor before
+    # the one that replaced it
+    assert (await client.post("/v1/overrides", headers=admin(), json=override)).status_code == 201
+    assert_problem(await client.post("/v1/overrides", headers=admin(),
+                                     json={**override, "valid_from": at}),
+                   422, "a back-dated override may begin no earlier")  # fmt: skip

@@ -137,6 +137,8 @@ class OverrideIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     prices: Annotated[dict[FieldName, PriceValue], msgspec.Meta(min_length=1, max_length=64)]
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    #: Back-dated: the override applies from this time (RFC 3339 with an offset), not from now.
+    valid_from: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
 
 class OverrideOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -187,6 +187,12 @@ class Catalog:
         over them); for a model that only overrides define, one version per override."""
         return self._versions.get(key, ())
 
+    def first_source_price(self, key: str) -> datetime | None:
+        """When the source's first price of the model began; None for a model that only
+        overrides define."""
+        starts = self._starts.get(key)
+        return starts[0] if starts else None
+
     def overrides(self, key: str) -> tuple[Override, ...]:
         """Every override of the model, current and closed, oldest first."""
         return self._overrides.get(key, ())

@@ -16,10 +16,12 @@ off-peak prices and max_results tiers for the same price (`pricing.regime`), whi
 cannot set. So every price an override may set changes what its model's calls are charged; the
 cache read price under both its names would leave one unused, and is refused.
 
-An override applies from when it was set (`valid_from`) until it is replaced or deleted
-(`valid_to`), never to the calls before it: a call is priced with the override valid at its
-time (`catalog.Catalog.version_at`), so past calls keep the prices of their time. Replacing an
-override closes it and opens a new one (a new id); deleting closes it. Nothing is erased.
+An override applies from when it was set (`valid_from`), or from the earlier time it was
+back-dated to, until it is replaced or deleted (`valid_to`), never to the calls before it: a
+call is priced with the override valid at its time (`catalog.Catalog.version_at`), so past
+calls keep the prices of their time. Replacing an override closes it and opens a new one (a new
+id); deleting closes it. Nothing is erased. A back-dated override may cut the current one short,
+never rewrite a closed one; the usage recorded keeps what it was billed at until a reprice.
 
 A change and the catalog version bump it causes are one transaction, whose commit NOTIFYs every
 API replica (`store.metadata.bump_catalog_version`); this process's own watcher is woken at once.
@@ -31,6 +33,7 @@ where the second starts, and one current (one per model, whatever the provider: 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -75,11 +78,18 @@ async def put_override(
     prices: Mapping[str, Decimal],
     reason: str,
     source_url: str,
+    valid_from: datetime | None = None,
+    now: datetime | None = None,
 ) -> Override:
     """Create or replace the override of a model, named by any name the calculator accepts.
 
-    It applies from now on; the override of the same model it replaces, whatever provider that
-    one was given with, is closed now and kept.
+    It applies from now on, or from `valid_from` (back-dated: a price agreed from a past date,
+    or one the source never had, for the calls already recorded; a reprice then prices them);
+    the override of the same model it replaces, whatever provider that one was given with, is
+    closed then and kept. `InvalidInput` for a `valid_from` after `now`, before the source's
+    first price of the model, or before the end of the model's override history
+    (`store.history_end`): a back-dated override may cut the current one short, never rewrite a
+    closed one.
 
     Raises `UnknownPriceFields` for a field the calculator does not price, one that holds
     several prices (`tiered_pricing`, `off_peak_pricing`, `search_context_cost_per_query`) or
@@ -106,12 +116,30 @@ async def put_override(
         )
     if "\x00" in reason:
         raise InvalidInput("reason: must not hold a NUL character (U+0000)")
-    provider, model = _target(live.require(), provider, model)
+    if valid_from is not None and valid_from > (now or datetime.now(UTC)):
+        raise InvalidInput(
+            f"valid_from: {valid_from.isoformat()} is in the future; an override applies from "
+            "when it is set, or from a time before it"
+        )
+    catalog = live.require()
+    provider, model = _target(catalog, provider, model)
+    if valid_from is not None:
+        _check_source_start(catalog, model, valid_from)
     async with pool.acquire() as conn, conn.transaction():
         await _lock(conn, source_url)
+        if valid_from is not None:
+            end = await store.history_end(conn, model)
+            if end is not None and valid_from < end:
+                raise InvalidInput(
+                    f"valid_from: the override history of {model!r} reaches {end.isoformat()} "
+                    "(the start of its current override, or the end of its last closed one): a "
+                    "back-dated override may begin no earlier; it may cut the current override "
+                    "short, never rewrite a closed one"
+                )
         override = await store.replace_override(
-            conn, provider=provider, model=model, prices=prices, reason=reason
-        )
+            conn, provider=provider, model=model, prices=prices, reason=reason,
+            valid_from=valid_from,
+        )  # fmt: skip
         version = await bump_catalog_version(conn, DEFAULT_SOURCE)
     await _apply_here(pool, live, version)
     return override
@@ -146,6 +174,18 @@ def _target(catalog: Catalog, provider: str, model: str) -> tuple[str, str]:
     # The name answers to another provider's model (this provider's would have resolved above):
     # kept under the name, the override would be laid over that model.
     return provider, f"{provider}/{name}"
+
+
+def _check_source_start(catalog: Catalog, key: str, valid_from: datetime) -> None:
+    """A back-dated override of a model the source prices begins no earlier than the source's
+    first price of it: a call before that is priced with that first price (with a note), and an
+    override valid then would define the model alone, as one set before the source had it."""
+    first = catalog.first_source_price(key)
+    if first is not None and valid_from < first:
+        raise InvalidInput(
+            f"valid_from: {valid_from.isoformat()} is before the catalog's first price of "
+            f"{key!r} ({first.isoformat()}), the earliest a back-dated override of it may begin"
+        )
 
 
 def _check_name(field: str, name: str, after: str = "") -> None:

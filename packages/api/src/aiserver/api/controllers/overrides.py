@@ -83,8 +83,10 @@ class OverrideController(Controller):
         max_results tiers. An existing model is named by any name the calculator accepts, and
         the override is kept under its key and provider; a new one is created under `provider`
         (as `provider/model` when `model` names another provider's model). The override applies
-        from now on; the model's one it replaces, whatever provider that was given with, is
-        closed now (and listed with `history=true`); the new one has a new id."""
+        from now on, or from `valid_from` (back-dated: no earlier than the end of the model's
+        override history; the calls already recorded are priced with it by a reprice); the
+        model's one it replaces, whatever provider that was given with, is closed then (and
+        listed with `history=true`); the new one has a new id."""
         async with asyncio.timeout(DB_TIMEOUT_S):
             override = await overrides.put_override(
                 require_pool(),
@@ -94,6 +96,7 @@ class OverrideController(Controller):
                 prices={name: Decimal(value) for name, value in data.prices.items()},
                 reason=data.reason,
                 source_url=_source_url(state),
+                valid_from=data.valid_from,
             )
         return _out(override)
 

@@ -76,26 +76,39 @@ async def count_overrides(conn: DbConnection) -> int:
 
 
 async def replace_override(
-    conn: DbConnection, *, provider: str, model: str, prices: Mapping[str, Decimal], reason: str
+    conn: DbConnection,
+    *,
+    provider: str,
+    model: str,
+    prices: Mapping[str, Decimal],
+    reason: str,
+    valid_from: datetime | None = None,
 ) -> Override:
     """Close the current override of `model`, if any, whatever its provider, and open a new one
-    from the same instant. Call under the catalog version's lock (see the module)."""
+    from the same instant: now, or `valid_from` (back-dated: the caller has checked that no
+    override of the model reaches past it, `history_end`). Call under the catalog version's lock
+    (see the module)."""
     # clock_timestamp(), not now(): now() is when the transaction began, which may be before the
     # other writer (whose row this closes) began, and a row would then end before it started.
     # GREATEST keeps a span whole if the clock steps back.
     closed_at = await conn.fetchval(
         """
-        UPDATE ai_cost_overrides SET valid_to = GREATEST(clock_timestamp(), valid_from)
+        UPDATE ai_cost_overrides
+        SET valid_to = GREATEST(COALESCE($2::timestamptz, clock_timestamp()), valid_from)
         WHERE model = $1 AND valid_to IS NULL
         RETURNING valid_to
         """,
         model,
+        valid_from,
     )
+    # created_at is when it was set; valid_from, when it applies from (the same unless
+    # back-dated)
     row = await conn.fetchrow(
         f"""
         INSERT INTO ai_cost_overrides (provider, model, prices, reason, created_at, valid_from)
-        SELECT $1, $2, $3::jsonb, $4, t.at, t.at
-        FROM (SELECT COALESCE($5::timestamptz, clock_timestamp()) AS at) AS t
+        SELECT $1, $2, $3::jsonb, $4,
+               CASE WHEN $6::timestamptz IS NULL THEN t.at ELSE clock_timestamp() END, t.at
+        FROM (SELECT COALESCE($6::timestamptz, $5::timestamptz, clock_timestamp()) AS at) AS t
         RETURNING {_COLUMNS}
         """,  # noqa: S608
         provider,
@@ -103,9 +116,21 @@ async def replace_override(
         encode_json(dict(prices)).decode(),
         reason,
         closed_at,
+        valid_from,
     )
     assert row is not None  # INSERT ... RETURNING always returns the row
     return _override(row)
+
+
+async def history_end(conn: DbConnection, model: str) -> datetime | None:
+    """The latest instant the overrides of `model` reach: the start of the current one, or the
+    end of the latest closed one; None when the model has had none. A back-dated override may
+    begin no earlier: it may cut the current one short, never rewrite a closed one."""
+    end: datetime | None = await conn.fetchval(
+        "SELECT max(GREATEST(valid_from, valid_to)) FROM ai_cost_overrides WHERE model = $1",
+        model,
+    )
+    return end
 
 
 async def close_override(conn: DbConnection, override_id: int) -> datetime | None:
