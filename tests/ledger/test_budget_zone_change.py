@@ -275,3 +275,34 @@ async def test_a_change_that_deadlocks_with_a_rollup_rebuild_is_made_again(
     assert await zone(pool, access) == KIRITIMATI
     view = await service.show_budget(pool, access, monthly, now=NOW)
     assert (view.window.start, view.window.committed) == (NEW_MONTH, COST)
+
+
+async def test_a_threshold_alerted_before_the_zone_change_does_not_alert_again_in_the_new_window(
+    pool: asyncpg.Pool, access: Access
+) -> None:
+    """The new zone's window has another start, so the alert of the old one did not keep a
+    limit or thresholds changed afterwards from alerting the same threshold again (a helper's
+    review: the receiver got two 50% webhooks for the same spend, 0.1 s apart). A threshold
+    that alerted in a window overlapping the new one is not alerted again."""
+    daily = await budget(pool, access, name="d", period="day", hard=False,
+                         limit_usd=Decimal("0.008"), thresholds=[Decimal(50)])  # fmt: skip
+    await record(pool, access, event("spent", NOW - timedelta(hours=1)))  # 0.004998: 62%
+    alerted = "SELECT threshold, window_start FROM budget_alerts WHERE budget_id = $1"
+    (first,) = await pool.fetch(alerted, daily)
+    assert first["threshold"] == 50
+
+    await change_zone(pool, access)  # the day in Kiritimati began at 10:00 UTC: "spent" is in it
+    view = await service.show_budget(pool, access, daily, now=NOW)
+    assert view.window.committed == COST
+    assert view.window.start != first["window_start"]
+    # a change of thresholds (or of the limit) alerts what the window has reached, but 50%
+    await service.change_budget(
+        pool, access, daily, {"thresholds": [Decimal(50), Decimal(500)]}, now=NOW
+    )
+    await service.change_budget(pool, access, daily, {"limit_usd": Decimal("0.007")}, now=NOW)
+    assert [r["threshold"] for r in await pool.fetch(alerted, daily)] == [50]
+    # a threshold the old window never reached alerts as ever
+    await service.change_budget(
+        pool, access, daily, {"thresholds": [Decimal(50), Decimal(60)]}, now=NOW
+    )
+    assert sorted(r["threshold"] for r in await pool.fetch(alerted, daily)) == [50, 60]

@@ -350,7 +350,9 @@ async def add_to_windows(
 
 async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[Crossing]) -> int:
     """Write one alert per crossing (none twice: unique per budget, window and threshold), due
-    at once when its budget has a webhook. Returns how many were new."""
+    at once when its budget has a webhook. Returns how many were new. A threshold that alerted
+    in another window of the budget overlapping this one (the window of the zone before a time
+    zone change, which has another start) is not alerted again."""
     if not crossed:
         return 0
     ordered = sorted(crossed, key=lambda c: (c.budget_id, c.window_start, c.threshold))
@@ -365,6 +367,12 @@ async def insert_alerts(conn: DbConnection, project_id: int, crossed: Sequence[C
                     $6::numeric[], $7::numeric[], $8::boolean[])
              AS a(budget_id, window_start, window_end, threshold, limit_usd, committed,
                   has_webhook)
+        WHERE NOT EXISTS (
+            SELECT FROM budget_alerts AS x
+            WHERE x.project_id = $1 AND x.budget_id = a.budget_id AND x.threshold = a.threshold
+              AND x.window_start <> a.window_start
+              AND x.window_start < COALESCE(a.window_end, 'infinity')
+              AND COALESCE(x.window_end, 'infinity') > a.window_start)
         ON CONFLICT (project_id, budget_id, window_start, threshold) DO NOTHING
         RETURNING id
         """,
