@@ -96,6 +96,29 @@ async def test_a_usage_estimate_is_priced_by_the_catalog_and_matches_the_priced_
     assert_problem(unknown, 404, "no-such-model")
 
 
+async def test_an_estimate_holds_on_a_budget_of_the_model_its_name_resolves_to(
+    client: Client, tenants: Tenants
+) -> None:
+    """A budget of a model counts the events priced as it whatever the name they report; an
+    estimate's reservation matched the name as given only, so `anthropic/...` or another
+    spelling held nothing on a hard budget of the model, and its events then took the window
+    past the limit (a helper's review: 118%)."""
+    admin_key = tenants.admin_a["key"]
+    budget_id = await hard_budget(client, admin_key, "1", model=MODEL)
+    for name in (f"anthropic/{MODEL}", "claude-sonnet-latest", MODEL.upper()):
+        made = await client.post(RESERVE, headers=bearer(admin_key),
+                                 json={"model": name, "estimate": "0.25"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        assert [h["budget_id"] for h in made.json()["budgets"]] == [budget_id], name
+    over = {"model": f"anthropic/{MODEL}", "estimate": "0.3"}
+    refused = await client.post(RESERVE, headers=bearer(admin_key), json=over)
+    assert_problem(refused, 402, "")
+    # a model the catalog does not know holds on no model's budget, as its event will count
+    unknown = await client.post(RESERVE, headers=bearer(admin_key),
+                                json={"model": "no-such-model", "estimate": "0.3"})  # fmt: skip
+    assert (unknown.status_code, unknown.json()["budgets"]) == (201, [])
+
+
 async def test_a_budget_that_cannot_hold_the_estimate_answers_402_and_nothing_is_held(
     client: Client, tenants: Tenants, pg: asyncpg.Connection
 ) -> None:

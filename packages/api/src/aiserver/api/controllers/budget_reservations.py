@@ -8,6 +8,7 @@ with the live catalog as `POST /v1/costs/calculate` does.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.errors import validation_field
 from aiserver.costs.calculator import CostRequest, calculate
+from aiserver.costs.errors import UnknownModel
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.money import money
 from aiserver.costs.pricing import ServiceTier
@@ -125,10 +127,15 @@ class ReservationController(Controller):
         models = [data.model]
         if (data.estimate is None) == (data.usage is None):
             raise InvalidField("send either estimate or usage", ["estimate", "usage"])
+        live: LiveCatalog = request.app.state.live
         if data.estimate is not None:
             amount = decimal_amount(data.estimate, "estimate", "0.25")
+            # a budget of a model counts the call's event by the name the catalog prices it
+            # under too (`openai/gpt-4o`, `GPT-4o`: `gpt-4o`), so the reservation holds on it;
+            # an unknown model's event is unpriced: it counts by the name as reported only
+            with contextlib.suppress(UnknownModel):
+                models.append(live.require().resolve(data.model, data.provider).key)
         else:
-            live: LiveCatalog = request.app.state.live
             priced = calculate(live.require(), _cost_request(data))
             amount = priced.total
             models.append(priced.model)
