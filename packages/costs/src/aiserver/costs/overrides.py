@@ -114,8 +114,6 @@ async def put_override(
             [CACHE_READ_FIELD, CACHE_HIT_ALIAS],
             "two names of the cache read price, of which an override sets one",
         )
-    if "\x00" in reason:
-        raise InvalidInput("reason: must not hold a NUL character (U+0000)")
     if valid_from is not None and valid_from > (now or datetime.now(UTC)):
         raise InvalidInput(
             f"valid_from: {valid_from.isoformat()} is in the future; an override applies from "
