@@ -48,7 +48,7 @@ from litestar.types import (
     Send,
 )
 
-from aiserver.core_db.errors import RETRY_AFTER_S, AiserverError, problem
+from aiserver.core_db.errors import RETRY_AFTER_S, AiserverError, problem, validation_field
 from aiserver.core_db.logging import get_logger
 
 log = get_logger(__name__)
@@ -300,12 +300,47 @@ class CheckedRequest(Request[Any, Any, Any]):
             raise SerializationException("JSON is malformed: nested too deeply") from None
 
 
+#: How Litestar names the body in its validation errors (a problem about the body as a whole).
+BODY_FIELD: Final = "data"
+
+
+def body_invalid(exc: msgspec.ValidationError) -> ValidationException:
+    """A body of the wrong shape as Litestar's own 422 names it: the field (`usage.x`), or
+    `data` for the body itself."""
+    message, field = validation_field(str(exc))
+    return ValidationException(
+        message, extra=[{"key": field or BODY_FIELD, "message": message, "source": "body"}]
+    )
+
+
+def strict_body(kind: type[Any]) -> type[CheckedRequest]:
+    """A request class whose JSON body is read into `kind` strictly, as `POST /v1/usage` and
+    `POST /v1/costs/calculate` read theirs: Litestar converts a `JSONBody[...]` leniently
+    (`"true"` and 1 for a boolean, `"120"` for a number, a Unix time for a datetime), so input
+    against the published schema was stored. Litestar then meets a `kind` where it expects one
+    and passes it on as it is. For `request_class=` of a handler whose body is a `kind`."""
+
+    class StrictBody(CheckedRequest):
+        async def json(self) -> Any:
+            value = await super().json()
+            try:
+                return msgspec.convert(value, kind, strict=True)
+            except msgspec.ValidationError as exc:
+                raise body_invalid(exc) from None
+
+    StrictBody.__name__ = StrictBody.__qualname__ = f"StrictBody_{kind.__name__}"
+    return StrictBody
+
+
 __all__ = [
+    "BODY_FIELD",
     "EXCEPTION_HANDLERS",
     "PROBLEM_JSON",
     "CheckedRequest",
     "ProblemDetails",
     "answer_cancelled",
+    "body_invalid",
     "problem_response",
     "problem_responses",
+    "strict_body",
 ]

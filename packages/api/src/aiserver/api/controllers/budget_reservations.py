@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from aiserver.api import auth
 from aiserver.api.controllers.budgets import Amount
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import problem_responses, strict_body
 from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.errors import validation_field
@@ -110,6 +110,7 @@ class ReservationController(Controller):
             ),
         },
         guards=[auth.project_key_first("ingest"), NO_QUERY],
+        request_class=strict_body(ReserveIn),
     )
     async def reserve(
         self, request: Request[Any, Any, Any], access: NamedDependency[Access],

@@ -17,7 +17,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECRET_ONCE, SECURITY
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import problem_responses, strict_body
 from aiserver.api.query import NO_QUERY
 from aiserver.core_db.database import require_pool
 from aiserver.ledger.access import Access
@@ -93,6 +93,7 @@ class BudgetController(Controller):
         responses=problem_responses(400, 401, 403, 413, 422, 503),
         guards=[auth.project_key_first("admin"), NO_QUERY],
         cache_control=SECRET_ONCE,
+        request_class=strict_body(BudgetIn),
     )
     async def create_budget(
         self,
@@ -142,6 +143,7 @@ class BudgetController(Controller):
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[auth.project_key_first("admin"), NO_QUERY],
         cache_control=SECRET_ONCE,
+        request_class=strict_body(BudgetChange),
     )
     async def change_budget(
         self,

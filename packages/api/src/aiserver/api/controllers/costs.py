@@ -12,19 +12,15 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, post
-from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from aiserver.api.problems import CheckedRequest, problem_responses
+from aiserver.api.problems import CheckedRequest, body_invalid, problem_responses
 from aiserver.api.schemas import MAX_BATCH, BatchItem, BatchRequest, BatchResponse, ItemProblem
-from aiserver.core_db.errors import AiserverError, validation_field
+from aiserver.core_db.errors import AiserverError
 from aiserver.costs.calculator import CostRequest, CostResponse, calculate
 from aiserver.costs.live import LiveCatalog
 from aiserver.costs.requests import read_cost_request
-
-#: How Litestar names the body in its validation errors (a problem about the body as a whole).
-BODY_FIELD = "data"
 
 
 class CostRequestBody(CheckedRequest):
@@ -39,10 +35,7 @@ class CostRequestBody(CheckedRequest):
         try:
             return read_cost_request(value)
         except msgspec.ValidationError as exc:
-            message, field = validation_field(str(exc))
-            raise ValidationException(
-                message, extra=[{"key": field or BODY_FIELD, "message": message, "source": "body"}]
-            ) from None
+            raise body_invalid(exc) from None
 
 
 class CostController(Controller):

@@ -17,7 +17,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from aiserver.api.auth import requires_admin
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import problem_responses, strict_body
 from aiserver.api.query import NO_QUERY, only_query
 from aiserver.api.schemas import OverrideIn, OverrideOut
 from aiserver.api.settings import ApiSettings
@@ -76,6 +76,7 @@ class OverrideController(Controller):
         summary="Create or replace an override (admin)",
         responses=problem_responses(400, 401, 403, 413, 422, 503),
         guards=[NO_QUERY],
+        request_class=strict_body(OverrideIn),
     )
     async def put_override(self, state: State, data: JSONBody[OverrideIn]) -> OverrideOut:
         """Prices are decimal strings keyed by LiteLLM price field (e.g. input_cost_per_token);

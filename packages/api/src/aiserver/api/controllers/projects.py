@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from aiserver.api import auth
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import problem_responses, strict_body
 from aiserver.api.query import NO_QUERY, only_query
 from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
@@ -115,6 +115,7 @@ class ProjectController(Controller):
         summary="Create a project (operator)",
         responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
         guards=[auth.operator_first, NO_QUERY],
+        request_class=strict_body(ProjectIn),
     )
     async def create_project(
         self, access: NamedDependency[Access], data: JSONBody[ProjectIn]
@@ -156,6 +157,7 @@ class ProjectController(Controller):
         summary="Change a project: name, time zone, rolled-up tag keys; archive (operator)",
         responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
         guards=[auth.scope_first("admin"), NO_QUERY],
+        request_class=strict_body(ProjectChange),
     )
     async def change_project(
         self,
@@ -191,6 +193,7 @@ class ProjectController(Controller):
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[auth.scope_first("admin"), NO_QUERY],
         cache_control=SECRET_ONCE,
+        request_class=strict_body(KeyIn),
     )
     async def create_key(
         self, access: NamedDependency[Access], project: FromPath[str], data: JSONBody[KeyIn]

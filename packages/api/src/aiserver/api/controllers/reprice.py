@@ -24,7 +24,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aiserver.api import auth
 from aiserver.api.controllers.projects import AUTHENTICATED, SECURITY
-from aiserver.api.problems import problem_responses
+from aiserver.api.problems import problem_responses, strict_body
 from aiserver.api.query import NO_QUERY, only_query
 from aiserver.core_db.database import require_pool
 from aiserver.core_db.logging import get_logger
@@ -55,6 +55,7 @@ class RepriceController(Controller):
         summary="Reprice usage events (scope admin, or the operator)",
         responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
         guards=[auth.scope_first("admin"), NO_QUERY],
+        request_class=strict_body(RepriceRequest),
     )
     async def reprice(
         self,
