@@ -45,6 +45,15 @@ def _event(occurred_at: datetime) -> dict[str, Any]:
         ("America/New_York", datetime(2026, 11, 1, 6, 20, tzinfo=UTC),
          ("2026-11-01T06:00:00Z", "2026-11-01T07:00:00Z"),
          ("2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z")),
+        # Lord Howe's clock goes back half an hour (02:00+11:00 to 01:30+10:30): 01:45 comes
+        # twice, the first in the hour from 01:00+11:00, the second in the repeated half hour
+        # (its row's hour was 14:00Z to 15:00Z, which does not hold 15:15Z), as spend cuts them
+        ("Australia/Lord_Howe", datetime(2026, 4, 4, 14, 45, tzinfo=UTC),
+         ("2026-04-04T14:00:00Z", "2026-04-04T15:00:00Z"),
+         ("2026-03-31T13:00:00Z", "2026-04-30T13:30:00Z")),
+        ("Australia/Lord_Howe", datetime(2026, 4, 4, 15, 15, tzinfo=UTC),
+         ("2026-04-04T15:00:00Z", "2026-04-04T15:30:00Z"),
+         ("2026-03-31T13:00:00Z", "2026-04-30T13:30:00Z")),
         ("UTC", datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
          ("2026-12-31T23:00:00Z", "2027-01-01T00:00:00Z"),
          ("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z")),
@@ -59,3 +68,6 @@ def test_the_periods_of_a_row_are_the_project_s_hour_and_month(
     assert (named["BillingPeriodStart"], named["BillingPeriodEnd"]) == billing
     assert named["BillingPeriodStart"] <= named["ChargePeriodStart"]
     assert named["ChargePeriodEnd"] <= named["BillingPeriodEnd"]
+    # the call lies in its charge period
+    at = occurred_at.isoformat().replace("+00:00", "Z")
+    assert named["ChargePeriodStart"] <= at < named["ChargePeriodEnd"]

@@ -40,6 +40,7 @@ from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing.dimensions import BY_NAME
 from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.spend.buckets import clock_hour
 
 if TYPE_CHECKING:
     import asyncpg
@@ -98,23 +99,28 @@ def second(at: datetime) -> str:
 
 
 def _hour_of(at: datetime, time_zone: str) -> datetime:
-    """The start of the hour of the clock of `time_zone` that holds `at` (in UTC), in UTC: an
-    hour of Asia/Kolkata begins at half past a UTC hour."""
+    """The start of the hour of the clock of `time_zone` that holds `at` (in UTC), in UTC, as
+    spend's hour buckets cut it: an hour of Asia/Kolkata begins at half past a UTC hour, and
+    Lord Howe's repeated half hour is one of its own."""
     if time_zone == "UTC":
         return at.replace(minute=0, second=0, microsecond=0)
-    local = at.astimezone(ZoneInfo(time_zone))  # its fold says which of a repeated hour
-    return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    return clock_hour(at, ZoneInfo(time_zone))[0].astimezone(UTC)
 
 
 @functools.lru_cache(maxsize=64)
 def _periods(hour: datetime, time_zone: str) -> tuple[str, str, str, str]:
-    """ChargePeriodStart and End (the hour), BillingPeriodStart and End (its month on the
-    clock of `time_zone`, as budgets and spend count months); the events of an export come in
-    time order, so one hour's are worked out once."""
+    """ChargePeriodStart and End (the hour, `_hour_of`: an hour of the clock, or the part of
+    one that a change of its offset cuts), BillingPeriodStart and End (its month on the clock
+    of `time_zone`, as budgets and spend count months); the events of an export come in time
+    order, so one hour's are worked out once."""
     start, end = window_of("month", time_zone, hour)
     if end is None:  # pragma: no cover - only a total budget's window has no end
         raise AssertionError("a month has an end")
-    return second(hour), second(hour + timedelta(hours=1)), second(start), second(end)
+    if time_zone == "UTC":
+        hour_end = hour + timedelta(hours=1)
+    else:
+        hour_end = clock_hour(hour, ZoneInfo(time_zone))[1].astimezone(UTC)
+    return second(hour), second(hour_end), second(start), second(end)
 
 
 #: Where each value that differs between an event's components goes in a row.
