@@ -376,7 +376,7 @@ async def test_focus_rows_keep_the_focus_column_rules_and_add_up_to_each_event(
         "ServiceSubcategory": "Generative AI",
         "SkuId": "openai/gpt-test-001/input",
         "SkuMeter": "input",
-        "SkuPriceId": f"openai/gpt-test-001/input@v{gpt['price_version']}",
+        "SkuPriceId": f"openai/gpt-test-001/input@v{gpt['price_version']}:0.000002",
         "SubAccountId": "acme-a",
         "SubAccountName": "Acme-A",
         "SubAccountType": "Project",
@@ -456,10 +456,13 @@ async def test_focus_names_the_override_that_priced_a_call_and_counts_calls_of_u
     version = laid["price_version"]
     assert skus == {
         "laid-over": (
-            f"openai/gpt-test-001/input@v{version}+override{overrides['gpt-test-001']}",
+            f"openai/gpt-test-001/input@v{version}+override{overrides['gpt-test-001']}:0.000009",
             str(version),
         ),
-        "alone": (f"openai/brand-new-model/input@override{overrides['brand-new-model']}", ""),
+        "alone": (
+            f"openai/brand-new-model/input@override{overrides['brand-new-model']}:0.000009",
+            "",
+        ),
     }
     assert response.headers["x-unpriced-events"] == "1"
     everything = await export(client, tenants.admin_a["key"], to=until)

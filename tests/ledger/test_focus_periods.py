@@ -71,3 +71,23 @@ def test_the_periods_of_a_row_are_the_project_s_hour_and_month(
     # the call lies in its charge period
     at = occurred_at.isoformat().replace("+00:00", "Z")
     assert named["ChargePeriodStart"] <= at < named["ChargePeriodEnd"]
+
+
+def test_one_sku_price_id_is_one_unit_price_and_a_batch_call_says_its_tier() -> None:
+    """A version's standard and batch prices of one SKU (or its prices below and above a
+    long-context threshold) shared one SkuPriceId: a FinOps tool that builds a price list by it
+    met two prices for one id (a finance reviewer's walk)."""
+    at = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    standard = _event(at)
+    batch = {**_event(at), "service_tier": "batch",
+             "components": '[["input", 1000, "0.000001", "0.001"]]'}  # fmt: skip
+    named = [dict(zip(COLUMNS, rows(_project("UTC"), e)[0], strict=True))  # type: ignore[arg-type]
+             for e in (standard, batch)]  # fmt: skip
+    assert [n["SkuId"] for n in named] == ["openai/gpt-x/input"] * 2
+    assert [n["SkuPriceId"] for n in named] == [
+        "openai/gpt-x/input@v7:0.000002",
+        "openai/gpt-x/input@v7:0.000001",
+    ]
+    assert [n["ListUnitPrice"] for n in named] == ["0.000002", "0.000001"]
+    assert "(batch tier)" in named[1]["ChargeDescription"]
+    assert "tier" not in named[0]["ChargeDescription"]

@@ -17,7 +17,8 @@ requires `ListUnitPrice × PricingQuantity = ListCost`, which holds exactly for 
 - The billing account and the sub-account are the project (its slug and name).
 - ProviderName, PublisherName, InvoiceIssuerName: the provider the catalog priced the call as;
   ResourceId/ResourceName: the catalog's model; SkuId: `provider/model/component`; SkuPriceId
-  adds the price version (or the override) that priced it.
+  adds the price version (or the override) that priced it and the unit price, which tells a
+  batch or long-context price of the same version apart: one id, one price.
 - **An unpriced event has no row**: FOCUS requires a unit price and a cost for every usage row,
   and a 0 would read as "free". The export counts them instead (the API's
   `X-Unpriced-Events` header, the command line's summary); the `csv` and `jsonl` formats hold
@@ -167,6 +168,8 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
         else ""
     )
     priced_by = _priced_by(row["price_version"], row["override_id"])
+    tier = row["service_tier"]
+    tier_said = "" if tier == "standard" else f" ({tier} tier)"
     shared = {
         "BillingAccountId": project.slug,
         "BillingAccountName": project.name,
@@ -216,8 +219,8 @@ def rows(project: Project, row: asyncpg.Record) -> list[list[Any]]:
             _PER_COMPONENT,
             (
                 amount, amount, amount, amount, price, price, quantity, quantity, units, units,
-                f"{quantity} {what} of {model} at {price} {CURRENCY} each{missing}",
-                sku, name, f"{sku}@{priced_by}",
+                f"{quantity} {what} of {model} at {price} {CURRENCY} each{tier_said}{missing}",
+                sku, name, f"{sku}@{priced_by}:{price}",
             ),
             strict=True,
         ):  # fmt: skip
