@@ -149,3 +149,27 @@ async def test_the_windows_parameters_say_what_is_required_and_accepted(client: 
             assert "format" not in json.dumps(parameters[name]["schema"]), (path, name)
             if required:
                 assert parameters[name]["schema"]["type"] == "string", (path, name)
+
+
+async def test_an_open_union_is_any_of_so_the_readme_s_request_validates(client: Client) -> None:
+    """`usage` is a Usage or, with `usage_format`, the provider's object (any value): as
+    `oneOf: [Usage, {}]` a Usage matched both and failed, so a JSON Schema validator refused the
+    README's own cost request (a helper's fuzzing). No `oneOf` holds an open member now."""
+    document = (await client.get("/schema/openapi.json")).json()
+    found: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            if any(option == {} for option in node.get("oneOf", ())):
+                found.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(document, "")
+    assert found == []
+    usage = document["components"]["schemas"]["CostRequest"]["properties"]["usage"]
+    assert {"$ref": "#/components/schemas/Usage"} in usage["anyOf"]
+    assert {} in usage["anyOf"]

@@ -14,7 +14,7 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme
 from litestar.types import ControllerRouterHandler, Message, Scope
 
 from aiserver.api.access import access_log
@@ -184,6 +184,39 @@ async def nosniff(message: Message, scope: Scope) -> None:
             message["headers"] = [*headers, _NOSNIFF]
 
 
+def _open_unions_any_of(app: Litestar) -> None:
+    """In the OpenAPI document, a union with an open member (`Usage | Any`: any value) is
+    `anyOf`, not Litestar's `oneOf`: a value valid under both a `Usage` and `{}` fails a
+    `oneOf`, so the document refused the README's own cost request (a helper's check with a
+    JSON Schema validator). Run at start-up, before the document is first served."""
+    seen: set[int] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, Schema) and id(node) not in seen:
+            seen.add(id(node))
+            if node.one_of and any(option == Schema() for option in node.one_of):
+                node.any_of, node.one_of = node.one_of, None
+            for name in ("properties", "items", "one_of", "any_of", "all_of",
+                         "additional_properties", "prefix_items"):  # fmt: skip
+                walk(getattr(node, name, None))
+
+    openapi = app.openapi_schema
+    walk(openapi.components.schemas)
+    for item in (openapi.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.patch, item.delete):
+            if operation is None:
+                continue
+            body = operation.request_body
+            if body is not None and not isinstance(body, Reference):
+                walk([media.schema for media in (body.content or {}).values()])
+
+
 def build_app(settings: ApiSettings) -> Litestar:
     # Uploads may be larger than other bodies, by DOCUMENT_MAX_BYTES read when the app is built.
     documents = Router(
@@ -210,4 +243,5 @@ def build_app(settings: ApiSettings) -> Litestar:
         request_max_body_size=MAX_BODY_BYTES,
         request_class=CheckedRequest,
         state=State({"settings": settings}),
+        on_startup=[_open_unions_any_of],
     )
