@@ -26,6 +26,7 @@ from aiserver.costs.store.metadata import bump_catalog_version, lock_catalog_ver
 from aiserver.costs.store.overrides import replace_override
 from aiserver.ledger.access import Access
 from aiserver.ledger.jobs import REPRICE_JOB, REPRICE_TASK
+from aiserver.ledger.repricing import automatic
 from aiserver.ledger.repricing.automatic import reprice_after_catalog_change
 from aiserver.ledger.repricing.execution import Outcome as RunOutcome
 from aiserver.ledger.repricing.execution import execute_run
@@ -670,3 +671,52 @@ async def test_the_task_runner_does_a_run_it_is_given_and_the_automatic_reprice(
         await redis.flushdb()
         await redis.aclose()
         await pool.close()
+
+
+async def test_a_connection_lost_in_the_automatic_reprice_fails_with_its_own_error(
+    catalogued: Ledger, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its backend ended while it wrote its run (PostgreSQL restarted, a connection cut): the
+    job failed with `InterfaceError: cannot call Connection.is_closed(): connection has been
+    released back to the pool`, from its own clean-up, which hid the error that mattered (a
+    helper's chaos review). Here the run's insert meets a backend PostgreSQL has ended."""
+    pool = catalogued.pool
+    now = datetime.now(UTC)
+    unknown = {"id": "u", "model": "my-model", "provider": "acme", "usage": {"input_tokens": 1}}
+    async with pool.acquire() as conn:
+        today = await load_catalog(conn)
+    await record(pool, catalogued.p, today, msgspec.json.encode(unknown), now=now)
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_catalog_version(conn, DEFAULT_SOURCE)
+        await replace_override(conn, provider="acme", model="my-model", reason="new",
+                               prices={"input_cost_per_token": Decimal("1e-05")})  # fmt: skip
+        await bump_catalog_version(conn, DEFAULT_SOURCE)
+    real_insert = automatic.store.insert_run
+
+    async def insert_after_the_backend_ended(conn: Any, **fields: Any) -> Any:
+        killer = await asyncpg.connect(settings.core.database_url)
+        try:
+            await killer.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        finally:
+            await killer.close()
+        # the insert meets the ended backend once the client has heard of it (before, its
+        # statement may start as the news arrives: asyncpg's InternalClientError)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    if conn.is_closed():
+                        break
+                except asyncpg.InterfaceError:  # released by asyncpg: gone
+                    break
+                await asyncio.sleep(0.01)
+        return await real_insert(conn, **fields)
+
+    monkeypatch.setattr(automatic.store, "insert_run", insert_after_the_backend_ended)
+    with pytest.raises((asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        ConnectionError)) as failed:  # fmt: skip
+        await reprice_after_catalog_change(pool)
+    assert "is_closed" not in str(failed.value)  # the insert's own, not the clean-up's
+    monkeypatch.undo()
+    # nothing was kept of it, and the next tick does the reprice
+    report = await reprice_after_catalog_change(pool)
+    assert (report.outcome, report.models) == ("repriced", ("my-model",))

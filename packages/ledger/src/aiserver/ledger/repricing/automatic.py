@@ -22,8 +22,10 @@ or running that no process holds is run again from its cursor (`resume_unfinishe
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import asyncpg
 import msgspec
 
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
@@ -38,8 +40,6 @@ from aiserver.ledger.repricing.store import ALL_PROJECTS
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from aiserver.costs.catalog import Catalog
 
 log = get_logger(__name__)
@@ -90,8 +90,12 @@ async def _automatic(pool: asyncpg.Pool, batch_size: int) -> AutomaticReport:
             )
             await store.start_run(conn, run, catalog.version)
         finally:
-            if not conn.is_closed():
-                await advisory_unlock(conn, LOCK)
+            # a connection lost meanwhile took its lock with it, and asyncpg has released it
+            # (any call on it is an InterfaceError): the error that ended the block is the one
+            # to report, not one raised here
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if not conn.is_closed():
+                    await advisory_unlock(conn, LOCK)
     log.info("automatic reprice", run_id=run["id"], catalog_version=catalog.version, models=names)
     await execute_run(pool, run["id"], catalog, batch_size=batch_size)
     return AutomaticReport(
