@@ -503,11 +503,12 @@ async def test_a_window_that_commits_took_past_its_limit_admits_no_reservation(
 async def test_a_window_that_a_settled_overrun_took_past_its_limit_admits_no_reservation(
     pool: asyncpg.Pool, access: Access
 ) -> None:
-    """A call that cost more than its estimate: settling moves its cost out of the reserving
-    stripe's share into stripe 0's, which leaves stripe 0 at its share and the reserving stripe
-    past its own (a negative share). The quick way looked at stripe 0 only, so the other
-    reservation stripes went on admitting on a window past its limit (a helper's review: 6 of
-    20 admitted at 150%, the window at 210%). Any stripe past its share now stops it."""
+    """A call that cost more than its estimate: settling moved its whole cost out of the
+    reserving stripe's share into stripe 0's, which left stripe 0 at its share and the
+    reserving stripe past its own (a negative share). The quick way looks at stripe 0 only, so
+    the other reservation stripes went on admitting on a window past its limit (a helper's
+    review: 6 of 20 admitted at 150%, the window at 210%). Now only the estimate's worth moves:
+    the overrun stays on stripe 0, past its share, and stops the quick way."""
     limited = await budget(pool, access, "0.01")
     made = await reserve(pool, access, amount=Decimal("0.001"), now=NOW)
     (settled,) = await record(pool, access, event("a", NOW, str(made.id), tokens=3000))

@@ -16,10 +16,12 @@ estimate goes to the chosen stripe, and the room left is split among the reserva
 So a reservation is refused only when the whole window cannot hold it.
 
 Settling moves the event's cost, which ingest commits to stripe 0, out of the reserving
-stripe's share into stripe 0's: the shares still sum to the limit, and the reserving stripe
-keeps the room its estimate left unused. A call that cost more than its estimate leaves that
-stripe past its share (and the window perhaps past its limit): the quick way admits nothing on
-a window with any stripe past its share, and leaves it to be cut anew.
+stripe's share into stripe 0's, up to the estimate the stripe held: the shares still sum to the
+limit, the reserving stripe keeps the room its estimate left unused, and what a call cost
+beyond its estimate stays on stripe 0, past its share, where the quick way sees it (a window
+past its limit admits nothing on any stripe until it is cut anew). Moved whole, the overrun
+left the reserving stripe past its own share, which the quick way does not look at, and the
+other stripes went on admitting.
 
 Only `hard` budgets admit or refuse; soft budgets only count what is spent (and alert).
 
@@ -477,10 +479,10 @@ async def settle(
     commits: Mapping[tuple[int, datetime], WindowSum],
 ) -> set[str]:
     """In the ingest transaction: settle the reservations that `settling` name, each once (the
-    first event naming it wins). Releases what each held, moves the event's cost out of its
-    stripe's share into stripe 0's (where ingest commits it), and locks first, in key order,
-    the stripe-0 rows that ingest commits to next (`commits`: what it commits, by (budget id,
-    window start)), making those that are not there yet.
+    first event naming it wins). Releases what each held, moves the event's cost, up to the
+    estimate held, out of its stripe's share into stripe 0's (where ingest commits it), and
+    locks first, in key order, the stripe-0 rows that ingest commits to next (`commits`: what
+    it commits, by (budget id, window start)), making those that are not there yet.
     Returns the keys of the events that settled a reservation; the others named one that was
     not held (unknown, another project's, settled, released or expired)."""
     firsts: dict[UUID, Settling] = {}
@@ -497,7 +499,8 @@ async def settle(
     for held in ended:
         spend = firsts[held.id].spend
         for h in held.holds:
-            moved = _moved(by_id.get(h.budget_id), h, spend, time_zone)
+            # up to what the stripe held for it: an overrun stays on stripe 0 (the module)
+            moved = min(_moved(by_id.get(h.budget_id), h, spend, time_zone), h.amount)
             stripe = changes[h.budget_id, h.window_start, h.stripe]
             stripe[0] = ADD(stripe[0], h.amount)
             if moved and h.stripe != 0:

@@ -160,10 +160,8 @@ async def take_on_stripe(
     conn: DbConnection, project_id: int, key: StripeKey, amount: Decimal, limit_usd: Decimal
 ) -> bool:
     """Reserve `amount` on one stripe if its share (cut from this limit) still holds it, and
-    every other stripe of the window is within its own: stripe 0 may be past it (ingest's
-    commits, which no reservation made room for), and a reservation stripe too (a settled call
-    that cost more than its estimate); the window may then be past its limit, and is left to be
-    cut anew. One conditional UPDATE: PostgreSQL re-checks the condition after waiting for the
+    stripe 0 is within its own (ingest's commits, which no reservation made room for, may take
+    it past). One conditional UPDATE: PostgreSQL re-checks the condition after waiting for the
     row's lock, so concurrent callers never jointly pass a share."""
     taken = await conn.fetchval(
         """
@@ -174,7 +172,7 @@ async def take_on_stripe(
           AND NOT EXISTS (
               SELECT FROM budget_windows AS z
               WHERE z.project_id = $1 AND z.budget_id = $2 AND z.window_start = $3
-                AND z.stripe <> $4 AND z.committed + z.reserved > z.share)
+                AND z.stripe = 0 AND $4 <> 0 AND z.committed + z.reserved > z.share)
         RETURNING true
         """,
         project_id, *key, amount, limit_usd,
