@@ -163,6 +163,9 @@ async def test_a_budget_past_its_limit_says_so_in_words_and_in_red(
         shot(browser, screenshots, f"budgets-over-{table_id}")
         rows = cells(browser, table_id)
         assert rows["Over cap"]["used"] == "120% over budget by 0.002 USD"
+        # a total budget's one window has no start to show (it read 1970-01-01T00:00:00Z, on
+        # the project's clock: 1969-12-31 west of UTC)
+        assert rows["Over cap"]["window"] == "all time"
         assert rows["Near cap"]["used"] == "90%"
         assert rows["Big cap"]["used"] == "0%"
         meters = f"#{table_id} tbody tr meter"
