@@ -7,7 +7,16 @@ from decimal import Decimal, localcontext
 
 import pytest
 
-from aiserver.api.ui.present import Pivot, Show, grouped, per_million, shown_amount
+from aiserver.api.ui.present import (
+    Pivot,
+    Show,
+    about,
+    grouped,
+    per_million,
+    rounded,
+    rounding,
+    shown_amount,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +87,25 @@ def test_a_price_per_token_is_shown_per_million_tokens_exactly(
     if expected is not None:
         with localcontext(prec=60):
             assert Decimal(expected) == Decimal(per_token) * 1_000_000  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("exact", "shown", "how"),
+    [
+        ("1234.5678", "1,234.57", "rounded to the cent"),
+        ("0.00245", "0.0025", "rounded to two significant figures"),  # was "0.00"
+        ("0.0025", "0.0025", None),  # exact: no "≈"
+        ("0.000000031", "0.000000031", None),
+        ("0.0000000314", "0.000000031", "rounded to two significant figures"),
+        ("-0.004994", "-0.0050", "rounded to two significant figures"),
+        ("0", "0.00", None),
+        ("0.01", "0.01", None),
+    ],
+)
+def test_a_headline_amount_below_a_cent_keeps_two_figures_not_zero(
+    exact: str, shown: str, how: str | None
+) -> None:
+    assert about(exact) == shown
+    assert rounded(exact) == (how is not None)
+    if how is not None:
+        assert rounding(exact) == how

@@ -390,9 +390,9 @@ async def test_the_operator_s_projects_list_shows_an_all_unpriced_month_as_unpri
 ) -> None:
     """A project whose month so far holds unpriced calls only read `0 *` in the operator's list
     (a finance reviewer's walk), while its own overview said `unpriced`."""
-    slug = "ui-all-unpriced"
+    slug = "zeta-unpriced"  # listed after the site's projects (by name)
     async with site.client() as client:
-        await _ok(await client.post("/v1/projects", json={"slug": slug, "name": "All Unpriced"},
+        await _ok(await client.post("/v1/projects", json={"slug": slug, "name": "Zeta Unpriced"},
                                     headers=admin()))  # fmt: skip
         made = await _ok(await client.post(f"/v1/projects/{slug}/keys",
                                            json={"name": "k", "scopes": ["ingest"]},

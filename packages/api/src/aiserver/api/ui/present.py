@@ -113,12 +113,25 @@ def count(value: object) -> str:
 
 
 def about(value: object) -> str:
-    """An amount rounded to the cent (half up), grouped by thousands: `1,234.57`. Only ever
-    shown marked as rounded (`rounded`) and beside the exact amount."""
+    """An amount rounded to the cent (half up), grouped by thousands: `1,234.57`; one of less
+    than a cent (but not 0) to two significant figures, `0.0025` for 0.00245, which a cent's
+    rounding showed as `0.00`, as if nothing had been spent. Only ever shown marked as rounded
+    (`rounded`, `rounding`) and beside the exact amount."""
     text = _amount_text(value)
     if text is None:
         return str(value)
-    return f"{Decimal(text).quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
+    exact = Decimal(text)
+    if exact and abs(exact) < _CENT:
+        figures = Decimal(1).scaleb(exact.adjusted() - 1)  # the second significant figure
+        return f"{exact.quantize(figures, rounding=ROUND_HALF_UP):f}"
+    return f"{exact.quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
+
+
+def rounding(value: object) -> str:
+    """How `about` rounded `value`, for the words beside it."""
+    text = _amount_text(value)
+    small = text is not None and Decimal(text) and abs(Decimal(text)) < _CENT
+    return "rounded to two significant figures" if small else "rounded to the cent"
 
 
 #: Per-token prices are shown per this many tokens, as providers publish them.
@@ -136,10 +149,10 @@ def per_million(value: object) -> str | None:
 
 
 def rounded(value: object) -> bool:
-    """Whether `about` differs from the exact value (it has more than two decimals that are not
-    all zeros): then the page writes "≈" before the figure."""
+    """Whether `about` differs from the exact value: then the page writes "≈" before the
+    figure."""
     text = _amount_text(value)
-    return text is not None and Decimal(text) != Decimal(text).quantize(_CENT)
+    return text is not None and Decimal(text) != Decimal(about(text).replace(",", ""))
 
 
 class Cell(NamedTuple):
@@ -168,6 +181,7 @@ class Show:
     counted = staticmethod(counted)
     about = staticmethod(about)
     rounded = staticmethod(rounded)
+    rounding = staticmethod(rounding)
 
     @staticmethod
     def estimate(value: Decimal) -> str:
