@@ -127,11 +127,17 @@ def _hour(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
+def clock_hour_start(at: datetime, zone: ZoneInfo) -> datetime:
+    """The start of the hour of the zone's clock that holds `at`, as the `hour` buckets cut
+    it: the clock's last full hour or offset change (Lord Howe's repeated half hour is a bucket
+    of its own)."""
+    return _bucket_start(at, "hour", zone)
+
+
 def clock_hour(at: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """The hour of the zone's clock that holds `at` (start, end), as the `hour` buckets cut
-    it: from the clock's last full hour or offset change to its next one (Lord Howe's repeated
-    half hour is a bucket of its own)."""
-    start = _bucket_start(at, "hour", zone)
+    """The hour of the zone's clock that holds `at` (start, end), as `clock_hour_start` and
+    the next bucket's start."""
+    start = clock_hour_start(at, zone)
     end = _next_start(start, "hour", zone)
     if end is None:  # pragma: no cover - only the last hour of year 9999
         raise OverflowError("the hour after the last of year 9999")

@@ -41,7 +41,7 @@ from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
 from aiserver.costs.pricing.dimensions import BY_NAME
 from aiserver.ledger.budgets.periods import window_of
-from aiserver.ledger.spend.buckets import clock_hour
+from aiserver.ledger.spend.buckets import clock_hour, clock_hour_start
 
 if TYPE_CHECKING:
     import asyncpg
@@ -105,7 +105,8 @@ def _hour_of(at: datetime, time_zone: str) -> datetime:
     Lord Howe's repeated half hour is one of its own."""
     if time_zone == "UTC":
         return at.replace(minute=0, second=0, microsecond=0)
-    return clock_hour(at, ZoneInfo(time_zone))[0].astimezone(UTC)
+    # per event: the start only (its end is worked out once per hour, in `_periods`)
+    return clock_hour_start(at, ZoneInfo(time_zone)).astimezone(UTC)
 
 
 @functools.lru_cache(maxsize=64)
