@@ -71,7 +71,12 @@ def test_how_far_over_a_window_is_exact_past_28_digits() -> None:
 
 def test_a_window_is_full_by_its_exact_room_not_by_its_rounded_share() -> None:
     nearly = view("1.00004", "1")
-    assert (nearly.window.used_percent, nearly.window.remaining) == (100, Decimal("0.00004"))
+    # rounded down: 100 would read as full
+    assert (nearly.window.used_percent, nearly.window.remaining) == (
+        Decimal("99.99"),
+        Decimal("0.00004"),
+    )
+    assert view("1", "1.000049").window.used_percent == Decimal("100")  # 100.0049: past it
     assert not nearly.full
     assert view("1.00004", "1", reserved="0.00004").full  # held: no room, nothing overspent
     assert view("1.00004", "1.00004").full

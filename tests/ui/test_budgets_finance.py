@@ -480,18 +480,18 @@ async def test_a_budget_whose_room_reservations_hold_is_not_called_over_budget(
 async def test_a_budget_with_room_left_is_not_called_full_by_its_rounded_share(
     browser: WebDriver, site: Site
 ) -> None:
-    """1 of 1.00004 is held: the share rounds to 100.00%, but 0.00004 of room is left (a
-    reservation of it is admitted). Before, the page decided "full" from the rounded share and
-    said "No room left"."""
+    """1 of 1.00004 is held: 0.00004 of room is left (a reservation of it is admitted), and the
+    share, rounded down, reads 99.99%. Before, the page decided "full" from the rounded share and
+    said "No room left"; then the share, rounded half to even, read 100% with room left."""
     key, made = await reserved_budget(site, "ui-room", "Nearly", "1.00004", "1")
     async with site.client() as client:
         (listed,) = (await client.get("/v1/budgets", headers=bearer(key))).json()["budgets"]
-    assert (listed["window"]["used_percent"], listed["window"]["remaining"]) == ("100", "0.00004")
+    assert (listed["window"]["used_percent"], listed["window"]["remaining"]) == ("99.99", "0.00004")
     sign_in(browser, site, key)
     browser.get(f"{site.url}/ui/p/ui-room/budgets/{made['id']}")
     assert browser.find_elements(By.ID, "budget-over") == []
     used = browser.find_element(By.ID, "budget-used")
-    assert text(used) == "100%"
+    assert text(used) == "99.99%"
     assert "over" not in (used.get_attribute("class") or "").split()
     browser.get(f"{site.url}/ui/p/ui-room/budgets")
     assert browser.find_elements(By.CSS_SELECTOR, "#budgets tr.over, #budgets .over-budget") == []

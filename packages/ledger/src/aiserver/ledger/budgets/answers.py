@@ -39,7 +39,7 @@ class WindowOut(msgspec.Struct, frozen=True, kw_only=True):
     committed: str
     reserved: str
     remaining: str  # negative when a soft budget went past its limit
-    used_percent: str  # (committed + reserved) / limit, in percent, to 2 places
+    used_percent: str  # (committed + reserved) / limit, in percent, to 2 places (down)
     events: int
     unpriced_events: int  # events of the window that no price could value yet
 

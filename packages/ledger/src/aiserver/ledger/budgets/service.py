@@ -110,7 +110,7 @@ class BudgetView(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def full(self) -> bool:
         """No room left in the window: committed and reserved reach the limit (decided on the
-        exact amounts: `used_percent` is rounded, and reads 100 a little before)."""
+        exact amounts; `used_percent`, rounded down, reads 100 then and only then)."""
         return self.window.remaining <= 0
 
     @property
@@ -127,8 +127,9 @@ def _window(budget: Budget, start: datetime, end: datetime | None, held: WindowT
         committed=held.committed,
         reserved=held.reserved,
         remaining=SUBTRACT(budget.limit_usd, spent),
+        # down: 100 is a window whose limit is reached, never one with a little room left
         used_percent=_PERCENT.divide(MULTIPLY(spent, 100), budget.limit_usd).quantize(
-            _HUNDREDTH, context=_PERCENT
+            _HUNDREDTH, rounding=ROUND_DOWN, context=_PERCENT
         ),
         events=held.events,
         unpriced_events=held.unpriced_events,
