@@ -168,6 +168,21 @@ def test_the_cost_of_a_plain_call_is_exact(catalog: Catalog) -> None:
     assert result.unpriced == ()
 
 
+def test_a_call_with_nothing_priced_says_its_total_of_0_is_no_cost(catalog: Catalog) -> None:
+    """Only images, to a model priced per token: the total is the priced part, 0, and a note
+    says the cost is unknown (ingest records such a call as unpriced). A call with something
+    priced beside the images has no such note: its total is a lower bound, as `unpriced` says."""
+    only = calculate(catalog, CostRequest(model="gpt-4o", usage=Usage(images=2)), now=T1)
+    assert (only.total, only.components, only.unpriced) == (Decimal(0), (), ("images",))
+    assert only.notes == (
+        "'gpt-4o' has no price for images, all that the call used: its cost is unknown, not 0",
+    )
+    some = calculate(
+        catalog, CostRequest(model="gpt-4o", usage=Usage(input_tokens=1, images=2)), now=T1
+    )
+    assert (some.total, some.unpriced, some.notes) == (Decimal("0.000002"), ("images",), ())
+
+
 def test_at_prices_with_the_version_valid_then(catalog: Catalog) -> None:
     usage = Usage(input_tokens=1000)
     before = calculate(

@@ -124,6 +124,14 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+def _nothing_priced(model: str, unpriced: tuple[str, ...]) -> str:
+    """The note of a call whose every dimension lacks a price: its total of 0 is a cost unknown."""
+    return (
+        f"{model!r} has no price for {', '.join(unpriced)}, all that the call used: its cost is "
+        "unknown, not 0"
+    )
+
+
 def calculate(
     catalog: Catalog,
     request: CostRequest,
@@ -164,6 +172,8 @@ def calculate(
     total, components, unpriced, quote_notes = quote(
         version.prices, usage, request.service_tier, at
     )
+    if unpriced and not components:  # its total of 0 is no cost: nothing was priced
+        notes = (*notes, _nothing_priced(version.model, unpriced))
     return CostResult(
         model=version.model,
         provider=version.provider,

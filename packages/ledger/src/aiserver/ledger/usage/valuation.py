@@ -106,16 +106,12 @@ def value_usage(
         )
         result = msgspec.structs.replace(result, notes=(note, *result.notes))
     notes = "; ".join(result.notes)
-    if result.unpriced and not result.components:
-        unknown = (
-            f"{result.model!r} has no price for {', '.join(result.unpriced)}, all that the call "
-            "used: its cost is unknown, not 0"
-        )
+    if result.unpriced and not result.components:  # the calculator's notes say so
         return Valuation(
             status="unpriced",
             total=None,
             unpriced=result.unpriced,
-            note="; ".join((unknown, *result.notes)),
+            note=notes,
             matched_model=result.model,
             matched_provider=result.provider,
             catalog_version=result.catalog_version,
