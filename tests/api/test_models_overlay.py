@@ -112,6 +112,13 @@ async def test_a_source_model_and_a_model_only_an_override_defines_show_their_ov
     detail = await _detail(client, "house-model", version)
     assert (detail["override_id"], detail["provider"]) == (added["id"], "inhouse")
     assert detail["prices"]["input_cost_per_token"] == "0.000003"
-    assert (await _charged(client, "house-model"))["override_id"] == added["id"]
+    charged = await _charged(client, "house-model")
+    assert charged["override_id"] == added["id"]
     [summary] = await _listed(client, "house-model")
     assert summary["override_id"] == added["id"]
+    # no price version of the source prices it: null everywhere (an event's too), never 0
+    assert (detail["price_version"], charged["price_version"], summary["price_version"]) == (
+        None,
+        None,
+        None,
+    )

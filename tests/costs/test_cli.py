@@ -176,6 +176,12 @@ async def test_show_and_calc_name_the_override_and_its_validity(
                 set_at,
             )
         ]
+        await conn.execute(
+            "INSERT INTO ai_cost_overrides (provider, model, prices, reason, created_at,"
+            " valid_from) VALUES ('inhouse', 'house-model', '{\"input_cost_per_token\": 1e-06}',"
+            " 'ours', $1, $1)",
+            set_at,
+        )
     finally:
         await conn.close()
 
@@ -206,6 +212,16 @@ async def test_show_and_calc_name_the_override_and_its_validity(
             assert f"{override}the operator's override valid at {at}" in out
         else:
             assert "override:" not in out
+
+    # a model only an override prices has no price version of the source: none, never 0
+    code, out, _ = await costs_cli(env, "calc", "house-model", "--input-tokens", "1000")
+    assert (code, out.splitlines()[0]) == (
+        0,
+        "model:    house-model (inhouse), matched by exact; price version none (the override's "
+        "model), catalog version 1",
+    )
+    code, out, _ = await costs_cli(env, "calc", "house-model", "--input-tokens", "1000", "--json")
+    assert (json.loads(out)["price_version"], json.loads(out)["total"]) == (None, "0.001")
 
 
 PROBLEM = "urn:aiserver:problem:"

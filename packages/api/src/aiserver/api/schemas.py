@@ -26,7 +26,7 @@ class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
     max_output_tokens: int | None
     input_cost_per_token: str | None
     output_cost_per_token: str | None
-    price_version: int
+    price_version: int | None  # null: a model only an override prices, none in the source
     valid_from: datetime
     override_id: int | None
 
@@ -48,7 +48,7 @@ class ModelDetail(msgspec.Struct, frozen=True, kw_only=True):
     provider: str
     mode: str | None
     matched_by: str
-    price_version: int
+    price_version: int | None  # null: a model only an override prices, none in the source
     catalog_version: int
     valid_from: datetime
     override_id: int | None

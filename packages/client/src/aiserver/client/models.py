@@ -87,7 +87,7 @@ class CostResult(msgspec.Struct, kw_only=True):
     model: str
     provider: str
     matched_by: str
-    price_version: int
+    price_version: Optional[int]  # None: a model only an operator's override prices
     catalog_version: int
     currency: str
     total: Decimal

@@ -64,7 +64,7 @@ class CostResult(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     provider: str
     matched_by: str
-    price_version: int
+    price_version: int  # 0: a model only an operator's override prices (none in the source)
     catalog_version: int
     currency: str
     total: Decimal
@@ -88,7 +88,8 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     provider: str
     matched_by: str
-    price_version: int
+    #: null: a model only an operator's override prices, with no price version in the source
+    price_version: int | None
     catalog_version: int
     currency: str
     total: str
@@ -104,7 +105,7 @@ class CostResponse(msgspec.Struct, frozen=True, kw_only=True):
             model=result.model,
             provider=result.provider,
             matched_by=result.matched_by,
-            price_version=result.price_version,
+            price_version=result.price_version or None,
             catalog_version=result.catalog_version,
             currency=result.currency,
             total=money(result.total),

@@ -65,7 +65,7 @@ def summary(pv: PriceVersion) -> ModelSummary:
         max_output_tokens=_limit(pv.entry.get("max_output_tokens")),
         input_cost_per_token=price_of(pv, "input_cost_per_token"),
         output_cost_per_token=price_of(pv, "output_cost_per_token"),
-        price_version=pv.id,
+        price_version=pv.id or None,  # 0: a model only an override prices
         valid_from=pv.valid_from,
         override_id=pv.override_id,
     )
@@ -97,7 +97,7 @@ def model_detail(catalog: Catalog, model: str, provider: str | None = None) -> M
         provider=pv.provider,
         mode=pv.mode,
         matched_by=resolved.matched_by,
-        price_version=pv.id,
+        price_version=pv.id or None,  # 0: a model only an override prices
         catalog_version=catalog.version,
         valid_from=pv.valid_from,
         override_id=pv.override_id,

@@ -118,9 +118,10 @@ async def calc(settings: Settings, args: argparse.Namespace) -> int:
 def _print_result(result: CostResult) -> None:
     from aiserver.costs.money import money
 
+    version = result.price_version or "none (the override's model)"
     print(
         f"model:    {result.model} ({result.provider}), matched by {result.matched_by}; "
-        f"price version {result.price_version}, catalog version {result.catalog_version}"
+        f"price version {version}, catalog version {result.catalog_version}"
     )
     width = max((len(c.name) for c in result.components), default=5)
     for c in result.components:
