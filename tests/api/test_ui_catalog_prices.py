@@ -67,6 +67,7 @@ def test_tiered_token_prices_are_per_million_with_their_tier_in_words() -> None:
         litellm_provider="openai",
     )
     assert other_prices(mini) == [
+        "per 1M tokens (cache read) 0.07",
         "per 1k tokens (input) 0.001",
         "per 1M image tokens (input, batches) 1",
         "per 1M tokens (input, above 272k tokens, priority) 5",
@@ -75,3 +76,34 @@ def test_tiered_token_prices_are_per_million_with_their_tier_in_words() -> None:
         "per query (search context, size high) 0.03",
         "per query (search context, size low) 0.025",
     ]
+
+
+def test_prompt_cache_prices_are_per_million_with_their_kind_and_tier() -> None:
+    """Before, no price of a prompt cache was listed (`cache_read_input_token_cost` is not named
+    `..._cost_per_<unit>`): a model's cache reads and writes, priced by most of the catalog,
+    were left out of its other prices."""
+    opus = _version(
+        input_cost_per_token=Decimal("0.000005"),
+        cache_read_input_token_cost=Decimal("5e-7"),
+        cache_creation_input_token_cost=Decimal("0.00000625"),
+        cache_creation_input_token_cost_above_1hr=Decimal("0.00001"),
+        cache_creation_input_token_cost_above_1hr_above_200k_tokens=Decimal("0.00002"),
+        cache_read_input_token_cost_above_272k_tokens_priority=Decimal("0.0000005"),
+        cache_read_input_audio_token_cost=Decimal("0.00000008"),
+        explicit_cache_read_input_token_cost=Decimal("0.0000003"),
+    )
+    assert other_prices(opus) == [
+        "per 1M tokens (cache write) 6.25",
+        "per 1M tokens (cache write 1h) 10",
+        "per 1M tokens (cache write 1h, above 200k tokens) 20",
+        "per 1M audio tokens (cache read) 0.08",
+        "per 1M tokens (cache read) 0.5",
+        "per 1M tokens (cache read, above 272k tokens, priority) 0.5",
+        "per 1M tokens (explicit cache read) 0.3",
+    ]
+
+
+def test_a_price_per_second_of_the_call_itself_is_named() -> None:
+    """`cost_per_second` (a price of no direction, 28 models of the catalog) was left out: a
+    model priced only per second read as free in the list."""
+    assert other_prices(_version(cost_per_second=Decimal("0.0001"))) == ["per second 0.0001"]

@@ -110,7 +110,15 @@ def other_prices(pv: PriceVersion) -> list[str]:
     option (a search's context size) is named once per option."""
     found = []
     for name in sorted(pv.entry):
+        cache = _CACHE_PRICE.fullmatch(name)
+        if cache is not None:
+            price = one_price(pv.entry[name])
+            if price is not None:
+                found.append(_cache_price_in_words(cache, price))
+            continue
         direction, _, unit = name.partition("_cost_per_")
+        if name.startswith("cost_per_"):  # a price of the call, of no direction (per second)
+            direction, unit = "", name.removeprefix("cost_per_")
         if not unit or name in TOKEN_PRICES:
             continue
         given = pv.entry[name]
@@ -122,13 +130,38 @@ def other_prices(pv: PriceVersion) -> list[str]:
     return found
 
 
+#: A price of tokens read from or written to a prompt cache, of some kind and tier
+#: (`cache_read_input_audio_token_cost`, `cache_creation_input_token_cost_above_1hr_priority`).
+_CACHE_PRICE: Final = re.compile(
+    r"(?:(?P<how>[a-z]+)_)?cache_(?P<use>read|creation)_input_(?:(?P<kind>[a-z]+)_)?token_cost"
+    r"(?:_(?P<tier>.+))?"
+)
+
+
+def _cache_price_in_words(cache: re.Match[str], price: str) -> str:
+    """`per 1M tokens (cache read) 0.07`, `per 1M tokens (cache write 1h, above 200k tokens)
+    7.5`: per million, as the list's columns; a write kept an hour is the calculator's
+    `cache_write_1h`."""
+    what = ["cache read" if cache["use"] == "read" else "cache write"]
+    if cache["how"]:  # "explicit_cache_read_...": "explicit cache read"
+        what[0] = f"{cache['how']} {what[0]}"
+    tier = cache["tier"] or ""
+    held = re.match(r"above_(\d+)hr(?:_|$)", tier)  # a write kept 1 hour: `cache_write_1h`
+    if held is not None:
+        what[0], tier = f"{what[0]} {held[1]}h", tier[held.end() :]
+    if tier:
+        what.append(_words(tier.replace("_above_", ", above ").replace("_tokens_", " tokens, ")))
+    kind = f"{cache['kind']} " if cache["kind"] else ""
+    return f"per 1M {kind}tokens{_of(what)} {per_million(price)}"
+
+
 #: A unit that is a token of some kind (`audio_token`) and tier (`token_batches`,
 #: `token_above_272k_tokens_priority`).
 _TOKEN_UNIT: Final = re.compile(r"(?:(?P<kind>[a-z]+)_)?token(?:_(?P<tier>.+))?")
 
 
 def _price_in_words(direction: str, unit: str, option: str | None, price: str) -> str:
-    what = [_words(direction)]
+    what = [_words(direction)] if direction else []
     if option is not None:  # "search_context_size_low" of search_context: "size low"
         option = option.removeprefix(f"{direction}_")
     token = _TOKEN_UNIT.fullmatch(unit)
@@ -138,10 +171,15 @@ def _price_in_words(direction: str, unit: str, option: str | None, price: str) -
         if option is not None:
             what.append(_words(option))
         kind = f"{token['kind']} " if token["kind"] else ""
-        return f"per 1M {kind}tokens ({', '.join(what)}) {per_million(price)}"
+        return f"per 1M {kind}tokens{_of(what)} {per_million(price)}"
     if option is not None:
         what.append(_words(option))
-    return f"per {_words(unit)} ({', '.join(what)}) {price}"
+    return f"per {_words(unit)}{_of(what)} {price}"
+
+
+def _of(what: list[str]) -> str:
+    """What a price is of, in brackets after its unit: ` (input, batches)`; none: nothing."""
+    return f" ({', '.join(what)})" if what else ""
 
 
 def _words(name: str) -> str:
