@@ -130,7 +130,9 @@ work offline; the task runner refreshes the catalog when it is stale and online.
         type=Path,
         default=ROOT / ".local",
         metavar="DIR",
-        help="where embedded servers keep their data (default: .local/ in the repository)",
+        help="where the demo key (demo-key), the key that seals webhook secrets "
+        "(webhook-secret-key) and the embedded servers' data are kept "
+        "(default: .local/ in the repository; the docs' examples read .local/demo-key)",
     )
     return parser
 

@@ -145,8 +145,8 @@ def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("DATABASE_URL", "postgresql+asyncpg://u:S3cret@db/x", "got one starting with 'postgresql+asyncpg'://"),
-        ("REDIS_URL", "http://:S3cret@cache:6379/0", "got one starting with 'http'://"),
+        ("DATABASE_URL", "postgresql+asyncpg://u:S3cret@db/x", "got one starting with 'postgresql+asyncpg://'"),
+        ("REDIS_URL", "http://:S3cret@cache:6379/0", "got one starting with 'http://'"),
         ("DATABASE_URL", "u:S3cret@db/x", "got a value that is no URL"),
         ("DATABASE_URL", "postgresql://u:S3cret@127.0.0.1:54x2/x", "port '54x2' is not a number"),
         ("DATABASE_URL", "postgresql://u:S3cret@a:5432,b:99999/x", "port '99999' is not a number"),

@@ -186,7 +186,19 @@ async def test_partitions_are_listed_and_kept_by_hand_as_the_task_runner_keeps_t
     )
     code, out, _ = await ledger(short, "partitions", "list")
     assert "retention 400 days (as the last maintenance recorded it)" in out
-    assert "note: USAGE_RETENTION_DAYS here is 30 days" in out
+    # the note says what `maintain` from this shell does: it refuses (below); it said that a
+    # maintenance run from here would keep 30 days
+    assert out.splitlines()[-1] == (
+        "note: USAGE_RETENTION_DAYS here is 30 days, fewer than the recorded 400: a maintenance "
+        "run from this shell refuses to drop months the deployment keeps, unless given "
+        "--retention-days 30"
+    )
+    longer = {**subprocess_env, "USAGE_RETENTION_DAYS": "500"}
+    code, out, _ = await ledger(longer, "partitions", "list")
+    assert out.splitlines()[-1] == (
+        "note: USAGE_RETENTION_DAYS here is 500 days: a maintenance run from this shell would "
+        "keep 500 days"
+    )
     code, out, err = await ledger(subprocess_env, "partitions", "maintain")
     assert code == 0, err
     assert out.splitlines()[:3] == [

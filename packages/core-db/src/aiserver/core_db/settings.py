@@ -93,7 +93,7 @@ def require_scheme(variable: str, value: str, schemes: tuple[str, ...]) -> None:
     scheme, sep, _ = value.partition("://")
     if not sep or scheme.lower() not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
-        given = f"one starting with {scheme[:40]!r}://" if sep else "a value that is no URL"
+        given = f"one starting with {scheme[:40] + '://'!r}" if sep else "a value that is no URL"
         raise SettingsError(f"{variable} must be a URL starting with {allowed}; got {given}")
 
 

@@ -191,7 +191,7 @@ def add_calc(sub: Any) -> None:
         'order; a line that fails gives {"error": {...}, "line": N}, the problem the API '
         "answers, and the rest go on. Exit status: 0 priced (every line, with --batch); 3 some "
         "lines of --batch failed (each is in the output, stderr counts them); 1 it could not "
-        "run (e.g. a FILE it cannot read); 2 wrong arguments.",
+        "run (e.g. a FILE it cannot read); 2 wrong arguments or settings.",
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")

@@ -187,7 +187,7 @@ def _decimal(text: str) -> Decimal:
 _EXIT: Final = (
     "exit status: 0 done; 1 refused (no such project or budget, a field the API refuses too{also}"
     ': the problem on stderr, or as {{"error": ...}} on stdout with --json) or the database could '
-    "not be reached; 2 wrong arguments."
+    "not be reached; 2 wrong arguments or settings."
 )
 
 #: Each command: its line in `budgets --help`, what its own --help says, its example.

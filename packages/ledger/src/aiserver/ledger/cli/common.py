@@ -34,7 +34,7 @@ class Parser(CommandParser):
     exit_statuses = (
         'exit status: 0 done; 1 it failed (its problem in one line on stderr, or {"error": ...} '
         "on stdout with --json), also when the database could not be reached; 2 wrong "
-        "arguments; 130 stopped by Ctrl-C; 141 the reader of stdout went away"
+        "arguments or settings; 130 stopped by Ctrl-C; 141 the reader of stdout went away"
     )
 
     def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads

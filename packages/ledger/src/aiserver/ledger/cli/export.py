@@ -136,7 +136,8 @@ An export that stops says so on stderr, after how many events (on stdout, what w
 short).
 
 exit status: 0 the export is whole; 1 it could not run or stopped (no FILE is left); 2 wrong
-arguments; 130 stopped by Ctrl-C (no FILE is left either); 141 its reader closed the pipe."""
+arguments or settings; 130 stopped by Ctrl-C (no FILE is left either); 141 its reader closed
+the pipe."""
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger export --project acme-search --from 2026-11-01 --to 2026-12-01 > nov.csv

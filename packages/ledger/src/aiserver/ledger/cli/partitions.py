@@ -101,10 +101,16 @@ async def _list(core: CoreSettings, args: argparse.Namespace) -> int:
             f"{counted(len(listed), 'partition')}; retention {retention} days ({said}) keeps the "
             f"months from {kept_from:%Y-%m} on"
         )
-        if shell is not None and shell != retention:
+        if shell is not None and shell > retention:
             print(
                 f"note: {RETENTION_VARIABLE} here is {shell} days: a maintenance run from this "
                 f"shell would keep {shell} days"
+            )
+        elif shell is not None and shell < retention:  # as `maintain` refuses it
+            print(
+                f"note: {RETENTION_VARIABLE} here is {shell} days, fewer than the recorded "
+                f"{retention}: a maintenance run from this shell refuses to drop months the "
+                f"deployment keeps, unless given --retention-days {shell}"
             )
         return 0
 

@@ -114,7 +114,7 @@ _EXAMPLES: Final = """examples:
   aiserver-ledger reprice --resume 42
 
 exit status: 0 the run ran to its end; 1 it could not run, it stopped (--resume RUN finishes
-it), or another process is working on it; 2 wrong arguments."""
+it), or another process is working on it; 2 wrong arguments or settings."""
 
 
 #: The filter's options (and --dry-run), which a run resumed takes from the run.

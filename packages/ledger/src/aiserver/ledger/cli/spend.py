@@ -167,7 +167,7 @@ exit status: 0 the answer was printed; 1 the question was refused or could not b
 such project, --to not after --from, a window over 3660 days, --top without --group-by, an
 answer of more than 100,000 rows, the database unreachable: its problem on stderr, or as
 {"error": ...} on stdout with --json); 2 wrong arguments (a time, zone, dimension or --top of
-the wrong form)."""
+the wrong form) or settings."""
 
 _EXAMPLES: Final = """examples:
   aiserver-ledger spend --project acme-search --from 2026-11-01 --to 2026-12-01

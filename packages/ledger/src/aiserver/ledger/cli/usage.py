@@ -309,7 +309,8 @@ lines with their line numbers and problems.
 
 exit status: 0 every line was recorded or was a duplicate; 3 some lines were invalid or in
 conflict (the others are recorded); 1 the import could not run or stopped (the database lost:
-what it recorded stays, run it again); 2 wrong arguments; 130 stopped by Ctrl-C (the same)."""
+what it recorded stays, run it again); 2 wrong arguments or settings; 130 stopped by Ctrl-C
+(the same)."""
 
 _IMPORT_EXAMPLES: Final = """examples:
   aiserver-ledger import --project acme-search usage.jsonl
@@ -324,8 +325,8 @@ filters on a tag (repeat it: every one must hold).
 
 exit status: 0 listed (none may match); 1 an unknown project, --to not after --from, or the
 database could not be read; 2 wrong arguments (a time that is not RFC 3339 or a date, a --tag
-that is not KEY=VALUE, a --limit that is not a whole number); 130 stopped by Ctrl-C; 141 the
-reader of stdout went away."""
+that is not KEY=VALUE, a --limit that is not a whole number) or settings; 130 stopped by
+Ctrl-C; 141 the reader of stdout went away."""
 
 _EVENTS_EXAMPLES: Final = """examples:
   aiserver-ledger events --project acme-search
