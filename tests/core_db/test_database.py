@@ -183,3 +183,26 @@ async def test_a_timeout_bounds_statements_on_both_sides_and_ends_a_transaction_
     async with database(settings.core), require_pool().acquire() as conn:
         assert await conn.fetchval("SHOW statement_timeout") == "0"
         assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"
+
+
+async def test_idle_in_transaction_alone_ends_a_transaction_left_waiting_and_no_statement(
+    settings: Settings,
+) -> None:
+    """The task runner's bound: a transaction waiting for its client is ended, a statement that
+    runs long is not (a rebuild's, a partition's)."""
+    async with database(settings.core, idle_in_transaction=1.0):
+        pool = require_pool()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1s"
+            await conn.execute("SELECT pg_sleep(1.5)")  # longer than the bound: it runs
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("SELECT 1")
+            await asyncio.sleep(2.5)  # waits for its client's next statement longer than 1 s
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await conn.execute("SELECT 1")
+    async with database(settings.core), require_pool().acquire() as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "0"
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"

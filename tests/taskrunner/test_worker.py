@@ -20,6 +20,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 
+from aiserver.core_db.database import require_pool
 from aiserver.costs.refresh import snapshot_bytes
 from aiserver.documents import service as document_service
 from aiserver.documents.jobs import PROCESS_JOB, process_job_id
@@ -31,9 +32,11 @@ from aiserver.taskrunner.cli import check
 from aiserver.taskrunner.health import QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import JOB_ENDED_UNSETTLED, cost_data_update_task
 from aiserver.taskrunner.worker import (
+    IDLE_IN_TRANSACTION_S,
     documents_sweep_cron,
     partitions_cron,
     refresh_cron,
+    startup,
     worker_options,
 )
 
@@ -117,6 +120,26 @@ async def test_startup_on_an_empty_database_migrates_and_seeds(
         empty_database_url, "SELECT count(*) FROM ai_model_costs WHERE valid_to IS NULL"
     )
     assert count[0] > 4000
+
+
+async def test_the_jobs_pool_ends_a_transaction_left_waiting_and_bounds_no_statement(
+    cfg: Settings, redis: ArqRedis
+) -> None:
+    """A connection of the task runner gone silent mid-transaction held a fold's or reprice's
+    locks until TCP gave up (a chaos review): PostgreSQL, waiting for the next statement, never
+    hears. The jobs' pool has PostgreSQL end such a transaction after IDLE_IN_TRANSACTION_S;
+    no statement is bounded (a rebuild's may run long)."""
+    seen: dict[str, str] = {}
+
+    async def look(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        async with require_pool().acquire() as conn:
+            for name in ("idle_in_transaction_session_timeout", "statement_timeout"):
+                seen[name] = await conn.fetchval(f"SHOW {name}")
+
+    await run_burst(make_worker(cfg, on_startup=look))
+    waits = f"{IDLE_IN_TRANSACTION_S // 60}min"  # as PostgreSQL writes 600 s
+    assert seen == {"idle_in_transaction_session_timeout": waits, "statement_timeout": "0"}
 
 
 async def test_cron_refreshes_when_stale_and_skips_when_fresh(

@@ -80,11 +80,18 @@ async def lone_statements(pool: asyncpg.Pool) -> AsyncIterator[DbConnection]:
             mark()
 
 
-def _bounded_transactions(timeout: float | None) -> dict[str, str] | None:
-    if timeout is None:
-        return None
-    bound = f"{max(1, round(timeout * 2000))}ms"
-    return {"statement_timeout": bound, "idle_in_transaction_session_timeout": bound}
+def _bounded_transactions(
+    timeout: float | None, idle_in_transaction: float | None
+) -> dict[str, str] | None:
+    bounds = {}
+    if timeout is not None:
+        bounds["statement_timeout"] = f"{max(1, round(timeout * 2000))}ms"
+        idle_in_transaction = timeout * 2
+    if idle_in_transaction is not None:
+        bounds["idle_in_transaction_session_timeout"] = (
+            f"{max(1, round(idle_in_transaction * 1000))}ms"
+        )
+    return bounds or None
 
 
 def get_engine() -> PostgresEngine:
@@ -101,7 +108,11 @@ def require_pool() -> asyncpg.Pool:
 
 @asynccontextmanager
 async def database(
-    settings: CoreSettings, *, lazy: bool = False, timeout: float | None = None
+    settings: CoreSettings,
+    *,
+    lazy: bool = False,
+    timeout: float | None = None,
+    idle_in_transaction: float | None = None,
 ) -> AsyncIterator[PostgresEngine]:
     """Open the engine's pool for `settings.database_url`; close it when its last user leaves.
 
@@ -122,6 +133,10 @@ async def database(
     the client gives up first, with its own error, whenever it can still hear the server.) Set
     by the block that opens the pool; None: no bound (the task runner's migrations may run
     long).
+    `idle_in_transaction` (seconds), without `timeout`, is the last bound alone: PostgreSQL
+    ends a transaction that has waited that long for its client's next statement, and no
+    statement is bounded (the task runner's jobs: a fold's or reprice's locks are freed when its
+    connection goes silent, where its statements may rightly run long).
     """
     global _users
     engine = get_engine()
@@ -151,7 +166,7 @@ async def database(
                     timeout=10.0,
                     connection_class=PoolConnection,
                     command_timeout=timeout,
-                    server_settings=_bounded_transactions(timeout),
+                    server_settings=_bounded_transactions(timeout, idle_in_transaction),
                 )
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 raise DatabaseUnavailable(

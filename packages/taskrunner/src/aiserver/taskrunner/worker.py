@@ -90,6 +90,14 @@ REBUILD_JOB_TIMEOUT_S: Final = 3600
 #: A repricing run is batched and resumable; a run that outlasts this is cancelled and resumed
 #: from its cursor by the next reprice cron tick.
 REPRICE_JOB_TIMEOUT_S: Final = 3600
+#: PostgreSQL ends a transaction of the jobs' pool that has waited this long for its next
+#: statement: a connection gone silent (a hung peer, a stale NAT entry) no longer holds a fold's
+#: or reprice's locks, which other runners wait for, until TCP gives up (hours, for a server
+#: that waits). No job waits between two statements of a transaction for more than moments
+#: (downloads, conversions and webhooks run outside transactions); statements are not bounded,
+#: since a rebuild's or a partition's may rightly run long. Migrations run on a pool of their
+#: own, before this one.
+IDLE_IN_TRANSACTION_S: Final = 600
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -97,7 +105,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings.core.log_level, settings.core.log_format)
     await initialize_database(settings.core)
     stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(database(settings.core))
+    await stack.enter_async_context(
+        database(settings.core, idle_in_transaction=IDLE_IN_TRANSACTION_S)
+    )
     ctx["http"] = await stack.enter_async_context(
         upstream_client(settings.costs.model_cost_fetch_timeout_seconds)
     )
