@@ -61,14 +61,16 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
             "used_percent": "0",
             "events": 0,
             "unpriced_events": 0,
+            "partially_priced_events": 0,
         },
         "webhook_secret": None,
     }
     # what the window holds is read from its rows, summed over stripes
     await pg.execute(
         "INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,"
-        " committed, reserved, events, unpriced_events) SELECT project_id, id, $2, s, $3,"
-        " 3.000000000001, 1.5, 2, 1 FROM budgets, generate_series(0, 1) s WHERE id = $1",
+        " committed, reserved, events, unpriced_events, partially_priced_events)"
+        " SELECT project_id, id, $2, s, $3, 3.000000000001, 1.5, 2, 1, 1 - s"
+        " FROM budgets, generate_series(0, 1) s WHERE id = $1",
         created["id"], start, end,
     )  # fmt: skip
     shown = (await client.get(f"{BUDGETS}/{created['id']}", headers=bearer(key))).json()
@@ -81,6 +83,7 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
         "used_percent": "35.29",
         "events": 4,
         "unpriced_events": 2,
+        "partially_priced_events": 1,
     }
 
     changed = await client.patch(

@@ -124,6 +124,13 @@ async def test_a_key_reaches_only_its_own_projects_runs_and_a_404_looks_the_same
     assert [r["id"] for r in one] == [mine["id"]]
 
 
+async def window(client: Client, key: dict[str, str]) -> tuple[str, int, int, int]:
+    """The one budget's window: committed, events, unpriced and partially priced events."""
+    (listed,) = (await client.get("/v1/budgets", headers=key)).json()["budgets"]
+    w = listed["window"]
+    return w["committed"], w["events"], w["unpriced_events"], w["partially_priced_events"]
+
+
 async def test_a_back_dated_override_prices_the_calls_already_recorded_once_repriced(
     client: Client, tenants: Tenants, api_settings: Settings, pg: asyncpg.Connection
 ) -> None:
@@ -132,10 +139,15 @@ async def test_a_back_dated_override_prices_the_calls_already_recorded_once_repr
     pages' advice led nowhere (a finance reviewer's walk). Back-dated with `valid_from`, the
     override prices the calls of its time: the calculator at their time, and a reprice."""
     key = bearer(tenants.admin_a["key"])
+    budget = {"name": "all", "period": "total", "limit_usd": "10"}
+    assert (await client.post("/v1/budgets", headers=key, json=budget)).status_code == 201
     call = {"id": "img-1", "model": "gpt-test-003",
             "usage": {"input_tokens": 1000, "output_tokens": 500, "images": 2}}  # fmt: skip
     recorded = (await client.post("/v1/usage", headers=key, json=call)).json()
     assert (recorded["pricing_status"], recorded["unpriced"]) == ("partially_priced", ["images"])
+    # the budget's window commits the priced part, and counts the event as partially priced
+    # (it counted unpriced events only: its committed cost read as whole)
+    assert await window(client, key) == ("0.008", 1, 0, 1)
     first = await pg.fetchval(
         "SELECT min(valid_from) FROM ai_model_costs WHERE model = 'gpt-test-003'"
     )
@@ -173,6 +185,7 @@ async def test_a_back_dated_override_prices_the_calls_already_recorded_once_repr
     # 1000 * 4e-06 + 500 * 8e-06 + 2 * 0.04
     assert (event["pricing_status"], event["total"]) == ("priced", priced["total"])
     assert Decimal(event["total"]) == Decimal("0.088")
+    assert await window(client, key) == ("0.088", 1, 0, 0)  # the reprice moved both
 
     # replaced now, it is closed: no override may begin inside what it priced, nor before
     # the one that replaced it

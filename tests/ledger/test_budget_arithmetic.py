@@ -51,13 +51,13 @@ def test_a_threshold_is_crossed_by_the_addition_that_reaches_it_not_by_later_one
     assert crossings([TEAM], sums, {key: Decimal(15)}) == []
 
 
-def view(limit: str, committed: str, reserved: str = "0") -> BudgetView:
+def view(limit: str, committed: str, reserved: str = "0", **counts: int) -> BudgetView:
     budget = Budget(
         project_id=1, id=1, name="b", tags={}, model=None, period="total",
         limit_usd=Decimal(limit), thresholds=(), hard=False, webhook_url=None,
         has_webhook_secret=False, created_at=AT, updated_at=AT, counts_from=AT,
     )  # fmt: skip
-    held = WindowTotals(committed=Decimal(committed), reserved=Decimal(reserved))
+    held = WindowTotals(committed=Decimal(committed), reserved=Decimal(reserved), **counts)
     return BudgetView(budget=budget, window=_window(budget, AT, None, held), as_of=AT)
 
 
@@ -80,3 +80,23 @@ def test_a_window_is_full_by_its_exact_room_not_by_its_rounded_share() -> None:
     assert not nearly.full
     assert view("1.00004", "1", reserved="0.00004").full  # held: no room, nothing overspent
     assert view("1.00004", "1.00004").full
+
+
+def test_the_command_line_names_a_window_s_unpriced_and_partially_priced_events() -> None:
+    """`aiserver-ledger budgets` says both counts that make `committed` a lower bound (it said
+    the unpriced ones only), and neither where there are none."""
+    from aiserver.ledger.cli.budgets import _lines
+
+    def committed(v: BudgetView) -> str:
+        return next(line for line in _lines(v) if line.startswith("  committed:"))
+
+    counted = view("10", "0.5", events=5, unpriced_events=2, partially_priced_events=1)
+    assert counted.window.lower_bound
+    assert committed(counted) == (
+        "  committed:   0.5 USD in 5 events, 2 unpriced, 1 partially priced"
+    )
+    whole = view("10", "0.5", events=5)
+    assert (committed(whole), whole.window.lower_bound) == (
+        "  committed:   0.5 USD in 5 events",
+        False,
+    )

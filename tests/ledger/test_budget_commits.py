@@ -533,3 +533,58 @@ async def test_usage_racing_a_lowered_limit_raises_each_threshold_once(
     got = await alerts(pool)
     assert [(a[0], a[2]) for a in got] == [(capped, Decimal(100))]
     assert Decimal("0.03") <= got[0][3] <= Decimal("0.059976")
+
+
+async def partially_priced(pool: asyncpg.Pool) -> dict[tuple[int, datetime], int]:
+    rows = await pool.fetch(
+        "SELECT budget_id, window_start, sum(partially_priced_events) AS n FROM budget_windows"
+        " GROUP BY 1, 2"
+    )
+    return {(r["budget_id"], r["window_start"]): r["n"] for r in rows}
+
+
+async def test_a_window_counts_its_partially_priced_events_and_the_migration_counts_the_past(
+    project: tuple[asyncpg.Pool, Access],
+) -> None:
+    """A call that used what its model has no price for (images of gpt-x, priced per token)
+    commits its priced part; its window counted unpriced events only, so its committed cost
+    read as whole. Ingest counts it now, and the upgrade counts the windows written before,
+    by the budgets' rules in SQL: the same counts."""
+    pool, access = project
+    made = NOW - timedelta(days=3)
+    whole = await budget(pool, access, period="month", now=made)
+    search = await budget(pool, access, tags={"team": "search"}, now=made)
+    model = await budget(pool, access, model="gpt-x", period="total", now=made)
+
+    def call(key: str, when: datetime, team: str, images: int, name: str = "gpt-x") -> bytes:
+        usage = {"input_tokens": 1000, "output_tokens": 300, "images": images}
+        return msgspec.json.encode({"id": key, "model": name, "occurred_at": when.isoformat(),
+                                    "tags": {"team": team}, "usage": usage})  # fmt: skip
+
+    earlier = NOW - timedelta(days=2)
+    assert await record(
+        pool, access,
+        call("priced", NOW, "search", 0),
+        call("part-1", NOW, "search", 2),
+        call("part-2", NOW, "ads", 1),
+        call("part-3", earlier, "search", 1),
+        call("unknown", NOW, "search", 1, name="mystery-1"),
+    ) == ["recorded"] * 5  # fmt: skip
+    statuses = dict(await pool.fetch("SELECT id, status FROM usage_events"))
+    assert sorted(statuses.values()).count("partially_priced") == 3
+
+    today = window_of("day", ZONE, NOW)[0]
+    got = await partially_priced(pool)
+    assert (got[search, today], got[search, window_of("day", ZONE, earlier)[0]]) == (1, 1)
+    assert got[model, window_of("total", ZONE, NOW)[0]] == 3
+    assert sum(n for (b, _), n in got.items() if b == whole) == 3
+    # the committed part of a partially priced call is its tokens' (1000 * 3e-06 + 300 * 6e-06)
+    assert (await windows(pool))[search, today] == (Decimal("0.0048") * 2, 3, 1)
+
+    upgrade = importlib.import_module(
+        "aiserver.ledger.piccolo_migrations.ledger_2026_12_07t01_00_00_000000"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE budget_windows SET partially_priced_events = 0")
+        await conn.execute(upgrade.STATEMENTS[1])
+    assert await partially_priced(pool) == got

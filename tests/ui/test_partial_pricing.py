@@ -23,6 +23,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from .conftest import (
     Site,
+    admin,
     bearer,
     header,
     project_with_key,
@@ -42,6 +43,12 @@ async def part(site: Site) -> str:
     """Project ui-part's read key, after one priced, one partly priced and one unpriced call."""
     secret = await project_with_key(site, "ui-part", "Partly Priced", ["ingest", "read"])
     async with site.client() as client:
+        keeper = await client.post("/v1/projects/ui-part/keys", headers=admin(),
+                                   json={"name": "budgets", "scopes": ["admin"]})  # fmt: skip
+        assert keeper.status_code == 201, keeper.text
+        budget = {"name": "Everything", "period": "total", "limit_usd": "10"}
+        made = await client.post("/v1/budgets", json=budget, headers=bearer(keeper.json()["key"]))
+        assert made.status_code == 201, made.text
         at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
         events = [
             {"id": "priced", "model": "gpt-test-034", "usage": USAGE, "occurred_at": at},
@@ -144,3 +151,20 @@ def test_a_bucket_the_window_cuts_short_says_partial(
     assert [row[0] for row in table(browser, "explore-table")] == [
         "2026-10", "2026-11 (partial)",
     ]  # fmt: skip
+
+
+def test_a_budget_says_its_committed_cost_is_a_lower_bound_and_why(
+    browser: WebDriver, site: Site, part: str
+) -> None:
+    """The window committed the partly priced call's tokens only: the budget counted its
+    unpriced events alone, and its committed cost read as whole beside "0 unpriced" when a
+    partly priced call was all there was to miss."""
+    sign_in(browser, site, part)
+    browser.get(f"{site.url}/ui/p/ui-part/budgets")
+    row = browser.find_element(By.CSS_SELECTOR, "#budget-list tbody tr")
+    assert "(3 events, 1 unpriced, 1 partially priced)" in text(row)
+    browser.find_element(By.LINK_TEXT, "Everything").click()
+    assert text(browser.find_element(By.ID, "budget-committed")).endswith(
+        " USD (3 events, 1 unpriced, 1 partially priced): a lower bound, since unpriced events "
+        "count 0 and partially priced ones count their priced part only"
+    )

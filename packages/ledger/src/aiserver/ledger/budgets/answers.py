@@ -42,13 +42,15 @@ class WindowOut(msgspec.Struct, frozen=True, kw_only=True):
     used_percent: str  # (committed + reserved) / limit, in percent, to 2 places (down)
     events: int
     unpriced_events: int  # events of the window that no price could value yet
+    #: events of the window with a usage dimension no price values: their priced part counts
+    partially_priced_events: int
 
     @classmethod
     def of(cls, w: Window) -> WindowOut:
         return cls(
             start=w.start, end=w.end, committed=money(w.committed), reserved=money(w.reserved),
             remaining=money(w.remaining), used_percent=money(w.used_percent), events=w.events,
-            unpriced_events=w.unpriced_events,
+            unpriced_events=w.unpriced_events, partially_priced_events=w.partially_priced_events,
         )  # fmt: skip
 
 

@@ -6,7 +6,9 @@ budget names a model, was reported as that model or priced as it, and its window
 than the one the budget was made in (`counts_from`). It adds its exact cost to the
 budget's window that holds its `occurred_at` (not the window of the moment it arrived), one to
 the window's events, and, when no price could value it, one to the window's unpriced events: an
-unpriced event is never counted as $0, and a reprice commits its cost once it is priced.
+unpriced event is never counted as $0, and a reprice commits its cost once it is priced. A
+partially priced event (a usage dimension without a price) adds the cost of its priced part and
+one to the window's partially priced events: with any, the committed cost is a lower bound.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Spend:
     model: str
     matched_model: str | None
     cost: Decimal | None  # None: unpriced
+    partial: bool = False  # partially priced: `cost` is its priced part's
 
 
 @dataclass(slots=True)
@@ -55,6 +58,7 @@ class WindowSum:
     committed: Decimal
     events: int
     unpriced_events: int
+    partially_priced_events: int = 0
 
 
 def matches(budget: BudgetScope, spend: Spend) -> bool:
@@ -92,6 +96,7 @@ def window_sums(
                 found.unpriced_events += 1
             else:
                 found.committed = ADD(found.committed, spend.cost)
+                found.partially_priced_events += spend.partial
     return sums
 
 
@@ -155,7 +160,13 @@ def window_deltas(
             SUBTRACT(new.committed, old.committed),
             new.events - old.events,
             new.unpriced_events - old.unpriced_events,
+            new.partially_priced_events - old.partially_priced_events,
         )
-        if delta.committed or delta.events or delta.unpriced_events:
+        if (
+            delta.committed
+            or delta.events
+            or delta.unpriced_events
+            or delta.partially_priced_events
+        ):
             deltas[key] = delta
     return deltas

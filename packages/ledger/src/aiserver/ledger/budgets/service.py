@@ -54,6 +54,13 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
     used_percent: Decimal
     events: int
     unpriced_events: int
+    partially_priced_events: int = 0
+
+    @property
+    def lower_bound(self) -> bool:
+        """Whether `committed` is a lower bound: some events of the window are unpriced or
+        partially priced."""
+        return bool(self.unpriced_events or self.partially_priced_events)
 
 
 class Pace(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +140,7 @@ def _window(budget: Budget, start: datetime, end: datetime | None, held: WindowT
         ),
         events=held.events,
         unpriced_events=held.unpriced_events,
+        partially_priced_events=held.partially_priced_events,
     )
 
 

@@ -46,6 +46,7 @@ class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
     reserved: Decimal = Decimal(0)
     events: int = 0
     unpriced_events: int = 0
+    partially_priced_events: int = 0
 
 
 _BUDGET: Final = """
@@ -232,7 +233,8 @@ async def window_totals(
         """
         SELECT w.budget_id, w.window_start, sum(w.committed) AS committed,
                sum(w.reserved) AS reserved, sum(w.events)::bigint AS events,
-               sum(w.unpriced_events)::bigint AS unpriced_events
+               sum(w.unpriced_events)::bigint AS unpriced_events,
+               sum(w.partially_priced_events)::bigint AS partially_priced_events
         FROM budget_windows w
         JOIN unnest($2::bigint[], $3::timestamptz[]) AS k(budget_id, window_start)
           ON w.budget_id = k.budget_id AND w.window_start = k.window_start
@@ -249,6 +251,7 @@ async def window_totals(
             reserved=r["reserved"],
             events=r["events"],
             unpriced_events=r["unpriced_events"],
+            partially_priced_events=r["partially_priced_events"],
         )
         for r in rows
     }
@@ -324,17 +327,21 @@ async def add_to_windows(
     rows = await conn.fetch(
         """
         INSERT INTO budget_windows AS w (project_id, budget_id, window_start, stripe, window_end,
-                                         committed, events, unpriced_events)
+                                         committed, events, unpriced_events,
+                                         partially_priced_events)
         SELECT $1, k.budget_id, k.window_start, 0, k.window_end, k.committed, k.events,
-               k.unpriced_events
+               k.unpriced_events, k.partially_priced_events
         FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
-                    $6::bigint[], $7::bigint[])
-             AS k(budget_id, window_start, window_end, committed, events, unpriced_events)
+                    $6::bigint[], $7::bigint[], $8::bigint[])
+             AS k(budget_id, window_start, window_end, committed, events, unpriced_events,
+                  partially_priced_events)
         ORDER BY k.budget_id, k.window_start
         ON CONFLICT (project_id, budget_id, window_start, stripe) DO UPDATE SET
             committed = w.committed + EXCLUDED.committed,
             events = w.events + EXCLUDED.events,
-            unpriced_events = w.unpriced_events + EXCLUDED.unpriced_events
+            unpriced_events = w.unpriced_events + EXCLUDED.unpriced_events,
+            partially_priced_events = w.partially_priced_events
+                                      + EXCLUDED.partially_priced_events
         RETURNING w.budget_id, w.window_start, w.committed
         """,
         project_id,
@@ -344,6 +351,7 @@ async def add_to_windows(
         [sums[k].committed for k in keys],
         [sums[k].events for k in keys],
         [sums[k].unpriced_events for k in keys],
+        [sums[k].partially_priced_events for k in keys],
     )
     return {(r["budget_id"], r["window_start"]): r["committed"] for r in rows}
 
@@ -422,9 +430,11 @@ async def fill_window(
         row = await conn.fetchrow(
             f"""
             INSERT INTO budget_windows (project_id, budget_id, window_start, stripe, window_end,
-                                        committed, events, unpriced_events)
+                                        committed, events, unpriced_events,
+                                        partially_priced_events)
             SELECT $1, $4, $5, 0, $6, coalesce(sum(e.total_cost), 0), count(*),
-                   count(*) FILTER (WHERE e.status = 'unpriced')
+                   count(*) FILTER (WHERE e.status = 'unpriced'),
+                   count(*) FILTER (WHERE e.status = 'partially_priced')
             FROM usage_events AS e
             WHERE {_MATCHING} AND e.occurred_at >= $5
               AND ($6::timestamptz IS NULL OR e.occurred_at < $6)

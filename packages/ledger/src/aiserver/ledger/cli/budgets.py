@@ -65,7 +65,10 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
         f"  webhook:     {b.webhook_url or '-'}",
         f"  this window: {window}",
         f"  committed:   {money(w.committed)} USD in {counted(w.events, 'event')}"
-        + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else ""),
+        + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else "")
+        + (
+            f", {w.partially_priced_events:,} partially priced" if w.partially_priced_events else ""
+        ),
         f"  reserved:    {money(w.reserved)} USD",
         f"  remaining:   {money(w.remaining)} USD ({money(w.used_percent)}% used)",
     ]

@@ -346,9 +346,9 @@ async def _move_budget_costs(
     for row, valuation in moved:
         tags = _TAGS.decode(row["tags"])
         before = Spend(row["occurred_at"], tags, row["model"], row["matched_model"],
-                       row["total_cost"])  # fmt: skip
+                       row["total_cost"], row["status"] == "partially_priced")  # fmt: skip
         after = Spend(row["occurred_at"], tags, row["model"], valuation.matched_model,
-                      valuation.total)  # fmt: skip
+                      valuation.total, valuation.status == "partially_priced")  # fmt: skip
         by_project.setdefault(row["project_id"], []).append((before, after))
     for project, changes in sorted(by_project.items()):
         zone, scopes = budgets[project]

@@ -483,6 +483,7 @@ def _spend(entry: _Accepted) -> Spend:
         model=entry.event.model,
         matched_model=entry.valuation.matched_model,
         cost=entry.valuation.total,
+        partial=entry.valuation.status == "partially_priced",
     )
 
 
