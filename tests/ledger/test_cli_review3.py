@@ -146,3 +146,26 @@ async def test_import_of_an_empty_file_name_says_so(subprocess_env: dict[str, st
     code, out, err = await ledger(subprocess_env, "import", "--project", "shop", "")
     assert (code, out) == (1, ""), err
     assert err.strip() == "aiserver-ledger import: FILE '' names no file to read (- reads stdin)"
+
+
+def test_a_reprice_run_says_the_events_it_reprices_with_its_window_as_instants() -> None:
+    """The output named no filter: a date given to --from or --to is its midnight in UTC, not
+    on the project's clock as spend reads one, and nothing said which instants the run took."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from aiserver.ledger.cli.reprice import _events_of
+    from aiserver.ledger.repricing.runs import RepriceFilter
+
+    berlin = timezone(timedelta(hours=1))
+    window = RepriceFilter(since=datetime(2026, 11, 1, tzinfo=UTC),
+                           until=datetime(2026, 12, 1, tzinfo=berlin), status="unpriced",
+                           model="gpt-4o")  # fmt: skip
+    assert _events_of(window) == (
+        "occurred from 2026-11-01T00:00:00Z, before 2026-11-30T23:00:00Z; model gpt-4o; "
+        "status unpriced"
+    )
+    assert _events_of(RepriceFilter(until=datetime(2026, 12, 1, 0, 0, 0, 500, tzinfo=UTC))) == (
+        "occurred before 2026-12-01T00:00:00.000500Z"
+    )
+    assert _events_of(RepriceFilter(models=("gpt-4o", "o1"))) == "models as reported gpt-4o, o1"
+    assert _events_of(RepriceFilter()) == "all"

@@ -602,7 +602,8 @@ async def test_the_command_line_does_a_run_at_once_showing_its_progress(
     status, out, err = await run_module("aiserver.ledger.cli", child_env(settings), *args)
 
     assert status == 0, err
-    assert out.splitlines()[1:5] == [
+    assert out.splitlines()[1:6] == [
+        "  events of       all",
         "  events examined            5",
         "  events changed             5",
         "  old total                  0 USD",

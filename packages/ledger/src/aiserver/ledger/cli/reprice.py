@@ -28,13 +28,14 @@ from aiserver.ledger.cli.common import (
 if TYPE_CHECKING:
     from aiserver.core_db.settings import CoreSettings
     from aiserver.ledger.repricing.execution import RunProgress
-    from aiserver.ledger.repricing.runs import RepriceRun
+    from aiserver.ledger.repricing.runs import RepriceFilter, RepriceRun
 
 
 def _report(run: RepriceRun) -> None:
     kind = "dry run" if run.dry_run else "applied"
     print(f"reprice run {run.id} ({kind}) of {run.project or 'every project'}: {run.state}, "
           f"catalog version {run.catalog_version}, started {when(run.started_at)}")  # fmt: skip
+    print(f"  events of       {_events_of(run.filter)}")
     print(f"  events examined {run.events_examined:>12,}")
     print(f"  events changed  {run.events_changed:>12,}")
     print(f"  old total       {run.old_total:>12} USD")
@@ -46,6 +47,27 @@ def _report(run: RepriceRun) -> None:
               f"{m.new_total:>14}")  # fmt: skip
     if run.error:
         print(f"  error: {run.error}")
+
+
+def _events_of(run_filter: RepriceFilter) -> str:
+    """The events a run reprices, in words, its window as the instants it is, in UTC (a date
+    given to --from or --to is its midnight in UTC): `occurred from 2026-11-01T00:00:00Z,
+    before 2026-12-01T00:00:00Z; status partially_priced`; no filter: `all`."""
+    from datetime import UTC
+
+    f = run_filter
+    said = [
+        f"{bound} {at.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+        for bound, at in (("from", f.since), ("before", f.until))
+        if at is not None
+    ]
+    if said:
+        said = ["occurred " + ", ".join(said)]
+    named = (("model", f.model), ("provider", f.provider), ("status", f.status))
+    said += [f"{name} {value}" for name, value in named if value]
+    if f.models is not None:
+        said.append(f"models as reported {', '.join(f.models)}")
+    return "; ".join(said) or "all"
 
 
 async def _reprice(core: CoreSettings, args: argparse.Namespace) -> int:
