@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -710,3 +711,22 @@ def test_a_count_given_twice_with_different_values_is_an_error_and_alike_is_read
     assert str(twice) == "gen_ai.usage.input_tokens is given twice with different values"
     assert isinstance(alike, UsageEventIn)
     assert alike.usage == {"input_tokens": 10, "output_tokens": 5}
+
+
+def test_a_span_s_end_is_rounded_to_the_microsecond_as_a_json_time_is() -> None:
+    """OTLP times are nanoseconds; a JSON body's `occurred_at` finer than a microsecond is
+    rounded half up (msgspec). A span's end was truncated, so a call ending at
+    23:59:59.9999995 was November's over OTLP and December's over JSON."""
+    late = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    message, _ = message_of(
+        Trace([SpanSpec({"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1}, late)] * 3)
+    )
+    spans = message.resource_spans[0].scope_spans[0].spans
+    nanos = spans[0].end_time_unix_nano
+    for span, extra in zip(spans, (499, 500, 501), strict=True):
+        span.end_time_unix_nano = nanos + extra
+    ends = [item.occurred_at for item in read_spans(message).items]  # type: ignore[union-attr]
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    assert ends == [late, december, december]
+    as_json = msgspec.json.decode(b'"2026-11-30T23:59:59.9999995Z"', type=datetime)
+    assert as_json == december

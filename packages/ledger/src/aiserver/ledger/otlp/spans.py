@@ -379,7 +379,9 @@ def _end_of(span: Any) -> datetime:
     if not nanos:
         raise InvalidEvent("the span has no end time (end_time_unix_nano)", ["end_time_unix_nano"])
     try:
-        return _EPOCH + timedelta(microseconds=nanos // 1000)
+        # to the microsecond, half up, as a time in a JSON body is read (msgspec): a call's
+        # month is the same however it was reported (23:59:59.9999995 is the next second)
+        return _EPOCH + timedelta(microseconds=(nanos + 500) // 1000)
     except OverflowError:
         raise InvalidEvent(
             f"the span's end time ({nanos} ns) is out of range", ["end_time_unix_nano"]
