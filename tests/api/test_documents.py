@@ -123,6 +123,20 @@ async def test_unsupported_and_oversized_uploads_are_refused(
             await upload(client, "big.txt", b"x" * 2000, "text/plain"), 413, "DOCUMENT_MAX_BYTES"
         )
         assert_problem(await upload(client, "empty.pdf", b"", "application/pdf"), 422, "empty")
+        # a body that is no multipart form says how to send one (it was a 400 "Invalid
+        # multipart/form-data"), before the body is read
+        for sent in ({"json": {"file": "report.pdf"}},
+                     {"content": b"%PDF-1.4", "headers": {"content-type": "application/pdf"}},
+                     {"content": b"%PDF-1.4"}):  # fmt: skip
+            body = assert_problem(await client.post("/v1/documents", **sent), 415,
+                                  "send the document as multipart/form-data, in the form field "
+                                  "`file`")  # fmt: skip
+            assert body["type"].endswith(":unsupported-media-type")
+        # a file name past the form parser's limits says so (it said "Request Entity Too
+        # Large", with a 400, for a body of a few kilobytes)
+        assert_problem(await upload(client, "a" * 5000 + ".txt", b"hi", "text/plain"), 400,
+                       "a header line of a part longer than about 4 KB (a file name that "
+                       "long)")  # fmt: skip
         assert_problem(
             await client.get("/v1/documents/00000000-0000-0000-0000-000000000000"),
             404,

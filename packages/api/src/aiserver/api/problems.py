@@ -142,7 +142,19 @@ def _http(request: AnyRequest, exc: HTTPException) -> Response[dict[str, Any]]:
         )
     if exc.status_code == 413:
         detail = f"the request body is too large: {detail}"
+    elif isinstance(exc, ClientException) and detail == _MULTIPART_LIMIT:
+        # Litestar's words for a multipart form past its parser's limits (a 400, though they
+        # are a 413's), which read as if the body were too large
+        detail = (
+            "the multipart form is past the parser's limits: a header line of a part longer "
+            "than about 4 KB (a file name that long), more than 8 headers in a part, or more "
+            "than 1,000 parts"
+        )
     return problem_response(request, problem(exc.status_code, detail), exc.headers)
+
+
+#: Litestar's detail of a multipart form its parser refused for a limit (`_multipart.py`).
+_MULTIPART_LIMIT: Final = "Request Entity Too Large"
 
 
 def _unstorable_text(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:

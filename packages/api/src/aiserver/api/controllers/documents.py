@@ -35,7 +35,7 @@ from aiserver.api.problems import problem_responses
 from aiserver.api.settings import ApiSettings
 from aiserver.core_db.database import require_pool
 from aiserver.documents import service
-from aiserver.documents.errors import UnknownPage
+from aiserver.documents.errors import UnknownPage, UnsupportedDocumentType
 from aiserver.documents.jobs import JOB_EXPIRES_S
 from aiserver.ledger.access import Access
 
@@ -107,6 +107,18 @@ async def may_upload(connection: auth.AnyConnection, _: Any) -> None:
         access.require("ingest", "admin")
 
 
+async def multipart_only(connection: auth.AnyConnection, _: Any) -> None:
+    """Guard of the upload, before the body is read: a body that is no multipart form (a JSON
+    document, a file sent raw) is a 415 that says how to send one, not Litestar's 400 "Invalid
+    multipart/form-data"."""
+    given = connection.headers.get("content-type", "")
+    if given.partition(";")[0].strip().lower() != "multipart/form-data":
+        raise UnsupportedDocumentType(
+            "send the document as multipart/form-data, in the form field `file` (curl -F "
+            f"file=@report.pdf); the request's Content-Type is {given[:100] or 'missing'!r}"
+        )
+
+
 #: Each route takes a bearer credential, or none (unless DOCUMENT_REQUIRE_KEY is set).
 _SECURITY: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {}]
 _READER: Final = {"reader": Provide(document_reader, sync_to_thread=False)}
@@ -124,7 +136,7 @@ class DocumentController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Upload a document for conversion",
         responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
-        guards=[may_upload],
+        guards=[may_upload, multipart_only],
     )
     async def upload(
         self,
