@@ -26,3 +26,15 @@ async def test_an_expiry_past_the_calendar_in_utc_is_a_422_not_a_500(client: Cli
     assert made["expires_at"] == "9999-12-31T23:59:59Z"
     listed = await client.get("/v1/projects/far-future/keys", headers=admin())
     assert [k["id"] for k in listed.json()] == [made["id"]]
+
+
+async def test_an_expiry_before_the_calendar_in_utc_is_in_the_past(client: Client) -> None:
+    """The first hours of year 1 at a positive offset are before the first instant in UTC: the
+    answer said they were past the last time a key may expire (9999)."""
+    await make_project(client, "far-past")
+    response = await client.post(
+        "/v1/projects/far-past/keys", headers=admin(),
+        json={"name": "old", "scopes": ["read"], "expires_at": "0001-01-01T00:00:00+01:00"},
+    )  # fmt: skip
+    body = assert_problem(response, 422, "expires_at is in the past")
+    assert "9999" not in body["detail"]

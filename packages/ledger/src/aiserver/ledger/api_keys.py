@@ -53,6 +53,8 @@ def _check(
         try:  # what the database stores: the last hours of 9999 at a negative offset are not
             expires_at = expires_at.astimezone(UTC)
         except OverflowError:
+            if expires_at.year == 1:  # the first hours of year 1 at a positive offset
+                raise InvalidField("expires_at is in the past", ["expires_at"]) from None
             raise InvalidField(
                 "expires_at is past the last time a key may expire (9999-12-31T23:59:59Z)",
                 ["expires_at"],
