@@ -188,6 +188,10 @@ async def test_a_body_the_server_reads_strictly_has_no_other_properties(client: 
     schemas = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
     closed = sorted(n for n, s in schemas.items() if s.get("additionalProperties") is False)
     assert closed == sorted(STRICT_BODIES)
+    # a budget's change names the fields it refuses, and says so (they read as changeable)
+    change = schemas["BudgetChange"]["properties"]
+    for name in ("tags", "model", "period"):
+        assert change[name]["description"].startswith("refused (422): stays as"), name
     # and the server does refuse another field
     made = await client.post("/v1/costs/calculate", json={"model": "gpt-4o", "colour": "red"})
     assert made.status_code == 422, made.text

@@ -7,7 +7,7 @@ is a decimal string (USD), exact both ways.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
@@ -49,6 +49,12 @@ class BudgetIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_secret: Secret | None = None
 
 
+#: What the OpenAPI document says of a budget's fields that a change refuses.
+_STAYS: Final = msgspec.Meta(
+    description="refused (422): stays as the budget was created; make another budget instead"
+)
+
+
 class BudgetChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What to change; a field left out stays as it is. `webhook_url: null` removes the
     webhook. `tags`, `model` and `period` are refused: they stay as created."""
@@ -59,9 +65,10 @@ class BudgetChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     hard: bool | msgspec.UnsetType = msgspec.UNSET
     webhook_url: Url | msgspec.UnsetType | None = msgspec.UNSET
     webhook_secret: Secret | msgspec.UnsetType | None = msgspec.UNSET
-    tags: Tags | msgspec.UnsetType = msgspec.UNSET
-    model: str | msgspec.UnsetType | None = msgspec.UNSET
-    period: str | msgspec.UnsetType = msgspec.UNSET
+    # named so that a change of them is refused saying so (a 422), not as an unknown field
+    tags: Annotated[Tags | msgspec.UnsetType, _STAYS] = msgspec.UNSET
+    model: Annotated[str | msgspec.UnsetType | None, _STAYS] = msgspec.UNSET
+    period: Annotated[str | msgspec.UnsetType, _STAYS] = msgspec.UNSET
 
 
 class BudgetList(msgspec.Struct, frozen=True, kw_only=True):
