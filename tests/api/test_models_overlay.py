@@ -122,3 +122,4 @@ async def test_a_source_model_and_a_model_only_an_override_defines_show_their_ov
         None,
         None,
     )
+    assert [v["price_version"] for v in detail["versions"]] == [None]  # its history's too

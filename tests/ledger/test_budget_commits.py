@@ -20,6 +20,8 @@ import pytest
 from aiserver.core_db.database import database, require_pool
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets import store as budget_store
+from aiserver.ledger.budgets.commits import WindowSum
 from aiserver.ledger.budgets.periods import PERIODS, window_of
 from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import decode_items
@@ -581,10 +583,23 @@ async def test_a_window_counts_its_partially_priced_events_and_the_migration_cou
     # the committed part of a partially priced call is its tokens' (1000 * 3e-06 + 300 * 6e-06)
     assert (await windows(pool))[search, today] == (Decimal("0.0048") * 2, 3, 1)
 
+    # the upgrade counts the current windows (those that ended, which nothing reads, keep 0)
     upgrade = importlib.import_module(
-        "aiserver.ledger.piccolo_migrations.ledger_2026_12_07t01_00_00_000000"
+        "aiserver.ledger.piccolo_migrations.ledger_2026_12_07t01_01_00_000000"
     )
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("UPDATE budget_windows SET partially_priced_events = 0")
-        await conn.execute(upgrade.STATEMENTS[1])
-    assert await partially_priced(pool) == got
+        await conn.execute(upgrade.STATEMENTS[0])
+    past = "SELECT budget_id, window_start FROM budget_windows WHERE window_end <= now()"
+    ended = {tuple(r) for r in await pool.fetch(past)}
+    assert (search, window_of("day", ZONE, earlier)[0]) in ended
+    assert await partially_priced(pool) == {k: 0 if k in ended else n for k, n in got.items()}
+
+    # an event an API of the release before recorded while the upgrade rolled out was not
+    # counted: a reprice that moves it out takes the count to 0, not below
+    key = (model, window_of("total", ZONE, NOW)[0])
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE budget_windows SET partially_priced_events = 0")
+        out = WindowSum(None, Decimal(0), 0, 0, partially_priced_events=-1)
+        await budget_store.add_to_windows(conn, access.project_id or 0, {key: out})
+    assert (await partially_priced(pool))[key] == 0

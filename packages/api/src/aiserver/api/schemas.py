@@ -38,7 +38,7 @@ class ModelPage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PriceVersionOut(msgspec.Struct, frozen=True, kw_only=True):
-    price_version: int
+    price_version: int | None  # null: an override's model, no price version of the source
     valid_from: datetime
     valid_to: datetime | None
 

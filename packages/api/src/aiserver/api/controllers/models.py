@@ -103,7 +103,9 @@ def model_detail(catalog: Catalog, model: str, provider: str | None = None) -> M
         override_id=pv.override_id,
         prices=plain(dict(pv.entry)),
         versions=[
-            PriceVersionOut(price_version=v.id, valid_from=v.valid_from, valid_to=v.valid_to)
+            PriceVersionOut(
+                price_version=v.id or None, valid_from=v.valid_from, valid_to=v.valid_to
+            )
             for v in history
         ],
     )

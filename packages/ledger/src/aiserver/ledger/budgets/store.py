@@ -330,7 +330,7 @@ async def add_to_windows(
                                          committed, events, unpriced_events,
                                          partially_priced_events)
         SELECT $1, k.budget_id, k.window_start, 0, k.window_end, k.committed, k.events,
-               k.unpriced_events, k.partially_priced_events
+               k.unpriced_events, GREATEST(0, k.partially_priced_events)
         FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
                     $6::bigint[], $7::bigint[], $8::bigint[])
              AS k(budget_id, window_start, window_end, committed, events, unpriced_events,
@@ -340,8 +340,10 @@ async def add_to_windows(
             committed = w.committed + EXCLUDED.committed,
             events = w.events + EXCLUDED.events,
             unpriced_events = w.unpriced_events + EXCLUDED.unpriced_events,
-            partially_priced_events = w.partially_priced_events
-                                      + EXCLUDED.partially_priced_events
+            -- never below 0: an event that an API of the release before recorded while the
+            -- upgrade rolled out was not counted, and a reprice that moves it takes it out
+            partially_priced_events = GREATEST(0, w.partially_priced_events
+                                                  + EXCLUDED.partially_priced_events)
         RETURNING w.budget_id, w.window_start, w.committed
         """,
         project_id,
