@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -35,6 +35,8 @@ from ..support.logs import KeptRecords
 from .conftest import Client, Tenants, admin, bearer
 from .test_endpoints import assert_problem
 from .test_usage_events import at, event, iso, record
+
+BERLIN: Final = ZoneInfo("Europe/Berlin")  # acme-a's time zone
 
 EXPORT = "/v1/usage/export"
 #: Every event of these tests is in [WINDOW_FROM, WINDOW_TO).
@@ -122,6 +124,9 @@ async def test_csv_holds_every_event_of_the_window_oldest_first_exactly(
         "catalog_version": str(gpt["catalog_version"]),
         "override_id": "",
         "note": priced["note"],
+        # on the project's clock: acme-a's is Berlin's
+        "occurred_at_local": at(1).astimezone(BERLIN).isoformat(),
+        "month": f"{at(1).astimezone(BERLIN):%Y-%m}",
         "tag:team": "search",
     }
     # a tag value with a quote and a comma survives the CSV whole
@@ -152,6 +157,8 @@ async def test_csv_holds_every_event_of_the_window_oldest_first_exactly(
         "currency": "USD",  # total is empty: unpriced, never 0
         "unpriced": "[]",
         "catalog_version": str(gpt["catalog_version"]),
+        "occurred_at_local": at(4).astimezone(BERLIN).isoformat(),
+        "month": f"{at(4).astimezone(BERLIN):%Y-%m}",
     }
 
 

@@ -9,6 +9,7 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -178,3 +179,28 @@ async def test_the_export_reads_a_bounded_batch_at_a_time_and_ends_its_connectio
     assert export.events == count + 3
     assert export.closed
     assert usage_export.PREFETCH == PREFETCH
+
+
+def test_a_csv_row_says_its_time_and_month_on_the_project_s_clock() -> None:
+    """The csv had UTC times alone: a call of 22:00 on November 30 in New York read
+    2026-12-01T03:00:00Z, and a spreadsheet that pivoted the November file by month put it in
+    December, against the dashboard's November total (a finance reader's review)."""
+    from zoneinfo import ZoneInfo
+
+    from aiserver.ledger.usage.export import csv_line
+
+    row: dict[str, Any] = dict.fromkeys(
+        ("id", "event_key", "model", "provider", "matched_model", "matched_provider",
+         "service_tier", "usage_format", "input_tokens", "output_tokens", "cache_read_tokens",
+         "cache_write_tokens", "reasoning_tokens", "usage_other", "tags", "status", "total_cost",
+         "unpriced", "price_version", "catalog_version", "override_id", "pricing_note")
+    )  # fmt: skip
+    row |= {"occurred_at": datetime(2026, 12, 1, 3, tzinfo=UTC),
+            "received_at": datetime(2026, 12, 1, 3, tzinfo=UTC)}  # fmt: skip
+    (line,) = csv_line(row, ZoneInfo("America/New_York"))  # type: ignore[arg-type]
+    shown = dict(zip(CSV_COLUMNS, line, strict=True))
+    assert (shown["occurred_at"], shown["occurred_at_local"], shown["month"]) == (
+        "2026-12-01T03:00:00Z", "2026-11-30T22:00:00-05:00", "2026-11"
+    )  # fmt: skip
+    (line,) = csv_line(row)  # type: ignore[arg-type]
+    assert line[-2:] == ["2026-12-01T03:00:00Z", "2026-12"]  # no zone: UTC's

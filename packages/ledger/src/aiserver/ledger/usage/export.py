@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -89,7 +91,7 @@ CSV_COLUMNS: Final = (
     "matched_provider", "service_tier", "usage_format", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "other_usage", "tags",
     "pricing_status", "total", "currency", "unpriced", "price_version", "catalog_version",
-    "override_id", "note",
+    "override_id", "note", "occurred_at_local", "month",
 )  # fmt: skip
 #: The columns of named text (see `CsvTable`): a spreadsheet never reads them as a formula.
 CSV_TEXT: Final = (
@@ -208,9 +210,12 @@ class JsonLines:
 _LIST: Final = msgspec.json.Encoder()
 
 
-def csv_line(row: asyncpg.Record) -> list[list[Any]]:
-    """An event's line of the `csv` format, in `CSV_COLUMNS`' order."""
+def csv_line(row: asyncpg.Record, zone: ZoneInfo | None = None) -> list[list[Any]]:
+    """An event's line of the `csv` format, in `CSV_COLUMNS`' order: `occurred_at_local` and
+    `month` on the clock of `zone`, the project's (None: UTC), so that a spreadsheet totals a
+    month as spend and the dashboard count it."""
     total = row["total_cost"]
+    local = row["occurred_at"].astimezone(zone or UTC)
     return [[
         row["id"], row["event_key"], utc(row["occurred_at"]), utc(row["received_at"]),
         row["model"], row["provider"], row["matched_model"], row["matched_provider"],
@@ -221,6 +226,7 @@ def csv_line(row: asyncpg.Record) -> list[list[Any]]:
         # 0: an override-only model's, as events recorded before it was stored as none
         _LIST.encode(list(row["unpriced"] or ())).decode(), row["price_version"] or None,
         row["catalog_version"], row["override_id"], row["pricing_note"],
+        local.isoformat().replace("+00:00", "Z"), f"{local.year:04d}-{local.month:02d}",
     ]]  # fmt: skip
 
 
@@ -233,12 +239,13 @@ def csv_table(project: Project) -> CsvTable:
     has not got it, so that a spreadsheet can filter and pivot on it (`tags` holds every tag
     all the same). A tag's value is named text, guarded as the others."""
     keys = tuple(project.rollup_tags)
+    zone = ZoneInfo(project.time_zone)
     if not keys:
-        return CsvTable(CSV_COLUMNS, csv_line, CSV_TEXT)
+        return CsvTable(CSV_COLUMNS, functools.partial(csv_line, zone=zone), CSV_TEXT)
     tagged = tuple(TAG_PREFIX + key for key in keys)
 
     def lines(row: asyncpg.Record) -> list[list[Any]]:
-        (line,) = csv_line(row)
+        (line,) = csv_line(row, zone)
         tags = _TAGS.decode(row["tags"])
         return [[*line, *(tags.get(key) for key in keys)]]
 
