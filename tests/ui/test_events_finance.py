@@ -327,7 +327,7 @@ async def test_an_unpriced_events_page_says_what_can_be_done(
 
     # partially priced: its cost leaves out what has no price; a reprice is asked for
     browser.get(f"{site.url}/ui/p/{SLUG}/events/{fin['ids']['fin-partial']}")
-    assert text(browser.find_element(By.ID, "event-status")) == "partially_priced"
+    assert text(browser.find_element(By.ID, "event-status")) == "partially priced"
     step = text(browser.find_element(By.ID, "event-next-step"))
     for said in (
         "no price (images)",

@@ -77,6 +77,11 @@ def test_the_overview_says_its_figures_are_a_lower_bound_and_why(
     ), text(card)
     assert "3 events, 1 unpriced, 1 partially priced" in text(card)
     assert "A lower bound" in text(card.find_element(By.CSS_SELECTOR, ".lower-bound"))
+    # the 30 days' tables and chart say their totals are a minimum, and why (they did not)
+    said = ("These costs are a lower bound: 1 unpriced event counts 0, and 1 partially priced "
+            "event only its priced part (below).")  # fmt: skip
+    for where in ("daily-lower-bound", "top-models-lower-bound"):
+        assert text(browser.find_element(By.ID, where)) == said
     last = browser.find_element(By.ID, "period-2")
     assert text(last.find_element(By.CSS_SELECTOR, "h3")) == "Last month"
     assert not last.find_elements(By.CSS_SELECTOR, ".lower-bound")
