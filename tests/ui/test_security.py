@@ -254,6 +254,15 @@ async def test_the_operator_picks_any_project(
         assert Decimal(total.removesuffix(" *").replace(",", "")) == exact, (total, cells)
         assert total.endswith(" *") == any(c.endswith(" *") or c == "unpriced" for c in cells)
     assert footer[0].endswith(" *")  # ui-a's unpriced call
+    # every figure's decimal point lines up in its column, marked * or not, footer too: the
+    # figures had their own decimals each, and a * pushed its row two characters left
+    points = browser.execute_script(
+        "return [4, 5].map(n => Array.from(document.querySelectorAll("
+        "`#projects tbody td:nth-child(${n}), #projects tfoot td:nth-child(${n - 2})`))"
+        ".filter(td => td.querySelector('.mark') && td.textContent.trim() !== 'unpriced')"
+        ".map(td => Math.round(td.querySelector('.mark').getBoundingClientRect().left)));"
+    )
+    assert all(len(column) >= 2 and len(set(column)) == 1 for column in points), points
     through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
     assert browser.current_url == f"{site.url}/ui/p/ui-b/"
     async with site.client() as client:

@@ -183,10 +183,16 @@ class SignInController(Controller):
             )
             for i in range(2)
         ]
+        # each column's scale: its figures' points line up (the blanks of the decimals a
+        # figure lacks are drawn, not written)
+        places = [
+            SHOW.places([*(row[i]["total"].cost for row in spent), totals[i][0]]) for i in range(2)
+        ]
         return Template(
             template_name="projects.html",
             context={
                 "viewer": seen_by, "projects": projects, "project": None, "page": "projects",
-                "spent": spent, "totals": totals, "listed": SPEND_LISTED, "show": SHOW,
+                "spent": spent, "totals": totals, "places": places, "listed": SPEND_LISTED,
+                "show": SHOW,
             },
         )  # fmt: skip
