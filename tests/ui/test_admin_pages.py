@@ -6,7 +6,7 @@ every webhook delivery attempt, its thresholds and what is reserved, as the API 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
     sign_in(browser, site, site.keys["a"])
     through(browser, browser.find_element(By.LINK_TEXT, "Keys"))
     fill(browser, "k-name", "ci-reader")
+    year = date.today().year + 1
+    fill(browser, "k-expires", f"{year}-01-01")  # a date: its midnight on ui-a's clock (Berlin)
     browser.find_element(By.CSS_SELECTOR, "input[name=scopes][value=read]").click()
     through(browser, browser.find_element(By.CSS_SELECTOR, "form.query button[type=submit]"))
     made = browser.find_element(By.ID, "new-key-text").get_attribute("value") or ""
@@ -115,6 +117,13 @@ async def test_an_admin_key_creates_a_key_shown_once_and_revokes_it(
         assert row[2:3] == ["read"]
         assert row[6] == "active"
         assert made.split("_")[1] == row[1]  # the public id, never the secret
+        # the key's times on the project's clock, to the second, as the other pages show
+        # times (they were in UTC with microseconds, and a date typed was UTC's midnight)
+        assert row[4] == f"{year}-01-01T00:00:00+01:00"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0[12]:00", row[3]), row[3]
+        keys = (await client.get("/v1/projects/ui-a/keys", headers=bearer(site.keys["a"]))).json()
+        (listed,) = [k for k in keys if k["name"] == "ci-reader"]
+        assert listed["expires_at"] == f"{year - 1}-12-31T23:00:00Z"
         through(
             browser,
             browser.find_element(By.CSS_SELECTOR, "button[aria-label^='Revoke the key ci-reader']"),

@@ -17,11 +17,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from litestar import Request, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from aiserver.api.ui.forms import wall_time
 from aiserver.api.ui.sessions import PROJECT, new_token
 from aiserver.api.ui.viewer import ProjectPages, checked_form, heard, open_project, said, viewer
 from aiserver.core_db.database import require_pool
@@ -30,7 +32,6 @@ from aiserver.ledger.api_keys import FormSentAgain
 from aiserver.ledger.errors import InvalidField, UnknownKey
 from aiserver.ledger.keys import SCOPES
 from aiserver.ledger.store import ApiKey
-from aiserver.ledger.usage.reading import parse_time
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -96,7 +97,9 @@ class KeyPages(ProjectPages):
                 require_pool(), access, project.slug,
                 name=str(form.get("name") or "").strip(),
                 scopes=[str(s) for s in form.getall("scopes", [])],
-                expires_at=parse_time(expires, "expires_at") if expires else None,
+                # as the other pages read a time typed in a form: without an offset (a date
+                # alone: its midnight) on the project's clock
+                expires_at=wall_time(expires, "expires_at", ZoneInfo(project.time_zone)),
                 form_token=_form_token(form.get("form_token")),
             )  # fmt: skip
         except InvalidField as exc:

@@ -444,14 +444,16 @@ def on_clock(at: datetime, zone: str) -> str:
     return timestamp(at.astimezone(ZoneInfo(zone)))
 
 
-def instant(at: datetime, zone: str) -> Markup:
+def instant(at: datetime, zone: str, *, to_second: bool = False) -> Markup:
     """A time as the pages show an event's: on the clock of the time zone named `zone` (the
     project's), with its offset (`2026-11-30T22:00:00-05:00`, as the budgets' windows are
     shown), in a `<time>` whose `datetime` and title hold the exact instant in UTC as the API
-    writes it (`2026-12-01T03:00:00Z`)."""
+    writes it (`2026-12-01T03:00:00Z`). `to_second` shows it without its fraction of a second
+    (a key's times), the title keeping it."""
     exact = timestamp(at.astimezone(UTC))
+    shown = at.replace(microsecond=0) if to_second else at
     return Markup('<time datetime="{0}" title="{0} in UTC">{1}</time>').format(
-        exact, on_clock(at, zone)
+        exact, on_clock(shown, zone)
     )
 
 
