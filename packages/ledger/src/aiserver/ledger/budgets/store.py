@@ -330,7 +330,7 @@ async def add_to_windows(
                                          committed, events, unpriced_events,
                                          partially_priced_events)
         SELECT $1, k.budget_id, k.window_start, 0, k.window_end, k.committed, k.events,
-               k.unpriced_events, GREATEST(0, k.partially_priced_events)
+               k.unpriced_events, k.partially_priced_events
         FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
                     $6::bigint[], $7::bigint[], $8::bigint[])
              AS k(budget_id, window_start, window_end, committed, events, unpriced_events,
