@@ -212,12 +212,13 @@ _LIST: Final = msgspec.json.Encoder()
 
 def csv_line(row: asyncpg.Record, zone: ZoneInfo | None = None) -> list[list[Any]]:
     """An event's line of the `csv` format, in `CSV_COLUMNS`' order: `occurred_at_local` and
-    `month` on the clock of `zone`, the project's (None: UTC), so that a spreadsheet totals a
-    month as spend and the dashboard count it."""
+    `month` on the clock of `zone`, the project's (None: UTC, whose text is `occurred_at`'s),
+    so that a spreadsheet totals a month as spend and the dashboard count it."""
     total = row["total_cost"]
-    local = row["occurred_at"].astimezone(zone or UTC)
+    occurred = utc(row["occurred_at"])
+    local = occurred if zone is None else row["occurred_at"].astimezone(zone).isoformat()
     return [[
-        row["id"], row["event_key"], utc(row["occurred_at"]), utc(row["received_at"]),
+        row["id"], row["event_key"], occurred, utc(row["received_at"]),
         row["model"], row["provider"], row["matched_model"], row["matched_provider"],
         row["service_tier"], row["usage_format"], row["input_tokens"], row["output_tokens"],
         row["cache_read_tokens"], row["cache_write_tokens"], row["reasoning_tokens"],
@@ -226,7 +227,7 @@ def csv_line(row: asyncpg.Record, zone: ZoneInfo | None = None) -> list[list[Any
         # 0: an override-only model's, as events recorded before it was stored as none
         _LIST.encode(list(row["unpriced"] or ())).decode(), row["price_version"] or None,
         row["catalog_version"], row["override_id"], row["pricing_note"],
-        local.isoformat().replace("+00:00", "Z"), f"{local.year:04d}-{local.month:02d}",
+        local, local[:7],  # its month: `2026-11`, the text's first characters
     ]]  # fmt: skip
 
 
@@ -239,7 +240,7 @@ def csv_table(project: Project) -> CsvTable:
     has not got it, so that a spreadsheet can filter and pivot on it (`tags` holds every tag
     all the same). A tag's value is named text, guarded as the others."""
     keys = tuple(project.rollup_tags)
-    zone = ZoneInfo(project.time_zone)
+    zone = None if project.time_zone == "UTC" else ZoneInfo(project.time_zone)
     if not keys:
         return CsvTable(CSV_COLUMNS, functools.partial(csv_line, zone=zone), CSV_TEXT)
     tagged = tuple(TAG_PREFIX + key for key in keys)
