@@ -204,3 +204,5 @@ def test_a_csv_row_says_its_time_and_month_on_the_project_s_clock() -> None:
     )  # fmt: skip
     (line,) = csv_line(row)  # type: ignore[arg-type]
     assert line[-2:] == ["2026-12-01T03:00:00Z", "2026-12"]  # no zone: UTC's
+    (line,) = csv_line(row, ZoneInfo("Europe/London"))  # type: ignore[arg-type]
+    assert line[-2:] == ["2026-12-01T03:00:00Z", "2026-12"]  # an offset of 0 is Z, as the API's

@@ -256,13 +256,22 @@ async def test_the_operator_picks_any_project(
     assert footer[0].endswith(" *")  # ui-a's unpriced call
     # every figure's decimal point lines up in its column, marked * or not, footer too: the
     # figures had their own decimals each, and a * pushed its row two characters left
-    points = browser.execute_script(
+    # (the decimals written plus the blank drawn for those it lacks are the column's, and the
+    # mark's slot, a * or a blank, has one width)
+    columns = browser.execute_script(
         "return [4, 5].map(n => Array.from(document.querySelectorAll("
         "`#projects tbody td:nth-child(${n}), #projects tfoot td:nth-child(${n - 2})`))"
         ".filter(td => td.querySelector('.mark') && td.textContent.trim() !== 'unpriced')"
-        ".map(td => Math.round(td.querySelector('.mark').getBoundingClientRect().left)));"
+        ".map(td => [(td.firstChild.textContent.split('.')[1] || '').length"
+        " + (td.querySelector('.pad') ? td.querySelector('.pad').dataset.pad : '')"
+        ".replace('.', '').length, Math.round(td.querySelector('.mark').getBoundingClientRect()"
+        ".width)]));"
     )
-    assert all(len(column) >= 2 and len(set(column)) == 1 for column in points), points
+    for column in columns:
+        assert len(column) >= 2, columns
+        assert len({decimals for decimals, _ in column}) == 1, columns
+        assert len({width for _, width in column}) == 1, columns
+    assert any(decimals > 0 for column in columns for decimals, _ in column), columns
     through(browser, browser.find_element(By.LINK_TEXT, "Beta Secret"))
     assert browser.current_url == f"{site.url}/ui/p/ui-b/"
     async with site.client() as client:

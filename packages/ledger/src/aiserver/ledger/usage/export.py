@@ -54,6 +54,7 @@ from aiserver.ledger.usage.reading import (
     event_query,
 )
 from aiserver.ledger.usage.store import reading as store
+from aiserver.ledger.zones import region_of
 
 if TYPE_CHECKING:
     from asyncpg.transaction import Transaction
@@ -216,7 +217,10 @@ def csv_line(row: asyncpg.Record, zone: ZoneInfo | None = None) -> list[list[Any
     so that a spreadsheet totals a month as spend and the dashboard count it."""
     total = row["total_cost"]
     occurred = utc(row["occurred_at"])
-    local = occurred if zone is None else row["occurred_at"].astimezone(zone).isoformat()
+    if zone is None:
+        local = occurred
+    else:  # an offset of 0 (London's winter, Etc/UTC) as the API writes it: Z
+        local = row["occurred_at"].astimezone(zone).isoformat().replace("+00:00", "Z")
     return [[
         row["id"], row["event_key"], occurred, utc(row["received_at"]),
         row["model"], row["provider"], row["matched_model"], row["matched_provider"],
@@ -240,7 +244,7 @@ def csv_table(project: Project) -> CsvTable:
     has not got it, so that a spreadsheet can filter and pivot on it (`tags` holds every tag
     all the same). A tag's value is named text, guarded as the others."""
     keys = tuple(project.rollup_tags)
-    zone = None if project.time_zone == "UTC" else ZoneInfo(project.time_zone)
+    zone = None if project.time_zone == "UTC" else ZoneInfo(region_of(project.time_zone))
     if not keys:
         return CsvTable(CSV_COLUMNS, functools.partial(csv_line, zone=zone), CSV_TEXT)
     tagged = tuple(TAG_PREFIX + key for key in keys)
