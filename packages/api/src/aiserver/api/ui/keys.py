@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 from litestar import Request, get, post
 from litestar.params import FromPath
@@ -31,6 +30,7 @@ from aiserver.ledger import api_keys
 from aiserver.ledger.api_keys import FormSentAgain
 from aiserver.ledger.errors import InvalidField, UnknownKey
 from aiserver.ledger.keys import SCOPES
+from aiserver.ledger.spend.query import project_zone
 from aiserver.ledger.store import ApiKey
 
 AnyRequest = Request[Any, Any, Any]
@@ -99,7 +99,7 @@ class KeyPages(ProjectPages):
                 scopes=[str(s) for s in form.getall("scopes", [])],
                 # as the other pages read a time typed in a form: without an offset (a date
                 # alone: its midnight) on the project's clock
-                expires_at=wall_time(expires, "expires_at", ZoneInfo(project.time_zone)),
+                expires_at=wall_time(expires, "expires_at", project_zone(project)),
                 form_token=_form_token(form.get("form_token")),
             )  # fmt: skip
         except InvalidField as exc:
