@@ -178,22 +178,27 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
     counts = ["events", "unpriced_events", "partially_priced_events", "input_tokens",
               "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "reasoning_tokens"]  # fmt: skip
+    # the week that holds today is not over: its row says so (the window ends tomorrow)
+    as_of = answer["freshness"]["as_of"]
     expected = [
-        [b["start"], b["end"], label(g, "model"), label(g, "tag:team"), csv_cost(g), "USD",
+        [b["start"], b["end"], "yes" if instant(b["end"]) <= instant(as_of) else "no",
+         label(g, "model"), label(g, "tag:team"), csv_cost(g), "USD",
          *(str(g[c]) for c in counts)]
         for b in answer["buckets"] for g in b["groups"]
     ]  # fmt: skip
     assert expected
+    assert expected[-1][2] == "no", expected[-1]
     # the page: the costs at their column's scale, the counts grouped by thousands
-    costs = at_scale([row[4] for row in expected if row[4]])
+    costs = at_scale([row[5] for row in expected if row[5]])
     shown_costs, remaining = [], iter(costs)
     for row in expected:
-        shown_costs.append(next(remaining) if row[4] else "unpriced")
+        shown_costs.append(next(remaining) if row[5] else "unpriced")
     assert table(browser, "rows") == [
-        [*row[:4], cost, row[5], *(f"{int(n):,}" for n in row[6:])]
+        [*row[:5], cost, row[6], *(f"{int(n):,}" for n in row[7:])]
         for row, cost in zip(expected, shown_costs, strict=True)
     ]
-    columns = ["from", "to", "model", "tag:team", "cost", "currency", *counts]
+    columns = ["from", "to (not included)", "complete", "model", "tag:team", "cost",
+               "currency", *counts]  # fmt: skip
     # in words on the page (unpriced events, ...), the API's names in the CSV
     assert header(browser, "rows") == [c.replace("_", " ") for c in columns]
 
@@ -249,20 +254,23 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
     sign_in(browser, site, d_key)
     browser.get(f"{site.url}/ui/p/ui-d/explore?from={since}&to={until}&tz=UTC&bucket=day"
                 "&group_by=model")  # fmt: skip
-    shown = [[c.replace(" ", "_") for c in header(browser, "rows")], *table(browser, "rows")]
-    assert [row[2] for row in shown[1:]] == ["gpt-test-001"]
+    # the day was over when the page was read: complete
+    assert header(browser, "rows")[:4] == ["from", "to (not included)", "complete", "model"]
+    shown = table(browser, "rows")
+    assert [row[2:4] for row in shown] == [["yes", "gpt-test-001"]]
     await record("d-2", "gpt-test-000")  # after the page was read
 
     name, rows = download(browser, downloads, "csv")
     assert name == f"spend-ui-d-{since}-{until}.csv"
     # the table shown, its counts without the page's grouping by thousands (one row: its cost
     # is at its own scale)
-    assert rows == [[re.sub(r"^(\d{1,3}),(\d{3})$", r"\1\2", cell) for cell in row]
-                    for row in shown]  # fmt: skip
+    assert rows[0][:4] == ["from", "to (not included)", "complete", "model"]
+    assert rows[1:] == [[re.sub(r"^(\d{1,3}),(\d{3})$", r"\1\2", cell) for cell in row]
+                        for row in shown]  # fmt: skip
     again_name, asked_again = download(browser, downloads, "csv-now")
     # named apart from the table's own download: with when it was counted
     assert re.fullmatch(rf"spend-ui-d-{since}-{until}-as-of-\d{{8}}T\d{{6}}Z\.csv", again_name)
-    assert sorted(row[2] for row in asked_again[1:]) == ["gpt-test-000", "gpt-test-001"]
+    assert sorted(row[3] for row in asked_again[1:]) == ["gpt-test-000", "gpt-test-001"]
 
 
 async def test_explore_says_what_is_wrong_with_a_question(browser: WebDriver, site: Site) -> None:
@@ -700,3 +708,8 @@ async def test_a_project_whose_every_event_is_unpriced_shows_no_figure_that_read
     assert card.find_elements(By.CLASS_NAME, "lower-bound") == []
     total = browser.find_element(By.CSS_SELECTOR, "#top-models tfoot td")
     assert text(total) == "unpriced"
+
+
+def instant(text: str) -> datetime:
+    """A time as the API writes it (`...Z` or an offset)."""
+    return datetime.fromisoformat(text)

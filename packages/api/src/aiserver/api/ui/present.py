@@ -393,9 +393,15 @@ def pivot(answer: SpendAnswer) -> Pivot:
     )
 
 
+#: The CSV's first three columns: a bucket's start, its end, which it does not include (the
+#: next bucket's start, as the API's `to`, said in the file, where a spreadsheet would not
+#: know it), and whether it is over (`no` for the bucket still going on: today, this hour).
+BUCKET_COLUMNS: Final = ("from", "to (not included)", "complete")
+
+
 def table_header(answer: SpendAnswer) -> list[str]:
-    """The CSV's header: the API's names."""
-    return ["from", "to", *answer.group_by, "cost", "currency", *COUNTS]
+    """The CSV's header: `BUCKET_COLUMNS`, then the API's names."""
+    return [*BUCKET_COLUMNS, *answer.group_by, "cost", "currency", *COUNTS]
 
 
 def shown_header(answer: SpendAnswer) -> list[str]:
@@ -407,7 +413,7 @@ def column_kinds(answer: SpendAnswer) -> list[str]:
     """The kind (`Cell.kind`) of each column of `table_header`: a tag's value may be long and
     wraps; a model, a provider or a status stays on one line."""
     dimensions = ["text" if name.startswith("tag:") else "name" for name in answer.group_by]
-    return ["when", "when", *dimensions, "num", "text", *("num" for _ in COUNTS)]
+    return ["when", "when", "text", *dimensions, "num", "text", *("num" for _ in COUNTS)]
 
 
 def shown_table(answer: SpendAnswer, rows: Sequence[Sequence[str]]) -> list[list[Cell]]:
@@ -460,13 +466,15 @@ def instant(at: datetime, zone: str, *, to_second: bool = False) -> Markup:
 def table_rows(answer: SpendAnswer) -> list[list[str]]:
     """One row per bucket and group, every value as the page shows it (and the CSV holds it).
     A group whose every event is unpriced has no cost (empty, as in the usage export; the API's
-    0 would read as free), its events counted under unpriced_events."""
+    0 would read as free), its events counted under unpriced_events. A bucket that ends after
+    the time the answer counted up to is not `complete`: its spend may still grow."""
     rows = []
     for bucket in answer.buckets:
+        complete = "yes" if bucket.end <= answer.freshness.as_of else "no"
         for group in bucket.groups:
             counts = msgspec.structs.asdict(group)
             rows.append([
-                timestamp(bucket.start), timestamp(bucket.end),
+                timestamp(bucket.start), timestamp(bucket.end), complete,
                 *group_values(group, answer.group_by), "" if group.unpriced_only else group.cost,
                 answer.currency, *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
