@@ -303,6 +303,9 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     counts_from = browser.find_element(By.ID, "budget-counts-from").text
     assert counts_from.startswith(f"{changed['counts_from']} (the window it was made in")
     assert changed["counts_from"] <= changed["window"]["start"]
+    # a window's end is the next one's start, which it does not count: the page says so
+    window = browser.find_element(By.ID, "budget-window").text
+    assert window.endswith("; the end not included: the next window's start)"), window
 
     # a hard budget holds what a coming call reserves: the reserved column says how much
     async with site.client() as client:
