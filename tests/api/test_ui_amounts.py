@@ -96,6 +96,10 @@ def test_a_price_per_token_is_shown_per_million_tokens_exactly(
         ("0.00245", "0.0025", "rounded to two significant figures"),  # was "0.00"
         ("0.0025", "0.0025", None),  # exact: no "≈"
         ("0.000000031", "0.000000031", None),
+        # one significant figure: as it is, not 0.00000060 beside "Exactly 0.0000006"
+        ("0.0000006", "0.0000006", None),
+        ("0.00000060", "0.0000006", None),
+        ("0.005", "0.005", None),
         ("0.0000000314", "0.000000031", "rounded to two significant figures"),
         ("-0.004994", "-0.0050", "rounded to two significant figures"),
         ("0", "0.00", None),

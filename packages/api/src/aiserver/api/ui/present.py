@@ -115,15 +115,17 @@ def count(value: object) -> str:
 def about(value: object) -> str:
     """An amount rounded to the cent (half up), grouped by thousands: `1,234.57`; one of less
     than a cent (but not 0) to two significant figures, `0.0025` for 0.00245, which a cent's
-    rounding showed as `0.00`, as if nothing had been spent. Only ever shown marked as rounded
-    (`rounded`, `rounding`) and beside the exact amount."""
+    rounding showed as `0.00`, as if nothing had been spent; one of a single significant figure
+    as it is (`0.0000006`, not `0.00000060` beside the exact amount it equals). Only ever shown
+    marked as rounded (`rounded`, `rounding`) and beside the exact amount."""
     text = _amount_text(value)
     if text is None:
         return str(value)
     exact = Decimal(text)
     if exact and abs(exact) < _CENT:
         figures = Decimal(1).scaleb(exact.adjusted() - 1)  # the second significant figure
-        return f"{exact.quantize(figures, rounding=ROUND_HALF_UP):f}"
+        near = exact.quantize(figures, rounding=ROUND_HALF_UP)
+        return f"{exact.normalize() if near == exact else near:f}"
     return f"{exact.quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
 
 
