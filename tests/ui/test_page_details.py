@@ -138,7 +138,9 @@ async def test_a_budgets_window_is_on_the_projects_clock_as_the_page_says(
     )
     assert budget_cells(browser, "budget-list")["window"] == said
     browser.get(f"{site.url}/ui/p/ui-k/budgets/{kiritimati['id']}")  # the budget's own page
-    assert text(browser.find_element(By.ID, "budget-window")) == f"{said} (Pacific/Kiritimati)"
+    assert text(browser.find_element(By.ID, "budget-window")) == (
+        f"{said} (Pacific/Kiritimati; the end not included: the next window's start)"
+    )
     counts_from = text(browser.find_element(By.ID, "budget-counts-from"))
     assert counts_from.startswith(f"{on_the_clock(kiritimati['counts_from'])} (the window")
 
