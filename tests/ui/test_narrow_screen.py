@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, sign_in, text
+from .conftest import ADMIN_TOKEN, Site, sign_in, text
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,13 @@ def test_a_budget_s_used_share_is_on_a_phone_s_screen_without_scrolling(
         phone.get(site.url + path)
         name = phone.find_element(By.CSS_SELECTOR, f"#{table} tbody th")
         used = name.get_attribute("data-narrow") or ""
-        assert re.fullmatch(r"[0-9.]+% used(: .+)?", used), used
+        assert re.fullmatch(r"[0-9.]+% used(: [^;]+)?(; committed on pace for .+)?", used), used
+        # the pace, when the row has one (a tenth of the month has passed), is there too: its
+        # cell is beyond the screen's edge as well
+        paces = phone.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr:first-child .pace")
+        assert [p.get_attribute("textContent") for p in paces] == (
+            [used.partition("; ")[2]] if "; " in used else []
+        ), used
         assert phone.execute_script(shown, name) == f'"{used}"', path
         width = phone.execute_script("return document.documentElement.clientWidth;")
         right = phone.execute_script("return arguments[0].getBoundingClientRect().right;", name)
@@ -86,8 +93,10 @@ def test_an_event_s_cost_is_on_a_phone_s_screen_without_scrolling(
         assert rows, query
         for row in rows:
             heading = row.find_element(By.CSS_SELECTOR, "th")
-            cost = text(row.find_elements(By.CSS_SELECTOR, "td")[4])
-            assert phone.execute_script(shown, heading) == f'"{cost}"'
+            cells = row.find_elements(By.CSS_SELECTOR, "td")
+            cost = text(cells[4])
+            status = "" if text(cells[3]) != "partially priced" else ", partially priced"
+            assert phone.execute_script(shown, heading) == f'"{cost}{status}"'
             right = phone.execute_script(
                 "return arguments[0].getBoundingClientRect().right;", heading
             )
@@ -99,3 +108,45 @@ def test_an_event_s_cost_is_on_a_phone_s_screen_without_scrolling(
     phone.get(site.url + "/ui/p/ui-a/events/")
     heading = phone.find_element(By.CSS_SELECTOR, "#events tbody th")
     assert phone.execute_script(shown, heading) == "none"
+
+
+def test_the_operator_s_projects_list_shows_this_month_on_a_phone_s_screen(
+    phone: WebDriver, site: Site
+) -> None:
+    """The months' cells lie beyond a phone's screen: this month is shown under each project's
+    name too, and under the total's heading; the caption wraps on the screen (it was as wide
+    as the table, its end cut off)."""
+    shown = "return getComputedStyle(arguments[0], '::after').content;"
+    edge = "return arguments[0].getBoundingClientRect().right;"
+    after_edge = (
+        "const cell = getComputedStyle(arguments[0]);"
+        " return arguments[0].getBoundingClientRect().left + parseFloat(cell.paddingLeft)"
+        " + parseFloat(getComputedStyle(arguments[0], '::after').width);"
+    )
+    sign_in(phone, site, ADMIN_TOKEN)
+    phone.get(site.url + "/ui/")
+    width = phone.execute_script("return document.documentElement.clientWidth;")
+    rows = phone.find_elements(By.CSS_SELECTOR, "#projects tbody tr, #projects tfoot tr")
+    assert len(rows) >= 3, len(rows)
+    for row in rows:
+        heading = row.find_element(By.CSS_SELECTOR, "th")
+        month = text(row.find_elements(By.CSS_SELECTOR, "td.num")[0])
+        said = heading.get_attribute("data-narrow") or ""
+        # the cell's figure (at its column's scale, so compared as a number), "or more" for
+        # its lower bound's mark
+        figure = month.removesuffix("*").strip()
+        if figure == "unpriced":
+            assert said == "this month: unpriced", (said, month)
+        else:
+            found = re.fullmatch(r"this month: ([0-9.]+) USD( or more)?", said)
+            assert found, (said, month)
+            assert Decimal(found[1]) == Decimal(figure.replace(",", "")), (said, month)
+            assert bool(found[2]) == month.endswith("*"), (said, month)
+        assert phone.execute_script(shown, heading) == f'"{said}"'
+        # the words under the heading end on the screen, though the total's heading spans
+        # three columns wider than it
+        assert phone.execute_script(after_edge, heading) <= width, said
+    total = phone.find_element(By.CSS_SELECTOR, "#projects-total .fits")
+    assert phone.execute_script(edge, total) <= width
+    caption = phone.find_element(By.ID, "projects-caption")
+    assert phone.execute_script(edge, caption) <= width

@@ -173,3 +173,27 @@ def test_a_budget_says_its_committed_cost_is_a_lower_bound_and_why(
         " USD (3 events, 1 unpriced, 1 partially priced): a lower bound, since unpriced events "
         "count 0 and partially priced ones count their priced part only"
     )
+
+
+def test_on_a_phone_an_event_s_cost_says_when_it_is_partially_priced(
+    browser: WebDriver, site: Site, part: str
+) -> None:
+    """At a phone's width the status cell is beyond the screen's edge, as the cost cell is: the
+    cost shown under the event's id says "partially priced" when only a part has a price."""
+    size = browser.get_window_size()
+    browser.set_window_size(390, 844)
+    try:
+        sign_in(browser, site, part)
+        browser.get(f"{site.url}/ui/p/ui-part/events/")
+        narrow = {}
+        for row in browser.find_elements(By.CSS_SELECTOR, "#events tbody tr"):
+            cells = row.find_elements(By.CSS_SELECTOR, "td")
+            heading = row.find_element(By.CSS_SELECTOR, "th")
+            narrow[text(cells[3])] = (text(cells[4]), heading.get_attribute("data-narrow"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    assert sorted(narrow) == ["partially priced", "priced", "unpriced"], narrow
+    cost, said = narrow["partially priced"]
+    assert said == f"{cost}, partially priced", narrow
+    assert narrow["priced"][1] == narrow["priced"][0]
+    assert narrow["unpriced"][1] == "unpriced"
