@@ -25,6 +25,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from aiserver.costs.errors import UnknownModel
@@ -192,6 +193,14 @@ class Catalog:
         overrides define."""
         starts = self._starts.get(key)
         return starts[0] if starts else None
+
+    @cached_property
+    def began(self) -> datetime | None:
+        """When the source's earliest price of any model began (the first refresh or seed of
+        this server's catalog): a call from before then is priced with its model's first price,
+        not the price of its day (`version_at`'s note). None for a catalog without a source
+        price."""
+        return min((starts[0] for starts in self._starts.values() if starts), default=None)
 
     def overrides(self, key: str) -> tuple[Override, ...]:
         """Every override of the model, current and closed, oldest first."""

@@ -22,6 +22,7 @@ from litestar.response import Template
 from aiserver.api.ui.forms import tag_pairs
 from aiserver.api.ui.present import (
     SHOW,
+    before_catalog,
     column_kinds,
     pivot,
     shown_header,
@@ -37,6 +38,7 @@ from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import BUCKETS
 from aiserver.ledger.spend.query import MAX_TOP, project_zone, read_spend, spend_query
 from aiserver.ledger.store import Project
+from aiserver.ledger.usage.reading import event_query
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
 AnyRequest = Request[Any, Any, Any]
@@ -143,6 +145,15 @@ class ExploreController(ProjectPages):
         cells = len(answer.buckets) * max(1, len(answer.groups)) if answer is not None else 0
         small = len(rows) <= MAX_SHOWN_ROWS and cells <= MAX_SHOWN_CELLS
         shown = answer if answer is not None and small else None
+        began = None
+        if answer is not None:  # the question's window and filters, which the answer counts
+            counted = event_query(
+                since=answer.since, until=answer.until, model=question.model or None,
+                provider=question.provider or None, status=question.status or None,
+                tags=tag_pairs(question.tags),
+            )  # fmt: skip
+            live = request.app.state.live
+            began = await before_catalog(live.catalog.began, project.id, counted)
         dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
         dimensions += [g for g in question.group_by if g not in dimensions]
         return Template(
@@ -162,6 +173,7 @@ class ExploreController(ProjectPages):
                 "csv_href": csv_href(header, rows) if answer is not None else None,
                 "csv_name": csv_name(project, answer) if answer is not None else "",
                 "buckets": BUCKETS, "statuses": PRICING_STATUSES, "dimensions": dimensions,
+                "catalog_began": began,
             },
         )  # fmt: skip
 

@@ -17,7 +17,7 @@ from litestar import Request, get
 from litestar.params import FromPath
 from litestar.response import Template
 
-from aiserver.api.ui.present import SHOW, pivot
+from aiserver.api.ui.present import SHOW, before_catalog, pivot
 from aiserver.api.ui.viewer import ProjectPages, open_project, viewer
 from aiserver.core_db.database import require_pool
 from aiserver.costs.pricing.exact import MULTIPLY, SUBTRACT
@@ -147,6 +147,11 @@ class OverviewController(ProjectPages):
             status="unpriced",
         )
         unpriced = await read_events(pool, project.id, window, limit=UNPRICED_SHOWN)
+        # the page's earliest day: last month's first, or the first of the 30 days
+        earliest = min(month_start(today, 1), today - timedelta(days=DAYS - 1))
+        shown = event_query(since=datetime.combine(earliest, time(), tzinfo=zone),
+                            until=datetime.combine(until, time(), tzinfo=zone))  # fmt: skip
+        began = await before_catalog(request.app.state.live.catalog.began, project.id, shown)
         return Template(
             template_name="overview.html",
             context={
@@ -156,5 +161,6 @@ class OverviewController(ProjectPages):
                 "tags": tags, "top_tag_values": TOP_TAG_VALUES,
                 "budgets": await list_budgets(pool, access), "unpriced": unpriced.events,
                 "show": SHOW,
+                "catalog_began": began,
             },
         )  # fmt: skip

@@ -29,9 +29,11 @@ import msgspec
 from markupsafe import Markup
 
 from aiserver.core_db.commands import counted
+from aiserver.core_db.database import require_pool
 from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup, SpendTotals
 from aiserver.ledger.text import bidi_closed, spreadsheet_safe
+from aiserver.ledger.usage.reading import EventQuery, read_events
 
 NONE: Final = "(none)"
 #: What a cost reads where every event it would add up is unpriced.
@@ -399,6 +401,23 @@ def pivot(answer: SpendAnswer) -> Pivot:
 #: next bucket's start, as the API's `to`, said in the file, where a spreadsheet would not
 #: know it), and whether it is over (`no` for the bucket still going on: today, this hour).
 BUCKET_COLUMNS: Final = ("from", "to (not included)", "complete")
+
+
+async def before_catalog(
+    began: datetime | None, project_id: int, query: EventQuery
+) -> datetime | None:
+    """`began` (`Catalog.began`, when the catalog's earliest price began) when the events a
+    summary counts (`query`: its window and filters) include one from before then, else None.
+    Such a call was priced with its model's first price in the catalog, not with a price of its
+    day, which the catalog does not have: each event's page says so, and the summary says it
+    too. One event looked up by the events' primary key (project, time): a few index pages."""
+    if began is None or (query.since is not None and query.since >= began):
+        return None
+    until = began if query.until is None else min(query.until, began)
+    found = await read_events(
+        require_pool(), project_id, msgspec.structs.replace(query, until=until), limit=1
+    )
+    return began if found.events else None
 
 
 def table_header(answer: SpendAnswer) -> list[str]:

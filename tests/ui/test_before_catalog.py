@@ -1,0 +1,89 @@
+"""A call from before this server's price catalog begins is priced with its model's first price
+in the catalog, not with the price of its day, which the catalog never had: each such event's
+page said so, and now the overview and Explore say it too, but only when what they count holds
+such a call (a finance reader of a back-filled history would otherwise take its totals for the
+prices of their days).
+
+A project of its own (ui-hist) records them, so that the other tests' figures stay as they are.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from .conftest import Site, bearer, project_with_key, sign_in, text
+
+pytestmark = pytest.mark.slow
+
+USAGE = {"input_tokens": 1000, "output_tokens": 100}
+
+
+async def record(site: Site, key: str, event_id: str, model: str, at: datetime) -> None:
+    event = {"id": event_id, "model": model, "usage": USAGE, "occurred_at": at.isoformat()}
+    async with site.client() as client:
+        response = await client.post("/v1/usage", json=event, headers=bearer(key))
+    assert response.status_code == 201, response.text
+    assert response.json()["pricing_status"] == "priced", response.text
+
+
+async def catalog_began(site: Site) -> datetime:
+    """When the catalog's earliest price began, read from the database the API serves."""
+    connection = await asyncpg.connect(site.database_url)
+    try:
+        began: datetime = await connection.fetchval("SELECT min(valid_from) FROM ai_model_costs")
+    finally:
+        await connection.close()
+    return began
+
+
+def note(browser: WebDriver) -> str | None:
+    found = browser.find_elements(By.ID, "catalog-began")
+    return text(found[0]) if found else None
+
+
+def exact_instant(browser: WebDriver) -> str:
+    """The exact instant in UTC that the note's time holds (its `datetime`)."""
+    time_element = browser.find_element(By.CSS_SELECTOR, "#catalog-began time")
+    return time_element.get_attribute("datetime") or ""
+
+
+async def test_the_summaries_say_when_they_count_calls_from_before_the_catalog(
+    browser: WebDriver, site: Site
+) -> None:
+    key = await project_with_key(site, "ui-hist", "History Imports", ["ingest", "read"])
+    began = await catalog_began(site)
+    now = datetime.now(UTC)
+    assert began < now - timedelta(seconds=1), (began, now)  # seeded when the site started
+    # only calls of after the catalog began: nothing to say
+    await record(site, key, "new-1", "gpt-test-001", now)
+    sign_in(browser, site, key)
+    assert note(browser) is None
+    browser.get(f"{site.url}/ui/p/ui-hist/explore")
+    assert note(browser) is None
+
+    # a call of two days before it began, imported now: priced with the first price
+    await record(site, key, "old-1", "gpt-test-002", began - timedelta(days=2))
+    browser.get(f"{site.url}/ui/p/ui-hist/")
+    said = note(browser)
+    assert said is not None
+    assert said.startswith("Some of this usage is from before ")
+    assert "priced with the first price the catalog has for its model" in said
+    assert exact_instant(browser) == began.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    # Explore: a window or a filter that keeps the old call says so; one that does not, not
+    day = began.date()
+    for query, expected in (
+        (f"from={day - timedelta(days=3)}&to={day + timedelta(days=1)}", True),
+        (f"from={day - timedelta(days=3)}&to={day + timedelta(days=1)}&model=gpt-test-001",
+         False),
+        (f"from={day - timedelta(days=3)}&to={day + timedelta(days=1)}&model=gpt-test-002",
+         True),
+        (f"from={day - timedelta(days=1)}&to={day + timedelta(days=1)}", False),
+        (f"from={day - timedelta(days=3)}&to={day - timedelta(days=1)}", True),
+    ):  # fmt: skip
+        browser.get(f"{site.url}/ui/p/ui-hist/explore?{query}&tz=UTC")
+        assert (note(browser) is not None) is expected, query
