@@ -13,6 +13,7 @@ from aiserver.api.ui.present import (
     about,
     grouped,
     per_million,
+    places,
     rounded,
     rounding,
     shown_amount,
@@ -113,3 +114,17 @@ def test_a_headline_amount_below_a_cent_keeps_two_figures_not_zero(
     assert rounded(exact) == (how is not None)
     if how is not None:
         assert rounding(exact) == how
+
+
+def test_a_column_lines_up_to_at_most_the_given_decimals_and_shows_a_longer_amount_whole() -> None:
+    """The catalog's prices per million tokens: a source's binary float digits (0.30001999999999996)
+    would give every price of the column 17 decimals; they are shown whole, past the points of
+    the others, which keep the scale of their own most decimals."""
+    column = ["0.5", "2.499999", "0.30001999999999996", None, "12"]
+    assert places(column) == 17
+    assert places(column, at_most=6) == 6
+    assert [shown_amount(v, places(column, at_most=6)) for v in column] == [
+        "0.500000", "2.499999", "0.30001999999999996", "", "12.000000",
+    ]  # fmt: skip
+    assert places(["0.5", "0.30001999999999996"], at_most=6) == 1
+    assert places(["0.30001999999999996"], at_most=6) == 0

@@ -19,7 +19,7 @@ from aiserver.costs.refresh import Outcome, refresh_catalog
 from ..conftest import make_settings, replace_settings
 from ..reliability.harness import eventually, versioned_document
 from ..support.upstream import Upstream
-from .conftest import Site, header, shot, sign_in, table, through
+from .conftest import Site, admin, header, shot, sign_in, table, through
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +167,39 @@ async def test_a_price_history_of_several_versions_shows_each_versions_prices_as
         ]
         # a missing price is a gap in the line, not a price of 0
         assert points == [None if p is None else float(p) for p in exact]
+
+
+async def test_the_list_fits_a_wide_screen_with_long_model_names(
+    browser: WebDriver, site: Site
+) -> None:
+    """A cloud's model names run to 70 characters (`bedrock/ap-northeast-1/1-month-commitment/
+    anthropic.claude-instant-v1`): the name wraps, so that the other prices, the version and the
+    date stay on a screen of 1280 pixels (they were beyond its edge, in a table wider than it)."""
+    names = [f"ui-wide/ap-northeast-{i}/1-month-commitment/anthropic.claude-instant-v{i}"
+             for i in range(3)]  # fmt: skip
+    async with site.client() as client:
+        for i, name in enumerate(names):
+            prices = {"input_cost_per_token": "0.0000008", "output_cost_per_token": "0.0000024",
+                      "output_cost_per_image": f"0.0{i + 4}"}  # fmt: skip
+            override = {"provider": "bedrock_converse_long", "model": name, "reason": "wide",
+                        "prices": prices}  # fmt: skip
+            added = await client.post("/v1/overrides", headers=admin(), json=override)
+            assert added.status_code == 201, added.text
+    size = browser.get_window_size()
+    browser.set_window_size(1280, 1000)
+    try:
+        sign_in(browser, site, site.keys["a-read"])
+        browser.get(f"{site.url}/ui/catalog/?q=ui-wide")
+        assert [row[0] for row in table(browser, "models")] == names
+        needed, box = browser.execute_script(
+            "const t = document.getElementById('models');"
+            " return [t.scrollWidth, t.parentElement.clientWidth];"
+        )
+        last = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr td:last-child")
+        right = [browser.execute_script("return arguments[0].getBoundingClientRect().right;", c)
+                 for c in last]  # fmt: skip
+        width = browser.execute_script("return document.documentElement.clientWidth;")
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    assert needed <= box, (needed, box)
+    assert max(right) <= width, (right, width)

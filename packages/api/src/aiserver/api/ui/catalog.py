@@ -31,6 +31,10 @@ AnyRequest = Request[Any, Any, Any]
 
 #: Models listed at once; a narrower search finds the rest.
 SHOWN: Final = 200
+#: The list's prices per million tokens line up their decimal points up to this many decimals
+#: (providers publish at most 4 or 5); a price of more, a binary float's digits in the source,
+#: is shown whole past the points (`places`).
+ALIGNED_PLACES: Final = 6
 #: The price fields the list has columns of; a model's other `..._cost_per_<unit>` prices (an
 #: image model's per image or per pixel, audio per second) are listed beside them, so that a
 #: model priced by another unit never reads as free.
@@ -64,6 +68,7 @@ class CatalogPages(Controller):
                 "others": [other_prices(pv) for pv in found[:SHOWN]],
                 "found": len(found),
                 "shown": SHOWN, "catalog_version": catalog.version, "show": SHOW,
+                "aligned_places": ALIGNED_PLACES,
             },
         )  # fmt: skip
 

@@ -68,9 +68,13 @@ def scale(value: object) -> int:
     return len(found.group(1) or "") if found is not None else 0
 
 
-def places(values: Iterable[object]) -> int:
-    """The most decimals of the amounts of a column: the scale every amount of it is shown at."""
-    return max((scale(v) for v in values), default=0)
+def places(values: Iterable[object], at_most: int | None = None) -> int:
+    """The most decimals of the amounts of a column: the scale every amount of it is shown at.
+    With `at_most`, of the amounts of at most that many decimals: one of more (a source's
+    price of 0.12500000000000001 per million tokens, a binary float's digits) is shown whole,
+    past the others' decimal points, instead of giving each of them 17 decimals."""
+    scales = (scale(v) for v in values)
+    return max((s for s in scales if at_most is None or s <= at_most), default=0)
 
 
 def padded(value: object, decimals: int) -> str:
