@@ -154,10 +154,7 @@ def _cache_price_in_words(cache: re.Match[str], price: str) -> str:
     held = re.match(r"above_(\d+)hr(?:_|$)", tier)  # a write kept 1 hour: `cache_write_1h`
     if held is not None:
         what[0], tier = f"{what[0]} {held[1]}h", tier[held.end() :]
-    if tier:
-        what.append(_words(tier.replace("_above_", ", above ").replace("_tokens_", " tokens, ")))
-    kind = f"{cache['kind']} " if cache["kind"] else ""
-    return f"per 1M {kind}tokens{_of(what)} {per_million(price)}"
+    return _tokens_in_words(cache["kind"], what, tier.replace("_above_", ", above "), price)
 
 
 #: A unit that is a token of some kind (`audio_token`) and tier (`token_batches`,
@@ -171,15 +168,24 @@ def _price_in_words(direction: str, unit: str, option: str | None, price: str) -
         option = option.removeprefix(f"{direction}_")
     token = _TOKEN_UNIT.fullmatch(unit)
     if token is not None:
-        if token["tier"]:  # "above_272k_tokens_priority": "above 272k tokens, priority"
-            what.append(_words(token["tier"].replace("_tokens_", " tokens, ")))
-        if option is not None:
-            what.append(_words(option))
-        kind = f"{token['kind']} " if token["kind"] else ""
-        return f"per 1M {kind}tokens{_of(what)} {per_million(price)}"
+        tier = token["tier"] or ""
+        return _tokens_in_words(token["kind"], what, tier, price, option)
     if option is not None:
         what.append(_words(option))
     return f"per {_words(unit)}{_of(what)} {price}"
+
+
+def _tokens_in_words(
+    kind: str | None, what: list[str], tier: str, price: str, option: str | None = None
+) -> str:
+    """A price per token (of a `kind`: audio, reasoning), per million as the list's columns
+    are, with what it is of (`what`), its `tier` (`above_272k_tokens_priority`: "above 272k
+    tokens, priority") and `option` in words: `per 1M audio tokens (input, batches) 40`."""
+    if tier:
+        what = [*what, _words(tier.replace("_tokens_", " tokens, "))]
+    if option is not None:
+        what = [*what, _words(option)]
+    return f"per 1M {f'{kind} ' if kind else ''}tokens{_of(what)} {per_million(price)}"
 
 
 def _of(what: list[str]) -> str:
