@@ -197,3 +197,32 @@ def test_on_a_phone_an_event_s_cost_says_when_it_is_partially_priced(
     assert said == f"{cost}, partially priced", narrow
     assert narrow["priced"][1] == narrow["priced"][0]
     assert narrow["unpriced"][1] == "unpriced"
+
+
+async def test_an_unpriced_event_s_page_says_why_it_has_no_price_version(
+    browser: WebDriver, site: Site
+) -> None:
+    """An event of a known model whose usage has no price (images only, to a model priced per
+    token) is unpriced, with the calculator's notes: its page said "Price version: none" beside
+    a note of the price the catalog had, which read as a contradiction."""
+    key = await project_with_key(site, "ui-pv", "Price Versions", ["ingest", "read"])
+    at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    events = [
+        {"id": "images", "model": "gpt-test-034", "usage": {"images": 2}, "occurred_at": at},
+        {"id": "unknown", "model": "nobody-prices-this-2", "usage": USAGE, "occurred_at": at},
+    ]
+    async with httpx.AsyncClient(base_url=site.url) as client:
+        recorded = await client.post("/v1/usage", json={"events": events}, headers=bearer(key))
+    assert recorded.status_code == 200, recorded.text
+    results = recorded.json()["results"]
+    assert [r["pricing_status"] for r in results] == ["unpriced", "unpriced"], results
+    sign_in(browser, site, key)
+    said = []
+    for result in results:
+        browser.get(f"{site.url}/ui/p/ui-pv/events/{result['event_id']}")
+        said.append(text(browser.find_element(By.ID, "event-price-version")))
+    assert said == [
+        "none: no price was applied (the catalog's price of the model has none for what this "
+        "call used)",
+        "none: no price was applied",
+    ]
