@@ -398,6 +398,11 @@ async def test_a_repriced_event_shows_its_adjustment_as_the_api_reports_the_chan
     # the event itself shows its price now, as the API does
     assert browser.find_element(By.ID, "event-total").text == f"{after['total']} USD"
     assert table(browser, "event-components") == components(after)
+    # priced by an override of a model the source does not have: no price version, and why
+    assert after["price_version"] is None and after["override_id"] is not None, after
+    assert browser.find_element(By.ID, "event-price-version").text == (
+        "none: the price override below prices a model the catalog's source does not have"
+    )
 
 
 async def test_explore_draws_its_chart_and_a_shared_url_shows_the_same_in_a_new_session(
