@@ -296,7 +296,9 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
         "Alerts daily (hard)", ["50", "80", "95"], True
     )  # fmt: skip
     assert browser.find_element(By.CSS_SELECTOR, "h1").text == f"Budget {changed['name']}"
-    assert browser.find_element(By.ID, "budget-limit").text == f"{changed['limit_usd']} USD (hard)"
+    assert browser.find_element(By.ID, "budget-limit").text == (
+        f"{changed['limit_usd']} USD (hard: reservations past it are refused)"
+    )
     facts = browser.find_element(By.ID, "budget-facts").text
     assert f"Alert thresholds\n{', '.join(t + '%' for t in changed['thresholds'])}" in facts
     # where it counts from, as the API writes it: the start of the window it was made in
@@ -320,3 +322,7 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     assert f"Reserved\n{reserved['window']['reserved']} USD" in facts
     through(browser, browser.find_element(By.LINK_TEXT, "All budgets"))
     assert budget_table(browser, "budget-list") == [list_row(reserved)]
+    # the list's "hard" column is said in words above it
+    assert "A hard budget refuses a reservation" in text(
+        browser.find_element(By.CSS_SELECTOR, "p.help")
+    )
