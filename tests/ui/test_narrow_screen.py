@@ -138,9 +138,15 @@ def test_the_operator_s_projects_list_shows_this_month_on_a_phone_s_screen(
         if figure == "unpriced":
             assert said == "this month: unpriced", (said, month)
         else:
-            found = re.fullmatch(r"this month: ([0-9.]+) USD( or more)?", said)
+            # as the page writes amounts: grouped by thousands
+            found = re.fullmatch(
+                r"this month: ([0-9]{1,3}(?:,[0-9]{3})*(?:\.[0-9]+)?) USD( or more)?", said
+            )
             assert found, (said, month)
-            assert Decimal(found[1]) == Decimal(figure.replace(",", "")), (said, month)
+            assert Decimal(found[1].replace(",", "")) == Decimal(figure.replace(",", "")), (
+                said,
+                month,
+            )
             assert bool(found[2]) == month.endswith("*"), (said, month)
         assert phone.execute_script(shown, heading) == f'"{said}"'
         # the words under the heading end on the screen, though the total's heading spans
@@ -149,4 +155,14 @@ def test_the_operator_s_projects_list_shows_this_month_on_a_phone_s_screen(
     total = phone.find_element(By.CSS_SELECTOR, "#projects-total .fits")
     assert phone.execute_script(edge, total) <= width
     caption = phone.find_element(By.ID, "projects-caption")
+    assert phone.execute_script(edge, caption) <= width
+    # and stays on the screen as the table scrolls sideways in its box
+    box = phone.find_element(By.CSS_SELECTOR, "#projects").find_element(By.XPATH, "..")
+    assert phone.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth;", box)
+    left = phone.execute_script("return arguments[0].getBoundingClientRect().left;", caption)
+    phone.execute_script("arguments[0].scrollLeft = 300;", box)
+    assert phone.execute_script("return arguments[0].scrollLeft;", box) > 0
+    assert (
+        phone.execute_script("return arguments[0].getBoundingClientRect().left;", caption) == left
+    )
     assert phone.execute_script(edge, caption) <= width

@@ -197,7 +197,7 @@ async def test_explore_answers_a_filtered_question_as_get_v1_spend_and_downloads
         [*row[:5], cost, row[6], *(f"{int(n):,}" for n in row[7:])]
         for row, cost in zip(expected, shown_costs, strict=True)
     ]
-    columns = ["from", "to (not included)", "complete", "model", "tag:team", "cost",
+    columns = ["from", "to (not included)", "ended", "model", "tag:team", "cost",
                "currency", *counts]  # fmt: skip
     # in words on the page (unpriced events, ...), the API's names in the CSV
     assert header(browser, "rows") == [c.replace("_", " ") for c in columns]
@@ -254,8 +254,8 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
     sign_in(browser, site, d_key)
     browser.get(f"{site.url}/ui/p/ui-d/explore?from={since}&to={until}&tz=UTC&bucket=day"
                 "&group_by=model")  # fmt: skip
-    # the day was over when the page was read: complete
-    assert header(browser, "rows")[:4] == ["from", "to (not included)", "complete", "model"]
+    # the day was over when the page was read: ended
+    assert header(browser, "rows")[:4] == ["from", "to (not included)", "ended", "model"]
     shown = table(browser, "rows")
     assert [row[2:4] for row in shown] == [["yes", "gpt-test-001"]]
     await record("d-2", "gpt-test-000")  # after the page was read
@@ -264,7 +264,7 @@ async def test_the_csv_download_is_the_table_shown_though_usage_came_since(
     assert name == f"spend-ui-d-{since}-{until}.csv"
     # the table shown, its counts without the page's grouping by thousands (one row: its cost
     # is at its own scale)
-    assert rows[0][:4] == ["from", "to (not included)", "complete", "model"]
+    assert rows[0][:4] == ["from", "to (not included)", "ended", "model"]
     assert rows[1:] == [[re.sub(r"^(\d{1,3}),(\d{3})$", r"\1\2", cell) for cell in row]
                         for row in shown]  # fmt: skip
     again_name, asked_again = download(browser, downloads, "csv-now")

@@ -150,7 +150,7 @@ async def test_text_reads_from_the_left_and_figures_from_the_right_in_figures_of
     names = header(browser, "rows")
     cells = styles(browser, "#rows tbody tr:first-child td")
     by_name = dict(zip(names, cells, strict=True))
-    for text_column in ("from", "to (not included)", "complete", "model", "currency"):
+    for text_column in ("from", "to (not included)", "ended", "model", "currency"):
         assert left(by_name[text_column][1]), (text_column, by_name[text_column])
     for number_column in ("cost", *(c.replace("_", " ") for c in COUNTS)):
         assert by_name[number_column][1] == "right", (number_column, by_name[number_column])
@@ -173,7 +173,7 @@ async def test_times_and_model_names_stay_on_one_line_and_wide_tables_scroll_in_
     assert scrolled <= width  # the page does not scroll sideways: a table's box does
 
     browser.get(f"{site.url}/ui/p/ui-a/explore")
-    # from, to and model (after complete)
+    # from, to and model (after ended)
     for cell in styles(browser, "#rows tbody td:is(:nth-child(-n+2), :nth-child(4))"):
         assert cell[3] == "nowrap", cell
     scrolled, width = browser.execute_script(wide)

@@ -38,7 +38,6 @@ from aiserver.ledger.spend.answer import SpendAnswer
 from aiserver.ledger.spend.buckets import BUCKETS
 from aiserver.ledger.spend.query import MAX_TOP, project_zone, read_spend, spend_query
 from aiserver.ledger.store import Project
-from aiserver.ledger.usage.reading import event_query
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
 AnyRequest = Request[Any, Any, Any]
@@ -147,13 +146,12 @@ class ExploreController(ProjectPages):
         shown = answer if answer is not None and small else None
         began = None
         if answer is not None:  # the question's window and filters, which the answer counts
-            counted = event_query(
+            began = await before_catalog(
+                request.app.state.live.catalog.began, project,
                 since=answer.since, until=answer.until, model=question.model or None,
                 provider=question.provider or None, status=question.status or None,
                 tags=tag_pairs(question.tags),
             )  # fmt: skip
-            live = request.app.state.live
-            began = await before_catalog(live.catalog.began, project.id, counted)
         dimensions = ["model", "provider", "status", *(f"tag:{k}" for k in project.rollup_tags)]
         dimensions += [g for g in question.group_by if g not in dimensions]
         return Template(

@@ -149,9 +149,11 @@ class OverviewController(ProjectPages):
         unpriced = await read_events(pool, project.id, window, limit=UNPRICED_SHOWN)
         # the page's earliest day: last month's first, or the first of the 30 days
         earliest = min(month_start(today, 1), today - timedelta(days=DAYS - 1))
-        shown = event_query(since=datetime.combine(earliest, time(), tzinfo=zone),
-                            until=datetime.combine(until, time(), tzinfo=zone))  # fmt: skip
-        began = await before_catalog(request.app.state.live.catalog.began, project.id, shown)
+        began = await before_catalog(
+            request.app.state.live.catalog.began, project,
+            since=datetime.combine(earliest, time(), tzinfo=zone),
+            until=datetime.combine(until, time(), tzinfo=zone),
+        )  # fmt: skip
         return Template(
             template_name="overview.html",
             context={

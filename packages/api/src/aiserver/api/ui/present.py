@@ -32,8 +32,9 @@ from aiserver.core_db.commands import counted
 from aiserver.core_db.database import require_pool
 from aiserver.costs.money import money
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup, SpendTotals
+from aiserver.ledger.spend.query import read_spend, spend_query
+from aiserver.ledger.store import Project
 from aiserver.ledger.text import bidi_closed, spreadsheet_safe
-from aiserver.ledger.usage.reading import EventQuery, read_events
 
 NONE: Final = "(none)"
 #: What a cost reads where every event it would add up is unpriced.
@@ -401,31 +402,38 @@ def pivot(answer: SpendAnswer) -> Pivot:
     )
 
 
-#: The CSV's first three columns: a bucket's start, its end, which it does not include (the
-#: next bucket's start, as the API's `to`, said in the file, where a spreadsheet would not
-#: know it), and whether it is over (`no` for the bucket still going on: today, this hour).
-BUCKET_COLUMNS: Final = ("from", "to (not included)", "complete")
+#: The CSV's first three columns, not the API's names: a bucket's start, its end, which it
+#: does not include (the next bucket's start, as the API's `to`, said in the file, where a
+#: spreadsheet would not know it), and whether its time had ended when the answer was counted
+#: (`no` for the bucket still going on: today, this hour). `ended`, not "complete": a call of
+#: an ended bucket can still be reported late (a client's batch, an import) or repriced.
+BUCKET_COLUMNS: Final = ("from", "to (not included)", "ended")
 
 
 async def before_catalog(
-    began: datetime | None, project_id: int, query: EventQuery
+    began: datetime | None,
+    project: Project,
+    *,
+    since: datetime,
+    until: datetime,
+    **filters: Any,
 ) -> datetime | None:
-    """`began` (`Catalog.began`, when the catalog's earliest price began) when the events a
-    summary counts (`query`: its window and filters) include one from before then, else None.
-    Such a call was priced with its model's first price in the catalog, not with a price of its
-    day, which the catalog does not have: each event's page says so, and the summary says it
-    too. One event looked up by the events' primary key (project, time): a few index pages."""
-    if began is None or (query.since is not None and query.since >= began):
+    """`began` (`Catalog.began`, when the catalog's earliest price began) when a summary's
+    window [since, until), with its `filters` (`spend_query`'s model, provider, status, tags),
+    counts a priced or partially priced call from before then, else None. Such a call was
+    priced with its model's first price in the catalog, not with a price of its day, which the
+    catalog does not have (unless an override valid then priced it): each event's page says
+    so, and the summary says it too. Asked as a spend question, of one total: read from the
+    hourly rollups as the page's own answers are, the hour cut at `began` from its events."""
+    if began is None or since >= began:
         return None
-    until = began if query.until is None else min(query.until, began)
-    found = await read_events(
-        require_pool(), project_id, msgspec.structs.replace(query, until=until), limit=1
-    )
-    return began if found.events else None
+    query = spend_query(project, since=since, until=min(until, began), **filters)
+    total = (await read_spend(require_pool(), project, query)).total
+    return began if total.events > total.unpriced_events else None
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
-    """The CSV's header: `BUCKET_COLUMNS`, then the API's names."""
+    """The CSV's header: `BUCKET_COLUMNS`, then the API's names of the groups and totals."""
     return [*BUCKET_COLUMNS, *answer.group_by, "cost", "currency", *COUNTS]
 
 
@@ -492,14 +500,14 @@ def table_rows(answer: SpendAnswer) -> list[list[str]]:
     """One row per bucket and group, every value as the page shows it (and the CSV holds it).
     A group whose every event is unpriced has no cost (empty, as in the usage export; the API's
     0 would read as free), its events counted under unpriced_events. A bucket that ends after
-    the time the answer counted up to is not `complete`: its spend may still grow."""
+    the time the answer counted up to has not `ended`: its spend may still grow."""
     rows = []
     for bucket in answer.buckets:
-        complete = "yes" if bucket.end <= answer.freshness.as_of else "no"
+        ended = "yes" if bucket.end <= answer.freshness.as_of else "no"
         for group in bucket.groups:
             counts = msgspec.structs.asdict(group)
             rows.append([
-                timestamp(bucket.start), timestamp(bucket.end), complete,
+                timestamp(bucket.start), timestamp(bucket.end), ended,
                 *group_values(group, answer.group_by), "" if group.unpriced_only else group.cost,
                 answer.currency, *(str(counts[name]) for name in COUNTS),
             ])  # fmt: skip
