@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,7 +24,7 @@ from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.worker import startup
 
 from ..conftest import Settings, replace_settings
-from ..support.documents import lock_waits, note, row_locked
+from ..support.documents import note, row_locked
 from .test_worker import make_worker, run_burst
 from .test_worker import redis as redis  # the fixture
 
@@ -53,6 +54,24 @@ async def run_until(settings: Settings, stop: Callable[[], Awaitable[bool]]) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await main
         await worker.close()  # cancels the running job: arq puts it back in the queue
+
+
+async def lock_wait_began(url: str, statement: str) -> datetime | None:
+    """When the statement holding `statement` that waits for a lock began (PostgreSQL's clock),
+    or None while no session waits in one."""
+    conn = await asyncpg.connect(url)
+    try:
+        began: datetime | None = await conn.fetchval(
+            """
+            SELECT min(query_start) FROM pg_stat_activity
+            WHERE datname = current_database() AND wait_event_type = 'Lock'
+              AND position($1 in query) > 0
+            """,
+            statement,
+        )
+    finally:
+        await conn.close()
+    return began
 
 
 async def document(conn: asyncpg.Connection, document_id: uuid.UUID) -> Document:
@@ -141,11 +160,17 @@ async def test_a_row_lock_held_while_the_outputs_are_stored_fails_the_document(
             while (await document(conn, document_id)).status != "processing":
                 await asyncio.sleep(0.01)
             async with row_locked(url, document_id):  # while LibreOffice converts
-                locked = time.monotonic()
-                while not await lock_waits(url, "status = 'failed'"):
+                # Timed on PostgreSQL's clock, from the storing step's wait to the failing
+                # step's: a conversion slowed by a busy machine is no part of the lock wait.
+                stored: datetime | None = None
+                failing: datetime | None = None
+                while failing is None:
                     assert not run.done()
+                    stored = stored or await lock_wait_began(url, "INSERT INTO document_pages")
+                    failing = await lock_wait_began(url, "status = 'failed'")
                     await asyncio.sleep(0.02)
-                waited = time.monotonic() - locked
+                assert stored is not None
+                waited = (failing - stored).total_seconds()
             await run  # the other session let go while the job fails the document
         failed = await document(conn, document_id)
     finally:
