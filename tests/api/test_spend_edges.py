@@ -16,7 +16,7 @@ from aiserver.api.ui.present import pivot
 from ..ledger import test_spend
 from ..ledger.test_spend import Ledger
 from ..support.folding import fold_all
-from .conftest import Client, Tenants, bearer
+from .conftest import Client, Tenants, bearer, make_key, make_project
 from .test_endpoints import assert_problem
 from .test_ui_explore import sign_in
 from .test_usage_events import record
@@ -94,6 +94,25 @@ async def test_a_window_at_an_end_of_the_calendar_is_answered(
     body = response.json()
     assert [b["start"] for b in body["buckets"]] == starts
     assert [b["end"] for b in body["buckets"]][-1] == body["to"]
+    assert body["total"]["cost"] == "0"
+
+
+async def test_the_first_hours_of_the_calendar_in_a_project_west_of_utc_are_answered(
+    client: Client, tenants: Tenants
+) -> None:
+    """A window in UTC of the first hours of year 1, asked of a project whose clock is west of
+    UTC (its daily rollups are of its own days, which began before year 1 there): answered
+    from the hourly rollups, where finding its days raised OverflowError, a 500."""
+    await make_project(client, "acme-west", time_zone="America/Los_Angeles")
+    key = await make_key(client, "acme-west", ["read"])
+    params = {"from": "0001-01-01T00:00:00Z", "to": "0001-01-01T03:00:00Z", "tz": "UTC",
+              "bucket": "hour"}  # fmt: skip
+    response = await client.get(SPEND, headers=bearer(key["key"]), params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [b["start"] for b in body["buckets"]] == [
+        "0001-01-01T00:00:00Z", "0001-01-01T01:00:00Z", "0001-01-01T02:00:00Z",
+    ]  # fmt: skip
     assert body["total"]["cost"] == "0"
 
 

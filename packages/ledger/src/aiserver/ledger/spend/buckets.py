@@ -223,7 +223,11 @@ def split_days(
     split = Days()
     for start, stop in rolled:
         cursor = start
-        day = _local_date(start, zone)
+        try:
+            day = _local_date(start, zone)
+        except OverflowError:  # the first hours of year 1 west of UTC: before year 1 there
+            split.hourly.append((start, stop))  # (the range is read hourly, as above)
+            continue
         while True:
             try:
                 first, end = day_hours(day, zone)
