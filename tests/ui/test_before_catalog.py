@@ -10,13 +10,14 @@ A project of its own (ui-hist) records them, so that the other tests' figures st
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from .conftest import Site, bearer, project_with_key, sign_in, text
+from .conftest import Site, admin, bearer, project_with_key, sign_in, text
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +25,22 @@ USAGE = {"input_tokens": 1000, "output_tokens": 100}
 
 
 async def record(
-    site: Site, key: str, event_id: str, model: str, at: datetime, status: str = "priced"
-) -> None:
-    event = {"id": event_id, "model": model, "usage": USAGE, "occurred_at": at.isoformat()}
+    site: Site,
+    key: str,
+    event_id: str,
+    model: str,
+    at: datetime,
+    status: str = "priced",
+    usage: dict[str, int] = USAGE,
+) -> dict[str, Any]:
+    """The recorded event's result (`event_id`, `total`, ...)."""
+    event = {"id": event_id, "model": model, "usage": usage, "occurred_at": at.isoformat()}
     async with site.client() as client:
         response = await client.post("/v1/usage", json=event, headers=bearer(key))
     assert response.status_code == 201, response.text
-    assert response.json()["pricing_status"] == status, response.text
+    result: dict[str, Any] = response.json()
+    assert result["pricing_status"] == status, response.text
+    return result
 
 
 async def catalog_began(site: Site) -> datetime:
@@ -69,11 +79,12 @@ async def test_the_summaries_say_when_they_count_calls_from_before_the_catalog(
     assert note(browser) is None
 
     # a call of two days before it began, imported now: priced with the first price
-    await record(site, key, "old-1", "gpt-test-002", began - timedelta(days=2))
+    old = await record(site, key, "old-1", "gpt-test-002", began - timedelta(days=2))
     browser.get(f"{site.url}/ui/p/ui-hist/")
     said = note(browser)
     assert said is not None
-    assert said.startswith("Some of this usage is from before ")
+    # how many and how much, so that a reader knows what part of the figures it is
+    assert said.startswith(f"1 call counted here ({old['total']} USD) is from before "), said
     assert "priced with the first price the catalog has for its model" in said
     # no remedy is offered: an override cannot begin before the source's first price
     assert "override back-dated" not in said
@@ -117,3 +128,34 @@ async def test_an_unpriced_call_from_before_the_catalog_is_not_said_to_be_priced
         browser.get(f"{site.url}/ui/p/ui-hist-u/explore?from={day - timedelta(days=3)}"
                     f"&to={day + timedelta(days=1)}&tz=UTC&status={status}")  # fmt: skip
         assert (note(browser) is not None) is expected, status
+
+
+async def test_an_event_from_before_its_model_s_first_price_is_not_told_to_get_an_override(
+    browser: WebDriver, site: Site
+) -> None:
+    """A partly priced call from before its model's first price: its page said to set a price
+    override back-dated to its time and reprice, which the API refuses (an override may not
+    begin before the source's first price of its model). It says that none can reach it."""
+    key = await project_with_key(site, "ui-hist-p", "History Partial", ["ingest", "read"])
+    began = await catalog_began(site)
+    old = await record(site, key, "old-partly", "gpt-test-004", began - timedelta(days=2),
+                       status="partially_priced", usage={**USAGE, "images": 2})  # fmt: skip
+    new = await record(site, key, "new-partly", "gpt-test-004", datetime.now(UTC),
+                       status="partially_priced", usage={**USAGE, "images": 2})  # fmt: skip
+    sign_in(browser, site, key)
+    browser.get(f"{site.url}/ui/p/ui-hist-p/events/{old['event_id']}")
+    step = text(browser.find_element(By.ID, "event-next-step"))
+    assert "no price override can reach it" in step, step
+    assert "back-dated" not in step, step
+    browser.get(f"{site.url}/ui/p/ui-hist-p/events/{new['event_id']}")
+    step = text(browser.find_element(By.ID, "event-next-step"))
+    assert "back-dated to the time of this call" in step, step
+    # the override the old page advised is indeed refused
+    async with site.client() as client:
+        refused = await client.post("/v1/overrides", headers=admin(), json={
+            "provider": "openai", "model": "gpt-test-004", "reason": "back-dated",
+            "prices": {"input_cost_per_image": "0.01"},
+            "valid_from": (began - timedelta(days=3)).isoformat(),
+        })  # fmt: skip
+    assert refused.status_code == 422, refused.text
+    assert "before the catalog's first price" in refused.json()["detail"], refused.text

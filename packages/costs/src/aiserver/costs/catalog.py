@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.costs.errors import UnknownModel
 from aiserver.costs.pricing import CompiledPrices, compile_entry
@@ -105,6 +105,11 @@ class PriceVersion:
 
     def valid_at(self, at: datetime) -> bool:
         return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+
+#: What the note of a call from before its model's first price in the catalog says (a page tells
+#: such a call apart by it: no price override can reach it, none may begin before that price).
+BEFORE_FIRST_PRICE: Final = "is before the catalog's first price for"
 
 
 class Catalog:
@@ -289,7 +294,7 @@ class Catalog:
                 return self._added[override.id], None
             version = versions[0]
             note = (
-                f"{at.isoformat()} is before the catalog's first price for {key!r} "
+                f"{at.isoformat()} {BEFORE_FIRST_PRICE} {key!r} "
                 f"({version.valid_from.isoformat()}); that first price was used"
             )
         else:

@@ -33,6 +33,7 @@ from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import ProjectPages, Viewer, open_project, viewer
 from aiserver.core_db.database import require_pool
+from aiserver.costs.catalog import BEFORE_FIRST_PRICE
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.repricing.runs import event_adjustments
 from aiserver.ledger.store import Project
@@ -187,11 +188,13 @@ class EventController(ProjectPages):
         seen_by = viewer(request)
         project, _ = await open_project(seen_by, slug)
         pool = require_pool()
+        event = await read_event(pool, project.id, event_id)
         return Template(
             template_name="event.html",
             context={
-                "viewer": seen_by, "project": project, "page": "events",
-                "event": await read_event(pool, project.id, event_id),
+                "viewer": seen_by, "project": project, "page": "events", "event": event,
+                # a call from before its model's first price: no override can reach it
+                "before_first_price": BEFORE_FIRST_PRICE in (event.note or ""),
                 "adjustments": await event_adjustments(pool, project.id, event_id),
                 "show": SHOW,
             },

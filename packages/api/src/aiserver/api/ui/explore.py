@@ -148,7 +148,7 @@ class ExploreController(ProjectPages):
         if answer is not None:  # the question's window and filters, which the answer counts
             began = await before_catalog(
                 request.app.state.live.catalog.began, project,
-                since=answer.since, until=answer.until, model=question.model or None,
+                since=answer.since, until=answer.until, tz=answer.tz, model=question.model or None,
                 provider=question.provider or None, status=question.status or None,
                 tags=tag_pairs(question.tags),
             )  # fmt: skip

@@ -31,6 +31,7 @@ from markupsafe import Markup
 from aiserver.core_db.commands import counted
 from aiserver.core_db.database import require_pool
 from aiserver.costs.money import money
+from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.spend.answer import SpendAnswer, SpendBucket, SpendGroup, SpendTotals
 from aiserver.ledger.spend.query import read_spend, spend_query
 from aiserver.ledger.store import Project
@@ -410,6 +411,14 @@ def pivot(answer: SpendAnswer) -> Pivot:
 BUCKET_COLUMNS: Final = ("from", "to (not included)", "ended")
 
 
+class BeforeCatalog(NamedTuple):
+    """What a summary counts from before the price catalog began (`before_catalog`)."""
+
+    began: datetime  # `Catalog.began`
+    calls: int  # priced or partially priced: each with its model's first price
+    cost: str  # theirs, the API's decimal string
+
+
 async def before_catalog(
     began: datetime | None,
     project: Project,
@@ -417,19 +426,25 @@ async def before_catalog(
     since: datetime,
     until: datetime,
     **filters: Any,
-) -> datetime | None:
-    """`began` (`Catalog.began`, when the catalog's earliest price began) when a summary's
-    window [since, until), with its `filters` (`spend_query`'s model, provider, status, tags),
-    counts a priced or partially priced call from before then, else None. Such a call was
+) -> BeforeCatalog | None:
+    """What a summary's window [since, until), with its `filters` (`spend_query`'s tz, model,
+    provider, status, tags), counts of priced or partially priced calls from before the catalog
+    `began` (`Catalog.began`, when its earliest price began); None for none. Such a call was
     priced with its model's first price in the catalog, not with a price of its day, which the
-    catalog does not have (unless an override valid then priced it): each event's page says
-    so, and the summary says it too. Asked as a spend question, of one total: read from the
-    hourly rollups as the page's own answers are, the hour cut at `began` from its events."""
+    catalog does not have (unless an override valid then priced it): each event's page says so,
+    and the summary says it too. Asked as a spend question of one total, read from the rollups
+    as the page's own answers are, the hour cut at `began` from its events. A note, never the
+    page's failure: a question the ledger refuses (a window at the calendar's edge) says
+    nothing."""
     if began is None or since >= began:
         return None
-    query = spend_query(project, since=since, until=min(until, began), **filters)
-    total = (await read_spend(require_pool(), project, query)).total
-    return began if total.events > total.unpriced_events else None
+    try:
+        query = spend_query(project, since=since, until=min(until, began), **filters)
+        total = (await read_spend(require_pool(), project, query)).total
+    except InvalidField:
+        return None
+    calls = total.events - total.unpriced_events
+    return BeforeCatalog(began, calls, total.cost) if calls else None
 
 
 def table_header(answer: SpendAnswer) -> list[str]:
