@@ -26,7 +26,11 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+)
 
 from .conftest import Served
 from .harness import ADMIN_TOKEN, errors_logged
@@ -60,6 +64,10 @@ PER_ITEM: Final = {
     "POST /v1/costs/calculate/batch": [negative_data_rejection],
 }
 FUZZED: Final = "fuzzed"  # the project whose key fuzzes the ledger's operations
+#: What uvicorn itself answers a request it cannot read as HTTP (h11 refuses it: a negative
+#: case's `Content-Length: jxqu`), before any of the API's code runs: a plain-text 400 that no
+#: schema of the API can describe. Its content type alone is not checked; every other check is.
+UNREADABLE: Final = b"Invalid HTTP request received."
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,14 @@ def _fuzz(
         # the fuzzing key revoking itself would leave the rest of the run at 401
         assume(not (operation.label == "DELETE /v1/keys/{key_id}"
                     and str(parameters.get("key_id")) == str(credentials.key_id)))  # fmt: skip
-        case.call_and_validate(
-            base_url=base_url, headers=headers, timeout=30, session=session,
-            excluded_checks=NOT_CHECKED + PER_ITEM.get(operation.label, []),
+        excluded = NOT_CHECKED + PER_ITEM.get(operation.label, [])
+        response = case.call(base_url, session, headers, timeout=30)
+        if response.status_code == 400 and response.content == UNREADABLE:
+            excluded = [*excluded, content_type_conformance]
+        case.validate_response(
+            response, headers=headers, excluded_checks=excluded,
+            transport_kwargs={"base_url": base_url, "session": session, "headers": dict(headers),
+                              "timeout": 30},
         )  # fmt: skip
 
     run()
@@ -158,3 +171,24 @@ async def test_every_operation_answers_conforming_responses_and_never_5xx(
     only_refused = sorted(label for label, got in statuses.items() if set(got) <= {401, 403})
     assert only_refused == [], only_refused
     assert errors_logged(served.api.log) == []
+
+
+async def test_a_request_uvicorn_cannot_read_is_its_plain_400_which_the_fuzzing_allows(
+    served: Served,
+) -> None:
+    """The premise of UNREADABLE: a Content-Length that is no number (as a negative case drew
+    once in CI) is answered by uvicorn, before the API, with exactly these bytes as text/plain.
+    Were the message to change, the fuzzing would check its content type again and say so."""
+    host, port = served.api.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"DELETE /v1/overrides/1 HTTP/1.1\r\nHost: " + host.encode()
+        + b"\r\nContent-Length: jxqu\r\n\r\n"
+    )  # fmt: skip
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=30)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: text/plain; charset=utf-8" in head.lower(), answer
+    assert body == UNREADABLE, answer
