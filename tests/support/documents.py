@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -31,18 +33,31 @@ async def row_locked(database_url: str, document_id: uuid.UUID) -> AsyncIterator
         await locker.close()
 
 
-async def lock_waits(database_url: str, statement: str) -> int:
-    """The sessions waiting for a lock in a statement that holds `statement`."""
+async def _lock_waiting(database_url: str, statement: str, aggregate: str) -> Any:
+    """`aggregate` (an SQL aggregate of ours) over the sessions waiting for a lock in a
+    statement that holds `statement`."""
     conn = await asyncpg.connect(database_url)
     try:
-        waiting: int = await conn.fetchval(
-            """
-            SELECT count(*) FROM pg_stat_activity
+        return await conn.fetchval(
+            f"""
+            SELECT {aggregate} FROM pg_stat_activity
             WHERE datname = current_database() AND wait_event_type = 'Lock'
               AND position($1 in query) > 0
-            """,
+            """,  # noqa: S608 (aggregate is one of this module's two)
             statement,
         )
     finally:
         await conn.close()
+
+
+async def lock_waits(database_url: str, statement: str) -> int:
+    """The sessions waiting for a lock in a statement that holds `statement`."""
+    waiting: int = await _lock_waiting(database_url, statement, "count(*)")
     return waiting
+
+
+async def lock_wait_began(database_url: str, statement: str) -> datetime | None:
+    """When the statement holding `statement` that waits for a lock began (PostgreSQL's clock),
+    or None while no session waits in one."""
+    began: datetime | None = await _lock_waiting(database_url, statement, "min(query_start)")
+    return began

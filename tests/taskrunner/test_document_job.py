@@ -24,7 +24,7 @@ from aiserver.taskrunner.health import QUEUE_NAME
 from aiserver.taskrunner.worker import startup
 
 from ..conftest import Settings, replace_settings
-from ..support.documents import note, row_locked
+from ..support.documents import lock_wait_began, note, row_locked
 from .test_worker import make_worker, run_burst
 from .test_worker import redis as redis  # the fixture
 
@@ -54,24 +54,6 @@ async def run_until(settings: Settings, stop: Callable[[], Awaitable[bool]]) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await main
         await worker.close()  # cancels the running job: arq puts it back in the queue
-
-
-async def lock_wait_began(url: str, statement: str) -> datetime | None:
-    """When the statement holding `statement` that waits for a lock began (PostgreSQL's clock),
-    or None while no session waits in one."""
-    conn = await asyncpg.connect(url)
-    try:
-        began: datetime | None = await conn.fetchval(
-            """
-            SELECT min(query_start) FROM pg_stat_activity
-            WHERE datname = current_database() AND wait_event_type = 'Lock'
-              AND position($1 in query) > 0
-            """,
-            statement,
-        )
-    finally:
-        await conn.close()
-    return began
 
 
 async def document(conn: asyncpg.Connection, document_id: uuid.UUID) -> Document:
