@@ -669,6 +669,11 @@ async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(
         ("token abcdefgh1234 refused", "https://h.example/x?key=abcdefgh1234&a=b",
          "token … refused"),
         (None, "https://h.example/services/x", None),
+        # as the receiver decoded it: percent-escapes, UTF-8, a query's `+`
+        ("Cannot POST /hooks/tok-abc-secret-42", "http://h.example/hooks/tok%2Dabc%2Dsecret%2D42",
+         "Cannot POST …"),
+        ("no hook été-secret-1", "https://h.example/h/%C3%A9t%C3%A9-secret-1", "no hook …"),
+        ("token a b c d e f refused", "https://h.example/x?key=a+b+c+d+e+f", "token … refused"),
     ],
 )  # fmt: skip
 def test_what_is_kept_of_an_attempt_leaves_out_the_hook_s_path(

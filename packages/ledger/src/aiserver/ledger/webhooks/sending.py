@@ -21,7 +21,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import httpx
 
@@ -65,12 +65,16 @@ def without_path(text: str | None, url: str) -> str | None:
     """`text` (an answer's excerpt, an error) with the URL's path and query, and each long part
     of them, taken out (`…`): a receiver may echo the path (`Cannot POST /services/T0/B0/X`),
     a hook's path is often its credential, and the text is stored, logged and shown to every
-    key that reads the budget's alerts."""
+    key that reads the budget's alerts. Each is taken out as the URL writes it and as a
+    receiver decodes it (`%2D` as `-`, a query's `+` as a space), the form most echo."""
     if not text:
         return text
     parts = urlsplit(url)
-    whole = parts.path + (f"?{parts.query}" if parts.query else "")
-    pieces = [whole, parts.path, parts.query, *re.split(r"[/?&=]", whole)]
+    written = parts.path + (f"?{parts.query}" if parts.query else "")
+    pieces = set()
+    for whole in (written, unquote(written), unquote_plus(written)):
+        path, _, query = whole.partition("?")
+        pieces.update((whole, path, query, *re.split(r"[/?&=]", whole)))
     for piece in sorted({p for p in pieces if len(p) >= _SECRET_PART}, key=len, reverse=True):
         text = text.replace(piece, "…")
     return text
