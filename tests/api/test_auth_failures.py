@@ -277,3 +277,21 @@ async def test_a_key_without_read_is_no_failed_attempt(client: Client, tenants: 
         assert page.status_code == 403, page.text
     signed = await sign_in(client, ADMIN_TOKEN)
     assert signed.status_code == 303, signed.text
+
+
+async def test_sign_in_without_redis_is_a_503_page_that_names_no_address(
+    api_settings: Settings,
+) -> None:
+    """The session cannot be kept (Redis does not answer): a 503 page with the dashboard's
+    headers and Retry-After, naming the error's type only; the driver's message, which names
+    the host and port, is for the log. It was the API's JSON problem, with that message."""
+    cut_off = replace_settings(api_settings, redis_url="redis://:S3cret@127.0.0.1:1/0")
+    async with AsyncTestClient(app=create_app(cut_off)) as client:
+        page = await sign_in(client, ADMIN_TOKEN)
+    assert page.status_code == 503, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert int(page.headers["retry-after"]) > 0
+    assert "a backing service is unavailable (ConnectionError); try again later" in page.text
+    assert "127.0.0.1" not in page.text and "S3cret" not in page.text

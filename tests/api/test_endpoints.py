@@ -674,11 +674,10 @@ async def test_redis_down_refresh_is_503_and_costs_still_answer(
 ) -> None:
     no_redis = replace_settings(api_settings, redis_url="redis://127.0.0.1:1/0")
     async with AsyncTestClient(app=create_app(no_redis)) as client:
-        assert_problem(
-            await client.post("/v1/catalog/refresh", headers=admin(), json={}),
-            503,
-            "a backing service is unavailable",
-        )
+        refused = await client.post("/v1/catalog/refresh", headers=admin(), json={})
+        # the error's type, not the driver's message, which names the host (the log has it)
+        body = assert_problem(refused, 503, "a backing service is unavailable (ConnectionError)")
+        assert "127.0.0.1" not in refused.text, body
         ok = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
         assert ok.status_code == 200
 

@@ -174,9 +174,13 @@ def _schema_behind(request: AnyRequest, exc: Exception) -> Response[dict[str, An
 
 
 def _unavailable(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
-    error = f"{type(exc).__name__}: {exc}"
-    log.warning("dependency unavailable", path=request.url.path, error=error)
-    detail = f"a backing service is unavailable: {error}"
+    """A backing service that did not answer: the log has its error; the answer names only its
+    kind, since a driver's message names internal addresses (`Error 111 connecting to
+    10.0.3.7:6379`), and this answer goes to anyone, signed in or not."""
+    log.warning(
+        "dependency unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+    )
+    detail = f"a backing service is unavailable ({type(exc).__name__}); try again later"
     return problem_response(request, problem(503, detail, slug="service-unavailable"), _RETRY)
 
 

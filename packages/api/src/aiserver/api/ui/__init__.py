@@ -17,7 +17,7 @@ never cached.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -33,8 +33,10 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from litestar.types import ExceptionHandler
 from markupsafe import Markup, escape
 
+from aiserver.api.problems import EXCEPTION_HANDLERS
 from aiserver.api.settings import ApiSettings
 from aiserver.api.ui.budgets import BudgetPages
 from aiserver.api.ui.catalog import CatalogPages
@@ -144,10 +146,20 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     else:
         assert isinstance(exc, HTTPException)
         status, detail = exc.status_code, exc.detail
+    return _page(request, status, detail)
+
+
+def _page(
+    request: Request[Any, Any, Any],
+    status: int,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+) -> Template:
+    """The error page of `status`, saying `detail`, with the dashboard's headers."""
     return Template(
         template_name="error.html",
         status_code=status,
-        headers=_ERROR_HEADERS,
+        headers={**(headers or {}), **_ERROR_HEADERS},
         context={
             "status": status,
             "detail": detail,
@@ -156,6 +168,27 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
             "page": "error",
         },
     )
+
+
+def _as_page(handler: ExceptionHandler[Any]) -> ExceptionHandler[Any]:
+    """The API's handler of an error (`aiserver.api.problems`: its log, its status, detail and
+    headers such as Retry-After) answering with an error page instead of a problem."""
+
+    def page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        answer = handler(request, exc)
+        return _page(request, answer.status_code, answer.content["detail"], answer.headers)
+
+    return page
+
+
+#: The API's handlers of what a page may meet besides a domain or HTTP error (a database or
+#: Redis that does not answer, a rolled-back transaction, a bug), as pages: the app's own would
+#: answer a browser with JSON, without the dashboard's headers.
+_AS_PAGES: Final[dict[type[Exception], ExceptionHandler[Any]]] = {
+    kind: _as_page(handler)
+    for kind, handler in EXCEPTION_HANDLERS.items()
+    if isinstance(kind, type) and kind not in (AiserverError, HTTPException)
+}
 
 
 def ui_router(settings: ApiSettings) -> Router:
@@ -184,6 +217,7 @@ def ui_router(settings: ApiSettings) -> Router:
         response_headers=_HEADERS,
         cache_control=CacheControlHeader(no_store=True),
         exception_handlers={
+            **_AS_PAGES,
             SignInNeeded: _sign_in,
             AiserverError: _error_page,
             HTTPException: _error_page,
