@@ -33,7 +33,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
-from litestar.types import ExceptionHandler
+from litestar.types import ExceptionHandler, ExceptionHandlersMap
 from markupsafe import Markup, escape
 
 from aiserver.api.problems import EXCEPTION_HANDLERS
@@ -176,7 +176,7 @@ def _as_page(handler: ExceptionHandler[Any]) -> ExceptionHandler[Any]:
 
     def page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         answer = handler(request, exc)
-        return _page(request, answer.status_code, answer.content["detail"], answer.headers)
+        return _page(request, answer.status_code or 500, answer.content["detail"], answer.headers)
 
     return page
 
@@ -184,7 +184,7 @@ def _as_page(handler: ExceptionHandler[Any]) -> ExceptionHandler[Any]:
 #: The API's handlers of what a page may meet besides a domain or HTTP error (a database or
 #: Redis that does not answer, a rolled-back transaction, a bug), as pages: the app's own would
 #: answer a browser with JSON, without the dashboard's headers.
-_AS_PAGES: Final[dict[type[Exception], ExceptionHandler[Any]]] = {
+_AS_PAGES: Final[ExceptionHandlersMap] = {
     kind: _as_page(handler)
     for kind, handler in EXCEPTION_HANDLERS.items()
     if isinstance(kind, type) and kind not in (AiserverError, HTTPException)

@@ -71,7 +71,7 @@ def without_path(text: str | None, url: str) -> str | None:
         return text
     parts = urlsplit(url)
     written = parts.path + (f"?{parts.query}" if parts.query else "")
-    pieces = set()
+    pieces: set[str] = set()
     for whole in (written, unquote(written), unquote_plus(written)):
         path, _, query = whole.partition("?")
         pieces.update((whole, path, query, *re.split(r"[/?&=]", whole)))
