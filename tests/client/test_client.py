@@ -237,6 +237,37 @@ def test_a_time_without_an_offset_is_refused_where_python_would_read_it_as_local
     assert text.occurred_at in (None, datetime(2026, 12, 1, 10, tzinfo=UTC))
 
 
+def test_a_field_an_event_does_not_have_is_refused_where_it_is_made() -> None:
+    # Before, `tag=` or "occured_at" was dropped unsaid: the call was recorded without its tags,
+    # or at the time it arrived, where the server refuses such a field.
+    with Client("http://127.0.0.1:9", "ais_x_y") as client:
+        for call in (
+            lambda: client.record_later(model="gpt-4o", usage=GPT_4O, tag={"team": "search"}),
+            lambda: client.record_later({"model": "gpt-4o", "occured_at": "2026-12-01T00:00Z"}),
+            lambda: client.record({"model": "gpt-4o", "usage": GPT_4O, "tag": {"a": "b"}}),
+        ):
+            with pytest.raises(TypeError, match=r"^not a usage event: Object contains unknown "):
+                call()
+        assert client.stats().queued == 0
+
+
+def test_spend_refuses_a_time_without_an_offset_and_sends_a_string_as_it_is() -> None:
+    # Before, spend sent a naive datetime as it was, which the server reads on the project's
+    # clock: datetime.now() of a machine in New York asked for a window 5 hours off, unsaid.
+    no_offset = r"^2026-12-01T10:00:00 has no offset: give an aware"
+    with (
+        Client("http://127.0.0.1:9", "ais_x_y") as client,
+        pytest.raises(ValueError, match=no_offset),
+    ):
+        client.spend(datetime(2026, 12, 1, 10), datetime(2026, 12, 2, tzinfo=UTC))
+    aware = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    params = wire.spend_params(
+        aware, "2026-12-02", bucket=None, tz=None, group_by=(), model=None, provider=None,
+        status=None, tags=None, top=None,
+    )  # fmt: skip
+    assert (params["from"], params["to"]) == ("2026-12-01T10:00:00+00:00", "2026-12-02")
+
+
 def test_a_client_whose_settings_were_refused_can_still_be_shown(no_client_env: None) -> None:
     # a traceback that shows its frames' locals reprs the half-made client (it raised)
     try:

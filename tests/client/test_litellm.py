@@ -287,3 +287,23 @@ def test_a_cache_hit_or_a_response_without_usage_is_not_reported(
     assert callback.event({"cache_hit": True, "model": "gpt-4o"}, response, None) is None
     assert callback.event({"model": "gpt-4o"}, litellm.EmbeddingResponse(), None) is None
     assert callback.event({"model": "gpt-4o"}, response, None) is not None
+
+
+def test_text_that_utf8_cannot_carry_is_no_tag_and_never_raises_into_litellm(
+    registered: Registered, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lone surrogate is valid JSON (a proxy request's `metadata`), which json.loads gives as
+    # such; encoding the event raised UnicodeEncodeError into LiteLLM.
+    callback = registered.callback
+    response = litellm.ModelResponse(
+        model="gpt-4o", usage={"prompt_tokens": 5, "completion_tokens": 1}
+    )
+    metadata = {"team": "search\ud800", "feature": "rerank"}
+    kwargs = {"model": "gpt-4o", "litellm_params": {"metadata": metadata}}
+    event = callback.event(kwargs, response, None)
+    assert event is not None
+    assert event.tags == {"service": "chat", "feature": "rerank"}  # the surrogate's left out
+    before = registered.queued()
+    callback.log_success_event({**kwargs, "model": "gpt-4o\ud800"}, response, None, None)
+    assert registered.queued() == before  # the model's name cannot be sent: logged, not queued
+    assert "the LiteLLM call's usage event could not be queued" in caplog.text

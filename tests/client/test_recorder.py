@@ -14,6 +14,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -351,6 +352,113 @@ async def test_a_process_stopped_by_sigterm_with_a_handler_delivers_what_waits(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(20)}
+
+
+#: An application that reports in a tight loop and is stopped by a signal, its handler raising
+#: (`sys.exit`, Ctrl-C's KeyboardInterrupt) or closing the client: the signal lands at a random
+#: point of `record_later`, often while it holds the recorder's lock. The server is down, so
+#: the exit waits its close_timeout (0.5 s) and says what it lost.
+SIGNALLED_IN_A_LOOP = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from aiserver.client import Client, RecorderSettings
+
+    url, how = sys.argv[1:]
+    client = Client(url, "ais_x_y", recorder=RecorderSettings(close_timeout=0.5, max_queue=100))
+    if how == "exit":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    elif how == "close":
+        signal.signal(signal.SIGTERM, lambda *_: (client.close(), sys.exit(0)))
+    stop = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+    threading.Timer(0.3, os.kill, (os.getpid(), stop)).start()
+    while True:
+        client.record_later(model="gpt-4o", usage={"input_tokens": 1})
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["exit", "close", "ctrl-c"])
+async def test_a_signal_in_the_middle_of_record_later_never_hangs_the_exit(
+    tmp_path: Path, how: str
+) -> None:
+    # Before, the recorder's lock was taken through Condition.__enter__, Python code: a handler
+    # that raised between the lock's taking and the `with` holding it left it held, and the
+    # exit's close() waited on it for ever (1 run in 3 or 4); a handler calling close() waited
+    # on its own thread's lock at once.
+    script = tmp_path / "app.py"
+    script.write_text(SIGNALLED_IN_A_LOOP)
+    down = f"http://127.0.0.1:{free_port()}"
+
+    async def run() -> int | None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), down, how,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            return await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None  # hung
+
+    statuses = await asyncio.gather(*(run() for _ in range(12)))
+    assert None not in statuses, statuses
+    assert set(statuses) == ({-signal.SIGINT, 1} if how == "ctrl-c" else {0}) & set(statuses)
+
+
+#: Three clients with something queued and a server that is down, at the exit.
+THREE_AT_EXIT = textwrap.dedent(
+    """
+    import sys
+    from aiserver.client import Client, RecorderSettings
+
+    url = sys.argv[1]
+    settings = RecorderSettings(close_timeout=2, flush_interval=3600)
+    clients = [Client(url, "ais_x_y", recorder=settings) for _ in range(3)]
+    for client in clients:
+        client.record_later(model="gpt-4o", usage={"input_tokens": 1})
+    """
+)
+
+
+async def test_the_exit_waits_once_for_several_clients_not_once_each(tmp_path: Path) -> None:
+    # Before, the exit closed them one after another: 3 clients of close_timeout=2 took 6.6 s
+    # (3 of the default 10 s: a container's whole grace period).
+    down = f"http://127.0.0.1:{free_port()}"
+    script = tmp_path / "app.py"
+    script.write_text(THREE_AT_EXIT)
+    began = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), down, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    took = time.monotonic() - began
+    assert proc.returncode == 0, err.decode()
+    assert err.decode().count("not delivered within 2.0 s") == 3, err.decode()
+    assert took < 2 * 2, took  # one close_timeout of 2 s (and the start), not three
+
+
+async def test_an_async_flush_holds_no_thread_and_a_cancelled_one_leaves_nothing_waiting() -> None:
+    # Before, AsyncClient.flush waited in a thread of the loop's default executor for as long as
+    # the server was down: cancelled flushes left their threads waiting, and a few of them
+    # starved the loop's to_thread and name lookups.
+    down = f"http://127.0.0.1:{free_port()}"
+    threads = threading.active_count()
+    settings = RecorderSettings(close_timeout=0.5, backoff_base=5, max_backoff=5)
+    client = AsyncClient(down, "ais_x_y", recorder=settings)
+    try:
+        client.record_later(model="gpt-4o", usage={"input_tokens": 1})
+        for _ in range(20):
+            assert not await asyncio.wait_for(client.flush(0.01), 5)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.flush(), 0.01)
+        assert threading.active_count() == threads + 1  # the recorder's own thread, no other
+        assert await asyncio.wait_for(asyncio.to_thread(sum, [1, 2]), 5) == 3
+        assert client.recorder._flushing == 0  # every flush, cancelled too, has let go
+        assert client.stats().pending == 1
+    finally:  # closed here, not in an executor's thread, which waiting flushes could all hold
+        client.recorder.close()
+        await client._http.aclose()
 
 
 def test_keys_are_unique_and_a_forked_process_draws_its_own() -> None:

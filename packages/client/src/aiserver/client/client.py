@@ -589,8 +589,8 @@ class AsyncClient(_Common):
         return AsyncBudgetGuard(self, ask)
 
     async def flush(self, timeout: Optional[float] = None) -> bool:
-        """As `Client.flush`, waiting in a worker thread (the event loop runs on)."""
-        return await asyncio.to_thread(self.recorder.flush, timeout)
+        """As `Client.flush`, waiting on the event loop (it runs on; no thread is held)."""
+        return await self.recorder.flush_async(timeout)
 
     async def close(self, timeout: Optional[float] = None) -> None:
         """As `Client.close`."""

@@ -106,7 +106,13 @@ def usage_of(usage: Any) -> dict[str, int]:
 
 
 def _tag_value(value: Any) -> Optional[str]:
+    """A metadata value as a tag's, or None: not a non-empty string, a control character, or
+    a lone surrogate (`"\\ud800"` is valid JSON, which no UTF-8 body can carry)."""
     if not isinstance(value, str) or not value or _CONTROL.search(value):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
         return None
     return value[:MAX_TAG_VALUE]
 
@@ -151,7 +157,10 @@ class AiserverCallback(CustomLogger):  # type: ignore[misc]  # litellm has no ty
         if event is None:
             self.skipped += 1
             return
-        self.client.record_later(event)
+        try:
+            self.client.record_later(event)
+        except Exception:  # one it cannot encode (a tag with a lone surrogate from JSON)
+            log.exception("aiserver: the LiteLLM call's usage event could not be queued")
 
     def event(self, kwargs: Mapping[str, Any], response_obj: Any, end_time: Any) -> Optional[Event]:
         """The usage event of one LiteLLM call, or None when there is nothing to report."""

@@ -21,13 +21,15 @@ CONFLICT = "conflict"
 INVALID = "invalid"
 
 
-class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One model call, as `POST /v1/usage` takes it (docs/usage.md).
 
     `id` is the idempotency key: the same key with the same payload is recorded once however
     often it is sent. `usage` is ours (`input_tokens`, `output_tokens`, `cache_read_tokens`,
     ...) or, with `usage_format`, the provider's own usage object. Fields left at None are not
-    sent (the server's defaults apply)."""
+    sent (the server's defaults apply). A field it does not have (`tag`, `occured_at`) is an
+    error where the event is made, as the server's: dropped, it would lose the call's tags or
+    time, unsaid."""
 
     model: str
     id: Optional[str] = None

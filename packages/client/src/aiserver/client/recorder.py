@@ -41,6 +41,7 @@ and what the child queues goes from a thread of the child's own. The key is neve
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
@@ -168,6 +169,18 @@ def _bounded(seconds: float) -> float:
     return min(seconds, threading.TIMEOUT_MAX)
 
 
+def _lock_and_condition() -> tuple[threading.RLock, threading.Condition]:
+    """A recorder's lock, and a condition over it. Taken as `with lock:`, never `with condition:`:
+    `Condition.__enter__` is Python code, so a signal handler that raises (`sys.exit` on
+    SIGTERM, Ctrl-C's KeyboardInterrupt) could run between the lock's taking and the `with`
+    holding it, and leave it held for ever: the exit's close() then waited on it, and the
+    process never ended. A C lock is taken inside the `with` itself. Reentrant, so that a signal
+    handler that calls close() in the thread that holds it (in `record_later`) does not wait on
+    itself."""
+    lock = threading.RLock()
+    return lock, threading.Condition(lock)
+
+
 class Recorder:
     """Queues events and delivers them from one background thread (started on first use)."""
 
@@ -183,7 +196,7 @@ class Recorder:
         self._base_url, api_key = wire.settings(base_url, api_key)  # as a Client takes them
         self._headers = {**wire.headers(api_key), **wire.JSON_HEADERS}
         self._transport = transport
-        self._cond = threading.Condition(threading.Lock())
+        self._lock, self._cond = _lock_and_condition()
         self._queue: collections.deque[_Item] = collections.deque()
         self._first_at = 0.0  # when the oldest queued event was queued (monotonic)
         self._flushing = 0  # callers waiting in flush()
@@ -203,7 +216,7 @@ class Recorder:
         """Start afresh in a forked child: an empty queue and counts, a new lock (the parent's
         may have been held at the fork), no thread (the next event starts one). What was queued
         is the parent's to deliver. A recorder closed (or closing) in the parent stays closed."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock, self._cond = _lock_and_condition()
         self._queue = collections.deque()
         self._first_at = 0.0
         self._flushing = 0
@@ -230,7 +243,7 @@ class Recorder:
                 event = msgspec.structs.replace(event, occurred_at=at)
         key: str = event.id  # type: ignore[assignment]  # set just above
         data = wire.encode_event(event)
-        with self._cond:
+        with self._lock:
             # after the exit closed the recorders, no thread of theirs delivers any more; after
             # the application's own close(), nothing is delivered
             late = exiting.exiting() and not self._closed_by_caller
@@ -291,7 +304,7 @@ class Recorder:
         return True
 
     def stats(self) -> RecorderStats:
-        with self._cond:
+        with self._lock:
             counts = dict(self._counts)
         settled = sum(counts.get(k, 0) for k in ("sent", "rejected_batch", "lost"))
         names = ("sent", "recorded", "duplicates", "rejected", "dropped", "retries", "batches")
@@ -307,10 +320,8 @@ class Recorder:
         to be retried waits out its backoff (or the server's Retry-After): an application that
         flushes after every request would otherwise retry a failing server at its own rate."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            target = self._counts["queued"]
-            self._flushing += 1
-            self._cond.notify_all()
+        with self._lock:
+            target = self._flush_begin_locked()
             try:
                 while self._settled_locked() < target:
                     left = None if deadline is None else deadline - time.monotonic()
@@ -320,6 +331,37 @@ class Recorder:
                 return True
             finally:
                 self._flushing -= 1
+
+    async def flush_async(self, timeout: Optional[float] = None) -> bool:
+        """`flush` for a coroutine: it waits on the event loop, asking every few milliseconds
+        (1 at first, then up to 50) whether the events are settled, with no thread of the
+        loop's executor held for it (one per waiting flush, for as long as a server is down,
+        starved the loop's `to_thread` and name lookups), and a cancelled one leaves nothing
+        waiting."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._flush_begin_locked()
+        try:
+            pause = 0.001
+            while True:
+                with self._lock:
+                    if self._settled_locked() >= target:
+                        return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                await asyncio.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, 0.05)
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    def _flush_begin_locked(self) -> int:
+        """A flush begins: the thread sends what waits now; the count of queued events it is
+        to wait for. (The flush ends with `_flushing -= 1`.)"""
+        self._flushing += 1
+        self._cond.notify_all()
+        return self._counts["queued"]
 
     def close(self, timeout: Optional[float] = None) -> bool:
         """Deliver what waits (a batch waiting to be retried is tried again at once), then stop;
@@ -333,15 +375,28 @@ class Recorder:
         dropped."""
         timeout = self.settings.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        with self._cond:
+        if not self._begin_close(by_exit=by_exit):
+            with self._lock:
+                return self._settled_locked() >= self._counts["queued"]
+        return self._end_close(deadline, timeout)
+
+    def _begin_close(self, *, by_exit: bool) -> bool:
+        """Close's first step, which does not wait: nothing more is queued, and the thread
+        delivers what waits at once. False when the recorder was closing already."""
+        with self._lock:
             self._closed_by_caller |= not by_exit
             if self._closing:
-                return self._settled_locked() >= self._counts["queued"]
+                return False
             self._closing = True
             self._nudges += 1  # the last chance: a batch waiting for its retry tries at once
             self._cond.notify_all()
-        self.flush(timeout)
-        with self._cond:
+            return True
+
+    def _end_close(self, deadline: float, timeout: float) -> bool:
+        """Close's second step: wait for the deliveries until `deadline` (monotonic), then count
+        and log what is lost (`timeout`: what the log says it waited). True if nothing was."""
+        self.flush(max(0.0, deadline - time.monotonic()))
+        with self._lock:
             self._given_up = True
             self._cond.notify_all()
         thread = self._thread
@@ -349,7 +404,7 @@ class Recorder:
             # It stops at once, unless a request is in flight: its answer may still settle
             # the batch in the time left.
             thread.join(_bounded(max(0.0, deadline - time.monotonic())))
-        with self._cond:
+        with self._lock:
             self._final = True
             lost = self._counts["queued"] - self._settled_locked()
             if lost:
@@ -374,7 +429,7 @@ class Recorder:
         (`_attempt`: its retries with the same key, its logs), within `close_timeout`. Its key
         when it is settled (recorded, or refused and logged as the thread would); None when it
         could not be delivered in time: counted as dropped and logged as an error."""
-        with self._cond:
+        with self._lock:
             if not self._final:
                 self._counts["queued"] += 1
         batch = [(key, data)]
@@ -403,7 +458,7 @@ class Recorder:
                 time.sleep(wait)
         finally:
             client.close()
-        with self._cond:
+        with self._lock:
             if not self._final:
                 self._counts["lost"] += 1
                 self._counts["dropped"] += 1
@@ -441,7 +496,7 @@ class Recorder:
     def _next_batch(self) -> Optional[list[_Item]]:
         """The next batch to send; None once closed and nothing waits (or close gave up)."""
         size, interval = self.settings.batch_size, self.settings.flush_interval
-        with self._cond:
+        with self._lock:
             while True:
                 if self._given_up:
                     return None
@@ -465,7 +520,7 @@ class Recorder:
         body = wire.events_body(data for _, data in batch)
         attempt = 0
         while True:
-            with self._cond:
+            with self._lock:
                 nudges = self._nudges
             try:
                 retry = self._attempt(client, batch, body, attempt)
@@ -477,7 +532,7 @@ class Recorder:
                 return
             wait, reason = retry
             attempt += 1
-            with self._cond:
+            with self._lock:
                 if self._given_up:
                     return
                 self._counts["retries"] += 1
@@ -527,7 +582,7 @@ class Recorder:
         `_nudges` was `nudges`, as the attempt began: not at all), or gives up. False when it
         gave up."""
         deadline = time.monotonic() + seconds
-        with self._cond:
+        with self._lock:
             while not self._given_up and self._nudges == nudges:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -556,7 +611,7 @@ class Recorder:
                 attempt,
                 "y" if attempt == 1 else "ies",
             )
-        with self._cond:
+        with self._lock:
             if self._final:
                 return
             self._counts["sent"] += len(batch)
@@ -588,7 +643,7 @@ class Recorder:
 
     def _rejected(self, batch: list[_Item], *, answered: bool) -> None:
         """Count the batch's events as rejected, settled; `answered`: the server said so."""
-        with self._cond:
+        with self._lock:
             if self._final:
                 return
             self._counts["rejected_batch"] += len(batch)

@@ -295,7 +295,16 @@ def spend_params(
     """The query of `GET /v1/spend`."""
 
     def text(value: Union[datetime, str]) -> str:
-        return value.isoformat() if isinstance(value, datetime) else value
+        if not isinstance(value, datetime):
+            return value
+        if value.utcoffset() is None:
+            raise ValueError(
+                f"{value.isoformat()} has no offset: give an aware datetime, such as "
+                "datetime.now(timezone.utc), or a string such as '2026-12-01' or "
+                "'2026-12-01T09:00' for a time on the project's clock (or tz's), as the "
+                "server reads it; Python's own naive time is the machine's"
+            )
+        return value.isoformat()
 
     params: list[tuple[str, str]] = [("from", text(since)), ("to", text(until))]
     for name, value in (
