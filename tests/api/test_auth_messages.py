@@ -4,6 +4,11 @@ a 403 names every scope that would do, not the strongest."""
 
 from __future__ import annotations
 
+from litestar.testing import AsyncTestClient
+
+from aiserver.api.app import create_app
+
+from ..conftest import Settings, replace_settings
 from .conftest import Client, Tenants, admin, bearer
 from .test_usage_events import assert_problem
 
@@ -17,6 +22,26 @@ async def test_a_401_asks_for_the_credential_the_route_takes(client: Client) -> 
     # routes an operator may use still offer both
     answer = await client.get("/v1/projects/acme-a")
     assert_problem(answer, 401, "this endpoint needs a project key or an operator's token")
+    # and those only the operator may use ask for its token alone (they offered a project key)
+    for method in ("GET", "POST"):
+        answer = await client.request(method, "/v1/projects")
+        problem = assert_problem(answer, 401, "this endpoint needs an operator's token (API_ADMIN")
+        assert "project" not in problem["detail"]
+
+
+async def test_a_server_without_operator_tokens_says_so_on_the_operator_s_routes(
+    api_settings: Settings,
+) -> None:
+    """Creating and listing projects answered 401 "the token is not valid" to any token on a
+    server with no API_ADMIN_TOKENS, where the catalog's routes said that they are disabled."""
+    without = replace_settings(api_settings, api_admin_tokens=())
+    async with AsyncTestClient(app=create_app(without)) as client:
+        for method, path in (("POST", "/v1/projects"), ("GET", "/v1/projects"),
+                             ("POST", "/v1/catalog/refresh")):  # fmt: skip
+            for headers in ({}, admin()):
+                answer = await client.request(method, path, headers=headers, json={})
+                problem = assert_problem(answer, 403, "admin endpoints are disabled: no API_ADMIN")
+                assert problem["type"].endswith(":admin-disabled")
 
 
 async def test_the_operator_s_token_on_a_project_s_usage_is_a_403_that_says_why(

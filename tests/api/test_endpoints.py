@@ -339,7 +339,7 @@ async def test_admin_endpoints_refuse_without_the_right_token(client: Client) ->
     ]:
         for headers in ({}, admin("wrong"), admin(nearly), {"Authorization": ADMIN_TOKEN}):
             response = await client.request(method, url, headers=headers, json={})
-            body = assert_problem(response, 401, "admin token")
+            body = assert_problem(response, 401, "an operator's token (API_ADMIN_TOKENS)")
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert ADMIN_TOKEN not in response.text
             assert nearly not in str(body)
@@ -575,7 +575,7 @@ async def test_overrides_keep_their_history_and_past_calls_their_prices(client: 
         422,
         "unknown query parameters: histroy",
     )
-    assert_problem(await client.get("/v1/overrides?history=true"), 401, "admin token")
+    assert_problem(await client.get("/v1/overrides?history=true"), 401, "an operator's token (API_ADMIN_TOKENS)")
 
 
 async def test_an_override_of_a_new_model_prices_only_while_it_is_valid(client: Client) -> None:

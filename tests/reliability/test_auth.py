@@ -76,7 +76,7 @@ async def test_every_admin_endpoint_refuses_every_near_miss_with_a_401_problem(
                 problem = response.json()
                 assert problem["status"] == 401
                 assert problem["type"] == "urn:aiserver:problem:unauthorized"
-                assert "admin token" in problem["detail"]
+                assert "an operator's token (API_ADMIN_TOKENS)" in problem["detail"]
                 for secret in _secrets():
                     assert secret not in response.text, (where, secret)
                 refused += 1

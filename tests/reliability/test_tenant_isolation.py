@@ -949,8 +949,10 @@ async def test_a_credential_without_the_scope_is_refused_before_its_request_is_r
                     wanted = "a project key or"
                     if keys_only(method, path):
                         wanted = "a project's key"
-                    elif path.startswith(("/v1/catalog", "/v1/overrides")):
-                        wanted = "an admin token"
+                    elif (
+                        path.startswith(("/v1/catalog", "/v1/overrides")) or path == "/v1/projects"
+                    ):
+                        wanted = "an operator's token (API_ADMIN_TOKENS)"
                     if not response.json()["detail"].startswith(f"this endpoint needs {wanted}"):
                         wrong.append(f"{method} {path}: 401 {response.json()['detail']!r}")
     assert asked > 50  # every route, every credential that lacks its scope

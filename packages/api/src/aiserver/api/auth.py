@@ -168,13 +168,24 @@ async def requires_admin(connection: AnyConnection, _: BaseRouteHandler) -> None
     settings: ApiSettings = connection.app.state.settings
     if not settings.api_admin_tokens:
         raise AdminDisabled("admin endpoints are disabled: no API_ADMIN_TOKENS are configured")
-    (await _authenticate(connection, wanted="an admin token")).require_operator()
+    wanted = "an operator's token (API_ADMIN_TOKENS)"
+    (await _authenticate(connection, wanted=wanted)).require_operator()
 
 
-async def authenticated(connection: AnyConnection, _: BaseRouteHandler) -> None:
+#: The `opt` of a route under `authenticated` that only the operator may use (creating and
+#: listing projects): its guard is `requires_admin`'s, so that its 401 asks for an operator's
+#: token alone, and a server without one answers 403 `admin-disabled`, as the catalog's routes.
+OPERATOR_ONLY: Final = {"operator_only": True}
+
+
+async def authenticated(connection: AnyConnection, handler: BaseRouteHandler) -> None:
     """Guard of the ledger's endpoints that an operator may use too (projects, keys,
     repricing): a project key or an operator's token, kept for the handler as its `access`
-    (see `access`)."""
+    (see `access`); on a route of `OPERATOR_ONLY`, the operator's token alone."""
+    if handler.opt.get("operator_only"):
+        await requires_admin(connection, handler)
+        connection.state.access = Access.operator()
+        return
     wanted = "a project key or an operator's token"
     connection.state.access = await _authenticate(connection, wanted=wanted)
 

@@ -116,6 +116,7 @@ class ProjectController(Controller):
         responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
         guards=[auth.operator_first, NO_QUERY],
         request_class=strict_body(ProjectIn),
+        opt=auth.OPERATOR_ONLY,
     )
     async def create_project(
         self, access: NamedDependency[Access], data: JSONBody[ProjectIn]
@@ -131,6 +132,7 @@ class ProjectController(Controller):
         summary="List projects (operator)",
         responses=problem_responses(400, 401, 403, 422, 503),
         guards=[auth.operator_first, only_query("archived")],
+        opt=auth.OPERATOR_ONLY,
     )
     async def list_projects(
         self, access: NamedDependency[Access], archived: FromQuery[bool] = False
