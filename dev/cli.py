@@ -278,11 +278,11 @@ async def _start(args: argparse.Namespace, supervisor: Supervisor, console: Cons
     started = time.monotonic()
     console.say(f"aiserver dev runner in {ROOT} (Ctrl-C stops everything)")
     data = DataDir(args.data_dir.resolve())
+    _require_free_port(args.host, args.port)  # first: a start refused changes nothing
     if args.reset:
         removed = reset(data)
         gone = ", ".join(_shown(path) for path in removed) or "nothing there"
         console.say(f"--reset: deleted the embedded servers' data ({gone})")
-    _require_free_port(args.host, args.port)
 
     database = await _database(args, supervisor, data, console)
     console.say(f"PostgreSQL: {database.describe()}")

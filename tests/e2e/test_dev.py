@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -302,6 +303,27 @@ async def test_dev_runs_the_system_on_given_servers_and_ctrl_c_leaves_no_process
         assert (again["status"], again["event_id"]) == ("duplicate", first["event_id"])
 
         await stop_and_check_nothing_is_left(dev, ("aiserver.api.cli", "aiserver.taskrunner.cli"))
+
+
+def test_dev_refuses_a_port_in_use_before_reset_deletes_anything(tmp_path: Path) -> None:
+    # Before, --reset deleted the embedded servers' data, then found the port taken.
+    kept = tmp_path / "postgres" / "PG_VERSION"
+    kept.parent.mkdir()
+    kept.write_text("16\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "dev", "--reset", "--data-dir", str(tmp_path),
+             "--port", str(port)],
+            cwd=ROOT, env=dev_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"the API cannot listen on 127.0.0.1:{port}" in done.stdout + done.stderr
+    assert "--reset" not in done.stdout + done.stderr
+    assert kept.read_text() == "16\n"
 
 
 async def test_dev_says_which_database_url_does_not_answer_and_exits_1(tmp_path: Path) -> None:
