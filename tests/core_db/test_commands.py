@@ -255,3 +255,36 @@ def test_every_commands_help_says_its_exit_statuses_in_lines_that_fit(module: st
         for line in text.splitlines()
         if len(line) > 100
     ] == []
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """A command line's parser and those of its commands, all the way down."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield from _parsers(command)
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_a_commands_exit_statuses_say_only_what_it_can_do(module: str) -> None:
+    # Before, `aiserver-costs seed --help` and `fields --help` said what --json changes, which
+    # neither takes, and an exit status 3 of `calc --batch`; `aiserver-ledger --help` did not
+    # say the 3 that `import` ends with.
+    def takes_json(parser: argparse.ArgumentParser) -> bool:  # it, or a command under it
+        return any("--json" in p._option_string_actions for p in _parsers(parser))
+
+    top = importlib.import_module(module)._parser()
+    wrong = []
+    for parser in _parsers(top):
+        said = " ".join(parser.format_help().partition("\nexit status:")[2].split())
+        if "with --json" in said and not takes_json(parser):
+            wrong.append(f"{parser.prog}: --json in its exit statuses, which it does not take")
+        if "3 calc --batch" in said and parser.prog not in (
+            "aiserver-costs",
+            "aiserver-costs calc",
+        ):
+            wrong.append(f"{parser.prog}: calc's exit status 3")
+    assert wrong == []
+    if top.prog == "aiserver-ledger":
+        assert "3 import with lines invalid or in conflict" in " ".join(top.format_help().split())

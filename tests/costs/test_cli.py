@@ -188,7 +188,7 @@ async def test_show_and_calc_name_the_override_and_its_validity(
     code, out, _ = await costs_cli(env, "show", "gpt-4o")
     assert code == 0
     assert (
-        f"override:  {new_id}, by openai, valid from 2026-12-01T09:30:00Z (deal)\n"
+        f"override:  {new_id} (provider openai), valid from 2026-12-01T09:30:00Z (deal)\n"
         "  input_cost_per_token = 0.000002\n"
     ) in out
     assert "old deal" not in out

@@ -55,7 +55,7 @@ async def test_show_answers_for_a_model_only_an_override_defines(
     assert "model:     my-model\n" in out
     assert "provider:  inhouse\n" in out
     assert "  input_cost_per_token = 0.000001\n" in out  # what calc charges
-    assert f"override:  {made}, by inhouse, valid from " in out
+    assert f"override:  {made} (provider inhouse), valid from " in out
     code, out, err = await costs_cli(env, "show", "my-model", "--json")
     assert code == 0, err
     shown = json.loads(out)
@@ -90,7 +90,7 @@ async def test_show_answers_for_a_dropped_model_an_override_keeps_with_its_price
     assert (code, err) == (0, ""), err
     assert "  input_cost_per_token = 0.000001\n" in out  # the override's
     assert "  output_cost_per_token = 0.0000006\n" in out  # the source's last
-    assert f"override:  {made}, by openai" in out
+    assert f"override:  {made} (provider openai)" in out
     assert "left the source at" in out
     code, out, err = await costs_cli(env, "show", "gpt-4o-mini", "--json")
     assert code == 0, err

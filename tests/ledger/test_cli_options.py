@@ -210,7 +210,8 @@ async def test_spend_counts_the_cut_hours_in_words(subprocess_env: dict[str, str
                                       "--from", "2026-12-01T00:30:00Z", "--to", to)  # fmt: skip
         assert code == 0, err
         assert out.splitlines()[-1].endswith(
-            f": no event recorded yet; read from the hourly rollups, and {hours} that --from, "
+            f": no event recorded yet; read from the rollups (daily for whole days, else "
+            f"hourly), and {hours} that --from, "
             "--to or a bucket cuts from the events"
         )
 

@@ -219,8 +219,13 @@ class CommandParser(argparse.ArgumentParser):
     were meant. Its help is laid out by `CommandHelp`, and ends with `exit_statuses` (a tool's
     subclass says them) when its own epilog does not say them."""
 
-    #: What --help says of the exit statuses where the command's own epilog does not.
+    #: What --help says of the exit statuses where the command's own epilog does not. In it,
+    #: `{json}` is `JSON_PROBLEM` where --json is taken (by this command, or by one of its
+    #: commands), else nothing; `{own}` the statuses of `own_exit_statuses` that this command
+    #: can end with (all of them on the tool's own --help).
     exit_statuses: str | None = None
+    #: Exit statuses of some commands only: (the command's name, its words, ending with "; ").
+    own_exit_statuses: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("formatter_class") in (None, argparse.RawDescriptionHelpFormatter):
@@ -232,8 +237,34 @@ class CommandParser(argparse.ArgumentParser):
         text = super().format_help()
         said = any(line.startswith("exit status:") for line in text.splitlines())
         if self.exit_statuses is not None and not said:
-            text += "\n" + self._get_formatter()._fill_text(self.exit_statuses, 0, "") + "\n"
+            statuses = self.exit_statuses.format(
+                json=JSON_PROBLEM if _takes_json(self) else "",
+                own="".join(w for name, w in self.own_exit_statuses if self._ends_with(name)),
+            )
+            text += "\n" + self._get_formatter()._fill_text(statuses, 0, "") + "\n"
         return text
+
+    def _ends_with(self, command: str) -> bool:
+        """Whether this command's run can end as `command`'s: it is that command, or the tool
+        itself (its --help says every command's statuses)."""
+        words = self.prog.split()
+        return len(words) == 1 or words[-1] == command
+
+
+#: How --json changes a failure's report, said by the exit statuses of a command that takes it.
+JSON_PROBLEM: Final = ', or {"error": ...} on stdout with --json'
+
+
+def _takes_json(parser: argparse.ArgumentParser) -> bool:
+    """Whether `parser`, or a command under it, takes --json."""
+    for action in parser._actions:
+        if "--json" in action.option_strings:
+            return True
+        if isinstance(action, argparse._SubParsersAction) and any(
+            _takes_json(command) for command in action.choices.values()
+        ):
+            return True
+    return False
 
 
 class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]

@@ -166,7 +166,7 @@ async def show(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {name} = {text}")
     for o in overrides:  # the one laid over them, and the prices it sets
         reason = f" ({o.reason})" if o.reason else ""
-        print(f"override:  {o.id}, by {o.provider}, valid from {when(o.valid_from)}{reason}")
+        print(f"override:  {o.id} (provider {o.provider}), valid from {when(o.valid_from)}{reason}")
         for name, value in sorted(o.prices.items()):
             print(f"  {name} = {plain(value)}")
     if note:

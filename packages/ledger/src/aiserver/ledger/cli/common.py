@@ -32,10 +32,11 @@ class Parser(CommandParser):
 
     check: Callable[[argparse.Namespace], str | None] | None = None
     exit_statuses = (
-        'exit status: 0 done; 1 it failed (its problem in one line on stderr, or {"error": ...} '
-        "on stdout with --json), also when the database could not be reached; 2 wrong "
-        "arguments or settings; 130 stopped by Ctrl-C; 141 the reader of stdout went away"
+        "exit status: 0 done; 1 it failed (its problem in one line on stderr{json}), also when "
+        "the database could not be reached; 2 wrong arguments or settings; {own}130 stopped by "
+        "Ctrl-C; 141 the reader of stdout went away"
     )
+    own_exit_statuses = (("import", "3 import with lines invalid or in conflict; "),)
 
     def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

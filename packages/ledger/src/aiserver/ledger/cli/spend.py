@@ -137,7 +137,7 @@ def _freshness(answer: SpendAnswer) -> str:
     if answer.source == "raw_events":
         read = "read from the events"
     else:
-        read = "read from the hourly rollups"
+        read = "read from the rollups (daily for whole days, else hourly)"
         if answer.raw_hours:
             read += (
                 f", and {counted(answer.raw_hours, 'hour')} that --from, --to or a bucket cuts "
@@ -156,10 +156,11 @@ _HELP: Final = """\
 What a project's usage cost from --from to --to: per --bucket (hour, day, week from Monday,
 month) of the time zone's clock (--tz, by default the project's; days are 23 or 25 hours on a
 daylight-saving change), per group (--group-by model, provider, status, tag:KEY; commas or
-repeated), with the filters of `events`. --top N keeps the N costliest groups over the window
+repeated), with the filters of `events` (but --model and --provider match the name a call was
+priced as, as grouping does). --top N keeps the N costliest groups over the window
 and sums the rest as (other). A time without an offset, or a date, is wall time in --tz.
 
-The answer is exact and current: the hourly rollups plus the events not folded yet, in one
+The answer is exact and current: the rollups plus the events not folded yet, in one
 snapshot; a tag key the project does not roll up is summed from raw events (slower, and the
 answer says so). --json prints the answer of GET /v1/spend.
 

@@ -7,8 +7,9 @@ that was not signed with that secret. A request without a Content-Length in digi
 body is not a JSON object with an `alert` object, gets 400, and a body over 64 KiB 413 (with
 the reason, also printed on stderr). Ctrl-C stops it, with exit status 0. Give the task
 runner (and the API, which checks the target when the budget is saved)
-`WEBHOOK_ALLOWED_HOSTS=127.0.0.1`: a webhook target on a loopback address is refused otherwise
-(`hatch run dev` sets it for its own services).
+`WEBHOOK_ALLOWED_HOSTS=127.0.0.1:PORT`: a webhook target on a loopback address is refused
+otherwise. `hatch run dev` allows port 8900 alone (this command's default): for another port,
+set WEBHOOK_ALLOWED_HOSTS=127.0.0.1:PORT before starting it.
 
 It is a tool to see alerts arrive and to check a secret, not a production receiver: yours
 should keep the alert ids it has handled (delivery is at least once) and answer quickly.
@@ -163,7 +164,7 @@ def _receive(core: CoreSettings, args: argparse.Namespace) -> Callable[[], int]:
 _EXAMPLES: Final = (
     "examples:\n"
     "  aiserver-ledger webhooks receive --port 8900 --secret demo-webhook-secret\n"
-    "  WEBHOOK_SECRET=... aiserver-ledger webhooks receive --port 0 --count 1\n"
+    "  WEBHOOK_SECRET=... aiserver-ledger webhooks receive --count 1   # one alert, then exit\n"
     "\n"
     "exit status: 0 stopped by Ctrl-C, or --count alerts received; 1 it cannot listen on the\n"
     "address (the port taken); 2 wrong arguments, or no secret"
