@@ -575,7 +575,8 @@ async def test_overrides_keep_their_history_and_past_calls_their_prices(client: 
         422,
         "unknown query parameters: histroy",
     )
-    assert_problem(await client.get("/v1/overrides?history=true"), 401, "an operator's token (API_ADMIN_TOKENS)")
+    unsigned = await client.get("/v1/overrides?history=true")
+    assert_problem(unsigned, 401, "an operator's token (API_ADMIN_TOKENS)")
 
 
 async def test_an_override_of_a_new_model_prices_only_while_it_is_valid(client: Client) -> None:
