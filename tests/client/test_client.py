@@ -313,6 +313,21 @@ async def test_async_client_calculates_and_records(ledger: Ledger, tenant: Tenan
 # -- spend ----------------------------------------------------------------------------------------
 
 
+def test_an_async_client_serves_one_event_loop_after_another(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, the second asyncio.run() raised RuntimeError('Event loop is closed') on the
+    # first loop's connection: neither of the errors the docs name, and not repeated.
+    client = AsyncClient(ledger.api.base_url, tenant.key)
+    ids = [key(), key()]
+
+    async def report(event_id: str) -> str:
+        return (await client.record(Event(id=event_id, model="gpt-4o", usage=GPT_4O))).status
+
+    assert [asyncio.run(report(event_id)) for event_id in ids] == ["recorded", "recorded"]
+    asyncio.run(client.close())
+
+
 def test_spend_sums_what_was_recorded(ledger: Ledger, tenant: Tenant) -> None:
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     with Client(ledger.api.base_url, tenant.key) as client:

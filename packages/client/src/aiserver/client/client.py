@@ -435,17 +435,37 @@ class AsyncClient(_Common):
         retries: int = 3,
     ) -> None:
         super().__init__(base_url, api_key, recorder, retries)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=wire.headers(self._api_key), timeout=timeout
+        self._timeout = timeout
+        self._http = self._new_http()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the one its connections are of
+
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=wire.headers(self._api_key), timeout=self._timeout
         )
 
+    def _on_this_loop(self) -> httpx.AsyncClient:
+        """The HTTP client, for the running event loop. Its connections belong to the loop that
+        opened them: once that loop is closed (an `asyncio.run()` per command, or per test),
+        a call from the next one would fail on them (`RuntimeError: Event loop is closed`), so
+        the next loop gets a client of its own; the old one's connections, unusable, are
+        dropped with it. (Two loops running at once, in two threads, need a client each.)"""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and self._loop.is_closed():
+                self._http = self._new_http()
+            self._loop = loop
+        return self._http
+
     async def _post(self, path: str, body: bytes) -> httpx.Response:
+        http = self._on_this_loop()
         with wire.exchange():
-            return await self._http.post(path, content=body, headers=wire.JSON_HEADERS)
+            return await http.post(path, content=body, headers=wire.JSON_HEADERS)
 
     async def _get(self, path: str, params: httpx.QueryParams) -> httpx.Response:
+        http = self._on_this_loop()
         with wire.exchange():
-            return await self._http.get(path, params=params)
+            return await http.get(path, params=params)
 
     async def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
         """As `Client._post_repeated`, waiting without blocking the event loop."""
@@ -595,7 +615,7 @@ class AsyncClient(_Common):
     async def close(self, timeout: Optional[float] = None) -> None:
         """As `Client.close`."""
         await asyncio.to_thread(self._close_recorder, timeout)
-        await self._http.aclose()
+        await self._on_this_loop().aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
