@@ -296,3 +296,20 @@ async def test_sign_in_without_redis_is_a_503_page_that_names_no_address(
     assert "a backing service is unavailable (ConnectionError); try again later" in page.text
     assert "127.0.0.1" not in page.text
     assert "S3cret" not in page.text
+
+
+def test_a_domain_error_s_page_keeps_its_retry_after() -> None:
+    """`DatabaseUnavailable` (the pool not open: a replica starting or stopping) is a domain
+    error with Retry-After; its dashboard page dropped the header, which the API's answer and
+    the pages of the driver's own errors keep."""
+    from litestar import Request
+
+    from aiserver.api.ui import _error_page
+    from aiserver.core_db.connections import DatabaseUnavailable
+
+    scope = {"type": "http", "method": "GET", "path": "/ui/", "raw_path": b"/ui/",
+             "query_string": b"", "headers": [], "state": {}, "app": None}  # fmt: skip
+    page = _error_page(Request(scope), DatabaseUnavailable("the database pool is not open"))
+    assert page.status_code == 503
+    assert int(page.headers["Retry-After"]) > 0
+    assert page.headers["cache-control"] == "no-store"

@@ -6,6 +6,8 @@ interpreter's exit deliver what waits. (Faults of the API: test_recorder_faults.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -16,12 +18,13 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from aiserver.client import AsyncClient, Client, RecorderSettings
+from aiserver.client import AsyncClient, Client, Event, Recorder, RecorderSettings
 from aiserver.client.keys import new_key
 
 from ..support.ports import free_port
@@ -404,6 +407,86 @@ async def test_a_signal_in_the_middle_of_record_later_never_hangs_the_exit(
     statuses = await asyncio.gather(*(run() for _ in range(12)))
     assert None not in statuses, statuses
     assert set(statuses) == ({-signal.SIGINT, 1} if how == "ctrl-c" else {0}) & set(statuses)
+
+
+def _recording_transport() -> httpx.MockTransport:
+    """A server that records every event it is sent."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events = json.loads(request.content)["events"]
+        results = [{"status": "recorded", "id": e["id"]} for e in events]
+        return httpx.Response(200, json={"results": results, "recorded": len(events),
+                                         "duplicate": 0, "conflict": 0, "invalid": 0})  # fmt: skip
+
+    return httpx.MockTransport(answer)
+
+
+class _SignallingQueue(collections.deque):  # type: ignore[type-arg]
+    """A queue whose append raises SIGUSR1: its handler runs right after, in `record_later`,
+    while that holds the recorder's lock (the window a signal may land in)."""
+
+    def append(self, item: object) -> None:
+        super().append(item)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _on_sigusr1(handler: Callable[..., object]) -> Iterator[None]:
+    before = signal.signal(signal.SIGUSR1, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_close_from_a_signal_handler_inside_record_later_begins_the_close_and_loses_nothing() -> (
+    None
+):
+    # Before, such a close() waited its whole close_timeout for a thread that needed the lock
+    # the interrupted record_later held, then said nothing was lost, while the event being
+    # queued stayed in the queue, never sent, counted nor logged.
+    recorder = Recorder("http://127.0.0.1:9", "ais_x_y", RecorderSettings(close_timeout=2.0),
+                        transport=_recording_transport())  # fmt: skip
+    recorder.enqueue(Event(model="gpt-4o", usage={"input_tokens": 1}))
+    assert recorder.flush(5)
+    answers: list[bool] = []
+    recorder._queue = _SignallingQueue(recorder._queue)
+    with _on_sigusr1(lambda *_: answers.append(recorder.close())):
+        key = recorder.enqueue(Event(model="gpt-4o", usage={"input_tokens": 2}))
+    assert answers == [False]  # begun, not waited for: it could not be, from there
+    assert key is not None
+    assert recorder.close(5)  # the next close waits, and all is delivered
+    stats = recorder.stats()
+    assert (stats.queued, stats.sent, stats.dropped, stats.pending) == (2, 2, 0, 0)
+
+
+def test_record_later_from_a_signal_handler_inside_record_later_is_dropped_and_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, a nested record_later that landed while the first one was starting the thread
+    # (the lock held, the thread not kept yet) started a second thread for the same recorder.
+    recorder = Recorder("http://127.0.0.1:9", "ais_x_y", RecorderSettings(),
+                        transport=_recording_transport())  # fmt: skip
+    started: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def start_and_signal(thread: threading.Thread) -> None:
+        start(thread)
+        if thread.name == "aiserver-recorder":
+            started.append(thread)
+            if len(started) == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)  # lands in _start_locked
+
+    monkeypatch.setattr(threading.Thread, "start", start_and_signal)
+    nested: list[str | None] = []
+    again = Event(model="gpt-4o", usage={"input_tokens": 9})
+    with _on_sigusr1(lambda *_: nested.append(recorder.enqueue(again))):
+        assert recorder.enqueue(Event(model="gpt-4o", usage={"input_tokens": 1})) is not None
+    assert nested == [None]
+    assert started == [recorder._thread]
+    assert recorder.close(5)
+    stats = recorder.stats()
+    assert (stats.queued, stats.sent, stats.dropped) == (1, 1, 1)
 
 
 #: Three clients with something queued and a server that is down, at the exit.

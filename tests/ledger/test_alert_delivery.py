@@ -674,6 +674,10 @@ async def test_an_alert_whose_budget_lost_its_webhook_is_not_sent(
          "Cannot POST …"),
         ("no hook été-secret-1", "https://h.example/h/%C3%A9t%C3%A9-secret-1", "no hook …"),
         ("token a b c d e f refused", "https://h.example/x?key=a+b+c+d+e+f", "token … refused"),
+        # as it was sent: what the URL holds that HTTP cannot carry, percent-encoded
+        ("Cannot POST /hooks/t%C3%B6k-secret-123", "http://h.example/hooks/tök-secret-123",
+         "Cannot POST …"),
+        ("bad token abc%22def%22123", 'http://h.example/x?token=abc"def"123', "bad token …"),
     ],
 )  # fmt: skip
 def test_what_is_kept_of_an_attempt_leaves_out_the_hook_s_path(

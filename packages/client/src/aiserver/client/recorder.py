@@ -202,6 +202,7 @@ class Recorder:
         self._flushing = 0  # callers waiting in flush()
         self._nudges = 0  # close() calls so far (one): it cuts a wait for a retry short
         self._closing = False
+        self._ending = False  # a close() waits for the deliveries (`_end_close`)
         self._given_up = False  # close() timed out: what is left is dropped
         self._final = False  # close() has counted what is lost: nothing is counted after it
         self._closed_by_caller = False  # close() called by the application, not by the exit
@@ -243,6 +244,13 @@ class Recorder:
                 event = msgspec.structs.replace(event, occurred_at=at)
         key: str = event.id  # type: ignore[assignment]  # set just above
         data = wire.encode_event(event)
+        if self._interrupted():
+            with self._lock:
+                self._drop_one_locked(
+                    "record_later was called from a signal handler that interrupted the "
+                    "recorder in this thread (another record_later or close)"
+                )
+            return None
         with self._lock:
             # after the exit closed the recorders, no thread of theirs delivers any more; after
             # the application's own close(), nothing is delivered
@@ -261,8 +269,10 @@ class Recorder:
                     return None  # dropped: no thread could deliver it
                 late = started is None  # the exit has begun: no thread may start now
             if not late:
-                self._queue.append((key, data))
+                # counted first: a signal handler that raises between the two (sys.exit) leaves
+                # an event counted and lost (so said at the close), never one sent uncounted
                 self._counts["queued"] += 1
+                self._queue.append((key, data))
                 waiting = len(self._queue)
                 if waiting == 1:
                     self._first_at = time.monotonic()
@@ -375,21 +385,37 @@ class Recorder:
         dropped."""
         timeout = self.settings.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        if self._interrupted():
+            # A signal handler that interrupted record_later, which holds the lock the thread
+            # needs: waiting here would wait for nothing. The close begins (what waits is
+            # delivered at once); the exit, or a later close(), waits for it.
+            self._begin_close(by_exit=by_exit, waiting=False)
+            return False
         if not self._begin_close(by_exit=by_exit):
             with self._lock:
                 return self._settled_locked() >= self._counts["queued"]
         return self._end_close(deadline, timeout)
 
-    def _begin_close(self, *, by_exit: bool) -> bool:
+    def _interrupted(self) -> bool:
+        """Whether this thread holds the lock already: only a signal handler, run in the middle
+        of the recorder's own code, can call in then."""
+        owned: bool = self._lock._is_owned()  # type: ignore[attr-defined]
+        return owned
+
+    def _begin_close(self, *, by_exit: bool, waiting: bool = True) -> bool:
         """Close's first step, which does not wait: nothing more is queued, and the thread
-        delivers what waits at once. False when the recorder was closing already."""
+        delivers what waits at once. True when the caller is to wait for the deliveries
+        (`_end_close`): `waiting`, and no one has begun to (a close begun by a signal handler,
+        which could not wait, leaves it to the next close or the exit)."""
         with self._lock:
             self._closed_by_caller |= not by_exit
-            if self._closing:
+            if not self._closing:
+                self._closing = True
+                self._nudges += 1  # the last chance: a batch waiting for its retry tries at once
+                self._cond.notify_all()
+            if self._ending or not waiting:
                 return False
-            self._closing = True
-            self._nudges += 1  # the last chance: a batch waiting for its retry tries at once
-            self._cond.notify_all()
+            self._ending = True
             return True
 
     def _end_close(self, deadline: float, timeout: float) -> bool:

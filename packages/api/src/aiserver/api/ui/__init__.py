@@ -141,12 +141,10 @@ def _sign_in(request: Request[Any, Any, Any], exc: SignInNeeded) -> Response[Any
 
 def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """A domain error (or a framework one: 404, 405, ...) as a page, with its status."""
-    if isinstance(exc, AiserverError):
-        status, detail = exc.status, str(exc)
-    else:
-        assert isinstance(exc, HTTPException)
-        status, detail = exc.status_code, exc.detail
-    return _page(request, status, detail)
+    if isinstance(exc, AiserverError):  # its headers too: a 503's Retry-After, a 429's
+        return _page(request, exc.status, str(exc), exc.headers())
+    assert isinstance(exc, HTTPException)
+    return _page(request, exc.status_code, exc.detail, exc.headers)
 
 
 def _page(

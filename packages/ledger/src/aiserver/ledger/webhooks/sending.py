@@ -65,14 +65,18 @@ def without_path(text: str | None, url: str) -> str | None:
     """`text` (an answer's excerpt, an error) with the URL's path and query, and each long part
     of them, taken out (`…`): a receiver may echo the path (`Cannot POST /services/T0/B0/X`),
     a hook's path is often its credential, and the text is stored, logged and shown to every
-    key that reads the budget's alerts. Each is taken out as the URL writes it and as a
-    receiver decodes it (`%2D` as `-`, a query's `+` as a space), the form most echo."""
+    key that reads the budget's alerts. Each is taken out as the URL writes it, as it is sent
+    (`ö` as `%C3%B6`), and as a receiver decodes it (`%2D` as `-`, a query's `+` as a space)."""
     if not text:
         return text
     parts = urlsplit(url)
     written = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:  # as it is sent: percent-encoded where the URL holds what HTTP cannot carry (`ö`, `"`)
+        sent = httpx.URL(url).raw_path.decode("ascii")
+    except (httpx.InvalidURL, UnicodeDecodeError):
+        sent = written
     pieces: set[str] = set()
-    for whole in (written, unquote(written), unquote_plus(written)):
+    for whole in (written, sent, unquote(written), unquote_plus(written)):
         path, _, query = whole.partition("?")
         pieces.update((whole, path, query, *re.split(r"[/?&=]", whole)))
     for piece in sorted({p for p in pieces if len(p) >= _SECRET_PART}, key=len, reverse=True):
