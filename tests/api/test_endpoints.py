@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socketserver
+import struct
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
@@ -681,6 +685,62 @@ async def test_redis_down_refresh_is_503_and_costs_still_answer(
         assert "127.0.0.1" not in refused.text, body
         ok = await client.post("/v1/costs/calculate", json={"model": "gpt-test-000"})
         assert ok.status_code == 200
+
+
+class _RefusingPostgreSQL(socketserver.ThreadingTCPServer):
+    """A server (threads of its own: the app under test runs in another thread and blocks the
+    test's loop meanwhile) that answers a PostgreSQL client's start-up as PostgreSQL does while
+    it cannot take connections: no TLS, then a FATAL error with `code`."""
+
+    daemon_threads = True
+
+    def __init__(self, code: str, message: str) -> None:
+        fields = b"SFATAL\0VFATAL\0C" + code.encode() + b"\0M" + message.encode() + b"\0\0"
+        refusal = b"E" + struct.pack("!I", len(fields) + 4) + fields
+
+        class Refuse(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    (length,) = struct.unpack("!I", self.rfile.read(4))
+                    payload = self.rfile.read(length - 4)
+                    if struct.unpack("!I", payload[:4])[0] not in (80877103, 80877104):
+                        break  # the StartupMessage, after an SSLRequest or GSSENCRequest
+                    self.wfile.write(b"N")
+                self.wfile.write(refusal)
+
+        super().__init__(("127.0.0.1", 0), Refuse)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("57P03", "the database system is starting up"),
+        ("53300", "sorry, too many clients already"),
+        ("57P01", "terminating connection due to administrator command"),
+    ],
+)
+async def test_a_database_refusing_connections_for_a_while_is_a_503_with_retry_after(
+    api_settings: Settings, code: str, message: str
+) -> None:
+    # Before, these (a restart, a failover, max_connections) were 500s, each logged with its
+    # traceback as an unhandled error, where an unreachable database is a 503 to retry.
+    server = _RefusingPostgreSQL(code, message)
+    down = replace_settings(
+        api_settings, database_url=f"postgresql://postgres@127.0.0.1:{server.port}/x"
+    )
+    try:
+        async with AsyncTestClient(app=create_app(down)) as client:
+            key = bearer("ais_0123456789abcdef_" + "x" * 43)  # only the database can tell
+            for answer in (await client.get("/v1/catalog"),
+                           await client.get("/v1/projects/acme-a", headers=key)):  # fmt: skip
+                body = assert_problem(answer, 503, "a backing service is unavailable")
+                assert body["type"].endswith(":service-unavailable")
+                assert int(answer.headers["retry-after"]) > 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def test_every_answer_says_nosniff_once(client: Client, tenants: Tenants) -> None:

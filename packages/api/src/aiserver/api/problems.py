@@ -213,6 +213,12 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.UndefinedColumnError: _schema_behind,
     asyncpg.TransactionRollbackError: _rolled_back,
     asyncpg.PostgresConnectionError: _unavailable,
+    # a server refusing connections for a while: starting up, shutting down or in recovery
+    # (57P03), terminated (57P01: a restart, pg_terminate_backend), crashed, out of connections
+    asyncpg.CannotConnectNowError: _unavailable,
+    asyncpg.AdminShutdownError: _unavailable,
+    asyncpg.CrashShutdownError: _unavailable,
+    asyncpg.TooManyConnectionsError: _unavailable,
     asyncpg.InterfaceError: _unavailable,
     # API_DATABASE_TIMEOUT_SECONDS on PostgreSQL's side (core_db.database): a statement or a
     # transaction that waited too long, cancelled; nothing of it was kept
