@@ -832,7 +832,7 @@ async def test_the_command_line_answers_the_same_as_a_table_or_as_json(
     ]
     assert re.fullmatch(
         r"as of \S+Z: every event up to id \d+ counted( \(\d+ of them read from the events "
-        r"recorded since the last fold\))?; read from the (hourly rollups|events).*",
+        r"recorded since the last fold\))?; read from the (rollups|events).*",
         lines[7],
     ), lines[7]
     # the whole window's 0.00143 leaves mystery-1 out: a lower bound, as the dashboard says
