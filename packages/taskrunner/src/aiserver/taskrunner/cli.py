@@ -187,7 +187,10 @@ def _close_after_redis_lost(worker: Any) -> None:
         if pool is not None:
             worker._pool = None
             with contextlib.suppress(Exception):  # a broken connection may fail to close
-                await pool.close(close_connection_pool=True)
+                # aclose: redis-py 5.0.1's name; its close() warns (DeprecationWarning), a line
+                # that is not JSON where warnings are shown (under `hatch run dev`)
+                closing = getattr(pool, "aclose", None) or pool.close
+                await closing(close_connection_pool=True)
 
     worker.loop.run_until_complete(close())
 
