@@ -326,6 +326,9 @@ def test_an_async_client_serves_one_event_loop_after_another(
 
     assert [asyncio.run(report(event_id)) for event_id in ids] == ["recorded", "recorded"]
     asyncio.run(client.close())
+    # closed is closed, from the next loop too (it made itself a new connection pool and sent)
+    with pytest.raises(RuntimeError, match="the client has been closed"):
+        asyncio.run(report(key()))
 
 
 def test_spend_sums_what_was_recorded(ledger: Ledger, tenant: Tenant) -> None:

@@ -18,13 +18,14 @@ import textwrap
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from aiserver.client import AsyncClient, Client, Event, Recorder, RecorderSettings
-from aiserver.client.keys import new_key
+from aiserver.client.keys import Stamps, new_key
 
 from ..support.ports import free_port
 from .conftest import WAIT_S, Ledger, Tenant, api_events, run_app, stored_keys
@@ -486,6 +487,43 @@ def test_record_later_from_a_signal_handler_inside_record_later_is_dropped_and_s
     assert recorder.close(5)
     stats = recorder.stats()
     assert (stats.queued, stats.sent, stats.dropped) == (1, 1, 1)
+
+
+def test_record_later_from_a_signal_handler_inside_the_stamps_does_not_wait_on_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, the handler's record_later waited for ever on the lock of the times sent with
+    # each id (a plain Lock), which the interrupted record_later held in this thread.
+    recorder = Recorder("http://127.0.0.1:9", "ais_x_y", RecorderSettings(),
+                        transport=_recording_transport())  # fmt: skip
+    keep = Stamps._keep_locked
+    signalled: list[bool] = []
+
+    def keep_and_signal(stamps: Stamps, key: str, first: datetime | None) -> datetime | None:
+        kept = keep(stamps, key, first)
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)  # lands while Stamps' lock is held
+        return kept
+
+    def waited_too_long(*_: object) -> None:
+        raise TimeoutError("the handler's record_later waited on its own thread's lock")
+
+    monkeypatch.setattr(Stamps, "_keep_locked", keep_and_signal)
+    nested: list[str | None] = []
+    again = Event(id="in-the-handler", model="gpt-4o", usage={"input_tokens": 9})
+    before = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        with _on_sigusr1(lambda *_: nested.append(recorder.enqueue(again))):
+            first = Event(id="interrupted", model="gpt-4o", usage={"input_tokens": 1})
+            assert recorder.enqueue(first) == "interrupted"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert nested == ["in-the-handler"]  # outside the recorder's lock: queued as any other
+    assert recorder.close(5)
+    assert recorder.stats().sent == 2
 
 
 #: Three clients with something queued and a server that is down, at the exit.

@@ -438,6 +438,7 @@ class AsyncClient(_Common):
         self._timeout = timeout
         self._http = self._new_http()
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the one its connections are of
+        self._closed = False
 
     def _new_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -452,7 +453,7 @@ class AsyncClient(_Common):
         dropped with it. (Two loops running at once, in two threads, need a client each.)"""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            if self._loop is not None and self._loop.is_closed():
+            if self._loop is not None and self._loop.is_closed() and not self._closed:
                 self._http = self._new_http()
             self._loop = loop
         return self._http
@@ -615,7 +616,9 @@ class AsyncClient(_Common):
     async def close(self, timeout: Optional[float] = None) -> None:
         """As `Client.close`."""
         await asyncio.to_thread(self._close_recorder, timeout)
-        await self._on_this_loop().aclose()
+        http = self._on_this_loop()
+        self._closed = True  # a call after this raises (httpx), from any loop
+        await http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -46,12 +46,14 @@ class Stamps:
     id remembered is sent as it was the first time."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a signal handler that reports an event while this thread is in here (in
+        # `record_later`) would otherwise wait on its own thread for ever
+        self._lock = threading.RLock()
         self._sent: dict[str, Optional[datetime]] = {}
 
     def renew_lock(self) -> None:
         """In a forked child: the lock may have been held by a thread of the parent."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def of(self, key: str, first: Optional[datetime]) -> Optional[datetime]:
         """The time sent with `key` before, or `first`, remembered for it from now on."""

@@ -397,8 +397,9 @@ class Recorder:
         return self._end_close(deadline, timeout)
 
     def _interrupted(self) -> bool:
-        """Whether this thread holds the lock already: only a signal handler, run in the middle
-        of the recorder's own code, can call in then."""
+        """Whether this thread holds the lock already: only code run in the middle of the
+        recorder's own can call in then (a signal handler; a callback of the garbage collector
+        or of a log handler), and it would find the recorder half-changed."""
         owned: bool = self._lock._is_owned()  # type: ignore[attr-defined]
         return owned
 
