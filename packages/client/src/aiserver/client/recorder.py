@@ -462,12 +462,7 @@ class Recorder:
         batch = [(key, data)]
         body = wire.events_body([data])
         deadline = exiting.late_deadline(self.settings.close_timeout)
-        client = httpx.Client(
-            base_url=self._base_url,
-            headers=self._headers,
-            timeout=self.settings.timeout,
-            transport=self._transport,
-        )
+        client = self._http()
         reason = "the time for late deliveries had run out"
         try:
             for attempt in itertools.count():
@@ -504,13 +499,17 @@ class Recorder:
 
     # -- the thread ------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        client = httpx.Client(
+    def _http(self) -> httpx.Client:
+        """An HTTP client for deliveries: the thread's, or one late delivery's."""
+        return httpx.Client(
             base_url=self._base_url,
             headers=self._headers,
             timeout=self.settings.timeout,
             transport=self._transport,
         )
+
+    def _run(self) -> None:
+        client = self._http()
         try:
             while True:
                 batch = self._next_batch()
