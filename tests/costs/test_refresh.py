@@ -10,9 +10,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.costs.errors import UpstreamRefused
 from aiserver.costs.fetch import redirect_target
-from aiserver.costs.refresh import Outcome, refresh_catalog, seed_from_snapshot
+from aiserver.costs.refresh import REFRESH_LOCK, Outcome, refresh_catalog, seed_from_snapshot
 from aiserver.costs.source import decode_json
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 
@@ -530,6 +531,41 @@ async def test_seed_loads_the_bundled_snapshot_once(settings: Settings) -> None:
         "SELECT provider FROM ai_model_costs WHERE model = 'gpt-4o' AND valid_to IS NULL",
     )
     assert gpt["provider"] == "openai"
+
+
+async def test_a_seed_check_on_a_loaded_catalog_leaves_the_refresh_lock_alone(
+    loaded: Settings,
+) -> None:
+    """A replica starting beside a running fleet looks at the catalog without taking the
+    refresh lock: a forced refresh asked for meanwhile runs, not skipped as "already running"
+    (seen in CI: two workers starting at once, and both forced refreshes skipped)."""
+    url = loaded.core.database_url
+    blocker = await asyncpg.connect(url)
+    probe = await asyncpg.connect(url)
+    try:
+        # Hold the seed's look at the catalog still, to see which locks it holds meanwhile.
+        blocker_tx = blocker.transaction()
+        await blocker_tx.start()
+        await blocker.execute("LOCK TABLE ai_model_costs IN ACCESS EXCLUSIVE MODE")
+        seed = asyncio.create_task(seed_from_snapshot(loaded.core))
+        for _ in range(500):
+            waiting = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%ai_model_costs%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1, "the seed never reached its look at the catalog"
+        granted = await try_advisory_lock(probe, REFRESH_LOCK)
+        if granted:
+            await advisory_unlock(probe, REFRESH_LOCK)
+        await blocker_tx.commit()
+        assert await seed is None  # the catalog has models: nothing seeded
+    finally:
+        await blocker.close()
+        await probe.close()
+    assert granted, "the seed check held the refresh lock while it looked at the catalog"
 
 
 async def test_the_refresh_lock_is_free_after_each_run(loaded: Settings) -> None:

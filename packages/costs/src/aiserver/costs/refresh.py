@@ -368,6 +368,11 @@ async def seed_from_snapshot(core: CoreSettings) -> RefreshReport | None:
     timer = time.perf_counter()
     conn = await connect(core)
     try:
+        # Looked at before the lock too: a replica starting next to a running fleet must not
+        # hold the refresh lock for its check, or a refresh asked for meanwhile is skipped as
+        # "already running".
+        if await current_model_count(conn, DEFAULT_SOURCE):
+            return None
         if not await try_advisory_lock(conn, REFRESH_LOCK):
             log.info("catalog seed skipped: a refresh is running")
             return None
