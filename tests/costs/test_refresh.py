@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Coroutine
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -533,39 +535,62 @@ async def test_seed_loads_the_bundled_snapshot_once(settings: Settings) -> None:
     assert gpt["provider"] == "openai"
 
 
+async def _refresh_lock_free_while_held_at(
+    settings: Settings, table: str, look: Coroutine[Any, Any, Any]
+) -> tuple[bool, Any]:
+    """Run `look` with `table` locked, so that it waits on its first read of the table; whether
+    the refresh lock was free meanwhile, and what `look` returned once the table was free."""
+    url = settings.core.database_url
+    blocker = await asyncpg.connect(url)
+    probe = await asyncpg.connect(url)
+    try:
+        blocker_tx = blocker.transaction()
+        await blocker_tx.start()
+        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.ensure_future(look)
+        for _ in range(500):
+            waiting = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE $1",
+                f"%{table}%",
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1, f"it never reached its read of {table}"
+        granted = await try_advisory_lock(probe, REFRESH_LOCK)
+        if granted:
+            await advisory_unlock(probe, REFRESH_LOCK)
+        await blocker_tx.commit()
+        return granted, await task
+    finally:
+        await blocker.close()
+        await probe.close()
+
+
 async def test_a_seed_check_on_a_loaded_catalog_leaves_the_refresh_lock_alone(
     loaded: Settings,
 ) -> None:
     """A replica starting beside a running fleet looks at the catalog without taking the
     refresh lock: a forced refresh asked for meanwhile runs, not skipped as "already running"
     (seen in CI: two workers starting at once, and both forced refreshes skipped)."""
-    url = loaded.core.database_url
-    blocker = await asyncpg.connect(url)
-    probe = await asyncpg.connect(url)
-    try:
-        # Hold the seed's look at the catalog still, to see which locks it holds meanwhile.
-        blocker_tx = blocker.transaction()
-        await blocker_tx.start()
-        await blocker.execute("LOCK TABLE ai_model_costs IN ACCESS EXCLUSIVE MODE")
-        seed = asyncio.create_task(seed_from_snapshot(loaded.core))
-        for _ in range(500):
-            waiting = await probe.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%ai_model_costs%'"
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-        assert waiting == 1, "the seed never reached its look at the catalog"
-        granted = await try_advisory_lock(probe, REFRESH_LOCK)
-        if granted:
-            await advisory_unlock(probe, REFRESH_LOCK)
-        await blocker_tx.commit()
-        assert await seed is None  # the catalog has models: nothing seeded
-    finally:
-        await blocker.close()
-        await probe.close()
+    granted, seeded = await _refresh_lock_free_while_held_at(
+        loaded, "ai_model_costs", seed_from_snapshot(loaded.core)
+    )
+    assert seeded is None  # the catalog has models: nothing seeded
     assert granted, "the seed check held the refresh lock while it looked at the catalog"
+
+
+async def test_the_staleness_check_of_a_fresh_catalog_leaves_the_refresh_lock_alone(
+    loaded: Settings,
+) -> None:
+    """Every runner checks the catalog's age each interval: that look must not hold the lock
+    either, or a forced refresh at that moment is skipped as "already running"."""
+    granted, report = await _refresh_lock_free_while_held_at(
+        loaded, "ai_cost_metadata", refresh_catalog(loaded.core, loaded.costs, trigger="test")
+    )
+    assert report.outcome is Outcome.FRESH
+    assert granted, "the staleness check held the refresh lock while it read the catalog's age"
 
 
 async def test_the_refresh_lock_is_free_after_each_run(loaded: Settings) -> None:

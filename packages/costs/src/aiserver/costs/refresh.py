@@ -3,7 +3,8 @@
     report = await refresh_catalog(core, costs, force=False, trigger="cron")
 
 1. Staleness is read from the database (`ai_cost_metadata.last_success_at` against
-   `MODEL_COST_MAX_AGE_SECONDS`); `force` skips only this check.
+   `MODEL_COST_MAX_AGE_SECONDS`); `force` skips only this check. It is made before the lock
+   (and again under it), so that the check every runner makes holds no lock.
 2. A PostgreSQL advisory lock makes the refresh fleet-wide single: a second caller gets
    `already_running` at once, neither waiting nor refreshing twice.
 3. The fetch is conditional (ETag / Last-Modified), bounded in time and size, and retried.
@@ -42,6 +43,7 @@ from aiserver.costs.settings import CostSettings
 from aiserver.costs.source import DEFAULT_SOURCE, ParsedSource, parse_source, read_document
 from aiserver.costs.status import is_stale
 from aiserver.costs.store.metadata import (
+    SourceState,
     read_state,
     record_applied,
     record_confirmed,
@@ -213,6 +215,20 @@ async def _check_shrink(
         )
 
 
+def _fresh(
+    state: SourceState | None, settings: CostSettings, url: str, trigger: str, now: datetime
+) -> RefreshReport | None:
+    """The report of a catalog that needs no refresh, or None when it is stale (`url`
+    redacted)."""
+    if is_stale(state, now=now, max_age_seconds=settings.model_cost_max_age_seconds):
+        return None
+    assert state is not None
+    return RefreshReport(
+        Outcome.FRESH, DEFAULT_SOURCE, url, trigger,
+        model_count=state.model_count, catalog_version=state.catalog_version,
+    )  # fmt: skip
+
+
 async def _refresh_locked(
     conn: asyncpg.Connection,
     settings: CostSettings,
@@ -229,14 +245,8 @@ async def _refresh_locked(
     started_at = _now()
     fetch_url, url = url, redact_url(url)
     state = await read_state(conn, source)
-    if not force and not is_stale(
-        state, now=started_at, max_age_seconds=settings.model_cost_max_age_seconds
-    ):
-        assert state is not None
-        return RefreshReport(
-            Outcome.FRESH, source, url, trigger, model_count=state.model_count,
-            catalog_version=state.catalog_version,
-        )  # fmt: skip
+    if not force and (fresh := _fresh(state, settings, url, trigger, started_at)):
+        return fresh
     current = await current_model_count(conn, source)
     same_url = state is not None and redact_url(state.url) == url
     try:
@@ -313,7 +323,14 @@ async def refresh_catalog(
     started = time.perf_counter()
     conn = await connect(core)
     try:
-        if not await try_advisory_lock(conn, REFRESH_LOCK):
+        # A catalog that is fresh is seen so without the lock (and again under it): the check
+        # that every runner makes each interval must not hold the lock, or a forced refresh
+        # asked for meanwhile is skipped as "already running".
+        if not force and (
+            fresh := _fresh(await read_state(conn), settings, redact_url(url), trigger, _now())
+        ):
+            report = fresh
+        elif not await try_advisory_lock(conn, REFRESH_LOCK):
             report = RefreshReport(
                 Outcome.ALREADY_RUNNING, DEFAULT_SOURCE, redact_url(url), trigger
             )
