@@ -31,6 +31,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
@@ -67,6 +68,55 @@ Ctx = dict[str, Any]
 Job = TypeVar("Job", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 
+#: While a routine job keeps failing, its failure is logged in full at most this often.
+FAILURE_REPEAT_S: Final = 60.0
+
+
+@dataclass
+class Streak:
+    """A routine job's failures in a row."""
+
+    failures: int = 0
+    since: datetime | None = None  # the first failure's time
+    said_at: float = 0.0  # when a failure was last logged in full (monotonic)
+    said: bool = False  # whether the latest failure was logged in full
+
+
+class FailureStreaks:
+    """The failures in a row of each routine job of this process, so that an outage logs each
+    job's first failure in full (arq's line with its traceback, and ours), then one line of
+    ours a minute while it lasts (with the count), and one when the job works again. Without
+    it a PostgreSQL outage of ten minutes logged about 1,000 lines at ERROR, a traceback each
+    (the fold every 5 s, the alerts every 10 s)."""
+
+    def __init__(self, repeat_s: float = FAILURE_REPEAT_S) -> None:
+        self.repeat_s = repeat_s
+        self._streaks: dict[str, Streak] = {}
+
+    def failed(self, name: str, now: float) -> Streak:
+        streak = self._streaks.setdefault(name, Streak())
+        streak.failures += 1
+        if streak.failures == 1:
+            streak.since = datetime.now(UTC)
+        streak.said = streak.failures == 1 or now - streak.said_at >= self.repeat_s
+        if streak.said:
+            streak.said_at = now
+        return streak
+
+    def succeeded(self, name: str) -> Streak | None:
+        """The streak that this success ends, if the job was failing."""
+        return self._streaks.pop(name, None)
+
+    def first_failure(self, name: str) -> bool:
+        """Whether the job's latest failure began its streak (arq's line of it is kept)."""
+        streak = self._streaks.get(name)
+        return streak is None or streak.failures <= 1
+
+
+#: This process's (arq's failure lines are filtered with it: `worker.QuietTicks`).
+STREAKS: Final = FailureStreaks()
+
+
 def logged_job(job: Job) -> Job:
     """One structured line when a job starts and one when it ends, with duration and outcome."""
     return _logged(job, None)
@@ -75,9 +125,10 @@ def logged_job(job: Job) -> Job:
 def routine_job(idle: Callable[[Any], bool]) -> Callable[[Job], Job]:
     """`logged_job` for a cron that ticks often (every few seconds or every minute) and mostly
     finds nothing to do: its start, and its end when `idle(result)` says it did nothing, are
-    logged at DEBUG, so that the log holds the ticks that did something (and every failure)
-    rather than thousands of empty ones a day. arq's own lines of its ticks go the same way
-    (`aiserver.taskrunner.worker.QuietTicks`)."""
+    logged at DEBUG, so that the log holds the ticks that did something rather than thousands
+    of empty ones a day. arq's own lines of its ticks go the same way
+    (`aiserver.taskrunner.worker.QuietTicks`). Its failures in a row are logged as
+    `FailureStreaks` says: the first in full, then one a minute, then its recovery."""
     return lambda job: _logged(job, idle)
 
 
@@ -107,13 +158,27 @@ def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
             )
             raise
         except BaseException as exc:
-            log.error(
-                "job failed",
-                function=job.__name__,
-                duration_s=round(time.perf_counter() - started, 3),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            fields: dict[str, Any] = {
+                "function": job.__name__,
+                "duration_s": round(time.perf_counter() - started, 3),
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            if idle is not None:
+                streak = STREAKS.failed(job.__name__, time.monotonic())
+                if streak.failures > 1:
+                    fields["failures_in_a_row"] = streak.failures
+                    fields["failing_since"] = streak.since and streak.since.isoformat()
+                (log.error if streak.said else log.debug)("job failed", **fields)
+            else:
+                log.error("job failed", **fields)
             raise
+        if idle is not None and (ended := STREAKS.succeeded(job.__name__)):
+            log.info(
+                "job works again",
+                function=job.__name__,
+                failures_in_a_row=ended.failures,
+                failing_since=ended.since and ended.since.isoformat(),
+            )
         outcome = result.get("outcome") if isinstance(result, dict) else None
         (log.debug if idle is not None and idle(result) else log.info)(
             "job finished",
@@ -192,9 +257,10 @@ async def usage_partitions_task(ctx: Ctx) -> dict[str, Any]:
     return {**done, "rebuilds_enqueued": waiting}
 
 
+@routine_job(lambda result: True)
 async def usage_fold_task(ctx: Ctx) -> dict[str, int]:
-    """Cron: fold the usage outbox into the hourly rollups. Not `logged_job`: it runs every few
-    seconds, so it says something only when it folded something."""
+    """Cron: fold the usage outbox into the hourly rollups. It runs every few seconds: it says
+    something only when it folded something (its own line), and when it fails."""
     started = time.perf_counter()
     async with require_pool().acquire() as conn:
         result = await fold_all(conn)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from typing import Any, Final
 
 import asyncpg
@@ -47,6 +48,8 @@ from aiserver.ledger.jobs import (
 )
 from aiserver.taskrunner.health import HEALTH_CHECK_INTERVAL_S, QUEUE_NAME, health_check_key
 from aiserver.taskrunner.jobs import (
+    STREAKS,
+    FailureStreaks,
     budget_alerts_task,
     budget_reservations_sweep_task,
     cost_data_update_task,
@@ -329,15 +332,26 @@ class QuietTicks(logging.Filter):
     """arq's INFO lines of a routine cron's tick (`→ cron:usage_fold_task()`, `← ... ●`) and of
     its health record (`recording health: ...`, every HEALTH_CHECK_INTERVAL_S), kept only when
     the log shows DEBUG: about 90,000 lines a day of a task runner that has nothing to do
-    otherwise. A failed or retried tick, logged at another level or with another mark, stays."""
+    otherwise. A retried tick, logged with another mark, stays. Of a routine cron's failures
+    in a row, arq's line (with its traceback) is kept for the first only: the job's own line
+    says how the streak goes (`jobs.FailureStreaks`)."""
 
-    def __init__(self, crons: tuple[str, ...] = ROUTINE_CRONS) -> None:
+    def __init__(
+        self, crons: tuple[str, ...] = ROUTINE_CRONS, streaks: FailureStreaks = STREAKS
+    ) -> None:
         super().__init__()
+        self.streaks = streaks
         self.marks = tuple(f" → cron:{name}(" for name in crons) + tuple(
             f" ← cron:{name} ●" for name in crons
         )
+        self.failed = re.compile(
+            r" ! cron:(" + "|".join(re.escape(name) for name in crons) + r") failed, "
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            failed = self.failed.search(record.getMessage())
+            return failed is None or self.streaks.first_failure(failed[1])
         if record.levelno != logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
             return True
         message = record.getMessage()
