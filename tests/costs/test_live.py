@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from aiserver.costs.calculator import CostRequest, calculate
 from aiserver.costs.catalog import Catalog, load_catalog
@@ -217,3 +218,44 @@ async def test_price_versions_are_chosen_by_database_time(
     first, note = catalog.version_at("gpt-test-001", just_before)
     assert first is version
     assert note is not None
+
+
+async def test_the_watcher_says_when_it_loses_the_database_and_when_it_has_it_again(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg.core, cfg.costs, poll_interval=0.2)
+    killer = await asyncpg.connect(cfg.core.database_url)
+    with capture_logs() as logs:
+        await live.start()
+        try:
+            await _eventually(lambda: live.loaded, timeout=5)
+            # the watcher's own connection, ended as a restart of PostgreSQL ends it
+            ended = 0
+            for _ in range(100):
+                ended = await killer.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND query LIKE '%FROM ai_cost_metadata WHERE source%'"
+                )
+                if ended:
+                    break
+                await asyncio.sleep(0.05)
+            assert ended == 1
+            await _eventually(
+                lambda: any(e["event"].endswith("reachable again") for e in logs), timeout=10
+            )
+        finally:
+            await live.stop()
+            await killer.close()
+    watcher = [
+        (e["event"], e["log_level"]) for e in logs if e["event"].startswith("catalog watcher")
+    ]
+    assert watcher == [
+        ("catalog watcher: database unavailable; serving the loaded catalog", "warning"),
+        ("catalog watcher: database reachable again", "info"),
+    ]
+    again = next(e for e in logs if e["event"].endswith("reachable again"))
+    assert again["catalog_version"] == live.catalog.version
+    assert again["unavailable_s"] >= 0
+    assert live.last_error is None

@@ -65,6 +65,7 @@ class LiveCatalog:
         self._catching_up = asyncio.Lock()
         self.loaded = False
         self.last_error: str | None = None
+        self._failing_since = 0.0  # when last_error was set (monotonic)
         self.last_reload_at: datetime | None = None
         self.last_success_at: datetime | None = None  # of the upstream refresh, from the database
         self.reloads = 0
@@ -138,7 +139,7 @@ class LiveCatalog:
         self._catalog = catalog  # the swap: one reference assignment
         settled = _settle_heap()
         self.loaded = True
-        self.last_error = None
+        self._reached()
         self.last_reload_at = datetime.now(UTC)
         self.reloads += 1
         log.info(
@@ -154,7 +155,19 @@ class LiveCatalog:
         if message != self.last_error:
             log.warning("catalog watcher: database unavailable; serving the loaded catalog",
                         error=message, catalog_version=self._catalog.version)  # fmt: skip
+        if self.last_error is None:
+            self._failing_since = time.monotonic()
         self.last_error = message
+
+    def _reached(self) -> None:
+        """The database answered: say so once when it had not (the warning's pair)."""
+        if self.last_error is not None:
+            log.info(
+                "catalog watcher: database reachable again",
+                catalog_version=self._catalog.version,
+                unavailable_s=round(time.monotonic() - self._failing_since, 1),
+            )
+        self.last_error = None
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -175,7 +188,7 @@ class LiveCatalog:
                     if version != self._catalog.version or not self.loaded:
                         async with asyncio.timeout(60):
                             await self._reload(conn)
-                    self.last_error = None
+                    self._reached()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._poll_interval):
                             await self._wake.wait()
