@@ -20,14 +20,14 @@ import tomllib
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Final
+from typing import Final, get_args
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from aiserver.api.settings import ApiSettings
-from aiserver.core_db.settings import Section
+from aiserver.core_db.settings import LogFormat, LogLevel, Section
 from aiserver.taskrunner.health import health_check_key
 from aiserver.taskrunner.settings import TaskRunnerSettings
 
@@ -214,6 +214,16 @@ def test_the_env_examples_name_every_setting_and_only_settings() -> None:
     assert "API_ADMIN_TOKENS" in named["api"]
     assert {"MODEL_COST_REFRESH_INTERVAL_SECONDS", "DOCUMENT_MAX_CONCURRENT"} <= named["taskrunner"]
     assert "DOCUMENT_MAX_BYTES" in named["api"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_env_examples_list_every_log_level_and_format(service: str) -> None:
+    text = (ROOT / "services" / service / ".env.example").read_text()
+    comment = text.split("\nLOG_LEVEL=", 1)[0].rsplit("\n", 1)[1]
+    levels, formats = comment.removeprefix("# ").split(".")[0].split("; ")
+    assert re.findall(r"[A-Z]+", levels) == list(get_args(LogLevel))
+    named = dict.fromkeys(re.findall(r"\b(json|console|auto)\b", formats))
+    assert list(named) == list(get_args(LogFormat))
 
 
 @pytest.mark.parametrize("service", SERVICES)
