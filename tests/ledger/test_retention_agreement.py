@@ -189,3 +189,28 @@ async def test_a_retention_grown_back_is_read_again_though_no_write_would_read_i
     (again,) = await record(ledger, recorder, ("old", OLD))
     assert (recent.status, again.status) == ("recorded", "recorded")
     assert recorder.retention == timedelta(days=400)
+
+
+async def test_an_event_refused_for_the_retention_leaves_no_partition_behind(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """A process that keeps longer than the maintenance (a shell's USAGE_RETENTION_DAYS, say)
+    learns the shorter retention before it makes a month's partition: the month of an event it
+    then refuses gets none (it was made, empty, and dropped by the next maintenance)."""
+    pool, _ = ledger
+    await maintained(pool, 30)
+    before = await _partitions(pool)
+    recorder = UsageRecorder(LedgerSettings(usage_retention_days=400))
+    (old,) = await record(ledger, recorder, ("old", OLD))
+    assert old.status == "invalid"
+    assert "older than the retention of 30 days" in old.problem["detail"]
+    assert await _partitions(pool) == before
+    assert f"usage_events_p{OLD:%Y%m}" not in before
+
+
+async def _partitions(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1"
+    )
+    return [r["relname"] for r in rows]

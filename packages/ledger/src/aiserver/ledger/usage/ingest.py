@@ -365,8 +365,14 @@ class UsageRecorder:
         """Write `ordered` in one transaction; adds to `settled` the keys of the events that
         settled a reservation. `_StaleCatalog` (rolled back) when the committed catalog version
         is not `catalog`'s: the events were priced with another catalog than the database's."""
+        months = _months(ordered)
+        if not self.partitions.all_known(months):
+            # A month without a partition is made before the transaction: not for an event
+            # that the retention kept (read first) refuses, which would leave an empty
+            # partition for the next maintenance to drop.
+            self._check_retention(await partition_store.kept_retention(conn), ordered, received_at)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            await self.partitions.ensure(conn, _months(ordered))
+            await self.partitions.ensure(conn, months)
             try:
                 async with conn.transaction():
                     version, zone, budgets, kept = await budget_store.ingest_start(conn, project_id)

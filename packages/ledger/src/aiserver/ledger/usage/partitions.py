@@ -96,6 +96,10 @@ class Partitions:
 
     known: set[datetime] = field(default_factory=set)
 
+    def all_known(self, months: Iterable[datetime]) -> bool:
+        """Whether `ensure` of `months` would find nothing to look at."""
+        return set(months) <= self.known
+
     async def ensure(self, conn: DbConnection, months: Iterable[datetime]) -> None:
         """Every month of `months` has its partition when this returns."""
         missing = sorted(set(months) - self.known)
