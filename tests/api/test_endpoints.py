@@ -719,6 +719,8 @@ class _RefusingPostgreSQL(socketserver.ThreadingTCPServer):
         ("57P03", "the database system is starting up"),
         ("53300", "sorry, too many clients already"),
         ("57P01", "terminating connection due to administrator command"),
+        # ALTER DATABASE ... ALLOW_CONNECTIONS false (its code is no connection class's)
+        ("55000", 'database "x" is not currently accepting connections'),
     ],
 )
 async def test_a_database_refusing_connections_for_a_while_is_a_503_with_retry_after(
@@ -738,6 +740,7 @@ async def test_a_database_refusing_connections_for_a_while_is_a_503_with_retry_a
                 body = assert_problem(answer, 503, "a backing service is unavailable")
                 assert body["type"].endswith(":service-unavailable")
                 assert int(answer.headers["retry-after"]) > 0
+                assert str(server.port) not in answer.text  # where the database is: the log's
     finally:
         server.shutdown()
         server.server_close()

@@ -48,6 +48,7 @@ from litestar.types import (
     Send,
 )
 
+from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.errors import RETRY_AFTER_S, AiserverError, problem, validation_field
 from aiserver.core_db.logging import get_logger
 
@@ -212,6 +213,8 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.UndefinedTableError: _schema_behind,
     asyncpg.UndefinedColumnError: _schema_behind,
     asyncpg.TransactionRollbackError: _rolled_back,
+    # a domain error, but its message names the database's host, port and user
+    DatabaseUnavailable: _unavailable,
     asyncpg.PostgresConnectionError: _unavailable,
     # a server refusing connections for a while: starting up, shutting down or in recovery
     # (57P03), terminated (57P01: a restart, pg_terminate_backend), crashed, out of connections
