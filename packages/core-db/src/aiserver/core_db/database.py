@@ -98,7 +98,7 @@ def get_engine() -> PostgresEngine:
     return piccolo_conf.DB
 
 
-async def _connect_or_unavailable(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+async def _connect_or_unavailable(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
     """The pool's new connections: a server that refuses one (not accepting connections,
     starting up or shutting down, too many clients, a role or database it does not know)
     raises `DatabaseUnavailable`, with what it said, as `connections.connect` does. Each of
@@ -108,7 +108,7 @@ async def _connect_or_unavailable(dsn: str, **kwargs: Any) -> asyncpg.Connection
         connection: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
     except asyncpg.PostgresError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn or '')}: {exc}"
         ) from exc
     return connection
 
