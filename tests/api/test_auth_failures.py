@@ -18,6 +18,7 @@ from typing import Any, Final
 import pytest
 from litestar import Request
 from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
 
 from aiserver.api.app import create_app
 from aiserver.api.attempts import FailedAttempts
@@ -313,3 +314,29 @@ def test_a_domain_error_s_page_keeps_its_retry_after() -> None:
     assert page.status_code == 503
     assert int(page.headers["Retry-After"]) > 0
     assert page.headers["cache-control"] == "no-store"
+
+
+def test_a_file_s_os_error_is_a_500_logged_and_a_socket_s_a_503() -> None:
+    """A name that does not resolve (socket.gaierror) is a backing service unavailable; an
+    OSError naming a file (a disk that refuses a write) is this server's fault: a 500 with the
+    traceback logged, where every OSError was a 503 "try again later", logged as a warning."""
+    import socket
+
+    from litestar import Request
+
+    from aiserver.api.problems import EXCEPTION_HANDLERS
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/documents",
+             "raw_path": b"/v1/documents", "query_string": b"", "headers": [], "state": {},
+             "app": None}  # fmt: skip
+    handler = EXCEPTION_HANDLERS[OSError]
+    disk = OSError(28, "No space left on device", "/var/lib/aiserver/documents/x.pdf")
+    with capture_logs() as logs:
+        full = handler(Request(scope), disk)
+        dns = handler(Request(scope), socket.gaierror(-2, "Name or service not known"))
+    assert (full.status_code, dns.status_code) == (500, 503)
+    assert full.content["detail"] == "internal error; it has been logged"
+    assert "retry-after" not in {k.lower() for k in full.headers}
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("unhandled error", "error"), ("dependency unavailable", "warning"),
+    ]  # fmt: skip

@@ -198,6 +198,15 @@ def _rolled_back(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]
     return problem_response(request, problem(503, detail, slug="service-unavailable"), _RETRY)
 
 
+def _os_error(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
+    """An OSError of a socket (a name that does not resolve, a host unreachable: what a driver
+    lets through) is a backing service unavailable; one of a file (it names the file: a disk
+    that refuses a write, a permission) is a fault of this server, logged with its traceback."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _unexpected(request, exc)
+    return _unavailable(request, exc)
+
+
 def _unexpected(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error", path=request.url.path)
     return problem_response(request, problem(500, "internal error; it has been logged"))
@@ -229,7 +238,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.IdleInTransactionSessionTimeoutError: _unavailable,
     ConnectionError: _unavailable,
     TimeoutError: _unavailable,
-    OSError: _unavailable,
+    OSError: _os_error,
     redis.exceptions.ConnectionError: _unavailable,
     redis.exceptions.TimeoutError: _unavailable,
     Exception: _unexpected,
