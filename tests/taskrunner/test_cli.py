@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import signal
 import socket
 import sys
+from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -14,7 +18,8 @@ from aiserver.taskrunner.cli import _parser
 from aiserver.taskrunner.health import health_check_key
 
 from ..conftest import Settings
-from ..support.processes import run_module
+from ..support.ports import free_port
+from ..support.processes import kill, log_events, run_module
 
 
 @pytest.mark.parametrize(
@@ -193,3 +198,69 @@ async def test_check_answers_for_this_host_or_the_host_it_is_given(
             assert f"no live task runner of host {host!r} on this Redis" in err
     finally:
         await redis.delete(health_check_key("runner-7"))
+
+
+#: The task runner with its restarts and their repeated warning made quick, so that a test sees
+#: a streak of failed starts in a second (its REDIS_URL at a port where no Redis listens yet).
+_RESTARTING = """
+from aiserver.core_db.logging import configure_logging
+from aiserver.core_db.settings import settings_for_command
+from aiserver.taskrunner import cli
+from aiserver.taskrunner.settings import TaskRunnerSettings
+
+cli.REDIS_RETRY_S = 0.05
+cli.RESTART_SAID_EVERY_S = 0.5
+settings = settings_for_command("test", TaskRunnerSettings)
+configure_logging(settings.core.log_level, settings.core.log_format)
+raise SystemExit(cli.run(settings))
+"""
+
+
+async def test_a_redis_outage_logs_its_first_failed_start_then_one_a_while_then_the_start(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A new worker every REDIS_RETRY_S while Redis is away logged two lines each (arq's
+    `Starting worker for ...` and the warning): 60 lines a minute. Now the first warning, one
+    a while with the count (a minute; here 0.5 s), and one line when the worker starts."""
+    port = free_port()
+    env = dict(subprocess_env, LOG_FORMAT="json", LOG_LEVEL="INFO",
+               REDIS_URL=f"redis://127.0.0.1:{port}/0")  # fmt: skip
+    log = (tmp_path / "runner.log").open("wb")
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _RESTARTING, env=env, stdout=log, stderr=log
+    )
+    redis_server = None
+    try:
+        for _ in range(600):  # until a warning said again counts five failed starts or more
+            events = log_events(tmp_path / "runner.log")
+            if any(e.get("failed_starts", 0) >= 5 for e in events):
+                break
+            await asyncio.sleep(0.05)
+        redis_server = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(300):
+            events = log_events(tmp_path / "runner.log")
+            if any(e.get("event") == "the worker started again" for e in events):
+                break
+            await asyncio.sleep(0.05)
+        runner.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(runner.wait(), 30) == 0
+    finally:
+        await kill(runner, *([redis_server] if redis_server else []))
+        log.close()
+    events = log_events(tmp_path / "runner.log")
+    names = [str(e.get("event")) for e in events]
+    warned = [e for e in events if e.get("event", "").startswith("redis unreachable")]
+    (again,) = [e for e in events if e.get("event") == "the worker started again"]
+    assert again["failed_starts"] > 5, again
+    # the first in full, then one each 0.5 s or later (not one per start)
+    assert 2 <= len(warned) < again["failed_starts"], [e.get("failed_starts") for e in warned]
+    said_at = [datetime.fromisoformat(e["timestamp"]) for e in warned]
+    assert all(b - a >= timedelta(seconds=0.45) for a, b in itertools.pairwise(said_at))
+    assert "failed_starts" not in warned[0]
+    assert warned[-1]["failed_starts"] <= again["failed_starts"]
+    assert warned[-1]["failing_since"] == again["failing_since"]
+    assert sum(name.startswith("Starting worker for ") for name in names) == 1
+    assert "task runner ready" in names

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any, Final
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from aiserver.core_db.commands import CommandParser, add_version
 from aiserver.core_db.logging import configure_logging, get_logger
@@ -16,6 +18,9 @@ from aiserver.core_db.settings import settings_for_command
 from aiserver.taskrunner.health import health_check_key
 from aiserver.taskrunner.redis_watch import STOPPING_REPLY_S, watch, watched_redis
 from aiserver.taskrunner.settings import TaskRunnerSettings
+
+if TYPE_CHECKING:
+    from aiserver.taskrunner.jobs import FailureStreaks
 
 log = get_logger(__name__)
 
@@ -105,6 +110,26 @@ def _parser() -> argparse.ArgumentParser:
 
 #: After Redis is lost, a new worker is started this often until Redis answers again.
 REDIS_RETRY_S: Final = 2.0
+#: While the worker cannot start, its warning is said again at most this often.
+RESTART_SAID_EVERY_S: Final = 60.0
+
+
+class _QuietRestarts(logging.Filter):
+    """arq's `Starting worker for N functions` line of each new worker made while the last ones
+    could not start (every REDIS_RETRY_S: 30 lines a minute of an outage), kept when the log
+    shows DEBUG; the streak's own lines say how it goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restarting = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            self.restarting
+            and record.levelno == logging.INFO
+            and not logging.getLogger().isEnabledFor(logging.DEBUG)
+            and record.getMessage().startswith("Starting worker for ")
+        )
 
 
 def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
@@ -122,15 +147,21 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
 
     from aiserver.core_db.connections import DatabaseUnavailable
     from aiserver.core_db.locks import LockTimeout
+    from aiserver.taskrunner.jobs import FailureStreaks
     from aiserver.taskrunner.worker import worker_options
 
     stopped: list[signal.Signals] = []
+    # the first failed start is said in full, then once a minute, then the start that worked
+    starts = FailureStreaks(RESTART_SAID_EVERY_S)
+    quiet = _QuietRestarts()
+    logging.getLogger("arq.worker").addFilter(quiet)
 
     def reply_timeout() -> float:  # shorter once stopping: the last commands must not hold it
         return STOPPING_REPLY_S if stopped else settings.runner.redis_reply_timeout_seconds
 
     while True:
         options = worker_options(settings)
+        options["on_startup"] = _saying_when_started(options["on_startup"], starts, quiet)
         worker = create_worker(options, burst=burst)
         worker.on_stop = stopped.append
         # beside the worker from its first Redis command (before start-up) to its last
@@ -159,13 +190,44 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
                 event = "database not ready at start: the worker starts again in a moment"
             else:
                 event = "redis unreachable: the worker starts again when it answers"
-            log.warning(event, error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S)
+            streak = starts.failed(_START, time.monotonic())
+            quiet.restarting = True
+            fields: dict[str, Any] = {}
+            if streak.failures > 1:
+                fields = {"failed_starts": streak.failures,
+                          "failing_since": streak.since and streak.since.isoformat()}  # fmt: skip
+            (log.warning if streak.said else log.debug)(
+                event, error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S, **fields
+            )
             if _wait_or_signal(worker.loop, REDIS_RETRY_S):
                 return 0
             continue
         finally:
             _stop(worker.loop, watchdog)
         return 0 if worker.jobs_failed == 0 or not burst else 1
+
+
+_START: Final = "worker start"
+
+
+def _saying_when_started(
+    startup: Callable[[dict[str, Any]], Awaitable[None]],
+    starts: FailureStreaks,
+    quiet: _QuietRestarts,
+) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """`startup`, then a line when it follows failed starts (Redis or PostgreSQL back)."""
+
+    async def started(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        quiet.restarting = False
+        if ended := starts.succeeded(_START):
+            log.info(
+                "the worker started again",
+                failed_starts=ended.failures,
+                failing_since=ended.since and ended.since.isoformat(),
+            )
+
+    return started
 
 
 def _stop(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
