@@ -226,27 +226,29 @@ async def test_the_watcher_says_when_it_loses_the_database_and_when_it_has_it_ag
     await _refresh(cfg, upstream, 1)
     live = LiveCatalog(cfg.core, cfg.costs, poll_interval=0.2)
     killer = await asyncpg.connect(cfg.core.database_url)
+    database = await killer.fetchval("SELECT current_database()")
+    # ALLOW_CONNECTIONS of a database is changed from another one
+    admin = await asyncpg.connect(cfg.core.database_url.rsplit("/", 1)[0] + "/postgres")
     with capture_logs() as logs:
         await live.start()
         try:
             await _eventually(lambda: live.loaded, timeout=5)
-            # the watcher's own connection, ended as a restart of PostgreSQL ends it
-            ended = 0
-            for _ in range(100):
-                ended = await killer.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    " AND query LIKE '%FROM ai_cost_metadata WHERE source%'"
-                )
-                if ended:
-                    break
-                await asyncio.sleep(0.05)
-            assert ended == 1
+            # The database refuses new connections, and the watcher's own is ended, as a
+            # restart of PostgreSQL does: it cannot connect again until they are allowed.
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            await killer.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await _eventually(lambda: live.last_error is not None, timeout=10)
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
             await _eventually(
                 lambda: any(e["event"].endswith("reachable again") for e in logs), timeout=10
             )
         finally:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
             await live.stop()
+            await admin.close()
             await killer.close()
     watcher = [
         (e["event"], e["log_level"]) for e in logs if e["event"].startswith("catalog watcher")
@@ -255,6 +257,8 @@ async def test_the_watcher_says_when_it_loses_the_database_and_when_it_has_it_ag
         ("catalog watcher: database unavailable; serving the loaded catalog", "warning"),
         ("catalog watcher: database reachable again", "info"),
     ]
+    lost = next(e for e in logs if e["event"].endswith("serving the loaded catalog"))
+    assert "not currently accepting connections" in lost["error"]
     again = next(e for e in logs if e["event"].endswith("reachable again"))
     assert again["catalog_version"] == live.catalog.version
     assert again["unavailable_s"] >= 0
