@@ -8,6 +8,7 @@ import asyncio
 import errno
 import importlib
 import json
+import re
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Final
@@ -255,6 +256,19 @@ def test_every_commands_help_says_its_exit_statuses_in_lines_that_fit(module: st
         for line in text.splitlines()
         if len(line) > 100
     ] == []
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_commands_help_gives_an_example(module: str) -> None:
+    # Before, 17 commands' --help had none (`aiserver-ledger keys revoke`, `aiserver-costs
+    # calc`, `aiserver-db migrate`, ...): only their tools' and groups' did.
+    top = importlib.import_module(module)._parser()
+    lacking = [
+        parser.prog
+        for parser in _parsers(top)
+        if not re.search(rf"^examples?:\n  {re.escape(top.prog)} ", parser.format_help(), re.M)
+    ]
+    assert lacking == []
 
 
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

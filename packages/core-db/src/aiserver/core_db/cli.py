@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="apply pending migrations (safe to run from many processes at once)",
         description="Apply every pending migration under a PostgreSQL advisory lock. "
         "Processes started together wait for each other; each migration is applied once.",
+        epilog="examples:\n  aiserver-db migrate\n  aiserver-db migrate --lock-timeout 60   # give up after a minute of waiting",
     )
     migrate.add_argument(
         "--lock-timeout",
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List every migration of every installed aiserver package, per app: [x] "
         "applied, [ ] pending. Exit status 0 when none is pending, 1 when some are (apply them "
         "with aiserver-db migrate), 3 when no database answered.",
+        epilog="example:\n  aiserver-db status",
     )
     return parser
 

@@ -192,6 +192,13 @@ def add_calc(sub: Any) -> None:
         "answers, and the rest go on. Exit status: 0 priced (every line, with --batch); 3 some "
         "lines of --batch failed (each is in the output, stderr counts them); 1 it could not "
         "run (e.g. a FILE it cannot read); 2 wrong arguments or settings.",
+        epilog=(
+            "examples:\n"
+            "  aiserver-costs calc gpt-4o --input-tokens 1000 --output-tokens 500\n"
+            "  aiserver-costs calc gpt-4o --usage-format openai.chat \\\n"
+            '      --usage \'{"prompt_tokens": 1000, "completion_tokens": 500}\'\n'
+            "  aiserver-costs calc --batch calls.jsonl > priced.jsonl"
+        ),
     )
     calc.add_argument("model", metavar="MODEL", nargs="?", help="model name, e.g. openai/gpt-4o")
     calc.add_argument("--provider", help="provider, when MODEL has no provider prefix")

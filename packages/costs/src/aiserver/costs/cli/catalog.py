@@ -203,6 +203,7 @@ def add_refresh(sub: Any) -> None:
         "Exit 0 also when it did nothing: the catalog was fresh (without --force), or another "
         "process (a task runner) was refreshing it at that moment; the first line says which "
         "('skipped: another process is refreshing ...'; with --json, its outcome).",
+        epilog="examples:\n  aiserver-costs refresh --force\n  aiserver-costs refresh --source-url file:///srv/prices.json --json",
     )
     refresh.add_argument(
         "--force", action="store_true", help="refresh even if the catalog is not stale"
@@ -223,6 +224,7 @@ def add_seed(sub: Any) -> None:
         help="load the price snapshot bundled in this package into an empty catalog",
         description="Load the snapshot that ships inside aiserver-costs into the catalog when "
         "it has no models (the task runner does this at start-up). Works with no network.",
+        epilog="example:\n  aiserver-costs seed   # on a new database, before the task runner first starts",
     )
 
 
@@ -237,6 +239,7 @@ def add_status(sub: Any) -> None:
         "holds, its version, when it was last refreshed and whether it is stale "
         "(MODEL_COST_MAX_AGE_SECONDS), and the last refresh's outcome and error: what "
         "GET /v1/catalog answers.",
+        epilog="example:\n  aiserver-costs status --json",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
@@ -249,6 +252,7 @@ def add_show(sub: Any) -> None:
         description="Show the prices calc charges for a call of MODEL made now: the source's, "
         "with the operator's current override laid over them (and its validity); also for a "
         "model only an override defines, or one the source dropped that an override keeps.",
+        epilog="examples:\n  aiserver-costs show gpt-4o\n  aiserver-costs show anthropic/claude-sonnet-4-5 --json",
     )
     show.add_argument("model", metavar="MODEL", help="the model, by any name calc accepts")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")
@@ -261,4 +265,5 @@ def add_fields(sub: Any) -> None:
         help="every price field in the catalog, with how many models use it",
         description="List every price field seen in the current catalog with the number of "
         "models using it, marking those the cost calculator does not understand yet.",
+        epilog="example:\n  aiserver-costs fields",
     )

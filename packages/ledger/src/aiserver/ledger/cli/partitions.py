@@ -216,6 +216,7 @@ def add_parsers(groups: Any) -> None:
         "and go at the next maintenance: the retention the deployment keeps, as its last "
         "maintenance recorded it in the database (before any, USAGE_RETENTION_DAYS as this "
         "shell sets it, or the default).",
+        epilog="example:\n  aiserver-ledger partitions list --json",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
     run = commands.add_parser(
@@ -232,6 +233,7 @@ def add_parsers(groups: Any) -> None:
         "The retention is written down for "
         "ingest, as the task runner's is: the API refuses events older than it until the next "
         "hourly maintenance writes the task runner's again.",
+        epilog="example:\n  aiserver-ledger partitions maintain --retention-days 400",
     )
     run.add_argument("--json", action="store_true", help="print JSON")
     run.add_argument(

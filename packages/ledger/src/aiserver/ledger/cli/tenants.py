@@ -222,6 +222,7 @@ def add_parsers(groups: Any) -> None:
         help="create a project",
         description="Create a project. Its slug names it in URLs: 1 to 64 lower-case letters, "
         "digits and inner hyphens.",
+        epilog="example:\n  aiserver-ledger projects create acme-search --name 'Acme search' \\\n      --tz Europe/Berlin --rollup-tag team",
     )
     create.add_argument("slug", metavar="SLUG", help="e.g. acme-search")
     create.add_argument("--name", help="a name for people (default: the slug)")
@@ -245,6 +246,7 @@ def add_parsers(groups: Any) -> None:
         "list",
         help="list the projects",
         description="List the projects: slug, time zone and name (archived ones with --archived).",
+        epilog="example:\n  aiserver-ledger projects list --archived",
     )
     listing.add_argument("--archived", action="store_true", help="include archived projects")
     show = p_sub.add_parser(
@@ -252,6 +254,7 @@ def add_parsers(groups: Any) -> None:
         help="one project and how many keys it has",
         description="Show a project: its name, time zone, rolled-up tag keys, when it was made "
         "(and archived), and how many of its keys are active.",
+        epilog="example:\n  aiserver-ledger projects show acme-search --json",
     )
     show.add_argument("slug", metavar="SLUG", help="the project's slug (projects list)")
 
@@ -276,6 +279,7 @@ def add_parsers(groups: Any) -> None:
         description="Create an API key of a project and print it on stdout, once: only a hash "
         "of its secret is stored. Scopes: ingest (record usage, reserve budget), read (spend, "
         "events, exports, budget status), admin (the project's keys, budgets, repricing).",
+        epilog="example:\n  aiserver-ledger keys create --project acme-search --name search-api --scope ingest --scope read",
     )
     _project_argument(k_create)
     k_create.add_argument("--name", required=True, help="what the key is for, e.g. 'search-api'")
@@ -294,6 +298,7 @@ def add_parsers(groups: Any) -> None:
         help="a project's keys (never their secrets)",
         description="List a project's keys: id, public id, scopes, state (active, revoked, "
         "expired), expiry, last use and name. Never their secrets.",
+        epilog="example:\n  aiserver-ledger keys list --project acme-search",
     )
     _project_argument(k_list)
     k_revoke = k_sub.add_parser(
@@ -301,6 +306,7 @@ def add_parsers(groups: Any) -> None:
         help="revoke a key",
         description="Revoke a key: every API process refuses it as the revocation commits "
         "(within API_KEY_CACHE_SECONDS where a process cannot listen for it).",
+        epilog="example:\n  aiserver-ledger keys revoke 12   # the id that keys list shows",
     )
     key_id = whole_number(f"a key id, 1 to {MAX_BIGINT}", 1, MAX_BIGINT)
     k_revoke.add_argument("key_id", type=key_id, metavar="KEY_ID", help="the key's id (keys list)")
