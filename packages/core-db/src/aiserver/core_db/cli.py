@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="apply pending migrations (safe to run from many processes at once)",
         description="Apply every pending migration under a PostgreSQL advisory lock. "
         "Processes started together wait for each other; each migration is applied once.",
-        epilog="examples:\n  aiserver-db migrate\n  aiserver-db migrate --lock-timeout 60   # give up after a minute of waiting",
+        epilog=(
+            "examples:\n"
+            "  aiserver-db migrate\n"
+            "  aiserver-db migrate --lock-timeout 60   # give up after a minute of waiting"
+        ),
     )
     migrate.add_argument(
         "--lock-timeout",

@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[burst],
         help="run the worker (the default)",
         description="Run the worker until SIGTERM or SIGINT (--burst: until the queue is empty).",
-        epilog="examples:\n  aiserver-taskrunner run\n  aiserver-taskrunner run --burst   # the queued jobs, then stop",
+        epilog=(
+            "examples:\n"
+            "  aiserver-taskrunner run\n"
+            "  aiserver-taskrunner run --burst   # the queued jobs, then stop"
+        ),
     )
     check_parser = sub.add_parser(
         "check",

@@ -203,7 +203,11 @@ def add_refresh(sub: Any) -> None:
         "Exit 0 also when it did nothing: the catalog was fresh (without --force), or another "
         "process (a task runner) was refreshing it at that moment; the first line says which "
         "('skipped: another process is refreshing ...'; with --json, its outcome).",
-        epilog="examples:\n  aiserver-costs refresh --force\n  aiserver-costs refresh --source-url file:///srv/prices.json --json",
+        epilog=(
+            "examples:\n"
+            "  aiserver-costs refresh --force\n"
+            "  aiserver-costs refresh --source-url file:///srv/prices.json --json"
+        ),
     )
     refresh.add_argument(
         "--force", action="store_true", help="refresh even if the catalog is not stale"
@@ -224,7 +228,10 @@ def add_seed(sub: Any) -> None:
         help="load the price snapshot bundled in this package into an empty catalog",
         description="Load the snapshot that ships inside aiserver-costs into the catalog when "
         "it has no models (the task runner does this at start-up). Works with no network.",
-        epilog="example:\n  aiserver-costs seed   # on a new database, before the task runner first starts",
+        epilog=(
+            "example:\n"
+            "  aiserver-costs seed   # on a new database, before the task runner first starts"
+        ),
     )
 
 
@@ -252,7 +259,11 @@ def add_show(sub: Any) -> None:
         description="Show the prices calc charges for a call of MODEL made now: the source's, "
         "with the operator's current override laid over them (and its validity); also for a "
         "model only an override defines, or one the source dropped that an override keeps.",
-        epilog="examples:\n  aiserver-costs show gpt-4o\n  aiserver-costs show anthropic/claude-sonnet-4-5 --json",
+        epilog=(
+            "examples:\n"
+            "  aiserver-costs show gpt-4o\n"
+            "  aiserver-costs show anthropic/claude-sonnet-4-5 --json"
+        ),
     )
     show.add_argument("model", metavar="MODEL", help="the model, by any name calc accepts")
     show.add_argument("--json", action="store_true", help="print the entry as JSON")

@@ -222,7 +222,11 @@ def add_parsers(groups: Any) -> None:
         help="create a project",
         description="Create a project. Its slug names it in URLs: 1 to 64 lower-case letters, "
         "digits and inner hyphens.",
-        epilog="example:\n  aiserver-ledger projects create acme-search --name 'Acme search' \\\n      --tz Europe/Berlin --rollup-tag team",
+        epilog=(
+            "example:\n"
+            "  aiserver-ledger projects create acme-search --name 'Acme search' \\\n"
+            "      --tz Europe/Berlin --rollup-tag team"
+        ),
     )
     create.add_argument("slug", metavar="SLUG", help="e.g. acme-search")
     create.add_argument("--name", help="a name for people (default: the slug)")
@@ -279,7 +283,11 @@ def add_parsers(groups: Any) -> None:
         description="Create an API key of a project and print it on stdout, once: only a hash "
         "of its secret is stored. Scopes: ingest (record usage, reserve budget), read (spend, "
         "events, exports, budget status), admin (the project's keys, budgets, repricing).",
-        epilog="example:\n  aiserver-ledger keys create --project acme-search --name search-api --scope ingest --scope read",
+        epilog=(
+            "example:\n"
+            "  aiserver-ledger keys create --project acme-search --name search-api \\\n"
+            "      --scope ingest --scope read"
+        ),
     )
     _project_argument(k_create)
     k_create.add_argument("--name", required=True, help="what the key is for, e.g. 'search-api'")
