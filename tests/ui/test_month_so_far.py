@@ -118,3 +118,61 @@ async def test_the_month_card_says_its_pace_and_last_month_to_the_same_point(
             abs(change),
             "more" if change > 0 else "less",
         ), (spent, last)
+
+
+@pytest.mark.parametrize(
+    ("slug", "last_month", "said"),
+    [
+        # every call of last month's window unpriced: not "0 USD: it had spent nothing by then"
+        ("ui-month-unpriced", ["in-house-llm"],
+         r"unpriced \(1 event without a price yet, which is not 0 USD\)\."),
+        # one of them unpriced: a lower bound, said so, and no change in percent from it
+        ("ui-month-partly", ["in-house-llm", "gpt-test-001"],
+         r"at least (?P<cost>[0-9,.]+) USD \(1 unpriced\): not compared, as last month's "
+         r"figure counts what has no price as 0\."),
+    ],
+)  # fmt: skip
+async def test_last_month_s_unpriced_calls_are_not_a_zero_nor_a_base_for_a_change(
+    browser: WebDriver, site: Site, slug: str, last_month: list[str], said: str
+) -> None:
+    """A finance review found the card saying "0 USD: it had spent nothing by then" of a window
+    whose only call had no price, and "this month has spent 1567% more" against a figure that
+    counted an unpriced call as 0."""
+    key = await project_with_key(site, slug, "Month Card", ["ingest", "read"])
+    today = datetime.now(UTC)
+    this_start = datetime.combine(today.date().replace(day=1), time(), tzinfo=UTC)
+    last_start = datetime.combine((this_start - timedelta(days=1)).date().replace(day=1), time(),
+                                  tzinfo=UTC)  # fmt: skip
+    events = [
+        {"id": f"m-{n}", "model": model, "occurred_at": (last_start + timedelta(seconds=30 + n))
+         .isoformat(), "usage": {"input_tokens": 1000, "output_tokens": 100}}
+        for n, model in enumerate(last_month)
+    ]  # fmt: skip
+    if this_start + timedelta(seconds=30) < today:
+        at = (this_start + timedelta(seconds=30)).isoformat()
+        events.append(
+            {
+                "id": "m-now",
+                "model": "gpt-test-001",
+                "usage": {"input_tokens": 5000},
+                "occurred_at": at,
+            }
+        )
+    async with site.client() as client:
+        sent = await client.post("/v1/usage", json={"events": events}, headers=bearer(key))
+        assert sent.status_code == 200, sent.text
+    sign_in(browser, site, key)
+    browser.get(f"{site.url}/ui/p/{slug}/")
+    shown = text(browser.find_element(By.ID, "month-before"))
+    found = re.fullmatch(r"Last month(?: to the same point|, whole) \(.*?\): " + said, shown)
+    assert found, shown
+    assert "spent nothing" not in shown
+    assert "%" not in shown
+    if found.groupdict().get("cost"):
+        async with site.client() as client:
+            asked = await client.get("/v1/spend", headers=bearer(key), params={
+                "from": last_start.isoformat(), "to": (last_start + timedelta(minutes=1))
+                .isoformat()})  # fmt: skip
+        total = asked.json()["total"]
+        assert total["unpriced_events"] == 1
+        assert Decimal(found["cost"].replace(",", "")) == Decimal(total["cost"])

@@ -84,7 +84,8 @@ async def month_so_far(
     month) against two yardsticks: where it ends at the rate so far (`projection`: from a tenth
     of the month on) and what last month had spent by the same point (its day of the month and
     time; `GET /v1/spend` over that window), with the change in percent of it, rounded half up
-    to whole percent."""
+    to whole percent: only where neither figure is a lower bound (unpriced or partially priced
+    calls in it), which `uncompared` says otherwise."""
     month, last = periods
     zone, now = project_zone(project), month["as_of"]
     start = datetime.combine(month["start"], time(), tzinfo=zone)
@@ -99,11 +100,20 @@ async def month_so_far(
             pool, project, spend_query(project, since=last_start, until=point)
         )
         cost = Decimal(answer.total.cost)
+        # A figure that counts calls without a price as 0 is a lower bound: a change in
+        # percent of one, or from one, would say more than is known.
+        sides = (("this month's", month["total"]), ("last month's", answer.total))
+        bounds = [name for name, total in sides if total.lower_bound]
+        uncompared = None
+        if bounds:
+            figures = "figures count" if len(bounds) > 1 else "figure counts"
+            uncompared = f"not compared, as {' and '.join(bounds)} {figures} what has no price as 0"
         before = {
             "until": point,
             "whole": point == start,  # last month has fewer days: all of it
             "total": answer.total,
-            "change": percent(SUBTRACT(spent, cost), cost) if cost else None,
+            "change": percent(SUBTRACT(spent, cost), cost) if cost and not bounds else None,
+            "uncompared": uncompared,
         }
     return {
         "pace": about(found.amount) if found else None,
