@@ -105,6 +105,10 @@ def test_a_price_per_token_is_shown_per_million_tokens_exactly(
         ("-0.004994", "-0.0050", "rounded to two significant figures"),
         ("0", "0.00", None),
         ("0.01", "0.01", None),
+        # rounded up to a power of ten: two figures, not 0.0100 (a finance review)
+        ("0.0099999", "0.010", "rounded to two significant figures"),
+        ("0.00995", "0.010", "rounded to two significant figures"),
+        ("-0.000099999", "-0.00010", "rounded to two significant figures"),
     ],
 )
 def test_a_headline_amount_below_a_cent_keeps_two_figures_not_zero(

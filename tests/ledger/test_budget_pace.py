@@ -163,6 +163,10 @@ def test_an_estimate_never_reads_in_scientific_notation() -> None:
 
     assert SHOW.estimate(about(Decimal("0.00000031"))) == "0.00000031"
     assert SHOW.estimate(about(Decimal("1234567.891"))) == "1,234,567.89"
+    # rounded up to a power of ten: two figures, not 0.0100 (a finance review)
+    assert SHOW.estimate(about(Decimal("0.0099999"))) == "0.010"
+    assert SHOW.estimate(about(Decimal("0.0995"))) == "0.10"
+    assert SHOW.estimate(about(Decimal("0.995"))) == "1.00"
     half = DECEMBER + timedelta(days=15, hours=12)
     from aiserver.ledger.cli.budgets import _lines
 

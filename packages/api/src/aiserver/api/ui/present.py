@@ -133,6 +133,8 @@ def about(value: object) -> str:
     if exact and abs(exact) < _CENT:
         figures = Decimal(1).scaleb(exact.adjusted() - 1)  # the second significant figure
         near = exact.quantize(figures, rounding=ROUND_HALF_UP)
+        if near.adjusted() > exact.adjusted():  # rounded up to a power of ten: 0.0100 is 0.010
+            near = near.quantize(figures.scaleb(1))
         return f"{exact.normalize() if near == exact else near:f}"
     return f"{exact.quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}"
 

@@ -52,7 +52,10 @@ def about(amount: Decimal) -> Decimal:
     unit = _CENT
     if amount > 0:
         unit = min(_CENT, Decimal(1).scaleb(amount.adjusted() - 1))
-    return amount.quantize(unit, rounding=ROUND_HALF_UP, context=_DIGITS)
+    near = amount.quantize(unit, rounding=ROUND_HALF_UP, context=_DIGITS)
+    if amount > 0 and near.adjusted() > amount.adjusted():  # up to a power of ten: 0.0100
+        near = near.quantize(min(_CENT, unit.scaleb(1)), context=_DIGITS)  # is 0.010
+    return near
 
 
 def percent(part: Decimal, whole: Decimal, places: int = 0) -> Decimal:
