@@ -16,14 +16,16 @@ from aiserver.ledger.spend.pace import percent, projection
 DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)  # a month of 31 days
 
 
-def view(period: str, limit: str, committed: str, as_of: datetime, zone: str = "UTC") -> BudgetView:
+def view(
+    period: str, limit: str, committed: str, as_of: datetime, zone: str = "UTC", **counts: int
+) -> BudgetView:
     budget = Budget(
         project_id=1, id=1, name="b", tags={}, model=None, period=period,
         limit_usd=Decimal(limit), thresholds=(), hard=False, webhook_url=None,
         has_webhook_secret=False, created_at=DECEMBER, updated_at=DECEMBER, counts_from=DECEMBER,
     )  # fmt: skip
     start, end = window_of(period, zone, as_of)  # type: ignore[arg-type]
-    held = WindowTotals(committed=Decimal(committed), reserved=Decimal("1000"))
+    held = WindowTotals(committed=Decimal(committed), reserved=Decimal("1000"), **counts)
     return BudgetView(budget=budget, window=_window(budget, start, end, held), as_of=as_of)
 
 
@@ -173,3 +175,20 @@ def test_an_estimate_never_reads_in_scientific_notation() -> None:
     assert _lines(view("month", "1", "0.0000000006", half))[-1].startswith(
         "  at this pace: ≈ 0.0000000012 USD"
     )
+
+
+def test_the_command_s_projection_says_what_it_leaves_out_as_the_page_does() -> None:
+    """A finance review: `budgets list` projected "≈ 26.53 USD ... projected to pass it" of a
+    window with unpriced events, where the budget page adds that they count 0, "so it may be
+    more"; and it wrote the figure without grouping its thousands, as the page does."""
+    from aiserver.ledger.cli.budgets import _lines
+
+    half = DECEMBER + timedelta(days=15, hours=12)
+    said = _lines(view("month", "5000", "1234.5", half, unpriced_events=2,
+                       partially_priced_events=1))[-1]  # fmt: skip
+    assert said == (
+        "  at this pace: ≈ 2,469.00 USD by the window's end (49% of the limit); 2 unpriced "
+        "event(s) count nothing and 1 partially priced event(s) only their priced part, so it "
+        "may be more"
+    )
+    assert _lines(view("month", "5000", "1234.5", half))[-1].endswith("(49% of the limit)")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiserver.ledger.cli.common import (
     Command,
     counted,
+    left_out,
     print_json,
     tag_argument,
     when,
@@ -75,12 +76,19 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
     if w.end is not None:  # a total budget's window has no end to project to
         pace = view.pace
         lines.append(
-            f"  at this pace: ≈ {pace.projected:f} USD by the window's end "
+            f"  at this pace: ≈ {pace.projected:,f} USD by the window's end "
             f"({pace.share} of the limit{', projected to pass it' if pace.passes_limit else ''})"
+            + _lower_bound(w)
             if pace
             else "  at this pace: not projected yet (less than a tenth of the window has passed)"
         )
     return lines
+
+
+def _lower_bound(w: Any) -> str:
+    """What the projection leaves out, as the dashboard's budget page says it."""
+    parts = left_out(w.unpriced_events, w.partially_priced_events)
+    return f"; {' and '.join(parts)}, so it may be more" if parts else ""
 
 
 def _answer(view: BudgetView, secret: str | None = None) -> dict[str, Any]:

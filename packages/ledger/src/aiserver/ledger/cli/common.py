@@ -250,3 +250,13 @@ class Progress:
         elif self.plain and self.written and self.pending:
             print(self.pending, file=sys.stderr, flush=True)
         self.bar = self.plain = False
+
+
+def left_out(unpriced: int, partially_priced: int) -> list[str]:
+    """What a cost that is a lower bound leaves out, in the commands' words."""
+    parts = []
+    if unpriced:
+        parts.append(f"{unpriced:,} unpriced event(s) count nothing")
+    if partially_priced:
+        parts.append(f"{partially_priced:,} partially priced event(s) only their priced part")
+    return parts

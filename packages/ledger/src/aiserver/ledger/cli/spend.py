@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiserver.ledger.cli.common import (
     Command,
     counted,
+    left_out,
     print_json,
     read_time,
     tag_argument,
@@ -102,12 +103,7 @@ def _print_answer(project: str, answer: SpendAnswer) -> None:
 
 def _lower_bound(total: SpendTotals) -> str:
     """Why the whole window's cost is a lower bound (as the dashboard says it is one)."""
-    parts = []
-    if total.unpriced_events:
-        parts.append(f"{total.unpriced_events:,} unpriced event(s) count nothing")
-    if total.partially_priced_events:
-        parts.append(f"{total.partially_priced_events:,} partially priced event(s) only "
-                     "their priced part")  # fmt: skip
+    parts = left_out(total.unpriced_events, total.partially_priced_events)
     statuses = [
         status
         for status, count in (("unpriced", total.unpriced_events),
