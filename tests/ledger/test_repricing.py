@@ -721,3 +721,31 @@ async def test_a_connection_lost_in_the_automatic_reprice_fails_with_its_own_err
     # nothing was kept of it, and the next tick does the reprice
     report = await reprice_after_catalog_change(pool)
     assert (report.outcome, report.models) == ("repriced", ("my-model",))
+
+
+async def test_a_batch_finds_its_outbox_rows_by_index_not_by_reading_the_outbox(
+    ledger: Ledger,
+) -> None:
+    """A race review: behind the folds (an outbox of many rows), each reprice batch read the
+    whole outbox with row locks, for seconds to minutes, holding the catalog's lock shared (a
+    price override waiting on it answered 503). The rows of a batch's events are found by the
+    index `usage_outbox_event` now, in a plan that reads no other row."""
+    from aiserver.ledger.repricing.store import LOCK_OUTBOX
+
+    pool = ledger.pool
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO usage_outbox (project_id, event_id, occurred_at)"
+            " SELECT $1, n, now() FROM generate_series(1, 50000) AS n",
+            ledger.p,
+        )
+        await conn.execute("ANALYZE usage_outbox")
+        events = list(range(1000, 1050))
+        async with conn.transaction():
+            plan = "\n".join(
+                r[0] for r in await conn.fetch(f"EXPLAIN {LOCK_OUTBOX}", [ledger.p] * 50, events)
+            )
+            locked = await conn.fetch(LOCK_OUTBOX, [ledger.p] * 50, events)
+    assert len(locked) == 50
+    assert "usage_outbox_event" in plan, plan
+    assert "Seq Scan on usage_outbox" not in plan, plan

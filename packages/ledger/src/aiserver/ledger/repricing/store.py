@@ -246,18 +246,19 @@ async def lock_outbox(
     """Lock the outbox rows of these events, in one order: (project, event) of those still
     there, not folded yet. A fold that holds some is waited for; once it committed, their rows
     are gone (folded), and the rollups hold the events' old values."""
-    rows = await conn.fetch(
-        """
-        SELECT o.project_id, o.event_id FROM usage_outbox AS o
-        JOIN unnest($1::bigint[], $2::bigint[]) AS b (project_id, event_id)
-          ON o.project_id = b.project_id AND o.event_id = b.event_id
-        ORDER BY o.project_id, o.event_id
-        FOR UPDATE OF o
-        """,
-        projects,
-        events,
-    )
+    rows = await conn.fetch(LOCK_OUTBOX, projects, events)
     return {(r["project_id"], r["event_id"]) for r in rows}
+
+
+#: `lock_outbox`'s statement; the index `usage_outbox_event` finds each row (without it, every
+#: batch read the whole outbox: a long one while the folds are behind).
+LOCK_OUTBOX: Final = """
+    SELECT o.project_id, o.event_id FROM usage_outbox AS o
+    JOIN unnest($1::bigint[], $2::bigint[]) AS b (project_id, event_id)
+      ON o.project_id = b.project_id AND o.event_id = b.event_id
+    ORDER BY o.project_id, o.event_id
+    FOR UPDATE OF o
+"""
 
 
 async def requeue_outbox(
