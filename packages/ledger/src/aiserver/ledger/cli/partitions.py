@@ -201,7 +201,7 @@ def add_parsers(groups: Any) -> None:
         epilog="examples:\n"
         "  aiserver-ledger partitions list\n"
         "  aiserver-ledger partitions list --json\n"
-        "  aiserver-ledger partitions maintain --retention-days 400\n"
+        "  aiserver-ledger partitions maintain   # by the retention the task runner recorded\n"
         "  USAGE_RETENTION_DAYS=400 aiserver-ledger partitions maintain --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -233,7 +233,10 @@ def add_parsers(groups: Any) -> None:
         "The retention is written down for "
         "ingest, as the task runner's is: the API refuses events older than it until the next "
         "hourly maintenance writes the task runner's again.",
-        epilog="example:\n  aiserver-ledger partitions maintain --retention-days 400",
+        epilog=(
+            "example:\n"
+            "  aiserver-ledger partitions maintain   # by the retention the task runner recorded"
+        ),
     )
     run.add_argument("--json", action="store_true", help="print JSON")
     run.add_argument(
