@@ -330,13 +330,22 @@ def test_a_file_s_os_error_is_a_500_logged_and_a_socket_s_a_503() -> None:
              "raw_path": b"/v1/documents", "query_string": b"", "headers": [], "state": {},
              "app": None}  # fmt: skip
     handler = EXCEPTION_HANDLERS[OSError]
-    disk = OSError(28, "No space left on device", "/var/lib/aiserver/documents/x.pdf")
+    try:  # a write to a full disk, as the kernel answers it: no file name in the error
+        with open("/dev/full", "w") as full_disk:
+            full_disk.write("x")
+    except OSError as exc:
+        disk = exc
+    assert disk.filename is None
+    named = OSError(13, "Permission denied", "/var/lib/aiserver/documents/x.pdf")
+    unreachable = OSError(113, "Connect call failed ('10.0.3.7', 5432)")
     with capture_logs() as logs:
-        full = handler(Request(scope), disk)
-        dns = handler(Request(scope), socket.gaierror(-2, "Name or service not known"))
-    assert (full.status_code, dns.status_code) == (500, 503)
-    assert full.content["detail"] == "internal error; it has been logged"
-    assert "retry-after" not in {k.lower() for k in full.headers}
+        answers = [handler(Request(scope), exc) for exc in (
+            disk, named, socket.gaierror(-2, "Name or service not known"), unreachable
+        )]  # fmt: skip
+    assert [a.status_code for a in answers] == [500, 500, 503, 503]
+    assert answers[0].content["detail"] == "internal error; it has been logged"
+    assert "retry-after" not in {k.lower() for k in answers[0].headers}
     assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("unhandled error", "error"), ("dependency unavailable", "warning"),
+        ("unhandled error", "error"), ("unhandled error", "error"),
+        ("dependency unavailable", "warning"), ("dependency unavailable", "warning"),
     ]  # fmt: skip

@@ -20,6 +20,7 @@ command-line tools' JSON output (`AiserverError.problem()`).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncGenerator, Mapping
 from http import HTTPStatus
 from typing import Any, Final
@@ -48,6 +49,7 @@ from litestar.types import (
     Send,
 )
 
+from aiserver.core_db.commands import NETWORK_ERRNOS
 from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.errors import RETRY_AFTER_S, AiserverError, problem, validation_field
 from aiserver.core_db.logging import get_logger
@@ -199,12 +201,22 @@ def _rolled_back(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]
 
 
 def _os_error(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
-    """An OSError of a socket (a name that does not resolve, a host unreachable: what a driver
-    lets through) is a backing service unavailable; one of a file (it names the file: a disk
-    that refuses a write, a permission) is a fault of this server, logged with its traceback."""
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return _unexpected(request, exc)
-    return _unavailable(request, exc)
+    """An OSError of a socket that did not reach its peer (a name that does not resolve, a
+    host unreachable: what a driver lets through) is a backing service unavailable; any other
+    (a file, a full disk, a permission) is a fault of this server, logged with its traceback."""
+    reaching = isinstance(exc, socket.gaierror | socket.herror) or (
+        isinstance(exc, OSError) and exc.filename is None and exc.errno in NETWORK_ERRNOS
+    )
+    return _unavailable(request, exc) if reaching else _unexpected(request, exc)
+
+
+def _not_accepting(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
+    """55000 is PostgreSQL's code of a database that does not take connections for now (`ALTER
+    DATABASE ... ALLOW_CONNECTIONS false`), and of other states a statement is not allowed in
+    (a bug: a 500)."""
+    if "is not currently accepting connections" in str(exc):
+        return _unavailable(request, exc)
+    return _unexpected(request, exc)
 
 
 def _unexpected(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
@@ -231,6 +243,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     asyncpg.AdminShutdownError: _unavailable,
     asyncpg.CrashShutdownError: _unavailable,
     asyncpg.TooManyConnectionsError: _unavailable,
+    asyncpg.ObjectNotInPrerequisiteStateError: _not_accepting,
     asyncpg.InterfaceError: _unavailable,
     # API_DATABASE_TIMEOUT_SECONDS on PostgreSQL's side (core_db.database): a statement or a
     # transaction that waited too long, cancelled; nothing of it was kept

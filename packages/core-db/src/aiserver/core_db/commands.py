@@ -38,7 +38,8 @@ INTERRUPTED: Final = 130
 BROKEN_PIPE: Final = 141
 
 #: The errors of a socket whose peer is gone or cannot be reached (an OSError of a file is not).
-_NETWORK_ERRNOS: Final = frozenset({
+#: The errno of a socket's failure to reach its peer (a plain OSError a driver lets through).
+NETWORK_ERRNOS: Final = frozenset({
     errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ENOTCONN,
 })  # fmt: skip
@@ -79,7 +80,7 @@ def _connection_lost(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ConnectionError):  # refused, reset, aborted
         return True
-    return isinstance(exc, OSError) and exc.filename is None and exc.errno in _NETWORK_ERRNOS
+    return isinstance(exc, OSError) and exc.filename is None and exc.errno in NETWORK_ERRNOS
 
 
 def connection_problem(exc: Exception) -> Problem | None:

@@ -98,21 +98,6 @@ def get_engine() -> PostgresEngine:
     return piccolo_conf.DB
 
 
-async def _connect_or_unavailable(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
-    """The pool's new connections: a server that refuses one (not accepting connections,
-    starting up or shutting down, too many clients, a role or database it does not know)
-    raises `DatabaseUnavailable`, with what it said, as `connections.connect` does. Each of
-    these is a 503 with Retry-After, where those that PostgreSQL says with an error code of no
-    connection class (55000 of `ALLOW_CONNECTIONS false`, 28P01, 3D000) were 500s."""
-    try:
-        connection: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
-    except asyncpg.PostgresError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn or '')}: {exc}"
-        ) from exc
-    return connection
-
-
 def require_pool() -> asyncpg.Pool:
     """The open pool; `DatabaseUnavailable` when there is none (a service answers 503)."""
     pool = get_engine().pool
@@ -180,12 +165,9 @@ async def database(
                     max_size=settings.database_pool_max_size,
                     timeout=10.0,
                     connection_class=PoolConnection,
-                    connect=_connect_or_unavailable,
                     command_timeout=timeout,
                     server_settings=_bounded_transactions(timeout, idle_in_transaction),
                 )
-            except DatabaseUnavailable:
-                raise  # a refusal, said by _connect_or_unavailable
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 raise DatabaseUnavailable(
                     f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
