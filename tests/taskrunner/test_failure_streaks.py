@@ -50,19 +50,19 @@ async def test_a_failing_routine_job_logs_its_first_failure_then_one_a_while_the
     streaks = FailureStreaks(repeat_s=0.3)
     monkeypatch.setattr(jobs, "STREAKS", streaks)
     quiet = QuietTicks(crons=("flaky_sweep",), streaks=streaks)
-    failing = True
+    failing: type[Exception] | None = ConnectionRefusedError
 
     @routine_job(lambda result: True)
     async def flaky_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
-        if failing:
-            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        if failing is not None:
+            raise failing(111, "Connect call failed ('127.0.0.1', 5432)")
         return {}
 
     async def tick() -> bool:
         """One tick; whether arq's failure line of it would be kept."""
         try:
             await flaky_sweep({})
-        except ConnectionRefusedError:
+        except OSError:
             return quiet.filter(_arq_failed("flaky_sweep"))
         return True
 
@@ -71,28 +71,75 @@ async def test_a_failing_routine_job_logs_its_first_failure_then_one_a_while_the
         await asyncio.sleep(0.35)  # past repeat_s: the next failure is logged in full again
         kept.append(await tick())
         kept.append(await tick())
-        failing = False
+        failing = ConnectionResetError  # another kind of failure: in full, arq's line too
+        kept.append(await tick())
+        failing = None
         await tick()
         await tick()
-        failing = True
+        failing = ConnectionRefusedError
         kept.append(await tick())  # a new streak
-    assert kept == [True, False, False, False, False, True]
+        failing = None
+        await tick()  # the end of a lone failure, said in full: no news
+    assert kept == [True, False, False, False, False, True, True]
     assert _lines(logs, "flaky_sweep") == [
         ("job failed", "error", None),
         ("job failed", "debug", 2),
         ("job failed", "debug", 3),
         ("job failed", "error", 4),
         ("job failed", "debug", 5),
-        ("job works again", "info", 5),
+        ("job failed", "error", 6),
+        ("job works again", "info", 6),
         ("job finished", "debug", None),
         ("job finished", "debug", None),
         ("job failed", "error", None),
+        ("job finished", "debug", None),
     ]
     again = next(e for e in logs if e["event"] == "job works again")
     first = next(e for e in logs if e.get("failures_in_a_row") == 4)
     assert again["failing_since"] == first["failing_since"]
     # another job's failures, and arq's lines of jobs that are not routine, are not touched
     assert quiet.filter(_arq_failed("other_task"))
+
+
+async def test_arq_s_lines_are_judged_in_the_order_of_the_failures_not_when_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """arq writes its line of a failure after the job's task ended: two runs of a cron that
+    fail in one turn of the loop (the alerts' runs overlap; a PostgreSQL restart ends every
+    connection at once) both failed before either line was written. The first line is kept:
+    both were dropped when the verdict was read from the streak as it was when written."""
+    streaks = FailureStreaks()
+    monkeypatch.setattr(jobs, "STREAKS", streaks)
+    quiet = QuietTicks(crons=("busy_alerts",), streaks=streaks)
+
+    @routine_job(lambda result: True)
+    async def busy_alerts(ctx: dict[str, Any]) -> dict[str, Any]:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    runs = await asyncio.gather(busy_alerts({}), busy_alerts({}), return_exceptions=True)
+    assert all(isinstance(r, ConnectionResetError) for r in runs)
+    cron = _arq_failed("busy_alerts")
+    queued = logging.LogRecord(  # a run enqueued by name, as the API enqueues some jobs
+        "arq.worker", logging.ERROR, __file__, 1,
+        "  0.20s ! 5f2c:busy_alerts failed, ConnectionResetError: reset", None, None,
+    )  # fmt: skip
+    assert [quiet.filter(cron), quiet.filter(queued)] == [True, False]
+    # a failure arq writes that no streak counted (a timeout): kept
+    assert quiet.filter(cron)
+
+
+def test_with_the_log_at_debug_every_failure_line_of_arq_is_kept() -> None:
+    streaks = FailureStreaks()
+    quiet = QuietTicks(crons=("busy_alerts",), streaks=streaks)
+    for _ in range(2):
+        streaks.failed("busy_alerts", 0.0, "ConnectionResetError")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        assert [quiet.filter(_arq_failed("busy_alerts")) for _ in range(2)] == [True, True]
+    finally:
+        root.setLevel(level)
 
 
 async def test_a_worker_whose_fold_fails_logs_arq_s_traceback_once_and_its_return(
@@ -134,5 +181,9 @@ async def test_a_worker_whose_fold_fails_logs_arq_s_traceback_once_and_its_retur
         for r in ours.records
         if isinstance(r.msg, dict) and r.msg.get("function") == "usage_fold_task"
     ]
-    # the second and third failures at DEBUG, which this log (INFO) leaves out
-    assert shown == [("job failed", "ERROR", None), ("job works again", "INFO", 3)]
+    # the second and third failures at DEBUG, which this log (INFO) leaves out (a burst that
+    # spans a tick of the cron's clock runs one more: more failures in a row, the same lines)
+    assert shown[0] == ("job failed", "ERROR", None)
+    assert len(shown) == 2, shown
+    assert shown[1][:2] == ("job works again", "INFO")
+    assert shown[1][2] >= 3, shown

@@ -120,9 +120,10 @@ RESTART_SAID_EVERY_S: Final = 60.0
 
 
 class _QuietRestarts(logging.Filter):
-    """arq's `Starting worker for N functions` line of each new worker made while the last ones
-    could not start (every REDIS_RETRY_S: 30 lines a minute of an outage), kept when the log
-    shows DEBUG; the streak's own lines say how it goes."""
+    """arq's INFO lines of each new worker made while the last ones could not start (`Starting
+    worker for N functions`, and `redis_version=...` once Redis answers: every REDIS_RETRY_S, 30
+    lines a minute of an outage), kept when the log shows DEBUG; the streak's own lines say how
+    it goes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,8 +134,12 @@ class _QuietRestarts(logging.Filter):
             self.restarting
             and record.levelno == logging.INFO
             and not logging.getLogger().isEnabledFor(logging.DEBUG)
-            and record.getMessage().startswith("Starting worker for ")
+            and record.getMessage().startswith(("Starting worker for ", "redis_version="))
         )
+
+
+#: The one `_QuietRestarts` of this process, on arq's worker logger from the first `run`.
+_QUIET_RESTARTS: Final = _QuietRestarts()
 
 
 def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
@@ -158,8 +163,11 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     stopped: list[signal.Signals] = []
     # the first failed start is said in full, then once a minute, then the start that worked
     starts = FailureStreaks(RESTART_SAID_EVERY_S)
-    quiet = _QuietRestarts()
-    logging.getLogger("arq.worker").addFilter(quiet)
+    quiet = _QUIET_RESTARTS
+    quiet.restarting = False
+    arq_log = logging.getLogger("arq.worker")
+    if quiet not in arq_log.filters:
+        arq_log.addFilter(quiet)
 
     def reply_timeout() -> float:  # shorter once stopping: the last commands must not hold it
         return STOPPING_REPLY_S if stopped else settings.runner.redis_reply_timeout_seconds
@@ -195,7 +203,7 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
                 event = "database not ready at start: the worker starts again in a moment"
             else:
                 event = "redis unreachable: the worker starts again when it answers"
-            streak = starts.failed(_START, time.monotonic())
+            streak = starts.failed(_START, time.monotonic(), event, arq_logs=False)
             quiet.restarting = True
             fields: dict[str, Any] = {}
             if streak.failures > 1:

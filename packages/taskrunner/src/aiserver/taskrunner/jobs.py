@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,37 +81,53 @@ class Streak:
     since: datetime | None = None  # the first failure's time
     said_at: float = 0.0  # when a failure was last logged in full (monotonic)
     said: bool = False  # whether the latest failure was logged in full
+    error: str = ""  # the kind (type) of the latest failure's error
 
 
 class FailureStreaks:
     """The failures in a row of each routine job of this process, so that an outage logs each
     job's first failure in full (arq's line with its traceback, and ours), then one line of
-    ours a minute while it lasts (with the count), and one when the job works again. Without
-    it a PostgreSQL outage of ten minutes logged about 1,000 lines at ERROR, a traceback each
-    (the fold every 5 s, the alerts every 10 s)."""
+    ours a minute while it lasts (with the count), and one when the job works again. A failure
+    of another kind than the one before (PostgreSQL back, and a table missing) is logged in
+    full again. Without it a PostgreSQL outage of ten minutes logged about 1,000 lines at
+    ERROR, a traceback each (the fold every 5 s, the alerts every 10 s)."""
 
     def __init__(self, repeat_s: float = FAILURE_REPEAT_S) -> None:
         self.repeat_s = repeat_s
         self._streaks: dict[str, Streak] = {}
+        # Whether to keep arq's line of each failure, in the order of the failures: arq writes
+        # it after the job's task ended, by when another run of the job may have failed too.
+        self._arq_lines: dict[str, deque[bool]] = {}
 
-    def failed(self, name: str, now: float) -> Streak:
+    def failed(self, name: str, now: float, error: str, *, arq_logs: bool = True) -> Streak:
+        """Count a failure of `name` (at `now`, monotonic), whose error is of the kind `error`;
+        with `arq_logs`, arq writes a line of it next, kept when the failure is of a new kind."""
         streak = self._streaks.setdefault(name, Streak())
         streak.failures += 1
         if streak.failures == 1:
             streak.since = datetime.now(UTC)
-        streak.said = streak.failures == 1 or now - streak.said_at >= self.repeat_s
+        new_kind = streak.failures == 1 or error != streak.error
+        streak.error = error
+        streak.said = new_kind or now - streak.said_at >= self.repeat_s
         if streak.said:
             streak.said_at = now
+        if arq_logs:
+            self._arq_lines.setdefault(name, deque(maxlen=ARQ_LINES_HELD)).append(new_kind)
         return streak
 
     def succeeded(self, name: str) -> Streak | None:
         """The streak that this success ends, if the job was failing."""
         return self._streaks.pop(name, None)
 
-    def first_failure(self, name: str) -> bool:
-        """Whether the job's latest failure began its streak (arq's line of it is kept)."""
-        streak = self._streaks.get(name)
-        return streak is None or streak.failures <= 1
+    def arq_line_kept(self, name: str) -> bool:
+        """Whether arq's line of the next failure of `name` that it logs is kept."""
+        waiting = self._arq_lines.get(name)
+        return waiting.popleft() if waiting else True
+
+
+#: How many verdicts on arq's lines wait at most per job (a failure arq does not log, such as
+#: one of a job cancelled by a shutdown, leaves one behind).
+ARQ_LINES_HELD: Final = 16
 
 
 #: This process's (arq's failure lines are filtered with it: `worker.QuietTicks`).
@@ -164,7 +181,7 @@ def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
                 "error": f"{type(exc).__name__}: {exc}",
             }
             if idle is not None:
-                streak = STREAKS.failed(job.__name__, time.monotonic())
+                streak = STREAKS.failed(job.__name__, time.monotonic(), type(exc).__name__)
                 if streak.failures > 1:
                     fields["failures_in_a_row"] = streak.failures
                     fields["failing_since"] = streak.since and streak.since.isoformat()
@@ -172,7 +189,8 @@ def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
             else:
                 log.error("job failed", **fields)
             raise
-        if idle is not None and (ended := STREAKS.succeeded(job.__name__)):
+        # a failure alone was said in full: its end is no news
+        if idle is not None and (ended := STREAKS.succeeded(job.__name__)) and ended.failures > 1:
             log.info(
                 "job works again",
                 function=job.__name__,

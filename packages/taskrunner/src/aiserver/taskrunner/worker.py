@@ -344,15 +344,18 @@ class QuietTicks(logging.Filter):
         self.marks = tuple(f" → cron:{name}(" for name in crons) + tuple(
             f" ← cron:{name} ●" for name in crons
         )
+        # a cron's run (` ! cron:NAME failed, `) or one enqueued by name (` ! ID:NAME failed, `)
         self.failed = re.compile(
-            r" ! cron:(" + "|".join(re.escape(name) for name in crons) + r") failed, "
+            r" ! (?:\S+:)?(" + "|".join(re.escape(name) for name in crons) + r") failed, "
         )
 
     def filter(self, record: logging.LogRecord) -> bool:
+        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
         if record.levelno >= logging.ERROR:
             failed = self.failed.search(record.getMessage())
-            return failed is None or self.streaks.first_failure(failed[1])
-        if record.levelno != logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
+            kept = failed is None or self.streaks.arq_line_kept(failed[1])
+            return kept or debug
+        if record.levelno != logging.INFO or debug:
             return True
         message = record.getMessage()
         return not (message.startswith("recording health") or any(m in message for m in self.marks))
