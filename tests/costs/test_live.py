@@ -263,3 +263,22 @@ async def test_the_watcher_says_when_it_loses_the_database_and_when_it_has_it_ag
     assert again["catalog_version"] == live.catalog.version
     assert again["unavailable_s"] >= 0
     assert live.last_error is None
+
+
+async def test_a_catch_up_through_the_pool_says_nothing_of_the_watcher_s_database(
+    cfg: Settings, upstream: Upstream
+) -> None:
+    """A request's catch-up loads the catalog through the pool: that says nothing of the
+    watcher's own connection, which may still be refused (too many clients): no "reachable
+    again", and the watcher's error stays until the watcher itself gets through (a review)."""
+    from aiserver.core_db.database import database, require_pool
+
+    await _refresh(cfg, upstream, 1)
+    live = LiveCatalog(cfg.core, cfg.costs, poll_interval=0.2)
+    live.last_error = "DatabaseUnavailable: too many clients"  # as the watcher left it
+    async with database(cfg.core):
+        with capture_logs() as logs:
+            catalog = await live.catch_up(require_pool(), 1)
+    assert catalog.version >= 1
+    assert not any(e["event"].startswith("catalog watcher") for e in logs)
+    assert live.last_error == "DatabaseUnavailable: too many clients"

@@ -139,7 +139,6 @@ class LiveCatalog:
         self._catalog = catalog  # the swap: one reference assignment
         settled = _settle_heap()
         self.loaded = True
-        self._reached()
         self.last_reload_at = datetime.now(UTC)
         self.reloads += 1
         log.info(
