@@ -8,7 +8,8 @@ shared. The outbox is small while the folds keep up; behind them (a task runner 
 while) it holds a row per event since, and each batch took seconds to minutes, during which a
 price override or a catalog refresh, which takes that lock alone, waited (an override's
 request answered 503 after 5 s). The outbox's rows are deleted as they are folded: the index
-stays as small as the outbox.
+stays as small as the outbox. Ingest waits while it is made: 1.3 s per million outbox rows on
+a 2-core machine (a moment, unless the folds were far behind at the upgrade).
 """
 
 from aiserver.core_db.migrations import sql_migration
