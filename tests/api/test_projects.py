@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
 
 from aiserver.api.app import create_app
 
@@ -313,10 +314,36 @@ async def test_text_the_database_cannot_store_is_a_422_not_a_500(client: Client)
     # a text field that no check of its own covers: the database's refusal is a 422 too
     override = {"provider": "openai", "model": "gpt-test-000", "reason": "x\x00y",
                 "prices": {"input_cost_per_token": "0.000001"}}  # fmt: skip
-    problem = assert_problem(
-        await client.post("/v1/overrides", headers=admin(), json=override), 422, "cannot store"
-    )
+    with capture_logs() as logs:
+        problem = assert_problem(
+            await client.post("/v1/overrides", headers=admin(), json=override), 422, "cannot store"
+        )
     assert problem["type"].endswith(":invalid-request")
+    # the answer names the fault; PostgreSQL's own message (which may name a table) is logged
+    assert "NUL character" in problem["detail"]
+    assert "0x00" not in problem["detail"]
+    (logged,) = [e for e in logs if e["event"] == "text the database cannot store"]
+    assert "0x00" in logged["error"]
+
+
+async def test_a_missing_table_is_a_503_that_names_the_remedy_not_the_table(
+    client: Client, pg: asyncpg.Connection
+) -> None:
+    """An API newer than its database: the answer, which anyone may get, says what to run; the
+    log says which table or column is missing."""
+    await make_project(client, "behind")
+    key = (await make_key(client, "behind", ["read"]))["key"]
+    await pg.execute("DROP TABLE api_keys CASCADE")
+    with capture_logs() as logs:
+        problem = assert_problem(
+            await client.get("/v1/projects/behind", headers=bearer(key)), 503,
+            "the database schema is not migrated; the task runner applies the migrations at "
+            "start, or run: aiserver-db migrate",
+        )  # fmt: skip
+    assert problem["type"].endswith(":schema-not-migrated")
+    assert "api_keys" not in str(problem)
+    (logged,) = [e for e in logs if e["event"] == "database schema behind"]
+    assert "api_keys" in logged["error"]
 
 
 async def test_the_credential_is_checked_before_the_body_or_the_query(client: Client) -> None:

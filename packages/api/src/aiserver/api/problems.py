@@ -161,17 +161,25 @@ _MULTIPART_LIMIT: Final = "Request Entity Too Large"
 
 
 def _unstorable_text(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
-    """Text PostgreSQL cannot store (a NUL character) that no check caught before: the
-    request's fault, not the server's."""
-    detail = f"the request holds text the database cannot store: {exc}"
+    """Text PostgreSQL cannot store (a NUL character, or a character the database's encoding
+    lacks) that no check caught before: the request's fault, not the server's. The answer names
+    the fault, not PostgreSQL's message (which may quote a table or a column); the log has it."""
+    log.info("text the database cannot store", path=request.url.path,
+             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    detail = (
+        "the request holds text the database cannot store: a NUL character (\\u0000) or a "
+        "character the database's encoding lacks"
+    )
     return problem_response(request, problem(422, detail, slug="invalid-request"))
 
 
 def _schema_behind(request: AnyRequest, exc: Exception) -> Response[dict[str, Any]]:
+    """A table or column the code expects and the database lacks. The answer goes to anyone,
+    signed in or not: it says what to do, and the log names what is missing."""
     log.warning("database schema behind", path=request.url.path, error=str(exc))
     detail = (
-        f"the database schema is not migrated ({exc}); the task runner applies the migrations "
-        "at start, or run: aiserver-db migrate"
+        "the database schema is not migrated; the task runner applies the migrations at start, "
+        "or run: aiserver-db migrate"
     )
     return problem_response(request, problem(503, detail, slug="schema-not-migrated"), _RETRY)
 

@@ -205,10 +205,7 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
                 event = "redis unreachable: the worker starts again when it answers"
             streak = starts.failed(_START, time.monotonic(), event, arq_logs=False)
             quiet.restarting = True
-            fields: dict[str, Any] = {}
-            if streak.failures > 1:
-                fields = {"failed_starts": streak.failures,
-                          "failing_since": streak.since and streak.since.isoformat()}  # fmt: skip
+            fields = streak.fields("failed_starts") if streak.failures > 1 else {}
             (log.warning if streak.said else log.debug)(
                 event, error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S, **fields
             )
@@ -234,11 +231,7 @@ def _saying_when_started(
         await startup(ctx)
         quiet.restarting = False
         if ended := starts.succeeded(_START):
-            log.info(
-                "the worker started again",
-                failed_starts=ended.failures,
-                failing_since=ended.since and ended.since.isoformat(),
-            )
+            log.info("the worker started again", **ended.fields("failed_starts"))
 
     return started
 

@@ -83,6 +83,10 @@ class Streak:
     said: bool = False  # whether the latest failure was logged in full
     error: str = ""  # the kind (type) of the latest failure's error
 
+    def fields(self, count: str) -> dict[str, Any]:
+        """The streak as log fields: its failures under the name `count`, and since when."""
+        return {count: self.failures, "failing_since": self.since and self.since.isoformat()}
+
 
 class FailureStreaks:
     """The failures in a row of each routine job of this process, so that an outage logs each
@@ -183,20 +187,14 @@ def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
             if idle is not None:
                 streak = STREAKS.failed(job.__name__, time.monotonic(), type(exc).__name__)
                 if streak.failures > 1:
-                    fields["failures_in_a_row"] = streak.failures
-                    fields["failing_since"] = streak.since and streak.since.isoformat()
+                    fields |= streak.fields("failures_in_a_row")
                 (log.error if streak.said else log.debug)("job failed", **fields)
             else:
                 log.error("job failed", **fields)
             raise
         # a failure alone was said in full: its end is no news
         if idle is not None and (ended := STREAKS.succeeded(job.__name__)) and ended.failures > 1:
-            log.info(
-                "job works again",
-                function=job.__name__,
-                failures_in_a_row=ended.failures,
-                failing_since=ended.since and ended.since.isoformat(),
-            )
+            log.info("job works again", function=job.__name__, **ended.fields("failures_in_a_row"))
         outcome = result.get("outcome") if isinstance(result, dict) else None
         (log.debug if idle is not None and idle(result) else log.info)(
             "job finished",
