@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -187,6 +187,12 @@ async def test_the_filters_events_download_as_the_api_exports_them(
     assert f"=cmd is written {spreadsheet_safe('=cmd')}" in said, said
     links = browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")
     assert len(links) == 3
+    # the FOCUS link says what its file leaves out (fin-unpriced), the other two nothing
+    notes = [text(li) for li in browser.find_elements(By.CSS_SELECTOR, "#downloads li")]
+    assert [note.split(") ", 1)[1] if ") " in note else "" for note in notes] == [
+        "", "without the 1 unpriced event of this filter: no cost yet, so no FOCUS row "
+        "(the CSV lists it)", "",
+    ]  # fmt: skip
     for link in links:  # the filter of the page, not its cursor
         query = parse_qs(urlsplit(link.get_attribute("href") or "").query)
         assert {k: v for k, v in query.items() if k != "format"} == {
@@ -194,6 +200,12 @@ async def test_the_filters_events_download_as_the_api_exports_them(
         }  # fmt: skip
     window = f"{fin['from']}-{fin['to']}"
     api = {**fin["utc"], "tag:team": "finance"}
+    here = browser.current_url
+    priced = {"from": fin["from"], "to": fin["to"], "tag": "team=finance", "status": "priced"}
+    browser.get(f"{site.url}/ui/p/{SLUG}/events/?{urlencode(priced)}")  # no unpriced: no note
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")) == 3
+    assert not browser.find_elements(By.CSS_SELECTOR, "#downloads .left-out")
+    browser.get(here)
 
     saved = download(browser, downloads, "CSV, one row per event", ".csv")
     assert saved.name == f"events-{SLUG}-{window}.csv"

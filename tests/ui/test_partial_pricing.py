@@ -91,13 +91,26 @@ def test_the_overview_says_its_figures_are_a_lower_bound_and_why(
     assert rows["gpt-test-034"][2:5] == ["2", "0", "1"]
     assert rows["nobody-prices-this-1"][2:5] == ["1", "1", "0"]
     assert rows["nobody-prices-this-1"][1] == "unpriced"  # its 0 is no price: not free
-    assert text(browser.find_element(By.ID, "unpriced-count")).startswith(
-        "1 unpriced event in the last 30 days"
-    )
+    unpriced = browser.find_element(By.ID, "unpriced-count")
+    assert text(unpriced).startswith("1 unpriced event in the last 30 days")
     partly = browser.find_element(By.ID, "partially-priced-count")
-    assert text(partly).startswith("1 partially priced event:")
-    link = partly.find_element(By.TAG_NAME, "a").get_attribute("href") or ""
-    assert link.endswith("/ui/p/ui-part/events/?status=partially_priced")
+    assert text(partly).startswith("1 partially priced event in the last 30 days:")
+    # each count links to the events it counts (the same 30 days), and to all of them
+    today = datetime.now(UTC).date()  # the project's clock is UTC
+    window = f"from={today - timedelta(days=29)}&to={today + timedelta(days=1)}"
+    for where, status in ((unpriced, "unpriced"), (partly, "partially_priced")):
+        links = [a.get_attribute("href") or "" for a in where.find_elements(By.TAG_NAME, "a")]
+        assert [link.split("/ui/p/ui-part/", 1)[1] for link in links] == [
+            f"events/?status={status}&{window}",
+            f"events/?status={status}",
+        ]
+    unpriced.find_element(By.TAG_NAME, "a").click()
+    assert browser.find_element(By.NAME, "from").get_attribute("value") == str(
+        today - timedelta(days=29)
+    )
+    listed = text(browser.find_element(By.ID, "events"))
+    assert "nobody-prices-this-1" in listed
+    assert "gpt-test-034" not in listed
 
 
 async def test_explore_writes_unpriced_where_no_event_has_a_price_and_the_csv_leaves_it_empty(

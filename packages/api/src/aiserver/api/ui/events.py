@@ -43,7 +43,13 @@ from aiserver.ledger.usage.export import (
     export_format,
     export_query,
 )
-from aiserver.ledger.usage.reading import EventQuery, event_query, read_event, read_events
+from aiserver.ledger.usage.reading import (
+    EventQuery,
+    count_unpriced,
+    event_query,
+    read_event,
+    read_events,
+)
 from aiserver.ledger.usage.valuation import PRICING_STATUSES
 
 AnyRequest = Request[Any, Any, Any]
@@ -127,9 +133,11 @@ async def _listing(
         months.append((f"{label} ({start:%B %Y})", f"{base}/?{urlencode([*window, *others])}"))
     downloads = []
     if query is not None and query.since is not None and query.until is not None:
+        # a FOCUS file has no row for an unpriced event: its link says how many it leaves out
+        unpriced = await count_unpriced(require_pool(), project.id, query)
         downloads = [
             (f"{base}/export?{urlencode([('format', fmt), *kept])}", said,
-             download_name(project, query, fmt))
+             download_name(project, query, fmt), unpriced if fmt == "focus" else 0)
             for fmt, said in DOWNLOADS
         ]  # fmt: skip
     return Template(

@@ -330,6 +330,14 @@ async def read_events(
     return EventPage(events=[event_from_row(r) for r in rows[:limit]], more=len(rows) > limit)
 
 
+async def count_unpriced(pool: asyncpg.Pool, project_id: int, query: EventQuery) -> int:
+    """How many of the project's events that `query` keeps are unpriced: what a FOCUS file of
+    them leaves out (an event without a cost has no FOCUS row)."""
+    sql, args = store.unpriced_statement(project_id, event_filters(query))
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(sql, *args))
+
+
 async def all_events(
     pool: asyncpg.Pool, project_id: int, query: EventQuery, *, page: int = MAX_LIMIT
 ) -> AsyncIterator[UsageEvent]:
