@@ -3,7 +3,7 @@ per period, sees each budget's current window, and never reaches another project
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -63,6 +63,7 @@ async def test_a_budget_is_created_shown_changed_and_deleted_with_exact_money(
             "unpriced_events": 0,
             "partially_priced_events": 0,
         },
+        "webhook_previous_secret_until": None,
         "webhook_secret": None,
     }
     # what the window holds is read from its rows, summed over stripes
@@ -215,7 +216,14 @@ async def test_an_allowed_host_takes_webhooks_and_the_secret_is_shown_once(
                                    json={"webhook_url": "http://127.0.0.1:8999/hook2"})  # fmt: skip
         assert moved.status_code == 200, moved.text
         assert moved.json()["webhook_secret"]  # a new address, a new secret
+        assert moved.json()["webhook_previous_secret_until"] is None  # the old one: forgotten
         assert moved.headers["cache-control"] == "no-store"
+        # the same address with a new secret: the one it replaces signs beside it for a day
+        same = {"webhook_url": "http://127.0.0.1:8999/hook2"}
+        renewed = await client.patch(f"{BUDGETS}/{made['id']}", headers=bearer(key), json=same)
+        assert renewed.status_code == 200, renewed.text
+        until = datetime.fromisoformat(renewed.json()["webhook_previous_secret_until"])
+        assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24)
         given = await create(
             client, key, webhook_url="http://127.0.0.1:8999/b", webhook_secret="s" * 24
         )

@@ -327,7 +327,7 @@ async def test_sending_refuses_internal_targets_without_connecting(
 ) -> None:
     async with httpx.AsyncClient() as http:
         outcome = await send(
-            http, url.format(port=receiver.port), secret=SECRET, body=b"{}", headers={},
+            http, url.format(port=receiver.port), secrets=[SECRET], body=b"{}", headers={},
             allowed_hosts=(),
         )  # fmt: skip
     assert (outcome.status_code, outcome.delivered) == (None, False)
@@ -373,11 +373,11 @@ async def test_https_reaches_the_approved_address_and_verifies_the_name(
     trusted = ssl.create_default_context(cafile=str(certificate[0]))
     async with httpx.AsyncClient(verify=trusted, follow_redirects=False, trust_env=False) as http:
         by_name = await send(
-            http, f"https://localhost:{port}/hook", secret=SECRET, body=b"{}", headers={},
+            http, f"https://localhost:{port}/hook", secrets=[SECRET], body=b"{}", headers={},
             allowed_hosts=("localhost",),
         )  # fmt: skip
         by_address = await send(
-            http, f"https://127.0.0.1:{port}/hook", secret=SECRET, body=b"{}", headers={},
+            http, f"https://127.0.0.1:{port}/hook", secrets=[SECRET], body=b"{}", headers={},
             allowed_hosts=ALLOWED,
         )  # fmt: skip
     assert (by_name.status_code, by_name.error) == (200, None)

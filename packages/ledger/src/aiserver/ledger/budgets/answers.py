@@ -71,6 +71,8 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
     # time zone change); an event of an earlier window counts for none
     counts_from: datetime
     window: WindowOut  # the current one, in the project's time zone
+    # while the secret that a change replaced still signs each delivery beside the current one
+    webhook_previous_secret_until: datetime | None = None
     webhook_secret: str | None = None  # only in the answer that made it: shown this once
 
     @classmethod
@@ -85,5 +87,6 @@ class BudgetOut(msgspec.Struct, frozen=True, kw_only=True):
             thresholds=[money(t) for t in b.thresholds], hard=b.hard,
             webhook_url=b.webhook_url if access is None else webhook_shown(b.webhook_url, access),
             created_at=b.created_at, updated_at=b.updated_at,
-            counts_from=b.counts_from, window=WindowOut.of(view.window), webhook_secret=secret,
+            counts_from=b.counts_from, window=WindowOut.of(view.window),
+            webhook_previous_secret_until=b.previous_secret_until, webhook_secret=secret,
         )  # fmt: skip

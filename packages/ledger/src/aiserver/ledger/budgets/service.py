@@ -369,15 +369,32 @@ async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> N
 SEAL_BATCH: Final = 500
 
 
+def _seal_again(
+    box: SecretBox, row: asyncpg.Record, column: str, unopened: list[str]
+) -> Sealed | None:
+    """The secret of the budget's `column` sealed with the current key; None when it is sealed
+    with it already, or absent, or when no key opens it (then `column` joins `unopened`)."""
+    value, key_id = row[column], row[f"{column}_key_id"]
+    if value is None or key_id == box.current:
+        return None
+    try:
+        return box.seal(box.open(value, key_id, row["project_id"]), row["project_id"])
+    except Unopenable:
+        unopened.append(column)
+        return None
+
+
 async def seal_secrets(
     pool: asyncpg.Pool, box: SecretBox, *, lock_timeout_s: float = 30.0
 ) -> tuple[int, int]:
     """Seal with the current key every webhook secret that is in the clear (written before
     secrets were sealed) or sealed with another key of `box` (a key being replaced), a batch
-    per transaction. Returns (sealed, left): `left` counts those no key of `box` opens, which
-    stay as they are (their deliveries fail until the key that sealed them is configured). A
-    budget that another transaction is changing is waited for, not passed over: once this
-    returns, every secret that a key of `box` opens is sealed with the current key."""
+    per transaction, and a replaced secret while it still signs beside the current one.
+    Returns (sealed, left), counted in budgets: `left` counts those with a secret no key of
+    `box` opens, which stays as it is (their deliveries fail until the key that sealed them is
+    configured). A budget that another transaction is changing is waited for, not passed
+    over: once this returns, every secret that a key of `box` opens is sealed with the current
+    key."""
     done = left = 0
     after = (0, 0)
     while True:
@@ -386,17 +403,14 @@ async def seal_secrets(
             rows = await store.secrets_to_seal(
                 conn, box.current, after, SEAL_BATCH, lock_timeout_s=lock_timeout_s
             )
-            sealed: list[tuple[int, int, Sealed]] = []
+            sealed: list[store.Resealed] = []
             for row in rows:
-                project_id, budget_id = row["project_id"], row["id"]
-                try:
-                    secret = box.open(
-                        row["webhook_secret"], row["webhook_secret_key_id"], project_id
-                    )
-                except Unopenable:
-                    left += 1
-                    continue
-                sealed.append((project_id, budget_id, box.seal(secret, project_id)))
+                unopened: list[str] = []
+                current = _seal_again(box, row, "webhook_secret", unopened)
+                previous = _seal_again(box, row, "webhook_previous_secret", unopened)
+                left += bool(unopened)
+                if current is not None or previous is not None:
+                    sealed.append(store.Resealed(row["project_id"], row["id"], current, previous))
             await store.store_sealed(conn, sealed)
         done += len(sealed)
         if len(rows) < SEAL_BATCH:

@@ -4,7 +4,7 @@ caller's transaction; every statement names the project, so no key reaches anoth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -37,6 +37,8 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     counts_from: datetime  # the start of the first window it counts (the one it was made in)
+    # while the secret a change replaced still signs beside the current one: until when
+    previous_secret_until: datetime | None = None
 
 
 class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,7 +54,9 @@ class WindowTotals(msgspec.Struct, frozen=True, kw_only=True):
 _BUDGET: Final = """
     project_id, id, name, tags::text AS tags, model, period, limit_usd, thresholds, hard,
     webhook_url, webhook_secret IS NOT NULL AS has_webhook_secret, created_at, updated_at,
-    counts_from
+    counts_from,
+    CASE WHEN webhook_previous_until > now() THEN webhook_previous_until END
+        AS previous_secret_until
 """
 _TAGS: Final = msgspec.json.Decoder(dict[str, str])
 
@@ -130,11 +134,28 @@ async def read_budget(conn: DbConnection, project_id: int, budget_id: int) -> Bu
     return None if row is None else _budget(row)
 
 
+#: How long a replaced webhook secret signs beside the one that replaced it: a receiver has
+#: that long to take the new one, and none is refused meanwhile.
+PREVIOUS_SECRET_SIGNS: Final = timedelta(hours=24)
+
+
 async def update_budget(
     conn: DbConnection, project_id: int, budget_id: int, changes: Mapping[str, Any]
 ) -> Budget | None:
-    """Set the columns in `changes` (names of `budgets` columns, checked by the caller)."""
+    """Set the columns in `changes` (names of `budgets` columns, checked by the caller). A new
+    `webhook_secret` for the same `webhook_url` keeps the one it replaces signing beside it for
+    `PREVIOUS_SECRET_SIGNS`; another address, or none, forgets any previous secret."""
     assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
+    if "webhook_url" in changes:
+        # SET reads the row as it was: the old address, secret and key
+        url = f"${list(changes).index('webhook_url') + 3}::text"
+        same = f"(webhook_url = {url} AND webhook_secret IS NOT NULL)"
+        assignments += (
+            f", webhook_previous_secret = CASE WHEN {same} THEN webhook_secret END"
+            f", webhook_previous_secret_key_id = CASE WHEN {same} THEN webhook_secret_key_id END"
+            f", webhook_previous_until = CASE WHEN {same} THEN now() + interval"
+            f" '{int(PREVIOUS_SECRET_SIGNS.total_seconds())} seconds' END"
+        )
     row = await conn.fetchrow(
         f"""
         UPDATE budgets SET {assignments}{", " if changes else ""}updated_at = now()
@@ -156,8 +177,9 @@ async def secrets_to_seal(
     *,
     lock_timeout_s: float,
 ) -> list[asyncpg.Record]:
-    """Budgets after `after` (project id, budget id) whose webhook secret is in the clear or
-    sealed with another key than the current one, locked in key order FOR NO KEY UPDATE (what
+    """Budgets after `after` (project id, budget id) whose webhook secret, or the replaced one
+    while it still signs (`webhook_previous_secret`, else None), is in the clear or sealed with
+    another key than the current one, locked in key order FOR NO KEY UPDATE (what
     an UPDATE of the secret takes).
 
     A row another transaction is changing is waited for, never skipped: a skipped row would
@@ -171,9 +193,13 @@ async def secrets_to_seal(
     await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
     return await conn.fetch(
         """
-        SELECT project_id, id, webhook_secret, webhook_secret_key_id FROM budgets
-        WHERE webhook_secret IS NOT NULL
-          AND webhook_secret_key_id IS DISTINCT FROM $1
+        SELECT project_id, id, webhook_secret, webhook_secret_key_id,
+               CASE WHEN webhook_previous_until > now() THEN webhook_previous_secret END
+                   AS webhook_previous_secret,
+               webhook_previous_secret_key_id FROM budgets
+        WHERE (webhook_secret IS NOT NULL AND webhook_secret_key_id IS DISTINCT FROM $1
+               OR webhook_previous_until > now()
+                  AND webhook_previous_secret_key_id IS DISTINCT FROM $1)
           AND (project_id, id) > ($2, $3)
         ORDER BY project_id, id
         LIMIT $4
@@ -193,19 +219,38 @@ async def has_clear_secrets(conn: DbConnection) -> bool:
     return found
 
 
-async def store_sealed(conn: DbConnection, sealed: Sequence[tuple[int, int, Sealed]]) -> None:
-    """Set each (project, budget)'s webhook secret to the sealed one (rows the caller locked)."""
+class Resealed(NamedTuple):
+    """A budget's webhook secrets sealed again: the current one, and the one it replaced while
+    that still signs (None: left as it was)."""
+
+    project_id: int
+    budget_id: int
+    current: Sealed | None
+    previous: Sealed | None
+
+
+async def store_sealed(conn: DbConnection, sealed: Sequence[Resealed]) -> None:
+    """Set each budget's webhook secrets to the sealed ones (rows the caller locked)."""
     await conn.execute(
         """
-        UPDATE budgets AS b SET webhook_secret = s.value, webhook_secret_key_id = s.key_id
-        FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
-             AS s (project_id, id, value, key_id)
+        UPDATE budgets AS b
+        SET webhook_secret = coalesce(s.value, b.webhook_secret),
+            webhook_secret_key_id = CASE WHEN s.value IS NULL THEN b.webhook_secret_key_id
+                                         ELSE s.key_id END,
+            webhook_previous_secret = coalesce(s.previous, b.webhook_previous_secret),
+            webhook_previous_secret_key_id =
+                CASE WHEN s.previous IS NULL THEN b.webhook_previous_secret_key_id
+                     ELSE s.previous_key_id END
+        FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+             AS s (project_id, id, value, key_id, previous, previous_key_id)
         WHERE b.project_id = s.project_id AND b.id = s.id
         """,
-        [project_id for project_id, _, _ in sealed],
-        [budget_id for _, budget_id, _ in sealed],
-        [new.value for _, _, new in sealed],
-        [new.key_id for _, _, new in sealed],
+        [r.project_id for r in sealed],
+        [r.budget_id for r in sealed],
+        [r.current and r.current.value for r in sealed],
+        [r.current and r.current.key_id for r in sealed],
+        [r.previous and r.previous.value for r in sealed],
+        [r.previous and r.previous.key_id for r in sealed],
     )
 
 

@@ -63,7 +63,12 @@ def _lines(view: BudgetView, zone: str = "UTC") -> list[str]:
         f"  scope:       {scope}",
         f"  limit:       {money(b.limit_usd)} USD {'in all' if total else 'per ' + b.period}",
         f"  thresholds:  {', '.join(money(t) + '%' for t in b.thresholds) or '-'}",
-        f"  webhook:     {b.webhook_url or '-'}",
+        f"  webhook:     {b.webhook_url or '-'}"
+        + (
+            f" (the replaced secret signs too until {_on_clock(b.previous_secret_until, zone)})"
+            if b.previous_secret_until
+            else ""
+        ),
         f"  this window: {window}",
         f"  committed:   {money(w.committed)} USD in {counted(w.events, 'event')}"
         + (f", {w.unpriced_events:,} unpriced" if w.unpriced_events else "")

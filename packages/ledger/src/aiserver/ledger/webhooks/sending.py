@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, unquote_plus, urlsplit
@@ -121,15 +121,16 @@ async def send(
     http: httpx.AsyncClient,
     url: str,
     *,
-    secret: str,
+    secrets: Sequence[str],
     body: bytes,
     headers: dict[str, str],
     allowed_hosts: Collection[str],
     timeout: float = TIMEOUT_S,
     timestamp: int | None = None,
 ) -> Outcome:
-    """POST `body`, signed with `secret`, to `url` (checked again, and pinned to an approved
-    address; the next approved address is tried when one refuses the connection)."""
+    """POST `body`, signed with each of `secrets` (one `v1` each), to `url` (checked again,
+    and pinned to an approved address; the next approved address is tried when one refuses
+    the connection)."""
     started = time.perf_counter()
 
     def outcome(status: int | None, error: str | None) -> Outcome:
@@ -139,7 +140,7 @@ async def send(
         **headers,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        signing.HEADER: signing.sign(secret, body, timestamp),
+        signing.HEADER: signing.sign(secrets, body, timestamp),
     }
     try:
         async with asyncio.timeout(timeout):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from typing import Final
 
 HEADER: Final = "Aiserver-Signature"
@@ -30,11 +31,13 @@ def digest(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+def sign(secrets: str | Sequence[str], body: bytes, timestamp: int | None = None) -> str:
     """The value of the `Aiserver-Signature` header for `body`, signed now (or at
-    `timestamp`, in Unix seconds)."""
+    `timestamp`, in Unix seconds) with a secret, or with each of several: a `v1` each, in
+    their order."""
     t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},{SCHEME}={digest(secret, t, body)}"
+    keys = [secrets] if isinstance(secrets, str) else secrets
+    return f"t={t}," + ",".join(f"{SCHEME}={digest(key, t, body)}" for key in keys)
 
 
 def _number(value: str) -> int | None:

@@ -151,16 +151,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _open(box: SecretBox | None, claim: Claim) -> str:
-    """The secret that signs the claim's webhook; `Unopenable` when no configured key opens it."""
+def _open_one(box: SecretBox | None, sealed: str, key_id: str | None, project_id: int) -> str:
+    """A secret as it was stored; `Unopenable` when no configured key opens it."""
     if box is None:
-        if claim.secret_key_id is None:
-            return claim.secret  # written before secrets were sealed
+        if key_id is None:
+            return sealed  # written before secrets were sealed
         raise Unopenable(
-            f"the webhook secret is sealed with key {claim.secret_key_id}, and "
-            "WEBHOOK_SECRET_KEYS is not set"
+            f"the webhook secret is sealed with key {key_id}, and WEBHOOK_SECRET_KEYS is not set"
         )
-    return box.open(claim.secret, claim.secret_key_id, claim.project_id)
+    return box.open(sealed, key_id, project_id)
+
+
+def _open(box: SecretBox | None, claim: Claim) -> list[str]:
+    """The secrets that sign the claim's webhook: the budget's, then the one it replaced while
+    that still signs (left out when no key opens it: the current one is the one that must);
+    `Unopenable` when no configured key opens the current one."""
+    secrets = [_open_one(box, claim.secret, claim.secret_key_id, claim.project_id)]
+    if claim.previous_secret is not None:
+        try:
+            previous = _open_one(
+                box, claim.previous_secret, claim.previous_secret_key_id, claim.project_id
+            )
+        except Unopenable:
+            log.warning("a replaced webhook secret that no key opens: not signed with",
+                        project_id=claim.project_id, budget_id=claim.budget_id)  # fmt: skip
+        else:
+            if previous != secrets[0]:
+                secrets.append(previous)
+    return secrets
 
 
 async def _attempt(
@@ -175,13 +193,13 @@ async def _attempt(
 ) -> None:
     body = payload(claim)
     try:
-        secret = _open(box, claim)
+        secrets = _open(box, claim)
     except Unopenable as exc:
         outcome = Outcome(None, f"not sent: {exc}", 0.0)
     else:
         try:
             outcome = await sending.send(
-                http, claim.url, secret=secret, body=body, allowed_hosts=allowed_hosts,
+                http, claim.url, secrets=secrets, body=body, allowed_hosts=allowed_hosts,
                 headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
                 timeout=schedule.timeout,
             )  # fmt: skip

@@ -35,6 +35,9 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     secret: str  # sealed (`aiserver.ledger.webhooks.sealing`) unless `secret_key_id` is None
     secret_key_id: str | None
+    # the secret the current one replaced, while it signs beside it (sealed the same way)
+    previous_secret: str | None = None
+    previous_secret_key_id: str | None = None
 
 
 async def claim_due(conn: DbConnection, now: datetime, limit: int, lease: timedelta) -> list[Claim]:
@@ -63,7 +66,10 @@ async def claim_due(conn: DbConnection, now: datetime, limit: int, lease: timede
                   b.name AS budget_name, b.period AS budget_period, a.window_start,
                   a.window_end, a.threshold, a.limit_usd, a.committed, a.crossed_at,
                   a.attempts AS attempt, b.webhook_url AS url, b.webhook_secret AS secret,
-                  b.webhook_secret_key_id AS secret_key_id
+                  b.webhook_secret_key_id AS secret_key_id,
+                  CASE WHEN b.webhook_previous_until > $1 THEN b.webhook_previous_secret END
+                      AS previous_secret,
+                  b.webhook_previous_secret_key_id AS previous_secret_key_id
         """,
         now,
         limit,

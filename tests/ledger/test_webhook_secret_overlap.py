@@ -1,0 +1,174 @@
+"""A webhook secret replaced for the same address keeps signing beside the new one for a day:
+each delivery meanwhile carries a `v1` of each, so that a receiver that knows either accepts
+it; after the day, or for another address, the new secret signs alone. A key rotation of
+WEBHOOK_SECRET_KEYS seals the replaced secret again too."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from aiserver.ledger.access import Access
+from aiserver.ledger.budgets import service
+from aiserver.ledger.budgets.alerts.delivery import deliver_due
+from aiserver.ledger.budgets.store import PREVIOUS_SECRET_SIGNS
+from aiserver.ledger.cli.budgets import _lines as budget_lines
+from aiserver.ledger.webhooks import signing
+from aiserver.ledger.webhooks.sealing import SecretBox
+
+from ..conftest import TEST_SECRET_BOX as BOX
+from ..conftest import TEST_WEBHOOK_SECRET_KEYS
+from ..support.receiver import Receiver
+from .test_alert_delivery import ALLOWED, SCHEDULE, SECRET, Clock, cross, watched_budget
+from .test_alert_delivery import receiver as receiver  # the fixture
+from .test_budget_commits import project as project  # the fixture
+
+NEW = "whsec-the-new-one-fedcba9876543210"
+
+
+def v1_values(header: str) -> list[str]:
+    return [part.split("=", 1)[1] for part in header.split(",") if part.startswith("v1=")]
+
+
+async def change_secret(
+    pool: asyncpg.Pool, access: Access, budget_id: int, url: str, secret: str | None = NEW,
+    box: SecretBox | None = BOX,
+) -> tuple[datetime | None, str | None]:  # fmt: skip
+    """PATCH the webhook (`url`, `secret`): (until when the replaced secret signs, the secret
+    the server made when `secret` is None)."""
+    changes = {"webhook_url": url} | ({} if secret is None else {"webhook_secret": secret})
+    view, made = await service.change_budget(
+        pool, access, budget_id, changes, allowed_hosts=ALLOWED, secret_box=box
+    )
+    return view.budget.previous_secret_until, made
+
+
+async def test_the_replaced_secret_signs_beside_the_new_one_for_a_day_then_not(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    before = datetime.now(UTC)
+    until, made = await change_secret(pool, access, budget_id, receiver.url)
+    assert made is None  # the client chose it
+    assert until is not None
+    assert before + PREVIOUS_SECRET_SIGNS <= until <= datetime.now(UTC) + PREVIOUS_SECRET_SIGNS
+    shown = await service.show_budget(pool, access, budget_id)
+    assert shown.budget.previous_secret_until == until
+    (line,) = [line for line in budget_lines(shown) if line.startswith("  webhook:")]
+    assert line.startswith(f"  webhook:     {receiver.url} (the replaced secret signs too until ")
+    assert f"until {until:%Y-%m-%dT%H:%M}" in line
+
+    receiver.script = [500]  # the first attempt fails: the retry after the day signs alone
+    await cross(pool, access)
+    clock = Clock(datetime.now(UTC))
+    await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE, clock=clock)
+    first = receiver.received[-1]
+    header = first.headers["Aiserver-Signature"]
+    assert len(v1_values(header)) == 2
+    # a receiver that knows only the new secret accepts it, and so does one that knows only
+    # the old one; another secret does not verify
+    assert signing.verify(NEW, header, first.body)
+    assert signing.verify(SECRET, header, first.body)
+    assert not signing.verify("whsec-some-other-secret-000000", header, first.body)
+    new_first = signing.sign([NEW], first.body, int(header.split(",")[0][2:]))
+    assert v1_values(header)[0] == v1_values(new_first)[0]  # the current secret's comes first
+
+    # a day later the old one signs no more (the retries go on until a day after the crossing)
+    await pool.execute(
+        "UPDATE budget_alerts SET next_attempt_at = $1", until + timedelta(seconds=1)
+    )
+    clock.at(until + timedelta(seconds=1))
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE,
+                              clock=clock)).delivered == 1  # fmt: skip
+    last = receiver.received[-1]
+    assert len(v1_values(last.headers["Aiserver-Signature"])) == 1
+    # (signed at this machine's time: the clock the test moves is the schedule's)
+    assert signing.verify(NEW, last.headers["Aiserver-Signature"], last.body)
+    assert not signing.verify(SECRET, last.headers["Aiserver-Signature"], last.body)
+
+
+async def test_another_address_or_none_forgets_the_replaced_secret(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    until, _ = await change_secret(pool, access, budget_id, receiver.url)
+    assert until is not None
+    # a second change within the day: the secret it replaces is the one that signs beside it
+    until, made = await change_secret(pool, access, budget_id, receiver.url, secret=None)
+    assert until is not None
+    assert made is not None
+    await cross(pool, access)
+    await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)
+    got = receiver.received[-1]
+    assert len(v1_values(got.headers["Aiserver-Signature"])) == 2
+    assert signing.verify(made, got.headers["Aiserver-Signature"], got.body)
+    assert signing.verify(NEW, got.headers["Aiserver-Signature"], got.body)
+    assert not signing.verify(SECRET, got.headers["Aiserver-Signature"], got.body)
+
+    # another address: a new receiver, which never knew the old secret
+    other = f"{receiver.url}&moved=1"
+    until, _ = await change_secret(pool, access, budget_id, other, secret=SECRET)
+    assert until is None
+    row = await pool.fetchrow(
+        "SELECT webhook_previous_secret, webhook_previous_secret_key_id, webhook_previous_until"
+        " FROM budgets WHERE id = $1",
+        budget_id,
+    )
+    assert tuple(row) == (None, None, None)
+    # and none: the webhook and any previous secret gone
+    await change_secret(pool, access, budget_id, other, secret=NEW)
+    view, _ = await service.change_budget(pool, access, budget_id, {"webhook_url": None})
+    assert view.budget.previous_secret_until is None
+    assert await pool.fetchval(
+        "SELECT webhook_previous_secret FROM budgets WHERE id = $1", budget_id
+    ) is None  # fmt: skip
+
+
+async def test_a_key_rotation_seals_the_replaced_secret_again(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """WEBHOOK_SECRET_KEYS=old,new then new,old: the task runner's start seals both secrets
+    with the new key, and once the old key is gone both still sign."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await change_secret(pool, access, budget_id, receiver.url)  # both sealed with the test key
+    fresh = base64.b64encode(b"another key of 32 bytes, for it.").decode()
+    rotating = SecretBox.of([fresh, TEST_WEBHOOK_SECRET_KEYS])
+    assert rotating is not None
+    assert await service.seal_secrets(pool, rotating) == (1, 0)
+    keys = await pool.fetchrow(
+        "SELECT webhook_secret_key_id, webhook_previous_secret_key_id FROM budgets WHERE id = $1",
+        budget_id,
+    )
+    assert keys[0] == keys[1] == rotating.current
+    assert await service.seal_secrets(pool, rotating) == (0, 0)  # nothing left to do
+
+    await cross(pool, access)
+    alone = SecretBox.of([fresh])  # the old key removed
+    assert alone is not None
+    assert (await deliver_due(pool, ALLOWED, secret_box=alone, schedule=SCHEDULE)).delivered == 1
+    got = receiver.received[-1]
+    assert signing.verify(NEW, got.headers["Aiserver-Signature"], got.body)
+    assert signing.verify(SECRET, got.headers["Aiserver-Signature"], got.body)
+
+
+async def test_a_replaced_secret_that_no_key_opens_leaves_the_new_one_signing(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await change_secret(pool, access, budget_id, receiver.url)
+    # as if the previous secret had been sealed with a key no longer configured
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_secret_key_id = 'gone' WHERE id = $1", budget_id
+    )
+    await cross(pool, access)
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).delivered == 1
+    got = receiver.received[-1]
+    assert v1_values(got.headers["Aiserver-Signature"]) == v1_values(
+        signing.sign(NEW, got.body, int(got.headers["Aiserver-Signature"].split(",")[0][2:]))
+    )
