@@ -6,7 +6,10 @@ WEBHOOK_SECRET_KEYS seals the replaced secret again too."""
 from __future__ import annotations
 
 import base64
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -21,7 +24,16 @@ from aiserver.ledger.webhooks.sealing import SecretBox
 from ..conftest import TEST_SECRET_BOX as BOX
 from ..conftest import TEST_WEBHOOK_SECRET_KEYS
 from ..support.receiver import Receiver
-from .test_alert_delivery import ALLOWED, SCHEDULE, SECRET, Clock, cross, watched_budget
+from .test_alert_delivery import (
+    ALLOWED,
+    DOC,
+    SCHEDULE,
+    SECRET,
+    Clock,
+    cross,
+    doc_block,
+    watched_budget,
+)
 from .test_alert_delivery import receiver as receiver  # the fixture
 from .test_budget_commits import project as project  # the fixture
 
@@ -46,7 +58,7 @@ async def change_secret(
 
 
 async def test_the_replaced_secret_signs_beside_the_new_one_for_a_day_then_not(
-    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver, tmp_path: Path
 ) -> None:
     pool, access = project
     budget_id = await watched_budget(pool, access, receiver.url)
@@ -73,6 +85,19 @@ async def test_the_replaced_secret_signs_beside_the_new_one_for_a_day_then_not(
     assert signing.verify(NEW, header, first.body)
     assert signing.verify(SECRET, header, first.body)
     assert not signing.verify("whsec-some-other-secret-000000", header, first.body)
+    # and so do the recipes a receiver copies from docs/webhooks.md, with either secret
+    recipe: dict[str, Any] = {}
+    exec(compile(doc_block("python"), str(DOC), "exec"), recipe)  # noqa: S102 (our own docs)
+    (tmp_path / "body.json").write_bytes(first.body)
+    for secret in (NEW, SECRET, "whsec-some-other-secret-000000"):
+        shell = subprocess.run(
+            ["bash", "-c", doc_block("sh")], cwd=tmp_path, capture_output=True, text=True,
+            env={"PATH": "/usr/bin:/bin", "SIGNATURE": header, "WEBHOOK_SECRET": secret},
+            check=False,
+        )  # fmt: skip
+        verified = secret in (NEW, SECRET)
+        assert (shell.stdout, shell.stderr) == ("verified\n" if verified else "", "")
+        assert recipe["verify"](secret, header, first.body) is verified
     new_first = signing.sign([NEW], first.body, int(header.split(",")[0][2:]))
     assert v1_values(header)[0] == v1_values(new_first)[0]  # the current secret's comes first
 
