@@ -39,6 +39,13 @@ CASES: list[tuple[bytes, int, str | None, str | None]] = [
         "invalid-request",
         "usage.input_tokens",
     ),
+    # and so does a count written as a float, even a whole one
+    (
+        b'{"model": "gpt-test-000", "usage": {"input_tokens": 1e3}}',
+        422,
+        "invalid-request",
+        "usage.input_tokens",
+    ),
     # what is documented is priced
     (
         b'{"model": "gpt-test-000", "at": "2026-11-30T12:00:00Z", "usage": {"input_tokens": 1000}}',
@@ -49,7 +56,7 @@ CASES: list[tuple[bytes, int, str | None, str | None]] = [
     (b'{"model": "gpt-test-000", "at": null, "usage": {"input_tokens": 1000}}', 200, None, None),
 ]
 IDS = ["at-number", "at-digits", "at-fraction", "1e400", "1e400-provider-usage", "at-1e400",
-       "count-digits", "at-rfc3339", "at-null"]  # fmt: skip
+       "count-digits", "count-float", "at-rfc3339", "at-null"]  # fmt: skip
 
 
 def _shape(problem: dict[str, Any]) -> tuple[int, str, str | None]:

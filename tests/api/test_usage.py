@@ -168,6 +168,24 @@ async def test_ndjson_with_a_byte_order_mark_crlf_and_no_final_newline_records_e
     assert len(await stored(pg)) == 3
 
 
+async def test_a_count_written_as_a_string_or_a_float_is_invalid_never_coerced(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """docs/reliability.md, "Known gaps": counts used to be coerced; they are read strictly."""
+    key = tenants.ingest_a["key"]
+    for n, count in enumerate(("12", 1e3, 12.0)):
+        usage = {"input_tokens": count, "output_tokens": 1}
+        body = assert_problem(await post(client, key, event(f"c{n}", usage=usage)), 422, "int")
+        assert body["type"] == "urn:aiserver:problem:invalid-event"
+        assert body["fields"] == ["usage.input_tokens"]
+    batch = await post(client, key, {"events": [
+        event("b0", usage={"input_tokens": "12"}), event("b1"),
+    ]})  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    assert [r["status"] for r in batch.json()["results"]] == ["invalid", "recorded"]
+    assert [e["event_key"] for e in await stored(pg)] == ["b1"]
+
+
 async def test_occurred_at_in_the_future_or_past_the_retention_is_invalid(
     client: Client, tenants: Tenants
 ) -> None:
