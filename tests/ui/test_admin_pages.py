@@ -282,8 +282,20 @@ async def test_a_crossed_budget_shows_its_alert_deliveries_reserve_and_changes(
     origin = receiver.url.split("/hooks/")[0]
     assert text(browser.find_element(By.ID, "budget-webhook")).startswith(f"{origin}/… (the rest")
     assert "hooks/budget" not in browser.page_source
+    assert not browser.find_elements(By.ID, "budget-previous-secret")  # none replaced yet
     sign_in(browser, site, site.keys["c"])
+    # a new secret for the same address: the page says until when the old one signs too
+    async with site.client() as client:
+        renewed = await client.patch(f"/v1/budgets/{budget_id}", headers=bearer(site.keys["c"]),
+                                     json={"webhook_url": receiver.url})  # fmt: skip
+    assert renewed.status_code == 200, renewed.text
+    until = datetime.fromisoformat(renewed.json()["webhook_previous_secret_until"])
     browser.get(f"{site.url}/ui/p/ui-c/budgets/{budget_id}")
+    said = text(browser.find_element(By.ID, "budget-previous-secret"))
+    assert said.startswith(
+        "(its signing secret was changed: the one it replaced signs each delivery too until "
+        f"{until:%Y-%m-%dT%H:%M}"
+    ), said
 
     # the change form: name, thresholds and hard, each as the API then reports them
     fill(browser, "c-name", "Alerts daily (hard)")
