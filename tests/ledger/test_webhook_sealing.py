@@ -147,6 +147,15 @@ async def test_without_keys_a_webhook_is_refused_and_nothing_is_stored(
     assert await _stored(pool, view.budget.id) == (None, None)
 
 
+async def in_the_clear(pool: asyncpg.Pool, budget_id: int) -> None:
+    """The budget's webhook secret (SECRET) stored as an older version wrote it: unsealed."""
+    await pool.execute(
+        "UPDATE budgets SET webhook_secret = $1, webhook_secret_key_id = NULL WHERE id = $2",
+        SECRET,
+        budget_id,
+    )
+
+
 async def test_a_secret_from_before_sealing_is_sealed_and_still_signs(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver
 ) -> None:
@@ -154,11 +163,7 @@ async def test_a_secret_from_before_sealing_is_sealed_and_still_signs(
     runner's start (`seal_secrets`), and then signs the same way."""
     pool, access = project
     budget_id = await watched_budget(pool, access, receiver.url)
-    await pool.execute(  # as an older version wrote it
-        "UPDATE budgets SET webhook_secret = $1, webhook_secret_key_id = NULL WHERE id = $2",
-        SECRET,
-        budget_id,
-    )
+    await in_the_clear(pool, budget_id)
     assert await service.has_clear_secrets(pool)
     assert await service.seal_secrets(pool, TEST_SECRET_BOX) == (1, 0)
     assert not await service.has_clear_secrets(pool)
@@ -302,11 +307,7 @@ async def test_a_budget_held_for_long_fails_the_sealing_instead_of_hanging_it(
     sealed before stays sealed."""
     pool, access = project
     budget_id = await watched_budget(pool, access, receiver.url)
-    await pool.execute(
-        "UPDATE budgets SET webhook_secret = $1, webhook_secret_key_id = NULL WHERE id = $2",
-        SECRET,
-        budget_id,
-    )
+    await in_the_clear(pool, budget_id)
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("UPDATE budgets SET name = 'held' WHERE id = $1", budget_id)
         with pytest.raises(asyncpg.LockNotAvailableError):

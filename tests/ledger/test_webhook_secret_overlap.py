@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
@@ -36,6 +37,7 @@ from .test_alert_delivery import (
 )
 from .test_alert_delivery import receiver as receiver  # the fixture
 from .test_budget_commits import project as project  # the fixture
+from .test_webhook_sealing import in_the_clear
 
 NEW = "whsec-the-new-one-fedcba9876543210"
 
@@ -197,3 +199,135 @@ async def test_a_replaced_secret_that_no_key_opens_leaves_the_new_one_signing(
     assert v1_values(got.headers["Aiserver-Signature"]) == v1_values(
         signing.sign(NEW, got.body, int(got.headers["Aiserver-Signature"].split(",")[0][2:]))
     )
+
+
+# -- found by a review of the first version -------------------------------------------------
+
+
+async def test_resending_the_current_secret_keeps_the_replaced_one_signing(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """SECRET -> NEW, then the same PATCH again (a client that re-applies its configuration):
+    the secret is not changed, so SECRET still signs beside NEW for the rest of the day. (The
+    first version moved NEW to `webhook_previous_secret`, where delivery dropped it as a
+    duplicate, and forgot SECRET at once.)"""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    first, _ = await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
+    again, _ = await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
+    await cross(pool, access)
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).delivered == 1
+    got = receiver.received[-1]
+    assert signing.verify(NEW, got.headers["Aiserver-Signature"], got.body)
+    # a receiver that still knows only the old secret is refused on the code under review
+    assert signing.verify(SECRET, got.headers["Aiserver-Signature"], got.body)
+    assert again == first  # nothing changed: the overlap keeps its end
+
+
+async def test_the_same_secret_sent_again_replaces_nothing(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """docs/webhooks.md and the CHANGELOG: `webhook_previous_secret_until` is null "when
+    nothing was replaced". A PATCH with the same address and the same secret replaces
+    nothing, yet the answer (and `budgets show`) says a replaced secret signs for 24 hours."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    until, _ = await change_secret(pool, access, budget_id, receiver.url, secret=SECRET)
+    assert until is None
+
+
+async def test_a_key_rotation_leaves_no_secret_sealed_with_the_retired_key(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """docs/budgets.md: at start "the task runner seals every secret again with the first
+    key"; then the old key is removed (a key is rotated because it may have leaked). A
+    replaced secret whose day has passed is erased then (the first version kept it in the
+    row, sealed with the retired key, for as long as the budget kept that address, so a copy
+    of the database and the retired key still gave it back)."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
+    # the day has passed
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_until = now() - interval '1 second' WHERE id = $1",
+        budget_id,
+    )
+    fresh = base64.b64encode(b"another key of 32 bytes, for it.").decode()
+    rotating = SecretBox.of([fresh, TEST_WEBHOOK_SECRET_KEYS])
+    assert rotating is not None
+    await service.seal_secrets(pool, rotating)
+    row = await pool.fetchrow(
+        "SELECT webhook_previous_secret, webhook_previous_secret_key_id FROM budgets WHERE id = $1",
+        budget_id,
+    )
+    retired = BOX.current
+    leftover = None
+    if row["webhook_previous_secret"] is not None and row[1] == retired:
+        leftover = BOX.open(row[0], row[1], access.project_id)
+    assert leftover is None, f"the retired key {retired} still opens a stored secret: {leftover}"
+
+
+async def test_a_secret_in_the_clear_moved_aside_is_sealed_or_erased(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A budget whose secret is still in the clear (stored before sealing) changes its secret
+    for the same address before the task runner sealed it: the clear one moves to
+    `webhook_previous_secret`. `has_clear_secrets` (the task runner's warning without keys)
+    sees it there, and once its day passes `seal_secrets` erases it (the first version looked
+    at neither: the secret stayed in the clear at rest for good)."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await in_the_clear(pool, budget_id)
+    await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
+    assert await service.has_clear_secrets(pool)  # the task runner warns of it without keys
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_until = now() - interval '1 second' WHERE id = $1",
+        budget_id,
+    )
+    await service.seal_secrets(pool, BOX)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM budgets WHERE webhook_previous_secret = $1", SECRET
+    ) == 0  # fmt: skip
+
+
+async def test_an_unopenable_replaced_secret_is_not_reported_as_alerts_that_cannot_be_signed(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A budget whose replaced secret no key opens is not counted among those whose alerts
+    cannot be signed (the first version warned so, sending an operator to look for a key that
+    is not needed): the current secret signs them, and the warning says just that."""
+    pool, access = project
+    budget_id = await watched_budget(pool, access, receiver.url)
+    await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_secret_key_id = 'gone' WHERE id = $1", budget_id
+    )
+    with capture_logs() as logs:
+        await service.seal_secrets(pool, BOX)
+    await cross(pool, access)
+    assert (await deliver_due(pool, ALLOWED, secret_box=BOX, schedule=SCHEDULE)).delivered == 1
+    said = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert not [e for e in said if "cannot be signed" in e], said
+    assert [e for e in said if e.startswith("replaced webhook secrets that no key")], said
+
+
+async def test_replaced_secrets_past_their_day_are_erased_and_only_those(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """What the task runner's start does with or without WEBHOOK_SECRET_KEYS."""
+    pool, access = project
+    ended = await watched_budget(pool, access, receiver.url, name="ended")
+    signing_still = await watched_budget(pool, access, receiver.url, name="still")
+    for budget_id in (ended, signing_still):
+        await change_secret(pool, access, budget_id, receiver.url)
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_until = now() - interval '1 second' WHERE id = $1",
+        ended,
+    )
+    assert await service.forget_replaced_secrets(pool) == 1
+    rows = await pool.fetch(
+        "SELECT id, webhook_previous_secret IS NOT NULL AS kept FROM budgets ORDER BY id"
+    )
+    assert [(r["id"], r["kept"]) for r in rows] == [(ended, False), (signing_still, True)]
+    shown = await service.show_budget(pool, access, signing_still)
+    assert shown.budget.previous_secret_until is not None

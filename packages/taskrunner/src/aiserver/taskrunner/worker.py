@@ -36,7 +36,11 @@ from aiserver.documents.conversion import sweep_workdirs
 from aiserver.documents.jobs import PROCESS_JOB, SWEEP_TASK
 from aiserver.documents.service import JOB_BOUNDS, JOB_MAX_TRIES
 from aiserver.documents.settings import DocumentSettings
-from aiserver.ledger.budgets.service import has_clear_secrets, seal_secrets
+from aiserver.ledger.budgets.service import (
+    forget_replaced_secrets,
+    has_clear_secrets,
+    seal_secrets,
+)
 from aiserver.ledger.jobs import (
     ALERTS_TASK,
     FOLD_TASK,
@@ -128,9 +132,11 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
     """Seal with the first key of WEBHOOK_SECRET_KEYS the budget webhook secrets still in the
-    clear (written before secrets were sealed) or sealed with a key being replaced."""
+    clear (written before secrets were sealed) or sealed with a key being replaced, and erase
+    the replaced secrets whose day has passed."""
     box = settings.ledger.secret_box()
     if box is None:
+        await forget_replaced_secrets(require_pool())  # (seal_secrets does, with keys)
         if await has_clear_secrets(require_pool()):
             log.warning(
                 "budget webhook secrets are stored in the clear: set WEBHOOK_SECRET_KEYS and "

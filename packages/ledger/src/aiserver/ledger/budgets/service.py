@@ -8,6 +8,7 @@ counted for that scope. To count something else, create another budget (and dele
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Context, Decimal
@@ -309,7 +310,7 @@ async def change_budget(
     if unknown:
         raise InvalidField(f"cannot change {', '.join(unknown)}", unknown)
     columns: dict[str, Any] = {}
-    made = None
+    made = secret = None
     if "name" in changes:
         check_name(changes["name"])
         columns["name"] = changes["name"]
@@ -345,6 +346,10 @@ async def change_budget(
             # SHARE, and reads the budgets after): an ingest either finished with the old
             # levels before this reads the window, or starts with the new ones after.
             await store.lock_project(conn, project_id)
+        if "webhook_url" in columns:
+            old = await store.lock_webhook(conn, project_id, budget_id)
+            at = now or datetime.now(UTC)
+            columns |= _replaced(old, columns["webhook_url"], secret, secret_box, project_id, at)
         budget = await store.update_budget(conn, project_id, budget_id, columns)
         if budget is None:
             raise UnknownBudget(f"no budget {budget_id}")
@@ -353,6 +358,43 @@ async def change_budget(
             window = view.window
             await _alert_reached(conn, budget, [(window.start, window.end, window.committed)])
     return view, made
+
+
+def _replaced(
+    old: store.Webhook | None,
+    url: str | None,
+    secret: str | None,
+    box: SecretBox | None,
+    project_id: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns a change of the webhook to `url` with `secret` sets beside its own, for the
+    secret it replaces: the same address with another secret keeps the old one signing beside
+    it for `store.PREVIOUS_SECRET_SIGNS`; the same address and the same secret change nothing
+    (the secret stays as it was sealed, any replaced one with its end); another address, or
+    none, forgets the old secret."""
+    if url is None or old is None or old.url != url:
+        return dict.fromkeys(_PREVIOUS, None)
+    try:
+        same = (
+            box is not None
+            and secret is not None
+            and hmac.compare_digest(box.open(old.secret, old.key_id, project_id).encode(),
+                                    secret.encode())
+        )  # fmt: skip
+    except Unopenable:  # the stored one cannot be compared: the new one replaces it
+        same = False
+    if same:  # kept as stored (one in the clear: sealed now, as given)
+        return {} if old.key_id is None else {"webhook_secret": old.secret,
+                                               "webhook_secret_key_id": old.key_id}  # fmt: skip
+    return dict(zip(_PREVIOUS, (old.secret, old.key_id, now + store.PREVIOUS_SECRET_SIGNS),
+                    strict=True))  # fmt: skip
+
+
+#: The columns of the secret a change replaced, while it signs beside the new one.
+_PREVIOUS: Final = (
+    "webhook_previous_secret", "webhook_previous_secret_key_id", "webhook_previous_until"
+)  # fmt: skip
 
 
 async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> None:
@@ -390,13 +432,15 @@ async def seal_secrets(
     """Seal with the current key every webhook secret that is in the clear (written before
     secrets were sealed) or sealed with another key of `box` (a key being replaced), a batch
     per transaction, and a replaced secret while it still signs beside the current one.
-    Returns (sealed, left), counted in budgets: `left` counts those with a secret no key of
-    `box` opens, which stays as it is (their deliveries fail until the key that sealed them is
-    configured). A budget that another transaction is changing is waited for, not passed
-    over: once this returns, every secret that a key of `box` opens is sealed with the current
-    key."""
-    done = left = 0
+    Replaced secrets whose day has passed are erased first. Returns (sealed, left), counted
+    in budgets: `left` counts those whose secret no key of `box` opens, which stays as it is
+    (their deliveries fail until the key that sealed them is configured); a replaced secret no
+    key opens is only logged (the current one signs). A budget that another transaction is
+    changing is waited for, not passed over: once this returns, every secret that a key of
+    `box` opens is sealed with the current key."""
+    done = left = left_replaced = 0
     after = (0, 0)
+    await forget_replaced_secrets(pool)  # their day has passed: nothing to seal
     while True:
         async with pool.acquire() as conn, conn.transaction():
             # a budget held longer than this (a stuck transaction) fails the call, not hangs it
@@ -408,7 +452,8 @@ async def seal_secrets(
                 unopened: list[str] = []
                 current = _seal_again(box, row, "webhook_secret", unopened)
                 previous = _seal_again(box, row, "webhook_previous_secret", unopened)
-                left += bool(unopened)
+                left += "webhook_secret" in unopened
+                left_replaced += "webhook_previous_secret" in unopened
                 if current is not None or previous is not None:
                     sealed.append(store.Resealed(row["project_id"], row["id"], current, previous))
             await store.store_sealed(conn, sealed)
@@ -422,7 +467,19 @@ async def seal_secrets(
             "signed until the key that sealed them is configured again",
             budgets=left,
         )
+    if left_replaced:
+        log.warning(
+            "replaced webhook secrets that no key of WEBHOOK_SECRET_KEYS opens: their budgets' "
+            "alerts are signed with the current secret alone until the replaced one's day ends",
+            budgets=left_replaced,
+        )
     return done, left
+
+
+async def forget_replaced_secrets(pool: asyncpg.Pool) -> int:
+    """Erase the replaced webhook secrets whose day has passed; how many."""
+    async with pool.acquire() as conn:
+        return await store.forget_replaced_secrets(conn)
 
 
 async def has_clear_secrets(pool: asyncpg.Pool) -> bool:

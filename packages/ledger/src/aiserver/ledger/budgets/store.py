@@ -139,23 +139,46 @@ async def read_budget(conn: DbConnection, project_id: int, budget_id: int) -> Bu
 PREVIOUS_SECRET_SIGNS: Final = timedelta(hours=24)
 
 
+class Webhook(NamedTuple):
+    """A budget's webhook as stored: its address and its secret, sealed (or in the clear when
+    `key_id` is None: stored before secrets were sealed)."""
+
+    url: str
+    secret: str
+    key_id: str | None
+
+
+async def lock_webhook(conn: DbConnection, project_id: int, budget_id: int) -> Webhook | None:
+    """The budget's webhook (None: no webhook, or no such budget), its row locked FOR NO KEY
+    UPDATE until the caller's transaction ends, so that the change decided from it is the one
+    written."""
+    row = await conn.fetchrow(
+        "SELECT webhook_url, webhook_secret, webhook_secret_key_id FROM budgets"
+        " WHERE project_id = $1 AND id = $2 FOR NO KEY UPDATE",
+        project_id,
+        budget_id,
+    )
+    if row is None or row["webhook_url"] is None:
+        return None
+    return Webhook(row["webhook_url"], row["webhook_secret"], row["webhook_secret_key_id"])
+
+
+async def forget_replaced_secrets(conn: DbConnection) -> int:
+    """Erase every replaced webhook secret whose time to sign has passed (nothing reads it any
+    more: no stored secret outlives its use). Returns how many."""
+    done: str = await conn.execute(
+        "UPDATE budgets SET webhook_previous_secret = NULL,"
+        " webhook_previous_secret_key_id = NULL, webhook_previous_until = NULL"
+        " WHERE webhook_previous_until <= now()"
+    )
+    return int(done.rsplit(" ", 1)[1])
+
+
 async def update_budget(
     conn: DbConnection, project_id: int, budget_id: int, changes: Mapping[str, Any]
 ) -> Budget | None:
-    """Set the columns in `changes` (names of `budgets` columns, checked by the caller). A new
-    `webhook_secret` for the same `webhook_url` keeps the one it replaces signing beside it for
-    `PREVIOUS_SECRET_SIGNS`; another address, or none, forgets any previous secret."""
+    """Set the columns in `changes` (names of `budgets` columns, checked by the caller)."""
     assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
-    if "webhook_url" in changes:
-        # SET reads the row as it was: the old address, secret and key
-        url = f"${list(changes).index('webhook_url') + 3}::text"
-        same = f"(webhook_url = {url} AND webhook_secret IS NOT NULL)"
-        assignments += (
-            f", webhook_previous_secret = CASE WHEN {same} THEN webhook_secret END"
-            f", webhook_previous_secret_key_id = CASE WHEN {same} THEN webhook_secret_key_id END"
-            f", webhook_previous_until = CASE WHEN {same} THEN now() + interval"
-            f" '{int(PREVIOUS_SECRET_SIGNS.total_seconds())} seconds' END"
-        )
     row = await conn.fetchrow(
         f"""
         UPDATE budgets SET {assignments}{", " if changes else ""}updated_at = now()
@@ -177,9 +200,9 @@ async def secrets_to_seal(
     *,
     lock_timeout_s: float,
 ) -> list[asyncpg.Record]:
-    """Budgets after `after` (project id, budget id) whose webhook secret, or the replaced one
-    while it still signs (`webhook_previous_secret`, else None), is in the clear or sealed with
-    another key than the current one, locked in key order FOR NO KEY UPDATE (what
+    """Budgets after `after` (project id, budget id) whose webhook secret, or the one it
+    replaced (`webhook_previous_secret`), is in the clear or sealed with another key than the
+    current one, locked in key order FOR NO KEY UPDATE (what
     an UPDATE of the secret takes).
 
     A row another transaction is changing is waited for, never skipped: a skipped row would
@@ -194,11 +217,9 @@ async def secrets_to_seal(
     return await conn.fetch(
         """
         SELECT project_id, id, webhook_secret, webhook_secret_key_id,
-               CASE WHEN webhook_previous_until > now() THEN webhook_previous_secret END
-                   AS webhook_previous_secret,
-               webhook_previous_secret_key_id FROM budgets
+               webhook_previous_secret, webhook_previous_secret_key_id FROM budgets
         WHERE (webhook_secret IS NOT NULL AND webhook_secret_key_id IS DISTINCT FROM $1
-               OR webhook_previous_until > now()
+               OR webhook_previous_secret IS NOT NULL
                   AND webhook_previous_secret_key_id IS DISTINCT FROM $1)
           AND (project_id, id) > ($2, $3)
         ORDER BY project_id, id
@@ -213,8 +234,9 @@ async def secrets_to_seal(
 
 async def has_clear_secrets(conn: DbConnection) -> bool:
     found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT FROM budgets "
-        "WHERE webhook_secret IS NOT NULL AND webhook_secret_key_id IS NULL)"
+        "SELECT EXISTS (SELECT FROM budgets"
+        " WHERE webhook_secret IS NOT NULL AND webhook_secret_key_id IS NULL"
+        " OR webhook_previous_secret IS NOT NULL AND webhook_previous_secret_key_id IS NULL)"
     )
     return found
 
