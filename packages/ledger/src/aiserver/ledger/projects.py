@@ -214,6 +214,9 @@ async def _change_once(
         project = await find_project(conn, access, slug)
         if archived is not None:
             access.require_operator("archiving or restoring a project (`archived`)")
+            # FOR UPDATE, which ingest's FOR KEY SHARE waits for and which waits for it: the
+            # ingests in flight commit before the archiving, the later ones read it and refuse
+            await budget_store.lock_project(conn, project.id)
         budgets: list[Budget] = []
         if time_zone is not None:
             # the row first: another change of it, and creating or deleting a budget, wait from

@@ -344,6 +344,9 @@ class IngestStart(NamedTuple):
     #: the retention the usage partitions are kept by, as the task runner's partition
     #: maintenance last wrote it down (`usage_retention`); None before any maintenance ran
     retention_days: int | None
+    #: whether the project is archived, read once its row is held FOR KEY SHARE (an archiving
+    #: in flight, which takes it FOR UPDATE, has committed by then)
+    archived: bool = False
 
 
 async def ingest_start(conn: DbConnection, project_id: int) -> IngestStart:
@@ -351,15 +354,18 @@ async def ingest_start(conn: DbConnection, project_id: int) -> IngestStart:
     under the catalog's advisory lock taken shared (see `ledger_ingest_start_v2`): until the
     transaction ends no new catalog version commits, so the version read is the one committed
     at its COMMIT. With them, the retention the partitions are kept by
-    (`ledger_ingest_start_v3`)."""
+    (`ledger_ingest_start_v3`), and whether the project is archived (`ledger_ingest_start_v4`)."""
     rows = await conn.fetch(
-        "SELECT * FROM ledger_ingest_start_v3($1, $2, $3)",
+        "SELECT * FROM ledger_ingest_start_v4($1, $2, $3)",
         project_id,
         CATALOG_VERSION_LOCK,
         DEFAULT_SOURCE,
     )
     zone, scopes = _scopes(project_id, rows)
-    return IngestStart(int(rows[0]["catalog_version"]), zone, scopes, rows[0]["retention_days"])
+    first = rows[0]
+    return IngestStart(
+        int(first["catalog_version"]), zone, scopes, first["retention_days"], first["archived"]
+    )
 
 
 def _scopes(project_id: int, rows: Sequence[Any]) -> tuple[str, list[BudgetScope]]:

@@ -55,6 +55,7 @@ from aiserver.ledger.budgets import reservations
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import Spend, WindowSum, crossings, window_sums
 from aiserver.ledger.errors import (
+    ProjectArchived,
     UsageConflict,
     UsageUnsettled,
 )
@@ -372,10 +373,16 @@ class UsageRecorder:
             # partition for the next maintenance to drop.
             self._check_retention(await partition_store.kept_retention(conn), ordered, received_at)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            await self.partitions.ensure(conn, months)
+            await self.partitions.ensure(conn, months, now=received_at)
             try:
                 async with conn.transaction():
-                    version, zone, budgets, kept = await budget_store.ingest_start(conn, project_id)
+                    start = await budget_store.ingest_start(conn, project_id)
+                    version, zone, budgets, kept, archived = start
+                    if archived:  # since its key was admitted: nothing is written
+                        raise ProjectArchived(
+                            "the project was archived while this request was on its way; "
+                            "nothing of it was written"
+                        )
                     self._check_retention(kept, ordered, received_at)  # before any write
                     if catalog is not None and version > catalog.version:
                         raise _StaleCatalog(version)  # before any write: it rolls back

@@ -27,7 +27,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -100,15 +100,19 @@ class Partitions:
         """Whether `ensure` of `months` would find nothing to look at."""
         return set(months) <= self.known
 
-    async def ensure(self, conn: DbConnection, months: Iterable[datetime]) -> None:
-        """Every month of `months` has its partition when this returns."""
+    async def ensure(
+        self, conn: DbConnection, months: Iterable[datetime], *, now: datetime | None = None
+    ) -> None:
+        """Every month of `months` has its partition when this returns; with `now` (ingest's
+        time), but a month that the retention written down drops at `now`: it is made by no
+        one, and its events are refused by the ingest's transaction."""
         missing = sorted(set(months) - self.known)
         if not missing:
             return
         existing = {month_of_partition(n) for n in await store.existing_partitions(conn)}
         for month in missing:
-            if month not in existing:
-                await create_month(conn, month)
+            if month not in existing and await create_month(conn, month, kept_at=now) is None:
+                continue  # retention drops it: made by no one (its events are refused)
             self.known.add(month)
 
     def forget(self) -> None:
@@ -116,10 +120,19 @@ class Partitions:
         self.known.clear()
 
 
-async def create_month(conn: DbConnection, month: datetime) -> bool:
-    """Create `month`'s partition unless it exists: True when this call created it."""
+async def create_month(
+    conn: DbConnection, month: datetime, *, kept_at: datetime | None = None
+) -> bool | None:
+    """Create `month`'s partition unless it exists: True when this call created it. `kept_at`
+    (ingest's time): not a month that the retention written down drops then, as read while the
+    partition is made (a maintenance may have shortened it since the events were checked):
+    None then, and nothing is made."""
     name = partition_name(month)
-    created = await store.create_partition(conn, name, month, next_month(month))
+    dropped: Callable[[int], bool] | None = None
+    if kept_at is not None:
+        at = kept_at
+        dropped = lambda days: month < retention_horizon(at, days)  # noqa: E731
+    created = await store.create_partition(conn, name, month, next_month(month), dropped=dropped)
     if created:
         log.info("usage partition created", partition=name)
     return created

@@ -21,7 +21,7 @@ Locks (none of them waits on another in a circle, so ingest and the cron never d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
@@ -82,9 +82,22 @@ async def usage_tables(conn: DbConnection) -> list[UsageTable]:
     return [UsageTable(r["relname"], r["state"]) for r in rows]
 
 
-async def create_partition(conn: DbConnection, name: str, start: datetime, end: datetime) -> bool:
+async def create_partition(
+    conn: DbConnection,
+    name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    dropped: Callable[[int], bool] | None = None,
+) -> bool | None:
     """Create and attach the partition `name` for [start, end) unless it is attached; True when
     this call attached it. Safe under concurrency (see the module docstring for the locks).
+
+    `dropped` (ingest's): whether retention drops the month, given the retention written down
+    (`usage_retention`, in days). It is asked in the creating transaction, with
+    the catalog's advisory lock held shared as an ingest transaction holds it: a maintenance
+    that writes a shorter retention waits for this transaction before it drops anything, and
+    one that wrote it before is read here. When it says so, nothing is made: None.
 
     The table is created alone and then attached, in one transaction: attaching needs SHARE
     UPDATE EXCLUSIVE on `usage_events`, which lets inserts into the other partitions go on, where
@@ -112,6 +125,11 @@ async def create_partition(conn: DbConnection, name: str, start: datetime, end: 
         assert found is not None
         if found["attached"]:
             return False
+        if dropped is not None:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_VERSION_LOCK)
+            days = await kept_retention(conn)
+            if days is not None and dropped(days):
+                return None
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}"
             " (LIKE usage_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
