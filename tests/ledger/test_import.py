@@ -408,6 +408,20 @@ async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:
     assert "--tag team=search --model gpt-4o --limit 0 --json" in out
 
 
+async def test_an_import_into_an_archived_project_records_nothing(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """Once a project is archived no event of it is recorded, an operator's import included."""
+    (tmp_path / "one.jsonl").write_text(line("x", "gpt-test-001", 1, 1, 1))
+    await db.execute("UPDATE projects SET archived_at = now() WHERE slug = 'acme'")
+    code, out, err = await ledger(env, "import", str(tmp_path / "one.jsonl"), "--project", "acme")
+    assert (code, out) == (1, ""), err
+    assert err.strip().splitlines()[-1] == (
+        "aiserver-ledger import: the project is archived: nothing of this request was written"
+    )
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 0
+
+
 async def test_without_a_catalog_the_events_are_kept_unpriced_and_the_command_says_so(
     subprocess_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
 ) -> None:
