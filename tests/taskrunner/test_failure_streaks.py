@@ -44,41 +44,52 @@ def _lines(logs: list[dict[str, Any]], function: str) -> list[tuple[str, str, in
     ]
 
 
+class Flaky:
+    """A routine job named `name` that fails with `failing` while it is set, its streaks
+    counted apart (`repeat_s` 0.3 s) and arq's lines of it judged by `quiet`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        streaks = FailureStreaks(repeat_s=0.3)
+        monkeypatch.setattr(jobs, "STREAKS", streaks)
+        self.name, self.quiet = name, QuietTicks(crons=(name,), streaks=streaks)
+        self.failing: type[Exception] | None = None
+
+        async def job(ctx: dict[str, Any]) -> dict[str, Any]:
+            if self.failing is not None:
+                raise self.failing(111, "Connect call failed ('127.0.0.1', 5432)")
+            return {}
+
+        job.__name__ = job.__qualname__ = name
+        self.job = routine_job(lambda result: True)(job)
+
+    async def tick(self) -> bool:
+        """One tick; whether arq's failure line of it would be kept."""
+        try:
+            await self.job({})
+        except OSError:
+            return self.quiet.filter(_arq_failed(self.name))
+        return True
+
+
 async def test_a_failing_routine_job_logs_its_first_failure_then_one_a_while_then_its_return(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    streaks = FailureStreaks(repeat_s=0.3)
-    monkeypatch.setattr(jobs, "STREAKS", streaks)
-    quiet = QuietTicks(crons=("flaky_sweep",), streaks=streaks)
-    failing: type[Exception] | None = ConnectionRefusedError
-
-    @routine_job(lambda result: True)
-    async def flaky_sweep(ctx: dict[str, Any]) -> dict[str, Any]:
-        if failing is not None:
-            raise failing(111, "Connect call failed ('127.0.0.1', 5432)")
-        return {}
-
-    async def tick() -> bool:
-        """One tick; whether arq's failure line of it would be kept."""
-        try:
-            await flaky_sweep({})
-        except OSError:
-            return quiet.filter(_arq_failed("flaky_sweep"))
-        return True
-
+    job = Flaky(monkeypatch, "flaky_sweep")
+    job.failing = ConnectionRefusedError
+    tick = job.tick
     with capture_logs() as logs:
         kept = [await tick() for _ in range(3)]
         await asyncio.sleep(0.35)  # past repeat_s: the next failure is logged in full again
         kept.append(await tick())
         kept.append(await tick())
-        failing = ConnectionResetError  # another kind of failure: in full, arq's line too
+        job.failing = ConnectionResetError  # another kind of failure: in full, arq's line too
         kept.append(await tick())
-        failing = None
+        job.failing = None
         await tick()
         await tick()
-        failing = ConnectionRefusedError
+        job.failing = ConnectionRefusedError
         kept.append(await tick())  # a new streak
-        failing = None
+        job.failing = None
         await tick()  # the end of a lone failure, said in full: no news
     assert kept == [True, False, False, False, False, True, True]
     assert _lines(logs, "flaky_sweep") == [
@@ -98,7 +109,40 @@ async def test_a_failing_routine_job_logs_its_first_failure_then_one_a_while_the
     first = next(e for e in logs if e.get("failures_in_a_row") == 4)
     assert again["failing_since"] == first["failing_since"]
     # another job's failures, and arq's lines of jobs that are not routine, are not touched
-    assert quiet.filter(_arq_failed("other_task"))
+    assert job.quiet.filter(_arq_failed("other_task"))
+
+
+async def test_a_job_that_fails_and_works_by_turns_logs_a_failure_in_full_once_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection refused now and then: each failure starts a streak of one. Each used to be
+    logged in full (ours at ERROR and arq's traceback), every few seconds for as long as it
+    went on. Now the first is, then the others at DEBUG until a while has passed since, and the
+    next said counts them; a failure of another kind is said at once."""
+    job = Flaky(monkeypatch, "flapping_fold")
+
+    async def fail_then_work(kind: type[Exception] = ConnectionRefusedError) -> bool:
+        """A failure, then a success; whether arq's line of the failure would be kept."""
+        job.failing = kind
+        kept = await job.tick()
+        job.failing = None
+        await job.tick()
+        return kept
+
+    with capture_logs() as logs:
+        kept = [await fail_then_work() for _ in range(3)]
+        await asyncio.sleep(0.35)  # a while since the last said: said in full again
+        kept.append(await fail_then_work())
+        kept.append(await fail_then_work(ConnectionResetError))  # another kind: said at once
+        kept.append(await fail_then_work())  # and back: another kind again
+    assert kept == [True, False, False, True, True, True]
+    failed = [e for e in logs if e["event"] == "job failed"]
+    assert [(e["log_level"], e.get("failures_since_last_logged")) for e in failed] == [
+        ("error", None), ("debug", None), ("debug", None), ("error", 2), ("error", None),
+        ("error", None),
+    ]  # fmt: skip
+    # a streak of one ends without news, as before
+    assert not [e for e in logs if e["event"] == "job works again"]
 
 
 async def test_arq_s_lines_are_judged_in_the_order_of_the_failures_not_when_written(

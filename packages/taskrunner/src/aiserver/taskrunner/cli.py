@@ -205,7 +205,7 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
                 event = "redis unreachable: the worker starts again when it answers"
             streak = starts.failed(_START, time.monotonic(), event, arq_logs=False)
             quiet.restarting = True
-            fields = streak.fields("failed_starts") if streak.failures > 1 else {}
+            fields = streak.failure_fields("failed_starts")
             (log.warning if streak.said else log.debug)(
                 event, error=f"{type(exc).__name__}: {exc}", retry_in_s=REDIS_RETRY_S, **fields
             )

@@ -79,13 +79,33 @@ class Streak:
 
     failures: int = 0
     since: datetime | None = None  # the first failure's time
-    said_at: float = 0.0  # when a failure was last logged in full (monotonic)
     said: bool = False  # whether the latest failure was logged in full
     error: str = ""  # the kind (type) of the latest failure's error
+    # when the latest failure is said: how many failures of the job, in this streak or in
+    # streaks before it, were logged at DEBUG only since the line said before it
+    unsaid_before: int = 0
 
     def fields(self, count: str) -> dict[str, Any]:
         """The streak as log fields: its failures under the name `count`, and since when."""
         return {count: self.failures, "failing_since": self.since and self.since.isoformat()}
+
+    def failure_fields(self, count: str) -> dict[str, Any]:
+        """The log fields of its latest failure: the streak's (past its first failure), and,
+        when it is said, how many failures were left at DEBUG since the line said before."""
+        fields = self.fields(count) if self.failures > 1 else {}
+        if self.said and self.unsaid_before:
+            fields["failures_since_last_logged"] = self.unsaid_before
+        return fields
+
+
+@dataclass
+class _Said:
+    """What a job's failures last said, across streaks: when, of which kind, and how many
+    failures were left at DEBUG since."""
+
+    at: float = float("-inf")
+    error: str = ""
+    unsaid: int = 0
 
 
 class FailureStreaks:
@@ -94,11 +114,16 @@ class FailureStreaks:
     ours a minute while it lasts (with the count), and one when the job works again. A failure
     of another kind than the one before (PostgreSQL back, and a table missing) is logged in
     full again. Without it a PostgreSQL outage of ten minutes logged about 1,000 lines at
-    ERROR, a traceback each (the fold every 5 s, the alerts every 10 s)."""
+    ERROR, a traceback each (the fold every 5 s, the alerts every 10 s). A job that fails and
+    works by turns (a connection refused now and then) starts a streak at each failure: the
+    first of a streak is logged in full only when the job's failure logged before it is of
+    another kind, or a minute old; the others at DEBUG, counted in the next line said
+    (`failures_since_last_logged`)."""
 
     def __init__(self, repeat_s: float = FAILURE_REPEAT_S) -> None:
         self.repeat_s = repeat_s
         self._streaks: dict[str, Streak] = {}
+        self._said: dict[str, _Said] = {}
         # Whether to keep arq's line of each failure, in the order of the failures: arq writes
         # it after the job's task ended, by when another run of the job may have failed too.
         self._arq_lines: dict[str, deque[bool]] = {}
@@ -107,16 +132,22 @@ class FailureStreaks:
         """Count a failure of `name` (at `now`, monotonic), whose error is of the kind `error`;
         with `arq_logs`, arq writes a line of it next, kept when the failure is of a new kind."""
         streak = self._streaks.setdefault(name, Streak())
+        said = self._said.setdefault(name, _Said())
         streak.failures += 1
         if streak.failures == 1:
             streak.since = datetime.now(UTC)
-        new_kind = streak.failures == 1 or error != streak.error
+        due = now - said.at >= self.repeat_s
+        # in full (arq's traceback too): a kind not said last, or a new streak a while after
+        in_full = error != said.error or (streak.failures == 1 and due)
         streak.error = error
-        streak.said = new_kind or now - streak.said_at >= self.repeat_s
+        streak.said = in_full or due
         if streak.said:
-            streak.said_at = now
+            said.at = now
+            said.error, streak.unsaid_before, said.unsaid = error, said.unsaid, 0
+        else:
+            said.unsaid += 1
         if arq_logs:
-            self._arq_lines.setdefault(name, deque(maxlen=ARQ_LINES_HELD)).append(new_kind)
+            self._arq_lines.setdefault(name, deque(maxlen=ARQ_LINES_HELD)).append(in_full)
         return streak
 
     def succeeded(self, name: str) -> Streak | None:
@@ -186,8 +217,7 @@ def _logged(job: Job, idle: Callable[[Any], bool] | None) -> Job:
             }
             if idle is not None:
                 streak = STREAKS.failed(job.__name__, time.monotonic(), type(exc).__name__)
-                if streak.failures > 1:
-                    fields |= streak.fields("failures_in_a_row")
+                fields |= streak.failure_fields("failures_in_a_row")
                 (log.error if streak.said else log.debug)("job failed", **fields)
             else:
                 log.error("job failed", **fields)
