@@ -135,8 +135,8 @@ def before(
     else:
         ensure = recorder.partitions.ensure
 
-        async def ensure_then_begin(conn: Any, months: Any) -> None:
-            await ensure(conn, months)
+        async def ensure_then_begin(conn: Any, months: Any, **kwargs: Any) -> None:
+            await ensure(conn, months, **kwargs)
             await cut(conn)  # the next statement is the transaction's BEGIN
 
         monkeypatch.setattr(recorder.partitions, "ensure", ensure_then_begin)
