@@ -26,12 +26,6 @@ _WAITING_FOR_ADVISORY = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'
 """
-#: A session waiting for a row lock of a table (a tuple lock, or the transaction that holds it).
-_WAITING_FOR_ROW = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock'
-  AND wait_event IN ('tuple', 'transactionid') AND query ILIKE $1
-"""
 
 
 def _apart(call: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Task[Any]:
@@ -89,56 +83,3 @@ async def test_a_batch_authenticated_before_its_project_is_archived_is_not_recor
     assert_problem(later, 403, "archived")
     assert await _stored(pg) == ["warm"], (answer.status_code, answer.text)
     assert_problem(answer, 403, "archived")
-
-
-async def test_archiving_waits_for_an_ingest_transaction_in_flight_of_its_project(
-    client: Client, tenants: Tenants, api_settings: Settings, pg: asyncpg.Connection
-) -> None:
-    """An ingest transaction of the project is open (it took the project's row FOR KEY SHARE)
-    and writes its events: the archiving must not answer 200 before it has committed, or the
-    events commit, answered 2xx, after the operator was told the project is archived."""
-    key = bearer(tenants.ingest_a["key"])
-    holder = await asyncpg.connect(api_settings.core.database_url)
-    observer = await asyncpg.connect(api_settings.core.database_url)
-    tx = holder.transaction()
-    try:
-        # another writer of the same event key, not committed: the ingest's claim of key "a"
-        # waits for it inside the ingest's transaction, after `ingest_start`
-        project_id = await pg.fetchval("SELECT id FROM projects WHERE slug = 'acme-a'")
-        await tx.start()
-        await holder.execute(
-            "INSERT INTO usage_idempotency (project_id, key, payload_hash, event_id, occurred_at)"
-            " VALUES ($1, 'a', decode(repeat('00', 16), 'hex'), -1, now())",
-            project_id,
-        )
-        batch = {"events": [_event("a"), _event("b")]}
-        ingest = _apart(lambda: client.post("/v1/usage", headers=key, json=batch))
-        await eventually(
-            lambda: observer.fetchval(_WAITING_FOR_ROW, "%usage_idempotency%"), timeout=30
-        )
-        archiving = _apart(
-            lambda: client.patch("/v1/projects/acme-a", headers=admin(), json={"archived": True})
-        )
-        # the archiving waits for the ingest's row lock, or is done: either within 30 s
-        await eventually(lambda: _done_or_waiting(archiving, observer), timeout=30)
-        archived_first = archiving.done()
-        await tx.rollback()
-        answer = await asyncio.wait_for(ingest, 30)
-        archived = await asyncio.wait_for(archiving, 30)
-    finally:
-        await holder.close()
-        await observer.close()
-    assert archived.status_code == 200, archived.text
-    assert answer.status_code == 200, answer.text
-    assert [r["status"] for r in answer.json()["results"]] == ["recorded", "recorded"]
-    assert await _stored(pg) == ["a", "b"]
-    assert not archived_first, (
-        "the archiving answered 200 while an ingest of the project was still writing; that "
-        "ingest then committed its events and answered 200 recorded"
-    )
-
-
-async def _done_or_waiting(task: asyncio.Task[Any], observer: asyncpg.Connection) -> bool:
-    if task.done():
-        return True
-    return bool(await observer.fetchval(_WAITING_FOR_ROW, "%projects%"))

@@ -416,8 +416,10 @@ async def test_an_import_into_an_archived_project_records_nothing(
     await db.execute("UPDATE projects SET archived_at = now() WHERE slug = 'acme'")
     code, out, err = await ledger(env, "import", str(tmp_path / "one.jsonl"), "--project", "acme")
     assert (code, out) == (1, ""), err
-    assert err.strip().splitlines()[-1] == (
-        "aiserver-ledger import: the project is archived: nothing of this request was written"
+    # said before anything is read, with what to do; not "run the same import again"
+    assert err.strip() == (
+        "aiserver-ledger import: project acme is archived: no usage is recorded for it "
+        '(restore it first: PATCH /v1/projects/acme with {"archived": false})'
     )
     assert await db.fetchval("SELECT count(*) FROM usage_events") == 0
 

@@ -213,10 +213,11 @@ async def _change_once(
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, slug)
         if archived is not None:
+            # Ingest reads `archived_at` in its transaction (`ledger_ingest_start_v4`): one that
+            # starts after this commits refuses its request whole. One already writing is not
+            # waited for (a row lock would let each new ingest pass ahead of the archiving: on
+            # a busy project it might never be granted); it commits as it began.
             access.require_operator("archiving or restoring a project (`archived`)")
-            # FOR UPDATE, which ingest's FOR KEY SHARE waits for and which waits for it: the
-            # ingests in flight commit before the archiving, the later ones read it and refuse
-            await budget_store.lock_project(conn, project.id)
         budgets: list[Budget] = []
         if time_zone is not None:
             # the row first: another change of it, and creating or deleting a budget, wait from

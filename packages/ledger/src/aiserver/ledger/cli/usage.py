@@ -126,8 +126,9 @@ class _Progress:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
-    def stopped(self) -> None:
-        """Say what an import that stopped half-way kept, and how to finish it."""
+    def stopped(self, *, rerun: bool = True) -> None:
+        """Say what an import that stopped half-way kept, and how to finish it (with `rerun`:
+        by running it again; else the reason, said next, comes first)."""
         if self.bar:
             sys.stderr.write("\n")
         kept = self.last
@@ -136,9 +137,13 @@ class _Progress:
             if kept
             else "no chunk was recorded"
         )
-        print(f"aiserver-ledger import: stopped; {where}. Run the same import again: what is "
-              "recorded already counts as duplicate, the rest is recorded.",
-              file=sys.stderr, flush=True)  # fmt: skip
+        then = (
+            " Run the same import again: what is recorded already counts as duplicate, the "
+            "rest is recorded."
+            if rerun
+            else ""
+        )
+        print(f"aiserver-ledger import: stopped; {where}.{then}", file=sys.stderr, flush=True)
 
 
 def _counts(summary: ImportSummary) -> str:
@@ -153,6 +158,7 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
     from aiserver.costs.catalog import load_catalog
     from aiserver.ledger import projects
     from aiserver.ledger.access import Access
+    from aiserver.ledger.errors import ProjectArchived
     from aiserver.ledger.settings import LedgerSettings
     from aiserver.ledger.usage.importing import import_lines
     from aiserver.ledger.usage.ingest import UsageRecorder
@@ -164,6 +170,11 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
         # the pool's connection may have ended just as the import starts: a lost connection
         async with pool.acquire() as conn, lost_if_cut(conn):
             project = await projects.find_project(conn, Access.operator(), args.project)
+            if project.archived_at is not None:  # refused by ingest too: said before reading
+                raise ProjectArchived(
+                    f"project {project.slug} is archived: no usage is recorded for it (restore "
+                    f'it first: PATCH /v1/projects/{project.slug} with {{"archived": false}})'
+                )
             catalog = await load_catalog(conn)
         why = ""
         if not len(catalog):
@@ -177,6 +188,9 @@ async def _import(core: CoreSettings, args: argparse.Namespace) -> int:
                 catalog=catalog if len(catalog) else None, why_no_catalog=why,
                 chunk_size=args.chunk_size, progress=progress.update,
             )  # fmt: skip
+        except ProjectArchived:  # archived during the import: a rerun would be refused too
+            progress.stopped(rerun=False)
+            raise
         except BaseException:
             progress.stopped()
             raise

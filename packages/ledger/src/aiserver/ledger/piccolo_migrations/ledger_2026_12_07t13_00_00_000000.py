@@ -3,13 +3,11 @@ come as new migrations.
 
 A request's key is checked when it arrives (from the keyring's cache); its events are written
 later (its body read and decoded, its events priced, the catalog's lock waited for). A project
-archived in between had the request's events recorded (2xx) after the archiving answered, and
-an ingest transaction open at the archiving committed its events after it too (the archiving's
-UPDATE takes the project's row FOR NO KEY UPDATE, which does not wait for ingest's FOR KEY
-SHARE). The archiving now takes the row FOR UPDATE, so it waits for the ingests in flight; and
+archived in between had the request's events recorded (2xx) after the archiving answered.
 `ledger_ingest_start_v4` is `v3` with, in front, whether the project is archived, read in a
-statement of its own after the row is taken FOR KEY SHARE (after an archiving in flight has
-committed): the ingest then refuses the request whole (403 project-archived), writing nothing.
+statement of its own after the row is taken FOR KEY SHARE: the ingest then refuses the request
+whole (403 project-archived), writing nothing. (An ingest transaction already writing at the
+archiving is not waited for: docs/keys.md.)
 
 Compatible with the API of the release before, which keeps serving while this is applied: it
 calls `ledger_ingest_start_v3`, which stays as it was.

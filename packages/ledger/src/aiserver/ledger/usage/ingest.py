@@ -380,7 +380,7 @@ class UsageRecorder:
                     version, zone, budgets, kept, archived = start
                     if archived:  # since its key was admitted: nothing is written
                         raise ProjectArchived(
-                            "the project is archived: nothing of this request was written"
+                            "the project is archived: nothing of this batch was written"
                         )
                     self._check_retention(kept, ordered, received_at)  # before any write
                     if catalog is not None and version > catalog.version:

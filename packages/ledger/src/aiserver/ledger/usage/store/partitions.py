@@ -226,7 +226,7 @@ async def kept_retention(conn: DbConnection) -> int | None:
 
 async def wait_for_ingest(conn: DbConnection) -> None:
     """Return once every ingest transaction in flight has ended: each holds the catalog's
-    advisory lock shared from its start to its end (`ledger_ingest_start_v3`), which this takes
+    advisory lock shared from its start to its end (`ledger_ingest_start_v4`), which this takes
     exclusively for an instant. An ingest transaction that begins after it reads the retention
     written down before it."""
     async with conn.transaction():
