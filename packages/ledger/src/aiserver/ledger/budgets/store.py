@@ -344,8 +344,8 @@ class IngestStart(NamedTuple):
     #: the retention the usage partitions are kept by, as the task runner's partition
     #: maintenance last wrote it down (`usage_retention`); None before any maintenance ran
     retention_days: int | None
-    #: whether the project is archived, read once its row is held FOR KEY SHARE (an archiving
-    #: in flight, which takes it FOR UPDATE, has committed by then)
+    #: whether the project is archived, read in a statement of its own once its row is held
+    #: FOR KEY SHARE (an archiving that committed before then is seen)
     archived: bool = False
 
 
