@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
+from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
@@ -337,6 +338,33 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
     return _scopes(project_id, rows)
 
 
+#: The first key of a project's gate (the second is its id, `% 2**31`): a transaction advisory
+#: lock that what writes the project's usage or reservations takes shared (ingest, reservations,
+#: reprices) and what changes the project under them takes exclusive, before its row lock
+#: (archiving, a time zone change, creating or deleting a budget, changing a budget's levels).
+#: Row locks do not queue: each new FOR KEY SHARE of the row passes ahead of a waiting FOR
+#: UPDATE, which on a busy project waited on and on; heavyweight locks are granted in order, so
+#: a change waits for the writers already through and the writers after it wait for it.
+PROJECT_GATE: Final = advisory_lock_key("ledger:project-gate") >> 32
+
+
+async def pass_gate(conn: DbConnection, project_id: int) -> None:
+    """Take the project's gate shared until the transaction ends (see `PROJECT_GATE`)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, ($2::bigint % 2147483648)::integer)",
+        PROJECT_GATE, project_id,
+    )  # fmt: skip
+
+
+async def close_gate(conn: DbConnection, project_id: int) -> None:
+    """Take the project's gate exclusive until the transaction ends (see `PROJECT_GATE`): the
+    writers of its usage already through are waited for, and those after wait for this."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483648)::integer)",
+        PROJECT_GATE, project_id,
+    )  # fmt: skip
+
+
 class IngestStart(NamedTuple):
     catalog_version: int
     zone: str
@@ -344,8 +372,9 @@ class IngestStart(NamedTuple):
     #: the retention the usage partitions are kept by, as the task runner's partition
     #: maintenance last wrote it down (`usage_retention`); None before any maintenance ran
     retention_days: int | None
-    #: whether the project is archived, read in a statement of its own once its row is held
-    #: FOR KEY SHARE (an archiving that committed before then is seen)
+    #: whether the project is archived, read in a statement of its own once its gate is passed
+    #: and its row held FOR KEY SHARE (an archiving that committed before then is seen, and
+    #: one waiting for the gate is waited for)
     archived: bool = False
 
 
@@ -354,12 +383,14 @@ async def ingest_start(conn: DbConnection, project_id: int) -> IngestStart:
     under the catalog's advisory lock taken shared (see `ledger_ingest_start_v2`): until the
     transaction ends no new catalog version commits, so the version read is the one committed
     at its COMMIT. With them, the retention the partitions are kept by
-    (`ledger_ingest_start_v3`), and whether the project is archived (`ledger_ingest_start_v4`)."""
+    (`ledger_ingest_start_v3`), and whether the project is archived (`ledger_ingest_start_v4`),
+    all after passing the project's gate (`PROJECT_GATE`, `ledger_ingest_start_v5`)."""
     rows = await conn.fetch(
-        "SELECT * FROM ledger_ingest_start_v4($1, $2, $3)",
+        "SELECT * FROM ledger_ingest_start_v5($1, $2, $3, $4)",
         project_id,
         CATALOG_VERSION_LOCK,
         DEFAULT_SOURCE,
+        PROJECT_GATE,
     )
     zone, scopes = _scopes(project_id, rows)
     first = rows[0]
@@ -538,9 +569,12 @@ async def fill_window(
 
 
 async def lock_project(conn: DbConnection, project_id: int) -> None:
-    """Take the project's row FOR UPDATE, until the transaction ends: no usage of the project is
-    written meanwhile (ingest and a reprice take it FOR KEY SHARE), and no other budget of it is
-    created or deleted."""
+    """Take the project's gate exclusive (`close_gate`), then its row FOR UPDATE, until the
+    transaction ends: no usage or reservation of the project is written meanwhile (they pass
+    the gate shared and take the row FOR KEY SHARE), and no other budget of it is created or
+    deleted. The first lock of the transaction, or after `close_gate`: a writer holds the
+    gate while it waits for the row."""
+    await close_gate(conn, project_id)
     await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
 
 

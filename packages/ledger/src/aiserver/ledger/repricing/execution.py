@@ -271,10 +271,12 @@ async def _batch(
     budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
-        # first the projects' rows, as ingest takes them (no budget appears or goes meanwhile),
-        # then their rollup locks, shared, as a correction beside folds takes them (a rebuild
-        # of a project's rollups, which holds it exclusively, never overwrites the correction)
+        # first the projects' gates and rows, as ingest takes them (no budget appears or goes
+        # meanwhile), then their rollup locks, shared, as a correction beside folds takes them
+        # (a rebuild of a project's rollups, which holds it exclusively, never overwrites the
+        # correction)
         for project in sorted(set(projects)):
+            await budget_store.pass_gate(conn, project)
             budgets[project] = await budget_store.budgets_for_ingest(conn, project)
             await rollup_store.lock_project(conn, project, shared=True)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])

@@ -18,7 +18,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope
+from aiserver.ledger.errors import ProjectArchived
 
 if TYPE_CHECKING:
     from aiserver.core_db.connections import DbConnection
@@ -56,18 +58,25 @@ class Held:
 
 
 async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[HardBudget]]:
-    """The project's time zone and its hard budgets, by id; LookupError without the project.
-    The project's row is taken FOR KEY SHARE (as ingest takes it, and as the reservation's
-    foreign key would): a change of its time zone, which holds it FOR UPDATE while it makes the
-    windows again, is waited for, and the zone read is the one it committed. So are a budget's
-    creation and deletion, which hold it too: the budgets are read by a statement of their own,
-    after the lock (read in the locking statement, they would be those of its snapshot, taken
-    before the wait)."""
-    zone: str | None = await conn.fetchval(
-        "SELECT time_zone FROM projects WHERE id = $1 FOR KEY SHARE", project_id
+    """The project's time zone and its hard budgets, by id; LookupError without the project,
+    `ProjectArchived` when it is archived. The project's gate is passed (`PROJECT_GATE`), then
+    its row taken FOR KEY SHARE (as ingest takes them, and as the reservation's foreign key
+    would): a change of its time zone, which holds them while it makes the windows again, is
+    waited for, and the zone read is the one it committed. So are a budget's creation and
+    deletion, and an archiving: the budgets are read by a statement of their own, after the
+    lock (read in the locking statement, they would be those of its snapshot, taken before the
+    wait)."""
+    await budget_store.pass_gate(conn, project_id)
+    row = await conn.fetchrow(
+        "SELECT time_zone, archived_at IS NOT NULL AS archived FROM projects WHERE id = $1"
+        " FOR KEY SHARE",
+        project_id,
     )
-    if zone is None:
+    if row is None:
         raise LookupError(f"no project {project_id}")
+    if row["archived"]:
+        raise ProjectArchived(ARCHIVED)
+    zone: str = row["time_zone"]
     rows = await conn.fetch(
         """
         SELECT id, name, tags::text AS tags, model, period, limit_usd FROM budgets
@@ -92,6 +101,10 @@ class ZoneChanged(Exception):
 
 
 _JSON_OUT: Final = msgspec.json.Encoder()
+
+#: What a reservation for an archived project answers (its key was admitted before the
+#: archiving committed; an archived project's keys are refused from then on).
+ARCHIVED: Final = "the project is archived: nothing was reserved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +142,10 @@ async def reserve_many(
     nothing reserved for any call."""
     try:
         rows = await conn.fetch(
-            "SELECT * FROM ledger_reserve_many($1, $2, $3, $4, $5, $6::jsonb[], $7::jsonb[], $8,"
-            " $9::uuid[])",
-            project_id, zone, list(starts), stripes, [c.amount for c in calls],
+            "SELECT * FROM ledger_reserve_many_v2($1, $2, $3, $4, $5, $6, $7::jsonb[],"
+            " $8::jsonb[], $9, $10::uuid[])",
+            budget_store.PROJECT_GATE, project_id, zone, list(starts), stripes,
+            [c.amount for c in calls],
             [_JSON_OUT.encode(c.tags).decode() for c in calls],
             [_JSON_OUT.encode(list(c.models)).decode() for c in calls],
             [c.expires_at for c in calls], [c.reservation_id for c in calls],
@@ -139,6 +153,8 @@ async def reserve_many(
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == "LR002":
             raise ZoneChanged(str(exc) or None) from None
+        if exc.sqlstate == "LR003":
+            raise ProjectArchived(ARCHIVED) from None
         raise
     # one row per call, in the order of `calls` (the function answers item by item)
     return [_answer(row, call) for row, call in zip(rows, calls, strict=True)]
