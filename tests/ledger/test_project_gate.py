@@ -25,7 +25,6 @@ from aiserver.ledger import projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets import store as budget_store
-from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.reservations import release, reserve
 from aiserver.ledger.budgets.reservations import store as reservation_store
 from aiserver.ledger.errors import ProjectArchived
@@ -184,32 +183,3 @@ async def test_the_reservations_slow_way_refuses_an_archived_project(
     async with pool.acquire() as conn, conn.transaction():
         with pytest.raises(ProjectArchived, match="nothing was reserved"):
             await reservation_store.hard_budgets(conn, access.project_id)
-
-
-async def test_a_zone_change_that_finds_a_budget_made_after_its_first_look_closes_the_gate(
-    pool: asyncpg.Pool, access: Access, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A zone change closes the gate when the project has budgets, and may do so only before
-    taking the row (a budget's creation holds the gate while it waits for the row). A budget
-    made between its first look and the row's lock: the attempt starts again, gate first, and
-    the budget's windows are made again in the new zone. The first look is made to answer as before
-    that budget existed (the moment the race needs cannot be reached from outside)."""
-    monthly = await budget(pool, access, "3", period="month")
-    looks: list[int] = []
-    read_budgets = budget_store.read_budgets
-
-    async def first_look_before_the_budget(conn: Any, project_id: int) -> list[Any]:
-        looks.append(project_id)
-        found = await read_budgets(conn, project_id)
-        return [] if len(looks) == 1 else found
-
-    monkeypatch.setattr(budget_store, "read_budgets", first_look_before_the_budget)
-    await _zone(pool, access, 0)
-    # the first attempt's look and its read after the row; then the second attempt's read
-    # after the row (it closed the gate without looking)
-    assert len(looks) == 3
-    start = window_of("month", "Asia/Tokyo", NOW)[0]
-    # the budget counts from its window in the new zone, as the zone change makes it again
-    counts_from = await pool.fetchval("SELECT counts_from FROM budgets WHERE id = $1", monthly)
-    assert counts_from == start != window_of("month", "UTC", NOW)[0]
-    assert (await pool.fetchval("SELECT time_zone FROM projects")) == "Asia/Tokyo"

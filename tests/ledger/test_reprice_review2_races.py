@@ -51,13 +51,14 @@ async def _session(settings: Settings) -> asyncpg.Connection:
 async def test_a_batch_rolled_back_to_break_a_deadlock_is_done_again(
     ledger: Ledger, settings: Settings
 ) -> None:
-    """A rebuild of the project's rollups (its rollup lock, then its row FOR SHARE), a change
-    of its time zone (its row, FOR UPDATE when it has budgets) and a reprice batch (its row
-    FOR KEY SHARE, then the rollup lock shared) can wait for each other in a circle, the
-    change queued on the row between the two. PostgreSQL breaks it by rolling one of them back;
-    the rebuild and the change then try again, and so does the reprice's batch now. (Before,
-    the run ended `failed` with the DeadlockDetectedError; the cron does not resume a failed
-    run, so an automatic run left its events unpriced until the next catalog change.)"""
+    """A session that holds an event of the batch (as a correction would) and then asks for
+    the project's rollup lock exclusively (as a rebuild does first) waits for the batch, which
+    holds that lock shared and waits for the event: a circle. PostgreSQL breaks it by rolling
+    the batch back (the session looks for deadlocks only after 60 s), and the batch is done
+    again. (Before, the run ended `failed` with the DeadlockDetectedError; the cron does not
+    resume a failed run, so an automatic run left its events unpriced until the next catalog
+    change. The circle this test first built, a rebuild, a time zone change and the batch, no
+    longer forms: the change and the batch take the rollup lock first, as the rebuild does.)"""
     pool = ledger.pool
     access = Access(ledger.p, "p", frozenset({"admin"}))
     await service.create_budget(pool, access, name="all", limit_usd=Decimal(1), period="total")
@@ -66,32 +67,23 @@ async def test_a_batch_rolled_back_to_break_a_deadlock_is_done_again(
         await fold(conn)
     await record(pool, ledger.p, RECORDED_WITH, *(raw(c) for c in CALLS[4:]))
     run = await request_reprice(pool, OPERATOR, RepriceRequest(project="p", dry_run=False))
-    rebuilder, changer = await _session(settings), await _session(settings)
-    row = "SELECT 1 FROM projects WHERE id = $1"
+    holder = await _session(settings)
     try:
-        rebuilding = rebuilder.transaction()
-        await rebuilding.start()
-        await rollup_store.lock_project(rebuilder, ledger.p)  # the rebuild's first lock
-        # the batch takes the row FOR KEY SHARE, then waits for the rollup lock
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute(
+            "SELECT 1 FROM usage_events WHERE project_id = $1 FOR UPDATE", ledger.p
+        )
+        # the batch takes the rollup lock shared, its gate and row, then waits for the events
         repricing = asyncio.create_task(execute_run(pool, run.id, TODAY, batch_size=10))
         await _waiters(pool, 1)
-        changing = changer.transaction()
-        await changing.start()
-        await changer.execute(f"{row} FOR NO KEY UPDATE", ledger.p)  # the zone change's row
-        zone_change = asyncio.create_task(changer.execute(f"{row} FOR UPDATE", ledger.p))
-        await _waiters(pool, 2)  # the change, behind the batch's FOR KEY SHARE
-        # the rebuild's second lock: behind the change, which waits for the batch, which
-        # waits for the rebuild
-        share = asyncio.create_task(rebuilder.execute(f"{row} FOR SHARE", ledger.p))
+        taking = asyncio.create_task(rollup_store.lock_project(holder, ledger.p))
         async with asyncio.timeout(WAIT_S):
-            await zone_change  # granted once the batch was rolled back
-        await changing.rollback()
-        await share
-        await rebuilding.rollback()
+            await taking  # granted once the batch was rolled back
+        await holding.rollback()
         assert await repricing is RunOutcome.DONE
     finally:
-        await rebuilder.close()
-        await changer.close()
+        await holder.close()
 
     done = await show_run(pool, OPERATOR, run.id)
     assert (done.state, done.error, done.events_examined, done.events_changed) == (

@@ -339,12 +339,14 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
 
 
 #: The first key of a project's gate (the second is its id, `% 2**31`): a transaction advisory
-#: lock that what writes the project's usage or reservations takes shared (ingest, reservations,
-#: reprices) and what changes the project under them takes exclusive, before its row lock
-#: (archiving, a time zone change, creating or deleting a budget, changing a budget's levels).
-#: Row locks do not queue: each new FOR KEY SHARE of the row passes ahead of a waiting FOR
-#: UPDATE, which on a busy project waited on and on; heavyweight locks are granted in order, so
-#: a change waits for the writers already through and the writers after it wait for it.
+#: lock that what writes the project's usage, reservations or budget windows takes shared, first
+#: (ingest, reservations, releases, the sweep, reprices), and what changes the project under them
+#: takes exclusive (archiving, a time zone change, creating or deleting a budget, changing a
+#: budget's levels), after taking the project's row FOR NO KEY UPDATE, which writers do not
+#: wait for (`lock_project`). Row locks do not queue: each new FOR KEY SHARE of the row passed
+#: ahead of a waiting FOR UPDATE, which on a busy project waited on and on; heavyweight locks
+#: are granted in order, so a change waits for the writers already through, and the writers
+#: after it wait for it.
 PROJECT_GATE: Final = advisory_lock_key("ledger:project-gate") >> 32
 
 
@@ -358,7 +360,9 @@ async def pass_gate(conn: DbConnection, project_id: int) -> None:
 
 async def close_gate(conn: DbConnection, project_id: int) -> None:
     """Take the project's gate exclusive until the transaction ends (see `PROJECT_GATE`): the
-    writers of its usage already through are waited for, and those after wait for this."""
+    writers of its usage already through are waited for, and those after wait for this. Only
+    with the project's row held (`hold_project`): closed while waiting for the row, the gate
+    would hold every writer of the project behind what holds the row."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483648)::integer)",
         PROJECT_GATE, project_id,
@@ -569,11 +573,15 @@ async def fill_window(
 
 
 async def lock_project(conn: DbConnection, project_id: int) -> None:
-    """Take the project's gate exclusive (`close_gate`), then its row FOR UPDATE, until the
-    transaction ends: no usage or reservation of the project is written meanwhile (they pass
-    the gate shared and take the row FOR KEY SHARE), and no other budget of it is created or
-    deleted. The first lock of the transaction, or after `close_gate`: a writer holds the
-    gate while it waits for the row."""
+    """Hold the project (`hold_project`), close its gate (`close_gate`), then take its row FOR
+    UPDATE, until the transaction ends: no usage or reservation of the project is written
+    meanwhile (they pass the gate shared and take the row FOR KEY SHARE), and no other budget
+    of it is created or deleted. The row comes first, in a mode the writers do not wait for:
+    what holds it a long while (a rebuild of the project's rollups, FOR SHARE) is waited for
+    before the gate is closed, so that the writers are not held behind it; once the gate is
+    closed no writer of this release holds the row, and FOR UPDATE waits only for those of the
+    release before (during an upgrade) and for the foreign keys' brief FOR KEY SHARE."""
+    await hold_project(conn, project_id)
     await close_gate(conn, project_id)
     await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
 

@@ -1,15 +1,17 @@
-"""A project's gate: what writes its usage or reservations passes it shared, what changes the
-project under them closes it, in the order they asked. Frozen SQL; later changes come as new
+"""A project's gate: what writes its usage, reservations or budget windows passes it shared,
+what changes the project under them closes it, in the order they asked. Frozen SQL; later changes come as new
 migrations.
 
-Ingest and reservations take the project's row FOR KEY SHARE; archiving it, changing its time
-zone, creating or deleting a budget, or changing a budget's levels wait for them with a row lock
-of their own. Row locks do not queue: each new FOR KEY SHARE passes ahead of a waiting FOR
+Ingest and reservations take the project's row FOR KEY SHARE; changing its time zone (with
+budgets), creating or deleting a budget, or changing a budget's levels waited for them with FOR
+UPDATE on the row. Row locks do not queue: each new FOR KEY SHARE passes ahead of a waiting FOR
 UPDATE, so on a project whose usage never pauses the change waited on and on (seconds measured
-with eight overlapping writers, until its timeout). Every one of those now first takes the
-project's gate, a transaction advisory lock (two keys: a namespace the caller passes, and the
-project id): shared by the writers, exclusive by the changes. Heavyweight locks queue in order,
-so a change waits for the writers already through, and the writers after it wait for it.
+with eight overlapping writers, until its timeout); archiving did not wait for the writers at
+all. Each of those changes now takes the project's row FOR NO KEY UPDATE (which the writers do
+not wait for), then closes the project's gate, a transaction advisory lock (two keys: a
+namespace the caller passes, and the project id) that the writers pass shared, first.
+Heavyweight locks queue in order, so a change waits for the writers already through, and the
+writers after it wait for it.
 
 - `ledger_ingest_start_v5` is `v4` with the gate taken after the catalog's lock and before
   the row (the order a reprice takes them in: a batch holds the catalog's lock before it knows

@@ -271,14 +271,15 @@ async def _batch(
     budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
-        # first the projects' gates and rows, as ingest takes them (no budget appears or goes
-        # meanwhile), then their rollup locks, shared, as a correction beside folds takes them
-        # (a rebuild of a project's rollups, which holds it exclusively, never overwrites the
-        # correction)
+        # each project's rollup lock, shared, as a correction beside folds takes it (a rebuild
+        # of its rollups, which holds it exclusively, never overwrites the correction); then
+        # its gate and row, as ingest takes them (no budget appears or goes meanwhile). The
+        # rollup lock first: waiting for a rebuild, a reprice holds no gate that a change of
+        # the project, waiting for the rebuild's row lock, would wait for in turn
         for project in sorted(set(projects)):
+            await rollup_store.lock_project(conn, project, shared=True)
             await budget_store.pass_gate(conn, project)
             budgets[project] = await budget_store.budgets_for_ingest(conn, project)
-            await rollup_store.lock_project(conn, project, shared=True)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])
         rows = await store.lock_events(
             conn, projects, [r["occurred_at"] for r in rows], [r["id"] for r in rows]

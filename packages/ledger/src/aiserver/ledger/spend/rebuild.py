@@ -62,9 +62,9 @@ async def rebuild_rollups(conn: DbConnection, project_id: int) -> RebuildResult 
     """Make the project's rollups again for its rolled-up keys as they are now, in one
     transaction; None when the project does not exist (any more).
 
-    It takes the project's rollup lock, then its row FOR SHARE; a change of the project's time
-    zone takes the row, then the rollup lock. PostgreSQL breaks such a deadlock by rolling one
-    of them back, and either one tries again (`_ATTEMPTS`): a rebuild is never lost to it."""
+    It takes the project's rollup lock, then its row FOR SHARE, as a change of the project's
+    time zone takes them. Should PostgreSQL break a deadlock by rolling it back, it tries again
+    (`_ATTEMPTS`): a rebuild is never lost to it."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             async with conn.transaction():

@@ -49,6 +49,7 @@ from aiserver.costs.money import money
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
+from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, WindowSum, matches
 from aiserver.ledger.budgets.periods import current_starts, window_of
 from aiserver.ledger.budgets.reservations import batches, store
@@ -422,6 +423,9 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
     async with pool.acquire() as conn:
         while True:
             async with conn.transaction():
+                # the project's gate first, as every writer of its budgets' windows: a budget's
+                # deletion is waited for, or waits for this (never the two at once)
+                await budget_store.pass_gate(conn, project_id)
                 ended = await store.end_reservations(conn, project_id, [parsed], "released")
                 if ended:
                     await store.change_stripes(conn, project_id, _releases(ended))
@@ -443,7 +447,13 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
     released = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            ended = await store.expire_due(conn, at, SWEEP_BATCH)
+            # the gates of the projects it is about to release in, first and in order, as every
+            # writer of budgets' windows passes them: a budget's deletion is waited for, or
+            # waits for this (never the two at once)
+            projects = await store.due_projects(conn, at, SWEEP_BATCH)
+            for project_id in projects:
+                await budget_store.pass_gate(conn, project_id)
+            ended = await store.expire_due(conn, at, SWEEP_BATCH, projects)
             by_project: dict[int, list[Held]] = defaultdict(list)
             for held in ended:
                 by_project[held.project_id].append(held)

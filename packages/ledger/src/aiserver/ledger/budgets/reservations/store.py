@@ -357,14 +357,33 @@ async def end_reservations(
     return [_held(r) for r in rows]
 
 
-async def expire_due(conn: DbConnection, now: datetime, limit: int) -> list[Held]:
-    """Mark up to `limit` held reservations whose expiry has passed `expired` (any project;
-    those another transaction is settling or releasing are skipped, not waited for)."""
+async def due_projects(conn: DbConnection, now: datetime, limit: int) -> list[int]:
+    """The projects of the first `limit` held reservations whose expiry has passed, in the
+    order `expire_due` takes them (nothing locked): ascending."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT project_id FROM (
+            SELECT project_id FROM budget_reservations
+            WHERE state = 'held' AND expires_at <= $1
+            ORDER BY project_id, id LIMIT $2
+        ) AS due ORDER BY project_id
+        """,
+        now,
+        limit,
+    )
+    return [r["project_id"] for r in rows]
+
+
+async def expire_due(
+    conn: DbConnection, now: datetime, limit: int, projects: Sequence[int]
+) -> list[Held]:
+    """Mark up to `limit` held reservations of `projects` whose expiry has passed `expired`
+    (those another transaction is settling or releasing are skipped, not waited for)."""
     rows = await conn.fetch(
         f"""
         WITH due AS (
             SELECT project_id, id FROM budget_reservations
-            WHERE state = 'held' AND expires_at <= $1
+            WHERE state = 'held' AND expires_at <= $1 AND project_id = ANY($3::bigint[])
             ORDER BY project_id, id LIMIT $2 FOR UPDATE SKIP LOCKED
         )
         UPDATE budget_reservations AS r SET state = 'expired', ended_at = now()
@@ -373,6 +392,7 @@ async def expire_due(conn: DbConnection, now: datetime, limit: int) -> list[Held
         """,  # noqa: S608  (a constant list of columns)
         now,
         limit,
+        list(projects),
     )
     return [_held(r) for r in rows]
 
