@@ -35,9 +35,9 @@ one transaction:
 
 A crash leaves each batch applied or not, never a part, and the cursor says which; running the
 run again resumes after it (an adjustment is unique per run and event besides). A batch that
-the database rolls back to break a deadlock (a rebuild of a project's rollups takes its rollup
-lock, then its row; a change of its time zone queued on the row between the two closes the
-circle with a batch) is done again, as the rebuild and the change try again: the run goes on.
+the database rolls back to break a deadlock (with the locks taken in one order by the batch, a
+rebuild and a change of the time zone, none is known to form; a correction holding an event
+and asking for the rollup lock would) is done again: the run goes on.
 A dry run does 3 and 5 only: nothing but the run is written.
 
 One process works on a run at a time: an advisory lock per run, held on its own connection
@@ -271,13 +271,15 @@ async def _batch(
     budgets: dict[int, tuple[str, list[BudgetScope]]] = {}
     if not run["dry_run"]:
         projects = [r["project_id"] for r in rows]
-        # each project's rollup lock, shared, as a correction beside folds takes it (a rebuild
-        # of its rollups, which holds it exclusively, never overwrites the correction); then
-        # its gate and row, as ingest takes them (no budget appears or goes meanwhile). The
-        # rollup lock first: waiting for a rebuild, a reprice holds no gate that a change of
-        # the project, waiting for the rebuild's row lock, would wait for in turn
+        # every project's rollup lock, shared, as a correction beside folds takes it (a
+        # rebuild of its rollups, which holds it exclusively, never overwrites the correction);
+        # then their gates and rows, as ingest takes them (no budget appears or goes
+        # meanwhile). All the rollup locks first: waiting for a rebuild of one project, a batch
+        # holds no gate of another, which a change of that project would close behind it,
+        # holding that project's usage behind the rebuild
         for project in sorted(set(projects)):
             await rollup_store.lock_project(conn, project, shared=True)
+        for project in sorted(set(projects)):
             await budget_store.pass_gate(conn, project)
             budgets[project] = await budget_store.budgets_for_ingest(conn, project)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])

@@ -450,7 +450,7 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
             # the gates of the projects it is about to release in, first and in order, as every
             # writer of budgets' windows passes them: a budget's deletion is waited for, or
             # waits for this (never the two at once)
-            projects = await store.due_projects(conn, at, SWEEP_BATCH)
+            projects, due = await store.due_projects(conn, at, SWEEP_BATCH)
             for project_id in projects:
                 await budget_store.pass_gate(conn, project_id)
             ended = await store.expire_due(conn, at, SWEEP_BATCH, projects)
@@ -460,7 +460,10 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
             for project_id in sorted(by_project):  # one lock order: project, budget, ...
                 await store.change_stripes(conn, project_id, _releases(by_project[project_id]))
         released += len(ended)
-        if len(ended) < SWEEP_BATCH:
+        # the batch read was the last, or none of it could be ended now (each is being
+        # released or settled: the next sweep sees them); a batch shorter than it was read
+        # (some skipped) does not mean that no other project has due reservations
+        if due < SWEEP_BATCH or not ended:
             return released
 
 

@@ -357,21 +357,22 @@ async def end_reservations(
     return [_held(r) for r in rows]
 
 
-async def due_projects(conn: DbConnection, now: datetime, limit: int) -> list[int]:
+async def due_projects(conn: DbConnection, now: datetime, limit: int) -> tuple[list[int], int]:
     """The projects of the first `limit` held reservations whose expiry has passed, in the
-    order `expire_due` takes them (nothing locked): ascending."""
+    order `expire_due` takes them (ascending), and how many such reservations there were (at
+    most `limit`); nothing locked."""
     rows = await conn.fetch(
         """
-        SELECT DISTINCT project_id FROM (
+        SELECT project_id, count(*) AS due FROM (
             SELECT project_id FROM budget_reservations
             WHERE state = 'held' AND expires_at <= $1
             ORDER BY project_id, id LIMIT $2
-        ) AS due ORDER BY project_id
+        ) AS due GROUP BY project_id ORDER BY project_id
         """,
         now,
         limit,
     )
-    return [r["project_id"] for r in rows]
+    return [r["project_id"] for r in rows], sum(r["due"] for r in rows)
 
 
 async def expire_due(
