@@ -23,6 +23,7 @@ from aiserver.ledger.repricing.runs import RepriceRequest, request_reprice
 from aiserver.ledger.spend.store import rollups as rollup_store
 
 from ..support.waits import WAIT_S
+from .test_reprice_review2_races import _waiters
 from .test_repricing import CALLS, OPERATOR, RECORDED_WITH, TODAY, Ledger, ledger, raw, record
 from .test_reservations import NOW, _project, budget
 from .test_reservations import pool as pool  # the fixture
@@ -36,17 +37,6 @@ async def access(pool: asyncpg.Pool) -> Access:
 
 
 QUICK_S = 3.0
-
-_LOCK_WAITERS = (
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
-
-
-async def _waiters(pool: asyncpg.Pool, count: int) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while await pool.fetchval(_LOCK_WAITERS) < count:
-            await asyncio.sleep(0.01)
 
 
 async def test_the_sweep_releases_every_due_reservation_while_one_is_being_released(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import os
 import secrets
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import uvicorn
 
@@ -169,6 +170,17 @@ def _cannot_listen(host: str, port: int) -> str | None:
     return None
 
 
+def _http_protocol() -> type[asyncio.Protocol] | Literal["h11"]:
+    """`aiserver.api.server.BoundedHeadProtocol` (httptools, with a bound on a request's head)
+    where httptools is installed, as in the images; else uvicorn's h11 protocol, which bounds
+    an incomplete head on its own."""
+    try:
+        from aiserver.api.server import BoundedHeadProtocol  # httptools, or not
+    except ImportError:
+        return "h11"
+    return BoundedHeadProtocol
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shared = share_session_secret(args.workers, os.environ)
@@ -196,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_config=None,
             access_log=False,  # our middleware logs each request, with its request id
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            http=_http_protocol(),
         )
     finally:
         if metrics_dir is not None:
