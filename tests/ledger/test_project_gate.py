@@ -1,4 +1,4 @@
-"""A project's gate (`budget_store.PROJECT_GATE`): what writes the project's usage or
+"""A project's gate (`project_store.PROJECT_GATE`): what writes the project's usage or
 reservations passes it shared; archiving the project, changing its time zone, creating or
 deleting a budget and changing a budget's levels close it. The point is the order: a change
 waits for the writers already through, and a writer that comes after the change waits for it.

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations as reservations_module
 from aiserver.ledger.budgets import service
@@ -64,7 +65,7 @@ async def test_the_sweep_releases_every_due_reservation_while_one_is_being_relea
         tx = releasing.transaction()
         await tx.start()
         # what `reservations.release` does before its COMMIT
-        await budget_store.pass_gate(releasing, access.project_id)
+        await project_store.pass_gate(releasing, access.project_id)
         ended = await reservation_store.end_reservations(
             releasing, access.project_id, [a1.id], "released"
         )

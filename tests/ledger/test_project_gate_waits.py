@@ -28,6 +28,7 @@ from aiserver.core_db.errors import AiserverError
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import lock_catalog_version
 from aiserver.ledger import projects
+from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets import store as budget_store
@@ -253,7 +254,7 @@ async def test_a_release_meeting_a_budgets_deletion_releases(
     async with pool.acquire() as deleting:
         tx = deleting.transaction()
         await tx.start()
-        await budget_store.lock_project(deleting, access.project_id)
+        await project_store.lock_project(deleting, access.project_id)
         assert await budget_store.delete_budget(deleting, access.project_id, budget_id)
         if way == "release":
             releasing = asyncio.create_task(release(pool, access, str(made.id)))

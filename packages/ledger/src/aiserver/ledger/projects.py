@@ -209,7 +209,7 @@ async def _change_once(
     Locks, in one order: the project's rollup lock when the time zone is given (exclusive,
     holding off its folds and reprices while its daily rollups are summed again; a rebuild of
     its rollups and a reprice take it first too), its row (FOR NO KEY UPDATE, as the UPDATE
-    would: usage flows on), then its gate (`budget_store.PROJECT_GATE`). The gate is closed to
+    would: usage flows on), then its gate (`store.PROJECT_GATE`). The gate is closed to
     archive or restore the project (the ingests and reservations already through it commit
     first; those after it read the project archived), and, with the row then taken FOR UPDATE,
     to change its time zone when it has budgets, so that no usage is written to their windows
@@ -224,15 +224,15 @@ async def _change_once(
         if time_zone is not None or archived is not None:
             # then the row: another change of it, and creating or deleting a budget, wait from
             # here on, so the zone and budgets read next stay as they are until the COMMIT
-            await budget_store.hold_project(conn, project.id)
+            await store.hold_project(conn, project.id)
             project = await find_project(conn, access, slug)  # as a change just committed left it
         zone_changed = time_zone is not None and time_zone != project.time_zone
         if zone_changed:
             budgets = await budget_store.read_budgets(conn, project.id)
         if budgets:  # ingest, reservations and reprices wait from here on
-            await budget_store.lock_project(conn, project.id)
+            await store.lock_project(conn, project.id)
         elif archived is not None:
-            await budget_store.close_gate(conn, project.id)
+            await store.close_gate(conn, project.id)
         if zone_changed:
             await _refuse_held(conn, project, budgets)
         changed = await store.update_project(

@@ -1,4 +1,6 @@
-"""All SQL on `projects` and `api_keys`.
+"""All SQL on `projects` and `api_keys`, and the project's own locks: its row's (`hold_project`,
+`lock_project`) and its gate (`PROJECT_GATE`), which whatever writes the project's usage,
+reservations or budget windows passes first.
 
 Every function takes a connection (of the pool or its own) and runs in the caller's transaction.
 """
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.ledger.keys import Scope
 
 if TYPE_CHECKING:
@@ -285,3 +288,55 @@ async def listening(conn: DbConnection, channel: str, *, timeout: float) -> bool
         "SELECT $1 = ANY(ARRAY(SELECT pg_listening_channels()))", channel, timeout=timeout
     )
     return found
+
+
+#: The first key of a project's gate (the second is its id, `% 2**31`): a transaction advisory
+#: lock that what writes the project's usage, reservations or budget windows takes shared, first
+#: (ingest, reservations, releases, the sweep, reprices), and what changes the project under them
+#: takes exclusive (archiving, a time zone change, creating or deleting a budget, changing a
+#: budget's levels), after taking the project's row FOR NO KEY UPDATE, which writers do not
+#: wait for (`lock_project`). Row locks do not queue: each new FOR KEY SHARE of the row passed
+#: ahead of a waiting FOR UPDATE, which on a busy project waited on and on; heavyweight locks
+#: are granted in order, so a change waits for the writers already through, and the writers
+#: after it wait for it.
+PROJECT_GATE: Final = advisory_lock_key("ledger:project-gate") >> 32
+
+
+async def pass_gate(conn: DbConnection, project_id: int) -> None:
+    """Take the project's gate shared until the transaction ends (see `PROJECT_GATE`)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, ($2::bigint % 2147483648)::integer)",
+        PROJECT_GATE, project_id,
+    )  # fmt: skip
+
+
+async def close_gate(conn: DbConnection, project_id: int) -> None:
+    """Take the project's gate exclusive until the transaction ends (see `PROJECT_GATE`): the
+    writers of its usage already through are waited for, and those after wait for this. Only
+    with the project's row held (`hold_project`): closed while waiting for the row, the gate
+    would hold every writer of the project behind what holds the row."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483648)::integer)",
+        PROJECT_GATE, project_id,
+    )  # fmt: skip
+
+
+async def lock_project(conn: DbConnection, project_id: int) -> None:
+    """Hold the project (`hold_project`), close its gate (`close_gate`), then take its row FOR
+    UPDATE, until the transaction ends: no usage or reservation of the project is written
+    meanwhile (they pass the gate shared and take the row FOR KEY SHARE), and no other budget
+    of it is created or deleted. The row comes first, in a mode the writers do not wait for:
+    what holds it a long while (a rebuild of the project's rollups, FOR SHARE) is waited for
+    before the gate is closed, so that the writers are not held behind it; once the gate is
+    closed no writer of this release holds the row, and FOR UPDATE waits only for those of the
+    release before (during an upgrade) and for the foreign keys' brief FOR KEY SHARE."""
+    await hold_project(conn, project_id)
+    await close_gate(conn, project_id)
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+
+
+async def hold_project(conn: DbConnection, project_id: int) -> None:
+    """Take the project's row FOR NO KEY UPDATE (what its UPDATE takes), until the transaction
+    ends: no budget of it is created or deleted meanwhile, while usage is still written (ingest
+    and a reprice take the row FOR KEY SHARE, which does not wait for this lock)."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE", project_id)

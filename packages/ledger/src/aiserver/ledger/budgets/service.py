@@ -19,6 +19,7 @@ import msgspec
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
+from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules, store
 from aiserver.ledger.budgets.commits import Crossing, threshold_level
@@ -231,7 +232,7 @@ async def create_budget(
         raise InvalidField("webhook_secret needs a webhook_url", ["webhook_secret"])
     async with pool.acquire() as conn, conn.transaction():
         # one writer per project at a time, so two creations cannot both pass the limit
-        await store.lock_project(conn, project_id)
+        await project_store.lock_project(conn, project_id)
         if await store.count_budgets(conn, project_id) >= rules.MAX_BUDGETS:
             raise InvalidField(
                 f"a project has at most {rules.MAX_BUDGETS} budgets; delete one first", ["name"]
@@ -345,7 +346,7 @@ async def change_budget(
             # No usage of the project is written meanwhile (ingest takes its row FOR KEY
             # SHARE, and reads the budgets after): an ingest either finished with the old
             # levels before this reads the window, or starts with the new ones after.
-            await store.lock_project(conn, project_id)
+            await project_store.lock_project(conn, project_id)
         if "webhook_url" in columns:
             old = await store.lock_webhook(conn, project_id, budget_id)
             at = now or datetime.now(UTC)
@@ -402,7 +403,7 @@ async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> N
     check_budget_id(budget_id)
     async with pool.acquire() as conn, conn.transaction():
         # not while usage is being written: an ingest that counted it would find it gone
-        await store.lock_project(conn, project_id)
+        await project_store.lock_project(conn, project_id)
         if not await store.delete_budget(conn, project_id, budget_id):
             raise UnknownBudget(f"no budget {budget_id}")
 

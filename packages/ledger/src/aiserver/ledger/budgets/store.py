@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
-from aiserver.core_db.lock_keys import advisory_lock_key
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 from aiserver.ledger.budgets.commits import BudgetScope, Crossing, WindowSum
 from aiserver.ledger.budgets.periods import window_of
+from aiserver.ledger.store import PROJECT_GATE
 from aiserver.ledger.webhooks.sealing import Sealed
 
 if TYPE_CHECKING:
@@ -338,37 +338,6 @@ async def budgets_for_ingest(conn: DbConnection, project_id: int) -> tuple[str, 
     return _scopes(project_id, rows)
 
 
-#: The first key of a project's gate (the second is its id, `% 2**31`): a transaction advisory
-#: lock that what writes the project's usage, reservations or budget windows takes shared, first
-#: (ingest, reservations, releases, the sweep, reprices), and what changes the project under them
-#: takes exclusive (archiving, a time zone change, creating or deleting a budget, changing a
-#: budget's levels), after taking the project's row FOR NO KEY UPDATE, which writers do not
-#: wait for (`lock_project`). Row locks do not queue: each new FOR KEY SHARE of the row passed
-#: ahead of a waiting FOR UPDATE, which on a busy project waited on and on; heavyweight locks
-#: are granted in order, so a change waits for the writers already through, and the writers
-#: after it wait for it.
-PROJECT_GATE: Final = advisory_lock_key("ledger:project-gate") >> 32
-
-
-async def pass_gate(conn: DbConnection, project_id: int) -> None:
-    """Take the project's gate shared until the transaction ends (see `PROJECT_GATE`)."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock_shared($1, ($2::bigint % 2147483648)::integer)",
-        PROJECT_GATE, project_id,
-    )  # fmt: skip
-
-
-async def close_gate(conn: DbConnection, project_id: int) -> None:
-    """Take the project's gate exclusive until the transaction ends (see `PROJECT_GATE`): the
-    writers of its usage already through are waited for, and those after wait for this. Only
-    with the project's row held (`hold_project`): closed while waiting for the row, the gate
-    would hold every writer of the project behind what holds the row."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483648)::integer)",
-        PROJECT_GATE, project_id,
-    )  # fmt: skip
-
-
 class IngestStart(NamedTuple):
     catalog_version: int
     zone: str
@@ -570,27 +539,6 @@ async def fill_window(
             return filled
         zone = zone or await project_time_zone(conn, budget.project_id)
         start, end = window_of(budget.period, zone, later)  # type: ignore[arg-type]
-
-
-async def lock_project(conn: DbConnection, project_id: int) -> None:
-    """Hold the project (`hold_project`), close its gate (`close_gate`), then take its row FOR
-    UPDATE, until the transaction ends: no usage or reservation of the project is written
-    meanwhile (they pass the gate shared and take the row FOR KEY SHARE), and no other budget
-    of it is created or deleted. The row comes first, in a mode the writers do not wait for:
-    what holds it a long while (a rebuild of the project's rollups, FOR SHARE) is waited for
-    before the gate is closed, so that the writers are not held behind it; once the gate is
-    closed no writer of this release holds the row, and FOR UPDATE waits only for those of the
-    release before (during an upgrade) and for the foreign keys' brief FOR KEY SHARE."""
-    await hold_project(conn, project_id)
-    await close_gate(conn, project_id)
-    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
-
-
-async def hold_project(conn: DbConnection, project_id: int) -> None:
-    """Take the project's row FOR NO KEY UPDATE (what its UPDATE takes), until the transaction
-    ends: no budget of it is created or deleted meanwhile, while usage is still written (ingest
-    and a reprice take the row FOR KEY SHARE, which does not wait for this lock)."""
-    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE", project_id)
 
 
 async def held_reservations(

@@ -62,6 +62,7 @@ from aiserver.core_db.logging import get_logger
 from aiserver.costs.catalog import load_catalog
 from aiserver.costs.pricing.exact import ADD
 from aiserver.costs.store.metadata import hold_catalog_version
+from aiserver.ledger import store as project_store
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, crossings, window_deltas
 from aiserver.ledger.repricing import BATCH_SIZE as BATCH_SIZE  # where it is read from
@@ -280,7 +281,7 @@ async def _batch(
         for project in sorted(set(projects)):
             await rollup_store.lock_project(conn, project, shared=True)
         for project in sorted(set(projects)):
-            await budget_store.pass_gate(conn, project)
+            await project_store.pass_gate(conn, project)
             budgets[project] = await budget_store.budgets_for_ingest(conn, project)
         pending = await store.lock_outbox(conn, projects, [r["id"] for r in rows])
         rows = await store.lock_events(

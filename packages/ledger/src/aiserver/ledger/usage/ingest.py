@@ -24,8 +24,8 @@ came alone: `duplicate` when its payload is the recorded one, `conflict` when no
 The same transaction adds each recorded event to the windows of the project's budgets that it
 matches (`aiserver.ledger.budgets.commits`): a budget's window always equals what its committed
 events cost. It starts by passing the project's gate shared and taking its row FOR KEY SHARE
-(`budget_store.PROJECT_GATE`), so that no budget of the project is created or deleted, and the
-project is not archived, while usage is being written. A recorded event that names a
+(`aiserver.ledger.store.PROJECT_GATE`), so that no budget of the project is created or deleted,
+and the project is not archived, while usage is being written. A recorded event that names a
 reservation settles it there, once (`aiserver.ledger.budgets.reservations.settle`); its result
 says `"reservation": "settled"`, or `"not_held"` when the reservation was unknown, another
 project's, or had ended: the event is recorded all the same (usage is never lost).

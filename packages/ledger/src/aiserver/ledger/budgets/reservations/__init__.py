@@ -47,9 +47,9 @@ from uuid import UUID
 
 from aiserver.costs.money import money
 from aiserver.costs.pricing.exact import ADD, MULTIPLY, SUBTRACT
+from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import rules
-from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import BudgetScope, Spend, WindowSum, matches
 from aiserver.ledger.budgets.periods import current_starts, window_of
 from aiserver.ledger.budgets.reservations import batches, store
@@ -425,7 +425,7 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
             async with conn.transaction():
                 # the project's gate first, as every writer of its budgets' windows: a budget's
                 # deletion is waited for, or waits for this (never the two at once)
-                await budget_store.pass_gate(conn, project_id)
+                await project_store.pass_gate(conn, project_id)
                 ended = await store.end_reservations(conn, project_id, [parsed], "released")
                 if ended:
                     await store.change_stripes(conn, project_id, _releases(ended))
@@ -452,7 +452,7 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
             # waits for this (never the two at once)
             projects, due = await store.due_projects(conn, at, SWEEP_BATCH)
             for project_id in projects:
-                await budget_store.pass_gate(conn, project_id)
+                await project_store.pass_gate(conn, project_id)
             ended = await store.expire_due(conn, at, SWEEP_BATCH, projects)
             by_project: dict[int, list[Held]] = defaultdict(list)
             for held in ended:

@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from aiserver.ledger.budgets import store as budget_store
+from aiserver.ledger import store as project_store
 from aiserver.ledger.budgets.commits import BudgetScope
 from aiserver.ledger.errors import ProjectArchived
 
@@ -66,7 +66,7 @@ async def hard_budgets(conn: DbConnection, project_id: int) -> tuple[str, list[H
     deletion, and an archiving: the budgets are read by a statement of their own, after the
     lock (read in the locking statement, they would be those of its snapshot, taken before the
     wait)."""
-    await budget_store.pass_gate(conn, project_id)
+    await project_store.pass_gate(conn, project_id)
     row = await conn.fetchrow(
         "SELECT time_zone, archived_at IS NOT NULL AS archived FROM projects WHERE id = $1"
         " FOR KEY SHARE",
@@ -144,7 +144,7 @@ async def reserve_many(
         rows = await conn.fetch(
             "SELECT * FROM ledger_reserve_many_v2($1, $2, $3, $4, $5, $6, $7::jsonb[],"
             " $8::jsonb[], $9, $10::uuid[])",
-            budget_store.PROJECT_GATE, project_id, zone, list(starts), stripes,
+            project_store.PROJECT_GATE, project_id, zone, list(starts), stripes,
             [c.amount for c in calls],
             [_JSON_OUT.encode(c.tags).decode() for c in calls],
             [_JSON_OUT.encode(list(c.models)).decode() for c in calls],
