@@ -102,3 +102,55 @@ async def test_a_100_mb_header_line_does_not_grow_the_api(served: Served) -> Non
     grown_mb = (_rss_kb(served) - before) / 1024
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:300]
     assert grown_mb < 16, f"the API grew by {grown_mb:.0f} MB"
+
+
+async def _send_whole(served: Served, data: bytes) -> bytes:
+    """`data` written at once (on loopback the server reads it in one chunk of up to 256 KiB),
+    then what the server answered until it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.api.port)
+    answer = b""
+    try:
+        writer.write(data)
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            answer = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+    return answer
+
+
+def _get(header_bytes: int, *, close: bool) -> bytes:
+    last = b"Connection: close\r\n" if close else b""
+    return (
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"v" * header_bytes + b"\r\n"
+        + last + b"\r\n"
+    )  # fmt: skip
+
+
+async def test_a_head_past_the_bound_that_arrives_whole_is_refused_too(served: Served) -> None:
+    """A head of 100 KiB in one write reached the app: the chunk count saw it only as an
+    incomplete head, and this one was complete in the first read. Its parsed URL and headers
+    are counted now; the answer is the 431 alone (no 400 after it)."""
+    before = _refusals(served)
+    answer = await _send_whole(served, _get(100 * 1024, close=True))
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+
+    async def logged() -> bool:
+        return _refusals(served) == before + 1
+
+    await eventually(logged, timeout=WAIT_S)
+
+
+async def test_a_head_past_the_bound_behind_a_served_request_is_refused(served: Served) -> None:
+    """Two requests in one write: the first, small, is served; the second's head (100 KiB)
+    starts in the chunk where the first ended, which the chunk count does not count."""
+    answer = await _send_whole(served, _get(10, close=False) + _get(100 * 1024, close=True))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 2, answer[:600]
+    assert b"HTTP/1.1 431 " in answer, answer[:600]
+
+
+async def test_a_head_just_within_the_bound_that_arrives_whole_is_served(served: Served) -> None:
+    answer = await _send_whole(served, _get(MAX_HEAD_BYTES - 1024, close=True))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
