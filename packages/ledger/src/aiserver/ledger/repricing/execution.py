@@ -37,7 +37,11 @@ A crash leaves each batch applied or not, never a part, and the cursor says whic
 run again resumes after it (an adjustment is unique per run and event besides). A batch that
 the database rolls back to break a deadlock (with the locks taken in one order by the batch, a
 rebuild and a change of the time zone, none is known to form; a correction holding an event
-and asking for the rollup lock would) is done again: the run goes on.
+and asking for the rollup lock would) is done again: the run goes on. So is a batch that
+finds fewer of its events to update than it locked: retention began to detach their month
+meanwhile (a statement after DETACH ... CONCURRENTLY's first commit no longer sees it), and
+their corrections, already added to the rollups, must not stay when the events keep their old
+pricing (`EventsGone`); done again, the batch no longer sees them.
 A dry run does 3 and 5 only: nothing but the run is written.
 
 One process works on a run at a time: an advisory lock per run, held on its own connection
@@ -109,6 +113,18 @@ class CatalogChanged(Exception):
     def __init__(self, version: int) -> None:
         super().__init__(f"the catalog is at version {version} now")
         self.version = version
+
+
+class EventsGone(Exception):
+    """Some of the batch's events, locked by it, were not there to update: retention began to
+    detach their month (DETACH ... CONCURRENTLY) meanwhile, and each statement after that
+    no longer sees it. The batch rolls back (its corrections to the rollups with it) and is done
+    again without them: a month whose events went keeps in its rollups what they were billed
+    at; one that a raised retention keeps after all is then repriced by a later run, once."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(f"{missing} of the batch's events are gone (their month detached)")
+        self.missing = missing
 
 
 class Outcome(enum.StrEnum):
@@ -218,15 +234,16 @@ async def _run(
                     raise
                 rekey = rekeying.projects
                 continue
-            except asyncpg.TransactionRollbackError as exc:
+            except (asyncpg.TransactionRollbackError, EventsGone) as exc:
                 # a deadlock broken by rolling the batch back (a rebuild of the rollups and a
                 # change of the time zone waiting for it and for each other), or a
-                # serialization failure: the batch left nothing, and is done again
+                # serialization failure; or some of its events gone, their month detached by
+                # retention: the batch left nothing, and is done again
                 rollbacks += 1
                 if rollbacks > _ROLLBACKS:
                     raise
-                log.warning("reprice batch rolled back by the database; doing it again",
-                            run_id=run_id, error=type(exc).__name__)  # fmt: skip
+                log.warning("reprice batch rolled back; doing it again", run_id=run_id,
+                            error=type(exc).__name__, detail=str(exc))  # fmt: skip
                 continue
             rebuilds = rollbacks = 0
             result = trial
@@ -322,7 +339,9 @@ async def _batch(
                 conn, [r["project_id"] for r in unfolded], [r["id"] for r in unfolded]
             )
         await _move_budget_costs(conn, budgets, moved)
-        await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
+        updated = await store.update_events(conn, [rv.repriced(r, v) for r, v in moved])
+        if updated != len(moved):  # their corrections must not stay: the batch rolls back
+            raise EventsGone(len(moved) - updated)
         await store.insert_adjustments(conn, run["id"], [rv.adjustment(r, v) for r, v in moved])
     progress = Progress(
         after=Position(last["project_id"], last["occurred_at"], last["id"]),

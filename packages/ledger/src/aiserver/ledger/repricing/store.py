@@ -339,13 +339,16 @@ class Repriced:
     override_id: int | None
 
 
-async def update_events(conn: DbConnection, changes: Sequence[Repriced]) -> None:
+async def update_events(conn: DbConnection, changes: Sequence[Repriced]) -> int:
+    """Write the events' new pricing; how many rows were updated (fewer than `changes` when
+    some were no longer found: their month being detached by retention since they were
+    locked)."""
     columns = list(zip(*((
         c.project_id, c.occurred_at, c.event_id, c.matched_model, c.matched_provider, c.status,
         c.total_cost, c.components_json, c.unpriced_json, c.note, c.suggestions_json,
         c.price_version, c.catalog_version, c.override_id,
     ) for c in changes), strict=True))  # fmt: skip
-    await conn.execute(
+    status = await conn.execute(
         """
         UPDATE usage_events AS e
         SET matched_model = u.matched_model, matched_provider = u.matched_provider,
@@ -367,6 +370,7 @@ async def update_events(conn: DbConnection, changes: Sequence[Repriced]) -> None
         """,
         *columns,
     )
+    return int(status.rsplit(" ", 1)[1])
 
 
 @dataclass(frozen=True, slots=True)
