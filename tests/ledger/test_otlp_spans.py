@@ -730,3 +730,39 @@ def test_a_span_s_end_is_rounded_to_the_microsecond_as_a_json_time_is() -> None:
     assert ends == [late, december, december]
     as_json = msgspec.json.decode(b'"2026-11-30T23:59:59.9999995Z"', type=datetime)
     assert as_json == december
+
+
+@pytest.mark.parametrize("first", [AnyValue(), AnyValue(string_value="")], ids=["unset", "empty"])
+def test_an_attribute_given_twice_is_unusable_also_when_its_first_value_is_empty(
+    first: AnyValue,
+) -> None:
+    """A count or a model given twice with different values is unusable, also when the first
+    of them is empty: read as absent, it let the second go unread, so the span was recorded
+    without its input count, or ignored (`no_usage`, `no_model`), never rejected."""
+    model = ("gen_ai.request.model", AnyValue(string_value="gpt-4o"))
+    given = [
+        # the input count twice, beside an output count: recorded with no input before
+        [model, ("gen_ai.usage.output_tokens", AnyValue(int_value=5)),
+         ("gen_ai.usage.input_tokens", first),
+         ("gen_ai.usage.input_tokens", AnyValue(int_value=5000))],
+        # the only total, twice
+        [model, ("gen_ai.usage.input_tokens", first),
+         ("gen_ai.usage.input_tokens", AnyValue(int_value=5000))],
+        # the only model, twice
+        [("gen_ai.usage.input_tokens", AnyValue(int_value=10)),
+         ("gen_ai.request.model", first), model],
+    ]  # fmt: skip
+    message, _ = message_of(Trace([SpanSpec({}, END)] * len(given)))
+    spans = message.resource_spans[0].scope_spans[0].spans
+    for span, pairs in zip(spans, given, strict=True):
+        del span.attributes[:]
+        span.attributes.extend(KeyValue(key=key, value=value) for key, value in pairs)
+    reading = read_spans(message)
+    assert dict(reading.ignored) == {}
+    assert all(isinstance(item, InvalidEvent) for item in reading.items), reading.items
+    why = "is given twice with different values"
+    assert [(item.fields, str(item)) for item in reading.items] == [  # type: ignore[union-attr]
+        (["gen_ai.usage.input_tokens"], f"gen_ai.usage.input_tokens {why}"),
+        (["gen_ai.usage.input_tokens"], f"gen_ai.usage.input_tokens {why}"),
+        (["gen_ai.request.model"], f"gen_ai.request.model {why}"),
+    ]

@@ -166,7 +166,7 @@ def read_spans(
             openlit = scope.startswith("openlit") or sdk == "openlit"
             for span in scope_spans.spans:
                 attributes = _attributes(span.attributes, wanted)
-                why = _ignored(attributes.values)
+                why = _ignored(attributes)
                 if why is not None:
                     reading.ignored[why] += 1
                     continue
@@ -213,12 +213,15 @@ def _attributes(pairs: Iterable[KeyValue], wanted: set[str]) -> _Attributes:
     return _Attributes(found, twice)
 
 
-def _ignored(attributes: Mapping[str, AnyValue]) -> IgnoredReason | None:
-    if not any(_given(attributes.get(key)) for key in TOTALS):
+def _ignored(attributes: _Attributes) -> IgnoredReason | None:
+    """Why the span is no model call; None when it is one. An attribute given twice with
+    different values is given, whatever the first of its values (it is unusable, not absent)."""
+    values, twice = attributes.values, attributes.twice
+    if not any(key in twice or _given(values.get(key)) for key in TOTALS):
         return "no_usage"
-    if _text(attributes.get(OPERATION)) in AGGREGATES:
+    if _text(values.get(OPERATION)) in AGGREGATES:
         return "aggregate"
-    if not any(_stated(attributes.get(key)) for key in MODEL_ATTRIBUTES):
+    if not any(key in twice or _stated(values.get(key)) for key in MODEL_ATTRIBUTES):
         return "no_model"
     return None
 
@@ -335,10 +338,10 @@ def _provider(attributes: _Attributes, notes: list[str]) -> str | None:
 
 def _first_count(attributes: _Attributes, keys: tuple[str, ...]) -> int | None:
     for key in keys:
+        if key in attributes.twice:  # whatever its first value: an empty one is not absent
+            raise InvalidEvent(f"{key} {_TWICE}", [key])
         value = attributes.values.get(key)
         if _given(value):
-            if key in attributes.twice:
-                raise InvalidEvent(f"{key} {_TWICE}", [key])
             return _count(key, value)  # type: ignore[arg-type]  # _given: not None
     return None
 
