@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from structlog.testing import capture_logs
 
@@ -160,3 +161,32 @@ async def test_a_response_model_that_is_no_string_gives_way_to_the_request_model
         (f"otel-{TRACE}-00000000000000b1", "gpt-test-001", Decimal("0.004")),
         (f"otel-{TRACE}-00000000000000b2", "gpt-test-001", Decimal("0.004")),
     ]
+
+
+async def test_more_model_call_spans_than_allowed_are_refused_without_reading_the_rest(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 413 once the request holds more model calls than allowed (100,000; 10 here): the
+    spans after are not read, as they were (a 64 MiB body of some 600,000 calls kept the event
+    loop reading for half a minute, to be refused). Other spans do not count."""
+    from aiserver.ledger.otlp import export, spans
+
+    monkeypatch.setattr(export, "MAX_NDJSON_EVENTS", 10)
+    read: list[int] = []
+    event_of = spans._event
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        read.append(1)
+        return event_of(*args, **kwargs)
+
+    monkeypatch.setattr(spans, "_event", counted)
+    http = {**chat("0000000000000fff"), "attributes": []}  # no usage: ignored
+    calls = [chat(f"{n + 1:016x}") for n in range(1000)]
+    within = await post_json(client, tenants.ingest_a["key"], request(*calls[:10], http, http))
+    assert within.status_code == 200, within.text
+    read.clear()
+    response = await post_json(client, tenants.ingest_a["key"], request(*calls))
+    assert response.status_code == 413, response.text
+    assert len(read) == 10  # the eleventh is refused before it is read
+    assert "more than 10 model-call spans in one request" in response.json()["message"]
+    assert len(await stored(pg)) == 10  # those of the first request only

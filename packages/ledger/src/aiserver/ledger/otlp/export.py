@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final
 import asyncpg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from aiserver.ledger.errors import TooManyEvents
 from aiserver.ledger.otlp.spans import SpanReading, read_spans
 from aiserver.ledger.usage.bodies import MAX_NDJSON_EVENTS
 from aiserver.ledger.usage.ingest import IngestReport, UsageRecorder
@@ -59,14 +58,9 @@ async def export_traces(
     why_no_catalog: str = "",
     catch_up: Callable[[asyncpg.Pool, int], Awaitable[Catalog]] | None = None,
 ) -> TraceExport:
-    reading = read_spans(message, tag_attributes)
+    reading = read_spans(message, tag_attributes, most=MAX_NDJSON_EVENTS)
     if not reading.items:
         return TraceExport(reading, None, 0, "")
-    if len(reading.items) > MAX_NDJSON_EVENTS:
-        raise TooManyEvents(
-            f"{len(reading.items)} model-call spans in one request; at most "
-            f"{MAX_NDJSON_EVENTS}: export smaller batches"
-        )
     report = await recorder.record(
         pool, project_id, reading.items, catalog=catalog, why_no_catalog=why_no_catalog,
         catch_up=catch_up,

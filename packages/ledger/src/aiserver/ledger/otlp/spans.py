@@ -42,7 +42,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from aiserver.core_db.errors import AiserverError, validation_field
 from aiserver.costs.pricing.usage import MAX_QUANTITY
-from aiserver.ledger.errors import InvalidEvent
+from aiserver.ledger.errors import InvalidEvent, TooManyEvents
 from aiserver.ledger.text import has_control
 from aiserver.ledger.usage.events import MAX_TAG_VALUE, MAX_TAGS, ModelName, UsageEventIn
 
@@ -152,9 +152,14 @@ class SpanReading:
 
 
 def read_spans(
-    request: ExportTraceServiceRequest, tag_attributes: tuple[tuple[str, str], ...] = ()
+    request: ExportTraceServiceRequest,
+    tag_attributes: tuple[tuple[str, str], ...] = (),
+    *,
+    most: int | None = None,
 ) -> SpanReading:
-    """The request's spans as usage events. `tag_attributes`: (attribute, tag) pairs."""
+    """The request's spans as usage events. `tag_attributes`: (attribute, tag) pairs.
+    `TooManyEvents` (413) as soon as there are more than `most` model calls: the spans after
+    are not read (a 64 MiB body holds some 600,000 of them, read in half a minute)."""
     reading = SpanReading()
     wanted = {attribute for attribute, _ in tag_attributes}
     for resource_spans in request.resource_spans:
@@ -170,6 +175,10 @@ def read_spans(
                 if why is not None:
                     reading.ignored[why] += 1
                     continue
+                if most is not None and len(reading.items) == most:
+                    raise TooManyEvents(
+                        f"more than {most} model-call spans in one request: export smaller batches"
+                    )
                 name = f"span {span.span_id.hex()} of trace {span.trace_id.hex()}"
                 notes = [service_note] if service_note else []
                 try:
