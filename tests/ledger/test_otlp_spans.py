@@ -766,3 +766,29 @@ def test_an_attribute_given_twice_is_unusable_also_when_its_first_value_is_empty
         (["gen_ai.usage.input_tokens"], f"gen_ai.usage.input_tokens {why}"),
         (["gen_ai.request.model"], f"gen_ai.request.model {why}"),
     ]
+
+
+def test_an_operation_given_twice_with_different_values_rejects_the_span() -> None:
+    """`chat` then `invoke_agent`: the first was read, and an agent's span, which sums the calls
+    made inside it, was recorded as a call of its own, counting them twice. Which one was meant
+    cannot be told: the span is rejected, named in the answer, never counted silently."""
+    counted = [("gen_ai.request.model", AnyValue(string_value="gpt-4o")),
+               ("gen_ai.usage.input_tokens", AnyValue(int_value=10))]  # fmt: skip
+    operations = [("chat", "invoke_agent"), ("invoke_agent", "chat"), ("chat", "chat")]
+    message, _ = message_of(Trace([SpanSpec({}, END)] * len(operations)))
+    spans = message.resource_spans[0].scope_spans[0].spans
+    for span, names in zip(spans, operations, strict=True):
+        del span.attributes[:]
+        span.attributes.extend(KeyValue(key=key, value=value) for key, value in counted)
+        span.attributes.extend(
+            KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value=name))
+            for name in names
+        )
+    reading = read_spans(message)
+    assert dict(reading.ignored) == {}
+    first, second, same = reading.items
+    for item in (first, second):
+        assert isinstance(item, InvalidEvent), item
+        assert item.fields == ["gen_ai.operation.name"]
+        assert "is given twice with different values" in str(item)
+    assert isinstance(same, UsageEventIn), same  # the same value twice is read

@@ -228,8 +228,8 @@ def _ignored(attributes: _Attributes) -> IgnoredReason | None:
     values, twice = attributes.values, attributes.twice
     if not any(key in twice or _given(values.get(key)) for key in TOTALS):
         return "no_usage"
-    if _text(values.get(OPERATION)) in AGGREGATES:
-        return "aggregate"
+    if OPERATION not in twice and _text(values.get(OPERATION)) in AGGREGATES:
+        return "aggregate"  # given twice, which it is cannot be told: `_event` rejects it
     if not any(key in twice or _stated(values.get(key)) for key in MODEL_ATTRIBUTES):
         return "no_model"
     return None
@@ -260,6 +260,12 @@ def _event(
         raise InvalidEvent("the span's trace id is not 16 bytes, or is all zero", ["trace_id"])
     if len(span_id) != 8 or not any(span_id):
         raise InvalidEvent("the span's id is not 8 bytes, or is all zero", ["span_id"])
+    if OPERATION in attributes.twice:  # read as one call, an agent's sum would count twice
+        raise InvalidEvent(
+            f"{OPERATION} {_TWICE}: whether the span is one model call or sums the calls made "
+            "inside it cannot be told",
+            [OPERATION],
+        )
     model_attribute, model = _model(attributes, notes)
     raw_provider = _provider(attributes, notes)
     provider = PROVIDERS.get(raw_provider.lower()) if raw_provider else None
