@@ -4,13 +4,19 @@ exact Decimal money, and every problem is a typed error."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import threading
+import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler
 from itertools import pairwise
 from typing import Any
 
@@ -329,6 +335,98 @@ def test_an_async_client_serves_one_event_loop_after_another(
     # closed is closed, from the next loop too (it made itself a new connection pool and sent)
     with pytest.raises(RuntimeError, match="the client has been closed"):
         asyncio.run(report(key()))
+
+
+@dataclass
+class CountingFront(ScriptedFront):
+    """A `ScriptedFront` that knows how many connections are open to it."""
+
+    connections: set[tuple[str, int]] = field(default_factory=set)
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        front, base = self, super().handler()
+
+        class Handler(base):  # type: ignore[valid-type,misc]
+            def setup(self) -> None:
+                super().setup()
+                with front._lock:
+                    front.connections.add(self.client_address)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with front._lock:
+                        front.connections.discard(self.client_address)
+
+        return Handler
+
+    def open_in(self, seconds: float) -> int:
+        """The connections open to it once they are none, or once `seconds` have passed."""
+        deadline = time.monotonic() + seconds
+        while self.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.connections)
+
+
+@pytest.fixture
+def counting_front(ledger: Ledger) -> Iterator[CountingFront]:
+    """A `CountingFront` of the API, with the garbage collector off: it would close at any time
+    the sockets that no one closed (what the tests look for)."""
+    front = CountingFront(target=ledger.api.base_url)
+    front.start()
+    gc.disable()
+    try:
+        yield front
+    finally:
+        gc.enable()
+        front.stop()
+
+
+def test_an_async_client_closes_a_loops_connections_as_the_loop_ends(
+    counting_front: CountingFront, tenant: Tenant
+) -> None:
+    # Before, each loop's connection stayed open (here, and a socket of the application) until
+    # the garbage collector found it, with a ResourceWarning; close() from a later loop made a
+    # new connection pool only to close it, and left the others open.
+    client = AsyncClient(counting_front.base_url, tenant.key)
+
+    async def cost() -> Decimal:
+        return (await client.calculate("gpt-4o", GPT_4O)).total
+
+    assert asyncio.run(cost()) == GPT_4O_COST
+    assert counting_front.open_in(2) == 0
+    assert asyncio.run(cost()) == GPT_4O_COST
+    assert counting_front.open_in(2) == 0
+    asyncio.run(client.close())  # from a later loop than the one used
+    assert counting_front.open_in(2) == 0
+    with pytest.raises(RuntimeError, match="the client has been closed"):
+        asyncio.run(cost())
+    assert len(counting_front.seen) == 2
+
+
+def test_an_async_client_closed_from_another_loop_closes_on_the_running_one(
+    counting_front: CountingFront, tenant: Tenant
+) -> None:
+    # Before, close() from a loop of another thread closed the connection of the loop still
+    # running from the wrong thread: it stayed open (with that loop in debug mode, close()
+    # raised "RuntimeError: Non-thread-safe operation invoked on an event loop other than the
+    # current one").
+    client = AsyncClient(counting_front.base_url, tenant.key)
+    loop = asyncio.new_event_loop()
+    runs = threading.Thread(target=loop.run_forever, daemon=True)
+    runs.start()
+    try:
+        made = asyncio.run_coroutine_threadsafe(client.calculate("gpt-4o", GPT_4O), loop)
+        assert made.result(WAIT_S).total == GPT_4O_COST
+        assert len(counting_front.connections) == 1
+
+        asyncio.run(client.close())
+        assert counting_front.open_in(2) == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runs.join(WAIT_S)
+        loop.close()
 
 
 def test_spend_sums_what_was_recorded(ledger: Ledger, tenant: Tenant) -> None:

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import (
     TYPE_CHECKING,
@@ -130,6 +130,18 @@ def _merge(reports: Iterable[RecordReport]) -> RecordReport:
         merged.conflict += report.conflict
         merged.invalid += report.invalid
     return merged
+
+
+async def _closed_with_its_loop(http: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Started on an event loop (`asend(None)`), this waits there until the loop shuts its
+    asynchronous generators down, as `asyncio.run()` and `asyncio.Runner` do before they close
+    it: then it closes `http`, whose connections belong to that loop and could not be closed
+    from another one (their sockets stayed open until the garbage collector found them, with a
+    ResourceWarning). `AsyncClient.close()` on that loop closes it at once (`aclose()`)."""
+    try:
+        yield
+    finally:
+        await http.aclose()
 
 
 #: Every client made in this process, for `_renew_locks_after_fork`.
@@ -438,6 +450,7 @@ class AsyncClient(_Common):
         self._timeout = timeout
         self._http = self._new_http()
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the one its connections are of
+        self._ender: Optional[AsyncGenerator[None, None]] = None  # closes them as it ends
         self._closed = False
 
     def _new_http(self) -> httpx.AsyncClient:
@@ -445,26 +458,33 @@ class AsyncClient(_Common):
             base_url=self.base_url, headers=wire.headers(self._api_key), timeout=self._timeout
         )
 
-    def _on_this_loop(self) -> httpx.AsyncClient:
+    async def _on_this_loop(self) -> httpx.AsyncClient:
         """The HTTP client, for the running event loop. Its connections belong to the loop that
         opened them: once that loop is closed (an `asyncio.run()` per command, or per test),
         a call from the next one would fail on them (`RuntimeError: Event loop is closed`), so
-        the next loop gets a client of its own; the old one's connections, unusable, are
-        dropped with it. (Two loops running at once, in two threads, need a client each.)"""
+        the next loop gets a client of its own. Each is closed as its loop ends
+        (`_closed_with_its_loop`): no connection outlives the loop that can close it. (Two
+        loops running at once, in two threads, need a client each.)"""
+        if self._closed:  # in httpx's words, also where its loop's client was closed by it
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            if self._loop is not None and self._loop.is_closed() and not self._closed:
+            before, self._loop = self._loop, loop
+            if before is not None and (before.is_closed() or self._http.is_closed):
                 self._http = self._new_http()
-            self._loop = loop
+                self._ender = None
+            if self._ender is None:
+                self._ender = _closed_with_its_loop(self._http)
+                await self._ender.asend(None)  # runs to its `yield` at once
         return self._http
 
     async def _post(self, path: str, body: bytes) -> httpx.Response:
-        http = self._on_this_loop()
+        http = await self._on_this_loop()
         with wire.exchange():
             return await http.post(path, content=body, headers=wire.JSON_HEADERS)
 
     async def _get(self, path: str, params: httpx.QueryParams) -> httpx.Response:
-        http = self._on_this_loop()
+        http = await self._on_this_loop()
         with wire.exchange():
             return await http.get(path, params=params)
 
@@ -614,11 +634,20 @@ class AsyncClient(_Common):
         return await self.recorder.flush_async(timeout)
 
     async def close(self, timeout: Optional[float] = None) -> None:
-        """As `Client.close`."""
+        """As `Client.close`. The connections are closed on the event loop that opened them:
+        this one, or one still running in another thread (waited for); those of a loop that
+        has ended were closed as it ended."""
         await asyncio.to_thread(self._close_recorder, timeout)
-        http = self._on_this_loop()
-        self._closed = True  # a call after this raises (httpx), from any loop
-        await http.aclose()
+        self._closed = True  # a call after this raises, from any loop
+        ender, loop = self._ender, self._loop
+        if ender is None:  # never used: no connection was opened
+            await self._http.aclose()
+        elif loop is asyncio.get_running_loop():
+            await ender.aclose()
+        elif loop is not None and loop.is_running():  # bounded: that loop may be stopping
+            closing = asyncio.run_coroutine_threadsafe(ender.aclose(), loop)
+            await asyncio.wait_for(asyncio.wrap_future(closing), self._timeout)
+        # else its loop has ended, and closed them (or, stopped and not closed, may run again)
 
     async def __aenter__(self) -> AsyncClient:
         return self
