@@ -264,11 +264,13 @@ class ScriptedFront(_Front):
     """A 127.0.0.1 HTTP front for the API: request n (from 0, any method) is answered as
     `script[n]` says, and the requests after the script as `rest` says (None, in either:
     forwarded to `target`, and answered as the API answers). `seen` notes each request's method
-    and path, and the status it was answered (0: hung up)."""
+    and path, and the status it was answered (0: hung up). Each request waits `delay` seconds
+    before it is served."""
 
     script: list[Answer | None] = field(default_factory=list)
     rest: Answer | None = None
     seen: list[tuple[str, str, int]] = field(default_factory=list)
+    delay: float = 0.0
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         front = self
@@ -282,6 +284,7 @@ class ScriptedFront(_Front):
 
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                time.sleep(front.delay)
                 with front._lock:
                     n = len(front.seen)
                     front.seen.append((self.command, self.path, 0))

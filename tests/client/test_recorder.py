@@ -28,7 +28,15 @@ from aiserver.client import AsyncClient, Client, Event, Recorder, RecorderSettin
 from aiserver.client.keys import Stamps, new_key
 
 from ..support.ports import free_port
-from .conftest import WAIT_S, Ledger, Tenant, api_events, run_app, stored_keys
+from .conftest import (
+    WAIT_S,
+    Ledger,
+    ScriptedFront,
+    Tenant,
+    api_events,
+    run_app,
+    stored_keys,
+)
 
 USAGE = {"input_tokens": 100, "output_tokens": 10}
 #: Nothing waits for a fuller batch in these tests unless they say so
@@ -524,6 +532,79 @@ def test_record_later_from_a_signal_handler_inside_the_stamps_does_not_wait_on_i
     assert nested == ["in-the-handler"]  # outside the recorder's lock: queued as any other
     assert recorder.close(5)
     assert recorder.stats().sent == 2
+
+
+#: An application whose own close() is interrupted (Ctrl-C's KeyboardInterrupt, here from a
+#: timer) while the recorder delivers three batches through a slow front; it then exits.
+CLOSE_INTERRUPTED = textwrap.dedent(
+    """
+    import signal, sys
+    from aiserver.client import Client, RecorderSettings
+
+    url, key, run = sys.argv[1:]
+    client = Client(url, key, recorder=RecorderSettings(batch_size=10, flush_interval=3600))
+    for i in range(30):
+        client.record_later(id=f"{run}-{i}", model="gpt-4o", usage={"input_tokens": 10 + i})
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        client.close()
+    except KeyboardInterrupt:
+        print("close interrupted, sent:", client.stats().sent, flush=True)
+    """
+)
+
+
+async def test_the_exit_delivers_what_an_interrupted_close_left(
+    ledger: Ledger, tenant: Tenant, tmp_path: Path
+) -> None:
+    # Before, the interrupted close() had said it was waiting for the deliveries, so the exit
+    # did not wait: the daemon thread died with the interpreter, and the batches it had not
+    # sent were lost, neither counted nor logged (none of the 30 had arrived at its end).
+    front = ScriptedFront(target=ledger.api.base_url, delay=0.5)  # 1.5 s for three batches
+    front.start()
+    try:
+        run = run_id()
+        out, err = await run_app(tmp_path, CLOSE_INTERRUPTED, front.base_url, tenant.key, run)
+    finally:
+        front.stop()
+    assert out.decode().strip() == "close interrupted, sent: 0"
+    assert err.decode() == ""
+    assert await stored_keys(ledger.url, tenant.id) == {f"{run}-{i}": 1 for i in range(30)}
+
+
+def test_the_next_close_waits_for_what_an_interrupted_one_left(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, the second close() returned False at once, without waiting for the deliveries.
+    front = ScriptedFront(target=ledger.api.base_url, delay=0.3)
+    front.start()
+    settings = RecorderSettings(batch_size=10, flush_interval=3600)
+    client = Client(front.base_url, tenant.key, recorder=settings)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        run = run_id()
+        for i in range(30):
+            client.record_later(id=f"{run}-{i}", model="gpt-4o", usage=USAGE)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            client.close()
+        assert client.stats().sent < 30
+        assert client.recorder.close() is True
+        assert client.stats().sent == 30
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+        front.stop()
+    assert asyncio.run(stored_keys(ledger.url, tenant.id)) == {f"{run}-{i}": 1 for i in range(30)}
 
 
 #: Three clients with something queued and a server that is down, at the exit.

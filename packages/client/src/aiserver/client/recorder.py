@@ -30,7 +30,8 @@ status and the server's title and detail (or the error's type), and never retrie
 Nothing is lost silently: a full queue, a closed recorder, or a thread that cannot be started
 (the next event tries again) drops the new event, counts it and logs a warning (at most every
 `OVERFLOW_LOG_S` seconds, with the running count); `close()` delivers what waits, and counts
-and logs as dropped what it could not deliver within its timeout. The process's exit closes
+and logs as dropped what it could not deliver within its timeout (interrupted by an exception,
+Ctrl-C's, it leaves that to the next `close()` or the exit). The process's exit closes
 every recorder it started: `atexit`, and multiprocessing's finalizers, since a child that
 multiprocessing starts (fork, forkserver) ends with `os._exit`, which runs no atexit hook. An
 event queued after that (by an exit hook that runs later) is sent at once by the caller's
@@ -394,7 +395,16 @@ class Recorder:
         if not self._begin_close(by_exit=by_exit):
             with self._lock:
                 return self._settled_locked() >= self._counts["queued"]
-        return self._end_close(deadline, timeout)
+        try:
+            return self._end_close(deadline, timeout)
+        except BaseException:
+            # Interrupted while it waited (Ctrl-C's KeyboardInterrupt, a signal handler's
+            # sys.exit, a timeout's exception): no one waits for the deliveries now, so the
+            # exit, or the next close(), is to wait for them as usual. (It skipped a recorder
+            # whose close was under way, and what its daemon thread had not sent was lost.)
+            with self._lock:
+                self._ending = False
+            raise
 
     def _interrupted(self) -> bool:
         """Whether this thread holds the lock already: only code run in the middle of the
@@ -422,7 +432,8 @@ class Recorder:
     def _end_close(self, deadline: float, timeout: float) -> bool:
         """Close's second step: wait for the deliveries until `deadline` (monotonic), then count
         and log what is lost (`timeout`: what the log says it waited). True if nothing was."""
-        self.flush(max(0.0, deadline - time.monotonic()))
+        if not self._given_up:  # else a close interrupted after it gave up: no delivery is left
+            self.flush(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._given_up = True
             self._cond.notify_all()
