@@ -38,7 +38,7 @@ from aiserver.client import (
     wire,
 )
 from aiserver.client.client import RECORD_BACKOFF, RECORD_MAX_WAIT
-from aiserver.client.recorder import backoff_ceiling
+from aiserver.client.recorder import MAX_BATCH, backoff_ceiling
 
 from .conftest import (
     FAKE_KEY,
@@ -212,6 +212,32 @@ def test_the_same_event_reported_again_without_a_time_is_a_duplicate_by_either_w
         later_then_now,
         now_then_later,
     }
+
+
+def test_what_record_recorded_before_a_later_request_failed_is_a_duplicate_when_queued_again(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # Before, record() remembered the ids it sent without a time only once every request had
+    # passed: with its second request refused, those of the first, recorded, were forgotten,
+    # and record_later of one again stamped it with the time it was queued: another payload, a
+    # conflict, logged and counted as rejected.
+    refused = Answer(400, json.dumps({"status": 400, "title": "Bad Request"}).encode())
+    front = ScriptedFront(target=ledger.api.base_url, script=[None, refused])
+    front.start()
+    try:
+        ids = [key() for _ in range(MAX_BATCH + 1)]  # two requests
+        events = [Event(id=k, model="gpt-4o", usage={"input_tokens": 1}) for k in ids]
+        with Client(front.base_url, tenant.key, recorder=RecorderSettings(flush_interval=0)) as c:
+            with pytest.raises(AiserverError) as failed:
+                c.record(events)
+            assert failed.value.status == 400
+            assert c.record_later(id=ids[0], model="gpt-4o", usage={"input_tokens": 1}) == ids[0]
+            assert c.flush(WAIT_S)
+            stats = c.stats()
+    finally:
+        front.stop()
+    assert (stats.duplicates, stats.rejected) == (1, 0)
+    assert [status for _, _, status in front.seen] == [200, 400, 200]
 
 
 def test_a_time_without_an_offset_is_refused_where_python_would_read_it_as_local(

@@ -121,6 +121,14 @@ def _repeat_after(attempt: int, response: Optional[httpx.Response]) -> Optional[
     return wire.retry_wait(response, backoff, RECORD_MAX_WAIT)
 
 
+def _remember_untimed(report: RecordReport, stamps: Stamps, untimed: set[str]) -> RecordReport:
+    """`report`, one request's of `record`, once the ids of its events now in the ledger that
+    were sent without a time (in `untimed`) are remembered so (`Stamps.untimed`): as each
+    request is answered, so that those of a request that passed are, when a later one fails."""
+    stamps.untimed(r.id for r in report.results if r.ok and r.id is not None and r.id in untimed)
+    return report
+
+
 def _merge(reports: Iterable[RecordReport]) -> RecordReport:
     merged = RecordReport(results=[], recorded=0, duplicate=0, conflict=0, invalid=0)
     for report in reports:
@@ -313,11 +321,10 @@ class Client(_Common):
         untimed: set[str] = set()  # ids sent without a time: remembered once recorded
         bodies, single = _record_bodies(events, stamps, untimed)
         report = _merge(
-            wire.usage_report(self._post_repeated("/v1/usage", body), count)
+            _remember_untimed(
+                wire.usage_report(self._post_repeated("/v1/usage", body), count), stamps, untimed
+            )
             for body, count in bodies
-        )
-        stamps.untimed(
-            r.id for r in report.results if r.ok and r.id is not None and r.id in untimed
         )
         return report.results[0] if single else report
 
@@ -536,12 +543,13 @@ class AsyncClient(_Common):
         bodies, single = _record_bodies(events, stamps, untimed)
         report = _merge(
             [
-                wire.usage_report(await self._post_repeated("/v1/usage", body), count)
+                _remember_untimed(
+                    wire.usage_report(await self._post_repeated("/v1/usage", body), count),
+                    stamps,
+                    untimed,
+                )
                 for body, count in bodies
             ]
-        )
-        stamps.untimed(
-            r.id for r in report.results if r.ok and r.id is not None and r.id in untimed
         )
         return report.results[0] if single else report
 
