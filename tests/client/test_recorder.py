@@ -417,6 +417,45 @@ async def test_a_signal_in_the_middle_of_record_later_never_hangs_the_exit(
     assert set(statuses) == ({-signal.SIGINT, 1} if how == "ctrl-c" else {0}) & set(statuses)
 
 
+#: An application whose SIGTERM handler closes the client, signalled while `record_later`
+#: holds the client's lock on its recorder (`Client.recorder`): the handler runs in the thread
+#: that holds it, at once.
+CLOSED_WHILE_THE_RECORDER_IS_FETCHED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from aiserver.client import Client, RecorderSettings
+
+    client = Client(sys.argv[1], "ais_x_y", recorder=RecorderSettings(close_timeout=0.5))
+    signal.signal(signal.SIGTERM, lambda *_: client.close())
+    with client._recorder_lock:  # as `record_later` holds it while it fetches the recorder
+        os.kill(os.getpid(), signal.SIGTERM)
+    print("closed", client.record_later(model="gpt-4o") is None, flush=True)
+    """
+)
+
+
+async def test_close_from_a_signal_handler_while_the_recorder_is_fetched_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """The client's lock on its recorder was not reentrant: a handler calling close() while
+    `record_later` held it (an app's tight loop, 1 run in 12 of the test above) waited on its
+    own thread for ever."""
+    script = tmp_path / "app.py"
+    script.write_text(CLOSED_WHILE_THE_RECORDER_IS_FETCHED)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), f"http://127.0.0.1:{free_port()}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("the handler's close() waited on the lock its own thread held")
+    assert proc.returncode == 0, err.decode()
+    assert out == b"closed True\n", (out, err.decode())  # closed: a later event is dropped
+
+
 def _recording_transport() -> httpx.MockTransport:
     """A server that records every event it is sent."""
 

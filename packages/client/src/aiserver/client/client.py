@@ -161,7 +161,7 @@ def _renew_locks_after_fork() -> None:
     the fork (making the recorder), and that thread does not exist in the child; the child's
     first `record_later` would wait for it for ever. Each client gets a lock of its own."""
     for client in list(_clients):
-        client._recorder_lock = threading.Lock()
+        client._recorder_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -184,7 +184,9 @@ class _Common:
         self.retries = retries
         self._recorder_settings = recorder
         self._recorder: Optional[Recorder] = None
-        self._recorder_lock = threading.Lock()
+        # reentrant: a signal handler that closes the client runs in the thread that may hold
+        # it (in `record_later`), and would wait on it for ever
+        self._recorder_lock = threading.RLock()
         _clients.add(self)
 
     def __repr__(self) -> str:  # never the key
