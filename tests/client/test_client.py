@@ -660,6 +660,39 @@ CALLS = {
 }
 
 
+#: Answers of a server that echoes the request's headers (a URL pointing at the wrong service):
+#: a page (unreadable as an answer) and a failure whose body is no problem document
+ECHOED = {
+    "page": Answer(200, b"<html><pre>Authorization: Bearer " + FAKE_KEY.encode() + b"</pre>",
+                   {"Content-Type": "text/html"}),
+    "failure": Answer(500, b"upstream said no; request headers: authorization=Bearer "
+                      + FAKE_KEY.encode(), {"Content-Type": "text/plain"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+@pytest.mark.parametrize("answer", list(ECHOED))
+async def test_an_answer_that_echoes_the_key_never_shows_it_in_the_error(
+    kind: type[Client | AsyncClient], answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error quotes an answer it cannot read (what answered), and the recorder logs it:
+    the key the request carried, echoed in that answer, was quoted with it."""
+    front = ScriptedFront(rest=ECHOED[answer])
+    front.start()
+    try:
+        client: Any = kind(front.base_url, FAKE_KEY, retries=0)
+        with pytest.raises(AiserverError) as raised:
+            await answered(client.record(EVENT))
+        await answered(client.close())
+    finally:
+        front.stop()
+    error = raised.value
+    assert FAKE_KEY not in str(error)
+    assert FAKE_KEY not in error.detail
+    assert "Bearer [the client's key]" in error.detail, error.detail
+    assert FAKE_KEY not in caplog.text
+
+
 @pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
 @pytest.mark.parametrize("answer", list(UNREADABLE))
 async def test_an_unreadable_answer_is_an_aiserver_error(

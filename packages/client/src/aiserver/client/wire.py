@@ -185,6 +185,23 @@ def exchange() -> Iterator[None]:
         raise unreadable(None, what) from None
 
 
+#: What stands in an answer's text, as an error shows it, for the key the request carried.
+KEY_SHOWN = "[the client's key]"
+
+
+def shown_text(response: httpx.Response, limit: int) -> str:
+    """The first `limit` characters of an answer's text as an error shows it (and the recorder
+    logs it), the request's key replaced by `KEY_SHOWN`: a server or proxy that echoes the
+    request's headers (a URL pointing at the wrong service) would put the key in the logs."""
+    text = response.text
+    try:
+        authorization = response.request.headers.get("authorization", "")
+    except RuntimeError:  # a response made without its request
+        authorization = ""
+    key = authorization.partition(" ")[2].strip()
+    return (text.replace(key, KEY_SHOWN) if key else text)[:limit]
+
+
 def unreadable(response: Optional[httpx.Response], what: str) -> AiserverError:
     """The error of an answer the client cannot read (another server's, a proxy's page, a
     report short of results): status 502, as a gateway says of an upstream it does not
@@ -192,7 +209,7 @@ def unreadable(response: Optional[httpx.Response], what: str) -> AiserverError:
     header of the request."""
     if response is None:
         return AiserverError(502, "unreadable answer", f"the answer has {what}")
-    begins = response.text[:SHOWN_CHARS]
+    begins = shown_text(response, SHOWN_CHARS)
     return AiserverError(
         502,
         "unreadable answer",
@@ -257,7 +274,7 @@ def problem_error(response: httpx.Response) -> AiserverError:
     title = str(problem.get("title") or response.reason_phrase or "error")
     detail = problem.get("detail")
     if not isinstance(detail, str):
-        detail = response.text[:500] if body is None else "the server gave no detail"
+        detail = shown_text(response, 500) if body is None else "the server gave no detail"
     kind = str(problem.get("type") or "about:blank")
     cls = BudgetExceeded if kind.endswith(":budget-exceeded") or status == 402 else AiserverError
     return cls(status, title, detail, type=kind, problem=problem, retry_after=retry_after(response))
