@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import threading
@@ -140,15 +141,40 @@ def _merge(reports: Iterable[RecordReport]) -> RecordReport:
     return merged
 
 
-async def _closed_with_its_loop(http: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+class _InFlight:
+    """How many requests are being sent through one HTTP client (all on its loop), and, once
+    its ender waits for them, the event set when none is."""
+
+    count = 0
+    idle: Optional[asyncio.Event] = None
+
+    def ended(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self.idle is not None:
+            self.idle.set()
+
+
+async def _closed_with_its_loop(
+    http: httpx.AsyncClient, in_flight: _InFlight, wait: float
+) -> AsyncGenerator[None, None]:
     """Started on an event loop (`asend(None)`), this waits there until the loop shuts its
     asynchronous generators down, as `asyncio.run()` and `asyncio.Runner` do before they close
     it: then it closes `http`, whose connections belong to that loop and could not be closed
     from another one (their sockets stayed open until the garbage collector found them, with a
-    ResourceWarning). `AsyncClient.close()` on that loop closes it at once (`aclose()`)."""
+    ResourceWarning). `AsyncClient.close()` on that loop closes it at once (`aclose()`).
+
+    The loop closes the application's unfinished generators at the same time, in no set order,
+    and one of them may be sending through `http` as it is closed (a streamed answer that
+    records its usage in its `finally`): its requests under way end first, within `wait`
+    seconds; one it starts after finds `http` closed and gets another client
+    (`AsyncClient._on_this_loop`)."""
     try:
         yield
     finally:
+        if in_flight.count:
+            in_flight.idle = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(in_flight.idle.wait(), wait)
         await http.aclose()
 
 
@@ -197,9 +223,22 @@ class _Common:
     def recorder(self) -> Recorder:
         """The background recorder of `record_later` (started on first use)."""
         with self._recorder_lock:
-            if self._recorder is None:
-                self._recorder = Recorder(self.base_url, self._api_key, self._recorder_settings)
-            return self._recorder
+            recorder = self._recorder
+            if recorder is None:
+                made = Recorder(self.base_url, self._api_key, self._recorder_settings)
+                # a signal handler run meanwhile, in this thread, may have made one and closed
+                # the client (the lock is reentrant): that one stays, closed
+                recorder = self._made_meanwhile()
+                if recorder is None:
+                    self._recorder = recorder = made
+                else:
+                    made.close(0)
+            return recorder
+
+    def _made_meanwhile(self) -> Optional[Recorder]:
+        """The recorder as it is now: read again after code during which a signal handler
+        may have run (a type checker takes a second read in place for the first)."""
+        return self._recorder
 
     def record_later(self, event: Optional[EventLike] = None, **fields: Any) -> Optional[str]:
         """Queue one event for the background recorder and return at once: its idempotency key
@@ -460,6 +499,7 @@ class AsyncClient(_Common):
         self._http = self._new_http()
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the one its connections are of
         self._ender: Optional[AsyncGenerator[None, None]] = None  # closes them as it ends
+        self._in_flight = _InFlight()  # requests being sent through `_http`
         self._closed = False
 
     def _new_http(self) -> httpx.AsyncClient:
@@ -480,22 +520,37 @@ class AsyncClient(_Common):
         if self._loop is not loop:
             before, self._loop = self._loop, loop
             if before is not None and (before.is_closed() or self._http.is_closed):
-                self._http = self._new_http()
-                self._ender = None
+                self._renew_http()
             if self._ender is None:
-                self._ender = _closed_with_its_loop(self._http)
+                self._ender = _closed_with_its_loop(self._http, self._in_flight, self._timeout)
                 await self._ender.asend(None)  # runs to its `yield` at once
+        elif self._http.is_closed:
+            # closed by this loop's end, which is under way (an application's generator sends
+            # as the loop closes it): another client for the rest of it, without an ender (one
+            # started now would never be closed); its connection is left to the collector
+            self._renew_http()
         return self._http
 
+    def _renew_http(self) -> None:
+        self._http = self._new_http()
+        self._in_flight = _InFlight()
+        self._ender = None
+
     async def _post(self, path: str, body: bytes) -> httpx.Response:
-        http = await self._on_this_loop()
-        with wire.exchange():
-            return await http.post(path, content=body, headers=wire.JSON_HEADERS)
+        return await self._send("POST", path, content=body, headers=wire.JSON_HEADERS)
 
     async def _get(self, path: str, params: httpx.QueryParams) -> httpx.Response:
+        return await self._send("GET", path, params=params)
+
+    async def _send(self, method: str, path: str, **request: Any) -> httpx.Response:
         http = await self._on_this_loop()
-        with wire.exchange():
-            return await http.get(path, params=params)
+        in_flight = self._in_flight
+        in_flight.count += 1
+        try:
+            with wire.exchange():
+                return await http.request(method, path, **request)
+        finally:
+            in_flight.ended()
 
     async def _post_repeated(self, path: str, body: bytes) -> httpx.Response:
         """As `Client._post_repeated`, waiting without blocking the event loop."""

@@ -193,13 +193,17 @@ def shown_text(response: httpx.Response, limit: int) -> str:
     """The first `limit` characters of an answer's text as an error shows it (and the recorder
     logs it), the request's key replaced by `KEY_SHOWN`: a server or proxy that echoes the
     request's headers (a URL pointing at the wrong service) would put the key in the logs."""
-    text = response.text
+    return without_key(response.text, response)[:limit]
+
+
+def without_key(text: str, response: httpx.Response) -> str:
+    """`text`, from `response`, with the key its request carried replaced by `KEY_SHOWN`."""
     try:
         authorization = response.request.headers.get("authorization", "")
     except RuntimeError:  # a response made without its request
         authorization = ""
     key = authorization.partition(" ")[2].strip()
-    return (text.replace(key, KEY_SHOWN) if key else text)[:limit]
+    return text.replace(key, KEY_SHOWN) if key and key in text else text
 
 
 def unreadable(response: Optional[httpx.Response], what: str) -> AiserverError:
@@ -262,6 +266,17 @@ def retry_wait(response: Optional[httpx.Response], backoff: float, cap: float) -
     return backoff if after is None else max(backoff, min(after, cap))
 
 
+def _scrubbed(value: Any, response: httpx.Response) -> Any:
+    """A decoded JSON value with every string `without_key`."""
+    if isinstance(value, str):
+        return without_key(value, response)
+    if isinstance(value, list):
+        return [_scrubbed(item, response) for item in value]
+    if isinstance(value, dict):
+        return {name: _scrubbed(item, response) for name, item in value.items()}
+    return value
+
+
 def problem_error(response: httpx.Response) -> AiserverError:
     """The `AiserverError` of a failed answer (a problem document, or whatever the body is)."""
     try:
@@ -269,6 +284,7 @@ def problem_error(response: httpx.Response) -> AiserverError:
     except ValueError:
         body = None
     problem: dict[str, Any] = body if isinstance(body, dict) else {}
+    problem = _scrubbed(problem, response)  # a wrong service's JSON may echo the key too
     status = problem.get("status")
     status = status if isinstance(status, int) else response.status_code
     title = str(problem.get("title") or response.reason_phrase or "error")
