@@ -8,8 +8,10 @@ such connections would exhaust the API's memory. Here the bytes a request's head
 counted as they arrive (request line and headers, until the blank line that ends them), and a
 head past `MAX_HEAD_BYTES` is answered 431 with a problem body and the connection closed, before
 more of it is parsed. A head that arrived whole in one read is measured as it is parsed, and
-refused before it reaches the app. (uvicorn's h11 protocol, which serves where httptools is
-missing, refuses a head it has buffered past 16 KiB incomplete, and bounds it so on its own.)
+refused before it reaches the app. A chunked body's trailer lines, which httptools gathers whole
+too, are bounded the same way: past the bound the connection is closed. (uvicorn's h11
+protocol, which serves where httptools is missing, refuses a head it has buffered past 16 KiB
+incomplete, and bounds it so on its own.)
 
 Importing this module imports httptools (`aiserver.api.cli` falls back to h11 without it).
 """
@@ -65,17 +67,48 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     _refused = False
     #: the 431 waits for the answers to the requests before the refused head (pipelined)
     _refusing = False
+    #: a chunk's size line read and none of its data yet (`on_chunk_header`), and the bytes
+    #: of the reads since in which nothing else moved (`_chunk_moved`: no data, no chunk's or
+    #: line's end): past MAX_HEAD_BYTES, one trailer line held whole (`_refuse_trailers`). The
+    #: read in which the last chunk began is not counted (where in it is not known): a trailer
+    #: line is refused at most one read (256 KiB) past the bound.
+    _chunk_pending = False
+    _chunk_moved = False
+    _trailer_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # after the refusal: dropped unparsed (`LINGER_S`)
             return
-        self._ended_here = False
+        self._ended_here = self._chunk_moved = False
         super().data_received(data)
-        if not self._reading_head or self._ended_here or self.transport.is_closing():
+        if self._ended_here or self.transport.is_closing():
+            return
+        if self._chunk_pending:  # perhaps in the trailers, gathered whole as a head's lines
+            if not self._chunk_moved:  # a read of nothing else: no data, no line ended
+                self._trailer_bytes += len(data)
+            if self._trailer_bytes > MAX_HEAD_BYTES:
+                self._refuse_trailers()
+            return
+        if not self._reading_head:
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_head()
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line was read: until its data comes, this may be the last chunk, whose
+        trailer lines (header lines after the body) httptools gathers whole, as a head's."""
+        self._chunk_pending = self._chunk_moved = True
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_pending = False
+        self._chunk_moved = True
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_pending = False
+        self._chunk_moved = True
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         self._parsed = 0
@@ -86,6 +119,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._chunk_moved = True  # a trailer line ended, if in the trailers
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
         super().on_header(name, value)
 
@@ -130,6 +164,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
         else:
             self._send_refusal()
+
+    def _refuse_trailers(self) -> None:
+        """Trailer lines past the bound: the request's body has reached the app, which may be
+        answering it, so no 431 can be sent in order; the connection is closed, and the app,
+        still reading the body, is told the client went away (uvicorn's `connection_lost`)."""
+        self.logger.warning("Request trailers too large: connection closed.")
+        self._refused = True
+        self.transport.close()
 
     def _send_refusal(self) -> None:
         head = [STATUS_LINE[431]]
