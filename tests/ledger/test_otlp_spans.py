@@ -792,3 +792,23 @@ def test_an_operation_given_twice_with_different_values_rejects_the_span() -> No
         assert item.fields == ["gen_ai.operation.name"]
         assert "is given twice with different values" in str(item)
     assert isinstance(same, UsageEventIn), same  # the same value twice is read
+
+
+def test_an_agent_span_whose_operation_is_given_as_two_aggregates_is_ignored() -> None:
+    """`invoke_agent` then `invoke_workflow`: whichever is meant, the span sums the calls made
+    inside it, and is ignored as an aggregate as either value alone would be. Rejected
+    before, the exporter was told (partial_success) that an agent span it sent correctly was
+    refused as invalid."""
+    counted = [("gen_ai.request.model", AnyValue(string_value="gpt-4o")),
+               ("gen_ai.usage.input_tokens", AnyValue(int_value=10))]  # fmt: skip
+    message, _ = message_of(Trace([SpanSpec({}, END)]))
+    span = message.resource_spans[0].scope_spans[0].spans[0]
+    del span.attributes[:]
+    span.attributes.extend(KeyValue(key=key, value=value) for key, value in counted)
+    span.attributes.extend(
+        KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value=name))
+        for name in ("invoke_agent", "invoke_workflow")
+    )
+    reading = read_spans(message)
+    assert reading.items == [], reading.items
+    assert dict(reading.ignored) == {"aggregate": 1}

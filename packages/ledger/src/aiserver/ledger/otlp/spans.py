@@ -217,9 +217,16 @@ def _attributes(pairs: Iterable[KeyValue], wanted: set[str]) -> _Attributes:
         if key.startswith("gen_ai.") or key in wanted or key in _OTHER_NAMES:
             if key not in found:
                 found[key] = pair.value
-            elif pair.value != found[key]:
+            elif pair.value != found[key] and not _alike_operations(key, pair.value, found[key]):
                 twice.add(key)
     return _Attributes(found, twice)
+
+
+def _alike_operations(key: str, one: AnyValue, other: AnyValue) -> bool:
+    """Whether two values of the operation's name say the same of the span: both that it sums
+    the calls made inside it (`AGGREGATES`), or both that it is one call. Only that is read of
+    the name, so two such values are one, as a value given twice is."""
+    return key == OPERATION and (_text(one) in AGGREGATES) == (_text(other) in AGGREGATES)
 
 
 def _ignored(attributes: _Attributes) -> IgnoredReason | None:
@@ -229,7 +236,7 @@ def _ignored(attributes: _Attributes) -> IgnoredReason | None:
     if not any(key in twice or _given(values.get(key)) for key in TOTALS):
         return "no_usage"
     if OPERATION not in twice and _text(values.get(OPERATION)) in AGGREGATES:
-        return "aggregate"  # given twice, which it is cannot be told: `_event` rejects it
+        return "aggregate"  # given twice, one call and one sum: `_event` rejects it
     if not any(key in twice or _stated(values.get(key)) for key in MODEL_ATTRIBUTES):
         return "no_model"
     return None
