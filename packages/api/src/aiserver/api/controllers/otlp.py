@@ -173,7 +173,7 @@ class OtlpController(Controller):
         limit = settings.ledger.otlp_max_body_bytes
         body = await _read(request, limit)
         body = wire.decompress(body, request.headers.get("content-encoding"), limit)
-        message = wire.decode_request(body, encoding)
+        message = await wire.decode_off_loop(body, encoding)
         live: LiveCatalog = request.app.state.live
         recorder: UsageRecorder = request.app.state.usage
         why_not = live.not_ready()

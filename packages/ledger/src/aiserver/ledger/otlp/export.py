@@ -16,6 +16,7 @@ as a warning (`rejected_spans` 0 when no span was rejected).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -23,6 +24,7 @@ import asyncpg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from aiserver.ledger.otlp.spans import SpanReading, read_spans
+from aiserver.ledger.otlp.wire import OFF_LOOP_BYTES
 from aiserver.ledger.usage.bodies import MAX_NDJSON_EVENTS
 from aiserver.ledger.usage.ingest import IngestReport, UsageRecorder
 
@@ -58,7 +60,12 @@ async def export_traces(
     why_no_catalog: str = "",
     catch_up: Callable[[asyncpg.Pool, int], Awaitable[Catalog]] | None = None,
 ) -> TraceExport:
-    reading = read_spans(message, tag_attributes, most=MAX_NDJSON_EVENTS)
+    if message.ByteSize() <= OFF_LOOP_BYTES:
+        reading = read_spans(message, tag_attributes, most=MAX_NDJSON_EVENTS)
+    else:  # off the event loop, as its decoding (`decode_off_loop`)
+        reading = await asyncio.to_thread(
+            read_spans, message, tag_attributes, most=MAX_NDJSON_EVENTS
+        )
     if not reading.items:
         return TraceExport(reading, None, 0, "")
     report = await recorder.record(
