@@ -525,6 +525,22 @@ def test_whole_doubles_and_digit_strings_are_counts_as_some_sdks_send_them() -> 
     assert event.usage == {"input_tokens": 120, "output_tokens": 7}
 
 
+@pytest.mark.parametrize("text", ["\u0661\u0662\u0663", "\uff11\uff12", "1\u00b2", " 12 "])
+def test_a_count_string_is_ascii_digits_only(text: str) -> None:
+    """Python's isdecimal() and int() read digits of any script (Arabic-Indic, fullwidth):
+    such a count was read as a number, where the docs say a string of digits. Digits of
+    another script, or a superscript, reject the span; spaces around ASCII digits are read."""
+    spec = SpanSpec({"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": text}, END)
+    message, _ = message_of(Trace([spec]))
+    (item,) = read_spans(message).items
+    if text == " 12 ":
+        assert isinstance(item, UsageEventIn), item
+        assert item.usage == {"input_tokens": 12}
+    else:
+        assert isinstance(item, InvalidEvent), item
+        assert item.fields == ["gen_ai.usage.input_tokens"]
+
+
 def test_a_span_without_an_end_time_or_with_a_bad_id_is_an_error() -> None:
     spec = SpanSpec({"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1}, END)
     message, _ = message_of(Trace([spec, spec, spec]))

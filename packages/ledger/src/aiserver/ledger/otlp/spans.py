@@ -29,6 +29,7 @@ Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -368,6 +369,10 @@ def _first_count(attributes: _Attributes, keys: tuple[str, ...]) -> int | None:
     return None
 
 
+#: A count sent as a string: ASCII digits (str.isdecimal and int() take any script's).
+_ASCII_DIGITS: Final = re.compile(r"[0-9]+")
+
+
 def _count(key: str, value: AnyValue) -> int:
     """A token count: a whole number from 0 to MAX_QUANTITY, as an int (a double that is whole,
     or a string of digits, as some SDKs send them)."""
@@ -377,7 +382,7 @@ def _count(key: str, value: AnyValue) -> int:
         count = value.int_value
     elif kind == "double_value" and value.double_value.is_integer():
         count = int(value.double_value)
-    elif kind == "string_value" and value.string_value.strip().isdecimal():
+    elif kind == "string_value" and _ASCII_DIGITS.fullmatch(value.string_value.strip()):
         try:
             count = int(value.string_value)
         except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits())
