@@ -85,6 +85,16 @@ def test_json_int64_as_numbers_and_unknown_fields_are_accepted() -> None:
             "resourceSpans[0].scopeSpans[0].spans[0].traceId must be a hex string",
         ),
         (b'{"resourceSpans": [{"resource": {"attributes": 3}}]}', "json", "not OTLP JSON"),
+        # OTLP JSON names fields in lowerCamelCase; protobuf's parser took the proto's names too:
+        # beside resourceSpans one list was dropped uncounted, and alone, ids were read as base64
+        (b'{"resourceSpans": [], "resource_spans": []}', "json", "resource_spans"),
+        (b'{"resource_spans": [{"scopeSpans": []}]}', "json", "lowerCamelCase"),
+        (b'{"resourceSpans": [{"scope_spans": []}]}', "json", "resourceSpans[0].scope_spans"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"trace_id": "5b8e"}]}]}]}',
+            "json",
+            "resourceSpans[0].scopeSpans[0].spans[0].trace_id",
+        ),
     ],
 )
 def test_a_body_that_does_not_decode_is_malformed(body: bytes, encoding: str, says: str) -> None:

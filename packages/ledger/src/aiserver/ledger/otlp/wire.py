@@ -189,6 +189,7 @@ def _ids_to_base64(data: dict[str, Any]) -> None:
 def _list(parent: Any, key: str, where: str) -> list[Any]:
     if type(parent) is not dict:
         raise MalformedTraces(f"{where} must be a JSON object")
+    _camel_only(parent, key, where)
     value = parent.get(key)
     if value is None:
         return []
@@ -197,10 +198,33 @@ def _list(parent: Any, key: str, where: str) -> list[Any]:
     return value
 
 
+def _camel_only(parent: dict[str, Any], key: str, where: str) -> None:
+    """OTLP JSON names fields in lowerCamelCase, never by the proto's own names, which
+    protobuf's parser takes too: beside `resourceSpans`, a `resource_spans` list was one of the
+    two dropped without a word, and alone, its ids were read as base64, not hex."""
+    proto = _PROTO_NAMES.get(key)
+    if proto is not None and proto in parent:
+        named = f"{where}.{proto}" if where else proto
+        raise MalformedTraces(
+            f"{named}: OTLP JSON names fields in lowerCamelCase ({key}), not the proto's names"
+        )
+
+
+#: The proto's names of the fields `_ids_to_base64` reads, where they differ.
+_PROTO_NAMES: Final = {
+    "resourceSpans": "resource_spans",
+    "scopeSpans": "scope_spans",
+    "traceId": "trace_id",
+    "spanId": "span_id",
+    "parentSpanId": "parent_span_id",
+}
+
+
 def _hex_ids(item: Any, where: str) -> None:
     if type(item) is not dict:
         raise MalformedTraces(f"{where} must be a JSON object")
     for field in _ID_FIELDS:
+        _camel_only(item, field, where)
         value = item.get(field)
         if value is None:
             continue
