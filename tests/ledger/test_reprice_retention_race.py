@@ -221,6 +221,13 @@ async def _batch_holding_october(
     return run, repricing, holder, holding
 
 
+async def _let_go(holding: Any, repricing: asyncio.Task[RunOutcome]) -> None:
+    """End the other session's transaction that holds the batch, and see the run end `done`."""
+    await holding.rollback()
+    async with asyncio.timeout(WAIT_S):
+        assert await repricing is RunOutcome.DONE
+
+
 async def test_a_month_detached_while_a_batch_holds_its_events_is_dropped_with_the_run_exact(
     ledger: Ledger, settings: Settings
 ) -> None:
@@ -240,9 +247,8 @@ async def test_a_month_detached_while_a_batch_holds_its_events_is_dropped_with_t
         await _waits(pool, _DETACH, "virtualxid")  # its first transaction committed; it waits
         assert await _detach_pending(pool, DROPPED)
         assert not repricing.done()
-        await holding.rollback()
+        await _let_go(holding, repricing)
         async with asyncio.timeout(WAIT_S):
-            assert await repricing is RunOutcome.DONE
             maintained: Maintenance = await maintaining
     finally:
         await holder.close()
@@ -284,9 +290,7 @@ async def test_a_month_left_detaching_under_a_batch_and_kept_again_is_exact(
         )
         await _waits(pool, _DETACH, "virtualxid")
         assert await _detach_pending(pool, DROPPED)
-        await holding.rollback()
-        async with asyncio.timeout(WAIT_S):
-            assert await repricing is RunOutcome.DONE
+        await _let_go(holding, repricing)
         assert not maintaining.done()  # its detach still waits, for the reader
         await _waits(pool, _DETACH, "virtualxid")
         assert await pool.fetchval("SELECT pg_cancel_backend($1)", maintainer.get_server_pid())
@@ -334,9 +338,8 @@ async def test_a_shortened_retention_waits_for_the_batch_then_drops_the_month_it
         maintaining = asyncio.create_task(_maintain(settings, now=TURN))
         await _waits(pool, "SELECT pg_advisory_xact_lock(", "advisory", "ExclusiveLock")
         assert not await _detach_pending(pool, DROPPED)
-        await holding.rollback()
+        await _let_go(holding, repricing)
         async with asyncio.timeout(WAIT_S):
-            assert await repricing is RunOutcome.DONE
             maintained: Maintenance = await maintaining
     finally:
         await holder.close()
@@ -363,9 +366,7 @@ async def test_a_drop_in_one_statement_gives_way_to_a_batch_and_goes_at_the_next
         async with asyncio.timeout(WAIT_S):
             maintained: Maintenance = await maintaining
         assert not repricing.done()
-        await holding.rollback()
-        async with asyncio.timeout(WAIT_S):
-            assert await repricing is RunOutcome.DONE
+        await _let_go(holding, repricing)
     finally:
         await holder.close()
     assert maintained.postponed == (DROPPED,)
@@ -405,9 +406,7 @@ async def test_a_month_whose_corrections_wait_for_the_fold_is_kept_until_they_ar
         async with asyncio.timeout(WAIT_S):
             first = await _maintain(settings, now=TURN)  # not held up by the batch
         assert not repricing.done()
-        await holding.rollback()
-        async with asyncio.timeout(WAIT_S):
-            assert await repricing is RunOutcome.DONE
+        await _let_go(holding, repricing)
     finally:
         await holder.close()
     assert first.unfolded == (DROPPED,)
