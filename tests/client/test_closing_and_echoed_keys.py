@@ -20,7 +20,7 @@ from .test_client import GPT_4O, key
 def test_a_client_used_in_an_async_generators_cleanup_at_the_loops_end_still_sends(
     ledger: Ledger, tenant: Tenant
 ) -> None:
-    """`_closed_with_its_loop` is an async generator, closed by the loop's
+    """`loops.closed_with_its_loop` is an async generator, closed by the loop's
     `shutdown_asyncgens()` together with (concurrently, in no set order) the application's own
     unfinished async generators. One that records its call's usage in its `finally` (a
     streamed answer the caller stopped reading) finds the client closed under it: "Cannot send

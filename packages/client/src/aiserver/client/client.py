@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import os
 import threading
@@ -41,6 +40,7 @@ import msgspec
 from aiserver.client import wire
 from aiserver.client.budget import Ask, AsyncBudgetGuard, BudgetGuard
 from aiserver.client.keys import Stamps, new_key
+from aiserver.client.loops import InFlight, closed_with_its_loop
 from aiserver.client.models import (
     CostResult,
     Event,
@@ -139,43 +139,6 @@ def _merge(reports: Iterable[RecordReport]) -> RecordReport:
         merged.conflict += report.conflict
         merged.invalid += report.invalid
     return merged
-
-
-class _InFlight:
-    """How many requests are being sent through one HTTP client (all on its loop), and, once
-    its ender waits for them, the event set when none is."""
-
-    count = 0
-    idle: Optional[asyncio.Event] = None
-
-    def ended(self) -> None:
-        self.count -= 1
-        if self.count == 0 and self.idle is not None:
-            self.idle.set()
-
-
-async def _closed_with_its_loop(
-    http: httpx.AsyncClient, in_flight: _InFlight, wait: float
-) -> AsyncGenerator[None, None]:
-    """Started on an event loop (`asend(None)`), this waits there until the loop shuts its
-    asynchronous generators down, as `asyncio.run()` and `asyncio.Runner` do before they close
-    it: then it closes `http`, whose connections belong to that loop and could not be closed
-    from another one (their sockets stayed open until the garbage collector found them, with a
-    ResourceWarning). `AsyncClient.close()` on that loop closes it at once (`aclose()`).
-
-    The loop closes the application's unfinished generators at the same time, in no set order,
-    and one of them may be sending through `http` as it is closed (a streamed answer that
-    records its usage in its `finally`): its requests under way end first, within `wait`
-    seconds; one it starts after finds `http` closed and gets another client
-    (`AsyncClient._on_this_loop`)."""
-    try:
-        yield
-    finally:
-        if in_flight.count:
-            in_flight.idle = asyncio.Event()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(in_flight.idle.wait(), wait)
-        await http.aclose()
 
 
 #: Every client made in this process, for `_renew_locks_after_fork`.
@@ -499,7 +462,7 @@ class AsyncClient(_Common):
         self._http = self._new_http()
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the one its connections are of
         self._ender: Optional[AsyncGenerator[None, None]] = None  # closes them as it ends
-        self._in_flight = _InFlight()  # requests being sent through `_http`
+        self._in_flight = InFlight()  # requests being sent through `_http`
         self._closed = False
 
     def _new_http(self) -> httpx.AsyncClient:
@@ -512,7 +475,7 @@ class AsyncClient(_Common):
         opened them: once that loop is closed (an `asyncio.run()` per command, or per test),
         a call from the next one would fail on them (`RuntimeError: Event loop is closed`), so
         the next loop gets a client of its own. Each is closed as its loop ends
-        (`_closed_with_its_loop`): no connection outlives the loop that can close it. (Two
+        (`loops.closed_with_its_loop`): no connection outlives the loop that can close it. (Two
         loops running at once, in two threads, need a client each.)"""
         if self._closed:  # in httpx's words, also where its loop's client was closed by it
             raise RuntimeError("Cannot send a request, as the client has been closed.")
@@ -522,7 +485,7 @@ class AsyncClient(_Common):
             if before is not None and (before.is_closed() or self._http.is_closed):
                 self._renew_http()
             if self._ender is None:
-                self._ender = _closed_with_its_loop(self._http, self._in_flight, self._timeout)
+                self._ender = closed_with_its_loop(self._http, self._in_flight, self._timeout)
                 await self._ender.asend(None)  # runs to its `yield` at once
         elif self._http.is_closed:
             # closed by this loop's end, which is under way (an application's generator sends
@@ -533,7 +496,7 @@ class AsyncClient(_Common):
 
     def _renew_http(self) -> None:
         self._http = self._new_http()
-        self._in_flight = _InFlight()
+        self._in_flight = InFlight()
         self._ender = None
 
     async def _post(self, path: str, body: bytes) -> httpx.Response:
