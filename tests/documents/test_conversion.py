@@ -211,6 +211,29 @@ async def test_a_tool_is_cut_once_its_output_passes_the_bound(tmp_path: Path) ->
                        timeout=5, cwd=tmp_path, max_output=100)  # fmt: skip
 
 
+#: A tool that writes 1 MiB at once into a pipe it has made 1 MiB large (F_SETPIPE_SZ), then
+#: waits: asyncio then reads 256 KiB of it in one go.
+_ONE_BIG_WRITE = (
+    "import fcntl, sys, time; fcntl.fcntl(1, 1031, 1 << 20); "
+    "sys.stdout.buffer.write(b'x' * (1 << 20)); sys.stdout.flush(); time.sleep(60)"
+)
+
+
+async def test_a_tool_cut_after_one_big_read_is_not_held_to_its_timeout(tmp_path: Path) -> None:
+    """CI once saw the `yes` test above time out. When asyncio reads more than twice its
+    stream limit at once it stops reading that pipe until it is read below the limit; the cut
+    left it there, and `proc.wait()` (which waits for every pipe's end in Python 3.11) then
+    waited for the timeout: half of these runs raised ToolTimeout after 5 s before the fix.
+    Now the rest of the pipe is read and dropped after the kill, and each run is cut."""
+    from aiserver.documents.conversion import run_tool
+
+    for _ in range(8):
+        out = await run_tool([sys.executable, "-c", _ONE_BIG_WRITE], timeout=5, cwd=tmp_path,
+                             max_output=100_000)  # fmt: skip
+        assert 100_000 < len(out) <= 1 << 20
+        assert set(out) == {ord("x")}
+
+
 async def test_the_page_images_together_keep_to_their_budget() -> None:
     """Before, the page images had no total bound: a hostile PDF's pages of noise (some 55 MB
     each as PNG) were all written, read into memory and stored together, gigabytes per

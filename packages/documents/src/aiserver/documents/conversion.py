@@ -335,6 +335,13 @@ async def _head(proc: asyncio.subprocess.Process, limit: int) -> tuple[bytes, bo
         if size > limit:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            # Read what is left to the pipe's end, dropping it: asyncio counts the process
+            # done (`proc.wait()`) only once every pipe has ended, and a pipe whose reader
+            # holds more than its limit unread stops being read, so it never would. One read
+            # of a pipe being written meanwhile can be 256 KiB, so this happened (a tool cut
+            # at 100 KB was then held to its timeout, as if it had hung).
+            while await proc.stdout.read(1 << 16):
+                pass
             return b"".join(chunks), True
     return b"".join(chunks), False
 
