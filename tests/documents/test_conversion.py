@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -232,6 +234,37 @@ async def test_a_tool_cut_after_one_big_read_is_not_held_to_its_timeout(tmp_path
                              max_output=100_000)  # fmt: skip
         assert 100_000 < len(out) <= 1 << 20
         assert set(out) == {ord("x")}
+
+
+#: A tool whose child leaves the tool's process group (a session of its own, which the kill
+#: does not reach) and lives on, holding the tool's stdout and stderr; the tool waits.
+_ESCAPING_CHILD = (
+    "import os, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid(); open('child.pid', 'w').write(str(os.getpid())); time.sleep(120)\n"
+    "else:\n"
+    "    time.sleep(120)\n"
+)
+
+
+async def test_a_timed_out_tool_whose_child_holds_its_pipes_still_ends(tmp_path: Path) -> None:
+    """After the timeout's kill, run_tool waited for the tool's exit, which asyncio reports only
+    once the tool's pipes have ended: a child of the tool in a session of its own held them, and
+    the ToolTimeout with them, for as long as it lived (here 120 s; the run is bounded at 60 s
+    below). Now the wait after the kill is bounded (`_OUTLIVE_S`); the pipes end, and are
+    closed, once the child is gone."""
+    from aiserver.documents.conversion import _OUTLIVE_S, ToolTimeout, run_tool
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(ToolTimeout, match="python"):
+            async with asyncio.timeout(60):
+                await run_tool([sys.executable, "-c", _ESCAPING_CHILD], timeout=1, cwd=tmp_path)
+    finally:  # the child outlived the kill of the tool's group
+        os.kill(int((tmp_path / "child.pid").read_text()), signal.SIGKILL)
+    async with asyncio.timeout(_OUTLIVE_S * 4):  # its pipes end with it, and are closed
+        while len(os.listdir("/proc/self/fd")) > open_before:
+            await asyncio.sleep(0.05)
 
 
 async def test_the_page_images_together_keep_to_their_budget() -> None:

@@ -293,7 +293,7 @@ async def run_tool(
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await _ended(proc)
         raise ToolTimeout(Path(args[0]).name) from None
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
@@ -363,7 +363,27 @@ async def _bounded_output(
         await proc.wait()
     finally:
         errors.cancel()
+        await asyncio.wait([errors])  # stderr has no other reader once this returns
     return out, err, cut
+
+
+async def _ended(proc: asyncio.subprocess.Process) -> None:
+    """After a timed-out tool's process group was killed: its pipes read to their end (what is
+    left is dropped) and its exit, waited for at most `_OUTLIVE_S`. asyncio counts a process
+    done only once its pipes have ended, and a process the tool started in a session of its own
+    (which the kill does not reach) can hold them open: a tool's child that did so held the
+    timeout's error for as long as it lived (coreutils' `timeout` kills only the tool)."""
+    assert proc.stdout is not None  # both piped by run_tool
+    assert proc.stderr is not None
+
+    async def drop(stream: asyncio.StreamReader) -> None:
+        while await stream.read(1 << 16):
+            pass
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_OUTLIVE_S):
+            await asyncio.gather(drop(proc.stdout), drop(proc.stderr))
+            await proc.wait()
 
 
 def _info_bytes(max_pages: int) -> int:
