@@ -5,7 +5,7 @@ Every function takes a connection and runs in the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -183,7 +183,9 @@ async def recorded_keys(
     return {r["key"]: RecordedKey(**dict(r)) for r in rows}
 
 
-async def copy_events(conn: DbConnection, rows: Iterable[Sequence[Any]]) -> None:
+async def copy_events(
+    conn: DbConnection, rows: Iterable[Sequence[Any]] | AsyncIterable[Sequence[Any]]
+) -> None:
     """Write events (tuples in `EVENT_COLUMNS` order) with COPY: the fastest way in."""
     await conn.copy_records_to_table("usage_events", records=rows, columns=EVENT_COLUMNS)
 
