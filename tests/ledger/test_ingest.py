@@ -4,7 +4,8 @@ payload that decides duplicate against conflict."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -23,9 +24,10 @@ from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.errors import UsageUnsettled
 from aiserver.ledger.repricing.automatic import _priceable
 from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.usage import ingest
 from aiserver.ledger.usage.bodies import decode_batch, decode_items, split_json
 from aiserver.ledger.usage.events import UsageEventIn, check_event
-from aiserver.ledger.usage.ingest import UsageRecorder
+from aiserver.ledger.usage.ingest import _SLICE, UsageRecorder
 from aiserver.ledger.usage.partitions import partition_name
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store.events import UnpricedModel, unpriced_models
@@ -808,3 +810,68 @@ def test_the_payload_hash_of_an_event_is_what_earlier_releases_stored(
     event = msgspec.convert(body, UsageEventIn)
     checked = check_event(event, received_at=NOW, retention=timedelta(days=400))
     assert checked.payload_hash.hex() == stored
+
+
+#: A large request shares the API's event loop: the checks, the prices, the COPY and the results
+#: of its events are done in slices, and the loop runs the process's other requests (its
+#: `/health` too) between them. One NDJSON request of 100,000 events held them for about 2 s
+#: while its events were checked and priced, and 1.5 s more while COPY encoded its rows.
+EVENTS = 10 * _SLICE
+
+
+class Counted(list[Any]):
+    """The request's items, counting how many the recorder has taken so far."""
+
+    taken = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            self.taken += 1
+            yield item
+
+
+class Calls:
+    """Counts the calls of a function of the recorder's module (one per event: its COPY row,
+    its result)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.count = 0
+        function = getattr(ingest, name)
+
+        def counted(*args: Any) -> Any:
+            self.count += 1
+            return function(*args)
+
+        monkeypatch.setattr(ingest, name, counted)
+
+
+def _most_between_turns(counts: list[int]) -> int:
+    return max(b - a for a, b in itertools.pairwise(counts))
+
+
+async def test_a_large_request_gives_the_event_loop_turns_while_it_is_checked_and_written(
+    ledger: tuple[asyncpg.Pool, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, project_id = ledger
+    raws = [raw(f"k{n}") for n in range(EVENTS)]
+    items = Counted(decode_items(raws))
+    rows, results = Calls(monkeypatch, "_row"), Calls(monkeypatch, "_recorded")
+    recording = asyncio.create_task(
+        UsageRecorder(LedgerSettings()).record(pool, project_id, items, catalog=catalog(), now=NOW)
+    )
+    turns: list[tuple[int, int, int]] = []  # at each turn of the loop: what was done so far
+    while not recording.done():
+        turns.append((items.taken, rows.count, results.count))
+        await asyncio.sleep(0)
+    turns.append((items.taken, rows.count, results.count))
+    report = await recording
+    assert report.recorded == EVENTS
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == EVENTS
+    taken, copied, answered = (list(counts) for counts in zip(*turns, strict=True))
+    assert (taken[-1], copied[-1], answered[-1]) == (EVENTS, EVENTS, EVENTS)
+    # never more than a slice of events checked and priced, written by COPY, or answered
+    # between two turns of the loop (one more taken: the next slice's first, before the turn);
+    # before, 10,000 of each (unless COPY found its socket full)
+    assert _most_between_turns(taken) <= _SLICE + 1
+    assert _most_between_turns(copied) <= _SLICE + 1
+    assert _most_between_turns(answered) <= _SLICE
