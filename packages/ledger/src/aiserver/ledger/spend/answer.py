@@ -18,7 +18,7 @@ import msgspec
 
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.money import money
-from aiserver.costs.pricing.exact import ADD
+from aiserver.costs.pricing.exact import ADD, SUBTRACT, ZERO
 from aiserver.ledger.spend.buckets import Bucket
 from aiserver.ledger.spend.store import spend as store
 from aiserver.ledger.spend.store.spend import SpendRead
@@ -161,7 +161,9 @@ def assemble(
     for _, key, sums, cost in rows:
         if key is not None:  # not the other group
             window.setdefault(key, _Sums()).add(sums, cost)
-    ranked = sorted(window, key=lambda k: (-window[k].cost, _by_name(k)))
+    # exactly: `-cost` rounds to the default context's 28 digits, which made a tie of two
+    # costs that differ past them, ranked by name
+    ranked = sorted(window, key=lambda k: (SUBTRACT(ZERO, window[k].cost), _by_name(k)))
     kept = set(ranked if query.top is None else ranked[: query.top])
     order: dict[Key | None, int] = {key: i for i, key in enumerate(ranked) if key in kept}
     if len(kept) < len(ranked) or any(key is None for _, key, _, _ in rows):
