@@ -96,11 +96,11 @@ class SpendController(Controller):
         ] = None,
         model: Annotated[
             str | None,
-            QueryParameter(description="the model as priced (as reported when unpriced)"),
+            QueryParameter(description="the model as matched (as reported when unknown)"),
         ] = None,
         provider: Annotated[
             str | None,
-            QueryParameter(description="the provider as priced (as reported when unpriced)"),
+            QueryParameter(description="the provider as matched (as reported when unknown)"),
         ] = None,
         status: Annotated[
             PricingStatus | None, QueryParameter(description="the pricing status")

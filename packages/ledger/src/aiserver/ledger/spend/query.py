@@ -10,7 +10,7 @@
   them: a day is 23 or 25 hours on a daylight-saving change. The first and last buckets are
   cut to the window. Without a bucket the answer is one total over the window.
 - Groups are the values of up to `MAX_GROUP_BY` dimensions: `model` (the model as the catalog
-  priced it, or as reported when unpriced), `provider` (likewise; null when none),
+  matched it, or as reported when it does not know it), `provider` (likewise; null when none),
   `status` (the pricing status) and `tag:KEY` (null for events without that tag).
 - `top` N keeps the N groups with the largest cost over the whole window (a tie goes to the
   smaller name) and sums the rest into one `other` group, the same groups in every bucket.
