@@ -4,16 +4,22 @@ next request to that address for another name over TLS that was verified for the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from aiserver.ledger.webhooks.sending import post_pinned
+from aiserver.ledger.webhooks import sending
+from aiserver.ledger.webhooks.sending import post_first, post_pinned
 
 from ..support.receiver import Receiver
 from .test_alert_delivery import certificate as certificate  # the fixture
+from .test_alert_delivery import receiver as receiver  # the fixture
 from .test_alert_delivery import tls_receiver as tls_receiver  # the fixture
 
 
@@ -39,3 +45,47 @@ async def test_a_name_s_request_never_rides_a_connection_verified_for_another_na
     assert [r.path for r in tls_receiver.received] == ["/a"]
     assert tls_receiver.server_names == ["localhost", "other.example.invalid"]
     assert tls_receiver.received[0].headers["Connection"] == "close"
+
+
+@contextlib.contextmanager
+def unanswering(address: str, port: int) -> Iterator[None]:
+    """A port at `address` that takes no connection: it listens, and its queue of connections
+    not yet accepted is full, so the kernel lets each new one wait, unanswered (as an address
+    whose packets a firewall drops, or a broken IPv6 route, does)."""
+    listener = socket.socket()
+    listener.bind((address, port))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # until one waits: the queue is full
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            fillers.append(filler)
+            try:
+                filler.connect((address, port))
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("the queue never filled")
+        yield
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_an_address_that_takes_no_connection_leaves_time_for_the_next(
+    receiver: Receiver,
+) -> None:
+    """A name with two approved addresses, the first one unanswering: the attempt goes on to
+    the second within its time. Before, the first address's connection waited out the whole
+    attempt (a connection that times out was not one that fails, the next address was tried
+    only after a refusal), so every attempt of such a receiver failed, for a day."""
+    url = httpx.URL(f"http://hooks.example.invalid:{receiver.port}/hook")
+    with unanswering("127.0.0.2", receiver.port):
+        async with sending.client() as http, asyncio.timeout(4.0):
+            answer = await post_first(http, url, ["127.0.0.2", "127.0.0.1"], {}, b"{}", timeout=4.0)
+    assert answer == (200, "")
+    assert [r.headers["Host"] for r in receiver.received] == [
+        f"hooks.example.invalid:{receiver.port}"
+    ]

@@ -90,18 +90,30 @@ def _excerpt(data: bytes) -> str:
 
 
 async def post_pinned(
-    http: httpx.AsyncClient, url: httpx.URL, address: str, headers: dict[str, str], body: bytes
+    http: httpx.AsyncClient,
+    url: httpx.URL,
+    address: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    connect_s: float | None = None,
 ) -> tuple[int, str]:
     """POST to `address` in place of the URL's host: the status, and an excerpt of the
-    answer when it is not a success.
+    answer when it is not a success. `connect_s`: how long the connection may take
+    (`httpx.ConnectTimeout` after it), when not the client's timeout.
 
     The connection is not kept for another request (`Connection: close`): the client's pool
     knows a connection by the address alone, so a kept one would carry the next request to
     that address for another name over TLS verified for this name, never checking its own."""
     pinned = url.copy_with(host=address)
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    limits = http.timeout
+    if connect_s is not None:
+        limits = httpx.Timeout(
+            connect=connect_s, read=limits.read, write=limits.write, pool=limits.pool
+        )
     request = http.build_request(
-        "POST", pinned, content=body, extensions=extensions,
+        "POST", pinned, content=body, extensions=extensions, timeout=limits,
         headers={**headers, "Host": url.netloc.decode(), "Connection": "close"},
     )  # fmt: skip
     response = await http.send(request, stream=True)
@@ -117,6 +129,33 @@ async def post_pinned(
     return response.status_code, _excerpt(read)
 
 
+async def post_first(
+    http: httpx.AsyncClient,
+    url: httpx.URL,
+    addresses: Sequence[str],
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    timeout: float = TIMEOUT_S,
+) -> tuple[int, str]:
+    """`post_pinned` to the first of `addresses` that takes the connection; the connection
+    error of the last when none does. Each address but the last has its share of `timeout`
+    to connect: one that refuses, or that does not answer in its share (its packets dropped,
+    a broken IPv6 route), leaves the rest of the time to the next, instead of the whole
+    attempt to itself; the addresses come in the same order at every attempt."""
+    for n, address in enumerate(addresses, start=1):
+        last = n == len(addresses)
+        try:
+            return await post_pinned(
+                http, url, address, headers, body,
+                connect_s=None if last else timeout / len(addresses),
+            )  # fmt: skip
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if last:
+                raise
+    raise httpx.ConnectError("no address to connect to")
+
+
 async def send(
     http: httpx.AsyncClient,
     url: str,
@@ -130,7 +169,7 @@ async def send(
 ) -> Outcome:
     """POST `body`, signed with each of `secrets` (one `v1` each), to `url` (checked again,
     and pinned to an approved address; the next approved address is tried when one refuses
-    the connection)."""
+    the connection or does not take it in its share of the time: `post_first`)."""
     started = time.perf_counter()
 
     def outcome(status: int | None, error: str | None) -> Outcome:
@@ -149,16 +188,16 @@ async def send(
                 target = httpx.URL(url)  # read by resolve_target already: this cannot fail
             except (InvalidField, httpx.InvalidURL) as exc:
                 return outcome(None, f"refused: {exc}")
-            for n, address in enumerate(addresses, start=1):
-                try:
-                    answer = await post_pinned(http, target, address, signed, body)
-                except httpx.ConnectError as exc:
-                    if n == len(addresses):
-                        return outcome(None, f"could not connect to {address}: {exc}")
-                    continue
-                return outcome(answer[0], answer[1] or None)
+            if not addresses:
+                return outcome(None, "the host resolved to no address")
+            try:
+                status, excerpt = await post_first(
+                    http, target, addresses, signed, body, timeout=timeout
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                return outcome(None, f"could not connect to {addresses[-1]}: {exc}")
+            return outcome(status, excerpt or None)
     except TimeoutError:
         return outcome(None, f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         return outcome(None, f"{type(exc).__name__}: {exc}"[:MAX_EXCERPT])
-    return outcome(None, "the host resolved to no address")
