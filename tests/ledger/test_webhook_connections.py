@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +90,54 @@ async def test_an_address_that_takes_no_connection_leaves_time_for_the_next(
     assert [r.headers["Host"] for r in receiver.received] == [
         f"hooks.example.invalid:{receiver.port}"
     ]
+
+
+@contextlib.contextmanager
+def answering_slowly(status: bytes) -> Iterator[int]:
+    """A port on 127.0.0.1 (yielded) whose every request is answered at once with `status`,
+    then a long body one byte at a time, 5 a second, never finished."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    done = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 100000\r\n\r\nbusy")
+            while not done.wait(0.2):
+                try:
+                    conn.sendall(b".")
+                except OSError:  # the sender gave up
+                    return
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        listener.close()
+
+
+async def test_an_answer_whose_body_never_ends_is_recorded_with_its_status_at_once() -> None:
+    """The receiver answers 503 at once, then sends its body a byte at a time: the attempt is
+    the 503, with the start of the body, in about a second. Before, the attempt waited for the
+    body until its whole time was out, and was recorded as no answer at all."""
+    with answering_slowly(b"503 Service Unavailable") as port:
+        async with sending.client() as http:
+            outcome = await sending.send(
+                http, f"http://127.0.0.1:{port}/hook", secrets=["s" * 24], body=b"{}",
+                headers={}, allowed_hosts=("127.0.0.1",), timeout=6.0,
+            )  # fmt: skip
+    assert (outcome.status_code, outcome.delivered) == (503, False)
+    assert outcome.error is not None
+    assert outcome.error.startswith("busy"), outcome.error
+    assert outcome.duration_s < 3.0

@@ -10,12 +10,14 @@ TLS sends the name (SNI) and verifies the certificate against it. So what was ch
 is reached, and a DNS answer that changes between the check and the connect (DNS rebinding)
 changes nothing. Proxies from the environment are ignored for the same reason, no connection
 is kept for a later request (the client's pool would reuse one made for another name), redirects
-are not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an answer are read.
+are not followed (a 3xx is a failed attempt), and at most `MAX_READ` bytes of an answer are read,
+for at most `EXCERPT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Collection, Sequence
@@ -34,6 +36,8 @@ from aiserver.ledger.webhooks.targets import resolve_target
 TIMEOUT_S: Final = 10.0
 #: Of an answer, this many bytes are read (and a short excerpt of them kept with a failure).
 MAX_READ: Final = 1024
+#: An answer that is not a success is read for at most this many seconds, for its excerpt.
+EXCERPT_S: Final = 1.0
 MAX_EXCERPT: Final = 200
 USER_AGENT: Final = "aiserver-webhooks/1"
 
@@ -117,13 +121,17 @@ async def post_pinned(
         headers={**headers, "Host": url.netloc.decode(), "Connection": "close"},
     )  # fmt: skip
     response = await http.send(request, stream=True)
+    read = b""
     try:
-        read = b""
         if not 200 <= response.status_code < 300:
-            async for chunk in response.aiter_raw():
-                read += chunk
-                if len(read) >= MAX_READ:
-                    break
+            # the status is the answer: of the body, what comes within EXCERPT_S (a body that
+            # never ends, or that breaks off, keeps the attempt no longer, nor loses its status)
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                async with asyncio.timeout(EXCERPT_S):
+                    async for chunk in response.aiter_raw():
+                        read += chunk
+                        if len(read) >= MAX_READ:
+                            break
     finally:
         await response.aclose()
     return response.status_code, _excerpt(read)
