@@ -181,6 +181,15 @@ async def test_a_budget_that_cannot_be_is_refused_naming_its_field(
         "http://[fec0::1]/hook",  # site-local
         "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
         "http://[64:ff9b:1::a00:1]/hook",  # local-use NAT64
+        # other spellings of 127.0.0.1 and 0.0.0.0, which the resolver reads as addresses
+        "http://2130706433/hook",  # decimal
+        "http://0x7f000001/hook",  # hexadecimal
+        "http://0x7f.1/hook",
+        "http://017700000001/hook",  # octal
+        "http://127.1/hook",
+        "http://0/hook",
+        "http://[::]/hook",
+        "http://[0:0:0:0:0:ffff:7f00:1]/hook",  # IPv4-mapped, written out
     ],
 )
 async def test_a_webhook_into_the_servers_own_network_is_refused(
