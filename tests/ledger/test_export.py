@@ -4,14 +4,17 @@ batches of a bounded size however many events there are."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 import asyncpg
+import msgspec
 import pytest
 
 from aiserver.core_db.errors import InvalidInput
@@ -179,6 +182,29 @@ async def test_the_export_reads_a_bounded_batch_at_a_time_and_ends_its_connectio
     assert export.events == count + 3
     assert export.closed
     assert usage_export.PREFETCH == PREFETCH
+
+
+async def test_an_export_that_cannot_start_ends_its_connection(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """The export's encoding was made after the guard that ends the connection when opening
+    fails: a project's time zone this host's zone data does not know (a row written by hand,
+    or another host's tzdata) raised there and left the connection open for as long as the
+    error was kept. Now it is ended, as any other failure to open is."""
+    await imported(env, tmp_path)
+    project = await projects.find_project(db, Access.operator(), "acme")
+    elsewhere = msgspec.structs.replace(project, time_zone="Nowhere/Not_A_Zone")
+    query = export_query(since=at(24), until=at(0))
+    with pytest.raises(ZoneInfoNotFoundError) as failed:  # FOCUS reads the zone per row
+        await UsageExport.open(settings.core, elsewhere, query, "csv")
+    async with asyncio.timeout(10):  # the failure is still held here: nothing else ends it
+        while await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME,
+        ):
+            await asyncio.sleep(0.02)
+    del failed  # held until the connection was seen ended
 
 
 def test_a_csv_row_says_its_time_and_month_on_the_project_s_clock() -> None:

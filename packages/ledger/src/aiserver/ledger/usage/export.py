@@ -308,11 +308,12 @@ class UsageExport:
             if fmt == "focus":
                 sql, args = store.unpriced_statement(project.id, filters)
                 unpriced = int(await conn.fetchval(sql, *args))
+            statement = store.export_statement(project.id, filters)
+            encoder = encoding(fmt, project)  # a zone this host does not know raises here
         except BaseException:
             conn.terminate()
             raise
-        statement = store.export_statement(project.id, filters)
-        return cls(conn, transaction, statement, encoding(fmt, project), unpriced, project.id)
+        return cls(conn, transaction, statement, encoder, unpriced, project.id)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The export's bytes, a batch of events at a time; the connection is closed at the
