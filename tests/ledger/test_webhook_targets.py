@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 
 import pytest
 
 from aiserver.core_db.settings import SettingsError, load_settings
-from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.errors import InvalidField, WebhookLookupSlow
 from aiserver.ledger.settings import LedgerSettings
+from aiserver.ledger.webhooks import targets
 from aiserver.ledger.webhooks.targets import check_url, is_public, resolve_target
 
 INTERNAL = [
@@ -140,3 +143,44 @@ async def test_an_allowed_host_with_a_port_lets_webhooks_reach_that_port_only(
 def test_an_allowed_host_that_is_no_host_or_port_stops_the_start(entry: str) -> None:
     with pytest.raises(SettingsError, match=r"WEBHOOK_ALLOWED_HOSTS: .* is not `host` or"):
         load_settings(LedgerSettings, {"WEBHOOK_ALLOWED_HOSTS": entry})
+
+
+async def test_a_host_that_does_not_resolve_in_time_is_a_503_and_lookups_keep_to_their_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook's host was looked up with no bound but the resolver's own: a name whose DNS
+    never answered held the request that saved it, and a thread of the loop's pool (which new
+    connections by name and work moved off the loop share) for as long; many such requests
+    held them all. Now a lookup takes at most LOOKUP_S, and at most LOOKUPS run at once, a
+    lookup given up keeping its slot until its thread is done. The DNS here is a stand-in on
+    this loop that answers when the test says so (a resolver's slowness cannot be had on
+    demand)."""
+    loop = asyncio.get_running_loop()
+    answer = asyncio.Event()
+    running = []
+
+    async def slow_dns(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        running.append(host)
+        try:
+            await answer.wait()
+        finally:
+            running.remove(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", slow_dns)
+    monkeypatch.setattr(targets, "LOOKUP_S", 0.3)
+    tries = [resolve_target(f"https://slow-{n}.example.com/hook", ()) for n in range(5)]
+    async with asyncio.timeout(30):  # before: each waited for the DNS, here for ever
+        failed = await asyncio.gather(*tries, return_exceptions=True)
+    assert all(isinstance(e, WebhookLookupSlow) for e in failed), failed
+    assert WebhookLookupSlow.status == 503
+    assert "did not resolve within 0.3 s" in str(failed[0])
+    assert len(running) == targets.LOOKUPS  # the given-up lookups still hold their threads
+    # a new lookup waits for a slot, which the given-up ones free once their DNS answers
+    later = asyncio.ensure_future(resolve_target("https://later.example.com/hook", ()))
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    assert len(running) == targets.LOOKUPS
+    answer.set()
+    assert await later == ["93.184.215.14"]
+    assert running == []

@@ -39,8 +39,11 @@ AiserverError
     │                             reservation made for another estimate
     ├── BudgetExceeded        402 budget-exceeded: a reservation that a hard budget cannot
     │                             hold; names the budget, its limit and what remains
-    └── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
-                                  were being recorded (rare); send them again
+    ├── (Unavailable) UsageUnsettled  503 usage-unsettled: keys retention removed while they
+    │                             were being recorded (rare); send them again
+    └── (Unavailable) WebhookLookupSlow  503 webhook-lookup-slow: a webhook's host did not
+                                  resolve in time (its DNS is slow, or the server's lookups
+                                  are all busy); send it again
 
 A usage that is wrong is the costs package's `UsageError` (422 invalid-usage), wherever it is
 found.
@@ -133,6 +136,10 @@ class UnsupportedEncoding(InvalidInput, status=415, slug="unsupported-media-type
 
 
 class UsageUnsettled(Unavailable, slug="usage-unsettled"):
+    pass
+
+
+class WebhookLookupSlow(Unavailable, slug="webhook-lookup-slow"):
     pass
 
 

@@ -27,7 +27,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 import httpx
 
-from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.errors import InvalidField, WebhookLookupSlow
 from aiserver.ledger.text import has_control
 from aiserver.ledger.webhooks import signing
 from aiserver.ledger.webhooks.targets import resolve_target
@@ -196,6 +196,8 @@ async def send(
                 target = httpx.URL(url)  # read by resolve_target already: this cannot fail
             except (InvalidField, httpx.InvalidURL) as exc:
                 return outcome(None, f"refused: {exc}")
+            except WebhookLookupSlow as exc:
+                return outcome(None, str(exc))
             if not addresses:
                 return outcome(None, "the host resolved to no address")
             try:

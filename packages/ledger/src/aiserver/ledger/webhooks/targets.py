@@ -21,6 +21,12 @@ it, so that the name checked is the name the request goes to. A refusal names th
 the addresses it resolved to, and reads the same whether the host does not resolve or resolves to
 an internal address: a project's key learns nothing of the internal network from it, not even
 which internal names exist. The log (the operator's) says which of the two it was.
+
+A lookup takes at most `LOOKUP_S`, and a process runs at most `LOOKUPS` at once: they run on
+the event loop's thread pool, which new connections by name and work moved off the loop share,
+and a host whose DNS never answers would hold a thread for the resolver's whole timeout. One
+not done in time is `WebhookLookupSlow` (a 503 where a target is saved; a failed attempt, tried
+again later, where an alert is sent).
 """
 
 from __future__ import annotations
@@ -28,14 +34,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import weakref
 from collections.abc import Collection
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 
 from aiserver.core_db.logging import get_logger
-from aiserver.ledger.errors import InvalidField
+from aiserver.ledger.errors import InvalidField, WebhookLookupSlow
 
 _log = get_logger(__name__)
 
@@ -131,6 +138,34 @@ def allowed(host: str, port: int, allowed_hosts: Collection[str]) -> bool:
     return False
 
 
+#: How long a webhook's host may take to resolve (its wait for a free lookup included).
+LOOKUP_S: Final = 5.0
+#: How many lookups of webhook hosts one process runs at once (on its loop's thread pool).
+LOOKUPS: Final = 2
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _lookup(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[Any, ...]]:
+    """`loop.getaddrinfo` in one of the loop's `LOOKUPS` slots. A lookup given up (the
+    caller's time ran out) keeps its slot until its thread is done with it: the slots bound the
+    threads that lookups hold, not only the callers that wait."""
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(LOOKUPS)
+    await slots.acquire()
+    lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+
+    def done(task: asyncio.Future[Any]) -> None:
+        slots.release()
+        if not task.cancelled():
+            task.exception()  # taken: a lookup given up fails to no one
+
+    lookup.add_done_callback(done)
+    return await asyncio.shield(lookup)
+
+
 async def resolve_target(
     url: str, allowed_hosts: Collection[str], field: str = "webhook_url"
 ) -> list[str]:
@@ -140,8 +175,15 @@ async def resolve_target(
     answers a public and a private address would otherwise let the second one through."""
     host = check_url(url, field)
     port = urlsplit(url).port or (443 if url.lower().startswith("https") else 80)
+    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(LOOKUP_S):
+            infos = await _lookup(loop, host, port)
+    except TimeoutError:
+        _log.warning("webhook target lookup slow", host=host, limit_s=LOOKUP_S)
+        raise WebhookLookupSlow(
+            f"{field}: the host {host!r} did not resolve within {LOOKUP_S:g} s; try again"
+        ) from None
     except (OSError, UnicodeError) as exc:
         _log.info("webhook target refused", host=host, reason="does not resolve", error=str(exc))
         raise _not_public(host, field) from None
