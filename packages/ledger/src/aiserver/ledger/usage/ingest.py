@@ -293,8 +293,10 @@ class UsageRecorder:
         runs between slices of `_SLICE` items."""
         results: list[EventResult | None] = [None] * len(items)
         accepted: list[_Accepted] = []
+        turn = _SLICE
         for index, item in enumerate(items):
-            if index and not index % _SLICE:
+            if index == turn:  # (a comparison: a modulo per event cost 5 times as much)
+                turn += _SLICE
                 await asyncio.sleep(0)  # the process's other requests, its /health too
             try:
                 if isinstance(item, AiserverError):
@@ -352,8 +354,10 @@ class UsageRecorder:
             else:
                 raise _unsettled()
         answered: dict[str, EventResult] = {}
+        turn = _SLICE
         for count, entry in enumerate(ordered):
-            if count and not count % _SLICE:
+            if count == turn:
+                turn += _SLICE
                 await asyncio.sleep(0)
             key = entry.event.key
             if key in claimed:
@@ -529,8 +533,10 @@ def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[An
 async def _in_turns(rows: Iterator[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
     """The rows, the event loop given a turn every `_SLICE` of them (an asynchronous iterator
     costs COPY some 0.3 µs per row: only a request of more than `_SLICE` events is given one)."""
+    turn = _SLICE
     for count, row in enumerate(rows):
-        if count and not count % _SLICE:
+        if count == turn:
+            turn += _SLICE
             await asyncio.sleep(0)
         yield row
 
