@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
+
+from aiserver.core_db.locks import advisory_lock_key
+from aiserver.core_db.migrations import MIGRATION_LOCK
+from aiserver.costs.refresh import snapshot_bytes
 
 from ..support.processes import taskrunners
 from ..support.upstream import Upstream
@@ -36,3 +41,29 @@ async def test_a_start_without_postgresql_waits_for_it_and_says_so(
     assert not any("redis unreachable" in str(name) for name in names)
     assert "task runner ready" not in names
     assert "task runner stopped" not in names
+
+
+async def test_a_connection_cut_while_waiting_for_the_migrations_lock_is_waited_out(
+    migrated_database_url: str, redis: Redis, upstream: Upstream, tmp_path: Path
+) -> None:
+    """PostgreSQL restarting while the runner waits for another runner's migrations (or while
+    it migrates) ends its connection: the start fails as one without PostgreSQL does, and the
+    runner starts again, rather than ending with a traceback."""
+    upstream.serve(snapshot_bytes())
+    env = process_env(migrated_database_url, upstream)
+    holder = await asyncpg.connect(migrated_database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", advisory_lock_key(MIGRATION_LOCK))
+        async with taskrunners(1, env, tmp_path) as (runner,):
+            await runner.wait_for("waiting for advisory lock")
+            await holder.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            await runner.wait_for("task runner ready")
+            assert await runner.terminate() == 0
+    finally:
+        await holder.close()
+    waits = [e for e in runner.events() if e.get("event") == WAITING]
+    assert waits, runner.log.read_text()

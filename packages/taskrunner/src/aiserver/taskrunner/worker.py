@@ -25,6 +25,7 @@ from arq import cron
 from arq.cron import CronJob
 from arq.worker import Function, func
 
+from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
 from aiserver.core_db.migrations import initialize_database
@@ -107,10 +108,32 @@ REPRICE_JOB_TIMEOUT_S: Final = 3600
 IDLE_IN_TRANSACTION_S: Final = 600
 
 
+#: What asyncpg raises when PostgreSQL ends a connection under a statement (a restart, a
+#: terminated backend; see `aiserver.core_db.connections._cut`), or ends it at once.
+CONNECTION_LOST: Final = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.IdleSessionTimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: TaskRunnerSettings = ctx["settings"]
     configure_logging(settings.core.log_level, settings.core.log_format)
-    await initialize_database(settings.core)
+    try:
+        await initialize_database(settings.core)
+    except CONNECTION_LOST as exc:
+        # PostgreSQL went away while this runner waited for the migrations' lock (another
+        # runner migrating) or migrated: a start without the database, which `cli.run` tries
+        # again, rather than an error that ended the task runner with a traceback
+        raise DatabaseUnavailable(
+            "the connection to PostgreSQL was lost while the database was being initialized: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(
         database(settings.core, idle_in_transaction=IDLE_IN_TRANSACTION_S)
