@@ -428,6 +428,25 @@ async def test_an_upstream_fault_leaves_the_catalog_row_for_row(
     assert len(upstream.requests) - asked == (2 if transient else 1)  # one retry when transient
 
 
+async def test_a_304_to_a_request_that_was_not_conditional_confirms_nothing(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """A 304 answers a conditional GET only (RFC 9110): from a source asked without a validator
+    (a new MODEL_COST_SOURCE_URL), it says nothing of the catalog held, which came from the old
+    one. Taken as a confirmation, the old source's prices counted as the new one's, fresh."""
+    before = await catalog_rows(loaded.core.database_url)
+    moved = replace_settings(loaded, model_cost_source_url=upstream.url + "?v=2")
+    upstream.serve(document(models(30)), mode="status")
+    upstream.status = 304
+    report = await refresh_catalog(moved.core, moved.costs, force=True, trigger="test")
+    assert "If-None-Match" not in upstream.requests[-1]
+    assert report.outcome is Outcome.FAILED
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
+    assert meta["url"] == upstream.url
+    assert meta["last_error"].startswith("failed: upstream answered HTTP 304")
+
+
 async def test_a_transient_fault_is_retried_then_succeeds(
     cfg: Settings, upstream: Upstream
 ) -> None:

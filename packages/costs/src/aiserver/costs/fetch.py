@@ -1,7 +1,8 @@
 """Download the upstream price document: conditional, bounded in time and size, retried.
 
 - Conditional GET: `If-None-Match` / `If-Modified-Since` from the last success; 304 means the
-  catalog is current without a download.
+  catalog is current without a download. A 304 to a GET that was not conditional (a new source
+  URL, an upstream that sent no validator) confirms nothing: it is refused (`UpstreamRefused`).
 - One deadline bounds the whole attempt, connect to last byte, so a server that drips a byte a
   second cannot hold a refresh forever.
 - The size limit is enforced while streaming (a lying or missing Content-Length changes nothing).
@@ -42,6 +43,8 @@ MAX_REDIRECTS: Final = 5
 BACKOFF_S: Final = 0.5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: The request headers that make a GET conditional (those `fetch_source` sends).
+_CONDITIONAL: Final = frozenset({"If-None-Match", "If-Modified-Since"})
 
 
 @functools.cache
@@ -132,7 +135,7 @@ async def _attempt(
                     if response.status_code in _REDIRECTS and location is not None:
                         url = redirect_target(url, location)
                         continue
-                    return await _answer(response, max_bytes, attempt)
+                    return await _answer(response, max_bytes, attempt, headers)
             raise UpstreamRefused(f"upstream redirected more than {MAX_REDIRECTS} times")
     except TimeoutError:
         raise UpstreamUnavailable(
@@ -147,8 +150,17 @@ async def _attempt(
         raise UpstreamUnavailable(f"connection failed: {detail}") from None
 
 
-async def _answer(response: httpx.Response, max_bytes: int, attempt: int) -> Fetched:
+async def _answer(
+    response: httpx.Response, max_bytes: int, attempt: int, headers: dict[str, str]
+) -> Fetched:
     """A final (non-redirect) answer as a `Fetched`, or the `UpstreamError` it means."""
+    if response.status_code == 304 and not _CONDITIONAL & headers.keys():
+        # 304 answers a conditional GET only (RFC 9110): asked without a validator (a new
+        # source URL, a source that sent none), it confirms no copy of ours
+        raise UpstreamRefused(
+            "upstream answered HTTP 304 to a request that was not conditional",
+            status=response.status_code,
+        )
     if response.status_code == 304:
         return Fetched(
             304,
