@@ -5,6 +5,7 @@ WEBHOOK_SECRET_KEYS seals the replaced secret again too."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from structlog.testing import capture_logs
 
 from aiserver.ledger.access import Access
@@ -236,6 +238,17 @@ async def test_the_same_secret_sent_again_replaces_nothing(
     assert until is None
 
 
+async def replaced_past_its_day(pool: asyncpg.Pool, access: Access, url: str) -> int:
+    """A budget whose secret was changed, the replaced one's day passed: its id."""
+    budget_id = await watched_budget(pool, access, url)
+    await change_secret(pool, access, budget_id, url, secret=NEW)
+    await pool.execute(
+        "UPDATE budgets SET webhook_previous_until = now() - interval '1 second' WHERE id = $1",
+        budget_id,
+    )
+    return budget_id
+
+
 async def test_a_key_rotation_leaves_no_secret_sealed_with_the_retired_key(
     project: tuple[asyncpg.Pool, Access], receiver: Receiver
 ) -> None:
@@ -245,13 +258,7 @@ async def test_a_key_rotation_leaves_no_secret_sealed_with_the_retired_key(
     row, sealed with the retired key, for as long as the budget kept that address, so a copy
     of the database and the retired key still gave it back)."""
     pool, access = project
-    budget_id = await watched_budget(pool, access, receiver.url)
-    await change_secret(pool, access, budget_id, receiver.url, secret=NEW)
-    # the day has passed
-    await pool.execute(
-        "UPDATE budgets SET webhook_previous_until = now() - interval '1 second' WHERE id = $1",
-        budget_id,
-    )
+    budget_id = await replaced_past_its_day(pool, access, receiver.url)
     fresh = base64.b64encode(b"another key of 32 bytes, for it.").decode()
     rotating = SecretBox.of([fresh, TEST_WEBHOOK_SECRET_KEYS])
     assert rotating is not None
@@ -331,3 +338,22 @@ async def test_replaced_secrets_past_their_day_are_erased_and_only_those(
     assert [(r["id"], r["kept"]) for r in rows] == [(ended, False), (signing_still, True)]
     shown = await service.show_budget(pool, access, signing_still)
     assert shown.budget.previous_secret_until is not None
+
+
+async def test_a_budget_held_for_long_with_a_secret_past_its_day_does_not_hang_the_sealing(
+    project: tuple[asyncpg.Pool, Access], receiver: Receiver
+) -> None:
+    """A transaction that holds a budget for long (stuck) must not hang a task runner's start
+    (test_webhook_sealing): nor when the budget's replaced secret is past its day, which the
+    start erases first, with keys or without. The erasing waited for the budget's lock without
+    a bound, and the runner never got ready."""
+    pool, access = project
+    budget_id = await replaced_past_its_day(pool, access, receiver.url)
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("UPDATE budgets SET name = 'held' WHERE id = $1", budget_id)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(service.seal_secrets(pool, BOX, lock_timeout_s=0.2), 10)
+    assert await service.seal_secrets(pool, BOX) == (0, 0)
+    assert await pool.fetchval(
+        "SELECT webhook_previous_secret FROM budgets WHERE id = $1", budget_id
+    ) is None  # fmt: skip

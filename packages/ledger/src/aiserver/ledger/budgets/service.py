@@ -441,7 +441,8 @@ async def seal_secrets(
     `box` opens is sealed with the current key."""
     done = left = left_replaced = 0
     after = (0, 0)
-    await forget_replaced_secrets(pool)  # their day has passed: nothing to seal
+    # their day has passed: nothing to seal
+    await forget_replaced_secrets(pool, lock_timeout_s=lock_timeout_s)
     while True:
         async with pool.acquire() as conn, conn.transaction():
             # a budget held longer than this (a stuck transaction) fails the call, not hangs it
@@ -477,10 +478,11 @@ async def seal_secrets(
     return done, left
 
 
-async def forget_replaced_secrets(pool: asyncpg.Pool) -> int:
-    """Erase the replaced webhook secrets whose day has passed; how many."""
+async def forget_replaced_secrets(pool: asyncpg.Pool, *, lock_timeout_s: float = 30.0) -> int:
+    """Erase the replaced webhook secrets whose day has passed; how many. A budget held longer
+    than `lock_timeout_s` (a stuck transaction) fails the call, not hangs it."""
     async with pool.acquire() as conn:
-        return await store.forget_replaced_secrets(conn)
+        return await store.forget_replaced_secrets(conn, lock_timeout_s=lock_timeout_s)
 
 
 async def has_clear_secrets(pool: asyncpg.Pool) -> bool:

@@ -164,14 +164,18 @@ async def lock_webhook(conn: DbConnection, project_id: int, budget_id: int) -> W
     return Webhook(row["webhook_url"], row["webhook_secret"], row["webhook_secret_key_id"])
 
 
-async def forget_replaced_secrets(conn: DbConnection) -> int:
+async def forget_replaced_secrets(conn: DbConnection, *, lock_timeout_s: float) -> int:
     """Erase every replaced webhook secret whose time to sign has passed (nothing reads it any
-    more: no stored secret outlives its use). Returns how many."""
-    done: str = await conn.execute(
-        "UPDATE budgets SET webhook_previous_secret = NULL,"
-        " webhook_previous_secret_key_id = NULL, webhook_previous_until = NULL"
-        " WHERE webhook_previous_until <= now()"
-    )
+    more: no stored secret outlives its use). Returns how many. A budget held longer than
+    `lock_timeout_s` by another transaction raises `asyncpg.LockNotAvailableError` (nothing is
+    erased)."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
+        done: str = await conn.execute(
+            "UPDATE budgets SET webhook_previous_secret = NULL,"
+            " webhook_previous_secret_key_id = NULL, webhook_previous_until = NULL"
+            " WHERE webhook_previous_until <= now()"
+        )
     return int(done.rsplit(" ", 1)[1])
 
 
