@@ -447,6 +447,21 @@ async def test_a_304_to_a_request_that_was_not_conditional_confirms_nothing(
     assert meta["last_error"].startswith("failed: upstream answered HTTP 304")
 
 
+async def test_a_body_that_is_not_in_its_content_encoding_is_a_recorded_failure(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """A body said to be gzip that is not (a broken upstream or proxy): httpx's DecodingError
+    is no transport error, and it left the refresh as an exception, recorded nowhere."""
+    before = await catalog_rows(loaded.core.database_url)
+    upstream.serve(document(models(30)))
+    upstream.content_encoding = "gzip"
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.FAILED
+    assert await catalog_rows(loaded.core.database_url) == before
+    meta = await _metadata(loaded.core.database_url)
+    assert meta["last_error"].startswith("failed: the body could not be decoded")
+
+
 async def test_a_transient_fault_is_retried_then_succeeds(
     cfg: Settings, upstream: Upstream
 ) -> None:

@@ -79,6 +79,7 @@ class Upstream(LocalServer):
     drip_interval: float = 1.0
     conditional: bool = True  # answer 304 to a matching If-None-Match
     location: str = ""  # where mode "redirect" sends the client
+    content_encoding: str = ""  # the Content-Encoding "ok" says its body has, if any
     requests: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -168,6 +169,8 @@ class Upstream(LocalServer):
                 self.send_response(200)
                 self.send_header("Content-Type", upstream.content_type)
                 self.send_header("Content-Length", str(len(upstream.body)))
+                if upstream.content_encoding:
+                    self.send_header("Content-Encoding", upstream.content_encoding)
                 self.send_header("ETag", upstream.etag)
                 self.send_header("Last-Modified", "Sat, 28 Nov 2026 09:00:00 GMT")
                 self.end_headers()

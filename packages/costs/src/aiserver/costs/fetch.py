@@ -15,6 +15,7 @@
   refresh (`UpstreamRefused`): the operator chose the source's host, and an upstream that sends
   the fetch to another one (an internal address, the cloud metadata service) must not make the
   task runner read it. A source that really moved is configured by its final URL.
+- A body that is not in its declared Content-Encoding fails the refresh (`UpstreamRefused`).
 - `file://` URLs are read from disk with the same size limit (offline operation, tests).
 """
 
@@ -148,6 +149,10 @@ async def _attempt(
     except httpx.TransportError as exc:
         detail = str(exc) or type(exc).__name__
         raise UpstreamUnavailable(f"connection failed: {detail}") from None
+    except httpx.DecodingError as exc:
+        # a body that is not in the Content-Encoding it is said to have (a broken upstream or
+        # proxy): no transport error, and asking again brings the same
+        raise UpstreamRefused(f"the body could not be decoded: {exc}") from None
 
 
 async def _answer(
