@@ -402,6 +402,23 @@ async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
     assert json.loads(run["entries"])["gpt-test-003"].startswith(reason)
 
 
+async def test_a_token_limit_beyond_bigint_skips_its_entry_not_the_refresh(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """A context limit no BIGINT holds (a typo upstream: 1e30 tokens) made the write of the
+    whole catalog fail, as an exception that recorded nothing: one bad entry must not stop
+    every other price from being refreshed."""
+    body = models(21)
+    body["gpt-test-020"]["max_input_tokens"] = 10**30
+    body["gpt-test-001"]["input_cost_per_token"] = 0.000009
+    upstream.serve(document(body, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed, report.removed) == (0, 1, 0)
+    assert "out of range" in report.skipped["gpt-test-020"]
+    assert report.model_count == 20
+
+
 @pytest.mark.parametrize(
     ("mode", "expected_error"),
     [

@@ -104,6 +104,8 @@ _NORMALIZE: Final = decimal.Context(
     prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN
 )
 _ZERO: Final = Decimal(0)
+#: The largest context limit stored (`max_input_tokens`, `max_output_tokens`: BIGINT columns).
+_MAX_TOKEN_LIMIT: Final = 2**63 - 1
 _ONE: Final = Decimal(1)
 
 
@@ -284,6 +286,9 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
         value = entry.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | Decimal)):
             return f"unknown shape: {name} is not a number: {value!r}"
+        if (limit := token_limit(entry, name)) is not None and abs(limit) > _MAX_TOKEN_LIMIT:
+            # stored as a BIGINT: beyond it, the write of the whole catalog failed
+            return f"unknown shape: {name} is out of range: {value}"
     return None
 
 
