@@ -402,6 +402,31 @@ async def test_a_bad_entry_is_skipped_and_its_previous_version_stays(
     assert json.loads(run["entries"])["gpt-test-003"].startswith(reason)
 
 
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("gpt-test-020", {"mode": "chat\u0000"}),
+        ("gpt-test-020", {"litellm_provider": "open\u0000ai"}),
+        ("gpt-test-020", {"note": {"\u0000": 1}}),
+        ("gpt-test-\u0000020", {}),
+    ],
+)
+async def test_a_nul_character_in_an_entry_skips_it_not_the_refresh(
+    loaded: Settings, upstream: Upstream, key: str, bad: dict[str, Any]
+) -> None:
+    """JSON may spell NUL (\\u0000), which neither PostgreSQL's text nor its jsonb holds: one
+    entry with it failed the write of the whole catalog, as an exception that recorded
+    nothing. It is skipped, named as JSON spells it."""
+    body = models(21)
+    body[key] = body.pop("gpt-test-020") | bad
+    body["gpt-test-001"]["input_cost_per_token"] = 0.000009
+    upstream.serve(document(body, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed, report.removed) == (0, 1, 0)
+    assert "NUL" in report.skipped[key.replace("\x00", "\\u0000")]
+
+
 async def test_a_token_limit_beyond_bigint_skips_its_entry_not_the_refresh(
     loaded: Settings, upstream: Upstream
 ) -> None:

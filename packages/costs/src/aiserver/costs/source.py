@@ -351,6 +351,23 @@ def read_document(body: bytes) -> SourceDocument:
     )
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a decoded JSON value holds a NUL character, in a string or an object's key
+    (walked without recursion: a value may be nested as deep as the decoder allows)."""
+    waiting = [value]
+    while waiting:
+        item = waiting.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            waiting.extend(item.keys())
+            waiting.extend(item.values())
+        elif isinstance(item, list):
+            waiting.extend(item)
+    return False
+
+
 def parse_source(body: bytes | SourceDocument) -> ParsedSource:
     """Decode (unless given a `read_document` result) and sort an upstream body.
 
@@ -362,6 +379,13 @@ def parse_source(body: bytes | SourceDocument) -> ParsedSource:
     documents: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for key, entry in document.entries.items():
+        if _has_nul(key) or _has_nul(entry):
+            # JSON may spell it (\u0000); PostgreSQL's text and jsonb cannot hold it, and one
+            # such entry failed the write of the whole catalog. Named as JSON spells it.
+            skipped[key.replace("\x00", "\\u0000")] = (
+                "unknown shape: a NUL character (\\u0000), which the catalog cannot store"
+            )
+            continue
         if key in DOCUMENT_KEYS:
             documents[key] = entry
             continue
