@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 from collections.abc import Coroutine
 from decimal import Decimal
 from typing import Any
@@ -425,6 +426,28 @@ async def test_a_nul_character_in_an_entry_skips_it_not_the_refresh(
     assert report.outcome is Outcome.APPLIED
     assert (report.added, report.changed, report.removed) == (0, 1, 0)
     assert "NUL" in report.skipped[key.replace("\x00", "\\u0000")]
+
+
+@pytest.mark.parametrize("where", ["model", "provider", "alias"])
+async def test_a_name_too_long_for_any_call_skips_its_entry_not_the_refresh(
+    loaded: Settings, upstream: Upstream, where: str
+) -> None:
+    """A name of thousands of characters that do not compress (a broken upstream) overflowed
+    the index of the catalog's names: the write of the whole catalog failed, as an exception
+    that recorded nothing. No call can name a model or provider that long: it is skipped."""
+    body: dict[str, Any] = models(21)
+    long = secrets.token_hex(2000)
+    key = long if where in ("model", "alias") else "gpt-test-020"
+    entry = body.pop("gpt-test-020")
+    body[key] = {"alias_of": "gpt-test-001"} if where == "alias" else entry
+    if where == "provider":
+        entry["litellm_provider"] = long
+    body["gpt-test-001"]["input_cost_per_token"] = 0.000009
+    upstream.serve(document(body, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed) == (0, 1)
+    assert "characters" in report.skipped[key]
 
 
 async def test_a_token_limit_beyond_bigint_skips_its_entry_not_the_refresh(

@@ -104,6 +104,12 @@ _NORMALIZE: Final = decimal.Context(
     prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN
 )
 _ZERO: Final = Decimal(0)
+#: The longest provider name a call can give (`POST /v1/costs/calculate`, `POST /v1/usage`),
+#: and the longest entry name it can reach: its model name (256 at most) after its provider
+#: (`provider/model`). An entry named longer is priced for no call, and a long enough name
+#: overflowed the catalog's index (the write of the whole catalog failed).
+MAX_PROVIDER_NAME: Final = 128
+MAX_MODEL_NAME: Final = MAX_PROVIDER_NAME + 1 + 256
 #: The largest context limit stored (`max_input_tokens`, `max_output_tokens`: BIGINT columns).
 _MAX_TOKEN_LIMIT: Final = 2**63 - 1
 _ONE: Final = Decimal(1)
@@ -257,6 +263,11 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
     provider = entry.get("litellm_provider")
     if not isinstance(provider, str) or not provider:
         return "unknown shape: litellm_provider is missing or not a string"
+    if len(provider) > MAX_PROVIDER_NAME:
+        return (
+            f"unknown shape: litellm_provider of {len(provider):,} characters; a call names a "
+            f"provider in {MAX_PROVIDER_NAME} at most"
+        )
     for name, value in entry.items():
         if not has_nonnegative_leaves(name):
             continue
@@ -384,6 +395,12 @@ def parse_source(body: bytes | SourceDocument) -> ParsedSource:
             # such entry failed the write of the whole catalog. Named as JSON spells it.
             skipped[key.replace("\x00", "\\u0000")] = (
                 "unknown shape: a NUL character (\\u0000), which the catalog cannot store"
+            )
+            continue
+        if len(key) > MAX_MODEL_NAME:
+            skipped[key] = (
+                f"unknown shape: a name of {len(key):,} characters; a call names an entry in "
+                f"{MAX_MODEL_NAME} at most"
             )
             continue
         if key in DOCUMENT_KEYS:
