@@ -450,6 +450,23 @@ async def test_a_name_too_long_for_any_call_skips_its_entry_not_the_refresh(
     assert "characters" in report.skipped[key]
 
 
+@pytest.mark.parametrize("bad", [{"max_output_tokens": -1}, {"rpm": {"tier-1": -1}}])
+async def test_a_negative_number_outside_the_prices_skips_its_entry_not_the_refresh(
+    loaded: Settings, upstream: Upstream, bad: dict[str, Any]
+) -> None:
+    """The catalog's CHECK refuses a negative number anywhere in an entry, where the guardrail
+    looked at prices only: a limit of -1 (an upstream's "unknown") failed the write of the
+    whole catalog, as an exception that recorded nothing. The entry is skipped."""
+    body = models(21)
+    body["gpt-test-020"] |= bad
+    body["gpt-test-001"]["input_cost_per_token"] = 0.000009
+    upstream.serve(document(body, **{"gpt-alias": {"alias_of": "gpt-test-001"}}))
+    report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    assert report.outcome is Outcome.APPLIED
+    assert (report.added, report.changed) == (0, 1)
+    assert report.skipped["gpt-test-020"].startswith("negative number at ")
+
+
 async def test_a_token_limit_beyond_bigint_skips_its_entry_not_the_refresh(
     loaded: Settings, upstream: Upstream
 ) -> None:

@@ -300,6 +300,26 @@ def entry_problem(entry: Mapping[str, Any]) -> str | None:
         if (limit := token_limit(entry, name)) is not None and abs(limit) > _MAX_TOKEN_LIMIT:
             # stored as a BIGINT: beyond it, the write of the whole catalog failed
             return f"unknown shape: {name} is out of range: {value}"
+    if (negative := _negative_leaf(entry)) is not None:
+        # the catalog's CHECK refuses a negative number anywhere in an entry (a limit of -1):
+        # stored, it failed the write of the whole catalog
+        path, value = negative
+        return f"negative number at {path}: {value}"
+    return None
+
+
+def _negative_leaf(entry: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """The first negative number anywhere in `entry`, with its path (walked without recursion:
+    a value may be nested as deep as the decoder allows)."""
+    waiting: list[tuple[str, Any]] = [(str(k), v) for k, v in entry.items()]
+    while waiting:
+        path, value = waiting.pop()
+        if isinstance(value, dict):
+            waiting.extend((f"{path}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            waiting.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int | Decimal) and not isinstance(value, bool) and value < 0:
+            return path, value
     return None
 
 
