@@ -201,3 +201,38 @@ async def test_a_session_that_does_not_listen_is_taken_for_a_lost_one(db: Settin
         await Keyring._still_listening(conn)  # listening: no error
     finally:
         await conn.close()
+
+
+async def test_an_admin_key_admitted_before_its_project_was_archived_changes_nothing_after(
+    key: str, db: Settings
+) -> None:
+    """An archived project's keys refuse every request (docs/keys.md). A key admitted before
+    the archiving (a request in flight, or a process whose cache is behind: up to
+    API_KEY_CACHE_SECONDS while it cannot listen) must still change nothing of the project
+    once the archiving has committed, as it creates no key then. Before, its change of the
+    project's name, time zone or rolled-up tag keys, and its revocation of the project's keys,
+    were written to the archived project."""
+    pool = require_pool()
+    admin = await api_keys.create_key(pool, OPERATOR, "acme", name="boss", scopes=["admin"])
+    other = await api_keys.create_key(pool, OPERATOR, "acme", name="other", scopes=["read"])
+    keyring = Keyring(cache_ttl_s=60)  # does not listen: the archiving is not heard
+    stale = await keyring.authenticate(pool, admin.text)
+    await projects.change_project(pool, OPERATOR, "acme", archived=True)
+    assert await keyring.authenticate(pool, admin.text) == stale  # admitted, from the cache
+
+    for change in ({"name": "Renamed"}, {"time_zone": "Asia/Tokyo"}, {"rollup_tags": ["team"]}):
+        with pytest.raises(ProjectArchived):
+            await projects.change_project(pool, stale, "acme", **change)  # type: ignore[arg-type]
+    with pytest.raises(ProjectArchived):
+        await api_keys.revoke_key(pool, stale, other.key.id)
+    with pytest.raises(ProjectArchived):  # as before
+        await api_keys.create_key(pool, stale, "acme", name="k2", scopes=["read"])
+    async with pool.acquire() as conn:
+        project = await conn.fetchrow("SELECT name, time_zone, rollup_tags FROM projects")
+        revoked = await conn.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", other.key.id)
+    assert (project["name"], project["time_zone"], project["rollup_tags"]) == ("Acme", "UTC", [])
+    assert revoked is None
+    # the operator still may, also as the dashboard narrows it to the project (no key of it)
+    narrowed = Access(project_id=stale.project_id, project_slug="acme", scopes=stale.scopes)
+    assert (await api_keys.revoke_key(pool, narrowed, other.key.id)).revoked_at is not None
+    await projects.change_project(pool, OPERATOR, "acme", name="Renamed", archived=False)

@@ -18,7 +18,7 @@ from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import announce_key
 from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownKey
 from aiserver.ledger.keys import SCOPES, Scope, new_key
-from aiserver.ledger.projects import check_name, find_project
+from aiserver.ledger.projects import check_name, find_project, refuse_archived
 from aiserver.ledger.store import ApiKey
 
 if TYPE_CHECKING:
@@ -126,6 +126,10 @@ async def revoke_key(
         key = await store.read_key(conn, key_id) if 0 < key_id <= MAX_BIGINT else None
         if key is None or not access.sees(key.project_id):
             raise UnknownKey(f"no key {key_id}")
+        if access.key_id is not None:  # a key: its project's row, as an archiving leaves it
+            await store.hold_project(conn, key.project_id)
+            project = await find_project(conn, access, key.project)
+            refuse_archived(access, project)
         revoked = await store.revoke_key(conn, key.project_id, key.id)
         await announce_key(conn, revoked.public_id)
     if keyring is not None:

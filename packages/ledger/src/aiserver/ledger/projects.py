@@ -22,7 +22,13 @@ from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.reservations import MAX_TTL
 from aiserver.ledger.budgets.store import Budget
-from aiserver.ledger.errors import InvalidField, ProjectExists, ReservationsHeld, UnknownProject
+from aiserver.ledger.errors import (
+    InvalidField,
+    ProjectArchived,
+    ProjectExists,
+    ReservationsHeld,
+    UnknownProject,
+)
 from aiserver.ledger.jobs import rebuild_job_id
 from aiserver.ledger.spend.store import rollups
 from aiserver.ledger.store import Project
@@ -98,6 +104,14 @@ async def find_project(conn: DbConnection, access: Access, slug: str) -> Project
     if project is None or not access.sees(project.id):
         raise UnknownProject(f"no project {slug!r}")
     return project
+
+
+def refuse_archived(access: Access, project: Project) -> None:
+    """`ProjectArchived` for a key of an archived project: one admitted before the archiving (a
+    request in flight, a process whose cache is behind) writes nothing after it. The operator
+    passes, also as the dashboard or the command line narrow it to one project (no `key_id`)."""
+    if project.archived_at is not None and access.key_id is not None:
+        raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
 
 
 async def create_project(
@@ -216,6 +230,7 @@ async def _change_once(
     while they are made again."""
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, slug)
+        refuse_archived(access, project)
         if archived is not None:
             access.require_operator("archiving or restoring a project (`archived`)")
         budgets: list[Budget] = []
@@ -239,6 +254,7 @@ async def _change_once(
             conn, project.id, name=name, time_zone=time_zone, rollup_tags=rollup_tags,
             archived=archived,
         )  # fmt: skip
+        refuse_archived(access, changed)  # archived while this waited for the row: rolled back
         if archived is not None:  # its keys work, or not, in every process from the COMMIT
             await announce_project(conn, project.id)
         if zone_changed:  # the daily rollups are days of its clock: summed again for the new one
