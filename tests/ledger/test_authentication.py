@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -11,8 +12,10 @@ from aiserver.core_db.database import require_pool
 from aiserver.ledger import api_keys, projects
 from aiserver.ledger.access import Access
 from aiserver.ledger.authentication import KeyCache, Keyring
+from aiserver.ledger.budgets import service as budgets
 from aiserver.ledger.errors import KeyRejected, ProjectArchived
 from aiserver.ledger.keys import new_key
+from aiserver.ledger.repricing import runs
 
 from ..conftest import Settings
 
@@ -236,3 +239,39 @@ async def test_an_admin_key_admitted_before_its_project_was_archived_changes_not
     narrowed = Access(project_id=stale.project_id, project_slug="acme", scopes=stale.scopes)
     assert (await api_keys.revoke_key(pool, narrowed, other.key.id)).revoked_at is not None
     await projects.change_project(pool, OPERATOR, "acme", name="Renamed", archived=False)
+
+
+async def test_a_key_admitted_before_the_archiving_writes_no_budget_and_asks_no_reprice(
+    key: str, db: Settings
+) -> None:
+    """As for the project and its keys (above): a key admitted before its project's archiving
+    created, changed and deleted the archived project's budgets, and asked for a reprice of
+    its events, after the archiving had committed. Each is now refused (403 project-archived);
+    the operator still may ask for the reprice."""
+    pool = require_pool()
+    admin = await api_keys.create_key(pool, OPERATOR, "acme", name="boss", scopes=["admin"])
+    keyring = Keyring(cache_ttl_s=60)  # does not listen: the archiving is not heard
+    stale = await keyring.authenticate(pool, admin.text)
+    made, _ = await budgets.create_budget(
+        pool, stale, name="monthly", limit_usd=Decimal(100), period="month"
+    )
+    await projects.change_project(pool, OPERATOR, "acme", archived=True)
+    assert await keyring.authenticate(pool, admin.text) == stale  # admitted, from the cache
+
+    with pytest.raises(ProjectArchived):
+        await budgets.create_budget(pool, stale, name="daily", limit_usd=Decimal(5), period="day")
+    for change in ({"name": "renamed"}, {"limit_usd": Decimal(1)}):
+        with pytest.raises(ProjectArchived):
+            await budgets.change_budget(pool, stale, made.budget.id, change)
+    with pytest.raises(ProjectArchived):
+        await budgets.delete_budget(pool, stale, made.budget.id)
+    with pytest.raises(ProjectArchived):
+        await runs.request_reprice(pool, stale, runs.RepriceRequest(dry_run=False))
+    async with pool.acquire() as conn:
+        kept = await conn.fetch("SELECT name, limit_usd FROM budgets")
+        asked = await conn.fetchval("SELECT count(*) FROM usage_reprice_runs")
+    assert [(b["name"], b["limit_usd"]) for b in kept] == [("monthly", Decimal(100))]
+    assert asked == 0
+    # the operator still may ask for a reprice of the archived project's events
+    run = await runs.request_reprice(pool, OPERATOR, runs.RepriceRequest(project="acme"))
+    assert run.requested_by == "operator"

@@ -335,6 +335,15 @@ async def lock_project(conn: DbConnection, project_id: int) -> None:
     await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
 
 
+async def is_archived(conn: DbConnection, project_id: int) -> bool:
+    """Whether the project is archived (read in the caller's transaction: hold its row first
+    for an answer that an archiving cannot change before the transaction ends)."""
+    archived: bool = await conn.fetchval(
+        "SELECT archived_at IS NOT NULL FROM projects WHERE id = $1", project_id
+    )
+    return archived
+
+
 async def hold_project(conn: DbConnection, project_id: int) -> None:
     """Take the project's row FOR NO KEY UPDATE (what its UPDATE takes), until the transaction
     ends: no budget of it is created or deleted meanwhile, while usage is still written (ingest

@@ -18,8 +18,9 @@ import msgspec
 
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.money import money
+from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidField, UnknownRepriceRun
+from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownRepriceRun
 from aiserver.ledger.projects import find_project
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.store import ALL_PROJECTS
@@ -175,8 +176,12 @@ async def request_reprice(
     """Record a run (queued) for the caller to start. A project's key needs `admin`."""
     access.require("admin")  # first: a key without it learns nothing of what exists
     run_filter = filter_of(request)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         project_id = await _target(conn, access, request)
+        if access.key_id is not None:  # a key admitted before its project's archiving
+            await project_store.hold_project(conn, project_id)
+            if await project_store.is_archived(conn, project_id):
+                raise ProjectArchived("the project is archived: its keys refuse all")
         row = await store.insert_run(
             conn,
             project_id=project_id,
