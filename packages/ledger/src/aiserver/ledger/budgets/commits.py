@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 
 from aiserver.costs.pricing.exact import ADD, DIVIDE, MULTIPLY, SUBTRACT
 from aiserver.ledger.budgets.periods import FOREVER, Period, window_of
@@ -68,6 +69,15 @@ def matches(budget: BudgetScope, spend: Spend) -> bool:
     return all(tags.get(key) == value for key, value in budget.tags.items())
 
 
+#: The windows found are remembered by the quarter of an hour (UTC) of the times they were
+#: found for: windows start at a local midnight, and every offset a zone has used since 1972
+#: is a whole number of quarters, so a quarter lies in one window. Each is checked to hold the
+#: time all the same (a quarter across two windows is found again). Before, a window was
+#: remembered by the exact time: found again for nearly every event (12.7 us of 13.8 per event,
+#: 100,000 events over three days under one budget).
+_QUARTER_S: Final = 900
+
+
 def window_sums(
     budgets: Iterable[BudgetScope], time_zone: str, spends: Iterable[Spend]
 ) -> dict[tuple[int, datetime], WindowSum]:
@@ -76,16 +86,16 @@ def window_sums(
     sums: dict[tuple[int, datetime], WindowSum] = {}
     if not budgets:
         return sums
-    windows: dict[tuple[Period, datetime], tuple[datetime, datetime | None]] = {}
+    windows: dict[tuple[Period, int], tuple[datetime, datetime | None]] = {}
     for spend in spends:
+        at = spend.occurred_at
+        quarter = int(at.timestamp()) // _QUARTER_S
         for budget in budgets:
             if not matches(budget, spend):
                 continue
-            span = windows.get((budget.period, spend.occurred_at))
-            if span is None:
-                span = windows[budget.period, spend.occurred_at] = window_of(
-                    budget.period, time_zone, spend.occurred_at
-                )
+            span = windows.get((budget.period, quarter))
+            if span is None or at < span[0] or (span[1] is not None and at >= span[1]):
+                span = windows[budget.period, quarter] = window_of(budget.period, time_zone, at)
             if span[0] < budget.counts_from:
                 continue  # a window from before the budget: it counts none of its events
             found = sums.get((budget.id, span[0]))
