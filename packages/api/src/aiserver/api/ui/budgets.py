@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 from litestar import Request, get, post
-from litestar.datastructures import FormMultiDict
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from aiserver.api.controllers.budgets import webhook_options
-from aiserver.api.ui.forms import tag_pairs
+from aiserver.api.ui.forms import tag_pairs, text
 from aiserver.api.ui.present import SHOW, alert_state
 from aiserver.api.ui.sessions import PROJECT
 from aiserver.api.ui.viewer import (
@@ -46,10 +45,6 @@ AnyRequest = Request[Any, Any, Any]
 ALERTS_SHOWN: Final = 50
 #: The text fields of a new budget's form.
 FIELDS: Final = ("name", "limit_usd", "period", "tags", "model", "thresholds", "webhook_url")
-
-
-def _text(form: FormMultiDict, name: str) -> str:
-    return str(form.get(name) or "").strip()
 
 
 def _thresholds(text: str) -> list[Any] | None:
@@ -116,14 +111,15 @@ class BudgetPages(ProjectPages):
         form = await checked_form(request)
         seen_by = viewer(request)
         project, access = await open_project(seen_by, slug)
-        typed = {name: _text(form, name) for name in FIELDS}
+        typed = dict.fromkeys(FIELDS, "")  # the form shown again when a field was a file
         try:
+            typed = {name: text(form, name) for name in FIELDS}
             view, secret = await service.create_budget(
                 require_pool(), access, name=typed["name"],
                 limit_usd=amount(typed["limit_usd"], "limit_usd"), period=typed["period"],
                 tags=dict(tag_pairs(t for t in typed["tags"].split(",") if t.strip())),
                 model=typed["model"] or None, thresholds=_thresholds(typed["thresholds"]),
-                hard=form.get("hard") == "on", webhook_url=typed["webhook_url"] or None,
+                hard=text(form, "hard") == "on", webhook_url=typed["webhook_url"] or None,
                 **webhook_options(request),
             )  # fmt: skip
         except (InvalidField, WebhooksDisabled) as exc:
@@ -151,11 +147,11 @@ class BudgetPages(ProjectPages):
         project, access = await open_project(seen_by, slug)
         try:
             changes: dict[str, Any] = {
-                "name": _text(form, "name"),
-                "limit_usd": amount(_text(form, "limit_usd"), "limit_usd"),
-                "hard": form.get("hard") == "on",
+                "name": text(form, "name"),
+                "limit_usd": amount(text(form, "limit_usd"), "limit_usd"),
+                "hard": text(form, "hard") == "on",
             }
-            thresholds = _thresholds(_text(form, "thresholds"))
+            thresholds = _thresholds(text(form, "thresholds"))
             if thresholds is not None:
                 changes["thresholds"] = thresholds
             await service.change_budget(

@@ -6,8 +6,29 @@ from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from litestar.datastructures import FormMultiDict
+
 from aiserver.ledger.errors import InvalidField
 from aiserver.ledger.usage.reading import parse_time_as_given
+
+
+def _typed(value: object, field: str) -> str:
+    """A field's value as text; `InvalidField` naming `field` for a file (a multipart part
+    with a filename, which no page's form sends): its upload object is no text to read."""
+    if not isinstance(value, str):
+        raise InvalidField(f"{field}: a file was sent where text is expected", [field])
+    return value
+
+
+def text(form: FormMultiDict, field: str) -> str:
+    """A form's text field, stripped; empty when it was not sent."""
+    value = form.get(field)
+    return "" if value is None else _typed(value, field).strip()
+
+
+def texts(form: FormMultiDict, field: str) -> list[str]:
+    """Every value of a form's repeated field (checkboxes), as sent."""
+    return [_typed(value, field) for value in form.getall(field, [])]
 
 
 def tag_pairs(texts: Iterable[str]) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from litestar import Request, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from aiserver.api.ui.forms import wall_time
+from aiserver.api.ui.forms import text, texts, wall_time
 from aiserver.api.ui.sessions import PROJECT, new_token
 from aiserver.api.ui.viewer import ProjectPages, checked_form, heard, open_project, said, viewer
 from aiserver.core_db.database import require_pool
@@ -91,15 +91,15 @@ class KeyPages(ProjectPages):
     async def create(self, request: AnyRequest, slug: FromPath[str]) -> Template:
         form = await checked_form(request)
         project, access = await open_project(viewer(request), slug)
-        expires = str(form.get("expires_at") or "").strip()
         try:
             created = await api_keys.create_key(
                 require_pool(), access, project.slug,
-                name=str(form.get("name") or "").strip(),
-                scopes=[str(s) for s in form.getall("scopes", [])],
+                name=text(form, "name"),
+                scopes=texts(form, "scopes"),
                 # as the other pages read a time typed in a form: without an offset (a date
                 # alone: its midnight) on the project's clock
-                expires_at=wall_time(expires, "expires_at", project_zone(project)),
+                expires_at=wall_time(text(form, "expires_at"), "expires_at",
+                                     project_zone(project)),
                 form_token=_form_token(form.get("form_token")),
             )  # fmt: skip
         except InvalidField as exc:

@@ -20,6 +20,7 @@ from litestar.response import Redirect, Template
 from aiserver.api.auth import attempt_failed, attempt_wait, token_matches
 from aiserver.api.errors import TooManyFailures
 from aiserver.api.settings import ApiSettings
+from aiserver.api.ui.forms import text
 from aiserver.api.ui.overview import months
 from aiserver.api.ui.present import SHOW
 from aiserver.api.ui.sessions import (
@@ -39,7 +40,7 @@ from aiserver.core_db.errors import AiserverError
 from aiserver.core_db.logging import get_logger
 from aiserver.costs.pricing.exact import ADD, ZERO
 from aiserver.ledger.authentication import Keyring
-from aiserver.ledger.errors import KeyRejected
+from aiserver.ledger.errors import InvalidField, KeyRejected
 from aiserver.ledger.keys import looks_like_key, parse_key
 from aiserver.ledger.projects import list_projects
 from aiserver.ledger.store import read_key
@@ -113,7 +114,10 @@ class SignInController(Controller):
         wait = await attempt_wait(request)
         if wait:
             return await _refused(request, TooManyFailures(wait), then)
-        credential = str(form.get("credential") or "").strip()
+        try:
+            credential = text(form, "credential")
+        except InvalidField as exc:  # a file: no credential to check, no attempt to count
+            return _form(request, f"Not signed in: {exc}.", status=exc.status, then=then)
         sessions = board.sessions(request.app)
         if looks_like_key(credential):
             keyring: Keyring = request.app.state.keyring
