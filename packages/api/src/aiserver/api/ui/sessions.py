@@ -5,7 +5,8 @@
   and row id, or an HMAC of the operator's token under the session secret.
 - The session lives in Redis under the SHA-256 of its id, for `UI_SESSION_SECONDS` from the
   sign-in (no sliding: a stolen cookie is worth that long at most). Signing out deletes it, so
-  a copied cookie stops working at once.
+  a copied cookie stops working at once; so does signing in again with its cookie (the browser
+  gets the new session's instead).
 - The cookie holds the id and its HMAC under `UI_SESSION_SECRET`: a cookie that was not made
   here is refused without asking Redis. It is `HttpOnly`, `SameSite=Strict`, `Path=/ui`, and
   `Secure` when the page was served over TLS.

@@ -145,6 +145,9 @@ class SignInController(Controller):
                 "operator", operator=board.signer.fingerprint(credential)
             )
             log.info("dashboard sign-in", operator=True)
+        # the session this browser had, if any, ends: its cookie is replaced, and a copy of it
+        # must not stay good until it expires
+        await sessions.end(request.cookies.get(COOKIE))
         return Redirect(
             then or f"{PATH}/",  # the page that sent here (a page of another project: a 404)
             status_code=303,
