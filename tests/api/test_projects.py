@@ -354,3 +354,23 @@ async def test_the_credential_is_checked_before_the_body_or_the_query(client: Cl
     ):
         problem = assert_problem(response, 401, "Authorization: Bearer")
         assert problem["type"].endswith(":unauthorized")
+
+
+async def test_an_empty_change_changes_nothing_and_answers_the_project_as_it_is(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """`PATCH` with `{}` answers 200 with the project as it is, as a budget's does: it wrote
+    the row all the same, moving `updated_at` forward for a change that changed nothing."""
+    before = (await client.get("/v1/projects/acme-a", headers=admin())).json()
+    stored = await pg.fetchval("SELECT updated_at FROM projects WHERE slug = 'acme-a'")
+    for headers in (admin(), bearer(tenants.admin_a["key"])):
+        changed = await client.patch("/v1/projects/acme-a", headers=headers, json={})
+        assert changed.status_code == 200, changed.text
+        assert changed.json() == before
+    assert await pg.fetchval("SELECT updated_at FROM projects WHERE slug = 'acme-a'") == stored
+    # who may not change it still may not, nor change another project
+    ingest, admin_a = bearer(tenants.ingest_a["key"]), bearer(tenants.admin_a["key"])
+    refused = await client.patch("/v1/projects/acme-a", headers=ingest, json={})
+    assert_problem(refused, 403, "admin")
+    other = await client.patch("/v1/projects/acme-b", headers=admin_a, json={})
+    assert_problem(other, 404, "no project")

@@ -177,7 +177,8 @@ async def change_project(
     rollups again). A change of the time zone sums the daily rollups again for its days, and
     makes the windows of its `day`, `week` and `month` budgets again in the new zone (see
     `_change_windows`), in the same transaction; `ReservationsHeld` while a reservation holds
-    an amount on one of those windows. `now`: the instant whose windows are made (tests)."""
+    an amount on one of those windows. Nothing given changes nothing (`updated_at` neither): the
+    project as it is. `now`: the instant whose windows are made (tests)."""
     if name is not None:
         check_name(name)
     if time_zone is not None:
@@ -233,6 +234,8 @@ async def _change_once(
         refuse_archived(access, project)
         if archived is not None:
             access.require_operator("archiving or restoring a project (`archived`)")
+        if name is None and time_zone is None and rollup_tags is None and archived is None:
+            return project  # an empty change changes nothing, `updated_at` neither
         budgets: list[Budget] = []
         if time_zone is not None:  # first, as a rebuild of its rollups and a reprice take it
             await rollups.lock_project(conn, project.id)

@@ -173,7 +173,8 @@ class ProjectController(Controller):
         change of the rolled-up tag keys enqueues a rebuild of the project's rollups
         (docs/rollups.md). A change of the time zone makes the current windows of its day, week
         and month budgets again in the new zone, and is refused (409 reservations-held) while a
-        reservation holds an amount on one of them (docs/budgets.md)."""
+        reservation holds an amount on one of them (docs/budgets.md). An empty change (`{}`)
+        changes nothing: the project as it is, `updated_at` too."""
         redis: ArqRedis = request.app.state.redis
 
         async def enqueue_rebuild(project_id: int, job_id: str) -> None:
