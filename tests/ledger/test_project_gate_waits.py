@@ -14,6 +14,7 @@ its first version, 8368aec).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import traceback
 import uuid
@@ -27,13 +28,14 @@ import pytest
 from aiserver.core_db.errors import AiserverError
 from aiserver.costs.source import DEFAULT_SOURCE
 from aiserver.costs.store.metadata import lock_catalog_version
-from aiserver.ledger import projects
+from aiserver.ledger import api_keys, projects
 from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import service
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.reservations import release, release_expired, reserve
 from aiserver.ledger.projects import change_project
+from aiserver.ledger.repricing import runs
 from aiserver.ledger.spend.rebuild import rebuild_rollups
 from aiserver.ledger.spend.store import rollups as rollup_store
 
@@ -296,3 +298,40 @@ async def test_a_budgets_deletion_and_the_sweep_do_not_deadlock(
                 raise r
         await release_expired(pool, now=NOW + timedelta(hours=1))
     assert deadlocks == 0, f"{deadlocks} deadlocks in 30 rounds"
+
+
+@pytest.mark.parametrize("change", ["rename", "operator-rename", "revoke", "reprice"])
+async def test_what_only_checks_the_archiving_does_not_wait_for_a_rollup_rebuild(
+    pool: asyncpg.Pool, access: Access, change: str
+) -> None:
+    """A key's change of a budget that leaves its levels, its revocation of a key and its
+    request of a reprice read whether the project is archived with its row held; so did the
+    operator's change of a budget (which reads nothing). They took the row FOR NO KEY UPDATE,
+    which waits for a rebuild of the project's rollups (FOR SHARE, its whole transaction):
+    each waited for the rebuild, which none of them concerns, where before they waited for
+    nothing. An archiving's UPDATE is fenced off by FOR SHARE as well."""
+    assert access.project_id is not None
+    budget_id = await budget(pool, access, "1")
+    admin = await api_keys.create_key(pool, Access.operator(), "p", name="a", scopes=["admin"])
+    other = await api_keys.create_key(pool, Access.operator(), "p", name="o", scopes=["read"])
+    key = dataclasses.replace(access, key_id=admin.key.id)
+    rebuild = await pool.acquire()
+    tx = rebuild.transaction()
+    await tx.start()
+    try:
+        await _rebuild_started(rebuild, access.project_id)
+        if change == "rename":
+            work = service.change_budget(pool, key, budget_id, {"name": "renamed"}, now=NOW)
+        elif change == "operator-rename":
+            work = service.change_budget(pool, access, budget_id, {"name": "renamed"}, now=NOW)
+        elif change == "revoke":
+            work = api_keys.revoke_key(pool, key, other.key.id)
+        else:
+            work = runs.request_reprice(pool, key, runs.RepriceRequest(dry_run=True))
+        done, _ = await asyncio.wait({changing := asyncio.create_task(work)}, timeout=QUICK_S)
+        held = not done
+    finally:
+        await tx.commit()
+        await pool.release(rebuild)
+    await asyncio.wait_for(changing, WAIT_S)
+    assert not held, f"{change} waited for the project's rollup rebuild"

@@ -127,7 +127,7 @@ async def revoke_key(
         if key is None or not access.sees(key.project_id):
             raise UnknownKey(f"no key {key_id}")
         if access.key_id is not None:  # a key: its project's row, as an archiving leaves it
-            await store.hold_project(conn, key.project_id)
+            await store.share_project(conn, key.project_id)  # (a rollup rebuild shares it)
             project = await find_project(conn, access, key.project)
             refuse_archived(access, project)
         revoked = await store.revoke_key(conn, key.project_id, key.id)

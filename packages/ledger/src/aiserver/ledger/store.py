@@ -336,12 +336,19 @@ async def lock_project(conn: DbConnection, project_id: int) -> None:
 
 
 async def is_archived(conn: DbConnection, project_id: int) -> bool:
-    """Whether the project is archived (read in the caller's transaction: hold its row first
-    for an answer that an archiving cannot change before the transaction ends)."""
+    """Whether the project is archived (read in the caller's transaction: hold or share its
+    row first for an answer that an archiving cannot change before the transaction ends)."""
     archived: bool = await conn.fetchval(
         "SELECT archived_at IS NOT NULL FROM projects WHERE id = $1", project_id
     )
     return archived
+
+
+async def share_project(conn: DbConnection, project_id: int) -> None:
+    """Take the project's row FOR SHARE until the transaction ends: enough for a check that
+    it is not archived (an archiving's UPDATE waits for this, and this for one in flight),
+    without waiting for what holds the row shared a long while (a rebuild of its rollups)."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR SHARE", project_id)
 
 
 async def hold_project(conn: DbConnection, project_id: int) -> None:

@@ -179,7 +179,7 @@ async def request_reprice(
     async with pool.acquire() as conn, conn.transaction():
         project_id = await _target(conn, access, request)
         if access.key_id is not None:  # a key admitted before its project's archiving
-            await project_store.hold_project(conn, project_id)
+            await project_store.share_project(conn, project_id)
             if await project_store.is_archived(conn, project_id):
                 raise ProjectArchived("the project is archived: its keys refuse all")
         row = await store.insert_run(
