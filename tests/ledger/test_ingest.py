@@ -875,3 +875,29 @@ async def test_a_large_request_gives_the_event_loop_turns_while_it_is_checked_an
     assert _most_between_turns(taken) <= _SLICE + 1
     assert _most_between_turns(copied) <= _SLICE + 1
     assert _most_between_turns(answered) <= _SLICE
+
+
+async def test_a_large_request_checks_all_its_events_against_one_retention(
+    ledger: tuple[asyncpg.Pool, int],
+) -> None:
+    """The loop runs between the slices of a request's checks, and another request may learn
+    another retention meanwhile (its write reads it). The checks read the recorder's retention
+    at each event, so two events of the same age were answered differently in one request:
+    the first `invalid` (older than the shorter retention read before), the one in a later slice
+    recorded. They are checked against the retention read when the request's checks began."""
+    pool, project_id = ledger
+    recorder = UsageRecorder(LedgerSettings())
+    recorder._learn_retention(10)  # another request read a shorter retention just now
+    old = (NOW - timedelta(days=20)).isoformat()
+    raws = [raw(f"k{n}", occurred_at=old if n in (0, _SLICE + 1) else NOW.isoformat())
+            for n in range(2 * _SLICE)]  # fmt: skip
+    items = Counted(decode_items(raws))
+    recording = asyncio.create_task(
+        recorder.record(pool, project_id, items, catalog=catalog(), raws=raws, now=NOW)
+    )
+    while not items.taken:  # the checks have begun: another request learns a longer one
+        await asyncio.sleep(0)
+    recorder._learn_retention(None)
+    report = await recording
+    statuses = {r.id: r.status for r in report.results}
+    assert statuses["k0"] == statuses[f"k{_SLICE + 1}"]
