@@ -141,3 +141,26 @@ async def test_an_answer_whose_body_never_ends_is_recorded_with_its_status_at_on
     assert outcome.error is not None
     assert outcome.error.startswith("busy"), outcome.error
     assert outcome.duration_s < 3.0
+
+
+async def test_a_slow_lookup_still_leaves_the_next_address_its_time(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup of the name (up to 5 s, its wait for a slot included) is in the attempt's
+    time: the addresses' shares must be of what is left after it. They were of the whole
+    time, so after a lookup of more than half of it the first, unanswering address took the
+    rest, and the second was never tried (`no answer within 4 s`)."""
+
+    async def slow_lookup(url: str, allowed_hosts: object) -> list[str]:
+        await asyncio.sleep(2.2)
+        return ["127.0.0.2", "127.0.0.1"]
+
+    monkeypatch.setattr(sending, "resolve_target", slow_lookup)
+    with unanswering("127.0.0.2", receiver.port):
+        async with sending.client() as http:
+            outcome = await sending.send(
+                http, f"http://hooks.example.invalid:{receiver.port}/hook", secrets=["s" * 24],
+                body=b"{}", headers={}, allowed_hosts=(), timeout=4.0,
+            )  # fmt: skip
+    assert (outcome.status_code, outcome.error) == (200, None)
+    assert len(receiver.received) == 1

@@ -190,7 +190,7 @@ async def send(
         signing.HEADER: signing.sign(secrets, body, timestamp),
     }
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as bound:
             try:
                 addresses = await resolve_target(url, allowed_hosts)
                 target = httpx.URL(url)  # read by resolve_target already: this cannot fail
@@ -200,9 +200,13 @@ async def send(
                 return outcome(None, str(exc))
             if not addresses:
                 return outcome(None, "the host resolved to no address")
+            deadline = bound.when()
+            assert deadline is not None  # set above
+            # the addresses share what the lookup left (up to LOOKUP_S of it may be gone)
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
             try:
                 status, excerpt = await post_first(
-                    http, target, addresses, signed, body, timeout=timeout
+                    http, target, addresses, signed, body, timeout=left
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 return outcome(None, f"could not connect to {addresses[-1]}: {exc}")
