@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -377,3 +378,42 @@ async def test_a_tool_cannot_take_more_memory_than_its_bound(tmp_path: Path) -> 
     with pytest.raises(ConversionError, match=r"failed \(exit 1\): MemoryError"):
         await run_tool([sys.executable, "-c", f"bytearray({MAX_TOOL_MEMORY})"],
                        timeout=20, cwd=tmp_path)  # fmt: skip
+
+
+#: As `_ESCAPING_CHILD`, but the child writes 1 MiB to the tool's stdout 3 s in (after the
+#: run has given up on it): more than asyncio reads of a pipe nobody reads from.
+_ESCAPING_WRITER = (
+    "import os, sys, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid(); open('child.pid', 'w').write(str(os.getpid())); time.sleep(3)\n"
+    "    sys.stdout.buffer.write(b'x' * (1 << 20)); sys.stdout.flush(); time.sleep(120)\n"
+    "else:\n"
+    "    time.sleep(120)\n"
+)
+
+
+async def test_a_timed_out_tool_s_pipes_are_closed_also_when_its_child_wrote_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once run_tool gave up waiting for the pipes (`_OUTLIVE_S`), nothing read them: a child
+    that wrote on filled asyncio's buffer, whose reading of the pipe then stopped, so the
+    pipe's end was never seen, not even once the child was killed, and this process kept
+    both pipes open (two descriptors per such conversion, in a runner that lives for weeks).
+    Now the pipes are closed when the wait is given up."""
+    from aiserver.documents import conversion
+
+    monkeypatch.setattr(conversion, "_OUTLIVE_S", 1.0)
+    open_before = len(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(conversion.ToolTimeout):
+            await conversion.run_tool([sys.executable, "-c", _ESCAPING_WRITER], timeout=1,
+                                      cwd=tmp_path)  # fmt: skip
+        await asyncio.sleep(3)  # the child has written (or found the pipe closed)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int((tmp_path / "child.pid").read_text()), signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            while len(os.listdir("/proc/self/fd")) > open_before:
+                await asyncio.sleep(0.05)
+    assert len(os.listdir("/proc/self/fd")) == open_before

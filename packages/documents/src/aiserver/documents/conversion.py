@@ -369,10 +369,11 @@ async def _bounded_output(
 
 async def _ended(proc: asyncio.subprocess.Process) -> None:
     """After a timed-out tool's process group was killed: its pipes read to their end (what is
-    left is dropped) and its exit, waited for at most `_OUTLIVE_S`. asyncio counts a process
-    done only once its pipes have ended, and a process the tool started in a session of its own
-    (which the kill does not reach) can hold them open: a tool's child that did so held the
-    timeout's error for as long as it lived (coreutils' `timeout` kills only the tool)."""
+    left is dropped) and its exit, waited for at most `_OUTLIVE_S` (then its pipes are closed).
+    asyncio counts a process done only once its pipes have ended, and a process the tool
+    started in a session of its own (which the kill does not reach) can hold them open: a
+    tool's child that did so held the timeout's error for as long as it lived (coreutils'
+    `timeout` kills only the tool)."""
     assert proc.stdout is not None  # both piped by run_tool
     assert proc.stderr is not None
 
@@ -380,10 +381,15 @@ async def _ended(proc: asyncio.subprocess.Process) -> None:
         while await stream.read(1 << 16):
             pass
 
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(_OUTLIVE_S):
             await asyncio.gather(drop(proc.stdout), drop(proc.stderr))
             await proc.wait()
+    except TimeoutError:
+        # Given up: nothing reads the pipes any more, and asyncio stops reading one that such
+        # a child fills, so its end would never be seen, not even once the child is gone, and
+        # the pipes stayed open in this process. Closed now (the child's writes fail).
+        proc._transport.close()  # type: ignore[attr-defined]  # (the process's own)
 
 
 def _info_bytes(max_pages: int) -> int:
