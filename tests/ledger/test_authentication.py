@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -275,3 +276,31 @@ async def test_a_key_admitted_before_the_archiving_writes_no_budget_and_asks_no_
     # the operator still may ask for a reprice of the archived project's events
     run = await runs.request_reprice(pool, OPERATOR, runs.RepriceRequest(project="acme"))
     assert run.requested_by == "operator"
+
+
+async def test_a_key_made_while_the_project_is_being_archived_is_refused_at_its_commit(
+    key: str, db: Settings
+) -> None:
+    """create_key read the project's archiving without holding its row: an archiving still in
+    its transaction (which waits for the project's ingests in flight) was not seen, the new
+    key's foreign key does not wait for it, and the key was made for the archived project after
+    the operator had been told it is archived (a key that works again once it is restored).
+    It now waits for the archiving with the row shared, and is refused."""
+    pool = require_pool()
+    admin = await api_keys.create_key(pool, OPERATOR, "acme", name="boss", scopes=["admin"])
+    stale = await Keyring(cache_ttl_s=60).authenticate(pool, admin.text)
+    archiving = await pool.acquire()
+    tx = archiving.transaction()
+    await tx.start()
+    try:
+        await archiving.execute("UPDATE projects SET archived_at = now() WHERE slug = 'acme'")
+        making = asyncio.create_task(
+            api_keys.create_key(pool, stale, "acme", name="late", scopes=["admin"])
+        )
+        await asyncio.wait({making}, timeout=0.5)
+    finally:
+        await tx.commit()
+        await pool.release(archiving)
+    with pytest.raises(ProjectArchived):
+        await making
+    assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE name = 'late'") == 0

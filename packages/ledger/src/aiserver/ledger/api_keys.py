@@ -90,7 +90,9 @@ async def create_key(
     made = new_key()
     async with pool.acquire() as conn, conn.transaction():
         project = await find_project(conn, access, project_slug)
-        if project.archived_at is not None:
+        # its row shared: an archiving in flight is waited for (the key's foreign key does not)
+        await store.share_project(conn, project.id)
+        if project.archived_at is not None or await store.is_archived(conn, project.id):
             raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
         key, new = await store.insert_key(
             conn,
