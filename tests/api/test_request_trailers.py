@@ -40,8 +40,10 @@ def port() -> Iterator[int]:
     s.bind(("127.0.0.1", 0))
     number = s.getsockname()[1]
     s.close()
+    # log_config and log_level None: uvicorn leaves this process's logging alone (a level it
+    # set on uvicorn.error stayed for the tests after: test_logging's record was dropped)
     config = uvicorn.Config(_app, host="127.0.0.1", port=number, http=BoundedHeadProtocol,
-                            lifespan="off", log_level="warning")  # fmt: skip
+                            lifespan="off", log_config=None, log_level=None)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
