@@ -6,6 +6,7 @@ names the database, not Redis: an operator reading it looks at the right service
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -67,3 +68,46 @@ async def test_a_connection_cut_while_waiting_for_the_migrations_lock_is_waited_
         await holder.close()
     waits = [e for e in runner.events() if e.get("event") == WAITING]
     assert waits, runner.log.read_text()
+
+
+async def test_a_connection_cut_after_the_migrations_is_waited_out_too(
+    migrated_database_url: str, redis: Redis, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The start goes on after the migrations (the pool, the budget webhook secrets' check):
+    a connection PostgreSQL ends there is a start without the database as well, tried again,
+    not a traceback that ends the runner. Held by a lock on `budgets`, the runner's step for the
+    webhook secrets (without WEBHOOK_SECRET_KEYS) has its backend terminated."""
+    upstream.serve(snapshot_bytes())
+    env = process_env(migrated_database_url, upstream)
+    env.pop("WEBHOOK_SECRET_KEYS", None)
+    holder = await asyncpg.connect(migrated_database_url)
+    # pg_stat_activity is read outside the holder's transaction, which would see one snapshot
+    watcher = await asyncpg.connect(migrated_database_url)
+    try:
+        locking = holder.transaction()
+        await locking.start()
+        await holder.execute("LOCK TABLE budgets IN ACCESS EXCLUSIVE MODE")
+        async with taskrunners(1, env, tmp_path) as (runner,):
+            async with asyncio.timeout(60):  # its step after the migrations waits
+                while not (
+                    waiting := await watcher.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query LIKE '%budgets%'"
+                    )
+                ):
+                    assert runner.proc.returncode is None, runner.log.read_text()
+                    await asyncio.sleep(0.05)
+            await watcher.execute("SELECT pg_terminate_backend($1)", waiting)
+            await locking.commit()
+            await runner.wait_for("task runner ready")
+            assert await runner.terminate() == 0
+    finally:
+        await watcher.close()
+        await holder.close()
+    events = runner.events()
+    waits = [e for e in events if e.get("event") == WAITING]
+    assert waits, runner.log.read_text()
+    assert "connection" in waits[0]["error"]
+    # the runner that did not get ready did not say it stopped
+    names = [e.get("event") for e in events]
+    assert names.count("task runner stopped") == 1

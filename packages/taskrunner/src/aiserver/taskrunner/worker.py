@@ -125,32 +125,40 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: TaskRunnerSettings = ctx["settings"]
     configure_logging(settings.core.log_level, settings.core.log_format)
     try:
-        await initialize_database(settings.core)
+        await _start(ctx, settings)
     except CONNECTION_LOST as exc:
-        # PostgreSQL went away while this runner waited for the migrations' lock (another
-        # runner migrating) or migrated: a start without the database, which `cli.run` tries
-        # again, rather than an error that ended the task runner with a traceback
+        # PostgreSQL went away during the start: while this runner waited for the migrations'
+        # lock (another runner migrating) or migrated, or in a later step (the pool, the
+        # webhook secrets). A start without the database, which `cli.run` tries again, rather
+        # than an error that ended the task runner with a traceback.
         raise DatabaseUnavailable(
-            "the connection to PostgreSQL was lost while the database was being initialized: "
+            "the connection to PostgreSQL was lost while the task runner was starting: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(
-        database(settings.core, idle_in_transaction=IDLE_IN_TRANSACTION_S)
-    )
-    ctx["http"] = await stack.enter_async_context(
-        upstream_client(settings.costs.model_cost_fetch_timeout_seconds)
-    )
-    ctx["resources"] = stack
-    ctx["document_slots"] = asyncio.Semaphore(settings.documents.document_max_concurrent)
-    # what conversions left behind when a task runner was killed mid-conversion
-    swept = await asyncio.to_thread(
-        sweep_workdirs, settings.documents.document_conversion_timeout_seconds
-    )
-    if swept:
-        log.info("removed work directories of interrupted conversions", directories=swept)
-    await _seal_webhook_secrets(settings)
     log.info("task runner ready", queue=QUEUE_NAME)
+
+
+async def _start(ctx: dict[str, Any], settings: TaskRunnerSettings) -> None:
+    """What `startup` does; what it opened is closed again when a step fails (`shutdown` closes
+    only what a runner that got ready opened)."""
+    await initialize_database(settings.core)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(
+            database(settings.core, idle_in_transaction=IDLE_IN_TRANSACTION_S)
+        )
+        http = await stack.enter_async_context(
+            upstream_client(settings.costs.model_cost_fetch_timeout_seconds)
+        )
+        # what conversions left behind when a task runner was killed mid-conversion
+        swept = await asyncio.to_thread(
+            sweep_workdirs, settings.documents.document_conversion_timeout_seconds
+        )
+        if swept:
+            log.info("removed work directories of interrupted conversions", directories=swept)
+        await _seal_webhook_secrets(settings)
+        ctx["http"] = http
+        ctx["resources"] = stack.pop_all()
+    ctx["document_slots"] = asyncio.Semaphore(settings.documents.document_max_concurrent)
 
 
 async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
@@ -161,6 +169,8 @@ async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
     if box is None:
         try:
             await forget_replaced_secrets(require_pool())  # (seal_secrets does, with keys)
+        except CONNECTION_LOST:  # not a budget locked: the start fails, and is tried again
+            raise
         except asyncpg.PostgresError as exc:  # a budget locked for long: start anyway
             log.warning(
                 "replaced budget webhook secrets past their day not erased now; the next start "
@@ -175,6 +185,8 @@ async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
         return
     try:
         sealed, _ = await seal_secrets(require_pool(), box)
+    except CONNECTION_LOST:  # not a budget locked: the start fails, and is tried again
+        raise
     except asyncpg.PostgresError as exc:  # a budget locked for long, a deadlock: start anyway
         log.warning(
             "budget webhook secrets not sealed again now; the next start tries again",
