@@ -24,6 +24,7 @@ from .test_processes import process_env
 pytestmark = pytest.mark.slow
 
 WAITING = "database not ready at start: the worker starts again in a moment"
+FAILED = "the worker failed: it starts again in a moment"
 
 
 async def test_a_start_without_postgresql_waits_for_it_and_says_so(
@@ -111,3 +112,25 @@ async def test_a_connection_cut_after_the_migrations_is_waited_out_too(
     # the runner that did not get ready did not say it stopped
     names = [e.get("event") for e in events]
     assert names.count("task runner stopped") == 1
+
+
+async def test_a_start_that_fails_for_another_reason_does_not_blame_redis(
+    migrated_database_url: str, redis: Redis, upstream: Upstream, tmp_path: Path
+) -> None:
+    """An OSError at start that is neither Redis's nor the database's (here the CA bundle of
+    the upstream downloads, SSL_CERT_FILE, missing) was logged as `redis unreachable`: an
+    operator looked at a Redis that answered all along. The log says what failed."""
+    upstream.serve(snapshot_bytes())
+    env = process_env(
+        migrated_database_url, upstream, SSL_CERT_FILE=str(tmp_path / "missing-ca.pem")
+    )
+    async with taskrunners(1, env, tmp_path) as (runner,):
+        await runner.wait_for(FAILED)
+        assert await runner.terminate() == 0
+    events = runner.events()
+    names = [str(e.get("event")) for e in events]
+    assert not any("redis unreachable" in name for name in names), names
+    assert WAITING not in names
+    (failed, *_) = [e for e in events if e.get("event") == FAILED]
+    assert failed["error"].startswith("FileNotFoundError: "), failed
+    assert "task runner ready" not in names

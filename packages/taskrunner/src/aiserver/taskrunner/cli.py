@@ -148,7 +148,9 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
     every REDIS_RETRY_S until Redis answers, so that an outage of Redis is a pause of the task
     runner, not its end. So does a start whose database is not ready (PostgreSQL unreachable, or
     another runner's migrations holding their lock past its timeout), and the log says which of
-    the two it was. A burst run ends at the first failure: one line on stderr, status 1."""
+    the two it was; another OSError (a file that start-up reads, missing) is retried as well,
+    logged as itself, not blamed on Redis. A burst run ends at the first failure: one line on
+    stderr, status 1."""
     # Imported here: `check` (the container health check) should not pay for the worker.
     from arq.worker import create_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -186,10 +188,10 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
             _close_after_redis_lost(worker)
             if stopped or not worker.allow_pick_jobs:  # a SIGTERM had begun the stop
                 return 0
-            # both are OSErrors, raised by start-up's `initialize_database`, not by Redis
+            # both are OSErrors, raised by start-up (`initialize_database`), not by Redis
             database = isinstance(exc, DatabaseUnavailable | LockTimeout)
+            redis = isinstance(exc, RedisConnectionError | RedisTimeoutError | WatchError)
             if burst:  # one line, as every command's failure: no waiting, no traceback
-                redis = isinstance(exc, RedisConnectionError | RedisTimeoutError | WatchError)
                 what = (
                     "the database was not ready"
                     if database
@@ -201,8 +203,10 @@ def run(settings: TaskRunnerSettings, *, burst: bool = False) -> int:
                 return 1
             if database:
                 event = "database not ready at start: the worker starts again in a moment"
-            else:
+            elif redis:
                 event = "redis unreachable: the worker starts again when it answers"
+            else:  # another OSError (a file that start-up reads, missing): `error` says which
+                event = "the worker failed: it starts again in a moment"
             streak = starts.failed(_START, time.monotonic(), event, arq_logs=False)
             quiet.restarting = True
             fields = streak.failure_fields("failed_starts")
