@@ -720,3 +720,38 @@ async def test_the_refresh_lock_is_free_after_each_run(loaded: Settings) -> None
     finally:
         await conn.close()
     assert held == 0
+
+
+async def test_a_catalog_write_the_database_refuses_is_a_recorded_rejection(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """A row the upstream serves that PostgreSQL refuses (here a CHECK the test adds; in life a
+    value no guardrail foresaw) failed the write with an error recorded nowhere: no run row, no
+    `last_error`, the cron's traceback every tick. It is now a rejected refresh, recorded, and
+    the catalog stays as it was (the write's transaction rolled back)."""
+    url = loaded.core.database_url
+    before = await catalog_rows(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "ALTER TABLE ai_model_costs ADD CONSTRAINT test_refused"
+            " CHECK (model <> 'gpt-test-020') NOT VALID"
+        )
+        upstream.serve(document(models(21)))
+        report = await refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+    finally:
+        await conn.execute("ALTER TABLE ai_model_costs DROP CONSTRAINT IF EXISTS test_refused")
+        await conn.close()
+    assert report.outcome is Outcome.REJECTED
+    assert report.error is not None
+    assert "CheckViolationError" in report.error
+    assert "test_refused" in report.error
+    assert await catalog_rows(url) == before
+    meta = await _metadata(url)
+    assert meta["catalog_version"] == 1
+    assert "test_refused" in meta["last_error"]
+    run = await fetch_one(
+        url, "SELECT outcome, error FROM ai_cost_refresh_runs ORDER BY id DESC LIMIT 1"
+    )
+    assert run["outcome"] == "rejected"
+    assert "test_refused" in run["error"]

@@ -229,6 +229,15 @@ def _fresh(
     )  # fmt: skip
 
 
+#: What PostgreSQL raises for a catalog it will not store (a value out of a column's range or
+#: type, a constraint, a size over a limit): the body's fault, not the database's state.
+WRITE_REFUSED: Final = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
+
 async def _refresh_locked(
     conn: asyncpg.Connection,
     settings: CostSettings,
@@ -302,10 +311,22 @@ async def _refresh_locked(
         )  # fmt: skip
         await _record_failure(conn, report, started_at=started_at)
         return report
-    return await apply_source(
-        conn, parsed, source=source, url=url, trigger=trigger, fetched=fetched,
-        started_at=started_at,
-    )  # fmt: skip
+    try:
+        return await apply_source(
+            conn, parsed, source=source, url=url, trigger=trigger, fetched=fetched,
+            started_at=started_at,
+        )  # fmt: skip
+    except WRITE_REFUSED as exc:
+        # A value no guardrail foresaw that PostgreSQL refuses: the write's transaction rolled
+        # back (the catalog is as it was); the refresh is a rejection, recorded as the others
+        # are, not an error that reached the cron's log only, every tick.
+        report = RefreshReport(
+            Outcome.REJECTED, source, url, trigger, fetched_bytes=len(fetched.body),
+            http_status=fetched.status, model_count=current,
+            error=f"the database refused the catalog: {type(exc).__name__}: {exc}",
+        )  # fmt: skip
+        await _record_failure(conn, report, started_at=started_at)
+        return report
 
 
 async def refresh_catalog(
