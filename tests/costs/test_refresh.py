@@ -21,7 +21,7 @@ from aiserver.costs.source import decode_json
 from aiserver.costs.store.metadata import CATALOG_VERSION_LOCK
 
 from ..conftest import Settings, replace_settings
-from ..support.catalog import catalog_rows, document, fetch_one, models
+from ..support.catalog import catalog_rows, document, fetch_all, fetch_one, models
 from ..support.upstream import Upstream
 
 
@@ -755,3 +755,38 @@ async def test_a_catalog_write_the_database_refuses_is_a_recorded_rejection(
     )
     assert run["outcome"] == "rejected"
     assert "test_refused" in run["error"]
+
+
+async def test_a_refresh_whose_connection_is_cut_raises_the_cut_not_the_unlock(
+    loaded: Settings, upstream: Upstream
+) -> None:
+    """PostgreSQL ending the refresh's connection mid-write: the unlock in `finally` ran on the
+    closed connection and its InterfaceError ("connection is closed") hid the real cause."""
+    url = loaded.core.database_url
+    upstream.serve(document(models(21)))
+    holder = await asyncpg.connect(url)
+    try:
+        locking = holder.transaction()
+        await locking.start()
+        await holder.execute("LOCK TABLE ai_model_costs IN SHARE MODE")  # writes wait, reads go
+        refresh = asyncio.create_task(
+            refresh_catalog(loaded.core, loaded.costs, force=True, trigger="test")
+        )
+        async with asyncio.timeout(20):
+            while not (
+                waiting := await fetch_all(
+                    url,
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'",
+                )
+            ):
+                await asyncio.sleep(0.05)
+        await fetch_one(url, "SELECT pg_terminate_backend($1)", waiting[0]["pid"])
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as raised:
+            await refresh
+        await locking.rollback()
+    finally:
+        await holder.close()
+    assert "terminating connection due to administrator command" in str(raised.value), repr(
+        raised.value
+    )

@@ -20,11 +20,13 @@ recorded in `ai_cost_metadata.last_error` while the catalog stays as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import gzip
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -132,10 +134,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@contextlib.asynccontextmanager
+async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """`conn.transaction()`, except on a connection PostgreSQL ended under it: asyncpg's
+    rollback then raised InterfaceError ("the underlying connection is closed") in place of
+    the error that said why (the backend terminated, the server shutting down)."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
 async def _record_failure(
     conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
 ) -> None:
-    async with conn.transaction():
+    async with _transaction(conn):
         error = f"{report.outcome}: {report.error}"
         await record_error(conn, report.source, report.url, at=started_at, error=error)
         await record_run(conn, report, started_at=started_at)
@@ -150,7 +168,7 @@ async def _record_current(
     body_hash: str | None = None,
 ) -> None:
     """The upstream confirmed what we have (304, or the same content): it is a success."""
-    async with conn.transaction():
+    async with _transaction(conn):
         await record_confirmed(
             conn, report.source, report.url, at=started_at, etag=fetched.etag,
             last_modified=fetched.last_modified, body_hash=body_hash,
@@ -170,7 +188,7 @@ async def apply_source(
     succeeded: bool = True,
 ) -> RefreshReport:
     """Write `parsed` as the new catalog of `source` and record it, in one transaction."""
-    async with conn.transaction():
+    async with _transaction(conn):
         result = await write_catalog(conn, parsed, source=source, url=url)
         await record_applied(
             conn, source, url, at=started_at, succeeded=succeeded, etag=fetched.etag,
@@ -367,7 +385,10 @@ async def refresh_catalog(
                     retries=settings.model_cost_fetch_retries if retries is None else retries,
                 )
             finally:
-                await advisory_unlock(conn, REFRESH_LOCK)
+                # a connection PostgreSQL ended has no lock left to release, and an unlock on it
+                # raised InterfaceError ("connection is closed") in place of the cause
+                if not conn.is_closed():
+                    await advisory_unlock(conn, REFRESH_LOCK)
     finally:
         await conn.close()
     report = _timed(report, time.perf_counter() - started)
@@ -426,7 +447,8 @@ async def seed_from_snapshot(core: CoreSettings) -> RefreshReport | None:
                 succeeded=False,
             )  # fmt: skip
         finally:
-            await advisory_unlock(conn, REFRESH_LOCK)
+            if not conn.is_closed():  # (as in refresh_catalog)
+                await advisory_unlock(conn, REFRESH_LOCK)
     finally:
         await conn.close()
     report = _timed(report, time.perf_counter() - timer)
