@@ -17,12 +17,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.wait import WebDriverWait
 
 from ..conftest import TEST_REDIS_URL
 from ..e2e.test_dev import dev_env, running_dev
-from .conftest import at_scale, bearer, committed, shot, table, through
+from .conftest import WAIT_S, at_scale, bearer, committed, shot, table, through
 from .test_pages import label, month
 
 pytestmark = pytest.mark.slow
@@ -56,7 +58,18 @@ async def test_dev_demo_prints_a_dashboard_url_and_key_that_show_the_demo_spend(
 
         # the printed URL, then the printed key, as a person pastes them
         browser.get(dashboard.group(1))
-        assert browser.current_url == f"{dev.api}/ui/sign-in"
+        # Once (CI, 2026-12-07) the browser was still at /ui/ when get() returned (the dev log,
+        # cut short by the failure, did not say what the server answered): the sign-in form is
+        # waited for, as `through` waits after a click, and should it never come, the failure
+        # says what the page showed
+        signed_out = f"{dev.api}/ui/sign-in"
+        try:
+            WebDriverWait(browser, WAIT_S).until(lambda d: d.current_url == signed_out)
+        except TimeoutException:
+            text = browser.find_element(By.TAG_NAME, "body").text[:500]
+            raise AssertionError(
+                f"{browser.current_url} is not {signed_out}: {browser.title!r}, {text!r}"
+            ) from None
         browser.find_element(By.ID, "credential").send_keys(key)
         through(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-in button"))
         assert browser.current_url == f"{dev.api}/ui/p/demo/"
