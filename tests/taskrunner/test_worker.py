@@ -34,6 +34,7 @@ from aiserver.taskrunner.jobs import JOB_ENDED_UNSETTLED, cost_data_update_task
 from aiserver.taskrunner.worker import (
     IDLE_IN_TRANSACTION_S,
     documents_sweep_cron,
+    lost_connection,
     partitions_cron,
     refresh_cron,
     startup,
@@ -568,3 +569,49 @@ async def test_the_retention_deletes_in_batches_up_to_its_limit_per_sweep(
         assert await pool.fetchval("SELECT count(*) FROM documents") == 0
     finally:
         await pool.close()
+
+
+async def _until_it_fails(conn: asyncpg.Connection) -> None:
+    """Statements on `conn` until one fails: this side reads the end of a terminated
+    connection a moment after PostgreSQL ended it."""
+    async with asyncio.timeout(20):
+        while True:
+            await conn.fetchval("SELECT 1")
+            await asyncio.sleep(0.02)
+
+
+async def test_a_start_counts_a_lost_connection_as_the_database_gone_and_a_misuse_as_a_bug(
+    migrated_database_url: str,
+) -> None:
+    """What `startup` turns into DatabaseUnavailable (tried again by `cli.run`) and what it lets
+    through (the runner ends with the traceback): real errors of real connections. A misuse of
+    an open connection is a bug, and a start that retried it would be retried for ever."""
+    errors: dict[str, BaseException] = {}
+    conn = await asyncpg.connect(migrated_database_url)
+    try:
+        await conn.execute("BEGIN")
+        with pytest.raises(asyncpg.InterfaceError) as misuse:
+            async with conn.transaction():
+                pass
+        errors["misuse"] = misuse.value
+        await conn.execute("ROLLBACK")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        killer = await asyncpg.connect(migrated_database_url)
+        try:
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as terminated:
+            await _until_it_fails(conn)
+        errors["terminated"] = terminated.value
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await conn.fetchval("SELECT 1")
+    errors["closed"] = closed.value
+    try:
+        raise RuntimeError("a step of the start failed") from errors["closed"]
+    except RuntimeError as exc:
+        errors["raised from closed"] = exc
+    lost = {name: lost_connection(exc) for name, exc in errors.items()}
+    assert lost == {"misuse": False, "terminated": True, "closed": True, "raised from closed": True}

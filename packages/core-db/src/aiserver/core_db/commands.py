@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -60,9 +60,10 @@ def command_problem(exc: Exception) -> Problem | None:
     return None
 
 
-def _connection_lost(exc: BaseException) -> bool:
+def connection_lost(exc: BaseException) -> bool:
     """Whether `exc` itself says that the connection to PostgreSQL failed: refused, cut,
-    terminated by the server (restart, pg_terminate_backend), or used once closed."""
+    terminated by the server (restart, pg_terminate_backend), or used once closed. A misuse of
+    an open connection (an InterfaceError that does not say closed) is not: a bug stays a bug."""
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is not None:
         lost = (
@@ -83,20 +84,26 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.filename is None and exc.errno in NETWORK_ERRNOS
 
 
-def connection_problem(exc: Exception) -> Problem | None:
-    """The problem 503 `service-unavailable` of a connection to the database that failed during
-    a command; None for anything else (a bug stays a bug). An InterfaceError on a closed
-    connection counts when what it follows was the connection lost."""
-    if not _connection_lost(exc):
-        return None
-    cause: BaseException = exc  # the first link of the chain that says why
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling, each once."""
     link: BaseException | None = exc
     seen: set[int] = set()
     while link is not None and id(link) not in seen:
         seen.add(id(link))
-        if _connection_lost(link):
-            cause = link
+        yield link
         link = link.__cause__ or link.__context__
+
+
+def connection_problem(exc: Exception) -> Problem | None:
+    """The problem 503 `service-unavailable` of a connection to the database that failed during
+    a command; None for anything else (a bug stays a bug). An InterfaceError on a closed
+    connection counts when what it follows was the connection lost."""
+    if not connection_lost(exc):
+        return None
+    cause: BaseException = exc  # the first link of the chain that says why
+    for link in chain(exc):
+        if connection_lost(link):
+            cause = link
     why = str(cause).split("\n", 1)[0] or type(cause).__name__
     detail = (
         f"the connection to the database failed ({why}); "

@@ -25,6 +25,7 @@ from arq import cron
 from arq.cron import CronJob
 from arq.worker import Function, func
 
+from aiserver.core_db.commands import chain, connection_lost
 from aiserver.core_db.connections import DatabaseUnavailable
 from aiserver.core_db.database import database, require_pool
 from aiserver.core_db.logging import bind_context, clear_context, configure_logging, get_logger
@@ -108,17 +109,18 @@ REPRICE_JOB_TIMEOUT_S: Final = 3600
 IDLE_IN_TRANSACTION_S: Final = 600
 
 
-#: What asyncpg raises when PostgreSQL ends a connection under a statement (a restart, a
-#: terminated backend; see `aiserver.core_db.connections._cut`), or ends it at once.
-CONNECTION_LOST: Final = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.IdleSessionTimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
+def lost_connection(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, says that PostgreSQL
+    ended the connection under a statement (a restart, a terminated backend) or refused a new
+    one (`connection_lost`). asyncpg's InternalClientError counts too: a statement sent just
+    before a close that asyncpg had not read yet raises it ("cannot switch to state N"), and
+    asyncpg aborts the connection (`aiserver.core_db.connections._cut`). A misuse of an open
+    connection (an InterfaceError that does not say closed) does not: a bug ends the start with
+    its traceback rather than being tried again for ever."""
+    return any(
+        connection_lost(link) or isinstance(link, asyncpg.InternalClientError)
+        for link in chain(exc)
+    )
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -126,7 +128,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings.core.log_level, settings.core.log_format)
     try:
         await _start(ctx, settings)
-    except CONNECTION_LOST as exc:
+    except Exception as exc:
+        if isinstance(exc, DatabaseUnavailable) or not lost_connection(exc):
+            raise
         # PostgreSQL went away during the start: while this runner waited for the migrations'
         # lock (another runner migrating) or migrated, or in a later step (the pool, the
         # webhook secrets). A start without the database, which `cli.run` tries again, rather
@@ -169,9 +173,9 @@ async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
     if box is None:
         try:
             await forget_replaced_secrets(require_pool())  # (seal_secrets does, with keys)
-        except CONNECTION_LOST:  # not a budget locked: the start fails, and is tried again
-            raise
         except asyncpg.PostgresError as exc:  # a budget locked for long: start anyway
+            if lost_connection(exc):  # not a budget locked: the start fails, tried again
+                raise
             log.warning(
                 "replaced budget webhook secrets past their day not erased now; the next start "
                 "tries again",
@@ -185,9 +189,9 @@ async def _seal_webhook_secrets(settings: TaskRunnerSettings) -> None:
         return
     try:
         sealed, _ = await seal_secrets(require_pool(), box)
-    except CONNECTION_LOST:  # not a budget locked: the start fails, and is tried again
-        raise
     except asyncpg.PostgresError as exc:  # a budget locked for long, a deadlock: start anyway
+        if lost_connection(exc):  # not a budget locked: the start fails, tried again
+            raise
         log.warning(
             "budget webhook secrets not sealed again now; the next start tries again",
             error=f"{type(exc).__name__}: {exc}",
