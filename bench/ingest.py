@@ -712,7 +712,7 @@ async def storage(
 
 # -- profile ---------------------------------------------------------------------------------
 
-_ROWS = "row tuples for COPY (`_row`, and the generators that feed them to COPY)"
+_ROWS = "row tuples for COPY (`event_row`, and the generators that feed them to COPY)"
 #: Where a py-spy sample of the API process is counted: the frame nearest the leaf whose
 #: function (qualified name) and file (py-spy shows the file's name only) match.
 BUCKETS: tuple[tuple[str, str, str], ...] = (
@@ -720,9 +720,10 @@ BUCKETS: tuple[tuple[str, str, str], ...] = (
      "catalog.py"),
     ("pricing (`value_event`, `calculate`)", "value_event", "valuation.py"),
     ("checks (`check_event`: usage, tags, time, payload hash)", "check_event", "events.py"),
-    (_ROWS, "_row", "ingest.py"),
+    (_ROWS, "event_row", "rows.py"),
     # COPY pulls its rows from C: py-spy then sees a generator's frame as the stack's root
-    (_ROWS, "_while_open", "ingest.py"),
+    (_ROWS, "while_open", "rows.py"),
+    (_ROWS, "in_turns", "rows.py"),
     (_ROWS, "UsageRecorder._write_once.<locals>.<genexpr>", "ingest.py"),
     ("COPY (asyncpg: encoding, I/O)", "Connection.copy_records_to_table", "connection.py"),
     ("claim keys (idempotency + outbox `INSERT`)", "claim_keys", "events.py"),
@@ -992,7 +993,7 @@ PHASES = (
     ("begin", "`BEGIN`"),
     ("claim_keys", "claim the keys: idempotency and outbox rows (`claim_keys`)"),
     ("recorded_keys", "read earlier keys (`recorded_keys`; none here)"),
-    ("row", "build the COPY tuples (`_row`)"),
+    ("row", "build the COPY tuples (`event_row`)"),
     ("copy_only", "`COPY` (asyncpg encoding, PostgreSQL)"),
     ("commit", "`COMMIT`"),
     ("result", "one `EventResult` per event (`_recorded`)"),

@@ -91,7 +91,7 @@ def instrument() -> None:
     _patch(store, "claim_keys", "claim_keys")
     _patch(store, "recorded_keys", "recorded_keys")
     _patch(store, "copy_events", "copy")  # the rows are built inside: `row` is part of it
-    _patch(ingest, "_row", "row")
+    _patch(ingest, "event_row", "row")
     _patch(asyncpg.transaction.Transaction, "_Transaction__commit", "commit")
     _patch(ingest, "_recorded", "result")
     _patch(Response, "render", "encode")

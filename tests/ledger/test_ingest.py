@@ -855,7 +855,7 @@ async def test_a_large_request_gives_the_event_loop_turns_while_it_is_checked_an
     pool, project_id = ledger
     raws = [raw(f"k{n}") for n in range(EVENTS)]
     items = Counted(decode_items(raws))
-    rows, results = Calls(monkeypatch, "_row"), Calls(monkeypatch, "_recorded")
+    rows, results = Calls(monkeypatch, "event_row"), Calls(monkeypatch, "_recorded")
     recording = asyncio.create_task(
         UsageRecorder(LedgerSettings()).record(pool, project_id, items, catalog=catalog(), now=NOW)
     )

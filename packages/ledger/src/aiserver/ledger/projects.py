@@ -114,6 +114,14 @@ def refuse_archived(access: Access, project: Project) -> None:
         raise ProjectArchived(f"project {project.slug!r} is archived: its keys refuse all")
 
 
+async def refuse_archived_by_id(conn: DbConnection, access: Access, project_id: int) -> None:
+    """`refuse_archived` for a project known by id, read in `conn`'s transaction: call it with
+    the project's row held or shared (`store.lock_project`, `store.share_project`), so that an
+    archiving cannot come between this check and the COMMIT of what it guards."""
+    if access.key_id is not None and await store.is_archived(conn, project_id):
+        raise ProjectArchived("the project is archived: its keys refuse all")
+
+
 async def create_project(
     pool: asyncpg.Pool,
     access: Access,

@@ -25,8 +25,8 @@ from aiserver.ledger.budgets import rules, store
 from aiserver.ledger.budgets.commits import Crossing, threshold_level
 from aiserver.ledger.budgets.periods import window_of
 from aiserver.ledger.budgets.store import Budget, WindowTotals
-from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownBudget, WebhooksDisabled
-from aiserver.ledger.projects import check_name
+from aiserver.ledger.errors import InvalidField, UnknownBudget, WebhooksDisabled
+from aiserver.ledger.projects import check_name, refuse_archived_by_id
 from aiserver.ledger.spend.pace import about, percent, projection
 from aiserver.ledger.webhooks.sealing import Sealed, SecretBox, Unopenable
 from aiserver.ledger.webhooks.targets import resolve_target
@@ -233,7 +233,7 @@ async def create_budget(
     async with pool.acquire() as conn, conn.transaction():
         # one writer per project at a time, so two creations cannot both pass the limit
         await project_store.lock_project(conn, project_id)
-        await _refuse_archived(conn, access, project_id)
+        await refuse_archived_by_id(conn, access, project_id)
         if await store.count_budgets(conn, project_id) >= rules.MAX_BUDGETS:
             raise InvalidField(
                 f"a project has at most {rules.MAX_BUDGETS} budgets; delete one first", ["name"]
@@ -350,7 +350,7 @@ async def change_budget(
             await project_store.lock_project(conn, project_id)
         elif access.key_id is not None:  # its archiving read with the row shared: a rebuild
             await project_store.share_project(conn, project_id)  # of its rollups not waited for
-        await _refuse_archived(conn, access, project_id)
+        await refuse_archived_by_id(conn, access, project_id)
         if "webhook_url" in columns:
             old = await store.lock_webhook(conn, project_id, budget_id)
             at = now or datetime.now(UTC)
@@ -402,21 +402,13 @@ _PREVIOUS: Final = (
 )  # fmt: skip
 
 
-async def _refuse_archived(conn: Any, access: Access, project_id: int) -> None:
-    """`ProjectArchived` for a key of an archived project (call with the project's row held):
-    one admitted before the archiving (a request in flight, a process whose key cache is behind)
-    writes no budget after it."""
-    if access.key_id is not None and await project_store.is_archived(conn, project_id):
-        raise ProjectArchived("the project is archived: its keys refuse all")
-
-
 async def delete_budget(pool: asyncpg.Pool, access: Access, budget_id: int) -> None:
     project_id = access.project_key("admin")
     check_budget_id(budget_id)
     async with pool.acquire() as conn, conn.transaction():
         # not while usage is being written: an ingest that counted it would find it gone
         await project_store.lock_project(conn, project_id)
-        await _refuse_archived(conn, access, project_id)
+        await refuse_archived_by_id(conn, access, project_id)
         if not await store.delete_budget(conn, project_id, budget_id):
             raise UnknownBudget(f"no budget {budget_id}")
 

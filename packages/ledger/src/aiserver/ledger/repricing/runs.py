@@ -20,8 +20,8 @@ from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.money import money
 from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
-from aiserver.ledger.errors import InvalidField, ProjectArchived, UnknownRepriceRun
-from aiserver.ledger.projects import find_project
+from aiserver.ledger.errors import InvalidField, UnknownRepriceRun
+from aiserver.ledger.projects import find_project, refuse_archived_by_id
 from aiserver.ledger.repricing import store
 from aiserver.ledger.repricing.store import ALL_PROJECTS
 from aiserver.ledger.usage.reading import event_query
@@ -180,8 +180,7 @@ async def request_reprice(
         project_id = await _target(conn, access, request)
         if access.key_id is not None:  # a key admitted before its project's archiving
             await project_store.share_project(conn, project_id)
-            if await project_store.is_archived(conn, project_id):
-                raise ProjectArchived("the project is archived: its keys refuse all")
+            await refuse_archived_by_id(conn, access, project_id)
         row = await store.insert_run(
             conn,
             project_id=project_id,

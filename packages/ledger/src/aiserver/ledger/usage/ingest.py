@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import operator
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -52,7 +51,6 @@ from aiserver.core_db.logging import get_logger
 from aiserver.costs.calculator import CURRENCY
 from aiserver.costs.catalog import Catalog, load_catalog
 from aiserver.costs.money import money
-from aiserver.costs.pricing import Usage
 from aiserver.ledger.budgets import reservations
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.commits import Spend, WindowSum, crossings, window_sums
@@ -65,6 +63,7 @@ from aiserver.ledger.settings import LedgerSettings
 from aiserver.ledger.usage.bodies import Item, key_of
 from aiserver.ledger.usage.events import CheckedEvent, UsageEventIn, check_event
 from aiserver.ledger.usage.partitions import Partitions, month_of
+from aiserver.ledger.usage.rows import event_row, in_turns, while_open
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store import partitions as partition_store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
@@ -101,22 +100,6 @@ class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
 
 # -- recording -------------------------------------------------------------------------------
 
-_NUMBERS: Final = msgspec.json.Encoder(decimal_format="number")
-_USAGE_FIELDS: Final = Usage.__struct_fields__
-#: (position, name, default) of every usage field kept in `usage_other` when it is not its default
-_OTHER_FIELDS: Final = tuple(
-    (i, name, default)
-    for i, (name, default) in enumerate(
-        zip(_USAGE_FIELDS, msgspec.structs.astuple(Usage()), strict=True)
-    )
-    if name not in store.COUNT_COLUMNS
-)
-#: Those fields' values picked from a usage's tuple, and their defaults: when the two are equal,
-#: as they are for most events, there is nothing to keep.
-_OTHER_VALUES: Final = operator.itemgetter(*(i for i, _, _ in _OTHER_FIELDS))
-_OTHER_DEFAULTS: Final = tuple(default for _, _, default in _OTHER_FIELDS)
-#: How many rows COPY encodes between two looks at whether its connection is still open.
-_ROWS_PER_LOOK: Final = 64
 _NO_PARTITION: Final = "no partition of relation"
 #: Tries of a request's transaction: again after a partition dropped behind this process's back
 #: (once), or after PostgreSQL broke a deadlock by rolling this transaction back.
@@ -480,12 +463,14 @@ class UsageRecorder:
             raise _unsettled()  # the transaction rolls back: nothing of the request is stored
         if claimed:
             rows = (
-                _row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
+                event_row(project_id, claimed[a.event.key], received_at, a.event, a.valuation)
                 for a in ordered
                 if a.event.key in claimed
             )
-            some = _while_open(conn, rows)
-            await store.copy_events(conn, some if len(claimed) <= _SLICE else _in_turns(some))
+            some = while_open(conn, rows)
+            await store.copy_events(
+                conn, some if len(claimed) <= _SLICE else in_turns(some, _SLICE)
+            )
         return claimed, earlier
 
 
@@ -493,7 +478,7 @@ async def _write_one(
     conn: Any, project_id: int, entry: _Accepted, received_at: datetime
 ) -> tuple[dict[str, int], dict[str, store.RecordedKey]]:
     key = entry.event.key
-    row = _row(project_id, 0, received_at, entry.event, entry.valuation)
+    row = event_row(project_id, 0, received_at, entry.event, entry.valuation)
     event_id = await store.record_one(conn, row, entry.event.payload_hash)
     if event_id is not None:
         return {key: event_id}, {}
@@ -518,73 +503,6 @@ def _spend(entry: _Accepted) -> Spend:
         matched_model=entry.valuation.matched_model,
         cost=entry.valuation.total,
         partial=entry.valuation.status == "partially_priced",
-    )
-
-
-def _while_open(conn: Any, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    """The rows, until the connection is lost: COPY would encode the rest into a dead socket
-    (a warning each) before it noticed. It looks every `_ROWS_PER_LOOK` rows, far fewer than
-    one of COPY's writes holds (the look costs a call through the pool's proxy)."""
-    for count, row in enumerate(rows):
-        if not count % _ROWS_PER_LOOK and conn.is_closed():
-            return
-        yield row
-
-
-async def _in_turns(rows: Iterator[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
-    """The rows, the event loop given a turn every `_SLICE` of them (an asynchronous iterator
-    costs COPY some 0.3 µs per row: only a request of more than `_SLICE` events is given one)."""
-    turn = _SLICE
-    for count, row in enumerate(rows):
-        if count == turn:
-            turn += _SLICE
-            await asyncio.sleep(0)
-        yield row
-
-
-def _row(
-    project_id: int, event_id: int, received_at: datetime, event: CheckedEvent, v: Valuation
-) -> tuple[Any, ...]:
-    usage = event.usage
-    values = msgspec.structs.astuple(usage)
-    other = (
-        {name: values[i] for i, name, default in _OTHER_FIELDS if values[i] != default}
-        if _OTHER_VALUES(values) != _OTHER_DEFAULTS
-        else None
-    )
-    components = (
-        _NUMBERS.encode([[c.name, c.quantity, c.unit_price, c.cost] for c in v.components]).decode()
-        if v.components
-        else None
-    )
-    return (
-        project_id,
-        event.occurred_at,
-        event_id,
-        received_at,
-        event.key,
-        event.model,
-        event.provider,
-        v.matched_model,
-        v.matched_provider,
-        event.usage_format,
-        event.service_tier,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
-        usage.reasoning_tokens,
-        _NUMBERS.encode(other).decode() if other else None,
-        _NUMBERS.encode(event.tags).decode(),
-        v.status,
-        v.total,
-        components,
-        list(v.unpriced) or None,
-        v.note,
-        list(v.suggestions) or None,
-        v.price_version,
-        v.catalog_version,
-        v.override_id,
     )
 
 
