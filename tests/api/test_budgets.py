@@ -411,3 +411,23 @@ async def test_a_budget_id_no_budget_can_have_is_a_404(
         assert answer["type"] == "urn:aiserver:problem:unknown-budget"
     before = await client.get(f"{BUDGETS}/alerts?before={2**63}", headers=key)
     assert_problem(before, 422, "before")
+
+
+async def test_an_empty_change_writes_nothing_and_answers_the_budget_as_it_is(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """`PATCH` with `{}` answers 200 with the budget as it is, as a project's does, without
+    writing its row: `updated_at` says when it last changed, not when it was last sent."""
+    key = tenants.admin_a["key"]
+    created = await create(client, key)
+    path = f"{BUDGETS}/{created['id']}"
+    stored = await pg.fetchval("SELECT updated_at FROM budgets WHERE id = $1", created["id"])
+    before = (await client.get(path, headers=bearer(key))).json()
+    changed = await client.patch(path, headers=bearer(key), json={})
+    assert changed.status_code == 200, changed.text
+    assert changed.json() == before
+    after = await pg.fetchval("SELECT updated_at FROM budgets WHERE id = $1", created["id"])
+    assert after == stored
+    # an unknown budget is still unknown, an empty change or not
+    unknown = await client.patch(f"{BUDGETS}/{created['id'] + 1000}", headers=bearer(key), json={})
+    assert_problem(unknown, 404, "no budget")

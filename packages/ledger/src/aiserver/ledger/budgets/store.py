@@ -182,11 +182,14 @@ async def forget_replaced_secrets(conn: DbConnection, *, lock_timeout_s: float) 
 async def update_budget(
     conn: DbConnection, project_id: int, budget_id: int, changes: Mapping[str, Any]
 ) -> Budget | None:
-    """Set the columns in `changes` (names of `budgets` columns, checked by the caller)."""
+    """Set the columns in `changes` (names of `budgets` columns, checked by the caller). No
+    changes write nothing: the budget as it is (its `updated_at` kept)."""
+    if not changes:
+        return await read_budget(conn, project_id, budget_id)
     assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
     row = await conn.fetchrow(
         f"""
-        UPDATE budgets SET {assignments}{", " if changes else ""}updated_at = now()
+        UPDATE budgets SET {assignments}, updated_at = now()
         WHERE project_id = $1 AND id = $2
         RETURNING {_BUDGET}
         """,  # noqa: S608  (column names from UPDATABLE only)
