@@ -151,7 +151,7 @@ async def test_a_slow_lookup_still_leaves_the_next_address_its_time(
     time, so after a lookup of more than half of it the first, unanswering address took the
     rest, and the second was never tried (`no answer within 4 s`)."""
 
-    async def slow_lookup(url: str, allowed_hosts: object) -> list[str]:
+    async def slow_lookup(url: str, allowed_hosts: object, **_: object) -> list[str]:
         await asyncio.sleep(2.2)
         return ["127.0.0.2", "127.0.0.1"]
 

@@ -145,6 +145,28 @@ def test_an_allowed_host_that_is_no_host_or_port_stops_the_start(entry: str) -> 
         load_settings(LedgerSettings, {"WEBHOOK_ALLOWED_HOSTS": entry})
 
 
+class StandInDns:
+    """The loop's `getaddrinfo`, replaced: a host whose name starts with `slow` answers when
+    the test sets `answer` (a resolver's slowness cannot be had on demand), any other at once;
+    `running` names the lookups not done. LOOKUP_S is 1 s."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, slow: str) -> None:
+        self.answer = asyncio.Event()
+        self.running: list[str] = []
+        self.slow = slow
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", self.lookup)
+        monkeypatch.setattr(targets, "LOOKUP_S", 1.0)
+
+    async def lookup(self, host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        self.running.append(host)
+        try:
+            if host.startswith(self.slow):
+                await self.answer.wait()
+        finally:
+            self.running.remove(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+
 async def test_a_host_that_does_not_resolve_in_time_is_a_503_and_lookups_keep_to_their_slots(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -155,20 +177,8 @@ async def test_a_host_that_does_not_resolve_in_time_is_a_503_and_lookups_keep_to
     lookup given up keeping its slot until its thread is done. The DNS here is a stand-in on
     this loop that answers when the test says so (a resolver's slowness cannot be had on
     demand)."""
-    loop = asyncio.get_running_loop()
-    answer = asyncio.Event()
-    running = []
-
-    async def slow_dns(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
-        running.append(host)
-        try:
-            await answer.wait()
-        finally:
-            running.remove(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
-
-    monkeypatch.setattr(loop, "getaddrinfo", slow_dns)
-    monkeypatch.setattr(targets, "LOOKUP_S", 1.0)
+    dns = StandInDns(monkeypatch, slow="")
+    answer, running = dns.answer, dns.running
     tries = [resolve_target(f"https://slow-{n}.example.com/hook", ()) for n in range(5)]
     async with asyncio.timeout(30):  # before: each waited for the DNS, here for ever
         failed = await asyncio.gather(*tries, return_exceptions=True)
@@ -184,3 +194,33 @@ async def test_a_host_that_does_not_resolve_in_time_is_a_503_and_lookups_keep_to
     answer.set()
     assert await later == ["93.184.215.14"]
     assert running == []
+
+
+async def test_one_project_s_slow_hosts_leave_the_other_projects_a_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The LOOKUPS slots were every project's: one project's budgets pointing at hosts whose DNS
+    never answers (many alerts to one host, or two hosts) held them all, and every other
+    project's alerts and saved webhooks failed as slow while those threads waited. A host being
+    looked up is now shared by its callers, and a project runs one lookup at a time: its slow
+    hosts hold one slot, and another project still resolves. The same stand-in DNS as above."""
+    dns = StandInDns(monkeypatch, slow="slow")
+    answer, running = dns.answer, dns.running
+    # project 1: six alerts to one slow host, and a budget saved with another slow host
+    tries = [resolve_target("https://slow-a.example.com/hook", (), owner=1) for _ in range(6)]
+    tries.append(resolve_target("https://slow-b.example.com/hook", (), owner=1))
+    async with asyncio.timeout(30):
+        failed = await asyncio.gather(*tries, return_exceptions=True)
+    assert all(isinstance(e, WebhookLookupSlow) for e in failed), failed
+    assert running == ["slow-a.example.com"]  # one lookup for the six, none yet for slow-b
+    # project 2 resolves its own host at once, while project 1's lookup still waits
+    async with asyncio.timeout(0.5):
+        assert await resolve_target("https://fast.example.com/hook", (), owner=2) == [
+            "93.184.215.14"
+        ]
+    answer.set()
+    async with asyncio.timeout(5):
+        while running:
+            await asyncio.sleep(0.01)
+    # once its lookup is done, project 1 has its turn again, and a shared lookup is not kept
+    assert await resolve_target("https://slow-a.example.com/hook", (), owner=1) == ["93.184.215.14"]

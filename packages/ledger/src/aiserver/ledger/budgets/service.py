@@ -224,7 +224,7 @@ async def create_budget(
     sealed = made = None
     if webhook_url is not None:
         box = _box(secret_box)
-        await resolve_target(webhook_url, allowed_hosts)
+        await resolve_target(webhook_url, allowed_hosts, owner=project_id)
         secret = rules.webhook_secret(webhook_secret)
         sealed = box.seal(secret, project_id)
         made = secret if webhook_secret is None else None
@@ -331,7 +331,7 @@ async def change_budget(
             columns["webhook_secret_key_id"] = None
         else:
             box = _box(secret_box)
-            await resolve_target(url, allowed_hosts)
+            await resolve_target(url, allowed_hosts, owner=project_id)
             given = changes.get("webhook_secret")
             secret = rules.webhook_secret(given)
             sealed = box.seal(secret, project_id)

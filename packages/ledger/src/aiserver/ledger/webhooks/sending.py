@@ -174,10 +174,12 @@ async def send(
     allowed_hosts: Collection[str],
     timeout: float = TIMEOUT_S,
     timestamp: int | None = None,
+    owner: object = None,
 ) -> Outcome:
     """POST `body`, signed with each of `secrets` (one `v1` each), to `url` (checked again,
     and pinned to an approved address; the next approved address is tried when one refuses
-    the connection or does not take it in its share of the time: `post_first`)."""
+    the connection or does not take it in its share of the time: `post_first`). `owner` (the
+    project's id) has one lookup of a host at a time (`resolve_target`)."""
     started = time.perf_counter()
 
     def outcome(status: int | None, error: str | None) -> Outcome:
@@ -192,7 +194,7 @@ async def send(
     try:
         async with asyncio.timeout(timeout) as bound:
             try:
-                addresses = await resolve_target(url, allowed_hosts)
+                addresses = await resolve_target(url, allowed_hosts, owner=owner)
                 target = httpx.URL(url)  # read by resolve_target already: this cannot fail
             except (InvalidField, httpx.InvalidURL) as exc:
                 return outcome(None, f"refused: {exc}")

@@ -26,7 +26,9 @@ A lookup takes at most `LOOKUP_S`, and a process runs at most `LOOKUPS` at once:
 the event loop's thread pool, which new connections by name and work moved off the loop share,
 and a host whose DNS never answers would hold a thread for the resolver's whole timeout. One
 not done in time is `WebhookLookupSlow` (a 503 where a target is saved; a failed attempt, tried
-again later, where an alert is sent).
+again later, where an alert is sent). So that one project's slow hosts cannot take every slot
+from the others, a host being looked up is not looked up again meanwhile (its callers share the
+lookup), and a project (`owner`) runs one lookup at a time.
 """
 
 from __future__ import annotations
@@ -142,43 +144,84 @@ def allowed(host: str, port: int, allowed_hosts: Collection[str]) -> bool:
 LOOKUP_S: Final = 5.0
 #: How many lookups of webhook hosts one process runs at once (on its loop's thread pool).
 LOOKUPS: Final = 2
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+
+
+class _Lookups:
+    """The webhook host lookups of one event loop: its slots, the lookups running (by host and
+    port), and each owner's turn (a lock, dropped once no one holds or waits for it)."""
+
+    def __init__(self) -> None:
+        self.slots = asyncio.Semaphore(LOOKUPS)
+        self.running: dict[tuple[str, int], asyncio.Future[list[tuple[Any, ...]]]] = {}
+        self.turns: weakref.WeakValueDictionary[object, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+
+_lookups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lookups] = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _lookup(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[Any, ...]]:
-    """`loop.getaddrinfo` in one of the loop's `LOOKUPS` slots. A lookup given up (the
-    caller's time ran out) keeps its slot until its thread is done with it: the slots bound the
-    threads that lookups hold, not only the callers that wait."""
-    slots = _slots.get(loop)
-    if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(LOOKUPS)
-    await slots.acquire()
-    lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+async def _lookup(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, owner: object
+) -> list[tuple[Any, ...]]:
+    """`loop.getaddrinfo` in one of the loop's `LOOKUPS` slots, in `owner`'s turn (None: no
+    turn), or the lookup of the same host and port already running. A lookup given up (its
+    callers' time ran out) keeps its slot and its owner's turn until its thread is done with it:
+    the slots bound the threads that lookups hold, not only the callers that wait."""
+    lookups = _lookups.get(loop)
+    if lookups is None:
+        lookups = _lookups[loop] = _Lookups()
+    key = (host, port)
+    running = lookups.running.get(key)
+    if running is None:
+        turn = None if owner is None else lookups.turns.setdefault(owner, asyncio.Lock())
+        if turn is not None:
+            await turn.acquire()
+        try:
+            await lookups.slots.acquire()
+        except BaseException:
+            if turn is not None:
+                turn.release()
+            raise
+        running = lookups.running.get(key)  # started by another caller while this waited
+        if running is not None:
+            lookups.slots.release()
+            if turn is not None:
+                turn.release()
+        else:
+            running = lookups.running[key] = asyncio.ensure_future(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            )
 
-    def done(task: asyncio.Future[Any]) -> None:
-        slots.release()
-        if not task.cancelled():
-            task.exception()  # taken: a lookup given up fails to no one
+            def done(task: asyncio.Future[Any]) -> None:
+                if lookups.running.get(key) is task:
+                    del lookups.running[key]
+                lookups.slots.release()
+                if turn is not None:
+                    turn.release()
+                if not task.cancelled():
+                    task.exception()  # taken: a lookup given up fails to no one
 
-    lookup.add_done_callback(done)
-    return await asyncio.shield(lookup)
+            running.add_done_callback(done)
+    return list(await asyncio.shield(running))
 
 
 async def resolve_target(
-    url: str, allowed_hosts: Collection[str], field: str = "webhook_url"
+    url: str, allowed_hosts: Collection[str], field: str = "webhook_url", *, owner: object = None
 ) -> list[str]:
     """The addresses a delivery to `url` may connect to; `InvalidField` when its form is wrong,
     its host does not resolve, or any address it resolves to is internal and the host is not
     in `allowed_hosts`. Every address must be public, not just the first: a resolver that
-    answers a public and a private address would otherwise let the second one through."""
+    answers a public and a private address would otherwise let the second one through.
+    `owner` (a project's id) has one lookup at a time (`_lookup`)."""
     host = check_url(url, field)
     port = urlsplit(url).port or (443 if url.lower().startswith("https") else 80)
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(LOOKUP_S):
-            infos = await _lookup(loop, host, port)
+            infos = await _lookup(loop, host, port, owner)
     except TimeoutError:
         _log.warning("webhook target lookup slow", host=host, limit_s=LOOKUP_S)
         raise WebhookLookupSlow(

@@ -201,7 +201,7 @@ async def _attempt(
             outcome = await sending.send(
                 http, claim.url, secrets=secrets, body=body, allowed_hosts=allowed_hosts,
                 headers={"Aiserver-Event": EVENT, "Aiserver-Delivery": str(claim.delivery_id)},
-                timeout=schedule.timeout,
+                timeout=schedule.timeout, owner=claim.project_id,
             )  # fmt: skip
         except Exception as exc:  # a failed attempt, not a failed batch
             # One alert's target must not stop the others': an error no outcome foresees is
