@@ -36,10 +36,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -67,6 +67,8 @@ from aiserver.ledger.usage.rows import event_row, in_turns, while_open
 from aiserver.ledger.usage.store import events as store
 from aiserver.ledger.usage.store import partitions as partition_store
 from aiserver.ledger.usage.valuation import PricingStatus, Valuation, value_event
+
+_T = TypeVar("_T")
 
 ResultStatus = Literal["recorded", "duplicate", "conflict", "invalid"]
 
@@ -130,6 +132,12 @@ class _StaleCatalog(Exception):  # a signal, not an error
 #: every other request of the API process, its `/health` too, for about 2 s, and their COPY for
 #: 1.5 s more (asyncpg gives the loop a turn only when the socket is full).
 _SLICE: Final = 1000
+
+
+#: Keys claimed, or looked up, by one statement: asyncpg encodes a statement's arrays in one go,
+#: without a turn of the event loop (the 100,000 keys of one NDJSON request, in one statement,
+#: held the process's other requests for about half a second).
+_CLAIM_PART: Final = 5 * _SLICE
 
 
 def _unsettled() -> UsageUnsettled:
@@ -442,15 +450,19 @@ class UsageRecorder:
         earlier: dict[str, store.RecordedKey] = {}
         pending = ordered
         for _ in range(_SETTLE_ATTEMPTS):
-            new = await store.claim_keys(
-                conn,
-                project_id,
-                [a.event.key for a in pending],
-                [a.event.payload_hash for a in pending],
-                [a.event.occurred_at for a in pending],
-            )
+            new: dict[str, int] = {}
+            for part in _parts(pending):  # in the keys' order: the locks are taken in it
+                new |= await store.claim_keys(
+                    conn,
+                    project_id,
+                    [a.event.key for a in part],
+                    [a.event.payload_hash for a in part],
+                    [a.event.occurred_at for a in part],
+                )
             others = [a.event.key for a in pending if a.event.key not in new]
-            found = await store.recorded_keys(conn, project_id, others) if others else {}
+            found: dict[str, store.RecordedKey] = {}
+            for keys in _parts(others):
+                found |= await store.recorded_keys(conn, project_id, keys)
             claimed |= new
             earlier |= found
             # A key neither claimed nor found was forgotten by retention between the two
@@ -483,6 +495,12 @@ async def _write_one(
     if event_id is not None:
         return {key: event_id}, {}
     return {}, await store.recorded_keys(conn, project_id, [key])
+
+
+def _parts(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`items` in parts of at most `_CLAIM_PART`, in their order."""
+    for start in range(0, len(items), _CLAIM_PART):
+        yield items[start : start + _CLAIM_PART]
 
 
 def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
