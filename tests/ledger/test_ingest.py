@@ -853,28 +853,39 @@ async def test_a_large_request_gives_the_event_loop_turns_while_it_is_checked_an
     ledger: tuple[asyncpg.Pool, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool, project_id = ledger
+    async with pool.acquire() as conn:  # its events are added to a budget's window too
+        await budget_store.insert_budget(
+            conn, project_id, name="all", tags={}, model=None, period="month",
+            limit_usd=Decimal(1000), thresholds=[Decimal(80)], hard=False, webhook_url=None,
+            webhook_secret=None, counts_from=NOW - timedelta(days=62),
+        )  # fmt: skip
     raws = [raw(f"k{n}") for n in range(EVENTS)]
     items = Counted(decode_items(raws))
     rows, results = Calls(monkeypatch, "event_row"), Calls(monkeypatch, "_recorded")
+    spends = Calls(monkeypatch, "_spend")
     recording = asyncio.create_task(
         UsageRecorder(LedgerSettings()).record(pool, project_id, items, catalog=catalog(), now=NOW)
     )
     turns: list[tuple[int, int, int]] = []  # at each turn of the loop: what was done so far
     while not recording.done():
-        turns.append((items.taken, rows.count, results.count))
+        turns.append((items.taken, rows.count, results.count, spends.count))
         await asyncio.sleep(0)
-    turns.append((items.taken, rows.count, results.count))
+    turns.append((items.taken, rows.count, results.count, spends.count))
     report = await recording
     assert report.recorded == EVENTS
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == EVENTS
-    taken, copied, answered = (list(counts) for counts in zip(*turns, strict=True))
-    assert (taken[-1], copied[-1], answered[-1]) == (EVENTS, EVENTS, EVENTS)
+    committed = await pool.fetchval("SELECT sum(committed) FROM budget_windows")
+    assert committed == await pool.fetchval("SELECT sum(total_cost) FROM usage_events") > 0
+    taken, copied, answered, summed = (list(counts) for counts in zip(*turns, strict=True))
+    assert (taken[-1], copied[-1], answered[-1], summed[-1]) == (EVENTS,) * 4
     # never more than a slice of events checked and priced, written by COPY, or answered
     # between two turns of the loop (one more taken: the next slice's first, before the turn);
     # before, 10,000 of each (unless COPY found its socket full)
     assert _most_between_turns(taken) <= _SLICE + 1
     assert _most_between_turns(copied) <= _SLICE + 1
     assert _most_between_turns(answered) <= _SLICE
+    # added to the budget's windows a slice at a time too: before, all 10,000 in one go
+    assert _most_between_turns(summed) <= _SLICE
 
 
 async def test_a_large_request_claims_and_looks_up_its_keys_a_part_at_a_time(

@@ -79,11 +79,15 @@ _QUARTER_S: Final = 900
 
 
 def window_sums(
-    budgets: Iterable[BudgetScope], time_zone: str, spends: Iterable[Spend]
+    budgets: Iterable[BudgetScope],
+    time_zone: str,
+    spends: Iterable[Spend],
+    into: dict[tuple[int, datetime], WindowSum] | None = None,
 ) -> dict[tuple[int, datetime], WindowSum]:
-    """{(budget id, window start): what the spends add to it}."""
+    """{(budget id, window start): what the spends add to it}; added to `into` when given (a
+    caller that sums a large request a slice at a time)."""
     budgets = list(budgets)
-    sums: dict[tuple[int, datetime], WindowSum] = {}
+    sums: dict[tuple[int, datetime], WindowSum] = {} if into is None else into
     if not budgets:
         return sums
     windows: dict[tuple[Period, int], tuple[datetime, datetime | None]] = {}

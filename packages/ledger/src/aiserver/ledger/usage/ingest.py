@@ -404,8 +404,12 @@ class UsageRecorder:
                     claimed = written[0]
                     sums: dict[tuple[int, datetime], WindowSum] = {}
                     if budgets and claimed:
-                        spends = (_spend(a) for a in ordered if a.event.key in claimed)
-                        sums = window_sums(budgets, zone, spends)
+                        for first in range(0, len(ordered), _SLICE):
+                            if first:  # a large request: the loop's other requests meanwhile
+                                await asyncio.sleep(0)
+                            part = ordered[first : first + _SLICE]
+                            spends = (_spend(a) for a in part if a.event.key in claimed)
+                            window_sums(budgets, zone, spends, into=sums)
                     naming = [  # in the request's order: its first event naming one settles it
                         (a, named)
                         for a in ordered
