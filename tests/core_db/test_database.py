@@ -5,11 +5,12 @@ one to end; a connection comes back reset, unless it ran lone statements only
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
 
-from aiserver.core_db.connections import DatabaseUnavailable
+from aiserver.core_db.connections import DatabaseUnavailable, transaction
 from aiserver.core_db.database import PoolConnection, database, lone_statements, require_pool
 
 from ..conftest import Settings, replace_settings
@@ -206,3 +207,40 @@ async def test_idle_in_transaction_alone_ends_a_transaction_left_waiting_and_no_
     async with database(settings.core), require_pool().acquire() as conn:
         assert await conn.fetchval("SHOW statement_timeout") == "0"
         assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"
+
+
+async def _ended_in(
+    block: Any, conn: asyncpg.Connection, killer: asyncpg.Connection, pid: int
+) -> None:
+    """In `block` (a transaction of `conn`), a statement whose backend `killer` terminates."""
+    async with block:
+        sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+        async with asyncio.timeout(20):
+            while not await killer.fetchval(
+                "SELECT pg_terminate_backend($1)"
+                " FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'",
+                pid,
+            ):
+                await asyncio.sleep(0.02)
+        await sleeping
+
+
+@pytest.mark.parametrize("ours", [True, False])
+async def test_a_transaction_whose_connection_is_ended_raises_why(
+    migrated_database_url: str, ours: bool
+) -> None:
+    """PostgreSQL ending a connection in a transaction (a restart, pg_terminate_backend): with
+    `conn.transaction()`, asyncpg's rollback on the closed connection raised InterfaceError in
+    place of the error that said why; `transaction()` raises that error."""
+    conn = await asyncpg.connect(migrated_database_url)
+    killer = await asyncpg.connect(migrated_database_url)
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        block = transaction(conn) if ours else conn.transaction()
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as raised:
+            await _ended_in(block, conn, killer, pid)
+    finally:
+        await killer.close()
+        await conn.close()
+    said = "terminating connection due to administrator command" in str(raised.value)
+    assert said is ours, repr(raised.value)

@@ -56,6 +56,23 @@ async def connect(settings: CoreSettings, *, timeout: float = 10.0) -> asyncpg.C
 
 
 @contextlib.asynccontextmanager
+async def transaction(conn: DbConnection) -> AsyncIterator[None]:
+    """`conn.transaction()`, except on a connection PostgreSQL ended under it: asyncpg's
+    rollback then raises InterfaceError ("the underlying connection is closed") in place of
+    the error that said why (the backend terminated, the server shutting down), which a
+    caller that records or shows the error would lose. That error is raised as it is."""
+    started = conn.transaction()
+    await started.start()
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            await started.rollback()
+        raise
+    await started.commit()
+
+
+@contextlib.asynccontextmanager
 async def lost_if_cut(conn: DbConnection) -> AsyncIterator[None]:
     """Statements on `conn` whose connection PostgreSQL ended just before them raise
     `asyncpg.ConnectionDoesNotExistError` (a lost connection: a command prints one line, the

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from aiserver.core_db.connections import MAX_BIGINT
+from aiserver.core_db.connections import MAX_BIGINT, transaction
 from aiserver.core_db.errors import InvalidInput
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.text import has_control
@@ -123,7 +123,7 @@ async def put_override(
     provider, model = _target(catalog, provider, model)
     if valid_from is not None:
         _check_source_start(catalog, model, valid_from)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, transaction(conn):
         await _lock(conn, source_url)
         if valid_from is not None:
             end = await store.history_end(conn, model)
@@ -209,7 +209,7 @@ async def delete_override(
     """
     if not 0 < override_id <= MAX_BIGINT:
         raise UnknownOverride(f"no override {override_id}")
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, transaction(conn):
         await _lock(conn, source_url)
         if await store.close_override(conn, override_id) is None:
             closed = await store.read_override(conn, override_id)

@@ -20,13 +20,11 @@ recorded in `ai_cost_metadata.last_error` while the catalog stays as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import gzip
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -35,7 +33,7 @@ from typing import Any, Final
 import asyncpg
 import httpx
 
-from aiserver.core_db.connections import connect
+from aiserver.core_db.connections import connect, transaction
 from aiserver.core_db.locks import advisory_unlock, try_advisory_lock
 from aiserver.core_db.logging import get_logger
 from aiserver.core_db.settings import CoreSettings
@@ -134,26 +132,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@contextlib.asynccontextmanager
-async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """`conn.transaction()`, except on a connection PostgreSQL ended under it: asyncpg's
-    rollback then raised InterfaceError ("the underlying connection is closed") in place of
-    the error that said why (the backend terminated, the server shutting down)."""
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        yield
-    except BaseException:
-        if not conn.is_closed():
-            await transaction.rollback()
-        raise
-    await transaction.commit()
-
-
 async def _record_failure(
     conn: asyncpg.Connection, report: RefreshReport, *, started_at: datetime
 ) -> None:
-    async with _transaction(conn):
+    async with transaction(conn):
         error = f"{report.outcome}: {report.error}"
         await record_error(conn, report.source, report.url, at=started_at, error=error)
         await record_run(conn, report, started_at=started_at)
@@ -168,7 +150,7 @@ async def _record_current(
     body_hash: str | None = None,
 ) -> None:
     """The upstream confirmed what we have (304, or the same content): it is a success."""
-    async with _transaction(conn):
+    async with transaction(conn):
         await record_confirmed(
             conn, report.source, report.url, at=started_at, etag=fetched.etag,
             last_modified=fetched.last_modified, body_hash=body_hash,
@@ -188,7 +170,7 @@ async def apply_source(
     succeeded: bool = True,
 ) -> RefreshReport:
     """Write `parsed` as the new catalog of `source` and record it, in one transaction."""
-    async with _transaction(conn):
+    async with transaction(conn):
         result = await write_catalog(conn, parsed, source=source, url=url)
         await record_applied(
             conn, source, url, at=started_at, succeeded=succeeded, etag=fetched.etag,
