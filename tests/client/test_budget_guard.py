@@ -426,3 +426,42 @@ async def test_the_guards_release_is_repeated_when_it_fails(
     assert seen == [("reserve", 201), ("release", 503), ("release", 200)]
     assert list((await reservation_states(ledger.url, tenant.id)).values()) == ["released"]
     assert (await budget_window(ledger.api, tenant, budget_id))["reserved"] == "0"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("estimate", "error"), [(0.05, TypeError), ("0,05", ValueError)], ids=["float", "not-decimal"]
+)
+async def test_an_estimate_that_cannot_be_sent_raises_before_any_request(
+    ledger: Ledger, tenant: Tenant, kind: str, estimate: Any, error: type[Exception]
+) -> None:
+    """A float estimate, or a string that is no decimal, is the caller's mistake: the guard
+    raises it (a `TypeError`, a `ValueError`, as docs/client.md says) without a request. Before,
+    the float's TypeError made the guard release a reservation it had never asked for (a
+    request to the API, repeated while the API failed, before the error came), and the string
+    raised decimal.InvalidOperation, which is no ValueError."""
+    front = ScriptedFront(target=ledger.api.base_url)
+
+    async def use_async() -> None:
+        async with (
+            AsyncClient(front.base_url, tenant.key) as aclient,
+            aclient.budget(model="gpt-4o", tags=TEAM, estimate=estimate),
+        ):
+            pytest.fail("the call is made although the estimate cannot be sent")
+
+    def use() -> None:
+        with (
+            Client(front.base_url, tenant.key) as client,
+            client.budget(model="gpt-4o", tags=TEAM, estimate=estimate),
+        ):
+            pytest.fail("the call is made although the estimate cannot be sent")
+
+    front.start()
+    try:
+        with pytest.raises(error) as raised:
+            await (use_async() if kind == "async" else asyncio.to_thread(use))
+    finally:
+        front.stop()
+    assert type(raised.value) is error, repr(raised.value)
+    assert front.seen == []
+    assert await reservation_states(ledger.url, tenant.id) == {}

@@ -49,6 +49,16 @@ class Ask:
     usage_format: Optional[str] = None
     expires_in_seconds: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        # What cannot be sent (a float estimate, a string that is no decimal, a tag no UTF-8
+        # can carry) raises here, where the guard is made: raised by the reserve on entry, it
+        # would read as a reserve that may have been made, and the guard would release it.
+        wire.reserve_body(
+            model=self.model, provider=self.provider, tags=self.tags, estimate=self.estimate,
+            usage=self.usage, usage_format=self.usage_format, service_tier=None,
+            expires_in_seconds=self.expires_in_seconds,
+        )  # fmt: skip
+
 
 class _Guard:
     """The state both guards share: the reservation of the current (or last) entry, and what

@@ -13,7 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import (
     Any,
@@ -304,12 +304,16 @@ def drop_none(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def money(value: Optional[Money]) -> Optional[str]:
-    """A decimal string for the wire; a float is refused (it would not be exact)."""
+    """A decimal string for the wire; a float is refused (it would not be exact), and so is a
+    string that is no decimal (a `ValueError`, not the decimal module's InvalidOperation)."""
     if value is None:
         return None
     if isinstance(value, float):
         raise TypeError("money is a Decimal or a decimal string, never a float")
-    return str(Decimal(value))
+    try:
+        return str(Decimal(value))
+    except InvalidOperation:
+        raise ValueError(f"money is a Decimal or a decimal string, not {value!r}") from None
 
 
 def spend_params(
