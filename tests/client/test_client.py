@@ -637,6 +637,27 @@ def test_record_gives_up_after_its_retries(ledger: Ledger, tenant: Tenant) -> No
         Client(ledger.api.base_url, tenant.key, retries=-1)
 
 
+@pytest.mark.parametrize("status", [408, 425, 429, 503])
+def test_a_status_record_repeats_is_retryable(ledger: Ledger, tenant: Tenant, status: int) -> None:
+    """`record` repeats a 408, 425, 429 or 5xx: the same request may pass later. Once its
+    repeats are spent, the error it raises says so (`retryable`), so that an application's own
+    retry does what the client did. Before, a 408 or 425 was raised as not retryable ("the
+    request must change"), which is what the client's repeats of it contradict."""
+    problem = json.dumps({"status": status, "title": "Busy", "detail": "try again"}).encode()
+    front = ScriptedFront(target=ledger.api.base_url, rest=Answer(status, problem))
+    front.start()
+    try:
+        with (
+            Client(front.base_url, tenant.key, retries=1) as client,
+            pytest.raises(AiserverError) as failed,
+        ):
+            client.record({"id": key(), "model": "gpt-4o", "usage": GPT_4O})
+    finally:
+        front.stop()
+    assert [seen for _, _, seen in front.seen] == [status, status]  # repeated once
+    assert (failed.value.status, failed.value.retryable) == (status, True)
+
+
 # -- an answer that is no answer -------------------------------------------------------------------
 
 EMPTY_REPORT = json.dumps({"results": [], "recorded": 0, "duplicate": 0, "conflict": 0,

@@ -24,9 +24,8 @@ import httpx
 import msgspec
 
 from aiserver.client import wire
-from aiserver.client.errors import AiserverError
+from aiserver.client.errors import RETRY_STATUSES, AiserverError
 from aiserver.client.models import Event, EventResult, Reservation
-from aiserver.client.recorder import RETRY_STATUSES
 from aiserver.client.wire import EventLike, Money
 
 if TYPE_CHECKING:

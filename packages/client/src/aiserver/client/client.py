@@ -39,6 +39,7 @@ import msgspec
 
 from aiserver.client import wire
 from aiserver.client.budget import Ask, AsyncBudgetGuard, BudgetGuard
+from aiserver.client.errors import RETRY_STATUSES
 from aiserver.client.keys import Stamps, new_key
 from aiserver.client.loops import InFlight, closed_with_its_loop
 from aiserver.client.models import (
@@ -52,7 +53,6 @@ from aiserver.client.models import (
 )
 from aiserver.client.recorder import (
     MAX_BATCH,
-    RETRY_STATUSES,
     Recorder,
     RecorderSettings,
     RecorderStats,

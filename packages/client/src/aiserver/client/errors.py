@@ -6,8 +6,9 @@
      +-- ConfigurationError     no base URL or no key (argument or environment), or a bad one
 
 A network failure (refused, reset, timed out) is httpx's own `httpx.TransportError`: transient,
-retry it. An `AiserverError` is the server's answer: with status 429 or 5xx it is transient
-(`retryable`), otherwise the request must change before it can succeed. An answer the client
+retry it. An `AiserverError` is the server's answer: with status 408, 425, 429 or 5xx it is
+transient (`retryable`: the statuses the client repeats itself), otherwise the request must
+change before it can succeed. An answer the client
 cannot read (not JSON, not the call's answer, one result short) is an `AiserverError` too:
 status 502, title "unreadable answer", and the answer's beginning in `detail`.
 """
@@ -17,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
+
+#: Statuses after which the same request may succeed (and a 5xx): a timeout, too early, too
+#: many. `record`, `reserve`, `release` and the recorder repeat them; `retryable` says so.
+RETRY_STATUSES = frozenset({408, 425, 429})
 
 
 class ConfigurationError(ValueError):
@@ -49,8 +54,8 @@ class AiserverError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """Whether the same request may succeed later (429, or a 5xx)."""
-        return self.status == 429 or self.status >= 500
+        """Whether the same request may succeed later (408, 425, 429, or a 5xx)."""
+        return self.status in RETRY_STATUSES or self.status >= 500
 
 
 def _decimal(value: Any) -> Optional[Decimal]:

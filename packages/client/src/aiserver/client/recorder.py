@@ -59,7 +59,7 @@ import httpx
 import msgspec
 
 from aiserver.client import exiting, wire
-from aiserver.client.errors import AiserverError
+from aiserver.client.errors import RETRY_STATUSES, AiserverError
 from aiserver.client.keys import Stamps, new_key
 from aiserver.client.models import CONFLICT, DUPLICATE, INVALID, RECORDED, Event, RecordReport
 
@@ -67,8 +67,6 @@ log = logging.getLogger("aiserver.client")
 
 #: A warning about a full queue at most this often (with the count dropped so far).
 OVERFLOW_LOG_S = 10.0
-#: Statuses after which the same batch may succeed: a timeout, too early, too many, the server.
-RETRY_STATUSES = frozenset({408, 425, 429})
 MAX_BATCH = 10_000  # the most one POST /v1/usage takes
 
 
