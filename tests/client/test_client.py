@@ -137,6 +137,39 @@ def test_a_key_that_cannot_be_sent_is_refused_without_showing_it(
         assert "0123456789abcdef" not in message
 
 
+def test_a_key_given_as_the_url_is_refused_without_showing_it(
+    no_client_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key where the URL goes (`Client(key)`, the arguments swapped, AISERVER_URL holding
+    the key) is no URL: the error says so, and that the value looks like the key, never the key.
+    Before, it quoted the value as the URL it refused: the key, in the exception and any log of
+    it."""
+    secret = "ais_0123456789abcdef_" + "s3cr3t" * 7 + "x"
+    messages = []
+    for made in (
+        lambda: Client(secret),
+        lambda: Client(secret, "http://127.0.0.1:1"),
+        lambda: AsyncClient(" " + secret + "\n", secret),
+        lambda: Recorder(secret, "ais_x"),
+    ):
+        with pytest.raises(ConfigurationError) as refused:
+            made()
+        messages.append(str(refused.value))
+    monkeypatch.setenv("AISERVER_URL", secret)
+    with pytest.raises(ConfigurationError) as from_env:
+        Client(api_key="ais_x")
+    messages.append(str(from_env.value))
+    for message in messages:
+        assert "http://" in message, message
+        assert "looks like an API key" in message, message
+        assert "s3cr3t" not in message, message
+        assert "0123456789abcdef" not in message, message
+    assert "(AISERVER_URL)" in messages[-1]
+    with pytest.raises(ConfigurationError) as url:  # a URL is still shown
+        Client("127.0.0.1:8000", "ais_x")
+    assert "'127.0.0.1:8000'" in str(url.value)
+
+
 def test_a_client_reads_url_and_key_from_the_environment(
     ledger: Ledger, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,8 @@ T = TypeVar("T")
 URL_VARIABLE = "AISERVER_URL"
 KEY_VARIABLE = "AISERVER_API_KEY"
 USER_AGENT = "aiserver-client/0.1"
+#: How every aiserver API key begins (`ais_<public id>_<secret>`).
+KEY_PREFIX = "ais_"
 
 EventLike = Union[Event, Mapping[str, Any]]
 Money = Union[Decimal, str, int]
@@ -44,7 +46,8 @@ def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]
     """The base URL and key: the arguments, else `AISERVER_URL` and `AISERVER_API_KEY`, without
     the whitespace around them (a value read from a file or a secret often ends with a newline).
     A key that a header cannot carry as it is is refused here, never sent: the error httpx would
-    raise quotes the header, key and all."""
+    raise quotes the header, key and all. A URL that is no URL is quoted in the error, unless it
+    looks like the key (the arguments swapped)."""
     url = (base_url or os.environ.get(URL_VARIABLE, "")).strip()
     key = (api_key or os.environ.get(KEY_VARIABLE, "")).strip()
     if not url:
@@ -52,6 +55,12 @@ def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]
             f"no aiserver URL: pass base_url=... or set {URL_VARIABLE} (e.g. http://127.0.0.1:8000)"
         )
     if not url.startswith(("http://", "https://")):
+        source = "base_url" if base_url else URL_VARIABLE
+        if url.startswith(KEY_PREFIX) or (key and key in url):  # swapped, or the wrong variable
+            raise ConfigurationError(
+                f"the aiserver URL ({source}) must start with http:// or https://; the value "
+                "given looks like an API key (it is not shown): are the URL and the key swapped?"
+            )
         raise ConfigurationError(f"the aiserver URL must start with http:// or https://: {url!r}")
     if not key:
         raise ConfigurationError(
