@@ -510,6 +510,27 @@ def test_spend_sums_what_was_recorded(ledger: Ledger, tenant: Tenant) -> None:
     assert search.total.cost == 2 * GPT_4O_COST
 
 
+@pytest.mark.parametrize("kind", [Client, AsyncClient], ids=["sync", "async"])
+async def test_spend_takes_group_by_as_one_string_too(
+    ledger: Ledger, tenant: Tenant, kind: type[Client | AsyncClient]
+) -> None:
+    """`group_by="model"` (a string, as the HTTP query spells it, "model,tag:team" too) groups
+    by those names. Before, a string was a sequence of its characters: the query asked for
+    `group_by=m,o,d,e,l`, and the call raised a 422 about names no one had given."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    client = kind(ledger.api.base_url, tenant.key)
+    await answered(client.record(Event(id=key(), model="gpt-4o", usage=GPT_4O, occurred_at=at,
+                                       tags={"team": "search"})))  # fmt: skip
+    window = (at - timedelta(hours=1), at + timedelta(hours=1))
+    by_model = await answered(client.spend(*window, tz="UTC", group_by="model"))
+    by_both = await answered(client.spend(*window, tz="UTC", group_by="model,tag:team"))
+    await answered(client.close())
+    assert by_model.group_by == ["model"]
+    assert [(g.key, g.cost) for g in by_model.groups] == [({"model": "gpt-4o"}, GPT_4O_COST)]
+    assert by_both.group_by == ["model", "tag:team"]
+    assert [g.key for g in by_both.groups] == [{"model": "gpt-4o", "tag:team": "search"}]
+
+
 async def test_async_spend_and_a_problem_is_a_typed_error(ledger: Ledger, tenant: Tenant) -> None:
     async with AsyncClient(ledger.api.base_url, tenant.key) as client:
         with pytest.raises(AiserverError) as raised:

@@ -362,8 +362,9 @@ def spend_params(
     ):
         if value is not None:
             params.append((name, value))
-    if group_by:
-        params.append(("group_by", ",".join(group_by)))
+    if group_by:  # a list of names, or one string as the query spells it ("model,tag:team")
+        names = group_by if isinstance(group_by, str) else ",".join(group_by)
+        params.append(("group_by", names))
     if top is not None:
         params.append(("top", str(top)))
     params.extend((f"tag:{key}", value) for key, value in (tags or {}).items())
