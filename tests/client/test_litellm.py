@@ -307,3 +307,18 @@ def test_text_that_utf8_cannot_carry_is_no_tag_and_never_raises_into_litellm(
     callback.log_success_event({**kwargs, "model": "gpt-4o\ud800"}, response, None, None)
     assert registered.queued() == before  # the model's name cannot be sent: logged, not queued
     assert "the LiteLLM call's usage event could not be queued" in caplog.text
+
+
+def test_metadata_keys_given_as_one_string_keep_that_key(registered: Registered) -> None:
+    """`metadata_keys="team"` keeps the metadata's `team`, as `["team"]` does. Before, the
+    string was taken as its characters ({"t", "e", "a", "m"}): every metadata tag was left
+    out, unsaid."""
+    response = litellm.ModelResponse(
+        model="gpt-4o", usage={"prompt_tokens": 5, "completion_tokens": 1}
+    )
+    kwargs = {"model": "gpt-4o", "litellm_params": {"metadata": {"team": "search", "x": "y"}}}
+    for keys in ("team", ["team"]):
+        callback = AiserverCallback(registered.callback.client, metadata_keys=keys)
+        event = callback.event(kwargs, response, None)
+        assert event is not None
+        assert event.tags == {"team": "search"}, keys

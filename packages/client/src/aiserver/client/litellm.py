@@ -134,6 +134,8 @@ class AiserverCallback(CustomLogger):  # type: ignore[misc]  # litellm has no ty
         super().__init__()
         self.client = client or Client(base_url, api_key, recorder=recorder)
         self.tags = dict(tags or {})
+        if isinstance(metadata_keys, str):  # one key, not its characters
+            metadata_keys = [metadata_keys]
         self.metadata_keys = None if metadata_keys is None else frozenset(metadata_keys)
         self.skipped = 0
 
