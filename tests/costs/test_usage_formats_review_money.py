@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -340,6 +341,34 @@ async def test_gemini_cache_reads_without_their_modalities(client: Client) -> No
     assert read_usage(video, "gemini") == usage(
         input_tokens=3000, cache_read_tokens=2900, input_video_tokens=100
     )
+
+
+async def test_gemini_cache_reads_lie_in_the_prompt_not_in_its_tool_use_prompt(
+    client: Client,
+) -> None:
+    """The same call with a tool-use prompt of 500 text tokens beside it (a search tool's
+    results): cachedContentTokenCount is "the cached part of the prompt", and promptTokenCount
+    "includes the number of tokens in the cached content"; toolUsePromptTokenCount is outside
+    the prompt. So the prompt's 1000 text tokens leave room for 1000 cached ones only: still
+    7000 of the 8000 are audio. Measured against the prompt and the tool-use prompt together,
+    the 500 tool-use tokens were taken for room in the cache: 6500 cached audio, 500 audio
+    priced as uncached, and 500 uncached tool-use tokens as cached text."""
+    body = {
+        **GEMINI_CACHED_AUDIO_UNSPLIT,
+        "toolUsePromptTokenCount": 500,
+        "toolUsePromptTokensDetails": [{"modality": "TEXT", "tokenCount": 500}],
+        "totalTokenCount": 10550,
+    }
+    # the tool-use prompt adds its 500 tokens to the input, and nothing to the cache's split
+    without = read_usage(GEMINI_CACHED_AUDIO_UNSPLIT, "gemini")
+    assert without.cache_read_audio_tokens == 7000
+    assert read_usage(body, "gemini") == msgspec.structs.replace(without, input_tokens=10500)
+    # gemini/gemini-2.5-flash: what the call without the tool-use prompt costs (0.002855), and
+    # the 500 tool-use tokens as uncached text at 3e-07 (0.00015)
+    answer = await _price(client, "gemini/gemini-2.5-flash", "gemini", body)
+    assert ("input", 500, "0.00015") in _components(answer)
+    assert ("cache_read_audio", 7000, "0.0007") in _components(answer)
+    assert answer["total"] == "0.003005"
 
 
 # -- Bedrock Converse ------------------------------------------------------------------------

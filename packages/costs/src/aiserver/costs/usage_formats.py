@@ -192,9 +192,12 @@ _CACHED_MODALITY: Final[Mapping[str, str | None]] = {
 }
 
 
-def _split_unsplit_cache(counts: dict[str, int], modalities: tuple[str, ...]) -> None:
+def _split_unsplit_cache(counts: dict[str, int], prompt: int, in_prompt: Mapping[str, int]) -> None:
     """Cache reads the provider reports without their modality, where the counts prove that
-    some of them are of one modality.
+    some of them are of one modality. ``prompt`` is the count of the prompt the cache reads lie
+    in, and ``in_prompt`` the count of each modality of ours (``input_audio_tokens``) in it:
+    Gemini's cache is part of ``promptTokenCount``, not of its tool-use prompt, whose tokens
+    are no room for cached ones.
 
     The provider's modality counts (OpenAI's ``prompt_tokens_details.image_tokens``, Gemini's
     ``promptTokensDetails``) count a modality's tokens wherever they came from, the cache
@@ -206,13 +209,13 @@ def _split_unsplit_cache(counts: dict[str, int], modalities: tuple[str, ...]) ->
     (writes may be of a modality too): only then is the excess placed; otherwise the usage stays
     a part larger than its total, and is refused.
     """
-    reported = [name for name in modalities if counts.get(name, 0)]
+    reported = [name for name, count in in_prompt.items() if count]
     if len(reported) != 1 or counts.get("cache_write_tokens", 0):
         return
     (modality,) = reported
     cached = counts.get("cache_read_tokens", 0)
-    excess = cached + counts[modality] - counts["input_tokens"]
-    if excess <= 0 or excess > min(cached, counts[modality]):
+    excess = cached + in_prompt[modality] - prompt
+    if excess <= 0 or excess > min(cached, in_prompt[modality]):
         return
     part = _CACHED_MODALITY[modality]
     if part is None:
@@ -222,7 +225,19 @@ def _split_unsplit_cache(counts: dict[str, int], modalities: tuple[str, ...]) ->
 
 
 def _refine_openai_chat(raw: Mapping[str, Any], counts: dict[str, int]) -> None:
-    _split_unsplit_cache(counts, ("input_audio_tokens", "input_image_tokens"))
+    _split_unsplit_cache(
+        counts,
+        counts["input_tokens"],
+        {name: counts[name] for name in ("input_audio_tokens", "input_image_tokens")},
+    )
+
+
+#: Gemini's modalities, as our counts of the input name them.
+_GEMINI_MODALITIES: Final = {
+    "input_audio_tokens": "AUDIO",
+    "input_image_tokens": "IMAGE",
+    "input_video_tokens": "VIDEO",
+}
 
 
 def _refine_gemini(raw: Mapping[str, Any], counts: dict[str, int]) -> None:
@@ -246,9 +261,14 @@ def _refine_gemini(raw: Mapping[str, Any], counts: dict[str, int]) -> None:
         and total == counts["input_tokens"] + candidates
     ):
         counts["output_tokens"] = candidates
-    if _at(raw, "cacheTokensDetails") is None:
+    if _at(raw, "cacheTokensDetails") is None:  # the cache is part of the prompt alone
+        sums: Sums = {}
+        in_prompt = {
+            name: sum(part.read(raw, sums) for part in _modalities("promptTokensDetails", kind))
+            for name, kind in _GEMINI_MODALITIES.items()
+        }
         _split_unsplit_cache(
-            counts, ("input_audio_tokens", "input_image_tokens", "input_video_tokens")
+            counts, _count(_at(raw, "promptTokenCount"), "promptTokenCount"), in_prompt
         )
 
 
