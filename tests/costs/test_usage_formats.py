@@ -644,6 +644,21 @@ def test_gemini_cached_video_beyond_the_prompts_video_is_refused() -> None:
     )
 
 
+def test_gemini_cached_content_beyond_the_prompt_is_refused() -> None:
+    """cachedContentTokenCount is "the cached part of the prompt", and promptTokenCount
+    "includes the number of tokens in the cached content": more cached tokens than the prompt
+    is a part larger than its total. The tool-use prompt, outside the prompt, gave it room: the
+    body was read, and 20 of its tool-use tokens priced as cache reads."""
+    raw = {"promptTokenCount": 100, "toolUsePromptTokenCount": 50, "cachedContentTokenCount": 120,
+           "candidatesTokenCount": 5}  # fmt: skip
+    error = _refused(raw, "gemini")
+    assert error.fields == ("usage.cachedContentTokenCount", "usage.promptTokenCount")
+    assert str(error) == (
+        "usage.cachedContentTokenCount (120) is larger than usage.promptTokenCount (100)"
+    )
+    assert read_usage({**raw, "cachedContentTokenCount": 100}, "gemini").cache_read_tokens == 100
+
+
 @pytest.mark.parametrize(
     ("raw", "usage_format", "fields", "message"),
     [

@@ -387,6 +387,8 @@ GEMINI: Final = Format(
         "output_video_tokens": _modalities("candidatesTokensDetails", "VIDEO"),
     },
     required=("promptTokenCount",),
+    # the cached content is part of the prompt; the tool-use prompt is no room for it
+    bounds=(Bound(Count("promptTokenCount"), (Count("cachedContentTokenCount"),)),),
     refine=_refine_gemini,
 )
 """Gemini, ``usageMetadata`` of a GenerateContentResponse
