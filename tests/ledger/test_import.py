@@ -217,6 +217,30 @@ async def test_invalid_and_conflicting_lines_are_reported_with_their_line_number
     assert [(r["line"], r["id"]) for r in report["conflict_lines"]] == [(8, "ok-1")]
 
 
+async def test_a_refused_lines_control_characters_are_shown_escaped(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A refused line's key and the field names its problem quotes are the file's text: printed
+    as they were, an ESC sequence in them cleared the terminal the summary is read on, and a
+    carriage return drew the rest of the line over the line number."""
+    path = tmp_path / "controls.jsonl"
+    path.write_text(
+        "\n".join([
+            line("ok", "gpt-test-001", 10, 10, 1),
+            line("clear\x1b[2J", "gpt-test-001", 1, 1, 1),
+            line("over\rwritten", "gpt-test-001", 1, 1, 1, **{"\x1b[31mred": 1}),
+        ])
+    )  # fmt: skip
+    code, out, err = await ledger(env, "import", str(path), "--project", "acme")
+    assert code == 3, err
+    assert out == summary(str(path), 3, 1, 0, 0, 2) + (
+        "invalid lines (2):\n"
+        "  line 2 (clear\\x1b[2J): id must not be blank or hold control characters\n"
+        "  line 3 (over\\rwritten): invalid event: Object contains unknown field "
+        "`\\x1b[31mred`\n"
+    )
+
+
 async def test_a_file_with_a_byte_order_mark_and_crlf_lines_is_imported_whole(
     env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
 ) -> None:

@@ -9,6 +9,7 @@ project's events, newest first (a table, or JSON lines with --json).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -236,8 +237,19 @@ def _print_summary(project: str, name: str, summary: ImportSummary) -> None:
         first = f", the first {len(shown)}" if count > len(shown) else ""
         print(f"{title} ({count:,}{first}):")
         for refused in shown:
-            key = f" ({refused.id})" if refused.id is not None else ""
-            print(f"  line {refused.line}{key}: {refused.problem['detail']}")
+            key = f" ({_escaped(refused.id)})" if refused.id is not None else ""
+            print(f"  line {refused.line}{key}: {_escaped(refused.problem['detail'])}")
+
+
+#: A control character (Unicode category Cc), as `has_control` finds them.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(text: str) -> str:
+    """Text of the file (a refused line's key, a problem quoting one of its field names) with
+    its control characters written as escapes (`\x1b`, `\r`): printed as they are, a line's
+    ESC sequences or carriage return would redraw the terminal the summary is read on."""
+    return _CONTROL.sub(lambda found: repr(found[0])[1:-1], text)
 
 
 #: The most --limit takes (--limit 0 lists every event).
