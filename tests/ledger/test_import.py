@@ -4,6 +4,7 @@ whatever is rerun or killed half-way, priced exactly, and listed back."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import pty
@@ -430,6 +431,34 @@ async def test_failures_and_help(env: dict[str, str], tmp_path: Path) -> None:
     assert "| aiserver-ledger import --project acme-search -" in text
     code, out, _ = await ledger(env, "events", "--help")
     assert "--tag team=search --model gpt-4o --limit 0 --json" in out
+
+
+async def test_a_gzip_or_utf16_file_is_refused_before_any_line_is_read(
+    env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """Read line by line, every "line" of a gzip file (or of UTF-16 text, what PowerShell 5's
+    `>` writes) was an invalid event, "JSON is malformed: invalid character", and the import
+    exited 3 as if some lines were wrong. It is refused at once, saying what the file is."""
+    text = "\n".join(line(f"k-{n}", "gpt-test-001", 1, 1, 1) for n in range(3)) + "\n"
+    packed = tmp_path / "usage.jsonl.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    code, out, err = await ledger(env, "import", str(packed), "--project", "acme")
+    assert (code, out) == (1, "")
+    assert err.strip().endswith(
+        f"{packed} is gzip-compressed, not JSON lines: decompress it on the way in "
+        f"(zcat {packed} | aiserver-ledger import --project SLUG -)"
+    )
+    wide = tmp_path / "usage-utf16.jsonl"
+    wide.write_text(text, encoding="utf-16")
+    code, out, err = await ledger(env, "import", "-", "--project", "acme",
+                                  stdin=wide.read_bytes())  # fmt: skip
+    assert (code, out) == (1, "")
+    assert "the input is UTF-16 text (a byte order mark ff fe); JSON lines are UTF-8" in err
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 0
+    # the same lines as UTF-8 are imported whole
+    code, out, err = await ledger(env, "import", "-", "--project", "acme", stdin=text.encode())
+    assert code == 0, err
+    assert await db.fetchval("SELECT count(*) FROM usage_events") == 3
 
 
 async def test_an_import_into_an_archived_project_records_nothing(

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 REFUSED_LINES: Final = 3
 #: Off a terminal, a progress line every this many chunks.
 PROGRESS_EVERY: Final = 10
+#: The first bytes of a gzip stream (RFC 1952), and the byte order marks of UTF-16.
+_GZIP: Final = b"\x1f\x8b"
+_UTF16: Final = (b"\xff\xfe", b"\xfe\xff")
 
 
 class _Source:
@@ -55,7 +58,7 @@ class _Source:
         from aiserver.ledger.errors import InvalidField
 
         if name == "-":
-            return cls("stdin", sys.stdin.buffer, None)
+            return cls("stdin", sys.stdin.buffer, None).text_only()
         if not name:  # Path("") is ".", which "cannot read : Is a directory" would not name
             raise InvalidField("FILE '' names no file to read (- reads stdin)", ["FILE"])
         try:
@@ -63,7 +66,37 @@ class _Source:
             size = os.fstat(stream.fileno()).st_size
         except OSError as exc:
             raise InvalidField(f"cannot read {name}: {exc.strerror}", ["FILE"]) from None
-        return cls(name, stream, size or None)
+        source = cls(name, stream, size or None)
+        try:
+            return source.text_only()
+        except BaseException:
+            stream.close()
+            raise
+
+    def text_only(self) -> _Source:
+        """This source, refused (`InvalidField`, before anything is read) when its first bytes
+        say it is no UTF-8 text: gzip, or UTF-16 (what PowerShell 5's `>` writes). Read line by
+        line, every "line" of such a file was an invalid event ("JSON is malformed: invalid
+        character"), and the import exited 3 as if a few lines were wrong."""
+        from aiserver.ledger.errors import InvalidField
+
+        peek = getattr(self.stream, "peek", None)
+        head = peek(4)[:4] if peek is not None else b""
+        named = "the input" if self.name == "stdin" else self.name
+        if head.startswith(_GZIP):
+            raise InvalidField(
+                f"{named} is gzip-compressed, not JSON lines: decompress it on the way in "
+                f"(zcat {'FILE' if self.name == 'stdin' else self.name} | aiserver-ledger import "
+                "--project SLUG -)",
+                ["FILE"],
+            )
+        if head.startswith(_UTF16):
+            raise InvalidField(
+                f"{named} is UTF-16 text (a byte order mark {head[:2].hex(' ')}); JSON lines are "
+                "UTF-8: convert it first (iconv -f UTF-16 -t UTF-8)",
+                ["FILE"],
+            )
+        return self
 
     def lines(self) -> Iterator[tuple[int, bytes | LongLine]]:
         """Each line with its number; one over MAX_LINE as a `LongLine`, read and dropped a
@@ -321,7 +354,8 @@ _IMPORT_HELP: Final = """\
 Record usage events from JSON lines: one event a line, as POST /v1/usage takes it
 ({"id": "req-1", "model": "gpt-4o", "usage": {"input_tokens": 1000, "output_tokens": 500},
 "occurred_at": "2026-12-01T10:00:00Z", "tags": {"team": "search"}}); blank lines are skipped.
-Each event is priced with the catalog in the database as of its occurred_at.
+The file is UTF-8 text: a gzip or UTF-16 file is refused before any line is read (zcat it, or
+convert it). Each event is priced with the catalog in the database as of its occurred_at.
 
 The events are recorded --chunk-size at a time, each chunk in its own transaction: an import
 that stops half-way keeps whole chunks, and running it again records exactly what is missing
