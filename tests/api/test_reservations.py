@@ -11,7 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
-from .conftest import Client, Tenants, bearer, make_key
+from .conftest import Client, Tenants, admin, bearer, make_key
 from .test_endpoints import assert_problem
 
 RESERVE = "/v1/budgets/reserve"
@@ -245,4 +245,26 @@ async def test_a_usage_that_prices_at_nothing_is_refused_naming_the_usage(
         json={"model": MODEL, "usage": {"input_tokens": 0, "output_tokens": 0}},
     )  # fmt: skip
     problem = assert_problem(response, 422, "usage: the catalog prices this usage at 0 USD")
+    assert problem["fields"] == ["usage"]
+
+
+async def test_a_usage_that_prices_past_the_largest_estimate_is_refused_naming_the_usage(
+    client: Client, tenants: Tenants
+) -> None:
+    """A `usage` that the catalog prices past the largest estimate (1,000,000,000,000 USD) is
+    refused naming the field it sent and what it was priced at: it was refused as "estimate must
+    be a decimal above 0 and at most 1,000,000,000,000", naming `estimate`, a field the request
+    never sent."""
+    override = {"provider": "openai", "model": "gpt-test-003", "reason": "image price",
+                "prices": {"output_cost_per_image": "0.04"}}  # fmt: skip
+    added = await client.post("/v1/overrides", headers=admin(), json=override)
+    assert added.status_code == 201, added.text
+    response = await client.post(
+        RESERVE, headers=bearer(tenants.ingest_a["key"]),
+        json={"model": "gpt-test-003", "usage": {"images": 10**15}},
+    )  # fmt: skip
+    problem = assert_problem(
+        response, 422, "usage: the catalog prices this usage at 40000000000000 USD"
+    )
+    assert "at most 1,000,000,000,000" in problem["detail"]
     assert problem["fields"] == ["usage"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -89,6 +90,19 @@ def _cost_request(data: ReserveIn) -> CostRequest:
         raise InvalidField(f"invalid usage: {named}: {text}", [named]) from None
 
 
+def _priced_estimate(amount: Decimal) -> Decimal:
+    """What the catalog priced a `usage` at, as the reservation's estimate; refused naming
+    `usage` (the field sent), not `estimate` (at 0 USD, or past the largest estimate)."""
+    try:
+        return reservations.check_estimate(amount)
+    except InvalidField as exc:
+        raise InvalidField(
+            f"usage: the catalog prices this usage at {money(amount)} USD, and a reservation's "
+            f"{exc}; nothing was reserved",
+            ["usage"],
+        ) from None
+
+
 class ReservationController(Controller):
     path = "/v1/budgets"
     tags = ("budgets",)
@@ -138,14 +152,8 @@ class ReservationController(Controller):
                 models.append(live.require().resolve(data.model, data.provider).key)
         else:
             priced = calculate(live.require(), _cost_request(data))
-            amount = priced.total
+            amount = _priced_estimate(priced.total)
             models.append(priced.model)
-            if amount <= 0:  # else the refusal would name `estimate`, which was not sent
-                raise InvalidField(
-                    f"usage: the catalog prices this usage at {money(amount)} USD; a "
-                    "reservation needs an estimate above 0 USD; nothing was reserved",
-                    ["usage"],
-                )
         ttl = (
             None if data.expires_in_seconds is None else timedelta(seconds=data.expires_in_seconds)
         )
