@@ -268,3 +268,20 @@ async def test_a_usage_that_prices_past_the_largest_estimate_is_refused_naming_t
     )
     assert "at most 1,000,000,000,000" in problem["detail"]
     assert problem["fields"] == ["usage"]
+
+
+async def test_a_model_its_event_could_not_report_is_refused_before_anything_is_held(
+    client: Client, tenants: Tenants, pg: asyncpg.Connection
+) -> None:
+    """The reserve's `model` is the call's, as its event will report it: a blank one (spaces
+    only), which the event is refused for, is refused at once. It was reserved (201, the
+    estimate held until it expired), and the event that was to settle it was then refused."""
+    key = bearer(tenants.ingest_a["key"])
+    await hard_budget(client, tenants.admin_a["key"], "1")
+    for blank in (" ", "\t \u3000"):
+        event = {"id": "blank", "model": blank, "usage": {"input_tokens": 1}}
+        assert_problem(await client.post("/v1/usage", headers=key, json=event), 422, "model")
+        reserved = await client.post(RESERVE, headers=key, json={"model": blank, "estimate": "0.5"})
+        problem = assert_problem(reserved, 422, "model must not be blank")
+        assert problem["fields"] == ["model"]
+    assert await pg.fetchval("SELECT count(*) FROM budget_reservations") == 0

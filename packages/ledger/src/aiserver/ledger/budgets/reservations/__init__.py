@@ -130,9 +130,10 @@ def check_estimate(amount: Decimal) -> Decimal:
 
 
 def _check_models(models: Sequence[str]) -> Sequence[str]:
-    """The call's model names: no control character (PostgreSQL cannot store NUL)."""
-    if any(has_control(model) for model in models):
-        raise InvalidField("model must not hold control characters", ["model"])
+    """The call's model names, under the rule of an event's (it will report them): not blank,
+    no control character (PostgreSQL cannot store NUL)."""
+    if any(has_control(model) or not model.strip() for model in models):
+        raise InvalidField("model must not be blank or hold control characters", ["model"])
     return models
 
 
