@@ -44,7 +44,7 @@ async def test_the_sweep_releases_every_due_reservation_while_one_is_being_relea
     pool: asyncpg.Pool, access: Access, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch of the sweep is `due_projects` (the projects of the first SWEEP_BATCH due
-    reservations, nothing locked), then `expire_due` limited to those projects, SKIP LOCKED.
+    reservations, nothing locked), then `lock_due` limited to those projects, SKIP LOCKED.
     When one of those reservations is being released (or settled) at that moment, the batch
     ends fewer than SWEEP_BATCH and the sweep returns, leaving the due reservations of the
     projects after them held until the next sweep (before the gate, `expire_due` went on past

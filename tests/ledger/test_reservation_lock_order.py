@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from aiserver.ledger.access import Access
 from aiserver.ledger.budgets import reservations, service
 from aiserver.ledger.budgets import store as budget_store
 from aiserver.ledger.budgets.reservations import Reservation, reserve
@@ -53,6 +54,19 @@ class Paused:
             return answer
 
         monkeypatch.setattr(owner, function, paused)
+
+
+async def _one_stripe(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, slug: str
+) -> tuple[Access, str]:
+    """A project with a hard daily budget whose window has one stripe to reserve on (both
+    reserves of a test take it), cut by a first reservation of 0.1; and its zone, now known."""
+    monkeypatch.setattr(reservations, "STRIPES", 2)
+    access = await _project(pool, slug, "UTC")
+    await service.create_budget(pool, access, name="h", limit_usd=Decimal(10), period="day",
+                                hard=True)  # fmt: skip
+    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)
+    return access, reservations._ZONES[access.project_id]
 
 
 async def test_a_settle_and_the_day_s_first_plain_event_take_a_new_window_in_one_order(
@@ -124,12 +138,7 @@ async def test_two_repeats_of_one_id_the_slow_way_and_the_quick_way_make_one_res
     the quick way (another replica), with the same chosen id, both holding the one stripe.
     Before, the slow way inserted the reservation before it took the stripe, the quick way the
     other way round: a deadlock, the repeat answered a 500."""
-    monkeypatch.setattr(reservations, "STRIPES", 2)  # one stripe to reserve on: both take it
-    access = await _project(pool, "w", "UTC")
-    await service.create_budget(pool, access, name="h", limit_usd=Decimal(10), period="day",
-                                hard=True)  # fmt: skip
-    await reserve(pool, access, amount=Decimal("0.1"), now=NOW)  # the window cut, the zone known
-    zone = reservations._ZONES[access.project_id]
+    access, zone = await _one_stripe(pool, monkeypatch, "w")
     inserted = Paused(monkeypatch, reservations.store, "insert_reservation", when="after")
     chosen = "7d0c6f7e-5b0a-4a3b-9c1e-2f4d6b8a0c3e"
     reservations._ZONES.clear()
@@ -186,3 +195,43 @@ async def test_the_slow_way_reads_the_budgets_as_a_deletion_it_waited_for_left_t
     finally:
         await deleting.close()
     assert [h.budget_id for h in made.holds] == [total.budget.id]
+
+
+async def test_a_release_of_a_repeat_made_meanwhile_and_the_first_reserve_never_deadlock(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's reserve goes the slow way and is slow: it has looked for its id (none yet)
+    and holds its stripe, and has not written its row. Its repeat, sent on a timeout, makes the
+    reservation the quick way; the client releases it (or its event settles it, or it expires).
+    The release updated the reservation's row, then waited for the stripe, which the first
+    reserve holds; the first reserve's insert of the same id waited for the release's update
+    to commit or roll back: a deadlock, which PostgreSQL broke by failing the release (a 500).
+    The release now locks the row, takes the stripes, and only then changes the row: the
+    insert does not wait for a row that is only locked, finds the id taken, and gives its hold
+    back."""
+    access, zone = await _one_stripe(pool, monkeypatch, "v")
+    looked = Paused(monkeypatch, reservations.store, "read_reservation", when="after")
+    inserting = Paused(monkeypatch, reservations.store, "insert_reservation")
+    chosen = "3f1a9c2e-8b7d-4e6f-a5c4-1d2e3f4a5b6c"
+    reservations._ZONES.clear()  # the first reserve goes the slow way
+    first = asyncio.create_task(
+        reserve(pool, access, amount=Decimal("0.25"), reservation_id=chosen, now=NOW)
+    )
+    await looked.reached.wait()  # it found no reservation of the id
+    reservations._ZONES[access.project_id] = zone
+    repeat = await reserve(pool, access, amount=Decimal("0.25"), reservation_id=chosen, now=NOW)
+    assert (str(repeat.id), repeat.repeated) == (chosen, False)  # made by the repeat
+    looked.go.set()
+    await inserting.reached.wait()  # the first reserve holds the stripe, about to insert
+    releasing = asyncio.create_task(reservations.release(pool, access, chosen))
+    await waiting_for_a_lock(pool)  # the release waits for the stripe
+    inserting.go.set()
+    made, released = await asyncio.wait_for(
+        asyncio.gather(first, releasing, return_exceptions=True), 30
+    )
+    assert released == (repeat.id, "released"), released
+    assert isinstance(made, Reservation), made
+    assert (made.id, made.repeated) == (repeat.id, True)
+    assert inserting.deadlocks == []
+    reserved = await pool.fetchval("SELECT sum(reserved) FROM budget_windows")
+    assert reserved == Decimal("0.1")  # the first reservation only

@@ -427,9 +427,11 @@ async def release(pool: asyncpg.Pool, access: Access, reservation_id: str) -> tu
                 # the project's gate first, as every writer of its budgets' windows: a budget's
                 # deletion is waited for, or waits for this (never the two at once)
                 await project_store.pass_gate(conn, project_id)
-                ended = await store.end_reservations(conn, project_id, [parsed], "released")
+                # locked, then its stripes, then ended (`store.lock_held` says why)
+                ended = await store.lock_held(conn, project_id, [parsed])
                 if ended:
                     await store.change_stripes(conn, project_id, _releases(ended))
+                    await store.end_reservations(conn, project_id, [parsed], "released")
                     return parsed, "released"
                 row = await store.read_reservation(conn, project_id, parsed)
                 state: str | None = None if row is None else row["state"]
@@ -454,12 +456,15 @@ async def release_expired(pool: asyncpg.Pool, *, now: datetime | None = None) ->
             projects, due = await store.due_projects(conn, at, SWEEP_BATCH)
             for project_id in projects:
                 await project_store.pass_gate(conn, project_id)
-            ended = await store.expire_due(conn, at, SWEEP_BATCH, projects)
+            ended = await store.lock_due(conn, at, SWEEP_BATCH, projects)
             by_project: dict[int, list[Held]] = defaultdict(list)
             for held in ended:
                 by_project[held.project_id].append(held)
             for project_id in sorted(by_project):  # one lock order: project, budget, ...
                 await store.change_stripes(conn, project_id, _releases(by_project[project_id]))
+            for project_id, due_here in by_project.items():  # then ended (`store.lock_held`)
+                ids = [held.id for held in due_here]
+                await store.end_reservations(conn, project_id, ids, "expired")
         released += len(ended)
         # the batch read was the last, or none of it could be ended now (each is being
         # released or settled: the next sweep sees them); a batch shorter than it was read
@@ -505,9 +510,7 @@ async def settle(
         if parsed is not None and parsed not in firsts:
             firsts[parsed] = entry
     ids = sorted(firsts)
-    ended = await store.end_reservations(
-        conn, project_id, ids, "settled", [firsts[i].event_id for i in ids]
-    )
+    ended = await store.lock_held(conn, project_id, ids)  # ended after its stripes (lock_held)
     by_id = {b.id: b for b in budgets}
     changes: dict[StripeKey, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for held in ended:
@@ -526,6 +529,10 @@ async def settle(
         project_id,
         {k: (v[0], v[1]) for k, v in changes.items()},
         also_lock={(b, start, 0): sums.window_end for (b, start), sums in commits.items()},
+    )
+    settled = sorted(held.id for held in ended)
+    await store.end_reservations(
+        conn, project_id, settled, "settled", [firsts[i].event_id for i in settled]
     )
     return {firsts[held.id].event_key for held in ended}
 

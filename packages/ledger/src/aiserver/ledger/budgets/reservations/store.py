@@ -324,6 +324,29 @@ async def release_first(conn: DbConnection, project_id: int, reservation_id: UUI
     return bool(written)
 
 
+async def lock_held(conn: DbConnection, project_id: int, ids: Sequence[UUID]) -> list[Held]:
+    """Lock those of `ids` that are still held, in id order, and return them with what they
+    hold; one that is not held (settled, released, expired, or none of the project's) is left
+    alone. The caller changes their stripes, then ends them (`end_reservations`).
+
+    Locked, not yet changed, while the stripes are taken: a reserve of the same id that holds
+    one of those stripes (it looked for the id before this reservation was made by its repeat)
+    and then inserts the id waits for a transaction that changed the row, not for one that only
+    locked it. Changed first, the row made that insert wait for this transaction while this
+    waited for the reserve's stripe: a deadlock."""
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        f"""
+        SELECT {_HELD} FROM budget_reservations AS r
+        WHERE r.project_id = $1 AND r.id = ANY($2::uuid[]) AND r.state = 'held'
+        ORDER BY r.id FOR UPDATE
+        """,  # noqa: S608  (a constant list of columns)
+        project_id, list(ids),
+    )  # fmt: skip
+    return [_held(r) for r in rows]
+
+
 async def end_reservations(
     conn: DbConnection,
     project_id: int,
@@ -332,8 +355,9 @@ async def end_reservations(
     event_ids: Sequence[int | None] | None = None,
 ) -> list[Held]:
     """Move those of `ids` that are still held to `state` (settled, with the event that settled
-    each, or released), locking them in id order. Returns them with what they held; one that was
-    not held (settled, released, expired, or none of the project's) is left as it is."""
+    each; released; expired), locking them in id order. Returns them with what they held; one
+    that was not held (settled, released, expired, or none of the project's) is left as it is.
+    After `lock_held` (or `lock_due`) and the change of their stripes: see `lock_held`."""
     if not ids:
         return []
     rows = await conn.fetch(
@@ -375,21 +399,18 @@ async def due_projects(conn: DbConnection, now: datetime, limit: int) -> tuple[l
     return [r["project_id"] for r in rows], sum(r["due"] for r in rows)
 
 
-async def expire_due(
+async def lock_due(
     conn: DbConnection, now: datetime, limit: int, projects: Sequence[int]
 ) -> list[Held]:
-    """Mark up to `limit` held reservations of `projects` whose expiry has passed `expired`
-    (those another transaction is settling or releasing are skipped, not waited for)."""
+    """Lock up to `limit` held reservations of `projects` whose expiry has passed (those
+    another transaction is settling or releasing are skipped, not waited for), in the order
+    (project, id), with what they hold; the caller changes their stripes, then ends them
+    (`end_reservations`), as `lock_held` says why."""
     rows = await conn.fetch(
         f"""
-        WITH due AS (
-            SELECT project_id, id FROM budget_reservations
-            WHERE state = 'held' AND expires_at <= $1 AND project_id = ANY($3::bigint[])
-            ORDER BY project_id, id LIMIT $2 FOR UPDATE SKIP LOCKED
-        )
-        UPDATE budget_reservations AS r SET state = 'expired', ended_at = now()
-        FROM due WHERE r.project_id = due.project_id AND r.id = due.id
-        RETURNING {_HELD}
+        SELECT {_HELD} FROM budget_reservations AS r
+        WHERE r.state = 'held' AND r.expires_at <= $1 AND r.project_id = ANY($3::bigint[])
+        ORDER BY r.project_id, r.id LIMIT $2 FOR UPDATE SKIP LOCKED
         """,  # noqa: S608  (a constant list of columns)
         now,
         limit,
