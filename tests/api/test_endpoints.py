@@ -270,9 +270,10 @@ async def test_calculate_errors_are_clear_problems(client: Client) -> None:
     )
     # an unknown field whose name looks like a decoder's word is still a 422 naming it
     for body, field in (
-        ({"model": "gpt-test-000", "usage": {"json_mode": 1}}, "usage: "),
-        ({"model": "gpt-test-000", "decode": True}, "data: "),
-        ({"model": "gpt-test-000", "malformed": 1}, "data: "),
+        ({"model": "gpt-test-000", "usage": {"json_mode": 1}}, "usage.json_mode: "),
+        ({"model": "gpt-test-000", "decode": True}, "decode: "),
+        ({"model": "gpt-test-000", "malformed": 1}, "malformed: "),
+        ({"usage": {"input_tokens": 1}}, "model: "),  # a missing one too
     ):
         problem = assert_problem(await client.post(url, json=body), 422, field)
         assert problem["type"].endswith(":invalid-request")

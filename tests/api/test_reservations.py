@@ -285,3 +285,14 @@ async def test_a_model_its_event_could_not_report_is_refused_before_anything_is_
         problem = assert_problem(reserved, 422, "model must not be blank")
         assert problem["fields"] == ["model"]
     assert await pg.fetchval("SELECT count(*) FROM budget_reservations") == 0
+
+
+async def test_a_reserve_without_its_model_is_refused_naming_model(
+    client: Client, tenants: Tenants
+) -> None:
+    """A body without a required field named the body as a whole (`data`), so a client could
+    not tell which field to add; it names the field, here and on every strictly read body."""
+    key = bearer(tenants.ingest_a["key"])
+    problem = assert_problem(await client.post(RESERVE, headers=key, json={"estimate": "1"}),
+                             422, "model: Object missing required field `model`")  # fmt: skip
+    assert [e["field"] for e in problem["errors"]] == ["model"]

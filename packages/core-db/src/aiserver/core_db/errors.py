@@ -57,9 +57,20 @@ def problem(status: int, detail: str, *, slug: str | None = None, **members: Any
 def validation_field(message: str) -> tuple[str, str]:
     """A msgspec validation message split into what is wrong and the field it names:
     "Expected `int`, got `str` - at `$.usage.x`" -> ("Expected `int`, got `str`", "usage.x").
-    The field is "" for the value itself; a mapping's value (`tags[...]`) names the mapping."""
+    An object's missing or unknown field is named, under the object's path: "Object missing
+    required field `model`" -> (..., "model"), "... unknown field `x` - at `$.usage`" -> (...,
+    "usage.x"). The field is "" for the value itself; a mapping's value (`tags[...]`) names the
+    mapping."""
     text, at, path = message.rpartition(" - at `$")
-    return (text, path.strip("`.").replace("[...]", "")) if at else (message, "")
+    if not at:
+        text, path = message, ""
+    field = path.strip("`.").replace("[...]", "")
+    for says in ("missing required field `", "unknown field `"):
+        _, found, name = text.partition(says)
+        if found and name.endswith("`"):
+            field = f"{field}.{name[:-1]}" if field else name[:-1]
+            break
+    return text, field
 
 
 class AiserverError(Exception):

@@ -66,17 +66,9 @@ def decode_event(raw: bytes | msgspec.Raw) -> UsageEventIn:
 
 
 def _fields_of(message: str) -> list[str]:
-    """The field a msgspec validation message names: its path, or the unknown or missing field
-    of an object at the top ("Object contains unknown field `colour`", "Object missing required
-    field `id`")."""
-    text, field = validation_field(message)
-    if field:
-        return [field]
-    for says in ("unknown field `", "missing required field `"):
-        _, found, name = text.partition(says)
-        if found:
-            return [name.rstrip("`")]
-    return []
+    """The field a msgspec validation message names (`validation_field`), if any."""
+    _, field = validation_field(message)
+    return [field] if field else []
 
 
 def decode_items(raws: Sequence[bytes | msgspec.Raw]) -> list[Item]:
