@@ -299,6 +299,15 @@ def test_a_commands_exit_statuses_say_only_what_it_can_do(module: str) -> None:
             "aiserver-costs calc",
         ):
             wrong.append(f"{parser.prog}: calc's exit status 3")
+        # Before, every `aiserver-costs` command's said "also a refresh that failed", though
+        # only `refresh` downloads (`status --help`, `calc --help`, ...)
+        if "also a refresh" in said and parser.prog not in (
+            "aiserver-costs",
+            "aiserver-costs refresh",
+        ):
+            wrong.append(f"{parser.prog}: a refresh's failure in its exit statuses")
     assert wrong == []
+    if top.prog == "aiserver-costs":
+        assert "refresh whose download failed" in " ".join(top.format_help().split())
     if top.prog == "aiserver-ledger":
         assert "3 import with lines invalid or in conflict" in " ".join(top.format_help().split())

@@ -230,10 +230,14 @@ class CommandParser(argparse.ArgumentParser):
     #: What --help says of the exit statuses where the command's own epilog does not. In it,
     #: `{json}` is `JSON_PROBLEM` where --json is taken (by this command, or by one of its
     #: commands), else nothing; `{own}` the statuses of `own_exit_statuses` that this command
-    #: can end with (all of them on the tool's own --help).
+    #: can end with (all of them on the tool's own --help), `{own_failure}` likewise those of
+    #: `own_failures`.
     exit_statuses: str | None = None
     #: Exit statuses of some commands only: (the command's name, its words, ending with "; ").
     own_exit_statuses: tuple[tuple[str, str], ...] = ()
+    #: What else ends some commands only with status 1, put at `{own_failure}`: (the command's
+    #: name, its words, starting with ", ").
+    own_failures: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("formatter_class") in (None, argparse.RawDescriptionHelpFormatter):
@@ -248,6 +252,7 @@ class CommandParser(argparse.ArgumentParser):
             statuses = self.exit_statuses.format(
                 json=JSON_PROBLEM if _takes_json(self) else "",
                 own="".join(w for name, w in self.own_exit_statuses if self._ends_with(name)),
+                own_failure="".join(w for name, w in self.own_failures if self._ends_with(name)),
             )
             text += "\n" + self._get_formatter()._fill_text(statuses, 0, "") + "\n"
         return text

@@ -24,13 +24,15 @@ from aiserver.costs.cli.common import Command, Settings, problem_of
 
 class _Parser(CommandParser):
     exit_statuses = (
-        "exit status: 0 done; 1 it failed (its problem in one line on stderr{json}), also a "
-        "refresh that failed; 2 wrong arguments or settings; {own}130 stopped by Ctrl-C; 141 "
-        "the reader of stdout went away"
+        "exit status: 0 done; 1 it failed (its problem in one line on stderr{json}){own_failure}; "
+        "2 wrong arguments or settings; {own}130 stopped by Ctrl-C; 141 the reader of stdout went "
+        "away"
     )
     own_exit_statuses = (
         ("calc", "3 calc --batch with lines that could not be priced (each says why); "),
     )
+    # `seed`, `status`, `show`, `calc` and `fields` never download: only `refresh` fails so
+    own_failures = (("refresh", ", also a refresh whose download failed or was rejected"),)
 
 
 def _parser() -> argparse.ArgumentParser:
