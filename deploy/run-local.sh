@@ -7,6 +7,7 @@
 #   deploy/run-local.sh status    what runs, and whether the services answer their health checks
 #   deploy/run-local.sh stop      stop (35 s grace), then remove the containers and network of start
 #   deploy/run-local.sh stop --purge   ... and the database volume and the images too
+#   deploy/run-local.sh --help    this text
 #
 # Environment of the services: the file AISERVER_ENV_FILE (default .local/aiserver.env). start
 # writes it from services/*/.env.example the first time, pointed at the stack's PostgreSQL and
@@ -222,10 +223,29 @@ status() {
   fi
 }
 
-case "${1:-}" in
+# The comment at the top of this file is its usage (--help).
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
+# A command line it cannot run: one line that says why, a pointer to the usage, exit 2, and
+# nothing started or stopped (before, `stop --prge` stopped the stack and kept its volume).
+refuse() {
+  printf 'run-local.sh: %s (deploy/run-local.sh --help shows the usage)\n' "$*" >&2
+  exit 2
+}
+
+command=${1:-}
+[ $# -eq 0 ] || shift
+case "$command" in
+  start | logs | status) [ $# -eq 0 ] || refuse "$command takes no arguments, not: $*" ;;
+  stop)
+    [ $# -eq 0 ] || { [ $# -eq 1 ] && [ "$1" = --purge ]; } \
+      || refuse "stop takes --purge or nothing, not: $*" ;;
+  -h | --help | help) usage; exit 0 ;;
+  "") usage >&2; exit 2 ;;
+  *) refuse "unknown command '$command': start, stop [--purge], logs or status" ;;
+esac
+case "$command" in
   start) pick_engine; start ;;
-  stop) pick_engine; stop "${2:-}" ;;
+  stop) pick_engine; stop "${1:-}" ;;
   logs) pick_engine; logs ;;
   status) pick_engine; status ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
