@@ -271,6 +271,29 @@ def test_every_commands_help_gives_an_example(module: str) -> None:
     assert lacking == []
 
 
+@pytest.mark.parametrize("module", CLIS)
+def test_every_option_with_bounds_a_user_can_reach_says_them_in_its_help(module: str) -> None:
+    # Before, `aiserver-ledger reprice --batch-size` said only its default (500) and `spend
+    # --top` nothing of its bounds, though both refuse a number past 10000 and 1000 with exit 2.
+    top = importlib.import_module(module)._parser()
+    silent = []
+    for parser in _parsers(top):
+        for action in parser._actions:
+            if not callable(action.type) or action.type in (int, float, str):
+                continue
+            try:
+                action.type("9" * 25)  # past any bound: the refusal names the bounds
+            except (argparse.ArgumentTypeError, ValueError) as refusal:
+                # "1 to 10000: '999...'", "from 1 to 65535, not 999...": the number's bounds
+                bounds = re.search(r"\b(\d+) to (\d+)(?=: '|, not )", str(refusal))
+            else:
+                continue
+            # a bound a user never reaches (an id up to 2**63 - 1, 999999999 alerts) may go unsaid
+            if bounds and int(bounds[2]) < 10**8 and bounds[0] not in (action.help or ""):
+                silent.append(f"{parser.prog} {action.option_strings or action.dest}: {bounds[0]}")
+    assert silent == []
+
+
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """A command line's parser and those of its commands, all the way down."""
     yield parser

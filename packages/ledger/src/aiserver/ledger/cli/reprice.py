@@ -198,7 +198,7 @@ def add_parsers(groups: Any) -> None:
     command.add_argument("--dry-run", action="store_true", help="say what would change only")
     command.add_argument(
         "--batch-size", type=whole_number("1 to 10000", 1, 10_000), default=BATCH_SIZE, metavar="N",
-        help="events per transaction (default: %(default)s)",
+        help="events per transaction, 1 to 10000 (default: %(default)s)",
     )  # fmt: skip
     command.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     command.add_argument("--json", action="store_true", help="print the run as JSON")

@@ -240,8 +240,8 @@ def add_parsers(groups: Any) -> None:
     )  # fmt: skip
     top = whole_number(f"a whole number, 1 to {MAX_TOP}", 1, MAX_TOP)
     command.add_argument("--top", type=top, metavar="N",
-                         help="keep the N costliest groups over the window, the rest summed "
-                         "as (other); needs --group-by")  # fmt: skip
+                         help=f"keep the N costliest groups over the window (1 to {MAX_TOP}), "
+                         "the rest summed as (other); needs --group-by")  # fmt: skip
     command.add_argument("--json", action="store_true", help="the answer as JSON")
 
 

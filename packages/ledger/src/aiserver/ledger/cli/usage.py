@@ -413,7 +413,7 @@ def _import_parser(groups: Any) -> argparse.ArgumentParser:
         type=chunk,
         default=DEFAULT_CHUNK,
         metavar="N",
-        help=f"events per transaction (default: %(default)s; at most {MAX_CHUNK})",
+        help=f"events per transaction, 1 to {MAX_CHUNK} (default: %(default)s)",
     )
     command.add_argument(
         "--no-progress", action="store_true", help="no progress on stderr, only the summary"
