@@ -373,7 +373,7 @@ async def test_sigterm_during_a_refresh_lets_it_finish_whole_and_frees_the_lock(
             (),
             "MODEL_COST_MAX_AGE_SECONDS",
             "soon",
-            "MODEL_COST_MAX_AGE_SECONDS='soon' is invalid: Expected `int`, got `str`",
+            "MODEL_COST_MAX_AGE_SECONDS='soon' is invalid: expected a whole number, above 0",
         ),
         (
             ("check",),

@@ -178,12 +178,50 @@ def _value(variable: str, text: str, annotation: Any) -> Any:
     try:
         value = msgspec.convert(raw, annotation, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"{variable}={text!r} is invalid: {exc}") from None
+        # msgspec's words ("Expected `int`, got `str`") describe a JSON value, not a variable
+        expected = _expected(annotation)
+        why = f"expected {expected}" if expected else str(exc)
+        raise SettingsError(f"{variable}={text!r} is invalid: {why}") from None
     if isinstance(value, float) and not math.isfinite(value):
         # "inf" passes "greater than 0": a cache kept for ever (a revoked key served on the
         # other replicas for good), a timeout that never comes. No setting means "no bound" so.
         raise SettingsError(f"{variable}={text!r} is invalid: expected a finite number")
     return value
+
+
+def _expected(annotation: Any) -> str | None:
+    """What a variable of this type takes, in words ("a whole number from 1 to 36500"), or
+    None where msgspec's own message says it better."""
+    kind = _bare(annotation)
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(word) for word in typing.get_args(kind))
+    words = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind)
+    if words is None or kind is bool:
+        return words
+    bounds: dict[str, float] = {}
+    while typing.get_origin(annotation) is Annotated:
+        annotation, *extras = typing.get_args(annotation)
+        for meta in extras:
+            if isinstance(meta, msgspec.Meta):
+                bounds.update(
+                    (name, getattr(meta, name))
+                    for name in ("ge", "gt", "le", "lt")
+                    if getattr(meta, name) is not None
+                )
+    low = f"{bounds['ge']:g}" if "ge" in bounds else None
+    high = f"{bounds['le']:g}" if "le" in bounds else None
+    if low is not None and high is not None:
+        return f"{words} from {low} to {high}"
+    parts = [words]
+    if low is not None:
+        parts.append(f"at least {low}")
+    if "gt" in bounds:
+        parts.append(f"above {bounds['gt']:g}")
+    if high is not None:
+        parts.append(f"at most {high}")
+    if "lt" in bounds:
+        parts.append(f"below {bounds['lt']:g}")
+    return ", ".join(parts)
 
 
 def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
