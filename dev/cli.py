@@ -100,7 +100,10 @@ work offline; the task runner refreshes the catalog when it is stale and online.
         help="address the API binds (default: %(default)s; 0.0.0.0 for every interface)",
     )
     parser.add_argument(
-        "--port", type=int, default=8000, help="port of the API (default: %(default)s)"
+        "--port",
+        type=_port,
+        default=8000,
+        help="port of the API, 1 to 65535 (default: %(default)s)",
     )
     parser.add_argument(
         "--no-taskrunner",
@@ -147,6 +150,14 @@ def _api_url(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - names of "every interface", not a bind
         host = "127.0.0.1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _port(text: str) -> int:
+    """An argparse type: a port aiserver-api listens on. Before, `--port 70000` ended dev with
+    an OverflowError's traceback, and `--port 0` with the API's refusal after the servers."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port, 1 to 65535: {text[:30]!r}")
+    return int(text)
 
 
 def _require_free_port(host: str, port: int) -> None:

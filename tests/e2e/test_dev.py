@@ -326,6 +326,22 @@ def test_dev_refuses_a_port_in_use_before_reset_deletes_anything(tmp_path: Path)
     assert kept.read_text() == "16\n"
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "80a", "-1"])
+def test_dev_refuses_a_port_out_of_range_in_one_line_with_exit_2(port: str, tmp_path: Path) -> None:
+    # Before, --port 70000 was an OverflowError's traceback (exit 1), and --port 0 started the
+    # servers before the API refused it.
+    done = subprocess.run(
+        [sys.executable, "-m", "dev", "--data-dir", str(tmp_path), "--port", port],
+        cwd=ROOT, env=dev_env(DATABASE_URL="postgresql://postgres@127.0.0.1:1/none"),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, ""), done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"hatch run dev: error: argument --port: a port, 1 to 65535: {port!r}"
+    )
+    assert "Traceback" not in done.stderr
+
+
 async def test_dev_says_which_database_url_does_not_answer_and_exits_1(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     env = dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/aiserver")
