@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -167,9 +168,15 @@ def _require_free_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            # another dev's port, or an address this machine does not have (`--host 10.9.9.9`,
+            # a typo): before, the latter was asked whether another dev was running too
+            hint = (
+                "is another `hatch run dev` running? Stop it, or pass --port"
+                if exc.errno == errno.EADDRINUSE
+                else "pass a --host of this machine (127.0.0.1, 0.0.0.0 for every interface)"
+            )
             raise StartFailed(
-                f"the API cannot listen on {host}:{port} ({exc.strerror}): is another "
-                "`hatch run dev` running? Stop it, or pass --port"
+                f"the API cannot listen on {host}:{port} ({exc.strerror}): {hint}"
             ) from None
 
 

@@ -326,6 +326,22 @@ def test_dev_refuses_a_port_in_use_before_reset_deletes_anything(tmp_path: Path)
     assert kept.read_text() == "16\n"
 
 
+def test_dev_says_an_address_it_cannot_listen_on_is_no_address_of_this_machine(
+    tmp_path: Path,
+) -> None:
+    # Before, it asked whether another `hatch run dev` was running, and to pass --port.
+    done = subprocess.run(
+        [sys.executable, "-m", "dev", "--data-dir", str(tmp_path), "--host", "999.1.1.1"],
+        cwd=ROOT, env=dev_env(DATABASE_URL="postgresql://postgres@127.0.0.1:1/none"),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "the API cannot listen on 999.1.1.1:8000 (" in said
+    assert "pass a --host of this machine (127.0.0.1, 0.0.0.0 for every interface)" in said
+    assert "another `hatch run dev`" not in said
+
+
 @pytest.mark.parametrize("port", ["0", "70000", "80a", "-1"])
 def test_dev_refuses_a_port_out_of_range_in_one_line_with_exit_2(port: str, tmp_path: Path) -> None:
     # Before, --port 70000 was an OverflowError's traceback (exit 1), and --port 0 started the
