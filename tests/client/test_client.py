@@ -170,6 +170,28 @@ def test_a_key_given_as_the_url_is_refused_without_showing_it(
     assert "'127.0.0.1:8000'" in str(url.value)
 
 
+def test_a_key_wrapped_or_swapped_with_the_url_is_not_shown_either(no_client_env: None) -> None:
+    """A key where the URL goes that does not start with `ais_` (a header's value pasted whole,
+    `Bearer ais_...`; an env file's quotes kept, `"ais_..."`), or any credential given with the
+    URL where the key goes (the two swapped), is no URL either. Before, only a value starting
+    with `ais_` or holding the key given was kept out of the error: these were quoted whole."""
+    secret = "ais_0123456789abcdef_" + "s3cr3t" * 7 + "x"
+    token = "s3cr3t" * 8  # an operator's token: any text
+    for url, key in (
+        ("Bearer " + secret, None),
+        ('"' + secret + '"', "ais_x"),
+        (token, "http://127.0.0.1:8000"),
+    ):
+        with pytest.raises(ConfigurationError) as refused:
+            Client(url, key)
+        message = str(refused.value)
+        assert "looks like an API key" in message, message
+        assert "s3cr3t" not in message, message
+    with pytest.raises(ConfigurationError) as url_error:  # a URL is still shown
+        Client("aiserver.internal:8000", "ais_x")
+    assert "'aiserver.internal:8000'" in str(url_error.value)
+
+
 def test_a_client_reads_url_and_key_from_the_environment(
     ledger: Ledger, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,7 +47,8 @@ def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]
     the whitespace around them (a value read from a file or a secret often ends with a newline).
     A key that a header cannot carry as it is is refused here, never sent: the error httpx would
     raise quotes the header, key and all. A URL that is no URL is quoted in the error, unless it
-    looks like the key (the arguments swapped)."""
+    may be a key: it holds `ais_` anywhere ("Bearer ais_...", a key in quotes), or the key
+    given, or the key given is itself a URL (the arguments swapped, whatever the key)."""
     url = (base_url or os.environ.get(URL_VARIABLE, "")).strip()
     key = (api_key or os.environ.get(KEY_VARIABLE, "")).strip()
     if not url:
@@ -56,7 +57,11 @@ def settings(base_url: Optional[str], api_key: Optional[str]) -> tuple[str, str]
         )
     if not url.startswith(("http://", "https://")):
         source = "base_url" if base_url else URL_VARIABLE
-        if url.startswith(KEY_PREFIX) or (key and key in url):  # swapped, or the wrong variable
+        if (
+            KEY_PREFIX in url  # a key, also wrapped: "Bearer ais_...", '"ais_..."' (an env file)
+            or (key and key in url)  # the wrong variable
+            or key.startswith(("http://", "https://"))  # swapped: the URL where the key goes
+        ):
             raise ConfigurationError(
                 f"the aiserver URL ({source}) must start with http:// or https://; the value "
                 "given looks like an API key (it is not shown): are the URL and the key swapped?"
