@@ -168,13 +168,18 @@ def _require_free_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            # another dev's port, or an address this machine does not have (`--host 10.9.9.9`,
-            # a typo): before, the latter was asked whether another dev was running too
-            hint = (
-                "is another `hatch run dev` running? Stop it, or pass --port"
-                if exc.errno == errno.EADDRINUSE
-                else "pass a --host of this machine (127.0.0.1, 0.0.0.0 for every interface)"
-            )
+            # another dev's port, a port this user may not take (`--port 80` without root), or
+            # an address this machine does not have (`--host 10.9.9.9`, a typo): before, the
+            # last was asked whether another dev was running too
+            if exc.errno == errno.EADDRINUSE:
+                hint = "is another `hatch run dev` running? Stop it, or pass --port"
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                hint = (
+                    f"this user may not listen on port {port} (below 1024 needs privileges): "
+                    "pass --port 1024 or above"
+                )
+            else:
+                hint = "pass a --host of this machine (127.0.0.1, 0.0.0.0 for every interface)"
             raise StartFailed(
                 f"the API cannot listen on {host}:{port} ({exc.strerror}): {hint}"
             ) from None

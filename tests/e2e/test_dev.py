@@ -14,6 +14,7 @@ hatch's test environment installs (docs/dev.md, "Tests"); without them it fails 
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import os
 import re
@@ -340,6 +341,27 @@ def test_dev_says_an_address_it_cannot_listen_on_is_no_address_of_this_machine(
     assert "the API cannot listen on 999.1.1.1:8000 (" in said
     assert "pass a --host of this machine (127.0.0.1, 0.0.0.0 for every interface)" in said
     assert "another `hatch run dev`" not in said
+
+
+def test_dev_says_a_port_this_user_may_not_take_needs_another_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `--port 80` without root: bind is refused with EACCES, which is about the port, not the
+    # address. Before, it was told to pass a --host of this machine (it had given 127.0.0.1).
+    # The tests run as root, who may take any port: the refusal is the kernel's, stood in for.
+    monkeypatch.syspath_prepend(str(ROOT))  # `dev` is the repository's, not an installed package
+    from dev.cli import StartFailed, _require_free_port
+
+    def refused(sock: socket.socket, address: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(socket.socket, "bind", refused)
+    with pytest.raises(StartFailed) as failed:
+        _require_free_port("127.0.0.1", 80)
+    said = str(failed.value)
+    assert said.startswith("the API cannot listen on 127.0.0.1:80 (Permission denied): "), said
+    assert "pass --port 1024 or above" in said, said
+    assert "--host" not in said, said
 
 
 @pytest.mark.parametrize("port", ["0", "70000", "80a", "-1"])
