@@ -179,7 +179,7 @@ async def send(
     """POST `body`, signed with each of `secrets` (one `v1` each), to `url` (checked again,
     and pinned to an approved address; the next approved address is tried when one refuses
     the connection or does not take it in its share of the time: `post_first`). `owner` (the
-    project's id) has one lookup of a host at a time (`resolve_target`)."""
+    project's id) has one host lookup at a time, of any host (`resolve_target`)."""
     started = time.perf_counter()
 
     def outcome(status: int | None, error: str | None) -> Outcome:

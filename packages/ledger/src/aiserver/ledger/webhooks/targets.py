@@ -27,8 +27,9 @@ the event loop's thread pool, which new connections by name and work moved off t
 and a host whose DNS never answers would hold a thread for the resolver's whole timeout. One
 not done in time is `WebhookLookupSlow` (a 503 where a target is saved; a failed attempt, tried
 again later, where an alert is sent). So that one project's slow hosts cannot take every slot
-from the others, a host being looked up is not looked up again meanwhile (its callers share the
-lookup), and a project (`owner`) runs one lookup at a time.
+from the others, a project (`owner`) runs one lookup at a time, and a caller that finds its
+host being looked up shares that lookup (one waiting for its project's turn does not look
+again: it waits for its turn).
 """
 
 from __future__ import annotations

@@ -383,7 +383,7 @@ async def end_reservations(
 
 async def due_projects(conn: DbConnection, now: datetime, limit: int) -> tuple[list[int], int]:
     """The projects of the first `limit` held reservations whose expiry has passed, in the
-    order `expire_due` takes them (ascending), and how many such reservations there were (at
+    order `lock_due` takes them (ascending), and how many such reservations there were (at
     most `limit`); nothing locked."""
     rows = await conn.fetch(
         """
