@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -684,15 +685,15 @@ async def test_record_waits_its_backoff_when_retry_after_is_shorter(
 
 
 def test_a_retry_after_shorter_than_the_backoff_never_cuts_it() -> None:
-    # 0, "nan" (read as 0), a date past, a negative number: the backoff; a longer one (a date
-    # too) is waited, at most the cap.
+    # 0, a date past, a negative number: the backoff, as for "nan" and "inf" (no wait at all);
+    # a longer one (a date too) is waited, at most the cap.
     def wait(value: str) -> float:
         return wire.retry_wait(httpx.Response(503, headers={"Retry-After": value}), 0.3, 4.0)
 
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
-    shorter = ["0", "0.1", "nan", "-5", "Thu, 01 Jan 1970 00:00:00 GMT"]
+    shorter = ["0", "0.1", "nan", "inf", "-5", "Thu, 01 Jan 1970 00:00:00 GMT"]
     assert [wait(value) for value in shorter] == [0.3] * len(shorter)
-    assert (wait("2"), wait("100"), wait("inf"), wait(soon)) == (2.0, 4.0, 4.0, 4.0)
+    assert (wait("2"), wait("100"), wait(soon)) == (2.0, 4.0, 4.0)
     assert wire.retry_wait(None, 0.3, 4.0) == wire.retry_wait(httpx.Response(503), 0.3, 4.0) == 0.3
 
 
@@ -819,3 +820,32 @@ async def test_an_unreadable_answer_is_an_aiserver_error(
             assert len(error.detail) < 500
     if answer == "no-results":  # a result per event sent, or the answer is not the report
         assert "0 results for 2 events" in errors["record-two"].detail
+
+
+@pytest.mark.parametrize("header", ["inf", "-inf", "nan", "Infinity"])
+def test_a_retry_after_that_is_no_wait_is_not_read_as_one(header: str) -> None:
+    """`Retry-After: inf` was read as an infinite wait: `AiserverError.retry_after` then held
+    `inf`, and an application that slept it got an OverflowError. It is no Retry-After at all."""
+    answer = httpx.Response(503, headers={"Retry-After": header})
+    assert wire.retry_after(answer) is None
+
+
+def test_a_retry_after_date_without_a_zone_is_read_in_gmt() -> None:
+    """An HTTP date is in GMT. One in the asctime form (or with a `-0000` zone) parses without
+    a zone, and was compared with the local time: nine hours off on a machine in Tokyo."""
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        then = time.gmtime(time.time() + 60)
+        for header in (time.strftime("%a %b %d %H:%M:%S %Y", then),
+                       time.strftime("%a, %d %b %Y %H:%M:%S -0000", then)):  # fmt: skip
+            waited = wire.retry_after(httpx.Response(503, headers={"Retry-After": header}))
+            assert waited is not None, header
+            assert 50 < waited <= 61, (header, waited)
+    finally:
+        if zone is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import (
@@ -256,19 +257,25 @@ def usage_report(response: httpx.Response, events: int) -> RecordReport:
 
 
 def retry_after(response: httpx.Response) -> Optional[float]:
-    """Retry-After in seconds (a number, or an HTTP date), if the answer has one."""
+    """Retry-After in seconds (a number, or an HTTP date), if the answer has one that reads
+    as either: not `inf` or `nan` (a wait no caller could sleep). An HTTP date is in GMT, also
+    when it does not say so (the asctime form, a `-0000` zone)."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def retry_wait(response: Optional[httpx.Response], backoff: float, cap: float) -> float:
