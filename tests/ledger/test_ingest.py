@@ -384,7 +384,7 @@ async def test_usage_beyond_the_count_columns_is_kept_and_a_time_in_another_zone
     [
         ({"input_tokens": "ten"}, ["usage.input_tokens"]),
         ({"input_tokens": 1.5}, ["usage.input_tokens"]),
-        ({"colour": 1}, ["usage"]),
+        ({"colour": 1}, ["usage.colour"]),
         ({"input_tokens": -1}, ["input_tokens"]),
         ({"input_tokens": 1, "cache_read_tokens": 2}, ["cache_read_tokens", "input_tokens"]),
     ],
