@@ -38,8 +38,8 @@ from aiserver.client import (
     RecordReport,
     wire,
 )
-from aiserver.client.client import RECORD_BACKOFF, RECORD_MAX_WAIT
 from aiserver.client.recorder import MAX_BATCH, backoff_ceiling
+from aiserver.client.records import RECORD_BACKOFF, RECORD_MAX_WAIT
 
 from .conftest import (
     FAKE_KEY,
