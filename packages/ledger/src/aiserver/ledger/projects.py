@@ -115,10 +115,15 @@ def refuse_archived(access: Access, project: Project) -> None:
 
 
 async def refuse_archived_by_id(conn: DbConnection, access: Access, project_id: int) -> None:
-    """`refuse_archived` for a project known by id, read in `conn`'s transaction: call it with
-    the project's row held or shared (`store.lock_project`, `store.share_project`), so that an
-    archiving cannot come between this check and the COMMIT of what it guards."""
-    if access.key_id is not None and await store.is_archived(conn, project_id):
+    """`refuse_archived` for a project known by id, in `conn`'s transaction. For a key, the
+    project's row is shared first (`store.share_project`; a no-op where the transaction holds it
+    already), so that an archiving cannot come between this check and the COMMIT of what it
+    guards; an archiving in flight is waited for, a rebuild of the rollups (which shares the row
+    too) is not."""
+    if access.key_id is None:
+        return
+    await store.share_project(conn, project_id)
+    if await store.is_archived(conn, project_id):
         raise ProjectArchived("the project is archived: its keys refuse all")
 
 

@@ -348,8 +348,6 @@ async def change_budget(
             # SHARE, and reads the budgets after): an ingest either finished with the old
             # levels before this reads the window, or starts with the new ones after.
             await project_store.lock_project(conn, project_id)
-        elif access.key_id is not None:  # its archiving read with the row shared: a rebuild
-            await project_store.share_project(conn, project_id)  # of its rollups not waited for
         await refuse_archived_by_id(conn, access, project_id)
         if "webhook_url" in columns:
             old = await store.lock_webhook(conn, project_id, budget_id)

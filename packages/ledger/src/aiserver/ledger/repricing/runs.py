@@ -18,7 +18,6 @@ import msgspec
 
 from aiserver.core_db.connections import MAX_BIGINT
 from aiserver.costs.money import money
-from aiserver.ledger import store as project_store
 from aiserver.ledger.access import Access
 from aiserver.ledger.errors import InvalidField, UnknownRepriceRun
 from aiserver.ledger.projects import find_project, refuse_archived_by_id
@@ -178,9 +177,8 @@ async def request_reprice(
     run_filter = filter_of(request)
     async with pool.acquire() as conn, conn.transaction():
         project_id = await _target(conn, access, request)
-        if access.key_id is not None:  # a key admitted before its project's archiving
-            await project_store.share_project(conn, project_id)
-            await refuse_archived_by_id(conn, access, project_id)
+        # a key admitted before its project's archiving
+        await refuse_archived_by_id(conn, access, project_id)
         row = await store.insert_run(
             conn,
             project_id=project_id,
