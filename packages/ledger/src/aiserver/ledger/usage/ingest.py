@@ -404,10 +404,9 @@ class UsageRecorder:
                     claimed = written[0]
                     sums: dict[tuple[int, datetime], WindowSum] = {}
                     if budgets and claimed:
-                        for first in range(0, len(ordered), _SLICE):
-                            if first:  # a large request: the loop's other requests meanwhile
+                        for n, part in enumerate(_parts(ordered, _SLICE)):
+                            if n:  # a large request: the loop's other requests meanwhile
                                 await asyncio.sleep(0)
-                            part = ordered[first : first + _SLICE]
                             spends = (_spend(a) for a in part if a.event.key in claimed)
                             window_sums(budgets, zone, spends, into=sums)
                     naming = [  # in the request's order: its first event naming one settles it
@@ -455,7 +454,8 @@ class UsageRecorder:
         pending = ordered
         for _ in range(_SETTLE_ATTEMPTS):
             new: dict[str, int] = {}
-            for part in _parts(pending):  # in the keys' order: the locks are taken in it
+            # in the keys' order: the locks are taken in it
+            for part in _parts(pending, _CLAIM_PART):
                 new |= await store.claim_keys(
                     conn,
                     project_id,
@@ -465,7 +465,7 @@ class UsageRecorder:
                 )
             others = [a.event.key for a in pending if a.event.key not in new]
             found: dict[str, store.RecordedKey] = {}
-            for keys in _parts(others):
+            for keys in _parts(others, _CLAIM_PART):
                 found |= await store.recorded_keys(conn, project_id, keys)
             claimed |= new
             earlier |= found
@@ -501,10 +501,10 @@ async def _write_one(
     return {}, await store.recorded_keys(conn, project_id, [key])
 
 
-def _parts(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    """`items` in parts of at most `_CLAIM_PART`, in their order."""
-    for start in range(0, len(items), _CLAIM_PART):
-        yield items[start : start + _CLAIM_PART]
+def _parts(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """`items` in parts of at most `size`, in their order."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _months(ordered: Sequence[_Accepted]) -> set[datetime]:
